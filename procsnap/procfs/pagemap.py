@@ -1,0 +1,130 @@
+"""Decide which pages of a VMA to dump, from /proc/PID/pagemap.
+
+pagemap holds one u64 per virtual page (Documentation/admin-guide/mm/
+pagemap.rst), native-endian:
+
+    bit 63  page present in RAM
+    bit 62  page swapped (or another swap-type entry: migration, ...)
+    bit 61  page is a file page or shared anonymous (page cache/shmem)
+    bit 56  page exclusively mapped
+    bit 55  PTE soft-dirty
+
+Everything that decides "dump or not" is in the top byte of each entry
+(bits 56..63), so decoding never loops over pages in Python: the top bytes
+are sliced out with one strided slice, turned into b"1"/b"0" with one
+``bytes.translate`` and the runs are found by ``re.finditer`` — all in C.
+A 1 GiB VMA (262,144 entries) decodes in a few milliseconds; the Python
+work is per *run*, not per page.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import sys
+from collections.abc import Callable
+
+from procsnap.errors import ParseError
+from procsnap.procfs.reader import proc_errors
+
+__all__ = [
+    "PAGE_SIZE", "PM_ENTRY_BYTES", "PM_PRESENT", "PM_SWAP", "PM_FILE",
+    "PM_MMAP_EXCLUSIVE", "PM_SOFT_DIRTY",
+    "dump_runs", "read_pagemap", "vma_dump_runs",
+]
+
+PAGE_SIZE = mmap.PAGESIZE
+PM_ENTRY_BYTES = 8
+
+PM_PRESENT = 1 << 63
+PM_SWAP = 1 << 62
+PM_FILE = 1 << 61
+PM_MMAP_EXCLUSIVE = 1 << 56
+PM_SOFT_DIRTY = 1 << 55
+
+# The same flags seen in the entry's top byte (bits 56..63).
+_TOP_PRESENT = PM_PRESENT >> 56
+_TOP_SWAP = PM_SWAP >> 56
+_TOP_FILE = PM_FILE >> 56
+
+# Index of the top byte within an entry, and the stride between entries.
+_TOP_BYTE = PM_ENTRY_BYTES - 1 if sys.byteorder == "little" else 0
+
+
+def _table(want: Callable[[int], bool]) -> bytes:
+    """A bytes.translate table mapping each top byte to b"1" or b"0"."""
+    return bytes(ord("1") if want(b) else ord("0") for b in range(256))
+
+# Any present or swapped page holds data the process can see.
+_DUMP_ALL = _table(lambda top: bool(top & (_TOP_PRESENT | _TOP_SWAP)))
+# In a private file mapping a page with bit 61 set is still the page cache
+# page (re-read from the file at restore); only the COW copies are ours.
+_DUMP_ANON = _table(
+    lambda top: bool(top & (_TOP_PRESENT | _TOP_SWAP)) and not top & _TOP_FILE)
+
+_RUN = re.compile(rb"1+")
+
+
+def dump_runs(pagemap: bytes | bytearray | memoryview, *,
+              anon_only: bool) -> list[tuple[int, int]]:
+    """Runs of pages to dump, as (first_page_index, n_pages), in order.
+
+    A page is dumped when it is present or swapped; with ``anon_only``
+    (private file-backed VMAs) only when bit 61 is clear as well, i.e. it is
+    the process's private copy and not the file's page cache page.
+    """
+    data = pagemap if isinstance(pagemap, bytes) else bytes(pagemap)
+    if len(data) % PM_ENTRY_BYTES:
+        raise ParseError("/proc/PID/pagemap",
+                         f"length {len(data)} is not a multiple of {PM_ENTRY_BYTES}")
+    marks = data[_TOP_BYTE::PM_ENTRY_BYTES].translate(_DUMP_ANON if anon_only else _DUMP_ALL)
+    return [(m.start(), m.end() - m.start()) for m in _RUN.finditer(marks)]
+
+
+def read_pagemap(pid: int, start: int, end: int, proc_root: str = "/proc") -> bytes:
+    """The pagemap entries of pages [start, end) of pid, one pread.
+
+    ``start`` and ``end`` are addresses (page aligned, as VMA bounds are).
+    Errors are translated like ``ProcReader``'s (NoSuchProcess,
+    AccessDenied).  Reading needs ptrace-read rights; without
+    CAP_SYS_ADMIN the PFN bits read as zero but the flags are intact.
+    """
+    if start % PAGE_SIZE or end % PAGE_SIZE or end < start:
+        raise ValueError(f"bad page range {start:#x}-{end:#x}")
+    size = (end - start) // PAGE_SIZE * PM_ENTRY_BYTES
+    offset = start // PAGE_SIZE * PM_ENTRY_BYTES
+    path = f"{proc_root}/{pid}/pagemap"
+    with proc_errors(pid, proc_root):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+    if len(data) != size:
+        # The kernel fills the whole request or fails; a short read means
+        # the range runs past the end of the address space.
+        raise ParseError(path, f"short read at {start:#x}: {len(data)} of {size} bytes")
+    return data
+
+
+def vma_dump_runs(pid: int, start: int, end: int, *, anon_only: bool,
+                  chunk_pages: int = 1 << 18,
+                  proc_root: str = "/proc") -> list[tuple[int, int]]:
+    """``dump_runs`` for the VMA [start, end) of pid, as (address, n_pages).
+
+    Reads pagemap ``chunk_pages`` entries at a time (2 MiB by default), so
+    a huge mostly-empty reservation does not need its whole pagemap in
+    memory at once.  Runs that cross a chunk boundary are joined.
+    """
+    runs: list[tuple[int, int]] = []
+    step = chunk_pages * PAGE_SIZE
+    for chunk_start in range(start, end, step):
+        chunk_end = min(chunk_start + step, end)
+        data = read_pagemap(pid, chunk_start, chunk_end, proc_root)
+        for first, count in dump_runs(data, anon_only=anon_only):
+            addr = chunk_start + first * PAGE_SIZE
+            if runs and runs[-1][0] + runs[-1][1] * PAGE_SIZE == addr:
+                runs[-1] = (runs[-1][0], runs[-1][1] + count)
+            else:
+                runs.append((addr, count))
+    return runs
