@@ -1,0 +1,75 @@
+"""pytest wiring for procsnap's tests.
+
+* The test process becomes a child subreaper at start-up, so processes that
+  ``procsnap restore -d`` leaves behind become our children.
+* ``targets`` starts target programs and kills/reaps them at teardown, even
+  when the test failed.
+* Tests marked ``root`` are skipped, with the reason, only when not root.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import helpers  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    helpers.set_child_subreaper()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (ptrace, clone3 set_tid, setresuid): run as root")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def targets(tmp_path: Path) -> Iterator[helpers.TargetFactory]:
+    """Factory: ``targets.start("counter", path)`` -> helpers.Target."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    factory = helpers.TargetFactory(workdir)
+    yield factory
+    notes = factory.cleanup()
+    assert not notes, "; ".join(notes)
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "images"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(autouse=True)
+def no_stray_children() -> Iterator[None]:
+    """After each test, nothing the test (or procsnap) started may be left.
+
+    The ``targets`` fixture has already killed what it tracks; anything still
+    parented to us here is an orphan of a procsnap run (we are its
+    subreaper).  It is ours by descent, so it is killed, and the test fails.
+    """
+    before = helpers.children_of(os.getpid())
+    yield
+    helpers.reap()
+    stray = {p: helpers.proc_cmdline(p)
+             for p in helpers.children_of(os.getpid()) - before}
+    for pid in stray:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        helpers.wait_gone(pid, 10)
+    assert not stray, f"processes left behind: {stray}"
