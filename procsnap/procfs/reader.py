@@ -5,8 +5,9 @@ All errno handling is in one place, ``proc_errors`` (used by the
 ``pagemap.read_pagemap``):
 
 * ESRCH, or ENOENT when /proc/PID itself is gone → ``NoSuchProcess``.
-* ENOENT while /proc/PID is still there and the process is a zombie →
-  ``ZombieProcess`` (a zombie has no mm, no fds, no exe link).
+* ESRCH or ENOENT while the process is a zombie → ``ZombieProcess`` (a
+  zombie has no mm, no fds, no exe link; the kernel says ESRCH for some
+  files and ENOENT for others).
 * ENOENT while /proc/PID is still there otherwise → the plain
   ``FileNotFoundError`` is re-raised.  That is the "this one object went
   away" case: an fd closed between ``fds()`` and ``fd_link()``, or a file
@@ -61,6 +62,10 @@ def proc_errors(pid: int, proc_root: str = "/proc") -> Iterator[None]:
         where = err.filename or f"{proc_root}/{pid}"
         raise AccessDenied(pid, f"pid {pid}: permission denied reading {where}") from err
     except ProcessLookupError as err:
+        # ESRCH also means "no mm" for files opened through mm_access()
+        # (auxv, mem, environ, pagemap) while the task is a zombie.
+        if _is_zombie(pid, proc_root):
+            raise ZombieProcess(pid) from err
         raise NoSuchProcess(pid) from err
     except FileNotFoundError:
         # Same test as psutil: the entry is missing, but is the process?
@@ -73,6 +78,8 @@ def proc_errors(pid: int, proc_root: str = "/proc") -> Iterator[None]:
         # EPERM/EACCES arrive as PermissionError and ESRCH as
         # ProcessLookupError; a few paths report ESRCH as a plain OSError.
         if err.errno == errno.ESRCH:
+            if _is_zombie(pid, proc_root):
+                raise ZombieProcess(pid) from err
             raise NoSuchProcess(pid) from err
         raise
 
