@@ -266,8 +266,9 @@ def parse_stat(text: str, path: str = "/proc/PID/stat") -> Stat:
     state = rest[0]
     if len(state) != 1:
         raise ParseError(path, f"bad state {state!r}")
+    # Shorter on old kernels: the missing trailing fields keep their 0.
     return Stat(pid, text[lpar + 2:rpar], state,
-                **dict(zip(_STAT_NUMERIC, numbers)))
+                **dict(zip(_STAT_NUMERIC, numbers, strict=False)))
 
 
 # --------------------------------------------------------------------------
