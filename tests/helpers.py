@@ -372,13 +372,13 @@ def compile_target(name: str) -> Path:
 
 
 def target_argv(name: str, *args: str) -> list[str]:
-    """argv for a target: NAME.c is compiled, NAME.py runs under python3."""
-    if (TARGETS_DIR / f"{name}.c").exists():
-        return [str(compile_target(name)), *args]
-    py = TARGETS_DIR / f"{name}.py"
-    if py.exists():
+    """argv for a target: "NAME" compiles NAME.c, "NAME.py" runs under python3."""
+    if name.endswith(".py"):
+        py = TARGETS_DIR / name
+        if not py.exists():
+            raise FileNotFoundError(f"{py}: no such target")
         return [sys.executable, str(py), *args]
-    raise FileNotFoundError(f"no target named {name!r} in {TARGETS_DIR}")
+    return [str(compile_target(name)), *args]
 
 
 def read_text(path: Path) -> str:
