@@ -445,8 +445,10 @@ class Target:
         """Still the process we started or restored (not a recycled pid)."""
         if not proc_exists(self.pid):
             return False
-        return (proc_ppid(self.pid) == os.getpid()
-                or proc_cmdline(self.pid) == self.cmdline)
+        if proc_ppid(self.pid) == os.getpid():
+            return True
+        # restored under another parent: same pid and same non-empty cmdline
+        return bool(self.cmdline) and proc_cmdline(self.pid) == self.cmdline
 
     def signal(self, sig: int) -> None:
         assert self.is_ours(), f"pid {self.pid} is not our {self.name} any more"
