@@ -1,0 +1,132 @@
+"""The ``procsnap`` command, with criu's habits.
+
+    procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [-v]
+    procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [-v]
+    procsnap check
+    procsnap show DIR [IMAGE]
+    procsnap demo
+
+Every failure is one line on stderr ("procsnap: ...") and a non-zero exit;
+a traceback only with -v, and only for a bug (an error we did not expect).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import ProcsnapError
+
+EXIT_ERROR = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="procsnap",
+                                description="Checkpoint/restore Linux processes (CRIU image format).")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("dump", help="checkpoint a process tree into image files")
+    d.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
+                   help="root of the process tree to dump")
+    d.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    d.add_argument("-R", "--leave-running", action="store_true",
+                   help="let the process run on after the dump")
+    d.add_argument("-j", "--shell-job", action="store_true",
+                   help="the process is a job of a shell: save its terminal as such")
+    d.add_argument("-v", "--verbose", action="count", default=0)
+
+    r = sub.add_parser("restore", help="recreate a process tree from image files")
+    r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    r.add_argument("-d", "--restore-detached", action="store_true",
+                   help="return once the process runs (default: wait for it to exit)")
+    r.add_argument("--pidfile", metavar="FILE", help="write the root's PID here")
+    r.add_argument("-j", "--shell-job", action="store_true",
+                   help="attach the process to this terminal")
+    r.add_argument("--skip-file-check", action="store_true",
+                   help="restore files even if their size or mode changed since the dump")
+    r.add_argument("-v", "--verbose", action="count", default=0)
+
+    sub.add_parser("check", help="check that this kernel has what procsnap needs")
+
+    s = sub.add_parser("show", help="decode images to JSON (like crit)")
+    s.add_argument("dir", metavar="DIR")
+    s.add_argument("image", nargs="?", metavar="IMAGE", help="one image file (name in DIR or path)")
+
+    sub.add_parser("demo", help="checkpoint and restore a small counter, showing each step")
+    return p
+
+
+def _stats_line(stats: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in stats.items())
+
+
+def cmd_dump(a: argparse.Namespace) -> int:
+    from . import dump
+    stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job)
+    if a.verbose:
+        print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_restore(a: argparse.Namespace) -> int:
+    from . import restore
+    if a.restore_detached:
+        pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
+                      skip_file_check=a.skip_file_check)
+        if a.verbose:
+            print(f"procsnap: restored pid {pid}", file=sys.stderr)
+        return 0
+    return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
+                   skip_file_check=a.skip_file_check)
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .images import show
+    if a.image:
+        path = a.image if os.sep in a.image else os.path.join(a.dir, a.image)
+        out = show.decode_file(path)
+    else:
+        if not os.path.isdir(a.dir):
+            raise ProcsnapError(f"{a.dir}: no such images directory")
+        out = show.decode_dir(a.dir)
+    json.dump(out, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .check import run_checks
+    return run_checks()
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo()
+
+
+COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
+            "check": cmd_check, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    verbose = getattr(a, "verbose", 0)
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
+                        format="procsnap: %(message)s")
+    try:
+        return COMMANDS[a.cmd](a)
+    except ProcsnapError as exc:
+        print(f"procsnap: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("procsnap: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line unless asked for more
+        if verbose:
+            raise
+        print(f"procsnap: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+              file=sys.stderr)
+        return EXIT_ERROR

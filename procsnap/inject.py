@@ -1,0 +1,171 @@
+"""Running system calls inside a stopped, ptrace-seized task.
+
+Both halves of procsnap need it: the dumper asks a frozen target for state
+only the target itself can report (brk, signal handlers, sigaltstack, the
+clear-tid address, itimers), and the restorer drives a forked "puppet"
+through the whole rebuild of its address space.
+
+How one call is made: point the saved registers' rip at a ``syscall``
+instruction (0f 05) somewhere in the task, put the number in rax and the
+arguments in rdi, rsi, rdx, r10, r8, r9, and resume with PTRACE_SYSCALL
+twice: once to the syscall-entry stop, once to the exit stop, where rax
+holds the result.  orig_rax is set to -1 so that, if we resume from a stop
+that interrupted a real system call, the kernel's restart logic does not
+rewrite our registers (it only acts when orig_rax >= 0).
+
+Signals that arrive for the task meanwhile are held (not delivered) and
+handed back by :meth:`Injector.detach`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Iterable
+
+from .kernel import consts as C
+from .kernel import ptrace
+from .kernel.structs import UserRegs
+
+_MASK64 = (1 << 64) - 1
+_NR_NAMES = {v: k for k, v in C.NR.items()}
+SYSCALL_INSN = b"\x0f\x05"
+
+
+def to_signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value & (1 << 63) else value
+
+
+class InjectError(OSError):
+    """An injected system call failed inside the task (errno of the call)."""
+
+
+class Injector:
+    """Executes system calls in task ``pid``, stopped under our ptrace.
+
+    ``regs`` are the registers the task had at the stop; every call starts
+    from a copy of them, so the task's own state is untouched until the
+    caller installs final registers.
+    """
+
+    def __init__(self, pid: int, syscall_ip: int, regs: UserRegs) -> None:
+        self.pid = pid
+        self.syscall_ip = syscall_ip
+        self.base = regs.copy()
+        self.held_signals: list[int] = []
+        self.calls = 0
+        self._mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+        # scratch memory inside the task for arguments passed by pointer
+        self.scratch = 0
+        self.scratch_size = 0
+        self._scratch_used = 0
+
+    # -- system calls -------------------------------------------------------
+    def call(self, name: str, *args: int, check: bool = True) -> int:
+        nr = C.NR[name]
+        regs = self.base.copy()
+        regs.rip = self.syscall_ip
+        regs.rax = nr
+        regs.orig_rax = _MASK64  # -1: no syscall restart on resume
+        for reg, val in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args):
+            setattr(regs, reg, val & _MASK64)
+        ptrace.set_regs(self.pid, regs)
+        self._step_to_syscall_stop()  # entry
+        self._step_to_syscall_stop()  # exit
+        self.calls += 1
+        result = to_signed(ptrace.get_regs(self.pid).rax)
+        if check and -4096 < result < 0:
+            shown = ", ".join(hex(a) for a in args)
+            raise InjectError(-result, f"pid {self.pid}: {name}({shown}) in the task: "
+                                       f"{os.strerror(-result)}")
+        return result
+
+    def _step_to_syscall_stop(self) -> None:
+        while True:
+            ptrace.syscall_step(self.pid)
+            status = ptrace.wait_stop(self.pid)
+            sig = os.WSTOPSIG(status)
+            if sig == (signal.SIGTRAP | 0x80):
+                return
+            if ptrace.stop_event(status) == C.PTRACE_EVENT_STOP:
+                continue  # a group-stop or our own interrupt: just go on
+            # A signal was sent to the task while we work in it: keep it
+            # for later rather than let it run a handler mid-surgery.
+            self.held_signals.append(sig)
+
+    # -- memory -------------------------------------------------------------
+    def write_mem(self, addr: int, data: bytes) -> None:
+        # /proc/PID/mem writes with FOLL_FORCE: read-only pages work too.
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._mem_fd, view, addr)
+            view = view[n:]
+            addr += n
+
+    def read_mem(self, addr: int, size: int) -> bytes:
+        out = bytearray()
+        while len(out) < size:
+            chunk = os.pread(self._mem_fd, size - len(out), addr + len(out))
+            if not chunk:
+                raise OSError(5, f"pid {self.pid}: short read of memory at {addr:#x}")
+            out += chunk
+        return bytes(out)
+
+    def use_scratch(self, addr: int, size: int) -> None:
+        self.scratch, self.scratch_size, self._scratch_used = addr, size, 0
+
+    def put(self, data: bytes, align: int = 16) -> int:
+        """Copy ``data`` into the scratch area; returns its address there."""
+        off = (self._scratch_used + align - 1) // align * align
+        if off + len(data) > self.scratch_size:
+            raise OSError(12, f"pid {self.pid}: scratch area of {self.scratch_size} bytes exhausted")
+        self.write_mem(self.scratch + off, data)
+        self._scratch_used = off + len(data)
+        return self.scratch + off
+
+    def put_str(self, text: str | bytes) -> int:
+        raw = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        return self.put(raw + b"\0")
+
+    def reset_scratch(self) -> None:
+        self._scratch_used = 0
+
+    # -- leaving ------------------------------------------------------------
+    def close(self) -> None:
+        if self._mem_fd >= 0:
+            os.close(self._mem_fd)
+            self._mem_fd = -1
+
+    def detach(self) -> None:
+        """Detach, re-delivering the first held signal; re-send the rest."""
+        self.close()
+        first = self.held_signals[0] if self.held_signals else 0
+        ptrace.detach(self.pid, first)
+        for sig in self.held_signals[1:]:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def find_syscall_insn(pid: int, ranges: Iterable[tuple[int, int]]) -> int:
+    """Address of a ``syscall`` instruction in one of the given code ranges.
+
+    Any two bytes 0f 05 will do, even inside another instruction: we only
+    ever jump straight to them.
+    """
+    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for start, end in ranges:
+            try:
+                mem.seek(start)
+                data = mem.read(end - start)
+            except OSError:
+                continue
+            idx = data.find(SYSCALL_INSN) if data else -1
+            if idx >= 0:
+                return start + idx
+    raise OSError(2, f"pid {pid}: no syscall instruction found in its code")
+
+
+def syscall_name(nr: int) -> str:
+    return _NR_NAMES.get(nr, str(nr))

@@ -1,0 +1,132 @@
+"""Numbers from the x86_64 kernel ABI that procsnap uses.
+
+Kept in one place so every module spells a constant the same way.
+"""
+from __future__ import annotations
+
+PAGE_SIZE = 4096
+TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user address space (no 5-level paging)
+
+# System call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+NR = {
+    "read": 0, "write": 1, "open": 2, "close": 3, "fstat": 5, "lseek": 8,
+    "mmap": 9, "mprotect": 10, "munmap": 11, "brk": 12, "rt_sigaction": 13,
+    "rt_sigprocmask": 14, "pread64": 17, "pwrite64": 18, "mremap": 25,
+    "madvise": 28, "dup": 32, "dup2": 33, "getitimer": 36, "setitimer": 38,
+    "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "fchdir": 81,
+    "umask": 95, "setuid": 105, "setgid": 106, "setpgid": 109, "getppid": 110,
+    "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
+    "setfsuid": 122, "setfsgid": 123, "capget": 125, "capset": 126,
+    "rt_sigqueueinfo": 129, "sigaltstack": 131, "personality": 135,
+    "prctl": 157, "arch_prctl": 158, "chroot": 161, "gettid": 186,
+    "set_tid_address": 218, "exit_group": 231, "openat": 257,
+    "set_robust_list": 273, "get_robust_list": 274, "dup3": 292,
+    "rt_tgsigqueueinfo": 297, "prlimit64": 302, "process_vm_readv": 310,
+    "process_vm_writev": 311, "kcmp": 312, "rseq": 334, "pidfd_open": 434,
+    "clone3": 435, "close_range": 436, "pidfd_getfd": 438,
+}
+
+# ptrace requests and options (include/uapi/linux/ptrace.h).
+PTRACE_PEEKDATA = 2
+PTRACE_CONT = 7
+PTRACE_KILL = 8
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+PTRACE_PEEKSIGINFO = 0x4209
+PTRACE_GETSIGMASK = 0x420A
+PTRACE_SETSIGMASK = 0x420B
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
+PTRACE_PEEKSIGINFO_SHARED = 1
+
+PTRACE_O_TRACESYSGOOD = 1
+PTRACE_O_EXITKILL = 1 << 20
+PTRACE_EVENT_STOP = 128
+
+NT_PRSTATUS = 1
+NT_X86_XSTATE = 0x202
+
+# Restart codes a syscall interrupted by our freeze leaves in rax.
+ERESTARTSYS = 512
+ERESTARTNOINTR = 513
+ERESTARTNOHAND = 514
+ERESTART_RESTARTBLOCK = 516
+RESTART_CODES = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
+
+# mmap
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_SHARED = 0x01
+MAP_PRIVATE = 0x02
+MAP_FIXED = 0x10
+MAP_ANONYMOUS = 0x20
+MAP_GROWSDOWN = 0x100
+MAP_NORESERVE = 0x4000
+MAP_FIXED_NOREPLACE = 0x100000
+
+# prctl
+PR_SET_PDEATHSIG = 1
+PR_GET_PDEATHSIG = 2
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_GET_NAME = 16
+PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_GET_TID_ADDRESS = 40
+PR_SET_THP_DISABLE = 41
+PR_GET_THP_DISABLE = 42
+PR_SET_MM = 35
+PR_SET_MM_MAP = 14
+PR_SET_MM_MAP_SIZE = 15
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+ARCH_MAP_VDSO_64 = 0x2003
+
+# open flags
+O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
+O_ACCMODE = 3
+O_CREAT = 0o100
+O_APPEND = 0o2000
+O_NONBLOCK = 0o4000
+O_DIRECTORY = 0o200000
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+O_LARGEFILE = 0o100000
+AT_FDCWD = -100
+F_DUPFD = 0
+F_GETFD = 1
+F_SETFD = 2
+F_SETFL = 4
+F_DUPFD_CLOEXEC = 1030
+FD_CLOEXEC = 1
+
+RSEQ_SIG = 0x53053053
+RSEQ_FLAG_UNREGISTER = 1
+
+CLONE_PARENT = 0x00008000
+SIGCHLD = 17
+SIGKILL = 9
+SIGSTOP = 19
+SIGTRAP = 5
+NSIG = 64
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+LINUX_CAPABILITY_VERSION_3 = _LINUX_CAPABILITY_VERSION_3
+
+RLIM_NLIMITS = 16

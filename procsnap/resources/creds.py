@@ -1,0 +1,100 @@
+"""Credentials: uids, gids, groups, capabilities, securebits
+(thread_core.creds in core-PID.img).
+
+Restore order matters and is the reason this module runs last before the
+registers: once the puppet drops its uid and capabilities, it can no
+longer do the privileged steps (PR_SET_MM_MAP's exe, chroot, rlimits).
+Within this module: bounding set and securebits first (they need
+CAP_SETPCAP), then groups and gids, then uids with KEEP_CAPS so the
+permitted set survives, then capset, and finally the dumpable flag, which a uid change resets.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import Unsupported
+from ..images.pb import creds_pb2
+from ..kernel import consts as C
+from ..kernel.structs import CapData, CapHeader
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext, DumpTask
+    from ..restore import RestoreContext, RestoreTask
+
+NAME = "creds"
+SECBIT_KEEP_CAPS = 1 << 4
+
+
+def _words(mask: int) -> list[int]:
+    return [mask & 0xFFFFFFFF, mask >> 32]
+
+
+def _mask(words) -> int:
+    w = list(words) + [0, 0]
+    return w[0] | (w[1] << 32)
+
+
+def dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    st = task.status
+    assert st is not None
+    inj = task.need_inj()
+    secbits = inj.call("prctl", C.PR_GET_SECUREBITS, 0, 0, 0, 0)
+    uid, euid, suid, fsuid = st.uids
+    gid, egid, sgid, fsgid = st.gids
+    creds = creds_pb2.creds_entry(
+        uid=uid, gid=gid, euid=euid, egid=egid, suid=suid, sgid=sgid, fsuid=fsuid, fsgid=fsgid,
+        cap_inh=_words(st.cap_inh), cap_prm=_words(st.cap_prm), cap_eff=_words(st.cap_eff),
+        cap_bnd=_words(st.cap_bnd), secbits=secbits, groups=st.groups)
+    # CRIU's creds_entry as we know it has no field for these two; refuse
+    # rather than restore a process with quietly different privileges.
+    if st.cap_amb:
+        raise Unsupported(f"pid {task.pid}: has ambient capabilities ({st.cap_amb:#x}); "
+                          "not supported yet")
+    if st.no_new_privs:
+        raise Unsupported(f"pid {task.pid}: has no_new_privs set; not supported yet")
+    task.core.thread_core.creds.CopyFrom(creds)
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    inj = rt.inj
+    core = rt.core
+    th = core.thread_core
+    if th.HasField("creds"):
+        c = th.creds
+        bnd = _mask(c.cap_bnd)
+        for cap in range(64):
+            if not bnd & (1 << cap):
+                try:
+                    inj.call("prctl", C.PR_CAPBSET_DROP, cap, 0, 0, 0)
+                except OSError as exc:
+                    if exc.errno != 22:  # EINVAL: the kernel has no such capability
+                        raise
+        cur_secbits = inj.call("prctl", C.PR_GET_SECUREBITS, 0, 0, 0, 0)
+        want = c.secbits | SECBIT_KEEP_CAPS
+        if cur_secbits != want:
+            inj.call("prctl", C.PR_SET_SECUREBITS, want, 0, 0, 0)
+        groups = list(c.groups)
+        addr = inj.put(b"".join(g.to_bytes(4, "little") for g in groups) or b"\0\0\0\0", align=4)
+        inj.call("setgroups", len(groups), addr)
+        inj.call("setresgid", c.gid, c.egid, c.sgid)
+        inj.call("setfsgid", c.fsgid, check=False)
+        inj.call("setresuid", c.uid, c.euid, c.suid)
+        inj.call("setfsuid", c.fsuid, check=False)
+        hdr = CapHeader(version=C.LINUX_CAPABILITY_VERSION_3, pid=0)
+        inh, prm, eff = _mask(c.cap_inh), _mask(c.cap_prm), _mask(c.cap_eff)
+        data = (CapData * 2)()
+        for i in range(2):
+            data[i].effective = (eff >> (32 * i)) & 0xFFFFFFFF
+            data[i].permitted = (prm >> (32 * i)) & 0xFFFFFFFF
+            data[i].inheritable = (inh >> (32 * i)) & 0xFFFFFFFF
+        h = inj.put(bytes(hdr), align=8)
+        d = inj.put(bytes(data), align=8)
+        inj.call("capset", h, d)
+        if not c.secbits & SECBIT_KEEP_CAPS:
+            # PR_SET_KEEPCAPS needs no privilege, unlike PR_SET_SECUREBITS.
+            inj.call("prctl", C.PR_SET_KEEPCAPS, 0, 0, 0, 0)
+        inj.reset_scratch()
+    if rt.mm.HasField("dumpable"):
+        inj.call("prctl", C.PR_SET_DUMPABLE, rt.mm.dumpable, 0, 0, 0)
+
+

@@ -1,0 +1,131 @@
+"""The fd table (fdinfo-N.img) and the fd kinds behind it (files.img).
+
+Like CRIU's dump_one_file, the kind of every fd is decided by one ordered
+chain, ``FD_KINDS``; an fd no kind claims is refused with the pid, the fd,
+its flags and what readlink says it is -- never skipped.  A new fd kind is
+one module with ``TYPE``, ``matches(fd)``, ``dump(fd, id)`` and
+``open_fd(rctx, rt, entry)`` plus one line in ``FD_KINDS``.
+
+Several fds that share one open file description (dup, inheritance) are
+detected with kcmp(KCMP_FILE) and get one files.img entry; at restore the
+description is opened once and duplicated, so offsets and flags stay
+shared.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import images
+from ..errors import RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2
+from ..kernel.libc import syscall
+from ..kernel import consts as C
+from ..procfs.parse import FdInfo
+from . import regfile, tty
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext, DumpTask
+    from ..restore import RestoreContext, RestoreTask
+
+NAME = "files"
+KCMP_FILE = 0
+
+# Order matters: the first kind whose matches() is true owns the fd.
+FD_KINDS = [tty, regfile]
+BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
+
+
+@dataclass
+class FdCtx:
+    ctx: "DumpContext"
+    task: "DumpTask"
+    fd: int
+    link: str
+    info: FdInfo | None
+    st: os.stat_result | None
+
+
+def _describe(link: str) -> str:
+    if link.startswith("pipe:"):
+        return "a pipe"
+    if link.startswith("socket:"):
+        return "a socket"
+    if link.startswith("anon_inode:"):
+        return f"an {link[len('anon_inode:'):].strip('[]')} fd"
+    return "a file of an unsupported kind"
+
+
+def same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    try:
+        return syscall(C.NR["kcmp"], pid1, pid2, KCMP_FILE, fd1, fd2) == 0
+    except OSError:
+        return False
+
+
+def dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    files_id = task.ids.files_id
+    entries: list[Any] = []
+    seen: list[tuple[int, Any, int]] = []  # (fd, stat key, file id)
+    for fd in task.proc.fds():
+        try:
+            link = task.proc.fd_link(fd)
+            info = task.proc.fdinfo(fd)
+        except FileNotFoundError:
+            continue  # closed while... cannot happen under freeze, but be exact
+        try:
+            st: os.stat_result | None = os.stat(f"/proc/{task.pid}/fd/{fd}")
+        except OSError:
+            st = None
+        fdctx = FdCtx(ctx, task, fd, link, info, st)
+        cloexec = fdinfo_pb2.fdinfo_entry  # for type checkers
+        del cloexec
+        fd_flags = 1 if info.flags & os.O_CLOEXEC else 0
+        shared_id = None
+        if st is not None:
+            for ofd, key, fid in seen:
+                if key == (st.st_dev, st.st_ino) and same_file(task.pid, fd, task.pid, ofd):
+                    shared_id = fid
+                    break
+        kind = next((k for k in FD_KINDS if k.matches(fdctx)), None)
+        if kind is None:
+            raise Unsupported(f"pid {task.pid}: fd {fd} (flags {info.flags:o}) is {_describe(link)}: "
+                              f"{link}: not supported yet")
+        if shared_id is None:
+            fid = ctx.new_file_id()
+            ctx.files.append(kind.dump(fdctx, fid))
+            if st is not None:
+                seen.append((fd, (st.st_dev, st.st_ino), fid))
+        else:
+            fid = shared_id
+        entries.append(fdinfo_pb2.fdinfo_entry(id=fid, flags=fd_flags, type=kind.TYPE, fd=fd))
+    task.extra_images.append(("fdinfo", files_id, entries))
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    inj = rt.inj
+    placed: dict[int, int] = {}  # file id -> first target fd holding it
+    for fe in rt.fdinfos:
+        entry = rctx.file_entry(fe.id)
+        cloexec = os.O_CLOEXEC if fe.flags & 1 else 0
+        if fe.id in placed:
+            inj.call("dup3", placed[fe.id], fe.fd, cloexec)
+            continue
+        kind = BY_TYPE.get(entry.type)
+        if kind is None:
+            raise RestoreError(f"{rt.image_name('fdinfo')}: fd {fe.fd} has file type "
+                               f"{fdinfo_pb2.fd_types.Name(entry.type) if entry.type in fdinfo_pb2.fd_types.values() else entry.type}, "
+                               "which procsnap cannot restore yet")
+        tmp = kind.open_fd(rctx, rt, entry)
+        if tmp != fe.fd:
+            inj.call("dup3", tmp, fe.fd, cloexec)
+            inj.call("close", tmp)
+        else:
+            inj.call("fcntl", fe.fd, C.F_SETFD, 1 if cloexec else 0)
+        placed[fe.id] = fe.fd
+        inj.reset_scratch()
+
+
+def read_fdinfo(images_dir: str, files_id: int) -> list[Any]:
+    return images.read_image(images_dir, "fdinfo", files_id)

@@ -1,0 +1,44 @@
+"""Working directory, root and umask (fs-PID.img)."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ..errors import Unsupported
+from ..images.pb import fs_pb2
+from . import regfile
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext, DumpTask
+    from ..restore import RestoreContext, RestoreTask
+
+NAME = "fs"
+
+
+def dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    ids = []
+    for what, link in (("cwd", task.proc.cwd()), ("root", task.proc.root())):
+        real = os.stat(f"/proc/{task.pid}/{what}")
+        fid = ctx.new_file_id()
+        ctx.files.append(regfile.describe_path(task, link, real, fid,
+                                               os.O_RDONLY | os.O_DIRECTORY, 0, what=what))
+        ids.append(fid)
+    status = task.status
+    assert status is not None
+    if status.umask is None:
+        raise Unsupported(f"pid {task.pid}: /proc/{task.pid}/status has no Umask line "
+                          "(kernel too old)")
+    entry = fs_pb2.fs_entry(cwd_id=ids[0], root_id=ids[1], umask=status.umask)
+    task.extra_images.append(("fs", task.pid, [entry]))
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    inj = rt.inj
+    fs = rt.fs
+    root = regfile.restore_path(rctx, rctx.file_entry(fs.root_id))
+    cwd = regfile.restore_path(rctx, rctx.file_entry(fs.cwd_id))
+    inj.call("chdir", inj.put_str(cwd))
+    if root != "/":
+        inj.call("chroot", inj.put_str(root))
+    inj.call("umask", fs.umask)
+    inj.reset_scratch()

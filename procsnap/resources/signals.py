@@ -1,0 +1,98 @@
+"""Signal dispositions, blocked mask, pending queues and sigaltstack.
+
+Handlers live only in the kernel, so the dumper asks the frozen task
+itself: one injected rt_sigaction(sig, NULL, &old) per signal.  The order
+of ``tc.sigactions`` is CRIU's: signals 1..64 without SIGKILL and SIGSTOP.
+
+Pending signals are peeked (not dequeued) with PTRACE_PEEKSIGINFO, for the
+thread and for the process-wide queue, and re-queued at restore by the
+puppet to itself with rt_(tg)sigqueueinfo while every signal is blocked, so
+none is delivered before the final mask is in place.
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING
+
+from ..images.pb import core_pb2, sa_pb2, siginfo_pb2
+from ..kernel import consts as C
+from ..kernel import ptrace
+from ..kernel.structs import KSigaction, StackT
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext, DumpTask
+    from ..restore import RestoreContext, RestoreTask
+
+NAME = "signals"
+SIGNALS = [s for s in range(1, C.NSIG + 1) if s not in (C.SIGKILL, C.SIGSTOP)]
+
+
+def dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    inj = task.need_inj()
+    core = task.core
+    buf = inj.put(bytes(ctypes.sizeof(KSigaction)), align=8)
+    for sig in SIGNALS:
+        inj.call("rt_sigaction", sig, 0, buf, 8)
+        sa = KSigaction.from_buffer_copy(inj.read_mem(buf, ctypes.sizeof(KSigaction)))
+        core.tc.sigactions.append(sa_pb2.sa_entry(sigaction=sa.sa_handler, flags=sa.sa_flags,
+                                                  restorer=sa.sa_restorer, mask=sa.sa_mask))
+    ss = inj.put(bytes(ctypes.sizeof(StackT)), align=8)
+    inj.call("sigaltstack", 0, ss)
+    stack = StackT.from_buffer_copy(inj.read_mem(ss, ctypes.sizeof(StackT)))
+    inj.reset_scratch()
+    mask = ptrace.get_sigmask(task.pid)
+    core.tc.blk_sigset = mask
+    th = core.thread_core
+    th.blk_sigset = mask
+    th.sas.CopyFrom(core_pb2.thread_sas_entry(ss_sp=stack.ss_sp, ss_size=stack.ss_size,
+                                              ss_flags=stack.ss_flags))
+    for shared, field in ((True, core.tc.signals_s), (False, th.signals_p)):
+        field.SetInParent()
+        for raw in ptrace.peek_siginfo(task.pid, shared):
+            field.signals.append(siginfo_pb2.siginfo_entry(siginfo=raw))
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    inj = rt.inj
+    core = rt.core
+    size = ctypes.sizeof(KSigaction)
+    for sig, sa in zip(SIGNALS, core.tc.sigactions):
+        act = KSigaction(sa_handler=sa.sigaction, sa_flags=sa.flags,
+                         sa_restorer=sa.restorer, sa_mask=sa.mask)
+        addr = inj.put(bytes(act), align=8)
+        inj.call("rt_sigaction", sig, addr, 0, 8)
+        inj.reset_scratch()
+    th = core.thread_core
+    if th.HasField("sas"):
+        st = StackT(ss_sp=th.sas.ss_sp, ss_flags=th.sas.ss_flags, ss_size=th.sas.ss_size)
+        if st.ss_flags & 2:  # SS_DISABLE: the default, nothing to install
+            pass
+        else:
+            # SS_ONSTACK is a state, not a request: the kernel refuses it.
+            st.ss_flags &= ~1
+            inj.call("sigaltstack", inj.put(bytes(st), align=8), 0)
+            inj.reset_scratch()
+    # Queue pending signals with everything blocked; the final mask is set
+    # with the registers, just before the puppet is let go.
+    ptrace.set_sigmask(rt.pid, (1 << 64) - 1)
+    for shared, queue in ((True, core.tc.signals_s if core.tc.HasField("signals_s") else None),
+                          (False, th.signals_p if th.HasField("signals_p") else None)):
+        if queue is None:
+            continue
+        for entry in queue.signals:
+            raw = entry.siginfo
+            signo = int.from_bytes(raw[0:4], "little", signed=True)
+            addr = inj.put(raw, align=8)
+            if shared:
+                inj.call("rt_sigqueueinfo", rt.pid, signo, addr)
+            else:
+                inj.call("rt_tgsigqueueinfo", rt.pid, rt.pid, signo, addr)
+            inj.reset_scratch()
+
+
+def final_mask(rt: "RestoreTask") -> int:
+    th = rt.core.thread_core
+    if th.HasField("blk_sigset"):
+        return th.blk_sigset
+    return rt.core.tc.blk_sigset
+

@@ -1,0 +1,134 @@
+"""Per-task attributes that are neither memory, files nor signals:
+personality, comm, rlimits, interval timers, robust futex list, clear-tid
+address, rseq registration, parent-death signal, subreaper flag,
+scheduling, oom_score_adj.
+
+What the kernel shows from outside is read from outside (prlimit with a
+pid, get_robust_list with a pid, PTRACE_GET_RSEQ_CONFIGURATION); the rest
+is asked of the frozen task with injected calls.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+from typing import TYPE_CHECKING
+
+from ..errors import RestoreError, Unsupported
+from ..images.pb import rlimit_pb2, rseq_pb2, timer_pb2
+from ..kernel import consts as C
+from ..kernel import ptrace
+from ..kernel.libc import syscall
+from ..kernel.structs import Itimerval
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext, DumpTask
+    from ..restore import RestoreContext, RestoreTask
+
+NAME = "task"
+TASK_ALIVE = 1
+RLIM_NAMES = ["CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK",
+              "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"]
+
+
+def _get_int(inj, option: int) -> int:
+    addr = inj.put(bytes(8), align=8)
+    inj.call("prctl", option, addr, 0, 0, 0)
+    return int.from_bytes(inj.read_mem(addr, 8), "little")
+
+
+def dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    inj = task.need_inj()
+    pid = task.pid
+    stat = task.stat
+    assert stat is not None
+    core = task.core
+    tc, th = core.tc, core.thread_core
+    if task.proc.timers():
+        raise Unsupported(f"pid {pid}: has POSIX timers (/proc/{pid}/timers); "
+                          "not supported yet")
+    tc.task_state = TASK_ALIVE
+    tc.exit_code = 0
+    tc.personality = task.proc.personality()
+    tc.flags = stat.flags
+    tc.comm = task.proc.comm()
+    th.comm = tc.comm
+    for res in range(C.RLIM_NLIMITS):
+        cur, mx = resource.prlimit(pid, res)
+        tc.rlimits.rlimits.append(rlimit_pb2.rlimit_entry(cur=cur & (2**64 - 1),
+                                                          max=mx & (2**64 - 1)))
+    timers = []
+    for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+        addr = inj.put(bytes(32), align=8)
+        inj.call("getitimer", which, addr)
+        it = Itimerval.from_buffer_copy(inj.read_mem(addr, 32))
+        timers.append(timer_pb2.itimer_entry(isec=it.interval_sec, iusec=it.interval_usec,
+                                             vsec=it.value_sec, vusec=it.value_usec))
+    tc.timers.real.CopyFrom(timers[0])
+    tc.timers.virt.CopyFrom(timers[1])
+    tc.timers.prof.CopyFrom(timers[2])
+    core.thread_info.clear_tid_addr = _get_int(inj, C.PR_GET_TID_ADDRESS)
+    th.pdeath_sig = _get_int(inj, C.PR_GET_PDEATHSIG)
+    tc.child_subreaper = bool(_get_int(inj, C.PR_GET_CHILD_SUBREAPER))
+    inj.reset_scratch()
+    head, length = ctypes.c_uint64(), ctypes.c_size_t()
+    syscall(C.NR["get_robust_list"], pid, ctypes.addressof(head), ctypes.addressof(length))
+    th.futex_rla, th.futex_rla_len = head.value, length.value
+    th.sched_nice = stat.nice
+    th.sched_policy = stat.policy
+    th.sched_prio = stat.rt_priority
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        tc.oom_score_adj = int(f.read())
+    rseq = ptrace.get_rseq(pid)
+    if rseq.rseq_abi_pointer:
+        th.rseq_entry.CopyFrom(rseq_pb2.rseq_entry(rseq_abi_pointer=rseq.rseq_abi_pointer,
+                                                   rseq_abi_size=rseq.rseq_abi_size,
+                                                   signature=rseq.signature))
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    inj = rt.inj
+    core = rt.core
+    tc, th = core.tc, core.thread_core
+    pid = rt.pid
+    inj.call("personality", tc.personality)
+    comm = (th.comm if th.HasField("comm") else tc.comm).encode()[:15]
+    inj.call("prctl", C.PR_SET_NAME, inj.put(comm + b"\0"), 0, 0, 0)
+    for res, lim in enumerate(tc.rlimits.rlimits):
+        if res >= C.RLIM_NLIMITS:
+            break
+        addr = inj.put(lim.cur.to_bytes(8, "little") + lim.max.to_bytes(8, "little"), align=8)
+        try:
+            inj.call("prlimit64", 0, res, addr, 0)
+        except OSError as exc:
+            raise RestoreError(f"{rt.image_name('core')}: cannot set RLIMIT_{RLIM_NAMES[res]} "
+                               f"to {lim.cur}/{lim.max}: {os.strerror(exc.errno)}") from None
+    inj.reset_scratch()
+    if tc.HasField("timers"):
+        for which, it in enumerate((tc.timers.real, tc.timers.virt, tc.timers.prof)):
+            if it.vsec or it.vusec or it.isec or it.iusec:
+                val = Itimerval(interval_sec=it.isec, interval_usec=it.iusec,
+                                value_sec=it.vsec, value_usec=it.vusec)
+                inj.call("setitimer", which, inj.put(bytes(val), align=8), 0)
+        inj.reset_scratch()
+    if th.futex_rla:
+        inj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
+    inj.call("set_tid_address", core.thread_info.clear_tid_addr)
+    # Always: the puppet was created with SIGKILL here, to die with us.
+    inj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig if th.HasField("pdeath_sig") else 0,
+             0, 0, 0)
+    if tc.HasField("child_subreaper") and tc.child_subreaper:
+        inj.call("prctl", C.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
+        r = th.rseq_entry
+        inj.call("rseq", r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)
+    # Scheduling and OOM score are set from outside: no injection needed.
+    if th.HasField("sched_policy") and th.sched_policy not in (0, 3, 5):  # OTHER/BATCH/IDLE
+        os.sched_setscheduler(pid, th.sched_policy, os.sched_param(th.sched_prio))
+    elif th.HasField("sched_policy") and th.sched_policy != 0:
+        os.sched_setscheduler(pid, th.sched_policy, os.sched_param(0))
+    if th.HasField("sched_nice"):
+        os.setpriority(os.PRIO_PROCESS, pid, th.sched_nice)
+    if tc.HasField("oom_score_adj"):
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(tc.oom_score_adj))
