@@ -277,11 +277,15 @@ def outside_view(pid: int, volatile_fds: Iterable[int] = ()) -> dict[str, object
         limits = f.read()
     with open(f"/proc/{pid}/comm") as f:
         comm = f.read().strip()
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    rest = stat[stat.rfind(")") + 2:].split()
     return {
         "maps": read_maps(pid),
         "fds": read_fds(pid, volatile_fds),
         "cmdline": proc_cmdline(pid),
         "comm": comm,
+        "pgid_sid": (int(rest[2]), int(rest[3])),
         "cwd": os.readlink(f"/proc/{pid}/cwd"),
         "exe": os.readlink(f"/proc/{pid}/exe"),
         "root": os.readlink(f"/proc/{pid}/root"),
@@ -477,9 +481,11 @@ class TargetFactory:
         out = self.workdir / f"{name}.{self._n}.out"
         err = self.workdir / f"{name}.{self._n}.err"
         with open(out, "wb") as fo, open(err, "wb") as fe:
+            # its own session, as zdtm's test_daemon does: a dump without
+            # --shell-job wants the session (and group) inside the tree
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo,
                                  stderr=fe, close_fds=True, cwd=self.workdir,
-                                 env=env)
+                                 env=env, start_new_session=True)
         # Keep the Popen alive for the whole session so its __del__ never
         # queues a waitpid() on a pid that a restore may reuse; our reaper
         # collects the status instead.
