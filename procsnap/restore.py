@@ -86,7 +86,7 @@ class RestoreTask:
             fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
-                               f"{os.strerror(exc.errno)}") from None
+                               f"{os.strerror(exc.errno or 0)}") from None
         if check is not None:
             from .resources import regfile
             regfile.check_opened(self._rctx, self, fd, check)

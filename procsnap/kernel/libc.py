@@ -74,7 +74,7 @@ def _load() -> ctypes.CDLL:
         func.restype = restype
         if argtypes:
             func.argtypes = argtypes
-        func.errcheck = ERROR_CHECKERS[name]
+        func.errcheck = ERROR_CHECKERS[name]  # type: ignore[assignment]
     return lib
 
 
@@ -85,7 +85,7 @@ libc = _load()
 _libc_gil = ctypes.PyDLL("libc.so.6", use_errno=True)
 _syscall_gil = _libc_gil.syscall
 _syscall_gil.restype = c_long
-_syscall_gil.errcheck = _check_minus_one
+_syscall_gil.errcheck = _check_minus_one  # type: ignore[assignment]
 
 
 def ptrace(request: int, pid: int, addr: int | None = 0, data: Any = 0) -> int:

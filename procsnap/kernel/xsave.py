@@ -14,6 +14,7 @@ import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 # component number -> (CRIU field name in user_x86_xsave_entry, element size)
 COMPONENTS: dict[int, tuple[str, int]] = {
@@ -60,7 +61,7 @@ def layout() -> Layout:
         os.close(fd)
 
 
-def split(area: bytes) -> dict[str, object]:
+def split(area: bytes) -> dict[str, dict[str, Any]]:
     """Cut an XSAVE area into the fields of CRIU's fpregs/xsave messages.
 
     Returns {"fpregs": {...legacy fields...}, "xsave": {...}}; raises
@@ -69,7 +70,7 @@ def split(area: bytes) -> dict[str, object]:
     if len(area) < 576:
         raise ValueError(f"xsave area of {len(area)} bytes is too short")
     cwd, swd, twd, fop, rip, rdp, mxcsr, mxcsr_mask = struct.unpack_from("<HHHHQQII", area, 0)
-    fpregs = {
+    fpregs: dict[str, Any] = {
         "cwd": cwd, "swd": swd, "twd": twd, "fop": fop, "rip": rip, "rdp": rdp,
         "mxcsr": mxcsr, "mxcsr_mask": mxcsr_mask,
         "st_space": list(struct.unpack_from("<32I", area, 32)),
@@ -77,7 +78,7 @@ def split(area: bytes) -> dict[str, object]:
         "padding": list(struct.unpack_from("<24I", area, 416)),
     }
     (xstate_bv,) = struct.unpack_from("<Q", area, 512)
-    xsave: dict[str, object] = {"xstate_bv": xstate_bv}
+    xsave: dict[str, Any] = {"xstate_bv": xstate_bv}
     lay = layout()
     for comp, (off, size) in sorted(lay.offsets.items()):
         if comp not in COMPONENTS:

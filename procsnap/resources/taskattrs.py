@@ -102,7 +102,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             inj.call("prlimit64", 0, res, addr, 0)
         except OSError as exc:
             raise RestoreError(f"{rt.image_name('core')}: cannot set RLIMIT_{RLIM_NAMES[res]} "
-                               f"to {lim.cur}/{lim.max}: {os.strerror(exc.errno)}") from None
+                               f"to {lim.cur}/{lim.max}: {os.strerror(exc.errno or 0)}") from None
     inj.reset_scratch()
     if tc.HasField("timers"):
         for which, it in enumerate((tc.timers.real, tc.timers.virt, tc.timers.prof)):

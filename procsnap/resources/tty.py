@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, tty_pb2
+from ..kernel import consts as C
 
 if TYPE_CHECKING:
     from ..restore import RestoreContext, RestoreTask
@@ -63,4 +64,4 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     if rt.tty_fd is None:
         raise RestoreError(f"{rt.image_name('fdinfo')}: the process had a terminal; "
                            "restore it with --shell-job from a terminal")
-    return rt.inj.call("fcntl", rt.tty_fd, os.F_DUPFD_CLOEXEC, 0)
+    return rt.inj.call("fcntl", rt.tty_fd, C.F_DUPFD_CLOEXEC, 0)
