@@ -46,12 +46,28 @@ class DumpOptions:
 
 
 @dataclass
+class DumpThread:
+    """One thread of a process: its own registers, injector and core."""
+    tid: int
+    regs: UserRegs | None = None      # as found at the freeze
+    inj: Injector | None = None
+    core: Any = None                  # core_entry of this thread (leader: the task's)
+    held: bool = False                # seized by us
+
+    def need_inj(self) -> Injector:
+        assert self.inj is not None
+        return self.inj
+
+
+@dataclass
 class DumpTask:
     """Everything the resource modules learn about one process."""
     pid: int
     proc: ProcReader
-    regs: UserRegs | None = None      # as found at the freeze
-    inj: Injector | None = None
+    threads: list[DumpThread] = field(default_factory=list)  # [0] is the leader
+    zombie: bool = False
+    regs: UserRegs | None = None      # the leader's, as found at the freeze
+    inj: Injector | None = None       # the leader's injector
     scratch: int = 0
     maps: list[MapEntry] = field(default_factory=list)
     stat: Stat | None = None
@@ -76,6 +92,9 @@ class DumpContext:
     created: list[str] = field(default_factory=list)      # paths to remove on failure
     stats: dict[str, float] = field(default_factory=dict)
     pages_ids: int = 0
+    # (pid, fd, (st_dev, st_ino), file id) of every fd seen so far, to find
+    # open file descriptions shared between fds and processes (kcmp).
+    open_files: list[tuple[int, int, tuple[int, int], int]] = field(default_factory=list)
     _next_id: int = 1
 
     def new_file_id(self) -> int:
@@ -109,64 +128,109 @@ def _check_target(pid: int) -> None:
         seen += 1
 
 
-def _collect_tree(root: int) -> list[int]:
-    """The root task and all its descendants (children before their own)."""
-    # Process trees arrive with the tree issue; the driver already works
-    # on a list so they slot in.  Today a tree with children is refused.
-    children = _children(root)
-    if children:
-        raise DumpError(f"pid {root} has child processes {children[:8]}: "
-                        "dumping process trees is not supported yet")
-    return [root]
-
-
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    out += [int(x) for x in f.read().split()]
+            except FileNotFoundError:
+                continue  # a thread exited while we listed
     except FileNotFoundError:
         raise NoSuchProcess(pid) from None
-    return out
+    return sorted(set(out))
 
 
-def _seize(task: DumpTask) -> None:
-    pid = task.pid
+def _tids(pid: int) -> list[int]:
     try:
-        ptrace.seize(pid)
+        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    except FileNotFoundError:
+        raise NoSuchProcess(pid) from None
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return ProcReader(pid).stat().state in ("Z", "X")
+    except ZombieProcess:
+        return True
+
+
+def _seize_thread(pid: int, th: DumpThread) -> None:
+    tid = th.tid
+    try:
+        ptrace.seize(tid)
     except OSError as exc:
         if exc.errno == 3:
-            raise NoSuchProcess(pid) from None
+            raise NoSuchProcess(pid, f"pid {pid}: thread {tid} vanished during the freeze") from None
         if exc.errno == 1:
-            raise AccessDenied(pid, f"pid {pid}: cannot trace it (already traced, or not permitted)") from None
-        raise DumpError(f"pid {pid}: PTRACE_SEIZE failed: {exc.strerror}") from None
-    ptrace.interrupt(pid)
+            raise AccessDenied(pid, f"pid {pid}: cannot trace thread {tid} "
+                                    "(already traced, or not permitted)") from None
+        raise DumpError(f"pid {pid}: PTRACE_SEIZE of {tid} failed: {exc.strerror}") from None
+    th.held = True
+    ptrace.interrupt(tid)
+
+
+def _wait_interrupted(pid: int, th: DumpThread) -> None:
+    tid = th.tid
     while True:
         try:
-            status = ptrace.wait_stop(pid)
+            status = ptrace.wait_stop(tid)
         except ProcessLookupError:
-            raise NoSuchProcess(pid, f"pid {pid}: exited during the freeze") from None
+            raise NoSuchProcess(pid, f"pid {pid}: thread {tid} exited during the freeze") from None
         if ptrace.stop_event(status) == C.PTRACE_EVENT_STOP:
             break
         # A signal was about to be delivered: let it through and keep
         # waiting for our interrupt, so the process sees what it was sent.
-        ptrace.cont(pid, os.WSTOPSIG(status))
-    task.regs = ptrace.get_regs(pid)
+        ptrace.cont(tid, os.WSTOPSIG(status))
+    th.regs = ptrace.get_regs(tid)
 
 
-def _prepare_injection(task: DumpTask) -> None:
-    """Find a syscall instruction and map a scratch page in the task."""
-    assert task.regs is not None
-    code = [(m.start, m.end) for m in task.maps if m.path == "[vdso]"]
-    code += [(m.start, m.end) for m in task.maps if "x" in m.perms and m.path != "[vsyscall]"]
-    ip = find_syscall_insn(task.pid, code)
-    inj = Injector(task.pid, ip, task.regs)
-    task.inj = inj
-    addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE,
-                    C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
-    task.scratch = addr
-    inj.use_scratch(addr, SCRATCH_SIZE)
+def _freeze(ctx: "DumpContext", root: int) -> None:
+    """Seize every thread of every process of the tree, then re-scan.
+
+    A task may fork or clone while we walk: walking again after everything
+    known is stopped finds the newcomers; when a walk finds nothing new the
+    whole tree is frozen (stopped tasks cannot create more).
+    """
+    by_pid: dict[int, DumpTask] = {}
+    for _ in range(100):
+        changed = False
+        order = [root]
+        i = 0
+        while i < len(order):
+            pid = order[i]
+            i += 1
+            task = by_pid.get(pid)
+            if task is None:
+                task = DumpTask(pid, ProcReader(pid))
+                by_pid[pid] = task
+                ctx.tasks.append(task)
+                changed = True
+                if _is_zombie(pid):
+                    task.zombie = True
+            if task.zombie:
+                continue
+            known = {th.tid for th in task.threads}
+            new = [DumpThread(t) for t in _tids(pid) if t not in known]
+            for th in new:
+                _seize_thread(pid, th)
+                task.threads.append(th)
+            for th in new:
+                _wait_interrupted(pid, th)
+            if new:
+                changed = True
+                task.threads.sort(key=lambda t: t.tid != pid)  # leader first
+            order += [c for c in _children(pid) if c not in order]
+        # a task that was listed before but is no longer in the tree exited
+        live = set(order)
+        gone = [t.pid for t in ctx.tasks if t.pid not in live]
+        if gone:
+            raise NoSuchProcess(gone[0], f"pid {gone[0]}: exited during the freeze")
+        if not changed:
+            ctx.tasks.sort(key=lambda t: order.index(t.pid))
+            return
+    raise DumpError(f"pid {root}: the tree keeps changing; cannot freeze it")
 
 
 def restart_fixup(regs: UserRegs) -> UserRegs:
@@ -190,33 +254,59 @@ def restart_fixup(regs: UserRegs) -> UserRegs:
     return out
 
 
+def _prepare_injection(task: DumpTask) -> None:
+    """Find a syscall instruction, map a scratch area, one injector a thread."""
+    code = [(m.start, m.end) for m in task.maps if m.path == "[vdso]"]
+    code += [(m.start, m.end) for m in task.maps if "x" in m.perms and m.path != "[vsyscall]"]
+    ip = find_syscall_insn(task.pid, code)
+    for th in task.threads:
+        assert th.regs is not None
+        th.inj = Injector(th.tid, ip, th.regs)
+    leader = task.threads[0]
+    inj = leader.need_inj()
+    task.inj, task.regs = inj, leader.regs
+    addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE,
+                    C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
+    task.scratch = addr
+    for th in task.threads:
+        th.need_inj().use_scratch(addr, SCRATCH_SIZE)
+
+
 def _release(task: DumpTask, *, kill: bool) -> None:
     """Undo our presence in the task: scratch page, registers, ptrace."""
+    if task.zombie:
+        return
     pid = task.pid
-    inj = task.inj
-    try:
-        if inj is not None and task.scratch:
-            try:
-                inj.call("munmap", task.scratch, SCRATCH_SIZE)
-            except OSError:
-                pass
-            task.scratch = 0
-        if kill:
+    if task.inj is not None and task.scratch:
+        try:
+            task.inj.call("munmap", task.scratch, SCRATCH_SIZE)
+        except OSError:
+            pass
+        task.scratch = 0
+    if kill:
+        try:
             os.kill(pid, signal.SIGKILL)
-        if task.regs is not None:
-            try:
-                if inj is not None:
-                    ptrace.set_regs(pid, restart_fixup(task.regs))
-                else:
-                    ptrace.set_regs(pid, task.regs)
-            except OSError:
-                pass
-        if inj is not None:
-            inj.detach()
-        else:
-            ptrace.detach(pid)
-    except (OSError, ProcessLookupError):
-        pass  # the task died under us: nothing left to release
+        except ProcessLookupError:
+            pass
+    for th in task.threads:
+        if not th.held:
+            continue
+        try:
+            if th.regs is not None:
+                # After an injected call, the kernel's restart logic no
+                # longer applies: rewind an interrupted syscall ourselves.
+                ptrace.set_regs(th.tid, restart_fixup(th.regs) if th.inj is not None
+                                and th.inj.calls else th.regs)
+        except OSError:
+            pass
+        try:
+            if th.inj is not None:
+                th.inj.detach()
+            else:
+                ptrace.detach(th.tid)
+        except (OSError, ProcessLookupError):
+            pass  # the thread died under us: nothing left to release
+        th.held = False
 
 
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
@@ -235,25 +325,28 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
     ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job))
-    pids = _collect_tree(pid)
-    ctx.tasks = [DumpTask(p, ProcReader(p)) for p in pids]
-    frozen: list[DumpTask] = []
     ok = False
     try:
-        for task in ctx.tasks:
-            _seize(task)
-            frozen.append(task)
+        if _is_zombie(pid):
+            raise ZombieProcess(pid)
+        _freeze(ctx, pid)
         ctx.stats["freeze"] = time.monotonic() - t0
         for task in ctx.tasks:
-            _check_threads(task)
             task.stat = task.proc.stat()
+            task.core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+            if task.zombie:
+                continue
             task.status = task.proc.status()
             task.maps = task.proc.maps()  # before our scratch page exists
             _prepare_injection(task)
-            task.core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+            for th in task.threads:
+                th.core = task.core if th.tid == task.pid else \
+                    core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
         for mod in resources.DUMP_ORDER:
             t = time.monotonic()
             for task in ctx.tasks:
+                if task.zombie and not getattr(mod, "DUMPS_ZOMBIES", False):
+                    continue
                 mod.dump(ctx, task)
             ctx.stats[mod.NAME] = ctx.stats.get(mod.NAME, 0.0) + time.monotonic() - t
         t = time.monotonic()
@@ -274,11 +367,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                 except FileNotFoundError:
                     pass
         kill = ok and not leave_running
-        for task in reversed(frozen):
+        # Kill the root first: with the whole tree stopped nobody can react
+        # to a sibling's death before it dies too.
+        for task in ctx.tasks:
             _release(task, kill=kill)
         if kill:
-            for task in frozen:
-                _reap_traced(task.pid)
+            for task in ctx.tasks:
+                for th in task.threads:
+                    _reap_traced(th.tid)
     ctx.stats["total"] = time.monotonic() - t0
     return ctx.stats
 
@@ -290,13 +386,6 @@ def _reap_traced(pid: int) -> None:
         os.waitpid(pid, 0x40000000 | os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def _check_threads(task: DumpTask) -> None:
-    tids = task.proc.tids()
-    if len(tids) > 1:
-        raise DumpError(f"pid {task.pid} has {len(tids)} threads: multi-threaded "
-                        "processes are not supported yet")
 
 
 def _write_images(ctx: DumpContext) -> None:
@@ -315,10 +404,12 @@ def _write_images(ctx: DumpContext) -> None:
     track("pstree", None)
     images.write_image(d, "pstree", entries)
     for task in ctx.tasks:
-        track("core", task.pid)
-        images.write_one(d, "core", task.core, task.pid)
-        track("ids", task.pid)
-        images.write_one(d, "ids", task.ids, task.pid)
+        for th in task.threads or [DumpThread(task.pid, core=task.core)]:
+            track("core", th.tid)
+            images.write_one(d, "core", th.core, th.tid)
+        if task.ids is not None:
+            track("ids", task.pid)
+            images.write_one(d, "ids", task.ids, task.pid)
         for kind, ident, msgs in task.extra_images:
             track(kind, ident)
             images.write_image(d, kind, msgs, ident)
@@ -332,5 +423,6 @@ def _write_images(ctx: DumpContext) -> None:
 def make_pstree_entry(task: DumpTask) -> Any:
     st = task.stat
     assert st is not None
+    threads = [th.tid for th in task.threads] or [task.pid]
     return pstree_pb2.pstree_entry(pid=task.pid, ppid=st.ppid, pgid=st.pgrp,
-                                   sid=st.session, threads=task.proc.tids())
+                                   sid=st.session, threads=threads)

@@ -87,8 +87,10 @@ class Injector:
             sig = os.WSTOPSIG(status)
             if sig == (signal.SIGTRAP | 0x80):
                 return
-            if ptrace.stop_event(status) == C.PTRACE_EVENT_STOP:
-                continue  # a group-stop or our own interrupt: just go on
+            if ptrace.stop_event(status):
+                # PTRACE_EVENT_STOP (a group-stop, our interrupt) or a
+                # fork/clone event of a call we injected: just go on.
+                continue
             # A signal was sent to the task while we work in it: keep it
             # for later rather than let it run a handler mid-surgery.
             self.held_signals.append(sig)

@@ -54,6 +54,13 @@ class RestoreOptions:
 
 
 @dataclass
+class RestoreThread:
+    tid: int
+    core: Any
+    inj: Injector = None  # type: ignore[assignment]
+
+
+@dataclass
 class RestoreTask:
     pid: int
     images_dir: str
@@ -65,17 +72,24 @@ class RestoreTask:
     pages_id: int = 0
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
+    threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
+    zombie: bool = False
     inj: Injector = None  # type: ignore[assignment]
     tramp: int = 0
     tramp_size: int = TRAMP_SIZE
     tty_fd: int | None = None
+    pidfds: dict[int, int] = field(default_factory=dict)  # source pid -> pidfd in puppet
+    _rctx: Any = None
 
-    def image_name(self, kind: str) -> str:
-        ident: int | None = self.pid
-        if kind == "fdinfo":
-            ident = self.ids.files_id if self.ids is not None else None
-        elif kind == "pages":
-            ident = self.pages_id
+    def image_name(self, kind: str, ident: int | None = None) -> str:
+        if ident is None:
+            ident = self.pid
+            if kind == "fdinfo":
+                ident = self.ids.files_id if self.ids is not None else 0
+            elif kind == "pages":
+                ident = self.pages_id
+        if kind in ("inventory", "pstree", "files"):
+            return images.image_path(self.images_dir, kind, None)
         return images.image_path(self.images_dir, kind, ident)
 
     def open_in_puppet(self, path: str, flags: int, check: Any = None) -> int:
@@ -93,7 +107,24 @@ class RestoreTask:
         inj.reset_scratch()
         return fd
 
-    _rctx: Any = None
+    def grab_fd(self, src_pid: int, src_fd: int) -> int:
+        """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
+        file description), in the puppet: pidfd_open + pidfd_getfd."""
+        inj = self.inj
+        pidfd = self.pidfds.get(src_pid)
+        if pidfd is None:
+            # Keep it above every fd number the task will own, or placing
+            # a later fd (dup3 onto its number) would close it.
+            low = inj.call("pidfd_open", src_pid, 0)
+            pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
+            inj.call("close", low)
+            self.pidfds[src_pid] = pidfd
+        return inj.call("pidfd_getfd", pidfd, src_fd, 0)
+
+    def close_pidfds(self) -> None:
+        for fd in self.pidfds.values():
+            self.inj.call("close", fd)
+        self.pidfds.clear()
 
 
 @dataclass
@@ -102,6 +133,11 @@ class RestoreContext:
     opts: RestoreOptions
     files: dict[int, Any] = field(default_factory=dict)
     tasks: list[RestoreTask] = field(default_factory=list)
+    by_pid: dict[int, RestoreTask] = field(default_factory=dict)
+    placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file id -> (pid, fd)
+    own_fds: list[int] = field(default_factory=list)  # restorer fds to close at the end
+    created: list[int] = field(default_factory=list)  # pids this restore made
+    spare_fd_base: int = 3  # first fd number no task owns: room for our helper fds
     stats: dict[str, float] = field(default_factory=dict)
 
     def file_entry(self, fid: int) -> Any:
@@ -123,29 +159,45 @@ def _collect(rctx: RestoreContext) -> None:
         raise ImageError(images.image_path(d, "inventory", None),
                          f"image version {inv.img_version} is not supported (want {IMG_VERSION})")
     tree = images.read_image(d, "pstree")
+    pstree_path = images.image_path(d, "pstree", None)
     if not tree:
-        raise ImageError(images.image_path(d, "pstree", None), "no process in the tree")
-    if len(tree) > 1:
-        raise ImageError(images.image_path(d, "pstree", None),
-                         f"{len(tree)} processes: restoring process trees is not supported yet")
+        raise ImageError(pstree_path, "no process in the tree")
     for f in images.read_image(d, "files"):
         rctx.files[f.id] = f
-    for entry in tree:
+    pids = {e.pid for e in tree}
+    for i, entry in enumerate(tree):
+        if entry.pid in rctx.by_pid:
+            raise ImageError(pstree_path, f"pid {entry.pid} appears twice")
+        if i and entry.ppid not in rctx.by_pid:
+            raise ImageError(pstree_path, f"pid {entry.pid}: parent {entry.ppid} is not "
+                             "listed before it")
         rt = RestoreTask(pid=entry.pid, images_dir=d, pstree=entry)
         rt._rctx = rctx
-        if len(entry.threads) > 1:
-            raise ImageError(images.image_path(d, "pstree", None),
-                             f"pid {entry.pid} has {len(entry.threads)} threads: "
-                             "multi-threaded restore is not supported yet")
         rt.core = images.read_one(d, "core", entry.pid)
-        if rt.core.mtype != core_pb2.core_entry.X86_64:
-            name = core_pb2.core_entry.march.Name(rt.core.mtype) \
-                if rt.core.mtype in core_pb2.core_entry.march.values() else str(rt.core.mtype)
-            raise ImageError(rt.image_name("core"),
-                             f"core image is for architecture {name}, this is x86_64")
-        for part in ("thread_info", "tc", "thread_core"):
+        _check_core(rt, rt.core, entry.pid)
+        rt.zombie = rt.core.tc.task_state == 2  # TASK_DEAD
+        rctx.tasks.append(rt)
+        rctx.by_pid[entry.pid] = rt
+        if os.path.exists(f"/proc/{entry.pid}"):
+            raise RestoreError(f"pid {entry.pid} is already taken by a running process")
+        if rt.zombie:
+            continue
+        for part in ("thread_info", "thread_core"):
             if not rt.core.HasField(part):
                 raise ImageError(rt.image_name("core"), f"core entry has no {part}")
+        threads = list(entry.threads) or [entry.pid]
+        if threads[0] != entry.pid:
+            threads = [entry.pid] + [t for t in threads if t != entry.pid]
+        rt.threads = [RestoreThread(entry.pid, rt.core)]
+        for tid in threads[1:]:
+            if tid in pids or os.path.exists(f"/proc/{tid}"):
+                raise RestoreError(f"thread id {tid} of pid {entry.pid} is already taken")
+            core = images.read_one(d, "core", tid)
+            _check_core(rt, core, tid)
+            for part in ("thread_info", "thread_core"):
+                if not core.HasField(part):
+                    raise ImageError(rt.image_name("core", tid), f"core entry has no {part}")
+            rt.threads.append(RestoreThread(tid, core))
         rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", entry.pid)
         rt.mm = images.read_one(d, "mm", entry.pid)
         pm = images.read_image(d, "pagemap", entry.pid)
@@ -167,9 +219,16 @@ def _collect(rctx: RestoreContext) -> None:
         for ident in [rt.mm.exe_file_id, rt.fs.cwd_id, rt.fs.root_id] + \
                 [f.id for f in rt.fdinfos] + [v.shmid for v in rt.mm.vmas if v.status & 0xC0]:
             rctx.file_entry(ident)
-        if os.path.exists(f"/proc/{entry.pid}"):
-            raise RestoreError(f"pid {entry.pid} is already taken by a running process")
-        rctx.tasks.append(rt)
+
+
+def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
+    if core.mtype != core_pb2.core_entry.X86_64:
+        name = core_pb2.core_entry.march.Name(core.mtype) \
+            if core.mtype in core_pb2.core_entry.march.values() else str(core.mtype)
+        raise ImageError(rt.image_name("core", ident),
+                         f"core image is for architecture {name}, this is x86_64")
+    if ident == rt.pid and not core.HasField("tc"):
+        raise ImageError(rt.image_name("core", ident), "core entry has no tc")
 
 
 # ------------------------------------------------------------- create ----
@@ -202,9 +261,18 @@ def _clone_with_pid(pid: int) -> int:
     return child
 
 
+PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRACEFORK
+                  | C.PTRACE_O_TRACECLONE)
+
+
 def _seize_puppet(pid: int) -> Any:
-    ptrace.seize(pid, C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL)
+    ptrace.seize(pid, PUPPET_OPTIONS)
     ptrace.interrupt(pid)
+    return _wait_new_stop(pid)
+
+
+def _wait_new_stop(pid: int) -> Any:
+    """Wait for the first stop of a task we seized or that was auto-attached."""
     while True:
         status = ptrace.wait_stop(pid)
         if ptrace.stop_event(status) == C.PTRACE_EVENT_STOP:
@@ -222,10 +290,13 @@ def _own_syscall_insn() -> int:
     return base + idx
 
 
-def _pick_trampoline(rt: RestoreTask) -> int:
-    """A free range, with a free page either side, in both layouts."""
-    used = [(m.start, m.end) for m in parse_maps(open(f"/proc/{rt.pid}/maps").read())]
-    used += [(v.start, v.end) for v in rt.mm.vmas]
+def _pick_trampoline(rctx: RestoreContext, pid: int) -> int:
+    """A free range, with a free page either side, in every layout involved:
+    the puppet's now, and every task's to be (children inherit the page)."""
+    used = [(m.start, m.end) for m in parse_maps(open(f"/proc/{pid}/maps").read())]
+    for rt in rctx.tasks:
+        if rt.mm is not None:
+            used += [(v.start, v.end) for v in rt.mm.vmas]
     used.sort()
     need = TRAMP_SIZE + 2 * C.PAGE_SIZE
     cand = 0x10000000  # 256 MiB: above low mmap_min_addr and typical non-PIE text
@@ -234,32 +305,34 @@ def _pick_trampoline(rt: RestoreTask) -> int:
             break
         cand = max(cand, (end + C.PAGE_SIZE - 1) // C.PAGE_SIZE * C.PAGE_SIZE)
     if cand + need > C.TASK_SIZE:
-        raise RestoreError(f"pid {rt.pid}: no free address range for the trampoline")
+        raise RestoreError(f"pid {pid}: no free address range for the trampoline")
     return cand + C.PAGE_SIZE
 
 
-def _prepare_puppet(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
+def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
+    """The root puppet: drop what it inherited from us, map the trampoline."""
     pid = rt.pid
     inj = Injector(pid, _own_syscall_insn(), regs)
     rt.inj = inj
     conf = ptrace.get_rseq(pid)
     if conf.rseq_abi_pointer:
+        # While the area is still mapped, or the next syscall faults.
         inj.call("rseq", conf.rseq_abi_pointer, conf.rseq_abi_size,
                  C.RSEQ_FLAG_UNREGISTER, conf.signature)
-    addr = _pick_trampoline(rt)
+    addr = _pick_trampoline(rctx, pid)
     got = inj.call("mmap", addr, TRAMP_SIZE, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC,
                    C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED_NOREPLACE, -1, 0)
     if got != addr:
         raise RestoreError(f"pid {pid}: trampoline mapped at {got:#x}, not {addr:#x}")
     inj.write_mem(addr, b"\x0f\x05")
-    inj.syscall_ip = addr
-    rt.tramp = addr
-    inj.use_scratch(addr + C.PAGE_SIZE, TRAMP_SIZE - C.PAGE_SIZE)
+    _use_trampoline(rt, inj, addr)
 
-    top = max([f.fd for f in rt.fdinfos] + [2]) + 1
+    top = max([f.fd for t in rctx.tasks for f in t.fdinfos] + [2]) + 1
+    rctx.spare_fd_base = top + 1  # top itself is for the terminal
     if rctx.opts.shell_job:
         tty = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
-        if tty is None and any(rctx.file_entry(f.id).type == 11 for f in rt.fdinfos):
+        if tty is None and any(rctx.file_entry(f.id).type == 11
+                               for t in rctx.tasks for f in t.fdinfos):
             raise RestoreError("--shell-job: procsnap restore has no terminal on fds 0-2 "
                                "to give the restored process")
         if tty is not None:
@@ -269,12 +342,83 @@ def _prepare_puppet(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
         inj.call("close_range", rt.tty_fd + 1, 0xFFFFFFFF, 0)
     else:
         inj.call("close_range", 0, 0xFFFFFFFF, 0)
-    # Session and group: the dump insists the root leads both unless it is
-    # a shell job, which stays in the restoring shell's session.
-    if rt.pstree.sid == pid:
-        inj.call("setsid")
-    elif rt.pstree.pgid == pid:
-        inj.call("setpgid", 0, 0)
+    _set_session(rt)
+
+
+def _use_trampoline(rt: RestoreTask, inj: Injector, addr: int) -> None:
+    inj.syscall_ip = addr
+    rt.tramp = addr
+    inj.use_scratch(addr + C.PAGE_SIZE, TRAMP_SIZE - C.PAGE_SIZE)
+
+
+def _set_session(rt: RestoreTask) -> None:
+    # A new task is in its parent's session; only a leader needs a call.
+    # Groups are set once every task exists (see _set_groups).
+    if rt.pstree.sid == rt.pid:
+        rt.inj.call("setsid")
+
+
+def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
+    """The parent puppet forks the child with its PID (clone3 set_tid)."""
+    inj = parent.inj
+    tid = rt.pid.to_bytes(4, "little")
+    tid_addr = inj.put(tid, align=8)
+    args = CloneArgs(flags=0, exit_signal=signal.SIGCHLD, set_tid=tid_addr, set_tid_size=1)
+    args_addr = inj.put(bytes(args), align=8)
+    try:
+        child = inj.call("clone3", args_addr, ctypes.sizeof(args))
+    except InjectError as exc:
+        if exc.errno == 17:
+            raise RestoreError(f"pid {rt.pid} is already taken") from None
+        raise RestoreError(f"pid {rt.pid}: clone3 in pid {parent.pid} failed: "
+                           f"{os.strerror(exc.errno or 0)}") from None
+    inj.reset_scratch()
+    parent._rctx.created.append(child)
+    if child != rt.pid:
+        raise RestoreError(f"pid {rt.pid}: clone3 gave pid {child}")
+    regs = _wait_new_stop(child)  # auto-attached through PTRACE_O_TRACEFORK
+    rt.inj = Injector(child, parent.inj.syscall_ip, regs)
+    _use_trampoline(rt, rt.inj, parent.tramp)
+    rt.tty_fd = parent.tty_fd
+    _set_session(rt)
+
+
+def _set_groups(rctx: RestoreContext) -> None:
+    """setpgid for every task: group leaders first, then the members."""
+    live = [t for t in rctx.tasks]
+    for rt in live:
+        if rt.pstree.pgid == rt.pid and rt.pstree.sid != rt.pid:
+            rt.inj.call("setpgid", 0, 0)
+    for rt in live:
+        want = rt.pstree.pgid
+        if want == rt.pid or want not in rctx.by_pid:
+            continue  # leader (done) or the shell's group (inherited)
+        cur = rt.inj.call("getpgid", 0)
+        if cur != want:
+            rt.inj.call("setpgid", 0, want)
+
+
+def _make_zombie(rt: RestoreTask) -> None:
+    """Let the task exit with its dumped status; its parent keeps the zombie."""
+    code = rt.core.tc.exit_code
+    inj = rt.inj
+    inj.call("prctl", C.PR_SET_NAME, inj.put(rt.core.tc.comm.encode()[:15] + b"\0"), 0, 0, 0)
+    inj.reset_scratch()
+    regs = inj.base.copy()
+    regs.rip = inj.syscall_ip
+    regs.orig_rax = (1 << 64) - 1
+    if os.WIFSIGNALED(code):
+        sig = os.WTERMSIG(code)
+        # The disposition must be the default one for the signal to kill.
+        act = inj.put(bytes(32), align=8)
+        inj.call("rt_sigaction", sig, act, 0, 8)
+        inj.call("rt_sigprocmask", 1, inj.put((1 << (sig - 1)).to_bytes(8, "little")), 0, 8)
+        regs.rax, regs.rdi, regs.rsi = C.NR["kill"], rt.pid, sig
+    else:
+        regs.rax, regs.rdi = C.NR["exit_group"], os.WEXITSTATUS(code)
+    ptrace.set_regs(rt.pid, regs)
+    inj.detach()
+    # Not traced any more: it exits now and stays a zombie of its parent.
 
 
 def _isatty(fd: int) -> bool:
@@ -284,21 +428,52 @@ def _isatty(fd: int) -> bool:
         return False
 
 
+def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
+    """Clone every other thread from the leader, with its TID (set_tid)."""
+    inj = rt.inj
+    flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
+             | C.CLONE_SYSVSEM)
+    for th in rt.threads[1:]:
+        tid_addr = inj.put(th.tid.to_bytes(4, "little"), align=8)
+        args = CloneArgs(flags=flags, exit_signal=0, set_tid=tid_addr, set_tid_size=1)
+        try:
+            got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
+        except InjectError as exc:
+            raise RestoreError(f"pid {rt.pid}: cannot create thread {th.tid}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        inj.reset_scratch()
+        if got != th.tid:
+            raise RestoreError(f"pid {rt.pid}: thread {th.tid} came out as {got}")
+        regs = _wait_new_stop(th.tid)  # auto-attached through PTRACE_O_TRACECLONE
+        th.inj = Injector(th.tid, inj.syscall_ip, regs)
+        th.inj.use_scratch(inj.scratch, inj.scratch_size)
+
+
 def _build(rctx: RestoreContext, rt: RestoreTask) -> None:
     from . import resources
-    from .resources import core, signals
 
+    rt.threads[0].inj = rt.inj
     for mod in resources.RESTORE_ORDER:
         t = time.monotonic()
         mod.restore(rctx, rt)
+        if mod.NAME == "memory":
+            _create_threads(rctx, rt)
         rctx.stats[mod.NAME] = rctx.stats.get(mod.NAME, 0.0) + time.monotonic() - t
+
+
+def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
+    """Last injected calls, then registers: the task is ready to run."""
+    from .resources import core, signals
+
     inj = rt.inj
-    if rt.tty_fd is not None:
+    rt.close_pidfds()
+    if rt.tty_fd is not None and not any(f.fd == rt.tty_fd for f in rt.fdinfos):
         inj.call("close", rt.tty_fd)
     # The last injected call removes the page it is executed from; we stop
     # at its exit and never return there.
     inj.call("munmap", rt.tramp, rt.tramp_size)
-    core.final(rctx, rt, signals.final_mask(rt))
+    for th in rt.threads:
+        core.final(rctx, rt, th, signals.final_mask(rt, th))
 
 
 # ---------------------------------------------------------------- API ----
@@ -315,36 +490,71 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                           RestoreOptions(detached, shell_job, pidfile, skip_file_check))
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
-    created: list[int] = []
+    root = rctx.tasks[0]
+    if root.zombie:
+        raise ImageError(root.image_name("core"), "the root task is a zombie")
+    created = False
     try:
+        root.pid = _clone_with_pid(root.pid)
+        rctx.created.append(root.pid)
+        created = True
+        _prepare_root(rctx, root, _seize_puppet(root.pid))
+        # Create every task first (parents fork their children, in tree
+        # order), so sessions, groups and zombies are in place before any
+        # task is rebuilt.
+        for rt in rctx.tasks[1:]:
+            _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
+        _set_groups(rctx)
         for rt in rctx.tasks:
-            rt.pid = _clone_with_pid(rt.pid)
-            created.append(rt.pid)
-            regs = _seize_puppet(rt.pid)
-            _prepare_puppet(rctx, rt, regs)
-            _build(rctx, rt)
+            if rt.zombie:
+                _make_zombie(rt)
+        t = time.monotonic()
+        rctx.stats["create"] = t - t0
+        for rt in rctx.tasks:
+            if not rt.zombie:
+                _build(rctx, rt)
+        for rt in rctx.tasks:
+            if not rt.zombie:
+                _finish(rctx, rt)
         if pidfile:
             with open(pidfile, "w") as f:
-                f.write(f"{rctx.tasks[0].pid}\n")
-        for rt in rctx.tasks:
-            rt.inj.detach()
+                f.write(f"{root.pid}\n")
+        # Let them go, leaves first: a parent never runs before its children
+        # are whole.
+        for rt in reversed(rctx.tasks):
+            if not rt.zombie:
+                for th in reversed(rt.threads):
+                    th.inj.detach()
     except BaseException as exc:
-        for pid in created:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+        if created:
+            _kill_all(rctx)
         if isinstance(exc, ProcsnapError):
             raise
         if isinstance(exc, OSError):
             raise RestoreError(f"restore of {images_dir} failed: {exc.strerror or exc}") from None
         raise
+    finally:
+        for fd in rctx.own_fds:
+            os.close(fd)
     rctx.stats["total"] = time.monotonic() - t0
-    root = rctx.tasks[0].pid
     if detached:
-        return root
-    return wait_exit(root)
+        return root.pid
+    return wait_exit(root.pid)
+
+
+def _kill_all(rctx: RestoreContext) -> None:
+    """Kill everything this restore created (the root's children die with it
+    only if we kill them too: they are not in its session's fate)."""
+    for pid in rctx.created:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    root = rctx.tasks[0].pid
+    try:
+        os.waitpid(root, 0)
+    except ChildProcessError:
+        pass
 
 
 def wait_exit(pid: int) -> int:

@@ -14,16 +14,22 @@ NR = {
     "rt_sigprocmask": 14, "pread64": 17, "pwrite64": 18, "mremap": 25,
     "madvise": 28, "dup": 32, "dup2": 33, "getitimer": 36, "setitimer": 38,
     "getpid": 39, "kill": 62, "fcntl": 72, "chdir": 80, "fchdir": 81,
-    "umask": 95, "setuid": 105, "setgid": 106, "setpgid": 109, "getppid": 110,
+    "umask": 95, "setuid": 105, "setgid": 106, "setpgid": 109, "getppid": 110, "getpgid": 121,
     "setsid": 112, "setgroups": 116, "setresuid": 117, "setresgid": 119,
     "setfsuid": 122, "setfsgid": 123, "capget": 125, "capset": 126,
-    "rt_sigqueueinfo": 129, "sigaltstack": 131, "personality": 135,
+    "rt_sigpending": 127, "rt_sigtimedwait": 128, "rt_sigqueueinfo": 129, "sigaltstack": 131, "personality": 135,
     "prctl": 157, "arch_prctl": 158, "chroot": 161, "gettid": 186,
     "set_tid_address": 218, "exit_group": 231, "openat": 257,
     "set_robust_list": 273, "get_robust_list": 274, "dup3": 292,
     "rt_tgsigqueueinfo": 297, "prlimit64": 302, "process_vm_readv": 310,
     "process_vm_writev": 311, "kcmp": 312, "rseq": 334, "pidfd_open": 434,
     "clone3": 435, "close_range": 436, "pidfd_getfd": 438,
+    # event fds (resources/eventfd.py, signalfd.py, timerfd.py, eventpoll.py,
+    # inotify.py)
+    "ioctl": 16, "epoll_ctl": 233, "inotify_add_watch": 254,
+    "inotify_rm_watch": 255, "timerfd_create": 283, "timerfd_settime": 286,
+    "signalfd4": 289, "eventfd2": 290, "epoll_create1": 291,
+    "inotify_init1": 294, "open_by_handle_at": 304,
 }
 
 # ptrace requests and options (include/uapi/linux/ptrace.h).
@@ -48,6 +54,9 @@ PTRACE_GET_RSEQ_CONFIGURATION = 0x420F
 PTRACE_PEEKSIGINFO_SHARED = 1
 
 PTRACE_O_TRACESYSGOOD = 1
+PTRACE_O_TRACEFORK = 2
+PTRACE_O_TRACEVFORK = 4
+PTRACE_O_TRACECLONE = 8
 PTRACE_O_EXITKILL = 1 << 20
 PTRACE_EVENT_STOP = 128
 
@@ -119,7 +128,13 @@ FD_CLOEXEC = 1
 RSEQ_SIG = 0x53053053
 RSEQ_FLAG_UNREGISTER = 1
 
+CLONE_VM = 0x00000100
+CLONE_FS = 0x00000200
+CLONE_FILES = 0x00000400
+CLONE_SIGHAND = 0x00000800
 CLONE_PARENT = 0x00008000
+CLONE_THREAD = 0x00010000
+CLONE_SYSVSEM = 0x00040000
 SIGCHLD = 17
 SIGKILL = 9
 SIGSTOP = 19
@@ -130,3 +145,12 @@ _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 LINUX_CAPABILITY_VERSION_3 = _LINUX_CAPABILITY_VERSION_3
 
 RLIM_NLIMITS = 16
+
+# Event fds.
+KCMP_EPOLL_TFD = 7                 # kcmp(2): is a file registered in an epoll
+EPOLL_CTL_ADD = 1
+EFD_SEMAPHORE = 1
+TFD_TIMER_ABSTIME = 1
+TFD_IOC_SET_TICKS = 0x40085400     # _IOW('T', 0, u64), CONFIG_CHECKPOINT_RESTORE
+INOTIFY_IOC_SETNEXTWD = 0x40044900  # _IOW('I', 0, s32), CONFIG_CHECKPOINT_RESTORE
+FIONREAD = 0x541B

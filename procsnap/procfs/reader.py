@@ -147,6 +147,16 @@ class ProcReader:
         return parse.parse_status(self._read_text("status"), self.path("status"))
 
     @wrap_exceptions
+    def thread_stat(self, tid: int) -> Stat:
+        name = f"task/{tid}/stat"
+        return parse.parse_stat(self._read_text(name), self.path(name))
+
+    @wrap_exceptions
+    def thread_status(self, tid: int) -> Status:
+        name = f"task/{tid}/status"
+        return parse.parse_status(self._read_text(name), self.path(name))
+
+    @wrap_exceptions
     def maps(self) -> list[MapEntry]:
         """VMAs in address order; ``ZombieProcess`` for a zombie.
 

@@ -9,7 +9,7 @@ trampoline page is gone, right before it is let go.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import core_pb2, core_x86_pb2
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from ..restore import RestoreContext, RestoreTask
 
 NAME = "core"
+DUMPS_ZOMBIES = True
+TASK_ALIVE = 1
+TASK_DEAD = 2
 
 # user_regs_struct field -> CRIU's user_x86_regs_entry field
 _REG_NAMES = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "rsi": "si",
@@ -45,47 +48,83 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 
     pid = task.pid
     stat = task.stat
-    assert stat is not None and task.regs is not None
+    assert stat is not None
     is_root = task is ctx.tasks[0]
-    if is_root and not ctx.opts.shell_job:
-        if stat.session != pid:
-            raise DumpError(f"pid {pid} is not a session leader (its session {stat.session} is "
-                            "outside the dump); use --shell-job, or start it with setsid")
-        if stat.pgrp != pid:
-            raise DumpError(f"pid {pid} is not a process group leader (its group "
-                            f"{stat.pgrp} is outside the dump); use --shell-job")
-    regs = restart_fixup(task.regs)
-    if regs.cs != 0x33:
-        raise Unsupported(f"pid {pid}: runs in 32-bit mode (cs {regs.cs:#x}); not supported")
-    ti = task.core.thread_info
-    ti.gpregs.CopyFrom(regs_to_entry(regs))
-    try:
-        parts = xsave.split(ptrace.get_xstate(pid))
-    except ValueError as exc:
-        raise Unsupported(f"pid {pid}: {exc}") from None
-    ti.fpregs.CopyFrom(core_x86_pb2.user_x86_fpregs_entry(**parts["fpregs"]))
-    ti.fpregs.xsave.CopyFrom(core_x86_pb2.user_x86_xsave_entry(**parts["xsave"]))
-    ti.clear_tid_addr = 0
+    if is_root:
+        _check_sessions(ctx)
     task.pstree = make_pstree_entry(task)
     if is_root:
         task.pstree.ppid = 0  # as CRIU: the root's parent is not in the dump
+    if task.zombie:
+        # A zombie has no memory, files or registers: only its exit status.
+        tc = task.core.tc
+        tc.task_state, tc.exit_code = TASK_DEAD, stat.exit_code
+        tc.personality, tc.flags, tc.blk_sigset, tc.comm = 0, stat.flags, 0, stat.comm
+        return
+    for th in task.threads:
+        assert th.regs is not None
+        regs = restart_fixup(th.regs)
+        if regs.cs != 0x33:
+            raise Unsupported(f"pid {pid}: thread {th.tid} runs in 32-bit mode "
+                              f"(cs {regs.cs:#x}); not supported")
+        ti = th.core.thread_info
+        ti.gpregs.CopyFrom(regs_to_entry(regs))
+        try:
+            parts = xsave.split(ptrace.get_xstate(th.tid))
+        except ValueError as exc:
+            raise Unsupported(f"pid {pid}: thread {th.tid}: {exc}") from None
+        ti.fpregs.CopyFrom(core_x86_pb2.user_x86_fpregs_entry(**parts["fpregs"]))
+        ti.fpregs.xsave.CopyFrom(core_x86_pb2.user_x86_xsave_entry(**parts["xsave"]))
+        ti.clear_tid_addr = 0
     n = ctx.tasks.index(task) + 1
     task.ids = core_pb2.task_kobj_ids_entry(vm_id=n, files_id=n, fs_id=n, sighand_id=n)
     task.core.ids.CopyFrom(task.ids)
+
+
+def _check_sessions(ctx: "DumpContext") -> None:
+    """Refuse session/group layouts the restore cannot rebuild.
+
+    Every task is recreated by its parent, so a task can only be in its
+    parent's session or lead its own (setsid); a process group must be led
+    by a task of the tree -- or, for a shell job, be the shell's group.
+    """
+    root = ctx.tasks[0]
+    rstat = root.stat
+    assert rstat is not None
+    if not ctx.opts.shell_job:
+        if rstat.session != root.pid:
+            raise DumpError(f"pid {root.pid} is not a session leader (its session "
+                            f"{rstat.session} is outside the dump); use --shell-job, "
+                            "or start it with setsid")
+        if rstat.pgrp != root.pid:
+            raise DumpError(f"pid {root.pid} is not a process group leader (its group "
+                            f"{rstat.pgrp} is outside the dump); use --shell-job")
+    pids = {t.pid: t for t in ctx.tasks}
+    for t in ctx.tasks[1:]:
+        st = t.stat
+        assert st is not None
+        parent = pids.get(st.ppid)
+        psid = parent.stat.session if parent is not None and parent.stat else None
+        if st.session not in (t.pid, psid):
+            raise Unsupported(f"pid {t.pid}: its session {st.session} is neither its own nor "
+                              "its parent's; this layout is not supported yet")
+        if st.pgrp not in pids and not (ctx.opts.shell_job and st.pgrp == rstat.pgrp):
+            raise Unsupported(f"pid {t.pid}: its process group {st.pgrp} is led from outside "
+                              "the dumped tree")
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     """Nothing to do mid-way: see :func:`final`."""
 
 
-def final(rctx: "RestoreContext", rt: "RestoreTask", sigmask: int) -> None:
-    """Install registers, FPU state and signal mask; the puppet is ready."""
-    core = rt.core
+def final(rctx: "RestoreContext", rt: "RestoreTask", th: Any, sigmask: int) -> None:
+    """Install one thread's registers, FPU state and signal mask."""
+    core = th.core
     if core.mtype != core_pb2.core_entry.X86_64 or not core.HasField("thread_info"):
-        raise RestoreError(f"{rt.image_name('core')}: not an x86_64 task")
+        raise RestoreError(f"{rt.image_name('core', th.tid)}: not an x86_64 task")
     ti = core.thread_info
     regs = entry_to_regs(ti.gpregs)
-    cur = ptrace.get_xstate(rt.pid)
+    cur = ptrace.get_xstate(th.tid)
     fp = ti.fpregs
     fpregs = {k: getattr(fp, k) for k in ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr",
                                           "mxcsr_mask", "st_space", "xmm_space")}
@@ -95,7 +134,7 @@ def final(rctx: "RestoreContext", rt: "RestoreTask", sigmask: int) -> None:
     try:
         area = xsave.join(fpregs, xs, len(cur))
     except ValueError as exc:
-        raise RestoreError(f"{rt.image_name('core')}: {exc}") from None
-    ptrace.set_regs(rt.pid, regs)
-    ptrace.set_xstate(rt.pid, area)
-    ptrace.set_sigmask(rt.pid, sigmask)
+        raise RestoreError(f"{rt.image_name('core', th.tid)}: {exc}") from None
+    ptrace.set_regs(th.tid, regs)
+    ptrace.set_xstate(th.tid, area)
+    ptrace.set_sigmask(th.tid, sigmask)

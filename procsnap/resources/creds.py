@@ -35,9 +35,13 @@ def _mask(words) -> int:
 
 
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
-    st = task.status
-    assert st is not None
-    inj = task.need_inj()
+    for thread in task.threads:
+        st = task.status if thread.tid == task.pid else task.proc.thread_status(thread.tid)
+        assert st is not None
+        _dump_one(task, thread.need_inj(), st, thread.core)
+
+
+def _dump_one(task: "DumpTask", inj, st, core) -> None:
     secbits = inj.call("prctl", C.PR_GET_SECUREBITS, 0, 0, 0, 0)
     uid, euid, suid, fsuid = st.uids
     gid, egid, sgid, fsgid = st.gids
@@ -52,12 +56,19 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                           "not supported yet")
     if st.no_new_privs:
         raise Unsupported(f"pid {task.pid}: has no_new_privs set; not supported yet")
-    task.core.thread_core.creds.CopyFrom(creds)
+    core.thread_core.creds.CopyFrom(creds)
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
-    inj = rt.inj
-    core = rt.core
+    # Credentials are per thread in Linux (the libc wrappers broadcast;
+    # the raw syscalls we inject do not): set each thread's own.
+    for thread in rt.threads:
+        _restore_one(thread.inj, thread.core)
+    if rt.mm.HasField("dumpable"):
+        rt.inj.call("prctl", C.PR_SET_DUMPABLE, rt.mm.dumpable, 0, 0, 0)
+
+
+def _restore_one(inj, core) -> None:
     th = core.thread_core
     if th.HasField("creds"):
         c = th.creds
@@ -94,7 +105,5 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             # PR_SET_KEEPCAPS needs no privilege, unlike PR_SET_SECUREBITS.
             inj.call("prctl", C.PR_SET_KEEPCAPS, 0, 0, 0, 0)
         inj.reset_scratch()
-    if rt.mm.HasField("dumpable"):
-        inj.call("prctl", C.PR_SET_DUMPABLE, rt.mm.dumpable, 0, 0, 0)
 
 

@@ -23,7 +23,7 @@ from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
 from ..kernel import consts as C
 from ..procfs.parse import FdInfo
-from . import regfile, tty
+from . import eventfd, eventpoll, inotify, regfile, signalfd, timerfd, tty
 
 if TYPE_CHECKING:
     from ..dump import DumpContext, DumpTask
@@ -33,7 +33,7 @@ NAME = "files"
 KCMP_FILE = 0
 
 # Order matters: the first kind whose matches() is true owns the fd.
-FD_KINDS = [tty, regfile]
+FD_KINDS = [tty, regfile, eventfd, signalfd, timerfd, eventpoll, inotify]
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 
 
@@ -67,7 +67,7 @@ def same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     files_id = task.ids.files_id
     entries: list[Any] = []
-    seen: list[tuple[int, Any, int]] = []  # (fd, stat key, file id)
+    seen = ctx.open_files
     for fd in task.proc.fds():
         try:
             link = task.proc.fd_link(fd)
@@ -84,8 +84,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         fd_flags = 1 if info.flags & os.O_CLOEXEC else 0
         shared_id = None
         if st is not None:
-            for ofd, key, fid in seen:
-                if key == (st.st_dev, st.st_ino) and same_file(task.pid, fd, task.pid, ofd):
+            for opid, ofd, key, fid in seen:
+                if key == (st.st_dev, st.st_ino) and same_file(task.pid, fd, opid, ofd):
                     shared_id = fid
                     break
         kind = next((k for k in FD_KINDS if k.matches(fdctx)), None)
@@ -96,7 +96,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             fid = ctx.new_file_id()
             ctx.files.append(kind.dump(fdctx, fid))
             if st is not None:
-                seen.append((fd, (st.st_dev, st.st_ino), fid))
+                seen.append((task.pid, fd, (st.st_dev, st.st_ino), fid))
         else:
             fid = shared_id
         entries.append(fdinfo_pb2.fdinfo_entry(id=fid, flags=fd_flags, type=kind.TYPE, fd=fd))
@@ -105,12 +105,16 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     inj = rt.inj
-    placed: dict[int, int] = {}  # file id -> first target fd holding it
+    placed = rctx.placed  # file id -> (pid, fd) that first got it
     for fe in rt.fdinfos:
         entry = rctx.file_entry(fe.id)
         cloexec = os.O_CLOEXEC if fe.flags & 1 else 0
         if fe.id in placed:
-            inj.call("dup3", placed[fe.id], fe.fd, cloexec)
+            # One open file description shared by several fds: take it
+            # from whoever has it (ourselves: dup; another task: pidfd_getfd).
+            owner, ofd = placed[fe.id]
+            tmp = ofd if owner == rt.pid else rt.grab_fd(owner, ofd)
+            _place(inj, tmp, fe.fd, cloexec, keep_tmp=owner == rt.pid)
             continue
         kind = BY_TYPE.get(entry.type)
         if kind is None:
@@ -118,13 +122,29 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                                f"{fdinfo_pb2.fd_types.Name(entry.type) if entry.type in fdinfo_pb2.fd_types.values() else entry.type}, "
                                "which procsnap cannot restore yet")
         tmp = kind.open_fd(rctx, rt, entry)
-        if tmp != fe.fd:
-            inj.call("dup3", tmp, fe.fd, cloexec)
-            inj.call("close", tmp)
-        else:
-            inj.call("fcntl", fe.fd, C.F_SETFD, 1 if cloexec else 0)
-        placed[fe.id] = fe.fd
+        _place(inj, tmp, fe.fd, cloexec)
+        placed[fe.id] = (rt.pid, fe.fd)
         inj.reset_scratch()
+    # Kinds with an after_all(rctx, rt, entry, fd) finish once every fd of
+    # the task is in place: epoll adds its targets by number, timers are
+    # armed last.
+    for fid in dict.fromkeys(fe.id for fe in rt.fdinfos):
+        owner, fd = placed[fid]
+        entry = rctx.file_entry(fid)
+        after = getattr(BY_TYPE[entry.type], "after_all", None)
+        if after is not None and owner == rt.pid:
+            after(rctx, rt, entry, fd)
+            inj.reset_scratch()
+
+
+def _place(inj: Any, tmp: int, fd: int, cloexec: int, keep_tmp: bool = False) -> None:
+    """Move (or copy) fd ``tmp`` to its number ``fd`` with the right FD_CLOEXEC."""
+    if tmp != fd:
+        inj.call("dup3", tmp, fd, cloexec)
+        if not keep_tmp:
+            inj.call("close", tmp)
+    else:
+        inj.call("fcntl", fd, C.F_SETFD, 1 if cloexec else 0)
 
 
 def read_fdinfo(images_dir: str, files_id: int) -> list[Any]:

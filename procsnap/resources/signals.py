@@ -36,20 +36,24 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         sa = KSigaction.from_buffer_copy(inj.read_mem(buf, ctypes.sizeof(KSigaction)))
         core.tc.sigactions.append(sa_pb2.sa_entry(sigaction=sa.sa_handler, flags=sa.sa_flags,
                                                   restorer=sa.sa_restorer, mask=sa.sa_mask))
-    ss = inj.put(bytes(ctypes.sizeof(StackT)), align=8)
-    inj.call("sigaltstack", 0, ss)
-    stack = StackT.from_buffer_copy(inj.read_mem(ss, ctypes.sizeof(StackT)))
     inj.reset_scratch()
-    mask = ptrace.get_sigmask(task.pid)
-    core.tc.blk_sigset = mask
-    th = core.thread_core
-    th.blk_sigset = mask
-    th.sas.CopyFrom(core_pb2.thread_sas_entry(ss_sp=stack.ss_sp, ss_size=stack.ss_size,
-                                              ss_flags=stack.ss_flags))
-    for shared, field in ((True, core.tc.signals_s), (False, th.signals_p)):
-        field.SetInParent()
-        for raw in ptrace.peek_siginfo(task.pid, shared):
-            field.signals.append(siginfo_pb2.siginfo_entry(siginfo=raw))
+    core.tc.blk_sigset = ptrace.get_sigmask(task.pid)
+    core.tc.signals_s.SetInParent()
+    for raw in ptrace.peek_siginfo(task.pid, True):
+        core.tc.signals_s.signals.append(siginfo_pb2.siginfo_entry(siginfo=raw))
+    for thread in task.threads:
+        tinj = thread.need_inj()
+        ss = tinj.put(bytes(ctypes.sizeof(StackT)), align=8)
+        tinj.call("sigaltstack", 0, ss)
+        stack = StackT.from_buffer_copy(tinj.read_mem(ss, ctypes.sizeof(StackT)))
+        tinj.reset_scratch()
+        th = thread.core.thread_core
+        th.blk_sigset = ptrace.get_sigmask(thread.tid)
+        th.sas.CopyFrom(core_pb2.thread_sas_entry(ss_sp=stack.ss_sp, ss_size=stack.ss_size,
+                                                  ss_flags=stack.ss_flags))
+        th.signals_p.SetInParent()
+        for raw in ptrace.peek_siginfo(thread.tid, False):
+            th.signals_p.signals.append(siginfo_pb2.siginfo_entry(siginfo=raw))
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
@@ -62,36 +66,54 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         addr = inj.put(bytes(act), align=8)
         inj.call("rt_sigaction", sig, addr, 0, 8)
         inj.reset_scratch()
-    th = core.thread_core
-    if th.HasField("sas"):
-        st = StackT(ss_sp=th.sas.ss_sp, ss_flags=th.sas.ss_flags, ss_size=th.sas.ss_size)
-        if st.ss_flags & 2:  # SS_DISABLE: the default, nothing to install
-            pass
-        else:
-            # SS_ONSTACK is a state, not a request: the kernel refuses it.
-            st.ss_flags &= ~1
-            inj.call("sigaltstack", inj.put(bytes(st), align=8), 0)
-            inj.reset_scratch()
     # Queue pending signals with everything blocked; the final mask is set
-    # with the registers, just before the puppet is let go.
-    ptrace.set_sigmask(rt.pid, (1 << 64) - 1)
-    for shared, queue in ((True, core.tc.signals_s if core.tc.HasField("signals_s") else None),
-                          (False, th.signals_p if th.HasField("signals_p") else None)):
-        if queue is None:
-            continue
-        for entry in queue.signals:
-            raw = entry.siginfo
-            signo = int.from_bytes(raw[0:4], "little", signed=True)
-            addr = inj.put(raw, align=8)
-            if shared:
-                inj.call("rt_sigqueueinfo", rt.pid, signo, addr)
-            else:
-                inj.call("rt_tgsigqueueinfo", rt.pid, rt.pid, signo, addr)
-            inj.reset_scratch()
+    # with the registers, just before the puppet is let go.  First drop
+    # whatever the puppet collected while it was built (a SIGCHLD from a
+    # zombie child we recreated, say): only the image's signals count.
+    for thread in rt.threads:
+        ptrace.set_sigmask(thread.tid, (1 << 64) - 1)
+    for thread in rt.threads:
+        _drain(thread.inj)
+    for thread in rt.threads:
+        tinj = thread.inj
+        th = thread.core.thread_core
+        if th.HasField("sas"):
+            st = StackT(ss_sp=th.sas.ss_sp, ss_flags=th.sas.ss_flags, ss_size=th.sas.ss_size)
+            if not st.ss_flags & 2:  # SS_DISABLE is the default: nothing to install
+                # SS_ONSTACK is a state, not a request: the kernel refuses it.
+                st.ss_flags &= ~1
+                tinj.call("sigaltstack", tinj.put(bytes(st), align=8), 0)
+                tinj.reset_scratch()
+        queues = [(False, th.signals_p if th.HasField("signals_p") else None)]
+        if thread.tid == rt.pid:
+            queues.append((True, core.tc.signals_s if core.tc.HasField("signals_s") else None))
+        for shared, queue in queues:
+            if queue is None:
+                continue
+            for entry in queue.signals:
+                raw = entry.siginfo
+                signo = int.from_bytes(raw[0:4], "little", signed=True)
+                addr = tinj.put(raw, align=8)
+                if shared:
+                    tinj.call("rt_sigqueueinfo", rt.pid, signo, addr)
+                else:
+                    tinj.call("rt_tgsigqueueinfo", rt.pid, thread.tid, signo, addr)
+                tinj.reset_scratch()
 
 
-def final_mask(rt: "RestoreTask") -> int:
-    th = rt.core.thread_core
+def _drain(inj) -> None:
+    """Dequeue every pending signal of the calling thread, without waiting."""
+    mask = inj.put(b"\xff" * 8, align=8)
+    zero = inj.put(bytes(16), align=8)
+    for _ in range(256):
+        got = inj.call("rt_sigtimedwait", mask, 0, zero, 8, check=False)
+        if got < 0:
+            break
+    inj.reset_scratch()
+
+
+def final_mask(rt: "RestoreTask", thread) -> int:
+    th = thread.core.thread_core
     if th.HasField("blk_sigset"):
         return th.blk_sigset
     return rt.core.tc.blk_sigset

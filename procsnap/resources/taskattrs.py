@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import rlimit_pb2, rseq_pb2, timer_pb2
@@ -22,7 +22,7 @@ from ..kernel.libc import syscall
 from ..kernel.structs import Itimerval
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
+    from ..dump import DumpContext, DumpTask, DumpThread
     from ..restore import RestoreContext, RestoreTask
 
 NAME = "task"
@@ -52,7 +52,6 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     tc.personality = task.proc.personality()
     tc.flags = stat.flags
     tc.comm = task.proc.comm()
-    th.comm = tc.comm
     for res in range(C.RLIM_NLIMITS):
         cur, mx = resource.prlimit(pid, res)
         tc.rlimits.rlimits.append(rlimit_pb2.rlimit_entry(cur=cur & (2**64 - 1),
@@ -67,19 +66,33 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     tc.timers.real.CopyFrom(timers[0])
     tc.timers.virt.CopyFrom(timers[1])
     tc.timers.prof.CopyFrom(timers[2])
-    core.thread_info.clear_tid_addr = _get_int(inj, C.PR_GET_TID_ADDRESS)
-    th.pdeath_sig = _get_int(inj, C.PR_GET_PDEATHSIG)
     tc.child_subreaper = bool(_get_int(inj, C.PR_GET_CHILD_SUBREAPER))
     inj.reset_scratch()
-    head, length = ctypes.c_uint64(), ctypes.c_size_t()
-    syscall(C.NR["get_robust_list"], pid, ctypes.addressof(head), ctypes.addressof(length))
-    th.futex_rla, th.futex_rla_len = head.value, length.value
-    th.sched_nice = stat.nice
-    th.sched_policy = stat.policy
-    th.sched_prio = stat.rt_priority
     with open(f"/proc/{pid}/oom_score_adj") as f:
         tc.oom_score_adj = int(f.read())
-    rseq = ptrace.get_rseq(pid)
+    for thread in task.threads:
+        _dump_thread(task, thread)
+
+
+def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
+    """What each thread has of its own (the kernel keeps these per task_struct)."""
+    tid = thread.tid
+    tinj = thread.need_inj()
+    core = thread.core
+    th = core.thread_core
+    core.thread_info.clear_tid_addr = _get_int(tinj, C.PR_GET_TID_ADDRESS)
+    th.pdeath_sig = _get_int(tinj, C.PR_GET_PDEATHSIG)
+    tinj.reset_scratch()
+    head, length = ctypes.c_uint64(), ctypes.c_size_t()
+    syscall(C.NR["get_robust_list"], tid, ctypes.addressof(head), ctypes.addressof(length))
+    th.futex_rla, th.futex_rla_len = head.value, length.value
+    tstat = task.proc.thread_stat(tid) if tid != task.pid else task.stat
+    assert tstat is not None
+    th.sched_nice = tstat.nice
+    th.sched_policy = tstat.policy
+    th.sched_prio = tstat.rt_priority
+    th.comm = tstat.comm if tid != task.pid else task.core.tc.comm
+    rseq = ptrace.get_rseq(tid)
     if rseq.rseq_abi_pointer:
         th.rseq_entry.CopyFrom(rseq_pb2.rseq_entry(rseq_abi_pointer=rseq.rseq_abi_pointer,
                                                    rseq_abi_size=rseq.rseq_abi_size,
@@ -92,8 +105,6 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     tc, th = core.tc, core.thread_core
     pid = rt.pid
     inj.call("personality", tc.personality)
-    comm = (th.comm if th.HasField("comm") else tc.comm).encode()[:15]
-    inj.call("prctl", C.PR_SET_NAME, inj.put(comm + b"\0"), 0, 0, 0)
     for res, lim in enumerate(tc.rlimits.rlimits):
         if res >= C.RLIM_NLIMITS:
             break
@@ -111,24 +122,36 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                                 value_sec=it.vsec, value_usec=it.vusec)
                 inj.call("setitimer", which, inj.put(bytes(val), align=8), 0)
         inj.reset_scratch()
-    if th.futex_rla:
-        inj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
-    inj.call("set_tid_address", core.thread_info.clear_tid_addr)
-    # Always: the puppet was created with SIGKILL here, to die with us.
-    inj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig if th.HasField("pdeath_sig") else 0,
-             0, 0, 0)
     if tc.HasField("child_subreaper") and tc.child_subreaper:
         inj.call("prctl", C.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
-        r = th.rseq_entry
-        inj.call("rseq", r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)
-    # Scheduling and OOM score are set from outside: no injection needed.
-    if th.HasField("sched_policy") and th.sched_policy not in (0, 3, 5):  # OTHER/BATCH/IDLE
-        os.sched_setscheduler(pid, th.sched_policy, os.sched_param(th.sched_prio))
-    elif th.HasField("sched_policy") and th.sched_policy != 0:
-        os.sched_setscheduler(pid, th.sched_policy, os.sched_param(0))
-    if th.HasField("sched_nice"):
-        os.setpriority(os.PRIO_PROCESS, pid, th.sched_nice)
+    for thread in rt.threads:
+        _restore_thread(rt, thread)
     if tc.HasField("oom_score_adj"):
         with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(tc.oom_score_adj))
+
+
+def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
+    tinj = thread.inj
+    tid = thread.tid
+    core = thread.core
+    th = core.thread_core
+    comm = (th.comm if th.HasField("comm") else rt.core.tc.comm).encode()[:15]
+    tinj.call("prctl", C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0)
+    tinj.reset_scratch()
+    if th.futex_rla:
+        tinj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
+    tinj.call("set_tid_address", core.thread_info.clear_tid_addr)
+    # Always: the puppet was created with SIGKILL here, to die with us.
+    tinj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig if th.HasField("pdeath_sig") else 0,
+              0, 0, 0)
+    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
+        r = th.rseq_entry
+        tinj.call("rseq", r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)
+    # Scheduling is set from outside: no injection needed.
+    if th.HasField("sched_policy") and th.sched_policy not in (0, 3, 5):  # OTHER/BATCH/IDLE
+        os.sched_setscheduler(tid, th.sched_policy, os.sched_param(th.sched_prio))
+    elif th.HasField("sched_policy") and th.sched_policy != 0:
+        os.sched_setscheduler(tid, th.sched_policy, os.sched_param(0))
+    if th.HasField("sched_nice"):
+        os.setpriority(os.PRIO_PROCESS, tid, th.sched_nice)

@@ -1,0 +1,182 @@
+"""inotify (fd kind INOTIFY, inline in files.img as file_entry.ify).
+
+Each watch is one fdinfo line: "inotify wd:.. ino:.. sdev:.. mask:..
+ignored_mask:.. fhandle-bytes:.. fhandle-type:.. f_handle:.." (all hex).
+The kernel keeps no name for a watch, only the inode; the dumper opens the
+inode by its file handle (open_by_handle_at on a mount of that device),
+reads the name of what it opened and checks that the name leads to the
+same inode *as the task sees it*.  The path goes into fh_entry.path, which
+CRIU's restore also prefers to the handle.  A watch whose inode has no
+such name (deleted, or on a mount the task cannot see) is a dump error.
+
+At restore the watches are added again in wd order with
+INOTIFY_IOC_SETNEXTWD, so each gets its old wd back; a different wd is an
+error (the program would not recognise its events).
+
+Events queued on the fd and not yet read are dropped, as CRIU drops them:
+the kernel offers no way to read them without consuming them.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import struct
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DumpError, RestoreError
+from ..images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2
+from ..inject import InjectError
+from ..kernel import consts as C
+from ..kernel.libc import syscall
+from ..procfs.parse import fdinfo_records
+from . import anonfd
+
+if TYPE_CHECKING:
+    from ..dump import DumpTask
+    from ..restore import RestoreContext, RestoreTask
+    from .files import FdCtx
+
+log = logging.getLogger("procsnap.inotify")
+
+NAME = "inotify"
+TYPE = fdinfo_pb2.INOTIFY
+FH_WORDS = 16          # fh_entry.handle: at least min_entries u64 words
+MAX_HANDLE_SZ = 128
+# What inotify_add_watch() takes back: the events plus IN_EXCL_UNLINK and
+# IN_ONESHOT.  Other bits fdinfo may show are the kernel's own.
+WATCH_MASK = 0xFFF | 0x04000000 | 0x80000000
+DELETED = " (deleted)"
+
+
+def matches(fd: "FdCtx") -> bool:
+    # An inotify fd without watches prints no "inotify" line: the readlink
+    # (no brackets for inotify) is what we have then.
+    return fd.link == "anon_inode:inotify" and fd.info is not None
+
+
+def _kdev(sdev: int) -> tuple[int, int]:
+    # fdinfo prints the kernel's internal dev_t: major << 20 | minor.
+    return sdev >> 20, sdev & 0xFFFFF
+
+
+def _handle_words(raw: bytes) -> list[int]:
+    padded = raw.ljust(FH_WORDS * 8, b"\0")
+    return list(struct.unpack(f"<{len(padded) // 8}Q", padded))
+
+
+def _open_handle(mount_dir: str, htype: int, raw: bytes) -> int:
+    buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
+    struct.pack_into("<Ii", buf, 0, len(raw), htype)
+    ctypes.memmove(ctypes.addressof(buf) + 8, raw, len(raw))
+    mfd = os.open(mount_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return syscall(C.NR["open_by_handle_at"], mfd, ctypes.addressof(buf),
+                       C.O_PATH | os.O_CLOEXEC)
+    finally:
+        os.close(mfd)
+
+
+def resolve_watch(task: "DumpTask", what: str, sdev: int, ino: int, htype: int,
+                  raw: bytes) -> str:
+    """The path, as ``task`` sees it, of the inode an inotify watch is on."""
+    pid = task.pid
+    major, minor = _kdev(sdev)
+    root = f"/proc/{pid}/root"
+    tried = []
+    for m in task.proc.mountinfo():
+        if (m.major, m.minor) != (major, minor):
+            continue
+        try:
+            ofd = _open_handle(root + m.mount_point, htype, raw)
+        except OSError as exc:
+            tried.append(f"{m.mount_point}: {exc.strerror}")
+            continue
+        try:
+            path = os.readlink(f"/proc/self/fd/{ofd}")
+            st = os.fstat(ofd)
+        finally:
+            os.close(ofd)
+        if st.st_ino != ino:
+            tried.append(f"{m.mount_point}: handle opened inode {st.st_ino}")
+            continue
+        if path.endswith(DELETED) and st.st_nlink == 0:
+            raise DumpError(f"pid {pid}: {what}: the watched file {path} is deleted")
+        try:
+            seen = os.stat(root + path)
+        except OSError as exc:
+            tried.append(f"{path}: {exc.strerror} for the task")
+            continue
+        if (seen.st_dev, seen.st_ino) == (st.st_dev, st.st_ino):
+            return path
+        tried.append(f"{path} names another file for the task")
+    why = "; ".join(tried) if tried else "no mount of that device is visible to the task"
+    raise DumpError(f"pid {pid}: {what}: cannot find a path for the watched inode "
+                    f"{ino} on device {major}:{minor} ({why})")
+
+
+def _queued(fd: "FdCtx") -> int:
+    inj = fd.task.need_inj()
+    buf = inj.put(bytes(4), align=4)
+    inj.call("ioctl", fd.fd, C.FIONREAD, buf)
+    n: int = struct.unpack("<i", inj.read_mem(buf, 4))[0]
+    inj.reset_scratch()
+    return n
+
+
+def dump(fd: "FdCtx", fid: int) -> Any:
+    assert fd.info is not None
+    pid = fd.task.pid
+    flags = anonfd.file_flags(fd, "inotify")
+    queued = _queued(fd)
+    if queued:
+        log.warning("pid %d: fd %d: %d bytes of queued inotify events will be dropped",
+                    pid, fd.fd, queued)
+    watches = []
+    for rec in fdinfo_records(fd.info, "inotify"):
+        try:
+            wd = int(rec["wd"], 16)
+            what = f"fd {fd.fd}: inotify watch {wd}"
+            sdev, ino = int(rec["sdev"], 16), int(rec["ino"], 16)
+            nbytes, htype = int(rec["fhandle-bytes"], 16), int(rec["fhandle-type"], 16)
+            raw = bytes.fromhex(rec["f_handle"])
+            mask, ignored = int(rec["mask"], 16), int(rec.get("ignored_mask", "0"), 16)
+        except (KeyError, ValueError) as exc:
+            raise DumpError(f"pid {pid}: fd {fd.fd}: inotify fdinfo line {rec}: {exc}") from None
+        if nbytes != len(raw) or nbytes > MAX_HANDLE_SZ:
+            raise DumpError(f"pid {pid}: {what}: file handle of {nbytes} bytes, "
+                            f"fdinfo shows {len(raw)}")
+        path = resolve_watch(fd.task, what, sdev, ino, htype, raw)
+        watches.append(fsnotify_pb2.inotify_wd_entry(
+            id=fid, i_ino=ino, mask=mask, ignored_mask=ignored, s_dev=sdev, wd=wd,
+            f_handle=fh_pb2.fh_entry(bytes=nbytes, type=htype, handle=_handle_words(raw),
+                                     path=path)))
+    watches.sort(key=lambda w: w.wd)
+    return fdinfo_pb2.file_entry(
+        type=TYPE, id=fid,
+        ify=fsnotify_pb2.inotify_file_entry(id=fid, flags=flags, fown=anonfd.no_owner(),
+                                            wd=watches))
+
+
+def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    inj = rt.inj
+    ify = entry.ify
+    fd = inj.call("inotify_init1", ify.flags & C.O_NONBLOCK)
+    for w in sorted(ify.wd, key=lambda w: w.wd):
+        if not w.f_handle.HasField("path"):
+            raise RestoreError(f"{rt.image_name('fdinfo')}: inotify {ify.id} watch {w.wd} "
+                               "has no path; restoring watches by file handle alone "
+                               "is not supported yet")
+        path = w.f_handle.path
+        try:
+            # Make the kernel hand out exactly this wd next.
+            inj.call("ioctl", fd, C.INOTIFY_IOC_SETNEXTWD, w.wd)
+            got = inj.call("inotify_add_watch", fd, inj.put_str(path), w.mask & WATCH_MASK)
+        except InjectError as exc:
+            raise RestoreError(f"pid {rt.pid}: inotify watch {w.wd} on {path}: "
+                               f"{exc.strerror}") from None
+        inj.reset_scratch()
+        if got != w.wd:
+            raise RestoreError(f"pid {rt.pid}: inotify watch on {path} came back as wd "
+                               f"{got}, not {w.wd}")
+    return fd

@@ -1,0 +1,122 @@
+"""Temporary names procsnap puts into the target's file systems, and their
+journal (``procsnap-tmpnames.txt`` in the images directory).
+
+Two kinds of name are made outside the images directory:
+
+* link remaps (``DIR/link_remap.ID``, at dump, with --link-remap): a hard
+  link that keeps an unlinked-but-linked-elsewhere file reachable until the
+  restore, which removes it;
+* ghosts (``PATH.cr.ID.ghost``, at restore): the recreated contents of a
+  deleted file, opened by the restored process and then unlinked.
+
+Both are removed when the run that made them fails.  Only a kill -9 of
+procsnap itself can leave one behind, so every name is written to the
+journal *before* it is created and marked when it is removed or handed
+over to the images.  The next dump or restore with the same directory
+reports what is left; ``procsnap cleanup DIR`` removes it.
+
+Journal lines: ``+ PATH`` (created, temporary), ``= PATH`` (a link remap
+that a complete dump now owns: not a leftover, but cleanup removes it),
+``- PATH`` (removed).  Paths are written with surrogateescape, one a line;
+a path holding a newline is refused rather than journaled wrongly.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from ..errors import ProcsnapError
+
+JOURNAL = "procsnap-tmpnames.txt"
+log = logging.getLogger("procsnap.tmpnames")
+
+
+def _journal(images_dir: str) -> str:
+    return os.path.join(images_dir, JOURNAL)
+
+
+def note(images_dir: str, state: str, path: str) -> None:
+    """Append one line and make it durable before the name is touched."""
+    if "\n" in path:
+        raise ProcsnapError(f"{path!r}: a temporary name with a newline cannot be journaled")
+    line = f"{state} {path}\n".encode("utf-8", "surrogateescape")
+    fd = os.open(_journal(images_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def states(images_dir: str) -> dict[str, str]:
+    """path -> its last state in the journal (in order of first mention)."""
+    try:
+        with open(_journal(images_dir), "rb") as f:
+            raw = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    out: dict[str, str] = {}
+    for line in raw.decode("utf-8", "surrogateescape").splitlines():
+        state, _, path = line.partition(" ")
+        if state in ("+", "=", "-") and path:
+            out[path] = state
+    return out
+
+
+def _exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
+def leftovers(images_dir: str, *, owned: bool = False) -> list[str]:
+    """Names from the journal that still exist: temporary ones, and with
+    ``owned`` also the link remaps a finished dump handed to its images."""
+    want = {"+", "="} if owned else {"+"}
+    return [p for p, s in states(images_dir).items() if s in want and _exists(p)]
+
+
+def report(images_dir: str) -> None:
+    """Warn (once per run) about names an interrupted run left behind."""
+    left = leftovers(images_dir)
+    if left:
+        shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+        log.warning("%s: %d temporary name(s) left by an interrupted procsnap run: %s; "
+                    "remove them with: procsnap cleanup %s", images_dir, len(left), shown,
+                    images_dir)
+
+
+def remove(images_dir: str | None, path: str, *, is_dir: bool = False) -> None:
+    """Remove one name we made (gone already is fine) and journal it."""
+    try:
+        if is_dir:
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    if images_dir is not None:
+        try:
+            note(images_dir, "-", path)
+        except OSError:
+            pass  # a read-only images dir: the name is gone all the same
+
+
+def cleanup(images_dir: str) -> list[str]:
+    """Remove every journaled name that still exists; returns them.
+
+    Link remaps of a finished dump go too: the caller asked to give the
+    images up (a restore of files that needed them then fails, clearly).
+    """
+    if not os.path.isdir(images_dir):
+        raise ProcsnapError(f"{images_dir}: no such images directory")
+    done: list[str] = []
+    for path in leftovers(images_dir, owned=True):
+        try:
+            remove(images_dir, path, is_dir=os.path.isdir(path) and not os.path.islink(path))
+        except OSError as exc:
+            raise ProcsnapError(f"{path}: cannot remove: {exc.strerror}") from None
+        done.append(path)
+    try:
+        os.unlink(_journal(images_dir))
+    except FileNotFoundError:
+        pass
+    return done
