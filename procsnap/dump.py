@@ -43,6 +43,8 @@ SCRATCH_SIZE = 64 * 1024
 class DumpOptions:
     leave_running: bool = False
     shell_job: bool = False
+    ghost_limit: int = 1 << 20   # largest deleted file saved as a ghost (CRIU's default)
+    link_remap: bool = False     # may hard-link unlinked files back (CRIU's --link-remap)
 
 
 @dataclass
@@ -92,6 +94,8 @@ class DumpContext:
     created: list[str] = field(default_factory=list)      # paths to remove on failure
     stats: dict[str, float] = field(default_factory=dict)
     pages_ids: int = 0
+    payload_images: dict[str, list[tuple[Any, bytes]]] = field(default_factory=dict)
+    kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
     # (pid, fd, (st_dev, st_ino), file id) of every fd seen so far, to find
     # open file descriptions shared between fds and processes (kcmp).
     open_files: list[tuple[int, int, tuple[int, int], int]] = field(default_factory=list)
@@ -104,6 +108,10 @@ class DumpContext:
 
     def add_shared(self, kind: str, msg: Any) -> None:
         self.shared_images.setdefault(kind, []).append(msg)
+
+    def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
+        """An entry followed by raw bytes (pipe data, queued packets)."""
+        self.payload_images.setdefault(kind, []).append((msg, data))
 
 
 def _check_target(pid: int) -> None:
@@ -310,7 +318,8 @@ def _release(task: DumpTask, *, kill: bool) -> None:
 
 
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
-         shell_job: bool = False) -> dict[str, float]:
+         shell_job: bool = False, ghost_limit: int = 1 << 20,
+         link_remap: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -324,7 +333,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         os.makedirs(images_dir, exist_ok=True)
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
-    ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job))
+    ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap))
+    tmpnames.report(images_dir)
     ok = False
     try:
         if _is_zombie(pid):
@@ -348,9 +358,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                 if task.zombie and not getattr(mod, "DUMPS_ZOMBIES", False):
                     continue
                 mod.dump(ctx, task)
+            # What spans tasks (a pipe's two ends) is settled once all are seen.
+            finish = getattr(mod, "finish", None)
+            if finish is not None:
+                finish(ctx)
             ctx.stats[mod.NAME] = ctx.stats.get(mod.NAME, 0.0) + time.monotonic() - t
         t = time.monotonic()
         _write_images(ctx)
+        regfile.dump_done(ctx)  # link remaps now belong to the images
         ctx.stats["write"] = time.monotonic() - t
         ok = True
     except InjectError as exc:
@@ -418,6 +433,12 @@ def _write_images(ctx: DumpContext) -> None:
     for kind, msgs in ctx.shared_images.items():
         track(kind, None)
         images.write_image(d, kind, msgs)
+    for kind, pairs in ctx.payload_images.items():
+        track(kind, None)
+        with images.ImageWriter(d, kind) as w:
+            for msg, data in pairs:
+                w.write(msg)
+                w.write_raw(data)
 
 
 def make_pstree_entry(task: DumpTask) -> Any:

@@ -138,6 +138,13 @@ class RestoreContext:
     own_fds: list[int] = field(default_factory=list)  # restorer fds to close at the end
     created: list[int] = field(default_factory=list)  # pids this restore made
     spare_fd_base: int = 3  # first fd number no task owns: room for our helper fds
+    kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
+
+    def payload_entries(self, kind: str) -> list[Any]:
+        """Entries (with raw tails) of a shared image; [] if it is absent."""
+        if not os.path.exists(images.image_path(self.images_dir, kind, None)):
+            return []
+        return images.read_entries(self.images_dir, kind)
     stats: dict[str, float] = field(default_factory=dict)
 
     def file_entry(self, fid: int) -> Any:
@@ -488,6 +495,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
                           RestoreOptions(detached, shell_job, pidfile, skip_file_check))
+    tmpnames.report(rctx.images_dir)
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
     root = rctx.tasks[0]
@@ -516,6 +524,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)
+        regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
         if pidfile:
             with open(pidfile, "w") as f:
                 f.write(f"{root.pid}\n")
@@ -528,6 +537,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     except BaseException as exc:
         if created:
             _kill_all(rctx)
+        regfile.restore_done(rctx, ok=False)  # ghosts go, link remaps stay for a retry
         if isinstance(exc, ProcsnapError):
             raise
         if isinstance(exc, OSError):

@@ -23,7 +23,7 @@ from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
 from ..kernel import consts as C
 from ..procfs.parse import FdInfo
-from . import eventfd, eventpoll, inotify, regfile, signalfd, timerfd, tty
+from . import eventfd, eventpoll, inotify, pipe, regfile, signalfd, timerfd, tty
 
 if TYPE_CHECKING:
     from ..dump import DumpContext, DumpTask
@@ -33,7 +33,7 @@ NAME = "files"
 KCMP_FILE = 0
 
 # Order matters: the first kind whose matches() is true owns the fd.
-FD_KINDS = [tty, regfile, eventfd, signalfd, timerfd, eventpoll, inotify]
+FD_KINDS = [tty, regfile, pipe, eventfd, signalfd, timerfd, eventpoll, inotify]
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 
 
@@ -74,10 +74,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             info = task.proc.fdinfo(fd)
         except FileNotFoundError:
             continue  # closed while... cannot happen under freeze, but be exact
-        try:
-            st: os.stat_result | None = os.stat(f"/proc/{task.pid}/fd/{fd}")
-        except OSError:
-            st = None
+        # ours, or the target's own fstat where a per-caller fs (FUSE) refuses us
+        st = regfile.fd_stat(task, fd, info.mnt_id, info.ino)
         fdctx = FdCtx(ctx, task, fd, link, info, st)
         cloexec = fdinfo_pb2.fdinfo_entry  # for type checkers
         del cloexec
@@ -99,8 +97,19 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                 seen.append((task.pid, fd, (st.st_dev, st.st_ino), fid))
         else:
             fid = shared_id
+            note = getattr(kind, "note_shared", None)
+            if note is not None:
+                note(fdctx, fid)
         entries.append(fdinfo_pb2.fdinfo_entry(id=fid, flags=fd_flags, type=kind.TYPE, fd=fd))
     task.extra_images.append(("fdinfo", files_id, entries))
+
+
+def finish(ctx: "DumpContext") -> None:
+    """Let each fd kind settle what spans processes, once every task is seen."""
+    for kind in FD_KINDS:
+        done = getattr(kind, "finish", None)
+        if done is not None:
+            done(ctx)
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:

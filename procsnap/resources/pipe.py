@@ -1,0 +1,162 @@
+"""Pipes (fd kind PIPE, pipes-data.img).
+
+Both ends of a pipe carry the pipe's inode number, so ends held by
+different fds or processes are matched by it; which fds share one end (one
+open file description) is decided by files.py with kcmp, as for any file.
+
+The bytes still in the pipe are saved without taking them away from the
+process: a copy of the read end is obtained with pidfd_getfd and tee(2)
+duplicates the buffer into a pipe of our own, which we read.  At restore
+the restorer makes the pipe, sizes it (F_SETPIPE_SZ), writes the bytes
+back, sets each end's flags, and each puppet takes its end with
+pidfd_getfd -- the same open file descriptions, shared as before.
+
+A pipe with an end outside the dumped tree (a shell's pipe to a process we
+do not dump) is refused: after restore nobody would hold that end.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2
+from ..kernel.libc import syscall
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext
+    from ..restore import RestoreContext, RestoreTask
+    from .files import FdCtx
+
+NAME = "pipe"
+TYPE = fdinfo_pb2.PIPE
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
+NR_TEE = 276
+SPLICE_F_NONBLOCK = 2
+
+
+@dataclass
+class _Pipe:
+    ino: int
+    readers: list[tuple[int, int]] = field(default_factory=list)   # (pid, fd)
+    writers: list[tuple[int, int]] = field(default_factory=list)
+    first: tuple[int, int, str] = (0, 0, "")                       # for messages
+
+
+def matches(fd: "FdCtx") -> bool:
+    return fd.link.startswith("pipe:[")
+
+
+def _pipes(ctx: "DumpContext") -> dict[int, _Pipe]:
+    return ctx.kind_state.setdefault(NAME, {})
+
+
+def dump(fd: "FdCtx", fid: int) -> Any:
+    assert fd.info is not None
+    ino = int(fd.link[len("pipe:["):-1])
+    p = _pipes(fd.ctx).setdefault(ino, _Pipe(ino, first=(fd.task.pid, fd.fd, fd.link)))
+    end = (fd.task.pid, fd.fd)
+    acc = fd.info.flags & os.O_ACCMODE
+    if acc == os.O_RDONLY:
+        p.readers.append(end)
+    elif acc == os.O_WRONLY:
+        p.writers.append(end)
+    else:
+        raise Unsupported(f"pid {fd.task.pid}: fd {fd.fd}: {fd.link} is open read-write "
+                          "(reopened through /proc); not supported")
+    return fdinfo_pb2.file_entry(type=TYPE, id=fid, pipe=pipe_pb2.pipe_entry(
+        id=fid, pipe_id=ino, flags=fd.info.flags & ~os.O_CLOEXEC,
+        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0)))
+
+
+def note_shared(fd: "FdCtx", fid: int) -> None:
+    """Another fd on an end we already have: still an end in the tree."""
+    if fd.link.startswith("pipe:[") and fd.info is not None:
+        ino = int(fd.link[len("pipe:["):-1])
+        p = _pipes(fd.ctx).get(ino)
+        if p is not None:
+            end = (fd.task.pid, fd.fd)
+            (p.readers if fd.info.flags & os.O_ACCMODE == os.O_RDONLY else p.writers).append(end)
+
+
+def _peek(pid: int, fd: int) -> tuple[bytes, int]:
+    """The bytes in the pipe whose read end is ``fd`` of ``pid``, unconsumed."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        src = syscall(438, pidfd, fd, 0)  # pidfd_getfd
+    finally:
+        os.close(pidfd)
+    r = w = -1
+    try:
+        size = fcntl.fcntl(src, F_GETPIPE_SZ)
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        fcntl.fcntl(w, F_SETPIPE_SZ, size)
+        try:
+            n = syscall(NR_TEE, src, w, size, SPLICE_F_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != 11:  # EAGAIN: the pipe is empty
+                raise
+            n = 0
+        data = bytearray()
+        while len(data) < n:
+            data += os.read(r, n - len(data))
+        return bytes(data), size
+    finally:
+        for x in (src, r, w):
+            if x >= 0:
+                os.close(x)
+
+
+def finish(ctx: "DumpContext") -> None:
+    for p in _pipes(ctx).values():
+        pid, fd, link = p.first
+        if not p.readers or not p.writers:
+            missing = "read" if not p.readers else "write"
+            raise Unsupported(f"pid {pid}: fd {fd}: {link}: its {missing} end is held outside "
+                              "the dumped tree; pipes to outside processes are not supported")
+        data, size = _peek(*p.readers[0])
+        ctx.add_payload("pipes-data", pipe_data_pb2.pipe_data_entry(
+            pipe_id=p.ino, bytes=len(data), size=size), data)
+
+
+# ------------------------------------------------------------- restore ----
+
+def _restorer_pipes(rctx: "RestoreContext") -> dict[int, tuple[int, int]]:
+    state = rctx.kind_state.get(NAME)
+    if state is None:
+        state = {}
+        rctx.kind_state[NAME] = state
+        for e in rctx.payload_entries("pipes-data"):
+            state.setdefault(e.msg.pipe_id, _make_pipe(rctx, e.msg, e.payload))
+    return state
+
+
+def _make_pipe(rctx: "RestoreContext", msg: Any, data: bytes) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_CLOEXEC)
+    rctx.own_fds += [r, w]
+    if msg.HasField("size") and msg.size:
+        fcntl.fcntl(w, F_SETPIPE_SZ, msg.size)
+    if len(data) > fcntl.fcntl(w, F_GETPIPE_SZ):
+        raise RestoreError(f"pipe:[{msg.pipe_id}]: {len(data)} bytes do not fit its buffer")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(w, view):]
+    return r, w
+
+
+def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    pe = entry.pipe
+    ends = _restorer_pipes(rctx)
+    if pe.pipe_id not in ends:
+        # No data entry: an empty pipe (CRIU writes none for those).
+        ends[pe.pipe_id] = _make_pipe(rctx, pipe_data_pb2.pipe_data_entry(
+            pipe_id=pe.pipe_id, bytes=0), b"")
+    r, w = ends[pe.pipe_id]
+    mine = r if pe.flags & os.O_ACCMODE == os.O_RDONLY else w
+    # Status flags (O_NONBLOCK) belong to the open file description: set
+    # them on ours before the puppet takes it.
+    fcntl.fcntl(mine, fcntl.F_SETFL, pe.flags & ~os.O_ACCMODE)
+    return rt.grab_fd(os.getpid(), mine)
