@@ -31,6 +31,7 @@ from helpers import (
     check_continuity,
     check_ok,
     describe,
+    diff_views,
     exit_code,
     is_untouched,
     outside_view,
@@ -330,6 +331,48 @@ def test_images_decode_with_crit(dumped_counter: tuple[Target, Path]) -> None:
     for lo, hi in live:
         assert any(a <= lo and hi <= b for a, b in vmas), (
             f"live VMA {lo:x}-{hi:x} not in mm-{t.pid}.img")
+
+
+# --------------------------------------------------------------------------
+# negative controls: the checks above can fail
+# --------------------------------------------------------------------------
+
+def test_control_fpu_detects_corrupt_xstate(targets: TargetFactory, tmp_path: Path) -> None:
+    """Zero the upper ymm halves in the image: the fpu target must say FAIL."""
+    from procsnap.images import read_one, write_one
+
+    t = targets.start("fpu")
+    images = tmp_path / "images"
+    images.mkdir()
+    dump(t, images)
+    core = read_one(str(images), "core", t.pid)
+    ymmh = core.thread_info.fpregs.xsave.ymmh_space
+    assert any(ymmh), "the dumped upper ymm halves are all zero: nothing to corrupt"
+    for i in range(len(ymmh)):
+        ymmh[i] = 0
+    write_one(str(images), "core", core, t.pid)
+    restore(targets, t, images)
+    t.signal(signal.SIGUSR2)
+    line = t.wait_line(r"^(check ok|FAIL)")
+    assert line.startswith("FAIL"), f"corrupted ymm state went unnoticed: {line}"
+
+
+def test_control_view_detects_umask_change(targets: TargetFactory, tmp_path: Path) -> None:
+    """Change the umask in fs-PID.img: the outside-view comparison must object."""
+    from procsnap.images import read_one, write_one
+
+    t, _ = start_counter(targets, "counter")
+    images = tmp_path / "images"
+    images.mkdir()
+    before = outside_view(t.pid, (COUNTER_FD,))
+    dump(t, images)
+    fs = read_one(str(images), "fs", t.pid)
+    assert fs.umask == 0o027
+    fs.umask = 0o022
+    write_one(str(images), "fs", fs, t.pid)
+    restore(targets, t, images)
+    problems = diff_views(before, outside_view(t.pid, (COUNTER_FD,)))
+    assert problems == ["umask: before '0027' after '0022'"], problems
 
 
 # --------------------------------------------------------------------------
