@@ -69,7 +69,8 @@ def _open_handle(mount_dir: str, htype: int, raw: bytes) -> int:
     buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
     struct.pack_into("<Ii", buf, 0, len(raw), htype)
     ctypes.memmove(ctypes.addressof(buf) + 8, raw, len(raw))
-    mfd = os.open(mount_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    # Not O_PATH: open_by_handle_at() refuses an O_PATH mount fd (EBADF).
+    mfd = os.open(mount_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         return syscall(C.NR["open_by_handle_at"], mfd, ctypes.addressof(buf),
                        C.O_PATH | os.O_CLOEXEC)

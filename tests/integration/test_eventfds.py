@@ -1,0 +1,214 @@
+"""Event fds across dump/restore: eventfd, signalfd, timerfd, epoll, inotify.
+
+Targets (tests/targets/): ``evloop`` (an epoll loop over an eventfd, a
+semaphore eventfd, a periodic 50 ms timerfd and a signalfd for SIGUSR1,
+plus an absolute timer and an idle epoll), ``inotify_watch`` (watches with
+wds 2 and 3) and ``epoll_reuse`` (an epoll whose registered fd number now
+names another file).  Besides each target's own PASS/FAIL, the tests
+compare from outside the fd table and the kind-specific fdinfo lines
+before and after, and decode every image with crit.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    Target,
+    TargetFactory,
+    assert_one_line_error,
+    assert_same_view,
+    check_ok,
+    describe,
+    exit_code,
+    is_untouched,
+    outside_view,
+    proc_ppid,
+    run_procsnap,
+    wait_exit,
+    wait_gone,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
+
+# fdinfo keys whose values must survive (time left, ticks, ino and the
+# kernel's eventfd-id legitimately change).
+STABLE_KEYS = ("flags", "eventfd-count", "eventfd-semaphore", "sigmask", "clockid",
+               "settime flags", "it_interval")
+
+
+def fdinfo_state(pid: int) -> dict[int, dict[str, object]]:
+    """Per anon-inode fd: its stable fdinfo keys, epoll targets, inotify watches."""
+    out: dict[int, dict[str, object]] = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        fd = int(name)
+        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        if not link.startswith("anon_inode:"):
+            continue
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            lines = f.read().splitlines()
+        keys = {}
+        tfds, watches = [], []
+        for ln in lines:
+            k, _, v = ln.partition(":")
+            if k in STABLE_KEYS:
+                keys[k] = v.strip()
+            elif k == "tfd":
+                m = re.match(r"tfd:\s*(\d+) events:\s*(\w+) data:\s*(\w+)", ln)
+                assert m, ln
+                tfds.append(m.groups())
+            elif k.startswith("inotify wd"):
+                m = re.match(r"inotify wd:(\w+) ino:(\w+) sdev:(\w+) mask:(\w+)", ln)
+                assert m, ln
+                watches.append(m.groups())
+        out[fd] = {"link": link, **keys, "tfd": sorted(tfds), "watches": sorted(watches)}
+    return out
+
+
+def crit_decode_all(images: Path) -> dict[str, dict]:
+    crit = shutil.which("crit")
+    if crit is None:
+        pytest.fail("crit not found: install Debian's criu package (apt-get install -y criu)")
+    decoded = {}
+    for p in sorted(images.glob("*.img")):
+        if p.name.startswith("pages-"):
+            continue  # raw by design
+        res = subprocess.run([crit, "decode", "-i", str(p)], capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, f"crit cannot decode {p.name}:\n{res.stderr}"
+        decoded[p.name] = json.loads(res.stdout)
+    return decoded
+
+
+def cycle(targets: TargetFactory, t: Target, images: Path) -> dict[str, dict]:
+    """Dump (killing) and restore under the same pid; same outside view and
+    the same event-fd state from outside.  Returns the crit-decoded images."""
+    before = outside_view(t.pid, volatile_fds=(1,))
+    state_before = fdinfo_state(t.pid)
+    res = run_procsnap("dump", "-t", t.pid, "-D", images)
+    check_ok(res)
+    assert wait_gone(t.pid, 10), f"pid {t.pid} still alive after dump\n" + describe(res)
+    decoded = crit_decode_all(images)
+    targets.adopt(t.pid, like=t)
+    res = run_procsnap("restore", "-D", images, "-d")
+    check_ok(res)
+    assert t.alive(), f"restored pid {t.pid} is not running\n" + describe(res)
+    assert proc_ppid(t.pid) == os.getpid()
+    ok, why = is_untouched(t.pid)
+    assert ok, f"restored pid {t.pid} is stopped or traced: {why}"
+    assert_same_view(before, outside_view(t.pid, volatile_fds=(1,)),
+                     f"across dump/restore of {t.name}")
+    state_after = fdinfo_state(t.pid)
+    assert state_after == state_before, (
+        f"event fds changed:\nbefore {state_before}\nafter  {state_after}")
+    return decoded
+
+
+def finish(t: Target) -> None:
+    line = t.verdict()
+    assert line == "PASS", f"{t.name}: {line}\n--- stdout ---\n{t.output()}"
+    status = wait_exit(t.pid, 10)
+    if status is not None:
+        assert exit_code(status) == 0
+
+
+def num(v: object) -> int:
+    """crit prints hex fields as strings only with --pretty."""
+    return int(v, 0) if isinstance(v, str) else int(v)  # type: ignore[call-overload]
+
+
+def files_of(decoded: dict[str, dict], kind: str) -> list[dict]:
+    return [e for e in decoded["files.img"]["entries"] if e["type"] == kind]
+
+
+def test_event_loop(targets: TargetFactory, images_dir: Path) -> None:
+    t = targets.start("evloop")
+    time.sleep(0.3)  # let the timer tick a few times first
+    decoded = cycle(targets, t, images_dir)
+
+    efds = {e["efd"]["counter"]: e["efd"] for e in files_of(decoded, "EVENTFD")}
+    assert set(efds) == {42, 3}, efds
+    assert efds[3]["flags"] & 1, "EFD_SEMAPHORE not recorded in eventfd flags bit 0"
+    [sg] = files_of(decoded, "SIGNALFD")
+    assert num(sg["sgfd"]["sigmask"]) == 1 << (signal.SIGUSR1 - 1)
+    tfds = sorted((e["tfd"] for e in files_of(decoded, "TIMERFD")), key=lambda x: x["clockid"])
+    assert [x["clockid"] for x in tfds] == [0, 1]
+    assert num(tfds[0]["settime_flags"]) == 1 and tfds[0]["vsec"] > 3500
+    assert (tfds[1]["isec"], tfds[1]["insec"]) == (0, 50_000_000)
+    eps = sorted((e["epfd"] for e in files_of(decoded, "EVENTPOLL")),
+                 key=lambda x: len(x.get("tfd", [])))
+    assert [len(e.get("tfd", [])) for e in eps] == [0, 4]
+    assert sorted(x["tfd"] for x in eps[1]["tfd"]) == [3, 4, 5, 6]
+
+    # SIGUSR1 (blocked) must come out of the restored signalfd, and the
+    # timer measurement restarts from there.
+    time.sleep(0.2)
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^usr1 1 via signalfd$", 5)
+    time.sleep(1.5)
+    finish(t)
+    m = re.search(r"^timer (\d+) ticks in (\d+) ms$", t.output(), re.M)
+    assert m, t.output()
+    ticks, ms = int(m.group(1)), int(m.group(2))
+    assert ms >= 1400 and abs(ticks * 50 - ms) <= 150, f"period broken: {m.group(0)}"
+
+
+def test_inotify_watch(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    t = targets.start("inotify_watch", str(watched))
+    decoded = cycle(targets, t, images_dir)
+
+    [ify] = files_of(decoded, "INOTIFY")
+    wds = {w["wd"]: w for w in ify["ify"]["wd"]}
+    assert sorted(wds) == [2, 3]
+    assert wds[2]["f_handle"]["path"] == str(watched)
+    assert wds[3]["f_handle"]["path"] == str(watched / "file")
+
+    (watched / "after-restore").write_text("x")
+    t.wait_line(r"^created after-restore wd 2$", 5)
+    with open(watched / "file", "a") as f:
+        f.write("more\n")
+    t.wait_line(r"^modified wd 3$", 5)
+    finish(t)
+
+
+def test_inotify_watch_follows_rename(targets: TargetFactory, images_dir: Path,
+                                      tmp_path: Path) -> None:
+    """A watch is on an inode, not a name: the dump finds the current name."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    t = targets.start("inotify_watch", str(watched))
+    moved = tmp_path / "moved"
+    os.rename(watched, moved)
+    decoded = cycle(targets, t, images_dir)
+    [ify] = files_of(decoded, "INOTIFY")
+    assert sorted(w["f_handle"]["path"] for w in ify["ify"]["wd"]) == [
+        str(moved), str(moved / "file")]
+    (moved / "new").write_text("x")
+    t.wait_line(r"^created new wd 2$", 5)
+    finish(t)
+
+
+def test_epoll_with_reused_fd_number_is_refused(targets: TargetFactory,
+                                                images_dir: Path) -> None:
+    t = targets.start("epoll_reuse")
+    t.wait_line(r"^tick 2$")
+    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+    line = assert_one_line_error(res, f"pid {t.pid}")
+    assert "fd 5" in line and "fd 3" in line and "reused" in line, line
+    assert list(images_dir.iterdir()) == [], "a refused dump left images behind"
+    assert t.alive()
+    ok, why = is_untouched(t.pid)
+    assert ok, f"pid {t.pid} left stopped or traced: {why}"
+    n = len(re.findall(r"^tick", t.output(), re.M))
+    t.wait_line(r"^tick", 5, count=n + 3)  # its epoll loop still runs
+    finish(t)

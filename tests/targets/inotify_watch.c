@@ -1,0 +1,73 @@
+/*
+ * inotify_watch: an inotify fd whose watches have non-consecutive wds.
+ *
+ *   inotify_watch DIR
+ *
+ * Watches DIR/a (added first, wd 1, then removed), DIR (IN_CREATE, wd 2)
+ * and DIR/file (IN_MODIFY, wd 3), so a restore must give back wds 2 and 3
+ * exactly.  Every event is printed as "created NAME wd N" or
+ * "modified wd N"; an event on an unexpected wd is a FAIL.  The fd
+ * (fd 3, O_NONBLOCK) is polled every 20 ms.  SIGTERM: PASS/FAIL.
+ */
+#include "tgt.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/stat.h>
+
+int main(int argc, char **argv)
+{
+	char buf[4096] __attribute__((aligned(8))), path[PATH_MAX];
+	int fd, wd_gone, wd_dir, wd_file, f;
+
+	if (argc < 2)
+		die("usage: inotify_watch DIR");
+	tgt_catch_term();
+	close_range(3, ~0U, 0);
+	fd = inotify_init1(IN_NONBLOCK);
+	if (fd != 3)
+		die("inotify_init1 gave %d", fd);
+	snprintf(path, sizeof(path), "%s/a", argv[1]);
+	if (mkdir(path, 0755) && errno != EEXIST)
+		die("mkdir %s", path);
+	wd_gone = inotify_add_watch(fd, path, IN_ALL_EVENTS);
+	wd_dir = inotify_add_watch(fd, argv[1], IN_CREATE | IN_ONLYDIR);
+	snprintf(path, sizeof(path), "%s/file", argv[1]);
+	f = open(path, O_CREAT | O_WRONLY, 0644);
+	if (f < 0)
+		die("open %s", path);
+	close(f);
+	wd_file = inotify_add_watch(fd, path, IN_MODIFY | IN_EXCL_UNLINK);
+	if (wd_gone != 1 || wd_dir != 2 || wd_file != 3)
+		die("wds %d %d %d", wd_gone, wd_dir, wd_file);
+	if (inotify_rm_watch(fd, wd_gone))
+		die("inotify_rm_watch");
+	/* drop what our own setup queued (IN_CREATE of "file", IN_IGNORED) */
+	usleep(10000);
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	say("ready");
+
+	while (!test_stop) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n, off;
+
+		if (poll(&p, 1, 20) <= 0)
+			continue;
+		n = read(fd, buf, sizeof(buf));
+		for (off = 0; n > 0 && off < n; ) {
+			struct inotify_event *ev = (struct inotify_event *)(buf + off);
+
+			if (ev->wd == wd_dir && (ev->mask & IN_CREATE))
+				say("created %s wd %d", ev->len ? ev->name : "?", ev->wd);
+			else if (ev->wd == wd_file && (ev->mask & IN_MODIFY))
+				say("modified wd %d", ev->wd);
+			else
+				fail("event mask %#x on wd %d", ev->mask, ev->wd);
+			off += sizeof(*ev) + ev->len;
+		}
+	}
+	return verdict();
+}
