@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
-         shell_job: bool = False) -> dict[str, float]:
+         shell_job: bool = False, ghost_limit: int = 1 << 20,
+         link_remap: bool = False) -> dict[str, float]:
     """Checkpoint the process ``pid`` (and, later, its tree) into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -23,7 +24,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     failure the process runs on untouched and no image is left behind.
     """
     from .dump import dump as _dump
-    return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job)
+    return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
+                 ghost_limit=ghost_limit, link_remap=link_remap)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,

@@ -1,10 +1,12 @@
 """The ``procsnap`` command, with criu's habits.
 
-    procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [-v]
+    procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
+                  [--link-remap] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [-v]
     procsnap check
     procsnap show DIR [IMAGE]
     procsnap demo
+    procsnap cleanup DIR
 
 Every failure is one line on stderr ("procsnap: ...") and a non-zero exit;
 a traceback only with -v, and only for a bug (an error we did not expect).
@@ -35,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="let the process run on after the dump")
     d.add_argument("-j", "--shell-job", action="store_true",
                    help="the process is a job of a shell: save its terminal as such")
+    d.add_argument("--ghost-limit", type=_size, default=1 << 20, metavar="SIZE",
+                   help="largest deleted file whose contents are saved (default 1M; K/M/G)")
+    d.add_argument("--link-remap", action="store_true",
+                   help="allow hard links next to unlinked files the fs has no handles for")
     d.add_argument("-v", "--verbose", action="count", default=0)
 
     r = sub.add_parser("restore", help="recreate a process tree from image files")
@@ -55,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("image", nargs="?", metavar="IMAGE", help="one image file (name in DIR or path)")
 
     sub.add_parser("demo", help="checkpoint and restore a small counter, showing each step")
+
+    c = sub.add_parser("cleanup", help="remove temporary names an interrupted run left behind")
+    c.add_argument("dir", metavar="DIR", help="the images directory of that run")
     return p
 
 
@@ -64,7 +73,8 @@ def _stats_line(stats: dict[str, float]) -> str:
 
 def cmd_dump(a: argparse.Namespace) -> int:
     from . import dump
-    stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job)
+    stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job,
+                 ghost_limit=a.ghost_limit, link_remap=a.link_remap)
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
@@ -102,13 +112,34 @@ def cmd_check(a: argparse.Namespace) -> int:
     return run_checks()
 
 
+def _size(text: str) -> int:
+    """A size as criu takes it: bytes, or with a K, M or G suffix."""
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
+    try:
+        value = int(text[:-1] if mult > 1 else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}")
+    return value * mult
+
+
+def cmd_cleanup(a: argparse.Namespace) -> int:
+    from .resources.tmpnames import cleanup
+    removed = cleanup(a.dir)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"procsnap: {a.dir}: {len(removed)} temporary name(s) removed", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo()
 
 
 COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
-            "check": cmd_check, "demo": cmd_demo}
+            "check": cmd_check, "demo": cmd_demo, "cleanup": cmd_cleanup}
 
 
 def main(argv: list[str] | None = None) -> int:

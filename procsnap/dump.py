@@ -326,6 +326,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     which case the tree is left running as it was and no image is left.
     """
     from . import resources  # late: resources import this module's types
+    from .resources import regfile, tmpnames
 
     t0 = time.monotonic()
     _check_target(pid)

@@ -492,6 +492,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     Returns the root's PID when ``detached``; otherwise waits for it and
     returns its exit status (128 + signal number if it was killed).
     """
+    from .resources import regfile, tmpnames
+
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
                           RestoreOptions(detached, shell_job, pidfile, skip_file_check))

@@ -31,8 +31,31 @@ CHUNKS_THRESHOLD = 3 * 4096  # CRIU: tiny files are stored whole
 COPY = 1 << 20
 
 
-def too_big(size: int, limit: int) -> bool:
-    return size > limit
+def stored_size(src: str, st: os.stat_result) -> int:
+    """Bytes a ghost of this file costs in the image: its data extents.
+
+    --ghost-limit is held against this, not st_size (as CRIU does): a
+    sparse 100 MiB file with two written blocks costs two blocks.
+    """
+    if not st_mod.S_ISREG(st.st_mode):
+        return 0
+    fd = _open_src(src)
+    try:
+        if st.st_size < CHUNKS_THRESHOLD:
+            return st.st_size
+        return sum(length for _, length in _extents(fd, st.st_size))
+    finally:
+        os.close(fd)
+
+
+def _open_src(src: str) -> int:
+    # A fresh open of the magic link: the target's own fd may be
+    # write-only, and its position must not move.
+    try:
+        return os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DumpError(f"{src}: cannot open the deleted file to save it: "
+                        f"{exc.strerror}") from None
 
 
 def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
@@ -49,13 +72,7 @@ def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
     with images.ImageWriter(images_dir, "ghost-file", gid) as w:
         w.write(gfe)
         if regular:
-            # Read through a fresh open of the magic link: the target's own
-            # fd may be write-only, and its position must not move.
-            try:
-                fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise DumpError(f"{src}: cannot open the deleted file to save it: "
-                                f"{exc.strerror}") from None
+            fd = _open_src(src)
             try:
                 if gfe.chunks:
                     _copy_chunks(fd, w, st.st_size)

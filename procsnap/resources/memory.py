@@ -101,7 +101,7 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     # map_files/ gives the mapped file itself even when its name lies.
     link = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
     try:
-        real = os.stat(link)
+        real = regfile.mapping_stat(task, link)
     except OSError as exc:
         raise Unsupported(f"pid {task.pid}: cannot look at the file mapped at "
                           f"{m.start:#x}-{m.end:#x} ({m.path}): {exc.strerror}") from None
@@ -111,7 +111,7 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     fid = ctx.new_file_id()
     flags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
     entry = regfile.describe_path(task, m.path, real, fid, flags, pos=0,
-                                  what=f"mapping {m.start:#x}-{m.end:#x}")
+                                  what=f"mapping {m.start:#x}-{m.end:#x}", ctx=ctx, source=link)
     ctx.files.append(entry)
     cache[key] = fid
     return fid
@@ -128,10 +128,11 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 
     cache: dict[tuple[int, int], int] = {}
     exe = task.proc.exe()
-    exe_real = os.stat(f"/proc/{pid}/exe")
+    exe_real = regfile.mapping_stat(task, f"/proc/{pid}/exe")
     exe_id = ctx.new_file_id()
     ctx.files.append(regfile.describe_path(task, exe, exe_real, exe_id, os.O_RDONLY, pos=0,
-                                           what="executable"))
+                                           what="executable", ctx=ctx,
+                                           source=f"/proc/{pid}/exe"))
     cache[(exe_real.st_dev, exe_real.st_ino)] = exe_id
 
     mm = mm_pb2.mm_entry(
@@ -216,7 +217,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     pages_fd = rt.open_in_puppet(images.image_path(rctx.images_dir, "pages", rt.pages_id),
                                  os.O_RDONLY)
     exe = rctx.file_entry(mm.exe_file_id)
-    exe_fd = rt.open_in_puppet(regfile.restore_path(rctx, exe), os.O_RDONLY)
+    exe_fd = regfile.open_entry(rctx, rt, exe, os.O_RDONLY, check=False)
 
     # 1. Drop everything the puppet inherited, except the trampoline.
     keep = (rt.tramp, rt.tramp + rt.tramp_size)
@@ -256,8 +257,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             key = (v.shmid, mode)
             if key not in file_fds:
                 entry = rctx.file_entry(v.shmid)
-                file_fds[key] = rt.open_in_puppet(regfile.restore_path(rctx, entry), mode,
-                                                  check=entry)
+                file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
             inj.call("mmap", v.start, length, prot, flags, file_fds[key], v.pgoff)
         else:

@@ -1,24 +1,57 @@
 """Regular files, directories and memory devices (/dev/null, /dev/zero,
 /dev/urandom, ...): fd kind REG, shared with file mappings and fs roots.
 
-A file is judged by identity -- (st_dev, st_ino) of the open file -- and
-the path is accepted only if it names that same object *as the target
-sees it* (through /proc/PID/root).  readlink's " (deleted)" suffix is only
-a hint: a live file may be reported so (a FUSE server that answers per
-caller, as lxcfs does) and a file may really be named "x (deleted)".
+What an fd refers to is decided by identity, never by its name string:
+
+* the open object: fstat through /proc/PID/fd/N (st_dev, st_ino, nlink,
+  mode, size), cross-checked with fdinfo's ino and mnt_id;
+* its file system: the fstype of that mnt_id in the target's mountinfo;
+* the name: a stat of the path *as the target sees it* (through
+  /proc/PID/root, in its mount namespace).
+
+readlink's " (deleted)" suffix is only a hint.  A file may really be named
+"x (deleted)", and a FUSE server that answers per caller (lxcfs) makes a
+live file look deleted: a lookup by anyone but the container makes the
+kernel drop the cached name, and even fstat through the fd fails ENOENT
+for procsnap.  On such file systems every question goes to the target
+itself -- an injected fstat/newfstatat runs in the frozen task, so the
+server sees the caller it expects -- and the restore opens the file from
+the restored process (open_in_puppet), never from the restorer.
+
+The decision table (CRIU's check_path_remap, minus its trust in names):
+
+=====================================  ====================================
+the path names the same (dev, ino)     plain path; restore opens it and
+                                       checks mode and size
+procfs, sysfs, cgroupfs, devpts, FUSE  never ghosted or remapped: plain
+                                       path, or a clear error
+the name now names another object      error with expected/found dev:ino
+nlink == 0 (file or directory)         ghost image (ghost.py), --ghost-limit
+nlink > 0, name gone                   file handle (reg-fh-ID.img) where
+                                       the fs exports them, else a CRIU
+                                       link remap with --link-remap
+=====================================  ====================================
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import stat as st_mod
 import struct
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DumpError, RestoreError, Unsupported
-from ..images.pb import fdinfo_pb2, fown_pb2, regfile_pb2
+from .. import images
+from ..errors import DumpError, ImageError, RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2, fh_pb2, fown_pb2, regfile_pb2, remap_file_path_pb2
+from ..inject import InjectError
+from ..kernel import consts as C
+from ..kernel.libc import syscall
+from ..procfs.parse import MountInfo
+from . import ghost, tmpnames
 
 if TYPE_CHECKING:
-    from ..dump import DumpTask
+    from ..dump import DumpContext, DumpTask
     from ..restore import RestoreContext, RestoreTask
     from .files import FdCtx
 
@@ -26,6 +59,23 @@ NAME = "reg"
 TYPE = fdinfo_pb2.REG
 DELETED = " (deleted)"
 MEM_MAJOR = 1  # /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom, ...
+GHOST_LIMIT = 1 << 20  # CRIU's default --ghost-limit
+
+# Objects the kernel makes up: their names are their identity, a copy of
+# their contents means nothing, and a link into them is impossible.
+KERNEL_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "tracefs",
+             "securityfs", "configfs", "pstore", "efivarfs", "bpf", "binfmt_misc",
+             "fusectl", "mqueue", "hugetlbfs"}
+
+LINKED = remap_file_path_pb2.LINKED
+GHOST = remap_file_path_pb2.GHOST
+AT_EMPTY_PATH = 0x1000
+MAX_HANDLE_SZ = 128
+FH_WORDS = 16  # fh_entry keeps at least min_entries u64 words
+
+# struct stat on x86_64 (144 bytes): dev ino nlink mode uid gid pad rdev
+# size blksize blocks atime atime_ns mtime mtime_ns ctime ctime_ns
+_STAT = struct.Struct("<QQQIII4xQqqqqqqqqq")
 
 
 def matches(fd: "FdCtx") -> bool:
@@ -41,52 +91,315 @@ def _ident(st: os.stat_result) -> str:
     return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}:{st.st_ino}"
 
 
-def resolve_name(task: "DumpTask", link: str, real: os.stat_result, what: str) -> str:
-    """The path that names ``real`` for the task, or an error saying why not."""
-    root = f"/proc/{task.pid}/root"
+# ------------------------------------------------------------ identity ----
+
+def _stat_result(raw: bytes) -> os.stat_result:
+    (dev, ino, nlink, mode, uid, gid, rdev, size, _blksize, blocks,
+     at, atn, mt, mtn, ct, ctn) = _STAT.unpack(raw[:_STAT.size])
+    return os.stat_result(
+        (mode, ino, dev, nlink, uid, gid, size, at, mt, ct),
+        {"st_atime": at + atn / 1e9, "st_mtime": mt + mtn / 1e9, "st_ctime": ct + ctn / 1e9,
+         "st_atime_ns": at * 10**9 + atn, "st_mtime_ns": mt * 10**9 + mtn,
+         "st_ctime_ns": ct * 10**9 + ctn, "st_blocks": blocks, "st_rdev": rdev})
+
+
+def target_stat(task: "DumpTask", *, fd: int | None = None, path: str | None = None) -> os.stat_result:
+    """stat as the frozen target itself sees it (an injected fstat or
+    newfstatat): FUSE servers answer the caller, and here that is the
+    target.  Raises OSError with the target's errno."""
+    inj = task.need_inj()
+    try:
+        buf = inj.put(bytes(_STAT.size), align=8)
+        if fd is not None:
+            inj.call("fstat", fd, buf)
+        else:
+            assert path is not None
+            inj.call("newfstatat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), buf, 0)
+        return _stat_result(inj.read_mem(buf, _STAT.size))
+    except InjectError as exc:
+        raise OSError(exc.errno, os.strerror(exc.errno or 0)) from None
+    finally:
+        inj.reset_scratch()
+
+
+_MOUNTS: list[Any] = [None, []]  # [task, its mountinfo]: one dump at a time
+
+
+def mounts(task: "DumpTask") -> list[MountInfo]:
+    if _MOUNTS[0] is not task:
+        _MOUNTS[:] = [task, task.proc.mountinfo()]
+    return _MOUNTS[1]
+
+
+def mount_of(task: "DumpTask", mnt_id: int | None, dev: int | None) -> MountInfo | None:
+    for m in mounts(task):
+        if mnt_id is not None and m.mnt_id == mnt_id:
+            return m
+    if dev is not None:
+        for m in mounts(task):
+            if (m.major, m.minor) == (os.major(dev), os.minor(dev)):
+                return m
+    return None
+
+
+def per_caller(fstype: str) -> bool:
+    """File systems whose answers depend on who asks (FUSE: lxcfs & co)."""
+    return fstype == "fuse" or fstype.startswith("fuse.") or fstype == "fuseblk"
+
+
+def fd_stat(task: "DumpTask", fd: int, mnt_id: int | None, ino: int | None) -> os.stat_result | None:
+    """Identity of the target's fd N: our own stat where it can be trusted,
+    the target's own fstat where ours fails, lies, or may differ (FUSE)."""
+    try:
+        st: os.stat_result | None = os.stat(f"/proc/{task.pid}/fd/{fd}")
+    except OSError:
+        st = None
+    mnt = mount_of(task, mnt_id, None) if mnt_id is not None else None
+    if st is not None and (ino is None or st.st_ino == ino) and \
+            not (mnt is not None and per_caller(mnt.fstype)):
+        return st
+    if task.inj is None:
+        return st
+    try:
+        return target_stat(task, fd=fd)
+    except OSError:
+        return st
+
+
+def mapping_stat(task: "DumpTask", link: str) -> os.stat_result:
+    """Identity of a mapped file (link: /proc/PID/map_files/A-B or exe)."""
+    try:
+        return os.stat(link)
+    except OSError as exc:
+        if task.inj is None:
+            raise
+        try:
+            return target_stat(task, path=link)
+        except OSError:
+            raise exc from None
+
+
+# ------------------------------------------------------------ dump state --
+
+@dataclass
+class DumpState:
+    """Per-dump bookkeeping, kept in DumpContext.kind_state["reg"]."""
+    ghost_limit: int = GHOST_LIMIT
+    link_remap: bool = False
+    ghosts: dict[tuple[int, int], int] = field(default_factory=dict)  # (dev, ino) -> ghost id
+    links: list[str] = field(default_factory=list)
+
+
+def _state(ctx: "DumpContext") -> DumpState:
+    st = ctx.kind_state.get(NAME)
+    if st is None:
+        st = ctx.kind_state[NAME] = DumpState(
+            ghost_limit=getattr(ctx.opts, "ghost_limit", GHOST_LIMIT),
+            link_remap=getattr(ctx.opts, "link_remap", False))
+    assert isinstance(st, DumpState)
+    return st
+
+
+def dump_done(ctx: "DumpContext") -> None:
+    """The images are complete: link remaps now belong to them."""
+    st = ctx.kind_state.get(NAME)
+    if isinstance(st, DumpState):
+        for path in st.links:
+            tmpnames.note(ctx.images_dir, "=", path)
+
+
+# ---------------------------------------------------------------- dump ----
+
+def _name_stat(task: "DumpTask", name: str, ask_target: bool) -> os.stat_result | None:
+    try:
+        if ask_target:
+            return target_stat(task, path=name)
+        return os.stat(f"/proc/{task.pid}/root{name}")
+    except OSError:
+        return None
+
+
+def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
+                 fstype: str = "?") -> tuple[str, bool, os.stat_result | None]:
+    """(name, True, None) if ``link`` or ``link`` less " (deleted)" names
+    ``real`` as the target sees it; else (the original name, False, what
+    that name is now or None if nothing)."""
+    ask = per_caller(fstype) and task.inj is not None
     candidates = [link]
     if link.endswith(DELETED):
         candidates.append(link[: -len(DELETED)])
-    found = None
+    found: dict[str, os.stat_result | None] = {}
     for name in candidates:
-        try:
-            st = os.stat(root + name)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino):
-            return name
-        found = found or (name, st)
-    if real.st_nlink == 0:
-        raise Unsupported(f"pid {task.pid}: {what}: {link} is deleted (nlink 0); "
-                          "deleted files are not supported yet")
-    if found is None and link.endswith(DELETED):
-        raise Unsupported(f"pid {task.pid}: {what}: {link} was unlinked but has other names "
-                          f"(nlink {real.st_nlink}); this is not supported yet")
-    if found is None:
-        raise DumpError(f"pid {task.pid}: {what}: {link} no longer exists "
-                        f"(the open file is {_ident(real)})")
-    raise DumpError(f"pid {task.pid}: {what}: {found[0]} now names another file: "
-                    f"expected {_ident(real)}, found {_ident(found[1])}")
+        st = _name_stat(task, name, ask)
+        if st is not None and (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino):
+            return name, True, None
+        found[name] = st
+    orig = candidates[-1]
+    return orig, False, found[orig]
 
 
 def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, flags: int,
-                  pos: int, what: str, mnt_id: int | None = None) -> Any:
-    """A files.img entry (type REG) for an object the task holds."""
-    name = resolve_name(task, link, real, what)
-    reg = regfile_pb2.reg_file_entry(
-        id=fid, flags=flags, pos=pos, name=name, size=real.st_size, mode=real.st_mode,
-        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
-    if mnt_id is not None:
-        reg.mnt_id = mnt_id
-    return fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=fid, reg=reg)
+                  pos: int, what: str, mnt_id: int | None = None, *,
+                  ctx: "DumpContext | None" = None, source: str | None = None) -> Any:
+    """A files.img entry (type REG) for an object the task holds.
+
+    ``source`` is a magic link procsnap can open the object by
+    (/proc/PID/fd/N, map_files, exe); with ``ctx`` too, unlinked files are
+    kept (ghost, handle, link remap) instead of refused.
+    """
+    mnt = mount_of(task, mnt_id, real.st_dev)
+    fstype = mnt.fstype if mnt is not None else "?"
+    pid = task.pid
+    name, same, now = resolve_name(task, link, real, fstype)
+
+    def entry(path: str) -> Any:
+        reg = regfile_pb2.reg_file_entry(
+            id=fid, flags=flags, pos=pos, name=path, mode=real.st_mode,
+            fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
+        # CRIU skips the size check for O_WRONLY|O_APPEND (log files grow).
+        if st_mod.S_ISREG(real.st_mode) and not (
+                flags & os.O_ACCMODE == os.O_WRONLY and flags & os.O_APPEND):
+            reg.size = real.st_size
+        if mnt_id is not None:
+            reg.mnt_id = mnt_id
+        return fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=fid, reg=reg)
+
+    if same:
+        return entry(name)
+    if fstype in KERNEL_FS or per_caller(fstype):
+        state = "now names another object" if now is not None else "is gone"
+        raise DumpError(f"pid {pid}: {what}: {link} on {fstype}: the name {state}, and files "
+                        f"on {fstype} are only ever reopened by name (never ghosted or "
+                        "link-remapped)")
+    if now is not None:
+        raise DumpError(f"pid {pid}: {what}: {name} now names another file: "
+                        f"expected {_ident(real)}, found {_ident(now)} (renamed or replaced "
+                        "after it was opened)")
+    if not name.startswith("/"):
+        raise Unsupported(f"pid {pid}: {what}: {link}: not a path procsnap can reopen")
+    if ctx is None or source is None:
+        raise Unsupported(f"pid {pid}: {what}: {link} is unlinked (nlink {real.st_nlink}); "
+                          "an unlinked file here is not supported yet")
+    if real.st_nlink == 0:
+        if not (st_mod.S_ISREG(real.st_mode) or st_mod.S_ISDIR(real.st_mode)):
+            raise Unsupported(f"pid {pid}: {what}: {link}: a deleted file of mode "
+                              f"{real.st_mode:o} cannot be saved")
+        _dump_ghost(ctx, task, name, real, fid, source, what)
+        return entry(name)
+    if mnt is not None and _dump_handle(ctx, fid, name, source, mnt):
+        return entry(name)
+    _dump_link_remap(ctx, task, name, real, fid, source, what)
+    return entry(name)
+
+
+def _dump_ghost(ctx: "DumpContext", task: "DumpTask", name: str, real: os.stat_result,
+                fid: int, source: str, what: str) -> None:
+    state = _state(ctx)
+    key = (real.st_dev, real.st_ino)
+    gid = state.ghosts.get(key)
+    if gid is None:
+        cost = ghost.stored_size(source, real)
+        if cost > state.ghost_limit:
+            raise DumpError(f"pid {task.pid}: {what}: {name} is deleted and its contents "
+                            f"({cost} bytes of data, size {real.st_size}) would be saved as a "
+                            f"ghost file, over the limit of {state.ghost_limit} bytes: "
+                            "raise it with --ghost-limit")
+        gid = len(state.ghosts) + 1
+        ctx.created.append(images.image_path(ctx.images_dir, "ghost-file", gid))
+        ghost.dump(ctx.images_dir, gid, source, real)
+        state.ghosts[key] = gid
+    ctx.add_shared("remap-fpath", remap_file_path_pb2.remap_file_path_entry(
+        orig_id=fid, remap_id=gid, remap_type=GHOST))
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint32), ("handle_type", ctypes.c_int32),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+def _dump_handle(ctx: "DumpContext", fid: int, name: str, source: str, mnt: MountInfo) -> bool:
+    """Record a file handle for a file whose name is gone but which has
+    other links; False where the file system does not export handles."""
+    fh = _FileHandle(handle_bytes=MAX_HANDLE_SZ)
+    mount_id = ctypes.c_int(0)
+    empty = ctypes.c_char_p(b"")
+    try:
+        pfd = os.open(source, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        syscall(C.NR["name_to_handle_at"], pfd, ctypes.cast(empty, ctypes.c_void_p).value or 0,
+                ctypes.addressof(fh), ctypes.addressof(mount_id), AT_EMPTY_PATH)
+    except OSError:
+        return False  # EOPNOTSUPP, EOVERFLOW, ...: not exportable
+    finally:
+        os.close(pfd)
+    raw = bytes(fh.f_handle[: fh.handle_bytes]).ljust(FH_WORDS * 8, b"\0")
+    words = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+    msg = fh_pb2.fh_entry(bytes=fh.handle_bytes, type=fh.handle_type, handle=words,
+                          path=mnt.mount_point, mnt_id=mnt.mnt_id)
+    path = images.image_path(ctx.images_dir, "reg-fh", fid)
+    ctx.created.append(path)
+    images.write_one(ctx.images_dir, "reg-fh", msg, fid)
+    return True
+
+
+def _dump_link_remap(ctx: "DumpContext", task: "DumpTask", name: str, real: os.stat_result,
+                     fid: int, source: str, what: str) -> None:
+    state = _state(ctx)
+    if not state.link_remap:
+        raise DumpError(f"pid {task.pid}: {what}: {name} was unlinked but has other names "
+                        f"(nlink {real.st_nlink}) and its file system gives no file handles: "
+                        "a link remap is needed; allow it with --link-remap")
+    lid = ctx.new_file_id()
+    # CRIU's name: beside the original, "link_remap.<id of its file entry>".
+    link = os.path.join(os.path.dirname(name), f"link_remap.{lid}")
+    outside = f"/proc/{task.pid}/root{link}"
+    tmpnames.note(ctx.images_dir, "+", outside)
+    ctx.created.append(outside)
+    try:
+        os.link(source, outside, follow_symlinks=True)
+    except OSError as exc:
+        raise DumpError(f"pid {task.pid}: {what}: cannot link {name} back as {link}: "
+                        f"{exc.strerror}") from None
+    state.links.append(outside)
+    ctx.files.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=lid, reg=regfile_pb2.reg_file_entry(
+        id=lid, flags=0, pos=0, name=link,
+        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))))
+    ctx.add_shared("remap-fpath", remap_file_path_pb2.remap_file_path_entry(
+        orig_id=fid, remap_id=lid, remap_type=LINKED))
 
 
 def dump(fd: "FdCtx", fid: int) -> Any:
     assert fd.st is not None and fd.info is not None
     flags = fd.info.flags & ~os.O_CLOEXEC
     pos = fd.info.pos
-    return describe_path(fd.task, fd.link, fd.st, fid, flags, pos,
-                         what=f"fd {fd.fd}", mnt_id=fd.info.mnt_id)
+    return describe_path(fd.task, fd.link, fd.st, fid, flags, pos, what=f"fd {fd.fd}",
+                         mnt_id=fd.info.mnt_id, ctx=fd.ctx,
+                         source=f"/proc/{fd.task.pid}/fd/{fd.fd}")
+
+
+# ------------------------------------------------------------- restore ----
+
+@dataclass
+class RestoreState:
+    """Per-restore bookkeeping, kept in RestoreContext.kind_state["reg"]."""
+    remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry
+    ghosts: dict[int, tuple[str, bool]] = field(default_factory=dict)  # ghost id -> (path, is_dir)
+    links: set[str] = field(default_factory=set)
+
+
+def _rstate(rctx: "RestoreContext") -> RestoreState:
+    st = rctx.kind_state.get(NAME)
+    if st is None:
+        st = RestoreState()
+        path = images.image_path(rctx.images_dir, "remap-fpath", None)
+        if os.path.exists(path):
+            for r in images.read_image(rctx.images_dir, "remap-fpath"):
+                st.remaps[r.orig_id] = r
+        rctx.kind_state[NAME] = st
+    assert isinstance(st, RestoreState)
+    return st
 
 
 def restore_path(rctx: "RestoreContext", entry: Any) -> str:
@@ -96,31 +409,105 @@ def restore_path(rctx: "RestoreContext", entry: Any) -> str:
     return name
 
 
+def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int,
+               check: bool = True) -> int:
+    """Open the file of a REG entry inside the puppet, through its remap
+    (ghost, link, handle) if it has one; checks mode and size."""
+    state = _rstate(rctx)
+    remap = state.remaps.get(entry.id)
+    name = restore_path(rctx, entry)
+    chk = entry if check else None
+    if remap is None:
+        fh = images.image_path(rctx.images_dir, "reg-fh", entry.id)
+        if os.path.exists(fh):
+            return _open_by_handle(rctx, rt, entry, fh, flags, chk)
+        return rt.open_in_puppet(name, flags, check=chk)
+    if remap.remap_type == LINKED:
+        link = restore_path(rctx, rctx.file_entry(remap.remap_id))
+        fd = rt.open_in_puppet(link, flags, check=chk)
+        state.links.add(link)
+        return fd
+    if remap.remap_type == GHOST:
+        made = state.ghosts.get(remap.remap_id)
+        if made is None:
+            path = ghost.path_for(name, remap.remap_id)
+            try:
+                tmpnames.note(rctx.images_dir, "+", path)
+            except OSError:
+                pass  # a read-only images dir: no journal, the ghost is still removed
+            try:
+                is_dir = ghost.create(rctx.images_dir, remap.remap_id, path)
+            except BaseException:
+                tmpnames.remove(None, path)
+                raise
+            made = state.ghosts[remap.remap_id] = (path, is_dir)
+        return rt.open_in_puppet(made[0], flags, check=chk)
+    raise ImageError(images.image_path(rctx.images_dir, "remap-fpath", None),
+                     f"file id {entry.id}: remap type {remap.remap_type} is not supported")
+
+
+def _open_by_handle(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, img: str,
+                    flags: int, chk: Any) -> int:
+    fh = images.read_one(rctx.images_dir, "reg-fh", entry.id)
+    raw = b"".join(w.to_bytes(8, "little") for w in fh.handle)[: fh.bytes]
+    name = restore_path(rctx, entry)
+    inj = rt.inj
+    # not O_PATH: open_by_handle_at wants a real open fd on the mount (EBADF)
+    mfd = rt.open_in_puppet(fh.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        addr = inj.put(struct.pack("<Ii", fh.bytes, fh.type) + raw, align=8)
+        fd = inj.call("open_by_handle_at", mfd, addr, flags)
+    except InjectError as exc:
+        raise RestoreError(f"{name}: cannot reopen the unlinked file by its handle on "
+                           f"{fh.path}: {os.strerror(exc.errno or 0)}") from None
+    finally:
+        inj.call("close", mfd)
+    if chk is not None:
+        check_opened(rctx, rt, fd, chk)
+    inj.reset_scratch()
+    return fd
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     reg = entry.reg
     flags = reg.flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
-    fd = rt.open_in_puppet(restore_path(rctx, entry), flags, check=entry)
+    fd = open_entry(rctx, rt, entry, flags)
     if reg.pos and not st_mod.S_ISCHR(reg.mode or 0):
         rt.inj.call("lseek", fd, reg.pos, os.SEEK_SET)
     return fd
 
 
-_STAT = struct.Struct("<QQQIII4xQqqq")  # dev ino nlink mode uid gid rdev size blksize blocks
+def restore_done(rctx: "RestoreContext", ok: bool) -> None:
+    """Remove the ghosts (always: they are our temporary names) and, once
+    the restore succeeded, the link remaps the dump made (on failure they
+    stay: the images need them for another try)."""
+    st = rctx.kind_state.get(NAME)
+    if not isinstance(st, RestoreState):
+        return
+    for path, is_dir in st.ghosts.values():
+        tmpnames.remove(rctx.images_dir, path, is_dir=is_dir)
+    st.ghosts.clear()
+    if ok:
+        for path in sorted(st.links):
+            tmpnames.remove(rctx.images_dir, path)
+        st.links.clear()
 
 
 def check_opened(rctx: "RestoreContext", rt: "RestoreTask", fd: int, entry: Any) -> None:
-    """Refuse a file that changed since the dump (type/mode, and size if read-only)."""
+    """Refuse a file that changed since the dump (type/mode, and size if
+    it was not open for writing)."""
     reg = entry.reg
     if not reg.HasField("mode") or rctx.opts.skip_file_check:
         return
-    buf = rt.inj.put(bytes(144), align=8)
+    buf = rt.inj.put(bytes(_STAT.size), align=8)
     rt.inj.call("fstat", fd, buf)
-    dev, ino, nlink, mode, uid, gid, rdev, size, _, _ = _STAT.unpack(rt.inj.read_mem(buf, _STAT.size))
+    now = _stat_result(rt.inj.read_mem(buf, _STAT.size))
     name = restore_path(rctx, entry)
-    if mode != reg.mode:
-        raise RestoreError(f"{name}: mode changed since the dump ({reg.mode:o} -> {mode:o}); "
-                           "use --skip-file-check to restore anyway")
+    if now.st_mode != reg.mode:
+        raise RestoreError(f"{name}: mode changed since the dump ({reg.mode:o} -> "
+                           f"{now.st_mode:o}); use --skip-file-check to restore anyway")
     writable = reg.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-    if st_mod.S_ISREG(mode) and reg.HasField("size") and not writable and size != reg.size:
-        raise RestoreError(f"{name}: size changed since the dump ({reg.size} -> {size} bytes); "
-                           "use --skip-file-check to restore anyway")
+    if st_mod.S_ISREG(now.st_mode) and reg.HasField("size") and not writable \
+            and now.st_size != reg.size:
+        raise RestoreError(f"{name}: size changed since the dump ({reg.size} -> "
+                           f"{now.st_size} bytes); use --skip-file-check to restore anyway")
