@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import resource
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
@@ -20,6 +19,7 @@ from ..kernel import consts as C
 from ..kernel import ptrace
 from ..kernel.libc import syscall
 from ..kernel.structs import Itimerval
+from ..procfs.parse import LIMIT_RESOURCES
 
 if TYPE_CHECKING:
     from ..dump import DumpContext, DumpTask, DumpThread
@@ -52,10 +52,16 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     tc.personality = task.proc.personality()
     tc.flags = stat.flags
     tc.comm = task.proc.comm()
+    # /proc/PID/limits, not prlimit(pid): that needs matching uids or
+    # CAP_SYS_RESOURCE, which this machine's root lacks.
+    by_number = {LIMIT_RESOURCES[name]: v for name, v in task.proc.limits().items()
+                 if name in LIMIT_RESOURCES}
     for res in range(C.RLIM_NLIMITS):
-        cur, mx = resource.prlimit(pid, res)
-        tc.rlimits.rlimits.append(rlimit_pb2.rlimit_entry(cur=cur & (2**64 - 1),
-                                                          max=mx & (2**64 - 1)))
+        if res not in by_number:
+            raise Unsupported(f"pid {pid}: /proc/{pid}/limits has no row for "
+                              f"RLIMIT_{RLIM_NAMES[res]}")
+        cur, mx = by_number[res]
+        tc.rlimits.rlimits.append(rlimit_pb2.rlimit_entry(cur=cur, max=mx))
     timers = []
     for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
         addr = inj.put(bytes(32), align=8)
