@@ -120,6 +120,13 @@ def assert_counts_on(numbers: Path, after: int, within: float = 5.0) -> list[int
     return nums
 
 
+def _write_pipe(t: Target, word: str) -> None:
+    """Write through the target's own pipe (fd 8); it must echo the word."""
+    with open(f"/proc/{t.pid}/fd/8", "w") as w:
+        w.write(word + "\n")
+    t.wait_line(rf"^got {word}$", timeout=10)
+
+
 # --------------------------------------------------------------------------
 # each target unchanged by checkpoint/restore
 # --------------------------------------------------------------------------
@@ -196,6 +203,19 @@ def test_creds(targets: TargetFactory, tmp_path: Path) -> None:
     assert st["Uid"].split() == ["1001", "1002", "1003", "1002"], st  # the target did its part
     cycle(targets, t, tmp_path / "images")
     finish(t)
+
+
+def test_pipes_dump_restore(targets: TargetFactory, tmp_path: Path) -> None:
+    """A task blocked in read() on a pipe, and a pipe with 5000 bytes in it."""
+    t = targets.start("pipe_read")
+    _write_pipe(t, "first")
+    links = {fd: os.readlink(f"/proc/{t.pid}/fd/{fd}") for fd in (7, 8, 9, 10)}
+    assert links[7] == links[8] != links[9] == links[10], links
+    cycle(targets, t, tmp_path / "images")
+    after = {fd: os.readlink(f"/proc/{t.pid}/fd/{fd}") for fd in (7, 8, 9, 10)}
+    assert after[7] == after[8] != after[9] == after[10], f"pipe ends regrouped: {after}"
+    _write_pipe(t, "again")  # the restored reader wakes up and echoes it
+    finish(t)  # checks the 5000 buffered bytes of the second pipe
 
 
 # --------------------------------------------------------------------------
@@ -389,21 +409,17 @@ def test_demo_command() -> None:
     # no_stray_children (conftest) fails the test if the demo left processes
 
 
-def _baseline_pipe(t: Target) -> None:
-    with open(f"/proc/{t.pid}/fd/8", "w") as w:
-        w.write("hello\n")
-    t.wait_line(r"^got hello$")
 
 
 @pytest.mark.parametrize("name", ["counter", "counter.py", "fpu", "signals",
-                                  "files", "creds", "pipe_read"])
+                                  "files", "creds", "pipe_read", "perf_fd"])
 def test_target_baseline(targets: TargetFactory, name: str) -> None:
     """Each target passes its own check without any checkpoint.
 
     So a FAIL after a restore is procsnap's doing, not the target's.
     """
     args: list[str] = []
-    if name.startswith("counter"):
+    if name.startswith("counter") or name == "perf_fd":
         args = [str(targets.workdir / "numbers")]
     elif name == "files":
         (targets.workdir / "fd").mkdir()
@@ -419,10 +435,10 @@ def test_target_baseline(targets: TargetFactory, name: str) -> None:
         t.signal(signal.SIGUSR2)
         t.wait_line(r"^check ok")
     elif name == "pipe_read":
-        _baseline_pipe(t)
-    elif name.startswith("counter"):
+        _write_pipe(t, "hello")
+    elif name.startswith("counter") or name == "perf_fd":
         wait_numbers(targets.workdir / "numbers", 3)
     finish(t)
-    if name.startswith("counter"):
+    if name.startswith("counter") or name == "perf_fd":
         check_continuity(read_numbers(targets.workdir / "numbers"))
     assert read_text(t.err) == "", f"{name} wrote to stderr: {read_text(t.err)}"

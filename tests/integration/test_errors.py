@@ -236,35 +236,32 @@ def test_dump_itself(tmp_path: Path) -> None:
     reap()
 
 
-def _pipe_target(targets: TargetFactory) -> Target:
-    t = targets.start("pipe_read")
-    with open(f"/proc/{t.pid}/fd/8", "w") as w:
-        w.write("first\n")
-    t.wait_line(r"^got first$")
-    return t
-
-
-def _still_fine(t: Target, before: dict, what: str) -> None:
-    assert t.alive(), f"{what} killed pid {t.pid}"
-    ok, why = is_untouched(t.pid)
-    assert ok, f"{what} left pid {t.pid} stopped or traced: {why}"
-    assert_same_view(before, outside_view(t.pid), f"by {what}")
-    with open(f"/proc/{t.pid}/fd/8", "w") as w:
-        w.write("again\n")
-    t.wait_line(r"^got again$", timeout=5)
-
-
 @pytest.mark.parametrize("mode", [[], ["--leave-running"]], ids=["kill", "leave-running"])
-def test_dump_pipe_refused(targets: TargetFactory, tmp_path: Path, mode: list[str]) -> None:
-    t = _pipe_target(targets)
-    before = outside_view(t.pid)
+def test_dump_unsupported_fd_refused(targets: TargetFactory, tmp_path: Path,
+                                     mode: list[str]) -> None:
+    """A perf event fd cannot be checkpointed: refuse, name pid and fd 7.
+
+    (Pipes were the example here until the engine learnt them; a perf event
+    fd is something CRIU does not checkpoint either.)
+    """
+    numbers = targets.workdir / "numbers"
+    t = targets.start("perf_fd", str(numbers))
+    wait_numbers(numbers, 3)
+    assert os.readlink(f"/proc/{t.pid}/fd/7") == "anon_inode:[perf_event]"
+    before = outside_view(t.pid, (3,))
     kids_before = children_of(os.getpid())
     res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path, *mode)
     line = assert_one_line_error(res, _pid_re(t.pid))
-    assert re.search(r"\bfd\W{0,3}[78]\b", line), (
-        f"the error does not name the pipe's fd (7 or 8): {line!r}")
+    assert re.search(r"\bfd\W{0,3}7\b", line), f"the error does not name fd 7: {line!r}"
     assert children_of(os.getpid()) - kids_before == set()
-    _still_fine(t, before, "a refused dump")
+    assert t.alive(), f"a refused dump killed pid {t.pid}"
+    ok, why = is_untouched(t.pid)
+    assert ok, f"a refused dump left pid {t.pid} stopped or traced: {why}"
+    assert_same_view(before, outside_view(t.pid, (3,)), "by a refused dump")
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    line = t.verdict()
+    assert line == "PASS", t.output()
 
 
 @pytest.mark.parametrize("mode", [[], ["--leave-running"]], ids=["kill", "leave-running"])
