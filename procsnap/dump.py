@@ -96,6 +96,7 @@ class DumpContext:
     pages_ids: int = 0
     payload_images: dict[str, list[tuple[Any, bytes]]] = field(default_factory=dict)
     kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
+    extra_shared: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
     # (pid, fd, (st_dev, st_ino), file id) of every fd seen so far, to find
     # open file descriptions shared between fds and processes (kcmp).
     open_files: list[tuple[int, int, tuple[int, int], int]] = field(default_factory=list)
@@ -434,6 +435,9 @@ def _write_images(ctx: DumpContext) -> None:
     for kind, msgs in ctx.shared_images.items():
         track(kind, None)
         images.write_image(d, kind, msgs)
+    for kind, ident, msgs in ctx.extra_shared:
+        track(kind, ident)
+        images.write_image(d, kind, msgs, ident)
     for kind, pairs in ctx.payload_images.items():
         track(kind, None)
         with images.ImageWriter(d, kind) as w:

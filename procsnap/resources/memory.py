@@ -26,7 +26,7 @@ from ..kernel import consts as C
 from ..kernel.structs import PrctlMmMap
 from ..procfs.pagemap import vma_dump_runs
 from ..procfs.parse import MapEntry, parse_maps
-from . import regfile
+from . import regfile, shmem
 
 if TYPE_CHECKING:
     from ..dump import DumpContext, DumpTask
@@ -71,6 +71,8 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             status |= VMA_AREA_REGULAR
         return status, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     is_file = m.path.startswith("/") and m.ino != 0
+    if shmem.is_anon_shared(m):
+        return VMA_AREA_REGULAR | VMA_ANON_SHARED, C.MAP_SHARED | C.MAP_ANONYMOUS
     if m.shared:
         if not is_file or m.path.startswith("/memfd:") or m.path.startswith("/SYSV"):
             raise Unsupported(f"pid {task.pid}: shared anonymous memory at {m.start:#x}-{m.end:#x} "
@@ -149,6 +151,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         status, flags = _vma_status(task, m)
         vma = vma_pb2.vma_entry(start=m.start, end=m.end, pgoff=m.pgoff, shmid=0,
                                 prot=m.prot, flags=flags, status=status, fd=-1)
+        if status & VMA_ANON_SHARED:
+            vma.shmid = shmem.dump_vma(ctx, task, m)
         if status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
             vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
@@ -158,6 +162,11 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                                      anon_only=bool(status & VMA_FILE_PRIVATE))
     task.extra_images.append(("mm", pid, [mm]))
     _dump_pages(ctx, task, to_copy)
+
+
+def finish(ctx: "DumpContext") -> None:
+    """Objects shared between tasks are saved once every task was seen."""
+    shmem.finish(ctx)
 
 
 def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]]) -> None:
@@ -260,6 +269,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
             inj.call("mmap", v.start, length, prot, flags, file_fds[key], v.pgoff)
+        elif v.status & VMA_ANON_SHARED:
+            shmem.map_vma(rctx, rt, v, prot)
         else:
             flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED
             if v.status & VMA_AREA_STACK:
