@@ -523,6 +523,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _build(rctx, rt)
+        from .resources import memfd
+        memfd.seal_all(rctx)  # after every mapping of them exists
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)

@@ -26,7 +26,7 @@ from ..kernel import consts as C
 from ..kernel.structs import PrctlMmMap
 from ..procfs.pagemap import vma_dump_runs
 from ..procfs.parse import MapEntry, parse_maps
-from . import regfile, shmem
+from . import memfd, regfile, shmem
 
 if TYPE_CHECKING:
     from ..dump import DumpContext, DumpTask
@@ -73,6 +73,10 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     is_file = m.path.startswith("/") and m.ino != 0
     if shmem.is_anon_shared(m):
         return VMA_AREA_REGULAR | VMA_ANON_SHARED, C.MAP_SHARED | C.MAP_ANONYMOUS
+    if memfd.is_memfd_mapping(m.path):
+        if m.shared:
+            return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_SHARED, C.MAP_SHARED
+        return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_PRIVATE, C.MAP_PRIVATE
     if m.shared:
         if not is_file or m.path.startswith("/memfd:") or m.path.startswith("/SYSV"):
             raise Unsupported(f"pid {task.pid}: shared anonymous memory at {m.start:#x}-{m.end:#x} "
@@ -153,7 +157,10 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                                 prot=m.prot, flags=flags, status=status, fd=-1)
         if status & VMA_ANON_SHARED:
             vma.shmid = shmem.dump_vma(ctx, task, m)
-        if status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
+        if status & VMA_AREA_MEMFD:
+            vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
+            vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+        elif status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
             vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
         mm.vmas.append(vma)
@@ -266,7 +273,10 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             key = (v.shmid, mode)
             if key not in file_fds:
                 entry = rctx.file_entry(v.shmid)
-                file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
+                if v.status & VMA_AREA_MEMFD:
+                    file_fds[key] = memfd.open_for_mapping(rctx, rt, entry, mode)
+                else:
+                    file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
             inj.call("mmap", v.start, length, prot, flags, file_fds[key], v.pgoff)
         elif v.status & VMA_ANON_SHARED:

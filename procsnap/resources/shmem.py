@@ -72,29 +72,63 @@ def dump_vma(ctx: "DumpContext", task: "DumpTask", m: MapEntry) -> int:
 def finish(ctx: "DumpContext") -> None:
     """Save each object's contents once, after every task was looked at."""
     for obj in ctx.kind_state.get(NAME, {}).values():
-        ctx.pages_ids += 1
-        pages_id = ctx.pages_ids
-        entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
-        out_path = images.image_path(ctx.images_dir, "pages", pages_id)
-        ctx.created.append(out_path)
         src = os.open(f"/proc/{obj.pid}/map_files/{obj.start:x}-{obj.end:x}",
                       os.O_RDONLY | os.O_CLOEXEC)
-        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            for off, length in _data_ranges(src, obj.size):
-                entries.append(pagemap_pb2.pagemap_entry(vaddr=off, nr_pages=length // PAGE,
-                                                         flags=PE_PRESENT))
-                done = 0
-                while done < length:
-                    n = os.sendfile(out, src, off + done, length - done)
-                    if n <= 0:
-                        raise Unsupported(f"pid {obj.pid}: short read of shared memory at "
-                                          f"{obj.start + off + done:#x}")
-                    done += n
+            save_object(ctx, obj.shmid, src, obj.size, obj.pid)
         finally:
             os.close(src)
-            os.close(out)
-        ctx.extra_shared.append(("shmem-pagemap", obj.shmid, entries))
+
+
+def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -> None:
+    """Write the populated pages of shmem file ``src`` as object ``shmid``:
+    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img."""
+    ctx.pages_ids += 1
+    pages_id = ctx.pages_ids
+    entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
+    out_path = images.image_path(ctx.images_dir, "pages", pages_id)
+    ctx.created.append(out_path)
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        for off, length in _data_ranges(src, size):
+            entries.append(pagemap_pb2.pagemap_entry(vaddr=off, nr_pages=length // PAGE,
+                                                     flags=PE_PRESENT))
+            done = 0
+            while done < length:
+                n = os.sendfile(out, src, off + done, length - done)
+                if n <= 0:
+                    raise Unsupported(f"pid {pid}: short read of shared memory object "
+                                      f"{shmid} at offset {off + done}")
+                done += n
+    finally:
+        os.close(out)
+    ctx.extra_shared.append(("shmem-pagemap", shmid, entries))
+
+
+def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:
+    """Fill shmem file ``dst`` (a memfd of the restorer) with object ``shmid``."""
+    path = images.image_path(rctx.images_dir, "shmem-pagemap", shmid)
+    if not os.path.exists(path):
+        return
+    pm = images.read_image(rctx.images_dir, "shmem-pagemap", shmid)
+    if not pm:
+        raise RestoreError(f"{path}: empty pagemap (no head)")
+    pages = images.image_path(rctx.images_dir, "pages", pm[0].pages_id)
+    src = os.open(pages, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        offset = 0
+        for e in pm[1:]:
+            size = e.nr_pages * PAGE
+            os.lseek(dst, e.vaddr, os.SEEK_SET)
+            done = 0
+            while done < size:
+                n = os.sendfile(dst, src, offset + done, size - done)
+                if n <= 0:
+                    raise RestoreError(f"{pages}: short read at offset {offset + done}")
+                done += n
+            offset += size
+    finally:
+        os.close(src)
 
 
 def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:

@@ -1,0 +1,176 @@
+"""memfd files (fd kind MEMFD, memfd.img) and their mappings.
+
+A memfd is an inode on the kernel's internal shmem mount with no name
+anywhere (readlink says "/memfd:NAME (deleted)").  One memfd_inode_entry
+per inode holds its name, owner, size and seals; its bytes go where shared
+anonymous memory's go (pagemap-shmem-ID.img, see shmem.py), read through a
+pidfd_getfd copy of the fd, or through map_files for a memfd that is only
+mapped.  Each open file description gets a memfd_file_entry of its own
+(flags, position), so fds that share a description still do (files.py).
+
+At restore the restorer creates the memfd, fills it, and hands a new open
+file description per entry to the puppets (reopening /proc/self/fd/N makes
+one); mappings map the same inode, so processes share its pages again.
+Seals are applied last, once every mapping exists: F_SEAL_WRITE would
+forbid the writable shared mappings that F_SEAL_FUTURE_WRITE still allows.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import stat as st_mod
+from typing import TYPE_CHECKING, Any
+
+from .. import images
+from ..errors import RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2, fown_pb2, memfd_pb2
+from ..kernel.libc import syscall
+from . import shmem
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext, DumpTask
+    from ..restore import RestoreContext, RestoreTask
+    from .files import FdCtx
+
+NAME = "memfd"
+TYPE = fdinfo_pb2.MEMFD
+PREFIX = "/memfd:"
+DELETED = " (deleted)"
+F_ADD_SEALS = 1033
+F_GET_SEALS = 1034
+MFD_CLOEXEC = 1
+MFD_ALLOW_SEALING = 2
+
+
+def matches(fd: "FdCtx") -> bool:
+    st = fd.st
+    return (fd.link.startswith(PREFIX) and st is not None and st_mod.S_ISREG(st.st_mode)
+            and (os.major(st.st_dev), os.minor(st.st_dev)) == (0, 1))
+
+
+def _name(link: str) -> str:
+    name = link[len(PREFIX):]
+    return name[: -len(DELETED)] if name.endswith(DELETED) else name
+
+
+def _inodes(ctx: "DumpContext") -> dict[int, Any]:
+    return ctx.kind_state.setdefault(NAME, {})
+
+
+def _note_inode(ctx: "DumpContext", pid: int, link: str, source: str) -> int:
+    """Record an inode once (name, owner, size, seals, contents)."""
+    st = os.stat(source)
+    inodes = _inodes(ctx)
+    if st.st_ino in inodes:
+        return st.st_ino
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            seals = fcntl.fcntl(fd, F_GET_SEALS)
+        except OSError:
+            seals = 0  # not created with MFD_ALLOW_SEALING: F_SEAL_SEAL is implied
+        shmem.save_object(ctx, st.st_ino, fd, st.st_size, pid)
+    finally:
+        os.close(fd)
+    inodes[st.st_ino] = memfd_pb2.memfd_inode_entry(
+        name=_name(link), uid=st.st_uid, gid=st.st_gid, size=st.st_size, shmid=st.st_ino,
+        seals=seals, inode_id=st.st_ino)
+    ctx.add_shared("memfd", inodes[st.st_ino])
+    return st.st_ino
+
+
+def _copy_fd(pid: int, fd: int) -> str:
+    """A path that opens the task's memfd (its /proc fd link works for memfds)."""
+    return f"/proc/{pid}/fd/{fd}"
+
+
+def dump(fd: "FdCtx", fid: int) -> Any:
+    assert fd.info is not None
+    ino = _note_inode(fd.ctx, fd.task.pid, fd.link, _copy_fd(fd.task.pid, fd.fd))
+    return fdinfo_pb2.file_entry(type=TYPE, id=fid, memfd=memfd_pb2.memfd_file_entry(
+        id=fid, flags=fd.info.flags & ~os.O_CLOEXEC, pos=fd.info.pos, inode_id=ino,
+        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0)))
+
+
+def is_memfd_mapping(path: str) -> bool:
+    return path.startswith(PREFIX)
+
+
+def mapping_file_id(ctx: "DumpContext", task: "DumpTask", m: Any, shared: bool) -> int:
+    """files.img id of a memfd file entry standing for a mapping's file."""
+    source = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
+    ino = _note_inode(ctx, task.pid, m.path, source)
+    cache = ctx.kind_state.setdefault("memfd-map-ids", {})
+    flags = os.O_RDWR if shared and "w" in m.perms else os.O_RDONLY
+    key = (ino, flags)
+    if key not in cache:
+        fid = ctx.new_file_id()
+        ctx.files.append(fdinfo_pb2.file_entry(type=TYPE, id=fid, memfd=memfd_pb2.memfd_file_entry(
+            id=fid, flags=flags, pos=0, inode_id=ino,
+            fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))))
+        cache[key] = fid
+    return cache[key]
+
+
+# ------------------------------------------------------------- restore ----
+
+def _made(rctx: "RestoreContext") -> dict[int, int]:
+    """inode id -> the restorer's fd of the recreated memfd."""
+    made = rctx.kind_state.get(NAME)
+    if made is None:
+        made = {}
+        rctx.kind_state[NAME] = made
+        path = images.image_path(rctx.images_dir, "memfd", None)
+        entries = images.read_image(rctx.images_dir, "memfd") if os.path.exists(path) else []
+        rctx.kind_state["memfd-inodes"] = {e.inode_id: e for e in entries}
+    return made
+
+
+def _inode_fd(rctx: "RestoreContext", inode_id: int) -> int:
+    made = _made(rctx)
+    if inode_id in made:
+        return made[inode_id]
+    inode = rctx.kind_state["memfd-inodes"].get(inode_id)
+    if inode is None:
+        raise RestoreError(f"{images.image_path(rctx.images_dir, 'memfd', None)}: "
+                           f"no memfd inode {inode_id}")
+    fd = os.memfd_create(inode.name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
+    rctx.own_fds.append(fd)
+    os.ftruncate(fd, inode.size)
+    shmem.load_object(rctx, inode.shmid, fd)
+    os.fchown(fd, inode.uid, inode.gid)
+    made[inode_id] = fd
+    return fd
+
+
+def _reopen(rctx: "RestoreContext", inode_id: int, flags: int, pos: int) -> int:
+    base = _inode_fd(rctx, inode_id)
+    fd = os.open(f"/proc/self/fd/{base}", (flags & ~os.O_CREAT) | os.O_CLOEXEC)
+    rctx.own_fds.append(fd)
+    if pos:
+        os.lseek(fd, pos, os.SEEK_SET)
+    return fd
+
+
+def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    m = entry.memfd
+    return rt.grab_fd(os.getpid(), _reopen(rctx, m.inode_id, m.flags, m.pos))
+
+
+def open_for_mapping(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, mode: int) -> int:
+    return rt.grab_fd(os.getpid(), _reopen(rctx, entry.memfd.inode_id, mode, 0))
+
+
+def seal_all(rctx: "RestoreContext") -> None:
+    """Apply every memfd's seals, now that all mappings exist."""
+    for inode_id, fd in _made(rctx).items():
+        seals = rctx.kind_state["memfd-inodes"][inode_id].seals
+        if seals:
+            try:
+                fcntl.fcntl(fd, F_ADD_SEALS, seals)
+            except OSError as exc:
+                raise RestoreError(f"memfd inode {inode_id}: cannot apply seals {seals:#x}: "
+                                   f"{exc.strerror}") from None
+
+
+__all__ = ["dump", "open_fd", "matches", "syscall", "Unsupported"]
