@@ -271,6 +271,7 @@ def _prepare_injection(task: DumpTask) -> None:
     for th in task.threads:
         assert th.regs is not None
         th.inj = Injector(th.tid, ip, th.regs)
+        th.inj.resume_regs = restart_fixup(th.regs)  # a killed dump leaves it runnable
     leader = task.threads[0]
     inj = leader.need_inj()
     task.inj, task.regs = inj, leader.regs

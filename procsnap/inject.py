@@ -53,6 +53,10 @@ class Injector:
         self.syscall_ip = syscall_ip
         self.base = regs.copy()
         self.held_signals: list[int] = []
+        # Registers put back after every call, if set: should procsnap die
+        # (kill -9) between two calls, the kernel detaches the task, which
+        # then resumes from these -- not from our last injected syscall.
+        self.resume_regs: UserRegs | None = None
         self.calls = 0
         self._mem_fd = os.open(f"/proc/{pid}/mem", os.O_RDWR | os.O_CLOEXEC)
         # scratch memory inside the task for arguments passed by pointer
@@ -74,6 +78,8 @@ class Injector:
         self._step_to_syscall_stop()  # exit
         self.calls += 1
         result = to_signed(ptrace.get_regs(self.pid).rax)
+        if self.resume_regs is not None:
+            ptrace.set_regs(self.pid, self.resume_regs)
         if check and -4096 < result < 0:
             shown = ", ".join(hex(a) for a in args)
             raise InjectError(-result, f"pid {self.pid}: {name}({shown}) in the task: "

@@ -31,7 +31,7 @@ NR = {
     "signalfd4": 289, "eventfd2": 290, "epoll_create1": 291,
     "inotify_init1": 294, "open_by_handle_at": 304,
     # files by identity (resources/regfile.py)
-    "newfstatat": 262, "name_to_handle_at": 303,
+    "newfstatat": 262, "linkat": 265, "name_to_handle_at": 303,
 }
 
 # ptrace requests and options (include/uapi/linux/ptrace.h).

@@ -344,6 +344,18 @@ def _dump_handle(ctx: "DumpContext", fid: int, name: str, source: str, mnt: Moun
     return True
 
 
+def _our_path(task: "DumpTask", path: str) -> str:
+    """``path`` of the target as procsnap can reach it, also after the
+    target is gone (the journal and cleanup need that): the path itself
+    when we share its root and mount namespace, else through its root."""
+    try:
+        same = os.readlink(f"/proc/{task.pid}/root") == "/" and \
+            os.stat(f"/proc/{task.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        same = False
+    return path if same else f"/proc/{task.pid}/root{path}"
+
+
 def _dump_link_remap(ctx: "DumpContext", task: "DumpTask", name: str, real: os.stat_result,
                      fid: int, source: str, what: str) -> None:
     state = _state(ctx)
@@ -354,14 +366,24 @@ def _dump_link_remap(ctx: "DumpContext", task: "DumpTask", name: str, real: os.s
     lid = ctx.new_file_id()
     # CRIU's name: beside the original, "link_remap.<id of its file entry>".
     link = os.path.join(os.path.dirname(name), f"link_remap.{lid}")
-    outside = f"/proc/{task.pid}/root{link}"
+    outside = _our_path(task, link)
     tmpnames.note(ctx.images_dir, "+", outside)
     ctx.created.append(outside)
+    # linkat(AT_EMPTY_PATH) on an O_PATH open of the magic link, as CRIU
+    # does: following the magic link by name reaches overlayfs's backing
+    # file on the upper layer, and linking that into the overlay is EXDEV.
+    empty = ctypes.c_char_p(b"")
+    dst = ctypes.c_char_p(outside.encode("utf-8", "surrogateescape"))
     try:
-        os.link(source, outside, follow_symlinks=True)
+        pfd = os.open(source, os.O_PATH | os.O_CLOEXEC)
+        try:
+            syscall(C.NR["linkat"], pfd, ctypes.cast(empty, ctypes.c_void_p).value or 0,
+                    C.AT_FDCWD, ctypes.cast(dst, ctypes.c_void_p).value or 0, AT_EMPTY_PATH)
+        finally:
+            os.close(pfd)
     except OSError as exc:
         raise DumpError(f"pid {task.pid}: {what}: cannot link {name} back as {link}: "
-                        f"{exc.strerror}") from None
+                        f"{os.strerror(exc.errno or 0)}") from None
     state.links.append(outside)
     ctx.files.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=lid, reg=regfile_pb2.reg_file_entry(
         id=lid, flags=0, pos=0, name=link,

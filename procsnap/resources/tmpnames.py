@@ -115,6 +115,15 @@ def cleanup(images_dir: str) -> list[str]:
         except OSError as exc:
             raise ProcsnapError(f"{path}: cannot remove: {exc.strerror}") from None
         done.append(path)
+    # Half-written images of a killed run (ImageWriter's ".NAME.*.part").
+    for name in os.listdir(images_dir):
+        if name.startswith(".") and name.endswith(".part"):
+            path = os.path.join(images_dir, name)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                continue
+            done.append(path)
     try:
         os.unlink(_journal(images_dir))
     except FileNotFoundError:
