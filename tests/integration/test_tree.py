@@ -1,0 +1,286 @@
+"""Process trees, threads and what they share (issue 4), zdtm style.
+
+Each test starts a real tree, records from outside who is whose parent,
+which session and group, which threads, which fds share one open file
+(kcmp), dumps it, waits until every process is gone, restores it and
+compares; then the targets check themselves and print PASS.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    TARGETS_DIR,
+    Target,
+    TargetFactory,
+    assert_one_line_error,
+    check_ok,
+    compile_target,
+    describe,
+    exit_code,
+    is_untouched,
+    outside_view,
+    assert_same_view,
+    proc_exists,
+    read_text,
+    run_procsnap,
+    wait_exit,
+    wait_for,
+    wait_gone,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+# --------------------------------------------------------------------------
+# the outside view of a tree
+# --------------------------------------------------------------------------
+
+def _stat(pid: int) -> tuple[str, int, int, int]:
+    with open(f"/proc/{pid}/stat") as f:
+        s = f.read()
+    rest = s[s.rfind(")") + 2:].split()
+    return rest[0], int(rest[1]), int(rest[2]), int(rest[3])
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and every descendant, zombies included, parents first."""
+    out, i = [root], 0
+    while i < len(out):
+        pid = out[i]
+        i += 1
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    out += [int(x) for x in f.read().split() if int(x) not in out]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def tree_view(root: int) -> dict[int, tuple]:
+    """pid -> (state class, ppid, pgid, sid, sorted tids, thread names)."""
+    view = {}
+    for pid in tree_pids(root):
+        state, ppid, pgid, sid = _stat(pid)
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+            names = [Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() for t in tids]
+        except FileNotFoundError:
+            tids, names = [], []
+        view[pid] = ("zombie" if state == "Z" else "live", ppid, pgid, sid, tids, names)
+    return view
+
+
+def kcmp_same_file(pid1: int, fd1: int, pid2: int, fd2: int) -> bool:
+    return _libc.syscall(312, pid1, pid2, 0, fd1, fd2) == 0  # SYS_kcmp, KCMP_FILE
+
+
+def dump_tree(root: int, images: Path, *extra: str) -> list[int]:
+    pids = tree_pids(root)
+    res = run_procsnap("dump", "-t", root, "-D", images, *extra, timeout=120)
+    check_ok(res)
+    for pid in pids:
+        assert wait_gone(pid, 15), f"pid {pid} still exists after the dump\n" + describe(res)
+    return pids
+
+
+def restore_tree(targets: TargetFactory, root: Target, images: Path, pids: list[int]) -> None:
+    for pid in pids:
+        targets.adopt(pid, like=root if pid == root.pid else None)
+    res = run_procsnap("restore", "-D", images, "-d", timeout=120)
+    check_ok(res)
+    ok, why = is_untouched(root.pid)
+    assert ok, f"restored root {root.pid} is stopped or traced: {why}"
+
+
+def adopt_tree(targets: TargetFactory, root: Target) -> None:
+    """Track every process of the tree so teardown kills them all."""
+    for pid in tree_pids(root.pid):
+        if pid != root.pid:
+            targets.adopt(pid)
+
+
+def cycle_tree(targets: TargetFactory, root: Target, images: Path) -> dict[int, tuple]:
+    adopt_tree(targets, root)
+    before = tree_view(root.pid)
+    pids = dump_tree(root.pid, images)
+    restore_tree(targets, root, images, pids)
+    after = tree_view(root.pid)
+    assert after == before, _diff_trees(before, after)
+    return after
+
+
+def _diff_trees(before: dict, after: dict) -> str:
+    lines = ["the tree changed across dump/restore:"]
+    for pid in sorted(set(before) | set(after)):
+        if before.get(pid) != after.get(pid):
+            lines.append(f"  {pid}: before {before.get(pid)} after {after.get(pid)}")
+    return "\n".join(lines)
+
+
+def finish(t: Target) -> None:
+    line = t.verdict(30)
+    assert line == "PASS", f"{t.name} self-check: {line}\n--- stdout ---\n{t.output()}"
+    status = wait_exit(t.pid, 15)
+    if status is not None:
+        assert exit_code(status) == 0, f"{t.name} exited with {exit_code(status)}"
+
+
+def start_argv(targets: TargetFactory, argv: list[str], name: str) -> Target:
+    """A target that is not a single program of tests/targets (a shell line)."""
+    out = targets.workdir / f"{name}.out"
+    err = targets.workdir / f"{name}.err"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+                             close_fds=True, cwd=targets.workdir, start_new_session=True)
+    t = Target(name=name, pid=p.pid, argv=argv, workdir=targets.workdir, out=out, err=err,
+               cmdline=list(argv))
+    targets.targets.append(t)
+    return t
+
+
+# --------------------------------------------------------------------------
+# the tests
+# --------------------------------------------------------------------------
+
+def test_shell_pipeline_with_bytes_in_flight(targets: TargetFactory, tmp_path: Path) -> None:
+    """sh -c 'produce | filter | consume': no line lost or repeated, with
+    every pipe full at dump time."""
+    log = targets.workdir / "consumer.log"
+    stage = f"{sys.executable} {TARGETS_DIR / 'pipeline.py'}"
+    t = start_argv(targets, ["sh", "-c", f"{stage} produce | {stage} filter | "
+                                         f"{stage} consume {log}"], "pipeline")
+    wait_for(lambda: "ok 2000" in read_text(log), 30, "the consumer to reach 2000")
+    images = tmp_path / "images"
+    cycle_tree(targets, t, images)
+    from procsnap import images as img
+    in_flight = sum(e.msg.bytes for e in img.read_entries(str(images), "pipes-data"))
+    assert in_flight > 4096, f"only {in_flight} bytes were in the pipes at dump time"
+    last = max(int(ln.split()[1]) for ln in read_text(log).split("\n") if ln.startswith("ok "))
+    wait_for(lambda: f"ok {last + 3000}" in read_text(log), 30,
+             f"the consumer to go on past {last + 3000}")
+    assert "FAIL" not in read_text(log), read_text(log)
+
+
+def test_server_with_workers(targets: TargetFactory, tmp_path: Path) -> None:
+    """Workers share an inherited file offset and an anonymous shared page;
+    after restore the parent reaps a worker that exits (SIGCHLD, waitpid)."""
+    records = targets.workdir / "records"
+    t = targets.start("tree_server", str(records))
+    time.sleep(0.3)
+    workers = [p for p in tree_pids(t.pid) if p != t.pid]
+    assert len(workers) == 4
+    assert all(kcmp_same_file(t.pid, 3, w, 3) for w in workers)
+    cycle_tree(targets, t, tmp_path / "images")
+    # still one open file description for the five of them
+    assert all(kcmp_same_file(t.pid, 3, w, 3) for w in workers), "fd 3 is no longer shared"
+    os.kill(workers[3], signal.SIGUSR1)
+    t.wait_line(rf"^reaped {workers[3]} 13$", timeout=10)
+    time.sleep(0.3)
+    finish(t)
+
+
+def test_sessions_groups_orphan_zombie(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("sessions")
+    a, b, d, z = (int(x) for x in t.wait_line(r"^tree ").split()[1:])
+    view = cycle_tree(targets, t, tmp_path / "images")
+    assert view[z][0] == "zombie"
+    assert view[a][2] == a and view[b][2] == a, "process groups"
+    assert view[d][1] == t.pid, "the orphan's parent"
+    t.signal(signal.SIGUSR1)
+    t.wait_line(rf"^zombie {z} status 7$", timeout=10)
+    finish(t)
+
+
+def test_pthreads_under_one_mutex(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("threads")
+    t.wait_line(r"^total ", count=3)
+    cycle_tree(targets, t, tmp_path / "images")
+    n = len([ln for ln in t.lines() if ln.startswith("total ")])
+    t.wait_line(r"^total ", count=n + 5)
+    totals = [int(ln.split()[1]) for ln in t.lines() if ln.startswith("total ")]
+    assert totals[-1] > totals[n - 1], "the threads made no progress after restore"
+    finish(t)
+
+
+def test_python_threads_and_queue(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("pythreads.py")
+    t.wait_line(r"^round \d+ ok", count=3)
+    cycle_tree(targets, t, tmp_path / "images")
+    n = len([ln for ln in t.lines() if ln.startswith("round ")])
+    t.wait_line(r"^round \d+ ok", count=n + 5)
+    finish(t)
+
+
+def test_multiprocessing_pool(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("mp_pool.py")
+    t.wait_line(r"^round \d+ ok", count=3)
+    cycle_tree(targets, t, tmp_path / "images")
+    n = len([ln for ln in t.lines() if ln.startswith("round ")])
+    t.wait_line(r"^round \d+ ok", count=n + 5, timeout=30)
+    finish(t)
+
+
+def test_memfd_shared_and_sealed(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("memfd_shared")
+    t.wait_line(r"^count ", count=2)
+    cycle_tree(targets, t, tmp_path / "images")
+    n = len([ln for ln in t.lines() if ln.startswith("count ")])
+    t.wait_line(r"^count ", count=n + 3)
+    finish(t)
+
+
+def test_dump_restore_twice(targets: TargetFactory, tmp_path: Path) -> None:
+    records = targets.workdir / "records"
+    t = targets.start("tree_server", str(records))
+    time.sleep(0.2)
+    cycle_tree(targets, t, tmp_path / "images1")
+    time.sleep(0.3)
+    cycle_tree(targets, t, tmp_path / "images2")
+    time.sleep(0.3)
+    finish(t)
+
+
+def test_tree_of_200(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("bigtree", "200", wait_ready=False)
+    t.wait_line(r"^ready 200$", timeout=30)
+    assert len(tree_pids(t.pid)) == 200
+    view = cycle_tree(targets, t, tmp_path / "images")
+    assert len(view) == 200
+
+
+def test_tree_with_unsupported_member_runs_on(targets: TargetFactory, tmp_path: Path) -> None:
+    """One process of the tree holds a perf event fd: the dump names it, and
+    every process of the tree runs on untouched."""
+    perf = compile_target("perf_fd")
+    nums = targets.workdir / "perf.numbers"
+    t = start_argv(targets, ["sh", "-c", f"{perf} {nums} & sleep 1000 & wait"], "sh-tree")
+    wait_for(lambda: len(tree_pids(t.pid)) == 3 and nums.exists(), 10, "the tree to start")
+    adopt_tree(targets, t)
+    pids = tree_pids(t.pid)
+    perf_pid = next(p for p in pids if Path(f"/proc/{p}/exe").resolve() == perf.resolve())
+    # perf_fd's fd 3 is its counter file: its position moves by itself
+    before = {p: outside_view(p, (3,)) for p in pids}
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, f"pid {perf_pid}")
+    assert "fd 7" in line, line
+    for p in pids:
+        ok, why = is_untouched(p)
+        assert ok, f"pid {p} after the failed dump: {why}"
+        assert_same_view(before[p], outside_view(p, (3,)), f"pid {p} after the failed dump")
+    size = nums.stat().st_size
+    wait_for(lambda: nums.stat().st_size > size, 5, "the perf_fd target to count on")
+    leftover = [f for f in os.listdir(tmp_path / "images")] if (tmp_path / "images").exists() else []
+    assert not [f for f in leftover if f.endswith(".img")], f"images left behind: {leftover}"
+    assert proc_exists(t.pid)
