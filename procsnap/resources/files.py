@@ -23,7 +23,7 @@ from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
 from ..kernel import consts as C
 from ..procfs.parse import FdInfo
-from . import eventfd, eventpoll, inotify, memfd, pipe, regfile, signalfd, timerfd, tty
+from . import eventfd, eventpoll, fifo, inotify, memfd, pipe, regfile, signalfd, timerfd, tty
 
 if TYPE_CHECKING:
     from ..dump import DumpContext, DumpTask
@@ -33,7 +33,7 @@ NAME = "files"
 KCMP_FILE = 0
 
 # Order matters: the first kind whose matches() is true owns the fd.
-FD_KINDS = [tty, memfd, regfile, pipe, eventfd, signalfd, timerfd, eventpoll, inotify]
+FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify]
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 
 

@@ -284,3 +284,18 @@ def test_tree_with_unsupported_member_runs_on(targets: TargetFactory, tmp_path: 
     leftover = [f for f in os.listdir(tmp_path / "images")] if (tmp_path / "images").exists() else []
     assert not [f for f in leftover if f.endswith(".img")], f"images left behind: {leftover}"
     assert proc_exists(t.pid)
+
+
+def test_named_fifo_with_bytes_in_flight(targets: TargetFactory, tmp_path: Path) -> None:
+    d = targets.workdir / "fifo-dir"
+    d.mkdir()
+    t = targets.start("fifo_pair", str(d))
+    t.wait_line(r"^read ", count=3)
+    images = tmp_path / "images"
+    cycle_tree(targets, t, images)
+    from procsnap import images as img
+    in_flight = sum(e.msg.bytes for e in img.read_entries(str(images), "fifo-data"))
+    assert in_flight > 1000, f"only {in_flight} bytes were in the FIFO at dump time"
+    n = len([ln for ln in t.lines() if ln.startswith("read ")])
+    t.wait_line(r"^read ", count=n + 5)
+    finish(t)

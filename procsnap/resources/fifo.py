@@ -1,0 +1,123 @@
+"""Named pipes (fd kind FIFO, fifo-data.img).
+
+A FIFO is a pipe reached by a path: its fd gets a fifo_entry pointing at
+a reg_file_entry for the path (judged by identity like any file, see
+regfile.py) and, like an anonymous pipe, its buffered bytes are saved once
+per inode without being consumed: we open the FIFO ourselves, read-only
+and non-blocking -- that reaches the same pipe buffer -- and tee(2) it.
+
+At restore the restorer opens the FIFO read-write first: with that end
+held no open blocks, and it is where the saved bytes are written back.
+Then each entry is opened by path with its own flags (a new open file
+description, as the process had) and handed to the puppet; the helper end
+is closed when the restore is done.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import stat as st_mod
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2, fifo_pb2, pipe_data_pb2
+from ..kernel.libc import syscall
+from . import regfile
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext
+    from ..restore import RestoreContext, RestoreTask
+    from .files import FdCtx
+
+NAME = "fifo"
+TYPE = fdinfo_pb2.FIFO
+F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
+NR_TEE = 276
+SPLICE_F_NONBLOCK = 2
+
+
+def matches(fd: "FdCtx") -> bool:
+    return fd.st is not None and st_mod.S_ISFIFO(fd.st.st_mode) and not fd.link.startswith("pipe:")
+
+
+def dump(fd: "FdCtx", fid: int) -> Any:
+    assert fd.info is not None and fd.st is not None
+    ctx = fd.ctx
+    regf_id = ctx.new_file_id()
+    flags = fd.info.flags & ~os.O_CLOEXEC
+    ctx.files.append(regfile.describe_path(fd.task, fd.link, fd.st, regf_id, flags, 0,
+                                           what=f"fd {fd.fd}", mnt_id=fd.info.mnt_id))
+    seen = ctx.kind_state.setdefault(NAME, {})
+    if fd.st.st_ino not in seen:
+        seen[fd.st.st_ino] = f"/proc/{fd.task.pid}/fd/{fd.fd}"
+    return fdinfo_pb2.file_entry(type=TYPE, id=fid, fifo=fifo_pb2.fifo_entry(
+        id=fid, pipe_id=fd.st.st_ino, regf_id=regf_id))
+
+
+def finish(ctx: "DumpContext") -> None:
+    for ino, path in ctx.kind_state.get(NAME, {}).items():
+        # A reader of our own sees the same buffer; tee copies, not takes.
+        src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        r = w = -1
+        try:
+            size = fcntl.fcntl(src, F_GETPIPE_SZ)
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            fcntl.fcntl(w, F_SETPIPE_SZ, size)
+            try:
+                n = syscall(NR_TEE, src, w, size, SPLICE_F_NONBLOCK)
+            except OSError as exc:
+                if exc.errno != 11:
+                    raise Unsupported(f"{path}: cannot read the FIFO's buffer: "
+                                      f"{exc.strerror}") from None
+                n = 0
+            data = bytearray()
+            while len(data) < n:
+                data += os.read(r, n - len(data))
+        finally:
+            for x in (src, r, w):
+                if x >= 0:
+                    os.close(x)
+        ctx.add_payload("fifo-data", pipe_data_pb2.pipe_data_entry(
+            pipe_id=ino, bytes=len(data), size=size), bytes(data))
+
+
+def _keeper(rctx: "RestoreContext", entry: Any, path: str) -> int:
+    """The restorer's read-write end of the FIFO (filled with its bytes)."""
+    keepers: dict[int, int] = rctx.kind_state.setdefault(NAME, {})
+    pipe_id = entry.fifo.pipe_id
+    if pipe_id in keepers:
+        return keepers[pipe_id]
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"{path}: cannot open the FIFO: {exc.strerror}") from None
+    if not st_mod.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RestoreError(f"{path}: is no longer a FIFO")
+    rctx.own_fds.append(fd)
+    keepers[pipe_id] = fd
+    data = next((e for e in rctx.payload_entries("fifo-data") if e.msg.pipe_id == pipe_id), None)
+    if data is not None and data.payload:
+        if data.msg.HasField("size") and data.msg.size:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, data.msg.size)
+        view = memoryview(data.payload)
+        while view:
+            view = view[os.write(fd, view):]
+    return fd
+
+
+def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    reg = rctx.file_entry(entry.fifo.regf_id)
+    path = regfile.restore_path(rctx, reg)
+    _keeper(rctx, entry, path)
+    flags = reg.reg.flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
+    try:
+        # Non-blocking to open (a writer would wait for a reader otherwise);
+        # the real flags are set on the description right after.
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"{path}: cannot open the FIFO: {exc.strerror}") from None
+    rctx.own_fds.append(fd)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ACCMODE)
+    return rt.grab_fd(os.getpid(), fd)
