@@ -205,8 +205,6 @@ KINDS: tuple[ImageKind, ...] = (
     _kind("tty-data",      "tty-data.img",           "TTY_DATA",       0x59413026, tty_pb2.tty_data_entry),
     _kind("ghost-file",    "ghost-file-%x.img",      "GHOST_FILE",     0x52583605, ghost_file_pb2.ghost_chunk_entry, head=ghost_file_pb2.ghost_file_entry, tail=_ghost_tail),
     _kind("remap-fpath",   "remap-fpath.img",        "REMAP_FPATH",    0x59133954, remap_file_path_pb2.remap_file_path_entry),
-    # procsnap's own: the file handle of an unlinked file with other links (CRIU has none)
-    _kind("reg-fh",        "reg-fh-%x.img",          "REG_FH",         0x5A163442, fh_pb2.fh_entry),
     _kind("pipes-data",    "pipes-data.img",         "PIPES_DATA",     0x56453709, pipe_data_pb2.pipe_data_entry, tail=_pipe_tail),
     _kind("fifo-data",     "fifo-data.img",          "FIFO_DATA",      0x59333054, pipe_data_pb2.pipe_data_entry, tail=_pipe_tail),
     _kind("unixsk",        "unixsk.img",             "UNIXSK",         0x54373943, sk_unix_pb2.unix_sk_entry),

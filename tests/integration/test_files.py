@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -163,6 +164,23 @@ def test_unlinked_sparse_and_mapped(targets: TargetFactory, images_dir: Path, fs
         assert f.read(4096) == b"B" * 4096
     assert fd_stat(t, 4).st_nlink == 0
     assert listing(fsdir) == before, "a ghost name was left behind"
+    verdict_pass(t)
+
+
+def test_deleted_directory(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    """A directory fd whose directory was removed: a ghost directory."""
+    d = tmp_path / "gone"
+    d.mkdir(mode=0o751)
+    t = start(targets, f"d:{d}")
+    d.rmdir()
+    before = listing(tmp_path)
+    dump_ok(t, images_dir)
+    assert (images_dir / "ghost-file-1.img").exists()
+    restore_ok(targets, t, images_dir)
+    assert fd_link(t, 3).endswith(" (deleted)"), fd_link(t, 3)
+    st = fd_stat(t, 3)
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o751
+    assert listing(tmp_path) == before, "the ghost directory was left behind"
     verdict_pass(t)
 
 
