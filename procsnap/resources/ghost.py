@@ -63,8 +63,7 @@ def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
     /proc/PID/fd/N or map_files link); returns the image path."""
     gfe = ghost_file_pb2.ghost_file_entry(
         uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=_criu_dev(st.st_dev), ino=st.st_ino,
-        atim=time_pb2.timeval(tv_sec=st.st_atime_ns // 10**9, tv_usec=st.st_atime_ns % 10**9 // 1000),
-        mtim=time_pb2.timeval(tv_sec=st.st_mtime_ns // 10**9, tv_usec=st.st_mtime_ns % 10**9 // 1000))
+        atim=_timeval(st.st_atime_ns), mtim=_timeval(st.st_mtime_ns))
     regular = st_mod.S_ISREG(st.st_mode)
     if regular and st.st_size >= CHUNKS_THRESHOLD:
         gfe.chunks = True
@@ -81,6 +80,10 @@ def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
             finally:
                 os.close(fd)
     return w.path
+
+
+def _timeval(ns: int) -> Any:
+    return time_pb2.timeval(tv_sec=ns // 10**9, tv_usec=ns % 10**9 // 1000)
 
 
 def _criu_dev(dev: int) -> int:

@@ -104,7 +104,8 @@ def _stat_result(raw: bytes) -> os.stat_result:
          "st_ctime_ns": ct * 10**9 + ctn, "st_blocks": blocks, "st_rdev": rdev})
 
 
-def target_stat(task: "DumpTask", *, fd: int | None = None, path: str | None = None) -> os.stat_result:
+def target_stat(task: "DumpTask", *, fd: int | None = None,
+                path: str | None = None) -> os.stat_result:
     """stat as the frozen target itself sees it (an injected fstat or
     newfstatat): FUSE servers answer the caller, and here that is the
     target.  Raises OSError with the target's errno."""
@@ -148,7 +149,8 @@ def per_caller(fstype: str) -> bool:
     return fstype == "fuse" or fstype.startswith("fuse.") or fstype == "fuseblk"
 
 
-def fd_stat(task: "DumpTask", fd: int, mnt_id: int | None, ino: int | None) -> os.stat_result | None:
+def fd_stat(task: "DumpTask", fd: int, mnt_id: int | None,
+            ino: int | None) -> os.stat_result | None:
     """Identity of the target's fd N: our own stat where it can be trusted,
     the target's own fstat where ours fails, lies, or may differ (FUSE)."""
     try:
@@ -428,9 +430,10 @@ def _dump_link_remap(ctx: "DumpContext", task: "DumpTask", name: str, real: os.s
         raise DumpError(f"pid {task.pid}: {what}: cannot link {name} back as {link}: "
                         f"{os.strerror(exc.errno or 0)}") from None
     state.links.append(outside)
-    ctx.files.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=lid, reg=regfile_pb2.reg_file_entry(
+    reg = regfile_pb2.reg_file_entry(
         id=lid, flags=0, pos=0, name=link,
-        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))))
+        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
+    ctx.files.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=lid, reg=reg))
     ctx.add_shared("remap-fpath", remap_file_path_pb2.remap_file_path_entry(
         orig_id=fid, remap_id=lid, remap_type=LINKED))
 

@@ -285,8 +285,8 @@ def test_changed_file_refused(targets: TargetFactory, images_dir: Path, tmp_path
 
 def test_kernel_files(targets: TargetFactory, images_dir: Path) -> None:
     """procfs, sysfs and cgroupfs files are reopened by name, never ghosted."""
-    specs = ["k:/proc/self/status", "k:/proc/self/stat", "k:/sys/kernel/mm/transparent_hugepage/enabled",
-             "k:/proc/cpuinfo"]
+    specs = ["k:/proc/self/status", "k:/proc/self/stat", "k:/proc/cpuinfo",
+             "k:/sys/kernel/mm/transparent_hugepage/enabled"]
     for cg in ("/sys/fs/cgroup/unified/cgroup.controllers", "/sys/fs/cgroup/cgroup.controllers",
                "/sys/fs/cgroup/freezer/freezer.state"):
         if os.path.exists(cg):
