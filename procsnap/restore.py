@@ -240,8 +240,13 @@ def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
 
 # ------------------------------------------------------------- create ----
 
-def _clone_with_pid(pid: int) -> int:
-    """fork() whose child gets exactly ``pid``; the child waits on a pipe."""
+def _clone_with_pid(pid: int) -> tuple[int, int]:
+    """fork() whose child gets exactly ``pid``; the child waits on a pipe.
+
+    Returns (pid, fd): the caller closes fd -- the pipe's write end --
+    once the child is seized and stopped.  Closing it earlier would let a
+    child that reaches its read() late see EOF and exit (status 127).
+    """
     tid = (ctypes.c_int32 * 1)(pid)
     args = CloneArgs(flags=0, exit_signal=signal.SIGCHLD,
                      set_tid=ctypes.addressof(tid), set_tid_size=1)
@@ -264,8 +269,7 @@ def _clone_with_pid(pid: int) -> int:
         finally:
             os._exit(127)
     os.close(r)
-    os.close(w)  # EOF wakes a child that was never seized
-    return child
+    return child, w
 
 
 PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRACEFORK
@@ -505,10 +509,14 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         raise ImageError(root.image_name("core"), "the root task is a zombie")
     created = False
     try:
-        root.pid = _clone_with_pid(root.pid)
+        root.pid, wake = _clone_with_pid(root.pid)
         rctx.created.append(root.pid)
         created = True
-        _prepare_root(rctx, root, _seize_puppet(root.pid))
+        try:
+            regs = _seize_puppet(root.pid)
+        finally:
+            os.close(wake)  # EOF wakes (and ends) a child we failed to seize
+        _prepare_root(rctx, root, regs)
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.
