@@ -16,30 +16,45 @@ __version__ = "0.1.0"
 
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
-         link_remap: bool = False) -> dict[str, float]:
+         link_remap: bool = False, external: tuple[str, ...] = (),
+         tcp_established: bool = False) -> dict[str, float]:
     """Checkpoint the process ``pid`` (and, later, its tree) into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
+    ``external``: criu's --external keys (``"unix[INO]"``: our unix socket
+    INO has its peer outside the tree).  ``tcp_established``: dump live
+    TCP connections with TCP_REPAIR behind an nftables network lock.
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
     from .dump import dump as _dump
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
-                 ghost_limit=ghost_limit, link_remap=link_remap)
+                 ghost_limit=ghost_limit, link_remap=link_remap, external=external,
+                 tcp_established=tcp_established)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
-            pidfile: str | None = None, skip_file_check: bool = False) -> int:
+            pidfile: str | None = None, skip_file_check: bool = False,
+            inherit_fd: dict[str, int] | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
     its exit status.  On failure nothing created is left alive.
+    ``inherit_fd`` maps an external key (``"unix[INO]"``) to an fd of this
+    process that stands in for it, as criu's --inherit-fd.
     """
     from .restore import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
-                    skip_file_check=skip_file_check)
+                    skip_file_check=skip_file_check, inherit_fd=inherit_fd)
 
 
-__all__ = ["dump", "restore", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
+def network_unlock(images_dir: str) -> bool:
+    """Drop the network lock a ``tcp_established`` dump of ``images_dir``
+    left, when its restore is abandoned.  True if a lock was removed."""
+    from .resources.tcp import network_unlock_dir
+    return network_unlock_dir(images_dir)
+
+
+__all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
            "AccessDenied", "ParseError", "ImageError", "DumpError", "Unsupported",
            "RestoreError", "__version__"]

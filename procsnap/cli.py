@@ -1,8 +1,10 @@
 """The ``procsnap`` command, with criu's habits.
 
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
-                  [--link-remap] [-v]
-    procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [-v]
+                  [--link-remap] [--external unix[INO]]... [--tcp-established] [-v]
+    procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job]
+                     [--inherit-fd fd[N]:unix[INO]]... [-v]
+    procsnap network-unlock DIR
     procsnap check
     procsnap show DIR [IMAGE]
     procsnap demo
@@ -17,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 from .errors import ProcsnapError
@@ -41,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest deleted file whose contents are saved (default 1M; K/M/G)")
     d.add_argument("--link-remap", action="store_true",
                    help="allow hard links next to unlinked files the fs has no handles for")
+    d.add_argument("--external", action="append", default=[], metavar="unix[INO]",
+                   type=_external,
+                   help="a resource outside the tree: unix[INO] is our unix socket INO whose "
+                        "peer is outside (restore it with --inherit-fd)")
+    d.add_argument("--tcp-established", action="store_true",
+                   help="dump live TCP connections (TCP_REPAIR); their traffic is held back "
+                        "by a network lock until the restore")
     d.add_argument("-v", "--verbose", action="count", default=0)
 
     r = sub.add_parser("restore", help="recreate a process tree from image files")
@@ -52,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="attach the process to this terminal")
     r.add_argument("--skip-file-check", action="store_true",
                    help="restore files even if their size or mode changed since the dump")
+    r.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:unix[INO]",
+                   type=_inherit_fd,
+                   help="use our fd N for the external resource KEY (as criu)")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -61,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("image", nargs="?", metavar="IMAGE", help="one image file (name in DIR or path)")
 
     sub.add_parser("demo", help="checkpoint and restore a small counter, showing each step")
+
+    n = sub.add_parser("network-unlock",
+                       help="drop the network lock a --tcp-established dump left "
+                            "(when its restore is abandoned)")
+    n.add_argument("dir", metavar="DIR", help="the images directory of that dump")
 
     c = sub.add_parser("cleanup", help="remove temporary names an interrupted run left behind")
     c.add_argument("dir", metavar="DIR", help="the images directory of that run")
@@ -74,7 +92,8 @@ def _stats_line(stats: dict[str, float]) -> str:
 def cmd_dump(a: argparse.Namespace) -> int:
     from . import dump
     stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job,
-                 ghost_limit=a.ghost_limit, link_remap=a.link_remap)
+                 ghost_limit=a.ghost_limit, link_remap=a.link_remap,
+                 external=tuple(a.external), tcp_established=a.tcp_established)
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
@@ -85,12 +104,12 @@ def cmd_restore(a: argparse.Namespace) -> int:
     from . import restore
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
-                      skip_file_check=a.skip_file_check)
+                      skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
         if a.verbose:
             print(f"procsnap: restored pid {pid}", file=sys.stderr)
         return 0
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
-                   skip_file_check=a.skip_file_check)
+                   skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -124,6 +143,32 @@ def _size(text: str) -> int:
     return value * mult
 
 
+def _external(text: str) -> str:
+    """criu's --external key; procsnap knows unix[INO]."""
+    m = re.fullmatch(r"unix\[(\d+)\]", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a known external resource: {text!r} "
+                                         "(expected unix[INO])")
+    return f"unix[{int(m.group(1))}]"
+
+
+def _inherit_fd(text: str) -> tuple[str, int]:
+    """fd[N]:KEY, as criu's --inherit-fd."""
+    m = re.fullmatch(r"fd\[(\d+)\]:(.+)", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not fd[N]:KEY: {text!r}")
+    return _external(m.group(2)), int(m.group(1))
+
+
+def cmd_network_unlock(a: argparse.Namespace) -> int:
+    from .resources.tcp import network_unlock_dir
+    if network_unlock_dir(a.dir):
+        print(f"procsnap: {a.dir}: network lock removed", file=sys.stderr)
+    else:
+        print(f"procsnap: {a.dir}: no network lock was held", file=sys.stderr)
+    return 0
+
+
 def cmd_cleanup(a: argparse.Namespace) -> int:
     from .resources.tmpnames import cleanup
     removed = cleanup(a.dir)
@@ -139,7 +184,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
-            "check": cmd_check, "demo": cmd_demo, "cleanup": cmd_cleanup}
+            "check": cmd_check, "demo": cmd_demo, "cleanup": cmd_cleanup,
+            "network-unlock": cmd_network_unlock}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import images
 from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
@@ -45,6 +45,8 @@ class DumpOptions:
     shell_job: bool = False
     ghost_limit: int = 1 << 20   # largest deleted file saved as a ghost (CRIU's default)
     link_remap: bool = False     # may hard-link unlinked files back (CRIU's --link-remap)
+    external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
+    tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
 
 
 @dataclass
@@ -100,6 +102,10 @@ class DumpContext:
     # (pid, fd, (st_dev, st_ino), file id) of every fd seen so far, to find
     # open file descriptions shared between fds and processes (kcmp).
     open_files: list[tuple[int, int, tuple[int, int], int]] = field(default_factory=list)
+    # Run before the tasks are released, with True when the dump is
+    # complete and the tree is killed (TCP sockets stay in repair mode and
+    # the network lock stays), False when the tree runs on.
+    cleanups: list[Callable[[bool], None]] = field(default_factory=list)
     _next_id: int = 1
 
     def new_file_id(self) -> int:
@@ -321,7 +327,8 @@ def _release(task: DumpTask, *, kill: bool) -> None:
 
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
-         link_remap: bool = False) -> dict[str, float]:
+         link_remap: bool = False, external: tuple[str, ...] = (),
+         tcp_established: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -336,7 +343,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         os.makedirs(images_dir, exist_ok=True)
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
-    ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap))
+    ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap,
+                                              tuple(external), tcp_established))
     tmpnames.report(images_dir)
     ok = False
     try:
@@ -385,6 +393,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                 except FileNotFoundError:
                     pass
         kill = ok and not leave_running
+        for cleanup in reversed(ctx.cleanups):
+            cleanup(kill)
         # Kill the root first: with the whole tree stopped nobody can react
         # to a sibling's death before it dies too.
         for task in ctx.tasks:

@@ -27,7 +27,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from . import images
 from .errors import ImageError, ProcsnapError, RestoreError
@@ -51,6 +51,7 @@ class RestoreOptions:
     shell_job: bool = False
     pidfile: str | None = None
     skip_file_check: bool = False
+    inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
 
 
 @dataclass
@@ -139,6 +140,10 @@ class RestoreContext:
     created: list[int] = field(default_factory=list)  # pids this restore made
     spare_fd_base: int = 3  # first fd number no task owns: room for our helper fds
     kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
+    # Once every task is built, before they run (TCP sockets leave repair
+    # mode), and once they run (the network lock goes).
+    before_detach: list[Callable[[], None]] = field(default_factory=list)
+    after_detach: list[Callable[[], None]] = field(default_factory=list)
 
     def payload_entries(self, kind: str) -> list[Any]:
         """Entries (with raw tails) of a shared image; [] if it is absent."""
@@ -490,7 +495,8 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 # ---------------------------------------------------------------- API ----
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
-            pidfile: str | None = None, skip_file_check: bool = False) -> int:
+            pidfile: str | None = None, skip_file_check: bool = False,
+            inherit_fd: dict[str, int] | None = None) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     Returns the root's PID when ``detached``; otherwise waits for it and
@@ -500,7 +506,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
 
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
-                          RestoreOptions(detached, shell_job, pidfile, skip_file_check))
+                          RestoreOptions(detached, shell_job, pidfile, skip_file_check,
+                                         dict(inherit_fd or {})))
     tmpnames.report(rctx.images_dir)
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
@@ -536,6 +543,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)
+        for hook in rctx.before_detach:
+            hook()
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
         if pidfile:
             with open(pidfile, "w") as f:
@@ -546,6 +555,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             if not rt.zombie:
                 for th in reversed(rt.threads):
                     th.inj.detach()
+        for hook in rctx.after_detach:
+            hook()
     except BaseException as exc:
         if created:
             _kill_all(rctx)

@@ -1,0 +1,249 @@
+"""IPv4/IPv6 TCP and UDP sockets (fd kind INETSK, inline in files.img as
+file_entry.isk; UDP queues in sk-queues.img; live TCP in tcp-stream-INO.img).
+
+This kind comes after unixsk in FD_KINDS and claims every other socket, so
+that a socket of a family procsnap does not handle (netlink, packet, raw,
+SCTP, vsock...) is refused here by name, with the pid and fd -- never
+skipped.
+
+Addresses come from the socket itself (getsockname/getpeername on a
+pidfd_getfd copy): an unbound socket is in no hash table, so sock_diag
+does not list it.  sock_diag gives what the socket cannot tell about
+itself: a listener's backlog and how many connections wait in its accept
+queue, and the shutdown bits.
+
+States handled: TCP listening, TCP closed (created, maybe bound), TCP
+established with ``--tcp-established`` (tcp.py, TCP_REPAIR); UDP bound or
+connected, with the datagrams in its receive queue.  Any other state
+(SYN_SENT, FIN_WAIT, CLOSE_WAIT...) is refused by name.
+
+Restore: the restorer makes the socket in its own process, binds it with
+SO_REUSEADDR on for the bind only (a port whose old connections linger in
+TIME_WAIT must not block it; the real value is set afterwards), listens
+or connects, queues UDP datagrams from a scratch socket *before*
+connecting (a connected UDP socket takes datagrams from its peer only),
+applies the options, and the puppet takes it with pidfd_getfd.
+"""
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
+from . import anonfd, sockets, tcp
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext
+    from ..restore import RestoreContext, RestoreTask
+    from .files import FdCtx
+
+NAME = "inetsk"
+TYPE = fdinfo_pb2.INETSK
+
+# tcp_states.h
+TCP_ESTABLISHED = 1
+TCP_CLOSE = 7
+TCP_LISTEN = 10
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+              11: "CLOSING"}
+IP_FREEBIND = 15
+PROTOS = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "TCP",
+          (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "UDP"}
+
+
+def matches(fd: "FdCtx") -> bool:
+    fam = sockets.family_of(fd)
+    return fam is not None and fam != socket.AF_UNIX
+
+
+def _family_name(fam: int) -> str:
+    try:
+        return socket.AddressFamily(fam).name
+    except ValueError:
+        return f"family {fam}"
+
+
+def pack_addr(fam: int, addr: str) -> list[int]:
+    """An address as CRIU's repeated uint32: the network-order bytes read
+    as host (little-endian) words."""
+    raw = socket.inet_pton(fam, addr)
+    return list(struct.unpack(f"<{len(raw) // 4}I", raw))
+
+
+def unpack_addr(fam: int, words: Any) -> str:
+    raw = struct.pack(f"<{len(words)}I", *words)
+    if not raw:
+        raw = bytes(4 if fam == socket.AF_INET else 16)
+    return socket.inet_ntop(fam, raw)
+
+
+def _state_of(sk: socket.socket, proto: int) -> int:
+    if proto == socket.IPPROTO_TCP:
+        return tcp.tcp_state(sk)
+    try:
+        sk.getpeername()
+        return TCP_ESTABLISHED
+    except OSError:
+        return TCP_CLOSE
+
+
+def endpoint(fam: int, addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if fam == socket.AF_INET6 else f"{addr}:{port}"
+
+
+def dump(fd: "FdCtx", fid: int) -> Any:
+    what = sockets.describe(fd)
+    fam = sockets.family_of(fd)
+    assert fam is not None
+    sk = sockets.copy_of(fd)
+    if fam not in (socket.AF_INET, socket.AF_INET6):
+        raise Unsupported(f"{what}: an {_family_name(fam)} socket (type {sk.type}); "
+                          "procsnap dumps only unix, TCP and UDP sockets")
+    proto = sk.getsockopt(socket.SOL_SOCKET, sockets.SO_PROTOCOL)
+    kind = PROTOS.get((sk.type, proto))
+    if kind is None:
+        raise Unsupported(f"{what}: an {_family_name(fam)} socket of type {sk.type}, "
+                          f"protocol {proto}; only TCP and UDP are supported")
+    if not sockets.same_netns(fd.task.pid):
+        raise Unsupported(f"{what}: the process is in another network namespace; "
+                          "its sockets cannot be dumped yet")
+    ino = sockets.socket_ino(fd.link)
+    src, sport = sk.getsockname()[:2]
+    try:
+        dst, dport = sk.getpeername()[:2]
+    except OSError:
+        dst, dport = ("0.0.0.0" if fam == socket.AF_INET else "::"), 0
+    state = _state_of(sk, proto)
+    d = sockets.inet_table(fd.ctx).get(ino)
+    label = f"{what}: {kind} {endpoint(fam, src, sport)}"
+    if state == TCP_ESTABLISHED:
+        label += f" -> {endpoint(fam, dst, dport)}"
+    ie = sk_inet_pb2.inet_sk_entry(
+        id=fid, ino=ino, family=fam, type=sk.type, proto=proto, state=state,
+        src_port=sport, dst_port=dport, flags=sockets.file_flags(fd, "the socket"),
+        backlog=0, src_addr=pack_addr(fam, src), dst_addr=pack_addr(fam, dst),
+        fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk),
+        ip_opts=sk_inet_pb2.ip_opts_entry(
+            freebind=bool(sk.getsockopt(socket.IPPROTO_IP, IP_FREEBIND))),
+        shutdown=sockets.shutdown_field(d.shutdown if d is not None else 0))
+    if fam == socket.AF_INET6:
+        ie.v6only = bool(sk.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
+    if proto == socket.IPPROTO_TCP:
+        if state == TCP_LISTEN:
+            if d is None:
+                raise Unsupported(f"{label}: listening socket not reported by sock_diag")
+            fe.isk.backlog = d.wqueue
+            if d.rqueue:
+                raise Unsupported(f"{label}: {d.rqueue} connection(s) wait in its accept "
+                                  "queue; they cannot be restored")
+        elif state == TCP_ESTABLISHED:
+            if not fd.ctx.opts.tcp_established:
+                raise Unsupported(f"{label} is an established TCP connection; dump with "
+                                  "--tcp-established to keep it")
+            if fe.isk.shutdown:
+                raise Unsupported(f"{label}: an established connection that is shut down "
+                                  "one way; not supported yet")
+            tcp.dump_established(fd, sk, fe.isk, label)
+        elif state != TCP_CLOSE:
+            raise Unsupported(f"{label}: TCP state {TCP_STATES.get(state, state)}; "
+                              "not supported")
+    else:
+        for data in sockets.peek_queue(sk, label, stream=False):
+            fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
+                id_for=fid, length=len(data)), data)
+    return fe
+
+
+def finish(ctx: "DumpContext") -> None:
+    tcp.finish(ctx)  # tcp-stream images of the live connections
+
+
+# ------------------------------------------------------------- restore ----
+
+def _queues(rctx: "RestoreContext") -> dict[int, list[bytes]]:
+    st = rctx.kind_state.get(NAME)
+    if st is None:
+        ids = {f.id for f in rctx.files.values() if f.type == TYPE}
+        st = {}
+        for e in rctx.payload_entries("sk-queues"):
+            if e.msg.id_for in ids:
+                st.setdefault(e.msg.id_for, []).append(e.payload)
+        rctx.kind_state[NAME] = st
+    return st  # type: ignore[no-any-return]
+
+
+def label(ie: Any) -> str:
+    fam = ie.family
+    kind = PROTOS.get((ie.type, ie.proto), f"proto {ie.proto}")
+    text = f"{kind} socket {ie.ino} {endpoint(fam, unpack_addr(fam, ie.src_addr), ie.src_port)}"
+    if ie.state == TCP_ESTABLISHED:
+        text += f" -> {endpoint(fam, unpack_addr(fam, ie.dst_addr), ie.dst_port)}"
+    return text
+
+
+def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
+    """Queue datagrams on our bound UDP socket from a scratch socket."""
+    fam = ie.family
+    addr = unpack_addr(fam, ie.src_addr)
+    if ipaddress.ip_address(addr).is_unspecified:
+        addr = "127.0.0.1" if fam == socket.AF_INET else "::1"
+    scratch = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        sockets.prepare(scratch)
+        for data in msgs:
+            scratch.sendto(data, (addr, ie.src_port))
+    finally:
+        scratch.close()
+    # Loopback delivery is synchronous, but check: a short queue would
+    # lose data silently.
+    got = sockets.peek_queue(sk, label(ie), stream=False)
+    if len(got) != len(msgs):
+        raise RestoreError(f"{label(ie)}: {len(msgs)} datagrams sent back, {len(got)} queued")
+
+
+def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    ie = entry.isk
+    what = label(ie)
+    if (ie.type, ie.proto) not in PROTOS or ie.family not in (socket.AF_INET, socket.AF_INET6):
+        raise RestoreError(f"{what}: family {ie.family} type {ie.type} is not supported")
+    sk = socket.socket(ie.family, ie.type, ie.proto)
+    try:
+        if ie.family == socket.AF_INET6:
+            sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ie.v6only))
+        if ie.HasField("ip_opts") and ie.ip_opts.freebind:
+            sk.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        if ie.proto == socket.IPPROTO_TCP and ie.state == TCP_ESTABLISHED:
+            tcp.restore_established(rctx, sk, ie, what)
+        else:
+            src = unpack_addr(ie.family, ie.src_addr)
+            if ie.src_port or not ipaddress.ip_address(src).is_unspecified:
+                sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sk.bind((src, ie.src_port))
+            if ie.state == TCP_LISTEN:
+                sk.listen(ie.backlog)
+            elif ie.proto == socket.IPPROTO_UDP:
+                msgs = _queues(rctx).get(ie.id, [])
+                if msgs:
+                    _fill_udp(sk, ie, msgs)
+                if ie.state == TCP_ESTABLISHED:
+                    sk.connect((unpack_addr(ie.family, ie.dst_addr), ie.dst_port))
+            if ie.proto == socket.IPPROTO_UDP and ie.shutdown:
+                sockets.apply_shutdown(sk, ie.shutdown)
+        sockets.restore_opts(sk, ie.opts, what)
+    except OSError as exc:
+        sk.close()
+        raise RestoreError(f"{what}: {exc.strerror or exc}") from None
+    except BaseException:
+        sk.close()
+        raise
+    fd = sk.detach()
+    fcntl.fcntl(fd, fcntl.F_SETFL, ie.flags & ~os.O_ACCMODE)
+    rctx.own_fds.append(fd)
+    return rt.grab_fd(os.getpid(), fd)

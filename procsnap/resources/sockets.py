@@ -1,0 +1,445 @@
+"""What every socket kind shares: finding sockets with sock_diag, a copy
+of a target's socket to look at, SOL_SOCKET options (sk_opts_entry), the
+shutdown encoding, and reading a receive queue without consuming it.
+
+sock_diag goes through pyroute2's ``DiagSocket`` (its message classes are
+declared as field lists, the kernel structs quoted, the model we follow).
+Two things of pyroute2 0.9 do not fit and are overridden here, nothing
+else: UNIX_DIAG_NAME is decoded as a C string there, which drops the
+leading NUL of an abstract name (so "\\0x" and "x" look alike) and would
+cut a name with NULs inside; UNIX_DIAG_ICONS (the inodes of connections
+waiting to be accepted) comes as a hex string.  Both are taken as raw
+bytes instead.  TCP_INFO is read with getsockopt on our copy of the
+socket (tcp.py), not from pyroute2's tcp_info, whose split of the
+wscale byte gives snd and rcv the same nibble.
+
+A socket of a frozen task is examined through a copy of its fd taken
+with pidfd_getfd: the same socket, so options, names and queues are the
+task's own.  Queues are read with MSG_PEEK and SO_PEEK_OFF, which is put
+back afterwards: nothing the task would read is taken away.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
+    SS_ALL,
+    UDIAG_SHOW_ICONS,
+    UDIAG_SHOW_NAME,
+    UDIAG_SHOW_PEER,
+    UDIAG_SHOW_RQLEN,
+    UDIAG_SHOW_VFS,
+    DiagSocket,
+    MarshalDiag,
+    inet_diag_msg,
+    unix_diag_msg,
+)
+
+from ..errors import DumpError, RestoreError, Unsupported
+from ..images.pb import sk_opts_pb2
+from ..kernel import consts as C
+from ..kernel.libc import syscall
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext
+    from .files import FdCtx
+
+NAME = "sockets"
+
+# <asm-generic/socket.h>, not all in Python's socket module
+SO_PASSSEC = 34
+SO_PEEK_OFF = 42
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+SO_BUF_LOCK = 72
+SO_NO_CHECK = 11
+SO_GET_FILTER = 26
+SO_DOMAIN = 39
+SO_PROTOCOL = 38
+SOCK_BUF_LOCK_MASK = 3  # SOCK_SNDBUF_LOCK | SOCK_RCVBUF_LOCK
+
+# sk_shutdown bits as the kernel keeps them (and sk_shutdown in the image)
+RCV_SHUTDOWN = 1
+SEND_SHUTDOWN = 2
+
+# Status flags a socket fd may carry and we give back with F_SETFL.
+_KEPT_FLAGS = C.O_ACCMODE | C.O_NONBLOCK | C.O_LARGEFILE | os.O_CLOEXEC
+
+
+class _unix_diag_msg(unix_diag_msg):  # type: ignore[misc]
+    """pyroute2's unix_diag_msg with the name and icons kept as bytes."""
+
+    nla_map = (
+        ('UNIX_DIAG_NAME', 'cdata'),
+        ('UNIX_DIAG_VFS', 'unix_diag_vfs'),
+        ('UNIX_DIAG_PEER', 'uint32'),
+        ('UNIX_DIAG_ICONS', 'cdata'),
+        ('UNIX_DIAG_RQLEN', 'unix_diag_rqlen'),
+        ('UNIX_DIAG_MEMINFO', 'hex'),
+        ('UNIX_DIAG_SHUTDOWN', 'uint8'),
+    )
+
+
+class _Marshal(MarshalDiag):  # type: ignore[misc]
+    msg_map = {socket.AF_UNIX: _unix_diag_msg, socket.AF_INET: inet_diag_msg,
+               socket.AF_INET6: inet_diag_msg}
+
+
+@dataclass
+class UnixDiag:
+    ino: int
+    type: int
+    state: int
+    name: bytes = b""          # b"" unbound; starts with NUL if abstract
+    vfs: tuple[int, int] | None = None   # (dev, ino) of the socket file
+    peer: int = 0
+    icons: list[int] = field(default_factory=list)
+    rqueue: int = 0
+    wqueue: int = 0
+    shutdown: int = 0
+
+
+@dataclass
+class InetDiag:
+    ino: int
+    family: int
+    proto: int
+    state: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    rqueue: int
+    wqueue: int
+    shutdown: int
+
+
+def _query(fn: Any) -> Any:
+    try:
+        with DiagSocket() as ds:
+            ds.set_marshal(_Marshal())
+            ds.bind()
+            return fn(ds)
+    except OSError as exc:
+        raise DumpError(f"sock_diag: {exc.strerror or exc}") from None
+
+
+def unix_table(ctx: "DumpContext") -> dict[int, UnixDiag]:
+    """Every unix socket of our network namespace, by inode (once a dump)."""
+    state = ctx.kind_state.setdefault(NAME, {})
+    if "unix" not in state:
+        show = (UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS
+                | UDIAG_SHOW_RQLEN)
+        msgs = _query(lambda ds: ds.get_sock_stats(family=socket.AF_UNIX, states=SS_ALL,
+                                                   show=show))
+        table: dict[int, UnixDiag] = {}
+        for m in msgs:
+            d = UnixDiag(m["udiag_ino"], m["udiag_type"], m["udiag_state"])
+            name = m.get_attr("UNIX_DIAG_NAME")
+            if name:
+                # a path comes with its terminating NUL; an abstract name is
+                # exactly its bytes
+                d.name = bytes(name) if name[:1] == b"\0" else bytes(name).split(b"\0", 1)[0]
+            vfs = m.get_attr("UNIX_DIAG_VFS")
+            if vfs is not None:
+                d.vfs = (vfs["udiag_vfs_dev"], vfs["udiag_vfs_ino"])
+            d.peer = m.get_attr("UNIX_DIAG_PEER") or 0
+            icons = m.get_attr("UNIX_DIAG_ICONS")
+            if icons:
+                d.icons = list(struct.unpack(f"<{len(icons) // 4}I", icons))
+            rq = m.get_attr("UNIX_DIAG_RQLEN")
+            if rq is not None:
+                d.rqueue, d.wqueue = rq["udiag_rqueue"], rq["udiag_wqueue"]
+            d.shutdown = m.get_attr("UNIX_DIAG_SHUTDOWN") or 0
+            table[d.ino] = d
+        state["unix"] = table
+    table = state["unix"]
+    return table  # type: ignore[no-any-return]
+
+
+def inet_table(ctx: "DumpContext") -> dict[int, InetDiag]:
+    """Every TCP and UDP socket (v4 and v6) of our network namespace."""
+    state = ctx.kind_state.setdefault(NAME, {})
+    if "inet" not in state:
+        table: dict[int, InetDiag] = {}
+
+        def collect(ds: Any) -> None:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                    for m in ds.get_sock_stats(family=fam, states=SS_ALL, protocol=proto):
+                        table[m["idiag_inode"]] = InetDiag(
+                            m["idiag_inode"], fam, proto, m["idiag_state"],
+                            m["idiag_src"], m["idiag_sport"], m["idiag_dst"], m["idiag_dport"],
+                            m["idiag_rqueue"], m["idiag_wqueue"],
+                            m.get_attr("INET_DIAG_SHUTDOWN") or 0)
+        _query(collect)
+        state["inet"] = table
+    return state["inet"]  # type: ignore[no-any-return]
+
+
+def same_netns(pid: int) -> bool:
+    """sock_diag answers for our network namespace only."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except FileNotFoundError:
+        return False
+
+
+def socket_ino(link: str) -> int:
+    return int(link[len("socket:["):-1])
+
+
+# ------------------------------------------------------------ copies ----
+
+def grab(pid: int, fd: int) -> socket.socket:
+    """The task's socket as a Python socket object (our own fd on it)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = syscall(C.NR["pidfd_getfd"], pidfd, fd, 0)
+    finally:
+        os.close(pidfd)
+    try:
+        return socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        raise
+
+
+def copy_of(fd: "FdCtx") -> socket.socket:
+    """A copy of the fd's socket, kept for the rest of the dump."""
+    state = fd.ctx.kind_state.setdefault(NAME, {})
+    if "copies" not in state:
+        ctx = fd.ctx
+        # registered first, so it runs last: after tcp.py left repair mode
+        ctx.cleanups.append(lambda keep: close_copies(ctx))
+    cache = state.setdefault("copies", {})
+    key = (fd.task.pid, fd.fd)
+    sk = cache.get(key)
+    if sk is None:
+        sk = grab(fd.task.pid, fd.fd)
+        cache[key] = sk
+    return sk  # type: ignore[no-any-return]
+
+
+def close_copies(ctx: "DumpContext") -> None:
+    for sk in ctx.kind_state.get(NAME, {}).pop("copies", {}).values():
+        sk.close()
+
+
+def family_of(fd: "FdCtx") -> int | None:
+    """The fd's socket family, or None if it is not a socket."""
+    if not fd.link.startswith("socket:["):
+        return None
+    cache = fd.ctx.kind_state.setdefault(NAME, {}).setdefault("family", {})
+    key = (fd.task.pid, fd.fd)
+    if key not in cache:
+        cache[key] = copy_of(fd).getsockopt(socket.SOL_SOCKET, SO_DOMAIN)
+    return cache[key]  # type: ignore[no-any-return]
+
+
+def describe(fd: "FdCtx") -> str:
+    return f"pid {fd.task.pid}: fd {fd.fd} ({fd.link})"
+
+
+def file_flags(fd: "FdCtx", what: str) -> int:
+    """open(2) flags to keep (O_CLOEXEC lives in fdinfo, per fd)."""
+    assert fd.info is not None
+    flags = fd.info.flags
+    extra = flags & ~_KEPT_FLAGS
+    if extra:
+        raise Unsupported(f"{describe(fd)}: {what} has file flags {extra:o} (of {flags:o}), "
+                          "e.g. O_ASYNC, that procsnap cannot restore yet")
+    return flags & ~os.O_CLOEXEC
+
+
+# ------------------------------------------------------------ sk_opts ----
+
+def _int_opt(sk: socket.socket, level: int, name: int) -> int:
+    return sk.getsockopt(level, name)
+
+
+def _timeval(sk: socket.socket, name: int) -> tuple[int, int]:
+    sec, usec = struct.unpack("qq", sk.getsockopt(socket.SOL_SOCKET, name, 16))
+    return sec, usec
+
+
+def dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
+    """SOL_SOCKET options into an sk_opts_entry (what CRIU's dump_socket_opts
+    keeps, plus the buffer lock, linger, keepalive and reuseport)."""
+    g = sk.getsockopt
+    sol = socket.SOL_SOCKET
+    snd = _timeval(sk, socket.SO_SNDTIMEO)
+    rcv = _timeval(sk, socket.SO_RCVTIMEO)
+    o = sk_opts_pb2.sk_opts_entry(
+        so_sndbuf=g(sol, socket.SO_SNDBUF), so_rcvbuf=g(sol, socket.SO_RCVBUF),
+        so_snd_tmo_sec=snd[0], so_snd_tmo_usec=snd[1],
+        so_rcv_tmo_sec=rcv[0], so_rcv_tmo_usec=rcv[1],
+        reuseaddr=bool(g(sol, socket.SO_REUSEADDR)),
+        so_priority=g(sol, socket.SO_PRIORITY), so_rcvlowat=g(sol, socket.SO_RCVLOWAT),
+        so_mark=g(sol, socket.SO_MARK) & 0xFFFFFFFF,
+        so_passcred=bool(g(sol, socket.SO_PASSCRED)), so_passsec=bool(g(sol, SO_PASSSEC)),
+        so_dontroute=bool(g(sol, socket.SO_DONTROUTE)),
+        so_no_check=bool(g(sol, SO_NO_CHECK)))
+    dev = g(sol, socket.SO_BINDTODEVICE, 16).split(b"\0", 1)[0]
+    if dev:
+        o.so_bound_dev = dev.decode()
+    # A classic BPF filter would have to be read out and attached again;
+    # refuse rather than restore a socket that lets everything through.
+    if _filter_len(sk):
+        raise Unsupported(f"{describe(fd)}: a socket filter (SO_ATTACH_FILTER) is attached; "
+                          "not supported yet")
+    if sk.family in (socket.AF_INET, socket.AF_INET6):
+        o.so_reuseport = bool(g(sol, socket.SO_REUSEPORT))
+        o.so_broadcast = bool(g(sol, socket.SO_BROADCAST))
+        o.so_keepalive = bool(g(sol, socket.SO_KEEPALIVE))
+        o.so_oobinline = g(sol, socket.SO_OOBINLINE)
+        onoff, linger = struct.unpack("ii", g(sol, socket.SO_LINGER, 8))
+        if onoff:
+            o.so_linger = linger
+        if sk.type == socket.SOCK_STREAM:
+            o.tcp_keepcnt = g(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+            o.tcp_keepidle = g(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            o.tcp_keepintvl = g(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+    try:
+        o.so_buf_lock = g(sol, SO_BUF_LOCK)
+    except OSError:
+        pass  # before 5.14: the lock cannot be read (nor set)
+    return o
+
+
+def _filter_len(sk: socket.socket) -> int:
+    # getsockopt(SO_GET_FILTER) with a zero-length buffer reports the number
+    # of instructions in optlen; Python's getsockopt needs a buffer, and a
+    # too small one is an EINVAL only when a filter exists.
+    try:
+        sk.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 8)
+    except OSError as exc:
+        if exc.errno == 22:
+            return 1
+        raise
+    return 0
+
+
+def prepare(sk: socket.socket) -> None:
+    """Large buffers while queues are refilled (as CRIU's
+    restore_prepare_socket); restore_opts puts the dumped ones back."""
+    big = 0x7FFFFFFF // 2
+    sk.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, big)
+    sk.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, big)
+
+
+def restore_opts(sk: socket.socket, o: Any, what: str) -> None:
+    """Apply an sk_opts_entry to a socket of ours (before a puppet takes it)."""
+    s = sk.setsockopt
+    sol = socket.SOL_SOCKET
+    try:
+        # the kernel doubles what it is given, and reports the doubled value
+        s(sol, SO_SNDBUFFORCE, o.so_sndbuf // 2)
+        s(sol, SO_RCVBUFFORCE, o.so_rcvbuf // 2)
+        if o.HasField("so_buf_lock"):
+            # setting a size locked it; the lock must be what it was, or the
+            # kernel would stop autotuning a buffer the program never sized
+            s(sol, SO_BUF_LOCK, o.so_buf_lock & SOCK_BUF_LOCK_MASK)
+        if o.HasField("so_priority"):
+            s(sol, socket.SO_PRIORITY, o.so_priority)
+        if o.HasField("so_rcvlowat"):
+            s(sol, socket.SO_RCVLOWAT, o.so_rcvlowat)
+        if o.so_mark:
+            s(sol, socket.SO_MARK, o.so_mark)
+        for name, on in ((socket.SO_PASSCRED, o.so_passcred), (SO_PASSSEC, o.so_passsec),
+                         (socket.SO_DONTROUTE, o.so_dontroute), (SO_NO_CHECK, o.so_no_check)):
+            if on:
+                s(sol, name, 1)
+        s(sol, socket.SO_SNDTIMEO, struct.pack("qq", o.so_snd_tmo_sec, o.so_snd_tmo_usec))
+        s(sol, socket.SO_RCVTIMEO, struct.pack("qq", o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
+        if o.so_bound_dev:
+            s(sol, socket.SO_BINDTODEVICE, o.so_bound_dev.encode())
+        if sk.family in (socket.AF_INET, socket.AF_INET6):
+            s(sol, socket.SO_REUSEADDR, int(o.reuseaddr))
+            s(sol, socket.SO_REUSEPORT, int(o.so_reuseport))
+            s(sol, socket.SO_BROADCAST, int(o.so_broadcast))
+            s(sol, socket.SO_KEEPALIVE, int(o.so_keepalive))
+            s(sol, socket.SO_OOBINLINE, int(o.so_oobinline))
+            if o.HasField("so_linger"):
+                s(sol, socket.SO_LINGER, struct.pack("ii", 1, o.so_linger))
+            if sk.type == socket.SOCK_STREAM:
+                for name, field_name in ((socket.TCP_KEEPCNT, "tcp_keepcnt"),
+                                         (socket.TCP_KEEPIDLE, "tcp_keepidle"),
+                                         (socket.TCP_KEEPINTVL, "tcp_keepintvl")):
+                    if o.HasField(field_name) and getattr(o, field_name):
+                        s(socket.IPPROTO_TCP, name, getattr(o, field_name))
+    except OSError as exc:
+        raise RestoreError(f"{what}: cannot set socket options: {exc.strerror or exc}") from None
+
+
+# ------------------------------------------------------------ shutdown ----
+
+def shutdown_field(mask: int) -> Any:
+    """Kernel sk_shutdown bits -> sk_shutdown enum (the same numbers)."""
+    return mask & (RCV_SHUTDOWN | SEND_SHUTDOWN)
+
+
+def apply_shutdown(sk: socket.socket, mask: int) -> None:
+    how = {RCV_SHUTDOWN: socket.SHUT_RD, SEND_SHUTDOWN: socket.SHUT_WR,
+           RCV_SHUTDOWN | SEND_SHUTDOWN: socket.SHUT_RDWR}.get(mask & 3)
+    if how is not None:
+        sk.shutdown(how)
+
+
+# ------------------------------------------------------------ queues ----
+
+MAX_PACKETS = 1 << 16
+
+
+def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) -> list[bytes]:
+    """The receive queue of ``sk``, unconsumed: one item per datagram (or
+    chunks of a byte stream).  SO_PEEK_OFF walks the queue and is then
+    put back to the task's own value.  ``eof``: the socket is shut down
+    for reading, so an empty read past the queue means its end."""
+    old = sk.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    out: list[bytes] = []
+    # What was peeked so far; the offset the kernel moves as we peek.
+    flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+    offset = 0
+    try:
+        for _ in range(MAX_PACKETS):
+            size = 1 << 16
+            if not stream:
+                # MSG_TRUNC: the real length of the next datagram.  The
+                # probe moves the peek offset too, so it is set again.
+                try:
+                    size = sk.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)
+                except BlockingIOError:
+                    break
+                sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
+            try:
+                data, anc, mflags, _addr = sk.recvmsg(max(size, 1), socket.CMSG_SPACE(253 * 4),
+                                                      flags)
+            except BlockingIOError:
+                break
+            for level, typ, payload in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    # peeking installed copies of the passed files in us
+                    fds = struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])
+                    for x in fds:
+                        os.close(x)
+                    raise Unsupported(f"{what}: a queued message carries file descriptors "
+                                      "(SCM_RIGHTS); not supported yet")
+            if mflags & socket.MSG_TRUNC:
+                raise DumpError(f"{what}: a queued datagram did not fit {size} bytes")
+            if not data:
+                if stream or eof:
+                    break
+                raise Unsupported(f"{what}: a zero-length datagram is queued; not supported")
+            out.append(data)
+            offset += len(data)
+        else:
+            raise Unsupported(f"{what}: more than {MAX_PACKETS} queued messages")
+    finally:
+        sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+    return out

@@ -1,0 +1,339 @@
+"""Live TCP connections (tcp-stream-INO.img) through TCP_REPAIR, and the
+network lock that holds their traffic back between dump and restore.
+
+Dump, for each established connection (after the freeze):
+1. the network lock: an nftables table of our own, ``inet procsnap_ROOT``
+   (ROOT = the dumped tree's root pid), with a drop rule for the
+   connection's packets in each direction.  From now on the peer's
+   segments reach nobody, so neither our socket nor the peer changes
+   state, and no RST can be sent for a socket that does not exist;
+2. TCP_REPAIR on our pidfd_getfd copy of the socket; then, as CRIU's
+   soccr does: TCP_INFO (state, options, window scales), SIOCOUTQ /
+   SIOCOUTQNSD / SIOCINQ (queue lengths), TCP_MAXSEG (in repair mode the
+   MSS clamp), TCP_TIMESTAMP, TCP_REPAIR_WINDOW, and both queues with
+   their sequence numbers (TCP_REPAIR_QUEUE + TCP_QUEUE_SEQ + MSG_PEEK);
+3. if the tree is then killed, the socket is still in repair mode, and a
+   socket in repair mode closes silently: the peer sees no FIN and no
+   RST.  If the tree runs on (--leave-running, or the dump failed),
+   repair mode is turned off without a window probe and the lock goes.
+
+Restore: a socket in repair mode, bound and "connected" (no handshake in
+repair mode) with the dumped sequence numbers, the options set with
+TCP_REPAIR_OPTIONS, the receive queue and the sent-but-unacknowledged
+part of the send queue put back in repair mode, the unsent part sent
+normally, the window restored.  Repair mode is turned off once every task
+is built, just before they run; the lock is removed once they run.  The
+peer's retransmissions then find the connection where it was.
+
+If a restore is abandoned, ``procsnap network-unlock DIR`` removes the
+lock (the peer then gets RSTs for a connection nobody holds).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import struct
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+from .. import images
+from ..errors import DumpError, RestoreError, Unsupported
+from ..images.pb import tcp_stream_pb2
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext
+    from ..restore import RestoreContext
+    from .files import FdCtx
+
+NAME = "tcp"
+
+# <linux/tcp.h>
+TCP_INFO = 11
+TCP_REPAIR = 19
+TCP_REPAIR_QUEUE = 20
+TCP_QUEUE_SEQ = 21
+TCP_REPAIR_OPTIONS = 22
+TCP_TIMESTAMP = 24
+TCP_REPAIR_WINDOW = 29
+TCP_REPAIR_ON = 1
+TCP_REPAIR_OFF = 0
+TCP_REPAIR_OFF_NO_WP = -1     # leave repair mode without a window probe
+TCP_NO_QUEUE, TCP_RECV_QUEUE, TCP_SEND_QUEUE = 0, 1, 2
+TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
+# <linux/sockios.h>
+SIOCINQ = 0x541B
+SIOCOUTQ = 0x5411
+SIOCOUTQNSD = 0x894B
+_WINDOW = struct.Struct("5I")   # struct tcp_repair_window
+
+
+def tcp_state(sk: socket.socket) -> int:
+    """tcpi_state, the first byte of struct tcp_info."""
+    return sk.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)[0]
+
+
+def _ioctl_int(sk: socket.socket, req: int) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(sk.fileno(), req, b"\0" * 4))[0])
+
+
+# --------------------------------------------------------- network lock ----
+
+def _nft() -> str:
+    path = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    if path is None:
+        raise DumpError("--tcp-established needs nftables for its network lock: "
+                        "install it (apt-get install nftables)")
+    return path
+
+
+def table_name(root_pid: int) -> str:
+    return f"procsnap_{root_pid}"
+
+
+def _run_nft(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_nft(), "-f", "-"], input=script, capture_output=True, text=True,
+                          timeout=30, stdin=None)
+
+
+def lock_connection(table: str, fam: int, local: tuple[str, int],
+                    remote: tuple[str, int], create: bool) -> None:
+    """Drop both directions of one connection (creating the table first)."""
+    ip = "ip" if fam == socket.AF_INET else "ip6"
+    lines = []
+    if create:
+        lines += [f"add table inet {table}",
+                  f"add chain inet {table} input {{ type filter hook input priority -150 ; "
+                  "policy accept ; }",
+                  f"add chain inet {table} output {{ type filter hook output priority -150 ; "
+                  "policy accept ; }"]
+    lines += [
+        f"add rule inet {table} input {ip} saddr {remote[0]} {ip} daddr {local[0]} "
+        f"tcp sport {remote[1]} tcp dport {local[1]} drop",
+        f"add rule inet {table} output {ip} saddr {local[0]} {ip} daddr {remote[0]} "
+        f"tcp sport {local[1]} tcp dport {remote[1]} drop"]
+    res = _run_nft("\n".join(lines) + "\n")
+    if res.returncode != 0:
+        msg = (res.stderr.strip().splitlines() or ["failed"])[0]
+        raise DumpError(f"network lock (nft, table inet {table}): {msg}")
+
+
+def unlock(table: str) -> bool:
+    """Remove our table; False if there was none."""
+    try:
+        nft = _nft()
+    except DumpError:
+        return False
+    res = subprocess.run([nft, "delete", "table", "inet", table], capture_output=True,
+                         text=True, timeout=30)
+    return res.returncode == 0
+
+
+def network_unlock_dir(images_dir: str) -> bool:
+    """The lock of the dump in ``images_dir`` (found by its root pid)."""
+    tree = images.read_image(images_dir, "pstree")
+    if not tree:
+        return False
+    return unlock(table_name(tree[0].pid))
+
+
+# ----------------------------------------------------------------- dump ----
+
+def _state(ctx: "DumpContext") -> dict[str, Any]:
+    st = ctx.kind_state.get(NAME)
+    if st is None:
+        st = {"table": table_name(ctx.tasks[0].pid), "locked": False, "repaired": [],
+              "streams": []}
+        ctx.kind_state[NAME] = st
+
+        def cleanup(keep: bool) -> None:
+            # keep: the tree is killed now; repair mode makes the close
+            # silent and the lock holds the peers until the restore.
+            if keep:
+                return
+            for sk in st["repaired"]:
+                try:
+                    sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+                except OSError:
+                    pass
+            if st["locked"]:
+                unlock(st["table"])
+        ctx.cleanups.append(cleanup)
+    return st
+
+
+def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> None:
+    st = _state(fd.ctx)
+    local = sk.getsockname()[:2]
+    remote = sk.getpeername()[:2]
+    lock_connection(st["table"], sk.family, local, remote, create=not st["locked"])
+    st["locked"] = True
+    try:
+        sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
+    except OSError as exc:
+        raise DumpError(f"{label}: cannot enter TCP repair mode: {exc.strerror}") from None
+    st["repaired"].append(sk)
+    try:
+        tse, inq, outq = _save(sk, label)
+    except OSError as exc:
+        raise DumpError(f"{label}: reading the connection in repair mode: "
+                        f"{exc.strerror or exc}") from None
+    st["streams"].append((ie.ino, tse, inq, outq))
+
+
+def _save(sk: socket.socket, label: str) -> tuple[Any, bytes, bytes]:
+    info = sk.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
+    state, options, wscale = info[0], info[5], info[6]
+    if state != 1:
+        raise Unsupported(f"{label}: TCP state changed to {state} under the lock")
+    outq_len = _ioctl_int(sk, SIOCOUTQ)
+    unsq_len = _ioctl_int(sk, SIOCOUTQNSD)
+    inq_len = _ioctl_int(sk, SIOCINQ)
+    tse = tcp_stream_pb2.tcp_stream_entry(
+        inq_len=inq_len, inq_seq=0, outq_len=outq_len, outq_seq=0, opt_mask=options,
+        snd_wscale=0, mss_clamp=sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
+        unsq_len=unsq_len,
+        nodelay=bool(sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)),
+        cork=bool(sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)))
+    if options & TCPI_OPT_WSCALE:
+        # __u8 tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4 -- low nibble first
+        tse.snd_wscale = wscale & 0xF
+        tse.rcv_wscale = wscale >> 4
+    if options & TCPI_OPT_TIMESTAMPS:
+        tse.timestamp = sk.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
+    win = _WINDOW.unpack(sk.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, _WINDOW.size))
+    tse.snd_wl1, tse.snd_wnd, tse.max_window, tse.rcv_wnd, tse.rcv_wup = win
+    tse.inq_seq, inq = _queue(sk, TCP_RECV_QUEUE, inq_len, label)
+    tse.outq_seq, outq = _queue(sk, TCP_SEND_QUEUE, outq_len, label)
+    sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+    return tse, inq, outq
+
+
+def _queue(sk: socket.socket, queue: int, length: int, label: str) -> tuple[int, bytes]:
+    sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)
+    seq = sk.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF
+    if not length:
+        return seq, b""
+    # one byte more than expected: proves the queue holds exactly length
+    data = sk.recv(length + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    if len(data) != length:
+        which = "receive" if queue == TCP_RECV_QUEUE else "send"
+        raise DumpError(f"{label}: {which} queue gave {len(data)} bytes, expected {length}")
+    return seq, data
+
+
+def finish(ctx: "DumpContext") -> None:
+    st = ctx.kind_state.get(NAME)
+    if not st:
+        return
+    for ino, tse, inq, outq in st["streams"]:
+        ctx.created.append(images.image_path(ctx.images_dir, "tcp-stream", ino))
+        with images.ImageWriter(ctx.images_dir, "tcp-stream", ino) as w:
+            w.write(tse)
+            w.write_raw(inq)
+            w.write_raw(outq)
+    st["streams"] = []
+
+
+# -------------------------------------------------------------- restore ----
+
+def _rst(rctx: "RestoreContext") -> dict[str, Any]:
+    st = rctx.kind_state.get(NAME)
+    if st is None:
+        st = {"fds": []}
+        rctx.kind_state[NAME] = st
+
+        def repair_off() -> None:
+            for fd in st["fds"]:
+                sk = socket.socket(fileno=fd)
+                try:
+                    sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
+                except OSError as exc:
+                    raise RestoreError(f"TCP socket: cannot leave repair mode: "
+                                       f"{exc.strerror}") from None
+                finally:
+                    sk.detach()
+
+        def drop_lock() -> None:
+            unlock(table_name(rctx.tasks[0].pid))
+        rctx.before_detach.append(repair_off)
+        rctx.after_detach.append(drop_lock)
+    return st
+
+
+def _send_all(sk: socket.socket, data: bytes, what: str) -> None:
+    view = memoryview(data)
+    chunk = len(view)
+    while view:
+        try:
+            n = sk.send(view[:chunk])
+        except OSError as exc:
+            # In repair mode the kernel makes one linear skb per call:
+            # a big one may fail with ENOMEM; try smaller (as soccr).
+            if exc.errno == 12 and chunk > 1024:
+                chunk //= 2
+                continue
+            raise RestoreError(f"{what}: cannot put back queued data: {exc.strerror}") from None
+        view = view[n:]
+
+
+def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what: str) -> None:
+    from .inetsk import unpack_addr
+
+    st = _rst(rctx)
+    path = images.image_path(rctx.images_dir, "tcp-stream", ie.ino)
+    if not os.path.exists(path):
+        raise RestoreError(f"{what}: {path}: missing (was the dump made with "
+                           "--tcp-established?)")
+    entries = images.read_entries(rctx.images_dir, "tcp-stream", ie.ino)
+    if len(entries) != 1:
+        raise RestoreError(f"{path}: expected one entry, found {len(entries)}")
+    tse, payload = entries[0].msg, entries[0].payload
+    inq, outq = payload[:tse.inq_len], payload[tse.inq_len:]
+    tcp = socket.IPPROTO_TCP
+    mask = 0xFFFFFFFF
+    sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
+    sk.bind((unpack_addr(ie.family, ie.src_addr), ie.src_port))
+    # the kernel moves these on by what is queued below
+    sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+    sk.setsockopt(tcp, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack(
+        "I", (tse.inq_seq - tse.inq_len) & mask))[0])
+    sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+    sk.setsockopt(tcp, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack(
+        "I", (tse.outq_seq - tse.outq_len) & mask))[0])
+    sk.connect((unpack_addr(ie.family, ie.dst_addr), ie.dst_port))
+    opts = []
+    if tse.opt_mask & TCPI_OPT_SACK:
+        opts.append((TCPOPT_SACK_PERM, 0))
+    if tse.opt_mask & TCPI_OPT_WSCALE:
+        opts.append((TCPOPT_WINDOW, tse.snd_wscale + (tse.rcv_wscale << 16)))
+    if tse.opt_mask & TCPI_OPT_TIMESTAMPS:
+        opts.append((TCPOPT_TIMESTAMP, 0))
+    opts.append((TCPOPT_MSS, tse.mss_clamp))
+    sk.setsockopt(tcp, TCP_REPAIR_OPTIONS, b"".join(struct.pack("II", c, v) for c, v in opts))
+    if tse.opt_mask & TCPI_OPT_TIMESTAMPS:
+        sk.setsockopt(tcp, TCP_TIMESTAMP, struct.pack("I", tse.timestamp))
+    if inq:
+        sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+        _send_all(sk, inq, what)
+    unsent = tse.unsq_len if tse.HasField("unsq_len") else 0
+    sent = len(outq) - unsent
+    if sent:
+        sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        _send_all(sk, outq[:sent], what)
+    if unsent:
+        # never left this host: sent normally (the lock holds it back)
+        sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_OFF)
+        _send_all(sk, outq[sent:], what)
+        sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
+    if tse.HasField("snd_wl1"):
+        sk.setsockopt(tcp, TCP_REPAIR_WINDOW, _WINDOW.pack(
+            tse.snd_wl1, tse.snd_wnd, tse.max_window, tse.rcv_wnd, tse.rcv_wup))
+    sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+    if tse.nodelay:
+        sk.setsockopt(tcp, socket.TCP_NODELAY, 1)
+    if tse.cork:
+        sk.setsockopt(tcp, socket.TCP_CORK, 1)
+    st["fds"].append(sk.fileno())

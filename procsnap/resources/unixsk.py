@@ -1,0 +1,450 @@
+"""Unix sockets (fd kind UNIXSK, inline in files.img as file_entry.usk;
+queued messages in sk-queues.img).
+
+What a socket is comes from sock_diag (sockets.unix_table): type, state,
+name, the socket file's inode, the peer's inode, the connections waiting
+in a listener's accept queue ("icons"), and the shutdown bits.  Options
+and queued data come from a pidfd_getfd copy of the socket.  Relations
+between sockets are settled in ``finish``, once every task is seen:
+
+* a peer inside the tree: nothing to do, both ends are in the images;
+* a peer outside the tree: refused, naming both ends and who holds the
+  other one, unless the user marks the socket ``--external unix[INO]``
+  (INO = the inode of *our* socket, as criu's): it is then restored from
+  the fd given with ``--inherit-fd fd[N]:unix[INO]``;
+* a connection still waiting in a listener's accept queue: its peer is
+  written as the listener (as CRIU does) and it connects again at
+  restore; if the client already sent data into it, or the client is
+  outside the tree, the dump is refused (the data sits in a socket that
+  has no fd anywhere);
+* a stream socket whose peer is gone (peer 0, shut down both ways) is
+  kept with its queue, as is a datagram socket whose peer closed.
+
+Restore follows pipes: the *restorer* makes every socket in its own
+process -- a connected pair with socketpair(), a listener with bind and
+listen, a client by connecting to the restored server -- fills each
+receive queue by sending from the peer (or from a scratch socket to its
+name), applies options and shutdown, and each puppet takes its end with
+pidfd_getfd, so the open file descriptions are shared as before.
+
+Limits (said in the README): the sender address of a datagram queued on
+an unconnected socket is not kept (it arrives from an unbound socket),
+and SCM_CREDENTIALS of queued messages become the restorer's.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import stat
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import RestoreError, Unsupported
+from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
+from . import anonfd, sockets
+
+if TYPE_CHECKING:
+    from ..dump import DumpContext
+    from ..restore import RestoreContext, RestoreTask
+    from .files import FdCtx
+
+NAME = "unixsk"
+TYPE = fdinfo_pb2.UNIXSK
+
+# tcp_states.h, as unix sockets report them
+ST_ESTABLISHED = 1
+ST_CLOSE = 7
+ST_LISTEN = 10
+TYPES: dict[int, str] = {int(socket.SOCK_STREAM): "stream", int(socket.SOCK_DGRAM): "dgram",
+                         int(socket.SOCK_SEQPACKET): "seqpacket"}
+
+
+@dataclass
+class _Sk:
+    fid: int
+    diag: sockets.UnixDiag
+    pid: int
+    fd: int
+    link: str
+    entry: Any                      # the unix_sk_entry inside our file_entry
+    holders: list[tuple[int, int]] = field(default_factory=list)
+
+
+def matches(fd: "FdCtx") -> bool:
+    return sockets.family_of(fd) == socket.AF_UNIX
+
+
+def _state(ctx: "DumpContext") -> dict[int, _Sk]:
+    return ctx.kind_state.setdefault(NAME, {})
+
+
+def _name_text(name: bytes) -> str:
+    if name[:1] == b"\0":
+        return "@" + name[1:].decode(errors="replace")
+    return name.decode(errors="replace")
+
+
+def _what(sk: _Sk) -> str:
+    d = sk.diag
+    text = f"pid {sk.pid}: fd {sk.fd}: unix {TYPES.get(d.type, d.type)} socket {d.ino}"
+    return text + (f" ({_name_text(d.name)})" if d.name else "")
+
+
+def dump(fd: "FdCtx", fid: int) -> Any:
+    what = sockets.describe(fd)
+    if not sockets.same_netns(fd.task.pid):
+        raise Unsupported(f"{what}: the process is in another network namespace; "
+                          "its sockets cannot be dumped yet")
+    ino = sockets.socket_ino(fd.link)
+    d = sockets.unix_table(fd.ctx).get(ino)
+    if d is None:
+        raise Unsupported(f"{what}: unix socket {ino} is not reported by sock_diag")
+    if d.type not in TYPES:
+        raise Unsupported(f"{what}: unix socket of type {d.type}; only stream, dgram and "
+                          "seqpacket are supported")
+    if d.state not in (ST_ESTABLISHED, ST_CLOSE, ST_LISTEN):
+        raise Unsupported(f"{what}: unix socket in state {d.state}; not supported")
+    sk = sockets.copy_of(fd)
+    flags = sockets.file_flags(fd, "the unix socket")
+    fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, usk=sk_unix_pb2.unix_sk_entry(
+        id=fid, ino=ino, type=d.type, state=d.state, flags=flags, uflags=0,
+        backlog=d.wqueue if d.state == ST_LISTEN else 0, peer=d.peer,
+        fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk), name=d.name,
+        shutdown=sockets.shutdown_field(d.shutdown)))
+    if d.name and d.name[:1] != b"\0":
+        _resolve_name(fd, d, fe.usk)
+    _state(fd.ctx)[ino] = _Sk(fid, d, fd.task.pid, fd.fd, fd.link, fe.usk,
+                              [(fd.task.pid, fd.fd)])
+    return fe
+
+
+def note_shared(fd: "FdCtx", fid: int) -> None:
+    if fd.link.startswith("socket:["):
+        sk = _state(fd.ctx).get(sockets.socket_ino(fd.link))
+        if sk is not None:
+            sk.holders.append((fd.task.pid, fd.fd))
+
+
+def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
+    """Mode and owner of the socket file, and whether it is still there.
+
+    The file is looked up from the task's root (and, for a relative name,
+    from its cwd, which is the best guess of where it was bound: the
+    kernel keeps only the string).  A file that is gone or is another
+    inode now means the socket is bound to a deleted name: it is bound
+    again at restore and unlinked, so it still has that name.
+    """
+    pid = fd.task.pid
+    name = os.fsdecode(d.name)
+    if name.startswith("/"):
+        where = f"/proc/{pid}/root{name}"
+    else:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        ue.name_dir = cwd
+        where = f"/proc/{pid}/cwd/{name}"
+    try:
+        st = os.stat(where)
+    except FileNotFoundError:
+        ue.deleted = True
+        return
+    if d.vfs is None or st.st_ino != d.vfs[1]:
+        ue.deleted = True
+        return
+    ue.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(
+        mode=st.st_mode, uid=st.st_uid, gid=st.st_gid))
+
+
+def _holder_of(ino: int) -> str:
+    """Who holds socket INO, for error messages (a bounded /proc scan)."""
+    want = f"socket:[{ino}]"
+    seen = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{name}/fd"):
+                seen += 1
+                if seen > 200000:
+                    return "held by an unknown process"
+                try:
+                    if os.readlink(f"/proc/{name}/fd/{fd}") == want:
+                        return f"held by pid {name} fd {fd}"
+                except OSError:
+                    continue
+        except OSError:
+            continue
+    return "held by no process (in flight or closed)"
+
+
+def finish(ctx: "DumpContext") -> None:
+    socks = _state(ctx)
+    if not socks:
+        return
+    table = sockets.unix_table(ctx)
+    external = set(ctx.opts.external) if hasattr(ctx.opts, "external") else set()
+    waiting: dict[int, int] = {}  # client ino -> ino of the listener holding it
+    for sk in socks.values():
+        for icon in sk.diag.icons:
+            waiting[icon] = sk.diag.ino
+    for sk in socks.values():
+        d, ue = sk.diag, sk.entry
+        if d.state == ST_LISTEN:
+            for icon in d.icons:
+                if icon not in socks:
+                    raise Unsupported(
+                        f"{_what(sk)}: a connection from unix socket {icon} (outside the "
+                        f"dumped tree, {_holder_of(icon)}) waits in its accept queue; "
+                        "it cannot be restored")
+            continue
+        if d.peer and d.peer not in socks:
+            peer = table.get(d.peer)
+            pname = f" ({_name_text(peer.name)})" if peer is not None and peer.name else ""
+            if f"unix[{d.ino}]" not in external:
+                raise Unsupported(
+                    f"{_what(sk)} is connected to unix socket {d.peer}{pname} outside the "
+                    f"dumped tree ({_holder_of(d.peer)}); mark it --external unix[{d.ino}] "
+                    f"and restore with --inherit-fd fd[N]:unix[{d.ino}]")
+            ue.uflags |= USK_INHERIT
+            if d.rqueue:
+                raise Unsupported(f"{_what(sk)} is external and has data queued; "
+                                  "that data could not be given back")
+            continue
+        if d.peer and d.peer in socks:
+            peer_sk = socks[d.peer]
+            if peer_sk.diag.peer != d.ino and not peer_sk.diag.name:
+                raise Unsupported(f"{_what(sk)}: its peer {d.peer} is connected elsewhere "
+                                  "and has no name to reconnect to")
+        elif d.state == ST_ESTABLISHED and d.ino in waiting:
+            # Not accepted yet: connect again at restore.  Data it sent
+            # is in the embryo socket, which nobody can read out.
+            if d.wqueue:
+                raise Unsupported(f"{_what(sk)} waits to be accepted by unix socket "
+                                  f"{waiting[d.ino]} and already sent data; not supported")
+            ue.peer = waiting[d.ino]
+        elif d.state == ST_ESTABLISHED and d.ino in _outside_icons(table, socks):
+            raise Unsupported(f"{_what(sk)} waits to be accepted by a listener outside the "
+                              "dumped tree; it cannot be restored")
+        # A socket with queued data: its receive queue, unconsumed.
+        sock = _copy(ctx, sk)
+        for data in sockets.peek_queue(sock, _what(sk), d.type == socket.SOCK_STREAM,
+                                       eof=bool(d.shutdown & sockets.RCV_SHUTDOWN)):
+            ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
+                id_for=sk.fid, length=len(data)), data)
+
+
+def _outside_icons(table: dict[int, sockets.UnixDiag], socks: dict[int, _Sk]) -> set[int]:
+    return {i for d in table.values() if d.ino not in socks for i in d.icons}
+
+
+def _copy(ctx: "DumpContext", sk: _Sk) -> socket.socket:
+    cache = ctx.kind_state.setdefault(sockets.NAME, {}).setdefault("copies", {})
+    return cache[(sk.pid, sk.fd)]  # type: ignore[no-any-return]
+
+
+# uflags bits (CRIU's sk-unix.h)
+USK_EXTERN = 0x1
+USK_INHERIT = 0x8
+
+
+# ------------------------------------------------------------- restore ----
+
+@dataclass
+class _Rst:
+    by_ino: dict[int, Any]
+    queues: dict[int, list[bytes]]          # file id -> queued messages
+    made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
+
+
+def _rst(rctx: "RestoreContext") -> _Rst:
+    st = rctx.kind_state.get(NAME)
+    if st is None:
+        by_ino = {f.usk.ino: f.usk for f in rctx.files.values() if f.type == TYPE}
+        ids = {ue.id for ue in by_ino.values()}
+        queues: dict[int, list[bytes]] = {}
+        for e in rctx.payload_entries("sk-queues"):
+            if e.msg.id_for in ids:
+                queues.setdefault(e.msg.id_for, []).append(e.payload)
+        st = _Rst(by_ino, queues)
+        rctx.kind_state[NAME] = st
+    return st  # type: ignore[no-any-return]
+
+
+def _label(ue: Any) -> str:
+    text = f"unix {TYPES.get(ue.type, ue.type)} socket {ue.ino}"
+    return text + (f" ({_name_text(ue.name)})" if ue.name else "")
+
+
+def _address(ue: Any) -> bytes:
+    name = bytes(ue.name)
+    if name[:1] == b"\0" or not ue.name_dir or name.startswith(b"/"):
+        return name
+    return os.path.join(os.fsencode(ue.name_dir), name)
+
+
+def _shares_listener_name(st: _Rst, ue: Any) -> bool:
+    """An accepted socket reports its listener's name: not its own bind."""
+    if ue.state == ST_LISTEN or not ue.name:
+        return False
+    return any(o.ino != ue.ino and o.name == ue.name and o.state == ST_LISTEN
+               for o in st.by_ino.values())
+
+
+def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
+    if not ue.name or _shares_listener_name(st, ue):
+        return
+    addr = _address(ue)
+    if addr[:1] != b"\0":
+        try:
+            old = os.lstat(addr)
+        except FileNotFoundError:
+            old = None
+        if old is not None:
+            if not stat.S_ISSOCK(old.st_mode):
+                raise RestoreError(f"{_label(ue)}: {os.fsdecode(addr)} exists and is not a socket")
+            if _alive(addr, ue.type):
+                raise RestoreError(f"{_label(ue)}: {os.fsdecode(addr)} is in use by a live socket")
+            # the file of the dumped socket, left behind when it was killed
+            os.unlink(addr)
+    try:
+        sk.bind(addr)
+    except OSError as exc:
+        raise RestoreError(f"{_label(ue)}: cannot bind: {exc.strerror}") from None
+    if addr[:1] != b"\0":
+        if ue.HasField("file_perms"):
+            os.chown(addr, ue.file_perms.uid, ue.file_perms.gid)
+            os.chmod(addr, stat.S_IMODE(ue.file_perms.mode))
+        if ue.deleted:
+            os.unlink(addr)
+
+
+def _alive(addr: bytes, typ: int) -> bool:
+    probe = socket.socket(socket.AF_UNIX, typ)
+    try:
+        probe.setblocking(False)
+        probe.connect(addr)
+        return True
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except BlockingIOError:
+        return True   # a listener with a full backlog: alive
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | None) -> None:
+    """Queue the dumped messages on ``receiver``: from its peer ``sender``,
+    or from a scratch socket to its name."""
+    msgs = st.queues.get(ue.id, [])
+    if not msgs:
+        return
+    scratch = None
+    if sender is None:
+        if not ue.name:
+            raise RestoreError(f"{_label(ue)}: has queued data but neither a peer nor a "
+                               "name to send it from")
+        scratch = socket.socket(socket.AF_UNIX, ue.type)
+        sockets.prepare(scratch)
+    try:
+        for data in msgs:
+            view = memoryview(data)
+            while view:
+                try:
+                    if scratch is not None:
+                        if ue.type == socket.SOCK_STREAM:
+                            raise RestoreError(f"{_label(ue)}: stream data without a peer")
+                        n = scratch.sendto(view, socket.MSG_DONTWAIT, _address(ue))
+                    else:
+                        assert sender is not None
+                        n = sender.send(view, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    raise RestoreError(f"{_label(ue)}: its {len(msgs)} queued messages do not "
+                                       "fit its queue (net.unix.max_dgram_qlen?)") from None
+                if ue.type != socket.SOCK_STREAM:
+                    break  # one datagram, whole
+                view = view[n:]
+    finally:
+        if scratch is not None:
+            scratch.close()
+
+
+def _finish_one(rctx: "RestoreContext", st: _Rst, ue: Any, sk: socket.socket) -> None:
+    sockets.restore_opts(sk, ue.opts, _label(ue))
+    fd = sk.detach()
+    # status flags belong to the open file description the puppet takes
+    fcntl.fcntl(fd, fcntl.F_SETFL, ue.flags & ~os.O_ACCMODE)
+    rctx.own_fds.append(fd)
+    st.made[ue.ino] = fd
+
+
+def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
+    if ino in st.made:
+        return st.made[ino]
+    ue = st.by_ino.get(ino)
+    if ue is None:
+        raise RestoreError(f"unix socket {ino}: no entry for it in files.img")
+    peer = st.by_ino.get(ue.peer) if ue.peer else None
+    if ue.state == ST_LISTEN:
+        sk = socket.socket(socket.AF_UNIX, ue.type)
+        _bind(st, sk, ue)
+        sk.listen(ue.backlog)
+        _finish_one(rctx, st, ue, sk)
+        # connections that waited to be accepted, in their order
+        for other in st.by_ino.values():
+            if other.peer == ino and other.state == ST_ESTABLISHED and other.ino not in st.made:
+                _make(rctx, st, other.ino)
+        return st.made[ino]
+    if peer is not None and peer.peer == ino and peer.state != ST_LISTEN:
+        # both ends here: one socketpair
+        a, b = socket.socketpair(socket.AF_UNIX, ue.type)
+        for sk, e in ((a, ue), (b, peer)):
+            _bind(st, sk, e)
+            sockets.prepare(sk)
+        _fill(st, ue, a, b)
+        _fill(st, peer, b, a)
+        for sk, e in ((a, ue), (b, peer)):
+            sockets.apply_shutdown(sk, e.shutdown)
+        _finish_one(rctx, st, ue, a)
+        _finish_one(rctx, st, peer, b)
+        return st.made[ino]
+    if ue.state == ST_ESTABLISHED and not ue.peer:
+        # the peer closed: make a pair, queue, and close the other end
+        a, b = socket.socketpair(socket.AF_UNIX, ue.type)
+        _bind(st, a, ue)
+        sockets.prepare(a)
+        sockets.prepare(b)
+        _fill(st, ue, a, b)
+        b.close()
+        sockets.apply_shutdown(a, ue.shutdown)
+        _finish_one(rctx, st, ue, a)
+        return st.made[ino]
+    sk = socket.socket(socket.AF_UNIX, ue.type)
+    _bind(st, sk, ue)
+    sockets.prepare(sk)
+    # before connecting: a connected datagram socket accepts only its peer
+    _fill(st, ue, sk, None)
+    if peer is not None:
+        _make(rctx, st, peer.ino)  # the server is bound (and listening) first
+        try:
+            sk.connect(_address(peer))
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)}: "
+                               f"{exc.strerror}") from None
+    sockets.apply_shutdown(sk, ue.shutdown)
+    _finish_one(rctx, st, ue, sk)
+    return st.made[ino]
+
+
+def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    ue = entry.usk
+    st = _rst(rctx)
+    if ue.uflags & USK_INHERIT or (ue.peer and ue.peer not in st.by_ino):
+        key = f"unix[{ue.ino}]"
+        fd = getattr(rctx.opts, "inherit_fd", {}).get(key)
+        if fd is None:
+            raise RestoreError(f"{_label(ue)} was connected to unix socket {ue.peer} outside "
+                               f"the tree: give it with --inherit-fd fd[N]:{key}")
+        return rt.grab_fd(os.getpid(), fd)
+    return rt.grab_fd(os.getpid(), _make(rctx, st, ue.ino))
