@@ -299,3 +299,19 @@ def test_named_fifo_with_bytes_in_flight(targets: TargetFactory, tmp_path: Path)
     n = len([ln for ln in t.lines() if ln.startswith("read ")])
     t.wait_line(r"^read ", count=n + 5)
     finish(t)
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_forking_during_the_freeze(targets: TargetFactory, tmp_path: Path, round_: int) -> None:
+    """Children are born and die all the time: whatever the freeze meets
+    (running, exiting, zombie) comes back, and every one is reaped with its
+    status after restore."""
+    t = targets.start("forker")
+    t.wait_line(r"^forked ", count=2)
+    adopt_tree(targets, t)
+    pids = dump_tree(t.pid, tmp_path / "images")
+    restore_tree(targets, t, tmp_path / "images", pids)
+    adopt_tree(targets, t)
+    n = len([ln for ln in t.lines() if ln.startswith("forked ")])
+    t.wait_line(r"^forked ", count=n + 3)
+    finish(t)
