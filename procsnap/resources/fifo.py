@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fifo_pb2, pipe_data_pb2
-from ..kernel.libc import syscall
-from . import regfile
+from . import pipe, regfile
 
 if TYPE_CHECKING:
     from ..dump import DumpContext
@@ -31,10 +30,6 @@ if TYPE_CHECKING:
 
 NAME = "fifo"
 TYPE = fdinfo_pb2.FIFO
-F_SETPIPE_SZ = 1031
-F_GETPIPE_SZ = 1032
-NR_TEE = 276
-SPLICE_F_NONBLOCK = 2
 
 
 def matches(fd: "FdCtx") -> bool:
@@ -59,27 +54,14 @@ def finish(ctx: "DumpContext") -> None:
     for ino, path in ctx.kind_state.get(NAME, {}).items():
         # A reader of our own sees the same buffer; tee copies, not takes.
         src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        r = w = -1
         try:
-            size = fcntl.fcntl(src, F_GETPIPE_SZ)
-            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            fcntl.fcntl(w, F_SETPIPE_SZ, size)
-            try:
-                n = syscall(NR_TEE, src, w, size, SPLICE_F_NONBLOCK)
-            except OSError as exc:
-                if exc.errno != 11:
-                    raise Unsupported(f"{path}: cannot read the FIFO's buffer: "
-                                      f"{exc.strerror}") from None
-                n = 0
-            data = bytearray()
-            while len(data) < n:
-                data += os.read(r, n - len(data))
+            data, size = pipe.read_buffer(src)
+        except OSError as exc:
+            raise Unsupported(f"{path}: cannot read the FIFO's buffer: {exc.strerror}") from None
         finally:
-            for x in (src, r, w):
-                if x >= 0:
-                    os.close(x)
+            os.close(src)
         ctx.add_payload("fifo-data", pipe_data_pb2.pipe_data_entry(
-            pipe_id=ino, bytes=len(data), size=size), bytes(data))
+            pipe_id=ino, bytes=len(data), size=size), data)
 
 
 def _keeper(rctx: "RestoreContext", entry: Any, path: str) -> int:
@@ -99,11 +81,7 @@ def _keeper(rctx: "RestoreContext", entry: Any, path: str) -> int:
     keepers[pipe_id] = fd
     data = next((e for e in rctx.payload_entries("fifo-data") if e.msg.pipe_id == pipe_id), None)
     if data is not None and data.payload:
-        if data.msg.HasField("size") and data.msg.size:
-            fcntl.fcntl(fd, F_SETPIPE_SZ, data.msg.size)
-        view = memoryview(data.payload)
-        while view:
-            view = view[os.write(fd, view):]
+        pipe.refill(fd, data.msg.size if data.msg.HasField("size") else None, data.payload, path)
     return fd
 
 

@@ -89,6 +89,15 @@ def _peek(pid: int, fd: int) -> tuple[bytes, int]:
         src = syscall(438, pidfd, fd, 0)  # pidfd_getfd
     finally:
         os.close(pidfd)
+    try:
+        return read_buffer(src)
+    finally:
+        os.close(src)
+
+
+def read_buffer(src: int) -> tuple[bytes, int]:
+    """(bytes buffered, buffer size) of the pipe ``src`` reads from, without
+    taking the bytes: tee(2) duplicates them into a pipe of our own."""
     r = w = -1
     try:
         size = fcntl.fcntl(src, F_GETPIPE_SZ)
@@ -105,9 +114,20 @@ def _peek(pid: int, fd: int) -> tuple[bytes, int]:
             data += os.read(r, n - len(data))
         return bytes(data), size
     finally:
-        for x in (src, r, w):
+        for x in (r, w):
             if x >= 0:
                 os.close(x)
+
+
+def refill(w: int, size: int | None, data: bytes, what: str) -> None:
+    """Size a pipe (F_SETPIPE_SZ) and write its saved bytes back through ``w``."""
+    if size:
+        fcntl.fcntl(w, F_SETPIPE_SZ, size)
+    if len(data) > fcntl.fcntl(w, F_GETPIPE_SZ):
+        raise RestoreError(f"{what}: {len(data)} bytes do not fit its buffer")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(w, view):]
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -137,13 +157,7 @@ def _restorer_pipes(rctx: "RestoreContext") -> dict[int, tuple[int, int]]:
 def _make_pipe(rctx: "RestoreContext", msg: Any, data: bytes) -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
     rctx.own_fds += [r, w]
-    if msg.HasField("size") and msg.size:
-        fcntl.fcntl(w, F_SETPIPE_SZ, msg.size)
-    if len(data) > fcntl.fcntl(w, F_GETPIPE_SZ):
-        raise RestoreError(f"pipe:[{msg.pipe_id}]: {len(data)} bytes do not fit its buffer")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(w, view):]
+    refill(w, msg.size if msg.HasField("size") else None, data, f"pipe:[{msg.pipe_id}]")
     return r, w
 
 
