@@ -99,9 +99,10 @@ class DumpContext:
     payload_images: dict[str, list[tuple[Any, bytes]]] = field(default_factory=dict)
     kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
     extra_shared: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
-    # (pid, fd, (st_dev, st_ino), file id) of every fd seen so far, to find
-    # open file descriptions shared between fds and processes (kcmp).
-    open_files: list[tuple[int, int, tuple[int, int], int]] = field(default_factory=list)
+    # (st_dev, st_ino) -> [(pid, fd, file id)] of every fd seen so far, to
+    # find open file descriptions shared between fds and processes (kcmp
+    # decides among the fds on one inode; keyed so 10,000 fds stay linear).
+    open_files: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
     # Run before the tasks are released, with True when the dump is
     # complete and the tree is killed (TCP sockets stay in repair mode and
     # the network lock stays), False when the tree runs on.

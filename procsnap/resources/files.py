@@ -79,13 +79,11 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         # ours, or the target's own fstat where a per-caller fs (FUSE) refuses us
         st = regfile.fd_stat(task, fd, info.mnt_id, info.ino)
         fdctx = FdCtx(ctx, task, fd, link, info, st)
-        cloexec = fdinfo_pb2.fdinfo_entry  # for type checkers
-        del cloexec
         fd_flags = 1 if info.flags & os.O_CLOEXEC else 0
         shared_id = None
         if st is not None:
-            for opid, ofd, key, fid in seen:
-                if key == (st.st_dev, st.st_ino) and same_file(task.pid, fd, opid, ofd):
+            for opid, ofd, fid in seen.get((st.st_dev, st.st_ino), ()):
+                if same_file(task.pid, fd, opid, ofd):
                     shared_id = fid
                     break
         kind = next((k for k in FD_KINDS if k.matches(fdctx)), None)
@@ -96,7 +94,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             fid = ctx.new_file_id()
             ctx.files.append(kind.dump(fdctx, fid))
             if st is not None:
-                seen.append((task.pid, fd, (st.st_dev, st.st_ino), fid))
+                seen.setdefault((st.st_dev, st.st_ino), []).append((task.pid, fd, fid))
         else:
             fid = shared_id
             note = getattr(kind, "note_shared", None)
