@@ -108,6 +108,13 @@ class DumpContext:
     # the network lock stays), False when the tree runs on.
     cleanups: list[Callable[[bool], None]] = field(default_factory=list)
     _next_id: int = 1
+    _numbers: dict[int, int] = field(default_factory=dict)
+
+    def task_number(self, task: "DumpTask") -> int:
+        """1, 2, ... in tree order: the ids of ids-PID.img (vm, files, fs, sighand)."""
+        if len(self._numbers) != len(self.tasks):
+            self._numbers = {id(t): n for n, t in enumerate(self.tasks, 1)}
+        return self._numbers[id(task)]
 
     def new_file_id(self) -> int:
         fid = self._next_id
@@ -213,6 +220,7 @@ def _freeze(ctx: "DumpContext", root: int) -> None:
     for _ in range(100):
         changed = False
         order = [root]
+        listed = {root}
         i = 0
         while i < len(order):
             pid = order[i]
@@ -237,14 +245,17 @@ def _freeze(ctx: "DumpContext", root: int) -> None:
             if new:
                 changed = True
                 task.threads.sort(key=lambda t: t.tid != pid)  # leader first
-            order += [c for c in _children(pid) if c not in order]
+            for c in _children(pid):
+                if c not in listed:
+                    listed.add(c)
+                    order.append(c)
         # a task that was listed before but is no longer in the tree exited
-        live = set(order)
-        gone = [t.pid for t in ctx.tasks if t.pid not in live]
+        gone = [t.pid for t in ctx.tasks if t.pid not in listed]
         if gone:
             raise NoSuchProcess(gone[0], f"pid {gone[0]}: exited during the freeze")
         if not changed:
-            ctx.tasks.sort(key=lambda t: order.index(t.pid))
+            rank = {pid: n for n, pid in enumerate(order)}
+            ctx.tasks.sort(key=lambda t: rank[t.pid])
             return
     raise DumpError(f"pid {root}: the tree keeps changing; cannot freeze it")
 

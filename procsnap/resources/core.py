@@ -76,7 +76,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         ti.fpregs.CopyFrom(core_x86_pb2.user_x86_fpregs_entry(**parts["fpregs"]))
         ti.fpregs.xsave.CopyFrom(core_x86_pb2.user_x86_xsave_entry(**parts["xsave"]))
         ti.clear_tid_addr = 0
-    n = ctx.tasks.index(task) + 1
+    n = ctx.task_number(task)
     task.ids = core_pb2.task_kobj_ids_entry(vm_id=n, files_id=n, fs_id=n, sighand_id=n)
     task.core.ids.CopyFrom(task.ids)
 
