@@ -20,6 +20,7 @@ back afterwards: nothing the task would read is taken away.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "sockets"
+
+# pyroute2 logs every netlink message at DEBUG; procsnap -vv is about us.
+logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 # <asm-generic/socket.h>, not all in Python's socket module
 SO_PASSSEC = 34
@@ -270,6 +274,14 @@ def _timeval(sk: socket.socket, name: int) -> tuple[int, int]:
 def dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
     """SOL_SOCKET options into an sk_opts_entry (what CRIU's dump_socket_opts
     keeps, plus the buffer lock, linger, keepalive and reuseport)."""
+    try:
+        return _dump_opts(fd, sk)
+    except OSError as exc:
+        raise DumpError(f"{describe(fd)}: reading socket options: "
+                        f"{exc.strerror or exc}") from None
+
+
+def _dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
     g = sk.getsockopt
     sol = socket.SOL_SOCKET
     snd = _timeval(sk, socket.SO_SNDTIMEO)
@@ -281,9 +293,12 @@ def dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
         reuseaddr=bool(g(sol, socket.SO_REUSEADDR)),
         so_priority=g(sol, socket.SO_PRIORITY), so_rcvlowat=g(sol, socket.SO_RCVLOWAT),
         so_mark=g(sol, socket.SO_MARK) & 0xFFFFFFFF,
-        so_passcred=bool(g(sol, socket.SO_PASSCRED)), so_passsec=bool(g(sol, SO_PASSSEC)),
         so_dontroute=bool(g(sol, socket.SO_DONTROUTE)),
         so_no_check=bool(g(sol, SO_NO_CHECK)))
+    if sk.family == socket.AF_UNIX:
+        # since 6.x only unix (and netlink) sockets take these
+        o.so_passcred = bool(g(sol, socket.SO_PASSCRED))
+        o.so_passsec = bool(g(sol, SO_PASSSEC))
     dev = g(sol, socket.SO_BINDTODEVICE, 16).split(b"\0", 1)[0]
     if dev:
         o.so_bound_dev = dev.decode()
