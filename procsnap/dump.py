@@ -388,6 +388,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             ctx.stats[mod.NAME] = ctx.stats.get(mod.NAME, 0.0) + time.monotonic() - t
         t = time.monotonic()
         _write_images(ctx)
+        images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
         regfile.dump_done(ctx)  # link remaps now belong to the images
         ctx.stats["write"] = time.monotonic() - t
         ok = True

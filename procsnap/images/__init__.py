@@ -20,6 +20,7 @@ from procsnap.images.framing import (
     read_entries,
     read_image,
     read_one,
+    sync_dir,
     write_image,
     write_one,
 )
@@ -39,6 +40,7 @@ from procsnap.images.magic import (
 from procsnap.images.show import decode_dir, decode_file
 
 __all__ = [
+    "sync_dir",
     "CRTOOLS_IMAGES_V1_1",
     "Entry",
     "IMG_COMMON_MAGIC",

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import Unsupported
 from ..images.pb import creds_pb2
+import functools
+import os
+
 from ..kernel import consts as C
 from ..kernel.structs import CapData, CapHeader
 
@@ -68,13 +71,33 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         rt.inj.call("prctl", C.PR_SET_DUMPABLE, rt.mm.dumpable, 0, 0, 0)
 
 
+@functools.lru_cache(maxsize=1)
+def _own_creds() -> tuple:
+    """The restorer's credentials -- which every puppet starts with -- in the
+    shape of _key(): when a task's are the same, nothing needs doing."""
+    from ..kernel.libc import prctl
+    from ..procfs.reader import ProcReader
+
+    st = ProcReader(os.getpid()).status()
+    secbits = prctl(C.PR_GET_SECUREBITS)
+    return (st.uids, st.gids, sorted(st.groups), st.cap_inh, st.cap_prm, st.cap_eff,
+            st.cap_bnd, secbits)
+
+
+def _key(c) -> tuple:
+    return ((c.uid, c.euid, c.suid, c.fsuid), (c.gid, c.egid, c.sgid, c.fsgid),
+            sorted(c.groups), _mask(c.cap_inh), _mask(c.cap_prm), _mask(c.cap_eff),
+            _mask(c.cap_bnd), c.secbits)
+
+
 def _restore_one(inj, core) -> None:
     th = core.thread_core
-    if th.HasField("creds"):
+    if th.HasField("creds") and _key(th.creds) != _own_creds():
         c = th.creds
         bnd = _mask(c.cap_bnd)
+        have = _own_creds()[6]
         for cap in range(64):
-            if not bnd & (1 << cap):
+            if have & (1 << cap) and not bnd & (1 << cap):
                 try:
                     inj.call("prctl", C.PR_CAPBSET_DROP, cap, 0, 0, 0)
                 except OSError as exc:

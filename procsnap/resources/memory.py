@@ -15,6 +15,7 @@ Python), then set the final protections and put the vDSO back where it was.
 """
 from __future__ import annotations
 
+import functools
 import os
 import stat as st_mod
 from typing import TYPE_CHECKING, Any
@@ -214,10 +215,16 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 # ------------------------------------------------------------- restore ----
 
+@functools.lru_cache(maxsize=1)
+def _own_vdso() -> tuple[MapEntry, ...]:
+    with open("/proc/self/maps") as f:
+        return tuple(m for m in parse_maps(f.read())
+                     if m.path in ("[vvar]", "[vvar_vclock]", "[vdso]"))
+
+
 def check_vdso(rt: "RestoreTask") -> None:
     """The vDSO can only be moved, not rebuilt: sizes must match this kernel."""
-    ours = [m for m in parse_maps(open("/proc/self/maps").read()) if m.path in
-            ("[vvar]", "[vvar_vclock]", "[vdso]")]
+    ours = _own_vdso()
     theirs = [v for v in rt.mm.vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
     a = [m.end - m.start for m in ours]
     b = [v.end - v.start for v in theirs]
@@ -235,12 +242,11 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     exe = rctx.file_entry(mm.exe_file_id)
     exe_fd = regfile.open_entry(rctx, rt, exe, os.O_RDONLY, check=False)
 
-    # 1. Drop everything the puppet inherited, except the trampoline.
-    keep = (rt.tramp, rt.tramp + rt.tramp_size)
-    for m in parse_maps(open(f"/proc/{rt.pid}/maps").read()):
-        if m.path == "[vsyscall]" or (m.start, m.end) == keep:
-            continue
-        inj.call("munmap", m.start, m.end - m.start)
+    # 1. Drop everything the puppet inherited, except the trampoline: two
+    # calls whatever the layout (munmap of a range with holes is fine;
+    # [vsyscall] lies above TASK_SIZE and stays).
+    inj.call("munmap", 0, rt.tramp)
+    inj.call("munmap", rt.tramp + rt.tramp_size, C.TASK_SIZE - rt.tramp - rt.tramp_size)
 
     # 2. mm fields and exe, now that the old executable is gone.
     auxv = list(mm.mm_saved_auxv)

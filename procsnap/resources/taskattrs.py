@@ -10,7 +10,9 @@ is asked of the frozen task with injected calls.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
+import resource
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
@@ -43,7 +45,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     stat = task.stat
     assert stat is not None
     core = task.core
-    tc, th = core.tc, core.thread_core
+    tc = core.tc
     if task.proc.timers():
         raise Unsupported(f"pid {pid}: has POSIX timers (/proc/{pid}/timers); "
                           "not supported yet")
@@ -105,15 +107,23 @@ def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
                                                    signature=rseq.signature))
 
 
+@functools.lru_cache(maxsize=None)
+def _own_rlimit(res: int) -> tuple[int, int]:
+    cur, mx = resource.getrlimit(res)
+    return cur & (2**64 - 1), mx & (2**64 - 1)
+
+
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     inj = rt.inj
     core = rt.core
-    tc, th = core.tc, core.thread_core
+    tc = core.tc
     pid = rt.pid
     inj.call("personality", tc.personality)
     for res, lim in enumerate(tc.rlimits.rlimits):
         if res >= C.RLIM_NLIMITS:
             break
+        if (lim.cur, lim.max) == _own_rlimit(res):
+            continue  # inherited from the restorer as it must be
         addr = inj.put(lim.cur.to_bytes(8, "little") + lim.max.to_bytes(8, "little"), align=8)
         try:
             inj.call("prlimit64", 0, res, addr, 0)
