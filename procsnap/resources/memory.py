@@ -79,14 +79,13 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_SHARED, C.MAP_SHARED
         return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_PRIVATE, C.MAP_PRIVATE
     if m.shared:
-        if not is_file or m.path.startswith("/memfd:") or m.path.startswith("/SYSV"):
-            raise Unsupported(f"pid {task.pid}: shared anonymous memory at {m.start:#x}-{m.end:#x} "
+        if not is_file or m.path.startswith("/SYSV"):
+            # System V shm segments (shmat) and anything else shared
+            # without a file we could reopen.
+            raise Unsupported(f"pid {task.pid}: shared memory at {m.start:#x}-{m.end:#x} "
                               f"({m.path or 'anonymous'}) is not supported yet")
         return VMA_AREA_REGULAR | VMA_FILE_SHARED, C.MAP_SHARED
     if is_file:
-        if m.path.startswith("/memfd:"):
-            raise Unsupported(f"pid {task.pid}: memfd mapping at {m.start:#x}-{m.end:#x} "
-                              f"({m.path}) is not supported yet")
         return VMA_AREA_REGULAR | VMA_FILE_PRIVATE, C.MAP_PRIVATE
     status = VMA_AREA_REGULAR | VMA_ANON_PRIVATE
     flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS
