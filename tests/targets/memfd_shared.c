@@ -1,7 +1,7 @@
 /*
- * A sealed memfd and a memfd counter shared by two processes (issue 4).
- * The child increments the counter through its MAP_SHARED mapping; the
- * parent prints "count N" every 100 ms.  SIGTERM: check the sealed memfd's
+ * A sealed memfd, a memfd counter and a /dev/shm file shared by two
+ * processes (issue 4).  The child increments both counters through its
+ * MAP_SHARED mappings; the parent prints "count N" every 100 ms.  SIGTERM: check the sealed memfd's
  * contents, name, seals (write must fail), and that the child's increments
  * are still seen; print PASS/FAIL.
  */
@@ -34,10 +34,20 @@ int main(void)
 	volatile long *cnt = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, cfd, 0);
 	if (ro == MAP_FAILED || cnt == MAP_FAILED)
 		die("mmap 2");
+	char shm_path[64];
+	snprintf(shm_path, sizeof(shm_path), "/dev/shm/procsnap-test-%d", getpid());
+	int sfd = open(shm_path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	if (sfd < 0 || ftruncate(sfd, 4096))
+		die("%s", shm_path);
+	volatile long *shm = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, sfd, 0);
+	close(sfd);
+	if (shm == MAP_FAILED)
+		die("mmap %s", shm_path);
 	pid_t c = fork();
 	if (c == 0) {
 		signal(SIGTERM, SIG_DFL);
 		for (;;) {
+			(*shm)++;
 			(*cnt)++;
 			struct timespec ts = { 0, 5000000 };
 			nanosleep(&ts, NULL);
@@ -55,6 +65,11 @@ int main(void)
 	nanosleep(&ts, NULL);
 	if (*cnt <= now)
 		fail("the child's increments are not seen (%ld)", *cnt);
+	long s1 = *shm;
+	nanosleep(&ts, NULL);
+	if (*shm <= s1)
+		fail("the child's increments of %s are not seen", shm_path);
+	unlink(shm_path);
 	(void)last;
 	if (strcmp(ro, "hello from memfd") || strcmp(ro + 2 * 4096, "last page"))
 		fail("sealed memfd contents changed");
