@@ -428,3 +428,132 @@ def test_http_server_idle(targets: TargetFactory, images_dir: Path, tmp_path: Pa
     reply = _http_get(port)
     assert reply.startswith(b"HTTP/1.0 200"), reply[:200]
     assert b"hello.txt" in reply
+
+
+def _resp(*args: bytes) -> bytes:
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+
+
+class RedisWriter(threading.Thread):
+    """An outside client that keeps writing (SET w:N N) and checks replies."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.n = 0
+        self.error: str | None = None
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        reader = self.sock.makefile("rb")
+        try:
+            while not self.stop.is_set() and self.n < 1_000_000:
+                n = self.n + 1
+                self.sock.sendall(_resp(b"SET", b"w:%d" % n, b"%d" % n))
+                line = reader.readline()
+                if line != b"+OK\r\n":
+                    self.error = f"SET {n}: {line!r}"
+                    return
+                self.n = n
+                time.sleep(0.002)
+        except OSError as exc:
+            self.error = f"after {self.n} writes: {exc!r}"
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(30)
+        self.sock.close()
+
+
+def _redis_query(port: int, *cmds: tuple[bytes, ...]) -> list[bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"".join(_resp(*c) for c in cmds))
+        reader = s.makefile("rb")
+        out = []
+        for _ in cmds:
+            line = reader.readline()
+            if line.startswith(b"$") and line != b"$-1\r\n":
+                out.append(reader.read(int(line[1:]) + 2)[:-2])
+            else:
+                out.append(line.rstrip())
+        return out
+
+
+def test_redis_100k_keys_outside_writer(targets: TargetFactory, images_dir: Path,
+                                        nft_tables: list[str]) -> None:
+    redis = shutil.which("redis-server")
+    if redis is None:
+        pytest.fail("redis-server not found: install it (apt-get install -y redis-server)")
+    port = _free_port()
+    t = _spawn(targets, [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
+                         "--dir", str(targets.workdir)], "redis-server")
+    _wait_port(port)
+    keys = 100_000
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        batch = 5000
+        reader = s.makefile("rb")
+        for start in range(0, keys, batch):
+            s.sendall(b"".join(_resp(b"SET", b"key:%d" % i, b"value-%d" % i)
+                               for i in range(start, start + batch)))
+            for _ in range(batch):
+                assert reader.readline() == b"+OK\r\n"
+    assert _redis_query(port, (b"DBSIZE",)) == [b":%d" % keys]
+    writer = RedisWriter(port)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while writer.n < 50 and writer.error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        nft_tables.append(f"procsnap_{t.pid}")
+        check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established",
+                              timeout=300))
+        assert wait_gone(t.pid, 10)
+        at_dump = writer.n
+        check_ok(run_procsnap("restore", "-D", images_dir, "-d", timeout=300))
+        deadline = time.monotonic() + 30
+        while writer.n < at_dump + 100 and writer.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert writer.error is None, f"outside writer: {writer.error}"
+        assert writer.n >= at_dump + 100, f"writer stuck at {writer.n} (dump at {at_dump})"
+    finally:
+        writer.finish()
+    assert writer.error is None, f"outside writer: {writer.error}"
+    got = _redis_query(port, (b"DBSIZE",), (b"GET", b"key:0"), (b"GET", b"key:99999"),
+                       (b"GET", b"key:54321"), (b"GET", b"w:%d" % writer.n))
+    assert got == [b":%d" % (keys + writer.n), b"value-0", b"value-99999", b"value-54321",
+                   b"%d" % writer.n], got
+
+
+def test_network_unlock_after_abandoned_restore(targets: TargetFactory, images_dir: Path,
+                                                tmp_path: Path, nft_tables: list[str]) -> None:
+    t = targets.start("echo_server.py", str(tmp_path / "port"))
+    table = f"procsnap_{t.pid}"
+    nft_tables.append(table)
+    pids = tree_pids(t.pid)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
+    for p in pids:
+        assert wait_gone(p, 10)
+    assert nft_table_exists(table)
+    res = check_ok(run_procsnap("network-unlock", images_dir))
+    assert "network lock removed" in res.stderr, describe(res)
+    assert not nft_table_exists(table)
+    res = check_ok(run_procsnap("network-unlock", images_dir))
+    assert "no network lock" in res.stderr, describe(res)
+
+
+def test_leave_running_releases_repair_and_lock(targets: TargetFactory, images_dir: Path,
+                                                tmp_path: Path, nft_tables: list[str]) -> None:
+    t = targets.start("echo_server.py", str(tmp_path / "port"))
+    nft_tables.append(f"procsnap_{t.pid}")
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established",
+                          "--leave-running"))
+    assert not nft_table_exists(f"procsnap_{t.pid}")
+    for p in tree_pids(t.pid):
+        ok, why = is_untouched(p)
+        assert ok, why
+    time.sleep(0.5)  # the clients go on: their checker fails on any stall or loss
+    finish(t)
