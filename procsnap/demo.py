@@ -7,7 +7,6 @@ no repeat.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +14,9 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from .kernel.consts import PR_SET_CHILD_SUBREAPER
+from .kernel.libc import prctl
 
 COUNTER = r"""
 import os, sys, time
@@ -51,7 +53,7 @@ def run_demo() -> int:
         return 1
     # Become a subreaper so the restored counter is our child and we can
     # reap it at the end.
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
     work = tempfile.mkdtemp(prefix="procsnap-demo-")
     out = os.path.join(work, "count.txt")
     images_dir = os.path.join(work, "images")

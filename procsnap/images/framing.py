@@ -347,13 +347,12 @@ def read_one(images_dir: str, kind: str, ident: int | None = None) -> Message:
 def sync_dir(images_dir: str) -> None:
     """Flush every image written to ``images_dir``'s filesystem to disk
     (syncfs(2)), and the directory entries that name them."""
-    import ctypes
+    from procsnap.kernel.libc import libc
 
     fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise ImageError(images_dir, f"syncfs failed: {os.strerror(err)}")
+        libc.syncfs(fd)
+    except OSError as e:
+        raise ImageError(images_dir, f"syncfs failed: {e.strerror}") from None
     finally:
         os.close(fd)

@@ -36,6 +36,8 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
                                       ctypes.POINTER(S.Iovec), c_ulong, c_ulong]),
     # int prctl(int option, unsigned long arg2, arg3, arg4, arg5);
     "prctl": (c_int, [c_int, c_ulong, c_ulong, c_ulong, c_ulong]),
+    # int syncfs(int fd);
+    "syncfs": (c_int, [c_int]),
     # long syscall(long number, ...): variadic, arguments passed as c_long.
     "syscall": (c_long, []),
 }
@@ -64,6 +66,7 @@ ERROR_CHECKERS: dict[str, Callable[..., int]] = {
     "process_vm_writev": _check_minus_one,
     "prctl": _check_minus_one,
     "syscall": _check_minus_one,
+    "syncfs": _check_minus_one,
 }
 
 
