@@ -152,6 +152,10 @@ class RestoreContext:
         return images.read_entries(self.images_dir, kind)
     stats: dict[str, float] = field(default_factory=dict)
 
+    def all_ids(self) -> set[int]:
+        """Every pid and tid this restore creates."""
+        return {t.pid for t in self.tasks} | {th.tid for t in self.tasks for th in t.threads}
+
     def file_entry(self, fid: int) -> Any:
         try:
             return self.files[fid]

@@ -23,7 +23,7 @@ from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
 from ..kernel import consts as C
 from ..procfs.parse import FdInfo
-from . import eventfd, eventpoll, fifo, inotify, memfd, pipe, regfile, signalfd, timerfd, tty
+from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
 from . import inetsk, unixsk
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ NAME = "files"
 KCMP_FILE = 0
 
 # Order matters: the first kind whose matches() is true owns the fd.
-FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify]
+FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
+            pidfd]
 FD_KINDS += [unixsk, inetsk]  # inetsk also refuses, by name, every other socket family
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 

@@ -315,3 +315,27 @@ def test_forking_during_the_freeze(targets: TargetFactory, tmp_path: Path, round
     n = len([ln for ln in t.lines() if ln.startswith("forked ")])
     t.wait_line(r"^forked ", count=n + 3)
     finish(t)
+
+
+def test_pidfd_to_a_child(targets: TargetFactory, tmp_path: Path) -> None:
+    """A pidfd names a process of the tree: after restore it still names it
+    (pidfd_send_signal kills it, poll() sees the exit)."""
+    t = targets.start("pidfd_child")
+    cycle_tree(targets, t, tmp_path / "images")
+    assert os.readlink(f"/proc/{t.pid}/fd/5") == "anon_inode:[pidfd]"
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^child gone 9$", timeout=10)
+    finish(t)
+
+
+def test_pidfd_outside_the_tree_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    outsider = targets.start("bigtree", "1", wait_ready=False)
+    t = start_argv(targets, [sys.executable, "-c",
+                             f"import os, time\nfd = os.pidfd_open({outsider.pid})\n"
+                             "print('ready', flush=True)\ntime.sleep(1000)"], "pidfd-holder")
+    t.wait_ready()
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, f"pid {t.pid}")
+    assert f"pid {outsider.pid}" in line and "outside" in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, why
