@@ -18,7 +18,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
          tcp_established: bool = False) -> dict[str, float]:
-    """Checkpoint the process ``pid`` (and, later, its tree) into ``images_dir``.
+    """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
     ``external``: criu's --external keys (``"unix[INO]"``: our unix socket
@@ -28,6 +28,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     failure the process runs on untouched and no image is left behind.
     """
     from .dump import dump as _dump
+    _keep_api()
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
                  tcp_established=tcp_established)
@@ -44,6 +45,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     process that stands in for it, as criu's --inherit-fd.
     """
     from .restore import restore as _restore
+    _keep_api()
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd)
 
@@ -53,6 +55,16 @@ def network_unlock(images_dir: str) -> bool:
     left, when its restore is abandoned.  True if a lock was removed."""
     from .resources.tcp import network_unlock_dir
     return network_unlock_dir(images_dir)
+
+
+# Importing the submodules procsnap.dump / procsnap.restore binds their
+# names in this package to the modules, hiding the functions above: a
+# second procsnap.dump(...) would call a module.  Put the functions back.
+_API = {"dump": dump, "restore": restore}
+
+
+def _keep_api() -> None:
+    globals().update(_API)
 
 
 __all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",

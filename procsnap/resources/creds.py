@@ -59,6 +59,11 @@ def _dump_one(task: "DumpTask", inj, st, core) -> None:
                           "not supported yet")
     if st.no_new_privs:
         raise Unsupported(f"pid {task.pid}: has no_new_privs set; not supported yet")
+    if st.seccomp:
+        # Restoring without the filters would quietly widen what it may do.
+        mode = {1: "strict mode", 2: "filters"}.get(st.seccomp, f"mode {st.seccomp}")
+        raise Unsupported(f"pid {task.pid}: thread {st.pid} runs under seccomp {mode}; "
+                          "not supported yet")
     core.thread_core.creds.CopyFrom(creds)
 
 

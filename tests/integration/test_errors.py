@@ -281,3 +281,18 @@ def test_dump_to_unusable_dir(targets: TargetFactory, tmp_path: Path, mode: list
     assert_same_view(before, outside_view(t.pid, (3,)), "by a failed dump")
     last = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, last + 3))
+
+
+def test_dump_seccomp_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    """Restoring without its seccomp filter would widen what the process
+    may do: refuse, name the pid and seccomp; the target counts on."""
+    numbers = targets.workdir / "numbers"
+    t = targets.start("seccomp_allow", str(numbers))
+    wait_numbers(numbers, 3)
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path)
+    line = assert_one_line_error(res, _pid_re(t.pid))
+    assert "seccomp" in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, f"a refused dump left pid {t.pid} stopped or traced: {why}"
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
