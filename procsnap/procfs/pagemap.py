@@ -30,7 +30,7 @@ from procsnap.procfs.reader import proc_errors
 __all__ = [
     "PAGE_SIZE", "PM_ENTRY_BYTES", "PM_PRESENT", "PM_SWAP", "PM_FILE",
     "PM_MMAP_EXCLUSIVE", "PM_SOFT_DIRTY",
-    "dump_runs", "read_pagemap", "vma_dump_runs",
+    "PagemapReader", "dump_runs", "read_pagemap", "vma_dump_runs",
 ]
 
 PAGE_SIZE = mmap.PAGESIZE
@@ -119,12 +119,60 @@ def vma_dump_runs(pid: int, start: int, end: int, *, anon_only: bool,
     a huge mostly-empty reservation does not need its whole pagemap in
     memory at once.  Runs that cross a chunk boundary are joined.
     """
+    return _vma_runs(lambda a, b: read_pagemap(pid, a, b, proc_root), start, end,
+                     anon_only, chunk_pages)
+
+
+class PagemapReader:
+    """``vma_dump_runs`` for many VMAs of one process over one open pagemap.
+
+    Opening /proc/PID/pagemap costs more than reading a small VMA's entries
+    from it, so a process with 10,000 mappings would spend most of its page
+    scan in open/close: keep the file open for the whole address space.
+    """
+
+    def __init__(self, pid: int, proc_root: str = "/proc") -> None:
+        self.pid = pid
+        self.proc_root = proc_root
+        self.path = f"{proc_root}/{pid}/pagemap"
+        with proc_errors(pid, proc_root):
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def __enter__(self) -> "PagemapReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def read(self, start: int, end: int) -> bytes:
+        """Like ``read_pagemap`` on the open file."""
+        if start % PAGE_SIZE or end % PAGE_SIZE or end < start:
+            raise ValueError(f"bad page range {start:#x}-{end:#x}")
+        size = (end - start) // PAGE_SIZE * PM_ENTRY_BYTES
+        with proc_errors(self.pid, self.proc_root):
+            data = os.pread(self._fd, size, start // PAGE_SIZE * PM_ENTRY_BYTES)
+        if len(data) != size:
+            raise ParseError(self.path, f"short read at {start:#x}: {len(data)} of {size} bytes")
+        return data
+
+    def runs(self, start: int, end: int, *, anon_only: bool,
+             chunk_pages: int = 1 << 18) -> list[tuple[int, int]]:
+        """``vma_dump_runs(pid, start, end, ...)`` without reopening the file."""
+        return _vma_runs(self.read, start, end, anon_only, chunk_pages)
+
+
+def _vma_runs(read: Callable[[int, int], bytes], start: int, end: int,
+              anon_only: bool, chunk_pages: int) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     step = chunk_pages * PAGE_SIZE
     for chunk_start in range(start, end, step):
         chunk_end = min(chunk_start + step, end)
-        data = read_pagemap(pid, chunk_start, chunk_end, proc_root)
-        for first, count in dump_runs(data, anon_only=anon_only):
+        for first, count in dump_runs(read(chunk_start, chunk_end), anon_only=anon_only):
             addr = chunk_start + first * PAGE_SIZE
             if runs and runs[-1][0] + runs[-1][1] * PAGE_SIZE == addr:
                 runs[-1] = (runs[-1][0], runs[-1][1] + count)
