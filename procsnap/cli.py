@@ -106,7 +106,8 @@ def cmd_restore(a: argparse.Namespace) -> int:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
         if a.verbose:
-            print(f"procsnap: restored pid {pid}", file=sys.stderr)
+            from .restore import last_stats
+            print(f"procsnap: restored pid {pid}: {_stats_line(last_stats)}", file=sys.stderr)
         return 0
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
                    skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
@@ -191,6 +192,8 @@ COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     verbose = getattr(a, "verbose", 0)
+    from . import progress
+    progress.enabled = True  # a bar for long page copies, on a terminal only
     logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
                         format="procsnap: %(message)s")
     try:

@@ -41,6 +41,9 @@ from .procfs.parse import parse_maps
 
 log = logging.getLogger("procsnap.restore")
 
+# Stage timings of the last restore in this process (the API returns a pid).
+last_stats: dict[str, float] = {}
+
 TRAMP_SIZE = 64 * 1024
 IMG_VERSION = 2
 
@@ -574,6 +577,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for fd in rctx.own_fds:
             os.close(fd)
     rctx.stats["total"] = time.monotonic() - t0
+    last_stats.clear()
+    last_stats.update(rctx.stats)  # for `procsnap restore -v`
     if detached:
         return root.pid
     return wait_exit(root.pid)
