@@ -24,6 +24,8 @@ NR = {
     "rt_tgsigqueueinfo": 297, "prlimit64": 302, "process_vm_readv": 310,
     "process_vm_writev": 311, "kcmp": 312, "rseq": 334, "pidfd_open": 434,
     "clone3": 435, "close_range": 436, "pidfd_getfd": 438,
+    # batched page copies (resources/memory.py)
+    "preadv": 295, "pwritev": 296,
     # event fds (resources/eventfd.py, signalfd.py, timerfd.py, eventpoll.py,
     # inotify.py)
     "ioctl": 16, "epoll_ctl": 233, "inotify_add_watch": 254,
