@@ -20,25 +20,12 @@ back afterwards: nothing the task would read is taken away.
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
-    SS_ALL,
-    UDIAG_SHOW_ICONS,
-    UDIAG_SHOW_NAME,
-    UDIAG_SHOW_PEER,
-    UDIAG_SHOW_RQLEN,
-    UDIAG_SHOW_VFS,
-    DiagSocket,
-    MarshalDiag,
-    inet_diag_msg,
-    unix_diag_msg,
-)
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import sk_opts_pb2
@@ -50,9 +37,6 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "sockets"
-
-# pyroute2 logs every netlink message at DEBUG; procsnap -vv is about us.
-logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 # <asm-generic/socket.h>, not all in Python's socket module
 SO_PASSSEC = 34
@@ -72,25 +56,6 @@ SEND_SHUTDOWN = 2
 
 # Status flags a socket fd may carry and we give back with F_SETFL.
 _KEPT_FLAGS = C.O_ACCMODE | C.O_NONBLOCK | C.O_LARGEFILE | os.O_CLOEXEC
-
-
-class _unix_diag_msg(unix_diag_msg):  # type: ignore[misc]
-    """pyroute2's unix_diag_msg with the name and icons kept as bytes."""
-
-    nla_map = (
-        ('UNIX_DIAG_NAME', 'cdata'),
-        ('UNIX_DIAG_VFS', 'unix_diag_vfs'),
-        ('UNIX_DIAG_PEER', 'uint32'),
-        ('UNIX_DIAG_ICONS', 'cdata'),
-        ('UNIX_DIAG_RQLEN', 'unix_diag_rqlen'),
-        ('UNIX_DIAG_MEMINFO', 'hex'),
-        ('UNIX_DIAG_SHUTDOWN', 'uint8'),
-    )
-
-
-class _Marshal(MarshalDiag):  # type: ignore[misc]
-    msg_map = {socket.AF_UNIX: _unix_diag_msg, socket.AF_INET: inet_diag_msg,
-               socket.AF_INET6: inet_diag_msg}
 
 
 @dataclass
@@ -123,19 +88,18 @@ class InetDiag:
 
 
 def _query(fn: Any) -> Any:
-    try:
-        with DiagSocket() as ds:
-            ds.set_marshal(_Marshal())
-            ds.bind()
-            return fn(ds)
-    except OSError as exc:
-        raise DumpError(f"sock_diag: {exc.strerror or exc}") from None
+    # pyroute2 costs ~150 ms to import: only a dump that meets a socket
+    # pays it (sockdiag.py holds everything that touches it).
+    from . import sockdiag
+    return sockdiag.query(fn)
 
 
 def unix_table(ctx: "DumpContext") -> dict[int, UnixDiag]:
     """Every unix socket of our network namespace, by inode (once a dump)."""
     state = ctx.kind_state.setdefault(NAME, {})
     if "unix" not in state:
+        from .sockdiag import (SS_ALL, UDIAG_SHOW_ICONS, UDIAG_SHOW_NAME, UDIAG_SHOW_PEER,
+                               UDIAG_SHOW_RQLEN, UDIAG_SHOW_VFS)
         show = (UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS
                 | UDIAG_SHOW_RQLEN)
         msgs = _query(lambda ds: ds.get_sock_stats(family=socket.AF_UNIX, states=SS_ALL,
@@ -172,6 +136,7 @@ def inet_table(ctx: "DumpContext") -> dict[int, InetDiag]:
         table: dict[int, InetDiag] = {}
 
         def collect(ds: Any) -> None:
+            from .sockdiag import SS_ALL
             for fam in (socket.AF_INET, socket.AF_INET6):
                 for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
                     for m in ds.get_sock_stats(family=fam, states=SS_ALL, protocol=proto):
