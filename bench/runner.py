@@ -177,7 +177,7 @@ def py_api(code: str) -> list[str]:
     pre = ("import json, sys, time\n"
            "import procsnap\n"
            "dump, restore = procsnap.dump, procsnap.restore\n"
-           "import procsnap.dump, procsnap.restore, procsnap.resources\n")
+           "import procsnap.dumper, procsnap.restorer, procsnap.resources\n")
     post = "\nprint([x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0])\n"
     return [sys.executable, "-c", pre + code + post]
 

@@ -27,8 +27,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
-    from .dump import dump as _dump
-    _keep_api()
+    from .dumper import dump as _dump
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
                  tcp_established=tcp_established)
@@ -44,8 +43,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     ``inherit_fd`` maps an external key (``"unix[INO]"``) to an fd of this
     process that stands in for it, as criu's --inherit-fd.
     """
-    from .restore import restore as _restore
-    _keep_api()
+    from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd)
 
@@ -57,16 +55,8 @@ def network_unlock(images_dir: str) -> bool:
     return network_unlock_dir(images_dir)
 
 
-# Importing the submodules procsnap.dump / procsnap.restore binds their
-# names in this package to the modules, hiding the functions above: a
-# second procsnap.dump(...) would call a module.  Put the functions back.
-_API = {"dump": dump, "restore": restore}
-
-
-def _keep_api() -> None:
-    globals().update(_API)
-
-
+# The drivers live in procsnap.dumper and procsnap.restorer: a submodule
+# named procsnap.dump would, once imported, replace the function above.
 __all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
            "AccessDenied", "ParseError", "ImageError", "DumpError", "Unsupported",
            "RestoreError", "__version__"]

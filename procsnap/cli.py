@@ -106,7 +106,7 @@ def cmd_restore(a: argparse.Namespace) -> int:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
         if a.verbose:
-            from .restore import last_stats
+            from .restorer import last_stats
             print(f"procsnap: restored pid {pid}: {_stats_line(last_stats)}", file=sys.stderr)
         return 0
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,

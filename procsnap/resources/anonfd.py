@@ -18,7 +18,7 @@ from ..images.pb import fown_pb2
 from ..kernel import consts as C
 
 if TYPE_CHECKING:
-    from ..restore import RestoreTask
+    from ..restorer import RestoreTask
     from .files import FdCtx
 
 # Status flags these kinds can carry and we can give back (O_NONBLOCK via

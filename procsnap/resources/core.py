@@ -2,7 +2,7 @@
 registers, FPU/xsave), pstree.img's entry and ids-PID.img.
 
 The registers are stored as the task must resume: a system call our freeze
-interrupted is already rewound to restart (see dump.restart_fixup), so
+interrupted is already rewound to restart (see dumper.restart_fixup), so
 restore does not depend on the kernel's restart block, which dies with
 the task.  They are the last thing installed in the puppet, after the
 trampoline page is gone, right before it is let go.
@@ -17,8 +17,8 @@ from ..kernel import ptrace, xsave
 from ..kernel.structs import USER_REGS_FIELDS, UserRegs
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "core"
 DUMPS_ZOMBIES = True
@@ -44,7 +44,7 @@ def entry_to_regs(entry) -> UserRegs:
 
 
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
-    from ..dump import make_pstree_entry, restart_fixup
+    from ..dumper import make_pstree_entry, restart_fixup
 
     pid = task.pid
     stat = task.stat

@@ -21,8 +21,8 @@ from ..kernel import consts as C
 from ..kernel.structs import CapData, CapHeader
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "creds"
 SECBIT_KEEP_CAPS = 1 << 4

@@ -23,7 +23,7 @@ from ..kernel import consts as C
 from . import anonfd
 
 if TYPE_CHECKING:
-    from ..restore import RestoreContext, RestoreTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "eventfd"

@@ -31,7 +31,7 @@ from ..procfs.parse import fdinfo_records
 from . import anonfd
 
 if TYPE_CHECKING:
-    from ..restore import RestoreContext, RestoreTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "eventpoll"

@@ -24,8 +24,8 @@ from ..images.pb import fdinfo_pb2, fifo_pb2, pipe_data_pb2
 from . import pipe, regfile
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "fifo"

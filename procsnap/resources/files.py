@@ -27,8 +27,8 @@ from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, si
 from . import inetsk, unixsk
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "files"
 KCMP_FILE = 0

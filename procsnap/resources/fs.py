@@ -9,8 +9,8 @@ from ..images.pb import fs_pb2
 from . import regfile
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "fs"
 

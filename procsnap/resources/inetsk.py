@@ -38,8 +38,8 @@ from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
 from . import anonfd, sockets, tcp
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "inetsk"

@@ -33,8 +33,8 @@ from ..procfs.parse import fdinfo_records
 from . import anonfd
 
 if TYPE_CHECKING:
-    from ..dump import DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 log = logging.getLogger("procsnap.inotify")

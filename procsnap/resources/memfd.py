@@ -28,8 +28,8 @@ from ..kernel.libc import syscall
 from . import shmem
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "memfd"

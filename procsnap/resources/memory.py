@@ -35,8 +35,8 @@ from ..procfs.parse import MapEntry, parse_maps
 from . import memfd, regfile, shmem
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "memory"
 PAGE = C.PAGE_SIZE

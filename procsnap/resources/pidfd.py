@@ -18,7 +18,7 @@ from ..images.pb import fdinfo_pb2, pidfd_pb2
 from . import anonfd
 
 if TYPE_CHECKING:
-    from ..restore import RestoreContext, RestoreTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "pidfd"

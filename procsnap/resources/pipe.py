@@ -26,8 +26,8 @@ from ..images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2
 from ..kernel.libc import syscall
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "pipe"

@@ -52,8 +52,8 @@ from ..procfs.parse import MountInfo
 from . import ghost, tmpnames
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "reg"

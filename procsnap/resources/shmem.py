@@ -27,8 +27,8 @@ from ..kernel import consts as C
 from ..procfs.parse import MapEntry
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "shmem"
 PAGE = C.PAGE_SIZE

@@ -20,8 +20,8 @@ from ..kernel import ptrace
 from ..kernel.structs import KSigaction, StackT
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "signals"
 SIGNALS = [s for s in range(1, C.NSIG + 1) if s not in (C.SIGKILL, C.SIGSTOP)]

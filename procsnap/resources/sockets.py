@@ -33,7 +33,7 @@ from ..kernel import consts as C
 from ..kernel.libc import syscall
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext
+    from ..dumper import DumpContext
     from .files import FdCtx
 
 NAME = "sockets"

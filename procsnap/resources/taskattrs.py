@@ -24,8 +24,8 @@ from ..kernel.structs import Itimerval
 from ..procfs.parse import LIMIT_RESOURCES
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext, DumpTask, DumpThread
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext, DumpTask, DumpThread
+    from ..restorer import RestoreContext, RestoreTask
 
 NAME = "task"
 TASK_ALIVE = 1

@@ -43,8 +43,8 @@ from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext
-    from ..restore import RestoreContext
+    from ..dumper import DumpContext
+    from ..restorer import RestoreContext
     from .files import FdCtx
 
 NAME = "tcp"

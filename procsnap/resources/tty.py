@@ -17,7 +17,7 @@ from ..images.pb import fdinfo_pb2, fown_pb2, tty_pb2
 from ..kernel import consts as C
 
 if TYPE_CHECKING:
-    from ..restore import RestoreContext, RestoreTask
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "tty"

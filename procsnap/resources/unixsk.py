@@ -45,8 +45,8 @@ from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
 from . import anonfd, sockets
 
 if TYPE_CHECKING:
-    from ..dump import DumpContext
-    from ..restore import RestoreContext, RestoreTask
+    from ..dumper import DumpContext
+    from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "unixsk"

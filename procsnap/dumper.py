@@ -34,7 +34,7 @@ from .kernel.structs import UserRegs
 from .procfs.parse import MapEntry, Stat, Status
 from .procfs.reader import ProcReader, is_kernel_thread
 
-log = logging.getLogger("procsnap.dump")
+log = logging.getLogger("procsnap.dumper")
 
 SCRATCH_SIZE = 64 * 1024
 

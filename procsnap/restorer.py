@@ -39,7 +39,7 @@ from .kernel.libc import address_of, prctl, syscall_holding_gil
 from .kernel.structs import CloneArgs
 from .procfs.parse import parse_maps
 
-log = logging.getLogger("procsnap.restore")
+log = logging.getLogger("procsnap.restorer")
 
 # Stage timings of the last restore in this process (the API returns a pid).
 last_stats: dict[str, float] = {}
