@@ -1,0 +1,109 @@
+"""Unit tests of the engine's pure parts: the XSAVE split/join, the
+syscall-restart rewind, and the two registries' invariants."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from procsnap.dumper import restart_fixup
+from procsnap.kernel import consts as C
+from procsnap.kernel import xsave
+from procsnap.kernel.structs import UserRegs
+from procsnap import resources
+from procsnap.resources import files
+
+
+# ------------------------------------------------------------ xsave ----
+
+def _fake_layout() -> xsave.Layout:
+    # Intel-like standard layout: AVX at 576, opmask 1088, ZMM_Hi256 1152,
+    # Hi16_ZMM 1664 (what this machine's CPUID reports), 2688 bytes in all.
+    return xsave.Layout(size=2688, xcr0=0xE7,
+                        offsets={2: (576, 256), 5: (1088, 64), 6: (1152, 512), 7: (1664, 1024)})
+
+
+@pytest.fixture
+def layout(monkeypatch: pytest.MonkeyPatch) -> xsave.Layout:
+    lay = _fake_layout()
+    monkeypatch.setattr(xsave, "layout", lambda: lay)
+    return lay
+
+
+def _area(layout: xsave.Layout) -> bytes:
+    area = bytearray(layout.size)
+    struct.pack_into("<HHHHQQII", area, 0, 0x37F, 0x20, 0xFF, 0x1F, 0x1234, 0x5678, 0x1F80, 0xFFFF)
+    for i in range(32, 416):
+        area[i] = i & 0xFF                    # st_space, xmm_space
+    struct.pack_into("<Q", area, 512, 0xE7)   # xstate_bv: everything in use
+    for comp, (off, size) in layout.offsets.items():
+        for i in range(size):
+            area[off + i] = (comp * 31 + i) & 0xFF
+    return bytes(area)
+
+
+def test_xsave_split_join_round_trip(layout: xsave.Layout) -> None:
+    area = _area(layout)
+    parts = xsave.split(area)
+    assert parts["fpregs"]["cwd"] == 0x37F and parts["fpregs"]["mxcsr"] == 0x1F80
+    assert len(parts["xsave"]["ymmh_space"]) == 64 and len(parts["xsave"]["hi16_zmm"]) == 128
+    back = xsave.join(parts["fpregs"], parts["xsave"], layout.size)
+    # the software-reserved padding (464..511) is not carried: the kernel ignores it
+    assert back[:416] == area[:416] and back[512:] == area[512:]
+
+
+def test_xsave_component_in_use_without_field_is_refused(layout: xsave.Layout,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    lay = xsave.Layout(size=layout.size + 64, xcr0=layout.xcr0 | (1 << 11),
+                       offsets={**layout.offsets, 11: (layout.size, 64)})  # CET, say
+    monkeypatch.setattr(xsave, "layout", lambda: lay)
+    area = bytearray(_area(layout)) + bytes(64)
+    struct.pack_into("<Q", area, 512, 0xE7 | (1 << 11))
+    with pytest.raises(ValueError, match="component 11"):
+        xsave.split(bytes(area))
+
+
+def test_xsave_join_refuses_what_this_cpu_lacks(layout: xsave.Layout) -> None:
+    parts = xsave.split(_area(layout))
+    parts["xsave"]["pkru"] = [1, 0]
+    parts["xsave"]["xstate_bv"] |= 1 << 9
+    with pytest.raises(ValueError, match="pkru"):
+        xsave.join(parts["fpregs"], parts["xsave"], layout.size)
+
+
+# ---------------------------------------------------- syscall restart ----
+
+def _regs(rax: int, orig: int, rip: int = 0x1000) -> UserRegs:
+    r = UserRegs()
+    r.rax, r.orig_rax, r.rip = rax & (2**64 - 1), orig & (2**64 - 1), rip
+    return r
+
+
+@pytest.mark.parametrize("code", C.RESTART_CODES)
+def test_interrupted_syscall_is_rewound(code: int) -> None:
+    out = restart_fixup(_regs(-code, 230))
+    assert out.rip == 0x1000 - 2 and out.rax == 230
+
+
+def test_finished_syscall_or_user_code_untouched() -> None:
+    for rax, orig in ((-4, 0), (0, 0), (42, 1), (-512, -1)):  # EINTR, results, not in a syscall
+        out = restart_fixup(_regs(rax, orig))
+        assert (out.rip, out.rax) == (0x1000, rax & (2**64 - 1))
+
+
+# -------------------------------------------------------- registries ----
+
+def test_resource_registry_has_both_halves() -> None:
+    for mod in set(resources.DUMP_ORDER) | set(resources.RESTORE_ORDER):
+        assert isinstance(mod.NAME, str)
+        assert callable(mod.dump) and callable(mod.restore), mod.NAME
+    assert set(resources.DUMP_ORDER) == set(resources.RESTORE_ORDER)
+
+
+def test_fd_kinds_are_complete_and_distinct() -> None:
+    types = [k.TYPE for k in files.FD_KINDS]
+    assert len(types) == len(set(types)), "two fd kinds claim one file_entry type"
+    for kind in files.FD_KINDS:
+        for fn in ("matches", "dump", "open_fd"):
+            assert callable(getattr(kind, fn, None)), f"{kind.NAME} has no {fn}()"
+    assert files.BY_TYPE == {k.TYPE: k for k in files.FD_KINDS}
