@@ -18,13 +18,14 @@ from __future__ import annotations
 import bisect
 import errno
 import functools
+import logging
 import os
 import resource
 import stat as st_mod
 import struct
 from typing import TYPE_CHECKING, Any
 
-from .. import images, progress
+from .. import elf, images, progress
 from ..errors import RestoreError, Unsupported
 from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
 from ..inject import InjectError
@@ -37,6 +38,8 @@ from . import memfd, regfile, shmem
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask
     from ..restorer import RestoreContext, RestoreTask
+
+log = logging.getLogger("procsnap.memory")
 
 NAME = "memory"
 PAGE = C.PAGE_SIZE
@@ -111,6 +114,43 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     return status, flags
 
 
+def _with_build_id(entry: Any, source: str) -> Any:
+    """Record the ELF build-id of a mapped file (as CRIU does), so a restore
+    can refuse a program or library replaced by another build since."""
+    if not st_mod.S_ISREG(entry.reg.mode):
+        return entry
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        # A file only the target may open (per-caller FUSE): it keeps the
+        # size and mode checks; say so rather than skip it in silence.
+        log.debug("no build-id for %s: cannot open %s", entry.reg.name, source)
+        return entry
+    try:
+        bid = elf.build_id(fd)
+    finally:
+        os.close(fd)
+    if bid:
+        entry.reg.build_id.extend(bid)
+    return entry
+
+
+def check_build_id(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, fd: int) -> None:
+    """Refuse a mapped ELF file whose build-id changed since the dump."""
+    if not entry.reg.build_id or rctx.opts.skip_file_check:
+        return
+    want = bytes(entry.reg.build_id)
+    src = os.open(f"/proc/{rt.pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        got = elf.build_id(src)
+    finally:
+        os.close(src)
+    if got != want:
+        raise RestoreError(f"{regfile.restore_path(rctx, entry)}: build-id changed since the dump "
+                           f"({want.hex()} -> {got.hex() if got else 'none'}); "
+                           "use --skip-file-check to restore anyway")
+
+
 def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
                     cache: dict[tuple[int, int], int]) -> int:
     """files.img id of the file behind a mapping, by identity, not by name."""
@@ -128,7 +168,7 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     flags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
     entry = regfile.describe_path(task, m.path, real, fid, flags, pos=0,
                                   what=f"mapping {m.start:#x}-{m.end:#x}", ctx=ctx, source=link)
-    ctx.files.append(entry)
+    ctx.files.append(_with_build_id(entry, link))
     cache[key] = fid
     return fid
 
@@ -146,9 +186,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     exe = task.proc.exe()
     exe_real = regfile.mapping_stat(task, f"/proc/{pid}/exe")
     exe_id = ctx.new_file_id()
-    ctx.files.append(regfile.describe_path(task, exe, exe_real, exe_id, os.O_RDONLY, pos=0,
-                                           what="executable", ctx=ctx,
-                                           source=f"/proc/{pid}/exe"))
+    ctx.files.append(_with_build_id(regfile.describe_path(
+        task, exe, exe_real, exe_id, os.O_RDONLY, pos=0, what="executable", ctx=ctx,
+        source=f"/proc/{pid}/exe"), f"/proc/{pid}/exe"))
     cache[(exe_real.st_dev, exe_real.st_ino)] = exe_id
 
     mm = mm_pb2.mm_entry(
@@ -395,6 +435,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                                  os.O_RDONLY)
     exe = rctx.file_entry(mm.exe_file_id)
     exe_fd = regfile.open_entry(rctx, rt, exe, os.O_RDONLY, check=False)
+    check_build_id(rctx, rt, exe, exe_fd)
 
     # 1. Drop everything the puppet inherited, except the trampoline: two
     # calls whatever the layout (munmap of a range with holes is fine;
@@ -437,6 +478,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                     file_fds[key] = memfd.open_for_mapping(rctx, rt, entry, mode)
                 else:
                     file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
+                    check_build_id(rctx, rt, entry, file_fds[key])
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
             inj.call("mmap", v.start, length, prot, flags, file_fds[key], v.pgoff)
         elif v.status & VMA_ANON_SHARED:

@@ -453,3 +453,37 @@ def test_dump_killed_halfway(targets: TargetFactory, images_dir: Path, fsdir: Pa
     assert not [n for n in os.listdir(images_dir) if n.endswith(".part")]
     time.sleep(0.1)
     verdict_pass(t)
+
+
+def test_rebuilt_program_refused(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    """The executable is replaced, in place, by another build of the same
+    size (only its GNU build-id differs): size and mode say nothing, the
+    build-id recorded at dump refuses it -- unless --skip-file-check."""
+    src = TESTS / "targets" / "counter.c"
+    builds = []
+    for tag in ("11", "22"):
+        out = tmp_path / f"counter-{tag}"
+        subprocess.run(["gcc", "-O1", "-o", str(out), str(src), f"-Wl,--build-id=0x{tag * 20}"],
+                       check=True, capture_output=True, timeout=120)
+        builds.append(out)
+    assert builds[0].stat().st_size == builds[1].stat().st_size
+    prog = tmp_path / "prog"
+    shutil.copy(builds[0], prog)
+    numbers = tmp_path / "numbers"
+    proc = subprocess.Popen([str(prog), str(numbers)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            close_fds=True, start_new_session=True)
+    t = Target(name="prog", pid=proc.pid, argv=[str(prog)], workdir=tmp_path,
+               out=tmp_path / "none", err=tmp_path / "none", cmdline=[str(prog), str(numbers)])
+    targets.targets.append(t)
+    wait_for(lambda: numbers.exists() and numbers.stat().st_size > 4, 10, "the counter to count")
+    dump_ok(t, images_dir)
+    with open(builds[1], "rb") as f, open(prog, "r+b") as out:  # same inode, new bytes
+        out.write(f.read())
+    res = run_procsnap("restore", "-D", images_dir, "-d")
+    line = assert_one_line_error(res, str(prog))
+    assert "build-id" in line and "--skip-file-check" in line, line
+    assert wait_gone(t.pid, 10)
+    restore_ok(targets, t, images_dir, "--skip-file-check")
+    size = numbers.stat().st_size
+    wait_for(lambda: numbers.stat().st_size > size, 5, "the restored counter to count on")
