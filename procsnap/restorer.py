@@ -83,6 +83,7 @@ class RestoreTask:
     tramp_size: int = TRAMP_SIZE
     tty_fd: int | None = None
     pidfds: dict[int, int] = field(default_factory=dict)  # source pid -> pidfd in puppet
+    _mounts: dict[int, str] | None = None  # mnt_id -> fstype, as the puppet sees them
     _rctx: Any = None
 
     def image_name(self, kind: str, ident: int | None = None) -> str:

@@ -48,7 +48,7 @@ from ..images.pb import fdinfo_pb2, fh_pb2, fown_pb2, regfile_pb2, remap_file_pa
 from ..inject import InjectError
 from ..kernel import consts as C
 from ..kernel.libc import syscall
-from ..procfs.parse import MountInfo
+from ..procfs.parse import MountInfo, parse_mountinfo
 from . import ghost, tmpnames
 
 if TYPE_CHECKING:
@@ -561,15 +561,33 @@ def restore_done(rctx: "RestoreContext", ok: bool) -> None:
         st.links.clear()
 
 
+def _on_fuse(rt: "RestoreTask", fd: int) -> bool:
+    """Is the puppet's fd on a FUSE mount?  fdinfo's mnt_id and the
+    puppet's mountinfo say so without asking the filesystem itself."""
+    with open(f"/proc/{rt.pid}/fdinfo/{fd}") as f:
+        mnt_id = next((int(line.split()[1]) for line in f if line.startswith("mnt_id:")), None)
+    mounts = rt._mounts
+    if mounts is None or mnt_id not in mounts:
+        with open(f"/proc/{rt.pid}/mountinfo") as f:
+            mounts = rt._mounts = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
+    return mnt_id is None or per_caller(mounts.get(mnt_id, "fuse"))
+
+
 def check_opened(rctx: "RestoreContext", rt: "RestoreTask", fd: int, entry: Any) -> None:
     """Refuse a file that changed since the dump (type/mode, and size if
     it was not open for writing)."""
     reg = entry.reg
     if not reg.HasField("mode") or rctx.opts.skip_file_check:
         return
-    buf = rt.inj.put(bytes(_STAT.size), align=8)
-    rt.inj.call("fstat", fd, buf)
-    now = _stat_result(rt.inj.read_mem(buf, _STAT.size))
+    if not _on_fuse(rt, fd):
+        # From outside through the puppet's fd: a plain stat, no injected
+        # call (a tenth of the cost, and it adds up over 10,000 fds).
+        now = os.stat(f"/proc/{rt.pid}/fd/{fd}")
+    else:
+        # A FUSE server may answer each caller differently: ask as the owner.
+        buf = rt.inj.put(bytes(_STAT.size), align=8)
+        rt.inj.call("fstat", fd, buf)
+        now = _stat_result(rt.inj.read_mem(buf, _STAT.size))
     name = restore_path(rctx, entry)
     if now.st_mode != reg.mode:
         raise RestoreError(f"{name}: mode changed since the dump ({reg.mode:o} -> "
