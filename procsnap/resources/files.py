@@ -153,8 +153,17 @@ def _place(inj: Any, tmp: int, fd: int, cloexec: int, keep_tmp: bool = False) ->
         inj.call("dup3", tmp, fd, cloexec)
         if not keep_tmp:
             inj.call("close", tmp)
-    else:
+    elif _has_cloexec(inj.pid, fd) != bool(cloexec):
+        # (fdinfo, read from outside, spares the call when it is right already)
         inj.call("fcntl", fd, C.F_SETFD, 1 if cloexec else 0)
+
+
+def _has_cloexec(pid: int, fd: int) -> bool:
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("flags:"):
+                return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+    return False
 
 
 def read_fdinfo(images_dir: str, files_id: int) -> list[Any]:
