@@ -32,7 +32,7 @@ from typing import Any, Callable
 from . import images
 from .errors import ImageError, ProcsnapError, RestoreError
 from .images.pb import core_pb2
-from .inject import InjectError, Injector
+from .inject import TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.libc import address_of, prctl, syscall_holding_gil
@@ -84,6 +84,9 @@ class RestoreTask:
     tty_fd: int | None = None
     pidfds: dict[int, int] = field(default_factory=dict)  # source pid -> pidfd in puppet
     _mounts: dict[int, str] | None = None  # mnt_id -> fstype, as the puppet sees them
+    # Set by files.restore while an fd kind opens an fd that must end up
+    # close-on-exec: open it so, rather than fix it with one more call.
+    open_cloexec: bool = False
     _rctx: Any = None
 
     def image_name(self, kind: str, ident: int | None = None) -> str:
@@ -102,6 +105,8 @@ class RestoreTask:
         that will own it, in its own context (as a FUSE server sees it)."""
         inj = self.inj
         try:
+            if self.open_cloexec:
+                flags |= C.O_CLOEXEC
             fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
@@ -348,7 +353,7 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
                    C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED_NOREPLACE, -1, 0)
     if got != addr:
         raise RestoreError(f"pid {pid}: trampoline mapped at {got:#x}, not {addr:#x}")
-    inj.write_mem(addr, b"\x0f\x05")
+    inj.write_mem(addr, TRAMPOLINE)
     _use_trampoline(rt, inj, addr)
 
     top = max([f.fd for t in rctx.tasks for f in t.fdinfos] + [2]) + 1
@@ -371,6 +376,7 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
 
 def _use_trampoline(rt: RestoreTask, inj: Injector, addr: int) -> None:
     inj.syscall_ip = addr
+    inj.trap_ip = addr
     rt.tramp = addr
     inj.use_scratch(addr + C.PAGE_SIZE, TRAMP_SIZE - C.PAGE_SIZE)
 
@@ -470,6 +476,7 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
             raise RestoreError(f"pid {rt.pid}: thread {th.tid} came out as {got}")
         regs = _wait_new_stop(th.tid)  # auto-attached through PTRACE_O_TRACECLONE
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
+        th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)
 
 
@@ -495,7 +502,7 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
         inj.call("close", rt.tty_fd)
     # The last injected call removes the page it is executed from; we stop
     # at its exit and never return there.
-    inj.call("munmap", rt.tramp, rt.tramp_size)
+    inj.call("munmap", rt.tramp, rt.tramp_size, last=True)
     for th in rt.threads:
         core.final(rctx, rt, th, signals.final_mask(rt, th))
 

@@ -131,7 +131,11 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             raise RestoreError(f"{rt.image_name('fdinfo')}: fd {fe.fd} has file type "
                                f"{fdinfo_pb2.fd_types.Name(entry.type) if entry.type in fdinfo_pb2.fd_types.values() else entry.type}, "
                                "which procsnap cannot restore yet")
-        tmp = kind.open_fd(rctx, rt, entry)
+        rt.open_cloexec = bool(cloexec)
+        try:
+            tmp = kind.open_fd(rctx, rt, entry)
+        finally:
+            rt.open_cloexec = False
         _place(inj, tmp, fe.fd, cloexec)
         placed[fe.id] = (rt.pid, fe.fd)
         inj.reset_scratch()
