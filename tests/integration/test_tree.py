@@ -339,3 +339,36 @@ def test_pidfd_outside_the_tree_refused(targets: TargetFactory, tmp_path: Path) 
     assert f"pid {outsider.pid}" in line and "outside" in line, line
     ok, why = is_untouched(t.pid)
     assert ok, why
+
+
+def test_same_file_opened_many_times(targets: TargetFactory, tmp_path: Path) -> None:
+    """One file opened 40 times, some fds dup'ed: after restore exactly the
+    same fds share an open file description (kcmp), each with its offset."""
+    data = targets.workdir / "data"
+    data.write_bytes(bytes(range(256)) * 16)
+    code = (f"import os, time\nfds = [os.open({str(data)!r}, os.O_RDONLY) for _ in range(40)]\n"
+            "for i, fd in enumerate(fds):\n    os.lseek(fd, i * 7, 0)\n"
+            "os.dup2(fds[3], 100)\nos.dup2(fds[3], 101)\nos.dup2(fds[17], 102)\n"
+            "print('ready', flush=True)\ntime.sleep(1000)\n")
+    t = start_argv(targets, [sys.executable, "-c", code], "many-opens")
+    t.wait_ready()
+    fds = sorted(int(x) for x in os.listdir(f"/proc/{t.pid}/fd")
+                 if os.readlink(f"/proc/{t.pid}/fd/{x}") == str(data))
+
+    def classes() -> set[frozenset[int]]:
+        out: list[set[int]] = []
+        for fd in fds:
+            for c in out:
+                if kcmp_same_file(t.pid, fd, t.pid, next(iter(c))):
+                    c.add(fd)
+                    break
+            else:
+                out.append({fd})
+        return {frozenset(c) for c in out}
+
+    before = classes()
+    assert len(before) == 40 and len(fds) == 43
+    pos = {fd: Path(f"/proc/{t.pid}/fdinfo/{fd}").read_text().split()[1] for fd in fds}
+    cycle_tree(targets, t, tmp_path / "images")
+    assert classes() == before
+    assert {fd: Path(f"/proc/{t.pid}/fdinfo/{fd}").read_text().split()[1] for fd in fds} == pos
