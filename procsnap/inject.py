@@ -27,7 +27,6 @@ from .kernel import ptrace
 from .kernel.structs import UserRegs
 
 _MASK64 = (1 << 64) - 1
-_NR_NAMES = {v: k for k, v in C.NR.items()}
 SYSCALL_INSN = b"\x0f\x05"
 # A trampoline of our own: syscall; int3 -- the task stops right after the
 # call returns (see Injector._run_to_trap).
@@ -203,7 +202,3 @@ def find_syscall_insn(pid: int, ranges: Iterable[tuple[int, int]]) -> int:
             if idx >= 0:
                 return start + idx
     raise OSError(2, f"pid {pid}: no syscall instruction found in its code")
-
-
-def syscall_name(nr: int) -> str:
-    return _NR_NAMES.get(nr, str(nr))

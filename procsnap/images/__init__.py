@@ -37,7 +37,19 @@ from procsnap.images.magic import (
     kind_by_file_name,
     kind_by_magic,
 )
-from procsnap.images.show import decode_dir, decode_file
+
+
+def decode_file(path: str) -> dict:
+    """See show.decode_file (imported on use: json_format is slow to load)."""
+    from procsnap.images.show import decode_file as _decode_file
+    return _decode_file(path)
+
+
+def decode_dir(images_dir: str) -> dict:
+    """See show.decode_dir."""
+    from procsnap.images.show import decode_dir as _decode_dir
+    return _decode_dir(images_dir)
+
 
 __all__ = [
     "sync_dir",

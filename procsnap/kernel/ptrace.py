@@ -93,12 +93,6 @@ def peek_siginfo(pid: int, shared: bool) -> list[bytes]:
             return out
 
 
-def get_siginfo(pid: int) -> bytes:
-    buf = ctypes.create_string_buffer(S.SIGINFO_SIZE)
-    ptrace(C.PTRACE_GETSIGINFO, pid, 0, ctypes.addressof(buf))
-    return buf.raw
-
-
 def get_rseq(pid: int) -> S.RseqConfiguration:
     conf = S.RseqConfiguration()
     ptrace(C.PTRACE_GET_RSEQ_CONFIGURATION, pid, ctypes.sizeof(conf), ctypes.addressof(conf))

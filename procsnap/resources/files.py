@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
@@ -186,7 +185,3 @@ def _has_cloexec(pid: int, fd: int) -> bool:
             if line.startswith("flags:"):
                 return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
     return False
-
-
-def read_fdinfo(images_dir: str, files_id: int) -> list[Any]:
-    return images.read_image(images_dir, "fdinfo", files_id)

@@ -551,7 +551,3 @@ def _fill_pages(rt: "RestoreTask", pages_fd: int) -> None:
                 flush()
     flush()
     bar.close()
-
-
-def file_is_regular(mode: int) -> bool:
-    return st_mod.S_ISREG(mode)

@@ -227,10 +227,6 @@ def file_flags(fd: "FdCtx", what: str) -> int:
 
 # ------------------------------------------------------------ sk_opts ----
 
-def _int_opt(sk: socket.socket, level: int, name: int) -> int:
-    return sk.getsockopt(level, name)
-
-
 def _timeval(sk: socket.socket, name: int) -> tuple[int, int]:
     sec, usec = struct.unpack("qq", sk.getsockopt(socket.SOL_SOCKET, name, 16))
     return sec, usec
