@@ -27,7 +27,7 @@ from typing import Any, Callable
 from . import images
 from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
-from .inject import Injector, InjectError, find_syscall_insn
+from .inject import TRAMPOLINE, Injector, InjectError, find_syscall_insn
 from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.structs import UserRegs
@@ -293,11 +293,27 @@ def _prepare_injection(task: DumpTask) -> None:
     leader = task.threads[0]
     inj = leader.need_inj()
     task.inj, task.regs = inj, leader.regs
-    addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE,
-                    C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
+    # The scratch area starts with a 'syscall; int3' trampoline: every later
+    # call stops once, at the int3, instead of at syscall entry and exit.
+    # (Were procsnap killed at that stop, the SIGTRAP dies with the tracer:
+    # the task resumes at resume_regs untouched.)  Where executable memory
+    # is refused, the calls keep going through the code's own syscall.
+    trap = True
+    try:
+        addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC,
+                        C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
+    except InjectError:
+        trap = False
+        addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE,
+                        C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
     task.scratch = addr
+    if trap:
+        inj.write_mem(addr, TRAMPOLINE)
     for th in task.threads:
-        th.need_inj().use_scratch(addr, SCRATCH_SIZE)
+        tinj = th.need_inj()
+        tinj.use_scratch(addr + 64, SCRATCH_SIZE - 64)
+        if trap:
+            tinj.trap_ip = addr
 
 
 def _release(task: DumpTask, *, kill: bool) -> None:
@@ -307,7 +323,7 @@ def _release(task: DumpTask, *, kill: bool) -> None:
     pid = task.pid
     if task.inj is not None and task.scratch:
         try:
-            task.inj.call("munmap", task.scratch, SCRATCH_SIZE)
+            task.inj.call("munmap", task.scratch, SCRATCH_SIZE, last=True)
         except OSError:
             pass
         task.scratch = 0

@@ -99,9 +99,9 @@ class Injector:
     def _run_to_trap(self) -> UserRegs:
         """Resume until the int3 after the trampoline's syscall: one stop a
         call instead of two (entry and exit) -- half the context switches.
-        Used only in puppets: were procsnap to die at this signal-delivery
-        stop the SIGTRAP would reach the task, and a puppet dies with us
-        anyway (PTRACE_O_EXITKILL)."""
+        Safe in a dumped task too: were procsnap to die at this
+        signal-delivery stop, the SIGTRAP is dropped with the tracer (checked
+        on this kernel) and the task resumes at ``resume_regs``."""
         after = self.trap_ip + len(TRAMPOLINE)
         while True:
             ptrace.cont(self.pid)
