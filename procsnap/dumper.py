@@ -27,7 +27,7 @@ from typing import Any, Callable
 from . import images
 from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
-from .inject import TRAMPOLINE, Injector, InjectError, find_syscall_insn
+from .inject import LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad
 from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.structs import UserRegs
@@ -73,6 +73,7 @@ class DumpTask:
     regs: UserRegs | None = None      # the leader's, as found at the freeze
     inj: Injector | None = None       # the leader's injector
     scratch: int = 0
+    scratch_size: int = 0
     maps: list[MapEntry] = field(default_factory=list)
     stat: Stat | None = None
     status: Status | None = None
@@ -293,27 +294,33 @@ def _prepare_injection(task: DumpTask) -> None:
     leader = task.threads[0]
     inj = leader.need_inj()
     task.inj, task.regs = inj, leader.regs
-    # The scratch area starts with a 'syscall; int3' trampoline: every later
-    # call stops once, at the int3, instead of at syscall entry and exit.
-    # (Were procsnap killed at that stop, the SIGTRAP dies with the tracer:
-    # the task resumes at resume_regs untouched.)  Where executable memory
-    # is refused, the calls keep going through the code's own syscall.
-    trap = True
+    # The scratch area starts with one landing pad a thread: its own
+    # 'syscall', then code that reloads the thread's saved registers.  All
+    # later calls run from there, stopping at syscall entry and exit (one
+    # int3 stop would be faster, but a SIGTRAP has no way home): if
+    # procsnap is killed while a call runs, the task returns from it into
+    # its pad and goes on where it was frozen.  Where executable memory is
+    # refused, the calls keep going through the code's own syscall.
+    pads = len(task.threads) * LANDING_SIZE
+    size = SCRATCH_SIZE + (pads + C.PAGE_SIZE - 1) // C.PAGE_SIZE * C.PAGE_SIZE
+    landing = True
     try:
-        addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC,
+        addr = inj.call("mmap", 0, size, C.PROT_READ | C.PROT_WRITE | C.PROT_EXEC,
                         C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
     except InjectError:
-        trap = False
-        addr = inj.call("mmap", 0, SCRATCH_SIZE, C.PROT_READ | C.PROT_WRITE,
+        landing = False
+        addr = inj.call("mmap", 0, size, C.PROT_READ | C.PROT_WRITE,
                         C.MAP_PRIVATE | C.MAP_ANONYMOUS, -1, 0)
-    task.scratch = addr
-    if trap:
-        inj.write_mem(addr, TRAMPOLINE)
-    for th in task.threads:
+    task.scratch, task.scratch_size = addr, size
+    data = addr + (size - SCRATCH_SIZE)
+    for n, th in enumerate(task.threads):
         tinj = th.need_inj()
-        tinj.use_scratch(addr + 64, SCRATCH_SIZE - 64)
-        if trap:
-            tinj.trap_ip = addr
+        tinj.use_scratch(data, SCRATCH_SIZE)
+        if landing:
+            pad = addr + n * LANDING_SIZE
+            assert tinj.resume_regs is not None
+            tinj.write_mem(pad, landing_pad(pad, tinj.resume_regs))
+            tinj.syscall_ip = pad
 
 
 def _release(task: DumpTask, *, kill: bool) -> None:
@@ -323,7 +330,7 @@ def _release(task: DumpTask, *, kill: bool) -> None:
     pid = task.pid
     if task.inj is not None and task.scratch:
         try:
-            task.inj.call("munmap", task.scratch, SCRATCH_SIZE, last=True)
+            task.inj.call("munmap", task.scratch, task.scratch_size, last=True)
         except OSError:
             pass
         task.scratch = 0

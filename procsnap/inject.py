@@ -32,6 +32,36 @@ SYSCALL_INSN = b"\x0f\x05"
 # call returns (see Injector._run_to_trap).
 TRAMPOLINE = b"\x0f\x05\xcc"
 
+# x86_64 encodings of the landing pad below
+_MOVABS_RSP = b"\x48\xbc"          # movabs rsp, imm64
+_POPS = bytes.fromhex(              # the first 15 words of user_regs_struct, in order
+    "415f" "415e" "415d" "415c"     # pop r15, r14, r13, r12
+    "5d" "5b"                       # pop rbp, rbx
+    "415b" "415a" "4159" "4158"     # pop r11, r10, r9, r8
+    "58" "59" "5a" "5e" "5f")       # pop rax, rcx, rdx, rsi, rdi
+_IRETQ = b"\x48\xcf"               # pops rip, cs, rflags, rsp, ss
+LANDING_SIZE = 512
+_REGS_AT = 128
+
+
+def landing_pad(addr: int, resume: UserRegs) -> bytes:
+    """``syscall`` followed by a way home, for a slot at ``addr``.
+
+    Injected calls run from here, stopping at syscall entry and exit.
+    Should procsnap die while the task is inside the call (a long pwritev
+    of its pages, say), nobody is there to put the registers back when it
+    returns -- so the bytes after the syscall do it: point rsp at the saved
+    registers, pop the general ones, and iretq (allowed in user mode)
+    loads rip, cs, rflags, rsp and ss.  The task goes on at ``resume`` as
+    if nothing happened.  Never runs while we trace the task.
+    """
+    raw = bytes(resume)
+    words = raw[:15 * 8] + raw[16 * 8:21 * 8]  # r15..rdi, then rip, cs, eflags, rsp, ss
+    code = (SYSCALL_INSN + _MOVABS_RSP + (addr + _REGS_AT).to_bytes(8, "little")
+            + _POPS + _IRETQ)
+    assert len(code) <= _REGS_AT
+    return code.ljust(_REGS_AT, b"\xcc") + words
+
 
 def to_signed(value: int) -> int:
     value &= _MASK64
@@ -99,9 +129,10 @@ class Injector:
     def _run_to_trap(self) -> UserRegs:
         """Resume until the int3 after the trampoline's syscall: one stop a
         call instead of two (entry and exit) -- half the context switches.
-        Safe in a dumped task too: were procsnap to die at this
-        signal-delivery stop, the SIGTRAP is dropped with the tracer (checked
-        on this kernel) and the task resumes at ``resume_regs``."""
+        Only for puppets: were procsnap to die while the call runs, the
+        task would return into the int3 with nobody to catch the SIGTRAP
+        (a dumped task uses a landing pad instead, see landing_pad); a
+        puppet dies with us anyway (PTRACE_O_EXITKILL)."""
         after = self.trap_ip + len(TRAMPOLINE)
         while True:
             ptrace.cont(self.pid)

@@ -296,3 +296,43 @@ def test_dump_seccomp_refused(targets: TargetFactory, tmp_path: Path) -> None:
     assert ok, f"a refused dump left pid {t.pid} stopped or traced: {why}"
     last = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, last + 3))
+
+
+@pytest.mark.timeout(120)
+def test_dump_killed_at_any_moment(targets: TargetFactory, tmp_path: Path) -> None:
+    """SIGKILL to procsnap at 24 moments spread over a dump (freeze,
+    injected calls, page copy, image writing): every time the target is
+    left running, untraced, and its count goes on with no gap or repeat."""
+    import subprocess
+    import time
+
+    from helpers import procsnap_cmd, wait_for
+
+    numbers = targets.workdir / "numbers"
+    t = targets.start("counter.py", str(numbers))
+    wait_numbers(numbers, 3)
+    t0 = time.monotonic()
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "timing", "--leave-running"))
+    full = time.monotonic() - t0
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    for i in range(24):
+        images = tmp_path / f"killed-{i}"
+        p = subprocess.Popen(procsnap_cmd("dump", "-t", t.pid, "-D", images),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, close_fds=True, env=env)
+        time.sleep(full * i / 24)
+        p.kill()
+        p.wait(10)
+        wait_for(lambda: not t.alive() or is_untouched(t.pid)[0], 10,
+                 f"pid {t.pid} to be released after kill {i}")
+        time.sleep(0.05)  # a SIGKILL the dump sent just before it died lands now
+        if not t.alive():
+            # the kill came after the dump finished and killed the target:
+            # that dump was complete, so this round says nothing more
+            assert (images / "inventory.img").exists(), f"round {i}: target gone, no images"
+            return
+        last = read_numbers(numbers)[-1]
+        wait_numbers(numbers, last + 2)
+    check_continuity(read_numbers(numbers))
+    line = t.verdict()
+    assert line == "PASS", t.output()
