@@ -76,6 +76,35 @@ def _ptrace_scope() -> None:
         raise OSError(1, f"yama ptrace_scope is {scope}: ptrace is disabled")
 
 
+def _pidfd_getfd() -> None:
+    pidfd = os.pidfd_open(os.getpid())
+    try:
+        os.close(syscall(C.NR["pidfd_getfd"], pidfd, 0 if _fd_open(0) else 1, 0))
+    finally:
+        os.close(pidfd)
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _sock_diag() -> None:
+    import socket
+    # NETLINK_SOCK_DIAG = 4: the socket family is enough to know it is there
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 4)
+    s.close()
+
+
+def _nft() -> None:
+    import shutil
+    if shutil.which("nft") is None:
+        raise OSError(2, "the nft command is not installed (Debian package nftables)")
+
+
 CHECKS: list[tuple[str, str, Callable[[], None]]] = [
     ("root", "tracing other processes and setting their PIDs", _root),
     ("ptrace allowed", "freezing processes and driving the restore", _ptrace_scope),
@@ -86,6 +115,13 @@ CHECKS: list[tuple[str, str, Callable[[], None]]] = [
     ("/dev/cpu/0/cpuid", "laying out the FPU/AVX state (CONFIG_X86_CPUID)", _cpuid),
     ("vdso", "putting the vDSO back in place", _vdso_layout),
     ("process_vm_readv", "reading memory", _process_vm_readv),
+    ("pidfd_getfd", "sharing pipes, sockets and files between restored processes", _pidfd_getfd),
+    ("sock_diag netlink", "finding socket peers and queues", _sock_diag),
+]
+
+# Needed only for some dumps: reported, but not a failure.
+OPTIONAL: list[tuple[str, str, Callable[[], None]]] = [
+    ("nft", "--tcp-established (the network lock)", _nft),
 ]
 
 
@@ -98,6 +134,12 @@ def run_checks() -> int:
         except OSError as exc:
             missing += 1
             print(f"  MISSING  {name}: {exc.strerror or exc} -- needed for {why}")
+    for name, why, probe in OPTIONAL:
+        try:
+            probe()
+            print(f"  ok       {name}")
+        except OSError as exc:
+            print(f"  absent   {name}: {exc.strerror or exc} -- needed only for {why}")
     if missing:
         print(f"procsnap check: {missing} feature(s) missing")
         return 1
