@@ -57,6 +57,7 @@ class DumpThread:
     inj: Injector | None = None
     core: Any = None                  # core_entry of this thread (leader: the task's)
     held: bool = False                # seized by us
+    stop_signo: int = 0               # job-control stop signal it was stopped by
 
     def need_inj(self) -> Injector:
         assert self.inj is not None
@@ -203,6 +204,10 @@ def _wait_interrupted(pid: int, th: DumpThread) -> None:
         except ProcessLookupError:
             raise NoSuchProcess(pid, f"pid {pid}: thread {tid} exited during the freeze") from None
         if ptrace.stop_event(status) == C.PTRACE_EVENT_STOP:
+            # SIGTRAP: our interrupt; a stop signal: it was in a job-control
+            # stop (SIGSTOP, SIGTSTP...) and comes back stopped.
+            if os.WSTOPSIG(status) != signal.SIGTRAP:
+                th.stop_signo = os.WSTOPSIG(status)
             break
         # A signal was about to be delivered: let it through and keep
         # waiting for our interrupt, so the process sees what it was sent.

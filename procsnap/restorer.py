@@ -570,6 +570,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             if not rt.zombie:
                 for th in reversed(rt.threads):
                     th.inj.detach()
+                tc = rt.core.tc
+                if tc.task_state == 3:  # TASK_STOPPED: stopped as it was
+                    os.kill(rt.pid, tc.stop_signo if tc.HasField("stop_signo") and tc.stop_signo
+                            else signal.SIGSTOP)
         for hook in rctx.after_detach:
             hook()
     except BaseException as exc:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 NAME = "task"
 TASK_ALIVE = 1
+TASK_STOPPED = 3
 RLIM_NAMES = ["CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK",
               "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"]
 
@@ -49,7 +50,11 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     if task.proc.timers():
         raise Unsupported(f"pid {pid}: has POSIX timers (/proc/{pid}/timers); "
                           "not supported yet")
-    tc.task_state = TASK_ALIVE
+    # A job-control stopped task (SIGSTOP, SIGTSTP...) comes back stopped.
+    stop = task.threads[0].stop_signo
+    tc.task_state = TASK_STOPPED if stop else TASK_ALIVE
+    if stop:
+        tc.stop_signo = stop
     tc.exit_code = 0
     tc.personality = task.proc.personality()
     tc.flags = stat.flags

@@ -442,3 +442,25 @@ def test_target_baseline(targets: TargetFactory, name: str) -> None:
     if name.startswith("counter") or name == "perf_fd":
         check_continuity(read_numbers(targets.workdir / "numbers"))
     assert read_text(t.err) == "", f"{name} wrote to stderr: {read_text(t.err)}"
+
+
+def test_stopped_process_comes_back_stopped(targets: TargetFactory, tmp_path: Path) -> None:
+    """A job-control stopped process (SIGSTOP) is restored stopped, counts
+    nothing until SIGCONT, then goes on with no gap."""
+    t, numbers = start_counter(targets, "counter")
+    t.signal(signal.SIGSTOP)
+    wait_for(lambda: Path(f"/proc/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T",
+             5, "the target to stop")
+    images = tmp_path / "images"
+    images.mkdir()
+    dump(t, images)
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    state = Path(f"/proc/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert state == "T", f"restored in state {state}, not stopped"
+    at = read_numbers(numbers)
+    time.sleep(0.3)
+    assert read_numbers(numbers) == at, "a stopped process counted"
+    t.signal(signal.SIGCONT)
+    assert_counts_on(numbers, at[-1])
+    finish(t)
