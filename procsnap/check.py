@@ -8,7 +8,7 @@ import signal
 from typing import Callable
 
 from .kernel import consts as C
-from .kernel.libc import prctl, syscall
+from .kernel.libc import pidfd_getfd, prctl, syscall
 from .kernel.structs import CloneArgs
 
 
@@ -77,11 +77,7 @@ def _ptrace_scope() -> None:
 
 
 def _pidfd_getfd() -> None:
-    pidfd = os.pidfd_open(os.getpid())
-    try:
-        os.close(syscall(C.NR["pidfd_getfd"], pidfd, 0 if _fd_open(0) else 1, 0))
-    finally:
-        os.close(pidfd)
+    os.close(pidfd_getfd(os.getpid(), 0 if _fd_open(0) else 1))
 
 
 def _fd_open(fd: int) -> bool:

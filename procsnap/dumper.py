@@ -71,8 +71,6 @@ class DumpTask:
     proc: ProcReader
     threads: list[DumpThread] = field(default_factory=list)  # [0] is the leader
     zombie: bool = False
-    regs: UserRegs | None = None      # the leader's, as found at the freeze
-    inj: Injector | None = None       # the leader's injector
     scratch: int = 0
     scratch_size: int = 0
     maps: list[MapEntry] = field(default_factory=list)
@@ -82,6 +80,16 @@ class DumpTask:
     ids: Any = None                   # task_kobj_ids_entry
     pstree: Any = None
     extra_images: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
+
+    @property
+    def inj(self) -> Injector | None:
+        """The leader's injector (None until the task is prepared, or a zombie)."""
+        return self.threads[0].inj if self.threads else None
+
+    @property
+    def regs(self) -> UserRegs | None:
+        """The leader's registers as found at the freeze."""
+        return self.threads[0].regs if self.threads else None
 
     def need_inj(self) -> Injector:
         assert self.inj is not None
@@ -94,13 +102,13 @@ class DumpContext:
     opts: DumpOptions
     tasks: list[DumpTask] = field(default_factory=list)
     files: list[Any] = field(default_factory=list)       # file_entry for files.img
-    shared_images: dict[str, list[Any]] = field(default_factory=dict)
+    # images not of one task: (kind, id or None) -> entries
+    shared_images: dict[tuple[str, int | None], list[Any]] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)      # paths to remove on failure
     stats: dict[str, float] = field(default_factory=dict)
     pages_ids: int = 0
     payload_images: dict[str, list[tuple[Any, bytes]]] = field(default_factory=dict)
     kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
-    extra_shared: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
     # (st_dev, st_ino) -> [(pid, fd, file id)] of every fd seen so far, to
     # find open file descriptions shared between fds and processes (kcmp
     # decides among the fds on one inode; keyed so 10,000 fds stay linear).
@@ -123,8 +131,12 @@ class DumpContext:
         self._next_id += 1
         return fid
 
-    def add_shared(self, kind: str, msg: Any) -> None:
-        self.shared_images.setdefault(kind, []).append(msg)
+    def add_shared(self, kind: str, msg: Any, ident: int | None = None) -> None:
+        self.shared_image(kind, ident).append(msg)
+
+    def shared_image(self, kind: str, ident: int | None = None) -> list[Any]:
+        """The entries of an image not of one task (tty-info.img, ...)."""
+        return self.shared_images.setdefault((kind, ident), [])
 
     def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
         """An entry followed by raw bytes (pipe data, queued packets)."""
@@ -165,13 +177,6 @@ def _children(pid: int) -> list[int]:
     except FileNotFoundError:
         raise NoSuchProcess(pid) from None
     return sorted(set(out))
-
-
-def _tids(pid: int) -> list[int]:
-    try:
-        return sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
-    except FileNotFoundError:
-        raise NoSuchProcess(pid) from None
 
 
 def _is_zombie(pid: int) -> bool:
@@ -241,16 +246,19 @@ def _freeze(ctx: "DumpContext", root: int) -> None:
                     task.zombie = True
             if task.zombie:
                 continue
-            known = {th.tid for th in task.threads}
-            new = [DumpThread(t) for t in _tids(pid) if t not in known]
-            for th in new:
-                _seize_thread(pid, th)
-                task.threads.append(th)
-            for th in new:
-                _wait_interrupted(pid, th)
+            try:
+                new = _seize_new_threads(task)
+            except (NoSuchProcess, AccessDenied):
+                if pid == root or not _exiting(pid):
+                    raise
+                # A child exiting under our feet (it was still running: its
+                # parent had been frozen, not it).  Forget it; the next walk
+                # finds it as the zombie its frozen parent cannot reap.
+                _forget(ctx, by_pid, task)
+                changed = True
+                continue
             if new:
                 changed = True
-                task.threads.sort(key=lambda t: t.tid != pid)  # leader first
             for c in _children(pid):
                 if c not in listed:
                     listed.add(c)
@@ -264,6 +272,66 @@ def _freeze(ctx: "DumpContext", root: int) -> None:
             ctx.tasks.sort(key=lambda t: rank[t.pid])
             return
     raise DumpError(f"pid {root}: the tree keeps changing; cannot freeze it")
+
+
+def _seize_new_threads(task: DumpTask) -> bool:
+    """Seize the threads of the task not seized yet; True if there were any.
+
+    A thread (not the leader) that exits before we hold it is simply not
+    part of the dump."""
+    known = {th.tid for th in task.threads}
+    new = [DumpThread(t) for t in task.proc.tids() if t not in known]
+    held = []
+    for th in new:
+        try:
+            _seize_thread(task.pid, th)
+        except (NoSuchProcess, AccessDenied):
+            if th.tid == task.pid or not _thread_gone(task.pid, th.tid):
+                raise
+            continue
+        task.threads.append(th)
+        held.append(th)
+    for th in held:
+        try:
+            _wait_interrupted(task.pid, th)
+        except NoSuchProcess:
+            if th.tid == task.pid:
+                raise
+            task.threads.remove(th)  # exited before the interrupt took hold
+    task.threads.sort(key=lambda t: t.tid != task.pid)  # leader first
+    return bool(held)
+
+
+def _thread_gone(pid: int, tid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def _exiting(pid: int) -> bool:
+    """Gone, a zombie, or past the point where it may be traced (exiting)."""
+    if _thread_gone(pid, pid):
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            flags = int(f.read().rsplit(")", 1)[1].split()[6])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return True
+    return bool(flags & 0x4)  # PF_EXITING
+
+
+def _forget(ctx: DumpContext, by_pid: dict[int, DumpTask], task: DumpTask) -> None:
+    """Drop a task the freeze cannot hold, letting go of threads we seized."""
+    for th in task.threads:
+        try:
+            ptrace.detach(th.tid)
+        except OSError:
+            pass
+    task.threads.clear()
+    del by_pid[task.pid]
+    ctx.tasks.remove(task)
 
 
 def restart_fixup(regs: UserRegs) -> UserRegs:
@@ -296,9 +364,7 @@ def _prepare_injection(task: DumpTask) -> None:
         assert th.regs is not None
         th.inj = Injector(th.tid, ip, th.regs)
         th.inj.resume_regs = restart_fixup(th.regs)  # a killed dump leaves it runnable
-    leader = task.threads[0]
-    inj = leader.need_inj()
-    task.inj, task.regs = inj, leader.regs
+    inj = task.need_inj()
     # The scratch area starts with one landing pad a thread: its own
     # 'syscall', then code that reloads the thread's saved registers.  All
     # later calls run from there, stopping at syscall entry and exit (one
@@ -347,14 +413,9 @@ def _release(task: DumpTask, *, kill: bool) -> None:
     for th in task.threads:
         if not th.held:
             continue
-        try:
-            if th.regs is not None:
-                # After an injected call, the kernel's restart logic no
-                # longer applies: rewind an interrupted syscall ourselves.
-                ptrace.set_regs(th.tid, restart_fixup(th.regs) if th.inj is not None
-                                and th.inj.calls else th.regs)
-        except OSError:
-            pass
+        # Its registers are right already: every injected call ends by
+        # putting back resume_regs (rewound for restart), and a thread we
+        # made no call in still has its own, restarted by the kernel.
         try:
             if th.inj is not None:
                 th.inj.detach()
@@ -452,7 +513,7 @@ def _reap_traced(pid: int) -> None:
     # We were its tracer: collect the exit notification meant for us, so
     # the real parent's wait is not delayed by ptrace bookkeeping.
     try:
-        os.waitpid(pid, 0x40000000 | os.WNOHANG)
+        os.waitpid(pid, C.WALL | os.WNOHANG)
     except ChildProcessError:
         pass
 
@@ -484,10 +545,7 @@ def _write_images(ctx: DumpContext) -> None:
             images.write_image(d, kind, msgs, ident)
     track("files", None)
     images.write_image(d, "files", ctx.files)
-    for kind, msgs in ctx.shared_images.items():
-        track(kind, None)
-        images.write_image(d, kind, msgs)
-    for kind, ident, msgs in ctx.extra_shared:
+    for (kind, ident), msgs in ctx.shared_images.items():
         track(kind, ident)
         images.write_image(d, kind, msgs, ident)
     for kind, pairs in ctx.payload_images.items():

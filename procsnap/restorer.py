@@ -31,13 +31,15 @@ from typing import Any, Callable
 
 from . import images
 from .errors import ImageError, ProcsnapError, RestoreError
-from .images.pb import core_pb2
-from .inject import TRAMPOLINE, InjectError, Injector
+from .images.pb import core_pb2, fdinfo_pb2
+from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.libc import address_of, prctl, syscall_holding_gil
 from .kernel.structs import CloneArgs
 from .procfs.parse import parse_maps
+from .resources.core import TASK_DEAD, TASK_STOPPED
+from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED
 
 log = logging.getLogger("procsnap.restorer")
 
@@ -200,16 +202,14 @@ def _collect(rctx: RestoreContext) -> None:
         rt._rctx = rctx
         rt.core = images.read_one(d, "core", entry.pid)
         _check_core(rt, rt.core, entry.pid)
-        rt.zombie = rt.core.tc.task_state == 2  # TASK_DEAD
+        rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
         if os.path.exists(f"/proc/{entry.pid}"):
             raise RestoreError(f"pid {entry.pid} is already taken by a running process")
         if rt.zombie:
             continue
-        for part in ("thread_info", "thread_core"):
-            if not rt.core.HasField(part):
-                raise ImageError(rt.image_name("core"), f"core entry has no {part}")
+        _check_live_core(rt, rt.core, entry.pid)
         threads = list(entry.threads) or [entry.pid]
         if threads[0] != entry.pid:
             threads = [entry.pid] + [t for t in threads if t != entry.pid]
@@ -219,9 +219,7 @@ def _collect(rctx: RestoreContext) -> None:
                 raise RestoreError(f"thread id {tid} of pid {entry.pid} is already taken")
             core = images.read_one(d, "core", tid)
             _check_core(rt, core, tid)
-            for part in ("thread_info", "thread_core"):
-                if not core.HasField(part):
-                    raise ImageError(rt.image_name("core", tid), f"core entry has no {part}")
+            _check_live_core(rt, core, tid)
             rt.threads.append(RestoreThread(tid, core))
         rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", entry.pid)
         rt.mm = images.read_one(d, "mm", entry.pid)
@@ -232,7 +230,7 @@ def _collect(rctx: RestoreContext) -> None:
         rt.pagemap = pm[1:]
         pages = rt.image_name("pages")
         need = sum(e.nr_pages for e in rt.pagemap
-                   if not e.HasField("flags") or e.flags & 4) * C.PAGE_SIZE
+                   if not e.HasField("flags") or e.flags & PE_PRESENT) * C.PAGE_SIZE
         try:
             have = os.stat(pages).st_size
         except FileNotFoundError:
@@ -242,7 +240,8 @@ def _collect(rctx: RestoreContext) -> None:
         rt.fs = images.read_one(d, "fs", entry.pid)
         rt.fdinfos = images.read_image(d, "fdinfo", rt.ids.files_id)
         for ident in [rt.mm.exe_file_id, rt.fs.cwd_id, rt.fs.root_id] + \
-                [f.id for f in rt.fdinfos] + [v.shmid for v in rt.mm.vmas if v.status & 0xC0]:
+                [f.id for f in rt.fdinfos] + \
+                [v.shmid for v in rt.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)]:
             rctx.file_entry(ident)
 
 
@@ -254,6 +253,13 @@ def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
                          f"core image is for architecture {name}, this is x86_64")
     if ident == rt.pid and not core.HasField("tc"):
         raise ImageError(rt.image_name("core", ident), "core entry has no tc")
+
+
+def _check_live_core(rt: RestoreTask, core: Any, ident: int) -> None:
+    """A thread that runs again needs its registers and its own state."""
+    for part in ("thread_info", "thread_core"):
+        if not core.HasField(part):
+            raise ImageError(rt.image_name("core", ident), f"core entry has no {part}")
 
 
 # ------------------------------------------------------------- create ----
@@ -313,7 +319,7 @@ def _own_syscall_insn() -> int:
     """A ``syscall`` instruction in libc: at the same address in our fork."""
     base = address_of("syscall")
     code = ctypes.string_at(base, 256)
-    idx = code.find(b"\x0f\x05")
+    idx = code.find(SYSCALL_INSN)
     if idx < 0:
         raise RestoreError("no syscall instruction found in libc's syscall()")
     return base + idx
@@ -360,7 +366,7 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
     rctx.spare_fd_base = top + 1  # top itself is for the terminal
     if rctx.opts.shell_job:
         tty = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
-        if tty is None and any(rctx.file_entry(f.id).type == 11
+        if tty is None and any(rctx.file_entry(f.id).type == fdinfo_pb2.TTY
                                for t in rctx.tasks for f in t.fdinfos):
             raise RestoreError("--shell-job: procsnap restore has no terminal on fds 0-2 "
                                "to give the restored process")
@@ -388,26 +394,32 @@ def _set_session(rt: RestoreTask) -> None:
         rt.inj.call("setsid")
 
 
-def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
-    """The parent puppet forks the child with its PID (clone3 set_tid)."""
-    inj = parent.inj
-    tid = rt.pid.to_bytes(4, "little")
-    tid_addr = inj.put(tid, align=8)
-    args = CloneArgs(flags=0, exit_signal=signal.SIGCHLD, set_tid=tid_addr, set_tid_size=1)
-    args_addr = inj.put(bytes(args), align=8)
+def _clone_in(inj: Injector, tid: int, flags: int, exit_signal: int, what: str,
+              created: list[int]) -> Any:
+    """clone3 with set_tid injected in a puppet: the new task (a child, or
+    a thread with CLONE_THREAD) gets exactly ``tid`` and starts stopped,
+    auto-attached (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its registers."""
+    tid_addr = inj.put(tid.to_bytes(4, "little"), align=8)
+    args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr, set_tid_size=1)
     try:
-        child = inj.call("clone3", args_addr, ctypes.sizeof(args))
+        got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
     except InjectError as exc:
         if exc.errno == 17:
-            raise RestoreError(f"pid {rt.pid} is already taken") from None
-        raise RestoreError(f"pid {rt.pid}: clone3 in pid {parent.pid} failed: "
+            raise RestoreError(f"{what} {tid} is already taken") from None
+        raise RestoreError(f"{what} {tid}: clone3 in pid {inj.pid} failed: "
                            f"{os.strerror(exc.errno or 0)}") from None
-    inj.reset_scratch()
-    parent._rctx.created.append(child)
-    if child != rt.pid:
-        raise RestoreError(f"pid {rt.pid}: clone3 gave pid {child}")
-    regs = _wait_new_stop(child)  # auto-attached through PTRACE_O_TRACEFORK
-    rt.inj = Injector(child, parent.inj.syscall_ip, regs)
+    finally:
+        inj.reset_scratch()
+    created.append(got)  # from now on, a failure kills it
+    if got != tid:
+        raise RestoreError(f"{what} {tid}: clone3 gave {got}")
+    return _wait_new_stop(tid)
+
+
+def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
+    """The parent puppet forks the child with its PID (clone3 set_tid)."""
+    regs = _clone_in(parent.inj, rt.pid, 0, signal.SIGCHLD, "pid", parent._rctx.created)
+    rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
     _set_session(rt)
@@ -464,17 +476,7 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
     flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
              | C.CLONE_SYSVSEM)
     for th in rt.threads[1:]:
-        tid_addr = inj.put(th.tid.to_bytes(4, "little"), align=8)
-        args = CloneArgs(flags=flags, exit_signal=0, set_tid=tid_addr, set_tid_size=1)
-        try:
-            got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
-        except InjectError as exc:
-            raise RestoreError(f"pid {rt.pid}: cannot create thread {th.tid}: "
-                               f"{os.strerror(exc.errno or 0)}") from None
-        inj.reset_scratch()
-        if got != th.tid:
-            raise RestoreError(f"pid {rt.pid}: thread {th.tid} came out as {got}")
-        regs = _wait_new_stop(th.tid)  # auto-attached through PTRACE_O_TRACECLONE
+        regs = _clone_in(inj, th.tid, flags, 0, f"pid {rt.pid}: thread", rctx.created)
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
         th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)
@@ -571,7 +573,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                 for th in reversed(rt.threads):
                     th.inj.detach()
                 tc = rt.core.tc
-                if tc.task_state == 3:  # TASK_STOPPED: stopped as it was
+                if tc.task_state == TASK_STOPPED:  # stopped as it was
                     os.kill(rt.pid, tc.stop_signo if tc.HasField("stop_signo") and tc.stop_signo
                             else signal.SIGSTOP)
         for hook in rctx.after_detach:

@@ -108,6 +108,16 @@ def syscall_holding_gil(nr: int, *args: int) -> int:
     return _syscall_gil(c_long(nr), *[c_long(a) for a in args])
 
 
+def pidfd_getfd(pid: int, fd: int) -> int:
+    """Our own copy of fd ``fd`` of process ``pid`` -- the same open file
+    description (pidfd_open + pidfd_getfd; needs ptrace rights on pid)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return syscall(438, pidfd, fd, 0)  # __NR_pidfd_getfd
+    finally:
+        os.close(pidfd)
+
+
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
     return libc.prctl(option, a2, a3, a4, a5)
 

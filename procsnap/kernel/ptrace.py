@@ -106,7 +106,7 @@ def wait_stop(pid: int) -> int:
     """
     while True:
         try:
-            _, status = os.waitpid(pid, os.__dict__.get("__WALL", 0x40000000))
+            _, status = os.waitpid(pid, C.WALL)
         except InterruptedError:
             continue
         if os.WIFSTOPPED(status):

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 NAME = "core"
 DUMPS_ZOMBIES = True
+# tc.task_state (CRIU's compel task states)
 TASK_ALIVE = 1
 TASK_DEAD = 2
+TASK_STOPPED = 3
 
 # user_regs_struct field -> CRIU's user_x86_regs_entry field
 _REG_NAMES = {"rbp": "bp", "rbx": "bx", "rax": "ax", "rcx": "cx", "rdx": "dx", "rsi": "si",

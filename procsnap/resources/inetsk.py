@@ -126,7 +126,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         label += f" -> {endpoint(fam, dst, dport)}"
     ie = sk_inet_pb2.inet_sk_entry(
         id=fid, ino=ino, family=fam, type=sk.type, proto=proto, state=state,
-        src_port=sport, dst_port=dport, flags=sockets.file_flags(fd, "the socket"),
+        src_port=sport, dst_port=dport, flags=anonfd.file_flags(fd, "the socket"),
         backlog=0, src_addr=pack_addr(fam, src), dst_addr=pack_addr(fam, dst),
         fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk),
         ip_opts=sk_inet_pb2.ip_opts_entry(

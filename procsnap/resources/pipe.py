@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2
-from ..kernel.libc import syscall
+from ..kernel.libc import pidfd_getfd, syscall
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -84,11 +84,7 @@ def note_shared(fd: "FdCtx", fid: int) -> None:
 
 def _peek(pid: int, fd: int) -> tuple[bytes, int]:
     """The bytes in the pipe whose read end is ``fd`` of ``pid``, unconsumed."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        src = syscall(438, pidfd, fd, 0)  # pidfd_getfd
-    finally:
-        os.close(pidfd)
+    src = pidfd_getfd(pid, fd)
     try:
         return read_buffer(src)
     finally:

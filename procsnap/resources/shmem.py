@@ -102,7 +102,7 @@ def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -
                 done += n
     finally:
         os.close(out)
-    ctx.extra_shared.append(("shmem-pagemap", shmid, entries))
+    ctx.shared_images[("shmem-pagemap", shmid)] = entries
 
 
 def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:

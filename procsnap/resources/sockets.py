@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import sk_opts_pb2
-from ..kernel import consts as C
-from ..kernel.libc import syscall
+from ..kernel.libc import pidfd_getfd
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -54,8 +53,6 @@ SOCK_BUF_LOCK_MASK = 3  # SOCK_SNDBUF_LOCK | SOCK_RCVBUF_LOCK
 RCV_SHUTDOWN = 1
 SEND_SHUTDOWN = 2
 
-# Status flags a socket fd may carry and we give back with F_SETFL.
-_KEPT_FLAGS = C.O_ACCMODE | C.O_NONBLOCK | C.O_LARGEFILE | os.O_CLOEXEC
 
 
 @dataclass
@@ -166,11 +163,7 @@ def socket_ino(link: str) -> int:
 
 def grab(pid: int, fd: int) -> socket.socket:
     """The task's socket as a Python socket object (our own fd on it)."""
-    pidfd = os.pidfd_open(pid)
-    try:
-        copy = syscall(C.NR["pidfd_getfd"], pidfd, fd, 0)
-    finally:
-        os.close(pidfd)
+    copy = pidfd_getfd(pid, fd)
     try:
         return socket.socket(fileno=copy)
     except OSError:
@@ -212,17 +205,6 @@ def family_of(fd: "FdCtx") -> int | None:
 
 def describe(fd: "FdCtx") -> str:
     return f"pid {fd.task.pid}: fd {fd.fd} ({fd.link})"
-
-
-def file_flags(fd: "FdCtx", what: str) -> int:
-    """open(2) flags to keep (O_CLOEXEC lives in fdinfo, per fd)."""
-    assert fd.info is not None
-    flags = fd.info.flags
-    extra = flags & ~_KEPT_FLAGS
-    if extra:
-        raise Unsupported(f"{describe(fd)}: {what} has file flags {extra:o} (of {flags:o}), "
-                          "e.g. O_ASYNC, that procsnap cannot restore yet")
-    return flags & ~os.O_CLOEXEC
 
 
 # ------------------------------------------------------------ sk_opts ----

@@ -22,14 +22,14 @@ from ..kernel import ptrace
 from ..kernel.libc import syscall
 from ..kernel.structs import Itimerval
 from ..procfs.parse import LIMIT_RESOURCES
+from .core import TASK_ALIVE, TASK_STOPPED
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask, DumpThread
     from ..restorer import RestoreContext, RestoreTask
 
 NAME = "task"
-TASK_ALIVE = 1
-TASK_STOPPED = 3
+
 RLIM_NAMES = ["CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE", "MEMLOCK",
               "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"]
 

@@ -38,7 +38,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         raise Unsupported(f"pid {task.pid}: fd {fd.fd}: terminal {fd.link}: "
                           "use --shell-job to dump a process attached to a terminal")
     rdev = fd.st.st_rdev
-    infos = fd.ctx.shared_images.setdefault("tty-info", [])
+    infos = fd.ctx.shared_image("tty-info")
     info_id = next((i.id for i in infos if i.rdev == rdev), None)
     if info_id is None:
         info_id = fd.ctx.new_file_id()

@@ -106,7 +106,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     if d.state not in (ST_ESTABLISHED, ST_CLOSE, ST_LISTEN):
         raise Unsupported(f"{what}: unix socket in state {d.state}; not supported")
     sk = sockets.copy_of(fd)
-    flags = sockets.file_flags(fd, "the unix socket")
+    flags = anonfd.file_flags(fd, "the unix socket")
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, usk=sk_unix_pb2.unix_sk_entry(
         id=fid, ino=ino, type=d.type, state=d.state, flags=flags, uflags=0,
         backlog=d.wqueue if d.state == ST_LISTEN else 0, peer=d.peer,
