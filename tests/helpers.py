@@ -615,3 +615,55 @@ def wait_numbers(path: Path, at_least: int, timeout: float = 15.0) -> list[int]:
 
 def errno_name(e: int) -> str:
     return errno.errorcode.get(e, str(e))
+
+
+# --------------------------------------------------------------------------
+# shared by the integration tests
+# --------------------------------------------------------------------------
+
+def finish(t: Target, timeout: float = 30.0) -> None:
+    """zdtm-style end: SIGTERM, expect PASS, and exit status 0 when we see it."""
+    line = t.verdict(timeout)
+    assert line == "PASS", f"{t.name} self-check: {line}\n--- stdout ---\n{t.output()}"
+    status = wait_exit(t.pid, timeout)
+    if status is not None:
+        assert exit_code(status) == 0, f"{t.name} exited with {exit_code(status)}"
+
+
+def tree_pids(root: int) -> list[int]:
+    """root and every descendant, zombies included, parents first."""
+    out, i = [root], 0
+    seen = {root}
+    while i < len(out):
+        pid = out[i]
+        i += 1
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/children") as f:
+                    for x in f.read().split():
+                        if int(x) not in seen:
+                            seen.add(int(x))
+                            out.append(int(x))
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def crit_decode(path: Path) -> dict:
+    """Debian's crit (CRIU's own decoder, the test oracle) on one image."""
+    import json
+    import shutil
+
+    crit = shutil.which("crit")
+    assert crit is not None, ("crit not found: it is the test oracle for image files; "
+                              "install Debian's criu package (apt-get install -y criu)")
+    res = subprocess.run([crit, "decode", "-i", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, f"crit cannot decode {path.name}:\n{res.stderr}"
+    return json.loads(res.stdout)  # type: ignore[no-any-return]
+
+
+def crit_decode_all(images: Path) -> dict[str, dict]:
+    """Every image of a directory but pages-*.img (raw by design), by name."""
+    return {p.name: crit_decode(p) for p in sorted(images.glob("*.img"))
+            if not p.name.startswith("pages-")}

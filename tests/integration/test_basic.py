@@ -16,9 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,9 +28,10 @@ from helpers import (
     assert_same_view,
     check_continuity,
     check_ok,
+    crit_decode_all,
     describe,
     diff_views,
-    exit_code,
+    finish,
     is_untouched,
     outside_view,
     proc_ppid,
@@ -40,7 +39,6 @@ from helpers import (
     read_text,
     run_procsnap,
     sig_fields,
-    wait_exit,
     wait_for,
     wait_gone,
     wait_numbers,
@@ -93,15 +91,6 @@ def cycle(targets: TargetFactory, t: Target, images: Path,
     restore(targets, t, images)
     after = outside_view(t.pid, volatile_fds)
     assert_same_view(before, after, f"across dump/restore of {t.name} pid {t.pid}")
-
-
-def finish(t: Target) -> None:
-    """SIGTERM: the target checks itself; expect PASS and exit status 0."""
-    line = t.verdict()
-    assert line == "PASS", f"{t.name} self-check: {line}\n--- stdout ---\n{t.output()}"
-    status = wait_exit(t.pid, 10)
-    if status is not None:
-        assert exit_code(status) == 0, f"{t.name} exited with {exit_code(status)}"
 
 
 def start_counter(targets: TargetFactory, name: str, *args: str) -> tuple[Target, Path]:
@@ -314,31 +303,15 @@ def test_show_json(dumped_counter: tuple[Target, Path]) -> None:
     assert '"X86_64"' in json.dumps(core), "core image does not say mtype X86_64"
 
 
-def _crit() -> str:
-    crit = shutil.which("crit")
-    if crit is None:
-        pytest.fail("crit not found: it is the test oracle for image files; "
-                    "install Debian's criu package (apt-get install -y criu)")
-    return crit
-
-
 def _addr(v: object) -> int:
     return int(v, 0) if isinstance(v, str) else int(v)  # type: ignore[arg-type]
 
 
 def test_images_decode_with_crit(dumped_counter: tuple[Target, Path]) -> None:
     t, images = dumped_counter
-    crit = _crit()
-    files = sorted(p for p in images.glob("*.img") if not p.name.startswith("pages-"))
-    names = {p.name for p in files}
+    decoded = crit_decode_all(images)
     for must in ("inventory.img", "pstree.img", f"core-{t.pid}.img", f"mm-{t.pid}.img"):
-        assert must in names, f"{must} missing from {sorted(names)}"
-    decoded = {}
-    for p in files:
-        res = subprocess.run([crit, "decode", "-i", str(p)], capture_output=True,
-                             text=True, timeout=60)
-        assert res.returncode == 0, f"crit cannot decode {p.name}:\n{res.stderr}"
-        decoded[p.name] = json.loads(res.stdout)
+        assert must in decoded, f"{must} missing from {sorted(decoded)}"
 
     assert decoded["pstree.img"]["entries"][0]["pid"] == t.pid
     assert decoded[f"core-{t.pid}.img"]["entries"][0]["mtype"] == "X86_64"

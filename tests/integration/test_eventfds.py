@@ -10,12 +10,9 @@ before and after, and decode every image with crit.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,13 +24,13 @@ from helpers import (
     assert_one_line_error,
     assert_same_view,
     check_ok,
+    crit_decode_all,
     describe,
-    exit_code,
+    finish,
     is_untouched,
     outside_view,
     proc_ppid,
     run_procsnap,
-    wait_exit,
     wait_gone,
 )
 
@@ -73,21 +70,6 @@ def fdinfo_state(pid: int) -> dict[int, dict[str, object]]:
     return out
 
 
-def crit_decode_all(images: Path) -> dict[str, dict]:
-    crit = shutil.which("crit")
-    if crit is None:
-        pytest.fail("crit not found: install Debian's criu package (apt-get install -y criu)")
-    decoded = {}
-    for p in sorted(images.glob("*.img")):
-        if p.name.startswith("pages-"):
-            continue  # raw by design
-        res = subprocess.run([crit, "decode", "-i", str(p)], capture_output=True,
-                             text=True, timeout=60)
-        assert res.returncode == 0, f"crit cannot decode {p.name}:\n{res.stderr}"
-        decoded[p.name] = json.loads(res.stdout)
-    return decoded
-
-
 def cycle(targets: TargetFactory, t: Target, images: Path) -> dict[str, dict]:
     """Dump (killing) and restore under the same pid; same outside view and
     the same event-fd state from outside.  Returns the crit-decoded images."""
@@ -110,14 +92,6 @@ def cycle(targets: TargetFactory, t: Target, images: Path) -> dict[str, dict]:
     assert state_after == state_before, (
         f"event fds changed:\nbefore {state_before}\nafter  {state_after}")
     return decoded
-
-
-def finish(t: Target) -> None:
-    line = t.verdict()
-    assert line == "PASS", f"{t.name}: {line}\n--- stdout ---\n{t.output()}"
-    status = wait_exit(t.pid, 10)
-    if status is not None:
-        assert exit_code(status) == 0
 
 
 def num(v: object) -> int:

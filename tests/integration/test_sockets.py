@@ -13,7 +13,6 @@ teardown; nftables tables are procsnap's own and are checked gone.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -33,43 +32,18 @@ from helpers import (
     assert_one_line_error,
     assert_same_view,
     check_ok,
+    crit_decode_all,
     describe,
-    exit_code,
+    finish,
     is_untouched,
     outside_view,
     proc_ppid,
     run_procsnap,
-    wait_exit,
+    tree_pids,
     wait_gone,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
-
-
-def crit_decode(images: Path, name: str) -> dict:
-    crit = shutil.which("crit")
-    if crit is None:
-        pytest.fail("crit not found: install Debian's criu package (apt-get install -y criu)")
-    res = subprocess.run([crit, "decode", "-i", str(images / name)], capture_output=True,
-                         text=True, timeout=60)
-    assert res.returncode == 0, f"crit cannot decode {name}:\n{res.stderr}"
-    return json.loads(res.stdout)  # type: ignore[no-any-return]
-
-
-def crit_all(images: Path) -> dict[str, dict]:
-    return {p.name: crit_decode(images, p.name) for p in sorted(images.glob("*.img"))
-            if not p.name.startswith("pages-")}
-
-
-def tree_pids(root: int) -> list[int]:
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                todo += [int(x) for x in f.read().split()]
-    return sorted(out)
 
 
 def cycle(targets: TargetFactory, t: Target, images: Path, *dump_args: str,
@@ -94,21 +68,13 @@ def cycle(targets: TargetFactory, t: Target, images: Path, *dump_args: str,
                          f"of pid {p} across dump/restore of {t.name}")
 
 
-def finish(t: Target) -> None:
-    line = t.verdict()
-    assert line == "PASS", f"{t.name}: {line}\n--- stdout ---\n{t.output()}"
-    status = wait_exit(t.pid, 10)
-    if status is not None:
-        assert exit_code(status) == 0
-
-
 # ----------------------------------------------------------------- unix ----
 
 @pytest.mark.parametrize("kind", ["stream", "dgram", "seqpacket"])
 def test_socketpair_both_ways(targets: TargetFactory, images_dir: Path, kind: str) -> None:
     t = targets.start("unix_pair.py", kind)
     cycle(targets, t, images_dir)
-    decoded = crit_all(images_dir)
+    decoded = crit_decode_all(images_dir)
     usks = [e["usk"] for e in decoded["files.img"]["entries"] if e["type"] == "UNIXSK"]
     assert len(usks) == 4, usks
     by_ino = {u["ino"]: u for u in usks}
@@ -142,7 +108,7 @@ def test_unix_server_path_abstract_dgram(targets: TargetFactory, images_dir: Pat
     assert tree_pids(t.pid) == pids
     for p in pids:
         assert_same_view(before[p], outside_view(p, volatile_fds=(1,)), f"of pid {p}")
-    decoded = crit_all(images_dir)
+    decoded = crit_decode_all(images_dir)
     usks = [e["usk"] for e in decoded["files.img"]["entries"] if e["type"] == "UNIXSK"]
     listeners = [u for u in usks if u["state"] == 10]
     assert len(listeners) == 2 and all(u["backlog"] in (8, 4) for u in listeners), listeners
@@ -155,7 +121,7 @@ def test_tcp_udp_bound_listening_options(targets: TargetFactory, images_dir: Pat
                                          tmp_path: Path) -> None:
     t = targets.start("sock_misc.py", str(tmp_path / "ports"))
     cycle(targets, t, images_dir)
-    decoded = crit_all(images_dir)
+    decoded = crit_decode_all(images_dir)
     isks = [e["isk"] for e in decoded["files.img"]["entries"] if e["type"] == "INETSK"]
     assert len(isks) == 6, isks
     assert sum(1 for i in isks if i["state"] == 10) == 2, isks
@@ -259,7 +225,7 @@ def test_asyncio_echo_established(targets: TargetFactory, images_dir: Path, tmp_
         time.sleep(0.05)
     assert out.error is None, f"outside client: {out.error}"
     assert out.n >= at_dump + 100, f"outside client stuck at {out.n} (dump at {at_dump})"
-    decoded = crit_all(images_dir)
+    decoded = crit_decode_all(images_dir)
     streams = [n for n in decoded if n.startswith("tcp-stream-")]
     assert len(streams) == 5, streams  # 2 in-tree pairs + the outside client's server end
     out.finish()  # before the server exits, which resets the connection

@@ -22,17 +22,17 @@ from helpers import (
     Target,
     TargetFactory,
     assert_one_line_error,
+    assert_same_view,
     check_ok,
     compile_target,
     describe,
-    exit_code,
+    finish,
     is_untouched,
     outside_view,
-    assert_same_view,
     proc_exists,
     read_text,
     run_procsnap,
-    wait_exit,
+    tree_pids,
     wait_for,
     wait_gone,
 )
@@ -51,21 +51,6 @@ def _stat(pid: int) -> tuple[str, int, int, int]:
         s = f.read()
     rest = s[s.rfind(")") + 2:].split()
     return rest[0], int(rest[1]), int(rest[2]), int(rest[3])
-
-
-def tree_pids(root: int) -> list[int]:
-    """root and every descendant, zombies included, parents first."""
-    out, i = [root], 0
-    while i < len(out):
-        pid = out[i]
-        i += 1
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{tid}/children") as f:
-                    out += [int(x) for x in f.read().split() if int(x) not in out]
-        except FileNotFoundError:
-            pass
-    return out
 
 
 def tree_view(root: int) -> dict[int, tuple]:
@@ -127,14 +112,6 @@ def _diff_trees(before: dict, after: dict) -> str:
         if before.get(pid) != after.get(pid):
             lines.append(f"  {pid}: before {before.get(pid)} after {after.get(pid)}")
     return "\n".join(lines)
-
-
-def finish(t: Target) -> None:
-    line = t.verdict(30)
-    assert line == "PASS", f"{t.name} self-check: {line}\n--- stdout ---\n{t.output()}"
-    status = wait_exit(t.pid, 15)
-    if status is not None:
-        assert exit_code(status) == 0, f"{t.name} exited with {exit_code(status)}"
 
 
 def start_argv(targets: TargetFactory, argv: list[str], name: str) -> Target:
