@@ -451,10 +451,12 @@ def _make_zombie(rt: RestoreTask) -> None:
     regs.orig_rax = (1 << 64) - 1
     if os.WIFSIGNALED(code):
         sig = os.WTERMSIG(code)
-        # The disposition must be the default one for the signal to kill.
-        act = inj.put(bytes(32), align=8)
-        inj.call("rt_sigaction", sig, act, 0, 8)
-        inj.call("rt_sigprocmask", 1, inj.put((1 << (sig - 1)).to_bytes(8, "little")), 0, 8)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            # The disposition must be the default one for the signal to kill
+            # (SIGKILL's cannot be changed, and asking is EINVAL).
+            act = inj.put(bytes(32), align=8)
+            inj.call("rt_sigaction", sig, act, 0, 8)
+            inj.call("rt_sigprocmask", 1, inj.put((1 << (sig - 1)).to_bytes(8, "little")), 0, 8)
         regs.rax, regs.rdi, regs.rsi = C.NR["kill"], rt.pid, sig
     else:
         regs.rax, regs.rdi = C.NR["exit_group"], os.WEXITSTATUS(code)

@@ -180,6 +180,21 @@ def test_sessions_groups_orphan_zombie(targets: TargetFactory, tmp_path: Path) -
     finish(t)
 
 
+def test_zombies_of_every_death(targets: TargetFactory, tmp_path: Path) -> None:
+    """Zombies that exited, or were killed by SIGKILL, SIGSEGV, SIGTERM, are
+    zombies again after restore and are reaped with the same status."""
+    t = targets.start("zombies")
+    kids = [int(x) for x in t.wait_line(r"^zombies ").split()[1:]]
+    view = cycle_tree(targets, t, tmp_path / "images")
+    assert all(view[k][0] == "zombie" for k in kids)
+    t.signal(signal.SIGUSR1)
+    want = ["exit 3", f"signal {signal.SIGKILL}", f"signal {signal.SIGSEGV}",
+            f"signal {signal.SIGTERM}"]
+    for k, w in zip(kids, want):
+        t.wait_line(rf"^reaped {k} {w}$", timeout=10)
+    finish(t)
+
+
 def test_pthreads_under_one_mutex(targets: TargetFactory, tmp_path: Path) -> None:
     t = targets.start("threads")
     t.wait_line(r"^total ", count=3)
