@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 NAME = "files"
 KCMP_FILE = 0
+KCMP_FILES = 2
 
 # Order matters: the first kind whose matches() is true owns the fd.
 FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
@@ -95,8 +96,33 @@ def _find_shared(known: list[tuple[int, int, int]], pid: int, fd: int) -> tuple[
     return lo, None
 
 
+def _check_own_table(ctx: "DumpContext", task: "DumpTask") -> None:
+    """Refuse a process that shares its fd table with another
+    (clone(CLONE_FILES) without CLONE_THREAD): restored apart, a file one
+    opens would no longer be seen by the other.  kcmp(KCMP_FILES) orders
+    the tables, so a binary search over those seen finds a shared one."""
+    known: list[int] = ctx.kind_state.setdefault("fd-tables", [])
+    lo, hi = 0, len(known)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            order = syscall(C.NR["kcmp"], task.pid, known[mid], KCMP_FILES, 0, 0)
+        except OSError:
+            order = 1
+        if order == 0:
+            raise Unsupported(f"pid {task.pid}: shares its fd table with pid {known[mid]} "
+                              "(clone with CLONE_FILES); restoring shared fd tables is not "
+                              "supported")
+        if order == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    known.insert(lo, task.pid)
+
+
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     files_id = task.ids.files_id
+    _check_own_table(ctx, task)
     entries: list[Any] = []
     seen = ctx.open_files
     for fd in task.proc.fds():
