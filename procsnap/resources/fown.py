@@ -19,6 +19,7 @@ them, as CRIU's restore_fown does with setresuid).
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import struct
 from typing import TYPE_CHECKING, Any
@@ -118,8 +119,7 @@ def restore_task(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             inj.call("fcntl", fe.fd, fcntl.F_SETFL, (cur & ~O_ASYNC))
             inj.call("fcntl", fe.fd, fcntl.F_SETFL, cur | O_ASYNC)
         if fown.pid:
-            pid, fd, f = rt.pid, fe.fd, fown
-            rctx.before_detach.append(lambda pid=pid, fd=fd, f=f: set_owner(pid, fd, f))
+            rctx.before_detach.append(functools.partial(set_owner, rt.pid, fe.fd, fown))
 
 
 def set_owner(pid: int, fd: int, fown: Any) -> None:
