@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--tcp-established", action="store_true",
                    help="dump live TCP connections (TCP_REPAIR); their traffic is held back "
                         "by a network lock until the restore")
+    d.add_argument("-l", "--file-locks", action="store_true",
+                   help="dump file locks and leases (as criu's --file-locks); without it a "
+                        "tree holding one is refused")
     d.add_argument("-v", "--verbose", action="count", default=0)
 
     r = sub.add_parser("restore", help="recreate a process tree from image files")
@@ -93,7 +96,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
     from . import dump
     stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job,
                  ghost_limit=a.ghost_limit, link_remap=a.link_remap,
-                 external=tuple(a.external), tcp_established=a.tcp_established)
+                 external=tuple(a.external), tcp_established=a.tcp_established,
+                 file_locks=a.file_locks)
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)

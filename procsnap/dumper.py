@@ -47,6 +47,7 @@ class DumpOptions:
     link_remap: bool = False     # may hard-link unlinked files back (CRIU's --link-remap)
     external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
     tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
+    file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
 
 
 @dataclass
@@ -429,7 +430,7 @@ def _release(task: DumpTask, *, kill: bool) -> None:
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
-         tcp_established: bool = False) -> dict[str, float]:
+         tcp_established: bool = False, file_locks: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -445,7 +446,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
     ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap,
-                                              tuple(external), tcp_established))
+                                              tuple(external), tcp_established, file_locks))
     tmpnames.report(images_dir)
     ok = False
     try:

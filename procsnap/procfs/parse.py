@@ -650,3 +650,35 @@ def parse_timers(text: str, path: str = "/proc/PID/timers") -> list[PosixTimer]:
         ))
         pos = m.end()
     return timers
+
+
+@dataclass
+class LockLine:
+    """One lock as /proc/locks or an fdinfo ``lock:`` line shows it
+    (fs/locks.c lock_get_status): ``kind`` POSIX, OFDLCK, FLOCK, LEASE,
+    DELEG, ACCESS...; ``mode`` ADVISORY, ACTIVE, BREAKING, BREAKER...;
+    ``type`` READ, WRITE or UNLCK; ``end`` None for EOF."""
+
+    kind: str
+    mode: str
+    type: str
+    pid: int
+    dev: str
+    ino: int
+    start: int
+    end: int | None
+
+
+_LOCK_LINE = re.compile(
+    r"^(?:lock:\s*)?\d+:\s+(?:->\s+)?(\S+)\s+(\S+)\s+(READ|WRITE|UNLCK)\s+(-?\d+)\s+"
+    r"(\S+):(\d+)\s+(\d+)\s+(\d+|EOF)\s*$")
+
+
+def parse_lock_line(line: str, path: str = "/proc/PID/fdinfo/FD") -> LockLine:
+    """Parse one ``lock:`` line of fdinfo (or one line of /proc/locks)."""
+    m = _LOCK_LINE.match(line.strip())
+    if m is None:
+        raise ParseError(path, f"lock line not understood: {line!r}")
+    kind, mode, typ, pid, dev, ino, start, end = m.groups()
+    return LockLine(kind, mode, typ, int(pid), dev, int(ino), int(start),
+                    None if end == "EOF" else int(end))

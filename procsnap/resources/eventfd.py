@@ -21,12 +21,19 @@ from ..errors import DumpError, RestoreError
 from ..images.pb import eventfd_pb2, fdinfo_pb2
 from ..kernel import consts as C
 from . import anonfd
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "eventfd"
+FDINFO = {
+    "eventfd-count": fdaudit.saved("eventfd_file_entry.counter"),
+    "eventfd-semaphore": fdaudit.saved("EFD_SEMAPHORE, bit 0 of eventfd_file_entry.flags"),
+    "eventfd-id": fdaudit.irrelevant("a number the kernel hands out to tell eventfds apart "
+                                     "in fdinfo; nothing can ask for it"),
+}
 TYPE = fdinfo_pb2.EVENTFD
 COUNTER_MAX = 2**64 - 2  # eventfd_write refuses 2^64-1
 

@@ -29,12 +29,16 @@ from ..kernel import consts as C
 from ..kernel.libc import syscall
 from ..procfs.parse import fdinfo_records
 from . import anonfd
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "eventpoll"
+FDINFO = {
+    "tfd": fdaudit.saved("one eventpoll_tfd_entry per watched fd"),
+}
 TYPE = fdinfo_pb2.EVENTPOLL
 _EVENT = struct.Struct("<IQ")  # struct epoll_event is packed on x86_64
 

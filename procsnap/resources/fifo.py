@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fifo_pb2, pipe_data_pb2
 from . import pipe, regfile
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "fifo"
+FDINFO = {
+    "lock": fdaudit.saved("file_lock.py: filelocks.img (with --file-locks)"),
+}
 TYPE = fdinfo_pb2.FIFO
 
 

@@ -24,6 +24,7 @@ from ..kernel import consts as C
 from ..procfs.parse import FdInfo
 from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
 from . import inetsk, unixsk
+from . import fdaudit, file_lock, fown
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask
@@ -31,12 +32,23 @@ if TYPE_CHECKING:
 
 NAME = "files"
 KCMP_FILE = 0
+KCMP_FILES = 2
 
 # Order matters: the first kind whose matches() is true owns the fd.
 FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
             pidfd]
 FD_KINDS += [unixsk, inetsk]  # inetsk also refuses, by name, every other socket family
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
+
+# fdinfo lines every kind prints (fs/proc/fd.c seq_show); a kind's own
+# FDINFO may override one (see fdaudit for the rules).
+COMMON_FDINFO = {
+    "pos": fdaudit.saved("file position, in the kind's entry where it has one"),
+    "flags": fdaudit.saved("open(2) flags: O_CLOEXEC in fdinfo.img, the rest in the kind's entry"),
+    "mnt_id": fdaudit.irrelevant("names the mount to find the file by at dump; "
+                                 "the restore opens by path in its own mounts"),
+    "ino": fdaudit.irrelevant("the inode number the kind identifies the file by at dump"),
+}
 
 
 @dataclass
@@ -84,8 +96,33 @@ def _find_shared(known: list[tuple[int, int, int]], pid: int, fd: int) -> tuple[
     return lo, None
 
 
+def _check_own_table(ctx: "DumpContext", task: "DumpTask") -> None:
+    """Refuse a process that shares its fd table with another
+    (clone(CLONE_FILES) without CLONE_THREAD): restored apart, a file one
+    opens would no longer be seen by the other.  kcmp(KCMP_FILES) orders
+    the tables, so a binary search over those seen finds a shared one."""
+    known: list[int] = ctx.kind_state.setdefault("fd-tables", [])
+    lo, hi = 0, len(known)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            order = syscall(C.NR["kcmp"], task.pid, known[mid], KCMP_FILES, 0, 0)
+        except OSError:
+            order = 1
+        if order == 0:
+            raise Unsupported(f"pid {task.pid}: shares its fd table with pid {known[mid]} "
+                              "(clone with CLONE_FILES); restoring shared fd tables is not "
+                              "supported")
+        if order == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    known.insert(lo, task.pid)
+
+
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     files_id = task.ids.files_id
+    _check_own_table(ctx, task)
     entries: list[Any] = []
     seen = ctx.open_files
     for fd in task.proc.fds():
@@ -108,9 +145,12 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         if kind is None:
             raise Unsupported(f"pid {task.pid}: fd {fd} (flags {info.flags:o}) is {_describe(link)}: "
                               f"{link}: not supported yet")
+        audit_fdinfo(kind, task.pid, fd, link, info)
         if shared_id is None:
             fid = ctx.new_file_id()
-            ctx.files.append(kind.dump(fdctx, fid))
+            entry = kind.dump(fdctx, fid)
+            fown.attach(fdctx, entry)
+            ctx.files.append(entry)
             if st is not None:
                 known.insert(at, (task.pid, fd, fid))
         else:
@@ -118,8 +158,26 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             note = getattr(kind, "note_shared", None)
             if note is not None:
                 note(fdctx, fid)
+        file_lock.note(fdctx, fid)
         entries.append(fdinfo_pb2.fdinfo_entry(id=fid, flags=fd_flags, type=kind.TYPE, fd=fd))
     task.extra_images.append(("fdinfo", files_id, entries))
+
+
+def audit_fdinfo(kind: Any, pid: int, fd: int, link: str, info: FdInfo) -> None:
+    """Every fdinfo line of ``fd`` is saved, irrelevant, or refused by the
+    kind that owns it (``kind.FDINFO`` over ``COMMON_FDINFO``); a key
+    neither declares is refused: a kernel that prints something new about
+    an fd must not have it dropped silently."""
+    rules = {**COMMON_FDINFO, **kind.FDINFO}
+    for line in info.lines:
+        key = fdaudit.fdinfo_key(line)
+        rule = rules.get(key)
+        value = line.partition(":")[2].strip()
+        if rule is None:
+            raise Unsupported(f"pid {pid}: fd {fd}: {link} ({kind.NAME}): fdinfo line {line!r} "
+                              "is not known to procsnap; it would be lost")
+        if rule.verdict == "refused" and rule.when is not None and rule.when(value):
+            raise Unsupported(f"pid {pid}: fd {fd}: {link}: " + rule.message.format(value=value))
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -128,6 +186,7 @@ def finish(ctx: "DumpContext") -> None:
         done = getattr(kind, "finish", None)
         if done is not None:
             done(ctx)
+    file_lock.finish(ctx)
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
@@ -166,6 +225,10 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         if after is not None and owner == rt.pid:
             after(rctx, rt, entry, fd)
             inj.reset_scratch()
+    # Locks and leases once the task has every fd; owners last (a lease
+    # sets the owner of its file to the task that takes it).
+    file_lock.restore_task(rctx, rt)
+    fown.restore_task(rctx, rt)
 
 
 def _place(inj: Any, tmp: int, fd: int, cloexec: int, keep_tmp: bool = False) -> None:

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
 from . import anonfd, sockets, tcp
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "inetsk"
+FDINFO: dict[str, "fdaudit.Rule"] = {}  # sockets print only the common lines
 TYPE = fdinfo_pb2.INETSK
 
 # tcp_states.h

@@ -31,6 +31,7 @@ from ..kernel import consts as C
 from ..kernel.libc import syscall
 from ..procfs.parse import fdinfo_records
 from . import anonfd
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpTask
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("procsnap.inotify")
 
 NAME = "inotify"
+FDINFO = {
+    "inotify wd": fdaudit.saved("one inotify_wd_entry per watch"),
+}
 TYPE = fdinfo_pb2.INOTIFY
 FH_WORDS = 16          # fh_entry.handle: at least min_entries u64 words
 MAX_HANDLE_SZ = 128

@@ -26,6 +26,7 @@ from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, memfd_pb2
 from ..kernel.libc import syscall
 from . import shmem
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "memfd"
+FDINFO = {
+    "lock": fdaudit.saved("file_lock.py: filelocks.img (with --file-locks)"),
+}
 TYPE = fdinfo_pb2.MEMFD
 PREFIX = "/memfd:"
 DELETED = " (deleted)"

@@ -16,12 +16,17 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, pidfd_pb2
 from . import anonfd
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "pidfd"
+FDINFO = {
+    "Pid": fdaudit.saved("pidfd_entry.nspid (the same pid is restored)"),
+    "NSpid": fdaudit.saved("pidfd_entry.nspid (one pid namespace)"),
+}
 TYPE = fdinfo_pb2.PIDFD
 PIDFD_THREAD = os.O_EXCL
 PIDFD_NONBLOCK = os.O_NONBLOCK

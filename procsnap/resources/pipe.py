@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2
 from ..kernel.libc import pidfd_getfd, syscall
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "pipe"
+FDINFO = {
+    "lock": fdaudit.saved("file_lock.py: filelocks.img (with --file-locks)"),
+}
 TYPE = fdinfo_pb2.PIPE
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
@@ -165,8 +169,18 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         ends[pe.pipe_id] = _make_pipe(rctx, pipe_data_pb2.pipe_data_entry(
             pipe_id=pe.pipe_id, bytes=0), b"")
     r, w = ends[pe.pipe_id]
-    mine = r if pe.flags & os.O_ACCMODE == os.O_RDONLY else w
+    acc = pe.flags & os.O_ACCMODE
+    mine = r if acc == os.O_RDONLY else w
+    used = rctx.kind_state.setdefault(NAME + "-used", set())
+    if (pe.pipe_id, acc) in used:
+        # A second open file description of this end (opened again through
+        # /proc/PID/fd): open ours again the same way, so its status flags
+        # are its own and not those of the first.
+        mine = os.open(f"/proc/self/fd/{mine}", acc | os.O_NONBLOCK | os.O_CLOEXEC)
+        rctx.own_fds.append(mine)
+    used.add((pe.pipe_id, acc))
     # Status flags (O_NONBLOCK) belong to the open file description: set
-    # them on ours before the puppet takes it.
-    fcntl.fcntl(mine, fcntl.F_SETFL, pe.flags & ~os.O_ACCMODE)
+    # them on ours before the puppet takes it.  O_ASYNC is set by the task
+    # itself (fown.py), so SIGIO carries its own fd number.
+    fcntl.fcntl(mine, fcntl.F_SETFL, pe.flags & ~os.O_ACCMODE & ~os.O_ASYNC)
     return rt.grab_fd(os.getpid(), mine)

@@ -50,6 +50,7 @@ from ..kernel import consts as C
 from ..kernel.libc import syscall
 from ..procfs.parse import MountInfo, parse_mountinfo
 from . import ghost, tmpnames
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "reg"
+FDINFO = {
+    "lock": fdaudit.saved("file_lock.py: filelocks.img (with --file-locks)"),
+}
 TYPE = fdinfo_pb2.REG
 DELETED = " (deleted)"
 MEM_MAJOR = 1  # /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom, ...

@@ -14,12 +14,16 @@ from ..errors import DumpError
 from ..images.pb import fdinfo_pb2, signalfd_pb2
 from ..kernel import consts as C
 from . import anonfd
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "signalfd"
+FDINFO = {
+    "sigmask": fdaudit.saved("signalfd_entry.sigmask"),
+}
 TYPE = fdinfo_pb2.SIGNALFD
 SIGSET_SIZE = 8
 

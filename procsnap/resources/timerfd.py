@@ -27,12 +27,20 @@ from ..errors import DumpError, RestoreError
 from ..images.pb import fdinfo_pb2, timerfd_pb2
 from ..kernel import consts as C
 from . import anonfd
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "timerfd"
+FDINFO = {
+    "clockid": fdaudit.saved("timerfd_entry.clockid"),
+    "ticks": fdaudit.saved("timerfd_entry.ticks"),
+    "settime flags": fdaudit.saved("timerfd_entry.settime_flags"),
+    "it_value": fdaudit.saved("timerfd_entry.vsec/vnsec"),
+    "it_interval": fdaudit.saved("timerfd_entry.isec/insec"),
+}
 TYPE = fdinfo_pb2.TIMERFD
 NSEC = 1_000_000_000
 # The clocks timerfd_create() accepts, and the clock each is read on.

@@ -15,12 +15,17 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, tty_pb2
 from ..kernel import consts as C
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
 NAME = "tty"
+FDINFO = {
+    "tty-index": fdaudit.irrelevant("a --shell-job terminal is joined to the restoring "
+                                    "shell's terminal, whose index is its own"),
+}
 TYPE = fdinfo_pb2.TTY
 PTS_MAJORS = range(136, 144)
 TTY_MAJORS = (4, 5) + tuple(PTS_MAJORS)

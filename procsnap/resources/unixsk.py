@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
 from . import anonfd, sockets
+from . import fdaudit
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -50,6 +51,11 @@ if TYPE_CHECKING:
     from .files import FdCtx
 
 NAME = "unixsk"
+FDINFO = {
+    "scm_fds": fdaudit.refused(fdaudit.nonzero, "unix socket with {value} fds in flight in "
+                               "queued SCM_RIGHTS messages; not supported",
+                               "0: no fds in flight"),
+}
 TYPE = fdinfo_pb2.UNIXSK
 
 # tcp_states.h, as unix sockets report them
