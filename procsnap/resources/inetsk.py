@@ -175,7 +175,7 @@ def _check_cork(sk: socket.socket, label: str) -> None:
     queue, where nothing can read it out (CRIU refuses it too)."""
     if sk.getsockopt(socket.IPPROTO_UDP, UDP_CORK):
         pending = struct.unpack("i", fcntl.ioctl(sk.fileno(), SIOCOUTQ, b"\0" * 4))[0]
-        held = f" with {pending} bytes of a datagram held back" if pending else ""
+        held = f" with a datagram held back ({pending} bytes of send buffer)" if pending else ""
         raise Unsupported(f"{label}: UDP_CORK is on{held}; a corked UDP socket cannot be "
                           "dumped (its pending data cannot be saved)")
 

@@ -107,12 +107,8 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         raise Unsupported(f"{what}: unix socket in state {d.state}; not supported")
     sk = sockets.copy_of(fd)
     sockopts.audit(fd.ctx, f"{what}: unix {TYPES[d.type]} socket", sk, connected=False)
-    if d.type == socket.SOCK_DGRAM and d.state == ST_ESTABLISHED and not d.peer \
-            and not d.name:
-        # another socket's connect made it ESTABLISHED; with no name of its
-        # own, nothing could connect to it again at restore
-        raise Unsupported(f"{what}: unbound unix dgram socket marked connected without "
-                          "a peer; not supported")
+    if d.type == socket.SOCK_DGRAM and d.state == ST_ESTABLISHED and not d.peer:
+        _check_dgram_peerless(sk, d, what)
     flags = anonfd.file_flags(fd, "the unix socket")
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, usk=sk_unix_pb2.unix_sk_entry(
         id=fid, ino=ino, type=d.type, state=d.state, flags=flags, uflags=0,
@@ -124,6 +120,28 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     _state(fd.ctx)[ino] = _Sk(fid, d, fd.task.pid, fd.fd, fd.link, fe.usk,
                               [(fd.task.pid, fd.fd)])
     return fe
+
+
+def _check_dgram_peerless(sk: socket.socket, d: sockets.UnixDiag, what: str) -> None:
+    """An ESTABLISHED datagram socket that sock_diag shows without a peer
+    is one of two things, told apart by getpeername (which changes
+    nothing): connected to a socket since closed (a dead peer), or never
+    connected itself but connected *to* by others (which marks it
+    ESTABLISHED).  Restore rebuilds the first when it has no name (a
+    socketpair whose other end is closed) and the second when it has one
+    (bound, and a scratch socket connects to it); the two other cases
+    could not be rebuilt as they were."""
+    try:
+        sk.getpeername()
+        dead_peer = True
+    except OSError:
+        dead_peer = False
+    if dead_peer and d.name:
+        raise Unsupported(f"{what}: unix dgram socket bound to a name and connected to a "
+                          "socket that is closed; not supported")
+    if not dead_peer and not d.name:
+        raise Unsupported(f"{what}: unbound unix dgram socket marked connected without "
+                          "a peer; not supported")
 
 
 def note_shared(fd: "FdCtx", fid: int) -> None:
@@ -427,7 +445,8 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         _finish_one(rctx, st, ue, a)
         _finish_one(rctx, st, peer, b)
         return st.made[ino]
-    if ue.state == ST_ESTABLISHED and not ue.peer and ue.type == socket.SOCK_DGRAM:
+    if ue.state == ST_ESTABLISHED and not ue.peer and ue.type == socket.SOCK_DGRAM \
+            and ue.name:
         # A datagram socket others connected to (that is what made it
         # ESTABLISHED) has no peer of its own: it must not get one here,
         # or connecting to it again fails with EPERM.  A scratch socket
