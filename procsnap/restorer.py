@@ -57,6 +57,7 @@ class RestoreOptions:
     pidfile: str | None = None
     skip_file_check: bool = False
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
+    tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
 
 
 @dataclass
@@ -515,7 +516,7 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
-            inherit_fd: dict[str, int] | None = None) -> int:
+            inherit_fd: dict[str, int] | None = None, tcp_close: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     Returns the root's PID when ``detached``; otherwise waits for it and
@@ -526,7 +527,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
                           RestoreOptions(detached, shell_job, pidfile, skip_file_check,
-                                         dict(inherit_fd or {})))
+                                         dict(inherit_fd or {}), tcp_close))
     tmpnames.report(rctx.images_dir)
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0

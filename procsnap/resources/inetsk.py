@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
-from . import anonfd, sockets, tcp
-from . import fdaudit
+from . import anonfd, fdaudit, sockets, sockopts, tcp
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -55,6 +54,9 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
               11: "CLOSING"}
 IP_FREEBIND = 15
+IP_PKTINFO = 8
+UDP_CORK = 1
+SIOCOUTQ = 0x5411
 PROTOS = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "TCP",
           (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "UDP"}
 
@@ -126,16 +128,21 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     label = f"{what}: {kind} {endpoint(fam, src, sport)}"
     if state == TCP_ESTABLISHED:
         label += f" -> {endpoint(fam, dst, dport)}"
+    if proto == socket.IPPROTO_UDP:
+        _check_cork(sk, label)
+    # first, before anything here touches the socket (repair mode, peeking)
+    sockopts.audit(fd.ctx, label, sk, connected=proto == socket.IPPROTO_TCP
+                   and state not in (TCP_CLOSE, TCP_LISTEN))
     ie = sk_inet_pb2.inet_sk_entry(
         id=fid, ino=ino, family=fam, type=sk.type, proto=proto, state=state,
         src_port=sport, dst_port=dport, flags=anonfd.file_flags(fd, "the socket"),
         backlog=0, src_addr=pack_addr(fam, src), dst_addr=pack_addr(fam, dst),
-        fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk),
-        ip_opts=sk_inet_pb2.ip_opts_entry(
-            freebind=bool(sk.getsockopt(socket.IPPROTO_IP, IP_FREEBIND))),
+        fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk), ip_opts=_ip_opts(sk),
         shutdown=sockets.shutdown_field(d.shutdown if d is not None else 0))
     if fam == socket.AF_INET6:
         ie.v6only = bool(sk.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    if proto == socket.IPPROTO_TCP:
+        ie.tcp_opts.CopyFrom(sockets.dump_tcp_opts(sk))
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
     if proto == socket.IPPROTO_TCP:
         if state == TCP_LISTEN:
@@ -148,7 +155,8 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         elif state == TCP_ESTABLISHED:
             if not fd.ctx.opts.tcp_established:
                 raise Unsupported(f"{label} is an established TCP connection; dump with "
-                                  "--tcp-established to keep it")
+                                  "--tcp-established to keep it (and restore with "
+                                  "--tcp-close to have it come back closed)")
             if fe.isk.shutdown:
                 raise Unsupported(f"{label}: an established connection that is shut down "
                                   "one way; not supported yet")
@@ -161,6 +169,57 @@ def dump(fd: "FdCtx", fid: int) -> Any:
             fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
                 id_for=fid, length=len(data)), data)
     return fe
+
+
+def _check_cork(sk: socket.socket, label: str) -> None:
+    """A corked UDP socket holds the datagram it is building in its send
+    queue, where nothing can read it out (CRIU refuses it too)."""
+    if sk.getsockopt(socket.IPPROTO_UDP, UDP_CORK):
+        pending = struct.unpack("i", fcntl.ioctl(sk.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+        held = f" with a datagram held back ({pending} bytes of send buffer)" if pending else ""
+        raise Unsupported(f"{label}: UDP_CORK is on{held}; a corked UDP socket cannot be "
+                          "dumped (its pending data cannot be saved)")
+
+
+def _ip_opts(sk: socket.socket) -> Any:
+    """CRIU's ip_opts_entry: freebind, pktinfo, and tos/ttl of IPv4
+    (an unset field is the default, as CRIU writes them)."""
+    g = sk.getsockopt
+    o = sk_inet_pb2.ip_opts_entry(freebind=bool(g(socket.IPPROTO_IP, IP_FREEBIND)))
+    if sk.family == socket.AF_INET6:
+        if g(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO):
+            o.pktinfo = True
+    else:
+        if g(socket.IPPROTO_IP, IP_PKTINFO):
+            o.pktinfo = True
+        tos = g(socket.IPPROTO_IP, socket.IP_TOS)
+        if tos:
+            o.tos = tos
+        # what a socket reports unset follows net.ipv4.ip_default_ttl, and
+        # a fresh socket reports the same: saved only if it differs
+        ttl = g(socket.IPPROTO_IP, socket.IP_TTL)
+        with socket.socket(sk.family, sk.type, sk.proto) as fresh:
+            if ttl != fresh.getsockopt(socket.IPPROTO_IP, socket.IP_TTL):
+                o.ttl = ttl
+    return o
+
+
+def _restore_ip_opts(sk: socket.socket, ie: Any) -> None:
+    if not ie.HasField("ip_opts"):
+        return
+    o = ie.ip_opts
+    if o.freebind:
+        sk.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+    if ie.family == socket.AF_INET6:
+        if o.pktinfo:
+            sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        return
+    if o.pktinfo:
+        sk.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    if o.HasField("tos"):
+        sk.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, o.tos)
+    if o.HasField("ttl"):
+        sk.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, o.ttl)
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -219,10 +278,19 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     try:
         if ie.family == socket.AF_INET6:
             sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ie.v6only))
-        if ie.HasField("ip_opts") and ie.ip_opts.freebind:
-            sk.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        _restore_ip_opts(sk, ie)
         if ie.proto == socket.IPPROTO_TCP and ie.state == TCP_ESTABLISHED:
-            tcp.restore_established(rctx, sk, ie, what)
+            if rctx.opts.tcp_close:
+                # criu's --tcp-close: the connection comes back closed, shut
+                # down both ways (reads give EOF, writes EPIPE); its network
+                # lock goes once the tree runs
+                tcp.closed_instead(rctx)
+                try:
+                    sk.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # ENOTCONN, after the shutdown bits were set
+            else:
+                tcp.restore_established(rctx, sk, ie, what)
         else:
             src = unpack_addr(ie.family, ie.src_addr)
             if ie.src_port or not ipaddress.ip_address(src).is_unspecified:
@@ -239,6 +307,8 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
             if ie.proto == socket.IPPROTO_UDP and ie.shutdown:
                 sockets.apply_shutdown(sk, ie.shutdown)
         sockets.restore_opts(sk, ie.opts, what)
+        if ie.proto == socket.IPPROTO_TCP:
+            sockets.restore_tcp_opts(sk, ie)
     except OSError as exc:
         sk.close()
         raise RestoreError(f"{what}: {exc.strerror or exc}") from None

@@ -20,6 +20,7 @@ back afterwards: nothing the task would read is taken away.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from ..errors import DumpError, RestoreError, Unsupported
-from ..images.pb import sk_opts_pb2
+from ..images.pb import sk_opts_pb2, tcp_stream_pb2
 from ..kernel.libc import pidfd_getfd
 
 if TYPE_CHECKING:
@@ -258,10 +259,8 @@ def _dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
         onoff, linger = struct.unpack("ii", g(sol, socket.SO_LINGER, 8))
         if onoff:
             o.so_linger = linger
-        if sk.type == socket.SOCK_STREAM:
-            o.tcp_keepcnt = g(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
-            o.tcp_keepidle = g(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
-            o.tcp_keepintvl = g(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        # the keepalive timers go to inet_sk_entry.tcp_opts (dump_tcp_opts);
+        # these three fields are CRIU's deprecated copies, not written
     try:
         o.so_buf_lock = g(sol, SO_BUF_LOCK)
     except OSError:
@@ -272,14 +271,54 @@ def _dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
 def _filter_len(sk: socket.socket) -> int:
     # getsockopt(SO_GET_FILTER) with a zero-length buffer reports the number
     # of instructions in optlen; Python's getsockopt needs a buffer, and a
-    # too small one is an EINVAL only when a filter exists.
+    # too small one is an EINVAL only when a filter exists.  An eBPF
+    # program (SO_ATTACH_BPF) has no classic form to give: EACCES.
     try:
         sk.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 8)
     except OSError as exc:
-        if exc.errno == 22:
+        if exc.errno in (errno.EINVAL, errno.EACCES):
             return 1
         raise
     return 0
+
+
+def dump_tcp_opts(sk: socket.socket) -> Any:
+    """TCP_CORK, TCP_NODELAY and the keepalive timers of any TCP socket,
+    into CRIU's tcp_opts_entry (an unset field is the default, as CRIU)."""
+    g = sk.getsockopt
+    t = socket.IPPROTO_TCP
+    toe = tcp_stream_pb2.tcp_opts_entry()
+    for name, num in (("cork", socket.TCP_CORK), ("nodelay", socket.TCP_NODELAY)):
+        if g(t, num):
+            setattr(toe, name, True)
+    for name, num in (("keepcnt", socket.TCP_KEEPCNT), ("keepidle", socket.TCP_KEEPIDLE),
+                      ("keepintvl", socket.TCP_KEEPINTVL)):
+        # saved always: what the kernel reports unset follows a sysctl,
+        # and setting it again pins the value the task saw
+        setattr(toe, name, g(t, num))
+    return toe
+
+
+def restore_tcp_opts(sk: socket.socket, ie: Any) -> None:
+    """tcp_opts (or, in an older image, sk_opts' deprecated keepalive
+    copies) onto a TCP socket of ours.  Raises OSError."""
+    t = socket.IPPROTO_TCP
+    s = sk.setsockopt
+    if ie.HasField("tcp_opts"):
+        toe = ie.tcp_opts
+        if toe.cork:
+            s(t, socket.TCP_CORK, 1)
+        if toe.nodelay:
+            s(t, socket.TCP_NODELAY, 1)
+        timers = ((socket.TCP_KEEPCNT, toe, "keepcnt"), (socket.TCP_KEEPIDLE, toe, "keepidle"),
+                  (socket.TCP_KEEPINTVL, toe, "keepintvl"))
+    else:
+        o = ie.opts
+        timers = ((socket.TCP_KEEPCNT, o, "tcp_keepcnt"), (socket.TCP_KEEPIDLE, o, "tcp_keepidle"),
+                  (socket.TCP_KEEPINTVL, o, "tcp_keepintvl"))
+    for num, msg, name in timers:
+        if msg.HasField(name) and getattr(msg, name):
+            s(t, num, getattr(msg, name))
 
 
 def prepare(sk: socket.socket) -> None:
@@ -324,12 +363,9 @@ def restore_opts(sk: socket.socket, o: Any, what: str) -> None:
             s(sol, socket.SO_OOBINLINE, int(o.so_oobinline))
             if o.HasField("so_linger"):
                 s(sol, socket.SO_LINGER, struct.pack("ii", 1, o.so_linger))
-            if sk.type == socket.SOCK_STREAM:
-                for name, field_name in ((socket.TCP_KEEPCNT, "tcp_keepcnt"),
-                                         (socket.TCP_KEEPIDLE, "tcp_keepidle"),
-                                         (socket.TCP_KEEPINTVL, "tcp_keepintvl")):
-                    if o.HasField(field_name) and getattr(o, field_name):
-                        s(socket.IPPROTO_TCP, name, getattr(o, field_name))
+        else:
+            # unix sockets keep the flag too, though it means nothing to them
+            s(sol, socket.SO_REUSEADDR, int(o.reuseaddr))
     except OSError as exc:
         raise RestoreError(f"{what}: cannot set socket options: {exc.strerror or exc}") from None
 

@@ -153,9 +153,11 @@ def _state(ctx: "DumpContext") -> dict[str, Any]:
             # silent and the lock holds the peers until the restore.
             if keep:
                 return
-            for sk in st["repaired"]:
+            for sk, reuseaddr in st["repaired"]:
                 try:
                     sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
+                    # leaving repair mode clears SO_REUSEADDR: the task's own back
+                    sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuseaddr)
                 except OSError:
                     pass
             if st["locked"]:
@@ -170,11 +172,14 @@ def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> Non
     remote = sk.getpeername()[:2]
     lock_connection(st["table"], sk.family, local, remote, create=not st["locked"])
     st["locked"] = True
+    # TCP_REPAIR_ON forces SO_REUSEADDR on, and leaving repair mode clears
+    # it: the task's value is read first, to be put back
+    reuseaddr = sk.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
     try:
         sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)
     except OSError as exc:
         raise DumpError(f"{label}: cannot enter TCP repair mode: {exc.strerror}") from None
-    st["repaired"].append(sk)
+    st["repaired"].append((sk, reuseaddr))
     try:
         tse, inq, outq = _save(sk, label)
     except OSError as exc:
@@ -246,10 +251,12 @@ def _rst(rctx: "RestoreContext") -> dict[str, Any]:
         rctx.kind_state[NAME] = st
 
         def repair_off() -> None:
-            for fd in st["fds"]:
+            for fd, reuseaddr in st["fds"]:
                 sk = socket.socket(fileno=fd)
                 try:
                     sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF)
+                    # leaving repair mode cleared SO_REUSEADDR (sk_reuse)
+                    sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuseaddr)
                 except OSError as exc:
                     raise RestoreError(f"TCP socket: cannot leave repair mode: "
                                        f"{exc.strerror}") from None
@@ -261,6 +268,12 @@ def _rst(rctx: "RestoreContext") -> dict[str, Any]:
         rctx.before_detach.append(repair_off)
         rctx.after_detach.append(drop_lock)
     return st
+
+
+def closed_instead(rctx: "RestoreContext") -> None:
+    """A connection restored closed (--tcp-close): its lock must still go
+    once the tree runs."""
+    _rst(rctx)
 
 
 def _send_all(sk: socket.socket, data: bytes, what: str) -> None:
@@ -332,8 +345,10 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
         sk.setsockopt(tcp, TCP_REPAIR_WINDOW, _WINDOW.pack(
             tse.snd_wl1, tse.snd_wnd, tse.max_window, tse.rcv_wnd, tse.rcv_wup))
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
-    if tse.nodelay:
-        sk.setsockopt(tcp, socket.TCP_NODELAY, 1)
-    if tse.cork:
-        sk.setsockopt(tcp, socket.TCP_CORK, 1)
-    st["fds"].append(sk.fileno())
+    if not ie.HasField("tcp_opts"):
+        # an image without tcp_opts (inetsk sets those)
+        if tse.nodelay:
+            sk.setsockopt(tcp, socket.TCP_NODELAY, 1)
+        if tse.cork:
+            sk.setsockopt(tcp, socket.TCP_CORK, 1)
+    st["fds"].append((sk.fileno(), int(ie.opts.reuseaddr)))

@@ -42,8 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
-from . import anonfd, sockets
-from . import fdaudit
+from . import anonfd, fdaudit, sockets, sockopts
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext
@@ -112,6 +111,9 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     if d.state not in (ST_ESTABLISHED, ST_CLOSE, ST_LISTEN):
         raise Unsupported(f"{what}: unix socket in state {d.state}; not supported")
     sk = sockets.copy_of(fd)
+    sockopts.audit(fd.ctx, f"{what}: unix {TYPES[d.type]} socket", sk, connected=False)
+    if d.type == socket.SOCK_DGRAM and d.state == ST_ESTABLISHED and not d.peer:
+        _check_dgram_peerless(sk, d, what)
     flags = anonfd.file_flags(fd, "the unix socket")
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, usk=sk_unix_pb2.unix_sk_entry(
         id=fid, ino=ino, type=d.type, state=d.state, flags=flags, uflags=0,
@@ -123,6 +125,28 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     _state(fd.ctx)[ino] = _Sk(fid, d, fd.task.pid, fd.fd, fd.link, fe.usk,
                               [(fd.task.pid, fd.fd)])
     return fe
+
+
+def _check_dgram_peerless(sk: socket.socket, d: sockets.UnixDiag, what: str) -> None:
+    """An ESTABLISHED datagram socket that sock_diag shows without a peer
+    is one of two things, told apart by getpeername (which changes
+    nothing): connected to a socket since closed (a dead peer), or never
+    connected itself but connected *to* by others (which marks it
+    ESTABLISHED).  Restore rebuilds the first when it has no name (a
+    socketpair whose other end is closed) and the second when it has one
+    (bound, and a scratch socket connects to it); the two other cases
+    could not be rebuilt as they were."""
+    try:
+        sk.getpeername()
+        dead_peer = True
+    except OSError:
+        dead_peer = False
+    if dead_peer and d.name:
+        raise Unsupported(f"{what}: unix dgram socket bound to a name and connected to a "
+                          "socket that is closed; not supported")
+    if not dead_peer and not d.name:
+        raise Unsupported(f"{what}: unbound unix dgram socket marked connected without "
+                          "a peer; not supported")
 
 
 def note_shared(fd: "FdCtx", fid: int) -> None:
@@ -296,7 +320,7 @@ def _shares_listener_name(st: _Rst, ue: Any) -> bool:
                for o in st.by_ino.values())
 
 
-def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
+def _bind(st: _Rst, sk: socket.socket, ue: Any, unlink: bool = True) -> None:
     if not ue.name or _shares_listener_name(st, ue):
         return
     addr = _address(ue)
@@ -320,7 +344,7 @@ def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
         if ue.HasField("file_perms"):
             os.chown(addr, ue.file_perms.uid, ue.file_perms.gid)
             os.chmod(addr, stat.S_IMODE(ue.file_perms.mode))
-        if ue.deleted:
+        if ue.deleted and unlink:
             os.unlink(addr)
 
 
@@ -340,11 +364,14 @@ def _alive(addr: bytes, typ: int) -> bool:
         probe.close()
 
 
-def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | None) -> None:
+def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | None,
+          connect: bool = False) -> None:
     """Queue the dumped messages on ``receiver``: from its peer ``sender``,
-    or from a scratch socket to its name."""
+    or from a scratch socket to its name.  ``connect``: the scratch socket
+    connects first (even with nothing to send), which marks a datagram
+    receiver ESTABLISHED as the dumped one was."""
     msgs = st.queues.get(ue.id, [])
-    if not msgs:
+    if not msgs and not connect:
         return
     scratch = None
     if sender is None:
@@ -353,6 +380,13 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                                "name to send it from")
         scratch = socket.socket(socket.AF_UNIX, ue.type)
         sockets.prepare(scratch)
+        if connect:
+            try:
+                scratch.connect(_address(ue))
+            except OSError as exc:
+                scratch.close()
+                raise RestoreError(f"{_label(ue)}: cannot connect to it to queue its "
+                                   f"messages: {exc.strerror}") from None
     try:
         for data in msgs:
             view = memoryview(data)
@@ -361,7 +395,8 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                     if scratch is not None:
                         if ue.type == socket.SOCK_STREAM:
                             raise RestoreError(f"{_label(ue)}: stream data without a peer")
-                        n = scratch.sendto(view, socket.MSG_DONTWAIT, _address(ue))
+                        n = (scratch.send(view, socket.MSG_DONTWAIT) if connect else
+                             scratch.sendto(view, socket.MSG_DONTWAIT, _address(ue)))
                     else:
                         assert sender is not None
                         n = sender.send(view, socket.MSG_DONTWAIT)
@@ -414,6 +449,21 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
             sockets.apply_shutdown(sk, e.shutdown)
         _finish_one(rctx, st, ue, a)
         _finish_one(rctx, st, peer, b)
+        return st.made[ino]
+    if ue.state == ST_ESTABLISHED and not ue.peer and ue.type == socket.SOCK_DGRAM \
+            and ue.name:
+        # A datagram socket others connected to (that is what made it
+        # ESTABLISHED) has no peer of its own: it must not get one here,
+        # or connecting to it again fails with EPERM.  A scratch socket
+        # connects to its name and queues the messages, as the senders did.
+        sk = socket.socket(socket.AF_UNIX, ue.type)
+        _bind(st, sk, ue, unlink=False)
+        sockets.prepare(sk)
+        _fill(st, ue, sk, None, connect=True)
+        if ue.deleted:
+            os.unlink(_address(ue))
+        sockets.apply_shutdown(sk, ue.shutdown)
+        _finish_one(rctx, st, ue, sk)
         return st.made[ino]
     if ue.state == ST_ESTABLISHED and not ue.peer:
         # the peer closed: make a pair, queue, and close the other end

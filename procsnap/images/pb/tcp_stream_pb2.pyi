@@ -6,6 +6,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class tcp_opts_entry(_message.Message):
+    __slots__ = ("cork", "nodelay", "keepcnt", "keepidle", "keepintvl")
+    CORK_FIELD_NUMBER: _ClassVar[int]
+    NODELAY_FIELD_NUMBER: _ClassVar[int]
+    KEEPCNT_FIELD_NUMBER: _ClassVar[int]
+    KEEPIDLE_FIELD_NUMBER: _ClassVar[int]
+    KEEPINTVL_FIELD_NUMBER: _ClassVar[int]
+    cork: bool
+    nodelay: bool
+    keepcnt: int
+    keepidle: int
+    keepintvl: int
+    def __init__(self, cork: _Optional[bool] = ..., nodelay: _Optional[bool] = ..., keepcnt: _Optional[int] = ..., keepidle: _Optional[int] = ..., keepintvl: _Optional[int] = ...) -> None: ...
+
 class tcp_stream_entry(_message.Message):
     __slots__ = ("inq_len", "inq_seq", "outq_len", "outq_seq", "opt_mask", "snd_wscale", "mss_clamp", "rcv_wscale", "timestamp", "cork", "nodelay", "unsq_len", "snd_wl1", "snd_wnd", "max_window", "rcv_wnd", "rcv_wup")
     INQ_LEN_FIELD_NUMBER: _ClassVar[int]
