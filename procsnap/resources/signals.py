@@ -112,6 +112,11 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         ptrace.set_sigmask(thread.tid, ((1 << 64) - 1) & ~(1 << (C.SIGTRAP - 1)))
     for thread in rt.threads:
         _drain(thread.inj)
+        # Signals the puppet stopped with while it was built (the SIGCHLD
+        # of a zombie child we recreated) were taken off its queue by the
+        # stop; re-sent at detach they would arrive as SI_KERNEL and push
+        # the image's own siginfo out (a second SIGCHLD is not queued).
+        thread.inj.held_signals.clear()
     for thread in rt.threads:
         tinj = thread.inj
         th = thread.core.thread_core

@@ -77,9 +77,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     assert stat is not None
     core = task.core
     tc = core.tc
-    if task.proc.timers():
-        raise Unsupported(f"pid {pid}: has POSIX timers (/proc/{pid}/timers); "
-                          "not supported yet")
+    # POSIX timers are refused by the audit table (procsnap/audit.py).
     # A job-control stopped task (SIGSTOP, SIGTSTP...) comes back stopped.
     stop = task.threads[0].stop_signo
     tc.task_state = TASK_STOPPED if stop else TASK_ALIVE
