@@ -114,7 +114,8 @@ STATUS: list[Item] = [
         "be seized and fails the freeze"),
     *_i("status", "FDSize", "size of the fd table's allocation, grows on demand"),
     _r("status", "NStgid NSpid NSpgid NSsid", "pid namespaces are not saved yet",
-       lambda v, own: f"pids in nested pid namespaces ({v})" if len(v.split()) > 1 else None),
+       lambda v, own: f"lives in a nested pid namespace (its pids {'/'.join(v.split())})"
+       if len(v.split()) > 1 else None),
     _r("status", "Kthread", "kernel threads cannot be dumped", _nonzero("a kernel thread")),
     *_i("status", "VmPeak VmSize VmHWM VmRSS RssAnon RssFile RssShmem VmData VmStk VmExe "
         "VmLib VmPTE VmSwap HugetlbPages",
@@ -473,8 +474,8 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
         where = "" if tid == pid else f"thread {tid}: "
         base = f"/proc/{pid}/task/{tid}"
         raw = status.raw if tid == pid else task.proc.thread_status(tid).raw
+        _check_ns(pid, where, base)  # first: the most telling reason
         check_status(pid, where, raw, f"{base}/status")
-        _check_ns(pid, where, base)
         _check_sched(pid, where, tid)
         _check_attr(pid, where, base)
         if tid != pid:
@@ -492,8 +493,13 @@ def _read_int(path: str) -> int:
 def _check_ns(pid: int, where: str, base: str) -> None:
     own = _own_ns()
     for kind in os.listdir(f"{base}/ns"):
-        _judge(pid, where, "ns", kind, os.readlink(f"{base}/ns/{kind}"), own.get(kind),
-               f"{base}/ns/")
+        try:
+            link = os.readlink(f"{base}/ns/{kind}")
+        except FileNotFoundError:
+            # pid_for_children of a task that unshared CLONE_NEWPID and has
+            # not forked yet: a new namespace without its init.
+            link = f"{kind}:[new, no process yet]"
+        _judge(pid, where, "ns", kind, link, own.get(kind), f"{base}/ns/")
 
 
 def _check_sched(pid: int, where: str, tid: int) -> None:
