@@ -442,9 +442,9 @@ def check_status(pid: int, where: str, raw: dict[str, str], path: str) -> None:
 
 def check_stat_fields(pid: int, values: list[str], path: str) -> None:
     """A stat line longer than the fields the table knows is refused."""
-    known = 3 + len(_STAT_NUMERIC)  # pid, comm, state, then the numbers
+    known = 1 + len(_STAT_NUMERIC)  # after "pid (comm)": state, then the numbers
     if len(values) > known:
-        _judge(pid, "", "stat", f"field {known + 1}", values[known], None, path)
+        _judge(pid, "", "stat", f"field {known + 3}", values[known], None, path)
 
 
 def check_all(ctx: "DumpContext") -> None:
