@@ -111,3 +111,57 @@ def test_pid_namespace_child_refused(targets: TargetFactory, tmp_path: Path) -> 
     parent.wait_ready()
     _refused(child, numbers, tmp_path, r"\bpid namespace\b")
     finish(child)
+
+
+@pytest.fixture
+def cgroups(tmp_path: Path):
+    """A v1 named hierarchy mounted on a temporary dir, and a cgroup2 group;
+    removed afterwards."""
+    import subprocess
+    mnt = tmp_path / "cg"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", "none,name=procsnaptst"],
+                   check=True)
+    v2 = Path("/sys/fs/cgroup/unified") / f"procsnap-test-{os.getpid()}"
+    yield mnt, v2
+    for d in sorted(mnt.glob("**/"), key=lambda p: -len(p.parts)):
+        if d != mnt:
+            d.rmdir()
+    subprocess.run(["umount", str(mnt)], check=True)
+    if v2.exists():
+        v2.rmdir()
+
+
+def _cg(pid: int, tid: int | None = None) -> dict[str, str]:
+    path = f"/proc/{pid}/task/{tid or pid}/cgroup"
+    return {line.split(":")[1]: line.split(":", 2)[2]
+            for line in Path(path).read_text().splitlines()}
+
+
+def test_cgroups_restored(targets: TargetFactory, tmp_path: Path, cgroups) -> None:
+    """A process in a v1 cgroup and a cgroup2 group, one thread of it in
+    another v1 cgroup, and an empty cgroup below: all removed after the
+    dump (as zdtm's hooks do) and back after the restore."""
+    mnt, v2 = cgroups
+    t = targets.start("pythreads.py")
+    (mnt / "a" / "empty").mkdir(parents=True)
+    (mnt / "b").mkdir()
+    v2.mkdir()
+    tid = max(int(x) for x in os.listdir(f"/proc/{t.pid}/task"))
+    assert tid != t.pid
+    (mnt / "a" / "cgroup.procs").write_text(str(t.pid))
+    (mnt / "b" / "tasks").write_text(str(tid))
+    (v2 / "cgroup.procs").write_text(str(t.pid))
+    want = (_cg(t.pid), _cg(t.pid, tid))
+    assert want[0]["name=procsnaptst"] == "/a" and want[1]["name=procsnaptst"] == "/b"
+    images = tmp_path / "images"
+    images.mkdir()
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10)
+    for d in (mnt / "a" / "empty", mnt / "a", mnt / "b", v2):
+        d.rmdir()
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    assert (_cg(t.pid), _cg(t.pid, tid)) == want
+    assert (mnt / "a" / "empty").is_dir(), "the empty cgroup below was not recreated"
+    finish(t)

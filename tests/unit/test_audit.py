@@ -31,8 +31,7 @@ def test_saved_items_name_a_module() -> None:
     for it in audit.TABLE:
         if it.kind == audit.SAVED:
             mod = it.note.split()[0]
-            importlib.import_module(f"procsnap.resources.{mod}" if mod != "cgroup"
-                                    else "procsnap.resources.cgroup")
+            importlib.import_module(f"procsnap.resources.{mod}")
 
 
 def test_recorded_status_lines_all_known() -> None:
