@@ -225,7 +225,9 @@ SCHED: list[Item] = [
 FILES: list[Item] = [
     _r("timers", "POSIX timers", "not supported yet",
        lambda v, own: f"has {v} POSIX timer(s)" if v else None),
-    *_s("cgroup", "membership (v1 and v2, per thread)", "cgroup (cgroup.img, cg_set)"),
+    Item("cgroup", "membership in every hierarchy, v1 and v2, per thread", SAVED,
+         "cgroup (cgroup.img, cg_set; controller properties not yet: a missing cgroup of a "
+         "controller is a restore error)"),
     *_s("loginuid", "loginuid", "taskattrs (written by the task at restore)"),
     _r("loginuid", "loginuid of a thread", "the loginuid is saved once per process",
        lambda v, own: None if v is None else f"a thread with loginuid {v} unlike its leader's"),
@@ -233,7 +235,7 @@ FILES: list[Item] = [
         "every loginuid write and none can be chosen; the restored task starts a new audit "
         "session, as after a new login (CRIU does the same)"),
     *_s("personality", "personality", "taskattrs"),
-    *_s("limits", "all rows", "taskattrs (rlimits)"),
+    Item("limits", "every row", SAVED, "taskattrs (rlimits)"),
     *_s("oom_score_adj", "oom_score_adj", "taskattrs"),
 ]
 
