@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import images
+from . import audit, images
 from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
 from .inject import LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad
@@ -465,6 +465,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             for th in task.threads:
                 th.core = task.core if th.tid == task.pid else \
                     core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+        t = time.monotonic()
+        audit.check_all(ctx)  # state the images would lose refuses the dump here
+        ctx.stats["audit"] = time.monotonic() - t
         for mod in resources.DUMP_ORDER:
             t = time.monotonic()
             for task in ctx.tasks:

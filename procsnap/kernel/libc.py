@@ -125,3 +125,25 @@ def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> in
 def address_of(name: str) -> int:
     """Address of a libc function in this process (and in any fork of it)."""
     return ctypes.cast(getattr(libc, name), c_void_p).value or 0
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    """mount(2); raises OSError (used for a cgroup hierarchy mounted nowhere)."""
+    fn = _libc_plain.mount
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                   ctypes.c_char_p]
+    if fn(os.fsencode(source), os.fsencode(target), fstype.encode(), flags,
+          data.encode() or None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    fn = _libc_plain.umount2
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    if fn(os.fsencode(target), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+_libc_plain = ctypes.CDLL("libc.so.6", use_errno=True)

@@ -7,17 +7,18 @@ each list below.  (Kinds of fd are one level down: see files.FD_KINDS.)
 """
 from __future__ import annotations
 
-from . import core, creds, files, fs, memory, signals, taskattrs
+from . import cgroup, core, creds, files, fs, memory, signals, taskattrs
 
 # Dump order: identity and registers first (the registers must be read
 # before any injection could disturb them), then cheap checks that may
 # refuse the dump (fds, fs), and memory last, so a refusal copies nothing.
-DUMP_ORDER = [core, signals, taskattrs, creds, fs, files, memory]
+DUMP_ORDER = [core, signals, taskattrs, creds, cgroup, fs, files, memory]
 
 # Restore order, and why:
 #  files    - opened first, while paths resolve as in the restorer's root
 #             and the puppet still has every privilege;
 #  memory   - then the address space is replaced (needs the pages file);
+#  cgroup   - each task and thread joins its cgroups (threads exist now);
 #  fs       - cwd/root/umask; chroot after every path was opened;
 #  signals  - handlers point into the restored memory; pending signals are
 #             queued with everything blocked;
@@ -27,4 +28,4 @@ DUMP_ORDER = [core, signals, taskattrs, creds, fs, files, memory]
 #             forbid what comes before;
 #  core     - registers/FPU/mask via ptrace (core.final), done by the
 #             driver after the trampoline page is unmapped.
-RESTORE_ORDER = [files, memory, fs, signals, taskattrs, creds, core]
+RESTORE_ORDER = [files, memory, cgroup, fs, signals, taskattrs, creds, core]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import Unsupported
 from ..images.pb import creds_pb2
 import functools
 import os
@@ -52,18 +51,8 @@ def _dump_one(task: "DumpTask", inj, st, core) -> None:
         uid=uid, gid=gid, euid=euid, egid=egid, suid=suid, sgid=sgid, fsuid=fsuid, fsgid=fsgid,
         cap_inh=_words(st.cap_inh), cap_prm=_words(st.cap_prm), cap_eff=_words(st.cap_eff),
         cap_bnd=_words(st.cap_bnd), secbits=secbits, groups=st.groups)
-    # CRIU's creds_entry as we know it has no field for these two; refuse
-    # rather than restore a process with quietly different privileges.
-    if st.cap_amb:
-        raise Unsupported(f"pid {task.pid}: has ambient capabilities ({st.cap_amb:#x}); "
-                          "not supported yet")
-    if st.no_new_privs:
-        raise Unsupported(f"pid {task.pid}: has no_new_privs set; not supported yet")
-    if st.seccomp:
-        # Restoring without the filters would quietly widen what it may do.
-        mode = {1: "strict mode", 2: "filters"}.get(st.seccomp, f"mode {st.seccomp}")
-        raise Unsupported(f"pid {task.pid}: thread {st.pid} runs under seccomp {mode}; "
-                          "not supported yet")
+    # Ambient capabilities, no_new_privs and seccomp are judged by the
+    # audit table (procsnap/audit.py) before this runs.
     core.thread_core.creds.CopyFrom(creds)
 
 

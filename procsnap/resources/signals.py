@@ -103,10 +103,20 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # with the registers, just before the puppet is let go.  First drop
     # whatever the puppet collected while it was built (a SIGCHLD from a
     # zombie child we recreated, say): only the image's signals count.
+    # Everything but SIGTRAP: the puppet's trampoline ends in int3, and the
+    # kernel forcing that SIGTRAP on a task that blocks it resets its
+    # handler to SIG_DFL (force_sig_info_to_task) -- the task's own SIGTRAP
+    # handler would be lost.  Unblocked, the trap just stops for us.
+    # (A pending SIGTRAP is refused at dump, as CRIU does.)
     for thread in rt.threads:
-        ptrace.set_sigmask(thread.tid, (1 << 64) - 1)
+        ptrace.set_sigmask(thread.tid, ((1 << 64) - 1) & ~(1 << (C.SIGTRAP - 1)))
     for thread in rt.threads:
         _drain(thread.inj)
+        # Signals the puppet stopped with while it was built (the SIGCHLD
+        # of a zombie child we recreated) were taken off its queue by the
+        # stop; re-sent at detach they would arrive as SI_KERNEL and push
+        # the image's own siginfo out (a second SIGCHLD is not queued).
+        thread.inj.held_signals.clear()
     for thread in rt.threads:
         tinj = thread.inj
         th = thread.core.thread_core

@@ -1,7 +1,9 @@
 """Per-task attributes that are neither memory, files nor signals:
 personality, comm, rlimits, interval timers, robust futex list, clear-tid
 address, rseq registration, parent-death signal, subreaper flag,
-scheduling, oom_score_adj.
+scheduling (policy with SCHED_RESET_ON_FORK, rt priority, nice),
+oom_score_adj, loginuid, THP-disable (mm_entry.thp_disabled, read by
+memory) and membarrier registrations.
 
 What the kernel shows from outside is read from outside (prlimit with a
 pid, get_robust_list with a pid, PTRACE_GET_RSEQ_CONFIGURATION); the rest
@@ -40,6 +42,34 @@ def _get_int(inj, option: int) -> int:
     return int.from_bytes(inj.read_mem(addr, 8), "little")
 
 
+def read_loginuid(tid: int) -> int:
+    """The audit login uid of a task (4294967295: never set)."""
+    with open(f"/proc/{tid}/loginuid") as f:
+        return int(f.read())
+
+
+_MEMBARRIER_REGISTER = (C.MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+                        C.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED,
+                        C.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE,
+                        C.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ)
+
+
+def membarrier_registrations(inj) -> int:
+    """The REGISTER_* commands the task's mm has issued (CRIU's
+    membarrier_registration_mask).  Linux 6.3+ reports them
+    (MEMBARRIER_CMD_GET_REGISTRATIONS); before that, as CRIU does, an
+    expedited barrier succeeds only when registered -- which cannot see
+    GLOBAL_EXPEDITED, hence the new call first."""
+    got = inj.call("membarrier", C.MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, check=False)
+    if got >= 0:
+        return got
+    mask = 0
+    for reg in _MEMBARRIER_REGISTER[1:]:
+        if inj.call("membarrier", reg >> 1, 0, 0, check=False) == 0:
+            mask |= reg
+    return mask
+
+
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     inj = task.need_inj()
     pid = task.pid
@@ -47,9 +77,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     assert stat is not None
     core = task.core
     tc = core.tc
-    if task.proc.timers():
-        raise Unsupported(f"pid {pid}: has POSIX timers (/proc/{pid}/timers); "
-                          "not supported yet")
+    # POSIX timers are refused by the audit table (procsnap/audit.py).
     # A job-control stopped task (SIGSTOP, SIGTSTP...) comes back stopped.
     stop = task.threads[0].stop_signo
     tc.task_state = TASK_STOPPED if stop else TASK_ALIVE
@@ -83,6 +111,10 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     inj.reset_scratch()
     with open(f"/proc/{pid}/oom_score_adj") as f:
         tc.oom_score_adj = int(f.read())
+    tc.loginuid = read_loginuid(pid)
+    mask = membarrier_registrations(inj)
+    if mask:
+        tc.membarrier_registration_mask = mask
     for thread in task.threads:
         _dump_thread(task, thread)
 
@@ -102,8 +134,9 @@ def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
     tstat = task.proc.thread_stat(tid) if tid != task.pid else task.stat
     assert tstat is not None
     th.sched_nice = tstat.nice
-    th.sched_policy = tstat.policy
-    th.sched_prio = tstat.rt_priority
+    # stat's policy lacks SCHED_RESET_ON_FORK; sched_getscheduler has it.
+    th.sched_policy = os.sched_getscheduler(tid)
+    th.sched_prio = os.sched_getparam(tid).sched_priority
     th.comm = tstat.comm if tid != task.pid else task.core.tc.comm
     rseq = ptrace.get_rseq(tid)
     if rseq.rseq_abi_pointer:
@@ -145,11 +178,39 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         inj.reset_scratch()
     if tc.HasField("child_subreaper") and tc.child_subreaper:
         inj.call("prctl", C.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if rt.mm is not None and rt.mm.HasField("thp_disabled") and rt.mm.thp_disabled:
+        inj.call("prctl", C.PR_SET_THP_DISABLE, 1, 0, 0, 0)
+    if tc.HasField("membarrier_registration_mask"):
+        for reg in _MEMBARRIER_REGISTER:
+            if tc.membarrier_registration_mask & reg:
+                try:
+                    inj.call("membarrier", reg, 0, 0)
+                except OSError as exc:
+                    raise RestoreError(f"{rt.image_name('core')}: membarrier registration "
+                                       f"{reg:#x}: {os.strerror(exc.errno or 0)}") from None
     for thread in rt.threads:
         _restore_thread(rt, thread)
+        if tc.HasField("loginuid") and tc.loginuid != read_loginuid(thread.tid):
+            _set_loginuid(rt, thread, tc.loginuid)
     if tc.HasField("oom_score_adj"):
         with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(tc.oom_score_adj))
+
+
+def _set_loginuid(rt: "RestoreTask", thread: Any, value: int) -> None:
+    """Only the task itself may write its loginuid (proc_loginuid_write)."""
+    tinj = thread.inj
+    try:
+        fd = tinj.call("open", tinj.put(b"/proc/thread-self/loginuid\0"), os.O_WRONLY, 0)
+        try:
+            data = str(value).encode()
+            tinj.call("write", fd, tinj.put(data), len(data))
+        finally:
+            tinj.call("close", fd)
+    except OSError as exc:
+        raise RestoreError(f"{rt.image_name('core')}: thread {thread.tid}: cannot set loginuid "
+                           f"{value}: {os.strerror(exc.errno or 0)}") from None
+    tinj.reset_scratch()
 
 
 def _restore_thread(rt: "RestoreTask", thread: Any) -> None:

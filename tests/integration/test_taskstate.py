@@ -1,0 +1,167 @@
+"""Task state that must come back exactly or be refused at dump (issue 17).
+
+Restore tests: a target sets the state up and checks it from inside after
+the restore (and the test checks what is visible from outside).  Refusal
+tests: the dump fails with one line naming the pid and the state, and the
+target runs on untouched and counting.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    Target,
+    TargetFactory,
+    assert_one_line_error,
+    check_continuity,
+    check_ok,
+    describe,
+    finish,
+    is_untouched,
+    proc_cmdline,
+    read_numbers,
+    run_procsnap,
+    wait_gone,
+    wait_numbers,
+)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
+
+SCHED_RR = 2
+SCHED_RESET_ON_FORK = 0x40000000
+
+
+def _cycle(targets: TargetFactory, t: Target, images: Path) -> None:
+    images.mkdir(parents=True, exist_ok=True)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
+    targets.adopt(t.pid, like=t)
+    res = run_procsnap("restore", "-D", images, "-d")
+    check_ok(res)
+    assert t.alive(), f"restored pid {t.pid} is not running\n" + describe(res)
+    ok, why = is_untouched(t.pid)
+    assert ok, f"restored pid {t.pid} is stopped or traced: {why}"
+
+
+def test_task_attributes_restored(targets: TargetFactory, tmp_path: Path) -> None:
+    """sched policy with SCHED_RESET_ON_FORK, a thread's own policy,
+    loginuid, THP-disable, membarrier registrations, a SIGTRAP handler, and
+    the exact siginfo of a zombie's SIGCHLD and of queued RT signals."""
+    t = targets.start("taskstate")
+    assert os.sched_getscheduler(t.pid) == SCHED_RR | SCHED_RESET_ON_FORK
+    _cycle(targets, t, tmp_path / "images")
+    assert os.sched_getscheduler(t.pid) == SCHED_RR | SCHED_RESET_ON_FORK
+    assert os.sched_getparam(t.pid).sched_priority == 3
+    assert Path(f"/proc/{t.pid}/loginuid").read_text() == "4242"
+    finish(t)
+
+
+# (what the target does, a word the one-line refusal must hold)
+REFUSALS = [
+    ("uts", r"\buts namespace"),
+    ("net", r"\bnet namespace"),
+    ("ipc", r"\bipc namespace"),
+    ("cgroup", r"\bcgroup namespace"),
+    ("pid", r"\bpid_for_children\b"),
+    ("time", r"\btime_for_children\b"),
+    ("sigtrap", r"\bSIGTRAP\b"),
+    ("timer", r"\bPOSIX timer"),
+    ("timerslack", r"\btimer slack\b"),
+    ("tsc", r"\bPR_SET_TSC\b"),
+    ("mce", r"\bmachine-check kill policy\b"),
+    ("nnp", r"\bno_new_privs\b"),
+]
+
+
+def _refused(t: Target, numbers: Path, tmp_path: Path, pattern: str) -> None:
+    wait_numbers(numbers, 3)
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, rf"re:\b{t.pid}\b")
+    assert re.search(pattern, line), f"the refusal does not name the state: {line!r}"
+    assert t.alive(), f"a refused dump killed pid {t.pid}"
+    ok, why = is_untouched(t.pid)
+    assert ok, f"a refused dump left pid {t.pid} stopped or traced: {why}"
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert not list((tmp_path / "images").glob("*.img")), "a refused dump left images"
+
+
+@pytest.mark.parametrize("what,pattern", REFUSALS, ids=[w for w, _ in REFUSALS])
+def test_task_state_refused(targets: TargetFactory, tmp_path: Path, what: str,
+                            pattern: str) -> None:
+    numbers = targets.workdir / "numbers"
+    t = targets.start("refuse_me", what, str(numbers))
+    _refused(t, numbers, tmp_path, pattern)
+    finish(t)
+
+
+def test_pid_namespace_child_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    """pid 1 of its own pid namespace (unshare -fp) is refused by name."""
+    numbers = targets.workdir / "numbers"
+    parent = targets.start("refuse_me", "pidns-child", str(numbers), wait_ready=False)
+    line = parent.wait_line(r"^child \d+")
+    pid = int(line.split()[1])
+    child = Target(name="refuse_me", pid=pid, argv=parent.argv, workdir=parent.workdir,
+                   out=parent.out, err=parent.err, cmdline=proc_cmdline(pid) or [])
+    targets.targets.append(child)  # killed at teardown too
+    parent.wait_ready()
+    _refused(child, numbers, tmp_path, r"\bpid namespace\b")
+    finish(child)
+
+
+@pytest.fixture
+def cgroups(tmp_path: Path):
+    """A v1 named hierarchy mounted on a temporary dir, and a cgroup2 group;
+    removed afterwards."""
+    import subprocess
+    mnt = tmp_path / "cg"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", "none,name=procsnaptst"],
+                   check=True)
+    v2 = Path("/sys/fs/cgroup/unified") / f"procsnap-test-{os.getpid()}"
+    yield mnt, v2
+    for d in sorted(mnt.glob("**/"), key=lambda p: -len(p.parts)):
+        if d != mnt:
+            d.rmdir()
+    subprocess.run(["umount", str(mnt)], check=True)
+    if v2.exists():
+        v2.rmdir()
+
+
+def _cg(pid: int, tid: int | None = None) -> dict[str, str]:
+    path = f"/proc/{pid}/task/{tid or pid}/cgroup"
+    return {line.split(":")[1]: line.split(":", 2)[2]
+            for line in Path(path).read_text().splitlines()}
+
+
+def test_cgroups_restored(targets: TargetFactory, tmp_path: Path, cgroups) -> None:
+    """A process in a v1 cgroup and a cgroup2 group, one thread of it in
+    another v1 cgroup, and an empty cgroup below: all removed after the
+    dump (as zdtm's hooks do) and back after the restore."""
+    mnt, v2 = cgroups
+    t = targets.start("pythreads.py")
+    (mnt / "a" / "empty").mkdir(parents=True)
+    (mnt / "b").mkdir()
+    v2.mkdir()
+    tid = max(int(x) for x in os.listdir(f"/proc/{t.pid}/task"))
+    assert tid != t.pid
+    (mnt / "a" / "cgroup.procs").write_text(str(t.pid))
+    (mnt / "b" / "tasks").write_text(str(tid))
+    (v2 / "cgroup.procs").write_text(str(t.pid))
+    want = (_cg(t.pid), _cg(t.pid, tid))
+    assert want[0]["name=procsnaptst"] == "/a" and want[1]["name=procsnaptst"] == "/b"
+    images = tmp_path / "images"
+    images.mkdir()
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10)
+    for d in (mnt / "a" / "empty", mnt / "a", mnt / "b", v2):
+        d.rmdir()
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    assert (_cg(t.pid), _cg(t.pid, tid)) == want
+    assert (mnt / "a" / "empty").is_dir(), "the empty cgroup below was not recreated"
+    finish(t)
