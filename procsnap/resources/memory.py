@@ -75,6 +75,123 @@ _IOV_MAX = 1024
 
 
 
+# ------------------------------------------------------- smaps VmFlags ----
+#
+# Every mnemonic /proc/PID/smaps prints in "VmFlags:" (show_smap_vma_flags()
+# in fs/proc/task_mmu.c, Linux 6.18, and older ones), and what a dump does
+# with it: SAVED (restored exactly; the reason says how), REFUSED (the dump
+# fails naming the pid and the mapping), or IRRELEVANT (nothing a program
+# can observe is lost; the reason says why).  A mnemonic that is not here
+# -- a newer kernel's -- is refused, never skipped.
+SAVED, REFUSED, IRRELEVANT = "saved", "refused", "irrelevant"
+
+VMFLAGS: dict[str, tuple[str, str]] = {
+    "rd": (SAVED, "PROT_READ: vma_entry.prot"),
+    "wr": (SAVED, "PROT_WRITE: vma_entry.prot"),
+    "ex": (SAVED, "PROT_EXEC: vma_entry.prot"),
+    "sh": (SAVED, "VM_SHARED: MAP_SHARED of a file opened for writing (vma_entry.fdflags)"),
+    "mr": (SAVED, "VM_MAYREAD: follows from the mapping type and the file's access mode"),
+    "mw": (SAVED, "VM_MAYWRITE: follows from the mapping type and the file's access mode "
+                  "(vma_entry.fdflags, read from the map_files link mode)"),
+    "me": (SAVED, "VM_MAYEXEC: follows from the mapping type and the mount (noexec)"),
+    "ms": (SAVED, "VM_MAYSHARE: MAP_SHARED (vma_entry.status)"),
+    "gd": (SAVED, "VM_GROWSDOWN: MAP_GROWSDOWN in vma_entry.flags"),
+    "lo": (SAVED, "VM_LOCKED: MAP_LOCKED in vma_entry.flags; mlock() after the pages are in"),
+    "sr": (SAVED, "MADV_SEQUENTIAL in vma_entry.madv"),
+    "rr": (SAVED, "MADV_RANDOM in vma_entry.madv"),
+    "dc": (SAVED, "MADV_DONTFORK in vma_entry.madv"),
+    "wf": (SAVED, "MADV_WIPEONFORK in vma_entry.madv"),
+    "dd": (SAVED, "MADV_DONTDUMP in vma_entry.madv"),
+    "hg": (SAVED, "MADV_HUGEPAGE in vma_entry.madv"),
+    "nh": (SAVED, "MADV_NOHUGEPAGE in vma_entry.madv"),
+    "mg": (SAVED, "MADV_MERGEABLE in vma_entry.madv"),
+    "nr": (SAVED, "VM_NORESERVE: MAP_NORESERVE in vma_entry.flags"),
+    "dp": (SAVED, "VM_DROPPABLE: MAP_DROPPABLE in vma_entry.flags; its pages are not "
+                  "saved, as the kernel may drop them at any time (a dropped page reads 0)"),
+    "ac": (SAVED, "VM_ACCOUNT: a private mapping is made writable at restore only if it "
+                  "has saved pages (it was written, so it was writable and accounted), "
+                  "so RELRO and read-only data stay apart as they were"),
+    "sd": (IRRELEVANT, "soft-dirty is write tracking for incremental dumps "
+                       "(clear_refs resets it); a new mapping starts all dirty"),
+    "dw": (IRRELEVANT, "VM_DENYWRITE, only before Linux 5.15: set by the kernel on "
+                       "executable file mappings, ignored in mmap flags"),
+    "pf": (REFUSED, "VM_PFNMAP: a device or driver mapping (raw page frames)"),
+    "io": (REFUSED, "VM_IO: a memory-mapped I/O area of a device"),
+    "mm": (REFUSED, "VM_MIXEDMAP: a driver mapping"),
+    "de": (REFUSED, "VM_DONTEXPAND: a driver or kernel object mapping (aio, perf, io_uring, ...)"),
+    "ar": (REFUSED, "VM_ARCH_1 (VM_PAT on x86): a driver mapping with page attributes"),
+    "ht": (REFUSED, "hugetlb pages are not supported yet"),
+    "sf": (REFUSED, "MAP_SYNC (DAX) mappings are not supported"),
+    "lf": (REFUSED, "lock-on-fault (mlock2 MLOCK_ONFAULT / mlockall MCL_ONFAULT) has no "
+                    "field in the image"),
+    "um": (REFUSED, "registered with userfaultfd (missing-page tracking)"),
+    "uw": (REFUSED, "registered with userfaultfd (write-protect tracking)"),
+    "ui": (REFUSED, "registered with userfaultfd (minor-fault tracking)"),
+    "ss": (REFUSED, "a shadow stack (CET) is not supported"),
+    "sl": (REFUSED, "sealed with mseal(); sealing has no field in the image"),
+    "gu": (REFUSED, "may hold guard regions (MADV_GUARD_INSTALL), which are not restored"),
+    "nl": (REFUSED, "a non-linear mapping (remap_file_pages, before Linux 4.0)"),
+    "bt": (REFUSED, "arm64 BTI guarded pages: another architecture"),
+    "mt": (REFUSED, "arm64 MTE tagged memory: another architecture"),
+}
+
+# The kernel puts these on its own mappings ([vvar], [vdso], [vsyscall]),
+# which a restore remakes with arch_prctl(ARCH_MAP_VDSO_64), flags included.
+_SPECIAL_VMFLAGS = frozenset({"pf", "io", "de", "dd", "mm", "sl", "ar"})
+
+# VmFlags kept in vma_entry.flags and vma_entry.madv (as CRIU's
+# __parse_vmflags() in criu/proc_parse.c does).
+_MAP_BY_VMFLAG = {"gd": C.MAP_GROWSDOWN, "lo": C.MAP_LOCKED, "nr": C.MAP_NORESERVE,
+                  "dp": C.MAP_DROPPABLE}
+_MADV_BY_VMFLAG = {"sr": C.MADV_SEQUENTIAL, "rr": C.MADV_RANDOM, "dc": C.MADV_DONTFORK,
+                   "wf": C.MADV_WIPEONFORK, "dd": C.MADV_DONTDUMP, "hg": C.MADV_HUGEPAGE,
+                   "nh": C.MADV_NOHUGEPAGE, "mg": C.MADV_MERGEABLE}
+# The order madvise() applies them at restore; each is idempotent.
+_MADV_ORDER = sorted(_MADV_BY_VMFLAG.values())
+
+
+def _where(task: "DumpTask", m: MapEntry) -> str:
+    return f"pid {task.pid}: mapping {m.start:#x}-{m.end:#x} ({m.path or 'anonymous'})"
+
+
+def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
+    """(mmap flags, madvise bitmap) the VmFlags of ``m`` ask for, refusing
+    what cannot be restored exactly (see VMFLAGS)."""
+    special = m.path in SPECIAL
+    flags = madv = 0
+    for f in m.vmflags:
+        if special and f in _SPECIAL_VMFLAGS:
+            continue
+        kind, why = VMFLAGS.get(f, (REFUSED, "unknown to procsnap (a newer kernel?)"))
+        if kind == REFUSED:
+            raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
+        if special:
+            continue  # remade by the kernel as it was
+        flags |= _MAP_BY_VMFLAG.get(f, 0)
+        if f in _MADV_BY_VMFLAG:
+            madv |= 1 << _MADV_BY_VMFLAG[f]
+    if m.pkey:
+        raise Unsupported(f"{_where(task, m)}: protection key {m.pkey} (pkey_mprotect) "
+                          "is not supported")
+    return flags, madv
+
+
+def _map_files_mode(task: "DumpTask", m: MapEntry) -> int:
+    """O_RDONLY or O_RDWR: the access mode of the file behind the mapping.
+
+    The map_files link's own mode is the f_mode of vm_file (0400 read,
+    0600 read-write: proc_map_files_get_link), as CRIU reads it.  A file
+    opened O_RDWR and mapped read-only (shared or private) must come back
+    opened O_RDWR, or VM_MAYWRITE is lost and a later mprotect(PROT_WRITE)
+    of a shared mapping fails."""
+    link = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
+    try:
+        mode = os.lstat(link).st_mode
+    except OSError:
+        return os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+    return os.O_RDWR if mode & 0o200 else os.O_RDONLY
+
+
 # ---------------------------------------------------------------- dump ----
 
 def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
@@ -165,7 +282,7 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     if key in cache:
         return cache[key]
     fid = ctx.new_file_id()
-    flags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+    flags = _map_files_mode(task, m)
     entry = regfile.describe_path(task, m.path, real, fid, flags, pos=0,
                                   what=f"mapping {m.start:#x}-{m.end:#x}", ctx=ctx, source=link)
     ctx.files.append(_with_build_id(entry, link))
@@ -204,17 +321,24 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     pagemap = PagemapReader(pid)  # one open for the whole address space
     for m in task.maps:
         status, flags = _vma_status(task, m)
+        more, madv = _vmflags(task, m)
+        if more & C.MAP_DROPPABLE:
+            flags &= ~C.MAP_PRIVATE  # a map type of its own (as CRIU writes it)
         vma = vma_pb2.vma_entry(start=m.start, end=m.end, pgoff=m.pgoff, shmid=0,
-                                prot=m.prot, flags=flags, status=status, fd=-1)
+                                prot=m.prot, flags=flags | more, status=status, fd=-1)
+        if madv:
+            vma.madv = madv
         if status & VMA_ANON_SHARED:
             vma.shmid = shmem.dump_vma(ctx, task, m)
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
-            vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+            vma.fdflags = _map_files_mode(task, m)
         elif status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
-            vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+            vma.fdflags = _map_files_mode(task, m)
         mm.vmas.append(vma)
+        if more & C.MAP_DROPPABLE:
+            continue  # droppable pages are not kept (see VMFLAGS["dp"])
         if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and not status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             to_copy += pagemap.runs(m.start, m.end, anon_only=bool(status & VMA_FILE_PRIVATE))
     pagemap.close()
@@ -458,17 +582,27 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     inj.call("close", exe_fd)
     inj.reset_scratch()
 
-    # 3. Map every VMA writable (contents go in next), files by identity.
+    # 3. Map every VMA, files by identity.  A private VMA with saved pages
+    # is mapped writable (the pages go in next, then the final protection):
+    # it was written, so it was writable once and VM_ACCOUNT is right.  One
+    # without pages gets its final protection at once, so a never-writable
+    # mapping does not gain VM_ACCOUNT and merge with a neighbour that has
+    # it (read-only data next to RELRO).
     file_fds: dict[tuple[int, int], int] = {}
     vvar_start = None
-    for v in mm.vmas:
+    with_pages = _vmas_with_pages(rt)
+    for i, v in enumerate(mm.vmas):
         if v.status & VMA_AREA_VSYSCALL:
             continue
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             vvar_start = v.start if vvar_start is None else min(vvar_start, v.start)
             continue
         length = v.end - v.start
-        prot = v.prot | C.PROT_READ | C.PROT_WRITE if not v.status & VMA_FILE_SHARED else v.prot
+        if v.status & VMA_FILE_SHARED or i not in with_pages:
+            prot = v.prot
+        else:
+            prot = v.prot | C.PROT_READ | C.PROT_WRITE
+        extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
         if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             mode = os.O_RDWR if v.fdflags & os.O_ACCMODE == os.O_RDWR else os.O_RDONLY
             key = (v.shmid, mode)
@@ -480,11 +614,12 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                     file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
                     check_build_id(rctx, rt, entry, file_fds[key])
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
-            inj.call("mmap", v.start, length, prot, flags, file_fds[key], v.pgoff)
+            inj.call("mmap", v.start, length, prot, flags | extra, file_fds[key], v.pgoff)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
         else:
-            flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED
+            kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
+            flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
             if v.status & VMA_AREA_STACK:
                 flags |= C.MAP_GROWSDOWN
             inj.call("mmap", v.start, length, prot, flags, -1, 0)
@@ -498,16 +633,57 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     _fill_pages(rt, pages_fd)
     inj.call("close", pages_fd)
 
-    # 5. Final protections, anon names.
-    for v in mm.vmas:
+    # 5. Final protections of what was mapped writable for its pages.
+    for i, v in enumerate(mm.vmas):
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_FILE_SHARED):
             continue
-        if v.prot != C.PROT_READ | C.PROT_WRITE:
+        if (i in with_pages or v.status & VMA_ANON_SHARED) and v.prot != C.PROT_READ | C.PROT_WRITE:
             inj.call("mprotect", v.start, v.end - v.start, v.prot)
+
+    # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
+    _restore_vmflags(rt)
+    if mm.thp_disabled:
+        inj.call("prctl", C.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
     # 6. vDSO and vvar go back together (the vDSO finds vvar at a fixed offset).
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
+
+
+def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
+    """Indexes in rt.mm.vmas of the VMAs that have pages in the image."""
+    starts = [v.start for v in rt.mm.vmas]
+    out: set[int] = set()
+    for e in rt.pagemap:
+        if e.HasField("flags") and not e.flags & PE_PRESENT:
+            continue
+        end = e.vaddr + e.nr_pages * PAGE
+        i = bisect.bisect_right(starts, e.vaddr) - 1
+        while 0 <= i < len(starts) and starts[i] < end:
+            if rt.mm.vmas[i].end > e.vaddr:
+                out.add(i)
+            i += 1
+    return out
+
+
+def _restore_vmflags(rt: "RestoreTask") -> None:
+    """madvise() each saved advice over its VMA exactly (so the kernel
+    splits and merges as it did), then mlock() what was locked."""
+    inj = rt.inj
+    for v in rt.mm.vmas:
+        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
+            continue
+        if v.HasField("madv") and v.madv:
+            for advice in _MADV_ORDER:
+                if v.madv & (1 << advice):
+                    try:
+                        inj.call("madvise", v.start, v.end - v.start, advice)
+                    except InjectError as exc:
+                        raise RestoreError(f"{rt.image_name('mm')}: madvise({advice}) of "
+                                           f"{v.start:#x}-{v.end:#x} failed: "
+                                           f"{os.strerror(exc.errno or 0)}") from None
+        if v.flags & C.MAP_LOCKED:
+            inj.call("mlock", v.start, v.end - v.start)
 
 
 def _fill_pages(rt: "RestoreTask", pages_fd: int) -> None:
