@@ -23,6 +23,7 @@ import os
 import resource
 import stat as st_mod
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import elf, images, progress
@@ -189,6 +190,13 @@ def _map_files_mode(task: "DumpTask", m: MapEntry) -> int:
         mode = os.lstat(link).st_mode
     except OSError:
         return os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+    if m.shared and "mw" not in m.vmflags:
+        # A shared mapping of a file opened read-write without VM_MAYWRITE:
+        # a memfd write-sealed before it was mapped (the kernel clears the
+        # flag).  Reopened read-only it gets no VM_MAYWRITE either, and the
+        # seal can be applied again (F_SEAL_WRITE fails with EBUSY while a
+        # writable shared mapping exists); only the link mode differs.
+        return os.O_RDONLY
     return os.O_RDWR if mode & 0o200 else os.O_RDONLY
 
 
@@ -551,23 +559,123 @@ def check_vdso(rt: "RestoreTask") -> None:
                            f"kernel's {a}: images from another kernel are not supported")
 
 
-def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+def _is_premapped(v: Any) -> bool:
+    """Private memory (anonymous, or a private file mapping with its own
+    copies of pages) is mapped and filled by premap(), before the task
+    forks its children, so that they inherit it copy-on-write."""
+    return (bool(v.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE))
+            and not v.status & (VMA_AREA_MEMFD | VMA_AREA_VDSO | VMA_AREA_VVAR
+                                | VMA_AREA_VSYSCALL))
+
+
+@dataclass
+class _Premapped:
+    """What premap() left mapped in one task, for its children to reuse."""
+    vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()
+    runs: list[tuple[int, int, int]]                # its pages: (addr, size, offset)
+    pages: str                                      # path of its pages image
+
+
+def _vma_key(v: Any, prot: int, ident: tuple[int, int] | None) -> tuple[Any, ...]:
+    """All that must agree for a child to keep the VMA its parent mapped."""
+    return (v.pgoff, prot, v.flags, v.status, v.fdflags if v.HasField("fdflags") else 0, ident)
+
+
+def _page_runs(rt: "RestoreTask") -> list[tuple[int, int, int]]:
+    """(addr, size, offset in pages-N.img) of every page the image holds."""
+    runs = []
+    off = 0
+    for e in rt.pagemap:
+        if e.HasField("flags") and not e.flags & PE_PRESENT:
+            continue  # lazy/parent pages have no bytes in this pages file
+        size = e.nr_pages * PAGE
+        runs.append((e.vaddr, size, off))
+        off += size
+    return runs
+
+
+def _clip(runs: list[tuple[int, int, int]], start: int, end: int) -> list[tuple[int, int, int]]:
+    """The parts of ``runs`` (sorted by address) inside [start, end)."""
+    out = []
+    i = bisect.bisect_right([r[0] for r in runs], start) - 1
+    i = max(i, 0)
+    for addr, size, off in runs[i:]:
+        if addr >= end:
+            break
+        a, b = max(addr, start), min(addr + size, end)
+        if a < b:
+            out.append((a, b - a, off + a - addr))
+    return out
+
+
+def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """First half of the address space, before the task forks its children.
+
+    Drop what the puppet inherited (except the trampoline, and what its
+    parent premapped that it maps too), install the mm fields and exe,
+    then map and fill private memory.  A VMA the parent premapped exactly
+    as this task had it is kept: only pages that differ from the parent's
+    are written, and the parent's pages this task did not have are
+    dropped (MADV_DONTNEED gives zeroes, or the file's page, again), so
+    what was shared copy-on-write at the dump is shared again (as CRIU's
+    restore of private VMAs before forking children).
+    """
     inj = rt.inj
     mm = rt.mm
     check_vdso(rt)
-    pages_fd = rt.open_in_puppet(images.image_path(rctx.images_dir, "pages", rt.pages_id),
-                                 os.O_RDONLY)
+    done: dict[int, _Premapped] = rctx.kind_state.setdefault(NAME, {})
+    parent = done.get(rt.pstree.ppid) if rt is not rctx.tasks[0] else None
+    with_pages = _vmas_with_pages(rt)
+    pages_path = images.image_path(rctx.images_dir, "pages", rt.pages_id)
+
+    # Open each mapped file once (by its access mode), before anything is
+    # unmapped: a child compares them with the files its parent mapped.
+    file_fds: dict[tuple[int, int], int] = {}
+    idents: dict[int, tuple[int, int] | None] = {}
+    for i, v in enumerate(mm.vmas):
+        if not _is_premapped(v):
+            continue
+        idents[i] = None
+        if v.status & VMA_FILE_PRIVATE:
+            fd = _open_mapped(rctx, rt, v, file_fds)
+            st = os.stat(f"/proc/{rt.pid}/fd/{fd}")
+            idents[i] = (st.st_dev, st.st_ino)
+
+    prots = {i: (v.prot | C.PROT_READ | C.PROT_WRITE if i in with_pages else v.prot)
+             for i, v in enumerate(mm.vmas) if i in idents}
+    keys = {i: _vma_key(mm.vmas[i], prots[i], idents[i]) for i in idents}
+    reuse: set[int] = set()
+    if parent is not None:
+        for i in idents:
+            v = mm.vmas[i]
+            if parent.vmas.get((v.start, v.end)) == keys[i]:
+                reuse.add(i)
+
+    # 1. Drop everything else the puppet inherited ([vsyscall] lies above
+    # TASK_SIZE and stays): munmap of a range with holes is fine.
+    keep = sorted([(rt.tramp, rt.tramp + rt.tramp_size)]
+                  + [(mm.vmas[i].start, mm.vmas[i].end) for i in reuse])
+    cur = 0
+    for a, b in keep:
+        if a > cur:
+            inj.call("munmap", cur, a - cur)
+        cur = max(cur, b)
+    if cur < C.TASK_SIZE:
+        inj.call("munmap", cur, C.TASK_SIZE - cur)
+
+    # 2. mm fields and exe, now that the old executable is gone (the
+    # kernel says EBUSY while any mapping of it is left).  A child that
+    # runs the file its parent ran keeps it: that one may still be mapped
+    # by a VMA it kept.
     exe = rctx.file_entry(mm.exe_file_id)
     exe_fd = regfile.open_entry(rctx, rt, exe, os.O_RDONLY, check=False)
     check_build_id(rctx, rt, exe, exe_fd)
-
-    # 1. Drop everything the puppet inherited, except the trampoline: two
-    # calls whatever the layout (munmap of a range with holes is fine;
-    # [vsyscall] lies above TASK_SIZE and stays).
-    inj.call("munmap", 0, rt.tramp)
-    inj.call("munmap", rt.tramp + rt.tramp_size, C.TASK_SIZE - rt.tramp - rt.tramp_size)
-
-    # 2. mm fields and exe, now that the old executable is gone.
+    new_exe = os.stat(f"/proc/{rt.pid}/fd/{exe_fd}")
+    try:
+        old_exe = os.stat(f"/proc/{rt.pid}/exe")
+        same = (old_exe.st_dev, old_exe.st_ino) == (new_exe.st_dev, new_exe.st_ino)
+    except OSError:
+        same = False
     auxv = list(mm.mm_saved_auxv)
     auxv_addr = inj.put(b"".join(x.to_bytes(8, "little") for x in auxv), align=8)
     mmap_struct = PrctlMmMap(
@@ -576,23 +684,140 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         start_brk=mm.mm_start_brk, brk=mm.mm_brk, start_stack=mm.mm_start_stack,
         arg_start=mm.mm_arg_start, arg_end=mm.mm_arg_end,
         env_start=mm.mm_env_start, env_end=mm.mm_env_end,
-        auxv=auxv_addr, auxv_size=len(auxv) * 8, exe_fd=exe_fd)
+        auxv=auxv_addr, auxv_size=len(auxv) * 8,
+        exe_fd=(2**32 - 1) if same else exe_fd)
     addr = inj.put(bytes(mmap_struct), align=8)
     inj.call("prctl", C.PR_SET_MM, C.PR_SET_MM_MAP, addr, len(bytes(mmap_struct)), 0)
     inj.call("close", exe_fd)
     inj.reset_scratch()
 
-    # 3. Map every VMA, files by identity.  A private VMA with saved pages
-    # is mapped writable (the pages go in next, then the final protection):
-    # it was written, so it was writable once and VM_ACCOUNT is right.  One
+    # 3. Map private memory.  A VMA with saved pages is mapped writable
+    # (the pages go in next; restore() sets the final protection): it was
+    # written, so it was writable once and VM_ACCOUNT is right.  One
     # without pages gets its final protection at once, so a never-writable
     # mapping does not gain VM_ACCOUNT and merge with a neighbour that has
     # it (read-only data next to RELRO).
+    for i in idents:
+        if i in reuse:
+            continue
+        v = mm.vmas[i]
+        extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
+        if v.status & VMA_FILE_PRIVATE:
+            inj.call("mmap", v.start, v.end - v.start, prots[i],
+                     C.MAP_PRIVATE | C.MAP_FIXED | extra, _open_mapped(rctx, rt, v, file_fds),
+                     v.pgoff)
+        else:
+            kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
+            flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
+            if v.status & VMA_AREA_STACK:
+                flags |= C.MAP_GROWSDOWN
+            inj.call("mmap", v.start, v.end - v.start, prots[i], flags, -1, 0)
+    for fd in file_fds.values():
+        inj.call("close", fd)
+
+    # 4. Pages.  In a kept VMA, only what differs from the parent's.
+    runs = _page_runs(rt)
+    todo: list[tuple[int, int, int]] = []
+    drop: list[tuple[int, int]] = []
+    for i in sorted(idents):
+        v = mm.vmas[i]
+        mine = _clip(runs, v.start, v.end)
+        if i not in reuse:
+            todo += mine
+            continue
+        assert parent is not None
+        theirs = _clip(parent.runs, v.start, v.end)
+        t, d = _diff_pages(pages_path, mine, parent.pages, theirs)
+        todo += t
+        drop += d
+    if todo:
+        pages_fd = rt.open_in_puppet(pages_path, os.O_RDONLY)
+        _fill_pages(rt, pages_fd, todo)
+        inj.call("close", pages_fd)
+    for a, n in drop:
+        inj.call("madvise", a, n, C.MADV_DONTNEED)
+    done[rt.pid] = _Premapped({(mm.vmas[i].start, mm.vmas[i].end): keys[i] for i in idents},
+                              runs, pages_path)
+
+
+def _open_mapped(rctx: "RestoreContext", rt: "RestoreTask", v: Any,
+                 fds: dict[tuple[int, int], int]) -> int:
+    """An fd in the puppet on the file behind ``v``, opened with the access
+    mode the original was opened with (vma_entry.fdflags); one per file
+    and mode."""
+    mode = os.O_RDWR if v.fdflags & os.O_ACCMODE == os.O_RDWR else os.O_RDONLY
+    key = (v.shmid, mode)
+    if key not in fds:
+        entry = rctx.file_entry(v.shmid)
+        if v.status & VMA_AREA_MEMFD:
+            fds[key] = memfd.open_for_mapping(rctx, rt, entry, mode)
+        else:
+            fds[key] = regfile.open_entry(rctx, rt, entry, mode)
+            check_build_id(rctx, rt, entry, fds[key])
+    return fds[key]
+
+
+def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: str,
+                theirs: list[tuple[int, int, int]]
+                ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Pages of one kept VMA: (runs to write, ranges to drop).
+
+    ``mine``/``theirs``: (addr, size, offset) runs of this task's and its
+    parent's pages inside the VMA.  A page both have with equal bytes is
+    left shared; one that differs, or only this task has, is written; one
+    only the parent has is dropped.
+    """
+    write: list[tuple[int, int, int]] = []
+    drop: list[tuple[int, int]] = []
+    mine_pages = {}
+    for addr, size, off in mine:
+        for k in range(0, size, PAGE):
+            mine_pages[addr + k] = off + k
+    their_pages = {}
+    for addr, size, off in theirs:
+        for k in range(0, size, PAGE):
+            their_pages[addr + k] = off + k
+    if not mine_pages and not their_pages:
+        return write, drop
+    with open(mine_path, "rb") as fm, open(theirs_path, "rb") as ft:
+        for addr in sorted(mine_pages.keys() | their_pages.keys()):
+            mo = mine_pages.get(addr)
+            to = their_pages.get(addr)
+            if mo is None:
+                _append(drop, addr)
+                continue
+            if to is not None and os.pread(fm.fileno(), PAGE, mo) == \
+                    os.pread(ft.fileno(), PAGE, to):
+                continue
+            if write and write[-1][0] + write[-1][1] == addr and \
+                    write[-1][2] + write[-1][1] == mo:
+                a, n, o = write[-1]
+                write[-1] = (a, n + PAGE, o)
+            else:
+                write.append((addr, PAGE, mo))
+    return write, drop
+
+
+def _append(ranges: list[tuple[int, int]], addr: int) -> None:
+    if ranges and ranges[-1][0] + ranges[-1][1] == addr:
+        ranges[-1] = (ranges[-1][0], ranges[-1][1] + PAGE)
+    else:
+        ranges.append((addr, PAGE))
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """Second half, once the task's children exist: shared and memfd
+    mappings, final protections, VmFlags, the vDSO."""
+    inj = rt.inj
+    mm = rt.mm
+    with_pages = _vmas_with_pages(rt)
+
+    # 3. Map the rest: shared memory and memfds.
     file_fds: dict[tuple[int, int], int] = {}
     vvar_start = None
-    with_pages = _vmas_with_pages(rt)
+    later: list[int] = []
     for i, v in enumerate(mm.vmas):
-        if v.status & VMA_AREA_VSYSCALL:
+        if v.status & VMA_AREA_VSYSCALL or _is_premapped(v):
             continue
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             vvar_start = v.start if vvar_start is None else min(vvar_start, v.start)
@@ -604,34 +829,28 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             prot = v.prot | C.PROT_READ | C.PROT_WRITE
         extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
         if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
-            mode = os.O_RDWR if v.fdflags & os.O_ACCMODE == os.O_RDWR else os.O_RDONLY
-            key = (v.shmid, mode)
-            if key not in file_fds:
-                entry = rctx.file_entry(v.shmid)
-                if v.status & VMA_AREA_MEMFD:
-                    file_fds[key] = memfd.open_for_mapping(rctx, rt, entry, mode)
-                else:
-                    file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
-                    check_build_id(rctx, rt, entry, file_fds[key])
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
-            inj.call("mmap", v.start, length, prot, flags | extra, file_fds[key], v.pgoff)
+            inj.call("mmap", v.start, length, prot, flags | extra,
+                     _open_mapped(rctx, rt, v, file_fds), v.pgoff)
+            if i in with_pages:
+                later.append(i)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
         else:
-            kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
-            flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
-            if v.status & VMA_AREA_STACK:
-                flags |= C.MAP_GROWSDOWN
-            inj.call("mmap", v.start, length, prot, flags, -1, 0)
+            raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} has "
+                               f"status {v.status:#x}, which procsnap does not restore")
     for fd in file_fds.values():
         inj.call("close", fd)
 
-    # 4. Pages: the puppet reads them itself, straight from the image
-    # into place -- one preadv per batch of runs (up to _IOV_MAX runs or
-    # _BATCH_BYTES), so the bytes never pass through Python and a process
-    # with 10,000 small runs costs ~10 injected calls, not 10,000.
-    _fill_pages(rt, pages_fd)
-    inj.call("close", pages_fd)
+    # 4. Pages of private memfd mappings (the rest went in at premap).
+    if later:
+        runs = _page_runs(rt)
+        todo = [r for i in later for r in _clip(runs, mm.vmas[i].start, mm.vmas[i].end)]
+        if todo:
+            pages_fd = rt.open_in_puppet(
+                images.image_path(rctx.images_dir, "pages", rt.pages_id), os.O_RDONLY)
+            _fill_pages(rt, pages_fd, todo)
+            inj.call("close", pages_fd)
 
     # 5. Final protections of what was mapped writable for its pages.
     for i, v in enumerate(mm.vmas):
@@ -641,6 +860,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             inj.call("mprotect", v.start, v.end - v.start, v.prot)
 
     # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
+    # After the children were forked: MADV_DONTFORK/WIPEONFORK would
+    # have kept the memory from them.
     _restore_vmflags(rt)
     if mm.thp_disabled:
         inj.call("prctl", C.PR_SET_THP_DISABLE, 1, 0, 0, 0)
@@ -686,17 +907,21 @@ def _restore_vmflags(rt: "RestoreTask") -> None:
             inj.call("mlock", v.start, v.end - v.start)
 
 
-def _fill_pages(rt: "RestoreTask", pages_fd: int) -> None:
+def _fill_pages(rt: "RestoreTask", pages_fd: int, runs: list[tuple[int, int, int]]) -> None:
+    """The puppet reads its pages itself, straight from the image into
+    place: one preadv per batch of runs contiguous in the file (up to
+    _IOV_MAX runs or _BATCH_BYTES), so the bytes never pass through Python
+    and 10,000 small runs cost ~10 injected calls, not 10,000."""
     inj = rt.inj
-    present = [e for e in rt.pagemap if not e.HasField("flags") or e.flags & PE_PRESENT]
-    total = sum(e.nr_pages for e in present) * PAGE
+    total = sum(n for _, n, _ in runs)
     bar = progress.Progress("restore", total)
     batch: list[int] = []  # flat iovec (base, len, ...)
     batch_off = 0
     batch_len = 0
+    moved = 0
 
     def flush() -> None:
-        nonlocal batch, batch_off, batch_len
+        nonlocal batch, batch_len, moved
         if not batch:
             return
         iov = inj.put(struct.pack(f"<{len(batch)}Q", *batch), align=8)
@@ -707,21 +932,22 @@ def _fill_pages(rt: "RestoreTask", pages_fd: int) -> None:
         if got != batch_len:
             raise RestoreError(f"{rt.image_name('pages')}: short read at offset "
                                f"{batch_off} ({got} of {batch_len} bytes)")
+        moved += batch_len
         batch = []
-        batch_off += batch_len
         batch_len = 0
-        bar.update(batch_off)
+        bar.update(moved)
 
-    # (lazy/parent pages have no bytes in this pages file: skipped above,
-    # and the file offset does not move for them)
-    for e in present:
-        addr = e.vaddr
-        size = e.nr_pages * PAGE
+    for addr, size, off in runs:
+        if batch and batch_off + batch_len != off:
+            flush()
         while size:
+            if not batch:
+                batch_off = off
             n = min(size, _BATCH_BYTES - batch_len)
             batch += (addr, n)
             batch_len += n
             addr += n
+            off += n
             size -= n
             if batch_len >= _BATCH_BYTES or len(batch) >= 2 * _IOV_MAX:
                 flush()
