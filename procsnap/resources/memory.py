@@ -572,7 +572,7 @@ def _is_premapped(v: Any) -> bool:
 class _Premapped:
     """What premap() left mapped in one task, for its children to reuse."""
     vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()
-    runs: list[tuple[int, int, int]]                # its pages: (addr, size, offset)
+    runs: "_Runs"                                   # its pages: (addr, size, offset)
     pages: str                                      # path of its pages image
 
 
@@ -581,7 +581,7 @@ def _vma_key(v: Any, prot: int, ident: tuple[int, int] | None) -> tuple[Any, ...
     return (v.pgoff, prot, v.flags, v.status, v.fdflags if v.HasField("fdflags") else 0, ident)
 
 
-def _page_runs(rt: "RestoreTask") -> list[tuple[int, int, int]]:
+def _page_runs(rt: "RestoreTask") -> _Runs:
     """(addr, size, offset in pages-N.img) of every page the image holds."""
     runs = []
     off = 0
@@ -591,15 +591,23 @@ def _page_runs(rt: "RestoreTask") -> list[tuple[int, int, int]]:
         size = e.nr_pages * PAGE
         runs.append((e.vaddr, size, off))
         off += size
-    return runs
+    return _Runs(runs)
 
 
-def _clip(runs: list[tuple[int, int, int]], start: int, end: int) -> list[tuple[int, int, int]]:
-    """The parts of ``runs`` (sorted by address) inside [start, end)."""
+class _Runs:
+    """Page runs sorted by address, with their start addresses for bisect."""
+
+    def __init__(self, runs: list[tuple[int, int, int]]) -> None:
+        self.runs = runs
+        self.starts = [r[0] for r in runs]
+
+
+def _clip(runs: _Runs, start: int, end: int) -> list[tuple[int, int, int]]:
+    """The parts of ``runs`` inside [start, end)."""
     out = []
-    i = bisect.bisect_right([r[0] for r in runs], start) - 1
-    i = max(i, 0)
-    for addr, size, off in runs[i:]:
+    i = max(bisect.bisect_right(runs.starts, start) - 1, 0)
+    for k in range(i, len(runs.runs)):
+        addr, size, off = runs.runs[k]
         if addr >= end:
             break
         a, b = max(addr, start), min(addr + size, end)
@@ -779,22 +787,43 @@ def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: s
             their_pages[addr + k] = off + k
     if not mine_pages and not their_pages:
         return write, drop
+
+    def add_write(addr: int, n: int, off: int) -> None:
+        if write and write[-1][0] + write[-1][1] == addr and write[-1][2] + write[-1][1] == off:
+            write[-1] = (write[-1][0], write[-1][1] + n, write[-1][2])
+        else:
+            write.append((addr, n, off))
+
+    addrs = sorted(mine_pages.keys() | their_pages.keys())
     with open(mine_path, "rb") as fm, open(theirs_path, "rb") as ft:
-        for addr in sorted(mine_pages.keys() | their_pages.keys()):
-            mo = mine_pages.get(addr)
-            to = their_pages.get(addr)
+        i = 0
+        while i < len(addrs):
+            addr = addrs[i]
+            mo, to = mine_pages.get(addr), their_pages.get(addr)
             if mo is None:
                 _append(drop, addr)
+                i += 1
                 continue
-            if to is not None and os.pread(fm.fileno(), PAGE, mo) == \
-                    os.pread(ft.fileno(), PAGE, to):
+            if to is None:
+                add_write(addr, PAGE, mo)
+                i += 1
                 continue
-            if write and write[-1][0] + write[-1][1] == addr and \
-                    write[-1][2] + write[-1][1] == mo:
-                a, n, o = write[-1]
-                write[-1] = (a, n + PAGE, o)
-            else:
-                write.append((addr, PAGE, mo))
+            # A stretch both have, contiguous in memory and in both files:
+            # compared in one read each (1 MiB at most), page by page only
+            # if it differs.
+            j = i + 1
+            while (j < len(addrs) and j - i < 256 and addrs[j] == addr + (j - i) * PAGE
+                   and mine_pages.get(addrs[j]) == mo + (j - i) * PAGE
+                   and their_pages.get(addrs[j]) == to + (j - i) * PAGE):
+                j += 1
+            n = (j - i) * PAGE
+            a_bytes = os.pread(fm.fileno(), n, mo)
+            b_bytes = os.pread(ft.fileno(), n, to)
+            if a_bytes != b_bytes:
+                for k in range(0, n, PAGE):
+                    if a_bytes[k:k + PAGE] != b_bytes[k:k + PAGE]:
+                        add_write(addr + k, PAGE, mo + k)
+            i = j
     return write, drop
 
 
