@@ -123,7 +123,7 @@ STATUS: list[Item] = [
     *_i("status", "VmLck", "consequence of VM_LOCKED mappings (smaps VmFlags, memory)"),
     *_i("status", "VmPin", "pages pinned by an fd (io_uring, RDMA): audited with that fd"),
     _r("status", "CoreDumping", "a task dumping core is exiting", _nonzero("dumping core")),
-    *_s("status", "THP_enabled", "taskattrs (PR_SET_THP_DISABLE, mm_entry.thp_disabled)"),
+    *_s("status", "THP_enabled", "memory (PR_SET_THP_DISABLE, mm_entry.thp_disabled)"),
     _r("status", "untag_mask", "x86 linear address masking (ARCH_ENABLE_TAGGED_ADDR) is not "
        "restored", lambda v, own: None if int(v, 16) == (1 << 64) - 1 else f"LAM untag mask {v}"),
     _r("status", "x86_Thread_features", "x86 shadow stack is not restored",
@@ -300,7 +300,7 @@ PRCTL: list[Item] = [
     *_s("prctl", "PR_GET_CHILD_SUBREAPER PR_GET_PDEATHSIG PR_GET_NAME PR_GET_TID_ADDRESS",
         "taskattrs"),
     *_s("prctl", "PR_GET_AUXV", "memory (mm_saved_auxv)"),
-    Item("prctl", "PR_GET_THP_DISABLE", SAVED, "taskattrs (mm_entry.thp_disabled)"),
+    Item("prctl", "PR_GET_THP_DISABLE", SAVED, "memory (mm_entry.thp_disabled)"),
     _r("prctl", "PR_GET_THP_DISABLE: EXCEPT_ADVISED", "mm_entry.thp_disabled has no room for "
        "PR_THP_DISABLE_EXCEPT_ADVISED",
        lambda v, own: "THP disabled except where advised"

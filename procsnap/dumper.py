@@ -460,7 +460,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             if task.zombie:
                 continue
             task.status = task.proc.status()
-            task.maps = task.proc.maps()  # before our scratch page exists
+            task.maps = task.proc.smaps()  # once (costly), before our scratch page exists
             _prepare_injection(task)
             for th in task.threads:
                 th.core = task.core if th.tid == task.pid else \

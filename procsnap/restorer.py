@@ -522,7 +522,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     Returns the root's PID when ``detached``; otherwise waits for it and
     returns its exit status (128 + signal number if it was killed).
     """
-    from .resources import regfile, tmpnames
+    from .resources import memory, regfile, tmpnames
 
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
@@ -546,9 +546,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         _prepare_root(rctx, root, regs)
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
-        # task is rebuilt.
+        # task is rebuilt.  Each task's private memory is in place before
+        # it forks its children: they inherit it copy-on-write.
+        memory.premap(rctx, root)
         for rt in rctx.tasks[1:]:
             _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
+            if not rt.zombie:
+                memory.premap(rctx, rt)
         _set_groups(rctx)
         for rt in rctx.tasks:
             if rt.zombie:

@@ -28,7 +28,7 @@ __all__ = [
     "MapEntry", "Stat", "Status", "FdInfo", "MountInfo", "PosixTimer",
     "parse_maps", "parse_stat", "parse_status", "parse_fdinfo",
     "fdinfo_records", "parse_mountinfo", "parse_limits", "parse_auxv",
-    "parse_timers", "unescape_octal",
+    "parse_timers", "unescape_octal", "parse_smaps",
 ]
 
 PROT_NONE = 0x0
@@ -117,6 +117,10 @@ class MapEntry:
     dev_minor: int
     ino: int
     path: str
+    # Only from /proc/PID/smaps (parse_smaps): the two-letter VmFlags
+    # mnemonics (show_smap_vma_flags()) and the x86 protection key.
+    vmflags: tuple[str, ...] = ()
+    pkey: int = 0
 
     @property
     def size(self) -> int:
@@ -682,3 +686,39 @@ def parse_lock_line(line: str, path: str = "/proc/PID/fdinfo/FD") -> LockLine:
     kind, mode, typ, pid, dev, ino, start, end = m.groups()
     return LockLine(kind, mode, typ, int(pid), dev, int(ino), int(start),
                     None if end == "EOF" else int(end))
+# --------------------------------------------------------------------------
+# /proc/PID/smaps
+# --------------------------------------------------------------------------
+
+def parse_smaps(text: str, path: str = "/proc/PID/smaps") -> list[MapEntry]:
+    """Parse /proc/PID/smaps: the maps line of each VMA with its ``VmFlags``
+    and ``ProtectionKey`` (every other key is a statistic and is skipped).
+
+    A header line is recognised by its fixed part (start-end perms ...);
+    a key line ("Rss:   4 kB") can never match it.  A VMA without a
+    VmFlags line (kernels before 3.8) gets an empty tuple.
+    """
+    entries: list[MapEntry] = []
+    head: list[str] = []
+    flags: dict[int, tuple[str, ...]] = {}
+    pkeys: dict[int, int] = {}
+    for lineno, line in enumerate(_lines(text), 1):
+        if _MAPS_HEAD.match(line):
+            head.append(line)
+            continue
+        key, sep, value = line.partition(":")
+        if not sep or not head:
+            raise ParseError(path, f"line {lineno}: not a smaps line: {line!r}")
+        if key == "VmFlags":
+            flags[len(head) - 1] = tuple(value.split())
+        elif key == "ProtectionKey":
+            try:
+                pkeys[len(head) - 1] = int(value)
+            except ValueError:
+                raise ParseError(path, f"line {lineno}: bad ProtectionKey: {line!r}") from None
+    for i, m in enumerate(parse_maps("\n".join(head), path)):
+        entries.append(MapEntry(
+            start=m.start, end=m.end, perms=m.perms, prot=m.prot, shared=m.shared,
+            pgoff=m.pgoff, dev_major=m.dev_major, dev_minor=m.dev_minor, ino=m.ino,
+            path=m.path, vmflags=flags.get(i, ()), pkey=pkeys.get(i, 0)))
+    return entries

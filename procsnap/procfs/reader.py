@@ -168,6 +168,16 @@ class ProcReader:
         return parse.parse_maps(text, self.path("maps"))
 
     @wrap_exceptions
+    def smaps(self) -> list[MapEntry]:
+        """VMAs as ``maps()`` gives them, with their VmFlags and protection
+        key.  Costly for big processes (the kernel walks every page table
+        to count Rss): read it once per task."""
+        text = self._read_text("smaps")
+        if not text:
+            self._raise_if_zombie()
+        return parse.parse_smaps(text, self.path("smaps"))
+
+    @wrap_exceptions
     def auxv(self) -> list[int]:
         data = self._read_bytes("auxv")
         if not data:

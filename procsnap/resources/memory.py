@@ -23,6 +23,7 @@ import os
 import resource
 import stat as st_mod
 import struct
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import elf, images, progress
@@ -73,6 +74,130 @@ _BATCH_BYTES = 64 << 20
 # iovecs per call: the kernel's UIO_MAXIOV; 16 KiB of the scratch area.
 _IOV_MAX = 1024
 
+
+
+# ------------------------------------------------------- smaps VmFlags ----
+#
+# Every mnemonic /proc/PID/smaps prints in "VmFlags:" (show_smap_vma_flags()
+# in fs/proc/task_mmu.c, Linux 6.18, and older ones), and what a dump does
+# with it: SAVED (restored exactly; the reason says how), REFUSED (the dump
+# fails naming the pid and the mapping), or IRRELEVANT (nothing a program
+# can observe is lost; the reason says why).  A mnemonic that is not here
+# -- a newer kernel's -- is refused, never skipped.
+SAVED, REFUSED, IRRELEVANT = "saved", "refused", "irrelevant"
+
+VMFLAGS: dict[str, tuple[str, str]] = {
+    "rd": (SAVED, "PROT_READ: vma_entry.prot"),
+    "wr": (SAVED, "PROT_WRITE: vma_entry.prot"),
+    "ex": (SAVED, "PROT_EXEC: vma_entry.prot"),
+    "sh": (SAVED, "VM_SHARED: MAP_SHARED of a file opened for writing (vma_entry.fdflags)"),
+    "mr": (SAVED, "VM_MAYREAD: follows from the mapping type and the file's access mode"),
+    "mw": (SAVED, "VM_MAYWRITE: follows from the mapping type and the file's access mode "
+                  "(vma_entry.fdflags, read from the map_files link mode)"),
+    "me": (SAVED, "VM_MAYEXEC: follows from the mapping type and the mount (noexec)"),
+    "ms": (SAVED, "VM_MAYSHARE: MAP_SHARED (vma_entry.status)"),
+    "gd": (SAVED, "VM_GROWSDOWN: MAP_GROWSDOWN in vma_entry.flags"),
+    "lo": (SAVED, "VM_LOCKED: MAP_LOCKED in vma_entry.flags; mlock() after the pages are in"),
+    "sr": (SAVED, "MADV_SEQUENTIAL in vma_entry.madv"),
+    "rr": (SAVED, "MADV_RANDOM in vma_entry.madv"),
+    "dc": (SAVED, "MADV_DONTFORK in vma_entry.madv"),
+    "wf": (SAVED, "MADV_WIPEONFORK in vma_entry.madv"),
+    "dd": (SAVED, "MADV_DONTDUMP in vma_entry.madv"),
+    "hg": (SAVED, "MADV_HUGEPAGE in vma_entry.madv"),
+    "nh": (SAVED, "MADV_NOHUGEPAGE in vma_entry.madv"),
+    "mg": (SAVED, "MADV_MERGEABLE in vma_entry.madv"),
+    "nr": (SAVED, "VM_NORESERVE: MAP_NORESERVE in vma_entry.flags"),
+    "dp": (SAVED, "VM_DROPPABLE: MAP_DROPPABLE in vma_entry.flags; its pages are not "
+                  "saved, as the kernel may drop them at any time (a dropped page reads 0)"),
+    "ac": (SAVED, "VM_ACCOUNT: a private mapping is made writable at restore only if it "
+                  "has saved pages (it was written, so it was writable and accounted), "
+                  "so RELRO and read-only data stay apart as they were"),
+    "sd": (IRRELEVANT, "soft-dirty is write tracking for incremental dumps "
+                       "(clear_refs resets it); a new mapping starts all dirty"),
+    "dw": (IRRELEVANT, "VM_DENYWRITE, only before Linux 5.15: set by the kernel on "
+                       "executable file mappings, ignored in mmap flags"),
+    "pf": (REFUSED, "VM_PFNMAP: a device or driver mapping (raw page frames)"),
+    "io": (REFUSED, "VM_IO: a memory-mapped I/O area of a device"),
+    "mm": (REFUSED, "VM_MIXEDMAP: a driver mapping"),
+    "de": (REFUSED, "VM_DONTEXPAND: a driver or kernel object mapping (aio, perf, io_uring, ...)"),
+    "ar": (REFUSED, "VM_ARCH_1 (VM_PAT on x86): a driver mapping with page attributes"),
+    "ht": (REFUSED, "hugetlb pages are not supported yet"),
+    "sf": (REFUSED, "MAP_SYNC (DAX) mappings are not supported"),
+    "lf": (REFUSED, "lock-on-fault (mlock2 MLOCK_ONFAULT / mlockall MCL_ONFAULT) has no "
+                    "field in the image"),
+    "um": (REFUSED, "registered with userfaultfd (missing-page tracking)"),
+    "uw": (REFUSED, "registered with userfaultfd (write-protect tracking)"),
+    "ui": (REFUSED, "registered with userfaultfd (minor-fault tracking)"),
+    "ss": (REFUSED, "a shadow stack (CET) is not supported"),
+    "sl": (REFUSED, "sealed with mseal(); sealing has no field in the image"),
+    "gu": (REFUSED, "may hold guard regions (MADV_GUARD_INSTALL), which are not restored"),
+    "nl": (REFUSED, "a non-linear mapping (remap_file_pages, before Linux 4.0)"),
+    "bt": (REFUSED, "arm64 BTI guarded pages: another architecture"),
+    "mt": (REFUSED, "arm64 MTE tagged memory: another architecture"),
+}
+
+# The kernel puts these on its own mappings ([vvar], [vdso], [vsyscall]),
+# which a restore remakes with arch_prctl(ARCH_MAP_VDSO_64), flags included.
+_SPECIAL_VMFLAGS = frozenset({"pf", "io", "de", "dd", "mm", "sl", "ar"})
+
+# VmFlags kept in vma_entry.flags and vma_entry.madv (as CRIU's
+# __parse_vmflags() in criu/proc_parse.c does).
+_MAP_BY_VMFLAG = {"gd": C.MAP_GROWSDOWN, "lo": C.MAP_LOCKED, "nr": C.MAP_NORESERVE,
+                  "dp": C.MAP_DROPPABLE}
+_MADV_BY_VMFLAG = {"sr": C.MADV_SEQUENTIAL, "rr": C.MADV_RANDOM, "dc": C.MADV_DONTFORK,
+                   "wf": C.MADV_WIPEONFORK, "dd": C.MADV_DONTDUMP, "hg": C.MADV_HUGEPAGE,
+                   "nh": C.MADV_NOHUGEPAGE, "mg": C.MADV_MERGEABLE}
+# The order madvise() applies them at restore; each is idempotent.
+_MADV_ORDER = sorted(_MADV_BY_VMFLAG.values())
+
+
+def _where(task: "DumpTask", m: MapEntry) -> str:
+    return f"pid {task.pid}: mapping {m.start:#x}-{m.end:#x} ({m.path or 'anonymous'})"
+
+
+def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
+    """(mmap flags, madvise bitmap) the VmFlags of ``m`` ask for, refusing
+    what cannot be restored exactly (see VMFLAGS)."""
+    special = m.path in SPECIAL
+    flags = madv = 0
+    for f in m.vmflags:
+        if special and f in _SPECIAL_VMFLAGS:
+            continue
+        kind, why = VMFLAGS.get(f, (REFUSED, "unknown to procsnap (a newer kernel?)"))
+        if kind == REFUSED:
+            raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
+        if special:
+            continue  # remade by the kernel as it was
+        flags |= _MAP_BY_VMFLAG.get(f, 0)
+        if f in _MADV_BY_VMFLAG:
+            madv |= 1 << _MADV_BY_VMFLAG[f]
+    if m.pkey:
+        raise Unsupported(f"{_where(task, m)}: protection key {m.pkey} (pkey_mprotect) "
+                          "is not supported")
+    return flags, madv
+
+
+def _map_files_mode(task: "DumpTask", m: MapEntry) -> int:
+    """O_RDONLY or O_RDWR: the access mode of the file behind the mapping.
+
+    The map_files link's own mode is the f_mode of vm_file (0400 read,
+    0600 read-write: proc_map_files_get_link), as CRIU reads it.  A file
+    opened O_RDWR and mapped read-only (shared or private) must come back
+    opened O_RDWR, or VM_MAYWRITE is lost and a later mprotect(PROT_WRITE)
+    of a shared mapping fails."""
+    link = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
+    try:
+        mode = os.lstat(link).st_mode
+    except OSError:
+        return os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+    if m.shared and "mw" not in m.vmflags:
+        # A shared mapping of a file opened read-write without VM_MAYWRITE:
+        # a memfd write-sealed before it was mapped (the kernel clears the
+        # flag).  Reopened read-only it gets no VM_MAYWRITE either, and the
+        # seal can be applied again (F_SEAL_WRITE fails with EBUSY while a
+        # writable shared mapping exists); only the link mode differs.
+        return os.O_RDONLY
+    return os.O_RDWR if mode & 0o200 else os.O_RDONLY
 
 
 # ---------------------------------------------------------------- dump ----
@@ -165,7 +290,7 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     if key in cache:
         return cache[key]
     fid = ctx.new_file_id()
-    flags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+    flags = _map_files_mode(task, m)
     entry = regfile.describe_path(task, m.path, real, fid, flags, pos=0,
                                   what=f"mapping {m.start:#x}-{m.end:#x}", ctx=ctx, source=link)
     ctx.files.append(_with_build_id(entry, link))
@@ -204,17 +329,24 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     pagemap = PagemapReader(pid)  # one open for the whole address space
     for m in task.maps:
         status, flags = _vma_status(task, m)
+        more, madv = _vmflags(task, m)
+        if more & C.MAP_DROPPABLE:
+            flags &= ~C.MAP_PRIVATE  # a map type of its own (as CRIU writes it)
         vma = vma_pb2.vma_entry(start=m.start, end=m.end, pgoff=m.pgoff, shmid=0,
-                                prot=m.prot, flags=flags, status=status, fd=-1)
+                                prot=m.prot, flags=flags | more, status=status, fd=-1)
+        if madv:
+            vma.madv = madv
         if status & VMA_ANON_SHARED:
             vma.shmid = shmem.dump_vma(ctx, task, m)
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
-            vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+            vma.fdflags = _map_files_mode(task, m)
         elif status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
-            vma.fdflags = os.O_RDWR if (m.shared and "w" in m.perms) else os.O_RDONLY
+            vma.fdflags = _map_files_mode(task, m)
         mm.vmas.append(vma)
+        if more & C.MAP_DROPPABLE:
+            continue  # droppable pages are not kept (see VMFLAGS["dp"])
         if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and not status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             to_copy += pagemap.runs(m.start, m.end, anon_only=bool(status & VMA_FILE_PRIVATE))
     pagemap.close()
@@ -427,23 +559,131 @@ def check_vdso(rt: "RestoreTask") -> None:
                            f"kernel's {a}: images from another kernel are not supported")
 
 
-def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+def _is_premapped(v: Any) -> bool:
+    """Private memory (anonymous, or a private file mapping with its own
+    copies of pages) is mapped and filled by premap(), before the task
+    forks its children, so that they inherit it copy-on-write."""
+    return (bool(v.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE))
+            and not v.status & (VMA_AREA_MEMFD | VMA_AREA_VDSO | VMA_AREA_VVAR
+                                | VMA_AREA_VSYSCALL))
+
+
+@dataclass
+class _Premapped:
+    """What premap() left mapped in one task, for its children to reuse."""
+    vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()
+    runs: "_Runs"                                   # its pages: (addr, size, offset)
+    pages: str                                      # path of its pages image
+
+
+def _vma_key(v: Any, prot: int, ident: tuple[int, int] | None) -> tuple[Any, ...]:
+    """All that must agree for a child to keep the VMA its parent mapped."""
+    return (v.pgoff, prot, v.flags, v.status, v.fdflags if v.HasField("fdflags") else 0, ident)
+
+
+def _page_runs(rt: "RestoreTask") -> _Runs:
+    """(addr, size, offset in pages-N.img) of every page the image holds."""
+    runs = []
+    off = 0
+    for e in rt.pagemap:
+        if e.HasField("flags") and not e.flags & PE_PRESENT:
+            continue  # lazy/parent pages have no bytes in this pages file
+        size = e.nr_pages * PAGE
+        runs.append((e.vaddr, size, off))
+        off += size
+    return _Runs(runs)
+
+
+class _Runs:
+    """Page runs sorted by address, with their start addresses for bisect."""
+
+    def __init__(self, runs: list[tuple[int, int, int]]) -> None:
+        self.runs = runs
+        self.starts = [r[0] for r in runs]
+
+
+def _clip(runs: _Runs, start: int, end: int) -> list[tuple[int, int, int]]:
+    """The parts of ``runs`` inside [start, end)."""
+    out = []
+    i = max(bisect.bisect_right(runs.starts, start) - 1, 0)
+    for k in range(i, len(runs.runs)):
+        addr, size, off = runs.runs[k]
+        if addr >= end:
+            break
+        a, b = max(addr, start), min(addr + size, end)
+        if a < b:
+            out.append((a, b - a, off + a - addr))
+    return out
+
+
+def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """First half of the address space, before the task forks its children.
+
+    Drop what the puppet inherited (except the trampoline, and what its
+    parent premapped that it maps too), install the mm fields and exe,
+    then map and fill private memory.  A VMA the parent premapped exactly
+    as this task had it is kept: only pages that differ from the parent's
+    are written, and the parent's pages this task did not have are
+    dropped (MADV_DONTNEED gives zeroes, or the file's page, again), so
+    what was shared copy-on-write at the dump is shared again (as CRIU's
+    restore of private VMAs before forking children).
+    """
     inj = rt.inj
     mm = rt.mm
     check_vdso(rt)
-    pages_fd = rt.open_in_puppet(images.image_path(rctx.images_dir, "pages", rt.pages_id),
-                                 os.O_RDONLY)
+    done: dict[int, _Premapped] = rctx.kind_state.setdefault(NAME, {})
+    parent = done.get(rt.pstree.ppid) if rt is not rctx.tasks[0] else None
+    with_pages = _vmas_with_pages(rt)
+    pages_path = images.image_path(rctx.images_dir, "pages", rt.pages_id)
+
+    # Open each mapped file once (by its access mode), before anything is
+    # unmapped: a child compares them with the files its parent mapped.
+    file_fds: dict[tuple[int, int], int] = {}
+    idents: dict[int, tuple[int, int] | None] = {}
+    for i, v in enumerate(mm.vmas):
+        if not _is_premapped(v):
+            continue
+        idents[i] = None
+        if v.status & VMA_FILE_PRIVATE:
+            fd = _open_mapped(rctx, rt, v, file_fds)
+            st = os.stat(f"/proc/{rt.pid}/fd/{fd}")
+            idents[i] = (st.st_dev, st.st_ino)
+
+    prots = {i: (v.prot | C.PROT_READ | C.PROT_WRITE if i in with_pages else v.prot)
+             for i, v in enumerate(mm.vmas) if i in idents}
+    keys = {i: _vma_key(mm.vmas[i], prots[i], idents[i]) for i in idents}
+    reuse: set[int] = set()
+    if parent is not None:
+        for i in idents:
+            v = mm.vmas[i]
+            if parent.vmas.get((v.start, v.end)) == keys[i]:
+                reuse.add(i)
+
+    # 1. Drop everything else the puppet inherited ([vsyscall] lies above
+    # TASK_SIZE and stays): munmap of a range with holes is fine.
+    keep = sorted([(rt.tramp, rt.tramp + rt.tramp_size)]
+                  + [(mm.vmas[i].start, mm.vmas[i].end) for i in reuse])
+    cur = 0
+    for a, b in keep:
+        if a > cur:
+            inj.call("munmap", cur, a - cur)
+        cur = max(cur, b)
+    if cur < C.TASK_SIZE:
+        inj.call("munmap", cur, C.TASK_SIZE - cur)
+
+    # 2. mm fields and exe, now that the old executable is gone (the
+    # kernel says EBUSY while any mapping of it is left).  A child that
+    # runs the file its parent ran keeps it: that one may still be mapped
+    # by a VMA it kept.
     exe = rctx.file_entry(mm.exe_file_id)
     exe_fd = regfile.open_entry(rctx, rt, exe, os.O_RDONLY, check=False)
     check_build_id(rctx, rt, exe, exe_fd)
-
-    # 1. Drop everything the puppet inherited, except the trampoline: two
-    # calls whatever the layout (munmap of a range with holes is fine;
-    # [vsyscall] lies above TASK_SIZE and stays).
-    inj.call("munmap", 0, rt.tramp)
-    inj.call("munmap", rt.tramp + rt.tramp_size, C.TASK_SIZE - rt.tramp - rt.tramp_size)
-
-    # 2. mm fields and exe, now that the old executable is gone.
+    new_exe = os.stat(f"/proc/{rt.pid}/fd/{exe_fd}")
+    try:
+        old_exe = os.stat(f"/proc/{rt.pid}/exe")
+        same = (old_exe.st_dev, old_exe.st_ino) == (new_exe.st_dev, new_exe.st_ino)
+    except OSError:
+        same = False
     auxv = list(mm.mm_saved_auxv)
     auxv_addr = inj.put(b"".join(x.to_bytes(8, "little") for x in auxv), align=8)
     mmap_struct = PrctlMmMap(
@@ -452,75 +692,265 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         start_brk=mm.mm_start_brk, brk=mm.mm_brk, start_stack=mm.mm_start_stack,
         arg_start=mm.mm_arg_start, arg_end=mm.mm_arg_end,
         env_start=mm.mm_env_start, env_end=mm.mm_env_end,
-        auxv=auxv_addr, auxv_size=len(auxv) * 8, exe_fd=exe_fd)
+        auxv=auxv_addr, auxv_size=len(auxv) * 8,
+        exe_fd=(2**32 - 1) if same else exe_fd)
     addr = inj.put(bytes(mmap_struct), align=8)
     inj.call("prctl", C.PR_SET_MM, C.PR_SET_MM_MAP, addr, len(bytes(mmap_struct)), 0)
     inj.call("close", exe_fd)
     inj.reset_scratch()
 
-    # 3. Map every VMA writable (contents go in next), files by identity.
+    # 3. Map private memory.  A VMA with saved pages is mapped writable
+    # (the pages go in next; restore() sets the final protection): it was
+    # written, so it was writable once and VM_ACCOUNT is right.  One
+    # without pages gets its final protection at once, so a never-writable
+    # mapping does not gain VM_ACCOUNT and merge with a neighbour that has
+    # it (read-only data next to RELRO).
+    for i in idents:
+        if i in reuse:
+            continue
+        v = mm.vmas[i]
+        extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
+        if v.status & VMA_FILE_PRIVATE:
+            inj.call("mmap", v.start, v.end - v.start, prots[i],
+                     C.MAP_PRIVATE | C.MAP_FIXED | extra, _open_mapped(rctx, rt, v, file_fds),
+                     v.pgoff)
+        else:
+            kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
+            flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
+            if v.status & VMA_AREA_STACK:
+                flags |= C.MAP_GROWSDOWN
+            inj.call("mmap", v.start, v.end - v.start, prots[i], flags, -1, 0)
+    for fd in file_fds.values():
+        inj.call("close", fd)
+
+    # 4. Pages.  In a kept VMA, only what differs from the parent's.
+    runs = _page_runs(rt)
+    todo: list[tuple[int, int, int]] = []
+    drop: list[tuple[int, int]] = []
+    for i in sorted(idents):
+        v = mm.vmas[i]
+        mine = _clip(runs, v.start, v.end)
+        if i not in reuse:
+            todo += mine
+            continue
+        assert parent is not None
+        theirs = _clip(parent.runs, v.start, v.end)
+        t, d = _diff_pages(pages_path, mine, parent.pages, theirs)
+        todo += t
+        drop += d
+    if todo:
+        pages_fd = rt.open_in_puppet(pages_path, os.O_RDONLY)
+        _fill_pages(rt, pages_fd, todo)
+        inj.call("close", pages_fd)
+    for a, n in drop:
+        inj.call("madvise", a, n, C.MADV_DONTNEED)
+    done[rt.pid] = _Premapped({(mm.vmas[i].start, mm.vmas[i].end): keys[i] for i in idents},
+                              runs, pages_path)
+
+
+def _open_mapped(rctx: "RestoreContext", rt: "RestoreTask", v: Any,
+                 fds: dict[tuple[int, int], int]) -> int:
+    """An fd in the puppet on the file behind ``v``, opened with the access
+    mode the original was opened with (vma_entry.fdflags); one per file
+    and mode."""
+    mode = os.O_RDWR if v.fdflags & os.O_ACCMODE == os.O_RDWR else os.O_RDONLY
+    key = (v.shmid, mode)
+    if key not in fds:
+        entry = rctx.file_entry(v.shmid)
+        if v.status & VMA_AREA_MEMFD:
+            fds[key] = memfd.open_for_mapping(rctx, rt, entry, mode)
+        else:
+            fds[key] = regfile.open_entry(rctx, rt, entry, mode)
+            check_build_id(rctx, rt, entry, fds[key])
+    return fds[key]
+
+
+def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: str,
+                theirs: list[tuple[int, int, int]]
+                ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """Pages of one kept VMA: (runs to write, ranges to drop).
+
+    ``mine``/``theirs``: (addr, size, offset) runs of this task's and its
+    parent's pages inside the VMA.  A page both have with equal bytes is
+    left shared; one that differs, or only this task has, is written; one
+    only the parent has is dropped.
+    """
+    write: list[tuple[int, int, int]] = []
+    drop: list[tuple[int, int]] = []
+    mine_pages = {}
+    for addr, size, off in mine:
+        for k in range(0, size, PAGE):
+            mine_pages[addr + k] = off + k
+    their_pages = {}
+    for addr, size, off in theirs:
+        for k in range(0, size, PAGE):
+            their_pages[addr + k] = off + k
+    if not mine_pages and not their_pages:
+        return write, drop
+
+    def add_write(addr: int, n: int, off: int) -> None:
+        if write and write[-1][0] + write[-1][1] == addr and write[-1][2] + write[-1][1] == off:
+            write[-1] = (write[-1][0], write[-1][1] + n, write[-1][2])
+        else:
+            write.append((addr, n, off))
+
+    addrs = sorted(mine_pages.keys() | their_pages.keys())
+    with open(mine_path, "rb") as fm, open(theirs_path, "rb") as ft:
+        i = 0
+        while i < len(addrs):
+            addr = addrs[i]
+            mo, to = mine_pages.get(addr), their_pages.get(addr)
+            if mo is None:
+                _append(drop, addr)
+                i += 1
+                continue
+            if to is None:
+                add_write(addr, PAGE, mo)
+                i += 1
+                continue
+            # A stretch both have, contiguous in memory and in both files:
+            # compared in one read each (1 MiB at most), page by page only
+            # if it differs.
+            j = i + 1
+            while (j < len(addrs) and j - i < 256 and addrs[j] == addr + (j - i) * PAGE
+                   and mine_pages.get(addrs[j]) == mo + (j - i) * PAGE
+                   and their_pages.get(addrs[j]) == to + (j - i) * PAGE):
+                j += 1
+            n = (j - i) * PAGE
+            a_bytes = os.pread(fm.fileno(), n, mo)
+            b_bytes = os.pread(ft.fileno(), n, to)
+            if a_bytes != b_bytes:
+                for k in range(0, n, PAGE):
+                    if a_bytes[k:k + PAGE] != b_bytes[k:k + PAGE]:
+                        add_write(addr + k, PAGE, mo + k)
+            i = j
+    return write, drop
+
+
+def _append(ranges: list[tuple[int, int]], addr: int) -> None:
+    if ranges and ranges[-1][0] + ranges[-1][1] == addr:
+        ranges[-1] = (ranges[-1][0], ranges[-1][1] + PAGE)
+    else:
+        ranges.append((addr, PAGE))
+
+
+def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """Second half, once the task's children exist: shared and memfd
+    mappings, final protections, VmFlags, the vDSO."""
+    inj = rt.inj
+    mm = rt.mm
+    with_pages = _vmas_with_pages(rt)
+
+    # 3. Map the rest: shared memory and memfds.
     file_fds: dict[tuple[int, int], int] = {}
     vvar_start = None
-    for v in mm.vmas:
-        if v.status & VMA_AREA_VSYSCALL:
+    later: list[int] = []
+    for i, v in enumerate(mm.vmas):
+        if v.status & VMA_AREA_VSYSCALL or _is_premapped(v):
             continue
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             vvar_start = v.start if vvar_start is None else min(vvar_start, v.start)
             continue
         length = v.end - v.start
-        prot = v.prot | C.PROT_READ | C.PROT_WRITE if not v.status & VMA_FILE_SHARED else v.prot
+        if v.status & VMA_FILE_SHARED or i not in with_pages:
+            prot = v.prot
+        else:
+            prot = v.prot | C.PROT_READ | C.PROT_WRITE
+        extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
         if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
-            mode = os.O_RDWR if v.fdflags & os.O_ACCMODE == os.O_RDWR else os.O_RDONLY
-            key = (v.shmid, mode)
-            if key not in file_fds:
-                entry = rctx.file_entry(v.shmid)
-                if v.status & VMA_AREA_MEMFD:
-                    file_fds[key] = memfd.open_for_mapping(rctx, rt, entry, mode)
-                else:
-                    file_fds[key] = regfile.open_entry(rctx, rt, entry, mode)
-                    check_build_id(rctx, rt, entry, file_fds[key])
             flags = (C.MAP_SHARED if v.status & VMA_FILE_SHARED else C.MAP_PRIVATE) | C.MAP_FIXED
-            inj.call("mmap", v.start, length, prot, flags, file_fds[key], v.pgoff)
+            inj.call("mmap", v.start, length, prot, flags | extra,
+                     _open_mapped(rctx, rt, v, file_fds), v.pgoff)
+            if i in with_pages:
+                later.append(i)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
         else:
-            flags = C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED
-            if v.status & VMA_AREA_STACK:
-                flags |= C.MAP_GROWSDOWN
-            inj.call("mmap", v.start, length, prot, flags, -1, 0)
+            raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} has "
+                               f"status {v.status:#x}, which procsnap does not restore")
     for fd in file_fds.values():
         inj.call("close", fd)
 
-    # 4. Pages: the puppet reads them itself, straight from the image
-    # into place -- one preadv per batch of runs (up to _IOV_MAX runs or
-    # _BATCH_BYTES), so the bytes never pass through Python and a process
-    # with 10,000 small runs costs ~10 injected calls, not 10,000.
-    _fill_pages(rt, pages_fd)
-    inj.call("close", pages_fd)
+    # 4. Pages of private memfd mappings (the rest went in at premap).
+    if later:
+        runs = _page_runs(rt)
+        todo = [r for i in later for r in _clip(runs, mm.vmas[i].start, mm.vmas[i].end)]
+        if todo:
+            pages_fd = rt.open_in_puppet(
+                images.image_path(rctx.images_dir, "pages", rt.pages_id), os.O_RDONLY)
+            _fill_pages(rt, pages_fd, todo)
+            inj.call("close", pages_fd)
 
-    # 5. Final protections, anon names.
-    for v in mm.vmas:
+    # 5. Final protections of what was mapped writable for its pages.
+    for i, v in enumerate(mm.vmas):
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_FILE_SHARED):
             continue
-        if v.prot != C.PROT_READ | C.PROT_WRITE:
+        if (i in with_pages or v.status & VMA_ANON_SHARED) and v.prot != C.PROT_READ | C.PROT_WRITE:
             inj.call("mprotect", v.start, v.end - v.start, v.prot)
+
+    # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
+    # After the children were forked: MADV_DONTFORK/WIPEONFORK would
+    # have kept the memory from them.
+    _restore_vmflags(rt)
+    if mm.thp_disabled:
+        inj.call("prctl", C.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
     # 6. vDSO and vvar go back together (the vDSO finds vvar at a fixed offset).
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
 
 
-def _fill_pages(rt: "RestoreTask", pages_fd: int) -> None:
+def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
+    """Indexes in rt.mm.vmas of the VMAs that have pages in the image."""
+    starts = [v.start for v in rt.mm.vmas]
+    out: set[int] = set()
+    for e in rt.pagemap:
+        if e.HasField("flags") and not e.flags & PE_PRESENT:
+            continue
+        end = e.vaddr + e.nr_pages * PAGE
+        i = bisect.bisect_right(starts, e.vaddr) - 1
+        while 0 <= i < len(starts) and starts[i] < end:
+            if rt.mm.vmas[i].end > e.vaddr:
+                out.add(i)
+            i += 1
+    return out
+
+
+def _restore_vmflags(rt: "RestoreTask") -> None:
+    """madvise() each saved advice over its VMA exactly (so the kernel
+    splits and merges as it did), then mlock() what was locked."""
     inj = rt.inj
-    present = [e for e in rt.pagemap if not e.HasField("flags") or e.flags & PE_PRESENT]
-    total = sum(e.nr_pages for e in present) * PAGE
+    for v in rt.mm.vmas:
+        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
+            continue
+        if v.HasField("madv") and v.madv:
+            for advice in _MADV_ORDER:
+                if v.madv & (1 << advice):
+                    try:
+                        inj.call("madvise", v.start, v.end - v.start, advice)
+                    except InjectError as exc:
+                        raise RestoreError(f"{rt.image_name('mm')}: madvise({advice}) of "
+                                           f"{v.start:#x}-{v.end:#x} failed: "
+                                           f"{os.strerror(exc.errno or 0)}") from None
+        if v.flags & C.MAP_LOCKED:
+            inj.call("mlock", v.start, v.end - v.start)
+
+
+def _fill_pages(rt: "RestoreTask", pages_fd: int, runs: list[tuple[int, int, int]]) -> None:
+    """The puppet reads its pages itself, straight from the image into
+    place: one preadv per batch of runs contiguous in the file (up to
+    _IOV_MAX runs or _BATCH_BYTES), so the bytes never pass through Python
+    and 10,000 small runs cost ~10 injected calls, not 10,000."""
+    inj = rt.inj
+    total = sum(n for _, n, _ in runs)
     bar = progress.Progress("restore", total)
     batch: list[int] = []  # flat iovec (base, len, ...)
     batch_off = 0
     batch_len = 0
+    moved = 0
 
     def flush() -> None:
-        nonlocal batch, batch_off, batch_len
+        nonlocal batch, batch_len, moved
         if not batch:
             return
         iov = inj.put(struct.pack(f"<{len(batch)}Q", *batch), align=8)
@@ -531,21 +961,22 @@ def _fill_pages(rt: "RestoreTask", pages_fd: int) -> None:
         if got != batch_len:
             raise RestoreError(f"{rt.image_name('pages')}: short read at offset "
                                f"{batch_off} ({got} of {batch_len} bytes)")
+        moved += batch_len
         batch = []
-        batch_off += batch_len
         batch_len = 0
-        bar.update(batch_off)
+        bar.update(moved)
 
-    # (lazy/parent pages have no bytes in this pages file: skipped above,
-    # and the file offset does not move for them)
-    for e in present:
-        addr = e.vaddr
-        size = e.nr_pages * PAGE
+    for addr, size, off in runs:
+        if batch and batch_off + batch_len != off:
+            flush()
         while size:
+            if not batch:
+                batch_off = off
             n = min(size, _BATCH_BYTES - batch_len)
             batch += (addr, n)
             batch_len += n
             addr += n
+            off += n
             size -= n
             if batch_len >= _BATCH_BYTES or len(batch) >= 2 * _IOV_MAX:
                 flush()

@@ -2,8 +2,8 @@
 personality, comm, rlimits, interval timers, robust futex list, clear-tid
 address, rseq registration, parent-death signal, subreaper flag,
 scheduling (policy with SCHED_RESET_ON_FORK, rt priority, nice),
-oom_score_adj, loginuid, THP-disable (mm_entry.thp_disabled, read by
-memory) and membarrier registrations.
+oom_score_adj, loginuid and membarrier registrations (THP-disable is
+mm state: memory restores it).
 
 What the kernel shows from outside is read from outside (prlimit with a
 pid, get_robust_list with a pid, PTRACE_GET_RSEQ_CONFIGURATION); the rest
@@ -178,8 +178,6 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         inj.reset_scratch()
     if tc.HasField("child_subreaper") and tc.child_subreaper:
         inj.call("prctl", C.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if rt.mm is not None and rt.mm.HasField("thp_disabled") and rt.mm.thp_disabled:
-        inj.call("prctl", C.PR_SET_THP_DISABLE, 1, 0, 0, 0)
     if tc.HasField("membarrier_registration_mask"):
         for reg in _MEMBARRIER_REGISTER:
             if tc.membarrier_registration_mask & reg:
