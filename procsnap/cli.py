@@ -3,7 +3,7 @@
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
                   [--link-remap] [--external unix[INO]]... [--tcp-established] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job]
-                     [--inherit-fd fd[N]:unix[INO]]... [-v]
+                     [--inherit-fd fd[N]:unix[INO]]... [--no-verify] [-v]
     procsnap network-unlock DIR
     procsnap check
     procsnap show DIR [IMAGE]
@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:unix[INO]",
                    type=_inherit_fd,
                    help="use our fd N for the external resource KEY (as criu)")
+    r.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not compare the restored tasks with the images before they run")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -104,13 +106,15 @@ def cmd_restore(a: argparse.Namespace) -> int:
     from . import restore
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
-                      skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
+                      skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
+                   verify=a.verify)
         if a.verbose:
             from .restorer import last_stats
             print(f"procsnap: restored pid {pid}: {_stats_line(last_stats)}", file=sys.stderr)
         return 0
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
-                   skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd))
+                   skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
+                   verify=a.verify)
 
 
 def cmd_show(a: argparse.Namespace) -> int:
