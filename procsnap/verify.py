@@ -10,7 +10,7 @@ field, expected against found:
     restore check: pid 1234: fd 5: flags O_RDWR|O_APPEND expected, O_RDWR found
 
 Each area is one comparator in ``COMPARATORS``: ``check(task) -> [diff]``,
-a diff being "what: expected ..., found ..." without the pid.  A helper
+a diff being "what X expected, Y found" without the pid.  A helper
 that makes more state exact adds its field to a comparator, or a new
 comparator to the list.
 
@@ -49,8 +49,10 @@ image's value, and nothing moves it while the task is stopped):
 - creds, per thread: uids, gids, groups, capability sets (inheritable,
   permitted, effective, bounding) from /proc/PID/task/TID/status.
   Securebits have no outside source (only PR_GET_SECUREBITS in the task).
-- sched, per thread: policy, real-time priority and nice from
-  /proc/PID/task/TID/stat (set with sched_setscheduler/setpriority).
+- sched, per thread: policy (sched_getscheduler from outside: it also
+  shows SCHED_RESET_ON_FORK, which stat does not), real-time priority and
+  nice from /proc/PID/task/TID/stat (set with sched_setscheduler and
+  setpriority).
 - task: personality, rlimits (/proc/PID/limits), oom_score_adj, umask,
   THP disabled (status "THP_enabled", set by PR_SET_THP_DISABLE), rseq
   registration (PTRACE_GET_RSEQ_CONFIGURATION) and robust list
@@ -148,7 +150,8 @@ class Found:
 
 # --------------------------------------------------------------- words ----
 
-_OPEN_FLAGS = [(0o2000, "O_APPEND"), (0o4000, "O_NONBLOCK"), (0o4010000, "O_SYNC"),
+_OPEN_FLAGS = [(0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o1000, "O_TRUNC"),
+               (0o2000, "O_APPEND"), (0o4000, "O_NONBLOCK"), (0o4010000, "O_SYNC"),
                (0o10000, "O_DSYNC"), (0o20000, "O_ASYNC"), (0o40000, "O_DIRECT"),
                (0o100000, "O_LARGEFILE"), (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"),
                (0o1000000, "O_NOATIME"), (0o2000000, "O_CLOEXEC"), (0o10000000, "O_PATH")]
@@ -168,7 +171,8 @@ def open_flags(flags: int) -> str:
 
 
 def _prot(prot: int) -> str:
-    return "".join(c if prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
+    rwx = "".join(c if prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
+    return rwx if not prot & ~7 else f"{rwx}+{prot & ~7:#x}"
 
 
 def _sigs(mask: int) -> str:
@@ -178,7 +182,7 @@ def _sigs(mask: int) -> str:
 def _differ(what: str, expected: Any, found: Any, fmt: Callable[[Any], str] = str) -> list[str]:
     if expected == found:
         return []
-    return [f"{what}: {fmt(expected)} expected, {fmt(found)} found"]
+    return [f"{what} {fmt(expected)} expected, {fmt(found)} found"]
 
 
 # --------------------------------------------------------- comparators ----
@@ -506,6 +510,12 @@ def check_creds(f: Found) -> list[str]:
 
 _POLICIES = {0: "SCHED_OTHER", 1: "SCHED_FIFO", 2: "SCHED_RR", 3: "SCHED_BATCH",
              5: "SCHED_IDLE", 6: "SCHED_DEADLINE"}
+SCHED_RESET_ON_FORK = 0x40000000
+
+
+def _policy(p: int) -> str:
+    name = _POLICIES.get(p & ~SCHED_RESET_ON_FORK, str(p & ~SCHED_RESET_ON_FORK))
+    return name + ("|SCHED_RESET_ON_FORK" if p & SCHED_RESET_ON_FORK else "")
 
 
 def check_sched(f: Found) -> list[str]:
@@ -515,8 +525,9 @@ def check_sched(f: Found) -> list[str]:
         st = f.stat(th.tid)
         where = "" if th.tid == f.pid else f"thread {th.tid}: "
         if tc.HasField("sched_policy"):
-            out += _differ(f"{where}sched policy", tc.sched_policy, st.policy,
-                           lambda p: _POLICIES.get(p, str(p)))
+            # sched_getscheduler, not stat: it also shows SCHED_RESET_ON_FORK.
+            out += _differ(f"{where}sched policy", tc.sched_policy,
+                           os.sched_getscheduler(th.tid), _policy)
         if tc.HasField("sched_prio"):
             out += _differ(f"{where}sched priority", tc.sched_prio, st.rt_priority)
         if tc.HasField("sched_nice"):
