@@ -88,7 +88,7 @@ from .kernel import consts as C
 from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
-from .procfs.parse import LIMIT_RESOURCES, FdInfo, MapEntry, Stat, Status
+from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
 from .resources import memfd, regfile, shmem
 from .resources.memory import (VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
@@ -140,9 +140,6 @@ class Found:
 
     def fds(self) -> list[int]:
         return self._once("fds", lambda: sorted(int(n) for n in os.listdir(f"/proc/{self.pid}/fd")))
-
-    def fdinfo(self, fd: int) -> FdInfo:
-        return parse.parse_fdinfo(self.text(f"fdinfo/{fd}"))
 
     def link(self, name: str) -> str:
         return self._once("l:" + name, lambda: os.readlink(f"/proc/{self.pid}/{name}"))
@@ -248,20 +245,38 @@ def check_mm(f: Found) -> list[str]:
     want = list(mm.mm_saved_auxv)
     if auxv[:len(want)] != want or any(auxv[len(want):]):
         out.append("auxv: differs from mm.img's mm_saved_auxv")
-    exe = f.rctx.file_entry(mm.exe_file_id)
-    if _reopened_by_name(f.rctx, exe):
-        out += _differ("exe", regfile.restore_path(f.rctx, exe), f.link("exe"), repr)
+    exe = _by_name(f.rctx, f.rctx.file_entry(mm.exe_file_id))
+    if exe is not None:
+        out += _differ("exe", exe, f.link("exe"), repr)
     return out
 
 
 def _reopened_by_name(rctx: "RestoreContext", entry: Any) -> bool:
     """A REG entry the restore opened by its own name (no ghost, link
     remap or file handle), so the kernel prints that name for it."""
-    if entry.type != fdinfo_pb2.REG or not entry.HasField("reg"):
-        return False
-    if entry.id in regfile._rstate(rctx).remaps:
-        return False
-    return not os.path.exists(regfile.fh_image(rctx.images_dir, entry.id))
+    return _by_name(rctx, entry) is not None
+
+
+def _by_name(rctx: "RestoreContext", entry: Any) -> str | None:
+    """The name the kernel prints for a REG entry reopened by its name, as
+    a maps line or fd link escapes it; None for any other entry.  Decided
+    once per file id (10,000 fds on one file ask 10,000 times)."""
+    cache = rctx.kind_state.get("verify")
+    if cache is None:
+        fh = {int(n[7:-4], 16) for n in os.listdir(rctx.images_dir)
+              if n.startswith("reg-fh-") and n.endswith(".img")}
+        known: dict[int, str | None] = {}
+        cache = rctx.kind_state["verify"] = (known, fh, regfile._rstate(rctx).remaps)
+    names: dict[int, str | None] = cache[0]
+    fh, remaps = cache[1], cache[2]
+    fid = entry.id
+    if fid not in names:
+        if entry.type != fdinfo_pb2.REG or not entry.HasField("reg") or fid in remaps \
+                or fid in fh:
+            names[fid] = None
+        else:
+            names[fid] = _escape(regfile.restore_path(rctx, entry))
+    return names[fid]
 
 
 def _escape(path: str) -> str:
@@ -299,9 +314,7 @@ def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
         kind, pgoff = "file", v.pgoff
-        entry = rctx.file_entry(v.shmid)
-        if _reopened_by_name(rctx, entry):
-            name = _escape(regfile.restore_path(rctx, entry))
+        name = _by_name(rctx, rctx.file_entry(v.shmid)) or ""
     elif s & VMA_AREA_HEAP:
         kind = "[heap]"
     elif s & VMA_AREA_STACK:
@@ -331,18 +344,22 @@ def _found_vma(m: MapEntry) -> _Vma:
     return _Vma(m.start, m.end, m.prot, m.shared, kind, name, pgoff)
 
 
-def _merge(vmas: list[_Vma]) -> list[_Vma]:
-    """Merge neighbours the kernel may or may not have merged (see above)."""
-    out: list[_Vma] = []
+def _merge(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Merge neighbours the kernel may or may not have merged (see above).
+    Items: (start, end, pgoff, prot, shared, kind, name, madv)."""
+    out: list[tuple[Any, ...]] = []
     for v in vmas:
-        p = out[-1] if out else None
-        if p is not None and p.end == v.start and p.key() == v.key() and \
-                p.kind not in ("[vdso]", "[vvar]", "[vsyscall]") and \
-                (p.kind not in ("file", "memfd") or p.pgoff + (p.end - p.start) == v.pgoff):
-            p.end = v.end
-            continue
-        out.append(_Vma(**vars(v)))
+        if out:
+            p = out[-1]
+            if p[1] == v[0] and p[3:] == v[3:] and p[5] not in _SPECIAL and \
+                    (p[5] not in ("file", "memfd") or p[2] + (p[1] - p[0]) == v[2]):
+                out[-1] = (p[0], v[1]) + p[2:]
+                continue
+        out.append(v)
     return out
+
+
+_SPECIAL = ("[vdso]", "[vvar]", "[vsyscall]")
 
 
 def _madv_of(smaps: str) -> dict[int, int]:
@@ -377,7 +394,13 @@ def check_maps(f: Found) -> list[str]:
             v.madv = madv.get(v.start, 0)
         for v in img:
             v.madv = v.madv or 0
-    a, b = _merge(img), _merge(found)
+    def tup(vs: list[_Vma]) -> list[tuple[Any, ...]]:
+        return [(v.start, v.end, v.pgoff) + v.key() for v in vs]
+    ta, tb = tup(img), tup(found)
+    if ta == tb:
+        return []   # the same VMAs, no merging to decide
+    a = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7]) for x in _merge(ta)]
+    b = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7]) for x in _merge(tb)]
     for e, g in zip(a, b):
         where = f"mapping {e.start:#x}-{e.end:#x}"
         if (e.start, e.end) != (g.start, g.end):
@@ -407,7 +430,12 @@ _ANON_KINDS = {"[eventfd]": fdinfo_pb2.EVENTFD, "[eventpoll]": fdinfo_pb2.EVENTP
 _SOCKETS = {fdinfo_pb2.UNIXSK, fdinfo_pb2.INETSK, fdinfo_pb2.PACKETSK, fdinfo_pb2.NETLINKSK}
 
 
+_FILES: set[int] = {fdinfo_pb2.REG, fdinfo_pb2.FIFO, fdinfo_pb2.TTY}
+
+
 def _kind_of_link(link: str) -> set[int]:
+    if link.startswith("/") and not link.startswith("/memfd:"):
+        return _FILES
     if link.startswith("pipe:"):
         return {fdinfo_pb2.PIPE}
     if link.startswith("socket:"):
@@ -419,7 +447,7 @@ def _kind_of_link(link: str) -> set[int]:
         return {fdinfo_pb2.PIDFD}
     if memfd.is_memfd_mapping(link):
         return {fdinfo_pb2.MEMFD}
-    return {fdinfo_pb2.REG, fdinfo_pb2.FIFO, fdinfo_pb2.TTY}
+    return _FILES
 
 
 def _kind_name(t: int) -> str:
@@ -448,9 +476,25 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
     return None, None
 
 
+def _fdinfo_head(dirfd: int, fd: int) -> tuple[int, int]:
+    """(pos, flags) from the first two lines of fdinfo/FD (``dirfd`` is
+    /proc/PID/fdinfo), which every kind prints first ("pos:\t%lli",
+    "flags:\t0%o"): three short system calls, for 10,000 fds."""
+    h = os.open(str(fd), os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        data = os.read(h, 256)
+    finally:
+        os.close(h)
+    lines = data.split(b"\n", 2)
+    if len(lines) < 3 or not lines[0].startswith(b"pos:") or not lines[1].startswith(b"flags:"):
+        info = parse.parse_fdinfo(os.fsdecode(data), f"fdinfo/{fd}")  # says what is wrong
+        return info.pos, info.flags
+    return int(lines[0][4:]), int(lines[1][6:], 8)
+
+
 def check_files(f: Found) -> list[str]:
     rctx, rt = f.rctx, f.rt
-    out: list[str] = []
+    pid = f.pid
     want = {fe.fd: fe for fe in rt.fdinfos}
     have = f.fds()
     missing = sorted(set(want) - set(have))
@@ -459,28 +503,48 @@ def check_files(f: Found) -> list[str]:
         return [f"fd {missing[0]}: missing ({_kind_name(want[missing[0]].type)} expected)"]
     if extra:
         return [f"fd {extra[0]}: open, not in the image ({f.link(f'fd/{extra[0]}')})"]
+    # Both directories opened once: each fd then costs a short lookup,
+    # not a walk from /proc (10,000 fds).
+    fd_dir = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        info_dir = os.open(f"/proc/{pid}/fdinfo", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return _check_fds(rctx, have, want, fd_dir, info_dir)
+        finally:
+            os.close(info_dir)
+    finally:
+        os.close(fd_dir)
+
+
+def _check_fds(rctx: "RestoreContext", have: list[int], want: dict[int, Any], fd_dir: int,
+               info_dir: int) -> list[str]:
+    # What the image says of each file id, worked out once per id.
+    expect: dict[int, tuple[Any, int | None, int | None, str | None]] = {}
     for fd in have:
         fe = want[fd]
-        entry = rctx.file_entry(fe.id)
-        link = f.link(f"fd/{fd}")
-        if entry.type not in _kind_of_link(link):
-            out.append(f"fd {fd}: kind {_kind_name(entry.type)} expected, {link} found")
-            continue
-        info = f.fdinfo(fd)
-        flags, pos = _expected_fd(rctx, entry)
+        e = expect.get(fe.id)
+        if e is None:
+            entry = rctx.file_entry(fe.id)
+            flags, pos = _expected_fd(rctx, entry)
+            e = expect[fe.id] = (entry.type, flags, pos, _by_name(rctx, entry))
+        kind, flags, pos, name = e
+        link = os.readlink(str(fd), dir_fd=fd_dir)
+        if kind not in _kind_of_link(link):
+            return [f"fd {fd}: kind {_kind_name(kind)} expected, {link} found"]
+        got_pos, got_flags = _fdinfo_head(info_dir, fd)
         cloexec = os.O_CLOEXEC if fe.flags & 1 else 0
+        out: list[str] = []
         if flags is None:
-            out += _differ(f"fd {fd}: O_CLOEXEC", bool(cloexec), bool(info.flags & os.O_CLOEXEC))
+            out += _differ(f"fd {fd}: O_CLOEXEC", bool(cloexec), bool(got_flags & os.O_CLOEXEC))
         else:
-            out += _differ(f"fd {fd}: flags", flags | cloexec, info.flags, open_flags)
+            out += _differ(f"fd {fd}: flags", flags | cloexec, got_flags, open_flags)
         if pos is not None:
-            out += _differ(f"fd {fd}: position", pos, info.pos)
-        if entry.type == fdinfo_pb2.REG and _reopened_by_name(rctx, entry):
-            out += _differ(f"fd {fd}: file", _escape(regfile.restore_path(rctx, entry)), link,
-                           repr)
+            out += _differ(f"fd {fd}: position", pos, got_pos)
+        if name is not None:
+            out += _differ(f"fd {fd}: file", name, link, repr)
         if out:
             return out
-    return out
+    return []
 
 
 def check_creds(f: Found) -> list[str]:
