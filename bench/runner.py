@@ -368,7 +368,45 @@ def case_scale(work: Path, runs: int, name: str, what: str, small: int, big: int
     return [rd, rr]
 
 
-CASES = ["memory", "small", "maps", "fds", "tree", "threads"]
+def case_verify(work: Path, runs: int, mib: int) -> list[Row]:
+    """What the restore's self-check (procsnap/verify.py) costs: its own
+    stage time against the whole restore's, in the same restore."""
+    cases = [("counter", "counter", lambda tdir: [str(tdir / "counter.txt")]),
+             (f"{mib} MiB anon", "mem", lambda tdir: [str(mib)]),
+             ("200 processes", "tree", lambda tdir: ["200"]),
+             ("10,000 open files", "fds", lambda tdir: [".", "10000"])]
+    rows = []
+    d = work / "verify-images"
+    for what, name, args in cases:
+        row = Row(f"restore check: {what}", "ms", baseline_name="whole restore", target=0.10)
+        tdir = work / f"verify-{name}"
+        tdir.mkdir(exist_ok=True)
+        try:
+            for _ in range(runs):
+                shutil.rmtree(d, ignore_errors=True)
+                pid = start(tdir, name, *args(tdir))
+                try:
+                    run_child_rss(py_api(f"dump({pid}, {str(d)!r})"))
+                    wait_gone(pid)  # reaped: the restore needs its pid free
+                    _, _, out = run_child_rss(py_api(
+                        f"import procsnap.restorer as r; restore({str(d)!r}); "
+                        "print(json.dumps(r.last_stats))"))
+                    stats = json.loads(out.strip().splitlines()[-1])
+                    row.procsnap.append(stats["verify"])
+                    row.baseline.append(stats["total"])
+                finally:
+                    kill_ours(pid)
+        except Exception as exc:
+            if not is_unsupported(exc):
+                raise
+            row.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+        rows.append(row)
+    return rows
+
+
+CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify"]
 
 
 def main(argv: list[str]) -> int:
@@ -407,6 +445,8 @@ def main(argv: list[str]) -> int:
             elif case == "tree":
                 rows += case_scale(work, a.runs, "tree", "process tree", 20, 200,
                                    lambda n: [str(n)])
+            elif case == "verify":
+                rows += case_verify(work, a.runs, a.mib)
             elif case == "threads":
                 rows += case_scale(work, a.runs, "threads", "threads", 8, 64,
                                    lambda n: [str(n)])

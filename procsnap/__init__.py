@@ -37,7 +37,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
-            inherit_fd: dict[str, int] | None = None, tcp_close: bool = False) -> int:
+            inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
+            verify: bool = True) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -45,11 +46,14 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     ``inherit_fd`` maps an external key (``"unix[INO]"``) to an fd of this
     process that stands in for it, as criu's --inherit-fd.  ``tcp_close``:
     established TCP connections come back closed (criu's --tcp-close).
+    ``verify``: before the tree runs, compare each task with its images
+    (maps, fds, credentials, signals...); a difference fails the restore
+    with one line naming the pid and the field.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
-                    tcp_close=tcp_close)
+                    tcp_close=tcp_close, verify=verify)
 
 
 def network_unlock(images_dir: str) -> bool:

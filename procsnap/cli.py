@@ -3,7 +3,7 @@
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
                   [--link-remap] [--external unix[INO]]... [--tcp-established] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job]
-                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close] [-v]
+                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close] [--no-verify] [-v]
     procsnap network-unlock DIR
     procsnap check
     procsnap show DIR [IMAGE]
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="use our fd N for the external resource KEY (as criu)")
     r.add_argument("--tcp-close", action="store_true",
                    help="restore established TCP connections closed (as criu)")
+    r.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="do not compare the restored tasks with the images before they run")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -111,14 +113,14 @@ def cmd_restore(a: argparse.Namespace) -> int:
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
-                      tcp_close=a.tcp_close)
+                      tcp_close=a.tcp_close, verify=a.verify)
         if a.verbose:
             from .restorer import last_stats
             print(f"procsnap: restored pid {pid}: {_stats_line(last_stats)}", file=sys.stderr)
         return 0
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
                    skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
-                   tcp_close=a.tcp_close)
+                   tcp_close=a.tcp_close, verify=a.verify)
 
 
 def cmd_show(a: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ class RestoreOptions:
     skip_file_check: bool = False
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
+    verify: bool = True          # compare each task with its images before it runs
 
 
 @dataclass
@@ -516,8 +517,12 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
-            inherit_fd: dict[str, int] | None = None, tcp_close: bool = False) -> int:
+            inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
+            verify: bool = True) -> int:
     """Recreate the process tree saved in ``images_dir``.
+
+    With ``verify`` (the default) every task is compared with its images
+    before any runs (procsnap.verify); a difference fails the restore.
 
     Returns the root's PID when ``detached``; otherwise waits for it and
     returns its exit status (128 + signal number if it was killed).
@@ -527,7 +532,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
                           RestoreOptions(detached, shell_job, pidfile, skip_file_check,
-                                         dict(inherit_fd or {}), tcp_close))
+                                         dict(inherit_fd or {}), tcp_close, verify))
     tmpnames.report(rctx.images_dir)
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
@@ -567,6 +572,11 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)
+        if verify:
+            # Still stopped under ptrace, nothing let go: a difference
+            # kills the whole tree below.
+            from .verify import verify as check_tree
+            check_tree(rctx)
         for hook in rctx.before_detach:
             hook()
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go

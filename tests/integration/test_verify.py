@@ -1,0 +1,242 @@
+"""The restore checks itself before the tree runs (procsnap/verify.py).
+
+A good dump of a real target is damaged on purpose -- decoded with
+procsnap.images, one field changed, re-encoded -- so that the image holds
+a value the restore code silently does not reproduce, as a restore that
+forgot a field would.  The restore must then fail with one line naming the
+pid and the field, and leave no process behind; with --no-verify the very
+same images restore (so it is the check that caught it).
+
+Then a fuzzing round: many images damaged at random (numbers changed in
+decoded messages, bytes flipped); every restore either works or fails with
+one line, never a traceback, and never leaves a process behind.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from helpers import (
+    Target,
+    TargetFactory,
+    assert_one_line_error,
+    check_ok,
+    children_of,
+    describe,
+    reap,
+    run_procsnap,
+    wait_gone,
+    wait_numbers,
+)
+from procsnap import images as img
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+O_NOCTTY = 0o400
+
+
+@pytest.fixture
+def dumped(targets: TargetFactory, tmp_path: Path) -> tuple[Target, Path]:
+    """A real image set of the C counter (dumped, and so killed)."""
+    numbers = targets.workdir / "numbers"
+    t = targets.start("counter", str(numbers))
+    wait_numbers(numbers, 3)
+    images = tmp_path / "images"
+    images.mkdir()
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
+    return t, images
+
+
+def _restore_fails(targets: TargetFactory, t: Target, images: Path, *names: str) -> str:
+    kids = children_of(os.getpid())
+    targets.adopt(t.pid, like=t)  # should it wrongly come back
+    res = run_procsnap("restore", "-D", images, "-d")
+    line = assert_one_line_error(res, *names)
+    reap()
+    assert wait_gone(t.pid, 5), f"a failed check left pid {t.pid} running\n" + describe(res)
+    assert children_of(os.getpid()) - kids == set(), "a failed check left processes behind"
+    return line
+
+
+def _restores_without_check(targets: TargetFactory, t: Target, images: Path) -> None:
+    res = run_procsnap("restore", "-D", images, "-d", "--no-verify")
+    check_ok(res)
+    targets.adopt(t.pid, like=t)
+    assert os.path.exists(f"/proc/{t.pid}"), describe(res)
+    os.kill(t.pid, signal.SIGKILL)
+    assert wait_gone(t.pid, 10)
+
+
+def _edit(images: Path, kind: str, ident: int | None, change: Callable[[Any], None]) -> None:
+    entries = img.read_image(str(images), kind, ident)
+    change(entries)
+    img.write_image(str(images), kind, entries, ident)
+
+
+def test_damaged_sched_policy(targets: TargetFactory, dumped: tuple[Target, Path]) -> None:
+    """SCHED_BATCH with real-time priority 3: the kernel takes priority 0
+    for every policy but FIFO/RR, and the restore hands it only the policy."""
+    t, images = dumped
+
+    def change(cores: list[Any]) -> None:
+        tc = cores[0].thread_core
+        assert tc.sched_policy == 0 and tc.sched_prio == 0, (tc.sched_policy, tc.sched_prio)
+        tc.sched_policy, tc.sched_prio = 3, 3   # SCHED_BATCH, priority 3
+
+    _edit(images, "core", t.pid, change)
+    line = _restore_fails(targets, t, images, rf"re:restore check: pid {t.pid}: sched priority "
+                          r"3 expected, 0 found")
+    assert "Traceback" not in line
+    _restores_without_check(targets, t, images)
+
+
+def test_damaged_mapping_protection(targets: TargetFactory, dumped: tuple[Target, Path]) -> None:
+    """[vdso] said read-only: the restore maps the vDSO itself (arch_prctl),
+    so it stays r-x -- only the check sees the image disagree."""
+    t, images = dumped
+    where: list[str] = []
+
+    def change(mms: list[Any]) -> None:
+        vdso = [v for v in mms[0].vmas if v.status & (1 << 3)]  # VMA_AREA_VDSO
+        assert len(vdso) == 1 and vdso[0].prot == 5, [(v.start, v.prot) for v in vdso]
+        vdso[0].prot = 1   # PROT_READ
+        where.append(f"{vdso[0].start:#x}-{vdso[0].end:#x}")
+
+    _edit(images, "mm", t.pid, change)
+    _restore_fails(targets, t, images, rf"re:restore check: pid {t.pid}: mapping {where[0]}: "
+                   r"protection r-- expected, r-x found")
+    _restores_without_check(targets, t, images)
+
+
+def test_damaged_fd_flags(targets: TargetFactory, dumped: tuple[Target, Path]) -> None:
+    """O_NOCTTY in the counter's output file flags: open(2) takes it and the
+    kernel never keeps it, so the restored fd comes back without it."""
+    t, images = dumped
+    fdinfos = img.read_image(str(images), "fdinfo", img.read_one(str(images), "core", t.pid)
+                             .ids.files_id)
+    fd3 = next(f for f in fdinfos if f.fd == 3)
+
+    def change(files: list[Any]) -> None:
+        entry = next(f for f in files if f.id == fd3.id)
+        assert entry.reg.flags & 3 == os.O_WRONLY, oct(entry.reg.flags)
+        entry.reg.flags |= O_NOCTTY
+
+    _edit(images, "files", None, change)
+    _restore_fails(targets, t, images, rf"re:restore check: pid {t.pid}: fd 3: flags "
+                   r"O_WRONLY\|O_NOCTTY\|O_LARGEFILE expected, O_WRONLY\|O_LARGEFILE found")
+    _restores_without_check(targets, t, images)
+
+
+# ------------------------------------------------------------------ fuzz ----
+
+def _numbers(msg: Any, path: str = "") -> list[tuple[Any, Any, str]]:
+    """(message, field, path) of every scalar numeric field set in msg."""
+    out: list[tuple[Any, Any, str]] = []
+    for fd, value in msg.ListFields():
+        p = f"{path}.{fd.name}"
+        repeated = not isinstance(value, (int, float, bool, str, bytes)) and \
+            hasattr(value, "__len__")
+        if fd.type == fd.TYPE_MESSAGE:
+            items = value if repeated else [value]
+            for i, m in enumerate(items):
+                out += _numbers(m, f"{p}[{i}]")
+        elif not repeated and fd.type not in (fd.TYPE_STRING, fd.TYPE_BYTES):
+            out.append((msg, fd, p))
+    return out
+
+
+_INTERESTING = [0, 1, 2, 3, 5, 7, 0o400, 0o2000, 0o4000, 0x1000, 0xFFFF, 2**31 - 1]
+
+
+def _damage(rng: random.Random, images: Path) -> str:
+    names = sorted(n for n in os.listdir(images) if n.endswith(".img") and
+                   not n.startswith("pages-"))
+    name = rng.choice(names)
+    path = images / name
+    if rng.random() < 0.2:
+        data = bytearray(path.read_bytes())
+        i = rng.randrange(len(data))
+        data[i] ^= 1 << rng.randrange(8)
+        path.write_bytes(bytes(data))
+        return f"{name}: bit flipped at byte {i}"
+    entries = list(img.iter_entries(str(path)))
+    fields = [f for e in entries for f in _numbers(e.msg)]
+    if not fields:
+        return f"{name}: nothing to change"
+    msg, fd, p = rng.choice(fields)
+    old = getattr(msg, fd.name)
+    if fd.type == fd.TYPE_BOOL:
+        new: Any = not old
+    elif fd.enum_type is not None:
+        new = rng.choice([v.number for v in fd.enum_type.values])
+    else:
+        new = rng.choice([old ^ (1 << rng.randrange(12)), rng.choice(_INTERESTING), old + 4096])
+        if fd.type in (fd.TYPE_UINT32, fd.TYPE_FIXED32):
+            new &= 0xFFFFFFFF
+        elif fd.type in (fd.TYPE_UINT64, fd.TYPE_FIXED64):
+            new &= 2**64 - 1
+        elif fd.type in (fd.TYPE_INT32, fd.TYPE_SINT32, fd.TYPE_SFIXED32):
+            new = max(-2**31, min(new, 2**31 - 1))
+    setattr(msg, fd.name, new)
+    _rewrite(path, entries)
+    return f"{name}: {p} {old} -> {new}"
+
+
+def _rewrite(path: Path, entries: list[Any]) -> None:
+    """Re-encode entries in place, keeping the magic words and raw tails."""
+    data = path.read_bytes()
+    out = bytearray(data[:entries[0].offset])
+    for e in entries:
+        body = e.msg.SerializeToString()
+        out += len(body).to_bytes(4, "little") + body + e.payload
+    path.write_bytes(bytes(out))
+
+
+@pytest.mark.timeout(600)
+def test_fuzzed_images_fail_cleanly(targets: TargetFactory, dumped: tuple[Target, Path],
+                                    tmp_path: Path) -> None:
+    """60 damaged copies of one image set: 0 tracebacks, 0 processes left."""
+    t, good = dumped
+    rng = random.Random(int(os.environ.get("PROCSNAP_FUZZ_SEED", "17")))
+    rounds = int(os.environ.get("PROCSNAP_FUZZ_ROUNDS", "60"))
+    kids = children_of(os.getpid())
+    outcomes: dict[str, int] = {"restored": 0, "refused": 0, "check": 0}
+    for i in range(rounds):
+        images = tmp_path / f"fuzz-{i}"
+        shutil.copytree(good, images)
+        what = _damage(rng, images)
+        targets.adopt(t.pid, like=t)
+        res = run_procsnap("restore", "-D", images, "-d", timeout=60)
+        assert "Traceback" not in res.stderr, f"round {i} ({what}):\n" + describe(res)
+        if res.returncode == 0:
+            outcomes["restored"] += 1
+        else:
+            line = assert_one_line_error(res, "re:.")
+            outcomes["check" if line.startswith("procsnap: restore check:") or
+                     "restore check:" in line else "refused"] += 1
+        # Whatever came back (the same pid, or another one a damaged
+        # pstree named) is ours: kill it and wait until it is gone.
+        reap()
+        for pid in children_of(os.getpid()) - kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            assert res.returncode == 0, (f"round {i} ({what}): a failed restore left pid "
+                                         f"{pid}\n" + describe(res))
+        if os.path.exists(f"/proc/{t.pid}"):
+            assert res.returncode == 0, f"round {i} ({what}): pid {t.pid} left\n" + describe(res)
+            os.kill(t.pid, signal.SIGKILL)
+        reap()
+        assert wait_gone(t.pid, 10)
+        shutil.rmtree(images)
+    assert outcomes["check"] > 0, outcomes  # the check is what caught some of them
+    print(outcomes)
