@@ -132,14 +132,9 @@ STATUS: list[Item] = [
        lambda v, own: f"x86 locked thread features {v!r}" if v.strip() else None),
     *_i("status", "SigQ", "count of queued signals (saved one by one, signals) / "
         "RLIMIT_SIGPENDING (taskattrs)"),
-    _r("status", "CapAmb", "not supported yet (creds_entry has no field for them)",
-       _nonzero("ambient capabilities", 16)),
-    _r("status", "NoNewPrivs", "not supported yet", _nonzero("no_new_privs set")),
-    _r("status", "Seccomp", "restoring without its filters would widen what it may do",
-       lambda v, own: {"0": None, "1": "runs under seccomp strict mode",
-                       "2": "runs under seccomp filters"}.get(v, f"runs under seccomp mode {v}")),
-    _r("status", "Seccomp_filters", "seccomp filters are not saved yet",
-       _nonzero("seccomp filters")),
+    *_s("status", "CapAmb NoNewPrivs", "creds (per thread: creds_entry cap_amb, no_new_privs)"),
+    *_s("status", "Seccomp Seccomp_filters", "seccomp (strict mode and filter chains per "
+        "thread, seccomp.img; a filter that can return SECCOMP_RET_USER_NOTIF is refused)"),
     _r("status", "Speculation_Store_Bypass", "PR_SET_SPECULATION_CTRL is not restored",
        _spec("speculative store bypass")),
     _r("status", "SpeculationIndirectBranch", "PR_SET_SPECULATION_CTRL is not restored",
@@ -223,8 +218,11 @@ SCHED: list[Item] = [
 # -- other files ----------------------------------------------------------
 
 FILES: list[Item] = [
-    _r("timers", "POSIX timers", "not supported yet",
-       lambda v, own: f"has {v} POSIX timer(s)" if v else None),
+    *_s("timers", "POSIX timers", "taskattrs (id, clock, sigevent, interval, time left; "
+        "task_timers_entry.posix)"),
+    _r("timers", "POSIX timer overrun", "timer_getoverrun() cannot be set: it comes back 0",
+       lambda v, own: f"POSIX timer {v[0]:#x}: overrun count {v[1]} of its last expiry"
+       if v else None),
     Item("cgroup", "membership in every hierarchy, v1 and v2, per thread", SAVED,
          "cgroup (cgroup.img, cg_set; controller properties not yet: a missing cgroup of a "
          "controller is a restore error)"),
@@ -312,7 +310,8 @@ PRCTL: list[Item] = [
     _r("prctl", "PR_GET_SPECULATION_CTRL(L1D_FLUSH)", "PR_SET_SPECULATION_CTRL is not restored",
        lambda v, own: None if v < 0 or v == own else f"L1D flush control {v:#x}"),
     _r("prctl", "PR_GET_TIMERSLACK", "timer slack is not saved", _timerslack),
-    _r("prctl", "PR_GET_TSC", "PR_SET_TSC is not restored",
+    _r("prctl", "PR_GET_TSC", "PR_SET_TSC is not restored (but seccomp strict mode sets it, "
+       "and is restored)",
        lambda v, own: None if v in (-1, C.PR_TSC_ENABLE) else "rdtsc made to SIGSEGV (PR_SET_TSC)"),
     _r("prctl", "PR_GET_IO_FLUSHER", "PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE",
        lambda v, own: "an IO flusher (PR_SET_IO_FLUSHER)" if v > 0 else None),
@@ -468,8 +467,7 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
     with open(f"/proc/{pid}/stat") as f:
         check_stat_fields(pid, f.read().rsplit(")", 1)[1].split(), f"/proc/{pid}/stat")
     _judge(pid, "", "stat", "exit_signal", task.stat.exit_signal, None, f"/proc/{pid}/stat")
-    _judge(pid, "", "timers", "POSIX timers", len(task.proc.timers()), None,
-           f"/proc/{pid}/timers")
+    _check_timers(pid, task)
     leader_login = _read_int(f"/proc/{pid}/loginuid")
     for th in task.threads:
         tid = th.tid
@@ -484,7 +482,18 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
             login = _read_int(f"{base}/loginuid")
             _judge(pid, where, "loginuid", "loginuid of a thread",
                    None if login == leader_login else login, None, f"{base}/loginuid")
-        _check_prctl(pid, where, th, leader=tid == pid)
+        _check_prctl(pid, where, th, leader=tid == pid, strict=raw.get("Seccomp") == "1")
+
+
+def _check_timers(pid: int, task: "DumpTask") -> None:
+    timers = task.proc.timers()
+    if not timers:
+        return
+    inj = task.threads[0].need_inj()
+    for t in timers:
+        over = inj.call("timer_getoverrun", t.id)
+        _judge(pid, "", "timers", "POSIX timer overrun", (t.id, over) if over else None, None,
+               f"/proc/{pid}/timers")
 
 
 def _read_int(path: str) -> int:
@@ -534,11 +543,13 @@ def _check_attr(pid: int, where: str, base: str) -> None:
         _judge(pid, where, "attr", name, value, _own_attr(name), path)
 
 
-def _check_prctl(pid: int, where: str, th: "DumpThread", leader: bool) -> None:
+def _check_prctl(pid: int, where: str, th: "DumpThread", leader: bool, strict: bool) -> None:
     inj = th.need_inj()
     for name, how in PRCTL_READ.items():
         if not how.per_thread and not leader:
             continue
+        if name == "PR_GET_TSC" and strict:
+            continue  # strict mode sets it, and its restore does again
         if how.by_pointer:
             addr = inj.put(bytes(8), align=8)
             got = inj.call("prctl", how.option, addr, 0, 0, 0, check=False)
