@@ -195,7 +195,7 @@ SCHED_DEADLINE = 6
 NR.update({"timer_create": 222, "timer_settime": 223, "timer_gettime": 224,
            "timer_getoverrun": 225, "timer_delete": 226, "seccomp": 317,
            "sched_setaffinity": 203, "sched_getaffinity": 204,
-           "set_mempolicy": 238, "get_mempolicy": 239})
+           "set_mempolicy": 238, "get_mempolicy": 239, "clock_gettime": 228})
 PR_TIMER_CREATE_RESTORE_IDS = 77
 PR_TIMER_CREATE_RESTORE_IDS_OFF = 0
 PR_TIMER_CREATE_RESTORE_IDS_ON = 1

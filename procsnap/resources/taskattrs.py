@@ -160,7 +160,7 @@ def _create_posix_timers(rt: "RestoreTask") -> None:
                           t.notify_thread_id if t.HasField("notify_thread_id") else 0)
         sev_addr = inj.put(sev.ljust(_SIGEVENT, b"\0"), align=8)
         id_addr = inj.put(struct.pack("<i", t.it_id if chosen else 0), align=8)
-        clock = t.clock_id - (1 << 32) if t.clock_id & 0x80000000 else t.clock_id
+        clock = _signed32(t.clock_id)
         while True:
             try:
                 inj.call("timer_create", clock, sev_addr, id_addr)
@@ -193,14 +193,34 @@ def _arm_posix_timers(rt: "RestoreTask") -> None:
     inj = rt.inj
     pending = signals.pending_timers(rt)
     for t in rt.core.tc.timers.posix:
-        vsec, vnsec = t.vsec, t.vnsec
-        if t.it_id in pending and not (vsec or vnsec):
-            vnsec = 1
-        if not (vsec or vnsec):
+        value = t.vsec * _NS + t.vnsec
+        interval = t.isec * _NS + t.insec
+        flags = 0
+        if t.it_id in pending and interval and value:
+            # A periodic timer with its signal pending is not re-armed until
+            # the signal is taken; timer_gettime showed the time to its next
+            # period.  Expire it one period earlier, in the past: it fires at
+            # once, and the re-arm at delivery keeps the period's phase.
+            ts = inj.put(bytes(16), align=8)
+            inj.call("clock_gettime", _signed32(t.clock_id), ts)
+            sec, nsec = struct.unpack("<2q", inj.read_mem(ts, 16))
+            value = max(sec * _NS + nsec + value - interval, 1)
+            flags = C.TFD_TIMER_ABSTIME  # TIMER_ABSTIME, the same bit
+        elif t.it_id in pending and not value:
+            value = 1  # a one-shot that fired: fire again, at once
+        if not value:
             continue  # disarmed
-        spec = struct.pack("<4q", t.isec, t.insec, vsec, vnsec)
-        inj.call("timer_settime", t.it_id, 0, inj.put(spec, align=8), 0)
-    inj.reset_scratch()
+        spec = struct.pack("<4q", t.isec, t.insec, value // _NS, value % _NS)
+        inj.call("timer_settime", t.it_id, flags, inj.put(spec, align=8), 0)
+        inj.reset_scratch()
+
+
+_NS = 1_000_000_000
+
+
+def _signed32(v: int) -> int:
+    """A clock id as the kernel reads it (CPU clocks are negative)."""
+    return v - (1 << 32) if v & 0x80000000 else v
 
 
 def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
