@@ -99,6 +99,19 @@ def test_timers_seccomp_restored(targets: TargetFactory, tmp_path: Path) -> None
     finish(t)
 
 
+def test_seccomp_counter_runs_on(targets: TargetFactory, tmp_path: Path) -> None:
+    """A counter under an allow-all seccomp filter (once refused) is dumped
+    and restored under its filter, and counts on without a gap."""
+    numbers = targets.workdir / "numbers"
+    t = targets.start("seccomp_allow", str(numbers))
+    wait_numbers(numbers, 3)
+    _cycle(targets, t, tmp_path / "images")
+    st = _status_of(t.pid, t.pid)
+    assert (st["Seccomp"], st["Seccomp_filters"]) == ("2", "1"), st
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+
+
 # (what the target does, a word the one-line refusal must hold)
 REFUSALS = [
     ("uts", r"\buts namespace"),
