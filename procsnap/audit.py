@@ -139,11 +139,11 @@ STATUS: list[Item] = [
        _spec("speculative store bypass")),
     _r("status", "SpeculationIndirectBranch", "PR_SET_SPECULATION_CTRL is not restored",
        _spec("indirect branch speculation")),
-    _r("status", "Cpus_allowed", "CPU affinity is not saved; the restored task would get "
-       "procsnap's", _not_own("CPU affinity")),
+    *_s("status", "Cpus_allowed", "taskattrs (sched_getaffinity/sched_setaffinity per thread; "
+        "the cpuset part comes with the cgroup)"),
     *_i("status", "Cpus_allowed_list", "Cpus_allowed in other words"),
-    _r("status", "Mems_allowed", "memory node policy is not saved; the restored task would get "
-       "procsnap's", _not_own("allowed memory nodes")),
+    _r("status", "Mems_allowed", "the memory nodes of its cpuset: cpuset properties are not "
+       "saved (the thread's own NUMA policy is, see mempolicy)", _not_own("allowed memory nodes")),
     *_i("status", "Mems_allowed_list", "Mems_allowed in other words"),
     *_i("status", "voluntary_ctxt_switches nonvoluntary_ctxt_switches", "statistics"),
 ]
@@ -274,7 +274,6 @@ class Prctl:
 # name -> how to read it; only what the table must judge is read
 PRCTL_READ: dict[str, Prctl] = {
     "PR_GET_THP_DISABLE": Prctl(C.PR_GET_THP_DISABLE, per_thread=False),
-    "PR_GET_TIMERSLACK": Prctl(C.PR_GET_TIMERSLACK),
     "PR_GET_TSC": Prctl(C.PR_GET_TSC, by_pointer=True),
     "PR_GET_SPECULATION_CTRL(L1D_FLUSH)": Prctl(C.PR_GET_SPECULATION_CTRL, C.PR_SPEC_L1D_FLUSH),
     "PR_GET_IO_FLUSHER": Prctl(C.PR_GET_IO_FLUSHER),
@@ -282,14 +281,6 @@ PRCTL_READ: dict[str, Prctl] = {
     "PR_MCE_KILL_GET": Prctl(C.PR_MCE_KILL_GET),
     "PR_GET_MDWE": Prctl(C.PR_GET_MDWE, per_thread=False),
 }
-
-
-def _timerslack(v: int, own: Any) -> str | None:
-    # sched_setscheduler to an RT policy sets the slack to 0 (6.7+): the
-    # restore of the policy does the same.
-    if v == own or v == 0:
-        return None
-    return f"timer slack {v} ns (a restored task gets {own})"
 
 
 PRCTL: list[Item] = [
@@ -309,7 +300,8 @@ PRCTL: list[Item] = [
         "judged from status (Speculation_Store_Bypass, SpeculationIndirectBranch)"),
     _r("prctl", "PR_GET_SPECULATION_CTRL(L1D_FLUSH)", "PR_SET_SPECULATION_CTRL is not restored",
        lambda v, own: None if v < 0 or v == own else f"L1D flush control {v:#x}"),
-    _r("prctl", "PR_GET_TIMERSLACK", "timer slack is not saved", _timerslack),
+    Item("prctl", "PR_GET_TIMERSLACK", SAVED, "taskattrs (per thread; 0 under an RT policy "
+         "comes with the policy)"),
     _r("prctl", "PR_GET_TSC", "PR_SET_TSC is not restored (but seccomp strict mode sets it, "
        "and is restored)",
        lambda v, own: None if v in (-1, C.PR_TSC_ENABLE) else "rdtsc made to SIGSEGV (PR_SET_TSC)"),
@@ -331,6 +323,8 @@ PRCTL: list[Item] = [
 ]
 
 _SAVED_ELSEWHERE = [
+    *_s("mempolicy", "get_mempolicy: mode, flags, nodemask", "taskattrs (per thread, "
+        "set_mempolicy injected; the per-mapping policies of mbind are memory's)"),
     *_s("membarrier", "MEMBARRIER_CMD_GET_REGISTRATIONS", "taskattrs "
         "(core's membarrier_registration_mask, re-registered at restore)"),
 ]

@@ -1,7 +1,8 @@
 """Per-task attributes that are neither memory, files nor signals:
 personality, comm, rlimits, interval timers, POSIX timers, robust futex list, clear-tid
 address, rseq registration, parent-death signal, subreaper flag,
-scheduling (policy with SCHED_RESET_ON_FORK, rt priority, nice),
+scheduling (policy with SCHED_RESET_ON_FORK, rt priority, nice), CPU
+affinity, timer slack and NUMA memory policy (per thread),
 oom_score_adj, loginuid, THP-disable (mm_entry.thp_disabled, read by
 memory) and membarrier registrations.
 
@@ -242,6 +243,18 @@ def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
     th.sched_policy = os.sched_getscheduler(tid)
     th.sched_prio = os.sched_getparam(tid).sched_priority
     th.comm = tstat.comm if tid != task.pid else task.core.tc.comm
+    # CPU affinity from outside; timer slack and NUMA policy answer for the
+    # calling thread only: asked in it (procsnap's own thread_core fields).
+    th.cpu_affinity = _cpus_to_mask(os.sched_getaffinity(tid))
+    th.timer_slack_ns = tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    mode_addr = tinj.put(bytes(8), align=8)
+    nodes_addr = tinj.put(bytes(_MAXNODE // 8), align=8)
+    tinj.call("get_mempolicy", mode_addr, nodes_addr, _MAXNODE, 0, 0)
+    mode = int.from_bytes(tinj.read_mem(mode_addr, 4), "little")
+    if mode != _MPOL_DEFAULT:
+        th.mempolicy_mode = mode
+        th.mempolicy_nodes = tinj.read_mem(nodes_addr, _MAXNODE // 8).rstrip(b"\0")
+    tinj.reset_scratch()
     rseq = ptrace.get_rseq(tid)
     if rseq.rseq_abi_pointer:
         th.rseq_entry.CopyFrom(rseq_pb2.rseq_entry(rseq_abi_pointer=rseq.rseq_abi_pointer,
@@ -345,3 +358,40 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
         os.sched_setscheduler(tid, th.sched_policy, os.sched_param(0))
     if th.HasField("sched_nice"):
         os.setpriority(os.PRIO_PROCESS, tid, th.sched_nice)
+    if th.HasField("cpu_affinity"):
+        cpus = _mask_to_cpus(th.cpu_affinity)
+        if cpus != os.sched_getaffinity(tid):
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError as exc:
+                raise RestoreError(f"{rt.image_name('core', tid)}: CPU affinity "
+                                   f"{sorted(cpus)}: {exc.strerror}") from None
+    # After the policy: an RT policy sets the slack to 0 itself (6.7+), and
+    # PR_SET_TIMERSLACK 0 would mean "the default" instead.
+    if th.HasField("timer_slack_ns") and th.timer_slack_ns and \
+            th.timer_slack_ns != tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0):
+        tinj.call("prctl", C.PR_SET_TIMERSLACK, th.timer_slack_ns, 0, 0, 0)
+    if th.HasField("mempolicy_mode"):
+        nodes = bytes(th.mempolicy_nodes)
+        addr = tinj.put(nodes.ljust(_MAXNODE // 8, b"\0"), align=8)
+        try:
+            tinj.call("set_mempolicy", th.mempolicy_mode, addr, _MAXNODE)
+        except OSError as exc:
+            raise RestoreError(f"{rt.image_name('core', tid)}: NUMA policy "
+                               f"{th.mempolicy_mode:#x} nodes {nodes.hex()}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        tinj.reset_scratch()
+
+
+_MAXNODE = 1024  # bits of nodemask passed to get/set_mempolicy (>= nr_node_ids)
+_MPOL_DEFAULT = 0
+
+
+def _cpus_to_mask(cpus: set[int]) -> bytes:
+    n = sum(1 << c for c in cpus)
+    return n.to_bytes((max(cpus, default=0) // 64 + 1) * 8, "little")
+
+
+def _mask_to_cpus(mask: bytes) -> set[int]:
+    n = int.from_bytes(mask, "little")
+    return {i for i in range(len(mask) * 8) if n >> i & 1}

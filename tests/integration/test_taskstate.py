@@ -57,6 +57,8 @@ def test_task_attributes_restored(targets: TargetFactory, tmp_path: Path) -> Non
     assert os.sched_getscheduler(t.pid) == SCHED_RR | SCHED_RESET_ON_FORK
     assert os.sched_getparam(t.pid).sched_priority == 3
     assert Path(f"/proc/{t.pid}/loginuid").read_text() == "4242"
+    tids = sorted(int(x) for x in os.listdir(f"/proc/{t.pid}/task"))
+    assert [os.sched_getaffinity(tid) for tid in tids] == [{0}, {1 if os.cpu_count() > 1 else 0}]
     finish(t)
 
 
@@ -123,7 +125,6 @@ REFUSALS = [
     ("sigtrap", r"\bSIGTRAP\b"),
     ("timer-overrun", r"\bPOSIX timer 0x0: overrun count [1-9]"),
     ("usernotif", r"\bSECCOMP_RET_USER_NOTIF\b"),
-    ("timerslack", r"\btimer slack\b"),
     ("tsc", r"\bPR_SET_TSC\b"),
     ("mce", r"\bmachine-check kill policy\b"),
 ]

@@ -14,7 +14,7 @@
  * timer 0, 1 ms, whose last delivered signal carried overruns: its
  * timer_getoverrun() cannot be set again), usernotif (a seccomp filter
  * returning SECCOMP_RET_USER_NOTIF for syslog, with a listener fd),
- * timerslack (PR_SET_TIMERSLACK 1 ms), tsc (PR_SET_TSC SIGSEGV), mce
+ * tsc (PR_SET_TSC SIGSEGV), mce
  * (PR_MCE_KILL early).
  */
 #include "tgt.h"
@@ -127,9 +127,6 @@ int main(int argc, char **argv)
 		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
 			    SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog) < 0)
 			die("seccomp");
-	} else if (!strcmp(what, "timerslack")) {
-		if (prctl(PR_SET_TIMERSLACK, 1000000, 0, 0, 0))
-			die("PR_SET_TIMERSLACK");
 	} else if (!strcmp(what, "tsc")) {
 		if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0))
 			die("PR_SET_TSC");

@@ -57,7 +57,7 @@ def test_unknown_stat_field_refused() -> None:
 
 
 @pytest.mark.parametrize("key,value,word", [
-    ("Cpus_allowed", "1", "CPU affinity"),
+    ("Mems_allowed", "2", "memory nodes"),
     ("SigPnd", "0000000000000010", "SIGTRAP"),
     ("NSpid", "100\t1", "pid namespace"),
     ("Speculation_Store_Bypass", "thread force mitigated", "store bypass"),
