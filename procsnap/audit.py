@@ -218,8 +218,8 @@ SCHED: list[Item] = [
 # -- other files ----------------------------------------------------------
 
 FILES: list[Item] = [
-    *_s("timers", "POSIX timers", "taskattrs (id, clock, sigevent, interval, time left; "
-        "task_timers_entry.posix)"),
+    Item("timers", "POSIX timers", SAVED, "taskattrs (id, clock, sigevent, interval, time "
+         "left; task_timers_entry.posix; a pending timer signal is queued by its timer again)"),
     _r("timers", "POSIX timer overrun", "timer_getoverrun() cannot be set: it comes back 0",
        lambda v, own: f"POSIX timer {v[0]:#x}: overrun count {v[1]} of its last expiry"
        if v else None),
@@ -323,8 +323,8 @@ PRCTL: list[Item] = [
 ]
 
 _SAVED_ELSEWHERE = [
-    *_s("mempolicy", "get_mempolicy: mode, flags, nodemask", "taskattrs (per thread, "
-        "set_mempolicy injected; the per-mapping policies of mbind are memory's)"),
+    Item("mempolicy", "get_mempolicy: mode, flags, nodemask", SAVED, "taskattrs (per "
+         "thread, set_mempolicy injected; the per-mapping policies of mbind are memory's)"),
     *_s("membarrier", "MEMBARRIER_CMD_GET_REGISTRATIONS", "taskattrs "
         "(core's membarrier_registration_mask, re-registered at restore)"),
 ]
