@@ -132,23 +132,18 @@ STATUS: list[Item] = [
        lambda v, own: f"x86 locked thread features {v!r}" if v.strip() else None),
     *_i("status", "SigQ", "count of queued signals (saved one by one, signals) / "
         "RLIMIT_SIGPENDING (taskattrs)"),
-    _r("status", "CapAmb", "not supported yet (creds_entry has no field for them)",
-       _nonzero("ambient capabilities", 16)),
-    _r("status", "NoNewPrivs", "not supported yet", _nonzero("no_new_privs set")),
-    _r("status", "Seccomp", "restoring without its filters would widen what it may do",
-       lambda v, own: {"0": None, "1": "runs under seccomp strict mode",
-                       "2": "runs under seccomp filters"}.get(v, f"runs under seccomp mode {v}")),
-    _r("status", "Seccomp_filters", "seccomp filters are not saved yet",
-       _nonzero("seccomp filters")),
+    *_s("status", "CapAmb NoNewPrivs", "creds (per thread: creds_entry cap_amb, no_new_privs)"),
+    *_s("status", "Seccomp Seccomp_filters", "seccomp (strict mode and filter chains per "
+        "thread, seccomp.img; a filter that can return SECCOMP_RET_USER_NOTIF is refused)"),
     _r("status", "Speculation_Store_Bypass", "PR_SET_SPECULATION_CTRL is not restored",
        _spec("speculative store bypass")),
     _r("status", "SpeculationIndirectBranch", "PR_SET_SPECULATION_CTRL is not restored",
        _spec("indirect branch speculation")),
-    _r("status", "Cpus_allowed", "CPU affinity is not saved; the restored task would get "
-       "procsnap's", _not_own("CPU affinity")),
+    *_s("status", "Cpus_allowed", "taskattrs (sched_getaffinity/sched_setaffinity per thread; "
+        "the cpuset part comes with the cgroup)"),
     *_i("status", "Cpus_allowed_list", "Cpus_allowed in other words"),
-    _r("status", "Mems_allowed", "memory node policy is not saved; the restored task would get "
-       "procsnap's", _not_own("allowed memory nodes")),
+    _r("status", "Mems_allowed", "the memory nodes of its cpuset: cpuset properties are not "
+       "saved (the thread's own NUMA policy is, see mempolicy)", _not_own("allowed memory nodes")),
     *_i("status", "Mems_allowed_list", "Mems_allowed in other words"),
     *_i("status", "voluntary_ctxt_switches nonvoluntary_ctxt_switches", "statistics"),
 ]
@@ -223,8 +218,11 @@ SCHED: list[Item] = [
 # -- other files ----------------------------------------------------------
 
 FILES: list[Item] = [
-    _r("timers", "POSIX timers", "not supported yet",
-       lambda v, own: f"has {v} POSIX timer(s)" if v else None),
+    Item("timers", "POSIX timers", SAVED, "taskattrs (id, clock, sigevent, interval, time "
+         "left; task_timers_entry.posix; a pending timer signal is queued by its timer again)"),
+    _r("timers", "POSIX timer overrun", "timer_getoverrun() cannot be set: it comes back 0",
+       lambda v, own: f"POSIX timer {v[0]:#x}: overrun count {v[1]} of its last expiry"
+       if v else None),
     Item("cgroup", "membership in every hierarchy, v1 and v2, per thread", SAVED,
          "cgroup (cgroup.img, cg_set; controller properties not yet: a missing cgroup of a "
          "controller is a restore error)"),
@@ -276,7 +274,6 @@ class Prctl:
 # name -> how to read it; only what the table must judge is read
 PRCTL_READ: dict[str, Prctl] = {
     "PR_GET_THP_DISABLE": Prctl(C.PR_GET_THP_DISABLE, per_thread=False),
-    "PR_GET_TIMERSLACK": Prctl(C.PR_GET_TIMERSLACK),
     "PR_GET_TSC": Prctl(C.PR_GET_TSC, by_pointer=True),
     "PR_GET_SPECULATION_CTRL(L1D_FLUSH)": Prctl(C.PR_GET_SPECULATION_CTRL, C.PR_SPEC_L1D_FLUSH),
     "PR_GET_IO_FLUSHER": Prctl(C.PR_GET_IO_FLUSHER),
@@ -284,14 +281,6 @@ PRCTL_READ: dict[str, Prctl] = {
     "PR_MCE_KILL_GET": Prctl(C.PR_MCE_KILL_GET),
     "PR_GET_MDWE": Prctl(C.PR_GET_MDWE, per_thread=False),
 }
-
-
-def _timerslack(v: int, own: Any) -> str | None:
-    # sched_setscheduler to an RT policy sets the slack to 0 (6.7+): the
-    # restore of the policy does the same.
-    if v == own or v == 0:
-        return None
-    return f"timer slack {v} ns (a restored task gets {own})"
 
 
 PRCTL: list[Item] = [
@@ -311,8 +300,10 @@ PRCTL: list[Item] = [
         "judged from status (Speculation_Store_Bypass, SpeculationIndirectBranch)"),
     _r("prctl", "PR_GET_SPECULATION_CTRL(L1D_FLUSH)", "PR_SET_SPECULATION_CTRL is not restored",
        lambda v, own: None if v < 0 or v == own else f"L1D flush control {v:#x}"),
-    _r("prctl", "PR_GET_TIMERSLACK", "timer slack is not saved", _timerslack),
-    _r("prctl", "PR_GET_TSC", "PR_SET_TSC is not restored",
+    Item("prctl", "PR_GET_TIMERSLACK", SAVED, "taskattrs (per thread; 0 under an RT policy "
+         "comes with the policy)"),
+    _r("prctl", "PR_GET_TSC", "PR_SET_TSC is not restored (but seccomp strict mode sets it, "
+       "and is restored)",
        lambda v, own: None if v in (-1, C.PR_TSC_ENABLE) else "rdtsc made to SIGSEGV (PR_SET_TSC)"),
     _r("prctl", "PR_GET_IO_FLUSHER", "PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE",
        lambda v, own: "an IO flusher (PR_SET_IO_FLUSHER)" if v > 0 else None),
@@ -332,6 +323,8 @@ PRCTL: list[Item] = [
 ]
 
 _SAVED_ELSEWHERE = [
+    Item("mempolicy", "get_mempolicy: mode, flags, nodemask", SAVED, "taskattrs (per "
+         "thread, set_mempolicy injected; the per-mapping policies of mbind are memory's)"),
     *_s("membarrier", "MEMBARRIER_CMD_GET_REGISTRATIONS", "taskattrs "
         "(core's membarrier_registration_mask, re-registered at restore)"),
 ]
@@ -468,8 +461,7 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
     with open(f"/proc/{pid}/stat") as f:
         check_stat_fields(pid, f.read().rsplit(")", 1)[1].split(), f"/proc/{pid}/stat")
     _judge(pid, "", "stat", "exit_signal", task.stat.exit_signal, None, f"/proc/{pid}/stat")
-    _judge(pid, "", "timers", "POSIX timers", len(task.proc.timers()), None,
-           f"/proc/{pid}/timers")
+    _check_timers(pid, task)
     leader_login = _read_int(f"/proc/{pid}/loginuid")
     for th in task.threads:
         tid = th.tid
@@ -484,7 +476,18 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
             login = _read_int(f"{base}/loginuid")
             _judge(pid, where, "loginuid", "loginuid of a thread",
                    None if login == leader_login else login, None, f"{base}/loginuid")
-        _check_prctl(pid, where, th, leader=tid == pid)
+        _check_prctl(pid, where, th, leader=tid == pid, strict=raw.get("Seccomp") == "1")
+
+
+def _check_timers(pid: int, task: "DumpTask") -> None:
+    timers = task.proc.timers()
+    if not timers:
+        return
+    inj = task.threads[0].need_inj()
+    for t in timers:
+        over = inj.call("timer_getoverrun", t.id)
+        _judge(pid, "", "timers", "POSIX timer overrun", (t.id, over) if over else None, None,
+               f"/proc/{pid}/timers")
 
 
 def _read_int(path: str) -> int:
@@ -534,11 +537,13 @@ def _check_attr(pid: int, where: str, base: str) -> None:
         _judge(pid, where, "attr", name, value, _own_attr(name), path)
 
 
-def _check_prctl(pid: int, where: str, th: "DumpThread", leader: bool) -> None:
+def _check_prctl(pid: int, where: str, th: "DumpThread", leader: bool, strict: bool) -> None:
     inj = th.need_inj()
     for name, how in PRCTL_READ.items():
         if not how.per_thread and not leader:
             continue
+        if name == "PR_GET_TSC" and strict:
+            continue  # strict mode sets it, and its restore does again
         if how.by_pointer:
             addr = inj.put(bytes(8), align=8)
             got = inj.call("prctl", how.option, addr, 0, 0, 0, check=False)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import audit, images
+from .resources import seccomp
 from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
 from .inject import LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad
@@ -190,7 +191,7 @@ def _is_zombie(pid: int) -> bool:
 def _seize_thread(pid: int, th: DumpThread) -> None:
     tid = th.tid
     try:
-        ptrace.seize(tid)
+        ptrace.seize(tid, seccomp.seize_options())  # injected calls bypass its filters
     except OSError as exc:
         if exc.errno == 3:
             raise NoSuchProcess(pid, f"pid {pid}: thread {tid} vanished during the freeze") from None

@@ -204,3 +204,27 @@ MADV_NOHUGEPAGE = 15
 MADV_DONTDUMP = 16
 MADV_WIPEONFORK = 18
 MADV_DONTNEED = 4
+# POSIX timers, seccomp, no_new_privs, ambient caps, affinity, timer slack
+# (resources/taskattrs.py, resources/seccomp.py, resources/creds.py)
+NR.update({"timer_create": 222, "timer_settime": 223, "timer_gettime": 224,
+           "timer_getoverrun": 225, "timer_delete": 226, "seccomp": 317,
+           "sched_setaffinity": 203, "sched_getaffinity": 204,
+           "set_mempolicy": 238, "get_mempolicy": 239, "clock_gettime": 228})
+PR_TIMER_CREATE_RESTORE_IDS = 77
+PR_TIMER_CREATE_RESTORE_IDS_OFF = 0
+PR_TIMER_CREATE_RESTORE_IDS_ON = 1
+SI_TIMER = -2
+PR_CAP_AMBIENT_IS_SET = 1
+PR_SET_SECCOMP = 22
+PR_SET_TIMERSLACK = 29
+SECCOMP_MODE_STRICT = 1
+SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+SECCOMP_FILTER_FLAG_LOG = 2
+SECCOMP_RET_ACTION_FULL = 0xFFFF0000
+SECCOMP_RET_USER_NOTIF = 0x7FC00000
+PTRACE_O_SUSPEND_SECCOMP = 1 << 21
+PTRACE_SECCOMP_GET_FILTER = 0x420C
+PTRACE_SECCOMP_GET_METADATA = 0x420D
+SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6

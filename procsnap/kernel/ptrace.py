@@ -116,3 +116,27 @@ def wait_stop(pid: int) -> int:
 
 def stop_event(status: int) -> int:
     return (status >> 16) & 0xFF
+
+
+def set_options(pid: int, options: int) -> None:
+    ptrace(C.PTRACE_SETOPTIONS, pid, 0, options)
+
+
+def seccomp_filter(pid: int, index: int) -> bytes | None:
+    """The ``index``-th seccomp filter of a stopped tracee (0: the first
+    installed, the root of its chain) as sock_filter bytes; None past the
+    last (ENOENT)."""
+    try:
+        n = ptrace(C.PTRACE_SECCOMP_GET_FILTER, pid, index, 0)
+    except FileNotFoundError:
+        return None
+    buf = ctypes.create_string_buffer(8 * n)
+    ptrace(C.PTRACE_SECCOMP_GET_FILTER, pid, index, ctypes.addressof(buf))
+    return buf.raw
+
+
+def seccomp_flags(pid: int, index: int) -> int:
+    """The flags (SECCOMP_FILTER_FLAG_LOG) the ``index``-th filter was made with."""
+    meta = (ctypes.c_uint64 * 2)(index, 0)
+    ptrace(C.PTRACE_SECCOMP_GET_METADATA, pid, ctypes.sizeof(meta), ctypes.addressof(meta))
+    return meta[1]

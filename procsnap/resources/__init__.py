@@ -7,12 +7,12 @@ each list below.  (Kinds of fd are one level down: see files.FD_KINDS.)
 """
 from __future__ import annotations
 
-from . import cgroup, core, creds, files, fs, memory, signals, taskattrs
+from . import cgroup, core, creds, files, fs, memory, seccomp, signals, taskattrs
 
 # Dump order: identity and registers first (the registers must be read
 # before any injection could disturb them), then cheap checks that may
 # refuse the dump (fds, fs), and memory last, so a refusal copies nothing.
-DUMP_ORDER = [core, signals, taskattrs, creds, cgroup, fs, files, memory]
+DUMP_ORDER = [core, signals, taskattrs, creds, seccomp, cgroup, fs, files, memory]
 
 # Restore order, and why:
 #  files    - opened first, while paths resolve as in the restorer's root
@@ -24,8 +24,11 @@ DUMP_ORDER = [core, signals, taskattrs, creds, cgroup, fs, files, memory]
 #             queued with everything blocked;
 #  taskattrs- rlimits, timers, robust list, tid address, rseq (its area
 #             must be mapped with its contents);
+#  seccomp  - filters and strict mode, with the puppet's seccomp suspended
+#             for our calls; before creds: needs CAP_SYS_ADMIN without
+#             no_new_privs;
 #  creds    - last of all the injected work: dropping uid/caps would
 #             forbid what comes before;
 #  core     - registers/FPU/mask via ptrace (core.final), done by the
 #             driver after the trampoline page is unmapped.
-RESTORE_ORDER = [files, memory, cgroup, fs, signals, taskattrs, creds, core]
+RESTORE_ORDER = [files, memory, cgroup, fs, signals, taskattrs, seccomp, creds, core]

@@ -6,7 +6,9 @@ registers: once the puppet drops its uid and capabilities, it can no
 longer do the privileged steps (PR_SET_MM_MAP's exe, chroot, rlimits).
 Within this module: bounding set and securebits first (they need
 CAP_SETPCAP), then groups and gids, then uids with KEEP_CAPS so the
-permitted set survives, then capset, and finally the dumpable flag, which a uid change resets.
+permitted set survives, then capset, then the ambient set (a uid change
+clears it; raising needs the cap permitted and inheritable) and
+no_new_privs, and finally the dumpable flag, which a uid change resets.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from ..images.pb import creds_pb2
 import functools
 import os
 
+from ..errors import RestoreError
 from ..kernel import consts as C
 from ..kernel.structs import CapData, CapHeader
 
@@ -51,8 +54,10 @@ def _dump_one(task: "DumpTask", inj, st, core) -> None:
         uid=uid, gid=gid, euid=euid, egid=egid, suid=suid, sgid=sgid, fsuid=fsuid, fsgid=fsgid,
         cap_inh=_words(st.cap_inh), cap_prm=_words(st.cap_prm), cap_eff=_words(st.cap_eff),
         cap_bnd=_words(st.cap_bnd), secbits=secbits, groups=st.groups)
-    # Ambient capabilities, no_new_privs and seccomp are judged by the
-    # audit table (procsnap/audit.py) before this runs.
+    if st.cap_amb:
+        creds.cap_amb.extend(_words(st.cap_amb))
+    if st.no_new_privs:
+        creds.no_new_privs = 1
     core.thread_core.creds.CopyFrom(creds)
 
 
@@ -78,6 +83,15 @@ def _own_creds() -> tuple:
             st.cap_bnd, secbits)
 
 
+@functools.lru_cache(maxsize=1)
+def _own_amb_nnp() -> tuple[int, int]:
+    """The restorer's ambient set and no_new_privs, which puppets inherit."""
+    from ..procfs.reader import ProcReader
+
+    st = ProcReader(os.getpid()).status()
+    return st.cap_amb or 0, st.no_new_privs or 0
+
+
 def _key(c) -> tuple:
     return ((c.uid, c.euid, c.suid, c.fsuid), (c.gid, c.egid, c.sgid, c.fsgid),
             sorted(c.groups), _mask(c.cap_inh), _mask(c.cap_prm), _mask(c.cap_eff),
@@ -85,6 +99,33 @@ def _key(c) -> tuple:
 
 
 def _restore_one(inj, core) -> None:
+    th = core.thread_core
+    _restore_ids_caps(inj, core)
+    if not th.HasField("creds"):
+        return
+    c = th.creds
+    amb = _mask(c.cap_amb)
+    own_amb, own_nnp = _own_amb_nnp()
+    if own_amb and own_amb != amb:
+        inj.call("prctl", C.PR_CAP_AMBIENT, C.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if own_nnp and not c.no_new_privs:
+        raise RestoreError(f"pid {inj.pid}: procsnap runs with no_new_privs, which its "
+                           "children cannot drop; the task had none")
+    if amb and amb != own_amb:
+        # After capset: a cap must be permitted and inheritable to be raised,
+        # and a uid change away from 0 clears the ambient set.
+        if c.secbits & C.SECBIT_NO_CAP_AMBIENT_RAISE:
+            raise RestoreError(f"pid {inj.pid}: ambient capabilities {amb:#x} with "
+                               "SECBIT_NO_CAP_AMBIENT_RAISE set cannot be raised again")
+        for cap in range(64):
+            if amb >> cap & 1:
+                inj.call("prctl", C.PR_CAP_AMBIENT, C.PR_CAP_AMBIENT_RAISE, cap, 0, 0)
+    if c.HasField("no_new_privs") and c.no_new_privs:
+        # Per thread, and for good: it cannot be unset.
+        inj.call("prctl", C.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def _restore_ids_caps(inj, core) -> None:
     th = core.thread_core
     if th.HasField("creds") and _key(th.creds) != _own_creds():
         c = th.creds

@@ -130,11 +130,14 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         queues = [(False, th.signals_p if th.HasField("signals_p") else None)]
         if thread.tid == rt.pid:
             queues.append((True, core.tc.signals_s if core.tc.HasField("signals_s") else None))
+        timers = {t.it_id for t in core.tc.timers.posix} if core.tc.HasField("timers") else set()
         for shared, queue in queues:
             if queue is None:
                 continue
             for entry in queue.signals:
                 raw = entry.siginfo
+                if timer_of(raw) in timers:
+                    continue  # the timer queues it again itself (taskattrs)
                 signo = int.from_bytes(raw[0:4], "little", signed=True)
                 addr = tinj.put(raw, align=8)
                 if shared:
@@ -142,6 +145,31 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 else:
                     tinj.call("rt_tgsigqueueinfo", rt.pid, thread.tid, signo, addr)
                 tinj.reset_scratch()
+
+
+def timer_of(raw: bytes) -> int | None:
+    """The POSIX timer id a queued siginfo came from (si_code SI_TIMER), or None.
+
+    Such a signal is the timer's own preallocated one: while it is pending
+    the timer counts overruns instead of queueing another, and its delivery
+    re-arms a periodic timer.  Queued back as a plain siginfo it would do
+    neither (the timer would queue a second one), so a restored timer with
+    a pending signal is armed to expire at once instead, and queues its
+    own (see taskattrs)."""
+    if int.from_bytes(raw[8:12], "little", signed=True) != C.SI_TIMER:
+        return None
+    return int.from_bytes(raw[16:20], "little", signed=True)  # _sigfault._timer.si_tid
+
+
+def pending_timers(rt: "RestoreTask") -> set[int]:
+    """Ids of the POSIX timers whose signal is queued, in any queue of the task."""
+    tc = rt.core.tc
+    raws = [e.siginfo for e in tc.signals_s.signals] if tc.HasField("signals_s") else []
+    for thread in rt.threads:
+        th = thread.core.thread_core
+        if th.HasField("signals_p"):
+            raws += [e.siginfo for e in th.signals_p.signals]
+    return {t for t in map(timer_of, raws) if t is not None}
 
 
 def _drain(inj) -> None:

@@ -1,7 +1,8 @@
 """Per-task attributes that are neither memory, files nor signals:
-personality, comm, rlimits, interval timers, robust futex list, clear-tid
+personality, comm, rlimits, interval timers, POSIX timers, robust futex list, clear-tid
 address, rseq registration, parent-death signal, subreaper flag,
-scheduling (policy with SCHED_RESET_ON_FORK, rt priority, nice),
+scheduling (policy with SCHED_RESET_ON_FORK, rt priority, nice), CPU
+affinity, timer slack and NUMA memory policy (per thread),
 oom_score_adj, loginuid and membarrier registrations (THP-disable is
 mm state: memory restores it).
 
@@ -15,6 +16,7 @@ import ctypes
 import functools
 import os
 import resource
+import struct
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
@@ -24,6 +26,7 @@ from ..kernel import ptrace
 from ..kernel.libc import syscall
 from ..kernel.structs import Itimerval
 from ..procfs.parse import LIMIT_RESOURCES
+from . import signals
 from .core import TASK_ALIVE, TASK_STOPPED
 
 if TYPE_CHECKING:
@@ -77,7 +80,6 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     assert stat is not None
     core = task.core
     tc = core.tc
-    # POSIX timers are refused by the audit table (procsnap/audit.py).
     # A job-control stopped task (SIGSTOP, SIGTSTP...) comes back stopped.
     stop = task.threads[0].stop_signo
     tc.task_state = TASK_STOPPED if stop else TASK_ALIVE
@@ -107,6 +109,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     tc.timers.real.CopyFrom(timers[0])
     tc.timers.virt.CopyFrom(timers[1])
     tc.timers.prof.CopyFrom(timers[2])
+    _dump_posix_timers(task, inj)
     tc.child_subreaper = bool(_get_int(inj, C.PR_GET_CHILD_SUBREAPER))
     inj.reset_scratch()
     with open(f"/proc/{pid}/oom_score_adj") as f:
@@ -117,6 +120,108 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         tc.membarrier_registration_mask = mask
     for thread in task.threads:
         _dump_thread(task, thread)
+
+
+_ITIMERSPEC = 32  # struct itimerspec: interval then value, each {sec, nsec}
+_SIGEVENT = 64
+
+
+def _dump_posix_timers(task: "DumpTask", inj: Any) -> None:
+    """/proc/PID/timers names them (id, signal, sival, notify, clock); the
+    times come from timer_gettime in the task.  Their overrun count is
+    judged by the audit (procsnap/audit.py): it cannot be set again."""
+    for t in task.proc.timers():
+        addr = inj.put(bytes(_ITIMERSPEC), align=8)
+        inj.call("timer_gettime", t.id, addr)
+        isec, insec, vsec, vnsec = struct.unpack("<4q", inj.read_mem(addr, _ITIMERSPEC))
+        inj.reset_scratch()
+        ent = timer_pb2.posix_timer_entry(
+            it_id=t.id, clock_id=t.clock_id & 0xFFFFFFFF, si_signo=t.signo,
+            it_sigev_notify=t.sigev_notify, sival_ptr=t.sigev_value, overrun=0,
+            isec=isec, insec=insec, vsec=vsec, vnsec=vnsec)
+        if t.notify_tid:
+            ent.notify_thread_id = t.notify_pid
+        task.core.tc.timers.posix.append(ent)
+
+
+def _create_posix_timers(rt: "RestoreTask") -> None:
+    """timer_create each timer with its id: PR_TIMER_CREATE_RESTORE_IDS
+    (Linux 6.17+) lets the caller choose it; before that ids are handed out
+    in order from 0 in a new process, so create (and delete) until the id
+    comes up, as CRIU does."""
+    inj = rt.inj
+    timers = sorted(rt.core.tc.timers.posix, key=lambda t: t.it_id)
+    if not timers:
+        return
+    chosen = inj.call("prctl", C.PR_TIMER_CREATE_RESTORE_IDS, C.PR_TIMER_CREATE_RESTORE_IDS_ON,
+                      0, 0, 0, check=False) == 0
+    next_id = 0
+    for t in timers:
+        sev = struct.pack("<QiiI", t.sival_ptr, t.si_signo, t.it_sigev_notify,
+                          t.notify_thread_id if t.HasField("notify_thread_id") else 0)
+        sev_addr = inj.put(sev.ljust(_SIGEVENT, b"\0"), align=8)
+        id_addr = inj.put(struct.pack("<i", t.it_id if chosen else 0), align=8)
+        clock = _signed32(t.clock_id)
+        while True:
+            try:
+                inj.call("timer_create", clock, sev_addr, id_addr)
+            except OSError as exc:
+                raise RestoreError(f"{rt.image_name('core')}: POSIX timer {t.it_id:#x} "
+                                   f"(clock {clock}): timer_create: "
+                                   f"{os.strerror(exc.errno or 0)}") from None
+            got = struct.unpack("<i", inj.read_mem(id_addr, 4))[0]
+            if chosen or got == t.it_id:
+                break
+            if got != next_id or got > t.it_id:
+                raise RestoreError(f"{rt.image_name('core')}: POSIX timer {t.it_id:#x}: the "
+                                   f"kernel handed out id {got:#x}, not ids in order")
+            inj.call("timer_delete", got)
+            next_id += 1
+        if got != t.it_id:
+            raise RestoreError(f"{rt.image_name('core')}: POSIX timer {t.it_id:#x} "
+                               f"came back as {got:#x}")
+        next_id = got + 1
+        inj.reset_scratch()
+    if chosen:
+        inj.call("prctl", C.PR_TIMER_CREATE_RESTORE_IDS, C.PR_TIMER_CREATE_RESTORE_IDS_OFF,
+                 0, 0, 0)
+
+
+def _arm_posix_timers(rt: "RestoreTask") -> None:
+    """Last of this module's work: the time left runs from here.  A timer
+    whose signal was pending is armed to expire at once, so that it queues
+    its own signal again (signals.timer_of says why)."""
+    inj = rt.inj
+    pending = signals.pending_timers(rt)
+    for t in rt.core.tc.timers.posix:
+        value = t.vsec * _NS + t.vnsec
+        interval = t.isec * _NS + t.insec
+        flags = 0
+        if t.it_id in pending and interval and value:
+            # A periodic timer with its signal pending is not re-armed until
+            # the signal is taken; timer_gettime showed the time to its next
+            # period.  Expire it one period earlier, in the past: it fires at
+            # once, and the re-arm at delivery keeps the period's phase.
+            ts = inj.put(bytes(16), align=8)
+            inj.call("clock_gettime", _signed32(t.clock_id), ts)
+            sec, nsec = struct.unpack("<2q", inj.read_mem(ts, 16))
+            value = max(sec * _NS + nsec + value - interval, 1)
+            flags = C.TFD_TIMER_ABSTIME  # TIMER_ABSTIME, the same bit
+        elif t.it_id in pending and not value:
+            value = 1  # a one-shot that fired: fire again, at once
+        if not value:
+            continue  # disarmed
+        spec = struct.pack("<4q", t.isec, t.insec, value // _NS, value % _NS)
+        inj.call("timer_settime", t.it_id, flags, inj.put(spec, align=8), 0)
+        inj.reset_scratch()
+
+
+_NS = 1_000_000_000
+
+
+def _signed32(v: int) -> int:
+    """A clock id as the kernel reads it (CPU clocks are negative)."""
+    return v - (1 << 32) if v & 0x80000000 else v
 
 
 def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
@@ -138,6 +243,18 @@ def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
     th.sched_policy = os.sched_getscheduler(tid)
     th.sched_prio = os.sched_getparam(tid).sched_priority
     th.comm = tstat.comm if tid != task.pid else task.core.tc.comm
+    # CPU affinity from outside; timer slack and NUMA policy answer for the
+    # calling thread only: asked in it (procsnap's own thread_core fields).
+    th.cpu_affinity = _cpus_to_mask(os.sched_getaffinity(tid))
+    th.timer_slack_ns = tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+    mode_addr = tinj.put(bytes(8), align=8)
+    nodes_addr = tinj.put(bytes(_MAXNODE // 8), align=8)
+    tinj.call("get_mempolicy", mode_addr, nodes_addr, _MAXNODE, 0, 0)
+    mode = int.from_bytes(tinj.read_mem(mode_addr, 4), "little")
+    if mode != _MPOL_DEFAULT:
+        th.mempolicy_mode = mode
+        th.mempolicy_nodes = tinj.read_mem(nodes_addr, _MAXNODE // 8).rstrip(b"\0")
+    tinj.reset_scratch()
     rseq = ptrace.get_rseq(tid)
     if rseq.rseq_abi_pointer:
         th.rseq_entry.CopyFrom(rseq_pb2.rseq_entry(rseq_abi_pointer=rseq.rseq_abi_pointer,
@@ -176,6 +293,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                                 value_sec=it.vsec, value_usec=it.vusec)
                 inj.call("setitimer", which, inj.put(bytes(val), align=8), 0)
         inj.reset_scratch()
+    if tc.HasField("timers"):
+        _create_posix_timers(rt)
     if tc.HasField("child_subreaper") and tc.child_subreaper:
         inj.call("prctl", C.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     if tc.HasField("membarrier_registration_mask"):
@@ -193,6 +312,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     if tc.HasField("oom_score_adj"):
         with open(f"/proc/{pid}/oom_score_adj", "w") as f:
             f.write(str(tc.oom_score_adj))
+    if tc.HasField("timers"):
+        _arm_posix_timers(rt)
 
 
 def _set_loginuid(rt: "RestoreTask", thread: Any, value: int) -> None:
@@ -235,3 +356,40 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
         os.sched_setscheduler(tid, th.sched_policy, os.sched_param(0))
     if th.HasField("sched_nice"):
         os.setpriority(os.PRIO_PROCESS, tid, th.sched_nice)
+    if th.HasField("cpu_affinity"):
+        cpus = _mask_to_cpus(th.cpu_affinity)
+        if cpus != os.sched_getaffinity(tid):
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError as exc:
+                raise RestoreError(f"{rt.image_name('core', tid)}: CPU affinity "
+                                   f"{sorted(cpus)}: {exc.strerror}") from None
+    # After the policy: an RT policy sets the slack to 0 itself (6.7+), and
+    # PR_SET_TIMERSLACK 0 would mean "the default" instead.
+    if th.HasField("timer_slack_ns") and th.timer_slack_ns and \
+            th.timer_slack_ns != tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0):
+        tinj.call("prctl", C.PR_SET_TIMERSLACK, th.timer_slack_ns, 0, 0, 0)
+    if th.HasField("mempolicy_mode"):
+        nodes = bytes(th.mempolicy_nodes)
+        addr = tinj.put(nodes.ljust(_MAXNODE // 8, b"\0"), align=8)
+        try:
+            tinj.call("set_mempolicy", th.mempolicy_mode, addr, _MAXNODE)
+        except OSError as exc:
+            raise RestoreError(f"{rt.image_name('core', tid)}: NUMA policy "
+                               f"{th.mempolicy_mode:#x} nodes {nodes.hex()}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        tinj.reset_scratch()
+
+
+_MAXNODE = 1024  # bits of nodemask passed to get/set_mempolicy (>= nr_node_ids)
+_MPOL_DEFAULT = 0
+
+
+def _cpus_to_mask(cpus: set[int]) -> bytes:
+    n = sum(1 << c for c in cpus)
+    return n.to_bytes((max(cpus, default=0) // 64 + 1) * 8, "little")
+
+
+def _mask_to_cpus(mask: bytes) -> set[int]:
+    n = int.from_bytes(mask, "little")
+    return {i for i in range(len(mask) * 8) if n >> i & 1}

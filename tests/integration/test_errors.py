@@ -283,21 +283,6 @@ def test_dump_to_unusable_dir(targets: TargetFactory, tmp_path: Path, mode: list
     check_continuity(wait_numbers(numbers, last + 3))
 
 
-def test_dump_seccomp_refused(targets: TargetFactory, tmp_path: Path) -> None:
-    """Restoring without its seccomp filter would widen what the process
-    may do: refuse, name the pid and seccomp; the target counts on."""
-    numbers = targets.workdir / "numbers"
-    t = targets.start("seccomp_allow", str(numbers))
-    wait_numbers(numbers, 3)
-    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path)
-    line = assert_one_line_error(res, _pid_re(t.pid))
-    assert "seccomp" in line, line
-    ok, why = is_untouched(t.pid)
-    assert ok, f"a refused dump left pid {t.pid} stopped or traced: {why}"
-    last = read_numbers(numbers)[-1]
-    check_continuity(wait_numbers(numbers, last + 3))
-
-
 @pytest.mark.timeout(120)
 def test_dump_killed_at_any_moment(targets: TargetFactory, tmp_path: Path) -> None:
     """SIGKILL to procsnap at 24 moments spread over a dump (freeze,

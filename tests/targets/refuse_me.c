@@ -10,14 +10,20 @@
  * namespaces take effect for children only: time_for_children), pid
  * (unshare: pid_for_children), pidns-child (unshare CLONE_NEWPID, fork:
  * the child, pid 1 inside, counts and prints "child PID" as the host
- * sees it), sigtrap (a pending, blocked SIGTRAP), timer (a POSIX timer),
- * timerslack (PR_SET_TIMERSLACK 1 ms), tsc (PR_SET_TSC SIGSEGV), mce
- * (PR_MCE_KILL early), nnp (no_new_privs).
+ * sees it), sigtrap (a pending, blocked SIGTRAP), timer-overrun (POSIX
+ * timer 0, 1 ms, whose last delivered signal carried overruns: its
+ * timer_getoverrun() cannot be set again), usernotif (a seccomp filter
+ * returning SECCOMP_RET_USER_NOTIF for syslog, with a listener fd),
+ * tsc (PR_SET_TSC SIGSEGV), mce
+ * (PR_MCE_KILL early).
  */
 #include "tgt.h"
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
+#include <stddef.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -93,24 +99,40 @@ int main(int argc, char **argv)
 		sigaddset(&set, SIGTRAP);
 		if (sigprocmask(SIG_BLOCK, &set, NULL) || kill(getpid(), SIGTRAP))
 			die("pending SIGTRAP");
-	} else if (!strcmp(what, "timer")) {
-		struct sigevent sev = { .sigev_notify = SIGEV_NONE };
+	} else if (!strcmp(what, "timer-overrun")) {
+		struct sigevent sev = { .sigev_notify = SIGEV_SIGNAL, .sigev_signo = SIGUSR1 };
+		struct itimerspec its = { { 0, 1000000 }, { 0, 1000000 } };
+		sigset_t set;
 		timer_t t;
 
-		if (timer_create(CLOCK_MONOTONIC, &sev, &t))
-			die("timer_create");
-	} else if (!strcmp(what, "timerslack")) {
-		if (prctl(PR_SET_TIMERSLACK, 1000000, 0, 0, 0))
-			die("PR_SET_TIMERSLACK");
+		/* blocked for good: one delivery by sigwaitinfo, with overruns */
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR1);
+		if (sigprocmask(SIG_BLOCK, &set, NULL))
+			die("sigprocmask");
+		if (timer_create(CLOCK_MONOTONIC, &sev, &t) || timer_settime(t, 0, &its, NULL))
+			die("timer");
+		usleep(20000);
+		if (sigwaitinfo(&set, NULL) != SIGUSR1 || timer_getoverrun(t) < 1)
+			die("no overrun");
+	} else if (!strcmp(what, "usernotif")) {
+		struct sock_filter f[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_syslog, 0, 1),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		};
+		struct sock_fprog prog = { .len = 4, .filter = f };
+
+		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+			    SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog) < 0)
+			die("seccomp");
 	} else if (!strcmp(what, "tsc")) {
 		if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0))
 			die("PR_SET_TSC");
 	} else if (!strcmp(what, "mce")) {
 		if (prctl(PR_MCE_KILL, PR_MCE_KILL_SET, PR_MCE_KILL_EARLY, 0, 0))
 			die("PR_MCE_KILL");
-	} else if (!strcmp(what, "nnp")) {
-		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-			die("PR_SET_NO_NEW_PRIVS");
 	} else {
 		say("unknown WHAT %s", what);
 		return 2;

@@ -1,8 +1,7 @@
 /*
  * seccomp_allow: installs a seccomp filter that allows everything (root
  * may, without no_new_privs), then counts like counter.c into FILE.
- * procsnap cannot restore seccomp filters yet: a dump must refuse it,
- * naming the pid and seccomp, and leave it counting.
+ * A dump and restore must keep the filter and the count going.
  */
 #include "tgt.h"
 #include <fcntl.h>

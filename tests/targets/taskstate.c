@@ -11,6 +11,11 @@
  *   - pending and blocked: the SIGCHLD of a zombie child that exited 5
  *     (kept with WNOWAIT), and three SIGRTMIN queued with si_code -10..-12
  *     and a payload each.
+ *   - CPU affinity: the leader on CPU 0 only, the thread on CPU 1 only
+ *     (CPU 0 if there is one CPU);
+ *   - timer slack 2 ms in the thread (the RT leader's is 0);
+ *   - NUMA policy: MPOL_PREFERRED node 0 in the leader, MPOL_BIND with
+ *     MPOL_F_STATIC_NODES node 0 in the thread.
  * Prints "ready"; on SIGTERM checks every item from inside; PASS/FAIL.
  */
 #include "tgt.h"
@@ -43,16 +48,68 @@ static void on_trap(int sig)
 	traps++;
 }
 
+#define MPOL_PREFERRED 1
+#define MPOL_BIND 2
+#define MPOL_F_STATIC_NODES (1 << 15)
+
+static int thread_cpu(void)
+{
+	return sysconf(_SC_NPROCESSORS_ONLN) > 1;
+}
+
+static void pin(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		die("sched_setaffinity");
+}
+
+static int pinned_to(int cpu)
+{
+	cpu_set_t set;
+
+	return !sched_getaffinity(0, sizeof(set), &set) && CPU_COUNT(&set) == 1 &&
+	       CPU_ISSET(cpu, &set);
+}
+
+static int policy_is(int want_mode, unsigned long want_nodes)
+{
+	int mode = -1;
+	unsigned long nodes[16] = { 0 };
+
+	if (syscall(SYS_get_mempolicy, &mode, nodes, 1024, 0, 0))
+		return 0;
+	return mode == want_mode && nodes[0] == want_nodes;
+}
+
+static char idle_why[128];
+
 static void *idle_thread(void *arg)
 {
 	struct sched_param p = { 0 };
+	unsigned long node0 = 1;
 
 	(void)arg;
-	idle_tid = syscall(SYS_gettid);
 	if (sched_setscheduler(0, SCHED_IDLE, &p))
 		die("SCHED_IDLE");
+	pin(thread_cpu());
+	if (prctl(PR_SET_TIMERSLACK, 2000000, 0, 0, 0))
+		die("PR_SET_TIMERSLACK");
+	if (syscall(SYS_set_mempolicy, MPOL_BIND | MPOL_F_STATIC_NODES, &node0, 64))
+		die("set_mempolicy");
+	idle_tid = syscall(SYS_gettid);
 	while (!idle_stop)
 		usleep(10000);
+	if (!pinned_to(thread_cpu()))
+		snprintf(idle_why, sizeof(idle_why), "thread affinity lost");
+	else if (prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) != 2000000)
+		snprintf(idle_why, sizeof(idle_why), "thread timer slack %d, want 2000000",
+			 prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0));
+	else if (!policy_is(MPOL_BIND | MPOL_F_STATIC_NODES, 1))
+		snprintf(idle_why, sizeof(idle_why), "thread NUMA policy lost");
 	return NULL;
 }
 
@@ -95,6 +152,13 @@ int main(void)
 	sigaddset(&block, SIGRTMIN);
 	if (sigprocmask(SIG_BLOCK, &block, NULL))
 		die("sigprocmask");
+	{
+		unsigned long node0 = 1;
+
+		if (syscall(SYS_set_mempolicy, MPOL_PREFERRED, &node0, 64))
+			die("set_mempolicy");
+	}
+	pin(0);
 	if (sched_setscheduler(0, SCHED_RR | SCHED_RESET_ON_FORK, &p))
 		die("sched_setscheduler");
 	/* before the thread: loginuid is per task, inherited at clone */
@@ -169,7 +233,13 @@ int main(void)
 	}
 	if (sigtimedwait(&block, &got, &zero) > 0)
 		fail("an extra pending signal %d (code %d)", got.si_signo, got.si_code);
+	if (!pinned_to(0))
+		fail("leader affinity lost");
+	if (!policy_is(MPOL_PREFERRED, 1))
+		fail("leader NUMA policy lost");
 	idle_stop = 1;
 	pthread_join(th, NULL);
+	if (idle_why[0])
+		fail("%s", idle_why);
 	return verdict();
 }

@@ -57,9 +57,7 @@ def test_unknown_stat_field_refused() -> None:
 
 
 @pytest.mark.parametrize("key,value,word", [
-    ("CapAmb", "0000000000001000", "ambient"),
-    ("NoNewPrivs", "1", "no_new_privs"),
-    ("Seccomp", "2", "seccomp filters"),
+    ("Mems_allowed", "2", "memory nodes"),
     ("SigPnd", "0000000000000010", "SIGTRAP"),
     ("NSpid", "100\t1", "pid namespace"),
     ("Speculation_Store_Bypass", "thread force mitigated", "store bypass"),
@@ -70,6 +68,18 @@ def test_refused_status_values(key: str, value: str, word: str) -> None:
     raw[key] = value
     with pytest.raises(Unsupported, match=word):
         audit.check_status(1, "thread 2: ", raw, "/proc/1/status")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("CapAmb", "0000000000001000"), ("NoNewPrivs", "1"), ("Seccomp", "2"),
+    ("Seccomp", "1"), ("Seccomp_filters", "3"),
+])
+def test_saved_status_values_pass(key: str, value: str) -> None:
+    """Saved since issue 17's second round: ambient caps, no_new_privs, seccomp."""
+    raw = dict(_status())
+    raw[key] = value
+    audit.check_status(1, "", raw, "/proc/1/status")
+    assert all(it.kind == audit.SAVED for it in audit.items("status", key))
 
 
 def test_old_kernel_status_is_known() -> None:
