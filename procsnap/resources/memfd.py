@@ -1,7 +1,9 @@
 """memfd files (fd kind MEMFD, memfd.img) and their mappings.
 
 A memfd is an inode on the kernel's internal shmem mount with no name
-anywhere (readlink says "/memfd:NAME (deleted)").  One memfd_inode_entry
+anywhere (readlink says "/memfd:NAME (deleted)").  Its size need not be
+whole pages: the last page is saved whole, bytes past the end included
+(a shared mapping may have written there), and restored so.  One memfd_inode_entry
 per inode holds its name, owner, size and seals; its bytes go where shared
 anonymous memory's go (pagemap-shmem-ID.img, see shmem.py), read through a
 pidfd_getfd copy of the fd, or through map_files for a memfd that is only
@@ -16,6 +18,7 @@ forbid the writable shared mappings that F_SEAL_FUTURE_WRITE still allows.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import stat as st_mod
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, memfd_pb2
+from ..kernel import consts as C
 from ..kernel.libc import syscall
 from . import shmem
 from . import fdaudit
@@ -142,9 +146,29 @@ def _inode_fd(rctx: "RestoreContext", inode_id: int) -> int:
     rctx.own_fds.append(fd)
     os.ftruncate(fd, inode.size)
     shmem.load_object(rctx, inode.shmid, fd)
+    _cut_to_size(fd, inode.size)
     os.fchown(fd, inode.uid, inode.gid)
     made[inode_id] = fd
     return fd
+
+
+def _cut_to_size(fd: int, size: int) -> None:
+    """Back to ``size`` after whole pages were written in.  Shrinking
+    zeroes the last page past the end, where a mapping may have left bytes
+    (the dump saved them): those are put back through a mapping."""
+    if os.fstat(fd).st_size <= size:
+        return
+    part = size % shmem.PAGE
+    tail = os.pread(fd, shmem.PAGE - part, size) if part else b""
+    os.ftruncate(fd, size)
+    if tail.strip(b"\0"):
+        base = size - part
+        addr = syscall(C.NR["mmap"], 0, shmem.PAGE, C.PROT_READ | C.PROT_WRITE,
+                       C.MAP_SHARED, fd, base)
+        try:
+            ctypes.memmove(addr + part, tail, len(tail))
+        finally:
+            syscall(C.NR["munmap"], addr, shmem.PAGE)
 
 
 def _reopen(rctx: "RestoreContext", inode_id: int, flags: int, pos: int) -> int:
