@@ -1,6 +1,8 @@
 """memfds of any size: a 5-byte memfd whose shared mapping wrote past the
-end of the file, and a memfd with holes and a size that is not whole
-pages (tests/targets/memfd_odd.c checks itself).  From outside, this
+end of the file, a memfd with holes and a size that is not whole pages,
+and shared anonymous memory opened as a file through map_files
+("/dev/zero (deleted)", zdtm shmemfd) (tests/targets/memfd_odd.c checks
+itself).  From outside, this
 process reads sizes, contents, the data/hole layout and the bytes past the
 end (through /proc/PID/mem at the mapping) before the dump and after the
 restore, and they must be the same.
@@ -44,7 +46,7 @@ def _layout(fd: int, size: int) -> list[tuple[int, int]]:
 
 def _seen(pid: int, mapaddr: int) -> dict[str, object]:
     seen: dict[str, object] = {}
-    for n in (3, 4):
+    for n in (3, 4, 5):
         fd = os.open(f"/proc/{pid}/fd/{n}", os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
@@ -71,6 +73,8 @@ def test_memfd_odd_sizes_and_bytes_past_the_end(targets: TargetFactory, images_d
     before = _seen(t.pid, addr)
     assert before["fd 3"] == (5, b"hello", [(0, 5)])
     assert before["fd 4"][0] == 3 * PG + 10 and before["fd 4"][2][0][0] == 2 * PG  # type: ignore[index]
+    assert before["fd 5"] == (5, b"hello", [(0, 5)])
+    assert os.readlink(f"/proc/{t.pid}/fd/5") == "/dev/zero (deleted)"
     assert before["mapped page"][100:112] == b"past the end"  # type: ignore[index]
     view = _view(t.pid)
     res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
@@ -79,5 +83,6 @@ def test_memfd_odd_sizes_and_bytes_past_the_end(targets: TargetFactory, images_d
     targets.adopt(t.pid, like=t)
     check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
     assert _seen(t.pid, addr) == before
+    assert os.readlink(f"/proc/{t.pid}/fd/5") == "/dev/zero (deleted)"
     assert_same_view(view, _view(t.pid), "across dump/restore")
     finish(t)

@@ -7,6 +7,10 @@
  *   can).  Prints "map ADDR" (hex) for the harness.
  * - fd 4: memfd "holey" of 3 pages + 10 bytes: "mid" at 2 pages + 5 and
  *   "end" at 3 pages + 7; pages 0 and 1 are holes (never written).
+ * - fd 5: shared anonymous memory opened as a file through
+ *   /proc/self/map_files (as zdtm shmemfd does), the mapping gone, cut to
+ *   0 bytes, O_APPEND, "hello" written, position 3; readlink says
+ *   "/dev/zero (deleted)".
  *
  * SIGTERM checks sizes, contents, position, the bytes past the end through
  * the mapping, and that the holes are still holes; PASS/FAIL.
@@ -30,8 +34,10 @@ static void check_size(int fd, off_t want)
 int main(void)
 {
 	char buf[32], *map;
-	int a, b;
+	char path[64], link[64];
+	int a, b, z, fl;
 	off_t d;
+	void *anon;
 
 	tgt_catch_term();
 	close_range(3, ~0U, 0);
@@ -48,6 +54,16 @@ int main(void)
 	if (ftruncate(b, 3 * PG + 10) || pwrite(b, "mid", 3, 2 * PG + 5) != 3 ||
 	    pwrite(b, "end", 3, 3 * PG + 7) != 3)
 		die("holey");
+	anon = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (anon == MAP_FAILED)
+		die("mmap anon");
+	snprintf(path, sizeof(path), "/proc/self/map_files/%lx-%lx",
+		 (unsigned long)anon, (unsigned long)anon + PG);
+	z = open(path, O_RDWR);
+	if (z != 5 || ftruncate(z, 0) || munmap(anon, PG) || fcntl(z, F_SETFL, O_APPEND) ||
+	    write(z, "hello", 5) != 5 || lseek(z, 3, SEEK_SET) != 3)
+		die("shmem file (fd %d)", z);
+	fl = fcntl(z, F_GETFL);
 	say("map %lx", (unsigned long)map);
 	say("ready");
 	while (!test_stop)
@@ -72,5 +88,16 @@ int main(void)
 	d = lseek(b, 0, SEEK_DATA);
 	if (d != 2 * PG)
 		fail("fd 4: first data at %lld, not %d (holes filled)", (long long)d, 2 * PG);
+	memset(link, 0, sizeof(link));
+	if (readlink("/proc/self/fd/5", link, sizeof(link) - 1) < 0 ||
+	    strcmp(link, "/dev/zero (deleted)"))
+		fail("fd 5: readlink says %s", link);
+	if (fcntl(z, F_GETFL) != fl)
+		fail("fd 5: flags %#x, not %#x", fcntl(z, F_GETFL), fl);
+	if (lseek(z, 0, SEEK_CUR) != 3)
+		fail("fd 5: position %lld", (long long)lseek(z, 0, SEEK_CUR));
+	check_size(z, 5);
+	if (pread(z, buf, sizeof(buf), 0) != 5 || memcmp(buf, "hello", 5))
+		fail("fd 5: contents");
 	return verdict();
 }
