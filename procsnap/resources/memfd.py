@@ -95,7 +95,7 @@ def _note_inode(ctx: "DumpContext", pid: int, link: str, source: str, where: str
         os.close(fd)
     inodes[st.st_ino] = memfd_pb2.memfd_inode_entry(
         name=_name(where, link), uid=st.st_uid, gid=st.st_gid, size=st.st_size, shmid=st.st_ino,
-        seals=seals, inode_id=st.st_ino)
+        seals=seals, inode_id=st.st_ino, mode=st.st_mode)
     ctx.add_shared("memfd", inodes[st.st_ino])
     return st.st_ino
 
@@ -164,6 +164,8 @@ def _inode_fd(rctx: "RestoreContext", inode_id: int) -> int:
     shmem.load_object(rctx, inode.shmid, fd)
     _cut_to_size(fd, inode.size)
     os.fchown(fd, inode.uid, inode.gid)
+    if inode.HasField("mode"):
+        os.fchmod(fd, st_mod.S_IMODE(inode.mode))
     made[inode_id] = fd
     return fd
 
@@ -200,8 +202,22 @@ def _cut_to_size(fd: int, size: int) -> None:
             syscall(C.NR["munmap"], addr, shmem.PAGE)
 
 
-def _reopen(rctx: "RestoreContext", inode_id: int, flags: int, pos: int) -> int:
+def _reopen(rctx: "RestoreContext", inode_id: int, flags: int, pos: int,
+            first_ok: bool = True) -> int:
     base = _inode_fd(rctx, inode_id)
+    given = rctx.kind_state.setdefault("memfd-given", set())
+    inode = rctx.kind_state["memfd-inodes"][inode_id]
+    if (first_ok and inode_id not in given and inode.name != ZERO
+            and flags & os.O_ACCMODE == os.O_RDWR):
+        # The description memfd_create() made is not counted as a writer
+        # of the inode (no open(2) took write access), so the program can
+        # execveat() its memfd; a reopen through /proc would be counted
+        # and make that fail with ETXTBSY.  The first read-write entry gets
+        # it, as the one the program created.
+        given.add(inode_id)
+        fcntl.fcntl(base, fcntl.F_SETFL, flags & ~os.O_ACCMODE)
+        os.lseek(base, pos, os.SEEK_SET)
+        return base
     fd = os.open(f"/proc/self/fd/{base}", (flags & ~os.O_CREAT) | os.O_CLOEXEC)
     rctx.own_fds.append(fd)
     if pos:
@@ -215,7 +231,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
 
 
 def open_for_mapping(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, mode: int) -> int:
-    return rt.grab_fd(os.getpid(), _reopen(rctx, entry.memfd.inode_id, mode, 0))
+    return rt.grab_fd(os.getpid(), _reopen(rctx, entry.memfd.inode_id, mode, 0, first_ok=False))
 
 
 def seal_all(rctx: "RestoreContext") -> None:

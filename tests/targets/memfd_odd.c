@@ -11,6 +11,9 @@
  *   /proc/self/map_files (as zdtm shmemfd does), the mapping gone, cut to
  *   0 bytes, O_APPEND, "hello" written, position 3; readlink says
  *   "/dev/zero (deleted)".
+ * - fd 6: memfd "exe" holding "#!/bin/true", mode 0751 (fchmod): it must
+ *   still run with execveat(AT_EMPTY_PATH), i.e. the fd memfd_create gave
+ *   is not counted as a writer (ETXTBSY otherwise).
  *
  * SIGTERM checks sizes, contents, position, the bytes past the end through
  * the mapping, and that the holes are still holes; PASS/FAIL.
@@ -20,8 +23,25 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 #define PG 4096
+
+static int run_memfd(int fd)
+{
+	char *argv[] = { "true", NULL }, *envp[] = { NULL };
+	int status;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
+		_exit(errno);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) != pid)
+		return -1;
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
 
 static void check_size(int fd, off_t want)
 {
@@ -35,7 +55,8 @@ int main(void)
 {
 	char buf[32], *map;
 	char path[64], link[64];
-	int a, b, z, fl;
+	int a, b, z, fl, x, rc;
+	struct stat xs;
 	off_t d;
 	void *anon;
 
@@ -64,6 +85,11 @@ int main(void)
 	    write(z, "hello", 5) != 5 || lseek(z, 3, SEEK_SET) != 3)
 		die("shmem file (fd %d)", z);
 	fl = fcntl(z, F_GETFL);
+	x = memfd_create("exe", 0);
+	if (x != 6 || write(x, "#!/bin/true\n", 12) != 12 || fchmod(x, 0751))
+		die("exe memfd (fd %d)", x);
+	if ((rc = run_memfd(x)))
+		die("execveat of the memfd before the dump: %s", strerror(rc));
 	say("map %lx", (unsigned long)map);
 	say("ready");
 	while (!test_stop)
@@ -99,5 +125,9 @@ int main(void)
 	check_size(z, 5);
 	if (pread(z, buf, sizeof(buf), 0) != 5 || memcmp(buf, "hello", 5))
 		fail("fd 5: contents");
+	if (fstat(x, &xs) || (xs.st_mode & 07777) != 0751)
+		fail("fd 6: mode %o, not 751", xs.st_mode & 07777);
+	if ((rc = run_memfd(x)))
+		fail("fd 6: execveat: %s", strerror(rc));
 	return verdict();
 }
