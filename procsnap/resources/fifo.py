@@ -10,7 +10,9 @@ At restore the restorer opens the FIFO read-write first: with that end
 held no open blocks, and it is where the saved bytes are written back.
 Then each entry is opened by path with its own flags (a new open file
 description, as the process had) and handed to the puppet; the helper end
-is closed when the restore is done.
+is closed when the restore is done.  A FIFO unlinked while open is a ghost
+(regfile.py, ghost.py): mknod'ed again under a temporary name, opened
+through it, and the name removed when the restore is done.
 """
 from __future__ import annotations
 
@@ -45,8 +47,15 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     ctx = fd.ctx
     regf_id = ctx.new_file_id()
     flags = fd.info.flags & ~os.O_CLOEXEC
-    ctx.files.append(regfile.describe_path(fd.task, fd.link, fd.st, regf_id, flags, 0,
-                                           what=f"fd {fd.fd}", mnt_id=fd.info.mnt_id))
+    # A FIFO unlinked while open (nlink 0) is kept as a ghost: a node made
+    # again under a temporary name, opened, unlinked.  One whose name is
+    # gone while other names are left stays refused (a file handle cannot
+    # be opened by path here).
+    ghosted = fd.st.st_nlink == 0
+    ctx.files.append(regfile.describe_path(
+        fd.task, fd.link, fd.st, regf_id, flags, 0, what=f"fd {fd.fd}", mnt_id=fd.info.mnt_id,
+        ctx=ctx if ghosted else None,
+        source=f"/proc/{fd.task.pid}/fd/{fd.fd}" if ghosted else None))
     seen = ctx.kind_state.setdefault(NAME, {})
     if fd.st.st_ino not in seen:
         seen[fd.st.st_ino] = f"/proc/{fd.task.pid}/fd/{fd.fd}"
@@ -91,7 +100,7 @@ def _keeper(rctx: "RestoreContext", entry: Any, path: str) -> int:
 
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     reg = rctx.file_entry(entry.fifo.regf_id)
-    path = regfile.restore_path(rctx, reg)
+    path = regfile.node_path(rctx, reg)
     _keeper(rctx, entry, path)
     flags = reg.reg.flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
     try:

@@ -9,7 +9,9 @@ Image layout (criu/files-reg.c, dump_ghost_file): one ghost_file_entry
   bytes -- one record per data extent found with SEEK_DATA/SEEK_HOLE, so a
   sparse file costs only its written blocks;
 * for smaller files: the whole contents, raw, to the end of the image;
-* for directories: nothing (a ghost directory is recreated empty).
+* for directories: nothing (a ghost directory is recreated empty);
+* for FIFOs and device nodes: nothing (rdev, for devices, is in the
+  entry); the node is made again with mknod.
 
 At restore the ghost is recreated beside the original path under CRIU's
 name ``PATH.cr.ID.ghost`` (ftruncate to the size first: what no chunk
@@ -64,6 +66,8 @@ def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
     gfe = ghost_file_pb2.ghost_file_entry(
         uid=st.st_uid, gid=st.st_gid, mode=st.st_mode, dev=_criu_dev(st.st_dev), ino=st.st_ino,
         atim=_timeval(st.st_atime_ns), mtim=_timeval(st.st_mtime_ns))
+    if st_mod.S_ISCHR(st.st_mode) or st_mod.S_ISBLK(st.st_mode):
+        gfe.rdev = st.st_rdev & 0xFFFFFFFF  # CRIU: the user dev_t, old encoding
     regular = st_mod.S_ISREG(st.st_mode)
     if regular and st.st_size >= CHUNKS_THRESHOLD:
         gfe.chunks = True
@@ -155,6 +159,18 @@ def create(images_dir: str, gid: int, path: str) -> bool:
             os.mkdir(path, 0o700)
             _meta(path, gfe)
             return True
+        if st_mod.S_ISFIFO(mode) or st_mod.S_ISCHR(mode) or st_mod.S_ISBLK(mode):
+            # A node: the same kind of object again (a FIFO is a new,
+            # empty pipe; fifo.py refills it), nothing to copy.
+            if not st_mod.S_ISFIFO(mode) and not gfe.HasField("rdev"):
+                raise ImageError(img, "ghost device node without rdev")
+            os.mknod(path, st_mod.S_IFMT(mode) | 0o600, gfe.rdev if gfe.HasField("rdev") else 0)
+            try:
+                _meta(path, gfe)
+            except BaseException:
+                os.unlink(path)
+                raise
+            return False
         if not st_mod.S_ISREG(mode):
             raise RestoreError(f"{img}: ghost of mode {mode:o} is not supported")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -13,18 +13,19 @@ At restore the watches are added again in wd order with
 INOTIFY_IOC_SETNEXTWD, so each gets its old wd back; a different wd is an
 error (the program would not recognise its events).
 
-Events queued on the fd and not yet read are dropped, as CRIU drops them:
-the kernel offers no way to read them without consuming them.
+Events queued on the fd and not yet read refuse the dump (CRIU drops
+them without a word): the kernel offers no way to read them without
+consuming them, and none to queue an event again, so they can be neither
+saved nor given back.  The refusal leaves them in the queue.
 """
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import struct
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DumpError, RestoreError
+from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2
 from ..inject import InjectError
 from ..kernel import consts as C
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
     from .files import FdCtx
 
-log = logging.getLogger("procsnap.inotify")
 
 NAME = "inotify"
 FDINFO = {
@@ -135,8 +135,9 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     flags = anonfd.file_flags(fd, "inotify")
     queued = _queued(fd)
     if queued:
-        log.warning("pid %d: fd %d: %d bytes of queued inotify events will be dropped",
-                    pid, fd.fd, queued)
+        raise Unsupported(f"pid {pid}: fd {fd.fd}: inotify: {queued} bytes of events are "
+                          "queued and not yet read; they can neither be read without "
+                          "consuming them nor queued again")
     watches = []
     for rec in fdinfo_records(fd.info, "inotify"):
         try:

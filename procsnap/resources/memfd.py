@@ -1,7 +1,9 @@
 """memfd files (fd kind MEMFD, memfd.img) and their mappings.
 
 A memfd is an inode on the kernel's internal shmem mount with no name
-anywhere (readlink says "/memfd:NAME (deleted)").  One memfd_inode_entry
+anywhere (readlink says "/memfd:NAME (deleted)").  Its size need not be
+whole pages: the last page is saved whole, bytes past the end included
+(a shared mapping may have written there), and restored so.  One memfd_inode_entry
 per inode holds its name, owner, size and seals; its bytes go where shared
 anonymous memory's go (pagemap-shmem-ID.img, see shmem.py), read through a
 pidfd_getfd copy of the fd, or through map_files for a memfd that is only
@@ -16,6 +18,7 @@ forbid the writable shared mappings that F_SEAL_FUTURE_WRITE still allows.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import stat as st_mod
@@ -24,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, memfd_pb2
+from ..kernel import consts as C
 from ..kernel.libc import syscall
 from . import shmem
 from . import fdaudit
@@ -39,6 +43,11 @@ FDINFO = {
 }
 TYPE = fdinfo_pb2.MEMFD
 PREFIX = "/memfd:"
+# The other shmem file with no name: MAP_SHARED|MAP_ANONYMOUS memory opened
+# through /proc/PID/map_files (zdtm shmemfd).  CRIU saves it as a memfd
+# named "/dev/zero"; we recreate it the same way it was made, so readlink
+# still says "/dev/zero (deleted)".
+ZERO = "/dev/zero"
 DELETED = " (deleted)"
 F_ADD_SEALS = 1033
 F_GET_SEALS = 1034
@@ -48,20 +57,28 @@ MFD_ALLOW_SEALING = 2
 
 def matches(fd: "FdCtx") -> bool:
     st = fd.st
-    return (fd.link.startswith(PREFIX) and st is not None and st_mod.S_ISREG(st.st_mode)
+    return ((fd.link.startswith(PREFIX) or fd.link == ZERO + DELETED)
+            and st is not None and st_mod.S_ISREG(st.st_mode)
             and (os.major(st.st_dev), os.minor(st.st_dev)) == (0, 1))
 
 
-def _name(link: str) -> str:
-    name = link[len(PREFIX):]
-    return name[: -len(DELETED)] if name.endswith(DELETED) else name
+def _name(where: str, link: str) -> str:
+    name = link[: -len(DELETED)] if link.endswith(DELETED) else link
+    if not name.startswith(PREFIX):
+        return name  # ZERO: shared anonymous memory opened as a file
+    if name[len(PREFIX):] == ZERO:
+        # CRIU's image names both the same way; restored, it would read
+        # "/dev/zero (deleted)".
+        raise Unsupported(f"{where}: memfd named {ZERO!r}: its image would be taken "
+                          "for shared anonymous memory opened through map_files")
+    return name[len(PREFIX):]
 
 
 def _inodes(ctx: "DumpContext") -> dict[int, Any]:
     return ctx.kind_state.setdefault(NAME, {})
 
 
-def _note_inode(ctx: "DumpContext", pid: int, link: str, source: str) -> int:
+def _note_inode(ctx: "DumpContext", pid: int, link: str, source: str, where: str) -> int:
     """Record an inode once (name, owner, size, seals, contents)."""
     st = os.stat(source)
     inodes = _inodes(ctx)
@@ -77,8 +94,8 @@ def _note_inode(ctx: "DumpContext", pid: int, link: str, source: str) -> int:
     finally:
         os.close(fd)
     inodes[st.st_ino] = memfd_pb2.memfd_inode_entry(
-        name=_name(link), uid=st.st_uid, gid=st.st_gid, size=st.st_size, shmid=st.st_ino,
-        seals=seals, inode_id=st.st_ino)
+        name=_name(where, link), uid=st.st_uid, gid=st.st_gid, size=st.st_size, shmid=st.st_ino,
+        seals=seals, inode_id=st.st_ino, mode=st.st_mode)
     ctx.add_shared("memfd", inodes[st.st_ino])
     return st.st_ino
 
@@ -90,7 +107,8 @@ def _copy_fd(pid: int, fd: int) -> str:
 
 def dump(fd: "FdCtx", fid: int) -> Any:
     assert fd.info is not None
-    ino = _note_inode(fd.ctx, fd.task.pid, fd.link, _copy_fd(fd.task.pid, fd.fd))
+    ino = _note_inode(fd.ctx, fd.task.pid, fd.link, _copy_fd(fd.task.pid, fd.fd),
+                      f"pid {fd.task.pid}: fd {fd.fd}")
     return fdinfo_pb2.file_entry(type=TYPE, id=fid, memfd=memfd_pb2.memfd_file_entry(
         id=fid, flags=fd.info.flags & ~os.O_CLOEXEC, pos=fd.info.pos, inode_id=ino,
         fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0)))
@@ -103,7 +121,8 @@ def is_memfd_mapping(path: str) -> bool:
 def mapping_file_id(ctx: "DumpContext", task: "DumpTask", m: Any, shared: bool) -> int:
     """files.img id of a memfd file entry standing for a mapping's file."""
     source = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
-    ino = _note_inode(ctx, task.pid, m.path, source)
+    ino = _note_inode(ctx, task.pid, m.path, source,
+                      f"pid {task.pid}: mapping {m.start:#x}-{m.end:#x}")
     cache = ctx.kind_state.setdefault("memfd-map-ids", {})
     flags = os.O_RDWR if shared and "w" in m.perms else os.O_RDONLY
     key = (ino, flags)
@@ -138,17 +157,67 @@ def _inode_fd(rctx: "RestoreContext", inode_id: int) -> int:
     if inode is None:
         raise RestoreError(f"{images.image_path(rctx.images_dir, 'memfd', None)}: "
                            f"no memfd inode {inode_id}")
-    fd = os.memfd_create(inode.name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
+    fd = _zero_file(inode.size) if inode.name == ZERO else os.memfd_create(
+        inode.name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
     rctx.own_fds.append(fd)
     os.ftruncate(fd, inode.size)
     shmem.load_object(rctx, inode.shmid, fd)
+    _cut_to_size(fd, inode.size)
     os.fchown(fd, inode.uid, inode.gid)
+    if inode.HasField("mode"):
+        os.fchmod(fd, st_mod.S_IMODE(inode.mode))
     made[inode_id] = fd
     return fd
 
 
-def _reopen(rctx: "RestoreContext", inode_id: int, flags: int, pos: int) -> int:
+def _zero_file(size: int) -> int:
+    """A shmem file made as the kernel makes one for MAP_SHARED|MAP_ANONYMOUS
+    memory, opened through map_files, the mapping then dropped."""
+    length = max(size + (-size % shmem.PAGE), shmem.PAGE)
+    addr = syscall(C.NR["mmap"], 0, length, C.PROT_READ | C.PROT_WRITE,
+                   C.MAP_SHARED | C.MAP_ANONYMOUS, -1, 0)
+    try:
+        return os.open(f"/proc/self/map_files/{addr:x}-{addr + length:x}",
+                       os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        syscall(C.NR["munmap"], addr, length)
+
+
+def _cut_to_size(fd: int, size: int) -> None:
+    """Back to ``size`` after whole pages were written in.  Shrinking
+    zeroes the last page past the end, where a mapping may have left bytes
+    (the dump saved them): those are put back through a mapping."""
+    if os.fstat(fd).st_size <= size:
+        return
+    part = size % shmem.PAGE
+    tail = os.pread(fd, shmem.PAGE - part, size) if part else b""
+    os.ftruncate(fd, size)
+    if tail.strip(b"\0"):
+        base = size - part
+        addr = syscall(C.NR["mmap"], 0, shmem.PAGE, C.PROT_READ | C.PROT_WRITE,
+                       C.MAP_SHARED, fd, base)
+        try:
+            ctypes.memmove(addr + part, tail, len(tail))
+        finally:
+            syscall(C.NR["munmap"], addr, shmem.PAGE)
+
+
+def _reopen(rctx: "RestoreContext", inode_id: int, flags: int, pos: int,
+            first_ok: bool = True) -> int:
     base = _inode_fd(rctx, inode_id)
+    given = rctx.kind_state.setdefault("memfd-given", set())
+    inode = rctx.kind_state["memfd-inodes"][inode_id]
+    if (first_ok and inode_id not in given and inode.name != ZERO
+            and flags & os.O_ACCMODE == os.O_RDWR):
+        # The description memfd_create() made is not counted as a writer
+        # of the inode (no open(2) took write access), so the program can
+        # execveat() its memfd; a reopen through /proc would be counted
+        # and make that fail with ETXTBSY.  The first read-write entry gets
+        # it, as the one the program created.
+        given.add(inode_id)
+        fcntl.fcntl(base, fcntl.F_SETFL, flags & ~os.O_ACCMODE)
+        os.lseek(base, pos, os.SEEK_SET)
+        return base
     fd = os.open(f"/proc/self/fd/{base}", (flags & ~os.O_CREAT) | os.O_CLOEXEC)
     rctx.own_fds.append(fd)
     if pos:
@@ -162,13 +231,16 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
 
 
 def open_for_mapping(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, mode: int) -> int:
-    return rt.grab_fd(os.getpid(), _reopen(rctx, entry.memfd.inode_id, mode, 0))
+    return rt.grab_fd(os.getpid(), _reopen(rctx, entry.memfd.inode_id, mode, 0, first_ok=False))
 
 
 def seal_all(rctx: "RestoreContext") -> None:
     """Apply every memfd's seals, now that all mappings exist."""
     for inode_id, fd in _made(rctx).items():
         seals = rctx.kind_state["memfd-inodes"][inode_id].seals
+        # A file made without sealing (or the /dev/zero kind) has
+        # F_SEAL_SEAL already: add only what is missing.
+        seals &= ~fcntl.fcntl(fd, F_GET_SEALS)
         if seals:
             try:
                 fcntl.fcntl(fd, F_ADD_SEALS, seals)

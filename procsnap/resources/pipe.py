@@ -11,13 +11,29 @@ the restorer makes the pipe, sizes it (F_SETPIPE_SZ), writes the bytes
 back, sets each end's flags, and each puppet takes its end with
 pidfd_getfd -- the same open file descriptions, shared as before.
 
-A pipe with an end outside the dumped tree (a shell's pipe to a process we
-do not dump) is refused: after restore nobody would hold that end.
+A pipe whose other end no task of the tree holds is one of two things:
+- held outside the tree (a shell's pipe to a process we do not dump, or an
+  fd in flight in a unix socket message): refused, since after restore
+  nobody would hold that end;
+- held by nobody (closed everywhere; zdtm's start-up pipe, `cmd | head`
+  after head exited): restored as it is, the other end closed before the
+  tree runs, so a reader still reads the bytes left and then EOF, and a
+  writer still gets EPIPE/SIGPIPE.
+The kernel counts each end's open file descriptions (pipe->readers,
+pipe->writers; dup'ed fds and pidfd_getfd copies share one) and shows
+whether the count is zero through poll(2): POLLHUP on a read end when no
+writer is left, POLLERR on a write end when no reader is.  That answer is
+the kernel's own, so it also sees ends held in other pid namespaces, by
+processes we may not look at, or in SCM_RIGHTS messages in flight -- which
+scanning every /proc/*/fd of the host would miss (and racily: those
+processes are not frozen).  CRIU does neither: it restores the pipe and
+silently closes an end held outside.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import select
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +111,18 @@ def _peek(pid: int, fd: int) -> tuple[bytes, int]:
         os.close(src)
 
 
+def _peek_via_writer(pid: int, fd: int) -> tuple[bytes, int]:
+    """The bytes left in a pipe nobody reads any more (they still count
+    for FIONREAD and for how much fits): tee(2) wants a read end, so open
+    one for the moment through /proc -- a new open file description that
+    goes away with our close, the tree being stopped meanwhile."""
+    src = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        return read_buffer(src)
+    finally:
+        os.close(src)
+
+
 def read_buffer(src: int) -> tuple[bytes, int]:
     """(bytes buffered, buffer size) of the pipe ``src`` reads from, without
     taking the bytes: tee(2) duplicates them into a pipe of our own."""
@@ -130,14 +158,37 @@ def refill(w: int, size: int | None, data: bytes, what: str) -> None:
         view = view[os.write(w, view):]
 
 
+def other_end_held(pid: int, fd: int, reader: bool) -> bool:
+    """Is the other end of the pipe whose end is ``fd`` of ``pid`` still
+    open anywhere?  (poll reports it; our pidfd_getfd copy is the same open
+    file description, so it changes no count.)"""
+    mine = pidfd_getfd(pid, fd)
+    try:
+        p = select.poll()
+        p.register(mine, 0)  # POLLHUP and POLLERR are always reported
+        revents = p.poll(0)
+    finally:
+        os.close(mine)
+    gone = select.POLLHUP if reader else select.POLLERR
+    return not (revents and revents[0][1] & gone)
+
+
 def finish(ctx: "DumpContext") -> None:
     for p in _pipes(ctx).values():
         pid, fd, link = p.first
         if not p.readers or not p.writers:
             missing = "read" if not p.readers else "write"
-            raise Unsupported(f"pid {pid}: fd {fd}: {link}: its {missing} end is held outside "
-                              "the dumped tree; pipes to outside processes are not supported")
-        data, size = _peek(*p.readers[0])
+            have = p.writers[0] if not p.readers else p.readers[0]
+            if other_end_held(*have, reader=bool(p.readers)):
+                raise Unsupported(f"pid {pid}: fd {fd}: {link}: its {missing} end is held "
+                                  "outside the dumped tree (by another process or in a "
+                                  "message in flight); pipes to outside processes are "
+                                  "not supported")
+            # Closed everywhere: nothing to save; restore closes it again.
+        if p.readers:
+            data, size = _peek(*p.readers[0])
+        else:
+            data, size = _peek_via_writer(*p.writers[0])
         ctx.add_payload("pipes-data", pipe_data_pb2.pipe_data_entry(
             pipe_id=p.ino, bytes=len(data), size=size), data)
 
@@ -149,14 +200,31 @@ def _restorer_pipes(rctx: "RestoreContext") -> dict[int, tuple[int, int]]:
     if state is None:
         state = {}
         rctx.kind_state[NAME] = state
+        rctx.before_detach.append(lambda: _close_ours(rctx))
         for e in rctx.payload_entries("pipes-data"):
             state.setdefault(e.msg.pipe_id, _make_pipe(rctx, e.msg, e.payload))
     return state
 
 
+def _close_ours(rctx: "RestoreContext") -> None:
+    """Close the restorer's ends of every pipe before the tree runs.  The
+    puppets hold theirs by now; an end nobody held at dump is thereby
+    closed everywhere again, so a reader gets EOF and a writer EPIPE from
+    its first call, not once the restorer exits."""
+    ours = rctx.kind_state.pop(NAME + "-fds", [])
+    for fd in ours:
+        rctx.own_fds.remove(fd)
+        os.close(fd)
+
+
+def _own(rctx: "RestoreContext", *fds: int) -> None:
+    rctx.own_fds += fds
+    rctx.kind_state.setdefault(NAME + "-fds", []).extend(fds)
+
+
 def _make_pipe(rctx: "RestoreContext", msg: Any, data: bytes) -> tuple[int, int]:
     r, w = os.pipe2(os.O_CLOEXEC)
-    rctx.own_fds += [r, w]
+    _own(rctx, r, w)
     refill(w, msg.size if msg.HasField("size") else None, data, f"pipe:[{msg.pipe_id}]")
     return r, w
 
@@ -177,7 +245,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         # /proc/PID/fd): open ours again the same way, so its status flags
         # are its own and not those of the first.
         mine = os.open(f"/proc/self/fd/{mine}", acc | os.O_NONBLOCK | os.O_CLOEXEC)
-        rctx.own_fds.append(mine)
+        _own(rctx, mine)
     used.add((pe.pipe_id, acc))
     # Status flags (O_NONBLOCK) belong to the open file description: set
     # them on ours before the puppet takes it.  O_ASYNC is set by the task

@@ -26,7 +26,8 @@ the path names the same (dev, ino)     plain path; restore opens it and
 procfs, sysfs, cgroupfs, devpts, FUSE  never ghosted or remapped: plain
                                        path, or a clear error
 the name now names another object      error with expected/found dev:ino
-nlink == 0 (file or directory)         ghost image (ghost.py), --ghost-limit
+nlink == 0 (file, directory, FIFO,     ghost image (ghost.py), --ghost-limit
+device node)
 nlink > 0, name gone                   file handle (reg-fh-ID.img) where
                                        the fs exports them, else a CRIU
                                        link remap with --link-remap
@@ -288,7 +289,9 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
         raise Unsupported(f"pid {pid}: {what}: {link} is unlinked (nlink {real.st_nlink}); "
                           "an unlinked file here is not supported yet")
     if real.st_nlink == 0:
-        if not (st_mod.S_ISREG(real.st_mode) or st_mod.S_ISDIR(real.st_mode)):
+        if not (st_mod.S_ISREG(real.st_mode) or st_mod.S_ISDIR(real.st_mode)
+                or st_mod.S_ISFIFO(real.st_mode) or st_mod.S_ISCHR(real.st_mode)
+                or st_mod.S_ISBLK(real.st_mode)):
             raise Unsupported(f"pid {pid}: {what}: {link}: a deleted file of mode "
                               f"{real.st_mode:o} cannot be saved")
         _dump_ghost(ctx, task, name, real, fid, source, what)
@@ -481,6 +484,35 @@ def restore_path(rctx: "RestoreContext", entry: Any) -> str:
     return name
 
 
+def _ghost_path(rctx: "RestoreContext", name: str, gid: int) -> str:
+    """Where ghost ``gid`` is made again (once), under a temporary name that
+    restore_done() removes."""
+    state = _rstate(rctx)
+    made = state.ghosts.get(gid)
+    if made is None:
+        path = ghost.path_for(name, gid)
+        try:
+            tmpnames.note(rctx.images_dir, "+", path)
+        except OSError:
+            pass  # a read-only images dir: no journal, the ghost is still removed
+        try:
+            is_dir = ghost.create(rctx.images_dir, gid, path)
+        except BaseException:
+            tmpnames.remove(None, path)
+            raise
+        made = state.ghosts[gid] = (path, is_dir)
+    return made[0]
+
+
+def node_path(rctx: "RestoreContext", entry: Any) -> str:
+    """The path the restorer opens a REG entry's node by (fifo.py): its
+    name, or its ghost made again."""
+    remap = _rstate(rctx).remaps.get(entry.id)
+    if remap is not None and remap.remap_type == GHOST:
+        return _ghost_path(rctx, restore_path(rctx, entry), remap.remap_id)
+    return restore_path(rctx, entry)
+
+
 def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int,
                check: bool = True) -> int:
     """Open the file of a REG entry inside the puppet, through its remap
@@ -500,20 +532,7 @@ def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int
         state.links.add(link)
         return fd
     if remap.remap_type == GHOST:
-        made = state.ghosts.get(remap.remap_id)
-        if made is None:
-            path = ghost.path_for(name, remap.remap_id)
-            try:
-                tmpnames.note(rctx.images_dir, "+", path)
-            except OSError:
-                pass  # a read-only images dir: no journal, the ghost is still removed
-            try:
-                is_dir = ghost.create(rctx.images_dir, remap.remap_id, path)
-            except BaseException:
-                tmpnames.remove(None, path)
-                raise
-            made = state.ghosts[remap.remap_id] = (path, is_dir)
-        return rt.open_in_puppet(made[0], flags, check=chk)
+        return rt.open_in_puppet(_ghost_path(rctx, name, remap.remap_id), flags, check=chk)
     raise ImageError(images.image_path(rctx.images_dir, "remap-fpath", None),
                      f"file id {entry.id}: remap type {remap.remap_type} is not supported")
 

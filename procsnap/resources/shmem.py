@@ -16,6 +16,7 @@ and maps that, so a write in one process is seen by the others again.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import pagemap_pb2
 from ..kernel import consts as C
+from ..kernel.libc import syscall
 from ..procfs.parse import MapEntry
 
 if TYPE_CHECKING:
@@ -96,6 +98,11 @@ def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -
             done = 0
             while done < length:
                 n = os.sendfile(out, src, off + done, length - done)
+                if n <= 0 and off + done >= size:
+                    # The file ends inside this page (a memfd of any
+                    # size): read() stops at the end, its mappings do not.
+                    os.write(out, page_tail(src, off + done, length - done))
+                    break
                 if n <= 0:
                     raise Unsupported(f"pid {pid}: short read of shared memory object "
                                       f"{shmid} at offset {off + done}")
@@ -103,6 +110,17 @@ def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -
     finally:
         os.close(out)
     ctx.shared_images[("shmem-pagemap", shmid)] = entries
+
+
+def page_tail(fd: int, pos: int, n: int) -> bytes:
+    """``n`` bytes of shmem file ``fd`` from ``pos`` to the end of its page,
+    past the end of the file: what a mapping of the page shows there."""
+    base = pos - pos % PAGE
+    addr = syscall(C.NR["mmap"], 0, PAGE, C.PROT_READ, C.MAP_SHARED, fd, base)
+    try:
+        return ctypes.string_at(addr + pos - base, n)
+    finally:
+        syscall(C.NR["munmap"], addr, PAGE)
 
 
 def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:

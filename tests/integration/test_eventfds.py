@@ -186,3 +186,32 @@ def test_epoll_with_reused_fd_number_is_refused(targets: TargetFactory,
     n = len(re.findall(r"^tick", t.output(), re.M))
     t.wait_line(r"^tick", 5, count=n + 3)  # its epoll loop still runs
     finish(t)
+
+
+def test_inotify_with_queued_events_is_refused(targets: TargetFactory, images_dir: Path,
+                                               tmp_path: Path) -> None:
+    """Queued events can be neither peeked nor queued again: the dump is
+    refused, naming the bytes queued, and the events are still there for the
+    tree to read afterwards."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    t = targets.start("inotify_watch", str(watched))
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^paused$", 5)
+    (watched / "queued-name").write_text("x")
+    time.sleep(0.05)
+    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+    # one event, its name padded: 16 bytes of header plus 16 of name
+    line = assert_one_line_error(res, f"pid {t.pid}: fd 3: inotify")
+    assert "32 bytes of events are queued" in line, line
+    assert list(images_dir.iterdir()) == [], "a refused dump left images behind"
+    assert t.alive()
+    ok, why = is_untouched(t.pid)
+    assert ok, f"pid {t.pid} left stopped or traced: {why}"
+    # the refusal took nothing from the queue, and the loop runs on
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^resumed$", 5)
+    t.wait_line(r"^created queued-name wd 2$", 5)
+    (watched / "later").write_text("x")
+    t.wait_line(r"^created later wd 2$", 5)
+    finish(t)

@@ -13,6 +13,7 @@ the test failed; every process started here is killed by its fixture.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import stat
@@ -28,9 +29,13 @@ from helpers import (
     Target,
     TargetFactory,
     assert_one_line_error,
+    assert_same_view,
     check_ok,
+    crit_decode_all,
     describe,
+    finish,
     is_untouched,
+    outside_view,
     procsnap_cmd,
     run_procsnap,
     wait_for,
@@ -487,3 +492,43 @@ def test_rebuilt_program_refused(targets: TargetFactory, images_dir: Path, tmp_p
     restore_ok(targets, t, images_dir, "--skip-file-check")
     size = numbers.stat().st_size
     wait_for(lambda: numbers.stat().st_size > size, 5, "the restored counter to count on")
+
+
+def test_deleted_fifo_and_device_node(targets: TargetFactory, tmp_path: Path) -> None:
+    """A FIFO (with bytes queued) and a device node, both unlinked while
+    open, come back as ghosts: made again under a temporary name, opened,
+    unlinked -- same readlink, mode, rdev, one FIFO for both ends, and no
+    name left behind in the directory."""
+    d = tmp_path / "nodes"
+    d.mkdir()
+    t = targets.start("deleted_nodes", str(d))
+    links = {fd: os.readlink(f"/proc/{t.pid}/fd/{fd}") for fd in (3, 4, 5)}
+    assert links == {3: f"{d}/fifo (deleted)", 4: f"{d}/fifo (deleted)",
+                     5: f"{d}/null (deleted)"}, links
+    modes = {fd: os.stat(f"/proc/{t.pid}/fd/{fd}") for fd in (3, 5)}
+    images = tmp_path / "images"
+    images.mkdir()
+    before = outside_view(t.pid)
+    res = run_procsnap("dump", "-t", t.pid, "-D", images)
+    check_ok(res)
+    assert wait_gone(t.pid, 10), describe(res)
+    decoded = crit_decode_all(images)
+    ghosts = sorted(int(e["entries"][0]["mode"]) for n, e in decoded.items()
+                    if n.startswith("ghost-file-"))
+    assert ghosts == sorted([modes[3].st_mode, modes[5].st_mode]), ghosts
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    after = outside_view(t.pid)
+    # As with CRIU, readlink names the ghost: "NAME.cr.ID.ghost (deleted)".
+    ghost_name = re.compile(r"^(.*)\.cr\.[0-9a-f]+\.ghost( \(deleted\))$")
+    for fd in (3, 4, 5):
+        link, *rest = after["fds"][fd]  # type: ignore[index]
+        assert ghost_name.match(link), link
+        after["fds"][fd] = (ghost_name.sub(r"\1\2", link), *rest)  # type: ignore[index]
+    assert_same_view(before, after, "across dump/restore")
+    for fd in (3, 5):
+        st = os.stat(f"/proc/{t.pid}/fd/{fd}")
+        assert (st.st_mode, st.st_rdev, st.st_nlink) == (
+            modes[fd].st_mode, modes[fd].st_rdev, 0), fd
+    assert list(d.iterdir()) == [], "a ghost name was left behind"
+    finish(t)

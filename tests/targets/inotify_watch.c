@@ -7,7 +7,10 @@
  * and DIR/file (IN_MODIFY, wd 3), so a restore must give back wds 2 and 3
  * exactly.  Every event is printed as "created NAME wd N" or
  * "modified wd N"; an event on an unexpected wd is a FAIL.  The fd
- * (fd 3, O_NONBLOCK) is polled every 20 ms.  SIGTERM: PASS/FAIL.
+ * (fd 3, O_NONBLOCK) is polled every 20 ms.  SIGUSR1 toggles a pause:
+ * while paused ("paused" printed) nothing is read, so events stay queued;
+ * the next SIGUSR1 prints "resumed" and reading goes on.  SIGTERM:
+ * PASS/FAIL.
  */
 #include "tgt.h"
 
@@ -17,6 +20,14 @@
 #include <sys/inotify.h>
 #include <sys/stat.h>
 
+static volatile sig_atomic_t paused;
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+	paused = !paused;
+}
+
 int main(int argc, char **argv)
 {
 	char buf[4096] __attribute__((aligned(8))), path[PATH_MAX];
@@ -25,6 +36,7 @@ int main(int argc, char **argv)
 	if (argc < 2)
 		die("usage: inotify_watch DIR");
 	tgt_catch_term();
+	signal(SIGUSR1, on_usr1);
 	close_range(3, ~0U, 0);
 	fd = inotify_init1(IN_NONBLOCK);
 	if (fd != 3)
@@ -53,7 +65,16 @@ int main(int argc, char **argv)
 	while (!test_stop) {
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		ssize_t n, off;
+		static int was_paused;
 
+		if (paused != was_paused) {
+			was_paused = paused;
+			say(paused ? "paused" : "resumed");
+		}
+		if (paused) {
+			usleep(20000);
+			continue;
+		}
 		if (poll(&p, 1, 20) <= 0)
 			continue;
 		n = read(fd, buf, sizeof(buf));

@@ -115,3 +115,13 @@ def test_breaking_lease_refused() -> None:
     fd.info = parse_fdinfo(text)
     with pytest.raises(Unsupported, match=r"^pid 4321: fd 3: .*being broken"):
         file_lock.note(fd, 1)
+
+
+def test_memfd_names() -> None:
+    """A memfd's name loses its prefix; the /dev/zero kind of shmem file keeps
+    its path; a memfd literally named /dev/zero is refused (CRIU's image
+    would not tell it from the other)."""
+    assert memfd._name("pid 1: fd 3", "/memfd:foo (deleted)") == "foo"
+    assert memfd._name("pid 1: fd 3", "/dev/zero (deleted)") == "/dev/zero"
+    with pytest.raises(Unsupported, match=r"^pid 7: fd 4: memfd named '/dev/zero'"):
+        memfd._name("pid 7: fd 4", "/memfd:/dev/zero (deleted)")
