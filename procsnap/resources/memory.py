@@ -123,7 +123,9 @@ VMFLAGS: dict[str, tuple[str, str]] = {
     "mm": (REFUSED, "VM_MIXEDMAP: a driver mapping"),
     "de": (REFUSED, "VM_DONTEXPAND: a driver or kernel object mapping (aio, perf, io_uring, ...)"),
     "ar": (REFUSED, "VM_ARCH_1 (VM_PAT on x86): a driver mapping with page attributes"),
-    "ht": (REFUSED, "hugetlb pages are not supported yet"),
+    "ht": (SAVED, "VM_HUGETLB of anonymous memory (MAP_HUGETLB, private or shared): "
+                  "MAP_HUGETLB and the page size in vma_entry.flags; a hugetlbfs file "
+                  "mapping or a hugetlb System V segment is refused"),
     "sf": (REFUSED, "MAP_SYNC (DAX) mappings are not supported"),
     "lf": (REFUSED, "lock-on-fault (mlock2 MLOCK_ONFAULT / mlockall MCL_ONFAULT) has no "
                     "field in the image"),
@@ -161,10 +163,16 @@ def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     """(mmap flags, madvise bitmap) the VmFlags of ``m`` ask for, refusing
     what cannot be restored exactly (see VMFLAGS)."""
     special = m.path in SPECIAL
+    hugetlb = shmem.is_anon_hugetlb(m)
+    if "ht" in m.vmflags and not hugetlb:
+        raise Unsupported(f"{_where(task, m)}: VmFlags 'ht': hugetlb pages of a file (a hugetlbfs mount "
+                          "or a System V segment) are not supported")
     flags = madv = 0
     for f in m.vmflags:
         if special and f in _SPECIAL_VMFLAGS:
             continue
+        if hugetlb and f == "de":
+            continue  # hugetlbfs sets VM_DONTEXPAND on every mapping it makes
         kind, why = VMFLAGS.get(f, (REFUSED, "unknown to procsnap (a newer kernel?)"))
         if kind == REFUSED:
             raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
@@ -212,6 +220,9 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             status |= VMA_AREA_REGULAR
         return status, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     is_file = m.path.startswith("/") and m.ino != 0
+    if shmem.is_anon_hugetlb(m) and not m.shared:
+        # MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB (the page size is added by dump())
+        return VMA_AREA_REGULAR | VMA_ANON_PRIVATE, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     if shmem.is_anon_shared(m):
         return VMA_AREA_REGULAR | VMA_ANON_SHARED, C.MAP_SHARED | C.MAP_ANONYMOUS
     if memfd.is_memfd_mapping(m.path):
@@ -339,7 +350,11 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         if madv:
             vma.madv = madv
         if status & VMA_ANON_SHARED:
-            vma.shmid = shmem.dump_vma(ctx, task, m)
+            vma.shmid, huge = shmem.dump_vma(ctx, task, m)
+            if huge:
+                vma.flags |= shmem.hugetlb_flags(huge)
+        elif shmem.is_anon_hugetlb(m):
+            vma.flags |= shmem.hugetlb_flags(shmem.mapping_stat(task, m).st_blksize)
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
             vma.fdflags = _map_files_mode(task, m)
@@ -567,7 +582,10 @@ def _is_premapped(v: Any) -> bool:
     forks its children, so that they inherit it copy-on-write."""
     return (bool(v.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE))
             and not v.status & (VMA_AREA_MEMFD | VMA_AREA_VDSO | VMA_AREA_VVAR
-                                | VMA_AREA_VSYSCALL))
+                                | VMA_AREA_VSYSCALL)
+            # hugetlb memory is not shared copy-on-write with children at
+            # restore (nor by CRIU): mapped in restore(), with its pages.
+            and not v.flags & C.MAP_HUGETLB)
 
 
 @dataclass
@@ -876,13 +894,19 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 later.append(i)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
+        elif v.status & VMA_ANON_PRIVATE and v.flags & C.MAP_HUGETLB:
+            inj.call("mmap", v.start, length, prot,
+                     C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
+                     | (v.flags & shmem.HUGE_MASK), -1, 0)
+            if i in with_pages:
+                later.append(i)
         else:
             raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} has "
                                f"status {v.status:#x}, which procsnap does not restore")
     for fd in file_fds.values():
         inj.call("close", fd)
 
-    # 4. Pages of private memfd mappings (the rest went in at premap).
+    # 4. Pages of private memfd and hugetlb mappings (the rest went in at premap).
     if later:
         runs = _page_runs(rt)
         todo = [r for i in later for r in _clip(runs, mm.vmas[i].start, mm.vmas[i].end)]
@@ -896,7 +920,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     for i, v in enumerate(mm.vmas):
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_FILE_SHARED):
             continue
-        if (i in with_pages or v.status & VMA_ANON_SHARED) and v.prot != C.PROT_READ | C.PROT_WRITE:
+        if i in with_pages and v.prot != C.PROT_READ | C.PROT_WRITE:
             inj.call("mprotect", v.start, v.end - v.start, v.prot)
 
     # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
