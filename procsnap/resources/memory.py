@@ -338,6 +338,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         exe_file_id=exe_id, mm_saved_auxv=task.proc.auxv(),
         dumpable=dumpable, thp_disabled=bool(thp_disabled))
 
+    _check_vdso_dump(task)
     to_copy: list[tuple[int, int]] = []
     pagemap = PagemapReader(pid)  # one open for the whole address space
     for m in task.maps:
@@ -369,6 +370,19 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     pagemap.close()
     task.extra_images.append(("mm", pid, [mm]))
     _dump_pages(ctx, task, to_copy)
+
+
+def _check_vdso_dump(task: "DumpTask") -> None:
+    """The vDSO and vvar come back only all together, as this kernel lays
+    them out (moved is fine), or not at all (a task that unmapped them,
+    zdtm vdso02): a part of them cannot be remade."""
+    theirs = [m.end - m.start for m in task.maps if m.path in _VDSO_NAMES]
+    ours = [m.end - m.start for m in _own_vdso()]
+    if theirs and theirs != ours:
+        names = [m.path for m in task.maps if m.path in _VDSO_NAMES]
+        raise Unsupported(f"pid {task.pid}: vDSO/vvar mappings {names} of sizes {theirs} "
+                          f"differ from this kernel's {ours} (partly unmapped or resized); "
+                          "they can only be restored whole")
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -558,11 +572,13 @@ class _PageCopier:
 
 # ------------------------------------------------------------- restore ----
 
+_VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
+
+
 @functools.lru_cache(maxsize=1)
 def _own_vdso() -> tuple[MapEntry, ...]:
     with open("/proc/self/maps") as f:
-        return tuple(m for m in parse_maps(f.read())
-                     if m.path in ("[vvar]", "[vvar_vclock]", "[vdso]"))
+        return tuple(m for m in parse_maps(f.read()) if m.path in _VDSO_NAMES)
 
 
 def check_vdso(rt: "RestoreTask") -> None:
@@ -571,7 +587,7 @@ def check_vdso(rt: "RestoreTask") -> None:
     theirs = [v for v in rt.mm.vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
     a = [m.end - m.start for m in ours]
     b = [v.end - v.start for v in theirs]
-    if a != b:
+    if b and a != b:  # none at all: the task had unmapped them, and stays so
         raise RestoreError(f"{rt.image_name('mm')}: vDSO/vvar layout {b} differs from this "
                            f"kernel's {a}: images from another kernel are not supported")
 
