@@ -57,6 +57,9 @@ VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
 VMA_AREA_VVAR = 1 << 12
 VMA_AREA_MEMFD = 1 << 14
+# Not a VMA: a range of MADV_GUARD_INSTALL guard pages, after all the real
+# VMAs in mm.vmas (criu/include/image.h).
+VMA_AREA_GUARD = 1 << 16
 
 # pagemap_entry.flags
 PE_PARENT = 1 << 0
@@ -134,7 +137,9 @@ VMFLAGS: dict[str, tuple[str, str]] = {
     "ui": (REFUSED, "registered with userfaultfd (minor-fault tracking)"),
     "ss": (REFUSED, "a shadow stack (CET) is not supported"),
     "sl": (REFUSED, "sealed with mseal(); sealing has no field in the image"),
-    "gu": (REFUSED, "may hold guard regions (MADV_GUARD_INSTALL), which are not restored"),
+    "gu": (SAVED, "may hold guard regions (MADV_GUARD_INSTALL): each run of guard pages "
+                  "(pagemap bit 58) is a VMA_AREA_GUARD entry after the VMAs, as CRIU writes "
+                  "it, installed again at restore"),
     "nl": (REFUSED, "a non-linear mapping (remap_file_pages, before Linux 4.0)"),
     "bt": (REFUSED, "arm64 BTI guarded pages: another architecture"),
     "mt": (REFUSED, "arm64 MTE tagged memory: another architecture"),
@@ -340,6 +345,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 
     _check_vdso_dump(task)
     to_copy: list[tuple[int, int]] = []
+    guards: list[tuple[int, int]] = []
     pagemap = PagemapReader(pid)  # one open for the whole address space
     for m in task.maps:
         status, flags = _vma_status(task, m)
@@ -363,11 +369,16 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
             vma.fdflags = _map_files_mode(task, m)
         mm.vmas.append(vma)
+        if "gu" in m.vmflags:
+            guards += pagemap.guard_runs(m.start, m.end)
         if more & C.MAP_DROPPABLE:
             continue  # droppable pages are not kept (see VMFLAGS["dp"])
         if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and not status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             to_copy += pagemap.runs(m.start, m.end, anon_only=bool(status & VMA_FILE_PRIVATE))
     pagemap.close()
+    for addr, n in guards:
+        mm.vmas.append(vma_pb2.vma_entry(start=addr, end=addr + n * PAGE, pgoff=0, shmid=0,
+                                         prot=0, flags=0, status=VMA_AREA_GUARD, fd=-1))
     task.extra_images.append(("mm", pid, [mm]))
     _dump_pages(ctx, task, to_copy)
 
@@ -891,7 +902,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     vvar_start = None
     later: list[int] = []
     for i, v in enumerate(mm.vmas):
-        if v.status & VMA_AREA_VSYSCALL or _is_premapped(v):
+        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_GUARD) or _is_premapped(v):
             continue
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             vvar_start = v.start if vvar_start is None else min(vvar_start, v.start)
@@ -953,7 +964,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
 
 def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
     """Indexes in rt.mm.vmas of the VMAs that have pages in the image."""
-    starts = [v.start for v in rt.mm.vmas]
+    # (guard entries come after the VMAs, out of address order)
+    starts = [v.start for v in rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     out: set[int] = set()
     for e in rt.pagemap:
         if e.HasField("flags") and not e.flags & PE_PRESENT:
@@ -969,9 +981,19 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
 
 def _restore_vmflags(rt: "RestoreTask") -> None:
     """madvise() each saved advice over its VMA exactly (so the kernel
-    splits and merges as it did), then mlock() what was locked."""
+    splits and merges as it did), then mlock() what was locked, and
+    last install the guard regions (they follow the VMAs in the image)."""
     inj = rt.inj
     for v in rt.mm.vmas:
+        if v.status & VMA_AREA_GUARD:
+            # Last: installing a guard zaps what is there (nothing was).
+            try:
+                inj.call("madvise", v.start, v.end - v.start, C.MADV_GUARD_INSTALL)
+            except InjectError as exc:
+                raise RestoreError(f"{rt.image_name('mm')}: madvise(MADV_GUARD_INSTALL) of "
+                                   f"{v.start:#x}-{v.end:#x} failed: "
+                                   f"{os.strerror(exc.errno or 0)}") from None
+            continue
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
             continue
         if v.HasField("madv") and v.madv:

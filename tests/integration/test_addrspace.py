@@ -102,3 +102,86 @@ def test_part_of_vdso_unmapped_is_refused(targets: TargetFactory, tmp_path: Path
     ok, why = is_untouched(t.pid)
     assert ok, why
     assert proc_exists(t.pid)
+
+
+# Guard pages (MADV_GUARD_INSTALL) in private anonymous and private file
+# memory, around written pages.  SIGTERM: every guard must still fault and
+# every other page hold its bytes; prints PASS or FAIL.
+_GUARDS = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
+#define PG 4096
+static volatile sig_atomic_t stop;
+static sigjmp_buf jb;
+static void on_term(int s) { (void)s; stop = 1; }
+static void on_segv(int s) { (void)s; siglongjmp(jb, 1); }
+static int faults(volatile char *p)
+{
+	if (sigsetjmp(jb, 1))
+		return 1;
+	*p = 'x';
+	return 0;
+}
+/* pages 1, 2 and 5 of each 8-page region are guards */
+static const int guard[8] = { 0, 1, 1, 0, 0, 1, 0, 0 };
+int main(int argc, char **argv)
+{
+	int fd = open(argv[1], O_RDWR | O_CREAT | O_TRUNC, 0600), i, k, bad = 0;
+	char *r[2];
+	if (fd < 0 || ftruncate(fd, 8 * PG))
+		return 2;
+	r[0] = mmap(NULL, 8 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	r[1] = mmap(NULL, 8 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	for (k = 0; k < 2; k++) {
+		memset(r[k], 'a' + k, 8 * PG);
+		for (i = 0; i < 8; i++)
+			if (guard[i] && madvise(r[k] + i * PG, PG, 102))
+				return 3;
+	}
+	signal(SIGTERM, on_term);
+	signal(SIGSEGV, on_segv);
+	printf("ready %p %p\n", r[0], r[1]);
+	fflush(stdout);
+	while (!stop)
+		pause();
+	for (k = 0; k < 2; k++)
+		for (i = 0; i < 8; i++)
+			if (guard[i] ? !faults(r[k] + i * PG) : (r[k][i * PG] != 'a' + k || faults(r[k] + i * PG)))
+				bad++;
+	printf(bad ? "FAIL: %d pages\n" : "PASS\n", bad);
+	return 0;
+}
+"""
+
+
+def _guard_bits(pid: int, addr: int) -> list[bool]:
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(addr // 4096 * 8)
+        data = f.read(8 * 8)
+    return [bool(int.from_bytes(data[i:i + 8], "little") >> 58 & 1) for i in range(0, 64, 8)]
+
+
+def test_guard_regions_come_back(targets: TargetFactory, tmp_path: Path) -> None:
+    src = tmp_path / "guards.c"
+    src.write_text(_GUARDS)
+    exe = tmp_path / "guards"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    t = start_argv(targets, [str(exe), str(tmp_path / "guards.file")], "guards")
+    wait_for(lambda: t.out.exists() and "ready" in t.out.read_text(), 10, "guards to start")
+    adopt_tree(targets, t)
+    regions = [int(x, 16) for x in t.out.read_text().split()[1:3]]
+    want = [False, True, True, False, False, True, False, False]
+    before = (_maps(t.pid), [_guard_bits(t.pid, a) for a in regions])
+    assert before[1] == [want, want], before[1]
+    pids = dump_tree(t.pid, tmp_path / "images")
+    restore_tree(targets, t, tmp_path / "images", pids)
+    assert (_maps(t.pid), [_guard_bits(t.pid, a) for a in regions]) == before
+    os.kill(t.pid, signal.SIGTERM)
+    wait_for(lambda: "PASS" in t.out.read_text() or "FAIL" in t.out.read_text(), 10, "verdict")
+    assert "PASS" in t.out.read_text(), t.out.read_text()

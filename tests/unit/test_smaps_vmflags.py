@@ -112,3 +112,15 @@ def test_diff_pages_matches_page_by_page(tmp_path) -> None:
         got_w = sorted((a + k, o + k) for a, n, o in write for k in range(0, n, PAGE))
         got_d = sorted(a + k for a, n in drop for k in range(0, n, PAGE))
         assert (got_w, got_d) == _brute_diff(mimg, mine, timg, theirs), trial
+
+
+def test_guard_pages_are_not_data_but_guard_runs() -> None:
+    """A guard page's pagemap entry is a swap-type marker (bits 62 and 58):
+    never dumped as data (reading it gives EIO), found by guard runs."""
+    import struct
+    from procsnap.procfs.pagemap import PM_GUARD_REGION, PM_PRESENT, PM_SWAP, dump_runs
+    entries = [PM_PRESENT, PM_SWAP | PM_GUARD_REGION, PM_SWAP | PM_GUARD_REGION, PM_SWAP, 0]
+    data = struct.pack("<5Q", *entries)
+    assert dump_runs(data, anon_only=False) == [(0, 1), (3, 1)]
+    assert dump_runs(data, anon_only=True) == [(0, 1), (3, 1)]
+    assert dump_runs(data, anon_only=False, guard=True) == [(1, 2)]
