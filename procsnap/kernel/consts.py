@@ -205,3 +205,10 @@ MADV_DONTDUMP = 16
 MADV_WIPEONFORK = 18
 MADV_DONTNEED = 4
 MADV_GUARD_INSTALL = 102  # Linux 6.13: guard pages (SIGSEGV on touch)
+
+# Linux AIO (resources/aio.py).
+NR.update({"io_setup": 206, "io_destroy": 207, "io_getevents": 208, "io_submit": 209})
+IOCB_CMD_PWRITE = 1
+AIO_RING_MAGIC = 0xA10A10A1
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2

@@ -34,7 +34,7 @@ from ..kernel import consts as C
 from ..kernel.structs import PrctlMmMap
 from ..procfs.pagemap import PagemapReader
 from ..procfs.parse import MapEntry, parse_maps
-from . import memfd, regfile, shmem
+from . import aio, memfd, regfile, shmem
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask
@@ -56,6 +56,7 @@ VMA_FILE_SHARED = 1 << 7
 VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
 VMA_AREA_VVAR = 1 << 12
+VMA_AREA_AIORING = 1 << 13
 VMA_AREA_MEMFD = 1 << 14
 # Not a VMA: a range of MADV_GUARD_INSTALL guard pages, after all the real
 # VMAs in mm.vmas (criu/include/image.h).
@@ -176,8 +177,8 @@ def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     for f in m.vmflags:
         if special and f in _SPECIAL_VMFLAGS:
             continue
-        if hugetlb and f == "de":
-            continue  # hugetlbfs sets VM_DONTEXPAND on every mapping it makes
+        if (hugetlb or aio.is_ring(m)) and f == "de":
+            continue  # hugetlbfs and aio set VM_DONTEXPAND on every mapping they make
         kind, why = VMFLAGS.get(f, (REFUSED, "unknown to procsnap (a newer kernel?)"))
         if kind == REFUSED:
             raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
@@ -225,6 +226,8 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             status |= VMA_AREA_REGULAR
         return status, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     is_file = m.path.startswith("/") and m.ino != 0
+    if aio.is_ring(m):
+        return VMA_AREA_AIORING, C.MAP_SHARED  # as CRIU: no VMA_AREA_REGULAR
     if shmem.is_anon_hugetlb(m) and not m.shared:
         # MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB (the page size is added by dump())
         return VMA_AREA_REGULAR | VMA_ANON_PRIVATE, C.MAP_PRIVATE | C.MAP_ANONYMOUS
@@ -362,6 +365,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                 vma.flags |= shmem.hugetlb_flags(huge)
         elif shmem.is_anon_hugetlb(m):
             vma.flags |= shmem.hugetlb_flags(shmem.mapping_stat(task, m).st_blksize)
+        elif status & VMA_AREA_AIORING:
+            mm.aios.append(aio.dump_ring(task, m))
+            to_copy.append((m.start, (m.end - m.start) // PAGE))  # the whole ring
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
             vma.fdflags = _map_files_mode(task, m)
@@ -921,6 +927,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 later.append(i)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
+        elif v.status & VMA_AREA_AIORING:
+            aio.restore_ring(rt, _aio_entry(rt, v), _saved_bytes(rctx, rt, v))
         elif v.status & VMA_ANON_PRIVATE and v.flags & C.MAP_HUGETLB:
             inj.call("mmap", v.start, length, prot,
                      C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
@@ -960,6 +968,30 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # 6. vDSO and vvar go back together (the vDSO finds vvar at a fixed offset).
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
+
+
+def _aio_entry(rt: "RestoreTask", v: Any) -> Any:
+    for e in rt.mm.aios:
+        if e.id == v.start:
+            if e.ring_len != v.end - v.start:
+                break
+            return e
+    raise RestoreError(f"{rt.image_name('mm')}: aio ring at {v.start:#x} has no "
+                       "matching aios entry")
+
+
+def _saved_bytes(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> bytes:
+    """The saved bytes of VMA ``v`` (small: an aio ring), zeroes where no
+    page was saved."""
+    out = bytearray(v.end - v.start)
+    path = images.image_path(rctx.images_dir, "pages", rt.pages_id)
+    with open(path, "rb") as f:
+        for addr, size, off in _clip(_page_runs(rt), v.start, v.end):
+            data = os.pread(f.fileno(), size, off)
+            if len(data) != size:
+                raise RestoreError(f"{path}: short read at offset {off}")
+            out[addr - v.start:addr - v.start + size] = data
+    return bytes(out)
 
 
 def _vmas_with_pages(rt: "RestoreTask") -> set[int]:

@@ -185,3 +185,120 @@ def test_guard_regions_come_back(targets: TargetFactory, tmp_path: Path) -> None
     os.kill(t.pid, signal.SIGTERM)
     wait_for(lambda: "PASS" in t.out.read_text() or "FAIL" in t.out.read_text(), 10, "verdict")
     assert "PASS" in t.out.read_text(), t.out.read_text()
+
+
+# An io_setup() ring with completed events not yet reaped (tail != head
+# after more than a full turn).  With argv[1] == "fork": a child forked
+# after io_setup (it has the ring mapping but not the context).
+# SIGTERM: head, tail and nr unchanged, the unreaped events come out of
+# io_getevents with their aio_data, a new request completes; PASS or FAIL.
+_AIO = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/aio_abi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+struct ring { unsigned id, nr, head, tail, magic, cf, icf, hl; };
+static volatile sig_atomic_t stop;
+static void on_term(int s) { (void)s; stop = 1; }
+int main(int argc, char **argv)
+{
+	aio_context_t ctx = 0;
+	struct iocb cb, *cbp = &cb;
+	struct io_event ev[8];
+	char buf[1];
+	unsigned i, nr, head, tail, got;
+	volatile struct ring *r;
+	int fd = open("/dev/null", O_WRONLY), bad = 0;
+	if (syscall(__NR_io_setup, 16, &ctx) < 0)
+		return 2;
+	r = (struct ring *)ctx;
+	nr = r->nr;
+	memset(&cb, 0, sizeof(cb));
+	cb.aio_fildes = fd;
+	cb.aio_buf = (unsigned long)buf;
+	cb.aio_nbytes = 1;
+	cb.aio_lio_opcode = IOCB_CMD_PWRITE;
+	/* more than a turn: the tail wraps; leave 5 events unreaped */
+	for (i = 0; i < nr + 3; i++) {
+		cb.aio_data = 1000 + i;
+		if (syscall(__NR_io_submit, ctx, 1, &cbp) != 1)
+			return 3;
+		if (i < nr - 2 && syscall(__NR_io_getevents, ctx, 1, 1, ev, NULL) != 1)
+			return 4;
+	}
+	head = r->head;
+	tail = r->tail;
+	if (argc > 1 && fork() == 0) {
+		for (;;)
+			pause();
+	}
+	signal(SIGTERM, on_term);
+	printf("ready %llx %u %u %u\n", (unsigned long long)ctx, nr, head, tail);
+	fflush(stdout);
+	while (!stop)
+		pause();
+	if (r->head != head || r->tail != tail || r->nr != nr)
+		bad |= 1;
+	got = syscall(__NR_io_getevents, ctx, 5, 8, ev, NULL);
+	if (got != 5)
+		bad |= 2;
+	for (i = 0; i < got; i++)
+		if (ev[i].data != 1000 + nr - 2 + i || ev[i].res != 1)
+			bad |= 4;
+	cb.aio_data = 7;
+	if (syscall(__NR_io_submit, ctx, 1, &cbp) != 1 ||
+	    syscall(__NR_io_getevents, ctx, 1, 1, ev, NULL) != 1 || ev[0].data != 7)
+		bad |= 8;
+	if (bad)
+		printf("FAIL: %#x (head %u->%u tail %u->%u)\n", bad, head, r->head, tail, r->tail);
+	else
+		printf("PASS\n");
+	return 0;
+}
+"""
+
+
+def _aio_target(targets: TargetFactory, tmp_path: Path, *args: str):  # type: ignore[no-untyped-def]
+    src = tmp_path / "aio.c"
+    src.write_text(_AIO)
+    exe = tmp_path / "aio"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    t = start_argv(targets, [str(exe), *args], "aio")
+    wait_for(lambda: t.out.exists() and "ready" in t.out.read_text(), 10, "aio to start")
+    return t
+
+
+def test_aio_ring_comes_back(targets: TargetFactory, tmp_path: Path) -> None:
+    t = _aio_target(targets, tmp_path)
+    adopt_tree(targets, t)
+    ctx, nr, head, tail = t.out.read_text().split()[1:5]
+    assert int(tail) < int(head), "the target's tail did not wrap"
+    before = _maps(t.pid)
+    assert any(x.startswith(f"{ctx}-") and x.endswith("/[aio] (deleted)") for x in before), before
+    pids = dump_tree(t.pid, tmp_path / "images")
+    restore_tree(targets, t, tmp_path / "images", pids)
+    # the ring is a new aio file: its inode differs, the rest does not
+    strip = [(x.rsplit(" ", 3)[0], x.rsplit(" ", 2)[-2:]) if "[aio]" in x else (x, None)
+             for x in before]
+    after = _maps(t.pid)
+    assert [(x.rsplit(" ", 3)[0], x.rsplit(" ", 2)[-2:]) if "[aio]" in x else (x, None)
+            for x in after] == strip
+    os.kill(t.pid, signal.SIGTERM)
+    wait_for(lambda: "PASS" in t.out.read_text() or "FAIL" in t.out.read_text(), 10, "verdict")
+    assert "PASS" in t.out.read_text(), t.out.read_text()
+
+
+def test_aio_ring_without_context_is_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    t = _aio_target(targets, tmp_path, "fork")
+    adopt_tree(targets, t)
+    ctx = int(t.out.read_text().split()[1], 16)
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, "aio ring")
+    assert f"{ctx:#x}" in line and "without its aio context" in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    assert proc_exists(t.pid)
