@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,40 @@ def test_aio_ring_without_context_is_refused(targets: TargetFactory, tmp_path: P
     ok, why = is_untouched(t.pid)
     assert ok, why
     assert proc_exists(t.pid)
+
+
+_SELFSTOP = r"""
+#include <signal.h>
+#include <unistd.h>
+int main(void)
+{
+	write(1, "ready\n", 6);
+	kill(getpid(), SIGSTOP);
+	write(1, "ran\n", 4);
+	for (;;)
+		pause();
+}
+"""
+
+
+def test_stopped_task_runs_nothing_after_restore(targets: TargetFactory, tmp_path: Path) -> None:
+    """A task that stopped itself (as vdso02's child) comes back stopped
+    before it runs one instruction: it writes "ran" the moment it runs."""
+    src = tmp_path / "selfstop.c"
+    src.write_text(_SELFSTOP)
+    exe = tmp_path / "selfstop"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    for i in range(5):  # the old race lost about one time in three
+        t = start_argv(targets, [str(exe)], f"selfstop{i}")
+        state = lambda: Path(f"/proc/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]  # noqa: E731
+        wait_for(lambda: state() == "T", 10, "selfstop to stop")
+        dump_tree(t.pid, tmp_path / f"images{i}")
+        targets.adopt(t.pid, like=t)
+        res = run_procsnap("restore", "-D", tmp_path / f"images{i}", "-d")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: state() == "T", 5, "the restored task to be stopped")
+        time.sleep(0.1)
+        assert "ran" not in t.out.read_text(), f"round {i}: the stopped task ran after the restore"
+        os.kill(t.pid, signal.SIGCONT)
+        wait_for(lambda: "ran" in t.out.read_text(), 5, "the task to run on SIGCONT")
+        os.kill(t.pid, signal.SIGKILL)
