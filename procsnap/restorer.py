@@ -587,12 +587,15 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         # are whole.
         for rt in reversed(rctx.tasks):
             if not rt.zombie:
-                for th in reversed(rt.threads):
-                    th.inj.detach()
                 tc = rt.core.tc
                 if tc.task_state == TASK_STOPPED:  # stopped as it was
+                    # Sent while it is still traced: it stops before it
+                    # runs one instruction (sent after the detach, it ran
+                    # on for a moment -- zdtm vdso02's child exited).
                     os.kill(rt.pid, tc.stop_signo if tc.HasField("stop_signo") and tc.stop_signo
                             else signal.SIGSTOP)
+                for th in reversed(rt.threads):
+                    th.inj.detach()
         for hook in rctx.after_detach:
             hook()
     except BaseException as exc:

@@ -228,3 +228,11 @@ PTRACE_O_SUSPEND_SECCOMP = 1 << 21
 PTRACE_SECCOMP_GET_FILTER = 0x420C
 PTRACE_SECCOMP_GET_METADATA = 0x420D
 SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
+MADV_GUARD_INSTALL = 102  # Linux 6.13: guard pages (SIGSEGV on touch)
+
+# Linux AIO (resources/aio.py).
+NR.update({"io_setup": 206, "io_destroy": 207, "io_getevents": 208, "io_submit": 209})
+IOCB_CMD_PWRITE = 1
+AIO_RING_MAGIC = 0xA10A10A1
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2

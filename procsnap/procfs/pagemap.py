@@ -6,6 +6,7 @@ pagemap.rst), native-endian:
     bit 63  page present in RAM
     bit 62  page swapped (or another swap-type entry: migration, ...)
     bit 61  page is a file page or shared anonymous (page cache/shmem)
+    bit 58  page is a guard region (MADV_GUARD_INSTALL, Linux 6.15+)
     bit 56  page exclusively mapped
     bit 55  PTE soft-dirty
 
@@ -29,7 +30,7 @@ from procsnap.procfs.reader import proc_errors
 
 __all__ = [
     "PAGE_SIZE", "PM_ENTRY_BYTES", "PM_PRESENT", "PM_SWAP", "PM_FILE",
-    "PM_MMAP_EXCLUSIVE", "PM_SOFT_DIRTY",
+    "PM_MMAP_EXCLUSIVE", "PM_SOFT_DIRTY", "PM_GUARD_REGION",
     "PagemapReader", "dump_runs", "read_pagemap", "vma_dump_runs",
 ]
 
@@ -39,6 +40,7 @@ PM_ENTRY_BYTES = 8
 PM_PRESENT = 1 << 63
 PM_SWAP = 1 << 62
 PM_FILE = 1 << 61
+PM_GUARD_REGION = 1 << 58
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_SOFT_DIRTY = 1 << 55
 
@@ -55,29 +57,38 @@ def _table(want: Callable[[int], bool]) -> bytes:
     """A bytes.translate table mapping each top byte to b"1" or b"0"."""
     return bytes(ord("1") if want(b) else ord("0") for b in range(256))
 
+# A guard page's entry is a swap-type PTE marker: bit 62 with bit 58.  It
+# holds no data (reading it through /proc/PID/mem gives EIO).
+_TOP_GUARD = PM_GUARD_REGION >> 56
+
 # Any present or swapped page holds data the process can see.
-_DUMP_ALL = _table(lambda top: bool(top & (_TOP_PRESENT | _TOP_SWAP)))
+_DUMP_ALL = _table(lambda top: bool(top & (_TOP_PRESENT | _TOP_SWAP)) and not top & _TOP_GUARD)
 # In a private file mapping a page with bit 61 set is still the page cache
 # page (re-read from the file at restore); only the COW copies are ours.
 _DUMP_ANON = _table(
-    lambda top: bool(top & (_TOP_PRESENT | _TOP_SWAP)) and not top & _TOP_FILE)
+    lambda top: bool(top & (_TOP_PRESENT | _TOP_SWAP)) and not top & (_TOP_FILE | _TOP_GUARD))
+
+# Guard pages (no data: touching one raises SIGSEGV).
+_GUARD = _table(lambda top: bool(top & _TOP_GUARD))
 
 _RUN = re.compile(rb"1+")
 
 
 def dump_runs(pagemap: bytes | bytearray | memoryview, *,
-              anon_only: bool) -> list[tuple[int, int]]:
+              anon_only: bool, guard: bool = False) -> list[tuple[int, int]]:
     """Runs of pages to dump, as (first_page_index, n_pages), in order.
 
     A page is dumped when it is present or swapped; with ``anon_only``
     (private file-backed VMAs) only when bit 61 is clear as well, i.e. it is
     the process's private copy and not the file's page cache page.
+    With ``guard``: the runs of guard pages instead.
     """
     data = pagemap if isinstance(pagemap, bytes) else bytes(pagemap)
     if len(data) % PM_ENTRY_BYTES:
         raise ParseError("/proc/PID/pagemap",
                          f"length {len(data)} is not a multiple of {PM_ENTRY_BYTES}")
-    marks = data[_TOP_BYTE::PM_ENTRY_BYTES].translate(_DUMP_ANON if anon_only else _DUMP_ALL)
+    table = _GUARD if guard else _DUMP_ANON if anon_only else _DUMP_ALL
+    marks = data[_TOP_BYTE::PM_ENTRY_BYTES].translate(table)
     if b"1" not in marks:
         # memchr-speed exit for the common untouched reservation.
         return []
@@ -165,14 +176,19 @@ class PagemapReader:
         """``vma_dump_runs(pid, start, end, ...)`` without reopening the file."""
         return _vma_runs(self.read, start, end, anon_only, chunk_pages)
 
+    def guard_runs(self, start: int, end: int) -> list[tuple[int, int]]:
+        """(address, n_pages) of the guard regions in [start, end)."""
+        return _vma_runs(self.read, start, end, False, 1 << 18, guard=True)
+
 
 def _vma_runs(read: Callable[[int, int], bytes], start: int, end: int,
-              anon_only: bool, chunk_pages: int) -> list[tuple[int, int]]:
+              anon_only: bool, chunk_pages: int, guard: bool = False) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
     step = chunk_pages * PAGE_SIZE
     for chunk_start in range(start, end, step):
         chunk_end = min(chunk_start + step, end)
-        for first, count in dump_runs(read(chunk_start, chunk_end), anon_only=anon_only):
+        for first, count in dump_runs(read(chunk_start, chunk_end), anon_only=anon_only,
+                                      guard=guard):
             addr = chunk_start + first * PAGE_SIZE
             if runs and runs[-1][0] + runs[-1][1] * PAGE_SIZE == addr:
                 runs[-1] = (runs[-1][0], runs[-1][1] + count)

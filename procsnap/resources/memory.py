@@ -34,7 +34,7 @@ from ..kernel import consts as C
 from ..kernel.structs import PrctlMmMap
 from ..procfs.pagemap import PagemapReader
 from ..procfs.parse import MapEntry, parse_maps
-from . import memfd, regfile, shmem
+from . import aio, memfd, regfile, shmem
 
 if TYPE_CHECKING:
     from ..dumper import DumpContext, DumpTask
@@ -56,7 +56,11 @@ VMA_FILE_SHARED = 1 << 7
 VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
 VMA_AREA_VVAR = 1 << 12
+VMA_AREA_AIORING = 1 << 13
 VMA_AREA_MEMFD = 1 << 14
+# Not a VMA: a range of MADV_GUARD_INSTALL guard pages, after all the real
+# VMAs in mm.vmas (criu/include/image.h).
+VMA_AREA_GUARD = 1 << 16
 
 # pagemap_entry.flags
 PE_PARENT = 1 << 0
@@ -73,6 +77,8 @@ _COPY_CHUNK = 8 << 20
 _BATCH_BYTES = 64 << 20
 # iovecs per call: the kernel's UIO_MAXIOV; 16 KiB of the scratch area.
 _IOV_MAX = 1024
+# Inherited pages are compared with the parent's this much at a time.
+_CMP_CHUNK = 1 << 20
 
 
 
@@ -121,7 +127,9 @@ VMFLAGS: dict[str, tuple[str, str]] = {
     "mm": (REFUSED, "VM_MIXEDMAP: a driver mapping"),
     "de": (REFUSED, "VM_DONTEXPAND: a driver or kernel object mapping (aio, perf, io_uring, ...)"),
     "ar": (REFUSED, "VM_ARCH_1 (VM_PAT on x86): a driver mapping with page attributes"),
-    "ht": (REFUSED, "hugetlb pages are not supported yet"),
+    "ht": (SAVED, "VM_HUGETLB of anonymous memory (MAP_HUGETLB, private or shared): "
+                  "MAP_HUGETLB and the page size in vma_entry.flags; a hugetlbfs file "
+                  "mapping or a hugetlb System V segment is refused"),
     "sf": (REFUSED, "MAP_SYNC (DAX) mappings are not supported"),
     "lf": (REFUSED, "lock-on-fault (mlock2 MLOCK_ONFAULT / mlockall MCL_ONFAULT) has no "
                     "field in the image"),
@@ -130,7 +138,9 @@ VMFLAGS: dict[str, tuple[str, str]] = {
     "ui": (REFUSED, "registered with userfaultfd (minor-fault tracking)"),
     "ss": (REFUSED, "a shadow stack (CET) is not supported"),
     "sl": (REFUSED, "sealed with mseal(); sealing has no field in the image"),
-    "gu": (REFUSED, "may hold guard regions (MADV_GUARD_INSTALL), which are not restored"),
+    "gu": (SAVED, "may hold guard regions (MADV_GUARD_INSTALL): each run of guard pages "
+                  "(pagemap bit 58) is a VMA_AREA_GUARD entry after the VMAs, as CRIU writes "
+                  "it, installed again at restore"),
     "nl": (REFUSED, "a non-linear mapping (remap_file_pages, before Linux 4.0)"),
     "bt": (REFUSED, "arm64 BTI guarded pages: another architecture"),
     "mt": (REFUSED, "arm64 MTE tagged memory: another architecture"),
@@ -159,10 +169,16 @@ def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     """(mmap flags, madvise bitmap) the VmFlags of ``m`` ask for, refusing
     what cannot be restored exactly (see VMFLAGS)."""
     special = m.path in SPECIAL
+    hugetlb = shmem.is_anon_hugetlb(m)
+    if "ht" in m.vmflags and not hugetlb:
+        raise Unsupported(f"{_where(task, m)}: VmFlags 'ht': hugetlb pages of a file (a hugetlbfs mount "
+                          "or a System V segment) are not supported")
     flags = madv = 0
     for f in m.vmflags:
         if special and f in _SPECIAL_VMFLAGS:
             continue
+        if (hugetlb or aio.is_ring(m)) and f == "de":
+            continue  # hugetlbfs and aio set VM_DONTEXPAND on every mapping they make
         kind, why = VMFLAGS.get(f, (REFUSED, "unknown to procsnap (a newer kernel?)"))
         if kind == REFUSED:
             raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
@@ -210,6 +226,11 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             status |= VMA_AREA_REGULAR
         return status, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     is_file = m.path.startswith("/") and m.ino != 0
+    if aio.is_ring(m):
+        return VMA_AREA_AIORING, C.MAP_SHARED  # as CRIU: no VMA_AREA_REGULAR
+    if shmem.is_anon_hugetlb(m) and not m.shared:
+        # MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB (the page size is added by dump())
+        return VMA_AREA_REGULAR | VMA_ANON_PRIVATE, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     if shmem.is_anon_shared(m):
         return VMA_AREA_REGULAR | VMA_ANON_SHARED, C.MAP_SHARED | C.MAP_ANONYMOUS
     if memfd.is_memfd_mapping(m.path):
@@ -325,7 +346,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         exe_file_id=exe_id, mm_saved_auxv=task.proc.auxv(),
         dumpable=dumpable, thp_disabled=bool(thp_disabled))
 
+    _check_vdso_dump(task)
     to_copy: list[tuple[int, int]] = []
+    guards: list[tuple[int, int]] = []
     pagemap = PagemapReader(pid)  # one open for the whole address space
     for m in task.maps:
         status, flags = _vma_status(task, m)
@@ -337,7 +360,14 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         if madv:
             vma.madv = madv
         if status & VMA_ANON_SHARED:
-            vma.shmid = shmem.dump_vma(ctx, task, m)
+            vma.shmid, huge = shmem.dump_vma(ctx, task, m)
+            if huge:
+                vma.flags |= shmem.hugetlb_flags(huge)
+        elif shmem.is_anon_hugetlb(m):
+            vma.flags |= shmem.hugetlb_flags(shmem.mapping_stat(task, m).st_blksize)
+        elif status & VMA_AREA_AIORING:
+            mm.aios.append(aio.dump_ring(task, m))
+            to_copy.append((m.start, (m.end - m.start) // PAGE))  # the whole ring
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
             vma.fdflags = _map_files_mode(task, m)
@@ -345,13 +375,31 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
             vma.fdflags = _map_files_mode(task, m)
         mm.vmas.append(vma)
+        if "gu" in m.vmflags:
+            guards += pagemap.guard_runs(m.start, m.end)
         if more & C.MAP_DROPPABLE:
             continue  # droppable pages are not kept (see VMFLAGS["dp"])
         if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and not status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             to_copy += pagemap.runs(m.start, m.end, anon_only=bool(status & VMA_FILE_PRIVATE))
     pagemap.close()
+    for addr, n in guards:
+        mm.vmas.append(vma_pb2.vma_entry(start=addr, end=addr + n * PAGE, pgoff=0, shmid=0,
+                                         prot=0, flags=0, status=VMA_AREA_GUARD, fd=-1))
     task.extra_images.append(("mm", pid, [mm]))
     _dump_pages(ctx, task, to_copy)
+
+
+def _check_vdso_dump(task: "DumpTask") -> None:
+    """The vDSO and vvar come back only all together, as this kernel lays
+    them out (moved is fine), or not at all (a task that unmapped them,
+    zdtm vdso02): a part of them cannot be remade."""
+    theirs = [m.end - m.start for m in task.maps if m.path in _VDSO_NAMES]
+    ours = [m.end - m.start for m in _own_vdso()]
+    if theirs and theirs != ours:
+        names = [m.path for m in task.maps if m.path in _VDSO_NAMES]
+        raise Unsupported(f"pid {task.pid}: vDSO/vvar mappings {names} of sizes {theirs} "
+                          f"differ from this kernel's {ours} (partly unmapped or resized); "
+                          "they can only be restored whole")
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -541,11 +589,13 @@ class _PageCopier:
 
 # ------------------------------------------------------------- restore ----
 
+_VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
+
+
 @functools.lru_cache(maxsize=1)
 def _own_vdso() -> tuple[MapEntry, ...]:
     with open("/proc/self/maps") as f:
-        return tuple(m for m in parse_maps(f.read())
-                     if m.path in ("[vvar]", "[vvar_vclock]", "[vdso]"))
+        return tuple(m for m in parse_maps(f.read()) if m.path in _VDSO_NAMES)
 
 
 def check_vdso(rt: "RestoreTask") -> None:
@@ -554,7 +604,7 @@ def check_vdso(rt: "RestoreTask") -> None:
     theirs = [v for v in rt.mm.vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
     a = [m.end - m.start for m in ours]
     b = [v.end - v.start for v in theirs]
-    if a != b:
+    if b and a != b:  # none at all: the task had unmapped them, and stays so
         raise RestoreError(f"{rt.image_name('mm')}: vDSO/vvar layout {b} differs from this "
                            f"kernel's {a}: images from another kernel are not supported")
 
@@ -565,7 +615,10 @@ def _is_premapped(v: Any) -> bool:
     forks its children, so that they inherit it copy-on-write."""
     return (bool(v.status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE))
             and not v.status & (VMA_AREA_MEMFD | VMA_AREA_VDSO | VMA_AREA_VVAR
-                                | VMA_AREA_VSYSCALL))
+                                | VMA_AREA_VSYSCALL)
+            # hugetlb memory is not shared copy-on-write with children at
+            # restore (nor by CRIU): mapped in restore(), with its pages.
+            and not v.flags & C.MAP_HUGETLB)
 
 
 @dataclass
@@ -771,21 +824,20 @@ def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: s
     """Pages of one kept VMA: (runs to write, ranges to drop).
 
     ``mine``/``theirs``: (addr, size, offset) runs of this task's and its
-    parent's pages inside the VMA.  A page both have with equal bytes is
-    left shared; one that differs, or only this task has, is written; one
-    only the parent has is dropped.
+    parent's pages inside the VMA, sorted.  A page both have with equal
+    bytes is left shared; one that differs, or only this task has, is
+    written; one only the parent has is dropped.
+
+    Works run by run, not page by page: the two lists are swept together
+    into stretches that are mine only, theirs only, or both, and a stretch
+    both have is compared _CMP_CHUNK at a time (one pread from each file,
+    one memcmp), page by page only inside a chunk that differs.  A 256 MiB
+    inherited VMA costs two sequential reads of the page cache, not
+    65,536 rounds of Python.
     """
     write: list[tuple[int, int, int]] = []
     drop: list[tuple[int, int]] = []
-    mine_pages = {}
-    for addr, size, off in mine:
-        for k in range(0, size, PAGE):
-            mine_pages[addr + k] = off + k
-    their_pages = {}
-    for addr, size, off in theirs:
-        for k in range(0, size, PAGE):
-            their_pages[addr + k] = off + k
-    if not mine_pages and not their_pages:
+    if not mine and not theirs:
         return write, drop
 
     def add_write(addr: int, n: int, off: int) -> None:
@@ -794,44 +846,54 @@ def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: s
         else:
             write.append((addr, n, off))
 
-    addrs = sorted(mine_pages.keys() | their_pages.keys())
-    with open(mine_path, "rb") as fm, open(theirs_path, "rb") as ft:
-        i = 0
-        while i < len(addrs):
-            addr = addrs[i]
-            mo, to = mine_pages.get(addr), their_pages.get(addr)
-            if mo is None:
-                _append(drop, addr)
+    def add_drop(addr: int, n: int) -> None:
+        if drop and drop[-1][0] + drop[-1][1] == addr:
+            drop[-1] = (drop[-1][0], drop[-1][1] + n)
+        else:
+            drop.append((addr, n))
+
+    fm = os.open(mine_path, os.O_RDONLY | os.O_CLOEXEC)
+    ft = os.open(theirs_path, os.O_RDONLY | os.O_CLOEXEC) if theirs else -1
+    try:
+        i = j = 0
+        # Cursor: everything below ``pos`` is decided.
+        pos = min(r[0] for r in (mine[:1] + theirs[:1]))
+        while i < len(mine) or j < len(theirs):
+            ma, ms, mo = mine[i] if i < len(mine) else (2**64, 0, 0)
+            ta, ts, to = theirs[j] if j < len(theirs) else (2**64, 0, 0)
+            pos = max(pos, min(ma, ta))
+            in_m = ma <= pos < ma + ms
+            in_t = ta <= pos < ta + ts
+            # The stretch ends where either run starts or ends.
+            stop = min(x for x in (ma + ms if in_m else ma, ta + ts if in_t else ta) if x > pos)
+            n = stop - pos
+            if in_m and not in_t:
+                add_write(pos, n, mo + pos - ma)
+            elif in_t and not in_m:
+                add_drop(pos, n)
+            elif in_m and in_t:
+                a_off, b_off = mo + pos - ma, to + pos - ta
+                for k in range(0, n, _CMP_CHUNK):
+                    c = min(_CMP_CHUNK, n - k)
+                    a_bytes = os.pread(fm, c, a_off + k)
+                    b_bytes = os.pread(ft, c, b_off + k)
+                    if len(a_bytes) != c:
+                        raise RestoreError(f"{mine_path}: short read at offset {a_off + k}")
+                    if a_bytes == b_bytes:
+                        continue
+                    for p in range(0, c, PAGE):
+                        if a_bytes[p:p + PAGE] != b_bytes[p:p + PAGE]:
+                            add_write(pos + k + p, PAGE, a_off + k + p)
+            pos = stop
+            if in_m and stop >= ma + ms:
                 i += 1
-                continue
-            if to is None:
-                add_write(addr, PAGE, mo)
-                i += 1
-                continue
-            # A stretch both have, contiguous in memory and in both files:
-            # compared in one read each (1 MiB at most), page by page only
-            # if it differs.
-            j = i + 1
-            while (j < len(addrs) and j - i < 256 and addrs[j] == addr + (j - i) * PAGE
-                   and mine_pages.get(addrs[j]) == mo + (j - i) * PAGE
-                   and their_pages.get(addrs[j]) == to + (j - i) * PAGE):
+            if in_t and stop >= ta + ts:
                 j += 1
-            n = (j - i) * PAGE
-            a_bytes = os.pread(fm.fileno(), n, mo)
-            b_bytes = os.pread(ft.fileno(), n, to)
-            if a_bytes != b_bytes:
-                for k in range(0, n, PAGE):
-                    if a_bytes[k:k + PAGE] != b_bytes[k:k + PAGE]:
-                        add_write(addr + k, PAGE, mo + k)
-            i = j
+    finally:
+        os.close(fm)
+        if ft >= 0:
+            os.close(ft)
     return write, drop
-
-
-def _append(ranges: list[tuple[int, int]], addr: int) -> None:
-    if ranges and ranges[-1][0] + ranges[-1][1] == addr:
-        ranges[-1] = (ranges[-1][0], ranges[-1][1] + PAGE)
-    else:
-        ranges.append((addr, PAGE))
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
@@ -846,7 +908,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     vvar_start = None
     later: list[int] = []
     for i, v in enumerate(mm.vmas):
-        if v.status & VMA_AREA_VSYSCALL or _is_premapped(v):
+        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_GUARD) or _is_premapped(v):
             continue
         if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             vvar_start = v.start if vvar_start is None else min(vvar_start, v.start)
@@ -865,13 +927,21 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 later.append(i)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
+        elif v.status & VMA_AREA_AIORING:
+            aio.restore_ring(rt, _aio_entry(rt, v), _saved_bytes(rctx, rt, v))
+        elif v.status & VMA_ANON_PRIVATE and v.flags & C.MAP_HUGETLB:
+            inj.call("mmap", v.start, length, prot,
+                     C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
+                     | (v.flags & shmem.HUGE_MASK), -1, 0)
+            if i in with_pages:
+                later.append(i)
         else:
             raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} has "
                                f"status {v.status:#x}, which procsnap does not restore")
     for fd in file_fds.values():
         inj.call("close", fd)
 
-    # 4. Pages of private memfd mappings (the rest went in at premap).
+    # 4. Pages of private memfd and hugetlb mappings (the rest went in at premap).
     if later:
         runs = _page_runs(rt)
         todo = [r for i in later for r in _clip(runs, mm.vmas[i].start, mm.vmas[i].end)]
@@ -885,7 +955,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     for i, v in enumerate(mm.vmas):
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_FILE_SHARED):
             continue
-        if (i in with_pages or v.status & VMA_ANON_SHARED) and v.prot != C.PROT_READ | C.PROT_WRITE:
+        if i in with_pages and v.prot != C.PROT_READ | C.PROT_WRITE:
             inj.call("mprotect", v.start, v.end - v.start, v.prot)
 
     # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
@@ -900,9 +970,34 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
 
 
+def _aio_entry(rt: "RestoreTask", v: Any) -> Any:
+    for e in rt.mm.aios:
+        if e.id == v.start:
+            if e.ring_len != v.end - v.start:
+                break
+            return e
+    raise RestoreError(f"{rt.image_name('mm')}: aio ring at {v.start:#x} has no "
+                       "matching aios entry")
+
+
+def _saved_bytes(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> bytes:
+    """The saved bytes of VMA ``v`` (small: an aio ring), zeroes where no
+    page was saved."""
+    out = bytearray(v.end - v.start)
+    path = images.image_path(rctx.images_dir, "pages", rt.pages_id)
+    with open(path, "rb") as f:
+        for addr, size, off in _clip(_page_runs(rt), v.start, v.end):
+            data = os.pread(f.fileno(), size, off)
+            if len(data) != size:
+                raise RestoreError(f"{path}: short read at offset {off}")
+            out[addr - v.start:addr - v.start + size] = data
+    return bytes(out)
+
+
 def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
     """Indexes in rt.mm.vmas of the VMAs that have pages in the image."""
-    starts = [v.start for v in rt.mm.vmas]
+    # (guard entries come after the VMAs, out of address order)
+    starts = [v.start for v in rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     out: set[int] = set()
     for e in rt.pagemap:
         if e.HasField("flags") and not e.flags & PE_PRESENT:
@@ -918,9 +1013,19 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
 
 def _restore_vmflags(rt: "RestoreTask") -> None:
     """madvise() each saved advice over its VMA exactly (so the kernel
-    splits and merges as it did), then mlock() what was locked."""
+    splits and merges as it did), then mlock() what was locked, and
+    last install the guard regions (they follow the VMAs in the image)."""
     inj = rt.inj
     for v in rt.mm.vmas:
+        if v.status & VMA_AREA_GUARD:
+            # Last: installing a guard zaps what is there (nothing was).
+            try:
+                inj.call("madvise", v.start, v.end - v.start, C.MADV_GUARD_INSTALL)
+            except InjectError as exc:
+                raise RestoreError(f"{rt.image_name('mm')}: madvise(MADV_GUARD_INSTALL) of "
+                                   f"{v.start:#x}-{v.end:#x} failed: "
+                                   f"{os.strerror(exc.errno or 0)}") from None
+            continue
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
             continue
         if v.HasField("madv") and v.madv:

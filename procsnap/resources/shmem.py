@@ -9,10 +9,25 @@ name "/dev/zero (deleted)").  Its contents are read through that same file
 with SEEK_DATA/SEEK_HOLE, so pages no process has touched cost nothing and
 pages only another process faulted in are not missed.
 
-At restore the first task mapping the object creates it (a fresh
-MAP_SHARED|MAP_ANONYMOUS mapping) and its puppet preads the pages in; every
-later task opens /proc/<first>/map_files/<range> -- the same shmem file --
-and maps that, so a write in one process is seen by the others again.
+A mapping may show only part of the object (mmap of a map_files link at an
+offset, munmap or mremap of part of it: vma_entry.pgoff is the offset).  The
+object is saved whole, once, whatever part each mapping shows; its size at
+restore is the furthest end of any mapping of it, so the dump refuses an
+object whose tail no mapping in the tree reaches (that size would be lost).
+
+Anonymous hugetlb memory shared the same way (MAP_SHARED|MAP_ANONYMOUS|
+MAP_HUGETLB, "/anon_hugepage (deleted)" on the kernel's internal hugetlbfs
+mount) is such an object too, with its page size in vma_entry.flags
+(MAP_HUGETLB | log2(size) << MAP_HUGE_SHIFT, as CRIU writes it).  hugetlbfs
+has no SEEK_DATA and no sendfile: its huge pages are read with pread and
+only those that are not all zeroes are saved (a hole reads as zeroes).
+
+At restore the first task mapping the object creates it whole (a fresh
+MAP_SHARED|MAP_ANONYMOUS mapping of the object's size, where the kernel
+likes), its puppet preads the pages in, the restorer keeps the object open
+through map_files and the puppet unmaps it again.  Then every mapping of
+it, in every task, is an mmap of that same file at its offset, so a write
+in one process is seen by the others again.
 """
 from __future__ import annotations
 
@@ -23,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import images
 from ..errors import RestoreError, Unsupported
+from ..inject import InjectError
 from ..images.pb import pagemap_pb2
 from ..kernel import consts as C
 from ..kernel.libc import syscall
@@ -33,9 +49,15 @@ if TYPE_CHECKING:
     from ..restorer import RestoreContext, RestoreTask
 
 NAME = "shmem"
+VMA_ANON_SHARED = 1 << 8  # vma_entry.status (criu/include/image.h)
 PAGE = C.PAGE_SIZE
 PE_PRESENT = 1 << 2
 SEEK_DATA, SEEK_HOLE = 3, 4
+
+
+MAP_HUGE_SHIFT = 26
+# MAP_HUGETLB and the page size bits of mmap flags.
+HUGE_MASK = C.MAP_HUGETLB | (0x3F << MAP_HUGE_SHIFT)
 
 
 @dataclass
@@ -45,41 +67,112 @@ class _Obj:
     start: int
     end: int
     size: int
+    extent: int = 0      # furthest end (object offset) of any mapping of it
+    page_size: int = 0   # huge page size, 0 for ordinary shmem
 
 
 def is_anon_shared(m: MapEntry) -> bool:
     # MAP_SHARED|MAP_ANONYMOUS shows as "/dev/zero (deleted)" on the shmem
     # mount (dev 00:01); a real mapping of /dev/zero is MAP_PRIVATE-like
     # and has the devtmpfs device.
-    return m.shared and m.path == "/dev/zero (deleted)" and (m.dev_major, m.dev_minor) == (0, 1)
+    if m.shared and m.path == "/dev/zero (deleted)" and (m.dev_major, m.dev_minor) == (0, 1):
+        return True
+    return m.shared and is_anon_hugetlb(m)
 
 
-def dump_vma(ctx: "DumpContext", task: "DumpTask", m: MapEntry) -> int:
-    """Note one mapping of a shared anonymous object; returns its shmid."""
-    path = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
+def is_anon_hugetlb(m: MapEntry) -> bool:
+    """MAP_ANONYMOUS|MAP_HUGETLB memory, private or shared: the kernel backs
+    it with a file of its internal hugetlbfs mount named "anon_hugepage"."""
+    return "ht" in m.vmflags and m.path == "/anon_hugepage (deleted)"
+
+
+def hugetlb_flags(page_size: int) -> int:
+    """MAP_HUGETLB with the page size, as mmap() takes it (and CRIU saves it
+    in vma_entry.flags)."""
+    return C.MAP_HUGETLB | ((page_size.bit_length() - 1) << MAP_HUGE_SHIFT)
+
+
+def hugetlb_page_size(flags: int) -> int:
+    """The huge page size ``flags`` (vma_entry.flags) ask for; 0 if none."""
+    if not flags & C.MAP_HUGETLB:
+        return 0
+    shift = (flags >> MAP_HUGE_SHIFT) & 0x3F
+    return 1 << shift if shift else 2 << 20  # the x86 default huge page size
+
+
+def mapping_stat(task: "DumpTask", m: MapEntry) -> os.stat_result:
+    """stat() of the file behind a mapping (its map_files link)."""
     try:
-        st = os.stat(path)
+        return os.stat(f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}")
     except OSError as exc:
         raise Unsupported(f"pid {task.pid}: shared memory at {m.start:#x}-{m.end:#x}: "
                           f"cannot look at it: {exc.strerror}") from None
-    if m.pgoff != 0 or st.st_size != m.end - m.start:
-        raise Unsupported(f"pid {task.pid}: shared memory at {m.start:#x}-{m.end:#x} maps "
-                          f"part of a {st.st_size}-byte object (offset {m.pgoff}); "
-                          "partial mappings are not supported yet")
+
+
+def dump_vma(ctx: "DumpContext", task: "DumpTask", m: MapEntry) -> tuple[int, int]:
+    """Note one mapping of a shared anonymous object, whole or part of it;
+    returns (shmid, huge page size or 0)."""
+    st = mapping_stat(task, m)
+    page_size = st.st_blksize if is_anon_hugetlb(m) else 0
     objs: dict[int, _Obj] = ctx.kind_state.setdefault(NAME, {})
-    objs.setdefault(st.st_ino, _Obj(st.st_ino, task.pid, m.start, m.end, st.st_size))
-    return st.st_ino
+    obj = objs.setdefault(st.st_ino, _Obj(st.st_ino, task.pid, m.start, m.end, st.st_size,
+                                          page_size=page_size))
+    obj.extent = max(obj.extent, m.pgoff + m.end - m.start)
+    return st.st_ino, page_size
 
 
 def finish(ctx: "DumpContext") -> None:
     """Save each object's contents once, after every task was looked at."""
-    for obj in ctx.kind_state.get(NAME, {}).values():
+    objs = ctx.kind_state.get(NAME, {}).values()
+    for obj in objs:
+        # The restore makes the object as big as its mappings reach.
+        if obj.extent < obj.size:
+            raise Unsupported(f"pid {obj.pid}: shared memory at {obj.start:#x}-{obj.end:#x}: "
+                              f"its {obj.size}-byte object is mapped only up to offset "
+                              f"{obj.extent} in the dumped tree; its size would be lost")
+    for obj in objs:
         src = os.open(f"/proc/{obj.pid}/map_files/{obj.start:x}-{obj.end:x}",
                       os.O_RDONLY | os.O_CLOEXEC)
         try:
-            save_object(ctx, obj.shmid, src, obj.size, obj.pid)
+            if obj.page_size:
+                _save_hugetlb(ctx, obj, src)
+            else:
+                save_object(ctx, obj.shmid, src, obj.size, obj.pid)
         finally:
             os.close(src)
+
+
+def _save_hugetlb(ctx: "DumpContext", obj: _Obj, src: int) -> None:
+    """Like save_object() for a hugetlbfs file: pread each huge page and
+    keep those that are not all zeroes (no SEEK_DATA, no sendfile there)."""
+    ctx.pages_ids += 1
+    pages_id = ctx.pages_ids
+    entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
+    out_path = images.image_path(ctx.images_dir, "pages", pages_id)
+    ctx.created.append(out_path)
+    hp = obj.page_size
+    zero = bytes(hp)
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        for off in range(0, obj.size, hp):
+            data = os.pread(src, hp, off)
+            if len(data) != hp:
+                raise Unsupported(f"pid {obj.pid}: short read of hugetlb shared memory object "
+                                  f"{obj.shmid} at offset {off}")
+            if data == zero:
+                continue
+            last = entries[-1]
+            if len(entries) > 1 and last.vaddr + last.nr_pages * PAGE == off:
+                last.nr_pages += hp // PAGE
+            else:
+                entries.append(pagemap_pb2.pagemap_entry(vaddr=off, nr_pages=hp // PAGE,
+                                                         flags=PE_PRESENT))
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+    finally:
+        os.close(out)
+    ctx.shared_images[("shmem-pagemap", obj.shmid)] = entries
 
 
 def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -> None:
@@ -170,29 +263,62 @@ def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
 
 # ------------------------------------------------------------- restore ----
 
+def _object_size(rctx: "RestoreContext", shmid: int) -> int:
+    """The object's size: the furthest end of any mapping of it (the dump
+    refused an object whose tail no mapping reached)."""
+    size = 0
+    for t in rctx.tasks:
+        if t.mm is None:
+            continue
+        for v in t.mm.vmas:
+            if v.shmid == shmid and v.status & VMA_ANON_SHARED:
+                size = max(size, v.pgoff + v.end - v.start)
+    return size
+
+
 def map_vma(rctx: "RestoreContext", rt: "RestoreTask", v: Any, prot: int) -> None:
-    """Map one shared anonymous VMA: create the object, or join it."""
+    """Map one shared anonymous VMA, whole object or part of it: create the
+    object the first time, then map the same file at the VMA's offset."""
     inj = rt.inj
-    made: dict[int, tuple[int, int, int]] = rctx.kind_state.setdefault(NAME, {})
-    length = v.end - v.start
+    made: dict[int, int] = rctx.kind_state.setdefault(NAME, {})
     if v.shmid not in made:
-        inj.call("mmap", v.start, length, prot | C.PROT_READ | C.PROT_WRITE,
-                 C.MAP_SHARED | C.MAP_ANONYMOUS | C.MAP_FIXED, -1, 0)
-        _fill(rctx, rt, v)
-        made[v.shmid] = (rt.pid, v.start, v.end)
-        return
-    pid, start, end = made[v.shmid]
-    fd = rt.open_in_puppet(f"/proc/{pid}/map_files/{start:x}-{end:x}", os.O_RDWR)
-    inj.call("mmap", v.start, length, prot | C.PROT_READ | C.PROT_WRITE,
-             C.MAP_SHARED | C.MAP_FIXED, fd, 0)
+        made[v.shmid] = _create(rctx, rt, v)
+    fd = rt.open_in_puppet(f"/proc/{os.getpid()}/fd/{made[v.shmid]}", os.O_RDWR)
+    # (a hugetlbfs file is mapped with its own page size: no MAP_HUGETLB)
+    extra = v.flags & C.MAP_NORESERVE
+    inj.call("mmap", v.start, v.end - v.start, prot, C.MAP_SHARED | C.MAP_FIXED | extra,
+             fd, v.pgoff)
     inj.call("close", fd)
 
 
-def _fill(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> None:
-    path = images.image_path(rctx.images_dir, "shmem-pagemap", v.shmid)
+def _create(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> int:
+    """Make object ``v.shmid`` in the puppet, fill it, and return an fd of
+    ours on it (the puppet's own mapping is gone again)."""
+    inj = rt.inj
+    size = _object_size(rctx, v.shmid)
+    flags = C.MAP_SHARED | C.MAP_ANONYMOUS | (v.flags & (C.MAP_NORESERVE | HUGE_MASK))
+    try:
+        addr = inj.call("mmap", 0, size, C.PROT_READ | C.PROT_WRITE, flags, -1, 0)
+    except InjectError as exc:
+        what = (f"{hugetlb_page_size(v.flags) >> 10} KiB hugetlb " if v.flags & C.MAP_HUGETLB
+                else "")
+        raise RestoreError(f"{rt.image_name('mm')}: cannot make the {size}-byte {what}shared "
+                           f"memory object {v.shmid}: {os.strerror(exc.errno or 0)}") from None
+    try:
+        _fill(rctx, rt, v.shmid, addr, size)
+        fd = os.open(f"/proc/{rt.pid}/map_files/{addr:x}-{addr + size:x}",
+                     os.O_RDWR | os.O_CLOEXEC)
+        rctx.own_fds.append(fd)
+    finally:
+        inj.call("munmap", addr, size)
+    return fd
+
+
+def _fill(rctx: "RestoreContext", rt: "RestoreTask", shmid: int, addr: int, size: int) -> None:
+    path = images.image_path(rctx.images_dir, "shmem-pagemap", shmid)
     if not os.path.exists(path):
         return  # CRIU writes none for an object with no data
-    pm = images.read_image(rctx.images_dir, "shmem-pagemap", v.shmid)
+    pm = images.read_image(rctx.images_dir, "shmem-pagemap", shmid)
     if not pm:
         raise RestoreError(f"{path}: empty pagemap (no head)")
     pages = images.image_path(rctx.images_dir, "pages", pm[0].pages_id)
@@ -200,11 +326,11 @@ def _fill(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> None:
     fd = rt.open_in_puppet(pages, os.O_RDONLY)
     offset = 0
     for e in pm[1:]:
-        size = e.nr_pages * PAGE
-        if e.vaddr + size > v.end - v.start:
+        n = e.nr_pages * PAGE
+        if e.vaddr + n > size:
             raise RestoreError(f"{path}: entry at offset {e.vaddr} runs past the object")
-        got = inj.call("pread64", fd, v.start + e.vaddr, size, offset)
-        if got != size:
-            raise RestoreError(f"{pages}: short read at offset {offset} ({got} of {size} bytes)")
-        offset += size
+        got = inj.call("pread64", fd, addr + e.vaddr, n, offset)
+        if got != n:
+            raise RestoreError(f"{pages}: short read at offset {offset} ({got} of {n} bytes)")
+        offset += n
     inj.call("close", fd)

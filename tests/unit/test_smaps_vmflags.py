@@ -74,3 +74,53 @@ def test_every_entry_is_classified() -> None:
     for flag, (kind, why) in memory.VMFLAGS.items():
         assert len(flag) == 2 and kind in (memory.SAVED, memory.REFUSED, memory.IRRELEVANT)
         assert why
+
+
+def _brute_diff(mine_img: bytes, mine: list, theirs_img: bytes, theirs: list) -> tuple:
+    """Page by page, as the definition says."""
+    from procsnap.resources.memory import PAGE
+    mp = {a + k: o + k for a, s, o in mine for k in range(0, s, PAGE)}
+    tp = {a + k: o + k for a, s, o in theirs for k in range(0, s, PAGE)}
+    write = sorted((a, mp[a]) for a in mp
+                   if a not in tp or mine_img[mp[a]:mp[a] + PAGE] != theirs_img[tp[a]:tp[a] + PAGE])
+    drop = sorted(a for a in tp if a not in mp)
+    return write, drop
+
+
+def test_diff_pages_matches_page_by_page(tmp_path) -> None:
+    """The run-wise sweep of inherited pages decides every page as the
+    page-by-page definition does (random runs, overlaps and gaps)."""
+    import random
+    from procsnap.resources.memory import PAGE, _diff_pages
+    rnd = random.Random(17)
+    for trial in range(200):
+        def runs() -> tuple[list, bytes]:
+            out, addr, off = [], rnd.randrange(0, 8) * PAGE, 0
+            for _ in range(rnd.randrange(0, 6)):
+                n = rnd.randrange(1, 400) * PAGE
+                out.append((addr, n, off))
+                off += n
+                addr += n + rnd.choice([0, PAGE, 37 * PAGE])
+            return out, bytes(rnd.choice(b"ab") for _ in range(off // PAGE))
+        mine, mseed = runs()
+        theirs, tseed = runs()
+        mimg = b"".join(bytes([c]) * PAGE for c in mseed)
+        timg = b"".join(bytes([c]) * PAGE for c in tseed)
+        (tmp_path / "m").write_bytes(mimg)
+        (tmp_path / "t").write_bytes(timg)
+        write, drop = _diff_pages(str(tmp_path / "m"), mine, str(tmp_path / "t"), theirs)
+        got_w = sorted((a + k, o + k) for a, n, o in write for k in range(0, n, PAGE))
+        got_d = sorted(a + k for a, n in drop for k in range(0, n, PAGE))
+        assert (got_w, got_d) == _brute_diff(mimg, mine, timg, theirs), trial
+
+
+def test_guard_pages_are_not_data_but_guard_runs() -> None:
+    """A guard page's pagemap entry is a swap-type marker (bits 62 and 58):
+    never dumped as data (reading it gives EIO), found by guard runs."""
+    import struct
+    from procsnap.procfs.pagemap import PM_GUARD_REGION, PM_PRESENT, PM_SWAP, dump_runs
+    entries = [PM_PRESENT, PM_SWAP | PM_GUARD_REGION, PM_SWAP | PM_GUARD_REGION, PM_SWAP, 0]
+    data = struct.pack("<5Q", *entries)
+    assert dump_runs(data, anon_only=False) == [(0, 1), (3, 1)]
+    assert dump_runs(data, anon_only=True) == [(0, 1), (3, 1)]
+    assert dump_runs(data, anon_only=False, guard=True) == [(1, 2)]

@@ -1,0 +1,135 @@
+"""Shared memory objects mapped in part, and hugetlb memory (issue 14).
+
+The shmem_parts target maps one shared anonymous object whole in a child
+and in pieces in its parent (munmap, mremap, a page mapped again at an
+offset through map_files), a shared and a private MAP_HUGETLB region.
+Checked from outside (smaps lines with VmFlags and KernelPageSize, hugetlb
+usage, map_files modes, which mappings share an object) and from inside
+(the target checks its bytes and that a write in one process is seen in
+the other).  An object whose tail no mapping reaches is refused.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import (
+    TargetFactory,
+    assert_one_line_error,
+    finish,
+    is_untouched,
+    proc_exists,
+    run_procsnap,
+    wait_for,
+)
+from integration.test_tree import adopt_tree, dump_tree, restore_tree, start_argv
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+_OBJECTS = ("/dev/zero (deleted)", "/anon_hugepage (deleted)")
+
+
+def _hugepages_free() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("HugePages_Free:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _view(pids: list[int]) -> dict[str, object]:
+    """Every VMA of the tree as (pid index, maps line, VmFlags,
+    KernelPageSize, hugetlb kB) with the inode of a shared memory object
+    replaced by a label: objects are new after a restore, but what was one
+    object must be one object again, and two must stay two."""
+    labels: dict[int, str] = {}
+    vmas = []
+    modes = {}
+    for k, pid in enumerate(pids):
+        cur: dict[str, object] = {}
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if "-" in key and " " in line and not key.isalpha():
+                    f_ = line.split()
+                    if " ".join(f_[5:]) in _OBJECTS and f_[1].endswith("s"):
+                        f_[4] = labels.setdefault(int(f_[4]), f"obj{len(labels)}")
+                    elif " ".join(f_[5:]) in _OBJECTS:
+                        # A private hugetlb mapping's own file: after fork
+                        # parent and child had the same; restored, each has
+                        # its own (as with CRIU).  Not shared memory.
+                        f_[4] = "private"
+                    cur = {"line": " ".join(f_), "hugetlb": 0}
+                    vmas.append((k, cur))
+                elif key == "KernelPageSize":
+                    cur["kps"] = value.split()[0]
+                elif key in ("Shared_Hugetlb", "Private_Hugetlb") and "-s " not in str(cur["line"]):
+                    # (private hugetlb pages are restored in place; shared
+                    # ones are in the object, faulted in at first touch)
+                    cur["hugetlb"] = int(cur["hugetlb"]) + int(value.split()[0])  # type: ignore[call-overload]
+                elif key == "VmFlags":
+                    cur["flags"] = tuple(sorted(set(value.split()) - {"sd"}))
+        d = f"/proc/{pid}/map_files"
+        modes.update({(k, n): os.lstat(f"{d}/{n}").st_mode for n in os.listdir(d)})
+    return {"vmas": [(k, tuple(sorted(v.items()))) for k, v in vmas
+                     if not str(v["line"]).endswith("[vsyscall]")],
+            "map_files": modes}
+
+
+@pytest.mark.skipif(_hugepages_free() < 6, reason="needs 6 free 2 MiB huge pages "
+                    "(echo 128 > /proc/sys/vm/nr_hugepages)")
+def test_partial_shmem_and_hugetlb(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("shmem_parts")
+    parent, child = (int(x) for x in t.wait_line(r"^ready ").split()[1:3])
+    adopt_tree(targets, t)
+    before = _view([parent, child])
+    lines = [dict(v)["line"] for _, v in before["vmas"]]  # type: ignore[union-attr]
+    assert sum("anon_hugepage" in str(x) for x in lines) == 4, lines
+    # the parent maps A in pieces (one at offset 20 pages), the child whole
+    assert any("/dev/zero" in str(x) and " 00014000 " in str(x) for x in lines), lines
+    pids = dump_tree(t.pid, tmp_path / "images")
+    restore_tree(targets, t, tmp_path / "images", pids)
+    after = _view([parent, child])
+    for key in before:
+        b, a = before[key], after[key]
+        assert a == b, f"{key} changed:\n" + "\n".join(
+            [f"  - {x}" for x in b if x not in a] + [f"  + {x}" for x in a if x not in b])  # type: ignore[union-attr,operator]
+    finish(t)
+
+
+_TAIL = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/mman.h>
+int main(void)
+{
+	char *p = mmap(NULL, 8 * 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	p[0] = 1;
+	munmap(p + 6 * 4096, 2 * 4096);
+	printf("ready %p\n", p);
+	fflush(stdout);
+	for (;;)
+		pause();
+}
+"""
+
+
+def test_shmem_tail_unmapped_is_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    """Its size cannot be remade from the mappings: refused, runs on."""
+    src = tmp_path / "tail.c"
+    src.write_text(_TAIL)
+    exe = tmp_path / "tail"
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    t = start_argv(targets, [str(exe)], "shmem-tail")
+    wait_for(lambda: t.out.exists() and "ready" in t.out.read_text(), 10, "tail to start")
+    addr = int(t.out.read_text().split()[1], 16)
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, f"pid {t.pid}")
+    assert f"{addr:#x}" in line and "32768-byte object is mapped only up to offset 24576" in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    assert proc_exists(t.pid)
