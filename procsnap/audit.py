@@ -37,7 +37,7 @@ from .kernel.libc import syscall
 from .procfs.parse import _STAT_NUMERIC, parse_status
 
 if TYPE_CHECKING:
-    from .dumper import DumpContext, DumpTask, DumpThread
+    from .tasks import DumpContext, DumpTask, DumpThread
 
 SAVED = "saved"
 REFUSED = "refused"

@@ -181,7 +181,7 @@ def cmd_network_unlock(a: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(a: argparse.Namespace) -> int:
-    from .resources.tmpnames import cleanup
+    from .tmpnames import cleanup
     removed = cleanup(a.dir)
     for path in removed:
         print(f"removed {path}")

@@ -21,128 +21,23 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
 
 from . import audit, images
 from .resources import seccomp
 from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
-from .inject import LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad
+from .inject import (LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad,
+                     restart_fixup)
 from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.structs import UserRegs
 from .procfs.parse import MapEntry, Stat, Status
 from .procfs.reader import ProcReader, is_kernel_thread
+from .tasks import DumpContext, DumpOptions, DumpTask, DumpThread, make_pstree_entry
 
 log = logging.getLogger("procsnap.dumper")
 
 SCRATCH_SIZE = 64 * 1024
-
-
-@dataclass
-class DumpOptions:
-    leave_running: bool = False
-    shell_job: bool = False
-    ghost_limit: int = 1 << 20   # largest deleted file saved as a ghost (CRIU's default)
-    link_remap: bool = False     # may hard-link unlinked files back (CRIU's --link-remap)
-    external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
-    tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
-    file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
-
-
-@dataclass
-class DumpThread:
-    """One thread of a process: its own registers, injector and core."""
-    tid: int
-    regs: UserRegs | None = None      # as found at the freeze
-    inj: Injector | None = None
-    core: Any = None                  # core_entry of this thread (leader: the task's)
-    held: bool = False                # seized by us
-    stop_signo: int = 0               # job-control stop signal it was stopped by
-
-    def need_inj(self) -> Injector:
-        assert self.inj is not None
-        return self.inj
-
-
-@dataclass
-class DumpTask:
-    """Everything the resource modules learn about one process."""
-    pid: int
-    proc: ProcReader
-    threads: list[DumpThread] = field(default_factory=list)  # [0] is the leader
-    zombie: bool = False
-    scratch: int = 0
-    scratch_size: int = 0
-    maps: list[MapEntry] = field(default_factory=list)
-    stat: Stat | None = None
-    status: Status | None = None
-    core: Any = None                  # core_entry, filled by several modules
-    ids: Any = None                   # task_kobj_ids_entry
-    pstree: Any = None
-    extra_images: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
-
-    @property
-    def inj(self) -> Injector | None:
-        """The leader's injector (None until the task is prepared, or a zombie)."""
-        return self.threads[0].inj if self.threads else None
-
-    @property
-    def regs(self) -> UserRegs | None:
-        """The leader's registers as found at the freeze."""
-        return self.threads[0].regs if self.threads else None
-
-    def need_inj(self) -> Injector:
-        assert self.inj is not None
-        return self.inj
-
-
-@dataclass
-class DumpContext:
-    images_dir: str
-    opts: DumpOptions
-    tasks: list[DumpTask] = field(default_factory=list)
-    files: list[Any] = field(default_factory=list)       # file_entry for files.img
-    # images not of one task: (kind, id or None) -> entries
-    shared_images: dict[tuple[str, int | None], list[Any]] = field(default_factory=dict)
-    created: list[str] = field(default_factory=list)      # paths to remove on failure
-    stats: dict[str, float] = field(default_factory=dict)
-    pages_ids: int = 0
-    payload_images: dict[str, list[tuple[Any, bytes]]] = field(default_factory=dict)
-    kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
-    # (st_dev, st_ino) -> [(pid, fd, file id)] of every fd seen so far, to
-    # find open file descriptions shared between fds and processes (kcmp
-    # decides among the fds on one inode; keyed so 10,000 fds stay linear).
-    open_files: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
-    # Run before the tasks are released, with True when the dump is
-    # complete and the tree is killed (TCP sockets stay in repair mode and
-    # the network lock stays), False when the tree runs on.
-    cleanups: list[Callable[[bool], None]] = field(default_factory=list)
-    _next_id: int = 1
-    _numbers: dict[int, int] = field(default_factory=dict)
-
-    def task_number(self, task: "DumpTask") -> int:
-        """1, 2, ... in tree order: the ids of ids-PID.img (vm, files, fs, sighand)."""
-        if len(self._numbers) != len(self.tasks):
-            self._numbers = {id(t): n for n, t in enumerate(self.tasks, 1)}
-        return self._numbers[id(task)]
-
-    def new_file_id(self) -> int:
-        fid = self._next_id
-        self._next_id += 1
-        return fid
-
-    def add_shared(self, kind: str, msg: Any, ident: int | None = None) -> None:
-        self.shared_image(kind, ident).append(msg)
-
-    def shared_image(self, kind: str, ident: int | None = None) -> list[Any]:
-        """The entries of an image not of one task (tty-info.img, ...)."""
-        return self.shared_images.setdefault((kind, ident), [])
-
-    def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
-        """An entry followed by raw bytes (pipe data, queued packets)."""
-        self.payload_images.setdefault(kind, []).append((msg, data))
 
 
 def _check_target(pid: int) -> None:
@@ -336,27 +231,6 @@ def _forget(ctx: DumpContext, by_pid: dict[int, DumpTask], task: DumpTask) -> No
     ctx.tasks.remove(task)
 
 
-def restart_fixup(regs: UserRegs) -> UserRegs:
-    """Registers as they must be to resume a syscall our freeze interrupted.
-
-    At the freeze the kernel left rax = -ERESTART* and orig_rax = the call.
-    Resuming from an injected syscall's exit stop bypasses the kernel's own
-    restart logic, so do what it would: step back over the 2-byte syscall
-    instruction and reload the number.  ERESTART_RESTARTBLOCK's restart
-    block dies with the task, so that call is simply issued again (a
-    relative sleep then starts over; absolute sleeps are exact).
-    """
-    out = regs.copy()
-    orig = out.orig_rax
-    if orig >= (1 << 63):
-        return out
-    err = (1 << 64) - out.rax if out.rax >= (1 << 63) else 0
-    if err in C.RESTART_CODES:
-        out.rip -= 2
-        out.rax = orig
-    return out
-
-
 def _prepare_injection(task: DumpTask) -> None:
     """Find a syscall instruction, map a scratch area, one injector a thread."""
     code = [(m.start, m.end) for m in task.maps if m.path == "[vdso]"]
@@ -438,7 +312,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     which case the tree is left running as it was and no image is left.
     """
     from . import resources  # late: resources import this module's types
-    from .resources import regfile, tmpnames
+    from . import tmpnames
+    from .resources import regfile
 
     t0 = time.monotonic()
     _check_target(pid)
@@ -560,10 +435,3 @@ def _write_images(ctx: DumpContext) -> None:
                 w.write(msg)
                 w.write_raw(data)
 
-
-def make_pstree_entry(task: DumpTask) -> Any:
-    st = task.stat
-    assert st is not None
-    threads = [th.tid for th in task.threads] or [task.pid]
-    return pstree_pb2.pstree_entry(pid=task.pid, ppid=st.ppid, pgid=st.pgrp,
-                                   sid=st.session, threads=threads)

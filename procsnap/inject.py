@@ -233,3 +233,24 @@ def find_syscall_insn(pid: int, ranges: Iterable[tuple[int, int]]) -> int:
             if idx >= 0:
                 return start + idx
     raise OSError(2, f"pid {pid}: no syscall instruction found in its code")
+
+
+def restart_fixup(regs: UserRegs) -> UserRegs:
+    """Registers as they must be to resume a syscall our freeze interrupted.
+
+    At the freeze the kernel left rax = -ERESTART* and orig_rax = the call.
+    Resuming from an injected syscall's exit stop bypasses the kernel's own
+    restart logic, so do what it would: step back over the 2-byte syscall
+    instruction and reload the number.  ERESTART_RESTARTBLOCK's restart
+    block dies with the task, so that call is simply issued again (a
+    relative sleep then starts over; absolute sleeps are exact).
+    """
+    out = regs.copy()
+    orig = out.orig_rax
+    if orig >= (1 << 63):
+        return out
+    err = (1 << 64) - out.rax if out.rax >= (1 << 63) else 0
+    if err in C.RESTART_CODES:
+        out.rip -= 2
+        out.rax = orig
+    return out

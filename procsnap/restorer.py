@@ -26,8 +26,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import images
 from .errors import ImageError, ProcsnapError, RestoreError
@@ -40,144 +39,16 @@ from .kernel.structs import CloneArgs
 from .procfs.parse import parse_maps
 from .resources.core import TASK_DEAD, TASK_STOPPED
 from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED
+from .tasks import (PUPPET_OPTIONS, TRAMP_SIZE, RestoreContext, RestoreOptions, RestoreTask,
+                    RestoreThread)
 
 log = logging.getLogger("procsnap.restorer")
 
 # Stage timings of the last restore in this process (the API returns a pid).
 last_stats: dict[str, float] = {}
 
-TRAMP_SIZE = 64 * 1024
 IMG_VERSION = 2
 
-
-@dataclass
-class RestoreOptions:
-    detached: bool = True
-    shell_job: bool = False
-    pidfile: str | None = None
-    skip_file_check: bool = False
-    inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
-    tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
-    verify: bool = True          # compare each task with its images before it runs
-
-
-@dataclass
-class RestoreThread:
-    tid: int
-    core: Any
-    inj: Injector = None  # type: ignore[assignment]
-
-
-@dataclass
-class RestoreTask:
-    pid: int
-    images_dir: str
-    pstree: Any
-    core: Any = None
-    ids: Any = None
-    mm: Any = None
-    pagemap: list[Any] = field(default_factory=list)
-    pages_id: int = 0
-    fs: Any = None
-    fdinfos: list[Any] = field(default_factory=list)
-    threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
-    zombie: bool = False
-    inj: Injector = None  # type: ignore[assignment]
-    tramp: int = 0
-    tramp_size: int = TRAMP_SIZE
-    tty_fd: int | None = None
-    pidfds: dict[int, int] = field(default_factory=dict)  # source pid -> pidfd in puppet
-    _mounts: dict[int, str] | None = None  # mnt_id -> fstype, as the puppet sees them
-    # Set by files.restore while an fd kind opens an fd that must end up
-    # close-on-exec: open it so, rather than fix it with one more call.
-    open_cloexec: bool = False
-    _rctx: Any = None
-
-    def image_name(self, kind: str, ident: int | None = None) -> str:
-        if ident is None:
-            ident = self.pid
-            if kind == "fdinfo":
-                ident = self.ids.files_id if self.ids is not None else 0
-            elif kind == "pages":
-                ident = self.pages_id
-        if kind in ("inventory", "pstree", "files"):
-            return images.image_path(self.images_dir, kind, None)
-        return images.image_path(self.images_dir, kind, ident)
-
-    def open_in_puppet(self, path: str, flags: int, check: Any = None) -> int:
-        """Open ``path`` inside the puppet: the file is opened by the process
-        that will own it, in its own context (as a FUSE server sees it)."""
-        inj = self.inj
-        try:
-            if self.open_cloexec:
-                flags |= C.O_CLOEXEC
-            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
-        except InjectError as exc:
-            raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
-                               f"{os.strerror(exc.errno or 0)}") from None
-        if check is not None:
-            from .resources import regfile
-            regfile.check_opened(self._rctx, self, fd, check)
-        inj.reset_scratch()
-        return fd
-
-    def grab_fd(self, src_pid: int, src_fd: int) -> int:
-        """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
-        file description), in the puppet: pidfd_open + pidfd_getfd."""
-        inj = self.inj
-        pidfd = self.pidfds.get(src_pid)
-        if pidfd is None:
-            # Keep it above every fd number the task will own, or placing
-            # a later fd (dup3 onto its number) would close it.
-            low = inj.call("pidfd_open", src_pid, 0)
-            pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
-            inj.call("close", low)
-            self.pidfds[src_pid] = pidfd
-        return inj.call("pidfd_getfd", pidfd, src_fd, 0)
-
-    def close_pidfds(self) -> None:
-        for fd in self.pidfds.values():
-            self.inj.call("close", fd)
-        self.pidfds.clear()
-
-
-@dataclass
-class RestoreContext:
-    images_dir: str
-    opts: RestoreOptions
-    files: dict[int, Any] = field(default_factory=dict)
-    tasks: list[RestoreTask] = field(default_factory=list)
-    by_pid: dict[int, RestoreTask] = field(default_factory=dict)
-    placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file id -> (pid, fd)
-    own_fds: list[int] = field(default_factory=list)  # restorer fds to close at the end
-    created: list[int] = field(default_factory=list)  # pids this restore made
-    spare_fd_base: int = 3  # first fd number no task owns: room for our helper fds
-    kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
-    # Once every task is built, before they run (TCP sockets leave repair
-    # mode), and once they run (the network lock goes).
-    before_detach: list[Callable[[], None]] = field(default_factory=list)
-    after_detach: list[Callable[[], None]] = field(default_factory=list)
-
-    def payload_entries(self, kind: str) -> list[Any]:
-        """Entries (with raw tails) of a shared image; [] if it is absent."""
-        if not os.path.exists(images.image_path(self.images_dir, kind, None)):
-            return []
-        return images.read_entries(self.images_dir, kind)
-    stats: dict[str, float] = field(default_factory=dict)
-
-    def all_ids(self) -> set[int]:
-        """Every pid and tid this restore creates."""
-        return {t.pid for t in self.tasks} | {th.tid for t in self.tasks for th in t.threads}
-
-    def file_entry(self, fid: int) -> Any:
-        try:
-            return self.files[fid]
-        except KeyError:
-            raise ImageError(images.image_path(self.images_dir, "files", None),
-                             f"no file entry with id {fid}") from None
-
-
-# ------------------------------------------------------------ collect ----
 
 def _collect(rctx: RestoreContext) -> None:
     d = rctx.images_dir
@@ -297,9 +168,6 @@ def _clone_with_pid(pid: int) -> tuple[int, int]:
     os.close(r)
     return child, w
 
-
-PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRACEFORK
-                  | C.PTRACE_O_TRACECLONE)
 
 
 def _seize_puppet(pid: int) -> Any:
@@ -527,7 +395,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     Returns the root's PID when ``detached``; otherwise waits for it and
     returns its exit status (128 + signal number if it was killed).
     """
-    from .resources import memory, regfile, tmpnames
+    from . import tmpnames
+    from .resources import memory, regfile
 
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),

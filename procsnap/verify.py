@@ -96,7 +96,7 @@ from .resources.memory import (VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_MEMFD, V
 from .resources.signals import SIGCHLD, SIGNALS
 
 if TYPE_CHECKING:
-    from .restorer import RestoreContext, RestoreTask
+    from .tasks import RestoreContext, RestoreTask
 
 log = logging.getLogger("procsnap.verify")
 

@@ -34,8 +34,8 @@ from ..kernel import consts as C
 from ..procfs.parse import MapEntry
 
 if TYPE_CHECKING:
-    from ..dumper import DumpTask
-    from ..restorer import RestoreTask
+    from ..tasks import DumpTask
+    from ..tasks import RestoreTask
 
 HEADER = struct.Struct("<8I")   # struct aio_ring, include/linux/aio.h (fs/aio.c)
 EVENT_SIZE = 32                 # struct io_event

@@ -18,8 +18,8 @@ from ..images.pb import fown_pb2
 from ..kernel import consts as C
 
 if TYPE_CHECKING:
-    from ..restorer import RestoreTask
-    from .files import FdCtx
+    from ..tasks import RestoreTask
+    from ..tasks import FdCtx
 
 # Status flags these kinds can carry and we can give back (O_NONBLOCK via
 # the create call or F_SETFL).  O_ASYNC would need the fown owner and

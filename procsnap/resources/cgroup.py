@@ -31,8 +31,8 @@ from ..kernel import libc
 from ..procfs.parse import parse_mountinfo
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "cgroup"
 

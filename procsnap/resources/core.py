@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import core_pb2, core_x86_pb2
 from ..kernel import ptrace, xsave
+from ..inject import restart_fixup
 from ..kernel.structs import USER_REGS_FIELDS, UserRegs
+from ..tasks import make_pstree_entry
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "core"
 DUMPS_ZOMBIES = True
@@ -46,8 +48,6 @@ def entry_to_regs(entry) -> UserRegs:
 
 
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
-    from ..dumper import make_pstree_entry, restart_fixup
-
     pid = task.pid
     stat = task.stat
     assert stat is not None

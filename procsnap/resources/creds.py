@@ -23,8 +23,8 @@ from ..kernel import consts as C
 from ..kernel.structs import CapData, CapHeader
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "creds"
 SECBIT_KEEP_CAPS = 1 << 4

@@ -27,9 +27,9 @@ from . import pipe, regfile
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import DumpContext
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "fifo"
 FDINFO = {

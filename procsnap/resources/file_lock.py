@@ -36,9 +36,9 @@ from ..procfs.parse import LockLine, parse_lock_line
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import DumpContext
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "filelocks"
 # CRIU's criu/include/file-lock.h

@@ -22,13 +22,14 @@ from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
 from ..kernel import consts as C
 from ..procfs.parse import FdInfo
+from ..tasks import FdCtx
 from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
 from . import inetsk, unixsk
 from . import fdaudit, file_lock, fown
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "files"
 KCMP_FILE = 0
@@ -49,16 +50,6 @@ COMMON_FDINFO = {
                                  "the restore opens by path in its own mounts"),
     "ino": fdaudit.irrelevant("the inode number the kind identifies the file by at dump"),
 }
-
-
-@dataclass
-class FdCtx:
-    ctx: "DumpContext"
-    task: "DumpTask"
-    fd: int
-    link: str
-    info: FdInfo | None
-    st: os.stat_result | None
 
 
 def _describe(link: str) -> str:

@@ -29,8 +29,8 @@ from ..images.pb import fown_pb2
 from ..kernel.libc import pidfd_getfd
 
 if TYPE_CHECKING:
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "fown"
 F_SETSIG, F_GETSIG = 10, 11

@@ -38,9 +38,9 @@ from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
 from . import anonfd, fdaudit, sockets, sockopts, tcp
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import DumpContext
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "inetsk"
 FDINFO: dict[str, "fdaudit.Rule"] = {}  # sockets print only the common lines

@@ -35,9 +35,9 @@ from . import anonfd
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..dumper import DumpTask
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import DumpTask
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 
 NAME = "inotify"

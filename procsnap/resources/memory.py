@@ -37,8 +37,8 @@ from ..procfs.parse import MapEntry, parse_maps
 from . import aio, memfd, regfile, shmem
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 log = logging.getLogger("procsnap.memory")
 

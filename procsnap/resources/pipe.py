@@ -43,9 +43,9 @@ from ..kernel.libc import pidfd_getfd, syscall
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import DumpContext
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "pipe"
 FDINFO = {

@@ -50,13 +50,14 @@ from ..inject import InjectError
 from ..kernel import consts as C
 from ..kernel.libc import syscall
 from ..procfs.parse import MountInfo, parse_mountinfo
-from . import ghost, tmpnames
+from .. import tmpnames
+from . import ghost
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "reg"
 FDINFO = {
@@ -521,18 +522,20 @@ def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int
     remap = state.remaps.get(entry.id)
     name = restore_path(rctx, entry)
     chk = entry if check else None
+    # open_in_puppet runs it on the new fd, before the scratch area is reused
+    after = (lambda fd: check_opened(rctx, rt, fd, entry)) if check else None
     if remap is None:
         fh = fh_image(rctx.images_dir, entry.id)
         if os.path.exists(fh):
             return _open_by_handle(rctx, rt, entry, fh, flags, chk)
-        return rt.open_in_puppet(name, flags, check=chk)
+        return rt.open_in_puppet(name, flags, check=after)
     if remap.remap_type == LINKED:
         link = restore_path(rctx, rctx.file_entry(remap.remap_id))
-        fd = rt.open_in_puppet(link, flags, check=chk)
+        fd = rt.open_in_puppet(link, flags, check=after)
         state.links.add(link)
         return fd
     if remap.remap_type == GHOST:
-        return rt.open_in_puppet(_ghost_path(rctx, name, remap.remap_id), flags, check=chk)
+        return rt.open_in_puppet(_ghost_path(rctx, name, remap.remap_id), flags, check=after)
     raise ImageError(images.image_path(rctx.images_dir, "remap-fpath", None),
                      f"file id {entry.id}: remap type {remap.remap_type} is not supported")
 

@@ -44,8 +44,8 @@ from ..kernel import consts as C
 from ..kernel import ptrace
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "seccomp"
 _CAP_SYS_ADMIN = 21
@@ -160,7 +160,7 @@ def _image(rctx: "RestoreContext", rt: "RestoreTask") -> list[Any]:
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
-    from ..restorer import PUPPET_OPTIONS
+    from ..tasks import PUPPET_OPTIONS
 
     modes = [th.core.thread_core.seccomp_mode if th.core.thread_core.HasField("seccomp_mode")
              else core_pb2.disabled for th in rt.threads]

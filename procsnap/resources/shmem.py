@@ -45,8 +45,8 @@ from ..kernel.libc import syscall
 from ..procfs.parse import MapEntry
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "shmem"
 VMA_ANON_SHARED = 1 << 8  # vma_entry.status (criu/include/image.h)

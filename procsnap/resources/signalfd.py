@@ -17,8 +17,8 @@ from . import anonfd
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "signalfd"
 FDINFO = {

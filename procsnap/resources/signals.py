@@ -20,8 +20,8 @@ from ..kernel import ptrace
 from ..kernel.structs import KSigaction, StackT
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "signals"
 SIGNALS = [s for s in range(1, C.NSIG + 1) if s not in (C.SIGKILL, C.SIGSTOP)]

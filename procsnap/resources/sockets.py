@@ -33,8 +33,8 @@ from ..images.pb import sk_opts_pb2, tcp_stream_pb2
 from ..kernel.libc import pidfd_getfd
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
-    from .files import FdCtx
+    from ..tasks import DumpContext
+    from ..tasks import FdCtx
 
 NAME = "sockets"
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 from ..errors import Unsupported
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
+    from ..tasks import DumpContext
 
 SAVED, REFUSED, IRRELEVANT, INEXACT = "saved", "refused", "irrelevant", "inexact"
 

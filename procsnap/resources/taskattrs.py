@@ -30,8 +30,8 @@ from . import signals
 from .core import TASK_ALIVE, TASK_STOPPED
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext, DumpTask, DumpThread
-    from ..restorer import RestoreContext, RestoreTask
+    from ..tasks import DumpContext, DumpTask, DumpThread
+    from ..tasks import RestoreContext, RestoreTask
 
 NAME = "task"
 

@@ -43,9 +43,9 @@ from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
 
 if TYPE_CHECKING:
-    from ..dumper import DumpContext
-    from ..restorer import RestoreContext
-    from .files import FdCtx
+    from ..tasks import DumpContext
+    from ..tasks import RestoreContext
+    from ..tasks import FdCtx
 
 NAME = "tcp"
 

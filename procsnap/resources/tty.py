@@ -18,8 +18,8 @@ from ..kernel import consts as C
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..restorer import RestoreContext, RestoreTask
-    from .files import FdCtx
+    from ..tasks import RestoreContext, RestoreTask
+    from ..tasks import FdCtx
 
 NAME = "tty"
 FDINFO = {

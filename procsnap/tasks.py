@@ -1,0 +1,288 @@
+"""The task and context types the drivers fill and the resource modules read.
+
+The dump driver (dumper) makes a DumpContext with one DumpTask per process
+(one DumpThread per thread); the restore driver (restorer) makes a
+RestoreContext with one RestoreTask per process.  The resource modules
+take these and nothing else from the drivers, so they sit below them:
+kernel < procfs < images < inject < tasks < resources < drivers < cli, an
+import tree with no circle.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import images
+from .errors import ImageError, RestoreError
+from .images.pb import pstree_pb2
+from .inject import InjectError, Injector
+from .kernel import consts as C
+from .kernel.structs import UserRegs
+from .procfs.parse import FdInfo, MapEntry, Stat, Status
+from .procfs.reader import ProcReader
+
+# ------------------------------------------------------------------ dump ----
+
+@dataclass
+class DumpOptions:
+    leave_running: bool = False
+    shell_job: bool = False
+    ghost_limit: int = 1 << 20   # largest deleted file saved as a ghost (CRIU's default)
+    link_remap: bool = False     # may hard-link unlinked files back (CRIU's --link-remap)
+    external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
+    tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
+    file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
+
+
+@dataclass
+class DumpThread:
+    """One thread of a process: its own registers, injector and core."""
+    tid: int
+    regs: UserRegs | None = None      # as found at the freeze
+    inj: Injector | None = None
+    core: Any = None                  # core_entry of this thread (leader: the task's)
+    held: bool = False                # seized by us
+    stop_signo: int = 0               # job-control stop signal it was stopped by
+
+    def need_inj(self) -> Injector:
+        assert self.inj is not None
+        return self.inj
+
+
+@dataclass
+class DumpTask:
+    """Everything the resource modules learn about one process."""
+    pid: int
+    proc: ProcReader
+    threads: list[DumpThread] = field(default_factory=list)  # [0] is the leader
+    zombie: bool = False
+    scratch: int = 0
+    scratch_size: int = 0
+    maps: list[MapEntry] = field(default_factory=list)
+    stat: Stat | None = None
+    status: Status | None = None
+    core: Any = None                  # core_entry, filled by several modules
+    ids: Any = None                   # task_kobj_ids_entry
+    pstree: Any = None
+    extra_images: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
+
+    @property
+    def inj(self) -> Injector | None:
+        """The leader's injector (None until the task is prepared, or a zombie)."""
+        return self.threads[0].inj if self.threads else None
+
+    @property
+    def regs(self) -> UserRegs | None:
+        """The leader's registers as found at the freeze."""
+        return self.threads[0].regs if self.threads else None
+
+    def need_inj(self) -> Injector:
+        assert self.inj is not None
+        return self.inj
+
+
+@dataclass
+class DumpContext:
+    images_dir: str
+    opts: DumpOptions
+    tasks: list[DumpTask] = field(default_factory=list)
+    files: list[Any] = field(default_factory=list)       # file_entry for files.img
+    # images not of one task: (kind, id or None) -> entries
+    shared_images: dict[tuple[str, int | None], list[Any]] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)      # paths to remove on failure
+    stats: dict[str, float] = field(default_factory=dict)
+    pages_ids: int = 0
+    payload_images: dict[str, list[tuple[Any, bytes]]] = field(default_factory=dict)
+    kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
+    # (st_dev, st_ino) -> [(pid, fd, file id)] of every fd seen so far, to
+    # find open file descriptions shared between fds and processes (kcmp
+    # decides among the fds on one inode; keyed so 10,000 fds stay linear).
+    open_files: dict[tuple[int, int], list[tuple[int, int, int]]] = field(default_factory=dict)
+    # Run before the tasks are released, with True when the dump is
+    # complete and the tree is killed (TCP sockets stay in repair mode and
+    # the network lock stays), False when the tree runs on.
+    cleanups: list[Callable[[bool], None]] = field(default_factory=list)
+    _next_id: int = 1
+    _numbers: dict[int, int] = field(default_factory=dict)
+
+    def task_number(self, task: "DumpTask") -> int:
+        """1, 2, ... in tree order: the ids of ids-PID.img (vm, files, fs, sighand)."""
+        if len(self._numbers) != len(self.tasks):
+            self._numbers = {id(t): n for n, t in enumerate(self.tasks, 1)}
+        return self._numbers[id(task)]
+
+    def new_file_id(self) -> int:
+        fid = self._next_id
+        self._next_id += 1
+        return fid
+
+    def add_shared(self, kind: str, msg: Any, ident: int | None = None) -> None:
+        self.shared_image(kind, ident).append(msg)
+
+    def shared_image(self, kind: str, ident: int | None = None) -> list[Any]:
+        """The entries of an image not of one task (tty-info.img, ...)."""
+        return self.shared_images.setdefault((kind, ident), [])
+
+    def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
+        """An entry followed by raw bytes (pipe data, queued packets)."""
+        self.payload_images.setdefault(kind, []).append((msg, data))
+
+
+@dataclass
+class FdCtx:
+    """One fd of a task as the fd kind modules see it at dump."""
+    ctx: DumpContext
+    task: DumpTask
+    fd: int
+    link: str            # what readlink says (never trusted alone: see regfile)
+    info: FdInfo | None  # /proc/PID/fdinfo/FD
+    st: os.stat_result | None
+
+
+def make_pstree_entry(task: DumpTask) -> Any:
+    st = task.stat
+    assert st is not None
+    threads = [th.tid for th in task.threads] or [task.pid]
+    return pstree_pb2.pstree_entry(pid=task.pid, ppid=st.ppid, pgid=st.pgrp,
+                                   sid=st.session, threads=threads)
+
+
+# --------------------------------------------------------------- restore ----
+
+TRAMP_SIZE = 64 * 1024  # the puppet's trampoline: a syscall page plus scratch space
+
+PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRACEFORK
+                  | C.PTRACE_O_TRACECLONE)
+
+
+@dataclass
+class RestoreOptions:
+    detached: bool = True
+    shell_job: bool = False
+    pidfile: str | None = None
+    skip_file_check: bool = False
+    inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
+    tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
+    verify: bool = True          # compare each task with its images before it runs
+
+
+@dataclass
+class RestoreThread:
+    tid: int
+    core: Any
+    inj: Injector = None  # type: ignore[assignment]
+
+
+@dataclass
+class RestoreTask:
+    pid: int
+    images_dir: str
+    pstree: Any
+    core: Any = None
+    ids: Any = None
+    mm: Any = None
+    pagemap: list[Any] = field(default_factory=list)
+    pages_id: int = 0
+    fs: Any = None
+    fdinfos: list[Any] = field(default_factory=list)
+    threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
+    zombie: bool = False
+    inj: Injector = None  # type: ignore[assignment]
+    tramp: int = 0
+    tramp_size: int = TRAMP_SIZE
+    tty_fd: int | None = None
+    pidfds: dict[int, int] = field(default_factory=dict)  # source pid -> pidfd in puppet
+    _mounts: dict[int, str] | None = None  # mnt_id -> fstype, as the puppet sees them
+    # Set by files.restore while an fd kind opens an fd that must end up
+    # close-on-exec: open it so, rather than fix it with one more call.
+    open_cloexec: bool = False
+    _rctx: Any = None
+
+    def image_name(self, kind: str, ident: int | None = None) -> str:
+        if ident is None:
+            ident = self.pid
+            if kind == "fdinfo":
+                ident = self.ids.files_id if self.ids is not None else 0
+            elif kind == "pages":
+                ident = self.pages_id
+        if kind in ("inventory", "pstree", "files"):
+            return images.image_path(self.images_dir, kind, None)
+        return images.image_path(self.images_dir, kind, ident)
+
+    def open_in_puppet(self, path: str, flags: int,
+                       check: Callable[[int], None] | None = None) -> int:
+        """Open ``path`` inside the puppet: the file is opened by the process
+        that will own it, in its own context (as a FUSE server sees it).
+        ``check`` is called with the new fd (regfile: has the file changed
+        since the dump?)."""
+        inj = self.inj
+        try:
+            if self.open_cloexec:
+                flags |= C.O_CLOEXEC
+            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
+        except InjectError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        if check is not None:
+            check(fd)
+        inj.reset_scratch()
+        return fd
+
+    def grab_fd(self, src_pid: int, src_fd: int) -> int:
+        """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
+        file description), in the puppet: pidfd_open + pidfd_getfd."""
+        inj = self.inj
+        pidfd = self.pidfds.get(src_pid)
+        if pidfd is None:
+            # Keep it above every fd number the task will own, or placing
+            # a later fd (dup3 onto its number) would close it.
+            low = inj.call("pidfd_open", src_pid, 0)
+            pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
+            inj.call("close", low)
+            self.pidfds[src_pid] = pidfd
+        return inj.call("pidfd_getfd", pidfd, src_fd, 0)
+
+    def close_pidfds(self) -> None:
+        for fd in self.pidfds.values():
+            self.inj.call("close", fd)
+        self.pidfds.clear()
+
+
+@dataclass
+class RestoreContext:
+    images_dir: str
+    opts: RestoreOptions
+    files: dict[int, Any] = field(default_factory=dict)
+    tasks: list[RestoreTask] = field(default_factory=list)
+    by_pid: dict[int, RestoreTask] = field(default_factory=dict)
+    placed: dict[int, tuple[int, int]] = field(default_factory=dict)  # file id -> (pid, fd)
+    own_fds: list[int] = field(default_factory=list)  # restorer fds to close at the end
+    created: list[int] = field(default_factory=list)  # pids this restore made
+    spare_fd_base: int = 3  # first fd number no task owns: room for our helper fds
+    kind_state: dict[str, Any] = field(default_factory=dict)  # per fd kind, across tasks
+    # Once every task is built, before they run (TCP sockets leave repair
+    # mode), and once they run (the network lock goes).
+    before_detach: list[Callable[[], None]] = field(default_factory=list)
+    after_detach: list[Callable[[], None]] = field(default_factory=list)
+
+    def payload_entries(self, kind: str) -> list[Any]:
+        """Entries (with raw tails) of a shared image; [] if it is absent."""
+        if not os.path.exists(images.image_path(self.images_dir, kind, None)):
+            return []
+        return images.read_entries(self.images_dir, kind)
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def all_ids(self) -> set[int]:
+        """Every pid and tid this restore creates."""
+        return {t.pid for t in self.tasks} | {th.tid for t in self.tasks for th in t.threads}
+
+    def file_entry(self, fid: int) -> Any:
+        try:
+            return self.files[fid]
+        except KeyError:
+            raise ImageError(images.image_path(self.images_dir, "files", None),
+                             f"no file entry with id {fid}") from None
+
+
+# ------------------------------------------------------------ collect ----
