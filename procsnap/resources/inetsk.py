@@ -33,6 +33,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
 from . import anonfd, fdaudit, sockets, sockopts, tcp
@@ -119,14 +120,14 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                           "its sockets cannot be dumped yet")
     ino = sockets.socket_ino(fd.link)
     src, sport = sk.getsockname()[:2]
-    try:
-        dst, dport = sk.getpeername()[:2]
-    except OSError:
-        dst, dport = ("0.0.0.0" if fam == socket.AF_INET else "::"), 0
     state = _state_of(sk, proto)
+    peer = tcp.peer_of(sk) if proto == socket.IPPROTO_TCP else None
+    if peer is None and proto == socket.IPPROTO_UDP and state == TCP_ESTABLISHED:
+        peer = tuple(sk.getpeername()[:2])  # type: ignore[assignment]
+    dst, dport = peer if peer else (("0.0.0.0" if fam == socket.AF_INET else "::"), 0)
     d = sockets.inet_table(fd.ctx).get(ino)
     label = f"{what}: {kind} {endpoint(fam, src, sport)}"
-    if state == TCP_ESTABLISHED:
+    if peer and state != TCP_LISTEN:
         label += f" -> {endpoint(fam, dst, dport)}"
     if proto == socket.IPPROTO_UDP:
         _check_cork(sk, label)
@@ -145,30 +146,55 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         ie.tcp_opts.CopyFrom(sockets.dump_tcp_opts(sk))
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
     if proto == socket.IPPROTO_TCP:
-        if state == TCP_LISTEN:
-            if d is None:
-                raise Unsupported(f"{label}: listening socket not reported by sock_diag")
-            fe.isk.backlog = d.wqueue
-            if d.rqueue:
-                raise Unsupported(f"{label}: {d.rqueue} connection(s) wait in its accept "
-                                  "queue; they cannot be restored")
-        elif state == TCP_ESTABLISHED:
-            if not fd.ctx.opts.tcp_established:
-                raise Unsupported(f"{label} is an established TCP connection; dump with "
-                                  "--tcp-established to keep it (and restore with "
-                                  "--tcp-close to have it come back closed)")
-            if fe.isk.shutdown:
-                raise Unsupported(f"{label}: an established connection that is shut down "
-                                  "one way; not supported yet")
-            tcp.dump_established(fd, sk, fe.isk, label)
-        elif state != TCP_CLOSE:
-            raise Unsupported(f"{label}: TCP state {TCP_STATES.get(state, state)}; "
-                              "not supported")
+        _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None)
     else:
         for data in sockets.peek_queue(sk, label, stream=False):
             fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
                 id_for=fid, length=len(data)), data)
     return fe
+
+
+def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state: int,
+              has_peer: bool) -> None:
+    opts = fd.ctx.opts
+    name = TCP_STATES.get(state, str(state))
+    if state == TCP_LISTEN:
+        if d is None:
+            raise Unsupported(f"{label}: listening socket not reported by sock_diag")
+        ie.backlog = d.wqueue
+        if d.rqueue and not opts.skip_in_flight:
+            raise Unsupported(f"{label}: {d.rqueue} connection(s) wait in its accept "
+                              "queue; they cannot be restored (dump with --skip-in-flight "
+                              "to drop them, as criu)")
+        # --skip-in-flight: criu's meaning, those connections are dropped;
+        # their clients see an RST when they first send after the restore
+        return
+    if state == TCP_CLOSE and not has_peer:
+        return  # created, maybe bound: a new socket bound alike
+    if state not in tcp.CONN_STATES:
+        raise Unsupported(f"{label}: TCP state {name}; not supported")
+    inq = tcp._ioctl_int(sk, tcp.SIOCINQ)
+    if opts.tcp_close:
+        # criu's dump --tcp-close: the connection is not dumped and comes
+        # back closed: recorded as such (CLOSE, shut down both ways), no
+        # repair mode, no lock; its queued data goes with it, knowingly
+        ie.state = TCP_CLOSE
+        ie.shutdown = sockets.shutdown_field(sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN)
+        return
+    if state == TCP_CLOSE and not opts.tcp_established:
+        # a connection that ended (FINs exchanged or reset) but is still
+        # open: with nothing left to read it comes back as closed
+        if inq:
+            raise Unsupported(f"{label}: a closed TCP connection with {inq} unread "
+                              "byte(s); dump with --tcp-established to keep them")
+        ie.shutdown = sockets.shutdown_field(sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN)
+        return
+    if not opts.tcp_established:
+        what = ("an established TCP connection" if state == TCP_ESTABLISHED
+                else f"a TCP connection in state {name}")
+        raise Unsupported(f"{label} is {what}; dump with --tcp-established to keep it "
+                          "(or with --tcp-close to have it come back closed)")
+    tcp.dump_established(fd, sk, ie, label)
 
 
 def _check_cork(sk: socket.socket, label: str) -> None:
@@ -269,6 +295,58 @@ def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
         raise RestoreError(f"{label(ie)}: {len(msgs)} datagrams sent back, {len(got)} queued")
 
 
+def _is_connection(ie: Any) -> bool:
+    """A TCP socket that had a peer: live (restored in repair mode) or
+    ended (CLOSE with a peer)."""
+    return bool(ie.proto == socket.IPPROTO_TCP and ie.state != TCP_LISTEN and ie.dst_port)
+
+
+def _restore_connection(rctx: "RestoreContext", sk: socket.socket, ie: Any,
+                        what: str) -> None:
+    streamed = os.path.exists(images.image_path(rctx.images_dir, "tcp-stream", ie.ino))
+    if streamed and not rctx.opts.tcp_close:
+        tcp.restore_established(rctx, sk, ie, what)
+        if ie.shutdown & sockets.RCV_SHUTDOWN and ie.state in (
+                TCP_ESTABLISHED, tcp.FIN_WAIT1, tcp.FIN_WAIT2):
+            # the task's own shutdown(SHUT_RD): only a flag, nothing sent
+            sk.shutdown(socket.SHUT_RD)
+        return
+    if not streamed and ie.state != TCP_CLOSE and not rctx.opts.tcp_close:
+        # an image without its stream: restore_established names it
+        tcp.restore_established(rctx, sk, ie, what)
+    if streamed:
+        # criu's restore --tcp-close: its network lock goes once the tree runs
+        tcp.closed_instead(rctx)
+    # closed: by criu's --tcp-close (at dump or restore), or a connection
+    # that had ended: shut down both ways, reads give EOF, writes EPIPE
+    try:
+        sk.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # ENOTCONN, after the shutdown bits were set
+
+
+def _reuse_later(rctx: "RestoreContext", sk: socket.socket, ie: Any) -> None:
+    """Put SO_REUSEADDR/SO_REUSEPORT back to the dumped values once every
+    socket is open (criu's post_open_inet_sk), and until then keep both on."""
+    st = rctx.kind_state.setdefault(NAME + ".reuse", {"fds": []})
+    if not st["fds"]:
+        def put_back() -> None:
+            for fd, addr, port in st["fds"]:
+                s = socket.socket(fileno=fd)
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, addr)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, port)
+                except OSError as exc:
+                    raise RestoreError(f"TCP/UDP socket: cannot set SO_REUSEADDR/"
+                                       f"SO_REUSEPORT: {exc.strerror}") from None
+                finally:
+                    s.detach()
+        rctx.before_detach.append(put_back)
+    sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    st["fds"].append((sk.fileno(), int(ie.opts.reuseaddr), int(ie.opts.so_reuseport)))
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ie = entry.isk
     what = label(ie)
@@ -279,22 +357,18 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         if ie.family == socket.AF_INET6:
             sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ie.v6only))
         _restore_ip_opts(sk, ie)
-        if ie.proto == socket.IPPROTO_TCP and ie.state == TCP_ESTABLISHED:
-            if rctx.opts.tcp_close:
-                # criu's --tcp-close: the connection comes back closed, shut
-                # down both ways (reads give EOF, writes EPIPE); its network
-                # lock goes once the tree runs
-                tcp.closed_instead(rctx)
-                try:
-                    sk.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # ENOTCONN, after the shutdown bits were set
-            else:
-                tcp.restore_established(rctx, sk, ie, what)
+        if _is_connection(ie):
+            _restore_connection(rctx, sk, ie, what)
         else:
             src = unpack_addr(ie.family, ie.src_addr)
             if ie.src_port or not ipaddress.ip_address(src).is_unspecified:
+                # as criu: every socket binds with SO_REUSEADDR and
+                # SO_REUSEPORT on, so that sockets sharing a port (two
+                # listeners with SO_REUSEPORT, a listener and a closed
+                # socket) all get theirs back; the dumped values are set
+                # once every socket is open (reuse_later)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sk.bind((src, ie.src_port))
             if ie.state == TCP_LISTEN:
                 sk.listen(ie.backlog)
@@ -309,6 +383,8 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         sockets.restore_opts(sk, ie.opts, what)
         if ie.proto == socket.IPPROTO_TCP:
             sockets.restore_tcp_opts(sk, ie)
+        if not _is_connection(ie) and (ie.src_port or ie.state == TCP_LISTEN):
+            _reuse_later(rctx, sk, ie)
     except OSError as exc:
         sk.close()
         raise RestoreError(f"{what}: {exc.strerror or exc}") from None
