@@ -132,8 +132,10 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     if proto == socket.IPPROTO_UDP:
         _check_cork(sk, label)
     # first, before anything here touches the socket (repair mode, peeking)
+    # (a closed socket that had a peer counts as connected: the kernel set
+    # its MSS and the like from that connection, and they died with it)
     sockopts.audit(fd.ctx, label, sk, connected=proto == socket.IPPROTO_TCP
-                   and state not in (TCP_CLOSE, TCP_LISTEN))
+                   and state != TCP_LISTEN and peer is not None)
     ie = sk_inet_pb2.inet_sk_entry(
         id=fid, ino=ino, family=fam, type=sk.type, proto=proto, state=state,
         src_port=sport, dst_port=dport, flags=anonfd.file_flags(fd, "the socket"),
