@@ -12,14 +12,22 @@ does not list it.  sock_diag gives what the socket cannot tell about
 itself: a listener's backlog and how many connections wait in its accept
 queue, and the shutdown bits.
 
-States handled: TCP listening, TCP closed (created, maybe bound), TCP
-established with ``--tcp-established`` (tcp.py, TCP_REPAIR); UDP bound or
-connected, with the datagrams in its receive queue.  Any other state
-(SYN_SENT, FIN_WAIT, CLOSE_WAIT...) is refused by name.
+States handled: TCP listening (connections waiting to be accepted are
+refused, or dropped with criu's ``--skip-in-flight``), TCP closed
+(created, maybe bound), TCP connections with ``--tcp-established`` in
+ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING (tcp.py,
+TCP_REPAIR and the FIN replay), a connection that ended (CLOSE with a
+peer: with --tcp-established its unread data are kept; without, it is
+refused if it has any, else it comes back shut down both ways); UDP bound
+or connected, with the datagrams in its receive queue.  SYN_SENT and any
+other state are refused by name.  ``dump --tcp-close`` records every
+connection as closed (shut down both ways), as criu's.
 
 Restore: the restorer makes the socket in its own process, binds it with
-SO_REUSEADDR on for the bind only (a port whose old connections linger in
-TIME_WAIT must not block it; the real value is set afterwards), listens
+SO_REUSEADDR and SO_REUSEPORT on (as criu: sockets that share a port --
+two SO_REUSEPORT listeners, a listener and its connections, a port whose
+old connections linger in TIME_WAIT -- must all bind; the dumped values
+are set once every socket is open, just before the tree runs), listens
 or connects, queues UDP datagrams from a scratch socket *before*
 connecting (a connected UDP socket takes datagrams from its peer only),
 applies the options, and the puppet takes it with pidfd_getfd.
