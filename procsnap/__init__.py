@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
-         tcp_established: bool = False, file_locks: bool = False) -> dict[str, float]:
+         tcp_established: bool = False, file_locks: bool = False,
+         tcp_close: bool = False, skip_in_flight: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -25,14 +26,18 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     INO has its peer outside the tree).  ``tcp_established``: dump live
     TCP connections with TCP_REPAIR behind an nftables network lock.
     ``file_locks``: save file locks and leases (criu's --file-locks);
-    without it a tree holding one is refused.
+    without it a tree holding one is refused.  ``tcp_close``: connections
+    are not dumped but come back closed (criu's dump --tcp-close);
+    ``skip_in_flight``: connections not yet accepted are dropped (criu's
+    --skip-in-flight), instead of refusing the dump.
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
     from .dumper import dump as _dump
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
-                 tcp_established=tcp_established, file_locks=file_locks)
+                 tcp_established=tcp_established, file_locks=file_locks,
+                 tcp_close=tcp_close, skip_in_flight=skip_in_flight)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,

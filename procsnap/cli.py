@@ -1,9 +1,11 @@
 """The ``procsnap`` command, with criu's habits.
 
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
-                  [--link-remap] [--external unix[INO]]... [--tcp-established] [-v]
+                  [--link-remap] [--external unix[INO]]... [--tcp-established]
+                  [--tcp-close] [--skip-in-flight] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job]
-                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close] [--no-verify] [-v]
+                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close]
+                     [--tcp-established] [--no-verify] [-v]
     procsnap network-unlock DIR
     procsnap check
     procsnap show DIR [IMAGE]
@@ -51,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--tcp-established", action="store_true",
                    help="dump live TCP connections (TCP_REPAIR); their traffic is held back "
                         "by a network lock until the restore")
+    d.add_argument("--tcp-close", action="store_true",
+                   help="do not dump TCP connections: they come back closed (as criu)")
+    d.add_argument("--skip-in-flight", action="store_true",
+                   help="drop connections waiting in a listener's accept queue instead of "
+                        "refusing the dump (as criu)")
     d.add_argument("-l", "--file-locks", action="store_true",
                    help="dump file locks and leases (as criu's --file-locks); without it a "
                         "tree holding one is refused")
@@ -72,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="restore established TCP connections closed (as criu)")
     r.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not compare the restored tasks with the images before they run")
+    r.add_argument("--tcp-established", action="store_true",
+                   help="accepted for criu's habits: the images say which connections "
+                        "are live")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -101,7 +111,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
     stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job,
                  ghost_limit=a.ghost_limit, link_remap=a.link_remap,
                  external=tuple(a.external), tcp_established=a.tcp_established,
-                 file_locks=a.file_locks)
+                 file_locks=a.file_locks, tcp_close=a.tcp_close,
+                 skip_in_flight=a.skip_in_flight)
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)

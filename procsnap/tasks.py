@@ -33,6 +33,8 @@ class DumpOptions:
     external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
     tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
     file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
+    tcp_close: bool = False          # criu's dump --tcp-close: connections come back closed
+    skip_in_flight: bool = False     # criu's --skip-in-flight: drop unaccepted connections
 
 
 @dataclass
