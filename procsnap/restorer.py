@@ -495,11 +495,15 @@ def _kill_all(rctx: RestoreContext) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    root = rctx.tasks[0].pid
-    try:
-        os.waitpid(root, 0)
-    except ChildProcessError:
-        pass
+    # Every task and thread we created is traced by us: each one's exit
+    # must be collected here (__WALL), or a thread group leader whose
+    # threads were never reaped stays unreapable and waiting for the root
+    # would hang.  The root, our own child, is reaped with them.
+    for pid in reversed(rctx.created):
+        try:
+            os.waitpid(pid, C.WALL)
+        except ChildProcessError:
+            pass
 
 
 def wait_exit(pid: int) -> int:

@@ -383,8 +383,8 @@ _SPECIAL = ("[vdso]", "[vvar]", "[vsyscall]")
 
 def _madv_of(smaps: str) -> dict[int, int]:
     """VMA start -> madvise bits, from the VmFlags lines (CRIU's mapping)."""
-    bits = {"dd": 1 << 16, "hg": 1 << 14, "nh": 1 << 15, "dc": 1 << 10, "wf": 1 << 18,
-            "mg": 1 << 12}  # MADV_DONTDUMP, HUGEPAGE, NOHUGEPAGE, DONTFORK, WIPEONFORK, MERGEABLE
+    from .resources.memory import MADV_BY_VMFLAG  # the bits the dump records
+    bits = {flag: 1 << advice for flag, advice in MADV_BY_VMFLAG.items()}
     out: dict[int, int] = {}
     start = 0
     for line in smaps.splitlines():
@@ -409,10 +409,13 @@ def check_maps(f: Found) -> list[str]:
                 v.name = ""
     if any(v.madv is not None for v in img):
         madv = _madv_of(f.text("smaps"))
+        # The kernel's own mappings carry flags it sets itself ([vvar] is
+        # VM_DONTDUMP); the dump does not record them, nor do we compare.
+        special = ("[vvar]", "[vdso]", "[vsyscall]")
         for v in found:
-            v.madv = madv.get(v.start, 0)
+            v.madv = 0 if v.kind in special else madv.get(v.start, 0)
         for v in img:
-            v.madv = v.madv or 0
+            v.madv = 0 if v.kind in special else v.madv or 0
     def tup(vs: list[_Vma]) -> list[tuple[Any, ...]]:
         return [(v.start, v.end, v.pgoff) + v.key() for v in vs]
     ta, tb = tup(img), tup(found)
