@@ -33,6 +33,9 @@ class DumpOptions:
     external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
     tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
     file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
+    # criu's action scripts: called with a stage's name ("pre-dump",
+    # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
+    action: Callable[[str], int] | None = None
 
 
 @dataclass
@@ -165,6 +168,7 @@ class RestoreOptions:
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
     verify: bool = True          # compare each task with its images before it runs
+    action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
 
 
 @dataclass
