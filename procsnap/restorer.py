@@ -525,11 +525,15 @@ def _kill_all(rctx: RestoreContext) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    root = rctx.tasks[0].pid
-    try:
-        os.waitpid(root, 0)
-    except ChildProcessError:
-        pass
+    # Collect every thread we trace before the root: a killed traced thread
+    # stays a zombie until its tracer waits for it (__WALL), and the root's
+    # leader is not reported before its threads are gone -- waiting for the
+    # root alone hung (zdtm pthread00 under zdtm.py, a restore that failed).
+    for tid in reversed(rctx.created):
+        try:
+            os.waitpid(tid, C.WALL)
+        except ChildProcessError:
+            pass
 
 
 def wait_exit(pid: int) -> int:

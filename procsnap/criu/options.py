@@ -154,7 +154,9 @@ TABLE: list[Opt] = [
     # memory tracking, page server, streaming
     Opt("prev-images-dir", arg=REQ, how=REFUSE, note="no pre-dump/incremental dumps yet"),
     Opt("track-mem", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
-    Opt("pre-dump-mode", arg=REQ, how=REFUSE, note="no pre-dump/incremental dumps yet"),
+    Opt("pre-dump-mode", arg=REQ, how=ACCEPT, metavar="MODE",
+        note="criu's pre-dump only (zdtm.py passes it to every dump); procsnap has no "
+             "pre-dump and a dump copies memory the one way it has"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
     Opt("page-server", boolean=True, how=REFUSE, note="no page server yet"),
     Opt("address", arg=REQ, how=REFUSE, note="no page server yet"),
