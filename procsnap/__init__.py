@@ -8,7 +8,9 @@ Images are CRIU's (same file names, magics and protobuf fields).
 """
 from __future__ import annotations
 
-from .errors import (AccessDenied, DumpError, ImageError, NoSuchProcess, ParseError,
+from typing import Callable
+
+from .errors import (AccessDenied, ActionScriptFailed, DumpError, ImageError, NoSuchProcess, ParseError,
                      ProcsnapError, RestoreError, Unsupported, ZombieProcess)
 
 __version__ = "0.1.0"
@@ -18,7 +20,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
          tcp_established: bool = False, file_locks: bool = False,
-         tcp_close: bool = False, skip_in_flight: bool = False) -> dict[str, float]:
+         tcp_close: bool = False, skip_in_flight: bool = False,
+         action: Callable[[str], int] | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -37,13 +40,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
                  tcp_established=tcp_established, file_locks=file_locks,
-                 tcp_close=tcp_close, skip_in_flight=skip_in_flight)
+                 tcp_close=tcp_close, skip_in_flight=skip_in_flight,
+                 action=action)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
-            verify: bool = True) -> int:
+            verify: bool = True, action: Callable[[str], int] | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -53,12 +57,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     established TCP connections come back closed (criu's --tcp-close).
     ``verify``: before the tree runs, compare each task with its images
     (maps, fds, credentials, signals...); a difference fails the restore
-    with one line naming the pid and the field.
+    with one line naming the pid and the field.  ``action``: as for dump,
+    at pre-restore, post-restore, network-unlock, pre-resume, post-resume.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
-                    tcp_close=tcp_close, verify=verify)
+                    tcp_close=tcp_close, verify=verify, action=action)
 
 
 def network_unlock(images_dir: str) -> bool:
@@ -72,4 +77,4 @@ def network_unlock(images_dir: str) -> bool:
 # named procsnap.dump would, once imported, replace the function above.
 __all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
            "AccessDenied", "ParseError", "ImageError", "DumpError", "Unsupported",
-           "RestoreError", "__version__"]
+           "RestoreError", "ActionScriptFailed", "__version__"]

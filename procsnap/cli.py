@@ -11,6 +11,7 @@
     procsnap show DIR [IMAGE]
     procsnap demo
     procsnap cleanup DIR
+    procsnap criu ARGS...        (criu's command line; also as a symlink named criu)
 
 Every failure is one line on stderr ("procsnap: ...") and a non-zero exit;
 a traceback only with -v, and only for a bug (an error we did not expect).
@@ -211,6 +212,15 @@ COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Called as "criu" (a symlink to this entry point) or "procsnap criu
+    # ...": criu's command line, served by procsnap.criu.
+    if argv is None and os.path.basename(sys.argv[0]) == "criu":
+        from .criu import main as criu_main
+        return criu_main(sys.argv[1:])
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["criu"]:
+        from .criu import main as criu_main
+        return criu_main(args[1:])
     a = _parser().parse_args(argv)
     verbose = getattr(a, "verbose", 0)
     from . import progress
