@@ -90,7 +90,7 @@ from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
 from .resources import memfd, regfile, shmem
-from .resources.memory import (VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
+from .resources.memory import (VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD, VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
                                VMA_FILE_SHARED)
 from .resources.signals import SIGCHLD, SIGNALS
@@ -307,6 +307,8 @@ def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
         kind = "[vvar]"
     elif s & VMA_ANON_SHARED:
         kind = "shared anon"
+    elif s & VMA_AREA_AIORING:
+        kind = "[aio]"
     elif s & VMA_AREA_MEMFD:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
@@ -318,7 +320,7 @@ def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
         kind = "[stack]"
     else:
         kind = "anon"
-    shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED))
+    shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_AIORING))
     madv = v.madv if v.HasField("madv") else None
     return _Vma(v.start, v.end, v.prot, shared, kind, name, pgoff, madv)
 
@@ -353,6 +355,11 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = m.path
     elif shmem.is_anon_shared(m):
         kind = "shared anon"
+    elif m.path == "/anon_hugepage (deleted)":
+        # MAP_HUGETLB anonymous memory (maps shows no VmFlags to tell more)
+        kind = "shared anon" if m.shared else "anon"
+    elif m.path.startswith("/[aio]"):
+        kind = "[aio]"
     elif memfd.is_memfd_mapping(m.path):
         kind, pgoff = "memfd", m.pgoff
     elif m.path.startswith("/") and m.ino:
@@ -397,7 +404,8 @@ def _madv_of(smaps: str) -> dict[int, int]:
 
 def check_maps(f: Found) -> list[str]:
     rctx = f.rctx
-    img = [_img_vma(rctx, v) for v in f.rt.mm.vmas]
+    # guard regions live inside other VMAs (MADV_GUARD_INSTALL makes none)
+    img = [_img_vma(rctx, v) for v in f.rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     found = _found_vmas(f.text("maps"))
     # A file's name is compared only where the restore reopened it by that
     # name (the image VMA covering the found one has a name).
@@ -456,6 +464,10 @@ _FILES: set[int] = {fdinfo_pb2.REG, fdinfo_pb2.FIFO, fdinfo_pb2.TTY}
 
 
 def _kind_of_link(link: str) -> set[int]:
+    if link == "/dev/zero (deleted)":
+        # shared anonymous memory opened through map_files is saved as a
+        # memfd named /dev/zero (as CRIU), and comes back as what it was
+        return {fdinfo_pb2.MEMFD, fdinfo_pb2.REG}
     if link.startswith("/") and not link.startswith("/memfd:"):
         return _FILES
     if link.startswith("pipe:"):
