@@ -236,3 +236,7 @@ IOCB_CMD_PWRITE = 1
 AIO_RING_MAGIC = 0xA10A10A1
 MREMAP_MAYMOVE = 1
 MREMAP_FIXED = 2
+# Mount namespaces (resources/namespaces/mnt.py): building a mount tree in
+# a puppet, saving a tmpfs from inside its namespace.
+NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "setns": 308, "mkdirat": 258,
+           "open_tree": 428, "move_mount": 429, "mount_setattr": 442})
