@@ -237,7 +237,7 @@ class RestoreTask:
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
             # a later fd (dup3 onto its number) would close it.
-            low = inj.call("pidfd_open", src_pid, 0)
+            low = inj.call("pidfd_open", self._rctx.vpid(src_pid), 0)
             pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
