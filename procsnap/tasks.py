@@ -237,7 +237,7 @@ class RestoreTask:
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
             # a later fd (dup3 onto its number) would close it.
-            low = inj.call("pidfd_open", src_pid, 0)
+            low = inj.call("pidfd_open", self._rctx.vpid(src_pid), 0)
             pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
@@ -265,6 +265,23 @@ class RestoreContext:
     # mode), and once they run (the network lock goes).
     before_detach: list[Callable[[], None]] = field(default_factory=list)
     after_detach: list[Callable[[], None]] = field(default_factory=list)
+    # The dumper's namespace ids (inventory root_ids): the root is restored
+    # in a new namespace of each kind whose id differs (resources.namespaces).
+    root_ids: Any = None
+    # pid or tid (the dumper's view, the images' names) -> its pids at every
+    # level, innermost first (a set_tid array); only for a tree restored in
+    # a pid namespace of its own.
+    nspids: dict[int, list[int]] = field(default_factory=dict)
+
+    def vpid(self, pid: int) -> int:
+        """``pid`` (the dumper's view) as the puppets see it: the number to
+        pass in an injected call.  A pid outside the tree is not translated."""
+        ids = self.nspids.get(pid)
+        return ids[0] if ids else pid
+
+    def set_tid(self, pid: int) -> list[int]:
+        """The set_tid array that makes ``pid`` at every level."""
+        return self.nspids.get(pid) or [pid]
 
     def payload_entries(self, kind: str) -> list[Any]:
         """Entries (with raw tails) of a shared image; [] if it is absent."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..errors import ProcsnapError
+from .errors import ProcsnapError
 
 JOURNAL = "procsnap-tmpnames.txt"
 log = logging.getLogger("procsnap.tmpnames")
