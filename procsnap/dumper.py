@@ -305,7 +305,8 @@ def _release(task: DumpTask, *, kill: bool) -> None:
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
-         tcp_established: bool = False, file_locks: bool = False) -> dict[str, float]:
+         tcp_established: bool = False, file_locks: bool = False,
+         ext_mount_auto: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -322,7 +323,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
     ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap,
-                                              tuple(external), tcp_established, file_locks))
+                                              tuple(external), tcp_established, file_locks,
+                                              ext_mount_auto))
     tmpnames.report(images_dir)
     ok = False
     try:

@@ -407,7 +407,8 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
-            verify: bool = True) -> int:
+            verify: bool = True, fs_root: str | None = None,
+            ext_mount_map: dict[str, str] | None = None, ext_mount_auto: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     With ``verify`` (the default) every task is compared with its images
@@ -422,7 +423,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
                           RestoreOptions(detached, shell_job, pidfile, skip_file_check,
-                                         dict(inherit_fd or {}), tcp_close, verify))
+                                         dict(inherit_fd or {}), tcp_close, verify,
+                                         os.path.abspath(fs_root) if fs_root else None,
+                                         dict(ext_mount_map or {}), ext_mount_auto))
     tmpnames.report(rctx.images_dir)
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
