@@ -24,6 +24,8 @@ from helpers import (
     children_of,
     describe,
     is_untouched,
+    proc_cmdline,
+    read_status,
     read_numbers,
     reap,
     run_procsnap,
@@ -47,13 +49,19 @@ def _mountinfo_inside(pid: int) -> list[str]:
         return list(mod.normalized(f.read()))
 
 
+def _mounts_at(prefixes: tuple[str, ...]) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [ln for ln in f if ln.split(" ")[4].startswith(prefixes)]
+
+
 @pytest.fixture(autouse=True)
-def host_mounts_unchanged() -> Iterator[None]:
-    with open("/proc/self/mountinfo") as f:
-        before = f.read()
+def host_mounts_unchanged(tmp_path: Path) -> Iterator[None]:
+    """Nothing of ours is mounted in the host's namespace afterwards (only
+    our own paths are compared: other test runs may mount meanwhile)."""
+    ours = (str(tmp_path), "/tmp/.procsnap-mnt.")
+    assert _mounts_at(ours) == []
     yield
-    with open("/proc/self/mountinfo") as f:
-        assert f.read() == before, "the host's mount table changed"
+    assert _mounts_at(ours) == [], "mounts left in the host's namespace"
     left = [n for n in os.listdir("/tmp") if n.startswith(".procsnap-mnt.")]
     assert not left, f"temporary directories left in /tmp: {left}"
 
@@ -78,6 +86,11 @@ def _restore_and_check(targets: TargetFactory, t: Target, d: Path, numbers: Path
     res = check_ok(run_procsnap("restore", "-D", images, "-d", "--root", "/", *opts))
     targets.adopt(t.pid, like=t)
     assert t.alive(), describe(res)
+    nspid = read_status(t.pid)["NSpid"].split()
+    if len(nspid) > 1:
+        assert nspid[-1] == "1", nspid
+        assert sorted(n for n in os.listdir(f"/proc/{t.pid}/root/proc") if n.isdigit()) == \
+            ["1"], "its /proc does not show its own pid namespace"
     after = _mountinfo_inside(t.pid)
     assert after == before, "mountinfo as seen inside differs:\n" + "\n".join(
         [f"- {x}" for x in before if x not in after] + [f"+ {x}" for x in after if x not in before])
@@ -102,6 +115,26 @@ def test_mount_tree_restored_under_root(targets: TargetFactory, tmp_path: Path,
     names = os.listdir(images_dir)
     assert any(n.startswith("mountpoints-") for n in names), names
     assert any(n.startswith("tmpfs-dev-") and n.endswith(".tar.gz") for n in names), names
+    _restore_and_check(targets, t, d, numbers, images_dir, before)
+
+
+def test_mount_tree_with_pid_namespace(targets: TargetFactory, tmp_path: Path,
+                                       images_dir: Path) -> None:
+    """unshare -fp --mount-proc -m: pid 1 of its own pid namespace, its /proc
+    mounted inside; after restore /proc is mounted by the new pid 1 (it
+    shows pid 1) and the tree is the same."""
+    d = tmp_path / "ns"
+    d.mkdir()
+    numbers = tmp_path / "numbers"
+    outer = targets.start(TARGET, str(d), str(numbers), "pidns")
+    wait_numbers(numbers, 3)
+    (inner,) = children_of(outer.pid)
+    t = Target(name=TARGET, pid=inner, argv=outer.argv, workdir=outer.workdir, out=outer.out,
+               err=outer.err, cmdline=proc_cmdline(inner) or [])
+    targets.targets.append(t)  # killed and reaped by the fixture
+    assert read_status(inner)["NSpid"].split()[-1] == "1"
+    before = _mountinfo_inside(inner)
+    _dump(t, images_dir)
     _restore_and_check(targets, t, d, numbers, images_dir, before)
 
 

@@ -1,8 +1,10 @@
 """mntns.py: a counter in a mount namespace of its own, as a container has.
 
-    python3 mntns.py DIR FILE [overlay]
+    python3 mntns.py DIR FILE [overlay] [pidns]
 
-Re-executes itself under ``unshare -m --propagation private`` (same pid),
+Re-executes itself under ``unshare -m --propagation private`` (same pid;
+with "pidns", ``unshare -fp --mount-proc -m --propagation private setsid``:
+it then runs as pid 1 of its own pid namespace, a child of unshare),
 then builds in its namespace: a tmpfs on DIR/t (mode 750) holding "file"
 and, under DIR/t/under, a file hidden by a second tmpfs mounted there; the
 tmpfs made shared and bound again on DIR/b (one peer group); DIR/src (a
@@ -58,8 +60,9 @@ def main() -> int:
     extra = sys.argv[3:]
     if os.environ.get("MNTNS_INSIDE") != "1":
         os.environ["MNTNS_INSIDE"] = "1"
-        os.execvp("unshare", ["unshare", "-m", "--propagation", "private", sys.executable,
-                              *sys.argv])
+        pidns = ["-fp", "--mount-proc"] if "pidns" in extra else []
+        os.execvp("unshare", ["unshare", *pidns, "-m", "--propagation", "private",
+                              *(["setsid"] if pidns else []), sys.executable, *sys.argv])
     for sub in ("t", "b", "src", "rb", "ov", "lower", "upper", "work"):
         os.makedirs(f"{d}/{sub}", exist_ok=True)
     with open(f"{d}/src/plain", "w") as f:

@@ -595,8 +595,8 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
                 y.mount(None, target, None, MS_REMOUNT | e.sb_flags, e.options, what)
     else:
         raise RestoreError(f"mount namespace: {what}: unknown step {s.how}")
-    # Private while the tree is built; its own propagation comes at the end.
-    y.mount(None, target, None, MS_PRIVATE, None, what)
+    # It is private (the namespace was made so before anything was
+    # mounted): its own propagation comes once every mount exists.
     y.fds[e.mnt_id] = y.call("openat", C.AT_FDCWD & (2**64 - 1), target,
                              os.O_PATH | os.O_CLOEXEC, 0, what=what)
 
