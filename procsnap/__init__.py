@@ -21,7 +21,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          link_remap: bool = False, external: tuple[str, ...] = (),
          tcp_established: bool = False, file_locks: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
-         action: Callable[[str], int] | None = None) -> dict[str, float]:
+         action: Callable[[str], int] | None = None,
+         ext_mount_auto: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -33,6 +34,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     are not dumped but come back closed (criu's dump --tcp-close);
     ``skip_in_flight``: connections not yet accepted are dropped (criu's
     --skip-in-flight), instead of refusing the dump.
+    A tree in a mount namespace of its own: ``external`` names its mounts
+    from outside the tree, ``"mnt[MOUNTPOINT]:KEY"``; ``ext_mount_auto``
+    (criu's --ext-mount-map auto) finds the others in procsnap's own mounts.
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
@@ -41,13 +45,15 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
                  tcp_established=tcp_established, file_locks=file_locks,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight,
-                 action=action)
+                 action=action, ext_mount_auto=ext_mount_auto)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
-            verify: bool = True, action: Callable[[str], int] | None = None) -> int:
+            verify: bool = True, action: Callable[[str], int] | None = None,
+            root: str | None = None, ext_mount_map: dict[str, str] | None = None,
+            ext_mount_auto: bool = False) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -59,11 +65,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     (maps, fds, credentials, signals...); a difference fails the restore
     with one line naming the pid and the field.  ``action``: as for dump,
     at pre-restore, post-restore, network-unlock, pre-resume, post-resume.
+    ``root`` (criu's --root): the root file system a tree dumped in a mount
+    namespace of its own is restored on; ``ext_mount_map`` maps the key of
+    each external mount to the path bound there (criu's --ext-mount-map
+    KEY:PATH); ``ext_mount_auto``: a key recorded as a path is that path.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
-                    tcp_close=tcp_close, verify=verify, action=action)
+                    tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
+                    ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto)
 
 
 def network_unlock(images_dir: str) -> bool:

@@ -35,6 +35,7 @@ from .kernel import consts as C
 from .kernel.libc import prctl as own_prctl
 from .kernel.libc import syscall
 from .procfs.parse import _STAT_NUMERIC, parse_status
+from .resources.namespaces import saved_names as saved_ns_names
 
 if TYPE_CHECKING:
     from .tasks import DumpContext, DumpTask, DumpThread
@@ -113,9 +114,11 @@ STATUS: list[Item] = [
     *_i("status", "TracerPid", "procsnap itself while frozen; a task traced by another cannot "
         "be seized and fails the freeze"),
     *_i("status", "FDSize", "size of the fd table's allocation, grows on demand"),
-    _r("status", "NStgid NSpid NSpgid NSsid", "pid namespaces are not saved yet",
-       lambda v, own: f"lives in a nested pid namespace (its pids {'/'.join(v.split())})"
-       if len(v.split()) > 1 else None),
+    _r("status", "NStgid NSpid NSpgid NSsid", "a pid namespace nested inside the tree's "
+       "is not saved yet (the tree's own is: namespaces.pid saves every task's pid at each "
+       "level)", lambda v, own: f"lives in a nested pid namespace (its pids "
+       f"{'/'.join(v.split())}, the root's levels {len(str(own).split()) or 1})"
+       if len(v.split()) != (len(str(own).split()) or 1) else None),
     _r("status", "Kthread", "kernel threads cannot be dumped", _nonzero("a kernel thread")),
     *_i("status", "VmPeak VmSize VmHWM VmRSS RssAnon RssFile RssShmem VmData VmStk VmExe "
         "VmLib VmPTE VmSwap HugetlbPages",
@@ -245,6 +248,10 @@ ATTR: list[Item] = [
 
 NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time",
             "time_for_children", "user", "uts")
+# The kinds resources.namespaces saves (with their _for_children twins): a
+# tree has one namespace of each -- procsnap's own or the root's -- and
+# every task must share the root's.
+SAVED_NS = tuple(k for k in NS_KINDS if k.removesuffix("_for_children") in saved_ns_names())
 
 
 def _ns(kind: str) -> Refuse:
@@ -258,7 +265,46 @@ def _ns(kind: str) -> Refuse:
     return pred
 
 
-NS: list[Item] = [_r("ns", k, "namespaces are not saved yet", _ns(k)) for k in NS_KINDS]
+def _ns_unlike_root(kind: str) -> Refuse:
+    def pred(v: str, root: str) -> str | None:
+        if v == root:
+            return None
+        if kind.endswith("_for_children"):
+            return (f"its children would start in another {kind[:-13]} namespace than the "
+                    f"root's ({kind} {v}, the root's {root})")
+        return f"lives in another {kind} namespace than the root's ({v}, the root's {root})"
+    return pred
+
+
+def _ns_unlike_own(kind: str) -> Refuse:
+    base = kind.removesuffix("_for_children")
+
+    def pred(v: str, its: str) -> str | None:
+        if v.split(":", 1)[-1] == its.split(":", 1)[-1]:
+            return None
+        return (f"its children would start in another {base} namespace than its own "
+                f"({kind} {v}, its {base} {its})")
+    return pred
+
+
+def _pid_root_not_init(v: str, own: Any) -> str | None:
+    return None if v == "1" else (f"lives in a pid namespace whose init is not in the tree "
+                                  f"(the root is pid {v} inside)")
+
+
+NS: list[Item] = [
+    *[_r("ns", k, "this kind of namespace is not saved yet", _ns(k))
+      for k in NS_KINDS if k not in SAVED_NS],
+    *[Item("ns", k, SAVED, f"namespaces ({k.removesuffix('_for_children')}: the tree's own, "
+           "created anew for the root at restore)") for k in SAVED_NS],
+    *[_r("ns", f"{k}: unlike the root's", "one namespace of a kind per tree: nested "
+         "namespaces are not saved yet", _ns_unlike_root(k)) for k in SAVED_NS],
+    *[_r("ns", f"{k}: unlike its own", "a task whose children would start in another "
+         "namespace than its own (unshare without a fork) is not saved", _ns_unlike_own(k))
+      for k in SAVED_NS if k.endswith("_for_children")],
+    _r("ns", "pid: the root is not its init", "a pid namespace is restored anew with the "
+       "root as its pid 1", _pid_root_not_init),
+]
 
 
 # -- prctl values (injected in the task: they answer for the caller) ----------
@@ -426,11 +472,18 @@ def _judge(pid: int, where: str, source: str, name: str, value: Any, own: Any,
             raise Unsupported(f"pid {pid}: {where}{state}; {it.note}")
 
 
-def check_status(pid: int, where: str, raw: dict[str, str], path: str) -> None:
-    """Every line of a status file, against the table."""
+_NS_STATUS = ("NStgid", "NSpid", "NSpgid", "NSsid")
+
+
+def check_status(pid: int, where: str, raw: dict[str, str], path: str,
+                 root: dict[str, str] | None = None) -> None:
+    """Every line of a status file, against the table.  The pid namespace
+    lines are compared with the root's (``root``, the tree's root task's
+    status) when given, else with procsnap's own."""
     own = _own_status()
     for key, value in raw.items():
-        _judge(pid, where, "status", key, value, own.get(key), path)
+        base = root if root is not None and key in _NS_STATUS else own
+        _judge(pid, where, "status", key, value, base.get(key), path)
     pending = int(raw.get("SigPnd", "0"), 16) | int(raw.get("ShdPnd", "0"), 16)
     _judge(pid, where, "status", "SigPnd/ShdPnd: SIGTRAP", pending, None, path)
 
@@ -455,21 +508,26 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
     if task.zombie:
         # A zombie has no mm, files or namespaces left; only its pids count.
         st = task.proc.status()
-        _judge(pid, "", "status", "NSpid", st.raw.get("NSpid", ""), None, f"/proc/{pid}/status")
+        _judge(pid, "", "status", "NSpid", st.raw.get("NSpid", ""),
+               _root_status(ctx).get("NSpid"), f"/proc/{pid}/status")
         return
     assert status is not None and task.stat is not None
     with open(f"/proc/{pid}/stat") as f:
         check_stat_fields(pid, f.read().rsplit(")", 1)[1].split(), f"/proc/{pid}/stat")
     _judge(pid, "", "stat", "exit_signal", task.stat.exit_signal, None, f"/proc/{pid}/stat")
     _check_timers(pid, task)
+    root_ns = _ns_links(f"/proc/{ctx.tasks[0].pid}")
+    if task is ctx.tasks[0] and root_ns.get("pid") != _own_ns().get("pid"):
+        inner = status.raw.get("NSpid", "").split()[-1:] or ["?"]
+        _judge(pid, "", "ns", "pid: the root is not its init", inner[0], None, f"/proc/{pid}/status")
     leader_login = _read_int(f"/proc/{pid}/loginuid")
     for th in task.threads:
         tid = th.tid
         where = "" if tid == pid else f"thread {tid}: "
         base = f"/proc/{pid}/task/{tid}"
         raw = status.raw if tid == pid else task.proc.thread_status(tid).raw
-        _check_ns(pid, where, base)  # first: the most telling reason
-        check_status(pid, where, raw, f"{base}/status")
+        _check_ns(pid, where, base, root_ns)  # first: the most telling reason
+        check_status(pid, where, raw, f"{base}/status", _root_status(ctx))
         _check_sched(pid, where, tid)
         _check_attr(pid, where, base)
         if tid != pid:
@@ -495,16 +553,39 @@ def _read_int(path: str) -> int:
         return int(f.read())
 
 
-def _check_ns(pid: int, where: str, base: str) -> None:
-    own = _own_ns()
+def _ns_links(base: str) -> dict[str, str]:
+    out = {}
     for kind in os.listdir(f"{base}/ns"):
         try:
-            link = os.readlink(f"{base}/ns/{kind}")
+            out[kind] = os.readlink(f"{base}/ns/{kind}")
         except FileNotFoundError:
             # pid_for_children of a task that unshared CLONE_NEWPID and has
             # not forked yet: a new namespace without its init.
-            link = f"{kind}:[new, no process yet]"
-        _judge(pid, where, "ns", kind, link, own.get(kind), f"{base}/ns/")
+            out[kind] = f"{kind}:[new, no process yet]"
+    return out
+
+
+def _root_status(ctx: "DumpContext") -> dict[str, str]:
+    root = ctx.tasks[0]
+    assert root.status is not None
+    return root.status.raw
+
+
+def _check_ns(pid: int, where: str, base: str, root: dict[str, str]) -> None:
+    """A kind procsnap saves must be the root's (one namespace of a kind per
+    tree); any other kind must be procsnap's own."""
+    own = _own_ns()
+    links = _ns_links(base)
+    for kind, link in links.items():
+        path = f"{base}/ns/"
+        if kind in SAVED_NS:
+            _judge(pid, where, "ns", kind, link, root.get(kind), path)
+            _judge(pid, where, "ns", f"{kind}: unlike the root's", link, root.get(kind), path)
+            if kind.endswith("_for_children"):
+                its = links.get(kind.removesuffix("_for_children"), "")
+                _judge(pid, where, "ns", f"{kind}: unlike its own", link, its, path)
+        else:
+            _judge(pid, where, "ns", kind, link, own.get(kind), path)
 
 
 def _check_sched(pid: int, where: str, tid: int) -> None:

@@ -309,7 +309,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          link_remap: bool = False, external: tuple[str, ...] = (),
          tcp_established: bool = False, file_locks: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
-         action: Callable[[str], int] | None = None) -> dict[str, float]:
+         action: Callable[[str], int] | None = None,
+         ext_mount_auto: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -320,7 +321,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
-    from .resources import regfile
+    from .resources import namespaces, regfile
 
     t0 = time.monotonic()
     _check_target(pid)
@@ -328,9 +329,11 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         os.makedirs(images_dir, exist_ok=True)
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
-    ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap,
-                                              tuple(external), tcp_established, file_locks,
-                                              tcp_close, skip_in_flight, action))
+    ctx = DumpContext(images_dir, DumpOptions(
+        leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
+        link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
+        file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
+        action=action, ext_mount_auto=ext_mount_auto))
     tmpnames.report(images_dir)
     status = _action(ctx, "pre-dump")
     if status:
@@ -378,6 +381,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             if finish is not None:
                 finish(ctx)
             ctx.stats[mod.NAME] = ctx.stats.get(mod.NAME, 0.0) + time.monotonic() - t
+        t = time.monotonic()
+        namespaces.dump(ctx)  # every task's ids, then the tree's own namespaces
+        ctx.stats["namespaces"] = time.monotonic() - t
         t = time.monotonic()
         _write_images(ctx)
         images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
@@ -447,10 +453,14 @@ def _write_images(ctx: DumpContext) -> None:
     def track(kind: str, ident: int | None) -> None:
         ctx.created.append(images.image_path(d, kind, ident))
 
-    root = ctx.tasks[0]
     inv = inventory_pb2.inventory_entry(img_version=2, fdinfo_per_id=True,
                                         ns_per_id=True, lsmtype=inventory_pb2.NO_LSM)
-    inv.root_ids.CopyFrom(root.ids)
+    # As CRIU: the dumper's own ids, which the restore compares the root's
+    # with to know which namespaces to create (resources.namespaces).
+    inv.root_ids.CopyFrom(core_pb2.task_kobj_ids_entry(vm_id=0, files_id=0, fs_id=0,
+                                                       sighand_id=0))
+    from .resources import namespaces
+    namespaces.own_ids(inv.root_ids)
     track("inventory", None)
     images.write_one(d, "inventory", inv)
     entries = [t.pstree for t in ctx.tasks]

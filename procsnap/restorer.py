@@ -62,6 +62,16 @@ def _collect(rctx: RestoreContext) -> None:
     pstree_path = images.image_path(d, "pstree", None)
     if not tree:
         raise ImageError(pstree_path, "no process in the tree")
+    if inv.HasField("root_ids"):
+        rctx.root_ids = inv.root_ids
+    for e in tree:
+        # pids at every level (a tree in a pid namespace of its own)
+        if e.ns_pid:
+            rctx.nspids[e.pid] = list(reversed(e.ns_pid))
+            n = len(e.ns_pid)
+            for i, tid in enumerate(e.threads):
+                if tid != e.pid and len(e.ns_threads) >= (i + 1) * n:
+                    rctx.nspids[tid] = list(reversed(e.ns_threads[i * n:(i + 1) * n]))
     for f in images.read_image(d, "files"):
         rctx.files[f.id] = f
     pids = {e.pid for e in tree}
@@ -137,16 +147,21 @@ def _check_live_core(rt: RestoreTask, core: Any, ident: int) -> None:
 
 # ------------------------------------------------------------- create ----
 
-def _clone_with_pid(pid: int) -> tuple[int, int]:
+def _clone_with_pid(pid: int, flags: int = 0, set_tid: list[int] | None = None) -> tuple[int, int]:
     """fork() whose child gets exactly ``pid``; the child waits on a pipe.
+
+    ``flags`` are the CLONE_NEW* of the namespaces the root is made in;
+    ``set_tid`` its pids at every level, innermost first (1 in its own pid
+    namespace, then ``pid``).
 
     Returns (pid, fd): the caller closes fd -- the pipe's write end --
     once the child is seized and stopped.  Closing it earlier would let a
     child that reaches its read() late see EOF and exit (status 127).
     """
-    tid = (ctypes.c_int32 * 1)(pid)
-    args = CloneArgs(flags=0, exit_signal=signal.SIGCHLD,
-                     set_tid=ctypes.addressof(tid), set_tid_size=1)
+    want = set_tid or [pid]
+    tid = (ctypes.c_int32 * len(want))(*want)
+    args = CloneArgs(flags=flags, exit_signal=signal.SIGCHLD,
+                     set_tid=ctypes.addressof(tid), set_tid_size=len(want))
     r, w = os.pipe()
     try:
         child = syscall_holding_gil(C.NR["clone3"], ctypes.addressof(args), ctypes.sizeof(args))
@@ -155,7 +170,8 @@ def _clone_with_pid(pid: int) -> tuple[int, int]:
         os.close(w)
         if exc.errno == 17:
             raise RestoreError(f"pid {pid} is already taken") from None
-        raise RestoreError(f"pid {pid}: clone3 with set_tid failed: {exc.strerror}") from None
+        raise RestoreError(f"pid {pid}: clone3 with set_tid {want} and flags {flags:#x} "
+                           f"failed: {exc.strerror}") from None
     if child == 0:
         # The puppet-to-be: a raw clone of this interpreter.  Do as little
         # as possible; it is stopped and rebuilt from outside.
@@ -264,13 +280,17 @@ def _set_session(rt: RestoreTask) -> None:
         rt.inj.call("setsid")
 
 
-def _clone_in(inj: Injector, tid: int, flags: int, exit_signal: int, what: str,
-              created: list[int]) -> Any:
+def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_signal: int,
+              what: str) -> Any:
     """clone3 with set_tid injected in a puppet: the new task (a child, or
-    a thread with CLONE_THREAD) gets exactly ``tid`` and starts stopped,
-    auto-attached (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its registers."""
-    tid_addr = inj.put(tid.to_bytes(4, "little"), align=8)
-    args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr, set_tid_size=1)
+    a thread with CLONE_THREAD) gets exactly ``tid`` (at every pid
+    namespace level) and starts stopped, auto-attached
+    (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its registers."""
+    created = rctx.created
+    levels = rctx.set_tid(tid)
+    tid_addr = inj.put(b"".join(x.to_bytes(4, "little") for x in levels), align=8)
+    args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr,
+                     set_tid_size=len(levels))
     try:
         got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
     except InjectError as exc:
@@ -280,15 +300,16 @@ def _clone_in(inj: Injector, tid: int, flags: int, exit_signal: int, what: str,
                            f"{os.strerror(exc.errno or 0)}") from None
     finally:
         inj.reset_scratch()
-    created.append(got)  # from now on, a failure kills it
-    if got != tid:
+    # clone3 answers in the puppet's pid namespace: levels[0]
+    created.append(tid if got == levels[0] else got)  # from now on, a failure kills it
+    if got != levels[0]:
         raise RestoreError(f"{what} {tid}: clone3 gave {got}")
     return _wait_new_stop(tid)
 
 
 def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     """The parent puppet forks the child with its PID (clone3 set_tid)."""
-    regs = _clone_in(parent.inj, rt.pid, 0, signal.SIGCHLD, "pid", parent._rctx.created)
+    regs = _clone_in(parent._rctx, parent.inj, rt.pid, 0, signal.SIGCHLD, "pid")
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
@@ -306,8 +327,8 @@ def _set_groups(rctx: RestoreContext) -> None:
         if want == rt.pid or want not in rctx.by_pid:
             continue  # leader (done) or the shell's group (inherited)
         cur = rt.inj.call("getpgid", 0)
-        if cur != want:
-            rt.inj.call("setpgid", 0, want)
+        if cur != rctx.vpid(want):
+            rt.inj.call("setpgid", 0, rctx.vpid(want))
 
 
 def _make_zombie(rt: RestoreTask) -> None:
@@ -327,7 +348,7 @@ def _make_zombie(rt: RestoreTask) -> None:
             act = inj.put(bytes(32), align=8)
             inj.call("rt_sigaction", sig, act, 0, 8)
             inj.call("rt_sigprocmask", 1, inj.put((1 << (sig - 1)).to_bytes(8, "little")), 0, 8)
-        regs.rax, regs.rdi, regs.rsi = C.NR["kill"], rt.pid, sig
+        regs.rax, regs.rdi, regs.rsi = C.NR["kill"], rt._rctx.vpid(rt.pid), sig
     else:
         regs.rax, regs.rdi = C.NR["exit_group"], os.WEXITSTATUS(code)
     ptrace.set_regs(rt.pid, regs)
@@ -348,7 +369,7 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
     flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
              | C.CLONE_SYSVSEM)
     for th in rt.threads[1:]:
-        regs = _clone_in(inj, th.tid, flags, 0, f"pid {rt.pid}: thread", rctx.created)
+        regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
         th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)
@@ -386,7 +407,9 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
-            verify: bool = True, action: Callable[[str], int] | None = None) -> int:
+            verify: bool = True, action: Callable[[str], int] | None = None,
+            fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
+            ext_mount_auto: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -401,12 +424,17 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     returns its exit status (128 + signal number if it was killed).
     """
     from . import tmpnames
-    from .resources import memory, regfile
+    from .resources import memory, namespaces, regfile
 
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
-                          RestoreOptions(detached, shell_job, pidfile, skip_file_check,
-                                         dict(inherit_fd or {}), tcp_close, verify, action))
+                          RestoreOptions(
+                              detached=detached, shell_job=shell_job, pidfile=pidfile,
+                              skip_file_check=skip_file_check, inherit_fd=dict(inherit_fd or {}),
+                              tcp_close=tcp_close, verify=verify, action=action,
+                              root=os.path.abspath(fs_root) if fs_root else None,
+                              ext_mount_map=dict(ext_mount_map or {}),
+                              ext_mount_auto=ext_mount_auto))
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
@@ -416,7 +444,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         raise ImageError(root.image_name("core"), "the root task is a zombie")
     created = False
     try:
-        root.pid, wake = _clone_with_pid(root.pid)
+        root.pid, wake = _clone_with_pid(root.pid, namespaces.clone_flags(rctx),
+                                         rctx.set_tid(root.pid))
         rctx.created.append(root.pid)
         created = True
         try:
@@ -424,6 +453,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         finally:
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs)
+        namespaces.restore(rctx, root)  # before any child: they inherit them
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.  Each task's private memory is in place before

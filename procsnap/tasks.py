@@ -38,6 +38,7 @@ class DumpOptions:
     # criu's action scripts: called with a stage's name ("pre-dump",
     # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
     action: Callable[[str], int] | None = None
+    ext_mount_auto: bool = False     # criu's --ext-mount-map auto: external mounts found in ours
 
 
 @dataclass
@@ -171,6 +172,9 @@ class RestoreOptions:
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
     verify: bool = True          # compare each task with its images before it runs
     action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
+    root: str | None = None      # criu's --root: the root file system of a mount namespace
+    ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
+    ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
 
 
 @dataclass
@@ -223,10 +227,17 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
+        dirfd = C.AT_FDCWD & (2**64 - 1)
+        host = self._rctx.puppet_host_root if self._rctx is not None else None
+        if host is not None and (path.startswith(self.images_dir.rstrip("/") + "/")
+                                 or path.startswith(f"/proc/{os.getpid()}/")):
+            # procsnap's own files (images, our fds), from the puppet that
+            # now lives under another root: through the restorer's root.
+            dirfd, path = host, path.lstrip("/")
         try:
             if self.open_cloexec:
                 flags |= C.O_CLOEXEC
-            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
+            fd = inj.call("openat", dirfd, inj.put_str(path), flags, 0)
         except InjectError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
@@ -243,7 +254,7 @@ class RestoreTask:
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
             # a later fd (dup3 onto its number) would close it.
-            low = inj.call("pidfd_open", src_pid, 0)
+            low = inj.call("pidfd_open", self._rctx.vpid(src_pid), 0)
             pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
@@ -253,6 +264,9 @@ class RestoreTask:
         for fd in self.pidfds.values():
             self.inj.call("close", fd)
         self.pidfds.clear()
+        host = self._rctx.puppet_host_root if self._rctx is not None else None
+        if host is not None:
+            self.inj.call("close", host)  # inherited by every puppet of the namespace
 
 
 @dataclass
@@ -271,6 +285,26 @@ class RestoreContext:
     # mode), and once they run (the network lock goes).
     before_detach: list[Callable[[], None]] = field(default_factory=list)
     after_detach: list[Callable[[], None]] = field(default_factory=list)
+    # The dumper's namespace ids (inventory root_ids): the root is restored
+    # in a new namespace of each kind whose id differs (resources.namespaces).
+    root_ids: Any = None
+    # pid or tid (the dumper's view, the images' names) -> its pids at every
+    # level, innermost first (a set_tid array); only for a tree restored in
+    # a pid namespace of its own.
+    nspids: dict[int, list[int]] = field(default_factory=dict)
+    # An O_PATH fd, in every puppet, on the restorer's root once a restored
+    # mount namespace has pivoted away from it (namespaces.mnt).
+    puppet_host_root: int | None = None
+
+    def vpid(self, pid: int) -> int:
+        """``pid`` (the dumper's view) as the puppets see it: the number to
+        pass in an injected call.  A pid outside the tree is not translated."""
+        ids = self.nspids.get(pid)
+        return ids[0] if ids else pid
+
+    def set_tid(self, pid: int) -> list[int]:
+        """The set_tid array that makes ``pid`` at every level."""
+        return self.nspids.get(pid) or [pid]
 
     def payload_entries(self, kind: str) -> list[Any]:
         """Entries (with raw tails) of a shared image; [] if it is absent."""

@@ -236,3 +236,21 @@ IOCB_CMD_PWRITE = 1
 AIO_RING_MAGIC = 0xA10A10A1
 MREMAP_MAYMOVE = 1
 MREMAP_FIXED = 2
+
+# Namespaces (include/uapi/linux/sched.h) and the calls that make and enter them.
+CLONE_NEWTIME = 0x00000080   # clone3/unshare/setns only (CSIGNAL's bits for clone)
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NR.update({"uname": 63, "sethostname": 170, "setdomainname": 171, "unshare": 272,
+           "setns": 308})
+CLOCK_MONOTONIC = 1
+CLOCK_BOOTTIME = 7
+# Mount namespaces (resources/namespaces/mnt.py): building a mount tree in
+# a puppet, saving a tmpfs from inside its namespace.
+NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
+           "open_tree": 428, "move_mount": 429, "mount_setattr": 442})

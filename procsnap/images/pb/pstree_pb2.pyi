@@ -8,15 +8,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class pstree_entry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "threads")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "threads", "ns_pid", "ns_threads")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
     SID_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    NS_PID_FIELD_NUMBER: _ClassVar[int]
+    NS_THREADS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     pgid: int
     sid: int
     threads: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ...) -> None: ...
+    ns_pid: _containers.RepeatedScalarFieldContainer[int]
+    ns_threads: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., ns_pid: _Optional[_Iterable[int]] = ..., ns_threads: _Optional[_Iterable[int]] = ...) -> None: ...

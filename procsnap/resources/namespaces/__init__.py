@@ -1,0 +1,143 @@
+"""The registry of namespace kinds: the third level of state, beside the
+per-task kinds (``resources.DUMP_ORDER``) and the per-fd kinds
+(``files.FD_KINDS``).
+
+A namespace kind is one module here with both halves::
+
+    NAME = "uts"              # the /proc/PID/ns/<NAME> name
+    CLONE_FLAG = C.CLONE_NEWUTS
+    def dump(ctx: DumpContext, ns_id: int, task: DumpTask) -> None
+        # once per namespace (ns_id = the inode of /proc/PID/ns/NAME), with a
+        # task of the tree that lives in it; writes its images via ctx
+    def restore(rctx: RestoreContext, ns_id: int, rt: RestoreTask) -> None
+        # once per namespace, inside the first puppet created in it, after
+        # the namespace was created (clone3/unshare flags) and before any
+        # task is built
+
+and optionally ``BY_CLONE = False`` for a kind the clone3 of the root must
+not create because its ``restore`` makes it itself (time: its offsets can
+only be written before any task has entered it).
+
+Which namespaces are saved (as CRIU does): a kind is saved for the tree
+when the root lives in a namespace of that kind unlike the dumper's; every
+task of the tree must then share the root's (nested namespaces are not
+saved yet, the audit refuses them), and the restore creates one new
+namespace of the kind for the root, which every other task inherits.  A
+kind not listed here is refused by the audit whenever a task's namespace
+differs from procsnap's own.
+
+Namespace ids are the kernel's (the inode of /proc/PID/ns/NAME, which fits
+CRIU's uint32 ids); every task's are recorded in ``ids-PID.img``
+(task_kobj_ids_entry.<NAME>_ns_id) and the dumper's own in the inventory's
+``root_ids``, so -- exactly as CRIU decides -- the restore creates the
+kinds whose ids differ between the root task and the inventory.
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ImageError
+from . import mnt, pid, time, uts
+
+if TYPE_CHECKING:
+    from ...tasks import DumpContext, RestoreContext, RestoreTask
+
+# Restore order of the kinds made for the root, and why:
+#  pid  - nothing to rebuild: the clone3 of the root made it, pid 1 inside;
+#  uts  - hostname and domainname, set in the root before its children fork;
+#  time - unshared and entered by the root before any child is forked into it;
+#         needs /proc as the restorer mounted it (before mnt pivots);
+#  (mnt goes last: after it the puppet sees the restored tree's root.)
+NS_KINDS: list[ModuleType] = [pid, uts, time, mnt]
+
+# every namespace field of task_kobj_ids_entry, saved or not
+ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
+
+
+def saved_names() -> set[str]:
+    """The /proc/PID/ns names of the kinds procsnap saves."""
+    return {m.NAME for m in NS_KINDS}
+
+
+def ns_inode(pid: int | str, name: str) -> int:
+    """The kernel's id of a namespace of a task (``pid`` may be "self")."""
+    return os.stat(f"/proc/{pid}/ns/{name}").st_ino
+
+
+# ------------------------------------------------------------------ dump ----
+
+def own_ids(ids: Any) -> None:
+    """Fill the namespace ids of ``ids`` with the dumper's own (the inventory's
+    root_ids: what the restore compares the root with)."""
+    for kind in ID_KINDS:
+        try:
+            setattr(ids, f"{kind}_ns_id", ns_inode("self", kind))
+        except FileNotFoundError:
+            pass  # a kernel without that kind
+
+
+def dump(ctx: "DumpContext") -> None:
+    """The dumper's hook, after the per-task modules: every task's namespace
+    ids into its ids, then each saved kind's namespace once, with the root."""
+    root = ctx.tasks[0]
+    for task in ctx.tasks:
+        if task.zombie or task.ids is None:
+            continue  # a zombie has no namespaces left (as CRIU: no ids)
+        for kind in ID_KINDS:
+            try:
+                setattr(task.ids, f"{kind}_ns_id", ns_inode(task.pid, kind))
+            except FileNotFoundError:
+                pass
+        task.core.ids.CopyFrom(task.ids)
+    for mod in NS_KINDS:
+        rid = ns_inode(root.pid, mod.NAME)
+        if rid != ns_inode("self", mod.NAME):
+            mod.dump(ctx, rid, root)
+
+
+# --------------------------------------------------------------- restore ----
+
+def new_kinds(rctx: "RestoreContext") -> list[tuple[ModuleType, int]]:
+    """(module, ns id) of each kind the root is restored in a new namespace
+    of, in restore order; an image asking for a kind procsnap cannot make
+    is refused."""
+    root = rctx.tasks[0]
+    base = rctx.root_ids
+    if base is None or root.ids is None:
+        return []
+    by_name = {m.NAME: m for m in NS_KINDS}
+    out = []
+    for kind in ID_KINDS:
+        field = f"{kind}_ns_id"
+        if not (root.ids.HasField(field) and base.HasField(field)):
+            continue
+        if getattr(root.ids, field) == getattr(base, field):
+            continue
+        if kind not in by_name:
+            raise ImageError(root.image_name("ids"), f"pid {root.pid} lives in its own {kind} "
+                             "namespace; procsnap cannot restore that kind of namespace")
+        out.append((by_name[kind], getattr(root.ids, field)))
+    order = {m.NAME: n for n, m in enumerate(NS_KINDS)}
+    return sorted(out, key=lambda p: order[p[0].NAME])
+
+
+def clone_flags(rctx: "RestoreContext") -> int:
+    """The CLONE_NEW* flags the root's clone3 creates its namespaces with."""
+    flags = 0
+    for mod, _ in new_kinds(rctx):
+        if getattr(mod, "BY_CLONE", True):
+            flags |= mod.CLONE_FLAG
+    return flags
+
+
+def restore(rctx: "RestoreContext", root: "RestoreTask") -> None:
+    """The restorer's hook: in the root puppet, just created (with
+    ``clone_flags``), before any child is forked."""
+    for mod, ns_id in new_kinds(rctx):
+        mod.restore(rctx, ns_id, root)
+
+
+__all__ = ["NS_KINDS", "ID_KINDS", "saved_names", "ns_inode", "own_ids", "dump",
+           "new_kinds", "clone_flags", "restore"]
