@@ -572,13 +572,15 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)
-        if verify:
-            # Still stopped under ptrace, nothing let go: a difference
-            # kills the whole tree below.
-            from .verify import verify as check_tree
-            check_tree(rctx)
         for hook in rctx.before_detach:
             hook()
+        if verify:
+            # After the hooks (SIGIO owners set, TCP sockets out of repair
+            # mode), so it sees the state the tree will run with; still
+            # stopped under ptrace, nothing let go: a difference kills the
+            # whole tree below.
+            from .verify import verify as check_tree
+            check_tree(rctx)
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
         if pidfile:
             with open(pidfile, "w") as f:
