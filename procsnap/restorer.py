@@ -625,11 +625,18 @@ def _kill_all(rctx: RestoreContext) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    root = rctx.tasks[0].pid
-    try:
-        os.waitpid(root, 0)
-    except ChildProcessError:
-        pass
+    # Reap what we trace as well as the root, our child: a traced thread's
+    # exit waits for its tracer, and a leader's for its threads, so waiting
+    # for the root alone hangs once threads exist.  Threads first, then
+    # children before parents.
+    leaders = {t.pid for t in rctx.tasks}
+    order = [p for p in rctx.created if p not in leaders] + \
+        [p for p in reversed(rctx.created) if p in leaders]
+    for pid in order:
+        try:
+            os.waitpid(pid, C.WALL)
+        except ChildProcessError:
+            pass
 
 
 def wait_exit(pid: int) -> int:

@@ -476,8 +476,10 @@ def check_maps(f: Found) -> list[str]:
     b = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7], x[8]) for x in _merge(tb)]
     for e, g in zip(a, b):
         where = f"mapping {e.start:#x}-{e.end:#x}"
-        if (e.start, e.end) != (g.start, g.end):
+        if e.start != g.start:
             return [f"{where}: found {g.start:#x}-{g.end:#x} ({g.kind})"]
+        # Ends that differ: the fields first -- a lost flag is why the
+        # kernel merged (or split) what it did not before.
         out = _differ(f"{where}: kind", e.kind, g.kind)
         out += _differ(f"{where}: protection", e.prot, g.prot, _prot)
         out += _differ(f"{where}: sharing", e.shared, g.shared,
@@ -488,6 +490,8 @@ def check_maps(f: Found) -> list[str]:
         out += _differ(f"{where}: mmap flags (VmFlags)", e.mflags, g.mflags, _mflag_words)
         if out:
             return out
+        if e.end != g.end:
+            return [f"{where}: found {g.start:#x}-{g.end:#x} ({g.kind})"]
     if len(a) != len(b):
         extra = a[len(b)] if len(a) > len(b) else b[len(a)]
         state = "missing" if len(a) > len(b) else "not in the image"
@@ -642,7 +646,7 @@ def _check_fds(f: Found, have: list[int], want: dict[int, Any], fd_dir: int,
 
 # ----------------------------------------------- open file descriptions ----
 
-F_GETSIG, F_GETOWN_EX, F_GETOWNER_UIDS = 10, 16, 17
+F_GETSIG, F_GETOWN_EX, F_GETOWNER_UIDS = 11, 16, 17  # (10 is F_SETSIG)
 _OWNER = struct.Struct("<ii")
 _OWNER_TYPES = {0: "thread", 1: "process", 2: "process group"}
 
@@ -1067,7 +1071,8 @@ def check_cgroup(f: Found) -> list[str]:
         name = f"task/{th.tid}/cgroup"
         got = dict(cgroup.parse_cgroup(f.text(name), f"/proc/{f.pid}/{name}"))
         for ctl, path in want:
-            out += _differ(f"{where}cgroup {ctl or 'cgroup2'}", path, got.get(ctl, "none"), repr)
+            out += _differ(f"{where}cgroup {ctl or 'cgroup2'}: path", path, got.get(ctl, "none"),
+                           repr)
     return out
 
 
@@ -1091,7 +1096,7 @@ def differences(rctx: "RestoreContext", rt: "RestoreTask") -> list[str]:
 
 def _fail(pid: int, diffs: list[str]) -> None:
     for d in diffs[1:]:
-        log.warning("%s: pid %d: %s", PREFIX, pid, d)
+        log.info("%s: pid %d: %s", PREFIX, pid, d)  # shown with -vv: one line by default
     more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
     raise RestoreError(f"{PREFIX}: pid {pid}: {diffs[0]}{more}")
 
