@@ -127,8 +127,15 @@ class Found:
 
     def text(self, name: str) -> str:
         def read() -> str:
-            with open(f"/proc/{self.pid}/{name}", "rb") as f:
-                return os.fsdecode(f.read())
+            # os.open/os.read: no buffered file object per /proc file
+            fd = os.open(f"/proc/{self.pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks = []
+                while chunk := os.read(fd, 65536):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            return os.fsdecode(b"".join(chunks))
         return self._once(name, read)
 
     def stat(self, tid: int) -> Stat:
@@ -151,7 +158,9 @@ class Found:
         pidfd = self._cache.get("pidfd")
         if pidfd is None:
             pidfd = self._cache["pidfd"] = os.pidfd_open(self.pid)
-        return libc.syscall(438, pidfd, fd, 0)  # __NR_pidfd_getfd
+        # straight through ctypes (small ints pass as they are): one per
+        # open file description, 10,000 of them in a 10,000-fd task
+        return int(libc.libc.syscall(438, pidfd, fd, 0))  # __NR_pidfd_getfd
 
     def close(self) -> None:
         pidfd = self._cache.pop("pidfd", None)
@@ -326,6 +335,22 @@ class _Vma:
 
 
 def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
+    # A tree of forked processes holds the same VMAs again and again:
+    # each distinct one is worked out once.
+    cache: dict[tuple[Any, ...], tuple[Any, ...]] = rctx.kind_state.setdefault("verify-vmas", {})
+    madv = v.madv if v.HasField("madv") else None
+    key = (v.start, v.end, v.status, v.prot, v.flags, v.pgoff, v.shmid, madv)
+    t = cache.get(key)
+    if t is None:
+        t = cache[key] = astuple_vma(_img_vma1(rctx, v, madv))
+    return _Vma(*t)
+
+
+def astuple_vma(v: _Vma) -> tuple[Any, ...]:
+    return (v.start, v.end, v.prot, v.shared, v.kind, v.name, v.pgoff, v.madv, v.mflags)
+
+
+def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
     s = v.status
     name, pgoff = "", 0
     if s & VMA_AREA_VSYSCALL:
@@ -348,18 +373,25 @@ def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
     else:
         kind = "anon"
     shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED))
-    madv = v.madv if v.HasField("madv") else None
     return _Vma(v.start, v.end, v.prot, shared, kind, name, pgoff, madv, v.flags & _VM_MAP_FLAGS)
 
 
 _PROT = {"r": 1, "w": 2, "x": 4}
 
 
-def _found_vmas(text: str) -> list[_Vma]:
+def _found_vmas(text: str, cache: dict[str, tuple[Any, ...]] | None = None) -> list[_Vma]:
     """/proc/PID/maps, split by hand: parse_maps' regex and MapEntry cost
-    more than the rest of the check for a tree of 200 small processes."""
+    more than the rest of the check for a tree of 200 small processes;
+    ``cache``: line -> fields, shared by the tasks of a tree (forked
+    processes print the same lines)."""
+    if cache is None:
+        cache = {}
     out = []
     for line in text.splitlines():
+        t = cache.get(line)
+        if t is not None:
+            out.append(_Vma(*t))
+            continue
         parts = line.split(None, 5)
         if len(parts) < 5 or len(parts[1]) != 4:
             return [_found_vma(m) for m in parse.parse_maps(text)]  # says what is wrong
@@ -370,7 +402,9 @@ def _found_vmas(text: str) -> list[_Vma]:
                      sum(_PROT.get(c, 0) for c in perms[:3]), perms[3] == "s", int(off, 16),
                      int(dev.partition(":")[0], 16), int(dev.partition(":")[2], 16), int(ino),
                      path)
-        out.append(_found_vma(m))
+        v = _found_vma(m)
+        cache[line] = astuple_vma(v)
+        out.append(v)
     return out
 
 
@@ -446,7 +480,7 @@ def _wants_vmflags(img: list[_Vma]) -> bool:
 def check_maps(f: Found) -> list[str]:
     rctx = f.rctx
     img = [_img_vma(rctx, v) for v in f.rt.mm.vmas]
-    found = _found_vmas(f.text("maps"))
+    found = _found_vmas(f.text("maps"), rctx.kind_state.setdefault("verify-maps-lines", {}))
     # A file's name is compared only where the restore reopened it by that
     # name (the image VMA covering the found one has a name).
     starts = [v.start for v in img]
@@ -988,7 +1022,11 @@ def check_signals(f: Found) -> list[str]:
     out += _differ("caught signals (SigCgt)", cgt, leader.sig_cgt, _sigs)
     out += _differ("ignored signals (SigIgn)", ign, leader.sig_ign, _sigs)
     # A zombie child's SIGCHLD may land after the parent's queue was drained.
-    zombie_child = any(t.zombie and t.pstree.ppid == rt.pid for t in f.rctx.tasks)
+    parents = f.rctx.kind_state.get("verify-zombie-parents")
+    if parents is None:   # once, not a walk of the tree per task (200 tasks)
+        parents = f.rctx.kind_state["verify-zombie-parents"] = \
+            {t.pstree.ppid for t in f.rctx.tasks if t.zombie}
+    zombie_child = rt.pid in parents
     slack = (1 << (SIGCHLD - 1)) if zombie_child else 0
 
     def queued(q: Any) -> int:
