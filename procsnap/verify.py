@@ -1,7 +1,10 @@
 """The restore checks itself before the tree runs.
 
-Once every task is built and its registers are installed, and while every
-puppet is still stopped under ptrace, each task's state is read *from
+Once every task is built and its registers are installed, and the
+restorer's last hooks have run (``before_detach``: SIGIO owners set, TCP
+sockets out of repair mode, SO_REUSEADDR put back), so that what is read
+is what the tree will run with, and while every puppet is still stopped
+under ptrace, each task's state is read *from
 outside* -- from the same /proc files and ptrace requests the dump read --
 and compared with the images.  Any difference fails the restore: the
 restorer kills everything it created, and one line names the pid and the
@@ -36,8 +39,12 @@ image's value, and nothing moves it while the task is stopped):
   kernel would merge them (adjacent, alike in every compared field, file
   offsets contiguous): whether two alike neighbours are one VMA or two
   depends on anon_vma identity, which /proc does not show and a restore
-  cannot choose.  VmFlags (smaps) are compared when the image recorded
-  them (vma_entry.madv), and smaps is only read then: it walks the pages.
+  cannot choose.  The VmFlags the image keeps (memory.VMFLAGS "saved":
+  madvise advice in vma_entry.madv -- sr rr dc wf dd hg nh mg -- and
+  mmap flags in vma_entry.flags -- gd lo nr dp) are compared from smaps,
+  which is read only when the image holds one beyond a stack's gd: it
+  walks the page tables (so a flag the restore added unasked to a task
+  whose image has none is not seen).
 - fds: the set of fd numbers, each fd's kind (readlink: pipe:, socket:,
   anon_inode:[...], path), its open flags (fdinfo flags) including
   O_CLOEXEC, the position of regular files and memfds, and the path of a
@@ -46,6 +53,19 @@ image's value, and nothing moves it while the task is stopped):
   positions of character devices (the restore never seeks them), and the
   path of a file reopened through a ghost, a link remap or a file handle
   (the name is another on purpose).
+- open file descriptions, once each (through the fd that first got it
+  back, on a pidfd_getfd copy): the SIGIO owner (F_GETOWN_EX, with the
+  uid/euid of F_GETOWNER_UIDS) and signal (F_GETSIG); for sockets every
+  option sockopts.TABLE marks SAVED, with getsockopt (SO_* of sk_opts,
+  IP_TOS/TTL/PKTINFO/FREEBIND, IPV6_V6ONLY/RECVPKTINFO, TCP_NODELAY/CORK
+  and the keepalive timers).  A TCP buffer size the task never locked
+  (SO_BUF_LOCK) is not compared: the kernel tunes it as traffic goes.
+- locks: the ``lock:`` lines of every fd's fdinfo against filelocks.img
+  -- kind, type, range, mode, and the owning pid of a POSIX lock -- per
+  open file description, once all tasks were read (a description's
+  locks show under the fds of each task sharing it).
+- cgroups, per thread: /proc/PID/task/TID/cgroup against the thread's
+  cg set in cgroup.img, every hierarchy the set names.
 - creds, per thread: uids, gids, groups, capability sets (inheritable,
   permitted, effective, bounding) from /proc/PID/task/TID/status.
   Securebits have no outside source (only PR_GET_SECUREBITS in the task).
@@ -55,10 +75,13 @@ image's value, and nothing moves it while the task is stopped):
   setpriority).
 - task: personality, rlimits (/proc/PID/limits), oom_score_adj, umask,
   THP disabled (status "THP_enabled", set by PR_SET_THP_DISABLE), rseq
-  registration (PTRACE_GET_RSEQ_CONFIGURATION) and robust list
-  (get_robust_list) per thread.  Not readable from outside and so not
-  compared: dumpable, child_subreaper, pdeath_sig, clear-tid address,
-  sigaltstack, interval timers (which also move).
+  registration (PTRACE_GET_RSEQ_CONFIGURATION), robust list
+  (get_robust_list) and loginuid (/proc/PID/task/TID/loginuid) per
+  thread.  Not readable from outside and so not compared: dumpable,
+  child_subreaper, pdeath_sig, clear-tid address, sigaltstack, interval
+  timers (which also move), membarrier registrations
+  (MEMBARRIER_CMD_GET_REGISTRATIONS answers only for the caller's own
+  mm, and the check injects nothing: the puppets' trampolines are gone).
 - signals: the blocked mask per thread (status SigBlk), which signals are
   caught and which ignored (SigCgt/SigIgn: a handler's address and flags
   are only readable with rt_sigaction in the task), and which are pending

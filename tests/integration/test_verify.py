@@ -169,7 +169,9 @@ def _broken_restore_caught(targets: TargetFactory, t: Target, images: Path, patc
     (so the check caught it); a restore that is not broken passes the check."""
     everyone = (t.pid,) + pids
     kids = children_of(os.getpid())
-    targets.adopt(t.pid, like=t)   # should it wrongly come back
+    targets.adopt(t.pid, like=t)   # should they wrongly come back
+    for pid in pids:
+        targets.adopt(pid)
     res = _restore_with(patch, images)
     line = assert_one_line_error(res, "re:" + pattern)
     assert "Traceback" not in line
@@ -302,7 +304,6 @@ def test_broken_vmflags(targets: TargetFactory, tmp_path: Path) -> None:
                            rf"restore check: pid ({parent}|{child}): mapping 0x[0-9a-f]+-"
                            r"0x[0-9a-f]+: (madvise|mmap) flags \(VmFlags\) \S+ expected, "
                            r"none found", pids=(child,))
-    targets.adopt(child)
     finish(t)
 
 
