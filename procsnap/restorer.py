@@ -477,13 +477,15 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)
-        if verify:
-            # Still stopped under ptrace, nothing let go: a difference
-            # kills the whole tree below.
-            from .verify import verify as check_tree
-            check_tree(rctx)
         for hook in rctx.before_detach:
             hook()
+        if verify:
+            # After the hooks (SIGIO owners set, TCP sockets out of repair
+            # mode), so it sees the state the tree will run with; still
+            # stopped under ptrace, nothing let go: a difference kills the
+            # whole tree below.
+            from .verify import verify as check_tree
+            check_tree(rctx)
         _action(rctx, "post-restore")
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
         if pidfile:
@@ -555,11 +557,14 @@ def _kill_all(rctx: RestoreContext) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    # Every task and thread we created is traced by us: each one's exit
-    # must be collected here (__WALL), or a thread group leader whose
-    # threads were never reaped stays unreapable and waiting for the root
-    # would hang.  The root, our own child, is reaped with them.
-    for pid in reversed(rctx.created):
+    # Reap what we trace as well as the root, our child: a traced thread's
+    # exit waits for its tracer, and a leader's for its threads, so waiting
+    # for the root alone hangs once threads exist.  Threads first, then
+    # children before parents.
+    leaders = {t.pid for t in rctx.tasks}
+    order = [p for p in rctx.created if p not in leaders] + \
+        [p for p in reversed(rctx.created) if p in leaders]
+    for pid in order:
         try:
             os.waitpid(pid, C.WALL)
         except ChildProcessError:
