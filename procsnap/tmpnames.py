@@ -17,8 +17,12 @@ reports what is left; ``procsnap cleanup DIR`` removes it.
 
 Journal lines: ``+ PATH`` (created, temporary), ``= PATH`` (a link remap
 that a complete dump now owns: not a leftover, but cleanup removes it),
-``- PATH`` (removed).  Paths are written with surrogateescape, one a line;
-a path holding a newline is refused rather than journaled wrongly.
+``- PATH`` (removed).  A path may hold any bytes but NUL (a deleted
+file may be named ``a\\b'\n"c``): it is written with surrogateescape
+and escaped, ``\\`` for a backslash and ``\n`` for a newline, so each
+line is one whole name.  Ghosts may need parent directories made again
+(their directory was deleted too): those are journaled first, removed
+last.
 """
 from __future__ import annotations
 
@@ -37,15 +41,33 @@ def _journal(images_dir: str) -> str:
 
 def note(images_dir: str, state: str, path: str) -> None:
     """Append one line and make it durable before the name is touched."""
-    if "\n" in path:
-        raise ProcsnapError(f"{path!r}: a temporary name with a newline cannot be journaled")
-    line = f"{state} {path}\n".encode("utf-8", "surrogateescape")
+    line = f"{state} {escape(path)}\n".encode("utf-8", "surrogateescape")
     fd = os.open(_journal(images_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def escape(path: str) -> str:
+    """One journal line's worth of ``path``: backslash and newline escaped."""
+    return path.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def unescape(text: str) -> str:
+    out = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append("\n" if nxt == "n" else nxt)
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def states(images_dir: str) -> dict[str, str]:
@@ -56,10 +78,12 @@ def states(images_dir: str) -> dict[str, str]:
     except (FileNotFoundError, NotADirectoryError):
         return {}
     out: dict[str, str] = {}
-    for line in raw.decode("utf-8", "surrogateescape").splitlines():
+    # split on "\n" only: an escaped name holds no newline, but may hold
+    # other characters str.splitlines() would break at (\r, \x1c, ...).
+    for line in raw.decode("utf-8", "surrogateescape").split("\n"):
         state, _, path = line.partition(" ")
         if state in ("+", "=", "-") and path:
-            out[path] = state
+            out[unescape(path)] = state
     return out
 
 
@@ -109,7 +133,8 @@ def cleanup(images_dir: str) -> list[str]:
     if not os.path.isdir(images_dir):
         raise ProcsnapError(f"{images_dir}: no such images directory")
     done: list[str] = []
-    for path in leftovers(images_dir, owned=True):
+    # Newest first: a ghost goes before the parent directory made for it.
+    for path in reversed(leftovers(images_dir, owned=True)):
         try:
             remove(images_dir, path, is_dir=os.path.isdir(path) and not os.path.islink(path))
         except OSError as exc:

@@ -254,3 +254,8 @@ CLOCK_BOOTTIME = 7
 # a puppet, saving a tmpfs from inside its namespace.
 NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
            "open_tree": 428, "move_mount": 429, "mount_setattr": 442})
+# files2: O_TMPFILE files made again and filled inside the puppet
+# (regfile.py), fanotify groups (fanotify.py), a dead process's pidfd
+# (pidfd.py).
+NR.update({"fchmod": 91, "fchown": 93, "utimensat": 280, "copy_file_range": 326,
+           "fanotify_init": 300, "fanotify_mark": 301, "waitid": 247, "fork": 57})

@@ -10,10 +10,20 @@ was closed and the number reused, while the registered file stays open
 through another fd, the line still names the old number; re-adding that
 number at restore would watch the wrong file.  So each target is checked
 by identity with kcmp(KCMP_EPOLL_TFD): "is fd T of the task the file
-registered in epoll E under number T?".  Anything else is a dump error.
+registered in epoll E under number T?".  When it is not, the same kcmp
+asked of every other fd of the task finds the fd that holds the file now
+(``holder_fd``, a procsnap field); a file no fd of the task holds (only
+another process, or nothing but a mapping) is a dump error.  CRIU
+renumbers such a registration to the holder's fd; procsnap keeps the
+number, since EPOLL_CTL_MOD/DEL and fdinfo name it.
 
 At restore the epoll fd is created at once and its targets are added in
-the after-all pass, once every fd they refer to is in place.
+the after-all pass, once every fd they refer to is in place.  A target
+with a holder is registered through its old number made a temporary
+copy of the holder (dup3), and whatever held that number is put back
+afterwards (with its FD_CLOEXEC): epoll keys a registration by (file,
+number), and closing a number does not end a registration while the
+file stays open.
 """
 from __future__ import annotations
 
@@ -55,17 +65,28 @@ def matches(fd: "FdCtx") -> bool:
     return fd.link == "anon_inode:[eventpoll]" and fd.info is not None
 
 
-def _registered_as(pid: int, epfd: int, tfd: int, toff: int) -> bool:
-    """Is fd ``tfd`` of ``pid`` the file epoll ``epfd`` watches under that number?"""
+def _registered_as(pid: int, epfd: int, tfd: int, toff: int, cand: int | None = None) -> bool:
+    """Is fd ``cand`` (default: ``tfd``) of ``pid`` the file epoll ``epfd``
+    watches under number ``tfd``?"""
     slot = KcmpEpollSlot(epfd, tfd, toff)
     try:
-        return syscall(C.NR["kcmp"], pid, pid, C.KCMP_EPOLL_TFD, tfd,
+        return syscall(C.NR["kcmp"], pid, pid, C.KCMP_EPOLL_TFD, tfd if cand is None else cand,
                        ctypes.addressof(slot)) == 0
     except OSError as exc:
         if exc.errno == errno.EBADF:
             return False  # no fd with that number any more
         raise DumpError(f"pid {pid}: fd {epfd}: kcmp(KCMP_EPOLL_TFD) on target {tfd}: "
                         f"{exc.strerror}") from None
+
+
+def _holder(fd: "FdCtx", tfd: int, toff: int) -> int | None:
+    """The fd of the task that holds the file epoll ``fd`` registered
+    under number ``tfd`` (the toff-th such registration), or None."""
+    pid = fd.task.pid
+    for cand in fd.task.proc.fds():
+        if cand != tfd and cand != fd.fd and _registered_as(pid, fd.fd, tfd, toff, cand):
+            return cand
+    return None
 
 
 def dump(fd: "FdCtx", fid: int) -> Any:
@@ -92,10 +113,14 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         toff = seen.get(tfd, 0)
         seen[tfd] = toff + 1
         if not _registered_as(pid, fd.fd, tfd, toff):
-            raise DumpError(
-                f"pid {pid}: fd {fd.fd}: epoll watches a file registered as fd {tfd}, "
-                f"but fd {tfd} is now another file or closed (the number was reused or "
-                "the fd closed while the file stays open elsewhere); cannot restore it")
+            holder = _holder(fd, tfd, toff)
+            if holder is None:
+                raise DumpError(
+                    f"pid {pid}: fd {fd.fd}: epoll watches a file registered as fd {tfd}, "
+                    f"but fd {tfd} is now another file or closed and no fd of pid {pid} "
+                    "holds that file (it stays open only in another process or a "
+                    "mapping); cannot restore it")
+            entry.holder_fd = holder
         targets.append(entry)
     return fdinfo_pb2.file_entry(
         type=TYPE, id=fid,
@@ -114,8 +139,35 @@ def after_all(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, fd: int) ->
     for t in entry.epfd.tfd:
         ev = inj.put(_EVENT.pack(t.events, t.data), align=8)
         try:
-            inj.call("epoll_ctl", fd, C.EPOLL_CTL_ADD, t.tfd, ev)
+            if t.HasField("holder_fd"):
+                _add_through(rctx, rt, fd, t, ev)
+            else:
+                inj.call("epoll_ctl", fd, C.EPOLL_CTL_ADD, t.tfd, ev)
         except InjectError as exc:
             raise RestoreError(f"pid {rt.pid}: epoll fd {fd}: cannot add fd {t.tfd} "
                                f"(events {t.events:#x}): {exc.strerror}") from None
         inj.reset_scratch()
+
+
+def _add_through(rctx: "RestoreContext", rt: "RestoreTask", epfd: int, t: Any, ev: int) -> None:
+    """Register the file of fd ``t.holder_fd`` under number ``t.tfd``: that
+    number is made a copy of the holder for the one epoll_ctl call, and
+    what held it (if anything; the epoll fd itself too) is put back."""
+    inj = rt.inj
+    saved = None
+    cloexec = False
+    try:
+        with open(f"/proc/{rt.pid}/fdinfo/{t.tfd}") as f:
+            cloexec = any(line.startswith("flags:") and int(line.split()[1], 8) & C.O_CLOEXEC
+                          for line in f)
+        saved = inj.call("fcntl", t.tfd, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
+    except FileNotFoundError:
+        pass  # the number is free
+    inj.call("dup3", t.holder_fd, t.tfd, 0)
+    inj.call("epoll_ctl", saved if epfd == t.tfd and saved is not None else epfd,
+             C.EPOLL_CTL_ADD, t.tfd, ev)
+    if saved is None:
+        inj.call("close", t.tfd)
+    else:
+        inj.call("dup3", saved, t.tfd, C.O_CLOEXEC if cloexec else 0)
+        inj.call("close", saved)

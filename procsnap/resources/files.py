@@ -132,7 +132,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         if st is not None:
             known = seen.setdefault((st.st_dev, st.st_ino), [])
             at, shared_id = _find_shared(known, task.pid, fd)
-        kind = next((k for k in FD_KINDS if k.matches(fdctx)), None)
+        # O_PATH: a name, whatever it names (see regfile.is_opath)
+        kind = regfile if regfile.is_opath(fdctx) else \
+            next((k for k in FD_KINDS if k.matches(fdctx)), None)
         if kind is None:
             raise Unsupported(f"pid {task.pid}: fd {fd} (flags {info.flags:o}) is {_describe(link)}: "
                               f"{link}: not supported yet")

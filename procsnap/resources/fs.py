@@ -1,4 +1,13 @@
-"""Working directory, root and umask (fs-PID.img)."""
+"""Working directory, root and umask (fs-PID.img).
+
+A cwd or root that was deleted (rmdir while a task sits in it) is saved as
+a ghost directory, as CRIU does: at restore it is made again under its own
+name (regfile._ghost_path), the task chdirs/chroots into it, and the name
+is removed once the tree is restored, so /proc/PID/cwd reads "DIR
+(deleted)" as before.  A cwd outside the task's root (chroot without
+chdir) is kept too: names are the restorer's, the chdir comes before the
+chroot.
+"""
 from __future__ import annotations
 
 import os
@@ -21,7 +30,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         real = os.stat(f"/proc/{task.pid}/{what}")
         fid = ctx.new_file_id()
         ctx.files.append(regfile.describe_path(task, link, real, fid,
-                                               os.O_RDONLY | os.O_DIRECTORY, 0, what=what))
+                                               os.O_RDONLY | os.O_DIRECTORY, 0, what=what,
+                                               ctx=ctx, source=f"/proc/{task.pid}/{what}",
+                                               ghost_only=True))
         ids.append(fid)
     status = task.status
     assert status is not None
@@ -35,8 +46,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     inj = rt.inj
     fs = rt.fs
-    root = regfile.restore_path(rctx, rctx.file_entry(fs.root_id))
-    cwd = regfile.restore_path(rctx, rctx.file_entry(fs.cwd_id))
+    # node_path: the name, or the ghost directory made again
+    root = regfile.node_path(rctx, rctx.file_entry(fs.root_id))
+    cwd = regfile.node_path(rctx, rctx.file_entry(fs.cwd_id))
     inj.call("chdir", inj.put_str(cwd))
     if root != "/":
         inj.call("chroot", inj.put_str(root))

@@ -10,6 +10,8 @@ Image layout (criu/files-reg.c, dump_ghost_file): one ghost_file_entry
   sparse file costs only its written blocks;
 * for smaller files: the whole contents, raw, to the end of the image;
 * for directories: nothing (a ghost directory is recreated empty);
+* for symlinks (an O_PATH fd on a deleted symlink): nothing, the target
+  is ``symlnk_target``;
 * for FIFOs and device nodes: nothing (rdev, for devices, is in the
   entry); the node is made again with mknod.
 
@@ -68,6 +70,8 @@ def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
         atim=_timeval(st.st_atime_ns), mtim=_timeval(st.st_mtime_ns))
     if st_mod.S_ISCHR(st.st_mode) or st_mod.S_ISBLK(st.st_mode):
         gfe.rdev = st.st_rdev & 0xFFFFFFFF  # CRIU: the user dev_t, old encoding
+    if st_mod.S_ISLNK(st.st_mode):
+        gfe.symlnk_target = _link_target(src)
     regular = st_mod.S_ISREG(st.st_mode)
     if regular and st.st_size >= CHUNKS_THRESHOLD:
         gfe.chunks = True
@@ -84,6 +88,20 @@ def dump(images_dir: str, gid: int, src: str, st: os.stat_result) -> str:
             finally:
                 os.close(fd)
     return w.path
+
+
+def _link_target(src: str) -> str:
+    """What a deleted symlink points to.  Opening the magic link with
+    O_PATH lands on the symlink itself (the jump is not followed again);
+    readlinkat with an empty name reads it."""
+    try:
+        pfd = os.open(src, os.O_PATH | os.O_CLOEXEC)
+        try:
+            return os.readlink("", dir_fd=pfd)
+        finally:
+            os.close(pfd)
+    except OSError as exc:
+        raise DumpError(f"{src}: cannot read the deleted symlink: {exc.strerror}") from None
 
 
 def _timeval(ns: int) -> Any:
@@ -159,6 +177,16 @@ def create(images_dir: str, gid: int, path: str) -> bool:
             os.mkdir(path, 0o700)
             _meta(path, gfe)
             return True
+        if st_mod.S_ISLNK(mode):
+            if not gfe.HasField("symlnk_target"):
+                raise ImageError(img, "ghost symlink without a target")
+            os.symlink(gfe.symlnk_target, path)
+            try:
+                _meta(path, gfe)
+            except BaseException:
+                os.unlink(path)
+                raise
+            return False
         if st_mod.S_ISFIFO(mode) or st_mod.S_ISCHR(mode) or st_mod.S_ISBLK(mode):
             # A node: the same kind of object again (a FIFO is a new,
             # empty pipe; fifo.py refills it), nothing to copy.
@@ -206,8 +234,11 @@ def _pwrite_all(fd: int, data: bytes, off: int) -> None:
 
 
 def _meta(path: str, gfe: Any) -> None:
-    os.chown(path, gfe.uid, gfe.gid)
-    os.chmod(path, st_mod.S_IMODE(gfe.mode))
+    link = st_mod.S_ISLNK(gfe.mode)  # a symlink's own owner and times; it has no mode
+    os.chown(path, gfe.uid, gfe.gid, follow_symlinks=not link)
+    if not link:
+        os.chmod(path, st_mod.S_IMODE(gfe.mode))
     if gfe.HasField("atim") and gfe.HasField("mtim"):
         os.utime(path, ns=(gfe.atim.tv_sec * 10**9 + gfe.atim.tv_usec * 1000,
-                           gfe.mtim.tv_sec * 10**9 + gfe.mtim.tv_usec * 1000))
+                           gfe.mtim.tv_sec * 10**9 + gfe.mtim.tv_usec * 1000),
+                 follow_symlinks=not link)

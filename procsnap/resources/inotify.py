@@ -106,7 +106,12 @@ def resolve_watch(task: "DumpTask", what: str, sdev: int, ino: int, htype: int,
             tried.append(f"{m.mount_point}: handle opened inode {st.st_ino}")
             continue
         if path.endswith(DELETED) and st.st_nlink == 0:
-            raise DumpError(f"pid {pid}: {what}: the watched file {path} is deleted")
+            # A ghost would have to be made, watched and unlinked again in
+            # its directory: a watch on that directory would then find
+            # IN_CREATE/IN_DELETE events in its queue that never happened.
+            raise DumpError(f"pid {pid}: {what}: the watched file {path} is deleted; a watch "
+                            "on a deleted file cannot be restored without queueing events "
+                            "that never happened")
         try:
             seen = os.stat(root + path)
         except OSError as exc:

@@ -74,6 +74,7 @@ KERNEL_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "tracefs
              "securityfs", "configfs", "pstore", "efivarfs", "bpf", "binfmt_misc",
              "fusectl", "mqueue", "hugetlbfs"}
 
+O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE (os.O_TMPFILE adds O_DIRECTORY)
 LINKED = remap_file_path_pb2.LINKED
 GHOST = remap_file_path_pb2.GHOST
 AT_EMPTY_PATH = 0x1000
@@ -85,10 +86,20 @@ FH_WORDS = 16  # fh_entry keeps at least min_entries u64 words
 _STAT = struct.Struct("<QQQIII4xQqqqqqqqqq")
 
 
+def is_opath(fd: "FdCtx") -> bool:
+    """An O_PATH fd names a place in the file system, whatever is there (a
+    symlink itself with O_NOFOLLOW, a FIFO, a device, a socket file): it
+    is reopened by that name with the same flags, never as the kind of
+    object it points at (no tty, no FIFO is opened through it)."""
+    return fd.st is not None and fd.info is not None and bool(fd.info.flags & C.O_PATH)
+
+
 def matches(fd: "FdCtx") -> bool:
     st = fd.st
     if st is None:
         return False
+    if is_opath(fd):
+        return True
     if st_mod.S_ISREG(st.st_mode) or st_mod.S_ISDIR(st.st_mode):
         return True
     return st_mod.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == MEM_MAJOR
@@ -219,11 +230,35 @@ def dump_done(ctx: "DumpContext") -> None:
 
 # ---------------------------------------------------------------- dump ----
 
-def _name_stat(task: "DumpTask", name: str, ask_target: bool) -> os.stat_result | None:
+_VIEW: list[Any] = [None, ""]  # [task, prefix of its names]: one dump at a time
+
+
+def name_prefix(task: "DumpTask") -> str:
+    """Where the names readlink gives for ``task`` are found from here.
+
+    readlink of /proc/PID/fd/N (cwd, root) prints the path from *our*
+    root, and the restore opens names before the puppet chroots: in our
+    own mount namespace a name is looked up as it is, also for a
+    chrooted task (whose cwd may even lie outside its root).  A task in
+    another mount namespace gets names from that namespace's root,
+    reached through /proc/PID/root."""
+    if _VIEW[0] is not task:
+        try:
+            same = os.stat(f"/proc/{task.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+        except OSError:
+            same = False
+        _VIEW[:] = [task, "" if same else f"/proc/{task.pid}/root"]
+    prefix: str = _VIEW[1]
+    return prefix
+
+
+def _name_stat(task: "DumpTask", name: str, ask_target: bool,
+               follow: bool = True) -> os.stat_result | None:
     try:
         if ask_target:
             return target_stat(task, path=name)
-        return os.stat(f"/proc/{task.pid}/root{name}")
+        where = name_prefix(task) + name
+        return os.stat(where) if follow else os.lstat(where)
     except OSError:
         return None
 
@@ -232,14 +267,16 @@ def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
                  fstype: str = "?") -> tuple[str, bool, os.stat_result | None]:
     """(name, True, None) if ``link`` or ``link`` less " (deleted)" names
     ``real`` as the target sees it; else (the original name, False, what
-    that name is now or None if nothing)."""
-    ask = per_caller(fstype) and task.inj is not None
+    that name is now or None if nothing).  A symlink (an O_PATH fd on
+    one) is the link itself, not what it points to."""
+    ask = per_caller(fstype) and task.inj is not None and not st_mod.S_ISLNK(real.st_mode)
+    follow = not st_mod.S_ISLNK(real.st_mode)
     candidates = [link]
     if link.endswith(DELETED):
         candidates.append(link[: -len(DELETED)])
     found: dict[str, os.stat_result | None] = {}
     for name in candidates:
-        st = _name_stat(task, name, ask)
+        st = _name_stat(task, name, ask, follow)
         if st is not None and (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino):
             return name, True, None
         found[name] = st
@@ -249,12 +286,15 @@ def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
 
 def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, flags: int,
                   pos: int, what: str, mnt_id: int | None = None, *,
-                  ctx: "DumpContext | None" = None, source: str | None = None) -> Any:
+                  ctx: "DumpContext | None" = None, source: str | None = None,
+                  ghost_only: bool = False) -> Any:
     """A files.img entry (type REG) for an object the task holds.
 
     ``source`` is a magic link procsnap can open the object by
     (/proc/PID/fd/N, map_files, exe); with ``ctx`` too, unlinked files are
-    kept (ghost, handle, link remap) instead of refused.
+    kept (ghost, handle, link remap) instead of refused; ``ghost_only``
+    (cwd and root, restored by name with chdir/chroot) keeps deleted ones
+    only.
     """
     mnt = mount_of(task, mnt_id, real.st_dev)
     fstype = mnt.fstype if mnt is not None else "?"
@@ -280,19 +320,22 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
         raise DumpError(f"pid {pid}: {what}: {link} on {fstype}: the name {state}, and files "
                         f"on {fstype} are only ever reopened by name (never ghosted or "
                         "link-remapped)")
-    if now is not None:
+    # A deleted file (nlink 0) is a ghost even when its old name now names
+    # another file (unlinked, then created again under that name): the
+    # ghost is made under a name of its own, the new file is left alone.
+    if now is not None and real.st_nlink != 0:
         raise DumpError(f"pid {pid}: {what}: {name} now names another file: "
                         f"expected {_ident(real)}, found {_ident(now)} (renamed or replaced "
                         "after it was opened)")
     if not name.startswith("/"):
         raise Unsupported(f"pid {pid}: {what}: {link}: not a path procsnap can reopen")
-    if ctx is None or source is None:
+    if ctx is None or source is None or (ghost_only and real.st_nlink != 0):
         raise Unsupported(f"pid {pid}: {what}: {link} is unlinked (nlink {real.st_nlink}); "
                           "an unlinked file here is not supported yet")
     if real.st_nlink == 0:
         if not (st_mod.S_ISREG(real.st_mode) or st_mod.S_ISDIR(real.st_mode)
                 or st_mod.S_ISFIFO(real.st_mode) or st_mod.S_ISCHR(real.st_mode)
-                or st_mod.S_ISBLK(real.st_mode)):
+                or st_mod.S_ISBLK(real.st_mode) or st_mod.S_ISLNK(real.st_mode)):
             raise Unsupported(f"pid {pid}: {what}: {link}: a deleted file of mode "
                               f"{real.st_mode:o} cannot be saved")
         _dump_ghost(ctx, task, name, real, fid, source, what)
@@ -400,13 +443,9 @@ def _read_fh(path: str) -> Any:
 def _our_path(task: "DumpTask", path: str) -> str:
     """``path`` of the target as procsnap can reach it, also after the
     target is gone (the journal and cleanup need that): the path itself
-    when we share its root and mount namespace, else through its root."""
-    try:
-        same = os.readlink(f"/proc/{task.pid}/root") == "/" and \
-            os.stat(f"/proc/{task.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
-    except OSError:
-        same = False
-    return path if same else f"/proc/{task.pid}/root{path}"
+    when we share its mount namespace (names are ours then, see
+    name_prefix), else through its root."""
+    return name_prefix(task) + path
 
 
 def _dump_link_remap(ctx: "DumpContext", task: "DumpTask", name: str, real: os.stat_result,
@@ -462,6 +501,7 @@ class RestoreState:
     """Per-restore bookkeeping, kept in RestoreContext.kind_state["reg"]."""
     remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry
     ghosts: dict[int, tuple[str, bool]] = field(default_factory=dict)  # ghost id -> (path, is_dir)
+    parents: list[str] = field(default_factory=list)  # deleted directories made for ghosts
     links: set[str] = field(default_factory=set)
     handles: set[int] | None = None  # file ids with a reg-fh image (listed once)
 
@@ -506,11 +546,15 @@ def _ghost_path(rctx: "RestoreContext", name: str, gid: int) -> str:
     state = _rstate(rctx)
     made = state.ghosts.get(gid)
     if made is None:
-        path = ghost.path_for(name, gid)
-        try:
-            tmpnames.note(rctx.images_dir, "+", path)
-        except OSError:
-            pass  # a read-only images dir: no journal, the ghost is still removed
+        # A directory comes back under its own name when that is free, as
+        # CRIU does: a deleted cwd then reads "DIR (deleted)" exactly as
+        # before.  Anything else gets CRIU's NAME.cr.ID.ghost.
+        if st_mod.S_ISDIR(ghost.entry(rctx.images_dir, gid).mode) and not os.path.lexists(name):
+            path = name
+        else:
+            path = ghost.path_for(name, gid)
+        _make_parents(rctx, state, os.path.dirname(path))
+        _journal(rctx, "+", path)
         try:
             is_dir = ghost.create(rctx.images_dir, gid, path)
         except BaseException:
@@ -518,6 +562,32 @@ def _ghost_path(rctx: "RestoreContext", name: str, gid: int) -> str:
             raise
         made = state.ghosts[gid] = (path, is_dir)
     return made[0]
+
+
+def _journal(rctx: "RestoreContext", state: str, path: str) -> None:
+    try:
+        tmpnames.note(rctx.images_dir, state, path)
+    except OSError:
+        pass  # a read-only images dir: no journal, the name is still removed
+
+
+def _make_parents(rctx: "RestoreContext", state: "RestoreState", parent: str) -> None:
+    """Make the directories a ghost needs that were deleted too (a file or
+    directory open under a removed directory), as temporary names that
+    restore_done() removes after the ghost, deepest first."""
+    missing = []
+    while parent not in ("", "/") and not os.path.lexists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(missing):
+        _journal(rctx, "+", d)
+        try:
+            os.mkdir(d, 0o700)
+        except OSError as exc:
+            tmpnames.remove(None, d, is_dir=True)
+            raise RestoreError(f"{d}: cannot make the deleted directory a ghost needs again: "
+                               f"{exc.strerror}") from None
+        state.parents.append(d)
 
 
 def node_path(rctx: "RestoreContext", entry: Any) -> str:
@@ -550,9 +620,48 @@ def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int
         state.links.add(link)
         return fd
     if remap.remap_type == GHOST:
-        return rt.open_in_puppet(_ghost_path(rctx, name, remap.remap_id), flags, check=after)
+        gpath = _ghost_path(rctx, name, remap.remap_id)
+        if flags & O_TMPFILE_BIT:
+            return _open_tmpfile(rctx, rt, gpath, remap.remap_id, flags, after)
+        return rt.open_in_puppet(gpath, flags, check=after)
     raise ImageError(images.image_path(rctx.images_dir, "remap-fpath", None),
                      f"file id {entry.id}: remap type {remap.remap_type} is not supported")
+
+
+def _open_tmpfile(rctx: "RestoreContext", rt: "RestoreTask", gpath: str, gid: int, flags: int,
+                  after: Any) -> int:
+    """An O_TMPFILE file (never named): made again with O_TMPFILE in the
+    ghost's directory and filled from the ghost, inside the puppet, so
+    its open flags are what they were (fcntl(F_GETFL) shows O_TMPFILE, and
+    no fcntl can set it afterwards).  Contents are copied with
+    copy_file_range (holes become zeros on file systems that cannot keep
+    them in a copy); owner, mode and times are set last."""
+    inj = rt.inj
+    gfe = ghost.entry(rctx.images_dir, gid)
+    try:
+        fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(os.path.dirname(gpath)),
+                      flags | (C.O_CLOEXEC if rt.open_cloexec else 0), 0o600)
+        src = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(gpath),
+                       os.O_RDONLY | C.O_CLOEXEC, 0)
+        try:
+            while inj.call("copy_file_range", src, 0, fd, 0, 1 << 30, 0) > 0:
+                pass
+        finally:
+            inj.call("close", src)
+        inj.call("lseek", fd, 0, os.SEEK_SET)
+        inj.call("fchown", fd, gfe.uid, gfe.gid)
+        inj.call("fchmod", fd, st_mod.S_IMODE(gfe.mode))
+        if gfe.HasField("atim") and gfe.HasField("mtim"):
+            times = inj.put(struct.pack("<qqqq", gfe.atim.tv_sec, gfe.atim.tv_usec * 1000,
+                                        gfe.mtim.tv_sec, gfe.mtim.tv_usec * 1000), align=8)
+            inj.call("utimensat", fd, 0, times, 0)
+    except InjectError as exc:
+        raise RestoreError(f"{gpath}: cannot make the O_TMPFILE file again for pid {rt.pid}: "
+                           f"{os.strerror(exc.errno or 0)}") from None
+    if after is not None:
+        after(fd)
+    inj.reset_scratch()
+    return fd
 
 
 def _open_by_handle(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, img: str,
@@ -596,6 +705,12 @@ def restore_done(rctx: "RestoreContext", ok: bool) -> None:
     for path, is_dir in st.ghosts.values():
         tmpnames.remove(rctx.images_dir, path, is_dir=is_dir)
     st.ghosts.clear()
+    for path in reversed(st.parents):
+        try:
+            tmpnames.remove(rctx.images_dir, path, is_dir=True)
+        except OSError:
+            pass  # something else was put in it meanwhile: leave it (journaled)
+    st.parents.clear()
     if ok:
         for path in sorted(st.links):
             tmpnames.remove(rctx.images_dir, path)

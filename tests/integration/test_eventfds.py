@@ -172,13 +172,34 @@ def test_inotify_watch_follows_rename(targets: TargetFactory, images_dir: Path,
     finish(t)
 
 
-def test_epoll_with_reused_fd_number_is_refused(targets: TargetFactory,
-                                                images_dir: Path) -> None:
-    t = targets.start("epoll_reuse")
+@pytest.mark.parametrize("mode", ["reuse", "free"])
+def test_epoll_with_reused_fd_number(targets: TargetFactory, images_dir: Path, mode: str) -> None:
+    """The eventfd registered as fd 3 is held at fd 4 now (fd 3 is
+    /dev/null, or closed): found by kcmp, registered as fd 3 again through
+    a temporary fd 3, and fd 3 is what it was.  cycle() compares the tfd
+    lines (number, events, data) and the fd table before and after."""
+    from procsnap import images
+
+    t = targets.start("epoll_reuse", mode)
+    t.wait_line(r"^tick 2$")
+    cycle(targets, t, images_dir)
+    [ep] = [e.epfd for e in images.read_image(str(images_dir), "files") if e.HasField("epfd")]
+    assert [(x.tfd, x.holder_fd) for x in ep.tfd] == [(3, 4)], ep
+    assert ("3" in os.listdir(f"/proc/{t.pid}/fd")) == (mode == "reuse")
+    n = len(re.findall(r"^tick", t.output(), re.M))
+    t.wait_line(r"^tick", 5, count=n + 3)  # events still come through epoll
+    finish(t)
+
+
+def test_epoll_target_held_only_elsewhere_is_refused(targets: TargetFactory,
+                                                     images_dir: Path) -> None:
+    """The registered file is held by another process only: refused, one
+    line naming pid and epoll fd, and the tree runs on."""
+    t = targets.start("epoll_reuse", "elsewhere")
     t.wait_line(r"^tick 2$")
     res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
     line = assert_one_line_error(res, f"pid {t.pid}")
-    assert "fd 5" in line and "fd 3" in line and "reused" in line, line
+    assert "fd 5" in line and "fd 3" in line and "another process" in line, line
     assert list(images_dir.iterdir()) == [], "a refused dump left images behind"
     assert t.alive()
     ok, why = is_untouched(t.pid)

@@ -225,10 +225,31 @@ def test_renamed_after_open(targets: TargetFactory, images_dir: Path, tmp_path: 
     verdict_pass(t)
 
 
+def test_replaced_is_a_ghost(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    """Replaced by rename (nlink 0 now): the open file is deleted, so it is
+    a ghost, and the new file under its old name is left alone."""
+    (tmp_path / "data").write_bytes(b"the original\n")
+    t = start(targets, f"{tmp_path}/data")
+    (tmp_path / "data.new").write_bytes(b"the replacement\n")
+    os.rename(tmp_path / "data.new", tmp_path / "data")
+    new = os.stat(tmp_path / "data")
+    dump_ok(t, images_dir)
+    assert (images_dir / "ghost-file-1.img").exists()
+    restore_ok(targets, t, images_dir)
+    assert fd_stat(t, 3).st_nlink == 0
+    assert (tmp_path / "data").read_bytes() == b"the replacement\n"
+    assert os.stat(tmp_path / "data").st_ino == new.st_ino
+    assert not [n for n in os.listdir(tmp_path) if ".ghost" in n], "a ghost was left behind"
+    verdict_pass(t)
+
+
 def test_replaced_fails_clearly(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    """Still linked elsewhere (nlink 1) while its name now names another
+    file: refused, naming both inodes."""
     (tmp_path / "data").write_bytes(b"the original\n")
     t = start(targets, f"{tmp_path}/data")
     orig = os.stat(tmp_path / "data")
+    os.link(tmp_path / "data", tmp_path / "data.kept")
     (tmp_path / "data.new").write_bytes(b"the replacement\n")
     os.rename(tmp_path / "data.new", tmp_path / "data")
     new = os.stat(tmp_path / "data")

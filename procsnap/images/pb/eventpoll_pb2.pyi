@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class eventpoll_tfd_entry(_message.Message):
-    __slots__ = ("id", "tfd", "events", "data", "dev", "inode", "pos")
+    __slots__ = ("id", "tfd", "events", "data", "dev", "inode", "pos", "holder_fd")
     ID_FIELD_NUMBER: _ClassVar[int]
     TFD_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,7 @@ class eventpoll_tfd_entry(_message.Message):
     DEV_FIELD_NUMBER: _ClassVar[int]
     INODE_FIELD_NUMBER: _ClassVar[int]
     POS_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FD_FIELD_NUMBER: _ClassVar[int]
     id: int
     tfd: int
     events: int
@@ -24,7 +25,8 @@ class eventpoll_tfd_entry(_message.Message):
     dev: int
     inode: int
     pos: int
-    def __init__(self, id: _Optional[int] = ..., tfd: _Optional[int] = ..., events: _Optional[int] = ..., data: _Optional[int] = ..., dev: _Optional[int] = ..., inode: _Optional[int] = ..., pos: _Optional[int] = ...) -> None: ...
+    holder_fd: int
+    def __init__(self, id: _Optional[int] = ..., tfd: _Optional[int] = ..., events: _Optional[int] = ..., data: _Optional[int] = ..., dev: _Optional[int] = ..., inode: _Optional[int] = ..., pos: _Optional[int] = ..., holder_fd: _Optional[int] = ...) -> None: ...
 
 class eventpoll_file_entry(_message.Message):
     __slots__ = ("id", "flags", "fown", "tfd")
