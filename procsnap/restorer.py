@@ -517,6 +517,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             raise RestoreError(f"restore of {images_dir} failed: {exc.strerror or exc}") from None
         raise
     finally:
+        namespaces.leave(rctx)  # procsnap's thread back in its own namespaces
         for fd in rctx.own_fds:
             os.close(fd)
     if action is not None:
