@@ -141,3 +141,44 @@ def test_unsupported_device_refused(targets: TargetFactory, tmp_path: Path,
     res = _connect_inside(t.pid, port)
     assert res.stdout.strip() == "connected", res.stderr
     assert t.verdict() == "PASS", t.output()
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], capture_output=True, text=True)
+
+
+def test_veth_with_external_peer(targets: TargetFactory, tmp_path: Path,
+                                 images_dir: Path) -> None:
+    """A veth whose peer is in procsnap's namespace (as a container's eth0):
+    the inside end comes back with its address, mtu and state, its peer made
+    here under the name --external veth[IN]:OUT gives; without it the
+    restore is refused by name.  The host end has no address."""
+    inner, outer = f"vin{os.getpid() % 10000}", f"vout{os.getpid() % 10000}"
+    numbers = tmp_path / "numbers"
+    port = _free_port()
+    t = targets.start(TARGET, str(numbers), str(port), "veth", inner)
+    try:
+        subprocess.run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner,
+                        "netns", str(t.pid)], check=True)
+        ns = ["nsenter", "-t", str(t.pid), "-n", "ip"]
+        subprocess.run([*ns, "link", "set", inner, "mtu", "1400", "up"], check=True)
+        subprocess.run([*ns, "addr", "add", "10.79.0.2/24", "dev", inner], check=True)
+        wait_numbers(numbers, 6)
+        check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+        assert wait_gone(t.pid, 10)
+        reap()
+        assert _ip("link", "show", outer).returncode != 0, "the host end outlived its namespace"
+        res = run_procsnap("restore", "-D", images_dir, "-d")
+        assert_one_line_error(res, f"veth[{inner}]")
+        reap()
+        res = check_ok(run_procsnap("restore", "-D", images_dir, "-d",
+                                    "--external", f"veth[{inner}]:{outer}"))
+        targets.adopt(t.pid, like=t)
+        assert t.alive(), describe(res)
+        assert _ip("link", "show", outer).returncode == 0, "no host end"
+        inside = subprocess.run([*ns, "-o", "link", "show", inner], capture_output=True,
+                                text=True).stdout
+        assert "mtu 1400" in inside and f"{outer}" not in inside or "@if" in inside, inside
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        _ip("link", "del", outer)

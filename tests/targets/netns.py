@@ -53,6 +53,16 @@ def state(extra: list[str]) -> dict[str, object]:
     return s
 
 
+def _veth_ready(extra: list[str]) -> bool:
+    if "veth" not in extra:
+        return True
+    name = extra[extra.index("veth") + 1]
+    try:
+        return "10.79.0.2/24" in sh("ip", "-o", "addr", "show", "dev", name)
+    except subprocess.CalledProcessError:
+        return False
+
+
 def main() -> int:
     out, port = sys.argv[1], int(sys.argv[2])
     extra = sys.argv[3:]
@@ -90,12 +100,15 @@ def main() -> int:
     before = None
     n = 0
     while not stop:
-        if before is None and n == 2:
+        if before is None and n >= 2 and _veth_ready(extra):
             before = state(extra)  # once the veth of the test is in too
         n += 1
         os.write(cfd, f"{n}\n".encode())
         time.sleep(0.05)
     after = state(extra)
+    if before is None:
+        say("FAIL: the veth never came in")
+        return 1
     if after != before:
         diff = {k: (before.get(k), after.get(k)) for k in after if  # type: ignore[union-attr]
                 before.get(k) != after.get(k)}  # type: ignore[union-attr]

@@ -243,11 +243,12 @@ def _firewall(ctx: "DumpContext", ns_id: int, pid: int) -> None:
 
 RT_TABLE_LOCAL = 255
 RTPROT_KERNEL = 2
+RTNH_F_STATE = 0x1 | 0x10  # RTNH_F_DEAD | RTNH_F_LINKDOWN
 
 
 def _without_kernel_local(data: bytes) -> bytes:
     """An ``ip route save`` stream without the kernel's own routes of the
-    local table: they come back with their addresses, and restored again
+    local table and without the link-state route flags: they come back with their addresses, and restored again
     the IPv6 ones would be added twice (at metric 1024 beside the kernel's
     metric 0).  The stream: ip's 4-byte magic, then rtnetlink messages,
     each 4-byte aligned (nlmsghdr, then struct rtmsg)."""
@@ -261,6 +262,11 @@ def _without_kernel_local(data: bytes) -> bytes:
         # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
         table, proto = (msg[20], msg[21]) if len(msg) >= 24 else (0, 0)
         if not (table == RT_TABLE_LOCAL and proto == RTPROT_KERNEL):
+            if len(msg) >= 28:
+                # rtm_flags: DEAD and LINKDOWN are the link's state (the
+                # kernel refuses them in a new route), not the route's
+                flags = struct.unpack_from("=I", msg, 24)[0] & ~RTNH_F_STATE
+                msg = msg[:24] + struct.pack("=I", flags) + msg[28:]
             out.append(msg + bytes(-length % 4))
         pos += (length + 3) & ~3
     return b"".join(out)
@@ -313,10 +319,11 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
 def _veth_peer_name(rctx: "RestoreContext", name: str) -> str | None:
     """The host end's name given as criu's --external veth[IN]:OUT[@BRIDGE]
     or --veth-pair IN=OUT[@BRIDGE]."""
-    for key, value in getattr(rctx.opts, "ext_veth", {}).items():
-        if key == name:
-            return str(value).split("@", 1)[0]
-    return None
+    value = rctx.opts.ext_veth.get(name)
+    if value and "@" in value:
+        raise RestoreError(f"--external veth[{name}]:{value}: attaching the peer to a "
+                           "bridge (@BRIDGE) is not supported yet")
+    return value or None
 
 
 def _make_links(rctx: "RestoreContext", ns_id: int, pid: int, ndes: list[Any],
