@@ -42,11 +42,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _host_state() -> tuple[str, str, str]:
+def _host_state() -> tuple[str, ...]:
     def out(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True).stdout
-    return (out("ip", "-o", "link"), out("nft", "list", "tables"),
-            open("/proc/sys/net/ipv4/ip_default_ttl").read())
+    with open("/proc/sys/net/ipv4/ip_default_ttl") as f:
+        ttl = f.read()
+    with open("/proc/sys/net/ipv4/ping_group_range") as f:
+        ping = f.read()
+    return (out("ip", "-o", "link"), out("ip", "-o", "addr"), out("ip", "rule"),
+            out("ip", "-6", "rule"), out("ip", "route", "show", "table", "all"),
+            " ".join(ln for ln in out("nft", "list", "tables").splitlines()
+                     if "procsnap_" not in ln),  # other runs' network locks come and go
+            ttl, ping)
 
 
 @pytest.fixture(autouse=True)

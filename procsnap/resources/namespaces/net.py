@@ -451,6 +451,11 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     except BaseException:
         os.close(host_ns)
         raise
+    if own is None:
+        # never set links, routes or sysctls anywhere but in a new namespace
+        os.close(host_ns)
+        raise RestoreError(f"{_where(pid, ns_id)}: the root was not made in a new network "
+                           "namespace; nothing of it is restored")
     # From here until the tree is let go this thread is in the tree's
     # namespace: the sockets made for the tasks must be born there.
     state = rctx.kind_state.setdefault(NAME, {})
