@@ -53,7 +53,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -69,12 +69,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     namespace of its own is restored on; ``ext_mount_map`` maps the key of
     each external mount to the path bound there (criu's --ext-mount-map
     KEY:PATH); ``ext_mount_auto``: a key recorded as a path is that path.
+    ``ext_veth`` maps a veth of the tree's network namespace whose peer was
+    outside to the name its new peer gets here (criu's --external
+    veth[IN]:OUT, --veth-pair IN=OUT).
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
-                    ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto)
+                    ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
+                    ext_veth=ext_veth)
 
 
 def network_unlock(images_dir: str) -> bool:

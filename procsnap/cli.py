@@ -90,7 +90,11 @@ def _parser() -> argparse.ArgumentParser:
                         "own: its mount tree is built on DIR (as criu's --root)")
     r.add_argument("--external", action="append", default=[], metavar="mnt[KEY]:PATH",
                    type=_restore_external, dest="ext_mount",
-                   help="bind PATH where the external mount KEY was")
+                   help="bind PATH where the external mount KEY was; veth[IN]:OUT: the "
+                        "veth IN of the tree's network namespace gets its peer OUT here")
+    r.add_argument("--veth-pair", action="append", default=[], metavar="IN=OUT",
+                   type=_veth_pair, dest="ext_mount",
+                   help="as criu: the same as --external veth[IN]:OUT")
     r.add_argument("--ext-mount-map", action="append", default=[], metavar="KEY:PATH",
                    type=_ext_mount_map, dest="ext_mount_map",
                    help="as criu: the same as --external mnt[KEY]:PATH; 'auto': a key that "
@@ -144,7 +148,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
 def cmd_restore(a: argparse.Namespace) -> int:
     from . import restore
     mounts = dict(a.ext_mount + [(k, v) for k, v in a.ext_mount_map if k])
-    more = dict(root=a.root, ext_mount_map=mounts,
+    veths = {k[5:-1]: mounts.pop(k) for k in list(mounts) if k.startswith("veth[")}
+    more = dict(root=a.root, ext_mount_map=mounts, ext_veth=veths,
                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map))
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
@@ -213,11 +218,23 @@ def _ext_mount_map(text: str) -> tuple[str, str]:
 
 
 def _restore_external(text: str) -> tuple[str, str]:
-    """criu's restore-side --external mnt[KEY]:PATH."""
+    """criu's restore-side --external mnt[KEY]:PATH or veth[IN]:OUT[@BRIDGE]
+    (a veth key comes back as "veth[IN]")."""
     m = re.fullmatch(r"mnt\[([^\]]+)\]:(.+)", text)
+    if m is not None:
+        return m.group(1), m.group(2)
+    m = re.fullmatch(r"(veth\[[^\]]+\]):(.+)", text)
     if m is None:
-        raise argparse.ArgumentTypeError(f"not mnt[KEY]:PATH: {text!r}")
+        raise argparse.ArgumentTypeError(f"not mnt[KEY]:PATH or veth[IN]:OUT: {text!r}")
     return m.group(1), m.group(2)
+
+
+def _veth_pair(text: str) -> tuple[str, str]:
+    """criu's --veth-pair IN=OUT[@BRIDGE]: --external veth[IN]:OUT."""
+    inner, sep, outer = text.partition("=")
+    if not sep or not inner or not outer:
+        raise argparse.ArgumentTypeError(f"not IN=OUT: {text!r}")
+    return f"veth[{inner}]", outer
 
 
 def _inherit_fd(text: str) -> tuple[str, int]:

@@ -409,7 +409,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -434,7 +434,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               tcp_close=tcp_close, verify=verify, action=action,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
-                              ext_mount_auto=ext_mount_auto))
+                              ext_mount_auto=ext_mount_auto,
+                              ext_veth=dict(ext_veth or {})))
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
@@ -519,6 +520,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             raise RestoreError(f"restore of {images_dir} failed: {exc.strerror or exc}") from None
         raise
     finally:
+        namespaces.leave(rctx)  # procsnap's thread back in its own namespaces
         for fd in rctx.own_fds:
             os.close(fd)
     if action is not None:

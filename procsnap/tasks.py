@@ -175,6 +175,7 @@ class RestoreOptions:
     root: str | None = None      # criu's --root: the root file system of a mount namespace
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
+    ext_veth: dict[str, str] = field(default_factory=dict)  # veth inside -> its peer's name here
 
 
 @dataclass

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
+from ..kernel import netns
 from . import anonfd, fdaudit, sockets, sockopts, tcp
 from .tcp import TCP_STATES, unpack_addr
 
@@ -114,9 +115,9 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     if kind is None:
         raise Unsupported(f"{what}: an {_family_name(fam)} socket of type {sk.type}, "
                           f"protocol {proto}; only TCP and UDP are supported")
-    if not sockets.same_netns(fd.task.pid):
-        raise Unsupported(f"{what}: the process is in another network namespace; "
-                          "its sockets cannot be dumped yet")
+    if not sockets.same_netns(fd.task.pid, fd.ctx):
+        raise Unsupported(f"{what}: the process is in another network namespace than "
+                          "the tree's root; its sockets cannot be dumped")
     ino = sockets.socket_ino(fd.link)
     src, sport = sk.getsockname()[:2]
     state = _state_of(sk, proto)
@@ -135,11 +136,13 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     # its MSS and the like from that connection, and they died with it)
     sockopts.audit(fd.ctx, label, sk, connected=proto == socket.IPPROTO_TCP
                    and state != TCP_LISTEN and peer is not None)
+    with netns.inside(fd.task.pid):  # its defaults are its namespace's sysctls
+        ip_opts = _ip_opts(sk)
     ie = sk_inet_pb2.inet_sk_entry(
         id=fid, ino=ino, family=fam, type=sk.type, proto=proto, state=state,
         src_port=sport, dst_port=dport, flags=anonfd.file_flags(fd, "the socket"),
         backlog=0, src_addr=pack_addr(fam, src), dst_addr=pack_addr(fam, dst),
-        fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk), ip_opts=_ip_opts(sk),
+        fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk), ip_opts=ip_opts,
         shutdown=sockets.shutdown_field(d.shutdown if d is not None else 0))
     if fam == socket.AF_INET6:
         ie.v6only = bool(sk.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
@@ -195,6 +198,12 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
                 else f"a TCP connection in state {name}")
         raise Unsupported(f"{label} is {what}; dump with --tcp-established to keep it "
                           "(or with --tcp-close to have it come back closed)")
+    if not sockets.same_netns(fd.task.pid):
+        # tcp.py's network lock is set in procsnap's own namespace, where
+        # this connection's packets never pass
+        raise Unsupported(f"{label} is a TCP connection in the tree's own network namespace; "
+                          "--tcp-established is not supported there yet (dump with "
+                          "--tcp-close to have it come back closed)")
     tcp.dump_established(fd, sk, ie, label)
 
 

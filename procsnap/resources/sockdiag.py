@@ -26,6 +26,7 @@ from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
 )
 
 from ..errors import DumpError
+from ..kernel import netns
 
 __all__ = ["SS_ALL", "UDIAG_SHOW_ICONS", "UDIAG_SHOW_NAME", "UDIAG_SHOW_PEER",
            "UDIAG_SHOW_RQLEN", "UDIAG_SHOW_VFS", "query"]
@@ -53,10 +54,14 @@ class _Marshal(MarshalDiag):  # type: ignore[misc]
                socket.AF_INET6: inet_diag_msg}
 
 
-def query(fn: Any) -> Any:
-    """Run fn(DiagSocket) on a bound sock_diag socket; errors as DumpError."""
+def query(fn: Any, pid: int | None = None) -> Any:
+    """Run fn(DiagSocket) on a bound sock_diag socket; errors as DumpError.
+    sock_diag answers for the network namespace the socket was made in:
+    with ``pid``, the one of that task (made from inside it)."""
     try:
-        with DiagSocket() as ds:
+        with netns.inside(pid if pid is not None else "thread-self"):
+            ds = DiagSocket()
+        with ds:
             ds.set_marshal(_Marshal())
             ds.bind()
             return fn(ds)

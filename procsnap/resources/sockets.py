@@ -85,11 +85,13 @@ class InetDiag:
     shutdown: int
 
 
-def _query(fn: Any) -> Any:
+def _query(ctx: "DumpContext", fn: Any) -> Any:
     # pyroute2 costs ~150 ms to import: only a dump that meets a socket
-    # pays it (sockdiag.py holds everything that touches it).
+    # pays it (sockdiag.py holds everything that touches it).  Asked in the
+    # root's network namespace: every task of the tree shares it (the audit
+    # refuses others), be it procsnap's or the tree's own.
     from . import sockdiag
-    return sockdiag.query(fn)
+    return sockdiag.query(fn, ctx.tasks[0].pid)
 
 
 def unix_table(ctx: "DumpContext") -> dict[int, UnixDiag]:
@@ -100,7 +102,7 @@ def unix_table(ctx: "DumpContext") -> dict[int, UnixDiag]:
                                UDIAG_SHOW_RQLEN, UDIAG_SHOW_VFS)
         show = (UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS
                 | UDIAG_SHOW_RQLEN)
-        msgs = _query(lambda ds: ds.get_sock_stats(family=socket.AF_UNIX, states=SS_ALL,
+        msgs = _query(ctx, lambda ds: ds.get_sock_stats(family=socket.AF_UNIX, states=SS_ALL,
                                                    show=show))
         table: dict[int, UnixDiag] = {}
         for m in msgs:
@@ -143,15 +145,18 @@ def inet_table(ctx: "DumpContext") -> dict[int, InetDiag]:
                             m["idiag_src"], m["idiag_sport"], m["idiag_dst"], m["idiag_dport"],
                             m["idiag_rqueue"], m["idiag_wqueue"],
                             m.get_attr("INET_DIAG_SHUTDOWN") or 0)
-        _query(collect)
+        _query(ctx, collect)
         state["inet"] = table
     return state["inet"]  # type: ignore[no-any-return]
 
 
-def same_netns(pid: int) -> bool:
-    """sock_diag answers for our network namespace only."""
+def same_netns(pid: int, ctx: "DumpContext | None" = None) -> bool:
+    """Whether the tables above describe ``pid``'s sockets: it shares the
+    network namespace they are read in (the root's with ``ctx``, else
+    procsnap's own)."""
+    other = ctx.tasks[0].pid if ctx is not None else "self"
     try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/proc/{other}/ns/net").st_ino
     except FileNotFoundError:
         return False
 

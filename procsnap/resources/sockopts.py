@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import Unsupported
+from ..kernel import netns
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -396,7 +397,8 @@ def reference(ctx: "DumpContext", sk: socket.socket) -> socket.socket:
     key = (sk.family, sk.type, sk.proto)
     ref = refs.get(key)
     if ref is None:
-        ref = socket.socket(*key)
+        with netns.inside(ctx.tasks[0].pid):  # the tree's namespace: its sysctls
+            ref = socket.socket(*key)
         refs[key] = ref
         if len(refs) == 1:
             def close(keep: bool) -> None:

@@ -98,9 +98,9 @@ def _what(sk: _Sk) -> str:
 
 def dump(fd: "FdCtx", fid: int) -> Any:
     what = sockets.describe(fd)
-    if not sockets.same_netns(fd.task.pid):
-        raise Unsupported(f"{what}: the process is in another network namespace; "
-                          "its sockets cannot be dumped yet")
+    if not sockets.same_netns(fd.task.pid, fd.ctx):
+        raise Unsupported(f"{what}: the process is in another network namespace than "
+                          "the tree's root; its sockets cannot be dumped")
     ino = sockets.socket_ino(fd.link)
     d = sockets.unix_table(fd.ctx).get(ino)
     if d is None:

@@ -80,6 +80,7 @@ from procsnap.images.pb import (
     timerfd_pb2,
     tty_pb2,
     utsns_pb2,
+    netdev_pb2,
     vma_pb2,
 )
 
@@ -320,6 +321,16 @@ SAMPLES: dict[str, Sample] = {
             shared_id=1, master_id=0, fsname="tmpfs", sb_flags=0), b"")],
         ((0, "mountpoint"), "/tmp/t"),
     ),
+    "netdev": (
+        [(M(netdev_pb2.net_device_entry, type="LOOPBACK", ifindex=1, mtu=16384, flags=0x10049,
+            name="lo", conf4=[{"type": "CTL_32", "iarg": 1}]), b"")],
+        ((0, "mtu"), 16384),
+    ),
+    "netns": (
+        [(M(netdev_pb2.netns_entry, unix_conf=[{"type": "CTL_32", "iarg": 10}],
+            procsnap_sysctls=[{"path": "ipv4/ip_default_ttl", "value": "77"}]), b"")],
+        ((0, "unix_conf", 0, "iarg"), 10),
+    ),
     "pidns": ([(M(pidns_pb2.pidns_entry, ext_key="pidns-ext"), b"")], ((0, "ext_key"), "pidns-ext")),
     "timens": (
         [(M(timens_pb2.timens_entry, monotonic={"tv_sec": 10, "tv_nsec": 0}, boottime={"tv_sec": 20, "tv_nsec": 5}), b"")],
@@ -427,7 +438,8 @@ def test_prefix_rule() -> None:
     for k in KINDS:
         if k.name == "inventory":
             assert (k.header, k.prefix) == ("bare", None)
-        elif k.name in ("pages", "tmpfs-dev"):  # raw page data, a tmpfs's tar.gz
+        elif k.name in ("pages", "tmpfs-dev", "ifaddr", "route", "route6", "rule", "iptables",
+                        "ip6tables", "nftables"):  # raw page data, a tmpfs's tar.gz, tools' output
             assert (k.header, k.magic, k.message) == ("raw", 0, None)
         elif k.name in ("stats", "stats-restore", "irmap-cache"):
             assert k.prefix == IMG_SERVICE_MAGIC

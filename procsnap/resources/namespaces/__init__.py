@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ImageError
-from . import mnt, pid, time, uts
+from . import mnt, net, pid, time, uts
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, RestoreContext, RestoreTask
@@ -49,8 +49,11 @@ if TYPE_CHECKING:
 #  uts  - hostname and domainname, set in the root before its children fork;
 #  time - unshared and entered by the root before any child is forked into it;
 #         needs /proc as the restorer mounted it (before mnt pivots);
+#  net  - links, addresses, routes, sysctls, firewall, made from procsnap's
+#         thread entered into it (it stays there until the tasks are built:
+#         their sockets are born there; see net.leave);
 #  (mnt goes last: after it the puppet sees the restored tree's root.)
-NS_KINDS: list[ModuleType] = [pid, uts, time, mnt]
+NS_KINDS: list[ModuleType] = [pid, uts, time, net, mnt]
 
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
@@ -139,5 +142,14 @@ def restore(rctx: "RestoreContext", root: "RestoreTask") -> None:
         mod.restore(rctx, ns_id, root)
 
 
-__all__ = ["NS_KINDS", "ID_KINDS", "saved_names", "ns_inode", "own_ids", "dump",
+def leave(rctx: "RestoreContext") -> None:
+    """The restorer's hook once the restore ended, well or not: a kind that
+    moved procsnap's own thread into the tree's namespace takes it back."""
+    for mod in NS_KINDS:
+        hook = getattr(mod, "leave", None)
+        if hook is not None:
+            hook(rctx)
+
+
+__all__ = ["NS_KINDS", "leave", "ID_KINDS", "saved_names", "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]

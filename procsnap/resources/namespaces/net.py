@@ -1,0 +1,478 @@
+"""The network namespace: its links, addresses, routes, rules, sysctls and
+firewall (CRIU's netdev-ID.img, netns-ID.img, ifaddr/route/route6/rule-ID.img,
+nftables-ID.img / iptables-ID.img / ip6tables-ID.img).
+
+What is saved, and how:
+- links (netdev-ID.img, rtnetlink through pyroute2): the loopback and veth
+  devices, each with its name, index, mtu, flags (up/down), hardware
+  address and its per-device ipv4/ipv6 conf (CRIU's conf4/conf6).  Any
+  other kind of device (macvlan, vxlan, tun, bridge, a physical one...)
+  refuses the dump by name: it would come back missing.  A veth whose peer
+  lives outside the namespace comes back with its peer created in
+  procsnap's own namespace under the name the user gives, as criu:
+  ``--external veth[IN]:OUT`` or ``--veth-pair IN=OUT``; without it the
+  restore is refused by name.  A veth pair with both ends inside is made
+  again as a pair.
+- addresses, routes (v4 and v6, every table) and rules: iproute2's own
+  ``ip ... save`` stream, exactly CRIU's images, and ``ip ... restore``.
+  (The kernel adds lo's 127.0.0.1/::1 and the local routes by itself once
+  lo is up; restoring them again fails with EEXIST, which ip ignores.)
+- sysctls (netns-ID.img): every readable, writable file under
+  /proc/sys/net as the namespace shows it, per-device ones included; CRIU's
+  fields (default/all conf4/conf6, unix max_dgram_qlen, ping_group_range)
+  are filled too.  At restore each value that differs from the new
+  namespace's is written (globals first, then conf/all, conf/default and
+  the devices: a global write such as ip_forward resets the others) and
+  then every value is read back: a value the kernel does not take is a
+  restore error naming it.
+- the firewall: the nftables ruleset (``nft list ruleset``, which holds
+  iptables-nft's rules too) and, when the legacy xtables are in use, the
+  ``iptables-legacy-save`` / ``ip6tables-legacy-save`` text.
+
+All of it is read and written from inside the namespace (kernel.netns: the
+calling thread's setns), and the restore leaves procsnap's thread inside
+the tree's namespace until the tasks are built, so the sockets the
+restorer makes for them (resources.inetsk, unixsk) belong to it.  It goes
+back before the tree is let go (``leave``).
+
+Not compared by procsnap.verify: the restore reads every sysctl back
+itself, and links/addresses/routes are the kernel's answer to the very
+messages ip saved.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import struct
+import subprocess
+from typing import TYPE_CHECKING, Any
+
+from ... import images
+from ...errors import DumpError, RestoreError, Unsupported
+from ...images.pb import netdev_pb2, sysctl_pb2
+from ...kernel import consts as C
+from ...kernel import netns
+
+if TYPE_CHECKING:
+    from ...tasks import DumpContext, DumpTask, RestoreContext, RestoreTask
+
+NAME = "net"
+CLONE_FLAG = C.CLONE_NEWNET
+
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+SYSCTL_ROOT = "/proc/sys/net"
+
+# CRIU's lists (criu/net.c): conf4/conf6 entries are positional.
+DEVCONFS4 = (
+    "accept_local", "accept_redirects", "accept_source_route", "arp_accept", "arp_announce",
+    "arp_filter", "arp_ignore", "arp_notify", "bootp_relay", "disable_policy", "disable_xfrm",
+    "force_igmp_version", "forwarding", "igmpv2_unsolicited_report_interval",
+    "igmpv3_unsolicited_report_interval", "log_martians", "medium_id", "promote_secondaries",
+    "proxy_arp", "proxy_arp_pvlan", "route_localnet", "rp_filter", "secure_redirects",
+    "send_redirects", "shared_media", "src_valid_mark", "tag", "ignore_routes_with_linkdown",
+    "drop_gratuitous_arp", "drop_unicast_in_l2_multicast",
+)
+DEVCONFS6 = (
+    "accept_dad", "accept_ra", "accept_ra_defrtr", "accept_ra_from_local",
+    "accept_ra_min_hop_limit", "accept_ra_mtu", "accept_ra_pinfo", "accept_ra_rt_info_max_plen",
+    "accept_ra_rtr_pref", "accept_redirects", "accept_source_route", "autoconf",
+    "dad_transmits", "disable_ipv6", "drop_unicast_in_l2_multicast", "drop_unsolicited_na",
+    "force_mld_version", "force_tllao", "forwarding", "hop_limit",
+    "ignore_routes_with_linkdown", "keep_addr_on_down", "max_addresses", "max_desync_factor",
+    "mldv1_unsolicited_report_interval", "mldv2_unsolicited_report_interval", "mtu",
+    "ndisc_notify", "optimistic_dad", "proxy_ndp", "regen_max_retry", "router_probe_interval",
+    "router_solicitation_delay", "router_solicitation_interval", "router_solicitations",
+    "stable_secret", "suppress_frag_ndisc", "temp_prefered_lft", "temp_valid_lft",
+    "use_oif_addrs_only", "use_optimistic", "use_tempaddr",
+)
+STR_CONFS = {"stable_secret"}
+
+# (image kind, ip's arguments) of iproute2's save streams, in restore order
+IP_IMAGES = (("ifaddr", ["addr"]), ("route", ["route"]), ("route6", ["-6", "route"]),
+             ("rule", ["rule"]))
+_SAVE_TAIL = {"ifaddr": [], "route": ["table", "all"], "route6": ["table", "all"], "rule": []}
+
+
+def _where(pid: int, ns_id: int) -> str:
+    return f"pid {pid}: net namespace {ns_id}"
+
+
+def _tool(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}")
+                                       if os.path.exists(p)), None)
+
+
+def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a tool; ``stdin``: a file to read (ip's restore seeks in it).
+    Forked by this thread, it starts in the namespace the thread is in."""
+    if stdin is None:
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    with open(stdin, "rb") as f:
+        return subprocess.run(argv, stdin=f, capture_output=True, timeout=60)
+
+
+# ------------------------------------------------------------------ dump ----
+
+def _link_kind(link: Any) -> str | None:
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def _read_sysctl(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode(errors="surrogateescape").rstrip("\n")
+    except OSError:
+        return None  # EIO for an unset stable_secret, EPERM/EINVAL for odd ones
+
+
+def _conf_entries(family: str, dev: str, keys: tuple[str, ...]) -> list[Any]:
+    out = []
+    for key in keys:
+        value = _read_sysctl(f"{SYSCTL_ROOT}/{family}/conf/{dev}/{key}")
+        if key in STR_CONFS:
+            e = sysctl_pb2.sysctl_entry(type=sysctl_pb2.CTL_STR)
+            if value is not None:
+                e.sarg = value
+        else:
+            e = sysctl_pb2.sysctl_entry(type=sysctl_pb2.CTL_32)
+            if value is not None:
+                try:
+                    e.iarg = int(value)
+                except ValueError:
+                    pass
+        out.append(e)
+    return out
+
+
+def _all_sysctls() -> list[tuple[str, str]]:
+    """(path under /proc/sys/net, value) of every readable and writable file."""
+    out = []
+    for top, dirs, files in os.walk(SYSCTL_ROOT):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(top, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue
+            if not stat.S_ISREG(mode) or not mode & stat.S_IWUSR or not mode & stat.S_IRUSR:
+                continue
+            value = _read_sysctl(path)
+            if value is not None:
+                out.append((os.path.relpath(path, SYSCTL_ROOT), value))
+    return out
+
+
+def _links(pid: int, ns_id: int) -> list[Any]:
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # ~150 ms: only here
+    with IPRoute() as ipr:
+        links = list(ipr.get_links())
+    out = []
+    for link in links:
+        name = link.get_attr("IFLA_IFNAME")
+        kind = _link_kind(link)
+        flags = link["flags"]
+        nde = netdev_pb2.net_device_entry(
+            ifindex=link["index"], mtu=link.get_attr("IFLA_MTU") or 0, flags=flags, name=name)
+        if flags & IFF_LOOPBACK and kind is None:
+            nde.type = netdev_pb2.LOOPBACK
+        elif kind == "veth":
+            nde.type = netdev_pb2.VETH
+            peer = link.get_attr("IFLA_LINK")
+            if peer:
+                nde.peer_ifindex = peer
+            nsid = link.get_attr("IFLA_LINK_NETNSID")
+            if nsid is not None:
+                nde.peer_nsid = nsid  # the peer lives in another namespace
+        else:
+            raise Unsupported(f"{_where(pid, ns_id)}: device {name} ({kind or 'no kind'}"
+                              f", ifindex {link['index']}) cannot be restored; procsnap "
+                              "restores only the loopback and veth devices")
+        addr = link.get_attr("IFLA_ADDRESS")
+        if addr:
+            nde.address = bytes.fromhex(addr.replace(":", ""))
+        master = link.get_attr("IFLA_MASTER")
+        if master:
+            raise Unsupported(f"{_where(pid, ns_id)}: device {name} is enslaved to ifindex "
+                              f"{master}; procsnap cannot restore that")
+        nde.conf4.extend(_conf_entries("ipv4", name, DEVCONFS4))
+        nde.conf6.extend(_conf_entries("ipv6", name, DEVCONFS6))
+        out.append(nde)
+    return out
+
+
+def _firewall(ctx: "DumpContext", ns_id: int, pid: int) -> None:
+    nft = _tool("nft")
+    if nft is not None:
+        res = _run([nft, "list", "ruleset"])
+        if res.returncode != 0:
+            raise DumpError(f"{_where(pid, ns_id)}: nft list ruleset: "
+                            f"{res.stderr.decode(errors='replace').strip()}")
+        if res.stdout.strip():
+            _write_raw(ctx, "nftables", ns_id, res.stdout)
+    elif os.path.exists(f"{SYSCTL_ROOT}/netfilter"):
+        raise Unsupported(f"{_where(pid, ns_id)}: its nftables ruleset cannot be read: "
+                          "nft is not installed (apt-get install nftables)")
+    # The legacy xtables are a separate set of tables nft does not show;
+    # they exist only once their module is loaded.
+    for kind, tool, names in (("iptables", "iptables-legacy-save", "/proc/net/ip_tables_names"),
+                              ("ip6tables", "ip6tables-legacy-save",
+                               "/proc/net/ip6_tables_names")):
+        thread_names = names.replace("/proc/net/", "/proc/thread-self/net/")
+        try:
+            with open(thread_names) as f:
+                tables = f.read().split()
+        except OSError:
+            tables = []
+        if not tables:
+            continue
+        path = _tool(tool)
+        if path is None:
+            raise Unsupported(f"{_where(pid, ns_id)}: legacy {kind} tables {tables} are set "
+                              f"and {tool} is not installed")
+        res = _run([path])
+        if res.returncode != 0:
+            raise DumpError(f"{_where(pid, ns_id)}: {tool}: "
+                            f"{res.stderr.decode(errors='replace').strip()}")
+        _write_raw(ctx, kind, ns_id, res.stdout)
+
+
+RT_TABLE_LOCAL = 255
+RTPROT_KERNEL = 2
+RTNH_F_STATE = 0x1 | 0x10  # RTNH_F_DEAD | RTNH_F_LINKDOWN
+
+
+def _without_kernel_local(data: bytes) -> bytes:
+    """An ``ip route save`` stream without the kernel's own routes of the
+    local table and without the link-state route flags: they come back with their addresses, and restored again
+    the IPv6 ones would be added twice (at metric 1024 beside the kernel's
+    metric 0).  The stream: ip's 4-byte magic, then rtnetlink messages,
+    each 4-byte aligned (nlmsghdr, then struct rtmsg)."""
+    out = [data[:4]]
+    pos = 4
+    while pos + 16 <= len(data):
+        length = struct.unpack_from("=I", data, pos)[0]
+        if length < 16:
+            break
+        msg = data[pos:pos + length]
+        # struct rtmsg: family, dst_len, src_len, tos, table, protocol, ...
+        table, proto = (msg[20], msg[21]) if len(msg) >= 24 else (0, 0)
+        if not (table == RT_TABLE_LOCAL and proto == RTPROT_KERNEL):
+            if len(msg) >= 28:
+                # rtm_flags: DEAD and LINKDOWN are the link's state (the
+                # kernel refuses them in a new route), not the route's
+                flags = struct.unpack_from("=I", msg, 24)[0] & ~RTNH_F_STATE
+                msg = msg[:24] + struct.pack("=I", flags) + msg[28:]
+            out.append(msg + bytes(-length % 4))
+        pos += (length + 3) & ~3
+    return b"".join(out)
+
+
+def _write_raw(ctx: "DumpContext", kind: str, ns_id: int, data: bytes) -> None:
+    path = images.image_path(ctx.images_dir, kind, ns_id)
+    ctx.created.append(path)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
+    pid = task.pid
+    ip = _tool("ip")
+    if ip is None:
+        raise Unsupported(f"{_where(pid, ns_id)}: saving it needs iproute2's ip "
+                          "(apt-get install iproute2)")
+    with netns.inside(pid):
+        for nde in _links(pid, ns_id):
+            ctx.add_shared("netdev", nde, ns_id)
+        values = _all_sysctls()
+        ne = netdev_pb2.netns_entry(
+            def_conf4=_conf_entries("ipv4", "default", DEVCONFS4),
+            all_conf4=_conf_entries("ipv4", "all", DEVCONFS4),
+            def_conf6=_conf_entries("ipv6", "default", DEVCONFS6),
+            all_conf6=_conf_entries("ipv6", "all", DEVCONFS6))
+        by_path = dict(values)
+        if "unix/max_dgram_qlen" in by_path:
+            ne.unix_conf.add(type=sysctl_pb2.CTL_32, iarg=int(by_path["unix/max_dgram_qlen"]))
+        if "ipv4/ping_group_range" in by_path:
+            ne.ipv4_sysctl.add(type=sysctl_pb2.CTL_STR, sarg=by_path["ipv4/ping_group_range"])
+        for path, value in values:
+            ne.procsnap_sysctls.add(path=path, value=value)
+        ctx.add_shared("netns", ne, ns_id)
+        for kind, args in IP_IMAGES:
+            res = _run([ip, *args, "save", *_SAVE_TAIL[kind]])
+            if res.returncode != 0:
+                raise DumpError(f"{_where(pid, ns_id)}: ip {' '.join(args)} save: "
+                                f"{res.stderr.decode(errors='replace').strip()}")
+            data = res.stdout
+            if kind in ("route", "route6"):
+                data = _without_kernel_local(data)
+            _write_raw(ctx, kind, ns_id, data)
+        _firewall(ctx, ns_id, pid)
+
+
+# --------------------------------------------------------------- restore ----
+
+def _veth_peer_name(rctx: "RestoreContext", name: str) -> str | None:
+    """The host end's name given as criu's --external veth[IN]:OUT[@BRIDGE]
+    or --veth-pair IN=OUT[@BRIDGE]."""
+    value = rctx.opts.ext_veth.get(name)
+    if value and "@" in value:
+        raise RestoreError(f"--external veth[{name}]:{value}: attaching the peer to a "
+                           "bridge (@BRIDGE) is not supported yet")
+    return value or None
+
+
+def _make_links(rctx: "RestoreContext", ns_id: int, pid: int, ndes: list[Any],
+                host_ns: int) -> None:
+    from pyroute2 import IPRoute
+    made: set[int] = set()
+    with IPRoute() as ipr:
+        by_index = {n.ifindex: n for n in ndes}
+        for n in ndes:
+            if n.type == netdev_pb2.LOOPBACK:
+                idx = ipr.link_lookup(ifname=n.name)
+                if not idx:
+                    raise RestoreError(f"{_where(pid, ns_id)}: no loopback {n.name}")
+                made.add(n.ifindex)
+                continue
+            if n.type != netdev_pb2.VETH:
+                raise RestoreError(f"{_where(pid, ns_id)}: device {n.name}: type {n.type} "
+                                   "cannot be restored")
+            if n.ifindex in made:
+                continue
+            inner_peer = None if n.HasField("peer_nsid") else by_index.get(n.peer_ifindex)
+            if inner_peer is not None:
+                ipr.link("add", ifname=n.name, kind="veth", index=n.ifindex,
+                         peer={"ifname": inner_peer.name, "index": inner_peer.ifindex})
+                made.update((n.ifindex, inner_peer.ifindex))
+                continue
+            out = _veth_peer_name(rctx, n.name)
+            if out is None:
+                raise RestoreError(f"{_where(pid, ns_id)}: veth {n.name}'s peer was outside "
+                                   f"the namespace; name the host end with --external "
+                                   f"veth[{n.name}]:NAME (criu's --veth-pair {n.name}=NAME)")
+            ipr.link("add", ifname=n.name, kind="veth", index=n.ifindex,
+                     peer={"ifname": out, "net_ns_fd": host_ns})
+            made.add(n.ifindex)
+        for n in ndes:
+            idx = ipr.link_lookup(ifname=n.name)[0]
+            kw: dict[str, Any] = {"mtu": n.mtu}
+            if n.HasField("address") and n.type != netdev_pb2.LOOPBACK:
+                kw["address"] = ":".join(f"{b:02x}" for b in n.address)
+            ipr.link("set", index=idx, **kw)
+            ipr.link("set", index=idx, state="up" if n.flags & IFF_UP else "down")
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "wb") as f:
+        f.write(value.encode(errors="surrogateescape"))
+
+
+def _sysctl_order(path: str) -> int:
+    parts = path.split("/")
+    if len(parts) >= 3 and parts[1] == "conf":
+        return {"all": 1, "default": 2}.get(parts[2], 3)
+    return 0
+
+
+def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
+    wanted = sorted(((v.path, v.value) for v in ne.procsnap_sysctls),
+                    key=lambda pv: _sysctl_order(pv[0]))
+    for path, value in wanted:
+        full = os.path.join(SYSCTL_ROOT, path)
+        now = _read_sysctl(full)
+        if now == value:
+            continue
+        if now is None and not os.path.exists(full):
+            raise RestoreError(f"{_where(pid, ns_id)}: sysctl net.{path.replace('/', '.')} "
+                               "does not exist in the new namespace")
+        try:
+            _write_sysctl(full, value)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EPERM, errno.EBUSY):
+                raise
+            # checked below: a value that reads back as saved is fine
+    wrong = [(p, v, _read_sysctl(os.path.join(SYSCTL_ROOT, p))) for p, v in wanted]
+    wrong = [w for w in wrong if w[2] != w[1]]
+    if wrong:
+        p, v, got = wrong[0]
+        raise RestoreError(f"{_where(pid, ns_id)}: sysctl net.{p.replace('/', '.')} is "
+                           f"{got!r} after the restore, the image says {v!r}"
+                           + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
+
+
+def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int, ip: str) -> None:
+    for kind, args in IP_IMAGES:
+        path = images.image_path(rctx.images_dir, kind, ns_id)
+        if not os.path.exists(path):
+            continue
+        if kind == "rule":
+            # the new namespace has the default rules already: ip rule
+            # restore would add them twice (as criu, flushed first)
+            _run([ip, "rule", "flush"])
+            _run([ip, "-6", "rule", "flush"])
+            _run([ip, "rule", "delete", "table", "local"])
+            _run([ip, "-6", "rule", "delete", "table", "local"])
+        res = _run([ip, *args, "restore"], stdin=path)
+        if res.returncode != 0:
+            raise RestoreError(f"{_where(pid, ns_id)}: ip {' '.join(args)} restore: "
+                               f"{res.stderr.decode(errors='replace').strip()}")
+
+
+def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+    for kind, tool in (("nftables", "nft"), ("iptables", "iptables-legacy-restore"),
+                       ("ip6tables", "ip6tables-legacy-restore")):
+        path = images.image_path(rctx.images_dir, kind, ns_id)
+        if not os.path.exists(path):
+            continue
+        exe = _tool(tool)
+        if exe is None:
+            raise RestoreError(f"{_where(pid, ns_id)}: {kind}-{ns_id}.img needs {tool}")
+        res = _run([exe, "-f", "-"] if kind == "nftables" else [exe], stdin=path)
+        if res.returncode != 0:
+            raise RestoreError(f"{_where(pid, ns_id)}: {tool}: "
+                               f"{res.stderr.decode(errors='replace').strip()}")
+
+
+def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
+    pid = rt.pid
+    ndes = images.read_image(rctx.images_dir, "netdev", ns_id)
+    ne = images.read_one(rctx.images_dir, "netns", ns_id)
+    ip = _tool("ip")
+    if ip is None:
+        raise RestoreError(f"{_where(pid, ns_id)}: restoring it needs iproute2's ip")
+    host_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        own = netns.enter(pid)
+    except BaseException:
+        os.close(host_ns)
+        raise
+    if own is None:
+        # never set links, routes or sysctls anywhere but in a new namespace
+        os.close(host_ns)
+        raise RestoreError(f"{_where(pid, ns_id)}: the root was not made in a new network "
+                           "namespace; nothing of it is restored")
+    # From here until the tree is let go this thread is in the tree's
+    # namespace: the sockets made for the tasks must be born there.
+    state = rctx.kind_state.setdefault(NAME, {})
+    state["own"] = own
+    rctx.before_detach.append(lambda: leave(rctx))
+    try:
+        _make_links(rctx, ns_id, pid, ndes, host_ns)
+    finally:
+        os.close(host_ns)
+    _restore_sysctls(pid, ns_id, ne)
+    _restore_ip(rctx, pid, ns_id, ip)
+    _restore_firewall(rctx, pid, ns_id)
+
+
+def leave(rctx: "RestoreContext") -> None:
+    """procsnap's thread back into its own namespace (once; also after a
+    failed restore)."""
+    state = rctx.kind_state.get(NAME, {})
+    own = state.pop("own", None)
+    netns.leave(own)
