@@ -907,11 +907,17 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
 
 def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) -> Any:
     """What a fresh socket like ``sk`` reports (a default that follows a sysctl)."""
+    from .kernel import netns
     defaults = rctx.kind_state.setdefault("verify-sockdefaults", {})
-    key = (sk.family, sk.type, sk.proto, level, num)
-    if key not in defaults:
-        with socket.socket(sk.family, sk.type, sk.proto) as fresh:
-            defaults[key] = fresh.getsockopt(level, num)
+    nsfd = netns.of_socket(sk.fileno())
+    try:
+        # made in the socket's own network namespace: defaults follow its sysctls
+        key = (os.fstat(nsfd).st_ino, sk.family, sk.type, sk.proto, level, num)
+        if key not in defaults:
+            with netns.inside_fd(nsfd), socket.socket(sk.family, sk.type, sk.proto) as fresh:
+                defaults[key] = fresh.getsockopt(level, num)
+    finally:
+        os.close(nsfd)
     return defaults[key]
 
 

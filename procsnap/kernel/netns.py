@@ -55,6 +55,29 @@ def leave(own: int | None) -> None:
         os.close(own)
 
 
+SIOCGSKNS = 0x894C  # ioctl on a socket: an fd of the net namespace it lives in
+
+
+def of_socket(fd: int) -> int:
+    """An fd (to close) of the network namespace socket ``fd`` belongs to."""
+    import fcntl
+    return fcntl.ioctl(fd, SIOCGSKNS)
+
+
+@contextmanager
+def inside_fd(nsfd: int) -> Iterator[None]:
+    """This thread in the network namespace ``nsfd`` names, for the body."""
+    if os.fstat(nsfd).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+        yield
+        return
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syscall(C.NR["setns"], nsfd, C.CLONE_NEWNET)
+        yield
+    finally:
+        leave(own)
+
+
 @contextmanager
 def inside(pid: int | str) -> Iterator[None]:
     """This thread in ``pid``'s network namespace for the ``with`` body."""
@@ -65,4 +88,4 @@ def inside(pid: int | str) -> Iterator[None]:
         leave(own)
 
 
-__all__ = ["ns_path", "same", "enter", "leave", "inside"]
+__all__ = ["ns_path", "same", "enter", "leave", "inside", "inside_fd", "of_socket"]
