@@ -254,3 +254,5 @@ CLOCK_BOOTTIME = 7
 # a puppet, saving a tmpfs from inside its namespace.
 NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
            "open_tree": 428, "move_mount": 429, "mount_setattr": 442})
+# System V shm attached by a puppet (resources/sysvipc.py).
+NR.update({"shmat": 30, "shmdt": 67})
