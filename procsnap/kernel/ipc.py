@@ -223,7 +223,8 @@ def mqueue_fs() -> int:
     """A detached mount of the calling thread's ipc namespace's mqueue
     file system (fsopen/fsmount: nothing appears in any mount table);
     list it through /proc/self/fd/N."""
-    fs = syscall(NR["fsopen"], _addr(ctypes.create_string_buffer(b"mqueue")), 1)  # FSOPEN_CLOEXEC
+    name = ctypes.create_string_buffer(b"mqueue")  # alive across the call
+    fs = syscall(NR["fsopen"], _addr(name), 1)  # FSOPEN_CLOEXEC
     try:
         syscall(NR["fsconfig"], fs, 6, 0, 0, 0)  # FSCONFIG_CMD_CREATE
         return syscall(NR["fsmount"], fs, 1, 0)  # FSMOUNT_CLOEXEC

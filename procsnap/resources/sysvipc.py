@@ -98,24 +98,32 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     for m in task.maps:
         if is_sysv(m):
             seen.setdefault(m.ino, []).append(m)
+    if not seen:
+        return
     attached = ctx.kind_state.setdefault(NAME, {})
-    for shmid, vmas in seen.items():
-        attached.setdefault(shmid, (task.pid, vmas[0], _key_of(vmas[0])))
-        for base in (m.start - m.pgoff for m in vmas if m.pgoff == 0):
-            _, ds = _stat_or_refuse(task.pid, shmid, vmas[0])
-            end = base + (ds.segsz + PAGE - 1) // PAGE * PAGE
-            pos = base
-            for m in sorted((m for m in vmas if base <= m.start < end), key=lambda m: m.start):
-                if m.start != pos or m.start - m.pgoff != base:
-                    break
-                pos = m.end
-            if pos != end:
-                raise Unsupported(f"pid {task.pid}: System V shm segment {shmid} attached at "
-                                  f"{base:#x} is partly unmapped (mapped up to {pos:#x} of "
-                                  f"{end:#x}); only whole attachments are restored")
-        if not any(m.pgoff == 0 for m in vmas):
-            raise Unsupported(f"pid {task.pid}: System V shm segment {shmid} at {vmas[0].start:#x}: "
-                              "its first page is unmapped; only whole attachments are restored")
+    with K.in_ipc_ns(task.pid):  # its ids are its namespace's
+        for shmid, vmas in seen.items():
+            _check_whole(task, attached, shmid, vmas)
+
+
+def _check_whole(task: "DumpTask", attached: dict[int, Any], shmid: int,
+                 vmas: list[MapEntry]) -> None:
+    attached.setdefault(shmid, (task.pid, vmas[0], _key_of(vmas[0])))
+    for base in (m.start - m.pgoff for m in vmas if m.pgoff == 0):
+        _, ds = _stat_or_refuse(task.pid, shmid, vmas[0])
+        end = base + (ds.segsz + PAGE - 1) // PAGE * PAGE
+        pos = base
+        for m in sorted((m for m in vmas if base <= m.start < end), key=lambda m: m.start):
+            if m.start != pos or m.start - m.pgoff != base:
+                break
+            pos = m.end
+        if pos != end:
+            raise Unsupported(f"pid {task.pid}: System V shm segment {shmid} attached at "
+                              f"{base:#x} is partly unmapped (mapped up to {pos:#x} of "
+                              f"{end:#x}); only whole attachments are restored")
+    if not any(m.pgoff == 0 for m in vmas):
+        raise Unsupported(f"pid {task.pid}: System V shm segment {shmid} at {vmas[0].start:#x}: "
+                          "its first page is unmapped; only whole attachments are restored")
 
 
 def _stat_or_refuse(pid: int, shmid: int, m: MapEntry) -> tuple[int, K.ShmidDs]:
