@@ -228,8 +228,21 @@ def _create(rctx: "RestoreContext", what: str, desc: Any, make: Any) -> int:
         except OSError:
             pass
     if got != desc.id:
+        _remove(kind, got)
         raise RestoreError(f"System V {what} {desc.id} (key {desc.key:#x}) came back as id {got}")
     return got
+
+
+def _remove(kind: str, ident: int) -> None:
+    try:
+        if kind == "shm":
+            K.shmctl(ident, K.IPC_RMID)
+        elif kind == "sem":
+            K.sem_stat(ident, K.IPC_RMID)
+        else:
+            K.msgctl(ident, K.IPC_RMID)
+    except OSError:
+        pass
 
 
 def _set_perm(perm: K.IpcPerm, desc: Any) -> None:
