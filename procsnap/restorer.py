@@ -424,7 +424,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     returns its exit status (128 + signal number if it was killed).
     """
     from . import tmpnames
-    from .resources import memory, namespaces, regfile
+    from .resources import memory, namespaces, regfile, sysvipc
 
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
@@ -514,6 +514,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         if created:
             _kill_all(rctx)
         regfile.restore_done(rctx, ok=False)  # ghosts go, link remaps stay for a retry
+        sysvipc.restore_failed(rctx)  # host shm segments it made go
         if isinstance(exc, ProcsnapError):
             raise
         if isinstance(exc, OSError):

@@ -32,7 +32,8 @@ image's value, and nothing moves it while the task is stopped):
   /proc/PID/auxv (all given to PR_SET_MM_MAP), and the executable's name.
   brk itself is not in /proc.
 - maps: each VMA's boundaries, protection, private/shared, kind (anon,
-  heap, stack, vdso/vvar/vsyscall, file, memfd, shared anon), and for
+  heap, stack, vdso/vvar/vsyscall, file, memfd, shared anon, System V shm
+  with its segment id), and for
   files the offset and the name the kernel prints.  The trampoline page is
   gone by now (unmapped by the last injected call in _finish), so nothing
   of ours is left to tell apart.  Both lists are first merged where the
@@ -116,7 +117,7 @@ from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import cgroup, file_lock, memfd, regfile, shmem
+from .resources import cgroup, file_lock, memfd, regfile, shmem, sysvipc
 from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
@@ -387,6 +388,8 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
         kind = "shared anon"
     elif s & VMA_AREA_AIORING:
         kind = "[aio]"
+    elif s & sysvipc.VMA_AREA_SYSVIPC:
+        kind, name, pgoff = "sysv shm", f"id {v.shmid}", v.pgoff  # the same segment id
     elif s & VMA_AREA_MEMFD:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
@@ -398,7 +401,8 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
         kind = "[stack]"
     else:
         kind = "anon"
-    shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_AIORING))
+    shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_AIORING
+                       | sysvipc.VMA_AREA_SYSVIPC))
     return _Vma(v.start, v.end, v.prot, shared, kind, name, pgoff, madv, v.flags & _VM_MAP_FLAGS)
 
 
@@ -442,6 +446,8 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = m.path
     elif shmem.is_anon_shared(m):
         kind = "shared anon"
+    elif sysvipc.is_sysv(m):
+        kind, name, pgoff = "sysv shm", f"id {m.ino}", m.pgoff
     elif m.path == "/anon_hugepage (deleted)":
         # MAP_HUGETLB anonymous memory (maps shows no VmFlags to tell more)
         kind = "shared anon" if m.shared else "anon"

@@ -106,7 +106,10 @@ class ImageWriter:
     def write(self, msg: Message) -> None:
         """Append one framed entry."""
         self._check_open()
-        expected = self.kind.entry_class(self.entries)
+        data = msg.SerializePartialToString()  # (required fields: checked below)
+        # a kind whose classes follow the contents names its own
+        expected = (self.kind.pick(data) if self.kind.pick is not None
+                    else self.kind.entry_class(self.entries))
         if expected is None:
             raise TypeError(f"{self.path}: {self.kind.name} images are raw; use write_raw()")
         if msg.DESCRIPTOR.full_name != expected.DESCRIPTOR.full_name:
@@ -121,7 +124,6 @@ class ImageWriter:
                 f"entry {self.entries} ({msg.DESCRIPTOR.name}) lacks required "
                 f"field(s): {', '.join(missing)}",
             )
-        data = msg.SerializeToString()
         try:
             self._f.write(_U32.pack(len(data)))
             self._f.write(data)
@@ -265,9 +267,10 @@ def _iter_open(path: str, f: BinaryIO, kind: ImageKind, size: int) -> Iterator[E
             raise ImageError(
                 path, f"truncated at offset {pos}: entry of {length} bytes, {left} left"
             )
-        cls = kind.entry_class(index)
+        raw = _read_exact(f, length)
+        cls = kind.pick(raw) if kind.pick is not None else kind.entry_class(index)
         assert cls is not None  # raw kinds never reach here
-        msg = _parse(path, cls, _read_exact(f, length), index, pos)
+        msg = _parse(path, cls, raw, index, pos)
         start = pos
         pos += 4 + length
         payload = b""

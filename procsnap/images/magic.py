@@ -39,6 +39,11 @@ from procsnap.images.pb import (
     fsnotify_pb2,
     ghost_file_pb2,
     inventory_pb2,
+    ipc_mqueue_pb2,
+    ipc_msg_pb2,
+    ipc_sem_pb2,
+    ipc_shm_pb2,
+    ipc_var_pb2,
     memfd_pb2,
     mm_pb2,
     mnt_pb2,
@@ -102,6 +107,9 @@ class ImageKind:
     message: MessageClass | None  # class of the entries (None: raw)
     head: MessageClass | None = None  # class of the first entry, if different
     tail: TailFn | None = None  # raw bytes following an entry
+    # Images whose entry classes follow their contents (ipcns-msg: a queue,
+    # then its messages): the class of an entry, given its encoded bytes.
+    pick: Callable[[bytes], MessageClass] | None = None
     _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -176,6 +184,38 @@ def _ghost_tail(m: Message) -> int | None:
     return 0 if m.chunks else None  # type: ignore[attr-defined]
 
 
+def _round8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _sem_tail(m: Message) -> int:
+    # the semaphores' values, u16 each, padded to 8 bytes (CRIU's layout)
+    return _round8(2 * int(m.nsems))  # type: ignore[attr-defined]
+
+
+def _msg_tail(m: Message) -> int:
+    # a message's text, padded to 8 bytes; a queue entry has none
+    if isinstance(m, ipc_msg_pb2.ipc_msg):
+        return _round8(int(m.msize))
+    return 0
+
+
+def _msg_pick(raw: bytes) -> MessageClass:
+    # ipc_msg_entry starts with field 1 length-delimited (desc, tag 0x0a),
+    # ipc_msg with field 1 a varint (mtype, tag 0x08): what crit's handler
+    # learns from counting qnum, the first byte says.
+    return ipc_msg_pb2.ipc_msg_entry if raw[:1] == b"\x0a" else ipc_msg_pb2.ipc_msg
+
+
+def _mq_tail(m: Message) -> int:
+    return int(m.msize) if isinstance(m, ipc_mqueue_pb2.ipc_mqueue_msg) else 0  # type: ignore[attr-defined]
+
+
+def _mq_pick(raw: bytes) -> MessageClass:
+    # ipc_mqueue_entry starts with field 1 a string (0x0a), a message with a varint (0x08)
+    return ipc_mqueue_pb2.ipc_mqueue_entry if raw[:1] == b"\x0a" else ipc_mqueue_pb2.ipc_mqueue_msg
+
+
 def _kind(
     name: str,
     pattern: str,
@@ -185,8 +225,9 @@ def _kind(
     header: Header = "common",
     head: MessageClass | None = None,
     tail: TailFn | None = None,
+    pick: Callable[[bytes], MessageClass] | None = None,
 ) -> ImageKind:
-    return ImageKind(name, pattern, magic_name, magic, header, message, head, tail)
+    return ImageKind(name, pattern, magic_name, magic, header, message, head, tail, pick)
 
 
 # fmt: off
@@ -221,6 +262,12 @@ KINDS: tuple[ImageKind, ...] = (
     _kind("seccomp",       "seccomp.img",            "SECCOMP",        0x64413049, seccomp_pb2.seccomp_entry),
     _kind("cgroup",        "cgroup.img",             "CGROUP",         0x59383330, cgroup_pb2.cgroup_entry),
     _kind("utsns",         "utsns-%u.img",           "UTSNS",          0x54473203, utsns_pb2.utsns_entry),
+    _kind("ipcns-var",     "ipcns-var-%u.img",       "IPC_VAR",        0x53115007, ipc_var_pb2.ipc_var_entry),
+    _kind("ipcns-shm",     "ipcns-shm-%u.img",       "IPCNS_SHM",      0x46283044, ipc_shm_pb2.ipc_shm_entry),
+    _kind("ipcns-sem",     "ipcns-sem-%u.img",       "IPCNS_SEM",      0x59573019, ipc_sem_pb2.ipc_sem_entry, tail=_sem_tail),
+    _kind("ipcns-msg",     "ipcns-msg-%u.img",       "IPCNS_MSG",      0x55453737, ipc_msg_pb2.ipc_msg_entry, tail=_msg_tail, pick=_msg_pick),
+    # procsnap's own (CRIU saves no POSIX message queues)
+    _kind("ipcns-mq",      "ipcns-mq-%u.img",        "IPCNS_MQ",       0x50534D51, ipc_mqueue_pb2.ipc_mqueue_entry, tail=_mq_tail, pick=_mq_pick),
     _kind("pidns",         "pidns-%u.img",           "PIDNS",          0x61157326, pidns_pb2.pidns_entry),
     _kind("timens",        "timens-%u.img",          "TIMENS",         0x43114433, timens_pb2.timens_entry),
     _kind("mountpoints",   "mountpoints-%u.img",     "MNTS",           0x55563928, mnt_pb2.mnt_entry),

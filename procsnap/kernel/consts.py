@@ -259,3 +259,5 @@ NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
 # (pidfd.py).
 NR.update({"fchmod": 91, "fchown": 93, "utimensat": 280, "copy_file_range": 326,
            "fanotify_init": 300, "fanotify_mark": 301, "waitid": 247, "fork": 57})
+# System V shm attached by a puppet (resources/sysvipc.py).
+NR.update({"shmat": 30, "shmdt": 67})

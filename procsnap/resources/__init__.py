@@ -7,12 +7,12 @@ each list below.  (Kinds of fd are one level down: see files.FD_KINDS.)
 """
 from __future__ import annotations
 
-from . import cgroup, core, creds, files, fs, memory, seccomp, signals, taskattrs
+from . import cgroup, core, creds, files, fs, memory, seccomp, signals, sysvipc, taskattrs
 
 # Dump order: identity and registers first (the registers must be read
 # before any injection could disturb them), then cheap checks that may
 # refuse the dump (fds, fs), and memory last, so a refusal copies nothing.
-DUMP_ORDER = [core, signals, taskattrs, creds, seccomp, cgroup, fs, files, memory]
+DUMP_ORDER = [core, signals, taskattrs, creds, seccomp, cgroup, fs, files, memory, sysvipc]
 
 # Restore order, and why:
 #  files    - opened first, while paths resolve as in the restorer's root
@@ -31,4 +31,6 @@ DUMP_ORDER = [core, signals, taskattrs, creds, seccomp, cgroup, fs, files, memor
 #             forbid what comes before;
 #  core     - registers/FPU/mask via ptrace (core.final), done by the
 #             driver after the trampoline page is unmapped.
-RESTORE_ORDER = [files, memory, cgroup, fs, signals, taskattrs, seccomp, creds, core]
+#  sysvipc  - the tree's System V shm segments of the host ipc namespace,
+#             made once before memory attaches them;
+RESTORE_ORDER = [files, sysvipc, memory, cgroup, fs, signals, taskattrs, seccomp, creds, core]

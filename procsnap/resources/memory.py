@@ -34,7 +34,7 @@ from ..kernel import consts as C
 from ..kernel.structs import PrctlMmMap
 from ..procfs.pagemap import PagemapReader
 from ..procfs.parse import MapEntry, parse_maps
-from . import aio, memfd, regfile, shmem
+from . import aio, memfd, regfile, shmem, sysvipc
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext, DumpTask
@@ -237,10 +237,12 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
         if m.shared:
             return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_SHARED, C.MAP_SHARED
         return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_PRIVATE, C.MAP_PRIVATE
+    if sysvipc.is_sysv(m):
+        # a System V shm attachment (shmat): sysvipc saves the segment
+        return VMA_AREA_REGULAR | sysvipc.VMA_AREA_SYSVIPC, C.MAP_SHARED
     if m.shared:
         if not is_file or m.path.startswith("/SYSV"):
-            # System V shm segments (shmat) and anything else shared
-            # without a file we could reopen.
+            # anything else shared without a file we could reopen
             raise Unsupported(f"pid {task.pid}: shared memory at {m.start:#x}-{m.end:#x} "
                               f"({m.path or 'anonymous'}) is not supported yet")
         return VMA_AREA_REGULAR | VMA_FILE_SHARED, C.MAP_SHARED
@@ -365,6 +367,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                 vma.flags |= shmem.hugetlb_flags(huge)
         elif shmem.is_anon_hugetlb(m):
             vma.flags |= shmem.hugetlb_flags(shmem.mapping_stat(task, m).st_blksize)
+        elif status & sysvipc.VMA_AREA_SYSVIPC:
+            vma.shmid = m.ino  # the segment's id (newseg() sets i_ino to it)
+            vma.fdflags = os.O_RDWR if "mw" in m.vmflags else os.O_RDONLY  # SHM_RDONLY or not
         elif status & VMA_AREA_AIORING:
             mm.aios.append(aio.dump_ring(task, m))
             to_copy.append((m.start, (m.end - m.start) // PAGE))  # the whole ring
@@ -927,6 +932,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 later.append(i)
         elif v.status & VMA_ANON_SHARED:
             shmem.map_vma(rctx, rt, v, prot)
+        elif v.status & sysvipc.VMA_AREA_SYSVIPC:
+            sysvipc.map_vma(rctx, rt, v)
         elif v.status & VMA_AREA_AIORING:
             aio.restore_ring(rt, _aio_entry(rt, v), _saved_bytes(rctx, rt, v))
         elif v.status & VMA_ANON_PRIVATE and v.flags & C.MAP_HUGETLB:

@@ -54,6 +54,11 @@ from procsnap.images.pb import (
     fsnotify_pb2,
     ghost_file_pb2,
     inventory_pb2,
+    ipc_mqueue_pb2,
+    ipc_msg_pb2,
+    ipc_sem_pb2,
+    ipc_shm_pb2,
+    ipc_var_pb2,
     memfd_pb2,
     mm_pb2,
     mnt_pb2,
@@ -192,6 +197,8 @@ FH = {"bytes": 8, "type": 1, "handle": [0x1234, 0] + [0] * 14}
 
 # kind -> (entries as (message, raw tail)), (crit probe: path into entries, value)
 Sample = tuple[list[tuple[Message, bytes]], tuple[tuple[Any, ...], Any]]
+IPC_DESC = {"key": 0x1234, "uid": 1000, "gid": 1000, "cuid": 0, "cgid": 0, "mode": 0o640, "id": 32769}
+
 SAMPLES: dict[str, Sample] = {
     "inventory": (
         [(M(inventory_pb2.inventory_entry, img_version=2, fdinfo_per_id=True, ns_per_id=True,
@@ -314,6 +321,33 @@ SAMPLES: dict[str, Sample] = {
             controllers=[{"cnames": [""], "dirs": [{"dir_name": "user.slice"}]}]), b"")],
         ((0, "sets", 0, "ctls", 0, "path"), "/user.slice"),
     ),
+    "ipcns-var": (
+        [(M(ipc_var_pb2.ipc_var_entry, sem_ctls=[32000, 1024000000, 500, 32000], msg_ctlmax=8192,
+            msg_ctlmnb=16384, msg_ctlmni=32000, auto_msgmni=0, shm_ctlmax=1 << 40, shm_ctlall=1 << 40,
+            shm_ctlmni=4096, shm_rmid_forced=0, mq_queues_max=256, mq_msg_max=10,
+            mq_msgsize_max=8192, shm_next_id=7), b"")],
+        ((0, "msg_ctlmnb"), 16384),
+    ),
+    "ipcns-shm": (
+        [(M(ipc_shm_pb2.ipc_shm_entry, desc=IPC_DESC, size=8192, in_pagemaps=True), b"")],
+        ((0, "size"), 8192),
+    ),
+    "ipcns-sem": (
+        [(M(ipc_sem_pb2.ipc_sem_entry, desc=IPC_DESC, nsems=3), b"\x01\x00\x02\x00\x07\x00\x00\x00")],
+        ((0, "nsems"), 3),
+    ),
+    "ipcns-msg": (
+        [(M(ipc_msg_pb2.ipc_msg_entry, desc=IPC_DESC, qbytes=16384, qnum=2), b""),
+         (M(ipc_msg_pb2.ipc_msg, mtype=1, msize=5), b"hello\0\0\0"),
+         (M(ipc_msg_pb2.ipc_msg, mtype=7, msize=8), b"worlds!!")],
+        ((0, "qnum"), 2),
+    ),
+    "ipcns-mq": (
+        [(M(ipc_mqueue_pb2.ipc_mqueue_entry, name="q", uid=0, gid=0, mode=0o600, maxmsg=10,
+            msgsize=64, curmsgs=1), b""),
+         (M(ipc_mqueue_pb2.ipc_mqueue_msg, prio=3, msize=2), b"hi")],
+        ((0, "name"), "q"),
+    ),
     "utsns": ([(M(utsns_pb2.utsns_entry, nodename="box", domainname="(none)"), b"")], ((0, "nodename"), "box")),
     "mountpoints": (
         [(M(mnt_pb2.mnt_entry, fstype=5, mnt_id=63, root_dev=39, parent_mnt_id=43, flags=0x200000,
@@ -409,7 +443,10 @@ SAMPLES: dict[str, Sample] = {
 
 # crit 3.17 (Debian bookworm) has no handler for the SIGNAL magic, so it
 # cannot decode signal-s/signal-p images at all (neither CRIU's nor ours).
-CRIT_CANNOT = {"signal-s": "crit 3.17 has no SIGNAL handler", "signal-p": "crit 3.17 has no SIGNAL handler"}
+CRIT_CANNOT = {"signal-s": "crit 3.17 has no SIGNAL handler", "signal-p": "crit 3.17 has no SIGNAL handler",
+               "ipcns-sem": "crit shows the values as a list (test_crit_decodes_ipc)",
+               "ipcns-msg": "crit nests the messages in their queue (test_crit_decodes_ipc)",
+               "ipcns-mq": "procsnap's own image: CRIU saves no POSIX message queues"}
 
 FRAMED = [k.name for k in KINDS if k.message is not None]
 
@@ -789,6 +826,17 @@ def test_crit_decodes_our_image(tmp_path: Path, name: str) -> None:
             else:
                 got_bytes = base64.b64decode(got_extra)
             assert got_bytes == tail
+
+
+def test_crit_decodes_ipc(tmp_path: Path) -> None:
+    """crit reads our semaphore values and message queues as CRIU's."""
+    img = _crit_decode(_write_sample(tmp_path, "ipcns-sem"))
+    assert img["entries"][0]["extra"] == [1, 2, 7]
+    img = _crit_decode(_write_sample(tmp_path, "ipcns-msg"))
+    assert len(img["entries"]) == 1
+    extra = img["entries"][0]["extra"]
+    assert [m["mtype"] for m in extra[0::2]] == [1, 7]
+    assert [base64.b64decode(t) for t in extra[1::2]] == [b"hello", b"worlds!!"]
 
 
 @pytest.mark.parametrize("name", ["inventory", "core", "mm", "pagemap", "files", "fdinfo", "pstree", "pipes-data", "tty-info"])

@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ImageError
-from . import mnt, net, pid, time, uts
+from . import ipc, mnt, net, pid, time, uts
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, RestoreContext, RestoreTask
@@ -47,13 +47,15 @@ if TYPE_CHECKING:
 # Restore order of the kinds made for the root, and why:
 #  pid  - nothing to rebuild: the clone3 of the root made it, pid 1 inside;
 #  uts  - hostname and domainname, set in the root before its children fork;
+#  ipc  - sysctls, System V objects and POSIX queues, made from the restorer
+#         entering the new namespace (before any task attaches a segment);
 #  time - unshared and entered by the root before any child is forked into it;
 #         needs /proc as the restorer mounted it (before mnt pivots);
 #  net  - links, addresses, routes, sysctls, firewall, made from procsnap's
 #         thread entered into it (it stays there until the tasks are built:
 #         their sockets are born there; see net.leave);
 #  (mnt goes last: after it the puppet sees the restored tree's root.)
-NS_KINDS: list[ModuleType] = [pid, uts, time, net, mnt]
+NS_KINDS: list[ModuleType] = [pid, uts, ipc, time, net, mnt]
 
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
