@@ -631,7 +631,8 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 try:
                     if s is not None:
                         for f in files.get(s.id, []):
-                            state.pool[f.id] = high(open_at(f"/dev/pts/{index}", f.tty.flags))
+                            state.pool[f.id] = high(_open_slave(rt, mfd, index, f.tty.flags,
+                                                                open_at))
                     if m is not None:
                         mfiles = files.get(m.id, [])
                         if len(mfiles) > 1:
@@ -659,6 +660,20 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     finally:
         for fd in junk:
             inj.call("close", fd)
+
+
+def _open_slave(rt: "RestoreTask", mfd: int, index: int, flags: int,
+                open_at: Callable[[str, int], int]) -> int:
+    """A slave file with exactly ``flags``: open(2) adds O_LARGEFILE,
+    TIOCGPTPEER on the master (openpty's way) does not."""
+    if flags & C.O_LARGEFILE:
+        return open_at(f"/dev/pts/{index}", flags)
+    try:
+        # (no O_CLOEXEC here: TIOCGPTPEER keeps it in the file's flags)
+        return int(rt.inj.call("ioctl", mfd, C.TIOCGPTPEER, flags | os.O_NOCTTY))
+    except InjectError as exc:
+        raise RestoreError(f"pty {index}: TIOCGPTPEER in pid {rt.pid}: "
+                           f"{os.strerror(exc.errno or 0)}") from None
 
 
 def _open_index(rt: "RestoreTask", index: int, junk: list[int],
