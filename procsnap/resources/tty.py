@@ -709,7 +709,12 @@ def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
         w = m.winsize
         fcntl.ioctl(mcopy, C.TIOCSWINSZ, _WS.pack(w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel))
     _ioctl_int(mcopy, C.TIOCPKT, 1 if m.packet_mode else 0)
-    _ioctl_int(mcopy, C.TIOCSPTLCK, 1 if m.locked else 0)
+    if m.locked:
+        # Locked last, once every task has opened its files: a locked
+        # master fails any open of its slave, /dev/tty included (EIO).
+        keep = os.dup(mcopy)
+        rctx.own_fds.append(keep)
+        rctx.before_detach.append(lambda: _ioctl_int(keep, C.TIOCSPTLCK, 1))
     if m.exclusive:
         fcntl.ioctl(mcopy, C.TIOCEXCL)
     if s.exclusive:
@@ -729,8 +734,6 @@ def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
         diffs.append("index")
     if bool(_ioctl_int(mcopy, C.TIOCGPKT)) != m.packet_mode:
         diffs.append("packet mode")
-    if bool(_ioctl_int(mcopy, C.TIOCGPTLCK)) != m.locked:
-        diffs.append("lock")
     if bool(_ioctl_int(mcopy, C.TIOCGEXCL)) != m.exclusive or \
             bool(_ioctl_int(scopy, C.TIOCGEXCL)) != s.exclusive:
         diffs.append("exclusive mode")
