@@ -98,11 +98,13 @@ int main(void)
 	if (tcsetattr(sa, TCSANOW, &t) || ioctl(ma, TIOCSWINSZ, &ws) || ioctl(ma, TIOCPKT, &one)
 	    || ioctl(sa, TIOCEXCL) || fchmod(sa, 0600) || fchown(sa, 4242, 4343))
 		return fail("setup A");
+	memset(&ta, 0, sizeof(ta));	/* padding: memcmp below */
 	tcgetattr(sa, &ta);
 	if (write(ma, to_slave, sizeof(to_slave) - 1) != sizeof(to_slave) - 1 ||
 	    write(sa, from_slave, sizeof(from_slave) - 1) != sizeof(from_slave) - 1)
 		return fail("write A");
 	/* B */
+	memset(&tb, 0, sizeof(tb));
 	tcgetattr(sb, &tb);
 	if (!(tb.c_lflag & ICANON))
 		return fail("B not canonical");
@@ -167,6 +169,7 @@ int main(void)
 	/* A's state */
 	struct termios g;
 	struct winsize gw;
+	memset(&g, 0, sizeof(g));
 	if (tcgetattr(sa, &g) || memcmp(&g, &ta, sizeof(g)))
 		return fail("A termios");
 	if (ioctl(ma, TIOCGWINSZ, &gw) || memcmp(&gw, &ws, sizeof(ws)))
@@ -188,6 +191,7 @@ int main(void)
 	/* B */
 	if (ioctl(mb, TIOCGPTLCK, &n) || n != 1)
 		return fail("B lock");
+	memset(&g, 0, sizeof(g));
 	if (tcgetattr(sb, &g) || memcmp(&g, &tb, sizeof(g)))
 		return fail("B termios");
 	fcntl(sb, F_SETFL, O_NONBLOCK);
