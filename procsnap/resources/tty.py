@@ -20,9 +20,13 @@ bytes queued for reading on it):
   with TIOCSTI on the reading side: synchronous, no echo, no signals (the
   slave's input flags and local modes other than ICANON are off while it
   is done).  Input of a slave in canonical mode, complete lines and a
-  partial one, is read by turning ICANON off for the read; it is saved
-  when it holds no byte that canonical mode would take as an edit or an
-  end of file (NUL, VERASE, VKILL, VEOF, VEOL2), and refused otherwise.
+  partial one, is read by turning ICANON off for the read, and queued
+  back in canonical mode, editing characters (literals, typed after ^V)
+  after VLNEXT; refused when it holds a NUL (the kernel's mark of an end
+  of file typed, or a literal NUL: they cannot be told apart -- put back
+  as an end of file when the tree runs on) or when VLNEXT is disabled
+  and an editing character is queued.  A '\n' or VEOL/VEOL2 queued is
+  taken as the line end it normally is.
   A master in packet mode with a status byte pending (POLLPRI) is refused.
 - each session's controlling terminal: the session leader takes it with
   TIOCSCTTY right after its setsid, before it forks the tasks that
@@ -88,8 +92,9 @@ _WS = struct.Struct("<4H")
 _INT = struct.Struct("i")
 NCCS = 19
 VINTR, VQUIT, VERASE, VKILL, VEOF, VTIME, VMIN = 0, 1, 2, 3, 4, 5, 6
-VEOL, VEOL2 = 11, 16
+VEOL, VREPRINT, VWERASE, VLNEXT, VEOL2 = 11, 12, 14, 15, 16
 ICANON = 0o2
+IEXTEN = 0o100000
 EXTPROC = 0o200000
 
 
@@ -188,32 +193,46 @@ def _drain(fd: int, packet: bool = False) -> bytes:
 def inject_input(fd: int, data: bytes, saved: Any | None) -> None:
     """Queue ``data`` for reading on the tty of ``fd`` exactly: TIOCSTI
     hands each byte to the line discipline synchronously.  For a slave
-    (``saved`` its termios) the input flags and every local mode but
-    ICANON are off meanwhile: no echo, no signals, no translation, and a
-    canonical line stays a line (ICANON and EXTPROC unchanged keep the
-    line discipline's line state)."""
+    (``saved`` its termios) the input flags and the local modes are off
+    meanwhile -- no echo, no signals, no translation -- but ICANON and
+    EXTPROC (changing them resets the line state).  In canonical mode
+    IEXTEN is on and an editing character is sent after VLNEXT, so it is
+    queued as the literal it was; a NUL is the end-of-file mark canonical
+    mode queues for VEOF, and is sent as VEOF."""
     if not data:
         return
+    seq: list[int] = list(data)
     if saved is not None:
         t = tty_pb2.termios_entry()
         t.CopyFrom(saved)
         t.c_iflag = 0
         t.c_lflag = saved.c_lflag & (ICANON | EXTPROC)
+        if saved.c_lflag & ICANON:
+            cc = list(saved.c_cc)
+            t.c_lflag |= IEXTEN
+            escape = _canon_edit(saved)
+            seq = []
+            for b in data:
+                if b == 0:
+                    seq.append(cc[VEOF])
+                elif b in escape:
+                    seq += [cc[VLNEXT], b]
+                else:
+                    seq.append(b)
         set_termios(fd, t)
     try:
-        for b in data:
+        for b in seq:
             fcntl.ioctl(fd, C.TIOCSTI, bytes([b]))
     finally:
         if saved is not None:
             set_termios(fd, saved)
 
 
-def _canon_special(t: Any) -> set[int]:
+def _canon_edit(t: Any) -> set[int]:
+    """The characters canonical mode (with IEXTEN) acts on rather than
+    queues: they are in the queue only as literals typed after VLNEXT."""
     cc = list(t.c_cc)
-    special = {0, cc[VERASE], cc[VKILL], cc[VEOF]}
-    if cc[VEOL2]:
-        special.add(cc[VEOL2])
-    return special
+    return {cc[i] for i in (VERASE, VKILL, VEOF, VWERASE, VREPRINT, VLNEXT)} - {0}
 
 
 # ---------------------------------------------------------------- dump ----
@@ -499,10 +518,14 @@ def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: An
         inp = _drain(slave_fd)
     if inp:
         state.writeback.append(lambda: inject_input(slave_fd, inp, termios))
-        if canon and set(inp) & _canon_special(termios):
+        if canon and 0 in inp:
             raise Unsupported(f"{where}: {len(inp)} bytes of input queued in canonical mode "
-                              "hold an edit or end-of-file character; the line state would "
-                              "not come back exactly")
+                              "hold a NUL: an end of file typed (VEOF) or a literal NUL, which "
+                              "cannot be told apart")
+        if canon and set(inp) & _canon_edit(termios) and not list(termios.c_cc)[VLNEXT]:
+            raise Unsupported(f"{where}: input queued in canonical mode holds an editing "
+                              "character and VLNEXT is disabled: it cannot be queued back as "
+                              "the literal it is")
         ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=s.info_id, data=inp))
 
 
@@ -714,7 +737,10 @@ def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
         # master fails any open of its slave, /dev/tty included (EIO).
         keep = os.dup(mcopy)
         rctx.own_fds.append(keep)
-        rctx.before_detach.append(lambda: _ioctl_int(keep, C.TIOCSPTLCK, 1))
+
+        def lock() -> None:
+            _ioctl_int(keep, C.TIOCSPTLCK, 1)
+        rctx.before_detach.append(lock)
     if m.exclusive:
         fcntl.ioctl(mcopy, C.TIOCEXCL)
     if s.exclusive:

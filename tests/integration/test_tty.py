@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -149,3 +151,62 @@ def test_tmux_two_panes(targets: TargetFactory, tmp_path: Path) -> None:
     finally:
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
                        timeout=30)
+
+
+def _canon_target(tmp_path: Path, targets: TargetFactory, queued: bytes) -> tuple[Any, Path]:
+    """A python target with a canonical pty (echo off) and ``queued`` on
+    its slave; SIGUSR1: read it all and print got/extra/rest."""
+    code = ("import os,pty,sys,time,termios,signal\nm,s=pty.openpty()\n"
+            "a=termios.tcgetattr(s); a[3]&=~termios.ECHO; termios.tcsetattr(s,0,a)\n"
+            f"os.write(m,{queued!r})\n"
+            "print('ready',flush=True)\n"
+            "signal.sigwait([signal.SIGUSR1])\n"
+            "os.set_blocking(s,False)\n"
+            "got=os.read(s,100)\n"
+            "try:\n    os.read(s,100); extra=True\nexcept BlockingIOError:\n    extra=False\n"
+            "os.write(m,b'\\n'); rest=os.read(s,100)\n"
+            "print('got',repr((got,extra,rest)),flush=True)\n")
+    out = tmp_path / "out"
+    with open(out, "w") as fo:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=fo,
+                             stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             close_fds=True, start_new_session=True,
+                             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                                       [signal.SIGUSR1]))
+    targets.adopt(p.pid)
+    _wait_text(out, "ready")
+    return p, out
+
+
+def _wait_text(out: Path, what: str) -> str:
+    deadline = time.monotonic() + 15
+    while what not in out.read_text():
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.05)
+    return out.read_text()
+
+
+def test_canonical_input_with_literal_kept(targets: TargetFactory, tmp_path: Path) -> None:
+    """A complete line holding a literal DEL (typed after ^V) and a partial
+    line, queued in canonical mode: restored exactly (two reads, the
+    partial line still partial)."""
+    p, out = _canon_target(tmp_path, targets, b"ab\x16\x7fc\nxy")
+    check_ok(run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img"))
+    assert wait_gone(p.pid, 15)
+    check_ok(run_procsnap("restore", "-D", tmp_path / "img", "-d"))
+    os.kill(p.pid, signal.SIGUSR1)
+    text = _wait_text(out, "got")
+    assert "got (b'ab\\x7fc\\n', False, b'xy\\n')" in text, text
+
+
+def test_canonical_eof_refused_and_kept(targets: TargetFactory, tmp_path: Path) -> None:
+    """An end of file typed (^D) is queued as a NUL: refused, and the bytes
+    read at the dump are back as they were."""
+    p, out = _canon_target(tmp_path, targets, b"ab\x04xy")
+    res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+    assert_one_line_error(res, f"pid {p.pid}:", "canonical mode")
+    ok, why = is_untouched(p.pid)
+    assert ok, why
+    os.kill(p.pid, signal.SIGUSR1)
+    text = _wait_text(out, "got")
+    assert "got (b'ab', False, b'xy\\n')" in text, text
