@@ -252,8 +252,8 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
     rctx.spare_fd_base = top + 1  # top itself is for the terminal
     if rctx.opts.shell_job:
         tty = next((fd for fd in (0, 1, 2) if _isatty(fd)), None)
-        if tty is None and any(rctx.file_entry(f.id).type == fdinfo_pb2.TTY
-                               for t in rctx.tasks for f in t.fdinfos):
+        from .resources import tty as ttys
+        if tty is None and ttys.needs_shell_terminal(rctx):
             raise RestoreError("--shell-job: procsnap restore has no terminal on fds 0-2 "
                                "to give the restored process")
         if tty is not None:
@@ -263,6 +263,8 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
         inj.call("close_range", rt.tty_fd + 1, 0xFFFFFFFF, 0)
     else:
         inj.call("close_range", 0, 0xFFFFFFFF, 0)
+    from .resources import tty as ttys
+    ttys.prepare_root(rctx, rt)  # pty pairs, before any fork: every task inherits them
     _set_session(rt)
 
 
@@ -276,8 +278,11 @@ def _use_trampoline(rt: RestoreTask, inj: Injector, addr: int) -> None:
 def _set_session(rt: RestoreTask) -> None:
     # A new task is in its parent's session; only a leader needs a call.
     # Groups are set once every task exists (see _set_groups).
+    from .resources import tty
+
     if rt.pstree.sid == rt.pid:
         rt.inj.call("setsid")
+        tty.session_started(rt._rctx, rt)  # its controlling terminal, before it forks
 
 
 def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_signal: int,
@@ -393,6 +398,8 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 
     inj = rt.inj
     rt.close_pidfds()
+    from .resources import tty
+    tty.close_pool(rctx, rt)
     if rt.tty_fd is not None and not any(f.fd == rt.tty_fd for f in rt.fdinfos):
         inj.call("close", rt.tty_fd)
     # The last injected call removes the page it is executed from; we stop
@@ -465,6 +472,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             if not rt.zombie:
                 memory.premap(rctx, rt)
         _set_groups(rctx)
+        from .resources import tty
+        tty.set_foreground(rctx)  # each terminal's foreground group, now that groups exist
         for rt in rctx.tasks:
             if rt.zombie:
                 _make_zombie(rt)

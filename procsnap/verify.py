@@ -117,7 +117,7 @@ from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import cgroup, file_lock, memfd, regfile, shmem, sysvipc
+from .resources import cgroup, file_lock, memfd, regfile, shmem, sysvipc, tty
 from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
@@ -619,7 +619,7 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
     if t == fdinfo_pb2.EVENTFD:
         return entry.efd.flags & ~C.EFD_SEMAPHORE, None  # bit 0 carries EFD_SEMAPHORE
     if t == fdinfo_pb2.TTY:
-        return None, None  # the restoring shell's terminal (--shell-job)
+        return tty.expected_flags(rctx, entry), None  # None: the shell job's terminal
     for part in ("pipe", "usk", "isk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
         if entry.HasField(part):
             return getattr(entry, part).flags, None

@@ -261,3 +261,25 @@ NR.update({"fchmod": 91, "fchown": 93, "utimensat": 280, "copy_file_range": 326,
            "fanotify_init": 300, "fanotify_mark": 301, "waitid": 247, "fork": 57})
 # System V shm attached by a puppet (resources/sysvipc.py).
 NR.update({"shmat": 30, "shmdt": 67})
+# Terminals (asm-generic/ioctls.h, x86_64): resources/tty.py.
+TCGETS2 = 0x802C542A
+TCSETS2 = 0x402C542B
+TIOCGWINSZ = 0x5413
+TIOCSWINSZ = 0x5414
+TIOCGLCKTRMIOS = 0x5456
+TIOCSLCKTRMIOS = 0x5457
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+TIOCGPTLCK = 0x80045439
+TIOCPKT = 0x5420
+TIOCGPKT = 0x80045438
+TIOCEXCL = 0x540C
+TIOCGEXCL = 0x80045440
+TIOCSCTTY = 0x540E
+TIOCNOTTY = 0x5422
+TIOCGPGRP = 0x540F
+TIOCSPGRP = 0x5410
+TIOCGSID = 0x5429
+TIOCINQ = 0x541B
+TIOCSTI = 0x5412
+TIOCGPTPEER = 0x5441

@@ -1,34 +1,281 @@
-"""Terminals of a shell job (fd kind TTY, tty-info.img).
+"""Terminals (fd kind TTY; tty-info.img, tty-data.img): pseudo-terminal
+pairs held in the tree, /dev/tty, controlling terminals, and the terminal
+of a shell job.
 
-With --shell-job a process whose stdio is the user's terminal is dumped
-with those fds marked as the job's terminal, and at restore they are
-connected to the terminal of the restoring shell -- the habit of criu.
-Without --shell-job a terminal fd is refused: its other end (the shell,
-the terminal emulator) is outside the dump.
+Saved, as CRIU's images (tty_info_entry once per side of a pty,
+tty_file_entry per open file description, tty_data_entry per side with
+bytes queued for reading on it):
+
+- a pty pair whose master is in the tree (tmux, screen, sshd, expect):
+  both ends, the index (the restore opens /dev/ptmx until the kernel
+  hands out the same index, and fails if another process has it), the
+  termios (TCGETS2, with the speeds), the locked termios, the window size,
+  packet mode, the lock (TIOCGPTLCK), exclusive mode of each side, the pts
+  node's owner and permission bits, and whether the slave was opened and
+  closed again (the master then reads EIO);
+- the bytes queued in both directions.  A tty cannot be read without
+  consuming, so they are read out of our pidfd_getfd copies (O_NONBLOCK
+  set for the read on the shared description and put back), and put back
+  -- into the tree at restore, into the same pty when the tree runs on --
+  with TIOCSTI on the reading side: synchronous, no echo, no signals (the
+  slave's input flags and local modes other than ICANON are off while it
+  is done).  Input of a slave in canonical mode, complete lines and a
+  partial one, is read by turning ICANON off for the read, and queued
+  back in canonical mode, editing characters (literals, typed after ^V)
+  after VLNEXT; refused when it holds a NUL (the kernel's mark of an end
+  of file typed, or a literal NUL: they cannot be told apart -- put back
+  as an end of file when the tree runs on) or when VLNEXT is disabled
+  and an editing character is queued.  A '\n' or VEOL/VEOL2 queued is
+  taken as the line end it normally is.
+  A master in packet mode with a status byte pending (POLLPRI) is refused.
+- each session's controlling terminal: the session leader takes it with
+  TIOCSCTTY right after its setsid, before it forks the tasks that
+  inherit it; the foreground process group (TIOCSPGRP) once every group
+  exists.  /dev/tty is reopened by the task, on its controlling terminal.
+- a pts whose master is gone (hung up, its node deleted): a pair is made
+  with the index, the slave files are opened and the master closed again.
+
+Refused, one line naming pid and fd: /dev/console and virtual consoles
+(their state belongs to the host, shared with processes outside the tree);
+other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
+instance; a pty one of whose ends is open outside the tree (found by a scan
+of /proc); a master whose slave was never opened (input queued for the
+slave cannot be read without opening it, which changes the pair); a task
+whose controlling terminal is outside the tree or which lost the
+controlling terminal its session has.  With --shell-job a pts whose master
+is outside the tree (the user's terminal) is the job's terminal: at
+restore the fds get the restoring shell's terminal, as criu does.
+
+Not saved, and why it cannot be lost silently: the ldisc's own bookkeeping
+of canonical editing (the echo column, a pending ^V) exists only in the
+kernel and is reset by any termios change; output stopped by ^S
+(flow.stopped) has no ioctl to read it.  Both are transient states of
+interactive typing.
+
+The restore check (verify) compares each tty fd's open flags; termios,
+window size, index, lock, packet and exclusive modes are read back and
+compared here right after they are set, before any task runs.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import select
 import stat as st_mod
-from typing import TYPE_CHECKING, Any
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import RestoreError, Unsupported
+from ..errors import ImageError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, tty_pb2
+from ..inject import InjectError
 from ..kernel import consts as C
+from ..kernel.libc import pidfd_getfd
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..tasks import RestoreContext, RestoreTask
-    from ..tasks import FdCtx
+    from ..tasks import DumpContext, FdCtx, RestoreContext, RestoreTask
 
 NAME = "tty"
 FDINFO = {
-    "tty-index": fdaudit.irrelevant("a --shell-job terminal is joined to the restoring "
-                                    "shell's terminal, whose index is its own"),
+    "tty-index": fdaudit.saved("the pty's index: the pair is restored with it"),
 }
 TYPE = fdinfo_pb2.TTY
 PTS_MAJORS = range(136, 144)
-TTY_MAJORS = (4, 5) + tuple(PTS_MAJORS)
+TTY_MAJORS = (3, 4, 5, 204) + tuple(PTS_MAJORS)
+PTMX = (5, 2)
+
+_T2 = struct.Struct("<4IB19s2I")   # struct termios2 (TCGETS2/TCSETS2)
+_T1 = struct.Struct("<4IB19s")     # struct termios (TIOCGLCKTRMIOS)
+_WS = struct.Struct("<4H")
+_INT = struct.Struct("i")
+NCCS = 19
+VINTR, VQUIT, VERASE, VKILL, VEOF, VTIME, VMIN = 0, 1, 2, 3, 4, 5, 6
+VEOL, VREPRINT, VWERASE, VLNEXT, VEOL2 = 11, 12, 14, 15, 16
+ICANON = 0o2
+IEXTEN = 0o100000
+EXTPROC = 0o200000
+
+
+# ------------------------------------------------------------ helpers ----
+
+def _ioctl_int(fd: int, req: int, value: int | None = None) -> int:
+    if value is None:
+        return int(_INT.unpack(fcntl.ioctl(fd, req, b"\0" * 4))[0])
+    fcntl.ioctl(fd, req, _INT.pack(value))
+    return 0
+
+
+def get_termios(fd: int) -> Any:
+    raw = fcntl.ioctl(fd, C.TCGETS2, b"\0" * _T2.size)
+    i, o, c, lf, line, cc, isp, osp = _T2.unpack(raw)
+    return tty_pb2.termios_entry(c_iflag=i, c_oflag=o, c_cflag=c, c_lflag=lf, c_line=line,
+                                 c_ispeed=isp, c_ospeed=osp, c_cc=list(cc))
+
+
+def set_termios(fd: int, t: Any) -> None:
+    fcntl.ioctl(fd, C.TCSETS2, _T2.pack(t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag, t.c_line,
+                                        bytes(list(t.c_cc)[:NCCS]).ljust(NCCS, b"\0"),
+                                        t.c_ispeed, t.c_ospeed))
+
+
+def _get_locked(fd: int) -> Any:
+    raw = fcntl.ioctl(fd, C.TIOCGLCKTRMIOS, b"\0" * _T1.size)
+    i, o, c, lf, line, cc = _T1.unpack(raw)
+    return tty_pb2.termios_entry(c_iflag=i, c_oflag=o, c_cflag=c, c_lflag=lf, c_line=line,
+                                 c_ispeed=0, c_ospeed=0, c_cc=list(cc))
+
+
+def _set_locked(fd: int, t: Any) -> None:
+    fcntl.ioctl(fd, C.TIOCSLCKTRMIOS, _T1.pack(t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag,
+                                               t.c_line,
+                                               bytes(list(t.c_cc)[:NCCS]).ljust(NCCS, b"\0")))
+
+
+def get_winsize(fd: int) -> Any:
+    r, c, x, y = _WS.unpack(fcntl.ioctl(fd, C.TIOCGWINSZ, b"\0" * _WS.size))
+    return tty_pb2.winsize_entry(ws_row=r, ws_col=c, ws_xpixel=x, ws_ypixel=y)
+
+
+def _same_termios(a: Any, b: Any) -> bool:
+    return (a.c_iflag, a.c_oflag, a.c_cflag, a.c_lflag, a.c_line, list(a.c_cc)) == \
+        (b.c_iflag, b.c_oflag, b.c_cflag, b.c_lflag, b.c_line, list(b.c_cc))
+
+
+def _pts_dev(index: int) -> int:
+    return os.makedev(136 + index // 256, index % 256)
+
+
+def _index_of(rdev: int) -> int:
+    return (os.major(rdev) - 136) * 256 + os.minor(rdev)
+
+
+def _tty_nr_dev(tty_nr: int) -> tuple[int, int]:
+    """/proc/PID/stat's tty_nr (new_encode_dev) as (major, minor)."""
+    return (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+
+
+def _devpts_dev() -> int:
+    return os.stat("/dev/pts/ptmx").st_dev
+
+
+def _polled(fd: int) -> int:
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLPRI | select.POLLHUP)
+    ev = p.poll(0)
+    return ev[0][1] if ev else 0
+
+
+def _drain(fd: int, packet: bool = False) -> bytes:
+    """Read what is queued on ``fd`` (our copy) without blocking: O_NONBLOCK
+    is set on the shared description for the read and put back."""
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EIO):
+                    break
+                raise
+            if not chunk:
+                break
+            # packet mode: every read starts with a status byte (0: data)
+            out += chunk[1:] if packet else chunk
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fl)
+    return out
+
+
+def inject_input(fd: int, data: bytes, saved: Any | None) -> None:
+    """Queue ``data`` for reading on the tty of ``fd`` exactly: TIOCSTI
+    hands each byte to the line discipline synchronously.  For a slave
+    (``saved`` its termios) the input flags and the local modes are off
+    meanwhile -- no echo, no signals, no translation -- but ICANON and
+    EXTPROC (changing them resets the line state).  In canonical mode
+    IEXTEN is on and an editing character is sent after VLNEXT, so it is
+    queued as the literal it was; a NUL is the end-of-file mark canonical
+    mode queues for VEOF, and is sent as VEOF."""
+    if not data:
+        return
+    seq: list[int] = list(data)
+    if saved is not None:
+        t = tty_pb2.termios_entry()
+        t.CopyFrom(saved)
+        t.c_iflag = 0
+        t.c_lflag = saved.c_lflag & (ICANON | EXTPROC)
+        if saved.c_lflag & ICANON:
+            cc = list(saved.c_cc)
+            t.c_lflag |= IEXTEN
+            escape = _canon_edit(saved)
+            seq = []
+            for b in data:
+                if b == 0:
+                    seq.append(cc[VEOF])
+                elif b in escape:
+                    seq += [cc[VLNEXT], b]
+                else:
+                    seq.append(b)
+        set_termios(fd, t)
+    try:
+        for b in seq:
+            fcntl.ioctl(fd, C.TIOCSTI, bytes([b]))
+    finally:
+        if saved is not None:
+            set_termios(fd, saved)
+
+
+def _canon_edit(t: Any) -> set[int]:
+    """The characters canonical mode (with IEXTEN) acts on rather than
+    queues: they are in the queue only as literals typed after VLNEXT."""
+    cc = list(t.c_cc)
+    return {cc[i] for i in (VERASE, VKILL, VEOF, VWERASE, VREPRINT, VLNEXT)} - {0}
+
+
+# ---------------------------------------------------------------- dump ----
+
+@dataclass
+class _Side:
+    info_id: int
+    holder: tuple[int, int, str]      # (pid, fd, link) first seen, for messages
+    copy: int                         # our pidfd_getfd copy (the same description)
+    st: os.stat_result
+    hung: bool = False
+
+
+@dataclass
+class _Pair:
+    index: int
+    master: _Side | None = None
+    slave: _Side | None = None
+
+
+@dataclass
+class _DumpState:
+    pairs: dict[int, _Pair] = field(default_factory=dict)
+    copies: list[int] = field(default_factory=list)
+    ctty_info: int | None = None
+    ctty_holders: list[tuple[int, int]] = field(default_factory=list)
+    writeback: list[Callable[[], None]] = field(default_factory=list)
+
+
+def _state(ctx: "DumpContext") -> _DumpState:
+    st = ctx.kind_state.get("tty")
+    if st is None:
+        st = ctx.kind_state["tty"] = _DumpState()
+
+        def cleanup(killed: bool) -> None:
+            if not killed:
+                for put_back in st.writeback:   # the tree runs on: its bytes go back
+                    put_back()
+            for c in st.copies:
+                os.close(c)
+            st.copies.clear()
+        ctx.cleanups.append(cleanup)
+    return st
 
 
 def matches(fd: "FdCtx") -> bool:
@@ -38,35 +285,571 @@ def matches(fd: "FdCtx") -> bool:
 
 def dump(fd: "FdCtx", fid: int) -> Any:
     assert fd.st is not None and fd.info is not None
-    task = fd.task
-    if not fd.ctx.opts.shell_job:
-        raise Unsupported(f"pid {task.pid}: fd {fd.fd}: terminal {fd.link}: "
-                          "use --shell-job to dump a process attached to a terminal")
+    task, ctx = fd.task, fd.ctx
     rdev = fd.st.st_rdev
-    infos = fd.ctx.shared_image("tty-info")
-    info_id = next((i.id for i in infos if i.rdev == rdev), None)
-    if info_id is None:
-        info_id = fd.ctx.new_file_id()
-        stat = task.stat
-        assert stat is not None
-        major = os.major(rdev)
-        info = tty_pb2.tty_info_entry(
-            id=info_id, type=tty_pb2.PTY if major in PTS_MAJORS else tty_pb2.VT,
-            locked=False, exclusive=False, packet_mode=False,
-            sid=stat.session, pgrp=max(stat.tpgid, 0), rdev=rdev)
-        if major in PTS_MAJORS:
-            info.pty.index = os.minor(rdev) + (major - 136) * 256
-        infos.append(info)
+    major, minor = os.major(rdev), os.minor(rdev)
+    where = f"pid {task.pid}: fd {fd.fd}: {fd.link}"
+    if (major, minor) == (5, 1):
+        raise Unsupported(f"{where}: the system console (5:1); its state belongs to the host "
+                          "and is shared outside the tree: not supported")
+    if major == 4 and minor < 64:
+        raise Unsupported(f"{where}: a virtual console (4:{minor}); its state belongs to the "
+                          "host's console and is shared outside the tree: not supported")
+    state = _state(ctx)
+    flags = fd.info.flags & ~os.O_CLOEXEC
+    if (major, minor) == (5, 0):
+        # /dev/tty: reopened at restore on the task's controlling terminal
+        if state.ctty_info is None:
+            state.ctty_info = ctx.new_file_id()
+            ctx.shared_image("tty-info").append(tty_pb2.tty_info_entry(
+                id=state.ctty_info, type=tty_pb2.CTTY, locked=False, exclusive=False,
+                packet_mode=False, sid=0, pgrp=0, rdev=rdev))
+        state.ctty_holders.append((task.pid, fd.fd))
+        return _file_entry(fid, state.ctty_info, flags)
+    master = (major, minor) == PTMX
+    if not master and major not in PTS_MAJORS:
+        raise Unsupported(f"{where}: a terminal ({major}:{minor}) of a driver procsnap does "
+                          "not save (only pseudo-terminals of /dev/pts)")
+    copy = pidfd_getfd(task.pid, fd.fd)
+    state.copies.append(copy)
+    if master:
+        index = _ioctl_int(copy, C.TIOCGPTN)
+        if (fd.st.st_dev, fd.st.st_ino) not in _ptmx_nodes():
+            raise Unsupported(f"{where}: a pty master of another devpts instance; only "
+                              "/dev/ptmx and /dev/pts/ptmx of the dumper's /dev are supported")
+    else:
+        index = _index_of(rdev)
+        if fd.st.st_dev != _devpts_dev():
+            raise Unsupported(f"{where}: a pts of another devpts instance; only the one "
+                              "mounted on /dev/pts is supported")
+    pair = state.pairs.setdefault(index, _Pair(index))
+    side = pair.master if master else pair.slave
+    if side is None:
+        side = _Side(ctx.new_file_id(), (task.pid, fd.fd, fd.link), copy, fd.st)
+        if not master:
+            try:
+                get_termios(copy)
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                side.hung = True  # its master closed: the slave is hung up
+        if master:
+            pair.master = side
+        else:
+            pair.slave = side
+    elif master and side.st.st_ino != fd.st.st_ino:
+        raise Unsupported(f"{where}: two pty masters with index {index} (another devpts "
+                          "instance): not supported")
+    return _file_entry(fid, side.info_id, flags)
+
+
+def _ptmx_nodes() -> set[tuple[int, int]]:
+    """(dev, ino) of the ptmx nodes that open a pty of /dev/pts."""
+    out = set()
+    for path in ("/dev/ptmx", "/dev/pts/ptmx"):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def _file_entry(fid: int, info_id: int, flags: int) -> Any:
     return fdinfo_pb2.file_entry(
         type=fdinfo_pb2.TTY, id=fid,
-        tty=tty_pb2.tty_file_entry(id=fid, tty_info_id=info_id,
-                                   flags=fd.info.flags & ~os.O_CLOEXEC,
+        tty=tty_pb2.tty_file_entry(id=fid, tty_info_id=info_id, flags=flags,
                                    fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0,
                                                             pid_type=0, pid=0)))
 
 
+def _outside_holders(ctx: "DumpContext", pairs: dict[int, _Pair]) -> dict[int, tuple[int, int]]:
+    """index -> (pid, fd) of a process outside the tree holding either end
+    of a pty of the tree: restored apart, it would lose its terminal."""
+    ours = {t.pid for t in ctx.tasks} | {os.getpid()}
+    devpts = _devpts_dev()
+    found: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in ours:
+            continue
+        pid = int(name)
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for f in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{f}")
+            except OSError:
+                continue
+            if not st_mod.S_ISCHR(st.st_mode):
+                continue
+            if os.major(st.st_rdev) in PTS_MAJORS and st.st_dev == devpts:
+                index = _index_of(st.st_rdev)
+            elif (os.major(st.st_rdev), os.minor(st.st_rdev)) == PTMX:
+                try:
+                    with open(f"/proc/{pid}/fdinfo/{f}") as fi:
+                        line = next((ln for ln in fi if ln.startswith("tty-index:")), None)
+                except OSError:
+                    continue
+                if line is None:
+                    continue
+                index = int(line.split()[1])
+                pair = pairs.get(index)
+                # the same master (a devpts index is unique per instance)
+                if pair is None or pair.master is None or pair.master.st.st_ino != st.st_ino:
+                    continue
+            else:
+                continue
+            if index in pairs:
+                found.setdefault(index, (pid, int(f)))
+    return found
+
+
+def finish(ctx: "DumpContext") -> None:
+    """Once every fd is seen: pair the ends, read each pair's state and
+    queued bytes, and settle each task's controlling terminal."""
+    state = ctx.kind_state.get("tty")
+    pairs = state.pairs if state is not None else {}
+    infos = ctx.shared_image("tty-info") if pairs else []
+    inside = {i: p for i, p in pairs.items() if p.master is not None}
+    outside = _outside_holders(ctx, inside) if inside else {}
+    for index in sorted(pairs):
+        assert state is not None
+        pair = pairs[index]
+        m, s = pair.master, pair.slave
+        if m is None:
+            assert s is not None
+            pid, fd, link = s.holder
+            if s.hung:
+                infos.append(_info(s, index, sid=0, pgrp=0))   # no termios: hung up (as CRIU)
+                continue
+            if not ctx.opts.shell_job:
+                raise Unsupported(f"pid {pid}: fd {fd}: terminal {link}: its master is outside "
+                                  "the dumped tree; use --shell-job to dump a process attached "
+                                  "to a terminal")
+            # the shell job's terminal: restored as the restoring shell's
+            info = _info(s, index, sid=0, pgrp=0)
+            info.termios.CopyFrom(get_termios(s.copy))
+            infos.append(info)
+            continue
+        mpid, mfd, mlink = m.holder
+        where = f"pid {mpid}: fd {mfd}: pty master {mlink} (index {index})"
+        if index in outside:
+            opid, ofd = outside[index]
+            raise Unsupported(f"{where}: the pty is also open in pid {opid} (fd {ofd}) outside "
+                              "the dumped tree; restored apart it would lose it")
+        slave_fd = s.copy if s is not None else None
+        if s is None:
+            if not _polled(m.copy) & select.POLLHUP:
+                raise Unsupported(f"{where}: its slave was never opened; input queued for the "
+                                  "slave cannot be read without opening it, which changes "
+                                  "the pair")
+            # The slave was opened and closed again (the master reads EIO):
+            # ours, opened and closed again, reads its input and keeps that.
+            slave_fd = fcntl.ioctl(m.copy, C.TIOCGPTPEER,
+                                   os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+            state.copies.append(slave_fd)
+            sst = os.fstat(slave_fd)
+            s = pair.slave = _Side(ctx.new_file_id(), (mpid, mfd, mlink), slave_fd, sst)
+        try:
+            sid = _ioctl_int(m.copy, C.TIOCGSID)
+        except OSError:
+            sid = 0
+        pgrp = 0
+        if sid:
+            try:
+                pgrp = _ioctl_int(m.copy, C.TIOCGPGRP)
+            except OSError:
+                pgrp = 0
+        termios = get_termios(m.copy)   # a master's TCGETS is its slave's
+        for side, is_master in ((m, True), (s, False)):
+            info = _info(side, index, sid=sid, pgrp=pgrp)
+            info.termios.CopyFrom(termios)
+            info.termios_locked.CopyFrom(_get_locked(m.copy))
+            info.winsize.CopyFrom(get_winsize(m.copy))
+            info.locked = bool(_ioctl_int(m.copy, C.TIOCGPTLCK))
+            info.packet_mode = bool(_ioctl_int(m.copy, C.TIOCGPKT))
+            info.exclusive = bool(_ioctl_int(side.copy, C.TIOCGEXCL))
+            infos.append(info)
+        _dump_queues(ctx, state, pair, termios, slave_fd, where)
+    _check_ctty(ctx, pairs)
+
+
+def _info(side: _Side, index: int, sid: int, pgrp: int) -> Any:
+    st = side.st
+    info = tty_pb2.tty_info_entry(id=side.info_id, type=tty_pb2.PTY, locked=False,
+                                  exclusive=False, packet_mode=False, sid=sid, pgrp=pgrp,
+                                  rdev=st.st_rdev, dev=st.st_dev, uid=st.st_uid,
+                                  gid=st.st_gid)
+    info.pty.index = index
+    if os.major(st.st_rdev) in PTS_MAJORS:
+        info.mode = st_mod.S_IMODE(st.st_mode)
+    return info
+
+
+def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: Any,
+                 slave_fd: int | None, where: str) -> None:
+    m, s = pair.master, pair.slave
+    assert m is not None and s is not None and slave_fd is not None
+    packet = bool(_ioctl_int(m.copy, C.TIOCGPKT))
+    if packet and _polled(m.copy) & select.POLLPRI:
+        raise Unsupported(f"{where}: packet mode with a status byte pending for the master "
+                          "(TIOCPKT_FLUSH*/STOP/START): not saved")
+    # The slave's output, readable on the master.
+    out = _drain(m.copy, packet)
+    if out:
+        mcopy = m.copy
+        state.writeback.append(lambda: inject_input(mcopy, out, None))
+        ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=m.info_id, data=out))
+    # The slave's input: in canonical mode, complete lines and a partial
+    # one are all readable once ICANON is off.
+    canon = bool(termios.c_lflag & ICANON)
+    if canon:
+        raw = tty_pb2.termios_entry()
+        raw.CopyFrom(termios)
+        raw.c_lflag &= ~ICANON
+        set_termios(slave_fd, raw)
+        try:
+            inp = _drain(slave_fd)
+        finally:
+            set_termios(slave_fd, termios)   # empty now: no line state to keep
+    else:
+        inp = _drain(slave_fd)
+    if inp:
+        state.writeback.append(lambda: inject_input(slave_fd, inp, termios))
+        if canon and 0 in inp:
+            raise Unsupported(f"{where}: {len(inp)} bytes of input queued in canonical mode "
+                              "hold a NUL: an end of file typed (VEOF) or a literal NUL, which "
+                              "cannot be told apart")
+        if canon and set(inp) & _canon_edit(termios) and not list(termios.c_cc)[VLNEXT]:
+            raise Unsupported(f"{where}: input queued in canonical mode holds an editing "
+                              "character and VLNEXT is disabled: it cannot be queued back as "
+                              "the literal it is")
+        ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=s.info_id, data=inp))
+
+
+def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
+    """Every task's controlling terminal (stat tty_nr) is a pty of the tree
+    that its session leader takes back, or (--shell-job) the shell's."""
+    by_sid: dict[int, int] = {}
+    for index, pair in pairs.items():
+        if pair.master is not None:
+            info = next(i for i in ctx.shared_image("tty-info") if i.id == pair.master.info_id)
+            if info.sid:
+                by_sid[info.sid] = index
+    pids = {t.pid for t in ctx.tasks}
+    for task in ctx.tasks:
+        if task.zombie or task.stat is None:
+            continue
+        st = task.stat
+        major, minor = _tty_nr_dev(st.tty_nr)
+        has = st.tty_nr != 0
+        idx = _index_of(os.makedev(major, minor)) if has and major in PTS_MAJORS else None
+        if has and idx is not None and idx in pairs and pairs[idx].master is not None:
+            if by_sid.get(st.session) != idx:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal /dev/pts/{idx} "
+                                  f"is not its session's ({st.session}): not supported")
+            if st.session not in pids:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal /dev/pts/{idx} "
+                                  f"belongs to session {st.session}, whose leader is outside "
+                                  "the dumped tree")
+            continue
+        if has:
+            if ctx.opts.shell_job:
+                continue  # the shell's terminal: the restore inherits the restoring shell's
+            name = f"/dev/pts/{idx}" if idx is not None else f"terminal {major}:{minor}"
+            raise Unsupported(f"pid {task.pid}: its controlling terminal {name} is outside the "
+                              "dumped tree; use --shell-job")
+        if st.session in by_sid:
+            raise Unsupported(f"pid {task.pid}: has no controlling terminal while its session "
+                              f"{st.session} has /dev/pts/{by_sid[st.session]}: not supported")
+    state = ctx.kind_state.get("tty")
+    if state is not None and state.ctty_holders:
+        for pid, fd in state.ctty_holders:
+            task = next(t for t in ctx.tasks if t.pid == pid)
+            assert task.stat is not None
+            if task.stat.tty_nr == 0:
+                raise Unsupported(f"pid {pid}: fd {fd}: /dev/tty of a process that has no "
+                                  "controlling terminal any more: not supported")
+
+
+# ------------------------------------------------------------- restore ----
+
+@dataclass
+class _RestoreState:
+    infos: dict[int, Any]
+    pool: dict[int, int] = field(default_factory=dict)      # file id -> fd in every puppet
+    base: dict[int, int] = field(default_factory=dict)      # index -> a slave fd (ours)
+    ctty: dict[int, int] = field(default_factory=dict)      # sid -> index
+    fg: dict[int, int] = field(default_factory=dict)        # sid -> foreground pgrp
+    shell: set[int] = field(default_factory=set)            # info ids of the shell's terminal
+
+
+def _rstate(rctx: "RestoreContext") -> _RestoreState:
+    st = rctx.kind_state.get("tty")
+    if st is None:
+        from .. import images
+        path = images.image_path(rctx.images_dir, "tty-info", None)
+        infos = {i.id: i for i in images.read_image(rctx.images_dir, "tty-info")} \
+            if os.path.exists(path) else {}
+        st = rctx.kind_state["tty"] = _RestoreState(infos)
+    return st
+
+
+def _puppet_copy(rt: "RestoreTask", fd: int) -> int:
+    return pidfd_getfd(rt.pid, fd)
+
+
+def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """In the root puppet, before it forks anything: every pty pair with
+    its index and state, each open file description of it at an fd number
+    no task uses (every task inherits them; files.restore takes its own,
+    close_pool drops the rest)."""
+    state = _rstate(rctx)
+    if not state.infos:
+        return
+    files: dict[int, list[Any]] = {}
+    for f in rctx.files.values():
+        if f.type == fdinfo_pb2.TTY:
+            files.setdefault(f.tty.tty_info_id, []).append(f)
+    pairs: dict[int, dict[str, Any]] = {}
+    for info in state.infos.values():
+        if info.type == tty_pb2.PTY:
+            side = "master" if (os.major(info.rdev), os.minor(info.rdev)) == PTMX else "slave"
+            pairs.setdefault(info.pty.index, {})[side] = info
+    for index, pair in list(pairs.items()):
+        if "master" not in pair and pair["slave"].HasField("termios"):
+            state.shell.add(pair["slave"].id)    # --shell-job: the restoring shell's terminal
+            del pairs[index]
+    junk: list[int] = []
+    inj = rt.inj
+    base = rctx.spare_fd_base
+
+    def high(fd: int) -> int:
+        new = inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, base)
+        inj.call("close", fd)
+        return new
+
+    def open_at(path: str, flags: int) -> int:
+        try:
+            return int(inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path),
+                                flags | os.O_NOCTTY | os.O_CLOEXEC, 0))
+        except InjectError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {rt.pid}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        finally:
+            inj.reset_scratch()
+
+    try:
+        for index in sorted(pairs):
+            pair = pairs[index]
+            m, s = pair.get("master"), pair.get("slave")
+            mfd = _open_index(rt, index, junk, open_at)
+            mcopy = _puppet_copy(rt, mfd)
+            try:
+                _ioctl_int(mcopy, C.TIOCSPTLCK, 0)
+                sfd = high(open_at(f"/dev/pts/{index}", os.O_RDWR))
+                scopy = _puppet_copy(rt, sfd)
+                try:
+                    if s is not None:
+                        for f in files.get(s.id, []):
+                            state.pool[f.id] = high(_open_slave(rt, mfd, index, f.tty.flags,
+                                                                open_at))
+                    if m is not None:
+                        mfiles = files.get(m.id, [])
+                        if len(mfiles) > 1:
+                            raise ImageError(rctx.images_dir, f"pty {index}: {len(mfiles)} "
+                                             "open files of one master")
+                        for f in mfiles:
+                            inj.call("fcntl", mfd, C.F_SETFL, f.tty.flags)
+                            mfd = high(mfd)
+                            state.pool[f.id] = mfd
+                    if s is not None and not s.HasField("termios"):
+                        # hung up: its master is gone, its node deleted
+                        inj.call("close", sfd)
+                        inj.call("close", mfd)
+                        continue
+                    assert m is not None and s is not None
+                    _set_pair(rctx, index, m, s, mcopy, scopy)
+                    state.base[index] = sfd
+                    if m.sid:
+                        state.ctty[m.sid] = index
+                        state.fg[m.sid] = m.pgrp
+                finally:
+                    os.close(scopy)
+            finally:
+                os.close(mcopy)
+    finally:
+        for fd in junk:
+            inj.call("close", fd)
+
+
+def _open_slave(rt: "RestoreTask", mfd: int, index: int, flags: int,
+                open_at: Callable[[str, int], int]) -> int:
+    """A slave file with exactly ``flags``: open(2) adds O_LARGEFILE,
+    TIOCGPTPEER on the master (openpty's way) does not."""
+    if flags & C.O_LARGEFILE:
+        return open_at(f"/dev/pts/{index}", flags)
+    try:
+        # (no O_CLOEXEC here: TIOCGPTPEER keeps it in the file's flags)
+        return int(rt.inj.call("ioctl", mfd, C.TIOCGPTPEER, flags | os.O_NOCTTY))
+    except InjectError as exc:
+        raise RestoreError(f"pty {index}: TIOCGPTPEER in pid {rt.pid}: "
+                           f"{os.strerror(exc.errno or 0)}") from None
+
+
+def _open_index(rt: "RestoreTask", index: int, junk: list[int],
+                open_at: Callable[[str, int], int]) -> int:
+    """A new master with ``index``: the kernel gives the lowest free index,
+    so /dev/ptmx is opened until it is reached (the lower ones are kept in
+    ``junk`` meanwhile, as CRIU does)."""
+    while True:
+        fd = open_at("/dev/ptmx", os.O_RDWR)
+        copy = _puppet_copy(rt, fd)
+        try:
+            got = _ioctl_int(copy, C.TIOCGPTN)
+        finally:
+            os.close(copy)
+        if got == index:
+            return fd
+        junk.append(fd)
+        if got > index:
+            raise RestoreError(f"pty index {index} (/dev/pts/{index}) is in use by another "
+                               "process")
+
+
+def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
+              scopy: int) -> None:
+    data = _tty_data(rctx)
+    t = m.termios
+    inject_input(scopy, data.get(s.id, b""), t)    # the slave's input
+    inject_input(mcopy, data.get(m.id, b""), None)  # its output, for the master to read
+    set_termios(mcopy, t)
+    if m.HasField("termios_locked"):
+        _set_locked(mcopy, m.termios_locked)
+    if m.HasField("winsize"):
+        w = m.winsize
+        fcntl.ioctl(mcopy, C.TIOCSWINSZ, _WS.pack(w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel))
+    _ioctl_int(mcopy, C.TIOCPKT, 1 if m.packet_mode else 0)
+    if m.locked:
+        # Locked last, once every task has opened its files: a locked
+        # master fails any open of its slave, /dev/tty included (EIO).
+        keep = os.dup(mcopy)
+        rctx.own_fds.append(keep)
+
+        def lock() -> None:
+            _ioctl_int(keep, C.TIOCSPTLCK, 1)
+        rctx.before_detach.append(lock)
+    if m.exclusive:
+        fcntl.ioctl(mcopy, C.TIOCEXCL)
+    if s.exclusive:
+        fcntl.ioctl(scopy, C.TIOCEXCL)
+    if s.HasField("uid"):
+        os.fchown(scopy, s.uid, s.gid)
+    if s.HasField("mode"):
+        os.fchmod(scopy, s.mode)
+    # Read back: what the kernel took is what the image says.
+    got = get_termios(mcopy)
+    diffs = []
+    if not _same_termios(got, t):
+        diffs.append("termios")
+    if m.HasField("winsize") and get_winsize(mcopy) != m.winsize:
+        diffs.append("window size")
+    if _ioctl_int(mcopy, C.TIOCGPTN) != index:
+        diffs.append("index")
+    if bool(_ioctl_int(mcopy, C.TIOCGPKT)) != m.packet_mode:
+        diffs.append("packet mode")
+    if bool(_ioctl_int(mcopy, C.TIOCGEXCL)) != m.exclusive or \
+            bool(_ioctl_int(scopy, C.TIOCGEXCL)) != s.exclusive:
+        diffs.append("exclusive mode")
+    if diffs:
+        raise RestoreError(f"pty {index}: {', '.join(diffs)} not as in the image after setting")
+
+
+def _tty_data(rctx: "RestoreContext") -> dict[int, bytes]:
+    cache = rctx.kind_state.get("tty-data")
+    if cache is None:
+        from .. import images
+        path = images.image_path(rctx.images_dir, "tty-data", None)
+        entries = images.read_image(rctx.images_dir, "tty-data") if os.path.exists(path) else []
+        cache = rctx.kind_state["tty-data"] = {}
+        for e in entries:
+            cache[e.tty_id] = cache.get(e.tty_id, b"") + e.data
+    return cache  # type: ignore[no-any-return]
+
+
+def session_started(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """Right after a session leader's setsid, before it forks: it takes
+    its controlling terminal, which the tasks it forks then inherit."""
+    state = rctx.kind_state.get("tty")
+    if state is None or rt.pstree.sid != rt.pid:
+        return
+    index = state.ctty.get(rt.pid)
+    if index is not None:
+        rt.inj.call("ioctl", state.base[index], C.TIOCSCTTY, 0)
+
+
+def set_foreground(rctx: "RestoreContext") -> None:
+    """Once every process group exists: each terminal's foreground group,
+    set by its session leader (the foreground one since TIOCSCTTY)."""
+    state = rctx.kind_state.get("tty")
+    if state is None:
+        return
+    for sid, pgrp in state.fg.items():
+        leader = rctx.by_pid.get(sid)
+        if leader is None or leader.zombie or not pgrp or pgrp == sid:
+            continue
+        inj = leader.inj
+        inj.call("ioctl", state.base[state.ctty[sid]], C.TIOCSPGRP,
+                 inj.put(_INT.pack(rctx.vpid(pgrp))))
+        inj.reset_scratch()
+
+
+def close_pool(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """Every puppet inherited the root's pty files: drop them once the
+    task's own fds are in place."""
+    state = rctx.kind_state.get("tty")
+    if state is None:
+        return
+    for fd in list(state.pool.values()) + list(state.base.values()):
+        rt.inj.call("close", fd)
+
+
+def needs_shell_terminal(rctx: "RestoreContext") -> bool:
+    """Does any fd of the images stand for the shell job's terminal (a
+    pts whose master is not in the images)?"""
+    state = _rstate(rctx)
+    masters = {i.pty.index for i in state.infos.values() if i.type == tty_pb2.PTY
+               and (os.major(i.rdev), os.minor(i.rdev)) == PTMX}
+    shell = {i.id for i in state.infos.values() if i.type == tty_pb2.PTY
+             and i.HasField("termios") and i.pty.index not in masters}
+    return any(f.type == fdinfo_pb2.TTY and f.tty.tty_info_id in shell
+               for f in rctx.files.values())
+
+
+def expected_flags(rctx: "RestoreContext", entry: Any) -> int | None:
+    """The open flags a restored tty fd has (for the restore check); None
+    for the shell job's terminal (the restoring shell's, by design)."""
+    state = _rstate(rctx)
+    info = state.infos.get(entry.tty.tty_info_id)
+    if info is None or info.type != tty_pb2.PTY or info.id in state.shell:
+        return None
+    return int(entry.tty.flags)
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
+    state = _rstate(rctx)
+    info = state.infos.get(entry.tty.tty_info_id)
+    if info is None:
+        raise ImageError(rt.image_name("fdinfo"), f"tty file {entry.id}: no tty-info entry "
+                         f"{entry.tty.tty_info_id}")
+    if info.type == tty_pb2.CTTY:
+        return rt.open_in_puppet("/dev/tty", entry.tty.flags | os.O_NOCTTY)
+    fd = state.pool.get(entry.id)
+    if fd is not None:
+        return int(rt.inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, 0))
     if rt.tty_fd is None:
         raise RestoreError(f"{rt.image_name('fdinfo')}: the process had a terminal; "
                            "restore it with --shell-job from a terminal")
-    return rt.inj.call("fcntl", rt.tty_fd, C.F_DUPFD_CLOEXEC, 0)
+    return int(rt.inj.call("fcntl", rt.tty_fd, C.F_DUPFD_CLOEXEC, 0))

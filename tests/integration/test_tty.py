@@ -1,0 +1,212 @@
+"""Terminals: pty pairs held in the tree, controlling terminals, /dev/tty,
+hung-up slaves (ptys.c checks itself), tmux with two panes, and the
+refusals (a pty whose other end is outside the tree, the console)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import (TargetFactory, assert_one_line_error, check_ok, is_untouched,
+                     run_procsnap, tree_pids, wait_gone)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+
+def _pts(pid: int, fd: int) -> tuple[str, int, int, int]:
+    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    st = os.stat(f"/proc/{pid}/fd/{fd}")
+    return link, st.st_rdev, st.st_mode & 0o777, st.st_uid
+
+
+def _wait_tree_gone(pids: list[int]) -> None:
+    for p in pids:
+        assert wait_gone(p, 15), f"pid {p} still there"
+
+
+def test_pty_pairs_checked_from_inside(targets: TargetFactory, tmp_path: Path) -> None:
+    t = targets.start("ptys")
+    ia, ib, ic, child, gchild = map(int, t.lines()[0].split()[1:6])
+    tree = tree_pids(t.pid)
+    before = {fd: _pts(t.pid, fd) for fd in map(int, os.listdir(f"/proc/{t.pid}/fd"))
+              if os.readlink(f"/proc/{t.pid}/fd/{fd}").startswith("/dev/")}
+    with open(f"/proc/{child}/stat") as f:
+        ctty_before = f.read().rsplit(")", 1)[1].split()[4:6]  # tty_nr, tpgid
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "img"))
+    _wait_tree_gone(tree)
+    check_ok(run_procsnap("restore", "-D", tmp_path / "img", "-d"))
+    for p in tree:
+        targets.adopt(p)
+    after = {fd: _pts(t.pid, fd) for fd in before}
+    assert after == before
+    assert os.path.exists(f"/dev/pts/{ia}") and not os.path.exists(f"/dev/pts/{ic}")
+    assert before[next(fd for fd, v in before.items() if v[0] == f"/dev/pts/{ia}")][2:] == \
+        (0o600, 4242)
+    with open(f"/proc/{child}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[4:6] == ctty_before
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_pty_with_outside_master_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    import pty
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen(["sleep", "1000"], stdin=slave, stdout=subprocess.DEVNULL,
+                             close_fds=True, start_new_session=True)
+        targets.adopt(p.pid)
+        time.sleep(0.2)
+        res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+        assert_one_line_error(res, f"pid {p.pid}: fd 0:", "master is outside")
+        ok, why = is_untouched(p.pid)
+        assert ok, why
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_pty_open_outside_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    """The tree holds both ends, but another process holds the slave too."""
+    code = ("import os,pty,sys,time\nm,s=pty.openpty()\nprint(os.ttyname(s),flush=True)\n"
+            "time.sleep(1000)\n")
+    out = tmp_path / "out"
+    with open(out, "w") as fo:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=fo,
+                             stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    targets.adopt(p.pid)
+    deadline = time.monotonic() + 10
+    while not out.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    name = out.read_text().strip()
+    holder = os.open(name, os.O_RDWR | os.O_NOCTTY)
+    try:
+        res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+        line = assert_one_line_error(res, f"pid {p.pid}:")
+        assert f"also open in pid {os.getpid()}" in line, line
+        ok, why = is_untouched(p.pid)
+        assert ok, why
+    finally:
+        os.close(holder)
+
+
+def test_console_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    node = tmp_path / "console"
+    os.mknod(node, 0o600 | 0o020000, os.makedev(5, 1))
+    p = subprocess.Popen(["sleep", "1000"], stdin=open(node, "rb"), stdout=subprocess.DEVNULL,
+                         close_fds=True, start_new_session=True)
+    targets.adopt(p.pid)
+    time.sleep(0.2)
+    res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+    assert_one_line_error(res, f"pid {p.pid}: fd 0:", "console")
+    ok, why = is_untouched(p.pid)
+    assert ok, why
+
+
+def _tmux(sock: Path, home: Path, *args: str) -> str:
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "TERM": "xterm", "SHELL": "/bin/sh"}
+    return subprocess.run(["tmux", "-S", str(sock), "-f", "/dev/null", *args], env=env,
+                          capture_output=True, text=True, check=True, close_fds=True,
+                          timeout=30).stdout
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux not installed (apt: tmux)")
+def test_tmux_two_panes(targets: TargetFactory, tmp_path: Path) -> None:
+    sock = tmp_path / "sock"
+    _tmux(sock, tmp_path, "new-session", "-d", "-s", "t", "-x", "80", "-y", "24", "sh")
+    server = int(_tmux(sock, tmp_path, "display", "-p", "#{pid}"))
+    targets.adopt(server)
+    try:
+        _tmux(sock, tmp_path, "split-window", "-t", "t",
+              'i=0; while :; do i=$((i+1)); echo "n $i"; sleep 0.05; done')
+        _tmux(sock, tmp_path, "send-keys", "-t", "t:0.0", "seq 1 200", "Enter")
+        time.sleep(1)
+        tree = tree_pids(server)
+        pane_tty = _tmux(sock, tmp_path, "list-panes", "-t", "t", "-F", "#{pane_tty}").split()
+        check_ok(run_procsnap("dump", "-t", server, "-D", tmp_path / "img"))
+        _wait_tree_gone(tree)
+        check_ok(run_procsnap("restore", "-D", tmp_path / "img", "-d"))
+        for p in tree:
+            targets.adopt(p)
+        assert _tmux(sock, tmp_path, "list-panes", "-t", "t", "-F",
+                     "#{pane_tty}").split() == pane_tty
+        hist = _tmux(sock, tmp_path, "capture-pane", "-p", "-S", "-", "-t", "t:0.0")
+        assert [ln for ln in hist.splitlines() if ln.isdigit()] == \
+            [str(i) for i in range(1, 201)]
+        time.sleep(1)
+        counter = _tmux(sock, tmp_path, "capture-pane", "-p", "-S", "-", "-t", "t:0.1")
+        nums = [int(ln.split()[1]) for ln in counter.splitlines() if ln.startswith("n ")]
+        assert nums == list(range(1, len(nums) + 1)) and len(nums) > 25, nums
+        _tmux(sock, tmp_path, "send-keys", "-t", "t:0.0", "echo after-$((6*7))", "Enter")
+        deadline = time.monotonic() + 10
+        while "after-42" not in _tmux(sock, tmp_path, "capture-pane", "-p", "-t", "t:0.0"):
+            assert time.monotonic() < deadline, "send-keys had no effect"
+            time.sleep(0.1)
+    finally:
+        subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
+                       timeout=30)
+
+
+def _canon_target(tmp_path: Path, targets: TargetFactory, queued: bytes) -> tuple[Any, Path]:
+    """A python target with a canonical pty (echo off) and ``queued`` on
+    its slave; SIGUSR1: read it all and print got/extra/rest."""
+    code = ("import os,pty,sys,time,termios,signal\nm,s=pty.openpty()\n"
+            "a=termios.tcgetattr(s); a[3]&=~termios.ECHO; termios.tcsetattr(s,0,a)\n"
+            f"os.write(m,{queued!r})\n"
+            "print('ready',flush=True)\n"
+            "signal.sigwait([signal.SIGUSR1])\n"
+            "os.set_blocking(s,False)\n"
+            "got=os.read(s,100)\n"
+            "try:\n    os.read(s,100); extra=True\nexcept BlockingIOError:\n    extra=False\n"
+            "os.write(m,b'\\n'); rest=os.read(s,100)\n"
+            "print('got',repr((got,extra,rest)),flush=True)\n")
+    out = tmp_path / "out"
+    with open(out, "w") as fo:
+        p = subprocess.Popen([sys.executable, "-c", code], stdout=fo,
+                             stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             close_fds=True, start_new_session=True,
+                             preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK,
+                                                                       [signal.SIGUSR1]))
+    targets.adopt(p.pid)
+    _wait_text(out, "ready")
+    return p, out
+
+
+def _wait_text(out: Path, what: str) -> str:
+    deadline = time.monotonic() + 15
+    while what not in out.read_text():
+        assert time.monotonic() < deadline, out.read_text()
+        time.sleep(0.05)
+    return out.read_text()
+
+
+def test_canonical_input_with_literal_kept(targets: TargetFactory, tmp_path: Path) -> None:
+    """A complete line holding a literal DEL (typed after ^V) and a partial
+    line, queued in canonical mode: restored exactly (two reads, the
+    partial line still partial)."""
+    p, out = _canon_target(tmp_path, targets, b"ab\x16\x7fc\nxy")
+    check_ok(run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img"))
+    assert wait_gone(p.pid, 15)
+    check_ok(run_procsnap("restore", "-D", tmp_path / "img", "-d"))
+    os.kill(p.pid, signal.SIGUSR1)
+    text = _wait_text(out, "got")
+    assert "got (b'ab\\x7fc\\n', False, b'xy\\n')" in text, text
+
+
+def test_canonical_eof_refused_and_kept(targets: TargetFactory, tmp_path: Path) -> None:
+    """An end of file typed (^D) is queued as a NUL: refused, and the bytes
+    read at the dump are back as they were."""
+    p, out = _canon_target(tmp_path, targets, b"ab\x04xy")
+    res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+    assert_one_line_error(res, f"pid {p.pid}:", "canonical mode")
+    ok, why = is_untouched(p.pid)
+    assert ok, why
+    os.kill(p.pid, signal.SIGUSR1)
+    text = _wait_text(out, "got")
+    assert "got (b'ab', False, b'xy\\n')" in text, text
