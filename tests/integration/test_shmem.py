@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -79,9 +80,29 @@ def _view(pids: list[int]) -> dict[str, object]:
             "map_files": modes}
 
 
-@pytest.mark.skipif(_hugepages_free() < 6, reason="needs 6 free 2 MiB huge pages "
-                    "(echo 128 > /proc/sys/vm/nr_hugepages)")
-def test_partial_shmem_and_hugetlb(targets: TargetFactory, tmp_path: Path) -> None:
+@pytest.fixture
+def huge_pages() -> Iterator[None]:
+    """Six free 2 MiB huge pages for the test: the pool is grown for it when
+    needed (a fresh machine has none) and put back as it was afterwards."""
+    path = "/proc/sys/vm/nr_hugepages"
+    with open(path) as f:
+        old = int(f.read())
+    need = 6 - _hugepages_free()
+    if need > 0:
+        with open(path, "w") as f:
+            f.write(str(old + need))
+    try:
+        if _hugepages_free() < 6:
+            pytest.fail("cannot reserve 6 free 2 MiB huge pages (memory too fragmented?)")
+        yield
+    finally:
+        if need > 0:
+            with open(path, "w") as f:
+                f.write(str(old))
+
+
+def test_partial_shmem_and_hugetlb(targets: TargetFactory, tmp_path: Path,
+                                   huge_pages: None) -> None:
     t = targets.start("shmem_parts")
     parent, child = (int(x) for x in t.wait_line(r"^ready ").split()[1:3])
     adopt_tree(targets, t)
