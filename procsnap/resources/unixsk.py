@@ -255,6 +255,13 @@ def finish(ctx: "DumpContext") -> None:
         elif d.state == ST_ESTABLISHED and d.ino in _outside_icons(table, socks):
             raise Unsupported(f"{_what(sk)} waits to be accepted by a listener outside the "
                               "dumped tree; it cannot be restored")
+        if d.type != socket.SOCK_DGRAM and d.state == ST_CLOSE:
+            # never connected (or released): no queue, and recvmsg on it
+            # fails (EINVAL for stream, ENOTCONN for seqpacket)
+            if d.rqueue:
+                raise Unsupported(f"{_what(sk)}: unconnected, with {d.rqueue} bytes queued; "
+                                  "not supported")
+            continue
         # A socket with queued data: its receive queue, unconsumed.
         sock = _copy(ctx, sk)
         for data in sockets.peek_queue(sock, _what(sk), d.type == socket.SOCK_STREAM,
