@@ -33,12 +33,13 @@ and SCM_CREDENTIALS of queued messages become the restorer's.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
@@ -291,6 +292,8 @@ class _Rst:
     by_ino: dict[int, Any]
     queues: dict[int, list[bytes]]          # file id -> queued messages
     made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
+    ghosts: dict[int, int] = field(default_factory=dict)  # ino -> O_PATH fd of its file
+    own: list[int] = field(default_factory=list)  # the restorer's fds, closed at its end
 
 
 def _rst(rctx: "RestoreContext") -> _Rst:
@@ -302,7 +305,7 @@ def _rst(rctx: "RestoreContext") -> _Rst:
         for e in rctx.payload_entries("sk-queues"):
             if e.msg.id_for in ids:
                 queues.setdefault(e.msg.id_for, []).append(e.payload)
-        st = _Rst(by_ino, queues)
+        st = _Rst(by_ino, queues, own=rctx.own_fds)
         rctx.kind_state[NAME] = st
     return st  # type: ignore[no-any-return]
 
@@ -327,11 +330,38 @@ def _shares_listener_name(st: _Rst, ue: Any) -> bool:
                for o in st.by_ino.values())
 
 
-def _bind(st: _Rst, sk: socket.socket, ue: Any, unlink: bool = True) -> None:
+@contextlib.contextmanager
+def _in_name_dir(ue: Any) -> Iterator[None]:
+    """A relative name is bound (and looked up) from the directory it was
+    bound in, so the socket keeps the relative string as its address
+    (getsockname, a peer's getpeername) as the task made it."""
+    if not ue.name_dir or bytes(ue.name)[:1] in (b"\0", b"/"):
+        yield
+        return
+    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            os.chdir(ue.name_dir)
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: its name is relative to {ue.name_dir}, "
+                               f"which cannot be entered: {exc.strerror}") from None
+        yield
+    finally:
+        os.fchdir(back)
+        os.close(back)
+
+
+def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
     if not ue.name or _shares_listener_name(st, ue):
         return
-    addr = _address(ue)
-    if addr[:1] != b"\0":
+    addr = bytes(ue.name)
+    if addr[:1] == b"\0":
+        _bind_at(sk, ue, addr)
+        return
+    with _in_name_dir(ue):
+        if ue.deleted:
+            _bind_ghost(st, sk, ue, addr)
+            return
         try:
             old = os.lstat(addr)
         except FileNotFoundError:
@@ -343,16 +373,64 @@ def _bind(st: _Rst, sk: socket.socket, ue: Any, unlink: bool = True) -> None:
                 raise RestoreError(f"{_label(ue)}: {os.fsdecode(addr)} is in use by a live socket")
             # the file of the dumped socket, left behind when it was killed
             os.unlink(addr)
+        _bind_at(sk, ue, addr)
+        _set_perms(ue, addr)
+
+
+def _bind_at(sk: socket.socket, ue: Any, addr: bytes) -> None:
     try:
         sk.bind(addr)
     except OSError as exc:
         raise RestoreError(f"{_label(ue)}: cannot bind: {exc.strerror}") from None
-    if addr[:1] != b"\0":
-        if ue.HasField("file_perms"):
-            os.chown(addr, ue.file_perms.uid, ue.file_perms.gid)
-            os.chmod(addr, stat.S_IMODE(ue.file_perms.mode))
-        if ue.deleted and unlink:
+
+
+def _set_perms(ue: Any, addr: bytes) -> None:
+    if ue.HasField("file_perms"):
+        os.chown(addr, ue.file_perms.uid, ue.file_perms.gid)
+        os.chmod(addr, stat.S_IMODE(ue.file_perms.mode))
+
+
+def _bind_ghost(st: _Rst, sk: socket.socket, ue: Any, addr: bytes) -> None:
+    """A socket whose file was deleted, or replaced by another file (a
+    ghost, as CRIU's bind_on_deleted): whatever is at the name now is
+    moved aside, missing directories are made, the socket is bound and an
+    O_PATH fd of its file kept -- sockets that connect or send to it go
+    through /proc/self/fd/N, the name being gone -- then the file is
+    removed, the other put back and the directories removed again."""
+    made: list[bytes] = []
+    d = os.path.dirname(addr)
+    while d and not os.path.lexists(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    parked = None
+    bound = False
+    try:
+        for m in reversed(made):
+            os.mkdir(m, 0o755)
+        if os.path.lexists(addr):
+            parked = addr + b".procsnap-sk-ghost.%d" % os.getpid()
+            os.rename(addr, parked)
+        _bind_at(sk, ue, addr)
+        bound = True
+        _set_perms(ue, addr)
+        st.ghosts[ue.ino] = os.open(addr, os.O_PATH | os.O_CLOEXEC)
+        st.own.append(st.ghosts[ue.ino])
+    finally:
+        if bound:
             os.unlink(addr)
+        if parked is not None:
+            os.rename(parked, addr)
+        for m in made:
+            os.rmdir(m)
+
+
+def _target(st: _Rst, ue: Any) -> bytes:
+    """Where to reach socket ``ue`` by name: its (absolute) address, or
+    its kept file for a ghost."""
+    fd = st.ghosts.get(ue.ino)
+    if fd is not None:
+        return b"/proc/self/fd/%d" % fd
+    return _address(ue)
 
 
 def _alive(addr: bytes, typ: int) -> bool:
@@ -389,7 +467,7 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
         sockets.prepare(scratch)
         if connect:
             try:
-                scratch.connect(_address(ue))
+                scratch.connect(_target(st, ue))
             except OSError as exc:
                 scratch.close()
                 raise RestoreError(f"{_label(ue)}: cannot connect to it to queue its "
@@ -403,7 +481,7 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                         if ue.type == socket.SOCK_STREAM:
                             raise RestoreError(f"{_label(ue)}: stream data without a peer")
                         n = (scratch.send(view, socket.MSG_DONTWAIT) if connect else
-                             scratch.sendto(view, socket.MSG_DONTWAIT, _address(ue)))
+                             scratch.sendto(view, socket.MSG_DONTWAIT, _target(st, ue)))
                     else:
                         assert sender is not None
                         n = sender.send(view, socket.MSG_DONTWAIT)
@@ -444,6 +522,20 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
             if other.peer == ino and other.state == ST_ESTABLISHED and other.ino not in st.made:
                 _make(rctx, st, other.ino)
         return st.made[ino]
+    if ue.peer == ino:
+        # a datagram socket connected to its own name: it sends to itself
+        sk = socket.socket(socket.AF_UNIX, ue.type)
+        _bind(st, sk, ue)
+        sockets.prepare(sk)
+        try:
+            sk.connect(_target(st, ue))
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: cannot connect it to itself: "
+                               f"{exc.strerror}") from None
+        _fill(st, ue, sk, sk)
+        sockets.apply_shutdown(sk, ue.shutdown)
+        _finish_one(rctx, st, ue, sk)
+        return st.made[ino]
     if peer is not None and peer.peer == ino and peer.state != ST_LISTEN:
         # both ends here: one socketpair
         a, b = socket.socketpair(socket.AF_UNIX, ue.type)
@@ -464,11 +556,9 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         # or connecting to it again fails with EPERM.  A scratch socket
         # connects to its name and queues the messages, as the senders did.
         sk = socket.socket(socket.AF_UNIX, ue.type)
-        _bind(st, sk, ue, unlink=False)
+        _bind(st, sk, ue)
         sockets.prepare(sk)
         _fill(st, ue, sk, None, connect=True)
-        if ue.deleted:
-            os.unlink(_address(ue))
         sockets.apply_shutdown(sk, ue.shutdown)
         _finish_one(rctx, st, ue, sk)
         return st.made[ino]
@@ -491,7 +581,7 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
     if peer is not None:
         _make(rctx, st, peer.ino)  # the server is bound (and listening) first
         try:
-            sk.connect(_address(peer))
+            sk.connect(_target(st, peer))
         except OSError as exc:
             raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)}: "
                                f"{exc.strerror}") from None
