@@ -33,16 +33,18 @@ and SCM_CREDENTIALS of queued messages become the restorer's.
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import os
 import socket
 import stat
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
+from ..kernel.libc import pidfd_getfd
 from . import anonfd, fdaudit, sockets, sockopts
 
 if TYPE_CHECKING:
@@ -52,11 +54,11 @@ if TYPE_CHECKING:
 
 NAME = "unixsk"
 FDINFO = {
-    "scm_fds": fdaudit.refused(fdaudit.nonzero, "unix socket with {value} fds in flight in "
-                               "queued SCM_RIGHTS messages; not supported",
-                               "0: no fds in flight"),
+    "scm_fds": fdaudit.saved("the files in flight in queued SCM_RIGHTS messages: dumped as "
+                             "files of the tree, named in sk-queues.img's scm entries"),
 }
 TYPE = fdinfo_pb2.UNIXSK
+FINISH_FIRST = True  # files.finish: our queues' files in flight join the dump first
 
 # tcp_states.h, as unix sockets report them
 ST_ESTABLISHED = 1
@@ -212,6 +214,18 @@ def finish(ctx: "DumpContext") -> None:
     socks = _state(ctx)
     if not socks:
         return
+    # Queues first: the files in flight in them become files of the dump
+    # (and a unix socket in flight one of ours, whose queue is read too),
+    # so the relations below see every socket.
+    dump_fd = ctx.kind_state["files.in_flight"]
+    peeked: set[int] = set()
+    while True:
+        todo = [sk for sk in list(socks.values()) if sk.diag.ino not in peeked]
+        if not todo:
+            break
+        for sk in todo:
+            peeked.add(sk.diag.ino)
+            _dump_queue(ctx, sk, dump_fd)
     table = sockets.unix_table(ctx)
     external = set(ctx.opts.external) if hasattr(ctx.opts, "external") else set()
     waiting: dict[int, int] = {}  # client ino -> ino of the listener holding it
@@ -256,19 +270,42 @@ def finish(ctx: "DumpContext") -> None:
         elif d.state == ST_ESTABLISHED and d.ino in _outside_icons(table, socks):
             raise Unsupported(f"{_what(sk)} waits to be accepted by a listener outside the "
                               "dumped tree; it cannot be restored")
-        if d.type != socket.SOCK_DGRAM and d.state == ST_CLOSE:
-            # never connected (or released): no queue, and recvmsg on it
-            # fails (EINVAL for stream, ENOTCONN for seqpacket)
-            if d.rqueue:
-                raise Unsupported(f"{_what(sk)}: unconnected, with {d.rqueue} bytes queued; "
-                                  "not supported")
-            continue
-        # A socket with queued data: its receive queue, unconsumed.
-        sock = _copy(ctx, sk)
-        for data in sockets.peek_queue(sock, _what(sk), d.type == socket.SOCK_STREAM,
-                                       eof=bool(d.shutdown & sockets.RCV_SHUTDOWN)):
-            ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
-                id_for=sk.fid, length=len(data)), data)
+
+
+def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int]) -> None:
+    """The receive queue of ``sk``, unconsumed, into sk-queues.img; each
+    file in flight (SCM_RIGHTS) is dumped as a file of the tree (as CRIU's
+    dump_my_file) and named by its id in the message's scm entry."""
+    d = sk.diag
+    if d.state == ST_LISTEN:
+        return
+    if d.type != socket.SOCK_DGRAM and d.state == ST_CLOSE:
+        # never connected (or released): no queue, and recvmsg on it
+        # fails (EINVAL for stream, ENOTCONN for seqpacket)
+        if d.rqueue:
+            raise Unsupported(f"{_what(sk)}: unconnected, with {d.rqueue} bytes queued; "
+                              "not supported")
+        return
+    packets = sockets.peek_queue(_copy(ctx, sk), _what(sk), d.type == socket.SOCK_STREAM,
+                                 eof=bool(d.shutdown & sockets.RCV_SHUTDOWN))
+    # our copies of the files in flight stay open to the end of the dump:
+    # their kinds (a pipe's ends, a socket's copy) look at them again
+    held = [x for pk in packets for x in pk.fds]
+    ctx.cleanups.append(lambda keep: sockets.close_all(held))
+    for pk in packets:
+        if pk.cred_pid:
+            raise Unsupported(f"{_what(sk)}: a queued message carries the credentials of pid "
+                              f"{pk.cred_pid} (SCM_CREDENTIALS); they would become the "
+                              "restorer's, not supported")
+        entry = sk_packet_pb2.sk_packet_entry(id_for=sk.fid, length=len(pk.data))
+        if pk.fds:
+            ids = [dump_fd(x, f"{_what(sk)}: a file in flight in a queued message")
+                   for x in pk.fds]
+            entry.scm.add(type=SCM_RIGHTS, rights=ids)
+        ctx.add_payload("sk-queues", entry, pk.data)
+
+
+SCM_RIGHTS = 1
 
 
 def _outside_icons(table: dict[int, sockets.UnixDiag], socks: dict[int, _Sk]) -> set[int]:
@@ -290,10 +327,12 @@ USK_INHERIT = 0x8
 @dataclass
 class _Rst:
     by_ino: dict[int, Any]
-    queues: dict[int, list[bytes]]          # file id -> queued messages
+    queues: dict[int, list[tuple[bytes, list[int]]]]  # file id -> (message, file ids in flight)
     made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
     ghosts: dict[int, int] = field(default_factory=dict)  # ino -> O_PATH fd of its file
     own: list[int] = field(default_factory=list)  # the restorer's fds, closed at its end
+    rctx: Any = None
+    cur_rt: Any = None      # the task whose fd is being opened: files in flight open there
 
 
 def _rst(rctx: "RestoreContext") -> _Rst:
@@ -301,11 +340,15 @@ def _rst(rctx: "RestoreContext") -> _Rst:
     if st is None:
         by_ino = {f.usk.ino: f.usk for f in rctx.files.values() if f.type == TYPE}
         ids = {ue.id for ue in by_ino.values()}
-        queues: dict[int, list[bytes]] = {}
+        queues: dict[int, list[tuple[bytes, list[int]]]] = {}
         for e in rctx.payload_entries("sk-queues"):
             if e.msg.id_for in ids:
-                queues.setdefault(e.msg.id_for, []).append(e.payload)
-        st = _Rst(by_ino, queues, own=rctx.own_fds)
+                rights = [i for scm in e.msg.scm if scm.type == SCM_RIGHTS for i in scm.rights]
+                if any(scm.type != SCM_RIGHTS for scm in e.msg.scm):
+                    raise RestoreError(f"sk-queues.img: a message for file {e.msg.id_for} "
+                                       "carries a control message procsnap cannot send")
+                queues.setdefault(e.msg.id_for, []).append((e.payload, rights))
+        st = _Rst(by_ino, queues, own=rctx.own_fds, rctx=rctx)
         rctx.kind_state[NAME] = st
     return st  # type: ignore[no-any-return]
 
@@ -473,18 +516,26 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                 raise RestoreError(f"{_label(ue)}: cannot connect to it to queue its "
                                    f"messages: {exc.strerror}") from None
     try:
-        for data in msgs:
+        for data, rights in msgs:
             view = memoryview(data)
+            # the files in flight go with the message's first byte, as sent
+            anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                     array.array("i", [_in_flight(st, fid) for fid in rights]).tobytes())]
+                   if rights else [])
             while view:
                 try:
                     if scratch is not None:
                         if ue.type == socket.SOCK_STREAM:
                             raise RestoreError(f"{_label(ue)}: stream data without a peer")
-                        n = (scratch.send(view, socket.MSG_DONTWAIT) if connect else
-                             scratch.sendto(view, socket.MSG_DONTWAIT, _target(st, ue)))
+                        if connect:
+                            n = scratch.sendmsg([view], anc, socket.MSG_DONTWAIT)
+                        else:
+                            n = scratch.sendmsg([view], anc, socket.MSG_DONTWAIT,
+                                                _target(st, ue))
                     else:
                         assert sender is not None
-                        n = sender.send(view, socket.MSG_DONTWAIT)
+                        n = sender.sendmsg([view], anc, socket.MSG_DONTWAIT)
+                    anc = []
                 except BlockingIOError:
                     raise RestoreError(f"{_label(ue)}: its {len(msgs)} queued messages do not "
                                        "fit its queue (net.unix.max_dgram_qlen?)") from None
@@ -494,6 +545,28 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
     finally:
         if scratch is not None:
             scratch.close()
+
+
+def _in_flight(st: _Rst, fid: int) -> int:
+    """File ``fid`` (one in flight in a queued message) as an fd of ours,
+    to send: taken from whoever has it already (the same open file
+    description as a task holding it too), or opened in the task whose fd
+    is being restored and taken from there -- then it is placed, and any
+    task that holds it later takes it from us."""
+    rctx = st.rctx
+    if fid in rctx.placed:
+        owner, ofd = rctx.placed[fid]
+        if owner == os.getpid():
+            return int(ofd)
+        ours = pidfd_getfd(owner, ofd)
+    else:
+        rt = st.cur_rt
+        tmp = rctx.kind_state["files.open_for"](rt, fid)
+        ours = pidfd_getfd(rt.pid, tmp)
+        rt.inj.call("close", tmp)
+        rctx.placed[fid] = (os.getpid(), ours)
+    st.own.append(ours)
+    return ours
 
 
 def _finish_one(rctx: "RestoreContext", st: _Rst, ue: Any, sk: socket.socket) -> None:
@@ -593,6 +666,7 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ue = entry.usk
     st = _rst(rctx)
+    st.cur_rt = rt
     if ue.uflags & USK_INHERIT or (ue.peer and ue.peer not in st.by_ino):
         key = f"unix[{ue.ino}]"
         fd = getattr(rctx.opts, "inherit_fd", {}).get(key)
