@@ -395,18 +395,21 @@ class Packet:
     data: bytes
     fds: list[int] = field(default_factory=list)  # our copies of its files in flight
     cred_pid: int = 0           # SCM_CREDENTIALS recorded with it (0: none)
+    cred_uid: int = 0
+    cred_gid: int = 0
 
 
-def _fds_of(anc: list[tuple[int, int, bytes]]) -> tuple[list[int], int]:
-    """Files (our fresh copies) and the sender's pid a control part carries."""
+def _fds_of(anc: list[tuple[int, int, bytes]]) -> tuple[list[int], tuple[int, int, int]]:
+    """Files (our fresh copies) and the credentials (pid, uid, gid) a
+    control part carries."""
     fds: list[int] = []
-    pid = 0
+    cred = (0, 0, 0)
     for level, typ, payload in anc:
         if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
             fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])
         elif level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
-            pid = struct.unpack("iII", payload[:12])[0]
-    return fds, pid
+            cred = struct.unpack("iII", payload[:12])
+    return fds, cred
 
 
 def close_all(fds: list[int]) -> None:
@@ -424,9 +427,8 @@ def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) ->
     the caller owns.  SO_PASSCRED is on while peeking (and put back), so
     the credentials recorded with each message show (pid 0: none), and a
     stream read stops where they change.  A stream read carrying files
-    ends with the message that carried them but may begin with earlier
-    bytes: the start of that message is found by peeking shorter, so the
-    files are sent again with the same byte as they were."""
+    ends with the message that carried them; only a one-byte read (the
+    usual dummy byte) shows where that message began."""
     old = sk.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     unix = sk.family == socket.AF_UNIX
     passcred = sk.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) if unix else 0
@@ -437,11 +439,11 @@ def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) ->
     cspace = socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12)
     offset = 0
 
-    def peek(size: int) -> tuple[bytes, list[int], int, int]:
+    def peek(size: int) -> tuple[bytes, list[int], tuple[int, int, int], int]:
         sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
         data, anc, mflags, _addr = sk.recvmsg(max(size, 1), cspace, flags)
-        fds, pid = _fds_of(anc)
-        return data, fds, pid, mflags
+        fds, cred = _fds_of(anc)
+        return data, fds, cred, mflags
 
     try:
         for _ in range(MAX_PACKETS):
@@ -454,32 +456,27 @@ def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) ->
                 except BlockingIOError:
                     break
             try:
-                data, fds, pid, mflags = peek(size)
+                data, fds, cred, mflags = peek(size)
             except BlockingIOError:
                 break
             if mflags & socket.MSG_TRUNC:
                 close_all(fds)
                 raise DumpError(f"{what}: a queued datagram did not fit {size} bytes")
             if stream and fds and len(data) > 1:
-                # the first byte that brings the files starts their message
-                lo, hi = 1, len(data)
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    _d, f2, _p, _m = peek(mid)
-                    close_all(f2)
-                    if f2:
-                        hi = mid
-                    else:
-                        lo = mid + 1
-                if lo > 1:
-                    close_all(fds)
-                    data, fds = data[:lo - 1], []
+                # A stream peek that meets files returns them with every
+                # byte before (this kernel reports them from any offset
+                # before their message's end), so where their message
+                # began cannot be told: refuse rather than move them.
+                close_all(fds)
+                raise Unsupported(f"{what}: files in flight (SCM_RIGHTS) in a stream queue "
+                                  f"with other bytes in the same read ({len(data)} bytes); "
+                                  "where their message starts cannot be found")
             if not data:
                 close_all(fds)
                 if stream or eof:
                     break
                 raise Unsupported(f"{what}: a zero-length datagram is queued; not supported")
-            out.append(Packet(data, fds, pid))
+            out.append(Packet(data, fds, *cred))
             offset += len(data)
         else:
             raise Unsupported(f"{what}: more than {MAX_PACKETS} queued messages")

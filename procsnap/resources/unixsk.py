@@ -39,6 +39,7 @@ import fcntl
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -292,12 +293,18 @@ def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int])
     # their kinds (a pipe's ends, a socket's copy) look at them again
     held = [x for pk in packets for x in pk.fds]
     ctx.cleanups.append(lambda keep: sockets.close_all(held))
+    tree = {t.pid for t in ctx.tasks}
     for pk in packets:
-        if pk.cred_pid:
-            raise Unsupported(f"{_what(sk)}: a queued message carries the credentials of pid "
-                              f"{pk.cred_pid} (SCM_CREDENTIALS); they would become the "
-                              "restorer's, not supported")
         entry = sk_packet_pb2.sk_packet_entry(id_for=sk.fid, length=len(pk.data))
+        if pk.cred_pid:
+            # sent again with them (root may name any pid, uid and gid),
+            # which needs the pid alive then: a task of the tree
+            if pk.cred_pid not in tree:
+                raise Unsupported(f"{_what(sk)}: a queued message carries the credentials of "
+                                  f"pid {pk.cred_pid} (SCM_CREDENTIALS), outside the dumped "
+                                  "tree; they could not be given again")
+            entry.ucred.CopyFrom(sk_packet_pb2.sk_ucred_entry(
+                pid=pk.cred_pid, uid=pk.cred_uid, gid=pk.cred_gid))
         if pk.fds:
             ids = [dump_fd(x, f"{_what(sk)}: a file in flight in a queued message")
                    for x in pk.fds]
@@ -327,7 +334,8 @@ USK_INHERIT = 0x8
 @dataclass
 class _Rst:
     by_ino: dict[int, Any]
-    queues: dict[int, list[tuple[bytes, list[int]]]]  # file id -> (message, file ids in flight)
+    # file id -> (message, file ids in flight, (pid, uid, gid) or None)
+    queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None]]]
     made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
     ghosts: dict[int, int] = field(default_factory=dict)  # ino -> O_PATH fd of its file
     own: list[int] = field(default_factory=list)  # the restorer's fds, closed at its end
@@ -340,14 +348,16 @@ def _rst(rctx: "RestoreContext") -> _Rst:
     if st is None:
         by_ino = {f.usk.ino: f.usk for f in rctx.files.values() if f.type == TYPE}
         ids = {ue.id for ue in by_ino.values()}
-        queues: dict[int, list[tuple[bytes, list[int]]]] = {}
+        queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None]]] = {}
         for e in rctx.payload_entries("sk-queues"):
             if e.msg.id_for in ids:
                 rights = [i for scm in e.msg.scm if scm.type == SCM_RIGHTS for i in scm.rights]
                 if any(scm.type != SCM_RIGHTS for scm in e.msg.scm):
                     raise RestoreError(f"sk-queues.img: a message for file {e.msg.id_for} "
                                        "carries a control message procsnap cannot send")
-                queues.setdefault(e.msg.id_for, []).append((e.payload, rights))
+                u = e.msg.ucred
+                cred = (u.pid, u.uid, u.gid) if e.msg.HasField("ucred") else None
+                queues.setdefault(e.msg.id_for, []).append((e.payload, rights, cred))
         st = _Rst(by_ino, queues, own=rctx.own_fds, rctx=rctx)
         rctx.kind_state[NAME] = st
     return st  # type: ignore[no-any-return]
@@ -363,6 +373,14 @@ def _address(ue: Any) -> bytes:
     if name[:1] == b"\0" or not ue.name_dir or name.startswith(b"/"):
         return name
     return os.path.join(os.fsencode(ue.name_dir), name)
+
+
+def _listener_named(st: _Rst, ue: Any) -> Any:
+    """The listener whose name an accepted socket ``ue`` reports, if any."""
+    if ue.state == ST_LISTEN or not ue.name:
+        return None
+    return next((o for o in st.by_ino.values()
+                 if o.ino != ue.ino and o.name == ue.name and o.state == ST_LISTEN), None)
 
 
 def _shares_listener_name(st: _Rst, ue: Any) -> bool:
@@ -516,12 +534,15 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                 raise RestoreError(f"{_label(ue)}: cannot connect to it to queue its "
                                    f"messages: {exc.strerror}") from None
     try:
-        for data, rights in msgs:
+        for data, rights, cred in msgs:
             view = memoryview(data)
             # the files in flight go with the message's first byte, as sent
             anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                      array.array("i", [_in_flight(st, fid) for fid in rights]).tobytes())]
                    if rights else [])
+            if cred is not None:
+                anc.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                            struct.pack("iII", *cred)))
             while view:
                 try:
                     if scratch is not None:
@@ -535,7 +556,8 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                     else:
                         assert sender is not None
                         n = sender.sendmsg([view], anc, socket.MSG_DONTWAIT)
-                    anc = []
+                    # the rest of a stream message: its credentials, not its files
+                    anc = [a for a in anc if a[1] != socket.SCM_RIGHTS]
                 except BlockingIOError:
                     raise RestoreError(f"{_label(ue)}: its {len(msgs)} queued messages do not "
                                        "fit its queue (net.unix.max_dgram_qlen?)") from None
@@ -589,6 +611,31 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         sk = socket.socket(socket.AF_UNIX, ue.type)
         _bind(st, sk, ue)
         sk.listen(ue.backlog)
+        # connections it accepted: connected and accepted again, so the
+        # accepted end has the listener's name as it had (getsockname,
+        # the client's getpeername) -- before any waiting connection is
+        # queued, which accept would take first
+        for acc in list(st.by_ino.values()):
+            cli = st.by_ino.get(acc.peer) if acc.peer else None
+            if (acc.state == ST_LISTEN or acc.name != ue.name or acc.ino in st.made
+                    or cli is None or cli.peer != acc.ino):
+                continue
+            c = socket.socket(socket.AF_UNIX, cli.type)
+            _bind(st, c, cli)
+            try:
+                c.connect(_target(st, ue))
+                a, _addr = sk.accept()
+            except OSError as exc:
+                raise RestoreError(f"{_label(acc)}: cannot connect and accept it again on "
+                                   f"{_label(ue)}: {exc.strerror}") from None
+            for one, e in ((c, cli), (a, acc)):
+                sockets.prepare(one)
+            _fill(st, cli, c, a)
+            _fill(st, acc, a, c)
+            for one, e in ((c, cli), (a, acc)):
+                sockets.apply_shutdown(one, e.shutdown)
+            _finish_one(rctx, st, cli, c)
+            _finish_one(rctx, st, acc, a)
         _finish_one(rctx, st, ue, sk)
         # connections that waited to be accepted, in their order
         for other in st.by_ino.values():
@@ -610,6 +657,13 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         _finish_one(rctx, st, ue, sk)
         return st.made[ino]
     if peer is not None and peer.peer == ino and peer.state != ST_LISTEN:
+        for end in (ue, peer):
+            lis = _listener_named(st, end)
+            if lis is not None:
+                # an accepted connection: its listener makes it again
+                _make(rctx, st, lis.ino)
+                if ino in st.made:
+                    return st.made[ino]
         # both ends here: one socketpair
         a, b = socket.socketpair(socket.AF_UNIX, ue.type)
         for sk, e in ((a, ue), (b, peer)):
