@@ -94,6 +94,10 @@ def _name_text(name: bytes) -> str:
     return name.decode(errors="replace")
 
 
+def _what_fd(fd: "FdCtx", d: sockets.UnixDiag) -> str:
+    return _what(_Sk(0, d, fd.task.pid, fd.fd, fd.link, None))
+
+
 def _what(sk: _Sk) -> str:
     d = sk.diag
     text = f"pid {sk.pid}: fd {sk.fd}: unix {TYPES.get(d.type, d.type)} socket {d.ino}"
@@ -180,9 +184,15 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
     try:
         st = os.stat(where)
     except FileNotFoundError:
-        ue.deleted = True
-        return
-    if d.vfs is None or st.st_ino != d.vfs[1]:
+        st = None
+    if st is None or d.vfs is None or st.st_ino != d.vfs[1]:
+        if not name.startswith("/"):
+            # the kernel keeps only the string: from another cwd the
+            # socket's file (if any) cannot be found, and making it again
+            # in the wrong directory would leave the real one dead
+            raise Unsupported(f"{_what_fd(fd, d)}: bound to the relative name {name!r}, which "
+                              f"from the task's cwd ({ue.name_dir}) is not its socket file; "
+                              "where it was bound cannot be known")
         ue.deleted = True
         return
     ue.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(

@@ -6,7 +6,9 @@ scm: a dgram pair holding two messages: a pipe's read end (closed here)
 and its write end (kept here too, fd 'keep'); a stream pair holding
 "d" carrying a file of DIR opened and read 3 bytes in,
 then "ghi" (the stream's file comes with a one-byte message: see stream); a dgram pair holding one end of another socketpair (closed
-here) with "inner" queued in it.  On SIGTERM: the pipe ends received
+here) with "inner" queued in it; a file kept here (fd below the
+sockets) and in flight too (one description: an lseek on one moves the
+other).  On SIGTERM: the pipe ends received
 work with the kept one (one pipe, one description: O_NONBLOCK set on the
 kept end shows on the received one); the stream gives "d" with the
 file at offset 3, then "ghi"; the socket in
@@ -25,7 +27,8 @@ and of the parent on sockets with SO_PASSCRED: they come with the same
 pid, uid and gid.  credsout: the same with the child gone (its pid
 outside the tree): refused.  epoll: an epoll fd in flight: refused.  stream:
 "abc" then "def" with a file on a stream (where "def" began cannot be
-found by peeking): refused.
+found by peeking): refused.  relmoved: a socket bound to a relative
+name, then the cwd changed: refused.
 PASS or FAIL on SIGTERM; output through os.write.
 """
 import array
@@ -56,6 +59,12 @@ def recv_fds(sk: socket.socket, size: int) -> tuple[bytes, list[int]]:
 
 
 def scm(d: str):
+    # a file kept here and in flight, with a lower fd than the sockets:
+    # restored first, then sent from that same description
+    path = os.path.join(d, "f")
+    with open(path, "wb") as f:
+        f.write(b"0123456789")
+    kept = os.open(path, os.O_RDONLY)
     a1, a2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     r, w = os.pipe()
     send_fds(a1, b"rd", [r])
@@ -63,14 +72,12 @@ def scm(d: str):
     send_fds(a1, b"wr", [w])
     keep = w
     b1, b2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    path = os.path.join(d, "f")
-    with open(path, "wb") as f:
-        f.write(b"0123456789")
     fd = os.open(path, os.O_RDONLY)
     os.read(fd, 3)
     send_fds(b1, b"d", [fd])
     os.close(fd)
     b1.send(b"ghi")
+    send_fds(a1, b"kept", [kept])
     c1, c2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     i1, i2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     i2.send(b"inner")
@@ -91,6 +98,12 @@ def scm(d: str):
         os.write(keep, b"through")
         if os.read(rd, 16) != b"through":
             return "pipe does not carry data"
+        data, fds = recv_fds(a2, 16)
+        if data != b"kept" or len(fds) != 1:
+            return f"kept file: {data!r} {fds}"
+        os.lseek(kept, 7, os.SEEK_SET)
+        if os.lseek(fds[0], 0, os.SEEK_CUR) != 7:
+            return "the kept file in flight is not the kept one's description"
         data, fds = recv_fds(b2, 1)
         if data != b"d" or len(fds) != 1:
             return f"stream file: {data!r} {fds}"
@@ -139,7 +152,6 @@ def ghost(d: str):
     snd.sendto(b"one", "rel.sock")
     snd.sendto(b"two", "rel.sock")
     os.unlink(os.path.join(d, "snd"))
-    os.chdir("/")
     me = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     me.bind(os.path.join(d, "self"))
     me.connect(os.path.join(d, "self"))
@@ -230,6 +242,14 @@ def epoll(d: str):
     return (lambda: None), [a1, a2]
 
 
+def relmoved(d: str):
+    os.chdir(d)
+    rel = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rel.bind("moved.sock")
+    os.chdir("/")
+    return (lambda: None), [rel]
+
+
 def stream(d: str):
     a1, a2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a1.send(b"abc")
@@ -241,7 +261,7 @@ def main() -> int:
     mode, d = sys.argv[1], sys.argv[2]
     check, keep = {"scm": scm, "ghost": ghost, "creds": creds, "epoll": epoll,
                     "credsout": lambda d: creds(d, stay=False),
-                    "stream": stream}[mode](d)
+                    "stream": stream, "relmoved": relmoved}[mode](d)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     say("ready")
