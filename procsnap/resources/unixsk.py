@@ -27,9 +27,34 @@ receive queue by sending from the peer (or from a scratch socket to its
 name), applies options and shutdown, and each puppet takes its end with
 pidfd_getfd, so the open file descriptions are shared as before.
 
+Names: a relative name is bound again from the directory it was bound
+in (the task's cwd at dump, refused if that no longer leads to the
+socket's file), so the address stays the relative string.  A name whose
+file was deleted or replaced (a ghost) is bound as CRIU's
+bind_on_deleted: whatever is there is parked, missing directories made,
+the socket bound, an O_PATH fd of its file kept (clients connect and
+queues fill through /proc/self/fd/N), the file removed and the rest put
+back.  An accepted socket is made by connecting to its listener and
+accepting, so it keeps the listener's name.
+
+Queued messages (sk-queues.img): the files in flight (SCM_RIGHTS) are
+files of the dump (files.dump_in_flight) named in the scm entry, and are
+sent along again at restore, from the open file description a task has
+(or opened in the task being restored); credentials recorded with a
+message (SCM_CREDENTIALS) are kept in ``ucred`` (CRIU's reserved number
+128) and given again -- root may name any pid, uid, gid -- when the pid
+is a task of the tree (alive at restore), else refused.
+
+The restore check (verify.py) does not compare queues: reading them back
+in the restored tree would need a peek of every socket in every task
+while it is stopped, for what the restore just wrote itself from the
+images; the integration tests check them from inside the targets.
+
 Limits (said in the README): the sender address of a datagram queued on
-an unconnected socket is not kept (it arrives from an unbound socket),
-and SCM_CREDENTIALS of queued messages become the restorer's.
+an unconnected socket is not kept (it arrives from an unbound socket);
+files in flight on a stream socket in a read with other bytes are
+refused (where their message began cannot be told by peeking); an epoll
+and other kinds that name fds of a table in flight are refused.
 """
 from __future__ import annotations
 
