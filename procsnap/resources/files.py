@@ -22,13 +22,14 @@ from ..images.pb import fdinfo_pb2
 from ..kernel.libc import syscall
 from ..kernel import consts as C
 from ..procfs.parse import FdInfo
-from ..tasks import FdCtx
+from ..procfs.reader import ProcReader
+from ..tasks import DumpTask, FdCtx
 from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
 from . import inetsk, unixsk
 from . import fdaudit, file_lock, fown
 
 if TYPE_CHECKING:
-    from ..tasks import DumpContext, DumpTask
+    from ..tasks import DumpContext
     from ..tasks import RestoreContext, RestoreTask
 
 NAME = "files"
@@ -173,17 +174,75 @@ def audit_fdinfo(kind: Any, pid: int, fd: int, link: str, info: FdInfo) -> None:
             raise Unsupported(f"pid {pid}: fd {fd}: {link}: " + rule.message.format(value=value))
 
 
+# Kinds of files that may be dumped in flight (in a unix socket's queued
+# SCM_RIGHTS message): those whose dump does not read the holder's fd
+# table (an epoll names its targets by fd number there, for one).
+IN_FLIGHT = (pipe, fifo, regfile, memfd, eventfd, unixsk, inetsk)
+
+
+def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
+    """File ``fd`` of the dumper itself -- a copy of a file in flight,
+    which peeking a queue installed in us -- as a file of the dump (CRIU's
+    dump_my_file): the same kind chain, one entry per open file
+    description (kcmp finds it if a task holds it too).  Returns its id."""
+    me = ctx.kind_state.get("files.me")
+    if me is None:
+        me = ctx.kind_state["files.me"] = DumpTask(os.getpid(), ProcReader(os.getpid()))
+    link = me.proc.fd_link(fd)
+    info = me.proc.fdinfo(fd)
+    st = regfile.fd_stat(me, fd, info.mnt_id, info.ino)
+    fdctx = FdCtx(ctx, me, fd, link, info, st)
+    known: list[tuple[int, int, int]] = []
+    at, shared_id = 0, None
+    if st is not None:
+        known = ctx.open_files.setdefault((st.st_dev, st.st_ino), [])
+        at, shared_id = _find_shared(known, me.pid, fd)
+    kind = next((k for k in FD_KINDS if k.matches(fdctx)), None)
+    if kind not in IN_FLIGHT:
+        raise Unsupported(f"{what} is {_describe(link)} ({link}); files of this kind in "
+                          "flight are not supported")
+    audit_fdinfo(kind, me.pid, fd, link, info)
+    if shared_id is not None:
+        note = getattr(kind, "note_shared", None)
+        if note is not None:
+            note(fdctx, shared_id)
+        return shared_id
+    fid = ctx.new_file_id()
+    entry = kind.dump(fdctx, fid)
+    fown.attach(fdctx, entry)
+    ctx.files.append(entry)
+    if st is not None:
+        known.insert(at, (me.pid, fd, fid))
+    file_lock.note(fdctx, fid)
+    return fid
+
+
 def finish(ctx: "DumpContext") -> None:
-    """Let each fd kind settle what spans processes, once every task is seen."""
-    for kind in FD_KINDS:
+    """Let each fd kind settle what spans processes, once every task is seen.
+    Kinds that find files in flight (FINISH_FIRST: unix sockets' queues)
+    go first, so the files they add are settled with the rest."""
+    ctx.kind_state["files.in_flight"] = lambda fd, what: dump_in_flight(ctx, fd, what)
+    for kind in sorted(FD_KINDS, key=lambda k: not getattr(k, "FINISH_FIRST", False)):
         done = getattr(kind, "finish", None)
         if done is not None:
             done(ctx)
     file_lock.finish(ctx)
 
 
+def open_for(rctx: "RestoreContext", rt: "RestoreTask", fid: int) -> int:
+    """Open file ``fid`` in task ``rt`` as its kind does (a temporary fd of
+    the task's); for a file in flight, which unixsk sends along."""
+    entry = rctx.file_entry(fid)
+    kind = BY_TYPE.get(entry.type)
+    if kind is None:
+        raise RestoreError(f"files.img: file {fid} in flight has type {entry.type}, "
+                           "which procsnap cannot restore")
+    return int(kind.open_fd(rctx, rt, entry))
+
+
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     inj = rt.inj
+    rctx.kind_state["files.open_for"] = lambda t, fid: open_for(rctx, t, fid)
     placed = rctx.placed  # file id -> (pid, fd) that first got it
     for fe in rt.fdinfos:
         entry = rctx.file_entry(fe.id)

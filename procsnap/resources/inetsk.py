@@ -152,7 +152,8 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     if proto == socket.IPPROTO_TCP:
         _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None)
     else:
-        for data in sockets.peek_queue(sk, label, stream=False):
+        for pk in sockets.peek_queue(sk, label, stream=False):
+            data = pk.data
             fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
                 id_for=fid, length=len(data)), data)
     return fe

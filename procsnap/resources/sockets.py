@@ -394,51 +394,109 @@ def apply_shutdown(sk: socket.socket, mask: int) -> None:
 MAX_PACKETS = 1 << 16
 
 
-def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) -> list[bytes]:
+@dataclass
+class Packet:
+    """One queued message (or a chunk of a byte stream) as peeked."""
+    data: bytes
+    fds: list[int] = field(default_factory=list)  # our copies of its files in flight
+    cred_pid: int = 0           # SCM_CREDENTIALS recorded with it (0: none)
+    cred_uid: int = 0
+    cred_gid: int = 0
+
+
+def _fds_of(anc: list[tuple[int, int, bytes]]) -> tuple[list[int], tuple[int, int, int]]:
+    """Files (our fresh copies) and the credentials (pid, uid, gid) a
+    control part carries."""
+    fds: list[int] = []
+    cred = (0, 0, 0)
+    for level, typ, payload in anc:
+        if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])
+        elif level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+            cred = struct.unpack("iII", payload[:12])
+    return fds, cred
+
+
+def close_all(fds: list[int]) -> None:
+    for x in fds:
+        os.close(x)
+
+
+def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) -> list[Packet]:
     """The receive queue of ``sk``, unconsumed: one item per datagram (or
     chunks of a byte stream).  SO_PEEK_OFF walks the queue and is then
     put back to the task's own value.  ``eof``: the socket is shut down
-    for reading, so an empty read past the queue means its end."""
+    for reading, so an empty read past the queue means its end.
+
+    Files in flight (SCM_RIGHTS) come as copies installed in us, which
+    the caller owns.  SO_PASSCRED is on while peeking (and put back), so
+    the credentials recorded with each message show (pid 0: none), and a
+    stream read stops where they change.  A stream read carrying files
+    ends with the message that carried them; only a one-byte read (the
+    usual dummy byte) shows where that message began."""
     old = sk.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
-    sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-    out: list[bytes] = []
-    # What was peeked so far; the offset the kernel moves as we peek.
+    unix = sk.family == socket.AF_UNIX
+    passcred = sk.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) if unix else 0
+    if unix:
+        sk.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    out: list[Packet] = []
     flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
+    cspace = socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12)
     offset = 0
+
+    def peek(size: int) -> tuple[bytes, list[int], tuple[int, int, int], int]:
+        sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
+        data, anc, mflags, _addr = sk.recvmsg(max(size, 1), cspace, flags)
+        fds, cred = _fds_of(anc)
+        return data, fds, cred, mflags
+
     try:
         for _ in range(MAX_PACKETS):
             size = 1 << 16
             if not stream:
-                # MSG_TRUNC: the real length of the next datagram.  The
-                # probe moves the peek offset too, so it is set again.
+                # MSG_TRUNC: the real length of the next datagram (no
+                # control buffer: files in flight are not installed)
                 try:
-                    size = sk.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)
+                    size = _trunc_len(sk, offset, flags)
                 except BlockingIOError:
                     break
-                sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
             try:
-                data, anc, mflags, _addr = sk.recvmsg(max(size, 1), socket.CMSG_SPACE(253 * 4),
-                                                      flags)
+                data, fds, cred, mflags = peek(size)
             except BlockingIOError:
                 break
-            for level, typ, payload in anc:
-                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    # peeking installed copies of the passed files in us
-                    fds = struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])
-                    for x in fds:
-                        os.close(x)
-                    raise Unsupported(f"{what}: a queued message carries file descriptors "
-                                      "(SCM_RIGHTS); not supported yet")
             if mflags & socket.MSG_TRUNC:
+                close_all(fds)
                 raise DumpError(f"{what}: a queued datagram did not fit {size} bytes")
+            if stream and fds and len(data) > 1:
+                # A stream peek that meets files returns them with every
+                # byte before (this kernel reports them from any offset
+                # before their message's end), so where their message
+                # began cannot be told: refuse rather than move them.
+                close_all(fds)
+                raise Unsupported(f"{what}: files in flight (SCM_RIGHTS) in a stream queue "
+                                  f"with other bytes in the same read ({len(data)} bytes); "
+                                  "where their message starts cannot be found")
             if not data:
+                close_all(fds)
                 if stream or eof:
                     break
                 raise Unsupported(f"{what}: a zero-length datagram is queued; not supported")
-            out.append(data)
+            out.append(Packet(data, fds, *cred))
             offset += len(data)
         else:
             raise Unsupported(f"{what}: more than {MAX_PACKETS} queued messages")
+    except BaseException:
+        for pk in out:
+            close_all(pk.fds)
+        raise
     finally:
         sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+        if unix:
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, passcred)
     return out
+
+
+def _trunc_len(sk: socket.socket, offset: int, flags: int) -> int:
+    """The length of the datagram at ``offset`` (MSG_TRUNC returns it)."""
+    sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
+    return sk.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)

@@ -27,21 +27,50 @@ receive queue by sending from the peer (or from a scratch socket to its
 name), applies options and shutdown, and each puppet takes its end with
 pidfd_getfd, so the open file descriptions are shared as before.
 
+Names: a relative name is bound again from the directory it was bound
+in (the task's cwd at dump, refused if that no longer leads to the
+socket's file), so the address stays the relative string.  A name whose
+file was deleted or replaced (a ghost) is bound as CRIU's
+bind_on_deleted: whatever is there is parked, missing directories made,
+the socket bound, an O_PATH fd of its file kept (clients connect and
+queues fill through /proc/self/fd/N), the file removed and the rest put
+back.  An accepted socket is made by connecting to its listener and
+accepting, so it keeps the listener's name.
+
+Queued messages (sk-queues.img): the files in flight (SCM_RIGHTS) are
+files of the dump (files.dump_in_flight) named in the scm entry, and are
+sent along again at restore, from the open file description a task has
+(or opened in the task being restored); credentials recorded with a
+message (SCM_CREDENTIALS) are kept in ``ucred`` (CRIU's reserved number
+128) and given again -- root may name any pid, uid, gid -- when the pid
+is a task of the tree (alive at restore), else refused.
+
+The restore check (verify.py) does not compare queues: reading them back
+in the restored tree would need a peek of every socket in every task
+while it is stopped, for what the restore just wrote itself from the
+images; the integration tests check them from inside the targets.
+
 Limits (said in the README): the sender address of a datagram queued on
-an unconnected socket is not kept (it arrives from an unbound socket),
-and SCM_CREDENTIALS of queued messages become the restorer's.
+an unconnected socket is not kept (it arrives from an unbound socket);
+files in flight on a stream socket in a read with other bytes are
+refused (where their message began cannot be told by peeking); an epoll
+and other kinds that name fds of a table in flight are refused.
 """
 from __future__ import annotations
 
+import array
+import contextlib
 import fcntl
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
+from ..kernel.libc import pidfd_getfd
 from . import anonfd, fdaudit, sockets, sockopts
 
 if TYPE_CHECKING:
@@ -51,11 +80,11 @@ if TYPE_CHECKING:
 
 NAME = "unixsk"
 FDINFO = {
-    "scm_fds": fdaudit.refused(fdaudit.nonzero, "unix socket with {value} fds in flight in "
-                               "queued SCM_RIGHTS messages; not supported",
-                               "0: no fds in flight"),
+    "scm_fds": fdaudit.saved("the files in flight in queued SCM_RIGHTS messages: dumped as "
+                             "files of the tree, named in sk-queues.img's scm entries"),
 }
 TYPE = fdinfo_pb2.UNIXSK
+FINISH_FIRST = True  # files.finish: our queues' files in flight join the dump first
 
 # tcp_states.h, as unix sockets report them
 ST_ESTABLISHED = 1
@@ -88,6 +117,10 @@ def _name_text(name: bytes) -> str:
     if name[:1] == b"\0":
         return "@" + name[1:].decode(errors="replace")
     return name.decode(errors="replace")
+
+
+def _what_fd(fd: "FdCtx", d: sockets.UnixDiag) -> str:
+    return _what(_Sk(0, d, fd.task.pid, fd.fd, fd.link, None))
 
 
 def _what(sk: _Sk) -> str:
@@ -176,9 +209,15 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
     try:
         st = os.stat(where)
     except FileNotFoundError:
-        ue.deleted = True
-        return
-    if d.vfs is None or st.st_ino != d.vfs[1]:
+        st = None
+    if st is None or d.vfs is None or st.st_ino != d.vfs[1]:
+        if not name.startswith("/"):
+            # the kernel keeps only the string: from another cwd the
+            # socket's file (if any) cannot be found, and making it again
+            # in the wrong directory would leave the real one dead
+            raise Unsupported(f"{_what_fd(fd, d)}: bound to the relative name {name!r}, which "
+                              f"from the task's cwd ({ue.name_dir}) is not its socket file; "
+                              "where it was bound cannot be known")
         ue.deleted = True
         return
     ue.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(
@@ -211,6 +250,18 @@ def finish(ctx: "DumpContext") -> None:
     socks = _state(ctx)
     if not socks:
         return
+    # Queues first: the files in flight in them become files of the dump
+    # (and a unix socket in flight one of ours, whose queue is read too),
+    # so the relations below see every socket.
+    dump_fd = ctx.kind_state["files.in_flight"]
+    peeked: set[int] = set()
+    while True:
+        todo = [sk for sk in list(socks.values()) if sk.diag.ino not in peeked]
+        if not todo:
+            break
+        for sk in todo:
+            peeked.add(sk.diag.ino)
+            _dump_queue(ctx, sk, dump_fd)
     table = sockets.unix_table(ctx)
     external = set(ctx.opts.external) if hasattr(ctx.opts, "external") else set()
     waiting: dict[int, int] = {}  # client ino -> ino of the listener holding it
@@ -255,12 +306,48 @@ def finish(ctx: "DumpContext") -> None:
         elif d.state == ST_ESTABLISHED and d.ino in _outside_icons(table, socks):
             raise Unsupported(f"{_what(sk)} waits to be accepted by a listener outside the "
                               "dumped tree; it cannot be restored")
-        # A socket with queued data: its receive queue, unconsumed.
-        sock = _copy(ctx, sk)
-        for data in sockets.peek_queue(sock, _what(sk), d.type == socket.SOCK_STREAM,
-                                       eof=bool(d.shutdown & sockets.RCV_SHUTDOWN)):
-            ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
-                id_for=sk.fid, length=len(data)), data)
+
+
+def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int]) -> None:
+    """The receive queue of ``sk``, unconsumed, into sk-queues.img; each
+    file in flight (SCM_RIGHTS) is dumped as a file of the tree (as CRIU's
+    dump_my_file) and named by its id in the message's scm entry."""
+    d = sk.diag
+    if d.state == ST_LISTEN:
+        return
+    if d.type != socket.SOCK_DGRAM and d.state == ST_CLOSE:
+        # never connected (or released): no queue, and recvmsg on it
+        # fails (EINVAL for stream, ENOTCONN for seqpacket)
+        if d.rqueue:
+            raise Unsupported(f"{_what(sk)}: unconnected, with {d.rqueue} bytes queued; "
+                              "not supported")
+        return
+    packets = sockets.peek_queue(_copy(ctx, sk), _what(sk), d.type == socket.SOCK_STREAM,
+                                 eof=bool(d.shutdown & sockets.RCV_SHUTDOWN))
+    # our copies of the files in flight stay open to the end of the dump:
+    # their kinds (a pipe's ends, a socket's copy) look at them again
+    held = [x for pk in packets for x in pk.fds]
+    ctx.cleanups.append(lambda keep: sockets.close_all(held))
+    tree = {t.pid for t in ctx.tasks}
+    for pk in packets:
+        entry = sk_packet_pb2.sk_packet_entry(id_for=sk.fid, length=len(pk.data))
+        if pk.cred_pid:
+            # sent again with them (root may name any pid, uid and gid),
+            # which needs the pid alive then: a task of the tree
+            if pk.cred_pid not in tree:
+                raise Unsupported(f"{_what(sk)}: a queued message carries the credentials of "
+                                  f"pid {pk.cred_pid} (SCM_CREDENTIALS), outside the dumped "
+                                  "tree; they could not be given again")
+            entry.ucred.CopyFrom(sk_packet_pb2.sk_ucred_entry(
+                pid=pk.cred_pid, uid=pk.cred_uid, gid=pk.cred_gid))
+        if pk.fds:
+            ids = [dump_fd(x, f"{_what(sk)}: a file in flight in a queued message")
+                   for x in pk.fds]
+            entry.scm.add(type=SCM_RIGHTS, rights=ids)
+        ctx.add_payload("sk-queues", entry, pk.data)
+
+
+SCM_RIGHTS = 1
 
 
 def _outside_icons(table: dict[int, sockets.UnixDiag], socks: dict[int, _Sk]) -> set[int]:
@@ -282,8 +369,13 @@ USK_INHERIT = 0x8
 @dataclass
 class _Rst:
     by_ino: dict[int, Any]
-    queues: dict[int, list[bytes]]          # file id -> queued messages
+    # file id -> (message, file ids in flight, (pid, uid, gid) or None)
+    queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None]]]
     made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
+    ghosts: dict[int, int] = field(default_factory=dict)  # ino -> O_PATH fd of its file
+    own: list[int] = field(default_factory=list)  # the restorer's fds, closed at its end
+    rctx: Any = None
+    cur_rt: Any = None      # the task whose fd is being opened: files in flight open there
 
 
 def _rst(rctx: "RestoreContext") -> _Rst:
@@ -291,11 +383,17 @@ def _rst(rctx: "RestoreContext") -> _Rst:
     if st is None:
         by_ino = {f.usk.ino: f.usk for f in rctx.files.values() if f.type == TYPE}
         ids = {ue.id for ue in by_ino.values()}
-        queues: dict[int, list[bytes]] = {}
+        queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None]]] = {}
         for e in rctx.payload_entries("sk-queues"):
             if e.msg.id_for in ids:
-                queues.setdefault(e.msg.id_for, []).append(e.payload)
-        st = _Rst(by_ino, queues)
+                rights = [i for scm in e.msg.scm if scm.type == SCM_RIGHTS for i in scm.rights]
+                if any(scm.type != SCM_RIGHTS for scm in e.msg.scm):
+                    raise RestoreError(f"sk-queues.img: a message for file {e.msg.id_for} "
+                                       "carries a control message procsnap cannot send")
+                u = e.msg.ucred
+                cred = (u.pid, u.uid, u.gid) if e.msg.HasField("ucred") else None
+                queues.setdefault(e.msg.id_for, []).append((e.payload, rights, cred))
+        st = _Rst(by_ino, queues, own=rctx.own_fds, rctx=rctx)
         rctx.kind_state[NAME] = st
     return st  # type: ignore[no-any-return]
 
@@ -312,6 +410,14 @@ def _address(ue: Any) -> bytes:
     return os.path.join(os.fsencode(ue.name_dir), name)
 
 
+def _listener_named(st: _Rst, ue: Any) -> Any:
+    """The listener whose name an accepted socket ``ue`` reports, if any."""
+    if ue.state == ST_LISTEN or not ue.name:
+        return None
+    return next((o for o in st.by_ino.values()
+                 if o.ino != ue.ino and o.name == ue.name and o.state == ST_LISTEN), None)
+
+
 def _shares_listener_name(st: _Rst, ue: Any) -> bool:
     """An accepted socket reports its listener's name: not its own bind."""
     if ue.state == ST_LISTEN or not ue.name:
@@ -320,11 +426,38 @@ def _shares_listener_name(st: _Rst, ue: Any) -> bool:
                for o in st.by_ino.values())
 
 
-def _bind(st: _Rst, sk: socket.socket, ue: Any, unlink: bool = True) -> None:
+@contextlib.contextmanager
+def _in_name_dir(ue: Any) -> Iterator[None]:
+    """A relative name is bound (and looked up) from the directory it was
+    bound in, so the socket keeps the relative string as its address
+    (getsockname, a peer's getpeername) as the task made it."""
+    if not ue.name_dir or bytes(ue.name)[:1] in (b"\0", b"/"):
+        yield
+        return
+    back = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            os.chdir(ue.name_dir)
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: its name is relative to {ue.name_dir}, "
+                               f"which cannot be entered: {exc.strerror}") from None
+        yield
+    finally:
+        os.fchdir(back)
+        os.close(back)
+
+
+def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
     if not ue.name or _shares_listener_name(st, ue):
         return
-    addr = _address(ue)
-    if addr[:1] != b"\0":
+    addr = bytes(ue.name)
+    if addr[:1] == b"\0":
+        _bind_at(sk, ue, addr)
+        return
+    with _in_name_dir(ue):
+        if ue.deleted:
+            _bind_ghost(st, sk, ue, addr)
+            return
         try:
             old = os.lstat(addr)
         except FileNotFoundError:
@@ -336,16 +469,64 @@ def _bind(st: _Rst, sk: socket.socket, ue: Any, unlink: bool = True) -> None:
                 raise RestoreError(f"{_label(ue)}: {os.fsdecode(addr)} is in use by a live socket")
             # the file of the dumped socket, left behind when it was killed
             os.unlink(addr)
+        _bind_at(sk, ue, addr)
+        _set_perms(ue, addr)
+
+
+def _bind_at(sk: socket.socket, ue: Any, addr: bytes) -> None:
     try:
         sk.bind(addr)
     except OSError as exc:
         raise RestoreError(f"{_label(ue)}: cannot bind: {exc.strerror}") from None
-    if addr[:1] != b"\0":
-        if ue.HasField("file_perms"):
-            os.chown(addr, ue.file_perms.uid, ue.file_perms.gid)
-            os.chmod(addr, stat.S_IMODE(ue.file_perms.mode))
-        if ue.deleted and unlink:
+
+
+def _set_perms(ue: Any, addr: bytes) -> None:
+    if ue.HasField("file_perms"):
+        os.chown(addr, ue.file_perms.uid, ue.file_perms.gid)
+        os.chmod(addr, stat.S_IMODE(ue.file_perms.mode))
+
+
+def _bind_ghost(st: _Rst, sk: socket.socket, ue: Any, addr: bytes) -> None:
+    """A socket whose file was deleted, or replaced by another file (a
+    ghost, as CRIU's bind_on_deleted): whatever is at the name now is
+    moved aside, missing directories are made, the socket is bound and an
+    O_PATH fd of its file kept -- sockets that connect or send to it go
+    through /proc/self/fd/N, the name being gone -- then the file is
+    removed, the other put back and the directories removed again."""
+    made: list[bytes] = []
+    d = os.path.dirname(addr)
+    while d and not os.path.lexists(d):
+        made.append(d)
+        d = os.path.dirname(d)
+    parked = None
+    bound = False
+    try:
+        for m in reversed(made):
+            os.mkdir(m, 0o755)
+        if os.path.lexists(addr):
+            parked = addr + b".procsnap-sk-ghost.%d" % os.getpid()
+            os.rename(addr, parked)
+        _bind_at(sk, ue, addr)
+        bound = True
+        _set_perms(ue, addr)
+        st.ghosts[ue.ino] = os.open(addr, os.O_PATH | os.O_CLOEXEC)
+        st.own.append(st.ghosts[ue.ino])
+    finally:
+        if bound:
             os.unlink(addr)
+        if parked is not None:
+            os.rename(parked, addr)
+        for m in made:
+            os.rmdir(m)
+
+
+def _target(st: _Rst, ue: Any) -> bytes:
+    """Where to reach socket ``ue`` by name: its (absolute) address, or
+    its kept file for a ghost."""
+    fd = st.ghosts.get(ue.ino)
+    if fd is not None:
+        return b"/proc/self/fd/%d" % fd
+    return _address(ue)
 
 
 def _alive(addr: bytes, typ: int) -> bool:
@@ -382,24 +563,36 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
         sockets.prepare(scratch)
         if connect:
             try:
-                scratch.connect(_address(ue))
+                scratch.connect(_target(st, ue))
             except OSError as exc:
                 scratch.close()
                 raise RestoreError(f"{_label(ue)}: cannot connect to it to queue its "
                                    f"messages: {exc.strerror}") from None
     try:
-        for data in msgs:
+        for data, rights, cred in msgs:
             view = memoryview(data)
+            # the files in flight go with the message's first byte, as sent
+            anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                     array.array("i", [_in_flight(st, fid) for fid in rights]).tobytes())]
+                   if rights else [])
+            if cred is not None:
+                anc.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS,
+                            struct.pack("iII", *cred)))
             while view:
                 try:
                     if scratch is not None:
                         if ue.type == socket.SOCK_STREAM:
                             raise RestoreError(f"{_label(ue)}: stream data without a peer")
-                        n = (scratch.send(view, socket.MSG_DONTWAIT) if connect else
-                             scratch.sendto(view, socket.MSG_DONTWAIT, _address(ue)))
+                        if connect:
+                            n = scratch.sendmsg([view], anc, socket.MSG_DONTWAIT)
+                        else:
+                            n = scratch.sendmsg([view], anc, socket.MSG_DONTWAIT,
+                                                _target(st, ue))
                     else:
                         assert sender is not None
-                        n = sender.send(view, socket.MSG_DONTWAIT)
+                        n = sender.sendmsg([view], anc, socket.MSG_DONTWAIT)
+                    # the rest of a stream message: its credentials, not its files
+                    anc = [a for a in anc if a[1] != socket.SCM_RIGHTS]
                 except BlockingIOError:
                     raise RestoreError(f"{_label(ue)}: its {len(msgs)} queued messages do not "
                                        "fit its queue (net.unix.max_dgram_qlen?)") from None
@@ -409,6 +602,28 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
     finally:
         if scratch is not None:
             scratch.close()
+
+
+def _in_flight(st: _Rst, fid: int) -> int:
+    """File ``fid`` (one in flight in a queued message) as an fd of ours,
+    to send: taken from whoever has it already (the same open file
+    description as a task holding it too), or opened in the task whose fd
+    is being restored and taken from there -- then it is placed, and any
+    task that holds it later takes it from us."""
+    rctx = st.rctx
+    if fid in rctx.placed:
+        owner, ofd = rctx.placed[fid]
+        if owner == os.getpid():
+            return int(ofd)
+        ours = pidfd_getfd(owner, ofd)
+    else:
+        rt = st.cur_rt
+        tmp = rctx.kind_state["files.open_for"](rt, fid)
+        ours = pidfd_getfd(rt.pid, tmp)
+        rt.inj.call("close", tmp)
+        rctx.placed[fid] = (os.getpid(), ours)
+    st.own.append(ours)
+    return ours
 
 
 def _finish_one(rctx: "RestoreContext", st: _Rst, ue: Any, sk: socket.socket) -> None:
@@ -431,13 +646,59 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         sk = socket.socket(socket.AF_UNIX, ue.type)
         _bind(st, sk, ue)
         sk.listen(ue.backlog)
+        # connections it accepted: connected and accepted again, so the
+        # accepted end has the listener's name as it had (getsockname,
+        # the client's getpeername) -- before any waiting connection is
+        # queued, which accept would take first
+        for acc in list(st.by_ino.values()):
+            cli = st.by_ino.get(acc.peer) if acc.peer else None
+            if (acc.state == ST_LISTEN or acc.name != ue.name or acc.ino in st.made
+                    or cli is None or cli.peer != acc.ino):
+                continue
+            c = socket.socket(socket.AF_UNIX, cli.type)
+            _bind(st, c, cli)
+            try:
+                c.connect(_target(st, ue))
+                a, _addr = sk.accept()
+            except OSError as exc:
+                raise RestoreError(f"{_label(acc)}: cannot connect and accept it again on "
+                                   f"{_label(ue)}: {exc.strerror}") from None
+            for one, e in ((c, cli), (a, acc)):
+                sockets.prepare(one)
+            _fill(st, cli, c, a)
+            _fill(st, acc, a, c)
+            for one, e in ((c, cli), (a, acc)):
+                sockets.apply_shutdown(one, e.shutdown)
+            _finish_one(rctx, st, cli, c)
+            _finish_one(rctx, st, acc, a)
         _finish_one(rctx, st, ue, sk)
         # connections that waited to be accepted, in their order
         for other in st.by_ino.values():
             if other.peer == ino and other.state == ST_ESTABLISHED and other.ino not in st.made:
                 _make(rctx, st, other.ino)
         return st.made[ino]
+    if ue.peer == ino:
+        # a datagram socket connected to its own name: it sends to itself
+        sk = socket.socket(socket.AF_UNIX, ue.type)
+        _bind(st, sk, ue)
+        sockets.prepare(sk)
+        try:
+            sk.connect(_target(st, ue))
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: cannot connect it to itself: "
+                               f"{exc.strerror}") from None
+        _fill(st, ue, sk, sk)
+        sockets.apply_shutdown(sk, ue.shutdown)
+        _finish_one(rctx, st, ue, sk)
+        return st.made[ino]
     if peer is not None and peer.peer == ino and peer.state != ST_LISTEN:
+        for end in (ue, peer):
+            lis = _listener_named(st, end)
+            if lis is not None:
+                # an accepted connection: its listener makes it again
+                _make(rctx, st, lis.ino)
+                if ino in st.made:
+                    return st.made[ino]
         # both ends here: one socketpair
         a, b = socket.socketpair(socket.AF_UNIX, ue.type)
         for sk, e in ((a, ue), (b, peer)):
@@ -457,11 +718,9 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         # or connecting to it again fails with EPERM.  A scratch socket
         # connects to its name and queues the messages, as the senders did.
         sk = socket.socket(socket.AF_UNIX, ue.type)
-        _bind(st, sk, ue, unlink=False)
+        _bind(st, sk, ue)
         sockets.prepare(sk)
         _fill(st, ue, sk, None, connect=True)
-        if ue.deleted:
-            os.unlink(_address(ue))
         sockets.apply_shutdown(sk, ue.shutdown)
         _finish_one(rctx, st, ue, sk)
         return st.made[ino]
@@ -484,7 +743,7 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
     if peer is not None:
         _make(rctx, st, peer.ino)  # the server is bound (and listening) first
         try:
-            sk.connect(_address(peer))
+            sk.connect(_target(st, peer))
         except OSError as exc:
             raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)}: "
                                f"{exc.strerror}") from None
@@ -496,6 +755,7 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ue = entry.usk
     st = _rst(rctx)
+    st.cur_rt = rt
     if ue.uflags & USK_INHERIT or (ue.peer and ue.peer not in st.by_ino):
         key = f"unix[{ue.ino}]"
         fd = getattr(rctx.opts, "inherit_fd", {}).get(key)

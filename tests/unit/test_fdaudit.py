@@ -61,9 +61,20 @@ def test_lock_lines_known_where_locks_are_kept(kind) -> None:
 
 
 def test_refused_by_predicate() -> None:
+    # a kind whose rule refuses a value (unixsk saves scm_fds now: a
+    # stand-in keeps the mechanism tested)
+    class Kind:
+        NAME = "unixsk"
+        FDINFO = {"scm_fds": fdaudit.refused(fdaudit.nonzero, "unix socket with {value} fds "
+                                             "in flight", "0: none")}
     text = (DATA / "fdinfo_unix.txt").read_text().replace("scm_fds: 0", "scm_fds: 2")
     with pytest.raises(Unsupported, match=r"^pid 42: fd 7: socket:\[1\]: unix socket with 2 fds"):
-        files.audit_fdinfo(unixsk, 42, 7, "socket:[1]", parse_fdinfo(text))
+        files.audit_fdinfo(Kind, 42, 7, "socket:[1]", parse_fdinfo(text))
+
+
+def test_unix_fds_in_flight_saved() -> None:
+    text = (DATA / "fdinfo_unix.txt").read_text().replace("scm_fds: 0", "scm_fds: 2")
+    files.audit_fdinfo(unixsk, 42, 7, "socket:[1]", parse_fdinfo(text))
 
 
 def test_lock_lines_parsed() -> None:

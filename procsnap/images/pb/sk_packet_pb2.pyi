@@ -15,12 +15,24 @@ class scm_entry(_message.Message):
     rights: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, type: _Optional[int] = ..., rights: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class sk_ucred_entry(_message.Message):
+    __slots__ = ("uid", "gid", "pid")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    uid: int
+    gid: int
+    pid: int
+    def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
 class sk_packet_entry(_message.Message):
-    __slots__ = ("id_for", "length", "scm")
+    __slots__ = ("id_for", "length", "scm", "ucred")
     ID_FOR_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     SCM_FIELD_NUMBER: _ClassVar[int]
+    UCRED_FIELD_NUMBER: _ClassVar[int]
     id_for: int
     length: int
     scm: _containers.RepeatedCompositeFieldContainer[scm_entry]
-    def __init__(self, id_for: _Optional[int] = ..., length: _Optional[int] = ..., scm: _Optional[_Iterable[_Union[scm_entry, _Mapping]]] = ...) -> None: ...
+    ucred: sk_ucred_entry
+    def __init__(self, id_for: _Optional[int] = ..., length: _Optional[int] = ..., scm: _Optional[_Iterable[_Union[scm_entry, _Mapping]]] = ..., ucred: _Optional[_Union[sk_ucred_entry, _Mapping]] = ...) -> None: ...
