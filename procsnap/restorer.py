@@ -321,6 +321,45 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     _set_session(rt)
 
 
+def _group_helpers(rctx: RestoreContext) -> None:
+    """A process group whose leader was gone at dump time (exited and
+    reaped: dumper.core._check_reaped_leader) is made, as CRIU's
+    TASK_HELPER, by a short-lived task with the leader's pid, forked by
+    the group's first member: it calls setpgid(0, 0), the members join
+    (_set_groups), then it exits and its parent reaps it (_end_helpers).
+    It is cloned with no exit signal, so its end leaves no SIGCHLD
+    pending in the parent.  The group outside the tree that a shell job's
+    root was in is not one: the root inherits the restorer's."""
+    root = rctx.tasks[0]
+    for rt in rctx.tasks:
+        pgid = rt.pstree.pgid
+        if pgid == rt.pid or pgid in rctx.by_pid or pgid in rctx.group_helpers:
+            continue
+        if pgid == root.pstree.pgid:
+            continue  # the shell's group (--shell-job), inherited
+        if rctx.nspids:
+            raise ImageError(rt.image_name("core"), f"pid {rt.pid}: process group {pgid} has "
+                             "no leader in the tree, in a pid namespace of its own")
+        regs = _clone_in(rctx, rt.inj, pgid, 0, 0, "process group leader (helper)")
+        inj = Injector(pgid, rt.inj.syscall_ip, regs)
+        inj.trap_ip = rt.inj.trap_ip
+        inj.use_scratch(rt.inj.scratch, rt.inj.scratch_size)
+        rctx.group_helpers[pgid] = (rt, inj)
+        inj.call("setpgid", 0, 0)
+
+
+def _end_helpers(rctx: RestoreContext) -> None:
+    """Every group exists with its members: the helpers exit and are reaped."""
+    for pgid, (parent, inj) in rctx.group_helpers.items():
+        regs = inj.base.copy()
+        regs.rip = inj.syscall_ip
+        regs.orig_rax = (1 << 64) - 1
+        regs.rax, regs.rdi = C.NR["exit_group"], 0
+        ptrace.set_regs(pgid, regs)
+        inj.detach()
+        parent.inj.call("wait4", pgid, 0, C.WALL, 0)
+
+
 def _set_groups(rctx: RestoreContext) -> None:
     """setpgid for every task: group leaders first, then the members."""
     live = [t for t in rctx.tasks]
@@ -329,7 +368,7 @@ def _set_groups(rctx: RestoreContext) -> None:
             rt.inj.call("setpgid", 0, 0)
     for rt in live:
         want = rt.pstree.pgid
-        if want == rt.pid or want not in rctx.by_pid:
+        if want == rt.pid or (want not in rctx.by_pid and want not in rctx.group_helpers):
             continue  # leader (done) or the shell's group (inherited)
         cur = rt.inj.call("getpgid", 0)
         if cur != rctx.vpid(want):
@@ -471,9 +510,11 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
             if not rt.zombie:
                 memory.premap(rctx, rt)
+        _group_helpers(rctx)
         _set_groups(rctx)
         from .resources import tty
         tty.set_foreground(rctx)  # each terminal's foreground group, now that groups exist
+        _end_helpers(rctx)
         for rt in rctx.tasks:
             if rt.zombie:
                 _make_zombie(rt)

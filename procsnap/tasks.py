@@ -296,6 +296,9 @@ class RestoreContext:
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None
+    # process group id -> (the member that forked it, its injector): the
+    # short-lived leaders of groups whose leader was gone (restorer)
+    group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)
 
     def vpid(self, pid: int) -> int:
         """``pid`` (the dumper's view) as the puppets see it: the number to

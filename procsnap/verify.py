@@ -267,7 +267,7 @@ def check_identity(f: Found) -> list[str]:
     ps = rt.pstree
     if ps.ppid in rctx.by_pid:
         out += _differ("ppid", ps.ppid, st.ppid)
-    if ps.pgid in rctx.by_pid:
+    if ps.pgid in rctx.by_pid or ps.pgid in rctx.group_helpers:
         out += _differ("pgid", ps.pgid, st.pgrp)
     if ps.sid in rctx.by_pid:
         out += _differ("sid", ps.sid, st.session)

@@ -9,6 +9,7 @@ trampoline page is gone, right before it is let go.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DumpError, RestoreError, Unsupported
@@ -111,8 +112,48 @@ def _check_sessions(ctx: "DumpContext") -> None:
             raise Unsupported(f"pid {t.pid}: its session {st.session} is neither its own nor "
                               "its parent's; this layout is not supported yet")
         if st.pgrp not in pids and not (ctx.opts.shell_job and st.pgrp == rstat.pgrp):
-            raise Unsupported(f"pid {t.pid}: its process group {st.pgrp} is led from outside "
-                              "the dumped tree")
+            _check_reaped_leader(ctx, t.pid, st.pgrp, pids)
+
+
+def _check_reaped_leader(ctx: "DumpContext", pid: int, pgrp: int, pids: dict) -> None:
+    """A group whose leader is not in the tree is saved only when that
+    leader is gone -- exited and reaped, so no task has its pid -- and no
+    task outside the tree is in the group: the restore then recreates it
+    with a short-lived helper task of that pid (as CRIU's TASK_HELPER).  A
+    leader alive outside is refused: the restored members would sit in a
+    group of their own, cut from it."""
+    if os.path.exists(f"/proc/{pgrp}"):
+        raise Unsupported(f"pid {pid}: its process group {pgrp} is led from outside "
+                          "the dumped tree")
+    root = ctx.tasks[0].pid
+    try:
+        own_ns = os.stat(f"/proc/{root}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        own_ns = False
+    if own_ns:
+        # the helper would need the leader's pid inside the namespace: unknown
+        raise Unsupported(f"pid {pid}: its process group {pgrp} was led by a process that is "
+                          "gone, in a pid namespace of the tree's own; not supported")
+    for other in _group_members(pgrp):
+        if other not in pids:
+            raise Unsupported(f"pid {pid}: its process group {pgrp} (its leader is gone) also "
+                              f"holds pid {other}, outside the dumped tree")
+
+
+def _group_members(pgrp: int) -> list[int]:
+    """Every process (in our pid namespace) whose group is ``pgrp``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgrp:
+            out.append(int(name))
+    return out
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
