@@ -364,3 +364,36 @@ def test_same_file_opened_many_times(targets: TargetFactory, tmp_path: Path) -> 
     cycle_tree(targets, t, tmp_path / "images")
     assert classes() == before
     assert {fd: Path(f"/proc/{t.pid}/fdinfo/{fd}").read_text().split()[1] for fd in fds} == pos
+
+
+def test_group_of_a_reaped_leader(targets: TargetFactory, tmp_path: Path) -> None:
+    """zdtm zombie01 with a live member: the group's leader exited and was
+    reaped; a live member and a zombie stay in its group.  The restore
+    makes the group with a helper of the leader's pid, which is gone
+    again (and left no SIGCHLD) when the tree runs."""
+    t = targets.start("reaped_leader")
+    leader, m, z = (int(x) for x in t.wait_line(r"^tree ").split()[1:])
+    assert not proc_exists(leader)
+    view = cycle_tree(targets, t, tmp_path / "images")
+    assert view[m][2] == leader and view[z][2] == leader, "process groups"
+    assert view[z][0] == "zombie"
+    assert not proc_exists(leader), "the group's helper is still there"
+    assert t.verdict() == "PASS", t.output()
+
+
+@pytest.mark.parametrize("mode", ["alive", "outside"])
+def test_group_with_members_outside_refused(targets: TargetFactory, tmp_path: Path,
+                                            mode: str) -> None:
+    """A group led from outside the tree (alive), or whose leader is gone
+    but that holds a process outside the tree, is refused by name."""
+    t = targets.start("reaped_leader", mode)
+    outsider = int(t.wait_line(r"^outside ").split()[1])
+    leader, m, _ = (int(x) for x in t.wait_line(r"^tree ").split()[1:])
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, f"pid {m}")
+    assert f"process group {leader}" in line, line
+    assert ("led from outside" if mode == "alive" else f"holds pid {outsider}") in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    assert t.verdict() == "PASS", t.output()
+    assert wait_gone(outsider, 10)
