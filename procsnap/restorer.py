@@ -121,11 +121,29 @@ def _collect(rctx: RestoreContext) -> None:
         if have < need:
             raise ImageError(pages, f"truncated: {have} bytes, the pagemap needs {need}")
         rt.fs = images.read_one(d, "fs", entry.pid)
+        _shared_with_parent(rctx, rt)
         rt.fdinfos = images.read_image(d, "fdinfo", rt.ids.files_id)
         for ident in [rt.mm.exe_file_id, rt.fs.cwd_id, rt.fs.root_id] + \
                 [f.id for f in rt.fdinfos] + \
                 [v.shmid for v in rt.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)]:
             rctx.file_entry(ident)
+
+
+def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:
+    """An fd table or fs struct shared (one files_id / fs_id) is made by
+    cloning the child from its parent with CLONE_FILES / CLONE_FS, as
+    CRIU's get_clone_mask: only sharing with the parent can be rebuilt."""
+    parent = rctx.by_pid.get(rt.pstree.ppid)
+    for field in ("files_id", "fs_id"):
+        mine = getattr(rt.ids, field)
+        others = [t.pid for t in rctx.tasks
+                  if t is not rt and t.ids is not None and getattr(t.ids, field) == mine]
+        if not others:
+            continue
+        if parent is None or parent.ids is None or getattr(parent.ids, field) != mine:
+            raise ImageError(rt.image_name("ids"), f"pid {rt.pid}: {field} {mine} is shared "
+                             f"with pid {others[0]}, not with its parent")
+        setattr(rt, "shares_files" if field == "files_id" else "shares_fs", True)
 
 
 def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
@@ -314,7 +332,8 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
 
 def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     """The parent puppet forks the child with its PID (clone3 set_tid)."""
-    regs = _clone_in(parent._rctx, parent.inj, rt.pid, 0, signal.SIGCHLD, "pid")
+    flags = (C.CLONE_FILES if rt.shares_files else 0) | (C.CLONE_FS if rt.shares_fs else 0)
+    regs = _clone_in(parent._rctx, parent.inj, rt.pid, flags, signal.SIGCHLD, "pid")
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
@@ -438,9 +457,10 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
     inj = rt.inj
     rt.close_pidfds()
     from .resources import tty
-    tty.close_pool(rctx, rt)
-    if rt.tty_fd is not None and not any(f.fd == rt.tty_fd for f in rt.fdinfos):
-        inj.call("close", rt.tty_fd)
+    if not rt.shares_files:  # else its parent's table: closed there already
+        tty.close_pool(rctx, rt)
+        if rt.tty_fd is not None and not any(f.fd == rt.tty_fd for f in rt.fdinfos):
+            inj.call("close", rt.tty_fd)
     # The last injected call removes the page it is executed from; we stop
     # at its exit and never return there.
     inj.call("munmap", rt.tramp, rt.tramp_size, last=True)

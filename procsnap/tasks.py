@@ -208,6 +208,10 @@ class RestoreTask:
     # Set by files.restore while an fd kind opens an fd that must end up
     # close-on-exec: open it so, rather than fix it with one more call.
     open_cloexec: bool = False
+    # Its fd table / fs struct is its parent's (the same files_id / fs_id,
+    # cloned with CLONE_FILES / CLONE_FS): the parent restores it.
+    shares_files: bool = False
+    shares_fs: bool = False
     _rctx: Any = None
 
     def image_name(self, kind: str, ident: int | None = None) -> str:

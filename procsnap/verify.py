@@ -23,7 +23,10 @@ image's value, and nothing moves it while the task is stopped):
 - identity: thread ids (clone3 set_tid), comm per thread (PR_SET_NAME),
   parent, process group and session when the image names a task of the
   tree (the root's parent, and a group or session inherited from the
-  restoring shell under --shell-job, are chosen at restore time).
+  restoring shell under --shell-job, are chosen at restore time); a
+  group whose leader was gone at dump time (made by a helper) too.
+  Whether the memory, the fd table and the fs struct are the parent's
+  (kcmp KCMP_VM/FILES/FS), as vm_id/files_id/fs_id of ids-PID.img say.
 - registers: every general register and fs/gs base per thread, read with
   PTRACE_GETREGS (core.final set them with PTRACE_SETREGS).  The xsave
   area is not compared: the kernel rewrites its header (XSTATE_BV, the
@@ -271,6 +274,29 @@ def check_identity(f: Found) -> list[str]:
         out += _differ("pgid", ps.pgid, st.pgrp)
     if ps.sid in rctx.by_pid:
         out += _differ("sid", ps.sid, st.session)
+    out += _check_shared_kobjs(rctx, rt)
+    return out
+
+
+_KCMP = (("memory", "vm_id", 1), ("fd table", "files_id", 2), ("fs struct", "fs_id", 3))
+
+
+def _check_shared_kobjs(rctx: "RestoreContext", rt: "RestoreTask") -> list[str]:
+    """Shared with the parent (kcmp 0) exactly when the ids say so: a task
+    can only share what it was cloned with from its parent, so the parent
+    is the one task to ask."""
+    parent = rctx.by_pid.get(rt.pstree.ppid)
+    if parent is None or parent.zombie or parent.ids is None:
+        return []
+    out: list[str] = []
+    for what, name, kind in _KCMP:
+        want = getattr(rt.ids, name) == getattr(parent.ids, name)
+        try:
+            found = libc.syscall(C.NR["kcmp"], rt.pid, parent.pid, kind, 0, 0) == 0
+        except OSError as exc:
+            out.append(f"kcmp of its {what} with pid {parent.pid}: {exc.strerror}")
+            continue
+        out += _differ(f"{what} shared with pid {parent.pid}", want, found)
     return out
 
 

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import core_pb2, core_x86_pb2
+from ..kernel import consts as C
 from ..kernel import ptrace, xsave
+from ..kernel.libc import syscall
 from ..inject import restart_fixup
 from ..kernel.structs import USER_REGS_FIELDS, UserRegs
 from ..tasks import make_pstree_entry
@@ -81,7 +83,72 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         ti.clear_tid_addr = 0
     n = ctx.task_number(task)
     task.ids = core_pb2.task_kobj_ids_entry(vm_id=n, files_id=n, fs_id=n, sighand_id=n)
+    _shared_kobjs(ctx, task)
     task.core.ids.CopyFrom(task.ids)
+
+
+# kcmp(2) types: the kernel objects clone() may share between processes
+KCMP_VM, KCMP_FILES, KCMP_FS, KCMP_SIGHAND = 1, 2, 3, 4
+
+
+def _same_as(ctx: "DumpContext", task: "DumpTask", kind: int) -> int | None:
+    """The pid of a task seen before that shares object ``kind`` with
+    ``task`` (kcmp orders objects: 0 same, 1 less, 2 greater, so a binary
+    search over those seen finds it), or None; ``task`` joins the list."""
+    known: list[int] = ctx.kind_state.setdefault(f"kcmp-{kind}", [])
+    lo, hi = 0, len(known)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        try:
+            order = syscall(C.NR["kcmp"], task.pid, known[mid], kind, 0, 0)
+        except OSError as exc:
+            raise DumpError(f"pid {task.pid}: kcmp with pid {known[mid]}: "
+                            f"{exc.strerror}") from None
+        if order == 0:
+            return known[mid]
+        if order == 1:
+            hi = mid
+        else:
+            lo = mid + 1
+    known.insert(lo, task.pid)
+    return None
+
+
+def _shared_kobjs(ctx: "DumpContext", task: "DumpTask") -> None:
+    """ids-PID.img as CRIU: processes that share an fd table (CLONE_FILES)
+    or an fs struct -- cwd, root, umask (CLONE_FS) -- get the same
+    files_id / fs_id, and the restore clones the child with that flag from
+    its parent; the table (its fds) and the fs struct are restored once,
+    by the first.  Only a child sharing with its parent can be made so
+    (as CRIU's get_clone_mask): any other sharing is refused.  Memory and
+    signal handlers shared between processes (CLONE_VM: vfork, CLONE_SIGHAND
+    needs it) are refused: each would come back with a copy of its own."""
+    other = _same_as(ctx, task, KCMP_VM)
+    if other is not None:
+        raise Unsupported(f"pid {task.pid}: shares its memory with pid {other} (clone with "
+                          "CLONE_VM, e.g. vfork, without CLONE_THREAD); not supported")
+    by_pid = {t.pid: t for t in ctx.tasks}
+    parent = by_pid.get(task.stat.ppid) if task.stat is not None else None
+    for kind, field, what, flag in ((KCMP_FILES, "files_id", "fd table", "CLONE_FILES"),
+                                    (KCMP_FS, "fs_id", "cwd, root and umask", "CLONE_FS")):
+        other = _same_as(ctx, task, kind)
+        if other is None:
+            continue
+        owner = by_pid[other]
+        assert owner.ids is not None
+        if parent is None or parent.ids is None or \
+                getattr(parent.ids, field) != getattr(owner.ids, field):
+            raise Unsupported(f"pid {task.pid}: shares its {what} with pid {other} (clone "
+                              f"with {flag}), and its parent does not share it: only a "
+                              "table shared with the parent can be restored")
+        setattr(task.ids, field, getattr(owner.ids, field))
+
+
+def shares_with_parent(ctx: "DumpContext", task: "DumpTask", field: str) -> bool:
+    """Does ``task`` share its ``files_id``/``fs_id`` object with a task
+    dumped before it (so that one saves it)?"""
+    ids = task.ids
+    return ids is not None and getattr(ids, field) != ctx.task_number(task)
 
 
 def _check_sessions(ctx: "DumpContext") -> None:

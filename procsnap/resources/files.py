@@ -26,7 +26,7 @@ from ..procfs.reader import ProcReader
 from ..tasks import DumpTask, FdCtx
 from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
 from . import inetsk, unixsk
-from . import fdaudit, file_lock, fown
+from . import core, fdaudit, file_lock, fown
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -88,33 +88,10 @@ def _find_shared(known: list[tuple[int, int, int]], pid: int, fd: int) -> tuple[
     return lo, None
 
 
-def _check_own_table(ctx: "DumpContext", task: "DumpTask") -> None:
-    """Refuse a process that shares its fd table with another
-    (clone(CLONE_FILES) without CLONE_THREAD): restored apart, a file one
-    opens would no longer be seen by the other.  kcmp(KCMP_FILES) orders
-    the tables, so a binary search over those seen finds a shared one."""
-    known: list[int] = ctx.kind_state.setdefault("fd-tables", [])
-    lo, hi = 0, len(known)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        try:
-            order = syscall(C.NR["kcmp"], task.pid, known[mid], KCMP_FILES, 0, 0)
-        except OSError:
-            order = 1
-        if order == 0:
-            raise Unsupported(f"pid {task.pid}: shares its fd table with pid {known[mid]} "
-                              "(clone with CLONE_FILES); restoring shared fd tables is not "
-                              "supported")
-        if order == 1:
-            hi = mid
-        else:
-            lo = mid + 1
-    known.insert(lo, task.pid)
-
-
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     files_id = task.ids.files_id
-    _check_own_table(ctx, task)
+    if core.shares_with_parent(ctx, task, "files_id"):
+        return  # one table (CLONE_FILES): saved once, by the task it was seen in first
     entries: list[Any] = []
     seen = ctx.open_files
     for fd in task.proc.fds():
@@ -241,6 +218,8 @@ def open_for(rctx: "RestoreContext", rt: "RestoreTask", fid: int) -> int:
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    if rt.shares_files:
+        return  # cloned with CLONE_FILES: its parent placed every fd already
     inj = rt.inj
     rctx.kind_state["files.open_for"] = lambda t, fid: open_for(rctx, t, fid)
     placed = rctx.placed  # file id -> (pid, fd) that first got it

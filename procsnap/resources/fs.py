@@ -44,6 +44,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    if rt.shares_fs:
+        return  # cloned with CLONE_FS: its parent's chdir/chroot/umask are its own
     inj = rt.inj
     fs = rt.fs
     # node_path: the name, or the ghost directory made again

@@ -116,16 +116,3 @@ def test_sigio_owner_outside_tree_refused(targets: TargetFactory, images_dir: Pa
     ok, why = is_untouched(t.pid)
     assert ok, why
     assert t.verdict() == "PASS", t.output()
-
-
-def test_shared_fd_table_refused(targets: TargetFactory, images_dir: Path) -> None:
-    numbers = targets.workdir / "numbers"
-    t = targets.start("fdt_shared", str(numbers))
-    wait_numbers(numbers, 3)
-    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
-    _one_line(res, "fd table", "CLONE_FILES", f"pid {t.pid}")
-    ok, why = is_untouched(t.pid)
-    assert ok, why
-    last = read_numbers(numbers)[-1]
-    wait_numbers(numbers, last + 3)
-    assert t.verdict() == "PASS", t.output()

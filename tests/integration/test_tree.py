@@ -30,11 +30,13 @@ from helpers import (
     is_untouched,
     outside_view,
     proc_exists,
+    read_numbers,
     read_text,
     run_procsnap,
     tree_pids,
     wait_for,
     wait_gone,
+    wait_numbers,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
@@ -397,3 +399,50 @@ def test_group_with_members_outside_refused(targets: TargetFactory, tmp_path: Pa
     assert ok, why
     assert t.verdict() == "PASS", t.output()
     assert wait_gone(outsider, 10)
+
+
+def test_fd_table_shared_with_a_child(targets: TargetFactory, tmp_path: Path) -> None:
+    """clone(CLONE_FILES): the parent writes through the fd its child
+    opened after the clone; one table after restore too (kcmp)."""
+    numbers = targets.workdir / "numbers"
+    t = targets.start("fdt_shared", str(numbers))
+    wait_numbers(numbers, 3)
+    (child,) = [p for p in tree_pids(t.pid) if p != t.pid]
+    assert _libc.syscall(312, t.pid, child, 2, 0, 0) == 0  # KCMP_FILES
+    cycle_tree(targets, t, tmp_path / "images")
+    assert _libc.syscall(312, t.pid, child, 2, 0, 0) == 0, "the fd table is no longer shared"
+    last = read_numbers(numbers)[-1]
+    wait_numbers(numbers, last + 3)
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_fd_tables_and_fs_shared(targets: TargetFactory, tmp_path: Path) -> None:
+    """A shares R's fd table and fs (cwd, root, umask), A's child G R's
+    table only, C has copies: after restore, what A and G open and where A
+    goes R sees, and C does not."""
+    d = tmp_path / "dir"
+    d.mkdir()
+    t = targets.start("shared_kobjs", "share", str(d))
+    a, g, c = (int(x) for x in t.wait_line(r"^tree ").split()[1:])
+    same = {(p, k): _libc.syscall(312, t.pid, p, k, 0, 0) == 0 for p in (a, g, c) for k in (2, 3)}
+    assert same == {(a, 2): True, (a, 3): True, (g, 2): True, (g, 3): False,
+                    (c, 2): False, (c, 3): False}
+    cycle_tree(targets, t, tmp_path / "images")
+    after = {(p, k): _libc.syscall(312, t.pid, p, k, 0, 0) == 0 for p in (a, g, c) for k in (2, 3)}
+    assert after == same
+    assert t.verdict() == "PASS", t.output()
+
+
+@pytest.mark.parametrize("mode,what", [("sibling", "fd table"), ("vm", "memory")])
+def test_sharing_not_with_the_parent_refused(targets: TargetFactory, tmp_path: Path,
+                                             mode: str, what: str) -> None:
+    """Two children sharing a table their parent left (unshare), or a
+    child sharing its parent's memory (CLONE_VM): refused by name."""
+    t = targets.start("shared_kobjs", mode, str(tmp_path))
+    a, g, _ = (int(x) for x in t.wait_line(r"^tree ").split()[1:])
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    line = assert_one_line_error(res, f"pid {g if mode == 'sibling' else a}")
+    assert f"shares its {what}" in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    assert t.verdict() == "PASS", t.output()
