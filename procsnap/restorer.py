@@ -340,6 +340,28 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     _set_session(rt)
 
 
+def _spawn_helper(rctx: RestoreContext, rt: RestoreTask, pid: int,
+                  what: str = "helper") -> tuple[Injector, Callable[[], None]]:
+    """A short-lived task with ``pid``, forked by ``rt`` with no exit
+    signal (its end leaves no SIGCHLD pending in ``rt``), stopped; returns
+    its injector and the function that ends it: it exits, ``rt`` reaps it."""
+    regs = _clone_in(rctx, rt.inj, pid, 0, 0, what)
+    inj = Injector(pid, rt.inj.syscall_ip, regs)
+    inj.trap_ip = rt.inj.trap_ip
+    inj.use_scratch(rt.inj.scratch, rt.inj.scratch_size)
+
+    def end() -> None:
+        regs = inj.base.copy()
+        regs.rip = inj.syscall_ip
+        regs.orig_rax = (1 << 64) - 1
+        regs.rax, regs.rdi = C.NR["exit_group"], 0
+        ptrace.set_regs(pid, regs)
+        inj.detach()
+        rt.inj.call("wait4", pid, 0, C.WALL, 0)
+
+    return inj, end
+
+
 def _group_helpers(rctx: RestoreContext) -> None:
     """A process group whose leader was gone at dump time (exited and
     reaped: dumper.core._check_reaped_leader) is made, as CRIU's
@@ -359,24 +381,15 @@ def _group_helpers(rctx: RestoreContext) -> None:
         if rctx.nspids:
             raise ImageError(rt.image_name("core"), f"pid {rt.pid}: process group {pgid} has "
                              "no leader in the tree, in a pid namespace of its own")
-        regs = _clone_in(rctx, rt.inj, pgid, 0, 0, "process group leader (helper)")
-        inj = Injector(pgid, rt.inj.syscall_ip, regs)
-        inj.trap_ip = rt.inj.trap_ip
-        inj.use_scratch(rt.inj.scratch, rt.inj.scratch_size)
-        rctx.group_helpers[pgid] = (rt, inj)
+        inj, end = _spawn_helper(rctx, rt, pgid, "process group leader (helper)")
+        rctx.group_helpers[pgid] = (rt, end)
         inj.call("setpgid", 0, 0)
 
 
 def _end_helpers(rctx: RestoreContext) -> None:
     """Every group exists with its members: the helpers exit and are reaped."""
-    for pgid, (parent, inj) in rctx.group_helpers.items():
-        regs = inj.base.copy()
-        regs.rip = inj.syscall_ip
-        regs.orig_rax = (1 << 64) - 1
-        regs.rax, regs.rdi = C.NR["exit_group"], 0
-        ptrace.set_regs(pgid, regs)
-        inj.detach()
-        parent.inj.call("wait4", pgid, 0, C.WALL, 0)
+    for _, end in rctx.group_helpers.values():
+        end()
 
 
 def _set_groups(rctx: RestoreContext) -> None:
@@ -505,6 +518,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
+    rctx.spawn_helper = lambda rt, pid: _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
     rctx.stats["collect"] = time.monotonic() - t0
     root = rctx.tasks[0]
     if root.zombie:

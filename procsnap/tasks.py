@@ -303,6 +303,9 @@ class RestoreContext:
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)
+    # (task, pid) -> a function that ends it: a short-lived helper task
+    # with that pid, forked by the task (the restorer sets it)
+    spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
 
     def vpid(self, pid: int) -> int:
         """``pid`` (the dumper's view) as the puppets see it: the number to

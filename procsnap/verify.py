@@ -49,6 +49,8 @@ image's value, and nothing moves it while the task is stopped):
   which is read only when the image holds one beyond a stack's gd: it
   walks the page tables (so a flag the restore added unasked to a task
   whose image has none is not seen).
+- fs: a cwd in /proc/N of a process gone (PROCFS remap) reads "/proc/N
+  (deleted)" and no process has pid N (its helper was reaped).
 - fds: the set of fd numbers, each fd's kind (readlink: pipe:, socket:,
   anon_inode:[...], path), its open flags (fdinfo flags) including
   O_CLOEXEC, the position of regular files and memfds, and the path of a
@@ -1125,6 +1127,14 @@ def check_fs(f: Found) -> list[str]:
     out: list[str] = []
     for what, fid in (("cwd", rt.fs.cwd_id), ("root", rt.fs.root_id)):
         entry = rctx.file_entry(fid)
+        dead = regfile.dead_pid(rctx, fid)
+        if dead is not None:
+            # /proc/N of a process gone: the name, unhashed again (helper reaped)
+            want_link = entry.reg.name + " (deleted)"
+            if f.link(what) != want_link or os.path.exists(f"/proc/{dead}"):
+                out.append(f"{what}: {want_link!r} with pid {dead} gone expected, "
+                           f"{f.link(what)!r} found")
+            continue
         if not _reopened_by_name(rctx, entry):
             continue
         path = regfile.restore_path(rctx, entry)

@@ -4,7 +4,8 @@ A cwd or root that was deleted (rmdir while a task sits in it) is saved as
 a ghost directory, as CRIU does: at restore it is made again under its own
 name (regfile._ghost_path), the task chdirs/chroots into it, and the name
 is removed once the tree is restored, so /proc/PID/cwd reads "DIR
-(deleted)" as before.  A cwd outside the task's root (chroot without
+(deleted)" as before.  A cwd in /proc/N of a process gone (unhashed) is
+entered while a helper task with pid N exists, which then exits.  A cwd outside the task's root (chroot without
 chdir) is kept too: names are the restorer's, the chdir comes before the
 chroot.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import Unsupported
+from ..errors import ImageError, Unsupported
 from ..images.pb import fs_pb2
 from . import regfile
 
@@ -51,7 +52,21 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # node_path: the name, or the ghost directory made again
     root = regfile.node_path(rctx, rctx.file_entry(fs.root_id))
     cwd = regfile.node_path(rctx, rctx.file_entry(fs.cwd_id))
-    inj.call("chdir", inj.put_str(cwd))
+    dead = regfile.dead_pid(rctx, fs.cwd_id)
+    if dead is not None:
+        # /proc/N of a process that was gone: a helper with pid N lives
+        # for the chdir, then dies and is reaped (as CRIU's TASK_HELPER).
+        if rctx.nspids:
+            raise ImageError(rt.image_name("fs"), f"pid {rt.pid}: cwd {cwd} of a dead "
+                             "process in a pid namespace of the tree's own")
+        assert rctx.spawn_helper is not None
+        end = rctx.spawn_helper(rt, dead)
+        try:
+            inj.call("chdir", inj.put_str(cwd))
+        finally:
+            end()
+    else:
+        inj.call("chdir", inj.put_str(cwd))
     if root != "/":
         inj.call("chroot", inj.put_str(root))
     inj.call("umask", fs.umask)

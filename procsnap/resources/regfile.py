@@ -77,6 +77,7 @@ KERNEL_FS = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "debugfs", "tracefs
 O_TMPFILE_BIT = 0o20000000  # __O_TMPFILE (os.O_TMPFILE adds O_DIRECTORY)
 LINKED = remap_file_path_pb2.LINKED
 GHOST = remap_file_path_pb2.GHOST
+PROCFS = remap_file_path_pb2.PROCFS
 AT_EMPTY_PATH = 0x1000
 MAX_HANDLE_SZ = 128
 FH_WORDS = 16  # fh_entry keeps at least min_entries u64 words
@@ -284,6 +285,14 @@ def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
     return orig, False, found[orig]
 
 
+def _dead_pid_dir(name: str, mount_point: str) -> int | None:
+    """N if ``name`` is <proc mount>/N (N a pid no process has now), else None."""
+    rel = os.path.relpath(name, mount_point)
+    if not rel.isdigit() or os.path.exists(os.path.join(mount_point, rel)):
+        return None
+    return int(rel)
+
+
 def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, flags: int,
                   pos: int, what: str, mnt_id: int | None = None, *,
                   ctx: "DumpContext | None" = None, source: str | None = None,
@@ -315,6 +324,16 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
 
     if same:
         return entry(name)
+    if fstype == "proc" and ctx is not None and what == "cwd" and mnt is not None:
+        dead = _dead_pid_dir(name, mnt.mount_point)
+        if dead is not None:
+            # tree2: a cwd in the /proc directory of a process that is gone
+            # (zdtm unhashed_proc): as CRIU's REMAP_TYPE_PROCFS, remap_id is
+            # the pid; the restore makes a helper of that pid for the chdir
+            # (fs.restore) and lets it die, which unhashes the directory again.
+            ctx.add_shared("remap-fpath", remap_file_path_pb2.remap_file_path_entry(
+                orig_id=fid, remap_id=dead, remap_type=PROCFS))
+            return entry(name)
     if fstype in KERNEL_FS or per_caller(fstype):
         state = "now names another object" if now is not None else "is gone"
         raise DumpError(f"pid {pid}: {what}: {link} on {fstype}: the name {state}, and files "
@@ -588,6 +607,13 @@ def _make_parents(rctx: "RestoreContext", state: "RestoreState", parent: str) ->
             raise RestoreError(f"{d}: cannot make the deleted directory a ghost needs again: "
                                f"{exc.strerror}") from None
         state.parents.append(d)
+
+
+def dead_pid(rctx: "RestoreContext", fid: int) -> int | None:
+    """The pid of the gone process whose /proc directory file ``fid`` is
+    (a PROCFS remap), or None."""
+    remap = _rstate(rctx).remaps.get(fid)
+    return remap.remap_id if remap is not None and remap.remap_type == PROCFS else None
 
 
 def node_path(rctx: "RestoreContext", entry: Any) -> str:

@@ -446,3 +446,14 @@ def test_sharing_not_with_the_parent_refused(targets: TargetFactory, tmp_path: P
     ok, why = is_untouched(t.pid)
     assert ok, why
     assert t.verdict() == "PASS", t.output()
+
+
+def test_cwd_in_the_proc_dir_of_a_dead_process(targets: TargetFactory, tmp_path: Path) -> None:
+    """zdtm unhashed_proc: a cwd in /proc/N of a reaped child comes back
+    unhashed (a helper with pid N exists for the chdir, then is reaped)."""
+    t = targets.start("proc_cwd")
+    dead = int(t.wait_line(r"^dead ").split()[1])
+    cycle_tree(targets, t, tmp_path / "images")
+    assert os.readlink(f"/proc/{t.pid}/cwd") == f"/proc/{dead} (deleted)"
+    assert not proc_exists(dead)
+    assert t.verdict() == "PASS", t.output()
