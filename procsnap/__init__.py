@@ -8,7 +8,9 @@ Images are CRIU's (same file names, magics and protobuf fields).
 """
 from __future__ import annotations
 
-from .errors import (AccessDenied, DumpError, ImageError, NoSuchProcess, ParseError,
+from typing import Callable
+
+from .errors import (AccessDenied, ActionScriptFailed, DumpError, ImageError, NoSuchProcess, ParseError,
                      ProcsnapError, RestoreError, Unsupported, ZombieProcess)
 
 __version__ = "0.1.0"
@@ -17,7 +19,10 @@ __version__ = "0.1.0"
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
-         tcp_established: bool = False, file_locks: bool = False) -> dict[str, float]:
+         tcp_established: bool = False, file_locks: bool = False,
+         tcp_close: bool = False, skip_in_flight: bool = False,
+         action: Callable[[str], int] | None = None,
+         ext_mount_auto: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -25,20 +30,30 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     INO has its peer outside the tree).  ``tcp_established``: dump live
     TCP connections with TCP_REPAIR behind an nftables network lock.
     ``file_locks``: save file locks and leases (criu's --file-locks);
-    without it a tree holding one is refused.
+    without it a tree holding one is refused.  ``tcp_close``: connections
+    are not dumped but come back closed (criu's dump --tcp-close);
+    ``skip_in_flight``: connections not yet accepted are dropped (criu's
+    --skip-in-flight), instead of refusing the dump.
+    A tree in a mount namespace of its own: ``external`` names its mounts
+    from outside the tree, ``"mnt[MOUNTPOINT]:KEY"``; ``ext_mount_auto``
+    (criu's --ext-mount-map auto) finds the others in procsnap's own mounts.
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
     from .dumper import dump as _dump
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
-                 tcp_established=tcp_established, file_locks=file_locks)
+                 tcp_established=tcp_established, file_locks=file_locks,
+                 tcp_close=tcp_close, skip_in_flight=skip_in_flight,
+                 action=action, ext_mount_auto=ext_mount_auto)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
-            verify: bool = True) -> int:
+            verify: bool = True, action: Callable[[str], int] | None = None,
+            root: str | None = None, ext_mount_map: dict[str, str] | None = None,
+            ext_mount_auto: bool = False) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -48,12 +63,18 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     established TCP connections come back closed (criu's --tcp-close).
     ``verify``: before the tree runs, compare each task with its images
     (maps, fds, credentials, signals...); a difference fails the restore
-    with one line naming the pid and the field.
+    with one line naming the pid and the field.  ``action``: as for dump,
+    at pre-restore, post-restore, network-unlock, pre-resume, post-resume.
+    ``root`` (criu's --root): the root file system a tree dumped in a mount
+    namespace of its own is restored on; ``ext_mount_map`` maps the key of
+    each external mount to the path bound there (criu's --ext-mount-map
+    KEY:PATH); ``ext_mount_auto``: a key recorded as a path is that path.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
-                    tcp_close=tcp_close, verify=verify)
+                    tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
+                    ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto)
 
 
 def network_unlock(images_dir: str) -> bool:
@@ -67,4 +88,4 @@ def network_unlock(images_dir: str) -> bool:
 # named procsnap.dump would, once imported, replace the function above.
 __all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
            "AccessDenied", "ParseError", "ImageError", "DumpError", "Unsupported",
-           "RestoreError", "__version__"]
+           "RestoreError", "ActionScriptFailed", "__version__"]

@@ -1,14 +1,19 @@
 """The ``procsnap`` command, with criu's habits.
 
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
-                  [--link-remap] [--external unix[INO]]... [--tcp-established] [-v]
-    procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job]
-                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close] [--no-verify] [-v]
+                  [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY]...
+                  [--ext-mount-map MOUNTPOINT:KEY|auto]... [--tcp-established]
+                  [--tcp-close] [--skip-in-flight] [-v]
+    procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [--root DIR]
+                     [--external mnt[KEY]:PATH]... [--ext-mount-map KEY:PATH|auto]...
+                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close]
+                     [--tcp-established] [--no-verify] [-v]
     procsnap network-unlock DIR
     procsnap check
     procsnap show DIR [IMAGE]
     procsnap demo
     procsnap cleanup DIR
+    procsnap criu ARGS...        (criu's command line; also as a symlink named criu)
 
 Every failure is one line on stderr ("procsnap: ...") and a non-zero exit;
 a traceback only with -v, and only for a bug (an error we did not expect).
@@ -47,10 +52,22 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--external", action="append", default=[], metavar="unix[INO]",
                    type=_external,
                    help="a resource outside the tree: unix[INO] is our unix socket INO whose "
-                        "peer is outside (restore it with --inherit-fd)")
+                        "peer is outside (restore it with --inherit-fd); mnt[MOUNTPOINT]:KEY "
+                        "a mount from outside the tree, bound again at restore from the path "
+                        "given for KEY")
+    d.add_argument("--ext-mount-map", action="append", default=[], metavar="MOUNTPOINT:KEY",
+                   type=_ext_mount_map,
+                   help="as criu: the same as --external mnt[MOUNTPOINT]:KEY; 'auto': mounts "
+                        "from outside the tree found in procsnap's own mounts are external, "
+                        "keyed by their path there")
     d.add_argument("--tcp-established", action="store_true",
                    help="dump live TCP connections (TCP_REPAIR); their traffic is held back "
                         "by a network lock until the restore")
+    d.add_argument("--tcp-close", action="store_true",
+                   help="do not dump TCP connections: they come back closed (as criu)")
+    d.add_argument("--skip-in-flight", action="store_true",
+                   help="drop connections waiting in a listener's accept queue instead of "
+                        "refusing the dump (as criu)")
     d.add_argument("-l", "--file-locks", action="store_true",
                    help="dump file locks and leases (as criu's --file-locks); without it a "
                         "tree holding one is refused")
@@ -68,10 +85,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:unix[INO]",
                    type=_inherit_fd,
                    help="use our fd N for the external resource KEY (as criu)")
+    r.add_argument("-r", "--root", metavar="DIR",
+                   help="the root file system of a tree dumped in a mount namespace of its "
+                        "own: its mount tree is built on DIR (as criu's --root)")
+    r.add_argument("--external", action="append", default=[], metavar="mnt[KEY]:PATH",
+                   type=_restore_external, dest="ext_mount",
+                   help="bind PATH where the external mount KEY was")
+    r.add_argument("--ext-mount-map", action="append", default=[], metavar="KEY:PATH",
+                   type=_ext_mount_map, dest="ext_mount_map",
+                   help="as criu: the same as --external mnt[KEY]:PATH; 'auto': a key that "
+                        "is a path (dumped with --ext-mount-map auto) is bound from that path")
     r.add_argument("--tcp-close", action="store_true",
                    help="restore established TCP connections closed (as criu)")
     r.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not compare the restored tasks with the images before they run")
+    r.add_argument("--tcp-established", action="store_true",
+                   help="accepted for criu's habits: the images say which connections "
+                        "are live")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -98,10 +128,13 @@ def _stats_line(stats: dict[str, float]) -> str:
 
 def cmd_dump(a: argparse.Namespace) -> int:
     from . import dump
+    external = list(a.external) + [f"mnt[{k}]:{v}" for k, v in a.ext_mount_map if k]
     stats = dump(a.tree, a.images_dir, leave_running=a.leave_running, shell_job=a.shell_job,
                  ghost_limit=a.ghost_limit, link_remap=a.link_remap,
-                 external=tuple(a.external), tcp_established=a.tcp_established,
-                 file_locks=a.file_locks)
+                 external=tuple(external), tcp_established=a.tcp_established,
+                 file_locks=a.file_locks, tcp_close=a.tcp_close,
+                 skip_in_flight=a.skip_in_flight,
+                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map))
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
@@ -110,17 +143,20 @@ def cmd_dump(a: argparse.Namespace) -> int:
 
 def cmd_restore(a: argparse.Namespace) -> int:
     from . import restore
+    mounts = dict(a.ext_mount + [(k, v) for k, v in a.ext_mount_map if k])
+    more = dict(root=a.root, ext_mount_map=mounts,
+                ext_mount_auto=any(not k for k, _ in a.ext_mount_map))
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
-                      tcp_close=a.tcp_close, verify=a.verify)
+                      tcp_close=a.tcp_close, verify=a.verify, **more)
         if a.verbose:
             from .restorer import last_stats
             print(f"procsnap: restored pid {pid}: {_stats_line(last_stats)}", file=sys.stderr)
         return 0
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
                    skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
-                   tcp_close=a.tcp_close, verify=a.verify)
+                   tcp_close=a.tcp_close, verify=a.verify, **more)
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -155,12 +191,33 @@ def _size(text: str) -> int:
 
 
 def _external(text: str) -> str:
-    """criu's --external key; procsnap knows unix[INO]."""
+    """criu's --external key; procsnap knows unix[INO] and mnt[MOUNTPOINT]:KEY."""
+    m = re.fullmatch(r"mnt\[(/[^\]]*)\](?::(.+))?", text)
+    if m is not None:
+        return f"mnt[{m.group(1)}]:{m.group(2) or m.group(1)}"
     m = re.fullmatch(r"unix\[(\d+)\]", text)
     if m is None:
         raise argparse.ArgumentTypeError(f"not a known external resource: {text!r} "
-                                         "(expected unix[INO])")
+                                         "(expected unix[INO] or mnt[MOUNTPOINT]:KEY)")
     return f"unix[{int(m.group(1))}]"
+
+
+def _ext_mount_map(text: str) -> tuple[str, str]:
+    """criu's --ext-mount-map A:B, or 'auto' (returned as ("", ""))."""
+    if text == "auto":
+        return "", ""
+    key, sep, value = text.partition(":")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"not KEY:VALUE or auto: {text!r}")
+    return key, value
+
+
+def _restore_external(text: str) -> tuple[str, str]:
+    """criu's restore-side --external mnt[KEY]:PATH."""
+    m = re.fullmatch(r"mnt\[([^\]]+)\]:(.+)", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not mnt[KEY]:PATH: {text!r}")
+    return m.group(1), m.group(2)
 
 
 def _inherit_fd(text: str) -> tuple[str, int]:
@@ -200,6 +257,15 @@ COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Called as "criu" (a symlink to this entry point) or "procsnap criu
+    # ...": criu's command line, served by procsnap.criu.
+    if argv is None and os.path.basename(sys.argv[0]) == "criu":
+        from .criu import main as criu_main
+        return criu_main(sys.argv[1:])
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["criu"]:
+        from .criu import main as criu_main
+        return criu_main(args[1:])
     a = _parser().parse_args(argv)
     verbose = getattr(a, "verbose", 0)
     from . import progress

@@ -21,10 +21,12 @@ import logging
 import os
 import signal
 import time
+from typing import Callable
 
 from . import audit, images
 from .resources import seccomp
-from .errors import AccessDenied, DumpError, NoSuchProcess, ProcsnapError, ZombieProcess
+from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
+                     ZombieProcess)
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
 from .inject import (LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad,
                      restart_fixup)
@@ -305,11 +307,17 @@ def _release(task: DumpTask, *, kill: bool) -> None:
 def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
-         tcp_established: bool = False, file_locks: bool = False) -> dict[str, float]:
+         tcp_established: bool = False, file_locks: bool = False,
+         tcp_close: bool = False, skip_in_flight: bool = False,
+         action: Callable[[str], int] | None = None,
+         ext_mount_auto: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
     which case the tree is left running as it was and no image is left.
+    ``action`` is called at criu's action-script stages (pre-dump,
+    network-lock, post-dump, network-unlock); a non-zero post-dump status
+    leaves the tree running with its images kept (ActionScriptFailed).
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
@@ -321,15 +329,33 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         os.makedirs(images_dir, exist_ok=True)
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
-    ctx = DumpContext(images_dir, DumpOptions(leave_running, shell_job, ghost_limit, link_remap,
-                                              tuple(external), tcp_established, file_locks))
+    ctx = DumpContext(images_dir, DumpOptions(
+        leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
+        link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
+        file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
+        action=action, ext_mount_auto=ext_mount_auto))
     tmpnames.report(images_dir)
+    status = _action(ctx, "pre-dump")
+    if status:
+        raise ActionScriptFailed("pre-dump", status,
+                                 f"pid {pid}: the pre-dump action script failed ({status})")
     ok = False
+    script_refused = 0     # a post-dump script's status: the tree runs on
+    # criu runs the network scripts only for a tree in its own network
+    # namespace (the host's is never locked as a whole)
+    net_scripts = action is not None and _own_netns(pid)
+    net_locked = False
     try:
         if _is_zombie(pid):
             raise ZombieProcess(pid)
         _freeze(ctx, pid)
         ctx.stats["freeze"] = time.monotonic() - t0
+        if net_scripts:
+            net_locked = True
+            status = _action(ctx, "network-lock")
+            if status:
+                raise ActionScriptFailed("network-lock", status, f"pid {pid}: the "
+                                         f"network-lock action script failed ({status})")
         for task in ctx.tasks:
             task.stat = task.proc.stat()
             task.core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
@@ -364,6 +390,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         regfile.dump_done(ctx)  # link remaps now belong to the images
         ctx.stats["write"] = time.monotonic() - t
         ok = True
+        # criu's migration hook: a script that says no keeps the tree
+        # running here (the images stay, for the caller to decide)
+        script_refused = _action(ctx, "post-dump")
     except InjectError as exc:
         raise DumpError(str(exc)) from None
     except ProcsnapError:
@@ -377,7 +406,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
-        kill = ok and not leave_running
+        kill = ok and not leave_running and not script_refused
+        if net_locked and not kill:
+            _action(ctx, "network-unlock")  # the tree goes on here: its network too
         for cleanup in reversed(ctx.cleanups):
             cleanup(kill)
         # Kill the root first: with the whole tree stopped nobody can react
@@ -389,7 +420,22 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                 for th in task.threads:
                     _reap_traced(th.tid)
     ctx.stats["total"] = time.monotonic() - t0
+    if script_refused:
+        raise ActionScriptFailed("post-dump", script_refused,
+                                 f"pid {pid}: the post-dump action script returned "
+                                 f"{script_refused}; the tree runs on, images kept")
     return ctx.stats
+
+
+def _action(ctx: DumpContext, name: str) -> int:
+    return ctx.opts.action(name) if ctx.opts.action is not None else 0
+
+
+def _own_netns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
 
 
 def _reap_traced(pid: int) -> None:

@@ -65,3 +65,15 @@ class Unsupported(DumpError):
 
 class RestoreError(ProcsnapError):
     """The restore could not be completed; what was created was killed."""
+
+
+class ActionScriptFailed(ProcsnapError):
+    """A user's action script (criu's --action-script) refused a stage.
+
+    ``status`` is what the script returned; criu exits with it after a
+    refused post-dump (the tree runs on, the images stay)."""
+
+    def __init__(self, action: str, status: int, msg: str) -> None:
+        self.action = action
+        self.status = status
+        super().__init__(msg)

@@ -26,10 +26,10 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from . import images
-from .errors import ImageError, ProcsnapError, RestoreError
+from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
 from .images.pb import core_pb2, fdinfo_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
@@ -420,8 +420,15 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
-            verify: bool = True) -> int:
+            verify: bool = True, action: Callable[[str], int] | None = None,
+            fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
+            ext_mount_auto: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
+
+    ``action`` is called at criu's action-script stages: pre-restore,
+    post-restore and pre-resume (all tasks built, still stopped: a non-zero
+    status kills the tree), network-unlock (a tree in its own network
+    namespace) and post-resume.
 
     With ``verify`` (the default) every task is compared with its images
     before any runs (procsnap.verify); a difference fails the restore.
@@ -434,9 +441,15 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
 
     t0 = time.monotonic()
     rctx = RestoreContext(os.path.abspath(images_dir),
-                          RestoreOptions(detached, shell_job, pidfile, skip_file_check,
-                                         dict(inherit_fd or {}), tcp_close, verify))
+                          RestoreOptions(
+                              detached=detached, shell_job=shell_job, pidfile=pidfile,
+                              skip_file_check=skip_file_check, inherit_fd=dict(inherit_fd or {}),
+                              tcp_close=tcp_close, verify=verify, action=action,
+                              root=os.path.abspath(fs_root) if fs_root else None,
+                              ext_mount_map=dict(ext_mount_map or {}),
+                              ext_mount_auto=ext_mount_auto))
     tmpnames.report(rctx.images_dir)
+    _action(rctx, "pre-restore")
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
     root = rctx.tasks[0]
@@ -481,17 +494,23 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if not rt.zombie:
                 _finish(rctx, rt)
-        if verify:
-            # Still stopped under ptrace, nothing let go: a difference
-            # kills the whole tree below.
-            from .verify import verify as check_tree
-            check_tree(rctx)
         for hook in rctx.before_detach:
             hook()
+        if verify:
+            # After the hooks (SIGIO owners set, TCP sockets out of repair
+            # mode), so it sees the state the tree will run with; still
+            # stopped under ptrace, nothing let go: a difference kills the
+            # whole tree below.
+            from .verify import verify as check_tree
+            check_tree(rctx)
+        _action(rctx, "post-restore")
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
         if pidfile:
             with open(pidfile, "w") as f:
                 f.write(f"{root.pid}\n")
+        if action is not None and _own_netns(root.pid):
+            _action(rctx, "network-unlock")
+        _action(rctx, "pre-resume")
         # Let them go, leaves first: a parent never runs before its children
         # are whole.
         for rt in reversed(rctx.tasks):
@@ -519,12 +538,32 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     finally:
         for fd in rctx.own_fds:
             os.close(fd)
+    if action is not None:
+        action("post-resume")  # the tree runs already: a failure is only reported (as criu)
     rctx.stats["total"] = time.monotonic() - t0
     last_stats.clear()
     last_stats.update(rctx.stats)  # for `procsnap restore -v`
     if detached:
         return root.pid
     return wait_exit(root.pid)
+
+
+def _action(rctx: RestoreContext, name: str) -> None:
+    """Run criu's action scripts for a stage; a refusal fails the restore."""
+    if rctx.opts.action is None:
+        return
+    status = rctx.opts.action(name)
+    if status:
+        raise ActionScriptFailed(name, status,
+                                 f"restore of {rctx.images_dir}: the {name} action script "
+                                 f"failed ({status})")
+
+
+def _own_netns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
 
 
 def _kill_all(rctx: RestoreContext) -> None:
@@ -535,20 +574,19 @@ def _kill_all(rctx: RestoreContext) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    # Collect the ones we trace first: a killed init of a pid namespace
-    # waits until every task in it is reaped, and ours are reaped by us.
-    root = rctx.tasks[0].pid
-    for pid in reversed(rctx.created):
-        if pid == root:
-            continue
+    # Reap what we trace as well as the root, our child: a traced thread's
+    # exit waits for its tracer, and a leader's for its threads, so waiting
+    # for the root alone hangs once threads exist (and a killed init of a pid
+    # namespace waits until every task in it is reaped).  Threads first, then
+    # children before parents.
+    leaders = {t.pid for t in rctx.tasks}
+    order = [p for p in rctx.created if p not in leaders] + \
+        [p for p in reversed(rctx.created) if p in leaders]
+    for pid in order:
         try:
             os.waitpid(pid, C.WALL)
         except ChildProcessError:
             pass
-    try:
-        os.waitpid(root, 0)
-    except ChildProcessError:
-        pass
 
 
 def wait_exit(pid: int) -> int:

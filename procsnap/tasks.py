@@ -33,6 +33,12 @@ class DumpOptions:
     external: tuple[str, ...] = ()   # criu's --external keys, e.g. "unix[INO]"
     tcp_established: bool = False    # dump live TCP connections (TCP_REPAIR)
     file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
+    tcp_close: bool = False          # criu's dump --tcp-close: connections come back closed
+    skip_in_flight: bool = False     # criu's --skip-in-flight: drop unaccepted connections
+    # criu's action scripts: called with a stage's name ("pre-dump",
+    # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
+    action: Callable[[str], int] | None = None
+    ext_mount_auto: bool = False     # criu's --ext-mount-map auto: external mounts found in ours
 
 
 @dataclass
@@ -165,6 +171,10 @@ class RestoreOptions:
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
     verify: bool = True          # compare each task with its images before it runs
+    action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
+    root: str | None = None      # criu's --root: the root file system of a mount namespace
+    ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
+    ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
 
 
 @dataclass
@@ -217,10 +227,17 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
+        dirfd = C.AT_FDCWD & (2**64 - 1)
+        host = self._rctx.puppet_host_root if self._rctx is not None else None
+        if host is not None and (path.startswith(self.images_dir.rstrip("/") + "/")
+                                 or path.startswith(f"/proc/{os.getpid()}/")):
+            # procsnap's own files (images, our fds), from the puppet that
+            # now lives under another root: through the restorer's root.
+            dirfd, path = host, path.lstrip("/")
         try:
             if self.open_cloexec:
                 flags |= C.O_CLOEXEC
-            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
+            fd = inj.call("openat", dirfd, inj.put_str(path), flags, 0)
         except InjectError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
@@ -247,6 +264,9 @@ class RestoreTask:
         for fd in self.pidfds.values():
             self.inj.call("close", fd)
         self.pidfds.clear()
+        host = self._rctx.puppet_host_root if self._rctx is not None else None
+        if host is not None:
+            self.inj.call("close", host)  # inherited by every puppet of the namespace
 
 
 @dataclass
@@ -272,6 +292,9 @@ class RestoreContext:
     # level, innermost first (a set_tid array); only for a tree restored in
     # a pid namespace of its own.
     nspids: dict[int, list[int]] = field(default_factory=dict)
+    # An O_PATH fd, in every puppet, on the restorer's root once a restored
+    # mount namespace has pivoted away from it (namespaces.mnt).
+    puppet_host_root: int | None = None
 
     def vpid(self, pid: int) -> int:
         """``pid`` (the dumper's view) as the puppets see it: the number to

@@ -1,7 +1,10 @@
 """The restore checks itself before the tree runs.
 
-Once every task is built and its registers are installed, and while every
-puppet is still stopped under ptrace, each task's state is read *from
+Once every task is built and its registers are installed, and the
+restorer's last hooks have run (``before_detach``: SIGIO owners set, TCP
+sockets out of repair mode, SO_REUSEADDR put back), so that what is read
+is what the tree will run with, and while every puppet is still stopped
+under ptrace, each task's state is read *from
 outside* -- from the same /proc files and ptrace requests the dump read --
 and compared with the images.  Any difference fails the restore: the
 restorer kills everything it created, and one line names the pid and the
@@ -36,8 +39,12 @@ image's value, and nothing moves it while the task is stopped):
   kernel would merge them (adjacent, alike in every compared field, file
   offsets contiguous): whether two alike neighbours are one VMA or two
   depends on anon_vma identity, which /proc does not show and a restore
-  cannot choose.  VmFlags (smaps) are compared when the image recorded
-  them (vma_entry.madv), and smaps is only read then: it walks the pages.
+  cannot choose.  The VmFlags the image keeps (memory.VMFLAGS "saved":
+  madvise advice in vma_entry.madv -- sr rr dc wf dd hg nh mg -- and
+  mmap flags in vma_entry.flags -- gd lo nr dp) are compared from smaps,
+  which is read only when the image holds one beyond a stack's gd: it
+  walks the page tables (so a flag the restore added unasked to a task
+  whose image has none is not seen).
 - fds: the set of fd numbers, each fd's kind (readlink: pipe:, socket:,
   anon_inode:[...], path), its open flags (fdinfo flags) including
   O_CLOEXEC, the position of regular files and memfds, and the path of a
@@ -46,6 +53,19 @@ image's value, and nothing moves it while the task is stopped):
   positions of character devices (the restore never seeks them), and the
   path of a file reopened through a ghost, a link remap or a file handle
   (the name is another on purpose).
+- open file descriptions, once each (through the fd that first got it
+  back, on a pidfd_getfd copy): the SIGIO owner (F_GETOWN_EX, with the
+  uid/euid of F_GETOWNER_UIDS) and signal (F_GETSIG); for sockets every
+  option sockopts.TABLE marks SAVED, with getsockopt (SO_* of sk_opts,
+  IP_TOS/TTL/PKTINFO/FREEBIND, IPV6_V6ONLY/RECVPKTINFO, TCP_NODELAY/CORK
+  and the keepalive timers).  A TCP buffer size the task never locked
+  (SO_BUF_LOCK) is not compared: the kernel tunes it as traffic goes.
+- locks: the ``lock:`` lines of every fd's fdinfo against filelocks.img
+  -- kind, type, range, mode, and the owning pid of a POSIX lock -- per
+  open file description, once all tasks were read (a description's
+  locks show under the fds of each task sharing it).
+- cgroups, per thread: /proc/PID/task/TID/cgroup against the thread's
+  cg set in cgroup.img, every hierarchy the set names.
 - creds, per thread: uids, gids, groups, capability sets (inheritable,
   permitted, effective, bounding) from /proc/PID/task/TID/status.
   Securebits have no outside source (only PR_GET_SECUREBITS in the task).
@@ -55,10 +75,13 @@ image's value, and nothing moves it while the task is stopped):
   setpriority).
 - task: personality, rlimits (/proc/PID/limits), oom_score_adj, umask,
   THP disabled (status "THP_enabled", set by PR_SET_THP_DISABLE), rseq
-  registration (PTRACE_GET_RSEQ_CONFIGURATION) and robust list
-  (get_robust_list) per thread.  Not readable from outside and so not
-  compared: dumpable, child_subreaper, pdeath_sig, clear-tid address,
-  sigaltstack, interval timers (which also move).
+  registration (PTRACE_GET_RSEQ_CONFIGURATION), robust list
+  (get_robust_list) and loginuid (/proc/PID/task/TID/loginuid) per
+  thread.  Not readable from outside and so not compared: dumpable,
+  child_subreaper, pdeath_sig, clear-tid address, sigaltstack, interval
+  timers (which also move), membarrier registrations
+  (MEMBARRIER_CMD_GET_REGISTRATIONS answers only for the caller's own
+  mm, and the check injects nothing: the puppets' trampolines are gone).
 - signals: the blocked mask per thread (status SigBlk), which signals are
   caught and which ignored (SigCgt/SigIgn: a handler's address and flags
   are only readable with rt_sigaction in the task), and which are pending
@@ -75,13 +98,17 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import fcntl
 import logging
 import os
+import socket
+import struct
 import stat as st_mod
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import images
 from .errors import RestoreError
 from .images.pb import fdinfo_pb2
 from .kernel import consts as C
@@ -89,8 +116,9 @@ from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import memfd, regfile, shmem
-from .resources.memory import (VMA_ANON_SHARED, VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
+from .resources import cgroup, file_lock, memfd, regfile, shmem
+from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
+                               VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
                                VMA_FILE_SHARED)
 from .resources.signals import SIGCHLD, SIGNALS
@@ -123,8 +151,15 @@ class Found:
 
     def text(self, name: str) -> str:
         def read() -> str:
-            with open(f"/proc/{self.pid}/{name}", "rb") as f:
-                return os.fsdecode(f.read())
+            # os.open/os.read: no buffered file object per /proc file
+            fd = os.open(f"/proc/{self.pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks = []
+                while chunk := os.read(fd, 65536):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            return os.fsdecode(b"".join(chunks))
         return self._once(name, read)
 
     def stat(self, tid: int) -> Stat:
@@ -140,6 +175,21 @@ class Found:
 
     def link(self, name: str) -> str:
         return self._once("l:" + name, lambda: os.readlink(f"/proc/{self.pid}/{name}"))
+
+    def copy(self, fd: int) -> int:
+        """Our own copy of the task's fd ``fd`` (pidfd_getfd: the same open
+        file description), for what only fcntl/getsockopt on it tell."""
+        pidfd = self._cache.get("pidfd")
+        if pidfd is None:
+            pidfd = self._cache["pidfd"] = os.pidfd_open(self.pid)
+        # straight through ctypes (small ints pass as they are): one per
+        # open file description, 10,000 of them in a 10,000-fd task
+        return int(libc.libc.syscall(438, pidfd, fd, 0))  # __NR_pidfd_getfd
+
+    def close(self) -> None:
+        pidfd = self._cache.pop("pidfd", None)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 # --------------------------------------------------------------- words ----
@@ -162,6 +212,24 @@ def open_flags(flags: int) -> str:
     if rest:
         words.append(f"{rest:#o}")
     return "|".join(words)
+
+
+def _madv_words(m: int | None) -> str:
+    names = {C.MADV_SEQUENTIAL: "MADV_SEQUENTIAL", C.MADV_RANDOM: "MADV_RANDOM",
+             C.MADV_DONTFORK: "MADV_DONTFORK", C.MADV_WIPEONFORK: "MADV_WIPEONFORK",
+             C.MADV_DONTDUMP: "MADV_DONTDUMP", C.MADV_HUGEPAGE: "MADV_HUGEPAGE",
+             C.MADV_NOHUGEPAGE: "MADV_NOHUGEPAGE", C.MADV_MERGEABLE: "MADV_MERGEABLE"}
+    if not m:
+        return "none"
+    return "|".join(n for b, n in sorted(names.items()) if m & (1 << b)) or hex(m)
+
+
+def _mflag_words(m: int | None) -> str:
+    names = {C.MAP_GROWSDOWN: "MAP_GROWSDOWN", C.MAP_LOCKED: "MAP_LOCKED",
+             C.MAP_NORESERVE: "MAP_NORESERVE", C.MAP_DROPPABLE: "MAP_DROPPABLE"}
+    if not m:
+        return "none"
+    return "|".join(n for b, n in sorted(names.items()) if m & b) or hex(m)
 
 
 def _prot(prot: int) -> str:
@@ -258,18 +326,11 @@ def _by_name(rctx: "RestoreContext", entry: Any) -> str | None:
     """The name the kernel prints for a REG entry reopened by its name, as
     a maps line or fd link escapes it; None for any other entry.  Decided
     once per file id (10,000 fds on one file ask 10,000 times)."""
-    cache = rctx.kind_state.get("verify")
-    if cache is None:
-        fh = {int(n[7:-4], 16) for n in os.listdir(rctx.images_dir)
-              if n.startswith("reg-fh-") and n.endswith(".img")}
-        known: dict[int, str | None] = {}
-        cache = rctx.kind_state["verify"] = (known, fh, regfile._rstate(rctx).remaps)
-    names: dict[int, str | None] = cache[0]
-    fh, remaps = cache[1], cache[2]
+    names: dict[int, str | None] = rctx.kind_state.setdefault("verify", {})
     fid = entry.id
     if fid not in names:
-        if entry.type != fdinfo_pb2.REG or not entry.HasField("reg") or fid in remaps \
-                or fid in fh:
+        if entry.type != fdinfo_pb2.REG or not entry.HasField("reg") \
+                or not regfile.reopened_by_name(rctx, entry):
             names[fid] = None
         else:
             names[fid] = _escape(regfile.restore_path(rctx, entry))
@@ -290,13 +351,30 @@ class _Vma:
     kind: str
     name: str     # for files: the path; else ""
     pgoff: int    # for files: offset in bytes; else 0
-    madv: int | None = None
+    madv: int | None = None    # madvise bits (vma_entry.madv)
+    mflags: int | None = None  # the mmap flags VmFlags show (vma_entry.flags & _VM_MAP_FLAGS)
 
     def key(self) -> tuple[Any, ...]:
-        return (self.prot, self.shared, self.kind, self.name, self.madv)
+        return (self.prot, self.shared, self.kind, self.name, self.madv, self.mflags)
 
 
 def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
+    # A tree of forked processes holds the same VMAs again and again:
+    # each distinct one is worked out once.
+    cache: dict[tuple[Any, ...], tuple[Any, ...]] = rctx.kind_state.setdefault("verify-vmas", {})
+    madv = v.madv if v.HasField("madv") else None
+    key = (v.start, v.end, v.status, v.prot, v.flags, v.pgoff, v.shmid, madv)
+    t = cache.get(key)
+    if t is None:
+        t = cache[key] = astuple_vma(_img_vma1(rctx, v, madv))
+    return _Vma(*t)
+
+
+def astuple_vma(v: _Vma) -> tuple[Any, ...]:
+    return (v.start, v.end, v.prot, v.shared, v.kind, v.name, v.pgoff, v.madv, v.mflags)
+
+
+def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
     s = v.status
     name, pgoff = "", 0
     if s & VMA_AREA_VSYSCALL:
@@ -307,6 +385,8 @@ def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
         kind = "[vvar]"
     elif s & VMA_ANON_SHARED:
         kind = "shared anon"
+    elif s & VMA_AREA_AIORING:
+        kind = "[aio]"
     elif s & VMA_AREA_MEMFD:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
@@ -318,19 +398,26 @@ def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
         kind = "[stack]"
     else:
         kind = "anon"
-    shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED))
-    madv = v.madv if v.HasField("madv") else None
-    return _Vma(v.start, v.end, v.prot, shared, kind, name, pgoff, madv)
+    shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_AIORING))
+    return _Vma(v.start, v.end, v.prot, shared, kind, name, pgoff, madv, v.flags & _VM_MAP_FLAGS)
 
 
 _PROT = {"r": 1, "w": 2, "x": 4}
 
 
-def _found_vmas(text: str) -> list[_Vma]:
+def _found_vmas(text: str, cache: dict[str, tuple[Any, ...]] | None = None) -> list[_Vma]:
     """/proc/PID/maps, split by hand: parse_maps' regex and MapEntry cost
-    more than the rest of the check for a tree of 200 small processes."""
+    more than the rest of the check for a tree of 200 small processes;
+    ``cache``: line -> fields, shared by the tasks of a tree (forked
+    processes print the same lines)."""
+    if cache is None:
+        cache = {}
     out = []
     for line in text.splitlines():
+        t = cache.get(line)
+        if t is not None:
+            out.append(_Vma(*t))
+            continue
         parts = line.split(None, 5)
         if len(parts) < 5 or len(parts[1]) != 4:
             return [_found_vma(m) for m in parse.parse_maps(text)]  # says what is wrong
@@ -341,7 +428,9 @@ def _found_vmas(text: str) -> list[_Vma]:
                      sum(_PROT.get(c, 0) for c in perms[:3]), perms[3] == "s", int(off, 16),
                      int(dev.partition(":")[0], 16), int(dev.partition(":")[2], 16), int(ino),
                      path)
-        out.append(_found_vma(m))
+        v = _found_vma(m)
+        cache[line] = astuple_vma(v)
+        out.append(v)
     return out
 
 
@@ -353,6 +442,11 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = m.path
     elif shmem.is_anon_shared(m):
         kind = "shared anon"
+    elif m.path == "/anon_hugepage (deleted)":
+        # MAP_HUGETLB anonymous memory (maps shows no VmFlags to tell more)
+        kind = "shared anon" if m.shared else "anon"
+    elif m.path.startswith("/[aio]"):
+        kind = "[aio]"
     elif memfd.is_memfd_mapping(m.path):
         kind, pgoff = "memfd", m.pgoff
     elif m.path.startswith("/") and m.ino:
@@ -365,7 +459,7 @@ def _found_vma(m: MapEntry) -> _Vma:
 
 def _merge(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """Merge neighbours the kernel may or may not have merged (see above).
-    Items: (start, end, pgoff, prot, shared, kind, name, madv)."""
+    Items: (start, end, pgoff, prot, shared, kind, name, madv, mflags)."""
     out: list[tuple[Any, ...]] = []
     for v in vmas:
         if out:
@@ -381,24 +475,41 @@ def _merge(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 _SPECIAL = ("[vdso]", "[vvar]", "[vsyscall]")
 
 
-def _madv_of(smaps: str) -> dict[int, int]:
-    """VMA start -> madvise bits, from the VmFlags lines (CRIU's mapping)."""
-    bits = {"dd": 1 << 16, "hg": 1 << 14, "nh": 1 << 15, "dc": 1 << 10, "wf": 1 << 18,
-            "mg": 1 << 12}  # MADV_DONTDUMP, HUGEPAGE, NOHUGEPAGE, DONTFORK, WIPEONFORK, MERGEABLE
-    out: dict[int, int] = {}
+# VmFlags that the image keeps (memory.VMFLAGS "saved" rows, CRIU's
+# __parse_vmflags): madvise advice in vma_entry.madv, mmap flags in
+# vma_entry.flags.
+_VM_MADV = MADV_BY_VMFLAG
+_VM_MAP = MAP_BY_VMFLAG
+_VM_MAP_FLAGS = C.MAP_GROWSDOWN | C.MAP_LOCKED | C.MAP_NORESERVE | C.MAP_DROPPABLE
+
+
+def _vmflags_of(smaps: str) -> dict[int, tuple[int, int]]:
+    """VMA start -> (madvise bits, mmap flags), from the VmFlags lines."""
+    out: dict[int, tuple[int, int]] = {}
     start = 0
     for line in smaps.splitlines():
         if line[:1] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
             start = int(line.split("-", 1)[0], 16)
         elif line.startswith("VmFlags:"):
-            out[start] = sum(b for k, b in bits.items() if k in line.split()[1:])
+            words = line.split()[1:]
+            out[start] = (sum(1 << b for k, b in _VM_MADV.items() if k in words),
+                          sum(b for k, b in _VM_MAP.items() if k in words))
     return out
+
+
+def _wants_vmflags(img: list[_Vma]) -> bool:
+    """smaps walks every page table: read only when the image holds a
+    VmFlag beyond a stack's growsdown (a lost one is caught; one the
+    restore added unasked to an image without any is not)."""
+    return any(v.madv or (v.mflags or 0) & ~C.MAP_GROWSDOWN or
+               (v.mflags and v.kind != "[stack]") for v in img)
 
 
 def check_maps(f: Found) -> list[str]:
     rctx = f.rctx
-    img = [_img_vma(rctx, v) for v in f.rt.mm.vmas]
-    found = _found_vmas(f.text("maps"))
+    # guard regions live inside other VMAs (MADV_GUARD_INSTALL makes none)
+    img = [_img_vma(rctx, v) for v in f.rt.mm.vmas if not v.status & VMA_AREA_GUARD]
+    found = _found_vmas(f.text("maps"), rctx.kind_state.setdefault("verify-maps-lines", {}))
     # A file's name is compared only where the restore reopened it by that
     # name (the image VMA covering the found one has a name).
     starts = [v.start for v in img]
@@ -407,33 +518,43 @@ def check_maps(f: Found) -> list[str]:
             i = bisect.bisect_right(starts, v.start) - 1
             if i < 0 or not img[i].name or img[i].end <= v.start:
                 v.name = ""
-    if any(v.madv is not None for v in img):
-        madv = _madv_of(f.text("smaps"))
+    if _wants_vmflags(img):
+        vmflags = _vmflags_of(f.text("smaps"))
         for v in found:
-            v.madv = madv.get(v.start, 0)
+            # the kernel's own mappings are remade by the kernel, flags and all
+            v.madv, v.mflags = (0, 0) if v.kind in _SPECIAL else vmflags.get(v.start, (0, 0))
         for v in img:
             v.madv = v.madv or 0
+            if v.kind in _SPECIAL:
+                v.madv = v.mflags = 0
+    else:
+        for v in img:
+            v.madv = v.mflags = None
     def tup(vs: list[_Vma]) -> list[tuple[Any, ...]]:
         return [(v.start, v.end, v.pgoff) + v.key() for v in vs]
     ta, tb = tup(img), tup(found)
     if ta == tb:
         return []   # the same VMAs, no merging to decide
-    a = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7]) for x in _merge(ta)]
-    b = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7]) for x in _merge(tb)]
+    a = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7], x[8]) for x in _merge(ta)]
+    b = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7], x[8]) for x in _merge(tb)]
     for e, g in zip(a, b):
         where = f"mapping {e.start:#x}-{e.end:#x}"
-        if (e.start, e.end) != (g.start, g.end):
+        if e.start != g.start:
             return [f"{where}: found {g.start:#x}-{g.end:#x} ({g.kind})"]
+        # Ends that differ: the fields first -- a lost flag is why the
+        # kernel merged (or split) what it did not before.
         out = _differ(f"{where}: kind", e.kind, g.kind)
         out += _differ(f"{where}: protection", e.prot, g.prot, _prot)
         out += _differ(f"{where}: sharing", e.shared, g.shared,
                        lambda s: "shared" if s else "private")
         out += _differ(f"{where}: file offset", e.pgoff, g.pgoff, hex)
         out += _differ(f"{where}: file", e.name, g.name, repr)
-        out += _differ(f"{where}: madvise flags", e.madv, g.madv,
-                       lambda m: "none" if m is None else hex(m))
+        out += _differ(f"{where}: madvise flags (VmFlags)", e.madv, g.madv, _madv_words)
+        out += _differ(f"{where}: mmap flags (VmFlags)", e.mflags, g.mflags, _mflag_words)
         if out:
             return out
+        if e.end != g.end:
+            return [f"{where}: found {g.start:#x}-{g.end:#x} ({g.kind})"]
     if len(a) != len(b):
         extra = a[len(b)] if len(a) > len(b) else b[len(a)]
         state = "missing" if len(a) > len(b) else "not in the image"
@@ -453,6 +574,10 @@ _FILES: set[int] = {fdinfo_pb2.REG, fdinfo_pb2.FIFO, fdinfo_pb2.TTY}
 
 
 def _kind_of_link(link: str) -> set[int]:
+    if link == "/dev/zero (deleted)":
+        # shared anonymous memory opened through map_files is saved as a
+        # memfd named /dev/zero (as CRIU), and comes back as what it was
+        return {fdinfo_pb2.MEMFD, fdinfo_pb2.REG}
     if link.startswith("/") and not link.startswith("/memfd:"):
         return _FILES
     if link.startswith("pipe:"):
@@ -495,20 +620,30 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
     return None, None
 
 
-def _fdinfo_head(dirfd: int, fd: int) -> tuple[int, int]:
-    """(pos, flags) from the first two lines of fdinfo/FD (``dirfd`` is
-    /proc/PID/fdinfo), which every kind prints first ("pos:\t%lli",
-    "flags:\t0%o"): three short system calls, for 10,000 fds."""
+def _fdinfo(dirfd: int, fd: int) -> tuple[int, int, list[str]]:
+    """(pos, flags, lock lines) from fdinfo/FD (``dirfd`` is
+    /proc/PID/fdinfo): every kind prints "pos:\t%lli" and "flags:\t0%o"
+    first, and the locks on the description last ("lock:\t...",
+    fs/locks.c show_fd_locks).  Three short system calls for most fds
+    (10,000 fds); only a longer fdinfo is read on."""
     h = os.open(str(fd), os.O_RDONLY | os.O_CLOEXEC, dir_fd=dirfd)
     try:
-        data = os.read(h, 256)
+        data = os.read(h, 4096)
+        if len(data) == 4096:
+            more = [data]
+            while chunk := os.read(h, 65536):
+                more.append(chunk)
+            data = b"".join(more)
     finally:
         os.close(h)
     lines = data.split(b"\n", 2)
     if len(lines) < 3 or not lines[0].startswith(b"pos:") or not lines[1].startswith(b"flags:"):
         info = parse.parse_fdinfo(os.fsdecode(data), f"fdinfo/{fd}")  # says what is wrong
-        return info.pos, info.flags
-    return int(lines[0][4:]), int(lines[1][6:], 8)
+        return info.pos, info.flags, [ln for ln in info.lines if ln.startswith("lock:")]
+    locks = []
+    if b"lock:" in data:
+        locks = [os.fsdecode(ln) for ln in data.split(b"\n") if ln.startswith(b"lock:")]
+    return int(lines[0][4:]), int(lines[1][6:], 8), locks
 
 
 def check_files(f: Found) -> list[str]:
@@ -528,29 +663,32 @@ def check_files(f: Found) -> list[str]:
     try:
         info_dir = os.open(f"/proc/{pid}/fdinfo", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return _check_fds(rctx, have, want, fd_dir, info_dir)
+            return _check_fds(f, have, want, fd_dir, info_dir)
         finally:
             os.close(info_dir)
     finally:
         os.close(fd_dir)
 
 
-def _check_fds(rctx: "RestoreContext", have: list[int], want: dict[int, Any], fd_dir: int,
+def _check_fds(f: Found, have: list[int], want: dict[int, Any], fd_dir: int,
                info_dir: int) -> list[str]:
+    rctx, pid = f.rctx, f.pid
     # What the image says of each file id, worked out once per id.
     expect: dict[int, tuple[Any, int | None, int | None, str | None]] = {}
+    found_locks = _found_locks(rctx)
     for fd in have:
         fe = want[fd]
         e = expect.get(fe.id)
         if e is None:
             entry = rctx.file_entry(fe.id)
             flags, pos = _expected_fd(rctx, entry)
-            e = expect[fe.id] = (entry.type, flags, pos, _by_name(rctx, entry))
-        kind, flags, pos, name = e
+            e = expect[fe.id] = (entry, flags, pos, _by_name(rctx, entry))
+        entry, flags, pos, name = e
+        kind = entry.type
         link = os.readlink(str(fd), dir_fd=fd_dir)
         if kind not in _kind_of_link(link):
             return [f"fd {fd}: kind {_kind_name(kind)} expected, {link} found"]
-        got_pos, got_flags = _fdinfo_head(info_dir, fd)
+        got_pos, got_flags, locks = _fdinfo(info_dir, fd)
         cloexec = os.O_CLOEXEC if fe.flags & 1 else 0
         out: list[str] = []
         if flags is None:
@@ -561,9 +699,250 @@ def _check_fds(rctx: "RestoreContext", have: list[int], want: dict[int, Any], fd
             out += _differ(f"fd {fd}: position", pos, got_pos)
         if name is not None:
             out += _differ(f"fd {fd}: file", name, link, repr)
+        for line in locks:
+            lk = parse.parse_lock_line(line, f"/proc/{pid}/fdinfo/{fd}")
+            found_locks.setdefault(fe.id, {}).setdefault(_lock_key(lk), (pid, fd))
+        if rctx.placed.get(fe.id) == (pid, fd) and not got_flags & os.O_PATH:
+            # What the open file description holds, read once per
+            # description (through the fd that first got it back).
+            out += _check_description(f, fd, entry)
         if out:
             return out
     return []
+
+
+# ----------------------------------------------- open file descriptions ----
+
+F_GETSIG, F_GETOWN_EX, F_GETOWNER_UIDS = 11, 16, 17  # (10 is F_SETSIG)
+_OWNER = struct.Struct("<ii")
+_OWNER_TYPES = {0: "thread", 1: "process", 2: "process group"}
+
+
+def _fown_of(entry: Any) -> Any:
+    """The fown_entry inside a file entry's kind message, or None."""
+    for desc, value in entry.ListFields():
+        if desc.message_type is not None and "fown" in desc.message_type.fields_by_name:
+            return value.fown if value.HasField("fown") else None
+    return None
+
+
+def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
+    fown = _fown_of(entry)
+    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK)
+    if fown is None and not sk_kind:
+        return []
+    copy = f.copy(fd)
+    try:
+        out = [] if fown is None else _check_fown(fd, copy, fown)
+        if sk_kind:
+            out += _check_sockopts(f.rctx, fd, copy, entry)
+        return out
+    finally:
+        os.close(copy)
+
+
+def _owner(t: tuple[int, int, int, int]) -> str:
+    if not t[1]:
+        return "none"
+    return f"{_OWNER_TYPES.get(t[0], f'type {t[0]}')} {t[1]} (uid {t[2]}, euid {t[3]})"
+
+
+def _check_fown(fd: int, copy: int, fown: Any) -> list[str]:
+    """F_SETSIG and F_SETOWN_EX (with the uids it was set under) of the
+    description; O_ASYNC is in its flags, compared above."""
+    out = _differ(f"fd {fd}: F_GETSIG signal", fown.signum, fcntl.fcntl(copy, F_GETSIG))
+    ptype, opid = _OWNER.unpack(fcntl.fcntl(copy, F_GETOWN_EX, bytes(_OWNER.size)))
+    uid = euid = 0
+    if opid:
+        uid, euid = struct.unpack("<II", fcntl.fcntl(copy, F_GETOWNER_UIDS, bytes(8)))
+    else:
+        ptype = 0   # no owner: its type means nothing
+    want = (fown.pid_type, fown.pid, fown.uid, fown.euid) if fown.pid else (0, 0, 0, 0)
+    out += _differ(f"fd {fd}: SIGIO owner (F_GETOWN_EX)", want, (ptype, opid, uid, euid), _owner)
+    return out
+
+
+# -------------------------------------------------------------- locks ----
+
+def _found_locks(rctx: "RestoreContext") -> dict[int, dict[tuple[Any, ...], tuple[int, int]]]:
+    """file id -> lock key -> (pid, fd) it was first seen under, filled
+    as each task's fds are read, compared once every task was."""
+    return rctx.kind_state.setdefault("verify-locks", {})  # type: ignore[no-any-return]
+
+
+_LOCK_KINDS = {file_lock.FL_POSIX: "POSIX", file_lock.FL_FLOCK: "FLOCK",
+               file_lock.FL_OFD: "OFDLCK", file_lock.FL_LEASE: "LEASE"}
+_LOCK_TYPES = {file_lock.F_RDLCK: "READ", file_lock.F_WRLCK: "WRITE"}
+
+
+def _lock_key(lk: Any) -> tuple[Any, ...]:
+    """What makes a lock: kind, type, range, mode, and for a POSIX lock its
+    owner (a process; the others are owned by the open file description,
+    which the file id names, and the pid the kernel prints for them is
+    only whoever took them)."""
+    return (lk.kind, lk.type, lk.start, lk.end, lk.mode, lk.pid if lk.kind == "POSIX" else None)
+
+
+def _lock_words(key: tuple[Any, ...]) -> str:
+    kind, typ, start, end, mode, owner = key
+    from .procfs.parse import LockLine
+    words = file_lock.describe(LockLine(kind, mode, typ, owner or 0, "", 0, start, end))
+    return words + (f" of pid {owner}" if owner is not None else "")
+
+
+def check_locks(rctx: "RestoreContext") -> list[tuple[int, str]]:
+    """Every lock and lease of filelocks.img held again -- same kind, type,
+    range and owner, on the open file description of the fd it names --
+    and none else on the tree's descriptions.  (pid, difference) pairs."""
+    want: dict[int, dict[tuple[Any, ...], tuple[int, int]]] = {}
+    for e in rctx.payload_entries(file_lock.NAME):
+        e = e.msg
+        rt = rctx.by_pid.get(e.pid)
+        fe = None if rt is None else next((x for x in rt.fdinfos if x.fd == e.fd), None)
+        if fe is None or e.flag not in _LOCK_KINDS or e.type not in _LOCK_TYPES:
+            return [(e.pid, f"fd {e.fd}: lock entry {_LOCK_KINDS.get(e.flag, e.flag)} of "
+                             "filelocks.img names no fd of the tree")]
+        kind = _LOCK_KINDS[e.flag]
+        end = None if e.len == 0 else e.start + e.len - 1
+        key = (kind, _LOCK_TYPES[e.type], e.start, end,
+               "ACTIVE" if e.flag == file_lock.FL_LEASE else "ADVISORY",
+               e.pid if e.flag == file_lock.FL_POSIX else None)
+        want.setdefault(fe.id, {})[key] = (e.pid, e.fd)
+    got = _found_locks(rctx)
+    out: list[tuple[int, str]] = []
+    for fid in sorted(set(want) | set(got)):
+        w, g = want.get(fid, {}), got.get(fid, {})
+        for key, (pid, fd) in w.items():
+            if key not in g:
+                others = ", ".join(_lock_words(k) for k in g if k not in w) or "none"
+                out.append((pid, f"fd {fd}: {_lock_words(key)} expected, {others} found"))
+        for key, (pid, fd) in g.items():
+            if key not in w:
+                out.append((pid, f"fd {fd}: {_lock_words(key)} held, not in filelocks.img"))
+    return out
+
+
+# ------------------------------------------------------ socket options ----
+
+SO_NO_CHECK, SO_PASSSEC, SO_BUF_LOCK = 11, 34, 72
+IP_PKTINFO, IP_FREEBIND = 8, 15
+SOCK_SNDBUF_LOCK, SOCK_RCVBUF_LOCK = 1, 2
+_SOL, _IP, _IP6, _TCP = socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_IPV6, \
+    socket.IPPROTO_TCP
+
+
+def _get(sk: socket.socket, level: int, num: int, size: int = 0) -> Any:
+    return sk.getsockopt(level, num, size) if size else sk.getsockopt(level, num)
+
+
+def _timeo(sec: int, usec: int) -> bytes:
+    return struct.pack("qq", sec, usec)
+
+
+def _sockopt_expect(rctx: "RestoreContext", entry: Any,
+                    sk: socket.socket) -> list[tuple[str, int, int, int, Any]]:
+    """(option, level, number, read size (0: an int), value) the image
+    gives a socket: each option sockopts.TABLE marks SAVED, as the
+    restore sets it (unset fields: what a fresh socket has)."""
+    inet = entry.type == fdinfo_pb2.INETSK
+    o = entry.isk.opts if inet else entry.usk.opts
+    ie: Any = entry.isk
+    tcp = inet and ie.proto == _TCP
+    lock = o.so_buf_lock if o.HasField("so_buf_lock") else None
+    out: list[tuple[str, int, int, int, Any]] = [
+        ("SO_REUSEADDR", _SOL, socket.SO_REUSEADDR, 0, int(o.reuseaddr)),
+        ("SO_DONTROUTE", _SOL, socket.SO_DONTROUTE, 0, int(o.so_dontroute)),
+        ("SO_NO_CHECK", _SOL, SO_NO_CHECK, 0, int(o.so_no_check)),
+        ("SO_SNDTIMEO", _SOL, socket.SO_SNDTIMEO, 16, _timeo(o.so_snd_tmo_sec, o.so_snd_tmo_usec)),
+        ("SO_RCVTIMEO", _SOL, socket.SO_RCVTIMEO, 16, _timeo(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)),
+        ("SO_MARK", _SOL, socket.SO_MARK, 0, o.so_mark),
+        ("SO_BINDTODEVICE", _SOL, socket.SO_BINDTODEVICE, 16, o.so_bound_dev),
+    ]
+    # A TCP buffer the task never sized is the kernel's to grow
+    # (tcp_sndbuf_expand, rcv space tuning): compared only when locked.
+    if not tcp or (lock or 0) & SOCK_SNDBUF_LOCK:
+        out.append(("SO_SNDBUF", _SOL, socket.SO_SNDBUF, 0, o.so_sndbuf))
+    if not tcp or (lock or 0) & SOCK_RCVBUF_LOCK:
+        out.append(("SO_RCVBUF", _SOL, socket.SO_RCVBUF, 0, o.so_rcvbuf))
+    if lock is not None:
+        out.append(("SO_BUF_LOCK", _SOL, SO_BUF_LOCK, 0, lock & (SOCK_SNDBUF_LOCK |
+                                                               SOCK_RCVBUF_LOCK)))
+    if o.HasField("so_priority"):
+        out.append(("SO_PRIORITY", _SOL, socket.SO_PRIORITY, 0, o.so_priority))
+    if o.HasField("so_rcvlowat"):
+        out.append(("SO_RCVLOWAT", _SOL, socket.SO_RCVLOWAT, 0, o.so_rcvlowat))
+    if not inet:
+        out += [("SO_PASSCRED", _SOL, socket.SO_PASSCRED, 0, int(o.so_passcred)),
+                ("SO_PASSSEC", _SOL, SO_PASSSEC, 0, int(o.so_passsec))]
+        return out
+    linger = struct.pack("ii", 1, o.so_linger) if o.HasField("so_linger") else None
+    out += [("SO_REUSEPORT", _SOL, socket.SO_REUSEPORT, 0, int(o.so_reuseport)),
+            ("SO_BROADCAST", _SOL, socket.SO_BROADCAST, 0, int(o.so_broadcast)),
+            ("SO_KEEPALIVE", _SOL, socket.SO_KEEPALIVE, 0, int(o.so_keepalive)),
+            ("SO_OOBINLINE", _SOL, socket.SO_OOBINLINE, 0, int(bool(o.so_oobinline))),
+            ("SO_LINGER", _SOL, socket.SO_LINGER, 8, linger)]
+    ip = ie.ip_opts if ie.HasField("ip_opts") else None
+    if ip is not None:
+        out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
+        if ie.family == socket.AF_INET6:
+            out.append(("IPV6_RECVPKTINFO", _IP6, socket.IPV6_RECVPKTINFO, 0, int(ip.pktinfo)))
+        else:
+            out += [("IP_PKTINFO", _IP, IP_PKTINFO, 0, int(ip.pktinfo)),
+                    ("IP_TOS", _IP, socket.IP_TOS, 0, ip.tos),
+                    ("IP_TTL", _IP, socket.IP_TTL, 0,
+                     ip.ttl if ip.HasField("ttl") else _default(rctx, sk, _IP, socket.IP_TTL))]
+    if ie.family == socket.AF_INET6:
+        out.append(("IPV6_V6ONLY", _IP6, socket.IPV6_V6ONLY, 0, int(ie.v6only)))
+    if tcp and ie.HasField("tcp_opts"):
+        t = ie.tcp_opts
+        out += [("TCP_NODELAY", _TCP, socket.TCP_NODELAY, 0, int(t.nodelay)),
+                ("TCP_CORK", _TCP, socket.TCP_CORK, 0, int(t.cork))]
+        for name, num, fld in (("TCP_KEEPCNT", socket.TCP_KEEPCNT, "keepcnt"),
+                               ("TCP_KEEPIDLE", socket.TCP_KEEPIDLE, "keepidle"),
+                               ("TCP_KEEPINTVL", socket.TCP_KEEPINTVL, "keepintvl")):
+            if t.HasField(fld) and getattr(t, fld):
+                out.append((name, _TCP, num, 0, getattr(t, fld)))
+    return out
+
+
+def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) -> Any:
+    """What a fresh socket like ``sk`` reports (a default that follows a sysctl)."""
+    defaults = rctx.kind_state.setdefault("verify-sockdefaults", {})
+    key = (sk.family, sk.type, sk.proto, level, num)
+    if key not in defaults:
+        with socket.socket(sk.family, sk.type, sk.proto) as fresh:
+            defaults[key] = fresh.getsockopt(level, num)
+    return defaults[key]
+
+
+def _show_opt(v: Any) -> str:
+    if isinstance(v, bytes) and len(v) == 16:
+        sec, usec = struct.unpack("qq", v)
+        return f"{sec}.{usec:06d}s"
+    if isinstance(v, bytes) and len(v) == 8:
+        on, secs = struct.unpack("ii", v)
+        return f"on, {secs}s" if on else "off"
+    if v is None:
+        return "off"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> list[str]:
+    sk = socket.socket(fileno=copy)
+    try:
+        out: list[str] = []
+        for name, level, num, size, want in _sockopt_expect(rctx, entry, sk):
+            got = _get(sk, level, num, size)
+            if name == "SO_BINDTODEVICE":
+                got = got.split(b"\0", 1)[0].decode()
+            elif name == "SO_LINGER" and not struct.unpack("ii", got)[0]:
+                got = None
+            elif name == "SO_MARK":
+                got &= 0xFFFFFFFF
+            out += _differ(f"fd {fd}: {name}", want, got, _show_opt)
+        return out
+    finally:
+        sk.detach()   # the copy is closed by the caller
 
 
 def check_creds(f: Found) -> list[str]:
@@ -638,6 +1017,10 @@ def check_task(f: Found) -> list[str]:
     for th in rt.threads:
         where = "" if th.tid == f.pid else f"thread {th.tid}: "
         tcore = th.core.thread_core
+        if tc.HasField("loginuid"):
+            # per task_struct; taskattrs writes it in each thread
+            out += _differ(f"{where}loginuid", tc.loginuid,
+                           int(f.text(f"task/{th.tid}/loginuid")))
         conf = ptrace.get_rseq(th.tid)
         if tcore.HasField("rseq_entry") and tcore.rseq_entry.rseq_abi_pointer:
             r = tcore.rseq_entry
@@ -672,7 +1055,11 @@ def check_signals(f: Found) -> list[str]:
     out += _differ("caught signals (SigCgt)", cgt, leader.sig_cgt, _sigs)
     out += _differ("ignored signals (SigIgn)", ign, leader.sig_ign, _sigs)
     # A zombie child's SIGCHLD may land after the parent's queue was drained.
-    zombie_child = any(t.zombie and t.pstree.ppid == rt.pid for t in f.rctx.tasks)
+    parents = f.rctx.kind_state.get("verify-zombie-parents")
+    if parents is None:   # once, not a walk of the tree per task (200 tasks)
+        parents = f.rctx.kind_state["verify-zombie-parents"] = \
+            {t.pstree.ppid for t in f.rctx.tasks if t.zombie}
+    zombie_child = rt.pid in parents
     slack = (1 << (SIGCHLD - 1)) if zombie_child else 0
 
     def queued(q: Any) -> int:
@@ -721,9 +1108,48 @@ def check_fs(f: Found) -> list[str]:
     return out
 
 
+def _cg_sets(rctx: "RestoreContext") -> dict[int, tuple[tuple[str, str], ...]]:
+    """cgroup.img's cg sets: id -> ((controllers, path), ...), read once."""
+    sets = rctx.kind_state.get("verify-cgroup")
+    if sets is None:
+        sets = {}
+        if os.path.exists(images.image_path(rctx.images_dir, "cgroup", None)):
+            for entry in images.read_image(rctx.images_dir, "cgroup"):
+                for cs in entry.sets:
+                    sets[cs.id] = tuple((m.name, m.path) for m in cs.ctls)
+        rctx.kind_state["verify-cgroup"] = sets
+    return sets  # type: ignore[no-any-return]
+
+
+def check_cgroup(f: Found) -> list[str]:
+    """Each thread's cgroup in every hierarchy of its cg set
+    (/proc/PID/task/TID/cgroup, as the dump read it)."""
+    sets = _cg_sets(f.rctx)
+    if not sets:
+        return []   # no cgroup.img: nothing was recorded
+    rt = f.rt
+    out: list[str] = []
+    for th in rt.threads:
+        tc = th.core.thread_core
+        ident = tc.cg_set if tc.HasField("cg_set") else rt.core.tc.cg_set
+        if not ident:
+            continue
+        where = "" if th.tid == f.pid else f"thread {th.tid}: "
+        want = sets.get(ident)
+        if want is None:
+            out.append(f"{where}cg_set {ident} is not in cgroup.img")
+            continue
+        name = f"task/{th.tid}/cgroup"
+        got = dict(cgroup.parse_cgroup(f.text(name), f"/proc/{f.pid}/{name}"))
+        for ctl, path in want:
+            out += _differ(f"{where}cgroup {ctl or 'cgroup2'}: path", path, got.get(ctl, "none"),
+                           repr)
+    return out
+
+
 COMPARATORS: list[Callable[[Found], list[str]]] = [
     check_identity, check_regs, check_mm, check_maps, check_files, check_creds, check_sched,
-    check_task, check_signals, check_fs,
+    check_task, check_signals, check_fs, check_cgroup,
 ]
 
 
@@ -731,9 +1157,19 @@ def differences(rctx: "RestoreContext", rt: "RestoreTask") -> list[str]:
     """Every difference between task ``rt`` as it is now and its images."""
     f = Found(rctx, rt)
     out: list[str] = []
-    for check in COMPARATORS:
-        out += check(f)
+    try:
+        for check in COMPARATORS:
+            out += check(f)
+    finally:
+        f.close()
     return out
+
+
+def _fail(pid: int, diffs: list[str]) -> None:
+    for d in diffs[1:]:
+        log.info("%s: pid %d: %s", PREFIX, pid, d)  # shown with -vv: one line by default
+    more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+    raise RestoreError(f"{PREFIX}: pid {pid}: {diffs[0]}{more}")
 
 
 def verify(rctx: "RestoreContext") -> None:
@@ -745,8 +1181,11 @@ def verify(rctx: "RestoreContext") -> None:
             continue
         diffs = differences(rctx, rt)
         if diffs:
-            for d in diffs[1:]:
-                log.warning("%s: pid %d: %s", PREFIX, rt.pid, d)
-            more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
-            raise RestoreError(f"{PREFIX}: pid {rt.pid}: {diffs[0]}{more}")
+            _fail(rt.pid, diffs)
+    # Locks: a description's locks show under the fds of every task that
+    # shares it, so they are compared once all were read.
+    lock_diffs = check_locks(rctx)
+    if lock_diffs:
+        pid = lock_diffs[0][0]
+        _fail(pid, [d for p, d in lock_diffs if p == pid])
     rctx.stats["verify"] = time.monotonic() - t

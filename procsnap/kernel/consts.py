@@ -250,3 +250,7 @@ NR.update({"uname": 63, "sethostname": 170, "setdomainname": 171, "unshare": 272
            "setns": 308})
 CLOCK_MONOTONIC = 1
 CLOCK_BOOTTIME = 7
+# Mount namespaces (resources/namespaces/mnt.py): building a mount tree in
+# a puppet, saving a tmpfs from inside its namespace.
+NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
+           "open_tree": 428, "move_mount": 429, "mount_setattr": 442})

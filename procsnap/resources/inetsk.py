@@ -12,14 +12,22 @@ does not list it.  sock_diag gives what the socket cannot tell about
 itself: a listener's backlog and how many connections wait in its accept
 queue, and the shutdown bits.
 
-States handled: TCP listening, TCP closed (created, maybe bound), TCP
-established with ``--tcp-established`` (tcp.py, TCP_REPAIR); UDP bound or
-connected, with the datagrams in its receive queue.  Any other state
-(SYN_SENT, FIN_WAIT, CLOSE_WAIT...) is refused by name.
+States handled: TCP listening (connections waiting to be accepted are
+refused, or dropped with criu's ``--skip-in-flight``), TCP closed
+(created, maybe bound), TCP connections with ``--tcp-established`` in
+ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING (tcp.py,
+TCP_REPAIR and the FIN replay), a connection that ended (CLOSE with a
+peer: with --tcp-established its unread data are kept; without, it is
+refused if it has any, else it comes back shut down both ways); UDP bound
+or connected, with the datagrams in its receive queue.  SYN_SENT and any
+other state are refused by name.  ``dump --tcp-close`` records every
+connection as closed (shut down both ways), as criu's.
 
 Restore: the restorer makes the socket in its own process, binds it with
-SO_REUSEADDR on for the bind only (a port whose old connections linger in
-TIME_WAIT must not block it; the real value is set afterwards), listens
+SO_REUSEADDR and SO_REUSEPORT on (as criu: sockets that share a port --
+two SO_REUSEPORT listeners, a listener and its connections, a port whose
+old connections linger in TIME_WAIT -- must all bind; the dumped values
+are set once every socket is open, just before the tree runs), listens
 or connects, queues UDP datagrams from a scratch socket *before*
 connecting (a connected UDP socket takes datagrams from its peer only),
 applies the options, and the puppet takes it with pidfd_getfd.
@@ -33,9 +41,11 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_inet_pb2, sk_packet_pb2
 from . import anonfd, fdaudit, sockets, sockopts, tcp
+from .tcp import TCP_STATES, unpack_addr
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -50,9 +60,6 @@ TYPE = fdinfo_pb2.INETSK
 TCP_ESTABLISHED = 1
 TCP_CLOSE = 7
 TCP_LISTEN = 10
-TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-              11: "CLOSING"}
 IP_FREEBIND = 15
 IP_PKTINFO = 8
 UDP_CORK = 1
@@ -78,13 +85,6 @@ def pack_addr(fam: int, addr: str) -> list[int]:
     as host (little-endian) words."""
     raw = socket.inet_pton(fam, addr)
     return list(struct.unpack(f"<{len(raw) // 4}I", raw))
-
-
-def unpack_addr(fam: int, words: Any) -> str:
-    raw = struct.pack(f"<{len(words)}I", *words)
-    if not raw:
-        raw = bytes(4 if fam == socket.AF_INET else 16)
-    return socket.inet_ntop(fam, raw)
 
 
 def _state_of(sk: socket.socket, proto: int) -> int:
@@ -119,20 +119,22 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                           "its sockets cannot be dumped yet")
     ino = sockets.socket_ino(fd.link)
     src, sport = sk.getsockname()[:2]
-    try:
-        dst, dport = sk.getpeername()[:2]
-    except OSError:
-        dst, dport = ("0.0.0.0" if fam == socket.AF_INET else "::"), 0
     state = _state_of(sk, proto)
+    peer = tcp.peer_of(sk) if proto == socket.IPPROTO_TCP else None
+    if peer is None and proto == socket.IPPROTO_UDP and state == TCP_ESTABLISHED:
+        peer = tuple(sk.getpeername()[:2])  # type: ignore[assignment]
+    dst, dport = peer if peer else (("0.0.0.0" if fam == socket.AF_INET else "::"), 0)
     d = sockets.inet_table(fd.ctx).get(ino)
     label = f"{what}: {kind} {endpoint(fam, src, sport)}"
-    if state == TCP_ESTABLISHED:
+    if peer and state != TCP_LISTEN:
         label += f" -> {endpoint(fam, dst, dport)}"
     if proto == socket.IPPROTO_UDP:
         _check_cork(sk, label)
     # first, before anything here touches the socket (repair mode, peeking)
+    # (a closed socket that had a peer counts as connected: the kernel set
+    # its MSS and the like from that connection, and they died with it)
     sockopts.audit(fd.ctx, label, sk, connected=proto == socket.IPPROTO_TCP
-                   and state not in (TCP_CLOSE, TCP_LISTEN))
+                   and state != TCP_LISTEN and peer is not None)
     ie = sk_inet_pb2.inet_sk_entry(
         id=fid, ino=ino, family=fam, type=sk.type, proto=proto, state=state,
         src_port=sport, dst_port=dport, flags=anonfd.file_flags(fd, "the socket"),
@@ -145,30 +147,55 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         ie.tcp_opts.CopyFrom(sockets.dump_tcp_opts(sk))
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
     if proto == socket.IPPROTO_TCP:
-        if state == TCP_LISTEN:
-            if d is None:
-                raise Unsupported(f"{label}: listening socket not reported by sock_diag")
-            fe.isk.backlog = d.wqueue
-            if d.rqueue:
-                raise Unsupported(f"{label}: {d.rqueue} connection(s) wait in its accept "
-                                  "queue; they cannot be restored")
-        elif state == TCP_ESTABLISHED:
-            if not fd.ctx.opts.tcp_established:
-                raise Unsupported(f"{label} is an established TCP connection; dump with "
-                                  "--tcp-established to keep it (and restore with "
-                                  "--tcp-close to have it come back closed)")
-            if fe.isk.shutdown:
-                raise Unsupported(f"{label}: an established connection that is shut down "
-                                  "one way; not supported yet")
-            tcp.dump_established(fd, sk, fe.isk, label)
-        elif state != TCP_CLOSE:
-            raise Unsupported(f"{label}: TCP state {TCP_STATES.get(state, state)}; "
-                              "not supported")
+        _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None)
     else:
         for data in sockets.peek_queue(sk, label, stream=False):
             fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
                 id_for=fid, length=len(data)), data)
     return fe
+
+
+def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state: int,
+              has_peer: bool) -> None:
+    opts = fd.ctx.opts
+    name = TCP_STATES.get(state, str(state))
+    if state == TCP_LISTEN:
+        if d is None:
+            raise Unsupported(f"{label}: listening socket not reported by sock_diag")
+        ie.backlog = d.wqueue
+        if d.rqueue and not opts.skip_in_flight:
+            raise Unsupported(f"{label}: {d.rqueue} connection(s) wait in its accept "
+                              "queue; they cannot be restored (dump with --skip-in-flight "
+                              "to drop them, as criu)")
+        # --skip-in-flight: criu's meaning, those connections are dropped;
+        # their clients see an RST when they first send after the restore
+        return
+    if state == TCP_CLOSE and not has_peer:
+        return  # created, maybe bound: a new socket bound alike
+    if state not in tcp.CONN_STATES:
+        raise Unsupported(f"{label}: TCP state {name}; not supported")
+    inq = tcp._ioctl_int(sk, tcp.SIOCINQ)
+    if opts.tcp_close:
+        # criu's dump --tcp-close: the connection is not dumped and comes
+        # back closed: recorded as such (CLOSE, shut down both ways), no
+        # repair mode, no lock; its queued data goes with it, knowingly
+        ie.state = TCP_CLOSE
+        ie.shutdown = sockets.shutdown_field(sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN)
+        return
+    if state == TCP_CLOSE and not opts.tcp_established:
+        # a connection that ended (FINs exchanged or reset) but is still
+        # open: with nothing left to read it comes back as closed
+        if inq:
+            raise Unsupported(f"{label}: a closed TCP connection with {inq} unread "
+                              "byte(s); dump with --tcp-established to keep them")
+        ie.shutdown = sockets.shutdown_field(sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN)
+        return
+    if not opts.tcp_established:
+        what = ("an established TCP connection" if state == TCP_ESTABLISHED
+                else f"a TCP connection in state {name}")
+        raise Unsupported(f"{label} is {what}; dump with --tcp-established to keep it "
+                          "(or with --tcp-close to have it come back closed)")
+    tcp.dump_established(fd, sk, ie, label)
 
 
 def _check_cork(sk: socket.socket, label: str) -> None:
@@ -269,6 +296,58 @@ def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
         raise RestoreError(f"{label(ie)}: {len(msgs)} datagrams sent back, {len(got)} queued")
 
 
+def _is_connection(ie: Any) -> bool:
+    """A TCP socket that had a peer: live (restored in repair mode) or
+    ended (CLOSE with a peer)."""
+    return bool(ie.proto == socket.IPPROTO_TCP and ie.state != TCP_LISTEN and ie.dst_port)
+
+
+def _restore_connection(rctx: "RestoreContext", sk: socket.socket, ie: Any,
+                        what: str) -> None:
+    streamed = os.path.exists(images.image_path(rctx.images_dir, "tcp-stream", ie.ino))
+    if streamed and not rctx.opts.tcp_close:
+        tcp.restore_established(rctx, sk, ie, what)
+        if ie.shutdown & sockets.RCV_SHUTDOWN and ie.state in (
+                TCP_ESTABLISHED, tcp.FIN_WAIT1, tcp.FIN_WAIT2):
+            # the task's own shutdown(SHUT_RD): only a flag, nothing sent
+            sk.shutdown(socket.SHUT_RD)
+        return
+    if not streamed and ie.state != TCP_CLOSE and not rctx.opts.tcp_close:
+        # an image without its stream: restore_established names it
+        tcp.restore_established(rctx, sk, ie, what)
+    if streamed:
+        # criu's restore --tcp-close: its network lock goes once the tree runs
+        tcp.closed_instead(rctx)
+    # closed: by criu's --tcp-close (at dump or restore), or a connection
+    # that had ended: shut down both ways, reads give EOF, writes EPIPE
+    try:
+        sk.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # ENOTCONN, after the shutdown bits were set
+
+
+def _reuse_later(rctx: "RestoreContext", sk: socket.socket, ie: Any) -> None:
+    """Put SO_REUSEADDR/SO_REUSEPORT back to the dumped values once every
+    socket is open (criu's post_open_inet_sk), and until then keep both on."""
+    st = rctx.kind_state.setdefault(NAME + ".reuse", {"fds": []})
+    if not st["fds"]:
+        def put_back() -> None:
+            for fd, addr, port in st["fds"]:
+                s = socket.socket(fileno=fd)
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, addr)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, port)
+                except OSError as exc:
+                    raise RestoreError(f"TCP/UDP socket: cannot set SO_REUSEADDR/"
+                                       f"SO_REUSEPORT: {exc.strerror}") from None
+                finally:
+                    s.detach()
+        rctx.before_detach.append(put_back)
+    sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    st["fds"].append((sk.fileno(), int(ie.opts.reuseaddr), int(ie.opts.so_reuseport)))
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ie = entry.isk
     what = label(ie)
@@ -279,22 +358,18 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         if ie.family == socket.AF_INET6:
             sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ie.v6only))
         _restore_ip_opts(sk, ie)
-        if ie.proto == socket.IPPROTO_TCP and ie.state == TCP_ESTABLISHED:
-            if rctx.opts.tcp_close:
-                # criu's --tcp-close: the connection comes back closed, shut
-                # down both ways (reads give EOF, writes EPIPE); its network
-                # lock goes once the tree runs
-                tcp.closed_instead(rctx)
-                try:
-                    sk.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # ENOTCONN, after the shutdown bits were set
-            else:
-                tcp.restore_established(rctx, sk, ie, what)
+        if _is_connection(ie):
+            _restore_connection(rctx, sk, ie, what)
         else:
             src = unpack_addr(ie.family, ie.src_addr)
             if ie.src_port or not ipaddress.ip_address(src).is_unspecified:
+                # as criu: every socket binds with SO_REUSEADDR and
+                # SO_REUSEPORT on, so that sockets sharing a port (two
+                # listeners with SO_REUSEPORT, a listener and a closed
+                # socket) all get theirs back; the dumped values are set
+                # once every socket is open (reuse_later)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sk.bind((src, ie.src_port))
             if ie.state == TCP_LISTEN:
                 sk.listen(ie.backlog)
@@ -309,6 +384,8 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         sockets.restore_opts(sk, ie.opts, what)
         if ie.proto == socket.IPPROTO_TCP:
             sockets.restore_tcp_opts(sk, ie)
+        if not _is_connection(ie) and (ie.src_port or ie.state == TCP_LISTEN):
+            _reuse_later(rctx, sk, ie)
     except OSError as exc:
         sk.close()
         raise RestoreError(f"{what}: {exc.strerror or exc}") from None

@@ -152,13 +152,13 @@ _SPECIAL_VMFLAGS = frozenset({"pf", "io", "de", "dd", "mm", "sl", "ar"})
 
 # VmFlags kept in vma_entry.flags and vma_entry.madv (as CRIU's
 # __parse_vmflags() in criu/proc_parse.c does).
-_MAP_BY_VMFLAG = {"gd": C.MAP_GROWSDOWN, "lo": C.MAP_LOCKED, "nr": C.MAP_NORESERVE,
+MAP_BY_VMFLAG = {"gd": C.MAP_GROWSDOWN, "lo": C.MAP_LOCKED, "nr": C.MAP_NORESERVE,
                   "dp": C.MAP_DROPPABLE}
-_MADV_BY_VMFLAG = {"sr": C.MADV_SEQUENTIAL, "rr": C.MADV_RANDOM, "dc": C.MADV_DONTFORK,
+MADV_BY_VMFLAG = {"sr": C.MADV_SEQUENTIAL, "rr": C.MADV_RANDOM, "dc": C.MADV_DONTFORK,
                    "wf": C.MADV_WIPEONFORK, "dd": C.MADV_DONTDUMP, "hg": C.MADV_HUGEPAGE,
                    "nh": C.MADV_NOHUGEPAGE, "mg": C.MADV_MERGEABLE}
 # The order madvise() applies them at restore; each is idempotent.
-_MADV_ORDER = sorted(_MADV_BY_VMFLAG.values())
+_MADV_ORDER = sorted(MADV_BY_VMFLAG.values())
 
 
 def _where(task: "DumpTask", m: MapEntry) -> str:
@@ -184,9 +184,9 @@ def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
         if special:
             continue  # remade by the kernel as it was
-        flags |= _MAP_BY_VMFLAG.get(f, 0)
-        if f in _MADV_BY_VMFLAG:
-            madv |= 1 << _MADV_BY_VMFLAG[f]
+        flags |= MAP_BY_VMFLAG.get(f, 0)
+        if f in MADV_BY_VMFLAG:
+            madv |= 1 << MADV_BY_VMFLAG[f]
     if m.pkey:
         raise Unsupported(f"{_where(task, m)}: protection key {m.pkey} (pkey_mprotect) "
                           "is not supported")

@@ -463,6 +463,7 @@ class RestoreState:
     remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry
     ghosts: dict[int, tuple[str, bool]] = field(default_factory=dict)  # ghost id -> (path, is_dir)
     links: set[str] = field(default_factory=set)
+    handles: set[int] | None = None  # file ids with a reg-fh image (listed once)
 
 
 def _rstate(rctx: "RestoreContext") -> RestoreState:
@@ -476,6 +477,20 @@ def _rstate(rctx: "RestoreContext") -> RestoreState:
         rctx.kind_state[NAME] = st
     assert isinstance(st, RestoreState)
     return st
+
+
+def reopened_by_name(rctx: "RestoreContext", entry: Any) -> bool:
+    """Whether the restore opens this REG entry by its saved name -- not
+    through a ghost or link remap, nor a file handle -- so that the kernel
+    shows that name for its fds and mappings (procsnap.verify compares it)."""
+    st = _rstate(rctx)
+    if entry.id in st.remaps:
+        return False
+    if st.handles is None:
+        # one listing, not a stat per file (10,000 fds on 10,000 files)
+        st.handles = {int(n[7:-4], 16) for n in os.listdir(rctx.images_dir)
+                      if n.startswith("reg-fh-") and n.endswith(".img")}
+    return entry.id not in st.handles
 
 
 def restore_path(rctx: "RestoreContext", entry: Any) -> str:

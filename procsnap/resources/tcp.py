@@ -25,6 +25,19 @@ normally, the window restored.  Repair mode is turned off once every task
 is built, just before they run; the lock is removed once they run.  The
 peer's retransmissions then find the connection where it was.
 
+Every state the kernel can freeze a connection in is handled as CRIU's
+soccr does: FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING, and a
+closed connection that still holds data (CLOSE).  The dump does not count
+the FIN in the send queue and records the sequence numbers past it; the
+restore builds the connection ESTABLISHED in repair mode, with the
+sequence numbers put back before each FIN, then replays the shutdowns:
+our FIN is put in the send queue with shutdown(SHUT_WR) (as already sent,
+TCP_REPAIR_QUEUE = SEND_QUEUE, when the peer had acknowledged it), and
+the peer's FIN, and its acknowledgement of ours, are injected through a
+raw socket as segments from the peer, marked 0xC114 (CRIU's SOCCR_MARK)
+so that the network lock lets them in.  The state reached is checked
+against the image.
+
 If a restore is abandoned, ``procsnap network-unlock DIR`` removes the
 lock (the peer then gets RSTs for a connection nobody holds).
 """
@@ -68,6 +81,36 @@ SIOCINQ = 0x541B
 SIOCOUTQ = 0x5411
 SIOCOUTQNSD = 0x894B
 _WINDOW = struct.Struct("5I")   # struct tcp_repair_window
+SO_MARK = 36
+SO_PEERNAME = 28
+SOCCR_MARK = 0xC114             # CRIU's mark for its own segments through the lock
+
+# <net/tcp_states.h>
+ESTABLISHED, SYN_SENT, FIN_WAIT1, FIN_WAIT2 = 1, 2, 4, 5
+CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING = 7, 8, 9, 11
+# the states a connection is dumped in (soccr's list, SYN_SENT aside)
+CONN_STATES = frozenset({ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING,
+                         CLOSE})
+# soccr.c: where the FINs are.  Ours is in the send queue (first when we
+# shut down before the peer, second after); the peer's is at the end of
+# the receive queue; "acked" when the other side acknowledged it.
+SNDQ_FIRST_FIN = frozenset({FIN_WAIT1, FIN_WAIT2, CLOSING})
+SNDQ_SECOND_FIN = frozenset({LAST_ACK, CLOSE})
+SNDQ_FIN_ACKED = frozenset({FIN_WAIT2, CLOSE})
+RCVQ_FIN = frozenset({CLOSE_WAIT, LAST_ACK, CLOSE, CLOSING})
+RCVQ_FIN_ACKED = frozenset({CLOSE})
+TH_FIN, TH_ACK = 0x01, 0x10
+
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
+              6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
+              11: "CLOSING"}
+
+
+def unpack_addr(fam: int, words: Any) -> str:
+    raw = struct.pack(f"<{len(words)}I", *words)
+    if not raw:
+        raw = bytes(4 if fam == socket.AF_INET else 16)
+    return socket.inet_ntop(fam, raw)
 
 
 def tcp_state(sk: socket.socket) -> int:
@@ -108,7 +151,10 @@ def lock_connection(table: str, fam: int, local: tuple[str, int],
                   f"add chain inet {table} input {{ type filter hook input priority -150 ; "
                   "policy accept ; }",
                   f"add chain inet {table} output {{ type filter hook output priority -150 ; "
-                  "policy accept ; }"]
+                  "policy accept ; }",
+                  # the segments the restore injects (replayed FINs) pass
+                  f"add rule inet {table} input meta mark {SOCCR_MARK:#x} accept",
+                  f"add rule inet {table} output meta mark {SOCCR_MARK:#x} accept"]
     lines += [
         f"add rule inet {table} input {ip} saddr {remote[0]} {ip} daddr {local[0]} "
         f"tcp sport {remote[1]} tcp dport {local[1]} drop",
@@ -166,10 +212,33 @@ def _state(ctx: "DumpContext") -> dict[str, Any]:
     return st
 
 
+def peer_of(sk: socket.socket) -> tuple[str, int] | None:
+    """The peer of a TCP socket, also once the connection is closed
+    (getpeername says ENOTCONN then; SO_PEERNAME still answers).  None if
+    it never had one."""
+    try:
+        return tuple(sk.getpeername()[:2])  # type: ignore[return-value]
+    except OSError:
+        pass
+    size = 16 if sk.family == socket.AF_INET else 28
+    try:
+        raw = sk.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, size)
+    except OSError:
+        return None
+    port = struct.unpack(">H", raw[2:4])[0]
+    if not port:
+        return None
+    if sk.family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+
+
 def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> None:
+    """A connection in any of CONN_STATES (ie.state), in repair mode."""
     st = _state(fd.ctx)
     local = sk.getsockname()[:2]
-    remote = sk.getpeername()[:2]
+    remote = peer_of(sk)
+    assert remote is not None
     lock_connection(st["table"], sk.family, local, remote, create=not st["locked"])
     st["locked"] = True
     # TCP_REPAIR_ON forces SO_REUSEADDR on, and leaving repair mode clears
@@ -181,21 +250,30 @@ def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> Non
         raise DumpError(f"{label}: cannot enter TCP repair mode: {exc.strerror}") from None
     st["repaired"].append((sk, reuseaddr))
     try:
-        tse, inq, outq = _save(sk, label)
+        tse, inq, outq = _save(sk, label, ie.state)
     except OSError as exc:
         raise DumpError(f"{label}: reading the connection in repair mode: "
                         f"{exc.strerror or exc}") from None
     st["streams"].append((ie.ino, tse, inq, outq))
 
 
-def _save(sk: socket.socket, label: str) -> tuple[Any, bytes, bytes]:
+def _save(sk: socket.socket, label: str, state0: int) -> tuple[Any, bytes, bytes]:
     info = sk.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
     state, options, wscale = info[0], info[5], info[6]
-    if state != 1:
-        raise Unsupported(f"{label}: TCP state changed to {state} under the lock")
+    if state != state0:
+        raise Unsupported(f"{label}: TCP state changed from {TCP_STATES.get(state0, state0)} "
+                          f"to {TCP_STATES.get(state, state)} under the lock")
     outq_len = _ioctl_int(sk, SIOCOUTQ)
     unsq_len = _ioctl_int(sk, SIOCOUTQNSD)
     inq_len = _ioctl_int(sk, SIOCINQ)
+    if state == CLOSE:
+        # a reset connection may keep data in its send queue that nobody
+        # can read any more (soccr drops it too); a closed one has none
+        outq_len = unsq_len = 0
+    if state in SNDQ_FIRST_FIN or state in SNDQ_SECOND_FIN:
+        # our FIN takes a sequence number but holds no byte
+        outq_len = max(outq_len - 1, 0)
+        unsq_len = max(unsq_len - 1, 0)
     tse = tcp_stream_pb2.tcp_stream_entry(
         inq_len=inq_len, inq_seq=0, outq_len=outq_len, outq_seq=0, opt_mask=options,
         snd_wscale=0, mss_clamp=sk.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG),
@@ -292,8 +370,14 @@ def _send_all(sk: socket.socket, data: bytes, what: str) -> None:
         view = view[n:]
 
 
+def _seq(v: int) -> int:
+    """A sequence number as the signed int setsockopt takes."""
+    return int(struct.unpack("i", struct.pack("I", v & 0xFFFFFFFF))[0])
+
+
 def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what: str) -> None:
-    from .inetsk import unpack_addr
+    """The connection of ``ie`` (any of CONN_STATES) on our fresh socket
+    ``sk``, left in repair mode until the tree runs."""
 
     st = _rst(rctx)
     path = images.image_path(rctx.images_dir, "tcp-stream", ie.ino)
@@ -304,19 +388,30 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     if len(entries) != 1:
         raise RestoreError(f"{path}: expected one entry, found {len(entries)}")
     tse, payload = entries[0].msg, entries[0].payload
+    state = ie.state
+    if state not in CONN_STATES:
+        raise RestoreError(f"{what}: TCP state {TCP_STATES.get(state, state)} cannot be "
+                           "restored")
     inq, outq = payload[:tse.inq_len], payload[tse.inq_len:]
     tcp = socket.IPPROTO_TCP
-    mask = 0xFFFFFFFF
+    # the sequence numbers before the FINs (soccr's libsoccr_set_sk_data_noq)
+    inq_seq = tse.inq_seq - (1 if state in RCVQ_FIN else 0)
+    outq_seq = tse.outq_seq - (1 if state in SNDQ_FIRST_FIN or state in SNDQ_SECOND_FIN else 0)
+    # big buffers while the queues are refilled (restore_opts puts the
+    # dumped sizes back): a full send queue must fit again
+    from .sockets import prepare
+    prepare(sk)
     sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
+    # in repair mode the bind skips the port conflict check (sk_reuse is
+    # SK_FORCE_REUSE): a listener or a TIME_WAIT on the port does not stop it
     sk.bind((unpack_addr(ie.family, ie.src_addr), ie.src_port))
     # the kernel moves these on by what is queued below
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
-    sk.setsockopt(tcp, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack(
-        "I", (tse.inq_seq - tse.inq_len) & mask))[0])
+    sk.setsockopt(tcp, TCP_QUEUE_SEQ, _seq(inq_seq - tse.inq_len))
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-    sk.setsockopt(tcp, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack(
-        "I", (tse.outq_seq - tse.outq_len) & mask))[0])
-    sk.connect((unpack_addr(ie.family, ie.dst_addr), ie.dst_port))
+    sk.setsockopt(tcp, TCP_QUEUE_SEQ, _seq(outq_seq - tse.outq_len))
+    peer = (unpack_addr(ie.family, ie.dst_addr), ie.dst_port)
+    sk.connect(peer)
     opts = []
     if tse.opt_mask & TCPI_OPT_SACK:
         opts.append((TCPOPT_SACK_PERM, 0))
@@ -338,13 +433,21 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
         _send_all(sk, outq[:sent], what)
     if unsent:
         # never left this host: sent normally (the lock holds it back)
+        sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
         sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_OFF)
         _send_all(sk, outq[sent:], what)
         sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
     if tse.HasField("snd_wl1"):
+        rcv_wnd, rcv_wup = tse.rcv_wnd, tse.rcv_wup
+        if state in RCVQ_FIN:
+            # the window as it was before the peer's FIN came in
+            rcv_wup -= 1
+            rcv_wnd += 1
         sk.setsockopt(tcp, TCP_REPAIR_WINDOW, _WINDOW.pack(
-            tse.snd_wl1, tse.snd_wnd, tse.max_window, tse.rcv_wnd, tse.rcv_wup))
+            tse.snd_wl1, tse.snd_wnd, tse.max_window, rcv_wnd, rcv_wup & 0xFFFFFFFF))
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+    if state != ESTABLISHED:
+        _replay_fins(sk, ie, tse, state, inq_seq, outq_seq, what)
     if not ie.HasField("tcp_opts"):
         # an image without tcp_opts (inetsk sets those)
         if tse.nodelay:
@@ -352,3 +455,83 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
         if tse.cork:
             sk.setsockopt(tcp, socket.TCP_CORK, 1)
     st["fds"].append((sk.fileno(), int(ie.opts.reuseaddr)))
+
+
+def _replay_fins(sk: socket.socket, ie: Any, tse: Any, state: int, inq_seq: int,
+                 outq_seq: int, what: str) -> None:
+    """From ESTABLISHED to ``state``, in soccr's order (libsoccr_restore)."""
+    tcp = socket.IPPROTO_TCP
+    snd_una = outq_seq - tse.outq_len
+    # the peer's window as it last advertised it, in its own scale
+    win = min(tse.snd_wnd >> (tse.snd_wscale if tse.opt_mask & TCPI_OPT_WSCALE else 0), 0xFFFF)
+
+    def our_fin() -> None:
+        acked = state in SNDQ_FIN_ACKED
+        if acked:
+            # queued as already sent: the peer's ACK below takes it
+            sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        sk.shutdown(socket.SHUT_WR)
+        if acked:
+            sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+
+    if state in SNDQ_FIRST_FIN:
+        our_fin()
+    if state in RCVQ_FIN:
+        inject(ie, inq_seq, snd_una, TH_FIN | TH_ACK, win)
+    if state in SNDQ_SECOND_FIN:
+        our_fin()
+    if state in SNDQ_FIN_ACKED:
+        seq = inq_seq + (1 if state in RCVQ_FIN_ACKED else 0)
+        inject(ie, seq, snd_una + 1, TH_ACK, win)
+    got = tcp_state(sk)
+    for _ in range(200):
+        if got == state:
+            break
+        # loopback delivers in the sender's softirq; a real NIC later
+        import time
+        time.sleep(0.005)
+        got = tcp_state(sk)
+    if got != state:
+        raise RestoreError(f"{what}: replaying the FINs gave TCP state "
+                           f"{TCP_STATES.get(got, got)}, not {TCP_STATES.get(state, state)}")
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def inject(ie: Any, seq: int, ack: int, flags: int, window: int) -> None:
+    """Send our socket a segment as if from its peer (soccr's send_fin),
+    through a raw socket, marked so that the network lock lets it in."""
+    fam = ie.family
+    ours = socket.inet_pton(fam, unpack_addr(fam, ie.src_addr))
+    peer = socket.inet_pton(fam, unpack_addr(fam, ie.dst_addr))
+    if fam == socket.AF_INET6 and peer[:12] == b"\0" * 10 + b"\xff\xff":
+        fam, ours, peer = socket.AF_INET, ours[12:], peer[12:]     # v4-mapped: IPv4 on the wire
+    tcph = struct.pack("!HHIIBBHHH", ie.dst_port, ie.src_port, seq & 0xFFFFFFFF,
+                       ack & 0xFFFFFFFF, 5 << 4, flags, window, 0, 0)
+    if fam == socket.AF_INET:
+        pseudo = peer + ours + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(tcph))
+    else:
+        pseudo = peer + ours + struct.pack("!IxxxB", len(tcph), socket.IPPROTO_TCP)
+    tcph = tcph[:16] + struct.pack("!H", _csum(pseudo + tcph)) + tcph[18:]
+    if fam == socket.AF_INET:
+        # id, checksum and total length: the kernel fills them in
+        iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcph), 0, 0, 64,
+                          socket.IPPROTO_TCP, 0, peer, ours)
+    else:
+        iph = struct.pack("!IHBB16s16s", 6 << 28, len(tcph), socket.IPPROTO_TCP, 64, peer, ours)
+    raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)   # IPPROTO_RAW: header ours
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, SO_MARK, SOCCR_MARK)
+        raw.sendto(iph + tcph, (socket.inet_ntop(fam, ours), 0))
+    except OSError as exc:
+        raise RestoreError(f"TCP {unpack_addr(ie.family, ie.src_addr)}:{ie.src_port}: cannot "
+                           f"inject the peer's segment: {exc.strerror or exc}") from None
+    finally:
+        raw.close()

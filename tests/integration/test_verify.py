@@ -18,6 +18,8 @@ import random
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,8 +32,10 @@ from helpers import (
     check_ok,
     children_of,
     describe,
+    finish,
     reap,
     run_procsnap,
+    REPO_ROOT,
     wait_gone,
     wait_numbers,
 )
@@ -133,6 +137,199 @@ def test_damaged_fd_flags(targets: TargetFactory, dumped: tuple[Target, Path]) -
     _restore_fails(targets, t, images, rf"re:restore check: pid {t.pid}: fd 3: flags "
                    r"O_WRONLY\|O_NOCTTY\|O_LARGEFILE expected, O_WRONLY\|O_LARGEFILE found")
     _restores_without_check(targets, t, images)
+
+
+# ------------------------------------------------- broken restores ----
+#
+# State the restore reproduces from any image cannot be damaged in the
+# image: the restore would faithfully build the damage.  So the restore
+# itself is broken instead -- one function of procsnap replaced, in the
+# restoring process only, by one that forgets its field, as a bug would --
+# and the check must name the pid and the field.
+
+def _restore_with(patch: str, images: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``procsnap restore -D images -d`` with ``patch`` (Python) run first
+    in the restoring process."""
+    code = (f"import runpy, sys\n{patch}\n"
+            f"sys.argv = ['procsnap', 'restore', '-D', {str(images)!r}, '-d', *{list(extra)!r}]\n"
+            "runpy.run_module('procsnap', run_name='__main__', alter_sys=True)\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
+    res = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60, close_fds=True, env=env)
+    reap()
+    return res
+
+
+def _broken_restore_caught(targets: TargetFactory, t: Target, images: Path, patch: str,
+                           pattern: str, pids: tuple[int, ...] = ()) -> str:
+    """The broken restore fails with one line matching ``pattern`` and
+    leaves nothing; with --no-verify the same broken restore "works"
+    (so the check caught it); a restore that is not broken passes the check."""
+    everyone = (t.pid,) + pids
+    kids = children_of(os.getpid())
+    targets.adopt(t.pid, like=t)   # should they wrongly come back
+    for pid in pids:
+        targets.adopt(pid)
+    res = _restore_with(patch, images)
+    line = assert_one_line_error(res, "re:" + pattern)
+    assert "Traceback" not in line
+    for pid in everyone:
+        assert wait_gone(pid, 5), f"a failed check left pid {pid} running\n" + describe(res)
+    assert children_of(os.getpid()) - kids == set(), "a failed check left processes behind"
+    res = _restore_with(patch, images, "--no-verify")
+    check_ok(res)
+    for pid in reversed(everyone):
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, signal.SIGKILL)
+    for pid in everyone:
+        assert wait_gone(pid, 10)
+    check_ok(run_procsnap("restore", "-D", images, "-d"))   # no false positive
+    targets.adopt(t.pid, like=t)
+    return line
+
+
+def _dump(t: Target, images: Path, *extra: str) -> None:
+    images.mkdir(exist_ok=True)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images, *extra))
+    assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
+
+
+def test_broken_file_lock(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that forgets one lock (the first of each task's)."""
+    d = tmp_path / "files"
+    d.mkdir()
+    t = targets.start("fdstate.py", str(d))
+    _dump(t, tmp_path / "images", "--file-locks")
+    patch = ("import procsnap.resources.file_lock as m\n"
+             "orig = m._entries\n"
+             "m._entries = lambda rctx: {p: es[1:] for p, es in orig(rctx).items()}")
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: fd 3: a POSIX write lock on bytes "
+                           rf"0-9 of pid {t.pid} expected, none found")
+    finish(t)
+
+
+def test_broken_sigio_owner(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that never sets the SIGIO owner (F_SETOWN_EX) of fd 7."""
+    d = tmp_path / "files"
+    d.mkdir()
+    t = targets.start("fdstate.py", str(d))
+    _dump(t, tmp_path / "images", "--file-locks")
+    patch = "import procsnap.resources.fown as m\nm.set_owner = lambda *a: None"
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: fd 7: SIGIO owner \(F_GETOWN_EX\) "
+                           rf"process {t.pid} \(uid 0, euid 0\) expected, none found")
+    finish(t)
+
+
+def test_broken_sigio_signal(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that forgets F_SETSIG (fd 7's SIGUSR2)."""
+    d = tmp_path / "files"
+    d.mkdir()
+    t = targets.start("fdstate.py", str(d))
+    _dump(t, tmp_path / "images", "--file-locks")
+    patch = ("import procsnap.resources.fown as m\n"
+             "m.F_SETSIG = 1  # F_GETFD: does nothing")
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: fd 7: F_GETSIG signal 12 expected, "
+                           r"0 found")
+    finish(t)
+
+
+def test_broken_socket_options(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that forgets TCP options (tcp_opts): TCP_NODELAY lost."""
+    t = targets.start("verify_socks.py")
+    _dump(t, tmp_path / "images")
+    patch = "import procsnap.resources.sockets as m\nm.restore_tcp_opts = lambda sk, ie: None"
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: fd \d+: TCP_NODELAY 1 expected, "
+                           r"0 found")
+    finish(t)
+
+
+def test_broken_socket_buffer(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that leaves the buffer sizes and their lock alone (the UDP
+    socket's locked 64 KiB receive buffer comes back at the default)."""
+    t = targets.start("verify_socks.py")
+    _dump(t, tmp_path / "images")
+    patch = ("import procsnap.resources.sockets as m\n"
+             "# SO_PRIORITY instead: set again right after\n"
+             "m.SO_RCVBUFFORCE = m.SO_SNDBUFFORCE = m.SO_BUF_LOCK = 12")
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: fd \d+: SO_(SND|RCV)BUF \d+ expected, "
+                           r"\d+ found")
+    finish(t)
+
+
+@pytest.fixture
+def cgroup2_group() -> Any:
+    g = Path("/sys/fs/cgroup/unified") / f"procsnap-verify-{os.getpid()}"
+    g.mkdir()
+    yield g
+    for _ in range(50):
+        try:
+            g.rmdir()
+            break
+        except OSError:
+            import time
+            time.sleep(0.1)
+
+
+def test_broken_cgroup(targets: TargetFactory, tmp_path: Path, cgroup2_group: Path) -> None:
+    """A restore that forgets to join the task's cgroups: it stays in the
+    restorer's."""
+    numbers = targets.workdir / "numbers"
+    t = targets.start("counter", str(numbers))
+    (cgroup2_group / "cgroup.procs").write_text(str(t.pid))
+    _dump(t, tmp_path / "images")
+    patch = "import procsnap.resources.cgroup as m\nm.restore = lambda rctx, rt: None"
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: cgroup cgroup2: path "
+                           rf"'/{cgroup2_group.name}' expected, '[^']*' found")
+    assert f"0::/{cgroup2_group.name}" in Path(f"/proc/{t.pid}/cgroup").read_text()
+    finish(t)
+
+
+def test_broken_vmflags(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that forgets madvise() and mlock(): the first advised
+    mapping is named."""
+    t = targets.start("vmflags", str(targets.workdir / "vmflags.file"))
+    parent, child = (int(x) for x in t.wait_line(r"^ready ").split()[1:3])
+    _dump(t, tmp_path / "images")
+    assert wait_gone(child, 10)
+    patch = "import procsnap.resources.memory as m\nm._restore_vmflags = lambda rt: None"
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid ({parent}|{child}): mapping 0x[0-9a-f]+-"
+                           r"0x[0-9a-f]+: (madvise|mmap) flags \(VmFlags\) \S+ expected, "
+                           r"none found", pids=(child,))
+    finish(t)
+
+
+def test_broken_loginuid(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that never writes the loginuid (4242)."""
+    t = targets.start("taskstate")
+    _dump(t, tmp_path / "images")
+    patch = "import procsnap.resources.taskattrs as m\nm._set_loginuid = lambda *a: None"
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: loginuid 4242 expected, \d+ found")
+    finish(t)
+
+
+def test_broken_sched_reset_on_fork(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that drops SCHED_RESET_ON_FORK from the policy it sets."""
+    t = targets.start("taskstate")
+    _dump(t, tmp_path / "images")
+    patch = ("import os, types, procsnap.resources.taskattrs as m\n"
+             "o = types.ModuleType('os'); o.__dict__.update(os.__dict__)\n"
+             "o.sched_setscheduler = lambda tid, pol, prm: "
+             "os.sched_setscheduler(tid, pol & ~0x40000000, prm)\n"
+             "m.os = o")
+    _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                           rf"restore check: pid {t.pid}: sched policy "
+                           r"SCHED_RR\|SCHED_RESET_ON_FORK expected, SCHED_RR found")
+    finish(t)
 
 
 # ------------------------------------------------------------------ fuzz ----

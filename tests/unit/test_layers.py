@@ -32,6 +32,7 @@ LAYERS = {
     "procsnap.auditdoc": 8,
     "procsnap.demo": 9,
     "procsnap.cli": 9,
+    "procsnap.criu": 9,  # criu's command line, beside cli
     "procsnap.__main__": 9,
     "procsnap": 9,  # the package itself: the Python API
 }

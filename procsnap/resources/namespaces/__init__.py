@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ImageError
-from . import pid, time, uts
+from . import mnt, pid, time, uts
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, RestoreContext, RestoreTask
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 #  time - unshared and entered by the root before any child is forked into it;
 #         needs /proc as the restorer mounted it (before mnt pivots);
 #  (mnt goes last: after it the puppet sees the restored tree's root.)
-NS_KINDS: list[ModuleType] = [pid, uts, time]
+NS_KINDS: list[ModuleType] = [pid, uts, time, mnt]
 
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")

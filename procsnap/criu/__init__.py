@@ -1,0 +1,276 @@
+"""procsnap in place of criu: criu's command line over procsnap's API.
+
+Reached as ``criu ARGS...`` (a symlink named ``criu`` to the ``procsnap``
+entry point: cli.main looks at argv[0]), as ``procsnap criu ARGS...`` and as
+``python3 -m procsnap.criu ARGS...``.  It speaks the criu that LXC and
+zdtm.py run: ``--version`` (criu's "Version: X.Y" line), ``check``
+(``--feature NAME``, ``--all``), ``dump``, ``restore``.
+
+criu's habits kept:
+- options from config files and argv (options.py), each done, accepted as
+  procsnap's behaviour, or refused by name with exit 1 before anything is
+  frozen (options.TABLE; ``criu --help`` lists all three kinds);
+- the log (-o FILE relative to -W, default the images directory; -v/-vN;
+  --log-pid), "Error" lines on failure (log.py);
+- exit status 0 or 1; after a refusing post-dump script, its status;
+- --pidfile (relative to the work directory), --status-fd;
+- stats-dump / stats-restore images in the images directory (stats.py);
+- action scripts with criu's environment (scripts.py).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from .. import ActionScriptFailed, ProcsnapError
+from . import options as O
+from .log import CriuLog
+
+CRIU_VERSION = "4.2"  # the criu whose command line this follows (LXC wants >= 2.0)
+
+log = logging.getLogger("procsnap.criu")
+
+
+def _err(msg: str, clog: CriuLog | None = None) -> int:
+    """One line on stderr, and an Error line in the log if there is one."""
+    if clog is not None:
+        log.error("%s", msg)
+        if clog.path is None:
+            return 1          # the log is stderr already
+    print(f"criu: {msg}", file=sys.stderr)
+    return 1
+
+
+def _size(text: str) -> int:
+    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:].lower(), 1)
+    try:
+        value = int(text[:-1] if mult > 1 else text)
+    except ValueError:
+        raise O.UsageError(f"--ghost-limit: not a size: {text!r}") from None
+    return value * mult
+
+
+def _external(value: str, opt: str) -> str:
+    m = re.fullmatch(r"unix\[(\d+)\]", value)
+    if m is None:
+        raise O.UsageError(f"option --{opt} {value} is not supported by procsnap: of criu's "
+                           "external resources it knows unix[INO] only")
+    return f"unix[{int(m.group(1))}]"
+
+
+def _inherit(value: str) -> tuple[str, int]:
+    m = re.fullmatch(r"fd\[(\d+)\]:(.+)", value)
+    if m is None:
+        raise O.UsageError(f"--inherit-fd {value}: not fd[N]:KEY")
+    return _external(m.group(2), "inherit-fd"), int(m.group(1))
+
+
+def _check_values(p: O.Parsed) -> None:
+    """Values procsnap takes only some of (the rest refused by name)."""
+    mode = p.last("manage-cgroups")
+    if mode not in (None, "", "soft"):
+        raise O.UsageError(f"option --manage-cgroups={mode} is not supported by procsnap: "
+                           "it restores cgroup membership only (criu's soft mode); "
+                           "controller properties are not saved")
+    lock = p.last("network-lock")
+    if lock not in (None, "nftables"):
+        raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
+                           "its network lock is nftables")
+    if p.values("inherit-fd") and p.command != "restore":
+        raise O.UsageError("--inherit-fd is restore-only option")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        p = O.parse(argv)
+    except O.UsageError as exc:
+        return _err(str(exc))
+    if p.has("help"):
+        sys.stdout.write(O.help_text())
+        return 0
+    if p.has("version"):
+        print(f"Version: {CRIU_VERSION}")
+        return 0
+    if p.command is None:
+        return _err("command is required (dump, restore, check; criu --help)")
+    if p.command in O.LATER_COMMANDS:
+        return _err(f"command {p.command} is not supported by procsnap "
+                    "(it has dump, restore and check)")
+    if p.command not in O.COMMANDS:
+        return _err(f"unknown command: {p.command}")
+    if p.extra:
+        return _err(f"unexpected argument: {p.extra[0]}")
+
+    # The images and work directories, then the log, as criu: -D defaults
+    # to ".", -W to the images directory, -o is relative to -W.
+    images_dir = os.path.abspath(p.last("images-dir") or ".")
+    work_dir = os.path.abspath(p.last("work-dir") or images_dir)
+    logfile = p.last("log-file")
+    log_path = os.path.join(work_dir, logfile) if logfile and logfile != "-" else None
+    # A refused option is refused before anything is created or frozen;
+    # its line goes into the log too when the log's directory is there.
+    try:
+        refusal = O.refused(p)
+        if refusal is None:
+            _check_values(p)
+    except O.UsageError as exc:
+        refusal = str(exc)
+    if refusal is None and p.command == "dump":
+        try:
+            os.makedirs(images_dir, exist_ok=True)
+        except OSError as exc:
+            return _err(f"Can't open images directory {images_dir}: {exc.strerror}")
+    if log_path is not None and not os.path.isdir(os.path.dirname(log_path)):
+        return _err(refusal or f"Can't open log file {log_path}: no such directory")
+    try:
+        clog = CriuLog(log_path, p.log_level, p.flag("log-pid"))
+    except OSError as exc:
+        return _err(refusal or f"Can't open log file {log_path}: {exc.strerror}")
+    try:
+        log.info("Version: %s (procsnap %s)", CRIU_VERSION, _version())
+        log.info("criu %s", " ".join(argv))
+        for path in p.config_files:
+            log.debug("Parsed config file %s", path)
+        if refusal is not None:
+            return _err(refusal, clog)
+        for o, v, _ in p.given:
+            if o.how == O.ACCEPT:
+                log.info("--%s%s: accepted: %s", o.name, f" {v}" if v else "", o.note)
+        try:
+            if p.command == "check":
+                return _check(p)
+            if p.command == "dump":
+                return _dump(p, images_dir)
+            return _restore(p, images_dir, work_dir)
+        except O.UsageError as exc:
+            return _err(str(exc), clog)
+        except ActionScriptFailed as exc:
+            _err(str(exc), clog)
+            return exc.status if exc.action == "post-dump" else 1
+        except ProcsnapError as exc:
+            return _err(str(exc), clog)
+        except KeyboardInterrupt:
+            return _err("interrupted", clog)
+        except Exception as exc:  # a bug: one line, the traceback in the log at -v4
+            log.debug("traceback", exc_info=True)
+            return _err(f"internal error: {type(exc).__name__}: {exc}", clog)
+    finally:
+        clog.close()
+
+
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
+def _check(p: O.Parsed) -> int:
+    from .. import check as pcheck
+    from . import features
+    feat = p.last("feature")
+    if feat:
+        ok, line = features.check_feature(feat)
+        if ok:
+            print(line)
+            return 0
+        return _err(line)
+    for name, why, probe in pcheck.CHECKS:
+        try:
+            probe()
+        except OSError as exc:
+            _err(f"{name}: {exc.strerror or exc} -- needed for {why}")
+            return 1
+    missing = 0
+    if p.flag("extra") or p.flag("experimental") or p.has("all"):
+        for name in features.EXTRA:
+            ok, line = features.check_feature(name)
+            if not ok:
+                missing += 1
+                print(f"Warn: {line}")
+    if missing:
+        print("Looks good but some kernel features are missing\n"
+              "which, depending on your process tree, may cause\n"
+              "dump or restore failure.")
+        return 1
+    print("Looks good.")
+    return 0
+
+
+def _status_fd(p: O.Parsed) -> None:
+    fd = p.last("status-fd")
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"\0")
+        os.close(int(fd))
+    except (ValueError, OSError) as exc:
+        raise ProcsnapError(f"--status-fd {fd}: {exc}") from None
+
+
+def _dump(p: O.Parsed, images_dir: str) -> int:
+    import procsnap
+    from . import stats
+    from .scripts import ActionScripts
+    tree = p.last("tree")
+    if tree is None:
+        raise O.UsageError("dump: the tree's root is required (-t PID)")
+    try:
+        pid = int(tree)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise O.UsageError(f"-t {tree}: not a pid")
+    external = tuple(_external(v, "external") for v in p.values("external"))
+    ghost_limit = _size(p.last("ghost-limit")) if p.last("ghost-limit") else 1 << 20
+    log.info("Dumping processes (pid: %d)", pid)
+    with ActionScripts(p.values("action-script"), images_dir, root_pid=pid) as scripts:
+        st = procsnap.dump(pid, images_dir, leave_running=p.has("leave-running"),
+                           shell_job=p.flag("shell-job"), ghost_limit=ghost_limit,
+                           link_remap=p.flag("link-remap"), external=external,
+                           tcp_established=p.flag("tcp-established"),
+                           file_locks=p.flag("file-locks"), action=scripts)
+    for k, v in st.items():
+        log.debug("stage %s: %.1f ms", k, v * 1000)
+    entry = stats.write_dump_stats(images_dir, st)
+    log.info("Dumping finished successfully")
+    if p.flag("display-stats"):
+        sys.stdout.write(stats.display(entry))
+    _status_fd(p)
+    return 0
+
+
+def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
+    import procsnap
+    from ..images import read_image
+    from ..restorer import last_stats, wait_exit
+    from . import stats
+    from .scripts import ActionScripts
+    if not os.path.isdir(images_dir):
+        raise ProcsnapError(f"Can't open images directory {images_dir}: no such directory")
+    if p.has("tree"):
+        log.warning("Using -t with criu restore is obsoleted")
+    pidfile = p.last("pidfile")
+    if pidfile:
+        pidfile = os.path.join(work_dir, pidfile)
+    inherit = dict(_inherit(v) for v in p.values("inherit-fd"))
+    detached = p.flag("restore-detached") or p.flag("daemon")
+    with ActionScripts(p.values("action-script"), images_dir) as scripts:
+        def action(name: str) -> int:
+            # criu knows the root's pid once its tasks exist (not at pre-restore)
+            if name != "pre-restore" and scripts.root_pid is None:
+                scripts.root_pid = read_image(images_dir, "pstree")[0].pid
+            return scripts(name)
+        pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
+                               pidfile=pidfile, inherit_fd=inherit,
+                               tcp_close=p.flag("tcp-close"), action=action)
+    entry = stats.write_restore_stats(images_dir, dict(last_stats))
+    log.info("Restore finished successfully. Tasks resumed.")
+    if p.flag("display-stats"):
+        sys.stdout.write(stats.display(entry))
+    _status_fd(p)
+    if not detached:
+        # criu stays the tree's parent until it exits, then exits 0
+        wait_exit(pid)
+    return 0

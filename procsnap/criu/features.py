@@ -1,0 +1,117 @@
+"""``criu check --feature NAME``, answered for procsnap.
+
+zdtm.py skips a test whose feature criu lacks, so a feature is "supported"
+here only where procsnap saves and restores what the feature is for and
+this kernel gives what procsnap needs for it; otherwise the answer is no,
+with the reason (a test that would fail is skipped, not run).  The names
+are criu's (criu/cr-check.c: feature_list), in its order; a name criu
+does not know is an error, as in criu.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Callable
+
+from .. import check as pcheck
+
+Probe = Callable[[], None]
+
+
+def _ok() -> None:
+    return None
+
+
+def _fdinfo_has(word: str) -> Probe:
+    def probe() -> None:
+        with open("/proc/self/fdinfo/%d" % _any_fd()) as f:
+            if word not in f.read():
+                raise OSError(0, f"/proc/PID/fdinfo has no {word}")
+    return probe
+
+
+def _any_fd() -> int:
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            return fd
+        except OSError:
+            continue
+    return os.open("/", os.O_RDONLY)  # left open: this process ends soon
+
+
+def _nft() -> None:
+    if shutil.which("nft") is None:
+        raise OSError(2, "the nft command is not installed")
+
+
+def _no(why: str) -> Probe:
+    def probe() -> None:
+        raise OSError(0, why)
+    return probe
+
+
+_NS = "namespaces are not restored by procsnap yet"
+
+FEATURES: dict[str, Probe] = {
+    "mnt_id": _fdinfo_has("mnt_id"),
+    "mem_dirty_track": _no("no pre-dump / memory tracking"),
+    "aio_remap": _ok,                      # AIO rings remade and moved (memory.aio)
+    "timerfd": _ok,                        # timerfds restored with their ticks
+    "tun": _no("tun devices are not saved"),
+    "tun_ns": _no("tun devices are not saved"),
+    "userns": _no(_NS),
+    "fdinfo_lock": _ok,                    # locks and leases saved (resources.file_lock)
+    "seccomp_suspend": _ok,                # PTRACE_O_SUSPEND_SECCOMP is used
+    "seccomp_filters": _ok,                # filter chains saved (PTRACE_SECCOMP_GET_FILTER)
+    "loginuid": _no("the audit loginuid is not restored"),
+    "cgroupns": _no(_NS),
+    "autofs": _no("autofs mounts are not saved"),
+    "tcp_half_closed": _no("half-closed TCP connections are refused"),
+    "compat_cr": _no("32-bit tasks are not supported"),
+    "uffd": _no("no lazy restore"),
+    "uffd-noncoop": _no("no lazy restore"),
+    "can_map_vdso": _ok,
+    "sk_ns": _no(_NS),
+    "sk_unix_file": _no("unix sockets bound in other mount namespaces are not saved"),
+    "net_diag_raw": _no("raw sockets are refused"),
+    "nsid": _no(_NS),
+    "link_nsid": _no(_NS),
+    "kcmp_epoll": pcheck._kcmp,
+    "timens": _no(_NS),
+    "external_net_ns": _no(_NS),
+    "clone3_set_tid": pcheck._clone3_set_tid,
+    "newifindex": _no(_NS),
+    "nftables": _no("nftables of a network namespace are not saved"),
+    "has_ipt_legacy": _no("procsnap's network lock is nftables only"),
+    "pidfd_store": _no("no RPC pidfd store"),
+    "ns_pid": _no(_NS),
+    "apparmor_stacking": _no("LSM profiles are not restored"),
+    "network_lock_nftables": _nft,
+    "sockopt_buf_lock": _ok,               # SO_BUF_LOCK saved among socket options
+    "memfd_hugetlb": _no("hugetlb memfds are not saved"),
+    "move_mount_set_group": _no("mount namespaces are not restored by procsnap yet"),
+    "openat2": _ok,
+    "get_rseq_conf": _ok,                  # rseq areas saved (PTRACE_GET_RSEQ_CONFIGURATION)
+    "ipv6_freebind": _no("IPV6_FREEBIND is not saved"),
+    "pagemap_scan": _no("PAGEMAP_SCAN is not used"),
+    "timer_cr_ids": _ok,                   # PR_TIMER_CREATE_RESTORE_IDS is used
+    "overlayfs_maps": _no("files mapped from overlayfs are not checked"),
+    "breakpoints": _no("hardware breakpoints are not saved"),
+    "pagemap_scan_guard_pages": _ok,       # guard regions saved (memory)
+}
+
+# what `criu check --all` adds to the base check: all of the above
+EXTRA = list(FEATURES)
+
+
+def check_feature(name: str) -> tuple[bool, str]:
+    """(supported, the line criu prints)."""
+    probe = FEATURES.get(name)
+    if probe is None:
+        return False, f"Unknown feature {name}"
+    try:
+        probe()
+    except OSError as exc:
+        return False, f"{name} is not supported by procsnap: {exc.strerror or exc}"
+    return True, f"{name} is supported"

@@ -1,0 +1,70 @@
+"""criu's action scripts (--action-script FILE, several allowed).
+
+Each script is executed (not through a shell) at each stage with criu's
+environment: CRTOOLS_SCRIPT_ACTION (the stage), CRTOOLS_IMAGE_DIR
+(/proc/<our pid>/fd/<fd of the images directory>, as criu gives it) and,
+once the root task's pid is known, CRTOOLS_INIT_PID.  Like criu, the
+script given last runs first (criu adds each one at the head of its list)
+and a stage's status is the OR of the scripts' statuses.
+
+Stages procsnap runs: pre-dump, network-lock, post-dump, network-unlock
+(dump); pre-restore, post-restore, network-unlock, pre-resume,
+post-resume (restore).  network-lock/-unlock run, as in criu, only for a
+tree in its own network namespace.  setup-namespaces and
+post-setup-namespaces belong to namespace restore; orphan-pts-master and
+status-ready to criu's RPC mode.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+
+log = logging.getLogger("procsnap.criu")
+
+
+class ActionScripts:
+    def __init__(self, paths: list[str], images_dir: str, root_pid: int | None = None) -> None:
+        self.paths = list(reversed(paths))
+        self.images_dir = images_dir
+        self.root_pid = root_pid
+        self.dir_fd = -1
+        self.ran: list[str] = []
+
+    def __enter__(self) -> "ActionScripts":
+        if self.paths:
+            self.dir_fd = os.open(self.images_dir, os.O_RDONLY | os.O_DIRECTORY)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def __call__(self, action: str) -> int:
+        """Run every script for this stage; returns their statuses ORed."""
+        log.debug("Running %s scripts", action)
+        if not self.paths:
+            return 0
+        self.ran.append(action)
+        env = dict(os.environ)
+        env["CRTOOLS_SCRIPT_ACTION"] = action
+        env["CRTOOLS_IMAGE_DIR"] = f"/proc/{os.getpid()}/fd/{self.dir_fd}"
+        if self.root_pid is not None:
+            env["CRTOOLS_INIT_PID"] = str(self.root_pid)
+        status = 0
+        for path in self.paths:
+            log.debug("\t[%s]", path)
+            try:
+                rc = subprocess.call([path], env=env, pass_fds=(self.dir_fd,))
+            except OSError as exc:
+                log.error("Can't run script %s: %s", path, exc.strerror or exc)
+                rc = 1
+            if rc < 0:          # killed by a signal
+                rc = 128 - rc
+            if rc:
+                log.error("Script %s exited with %d", path, rc)
+            status |= rc
+        if status:
+            log.error("One of more action scripts failed")
+        return status

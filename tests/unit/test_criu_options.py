@@ -1,0 +1,107 @@
+"""criu's command line as procsnap.criu reads it (no process is touched)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from procsnap.criu import options as O
+
+
+def parse(*argv: str, env: dict[str, str] | None = None) -> O.Parsed:
+    return O.parse(list(argv), env={} if env is None else env)
+
+
+def test_command_anywhere_short_clusters_and_long_forms() -> None:
+    p = parse("--no-default-config", "dump", "-jRt123", "-D", "d", "--log-file=x.log",
+              "--ghost-lim", "5M")
+    assert p.command == "dump"
+    assert p.flag("shell-job") and p.has("leave-running")
+    assert p.last("tree") == "123" and p.last("images-dir") == "d"
+    assert p.last("log-file") == "x.log" and p.last("ghost-limit") == "5M"
+
+
+@pytest.mark.parametrize("args, level", [
+    ((), 2), (("-v",), 3), (("-vvv",), 5), (("-v4",), 4), (("--verbosity=4",), 4),
+    (("-verbosity=0",), 0),          # what zdtm.py passes to `criu check`
+    (("-v0", "-v"), 1),
+])
+def test_verbosity_as_criu(args: tuple[str, ...], level: int) -> None:
+    assert parse("check", *args).log_level == level
+
+
+def test_no_form_of_boolean_options() -> None:
+    p = parse("dump", "--tcp-established", "--no-tcp-established")
+    assert not p.flag("tcp-established")
+    with pytest.raises(O.UsageError, match="--no-tree"):
+        parse("dump", "--no-tree")   # -t is not a boolean option
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("dump", "--bogus"), "'--bogus'"),
+    (("dump", "-q"), "'q'"),
+    (("dump", "-t"), "'t'"),
+    (("dump", "--tcp"), "ambiguous"),
+    (("dump", "--leave-running=1"), "--leave-running"),
+])
+def test_bad_options_name_themselves(argv: tuple[str, ...], words: str) -> None:
+    with pytest.raises(O.UsageError, match=words.replace("-", r"\-").replace("'", "'")):
+        parse(*argv)
+
+
+def test_refused_options_are_named_with_the_reason() -> None:
+    assert O.refused(parse("dump", "-t", "1", "--tcp-established")) is None
+    msg = O.refused(parse("restore", "--root", "/srv/ct"))
+    assert msg is not None and msg.startswith("option --root /srv/ct is not supported")
+    assert "mount namespaces" in msg
+    assert O.refused(parse("dump", "-s")) is not None  # --leave-stopped
+    # every criu option is in the table with a kind, and refusals say why
+    for o in O.TABLE:
+        assert o.how in (O.MAP, O.ACCEPT, O.REFUSE)
+        if o.how != O.MAP:
+            assert o.note, o.name
+
+
+def test_config_files_in_criu_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    glob = tmp_path / "default.conf"
+    glob.write_text("# global\ntcp-established\nghost-limit 1K   # small\n")
+    home = tmp_path / "home"
+    (home / ".criu").mkdir(parents=True)
+    (home / ".criu" / "default.conf").write_text("ghost-limit 2K\n")
+    env_cfg = tmp_path / "env.conf"
+    env_cfg.write_text("file-locks\n")
+    cli_cfg = tmp_path / "cli.conf"
+    cli_cfg.write_text('log-file "my log.txt"\n')
+    monkeypatch.setattr(O, "GLOBAL_CONFIG", str(glob))
+    env = {"HOME": str(home), "CRIU_CONFIG_FILE": str(env_cfg)}
+
+    p = parse("dump", "-t", "1", env=env)
+    assert p.flag("tcp-established") and p.flag("file-locks")
+    assert p.last("ghost-limit") == "2K"              # the user's file comes after /etc's
+    assert p.config_files == [str(glob), str(home / ".criu/default.conf"), str(env_cfg)]
+
+    p = parse("dump", "--ghost-limit", "3K", env=env)
+    assert p.last("ghost-limit") == "3K"              # argv last
+
+    p = parse("dump", "--no-default-config", env=env)
+    assert not p.flag("tcp-established") and p.flag("file-locks")  # env file still read
+
+    p = parse("dump", "--config", str(cli_cfg), env=env)  # --config skips the defaults
+    assert p.last("log-file") == "my log.txt" and not p.flag("tcp-established")
+
+    with pytest.raises(O.UsageError, match="no such file"):
+        parse("dump", "--config", str(tmp_path / "missing"), env={})
+
+
+def test_config_file_bad_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.conf"
+    cfg.write_text("ghost-limit 1K 2K\n")
+    with pytest.raises(O.UsageError, match="one option"):
+        parse("dump", "--config", str(cfg))
+
+
+def test_help_lists_every_option() -> None:
+    text = O.help_text()
+    for o in O.TABLE:
+        assert f"--{o.name}" in text
+    assert "--file-locks" in text and "Accepted, already procsnap's behaviour" in text
