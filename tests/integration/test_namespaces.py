@@ -2,9 +2,9 @@
 with its own hostname and clocks, comes back in new namespaces of the same
 shape; kinds not saved yet are refused by name with the tree running on.
 
-The targets run under ``unshare -fp -u`` without ``--mount-proc``: the
-mount namespace is another helper's (mnt) work, and until it is merged a
-private mount namespace is refused (the last test).
+The targets run under ``unshare -fp -u``, and once with ``--mount-proc``
+(a mount namespace of its own: resources/namespaces/mnt.py, restored under
+``--root /``).
 """
 from __future__ import annotations
 
@@ -87,25 +87,38 @@ def ns_link(pid: int | str, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
 
 
-def dump_restore(targets: TargetFactory, t: Target, images: Path) -> None:
+def dump_restore(targets: TargetFactory, t: Target, images: Path, *ropts: str) -> None:
     check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
     assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
-    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    check_ok(run_procsnap("restore", "-D", images, "-d", *ropts))
     targets.adopt(t.pid, like=t)
     assert t.alive(), f"pid {t.pid} did not come back"
 
 
-def test_pid_uts_namespaces(targets: TargetFactory, images_dir: Path) -> None:
+def inside_pids(pid: int) -> list[int]:
+    """The pids the task's own /proc (mounted inside its pid namespace) lists."""
+    return sorted(int(d) for d in os.listdir(f"/proc/{pid}/root/proc") if d.isdigit())
+
+
+@pytest.mark.parametrize("mount_proc", [False, True], ids=["no-mntns", "mount-proc"])
+def test_pid_uts_namespaces(targets: TargetFactory, images_dir: Path, mount_proc: bool) -> None:
+    """A tree of 3 under unshare -fp -u (and --mount-proc: its own /proc in a
+    mount namespace of its own, restored under --root /)."""
     numbers = targets.workdir / "numbers"
-    t = start_in_ns(targets, ["-fp", "-u"], str(numbers), "box-ns9", "2")
+    flags = ["-fp", "--mount-proc", "-u"] if mount_proc else ["-fp", "-u"]
+    t = start_in_ns(targets, flags, str(numbers), "box-ns9", "2")
     wait_numbers(numbers, 3)
     before = nspids(t.pid)
     assert len(before) == 3 and before[t.pid][-1] == 1, before
     assert hostname_of(t.pid) == "box-ns9"
-    dump_restore(targets, t, images_dir)
+    if mount_proc:
+        assert inside_pids(t.pid) == [1, 2, 3]
+    dump_restore(targets, t, images_dir, *(["--root", "/"] if mount_proc else []))
 
     after = nspids(t.pid)
     assert after == before, f"pids at every level: before {before}, after {after}"
+    if mount_proc:  # the inside view: its /proc lists the inner pids
+        assert inside_pids(t.pid) == [1, 2, 3], inside_pids(t.pid)
     assert hostname_of(t.pid) == "box-ns9"
     assert hostname_of(t.pid) != os.uname().nodename
     for kind in ("pid", "uts"):  # new namespaces, not ours
