@@ -98,6 +98,7 @@ Zombies are not compared: they were let go to exit long before.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import ctypes
 import fcntl
 import logging
@@ -897,7 +898,7 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                     ("IP_TOS", _IP, socket.IP_TOS, 0, ip.tos),
                     ("IP_TTL", _IP, socket.IP_TTL, 0,
                      ip.ttl if ip.HasField("ttl") else _default(rctx, sk, _IP, socket.IP_TTL))]
-    if ie.family == socket.AF_INET6:
+    if ie.family == socket.AF_INET6 and not (ie.v6only is False and _bound_v6_only(ie)):
         out.append(("IPV6_V6ONLY", _IP6, socket.IPV6_V6ONLY, 0, int(ie.v6only)))
     if tcp and ie.HasField("tcp_opts"):
         t = ie.tcp_opts
@@ -909,6 +910,19 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
             if t.HasField(fld) and getattr(t, fld):
                 out.append((name, _TCP, num, 0, getattr(t, fld)))
     return out
+
+
+def _bound_v6_only(ie: Any) -> bool:
+    """A connection whose IPv6 source is a specific address that is not
+    v4-mapped: binding it (which the restore must do, to get its port back)
+    makes the kernel set IPV6_V6ONLY (inet6_bind), and it cannot be cleared
+    once bound.  On a connected socket the flag changes nothing: it only
+    decides which addresses a socket may still bind or accept."""
+    from .resources.tcp import unpack_addr
+    if not ie.dst_port:
+        return False
+    addr = ipaddress.ip_address(unpack_addr(socket.AF_INET6, ie.src_addr))
+    return not addr.is_unspecified and getattr(addr, "ipv4_mapped", None) is None
 
 
 def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) -> Any:
