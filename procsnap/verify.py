@@ -889,7 +889,10 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
             ("SO_LINGER", _SOL, socket.SO_LINGER, 8, linger)]
     ip = ie.ip_opts if ie.HasField("ip_opts") else None
     if ip is not None:
-        out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
+        if ie.family == socket.AF_INET6 and ie.type == socket.SOCK_RAW:
+            out.append(("IPV6_FREEBIND", _IP6, 78, 0, int(ip.freebind)))  # no SOL_IP there
+        else:
+            out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
         if ie.family == socket.AF_INET6:
             out.append(("IPV6_RECVPKTINFO", _IP6, socket.IPV6_RECVPKTINFO, 0, int(ip.pktinfo)))
         else:
@@ -897,6 +900,8 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                     ("IP_TOS", _IP, socket.IP_TOS, 0, ip.tos),
                     ("IP_TTL", _IP, socket.IP_TTL, 0,
                      ip.ttl if ip.HasField("ttl") else _default(rctx, sk, _IP, socket.IP_TTL))]
+    if ip is not None and ie.type == socket.SOCK_RAW and ip.HasField("raw"):
+        out += _raw_expect(ie.family, ie.proto, ip.raw)
     if ie.family == socket.AF_INET6:
         out.append(("IPV6_V6ONLY", _IP6, socket.IPV6_V6ONLY, 0, int(ie.v6only)))
     if tcp and ie.HasField("tcp_opts"):
@@ -908,6 +913,22 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                                ("TCP_KEEPINTVL", socket.TCP_KEEPINTVL, "keepintvl")):
             if t.HasField(fld) and getattr(t, fld):
                 out.append((name, _TCP, num, 0, getattr(t, fld)))
+    return out
+
+
+def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, int, Any]]:
+    """A raw socket's ip_opts.raw: header-include, no-defrag and the ICMP
+    type filter (read as bytes, compared as the image's words)."""
+    if family == socket.AF_INET6:
+        out: list[tuple[str, int, int, int, Any]] = [
+            ("IPV6_HDRINCL", _IP6, 36, 0, int(r.hdrincl))]
+        if proto == socket.IPPROTO_ICMPV6 and r.icmpv_filter:
+            out.append(("ICMPV6_FILTER", 58, 1, 32, struct.pack("8I", *r.icmpv_filter)))
+        return out
+    out = [("IP_HDRINCL", _IP, socket.IP_HDRINCL, 0, int(r.hdrincl)),
+           ("IP_NODEFRAG", _IP, 22, 0, int(r.nodefrag))]
+    if proto == socket.IPPROTO_ICMP and r.icmpv_filter:
+        out.append(("ICMP_FILTER", 255, 1, 4, struct.pack("I", r.icmpv_filter[0])))
     return out
 
 
@@ -928,6 +949,8 @@ def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) ->
 
 
 def _show_opt(v: Any) -> str:
+    if isinstance(v, bytes) and len(v) in (4, 32):
+        return "0x" + v.hex()
     if isinstance(v, bytes) and len(v) == 16:
         sec, usec = struct.unpack("qq", v)
         return f"{sec}.{usec:06d}s"

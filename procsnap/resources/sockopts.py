@@ -88,7 +88,8 @@ KIND_LEVELS = {"unix": (SOL_SOCKET,),
                "icmp4": (SOL_SOCKET, SOL_IP),
                "icmp6": (SOL_SOCKET, SOL_IP, SOL_IPV6),
                "raw4": (SOL_SOCKET, SOL_IP, SOL_RAW),
-               "raw6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_ICMPV6, SOL_RAW)}
+               # ipv6_getsockopt answers SOL_IP for every type but raw
+               "raw6": (SOL_SOCKET, SOL_IPV6, SOL_ICMPV6, SOL_RAW)}
 PROBE_RANGE = range(0, 256)
 # never read, whatever the kind: SO_ERROR clears the error it reports,
 # SO_PEERPIDFD installs a pidfd in the reader
@@ -238,6 +239,10 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_IP, 32, "IP_MULTICAST_IF", REFUSED, _FROM_SYN, INET, connected=False),
     _o(SOL_IP, 33, "IP_MULTICAST_TTL", REFUSED, _FROM_SYN, INET, connected=False),
     _o(SOL_IP, 34, "IP_MULTICAST_LOOP", REFUSED, "", INET),
+    _o(SOL_IP, 41, "IP_MSFILTER", IRRELEVANT,
+       "a query about one multicast group given by the caller", INET),
+    _o(SOL_IP, 48, "MCAST_MSFILTER", IRRELEVANT,
+       "a query about one multicast group given by the caller", INET),
     _o(SOL_IP, 49, "IP_MULTICAST_ALL", REFUSED, "", INET),
     _o(SOL_IP, 50, "IP_UNICAST_IF", REFUSED, "", INET),
     _o(SOL_IP, 51, "IP_LOCAL_PORT_RANGE", REFUSED, "", INET),
@@ -365,7 +370,7 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_UDP, 10, "UDPLITE_SEND_CSCOV", REFUSED, "", UDPLITE),
     _o(SOL_UDP, 11, "UDPLITE_RECV_CSCOV", REFUSED, "", UDPLITE),
     # ------------------------------------------------ raw IP (own rows)
-    _o(SOL_IP, 3, "IP_HDRINCL", SAVED, "ip_opts.raw.hdrincl", RAW),
+    _o(SOL_IP, 3, "IP_HDRINCL", SAVED, "ip_opts.raw.hdrincl", RAW4),
     _o(SOL_IP, 22, "IP_NODEFRAG", SAVED, "ip_opts.raw.nodefrag", RAW4),
     _o(SOL_RAW, 1, "ICMP_FILTER", SAVED, "ip_opts.raw.icmpv_filter (IPPROTO_ICMP sockets)",
        RAW4),
