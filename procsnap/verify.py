@@ -620,7 +620,7 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
         return entry.efd.flags & ~C.EFD_SEMAPHORE, None  # bit 0 carries EFD_SEMAPHORE
     if t == fdinfo_pb2.TTY:
         return tty.expected_flags(rctx, entry), None  # None: the shell job's terminal
-    for part in ("pipe", "usk", "isk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
+    for part in ("pipe", "usk", "isk", "nlsk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
         if entry.HasField(part):
             return getattr(entry, part).flags, None
     return None, None
@@ -734,7 +734,7 @@ def _fown_of(entry: Any) -> Any:
 
 def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
     fown = _fown_of(entry)
-    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK)
+    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK, fdinfo_pb2.NETLINKSK)
     if fown is None and not sk_kind:
         return []
     copy = f.copy(fd)
@@ -742,6 +742,8 @@ def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
         out = [] if fown is None else _check_fown(fd, copy, fown)
         if sk_kind:
             out += _check_sockopts(f.rctx, fd, copy, entry)
+        if entry.type == fdinfo_pb2.NETLINKSK:
+            out += _check_netlink(fd, copy, entry.nlsk)
         return out
     finally:
         os.close(copy)
@@ -851,7 +853,8 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
     gives a socket: each option sockopts.TABLE marks SAVED, as the
     restore sets it (unset fields: what a fresh socket has)."""
     inet = entry.type == fdinfo_pb2.INETSK
-    o = entry.isk.opts if inet else entry.usk.opts
+    o = (entry.isk if inet else entry.nlsk if entry.type == fdinfo_pb2.NETLINKSK
+         else entry.usk).opts
     ie: Any = entry.isk
     tcp = inet and ie.proto == _TCP
     lock = o.so_buf_lock if o.HasField("so_buf_lock") else None
@@ -914,6 +917,21 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
             if t.HasField(fld) and getattr(t, fld):
                 out.append((name, _TCP, num, 0, getattr(t, fld)))
     return out
+
+
+def _check_netlink(fd: int, copy: int, ne: Any) -> list[str]:
+    """A netlink socket's port id, every group it is in, and its peer."""
+    from .resources import netlinksk
+    sk = socket.socket(fileno=copy)
+    try:
+        portid, _low = sk.getsockname()
+        peer = tuple(sk.getpeername())
+        out = _differ(f"fd {fd}: netlink port id", ne.portid, portid)
+        out += _differ(f"fd {fd}: netlink groups", list(ne.groups), netlinksk.groups_of(sk))
+        out += _differ(f"fd {fd}: netlink peer", (ne.dst_portid, ne.dst_group), peer)
+        return out
+    finally:
+        sk.detach()   # the copy is closed by the caller
 
 
 def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, int, Any]]:

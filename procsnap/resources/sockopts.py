@@ -55,7 +55,8 @@ SOL_UDP = socket.IPPROTO_UDP
 SOL_ICMPV6 = 58
 SOL_UDPLITE = 136
 SOL_RAW = 255
-LEVELS = {SOL_SOCKET: "SOL_SOCKET", SOL_IP: "SOL_IP", SOL_IPV6: "SOL_IPV6",
+SOL_NETLINK = 270
+LEVELS = {SOL_NETLINK: "SOL_NETLINK", SOL_SOCKET: "SOL_SOCKET", SOL_IP: "SOL_IP", SOL_IPV6: "SOL_IPV6",
           SOL_TCP: "SOL_TCP", SOL_UDP: "SOL_UDP", SOL_ICMPV6: "SOL_ICMPV6",
           SOL_UDPLITE: "SOL_UDPLITE", SOL_RAW: "SOL_RAW"}
 
@@ -71,9 +72,10 @@ PING = frozenset({"icmp4", "icmp6"})
 RAW4 = frozenset({"raw4"})
 RAW6 = frozenset({"raw6"})
 RAW = RAW4 | RAW6
+NETLINK = frozenset({"netlink"})
 ALL = UNIX | INET
 # the kind whose rows a datagram kind of the IP layer starts from
-LIKE = {"udplite4": "udp4", "udplite6": "udp6", "icmp4": "udp4", "icmp6": "udp6",
+LIKE = {"netlink": "unix", "udplite4": "udp4", "udplite6": "udp6", "icmp4": "udp4", "icmp6": "udp6",
         "raw4": "udp4", "raw6": "udp6"}
 
 # which levels a kind answers at (the probe of unknown numbers)
@@ -85,6 +87,7 @@ KIND_LEVELS = {"unix": (SOL_SOCKET,),
                "udp6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP, SOL_UDPLITE),
                "udplite4": (SOL_SOCKET, SOL_IP, SOL_UDP, SOL_UDPLITE),
                "udplite6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP, SOL_UDPLITE),
+               "netlink": (SOL_SOCKET, SOL_NETLINK),
                "icmp4": (SOL_SOCKET, SOL_IP),
                "icmp6": (SOL_SOCKET, SOL_IP, SOL_IPV6),
                "raw4": (SOL_SOCKET, SOL_IP, SOL_RAW),
@@ -369,6 +372,15 @@ TABLE: tuple[SockOpt, ...] = (
     # criu keeps no checksum coverage: refused where the task set one
     _o(SOL_UDP, 10, "UDPLITE_SEND_CSCOV", REFUSED, "", UDPLITE),
     _o(SOL_UDP, 11, "UDPLITE_RECV_CSCOV", REFUSED, "", UDPLITE),
+    # ------------------------------------------------ netlink (own rows)
+    _o(SOL_NETLINK, 3, "NETLINK_PKTINFO", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 8, "NETLINK_LISTEN_ALL_NSID", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 9, "NETLINK_LIST_MEMBERSHIPS", SAVED, "netlink_sk.groups", NETLINK),
+    _o(SOL_NETLINK, 10, "NETLINK_CAP_ACK", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 11, "NETLINK_EXT_ACK", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 12, "NETLINK_GET_STRICT_CHK", REFUSED, "", NETLINK),
     # ------------------------------------------------ raw IP (own rows)
     _o(SOL_IP, 3, "IP_HDRINCL", SAVED, "ip_opts.raw.hdrincl", RAW4),
     _o(SOL_IP, 22, "IP_NODEFRAG", SAVED, "ip_opts.raw.nodefrag", RAW4),
@@ -400,6 +412,8 @@ def kind_of(sk: socket.socket) -> str | None:
     """The table's name for a socket's kind, or None if procsnap has none."""
     if sk.family == socket.AF_UNIX:
         return "unix"
+    if sk.family == socket.AF_NETLINK:
+        return "netlink"
     v = {socket.AF_INET: "4", socket.AF_INET6: "6"}.get(sk.family)
     if v is None:
         return None

@@ -8,7 +8,8 @@ Re-executes itself under ``unshare -n`` (same pid), brings lo up and lets
 root make ping sockets (net.ipv4.ping_group_range "0 0"): the host's
 range may forbid them.
 
-``keep``: ICMP ping sockets (IPv4 unbound with SO_RCVTIMEO, IPv4 bound to
+``keep``: netlink sockets (bound to the pid, autobound in group 4,
+connected to both, a NETLINK_ROUTE one in group 33), ICMP ping sockets (IPv4 unbound with SO_RCVTIMEO, IPv4 bound to
 an ident, IPv6, one shut down for reading), UDP-Lite sockets (IPv4 bound
 with two datagrams queued, IPv6 connected), raw IP sockets (IPv4 ICMP
 bound to 127.0.0.14 with an ICMP_FILTER, IPv4 IPPROTO_RAW, IPv4 UDP with
@@ -113,6 +114,16 @@ def keep() -> str | None:
     raw6_udp = socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
                              socket.IPPROTO_UDP)
     raw6_udp.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+    nl_s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15)  # KOBJECT_UEVENT
+    nl_s.bind((os.getpid(), 0))
+    nl_b = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15)
+    nl_b.bind((0, 1 << 3))                                           # autobound, group 4
+    nl_c = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 15)
+    nl_c.connect((os.getpid(), 1 << 3))
+    nl_r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)      # NETLINK_ROUTE
+    nl_r.setsockopt(270, 1, 33)                                      # a group past 32
+    nl_peers = [nl_s.getsockname(), nl_b.getsockname(), nl_c.getsockname(),
+                nl_c.getpeername(), nl_r.getsockopt(270, 9, 8)]
     all_socks = [ping4, ping4b, ping6, ping_shut, lite, lite6, raw_icmp, raw_raw, raw_udp,
                  raw6_icmp, raw6_udp]
     checked = [
@@ -136,6 +147,17 @@ def keep() -> str | None:
     now = [(s.getsockname(), s.type, s.proto) for s in all_socks]
     if now != names:
         return f"names {names} became {now}"
+    nl_now = [nl_s.getsockname(), nl_b.getsockname(), nl_c.getsockname(),
+              nl_c.getpeername(), nl_r.getsockopt(270, 9, 8)]
+    if nl_now != nl_peers:
+        return f"netlink names {nl_peers} became {nl_now}"
+    # as zdtm sk-netlink: a message from the connected socket reaches the
+    # bound one and the group member
+    nl_c.send(struct.pack("IHHII", 16, 0x1234, 0x301, 0xabcd, 0))
+    for sk in (nl_s, nl_b):
+        sk.settimeout(2)
+        if struct.unpack("IHHII", sk.recv(4096)[:16])[1] != 0x1234:
+            return "netlink message came back wrong"
     if lite6.getpeername() != peer6:
         return f"UDP-Lite peer {peer6} became {lite6.getpeername()}"
     p = select.poll()

@@ -20,6 +20,7 @@ KINDS = {
     "tcp6": [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)],
     "udp4": [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)],
     "udp6": [(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)],
+    "netlink": [(socket.AF_NETLINK, socket.SOCK_RAW, 0), (socket.AF_NETLINK, socket.SOCK_RAW, 15)],
     "udplite4": [(socket.AF_INET, socket.SOCK_DGRAM, 136)],
     "udplite6": [(socket.AF_INET6, socket.SOCK_DGRAM, 136)],
     "icmp4": [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)],
