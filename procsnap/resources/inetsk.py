@@ -1,7 +1,14 @@
-"""IPv4/IPv6 TCP and UDP sockets (fd kind INETSK, inline in files.img as
+"""IPv4/IPv6 TCP, UDP, UDP-Lite, ICMP (ping) and raw IP sockets (fd kind INETSK, inline in files.img as
 file_entry.isk; UDP queues in sk-queues.img; live TCP in tcp-stream-INO.img).
 
-This kind comes after unixsk in FD_KINDS and claims every other socket, so
+Ping and raw sockets: bound address (a ping socket's ident is its port; a
+raw socket's "port" is its protocol, bound by address only), peer,
+ip_opts (raw: hdrincl, nodefrag, the ICMP type filter) and the receive
+shutdown, which poll shows (sock_diag lists neither kind); packets waiting
+in their queue are refused (they came from the kernel or the wire and
+cannot be sent back).  UDP-Lite: as UDP, queue included.
+
+This kind comes after unixsk and netlinksk in FD_KINDS and claims every other socket, so
 that a socket of a family procsnap does not handle (netlink, packet, raw,
 SCTP, vsock...) is refused here by name, with the pid and fd -- never
 skipped.
@@ -75,7 +82,7 @@ SOL_RAW = 255
 ICMP_FILTER = 1
 SOL_ICMPV6 = 58
 ICMPV6_FILTER = 1
-PROTOS = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "TCP",
+PROTOS: dict[tuple[int, int], str] = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "TCP",
           (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "UDP",
           (socket.SOCK_DGRAM, IPPROTO_UDPLITE): "UDP-Lite",
           (socket.SOCK_DGRAM, socket.IPPROTO_ICMP): "ICMP",
@@ -134,7 +141,8 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     sk = sockets.copy_of(fd)
     if fam not in (socket.AF_INET, socket.AF_INET6):
         raise Unsupported(f"{what}: an {_family_name(fam)} socket (type {sk.type}); "
-                          "procsnap dumps only unix, TCP and UDP sockets")
+                          "procsnap dumps only unix, netlink and IP (TCP, UDP, "
+                          "UDP-Lite, ping, raw) sockets")
     proto = sk.getsockopt(socket.SOL_SOCKET, sockets.SO_PROTOCOL)
     kind = kind_name(sk.type, proto)
     if kind is None:
