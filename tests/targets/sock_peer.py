@@ -2,7 +2,7 @@
 
     sock_peer.py unix ADDR     connected to the abstract unix name ADDR
     sock_peer.py tcp PORT      connected to 127.0.0.1:PORT
-    sock_peer.py netlink       holds a NETLINK_ROUTE socket
+    sock_peer.py packet        holds an AF_PACKET socket (a refused family)
 
 The socket is fd 5 in every mode.  On SIGUSR1 it sends "ping" and waits
 (5 s) for "pong", printing "pong ok" or "pong bad"; on SIGTERM it prints
