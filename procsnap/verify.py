@@ -59,8 +59,13 @@ image's value, and nothing moves it while the task is stopped):
   uid/euid of F_GETOWNER_UIDS) and signal (F_GETSIG); for sockets every
   option sockopts.TABLE marks SAVED, with getsockopt (SO_* of sk_opts,
   IP_TOS/TTL/PKTINFO/FREEBIND, IPV6_V6ONLY/RECVPKTINFO, TCP_NODELAY/CORK
-  and the keepalive timers).  A TCP buffer size the task never locked
+  and the keepalive timers, the SOL_PACKET options of a packet socket),
+  the classic BPF filter instruction by instruction (SO_GET_FILTER) and
+  its lock (SO_LOCK_FILTER).  A TCP buffer size the task never locked
   (SO_BUF_LOCK) is not compared: the kernel tunes it as traffic goes.
+  Packet sockets: type, protocol, bound interface and every multicast
+  membership with its count, from PACKET_DIAG.  PACKET_STATISTICS is not
+  read (reading resets the task's counters).
 - locks: the ``lock:`` lines of every fd's fdinfo against filelocks.img
   -- kind, type, range, mode, and the owning pid of a POSIX lock -- per
   open file description, once all tasks were read (a description's

@@ -17,6 +17,13 @@ A socket of a frozen task is examined through a copy of its fd taken
 with pidfd_getfd: the same socket, so options, names and queues are the
 task's own.  Queues are read with MSG_PEEK and SO_PEEK_OFF, which is put
 back afterwards: nothing the task would read is taken away.
+
+A classic BPF socket filter (SO_ATTACH_FILTER) is read with SO_GET_FILTER
+into sk_opts.so_filter (CRIU's field) and attached again after the
+socket's queue is back; SO_LOCK_FILTER goes in so_lock_filter, a field
+of procsnap's own (number 128: criu keeps no lock and would drop it) and
+is set after the attach.  An eBPF program (SO_ATTACH_BPF) cannot be read
+back as a program: refused.
 """
 from __future__ import annotations
 

@@ -60,6 +60,7 @@ def test_packet_sockets_and_filters_come_back(targets: TargetFactory, images_dir
     ("queue", ("packet socket (type 2", "packets wait in its receive queue")),
     ("qdisc_bypass", ("PACKET_QDISC_BYPASS is 1", "not the default 0")),
     ("vnet_hdr_sz", ("PACKET_VNET_HDR_SZ is 12",)),
+    ("ebpf", ("an eBPF socket filter (SO_ATTACH_BPF) is attached",)),
 ])
 def test_unrestorable_packet_state_refused(targets: TargetFactory, images_dir: Path,
                                            what: str, words: tuple[str, ...]) -> None:

@@ -2,7 +2,7 @@
 
     python3 packet_socks.py keep          -- state procsnap saves
     python3 packet_socks.py refuse WHAT   -- one state procsnap refuses, WHAT one of
-                                             ring, queue, qdisc_bypass, vnet_hdr_sz
+                                             ring, queue, qdisc_bypass, vnet_hdr_sz, ebpf
 
 Re-executes itself under ``unshare -n`` (same pid) and brings lo up, so the
 packet sockets see only its own traffic.
@@ -178,6 +178,17 @@ def refuse(what: str) -> str | None:
         time.sleep(0.2)
     elif what == "qdisc_bypass":
         sk.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    elif what == "ebpf":
+        # BPF_PROG_LOAD of a socket filter "r0 = 0; exit", then SO_ATTACH_BPF
+        insns = struct.pack("BBhi", 0xB7, 0, 0, 0) + struct.pack("BBhi", 0x95, 0, 0, 0)
+        ibuf, lic = ctypes.create_string_buffer(insns, 16), ctypes.create_string_buffer(b"GPL")
+        attr = ctypes.create_string_buffer(struct.pack("IIQQ", 1, 2, ctypes.addressof(ibuf),
+                                                       ctypes.addressof(lic)), 128)
+        prog = libc.syscall(321, 5, attr, 128)
+        if prog < 0:
+            return f"bpf(BPF_PROG_LOAD): errno {ctypes.get_errno()}"
+        sk.setsockopt(socket.SOL_SOCKET, 50, prog)
+        os.close(prog)  # the socket holds the program; a bpf-prog fd is refused itself
     elif what == "vnet_hdr_sz":
         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         raw.setsockopt(SOL_PACKET, PACKET_VNET_HDR_SZ, 12)
@@ -185,6 +196,9 @@ def refuse(what: str) -> str | None:
     wait()
     if what == "qdisc_bypass" and sk.getsockopt(SOL_PACKET, PACKET_QDISC_BYPASS) != 1:
         return "qdisc bypass lost"
+    if what == "ebpf" and libc.getsockopt(sk.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None,
+                                          ctypes.byref(ctypes.c_uint32(0))) == 0:
+        return "the eBPF program is gone"
     if what == "queue":
         sk.settimeout(1)
         if not sk.recv(2048):
