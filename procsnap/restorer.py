@@ -449,6 +449,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     _action(rctx, "pre-restore")
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
+    from .resources import cgroup
+    cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
     root = rctx.tasks[0]
     if root.zombie:
         raise ImageError(root.image_name("core"), "the root task is a zombie")

@@ -332,6 +332,16 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 _join(rctx, rt, th.tid, name, path, whole=is_leader)
 
 
+def prepare(rctx: "RestoreContext") -> None:
+    """Make the saved cgroup directories of every hierarchy (with their
+    properties, as --manage-cgroups says) before any task is created, as
+    CRIU does: a task's fd may be open on one (zdtm cgroup02)."""
+    names = {",".join(c.cnames) for e in _entries(rctx) for c in e.controllers if c.dirs}
+    for name in sorted(names):
+        with _hierarchy(name) as (root_dir, mnt_root):
+            _make_dirs(rctx, name, root_dir, mnt_root)
+
+
 def _join(rctx: "RestoreContext", rt: "RestoreTask", tid: int, name: str, path: str,
           whole: bool) -> None:
     what = f"{name or 'cgroup2'}:{path}"
