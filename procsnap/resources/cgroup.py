@@ -45,8 +45,9 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from .. import images
-from ..errors import ImageError, RestoreError
+from ..errors import ImageError, RestoreError, Unsupported
 from ..images.pb import cgroup_pb2
+from ..kernel import consts as C
 from ..kernel import libc
 from ..procfs.parse import parse_mountinfo
 
@@ -144,6 +145,52 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             task.core.tc.cg_set = ident
 
 
+def inner_view(pid: int) -> Members:
+    """/proc/PID/cgroup as a reader in PID's cgroup namespace sees it."""
+    own = os.open("/proc/thread-self/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(f"/proc/{pid}/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            libc.syscall(C.NR["setns"], target, C.CLONE_NEWCGROUP)
+        finally:
+            os.close(target)
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                return parse_cgroup(f.read(), f"/proc/{pid}/cgroup")
+        finally:
+            libc.syscall(C.NR["setns"], own, C.CLONE_NEWCGROUP)
+    finally:
+        os.close(own)
+
+
+def roots(outer: Members, inner: Members, who: str) -> dict[str, str]:
+    """The namespace's root cgroup in each hierarchy: outer path less inner."""
+    inside = dict(inner)
+    out = {}
+    for name, path in outer:
+        ipath = inside.get(name)
+        what = f"{name or 'cgroup2'}:{path}"
+        if ipath is None or ipath.startswith("/.."):
+            raise Unsupported(f"{who}: cgroup namespace: its cgroup {what} is outside the "
+                              f"namespace's root (seen as {ipath} inside)")
+        if ipath == "/":
+            out[name] = path
+        elif path.endswith(ipath):
+            out[name] = path[:len(path) - len(ipath)] or "/"
+        else:
+            raise Unsupported(f"{who}: cgroup namespace: its cgroup {what} is seen as {ipath} "
+                              "inside: no root of the namespace fits")
+    return out
+
+
+def ns_roots(pid: int) -> dict[str, str]:
+    """The roots of ``pid``'s cgroup namespace in every hierarchy (empty
+    when it shares procsnap's)."""
+    if os.stat(f"/proc/{pid}/ns/cgroup").st_ino == os.stat("/proc/self/ns/cgroup").st_ino:
+        return {}
+    return roots(_read(pid, pid), inner_view(pid), f"pid {pid}")
+
+
 def finish(ctx: "DumpContext") -> None:
     sets: dict[Members, int] = ctx.kind_state.get(NAME, {})
     if not sets or ctx.opts.manage_cgroups == "ignore":
@@ -155,13 +202,17 @@ def finish(ctx: "DumpContext") -> None:
             id=ident, ctls=[cgroup_pb2.cg_member_entry(name=n, path=p) for n, p in members]))
         for name, path in members:
             used.setdefault(name, set()).add(path)
+    # a tree in a cgroup namespace of its own: the namespace's root is part
+    # of its state, saved (and moved by --cgroup-root) with what is below
+    nsroots = ns_roots(ctx.tasks[0].pid)
     for name, paths in used.items():
         ctl = entry.controllers.add(cnames=name.split(",") if name else [""])
         base = _root_for(ctx.opts.cgroup_root, name)
         tops = set()
         for p in paths:
-            if base is not None and (p + "/").startswith(base.rstrip("/") + "/"):
-                p = base
+            for top in (base, nsroots.get(name)):
+                if top is not None and (p + "/").startswith(top.rstrip("/") + "/"):
+                    p = top
             tops.add(p)
         # a root inside another is saved as part of it; a hierarchy's root
         # always exists and holds the whole machine: it is not saved
@@ -287,6 +338,11 @@ def _entries(rctx: "RestoreContext") -> list[Any]:
                     for m in s.ctls:
                         if m.name == name and (m.path + "/").startswith(old + "/"):
                             m.path = (new.rstrip("/") + m.path[len(old):]) or "/"
+                            if m.cgns_prefix:
+                                # the cgroup namespace's root moves with the tree
+                                # (or is the new root when it was above the old one)
+                                m.cgns_prefix = max(m.cgns_prefix - len(old), 0) + \
+                                    len(new.rstrip("/"))
                 top.dir_name = new.strip("/")
     rctx.kind_state[NAME + ".img"] = state
     return state
@@ -306,6 +362,16 @@ def restore_sets(rctx: "RestoreContext") -> dict[int, Members]:
 
 
 _sets = restore_sets
+
+
+def restore_members(rctx: "RestoreContext", ident: int) -> list[tuple[str, str, int]]:
+    """The members of cg set ``ident`` as the restore places them:
+    (controllers, path, cgns_prefix)."""
+    for entry in _entries(rctx):
+        for s in entry.sets:
+            if s.id == ident:
+                return [(m.name, m.path, m.cgns_prefix) for m in s.ctls]
+    return []
 
 
 def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
@@ -329,7 +395,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         have = dict(_read(rt.pid, th.tid))
         for name, path in want:
             if have.get(name) != path:
-                _join(rctx, rt, th.tid, name, path, whole=is_leader)
+                join(rctx, rt, th.tid, name, path, whole=is_leader)
 
 
 def prepare(rctx: "RestoreContext") -> None:
@@ -342,8 +408,10 @@ def prepare(rctx: "RestoreContext") -> None:
             _make_dirs(rctx, name, root_dir, mnt_root)
 
 
-def _join(rctx: "RestoreContext", rt: "RestoreTask", tid: int, name: str, path: str,
-          whole: bool) -> None:
+def join(rctx: "RestoreContext", rt: "RestoreTask", tid: int, name: str, path: str,
+         whole: bool) -> None:
+    """Move task ``rt`` (``whole``) or its thread ``tid`` into cgroup
+    ``path`` of hierarchy ``name`` (made first, if saved, per the mode)."""
     what = f"{name or 'cgroup2'}:{path}"
     who = f"pid {rt.pid}" if whole else f"pid {rt.pid}: thread {tid}"
     with _hierarchy(name) as (root_dir, mnt_root):

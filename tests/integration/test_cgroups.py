@@ -215,3 +215,57 @@ def test_missing_cgroup_with_props_mode_is_an_error(targets: TargetFactory, tmp_
         d.rmdir()
     res = run_procsnap("restore", "-D", tmp_path / "images", "-d", "--manage-cgroups=props")
     assert_one_line_error(res, f"/{TAG} does not exist", "--manage-cgroups=props")
+
+
+@pytest.fixture
+def cgns_groups(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A cgroup2 group and a named v1 hierarchy (mounted on a temporary
+    dir), both removed afterwards."""
+    import subprocess
+    mnt = tmp_path / "cg"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", "none,name=procsnapns"],
+                   check=True)
+    v2 = V2 / TAG
+    try:
+        yield v2, mnt
+    finally:
+        _rmtree(v2)
+        _rmtree(V2 / (TAG + "-moved"))
+        for top in (mnt / TAG, mnt / (TAG + "-moved")):
+            if top.is_dir():
+                for pid in (top / "cgroup.procs").read_text().split():
+                    (mnt / "cgroup.procs").write_text(pid)
+                for sub in sorted(top.glob("**/"), key=lambda p: -len(p.parts)):
+                    for pid in (sub / "cgroup.procs").read_text().split():
+                        (mnt / "cgroup.procs").write_text(pid)
+                    sub.rmdir()
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -> None:
+    """A task that unshared its cgroup namespace in a cgroup2 group and a
+    v1 cgroup, then moved below: the groups removed, restored (and moved
+    with --cgroup-root): it sees the same /proc/self/cgroup inside, and the
+    namespace's roots are where they were (or moved)."""
+    v2, mnt = cgns_groups
+    for moved in (False, True):
+        (mnt / TAG).mkdir()
+        v2.mkdir()
+        t = targets.start("cgns.py", str(v2), str(mnt), f"/{TAG}")
+        outer = _cg(t.pid)
+        assert outer[""] == f"/{TAG}/inner" and outer["name=procsnapns"] == f"/{TAG}/inner"
+        images = tmp_path / f"images{int(moved)}"
+        _dump(targets, t, images)
+        _rmtree(v2)
+        (mnt / TAG / "inner").rmdir()
+        (mnt / TAG).rmdir()
+        more = ["--cgroup-root", f"/{TAG}-moved"] if moved else []
+        check_ok(run_procsnap("restore", "-D", images, "-d", *more))
+        top = f"/{TAG}-moved" if moved else f"/{TAG}"
+        assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)["name=procsnapns"] == f"{top}/inner"
+        assert os.stat(f"/proc/{t.pid}/ns/cgroup").st_ino != os.stat("/proc/self/ns/cgroup").st_ino
+        finish(t)
+        _rmtree(V2 / top.lstrip("/"))
+        (mnt / top.lstrip("/") / "inner").rmdir()
+        (mnt / top.lstrip("/")).rmdir()
