@@ -118,7 +118,6 @@ def test_seccomp_counter_runs_on(targets: TargetFactory, tmp_path: Path) -> None
 REFUSALS = [
     ("uts", r"\buts namespace"),
     ("net", r"\bnet namespace"),
-    ("cgroup", r"\bcgroup namespace"),
     ("pid", r"\bpid_for_children\b"),
     ("time", r"\btime_for_children\b"),
     ("sigtrap", r"\bSIGTRAP\b"),
