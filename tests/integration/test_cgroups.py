@@ -260,7 +260,8 @@ def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -
         _rmtree(v2)
         (mnt / TAG / "inner").rmdir()
         (mnt / TAG).rmdir()
-        more = ["--cgroup-root", f"/{TAG}-moved"] if moved else []
+        more = ["--cgroup-root", f"cgroup2:/{TAG}-moved",
+                "--cgroup-root", f"name=procsnapns:/{TAG}-moved"] if moved else []
         check_ok(run_procsnap("restore", "-D", images, "-d", *more))
         top = f"/{TAG}-moved" if moved else f"/{TAG}"
         assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)["name=procsnapns"] == f"{top}/inner"
