@@ -230,8 +230,10 @@ def _pick_trampoline(rctx: RestoreContext, pid: int) -> int:
     return cand + C.PAGE_SIZE
 
 
-def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
-    """The root puppet: drop what it inherited from us, map the trampoline."""
+def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any,
+                  self_pidfd: int | None = None) -> None:
+    """The root puppet: drop what it inherited from us (but ``self_pidfd``,
+    a pidfd to the restorer), map the trampoline."""
     pid = rt.pid
     inj = Injector(pid, _own_syscall_insn(), regs)
     rt.inj = inj
@@ -258,11 +260,21 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
                                "to give the restored process")
         if tty is not None:
             rt.tty_fd = inj.call("fcntl", tty, C.F_DUPFD_CLOEXEC, top)
-    if rt.tty_fd is not None:
-        inj.call("close_range", 0, rt.tty_fd - 1, 0)
-        inj.call("close_range", rt.tty_fd + 1, 0xFFFFFFFF, 0)
-    else:
-        inj.call("close_range", 0, 0xFFFFFFFF, 0)
+    keep = [] if rt.tty_fd is None else [rt.tty_fd]
+    if self_pidfd is not None:
+        # In a pid namespace of its own the puppet cannot name the restorer
+        # by pid: it keeps a pidfd to it, inherited through clone3, for
+        # grab_fd (every child forked before the builds inherits it too).
+        mine = inj.call("fcntl", self_pidfd, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
+        rctx.spare_fd_base = mine + 1
+        rt.pidfds[os.getpid()] = mine
+        keep.append(mine)
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            inj.call("close_range", low, fd - 1, 0)
+        low = fd + 1
+    inj.call("close_range", low, 0xFFFFFFFF, 0)
     from .resources import tty as ttys
     ttys.prepare_root(rctx, rt)  # pty pairs, before any fork: every task inherits them
     _set_session(rt)
@@ -318,6 +330,7 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
+    rt.pidfds = dict(parent.pidfds)  # inherited: only the restorer's, at this point
     _set_session(rt)
 
 
@@ -455,16 +468,20 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     if root.zombie:
         raise ImageError(root.image_name("core"), "the root task is a zombie")
     created = False
+    self_pidfd: int | None = None
     try:
-        root.pid, wake = _clone_with_pid(root.pid, namespaces.clone_flags(rctx),
-                                         rctx.set_tid(root.pid))
+        flags = namespaces.clone_flags(rctx)
+        if flags & C.CLONE_NEWPID:
+            self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
+            rctx.own_fds.append(self_pidfd)
+        root.pid, wake = _clone_with_pid(root.pid, flags, rctx.set_tid(root.pid))
         rctx.created.append(root.pid)
         created = True
         try:
             regs = _seize_puppet(root.pid)
         finally:
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
-        _prepare_root(rctx, root, regs)
+        _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
@@ -575,7 +592,8 @@ def _kill_all(rctx: RestoreContext) -> None:
             pass
     # Reap what we trace as well as the root, our child: a traced thread's
     # exit waits for its tracer, and a leader's for its threads, so waiting
-    # for the root alone hangs once threads exist.  Threads first, then
+    # for the root alone hangs once threads exist (and a killed init of a pid
+    # namespace waits until every task in it is reaped).  Threads first, then
     # children before parents.
     leaders = {t.pid for t in rctx.tasks}
     order = [p for p in rctx.created if p not in leaders] + \

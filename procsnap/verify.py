@@ -98,6 +98,7 @@ Zombies are not compared: they were let go to exit long before.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import ctypes
 import fcntl
 import logging
@@ -620,7 +621,7 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
         return entry.efd.flags & ~C.EFD_SEMAPHORE, None  # bit 0 carries EFD_SEMAPHORE
     if t == fdinfo_pb2.TTY:
         return tty.expected_flags(rctx, entry), None  # None: the shell job's terminal
-    for part in ("pipe", "usk", "isk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
+    for part in ("pipe", "usk", "isk", "nlsk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
         if entry.HasField(part):
             return getattr(entry, part).flags, None
     return None, None
@@ -734,7 +735,7 @@ def _fown_of(entry: Any) -> Any:
 
 def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
     fown = _fown_of(entry)
-    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK)
+    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK, fdinfo_pb2.NETLINKSK)
     if fown is None and not sk_kind:
         return []
     copy = f.copy(fd)
@@ -742,6 +743,8 @@ def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
         out = [] if fown is None else _check_fown(fd, copy, fown)
         if sk_kind:
             out += _check_sockopts(f.rctx, fd, copy, entry)
+        if entry.type == fdinfo_pb2.NETLINKSK:
+            out += _check_netlink(fd, copy, entry.nlsk)
         return out
     finally:
         os.close(copy)
@@ -851,7 +854,8 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
     gives a socket: each option sockopts.TABLE marks SAVED, as the
     restore sets it (unset fields: what a fresh socket has)."""
     inet = entry.type == fdinfo_pb2.INETSK
-    o = entry.isk.opts if inet else entry.usk.opts
+    o = (entry.isk if inet else entry.nlsk if entry.type == fdinfo_pb2.NETLINKSK
+         else entry.usk).opts
     ie: Any = entry.isk
     tcp = inet and ie.proto == _TCP
     lock = o.so_buf_lock if o.HasField("so_buf_lock") else None
@@ -889,7 +893,10 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
             ("SO_LINGER", _SOL, socket.SO_LINGER, 8, linger)]
     ip = ie.ip_opts if ie.HasField("ip_opts") else None
     if ip is not None:
-        out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
+        if ie.family == socket.AF_INET6 and ie.type == socket.SOCK_RAW:
+            out.append(("IPV6_FREEBIND", _IP6, 78, 0, int(ip.freebind)))  # no SOL_IP there
+        else:
+            out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
         if ie.family == socket.AF_INET6:
             out.append(("IPV6_RECVPKTINFO", _IP6, socket.IPV6_RECVPKTINFO, 0, int(ip.pktinfo)))
         else:
@@ -897,7 +904,9 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                     ("IP_TOS", _IP, socket.IP_TOS, 0, ip.tos),
                     ("IP_TTL", _IP, socket.IP_TTL, 0,
                      ip.ttl if ip.HasField("ttl") else _default(rctx, sk, _IP, socket.IP_TTL))]
-    if ie.family == socket.AF_INET6:
+    if ip is not None and ie.type == socket.SOCK_RAW and ip.HasField("raw"):
+        out += _raw_expect(ie.family, ie.proto, ip.raw)
+    if ie.family == socket.AF_INET6 and not (ie.v6only is False and _bound_v6_only(ie)):
         out.append(("IPV6_V6ONLY", _IP6, socket.IPV6_V6ONLY, 0, int(ie.v6only)))
     if tcp and ie.HasField("tcp_opts"):
         t = ie.tcp_opts
@@ -908,6 +917,50 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                                ("TCP_KEEPINTVL", socket.TCP_KEEPINTVL, "keepintvl")):
             if t.HasField(fld) and getattr(t, fld):
                 out.append((name, _TCP, num, 0, getattr(t, fld)))
+    return out
+
+
+def _bound_v6_only(ie: Any) -> bool:
+    """A connection whose IPv6 source is a specific address that is not
+    v4-mapped: binding it (which the restore must do, to get its port back)
+    makes the kernel set IPV6_V6ONLY (inet6_bind), and it cannot be cleared
+    once bound.  On a connected socket the flag changes nothing: it only
+    decides which addresses a socket may still bind or accept."""
+    from .resources.tcp import unpack_addr
+    if not ie.dst_port:
+        return False
+    addr = ipaddress.ip_address(unpack_addr(socket.AF_INET6, ie.src_addr))
+    return not addr.is_unspecified and getattr(addr, "ipv4_mapped", None) is None
+
+
+def _check_netlink(fd: int, copy: int, ne: Any) -> list[str]:
+    """A netlink socket's port id, every group it is in, and its peer."""
+    from .resources import netlinksk
+    sk = socket.socket(fileno=copy)
+    try:
+        portid, _low = sk.getsockname()
+        peer = tuple(sk.getpeername())
+        out = _differ(f"fd {fd}: netlink port id", ne.portid, portid)
+        out += _differ(f"fd {fd}: netlink groups", list(ne.groups), netlinksk.groups_of(sk))
+        out += _differ(f"fd {fd}: netlink peer", (ne.dst_portid, ne.dst_group), peer)
+        return out
+    finally:
+        sk.detach()   # the copy is closed by the caller
+
+
+def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, int, Any]]:
+    """A raw socket's ip_opts.raw: header-include, no-defrag and the ICMP
+    type filter (read as bytes, compared as the image's words)."""
+    if family == socket.AF_INET6:
+        out: list[tuple[str, int, int, int, Any]] = [
+            ("IPV6_HDRINCL", _IP6, 36, 0, int(r.hdrincl))]
+        if proto == socket.IPPROTO_ICMPV6 and r.icmpv_filter:
+            out.append(("ICMPV6_FILTER", 58, 1, 32, struct.pack("8I", *r.icmpv_filter)))
+        return out
+    out = [("IP_HDRINCL", _IP, socket.IP_HDRINCL, 0, int(r.hdrincl)),
+           ("IP_NODEFRAG", _IP, 22, 0, int(r.nodefrag))]
+    if proto == socket.IPPROTO_ICMP and r.icmpv_filter:
+        out.append(("ICMP_FILTER", 255, 1, 4, struct.pack("I", r.icmpv_filter[0])))
     return out
 
 
@@ -928,6 +981,8 @@ def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) ->
 
 
 def _show_opt(v: Any) -> str:
+    if isinstance(v, bytes) and len(v) in (4, 32):
+        return "0x" + v.hex()
     if isinstance(v, bytes) and len(v) == 16:
         sec, usec = struct.unpack("qq", v)
         return f"{sec}.{usec:06d}s"

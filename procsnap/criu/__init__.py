@@ -86,7 +86,7 @@ def _check_values(p: O.Parsed) -> None:
         except ValueError as exc:
             raise O.UsageError(f"--cgroup-root {v}: {exc}") from None
     lock = p.last("network-lock")
-    if lock not in (None, "nftables"):
+    if lock not in (None, "nftables", "iptables"):
         raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
                            "its network lock is nftables")
     if p.values("inherit-fd") and p.command != "restore":
@@ -241,7 +241,8 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            shell_job=p.flag("shell-job"), ghost_limit=ghost_limit,
                            link_remap=p.flag("link-remap"), external=external,
                            tcp_established=p.flag("tcp-established"),
-                           file_locks=p.flag("file-locks"), action=scripts,
+                           file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
+                           skip_in_flight=p.flag("skip-in-flight"), action=scripts,
                            **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)

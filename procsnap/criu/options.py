@@ -97,10 +97,12 @@ TABLE: list[Opt] = [
     Opt("tcp-established", boolean=True,
         help="dump live TCP connections (TCP_REPAIR, behind a network lock); "
              "on restore they are restored from the images without it"),
-    Opt("tcp-close", boolean=True, help="restore: established TCP connections come back closed"),
-    Opt("skip-in-flight", boolean=True, how=ACCEPT,
-        note="procsnap never drops connections waiting in a listener's accept queue: "
-             "a dump that would lose one is refused, naming it"),
+    Opt("tcp-close", boolean=True,
+        help="dump: established TCP connections are not kept and come back closed; "
+             "restore: established ones come back closed"),
+    Opt("skip-in-flight", boolean=True,
+        help="dump: connections waiting in a listener's accept queue are dropped "
+             "(without it such a dump is refused, naming them)"),
     Opt("file-locks", "l", boolean=True,
         help="dump file locks and leases (without it a tree holding one is refused)"),
     Opt("link-remap", boolean=True,
@@ -116,7 +118,8 @@ TABLE: list[Opt] = [
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
         help="restore: our fd N stands for the external resource KEY (unix[INO])"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
-        help="nftables (procsnap's, the default); iptables and skip are refused"),
+        help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
+             "nftables table, on the hooks iptables uses); skip is refused"),
     Opt("manage-cgroups", arg=OPT, metavar="MODE",
         help="dump: ignore saves no cgroup, any other mode every task's cgroups and the "
              "controllers' properties; restore: soft (the default, also without MODE) makes "
@@ -128,7 +131,9 @@ TABLE: list[Opt] = [
     Opt("evasive-devices", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("skip-file-rwx-check", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("file-validation", arg=REQ, how=REFUSE, note=_NOT_YET),
-    Opt("ghost-fiemap", boolean=True, how=REFUSE, note=_NOT_YET),
+    Opt("ghost-fiemap", boolean=True, how=ACCEPT,
+        note="procsnap always saves a ghost file's data extents only (SEEK_DATA/SEEK_HOLE), "
+             "holes included, whatever this says"),
     Opt("close", arg=REQ, how=REFUSE, note=_NOT_YET),
     # namespaces, mounts, cgroups, LSM
     Opt("root", "r", REQ, how=REFUSE, note=_MNT),
@@ -180,7 +185,9 @@ TABLE: list[Opt] = [
     Opt("ms", how=REFUSE, note=_NOT_YET),
     Opt("libdir", "L", REQ, how=REFUSE, note="procsnap has no plugins"),
     Opt("exec-cmd", how=REFUSE, note=_NOT_YET),
-    Opt("irmap-scan-path", arg=REQ, how=REFUSE, note=_NOT_YET),
+    Opt("irmap-scan-path", arg=REQ, how=ACCEPT, metavar="PATH",
+        note="procsnap reopens watched files by their file handle and never scans paths "
+             "for an inode; a watch it cannot reopen refuses the dump"),
     # check
     Opt("feature", arg=REQ, metavar="NAME", help="check: is feature NAME there (criu's names)"),
     Opt("all", help="check: every feature"),

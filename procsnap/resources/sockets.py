@@ -244,7 +244,7 @@ def _dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
         so_mark=g(sol, socket.SO_MARK) & 0xFFFFFFFF,
         so_dontroute=bool(g(sol, socket.SO_DONTROUTE)),
         so_no_check=bool(g(sol, SO_NO_CHECK)))
-    if sk.family == socket.AF_UNIX:
+    if sk.family in (socket.AF_UNIX, socket.AF_NETLINK):
         # since 6.x only unix (and netlink) sockets take these
         o.so_passcred = bool(g(sol, socket.SO_PASSCRED))
         o.so_passsec = bool(g(sol, SO_PASSSEC))
