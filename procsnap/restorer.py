@@ -429,7 +429,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -455,11 +456,14 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
                               ext_veth=dict(ext_veth or {})))
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
+    from .resources import cgroup
+    cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
     root = rctx.tasks[0]
     if root.zombie:
         raise ImageError(root.image_name("core"), "the root task is a zombie")
