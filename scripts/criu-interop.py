@@ -116,6 +116,27 @@ def runs_on(counter_file: Path) -> bool:
     return counter_file.stat().st_size > n
 
 
+def tree_pids(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [pid] + [int(x) for x in f.read().split()]
+
+
+def tree_runs(pid: int, n: int) -> bool:
+    """The tree's root and its n-1 children are alive (none a zombie)."""
+    def alive(p: int) -> bool:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+        except OSError:
+            return False
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(x) for x in f.read().split()]
+    except OSError:
+        return False
+    return alive(pid) and len(kids) == n - 1 and all(alive(k) for k in kids)
+
+
 def check_crit(crit: list[str], d: Path) -> tuple[bool, str]:
     bad = []
     imgs = sorted(f for f in d.iterdir() if f.suffix == ".img" and not f.name.startswith("pages-"))
@@ -157,14 +178,20 @@ def main() -> int:
             d = work / f"{name}-procsnap"
             shutil.rmtree(d, ignore_errors=True)
             pid = start(bindir, work, name, *args)
+            pids = tree_pids(pid)
             res = procsnap("dump", "-t", str(pid), "-D", str(d))
             if res.returncode:
                 results.append((f"{name}: procsnap dump", False, first_error(res.stderr)))
                 kill(pid)
                 continue
-            wait_gone(pid)
+            for p in pids:      # the same pids are restored: all must be free
+                wait_gone(p)
+            if os.environ.get("INTEROP_DEBUG"):
+                print("after dump:", pids, [(x, os.path.exists(f"/proc/{x}")) for x in pids])
             ok, msg = check_crit(crit, d)
             results.append((f"{name}: crit decode of procsnap's images", ok, msg))
+            if os.environ.get("INTEROP_DEBUG"):
+                print("before criu restore:", [(x, os.path.exists(f"/proc/{x}")) for x in pids])
             res = run([criu, "restore", "-D", str(d), "-d", "-v4", "-o", "criu-restore.log",
                        "--pidfile", str(d / "criu.pid")], cwd=work)
             log = (d / "criu-restore.log").read_text(errors="replace") if (d / "criu-restore.log").exists() else res.stderr
@@ -172,22 +199,26 @@ def main() -> int:
                 results.append((f"{name}: criu restore of procsnap's images", False, first_error(log)))
             else:
                 OURS.add(int((d / "criu.pid").read_text()))
-                ok = runs_on(work / "counter.txt") if name == "counter" else os.path.exists(f"/proc/{pid}")
+                ok = runs_on(work / "counter.txt") if name == "counter" else tree_runs(pid, 3)
                 results.append((f"{name}: criu restore of procsnap's images", ok,
                                 "restored, runs on" if ok else "restored but does not run"))
             kill(pid)
+            for p in pids:
+                wait_gone(p)
             # 2. criu dumps; procsnap restores.
             d = work / f"{name}-criu"
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir()
             pid = start(bindir, work, name, *args)
+            pids = tree_pids(pid)
             res = run([criu, "dump", "-t", str(pid), "-D", str(d), "-v4", "-o", "criu-dump.log"])
             if res.returncode:
                 results.append((f"{name}: criu dump", False,
                                 first_error((d / "criu-dump.log").read_text(errors="replace"))))
                 kill(pid)
                 continue
-            wait_gone(pid)
+            for p in pids:
+                wait_gone(p)
             ok, msg = check_crit(crit, d)
             results.append((f"{name}: crit decode of criu's images (control)", ok, msg))
             res = procsnap("restore", "-D", str(d), "-d")
@@ -195,7 +226,7 @@ def main() -> int:
                 results.append((f"{name}: procsnap restore of criu's images", False,
                                 first_error(res.stderr)))
             else:
-                ok = runs_on(work / "counter.txt") if name == "counter" else os.path.exists(f"/proc/{pid}")
+                ok = runs_on(work / "counter.txt") if name == "counter" else tree_runs(pid, 3)
                 results.append((f"{name}: procsnap restore of criu's images", ok,
                                 "restored, runs on" if ok else "restored but does not run"))
             OURS.add(pid)

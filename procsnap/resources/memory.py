@@ -221,7 +221,9 @@ def _map_files_mode(task: "DumpTask", m: MapEntry) -> int:
 def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     """(status, mmap flags) of one VMA, refusing what we cannot restore."""
     if m.path in SPECIAL:
-        status = SPECIAL[m.path]
+        # VMA_ANON_PRIVATE as criu writes them: criu restore reads the
+        # dumped vDSO's ELF from the pages of that VMA (below).
+        status = SPECIAL[m.path] | VMA_ANON_PRIVATE
         if m.path != "[vsyscall]":
             status |= VMA_AREA_REGULAR
         return status, C.MAP_PRIVATE | C.MAP_ANONYMOUS
@@ -380,6 +382,13 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                                 prot=m.prot, flags=flags | more, status=status, fd=-1)
         if madv:
             vma.madv = madv
+        if m.path == "[vvar_vclock]" and mm.vmas and mm.vmas[-1].status & VMA_AREA_VVAR \
+                and mm.vmas[-1].end == m.start:
+            # one VVAR VMA for [vvar] and [vvar_vclock], as criu writes it
+            # (criu's restore sizes its vvar from it); check_vdso() and
+            # the restore check merge them the same way
+            mm.vmas[-1].end = m.end
+            continue
         if status & VMA_ANON_SHARED:
             vma.shmid, huge = shmem.dump_vma(ctx, task, m)
             if huge:
@@ -403,7 +412,10 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             guards += pagemap.guard_runs(m.start, m.end)
         if more & C.MAP_DROPPABLE:
             continue  # droppable pages are not kept (see VMFLAGS["dp"])
-        if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and not status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
+        # The vDSO's pages too (procsnap's restore maps the kernel's own;
+        # criu's restore reads the dumped vDSO's symbols from them).
+        if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and \
+                not status & (VMA_AREA_VVAR | VMA_AREA_VSYSCALL):
             to_copy += pagemap.runs(m.start, m.end, anon_only=bool(status & VMA_FILE_PRIVATE))
     pagemap.close()
     for addr, n in guards:
