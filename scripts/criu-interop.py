@@ -8,7 +8,8 @@ packaged), and a test that skips is a failed test here, so this is a script
 that a developer runs with a CRIU built from source.  It needs root.
 
 For a C counter and a small C process tree (bench/targets, compiled into a
-temporary directory) it checks three things and prints one line each:
+temporary directory) and the Python counter (tests/targets/counter.py, run
+by this interpreter) it checks three things and prints one line each:
 
   crit      CRIU's own ``crit decode`` reads every image procsnap writes
             (pages-*.img are raw by design and skipped)
@@ -78,8 +79,10 @@ def kill(pid: int) -> None:
 
 def start(bindir: Path, work: Path, name: str, *args: str) -> int:
     log = work / f"{name}.out"
+    argv = ([sys.executable, str(ROOT / "tests" / "targets" / "counter.py")]
+            if name == "pycounter" else [str(bindir / name)])
     with open(log, "w") as out:
-        p = subprocess.Popen([str(bindir / name), *args], stdin=subprocess.DEVNULL,
+        p = subprocess.Popen(argv + list(args), stdin=subprocess.DEVNULL,
                              stdout=out, stderr=subprocess.STDOUT, close_fds=True,
                              start_new_session=True, cwd=work)
     OURS.add(p.pid)
@@ -173,7 +176,8 @@ def main() -> int:
                        check=True)
     results: list[tuple[str, bool, str]] = []
     try:
-        for name, args in (("counter", ["counter.txt"]), ("tree", ["3"])):
+        for name, args in (("counter", ["counter.txt"]), ("tree", ["3"]),
+                           ("pycounter", ["counter.txt"])):
             # 1. procsnap dumps; crit decodes; criu restores.
             d = work / f"{name}-procsnap"
             shutil.rmtree(d, ignore_errors=True)
@@ -199,7 +203,7 @@ def main() -> int:
                 results.append((f"{name}: criu restore of procsnap's images", False, first_error(log)))
             else:
                 OURS.add(int((d / "criu.pid").read_text()))
-                ok = runs_on(work / "counter.txt") if name == "counter" else tree_runs(pid, 3)
+                ok = runs_on(work / "counter.txt") if name != "tree" else tree_runs(pid, 3)
                 results.append((f"{name}: criu restore of procsnap's images", ok,
                                 "restored, runs on" if ok else "restored but does not run"))
             kill(pid)
@@ -226,7 +230,7 @@ def main() -> int:
                 results.append((f"{name}: procsnap restore of criu's images", False,
                                 first_error(res.stderr)))
             else:
-                ok = runs_on(work / "counter.txt") if name == "counter" else tree_runs(pid, 3)
+                ok = runs_on(work / "counter.txt") if name != "tree" else tree_runs(pid, 3)
                 results.append((f"{name}: procsnap restore of criu's images", ok,
                                 "restored, runs on" if ok else "restored but does not run"))
             OURS.add(pid)
