@@ -476,7 +476,8 @@ def _merge(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     for v in vmas:
         if out:
             p = out[-1]
-            if p[1] == v[0] and p[3:] == v[3:] and p[5] not in _SPECIAL and \
+            # [vvar] + [vvar_vclock] are one VVAR VMA in criu's images
+            if p[1] == v[0] and p[3:] == v[3:] and (p[5] not in _SPECIAL or p[5] == "[vvar]") and \
                     (p[5] not in ("file", "memfd") or p[2] + (p[1] - p[0]) == v[2]):
                 out[-1] = (p[0], v[1]) + p[2:]
                 continue
@@ -521,6 +522,12 @@ def check_maps(f: Found) -> list[str]:
     rctx = f.rctx
     # guard regions live inside other VMAs (MADV_GUARD_INSTALL makes none)
     img = [_img_vma(rctx, v) for v in f.rt.mm.vmas if not v.status & VMA_AREA_GUARD]
+    # criu does not set VMA_AREA_STACK; the kernel labels [stack] the VMA
+    # holding mm->start_stack (vma_is_initial_stack), whoever wrote the image.
+    sp = f.rt.mm.mm_start_stack
+    for v in img:
+        if v.kind == "anon" and v.start <= sp <= v.end:
+            v.kind = "[stack]"
     found = _found_vmas(f.text("maps"), rctx.kind_state.setdefault("verify-maps-lines", {}))
     # A file's name is compared only where the restore reopened it by that
     # name (the image VMA covering the found one has a name).
