@@ -53,7 +53,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            restore_sibling: bool = False) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -71,14 +72,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     KEY:PATH); ``ext_mount_auto``: a key recorded as a path is that path.
     ``ext_veth`` maps a veth of the tree's network namespace whose peer was
     outside to the name its new peer gets here (criu's --external
-    veth[IN]:OUT, --veth-pair IN=OUT).
+    veth[IN]:OUT, --veth-pair IN=OUT).  ``restore_sibling`` (criu's
+    --restore-sibling): the root is made a child of this process's parent,
+    which waits for it (LXC's monitor); implies ``detached``.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
-                    ext_veth=ext_veth)
+                    ext_veth=ext_veth, restore_sibling=restore_sibling)
 
 
 def network_unlock(images_dir: str) -> bool:

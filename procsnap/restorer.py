@@ -429,7 +429,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            restore_sibling: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -455,7 +456,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
-                              ext_veth=dict(ext_veth or {})))
+                              ext_veth=dict(ext_veth or {}),
+                              restore_sibling=restore_sibling))
+    if restore_sibling:
+        detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
@@ -470,6 +474,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         if flags & C.CLONE_NEWPID:
             self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
             rctx.own_fds.append(self_pidfd)
+        if restore_sibling:
+            # criu's --restore-sibling: our parent (LXC's monitor) is the
+            # root's parent and reaps it; we trace it like any puppet.
+            flags |= C.CLONE_PARENT
         root.pid, wake = _clone_with_pid(root.pid, flags, rctx.set_tid(root.pid))
         rctx.created.append(root.pid)
         created = True

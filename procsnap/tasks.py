@@ -176,6 +176,7 @@ class RestoreOptions:
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
     ext_veth: dict[str, str] = field(default_factory=dict)  # veth inside -> its peer's name here
+    restore_sibling: bool = False  # criu's --restore-sibling: the root is our parent's child
 
 
 @dataclass
