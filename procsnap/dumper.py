@@ -310,7 +310,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_established: bool = False, file_locks: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
-         ext_mount_auto: bool = False) -> dict[str, float]:
+         ext_mount_auto: bool = False, manage_cgroups: str = "soft",
+         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -333,7 +334,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
-        action=action, ext_mount_auto=ext_mount_auto))
+        action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
+        cgroup_root=tuple(cgroup_root)))
     tmpnames.report(images_dir)
     status = _action(ctx, "pre-dump")
     if status:

@@ -430,7 +430,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
-            restore_sibling: bool = False) -> int:
+            restore_sibling: bool = False,
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -457,13 +458,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
                               ext_veth=dict(ext_veth or {}),
-                              restore_sibling=restore_sibling))
+                              restore_sibling=restore_sibling,
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root)))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
     rctx.stats["collect"] = time.monotonic() - t0
+    from .resources import cgroup
+    cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
     root = rctx.tasks[0]
     if root.zombie:
         raise ImageError(root.image_name("core"), "the root task is a zombie")

@@ -1176,16 +1176,9 @@ def check_fs(f: Found) -> list[str]:
 
 
 def _cg_sets(rctx: "RestoreContext") -> dict[int, tuple[tuple[str, str], ...]]:
-    """cgroup.img's cg sets: id -> ((controllers, path), ...), read once."""
-    sets = rctx.kind_state.get("verify-cgroup")
-    if sets is None:
-        sets = {}
-        if os.path.exists(images.image_path(rctx.images_dir, "cgroup", None)):
-            for entry in images.read_image(rctx.images_dir, "cgroup"):
-                for cs in entry.sets:
-                    sets[cs.id] = tuple((m.name, m.path) for m in cs.ctls)
-        rctx.kind_state["verify-cgroup"] = sets
-    return sets  # type: ignore[no-any-return]
+    """cgroup.img's cg sets as the restore placed them: id -> ((controllers,
+    path), ...), with --cgroup-root applied; none under --manage-cgroups=ignore."""
+    return cgroup.restore_sets(rctx)
 
 
 def check_cgroup(f: Found) -> list[str]:

@@ -20,6 +20,7 @@ criu's habits kept:
 from __future__ import annotations
 
 import logging
+from typing import Any
 import os
 import re
 import sys
@@ -119,13 +120,23 @@ def _restore_mounts(p: O.Parsed) -> tuple[dict[str, str], bool]:
     return maps, auto
 
 
+def _cgroup_opts(p: O.Parsed) -> dict[str, Any]:
+    """--manage-cgroups[=MODE] and --cgroup-root as procsnap's arguments."""
+    mode = p.last("manage-cgroups")
+    return {"manage_cgroups": mode or "soft", "cgroup_root": tuple(p.values("cgroup-root"))}
+
+
 def _check_values(p: O.Parsed) -> None:
     """Values procsnap takes only some of (the rest refused by name)."""
+    from ..resources.cgroup import CG_MODES, parse_cgroup_root
     mode = p.last("manage-cgroups")
-    if mode not in (None, "", "soft"):
-        raise O.UsageError(f"option --manage-cgroups={mode} is not supported by procsnap: "
-                           "it restores cgroup membership only (criu's soft mode); "
-                           "controller properties are not saved")
+    if mode not in (None, "") and mode not in CG_MODES:
+        raise O.UsageError(f"Unknown cgroups mode `{mode}' selected")
+    for v in p.values("cgroup-root"):
+        try:
+            parse_cgroup_root(v)
+        except ValueError as exc:
+            raise O.UsageError(f"--cgroup-root {v}: {exc}") from None
     lock = p.last("network-lock")
     if lock not in (None, "nftables", "iptables"):
         raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
@@ -285,7 +296,7 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
-                           ext_mount_auto=auto)
+                           ext_mount_auto=auto, **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st)
@@ -326,7 +337,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
-                               restore_sibling=sibling)
+                               restore_sibling=sibling, **_cgroup_opts(p))
     entry = stats.write_restore_stats(images_dir, dict(last_stats))
     log.info("Restore finished successfully. Tasks resumed.")
     if p.flag("display-stats"):

@@ -126,8 +126,11 @@ TABLE: list[Opt] = [
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),
     Opt("manage-cgroups", arg=OPT, metavar="MODE",
-        help="soft (the default; also without MODE): tasks rejoin their cgroups, made if "
-             "missing; controller properties are not saved, so other modes are refused"),
+        help="dump: ignore saves no cgroup, any other mode every task's cgroups and the "
+             "controllers' properties; restore: soft (the default, also without MODE) makes "
+             "a missing cgroup with its properties, full writes them to existing ones too, "
+             "strict refuses an existing one, props/none require them to exist, ignore "
+             "leaves the tasks in criu's cgroups"),
     Opt("ext-unix-sk", "x", OPT, how=REFUSE,
         note="name each such socket with --external unix[INO] instead"),
     Opt("evasive-devices", boolean=True, how=REFUSE, note=_NOT_YET),
@@ -161,11 +164,15 @@ TABLE: list[Opt] = [
     Opt("join-ns", "J", REQ, how=REFUSE, note=_NOT_YET),
     Opt("empty-ns", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("veth-pair", arg=REQ, how=REFUSE, note=_NOT_YET),
-    Opt("cgroup-root", arg=REQ, how=REFUSE,
-        note="tasks are restored into the cgroups they were dumped in"),
-    Opt("cgroup-props", arg=REQ, how=REFUSE, note="cgroup properties are not saved"),
-    Opt("cgroup-props-file", arg=REQ, how=REFUSE, note="cgroup properties are not saved"),
-    Opt("cgroup-dump-controller", arg=REQ, how=REFUSE, note="cgroup properties are not saved"),
+    Opt("cgroup-root", arg=REQ, multi=True, metavar="[CONTROLLER:]/PATH",
+        help="dump: save the cgroup directories from PATH down; restore: the tree's root "
+             "cgroup (of CONTROLLER, or of every hierarchy not named) is PATH"),
+    Opt("cgroup-props", arg=REQ, how=REFUSE,
+        note="procsnap saves criu's built-in list of properties only"),
+    Opt("cgroup-props-file", arg=REQ, how=REFUSE,
+        note="procsnap saves criu's built-in list of properties only"),
+    Opt("cgroup-dump-controller", arg=REQ, how=REFUSE,
+        note="procsnap saves every hierarchy a task of the tree is in"),
     Opt("cgroup-yard", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("lsm-profile", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("lsm-mount-context", arg=REQ, how=REFUSE, note=_NOT_YET),
