@@ -160,7 +160,10 @@ def _clone_with_pid(pid: int, flags: int = 0, set_tid: list[int] | None = None) 
     """
     want = set_tid or [pid]
     tid = (ctypes.c_int32 * len(want))(*want)
-    args = CloneArgs(flags=flags, exit_signal=signal.SIGCHLD,
+    # clone3 refuses an exit signal with CLONE_PARENT: the child then takes
+    # ours (SIGCHLD for a process forked the usual way), for our parent.
+    exit_signal = 0 if flags & C.CLONE_PARENT else signal.SIGCHLD
+    args = CloneArgs(flags=flags, exit_signal=exit_signal,
                      set_tid=ctypes.addressof(tid), set_tid_size=len(want))
     r, w = os.pipe()
     try:
