@@ -88,7 +88,7 @@ def _collect(rctx: RestoreContext) -> None:
         rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
-        if os.path.exists(f"/proc/{entry.pid}"):
+        if os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
             raise RestoreError(f"pid {entry.pid} is already taken by a running process")
         if rt.zombie:
             continue
@@ -126,6 +126,24 @@ def _collect(rctx: RestoreContext) -> None:
                 [f.id for f in rt.fdinfos] + \
                 [v.shmid for v in rt.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)]:
             rctx.file_entry(ident)
+
+
+def _freed(pid: int, timeout: float = 3.0) -> bool:
+    """A pid held by a zombie (or a task on its way out: the dump that
+    just killed it) is about to be free: wait for its parent to reap it.
+    LXC restores right after the dump stopped the container, while its
+    monitor is still collecting the old init."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state not in (b"Z", b"X"):
+            return False
+        time.sleep(0.005)
+    return False
 
 
 def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
