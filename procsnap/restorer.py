@@ -89,7 +89,8 @@ def _collect(rctx: RestoreContext) -> None:
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
         if os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
-            raise RestoreError(f"pid {entry.pid} is already taken by a running process")
+            raise RestoreError(f"pid {entry.pid} is already taken by a running process "
+                               f"({_who(entry.pid)})")
         if rt.zombie:
             continue
         _check_live_core(rt, rt.core, entry.pid)
@@ -144,6 +145,18 @@ def _freed(pid: int, timeout: float = 3.0) -> bool:
             return False
         time.sleep(0.005)
     return False
+
+
+def _who(pid: int) -> str:
+    """What holds a pid, for the error: its name, state and parent."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+        comm = text[text.index(b"(") + 1:text.rindex(b")")].decode(errors="replace")
+        state, ppid = text.rsplit(b")", 1)[1].split()[:2]
+        return f"{comm}, state {state.decode()}, parent {int(ppid)}"
+    except (OSError, ValueError, IndexError):
+        return "gone since"
 
 
 def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
