@@ -138,8 +138,8 @@ def test_unknown_or_refused_option_freezes_nothing(criu_path: Path, targets: Tar
     line = one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "-o", "dump.log",
                          "--leave-stopped"), "--leave-stopped", "not supported")
     assert "Error" in (images / "dump.log").read_text() and "--leave-stopped" in line
-    one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--external", "tty[88:1]"),
-             "--external tty[88:1]")
+    one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--external", "dev[1/2]:x"),
+             "--external dev[1/2]:x")
     one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--manage-cgroups=sloppy"),
              "Unknown cgroups mode `sloppy'")
     assert not list(images.glob("*.img"))
