@@ -150,11 +150,13 @@ TABLE: list[Opt] = [
              "KEY:PATH binds PATH where the mount KEY was; 'auto': a key that is a "
              "path is bound from that path"),
     Opt("enable-external-sharing", how=ACCEPT,
-        note="an external mount is always dumped whatever its propagation, and bound "
-             "at restore from the path given for its key"),
+        note="accepted for LXC, which always passes it; procsnap does not rebuild a peer "
+             "group reaching outside the namespace: an external mount sharing one with "
+             "the host refuses the dump, naming it"),
     Opt("enable-external-masters", how=ACCEPT,
-        note="an external mount is always dumped whatever its propagation, and bound "
-             "at restore from the path given for its key"),
+        note="accepted for LXC, which always passes it; procsnap does not rebuild a master "
+             "outside the namespace: an external mount that is a slave of the host's "
+             "refuses the dump, naming it"),
     Opt("enable-fs", arg=REQ, multi=True, how=ACCEPT, metavar="FS[,FS]",
         note="procsnap mounts anew at restore the kinds it knows (proc, sysfs, devpts, "
              "mqueue, cgroup, tracefs, tmpfs with its files...); a mount of another kind "
