@@ -125,6 +125,9 @@ def container() -> Iterator[Container]:
     if missing:
         pytest.skip("not installed: " + ", ".join(missing) +
                     " (Debian: apt-get install lxc lxcfs busybox-static)")
+    # LXC's monitor leaves an empty lxc.pivot cgroup in every hierarchy: ours
+    # to remove if it was not there before.
+    pivots_before = set(Path("/sys/fs/cgroup").glob("*/lxc.pivot"))
     base = Path(f"/tmp/procsnap-lxc-{os.getpid()}-{os.urandom(3).hex()}")
     base.mkdir()
     c = Container(base)
@@ -179,6 +182,11 @@ def container() -> Iterator[Container]:
         if _lxcfs_mounted(lxcfs_mnt):
             subprocess.run(["umount", "-l", str(lxcfs_mnt)], check=False)
         shutil.rmtree(base, ignore_errors=True)
+        for pivot in set(Path("/sys/fs/cgroup").glob("*/lxc.pivot")) - pivots_before:
+            try:
+                pivot.rmdir()
+            except OSError:
+                pass  # in use: not empty
 
 
 def _fd3_on_lxcfs(pid: int) -> str:
