@@ -59,8 +59,13 @@ image's value, and nothing moves it while the task is stopped):
   uid/euid of F_GETOWNER_UIDS) and signal (F_GETSIG); for sockets every
   option sockopts.TABLE marks SAVED, with getsockopt (SO_* of sk_opts,
   IP_TOS/TTL/PKTINFO/FREEBIND, IPV6_V6ONLY/RECVPKTINFO, TCP_NODELAY/CORK
-  and the keepalive timers).  A TCP buffer size the task never locked
+  and the keepalive timers, the SOL_PACKET options of a packet socket),
+  the classic BPF filter instruction by instruction (SO_GET_FILTER) and
+  its lock (SO_LOCK_FILTER).  A TCP buffer size the task never locked
   (SO_BUF_LOCK) is not compared: the kernel tunes it as traffic goes.
+  Packet sockets: type, protocol, bound interface and every multicast
+  membership with its count, from PACKET_DIAG.  PACKET_STATISTICS is not
+  read (reading resets the task's counters).
 - locks: the ``lock:`` lines of every fd's fdinfo against filelocks.img
   -- kind, type, range, mode, and the owning pid of a POSIX lock -- per
   open file description, once all tasks were read (a description's
@@ -111,14 +116,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import images
-from .errors import RestoreError
+from .errors import RestoreError, Unsupported
 from .images.pb import fdinfo_pb2
 from .kernel import consts as C
 from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import cgroup, file_lock, memfd, regfile, shmem, sysvipc, tty
+from .resources import cgroup, file_lock, memfd, regfile, shmem, sockets, sysvipc, tty
 from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
@@ -621,7 +626,7 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
         return entry.efd.flags & ~C.EFD_SEMAPHORE, None  # bit 0 carries EFD_SEMAPHORE
     if t == fdinfo_pb2.TTY:
         return tty.expected_flags(rctx, entry), None  # None: the shell job's terminal
-    for part in ("pipe", "usk", "isk", "nlsk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
+    for part in ("pipe", "usk", "isk", "nlsk", "psk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
         if entry.HasField(part):
             return getattr(entry, part).flags, None
     return None, None
@@ -735,7 +740,8 @@ def _fown_of(entry: Any) -> Any:
 
 def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
     fown = _fown_of(entry)
-    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK, fdinfo_pb2.NETLINKSK)
+    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK, fdinfo_pb2.NETLINKSK,
+                             fdinfo_pb2.PACKETSK)
     if fown is None and not sk_kind:
         return []
     copy = f.copy(fd)
@@ -745,6 +751,8 @@ def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
             out += _check_sockopts(f.rctx, fd, copy, entry)
         if entry.type == fdinfo_pb2.NETLINKSK:
             out += _check_netlink(fd, copy, entry.nlsk)
+        if entry.type == fdinfo_pb2.PACKETSK:
+            out += _check_packet(f, fd, copy, entry.psk)
         return out
     finally:
         os.close(copy)
@@ -855,7 +863,7 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
     restore sets it (unset fields: what a fresh socket has)."""
     inet = entry.type == fdinfo_pb2.INETSK
     o = (entry.isk if inet else entry.nlsk if entry.type == fdinfo_pb2.NETLINKSK
-         else entry.usk).opts
+         else entry.psk if entry.type == fdinfo_pb2.PACKETSK else entry.usk).opts
     ie: Any = entry.isk
     tcp = inet and ie.proto == _TCP
     lock = o.so_buf_lock if o.HasField("so_buf_lock") else None
@@ -867,6 +875,9 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
         ("SO_RCVTIMEO", _SOL, socket.SO_RCVTIMEO, 16, _timeo(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)),
         ("SO_MARK", _SOL, socket.SO_MARK, 0, o.so_mark),
         ("SO_BINDTODEVICE", _SOL, socket.SO_BINDTODEVICE, 16, o.so_bound_dev),
+        # size -1: read by sockets.get_filter (SO_GET_FILTER counts instructions)
+        ("SO_GET_FILTER", _SOL, 26, -1, list(o.so_filter)),
+        ("SO_LOCK_FILTER", _SOL, 44, 0, int(o.so_lock_filter)),
     ]
     # A TCP buffer the task never sized is the kernel's to grow
     # (tcp_sndbuf_expand, rcv space tuning): compared only when locked.
@@ -881,6 +892,8 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
         out.append(("SO_PRIORITY", _SOL, socket.SO_PRIORITY, 0, o.so_priority))
     if o.HasField("so_rcvlowat"):
         out.append(("SO_RCVLOWAT", _SOL, socket.SO_RCVLOWAT, 0, o.so_rcvlowat))
+    if entry.type == fdinfo_pb2.PACKETSK:
+        return out + _packet_expect(entry.psk)
     if not inet:
         out += [("SO_PASSCRED", _SOL, socket.SO_PASSCRED, 0, int(o.so_passcred)),
                 ("SO_PASSSEC", _SOL, SO_PASSSEC, 0, int(o.so_passsec))]
@@ -948,6 +961,44 @@ def _check_netlink(fd: int, copy: int, ne: Any) -> list[str]:
         sk.detach()   # the copy is closed by the caller
 
 
+def _packet_expect(pe: Any) -> list[tuple[str, int, int, int, Any]]:
+    """The SOL_PACKET options of packet_sock_entry (a SOCK_PACKET socket
+    has none: it answers no SOL_PACKET option)."""
+    if pe.type == 10:
+        return []
+    from .resources import packetsk as P
+    vnet = P.VNET_HDR_LEN if pe.vnet_hdr else 0
+    fanout = pe.fanout if pe.HasField("fanout") and pe.fanout != P.NO_FANOUT else 0
+    return [("PACKET_VERSION", P.SOL_PACKET, P.PACKET_VERSION, 0, pe.version),
+            ("PACKET_RESERVE", P.SOL_PACKET, P.PACKET_RESERVE, 0, pe.reserve),
+            ("PACKET_TIMESTAMP", P.SOL_PACKET, P.PACKET_TIMESTAMP, 0, pe.timestamp),
+            ("PACKET_COPY_THRESH", P.SOL_PACKET, P.PACKET_COPY_THRESH, 0, pe.copy_thresh),
+            ("PACKET_AUXDATA", P.SOL_PACKET, P.PACKET_AUXDATA, 0, int(pe.aux_data)),
+            ("PACKET_ORIGDEV", P.SOL_PACKET, P.PACKET_ORIGDEV, 0, int(pe.orig_dev)),
+            ("PACKET_VNET_HDR", P.SOL_PACKET, P.PACKET_VNET_HDR, 0, int(pe.vnet_hdr)),
+            ("PACKET_VNET_HDR_SZ", P.SOL_PACKET, P.PACKET_VNET_HDR_SZ, 0, vnet),
+            ("PACKET_LOSS", P.SOL_PACKET, P.PACKET_LOSS, 0, int(pe.loss)),
+            # getsockopt reports the group id and mode flags of the group
+            # (pkt_sk(sk)->fanout), as the diag does: the same word
+            ("PACKET_FANOUT", P.SOL_PACKET, P.PACKET_FANOUT, 0, fanout)]
+
+
+def _check_packet(f: Found, fd: int, copy: int, pe: Any) -> list[str]:
+    """A packet socket's type, protocol, bound interface and memberships
+    (PACKET_DIAG in the task's network namespace)."""
+    from .resources import packetsk
+    d = packetsk.diag_of(os.fstat(copy).st_ino, f.pid)
+    if d is None:
+        return [f"fd {fd}: packet socket expected, packet_diag does not list it"]
+    want_mc = sorted((m.index, m.type, bytes(m.addr)) for m in pe.mclist)
+    got_mc = sorted((i, t, a) for i, n, t, a in d.mclist for _ in range(n))
+    out = _differ(f"fd {fd}: packet socket type", pe.type, d.type)
+    out += _differ(f"fd {fd}: packet socket protocol", pe.protocol, d.protocol)
+    out += _differ(f"fd {fd}: packet socket interface", pe.ifindex, d.info[0] if d.info else None)
+    out += _differ(f"fd {fd}: packet memberships", want_mc, got_mc)
+    return out
+
+
 def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, int, Any]]:
     """A raw socket's ip_opts.raw: header-include, no-defrag and the ICMP
     type filter (read as bytes, compared as the image's words)."""
@@ -994,11 +1045,27 @@ def _show_opt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
+def _check_filter(fd: int, sk: socket.socket, want: list[int]) -> list[str]:
+    """The classic BPF program attached, instruction by instruction."""
+    try:
+        got = sockets.get_filter(sk, f"fd {fd}")
+    except Unsupported:
+        return [f"fd {fd}: SO_GET_FILTER: a classic filter of {len(want)} instructions "
+                "expected, an eBPF program found"]
+    if len(got) != len(want):
+        return [f"fd {fd}: SO_GET_FILTER: a filter of {len(want)} instructions expected, "
+                f"{len(got)} found"]
+    return [] if got == want else [f"fd {fd}: SO_GET_FILTER: the filter's instructions differ"]
+
+
 def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> list[str]:
     sk = socket.socket(fileno=copy)
     try:
         out: list[str] = []
         for name, level, num, size, want in _sockopt_expect(rctx, entry, sk):
+            if name == "SO_GET_FILTER":
+                out += _check_filter(fd, sk, want)
+                continue
             got = _get(sk, level, num, size)
             if name == "SO_BINDTODEVICE":
                 got = got.split(b"\0", 1)[0].decode()

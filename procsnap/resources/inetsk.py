@@ -141,7 +141,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     sk = sockets.copy_of(fd)
     if fam not in (socket.AF_INET, socket.AF_INET6):
         raise Unsupported(f"{what}: an {_family_name(fam)} socket (type {sk.type}); "
-                          "procsnap dumps only unix, netlink and IP (TCP, UDP, "
+                          "procsnap dumps only unix, netlink, packet and IP (TCP, UDP, "
                           "UDP-Lite, ping, raw) sockets")
     proto = sk.getsockopt(socket.SOL_SOCKET, sockets.SO_PROTOCOL)
     kind = kind_name(sk.type, proto)

@@ -1,6 +1,6 @@
 """The socket option audit: every option getsockopt can read from a unix,
-TCP, UDP, UDP-Lite, ICMP (ping) or raw IP socket (IPv4 and IPv6), and
-what procsnap does with it.
+TCP, UDP, UDP-Lite, ICMP (ping), raw IP (IPv4 and IPv6), netlink or
+AF_PACKET socket, and what procsnap does with it.
 
 UDP-Lite, ping and raw sockets are datagram sockets of the same IP
 layer as UDP: they are judged by UDP's rows at the levels they answer at
@@ -56,7 +56,8 @@ SOL_ICMPV6 = 58
 SOL_UDPLITE = 136
 SOL_RAW = 255
 SOL_NETLINK = 270
-LEVELS = {SOL_NETLINK: "SOL_NETLINK", SOL_SOCKET: "SOL_SOCKET", SOL_IP: "SOL_IP", SOL_IPV6: "SOL_IPV6",
+SOL_PACKET = 263
+LEVELS = {SOL_NETLINK: "SOL_NETLINK", SOL_PACKET: "SOL_PACKET", SOL_SOCKET: "SOL_SOCKET", SOL_IP: "SOL_IP", SOL_IPV6: "SOL_IPV6",
           SOL_TCP: "SOL_TCP", SOL_UDP: "SOL_UDP", SOL_ICMPV6: "SOL_ICMPV6",
           SOL_UDPLITE: "SOL_UDPLITE", SOL_RAW: "SOL_RAW"}
 
@@ -73,9 +74,10 @@ RAW4 = frozenset({"raw4"})
 RAW6 = frozenset({"raw6"})
 RAW = RAW4 | RAW6
 NETLINK = frozenset({"netlink"})
+PACKET = frozenset({"packet"})
 ALL = UNIX | INET
 # the kind whose rows a datagram kind of the IP layer starts from
-LIKE = {"netlink": "unix", "udplite4": "udp4", "udplite6": "udp6", "icmp4": "udp4", "icmp6": "udp6",
+LIKE = {"netlink": "unix", "packet": "unix", "udplite4": "udp4", "udplite6": "udp6", "icmp4": "udp4", "icmp6": "udp6",
         "raw4": "udp4", "raw6": "udp6"}
 
 # which levels a kind answers at (the probe of unknown numbers)
@@ -88,6 +90,8 @@ KIND_LEVELS = {"unix": (SOL_SOCKET,),
                "udplite4": (SOL_SOCKET, SOL_IP, SOL_UDP, SOL_UDPLITE),
                "udplite6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP, SOL_UDPLITE),
                "netlink": (SOL_SOCKET, SOL_NETLINK),
+               # SOCK_PACKET sockets answer at SOL_SOCKET only
+               "packet": (SOL_SOCKET, SOL_PACKET),
                "icmp4": (SOL_SOCKET, SOL_IP),
                "icmp6": (SOL_SOCKET, SOL_IP, SOL_IPV6),
                "raw4": (SOL_SOCKET, SOL_IP, SOL_RAW),
@@ -160,8 +164,9 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_SOCKET, 20, "SO_RCVTIMEO_OLD", SAVED, "sk_opts.so_rcv_tmo_*"),
     _o(SOL_SOCKET, 21, "SO_SNDTIMEO_OLD", SAVED, "sk_opts.so_snd_tmo_*"),
     _o(SOL_SOCKET, 25, "SO_BINDTODEVICE", SAVED, "sk_opts.so_bound_dev"),
-    _o(SOL_SOCKET, 26, "SO_GET_FILTER", REFUSED,
-       "an attached classic or eBPF filter (SO_ATTACH_FILTER/SO_ATTACH_BPF)", read=False),
+    _o(SOL_SOCKET, 26, "SO_GET_FILTER", SAVED,
+       "sk_opts.so_filter (a classic filter; an eBPF one, SO_ATTACH_BPF, is refused "
+       "by sockets.get_filter)", read=False),
     _o(SOL_SOCKET, 28, "SO_PEERNAME", IRRELEVANT, "the peer's address: inet_sk.dst_*/unix peer"),
     _o(SOL_SOCKET, 29, "SO_TIMESTAMP_OLD", REFUSED),
     _o(SOL_SOCKET, 30, "SO_ACCEPTCONN", IRRELEVANT, "the LISTEN state: saved as state"),
@@ -176,7 +181,7 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_SOCKET, 41, "SO_WIFI_STATUS", REFUSED),
     _o(SOL_SOCKET, 42, "SO_PEEK_OFF", REFUSED),
     _o(SOL_SOCKET, 43, "SO_NOFCS", REFUSED),
-    _o(SOL_SOCKET, 44, "SO_LOCK_FILTER", REFUSED),
+    _o(SOL_SOCKET, 44, "SO_LOCK_FILTER", SAVED, "sk_opts.so_lock_filter (procsnap's field 128)"),
     _o(SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE", REFUSED),
     _o(SOL_SOCKET, 46, "SO_BUSY_POLL", REFUSED),
     _o(SOL_SOCKET, 47, "SO_MAX_PACING_RATE", REFUSED),
@@ -381,6 +386,33 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_NETLINK, 10, "NETLINK_CAP_ACK", REFUSED, "", NETLINK),
     _o(SOL_NETLINK, 11, "NETLINK_EXT_ACK", REFUSED, "", NETLINK),
     _o(SOL_NETLINK, 12, "NETLINK_GET_STRICT_CHK", REFUSED, "", NETLINK),
+    # ------------------------------------------------ AF_PACKET (own rows)
+    _o(SOL_SOCKET, 16, "SO_PASSCRED", IRRELEVANT, "packet sockets cannot set it (EOPNOTSUPP)",
+       PACKET),
+    _o(SOL_SOCKET, 34, "SO_PASSSEC", IRRELEVANT, "packet sockets cannot set it (EOPNOTSUPP)",
+       PACKET),
+    _o(SOL_PACKET, 6, "PACKET_STATISTICS", INEXACT,
+       "counters since they were last read: the restored socket counts from zero; "
+       "reading them would reset the task's", PACKET, read=False),
+    _o(SOL_PACKET, 7, "PACKET_COPY_THRESH", SAVED, "packet_sock.copy_thresh", PACKET),
+    _o(SOL_PACKET, 8, "PACKET_AUXDATA", SAVED, "packet_sock.aux_data", PACKET),
+    _o(SOL_PACKET, 9, "PACKET_ORIGDEV", SAVED, "packet_sock.orig_dev", PACKET),
+    _o(SOL_PACKET, 10, "PACKET_VERSION", SAVED, "packet_sock.version", PACKET),
+    _o(SOL_PACKET, 11, "PACKET_HDRLEN", IRRELEVANT,
+       "a query: the frame header length of the ring version passed in", PACKET),
+    _o(SOL_PACKET, 12, "PACKET_RESERVE", SAVED, "packet_sock.reserve", PACKET),
+    _o(SOL_PACKET, 14, "PACKET_LOSS", SAVED, "packet_sock.loss", PACKET),
+    _o(SOL_PACKET, 15, "PACKET_VNET_HDR", SAVED, "packet_sock.vnet_hdr", PACKET),
+    _o(SOL_PACKET, 17, "PACKET_TIMESTAMP", SAVED, "packet_sock.timestamp", PACKET),
+    _o(SOL_PACKET, 18, "PACKET_FANOUT", SAVED, "packet_sock.fanout (group id and mode)",
+       PACKET),
+    _o(SOL_PACKET, 19, "PACKET_TX_HAS_OFF", REFUSED, "criu's image has no field", PACKET),
+    _o(SOL_PACKET, 20, "PACKET_QDISC_BYPASS", REFUSED, "criu's image has no field", PACKET),
+    _o(SOL_PACKET, 21, "PACKET_ROLLOVER_STATS", INEXACT,
+       "counters of a fanout rollover: the restored socket counts from zero", PACKET),
+    _o(SOL_PACKET, 23, "PACKET_IGNORE_OUTGOING", REFUSED, "criu's image has no field", PACKET),
+    _o(SOL_PACKET, 24, "PACKET_VNET_HDR_SZ", SAVED,
+       "packet_sock.vnet_hdr (10 bytes; another size is refused by packetsk)", PACKET),
     # ------------------------------------------------ raw IP (own rows)
     _o(SOL_IP, 3, "IP_HDRINCL", SAVED, "ip_opts.raw.hdrincl", RAW4),
     _o(SOL_IP, 22, "IP_NODEFRAG", SAVED, "ip_opts.raw.nodefrag", RAW4),
@@ -414,6 +446,8 @@ def kind_of(sk: socket.socket) -> str | None:
         return "unix"
     if sk.family == socket.AF_NETLINK:
         return "netlink"
+    if sk.family == socket.AF_PACKET:
+        return "packet"
     v = {socket.AF_INET: "4", socket.AF_INET6: "6"}.get(sk.family)
     if v is None:
         return None

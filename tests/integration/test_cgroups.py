@@ -16,8 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from helpers import (TargetFactory, assert_one_line_error, check_ok, finish, run_procsnap,
-                     wait_gone)
+from helpers import (TargetFactory, assert_one_line_error, check_ok, crit_decode, finish,
+                     run_procsnap, wait_gone)
 
 V1 = Path("/sys/fs/cgroup")
 V2 = Path("/sys/fs/cgroup/unified")
@@ -90,6 +90,11 @@ def test_v1_limits_come_back(targets: TargetFactory, tmp_path: Path, v1groups) -
     want = _v1_values(v1groups)
     assert want == (str(256 << 20), "512", "50000", "77")
     _dump(targets, t, tmp_path / "images", "--manage-cgroups=full")
+    # CRIU's own decoder reads the properties where criu writes them
+    img = crit_decode(tmp_path / "images" / "cgroup.img")["entries"][0]
+    cpu = next(c for c in img["controllers"] if "cpu" in c["cnames"])
+    top = next(d for d in cpu["dirs"] if d["dir_name"] == TAG)
+    assert {p["name"]: p["value"] for p in top["properties"]}["cpu.shares"] == "512"
     for d in v1groups.values():
         d.rmdir()
     check_ok(run_procsnap("restore", "-D", tmp_path / "images", "-d", "--manage-cgroups=full"))
@@ -260,7 +265,8 @@ def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -
         _rmtree(v2)
         (mnt / TAG / "inner").rmdir()
         (mnt / TAG).rmdir()
-        more = ["--cgroup-root", f"/{TAG}-moved"] if moved else []
+        more = ["--cgroup-root", f"cgroup2:/{TAG}-moved",
+                "--cgroup-root", f"name=procsnapns:/{TAG}-moved"] if moved else []
         check_ok(run_procsnap("restore", "-D", images, "-d", *more))
         top = f"/{TAG}-moved" if moved else f"/{TAG}"
         assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)["name=procsnapns"] == f"{top}/inner"

@@ -156,7 +156,7 @@ def test_time_namespace_offsets(targets: TargetFactory, images_dir: Path) -> Non
 
 
 @pytest.mark.parametrize("flag,kind", [
-    (["-C"], "cgroup"), (["-U", "--map-root-user"], "user"),
+    (["-U", "--map-root-user"], "user"),
 ])
 def test_unsupported_namespace_refused(targets: TargetFactory, images_dir: Path,
                                        flag: list[str], kind: str) -> None:
@@ -170,6 +170,24 @@ def test_unsupported_namespace_refused(targets: TargetFactory, images_dir: Path,
     ok, why = is_untouched(t.pid)
     assert ok, why
     assert not [f for f in os.listdir(images_dir) if f.endswith(".img")]
+    n = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, n + 5))
+    finish(t)
+
+
+def test_cgroup_namespace_of_a_box(targets: TargetFactory, images_dir: Path) -> None:
+    """unshare -fp -u -C: the box's cgroup namespace comes back, rooted
+    where it was: the same cgroups from outside and from inside."""
+    from procsnap.resources import cgroup
+    numbers = targets.workdir / "numbers"
+    t = start_in_ns(targets, ["-fp", "-u", "-C"], str(numbers), "box-cgns", "1")
+    wait_numbers(numbers, 3)
+    assert ns_link(t.pid, "cgroup") != ns_link("self", "cgroup")
+    before = (Path(f"/proc/{t.pid}/cgroup").read_text(), cgroup.inner_view(t.pid))
+    assert all(path == "/" for _, path in before[1]), before[1]
+    dump_restore(targets, t, images_dir)
+    assert ns_link(t.pid, "cgroup") != ns_link("self", "cgroup")
+    assert (Path(f"/proc/{t.pid}/cgroup").read_text(), cgroup.inner_view(t.pid)) == before
     n = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, n + 5))
     finish(t)

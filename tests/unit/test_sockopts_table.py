@@ -21,6 +21,9 @@ KINDS = {
     "udp4": [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)],
     "udp6": [(socket.AF_INET6, socket.SOCK_DGRAM, socket.IPPROTO_UDP)],
     "netlink": [(socket.AF_NETLINK, socket.SOCK_RAW, 0), (socket.AF_NETLINK, socket.SOCK_RAW, 15)],
+    "packet": [(socket.AF_PACKET, socket.SOCK_RAW, 0),
+               (socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800)),
+               (socket.AF_PACKET, 10, socket.htons(0x0003))],  # SOCK_PACKET
     "udplite4": [(socket.AF_INET, socket.SOCK_DGRAM, 136)],
     "udplite6": [(socket.AF_INET6, socket.SOCK_DGRAM, 136)],
     "icmp4": [(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)],
