@@ -60,6 +60,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
@@ -78,7 +79,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     KEY:PATH); ``ext_mount_auto``: a key recorded as a path is that path.
     ``ext_veth`` maps a veth of the tree's network namespace whose peer was
     outside to the name its new peer gets here (criu's --external
-    veth[IN]:OUT, --veth-pair IN=OUT).
+    veth[IN]:OUT, --veth-pair IN=OUT).  ``restore_sibling`` (criu's
+    --restore-sibling): the root is made a child of this process's parent,
+    which waits for it (LXC's monitor); implies ``detached``.
     ``manage_cgroups`` (criu's --manage-cgroups MODE): soft (the default)
     makes a missing cgroup with its saved properties and leaves an existing
     one as it is; full also writes the properties of existing ones; strict
@@ -93,8 +96,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
-                    ext_veth=ext_veth, manage_cgroups=manage_cgroups,
-                    cgroup_root=tuple(cgroup_root))
+                    ext_veth=ext_veth, restore_sibling=restore_sibling,
+                    manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
 
 
 def network_unlock(images_dir: str) -> bool:

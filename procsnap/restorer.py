@@ -88,8 +88,9 @@ def _collect(rctx: RestoreContext) -> None:
         rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
-        if os.path.exists(f"/proc/{entry.pid}"):
-            raise RestoreError(f"pid {entry.pid} is already taken by a running process")
+        if os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
+            raise RestoreError(f"pid {entry.pid} is already taken by a running process "
+                               f"({_who(entry.pid)})")
         if rt.zombie:
             continue
         _check_live_core(rt, rt.core, entry.pid)
@@ -128,6 +129,36 @@ def _collect(rctx: RestoreContext) -> None:
             rctx.file_entry(ident)
 
 
+def _freed(pid: int, timeout: float = 3.0) -> bool:
+    """A pid held by a zombie (or a task on its way out: the dump that
+    just killed it) is about to be free: wait for its parent to reap it.
+    LXC restores right after the dump stopped the container, while its
+    monitor is still collecting the old init."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state not in (b"Z", b"X"):
+            return False
+        time.sleep(0.005)
+    return False
+
+
+def _who(pid: int) -> str:
+    """What holds a pid, for the error: its name, state and parent."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+        comm = text[text.index(b"(") + 1:text.rindex(b")")].decode(errors="replace")
+        state, ppid = text.rsplit(b")", 1)[1].split()[:2]
+        return f"{comm}, state {state.decode()}, parent {int(ppid)}"
+    except (OSError, ValueError, IndexError):
+        return "gone since"
+
+
 def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
     if core.mtype != core_pb2.core_entry.X86_64:
         name = core_pb2.core_entry.march.Name(core.mtype) \
@@ -160,7 +191,10 @@ def _clone_with_pid(pid: int, flags: int = 0, set_tid: list[int] | None = None) 
     """
     want = set_tid or [pid]
     tid = (ctypes.c_int32 * len(want))(*want)
-    args = CloneArgs(flags=flags, exit_signal=signal.SIGCHLD,
+    # clone3 refuses an exit signal with CLONE_PARENT: the child then takes
+    # ours (SIGCHLD for a process forked the usual way), for our parent.
+    exit_signal = 0 if flags & C.CLONE_PARENT else signal.SIGCHLD
+    args = CloneArgs(flags=flags, exit_signal=exit_signal,
                      set_tid=ctypes.addressof(tid), set_tid_size=len(want))
     r, w = os.pipe()
     try:
@@ -430,6 +464,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
@@ -456,8 +491,11 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
-                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                              ext_veth=dict(ext_veth or {})))
+                              ext_veth=dict(ext_veth or {}),
+                              restore_sibling=restore_sibling,
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root)))
+    if restore_sibling:
+        detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
@@ -474,6 +512,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         if flags & C.CLONE_NEWPID:
             self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
             rctx.own_fds.append(self_pidfd)
+        if restore_sibling:
+            # criu's --restore-sibling: our parent (LXC's monitor) is the
+            # root's parent and reaps it; we trace it like any puppet.
+            flags |= C.CLONE_PARENT
         root.pid, wake = _clone_with_pid(root.pid, flags, rctx.set_tid(root.pid))
         rctx.created.append(root.pid)
         created = True

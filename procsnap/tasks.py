@@ -180,6 +180,7 @@ class RestoreOptions:
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
     ext_veth: dict[str, str] = field(default_factory=dict)  # veth inside -> its peer's name here
+    restore_sibling: bool = False  # criu's --restore-sibling: the root is our parent's child
     # criu's --manage-cgroups MODE (none, props, soft, full, strict, ignore)
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: move the tree

@@ -1223,6 +1223,13 @@ def check_signals(f: Found) -> list[str]:
     return out
 
 
+def _in_root(pid: int, path: str) -> str:
+    """``path`` seen from task ``pid``'s root when its mount namespace is not ours."""
+    if os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        return path
+    return f"/proc/{pid}/root{path}"
+
+
 def check_fs(f: Found) -> list[str]:
     rctx, rt = f.rctx, f.rt
     out: list[str] = []
@@ -1235,7 +1242,9 @@ def check_fs(f: Found) -> list[str]:
         idents = rctx.kind_state.setdefault("verify-fs", {})
         if fid not in idents:   # a tree of 200 shares one cwd: one stat
             try:
-                want = os.stat(path)
+                # The path as the task sees it: a tree restored in a mount
+                # namespace of its own (a container) names files in its root.
+                want = os.stat(_in_root(f.pid, path))
                 idents[fid] = (want.st_dev, want.st_ino)
             except OSError:
                 idents[fid] = None

@@ -91,8 +91,9 @@ TABLE: list[Opt] = [
         note="procsnap freezes the tree with ptrace, walking it again until no task "
              "is new; the freezer cgroup is not needed and not touched"),
     Opt("leave-stopped", "s", how=REFUSE, note=_NOT_YET + " (tasks are killed or left running)"),
-    Opt("restore-sibling", "S", boolean=True, how=REFUSE,
-        note=_NOT_YET + " (the restored root is procsnap's child)"),
+    Opt("restore-sibling", "S", boolean=True,
+        help="restore: the root is made a child of procsnap's parent (CLONE_PARENT), "
+             "not of procsnap; implies --restore-detached"),
     # files, sockets, locks
     Opt("tcp-established", boolean=True,
         help="dump live TCP connections (TCP_REPAIR, behind a network lock); "
@@ -113,10 +114,14 @@ TABLE: list[Opt] = [
         note="procsnap saves an inotify/fanotify watch by its file handle and reopens it "
              "through the handle; a watch it cannot reopen refuses the dump"),
     Opt("external", arg=REQ, multi=True, metavar="KEY",
-        help="dump: unix[INO] is a unix socket of the tree whose peer is outside it "
-             "(other kinds of KEY are refused)"),
+        help="dump: unix[INO]: a unix socket of the tree whose peer is outside it; "
+             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV]: a terminal outside "
+             "the tree (a dump where a task holds it open is refused). restore: "
+             "mnt[KEY]:PATH binds PATH for KEY; KEY:PATH as --ext-mount-map KEY:PATH "
+             "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
-        help="restore: our fd N stands for the external resource KEY (unix[INO])"),
+        help="restore: our fd N stands for the external resource KEY (unix[INO]; "
+             "tty[RDEV:DEV], which no restored task holds: see --external)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),
@@ -136,11 +141,26 @@ TABLE: list[Opt] = [
              "holes included, whatever this says"),
     Opt("close", arg=REQ, how=REFUSE, note=_NOT_YET),
     # namespaces, mounts, cgroups, LSM
-    Opt("root", "r", REQ, how=REFUSE, note=_MNT),
-    Opt("ext-mount-map", "M", REQ, how=REFUSE, note=_MNT),
-    Opt("enable-external-sharing", how=REFUSE, note=_MNT),
-    Opt("enable-external-masters", how=REFUSE, note=_MNT),
-    Opt("enable-fs", arg=REQ, how=REFUSE, note=_MNT),
+    Opt("root", "r", REQ, metavar="DIR",
+        help="restore: the root file system a tree dumped in a mount namespace of its "
+             "own is restored on"),
+    Opt("ext-mount-map", "M", REQ, multi=True, metavar="KEY:VAL",
+        help="dump: MOUNTPOINT:KEY names an external mount; 'auto': mounts found in "
+             "procsnap's own mount tree are external, keyed by their path. restore: "
+             "KEY:PATH binds PATH where the mount KEY was; 'auto': a key that is a "
+             "path is bound from that path"),
+    Opt("enable-external-sharing", how=ACCEPT,
+        note="accepted for LXC, which always passes it; procsnap does not rebuild a peer "
+             "group reaching outside the namespace: an external mount sharing one with "
+             "the host refuses the dump, naming it"),
+    Opt("enable-external-masters", how=ACCEPT,
+        note="accepted for LXC, which always passes it; procsnap does not rebuild a master "
+             "outside the namespace: an external mount that is a slave of the host's "
+             "refuses the dump, naming it"),
+    Opt("enable-fs", arg=REQ, multi=True, how=ACCEPT, metavar="FS[,FS]",
+        note="procsnap mounts anew at restore the kinds it knows (proc, sysfs, devpts, "
+             "mqueue, cgroup, tracefs, tmpfs with its files...); a mount of another kind "
+             "(hugetlbfs...) that is not external refuses the dump, naming it"),
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
     Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
     Opt("join-ns", "J", REQ, how=REFUSE, note=_NOT_YET),
