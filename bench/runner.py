@@ -36,6 +36,7 @@ NOT_SUPPORTED = "not supported yet"
 
 _OURS: set[int] = set()          # pids (and process groups) we may kill
 _BIN: Path | None = None
+_CRIU: str | None = None         # --criu PATH: a criu binary to compare with
 
 
 # ---------------------------------------------------------------- utils ----
@@ -182,6 +183,42 @@ def py_api(code: str) -> list[str]:
     return [sys.executable, "-c", pre + code + post]
 
 
+def criu_dump(pid: int, d: Path) -> float:
+    """``criu dump`` of a bench target with criu's defaults; its wall time.
+
+    The target is a session leader started by us (no --shell-job); criu
+    kills it after the dump, as procsnap does.  Its log goes to the image
+    directory, so a failure shows criu's own last lines.
+    """
+    assert _CRIU is not None
+    return _criu(["dump", "-t", str(pid), "-D", str(d), "-o", "dump.log"], d)
+
+
+def criu_restore(d: Path) -> float:
+    """``criu restore -d`` (detached: the tree is reparented to us, the
+    subreaper); its wall time.  Restored pids join _OURS."""
+    assert _CRIU is not None
+    pidfile = d / "criu-restore.pid"
+    t = _criu(["restore", "-D", str(d), "-d", "-o", "restore.log",
+               "--pidfile", str(pidfile)], d)
+    _OURS.add(int(pidfile.read_text()))
+    return t
+
+
+def _criu(args: list[str], d: Path) -> float:
+    assert _CRIU is not None
+    d.mkdir(exist_ok=True)
+    t = time.monotonic()
+    res = subprocess.run([_CRIU, *args], capture_output=True, stdin=subprocess.DEVNULL,
+                         close_fds=True, cwd=ROOT)
+    wall = time.monotonic() - t
+    if res.returncode:
+        log = d / args[args.index("-o") + 1]
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        raise ChildError(f"criu {args[0]}: exit {res.returncode}: " + " | ".join(tail))
+    return wall
+
+
 def images_size(d: Path, prefix: str = "") -> int:
     return sum(f.stat().st_size for f in d.iterdir() if f.name.startswith(prefix))
 
@@ -261,7 +298,14 @@ def case_memory(work: Path, runs: int, mib: int) -> list[Row]:
     size = Row(f"{mib} MiB anon: pages image size", "MiB", baseline_name="touched", target=1.01)
     rss_d = Row(f"{mib} MiB anon: procsnap peak RSS, dump", "MiB", target=100)
     rss_r = Row(f"{mib} MiB anon: procsnap peak RSS, restore", "MiB", target=100)
-    for _ in range(runs):
+    c_dump = Row(f"{mib} MiB anon: dump vs CRIU", "s", baseline_name="criu dump", target=1.0)
+    c_rest = Row(f"{mib} MiB anon: restore vs CRIU", "s", baseline_name="criu restore -d",
+                 target=1.0)
+    c_size = Row(f"{mib} MiB anon: pages image size vs CRIU", "MiB", baseline_name="criu",
+                 target=1.01)
+    for i in range(runs):
+        if _CRIU and i % 2 == 1:    # alternate which tool goes first
+            _criu_memory_round(work, mib, c_dump, c_rest, c_size)
         d = work / "mem-images"
         raw = work / "raw.img"
         shutil.rmtree(d, ignore_errors=True)
@@ -289,11 +333,37 @@ def case_memory(work: Path, runs: int, mib: int) -> list[Row]:
                 "print(time.monotonic() - t)"))
             rest.procsnap.append(float(out))
             rss_r.procsnap.append(rss)
+            c_dump.procsnap.append(dump.procsnap[-1])
+            c_rest.procsnap.append(rest.procsnap[-1])
+            c_size.procsnap.append(size.procsnap[-1])
         finally:
             kill_ours(pid)
             raw.unlink(missing_ok=True)
             shutil.rmtree(d, ignore_errors=True)
-    return [dump, rest, size, rss_d, rss_r]
+        if _CRIU and i % 2 == 0:
+            _criu_memory_round(work, mib, c_dump, c_rest, c_size)
+    return [dump, rest, size, rss_d, rss_r] + ([c_dump, c_rest, c_size] if _CRIU else [])
+
+
+def _criu_memory_round(work: Path, mib: int, dump: Row, rest: Row, size: Row) -> None:
+    """One criu dump + restore of a fresh target, warmed like procsnap's steps.
+
+    procsnap's side of these rows is its API time (no interpreter start-up);
+    criu's is the wall time of the criu command (a C program: start-up is a
+    few ms, nothing next to 1 GiB)."""
+    d = work / "criu-mem-images"
+    shutil.rmtree(d, ignore_errors=True)
+    pid = start(work, "mem", str(mib))
+    try:
+        warm_memory()
+        dump.baseline.append(criu_dump(pid, d))
+        wait_gone(pid)
+        size.baseline.append(images_size(d, "pages-") / MIB)
+        warm_memory()
+        rest.baseline.append(criu_restore(d))
+    finally:
+        kill_ours(pid)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def case_small(work: Path, runs: int) -> list[Row]:
@@ -302,11 +372,18 @@ def case_small(work: Path, runs: int) -> list[Row]:
     cli_r = Row("counter: CLI restore", "ms", baseline_name="python3 -c pass", target=0.200,
                 absolute=True)
     api = Row("counter: API dump+restore", "ms", target=0.060)
+    # Issue 16's target: the CLI within 2x of criu's, start-up included.
+    c_d = Row("counter: CLI dump vs CRIU", "ms", baseline_name="criu dump", target=2.0)
+    c_r = Row("counter: CLI restore vs CRIU", "ms", baseline_name="criu restore -d", target=2.0)
     cli = [sys.executable, "-m", "procsnap"]
     d = work / "counter-images"
+    cd = work / "criu-counter-images"
     pid = start(work, "counter", str(work / "counter.txt"))
+    cpid = start(work, "counter", str(work / "criu-counter.txt")) if _CRIU else 0
     try:
         for i in range(runs + 1):   # round 0 warms caches (.pyc, page cache)
+            if _CRIU and i % 2 == 0:    # alternate which tool goes first
+                cpid = _criu_counter_round(cpid, cd, c_d, c_r, i > 0)
             shutil.rmtree(d, ignore_errors=True)
             base, _ = run_child([sys.executable, "-c", "pass"])
             t_d, _ = run_child(cli + ["dump", "-t", str(pid), "-D", str(d)])
@@ -321,10 +398,29 @@ def case_small(work: Path, runs: int) -> list[Row]:
                 cli_d.baseline.append(base)
                 cli_r.baseline.append(base)
                 api.procsnap.append(t_api)
+                c_d.procsnap.append(t_d)
+                c_r.procsnap.append(t_r)
+            if _CRIU and i % 2 == 1:
+                cpid = _criu_counter_round(cpid, cd, c_d, c_r, i > 0)
     finally:
         kill_ours(pid)
+        kill_ours(cpid)
         shutil.rmtree(d, ignore_errors=True)
-    return [cli_d, cli_r, api]
+        shutil.rmtree(cd, ignore_errors=True)
+    return [cli_d, cli_r, api] + ([c_d, c_r] if _CRIU else [])
+
+
+def _criu_counter_round(pid: int, d: Path, dump: Row, rest: Row, keep: bool) -> int:
+    """criu dump + restore -d of the counter; returns the restored pid."""
+    shutil.rmtree(d, ignore_errors=True)
+    t_d = criu_dump(pid, d)
+    wait_gone(pid)
+    _OURS.discard(pid)
+    t_r = criu_restore(d)
+    if keep:
+        dump.baseline.append(t_d)
+        rest.baseline.append(t_r)
+    return int((d / "criu-restore.pid").read_text())
 
 
 def _api_cycle(pid: int, d: Path) -> tuple[float, float]:
@@ -410,13 +506,22 @@ CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify"]
 
 
 def main(argv: list[str]) -> int:
-    global _BIN
+    global _BIN, _CRIU
     ap = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__)
     ap.add_argument("-n", "--runs", type=int, default=3, help="rounds per case (median)")
     ap.add_argument("--only", nargs="+", choices=CASES, help="run only these cases")
     ap.add_argument("--mib", type=int, default=1024, help="size of the memory case")
     ap.add_argument("--json", metavar="FILE", help="also write the raw numbers here")
+    ap.add_argument("--criu", metavar="PATH",
+                    help="a criu binary: the memory and counter cases also run criu "
+                         "dump/restore in the same rounds and print procsnap/CRIU ratios "
+                         "(the bench builds nothing itself)")
     a = ap.parse_args(argv)
+    if a.criu:
+        _CRIU = os.path.abspath(a.criu)
+        if not os.access(_CRIU, os.X_OK):
+            print(f"bench: --criu {a.criu}: not an executable", file=sys.stderr)
+            return 1
     if os.geteuid() != 0:
         print("bench: must run as root (ptrace, clone3 with set_tid)", file=sys.stderr)
         return 1

@@ -22,7 +22,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_established: bool = False, file_locks: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
-         ext_mount_auto: bool = False) -> dict[str, float]:
+         ext_mount_auto: bool = False, manage_cgroups: str = "soft",
+         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -37,6 +38,10 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     A tree in a mount namespace of its own: ``external`` names its mounts
     from outside the tree, ``"mnt[MOUNTPOINT]:KEY"``; ``ext_mount_auto``
     (criu's --ext-mount-map auto) finds the others in procsnap's own mounts.
+    ``manage_cgroups`` (criu's --manage-cgroups): "ignore" records no
+    cgroup; any other mode records every task's cgroups and the controllers'
+    properties (cgroup.img).  ``cgroup_root`` (criu's --cgroup-root
+    "[CONTROLLER:]/PATH"): the directories saved are those from PATH down.
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
@@ -45,7 +50,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
                  tcp_established=tcp_established, file_locks=file_locks,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight,
-                 action=action, ext_mount_auto=ext_mount_auto)
+                 action=action, ext_mount_auto=ext_mount_auto,
+                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
@@ -53,7 +59,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            restore_sibling: bool = False,
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -71,14 +79,25 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     KEY:PATH); ``ext_mount_auto``: a key recorded as a path is that path.
     ``ext_veth`` maps a veth of the tree's network namespace whose peer was
     outside to the name its new peer gets here (criu's --external
-    veth[IN]:OUT, --veth-pair IN=OUT).
+    veth[IN]:OUT, --veth-pair IN=OUT).  ``restore_sibling`` (criu's
+    --restore-sibling): the root is made a child of this process's parent,
+    which waits for it (LXC's monitor); implies ``detached``.
+    ``manage_cgroups`` (criu's --manage-cgroups MODE): soft (the default)
+    makes a missing cgroup with its saved properties and leaves an existing
+    one as it is; full also writes the properties of existing ones; strict
+    refuses an existing one; props writes them but requires every cgroup to
+    exist; none requires them and writes nothing; ignore leaves the tasks in
+    the restorer's cgroups.  ``cgroup_root`` ("[CONTROLLER:]/PATH", criu's
+    --cgroup-root) moves the saved tree's root (of that controller, or of
+    every one not named) to PATH.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
-                    ext_veth=ext_veth)
+                    ext_veth=ext_veth, restore_sibling=restore_sibling,
+                    manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
 
 
 def network_unlock(images_dir: str) -> bool:

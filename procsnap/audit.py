@@ -227,8 +227,8 @@ FILES: list[Item] = [
        lambda v, own: f"POSIX timer {v[0]:#x}: overrun count {v[1]} of its last expiry"
        if v else None),
     Item("cgroup", "membership in every hierarchy, v1 and v2, per thread", SAVED,
-         "cgroup (cgroup.img, cg_set; controller properties not yet: a missing cgroup of a "
-         "controller is a restore error)"),
+         "cgroup (cgroup.img, cg_set; the cgroups' owners, modes and controller properties, "
+         "written as --manage-cgroups MODE says; --cgroup-root moves them)"),
     *_s("loginuid", "loginuid", "taskattrs (written by the task at restore)"),
     _r("loginuid", "loginuid of a thread", "the loginuid is saved once per process",
        lambda v, own: None if v is None else f"a thread with loginuid {v} unlike its leader's"),

@@ -28,6 +28,7 @@ import re
 import sys
 
 from .errors import ProcsnapError
+from .resources.cgroup import CG_MODES
 
 EXIT_ERROR = 1
 
@@ -71,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("-l", "--file-locks", action="store_true",
                    help="dump file locks and leases (as criu's --file-locks); without it a "
                         "tree holding one is refused")
+    d.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
+                    choices=CG_MODES, metavar="MODE",
+                    help="criu's modes: ignore saves no cgroup; any other saves every task's cgroups and the controllers' properties (the default: soft)")
+    d.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
+                    help="save the cgroup directories from PATH down (of CONTROLLER, or of every hierarchy not named)")
     d.add_argument("-v", "--verbose", action="count", default=0)
 
     r = sub.add_parser("restore", help="recreate a process tree from image files")
@@ -106,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--tcp-established", action="store_true",
                    help="accepted for criu's habits: the images say which connections "
                         "are live")
+    r.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
+                    choices=CG_MODES, metavar="MODE",
+                    help="criu's modes: soft (default): a missing cgroup is made with its saved properties; full: existing ones get them too; strict: an existing one is an error; props: properties, cgroups must exist; none: they must exist, no properties; ignore: tasks stay in the restorer's cgroups")
+    r.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
+                    help="restore the tree's root cgroup (of CONTROLLER, or of every hierarchy not named) at PATH")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -138,7 +149,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
                  external=tuple(external), tcp_established=a.tcp_established,
                  file_locks=a.file_locks, tcp_close=a.tcp_close,
                  skip_in_flight=a.skip_in_flight,
-                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map))
+                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
+                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root))
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
@@ -150,7 +162,8 @@ def cmd_restore(a: argparse.Namespace) -> int:
     mounts = dict(a.ext_mount + [(k, v) for k, v in a.ext_mount_map if k])
     veths = {k[5:-1]: mounts.pop(k) for k in list(mounts) if k.startswith("veth[")}
     more = dict(root=a.root, ext_mount_map=mounts, ext_veth=veths,
-                ext_mount_auto=any(not k for k, _ in a.ext_mount_map))
+                ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
+                manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root))
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),

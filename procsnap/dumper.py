@@ -310,7 +310,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_established: bool = False, file_locks: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
-         ext_mount_auto: bool = False) -> dict[str, float]:
+         ext_mount_auto: bool = False, manage_cgroups: str = "soft",
+         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -333,7 +334,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
-        action=action, ext_mount_auto=ext_mount_auto))
+        action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
+        cgroup_root=tuple(cgroup_root)))
     tmpnames.report(images_dir)
     status = _action(ctx, "pre-dump")
     if status:
@@ -416,9 +418,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         for task in ctx.tasks:
             _release(task, kill=kill)
         if kill:
-            for task in ctx.tasks:
-                for th in task.threads:
-                    _reap_traced(th.tid)
+            _wait_dead([th.tid for task in ctx.tasks for th in task.threads])
     ctx.stats["total"] = time.monotonic() - t0
     if script_refused:
         raise ActionScriptFailed("post-dump", script_refused,
@@ -436,6 +436,46 @@ def _own_netns(pid: int) -> bool:
         return os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
     except OSError:
         return False
+
+
+def _wait_dead(tids: list[int], timeout: float = 5.0) -> None:
+    """Return once every killed thread has exited and been reaped by us
+    where we were its tracer: a dump that stops the tree is over when the
+    tree is, so a restore run right after it (lxc-checkpoint -s, then -r)
+    finds its pids free.  A task killed while still traced is a zombie
+    that its parent cannot reap until we, its tracer, have collected it
+    (a container's init waits for its children so: its pid stays taken)."""
+    end = time.monotonic() + timeout
+    left = list(tids)
+    while left and time.monotonic() < end:
+        # All at once: a pid namespace's init stays alive until we have
+        # collected its children.
+        for tid in list(left):
+            _reap_traced(tid)
+            state = _state(tid)
+            if state is None or state == "X" or (state == "Z" and not _traced_by_us(tid)):
+                left.remove(tid)  # gone, or its parent's to reap now
+        if left:
+            time.sleep(0.001)
+
+
+def _traced_by_us(tid: int) -> bool:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("TracerPid:"):
+                    return int(line.split()[1]) == os.getpid()
+    except OSError:
+        pass
+    return False
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
 
 
 def _reap_traced(pid: int) -> None:

@@ -1,7 +1,9 @@
 """The GNU build-id of an ELF file: enough of ELF to find it.
 
 CRIU records the build-id of files mapped executable (reg_file_entry
-field build_id, one byte per element) so that a restore refuses a library
+field build_id: the note's bytes copied into the repeated uint32, four
+bytes a word, little-endian, zero-padded: a 20-byte build-id is 5 words;
+criu restore refuses any other length) so that a restore refuses a library
 or program that was replaced by another build since the dump, even one of
 the same size.  We read it from the program headers' PT_NOTE segments:
 note type NT_GNU_BUILD_ID (3), owner "GNU".
@@ -44,3 +46,29 @@ def build_id(fd: int) -> bytes | None:
                 return notes[desc_at:desc_at + descsz]
             pos = end
     return None
+
+
+def to_words(bid: bytes) -> list[int]:
+    """The build-id as CRIU stores it in reg_file_entry.build_id (see above)."""
+    padded = bid + b"\0" * (-len(bid) % 4)
+    return list(struct.unpack(f"<{len(padded) // 4}I", padded))
+
+
+def from_words(stored: list[int]) -> bytes:
+    """The bytes of a stored build-id (CRIU's words; old one-byte form kept)."""
+    if stored and all(0 <= b < 256 for b in stored) and len(stored) % 4 == 0 and len(stored) > 8:
+        return bytes(stored)
+    return b"".join(w.to_bytes(4, "little") for w in stored)
+
+
+def matches(stored: list[int], bid: bytes | None) -> bool:
+    """Does a stored reg_file_entry.build_id describe ``bid``?
+
+    CRIU's form (words); images procsnap wrote before it used CRIU's form
+    held one byte per element and are still accepted.
+    """
+    if bid is None:
+        return False
+    if stored == to_words(bid):
+        return True
+    return len(stored) == len(bid) and all(0 <= b < 256 for b in stored) and bytes(stored) == bid

@@ -88,8 +88,9 @@ def _collect(rctx: RestoreContext) -> None:
         rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
-        if os.path.exists(f"/proc/{entry.pid}"):
-            raise RestoreError(f"pid {entry.pid} is already taken by a running process")
+        if os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
+            raise RestoreError(f"pid {entry.pid} is already taken by a running process "
+                               f"({_who(entry.pid)})")
         if rt.zombie:
             continue
         _check_live_core(rt, rt.core, entry.pid)
@@ -146,6 +147,36 @@ def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:
         setattr(rt, "shares_files" if field == "files_id" else "shares_fs", True)
 
 
+def _freed(pid: int, timeout: float = 3.0) -> bool:
+    """A pid held by a zombie (or a task on its way out: the dump that
+    just killed it) is about to be free: wait for its parent to reap it.
+    LXC restores right after the dump stopped the container, while its
+    monitor is still collecting the old init."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state not in (b"Z", b"X"):
+            return False
+        time.sleep(0.005)
+    return False
+
+
+def _who(pid: int) -> str:
+    """What holds a pid, for the error: its name, state and parent."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read()
+        comm = text[text.index(b"(") + 1:text.rindex(b")")].decode(errors="replace")
+        state, ppid = text.rsplit(b")", 1)[1].split()[:2]
+        return f"{comm}, state {state.decode()}, parent {int(ppid)}"
+    except (OSError, ValueError, IndexError):
+        return "gone since"
+
+
 def _check_core(rt: RestoreTask, core: Any, ident: int) -> None:
     if core.mtype != core_pb2.core_entry.X86_64:
         name = core_pb2.core_entry.march.Name(core.mtype) \
@@ -178,7 +209,10 @@ def _clone_with_pid(pid: int, flags: int = 0, set_tid: list[int] | None = None) 
     """
     want = set_tid or [pid]
     tid = (ctypes.c_int32 * len(want))(*want)
-    args = CloneArgs(flags=flags, exit_signal=signal.SIGCHLD,
+    # clone3 refuses an exit signal with CLONE_PARENT: the child then takes
+    # ours (SIGCHLD for a process forked the usual way), for our parent.
+    exit_signal = 0 if flags & C.CLONE_PARENT else signal.SIGCHLD
+    args = CloneArgs(flags=flags, exit_signal=exit_signal,
                      set_tid=ctypes.addressof(tid), set_tid_size=len(want))
     r, w = os.pipe()
     try:
@@ -248,8 +282,10 @@ def _pick_trampoline(rctx: RestoreContext, pid: int) -> int:
     return cand + C.PAGE_SIZE
 
 
-def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
-    """The root puppet: drop what it inherited from us, map the trampoline."""
+def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any,
+                  self_pidfd: int | None = None) -> None:
+    """The root puppet: drop what it inherited from us (but ``self_pidfd``,
+    a pidfd to the restorer), map the trampoline."""
     pid = rt.pid
     inj = Injector(pid, _own_syscall_insn(), regs)
     rt.inj = inj
@@ -276,11 +312,21 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any) -> None:
                                "to give the restored process")
         if tty is not None:
             rt.tty_fd = inj.call("fcntl", tty, C.F_DUPFD_CLOEXEC, top)
-    if rt.tty_fd is not None:
-        inj.call("close_range", 0, rt.tty_fd - 1, 0)
-        inj.call("close_range", rt.tty_fd + 1, 0xFFFFFFFF, 0)
-    else:
-        inj.call("close_range", 0, 0xFFFFFFFF, 0)
+    keep = [] if rt.tty_fd is None else [rt.tty_fd]
+    if self_pidfd is not None:
+        # In a pid namespace of its own the puppet cannot name the restorer
+        # by pid: it keeps a pidfd to it, inherited through clone3, for
+        # grab_fd (every child forked before the builds inherits it too).
+        mine = inj.call("fcntl", self_pidfd, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
+        rctx.spare_fd_base = mine + 1
+        rt.pidfds[os.getpid()] = mine
+        keep.append(mine)
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            inj.call("close_range", low, fd - 1, 0)
+        low = fd + 1
+    inj.call("close_range", low, 0xFFFFFFFF, 0)
     from .resources import tty as ttys
     ttys.prepare_root(rctx, rt)  # pty pairs, before any fork: every task inherits them
     _set_session(rt)
@@ -337,6 +383,7 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
+    rt.pidfds = dict(parent.pidfds)  # inherited: only the restorer's, at this point
     _set_session(rt)
 
 
@@ -488,7 +535,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
-            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None) -> int:
+            ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
+            restore_sibling: bool = False,
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -514,26 +563,40 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
-                              ext_veth=dict(ext_veth or {})))
+                              ext_veth=dict(ext_veth or {}),
+                              restore_sibling=restore_sibling,
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root)))
+    if restore_sibling:
+        detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
     _action(rctx, "pre-restore")
     _collect(rctx)
     rctx.spawn_helper = lambda rt, pid: _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
     rctx.stats["collect"] = time.monotonic() - t0
+    from .resources import cgroup
+    cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
     root = rctx.tasks[0]
     if root.zombie:
         raise ImageError(root.image_name("core"), "the root task is a zombie")
     created = False
+    self_pidfd: int | None = None
     try:
-        root.pid, wake = _clone_with_pid(root.pid, namespaces.clone_flags(rctx),
-                                         rctx.set_tid(root.pid))
+        flags = namespaces.clone_flags(rctx)
+        if flags & C.CLONE_NEWPID:
+            self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
+            rctx.own_fds.append(self_pidfd)
+        if restore_sibling:
+            # criu's --restore-sibling: our parent (LXC's monitor) is the
+            # root's parent and reaps it; we trace it like any puppet.
+            flags |= C.CLONE_PARENT
+        root.pid, wake = _clone_with_pid(root.pid, flags, rctx.set_tid(root.pid))
         rctx.created.append(root.pid)
         created = True
         try:
             regs = _seize_puppet(root.pid)
         finally:
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
-        _prepare_root(rctx, root, regs)
+        _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
@@ -646,7 +709,8 @@ def _kill_all(rctx: RestoreContext) -> None:
             pass
     # Reap what we trace as well as the root, our child: a traced thread's
     # exit waits for its tracer, and a leader's for its threads, so waiting
-    # for the root alone hangs once threads exist.  Threads first, then
+    # for the root alone hangs once threads exist (and a killed init of a pid
+    # namespace waits until every task in it is reaped).  Threads first, then
     # children before parents.
     leaders = {t.pid for t in rctx.tasks}
     order = [p for p in rctx.created if p not in leaders] + \

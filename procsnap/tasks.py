@@ -39,6 +39,10 @@ class DumpOptions:
     # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
     action: Callable[[str], int] | None = None
     ext_mount_auto: bool = False     # criu's --ext-mount-map auto: external mounts found in ours
+    # criu's --manage-cgroups MODE: "ignore" saves no cgroup at all; any other
+    # mode saves membership and the controllers' properties
+    manage_cgroups: str = "soft"
+    cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: dump from there
 
 
 @dataclass
@@ -176,6 +180,10 @@ class RestoreOptions:
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
     ext_veth: dict[str, str] = field(default_factory=dict)  # veth inside -> its peer's name here
+    restore_sibling: bool = False  # criu's --restore-sibling: the root is our parent's child
+    # criu's --manage-cgroups MODE (none, props, soft, full, strict, ignore)
+    manage_cgroups: str = "soft"
+    cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: move the tree
 
 
 @dataclass

@@ -64,8 +64,13 @@ image's value, and nothing moves it while the task is stopped):
   uid/euid of F_GETOWNER_UIDS) and signal (F_GETSIG); for sockets every
   option sockopts.TABLE marks SAVED, with getsockopt (SO_* of sk_opts,
   IP_TOS/TTL/PKTINFO/FREEBIND, IPV6_V6ONLY/RECVPKTINFO, TCP_NODELAY/CORK
-  and the keepalive timers).  A TCP buffer size the task never locked
+  and the keepalive timers, the SOL_PACKET options of a packet socket),
+  the classic BPF filter instruction by instruction (SO_GET_FILTER) and
+  its lock (SO_LOCK_FILTER).  A TCP buffer size the task never locked
   (SO_BUF_LOCK) is not compared: the kernel tunes it as traffic goes.
+  Packet sockets: type, protocol, bound interface and every multicast
+  membership with its count, from PACKET_DIAG.  PACKET_STATISTICS is not
+  read (reading resets the task's counters).
 - locks: the ``lock:`` lines of every fd's fdinfo against filelocks.img
   -- kind, type, range, mode, and the owning pid of a POSIX lock -- per
   open file description, once all tasks were read (a description's
@@ -103,6 +108,7 @@ Zombies are not compared: they were let go to exit long before.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import ctypes
 import fcntl
 import logging
@@ -115,14 +121,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import images
-from .errors import RestoreError
+from .errors import RestoreError, Unsupported
 from .images.pb import fdinfo_pb2
 from .kernel import consts as C
 from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import cgroup, file_lock, memfd, regfile, shmem, sysvipc, tty
+from .resources import cgroup, file_lock, memfd, regfile, shmem, sockets, sysvipc, tty
 from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
@@ -498,7 +504,8 @@ def _merge(vmas: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     for v in vmas:
         if out:
             p = out[-1]
-            if p[1] == v[0] and p[3:] == v[3:] and p[5] not in _SPECIAL and \
+            # [vvar] + [vvar_vclock] are one VVAR VMA in criu's images
+            if p[1] == v[0] and p[3:] == v[3:] and (p[5] not in _SPECIAL or p[5] == "[vvar]") and \
                     (p[5] not in ("file", "memfd") or p[2] + (p[1] - p[0]) == v[2]):
                 out[-1] = (p[0], v[1]) + p[2:]
                 continue
@@ -543,6 +550,12 @@ def check_maps(f: Found) -> list[str]:
     rctx = f.rctx
     # guard regions live inside other VMAs (MADV_GUARD_INSTALL makes none)
     img = [_img_vma(rctx, v) for v in f.rt.mm.vmas if not v.status & VMA_AREA_GUARD]
+    # criu does not set VMA_AREA_STACK; the kernel labels [stack] the VMA
+    # holding mm->start_stack (vma_is_initial_stack), whoever wrote the image.
+    sp = f.rt.mm.mm_start_stack
+    for v in img:
+        if v.kind == "anon" and v.start <= sp <= v.end:
+            v.kind = "[stack]"
     found = _found_vmas(f.text("maps"), rctx.kind_state.setdefault("verify-maps-lines", {}))
     # A file's name is compared only where the restore reopened it by that
     # name (the image VMA covering the found one has a name).
@@ -648,7 +661,7 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
         return entry.efd.flags & ~C.EFD_SEMAPHORE, None  # bit 0 carries EFD_SEMAPHORE
     if t == fdinfo_pb2.TTY:
         return tty.expected_flags(rctx, entry), None  # None: the shell job's terminal
-    for part in ("pipe", "usk", "isk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
+    for part in ("pipe", "usk", "isk", "nlsk", "psk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
         if entry.HasField(part):
             return getattr(entry, part).flags, None
     return None, None
@@ -762,7 +775,8 @@ def _fown_of(entry: Any) -> Any:
 
 def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
     fown = _fown_of(entry)
-    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK)
+    sk_kind = entry.type in (fdinfo_pb2.INETSK, fdinfo_pb2.UNIXSK, fdinfo_pb2.NETLINKSK,
+                             fdinfo_pb2.PACKETSK)
     if fown is None and not sk_kind:
         return []
     copy = f.copy(fd)
@@ -770,6 +784,10 @@ def _check_description(f: Found, fd: int, entry: Any) -> list[str]:
         out = [] if fown is None else _check_fown(fd, copy, fown)
         if sk_kind:
             out += _check_sockopts(f.rctx, fd, copy, entry)
+        if entry.type == fdinfo_pb2.NETLINKSK:
+            out += _check_netlink(fd, copy, entry.nlsk)
+        if entry.type == fdinfo_pb2.PACKETSK:
+            out += _check_packet(f, fd, copy, entry.psk)
         return out
     finally:
         os.close(copy)
@@ -879,7 +897,8 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
     gives a socket: each option sockopts.TABLE marks SAVED, as the
     restore sets it (unset fields: what a fresh socket has)."""
     inet = entry.type == fdinfo_pb2.INETSK
-    o = entry.isk.opts if inet else entry.usk.opts
+    o = (entry.isk if inet else entry.nlsk if entry.type == fdinfo_pb2.NETLINKSK
+         else entry.psk if entry.type == fdinfo_pb2.PACKETSK else entry.usk).opts
     ie: Any = entry.isk
     tcp = inet and ie.proto == _TCP
     lock = o.so_buf_lock if o.HasField("so_buf_lock") else None
@@ -891,6 +910,9 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
         ("SO_RCVTIMEO", _SOL, socket.SO_RCVTIMEO, 16, _timeo(o.so_rcv_tmo_sec, o.so_rcv_tmo_usec)),
         ("SO_MARK", _SOL, socket.SO_MARK, 0, o.so_mark),
         ("SO_BINDTODEVICE", _SOL, socket.SO_BINDTODEVICE, 16, o.so_bound_dev),
+        # size -1: read by sockets.get_filter (SO_GET_FILTER counts instructions)
+        ("SO_GET_FILTER", _SOL, 26, -1, list(o.so_filter)),
+        ("SO_LOCK_FILTER", _SOL, 44, 0, int(o.so_lock_filter)),
     ]
     # A TCP buffer the task never sized is the kernel's to grow
     # (tcp_sndbuf_expand, rcv space tuning): compared only when locked.
@@ -905,6 +927,8 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
         out.append(("SO_PRIORITY", _SOL, socket.SO_PRIORITY, 0, o.so_priority))
     if o.HasField("so_rcvlowat"):
         out.append(("SO_RCVLOWAT", _SOL, socket.SO_RCVLOWAT, 0, o.so_rcvlowat))
+    if entry.type == fdinfo_pb2.PACKETSK:
+        return out + _packet_expect(entry.psk)
     if not inet:
         out += [("SO_PASSCRED", _SOL, socket.SO_PASSCRED, 0, int(o.so_passcred)),
                 ("SO_PASSSEC", _SOL, SO_PASSSEC, 0, int(o.so_passsec))]
@@ -917,7 +941,10 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
             ("SO_LINGER", _SOL, socket.SO_LINGER, 8, linger)]
     ip = ie.ip_opts if ie.HasField("ip_opts") else None
     if ip is not None:
-        out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
+        if ie.family == socket.AF_INET6 and ie.type == socket.SOCK_RAW:
+            out.append(("IPV6_FREEBIND", _IP6, 78, 0, int(ip.freebind)))  # no SOL_IP there
+        else:
+            out.append(("IP_FREEBIND", _IP, IP_FREEBIND, 0, int(ip.freebind)))
         if ie.family == socket.AF_INET6:
             out.append(("IPV6_RECVPKTINFO", _IP6, socket.IPV6_RECVPKTINFO, 0, int(ip.pktinfo)))
         else:
@@ -925,7 +952,9 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                     ("IP_TOS", _IP, socket.IP_TOS, 0, ip.tos),
                     ("IP_TTL", _IP, socket.IP_TTL, 0,
                      ip.ttl if ip.HasField("ttl") else _default(rctx, sk, _IP, socket.IP_TTL))]
-    if ie.family == socket.AF_INET6:
+    if ip is not None and ie.type == socket.SOCK_RAW and ip.HasField("raw"):
+        out += _raw_expect(ie.family, ie.proto, ip.raw)
+    if ie.family == socket.AF_INET6 and not (ie.v6only is False and _bound_v6_only(ie)):
         out.append(("IPV6_V6ONLY", _IP6, socket.IPV6_V6ONLY, 0, int(ie.v6only)))
     if tcp and ie.HasField("tcp_opts"):
         t = ie.tcp_opts
@@ -936,6 +965,88 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
                                ("TCP_KEEPINTVL", socket.TCP_KEEPINTVL, "keepintvl")):
             if t.HasField(fld) and getattr(t, fld):
                 out.append((name, _TCP, num, 0, getattr(t, fld)))
+    return out
+
+
+def _bound_v6_only(ie: Any) -> bool:
+    """A connection whose IPv6 source is a specific address that is not
+    v4-mapped: binding it (which the restore must do, to get its port back)
+    makes the kernel set IPV6_V6ONLY (inet6_bind), and it cannot be cleared
+    once bound.  On a connected socket the flag changes nothing: it only
+    decides which addresses a socket may still bind or accept."""
+    from .resources.tcp import unpack_addr
+    if not ie.dst_port:
+        return False
+    addr = ipaddress.ip_address(unpack_addr(socket.AF_INET6, ie.src_addr))
+    return not addr.is_unspecified and getattr(addr, "ipv4_mapped", None) is None
+
+
+def _check_netlink(fd: int, copy: int, ne: Any) -> list[str]:
+    """A netlink socket's port id, every group it is in, and its peer."""
+    from .resources import netlinksk
+    sk = socket.socket(fileno=copy)
+    try:
+        portid, _low = sk.getsockname()
+        peer = tuple(sk.getpeername())
+        out = _differ(f"fd {fd}: netlink port id", ne.portid, portid)
+        out += _differ(f"fd {fd}: netlink groups", list(ne.groups), netlinksk.groups_of(sk))
+        out += _differ(f"fd {fd}: netlink peer", (ne.dst_portid, ne.dst_group), peer)
+        return out
+    finally:
+        sk.detach()   # the copy is closed by the caller
+
+
+def _packet_expect(pe: Any) -> list[tuple[str, int, int, int, Any]]:
+    """The SOL_PACKET options of packet_sock_entry (a SOCK_PACKET socket
+    has none: it answers no SOL_PACKET option)."""
+    if pe.type == 10:
+        return []
+    from .resources import packetsk as P
+    vnet = P.VNET_HDR_LEN if pe.vnet_hdr else 0
+    fanout = pe.fanout if pe.HasField("fanout") and pe.fanout != P.NO_FANOUT else 0
+    return [("PACKET_VERSION", P.SOL_PACKET, P.PACKET_VERSION, 0, pe.version),
+            ("PACKET_RESERVE", P.SOL_PACKET, P.PACKET_RESERVE, 0, pe.reserve),
+            ("PACKET_TIMESTAMP", P.SOL_PACKET, P.PACKET_TIMESTAMP, 0, pe.timestamp),
+            ("PACKET_COPY_THRESH", P.SOL_PACKET, P.PACKET_COPY_THRESH, 0, pe.copy_thresh),
+            ("PACKET_AUXDATA", P.SOL_PACKET, P.PACKET_AUXDATA, 0, int(pe.aux_data)),
+            ("PACKET_ORIGDEV", P.SOL_PACKET, P.PACKET_ORIGDEV, 0, int(pe.orig_dev)),
+            ("PACKET_VNET_HDR", P.SOL_PACKET, P.PACKET_VNET_HDR, 0, int(pe.vnet_hdr)),
+            ("PACKET_VNET_HDR_SZ", P.SOL_PACKET, P.PACKET_VNET_HDR_SZ, 0, vnet),
+            ("PACKET_LOSS", P.SOL_PACKET, P.PACKET_LOSS, 0, int(pe.loss)),
+            # getsockopt reports the group id and mode flags of the group
+            # (pkt_sk(sk)->fanout), as the diag does: the same word
+            ("PACKET_FANOUT", P.SOL_PACKET, P.PACKET_FANOUT, 0, fanout)]
+
+
+def _check_packet(f: Found, fd: int, copy: int, pe: Any) -> list[str]:
+    """A packet socket's type, protocol, bound interface and memberships
+    (PACKET_DIAG in the task's network namespace)."""
+    from .resources import packetsk
+    d = packetsk.diag_of(os.fstat(copy).st_ino, f.pid)
+    if d is None:
+        return [f"fd {fd}: packet socket expected, packet_diag does not list it"]
+    want_mc = sorted((m.index, m.type, bytes(m.addr)) for m in pe.mclist)
+    got_mc = sorted((i, t, a) for i, n, t, a in d.mclist for _ in range(n))
+    out = _differ(f"fd {fd}: packet socket type", pe.type, d.type)
+    out += _differ(f"fd {fd}: packet socket protocol", pe.protocol, d.protocol)
+    out += _differ(f"fd {fd}: packet socket interface", pe.ifindex, d.info[0] if d.info else None)
+    out += _differ(f"fd {fd}: packet memberships", want_mc, got_mc)
+    return out
+
+
+def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, int, Any]]:
+    """A raw socket's ip_opts.raw: header-include, no-defrag and the ICMP
+    type filter (read as bytes, compared as the image's words)."""
+    if family == socket.AF_INET6:
+        out: list[tuple[str, int, int, int, Any]] = [
+            ("IPV6_HDRINCL", _IP6, 36, 0, int(r.hdrincl))]
+        if proto == socket.IPPROTO_ICMPV6 and r.icmpv_filter:
+            out.append(("ICMPV6_FILTER", 58, 1, 32, struct.pack("8I", *r.icmpv_filter)))
+        return out
+    out = [("IP_HDRINCL", _IP, socket.IP_HDRINCL, 0, int(r.hdrincl)),
+           ("IP_NODEFRAG", _IP, 22, 0, int(r.nodefrag))]
+    if proto == socket.IPPROTO_ICMP and r.icmpv_filter:
+        out.append(("ICMP_FILTER", 255, 1, 4, struct.pack("I", r.icmpv_filter[0])))
     return out
 
 
@@ -956,6 +1067,8 @@ def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) ->
 
 
 def _show_opt(v: Any) -> str:
+    if isinstance(v, bytes) and len(v) in (4, 32):
+        return "0x" + v.hex()
     if isinstance(v, bytes) and len(v) == 16:
         sec, usec = struct.unpack("qq", v)
         return f"{sec}.{usec:06d}s"
@@ -967,11 +1080,27 @@ def _show_opt(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
+def _check_filter(fd: int, sk: socket.socket, want: list[int]) -> list[str]:
+    """The classic BPF program attached, instruction by instruction."""
+    try:
+        got = sockets.get_filter(sk, f"fd {fd}")
+    except Unsupported:
+        return [f"fd {fd}: SO_GET_FILTER: a classic filter of {len(want)} instructions "
+                "expected, an eBPF program found"]
+    if len(got) != len(want):
+        return [f"fd {fd}: SO_GET_FILTER: a filter of {len(want)} instructions expected, "
+                f"{len(got)} found"]
+    return [] if got == want else [f"fd {fd}: SO_GET_FILTER: the filter's instructions differ"]
+
+
 def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> list[str]:
     sk = socket.socket(fileno=copy)
     try:
         out: list[str] = []
         for name, level, num, size, want in _sockopt_expect(rctx, entry, sk):
+            if name == "SO_GET_FILTER":
+                out += _check_filter(fd, sk, want)
+                continue
             got = _get(sk, level, num, size)
             if name == "SO_BINDTODEVICE":
                 got = got.split(b"\0", 1)[0].decode()
@@ -1122,6 +1251,13 @@ def check_signals(f: Found) -> list[str]:
     return out
 
 
+def _in_root(pid: int, path: str) -> str:
+    """``path`` seen from task ``pid``'s root when its mount namespace is not ours."""
+    if os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        return path
+    return f"/proc/{pid}/root{path}"
+
+
 def check_fs(f: Found) -> list[str]:
     rctx, rt = f.rctx, f.rt
     out: list[str] = []
@@ -1142,7 +1278,9 @@ def check_fs(f: Found) -> list[str]:
         idents = rctx.kind_state.setdefault("verify-fs", {})
         if fid not in idents:   # a tree of 200 shares one cwd: one stat
             try:
-                want = os.stat(path)
+                # The path as the task sees it: a tree restored in a mount
+                # namespace of its own (a container) names files in its root.
+                want = os.stat(_in_root(f.pid, path))
                 idents[fid] = (want.st_dev, want.st_ino)
             except OSError:
                 idents[fid] = None
@@ -1157,16 +1295,9 @@ def check_fs(f: Found) -> list[str]:
 
 
 def _cg_sets(rctx: "RestoreContext") -> dict[int, tuple[tuple[str, str], ...]]:
-    """cgroup.img's cg sets: id -> ((controllers, path), ...), read once."""
-    sets = rctx.kind_state.get("verify-cgroup")
-    if sets is None:
-        sets = {}
-        if os.path.exists(images.image_path(rctx.images_dir, "cgroup", None)):
-            for entry in images.read_image(rctx.images_dir, "cgroup"):
-                for cs in entry.sets:
-                    sets[cs.id] = tuple((m.name, m.path) for m in cs.ctls)
-        rctx.kind_state["verify-cgroup"] = sets
-    return sets  # type: ignore[no-any-return]
+    """cgroup.img's cg sets as the restore placed them: id -> ((controllers,
+    path), ...), with --cgroup-root applied; none under --manage-cgroups=ignore."""
+    return cgroup.restore_sets(rctx)
 
 
 def check_cgroup(f: Found) -> list[str]:

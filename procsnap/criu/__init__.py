@@ -20,6 +20,7 @@ criu's habits kept:
 from __future__ import annotations
 
 import logging
+from typing import Any
 import os
 import re
 import sys
@@ -53,11 +54,19 @@ def _size(text: str) -> int:
 
 
 def _external(value: str, opt: str) -> str:
+    """A dump's --external KEY: unix[INO], mnt[MOUNTPOINT](:KEY), tty[RDEV:DEV]."""
     m = re.fullmatch(r"unix\[(\d+)\]", value)
-    if m is None:
-        raise O.UsageError(f"option --{opt} {value} is not supported by procsnap: of criu's "
-                           "external resources it knows unix[INO] only")
-    return f"unix[{int(m.group(1))}]"
+    if m is not None:
+        return f"unix[{int(m.group(1))}]"
+    m = re.fullmatch(r"mnt\[(/[^\]]*)\](?::(.+))?", value)
+    if m is not None and opt == "external":
+        return f"mnt[{m.group(1)}]:{m.group(2) or m.group(1)}"
+    m = re.fullmatch(r"tty\[([0-9a-fA-F]+):([0-9a-fA-F]+)\]", value)
+    if m is not None:
+        return f"tty[{int(m.group(1), 16):x}:{int(m.group(2), 16):x}]"
+    raise O.UsageError(f"option --{opt} {value} is not supported by procsnap: of criu's "
+                       "external resources it knows unix[INO], mnt[MOUNTPOINT]:KEY and "
+                       "tty[RDEV:DEV]")
 
 
 def _inherit(value: str) -> tuple[str, int]:
@@ -67,15 +76,69 @@ def _inherit(value: str) -> tuple[str, int]:
     return _external(m.group(2), "inherit-fd"), int(m.group(1))
 
 
+def _pair(value: str, opt: str) -> tuple[str, str]:
+    key, sep, val = value.partition(":")
+    if not sep or not key or not val:
+        raise O.UsageError(f"--{opt} {value}: not KEY:VALUE")
+    return key, val
+
+
+def _dump_mounts(p: O.Parsed) -> tuple[list[str], bool]:
+    """--ext-mount-map at dump: MOUNTPOINT:KEY pairs and 'auto'."""
+    named, auto = [], False
+    for v in p.values("ext-mount-map"):
+        if v == "auto":
+            auto = True
+            continue
+        mp, key = _pair(v, "ext-mount-map")
+        named.append(f"mnt[{mp}]:{key}")
+    return named, auto
+
+
+def _restore_mounts(p: O.Parsed) -> tuple[dict[str, str], bool]:
+    """--ext-mount-map KEY:PATH and --external mnt[KEY]:PATH at restore (and
+    LXC's bare --external KEY:PATH, which repeats an --ext-mount-map)."""
+    maps: dict[str, str] = {}
+    auto = False
+    for v in p.values("ext-mount-map"):
+        if v == "auto":
+            auto = True
+            continue
+        key, path = _pair(v, "ext-mount-map")
+        maps[key] = path
+    for v in p.values("external"):
+        m = re.fullmatch(r"mnt\[([^\]]+)\]:(.+)", v)
+        if m is not None:
+            maps[m.group(1)] = m.group(2)
+            continue
+        key, sep, path = v.partition(":")
+        if sep and "[" not in key and maps.get(key) == path:
+            continue
+        raise O.UsageError(f"option --external {v} is not supported by procsnap at restore: "
+                           "it takes mnt[KEY]:PATH (or KEY:PATH repeating an "
+                           "--ext-mount-map KEY:PATH)")
+    return maps, auto
+
+
+def _cgroup_opts(p: O.Parsed) -> dict[str, Any]:
+    """--manage-cgroups[=MODE] and --cgroup-root as procsnap's arguments."""
+    mode = p.last("manage-cgroups")
+    return {"manage_cgroups": mode or "soft", "cgroup_root": tuple(p.values("cgroup-root"))}
+
+
 def _check_values(p: O.Parsed) -> None:
     """Values procsnap takes only some of (the rest refused by name)."""
+    from ..resources.cgroup import CG_MODES, parse_cgroup_root
     mode = p.last("manage-cgroups")
-    if mode not in (None, "", "soft"):
-        raise O.UsageError(f"option --manage-cgroups={mode} is not supported by procsnap: "
-                           "it restores cgroup membership only (criu's soft mode); "
-                           "controller properties are not saved")
+    if mode not in (None, "") and mode not in CG_MODES:
+        raise O.UsageError(f"Unknown cgroups mode `{mode}' selected")
+    for v in p.values("cgroup-root"):
+        try:
+            parse_cgroup_root(v)
+        except ValueError as exc:
+            raise O.UsageError(f"--cgroup-root {v}: {exc}") from None
     lock = p.last("network-lock")
-    if lock not in (None, "nftables"):
+    if lock not in (None, "nftables", "iptables"):
         raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
                            "its network lock is nftables")
     if p.values("inherit-fd") and p.command != "restore":
@@ -222,7 +285,8 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
         pid = 0
     if pid <= 0:
         raise O.UsageError(f"-t {tree}: not a pid")
-    external = tuple(_external(v, "external") for v in p.values("external"))
+    named, auto = _dump_mounts(p)
+    external = tuple(_external(v, "external") for v in p.values("external")) + tuple(named)
     ghost_limit = _size(p.last("ghost-limit")) if p.last("ghost-limit") else 1 << 20
     log.info("Dumping processes (pid: %d)", pid)
     with ActionScripts(p.values("action-script"), images_dir, root_pid=pid) as scripts:
@@ -230,7 +294,9 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            shell_job=p.flag("shell-job"), ghost_limit=ghost_limit,
                            link_remap=p.flag("link-remap"), external=external,
                            tcp_established=p.flag("tcp-established"),
-                           file_locks=p.flag("file-locks"), action=scripts)
+                           file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
+                           skip_in_flight=p.flag("skip-in-flight"), action=scripts,
+                           ext_mount_auto=auto, **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st)
@@ -255,7 +321,12 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
     if pidfile:
         pidfile = os.path.join(work_dir, pidfile)
     inherit = dict(_inherit(v) for v in p.values("inherit-fd"))
-    detached = p.flag("restore-detached") or p.flag("daemon")
+    maps, auto = _restore_mounts(p)
+    sibling = p.flag("restore-sibling")
+    detached = p.flag("restore-detached") or p.flag("daemon") or sibling
+    root = p.last("root")
+    if root is not None and not os.path.isdir(root):
+        raise O.UsageError(f"--root {root}: no such directory")
     with ActionScripts(p.values("action-script"), images_dir) as scripts:
         def action(name: str) -> int:
             # criu knows the root's pid once its tasks exist (not at pre-restore)
@@ -264,7 +335,9 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
             return scripts(name)
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,
-                               tcp_close=p.flag("tcp-close"), action=action)
+                               tcp_close=p.flag("tcp-close"), action=action,
+                               root=root, ext_mount_map=maps, ext_mount_auto=auto,
+                               restore_sibling=sibling, **_cgroup_opts(p))
     entry = stats.write_restore_stats(images_dir, dict(last_stats))
     log.info("Restore finished successfully. Tasks resumed.")
     if p.flag("display-stats"):

@@ -53,6 +53,11 @@ def _no(why: str) -> Probe:
 
 _NS = "namespaces are not restored by procsnap yet"
 
+
+def _cgroupns() -> None:
+    if not os.path.exists("/proc/self/ns/cgroup"):
+        raise OSError(2, "this kernel has no cgroup namespaces")
+
 FEATURES: dict[str, Probe] = {
     "mnt_id": _fdinfo_has("mnt_id"),
     "mem_dirty_track": _no("no pre-dump / memory tracking"),
@@ -65,7 +70,7 @@ FEATURES: dict[str, Probe] = {
     "seccomp_suspend": _ok,                # PTRACE_O_SUSPEND_SECCOMP is used
     "seccomp_filters": _ok,                # filter chains saved (PTRACE_SECCOMP_GET_FILTER)
     "loginuid": _no("the audit loginuid is not restored"),
-    "cgroupns": _no(_NS),
+    "cgroupns": _cgroupns,                 # saved and made anew (namespaces.cgroup)
     "autofs": _no("autofs mounts are not saved"),
     "tcp_half_closed": _no("half-closed TCP connections are refused"),
     "compat_cr": _no("32-bit tasks are not supported"),

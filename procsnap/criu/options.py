@@ -91,16 +91,19 @@ TABLE: list[Opt] = [
         note="procsnap freezes the tree with ptrace, walking it again until no task "
              "is new; the freezer cgroup is not needed and not touched"),
     Opt("leave-stopped", "s", how=REFUSE, note=_NOT_YET + " (tasks are killed or left running)"),
-    Opt("restore-sibling", "S", boolean=True, how=REFUSE,
-        note=_NOT_YET + " (the restored root is procsnap's child)"),
+    Opt("restore-sibling", "S", boolean=True,
+        help="restore: the root is made a child of procsnap's parent (CLONE_PARENT), "
+             "not of procsnap; implies --restore-detached"),
     # files, sockets, locks
     Opt("tcp-established", boolean=True,
         help="dump live TCP connections (TCP_REPAIR, behind a network lock); "
              "on restore they are restored from the images without it"),
-    Opt("tcp-close", boolean=True, help="restore: established TCP connections come back closed"),
-    Opt("skip-in-flight", boolean=True, how=ACCEPT,
-        note="procsnap never drops connections waiting in a listener's accept queue: "
-             "a dump that would lose one is refused, naming it"),
+    Opt("tcp-close", boolean=True,
+        help="dump: established TCP connections are not kept and come back closed; "
+             "restore: established ones come back closed"),
+    Opt("skip-in-flight", boolean=True,
+        help="dump: connections waiting in a listener's accept queue are dropped "
+             "(without it such a dump is refused, naming them)"),
     Opt("file-locks", "l", boolean=True,
         help="dump file locks and leases (without it a tree holding one is refused)"),
     Opt("link-remap", boolean=True,
@@ -111,38 +114,67 @@ TABLE: list[Opt] = [
         note="procsnap saves an inotify/fanotify watch by its file handle and reopens it "
              "through the handle; a watch it cannot reopen refuses the dump"),
     Opt("external", arg=REQ, multi=True, metavar="KEY",
-        help="dump: unix[INO] is a unix socket of the tree whose peer is outside it "
-             "(other kinds of KEY are refused)"),
+        help="dump: unix[INO]: a unix socket of the tree whose peer is outside it; "
+             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV]: a terminal outside "
+             "the tree (a dump where a task holds it open is refused). restore: "
+             "mnt[KEY]:PATH binds PATH for KEY; KEY:PATH as --ext-mount-map KEY:PATH "
+             "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
-        help="restore: our fd N stands for the external resource KEY (unix[INO])"),
+        help="restore: our fd N stands for the external resource KEY (unix[INO]; "
+             "tty[RDEV:DEV], which no restored task holds: see --external)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
-        help="nftables (procsnap's, the default); iptables and skip are refused"),
+        help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
+             "nftables table, on the hooks iptables uses); skip is refused"),
     Opt("manage-cgroups", arg=OPT, metavar="MODE",
-        help="soft (the default; also without MODE): tasks rejoin their cgroups, made if "
-             "missing; controller properties are not saved, so other modes are refused"),
+        help="dump: ignore saves no cgroup, any other mode every task's cgroups and the "
+             "controllers' properties; restore: soft (the default, also without MODE) makes "
+             "a missing cgroup with its properties, full writes them to existing ones too, "
+             "strict refuses an existing one, props/none require them to exist, ignore "
+             "leaves the tasks in criu's cgroups"),
     Opt("ext-unix-sk", "x", OPT, how=REFUSE,
         note="name each such socket with --external unix[INO] instead"),
     Opt("evasive-devices", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("skip-file-rwx-check", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("file-validation", arg=REQ, how=REFUSE, note=_NOT_YET),
-    Opt("ghost-fiemap", boolean=True, how=REFUSE, note=_NOT_YET),
+    Opt("ghost-fiemap", boolean=True, how=ACCEPT,
+        note="procsnap always saves a ghost file's data extents only (SEEK_DATA/SEEK_HOLE), "
+             "holes included, whatever this says"),
     Opt("close", arg=REQ, how=REFUSE, note=_NOT_YET),
     # namespaces, mounts, cgroups, LSM
-    Opt("root", "r", REQ, how=REFUSE, note=_MNT),
-    Opt("ext-mount-map", "M", REQ, how=REFUSE, note=_MNT),
-    Opt("enable-external-sharing", how=REFUSE, note=_MNT),
-    Opt("enable-external-masters", how=REFUSE, note=_MNT),
-    Opt("enable-fs", arg=REQ, how=REFUSE, note=_MNT),
+    Opt("root", "r", REQ, metavar="DIR",
+        help="restore: the root file system a tree dumped in a mount namespace of its "
+             "own is restored on"),
+    Opt("ext-mount-map", "M", REQ, multi=True, metavar="KEY:VAL",
+        help="dump: MOUNTPOINT:KEY names an external mount; 'auto': mounts found in "
+             "procsnap's own mount tree are external, keyed by their path. restore: "
+             "KEY:PATH binds PATH where the mount KEY was; 'auto': a key that is a "
+             "path is bound from that path"),
+    Opt("enable-external-sharing", how=ACCEPT,
+        note="accepted for LXC, which always passes it; procsnap does not rebuild a peer "
+             "group reaching outside the namespace: an external mount sharing one with "
+             "the host refuses the dump, naming it"),
+    Opt("enable-external-masters", how=ACCEPT,
+        note="accepted for LXC, which always passes it; procsnap does not rebuild a master "
+             "outside the namespace: an external mount that is a slave of the host's "
+             "refuses the dump, naming it"),
+    Opt("enable-fs", arg=REQ, multi=True, how=ACCEPT, metavar="FS[,FS]",
+        note="procsnap mounts anew at restore the kinds it knows (proc, sysfs, devpts, "
+             "mqueue, cgroup, tracefs, tmpfs with its files...); a mount of another kind "
+             "(hugetlbfs...) that is not external refuses the dump, naming it"),
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
     Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
     Opt("join-ns", "J", REQ, how=REFUSE, note=_NOT_YET),
     Opt("empty-ns", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("veth-pair", arg=REQ, how=REFUSE, note=_NOT_YET),
-    Opt("cgroup-root", arg=REQ, how=REFUSE,
-        note="tasks are restored into the cgroups they were dumped in"),
-    Opt("cgroup-props", arg=REQ, how=REFUSE, note="cgroup properties are not saved"),
-    Opt("cgroup-props-file", arg=REQ, how=REFUSE, note="cgroup properties are not saved"),
-    Opt("cgroup-dump-controller", arg=REQ, how=REFUSE, note="cgroup properties are not saved"),
+    Opt("cgroup-root", arg=REQ, multi=True, metavar="[CONTROLLER:]/PATH",
+        help="dump: save the cgroup directories from PATH down; restore: the tree's root "
+             "cgroup (of CONTROLLER, or of every hierarchy not named) is PATH"),
+    Opt("cgroup-props", arg=REQ, how=REFUSE,
+        note="procsnap saves criu's built-in list of properties only"),
+    Opt("cgroup-props-file", arg=REQ, how=REFUSE,
+        note="procsnap saves criu's built-in list of properties only"),
+    Opt("cgroup-dump-controller", arg=REQ, how=REFUSE,
+        note="procsnap saves every hierarchy a task of the tree is in"),
     Opt("cgroup-yard", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("lsm-profile", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("lsm-mount-context", arg=REQ, how=REFUSE, note=_NOT_YET),
@@ -173,7 +205,9 @@ TABLE: list[Opt] = [
     Opt("ms", how=REFUSE, note=_NOT_YET),
     Opt("libdir", "L", REQ, how=REFUSE, note="procsnap has no plugins"),
     Opt("exec-cmd", how=REFUSE, note=_NOT_YET),
-    Opt("irmap-scan-path", arg=REQ, how=REFUSE, note=_NOT_YET),
+    Opt("irmap-scan-path", arg=REQ, how=ACCEPT, metavar="PATH",
+        note="procsnap reopens watched files by their file handle and never scans paths "
+             "for an inode; a watch it cannot reopen refuses the dump"),
     # check
     Opt("feature", arg=REQ, metavar="NAME", help="check: is feature NAME there (criu's names)"),
     Opt("all", help="check: every feature"),

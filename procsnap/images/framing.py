@@ -106,6 +106,7 @@ class ImageWriter:
     def write(self, msg: Message) -> None:
         """Append one framed entry."""
         self._check_open()
+        _pagemap_compat_out(msg)
         data = msg.SerializePartialToString()  # (required fields: checked below)
         # a kind whose classes follow the contents names its own
         expected = (self.kind.pick(data) if self.kind.pick is not None
@@ -176,6 +177,19 @@ class ImageWriter:
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError(f"{self.path}: image writer is closed")
+
+
+_PAGEMAP_ENTRY = "criu.pagemap_entry"
+
+
+def _pagemap_compat_out(msg: Message) -> None:
+    """A pagemap entry carries its count in both fields, as readers of
+    either age expect: nr_pages (field 5, CRIU 4.x) and compat_nr_pages
+    (field 2, required; 0 when the count does not fit 32 bits, as CRIU)."""
+    if msg.DESCRIPTOR.full_name != _PAGEMAP_ENTRY or msg.HasField("compat_nr_pages"):
+        return
+    n = msg.nr_pages  # type: ignore[attr-defined]
+    msg.compat_nr_pages = n if n < 1 << 32 else 0  # type: ignore[attr-defined]
 
 
 def write_image(
@@ -251,6 +265,10 @@ def _parse(path: str, cls: type[Message], data: bytes, index: int, offset: int) 
             f"entry {index} at offset {offset}: {cls.DESCRIPTOR.name} lacks required "
             f"field(s): {', '.join(missing)}",
         )
+    if cls.DESCRIPTOR.full_name == _PAGEMAP_ENTRY and not msg.HasField("nr_pages"):
+        # an image from CRIU before 4.0 or from an older procsnap: the
+        # count is in field 2 only (criu/pagemap.c reads it the same way)
+        msg.nr_pages = msg.compat_nr_pages  # type: ignore[attr-defined]
     return msg
 
 

@@ -25,7 +25,7 @@ from ..procfs.parse import FdInfo
 from ..procfs.reader import ProcReader
 from ..tasks import DumpTask, FdCtx
 from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
-from . import inetsk, unixsk
+from . import inetsk, netlinksk, packetsk, unixsk
 from . import core, fdaudit, file_lock, fown
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ KCMP_FILES = 2
 # Order matters: the first kind whose matches() is true owns the fd.
 FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
             pidfd]
-FD_KINDS += [unixsk, inetsk]  # inetsk also refuses, by name, every other socket family
+FD_KINDS += [unixsk, netlinksk, packetsk, inetsk]  # inetsk also refuses, by name, every other socket family
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 
 # fdinfo lines every kind prints (fs/proc/fd.c seq_show); a kind's own

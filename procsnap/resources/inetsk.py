@@ -1,7 +1,14 @@
-"""IPv4/IPv6 TCP and UDP sockets (fd kind INETSK, inline in files.img as
+"""IPv4/IPv6 TCP, UDP, UDP-Lite, ICMP (ping) and raw IP sockets (fd kind INETSK, inline in files.img as
 file_entry.isk; UDP queues in sk-queues.img; live TCP in tcp-stream-INO.img).
 
-This kind comes after unixsk in FD_KINDS and claims every other socket, so
+Ping and raw sockets: bound address (a ping socket's ident is its port; a
+raw socket's "port" is its protocol, bound by address only), peer,
+ip_opts (raw: hdrincl, nodefrag, the ICMP type filter) and the receive
+shutdown, which poll shows (sock_diag lists neither kind); packets waiting
+in their queue are refused (they came from the kernel or the wire and
+cannot be sent back).  UDP-Lite: as UDP, queue included.
+
+This kind comes after unixsk and netlinksk in FD_KINDS and claims every other socket, so
 that a socket of a family procsnap does not handle (netlink, packet, raw,
 SCTP, vsock...) is refused here by name, with the pid and fd -- never
 skipped.
@@ -37,6 +44,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import select
 import socket
 import struct
 from typing import TYPE_CHECKING, Any
@@ -62,11 +70,35 @@ TCP_ESTABLISHED = 1
 TCP_CLOSE = 7
 TCP_LISTEN = 10
 IP_FREEBIND = 15
+IPV6_FREEBIND = 78
 IP_PKTINFO = 8
 UDP_CORK = 1
 SIOCOUTQ = 0x5411
-PROTOS = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "TCP",
-          (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "UDP"}
+POLLRDHUP = 0x2000
+IPPROTO_UDPLITE = 136
+IP_NODEFRAG = 22
+IPV6_HDRINCL = 36
+SOL_RAW = 255
+ICMP_FILTER = 1
+SOL_ICMPV6 = 58
+ICMPV6_FILTER = 1
+PROTOS: dict[tuple[int, int], str] = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "TCP",
+          (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "UDP",
+          (socket.SOCK_DGRAM, IPPROTO_UDPLITE): "UDP-Lite",
+          (socket.SOCK_DGRAM, socket.IPPROTO_ICMP): "ICMP",
+          (socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6): "ICMPv6"}
+# datagram kinds whose receive queue is peeked and sent back from a
+# scratch socket of the same protocol (ping and raw queues cannot be
+# sent back: their packets come from the kernel or the wire)
+REFILLED = (socket.IPPROTO_UDP, IPPROTO_UDPLITE)
+
+
+def kind_name(type_: int, proto: int) -> str | None:
+    """"TCP", "UDP", "UDP-Lite", "ICMP", "ICMPv6" or "raw IP (protocol N)";
+    None for a kind procsnap does not dump."""
+    if type_ == socket.SOCK_RAW:
+        return f"raw IP (protocol {proto})"
+    return PROTOS.get((type_, proto))
 
 
 def matches(fd: "FdCtx") -> bool:
@@ -89,7 +121,7 @@ def pack_addr(fam: int, addr: str) -> list[int]:
 
 
 def _state_of(sk: socket.socket, proto: int) -> int:
-    if proto == socket.IPPROTO_TCP:
+    if sk.type == socket.SOCK_STREAM:
         return tcp.tcp_state(sk)
     try:
         sk.getpeername()
@@ -109,32 +141,35 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     sk = sockets.copy_of(fd)
     if fam not in (socket.AF_INET, socket.AF_INET6):
         raise Unsupported(f"{what}: an {_family_name(fam)} socket (type {sk.type}); "
-                          "procsnap dumps only unix, TCP and UDP sockets")
+                          "procsnap dumps only unix, netlink, packet and IP (TCP, UDP, "
+                          "UDP-Lite, ping, raw) sockets")
     proto = sk.getsockopt(socket.SOL_SOCKET, sockets.SO_PROTOCOL)
-    kind = PROTOS.get((sk.type, proto))
+    kind = kind_name(sk.type, proto)
     if kind is None:
         raise Unsupported(f"{what}: an {_family_name(fam)} socket of type {sk.type}, "
-                          f"protocol {proto}; only TCP and UDP are supported")
+                          f"protocol {proto}; only TCP, UDP, UDP-Lite, ICMP (ping) and raw "
+                          "IP are supported")
     if not sockets.same_netns(fd.task.pid, fd.ctx):
         raise Unsupported(f"{what}: the process is in another network namespace than "
                           "the tree's root; its sockets cannot be dumped")
     ino = sockets.socket_ino(fd.link)
     src, sport = sk.getsockname()[:2]
     state = _state_of(sk, proto)
-    peer = tcp.peer_of(sk) if proto == socket.IPPROTO_TCP else None
-    if peer is None and proto == socket.IPPROTO_UDP and state == TCP_ESTABLISHED:
+    tcp_sk = sk.type == socket.SOCK_STREAM
+    peer = tcp.peer_of(sk) if tcp_sk else None
+    if peer is None and not tcp_sk and state == TCP_ESTABLISHED:
         peer = tuple(sk.getpeername()[:2])  # type: ignore[assignment]
     dst, dport = peer if peer else (("0.0.0.0" if fam == socket.AF_INET else "::"), 0)
     d = sockets.inet_table(fd.ctx).get(ino)
     label = f"{what}: {kind} {endpoint(fam, src, sport)}"
     if peer and state != TCP_LISTEN:
         label += f" -> {endpoint(fam, dst, dport)}"
-    if proto == socket.IPPROTO_UDP:
+    if sk.type == socket.SOCK_DGRAM and proto in REFILLED:
         _check_cork(sk, label)
     # first, before anything here touches the socket (repair mode, peeking)
     # (a closed socket that had a peer counts as connected: the kernel set
     # its MSS and the like from that connection, and they died with it)
-    sockopts.audit(fd.ctx, label, sk, connected=proto == socket.IPPROTO_TCP
+    sockopts.audit(fd.ctx, label, sk, connected=tcp_sk
                    and state != TCP_LISTEN and peer is not None)
     with netns.inside(fd.task.pid):  # its defaults are its namespace's sysctls
         ip_opts = _ip_opts(sk)
@@ -144,13 +179,30 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         backlog=0, src_addr=pack_addr(fam, src), dst_addr=pack_addr(fam, dst),
         fown=anonfd.no_owner(), opts=sockets.dump_opts(fd, sk), ip_opts=ip_opts,
         shutdown=sockets.shutdown_field(d.shutdown if d is not None else 0))
+    if d is None and not tcp_sk:
+        # sock_diag lists no ping or raw socket (nor an unbound one): poll
+        # tells a receive shutdown; a send shutdown alone changes nothing a
+        # datagram socket does (its sendmsg does not look) but poll's HUP
+        ie.shutdown = sockets.shutdown_field(_dgram_shutdown(sk))
+    if sk.type == socket.SOCK_RAW:
+        ie.ip_opts.raw.CopyFrom(_raw_opts(sk, fam, proto))
     if fam == socket.AF_INET6:
         ie.v6only = bool(sk.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
-    if proto == socket.IPPROTO_TCP:
+    if tcp_sk:
         ie.tcp_opts.CopyFrom(sockets.dump_tcp_opts(sk))
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
-    if proto == socket.IPPROTO_TCP:
+    if tcp_sk:
         _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None)
+    elif proto not in REFILLED or sk.type != socket.SOCK_DGRAM:
+        # ping and raw sockets take no SO_PEEK_OFF: one peek tells whether
+        # anything waits (0 bytes with the queue empty: read shut down)
+        try:
+            size = sk.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_TRUNC)
+        except BlockingIOError:
+            size = b""
+        if size:
+            raise Unsupported(f"{label}: packets wait in its receive queue; "
+                              f"a {kind} socket's queue cannot be put back")
     else:
         for pk in sockets.peek_queue(sk, label, stream=False):
             data = pk.data
@@ -208,6 +260,63 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
     tcp.dump_established(fd, sk, ie, label)
 
 
+def _dgram_shutdown(sk: socket.socket) -> int:
+    """sk_shutdown of a datagram socket, as far as poll shows it
+    (datagram_poll: RDHUP with RCV_SHUTDOWN, HUP with both)."""
+    p = select.poll()
+    p.register(sk.fileno(), select.POLLIN | POLLRDHUP)
+    ev = 0
+    for _fd, e in p.poll(0):
+        ev |= e
+    if ev & select.POLLHUP:
+        return sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN
+    return sockets.RCV_SHUTDOWN if ev & POLLRDHUP else 0
+
+
+def _dgram_apply_shutdown(sk: socket.socket, mask: int) -> None:
+    # shutdown(2) of a datagram socket that is not connected answers
+    # ENOTCONN, after it has set the bits (inet_shutdown)
+    try:
+        sockets.apply_shutdown(sk, mask)
+    except OSError:
+        pass
+
+
+def _raw_opts(sk: socket.socket, fam: int, proto: int) -> Any:
+    """CRIU's ip_opts_raw_entry: the header-include flag, IPv4's
+    no-defrag flag, and the ICMP type filter of an ICMP raw socket."""
+    g = sk.getsockopt
+    r = sk_inet_pb2.ip_opts_raw_entry()
+    if fam == socket.AF_INET6:
+        if g(socket.IPPROTO_IPV6, IPV6_HDRINCL):
+            r.hdrincl = True
+        if proto == socket.IPPROTO_ICMPV6:
+            r.icmpv_filter.extend(struct.unpack("8I", g(SOL_ICMPV6, ICMPV6_FILTER, 32)))
+    else:
+        if g(socket.IPPROTO_IP, socket.IP_HDRINCL):
+            r.hdrincl = True
+        if g(socket.IPPROTO_IP, IP_NODEFRAG):
+            r.nodefrag = True
+        if proto == socket.IPPROTO_ICMP:
+            r.icmpv_filter.extend(struct.unpack("I", g(SOL_RAW, ICMP_FILTER, 4)))
+    return r
+
+
+def _restore_raw_opts(sk: socket.socket, ie: Any) -> None:
+    r = ie.ip_opts.raw
+    if ie.family == socket.AF_INET6:
+        sk.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, int(r.hdrincl))
+        if r.icmpv_filter and ie.proto == socket.IPPROTO_ICMPV6:
+            sk.setsockopt(SOL_ICMPV6, ICMPV6_FILTER, struct.pack("8I", *r.icmpv_filter))
+        return
+    # IPPROTO_RAW sockets have the flag from birth: set either way
+    sk.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, int(r.hdrincl))
+    if r.nodefrag:
+        sk.setsockopt(socket.IPPROTO_IP, IP_NODEFRAG, 1)
+    if r.icmpv_filter and ie.proto == socket.IPPROTO_ICMP:
+        sk.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("I", r.icmpv_filter[0]))
+
+
 def _check_cork(sk: socket.socket, label: str) -> None:
     """A corked UDP socket holds the datagram it is building in its send
     queue, where nothing can read it out (CRIU refuses it too)."""
@@ -218,11 +327,20 @@ def _check_cork(sk: socket.socket, label: str) -> None:
                           "dumped (its pending data cannot be saved)")
 
 
+def freebind_opt(family: int, type_: int) -> tuple[int, int]:
+    """Where the freebind flag is read and set: an IPv6 raw socket does
+    not answer at SOL_IP (ipv6_getsockopt passes SOL_IP on to UDP's code
+    for every type but raw); IPV6_FREEBIND is the same flag."""
+    if family == socket.AF_INET6 and type_ == socket.SOCK_RAW:
+        return socket.IPPROTO_IPV6, IPV6_FREEBIND
+    return socket.IPPROTO_IP, IP_FREEBIND
+
+
 def _ip_opts(sk: socket.socket) -> Any:
     """CRIU's ip_opts_entry: freebind, pktinfo, and tos/ttl of IPv4
     (an unset field is the default, as CRIU writes them)."""
     g = sk.getsockopt
-    o = sk_inet_pb2.ip_opts_entry(freebind=bool(g(socket.IPPROTO_IP, IP_FREEBIND)))
+    o = sk_inet_pb2.ip_opts_entry(freebind=bool(g(*freebind_opt(sk.family, sk.type))))
     if sk.family == socket.AF_INET6:
         if g(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO):
             o.pktinfo = True
@@ -246,7 +364,7 @@ def _restore_ip_opts(sk: socket.socket, ie: Any) -> None:
         return
     o = ie.ip_opts
     if o.freebind:
-        sk.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        sk.setsockopt(*freebind_opt(ie.family, ie.type), 1)
     if ie.family == socket.AF_INET6:
         if o.pktinfo:
             sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
@@ -279,7 +397,7 @@ def _queues(rctx: "RestoreContext") -> dict[int, list[bytes]]:
 
 def label(ie: Any) -> str:
     fam = ie.family
-    kind = PROTOS.get((ie.type, ie.proto), f"proto {ie.proto}")
+    kind = kind_name(ie.type, ie.proto) or f"proto {ie.proto}"
     text = f"{kind} socket {ie.ino} {endpoint(fam, unpack_addr(fam, ie.src_addr), ie.src_port)}"
     if ie.state == TCP_ESTABLISHED:
         text += f" -> {endpoint(fam, unpack_addr(fam, ie.dst_addr), ie.dst_port)}"
@@ -292,7 +410,7 @@ def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
     addr = unpack_addr(fam, ie.src_addr)
     if ipaddress.ip_address(addr).is_unspecified:
         addr = "127.0.0.1" if fam == socket.AF_INET else "::1"
-    scratch = socket.socket(fam, socket.SOCK_DGRAM)
+    scratch = socket.socket(fam, socket.SOCK_DGRAM, ie.proto)
     try:
         sockets.prepare(scratch)
         for data in msgs:
@@ -309,7 +427,7 @@ def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
 def _is_connection(ie: Any) -> bool:
     """A TCP socket that had a peer: live (restored in repair mode) or
     ended (CLOSE with a peer)."""
-    return bool(ie.proto == socket.IPPROTO_TCP and ie.state != TCP_LISTEN and ie.dst_port)
+    return bool(ie.type == socket.SOCK_STREAM and ie.state != TCP_LISTEN and ie.dst_port)
 
 
 def _restore_connection(rctx: "RestoreContext", sk: socket.socket, ie: Any,
@@ -361,18 +479,26 @@ def _reuse_later(rctx: "RestoreContext", sk: socket.socket, ie: Any) -> None:
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ie = entry.isk
     what = label(ie)
-    if (ie.type, ie.proto) not in PROTOS or ie.family not in (socket.AF_INET, socket.AF_INET6):
+    if kind_name(ie.type, ie.proto) is None or ie.family not in (socket.AF_INET,
+                                                                  socket.AF_INET6):
         raise RestoreError(f"{what}: family {ie.family} type {ie.type} is not supported")
     sk = socket.socket(ie.family, ie.type, ie.proto)
     try:
-        if ie.family == socket.AF_INET6:
+        if ie.family == socket.AF_INET6 and ie.type != socket.SOCK_RAW:
+            # a raw socket has its protocol as port from birth, and the
+            # kernel takes V6ONLY only before a port: it keeps the default
             sk.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ie.v6only))
         _restore_ip_opts(sk, ie)
+        raw = ie.type == socket.SOCK_RAW
+        if raw and ie.HasField("ip_opts") and ie.ip_opts.HasField("raw"):
+            _restore_raw_opts(sk, ie)
         if _is_connection(ie):
             _restore_connection(rctx, sk, ie, what)
         else:
             src = unpack_addr(ie.family, ie.src_addr)
-            if ie.src_port or not ipaddress.ip_address(src).is_unspecified:
+            # a raw socket's "port" is its protocol: bound by address only
+            port = 0 if raw else ie.src_port
+            if port or not ipaddress.ip_address(src).is_unspecified:
                 # as criu: every socket binds with SO_REUSEADDR and
                 # SO_REUSEPORT on, so that sockets sharing a port (two
                 # listeners with SO_REUSEPORT, a listener and a closed
@@ -380,21 +506,21 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
                 # once every socket is open (reuse_later)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sk.bind((src, ie.src_port))
+                sk.bind((src, port))
             if ie.state == TCP_LISTEN:
                 sk.listen(ie.backlog)
-            elif ie.proto == socket.IPPROTO_UDP:
+            elif ie.type != socket.SOCK_STREAM:
                 msgs = _queues(rctx).get(ie.id, [])
                 if msgs:
                     _fill_udp(sk, ie, msgs)
                 if ie.state == TCP_ESTABLISHED:
                     sk.connect((unpack_addr(ie.family, ie.dst_addr), ie.dst_port))
-            if ie.proto == socket.IPPROTO_UDP and ie.shutdown:
-                sockets.apply_shutdown(sk, ie.shutdown)
+            if ie.type != socket.SOCK_STREAM and ie.shutdown:
+                _dgram_apply_shutdown(sk, ie.shutdown)
         sockets.restore_opts(sk, ie.opts, what)
-        if ie.proto == socket.IPPROTO_TCP:
+        if ie.type == socket.SOCK_STREAM:
             sockets.restore_tcp_opts(sk, ie)
-        if not _is_connection(ie) and (ie.src_port or ie.state == TCP_LISTEN):
+        if not _is_connection(ie) and not raw and (ie.src_port or ie.state == TCP_LISTEN):
             _reuse_later(rctx, sk, ie)
     except OSError as exc:
         sk.close()

@@ -221,7 +221,9 @@ def _map_files_mode(task: "DumpTask", m: MapEntry) -> int:
 def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     """(status, mmap flags) of one VMA, refusing what we cannot restore."""
     if m.path in SPECIAL:
-        status = SPECIAL[m.path]
+        # VMA_ANON_PRIVATE as criu writes them: criu restore reads the
+        # dumped vDSO's ELF from the pages of that VMA (below).
+        status = SPECIAL[m.path] | VMA_ANON_PRIVATE
         if m.path != "[vsyscall]":
             status |= VMA_AREA_REGULAR
         return status, C.MAP_PRIVATE | C.MAP_ANONYMOUS
@@ -262,6 +264,25 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     return status, flags
 
 
+# criu's AT_VECTOR_SIZE on x86_64: criu restore refuses an mm image with
+# more auxv words ("Image corrupted on pid N").
+CRIU_AT_VECTOR_SIZE = 44
+
+
+def criu_auxv(words: list[int]) -> list[int]:
+    """The auxv words to save: without the closing AT_NULL pair.
+
+    /proc/PID/auxv ends with AT_NULL, which takes 46 words on kernel 6.18
+    and criu restore allows 44.  Nothing is lost: PR_SET_MM_MAP zero-fills
+    the kernel's saved_auxv past what it is given (zero pairs are AT_NULL),
+    and criu itself stores the first 44 words read.  A vector still longer
+    than criu's limit is kept whole (procsnap restores it; criu cannot).
+    """
+    if len(words) >= 2 and words[-2:] == [0, 0]:
+        return words[:-2]
+    return words
+
+
 def _with_build_id(entry: Any, source: str) -> Any:
     """Record the ELF build-id of a mapped file (as CRIU does), so a restore
     can refuse a program or library replaced by another build since."""
@@ -279,7 +300,7 @@ def _with_build_id(entry: Any, source: str) -> Any:
     finally:
         os.close(fd)
     if bid:
-        entry.reg.build_id.extend(bid)
+        entry.reg.build_id.extend(elf.to_words(bid))
     return entry
 
 
@@ -287,15 +308,15 @@ def check_build_id(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, fd: in
     """Refuse a mapped ELF file whose build-id changed since the dump."""
     if not entry.reg.build_id or rctx.opts.skip_file_check:
         return
-    want = bytes(entry.reg.build_id)
+    want = list(entry.reg.build_id)
     src = os.open(f"/proc/{rt.pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         got = elf.build_id(src)
     finally:
         os.close(src)
-    if got != want:
+    if not elf.matches(want, got):
         raise RestoreError(f"{regfile.restore_path(rctx, entry)}: build-id changed since the dump "
-                           f"({want.hex()} -> {got.hex() if got else 'none'}); "
+                           f"({elf.from_words(want).hex()} -> {got.hex() if got else 'none'}); "
                            "use --skip-file-check to restore anyway")
 
 
@@ -345,7 +366,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         mm_start_stack=stat.startstack, mm_start_brk=stat.start_brk, mm_brk=brk,
         mm_arg_start=stat.arg_start, mm_arg_end=stat.arg_end,
         mm_env_start=stat.env_start, mm_env_end=stat.env_end,
-        exe_file_id=exe_id, mm_saved_auxv=task.proc.auxv(),
+        exe_file_id=exe_id, mm_saved_auxv=criu_auxv(task.proc.auxv()),
         dumpable=dumpable, thp_disabled=bool(thp_disabled))
 
     _check_vdso_dump(task)
@@ -361,6 +382,13 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                                 prot=m.prot, flags=flags | more, status=status, fd=-1)
         if madv:
             vma.madv = madv
+        if m.path == "[vvar_vclock]" and mm.vmas and mm.vmas[-1].status & VMA_AREA_VVAR \
+                and mm.vmas[-1].end == m.start:
+            # one VVAR VMA for [vvar] and [vvar_vclock], as criu writes it
+            # (criu's restore sizes its vvar from it); check_vdso() and
+            # the restore check merge them the same way
+            mm.vmas[-1].end = m.end
+            continue
         if status & VMA_ANON_SHARED:
             vma.shmid, huge = shmem.dump_vma(ctx, task, m)
             if huge:
@@ -384,7 +412,10 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             guards += pagemap.guard_runs(m.start, m.end)
         if more & C.MAP_DROPPABLE:
             continue  # droppable pages are not kept (see VMFLAGS["dp"])
-        if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and not status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
+        # The vDSO's pages too (procsnap's restore maps the kernel's own;
+        # criu's restore reads the dumped vDSO's symbols from them).
+        if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and \
+                not status & (VMA_AREA_VVAR | VMA_AREA_VSYSCALL):
             to_copy += pagemap.runs(m.start, m.end, anon_only=bool(status & VMA_FILE_PRIVATE))
     pagemap.close()
     for addr, n in guards:
@@ -603,12 +634,28 @@ def _own_vdso() -> tuple[MapEntry, ...]:
         return tuple(m for m in parse_maps(f.read()) if m.path in _VDSO_NAMES)
 
 
+def _vdso_layout(parts: list[tuple[int, int, int]]) -> list[int]:
+    """Sizes of (kind, start, end) special mappings, adjacent ones of a kind
+    merged: criu writes [vvar] and [vvar_vclock] as one VVAR VMA, procsnap
+    as two; both describe the same kernel layout."""
+    out: list[tuple[int, int]] = []   # (kind, size)
+    end = None
+    for kind, start, stop in parts:
+        if out and out[-1][0] == kind and start == end:
+            out[-1] = (kind, out[-1][1] + stop - start)
+        else:
+            out.append((kind, stop - start))
+        end = stop
+    return [size for _, size in out]
+
+
 def check_vdso(rt: "RestoreTask") -> None:
     """The vDSO can only be moved, not rebuilt: sizes must match this kernel."""
     ours = _own_vdso()
     theirs = [v for v in rt.mm.vmas if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR)]
-    a = [m.end - m.start for m in ours]
-    b = [v.end - v.start for v in theirs]
+    a = _vdso_layout([(SPECIAL[m.path], m.start, m.end) for m in ours])
+    b = _vdso_layout([(v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR), v.start, v.end)
+                      for v in theirs])
     if b and a != b:  # none at all: the task had unmapped them, and stays so
         raise RestoreError(f"{rt.image_name('mm')}: vDSO/vvar layout {b} differs from this "
                            f"kernel's {a}: images from another kernel are not supported")

@@ -717,6 +717,14 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     flags = reg.flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
     fd = open_entry(rctx, rt, entry, flags)
     if reg.pos and not st_mod.S_ISCHR(reg.mode or 0):
+        if _on_fuse(rt, fd):
+            # lxcfs & co. build their answer on a read at offset 0 and serve
+            # later reads from it: a file only sought past 0 reads EOF.  One
+            # byte read at 0 by the owner makes the answer (a fresh one: its
+            # numbers are today's, as any reader of a live file sees them).
+            inj = rt.inj
+            inj.call("pread64", fd, inj.put(bytes(8), align=8), 1, 0)
+            inj.reset_scratch()
         rt.inj.call("lseek", fd, reg.pos, os.SEEK_SET)
     return fd
 

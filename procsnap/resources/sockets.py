@@ -17,15 +17,23 @@ A socket of a frozen task is examined through a copy of its fd taken
 with pidfd_getfd: the same socket, so options, names and queues are the
 task's own.  Queues are read with MSG_PEEK and SO_PEEK_OFF, which is put
 back afterwards: nothing the task would read is taken away.
+
+A classic BPF socket filter (SO_ATTACH_FILTER) is read with SO_GET_FILTER
+into sk_opts.so_filter (CRIU's field) and attached again after the
+socket's queue is back; SO_LOCK_FILTER goes in so_lock_filter, a field
+of procsnap's own (number 128: criu keeps no lock and would drop it) and
+is set after the attach.  An eBPF program (SO_ATTACH_BPF) cannot be read
+back as a program: refused.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 
 from ..errors import DumpError, RestoreError, Unsupported
@@ -46,6 +54,8 @@ SO_RCVBUFFORCE = 33
 SO_BUF_LOCK = 72
 SO_NO_CHECK = 11
 SO_GET_FILTER = 26
+SO_ATTACH_FILTER = 26  # the same number: set attaches, get reads
+SO_LOCK_FILTER = 44
 SO_DOMAIN = 39
 SO_PROTOCOL = 38
 SOCK_BUF_LOCK_MASK = 3  # SOCK_SNDBUF_LOCK | SOCK_RCVBUF_LOCK
@@ -244,18 +254,18 @@ def _dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
         so_mark=g(sol, socket.SO_MARK) & 0xFFFFFFFF,
         so_dontroute=bool(g(sol, socket.SO_DONTROUTE)),
         so_no_check=bool(g(sol, SO_NO_CHECK)))
-    if sk.family == socket.AF_UNIX:
+    if sk.family in (socket.AF_UNIX, socket.AF_NETLINK):
         # since 6.x only unix (and netlink) sockets take these
         o.so_passcred = bool(g(sol, socket.SO_PASSCRED))
         o.so_passsec = bool(g(sol, SO_PASSSEC))
     dev = g(sol, socket.SO_BINDTODEVICE, 16).split(b"\0", 1)[0]
     if dev:
         o.so_bound_dev = dev.decode()
-    # A classic BPF filter would have to be read out and attached again;
-    # refuse rather than restore a socket that lets everything through.
-    if _filter_len(sk):
-        raise Unsupported(f"{describe(fd)}: a socket filter (SO_ATTACH_FILTER) is attached; "
-                          "not supported yet")
+    prog = get_filter(sk, describe(fd))
+    if prog:
+        o.so_filter.extend(prog)
+        if g(sol, SO_LOCK_FILTER):
+            o.so_lock_filter = True
     if sk.family in (socket.AF_INET, socket.AF_INET6):
         o.so_reuseport = bool(g(sol, socket.SO_REUSEPORT))
         o.so_broadcast = bool(g(sol, socket.SO_BROADCAST))
@@ -273,18 +283,44 @@ def _dump_opts(fd: "FdCtx", sk: socket.socket) -> Any:
     return o
 
 
-def _filter_len(sk: socket.socket) -> int:
-    # getsockopt(SO_GET_FILTER) with a zero-length buffer reports the number
-    # of instructions in optlen; Python's getsockopt needs a buffer, and a
-    # too small one is an EINVAL only when a filter exists.  An eBPF
-    # program (SO_ATTACH_BPF) has no classic form to give: EACCES.
-    try:
-        sk.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 8)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EACCES):
-            return 1
-        raise
-    return 0
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def get_filter(sk: socket.socket, what: str) -> list[int]:
+    """The classic BPF program attached to ``sk`` (SO_ATTACH_FILTER), one
+    64-bit word per instruction as CRIU's sk_opts.so_filter; [] if none.
+
+    SO_GET_FILTER counts in instructions, not bytes: optlen in is the room
+    in instructions, optlen out the program's length in instructions
+    (Python's getsockopt would cut the copy to that many bytes: ctypes).
+    An eBPF program (SO_ATTACH_BPF) has no classic form: EACCES, refused."""
+    n = ctypes.c_uint32(0)
+    if _libc.getsockopt(sk.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None,
+                        ctypes.byref(n)) < 0:
+        err = ctypes.get_errno()
+        if err == errno.EACCES:
+            raise Unsupported(f"{what}: an eBPF socket filter (SO_ATTACH_BPF) is attached; "
+                              "only classic BPF filters (SO_ATTACH_FILTER) can be read back")
+        raise DumpError(f"{what}: SO_GET_FILTER: {os.strerror(err)}")
+    if not n.value:
+        return []
+    count = n.value
+    buf = ctypes.create_string_buffer(8 * count)
+    if _libc.getsockopt(sk.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, buf,
+                        ctypes.byref(n)) < 0:
+        raise DumpError(f"{what}: SO_GET_FILTER: {os.strerror(ctypes.get_errno())}")
+    return list(struct.unpack(f"<{count}Q", buf.raw[:8 * count]))
+
+
+def attach_filter(sk: socket.socket, prog: "Sequence[int]", locked: bool) -> None:
+    """SO_ATTACH_FILTER the saved program, then SO_LOCK_FILTER if it was
+    locked (after: a locked filter cannot be attached).  Raises OSError."""
+    buf = ctypes.create_string_buffer(struct.pack(f"<{len(prog)}Q", *prog), 8 * len(prog))
+    # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    sk.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                  struct.pack("HxxxxxxQ", len(prog), ctypes.addressof(buf)))
+    if locked:
+        sk.setsockopt(socket.SOL_SOCKET, SO_LOCK_FILTER, 1)
 
 
 def dump_tcp_opts(sk: socket.socket) -> Any:
@@ -360,6 +396,10 @@ def restore_opts(sk: socket.socket, o: Any, what: str) -> None:
         s(sol, socket.SO_RCVTIMEO, struct.pack("qq", o.so_rcv_tmo_sec, o.so_rcv_tmo_usec))
         if o.so_bound_dev:
             s(sol, socket.SO_BINDTODEVICE, o.so_bound_dev.encode())
+        if o.so_filter:
+            # the callers put queued data back before this, so the filter
+            # does not judge it again
+            attach_filter(sk, o.so_filter, o.so_lock_filter)
         if sk.family in (socket.AF_INET, socket.AF_INET6):
             s(sol, socket.SO_REUSEADDR, int(o.reuseaddr))
             s(sol, socket.SO_REUSEPORT, int(o.so_reuseport))

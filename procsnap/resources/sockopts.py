@@ -1,5 +1,10 @@
 """The socket option audit: every option getsockopt can read from a unix,
-TCP or UDP socket (IPv4 and IPv6), and what procsnap does with it.
+TCP, UDP, UDP-Lite, ICMP (ping), raw IP (IPv4 and IPv6), netlink or
+AF_PACKET socket, and what procsnap does with it.
+
+UDP-Lite, ping and raw sockets are datagram sockets of the same IP
+layer as UDP: they are judged by UDP's rows at the levels they answer at
+(``LIKE``), then by rows of their own, which win (``entries``).
 
 Each option is one of:
 
@@ -47,8 +52,14 @@ SOL_IP = socket.IPPROTO_IP
 SOL_IPV6 = socket.IPPROTO_IPV6
 SOL_TCP = socket.IPPROTO_TCP
 SOL_UDP = socket.IPPROTO_UDP
-LEVELS = {SOL_SOCKET: "SOL_SOCKET", SOL_IP: "SOL_IP", SOL_IPV6: "SOL_IPV6",
-          SOL_TCP: "SOL_TCP", SOL_UDP: "SOL_UDP"}
+SOL_ICMPV6 = 58
+SOL_UDPLITE = 136
+SOL_RAW = 255
+SOL_NETLINK = 270
+SOL_PACKET = 263
+LEVELS = {SOL_NETLINK: "SOL_NETLINK", SOL_PACKET: "SOL_PACKET", SOL_SOCKET: "SOL_SOCKET", SOL_IP: "SOL_IP", SOL_IPV6: "SOL_IPV6",
+          SOL_TCP: "SOL_TCP", SOL_UDP: "SOL_UDP", SOL_ICMPV6: "SOL_ICMPV6",
+          SOL_UDPLITE: "SOL_UDPLITE", SOL_RAW: "SOL_RAW"}
 
 # socket kinds the table speaks of
 UNIX = frozenset({"unix"})
@@ -57,15 +68,36 @@ UDP = frozenset({"udp4", "udp6"})
 INET = TCP | UDP
 V4 = frozenset({"tcp4", "udp4"})
 V6 = frozenset({"tcp6", "udp6"})
+UDPLITE = frozenset({"udplite4", "udplite6"})
+PING = frozenset({"icmp4", "icmp6"})
+RAW4 = frozenset({"raw4"})
+RAW6 = frozenset({"raw6"})
+RAW = RAW4 | RAW6
+NETLINK = frozenset({"netlink"})
+PACKET = frozenset({"packet"})
 ALL = UNIX | INET
+# the kind whose rows a datagram kind of the IP layer starts from
+LIKE = {"netlink": "unix", "packet": "unix", "udplite4": "udp4", "udplite6": "udp6", "icmp4": "udp4", "icmp6": "udp6",
+        "raw4": "udp4", "raw6": "udp6"}
 
 # which levels a kind answers at (the probe of unknown numbers)
 KIND_LEVELS = {"unix": (SOL_SOCKET,),
                "tcp4": (SOL_SOCKET, SOL_IP, SOL_TCP),
                "tcp6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_TCP),
-               "udp4": (SOL_SOCKET, SOL_IP, SOL_UDP),
-               "udp6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP)}
-PROBE_RANGE = range(0, 128)
+               # udp_getsockopt answers at SOL_UDP and SOL_UDPLITE alike
+               "udp4": (SOL_SOCKET, SOL_IP, SOL_UDP, SOL_UDPLITE),
+               "udp6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP, SOL_UDPLITE),
+               "udplite4": (SOL_SOCKET, SOL_IP, SOL_UDP, SOL_UDPLITE),
+               "udplite6": (SOL_SOCKET, SOL_IP, SOL_IPV6, SOL_UDP, SOL_UDPLITE),
+               "netlink": (SOL_SOCKET, SOL_NETLINK),
+               # SOCK_PACKET sockets answer at SOL_SOCKET only
+               "packet": (SOL_SOCKET, SOL_PACKET),
+               "icmp4": (SOL_SOCKET, SOL_IP),
+               "icmp6": (SOL_SOCKET, SOL_IP, SOL_IPV6),
+               "raw4": (SOL_SOCKET, SOL_IP, SOL_RAW),
+               # ipv6_getsockopt answers SOL_IP for every type but raw
+               "raw6": (SOL_SOCKET, SOL_IPV6, SOL_ICMPV6, SOL_RAW)}
+PROBE_RANGE = range(0, 256)
 # never read, whatever the kind: SO_ERROR clears the error it reports,
 # SO_PEERPIDFD installs a pidfd in the reader
 NEVER_READ = {(SOL_SOCKET, 4), (SOL_SOCKET, 77)}
@@ -132,8 +164,9 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_SOCKET, 20, "SO_RCVTIMEO_OLD", SAVED, "sk_opts.so_rcv_tmo_*"),
     _o(SOL_SOCKET, 21, "SO_SNDTIMEO_OLD", SAVED, "sk_opts.so_snd_tmo_*"),
     _o(SOL_SOCKET, 25, "SO_BINDTODEVICE", SAVED, "sk_opts.so_bound_dev"),
-    _o(SOL_SOCKET, 26, "SO_GET_FILTER", REFUSED,
-       "an attached classic or eBPF filter (SO_ATTACH_FILTER/SO_ATTACH_BPF)", read=False),
+    _o(SOL_SOCKET, 26, "SO_GET_FILTER", SAVED,
+       "sk_opts.so_filter (a classic filter; an eBPF one, SO_ATTACH_BPF, is refused "
+       "by sockets.get_filter)", read=False),
     _o(SOL_SOCKET, 28, "SO_PEERNAME", IRRELEVANT, "the peer's address: inet_sk.dst_*/unix peer"),
     _o(SOL_SOCKET, 29, "SO_TIMESTAMP_OLD", REFUSED),
     _o(SOL_SOCKET, 30, "SO_ACCEPTCONN", IRRELEVANT, "the LISTEN state: saved as state"),
@@ -148,7 +181,7 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_SOCKET, 41, "SO_WIFI_STATUS", REFUSED),
     _o(SOL_SOCKET, 42, "SO_PEEK_OFF", REFUSED),
     _o(SOL_SOCKET, 43, "SO_NOFCS", REFUSED),
-    _o(SOL_SOCKET, 44, "SO_LOCK_FILTER", REFUSED),
+    _o(SOL_SOCKET, 44, "SO_LOCK_FILTER", SAVED, "sk_opts.so_lock_filter (procsnap's field 128)"),
     _o(SOL_SOCKET, 45, "SO_SELECT_ERR_QUEUE", REFUSED),
     _o(SOL_SOCKET, 46, "SO_BUSY_POLL", REFUSED),
     _o(SOL_SOCKET, 47, "SO_MAX_PACING_RATE", REFUSED),
@@ -214,6 +247,10 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_IP, 32, "IP_MULTICAST_IF", REFUSED, _FROM_SYN, INET, connected=False),
     _o(SOL_IP, 33, "IP_MULTICAST_TTL", REFUSED, _FROM_SYN, INET, connected=False),
     _o(SOL_IP, 34, "IP_MULTICAST_LOOP", REFUSED, "", INET),
+    _o(SOL_IP, 41, "IP_MSFILTER", IRRELEVANT,
+       "a query about one multicast group given by the caller", INET),
+    _o(SOL_IP, 48, "MCAST_MSFILTER", IRRELEVANT,
+       "a query about one multicast group given by the caller", INET),
     _o(SOL_IP, 49, "IP_MULTICAST_ALL", REFUSED, "", INET),
     _o(SOL_IP, 50, "IP_UNICAST_IF", REFUSED, "", INET),
     _o(SOL_IP, 51, "IP_LOCAL_PORT_RANGE", REFUSED, "", INET),
@@ -336,21 +373,105 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_UDP, 102, "UDP_NO_CHECK6_RX", REFUSED, "", UDP),
     _o(SOL_UDP, 103, "UDP_SEGMENT", REFUSED, "", UDP),
     _o(SOL_UDP, 104, "UDP_GRO", REFUSED, "", UDP),
+    # ------------------------------------------------ UDP-Lite (own rows)
+    # criu keeps no checksum coverage: refused where the task set one
+    _o(SOL_UDP, 10, "UDPLITE_SEND_CSCOV", REFUSED, "", UDPLITE),
+    _o(SOL_UDP, 11, "UDPLITE_RECV_CSCOV", REFUSED, "", UDPLITE),
+    # ------------------------------------------------ netlink (own rows)
+    _o(SOL_NETLINK, 3, "NETLINK_PKTINFO", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 4, "NETLINK_BROADCAST_ERROR", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 5, "NETLINK_NO_ENOBUFS", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 8, "NETLINK_LISTEN_ALL_NSID", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 9, "NETLINK_LIST_MEMBERSHIPS", SAVED, "netlink_sk.groups", NETLINK),
+    _o(SOL_NETLINK, 10, "NETLINK_CAP_ACK", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 11, "NETLINK_EXT_ACK", REFUSED, "", NETLINK),
+    _o(SOL_NETLINK, 12, "NETLINK_GET_STRICT_CHK", REFUSED, "", NETLINK),
+    # ------------------------------------------------ AF_PACKET (own rows)
+    _o(SOL_SOCKET, 16, "SO_PASSCRED", IRRELEVANT, "packet sockets cannot set it (EOPNOTSUPP)",
+       PACKET),
+    _o(SOL_SOCKET, 34, "SO_PASSSEC", IRRELEVANT, "packet sockets cannot set it (EOPNOTSUPP)",
+       PACKET),
+    _o(SOL_PACKET, 6, "PACKET_STATISTICS", INEXACT,
+       "counters since they were last read: the restored socket counts from zero; "
+       "reading them would reset the task's", PACKET, read=False),
+    _o(SOL_PACKET, 7, "PACKET_COPY_THRESH", SAVED, "packet_sock.copy_thresh", PACKET),
+    _o(SOL_PACKET, 8, "PACKET_AUXDATA", SAVED, "packet_sock.aux_data", PACKET),
+    _o(SOL_PACKET, 9, "PACKET_ORIGDEV", SAVED, "packet_sock.orig_dev", PACKET),
+    _o(SOL_PACKET, 10, "PACKET_VERSION", SAVED, "packet_sock.version", PACKET),
+    _o(SOL_PACKET, 11, "PACKET_HDRLEN", IRRELEVANT,
+       "a query: the frame header length of the ring version passed in", PACKET),
+    _o(SOL_PACKET, 12, "PACKET_RESERVE", SAVED, "packet_sock.reserve", PACKET),
+    _o(SOL_PACKET, 14, "PACKET_LOSS", SAVED, "packet_sock.loss", PACKET),
+    _o(SOL_PACKET, 15, "PACKET_VNET_HDR", SAVED, "packet_sock.vnet_hdr", PACKET),
+    _o(SOL_PACKET, 17, "PACKET_TIMESTAMP", SAVED, "packet_sock.timestamp", PACKET),
+    _o(SOL_PACKET, 18, "PACKET_FANOUT", SAVED, "packet_sock.fanout (group id and mode)",
+       PACKET),
+    _o(SOL_PACKET, 19, "PACKET_TX_HAS_OFF", REFUSED, "criu's image has no field", PACKET),
+    _o(SOL_PACKET, 20, "PACKET_QDISC_BYPASS", REFUSED, "criu's image has no field", PACKET),
+    _o(SOL_PACKET, 21, "PACKET_ROLLOVER_STATS", INEXACT,
+       "counters of a fanout rollover: the restored socket counts from zero", PACKET),
+    _o(SOL_PACKET, 23, "PACKET_IGNORE_OUTGOING", REFUSED, "criu's image has no field", PACKET),
+    _o(SOL_PACKET, 24, "PACKET_VNET_HDR_SZ", SAVED,
+       "packet_sock.vnet_hdr (10 bytes; another size is refused by packetsk)", PACKET),
+    # ------------------------------------------------ raw IP (own rows)
+    _o(SOL_IP, 3, "IP_HDRINCL", SAVED, "ip_opts.raw.hdrincl", RAW4),
+    _o(SOL_IP, 22, "IP_NODEFRAG", SAVED, "ip_opts.raw.nodefrag", RAW4),
+    _o(SOL_RAW, 1, "ICMP_FILTER", SAVED, "ip_opts.raw.icmpv_filter (IPPROTO_ICMP sockets)",
+       RAW4),
+    _o(SOL_IPV6, 7, "IPV6_CHECKSUM", REFUSED, "criu keeps no checksum offset", RAW6),
+    _o(SOL_RAW, 7, "IPV6_CHECKSUM", REFUSED, "criu keeps no checksum offset", RAW6),
+    _o(SOL_IPV6, 36, "IPV6_HDRINCL", SAVED, "ip_opts.raw.hdrincl", RAW6),
+    _o(SOL_RAW, 36, "IPV6_HDRINCL", SAVED, "ip_opts.raw.hdrincl (the same flag)", RAW6),
+    # multicast routing (mroute6): set through the one MRT6_INIT socket of a
+    # routing daemon, refused where not the default
+    _o(SOL_IP, 206, "MRT_VERSION", IRRELEVANT, "a constant of the kernel", RAW4),
+    _o(SOL_IP, 207, "MRT_ASSERT", REFUSED, "", RAW4),
+    _o(SOL_IP, 208, "MRT_PIM", REFUSED, "", RAW4),
+    _o(SOL_IPV6, 206, "MRT6_VERSION", IRRELEVANT, "a constant of the kernel", RAW6),
+    _o(SOL_IPV6, 207, "MRT6_ASSERT", REFUSED, "", RAW6),
+    _o(SOL_IPV6, 208, "MRT6_PIM", REFUSED, "", RAW6),
+    _o(SOL_ICMPV6, 1, "ICMPV6_FILTER", SAVED,
+       "ip_opts.raw.icmpv_filter (IPPROTO_ICMPV6 sockets)", RAW6),
 )
+# udp_getsockopt answers at SOL_UDPLITE as at SOL_UDP, for UDP and
+# UDP-Lite sockets alike: the same rows at both levels
+TABLE += tuple(
+    _o(SOL_UDPLITE, o.num, o.name, o.how, o.note, o.kinds, o.connected, o.read)
+    for o in TABLE if o.level == SOL_UDP)
 
 
 def kind_of(sk: socket.socket) -> str | None:
     """The table's name for a socket's kind, or None if procsnap has none."""
     if sk.family == socket.AF_UNIX:
         return "unix"
+    if sk.family == socket.AF_NETLINK:
+        return "netlink"
+    if sk.family == socket.AF_PACKET:
+        return "packet"
     v = {socket.AF_INET: "4", socket.AF_INET6: "6"}.get(sk.family)
-    p = {socket.SOCK_STREAM: "tcp", socket.SOCK_DGRAM: "udp"}.get(sk.type)
-    return None if v is None or p is None else p + v
+    if v is None:
+        return None
+    if sk.type == socket.SOCK_RAW:
+        return "raw" + v
+    p = {(socket.SOCK_STREAM, socket.IPPROTO_TCP): "tcp",
+         (socket.SOCK_DGRAM, socket.IPPROTO_UDP): "udp",
+         (socket.SOCK_DGRAM, SOL_UDPLITE): "udplite",
+         (socket.SOCK_DGRAM, socket.IPPROTO_ICMP): "icmp",
+         (socket.SOCK_DGRAM, socket.IPPROTO_ICMPV6): "icmp"}.get((sk.type, sk.proto))
+    return None if p is None else p + v
 
 
 def entries(kind: str) -> dict[tuple[int, int], SockOpt]:
-    """The table's entries for one kind, by (level, number)."""
-    return {(o.level, o.num): o for o in TABLE if kind in o.kinds}
+    """The table's entries for one kind, by (level, number): those of the
+    kind it is built like (``LIKE``) at the levels it answers at, then its
+    own, which win."""
+    out: dict[tuple[int, int], SockOpt] = {}
+    like = LIKE.get(kind)
+    if like is not None:
+        out = {(o.level, o.num): o for o in TABLE
+               if like in o.kinds and o.level in KIND_LEVELS[kind]}
+    out.update({(o.level, o.num): o for o in TABLE if kind in o.kinds})
+    return out
 
 
 def read(sk: socket.socket, level: int, num: int) -> bytes | int:

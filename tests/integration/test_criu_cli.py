@@ -138,10 +138,10 @@ def test_unknown_or_refused_option_freezes_nothing(criu_path: Path, targets: Tar
     line = one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "-o", "dump.log",
                          "--leave-stopped"), "--leave-stopped", "not supported")
     assert "Error" in (images / "dump.log").read_text() and "--leave-stopped" in line
-    one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--external", "tty[88:1]"),
-             "--external tty[88:1]")
-    one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--manage-cgroups=full"),
-             "--manage-cgroups=full")
+    one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--external", "dev[1/2]:x"),
+             "--external dev[1/2]:x")
+    one_line(criu(criu_path, "dump", "-t", t.pid, "-D", images, "--manage-cgroups=sloppy"),
+             "Unknown cgroups mode `sloppy'")
     assert not list(images.glob("*.img"))
     ok, why = is_untouched(t.pid)
     assert ok and t.alive(), why
@@ -213,3 +213,31 @@ def test_config_file_options(criu_path: Path, targets: TargetFactory, tmp_path: 
     one_line(criu(criu_path, "dump", "-t", t.pid, "-D", tmp_path / "img2", env=env),
              "--lazy-pages")
     assert t.alive() and is_untouched(t.pid)[0]
+
+
+def test_restore_sibling_makes_the_root_our_parent_s_child(criu_path: Path,
+                                                           targets: TargetFactory,
+                                                           tmp_path: Path) -> None:
+    """--restore-sibling (LXC passes it): the restored root is a child of
+    criu's parent, not of criu; criu returns without waiting for it."""
+    t, numbers = start_counter(targets)
+    images = tmp_path / "images"
+    images.mkdir()
+    res = criu(criu_path, "dump", "-t", t.pid, "-D", images)
+    assert res.returncode == 0, describe(res)
+    assert wait_gone(t.pid, 10)
+    at_dump = read_numbers(numbers)
+    targets.adopt(t.pid, like=t)
+    # A shell runs criu and reports its own pid and the root's parent while
+    # it still lives (after it, the root goes to us, the child subreaper).
+    script = (f"criu restore -D {images} --restore-sibling || exit 9; "
+              f"echo $$ $(cut -d' ' -f4 /proc/{t.pid}/stat)")
+    e = dict(os.environ)
+    e["PATH"] = f"{criu_path}{os.pathsep}{e.get('PATH', '')}"
+    res = subprocess.run(["sh", "-c", script], env=e, stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=60, close_fds=True)
+    assert res.returncode == 0, describe(res)
+    shell, parent = res.stdout.split()
+    assert parent == shell, f"root's parent {parent}, criu's parent {shell}"
+    nums = wait_numbers(numbers, at_dump[-1] + 5)
+    check_continuity(nums)

@@ -437,6 +437,16 @@ def test_lxcfs_files(targets: TargetFactory, images_dir: Path, lxcfs_mount: Path
     verdict_pass(t)
 
 
+def test_lxcfs_file_read_part_way(targets: TargetFactory, images_dir: Path,
+                                  lxcfs_mount: Path) -> None:
+    """A reader 10 bytes into lxcfs's meminfo reads on after restore (lxcfs
+    answers only a read at offset 0: reopened and sought past 0, it gave EOF)."""
+    t = targets.start("fuse_reader.py", f"{lxcfs_mount}/proc/meminfo", "10")
+    dump_ok(t, images_dir)
+    restore_ok(targets, t, images_dir)
+    verdict_pass(t)
+
+
 # --------------------------------------------------------------------------
 # a dump killed halfway
 # --------------------------------------------------------------------------

@@ -258,10 +258,10 @@ def test_established_needs_option(targets: TargetFactory, images_dir: Path) -> N
 
 
 def test_unsupported_family_refused(targets: TargetFactory, images_dir: Path) -> None:
-    t = targets.start("sock_peer.py", "netlink")
+    t = targets.start("sock_peer.py", "packet")
     res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
     line = assert_one_line_error(res, f"pid {t.pid}: fd 5")
-    assert "AF_NETLINK" in line and "socket:[" in line, line
+    assert "AF_VSOCK" in line and "socket:[" in line, line
     ok, why = is_untouched(t.pid)
     assert ok, why
     finish(t)

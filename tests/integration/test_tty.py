@@ -149,8 +149,12 @@ def test_tmux_two_panes(targets: TargetFactory, tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "send-keys had no effect"
             time.sleep(0.1)
     finally:
+        left = tree_pids(server) if os.path.exists(f"/proc/{server}") else []
         subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True,
                        timeout=30)
+        # the server and its pane shells exit after kill-server returns: wait,
+        # so the check for processes left behind does not race them
+        _wait_tree_gone(left)
 
 
 def _canon_target(tmp_path: Path, targets: TargetFactory, queued: bytes) -> tuple[Any, Path]:

@@ -51,8 +51,8 @@ def test_bad_options_name_themselves(argv: tuple[str, ...], words: str) -> None:
 
 def test_refused_options_are_named_with_the_reason() -> None:
     assert O.refused(parse("dump", "-t", "1", "--tcp-established")) is None
-    msg = O.refused(parse("restore", "--root", "/srv/ct"))
-    assert msg is not None and msg.startswith("option --root /srv/ct is not supported")
+    msg = O.refused(parse("dump", "-t", "1", "--skip-mnt", "/srv"))
+    assert msg is not None and msg.startswith("option --skip-mnt /srv is not supported")
     assert "mount namespaces" in msg
     assert O.refused(parse("dump", "-s")) is not None  # --leave-stopped
     # every criu option is in the table with a kind, and refusals say why
@@ -105,3 +105,70 @@ def test_help_lists_every_option() -> None:
     for o in O.TABLE:
         assert f"--{o.name}" in text
     assert "--file-locks" in text and "Accepted, already procsnap's behaviour" in text
+
+
+# What Debian 12's LXC 5.0.2 passes (../shared/lxc/criu-argv-lxc-5.0.2.txt).
+_COMMON = ("--tcp-established --file-locks --link-remap --manage-cgroups=full "
+           "--ext-mount-map auto --enable-external-sharing --enable-external-masters "
+           "--enable-fs hugetlbfs --enable-fs tracefs -D /var/tmp/ck -o /var/tmp/ck/x.log "
+           "--cgroup-root name=systemd:/lxc.payload.c1 --cgroup-root pids:/lxc.payload.c1")
+LXC_DUMP = ("dump " + _COMMON + " --ext-mount-map /usr/lib:usr/lib "
+            "--ext-mount-map /sys/kernel/security:sys/kernel/security -t 27212 "
+            "--skip-in-flight --freeze-cgroup /sys/fs/cgroup/freezer//lxc.payload.c1 "
+            "--ext-mount-map /dev/console:console --external tty[8800:1a] --force-irmap")
+LXC_RESTORE = ("restore " + _COMMON + " --ext-mount-map usr/lib:/usr/lib "
+               "--ext-mount-map sys/kernel/security:/sys/kernel/security "
+               "--root /usr/lib/x86_64-linux-gnu/lxc/rootfs --restore-detached "
+               "--restore-sibling --inherit-fd fd[8]:tty[8800:1a] "
+               "--ext-mount-map console:/dev/pts/0 --external console:/dev/pts/0")
+
+
+def test_lxc_dump_command_line_maps_onto_procsnap() -> None:
+    from procsnap import criu
+    p = parse(*LXC_DUMP.split())
+    assert O.refused(p) is None
+    criu._check_values(p)
+    named, auto = criu._dump_mounts(p)
+    assert auto
+    assert named == ["mnt[/usr/lib]:usr/lib",
+                     "mnt[/sys/kernel/security]:sys/kernel/security",
+                     "mnt[/dev/console]:console"]
+    assert [criu._external(v, "external") for v in p.values("external")] == ["tty[8800:1a]"]
+
+
+def test_lxc_restore_command_line_maps_onto_procsnap() -> None:
+    from procsnap import criu
+    p = parse(*LXC_RESTORE.split())
+    assert O.refused(p) is None
+    criu._check_values(p)
+    maps, auto = criu._restore_mounts(p)
+    assert auto
+    assert maps == {"usr/lib": "/usr/lib", "sys/kernel/security": "/sys/kernel/security",
+                    "console": "/dev/pts/0"}
+    assert p.flag("restore-sibling") and p.last("root").endswith("/lxc/rootfs")
+    assert dict(criu._inherit(v) for v in p.values("inherit-fd")) == {"tty[8800:1a]": 8}
+
+
+@pytest.mark.parametrize("args, word", [
+    # a bare KEY:PATH at restore is taken only as the repeat of an --ext-mount-map
+    (("restore", "--external", "console:/dev/pts/0"), "--external console:/dev/pts/0"),
+    (("restore", "--ext-mount-map", "console:/dev/pts/1", "--external", "console:/dev/pts/0"),
+     "--external console:/dev/pts/0"),
+    (("restore", "--external", "apparmor:unconfined"), "--external apparmor:unconfined"),
+    (("restore", "--ext-mount-map", "nocolon"), "--ext-mount-map nocolon"),
+])
+def test_lxc_restore_externals_refused_by_name(args: tuple[str, ...], word: str) -> None:
+    from procsnap import criu
+    with pytest.raises(O.UsageError, match=word):
+        criu._restore_mounts(parse(*args))
+
+
+def test_dump_external_kinds() -> None:
+    from procsnap import criu
+    assert criu._external("mnt[/data]:vol", "external") == "mnt[/data]:vol"
+    assert criu._external("mnt[/data]", "external") == "mnt[/data]:/data"
+    assert criu._external("tty[8800:01A]", "external") == "tty[8800:1a]"
+    with pytest.raises(O.UsageError, match="veth"):
+        criu._external("veth[eth0]:br0", "external")
+    with pytest.raises(O.UsageError, match="mnt"):
+        criu._inherit("fd[3]:mnt[/x]:y")   # not a resource an fd stands for

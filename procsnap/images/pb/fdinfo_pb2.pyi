@@ -9,6 +9,8 @@ from . import timerfd_pb2 as _timerfd_pb2
 from . import fsnotify_pb2 as _fsnotify_pb2
 from . import ext_file_pb2 as _ext_file_pb2
 from . import sk_unix_pb2 as _sk_unix_pb2
+from . import sk_netlink_pb2 as _sk_netlink_pb2
+from . import packet_sock_pb2 as _packet_sock_pb2
 from . import fifo_pb2 as _fifo_pb2
 from . import pipe_pb2 as _pipe_pb2
 from . import tty_pb2 as _tty_pb2
@@ -86,12 +88,14 @@ class fdinfo_entry(_message.Message):
     def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., type: _Optional[_Union[fd_types, str]] = ..., fd: _Optional[int] = ..., xattr_security_selinux: _Optional[str] = ...) -> None: ...
 
 class file_entry(_message.Message):
-    __slots__ = ("type", "id", "reg", "isk", "nsf", "efd", "epfd", "sgfd", "tfd", "ify", "ffy", "ext", "usk", "fifo", "pipe", "tty", "memfd", "pidfd")
+    __slots__ = ("type", "id", "reg", "isk", "nsf", "psk", "nlsk", "efd", "epfd", "sgfd", "tfd", "ify", "ffy", "ext", "usk", "fifo", "pipe", "tty", "memfd", "pidfd")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     REG_FIELD_NUMBER: _ClassVar[int]
     ISK_FIELD_NUMBER: _ClassVar[int]
     NSF_FIELD_NUMBER: _ClassVar[int]
+    PSK_FIELD_NUMBER: _ClassVar[int]
+    NLSK_FIELD_NUMBER: _ClassVar[int]
     EFD_FIELD_NUMBER: _ClassVar[int]
     EPFD_FIELD_NUMBER: _ClassVar[int]
     SGFD_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +114,8 @@ class file_entry(_message.Message):
     reg: _regfile_pb2.reg_file_entry
     isk: _sk_inet_pb2.inet_sk_entry
     nsf: _ns_pb2.ns_file_entry
+    psk: _packet_sock_pb2.packet_sock_entry
+    nlsk: _sk_netlink_pb2.netlink_sk_entry
     efd: _eventfd_pb2.eventfd_file_entry
     epfd: _eventpoll_pb2.eventpoll_file_entry
     sgfd: _signalfd_pb2.signalfd_entry
@@ -123,4 +129,4 @@ class file_entry(_message.Message):
     tty: _tty_pb2.tty_file_entry
     memfd: _memfd_pb2.memfd_file_entry
     pidfd: _pidfd_pb2.pidfd_entry
-    def __init__(self, type: _Optional[_Union[fd_types, str]] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[_regfile_pb2.reg_file_entry, _Mapping]] = ..., isk: _Optional[_Union[_sk_inet_pb2.inet_sk_entry, _Mapping]] = ..., nsf: _Optional[_Union[_ns_pb2.ns_file_entry, _Mapping]] = ..., efd: _Optional[_Union[_eventfd_pb2.eventfd_file_entry, _Mapping]] = ..., epfd: _Optional[_Union[_eventpoll_pb2.eventpoll_file_entry, _Mapping]] = ..., sgfd: _Optional[_Union[_signalfd_pb2.signalfd_entry, _Mapping]] = ..., tfd: _Optional[_Union[_timerfd_pb2.timerfd_entry, _Mapping]] = ..., ify: _Optional[_Union[_fsnotify_pb2.inotify_file_entry, _Mapping]] = ..., ffy: _Optional[_Union[_fsnotify_pb2.fanotify_file_entry, _Mapping]] = ..., ext: _Optional[_Union[_ext_file_pb2.ext_file_entry, _Mapping]] = ..., usk: _Optional[_Union[_sk_unix_pb2.unix_sk_entry, _Mapping]] = ..., fifo: _Optional[_Union[_fifo_pb2.fifo_entry, _Mapping]] = ..., pipe: _Optional[_Union[_pipe_pb2.pipe_entry, _Mapping]] = ..., tty: _Optional[_Union[_tty_pb2.tty_file_entry, _Mapping]] = ..., memfd: _Optional[_Union[_memfd_pb2.memfd_file_entry, _Mapping]] = ..., pidfd: _Optional[_Union[_pidfd_pb2.pidfd_entry, _Mapping]] = ...) -> None: ...
+    def __init__(self, type: _Optional[_Union[fd_types, str]] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[_regfile_pb2.reg_file_entry, _Mapping]] = ..., isk: _Optional[_Union[_sk_inet_pb2.inet_sk_entry, _Mapping]] = ..., nsf: _Optional[_Union[_ns_pb2.ns_file_entry, _Mapping]] = ..., psk: _Optional[_Union[_packet_sock_pb2.packet_sock_entry, _Mapping]] = ..., nlsk: _Optional[_Union[_sk_netlink_pb2.netlink_sk_entry, _Mapping]] = ..., efd: _Optional[_Union[_eventfd_pb2.eventfd_file_entry, _Mapping]] = ..., epfd: _Optional[_Union[_eventpoll_pb2.eventpoll_file_entry, _Mapping]] = ..., sgfd: _Optional[_Union[_signalfd_pb2.signalfd_entry, _Mapping]] = ..., tfd: _Optional[_Union[_timerfd_pb2.timerfd_entry, _Mapping]] = ..., ify: _Optional[_Union[_fsnotify_pb2.inotify_file_entry, _Mapping]] = ..., ffy: _Optional[_Union[_fsnotify_pb2.fanotify_file_entry, _Mapping]] = ..., ext: _Optional[_Union[_ext_file_pb2.ext_file_entry, _Mapping]] = ..., usk: _Optional[_Union[_sk_unix_pb2.unix_sk_entry, _Mapping]] = ..., fifo: _Optional[_Union[_fifo_pb2.fifo_entry, _Mapping]] = ..., pipe: _Optional[_Union[_pipe_pb2.pipe_entry, _Mapping]] = ..., tty: _Optional[_Union[_tty_pb2.tty_file_entry, _Mapping]] = ..., memfd: _Optional[_Union[_memfd_pb2.memfd_file_entry, _Mapping]] = ..., pidfd: _Optional[_Union[_pidfd_pb2.pidfd_entry, _Mapping]] = ...) -> None: ...

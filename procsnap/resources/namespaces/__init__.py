@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ImageError
-from . import ipc, mnt, net, pid, time, uts
+from . import cgroup, ipc, mnt, net, pid, time, uts
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, RestoreContext, RestoreTask
@@ -51,11 +51,14 @@ if TYPE_CHECKING:
 #         entering the new namespace (before any task attaches a segment);
 #  time - unshared and entered by the root before any child is forked into it;
 #         needs /proc as the restorer mounted it (before mnt pivots);
+#  cgroup - the root joins the namespace's root cgroups (made by
+#         cgroup.prepare) and unshares; before mnt: the restorer's cgroup
+#         mounts are the paths it joins through;
 #  net  - links, addresses, routes, sysctls, firewall, made from procsnap's
 #         thread entered into it (it stays there until the tasks are built:
 #         their sockets are born there; see net.leave);
 #  (mnt goes last: after it the puppet sees the restored tree's root.)
-NS_KINDS: list[ModuleType] = [pid, uts, ipc, time, net, mnt]
+NS_KINDS: list[ModuleType] = [pid, uts, ipc, time, cgroup, net, mnt]
 
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")

@@ -45,6 +45,9 @@ puppet_host_root``) through which it still reaches procsnap's own files
 from __future__ import annotations
 
 import ctypes
+# tarfile imports gzip lazily; its tar helper (_tar_child) runs inside the
+# target's mount namespace, where Python's library may not be: import it now.
+import gzip  # noqa: F401
 import os
 import tarfile
 from dataclasses import dataclass
@@ -502,18 +505,20 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         rctx.puppet_host_root = hroot
         for s in steps:
             _make(rctx, y, s)
-        _propagation(y, steps)
         for s in steps:
             _set_flags(y, s.entry)
-        for fd in y.fds.values():
-            inj.call("close", fd)
-        y.fds.clear()
         # pivot_root(".", ".") stacks the old root on the new one; the
         # detach drops it (pivot_root(2)); no directory is needed for it.
+        # Before the peer groups are made: pivot_root refuses (EINVAL) a
+        # shared new root, and a container's root often is shared (LXC's).
         y.call("chdir", y.root, what=y.root)
         y.call("pivot_root", ".", ".", what="pivot_root")
         y.call("umount2", ".", MNT_DETACH, what="detach the old root")
         y.call("chdir", "/", what="/")
+        _propagation(y, steps)  # through the mounts' fds, valid after the pivot
+        for fd in y.fds.values():
+            inj.call("close", fd)
+        y.fds.clear()
     finally:
         # Our directories in the host's file system (the mounts on them are
         # the puppet's own and leave with the pivot or with the puppet).
