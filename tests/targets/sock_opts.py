@@ -20,6 +20,7 @@ Every port is chosen by the kernel.  PASS or FAIL on SIGTERM.
 """
 import os
 import signal
+import select
 import socket
 import sys
 import time
@@ -166,8 +167,13 @@ def refuse(what: str) -> str | None:
         probe.close()
         sk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sk.connect(("127.0.0.1", port))
-        sk.send(b"x")
-        time.sleep(0.1)
+        # ICMP errors are rate-limited: send again until the error is there
+        pl = select.poll()
+        pl.register(sk, select.POLLERR)
+        for _ in range(100):
+            sk.send(b"x")
+            if pl.poll(100):
+                break
         check = (sk, socket.SOL_SOCKET, socket.SO_ERROR, 111)
     else:
         return f"unknown {what}"
