@@ -27,15 +27,13 @@ from . import audit, images
 from .resources import seccomp
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
                      ZombieProcess)
-from .images.pb import core_pb2, inventory_pb2, pstree_pb2
+from .images.pb import core_pb2, inventory_pb2
 from .inject import (LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad,
                      restart_fixup)
 from .kernel import consts as C
 from .kernel import ptrace
-from .kernel.structs import UserRegs
-from .procfs.parse import MapEntry, Stat, Status
 from .procfs.reader import ProcReader, is_kernel_thread
-from .tasks import DumpContext, DumpOptions, DumpTask, DumpThread, make_pstree_entry
+from .tasks import DumpContext, DumpOptions, DumpTask, DumpThread
 
 log = logging.getLogger("procsnap.dumper")
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from . import images
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
-from .images.pb import core_pb2, fdinfo_pb2
+from .images.pb import core_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
 from .kernel import ptrace

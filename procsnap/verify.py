@@ -120,7 +120,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import images
 from .errors import RestoreError, Unsupported
 from .images.pb import fdinfo_pb2
 from .kernel import consts as C
@@ -694,7 +693,7 @@ def _fdinfo(dirfd: int, fd: int) -> tuple[int, int, list[str]]:
 
 
 def check_files(f: Found) -> list[str]:
-    rctx, rt = f.rctx, f.rt
+    rt = f.rt
     pid = f.pid
     want = {fe.fd: fe for fe in rt.fdinfos}
     have = f.fds()

@@ -14,7 +14,6 @@ shared.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported

@@ -483,7 +483,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
                                                                   socket.AF_INET6):
         raise RestoreError(f"{what}: family {ie.family} type {ie.type} is not supported")
     sk = socket.socket(ie.family, ie.type, ie.proto)
-    try:
+    with sockets.building(sk, what):
         if ie.family == socket.AF_INET6 and ie.type != socket.SOCK_RAW:
             # a raw socket has its protocol as port from birth, and the
             # kernel takes V6ONLY only before a port: it keeps the default
@@ -522,13 +522,4 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
             sockets.restore_tcp_opts(sk, ie)
         if not _is_connection(ie) and not raw and (ie.src_port or ie.state == TCP_LISTEN):
             _reuse_later(rctx, sk, ie)
-    except OSError as exc:
-        sk.close()
-        raise RestoreError(f"{what}: {exc.strerror or exc}") from None
-    except BaseException:
-        sk.close()
-        raise
-    fd = sk.detach()
-    fcntl.fcntl(fd, fcntl.F_SETFL, ie.flags & ~os.O_ACCMODE)
-    rctx.own_fds.append(fd)
-    return rt.grab_fd(os.getpid(), fd)
+    return sockets.hand_over(rctx, rt, sk, ie.flags)

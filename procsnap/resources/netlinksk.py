@@ -16,8 +16,6 @@ Everything is read from a pidfd_getfd copy of the socket.
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import socket
 import struct
 from typing import TYPE_CHECKING, Any
@@ -90,7 +88,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         sk = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ne.protocol)
     except OSError as exc:
         raise RestoreError(f"{what}: {exc.strerror or exc}") from None
-    try:
+    with sockets.building(sk, what):
         first = ne.groups[0] if ne.groups else 0
         if ne.portid or first:
             # the same port id, an autobound one too (nothing else holds it
@@ -105,13 +103,4 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         if ne.state == NETLINK_CONNECTED:
             sk.connect((ne.dst_portid, ne.dst_group))
         sockets.restore_opts(sk, ne.opts, what)
-    except OSError as exc:
-        sk.close()
-        raise RestoreError(f"{what}: {exc.strerror or exc}") from None
-    except BaseException:
-        sk.close()
-        raise
-    fd = sk.detach()
-    fcntl.fcntl(fd, fcntl.F_SETFL, ne.flags & ~os.O_ACCMODE)
-    rctx.own_fds.append(fd)
-    return rt.grab_fd(os.getpid(), fd)
+    return sockets.hand_over(rctx, rt, sk, ne.flags)

@@ -29,7 +29,6 @@ network namespace than the tree's root.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import os
 import socket
 import struct
@@ -226,7 +225,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
         sk = socket.socket(socket.AF_PACKET, pe.type, pe.protocol)
     except OSError as exc:
         raise RestoreError(f"{what}: {exc.strerror or exc}") from None
-    try:
+    with sockets.building(sk, what):
         if pe.type == SOCK_PACKET:
             if pe.ifindex:
                 # struct sockaddr: family, then the device's name (14 bytes)
@@ -251,16 +250,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
             if pe.HasField("fanout") and pe.fanout != NO_FANOUT:
                 s(SOL_PACKET, PACKET_FANOUT, pe.fanout)
         sockets.restore_opts(sk, pe.opts, what)
-    except OSError as exc:
-        sk.close()
-        raise RestoreError(f"{what}: {exc.strerror or exc}") from None
-    except BaseException:
-        sk.close()
-        raise
-    fd = sk.detach()
-    fcntl.fcntl(fd, fcntl.F_SETFL, pe.flags & ~os.O_ACCMODE)
-    rctx.own_fds.append(fd)
-    return rt.grab_fd(os.getpid(), fd)
+    return sockets.hand_over(rctx, rt, sk, pe.flags)
 
 
 def diag_of(sk_ino: int, pid: int) -> PacketDiag | None:

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import socket
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 
 from ..errors import DumpError, RestoreError, Unsupported
@@ -42,7 +44,7 @@ from ..kernel.libc import pidfd_getfd
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
-    from ..tasks import FdCtx
+    from ..tasks import FdCtx, RestoreContext, RestoreTask
 
 NAME = "sockets"
 
@@ -540,3 +542,27 @@ def _trunc_len(sk: socket.socket, offset: int, flags: int) -> int:
     """The length of the datagram at ``offset`` (MSG_TRUNC returns it)."""
     sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
     return sk.recv_into(bytearray(1), 1, flags | socket.MSG_TRUNC)
+
+
+@contextmanager
+def building(sk: socket.socket, what: str) -> Iterator[socket.socket]:
+    """A socket being set up by the restorer: on any failure it is closed,
+    and an OSError becomes one RestoreError line naming the socket."""
+    try:
+        yield sk
+    except OSError as exc:
+        sk.close()
+        raise RestoreError(f"{what}: {exc.strerror or exc}") from None
+    except BaseException:
+        sk.close()
+        raise
+
+
+def hand_over(rctx: "RestoreContext", rt: "RestoreTask", sk: socket.socket, flags: int) -> int:
+    """The finished socket goes to the puppet: its status flags set on the
+    description, kept open by the restorer until the end (a peer may still
+    connect to it), and taken by the puppet with pidfd_getfd."""
+    fd = sk.detach()
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ACCMODE)
+    rctx.own_fds.append(fd)
+    return rt.grab_fd(os.getpid(), fd)

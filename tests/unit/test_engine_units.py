@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from procsnap.dumper import restart_fixup
+from procsnap.inject import restart_fixup
 from procsnap.kernel import consts as C
 from procsnap.kernel import xsave
 from procsnap.kernel.structs import UserRegs

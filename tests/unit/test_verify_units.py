@@ -59,7 +59,7 @@ def test_every_saved_socket_option_is_compared() -> None:
 
     from procsnap.images.pb import fdinfo_pb2
     from procsnap.resources import sockopts
-    from procsnap.restorer import RestoreContext, RestoreOptions
+    from procsnap.tasks import RestoreContext, RestoreOptions
 
     rctx = RestoreContext("/nonexistent", RestoreOptions())
     kinds = {"unix": (socket.AF_UNIX, socket.SOCK_DGRAM, 0),
