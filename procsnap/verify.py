@@ -99,7 +99,8 @@ image's value, and nothing moves it while the task is stopped):
   per thread and process-wide (SigPnd/ShdPnd).  A SIGCHLD pending beyond
   the image is accepted when the task has a zombie child in the image:
   that child was let go to exit before its parent was built, and its
-  SIGCHLD may land after the parent's queue was drained.
+  SIGCHLD may land after the parent's queue was drained.  So is the signal
+  of an armed POSIX timer: it may fire between its arming and the check.
 - fs: cwd and root (same file as the image's path, by device and inode)
   and umask.
 
@@ -1229,6 +1230,13 @@ def check_signals(f: Found) -> list[str]:
             {t.pstree.ppid for t in f.rctx.tasks if t.zombie}
     zombie_child = rt.pid in parents
     slack = (1 << (SIGCHLD - 1)) if zombie_child else 0
+    # An armed POSIX timer may fire between its arming and this check: its
+    # signal, pending beyond the image, is the timer going on, not a loss.
+    timer_sigs = 0
+    if tc.HasField("timers"):
+        for pt in tc.timers.posix:
+            if pt.si_signo and (pt.vsec or pt.vnsec or pt.isec or pt.insec):
+                timer_sigs |= 1 << (pt.si_signo - 1)
 
     def queued(q: Any) -> int:
         m = 0
@@ -1239,14 +1247,16 @@ def check_signals(f: Found) -> list[str]:
         return m
 
     shared = queued(tc.signals_s) if tc.HasField("signals_s") else 0
-    out += _differ("pending signals (ShdPnd)", shared, leader.shd_pnd & ~(slack & ~shared), _sigs)
+    extra = (slack | timer_sigs) & ~shared
+    out += _differ("pending signals (ShdPnd)", shared, leader.shd_pnd & ~extra, _sigs)
     for th in rt.threads:
         where = "" if th.tid == f.pid else f"thread {th.tid}: "
         st = f.status(th.tid)
         out += _differ(f"{where}blocked signals", final_mask(rt, th), st.sig_blk, _sigs)
         tcore = th.core.thread_core
         own = queued(tcore.signals_p) if tcore.HasField("signals_p") else 0
-        out += _differ(f"{where}pending signals (SigPnd)", own, st.sig_pnd, _sigs)
+        out += _differ(f"{where}pending signals (SigPnd)", own, st.sig_pnd & ~(timer_sigs & ~own),
+                       _sigs)
     return out
 
 

@@ -235,6 +235,14 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
         return VMA_AREA_REGULAR | VMA_ANON_PRIVATE, C.MAP_PRIVATE | C.MAP_ANONYMOUS
     if shmem.is_anon_shared(m):
         return VMA_AREA_REGULAR | VMA_ANON_SHARED, C.MAP_SHARED | C.MAP_ANONYMOUS
+    if not m.shared and m.path == "/dev/zero (deleted)" and (m.dev_major, m.dev_minor) == (0, 1):
+        # MAP_PRIVATE of shared anonymous memory opened through map_files:
+        # the pages it has not written yet must keep following the object,
+        # and the restore would give it a copy instead (zdtm shmemfd-priv)
+        raise Unsupported(f"pid {task.pid}: mapping at {m.start:#x}-{m.end:#x} maps shared "
+                          "anonymous memory privately (through /proc/PID/map_files); its "
+                          "unwritten pages would stop following the shared object: "
+                          "not supported yet")
     if memfd.is_memfd_mapping(m.path):
         if m.shared:
             return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_SHARED, C.MAP_SHARED

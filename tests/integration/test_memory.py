@@ -120,3 +120,16 @@ def test_pages_image_is_dense(targets: TargetFactory, images_dir: Path) -> None:
     assert _pages_bytes(images_dir) == want
     assert os.path.exists(f"/proc/{t.pid}")
     _finish(t)
+
+
+def test_private_mapping_of_shared_anon_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    """MAP_PRIVATE of shared anonymous memory through map_files (zdtm
+    shmemfd-priv): restored, its unwritten pages would stop following the
+    object, so the dump is refused in one line and the tree runs on."""
+    from helpers import assert_one_line_error, finish
+    t = targets.start("shmem_private.py")
+    res = run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "images")
+    assert_one_line_error(res, f"pid {t.pid}", "privately")
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    finish(t)
