@@ -3,7 +3,7 @@
 Rules this runner keeps:
 
 * It only signals processes it started itself (targets) or that procsnap
-  restored for it; they are tracked in ``_OURS`` and killed at the end,
+  restored for it; they are tracked in ``OURS`` and killed at the end,
   even on error or ^C.  It is a child subreaper, so restored processes and
   orphaned tree members become its children and are reaped here.
 * Before restoring under the same PID it waits until /proc/PID is gone.
@@ -34,20 +34,20 @@ PR_SET_CHILD_SUBREAPER = 36
 MIB = 1 << 20
 NOT_SUPPORTED = "not supported yet"
 
-_OURS: set[int] = set()          # pids (and process groups) we may kill
+OURS: set[int] = set()          # pids (and process groups) we may kill
 _BIN: Path | None = None
 _CRIU: str | None = None         # --criu PATH: a criu binary to compare with
 
 
 # ---------------------------------------------------------------- utils ----
 
-def _subreaper() -> None:
+def subreaper() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _reap() -> None:
+def reap() -> None:
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -60,7 +60,7 @@ def _reap() -> None:
 def wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while os.path.exists(f"/proc/{pid}"):
-        _reap()
+        reap()
         if time.monotonic() > deadline:
             raise TimeoutError(f"pid {pid} still exists after {timeout}s")
         time.sleep(0.002)
@@ -68,7 +68,7 @@ def wait_gone(pid: int, timeout: float = 10.0) -> None:
 
 def kill_ours(pid: int) -> None:
     """SIGKILL a process we started or restored, with its group (a tree)."""
-    if pid not in _OURS:
+    if pid not in OURS:
         return
     for kill in (os.killpg, os.kill):
         try:
@@ -81,13 +81,13 @@ def kill_ours(pid: int) -> None:
         wait_gone(pid)
     except TimeoutError:
         pass
-    _OURS.discard(pid)
+    OURS.discard(pid)
 
 
 def kill_all() -> None:
-    for pid in list(_OURS):
+    for pid in list(OURS):
         kill_ours(pid)
-    _reap()
+    reap()
 
 
 def compile_targets() -> Path:
@@ -112,7 +112,7 @@ def start(workdir: Path, name: str, *args: str, timeout: float = 60) -> int:
         p = subprocess.Popen([binary(name), *args], stdin=subprocess.DEVNULL, stdout=out,
                              stderr=subprocess.STDOUT, close_fds=True, start_new_session=True,
                              cwd=workdir)
-    _OURS.add(p.pid)
+    OURS.add(p.pid)
     deadline = time.monotonic() + timeout
     while "ready" not in log.read_text():
         if p.poll() is not None or time.monotonic() > deadline:
@@ -196,12 +196,12 @@ def criu_dump(pid: int, d: Path) -> float:
 
 def criu_restore(d: Path) -> float:
     """``criu restore -d`` (detached: the tree is reparented to us, the
-    subreaper); its wall time.  Restored pids join _OURS."""
+    subreaper); its wall time.  Restored pids join OURS."""
     assert _CRIU is not None
     pidfile = d / "criu-restore.pid"
     t = _criu(["restore", "-D", str(d), "-d", "-o", "restore.log",
                "--pidfile", str(pidfile)], d)
-    _OURS.add(int(pidfile.read_text()))
+    OURS.add(int(pidfile.read_text()))
     return t
 
 
@@ -415,7 +415,7 @@ def _criu_counter_round(pid: int, d: Path, dump: Row, rest: Row, keep: bool) -> 
     shutil.rmtree(d, ignore_errors=True)
     t_d = criu_dump(pid, d)
     wait_gone(pid)
-    _OURS.discard(pid)
+    OURS.discard(pid)
     t_r = criu_restore(d)
     if keep:
         dump.baseline.append(t_d)
@@ -526,7 +526,7 @@ def main(argv: list[str]) -> int:
         print("bench: must run as root (ptrace, clone3 with set_tid)", file=sys.stderr)
         return 1
     sys.path.insert(0, str(ROOT))
-    _subreaper()
+    subreaper()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda s, f: sys.exit(128 + s))
     work = Path(tempfile.mkdtemp(prefix="procsnap-bench.", dir=os.environ.get("BENCH_DIR")))
@@ -587,6 +587,6 @@ def _adopted_cleanup() -> None:
         except (OSError, ValueError, IndexError):
             continue
         if ppid == me:
-            _OURS.add(int(name))
+            OURS.add(int(name))
             kill_ours(int(name))
-    _reap()
+    reap()

@@ -26,11 +26,9 @@ Exit status: the number of failed checks.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,43 +36,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.runner import OURS, kill_ours as kill, reap, subreaper, wait_gone  # noqa: E402
+
 TARGETS = ROOT / "bench" / "targets"
-OURS: set[int] = set()
-
-
-def reap() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> None:
-    end = time.monotonic() + timeout
-    while os.path.exists(f"/proc/{pid}"):
-        reap()
-        if time.monotonic() > end:
-            raise TimeoutError(f"pid {pid} still there")
-        time.sleep(0.005)
-
-
-def kill(pid: int) -> None:
-    """SIGKILL a process this script started or restored (and its group)."""
-    if pid not in OURS:
-        return
-    for fn in (os.killpg, os.kill):
-        try:
-            fn(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        wait_gone(pid)
-    except TimeoutError:
-        pass
-    OURS.discard(pid)
 
 
 def start(bindir: Path, work: Path, name: str, *args: str) -> int:
@@ -165,8 +130,7 @@ def main() -> int:
     else:
         src = Path(criu).resolve().parent.parent
         crit = ["env", f"PYTHONPATH={src / 'lib'}:{src / 'crit'}", "/usr/bin/python3", "-m", "crit"]
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(36, 1, 0, 0, 0)      # PR_SET_CHILD_SUBREAPER: restored trees come to us
+    subreaper()  # restored trees come to us
     work = Path(a.keep or tempfile.mkdtemp(prefix="procsnap-interop."))
     work.mkdir(parents=True, exist_ok=True)
     bindir = work / "bin"
