@@ -6,16 +6,22 @@ nothing).  The test starts its own lxcfs on a mountpoint of its own, and
 lxcfs is mounted into the container by a copy of LXC's lxcfs hook
 (/usr/share/lxcfs/lxc.mount.hook) pointed at that mountpoint.  The
 container (template busybox, a name and lxcpath of its own, no network,
-``lxc.tty.max = 0``, /usr/lib and /usr/lib64 bound from the host) runs as
-init a shell script that appends a counter to a file and holds lxcfs's
-/proc/meminfo open as fd 3.  A directory with ``criu`` (a wrapper that runs
+``lxc.tty.max = 0``, the template's own binds of /lib and /lib64, which
+are symlinks on Debian 12) runs as
+init a shell script that appends a counter to a file, holds lxcfs's
+/proc/meminfo open as fd 3 and lxcfs's /proc/stat as fd 4, read past its
+first line.  A directory with ``criu`` (a wrapper that runs
 ``python3 -m procsnap.criu``) is put first on PATH for lxc-checkpoint.
 
-Three round trips of ``lxc-checkpoint -s`` then ``-r``: each time the
+Ten round trips of ``lxc-checkpoint -s`` then ``-r``: each time the
 container is STOPPED after the dump, RUNNING after the restore, its
 counter goes on with no gap or repeat, fd 3 is still on an lxcfs mount and
-``lxc-attach`` works.  At the end the init reads a line from its fd 3 (it
-must be meminfo's first) and ``lxc-stop`` stops it cleanly.
+``lxc-attach`` works; every other round lxc-checkpoint runs from a child
+cgroup in every hierarchy.  Each is a scene where CRIU 4.2 fails here:
+/lib binds over symlinks (``mnt-v2: Failed to move_mount``), a held lxcfs
+file whose size changed (``bad size``), a non-root cgroup (``Can't link
+remap``).  At the end the init reads a line from its fd 3 (meminfo's first)
+and from fd 4 (stat's second), and ``lxc-stop`` stops it cleanly.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ HOOK = Path("/usr/share/lxcfs/lxc.mount.hook")
 # test creates /trigger.  lxc.signal.halt of the busybox template is SIGUSR1.
 COUNTER = """\
 exec 3</proc/meminfo
+exec 4</proc/stat
+read -r line <&4
 trap 'exit 0' USR1 PWR TERM
 i=0
 while :; do
@@ -52,6 +60,8 @@ while :; do
     rm /trigger
     read -r line <&3
     echo "$line" > /meminfo.out
+    read -r line <&4
+    echo "$line" > /stat.out
   fi
   sleep 0.05
 done
@@ -152,8 +162,6 @@ def container() -> Iterator[Container]:
                 line = "lxc.tty.max = 0"
             elif line.startswith("lxc.mount.auto"):
                 line = "lxc.mount.auto = cgroup:mixed proc:mixed sys:mixed"
-            elif line.startswith(("lxc.mount.entry = /lib ", "lxc.mount.entry = /lib64 ")):
-                continue  # symlinks on Debian 12: /usr/lib and /usr/lib64 are bound
             lines.append(line)
         lines += [f"lxc.hook.mount = {hook}", "lxc.init.cmd = /bin/sh /counter.sh"]
         conf.write_text("\n".join(lines) + "\n")
@@ -201,13 +209,72 @@ def _fd3_on_lxcfs(pid: int) -> str:
     raise AssertionError(f"pid {pid}: fd 3's mount {mnt_id} is not in its mountinfo")
 
 
-def test_lxc_checkpoint_restore_three_times(container: Container) -> None:
+def _cgroup_dirs() -> list[Path]:
+    """This process's cgroup directory in every mounted hierarchy."""
+    mounts: dict[str, Path] = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            pre, post = line.split(" - ")
+            fstype, _src, opts = post.split()[:3]
+            if fstype == "cgroup2":
+                mounts[""] = Path(pre.split()[4])
+            elif fstype == "cgroup":
+                for opt in opts.split(","):
+                    if opt in ("rw", "ro", "relatime") or opt.startswith("release_agent"):
+                        continue
+                    mounts[opt] = Path(pre.split()[4])
+    dirs = []
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for ctrl in ctrls.split(",") if ctrls else [""]:
+                if ctrl in mounts:
+                    dirs.append(mounts[ctrl] / path.lstrip("/"))
+                    break
+    return dirs
+
+
+@pytest.fixture
+def child_cgroups() -> Iterator[list[Path]]:
+    """A child of this process's cgroup in every hierarchy: CRIU's dump
+    fails when lxc-checkpoint runs from a non-root cgroup."""
+    made = []
+    try:
+        for d in _cgroup_dirs():
+            child = d / f"procsnap-lxc-{os.getpid()}"
+            child.mkdir()
+            made.append(child)
+            for knob in ("cpuset.cpus", "cpuset.mems"):   # empty in a new cpuset
+                if (child / knob).exists():
+                    (child / knob).write_text((d / knob).read_text())
+        yield made
+    finally:
+        for child in reversed(made):
+            for _ in range(50):
+                try:
+                    child.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)   # the monitor may be on its way out
+
+
+def test_lxc_checkpoint_restore_ten_times(container: Container,
+                                          child_cgroups: list[Path]) -> None:
     c = container
     images = c.base / "images"
-    for rnd in range(3):
+    # On odd rounds lxc-checkpoint runs from a child cgroup in every hierarchy.
+    enter = ('for f in "$@"; do case $f in --) shift; break;; esac; '
+             'echo $$ > "$f"/cgroup.procs; shift; done; '
+             f'cat /proc/$$/cgroup > {c.base}/ckpt.cgroup; exec "$@"')
+    in_child = ["sh", "-c", enter, "sh", *child_cgroups, "--"]
+    for rnd in range(10):
         shutil.rmtree(images, ignore_errors=True)
         old = c.pid()
-        res = c.lxc("lxc-checkpoint", "-s", "-D", images, check=False)
+        pre = in_child if rnd % 2 else []
+        res = _run(*pre, "lxc-checkpoint", "-n", c.name, "-P", c.lxcpath, "-s", "-D",
+                   images, env=c.env, check=False)
         log = images / "dump.log"
         assert res.returncode == 0, (f"round {rnd}: dump: {res.stderr[-2000:]}\n"
                                      + (log.read_text()[-2000:] if log.exists() else ""))
@@ -220,11 +287,16 @@ def test_lxc_checkpoint_restore_three_times(container: Container) -> None:
         # (on a host: to pid 1).  Its pid is to be free for the restore.
         wait_for(lambda: (reap(), not proc_exists(old))[1], 10,
                  f"the dumped init {old} to be reaped")
-        res = c.lxc("lxc-checkpoint", "-r", "-D", images, check=False)
+        res = _run(*pre, "lxc-checkpoint", "-n", c.name, "-P", c.lxcpath, "-r", "-D",
+                   images, env=c.env, check=False)
         log = images / "restore.log"
         assert res.returncode == 0, (f"round {rnd}: restore: {res.stderr[-2000:]}\n"
                                      + (log.read_text()[-2000:] if log.exists() else ""))
         assert c.state() == "RUNNING", f"round {rnd}: after the restore: {c.state()}"
+        if pre:
+            seen = (c.base / "ckpt.cgroup").read_text()
+            assert seen.count(f"/procsnap-lxc-{os.getpid()}\n") == len(child_cgroups), \
+                f"round {rnd}: lxc-checkpoint did not run in the child cgroups: {seen}"
         wait_for(lambda: c.numbers()[-1] >= last + 5, 10, "the counter to go on")
         check_continuity(c.numbers())
         pid = c.pid()
@@ -239,6 +311,10 @@ def test_lxc_checkpoint_restore_three_times(container: Container) -> None:
              (c.rootfs / "meminfo.out").read_text().endswith("\n"), 10, "init to read fd 3")
     assert (c.rootfs / "meminfo.out").read_text().startswith("MemTotal:"), \
         (c.rootfs / "meminfo.out").read_text()
+    # fd 4, lxcfs's /proc/stat, was read past its first line before the
+    # first dump; its size changed at every round (CRIU: "bad size").
+    assert (c.rootfs / "stat.out").read_text().startswith("cpu0 "), \
+        (c.rootfs / "stat.out").read_text()
     c.lxc("lxc-stop", timeout=60)
     assert c.state() == "STOPPED"
     check_continuity(c.numbers())
