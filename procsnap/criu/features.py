@@ -51,7 +51,6 @@ def _no(why: str) -> Probe:
     return probe
 
 
-_NS = "namespaces are not restored by procsnap yet"
 
 
 def _cgroupns() -> None:
@@ -65,11 +64,11 @@ FEATURES: dict[str, Probe] = {
     "timerfd": _ok,                        # timerfds restored with their ticks
     "tun": _no("tun devices are not saved"),
     "tun_ns": _no("tun devices are not saved"),
-    "userns": _no(_NS),
+    "userns": _no("user namespaces are not saved"),
     "fdinfo_lock": _ok,                    # locks and leases saved (resources.file_lock)
     "seccomp_suspend": _ok,                # PTRACE_O_SUSPEND_SECCOMP is used
     "seccomp_filters": _ok,                # filter chains saved (PTRACE_SECCOMP_GET_FILTER)
-    "loginuid": _no("the audit loginuid is not restored"),
+    "loginuid": _ok,                       # restored (audit.py: loginuid)
     "cgroupns": _cgroupns,                 # saved and made anew (namespaces.cgroup)
     "autofs": _no("autofs mounts are not saved"),
     "tcp_half_closed": _no("half-closed TCP connections are refused"),
@@ -77,28 +76,28 @@ FEATURES: dict[str, Probe] = {
     "uffd": _no("no lazy restore"),
     "uffd-noncoop": _no("no lazy restore"),
     "can_map_vdso": _ok,
-    "sk_ns": _no(_NS),
+    "sk_ns": _no("a socket of another network namespace than its holder's is not saved"),
     "sk_unix_file": _no("unix sockets bound in other mount namespaces are not saved"),
-    "net_diag_raw": _no("raw sockets are refused"),
-    "nsid": _no(_NS),
-    "link_nsid": _no(_NS),
+    "net_diag_raw": _ok,                    # raw IP sockets saved (sock_kinds)
+    "nsid": _no("network namespace ids (NETNSA_NSID) are not saved"),
+    "link_nsid": _no("a link's peer network namespace id is not saved"),
     "kcmp_epoll": pcheck._kcmp,
-    "timens": _no(_NS),
-    "external_net_ns": _no(_NS),
+    "timens": _ok,                          # time namespaces saved (namespaces.time)
+    "external_net_ns": _no("--external net[...] is not supported"),
     "clone3_set_tid": pcheck._clone3_set_tid,
-    "newifindex": _no(_NS),
+    "newifindex": _no("IFLA_NEW_IFINDEX is not used"),
     "nftables": _no("nftables of a network namespace are not saved"),
     "has_ipt_legacy": _no("procsnap's network lock is nftables only"),
     "pidfd_store": _no("no RPC pidfd store"),
-    "ns_pid": _no(_NS),
+    "ns_pid": _ok,                          # NSpid is read from /proc/PID/status
     "apparmor_stacking": _no("LSM profiles are not restored"),
     "network_lock_nftables": _nft,
     "sockopt_buf_lock": _ok,               # SO_BUF_LOCK saved among socket options
     "memfd_hugetlb": _no("hugetlb memfds are not saved"),
-    "move_mount_set_group": _no("mount namespaces are not restored by procsnap yet"),
+    "move_mount_set_group": _no("mount sharing groups are not set with MOVE_MOUNT_SET_GROUP"),
     "openat2": _ok,
     "get_rseq_conf": _ok,                  # rseq areas saved (PTRACE_GET_RSEQ_CONFIGURATION)
-    "ipv6_freebind": _no("IPV6_FREEBIND is not saved"),
+    "ipv6_freebind": _ok,                   # saved among socket options (sockopts)
     "pagemap_scan": _no("PAGEMAP_SCAN is not used"),
     "timer_cr_ids": _ok,                   # PR_TIMER_CREATE_RESTORE_IDS is used
     "overlayfs_maps": _no("files mapped from overlayfs are not checked"),
