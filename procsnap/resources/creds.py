@@ -162,6 +162,10 @@ def _restore_ids_caps(inj, core) -> None:
         if not c.secbits & SECBIT_KEEP_CAPS:
             # PR_SET_KEEPCAPS needs no privilege, unlike PR_SET_SECUREBITS.
             inj.call("prctl", C.PR_SET_KEEPCAPS, 0, 0, 0, 0)
+        # A change of euid, egid, fsuid or fsgid clears the parent-death
+        # signal taskattrs set: set it again (zdtm pdeath_sig as uid 18943).
+        if th.HasField("pdeath_sig") and th.pdeath_sig:
+            inj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig, 0, 0, 0)
         inj.reset_scratch()
 
 

@@ -4,8 +4,9 @@
  * Started as root, it sets groups {3001,3002,3003}, gids (2001,2002,2003),
  * keeps capabilities across setresuid(1001,1002,1003), then sets
  * permitted = effective = {CAP_KILL, CAP_NET_BIND_SERVICE} and
- * inheritable = {CAP_NET_BIND_SERVICE}.  SIGTERM: check that all of it
- * (and keepcaps, dumpable) is unchanged, print PASS/FAIL, exit.
+ * inheritable = {CAP_NET_BIND_SERVICE}, and a parent-death signal.  SIGTERM:
+ * check that all of it (and keepcaps, dumpable) is unchanged, print
+ * PASS/FAIL, exit.
  */
 #include "tgt.h"
 
@@ -28,6 +29,11 @@ static int capset3(struct __user_cap_data_struct d[2])
 	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
 
 	return syscall(SYS_capset, &h, d);
+}
+
+static void on_usr2(int sig)
+{
+	(void)sig;
 }
 
 int main(void)
@@ -53,6 +59,11 @@ int main(void)
 	if (capset3(want))
 		die("capset");
 	dumpable = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+	/* After the id changes, which clear it (a restore must set it after its
+	 * own).  Caught: the parent of a detached restore exits, which fires it. */
+	signal(SIGUSR2, on_usr2);
+	if (prctl(PR_SET_PDEATHSIG, SIGUSR2, 0, 0, 0))
+		die("PR_SET_PDEATHSIG");
 
 	tgt_catch_term();
 	say("ready");
@@ -80,5 +91,7 @@ int main(void)
 		fail("keepcaps lost");
 	if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable)
 		fail("dumpable %d, was %d", prctl(PR_GET_DUMPABLE, 0, 0, 0, 0), dumpable);
+	if (prctl(PR_GET_PDEATHSIG, &n, 0, 0, 0) || n != SIGUSR2)
+		fail("parent-death signal %d, expected %d", n, SIGUSR2);
 	return verdict();
 }
