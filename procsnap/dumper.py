@@ -309,7 +309,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -333,7 +333,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
-        cgroup_root=tuple(cgroup_root)))
+        cgroup_root=tuple(cgroup_root), empty_ns=empty_ns))
     tmpnames.report(images_dir)
     status = _action(ctx, "pre-dump")
     if status:

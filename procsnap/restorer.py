@@ -537,7 +537,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
-            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
+            empty_ns: int = 0) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -565,7 +566,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_mount_auto=ext_mount_auto,
                               ext_veth=dict(ext_veth or {}),
                               restore_sibling=restore_sibling,
-                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root)))
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
+                              empty_ns=empty_ns))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
@@ -598,6 +600,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
+        if namespaces.new_kinds(rctx):
+            # criu's stages around a new root's namespaces: the caller (a
+            # container runtime) configures them, e.g. the network of an
+            # --empty-ns net restore, before any task is built in them
+            _action(rctx, "setup-namespaces")
+            namespaces.setup_done(rctx, root)
+            _action(rctx, "post-setup-namespaces")
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.  Each task's private memory is in place before

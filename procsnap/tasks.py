@@ -43,6 +43,9 @@ class DumpOptions:
     # mode saves membership and the controllers' properties
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: dump from there
+    # criu's --empty-ns net (CLONE_NEWNET): the network namespace belongs to
+    # the caller (a container runtime); only its loopback's state is saved
+    empty_ns: int = 0
 
 
 @dataclass
@@ -184,6 +187,9 @@ class RestoreOptions:
     # criu's --manage-cgroups MODE (none, props, soft, full, strict, ignore)
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: move the tree
+    # criu's --empty-ns net: a new network namespace, configured by the
+    # caller at setup-namespaces; procsnap only brings its loopback back
+    empty_ns: int = 0
 
 
 @dataclass

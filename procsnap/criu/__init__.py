@@ -126,6 +126,17 @@ def _cgroup_opts(p: O.Parsed) -> dict[str, Any]:
     return {"manage_cgroups": mode or "soft", "cgroup_root": tuple(p.values("cgroup-root"))}
 
 
+def empty_ns(p: O.Parsed) -> int:
+    """--empty-ns net (several times: the same) as CLONE_* flags."""
+    from ..kernel import consts as C
+    flags = 0
+    for v in p.values("empty-ns"):
+        if v != "net":
+            raise O.UsageError(f"Unsupported empty namespace: {v}")
+        flags |= C.CLONE_NEWNET
+    return flags
+
+
 def _check_values(p: O.Parsed) -> None:
     """Values procsnap takes only some of (the rest refused by name)."""
     from ..resources.cgroup import CG_MODES, parse_cgroup_root
@@ -137,6 +148,7 @@ def _check_values(p: O.Parsed) -> None:
             parse_cgroup_root(v)
         except ValueError as exc:
             raise O.UsageError(f"--cgroup-root {v}: {exc}") from None
+    empty_ns(p)
     lock = p.last("network-lock")
     if lock not in (None, "nftables", "iptables"):
         raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
@@ -296,7 +308,7 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
-                           ext_mount_auto=auto, **_cgroup_opts(p))
+                           ext_mount_auto=auto, empty_ns=empty_ns(p), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st)
@@ -337,7 +349,8 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
-                               restore_sibling=sibling, **_cgroup_opts(p))
+                               restore_sibling=sibling, empty_ns=empty_ns(p),
+                               **_cgroup_opts(p))
     entry = stats.write_restore_stats(images_dir, dict(last_stats))
     log.info("Restore finished successfully. Tasks resumed.")
     if p.flag("display-stats"):

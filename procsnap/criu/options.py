@@ -133,7 +133,10 @@ TABLE: list[Opt] = [
              "leaves the tasks in criu's cgroups"),
     Opt("ext-unix-sk", "x", OPT, how=REFUSE,
         note="name each such socket with --external unix[INO] instead"),
-    Opt("evasive-devices", boolean=True, how=REFUSE, note=_NOT_YET),
+    Opt("evasive-devices", boolean=True, how=ACCEPT,
+        note="criu's permission to reopen a device file by another path when its own is "
+             "gone; procsnap reopens a device only at its dumped path and never searches "
+             "for another: a missing one fails the restore, naming it"),
     Opt("skip-file-rwx-check", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("file-validation", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("ghost-fiemap", boolean=True, how=ACCEPT,
@@ -164,7 +167,11 @@ TABLE: list[Opt] = [
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
     Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
     Opt("join-ns", "J", REQ, how=REFUSE, note=_NOT_YET),
-    Opt("empty-ns", arg=REQ, how=REFUSE, note=_NOT_YET),
+    Opt("empty-ns", arg=REQ, metavar="net",
+        help="the tree's network namespace is the caller's (runc, Podman): dump saves "
+             "only its loopback; restore makes an empty one for the caller to set up at "
+             "setup-namespaces, then brings the loopback back as it was (criu leaves it "
+             "down); only 'net' exists"),
     Opt("veth-pair", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("cgroup-root", arg=REQ, multi=True, metavar="[CONTROLLER:]/PATH",
         help="dump: save the cgroup directories from PATH down; restore: the tree's root "

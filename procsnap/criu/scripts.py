@@ -10,9 +10,9 @@ and a stage's status is the OR of the scripts' statuses.
 Stages procsnap runs: pre-dump, network-lock, post-dump, network-unlock
 (dump); pre-restore, post-restore, network-unlock, pre-resume,
 post-resume (restore).  network-lock/-unlock run, as in criu, only for a
-tree in its own network namespace.  setup-namespaces and
-post-setup-namespaces belong to namespace restore; orphan-pts-master and
-status-ready to criu's RPC mode.
+tree in its own network namespace; setup-namespaces and post-setup-namespaces
+(restore) around a new root's namespaces, where the caller configures them.
+orphan-pts-master and status-ready belong to criu's RPC mode.
 """
 from __future__ import annotations
 
