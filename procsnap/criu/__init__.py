@@ -73,6 +73,9 @@ def _inherit(value: str) -> tuple[str, int]:
     m = re.fullmatch(r"fd\[(\d+)\]:(.+)", value)
     if m is None:
         raise O.UsageError(f"--inherit-fd {value}: not fd[N]:KEY")
+    pipe = re.fullmatch(r"pipe:\[(\d+)\]", m.group(2))
+    if pipe is not None:  # a container's stdio pipe (runc, Podman)
+        return f"pipe:[{int(pipe.group(1))}]", int(m.group(1))
     return _external(m.group(2), "inherit-fd"), int(m.group(1))
 
 

@@ -121,7 +121,8 @@ TABLE: list[Opt] = [
              "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
         help="restore: our fd N stands for the external resource KEY (unix[INO]; "
-             "tty[RDEV:DEV], which no restored task holds: see --external)"),
+             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], which no restored "
+             "task holds: see --external)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),
