@@ -24,6 +24,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+CRIU_VERSION = "4.2"  # the criu whose command line this follows (LXC wants >= 2.0)
+
 MAP, ACCEPT, REFUSE = "map", "accept", "refuse"
 NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xARG / --x=ARG)
 
@@ -31,7 +33,7 @@ GLOBAL_CONFIG = "/etc/criu/default.conf"
 USER_CONFIG = ".criu/default.conf"   # under $HOME
 
 COMMANDS = ("dump", "restore", "check")
-LATER_COMMANDS = ("pre-dump", "page-server", "lazy-pages", "swrk", "service", "dedup",
+LATER_COMMANDS = ("pre-dump", "page-server", "lazy-pages", "dedup",
                   "cpuinfo", "exec", "show")
 
 
