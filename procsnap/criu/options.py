@@ -136,6 +136,11 @@ TABLE: list[Opt] = [
              "leaves the tasks in criu's cgroups"),
     Opt("ext-unix-sk", "x", OPT, how=REFUSE,
         note="name each such socket with --external unix[INO] instead"),
+    Opt("orphan-pts-master", boolean=True, how=ACCEPT,
+        note="criu's RPC field (runc sends it for every container): a pty slave whose "
+             "master is outside the tree comes back with a new master sent to the "
+             "client; procsnap refuses the dump of such a pty, naming it, so a tree it "
+             "dumps has none and needs nothing more"),
     Opt("evasive-devices", boolean=True, how=ACCEPT,
         note="criu's permission to reopen a device file by another path when its own is "
              "gone; procsnap reopens a device only at its dumped path and never searches "
