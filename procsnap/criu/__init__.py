@@ -264,7 +264,7 @@ def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
             if p.command == "check":
                 out.status = _check(p)
             elif p.command == "dump":
-                out.status = _dump(p, images_dir, notify)
+                out.status = _dump(p, images_dir, work_dir, notify)
             else:
                 out.status, out.pid = _restore(p, images_dir, work_dir, notify)
             return out
@@ -333,7 +333,8 @@ def _status_fd(p: O.Parsed) -> None:
         raise ProcsnapError(f"--status-fd {fd}: {exc}") from None
 
 
-def _dump(p: O.Parsed, images_dir: str, notify: "Notify | None" = None) -> int:
+def _dump(p: O.Parsed, images_dir: str, work_dir: str,
+          notify: "Notify | None" = None) -> int:
     import procsnap
     from . import stats
     from .scripts import ActionScripts
@@ -361,7 +362,7 @@ def _dump(p: O.Parsed, images_dir: str, notify: "Notify | None" = None) -> int:
                            ext_mount_auto=auto, empty_ns=empty_ns(p), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
-    entry = stats.write_dump_stats(images_dir, st)
+    entry = stats.write_dump_stats(images_dir, st, work_dir)
     log.info("Dumping finished successfully")
     if p.flag("display-stats"):
         sys.stdout.write(stats.display(entry))
@@ -403,7 +404,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, empty_ns=empty_ns(p),
                                **_cgroup_opts(p))
-    entry = stats.write_restore_stats(images_dir, dict(last_stats))
+    entry = stats.write_restore_stats(images_dir, dict(last_stats), work_dir)
     log.info("Restore finished successfully. Tasks resumed.")
     if p.flag("display-stats"):
         sys.stdout.write(stats.display(entry))

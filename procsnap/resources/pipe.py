@@ -97,8 +97,9 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     pe = pipe_pb2.pipe_entry(
         id=fid, pipe_id=ino, flags=fd.info.flags & ~os.O_CLOEXEC,
         fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
-    p.entries.append(pe)
-    return fdinfo_pb2.file_entry(type=TYPE, id=fid, pipe=pe)
+    fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, pipe=pe)
+    p.entries.append(fe.pipe)  # the entry's own copy: finish() may mark it external
+    return fe
 
 
 def note_shared(fd: "FdCtx", fid: int) -> None:
