@@ -375,7 +375,8 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
     """Returns (exit status, the root's pid)."""
     import procsnap
     from ..images import read_image
-    from ..restorer import last_stats, wait_exit
+    from ..restorer import current, last_stats, wait_exit
+    current.clear()
     from . import stats
     from .scripts import ActionScripts
     if not os.path.isdir(images_dir):
@@ -396,7 +397,8 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
         def action(name: str, fd: int | None = None) -> int:
             # criu knows the root's pid once its tasks exist (not at pre-restore)
             if name != "pre-restore" and scripts.root_pid is None:
-                scripts.root_pid = read_image(images_dir, "pstree")[0].pid
+                scripts.root_pid = current.get("root_pid") or \
+                    read_image(images_dir, "pstree")[0].pid
             return scripts(name, fd)
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,
