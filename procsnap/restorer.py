@@ -143,16 +143,26 @@ def _taken(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
+# How far above the last pid the kernel gave the free ones are looked for:
+# the kernel hands out pids upwards, so the processes forked meanwhile (by
+# the runtime, our own helpers, the rest of the machine) do not reach them
+# before clone3's set_tid takes them; below it are the old pids other
+# restores may be about to take again.
+PID_GAP = 4096
+
+
 def _free_pids(count: int, avoid: set[int]) -> list[int]:
-    """``count`` host pids free now, above the last one the kernel gave
-    (clone3's set_tid takes them; one taken meanwhile fails it, EEXIST)."""
+    """``count`` host pids free now, well above the last one the kernel
+    gave (clone3's set_tid takes them; one taken meanwhile fails it, EEXIST)."""
     try:
         with open("/proc/sys/kernel/pid_max") as f:
             pid_max = int(f.read())
         with open("/proc/sys/kernel/ns_last_pid") as f:
-            cand = int(f.read())
+            cand = int(f.read()) + PID_GAP
     except OSError:
         pid_max, cand = 1 << 22, 300
+    if cand >= pid_max:
+        cand = 300 + cand % (pid_max - 300)
     out: list[int] = []
     tries = 0
     while len(out) < count:

@@ -213,3 +213,27 @@ def test_runc_restore_under_new_id(rc: Runc) -> None:
     check_continuity(r.numbers())
     assert int(r.exec(c2, "tail -n 1 /out/counter.log").split()[0]) > last
     _check_lo_up(r, c2)
+
+
+def test_runc_restore_second_copy_while_first_runs(rc: Runc) -> None:
+    """checkpoint --leave-running, then restore the images as c2 while c1
+    runs on: the copy keeps its pids inside its pid namespace (its init is
+    pid 1 there) and takes free host pids, as with criu; both count."""
+    r = rc
+    c1, c2 = r.id("c1"), r.id("c2")
+    r.start(c1)
+    images = r.base / "images"
+    r.checkpoint(c1, images, "--leave-running")
+    c1_pid = r.pid(c1)
+    r.restore(c2, images)
+    assert r.status(c1) == "running" and r.pid(c1) == c1_pid
+    assert r.status(c2) == "running"
+    c2_pid = r.pid(c2)
+    assert c2_pid != c1_pid
+    assert r.exec(c2, "grep NSpid /proc/1/status").split() == ["NSpid:", "1"]
+    with open(f"/proc/{c2_pid}/status") as f:
+        nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+    assert nspid == [str(c2_pid), "1"], nspid
+    n = len(r.numbers())
+    wait_for(lambda: len(r.numbers()) >= n + 20, 10, "two counters")
+    _check_lo_up(r, c2)
