@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -237,3 +238,73 @@ def test_runc_restore_second_copy_while_first_runs(rc: Runc) -> None:
     n = len(r.numbers())
     wait_for(lambda: len(r.numbers()) >= n + 20, 10, "two counters")
     _check_lo_up(r, c2)
+
+
+def test_runc_stdio_pipe_handed_back(rc: Runc) -> None:
+    """A container whose stdout is a pipe held outside it (by the test, as
+    Podman's conmon holds one): the checkpoint saves that end as external;
+    a restore that is not given the pipe back is refused naming it
+    (descriptors.json edited so runc passes no --inherit-fd) and leaves
+    nothing running; runc's own restore hands the new pipe over
+    (--inherit-fd fd[1]:pipe:[INO]) and what the init writes to its fd 1
+    reaches the test's new pipe."""
+    r = rc
+    cid = r.id("c1")
+    rd, wr = os.pipe()
+    try:
+        res = subprocess.run(["runc", "--root", r.state, "--log", r.base / "runc.log", "run",
+                              "-d", "--bundle", r.bundle, cid], stdin=subprocess.DEVNULL,
+                             stdout=wr, stderr=subprocess.DEVNULL, timeout=60)
+    finally:
+        os.close(wr)
+    try:
+        # the test holds the read end across the checkpoint (a dump with
+        # bytes in flight in it would be refused; none are written)
+        assert res.returncode == 0, log_tail(r.base / "runc.log")
+        wait_for(lambda: len(r.numbers()) >= 5, 20, "the container's counter")
+        pid = r.pid(cid)
+        link = os.readlink(f"/proc/{pid}/fd/1")
+        assert link.startswith("pipe:["), link
+        images = r.base / "images"
+        r.checkpoint(cid, images)
+    finally:
+        os.close(rd)
+    wait_for(lambda: (reap(), not proc_exists(pid))[1], 10, f"the dumped init {pid} to go")
+    desc_path = images / "descriptors.json"
+    desc = json.loads(desc_path.read_text())
+    assert desc[1] == link, desc
+    desc_path.write_text(json.dumps([d if i != 1 else "/dev/null" for i, d in enumerate(desc)]))
+    res = r.runc("restore", "-d", "--image-path", images, "--bundle", r.bundle, cid,
+                 detached=True, check=False)
+    assert res.returncode != 0  # type: ignore[attr-defined]
+    log = (images / "restore.log").read_text()
+    assert f"{link}: its write end was held by the tree" in log and \
+        f"--inherit-fd fd[N]:{link}" in log, log[-2000:]
+    # what the failed restore made is killed (a zombie of ours at most)
+    wait_for(lambda: (reap(), not proc_exists(pid))[1], 10, f"the failed restore's {pid}")
+    assert r.status(cid) == "absent"
+    desc_path.write_text(json.dumps(desc))
+    rd, wr = os.pipe()
+    try:
+        res2 = subprocess.run(["runc", "--root", r.state, "--criu", r.criu, "--log",
+                               r.base / "runc.log", "restore", "-d", "--image-path", images,
+                               "--bundle", r.bundle, cid], stdin=subprocess.DEVNULL,
+                              stdout=wr, stderr=subprocess.DEVNULL, timeout=120)
+        os.close(wr)
+        wr = -1
+        assert res2.returncode == 0, log_tail(images / "restore.log", r.base / "runc.log")
+        assert r.status(cid) == "running"
+        r.exec(cid, "echo from-the-restored-init > /proc/1/fd/1")
+        os.set_blocking(rd, False)
+        got = b""
+        deadline = time.monotonic() + 10
+        while b"\n" not in got and time.monotonic() < deadline:
+            try:
+                got += os.read(rd, 4096)
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert got == b"from-the-restored-init\n", got
+    finally:
+        if wr >= 0:
+            os.close(wr)
+        os.close(rd)
