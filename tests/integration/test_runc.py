@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +29,7 @@ import pytest
 
 from containers import (COUNTER, busybox, criu_dir, log_tail, make_rootfs, numbers,
                         remove_cgroups, run)
-from helpers import check_continuity, proc_exists, reap, wait_for
+from helpers import check_continuity, is_untouched, proc_exists, reap, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -308,3 +310,57 @@ def test_runc_stdio_pipe_handed_back(rc: Runc) -> None:
         if wr >= 0:
             os.close(wr)
         os.close(rd)
+
+
+def test_runc_terminal_container_refused(rc: Runc) -> None:
+    """A container whose process has a terminal (terminal: true; runc sends
+    the pty master to the console socket the test holds): its pts lives in
+    the container's own devpts instance, which procsnap does not restore
+    yet.  The checkpoint is refused naming the pid, the fd and the pts, and
+    the container runs on untouched (counter, runc exec)."""
+    r = rc
+    cfg_path = r.bundle / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["process"]["terminal"] = True
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+    sock_path = r.base / "console.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(sock_path))
+    srv.listen(1)
+    masters: list[int] = []
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            _, anc, _, _ = conn.recvmsg(4096, socket.CMSG_LEN(4))
+            for level, typ, data in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    masters.append(int.from_bytes(data[:4], "little"))
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    cid = r.id("t1")
+    try:
+        res = r.runc("run", "-d", "--console-socket", sock_path, "--bundle", r.bundle, cid,
+                     detached=True, check=False)
+        assert res.returncode == 0, log_tail(r.base / "runc.log")  # type: ignore[attr-defined]
+        th.join(10)
+        assert masters, "runc sent no pty master"
+        wait_for(lambda: len(r.numbers()) >= 5, 20, "the container's counter")
+        pid = r.pid(cid)
+        images = r.base / "images"
+        res = r.runc("checkpoint", "--image-path", images, cid, check=False)
+        assert res.returncode != 0  # type: ignore[attr-defined]
+        log = (images / "dump.log").read_text()
+        errors = [ln for ln in log.splitlines() if "Error" in ln]
+        assert len(errors) == 1 and f"pid {pid}: fd 0: /dev/pts/0: a pts of another " \
+            "devpts instance" in errors[0], log[-2000:]
+        assert r.status(cid) == "running" and r.pid(cid) == pid
+        ok, why = is_untouched(pid)
+        assert ok, why
+        n = r.numbers()[-1]
+        wait_for(lambda: r.numbers()[-1] >= n + 5, 10, "the counter to run on")
+        assert int(r.exec(cid, "tail -n 1 /out/counter.log").split()[0]) > n
+    finally:
+        srv.close()
+        for fd in masters:
+            os.close(fd)
