@@ -1,0 +1,180 @@
+"""criu's RPC: the criu_opts -> command-line options table (procsnap.criu.rpc).
+
+No process is touched: criu_opts messages are translated into the options
+object the command line builds (options.Parsed.given), and refusals are
+checked to name the field.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from procsnap.criu import options as O
+from procsnap.criu import rpc
+from procsnap.images.pb import rpc_pb2 as R
+
+
+class _Rq(rpc.Request):
+    def __init__(self, swrk: bool = True, opts: Any = None) -> None:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._keep = (a, b)
+        super().__init__(a, swrk)
+        if opts is not None:
+            self.opts = opts
+
+
+def words(opts: Any, swrk: bool = True) -> list[str]:
+    """The command line a criu_opts stands for, spelled as criu's argv."""
+    rq = _Rq(swrk, opts)
+    try:
+        out = []
+        for o, v, neg in rpc.translate(opts, rq):
+            out.append(f"--{'no-' if neg else ''}{o.name}" + (f"={v}" if v else ""))
+        return out
+    finally:
+        rq.close()
+        for s in rq._keep:
+            s.close()
+
+
+def refusal(opts: Any, swrk: bool = True) -> str:
+    with pytest.raises(rpc.BadRequest) as ei:
+        words(opts, swrk)
+    return str(ei.value)
+
+
+def test_every_criu_opts_field_is_in_the_table() -> None:
+    names = {f.name for f in R.criu_opts.DESCRIPTOR.fields}
+    assert names == set(rpc.BY_FIELD), names ^ set(rpc.BY_FIELD)
+    assert len(rpc.FIELDS) == len(rpc.BY_FIELD)      # no field twice
+    for f in rpc.FIELDS:
+        if f.kind in (rpc.FLAG, rpc.VALUE):
+            assert f.opt, f
+        if f.kind == rpc.SETUP:
+            assert f.note, f
+
+
+def test_mapped_options_are_the_command_lines() -> None:
+    """Every option a field maps to is criu's spelling in options.TABLE, but
+    for RPC-only fields whose option procsnap has not got (refused by name)."""
+    rpc_only = {"orphan-pts-master", "pidfd-store"}
+    for f in rpc.FIELDS:
+        if f.opt and f.opt not in rpc_only:
+            assert f.opt in O.BY_NAME, f
+
+
+def test_runc_dump_options() -> None:
+    """What runc 1.1.5 sends for a checkpoint (shared/runc/criu-rpc-runc-1.1.5.txt),
+    without the fields procsnap refuses (below)."""
+    opts = R.criu_opts(images_dir_fd=8, pid=1234, log_level=4, log_file="dump.log",
+                       notify_scripts=True, root="/var/tmp/runc-ck/bundle/rootfs",
+                       ext_mnt=[R.ext_mount_map(key="/out", val="/out"),
+                                R.ext_mount_map(key="/proc/keys", val="/dev/null")],
+                       manage_cgroups=True, manage_cgroups_mode=R.IGNORE,
+                       ghost_limit=1048576, freeze_cgroup="/sys/fs/cgroup/freezer/ck1",
+                       config_file="/etc/criu/runc.conf", pre_dump_mode=R.SPLICE)
+    assert words(opts) == [
+        "--tree=1234", "--root=/var/tmp/runc-ck/bundle/rootfs",
+        "--freeze-cgroup=/sys/fs/cgroup/freezer/ck1", "--ghost-limit=1048576",
+        "--manage-cgroups=ignore",          # the mode overrides the old bool
+        "--ext-mount-map=/out:/out", "--ext-mount-map=/proc/keys:/dev/null",
+        "--pre-dump-mode=splice"]
+
+
+def test_runc_restore_options() -> None:
+    opts = R.criu_opts(images_dir_fd=8, log_level=4, log_file="restore.log",
+                       notify_scripts=True, root="/run/runc/ck1/criu-root",
+                       ext_mnt=[R.ext_mount_map(key="/out", val="/var/tmp/runc-ck/out")],
+                       manage_cgroups=True, manage_cgroups_mode=R.IGNORE,
+                       cg_root=[R.cgroup_root(ctrl="cpu", path="/ck1"),
+                                R.cgroup_root(ctrl="", path="/ck1"),
+                                R.cgroup_root(path="/top")],
+                       rst_sibling=True)
+    assert words(opts) == [
+        "--restore-sibling", "--root=/run/runc/ck1/criu-root", "--manage-cgroups=ignore",
+        "--cgroup-root=cpu:/ck1", "--cgroup-root=/ck1", "--cgroup-root=/top",
+        "--ext-mount-map=/out:/var/tmp/runc-ck/out"]
+
+
+@pytest.mark.parametrize("opts, named", [
+    # what runc always sends and procsnap's command line has not got yet
+    (R.criu_opts(images_dir_fd=8, orphan_pts_master=True), "criu_opts.orphan_pts_master"),
+    (R.criu_opts(images_dir_fd=8, empty_ns=0x40000000), "criu_opts.empty_ns"),
+    (R.criu_opts(images_dir_fd=8, evasive_devices=True), "criu_opts.evasive_devices"),
+    # others criu has and procsnap refuses on its command line too
+    (R.criu_opts(images_dir_fd=8, lsm_profile="apparmor:x"), "criu_opts.lsm_profile"),
+    (R.criu_opts(images_dir_fd=8, track_mem=True), "criu_opts.track_mem"),
+    (R.criu_opts(images_dir_fd=8, parent_img="../prev"), "criu_opts.parent_img"),
+    (R.criu_opts(images_dir_fd=8, lazy_pages=True), "criu_opts.lazy_pages"),
+    (R.criu_opts(images_dir_fd=8, ps=R.criu_page_server_info(port=1)), "criu_opts.ps"),
+    (R.criu_opts(images_dir_fd=8, leave_stopped=True), "criu_opts.leave_stopped"),
+    (R.criu_opts(images_dir_fd=8, ext_unix_sk=True), "criu_opts.ext_unix_sk"),
+    (R.criu_opts(images_dir_fd=8, join_ns=[R.join_namespace(ns="net", ns_file="/x")]),
+     "criu_opts.join_ns"),
+    (R.criu_opts(images_dir_fd=8, veths=[R.criu_veth_pair(if_in="a", if_out="b")]),
+     "criu_opts.veths"),
+    (R.criu_opts(images_dir_fd=8, exec_cmd=["true"]), "criu_opts.exec_cmd"),
+    (R.criu_opts(images_dir_fd=8, pidfd_store_sk=5), "criu_opts.pidfd_store_sk"),
+    (R.criu_opts(images_dir_fd=8, cpu_cap=1), "criu_opts.cpu_cap"),
+    (R.criu_opts(images_dir_fd=8, empty_ns=0x20000), "criu_opts.empty_ns 0x20000"),
+])
+def test_unhonoured_fields_are_refused_by_name(opts: Any, named: str) -> None:
+    msg = refusal(opts)
+    assert msg.startswith(named), msg
+    assert "not supported by procsnap" in msg or "criu takes only" in msg, msg
+
+
+def test_false_and_default_values_ask_for_nothing() -> None:
+    """A flag sent false asks for nothing (a boolean option is turned off
+    over a config file: --no-NAME); criu_opts' defaults as go-criu leaves
+    them (cpu_cap 0xffffffff) are no request."""
+    opts = R.criu_opts(images_dir_fd=8, leave_running=False, orphan_pts_master=False,
+                       evasive_devices=False, track_mem=False, shell_job=False,
+                       tcp_established=False, cpu_cap=0xffffffff, empty_ns=0)
+    assert words(opts) == ["--no-tcp-established", "--no-evasive-devices", "--no-shell-job",
+                           "--no-track-mem"]
+    assert words(R.criu_opts(images_dir_fd=8)) == []
+
+
+def test_fields_mapped_one_to_one() -> None:
+    opts = R.criu_opts(images_dir_fd=8, leave_running=True, tcp_established=True,
+                       shell_job=True, file_locks=True, link_remap=True, tcp_close=True,
+                       tcp_skip_in_flight=True, force_irmap=True, display_stats=True,
+                       external=["unix[12]", "mnt[/a]:k"], unix_sk_ino=[R.unix_sk(inode=7)],
+                       inherit_fd=[R.inherit_fd(key="unix[5]", fd=4)], auto_ext_mnt=True,
+                       ext_sharing=True, ext_masters=True, enable_fs=["hugetlbfs"],
+                       timeout=10, network_lock=R.NFTABLES, irmap_scan_paths=["/x"],
+                       manage_cgroups_mode=R.DEFAULT)
+    assert words(opts) == [
+        "--leave-running", "--external=unix[7]", "--tcp-established", "--skip-in-flight",
+        "--tcp-close", "--shell-job", "--file-locks", "--link-remap", "--force-irmap",
+        "--display-stats", "--enable-external-sharing", "--enable-external-masters",
+        "--timeout=10", "--external=unix[12]", "--external=mnt[/a]:k",
+        "--enable-fs=hugetlbfs", "--irmap-scan-path=/x", "--manage-cgroups=soft",
+        "--ext-mount-map=auto", "--inherit-fd=fd[4]:unix[5]", "--network-lock=nftables"]
+    # inherit_fd names fds of criu's own process: swrk only, as criu
+    assert "standalone service" in refusal(
+        R.criu_opts(images_dir_fd=8, inherit_fd=[R.inherit_fd(key="unix[5]", fd=4)]),
+        swrk=False)
+
+
+def test_a_new_command_line_option_serves_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The contract with the container work (helper runc): once options.TABLE
+    has an option an RPC-only field maps to, the field is honoured with no
+    change here."""
+    opt = O.Opt("orphan-pts-master", boolean=True, help="test")
+    monkeypatch.setitem(O.BY_NAME, "orphan-pts-master", opt)
+    assert words(R.criu_opts(images_dir_fd=8, orphan_pts_master=True)) == [
+        "--orphan-pts-master"]
+
+
+def test_unknown_fields_are_found_by_number() -> None:
+    known = R.criu_req(type=R.DUMP, opts=R.criu_opts(images_dir_fd=3, pid=9))
+    assert rpc._unknown_fields(known.SerializeToString()) == []
+    inner = b"\x08\x03" + b"\xf8\x07\x01"            # images_dir_fd=3, field 127 = 1
+    raw = b"\x08\x01" + b"\x12" + bytes([len(inner)]) + inner + b"\xa0\x01\x05"  # req field 20
+    assert rpc._unknown_fields(raw) == ["criu_opts field 127", "criu_req field 20"]
+    assert rpc._raw_type(b"\x08\x63") == 99
+    assert rpc._raw_type(b"\x12") is None             # truncated
