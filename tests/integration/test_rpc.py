@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from helpers import (REPO_ROOT, Target, TargetFactory, check_continuity, is_untouched,
-                     read_numbers, read_status, reap, unused_pid, wait_for, wait_gone,
+                     proc_ppid, read_numbers, read_status, reap, unused_pid, wait_for, wait_gone,
                      wait_numbers)
 from procsnap.images.pb import rpc_pb2 as R
 
@@ -287,10 +287,12 @@ def test_notify_failure_at_restore_kills_what_was_made(
         assert not resp.success and resp.restore.pid == -1
         assert "pre-resume" in resp.cr_errmsg
         assert made == [t.pid] and wait_gone(t.pid, 10), "the restored tree was not killed"
-        # the images are intact: the same restore goes through now
+        # the images are intact: the same restore goes through now, the root
+        # a sibling of swrk (runc's rst_sibling): the client's own child
         resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
-            images_dir_fd=ifd, notify_scripts=True)))
+            images_dir_fd=ifd, notify_scripts=True, rst_sibling=True)))
         assert resp.success and resp.restore.pid == t.pid, resp
+        assert proc_ppid(t.pid) == os.getpid()
         wait_for(t.alive, 5, "the restored counter")
         check_continuity(wait_numbers(numbers, read_numbers(numbers)[-1] + 3))
     finally:
@@ -338,6 +340,8 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("log in a subdir", R.criu_req(type=R.DUMP, opts=R.criu_opts(
             images_dir_fd=ifd, pid=t.pid, log_file="a/b.log")).SerializeToString(),
          R.DUMP, "criu_opts.log_file"),
+        ("wait for a stranger", R.criu_req(type=R.WAIT_PID, pid=1).SerializeToString(),
+         R.WAIT_PID, "WAIT_PID 1"),
         ("restore, no images", R.criu_req(type=R.RESTORE, opts=R.criu_opts(
             images_dir_fd=ifd)).SerializeToString(), R.RESTORE, "inventory"),
     ]

@@ -178,3 +178,39 @@ def test_unknown_fields_are_found_by_number() -> None:
     assert rpc._unknown_fields(raw) == ["criu_opts field 127", "criu_req field 20"]
     assert rpc._raw_type(b"\x08\x63") == 99
     assert rpc._raw_type(b"\x12") is None             # truncated
+
+
+def test_notify_passes_an_fd_and_reads_the_answer() -> None:
+    """criu's orphan-pts-master sends an fd with its NOTIFY (SCM_RIGHTS);
+    the client's answer decides: success goes on, failure stops."""
+    import array
+    import os
+    import threading
+    client, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rq = rpc.Request(ours, True)
+    r, w = os.pipe()
+    got: list[Any] = []
+
+    def serve_client() -> None:
+        for ok in (True, False):
+            data, anc, _, _ = client.recvmsg(1 << 16, socket.CMSG_SPACE(4))
+            resp = R.criu_resp.FromString(data)
+            fds = [array.array("i", c[2])[0] for c in anc if c[1] == socket.SCM_RIGHTS]
+            got.append((resp.type, resp.notify.script, resp.notify.HasField("pid"), fds))
+            for fd in fds:
+                os.close(fd)
+            client.send(R.criu_req(type=R.NOTIFY, notify_success=ok).SerializeToString())
+    th = threading.Thread(target=serve_client)
+    th.start()
+    try:
+        assert rq.notify("orphan-pts-master", None, w) == 0
+        assert rq.notify("post-restore", 77, None) == 1
+        assert rq.notify_error == "notify post-restore: the client answered failure"
+    finally:
+        th.join(10)
+        for fd in (r, w):
+            os.close(fd)
+        client.close()
+        ours.close()
+    assert [(g[0], g[1], g[2], len(g[3])) for g in got] == [
+        (R.NOTIFY, "orphan-pts-master", False, 1), (R.NOTIFY, "post-restore", True, 0)]
