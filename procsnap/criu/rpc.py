@@ -751,6 +751,7 @@ def _empty(name: str) -> dict[str, Any]:
 
 def main(argv: list[str], p: O.Parsed | None, run: Execute) -> int:
     """``criu swrk FD`` and ``criu service [--address PATH] [-d] [--pidfile F]``."""
+    _stdio()
     if argv[0] == "swrk":
         if len(argv) != 2 or not argv[1].isdigit():
             print("Usage: criu swrk <fd>", file=sys.stderr)
@@ -771,6 +772,20 @@ def main(argv: list[str], p: O.Parsed | None, run: Execute) -> int:
             print(f"criu: {exc}", file=sys.stderr)
             return 1
     return service(p, run)
+
+
+def _stdio() -> None:
+    """pycriu and libcriu start swrk with fds 0-2 closed: /dev/null there,
+    so that no file we open later lands on them (and a probe or a print
+    that uses them finds a harmless file)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def service(p: O.Parsed, run: Execute) -> int:

@@ -441,3 +441,79 @@ def test_service_stays_up(targets: TargetFactory, tmp_path: Path) -> None:
             srv.kill()
             srv.wait()
         reap()
+
+
+PYCRIU_LIB = Path(os.environ.get("PROCSNAP_PYCRIU_LIB", "/work/criu-build/lib"))
+PYCRIU_CLIENT = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import pycriu
+c = pycriu.criu()
+if sys.argv[2] == "service":
+    c.use_sk(sys.argv[3])
+else:
+    c.use_binary(sys.argv[3])
+c.check()
+c.opts.images_dir_fd = os.open(sys.argv[5], os.O_DIRECTORY)
+c.opts.log_level = 4
+if sys.argv[4] == "dump":
+    c.opts.pid = int(sys.argv[6])
+    c.opts.log_file = "dump.log"
+    c.opts.leave_running = sys.argv[2] == "service"
+    resp = c.dump()
+    print("dumped", resp.restored)
+else:
+    c.opts.log_file = "restore.log"
+    print("restored", c.restore().pid)
+"""
+
+
+def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path) -> None:
+    """CRIU's reference client (lib/pycriu, on Debian's python3 and protobuf)
+    checks, dumps and restores through procsnap's swrk, and dumps through
+    its service."""
+    if not (PYCRIU_LIB / "pycriu" / "rpc_pb2.py").exists():
+        pytest.skip(f"no built pycriu under {PYCRIU_LIB} (PROCSNAP_PYCRIU_LIB)")
+    py = "/usr/bin/python3"
+    if subprocess.run([py, "-c", "import google.protobuf"], capture_output=True).returncode:
+        pytest.skip(f"{py} has no protobuf for pycriu")
+    wrapper = tmp_path / "criu"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m procsnap.criu \"$@\"\n")
+    wrapper.chmod(0o755)
+    client = tmp_path / "client.py"
+    client.write_text(PYCRIU_CLIENT)
+
+    def pycriu(*args: object) -> str:
+        res = subprocess.run([py, str(client), str(PYCRIU_LIB), *map(str, args)], env=_env(),
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        reap()
+        assert res.returncode == 0, f"pycriu {args}:\n{res.stdout}\n{res.stderr}"
+        return res.stdout.strip()
+
+    t, numbers = start_counter(targets)
+    images = tmp_path / "images"
+    images.mkdir()
+    assert pycriu("swrk", wrapper, "dump", images, t.pid) == "dumped False"
+    assert wait_gone(t.pid, 10)
+    at_dump = read_numbers(numbers)
+    targets.adopt(t.pid, like=t)
+    assert pycriu("swrk", wrapper, "restore", images) == f"restored {t.pid}"
+    wait_for(t.alive, 5, "the restored counter")
+    check_continuity(wait_numbers(numbers, at_dump[-1] + 5))
+
+    addr = tmp_path / "criu.sock"
+    srv = subprocess.Popen([str(wrapper), "service", "--address", str(addr)], env=_env(),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        wait_for(addr.exists, 15, "the service socket")
+        again = tmp_path / "again"
+        again.mkdir()
+        assert pycriu("service", addr, "dump", again, t.pid) == "dumped False"
+        assert "Dumping finished successfully" in (again / "dump.log").read_text()
+        runs_on(t, numbers)      # leave_running
+    finally:
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(10)
+        reap()
