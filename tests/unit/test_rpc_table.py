@@ -214,3 +214,25 @@ def test_notify_passes_an_fd_and_reads_the_answer() -> None:
         ours.close()
     assert [(g[0], g[1], g[2], len(g[3])) for g in got] == [
         (R.NOTIFY, "orphan-pts-master", False, 1), (R.NOTIFY, "post-restore", True, 0)]
+
+
+def test_fast_version_answer_is_rpc_pys() -> None:
+    """swrk answers go-criu's plain VERSION before importing protobuf: its
+    bytes must be exactly what rpc.py's VERSION answer serializes to."""
+    from procsnap.criu import swrk
+    client, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        rq = rpc.Request(ours, True)
+        rpc.serve(rq, R.criu_req(type=R.VERSION), "VERSION", lambda *a, **k: None)
+        assert client.recv(4096) == swrk.VERSION_RESP
+        assert R.criu_req(type=R.VERSION).SerializeToString() == swrk.VERSION_REQ
+        # the fast path answers only the plain request, and leaves others queued
+        client.send(R.criu_req(type=R.VERSION, keep_open=True).SerializeToString())
+        assert not swrk.fast_version(ours.fileno())
+        assert ours.recv(4096) == R.criu_req(type=R.VERSION, keep_open=True).SerializeToString()
+        client.send(swrk.VERSION_REQ)
+        assert swrk.fast_version(ours.fileno())
+        assert R.criu_resp.FromString(client.recv(4096)).version.minor_number == 2
+    finally:
+        client.close()
+        ours.close()
