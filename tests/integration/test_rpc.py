@@ -322,6 +322,8 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("no such pid", R.criu_req(type=R.DUMP, opts=R.criu_opts(
             images_dir_fd=ifd, pid=unused_pid())).SerializeToString(), R.DUMP,
          "no such process"),
+        ("the client itself", R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=ifd, pid=os.getpid())).SerializeToString(), R.DUMP, "ancestor"),
         ("self dump", R.criu_req(type=R.DUMP, opts=R.criu_opts(images_dir_fd=ifd))
          .SerializeToString(), R.DUMP, "criu_opts.pid"),
         ("no images dir", R.criu_req(type=R.DUMP, opts=R.criu_opts(images_dir_fd=-1,
