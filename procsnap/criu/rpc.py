@@ -627,7 +627,10 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     opts = req.opts if req.HasField("opts") else R.criu_opts()
     rq.opts = opts
     # criu's default config files first (criu swrk reads them at start)
-    p = O.parse([], env=dict(os.environ))
+    try:
+        p = O.parse([], env=dict(os.environ))
+    except O.UsageError as exc:
+        raise BadRequest(f"criu's config files: {exc}") from None
     p.command = command
     # A refused field is answered once the log is open, so that it is in
     # the log too (runc tells its user to read the log)

@@ -556,3 +556,36 @@ def test_namespace_stages_notified(swrk: Callable[[], Swrk], targets: TargetFact
         check_continuity(wait_numbers(numbers, at_dump[-1] + 3))
     finally:
         os.close(ifd)
+
+
+def test_config_file_as_criu_reads_it(swrk: Callable[[], Swrk], targets: TargetFactory,
+                                      tmp_path: Path) -> None:
+    """criu_opts.config_file (runc: /etc/criu/runc.conf) is read after the
+    RPC's fields and overrides them; one that is not there is no error; an
+    option in it procsnap refuses fails the request naming it."""
+    t, numbers = start_counter(targets)
+    images = tmp_path / "images"
+    images.mkdir()
+    ifd = dir_fd(images)
+    conf = tmp_path / "runc.conf"
+    try:
+        conf.write_text("# as runc.conf\nleave-running\nlog-file conf.log\n")
+        resp, _ = one_call(swrk, R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=ifd, pid=t.pid, log_file="dump.log", config_file=str(conf))))
+        assert resp.success, resp
+        runs_on(t, numbers)                     # leave-running from the file
+        assert (images / "conf.log").exists() and not (images / "dump.log").exists()
+
+        conf.write_text("lsm-profile apparmor:x\n")
+        resp, _ = one_call(swrk, R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=ifd, pid=t.pid, config_file=str(conf))))
+        assert not resp.success and "--lsm-profile" in resp.cr_errmsg, resp
+        runs_on(t, numbers)
+
+        resp, _ = one_call(swrk, R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=ifd, pid=t.pid, leave_running=True,
+            config_file=str(tmp_path / "absent.conf"))))
+        assert resp.success, resp
+        runs_on(t, numbers)
+    finally:
+        os.close(ifd)
