@@ -541,8 +541,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
-    setup-namespaces and post-setup-namespaces (a tree with namespaces of
-    its own), post-restore and pre-resume (all tasks built, still stopped: a non-zero
+    post-restore and pre-resume (all tasks built, still stopped: a non-zero
     status kills the tree), network-unlock (a tree in its own network
     namespace) and post-resume.
 
@@ -598,14 +597,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         finally:
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs, self_pidfd)
-        # criu's stages around the namespaces' set-up, for a tree with
-        # namespaces of its own (runc runs its prestart hooks there)
-        own_ns = bool(namespaces.new_kinds(rctx))
-        if own_ns:
-            _action(rctx, "setup-namespaces")
         namespaces.restore(rctx, root)  # before any child: they inherit them
-        if own_ns:
-            _action(rctx, "post-setup-namespaces")
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.  Each task's private memory is in place before

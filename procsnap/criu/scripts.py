@@ -8,11 +8,11 @@ script given last runs first (criu adds each one at the head of its list)
 and a stage's status is the OR of the scripts' statuses.
 
 Stages procsnap runs: pre-dump, network-lock, post-dump, network-unlock
-(dump); pre-restore, setup-namespaces, post-setup-namespaces, post-restore,
-network-unlock, pre-resume, post-resume (restore).  network-lock/-unlock run, as in criu, only for a
-tree in its own network namespace; setup-namespaces and
-post-setup-namespaces, as in criu, only for a tree with namespaces of its
-own.  orphan-pts-master and status-ready belong to criu's RPC mode.
+(dump); pre-restore, post-restore, network-unlock, pre-resume,
+post-resume (restore).  network-lock/-unlock run, as in criu, only for a
+tree in its own network namespace; setup-namespaces and post-setup-namespaces
+(restore) around a new root's namespaces, where the caller configures them.
+orphan-pts-master and status-ready belong to criu's RPC mode.
 
 criu's RPC (rpc.py, criu_opts.notify_scripts): each stage is first sent to
 the client as a NOTIFY message (``notify``), which answers before we go

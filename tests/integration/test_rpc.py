@@ -521,43 +521,6 @@ def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path) -> None
         reap()
 
 
-def test_namespace_stages_notified(swrk: Callable[[], Swrk], targets: TargetFactory,
-                                   tmp_path: Path) -> None:
-    """A tree in pid and uts namespaces of its own: its restore notifies
-    setup-namespaces (with the root's pid, its namespaces made: runc runs its
-    prestart hooks there) and post-setup-namespaces, as criu."""
-    from test_namespaces import start_in_ns
-    numbers = targets.workdir / "numbers"
-    t = start_in_ns(targets, ["-fp", "-u"], str(numbers), "rpc-ns", "1")
-    wait_numbers(numbers, 3)
-    images = tmp_path / "images"
-    images.mkdir()
-    ifd = dir_fd(images)
-    try:
-        resp, _ = one_call(swrk, R.criu_req(type=R.DUMP, opts=R.criu_opts(
-            images_dir_fd=ifd, pid=t.pid)))
-        assert resp.success, resp
-        assert wait_gone(t.pid, 10)
-        at_dump = read_numbers(numbers)
-        targets.adopt(t.pid, like=t)
-        uts: dict[str, str] = {}
-
-        def answer(script: str, pid: int | None) -> bool:
-            if script == "setup-namespaces" and pid is not None:
-                uts[script] = os.readlink(f"/proc/{pid}/ns/uts")
-            return True
-        resp, s = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
-            images_dir_fd=ifd, notify_scripts=True)), answer=answer)
-        assert resp.success and resp.restore.pid == t.pid, resp
-        assert [(n[0], n[1]) for n in s.notes] == [
-            ("pre-restore", None), ("setup-namespaces", t.pid), ("post-setup-namespaces", None),
-            ("post-restore", t.pid), ("pre-resume", None), ("post-resume", None)]
-        assert uts["setup-namespaces"] != os.readlink("/proc/self/ns/uts")
-        check_continuity(wait_numbers(numbers, at_dump[-1] + 3))
-    finally:
-        os.close(ifd)
-
-
 def test_config_file_as_criu_reads_it(swrk: Callable[[], Swrk], targets: TargetFactory,
                                       tmp_path: Path) -> None:
     """criu_opts.config_file (runc: /etc/criu/runc.conf) is read after the
