@@ -340,6 +340,7 @@ class Request:
         except OSError:
             self.peer_pid = 0
         self.notify_error: str | None = None
+        self.log_path: str | None = None     # known: a refusal goes there too
 
     def open_peer_fd(self, field: str, n: int, flags: int) -> int:
         """The client's fd n, opened through /proc as criu does."""
@@ -405,6 +406,10 @@ class Request:
         if not req.IsInitialized():
             raise BadRequest("malformed criu_req: missing "
                              + ", ".join(req.FindInitializationErrors()))
+        unknown = _unknown_fields(data)
+        if unknown:
+            raise BadRequest(f"{', '.join(unknown)} unknown to procsnap (a newer criu's "
+                             "option?): not supported", errno.EOPNOTSUPP)
         return req
 
     def notify(self, action: str, pid: int | None, fd: int | None) -> int:
@@ -439,29 +444,53 @@ class Request:
         return 1
 
 
+def _fields(data: bytes) -> list[tuple[int, int, Any]]:
+    """The top-level fields of an encoded message: (number, wire type,
+    value: an int, or the bytes of a length-delimited one).  IndexError
+    when truncated."""
+    out: list[tuple[int, int, Any]] = []
+    i = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        num, wt = key >> 3, key & 7
+        v: Any
+        if wt == 0:
+            v, i = _varint(data, i)
+        elif wt == 2:
+            n, i = _varint(data, i)
+            v, i = data[i:i + n], i + n
+            if i > len(data):
+                raise IndexError(i)
+        elif wt == 1:
+            v, i = data[i:i + 8], i + 8
+        elif wt == 5:
+            v, i = data[i:i + 4], i + 4
+        else:
+            raise IndexError(i)
+        out.append((num, wt, v))
+    return out
+
+
 def _raw_type(data: bytes) -> int | None:
     """Field 1 (type) of a message whose type the schema does not know."""
-    i = 0
     try:
-        while i < len(data):
-            key, i = _varint(data, i)
-            num, wt = key >> 3, key & 7
-            if wt == 0:
-                v, i = _varint(data, i)
-                if num == 1:
-                    return v
-            elif wt == 2:
-                n, i = _varint(data, i)
-                i += n
-            elif wt == 1:
-                i += 8
-            elif wt == 5:
-                i += 4
-            else:
-                return None
+        return next((v for num, wt, v in _fields(data) if num == 1 and wt == 0), None)
     except IndexError:
         return None
-    return None
+
+
+def _unknown_fields(data: bytes) -> list[str]:
+    """Fields of a criu_req (and of its criu_opts) that our rpc.proto does
+    not have: a newer client's options, which must not be dropped."""
+    known_req = R.criu_req.DESCRIPTOR.fields_by_number
+    known_opts = R.criu_opts.DESCRIPTOR.fields_by_number
+    out = []
+    for num, wt, v in _fields(data):
+        if num not in known_req:
+            out.append(f"criu_req field {num}")
+        elif num == 2 and wt == 2:
+            out.extend(f"criu_opts field {n}" for n, _, _ in _fields(v) if n not in known_opts)
+    return out
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -476,7 +505,8 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
 
 
 def _fail(rq: Request, typ: Any, msg: str, err: int = 0, **extra: Any) -> None:
-    log.error("%s", msg)
+    if rq.log_path is None:
+        log.error("%s", msg)        # no log of our own: stderr, as criu before its log
     resp = R.criu_resp(type=typ, success=False, cr_errmsg=msg, **extra)
     if err:
         resp.cr_errno = err
@@ -512,7 +542,7 @@ def session(sk: socket.socket, swrk: bool, run: Execute) -> int:
             name = _TYPE_NAMES.get(req.type, str(req.type))
             if req.keep_open and name not in KEEP_OPEN:
                 _fail(rq, req.type, f"keep_open is not supported for {name} requests "
-                      f"(only {', '.join(KEEP_OPEN)})", errno.EBADRQC)
+                      f"(only {', '.join(KEEP_OPEN)})", errno.EBADRQC, **_empty(name))
                 return 1
             try:
                 ok = serve(rq, req, name, run)
@@ -597,12 +627,21 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     opts = req.opts if req.HasField("opts") else R.criu_opts()
     rq.opts = opts
     # criu's default config files first (criu swrk reads them at start)
-    p = O.parse([], env=dict(os.environ))
+    try:
+        p = O.parse([], env=dict(os.environ))
+    except O.UsageError as exc:
+        raise BadRequest(f"criu's config files: {exc}") from None
     p.command = command
-    p.given.extend(translate(opts, rq))
-    if command == "dump" and not opts.HasField("pid"):
-        raise BadRequest("criu_opts.pid is not set: dumping the client itself is not "
-                         "supported by procsnap (name the tree's root in criu_opts.pid)")
+    # A refused field is answered once the log is open, so that it is in
+    # the log too (runc tells its user to read the log)
+    refusal: BadRequest | None = None
+    try:
+        p.given.extend(translate(opts, rq))
+        if command == "dump" and not opts.HasField("pid"):
+            raise BadRequest("criu_opts.pid is not set: dumping the client itself is not "
+                             "supported by procsnap (name the tree's root in criu_opts.pid)")
+    except BadRequest as exc:
+        refusal = exc
     if command == "restore" and not p.flag("restore-detached"):
         # criu: "we can't restore processes under arbitrary task yet",
         # an RPC restore is always detached
@@ -657,6 +696,9 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     if logfile is None:
         logfile = None if opts.log_to_stderr else "criu.log"
     log_path = os.path.join(work_dir, logfile) if logfile and logfile != "-" else None
+    if refusal is not None:
+        rq.log_path = log_path
+        raise refusal
     return p, images_dir, work_dir, log_path
 
 
@@ -665,6 +707,15 @@ def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
     try:
         p, images_dir, work_dir, log_path = build(rq, req, command)
     except BadRequest as exc:
+        if rq.log_path is not None:
+            from .log import CriuLog
+            try:
+                clog = CriuLog(rq.log_path, 2, False)
+            except OSError:
+                pass
+            else:
+                log.error("%s", exc)
+                clog.close()
         _fail(rq, req.type, str(exc), exc.errno, **_empty(name))
         return False
     notify = rq.notify if rq.opts.notify_scripts else None
@@ -703,6 +754,7 @@ def _empty(name: str) -> dict[str, Any]:
 
 def main(argv: list[str], p: O.Parsed | None, run: Execute) -> int:
     """``criu swrk FD`` and ``criu service [--address PATH] [-d] [--pidfile F]``."""
+    _stdio()
     if argv[0] == "swrk":
         if len(argv) != 2 or not argv[1].isdigit():
             print("Usage: criu swrk <fd>", file=sys.stderr)
@@ -723,6 +775,20 @@ def main(argv: list[str], p: O.Parsed | None, run: Execute) -> int:
             print(f"criu: {exc}", file=sys.stderr)
             return 1
     return service(p, run)
+
+
+def _stdio() -> None:
+    """pycriu and libcriu start swrk with fds 0-2 closed: /dev/null there,
+    so that no file we open later lands on them (and a probe or a print
+    that uses them finds a harmless file)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open("/dev/null", os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def service(p: O.Parsed, run: Execute) -> int:
