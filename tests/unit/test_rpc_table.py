@@ -99,11 +99,7 @@ def test_runc_restore_options() -> None:
 
 
 @pytest.mark.parametrize("opts, named", [
-    # what runc always sends and procsnap's command line has not got yet
-    (R.criu_opts(images_dir_fd=8, orphan_pts_master=True), "criu_opts.orphan_pts_master"),
-    (R.criu_opts(images_dir_fd=8, empty_ns=0x40000000), "criu_opts.empty_ns"),
-    (R.criu_opts(images_dir_fd=8, evasive_devices=True), "criu_opts.evasive_devices"),
-    # others criu has and procsnap refuses on its command line too
+    # criu has them and procsnap refuses them on its command line too
     (R.criu_opts(images_dir_fd=8, lsm_profile="apparmor:x"), "criu_opts.lsm_profile"),
     (R.criu_opts(images_dir_fd=8, track_mem=True), "criu_opts.track_mem"),
     (R.criu_opts(images_dir_fd=8, parent_img="../prev"), "criu_opts.parent_img"),
@@ -134,7 +130,7 @@ def test_false_and_default_values_ask_for_nothing() -> None:
                        evasive_devices=False, track_mem=False, shell_job=False,
                        tcp_established=False, cpu_cap=0xffffffff, empty_ns=0)
     assert words(opts) == ["--no-tcp-established", "--no-evasive-devices", "--no-shell-job",
-                           "--no-track-mem"]
+                           "--no-orphan-pts-master", "--no-track-mem"]
     assert words(R.criu_opts(images_dir_fd=8)) == []
 
 
@@ -160,14 +156,13 @@ def test_fields_mapped_one_to_one() -> None:
         swrk=False)
 
 
-def test_a_new_command_line_option_serves_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The contract with the container work (helper runc): once options.TABLE
+def test_a_new_command_line_option_serves_its_field() -> None:
+    """The contract with the container work (branch runc): once options.TABLE
     has an option an RPC-only field maps to, the field is honoured with no
     change here."""
-    opt = O.Opt("orphan-pts-master", boolean=True, help="test")
-    monkeypatch.setitem(O.BY_NAME, "orphan-pts-master", opt)
     assert words(R.criu_opts(images_dir_fd=8, orphan_pts_master=True)) == [
         "--orphan-pts-master"]
+    assert words(R.criu_opts(images_dir_fd=8, empty_ns=0x40000000)) == ["--empty-ns=net"]
 
 
 def test_unknown_fields_are_found_by_number() -> None:
@@ -282,8 +277,8 @@ def _refused_fields(opts: Any) -> set[str]:
 
 @pytest.mark.parametrize("restore", [False, True], ids=["dump", "restore"])
 def test_what_runc_sends_is_honoured_or_refused_by_name(restore: bool) -> None:
-    """Of everything runc sends, only these fields wait for the container
-    work (their options in options.TABLE); the rest maps today.  (The inherit_fd
-    of a pipe is checked where the command line checks it: --inherit-fd.)"""
-    assert _refused_fields(_runc_request(restore)) <= {
-        "orphan_pts_master", "empty_ns", "evasive_devices"}
+    """Everything runc sends maps onto procsnap's command line (branch runc
+    added orphan-pts-master, empty-ns and evasive-devices to options.TABLE).
+    (The inherit_fd of a pipe is checked where the command line checks it:
+    --inherit-fd.)"""
+    assert _refused_fields(_runc_request(restore)) == set()
