@@ -23,7 +23,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -42,6 +42,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     cgroup; any other mode records every task's cgroups and the controllers'
     properties (cgroup.img).  ``cgroup_root`` (criu's --cgroup-root
     "[CONTROLLER:]/PATH"): the directories saved are those from PATH down.
+    ``empty_ns`` (criu's --empty-ns net: ``CLONE_NEWNET``): the tree's network
+    namespace is the caller's to make again; only its loopback is saved.
     Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
@@ -51,7 +53,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  tcp_established=tcp_established, file_locks=file_locks,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight,
                  action=action, ext_mount_auto=ext_mount_auto,
-                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
+                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
+                 empty_ns=empty_ns)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
@@ -61,7 +64,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
-            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
+            empty_ns: int = 0) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -89,7 +93,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     exist; none requires them and writes nothing; ignore leaves the tasks in
     the restorer's cgroups.  ``cgroup_root`` ("[CONTROLLER:]/PATH", criu's
     --cgroup-root) moves the saved tree's root (of that controller, or of
-    every one not named) to PATH.
+    every one not named) to PATH.  ``empty_ns`` (criu's --empty-ns net):
+    the root gets a new, empty network namespace which the caller sets up
+    at the setup-namespaces action; then its loopback is brought back as
+    it was (criu leaves it down).
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
@@ -97,7 +104,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
-                    manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
+                    manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
+                    empty_ns=empty_ns)
 
 
 def network_unlock(images_dir: str) -> bool:

@@ -28,12 +28,14 @@ import re
 import sys
 
 from .errors import ProcsnapError
-from .resources.cgroup import CG_MODES
 
 EXIT_ERROR = 1
 
 
 def _parser() -> argparse.ArgumentParser:
+    # here, not at the top: `criu swrk` (cli.main through a symlink) must
+    # start without importing the resources
+    from .resources.cgroup import CG_MODES
     p = argparse.ArgumentParser(prog="procsnap",
                                 description="Checkpoint/restore Linux processes (CRIU image format).")
     sub = p.add_subparsers(dest="cmd", required=True)

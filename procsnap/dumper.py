@@ -309,13 +309,13 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
     which case the tree is left running as it was and no image is left.
     ``action`` is called at criu's action-script stages (pre-dump,
-    network-lock, post-dump, network-unlock); a non-zero post-dump status
+    network-lock, query-ext-files, post-dump, network-unlock); a non-zero post-dump status
     leaves the tree running with its images kept (ActionScriptFailed).
     """
     from . import resources  # late: resources import this module's types
@@ -333,7 +333,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
-        cgroup_root=tuple(cgroup_root)))
+        cgroup_root=tuple(cgroup_root), empty_ns=empty_ns))
     tmpnames.report(images_dir)
     status = _action(ctx, "pre-dump")
     if status:
@@ -356,6 +356,12 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             if status:
                 raise ActionScriptFailed("network-lock", status, f"pid {pid}: the "
                                          f"network-lock action script failed ({status})")
+        # criu asks an RPC client here (frozen, network locked) for more
+        # external resources; shell scripts never see this stage
+        status = _action(ctx, "query-ext-files")
+        if status:
+            raise ActionScriptFailed("query-ext-files", status, f"pid {pid}: the "
+                                     f"query-ext-files notification failed ({status})")
         for task in ctx.tasks:
             task.stat = task.proc.stat()
             task.core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)

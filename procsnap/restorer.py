@@ -46,6 +46,10 @@ log = logging.getLogger("procsnap.restorer")
 
 # Stage timings of the last restore in this process (the API returns a pid).
 last_stats: dict[str, float] = {}
+# the host pid of the root being restored, once it exists (criu's
+# CRTOOLS_INIT_PID and the pid of its RPC notifications): not always the
+# images' (RestoreContext.relabel)
+current: dict[str, int] = {}
 
 IMG_VERSION = 2
 
@@ -72,6 +76,7 @@ def _collect(rctx: RestoreContext) -> None:
             for i, tid in enumerate(e.threads):
                 if tid != e.pid and len(e.ns_threads) >= (i + 1) * n:
                     rctx.nspids[tid] = list(reversed(e.ns_threads[i * n:(i + 1) * n]))
+    _relabel(rctx, tree)
     for f in images.read_image(d, "files"):
         rctx.files[f.id] = f
     pids = {e.pid for e in tree}
@@ -83,17 +88,20 @@ def _collect(rctx: RestoreContext) -> None:
                              "listed before it")
         rt = RestoreTask(pid=entry.pid, images_dir=d, pstree=entry)
         rt._rctx = rctx
-        rt.core = images.read_one(d, "core", entry.pid)
-        _check_core(rt, rt.core, entry.pid)
+        old = rctx.image_pid(entry.pid)   # the images' name of it
+        rt.core = images.read_one(d, "core", old)
+        _check_core(rt, rt.core, old)
         rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
-        if os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
+        if old != entry.pid:
+            rctx.by_pid[old] = rt   # image values naming it (locks, owners, terminals)
+        elif os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
             raise RestoreError(f"pid {entry.pid} is already taken by a running process "
                                f"({_who(entry.pid)})")
         if rt.zombie:
             continue
-        _check_live_core(rt, rt.core, entry.pid)
+        _check_live_core(rt, rt.core, old)
         threads = list(entry.threads) or [entry.pid]
         if threads[0] != entry.pid:
             threads = [entry.pid] + [t for t in threads if t != entry.pid]
@@ -101,13 +109,13 @@ def _collect(rctx: RestoreContext) -> None:
         for tid in threads[1:]:
             if tid in pids or os.path.exists(f"/proc/{tid}"):
                 raise RestoreError(f"thread id {tid} of pid {entry.pid} is already taken")
-            core = images.read_one(d, "core", tid)
+            core = images.read_one(d, "core", rctx.image_pid(tid))
             _check_core(rt, core, tid)
             _check_live_core(rt, core, tid)
             rt.threads.append(RestoreThread(tid, core))
-        rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", entry.pid)
-        rt.mm = images.read_one(d, "mm", entry.pid)
-        pm = images.read_image(d, "pagemap", entry.pid)
+        rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", old)
+        rt.mm = images.read_one(d, "mm", old)
+        pm = images.read_image(d, "pagemap", old)
         if not pm:
             raise ImageError(rt.image_name("pagemap"), "empty pagemap (no head)")
         rt.pages_id = pm[0].pages_id
@@ -121,13 +129,85 @@ def _collect(rctx: RestoreContext) -> None:
             raise ImageError(pages, "no such image") from None
         if have < need:
             raise ImageError(pages, f"truncated: {have} bytes, the pagemap needs {need}")
-        rt.fs = images.read_one(d, "fs", entry.pid)
+        rt.fs = images.read_one(d, "fs", old)
         _shared_with_parent(rctx, rt)
         rt.fdinfos = images.read_image(d, "fdinfo", rt.ids.files_id)
         for ident in [rt.mm.exe_file_id, rt.fs.cwd_id, rt.fs.root_id] + \
                 [f.id for f in rt.fdinfos] + \
                 [v.shmid for v in rt.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)]:
             rctx.file_entry(ident)
+
+
+def _taken(pid: int) -> bool:
+    """Is ``pid`` held now (by a live task, or a zombie not reaped yet)?"""
+    return os.path.exists(f"/proc/{pid}")
+
+
+# How far above the last pid the kernel gave the free ones are looked for:
+# the kernel hands out pids upwards, so the processes forked meanwhile (by
+# the runtime, our own helpers, the rest of the machine) do not reach them
+# before clone3's set_tid takes them; below it are the old pids other
+# restores may be about to take again.
+PID_GAP = 4096
+
+
+def _free_pids(count: int, avoid: set[int]) -> list[int]:
+    """``count`` host pids free now, well above the last one the kernel
+    gave (clone3's set_tid takes them; one taken meanwhile fails it, EEXIST)."""
+    try:
+        with open("/proc/sys/kernel/pid_max") as f:
+            pid_max = int(f.read())
+        with open("/proc/sys/kernel/ns_last_pid") as f:
+            cand = int(f.read()) + PID_GAP
+    except OSError:
+        pid_max, cand = 1 << 22, 300
+    if cand >= pid_max:
+        cand = 300 + cand % (pid_max - 300)
+    out: list[int] = []
+    tries = 0
+    while len(out) < count:
+        cand += 1
+        tries += 1
+        if cand >= pid_max:
+            cand = 300
+        if tries > pid_max:
+            raise RestoreError(f"no {count} free pids for the tree")
+        if cand not in avoid and not _taken(cand):
+            out.append(cand)
+    return out
+
+
+def _relabel(rctx: RestoreContext, tree: list[Any]) -> None:
+    """A tree in a pid namespace of its own is restored under its pids
+    inside it; its host pids are taken again where they are free and
+    replaced by free ones where they are not (the dumped container still
+    runs -- Podman's restore --import --name, a second copy -- or its old
+    init waits to be reaped), as criu, which never sets them.  Rewrites the
+    pstree entries and nspids in place (rctx.relabel keeps the map)."""
+    if not tree or not tree[0].ns_pid:
+        return
+    ids = [e.pid for e in tree] + [t for e in tree for t in e.threads if t != e.pid]
+    taken = [p for p in ids if _taken(p)]
+    if not taken:
+        return
+    new = dict(zip(taken, _free_pids(len(taken), set(ids))))
+    rctx.relabel.update(new)
+
+    def m(p: int) -> int:
+        return new.get(p, p)
+    for e in tree:
+        e.pid, e.ppid, e.pgid, e.sid = m(e.pid), m(e.ppid), m(e.pgid), m(e.sid)
+        e.threads[:] = [m(t) for t in e.threads]
+        if e.ns_pid:
+            e.ns_pid[0] = m(e.ns_pid[0])        # outermost first (the NSpid line)
+        n = len(e.ns_pid)
+        for i in range(0, len(e.ns_threads), n or 1):
+            e.ns_threads[i] = m(e.ns_threads[i])
+    for old, host in new.items():
+        levels = rctx.nspids.get(old)
+        if levels:
+            levels[-1] = host                   # innermost first: the host's is last
+            rctx.nspids[host] = levels          # old key kept: image values name it
 
 
 def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:
@@ -537,7 +617,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
-            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
+            empty_ns: int = 0) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -565,10 +646,12 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_mount_auto=ext_mount_auto,
                               ext_veth=dict(ext_veth or {}),
                               restore_sibling=restore_sibling,
-                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root)))
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
+                              empty_ns=empty_ns))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
+    current.clear()
     _action(rctx, "pre-restore")
     _collect(rctx)
     rctx.spawn_helper = lambda rt, pid: _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
@@ -590,6 +673,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             # root's parent and reaps it; we trace it like any puppet.
             flags |= C.CLONE_PARENT
         root.pid, wake = _clone_with_pid(root.pid, flags, rctx.set_tid(root.pid))
+        current["root_pid"] = root.pid
         rctx.created.append(root.pid)
         created = True
         try:
@@ -598,6 +682,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
+        if namespaces.new_kinds(rctx):
+            # criu's stages around a new root's namespaces: the caller (a
+            # container runtime) configures them, e.g. the network of an
+            # --empty-ns net restore, before any task is built in them
+            _action(rctx, "setup-namespaces")
+            namespaces.setup_done(rctx, root)
+            _action(rctx, "post-setup-namespaces")
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.  Each task's private memory is in place before

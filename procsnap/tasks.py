@@ -43,6 +43,9 @@ class DumpOptions:
     # mode saves membership and the controllers' properties
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: dump from there
+    # criu's --empty-ns net (CLONE_NEWNET): the network namespace belongs to
+    # the caller (a container runtime); only its loopback's state is saved
+    empty_ns: int = 0
 
 
 @dataclass
@@ -184,6 +187,9 @@ class RestoreOptions:
     # criu's --manage-cgroups MODE (none, props, soft, full, strict, ignore)
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: move the tree
+    # criu's --empty-ns net: a new network namespace, configured by the
+    # caller at setup-namespaces; procsnap only brings its loopback back
+    empty_ns: int = 0
 
 
 @dataclass
@@ -224,7 +230,7 @@ class RestoreTask:
 
     def image_name(self, kind: str, ident: int | None = None) -> str:
         if ident is None:
-            ident = self.pid
+            ident = self.pid if self._rctx is None else self._rctx.image_pid(self.pid)
             if kind == "fdinfo":
                 ident = self.ids.files_id if self.ids is not None else 0
             elif kind == "pages":
@@ -305,6 +311,14 @@ class RestoreContext:
     # level, innermost first (a set_tid array); only for a tree restored in
     # a pid namespace of its own.
     nspids: dict[int, list[int]] = field(default_factory=dict)
+    # A tree in a pid namespace of its own keeps its pids inside it, but an
+    # outer (host) pid still taken -- the dumped container runs on, or its
+    # old init is a zombie not reaped yet -- is given up for a free one, as
+    # criu does (the host's pids are not the container's state): image pid
+    # -> the host pid it is restored under.  Tasks and threads carry the
+    # new pid; image values that name pids reach them through by_pid and
+    # nspids, which hold both keys, or through host_pid/image_pid.
+    relabel: dict[int, int] = field(default_factory=dict)
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None
@@ -314,6 +328,17 @@ class RestoreContext:
     # (task, pid) -> a function that ends it: a short-lived helper task
     # with that pid, forked by the task (the restorer sets it)
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
+
+    def host_pid(self, pid: int) -> int:
+        """An image's pid as the restored task's host pid."""
+        return self.relabel.get(pid, pid)
+
+    def image_pid(self, pid: int) -> int:
+        """A restored task's host pid as its images name it."""
+        for old, new in self.relabel.items():
+            if new == pid:
+                return old
+        return pid
 
     def vpid(self, pid: int) -> int:
         """``pid`` (the dumper's view) as the puppets see it: the number to

@@ -25,22 +25,30 @@ import os
 import re
 import sys
 
+from dataclasses import dataclass
+from errno import EBADRQC, ESRCH
+
 from .. import ActionScriptFailed, ProcsnapError
+from ..errors import NoSuchProcess
 from . import options as O
 from .log import CriuLog
+from .scripts import Notify
 
-CRIU_VERSION = "4.2"  # the criu whose command line this follows (LXC wants >= 2.0)
+from .options import CRIU_VERSION  # noqa: E402  (re-exported)
 
 log = logging.getLogger("procsnap.criu")
 
 
-def _err(msg: str, clog: CriuLog | None = None) -> int:
-    """One line on stderr, and an Error line in the log if there is one."""
+def _err(msg: str, clog: CriuLog | None = None, quiet: bool = False) -> int:
+    """One line on stderr, and an Error line in the log if there is one.
+    ``quiet`` (criu's RPC): the log only; the client gets the line in its
+    answer, and our stderr may be the restored container's."""
     if clog is not None:
         log.error("%s", msg)
         if clog.path is None:
             return 1          # the log is stderr already
-    print(f"criu: {msg}", file=sys.stderr)
+    if not quiet:
+        print(f"criu: {msg}", file=sys.stderr)
     return 1
 
 
@@ -73,6 +81,9 @@ def _inherit(value: str) -> tuple[str, int]:
     m = re.fullmatch(r"fd\[(\d+)\]:(.+)", value)
     if m is None:
         raise O.UsageError(f"--inherit-fd {value}: not fd[N]:KEY")
+    pipe = re.fullmatch(r"pipe:\[(\d+)\]", m.group(2))
+    if pipe is not None:  # a container's stdio pipe (runc, Podman)
+        return f"pipe:[{int(pipe.group(1))}]", int(m.group(1))
     return _external(m.group(2), "inherit-fd"), int(m.group(1))
 
 
@@ -126,6 +137,17 @@ def _cgroup_opts(p: O.Parsed) -> dict[str, Any]:
     return {"manage_cgroups": mode or "soft", "cgroup_root": tuple(p.values("cgroup-root"))}
 
 
+def empty_ns(p: O.Parsed) -> int:
+    """--empty-ns net (several times: the same) as CLONE_* flags."""
+    from ..kernel import consts as C
+    flags = 0
+    for v in p.values("empty-ns"):
+        if v != "net":
+            raise O.UsageError(f"Unsupported empty namespace: {v}")
+        flags |= C.CLONE_NEWNET
+    return flags
+
+
 def _check_values(p: O.Parsed) -> None:
     """Values procsnap takes only some of (the rest refused by name)."""
     from ..resources.cgroup import CG_MODES, parse_cgroup_root
@@ -137,6 +159,7 @@ def _check_values(p: O.Parsed) -> None:
             parse_cgroup_root(v)
         except ValueError as exc:
             raise O.UsageError(f"--cgroup-root {v}: {exc}") from None
+    empty_ns(p)
     lock = p.last("network-lock")
     if lock not in (None, "nftables", "iptables"):
         raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
@@ -145,8 +168,25 @@ def _check_values(p: O.Parsed) -> None:
         raise O.UsageError("--inherit-fd is restore-only option")
 
 
+@dataclass
+class Outcome:
+    """What one dump/restore/check run came to (for criu's RPC answer)."""
+    status: int = 0
+    pid: int | None = None          # restore: the root's pid
+    error: str | None = None        # the line that said why it failed
+    errno: int = 0                  # criu's cr_errno for it (0: none)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 2 and argv[0] == "swrk" and argv[1].isdigit():
+        from .swrk import fast_version
+        if fast_version(int(argv[1])):
+            return 0        # go-criu's version check, answered without the RPC's imports
+    if argv[:1] in (["swrk"], ["service"]):
+        # criu's RPC: "criu swrk FD" is not parsed as options (as criu)
+        from . import rpc
+        return rpc.main(argv, None, execute)
     try:
         p = O.parse(argv)
     except O.UsageError as exc:
@@ -159,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if p.command is None:
         return _err("command is required (dump, restore, check; criu --help)")
+    if p.command in ("swrk", "service"):
+        from . import rpc
+        return rpc.main([p.command, *p.extra], p, execute)
     if p.command in O.LATER_COMMANDS:
         return _err(f"command {p.command} is not supported by procsnap "
-                    "(it has dump, restore and check)")
+                    "(it has dump, restore, check, swrk and service)")
     if p.command not in O.COMMANDS:
         return _err(f"unknown command: {p.command}")
     if p.extra:
@@ -173,6 +216,23 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = os.path.abspath(p.last("work-dir") or images_dir)
     logfile = p.last("log-file")
     log_path = os.path.join(work_dir, logfile) if logfile and logfile != "-" else None
+    return execute(p, images_dir, work_dir, log_path, "criu " + " ".join(argv)).status
+
+
+def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
+            what: str, notify: "Notify | None" = None, quiet: bool = False) -> Outcome:
+    """Run a parsed dump, restore or check: the one path the command line
+    and criu's RPC (rpc.py, which builds ``p`` from a criu_opts) share.
+    ``notify``: RPC mode, the action-script stages go to the client;
+    ``quiet``: RPC mode, errors go to the log and the Outcome only."""
+    out = Outcome()
+
+    def fail(msg: str, clog: CriuLog | None = None, status: int = 1,
+             errno: int = 0) -> Outcome:
+        _err(msg, clog, quiet)
+        out.status, out.error, out.errno = status, msg, errno
+        return out
+
     # A refused option is refused before anything is created or frozen;
     # its line goes into the log too when the log's directory is there.
     try:
@@ -185,41 +245,46 @@ def main(argv: list[str] | None = None) -> int:
         try:
             os.makedirs(images_dir, exist_ok=True)
         except OSError as exc:
-            return _err(f"Can't open images directory {images_dir}: {exc.strerror}")
+            return fail(f"Can't open images directory {images_dir}: {exc.strerror}")
     if log_path is not None and not os.path.isdir(os.path.dirname(log_path)):
-        return _err(refusal or f"Can't open log file {log_path}: no such directory")
+        return fail(refusal or f"Can't open log file {log_path}: no such directory",
+                    errno=EBADRQC if refusal else 0)
     try:
         clog = CriuLog(log_path, p.log_level, p.flag("log-pid"))
     except OSError as exc:
-        return _err(refusal or f"Can't open log file {log_path}: {exc.strerror}")
+        return fail(refusal or f"Can't open log file {log_path}: {exc.strerror}",
+                    errno=EBADRQC if refusal else 0)
     try:
         log.info("Version: %s (procsnap %s)", CRIU_VERSION, _version())
-        log.info("criu %s", " ".join(argv))
+        log.info("%s", what)
         for path in p.config_files:
             log.debug("Parsed config file %s", path)
         if refusal is not None:
-            return _err(refusal, clog)
+            return fail(refusal, clog, errno=EBADRQC)
         for o, v, _ in p.given:
             if o.how == O.ACCEPT:
                 log.info("--%s%s: accepted: %s", o.name, f" {v}" if v else "", o.note)
         try:
             if p.command == "check":
-                return _check(p)
-            if p.command == "dump":
-                return _dump(p, images_dir)
-            return _restore(p, images_dir, work_dir)
+                out.status = _check(p)
+            elif p.command == "dump":
+                out.status = _dump(p, images_dir, work_dir, notify)
+            else:
+                out.status, out.pid = _restore(p, images_dir, work_dir, notify)
+            return out
         except O.UsageError as exc:
-            return _err(str(exc), clog)
+            return fail(str(exc), clog, errno=EBADRQC)
         except ActionScriptFailed as exc:
-            _err(str(exc), clog)
-            return exc.status if exc.action == "post-dump" else 1
+            return fail(str(exc), clog, exc.status if exc.action == "post-dump" else 1)
+        except NoSuchProcess as exc:
+            return fail(str(exc), clog, errno=ESRCH)
         except ProcsnapError as exc:
-            return _err(str(exc), clog)
+            return fail(str(exc), clog)
         except KeyboardInterrupt:
-            return _err("interrupted", clog)
+            return fail("interrupted", clog)
         except Exception as exc:  # a bug: one line, the traceback in the log at -v4
             log.debug("traceback", exc_info=True)
-            return _err(f"internal error: {type(exc).__name__}: {exc}", clog)
+            return fail(f"internal error: {type(exc).__name__}: {exc}", clog)
     finally:
         clog.close()
 
@@ -272,7 +337,8 @@ def _status_fd(p: O.Parsed) -> None:
         raise ProcsnapError(f"--status-fd {fd}: {exc}") from None
 
 
-def _dump(p: O.Parsed, images_dir: str) -> int:
+def _dump(p: O.Parsed, images_dir: str, work_dir: str,
+          notify: "Notify | None" = None) -> int:
     import procsnap
     from . import stats
     from .scripts import ActionScripts
@@ -289,17 +355,18 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
     external = tuple(_external(v, "external") for v in p.values("external")) + tuple(named)
     ghost_limit = _size(p.last("ghost-limit")) if p.last("ghost-limit") else 1 << 20
     log.info("Dumping processes (pid: %d)", pid)
-    with ActionScripts(p.values("action-script"), images_dir, root_pid=pid) as scripts:
+    with ActionScripts(p.values("action-script"), images_dir, root_pid=pid,
+                       notify=notify) as scripts:
         st = procsnap.dump(pid, images_dir, leave_running=p.has("leave-running"),
                            shell_job=p.flag("shell-job"), ghost_limit=ghost_limit,
                            link_remap=p.flag("link-remap"), external=external,
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
-                           ext_mount_auto=auto, **_cgroup_opts(p))
+                           ext_mount_auto=auto, empty_ns=empty_ns(p), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
-    entry = stats.write_dump_stats(images_dir, st)
+    entry = stats.write_dump_stats(images_dir, st, work_dir)
     log.info("Dumping finished successfully")
     if p.flag("display-stats"):
         sys.stdout.write(stats.display(entry))
@@ -307,10 +374,13 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
     return 0
 
 
-def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
+def _restore(p: O.Parsed, images_dir: str, work_dir: str,
+             notify: "Notify | None" = None) -> tuple[int, int]:
+    """Returns (exit status, the root's pid)."""
     import procsnap
     from ..images import read_image
-    from ..restorer import last_stats, wait_exit
+    from ..restorer import current, last_stats, wait_exit
+    current.clear()
     from . import stats
     from .scripts import ActionScripts
     if not os.path.isdir(images_dir):
@@ -327,18 +397,20 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
     root = p.last("root")
     if root is not None and not os.path.isdir(root):
         raise O.UsageError(f"--root {root}: no such directory")
-    with ActionScripts(p.values("action-script"), images_dir) as scripts:
-        def action(name: str) -> int:
+    with ActionScripts(p.values("action-script"), images_dir, notify=notify) as scripts:
+        def action(name: str, fd: int | None = None) -> int:
             # criu knows the root's pid once its tasks exist (not at pre-restore)
             if name != "pre-restore" and scripts.root_pid is None:
-                scripts.root_pid = read_image(images_dir, "pstree")[0].pid
-            return scripts(name)
+                scripts.root_pid = current.get("root_pid") or \
+                    read_image(images_dir, "pstree")[0].pid
+            return scripts(name, fd)
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
-                               restore_sibling=sibling, **_cgroup_opts(p))
-    entry = stats.write_restore_stats(images_dir, dict(last_stats))
+                               restore_sibling=sibling, empty_ns=empty_ns(p),
+                               **_cgroup_opts(p))
+    entry = stats.write_restore_stats(images_dir, dict(last_stats), work_dir)
     log.info("Restore finished successfully. Tasks resumed.")
     if p.flag("display-stats"):
         sys.stdout.write(stats.display(entry))
@@ -346,4 +418,4 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
     if not detached:
         # criu stays the tree's parent until it exits, then exits 0
         wait_exit(pid)
-    return 0
+    return 0, pid

@@ -24,6 +24,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+CRIU_VERSION = "4.2"  # the criu whose command line this follows (LXC wants >= 2.0)
+
 MAP, ACCEPT, REFUSE = "map", "accept", "refuse"
 NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xARG / --x=ARG)
 
@@ -31,7 +33,7 @@ GLOBAL_CONFIG = "/etc/criu/default.conf"
 USER_CONFIG = ".criu/default.conf"   # under $HOME
 
 COMMANDS = ("dump", "restore", "check")
-LATER_COMMANDS = ("pre-dump", "page-server", "lazy-pages", "swrk", "service", "dedup",
+LATER_COMMANDS = ("pre-dump", "page-server", "lazy-pages", "dedup",
                   "cpuinfo", "exec", "show")
 
 
@@ -121,7 +123,8 @@ TABLE: list[Opt] = [
              "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
         help="restore: our fd N stands for the external resource KEY (unix[INO]; "
-             "tty[RDEV:DEV], which no restored task holds: see --external)"),
+             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], which no restored "
+             "task holds: see --external)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),
@@ -133,7 +136,15 @@ TABLE: list[Opt] = [
              "leaves the tasks in criu's cgroups"),
     Opt("ext-unix-sk", "x", OPT, how=REFUSE,
         note="name each such socket with --external unix[INO] instead"),
-    Opt("evasive-devices", boolean=True, how=REFUSE, note=_NOT_YET),
+    Opt("orphan-pts-master", boolean=True, how=ACCEPT,
+        note="criu's RPC field (runc sends it for every container): a pty slave whose "
+             "master is outside the tree comes back with a new master sent to the "
+             "client; procsnap refuses the dump of such a pty, naming it, so a tree it "
+             "dumps has none and needs nothing more"),
+    Opt("evasive-devices", boolean=True, how=ACCEPT,
+        note="criu's permission to reopen a device file by another path when its own is "
+             "gone; procsnap reopens a device only at its dumped path and never searches "
+             "for another: a missing one fails the restore, naming it"),
     Opt("skip-file-rwx-check", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("file-validation", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("ghost-fiemap", boolean=True, how=ACCEPT,
@@ -164,7 +175,11 @@ TABLE: list[Opt] = [
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
     Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
     Opt("join-ns", "J", REQ, how=REFUSE, note=_NOT_YET),
-    Opt("empty-ns", arg=REQ, how=REFUSE, note=_NOT_YET),
+    Opt("empty-ns", arg=REQ, metavar="net",
+        help="the tree's network namespace is the caller's (runc, Podman): dump saves "
+             "only its loopback; restore makes an empty one for the caller to set up at "
+             "setup-namespaces, then brings the loopback back as it was (criu leaves it "
+             "down); only 'net' exists"),
     Opt("veth-pair", arg=REQ, how=REFUSE, note=_NOT_YET),
     Opt("cgroup-root", arg=REQ, multi=True, metavar="[CONTROLLER:]/PATH",
         help="dump: save the cgroup directories from PATH down; restore: the tree's root "
@@ -191,7 +206,8 @@ TABLE: list[Opt] = [
              "pre-dump and a dump copies memory the one way it has"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
     Opt("page-server", boolean=True, how=REFUSE, note="no page server yet"),
-    Opt("address", arg=REQ, how=REFUSE, note="no page server yet"),
+    Opt("address", arg=REQ, how=REFUSE,
+        note="no page server yet (criu service --address PATH is served: procsnap.criu.rpc)"),
     Opt("port", arg=REQ, how=REFUSE, note="no page server yet"),
     Opt("ps-socket", arg=REQ, how=REFUSE, note="no page server yet"),
     Opt("lazy-pages", how=REFUSE, note="no lazy restore yet"),
@@ -427,6 +443,8 @@ def help_text() -> str:
            "  criu dump -t PID -D DIR [<options>]",
            "  criu restore -D DIR [<options>]",
            "  criu check [--feature NAME | --all]",
+           "  criu swrk FD                  (criu's RPC on an inherited socket: runc, Podman)",
+           "  criu service [--address PATH] [-d] [--pidfile FILE]   (criu's RPC server)",
            "  criu --version",
            "",
            "procsnap in place of criu: criu's options, each done as criu does it,",

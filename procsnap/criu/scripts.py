@@ -10,22 +10,40 @@ and a stage's status is the OR of the scripts' statuses.
 Stages procsnap runs: pre-dump, network-lock, post-dump, network-unlock
 (dump); pre-restore, post-restore, network-unlock, pre-resume,
 post-resume (restore).  network-lock/-unlock run, as in criu, only for a
-tree in its own network namespace.  setup-namespaces and
-post-setup-namespaces belong to namespace restore; orphan-pts-master and
-status-ready to criu's RPC mode.
+tree in its own network namespace; setup-namespaces and post-setup-namespaces
+(restore) around a new root's namespaces, where the caller configures them.
+orphan-pts-master and status-ready belong to criu's RPC mode.
+
+criu's RPC (rpc.py, criu_opts.notify_scripts): each stage is first sent to
+the client as a NOTIFY message (``notify``), which answers before we go
+on; a failed answer fails the stage as a failing script does.  Scripts
+from config files then run too, as criu runs them after the client.
+query-ext-files and orphan-pts-master exist only as notifications.
 """
 from __future__ import annotations
 
 import logging
 import os
 import subprocess
+from typing import Callable, Optional
 
 log = logging.getLogger("procsnap.criu")
 
+# criu's RPC notification: (stage, the root's pid where criu sends it,
+# an fd to pass with it) -> 0 when the client answered success
+Notify = Callable[[str, Optional[int], Optional[int]], int]
+
+# stages criu sends only to an RPC client, never to shell scripts
+RPC_ONLY = ("query-ext-files", "orphan-pts-master")
+# stages whose notification carries the root's pid (criu: send_criu_rpc_script)
+WITH_PID = ("setup-namespaces", "post-restore")
+
 
 class ActionScripts:
-    def __init__(self, paths: list[str], images_dir: str, root_pid: int | None = None) -> None:
+    def __init__(self, paths: list[str], images_dir: str, root_pid: int | None = None,
+                 notify: Notify | None = None) -> None:
         self.paths = list(reversed(paths))
+        self.notify = notify
         self.images_dir = images_dir
         self.root_pid = root_pid
         self.dir_fd = -1
@@ -41,10 +59,18 @@ class ActionScripts:
             os.close(self.dir_fd)
             self.dir_fd = -1
 
-    def __call__(self, action: str) -> int:
-        """Run every script for this stage; returns their statuses ORed."""
+    def __call__(self, action: str, fd: int | None = None) -> int:
+        """Run every script for this stage; returns their statuses ORed.
+        ``fd``: passed to an RPC client with the notification."""
         log.debug("Running %s scripts", action)
-        if not self.paths:
+        if self.notify is not None:
+            log.debug("\tRPC")
+            status = self.notify(action, self.root_pid if action in WITH_PID else None, fd)
+            if status:
+                log.error("RPC client reported script error at %s", action)
+                log.error("One of more action scripts failed")
+                return status
+        if not self.paths or action in RPC_ONLY:
             return 0
         self.ran.append(action)
         env = dict(os.environ)

@@ -41,7 +41,10 @@ def page_counts(images_dir: str) -> tuple[int, int]:
     return sum(sizes.values()) - shared, shared
 
 
-def write_dump_stats(images_dir: str, stats: dict[str, float]) -> stats_pb2.stats_entry:
+def write_dump_stats(images_dir: str, stats: dict[str, float],
+                     work_dir: str | None = None) -> stats_pb2.stats_entry:
+    """stats-dump, in the work directory as criu writes it (its cwd; Podman
+    reads it there, beside the images directory it tars)."""
     private, shared = page_counts(images_dir)
     freeze = stats.get("freeze", 0.0)
     d = stats_pb2.dump_stats_entry(
@@ -53,11 +56,12 @@ def write_dump_stats(images_dir: str, stats: dict[str, float]) -> stats_pb2.stat
         irmap_resolve=0, pages_lazy=0, page_pipes=0, page_pipe_bufs=0,
         shpages_scanned=shared, shpages_skipped_parent=0, shpages_written=shared)
     entry = stats_pb2.stats_entry(dump=d)
-    images.write_one(images_dir, "stats", entry)
+    images.write_one(work_dir or images_dir, "stats", entry)
     return entry
 
 
-def write_restore_stats(images_dir: str, stats: dict[str, float]) -> stats_pb2.stats_entry:
+def write_restore_stats(images_dir: str, stats: dict[str, float],
+                        work_dir: str | None = None) -> stats_pb2.stats_entry:
     private, shared = page_counts(images_dir)
     create = stats.get("create", 0.0)
     r = stats_pb2.restore_stats_entry(
@@ -65,7 +69,7 @@ def write_restore_stats(images_dir: str, stats: dict[str, float]) -> stats_pb2.s
         forking_time=_us(create), restore_time=_us(stats.get("total", 0.0) - create),
         pages_restored=private + shared)
     entry = stats_pb2.stats_entry(restore=r)
-    images.write_one(images_dir, "stats-restore", entry)
+    images.write_one(work_dir or images_dir, "stats-restore", entry)
     return entry
 
 

@@ -10,6 +10,7 @@ same so CRIU can read our images and we can read CRIU's.
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from dataclasses import dataclass
@@ -40,25 +41,64 @@ def _cpuid(fd: int, leaf: int, sub: int) -> tuple[int, int, int, int]:
     return struct.unpack("<4I", os.pread(fd, 16, leaf | (sub << 32)))
 
 
+# void cpuid(uint32 leaf, uint32 sub, uint32 out[4]): push rbx; mov r8,rdx;
+# mov eax,edi; mov ecx,esi; cpuid; mov [r8],eax; mov [r8+4],ebx;
+# mov [r8+8],ecx; mov [r8+12],edx; pop rbx; ret
+_CPUID_CODE = bytes.fromhex("534989d089f889f10fa2418900418958044189480841895" "00c5bc3")
+
+
+def _cpuid_insn() -> Any:
+    """The CPUID instruction run by this process (a 31-byte function in an
+    executable page of its own): for when the cpuid device cannot be
+    opened -- runc moves the criu it runs for a restore into the
+    container's devices cgroup, which does not allow /dev/cpu/N/cpuid."""
+    import ctypes
+    import mmap
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    page.write(_CPUID_CODE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if libc.mprotect(addr, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
+        raise OSError(ctypes.get_errno(), "mprotect of the cpuid page")
+    fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32,
+                          ctypes.POINTER(ctypes.c_uint32))(addr)
+
+    def call(leaf: int, sub: int) -> tuple[int, int, int, int]:
+        out = (ctypes.c_uint32 * 4)()
+        fn(leaf, sub, out)
+        return out[0], out[1], out[2], out[3]
+    call.page = page  # type: ignore[attr-defined]  # the code lives as long as the function
+    return call
+
+
 @lru_cache(maxsize=1)
 def layout() -> Layout:
-    """Offsets of XSAVE components on this CPU, from /dev/cpu/0/cpuid."""
+    """Offsets of XSAVE components on this CPU, from /dev/cpu/0/cpuid (or,
+    where a devices cgroup forbids it, from the CPUID instruction)."""
     try:
         fd = os.open("/dev/cpu/0/cpuid", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise OSError(exc.errno, "cannot read CPUID leaf 0xD from /dev/cpu/0/cpuid "
-                      "(kernel needs CONFIG_X86_CPUID): needed to lay out the XSAVE area") from exc
+        if exc.errno != errno.EPERM:
+            raise OSError(exc.errno, "cannot read CPUID leaf 0xD from /dev/cpu/0/cpuid "
+                          "(kernel needs CONFIG_X86_CPUID): needed to lay out the XSAVE "
+                          "area") from exc
+        return _layout(_cpuid_insn())
     try:
-        eax, ebx, _, edx = _cpuid(fd, 0xD, 0)
-        xcr0 = eax | (edx << 32)
-        offsets = {}
-        for comp in range(2, 64):
-            if xcr0 & (1 << comp):
-                size, off, _, _ = _cpuid(fd, 0xD, comp)
-                offsets[comp] = (off, size)
-        return Layout(size=ebx, xcr0=xcr0, offsets=offsets)
+        return _layout(lambda leaf, sub: _cpuid(fd, leaf, sub))
     finally:
         os.close(fd)
+
+
+def _layout(cpuid: Any) -> Layout:
+    eax, ebx, _, edx = cpuid(0xD, 0)
+    xcr0 = eax | (edx << 32)
+    offsets = {}
+    for comp in range(2, 64):
+        if xcr0 & (1 << comp):
+            size, off, _, _ = cpuid(0xD, comp)
+            offsets[comp] = (off, size)
+    return Layout(size=ebx, xcr0=xcr0, offsets=offsets)
 
 
 def split(area: bytes) -> dict[str, dict[str, Any]]:

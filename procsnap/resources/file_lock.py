@@ -146,7 +146,7 @@ def _entries(rctx: "RestoreContext") -> dict[int, list[Any]]:
 
 def restore_task(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     """Take again, inside ``rt``, every lock it owned (its fds are all placed)."""
-    mine = _entries(rctx).get(rt.pid, [])
+    mine = _entries(rctx).get(rctx.image_pid(rt.pid), [])
     fds = {fe.fd for fe in rt.fdinfos}
     for e in mine:
         if e.fd not in fds or e.flag not in _NAMES or e.type not in (F_RDLCK, F_WRLCK):

@@ -119,6 +119,10 @@ def restore_task(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             inj.call("fcntl", fe.fd, fcntl.F_SETFL, (cur & ~O_ASYNC))
             inj.call("fcntl", fe.fd, fcntl.F_SETFL, cur | O_ASYNC)
         if fown.pid:
+            if rctx.host_pid(fown.pid) != fown.pid:   # an owner restored under a new host pid
+                fown = type(sub.fown)()
+                fown.CopyFrom(sub.fown)
+                fown.pid = rctx.host_pid(sub.fown.pid)
             rctx.before_detach.append(functools.partial(set_owner, rt.pid, fe.fd, fown))
 
 

@@ -14,7 +14,13 @@ pidfd_getfd -- the same open file descriptions, shared as before.
 A pipe whose other end no task of the tree holds is one of two things:
 - held outside the tree (a shell's pipe to a process we do not dump, or an
   fd in flight in a unix socket message): refused, since after restore
-  nobody would hold that end;
+  nobody would hold that end -- except a container's stdio: a pipe the
+  root of a container (a root in a pid namespace of its own) holds as fd
+  0, 1 or 2 whose other end its runtime (Podman's conmon) holds.  Runtimes record those pipes at checkpoint and hand new ones back
+  at restore as criu's --inherit-fd fd[N]:pipe:[INO].  Such a pipe is
+  saved marked external (pipe_entry.external), the restore takes its end
+  from that fd and refuses, naming the key, when it is not given; one
+  with bytes in flight is refused at dump (they would not follow);
 - held by nobody (closed everywhere; zdtm's start-up pipe, `cmd | head`
   after head exited): restored as it is, the other end closed before the
   tree runs, so a reader still reads the bytes left and then EOF, and a
@@ -64,6 +70,7 @@ class _Pipe:
     readers: list[tuple[int, int]] = field(default_factory=list)   # (pid, fd)
     writers: list[tuple[int, int]] = field(default_factory=list)
     first: tuple[int, int, str] = (0, 0, "")                       # for messages
+    entries: list[Any] = field(default_factory=list)               # its pipe_entry messages
 
 
 def matches(fd: "FdCtx") -> bool:
@@ -87,9 +94,12 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     else:
         raise Unsupported(f"pid {fd.task.pid}: fd {fd.fd}: {fd.link} is open read-write "
                           "(reopened through /proc); not supported")
-    return fdinfo_pb2.file_entry(type=TYPE, id=fid, pipe=pipe_pb2.pipe_entry(
+    pe = pipe_pb2.pipe_entry(
         id=fid, pipe_id=ino, flags=fd.info.flags & ~os.O_CLOEXEC,
-        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0)))
+        fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
+    fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, pipe=pe)
+    p.entries.append(fe.pipe)  # the entry's own copy: finish() may mark it external
+    return fe
 
 
 def note_shared(fd: "FdCtx", fid: int) -> None:
@@ -180,10 +190,8 @@ def finish(ctx: "DumpContext") -> None:
             missing = "read" if not p.readers else "write"
             have = p.writers[0] if not p.readers else p.readers[0]
             if other_end_held(*have, reader=bool(p.readers)):
-                raise Unsupported(f"pid {pid}: fd {fd}: {link}: its {missing} end is held "
-                                  "outside the dumped tree (by another process or in a "
-                                  "message in flight); pipes to outside processes are "
-                                  "not supported")
+                _external(ctx, p, missing)
+                continue
             # Closed everywhere: nothing to save; restore closes it again.
         if p.readers:
             data, size = _peek(*p.readers[0])
@@ -191,6 +199,33 @@ def finish(ctx: "DumpContext") -> None:
             data, size = _peek_via_writer(*p.writers[0])
         ctx.add_payload("pipes-data", pipe_data_pb2.pipe_data_entry(
             pipe_id=p.ino, bytes=len(data), size=size), data)
+
+
+def _external(ctx: "DumpContext", p: _Pipe, missing: str) -> None:
+    """A pipe whose other end is held outside the tree: a container's
+    stdio (fd 0-2 of the root) is saved as external, anything else refused."""
+    pid, fd, link = p.first
+    root = ctx.tasks[0].pid
+    ours = p.readers or p.writers
+    stdio = sorted(f for t, f in ours if t == root and f <= 2)
+    container = os.stat(f"/proc/{root}/ns/pid").st_ino != os.stat("/proc/self/ns/pid").st_ino
+    if not stdio or not container:
+        raise Unsupported(f"pid {pid}: fd {fd}: {link}: its {missing} end is held "
+                          "outside the dumped tree (by another process or in a "
+                          "message in flight); pipes to outside processes are "
+                          "not supported (only a container's stdio may be, fd 0-2 of a "
+                          "root in its own pid namespace: restored with --inherit-fd "
+                          f"fd[N]:pipe:[{p.ino}])")
+    if p.readers:
+        data, _ = _peek(*p.readers[0])
+    else:
+        data, _ = _peek_via_writer(*p.writers[0])
+    if data:
+        raise Unsupported(f"pid {root}: fd {stdio[0]}: {link}: the root's stdio pipe to "
+                          f"outside the tree holds {len(data)} bytes in flight; they would "
+                          "not follow the pipe the restore is given (--inherit-fd)")
+    for pe in p.entries:
+        pe.external = True
 
 
 # ------------------------------------------------------------- restore ----
@@ -229,8 +264,32 @@ def _make_pipe(rctx: "RestoreContext", msg: Any, data: bytes) -> tuple[int, int]
     return r, w
 
 
+def _inherited(rctx: "RestoreContext", rt: "RestoreTask", pe: Any) -> int:
+    """The end of an external pipe (a container's stdio): the caller's fd
+    given as --inherit-fd fd[N]:pipe:[INO]."""
+    key = f"pipe:[{pe.pipe_id}]"
+    fd = rctx.opts.inherit_fd.get(key)
+    acc = pe.flags & os.O_ACCMODE
+    what = "read" if acc == os.O_RDONLY else "write"
+    if fd is None:
+        raise RestoreError(f"pid {rt.pid}: {key}: its {what} end was held by the tree, the "
+                           "other outside it (the container's stdio): give the pipe that "
+                           f"stands for it with --inherit-fd fd[N]:{key}")
+    try:
+        got = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError as exc:
+        raise RestoreError(f"--inherit-fd fd[{fd}]:{key}: {exc.strerror}") from None
+    if got != acc and got != os.O_RDWR:
+        raise RestoreError(f"--inherit-fd fd[{fd}]:{key}: not open for {what}ing, as the "
+                           f"end pid {rt.pid} held")
+    fcntl.fcntl(fd, fcntl.F_SETFL, pe.flags & ~os.O_ACCMODE & ~os.O_ASYNC)
+    return rt.grab_fd(os.getpid(), fd)
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     pe = entry.pipe
+    if pe.HasField("external") and pe.external:
+        return _inherited(rctx, rt, pe)
     ends = _restorer_pipes(rctx)
     if pe.pipe_id not in ends:
         # No data entry: an empty pipe (CRIU writes none for those).

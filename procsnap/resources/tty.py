@@ -785,7 +785,7 @@ def session_started(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = rctx.kind_state.get("tty")
     if state is None or rt.pstree.sid != rt.pid:
         return
-    index = state.ctty.get(rt.pid)
+    index = state.ctty.get(rctx.image_pid(rt.pid))
     if index is not None:
         rt.inj.call("ioctl", state.base[index], C.TIOCSCTTY, 0)
 
@@ -797,7 +797,7 @@ def set_foreground(rctx: "RestoreContext") -> None:
     if state is None:
         return
     for sid, pgrp in state.fg.items():
-        leader = rctx.by_pid.get(sid)
+        leader = rctx.by_pid.get(sid)   # by image pid too (rctx.relabel)
         if leader is None or leader.zombie or not pgrp or pgrp == sid:
             continue
         inj = leader.inj

@@ -147,6 +147,16 @@ def restore(rctx: "RestoreContext", root: "RestoreTask") -> None:
         mod.restore(rctx, ns_id, root)
 
 
+def setup_done(rctx: "RestoreContext", root: "RestoreTask") -> None:
+    """The restorer's hook once the caller's setup-namespaces action ran
+    (criu's stage, where a container runtime configures what it owns): a kind
+    with a ``setup_done(rctx, ns_id, rt)`` finishes its restore there."""
+    for mod, ns_id in new_kinds(rctx):
+        hook = getattr(mod, "setup_done", None)
+        if hook is not None:
+            hook(rctx, ns_id, root)
+
+
 def leave(rctx: "RestoreContext") -> None:
     """The restorer's hook once the restore ended, well or not: a kind that
     moved procsnap's own thread into the tree's namespace takes it back."""
@@ -156,5 +166,5 @@ def leave(rctx: "RestoreContext") -> None:
             hook(rctx)
 
 
-__all__ = ["NS_KINDS", "leave", "ID_KINDS", "saved_names", "ns_inode", "own_ids", "dump",
+__all__ = ["NS_KINDS", "leave", "setup_done", "ID_KINDS", "saved_names", "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]

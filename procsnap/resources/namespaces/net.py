@@ -35,6 +35,17 @@ the tree's namespace until the tasks are built, so the sockets the
 restorer makes for them (resources.inetsk, unixsk) belong to it.  It goes
 back before the tree is let go (``leave``).
 
+With criu's ``--empty-ns net`` (what runc and Podman always ask: the
+runtime owns the container's network) the namespace is neither saved nor
+restored, as criu: the restore creates an empty one and the caller
+configures it at the setup-namespaces action.  criu then leaves the
+loopback DOWN with no address although it was UP with 127.0.0.1 (criu
+issue 590); procsnap saves the loopback alone (netdev-ID.img with its one
+entry, ifaddr-ID.img with its addresses only) and, once the caller's
+setup-namespaces action ran, brings it back: its mtu, UP if it was, and
+its addresses.  Nothing else of the namespace is looked at: devices,
+routes, sysctls and firewall are the caller's, which --empty-ns says.
+
 Not compared by procsnap.verify: the restore reads every sysctl back
 itself, and links/addresses/routes are the kernel's answer to the very
 messages ip saved.
@@ -279,8 +290,47 @@ def _write_raw(ctx: "DumpContext", kind: str, ns_id: int, data: bytes) -> None:
         f.write(data)
 
 
+SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCGIFMTU, SIOCSIFMTU, SIOCGIFINDEX = (
+    0x8913, 0x8914, 0x8921, 0x8922, 0x8933)
+LO = "lo"
+
+
+def _ifreq(sock: Any, req: int, name: str, value: int = 0) -> int:
+    """One struct ifreq ioctl on the loopback: its int field (flags are
+    a short; mtu and ifindex an int) read back."""
+    import fcntl
+    fmt = "16sh14x" if req in (SIOCGIFFLAGS, SIOCSIFFLAGS) else "16si12x"
+    res = fcntl.ioctl(sock, req, struct.pack(fmt, name.encode(), value))
+    return int(struct.unpack(fmt, res)[1])
+
+
+def _dump_loopback(ctx: "DumpContext", ns_id: int, pid: int) -> None:
+    """--empty-ns net: the loopback's entry and addresses, nothing else
+    (read with ioctls on a socket made in the namespace: no pyroute2)."""
+    import socket
+    with netns.inside(pid):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            flags = _ifreq(s, SIOCGIFFLAGS, LO) & 0xFFFF
+            mtu = _ifreq(s, SIOCGIFMTU, LO)
+            index = _ifreq(s, SIOCGIFINDEX, LO)
+        ctx.add_shared("netdev", netdev_pb2.net_device_entry(
+            type=netdev_pb2.LOOPBACK, ifindex=index, mtu=mtu, flags=flags, name=LO), ns_id)
+        ip = _tool("ip")
+        if ip is None:
+            raise Unsupported(f"{_where(pid, ns_id)}: saving its loopback's addresses needs "
+                              "iproute2's ip (apt-get install iproute2)")
+        res = _run([ip, "addr", "save", "dev", LO])
+        if res.returncode != 0:
+            raise DumpError(f"{_where(pid, ns_id)}: ip addr save dev lo: "
+                            f"{res.stderr.decode(errors='replace').strip()}")
+        _write_raw(ctx, "ifaddr", ns_id, res.stdout)
+
+
 def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
     pid = task.pid
+    if ctx.opts.empty_ns & CLONE_FLAG:
+        _dump_loopback(ctx, ns_id, pid)
+        return
     ip = _tool("ip")
     if ip is None:
         raise Unsupported(f"{_where(pid, ns_id)}: saving it needs iproute2's ip "
@@ -438,8 +488,92 @@ def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
                                f"{res.stderr.decode(errors='replace').strip()}")
 
 
+def _enter(rctx: "RestoreContext", ns_id: int, pid: int) -> None:
+    """This thread into the root's new namespace until the tree is let go
+    (the sockets made for the tasks must be born there)."""
+    own = netns.enter(pid)
+    if own is None:
+        # never set links, routes or sysctls anywhere but in a new namespace
+        raise RestoreError(f"{_where(pid, ns_id)}: the root was not made in a new network "
+                           "namespace; nothing of it is restored")
+    state = rctx.kind_state.setdefault(NAME, {})
+    state["own"] = own
+    rctx.before_detach.append(lambda: leave(rctx))
+
+
+def _only_ifindex(data: bytes, index: int) -> bytes:
+    """An ``ip addr save`` stream (ip's 4-byte magic, then rtnetlink
+    messages: nlmsghdr, struct ifaddrmsg whose ifa_index is at byte 20)
+    with the addresses of one device only."""
+    out = [data[:4]]
+    pos = 4
+    while pos + 24 <= len(data):
+        length = struct.unpack_from("=I", data, pos)[0]
+        if length < 24:
+            break
+        if struct.unpack_from("=I", data, pos + 20)[0] == index:
+            out.append(data[pos:pos + ((length + 3) & ~3)])
+        pos += (length + 3) & ~3
+    return b"".join(out)
+
+
+def setup_done(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
+    """--empty-ns net, once the caller configured the namespace at
+    setup-namespaces: the loopback as it was (mtu, UP, addresses)."""
+    import socket
+    if not rctx.opts.empty_ns & CLONE_FLAG:
+        return
+    pid = rt.pid
+    path = images.image_path(rctx.images_dir, "netdev", ns_id)
+    if not os.path.exists(path):
+        return  # criu's own --empty-ns images: nothing of the namespace was saved
+    los = [n for n in images.read_image(rctx.images_dir, "netdev", ns_id)
+           if n.type == netdev_pb2.LOOPBACK]
+    if not los:
+        return
+    lo = los[0]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:   # in the tree's namespace
+        if lo.mtu and _ifreq(s, SIOCGIFMTU, lo.name) != lo.mtu:
+            _ifreq(s, SIOCSIFMTU, lo.name, lo.mtu)
+        now = _ifreq(s, SIOCGIFFLAGS, lo.name) & 0xFFFF
+        if (now ^ lo.flags) & IFF_UP:
+            _ifreq(s, SIOCSIFFLAGS, lo.name, (now & ~IFF_UP) | (lo.flags & IFF_UP))
+        index = _ifreq(s, SIOCGIFINDEX, lo.name)
+    addrs = images.image_path(rctx.images_dir, "ifaddr", ns_id)
+    if not os.path.exists(addrs):
+        return
+    with open(addrs, "rb") as f:
+        data = _only_ifindex(f.read(), lo.ifindex)
+    if len(data) <= 4:
+        return
+    ip = _tool("ip")
+    if ip is None:
+        raise RestoreError(f"{_where(pid, ns_id)}: restoring its loopback's addresses needs "
+                           "iproute2's ip")
+    if index != lo.ifindex:
+        raise RestoreError(f"{_where(pid, ns_id)}: the loopback is ifindex {index}, "
+                           f"it was {lo.ifindex}")
+    import tempfile
+    with tempfile.TemporaryFile() as f:   # ip's restore seeks in its input
+        f.write(data)
+        f.seek(0)
+        res = subprocess.run([ip, "addr", "restore"], stdin=f, capture_output=True,
+                             timeout=60)
+    if res.returncode != 0:
+        raise RestoreError(f"{_where(pid, ns_id)}: ip addr restore (loopback): "
+                           f"{res.stderr.decode(errors='replace').strip()}")
+
+
 def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     pid = rt.pid
+    if rctx.opts.empty_ns & CLONE_FLAG:
+        # criu's --empty-ns net: the namespace stays empty for the caller
+        # to configure (setup-namespaces); the loopback follows (setup_done)
+        _enter(rctx, ns_id, pid)
+        return
+    if not os.path.exists(images.image_path(rctx.images_dir, "netns", ns_id)):
+        raise RestoreError(f"{_where(pid, ns_id)}: it was dumped with --empty-ns net "
+                           f"(netns-{ns_id}.img is absent): restore it with --empty-ns net")
     ndes = images.read_image(rctx.images_dir, "netdev", ns_id)
     ne = images.read_one(rctx.images_dir, "netns", ns_id)
     ip = _tool("ip")
