@@ -576,14 +576,14 @@ def serve(rq: Request, req: Any, name: str, run: Execute) -> bool:
                                                    name="procsnap")))
         return True
     if name == "FEATURE_CHECK":
-        # the features this message can ask about are none procsnap has
-        feat = R.criu_features(mem_track=False, lazy_pages=False, pidfd_store=False)
-        rq.send(R.criu_resp(type=req.type, success=True, features=feat))
+        rq.send(R.criu_resp(type=req.type, success=True, features=_features(req)))
         return True
     if name == "CHECK":
         return _check(rq, req)
     if name in ("DUMP", "RESTORE"):
         return _dump_restore(rq, req, name, run)
+    if name in ("PRE_DUMP", "SINGLE_PRE_DUMP") and "pre-dump" in O.COMMANDS:
+        return _pre_dump_loop(rq, req, name, run)
     if name == "WAIT_PID":
         return _wait_pid(rq, req)
     if name == "NOTIFY":
@@ -596,6 +596,46 @@ def serve(rq: Request, req: Any, name: str, run: Execute) -> bool:
         return False
     _fail(rq, req.type, f"request {name} is not supported by procsnap", errno.EOPNOTSUPP)
     return False
+
+
+def _features(req: Any) -> Any:
+    """criu's FEATURE_CHECK: each feature asked for is answered (criu sets
+    all three, false unless asked and there): mem_track as ``criu check
+    --feature mem_dirty_track`` answers for procsnap; lazy pages and the
+    pidfd store procsnap has not."""
+    from .features import check_feature
+    asked = req.features if req.HasField("features") else R.criu_features()
+    feat = R.criu_features(mem_track=False, lazy_pages=False, pidfd_store=False)
+    if asked.mem_track and "pre-dump" in O.COMMANDS:
+        feat.mem_track = check_feature("mem_dirty_track")[0]
+    return feat
+
+
+def _pre_dump_loop(rq: Request, req: Any, name: str, run: Execute) -> bool:
+    """criu's pre-dump session: PRE_DUMP requests, each answered, until a
+    DUMP (the last of the series, served as any DUMP) or the client's end
+    (runc's --pre-dump: one PRE_DUMP, then it closes); SINGLE_PRE_DUMP is
+    one pre-dump and the end."""
+    while True:
+        if not _dump_restore(rq, req, name, run):
+            return False
+        if name == "SINGLE_PRE_DUMP":
+            return True
+        try:
+            nxt = rq.recv()
+        except BadRequest as exc:
+            _fail(rq, T.Value("EMPTY"), str(exc), exc.errno)
+            return False
+        if nxt is None:
+            return False        # as criu: the series ended without its DUMP
+        nname = _TYPE_NAMES.get(nxt.type, str(nxt.type))
+        if nname == "DUMP":
+            return _dump_restore(rq, nxt, nname, run)
+        if nname != "PRE_DUMP":
+            _fail(rq, T.Value("EMPTY"), f"Bad req seq: {nname} after PRE_DUMP (only "
+                  "PRE_DUMP or DUMP)", errno.EBADRQC)
+            return False
+        req = nxt
 
 
 def _check(rq: Request, req: Any) -> bool:
@@ -637,7 +677,7 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     refusal: BadRequest | None = None
     try:
         p.given.extend(translate(opts, rq))
-        if command == "dump" and not opts.HasField("pid"):
+        if command in ("dump", "pre-dump") and not opts.HasField("pid"):
             raise BadRequest("criu_opts.pid is not set: dumping the client itself is not "
                              "supported by procsnap (name the tree's root in criu_opts.pid)")
     except BadRequest as exc:
@@ -702,8 +742,15 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     return p, images_dir, work_dir, log_path
 
 
+COMMAND = {"DUMP": "dump", "RESTORE": "restore", "PRE_DUMP": "pre-dump",
+           "SINGLE_PRE_DUMP": "pre-dump"}
+
+
 def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
-    command = name.lower()
+    """DUMP, RESTORE and PRE_DUMP: criu_opts to the command line's options,
+    run as the command line runs them, answered."""
+    command = COMMAND[name]
+    rq.notify_error = None
     try:
         p, images_dir, work_dir, log_path = build(rq, req, command)
     except BadRequest as exc:
@@ -734,6 +781,8 @@ def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
     if name == "DUMP":
         rq.send(R.criu_resp(type=req.type, success=True,
                             dump=R.criu_dump_resp(restored=False)))
+    elif command == "pre-dump":
+        rq.send(R.criu_resp(type=req.type, success=True))
     else:
         assert out.pid is not None
         rq.send(R.criu_resp(type=req.type, success=True,

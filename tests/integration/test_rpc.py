@@ -552,3 +552,61 @@ def test_config_file_as_criu_reads_it(swrk: Callable[[], Swrk], targets: TargetF
         runs_on(t, numbers)
     finally:
         os.close(ifd)
+
+
+
+def test_pre_dump_series_then_dump(swrk: Callable[[], Swrk], targets: TargetFactory,
+                                   tmp_path: Path) -> None:
+    """criu's pre-dump over RPC, where procsnap has pre-dump: PRE_DUMP answered
+    and the tree runs on; the same session's DUMP with parent_img (criu's
+    series, libcriu's), and a PRE_DUMP alone in its session (runc's
+    --pre-dump, pycriu's)."""
+    from procsnap.criu import options as O
+    if "pre-dump" not in O.COMMANDS:
+        resp, _ = one_call(swrk, R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=-1, images_dir=str(tmp_path), pid=os.getpid())))
+        assert not resp.success and "PRE_DUMP is not supported" in resp.cr_errmsg
+        pytest.skip("procsnap has no pre-dump on this branch: PRE_DUMP refused by name")
+    t, numbers = start_counter(targets)
+    dirs = [tmp_path / n for n in ("pre1", "pre2", "final", "scratch")]
+    for d in dirs:
+        d.mkdir()
+    fds = [dir_fd(d) for d in dirs]
+    try:
+        # a PRE_DUMP alone in its session: answered, then the client closes
+        s = swrk()
+        resp = s.call(R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[0], pid=t.pid, track_mem=True)))
+        assert resp.type == R.PRE_DUMP and resp.success, resp
+        s.close()
+        runs_on(t, numbers)
+        # after a PRE_DUMP only PRE_DUMP or DUMP (criu: "Bad req seq")
+        s = swrk()
+        resp = s.call(R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[3], pid=t.pid, track_mem=True, parent_img="../pre1")))
+        assert resp.success, resp
+        resp = s.call(R.criu_req(type=R.VERSION))
+        assert not resp.success and "Bad req seq" in resp.cr_errmsg, resp
+        assert s.close()[0] == 1
+        runs_on(t, numbers)
+        # a series in one session: PRE_DUMP, then the DUMP
+        s = swrk()
+        resp = s.call(R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[1], pid=t.pid, track_mem=True, parent_img="../pre1")))
+        assert resp.type == R.PRE_DUMP and resp.success, resp
+        runs_on(t, numbers)
+        resp = s.call(R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[2], pid=t.pid, track_mem=True, parent_img="../pre2")))
+        assert resp.type == R.DUMP and resp.success, resp
+        assert s.close()[0] == 0
+        assert wait_gone(t.pid, 10)
+        at_dump = read_numbers(numbers)
+        targets.adopt(t.pid, like=t)
+        resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
+            images_dir_fd=fds[2])))
+        assert resp.success and resp.restore.pid == t.pid, resp
+        check_continuity(wait_numbers(numbers, at_dump[-1] + 5))
+        assert t.verdict().startswith("PASS")
+    finally:
+        for fd in fds:
+            os.close(fd)
