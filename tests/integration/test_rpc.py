@@ -315,8 +315,8 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("newer field", newer, R.EMPTY, "criu_opts field 127"),
         ("out-of-turn notify", R.criu_req(type=R.NOTIFY, notify_success=True)
          .SerializeToString(), R.NOTIFY, "NOTIFY"),
-        ("pre-dump", R.criu_req(type=R.PRE_DUMP, opts=dump.opts).SerializeToString(),
-         R.PRE_DUMP, "PRE_DUMP is not supported"),
+        ("cpuinfo", R.criu_req(type=R.CPUINFO_DUMP, opts=dump.opts).SerializeToString(),
+         R.CPUINFO_DUMP, "CPUINFO_DUMP is not supported"),
         ("page server", R.criu_req(type=R.PAGE_SERVER, opts=dump.opts).SerializeToString(),
          R.PAGE_SERVER, "PAGE_SERVER is not supported"),
         ("no such pid", R.criu_req(type=R.DUMP, opts=R.criu_opts(
@@ -381,7 +381,7 @@ def test_malformed_requests_get_a_failed_answer(swrk: Callable[[], Swrk],
             s.close()
         assert errnos["no such pid"] == 3                      # ESRCH, as criu
         assert errnos["refused field"] == 56                   # EBADRQC, as criu
-        assert errnos["unknown type"] == errnos["pre-dump"] == 95   # EOPNOTSUPP
+        assert errnos["unknown type"] == errnos["cpuinfo"] == 95   # EOPNOTSUPP
         runs_on(t, numbers)
         # a client that goes away mid-dump (at a notification) leaves it running
         s = swrk()
