@@ -254,10 +254,8 @@ def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
                 out.status = _check(p)
             elif p.command == "dump":
                 out.status = _dump(p, images_dir, notify)
-            elif p.command == "restore":
+            else:
                 out.status, out.pid = _restore(p, images_dir, work_dir, notify)
-            else:   # a command the RPC asks for that this runner has not got
-                raise O.UsageError(f"command {p.command} is not supported by procsnap")
             return out
         except O.UsageError as exc:
             return fail(str(exc), clog, errno=EBADRQC)
