@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from helpers import (REPO_ROOT, Target, TargetFactory, check_continuity, is_untouched,
-                     proc_ppid, read_numbers, read_status, reap, unused_pid, wait_for, wait_gone,
+                     proc_ppid, read_numbers, read_status, reap, wait_for, wait_gone,
                      wait_numbers)
 from procsnap.images.pb import rpc_pb2 as R
 
@@ -320,7 +320,7 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("page server", R.criu_req(type=R.PAGE_SERVER, opts=dump.opts).SerializeToString(),
          R.PAGE_SERVER, "PAGE_SERVER is not supported"),
         ("no such pid", R.criu_req(type=R.DUMP, opts=R.criu_opts(
-            images_dir_fd=ifd, pid=unused_pid())).SerializeToString(), R.DUMP,
+            images_dir_fd=ifd, pid=_no_pid())).SerializeToString(), R.DUMP,
          "no such process"),
         ("the client itself", R.criu_req(type=R.DUMP, opts=R.criu_opts(
             images_dir_fd=ifd, pid=os.getpid())).SerializeToString(), R.DUMP, "ancestor"),
@@ -347,6 +347,12 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("restore, no images", R.criu_req(type=R.RESTORE, opts=R.criu_opts(
             images_dir_fd=ifd)).SerializeToString(), R.RESTORE, "inventory"),
     ]
+
+
+def _no_pid() -> int:
+    """A pid no process can have (above pid_max): not racing anyone for it."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
 
 
 def test_malformed_requests_get_a_failed_answer(swrk: Callable[[], Swrk],
