@@ -4,10 +4,14 @@ runc, crun, Podman (through go-criu), libcriu and pycriu never run criu's
 command line: they start ``criu swrk FD`` on one end of a SOCK_SEQPACKET
 socketpair (or connect to ``criu service``) and send one ``criu_req``
 (images/proto/rpc.proto, CRIU's messages and field numbers), one message
-a packet; we answer with ``criu_resp``.  One request a session, as criu:
-runc runs one swrk for VERSION and another for DUMP or RESTORE.
+a packet; we answer with ``criu_resp``.  One request a session, as criu
+(but VERSION / FEATURE_CHECK with keep_open, and a PRE_DUMP series ending
+in its DUMP): runc runs one swrk for VERSION and another for DUMP or
+RESTORE.  go-criu's plain VERSION is answered by swrk.py before this
+module (and protobuf) is even imported.
 
-DUMP and RESTORE run the very code of ``criu dump`` / ``criu restore``:
+DUMP, RESTORE (and PRE_DUMP where procsnap has ``criu pre-dump``) run
+the very code of ``criu dump`` / ``criu restore``:
 FIELDS translates a criu_opts into the options object (options.Parsed)
 the command line builds, then ``procsnap.criu.execute`` runs it.  A field
 procsnap cannot honour (its option refused in options.TABLE, or no option
@@ -264,11 +268,13 @@ def _is_set(opts: Any, name: str) -> bool:
 
 
 def _spell(f: Field, value: Any) -> str:
+    """A field with its value, as a refusal names it."""
     if isinstance(value, bool):
         return f"criu_opts.{f.name}={str(value).lower()}"
-    if isinstance(value, (int, str)):
-        return f"criu_opts.{f.name}={value!r}" if isinstance(value, str) \
-            else f"criu_opts.{f.name}={value}"
+    if isinstance(value, str):
+        return f"criu_opts.{f.name}={value!r}"
+    if isinstance(value, int):
+        return f"criu_opts.{f.name}={value}"
     return f"criu_opts.{f.name}"
 
 
@@ -767,8 +773,8 @@ def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
         return False
     notify = rq.notify if rq.opts.notify_scripts else None
     out = run(p, images_dir, work_dir, log_path,
-                           f"criu {'swrk' if rq.swrk else 'service'}: {name} request "
-                           f"from pid {rq.peer_pid}", notify=notify, quiet=True)
+              f"criu {'swrk' if rq.swrk else 'service'}: {name} request from pid "
+              f"{rq.peer_pid}", notify=notify, quiet=True)
     if out.status != 0:
         msg = out.error or f"{command} failed ({out.status})"
         if rq.notify_error and rq.notify_error not in msg:
