@@ -164,7 +164,8 @@ def _cpu_cap(v: int, rq: "Request") -> list[tuple[str, str]]:
 
 def _status_fd(v: int, rq: "Request") -> list[tuple[str, str]]:
     # an fd of the client, reopened as criu does; the option gets ours
-    return [("status-fd", str(rq.open_peer_fd("status_fd", v, os.O_WRONLY)))]
+    # --status-fd closes it once written: not ours to close again
+    return [("status-fd", str(rq.open_peer_fd("status_fd", v, os.O_WRONLY, own=False)))]
 
 
 def _ghost_limit(v: int, rq: "Request") -> list[tuple[str, str]]:
@@ -348,15 +349,17 @@ class Request:
         self.notify_error: str | None = None
         self.log_path: str | None = None     # known: a refusal goes there too
 
-    def open_peer_fd(self, field: str, n: int, flags: int) -> int:
-        """The client's fd n, opened through /proc as criu does."""
+    def open_peer_fd(self, field: str, n: int, flags: int, own: bool = True) -> int:
+        """The client's fd n, opened through /proc as criu does; closed with
+        the request unless ``own`` is False (the option it goes to closes it)."""
         path = f"/proc/{self.peer_pid}/fd/{n}"
         try:
             fd = os.open(path, flags | os.O_CLOEXEC)
         except OSError as exc:
             raise BadRequest(f"criu_opts.{field}={n}: cannot open the client's fd "
                              f"({path}): {exc.strerror}") from None
-        self.fds.append(fd)
+        if own:
+            self.fds.append(fd)
         return fd
 
     def dir_path(self, field: str, n: int) -> str:

@@ -179,9 +179,15 @@ def test_dump_restore_with_images_dir_fd(swrk: Callable[[], Swrk], targets: Targ
         at_dump = read_numbers(numbers)
 
         targets.adopt(t.pid, like=t)
-        resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
-            images_dir_fd=ifd, work_dir_fd=wfd, log_file="restore.log", log_level=4,
-            manage_cgroups_mode=R.SOFT)))
+        r, w = os.pipe()                  # status_fd: an fd of ours, reopened by swrk
+        try:
+            resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
+                images_dir_fd=ifd, work_dir_fd=wfd, log_file="restore.log", log_level=4,
+                manage_cgroups_mode=R.SOFT, status_fd=w)))
+            os.close(w)
+            assert os.read(r, 16) == b"\0"      # criu's: one zero byte once restored
+        finally:
+            os.close(r)
         assert resp.type == R.RESTORE and resp.success, resp
         assert resp.restore.pid == t.pid
         rlog = (work / "restore.log").read_text()   # relative to work_dir_fd
