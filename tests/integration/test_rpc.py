@@ -457,7 +457,9 @@ def test_service_stays_up(targets: TargetFactory, tmp_path: Path) -> None:
         reap()
 
 
-PYCRIU_LIB = Path(os.environ.get("PROCSNAP_PYCRIU_LIB", "/work/criu-build/lib"))
+# where a pycriu lives: a CRIU build's lib/ (4.2 here), Debian's criu package
+PYCRIU_LIBS = {"built": Path(os.environ.get("PROCSNAP_PYCRIU_LIB", "/work/criu-build/lib")),
+               "debian": Path("/usr/lib/python3/dist-packages")}
 PYCRIU_CLIENT = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -482,12 +484,14 @@ else:
 """
 
 
-def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path) -> None:
-    """CRIU's reference client (lib/pycriu, on Debian's python3 and protobuf)
-    checks, dumps and restores through procsnap's swrk, and dumps through
-    its service."""
-    if not (PYCRIU_LIB / "pycriu" / "rpc_pb2.py").exists():
-        pytest.skip(f"no built pycriu under {PYCRIU_LIB} (PROCSNAP_PYCRIU_LIB)")
+@pytest.mark.parametrize("which", list(PYCRIU_LIBS))
+def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path, which: str) -> None:
+    """CRIU's reference client (pycriu: a CRIU 4.2 build's, and Debian's
+    criu package's, on Debian's python3 and protobuf) checks, dumps and
+    restores through procsnap's swrk, and dumps through its service."""
+    lib = PYCRIU_LIBS[which]
+    if not (lib / "pycriu" / "rpc_pb2.py").exists():
+        pytest.skip(f"no pycriu under {lib}")
     py = "/usr/bin/python3"
     if subprocess.run([py, "-c", "import google.protobuf"], capture_output=True).returncode:
         pytest.skip(f"{py} has no protobuf for pycriu")
@@ -498,7 +502,7 @@ def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path) -> None
     client.write_text(PYCRIU_CLIENT)
 
     def pycriu(*args: object) -> str:
-        res = subprocess.run([py, str(client), str(PYCRIU_LIB), *map(str, args)], env=_env(),
+        res = subprocess.run([py, str(client), str(lib), *map(str, args)], env=_env(),
                              capture_output=True, text=True, timeout=60,
                              stdin=subprocess.DEVNULL)
         reap()
