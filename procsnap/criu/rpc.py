@@ -4,10 +4,14 @@ runc, crun, Podman (through go-criu), libcriu and pycriu never run criu's
 command line: they start ``criu swrk FD`` on one end of a SOCK_SEQPACKET
 socketpair (or connect to ``criu service``) and send one ``criu_req``
 (images/proto/rpc.proto, CRIU's messages and field numbers), one message
-a packet; we answer with ``criu_resp``.  One request a session, as criu:
-runc runs one swrk for VERSION and another for DUMP or RESTORE.
+a packet; we answer with ``criu_resp``.  One request a session, as criu
+(but VERSION / FEATURE_CHECK with keep_open, and a PRE_DUMP series ending
+in its DUMP): runc runs one swrk for VERSION and another for DUMP or
+RESTORE.  go-criu's plain VERSION is answered by swrk.py before this
+module (and protobuf) is even imported.
 
-DUMP and RESTORE run the very code of ``criu dump`` / ``criu restore``:
+DUMP, RESTORE (and PRE_DUMP where procsnap has ``criu pre-dump``) run
+the very code of ``criu dump`` / ``criu restore``:
 FIELDS translates a criu_opts into the options object (options.Parsed)
 the command line builds, then ``procsnap.criu.execute`` runs it.  A field
 procsnap cannot honour (its option refused in options.TABLE, or no option
@@ -160,7 +164,8 @@ def _cpu_cap(v: int, rq: "Request") -> list[tuple[str, str]]:
 
 def _status_fd(v: int, rq: "Request") -> list[tuple[str, str]]:
     # an fd of the client, reopened as criu does; the option gets ours
-    return [("status-fd", str(rq.open_peer_fd("status_fd", v, os.O_WRONLY)))]
+    # --status-fd closes it once written: not ours to close again
+    return [("status-fd", str(rq.open_peer_fd("status_fd", v, os.O_WRONLY, own=False)))]
 
 
 def _ghost_limit(v: int, rq: "Request") -> list[tuple[str, str]]:
@@ -264,11 +269,13 @@ def _is_set(opts: Any, name: str) -> bool:
 
 
 def _spell(f: Field, value: Any) -> str:
+    """A field with its value, as a refusal names it."""
     if isinstance(value, bool):
         return f"criu_opts.{f.name}={str(value).lower()}"
-    if isinstance(value, (int, str)):
-        return f"criu_opts.{f.name}={value!r}" if isinstance(value, str) \
-            else f"criu_opts.{f.name}={value}"
+    if isinstance(value, str):
+        return f"criu_opts.{f.name}={value!r}"
+    if isinstance(value, int):
+        return f"criu_opts.{f.name}={value}"
     return f"criu_opts.{f.name}"
 
 
@@ -342,15 +349,17 @@ class Request:
         self.notify_error: str | None = None
         self.log_path: str | None = None     # known: a refusal goes there too
 
-    def open_peer_fd(self, field: str, n: int, flags: int) -> int:
-        """The client's fd n, opened through /proc as criu does."""
+    def open_peer_fd(self, field: str, n: int, flags: int, own: bool = True) -> int:
+        """The client's fd n, opened through /proc as criu does; closed with
+        the request unless ``own`` is False (the option it goes to closes it)."""
         path = f"/proc/{self.peer_pid}/fd/{n}"
         try:
             fd = os.open(path, flags | os.O_CLOEXEC)
         except OSError as exc:
             raise BadRequest(f"criu_opts.{field}={n}: cannot open the client's fd "
                              f"({path}): {exc.strerror}") from None
-        self.fds.append(fd)
+        if own:
+            self.fds.append(fd)
         return fd
 
     def dir_path(self, field: str, n: int) -> str:
@@ -576,14 +585,14 @@ def serve(rq: Request, req: Any, name: str, run: Execute) -> bool:
                                                    name="procsnap")))
         return True
     if name == "FEATURE_CHECK":
-        # the features this message can ask about are none procsnap has
-        feat = R.criu_features(mem_track=False, lazy_pages=False, pidfd_store=False)
-        rq.send(R.criu_resp(type=req.type, success=True, features=feat))
+        rq.send(R.criu_resp(type=req.type, success=True, features=_features(req)))
         return True
     if name == "CHECK":
         return _check(rq, req)
     if name in ("DUMP", "RESTORE"):
         return _dump_restore(rq, req, name, run)
+    if name in ("PRE_DUMP", "SINGLE_PRE_DUMP") and "pre-dump" in O.COMMANDS:
+        return _pre_dump_loop(rq, req, name, run)
     if name == "WAIT_PID":
         return _wait_pid(rq, req)
     if name == "NOTIFY":
@@ -596,6 +605,46 @@ def serve(rq: Request, req: Any, name: str, run: Execute) -> bool:
         return False
     _fail(rq, req.type, f"request {name} is not supported by procsnap", errno.EOPNOTSUPP)
     return False
+
+
+def _features(req: Any) -> Any:
+    """criu's FEATURE_CHECK: each feature asked for is answered (criu sets
+    all three, false unless asked and there): mem_track as ``criu check
+    --feature mem_dirty_track`` answers for procsnap; lazy pages and the
+    pidfd store procsnap has not."""
+    from .features import check_feature
+    asked = req.features if req.HasField("features") else R.criu_features()
+    feat = R.criu_features(mem_track=False, lazy_pages=False, pidfd_store=False)
+    if asked.mem_track and "pre-dump" in O.COMMANDS:
+        feat.mem_track = check_feature("mem_dirty_track")[0]
+    return feat
+
+
+def _pre_dump_loop(rq: Request, req: Any, name: str, run: Execute) -> bool:
+    """criu's pre-dump session: PRE_DUMP requests, each answered, until a
+    DUMP (the last of the series, served as any DUMP) or the client's end
+    (runc's --pre-dump: one PRE_DUMP, then it closes); SINGLE_PRE_DUMP is
+    one pre-dump and the end."""
+    while True:
+        if not _dump_restore(rq, req, name, run):
+            return False
+        if name == "SINGLE_PRE_DUMP":
+            return True
+        try:
+            nxt = rq.recv()
+        except BadRequest as exc:
+            _fail(rq, T.Value("EMPTY"), str(exc), exc.errno)
+            return False
+        if nxt is None:
+            return False        # as criu: the series ended without its DUMP
+        nname = _TYPE_NAMES.get(nxt.type, str(nxt.type))
+        if nname == "DUMP":
+            return _dump_restore(rq, nxt, nname, run)
+        if nname != "PRE_DUMP":
+            _fail(rq, T.Value("EMPTY"), f"Bad req seq: {nname} after PRE_DUMP (only "
+                  "PRE_DUMP or DUMP)", errno.EBADRQC)
+            return False
+        req = nxt
 
 
 def _check(rq: Request, req: Any) -> bool:
@@ -637,7 +686,7 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     refusal: BadRequest | None = None
     try:
         p.given.extend(translate(opts, rq))
-        if command == "dump" and not opts.HasField("pid"):
+        if command in ("dump", "pre-dump") and not opts.HasField("pid"):
             raise BadRequest("criu_opts.pid is not set: dumping the client itself is not "
                              "supported by procsnap (name the tree's root in criu_opts.pid)")
     except BadRequest as exc:
@@ -702,8 +751,15 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
     return p, images_dir, work_dir, log_path
 
 
+COMMAND = {"DUMP": "dump", "RESTORE": "restore", "PRE_DUMP": "pre-dump",
+           "SINGLE_PRE_DUMP": "pre-dump"}
+
+
 def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
-    command = name.lower()
+    """DUMP, RESTORE and PRE_DUMP: criu_opts to the command line's options,
+    run as the command line runs them, answered."""
+    command = COMMAND[name]
+    rq.notify_error = None
     try:
         p, images_dir, work_dir, log_path = build(rq, req, command)
     except BadRequest as exc:
@@ -720,8 +776,8 @@ def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
         return False
     notify = rq.notify if rq.opts.notify_scripts else None
     out = run(p, images_dir, work_dir, log_path,
-                           f"criu {'swrk' if rq.swrk else 'service'}: {name} request "
-                           f"from pid {rq.peer_pid}", notify=notify, quiet=True)
+              f"criu {'swrk' if rq.swrk else 'service'}: {name} request from pid "
+              f"{rq.peer_pid}", notify=notify, quiet=True)
     if out.status != 0:
         msg = out.error or f"{command} failed ({out.status})"
         if rq.notify_error and rq.notify_error not in msg:
@@ -734,6 +790,8 @@ def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
     if name == "DUMP":
         rq.send(R.criu_resp(type=req.type, success=True,
                             dump=R.criu_dump_resp(restored=False)))
+    elif command == "pre-dump":
+        rq.send(R.criu_resp(type=req.type, success=True))
     else:
         assert out.pid is not None
         rq.send(R.criu_resp(type=req.type, success=True,

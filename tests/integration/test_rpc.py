@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from helpers import (REPO_ROOT, Target, TargetFactory, check_continuity, is_untouched,
-                     proc_ppid, read_numbers, read_status, reap, unused_pid, wait_for, wait_gone,
+                     proc_ppid, read_numbers, read_status, reap, wait_for, wait_gone,
                      wait_numbers)
 from procsnap.images.pb import rpc_pb2 as R
 
@@ -179,9 +179,15 @@ def test_dump_restore_with_images_dir_fd(swrk: Callable[[], Swrk], targets: Targ
         at_dump = read_numbers(numbers)
 
         targets.adopt(t.pid, like=t)
-        resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
-            images_dir_fd=ifd, work_dir_fd=wfd, log_file="restore.log", log_level=4,
-            manage_cgroups_mode=R.SOFT)))
+        r, w = os.pipe()                  # status_fd: an fd of ours, reopened by swrk
+        try:
+            resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
+                images_dir_fd=ifd, work_dir_fd=wfd, log_file="restore.log", log_level=4,
+                manage_cgroups_mode=R.SOFT, status_fd=w)))
+            os.close(w)
+            assert os.read(r, 16) == b"\0"      # criu's: one zero byte once restored
+        finally:
+            os.close(r)
         assert resp.type == R.RESTORE and resp.success, resp
         assert resp.restore.pid == t.pid
         rlog = (work / "restore.log").read_text()   # relative to work_dir_fd
@@ -315,12 +321,12 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("newer field", newer, R.EMPTY, "criu_opts field 127"),
         ("out-of-turn notify", R.criu_req(type=R.NOTIFY, notify_success=True)
          .SerializeToString(), R.NOTIFY, "NOTIFY"),
-        ("pre-dump", R.criu_req(type=R.PRE_DUMP, opts=dump.opts).SerializeToString(),
-         R.PRE_DUMP, "PRE_DUMP is not supported"),
+        ("cpuinfo", R.criu_req(type=R.CPUINFO_DUMP, opts=dump.opts).SerializeToString(),
+         R.CPUINFO_DUMP, "CPUINFO_DUMP is not supported"),
         ("page server", R.criu_req(type=R.PAGE_SERVER, opts=dump.opts).SerializeToString(),
          R.PAGE_SERVER, "PAGE_SERVER is not supported"),
         ("no such pid", R.criu_req(type=R.DUMP, opts=R.criu_opts(
-            images_dir_fd=ifd, pid=unused_pid())).SerializeToString(), R.DUMP,
+            images_dir_fd=ifd, pid=_no_pid())).SerializeToString(), R.DUMP,
          "no such process"),
         ("the client itself", R.criu_req(type=R.DUMP, opts=R.criu_opts(
             images_dir_fd=ifd, pid=os.getpid())).SerializeToString(), R.DUMP, "ancestor"),
@@ -347,6 +353,12 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
         ("restore, no images", R.criu_req(type=R.RESTORE, opts=R.criu_opts(
             images_dir_fd=ifd)).SerializeToString(), R.RESTORE, "inventory"),
     ]
+
+
+def _no_pid() -> int:
+    """A pid no process can have (above pid_max): not racing anyone for it."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
 
 
 def test_malformed_requests_get_a_failed_answer(swrk: Callable[[], Swrk],
@@ -381,7 +393,7 @@ def test_malformed_requests_get_a_failed_answer(swrk: Callable[[], Swrk],
             s.close()
         assert errnos["no such pid"] == 3                      # ESRCH, as criu
         assert errnos["refused field"] == 56                   # EBADRQC, as criu
-        assert errnos["unknown type"] == errnos["pre-dump"] == 95   # EOPNOTSUPP
+        assert errnos["unknown type"] == errnos["cpuinfo"] == 95   # EOPNOTSUPP
         runs_on(t, numbers)
         # a client that goes away mid-dump (at a notification) leaves it running
         s = swrk()
@@ -445,7 +457,9 @@ def test_service_stays_up(targets: TargetFactory, tmp_path: Path) -> None:
         reap()
 
 
-PYCRIU_LIB = Path(os.environ.get("PROCSNAP_PYCRIU_LIB", "/work/criu-build/lib"))
+# where a pycriu lives: a CRIU build's lib/ (4.2 here), Debian's criu package
+PYCRIU_LIBS = {"built": Path(os.environ.get("PROCSNAP_PYCRIU_LIB", "/work/criu-build/lib")),
+               "debian": Path("/usr/lib/python3/dist-packages")}
 PYCRIU_CLIENT = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
@@ -470,12 +484,14 @@ else:
 """
 
 
-def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path) -> None:
-    """CRIU's reference client (lib/pycriu, on Debian's python3 and protobuf)
-    checks, dumps and restores through procsnap's swrk, and dumps through
-    its service."""
-    if not (PYCRIU_LIB / "pycriu" / "rpc_pb2.py").exists():
-        pytest.skip(f"no built pycriu under {PYCRIU_LIB} (PROCSNAP_PYCRIU_LIB)")
+@pytest.mark.parametrize("which", list(PYCRIU_LIBS))
+def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path, which: str) -> None:
+    """CRIU's reference client (pycriu: a CRIU 4.2 build's, and Debian's
+    criu package's, on Debian's python3 and protobuf) checks, dumps and
+    restores through procsnap's swrk, and dumps through its service."""
+    lib = PYCRIU_LIBS[which]
+    if not (lib / "pycriu" / "rpc_pb2.py").exists():
+        pytest.skip(f"no pycriu under {lib}")
     py = "/usr/bin/python3"
     if subprocess.run([py, "-c", "import google.protobuf"], capture_output=True).returncode:
         pytest.skip(f"{py} has no protobuf for pycriu")
@@ -486,7 +502,7 @@ def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path) -> None
     client.write_text(PYCRIU_CLIENT)
 
     def pycriu(*args: object) -> str:
-        res = subprocess.run([py, str(client), str(PYCRIU_LIB), *map(str, args)], env=_env(),
+        res = subprocess.run([py, str(client), str(lib), *map(str, args)], env=_env(),
                              capture_output=True, text=True, timeout=60,
                              stdin=subprocess.DEVNULL)
         reap()
@@ -552,3 +568,61 @@ def test_config_file_as_criu_reads_it(swrk: Callable[[], Swrk], targets: TargetF
         runs_on(t, numbers)
     finally:
         os.close(ifd)
+
+
+
+def test_pre_dump_series_then_dump(swrk: Callable[[], Swrk], targets: TargetFactory,
+                                   tmp_path: Path) -> None:
+    """criu's pre-dump over RPC, where procsnap has pre-dump: PRE_DUMP answered
+    and the tree runs on; the same session's DUMP with parent_img (criu's
+    series, libcriu's), and a PRE_DUMP alone in its session (runc's
+    --pre-dump, pycriu's)."""
+    from procsnap.criu import options as O
+    if "pre-dump" not in O.COMMANDS:
+        resp, _ = one_call(swrk, R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=-1, images_dir=str(tmp_path), pid=os.getpid())))
+        assert not resp.success and "PRE_DUMP is not supported" in resp.cr_errmsg
+        pytest.skip("procsnap has no pre-dump on this branch: PRE_DUMP refused by name")
+    t, numbers = start_counter(targets)
+    dirs = [tmp_path / n for n in ("pre1", "pre2", "final", "scratch")]
+    for d in dirs:
+        d.mkdir()
+    fds = [dir_fd(d) for d in dirs]
+    try:
+        # a PRE_DUMP alone in its session: answered, then the client closes
+        s = swrk()
+        resp = s.call(R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[0], pid=t.pid, track_mem=True)))
+        assert resp.type == R.PRE_DUMP and resp.success, resp
+        s.close()
+        runs_on(t, numbers)
+        # after a PRE_DUMP only PRE_DUMP or DUMP (criu: "Bad req seq")
+        s = swrk()
+        resp = s.call(R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[3], pid=t.pid, track_mem=True, parent_img="../pre1")))
+        assert resp.success, resp
+        resp = s.call(R.criu_req(type=R.VERSION))
+        assert not resp.success and "Bad req seq" in resp.cr_errmsg, resp
+        assert s.close()[0] == 1
+        runs_on(t, numbers)
+        # a series in one session: PRE_DUMP, then the DUMP
+        s = swrk()
+        resp = s.call(R.criu_req(type=R.PRE_DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[1], pid=t.pid, track_mem=True, parent_img="../pre1")))
+        assert resp.type == R.PRE_DUMP and resp.success, resp
+        runs_on(t, numbers)
+        resp = s.call(R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=fds[2], pid=t.pid, track_mem=True, parent_img="../pre2")))
+        assert resp.type == R.DUMP and resp.success, resp
+        assert s.close()[0] == 0
+        assert wait_gone(t.pid, 10)
+        at_dump = read_numbers(numbers)
+        targets.adopt(t.pid, like=t)
+        resp, _ = one_call(swrk, R.criu_req(type=R.RESTORE, opts=R.criu_opts(
+            images_dir_fd=fds[2])))
+        assert resp.success and resp.restore.pid == t.pid, resp
+        check_continuity(wait_numbers(numbers, at_dump[-1] + 5))
+        assert t.verdict().startswith("PASS")
+    finally:
+        for fd in fds:
+            os.close(fd)
