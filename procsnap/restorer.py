@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from . import images
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
+from .images import parent as parent_pages
+from .images import pidview
 from .images.pb import core_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
@@ -67,6 +69,7 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
         raise ImageError(pstree_path, "no process in the tree")
     if inv.HasField("root_ids"):
         rctx.root_ids = inv.root_ids
+    _from_inside_view(rctx, inv, tree)
     for e in tree:
         # pids at every level (a tree in a pid namespace of its own)
         if e.ns_pid:
@@ -86,7 +89,8 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
                              "listed before it")
         rt = RestoreTask(pid=entry.pid, images_dir=d, pstree=entry)
         rt._rctx = rctx
-        rt.core = images.read_one(d, "core", entry.pid)
+        ipid = rctx.image_pid(entry.pid)  # the pid the images are named by
+        rt.core = images.read_one(d, "core", ipid)
         _check_core(rt, rt.core, entry.pid)
         rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
@@ -104,18 +108,23 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
         for tid in threads[1:]:
             if tid in pids or (check_pids and os.path.exists(f"/proc/{tid}")):
                 raise RestoreError(f"thread id {tid} of pid {entry.pid} is already taken")
-            core = images.read_one(d, "core", tid)
+            core = images.read_one(d, "core", rctx.image_pid(tid))
             _check_core(rt, core, tid)
             _check_live_core(rt, core, tid)
             rt.threads.append(RestoreThread(tid, core))
-        rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", entry.pid)
-        rt.mm = images.read_one(d, "mm", entry.pid)
-        pm = images.read_image(d, "pagemap", entry.pid)
+        rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", ipid)
+        rt.mm = images.read_one(d, "mm", ipid)
+        pm = images.read_image(d, "pagemap", ipid)
         if not pm:
             raise ImageError(rt.image_name("pagemap"), "empty pagemap (no head)")
         rt.pages_id = pm[0].pages_id
         rt.pagemap = pm[1:]
-        pages = rt.image_name("pages")
+        if parent_pages.needs_parent(rt.pagemap):
+            # criu's pre-dump chain: some pages are in the parent image set
+            rt.pagemap, fd = parent_pages.flatten(d, ipid, rt.pagemap)
+            rctx.own_fds.append(fd)
+            rt.pages_path = f"/proc/{os.getpid()}/fd/{fd}"
+        pages = rt.pages_file()
         need = sum(e.nr_pages for e in rt.pagemap
                    if not e.HasField("flags") or e.flags & PE_PRESENT) * C.PAGE_SIZE
         try:
@@ -124,13 +133,65 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
             raise ImageError(pages, "no such image") from None
         if have < need:
             raise ImageError(pages, f"truncated: {have} bytes, the pagemap needs {need}")
-        rt.fs = images.read_one(d, "fs", entry.pid)
+        rt.fs = images.read_one(d, "fs", ipid)
         _shared_with_parent(rctx, rt)
         rt.fdinfos = images.read_image(d, "fdinfo", rt.ids.files_id)
         for ident in [rt.mm.exe_file_id, rt.fs.cwd_id, rt.fs.root_id] + \
                 [f.id for f in rt.fdinfos] + \
                 [v.shmid for v in rt.mm.vmas if v.status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED)]:
             rctx.file_entry(ident)
+
+
+def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
+    """CRIU's pstree of a tree in a pid namespace of its own.
+
+    CRIU (4.x) records such a tree by the pids seen inside its namespace
+    (the root is 1) and names its images by them; every other image names
+    pids the same way.  procsnap's own images name the dumper's view and
+    give every level in ns_pid.  So a pstree without ns_pid whose root is
+    in another pid namespace than the dumper (the ids against the
+    inventory's root_ids) is CRIU's: each task and thread is given an
+    outside pid here, one free now, from the top of the pid range (away
+    from any inside pid), and the entries are rewritten to procsnap's
+    form: outside pids, ns_pid = [outside, inside].  The inside pids are
+    restored exactly (set_tid); other images' pids are inside pids, which
+    is what the puppets pass in their calls (RestoreContext.vpid leaves a
+    pid it does not know unchanged).  ``rctx.image_pids`` maps back to the
+    pid each image file is named by."""
+    if pidview.is_inside_form(tree):
+        rctx.image_pids = pidview.to_outside(tree)  # procsnap's own, from 2026-11-30
+        return
+    if not tree or any(e.ns_pid for e in tree) or not inv.HasField("root_ids"):
+        return  # procsnap's older form (the outside view), or no pid namespace
+    root = tree[0]
+    core = images.read_one(rctx.images_dir, "core", root.pid)
+    ids = core.ids if core.HasField("ids") else \
+        images.read_one(rctx.images_dir, "ids", root.pid)
+    if not ids.HasField("pid_ns_id") or not inv.root_ids.HasField("pid_ns_id") \
+            or ids.pid_ns_id == inv.root_ids.pid_ns_id:
+        return
+    inside = list(dict.fromkeys(p for e in tree for p in [e.pid, *e.threads]))
+    with open("/proc/sys/kernel/pid_max") as f:
+        cand = int(f.read()) - 1
+    taken = set(inside)
+    outside: dict[int, int] = {}
+    for p in inside:
+        while cand in taken or os.path.exists(f"/proc/{cand}"):
+            cand -= 1
+        if cand <= 300:
+            raise RestoreError("no free pid left for the tree's outside pids")
+        outside[p] = cand
+        taken.add(cand)
+
+    def out(p: int) -> int:
+        return outside.get(p, p)
+    for e in tree:
+        e.ns_pid[:] = [out(e.pid), e.pid]
+        e.ns_threads[:] = [x for t in e.threads for x in (out(t), t)]
+        e.pid, e.ppid, e.pgid, e.sid = out(e.pid), out(e.ppid), out(e.pgid), out(e.sid)
+        e.threads[:] = [out(t) for t in e.threads]
+    rctx.image_pids = {o: i for i, o in outside.items()}
+    log.info("CRIU's inside view of pid namespace pids: outside pids %s", rctx.image_pids)
 
 
 def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:

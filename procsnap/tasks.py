@@ -203,6 +203,9 @@ class RestoreTask:
     mm: Any = None
     pagemap: list[Any] = field(default_factory=list)
     pages_id: int = 0
+    # A pages file of its own when some pages were in a parent image set
+    # (images.parent.flatten); "" for pages-<pages_id>.img.
+    pages_path: str = ""
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
     threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
@@ -222,6 +225,10 @@ class RestoreTask:
     shares_fs: bool = False
     _rctx: Any = None
 
+    def pages_file(self) -> str:
+        """The file holding this task's pages, in pagemap order."""
+        return self.pages_path or self.image_name("pages")
+
     def image_name(self, kind: str, ident: int | None = None) -> str:
         if ident is None:
             ident = self.pid
@@ -231,6 +238,8 @@ class RestoreTask:
                 ident = self.pages_id
         if kind in ("inventory", "pstree", "files"):
             return images.image_path(self.images_dir, kind, None)
+        if self._rctx is not None and kind not in ("fdinfo", "pages"):
+            ident = self._rctx.image_pid(ident)
         return images.image_path(self.images_dir, kind, ident)
 
     def open_in_puppet(self, path: str, flags: int,
@@ -305,6 +314,9 @@ class RestoreContext:
     # level, innermost first (a set_tid array); only for a tree restored in
     # a pid namespace of its own.
     nspids: dict[int, list[int]] = field(default_factory=dict)
+    # pid or tid -> the pid its image files are named by, when that differs
+    # (CRIU's images of a tree in a pid namespace: the inside view)
+    image_pids: dict[int, int] = field(default_factory=dict)
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None
@@ -314,6 +326,10 @@ class RestoreContext:
     # (task, pid) -> a function that ends it: a short-lived helper task
     # with that pid, forked by the task (the restorer sets it)
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
+
+    def image_pid(self, pid: int) -> int:
+        """The pid that names ``pid``'s image files (core-N.img, ...)."""
+        return self.image_pids.get(pid, pid)
 
     def vpid(self, pid: int) -> int:
         """``pid`` (the dumper's view) as the puppets see it: the number to

@@ -74,3 +74,68 @@ def test_vdso_layout_merges_vvar() -> None:
     criu = memory._vdso_layout([(vvar, 0, 0x6000), (vdso, 0x6000, 0x8000)])
     assert ours == criu == [0x6000, 0x2000]
     assert memory._vdso_layout([(vvar, 0, 0x6000), (vdso, 0x6000, 0xa000)]) != ours
+
+
+def _tree_in_pidns() -> list:
+    """procsnap's outside view of a tree in its own pid namespace: root
+    5000 (1 inside) with a thread 5003 (3 inside), child 5001 (2 inside)."""
+    from procsnap.images.pb import pstree_pb2
+    root = pstree_pb2.pstree_entry(pid=5000, ppid=77, pgid=5000, sid=5000,
+                                   threads=[5000, 5003], ns_pid=[5000, 1],
+                                   ns_threads=[5000, 1, 5003, 3])
+    kid = pstree_pb2.pstree_entry(pid=5001, ppid=5000, pgid=5000, sid=5000,
+                                  threads=[5001], ns_pid=[5001, 2], ns_threads=[5001, 2])
+    return [root, kid]
+
+
+def test_pstree_written_as_criu_inside_the_pid_namespace() -> None:
+    """criu names a pid namespace's tasks by their inside pids (and refuses
+    one without its init, pid 1); procsnap writes that, keeping ns_pid."""
+    from procsnap.images import pidview
+    tree = _tree_in_pidns()
+    out, names = pidview.to_inside(tree)
+    assert names == {5000: 1, 5003: 3, 5001: 2}
+    assert [(e.pid, e.ppid, e.pgid, e.sid, list(e.threads)) for e in out] == \
+        [(1, 0, 1, 1, [1, 3]), (2, 1, 1, 1, [2])]
+    assert list(out[0].ns_pid) == [5000, 1]
+    assert tree[0].pid == 5000  # the dumper's own entries are left alone
+    # read back: the outside view again, image files named by the inside pids
+    assert pidview.is_inside_form(out) and not pidview.is_inside_form(tree)
+    image_pids = pidview.to_outside(out)
+    assert image_pids == {5000: 1, 5003: 3, 5001: 2}
+    assert [(e.pid, e.ppid, e.pgid, e.sid, list(e.threads)) for e in out] == \
+        [(5000, 0, 5000, 5000, [5000, 5003]), (5001, 5000, 5000, 5000, [5001])]
+
+
+def test_pstree_without_pid_namespace_unchanged() -> None:
+    from procsnap.images import pidview
+    from procsnap.images.pb import pstree_pb2
+    tree = [pstree_pb2.pstree_entry(pid=10, ppid=1, pgid=10, sid=10, threads=[10])]
+    out, names = pidview.to_inside(tree)
+    assert out is tree and names == {} and not pidview.is_inside_form(tree)
+
+
+def test_network_lock_named_for_criu(monkeypatch) -> None:
+    """Our nft lock table is criu's name for it ("CRIU-" + the run id the
+    inventory records, lock method nftables), so criu's restore deletes it;
+    criu's iptables lock (its default) is taken off rule by rule, spelled
+    as criu/netfilter.c spells it."""
+    import socket
+    from procsnap.images.pb import inventory_pb2
+    from procsnap.resources import tcp
+
+    class Ctx:
+        kind_state = {tcp.NAME: {"locked": True}}
+        tasks = [type("T", (), {"pid": 4242})]
+    inv = inventory_pb2.inventory_entry(img_version=2)
+    tcp.inventory(Ctx(), inv)  # type: ignore[arg-type]
+    assert inv.network_lock_method == tcp.LOCK_NFTABLES
+    assert f"CRIU-{inv.dump_criu_run_id}" == tcp.table_name(4242)
+    ran: list[list[str]] = []
+    monkeypatch.setattr(tcp.subprocess, "run", lambda argv, **kw: ran.append(argv))
+    tcp._criu_iptables_unlock(socket.AF_INET6, "::ffff:127.0.0.1", 40000, "::ffff:127.0.0.2", 80)
+    assert [" ".join(a) for a in ran] == [
+        "iptables -w -t filter -D INPUT --protocol tcp -m mark ! --mark 49428 "
+        "--source 127.0.0.2 --sport 80 --destination 127.0.0.1 --dport 40000 -j DROP",
+        "iptables -w -t filter -D OUTPUT --protocol tcp -m mark ! --mark 49428 "
+        "--source 127.0.0.1 --sport 40000 --destination 127.0.0.2 --dport 80 -j DROP"]

@@ -151,7 +151,11 @@ def test_tcp_streams() -> None:
 def test_namespaces() -> None:
     rctx = _collect("ns")
     (rt,) = rctx.tasks
-    assert rt.pstree.pid == 1, "criu records pids as seen inside the pid namespace"
+    # criu records pids as seen inside the pid namespace: the reader gives
+    # the root a free outside pid and keeps 1 inside (and in the image names)
+    assert rt.pstree.ns_pid[-1] == 1 and rctx.vpid(rt.pid) == 1
+    assert rctx.set_tid(rt.pid) == [1, rt.pid] and rt.pid != 1
+    assert rt.image_name("core").endswith("/core-1.img")
     uts = read_one(rctx.images_dir, "utsns", rt.ids.uts_ns_id)
     assert uts.nodename == "tiny-ns"
     read_one(rctx.images_dir, "ipcns-var", rt.ids.ipc_ns_id)
@@ -174,3 +178,120 @@ def test_cet_shadow_stack_refused() -> None:
     core.thread_info.fpregs.xsave.cet.cet = 1
     with pytest.raises(RestoreError, match=f"pid {rt.pid}: thread {rt.pid}: a CET shadow stack"):
         restorer._check_live_core(rt, core, rt.pid)
+
+
+# --- pagemaps that point into a parent image set (criu pre-dump chains) ---
+# CRIU cannot write these on this kernel (pre-dump needs soft-dirty bits,
+# which it lacks), so a chain is made from the counter fixture: its set
+# becomes the parent, and a child set says which runs are in the parent.
+
+def _chain(tmp_path: Path, child_entries: list[tuple[int, int, int | None, bool]],
+           child_pages: bytes) -> tuple[Path, int, bytes]:
+    """(child dir, pid, the parent's pages of its last run: the 3-page
+    stack) with the child's pagemap made of (page index into that run,
+    count, flags, old in_parent)."""
+    import shutil
+    from procsnap.images import write_image
+    from procsnap.images.pb import pagemap_pb2
+    parent = tmp_path / "parent-set"
+    shutil.copytree(FIXTURES / "counter", parent)
+    child = tmp_path / "child-set"
+    shutil.copytree(FIXTURES / "counter", child)
+    rt = _collect("counter").tasks[0]
+    pid = rt.pid
+    first = rt.pagemap[-1]
+    assert first.nr_pages == 3
+    skip = sum(e.nr_pages for e in rt.pagemap[:-1]) * 4096
+    parent_bytes = (parent / f"pages-{rt.pages_id}.img").read_bytes()[skip:]
+    (child / "parent").symlink_to("../parent-set")
+    ents: list[Any] = [pagemap_pb2.pagemap_head(pages_id=rt.pages_id)]
+    for idx, n, flags, old in child_entries:
+        e = pagemap_pb2.pagemap_entry(vaddr=first.vaddr + idx * 4096, nr_pages=n)
+        if flags is not None:
+            e.flags = flags
+        if old:
+            e.in_parent = True
+        ents.append(e)
+    (child / f"pagemap-{pid}.img").unlink()
+    write_image(str(child), "pagemap", ents, pid)
+    (child / f"pages-{rt.pages_id}.img").write_bytes(child_pages)
+    return child, pid, parent_bytes
+
+
+def test_pages_in_parent_are_read_from_the_parent(tmp_path: Path) -> None:
+    from procsnap.images import PE_PARENT, PE_PRESENT
+    new = b"N" * 4096
+    child, pid, par = _chain(tmp_path, [(0, 1, PE_PARENT, False), (1, 1, PE_PRESENT, False),
+                                        (2, 1, None, True)], new)
+    rctx = RestoreContext(str(child), RestoreOptions())
+    try:
+        restorer._collect(rctx, check_pids=False)
+        rt = rctx.tasks[0]
+        assert [e.flags for e in rt.pagemap] == [PE_PRESENT] * 3
+        got = Path(rt.pages_file()).read_bytes()
+        # page 0 and page 2 from the parent's file, page 1 from the child's
+        assert got == par[:4096] + new + par[8192:12288]
+    finally:
+        for fd in rctx.own_fds:
+            os.close(fd)
+
+
+def test_pages_two_sets_up(tmp_path: Path) -> None:
+    """A parent that says PE_PARENT again sends the reader one more set up."""
+    from procsnap.images import PE_PARENT, PE_PRESENT, write_image
+    from procsnap.images.pb import pagemap_pb2
+    child, pid, par = _chain(tmp_path, [(0, 2, PE_PARENT, False)], b"")
+    # the middle set holds page 0 itself and sends page 1 further up
+    mid = tmp_path / "parent-set"
+    top = tmp_path / "top-set"
+    import shutil
+    shutil.copytree(mid, top)
+    rt = _collect("counter").tasks[0]
+    base = rt.pagemap[-1].vaddr
+    (mid / f"pagemap-{pid}.img").unlink()
+    write_image(str(mid), "pagemap", [
+        pagemap_pb2.pagemap_head(pages_id=rt.pages_id),
+        pagemap_pb2.pagemap_entry(vaddr=base, nr_pages=1, flags=PE_PRESENT),
+        pagemap_pb2.pagemap_entry(vaddr=base + 4096, nr_pages=1, flags=PE_PARENT)], pid)
+    (mid / f"pages-{rt.pages_id}.img").write_bytes(b"M" * 4096)
+    (mid / "parent").symlink_to("../top-set")
+    rctx = RestoreContext(str(child), RestoreOptions())
+    try:
+        restorer._collect(rctx, check_pids=False)
+        assert Path(rctx.tasks[0].pages_file()).read_bytes() == b"M" * 4096 + par[4096:8192]
+    finally:
+        for fd in rctx.own_fds:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("what", ["lazy", "no-parent", "hole"])
+def test_pages_not_in_any_file_are_named(tmp_path: Path, what: str) -> None:
+    from procsnap.errors import ImageError
+    from procsnap.images import PE_LAZY, PE_PARENT
+    if what == "lazy":
+        child, *_ = _chain(tmp_path, [(0, 1, PE_LAZY, False)], b"")
+        msg = r"are lazy \(flags 0x2: on a page server"
+    elif what == "no-parent":
+        child, *_ = _chain(tmp_path, [(0, 1, PE_PARENT, False)], b"")
+        (child / "parent").unlink()
+        msg = "no parent link"
+    else:
+        child, *_ = _chain(tmp_path, [(-4, 1, PE_PARENT, False)], b"")
+        msg = "is not in this image set"
+    rctx = RestoreContext(str(child), RestoreOptions())
+    with pytest.raises(ImageError, match=msg):
+        restorer._collect(rctx, check_pids=False)
+    for fd in rctx.own_fds:
+        os.close(fd)
+
+
+def test_shared_memory_pages_in_parent_are_refused() -> None:
+    from procsnap.errors import ImageError
+    from procsnap.images import PE_PARENT, PE_PRESENT, parent
+    from procsnap.images.pb import pagemap_pb2
+    ok = pagemap_pb2.pagemap_entry(vaddr=0, nr_pages=1, flags=PE_PRESENT)
+    old = pagemap_pb2.pagemap_entry(vaddr=0x1000, nr_pages=1, compat_nr_pages=1)
+    parent.all_present("shmem-pagemap-7.img", [ok, old])
+    up = pagemap_pb2.pagemap_entry(vaddr=0x2000, nr_pages=1, flags=PE_PARENT)
+    with pytest.raises(ImageError, match="pages at offset 0x2000 are in the parent image set"):
+        parent.all_present("shmem-pagemap-7.img", [ok, up])

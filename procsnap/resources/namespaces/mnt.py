@@ -136,7 +136,11 @@ def entry_of(m: MountInfo) -> Any:
         fstype=FSTYPES.get(m.fstype, F.AUTO), mnt_id=m.mnt_id,
         root_dev=kdev(m.major, m.minor), parent_mnt_id=m.parent_id,
         flags=mount_flags(m), root=m.root, mountpoint=m.mount_point, source=m.source,
-        options=",".join(opts), sb_flags=sb_flags, fsname=m.fstype)
+        options=",".join(opts), sb_flags=sb_flags)
+    if e.fstype == F.AUTO:
+        # only then, as criu: its restore refuses an fsname beside a known
+        # fstype ("fsname can be set only for FSTYPE__AUTO mounts")
+        e.fsname = m.fstype
     for tag in m.optional:
         key, _, val = tag.partition(":")
         if key == "shared":
