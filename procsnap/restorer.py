@@ -67,6 +67,11 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
     pstree_path = images.image_path(d, "pstree", None)
     if not tree:
         raise ImageError(pstree_path, "no process in the tree")
+    if inv.HasField("plugins_entry") and inv.plugins_entry.plugins:
+        # criu's plugins (GPU state, ...) saved state procsnap cannot read
+        raise ImageError(images.image_path(d, "inventory", None),
+                         "the dump needs criu plugins "
+                         f"({', '.join(inv.plugins_entry.plugins)}); procsnap has none")
     if inv.HasField("root_ids"):
         rctx.root_ids = inv.root_ids
     _from_inside_view(rctx, inv, tree)
@@ -80,6 +85,8 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
                     rctx.nspids[tid] = list(reversed(e.ns_threads[i * n:(i + 1) * n]))
     for f in images.read_image(d, "files"):
         rctx.files[f.id] = f
+    if rctx.inside_pids:
+        _files_outside_view(rctx)
     pids = {e.pid for e in tree}
     for i, entry in enumerate(tree):
         if entry.pid in rctx.by_pid:
@@ -191,7 +198,23 @@ def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
         e.pid, e.ppid, e.pgid, e.sid = out(e.pid), out(e.ppid), out(e.pgid), out(e.sid)
         e.threads[:] = [out(t) for t in e.threads]
     rctx.image_pids = {o: i for i, o in outside.items()}
+    rctx.inside_pids = dict(outside)
     log.info("CRIU's inside view of pid namespace pids: outside pids %s", rctx.image_pids)
+
+
+def _files_outside_view(rctx: RestoreContext) -> None:
+    """The pids CRIU's file entries name (SIGIO owners, pidfds) are inside
+    pids: to the outside pids this restore works with."""
+    for f in rctx.files.values():
+        for _, sub in f.ListFields():
+            if not hasattr(sub, "DESCRIPTOR"):
+                continue
+            # (a process group's id is its leader's pid: the same mapping)
+            if sub.DESCRIPTOR.fields_by_name.get("fown") is not None and sub.HasField("fown") \
+                    and sub.fown.pid > 0:
+                sub.fown.pid = rctx.inside_pids.get(sub.fown.pid, sub.fown.pid)
+            if sub.DESCRIPTOR.name == "pidfd_entry" and sub.nspid > 0:
+                sub.nspid = rctx.inside_pids.get(sub.nspid, sub.nspid)
 
 
 def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:
@@ -256,6 +279,17 @@ def _check_live_core(rt: RestoreTask, core: Any, ident: int) -> None:
     for part in ("thread_info", "thread_core"):
         if not core.HasField(part):
             raise ImageError(rt.image_name("core", ident), f"core entry has no {part}")
+    for d in core.thread_info.tls:
+        if not d.seg_not_present:
+            # criu saves the GDT TLS slots (set_thread_area, 32-bit code);
+            # procsnap does not set them: the task's %fs/%gs would be wrong
+            raise RestoreError(f"pid {rt.pid}: thread {ident}: GDT TLS entry "
+                               f"{d.entry_number} (set_thread_area) is in use; procsnap "
+                               "does not restore set_thread_area entries")
+    if ident == rt.pid and any(sa.compat_sigaction for sa in core.tc.sigactions
+                               if sa.HasField("compat_sigaction")):
+        raise RestoreError(f"pid {rt.pid}: signal handlers of a 32-bit (compat) task; "
+                           "procsnap restores x86_64 tasks only")
     fp = core.thread_info.fpregs
     if fp.HasField("xsave") and fp.xsave.HasField("cet") and fp.xsave.cet.cet:
         # criu 4.x saves an enabled user shadow stack (CET); procsnap does

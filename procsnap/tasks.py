@@ -317,6 +317,9 @@ class RestoreContext:
     # pid or tid -> the pid its image files are named by, when that differs
     # (CRIU's images of a tree in a pid namespace: the inside view)
     image_pids: dict[int, int] = field(default_factory=dict)
+    # inside pid -> outside pid, when the images name pids as seen inside
+    # the tree's pid namespace (CRIU's images)
+    inside_pids: dict[int, int] = field(default_factory=dict)
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None

@@ -309,7 +309,7 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
 
 def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
     import procsnap
-    from ..images import read_image
+    from ..images import pidview, read_image
     from ..restorer import last_stats, wait_exit
     from . import stats
     from .scripts import ActionScripts
@@ -331,7 +331,10 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
         def action(name: str) -> int:
             # criu knows the root's pid once its tasks exist (not at pre-restore)
             if name != "pre-restore" and scripts.root_pid is None:
-                scripts.root_pid = read_image(images_dir, "pstree")[0].pid
+                tree = read_image(images_dir, "pstree")
+                if pidview.is_inside_form(tree):
+                    pidview.to_outside(tree)  # a pid namespace's root: its outside pid
+                scripts.root_pid = tree[0].pid
             return scripts(name)
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,

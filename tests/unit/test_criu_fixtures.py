@@ -295,3 +295,53 @@ def test_shared_memory_pages_in_parent_are_refused() -> None:
     up = pagemap_pb2.pagemap_entry(vaddr=0x2000, nr_pages=1, flags=PE_PARENT)
     with pytest.raises(ImageError, match="pages at offset 0x2000 are in the parent image set"):
         parent.all_present("shmem-pagemap-7.img", [ok, up])
+
+
+@pytest.mark.parametrize("what", ["tls", "compat", "plugins"])
+def test_criu_state_procsnap_lacks_is_named(tmp_path: Path, what: str) -> None:
+    """State criu saves and procsnap does not restore fails the reading of
+    the images with one line naming it (never a quiet drop)."""
+    import shutil
+    from procsnap.errors import ProcsnapError
+    from procsnap.images import write_one
+    d = tmp_path / "set"
+    shutil.copytree(FIXTURES / "counter", d)
+    rctx = _collect("counter")
+    rt = rctx.tasks[0]
+    if what == "plugins":
+        inv = read_one(str(d), "inventory")
+        inv.plugins_entry.plugins.append("amdgpu_plugin")
+        (d / "inventory.img").unlink()
+        write_one(str(d), "inventory", inv)
+        msg = r"needs criu plugins \(amdgpu_plugin\)"
+    else:
+        core = rt.core
+        if what == "tls":
+            core.thread_info.tls[0].seg_not_present = False
+            msg = "GDT TLS entry 12 \\(set_thread_area\\) is in use"
+        else:
+            core.tc.sigactions[0].compat_sigaction = True
+            msg = "signal handlers of a 32-bit \\(compat\\) task"
+        (d / f"core-{rt.pid}.img").unlink()
+        write_one(str(d), "core", core, rt.pid)
+    with pytest.raises(ProcsnapError, match=msg):
+        restorer._collect(RestoreContext(str(d), RestoreOptions()), check_pids=False)
+
+
+def test_criu_inside_pids_in_file_entries(tmp_path: Path) -> None:
+    """A SIGIO owner in CRIU's images of a pid namespace is an inside pid;
+    the reader turns it into the outside pid of the same task."""
+    import shutil
+    from procsnap.images import write_image
+    d = tmp_path / "set"
+    shutil.copytree(FIXTURES / "ns", d)
+    files = read_image(str(d), "files")
+    reg = next(f for f in files if f.HasField("reg"))
+    reg.reg.fown.pid = 1
+    reg.reg.fown.signum = 29
+    (d / "files.img").unlink()
+    write_image(str(d), "files", files)
+    rctx = RestoreContext(str(d), RestoreOptions())
+    restorer._collect(rctx, check_pids=False)
+    root = rctx.tasks[0]
+    assert root.pid != 1 and rctx.files[reg.id].reg.fown.pid == root.pid
