@@ -523,7 +523,8 @@ def _write_images(ctx: DumpContext) -> None:
             track(kind, ident)
             images.write_image(d, kind, msgs, ident)
     track("files", None)
-    images.write_image(d, "files", ctx.files)
+    images.write_image(d, "files", [pidview.map_file_pids(f, inside) for f in ctx.files]
+                       if inside else ctx.files)
     for (kind, ident), msgs in ctx.shared_images.items():
         track(kind, ident)
         images.write_image(d, kind, msgs, ident)

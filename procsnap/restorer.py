@@ -167,6 +167,7 @@ def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
     pid each image file is named by."""
     if pidview.is_inside_form(tree):
         rctx.image_pids = pidview.to_outside(tree)  # procsnap's own, from 2026-11-30
+        rctx.inside_pids = {i: o for o, i in rctx.image_pids.items()}
         return
     if not tree or any(e.ns_pid for e in tree) or not inv.HasField("root_ids"):
         return  # procsnap's older form (the outside view), or no pid namespace
@@ -203,18 +204,10 @@ def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
 
 
 def _files_outside_view(rctx: RestoreContext) -> None:
-    """The pids CRIU's file entries name (SIGIO owners, pidfds) are inside
-    pids: to the outside pids this restore works with."""
-    for f in rctx.files.values():
-        for _, sub in f.ListFields():
-            if not hasattr(sub, "DESCRIPTOR"):
-                continue
-            # (a process group's id is its leader's pid: the same mapping)
-            if sub.DESCRIPTOR.fields_by_name.get("fown") is not None and sub.HasField("fown") \
-                    and sub.fown.pid > 0:
-                sub.fown.pid = rctx.inside_pids.get(sub.fown.pid, sub.fown.pid)
-            if sub.DESCRIPTOR.name == "pidfd_entry" and sub.nspid > 0:
-                sub.nspid = rctx.inside_pids.get(sub.nspid, sub.nspid)
+    """The pids file entries name (SIGIO owners, pidfds) in images of a pid
+    namespace are inside pids: to the outside pids this restore works with."""
+    for fid, f in list(rctx.files.items()):
+        rctx.files[fid] = pidview.map_file_pids(f, rctx.inside_pids)
 
 
 def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:

@@ -15,9 +15,10 @@ turns any of the three forms back into the outside view it works with:
 * CRIU's: no ns_pid at all (the restorer picks outside pids: see
   restorer._from_inside_view).
 
-Other images still name pids as procsnap always did (the dumper's view:
-file locks, F_SETOWN owners, timers' threads, pidfds, tty sessions); CRIU
-reads those as inside pids.
+File entries (SIGIO owners, pidfds) are written with inside pids too, and
+read back (``map_file_pids``).  Other images still name pids as procsnap
+always did (the dumper's view: file locks, timers' threads, tty sessions);
+CRIU reads those as inside pids.
 """
 from __future__ import annotations
 
@@ -93,3 +94,32 @@ def to_outside(entries: list[Any]) -> dict[int, int]:
         e.sid = outside.get(e.sid, e.sid)
         e.threads[:] = [outside.get(t, t) for t in e.threads]
     return {o: i for i, o in outside.items() if o != i}
+
+
+def map_file_pids(f: Any, mapping: dict[int, int]) -> Any:
+    """The pids a files.img entry names -- its SIGIO owner (fown.pid; a
+    process group's id is its leader's pid: the same mapping) and a
+    pidfd's pid -- through ``mapping``; the entry itself when none
+    changes, else a changed copy."""
+    out = f
+    for fd, sub in f.ListFields():
+        if fd.message_type is None:
+            continue
+        new_owner = new_pidfd = None
+        if "fown" in sub.DESCRIPTOR.fields_by_name and sub.HasField("fown") \
+                and sub.fown.pid > 0 and mapping.get(sub.fown.pid, sub.fown.pid) != sub.fown.pid:
+            new_owner = mapping[sub.fown.pid]
+        if sub.DESCRIPTOR.name == "pidfd_entry" and sub.nspid > 0 \
+                and mapping.get(sub.nspid, sub.nspid) != sub.nspid:
+            new_pidfd = mapping[sub.nspid]
+        if new_owner is None and new_pidfd is None:
+            continue
+        if out is f:
+            out = type(f)()
+            out.CopyFrom(f)
+        target = getattr(out, fd.name)
+        if new_owner is not None:
+            target.fown.pid = new_owner
+        if new_pidfd is not None:
+            target.nspid = new_pidfd
+    return out

@@ -17,7 +17,8 @@
  *   tcp       a listener on 127.0.0.1:PORT (argv[2]), a client connected to
  *             it and the accepted end, "c2s" and "s2c" queued unread
  *   ns        the ticks, run as pid 1 of new namespaces (the caller does
- *             that) with hostname "tiny-ns"
+ *             that) with hostname "tiny-ns", and a pipe whose SIGIO owner
+ *             (F_SETOWN) is itself: pid 1 inside
  */
 #define SYS_read 0
 #define SYS_write 1
@@ -37,6 +38,7 @@
 #define SYS_listen 50
 #define SYS_socketpair 53
 #define SYS_setsockopt 54
+#define SYS_fcntl 72
 #define SYS_fork 57
 #define SYS_exit 60
 #define SYS_kill 62
@@ -282,10 +284,17 @@ void cmain(long *sp)
 	} else if (mode_is(argv[1], "tcp") && argc > 2) {
 		tcp(argv[2]);
 	} else if (mode_is(argv[1], "ns")) {
+		int p[2];
+
 		if (sc3(SYS_sethostname, "tiny-ns", 7, 0))
 			die("sethostname");
+		if (sc3(SYS_pipe, p, 0, 0) || sc3(SYS_fcntl, p[0], 8 /* F_SETOWN */,
+						  sc3(SYS_getpid, 0, 0, 0)))
+			die("pipe/F_SETOWN");
 		say("ready\n");
 		run(1);
+		if (sc3(SYS_fcntl, p[0], 9 /* F_GETOWN */, 0) != sc3(SYS_getpid, 0, 0, 0))
+			die("SIGIO owner");
 	} else {
 		die("unknown mode");
 	}

@@ -139,3 +139,26 @@ def test_network_lock_named_for_criu(monkeypatch) -> None:
         "--source 127.0.0.2 --sport 80 --destination 127.0.0.1 --dport 40000 -j DROP",
         "iptables -w -t filter -D OUTPUT --protocol tcp -m mark ! --mark 49428 "
         "--source 127.0.0.1 --sport 40000 --destination 127.0.0.2 --dport 80 -j DROP"]
+
+
+def test_file_pids_written_inside_the_pid_namespace() -> None:
+    """A SIGIO owner or a pidfd's pid in files.img, as CRIU writes them for
+    a pid namespace: the inside pid; the original entry is left alone."""
+    from procsnap.images import pidview
+    from procsnap.images.pb import fdinfo_pb2, fown_pb2, pidfd_pb2, regfile_pb2
+    reg = fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=1, reg=regfile_pb2.reg_file_entry(
+        id=1, flags=0, pos=0, name="/x", fown=fown_pb2.fown_entry(
+            uid=0, euid=0, signum=29, pid_type=1, pid=5001)))
+    pfd = fdinfo_pb2.file_entry(type=fdinfo_pb2.PIDFD, id=2, pidfd=pidfd_pb2.pidfd_entry(
+        id=2, ino=9, flags=0, nspid=5000, fown=fown_pb2.fown_entry(
+            uid=0, euid=0, signum=0, pid_type=0, pid=0)))
+    names = {5000: 1, 5001: 2}
+    a, b = (pidview.map_file_pids(f, names) for f in (reg, pfd))
+    assert (a.reg.fown.pid, b.pidfd.nspid, b.pidfd.fown.pid) == (2, 1, 0)
+    assert (reg.reg.fown.pid, pfd.pidfd.nspid) == (5001, 5000)
+    back = {1: 5000, 2: 5001}
+    assert pidview.map_file_pids(a, back) == reg and pidview.map_file_pids(b, back) == pfd
+    other = fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=3, reg=regfile_pb2.reg_file_entry(
+        id=3, flags=0, pos=0, name="/y", fown=fown_pb2.fown_entry(
+            uid=0, euid=0, signum=0, pid_type=0, pid=0)))
+    assert pidview.map_file_pids(other, names) is other

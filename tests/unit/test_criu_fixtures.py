@@ -156,6 +156,9 @@ def test_namespaces() -> None:
     assert rt.pstree.ns_pid[-1] == 1 and rctx.vpid(rt.pid) == 1
     assert rctx.set_tid(rt.pid) == [1, rt.pid] and rt.pid != 1
     assert rt.image_name("core").endswith("/core-1.img")
+    # the pipe whose SIGIO owner is the task itself: pid 1 in CRIU's image
+    owned = [f for f in rctx.files.values() if f.HasField("pipe") and f.pipe.fown.pid]
+    assert [f.pipe.fown.pid for f in owned] == [rt.pid]
     uts = read_one(rctx.images_dir, "utsns", rt.ids.uts_ns_id)
     assert uts.nodename == "tiny-ns"
     read_one(rctx.images_dir, "ipcns-var", rt.ids.ipc_ns_id)
