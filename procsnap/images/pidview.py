@@ -35,15 +35,20 @@ def inside_names(entries: list[Any]) -> dict[int, int]:
     """outside pid/tid -> inside pid/tid, for entries that carry ns_pid
     (empty: the tree shares the dumper's pid namespace)."""
     names: dict[int, int] = {}
+    if not entries or not entries[0].ns_pid:
+        return names
+    # the level of the root's own namespace: a task in a pid namespace
+    # nested inside is named by its pid in the root's, as criu names it
+    lvl = len(entries[0].ns_pid) - 1
     for e in entries:
-        if not e.ns_pid:
-            continue
         n = len(e.ns_pid)
-        names[e.pid] = e.ns_pid[-1]
+        if n <= lvl:
+            continue
+        names[e.pid] = e.ns_pid[lvl]
         for i, tid in enumerate(e.threads):
             chunk = list(e.ns_threads[i * n:(i + 1) * n])
             if len(chunk) == n:
-                names[tid] = chunk[-1]
+                names[tid] = chunk[lvl]
     return names
 
 

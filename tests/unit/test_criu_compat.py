@@ -162,3 +162,17 @@ def test_file_pids_written_inside_the_pid_namespace() -> None:
         id=3, flags=0, pos=0, name="/y", fown=fown_pb2.fown_entry(
             uid=0, euid=0, signum=0, pid_type=0, pid=0)))
     assert pidview.map_file_pids(other, names) is other
+
+
+def test_pstree_nested_pid_namespace_named_at_the_roots_level() -> None:
+    """A task in a pid namespace nested in the tree's is named by its pid in
+    the tree's namespace (criu's view), and read back to its outside pid."""
+    from procsnap.images import pidview
+    from procsnap.images.pb import pstree_pb2
+    tree = _tree_in_pidns()
+    tree.append(pstree_pb2.pstree_entry(pid=5002, ppid=5001, pgid=5000, sid=5000,
+                                        threads=[5002], ns_pid=[5002, 4, 1],
+                                        ns_threads=[5002, 4, 1]))
+    out, names = pidview.to_inside(tree)
+    assert names[5002] == 4 and out[2].pid == 4 and out[2].ppid == 2
+    assert pidview.to_outside(out)[5002] == 4 and out[2].pid == 5002
