@@ -200,6 +200,7 @@ def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
         e.threads[:] = [out(t) for t in e.threads]
     rctx.image_pids = {o: i for i, o in outside.items()}
     rctx.inside_pids = dict(outside)
+    rctx.all_inside = True
     log.info("CRIU's inside view of pid namespace pids: outside pids %s", rctx.image_pids)
 
 

@@ -320,6 +320,9 @@ class RestoreContext:
     # inside pid -> outside pid, when the images name pids as seen inside
     # the tree's pid namespace (CRIU's images)
     inside_pids: dict[int, int] = field(default_factory=dict)
+    # every image names pids as seen inside (CRIU's); procsnap's own name
+    # them so only in pstree and files.img
+    all_inside: bool = False
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None
@@ -329,6 +332,11 @@ class RestoreContext:
     # (task, pid) -> a function that ends it: a short-lived helper task
     # with that pid, forked by the task (the restorer sets it)
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
+
+    def outside_pid(self, pid: int) -> int:
+        """A pid an image names (a lock's owner, a terminal's session) as
+        this restore knows it: the outside pid, for CRIU's inside view."""
+        return self.inside_pids.get(pid, pid) if self.all_inside else pid
 
     def image_pid(self, pid: int) -> int:
         """The pid that names ``pid``'s image files (core-N.img, ...)."""

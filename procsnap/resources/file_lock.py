@@ -140,7 +140,7 @@ def _entries(rctx: "RestoreContext") -> dict[int, list[Any]]:
     if by_pid is None:
         by_pid = rctx.kind_state[NAME] = {}
         for e in rctx.payload_entries(NAME):
-            by_pid.setdefault(e.msg.pid, []).append(e.msg)
+            by_pid.setdefault(rctx.outside_pid(e.msg.pid), []).append(e.msg)
     return by_pid
 
 

@@ -674,8 +674,9 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                     _set_pair(rctx, index, m, s, mcopy, scopy)
                     state.base[index] = sfd
                     if m.sid:
-                        state.ctty[m.sid] = index
-                        state.fg[m.sid] = m.pgrp
+                        sid = rctx.outside_pid(m.sid)
+                        state.ctty[sid] = index
+                        state.fg[sid] = rctx.outside_pid(m.pgrp)
                 finally:
                     os.close(scopy)
             finally:

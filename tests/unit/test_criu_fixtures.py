@@ -348,3 +348,25 @@ def test_criu_inside_pids_in_file_entries(tmp_path: Path) -> None:
     restorer._collect(rctx, check_pids=False)
     root = rctx.tasks[0]
     assert root.pid != 1 and rctx.files[reg.id].reg.fown.pid == root.pid
+
+
+def test_lock_owners_in_criu_images_are_inside_pids(tmp_path: Path) -> None:
+    """A file lock's owner in CRIU's images of a pid namespace is an inside
+    pid: the restore finds the task by it (procsnap's own name it by the
+    outside pid)."""
+    import shutil
+    from procsnap.images import write_image
+    from procsnap.images.pb import file_lock_pb2
+    from procsnap.resources import file_lock
+    d = tmp_path / "set"
+    shutil.copytree(FIXTURES / "ns", d)
+    write_image(str(d), file_lock.NAME, [file_lock_pb2.file_lock_entry(
+        flag=1, type=1, pid=1, fd=0, start=0, len=0)])
+    rctx = RestoreContext(str(d), RestoreOptions())
+    restorer._collect(rctx, check_pids=False)
+    root = rctx.tasks[0]
+    assert rctx.all_inside and rctx.outside_pid(1) == root.pid
+    assert [e.pid for e in file_lock._entries(rctx)[root.pid]] == [1]
+    own = RestoreContext(str(d), RestoreOptions())
+    own.inside_pids = {1: root.pid}  # procsnap's own form: files.img only
+    assert own.outside_pid(1) == 1
