@@ -513,7 +513,7 @@ def _write_images(ctx: DumpContext) -> None:
         for th in task.threads or [DumpThread(task.pid, core=task.core)]:
             tid = inside.get(th.tid, th.tid)
             track("core", tid)
-            images.write_one(d, "core", th.core, tid)
+            images.write_one(d, "core", pidview.map_core_pids(th.core, inside), tid)
         if task.ids is not None:
             track("ids", inside.get(task.pid, task.pid))
             images.write_one(d, "ids", task.ids, inside.get(task.pid, task.pid))
@@ -527,7 +527,8 @@ def _write_images(ctx: DumpContext) -> None:
                        if inside else ctx.files)
     for (kind, ident), msgs in ctx.shared_images.items():
         track(kind, ident)
-        images.write_image(d, kind, msgs, ident)
+        images.write_image(d, kind, [pidview.map_pids(kind, m, inside) for m in msgs]
+                           if inside else msgs, ident)
     for kind, pairs in ctx.payload_images.items():
         track(kind, None)
         with images.ImageWriter(d, kind) as w:

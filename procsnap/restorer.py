@@ -168,6 +168,7 @@ def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
     if pidview.is_inside_form(tree):
         rctx.image_pids = pidview.to_outside(tree)  # procsnap's own, from 2026-11-30
         rctx.inside_pids = {i: o for o, i in rctx.image_pids.items()}
+        rctx.all_inside = True
         return
     if not tree or any(e.ns_pid for e in tree) or not inv.HasField("root_ids"):
         return  # procsnap's older form (the outside view), or no pid namespace

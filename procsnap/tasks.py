@@ -320,8 +320,8 @@ class RestoreContext:
     # inside pid -> outside pid, when the images name pids as seen inside
     # the tree's pid namespace (CRIU's images)
     inside_pids: dict[int, int] = field(default_factory=dict)
-    # every image names pids as seen inside (CRIU's); procsnap's own name
-    # them so only in pstree and files.img
+    # every image names pids as seen inside the tree's pid namespace
+    # (CRIU's, and procsnap's own from 2026-11-30; images.pidview)
     all_inside: bool = False
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).

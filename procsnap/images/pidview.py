@@ -15,10 +15,11 @@ turns any of the three forms back into the outside view it works with:
 * CRIU's: no ns_pid at all (the restorer picks outside pids: see
   restorer._from_inside_view).
 
-File entries (SIGIO owners, pidfds) are written with inside pids too, and
-read back (``map_file_pids``).  Other images still name pids as procsnap
-always did (the dumper's view: file locks, timers' threads, tty sessions);
-CRIU reads those as inside pids.
+Every other pid an image names is written inside too, as CRIU does: file
+entries (SIGIO owners, pidfds: ``map_file_pids``), file lock owners,
+terminals' sessions and foreground groups, POSIX timers' target threads
+(``map_pids``); the restore takes them back through
+RestoreContext.outside_pid.
 """
 from __future__ import annotations
 
@@ -127,4 +128,39 @@ def map_file_pids(f: Any, mapping: dict[int, int]) -> Any:
             target.fown.pid = new_owner
         if new_pidfd is not None:
             target.nspid = new_pidfd
+    return out
+
+
+# pid fields of shared images, by image kind
+_PID_FIELDS = {"filelocks": ("pid",), "tty-info": ("sid", "pgrp")}
+
+
+def map_pids(kind: str, msg: Any, mapping: dict[int, int]) -> Any:
+    """``msg`` of image ``kind`` with its pid fields (lock owner; a
+    terminal's session and foreground group) through ``mapping``; the
+    message itself when nothing changes, else a changed copy."""
+    fields = _PID_FIELDS.get(kind, ())
+    new = {f: mapping[getattr(msg, f)] for f in fields
+           if msg.HasField(f) and getattr(msg, f) in mapping}
+    if not new:
+        return msg
+    out = type(msg)()
+    out.CopyFrom(msg)
+    for f, v in new.items():
+        setattr(out, f, v)
+    return out
+
+
+def map_core_pids(core: Any, mapping: dict[int, int]) -> Any:
+    """A core entry with its POSIX timers' target threads
+    (SIGEV_THREAD_ID) through ``mapping``; a copy when one changes."""
+    if not core.HasField("tc") or not any(
+            t.HasField("notify_thread_id") and t.notify_thread_id in mapping
+            for t in core.tc.timers.posix):
+        return core
+    out = type(core)()
+    out.CopyFrom(core)
+    for t in out.tc.timers.posix:
+        if t.HasField("notify_thread_id"):
+            t.notify_thread_id = mapping.get(t.notify_thread_id, t.notify_thread_id)
     return out

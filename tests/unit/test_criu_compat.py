@@ -176,3 +176,25 @@ def test_pstree_nested_pid_namespace_named_at_the_roots_level() -> None:
     out, names = pidview.to_inside(tree)
     assert names[5002] == 4 and out[2].pid == 4 and out[2].ppid == 2
     assert pidview.to_outside(out)[5002] == 4 and out[2].pid == 5002
+
+
+def test_other_pids_written_inside_the_pid_namespace() -> None:
+    """Lock owners, a terminal's session and group, a timer's thread: the
+    inside pids, as CRIU writes them; the dumper's messages unchanged."""
+    from procsnap.images import pidview
+    from procsnap.images.pb import core_pb2, file_lock_pb2, timer_pb2, tty_pb2
+    names = {5000: 1, 5003: 3}
+    lk = file_lock_pb2.file_lock_entry(flag=1, type=1, pid=5000, fd=3, start=0, len=0)
+    assert pidview.map_pids("filelocks", lk, names).pid == 1 and lk.pid == 5000
+    info = tty_pb2.tty_info_entry(id=1, type=tty_pb2.PTY, locked=False, exclusive=False,
+                                  packet_mode=False, sid=5000, pgrp=5003)
+    m = pidview.map_pids("tty-info", info, names)
+    assert (m.sid, m.pgrp, info.sid) == (1, 3, 5000)
+    assert pidview.map_pids("tty-info", m, {}) is m
+    core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+    core.tc.timers.posix.append(timer_pb2.posix_timer_entry(
+        it_id=0, clock_id=0, si_signo=10, it_sigev_notify=4, sival_ptr=0, overrun=0,
+        isec=0, insec=0, vsec=0, vnsec=0, notify_thread_id=5003))
+    c = pidview.map_core_pids(core, names)
+    assert c.tc.timers.posix[0].notify_thread_id == 3
+    assert core.tc.timers.posix[0].notify_thread_id == 5003

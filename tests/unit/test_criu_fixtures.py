@@ -368,5 +368,5 @@ def test_lock_owners_in_criu_images_are_inside_pids(tmp_path: Path) -> None:
     assert rctx.all_inside and rctx.outside_pid(1) == root.pid
     assert [e.pid for e in file_lock._entries(rctx)[root.pid]] == [1]
     own = RestoreContext(str(d), RestoreOptions())
-    own.inside_pids = {1: root.pid}  # procsnap's own form: files.img only
+    own.inside_pids = {1: root.pid}  # an older image: pids outside the pstree are outside ones
     assert own.outside_pid(1) == 1
