@@ -198,3 +198,15 @@ def test_other_pids_written_inside_the_pid_namespace() -> None:
     c = pidview.map_core_pids(core, names)
     assert c.tc.timers.posix[0].notify_thread_id == 3
     assert core.tc.timers.posix[0].notify_thread_id == 5003
+
+
+def test_tmpfs_tarball_named_as_criu(tmp_path: Path) -> None:
+    """CRIU names a tmpfs's tarball tmpfs-dev-N.tar.gz.img (every image name
+    ends in .img); procsnap's images before 2026-11-30 lack the .img and
+    are still found."""
+    from procsnap.images import image_path
+    from procsnap.resources.namespaces import mnt
+    assert image_path(str(tmp_path), "tmpfs-dev", 23).endswith("/tmpfs-dev-23.tar.gz.img")
+    assert mnt._tmpfs_image(str(tmp_path), 23).endswith(".tar.gz.img")
+    (tmp_path / "tmpfs-dev-23.tar.gz").write_bytes(b"")
+    assert mnt._tmpfs_image(str(tmp_path), 23).endswith("/tmpfs-dev-23.tar.gz")
