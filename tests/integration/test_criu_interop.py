@@ -6,7 +6,8 @@ tools save is dumped by one tool and restored by the other, both ways:
 tests/targets/criu_tiny.c in each of its modes -- a counter, a tree with a
 pipe and a unix socketpair holding data, an open deleted file, an
 established loopback TCP connection (--tcp-established on both sides),
-and pid 1 of its own pid, uts, ipc, net and mount namespaces.  The
+and pid 1 of its own pid, uts, ipc, net and mount namespaces (alone, and
+as the root of the 3-process tree).  The
 restored tree must run on (its ticks go on) and pass its own check
 (SIGTERM: the queued data, the file, the connection are all there).
 
@@ -58,8 +59,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_ns(targets: TargetFactory, work: Path) -> Target:
-    """criu_tiny ns as pid 1 of new pid/uts/ipc/net/mount namespaces.  Its
+def _start_ns(targets: TargetFactory, work: Path, mode: str = "ns") -> Target:
+    """criu_tiny MODE as pid 1 of new pid/uts/ipc/net/mount namespaces.  Its
     stdio is opened again inside (criu cannot name a mount of the host's
     namespace), host FUSE mounts are dropped from its copy of the mount
     tree (neither tool dumps those), its session is its own."""
@@ -67,7 +68,7 @@ def _start_ns(targets: TargetFactory, work: Path) -> Target:
     out = work / "ns.out"
     out.touch()
     inner = ("for m in $(awk '$3 ~ /^fuse/ {print $2}' /proc/self/mounts); do umount -l $m; "
-             f"done; exec </dev/null >>{out} 2>&1; exec setsid {binary} ns")
+             f"done; exec </dev/null >>{out} 2>&1; exec setsid {binary} {mode}")
     p = subprocess.Popen(["unshare", "--fork", "--pid", "--uts", "--ipc", "--net", "--mount",
                           "--mount-proc", "--propagation", "private", "sh", "-c", inner],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -82,19 +83,29 @@ def _start_ns(targets: TargetFactory, work: Path) -> Target:
         kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
         return bool(kids) and "ready" in out.read_text()
     wait_for(started, 15, "the namespace's init to start")
-    t = Target(name="criu_tiny", pid=int(kids[0]), argv=[str(binary), "ns"], workdir=work,
-               out=out, err=out, cmdline=[str(binary), "ns"])
+    t = Target(name="criu_tiny", pid=int(kids[0]), argv=[str(binary), mode], workdir=work,
+               out=out, err=out, cmdline=[str(binary), mode])
     targets.targets.append(t)
     return t
 
 
 def _start(targets: TargetFactory, kind: str) -> tuple[Target, list[str]]:
     """(the target, the options both tools dump and restore it with)."""
-    if kind == "ns":
-        return _start_ns(targets, targets.workdir), ["--root", "/"]
+    if kind in ("ns", "nstree"):
+        return _start_ns(targets, targets.workdir, "ns" if kind == "ns" else "tree"), \
+            ["--root", "/"]
     if kind == "tcp":
         return targets.start("criu_tiny", "tcp", str(_free_port())), ["--tcp-established"]
     return targets.start("criu_tiny", kind), []
+
+
+def _inside_pids(pid: int) -> list[str]:
+    """The pids of pid's children as seen inside their pid namespace."""
+    out = []
+    for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with open(f"/proc/{k}/status") as f:
+            out.append(next(ln.split()[-1] for ln in f if ln.startswith("NSpid:")))
+    return sorted(out)
 
 
 def _criu(*args: object, cwd: Path) -> subprocess.CompletedProcess:
@@ -123,12 +134,13 @@ def _locks_gone(port_hint: Target) -> None:
 @pytest.mark.criu_binary
 @pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
                     "source) to restore across procsnap and CRIU")
-@pytest.mark.parametrize("kind", ["counter", "tree", "ghost", "tcp", "ns"])
+@pytest.mark.parametrize("kind", ["counter", "tree", "ghost", "tcp", "ns", "nstree"])
 @pytest.mark.parametrize("way", ["procsnap-to-criu", "criu-to-procsnap"])
 def test_restore_across_tools(targets: TargetFactory, images_dir: Path, kind: str,
                               way: str) -> None:
     t, opts = _start(targets, kind)
     pids = tree_pids(t.pid)
+    before = _inside_pids(t.pid)
     _runs_on(t)
     pidfile = images_dir / "restored.pid"
     if way == "procsnap-to-criu":
@@ -148,17 +160,20 @@ def test_restore_across_tools(targets: TargetFactory, images_dir: Path, kind: st
     else:
         check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--pidfile", pidfile, *opts))
     pid = int(pidfile.read_text())
-    if kind != "ns":
+    if not kind.startswith("ns"):
         assert pid == t.pid
     restored = Target(name=t.name, pid=pid, argv=t.argv, workdir=t.workdir, out=t.out,
                       err=t.err, cmdline=t.cmdline)
     targets.adopt(pid, like=restored)
     targets.targets.append(restored)
     _runs_on(restored)
-    if kind == "ns":
+    if kind.startswith("ns"):
         with open(f"/proc/{pid}/status") as f:
             nspid = next(ln.split()[1:] for ln in f if ln.startswith("NSpid:"))
         assert nspid[-1] == "1", nspid
+    if kind == "nstree":
+        assert _inside_pids(pid) == before  # the children's pids inside, exactly
+    if kind == "ns":
         host = subprocess.run(["nsenter", "-t", str(pid), "-u", "hostname"],
                               capture_output=True, text=True).stdout.strip()
         assert host == "tiny-ns"
