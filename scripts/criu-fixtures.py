@@ -110,6 +110,7 @@ def main() -> int:
                         "--mount-proc", "--propagation", "private", "sh", "-c", inner]
             p = start(argv, work, work / f"{name}.out")
             pid = ns_child(p.pid) if name == "ns" else p.pid
+            OURS.add(pid)
             d = work / name
             d.mkdir()
             cmd = [criu, "dump", "-t", str(pid), "-D", str(d), "-v4", "-o", "dump.log", *opts]
@@ -119,6 +120,7 @@ def main() -> int:
                 err = [x for x in log.splitlines() if "Error" in x]
                 print(f"FAIL {name}: {err[:3] or log[-500:]}")
                 failed += 1
+                kill(pid)  # the namespace's init too: unshare's end does not end it
                 kill(p.pid)
                 continue
             wait_gone(pid)
