@@ -210,3 +210,41 @@ def test_pages_in_parent_restored(targets: TargetFactory, tmp_path: Path) -> Non
     targets.adopt(t.pid, like=t)
     _runs_on(t)
     finish(t)
+
+
+def test_older_procsnap_pidns_images_restore(targets: TargetFactory, images_dir: Path) -> None:
+    """procsnap's images of a pid namespace from before 2026-11-30 name pids
+    by the dumper's view (pstree, image names, files.img): made here from a
+    new dump by turning it back, they restore as before."""
+    from procsnap.images import pidview, read_image, write_image
+    t = _start_ns(targets, targets.workdir)
+    _runs_on(t)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid)
+    reap()
+    d = str(images_dir)
+    tree = read_image(d, "pstree")
+    assert pidview.is_inside_form(tree) and tree[0].pid == 1
+    image_pids = pidview.to_outside(tree)       # outside -> inside
+    (images_dir / "pstree.img").unlink()
+    write_image(d, "pstree", tree)
+    for outside, inside in image_pids.items():
+        for kind in ("core", "ids", "mm", "fs", "pagemap"):
+            f = images_dir / f"{kind}-{inside}.img"
+            if f.exists():
+                f.rename(images_dir / f"{kind}-{outside}.img")
+    files = [pidview.map_file_pids(f, {i: o for o, i in image_pids.items()})
+             for f in read_image(d, "files")]
+    assert any(f.HasField("pipe") and f.pipe.fown.pid == t.pid for f in files)
+    (images_dir / "files.img").unlink()
+    write_image(d, "files", files)
+    assert not pidview.is_inside_form(read_image(d, "pstree"))
+    pidfile = images_dir / "restored.pid"
+    res = run_procsnap("restore", "-D", images_dir, "-d", "--root", "/", "--pidfile", pidfile)
+    assert res.returncode == 0, describe(res)
+    assert int(pidfile.read_text()) == t.pid  # the old form: its outside pid again
+    restored = Target(name=t.name, pid=t.pid, argv=t.argv, workdir=t.workdir, out=t.out,
+                      err=t.err, cmdline=t.cmdline)
+    targets.adopt(t.pid, like=restored)
+    _runs_on(restored)
+    finish(restored)
