@@ -27,6 +27,7 @@ from . import audit, images
 from .resources import seccomp
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
                      ZombieProcess)
+from .images import pidview
 from .images.pb import core_pb2, inventory_pb2
 from .inject import (LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad,
                      restart_fixup)
@@ -505,26 +506,35 @@ def _write_images(ctx: DumpContext) -> None:
                                                        sighand_id=0))
     from .resources import namespaces
     namespaces.own_ids(inv.root_ids)
+    from .resources import tcp
+    tcp.inventory(ctx, inv)
     track("inventory", None)
     images.write_one(d, "inventory", inv)
-    entries = [t.pstree for t in ctx.tasks]
+    # A tree in a pid namespace of its own is written as CRIU writes it:
+    # the pids inside (pstree and the per-task image names; images.pidview)
+    entries, inside = pidview.to_inside([t.pstree for t in ctx.tasks])
     track("pstree", None)
     images.write_image(d, "pstree", entries)
     for task in ctx.tasks:
         for th in task.threads or [DumpThread(task.pid, core=task.core)]:
-            track("core", th.tid)
-            images.write_one(d, "core", th.core, th.tid)
+            tid = inside.get(th.tid, th.tid)
+            track("core", tid)
+            images.write_one(d, "core", pidview.map_core_pids(th.core, inside), tid)
         if task.ids is not None:
-            track("ids", task.pid)
-            images.write_one(d, "ids", task.ids, task.pid)
+            track("ids", inside.get(task.pid, task.pid))
+            images.write_one(d, "ids", task.ids, inside.get(task.pid, task.pid))
         for kind, ident, msgs in task.extra_images:
+            if kind in pidview.PER_PID_KINDS and ident is not None:
+                ident = inside.get(ident, ident)
             track(kind, ident)
             images.write_image(d, kind, msgs, ident)
     track("files", None)
-    images.write_image(d, "files", ctx.files)
+    images.write_image(d, "files", [pidview.map_file_pids(f, inside) for f in ctx.files]
+                       if inside else ctx.files)
     for (kind, ident), msgs in ctx.shared_images.items():
         track(kind, ident)
-        images.write_image(d, kind, msgs, ident)
+        images.write_image(d, kind, [pidview.map_pids(kind, m, inside) for m in msgs]
+                           if inside else msgs, ident)
     for kind, pairs in ctx.payload_images.items():
         track(kind, None)
         with images.ImageWriter(d, kind) as w:

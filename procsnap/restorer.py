@@ -30,6 +30,8 @@ from typing import Any, Callable
 
 from . import images
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
+from .images import parent as parent_pages
+from .images import pidview
 from .images.pb import core_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
@@ -54,7 +56,10 @@ current: dict[str, int] = {}
 IMG_VERSION = 2
 
 
-def _collect(rctx: RestoreContext) -> None:
+def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
+    """Read and check every image.  ``check_pids=False`` leaves out the
+    check that the saved pids are free here (a reader's check of an image
+    set, as the CRIU fixture tests make: nothing is created)."""
     d = rctx.images_dir
     if not os.path.isdir(d):
         raise ImageError(d, "no such images directory")
@@ -66,8 +71,14 @@ def _collect(rctx: RestoreContext) -> None:
     pstree_path = images.image_path(d, "pstree", None)
     if not tree:
         raise ImageError(pstree_path, "no process in the tree")
+    if inv.HasField("plugins_entry") and inv.plugins_entry.plugins:
+        # criu's plugins (GPU state, ...) saved state procsnap cannot read
+        raise ImageError(images.image_path(d, "inventory", None),
+                         "the dump needs criu plugins "
+                         f"({', '.join(inv.plugins_entry.plugins)}); procsnap has none")
     if inv.HasField("root_ids"):
         rctx.root_ids = inv.root_ids
+    _from_inside_view(rctx, inv, tree)
     for e in tree:
         # pids at every level (a tree in a pid namespace of its own)
         if e.ns_pid:
@@ -79,6 +90,8 @@ def _collect(rctx: RestoreContext) -> None:
     _relabel(rctx, tree)
     for f in images.read_image(d, "files"):
         rctx.files[f.id] = f
+    if rctx.inside_pids:
+        _files_outside_view(rctx)
     pids = {e.pid for e in tree}
     for i, entry in enumerate(tree):
         if entry.pid in rctx.by_pid:
@@ -88,39 +101,45 @@ def _collect(rctx: RestoreContext) -> None:
                              "listed before it")
         rt = RestoreTask(pid=entry.pid, images_dir=d, pstree=entry)
         rt._rctx = rctx
-        old = rctx.image_pid(entry.pid)   # the images' name of it
-        rt.core = images.read_one(d, "core", old)
-        _check_core(rt, rt.core, old)
+        pre = rctx.dumped_pid(entry.pid)  # as the dump knew it
+        ipid = rctx.image_pid(entry.pid)  # the pid the images are named by
+        rt.core = images.read_one(d, "core", ipid)
+        _check_core(rt, rt.core, entry.pid)
         rt.zombie = rt.core.tc.task_state == TASK_DEAD
         rctx.tasks.append(rt)
         rctx.by_pid[entry.pid] = rt
-        if old != entry.pid:
-            rctx.by_pid[old] = rt   # image values naming it (locks, owners, terminals)
-        elif os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
+        if pre != entry.pid:
+            rctx.by_pid[pre] = rt   # image values naming it (locks, owners, terminals)
+        elif check_pids and os.path.exists(f"/proc/{entry.pid}") and not _freed(entry.pid):
             raise RestoreError(f"pid {entry.pid} is already taken by a running process "
                                f"({_who(entry.pid)})")
         if rt.zombie:
             continue
-        _check_live_core(rt, rt.core, old)
+        _check_live_core(rt, rt.core, entry.pid)
         threads = list(entry.threads) or [entry.pid]
         if threads[0] != entry.pid:
             threads = [entry.pid] + [t for t in threads if t != entry.pid]
         rt.threads = [RestoreThread(entry.pid, rt.core)]
         for tid in threads[1:]:
-            if tid in pids or os.path.exists(f"/proc/{tid}"):
+            if tid in pids or (check_pids and os.path.exists(f"/proc/{tid}")):
                 raise RestoreError(f"thread id {tid} of pid {entry.pid} is already taken")
             core = images.read_one(d, "core", rctx.image_pid(tid))
             _check_core(rt, core, tid)
             _check_live_core(rt, core, tid)
             rt.threads.append(RestoreThread(tid, core))
-        rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", old)
-        rt.mm = images.read_one(d, "mm", old)
-        pm = images.read_image(d, "pagemap", old)
+        rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", ipid)
+        rt.mm = images.read_one(d, "mm", ipid)
+        pm = images.read_image(d, "pagemap", ipid)
         if not pm:
             raise ImageError(rt.image_name("pagemap"), "empty pagemap (no head)")
         rt.pages_id = pm[0].pages_id
         rt.pagemap = pm[1:]
-        pages = rt.image_name("pages")
+        if parent_pages.needs_parent(rt.pagemap):
+            # criu's pre-dump chain: some pages are in the parent image set
+            rt.pagemap, fd = parent_pages.flatten(d, ipid, rt.pagemap)
+            rctx.own_fds.append(fd)
+            rt.pages_path = f"/proc/{os.getpid()}/fd/{fd}"
+        pages = rt.pages_file()
         need = sum(e.nr_pages for e in rt.pagemap
                    if not e.HasField("flags") or e.flags & PE_PRESENT) * C.PAGE_SIZE
         try:
@@ -129,7 +148,7 @@ def _collect(rctx: RestoreContext) -> None:
             raise ImageError(pages, "no such image") from None
         if have < need:
             raise ImageError(pages, f"truncated: {have} bytes, the pagemap needs {need}")
-        rt.fs = images.read_one(d, "fs", old)
+        rt.fs = images.read_one(d, "fs", ipid)
         _shared_with_parent(rctx, rt)
         rt.fdinfos = images.read_image(d, "fdinfo", rt.ids.files_id)
         for ident in [rt.mm.exe_file_id, rt.fs.cwd_id, rt.fs.root_id] + \
@@ -210,6 +229,69 @@ def _relabel(rctx: RestoreContext, tree: list[Any]) -> None:
             rctx.nspids[host] = levels          # old key kept: image values name it
 
 
+def _from_inside_view(rctx: RestoreContext, inv: Any, tree: list[Any]) -> None:
+    """CRIU's pstree of a tree in a pid namespace of its own.
+
+    CRIU (4.x) records such a tree by the pids seen inside its namespace
+    (the root is 1) and names its images by them; every other image names
+    pids the same way.  procsnap's own images name the dumper's view and
+    give every level in ns_pid.  So a pstree without ns_pid whose root is
+    in another pid namespace than the dumper (the ids against the
+    inventory's root_ids) is CRIU's: each task and thread is given an
+    outside pid here, one free now, from the top of the pid range (away
+    from any inside pid), and the entries are rewritten to procsnap's
+    form: outside pids, ns_pid = [outside, inside].  The inside pids are
+    restored exactly (set_tid); other images' pids are inside pids, which
+    is what the puppets pass in their calls (RestoreContext.vpid leaves a
+    pid it does not know unchanged).  ``rctx.image_pids`` maps back to the
+    pid each image file is named by."""
+    if pidview.is_inside_form(tree):
+        rctx.image_pids = pidview.to_outside(tree)  # procsnap's own, from 2026-11-30
+        rctx.inside_pids = {i: o for o, i in rctx.image_pids.items()}
+        rctx.all_inside = True
+        return
+    if not tree or any(e.ns_pid for e in tree) or not inv.HasField("root_ids"):
+        return  # procsnap's older form (the outside view), or no pid namespace
+    root = tree[0]
+    core = images.read_one(rctx.images_dir, "core", root.pid)
+    ids = core.ids if core.HasField("ids") else \
+        images.read_one(rctx.images_dir, "ids", root.pid)
+    if not ids.HasField("pid_ns_id") or not inv.root_ids.HasField("pid_ns_id") \
+            or ids.pid_ns_id == inv.root_ids.pid_ns_id:
+        return
+    inside = list(dict.fromkeys(p for e in tree for p in [e.pid, *e.threads]))
+    with open("/proc/sys/kernel/pid_max") as f:
+        cand = int(f.read()) - 1
+    taken = set(inside)
+    outside: dict[int, int] = {}
+    for p in inside:
+        while cand in taken or os.path.exists(f"/proc/{cand}"):
+            cand -= 1
+        if cand <= 300:
+            raise RestoreError("no free pid left for the tree's outside pids")
+        outside[p] = cand
+        taken.add(cand)
+
+    def out(p: int) -> int:
+        return outside.get(p, p)
+    for e in tree:
+        e.ns_pid[:] = [out(e.pid), e.pid]
+        e.ns_threads[:] = [x for t in e.threads for x in (out(t), t)]
+        e.pid, e.ppid, e.pgid, e.sid = out(e.pid), out(e.ppid), out(e.pgid), out(e.sid)
+        e.threads[:] = [out(t) for t in e.threads]
+    rctx.image_pids = {o: i for i, o in outside.items()}
+    rctx.inside_pids = dict(outside)
+    rctx.all_inside = True
+    log.info("CRIU's inside view of pid namespace pids: outside pids %s", rctx.image_pids)
+
+
+def _files_outside_view(rctx: RestoreContext) -> None:
+    """The pids file entries name (SIGIO owners, pidfds) in images of a pid
+    namespace are inside pids: to the outside pids this restore works with."""
+    for fid, f in list(rctx.files.items()):
+        rctx.files[fid] = pidview.map_file_pids(f, rctx.inside_pids)
+
+
 def _shared_with_parent(rctx: RestoreContext, rt: RestoreTask) -> None:
     """An fd table or fs struct shared (one files_id / fs_id) is made by
     cloning the child from its parent with CLONE_FILES / CLONE_FS, as
@@ -272,6 +354,25 @@ def _check_live_core(rt: RestoreTask, core: Any, ident: int) -> None:
     for part in ("thread_info", "thread_core"):
         if not core.HasField(part):
             raise ImageError(rt.image_name("core", ident), f"core entry has no {part}")
+    for d in core.thread_info.tls:
+        if not d.seg_not_present:
+            # criu saves the GDT TLS slots (set_thread_area, 32-bit code);
+            # procsnap does not set them: the task's %fs/%gs would be wrong
+            raise RestoreError(f"pid {rt.pid}: thread {ident}: GDT TLS entry "
+                               f"{d.entry_number} (set_thread_area) is in use; procsnap "
+                               "does not restore set_thread_area entries")
+    if ident == rt.pid and any(sa.compat_sigaction for sa in core.tc.sigactions
+                               if sa.HasField("compat_sigaction")):
+        raise RestoreError(f"pid {rt.pid}: signal handlers of a 32-bit (compat) task; "
+                           "procsnap restores x86_64 tasks only")
+    fp = core.thread_info.fpregs
+    if fp.HasField("xsave") and fp.xsave.HasField("cet") and fp.xsave.cet.cet:
+        # criu 4.x saves an enabled user shadow stack (CET); procsnap does
+        # not make one, and a thread that had it must not run without it.
+        raise RestoreError(f"pid {rt.pid}: thread {ident}: a CET shadow stack "
+                           f"(MSR_IA32_U_CET {fp.xsave.cet.cet:#x}, ssp "
+                           f"{fp.xsave.cet.ssp:#x}) is in the image; procsnap does not "
+                           "restore shadow stacks")
 
 
 # ------------------------------------------------------------- create ----

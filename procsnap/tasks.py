@@ -209,6 +209,9 @@ class RestoreTask:
     mm: Any = None
     pagemap: list[Any] = field(default_factory=list)
     pages_id: int = 0
+    # A pages file of its own when some pages were in a parent image set
+    # (images.parent.flatten); "" for pages-<pages_id>.img.
+    pages_path: str = ""
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
     threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
@@ -228,15 +231,21 @@ class RestoreTask:
     shares_fs: bool = False
     _rctx: Any = None
 
+    def pages_file(self) -> str:
+        """The file holding this task's pages, in pagemap order."""
+        return self.pages_path or self.image_name("pages")
+
     def image_name(self, kind: str, ident: int | None = None) -> str:
         if ident is None:
-            ident = self.pid if self._rctx is None else self._rctx.image_pid(self.pid)
+            ident = self.pid
             if kind == "fdinfo":
                 ident = self.ids.files_id if self.ids is not None else 0
             elif kind == "pages":
                 ident = self.pages_id
         if kind in ("inventory", "pstree", "files"):
             return images.image_path(self.images_dir, kind, None)
+        if self._rctx is not None and kind not in ("fdinfo", "pages"):
+            ident = self._rctx.image_pid(ident)
         return images.image_path(self.images_dir, kind, ident)
 
     def open_in_puppet(self, path: str, flags: int,
@@ -314,11 +323,21 @@ class RestoreContext:
     # A tree in a pid namespace of its own keeps its pids inside it, but an
     # outer (host) pid still taken -- the dumped container runs on, or its
     # old init is a zombie not reaped yet -- is given up for a free one, as
-    # criu does (the host's pids are not the container's state): image pid
-    # -> the host pid it is restored under.  Tasks and threads carry the
-    # new pid; image values that name pids reach them through by_pid and
-    # nspids, which hold both keys, or through host_pid/image_pid.
+    # criu does (the host's pids are not the container's state): dumped
+    # outside pid -> the host pid it is restored under.  Tasks and threads
+    # carry the new pid; image values that name pids reach them through
+    # by_pid and nspids, which hold both keys, or through host_pid.
     relabel: dict[int, int] = field(default_factory=dict)
+    # dumped outside pid or tid -> the pid its image files are named by,
+    # when that differs (a tree in a pid namespace: the inside view, as
+    # CRIU writes it and procsnap too since 2026-11-30)
+    image_pids: dict[int, int] = field(default_factory=dict)
+    # inside pid -> dumped outside pid, when the images name pids as seen
+    # inside the tree's pid namespace
+    inside_pids: dict[int, int] = field(default_factory=dict)
+    # every image names pids as seen inside the tree's pid namespace
+    # (CRIU's, and procsnap's own from 2026-11-30; images.pidview)
+    all_inside: bool = False
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None
@@ -330,15 +349,27 @@ class RestoreContext:
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
 
     def host_pid(self, pid: int) -> int:
-        """An image's pid as the restored task's host pid."""
+        """A dumped outside pid as the restored task's host pid."""
         return self.relabel.get(pid, pid)
 
-    def image_pid(self, pid: int) -> int:
-        """A restored task's host pid as its images name it."""
+    def dumped_pid(self, pid: int) -> int:
+        """A restored task's host pid as the dump knew it (the outside pid
+        image values name, once outside_pid has mapped them)."""
         for old, new in self.relabel.items():
             if new == pid:
                 return old
         return pid
+
+    def outside_pid(self, pid: int) -> int:
+        """A pid an image names (a lock's owner, a terminal's session) as
+        the dump knew it from outside: for the inside view, mapped."""
+        return self.inside_pids.get(pid, pid) if self.all_inside else pid
+
+    def image_pid(self, pid: int) -> int:
+        """The pid that names the image files (core-N.img, ...) of the
+        task or thread restored as ``pid``."""
+        old = self.dumped_pid(pid)
+        return self.image_pids.get(old, old)
 
     def vpid(self, pid: int) -> int:
         """``pid`` (the dumper's view) as the puppets see it: the number to

@@ -849,7 +849,7 @@ def check_locks(rctx: "RestoreContext") -> list[tuple[int, str]]:
     want: dict[int, dict[tuple[Any, ...], tuple[int, int]]] = {}
     for e in rctx.payload_entries(file_lock.NAME):
         e = e.msg
-        rt = rctx.by_pid.get(e.pid)
+        rt = rctx.by_pid.get(rctx.outside_pid(e.pid))
         fe = None if rt is None else next((x for x in rt.fdinfos if x.fd == e.fd), None)
         if fe is None or e.flag not in _LOCK_KINDS or e.type not in _LOCK_TYPES:
             return [(e.pid, f"fd {e.fd}: lock entry {_LOCK_KINDS.get(e.flag, e.flag)} of "
@@ -858,8 +858,8 @@ def check_locks(rctx: "RestoreContext") -> list[tuple[int, str]]:
         end = None if e.len == 0 else e.start + e.len - 1
         key = (kind, _LOCK_TYPES[e.type], e.start, end,
                "ACTIVE" if e.flag == file_lock.FL_LEASE else "ADVISORY",
-               e.pid if e.flag == file_lock.FL_POSIX else None)
-        want.setdefault(fe.id, {})[key] = (e.pid, e.fd)
+               rctx.outside_pid(e.pid) if e.flag == file_lock.FL_POSIX else None)
+        want.setdefault(fe.id, {})[key] = (rctx.outside_pid(e.pid), e.fd)
     got = _found_locks(rctx)
     out: list[tuple[int, str]] = []
     for fid in sorted(set(want) | set(got)):

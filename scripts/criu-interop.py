@@ -18,6 +18,12 @@ by this interpreter) it checks three things and prints one line each:
   ps<-criu  ``procsnap restore`` of criu's images: same check; else
             procsnap's error
 
+The other kinds both tools save (pipes and unix sockets with data, ghost
+files, established TCP, a tree in its own namespaces) are checked both ways
+by tests/integration/test_criu_interop.py when PROCSNAP_CRIU names a criu
+binary; scripts/criu-fixtures.py writes the CRIU image sets under
+tests/fixtures/criu-4.2 that CI reads without one.
+
 ``--crit`` is the command that runs crit (default: CRIU's own, from the
 criu source tree next to the binary: ``python3 -m crit`` with lib/ and
 crit/ on PYTHONPATH; it needs ``make lib`` for pycriu's generated modules).

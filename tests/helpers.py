@@ -355,7 +355,10 @@ def bin_dir() -> Path:
 
 
 def compile_target(name: str) -> Path:
-    """Compile tests/targets/NAME.c with gcc (-O1 -g), once per session."""
+    """Compile tests/targets/NAME.c with gcc (-O1 -g), once per session.
+
+    A first line holding ``procsnap-cflags: FLAGS`` adds FLAGS (criu_tiny.c
+    is static and without libc, so it does not take -lm)."""
     if name in _COMPILED:
         return _COMPILED[name]
     src = TARGETS_DIR / f"{name}.c"
@@ -363,7 +366,10 @@ def compile_target(name: str) -> Path:
         raise FileNotFoundError(f"{src}: no such target source")
     out = bin_dir() / name
     tmp = out.with_name(f".{name}.{os.getpid()}.tmp")
-    cmd = ["gcc", "-O1", "-g", "-Wall", "-Werror", "-o", str(tmp), str(src), "-lm"]
+    first = src.read_text().split("\n", 1)[0]
+    extra = first.split("procsnap-cflags:", 1)[1].split() if "procsnap-cflags:" in first else []
+    libs = [] if "-nostdlib" in extra else ["-lm"]
+    cmd = ["gcc", "-O1", "-g", "-Wall", "-Werror", *extra, "-o", str(tmp), str(src), *libs]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:

@@ -378,7 +378,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
              notify: "Notify | None" = None) -> tuple[int, int]:
     """Returns (exit status, the root's pid)."""
     import procsnap
-    from ..images import read_image
+    from ..images import pidview, read_image
     from ..restorer import current, last_stats, wait_exit
     current.clear()
     from . import stats
@@ -401,8 +401,13 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
         def action(name: str, fd: int | None = None) -> int:
             # criu knows the root's pid once its tasks exist (not at pre-restore)
             if name != "pre-restore" and scripts.root_pid is None:
-                scripts.root_pid = current.get("root_pid") or \
-                    read_image(images_dir, "pstree")[0].pid
+                root_pid = current.get("root_pid")   # the live root, once made
+                if root_pid is None:
+                    tree = read_image(images_dir, "pstree")
+                    if pidview.is_inside_form(tree):
+                        pidview.to_outside(tree)  # a pid namespace's root: its outside pid
+                    root_pid = tree[0].pid
+                scripts.root_pid = root_pid
             return scripts(name, fd)
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,

@@ -271,7 +271,8 @@ KINDS: tuple[ImageKind, ...] = (
     _kind("pidns",         "pidns-%u.img",           "PIDNS",          0x61157326, pidns_pb2.pidns_entry),
     _kind("timens",        "timens-%u.img",          "TIMENS",         0x43114433, timens_pb2.timens_entry),
     _kind("mountpoints",   "mountpoints-%u.img",     "MNTS",           0x55563928, mnt_pb2.mnt_entry),
-    _kind("tmpfs-dev",     "tmpfs-dev-%u.tar.gz",    "TMPFS_DEV",      RAW_IMAGE_MAGIC, None, header="raw"),
+    # CRIU appends ".img" to every FD_ENTRY name, this one too
+    _kind("tmpfs-dev",     "tmpfs-dev-%u.tar.gz.img", "TMPFS_DEV",      RAW_IMAGE_MAGIC, None, header="raw"),
     _kind("netdev",        "netdev-%u.img",          "NETDEV",         0x57373951, netdev_pb2.net_device_entry),
     _kind("netns",         "netns-%u.img",           "NETNS",          0x55933752, netdev_pb2.netns_entry),
     # iproute2's "ip ... save" output (its own magic, then rtnetlink messages)

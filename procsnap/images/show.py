@@ -2,8 +2,10 @@
 
 ``decode_file(path)`` gives ``{"magic": "CORE", "entries": [{...}, ...]}``.
 The kind is told by the magic inside the file, never by its name; the one
-exception is raw page data (pages-N.img), which has no magic at all and is
-summarised (size and page count) instead of dumped.  Raw tails that follow
+exception is raw images, which have no magic at all: page data (pages-N.img,
+summarised by size and page count), CRIU's ip and firewall dumps of a
+network namespace (size; the firewall rules as text) and tmpfs tarballs
+(the names of the files in them).  Raw tails that follow
 some entries (pipe data, queued packets, ghost file contents) are given,
 like crit does, base64-encoded under ``"extra"``.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import mmap
 import os
+import tarfile
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -23,20 +26,32 @@ from procsnap.images.magic import KINDS, kind as _kind, kind_by_file_name
 PAGE_SIZE = mmap.PAGESIZE
 
 
-def _pages_summary(path: str) -> dict[str, Any]:
+# Raw images with a readable body: firewall rules are the text
+# iptables-save / nft wrote; a tmpfs image is a gzipped tar of its files.
+_TEXT_KINDS = ("IPTABLES", "IP6TABLES", "NFTABLES")
+
+
+def _raw_summary(path: str, magic_name: str) -> dict[str, Any]:
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
         raise ImageError(path, "no such image") from None
     except OSError as e:
         raise ImageError(path, f"cannot stat: {e.strerror or e}") from None
-    return {
-        "magic": _kind("pages").magic_name,
-        "size": size,
-        "pages": size // PAGE_SIZE,
-        "page_size": PAGE_SIZE,
-        "entries": [],
-    }
+    out: dict[str, Any] = {"magic": magic_name, "size": size}
+    if magic_name == "PAGES":
+        out.update(pages=size // PAGE_SIZE, page_size=PAGE_SIZE)
+    elif magic_name in _TEXT_KINDS:
+        with open(path, "rb") as f:
+            out["text"] = f.read().decode("utf-8", "replace")
+    elif magic_name == "TMPFS_DEV":
+        try:
+            with tarfile.open(path, "r:gz") as t:
+                out["files"] = [m.name for m in t.getmembers()]
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ImageError(path, f"not a gzipped tar: {e}") from None
+    out["entries"] = []
+    return out
 
 
 def decode_file(path: str) -> dict[str, Any]:
@@ -47,9 +62,10 @@ def decode_file(path: str) -> dict[str, Any]:
         try:
             found = read_header(path, f, size, None)
         except ImageError:
-            # Page data has no header; only there does the name decide.
+            # Raw images (page data, CRIU's ip/iptables dumps, tmpfs
+            # tarballs) have no header; only there does the name decide.
             if raw_kind is not None and raw_kind.header == "raw":
-                return _pages_summary(path)
+                return _raw_summary(path, raw_kind.magic_name)
             raise
     entries: list[dict[str, Any]] = []
     for e in iter_entries(path, found.name):

@@ -140,13 +140,13 @@ def _entries(rctx: "RestoreContext") -> dict[int, list[Any]]:
     if by_pid is None:
         by_pid = rctx.kind_state[NAME] = {}
         for e in rctx.payload_entries(NAME):
-            by_pid.setdefault(e.msg.pid, []).append(e.msg)
+            by_pid.setdefault(rctx.outside_pid(e.msg.pid), []).append(e.msg)
     return by_pid
 
 
 def restore_task(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     """Take again, inside ``rt``, every lock it owned (its fds are all placed)."""
-    mine = _entries(rctx).get(rctx.image_pid(rt.pid), [])
+    mine = _entries(rctx).get(rctx.dumped_pid(rt.pid), [])
     fds = {fe.fd for fe in rt.fdinfos}
     for e in mine:
         if e.fd not in fds or e.flag not in _NAMES or e.type not in (F_RDLCK, F_WRLCK):

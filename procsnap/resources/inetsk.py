@@ -208,6 +208,10 @@ def dump(fd: "FdCtx", fid: int) -> Any:
             data = pk.data
             fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
                 id_for=fid, length=len(data)), data)
+    if not fe.isk.shutdown:
+        # criu writes the field only when set: its restore of a TCP socket
+        # calls shutdown() for any value present, NONE included (EINVAL)
+        fe.isk.ClearField("shutdown")
     return fe
 
 

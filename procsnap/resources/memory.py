@@ -747,7 +747,7 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     done: dict[int, _Premapped] = rctx.kind_state.setdefault(NAME, {})
     parent = done.get(rt.pstree.ppid) if rt is not rctx.tasks[0] else None
     with_pages = _vmas_with_pages(rt)
-    pages_path = images.image_path(rctx.images_dir, "pages", rt.pages_id)
+    pages_path = rt.pages_file()
 
     # Open each mapped file once (by its access mode), before anything is
     # unmapped: a child compares them with the files its parent mapped.
@@ -1009,7 +1009,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         todo = [r for i in later for r in _clip(runs, mm.vmas[i].start, mm.vmas[i].end)]
         if todo:
             pages_fd = rt.open_in_puppet(
-                images.image_path(rctx.images_dir, "pages", rt.pages_id), os.O_RDONLY)
+                rt.pages_file(), os.O_RDONLY)
             _fill_pages(rt, pages_fd, todo)
             inj.call("close", pages_fd)
 
@@ -1046,7 +1046,7 @@ def _saved_bytes(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> bytes:
     """The saved bytes of VMA ``v`` (small: an aio ring), zeroes where no
     page was saved."""
     out = bytearray(v.end - v.start)
-    path = images.image_path(rctx.images_dir, "pages", rt.pages_id)
+    path = rt.pages_file()
     with open(path, "rb") as f:
         for addr, size, off in _clip(_page_runs(rt), v.start, v.end):
             data = os.pread(f.fileno(), size, off)

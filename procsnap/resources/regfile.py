@@ -293,6 +293,17 @@ def _dead_pid_dir(name: str, mount_point: str) -> int | None:
     return int(rel)
 
 
+def _own_mntns(pid: int) -> bool:
+    """Does the task live in a mount namespace unlike the dumper's (one the
+    dump saves)?  Only then does a file entry name its mount, as criu's:
+    criu's restore looks a mnt_id up among the mounts it restores, and
+    with none restored it cannot place a ghost file's link (ENOENT)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
 def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, flags: int,
                   pos: int, what: str, mnt_id: int | None = None, *,
                   ctx: "DumpContext | None" = None, source: str | None = None,
@@ -318,7 +329,7 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
         if st_mod.S_ISREG(real.st_mode) and not (
                 flags & os.O_ACCMODE == os.O_WRONLY and flags & os.O_APPEND):
             reg.size = real.st_size
-        if mnt_id is not None:
+        if mnt_id is not None and _own_mntns(pid):
             reg.mnt_id = mnt_id
         return fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=fid, reg=reg)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import images
+from ..images import parent as parent_pages
 from ..errors import RestoreError, Unsupported
 from ..inject import InjectError
 from ..images.pb import pagemap_pb2
@@ -224,6 +225,7 @@ def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:
     pm = images.read_image(rctx.images_dir, "shmem-pagemap", shmid)
     if not pm:
         raise RestoreError(f"{path}: empty pagemap (no head)")
+    parent_pages.all_present(path, pm[1:])
     pages = images.image_path(rctx.images_dir, "pages", pm[0].pages_id)
     src = os.open(pages, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -321,6 +323,7 @@ def _fill(rctx: "RestoreContext", rt: "RestoreTask", shmid: int, addr: int, size
     pm = images.read_image(rctx.images_dir, "shmem-pagemap", shmid)
     if not pm:
         raise RestoreError(f"{path}: empty pagemap (no head)")
+    parent_pages.all_present(path, pm[1:])
     pages = images.image_path(rctx.images_dir, "pages", pm[0].pages_id)
     inj = rt.inj
     fd = rt.open_in_puppet(pages, os.O_RDONLY)

@@ -41,6 +41,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .. import images
+from ..images import parent as parent_pages
 from ..errors import RestoreError, Unsupported
 from ..images.pb import ipc_desc_pb2, ipc_msg_pb2, ipc_sem_pb2, ipc_shm_pb2
 from ..inject import InjectError
@@ -305,6 +306,7 @@ def _fill(rctx: "RestoreContext", shmid: int, addr: int, size: int, clear: bool)
     if not os.path.exists(path):
         return
     pm = images.read_image(rctx.images_dir, "shmem-pagemap", shmid)
+    parent_pages.all_present(path, pm[1:])
     pages = images.image_path(rctx.images_dir, "pages", pm[0].pages_id)
     src = os.open(pages, os.O_RDONLY | os.O_CLOEXEC)
     try:

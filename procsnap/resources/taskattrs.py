@@ -157,8 +157,10 @@ def _create_posix_timers(rt: "RestoreTask") -> None:
                       0, 0, 0, check=False) == 0
     next_id = 0
     for t in timers:
-        sev = struct.pack("<QiiI", t.sival_ptr, t.si_signo, t.it_sigev_notify,
-                          t.notify_thread_id if t.HasField("notify_thread_id") else 0)
+        # the thread as the puppet names it (inside its pid namespace)
+        tid = rt._rctx.vpid(rt._rctx.outside_pid(t.notify_thread_id)) \
+            if t.HasField("notify_thread_id") and rt._rctx is not None else 0
+        sev = struct.pack("<QiiI", t.sival_ptr, t.si_signo, t.it_sigev_notify, tid)
         sev_addr = inj.put(sev.ljust(_SIGEVENT, b"\0"), align=8)
         id_addr = inj.put(struct.pack("<i", t.it_id if chosen else 0), align=8)
         clock = _signed32(t.clock_id)

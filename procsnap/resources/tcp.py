@@ -2,8 +2,11 @@
 network lock that holds their traffic back between dump and restore.
 
 Dump, for each established connection (after the freeze):
-1. the network lock: an nftables table of our own, ``inet procsnap_ROOT``
-   (ROOT = the dumped tree's root pid), with a drop rule for the
+1. the network lock: an nftables table of our own, ``inet CRIU-procsnap_ROOT``
+   (ROOT = the dumped tree's root pid; named as criu's nftables lock, and
+   the inventory says so, so criu's restore of our images removes it; the
+   restore removes criu's lock of criu's images the same way, by the
+   inventory's method: its table, or its iptables rules), with a drop rule for the
    connection's packets in each direction.  From now on the peer's
    segments reach nobody, so neither our socket nor the peer changes
    state, and no RST can be sent for a socket that does not exist;
@@ -132,8 +135,68 @@ def _nft() -> str:
     return path
 
 
-def table_name(root_pid: int) -> str:
+# inventory_entry.network_lock_method (criu's enum NETWORK_LOCK_METHOD)
+LOCK_IPTABLES, LOCK_NFTABLES, LOCK_SKIP = 0, 1, 2
+
+
+def run_id(root_pid: int) -> str:
+    """What the inventory records as dump_criu_run_id: criu's restore
+    names the lock table it deletes "inet CRIU-<run id>"."""
     return f"procsnap_{root_pid}"
+
+
+def table_name(root_pid: int) -> str:
+    """Our lock table, named as criu names its own (nftables lock method),
+    so that criu's restore of our images removes it."""
+    return f"CRIU-{run_id(root_pid)}"
+
+
+def old_table_name(root_pid: int) -> str:
+    """The name procsnap's images made before 2026-11-30 carry no run id for."""
+    return f"procsnap_{root_pid}"
+
+
+def inventory(ctx: "DumpContext", inv: Any) -> None:
+    """The lock taken, in the inventory as criu 4.x records it (method and
+    run id): criu's restore then deletes our table as it deletes its own."""
+    st = ctx.kind_state.get(NAME)
+    if st is not None and st["locked"]:
+        inv.network_lock_method = LOCK_NFTABLES
+        inv.dump_criu_run_id = run_id(ctx.tasks[0].pid)
+
+
+def _criu_iptables_unlock(fam: int, src: str, sport: int, dst: str, dport: int) -> None:
+    """Remove the two rules criu's iptables lock method (its default) put
+    in for one connection, spelled as criu/netfilter.c does (src/dst as the
+    socket sees them); a rule already gone is no error, as in criu."""
+    if fam == socket.AF_INET6 and src.startswith("::ffff:") and dst.startswith("::ffff:"):
+        fam, src, dst = socket.AF_INET, src[7:], dst[7:]
+    cmd = "iptables" if fam == socket.AF_INET else "ip6tables"
+    for chain, (a, ap, b, bp) in (("INPUT", (src, sport, dst, dport)),
+                                  ("OUTPUT", (dst, dport, src, sport))):
+        subprocess.run([cmd, "-w", "-t", "filter", "-D", chain, "--protocol", "tcp",
+                        "-m", "mark", "!", "--mark", str(SOCCR_MARK), "--source", b,
+                        "--sport", str(bp), "--destination", a, "--dport", str(ap),
+                        "-j", "DROP"], capture_output=True, timeout=30)
+
+
+def unlock_images(images_dir: str, root_pid: int, conns: list[tuple[int, str, int, str, int]]
+                  ) -> bool:
+    """Remove the lock of the dump in images_dir, whichever tool made it:
+    the inventory's method says how (criu 4.x always writes it); without
+    one, procsnap's older table.  ``conns`` (family, src, sport, dst,
+    dport) are the connections, for criu's per-connection iptables rules."""
+    inv = images.read_one(images_dir, "inventory")
+    if not inv.HasField("network_lock_method"):
+        return unlock(old_table_name(root_pid))
+    if inv.network_lock_method == LOCK_NFTABLES:
+        rid = inv.dump_criu_run_id if inv.HasField("dump_criu_run_id") else str(root_pid)
+        return unlock(f"CRIU-{rid}")
+    if inv.network_lock_method == LOCK_IPTABLES:
+        for c in conns:
+            _criu_iptables_unlock(*c)
+        return bool(conns)
+    return False
 
 
 def _run_nft(script: str) -> subprocess.CompletedProcess[str]:
@@ -182,7 +245,15 @@ def network_unlock_dir(images_dir: str) -> bool:
     tree = images.read_image(images_dir, "pstree")
     if not tree:
         return False
-    return unlock(table_name(tree[0].pid))
+    conns = [_conn(f.isk) for f in images.read_image(images_dir, "files")
+             if f.HasField("isk") and f.isk.proto == socket.IPPROTO_TCP
+             and os.path.exists(images.image_path(images_dir, "tcp-stream", f.isk.ino))]
+    return unlock_images(images_dir, tree[0].pid, conns)
+
+
+def _conn(ie: Any) -> tuple[int, str, int, str, int]:
+    return (ie.family, unpack_addr(ie.family, ie.src_addr), ie.src_port,
+            unpack_addr(ie.family, ie.dst_addr), ie.dst_port)
 
 
 # ----------------------------------------------------------------- dump ----
@@ -325,7 +396,7 @@ def finish(ctx: "DumpContext") -> None:
 def _rst(rctx: "RestoreContext") -> dict[str, Any]:
     st = rctx.kind_state.get(NAME)
     if st is None:
-        st = {"fds": []}
+        st = {"fds": [], "conns": []}
         rctx.kind_state[NAME] = st
 
         def repair_off() -> None:
@@ -342,7 +413,7 @@ def _rst(rctx: "RestoreContext") -> dict[str, Any]:
                     sk.detach()
 
         def drop_lock() -> None:
-            unlock(table_name(rctx.tasks[0].pid))
+            unlock_images(rctx.images_dir, rctx.tasks[0].pid, st["conns"])
         rctx.before_detach.append(repair_off)
         rctx.after_detach.append(drop_lock)
     return st
@@ -380,6 +451,7 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     ``sk``, left in repair mode until the tree runs."""
 
     st = _rst(rctx)
+    st["conns"].append(_conn(ie))
     path = images.image_path(rctx.images_dir, "tcp-stream", ie.ino)
     if not os.path.exists(path):
         raise RestoreError(f"{what}: {path}: missing (was the dump made with "

@@ -674,8 +674,9 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                     _set_pair(rctx, index, m, s, mcopy, scopy)
                     state.base[index] = sfd
                     if m.sid:
-                        state.ctty[m.sid] = index
-                        state.fg[m.sid] = m.pgrp
+                        sid = rctx.outside_pid(m.sid)
+                        state.ctty[sid] = index
+                        state.fg[sid] = rctx.outside_pid(m.pgrp)
                 finally:
                     os.close(scopy)
             finally:
@@ -785,7 +786,7 @@ def session_started(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = rctx.kind_state.get("tty")
     if state is None or rt.pstree.sid != rt.pid:
         return
-    index = state.ctty.get(rctx.image_pid(rt.pid))
+    index = state.ctty.get(rctx.dumped_pid(rt.pid))
     if index is not None:
         rt.inj.call("ioctl", state.base[index], C.TIOCSCTTY, 0)
 

@@ -114,7 +114,7 @@ def test_mount_tree_restored_under_root(targets: TargetFactory, tmp_path: Path,
     _dump(t, images_dir)
     names = os.listdir(images_dir)
     assert any(n.startswith("mountpoints-") for n in names), names
-    assert any(n.startswith("tmpfs-dev-") and n.endswith(".tar.gz") for n in names), names
+    assert any(n.startswith("tmpfs-dev-") and n.endswith(".tar.gz.img") for n in names), names
     _restore_and_check(targets, t, d, numbers, images_dir, before)
 
 

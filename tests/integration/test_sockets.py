@@ -205,7 +205,7 @@ def test_asyncio_echo_established(targets: TargetFactory, images_dir: Path, tmp_
     wait_until = time.monotonic() + 10
     while out.n < 50 and out.error is None and time.monotonic() < wait_until:
         time.sleep(0.01)
-    table = f"procsnap_{t.pid}"
+    table = f"CRIU-procsnap_{t.pid}"
     nft_tables.append(table)
     pids = tree_pids(t.pid)
     res = run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established", timeout=120)
@@ -474,7 +474,7 @@ def test_redis_100k_keys_outside_writer(targets: TargetFactory, images_dir: Path
         deadline = time.monotonic() + 10
         while writer.n < 50 and writer.error is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        nft_tables.append(f"procsnap_{t.pid}")
+        nft_tables.append(f"CRIU-procsnap_{t.pid}")
         check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established",
                               timeout=300))
         assert wait_gone(t.pid, 10)
@@ -497,7 +497,7 @@ def test_redis_100k_keys_outside_writer(targets: TargetFactory, images_dir: Path
 def test_network_unlock_after_abandoned_restore(targets: TargetFactory, images_dir: Path,
                                                 tmp_path: Path, nft_tables: list[str]) -> None:
     t = targets.start("echo_server.py", str(tmp_path / "port"))
-    table = f"procsnap_{t.pid}"
+    table = f"CRIU-procsnap_{t.pid}"
     nft_tables.append(table)
     pids = tree_pids(t.pid)
     check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
@@ -514,10 +514,10 @@ def test_network_unlock_after_abandoned_restore(targets: TargetFactory, images_d
 def test_leave_running_releases_repair_and_lock(targets: TargetFactory, images_dir: Path,
                                                 tmp_path: Path, nft_tables: list[str]) -> None:
     t = targets.start("echo_server.py", str(tmp_path / "port"))
-    nft_tables.append(f"procsnap_{t.pid}")
+    nft_tables.append(f"CRIU-procsnap_{t.pid}")
     check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established",
                           "--leave-running"))
-    assert not nft_table_exists(f"procsnap_{t.pid}")
+    assert not nft_table_exists(f"CRIU-procsnap_{t.pid}")
     for p in tree_pids(t.pid):
         ok, why = is_untouched(p)
         assert ok, why

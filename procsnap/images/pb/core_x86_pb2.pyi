@@ -76,8 +76,16 @@ class user_x86_regs_entry(_message.Message):
     mode: user_x86_regs_mode
     def __init__(self, r15: _Optional[int] = ..., r14: _Optional[int] = ..., r13: _Optional[int] = ..., r12: _Optional[int] = ..., bp: _Optional[int] = ..., bx: _Optional[int] = ..., r11: _Optional[int] = ..., r10: _Optional[int] = ..., r9: _Optional[int] = ..., r8: _Optional[int] = ..., ax: _Optional[int] = ..., cx: _Optional[int] = ..., dx: _Optional[int] = ..., si: _Optional[int] = ..., di: _Optional[int] = ..., orig_ax: _Optional[int] = ..., ip: _Optional[int] = ..., cs: _Optional[int] = ..., flags: _Optional[int] = ..., sp: _Optional[int] = ..., ss: _Optional[int] = ..., fs_base: _Optional[int] = ..., gs_base: _Optional[int] = ..., ds: _Optional[int] = ..., es: _Optional[int] = ..., fs: _Optional[int] = ..., gs: _Optional[int] = ..., mode: _Optional[_Union[user_x86_regs_mode, str]] = ...) -> None: ...
 
+class user_x86_cet_entry(_message.Message):
+    __slots__ = ("cet", "ssp")
+    CET_FIELD_NUMBER: _ClassVar[int]
+    SSP_FIELD_NUMBER: _ClassVar[int]
+    cet: int
+    ssp: int
+    def __init__(self, cet: _Optional[int] = ..., ssp: _Optional[int] = ...) -> None: ...
+
 class user_x86_xsave_entry(_message.Message):
-    __slots__ = ("xstate_bv", "ymmh_space", "bndreg_state", "bndcsr_state", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru")
+    __slots__ = ("xstate_bv", "ymmh_space", "bndreg_state", "bndcsr_state", "opmask_reg", "zmm_upper", "hi16_zmm", "pkru", "cet")
     XSTATE_BV_FIELD_NUMBER: _ClassVar[int]
     YMMH_SPACE_FIELD_NUMBER: _ClassVar[int]
     BNDREG_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +94,7 @@ class user_x86_xsave_entry(_message.Message):
     ZMM_UPPER_FIELD_NUMBER: _ClassVar[int]
     HI16_ZMM_FIELD_NUMBER: _ClassVar[int]
     PKRU_FIELD_NUMBER: _ClassVar[int]
+    CET_FIELD_NUMBER: _ClassVar[int]
     xstate_bv: int
     ymmh_space: _containers.RepeatedScalarFieldContainer[int]
     bndreg_state: _containers.RepeatedScalarFieldContainer[int]
@@ -94,7 +103,8 @@ class user_x86_xsave_entry(_message.Message):
     zmm_upper: _containers.RepeatedScalarFieldContainer[int]
     hi16_zmm: _containers.RepeatedScalarFieldContainer[int]
     pkru: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, xstate_bv: _Optional[int] = ..., ymmh_space: _Optional[_Iterable[int]] = ..., bndreg_state: _Optional[_Iterable[int]] = ..., bndcsr_state: _Optional[_Iterable[int]] = ..., opmask_reg: _Optional[_Iterable[int]] = ..., zmm_upper: _Optional[_Iterable[int]] = ..., hi16_zmm: _Optional[_Iterable[int]] = ..., pkru: _Optional[_Iterable[int]] = ...) -> None: ...
+    cet: user_x86_cet_entry
+    def __init__(self, xstate_bv: _Optional[int] = ..., ymmh_space: _Optional[_Iterable[int]] = ..., bndreg_state: _Optional[_Iterable[int]] = ..., bndcsr_state: _Optional[_Iterable[int]] = ..., opmask_reg: _Optional[_Iterable[int]] = ..., zmm_upper: _Optional[_Iterable[int]] = ..., hi16_zmm: _Optional[_Iterable[int]] = ..., pkru: _Optional[_Iterable[int]] = ..., cet: _Optional[_Union[user_x86_cet_entry, _Mapping]] = ...) -> None: ...
 
 class user_x86_fpregs_entry(_message.Message):
     __slots__ = ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask", "st_space", "xmm_space", "padding", "xsave")

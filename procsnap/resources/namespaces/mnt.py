@@ -139,7 +139,11 @@ def entry_of(m: MountInfo) -> Any:
         fstype=FSTYPES.get(m.fstype, F.AUTO), mnt_id=m.mnt_id,
         root_dev=kdev(m.major, m.minor), parent_mnt_id=m.parent_id,
         flags=mount_flags(m), root=m.root, mountpoint=m.mount_point, source=m.source,
-        options=",".join(opts), sb_flags=sb_flags, fsname=m.fstype)
+        options=",".join(opts), sb_flags=sb_flags)
+    if e.fstype == F.AUTO:
+        # only then, as criu: its restore refuses an fsname beside a known
+        # fstype ("fsname can be set only for FSTYPE__AUTO mounts")
+        e.fsname = m.fstype
     for tag in m.optional:
         key, _, val = tag.partition(":")
         if key == "shared":
@@ -436,7 +440,7 @@ def collect(rctx: "RestoreContext", ns_id: int) -> list[Step]:
         if s.how == "external":
             _ext_path(rctx, s.entry)
         elif s.how == "tmpfs":
-            tar = images.image_path(d, "tmpfs-dev", s.entry.root_dev)
+            tar = _tmpfs_image(d, s.entry.root_dev)
             if not os.path.exists(tar):
                 raise ImageError(tar, f"no such image (the contents of {_describe(s.entry)})")
     return steps
@@ -612,8 +616,16 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
                              os.O_PATH | os.O_CLOEXEC, 0, what=what)
 
 
+def _tmpfs_image(images_dir: str, dev: int) -> str:
+    """tmpfs-dev-DEV.tar.gz.img (CRIU's name); procsnap's images before
+    2026-11-30 named it without the .img."""
+    path = images.image_path(images_dir, "tmpfs-dev", dev)
+    old = path[:-len(".img")]
+    return old if not os.path.exists(path) and os.path.exists(old) else path
+
+
 def _untar(rctx: "RestoreContext", y: _Yard, e: Any, target: str) -> None:
-    tar = images.image_path(rctx.images_dir, "tmpfs-dev", e.root_dev)
+    tar = _tmpfs_image(rctx.images_dir, e.root_dev)
     try:
         with tarfile.open(tar, "r:gz") as t:
             # Our own archive, written inside the namespace at dump: its
