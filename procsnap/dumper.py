@@ -356,6 +356,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             if status:
                 raise ActionScriptFailed("network-lock", status, f"pid {pid}: the "
                                          f"network-lock action script failed ({status})")
+        if _own_netns(pid):
+            _lock_netns(ctx, pid)
         for task in ctx.tasks:
             task.stat = task.proc.stat()
             task.core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
@@ -427,6 +429,28 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
 
 def _action(ctx: DumpContext, name: str) -> int:
     return ctx.opts.action(name) if ctx.opts.action is not None else 0
+
+
+def _lock_netns(ctx: DumpContext, pid: int) -> None:
+    """Lock the tree's own network namespace as a whole, from inside it (as
+    criu: whether or not a connection is dumped): its peers and its own
+    loopback traffic stand still until the restored tree runs.  Set before
+    the namespace's ruleset is saved, so the restored namespace starts
+    locked; removed here again if the tree runs on."""
+    from .resources import tcp
+    table = tcp.table_name(pid)
+    try:
+        tcp.lock_netns(pid, table)
+    except DumpError:
+        if ctx.opts.tcp_established:
+            raise
+        return  # no nft: nothing of the tree's state hangs on the lock
+    ctx.netns_locked = True
+
+    def unlock(keep: bool) -> None:
+        if not keep:
+            tcp.unlock_netns(pid, table)
+    ctx.cleanups.append(unlock)
 
 
 def _own_netns(pid: int) -> bool:

@@ -113,6 +113,8 @@ class DumpContext:
     # complete and the tree is killed (TCP sockets stay in repair mode and
     # the network lock stays), False when the tree runs on.
     cleanups: list[Callable[[bool], None]] = field(default_factory=list)
+    # the tree's own network namespace is locked as a whole (resources.tcp)
+    netns_locked: bool = False
     _next_id: int = 1
     _numbers: dict[int, int] = field(default_factory=dict)
 

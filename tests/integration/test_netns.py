@@ -189,3 +189,65 @@ def test_veth_with_external_peer(targets: TargetFactory, tmp_path: Path,
         assert t.verdict() == "PASS", t.output()
     finally:
         _ip("link", "del", outer)
+
+
+def _nft_tables_inside(pid: int) -> str:
+    return subprocess.run(["nsenter", "-t", str(pid), "-n", "nft", "list", "tables"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_tcp_established_in_own_netns(targets: TargetFactory, tmp_path: Path,
+                                      images_dir: Path) -> None:
+    """A TCP connection with both ends in the tree, inside the tree's own
+    network namespace, behind the namespace's stateful nftables firewall
+    (zdtm socket-tcp-nft-nfconntrack), with data queued both ways, dumped
+    with --tcp-established: the namespace is locked from inside (the lock
+    table is in the saved ruleset), the connection comes back through
+    TCP_REPAIR in the new namespace, and the lock is gone once the tree
+    runs; the unread bytes arrive exactly and the exchange goes on."""
+    numbers = tmp_path / "numbers"
+    port = _free_port()
+    t = targets.start("netns_tcp.py", str(numbers), str(port))
+    wait_numbers(numbers, 3)
+    old_ns = _netns(t.pid)
+    assert old_ns != _netns(os.getpid())
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
+    assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
+    reap()
+    names = os.listdir(images_dir)
+    streams = [n for n in names if n.startswith("tcp-stream-")]
+    assert len(streams) == 2, names         # both ends of the one connection
+    ruleset = (images_dir / f"nftables-{old_ns}.img").read_text()
+    lock = f"table inet procsnap_{t.pid}"
+    assert lock in ruleset and "policy drop" in ruleset, ruleset   # locked inside, then saved
+    assert "table ip netns_fw" in ruleset
+    res = check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--tcp-established"))
+    targets.adopt(t.pid, like=t)
+    assert t.alive(), describe(res)
+    assert _netns(t.pid) != _netns(os.getpid())
+    tables = _nft_tables_inside(t.pid)
+    assert "procsnap_" not in tables and "netns_fw" in tables, tables   # unlocked
+    ss = subprocess.run(["nsenter", "-t", str(t.pid), "-n", "ss", "-tnH", "state",
+                         "established"], capture_output=True, text=True).stdout
+    assert ss.count(f":{port}") == 2, ss
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 60, timeout=30))  # past the bulk, ping-pong
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_netns_lock_removed_when_tree_runs_on(targets: TargetFactory, tmp_path: Path,
+                                              images_dir: Path) -> None:
+    """dump --leave-running of a tree in its own namespace: the lock set
+    inside it is removed again and the connection goes on (no lock table
+    left in the namespace, none in the host's)."""
+    numbers = tmp_path / "numbers"
+    port = _free_port()
+    t = targets.start("netns_tcp.py", str(numbers), str(port))
+    wait_numbers(numbers, 3)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established", "-R"))
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    assert "procsnap_" not in _nft_tables_inside(t.pid)
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 60, timeout=30))
+    assert t.verdict() == "PASS", t.output()

@@ -468,6 +468,31 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     _restore_sysctls(pid, ns_id, ne)
     _restore_ip(rctx, pid, ns_id, ip)
     _restore_firewall(rctx, pid, ns_id)
+    _lock(rctx, pid, ns_id)
+
+
+def _lock(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+    """The namespace stays locked (resources.tcp: the dump's lock came back
+    with its ruleset; made here if it did not) until the tree runs: the
+    connections restored in it meet no packet before their tasks do."""
+    from .. import tcp
+    table = tcp.table_name(rctx.tasks[0].pid)
+    try:
+        tcp.lock_netns_here(table)
+    except DumpError as exc:
+        streams = [n for n in os.listdir(rctx.images_dir) if n.startswith("tcp-stream-")]
+        if _tool("nft") is None and not streams:
+            return  # no nft and no connection: nothing hangs on a lock
+        raise RestoreError(f"{_where(pid, ns_id)}: {exc}") from None
+    rctx.after_detach.append(lambda: _unlock(pid, ns_id, table))
+
+
+def _unlock(pid: int, ns_id: int, table: str) -> None:
+    from .. import tcp
+    if not tcp.unlock_netns(pid, table):
+        raise RestoreError(f"{_where(pid, ns_id)}: the network lock (nft table inet "
+                           f"{table}) could not be removed; the tree runs with its "
+                           "network namespace locked")
 
 
 def leave(rctx: "RestoreContext") -> None:
