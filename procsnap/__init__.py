@@ -61,7 +61,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
-            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
+            join_ns: dict[str, str] | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -89,7 +90,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     exist; none requires them and writes nothing; ignore leaves the tasks in
     the restorer's cgroups.  ``cgroup_root`` ("[CONTROLLER:]/PATH", criu's
     --cgroup-root) moves the saved tree's root (of that controller, or of
-    every one not named) to PATH.
+    every one not named) to PATH.  ``join_ns`` (criu's --join-ns): kind ->
+    path of a namespace file (or a pid) the tree joins instead of a new
+    namespace of that kind; only "net" (its contents are left as they are,
+    its network lock is removed once the tree runs).
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
@@ -97,7 +101,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
-                    manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
+                    manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
+                    join_ns=join_ns)
 
 
 def network_unlock(images_dir: str) -> bool:

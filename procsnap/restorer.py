@@ -537,7 +537,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
-            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = ()) -> int:
+            manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
+            join_ns: dict[str, str] | None = None) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -565,7 +566,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_mount_auto=ext_mount_auto,
                               ext_veth=dict(ext_veth or {}),
                               restore_sibling=restore_sibling,
-                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root)))
+                              manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
+                              join_ns=dict(join_ns or {})))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
@@ -581,6 +583,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     created = False
     self_pidfd: int | None = None
     try:
+        namespaces.join(rctx)  # this thread enters them: the root's clone inherits them
         flags = namespaces.clone_flags(rctx)
         if flags & C.CLONE_NEWPID:
             self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)

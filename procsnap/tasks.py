@@ -186,6 +186,8 @@ class RestoreOptions:
     # criu's --manage-cgroups MODE (none, props, soft, full, strict, ignore)
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: move the tree
+    # criu's --join-ns KIND:PATH|PID: the tree joins that namespace instead of a new one
+    join_ns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

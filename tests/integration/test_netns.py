@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -251,3 +252,83 @@ def test_netns_lock_removed_when_tree_runs_on(targets: TargetFactory, tmp_path: 
     last = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, last + 60, timeout=30))
     assert t.verdict() == "PASS", t.output()
+
+
+_PROBE = """
+import socket, sys
+port, mark = int(sys.argv[1]), int(sys.argv[2])
+sk = socket.socket()
+sk.settimeout(0.5)
+if mark:
+    sk.setsockopt(socket.SOL_SOCKET, 36, 0xC114)   # SO_MARK, criu's SOCCR_MARK
+try:
+    sk.connect(("127.0.0.1", port))
+    print("connected")
+except socket.timeout:
+    print("timeout")
+except OSError as exc:
+    print("error", exc)
+"""
+
+
+def _probe(ns: str, port: int, mark: bool) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _PROBE, str(port),
+                           str(int(mark))], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def test_join_ns_lock_held_between_dump_and_restore(targets: TargetFactory, tmp_path: Path,
+                                                    images_dir: Path) -> None:
+    """zdtm netns_lock_nftables: a tree in a network namespace kept by a file
+    (ip netns add), with a server of the namespace outside the tree.  After
+    the dump the namespace stays locked: a connection times out (no RST),
+    one marked with criu's SOCCR_MARK passes; restore --join-ns
+    net:/run/netns/NAME puts the tree back into that very namespace and
+    removes the lock: connections pass again."""
+    ns = f"procsnap-join-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    server = None
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        port = _free_port()
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c",
+             # its replies are marked too (as zdtm's hook does for its marked client)
+             "import socket,sys\ns=socket.socket()\ns.setsockopt(1, 36, 0xC114)\n"
+             "s.bind(('127.0.0.1',int(sys.argv[1])))\n"
+             "s.listen(64)\nprint('up',flush=True)\n"
+             "while True: s.accept()[0].close()", str(port)],
+            stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        nsfile = f"/run/netns/{ns}"
+        numbers = tmp_path / "numbers"
+        t = targets.start("netns_join.py", str(numbers), nsfile)
+        wait_numbers(numbers, 3)
+        assert _netns(t.pid) == os.stat(nsfile).st_ino
+        assert _probe(ns, port, False) == "connected"
+        check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
+        assert wait_gone(t.pid, 10)
+        reap()
+        assert _probe(ns, port, False) == "timeout"     # locked: dropped, not refused
+        assert _probe(ns, port, True) == "connected"    # the restore's own segments pass
+        res = check_ok(run_procsnap("restore", "-D", images_dir, "-d",
+                                    "--join-ns", f"net:{nsfile}"))
+        targets.adopt(t.pid, like=t)
+        assert t.alive(), describe(res)
+        assert _netns(t.pid) == os.stat(nsfile).st_ino
+        assert _probe(ns, port, False) == "connected"   # unlocked once the tree runs
+        last = read_numbers(numbers)[-1]
+        check_continuity(wait_numbers(numbers, last + 3))
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_join_ns_other_kind_refused(images_dir: Path) -> None:
+    """--join-ns of a kind procsnap cannot join: one line naming it."""
+    res = run_procsnap("restore", "-D", images_dir, "-d", "--join-ns", "ipc:/proc/1/ns/ipc")
+    assert res.returncode != 0
+    assert "procsnap joins only a network namespace" in res.stderr, res.stderr
