@@ -206,3 +206,46 @@ def test_root_not_init_refused(targets: TargetFactory, images_dir: Path) -> None
         ok, why = is_untouched(pid)
         assert ok, why
     finish(t)
+
+
+def test_namespace_fds(targets: TargetFactory, tmp_path: Path, images_dir: Path) -> None:
+    """fds on /proc/self/ns/{net,uts} (the tree's own namespaces, made anew)
+    and /proc/self/ns/ipc (procsnap's, which the tree shares): saved as
+    namespace files (fd kind NS) and reopened on the namespaces the
+    restored tree lives in; checked from outside (each fd's inode is the
+    root's namespace now) and by the target itself."""
+    numbers = tmp_path / "numbers"
+    t = targets.start("nsfds.py", str(numbers))
+    wait_numbers(numbers, 3)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid, 10)
+    kinds = [e["nsf"]["ns_cflag"] for e in crit_decode(images_dir / "files.img")["entries"]
+             if e.get("type") == "NS"]
+    assert sorted(kinds) == sorted([0x40000000, 0x04000000, 0x08000000]), kinds
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
+    targets.adopt(t.pid, like=t)
+    for fd, kind in ((10, "net"), (11, "uts"), (12, "ipc")):
+        assert os.stat(f"/proc/{t.pid}/fd/{fd}").st_ino == \
+            os.stat(f"/proc/{t.pid}/ns/{kind}").st_ino, kind
+    assert os.stat(f"/proc/{t.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_namespace_fd_outside_tree_refused(targets: TargetFactory, tmp_path: Path,
+                                           images_dir: Path) -> None:
+    """An fd on a namespace no task of the tree lives in (procsnap's own
+    network namespace, held by a task in a namespace of its own): one line
+    naming the pid, the fd and the namespace; the tree runs on."""
+    numbers = tmp_path / "numbers"
+    t = targets.start("nsfds.py", str(numbers), "/proc/self/ns/net")
+    wait_numbers(numbers, 3)
+    link = os.readlink("/proc/self/ns/net")
+    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+    assert_one_line_error(res, f"pid {t.pid}: fd 13: {link}", "no task of the dumped tree")
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()
