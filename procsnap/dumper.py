@@ -275,7 +275,9 @@ def _release(task: DumpTask, *, kill: bool) -> None:
     if task.zombie:
         return
     pid = task.pid
-    if task.inj is not None and task.scratch:
+    if task.inj is not None and task.scratch and not kill:
+        # (a killed task needs no cleaning, and may be dying already: one
+        # with PR_SET_PDEATHSIG dies with its parent, killed before it)
         try:
             task.inj.call("munmap", task.scratch, task.scratch_size, last=True)
         except OSError:

@@ -103,6 +103,8 @@ def dump(ctx: "DumpContext") -> None:
         rid = ns_inode(root.pid, mod.NAME)
         if rid != ns_inode("self", mod.NAME):
             mod.dump(ctx, rid, root)
+    if ns_inode(root.pid, "pid") == ns_inode("self", "pid"):
+        pid.record_nested(ctx)  # pid namespaces nested in a tree of procsnap's
 
 
 # --------------------------------------------------------------- restore ----
