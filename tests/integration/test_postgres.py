@@ -49,8 +49,9 @@ class Psql:
              "-h", "127.0.0.1", "-p", str(port), "-U", "nobody", "-d", "postgres",
              "-v", "ON_ERROR_STOP=0"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            bufsize=1, start_new_session=True)   # its own group: close() kills runuser and psql
+            start_new_session=True)   # its own group: close() kills runuser and psql
         self.n = 0
+        self.buf = b""
 
     def run(self, sql: str, timeout: float = 30) -> list[str]:
         """The output lines of ``sql`` (up to a marker echoed after it)."""
@@ -61,16 +62,24 @@ class Psql:
         self.p.stdin.flush()
         out: list[str] = []
         end = time.monotonic() + timeout
+        fd = self.p.stdout.fileno()
         while time.monotonic() < end:
-            ready, _, _ = select.select([self.p.stdout], [], [], max(end - time.monotonic(), 0))
-            if not ready:
-                break
-            line = self.p.stdout.readline()
-            if not line:
-                raise AssertionError(f"psql ended: {out}")
+            if b"\n" not in self.buf:
+                # our own buffer: select() on the fd says nothing of lines
+                # a file object has read ahead already
+                ready, _, _ = select.select([fd], [], [], max(end - time.monotonic(), 0))
+                if not ready:
+                    break
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise AssertionError(f"psql ended: {out}")
+                self.buf += chunk
+                continue
+            raw, self.buf = self.buf.split(b"\n", 1)
+            line = raw.decode()
             if line.strip() == mark:
                 return out
-            out.append(line.rstrip("\n"))
+            out.append(line)
         raise AssertionError(f"psql: no answer to {sql!r}")
 
     def close(self) -> None:
