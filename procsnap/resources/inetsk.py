@@ -414,6 +414,9 @@ def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
     scratch = socket.socket(fam, socket.SOCK_DGRAM, ie.proto)
     try:
         sockets.prepare(scratch)
+        # marked as the restore's own traffic: a tree's network namespace
+        # is locked until it runs (tcp.lock_netns) and drops all else
+        scratch.setsockopt(socket.SOL_SOCKET, tcp.SO_MARK, tcp.SOCCR_MARK)
         for data in msgs:
             scratch.sendto(data, (addr, ie.src_port))
     finally:
