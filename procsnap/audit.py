@@ -254,6 +254,15 @@ SAVED_NS = tuple(k for k in NS_KINDS if k.removesuffix("_for_children") in saved
 NESTED_NS = ("pid", "pid_for_children")
 
 
+# Why a kind is not saved, where there is more to say.
+_NS_USER = ("user namespaces are not saved yet: procsnap forks every task from its parent's "
+            "puppet with its pids at every level, and clone3's set_tid for a level needs "
+            "CAP_CHECKPOINT_RESTORE in the user namespace owning it, which a task inside a "
+            "new user namespace lacks for the host's (tasks would have to be made from "
+            "outside and their namespaces re-owned)")
+_NOT_SAVED = {"user": _NS_USER}
+
+
 def _ns(kind: str) -> Refuse:
     def pred(v: str, own: str) -> str | None:
         if v == own:
@@ -293,7 +302,7 @@ def _pid_root_not_init(v: str, own: Any) -> str | None:
 
 
 NS: list[Item] = [
-    *[_r("ns", k, "this kind of namespace is not saved yet", _ns(k))
+    *[_r("ns", k, _NOT_SAVED.get(k, "this kind of namespace is not saved yet"), _ns(k))
       for k in NS_KINDS if k not in SAVED_NS],
     *[Item("ns", k, SAVED, f"namespaces ({k.removesuffix('_for_children')}: the tree's own, "
            "created anew for the root at restore)") for k in SAVED_NS],
