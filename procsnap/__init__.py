@@ -65,7 +65,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -96,7 +96,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     every one not named) to PATH.  ``empty_ns`` (criu's --empty-ns net):
     the root gets a new, empty network namespace which the caller sets up
     at the setup-namespaces action; then its loopback is brought back as
-    it was (criu leaves it down).
+    it was (criu leaves it down).  ``join_ns`` (criu's --join-ns): kind ->
+    path of a namespace file (or a pid) the tree joins instead of a new
+    namespace of that kind; only "net" (its contents are left as they are,
+    its network lock is removed once the tree runs).
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
@@ -105,7 +108,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
                     manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                    empty_ns=empty_ns)
+                    empty_ns=empty_ns, join_ns=join_ns)
 
 
 def network_unlock(images_dir: str) -> bool:

@@ -114,11 +114,9 @@ STATUS: list[Item] = [
     *_i("status", "TracerPid", "procsnap itself while frozen; a task traced by another cannot "
         "be seized and fails the freeze"),
     *_i("status", "FDSize", "size of the fd table's allocation, grows on demand"),
-    _r("status", "NStgid NSpid NSpgid NSsid", "a pid namespace nested inside the tree's "
-       "is not saved yet (the tree's own is: namespaces.pid saves every task's pid at each "
-       "level)", lambda v, own: f"lives in a nested pid namespace (its pids "
-       f"{'/'.join(v.split())}, the root's levels {len(str(own).split()) or 1})"
-       if len(v.split()) != (len(str(own).split()) or 1) else None),
+    *_s("status", "NStgid NSpid NSpgid NSsid", "namespaces.pid (every task's pid at each "
+        "level, pid namespaces nested in the tree included: their inits are cloned with "
+        "CLONE_NEWPID; a task in one that is not its init's child is refused there)"),
     _r("status", "Kthread", "kernel threads cannot be dumped", _nonzero("a kernel thread")),
     *_i("status", "VmPeak VmSize VmHWM VmRSS RssAnon RssFile RssShmem VmData VmStk VmExe "
         "VmLib VmPTE VmSwap HugetlbPages",
@@ -252,6 +250,17 @@ NS_KINDS = ("cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time",
 # tree has one namespace of each -- procsnap's own or the root's -- and
 # every task must share the root's.
 SAVED_NS = tuple(k for k in NS_KINDS if k.removesuffix("_for_children") in saved_ns_names())
+# saved per task, nested in the tree's (namespaces.pid checks their shape)
+NESTED_NS = ("pid", "pid_for_children")
+
+
+# Why a kind is not saved, where there is more to say.
+_NS_USER = ("user namespaces are not saved yet: procsnap forks every task from its parent's "
+            "puppet with its pids at every level, and clone3's set_tid for a level needs "
+            "CAP_CHECKPOINT_RESTORE in the user namespace owning it, which a task inside a "
+            "new user namespace lacks for the host's (tasks would have to be made from "
+            "outside and their namespaces re-owned)")
+_NOT_SAVED = {"user": _NS_USER}
 
 
 def _ns(kind: str) -> Refuse:
@@ -293,15 +302,21 @@ def _pid_root_not_init(v: str, own: Any) -> str | None:
 
 
 NS: list[Item] = [
-    *[_r("ns", k, "this kind of namespace is not saved yet", _ns(k))
+    *[_r("ns", k, _NOT_SAVED.get(k, "this kind of namespace is not saved yet"), _ns(k))
       for k in NS_KINDS if k not in SAVED_NS],
     *[Item("ns", k, SAVED, f"namespaces ({k.removesuffix('_for_children')}: the tree's own, "
            "created anew for the root at restore)") for k in SAVED_NS],
     *[_r("ns", f"{k}: unlike the root's", "one namespace of a kind per tree: nested "
-         "namespaces are not saved yet", _ns_unlike_root(k)) for k in SAVED_NS],
+         "namespaces are not saved yet", _ns_unlike_root(k)) for k in SAVED_NS
+      if k not in NESTED_NS],
     *[_r("ns", f"{k}: unlike its own", "a task whose children would start in another "
          "namespace than its own (unshare without a fork) is not saved", _ns_unlike_own(k))
-      for k in SAVED_NS if k.endswith("_for_children")],
+      for k in SAVED_NS if k.endswith("_for_children") and k not in NESTED_NS],
+    *[Item("ns", f"{k}: unlike the root's", SAVED, "namespaces.pid (a pid namespace nested "
+           "in the tree, whose init is a child of a task of the namespace above, is made "
+           "again (clone3 CLONE_NEWPID with the task's pids at every level); a parent whose "
+           "pid_for_children is such a child's namespace (unshare -fp) enters it again "
+           "(setns); any other shape is refused by name)") for k in NESTED_NS],
     _r("ns", "pid: the root is not its init", "a pid namespace is restored anew with the "
        "root as its pid 1", _pid_root_not_init),
 ]
@@ -578,6 +593,8 @@ def _check_ns(pid: int, where: str, base: str, root: dict[str, str]) -> None:
     links = _ns_links(base)
     for kind, link in links.items():
         path = f"{base}/ns/"
+        if kind in NESTED_NS:
+            continue  # namespaces.pid (dump) checks the nesting: a shape it cannot restore is refused there
         if kind in SAVED_NS:
             _judge(pid, where, "ns", kind, link, root.get(kind), path)
             _judge(pid, where, "ns", f"{kind}: unlike the root's", link, root.get(kind), path)

@@ -119,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="criu's modes: soft (default): a missing cgroup is made with its saved properties; full: existing ones get them too; strict: an existing one is an error; props: properties, cgroups must exist; none: they must exist, no properties; ignore: tasks stay in the restorer's cgroups")
     r.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
                     help="restore the tree's root cgroup (of CONTROLLER, or of every hierarchy not named) at PATH")
+    r.add_argument("-J", "--join-ns", action="append", default=[], metavar="net:PATH|PID",
+                   type=_join_ns,
+                   help="as criu: the tree joins the network namespace of the file PATH "
+                        "(or of process PID) instead of a new one; its contents stay as "
+                        "they are, its network lock goes once the tree runs")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -165,7 +170,8 @@ def cmd_restore(a: argparse.Namespace) -> int:
     veths = {k[5:-1]: mounts.pop(k) for k in list(mounts) if k.startswith("veth[")}
     more = dict(root=a.root, ext_mount_map=mounts, ext_veth=veths,
                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
-                manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root))
+                manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root),
+                join_ns=dict(a.join_ns))
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
@@ -242,6 +248,14 @@ def _restore_external(text: str) -> tuple[str, str]:
     if m is None:
         raise argparse.ArgumentTypeError(f"not mnt[KEY]:PATH or veth[IN]:OUT: {text!r}")
     return m.group(1), m.group(2)
+
+
+def _join_ns(text: str) -> tuple[str, str]:
+    from .resources.namespaces import parse_join
+    try:
+        return parse_join(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _veth_pair(text: str) -> tuple[str, str]:

@@ -276,7 +276,9 @@ def _release(task: DumpTask, *, kill: bool) -> None:
     if task.zombie:
         return
     pid = task.pid
-    if task.inj is not None and task.scratch:
+    if task.inj is not None and task.scratch and not kill:
+        # (a killed task needs no cleaning, and may be dying already: one
+        # with PR_SET_PDEATHSIG dies with its parent, killed before it)
         try:
             task.inj.call("munmap", task.scratch, task.scratch_size, last=True)
         except OSError:
@@ -357,6 +359,10 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             if status:
                 raise ActionScriptFailed("network-lock", status, f"pid {pid}: the "
                                          f"network-lock action script failed ({status})")
+        # the tree's own network namespace is locked as a whole, from inside
+        # (not one the caller owns: --empty-ns net saves nothing of it)
+        if _own_netns(pid) and not ctx.opts.empty_ns & C.CLONE_NEWNET:
+            _lock_netns(ctx, pid)
         # criu asks an RPC client here (frozen, network locked) for more
         # external resources; shell scripts never see this stage
         status = _action(ctx, "query-ext-files")
@@ -434,6 +440,28 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
 
 def _action(ctx: DumpContext, name: str) -> int:
     return ctx.opts.action(name) if ctx.opts.action is not None else 0
+
+
+def _lock_netns(ctx: DumpContext, pid: int) -> None:
+    """Lock the tree's own network namespace as a whole, from inside it (as
+    criu: whether or not a connection is dumped): its peers and its own
+    loopback traffic stand still until the restored tree runs.  Set before
+    the namespace's ruleset is saved, so the restored namespace starts
+    locked; removed here again if the tree runs on."""
+    from .resources import tcp
+    table = tcp.table_name(pid)
+    try:
+        tcp.lock_netns(pid, table)
+    except DumpError:
+        if ctx.opts.tcp_established:
+            raise
+        return  # no nft: nothing of the tree's state hangs on the lock
+    ctx.netns_locked = True
+
+    def unlock(keep: bool) -> None:
+        if not keep:
+            tcp.unlock_netns(pid, table)
+    ctx.cleanups.append(unlock)
 
 
 def _own_netns(pid: int) -> bool:

@@ -550,9 +550,11 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
                            f"{os.strerror(exc.errno or 0)}") from None
     finally:
         inj.reset_scratch()
-    # clone3 answers in the puppet's pid namespace: levels[0]
-    created.append(tid if got == levels[0] else got)  # from now on, a failure kills it
-    if got != levels[0]:
+    # clone3 answers in the puppet's pid namespace (not the child's, for a
+    # child made in a nested one: CLONE_NEWPID)
+    want = rctx.vpid(tid, inj.pid)
+    created.append(tid if got == want else got)  # from now on, a failure kills it
+    if got != want:
         raise RestoreError(f"{what} {tid}: clone3 gave {got}")
     return _wait_new_stop(tid)
 
@@ -560,6 +562,10 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
 def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     """The parent puppet forks the child with its PID (clone3 set_tid)."""
     flags = (C.CLONE_FILES if rt.shares_files else 0) | (C.CLONE_FS if rt.shares_fs else 0)
+    if len(parent._rctx.set_tid(rt.pid)) > len(parent._rctx.set_tid(parent.pid)):
+        # the init of a pid namespace nested in the tree (namespaces.pid):
+        # set_tid's first entry, 1, is its pid inside
+        flags |= C.CLONE_NEWPID
     regs = _clone_in(parent._rctx, parent.inj, rt.pid, flags, signal.SIGCHLD, "pid")
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
@@ -631,8 +637,8 @@ def _set_groups(rctx: RestoreContext) -> None:
         if want == rt.pid or (want not in rctx.by_pid and want not in rctx.group_helpers):
             continue  # leader (done) or the shell's group (inherited)
         cur = rt.inj.call("getpgid", 0)
-        if cur != rctx.vpid(want):
-            rt.inj.call("setpgid", 0, rctx.vpid(want))
+        if cur != rctx.vpid(want, rt.pid):
+            rt.inj.call("setpgid", 0, rctx.vpid(want, rt.pid))
 
 
 def _make_zombie(rt: RestoreTask) -> None:
@@ -652,7 +658,7 @@ def _make_zombie(rt: RestoreTask) -> None:
             act = inj.put(bytes(32), align=8)
             inj.call("rt_sigaction", sig, act, 0, 8)
             inj.call("rt_sigprocmask", 1, inj.put((1 << (sig - 1)).to_bytes(8, "little")), 0, 8)
-        regs.rax, regs.rdi, regs.rsi = C.NR["kill"], rt._rctx.vpid(rt.pid), sig
+        regs.rax, regs.rdi, regs.rsi = C.NR["kill"], rt._rctx.vpid(rt.pid, rt.pid), sig
     else:
         regs.rax, regs.rdi = C.NR["exit_group"], os.WEXITSTATUS(code)
     ptrace.set_regs(rt.pid, regs)
@@ -719,7 +725,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -748,7 +754,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_veth=dict(ext_veth or {}),
                               restore_sibling=restore_sibling,
                               manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                              empty_ns=empty_ns))
+                              empty_ns=empty_ns, join_ns=dict(join_ns or {})))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
@@ -765,8 +771,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     created = False
     self_pidfd: int | None = None
     try:
+        namespaces.join(rctx)  # this thread enters them: the root's clone inherits them
         flags = namespaces.clone_flags(rctx)
-        if flags & C.CLONE_NEWPID:
+        nested = any(len(ids) > len(rctx.set_tid(root.pid)) for ids in rctx.nspids.values())
+        if flags & C.CLONE_NEWPID or nested:
             self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
             rctx.own_fds.append(self_pidfd)
         if restore_sibling:
@@ -799,6 +807,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
             if not rt.zombie:
                 memory.premap(rctx, rt)
+        namespaces.pid.enter_children_ns(rctx)  # every task exists: nested pid namespaces too
         _group_helpers(rctx)
         _set_groups(rctx)
         from .resources import tty

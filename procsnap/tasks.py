@@ -116,6 +116,8 @@ class DumpContext:
     # complete and the tree is killed (TCP sockets stay in repair mode and
     # the network lock stays), False when the tree runs on.
     cleanups: list[Callable[[bool], None]] = field(default_factory=list)
+    # the tree's own network namespace is locked as a whole (resources.tcp)
+    netns_locked: bool = False
     _next_id: int = 1
     _numbers: dict[int, int] = field(default_factory=dict)
 
@@ -190,6 +192,8 @@ class RestoreOptions:
     # criu's --empty-ns net: a new network namespace, configured by the
     # caller at setup-namespaces; procsnap only brings its loopback back
     empty_ns: int = 0
+    # criu's --join-ns KIND:PATH|PID: the tree joins that namespace instead of a new one
+    join_ns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -282,7 +286,18 @@ class RestoreTask:
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
             # a later fd (dup3 onto its number) would close it.
-            low = inj.call("pidfd_open", self._rctx.vpid(src_pid), 0)
+            vpid = self._rctx.vpid(src_pid, self.pid)
+            if vpid == 0 and os.getpid() in self.pidfds:
+                # a task in a pid namespace above the puppet's (nested in
+                # the tree): the restorer, which sees every task, opens
+                # the pidfd and the puppet takes it through its pidfd of us
+                mine = os.pidfd_open(src_pid)
+                try:
+                    low = inj.call("pidfd_getfd", self.pidfds[os.getpid()], mine, 0)
+                finally:
+                    os.close(mine)
+            else:
+                low = inj.call("pidfd_open", vpid, 0)
             pidfd = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, self._rctx.spare_fd_base)
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
@@ -371,11 +386,19 @@ class RestoreContext:
         old = self.dumped_pid(pid)
         return self.image_pids.get(old, old)
 
-    def vpid(self, pid: int) -> int:
-        """``pid`` (the dumper's view) as the puppets see it: the number to
-        pass in an injected call.  A pid outside the tree is not translated."""
+    def vpid(self, pid: int, caller: int | None = None) -> int:
+        """``pid`` (the dumper's view) as the puppet ``caller`` sees it (by
+        default one in the root's pid namespace): the number to pass in an
+        injected call.  A pid outside the tree is not translated; a task
+        the caller cannot see (in a pid namespace above the caller's) is 0."""
         ids = self.nspids.get(pid)
-        return ids[0] if ids else pid
+        if not ids:
+            return pid
+        root = self.tasks[0].pid if self.tasks else pid
+        seen_from = len(self.nspids.get(caller if caller is not None else root) or [root])
+        # ids run from the innermost namespace out: the caller's level is
+        # this many entries from the outermost one
+        return ids[len(ids) - seen_from] if len(ids) >= seen_from else 0
 
     def set_tid(self, pid: int) -> list[int]:
         """The set_tid array that makes ``pid`` at every level."""

@@ -128,7 +128,7 @@ from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import cgroup, file_lock, memfd, regfile, shmem, sockets, sysvipc, tty
+from .resources import cgroup, file_lock, memfd, nsfile, regfile, shmem, sockets, sysvipc, tty
 from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
@@ -636,6 +636,8 @@ def _kind_of_link(link: str) -> set[int]:
         return {k} if k is not None else set()
     if link.startswith("pidfd:"):
         return {fdinfo_pb2.PIDFD}
+    if nsfile.matches_link(link):
+        return {fdinfo_pb2.NS}
     if memfd.is_memfd_mapping(link):
         return {fdinfo_pb2.MEMFD}
     return _FILES
@@ -661,7 +663,8 @@ def _expected_fd(rctx: "RestoreContext", entry: Any) -> tuple[int | None, int | 
         return entry.efd.flags & ~C.EFD_SEMAPHORE, None  # bit 0 carries EFD_SEMAPHORE
     if t == fdinfo_pb2.TTY:
         return tty.expected_flags(rctx, entry), None  # None: the shell job's terminal
-    for part in ("pipe", "usk", "isk", "nlsk", "psk", "sgfd", "tfd", "epfd", "ify", "pidfd"):
+    for part in ("pipe", "usk", "isk", "nlsk", "psk", "sgfd", "tfd", "epfd", "ify", "pidfd",
+                 "nsf"):
         if entry.HasField(part):
             return getattr(entry, part).flags, None
     return None, None
@@ -746,6 +749,10 @@ def _check_fds(f: Found, have: list[int], want: dict[int, Any], fd_dir: int,
             out += _differ(f"fd {fd}: position", pos, got_pos)
         if name is not None:
             out += _differ(f"fd {fd}: file", name, link, repr)
+        if kind == fdinfo_pb2.NS:
+            # the namespace the restored tree lives in, not merely one of the kind
+            out += _differ(f"fd {fd}: namespace", os.readlink(
+                nsfile.restored_path(rctx, f.rt, entry)), link, repr)
         for line in locks:
             lk = parse.parse_lock_line(line, f"/proc/{pid}/fdinfo/{fd}")
             found_locks.setdefault(fe.id, {}).setdefault(_lock_key(lk), (pid, fd))

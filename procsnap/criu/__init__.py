@@ -151,6 +151,7 @@ def empty_ns(p: O.Parsed) -> int:
 def _check_values(p: O.Parsed) -> None:
     """Values procsnap takes only some of (the rest refused by name)."""
     from ..resources.cgroup import CG_MODES, parse_cgroup_root
+    from ..resources.namespaces import parse_join
     mode = p.last("manage-cgroups")
     if mode not in (None, "") and mode not in CG_MODES:
         raise O.UsageError(f"Unknown cgroups mode `{mode}' selected")
@@ -164,6 +165,11 @@ def _check_values(p: O.Parsed) -> None:
     if lock not in (None, "nftables", "iptables"):
         raise O.UsageError(f"option --network-lock {lock} is not supported by procsnap: "
                            "its network lock is nftables")
+    for v in p.values("join-ns"):
+        try:
+            parse_join(v)
+        except ValueError as exc:
+            raise O.UsageError(str(exc)) from None
     if p.values("inherit-fd") and p.command != "restore":
         raise O.UsageError("--inherit-fd is restore-only option")
 
@@ -374,6 +380,11 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
     return 0
 
 
+def _join_ns(p: O.Parsed) -> dict[str, str]:
+    from ..resources.namespaces import parse_join
+    return dict(parse_join(v) for v in p.values("join-ns"))
+
+
 def _restore(p: O.Parsed, images_dir: str, work_dir: str,
              notify: "Notify | None" = None) -> tuple[int, int]:
     """Returns (exit status, the root's pid)."""
@@ -414,6 +425,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
                                tcp_close=p.flag("tcp-close"), action=action,
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, empty_ns=empty_ns(p),
+                               join_ns=_join_ns(p),
                                **_cgroup_opts(p))
     entry = stats.write_restore_stats(images_dir, dict(last_stats), work_dir)
     log.info("Restore finished successfully. Tasks resumed.")

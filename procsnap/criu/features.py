@@ -45,20 +45,33 @@ def _nft() -> None:
         raise OSError(2, "the nft command is not installed")
 
 
+def _ipt_legacy() -> None:
+    for tool in ("iptables-legacy", "iptables-legacy-save", "iptables-legacy-restore"):
+        if shutil.which(tool) is None:
+            raise OSError(0, f"{tool} is not installed")
+    _nft()
+
+
+def _ns_file(kind: str) -> Probe:
+    """procsnap saves and restores this kind (resources.namespaces)."""
+    def probe() -> None:
+        if not os.path.exists(f"/proc/self/ns/{kind}"):
+            raise OSError(2, f"this kernel has no {kind} namespaces")
+    return probe
+
+
+def _status_has(word: str) -> Probe:
+    def probe() -> None:
+        with open("/proc/self/status") as f:
+            if word not in f.read():
+                raise OSError(0, f"/proc/PID/status has no {word}")
+    return probe
+
+
 def _no(why: str) -> Probe:
     def probe() -> None:
         raise OSError(0, why)
     return probe
-
-
-
-
-def _ipt_legacy() -> None:
-    # criu checks that the host has both legacy binaries; procsnap takes
-    # --network-lock iptables (its own nftables lock on iptables' hooks).
-    for tool in ("iptables-legacy", "ip6tables-legacy"):
-        if shutil.which(tool) is None:
-            raise OSError(2, f"{tool} is not installed")
 
 
 def _cgroupns() -> None:
@@ -84,20 +97,24 @@ FEATURES: dict[str, Probe] = {
     "uffd": _no("no lazy restore"),
     "uffd-noncoop": _no("no lazy restore"),
     "can_map_vdso": _ok,
-    "sk_ns": _no("a socket of another network namespace than its holder's is not saved"),
+    "sk_ns": _ns_file("net"),   # SIOCGSKNS: procsnap finds a socket's namespace with it
     "sk_unix_file": _no("unix sockets bound in other mount namespaces are not saved"),
     "net_diag_raw": _ok,                    # raw IP sockets saved (sock_kinds)
     "nsid": _no("network namespace ids (NETNSA_NSID) are not saved"),
     "link_nsid": _no("a link's peer network namespace id is not saved"),
     "kcmp_epoll": pcheck._kcmp,
-    "timens": _ok,                          # time namespaces saved (namespaces.time)
+    "timens": _ns_file("time"),
     "external_net_ns": _no("--external net[...] is not supported"),
     "clone3_set_tid": pcheck._clone3_set_tid,
     "newifindex": _no("IFLA_NEW_IFINDEX is not used"),
     "nftables": _no("nftables of a network namespace are not saved"),
-    "has_ipt_legacy": _ipt_legacy,         # a host fact, as criu: tests run iptables-legacy
+    # criu's has_ipt_legacy: iptables-legacy is there (zdtm's ipt tests set
+    # legacy rules in a network namespace, which procsnap saves with
+    # iptables-legacy-save; its lock is nftables, which --network-lock
+    # iptables also means)
+    "has_ipt_legacy": _ipt_legacy,
     "pidfd_store": _no("no RPC pidfd store"),
-    "ns_pid": _ok,                          # NSpid is read from /proc/PID/status
+    "ns_pid": _status_has("NSpid:"),
     "apparmor_stacking": _no("LSM profiles are not restored"),
     "network_lock_nftables": _nft,
     "sockopt_buf_lock": _ok,               # SO_BUF_LOCK saved among socket options

@@ -174,7 +174,10 @@ TABLE: list[Opt] = [
              "(hugetlbfs...) that is not external refuses the dump, naming it"),
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
     Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
-    Opt("join-ns", "J", REQ, how=REFUSE, note=_NOT_YET),
+    Opt("join-ns", "J", REQ, multi=True, metavar="net:PID|NS_FILE",
+        help="restore: the tree joins that network namespace instead of a new one (its "
+             "contents stay as they are; the network lock the dump set in it goes once "
+             "the tree runs); other kinds are refused"),
     Opt("empty-ns", arg=REQ, metavar="net",
         help="the tree's network namespace is the caller's (runc, Podman): dump saves "
              "only its loopback; restore makes an empty one for the caller to set up at "

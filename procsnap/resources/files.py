@@ -23,7 +23,7 @@ from ..kernel import consts as C
 from ..procfs.parse import FdInfo
 from ..procfs.reader import ProcReader
 from ..tasks import DumpTask, FdCtx
-from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
+from . import eventfd, eventpoll, fifo, inotify, memfd, nsfile, pidfd, pipe, regfile, signalfd, timerfd, tty
 from . import inetsk, netlinksk, packetsk, unixsk
 from . import core, fdaudit, file_lock, fown
 
@@ -36,7 +36,8 @@ KCMP_FILE = 0
 KCMP_FILES = 2
 
 # Order matters: the first kind whose matches() is true owns the fd.
-FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
+# nsfile before regfile: an nsfs inode is a regular file to stat
+FD_KINDS = [tty, memfd, nsfile, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
             pidfd]
 FD_KINDS += [unixsk, netlinksk, packetsk, inetsk]  # inetsk also refuses, by name, every other socket family
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}

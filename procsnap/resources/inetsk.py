@@ -255,12 +255,13 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
                 else f"a TCP connection in state {name}")
         raise Unsupported(f"{label} is {what}; dump with --tcp-established to keep it "
                           "(or with --tcp-close to have it come back closed)")
-    if not sockets.same_netns(fd.task.pid):
-        # tcp.py's network lock is set in procsnap's own namespace, where
-        # this connection's packets never pass
-        raise Unsupported(f"{label} is a TCP connection in the tree's own network namespace; "
-                          "--tcp-established is not supported there yet (dump with "
-                          "--tcp-close to have it come back closed)")
+    if not sockets.same_netns(fd.task.pid) and not fd.ctx.netns_locked:
+        # per-connection rules in procsnap's own namespace never see the
+        # packets of a connection in the tree's: the namespace must be
+        # locked as a whole (dumper, tcp.lock_netns)
+        raise Unsupported(f"{label} is a TCP connection in the tree's own network namespace, "
+                          "which could not be locked (nft missing?); dump with --tcp-close "
+                          "to have it come back closed")
     tcp.dump_established(fd, sk, ie, label)
 
 
@@ -417,6 +418,9 @@ def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
     scratch = socket.socket(fam, socket.SOCK_DGRAM, ie.proto)
     try:
         sockets.prepare(scratch)
+        # marked as the restore's own traffic: a tree's network namespace
+        # is locked until it runs (tcp.lock_netns) and drops all else
+        scratch.setsockopt(socket.SOL_SOCKET, tcp.SO_MARK, tcp.SOCCR_MARK)
         for data in msgs:
             scratch.sendto(data, (addr, ie.src_port))
     finally:

@@ -101,4 +101,4 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     if p.nspid <= 0 or p.nspid not in rctx.all_ids():
         raise RestoreError(f"{rt.image_name('fdinfo')}: pidfd {p.id} names pid {p.nspid}, "
                            "which this restore does not create")
-    return rt.inj.call("pidfd_open", rctx.vpid(p.nspid), p.flags & (PIDFD_NONBLOCK | PIDFD_THREAD))
+    return rt.inj.call("pidfd_open", rctx.vpid(p.nspid, rt.pid), p.flags & (PIDFD_NONBLOCK | PIDFD_THREAD))

@@ -141,9 +141,9 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
                 signo = int.from_bytes(raw[0:4], "little", signed=True)
                 addr = tinj.put(raw, align=8)
                 if shared:
-                    tinj.call("rt_sigqueueinfo", rctx.vpid(rt.pid), signo, addr)
+                    tinj.call("rt_sigqueueinfo", rctx.vpid(rt.pid, rt.pid), signo, addr)
                 else:
-                    tinj.call("rt_tgsigqueueinfo", rctx.vpid(rt.pid), rctx.vpid(thread.tid), signo,
+                    tinj.call("rt_tgsigqueueinfo", rctx.vpid(rt.pid, rt.pid), rctx.vpid(thread.tid, rt.pid), signo,
                                addr)
                 tinj.reset_scratch()
 

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 from .. import images
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
+from ..kernel import netns
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -240,6 +241,55 @@ def unlock(table: str) -> bool:
     return res.returncode == 0
 
 
+# A tree in its own network namespace is locked as a whole, from inside
+# that namespace (criu's network_lock_internal with nftables): every packet
+# in or out of the namespace is dropped but for the segments the restore
+# marks itself.  The namespace's own ruleset is saved after the lock is set
+# (resources.namespaces.net), so the restored namespace starts locked too;
+# the lock goes once the restored tree runs.  Per-connection rules in
+# procsnap's own namespace would never see the namespace's traffic (a
+# connection over its loopback never leaves it).
+
+def _netns_lock_script(table: str) -> str:
+    return "\n".join([
+        f"add table inet {table}",
+        f"add chain inet {table} input {{ type filter hook input priority 0 ; policy drop ; }}",
+        f"add rule inet {table} input meta mark {SOCCR_MARK:#x} accept",
+        f"add chain inet {table} output {{ type filter hook output priority 0 ; "
+        "policy drop ; }",
+        f"add rule inet {table} output meta mark {SOCCR_MARK:#x} accept"]) + "\n"
+
+
+def lock_netns_here(table: str) -> None:
+    """Lock the network namespace of the calling thread (whole), unless it
+    is locked already (the restored ruleset brings the dump's lock)."""
+    nft = _nft()
+    if subprocess.run([nft, "list", "table", "inet", table], capture_output=True,
+                      timeout=30).returncode == 0:
+        return
+    res = _run_nft(_netns_lock_script(table))
+    if res.returncode != 0:
+        msg = (res.stderr.strip().splitlines() or ["failed"])[0]
+        raise DumpError(f"network lock (nft, table inet {table} in the tree's network "
+                        f"namespace): {msg}")
+
+
+def lock_netns(pid: int, table: str) -> None:
+    """Lock ``pid``'s network namespace as a whole, from inside it."""
+    with netns.inside(pid):
+        lock_netns_here(table)
+
+
+def unlock_netns(pid: int, table: str) -> bool:
+    """Remove the lock from ``pid``'s network namespace; False if there was
+    none (or the namespace is gone)."""
+    try:
+        with netns.inside(pid):
+            return unlock(table)
+    except OSError:
+        return False
+
+
 def network_unlock_dir(images_dir: str) -> bool:
     """The lock of the dump in ``images_dir`` (found by its root pid)."""
     tree = images.read_image(images_dir, "pstree")
@@ -310,8 +360,10 @@ def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> Non
     local = sk.getsockname()[:2]
     remote = peer_of(sk)
     assert remote is not None
-    lock_connection(st["table"], sk.family, local, remote, create=not st["locked"])
-    st["locked"] = True
+    if not fd.ctx.netns_locked:
+        lock_connection(st["table"], sk.family, local, remote, create=not st["locked"])
+        st["locked"] = True
+    # else: the tree's own network namespace is locked as a whole (lock_netns)
     # TCP_REPAIR_ON forces SO_REUSEADDR on, and leaving repair mode clears
     # it: the task's value is read first, to be put back
     reuseaddr = sk.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)

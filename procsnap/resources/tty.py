@@ -803,7 +803,7 @@ def set_foreground(rctx: "RestoreContext") -> None:
             continue
         inj = leader.inj
         inj.call("ioctl", state.base[state.ctty[sid]], C.TIOCSPGRP,
-                 inj.put(_INT.pack(rctx.vpid(pgrp))))
+                 inj.put(_INT.pack(rctx.vpid(pgrp, sid))))
         inj.reset_scratch()
 
 

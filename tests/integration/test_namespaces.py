@@ -27,6 +27,7 @@ from helpers import (
     is_untouched,
     proc_cmdline,
     read_numbers,
+    reap,
     run_procsnap,
     tree_pids,
     wait_for,
@@ -206,3 +207,106 @@ def test_root_not_init_refused(targets: TargetFactory, images_dir: Path) -> None
         ok, why = is_untouched(pid)
         assert ok, why
     finish(t)
+
+
+def test_namespace_fds(targets: TargetFactory, tmp_path: Path, images_dir: Path) -> None:
+    """fds on /proc/self/ns/{net,uts} (the tree's own namespaces, made anew)
+    and /proc/self/ns/ipc (procsnap's, which the tree shares): saved as
+    namespace files (fd kind NS) and reopened on the namespaces the
+    restored tree lives in; checked from outside (each fd's inode is the
+    root's namespace now) and by the target itself."""
+    numbers = tmp_path / "numbers"
+    t = targets.start("nsfds.py", str(numbers))
+    wait_numbers(numbers, 3)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid, 10)
+    kinds = [e["nsf"]["ns_cflag"] for e in crit_decode(images_dir / "files.img")["entries"]
+             if e.get("type") == "NS"]
+    assert sorted(kinds) == sorted([0x40000000, 0x04000000, 0x08000000]), kinds
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
+    targets.adopt(t.pid, like=t)
+    for fd, kind in ((10, "net"), (11, "uts"), (12, "ipc")):
+        assert os.stat(f"/proc/{t.pid}/fd/{fd}").st_ino == \
+            os.stat(f"/proc/{t.pid}/ns/{kind}").st_ino, kind
+    assert os.stat(f"/proc/{t.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_namespace_fd_outside_tree_refused(targets: TargetFactory, tmp_path: Path,
+                                           images_dir: Path) -> None:
+    """An fd on a namespace no task of the tree lives in (procsnap's own
+    network namespace, held by a task in a namespace of its own): one line
+    naming the pid, the fd and the namespace; the tree runs on."""
+    numbers = tmp_path / "numbers"
+    t = targets.start("nsfds.py", str(numbers), "/proc/self/ns/net")
+    wait_numbers(numbers, 3)
+    link = os.readlink("/proc/self/ns/net")
+    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+    assert_one_line_error(res, f"pid {t.pid}: fd 13: {link}", "no task of the dumped tree")
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()
+
+
+def _nspids(pids: list[int]) -> dict[int, str]:
+    out = {}
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            out[pid] = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("NSpid:"))
+    return out
+
+
+def _ns(pid: int, kind: str) -> int:
+    return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+
+
+def test_nested_pid_namespace(targets: TargetFactory, tmp_path: Path, images_dir: Path) -> None:
+    """A tree in procsnap's pid namespace with a pid namespace nested in it
+    (unshare -fp inside the tree): the nested init comes back as pid 1 of
+    a new namespace with its child as pid 2, every task with its pids at
+    every level (NSpid equal before and after), unshare's pid_for_children
+    pointing at the new namespace again; checked from outside and by the
+    inner init itself, which counts on."""
+    numbers = tmp_path / "numbers"
+    t = targets.start("nestpid.py", str(numbers), wait_ready=False)
+    wait_numbers(numbers, 3)
+    pids = tree_pids(t.pid)
+    assert len(pids) == 4, pids              # python, unshare, inner init, its child
+    before = _nspids(pids)
+    assert before[pids[2]].split()[1:] == ["1"] and before[pids[3]].split()[1:] == ["2"], before
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid, 10)
+    res = check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
+    targets.adopt(t.pid, like=t)
+    assert tree_pids(t.pid) == pids, res.stderr
+    assert _nspids(pids) == before
+    unshare, init = pids[1], pids[2]
+    assert _ns(init, "pid") != _ns(unshare, "pid")
+    assert _ns(unshare, "pid_for_children") == _ns(init, "pid")
+    assert _ns(pids[3], "pid") == _ns(init, "pid")
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()
+    for pid in pids:   # the nested init's child is ours to reap once its init is gone
+        wait_for(lambda: (reap(), not os.path.exists(f"/proc/{pid}"))[1], 10, f"pid {pid} gone")
+
+
+def test_pid_for_children_without_init_refused(targets: TargetFactory, tmp_path: Path,
+                                               images_dir: Path) -> None:
+    """A task that unshared CLONE_NEWPID and has not forked (its next child
+    would be the init of a namespace that has none yet): one line naming
+    the pid; the tree runs on untraced."""
+    numbers = tmp_path / "numbers"
+    t = targets.start("nestpid.py", str(numbers), "nofork")
+    wait_numbers(numbers, 3)
+    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+    assert_one_line_error(res, f"pid {t.pid}", "pid_for_children")
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -189,3 +190,145 @@ def test_veth_with_external_peer(targets: TargetFactory, tmp_path: Path,
         assert t.verdict() == "PASS", t.output()
     finally:
         _ip("link", "del", outer)
+
+
+def _nft_tables_inside(pid: int) -> str:
+    return subprocess.run(["nsenter", "-t", str(pid), "-n", "nft", "list", "tables"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_tcp_established_in_own_netns(targets: TargetFactory, tmp_path: Path,
+                                      images_dir: Path) -> None:
+    """A TCP connection with both ends in the tree, inside the tree's own
+    network namespace, behind the namespace's stateful nftables firewall
+    (zdtm socket-tcp-nft-nfconntrack), with data queued both ways, dumped
+    with --tcp-established: the namespace is locked from inside (the lock
+    table is in the saved ruleset), the connection comes back through
+    TCP_REPAIR in the new namespace, and the lock is gone once the tree
+    runs; the unread bytes arrive exactly and the exchange goes on."""
+    numbers = tmp_path / "numbers"
+    port = _free_port()
+    t = targets.start("netns_tcp.py", str(numbers), str(port))
+    wait_numbers(numbers, 3)
+    old_ns = _netns(t.pid)
+    assert old_ns != _netns(os.getpid())
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
+    assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
+    reap()
+    names = os.listdir(images_dir)
+    streams = [n for n in names if n.startswith("tcp-stream-")]
+    assert len(streams) == 2, names         # both ends of the one connection
+    ruleset = (images_dir / f"nftables-{old_ns}.img").read_text()
+    lock = f"table inet procsnap_{t.pid}"
+    assert lock in ruleset and "policy drop" in ruleset, ruleset   # locked inside, then saved
+    assert "table ip netns_fw" in ruleset
+    res = check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--tcp-established"))
+    targets.adopt(t.pid, like=t)
+    assert t.alive(), describe(res)
+    assert _netns(t.pid) != _netns(os.getpid())
+    tables = _nft_tables_inside(t.pid)
+    assert "procsnap_" not in tables and "netns_fw" in tables, tables   # unlocked
+    ss = subprocess.run(["nsenter", "-t", str(t.pid), "-n", "ss", "-tnH", "state",
+                         "established"], capture_output=True, text=True).stdout
+    assert ss.count(f":{port}") == 2, ss
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 60, timeout=30))  # past the bulk, ping-pong
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_netns_lock_removed_when_tree_runs_on(targets: TargetFactory, tmp_path: Path,
+                                              images_dir: Path) -> None:
+    """dump --leave-running of a tree in its own namespace: the lock set
+    inside it is removed again and the connection goes on (no lock table
+    left in the namespace, none in the host's)."""
+    numbers = tmp_path / "numbers"
+    port = _free_port()
+    t = targets.start("netns_tcp.py", str(numbers), str(port))
+    wait_numbers(numbers, 3)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established", "-R"))
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    assert "procsnap_" not in _nft_tables_inside(t.pid)
+    last = read_numbers(numbers)[-1]
+    check_continuity(wait_numbers(numbers, last + 60, timeout=30))
+    assert t.verdict() == "PASS", t.output()
+
+
+_PROBE = """
+import socket, sys
+port, mark = int(sys.argv[1]), int(sys.argv[2])
+sk = socket.socket()
+sk.settimeout(0.5)
+if mark:
+    sk.setsockopt(socket.SOL_SOCKET, 36, 0xC114)   # SO_MARK, criu's SOCCR_MARK
+try:
+    sk.connect(("127.0.0.1", port))
+    print("connected")
+except socket.timeout:
+    print("timeout")
+except OSError as exc:
+    print("error", exc)
+"""
+
+
+def _probe(ns: str, port: int, mark: bool) -> str:
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _PROBE, str(port),
+                           str(int(mark))], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
+
+
+def test_join_ns_lock_held_between_dump_and_restore(targets: TargetFactory, tmp_path: Path,
+                                                    images_dir: Path) -> None:
+    """zdtm netns_lock_nftables: a tree in a network namespace kept by a file
+    (ip netns add), with a server of the namespace outside the tree.  After
+    the dump the namespace stays locked: a connection times out (no RST),
+    one marked with criu's SOCCR_MARK passes; restore --join-ns
+    net:/run/netns/NAME puts the tree back into that very namespace and
+    removes the lock: connections pass again."""
+    ns = f"procsnap-join-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    server = None
+    try:
+        subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+        port = _free_port()
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c",
+             # its replies are marked too (as zdtm's hook does for its marked client)
+             "import socket,sys\ns=socket.socket()\ns.setsockopt(1, 36, 0xC114)\n"
+             "s.bind(('127.0.0.1',int(sys.argv[1])))\n"
+             "s.listen(64)\nprint('up',flush=True)\n"
+             "while True: s.accept()[0].close()", str(port)],
+            stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "up"
+        nsfile = f"/run/netns/{ns}"
+        numbers = tmp_path / "numbers"
+        t = targets.start("netns_join.py", str(numbers), nsfile)
+        wait_numbers(numbers, 3)
+        assert _netns(t.pid) == os.stat(nsfile).st_ino
+        assert _probe(ns, port, False) == "connected"
+        check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
+        assert wait_gone(t.pid, 10)
+        reap()
+        assert _probe(ns, port, False) == "timeout"     # locked: dropped, not refused
+        assert _probe(ns, port, True) == "connected"    # the restore's own segments pass
+        res = check_ok(run_procsnap("restore", "-D", images_dir, "-d",
+                                    "--join-ns", f"net:{nsfile}"))
+        targets.adopt(t.pid, like=t)
+        assert t.alive(), describe(res)
+        assert _netns(t.pid) == os.stat(nsfile).st_ino
+        assert _probe(ns, port, False) == "connected"   # unlocked once the tree runs
+        last = read_numbers(numbers)[-1]
+        check_continuity(wait_numbers(numbers, last + 3))
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_join_ns_other_kind_refused(images_dir: Path) -> None:
+    """--join-ns of a kind procsnap cannot join: one line naming it."""
+    res = run_procsnap("restore", "-D", images_dir, "-d", "--join-ns", "ipc:/proc/1/ns/ipc")
+    assert res.returncode != 0
+    assert "procsnap joins only a network namespace" in res.stderr, res.stderr

@@ -16,13 +16,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cpstree.proto\x12\x04\x63riu\"{\n\x0cpstree_entry\x12\x0b\n\x03pid\x18\x01 \x02(\r\x12\x0c\n\x04ppid\x18\x02 \x02(\r\x12\x0c\n\x04pgid\x18\x03 \x02(\r\x12\x0b\n\x03sid\x18\x04 \x02(\r\x12\x0f\n\x07threads\x18\x05 \x03(\r\x12\x0f\n\x06ns_pid\x18\xe9\x07 \x03(\r\x12\x13\n\nns_threads\x18\xea\x07 \x03(\r')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cpstree.proto\x12\x04\x63riu\"\x96\x01\n\x0cpstree_entry\x12\x0b\n\x03pid\x18\x01 \x02(\r\x12\x0c\n\x04ppid\x18\x02 \x02(\r\x12\x0c\n\x04pgid\x18\x03 \x02(\r\x12\x0b\n\x03sid\x18\x04 \x02(\r\x12\x0f\n\x07threads\x18\x05 \x03(\r\x12\x0f\n\x06ns_pid\x18\xe9\x07 \x03(\r\x12\x13\n\nns_threads\x18\xea\x07 \x03(\r\x12\x19\n\x10pid_for_children\x18\xeb\x07 \x01(\r')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pstree_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PSTREE_ENTRY']._serialized_start=22
-  _globals['_PSTREE_ENTRY']._serialized_end=145
+  _globals['_PSTREE_ENTRY']._serialized_start=23
+  _globals['_PSTREE_ENTRY']._serialized_end=173
 # @@protoc_insertion_point(module_scope)

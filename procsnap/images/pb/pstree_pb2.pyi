@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class pstree_entry(_message.Message):
-    __slots__ = ("pid", "ppid", "pgid", "sid", "threads", "ns_pid", "ns_threads")
+    __slots__ = ("pid", "ppid", "pgid", "sid", "threads", "ns_pid", "ns_threads", "pid_for_children")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     PGID_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class pstree_entry(_message.Message):
     THREADS_FIELD_NUMBER: _ClassVar[int]
     NS_PID_FIELD_NUMBER: _ClassVar[int]
     NS_THREADS_FIELD_NUMBER: _ClassVar[int]
+    PID_FOR_CHILDREN_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     pgid: int
@@ -23,4 +24,5 @@ class pstree_entry(_message.Message):
     threads: _containers.RepeatedScalarFieldContainer[int]
     ns_pid: _containers.RepeatedScalarFieldContainer[int]
     ns_threads: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., ns_pid: _Optional[_Iterable[int]] = ..., ns_threads: _Optional[_Iterable[int]] = ...) -> None: ...
+    pid_for_children: int
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., pgid: _Optional[int] = ..., sid: _Optional[int] = ..., threads: _Optional[_Iterable[int]] = ..., ns_pid: _Optional[_Iterable[int]] = ..., ns_threads: _Optional[_Iterable[int]] = ..., pid_for_children: _Optional[int] = ...) -> None: ...

@@ -103,9 +103,37 @@ def dump(ctx: "DumpContext") -> None:
         rid = ns_inode(root.pid, mod.NAME)
         if rid != ns_inode("self", mod.NAME):
             mod.dump(ctx, rid, root)
+    if ns_inode(root.pid, "pid") == ns_inode("self", "pid"):
+        pid.record_nested(ctx)  # pid namespaces nested in a tree of procsnap's
 
 
 # --------------------------------------------------------------- restore ----
+
+def parse_join(text: str) -> tuple[str, str]:
+    """criu's --join-ns NS:PID|NS_FILE[,EXTRA]: (kind, path of the namespace
+    file).  procsnap joins a network namespace only (the one criu's netns
+    lock tests and container managers hand in); other kinds, and criu's
+    extra options (a user namespace's uid,gid), raise ValueError."""
+    kind, sep, where = text.partition(":")
+    if not sep or not where:
+        raise ValueError(f"--join-ns {text}: not NS:PID|NS_FILE")
+    if kind != "net":
+        raise ValueError(f"--join-ns {text}: procsnap joins only a network namespace "
+                         "(net:PATH or net:PID)")
+    if "," in where:
+        raise ValueError(f"--join-ns {text}: extra options are for a user namespace")
+    path = f"/proc/{where}/ns/net" if where.isdigit() else where
+    return kind, path
+
+
+def join(rctx: "RestoreContext") -> None:
+    """Before the root is cloned: this thread enters each namespace named by
+    --join-ns (the clone inherits it, and the sockets the restorer makes
+    for the tasks are born in it), instead of the root making a new one."""
+    for kind, path in rctx.opts.join_ns.items():
+        mod = {m.NAME: m for m in NS_KINDS}[kind]
+        mod.join(rctx, path)
+
 
 def new_kinds(rctx: "RestoreContext") -> list[tuple[ModuleType, int]]:
     """(module, ns id) of each kind the root is restored in a new namespace
@@ -123,6 +151,8 @@ def new_kinds(rctx: "RestoreContext") -> list[tuple[ModuleType, int]]:
             continue
         if getattr(root.ids, field) == getattr(base, field):
             continue
+        if kind in rctx.opts.join_ns:
+            continue  # joined (join), not made
         if kind not in by_name:
             raise ImageError(root.image_name("ids"), f"pid {root.pid} lives in its own {kind} "
                              "namespace; procsnap cannot restore that kind of namespace")
@@ -166,5 +196,6 @@ def leave(rctx: "RestoreContext") -> None:
             hook(rctx)
 
 
-__all__ = ["NS_KINDS", "leave", "setup_done", "ID_KINDS", "saved_names", "ns_inode", "own_ids", "dump",
+__all__ = ["NS_KINDS", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
+           "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]

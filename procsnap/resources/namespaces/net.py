@@ -65,6 +65,7 @@ from ...errors import DumpError, RestoreError, Unsupported
 from ...images.pb import netdev_pb2, sysctl_pb2
 from ...kernel import consts as C
 from ...kernel import netns
+from ...kernel.libc import syscall
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, DumpTask, RestoreContext, RestoreTask
@@ -602,6 +603,61 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     _restore_sysctls(pid, ns_id, ne)
     _restore_ip(rctx, pid, ns_id, ip)
     _restore_firewall(rctx, pid, ns_id)
+    _lock(rctx, pid, ns_id)
+
+
+def _lock(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+    """The namespace stays locked (resources.tcp: the dump's lock came back
+    with its ruleset; made here if it did not) until the tree runs: the
+    connections restored in it meet no packet before their tasks do."""
+    from .. import tcp
+    table = tcp.table_name(rctx.tasks[0].pid)
+    try:
+        tcp.lock_netns_here(table)
+    except DumpError as exc:
+        streams = [n for n in os.listdir(rctx.images_dir) if n.startswith("tcp-stream-")]
+        if _tool("nft") is None and not streams:
+            return  # no nft and no connection: nothing hangs on a lock
+        raise RestoreError(f"{_where(pid, ns_id)}: {exc}") from None
+    rctx.after_detach.append(lambda: _unlock(pid, ns_id, table))
+
+
+def _unlock(pid: int, ns_id: int, table: str) -> None:
+    from .. import tcp
+    if not tcp.unlock_netns(pid, table):
+        raise RestoreError(f"{_where(pid, ns_id)}: the network lock (nft table inet "
+                           f"{table}) could not be removed; the tree runs with its "
+                           "network namespace locked")
+
+
+def join(rctx: "RestoreContext", path: str) -> None:
+    """criu's --join-ns net:PATH: the tree lives in that namespace as it
+    is (its links, routes and firewall are not touched); the network lock
+    the dump set in it (the same namespace, kept alive by its file while
+    the tree was away) is removed once the tree runs."""
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"--join-ns net:{path}: {exc.strerror}") from None
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        syscall(C.NR["setns"], target, C.CLONE_NEWNET)
+    except OSError as exc:
+        os.close(own)
+        raise RestoreError(f"--join-ns net:{path}: not a network namespace "
+                           f"({exc.strerror or exc})") from None
+    finally:
+        os.close(target)
+    state = rctx.kind_state.setdefault(NAME, {})
+    state["own"] = own
+    rctx.before_detach.append(lambda: leave(rctx))
+    from .. import tcp
+    table = tcp.table_name(rctx.tasks[0].pid)
+    root = rctx.tasks[0]
+
+    def unlock() -> None:
+        tcp.unlock_netns(root.pid, table)  # none there (a dump in our namespace): nothing
+    rctx.after_detach.append(unlock)
 
 
 def leave(rctx: "RestoreContext") -> None:

@@ -15,9 +15,10 @@ written: CRIU writes one only for an external pid namespace.
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
-from ...errors import DumpError
+from ...errors import DumpError, Unsupported
 from ...kernel import consts as C
 
 if TYPE_CHECKING:
@@ -38,7 +39,33 @@ def nspid(pid: int, tid: int | None = None) -> list[int]:
 
 
 def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
-    levels = len(nspid(task.pid))
+    _record(ctx, len(nspid(task.pid)))
+
+
+def _ino(pid: int, name: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{name}").st_ino
+    except FileNotFoundError:
+        return None  # a zombie; or pid_for_children of a new namespace without its init
+
+
+def record_nested(ctx: "DumpContext") -> None:
+    """A tree in procsnap's own pid namespace: each task's pids are
+    recorded only if some task lives in a pid namespace nested in it (or
+    would start its children in one)."""
+    levels = len(nspid(ctx.tasks[0].pid))
+    if any(len(nspid(t.pid)) > levels or _ino(t.pid, "pid") != _ino(t.pid, "pid_for_children")
+           for t in ctx.tasks if not t.zombie):
+        _record(ctx, levels)
+
+
+def _record(ctx: "DumpContext", levels: int) -> None:
+    """Every task's and thread's pid at each level.  A task deeper than its
+    parent is the init of a pid namespace nested in the tree (unshare -fp,
+    clone(CLONE_NEWPID)): one level deeper, pid 1 inside; the restore
+    clones it with CLONE_NEWPID.  Anything else (a task that entered a pid
+    namespace by setns, whose init is not its parent) is refused."""
+    by_pid = {t.pid: t for t in ctx.tasks}
     for t in ctx.tasks:
         e = t.pstree
         e.ns_pid[:] = nspid(t.pid)
@@ -46,11 +73,54 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         for tid in e.threads:
             ids = nspid(t.pid, tid) if tid != t.pid else list(e.ns_pid)
             flat += ids
-        if len(e.ns_pid) != levels or len(flat) != levels * len(e.threads):
-            # the audit refuses nested pid namespaces first; this is its guard
-            raise DumpError(f"pid {t.pid}: its pids {e.ns_pid} span other pid namespace "
+        mine = len(e.ns_pid)
+        parent = by_pid.get(e.ppid) if t is not ctx.tasks[0] else None
+        above = len(parent.pstree.ns_pid) if parent is not None else levels
+        if mine < levels or len(flat) != mine * len(e.threads):
+            raise DumpError(f"pid {t.pid}: its pids {e.ns_pid} span fewer pid namespace "
                             f"levels than the root's ({levels})")
+        nested = mine != above or (parent is not None and not t.zombie and not parent.zombie
+                                   and _ino(t.pid, "pid") != _ino(parent.pid, "pid"))
+        if parent is not None and nested and (mine != above + 1 or e.ns_pid[-1] != 1):
+            raise Unsupported(f"pid {t.pid}: lives in a pid namespace nested in the tree "
+                              f"(its pids {'/'.join(map(str, e.ns_pid))}) but is not its "
+                              f"init, a child of a task of the namespace above; procsnap "
+                              "cannot restore that")
         e.ns_threads[:] = flat
+    for t in ctx.tasks:
+        if t.zombie:
+            continue
+        own, pfc = _ino(t.pid, "pid"), _ino(t.pid, "pid_for_children")
+        if own == pfc:
+            continue
+        # its next child starts in that namespace: one whose init is a
+        # child of this task (unshare -fp) is made again by setns at restore
+        kid = next((c for c in ctx.tasks if c.pstree.ppid == t.pid and not c.zombie
+                    and c is not ctx.tasks[0] and _ino(c.pid, "pid") == pfc
+                    and c.pstree.ns_pid[-1] == 1), None)
+        if kid is None:
+            raise Unsupported(f"pid {t.pid}: its children would start in a pid namespace "
+                              "whose init is not its child in the tree (pid_for_children "
+                              f"{pfc or 'new, no process yet'}, its pid {own}); procsnap "
+                              "cannot restore that")
+        t.pstree.pid_for_children = kid.pid
+
+
+def enter_children_ns(rctx: "RestoreContext") -> None:
+    """Once every task exists: a task whose children started in the pid
+    namespace of one of its children (pid_for_children) enters it again
+    (setns(CLONE_NEWPID) sets only that, for the children it forks next)."""
+    for rt in rctx.tasks:
+        kid = rt.pstree.pid_for_children
+        if rt.zombie or not rt.pstree.HasField("pid_for_children"):
+            continue
+        mine = os.open(f"/proc/{kid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = rt.grab_fd(os.getpid(), mine)
+        finally:
+            os.close(mine)
+        rt.inj.call("setns", fd, C.CLONE_NEWPID)
+        rt.inj.call("close", fd)
 
 
 def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
