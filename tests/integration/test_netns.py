@@ -219,7 +219,7 @@ def test_tcp_established_in_own_netns(targets: TargetFactory, tmp_path: Path,
     streams = [n for n in names if n.startswith("tcp-stream-")]
     assert len(streams) == 2, names         # both ends of the one connection
     ruleset = (images_dir / f"nftables-{old_ns}.img").read_text()
-    lock = f"table inet procsnap_{t.pid}"
+    lock = f"table inet CRIU-procsnap_{t.pid}"   # named as criu names its own (tcp.table_name)
     assert lock in ruleset and "policy drop" in ruleset, ruleset   # locked inside, then saved
     assert "table ip netns_fw" in ruleset
     res = check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--tcp-established"))
