@@ -23,11 +23,12 @@ States handled: TCP listening (connections waiting to be accepted are
 refused, or dropped with criu's ``--skip-in-flight``), TCP closed
 (created, maybe bound), TCP connections with ``--tcp-established`` in
 ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING (tcp.py,
-TCP_REPAIR and the FIN replay), a connection that ended (CLOSE with a
+TCP_REPAIR and the FIN replay) and SYN_SENT (its SYN sent again from the
+same initial sequence number), a connection that ended (CLOSE with a
 peer: with --tcp-established its unread data are kept; without, it is
 refused if it has any, else it comes back shut down both ways); UDP bound
-or connected, with the datagrams in its receive queue.  SYN_SENT and any
-other state are refused by name.  ``dump --tcp-close`` records every
+or connected, with the datagrams in its receive queue.  Any other state
+(SYN_RECV, TIME_WAIT: never held by an fd) is refused by name.  ``dump --tcp-close`` records every
 connection as closed (shut down both ways), as criu's.
 
 Restore: the restorer makes the socket in its own process, binds it with
