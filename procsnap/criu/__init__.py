@@ -296,6 +296,7 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
+                           ext_unix_sk=p.flag("ext-unix-sk"),
                            ext_mount_auto=auto, **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
@@ -336,6 +337,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str) -> int:
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
+                               ext_unix_sk=p.flag("ext-unix-sk"),
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, **_cgroup_opts(p))
     entry = stats.write_restore_stats(images_dir, dict(last_stats))

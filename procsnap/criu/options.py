@@ -131,8 +131,10 @@ TABLE: list[Opt] = [
              "a missing cgroup with its properties, full writes them to existing ones too, "
              "strict refuses an existing one, props/none require them to exist, ignore "
              "leaves the tasks in criu's cgroups"),
-    Opt("ext-unix-sk", "x", OPT, how=REFUSE,
-        note="name each such socket with --external unix[INO] instead"),
+    Opt("ext-unix-sk", "x", boolean=True,
+        help="dump: a datagram unix socket connected to a named socket outside the tree is "
+             "saved; restore: it is connected to that name again (criu's older form; "
+             "--external unix[INO] with --inherit-fd hands in an fd instead)"),
     Opt("evasive-devices", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("skip-file-rwx-check", boolean=True, how=REFUSE, note=_NOT_YET),
     Opt("file-validation", arg=REQ, how=REFUSE, note=_NOT_YET),

@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import RestoreError, Unsupported
-from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
+from ..images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
 from ..kernel.libc import pidfd_getfd
 from . import anonfd, fdaudit, sockets, sockopts
 
@@ -282,6 +282,9 @@ def finish(ctx: "DumpContext") -> None:
             peer = table.get(d.peer)
             pname = f" ({_name_text(peer.name)})" if peer is not None and peer.name else ""
             if f"unix[{d.ino}]" not in external:
+                if getattr(ctx.opts, "ext_unix_sk", False):
+                    _extern_peer(ctx, sk, peer, pname)
+                    continue
                 raise Unsupported(
                     f"{_what(sk)} is connected to unix socket {d.peer}{pname} outside the "
                     f"dumped tree ({_holder_of(d.peer)}); mark it --external unix[{d.ino}] "
@@ -306,6 +309,40 @@ def finish(ctx: "DumpContext") -> None:
         elif d.state == ST_ESTABLISHED and d.ino in _outside_icons(table, socks):
             raise Unsupported(f"{_what(sk)} waits to be accepted by a listener outside the "
                               "dumped tree; it cannot be restored")
+
+
+def _extern_peer(ctx: "DumpContext", sk: _Sk, peer: sockets.UnixDiag | None,
+                 pname: str) -> None:
+    """criu's --ext-unix-sk: a datagram socket connected to a named socket
+    outside the tree is connected to that name again at restore (whoever
+    holds it then: what the option accepts).  The peer is written as an
+    entry of its own with USK_EXTERN, as criu does, and no fd uses it.
+    Only what criu takes: the peer a datagram socket with a name; and its
+    queue must be empty (nobody outside would send those messages again)."""
+    d = sk.diag
+    what = f"{_what(sk)} is connected to unix socket {d.peer}{pname} outside the dumped tree"
+    if peer is None:
+        raise Unsupported(f"{what}, which sock_diag does not report")
+    if peer.type != socket.SOCK_DGRAM or d.type != socket.SOCK_DGRAM:
+        raise Unsupported(f"{what}: --ext-unix-sk takes datagram sockets only (half of a "
+                          f"{TYPES.get(peer.type, peer.type)} connection cannot be connected "
+                          "again)")
+    if not peer.name or peer.name[:1] not in (b"/", b"\0"):
+        raise Unsupported(f"{what}: the peer has no name (or a relative one) to connect "
+                          "to again; --ext-unix-sk cannot take it")
+    if d.rqueue:
+        raise Unsupported(f"{what} and has {d.rqueue} message(s) queued from it; they "
+                          "could not be given back")
+    if peer.ino in _state(ctx) or any(f.type == TYPE and f.usk.ino == peer.ino
+                                      for f in ctx.files):
+        return  # another socket of ours already wrote it
+    fid = ctx.new_file_id()
+    ctx.files.append(fdinfo_pb2.file_entry(type=TYPE, id=fid, usk=sk_unix_pb2.unix_sk_entry(
+        id=fid, ino=peer.ino, type=peer.type, state=peer.state, flags=0, uflags=USK_EXTERN,
+        backlog=0, peer=0, fown=anonfd.no_owner(), name=peer.name,
+        opts=sk_opts_pb2.sk_opts_entry(so_sndbuf=0, so_rcvbuf=0, so_snd_tmo_sec=0,
+                                       so_snd_tmo_usec=0, so_rcv_tmo_sec=0,
+                                       so_rcv_tmo_usec=0))))
 
 
 def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int]) -> None:
@@ -752,10 +789,36 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
     return st.made[ino]
 
 
+def _make_to_extern(rctx: "RestoreContext", st: _Rst, ue: Any, peer: Any) -> int:
+    """A datagram socket dumped with criu's --ext-unix-sk: connected again
+    to its peer's name, which a socket outside the tree must hold now."""
+    if ue.ino in st.made:
+        return st.made[ue.ino]
+    if not getattr(rctx.opts, "ext_unix_sk", False):
+        raise RestoreError(f"{_label(ue)} was connected to {_label(peer)} outside the tree "
+                           "(dumped with --ext-unix-sk): restore with --ext-unix-sk to "
+                           "connect it to that name again")
+    sk = socket.socket(socket.AF_UNIX, ue.type)
+    _bind(st, sk, ue)
+    sockets.prepare(sk)
+    try:
+        sk.connect(bytes(peer.name))
+    except OSError as exc:
+        sk.close()
+        raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)} outside the "
+                           f"tree: {exc.strerror}") from None
+    sockets.apply_shutdown(sk, ue.shutdown)
+    _finish_one(rctx, st, ue, sk)
+    return st.made[ue.ino]
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ue = entry.usk
     st = _rst(rctx)
     st.cur_rt = rt
+    peer = st.by_ino.get(ue.peer) if ue.peer else None
+    if peer is not None and peer.uflags & USK_EXTERN:
+        return rt.grab_fd(os.getpid(), _make_to_extern(rctx, st, ue, peer))
     if ue.uflags & USK_INHERIT or (ue.peer and ue.peer not in st.by_ino):
         key = f"unix[{ue.ino}]"
         fd = getattr(rctx.opts, "inherit_fd", {}).get(key)

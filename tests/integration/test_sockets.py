@@ -310,6 +310,55 @@ def test_unix_external_peer(targets: TargetFactory, images_dir: Path, tmp_path: 
             s.close()
 
 
+def test_unix_ext_unix_sk(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    """criu's --ext-unix-sk: a dgram socket connected to a named dgram socket
+    outside the tree (held by this test) is connected to that name again;
+    a restore without the option says it needs it; a stream peer is refused."""
+    path = str(tmp_path / "ext.sock")
+    outside = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    outside.bind(path)
+    try:
+        t = targets.start("sock_peer.py", "dgram", path)
+        ino = os.stat(f"/proc/{t.pid}/fd/5").st_ino
+        peer_ino = os.fstat(outside.fileno()).st_ino
+        check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--ext-unix-sk"))
+        assert wait_gone(t.pid, 10)
+        targets.adopt(t.pid, like=t)
+        res = run_procsnap("restore", "-D", images_dir, "-d")
+        line = assert_one_line_error(res, f"unix dgram socket {ino}")
+        assert f"unix dgram socket {peer_ino}" in line and "--ext-unix-sk" in line, line
+        assert wait_gone(t.pid, 10)
+        check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--ext-unix-sk"))
+        # from outside: the restored socket is connected to our name
+        new_ino = os.stat(f"/proc/{t.pid}/fd/5").st_ino
+        ss = subprocess.run(["ss", "-xaH"], capture_output=True, text=True, timeout=30).stdout
+        assert any(r.split()[-3:-2] == [str(new_ino)] and r.split()[-1] == str(peer_ino)
+                   for r in ss.splitlines()), f"socket {new_ino} is not connected to ours"
+        t.signal(signal.SIGUSR1)
+        assert t.wait_line("^(sent|FAIL)", 10) == f"sent ok {path}"
+        outside.settimeout(10)
+        assert outside.recv(16) == b"ping"
+        finish(t)
+    finally:
+        outside.close()
+    # a stream peer outside: --ext-unix-sk does not take it (criu's rule)
+    name = f"procsnap-ext-{os.getpid()}-{time.monotonic_ns()}"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(b"\0" + name.encode())
+    srv.listen(1)
+    try:
+        t = targets.start("sock_peer.py", "unix", name)
+        conn, _ = srv.accept()
+        res = run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--ext-unix-sk")
+        line = assert_one_line_error(res, f"pid {t.pid}: fd 5")
+        assert "--ext-unix-sk takes datagram sockets only" in line, line
+        ok, why = is_untouched(t.pid)
+        assert ok, why
+        conn.close()
+    finally:
+        srv.close()
+
+
 def test_unix_external_restore_needs_inherit_fd(targets: TargetFactory,
                                                 images_dir: Path) -> None:
     name = f"procsnap-ext-{os.getpid()}-{time.monotonic_ns()}"
