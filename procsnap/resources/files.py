@@ -152,8 +152,9 @@ def audit_fdinfo(kind: Any, pid: int, fd: int, link: str, info: FdInfo) -> None:
 
 # Kinds of files that may be dumped in flight (in a unix socket's queued
 # SCM_RIGHTS message): those whose dump does not read the holder's fd
-# table (an epoll names its targets by fd number there, for one).
-IN_FLIGHT = (pipe, fifo, regfile, memfd, eventfd, unixsk, inetsk)
+# table, or that have a dump_in_flight of their own (an epoll names its
+# targets by fd number of a table).
+IN_FLIGHT = (pipe, fifo, regfile, memfd, eventfd, unixsk, inetsk, eventpoll)
 
 
 def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
@@ -184,7 +185,13 @@ def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
             note(fdctx, shared_id)
         return shared_id
     fid = ctx.new_file_id()
-    entry = kind.dump(fdctx, fid)
+    # (an epoll's own dump reads the holder's table; in flight it has none)
+    try:
+        entry = getattr(kind, "dump_in_flight", kind.dump)(fdctx, fid)
+    except Unsupported as exc:
+        if hasattr(kind, "dump_in_flight"):
+            raise Unsupported(f"{what} is {exc}") from None
+        raise
     fown.attach(fdctx, entry)
     ctx.files.append(entry)
     if st is not None:

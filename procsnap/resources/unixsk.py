@@ -54,7 +54,8 @@ Limits (said in the README): the sender address of a datagram queued on
 an unconnected socket is not kept (it arrives from an unbound socket);
 files in flight on a stream socket in a read with other bytes are
 refused (where their message began cannot be told by peeking); an epoll
-and other kinds that name fds of a table in flight are refused.
+in flight is saved when every file it watches is held by a task of the
+tree (eventpoll.dump_in_flight), else refused.
 """
 from __future__ import annotations
 

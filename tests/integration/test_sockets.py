@@ -588,6 +588,18 @@ def test_unix_files_in_flight(targets: TargetFactory, images_dir: Path, tmp_path
     finish(t)
 
 
+def test_unix_epoll_in_flight(targets: TargetFactory, images_dir: Path,
+                              tmp_path: Path) -> None:
+    """An epoll in flight (sent twice, as zdtm scm05), watching a socket and
+    a pipe of the task: one epoll again, same numbers, events, readiness."""
+    t = targets.start("unix_corners.py", "epoll", str(tmp_path))
+    cycle(targets, t, images_dir)
+    decoded = crit_decode_all(images_dir)
+    eps = [f for f in decoded["files.img"]["entries"] if f["type"] == "EVENTPOLL"]
+    assert len(eps) == 1 and len(eps[0]["epfd"]["tfd"]) == 2, eps
+    finish(t)
+
+
 def test_unix_queued_credentials(targets: TargetFactory, images_dir: Path,
                                  tmp_path: Path) -> None:
     """SCM_CREDENTIALS of queued messages (a child's, the parent's) are
@@ -612,7 +624,7 @@ def test_unix_ghost_relative_self(targets: TargetFactory, images_dir: Path,
 
 @pytest.mark.parametrize("mode,what", [
     ("credsout", "(SCM_CREDENTIALS), outside the dumped tree"),
-    ("epoll", "is an eventpoll fd (anon_inode:[eventpoll]); files of this kind in flight"),
+    ("epollout", "a file in flight in a queued message is an epoll watching a file (inode "),
     ("stream", "in a stream queue with other bytes in the same read (6 bytes)"),
     ("relmoved", "bound to the relative name 'moved.sock', which from the task's cwd (/) is not"),
 ])
