@@ -638,6 +638,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             check_tree(rctx)
         _action(rctx, "post-restore")
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
+        for hook in rctx.after_names_gone:
+            hook()
         if pidfile:
             with open(pidfile, "w") as f:
                 f.write(f"{root.pid}\n")

@@ -300,6 +300,9 @@ class RestoreContext:
     # mode), and once they run (the network lock goes).
     before_detach: list[Callable[[], None]] = field(default_factory=list)
     after_detach: list[Callable[[], None]] = field(default_factory=list)
+    # Run once the ghost and link-remap names are gone, tasks still stopped
+    # (inotify watches that must not see those names come and go).
+    after_names_gone: list[Callable[[], None]] = field(default_factory=list)
     # The dumper's namespace ids (inventory root_ids): the root is restored
     # in a new namespace of each kind whose id differs (resources.namespaces).
     root_ids: Any = None
