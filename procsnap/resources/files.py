@@ -23,7 +23,8 @@ from ..kernel import consts as C
 from ..procfs.parse import FdInfo
 from ..procfs.reader import ProcReader
 from ..tasks import DumpTask, FdCtx
-from . import eventfd, eventpoll, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd, timerfd, tty
+from . import eventfd, eventpoll, fanotify, fifo, inotify, memfd, pidfd, pipe, regfile, signalfd
+from . import timerfd, tty
 from . import inetsk, netlinksk, packetsk, unixsk
 from . import core, fdaudit, file_lock, fown
 
@@ -37,7 +38,7 @@ KCMP_FILES = 2
 
 # Order matters: the first kind whose matches() is true owns the fd.
 FD_KINDS = [tty, memfd, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
-            pidfd]
+            fanotify, pidfd]
 FD_KINDS += [unixsk, netlinksk, packetsk, inetsk]  # inetsk also refuses, by name, every other socket family
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 

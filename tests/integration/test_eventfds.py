@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from typing import Iterator
 from pathlib import Path
 
 import pytest
@@ -293,4 +294,81 @@ def test_inotify_with_queued_events_is_refused(targets: TargetFactory, images_di
     t.wait_line(r"^created queued-name wd 2$", 5)
     (watched / "later").write_text("x")
     t.wait_line(r"^created later wd 2$", 5)
+    finish(t)
+
+
+@pytest.fixture
+def tmpfs_mount(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of the test's own: a fanotify mount mark there sees only
+    what the test does (the host's / sees every process)."""
+    import subprocess
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "fdk-fanotify", str(mnt)],
+                   check=True, timeout=30)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+
+
+def _fanotify_lines(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/fdinfo/3") as f:
+        return [ln for ln in f.read().splitlines() if ln.startswith("fanotify")]
+
+
+def wait_events(t: Target, bits: int) -> None:
+    """Wait until "event MASK" lines of ``t`` (new ones) cover ``bits``."""
+    seen = 0
+    deadline = time.monotonic() + 5
+    while seen & bits != bits:
+        assert time.monotonic() < deadline, f"events {seen:#x}, want {bits:#x}\n{t.output()}"
+        seen = 0
+        for m in re.findall(r"^event (\w+)$", t.output(), re.M):
+            seen |= int(m, 16)
+        time.sleep(0.05)
+
+
+def test_fanotify_marks(targets: TargetFactory, images_dir: Path, tmp_path: Path,
+                        tmpfs_mount: Path) -> None:
+    """A fanotify group with an inode mark and a mount mark (an ignore mask
+    that survives modification): the same group flags and marks (fdinfo,
+    from outside and inside), and events flow again."""
+    watched = tmp_path / "file"
+    watched.write_text("x")
+    t = targets.start("fanotify_marks", str(watched), str(tmpfs_mount))
+    before = _fanotify_lines(t.pid)
+    assert len(before) == 3, before
+    decoded = cycle(targets, t, images_dir)
+    [ffy] = files_of(decoded, "FANOTIFY")
+    assert sorted(m["type"] for m in ffy["ffy"]["mark"]) == ["INODE", "MOUNT"], ffy
+    assert _fanotify_lines(t.pid) == before
+    with open(watched, "a") as f:
+        f.write("more")
+    wait_events(t, 0x2 | 0x8)     # FAN_MODIFY, FAN_CLOSE_WRITE (maybe merged)
+    (tmpfs_mount / "new").write_text("y")
+    wait_events(t, 0x20)          # FAN_OPEN on the mount
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^fdinfo same$", 5)
+    finish(t)
+
+
+def test_fanotify_with_queued_events_is_refused(targets: TargetFactory, images_dir: Path,
+                                                tmp_path: Path, tmpfs_mount: Path) -> None:
+    watched = tmp_path / "file"
+    watched.write_text("x")
+    t = targets.start("fanotify_marks", str(watched), str(tmpfs_mount))
+    os.kill(t.pid, signal.SIGSTOP)
+    try:
+        with open(watched, "a") as f:
+            f.write("queued")
+        res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+        line = assert_one_line_error(res, f"pid {t.pid}: fd 3: fanotify")
+        assert "bytes of events are queued" in line, line
+        assert list(images_dir.iterdir()) == []
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+    wait_events(t, 0x2)   # still queued for the tree
+    ok, why = is_untouched(t.pid)
+    assert ok, why
     finish(t)
