@@ -360,6 +360,19 @@ def _ip_opts(sk: socket.socket) -> Any:
     return o
 
 
+def _bind_freely(sk: socket.socket, ie: Any, addr: tuple[str, int]) -> None:
+    """Bind with IP_FREEBIND on for the call, then back to the dumped value
+    (as criu does for IPv6): an address the task bound with freebind and
+    then turned it off (zdtm sk-freebind-false), or one the host no longer
+    has up (an IPv6 address still tentative), binds again; the flag ends as
+    the task left it."""
+    where = freebind_opt(ie.family, ie.type)
+    sk.setsockopt(*where, 1)
+    sk.bind(addr)
+    keep = ie.HasField("ip_opts") and ie.ip_opts.freebind
+    sk.setsockopt(*where, 1 if keep else 0)
+
+
 def _restore_ip_opts(sk: socket.socket, ie: Any) -> None:
     if not ie.HasField("ip_opts"):
         return
@@ -507,7 +520,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
                 # once every socket is open (reuse_later)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sk.bind((src, port))
+                _bind_freely(sk, ie, (src, port))
             if ie.state == TCP_LISTEN:
                 sk.listen(ie.backlog)
             elif ie.type != socket.SOCK_STREAM:

@@ -637,3 +637,31 @@ def test_unix_in_flight_refused(targets: TargetFactory, images_dir: Path, tmp_pa
     ok, why = is_untouched(t.pid)
     assert ok, why
     finish(t)
+
+
+def test_bound_with_freebind(targets: TargetFactory, images_dir: Path) -> None:
+    """Addresses the host does not have, bound with IP_FREEBIND which was
+    then turned off again (zdtm sk-freebind-false) or kept: bound again,
+    the flag as the task left it (checked inside), the bindings seen from
+    outside (/proc/net/udp, udp6)."""
+    t = targets.start("freebind.py")
+    import re
+    m = re.search(r"^ports (\d+) (\d+)$", t.output(), re.M)
+    assert m, t.output()
+    p4, p6 = int(m.group(1)), int(m.group(2))
+
+    def bound() -> list[str]:
+        rows = []
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as f:
+                rows += [r.split()[1] for r in f.read().splitlines()[1:]]
+        return sorted(r for r in rows if int(r.split(":")[1], 16) in (p4, p6))
+
+    before = bound()
+    assert len(before) == 4, before
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid, 10)
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
+    assert bound() == before
+    finish(t)
