@@ -28,8 +28,11 @@ name), applies options and shutdown, and each puppet takes its end with
 pidfd_getfd, so the open file descriptions are shared as before.
 
 Names: a relative name is bound again from the directory it was bound
-in (the task's cwd at dump, refused if that no longer leads to the
-socket's file), so the address stays the relative string.  A name whose
+in, so the address stays the relative string: the task's cwd at dump,
+or, when the task changed directory since, the directory the socket's
+own file says (SIOCUNIXFILE opens the dentry it was bound to, deleted or
+not, as criu; only for a task with our root and mount namespace);
+refused when neither leads to the socket's file.  A name whose
 file was deleted or replaced (a ghost) is bound as CRIU's
 bind_on_deleted: whatever is there is parked, missing directories made,
 the socket bound, an O_PATH fd of its file kept (clients connect and
@@ -201,18 +204,26 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
     """
     pid = fd.task.pid
     name = os.fsdecode(d.name)
+    bound_in = None
     if name.startswith("/"):
         where = f"/proc/{pid}/root{name}"
     else:
         cwd = os.readlink(f"/proc/{pid}/cwd")
+        bound_in = _bound_dir(fd, d, name)
+        if bound_in is not None and bound_in != cwd:
+            # the task changed directory since it bound the name: the
+            # socket's own file says where (CRIU's SIOCUNIXFILE)
+            cwd = bound_in
+            where = f"/proc/{pid}/root{cwd.rstrip('/')}/{name}"
+        else:
+            where = f"/proc/{pid}/cwd/{name}"
         ue.name_dir = cwd
-        where = f"/proc/{pid}/cwd/{name}"
     try:
         st = os.stat(where)
     except FileNotFoundError:
         st = None
     if st is None or d.vfs is None or st.st_ino != d.vfs[1]:
-        if not name.startswith("/"):
+        if not name.startswith("/") and bound_in is None:
             # the kernel keeps only the string: from another cwd the
             # socket's file (if any) cannot be found, and making it again
             # in the wrong directory would leave the real one dead
@@ -223,6 +234,37 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
         return
     ue.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(
         mode=st.st_mode, uid=st.st_uid, gid=st.st_gid))
+
+
+SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd of the socket's bound file
+
+
+def _bound_dir(fd: "FdCtx", d: sockets.UnixDiag, name: str) -> str | None:
+    """The directory a relative name was bound in, from the socket's own
+    file (SIOCUNIXFILE opens the dentry it was bound to, deleted or not):
+    its path less the name.  Only for a task with our root in our mount
+    namespace (the path is read from here); None when unknown."""
+    pid = fd.task.pid
+    try:
+        if os.stat(f"/proc/{pid}/root") != os.stat("/") or \
+                os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return None
+        sk = sockets.copy_of(fd)
+        h = fcntl.ioctl(sk.fileno(), SIOCUNIXFILE)
+    except OSError:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{h}")
+        st = os.fstat(h)
+    finally:
+        os.close(h)
+    if d.vfs is None or st.st_ino != d.vfs[1]:
+        return None   # (not the socket's own file: trust nothing)
+    if path.endswith(" (deleted)"):
+        path = path[:-len(" (deleted)")]
+    if not path.endswith("/" + name):
+        return None
+    return path[:-len(name) - 1] or "/"
 
 
 def _holder_of(ino: int) -> str:

@@ -32,8 +32,11 @@ same numbers and events (its fdinfo), reports the pipe ready, and the
 socket once a datagram comes.  epollout: an epoll in flight watching a
 pipe's read end that is itself in flight only: refused.  stream:
 "abc" then "def" with a file on a stream (where "def" began cannot be
-found by peeking): refused.  relmoved: a socket bound to a relative
-name, then the cwd changed: refused.
+found by peeking): refused.  relmoved: dgram sockets bound to the relative
+names "moved.sock" and "gone.sock" in DIR, the second then replaced by a
+FIFO (zdtm fifo_upon_unix_socket01), then the cwd changed to /: on SIGTERM
+both still report their relative names, DIR/moved.sock reaches the first,
+DIR/gone.sock is still the FIFO.
 PASS or FAIL on SIGTERM; output through os.write.
 """
 import array
@@ -297,11 +300,28 @@ def epollout(d: str):
 
 
 def relmoved(d: str):
+    import stat
     os.chdir(d)
     rel = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rel.bind("moved.sock")
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind("gone.sock")
+    os.unlink("gone.sock")
+    os.mkfifo("gone.sock")
     os.chdir("/")
-    return (lambda: None), [rel]
+
+    def check() -> str | None:
+        if (rel.getsockname(), gone.getsockname()) != ("moved.sock", "gone.sock"):
+            return f"names {rel.getsockname()!r} {gone.getsockname()!r}"
+        if not stat.S_ISFIFO(os.stat(f"{d}/gone.sock").st_mode):
+            return "the FIFO on gone.sock is gone"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(b"hi", f"{d}/moved.sock")
+        rel.settimeout(2)
+        if rel.recv(16) != b"hi":
+            return "moved.sock does not reach its socket"
+        return None
+    return check, [rel, gone]
 
 
 def stream(d: str):
