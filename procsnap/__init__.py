@@ -20,7 +20,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
          tcp_established: bool = False, file_locks: bool = False,
-         tcp_close: bool = False, skip_in_flight: bool = False,
+         tcp_close: bool = False, skip_in_flight: bool = False, ext_unix_sk: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
@@ -34,7 +34,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     without it a tree holding one is refused.  ``tcp_close``: connections
     are not dumped but come back closed (criu's dump --tcp-close);
     ``skip_in_flight``: connections not yet accepted are dropped (criu's
-    --skip-in-flight), instead of refusing the dump.
+    --skip-in-flight), instead of refusing the dump.  ``ext_unix_sk`` (criu's
+    --ext-unix-sk): a datagram unix socket connected to a named one outside
+    the tree is saved and connected to that name again at restore.
     A tree in a mount namespace of its own: ``external`` names its mounts
     from outside the tree, ``"mnt[MOUNTPOINT]:KEY"``; ``ext_mount_auto``
     (criu's --ext-mount-map auto) finds the others in procsnap's own mounts.
@@ -51,7 +53,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     return _dump(pid, images_dir, leave_running=leave_running, shell_job=shell_job,
                  ghost_limit=ghost_limit, link_remap=link_remap, external=external,
                  tcp_established=tcp_established, file_locks=file_locks,
-                 tcp_close=tcp_close, skip_in_flight=skip_in_flight,
+                 tcp_close=tcp_close, skip_in_flight=skip_in_flight, ext_unix_sk=ext_unix_sk,
                  action=action, ext_mount_auto=ext_mount_auto,
                  manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
                  empty_ns=empty_ns)
@@ -60,6 +62,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
+            ext_unix_sk: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
@@ -73,6 +76,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     ``inherit_fd`` maps an external key (``"unix[INO]"``) to an fd of this
     process that stands in for it, as criu's --inherit-fd.  ``tcp_close``:
     established TCP connections come back closed (criu's --tcp-close).
+    ``ext_unix_sk`` (criu's --ext-unix-sk): sockets dumped with it connect
+    again to their outside peer's name (refused without it).
     ``verify``: before the tree runs, compare each task with its images
     (maps, fds, credentials, signals...); a difference fails the restore
     with one line naming the pid and the field.  ``action``: as for dump,
@@ -105,6 +110,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
+                    ext_unix_sk=ext_unix_sk,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
                     manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-in-flight", action="store_true",
                    help="drop connections waiting in a listener's accept queue instead of "
                         "refusing the dump (as criu)")
+    d.add_argument("-x", "--ext-unix-sk", action="store_true",
+                   help="a dgram unix socket connected to a named socket outside the tree "
+                        "is saved and connected to that name again at restore (as criu)")
     d.add_argument("-l", "--file-locks", action="store_true",
                    help="dump file locks and leases (as criu's --file-locks); without it a "
                         "tree holding one is refused")
@@ -109,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
                         "is a path (dumped with --ext-mount-map auto) is bound from that path")
     r.add_argument("--tcp-close", action="store_true",
                    help="restore established TCP connections closed (as criu)")
+    r.add_argument("-x", "--ext-unix-sk", action="store_true",
+                   help="connect sockets dumped with --ext-unix-sk to their outside peer's "
+                        "name again (as criu)")
     r.add_argument("--no-verify", dest="verify", action="store_false",
                    help="do not compare the restored tasks with the images before they run")
     r.add_argument("--tcp-established", action="store_true",
@@ -155,7 +161,7 @@ def cmd_dump(a: argparse.Namespace) -> int:
                  ghost_limit=a.ghost_limit, link_remap=a.link_remap,
                  external=tuple(external), tcp_established=a.tcp_established,
                  file_locks=a.file_locks, tcp_close=a.tcp_close,
-                 skip_in_flight=a.skip_in_flight,
+                 skip_in_flight=a.skip_in_flight, ext_unix_sk=a.ext_unix_sk,
                  ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
                  manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root))
     if a.verbose:
@@ -171,7 +177,7 @@ def cmd_restore(a: argparse.Namespace) -> int:
     more = dict(root=a.root, ext_mount_map=mounts, ext_veth=veths,
                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root),
-                join_ns=dict(a.join_ns))
+                join_ns=dict(a.join_ns), ext_unix_sk=a.ext_unix_sk)
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),

@@ -309,7 +309,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          shell_job: bool = False, ghost_limit: int = 1 << 20,
          link_remap: bool = False, external: tuple[str, ...] = (),
          tcp_established: bool = False, file_locks: bool = False,
-         tcp_close: bool = False, skip_in_flight: bool = False,
+         tcp_close: bool = False, skip_in_flight: bool = False, ext_unix_sk: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
@@ -335,6 +335,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
+        ext_unix_sk=ext_unix_sk,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
         cgroup_root=tuple(cgroup_root), empty_ns=empty_ns))
     tmpnames.report(images_dir)

@@ -720,6 +720,7 @@ def _finish(rctx: RestoreContext, rt: RestoreTask) -> None:
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
+            ext_unix_sk: bool = False,
             verify: bool = True, action: Callable[[str], int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
@@ -748,6 +749,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               detached=detached, shell_job=shell_job, pidfile=pidfile,
                               skip_file_check=skip_file_check, inherit_fd=dict(inherit_fd or {}),
                               tcp_close=tcp_close, verify=verify, action=action,
+                              ext_unix_sk=ext_unix_sk,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
@@ -837,6 +839,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             check_tree(rctx)
         _action(rctx, "post-restore")
         regfile.restore_done(rctx, ok=True)  # ghosts and link remaps go
+        for hook in rctx.after_names_gone:
+            hook()
         if pidfile:
             with open(pidfile, "w") as f:
                 f.write(f"{root.pid}\n")

@@ -35,6 +35,7 @@ class DumpOptions:
     file_locks: bool = False         # save file locks and leases (CRIU's --file-locks)
     tcp_close: bool = False          # criu's dump --tcp-close: connections come back closed
     skip_in_flight: bool = False     # criu's --skip-in-flight: drop unaccepted connections
+    ext_unix_sk: bool = False        # criu's --ext-unix-sk: dgram peers outside by name
     # criu's action scripts: called with a stage's name ("pre-dump",
     # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
     action: Callable[[str], int] | None = None
@@ -179,6 +180,7 @@ class RestoreOptions:
     skip_file_check: bool = False
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
+    ext_unix_sk: bool = False    # criu's --ext-unix-sk: connect to outside peers by name
     verify: bool = True          # compare each task with its images before it runs
     action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
     root: str | None = None      # criu's --root: the root file system of a mount namespace
@@ -328,6 +330,9 @@ class RestoreContext:
     # mode), and once they run (the network lock goes).
     before_detach: list[Callable[[], None]] = field(default_factory=list)
     after_detach: list[Callable[[], None]] = field(default_factory=list)
+    # Run once the ghost and link-remap names are gone, tasks still stopped
+    # (inotify watches that must not see those names come and go).
+    after_names_gone: list[Callable[[], None]] = field(default_factory=list)
     # The dumper's namespace ids (inventory root_ids): the root is restored
     # in a new namespace of each kind whose id differs (resources.namespaces).
     root_ids: Any = None

@@ -129,7 +129,8 @@ from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
 from .resources import cgroup, file_lock, memfd, nsfile, regfile, shmem, sockets, sysvipc, tty
-from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING, VMA_AREA_GUARD,
+from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING,
+                               VMA_AREA_SOCKET, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
                                VMA_AREA_VDSO, VMA_AREA_VSYSCALL, VMA_AREA_VVAR, VMA_FILE_PRIVATE,
                                VMA_FILE_SHARED)
@@ -422,6 +423,8 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
         kind = "shared anon"
     elif s & VMA_AREA_AIORING:
         kind = "[aio]"
+    elif s & VMA_AREA_SOCKET:
+        kind = "socket"   # a packet socket's rings (its inode is a new one)
     elif s & sysvipc.VMA_AREA_SYSVIPC:
         kind, name, pgoff = "sysv shm", f"id {v.shmid}", v.pgoff  # the same segment id
     elif s & VMA_AREA_MEMFD:
@@ -436,7 +439,8 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
     else:
         kind = "anon"
     shared = bool(s & (VMA_FILE_SHARED | VMA_ANON_SHARED | VMA_AREA_AIORING
-                       | sysvipc.VMA_AREA_SYSVIPC))
+                       | sysvipc.VMA_AREA_SYSVIPC)) or bool(s & VMA_AREA_SOCKET
+                                                          and v.flags & C.MAP_SHARED)
     return _Vma(v.start, v.end, v.prot, shared, kind, name, pgoff, madv, v.flags & _VM_MAP_FLAGS)
 
 
@@ -487,6 +491,8 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = "shared anon" if m.shared else "anon"
     elif m.path.startswith("/[aio]"):
         kind = "[aio]"
+    elif m.path.startswith("socket:["):
+        kind = "socket"
     elif memfd.is_memfd_mapping(m.path):
         kind, pgoff = "memfd", m.pgoff
     elif m.path.startswith("/") and m.ino:

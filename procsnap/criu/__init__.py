@@ -369,6 +369,7 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
+                           ext_unix_sk=p.flag("ext-unix-sk"),
                            ext_mount_auto=auto, empty_ns=empty_ns(p), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
@@ -423,6 +424,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
         pid = procsnap.restore(images_dir, detached=True, shell_job=p.flag("shell-job"),
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
+                               ext_unix_sk=p.flag("ext-unix-sk"),
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, empty_ns=empty_ns(p),
                                join_ns=_join_ns(p),

@@ -134,8 +134,10 @@ TABLE: list[Opt] = [
              "a missing cgroup with its properties, full writes them to existing ones too, "
              "strict refuses an existing one, props/none require them to exist, ignore "
              "leaves the tasks in criu's cgroups"),
-    Opt("ext-unix-sk", "x", OPT, how=REFUSE,
-        note="name each such socket with --external unix[INO] instead"),
+    Opt("ext-unix-sk", "x", boolean=True,
+        help="dump: a datagram unix socket connected to a named socket outside the tree is "
+             "saved; restore: it is connected to that name again (criu's older form; "
+             "--external unix[INO] with --inherit-fd hands in an fd instead)"),
     Opt("orphan-pts-master", boolean=True, how=ACCEPT,
         note="criu's RPC field (runc sends it for every container): a pty slave whose "
              "master is outside the tree comes back with a new master sent to the "

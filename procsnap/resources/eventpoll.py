@@ -24,19 +24,29 @@ copy of the holder (dup3), and whatever held that number is put back
 afterwards (with its FD_CLOEXEC): epoll keys a registration by (file,
 number), and closing a number does not end a registration while the
 file stays open.
+
+An epoll in flight (in a queued SCM_RIGHTS message, zdtm scm05) has no
+fd table: its targets are found among the files of the dump by identity
+(kcmp of every fd of the tree on the same inode) and named by file id
+(``target_id``, a procsnap field).  At restore it is sent empty, and once
+every task is built the restorer registers each target on its own copy,
+under the dumped number made the target for the call.  A target no task
+of the tree holds is refused.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import os
 import struct
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DumpError, RestoreError
+from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import eventpoll_pb2, fdinfo_pb2
 from ..inject import InjectError
 from ..kernel import consts as C
-from ..kernel.libc import syscall
+from ..kernel.libc import pidfd_getfd, syscall
 from ..procfs.parse import fdinfo_records
 from . import anonfd
 from . import fdaudit
@@ -128,10 +138,116 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                                                 tfd=targets))
 
 
+def dump_in_flight(fd: "FdCtx", fid: int) -> Any:
+    """An epoll in flight (a queued SCM_RIGHTS message; ``fd`` is the
+    dumper's own copy).  Its targets were registered under fd numbers of
+    some table, not ours: each is found among the files of the dump by
+    identity, kcmp(KCMP_EPOLL_TFD) of every fd of the tree on the same
+    inode against our copy's registration, and named by its file id."""
+    assert fd.info is not None
+    me = fd.task.pid
+    ctx = fd.ctx
+    flags = anonfd.file_flags(fd, "epoll")
+    targets = []
+    seen: dict[int, int] = {}
+    for rec in fdinfo_records(fd.info, "tfd"):
+        try:
+            tfd = int(rec["tfd"])
+            ino = int(rec["ino"], 16)
+            entry = eventpoll_pb2.eventpoll_tfd_entry(
+                id=fid, tfd=tfd, events=int(rec["events"], 16), data=int(rec["data"], 16),
+                inode=ino, dev=int(rec["sdev"], 16), pos=int(rec.get("pos", "0")))
+        except (KeyError, ValueError) as exc:
+            raise DumpError(f"epoll in flight: fdinfo line {rec}: {exc}") from None
+        toff = seen.get(tfd, 0)
+        seen[tfd] = toff + 1
+        slot = KcmpEpollSlot(fd.fd, tfd, toff)
+        target = None
+        for (_dev, st_ino), holders in ctx.open_files.items():
+            if st_ino != ino:
+                continue
+            for pid, hfd, hfid in holders:
+                try:
+                    same = syscall(C.NR["kcmp"], pid, me, C.KCMP_EPOLL_TFD, hfd,
+                                   ctypes.addressof(slot)) == 0
+                except OSError:
+                    same = False
+                if same:
+                    target = hfid
+                    break
+            if target is not None:
+                break
+        if target is None:
+            # (files.dump_in_flight puts "pid N: fd M: <the socket>... is" before)
+            raise Unsupported(f"an epoll watching a file (inode {ino}, registered as fd "
+                              f"{tfd}) that no task of the tree holds; not supported")
+        entry.target_id = target
+        targets.append(entry)
+    return fdinfo_pb2.file_entry(
+        type=TYPE, id=fid,
+        epfd=eventpoll_pb2.eventpoll_file_entry(id=fid, flags=flags, fown=anonfd.no_owner(),
+                                                tfd=targets))
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     fd = rt.inj.call("epoll_create1", 0)
     anonfd.set_nonblock(rt, fd, entry.epfd.flags)
+    if any(t.HasField("target_id") for t in entry.epfd.tfd):
+        # in flight: its targets once every file is in place
+        rctx.before_detach.append(lambda: _add_in_flight(rctx, entry))
     return fd
+
+
+def _add_in_flight(rctx: "RestoreContext", entry: Any) -> None:
+    """Register the targets of an epoll restored in flight, from the
+    restorer: each target file is made our fd number ``tfd`` for the one
+    epoll_ctl call (the number is part of the registration), then whatever
+    we held there is put back."""
+    fid = entry.epfd.id
+    what = f"epoll in flight (file {fid})"
+    if fid not in rctx.placed:
+        raise RestoreError(f"{what}: it was never sent")
+    copies = []
+
+    def ours(file_id: int) -> int:
+        if file_id not in rctx.placed:
+            raise RestoreError(f"{what}: its target, file {file_id}, was not restored")
+        owner, ofd = rctx.placed[file_id]
+        if owner == os.getpid():
+            return int(ofd)
+        got = pidfd_getfd(owner, ofd)
+        copies.append(got)
+        return got
+
+    try:
+        ep0 = ours(fid)
+        for t in entry.epfd.tfd:
+            base = max(1024, t.tfd + 1)   # neither copy may sit on the number
+            ep = fcntl.fcntl(ep0, fcntl.F_DUPFD_CLOEXEC, base)
+            copies.append(ep)
+            tgt = fcntl.fcntl(ours(t.target_id), fcntl.F_DUPFD_CLOEXEC, base)
+            copies.append(tgt)
+            try:
+                saved = fcntl.fcntl(t.tfd, fcntl.F_DUPFD_CLOEXEC, base)
+                cloexec = bool(fcntl.fcntl(t.tfd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+            except OSError:
+                saved, cloexec = None, False   # the number is free here
+            os.dup2(tgt, t.tfd, inheritable=True)
+            ev = ctypes.create_string_buffer(_EVENT.pack(t.events, t.data))
+            try:
+                syscall(C.NR["epoll_ctl"], ep, C.EPOLL_CTL_ADD, t.tfd, ctypes.addressof(ev))
+            except OSError as exc:
+                raise RestoreError(f"{what}: cannot add its target (file {t.target_id}) "
+                                   f"as fd {t.tfd}: {exc.strerror}") from None
+            finally:
+                if saved is None:
+                    os.close(t.tfd)
+                else:
+                    os.dup2(saved, t.tfd, inheritable=not cloexec)
+                    os.close(saved)
+    finally:
+        for c in copies:
+            os.close(c)
 
 
 def after_all(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, fd: int) -> None:

@@ -23,7 +23,8 @@ from ..kernel import consts as C
 from ..procfs.parse import FdInfo
 from ..procfs.reader import ProcReader
 from ..tasks import DumpTask, FdCtx
-from . import eventfd, eventpoll, fifo, inotify, memfd, nsfile, pidfd, pipe, regfile, signalfd, timerfd, tty
+from . import eventfd, eventpoll, fanotify, fifo, inotify, memfd, nsfile, pidfd, pipe, regfile
+from . import signalfd, timerfd, tty
 from . import inetsk, netlinksk, packetsk, unixsk
 from . import core, fdaudit, file_lock, fown
 
@@ -38,7 +39,7 @@ KCMP_FILES = 2
 # Order matters: the first kind whose matches() is true owns the fd.
 # nsfile before regfile: an nsfs inode is a regular file to stat
 FD_KINDS = [tty, memfd, nsfile, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
-            pidfd]
+            fanotify, pidfd]
 FD_KINDS += [unixsk, netlinksk, packetsk, inetsk]  # inetsk also refuses, by name, every other socket family
 BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
 
@@ -153,8 +154,9 @@ def audit_fdinfo(kind: Any, pid: int, fd: int, link: str, info: FdInfo) -> None:
 
 # Kinds of files that may be dumped in flight (in a unix socket's queued
 # SCM_RIGHTS message): those whose dump does not read the holder's fd
-# table (an epoll names its targets by fd number there, for one).
-IN_FLIGHT = (pipe, fifo, regfile, memfd, eventfd, unixsk, inetsk)
+# table, or that have a dump_in_flight of their own (an epoll names its
+# targets by fd number of a table).
+IN_FLIGHT = (pipe, fifo, regfile, memfd, eventfd, unixsk, inetsk, eventpoll)
 
 
 def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
@@ -185,7 +187,13 @@ def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
             note(fdctx, shared_id)
         return shared_id
     fid = ctx.new_file_id()
-    entry = kind.dump(fdctx, fid)
+    # (an epoll's own dump reads the holder's table; in flight it has none)
+    try:
+        entry = getattr(kind, "dump_in_flight", kind.dump)(fdctx, fid)
+    except Unsupported as exc:
+        if hasattr(kind, "dump_in_flight"):
+            raise Unsupported(f"{what} is {exc}") from None
+        raise
     fown.attach(fdctx, entry)
     ctx.files.append(entry)
     if st is not None:

@@ -23,11 +23,12 @@ States handled: TCP listening (connections waiting to be accepted are
 refused, or dropped with criu's ``--skip-in-flight``), TCP closed
 (created, maybe bound), TCP connections with ``--tcp-established`` in
 ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING (tcp.py,
-TCP_REPAIR and the FIN replay), a connection that ended (CLOSE with a
+TCP_REPAIR and the FIN replay) and SYN_SENT (its SYN sent again from the
+same initial sequence number), a connection that ended (CLOSE with a
 peer: with --tcp-established its unread data are kept; without, it is
 refused if it has any, else it comes back shut down both ways); UDP bound
-or connected, with the datagrams in its receive queue.  SYN_SENT and any
-other state are refused by name.  ``dump --tcp-close`` records every
+or connected, with the datagrams in its receive queue.  Any other state
+(SYN_RECV, TIME_WAIT: never held by an fd) is refused by name.  ``dump --tcp-close`` records every
 connection as closed (shut down both ways), as criu's.
 
 Restore: the restorer makes the socket in its own process, binds it with
@@ -364,6 +365,19 @@ def _ip_opts(sk: socket.socket) -> Any:
     return o
 
 
+def _bind_freely(sk: socket.socket, ie: Any, addr: tuple[str, int]) -> None:
+    """Bind with IP_FREEBIND on for the call, then back to the dumped value
+    (as criu does for IPv6): an address the task bound with freebind and
+    then turned it off (zdtm sk-freebind-false), or one the host no longer
+    has up (an IPv6 address still tentative), binds again; the flag ends as
+    the task left it."""
+    where = freebind_opt(ie.family, ie.type)
+    sk.setsockopt(*where, 1)
+    sk.bind(addr)
+    keep = ie.HasField("ip_opts") and ie.ip_opts.freebind
+    sk.setsockopt(*where, 1 if keep else 0)
+
+
 def _restore_ip_opts(sk: socket.socket, ie: Any) -> None:
     if not ie.HasField("ip_opts"):
         return
@@ -514,7 +528,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
                 # once every socket is open (reuse_later)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sk.bind((src, port))
+                _bind_freely(sk, ie, (src, port))
             if ie.state == TCP_LISTEN:
                 sk.listen(ie.backlog)
             elif ie.type != socket.SOCK_STREAM:

@@ -7,7 +7,17 @@ inode by its file handle (open_by_handle_at on a mount of that device),
 reads the name of what it opened and checks that the name leads to the
 same inode *as the task sees it*.  The path goes into fh_entry.path, which
 CRIU's restore also prefers to the handle.  A watch whose inode has no
-such name (deleted, or on a mount the task cannot see) is a dump error.
+such name (on a mount the task cannot see) is a dump error.
+
+A watch on a deleted file (zdtm inotify00): the file must be held by an
+fd of the tree -- it is then a ghost or link remap of the dump and comes
+back as the file that fd has -- and the watch names that file
+(``target_id``, a procsnap field).  At restore such an inotify fd gets
+its watches late, from the restorer, once the ghost and link-remap names
+are gone: added earlier, a watch on the file or its directory would
+queue the events of our own temporary names (IN_CREATE, IN_DELETE,
+IN_ATTRIB).  A deleted file only a mapping or another process keeps is
+refused.
 
 At restore the watches are added again in wd order with
 INOTIFY_IOC_SETNEXTWD, so each gets its old wd back; a different wd is an
@@ -21,6 +31,7 @@ saved nor given back.  The refusal leaves them in the queue.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import struct
 from typing import TYPE_CHECKING, Any
@@ -29,13 +40,13 @@ from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2
 from ..inject import InjectError
 from ..kernel import consts as C
-from ..kernel.libc import syscall
+from ..kernel.libc import pidfd_getfd, syscall
 from ..procfs.parse import fdinfo_records
 from . import anonfd
 from . import fdaudit
 
 if TYPE_CHECKING:
-    from ..tasks import DumpTask
+    from ..tasks import DumpContext, DumpTask
     from ..tasks import RestoreContext, RestoreTask
     from ..tasks import FdCtx
 
@@ -83,8 +94,10 @@ def _open_handle(mount_dir: str, htype: int, raw: bytes) -> int:
 
 
 def resolve_watch(task: "DumpTask", what: str, sdev: int, ino: int, htype: int,
-                  raw: bytes) -> str:
-    """The path, as ``task`` sees it, of the inode an inotify watch is on."""
+                  raw: bytes, deleted_ok: bool = False) -> str | None:
+    """The path, as ``task`` sees it, of the inode an inotify watch is on;
+    None for a deleted file when ``deleted_ok`` (the caller finds an fd of
+    the tree holding it)."""
     pid = task.pid
     major, minor = _kdev(sdev)
     root = f"/proc/{pid}/root"
@@ -106,6 +119,8 @@ def resolve_watch(task: "DumpTask", what: str, sdev: int, ino: int, htype: int,
             tried.append(f"{m.mount_point}: handle opened inode {st.st_ino}")
             continue
         if path.endswith(DELETED) and st.st_nlink == 0:
+            if deleted_ok:
+                return None
             # A ghost would have to be made, watched and unlinked again in
             # its directory: a watch on that directory would then find
             # IN_CREATE/IN_DELETE events in its queue that never happened.
@@ -157,22 +172,53 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         if nbytes != len(raw) or nbytes > MAX_HANDLE_SZ:
             raise DumpError(f"pid {pid}: {what}: file handle of {nbytes} bytes, "
                             f"fdinfo shows {len(raw)}")
-        path = resolve_watch(fd.task, what, sdev, ino, htype, raw)
-        watches.append(fsnotify_pb2.inotify_wd_entry(
+        path = resolve_watch(fd.task, what, sdev, ino, htype, raw, deleted_ok=True)
+        entry = fsnotify_pb2.inotify_wd_entry(
             id=fid, i_ino=ino, mask=mask, ignored_mask=ignored, s_dev=sdev, wd=wd,
-            f_handle=fh_pb2.fh_entry(bytes=nbytes, type=htype, handle=_handle_words(raw),
-                                     path=path)))
+            f_handle=fh_pb2.fh_entry(bytes=nbytes, type=htype, handle=_handle_words(raw)))
+        if path is not None:
+            entry.f_handle.path = path
+        watches.append(entry)
     watches.sort(key=lambda w: w.wd)
-    return fdinfo_pb2.file_entry(
+    fe = fdinfo_pb2.file_entry(
         type=TYPE, id=fid,
         ify=fsnotify_pb2.inotify_file_entry(id=fid, flags=flags, fown=anonfd.no_owner(),
                                             wd=watches))
+    for w in fe.ify.wd:   # (the entry holds copies)
+        if not w.f_handle.HasField("path"):
+            # deleted: finish() names the fd of the tree that holds it
+            fd.ctx.kind_state.setdefault(NAME, []).append(
+                (pid, f"fd {fd.fd}: inotify watch {w.wd}", w))
+    return fe
+
+
+def finish(ctx: "DumpContext") -> None:
+    """A watch on a deleted file: the file must be held by an fd of the
+    tree (it is then a ghost or a link remap of the dump, the same file
+    again at restore); the watch names that file."""
+    for pid, what, w in ctx.kind_state.pop(NAME, []):
+        major, minor = _kdev(w.s_dev)
+        holders = ctx.open_files.get((os.makedev(major, minor), w.i_ino), [])
+        holder = next((h for h in holders if h[0] != os.getpid()), None)
+        if holder is None:
+            raise Unsupported(f"pid {pid}: {what}: the watched file (inode {w.i_ino}) is "
+                              "deleted and no fd of the tree holds it (a mapping or "
+                              "another process keeps it); it cannot be restored")
+        w.target_id = holder[2]
 
 
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     inj = rt.inj
     ify = entry.ify
     fd = inj.call("inotify_init1", ify.flags & C.O_NONBLOCK)
+    if any(w.HasField("target_id") for w in ify.wd):
+        # a watch on a deleted file: on its restored inode, once the ghost
+        # or link-remap names are gone, and every watch of this fd then
+        # too (one in the ghost's directory would see it come and go)
+        ours = pidfd_getfd(rt.pid, fd)
+        rctx.own_fds.append(ours)
+        rctx.after_names_gone.append(lambda: _watch_late(rctx, rt, ify, ours))
+        return fd
     for w in sorted(ify.wd, key=lambda w: w.wd):
         if not w.f_handle.HasField("path"):
             raise RestoreError(f"{rt.image_name('fdinfo')}: inotify {ify.id} watch {w.wd} "
@@ -191,3 +237,33 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
             raise RestoreError(f"pid {rt.pid}: inotify watch on {path} came back as wd "
                                f"{got}, not {w.wd}")
     return fd
+
+
+def _watch_late(rctx: "RestoreContext", rt: "RestoreTask", ify: Any, ours: int) -> None:
+    """Add the watches of inotify ``ours`` (our copy of the task's fd) from
+    the restorer: paths as the task sees them, deleted files through the
+    fd of the task that holds them now."""
+    for w in sorted(ify.wd, key=lambda w: w.wd):
+        if w.HasField("target_id"):
+            if w.target_id not in rctx.placed:
+                raise RestoreError(f"pid {rt.pid}: inotify watch {w.wd}: the deleted file it "
+                                   f"watches (file {w.target_id}) was not restored")
+            owner, ofd = rctx.placed[w.target_id]
+            path = f"/proc/{owner}/fd/{ofd}"
+            shown = f"the deleted file held by pid {owner} fd {ofd}"
+        elif w.f_handle.HasField("path"):
+            path = f"/proc/{rt.pid}/root{w.f_handle.path}"
+            shown = w.f_handle.path
+        else:
+            raise RestoreError(f"pid {rt.pid}: inotify {ify.id} watch {w.wd} has no path")
+        buf = ctypes.create_string_buffer(os.fsencode(path))
+        try:
+            fcntl.ioctl(ours, C.INOTIFY_IOC_SETNEXTWD, w.wd)
+            got = syscall(C.NR["inotify_add_watch"], ours, ctypes.addressof(buf),
+                          w.mask & WATCH_MASK)
+        except OSError as exc:
+            raise RestoreError(f"pid {rt.pid}: inotify watch {w.wd} on {shown}: "
+                               f"{exc.strerror}") from None
+        if got != w.wd:
+            raise RestoreError(f"pid {rt.pid}: inotify watch on {shown} came back as wd "
+                               f"{got}, not {w.wd}")

@@ -32,7 +32,7 @@ from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
 from ..inject import InjectError
 from ..kernel import consts as C
 from ..kernel.structs import PrctlMmMap
-from ..procfs.pagemap import PagemapReader
+from ..procfs.pagemap import PM_FILE, PM_PRESENT, PagemapReader
 from ..procfs.parse import MapEntry, parse_maps
 from . import aio, memfd, regfile, shmem, sysvipc
 
@@ -55,6 +55,7 @@ VMA_FILE_PRIVATE = 1 << 6
 VMA_FILE_SHARED = 1 << 7
 VMA_ANON_SHARED = 1 << 8
 VMA_ANON_PRIVATE = 1 << 9
+VMA_AREA_SOCKET = 1 << 11   # a packet socket's rings mapped (CRIU's number)
 VMA_AREA_VVAR = 1 << 12
 VMA_AREA_AIORING = 1 << 13
 VMA_AREA_MEMFD = 1 << 14
@@ -124,7 +125,8 @@ VMFLAGS: dict[str, tuple[str, str]] = {
                        "executable file mappings, ignored in mmap flags"),
     "pf": (REFUSED, "VM_PFNMAP: a device or driver mapping (raw page frames)"),
     "io": (REFUSED, "VM_IO: a memory-mapped I/O area of a device"),
-    "mm": (REFUSED, "VM_MIXEDMAP: a driver mapping"),
+    "mm": (REFUSED, "VM_MIXEDMAP: a driver mapping (except a packet socket's rings, which "
+                    "set it on every mapping: mapped again from the restored socket)"),
     "de": (REFUSED, "VM_DONTEXPAND: a driver or kernel object mapping (aio, perf, io_uring, ...)"),
     "ar": (REFUSED, "VM_ARCH_1 (VM_PAT on x86): a driver mapping with page attributes"),
     "ht": (SAVED, "VM_HUGETLB of anonymous memory (MAP_HUGETLB, private or shared): "
@@ -179,6 +181,8 @@ def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
             continue
         if (hugetlb or aio.is_ring(m)) and f == "de":
             continue  # hugetlbfs and aio set VM_DONTEXPAND on every mapping they make
+        if m.path.startswith("socket:[") and f == "mm":
+            continue  # packet_mmap() inserts the ring's pages: VM_MIXEDMAP every time
         kind, why = VMFLAGS.get(f, (REFUSED, "unknown to procsnap (a newer kernel?)"))
         if kind == REFUSED:
             raise Unsupported(f"{_where(task, m)}: VmFlags {f!r}: {why}")
@@ -230,6 +234,11 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     is_file = m.path.startswith("/") and m.ino != 0
     if aio.is_ring(m):
         return VMA_AREA_AIORING, C.MAP_SHARED  # as CRIU: no VMA_AREA_REGULAR
+    if m.path.startswith("socket:["):
+        # a packet socket's rings (packetsk checks the rest): mapped again
+        # from the restored socket, whose rings are made before memory
+        return (VMA_AREA_REGULAR | VMA_AREA_SOCKET,
+                C.MAP_SHARED if m.shared else C.MAP_PRIVATE)
     if shmem.is_anon_hugetlb(m) and not m.shared:
         # MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB (the page size is added by dump())
         return VMA_AREA_REGULAR | VMA_ANON_PRIVATE, C.MAP_PRIVATE | C.MAP_ANONYMOUS
@@ -409,6 +418,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         elif status & VMA_AREA_AIORING:
             mm.aios.append(aio.dump_ring(task, m))
             to_copy.append((m.start, (m.end - m.start) // PAGE))  # the whole ring
+        elif status & VMA_AREA_SOCKET:
+            vma.shmid = _socket_mapping(ctx, task, m, pagemap)
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
             vma.fdflags = _map_files_mode(task, m)
@@ -991,6 +1002,14 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             sysvipc.map_vma(rctx, rt, v)
         elif v.status & VMA_AREA_AIORING:
             aio.restore_ring(rt, _aio_entry(rt, v), _saved_bytes(rctx, rt, v))
+        elif v.status & VMA_AREA_SOCKET:
+            fd = next((fe.fd for fe in rt.fdinfos if fe.id == v.shmid), None)
+            if fd is None:
+                raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} maps "
+                                   f"socket file {v.shmid}, which the task holds no fd of")
+            inj.call("mmap", v.start, length, v.prot,
+                     (v.flags & (C.MAP_SHARED | C.MAP_PRIVATE)) | C.MAP_FIXED | extra,
+                     fd, v.pgoff)
         elif v.status & VMA_ANON_PRIVATE and v.flags & C.MAP_HUGETLB:
             inj.call("mmap", v.start, length, prot,
                      C.MAP_PRIVATE | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
@@ -1030,6 +1049,30 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # 6. vDSO and vvar go back together (the vDSO finds vvar at a fixed offset).
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
+
+
+def _socket_mapping(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
+                    pagemap: PagemapReader) -> int:
+    """The file id of the packet socket whose rings ``m`` maps.  Refused:
+    another kind of socket mapped, a socket this task holds no fd of (the
+    restore maps through one), and a private mapping with pages of its own
+    (written, so copied: they are not the ring's any more)."""
+    where = f"pid {task.pid}: mapping at {m.start:#x}-{m.end:#x} of {m.path}"
+    holders = ctx.open_files.get((os.makedev(m.dev_major, m.dev_minor), m.ino), [])
+    fid = next((h[2] for h in holders if h[0] == task.pid), None)
+    entry = next((f for f in ctx.files if f.id == fid), None) if fid is not None else None
+    if entry is None or not entry.HasField("psk"):
+        raise Unsupported(f"{where}: only a packet socket's rings held by an fd of the same "
+                          "task can be mapped again; not supported")
+    if not m.shared:
+        raw = pagemap.read(m.start, m.end)
+        for i in range(0, len(raw), 8):
+            e = int.from_bytes(raw[i:i + 8], "little")
+            if e & PM_PRESENT and not e & PM_FILE:
+                raise Unsupported(f"{where}: a private mapping of a packet ring with pages "
+                                  "written (copied from the ring): not supported")
+    assert fid is not None
+    return int(fid)
 
 
 def _aio_entry(rt: "RestoreTask", v: Any) -> Any:

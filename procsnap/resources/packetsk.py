@@ -18,9 +18,16 @@ SOL_PACKET options, memberships, fanout, then sk_opts.  The interface
 index is the same number in the restored network namespace (the net
 namespace module keeps links' indexes; on the host it is the same host).
 
-Refused, one line each: an RX or TX ring (PACKET_RX_RING/PACKET_TX_RING:
-the frames in a mapped ring and the kernel's position in it cannot be
-put back), packets waiting in the receive queue (they came from the wire
+RX and TX rings (PACKET_RX_RING/PACKET_TX_RING, TPACKET_V1/V2) are kept
+when the kernel never wrote or sent a frame of them: their memory, read
+through the dumper's own mapping of the socket, is all zeros (rings are
+allocated zeroed), so the kernel's place in each -- which nothing shows --
+is the first frame, as in a new ring.  They are made again with the same
+geometry after PACKET_VERSION/RESERVE; a task's mapping of them is mapped
+again from the restored socket by memory.py (VMA_AREA_SOCKET, as criu).
+
+Refused, one line each: a ring that has carried frames, or a TPACKET_V3
+ring (block descriptors, current block, retire timer), packets waiting in the receive queue (they came from the wire
 and cannot be sent back to the socket alone), a PACKET_VNET_HDR_SZ other
 than the one PACKET_VNET_HDR sets, SOL_PACKET options criu's image has
 no field for (sockopts.py, kind "packet"), and a socket in another
@@ -29,6 +36,7 @@ network namespace than the tree's root.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import socket
 import struct
@@ -60,6 +68,9 @@ PACKET_VNET_HDR = 15
 PACKET_TIMESTAMP = 17
 PACKET_FANOUT = 18
 PACKET_VNET_HDR_SZ = 24
+PACKET_RX_RING = 5
+PACKET_TX_RING = 13
+TPACKET_V3 = 2
 VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr): what PACKET_VNET_HDR sets
 NO_FANOUT = 0xFFFFFFFF
 
@@ -149,6 +160,45 @@ def table(ctx: "DumpContext", pid: int) -> dict[int, PacketDiag]:
     return cache["table"]  # type: ignore[no-any-return]
 
 
+def _ring_entry(ring: tuple[int, ...]) -> Any:
+    """struct packet_diag_ring as criu's packet_ring (the same order)."""
+    names = ("block_size", "block_nr", "frame_size", "frame_nr", "retire_tmo",
+             "sizeof_priv", "features")
+    return packet_sock_pb2.packet_ring(**dict(zip(names, ring)))
+
+
+def ring_bytes(ring: Any) -> int:
+    """Memory of one ring (its blocks), as the socket's mmap() lays it out."""
+    if ring is None:
+        return 0
+    block_size, block_nr = ring[0], ring[1]
+    return int(block_size * block_nr)
+
+
+def _check_rings(sk: socket.socket, d: "PacketDiag", version: int, label: str) -> None:
+    """A ring is kept only when the kernel never wrote or sent a frame of it:
+    then its memory is all zeros (rings are allocated zeroed) and the
+    kernel's place in it -- which nothing shows -- is the first frame, as
+    in a new ring.  Read through our own mapping of the socket (RX ring
+    first, then TX, as the kernel lays them out)."""
+    if version == TPACKET_V3:
+        raise Unsupported(f"{label}: has a TPACKET_V3 ring; its block descriptors, the "
+                          "kernel's current block and the retire timer cannot be restored")
+    size = ring_bytes(d.rx_ring) + ring_bytes(d.tx_ring)
+    try:
+        mm = mmap.mmap(sk.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    except OSError as exc:
+        raise DumpError(f"{label}: cannot map its rings ({size} bytes): {exc.strerror}") from None
+    try:
+        used = any(mm[i:i + 65536].count(0) != len(mm[i:i + 65536])
+                   for i in range(0, size, 65536))
+    finally:
+        mm.close()
+    if used:
+        raise Unsupported(f"{label}: its packet ring has carried frames; the frames and the "
+                          "kernel's place in the ring (which nothing shows) cannot be restored")
+
+
 def matches(fd: "FdCtx") -> bool:
     return sockets.family_of(fd) == socket.AF_PACKET
 
@@ -164,12 +214,9 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     if d is None or not d.info:
         raise DumpError(f"{what}: packet_diag does not list packet socket {ino}")
     label = f"{what}: packet socket (type {d.type}, protocol 0x{socket.ntohs(d.protocol):04x})"
-    for name, ring in (("an RX ring (PACKET_RX_RING)", d.rx_ring),
-                       ("a TX ring (PACKET_TX_RING)", d.tx_ring)):
-        if ring is not None:
-            raise Unsupported(f"{label}: has {name}; procsnap cannot restore the frames "
-                              "of a packet ring and the kernel's place in it")
     index, version, reserve, copy_thresh, tstamp, flags = d.info
+    if d.rx_ring is not None or d.tx_ring is not None:
+        _check_rings(sk, d, version, label)
     spkt = d.type == SOCK_PACKET
     if not spkt:
         sockopts.audit(fd.ctx, label, sk, connected=False)
@@ -196,6 +243,10 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         loss=bool(flags & PDI_LOSS), timestamp=tstamp, copy_thresh=copy_thresh)
     if d.fanout != NO_FANOUT:
         pe.fanout = d.fanout
+    if d.rx_ring is not None:
+        pe.rx_ring.CopyFrom(_ring_entry(d.rx_ring))
+    if d.tx_ring is not None:
+        pe.tx_ring.CopyFrom(_ring_entry(d.tx_ring))
     for mindex, count, mtype, addr in d.mclist:
         # the kernel counts each add of the same membership: one entry per add
         for _ in range(count):
@@ -218,9 +269,6 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     pe = entry.psk
     what = (f"packet socket (type {pe.type}, protocol 0x{socket.ntohs(pe.protocol):04x}, "
             f"interface {pe.ifindex})")
-    if pe.HasField("rx_ring") or pe.HasField("tx_ring"):
-        raise RestoreError(f"{what}: the image holds a packet ring; procsnap cannot "
-                           "restore packet rings")
     try:
         sk = socket.socket(socket.AF_PACKET, pe.type, pe.protocol)
     except OSError as exc:
@@ -247,6 +295,14 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
                 # struct packet_mreq_max: ifindex, type, alen, address (32 bytes)
                 s(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
                   struct.pack("iHH32s", m.index, m.type, len(m.addr), m.addr))
+            # after PACKET_VERSION and PACKET_RESERVE, which a ring fixes
+            for opt, ring in ((PACKET_RX_RING, "rx_ring"), (PACKET_TX_RING, "tx_ring")):
+                if pe.HasField(ring):
+                    r = getattr(pe, ring)
+                    req = [r.block_size, r.block_nr, r.frame_size, r.frame_nr]
+                    if pe.version == TPACKET_V3:
+                        req += [r.retire_tmo, r.sizeof_priv, r.features]
+                    s(SOL_PACKET, opt, struct.pack(f"{len(req)}I", *req))
             if pe.HasField("fanout") and pe.fanout != NO_FANOUT:
                 s(SOL_PACKET, PACKET_FANOUT, pe.fanout)
         sockets.restore_opts(sk, pe.opts, what)

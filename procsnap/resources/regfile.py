@@ -726,6 +726,10 @@ def _open_by_handle(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, img: 
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     reg = entry.reg
     flags = reg.flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)
+    if st_mod.S_ISCHR(reg.mode or 0):
+        # a console or VT (tty.py) must not become a controlling terminal
+        # by being opened (O_NOCTTY is not kept in the file's flags)
+        flags |= os.O_NOCTTY
     fd = open_entry(rctx, rt, entry, flags)
     if reg.pos and not st_mod.S_ISCHR(reg.mode or 0):
         if _on_fuse(rt, fd):

@@ -41,11 +41,19 @@ raw socket as segments from the peer, marked 0xC114 (CRIU's SOCCR_MARK)
 so that the network lock lets them in.  The state reached is checked
 against the image.
 
+SYN_SENT (a non-blocking connect() whose SYN is not answered yet): as
+soccr, dumped in repair mode like the others (both queues empty, write_seq
+one past the SYN); restored by setting the sequence numbers in repair
+mode, then a real non-blocking connect() out of repair mode, which sends
+the SYN again from the same initial sequence number, then repair mode on
+again until the tree runs.  The SYN retransmission timer does the rest.
+
 If a restore is abandoned, ``procsnap network-unlock DIR`` removes the
 lock (the peer then gets RSTs for a connection nobody holds).
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -92,9 +100,9 @@ SOCCR_MARK = 0xC114             # CRIU's mark for its own segments through the l
 # <net/tcp_states.h>
 ESTABLISHED, SYN_SENT, FIN_WAIT1, FIN_WAIT2 = 1, 2, 4, 5
 CLOSE, CLOSE_WAIT, LAST_ACK, CLOSING = 7, 8, 9, 11
-# the states a connection is dumped in (soccr's list, SYN_SENT aside)
+# the states a connection is dumped in (soccr's list)
 CONN_STATES = frozenset({ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING,
-                         CLOSE})
+                         CLOSE, SYN_SENT})
 # soccr.c: where the FINs are.  Ours is in the send queue (first when we
 # shut down before the peer, second after); the peer's is at the end of
 # the receive queue; "acked" when the other side acknowledged it.
@@ -533,9 +541,15 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
     sk.setsockopt(tcp, TCP_QUEUE_SEQ, _seq(inq_seq - tse.inq_len))
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-    sk.setsockopt(tcp, TCP_QUEUE_SEQ, _seq(outq_seq - tse.outq_len))
+    # SYN_SENT: write_seq is one past the SYN; the SYN is sent again with
+    # the same initial sequence number (soccr's seq--)
+    sk.setsockopt(tcp, TCP_QUEUE_SEQ, _seq(outq_seq - tse.outq_len
+                                           - (1 if state == SYN_SENT else 0)))
     peer = (unpack_addr(ie.family, ie.dst_addr), ie.dst_port)
-    sk.connect(peer)
+    if state == SYN_SENT:
+        _resend_syn(sk, peer, what)
+    else:
+        sk.connect(peer)
     opts = []
     if tse.opt_mask & TCPI_OPT_SACK:
         opts.append((TCPOPT_SACK_PERM, 0))
@@ -544,7 +558,10 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     if tse.opt_mask & TCPI_OPT_TIMESTAMPS:
         opts.append((TCPOPT_TIMESTAMP, 0))
     opts.append((TCPOPT_MSS, tse.mss_clamp))
-    sk.setsockopt(tcp, TCP_REPAIR_OPTIONS, b"".join(struct.pack("II", c, v) for c, v in opts))
+    if state != SYN_SENT:
+        # (a SYN_SENT socket negotiates them with its own SYN, as soccr)
+        sk.setsockopt(tcp, TCP_REPAIR_OPTIONS,
+                      b"".join(struct.pack("II", c, v) for c, v in opts))
     if tse.opt_mask & TCPI_OPT_TIMESTAMPS:
         sk.setsockopt(tcp, TCP_TIMESTAMP, struct.pack("I", tse.timestamp))
     if inq:
@@ -570,7 +587,7 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
         sk.setsockopt(tcp, TCP_REPAIR_WINDOW, _WINDOW.pack(
             tse.snd_wl1, tse.snd_wnd, tse.max_window, rcv_wnd, rcv_wup & 0xFFFFFFFF))
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
-    if state != ESTABLISHED:
+    if state not in (ESTABLISHED, SYN_SENT):
         _replay_fins(sk, ie, tse, state, inq_seq, outq_seq, what)
     if not ie.HasField("tcp_opts"):
         # an image without tcp_opts (inetsk sets those)
@@ -579,6 +596,22 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
         if tse.cork:
             sk.setsockopt(tcp, socket.TCP_CORK, 1)
     st["fds"].append((sk.fileno(), int(ie.opts.reuseaddr)))
+
+
+def _resend_syn(sk: socket.socket, peer: tuple[str, int], what: str) -> None:
+    """A connection in SYN_SENT, as soccr: a real, non-blocking connect()
+    out of repair mode sends the SYN again from the dumped initial sequence
+    number (the network lock holds it back until the tree runs; then the
+    SYN retransmission timer does the rest), and repair mode goes back on."""
+    tcp = socket.IPPROTO_TCP
+    sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_OFF)
+    blocking = sk.getblocking()
+    sk.setblocking(False)
+    err = sk.connect_ex(peer)
+    sk.setblocking(blocking)
+    if err not in (0, errno.EINPROGRESS):
+        raise RestoreError(f"{what}: cannot send the SYN again: {os.strerror(err)}")
+    sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
 
 
 def _replay_fins(sk: socket.socket, ie: Any, tse: Any, state: int, inq_seq: int,

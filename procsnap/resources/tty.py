@@ -35,9 +35,12 @@ bytes queued for reading on it):
 - a pts whose master is gone (hung up, its node deleted): a pair is made
   with the index, the slave files are opened and the master closed again.
 
-Refused, one line naming pid and fd: /dev/console and virtual consoles
-(their state belongs to the host, shared with processes outside the tree);
-other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
+/dev/console and the virtual consoles are the host's devices, their state
+shared with everything outside the tree (as a regular file's contents):
+the fd is reopened by its path (a REG entry, opened O_NOCTTY); a VT in
+VT_PROCESS mode (it signals its owning process on switches) is refused.
+
+Refused, one line naming pid and fd: other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
 instance; a pty one of whose ends is open outside the tree (found by a scan
 of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
@@ -72,7 +75,7 @@ from ..images.pb import fdinfo_pb2, fown_pb2, tty_pb2
 from ..inject import InjectError
 from ..kernel import consts as C
 from ..kernel.libc import pidfd_getfd
-from . import fdaudit
+from . import fdaudit, regfile
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext, FdCtx, RestoreContext, RestoreTask
@@ -260,6 +263,7 @@ class _DumpState:
     ctty_info: int | None = None
     ctty_holders: list[tuple[int, int]] = field(default_factory=list)
     writeback: list[Callable[[], None]] = field(default_factory=list)
+    vts: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # rdev -> (pid, fd, fid)
 
 
 def _state(ctx: "DumpContext") -> _DumpState:
@@ -283,18 +287,45 @@ def matches(fd: "FdCtx") -> bool:
     return st is not None and st_mod.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in TTY_MAJORS
 
 
+VT_GETMODE = 0x5601
+VT_PROCESS = 1
+
+
+def _console(fd: "FdCtx", fid: int, where: str, major: int, minor: int) -> Any:
+    """/dev/console and the virtual consoles (zdtm console, vt): the device
+    and its state (termios, keyboard and display modes, input typed) are
+    the host's, shared with everything outside the tree, as a regular
+    file's contents are: the fd is reopened by its path (a REG entry,
+    regfile.py, with O_NOCTTY so that opening it makes it nobody's
+    controlling terminal; the dumped tree's own is checked by _check_ctty).
+    What the task itself set up is refused: a VT in VT_PROCESS mode
+    signals its owning process on every console switch, and the kernel
+    keeps that process, which a restore cannot hand over."""
+    what = "the system console (5:1)" if major == 5 else f"a virtual console (4:{minor})"
+    copy = pidfd_getfd(fd.task.pid, fd.fd)
+    try:
+        mode = fcntl.ioctl(copy, VT_GETMODE, bytes(8))
+    except OSError:
+        mode = bytes(8)   # not a VT behind it (a serial console): no such mode
+    finally:
+        os.close(copy)
+    if mode[0] == VT_PROCESS:
+        raise Unsupported(f"{where}: {what} in VT_PROCESS mode (VT_SETMODE): the kernel "
+                          "signals its owning process on console switches, which a restore "
+                          "cannot hand over")
+    assert fd.st is not None
+    _state(fd.ctx).vts.setdefault(fd.st.st_rdev, (fd.task.pid, fd.fd, fid))
+    return regfile.dump(fd, fid)
+
+
 def dump(fd: "FdCtx", fid: int) -> Any:
     assert fd.st is not None and fd.info is not None
     task, ctx = fd.task, fd.ctx
     rdev = fd.st.st_rdev
     major, minor = os.major(rdev), os.minor(rdev)
     where = f"pid {task.pid}: fd {fd.fd}: {fd.link}"
-    if (major, minor) == (5, 1):
-        raise Unsupported(f"{where}: the system console (5:1); its state belongs to the host "
-                          "and is shared outside the tree: not supported")
-    if major == 4 and minor < 64:
-        raise Unsupported(f"{where}: a virtual console (4:{minor}); its state belongs to the "
-                          "host's console and is shared outside the tree: not supported")
+    if (major, minor) == (5, 1) or (major == 4 and minor < 64):
+        return _console(fd, fid, where, major, minor)
     state = _state(ctx)
     flags = fd.info.flags & ~os.O_CLOEXEC
     if (major, minor) == (5, 0):
@@ -529,6 +560,36 @@ def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: An
         ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=s.info_id, data=inp))
 
 
+def _vt_ctty(ctx: "DumpContext", task: Any, st: Any, rdev: int, pids: set[int],
+             infos: dict[int, Any]) -> None:
+    """A virtual console as controlling terminal (zdtm vt: a session leader
+    opened it without O_NOCTTY): kept when the terminal's session is the
+    task's, its leader is in the tree and a task of the tree holds an fd
+    of it (reopened by path; the leader takes it again with TIOCSCTTY and
+    sets its foreground group)."""
+    name = f"virtual console 4:{os.minor(rdev)}"
+    holder = _state(ctx).vts.get(rdev)
+    if holder is None:
+        raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, is held by no "
+                          "fd of the tree: not supported")
+    if st.session not in pids:
+        raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, belongs to "
+                          f"session {st.session}, whose leader is outside the dumped tree")
+    info = infos.get(rdev)
+    if info is None:
+        # a controlling terminal is its session's by definition; its
+        # foreground group is stat's tpgid (TIOCGPGRP answers only the
+        # terminal's own session)
+        info = infos[rdev] = tty_pb2.tty_info_entry(
+            id=ctx.new_file_id(), type=tty_pb2.VT, locked=False, exclusive=False,
+            packet_mode=False, sid=st.session, pgrp=max(st.tpgid, 0), rdev=rdev,
+            reg_id=holder[2])
+        ctx.shared_image("tty-info").append(info)
+    elif info.sid != st.session:
+        raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, is session "
+                          f"{info.sid}'s too: not supported")
+
+
 def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
     """Every task's controlling terminal (stat tty_nr) is a pty of the tree
     that its session leader takes back, or (--shell-job) the shell's."""
@@ -539,12 +600,16 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
             if info.sid:
                 by_sid[info.sid] = index
     pids = {t.pid for t in ctx.tasks}
+    vt_infos: dict[int, Any] = {}
     for task in ctx.tasks:
         if task.zombie or task.stat is None:
             continue
         st = task.stat
         major, minor = _tty_nr_dev(st.tty_nr)
         has = st.tty_nr != 0
+        if has and major == 4 and 0 < minor < 64:
+            _vt_ctty(ctx, task, st, os.makedev(major, minor), pids, vt_infos)
+            continue
         idx = _index_of(os.makedev(major, minor)) if has and major in PTS_MAJORS else None
         if has and idx is not None and idx in pairs and pairs[idx].master is not None:
             if by_sid.get(st.session) != idx:
@@ -584,6 +649,7 @@ class _RestoreState:
     ctty: dict[int, int] = field(default_factory=dict)      # sid -> index
     fg: dict[int, int] = field(default_factory=dict)        # sid -> foreground pgrp
     shell: set[int] = field(default_factory=set)            # info ids of the shell's terminal
+    vt_fd: dict[int, tuple[int, Any]] = field(default_factory=dict)  # sid -> (fd, VT info)
 
 
 def _rstate(rctx: "RestoreContext") -> _RestoreState:
@@ -783,12 +849,23 @@ def _tty_data(rctx: "RestoreContext") -> dict[int, bytes]:
 def session_started(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     """Right after a session leader's setsid, before it forks: it takes
     its controlling terminal, which the tasks it forks then inherit."""
-    state = rctx.kind_state.get("tty")
-    if state is None or rt.pstree.sid != rt.pid:
+    if rt.pstree.sid != rt.pid:
         return
+    state = _rstate(rctx)
     index = state.ctty.get(rctx.dumped_pid(rt.pid))
     if index is not None:
         rt.inj.call("ioctl", state.base[index], C.TIOCSCTTY, 0)
+    for info in state.infos.values():
+        if info.type == tty_pb2.VT and rctx.outside_pid(info.sid) == rctx.dumped_pid(rt.pid):
+            # a virtual console: opened by its path (the REG file of the
+            # dump), taken, kept open in the leader until its foreground
+            # group is set (close_pool closes what its children inherit)
+            path = rctx.file_entry(info.reg_id).reg.name
+            fd = rt.open_in_puppet(path, os.O_RDWR | os.O_NOCTTY)
+            fd2 = int(rt.inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base))
+            rt.inj.call("close", fd)
+            rt.inj.call("ioctl", fd2, C.TIOCSCTTY, 0)
+            state.vt_fd[rctx.outside_pid(info.sid)] = (fd2, info)
 
 
 def set_foreground(rctx: "RestoreContext") -> None:
@@ -797,6 +874,14 @@ def set_foreground(rctx: "RestoreContext") -> None:
     state = rctx.kind_state.get("tty")
     if state is None:
         return
+    for sid, (fd, info) in state.vt_fd.items():
+        leader = rctx.by_pid.get(sid)
+        if leader is not None and not leader.zombie and info.pgrp \
+                and rctx.outside_pid(info.pgrp) != sid:
+            inj = leader.inj
+            pgrp = rctx.vpid(rctx.outside_pid(info.pgrp))
+            inj.call("ioctl", fd, C.TIOCSPGRP, inj.put(_INT.pack(pgrp)))
+            inj.reset_scratch()
     for sid, pgrp in state.fg.items():
         leader = rctx.by_pid.get(sid)   # by image pid too (rctx.relabel)
         if leader is None or leader.zombie or not pgrp or pgrp == sid:
@@ -815,6 +900,14 @@ def close_pool(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         return
     for fd in list(state.pool.values()) + list(state.base.values()):
         rt.inj.call("close", fd)
+    for fd, info in state.vt_fd.values():
+        # the leader's and what the tasks it forked inherited (not others)
+        try:
+            held = os.stat(f"/proc/{rt.pid}/fd/{fd}").st_rdev == info.rdev
+        except OSError:
+            held = False
+        if held:
+            rt.inj.call("close", fd)
 
 
 def needs_shell_terminal(rctx: "RestoreContext") -> bool:

@@ -28,8 +28,11 @@ name), applies options and shutdown, and each puppet takes its end with
 pidfd_getfd, so the open file descriptions are shared as before.
 
 Names: a relative name is bound again from the directory it was bound
-in (the task's cwd at dump, refused if that no longer leads to the
-socket's file), so the address stays the relative string.  A name whose
+in, so the address stays the relative string: the task's cwd at dump,
+or, when the task changed directory since, the directory the socket's
+own file says (SIOCUNIXFILE opens the dentry it was bound to, deleted or
+not, as criu; only for a task with our root and mount namespace);
+refused when neither leads to the socket's file.  A name whose
 file was deleted or replaced (a ghost) is bound as CRIU's
 bind_on_deleted: whatever is there is parked, missing directories made,
 the socket bound, an O_PATH fd of its file kept (clients connect and
@@ -54,7 +57,8 @@ Limits (said in the README): the sender address of a datagram queued on
 an unconnected socket is not kept (it arrives from an unbound socket);
 files in flight on a stream socket in a read with other bytes are
 refused (where their message began cannot be told by peeking); an epoll
-and other kinds that name fds of a table in flight are refused.
+in flight is saved when every file it watches is held by a task of the
+tree (eventpoll.dump_in_flight), else refused.
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import RestoreError, Unsupported
-from ..images.pb import fdinfo_pb2, sk_packet_pb2, sk_unix_pb2
+from ..images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
 from ..kernel.libc import pidfd_getfd
 from . import anonfd, fdaudit, sockets, sockopts
 
@@ -200,18 +204,26 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
     """
     pid = fd.task.pid
     name = os.fsdecode(d.name)
+    bound_in = None
     if name.startswith("/"):
         where = f"/proc/{pid}/root{name}"
     else:
         cwd = os.readlink(f"/proc/{pid}/cwd")
+        bound_in = _bound_dir(fd, d, name)
+        if bound_in is not None and bound_in != cwd:
+            # the task changed directory since it bound the name: the
+            # socket's own file says where (CRIU's SIOCUNIXFILE)
+            cwd = bound_in
+            where = f"/proc/{pid}/root{cwd.rstrip('/')}/{name}"
+        else:
+            where = f"/proc/{pid}/cwd/{name}"
         ue.name_dir = cwd
-        where = f"/proc/{pid}/cwd/{name}"
     try:
         st = os.stat(where)
     except FileNotFoundError:
         st = None
     if st is None or d.vfs is None or st.st_ino != d.vfs[1]:
-        if not name.startswith("/"):
+        if not name.startswith("/") and bound_in is None:
             # the kernel keeps only the string: from another cwd the
             # socket's file (if any) cannot be found, and making it again
             # in the wrong directory would leave the real one dead
@@ -222,6 +234,37 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
         return
     ue.file_perms.CopyFrom(sk_unix_pb2.file_perms_entry(
         mode=st.st_mode, uid=st.st_uid, gid=st.st_gid))
+
+
+SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd of the socket's bound file
+
+
+def _bound_dir(fd: "FdCtx", d: sockets.UnixDiag, name: str) -> str | None:
+    """The directory a relative name was bound in, from the socket's own
+    file (SIOCUNIXFILE opens the dentry it was bound to, deleted or not):
+    its path less the name.  Only for a task with our root in our mount
+    namespace (the path is read from here); None when unknown."""
+    pid = fd.task.pid
+    try:
+        if os.stat(f"/proc/{pid}/root") != os.stat("/") or \
+                os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+            return None
+        sk = sockets.copy_of(fd)
+        h = fcntl.ioctl(sk.fileno(), SIOCUNIXFILE)
+    except OSError:
+        return None
+    try:
+        path = os.readlink(f"/proc/self/fd/{h}")
+        st = os.fstat(h)
+    finally:
+        os.close(h)
+    if d.vfs is None or st.st_ino != d.vfs[1]:
+        return None   # (not the socket's own file: trust nothing)
+    if path.endswith(" (deleted)"):
+        path = path[:-len(" (deleted)")]
+    if not path.endswith("/" + name):
+        return None
+    return path[:-len(name) - 1] or "/"
 
 
 def _holder_of(ino: int) -> str:
@@ -282,6 +325,9 @@ def finish(ctx: "DumpContext") -> None:
             peer = table.get(d.peer)
             pname = f" ({_name_text(peer.name)})" if peer is not None and peer.name else ""
             if f"unix[{d.ino}]" not in external:
+                if getattr(ctx.opts, "ext_unix_sk", False):
+                    _extern_peer(ctx, sk, peer, pname)
+                    continue
                 raise Unsupported(
                     f"{_what(sk)} is connected to unix socket {d.peer}{pname} outside the "
                     f"dumped tree ({_holder_of(d.peer)}); mark it --external unix[{d.ino}] "
@@ -306,6 +352,40 @@ def finish(ctx: "DumpContext") -> None:
         elif d.state == ST_ESTABLISHED and d.ino in _outside_icons(table, socks):
             raise Unsupported(f"{_what(sk)} waits to be accepted by a listener outside the "
                               "dumped tree; it cannot be restored")
+
+
+def _extern_peer(ctx: "DumpContext", sk: _Sk, peer: sockets.UnixDiag | None,
+                 pname: str) -> None:
+    """criu's --ext-unix-sk: a datagram socket connected to a named socket
+    outside the tree is connected to that name again at restore (whoever
+    holds it then: what the option accepts).  The peer is written as an
+    entry of its own with USK_EXTERN, as criu does, and no fd uses it.
+    Only what criu takes: the peer a datagram socket with a name; and its
+    queue must be empty (nobody outside would send those messages again)."""
+    d = sk.diag
+    what = f"{_what(sk)} is connected to unix socket {d.peer}{pname} outside the dumped tree"
+    if peer is None:
+        raise Unsupported(f"{what}, which sock_diag does not report")
+    if peer.type != socket.SOCK_DGRAM or d.type != socket.SOCK_DGRAM:
+        raise Unsupported(f"{what}: --ext-unix-sk takes datagram sockets only (half of a "
+                          f"{TYPES.get(peer.type, peer.type)} connection cannot be connected "
+                          "again)")
+    if not peer.name or peer.name[:1] not in (b"/", b"\0"):
+        raise Unsupported(f"{what}: the peer has no name (or a relative one) to connect "
+                          "to again; --ext-unix-sk cannot take it")
+    if d.rqueue:
+        raise Unsupported(f"{what} and has {d.rqueue} message(s) queued from it; they "
+                          "could not be given back")
+    if peer.ino in _state(ctx) or any(f.type == TYPE and f.usk.ino == peer.ino
+                                      for f in ctx.files):
+        return  # another socket of ours already wrote it
+    fid = ctx.new_file_id()
+    ctx.files.append(fdinfo_pb2.file_entry(type=TYPE, id=fid, usk=sk_unix_pb2.unix_sk_entry(
+        id=fid, ino=peer.ino, type=peer.type, state=peer.state, flags=0, uflags=USK_EXTERN,
+        backlog=0, peer=0, fown=anonfd.no_owner(), name=peer.name,
+        opts=sk_opts_pb2.sk_opts_entry(so_sndbuf=0, so_rcvbuf=0, so_snd_tmo_sec=0,
+                                       so_snd_tmo_usec=0, so_rcv_tmo_sec=0,
+                                       so_rcv_tmo_usec=0))))
 
 
 def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int]) -> None:
@@ -752,10 +832,36 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
     return st.made[ino]
 
 
+def _make_to_extern(rctx: "RestoreContext", st: _Rst, ue: Any, peer: Any) -> int:
+    """A datagram socket dumped with criu's --ext-unix-sk: connected again
+    to its peer's name, which a socket outside the tree must hold now."""
+    if ue.ino in st.made:
+        return st.made[ue.ino]
+    if not getattr(rctx.opts, "ext_unix_sk", False):
+        raise RestoreError(f"{_label(ue)} was connected to {_label(peer)} outside the tree "
+                           "(dumped with --ext-unix-sk): restore with --ext-unix-sk to "
+                           "connect it to that name again")
+    sk = socket.socket(socket.AF_UNIX, ue.type)
+    _bind(st, sk, ue)
+    sockets.prepare(sk)
+    try:
+        sk.connect(bytes(peer.name))
+    except OSError as exc:
+        sk.close()
+        raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)} outside the "
+                           f"tree: {exc.strerror}") from None
+    sockets.apply_shutdown(sk, ue.shutdown)
+    _finish_one(rctx, st, ue, sk)
+    return st.made[ue.ino]
+
+
 def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     ue = entry.usk
     st = _rst(rctx)
     st.cur_rt = rt
+    peer = st.by_ino.get(ue.peer) if ue.peer else None
+    if peer is not None and peer.uflags & USK_EXTERN:
+        return rt.grab_fd(os.getpid(), _make_to_extern(rctx, st, ue, peer))
     if ue.uflags & USK_INHERIT or (ue.peer and ue.peer not in st.by_ino):
         key = f"unix[{ue.ino}]"
         fd = getattr(rctx.opts, "inherit_fd", {}).get(key)

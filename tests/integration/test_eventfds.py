@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from typing import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ STABLE_KEYS = ("flags", "eventfd-count", "eventfd-semaphore", "sigmask", "clocki
                "settime flags", "it_interval")
 
 
-def fdinfo_state(pid: int) -> dict[int, dict[str, object]]:
+def fdinfo_state(pid: int, with_ino: bool = True) -> dict[int, dict[str, object]]:
     """Per anon-inode fd: its stable fdinfo keys, epoll targets, inotify watches."""
     out: dict[int, dict[str, object]] = {}
     for name in os.listdir(f"/proc/{pid}/fd"):
@@ -65,16 +66,28 @@ def fdinfo_state(pid: int) -> dict[int, dict[str, object]]:
             elif k.startswith("inotify wd"):
                 m = re.match(r"inotify wd:(\w+) ino:(\w+) sdev:(\w+) mask:(\w+)", ln)
                 assert m, ln
-                watches.append(m.groups())
+                g = m.groups()
+                watches.append(g if with_ino else (g[0], g[2], g[3]))
         out[fd] = {"link": link, **keys, "tfd": sorted(tfds), "watches": sorted(watches)}
     return out
 
 
-def cycle(targets: TargetFactory, t: Target, images: Path) -> dict[str, dict]:
+def cycle(targets: TargetFactory, t: Target, images: Path,
+          ghost_fds: tuple[int, ...] = ()) -> dict[str, dict]:
     """Dump (killing) and restore under the same pid; same outside view and
-    the same event-fd state from outside.  Returns the crit-decoded images."""
-    before = outside_view(t.pid, volatile_fds=(1,))
-    state_before = fdinfo_state(t.pid)
+    the same event-fd state from outside.  Returns the crit-decoded images.
+    ``ghost_fds``: fds of deleted files, restored as ghosts: a new inode
+    under the ghost's name (compared by the caller), so inotify watches are
+    compared without their inode."""
+    volatile = (1, *ghost_fds)
+
+    def ghost_names(view: dict) -> dict:
+        for fd in ghost_fds:   # a ghost's fd reads as the ghost's name (as criu's)
+            link, pos, flags = view["fds"][fd]
+            view["fds"][fd] = (link.endswith(" (deleted)"), pos, flags)
+        return view
+    before = ghost_names(outside_view(t.pid, volatile_fds=volatile))
+    state_before = fdinfo_state(t.pid, with_ino=not ghost_fds)
     res = run_procsnap("dump", "-t", t.pid, "-D", images)
     check_ok(res)
     assert wait_gone(t.pid, 10), f"pid {t.pid} still alive after dump\n" + describe(res)
@@ -86,9 +99,9 @@ def cycle(targets: TargetFactory, t: Target, images: Path) -> dict[str, dict]:
     assert proc_ppid(t.pid) == os.getpid()
     ok, why = is_untouched(t.pid)
     assert ok, f"restored pid {t.pid} is stopped or traced: {why}"
-    assert_same_view(before, outside_view(t.pid, volatile_fds=(1,)),
+    assert_same_view(before, ghost_names(outside_view(t.pid, volatile_fds=volatile)),
                      f"across dump/restore of {t.name}")
-    state_after = fdinfo_state(t.pid)
+    state_after = fdinfo_state(t.pid, with_ino=not ghost_fds)
     assert state_after == state_before, (
         f"event fds changed:\nbefore {state_before}\nafter  {state_after}")
     return decoded
@@ -172,6 +185,52 @@ def test_inotify_watch_follows_rename(targets: TargetFactory, images_dir: Path,
     finish(t)
 
 
+def test_inotify_watch_on_deleted_file(targets: TargetFactory, images_dir: Path,
+                                       tmp_path: Path) -> None:
+    """A watch on a deleted file the task holds open (zdtm inotify00): it
+    comes back on the file the task's fd has (a ghost made again), with its
+    wd, and no event of the restore's own ghost name -- which comes and
+    goes in the watched directory -- reaches the queue (the target fails
+    on any event it did not cause)."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    t = targets.start("inotify_watch", str(watched), "deleted")
+    decoded = cycle(targets, t, images_dir, ghost_fds=(4,))
+    [ify] = files_of(decoded, "INOTIFY")
+    wds = {w["wd"]: w for w in ify["ify"]["wd"]}
+    assert sorted(wds) == [2, 3, 4] and "path" not in wds[4]["f_handle"], wds
+    # from outside: wd 4 is on the inode fd 4 holds now
+    with open(f"/proc/{t.pid}/fdinfo/3") as f:
+        m = re.search(r"inotify wd:4 ino:(\w+) ", f.read())
+    assert m and int(m.group(1), 16) == os.stat(f"/proc/{t.pid}/fd/4").st_ino
+    # (a ghost's fd reads as its ghost name, as under criu)
+    assert os.readlink(f"/proc/{t.pid}/fd/4").endswith(" (deleted)")
+    assert os.stat(f"/proc/{t.pid}/fd/4").st_nlink == 0
+    assert sorted(os.listdir(watched)) == ["a", "file"], os.listdir(watched)  # no ghost left
+    t.signal(signal.SIGUSR2)
+    t.wait_line(r"^modified gone wd 4$", 5)
+    (watched / "after").write_text("x")
+    t.wait_line(r"^created after wd 2$", 5)
+    finish(t)
+
+
+def test_inotify_watch_on_deleted_mapped_file_is_refused(targets: TargetFactory,
+                                                         images_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """A deleted file only a mapping keeps: no fd to put the watch on."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    t = targets.start("inotify_watch", str(watched), "mapped")
+    res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+    line = assert_one_line_error(res, f"pid {t.pid}: fd 3: inotify watch 4")
+    assert "deleted and no fd of the tree holds it" in line, line
+    ok, why = is_untouched(t.pid)
+    assert ok, why
+    (watched / "later").write_text("x")
+    t.wait_line(r"^created later wd 2$", 5)
+    finish(t)
+
+
 @pytest.mark.parametrize("mode", ["reuse", "free"])
 def test_epoll_with_reused_fd_number(targets: TargetFactory, images_dir: Path, mode: str) -> None:
     """The eventfd registered as fd 3 is held at fd 4 now (fd 3 is
@@ -235,4 +294,81 @@ def test_inotify_with_queued_events_is_refused(targets: TargetFactory, images_di
     t.wait_line(r"^created queued-name wd 2$", 5)
     (watched / "later").write_text("x")
     t.wait_line(r"^created later wd 2$", 5)
+    finish(t)
+
+
+@pytest.fixture
+def tmpfs_mount(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of the test's own: a fanotify mount mark there sees only
+    what the test does (the host's / sees every process)."""
+    import subprocess
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "fdk-fanotify", str(mnt)],
+                   check=True, timeout=30)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], timeout=30)
+
+
+def _fanotify_lines(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/fdinfo/3") as f:
+        return [ln for ln in f.read().splitlines() if ln.startswith("fanotify")]
+
+
+def wait_events(t: Target, bits: int) -> None:
+    """Wait until "event MASK" lines of ``t`` (new ones) cover ``bits``."""
+    seen = 0
+    deadline = time.monotonic() + 5
+    while seen & bits != bits:
+        assert time.monotonic() < deadline, f"events {seen:#x}, want {bits:#x}\n{t.output()}"
+        seen = 0
+        for m in re.findall(r"^event (\w+)$", t.output(), re.M):
+            seen |= int(m, 16)
+        time.sleep(0.05)
+
+
+def test_fanotify_marks(targets: TargetFactory, images_dir: Path, tmp_path: Path,
+                        tmpfs_mount: Path) -> None:
+    """A fanotify group with an inode mark and a mount mark (an ignore mask
+    that survives modification): the same group flags and marks (fdinfo,
+    from outside and inside), and events flow again."""
+    watched = tmp_path / "file"
+    watched.write_text("x")
+    t = targets.start("fanotify_marks", str(watched), str(tmpfs_mount))
+    before = _fanotify_lines(t.pid)
+    assert len(before) == 3, before
+    decoded = cycle(targets, t, images_dir)
+    [ffy] = files_of(decoded, "FANOTIFY")
+    assert sorted(m["type"] for m in ffy["ffy"]["mark"]) == ["INODE", "MOUNT"], ffy
+    assert _fanotify_lines(t.pid) == before
+    with open(watched, "a") as f:
+        f.write("more")
+    wait_events(t, 0x2 | 0x8)     # FAN_MODIFY, FAN_CLOSE_WRITE (maybe merged)
+    (tmpfs_mount / "new").write_text("y")
+    wait_events(t, 0x20)          # FAN_OPEN on the mount
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^fdinfo same$", 5)
+    finish(t)
+
+
+def test_fanotify_with_queued_events_is_refused(targets: TargetFactory, images_dir: Path,
+                                                tmp_path: Path, tmpfs_mount: Path) -> None:
+    watched = tmp_path / "file"
+    watched.write_text("x")
+    t = targets.start("fanotify_marks", str(watched), str(tmpfs_mount))
+    os.kill(t.pid, signal.SIGSTOP)
+    try:
+        with open(watched, "a") as f:
+            f.write("queued")
+        res = run_procsnap("dump", "-t", t.pid, "-D", images_dir)
+        line = assert_one_line_error(res, f"pid {t.pid}: fd 3: fanotify")
+        assert "bytes of events are queued" in line, line
+        assert list(images_dir.iterdir()) == []
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+    wait_events(t, 0x2)   # still queued for the tree
+    ok, why = is_untouched(t.pid)
+    assert ok, why
     finish(t)

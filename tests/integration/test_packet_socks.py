@@ -55,8 +55,28 @@ def test_packet_sockets_and_filters_come_back(targets: TargetFactory, images_dir
     finish(t)
 
 
+def test_packet_rings_mapped(targets: TargetFactory, images_dir: Path) -> None:
+    """Unused RX and TX rings (zdtm packet_sock, packet_sock_mmap): the rings
+    come back with their sizes, mapped where they were, and the kernel
+    fills RX frame 0 first, as before."""
+    t = targets.start("packet_socks.py", "rings")
+    maps_before = [ln.split()[:2] for ln in open(f"/proc/{t.pid}/maps") if "socket:[" in ln]
+    assert len(maps_before) == 1, maps_before
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, timeout=120))
+    assert wait_gone(t.pid, 10)
+    [p] = [f.psk for f in images.read_image(str(images_dir), "files")
+           if f.type == fdinfo_pb2.PACKETSK]
+    for r in (p.rx_ring, p.tx_ring):
+        assert (r.block_size, r.block_nr, r.frame_size, r.frame_nr) == (4096, 1, 2048, 2), p
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d", timeout=120))
+    maps_after = [ln.split()[:2] for ln in open(f"/proc/{t.pid}/maps") if "socket:[" in ln]
+    assert maps_after == maps_before   # address, size and protection
+    finish(t)
+
+
 @pytest.mark.parametrize("what,words", [
-    ("ring", ("packet socket (type 2, protocol 0x0800)", "an RX ring (PACKET_RX_RING)")),
+    ("ring", ("packet socket (type 2, protocol 0x0800)", "its packet ring has carried frames")),
     ("queue", ("packet socket (type 2", "packets wait in its receive queue")),
     ("qdisc_bypass", ("PACKET_QDISC_BYPASS is 1", "not the default 0")),
     ("vnet_hdr_sz", ("PACKET_VNET_HDR_SZ is 12",)),

@@ -310,6 +310,55 @@ def test_unix_external_peer(targets: TargetFactory, images_dir: Path, tmp_path: 
             s.close()
 
 
+def test_unix_ext_unix_sk(targets: TargetFactory, images_dir: Path, tmp_path: Path) -> None:
+    """criu's --ext-unix-sk: a dgram socket connected to a named dgram socket
+    outside the tree (held by this test) is connected to that name again;
+    a restore without the option says it needs it; a stream peer is refused."""
+    path = str(tmp_path / "ext.sock")
+    outside = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    outside.bind(path)
+    try:
+        t = targets.start("sock_peer.py", "dgram", path)
+        ino = os.stat(f"/proc/{t.pid}/fd/5").st_ino
+        peer_ino = os.fstat(outside.fileno()).st_ino
+        check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--ext-unix-sk"))
+        assert wait_gone(t.pid, 10)
+        targets.adopt(t.pid, like=t)
+        res = run_procsnap("restore", "-D", images_dir, "-d")
+        line = assert_one_line_error(res, f"unix dgram socket {ino}")
+        assert f"unix dgram socket {peer_ino}" in line and "--ext-unix-sk" in line, line
+        assert wait_gone(t.pid, 10)
+        check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--ext-unix-sk"))
+        # from outside: the restored socket is connected to our name
+        new_ino = os.stat(f"/proc/{t.pid}/fd/5").st_ino
+        ss = subprocess.run(["ss", "-xaH"], capture_output=True, text=True, timeout=30).stdout
+        assert any(r.split()[-3:-2] == [str(new_ino)] and r.split()[-1] == str(peer_ino)
+                   for r in ss.splitlines()), f"socket {new_ino} is not connected to ours"
+        t.signal(signal.SIGUSR1)
+        assert t.wait_line("^(sent|FAIL)", 10) == f"sent ok {path}"
+        outside.settimeout(10)
+        assert outside.recv(16) == b"ping"
+        finish(t)
+    finally:
+        outside.close()
+    # a stream peer outside: --ext-unix-sk does not take it (criu's rule)
+    name = f"procsnap-ext-{os.getpid()}-{time.monotonic_ns()}"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(b"\0" + name.encode())
+    srv.listen(1)
+    try:
+        t = targets.start("sock_peer.py", "unix", name)
+        conn, _ = srv.accept()
+        res = run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--ext-unix-sk")
+        line = assert_one_line_error(res, f"pid {t.pid}: fd 5")
+        assert "--ext-unix-sk takes datagram sockets only" in line, line
+        ok, why = is_untouched(t.pid)
+        assert ok, why
+        conn.close()
+    finally:
+        srv.close()
+
+
 def test_unix_external_restore_needs_inherit_fd(targets: TargetFactory,
                                                 images_dir: Path) -> None:
     name = f"procsnap-ext-{os.getpid()}-{time.monotonic_ns()}"
@@ -539,6 +588,32 @@ def test_unix_files_in_flight(targets: TargetFactory, images_dir: Path, tmp_path
     finish(t)
 
 
+def test_unix_epoll_in_flight(targets: TargetFactory, images_dir: Path,
+                              tmp_path: Path) -> None:
+    """An epoll in flight (sent twice, as zdtm scm05), watching a socket and
+    a pipe of the task: one epoll again, same numbers, events, readiness."""
+    t = targets.start("unix_corners.py", "epoll", str(tmp_path))
+    cycle(targets, t, images_dir)
+    decoded = crit_decode_all(images_dir)
+    eps = [f for f in decoded["files.img"]["entries"] if f["type"] == "EVENTPOLL"]
+    assert len(eps) == 1 and len(eps[0]["epfd"]["tfd"]) == 2, eps
+    finish(t)
+
+
+def test_unix_relative_names_after_chdir(targets: TargetFactory, images_dir: Path,
+                                         tmp_path: Path) -> None:
+    """Relative names bound in DIR, one then replaced by a FIFO, and the
+    cwd changed since (zdtm fifo_upon_unix_socket01): where they were
+    bound comes from the sockets' own files (SIOCUNIXFILE)."""
+    t = targets.start("unix_corners.py", "relmoved", str(tmp_path))
+    cycle(targets, t, images_dir)
+    decoded = crit_decode_all(images_dir)
+    dirs = sorted((f["usk"]["name"], f["usk"].get("name_dir"), f["usk"].get("deleted", False))
+                  for f in decoded["files.img"]["entries"] if f["type"] == "UNIXSK")
+    assert dirs == [("gone.sock", str(tmp_path), True), ("moved.sock", str(tmp_path), False)], dirs
+    finish(t)
+
+
 def test_unix_queued_credentials(targets: TargetFactory, images_dir: Path,
                                  tmp_path: Path) -> None:
     """SCM_CREDENTIALS of queued messages (a child's, the parent's) are
@@ -563,9 +638,8 @@ def test_unix_ghost_relative_self(targets: TargetFactory, images_dir: Path,
 
 @pytest.mark.parametrize("mode,what", [
     ("credsout", "(SCM_CREDENTIALS), outside the dumped tree"),
-    ("epoll", "is an eventpoll fd (anon_inode:[eventpoll]); files of this kind in flight"),
+    ("epollout", "a file in flight in a queued message is an epoll watching a file (inode "),
     ("stream", "in a stream queue with other bytes in the same read (6 bytes)"),
-    ("relmoved", "bound to the relative name 'moved.sock', which from the task's cwd (/) is not"),
 ])
 def test_unix_in_flight_refused(targets: TargetFactory, images_dir: Path, tmp_path: Path,
                                 mode: str, what: str) -> None:
@@ -575,4 +649,32 @@ def test_unix_in_flight_refused(targets: TargetFactory, images_dir: Path, tmp_pa
     assert what in line and "unix " in line, line
     ok, why = is_untouched(t.pid)
     assert ok, why
+    finish(t)
+
+
+def test_bound_with_freebind(targets: TargetFactory, images_dir: Path) -> None:
+    """Addresses the host does not have, bound with IP_FREEBIND which was
+    then turned off again (zdtm sk-freebind-false) or kept: bound again,
+    the flag as the task left it (checked inside), the bindings seen from
+    outside (/proc/net/udp, udp6)."""
+    t = targets.start("freebind.py")
+    import re
+    m = re.search(r"^ports (\d+) (\d+)$", t.output(), re.M)
+    assert m, t.output()
+    p4, p6 = int(m.group(1)), int(m.group(2))
+
+    def bound() -> list[str]:
+        rows = []
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            with open(table) as f:
+                rows += [r.split()[1] for r in f.read().splitlines()[1:]]
+        return sorted(r for r in rows if int(r.split(":")[1], 16) in (p4, p6))
+
+    before = bound()
+    assert len(before) == 4, before
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid, 10)
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
+    assert bound() == before
     finish(t)

@@ -170,6 +170,71 @@ def test_tcp_state_outside_peer(targets: TargetFactory, images_dir: Path, listen
         peer.close()
 
 
+@pytest.fixture
+def syn_drop(listener: socket.socket) -> Iterator[str]:
+    """An nftables table of the test's own that drops what is sent to the
+    listener's port: a connect() to it stays in SYN_SENT."""
+    import subprocess
+    if shutil.which("nft") is None:
+        pytest.fail("nft not found: install nftables (apt-get install -y nftables)")
+    port = listener.getsockname()[1]
+    name = f"fdk_test_syn_{port}"
+    script = (f"add table inet {name}\n"
+              f"add chain inet {name} input {{ type filter hook input priority 0 ; }}\n"
+              f"add rule inet {name} input tcp dport {port} drop\n")
+    subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True, timeout=30)
+    yield name
+    if nft_table_exists(name):
+        subprocess.run(["nft", "delete", "table", "inet", name], timeout=30)
+
+
+def syn_sent_here(port: int) -> bool:
+    """A socket of this host in SYN_SENT to ``port`` (/proc/net/tcp, tcp6)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for row in f.readlines()[1:]:
+                cols = row.split()
+                if int(cols[2].split(":")[1], 16) == port and cols[3] == "02":
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("listener", ["4", "6", "46"], indirect=True)
+def test_tcp_syn_sent(targets: TargetFactory, images_dir: Path, listener: socket.socket,
+                      syn_drop: str, nft_tables: list[str],
+                      request: pytest.FixtureRequest) -> None:
+    """A connect() still in SYN_SENT (its SYN dropped) comes back in
+    SYN_SENT, sends its SYN again from the same sequence number once the
+    drop goes, and the connection then carries a numbered stream both ways."""
+    import subprocess
+    fam = request.node.callspec.params["listener"]
+    port = listener.getsockname()[1]
+    t = targets.start("tcp_state.py", "SYN_SENT", fam, str(port))
+    line = t.wait_line("^(state|FAIL)")
+    assert line == "state SYN_SENT sent 0", line
+    nft_tables.append(f"procsnap_{t.pid}")
+    res = check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established",
+                                timeout=120))
+    assert wait_gone(t.pid, 10), describe(res)
+    assert not syn_sent_here(port), "the dumped socket outlived its tree"
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d", timeout=120))
+    assert not nft_table_exists(f"procsnap_{t.pid}"), "the lock outlived the restore"
+    assert syn_sent_here(port), "no socket in SYN_SENT after the restore"
+    t.signal(signal.SIGUSR1)
+    assert t.wait_line("^(after|FAIL)") == "after SYN_SENT"
+    subprocess.run(["nft", "delete", "table", "inet", syn_drop], check=True, timeout=30)
+    listener.settimeout(20)   # the SYN's retransmission (1 s after the restore)
+    peer, _ = listener.accept()
+    try:
+        peer.sendall(pattern(0, 1000))
+        peer.shutdown(socket.SHUT_WR)
+        assert read_all(peer) == b"tail"
+        assert t.wait_line("^(got|FAIL)", 30) == "got 1000 eof"
+    finally:
+        peer.close()
+
+
 def test_tcp_state_needs_option(targets: TargetFactory, images_dir: Path,
                                 listener: socket.socket) -> None:
     t, peer, _, _ = setup_state(targets, listener, "FIN_WAIT2", "4")

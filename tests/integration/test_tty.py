@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from helpers import (TargetFactory, assert_one_line_error, check_ok, is_untouched,
+from helpers import (TargetFactory, assert_one_line_error, check_ok, finish, is_untouched,
                      run_procsnap, tree_pids, wait_gone)
+
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -96,17 +97,57 @@ def test_pty_open_outside_refused(targets: TargetFactory, tmp_path: Path) -> Non
         os.close(holder)
 
 
-def test_console_refused(targets: TargetFactory, tmp_path: Path) -> None:
-    node = tmp_path / "console"
-    os.mknod(node, 0o600 | 0o020000, os.makedev(5, 1))
-    p = subprocess.Popen(["sleep", "1000"], stdin=open(node, "rb"), stdout=subprocess.DEVNULL,
-                         close_fds=True, start_new_session=True)
-    targets.adopt(p.pid)
-    time.sleep(0.2)
-    res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
-    assert_one_line_error(res, f"pid {p.pid}: fd 0:", "console")
-    ok, why = is_untouched(p.pid)
-    assert ok, why
+def test_console_and_vt_reopened(targets: TargetFactory, tmp_path: Path,
+                                 images_dir: Path) -> None:
+    """/dev/console and a virtual console held open, the VT the session's
+    controlling terminal with a child's group in the foreground (zdtm
+    console, vt): reopened by their paths, the VT taken again by the
+    session leader; checked from outside (fds, stat's tty_nr and tpgid) and
+    inside."""
+    t = targets.start("console_vt.py", str(tmp_path))
+
+    def view() -> tuple:
+        with open(f"/proc/{t.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (os.readlink(f"/proc/{t.pid}/fd/3"), os.readlink(f"/proc/{t.pid}/fd/4"),
+                fields[4], fields[5])
+
+    before = view()
+    assert before[2] == str(os.makedev(4, 5)), before
+    pids = tree_pids(t.pid)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    for p in pids:
+        assert wait_gone(p, 10)
+    targets.adopt(t.pid, like=t)
+    check_ok(run_procsnap("restore", "-D", images_dir, "-d"))
+    assert view() == before
+    finish(t)
+
+
+def test_vt_in_process_mode_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    """A VT in VT_PROCESS mode signals its owner on console switches: refused."""
+    node = tmp_path / "vt"
+    os.mknod(node, 0o600 | 0o020000, os.makedev(4, 5))
+    fd = os.open(node, os.O_RDWR | os.O_NOCTTY)
+    try:
+        import fcntl
+        import struct
+        old = fcntl.ioctl(fd, 0x5601, bytes(8))                   # VT_GETMODE
+        fcntl.ioctl(fd, 0x5602, struct.pack("bbhhh", 1, 0, 10, 12, 0))  # VT_SETMODE VT_PROCESS
+        try:
+            p = subprocess.Popen(["sleep", "1000"], stdin=fd, stdout=subprocess.DEVNULL,
+                                 close_fds=True, start_new_session=True)
+            targets.adopt(p.pid)
+            time.sleep(0.2)
+            res = run_procsnap("dump", "-t", p.pid, "-D", tmp_path / "img")
+            line = assert_one_line_error(res, f"pid {p.pid}: fd 0:")
+            assert "VT_PROCESS" in line, line
+            ok, why = is_untouched(p.pid)
+            assert ok, why
+        finally:
+            fcntl.ioctl(fd, 0x5602, old)
+    finally:
+        os.close(fd)
 
 
 def _tmux(sock: Path, home: Path, *args: str) -> str:

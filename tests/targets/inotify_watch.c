@@ -1,7 +1,7 @@
 /*
  * inotify_watch: an inotify fd whose watches have non-consecutive wds.
  *
- *   inotify_watch DIR
+ *   inotify_watch DIR [deleted]
  *
  * Watches DIR/a (added first, wd 1, then removed), DIR (IN_CREATE, wd 2)
  * and DIR/file (IN_MODIFY, wd 3), so a restore must give back wds 2 and 3
@@ -11,6 +11,13 @@
  * while paused ("paused" printed) nothing is read, so events stay queued;
  * the next SIGUSR1 prints "resumed" and reading goes on.  SIGTERM:
  * PASS/FAIL.
+ *
+ * deleted: also DIR/gone, opened (fd 4), watched (IN_MODIFY | IN_ATTRIB |
+ * IN_DELETE_SELF, wd 4) and then unlinked: a watch on a deleted file.  On
+ * SIGUSR2 it writes to fd 4: "modified gone wd 4" must follow.  Any other
+ * event (a restore's temporary names coming and going in DIR, the file's
+ * link count changing) is a FAIL.  mapped: the same, but the deleted file
+ * is then only mapped (fd 4 closed): a dump must refuse it.
  */
 #include "tgt.h"
 
@@ -18,9 +25,16 @@
 #include <limits.h>
 #include <poll.h>
 #include <sys/inotify.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
-static volatile sig_atomic_t paused;
+static volatile sig_atomic_t paused, poke;
+
+static void on_usr2(int sig)
+{
+	(void)sig;
+	poke = 1;
+}
 
 static void on_usr1(int sig)
 {
@@ -31,7 +45,7 @@ static void on_usr1(int sig)
 int main(int argc, char **argv)
 {
 	char buf[4096] __attribute__((aligned(8))), path[PATH_MAX];
-	int fd, wd_gone, wd_dir, wd_file, f;
+	int fd, wd_gone, wd_dir, wd_file, f, g = -1, wd_del = -1;
 
 	if (argc < 2)
 		die("usage: inotify_watch DIR");
@@ -56,6 +70,25 @@ int main(int argc, char **argv)
 		die("wds %d %d %d", wd_gone, wd_dir, wd_file);
 	if (inotify_rm_watch(fd, wd_gone))
 		die("inotify_rm_watch");
+	if (argc > 2 && (!strcmp(argv[2], "deleted") || !strcmp(argv[2], "mapped"))) {
+		signal(SIGUSR2, on_usr2);
+		snprintf(path, sizeof(path), "%s/gone", argv[1]);
+		g = open(path, O_CREAT | O_RDWR, 0644);
+		if (g != 4)
+			die("open %s gave %d", path, g);
+		if (write(g, "abc", 3) != 3)
+			die("write");
+		wd_del = inotify_add_watch(fd, path, IN_MODIFY | IN_ATTRIB | IN_DELETE_SELF);
+		if (wd_del != 4)
+			die("wd %d for the deleted file", wd_del);
+		if (unlink(path))
+			die("unlink %s", path);
+		if (!strcmp(argv[2], "mapped")) {
+			if (mmap(NULL, 4096, PROT_READ, MAP_SHARED, g, 0) == MAP_FAILED)
+				die("mmap");
+			close(g);
+		}
+	}
 	/* drop what our own setup queued (IN_CREATE of "file", IN_IGNORED) */
 	usleep(10000);
 	while (read(fd, buf, sizeof(buf)) > 0)
@@ -75,6 +108,11 @@ int main(int argc, char **argv)
 			usleep(20000);
 			continue;
 		}
+		if (poke) {
+			poke = 0;
+			if (write(g, "d", 1) != 1)
+				fail("write to the deleted file");
+		}
 		if (poll(&p, 1, 20) <= 0)
 			continue;
 		n = read(fd, buf, sizeof(buf));
@@ -85,6 +123,8 @@ int main(int argc, char **argv)
 				say("created %s wd %d", ev->len ? ev->name : "?", ev->wd);
 			else if (ev->wd == wd_file && (ev->mask & IN_MODIFY))
 				say("modified wd %d", ev->wd);
+			else if (ev->wd == wd_del && ev->mask == IN_MODIFY)
+				say("modified gone wd %d", ev->wd);
 			else
 				fail("event mask %#x on wd %d", ev->mask, ev->wd);
 			off += sizeof(*ev) + ev->len;

@@ -1,6 +1,7 @@
 """packet_socks.py: AF_PACKET sockets and classic BPF socket filters (issue 12).
 
     python3 packet_socks.py keep          -- state procsnap saves
+    python3 packet_socks.py rings         -- unused RX and TX rings, mapped
     python3 packet_socks.py refuse WHAT   -- one state procsnap refuses, WHAT one of
                                              ring, queue, qdisc_bypass, vnet_hdr_sz, ebpf
 
@@ -20,7 +21,14 @@ the test's and verify's, from PACKET_DIAG), the filters are the same programs,
 the lock holds (detaching fails), the UDP filter still drops what it
 dropped, and the ETH_P_IP socket sees an IP packet sent on lo.
 
-``refuse``: the state is still there on SIGTERM.  PASS or FAIL on SIGTERM.
+``rings``: a SOCK_DGRAM ETH_P_IP socket bound to lo with TPACKET_V2 RX and
+TX rings (2 frames of 2048 bytes each), both mapped shared at one place,
+nothing received yet.  On SIGTERM: the mapping is where it was, on that
+socket; a datagram sent on lo lands in RX frame 0 (the kernel's place
+came back as the first frame), read through the old mapping.
+
+``refuse``: the state is still there on SIGTERM (ring: a ring that has
+received a frame).  PASS or FAIL on SIGTERM.
 """
 import ctypes
 import errno
@@ -171,7 +179,11 @@ def refuse(what: str) -> str | None:
     sk = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
     sk.bind(("lo", ETH_P_IP))
     if what == "ring":
+        sk.setsockopt(SOL_PACKET, PACKET_VERSION, 1)
         sk.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("IIII", 4096, 1, 2048, 2))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"x", ("127.0.0.1", 9))
+        time.sleep(0.2)
     elif what == "queue":
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.sendto(b"x", ("127.0.0.1", 9))
@@ -206,12 +218,43 @@ def refuse(what: str) -> str | None:
     return None
 
 
+def rings() -> str | None:
+    import mmap
+    sk = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    sk.bind(("lo", ETH_P_IP))
+    sk.setsockopt(SOL_PACKET, PACKET_VERSION, 1)   # TPACKET_V2
+    req = struct.pack("IIII", 4096, 1, 2048, 2)
+    sk.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+    sk.setsockopt(SOL_PACKET, 13, req)              # PACKET_TX_RING
+    mm = mmap.mmap(sk.fileno(), 8192, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mm))
+    _keep.extend([sk, mm])
+    wait()
+    ino = os.fstat(sk.fileno()).st_ino   # (a restored socket is a new inode)
+    with open("/proc/self/maps") as f:
+        rows = [r.split() for r in f]
+    if not any(int(r[0].split("-")[0], 16) == addr and r[4] == str(ino) for r in rows):
+        return f"no mapping of socket {ino} at {addr:#x}"
+    if struct.unpack_from("I", mm, 0)[0] != 0:
+        return "RX frame 0 is not free before anything was sent"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b"x", ("127.0.0.1", 9))
+    deadline = time.monotonic() + 5
+    while not struct.unpack_from("I", mm, 0)[0] & 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    status, length = struct.unpack_from("II", mm, 0)
+    if not status & 1 or not length:
+        return f"no packet in RX frame 0 (status {status:#x}, len {length})"
+    return None
+
+
 def main() -> int:
     if os.environ.get("PACKET_SOCKS_NS") != "1":
         os.environ["PACKET_SOCKS_NS"] = "1"
         os.execvp("unshare", ["unshare", "-n", sys.executable] + sys.argv)
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    err = keep() if sys.argv[1] == "keep" else refuse(sys.argv[2])
+    mode = sys.argv[1]
+    err = keep() if mode == "keep" else rings() if mode == "rings" else refuse(sys.argv[2])
     say("PASS" if err is None else "FAIL: " + err)
     return 0 if err is None else 1
 

@@ -1,6 +1,10 @@
 """A socket whose peer is outside the tree, or a socket procsnap refuses.
 
     sock_peer.py unix ADDR     connected to the abstract unix name ADDR
+    sock_peer.py dgram PATH    a dgram socket connected to the unix name PATH
+                               (on SIGUSR1 it sends "ping" and prints
+                               "sent ok PEERNAME", its peer's name seen
+                               from inside)
     sock_peer.py tcp PORT      connected to 127.0.0.1:PORT
     sock_peer.py packet        holds an AF_VSOCK socket (a refused family)
 
@@ -24,6 +28,9 @@ def main() -> int:
     if mode == "unix":
         sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sk.connect(b"\0" + sys.argv[2].encode())
+    elif mode == "dgram":
+        sk = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sk.connect(sys.argv[2])
     elif mode == "tcp":
         sk = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
     else:
@@ -40,6 +47,13 @@ def main() -> int:
     while not stop:
         if pings:
             pings.pop()
+            if mode == "dgram":
+                try:
+                    sk.send(b"ping")
+                    say(f"sent ok {sk.getpeername()}")
+                except OSError as exc:
+                    say(f"FAIL: send: {exc!r}")
+                continue
             sk.settimeout(5)
             try:
                 sk.sendall(b"ping")

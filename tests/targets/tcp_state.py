@@ -15,6 +15,9 @@ pattern(i)), so that a lost, repeated or reordered byte shows.  The peer
                 writing, read until the peer's FIN
     CLOSE       send 1000 bytes, wait for the peer's data and FIN, shut down
                 writing: the peer acknowledges: closed, its data unread
+    SYN_SENT    a non-blocking connect() whose SYN the peer's firewall drops;
+                on SIGUSR1 it prints "after SYN_SENT" (its state, seen from
+                inside) and waits until the connection is made
 
 It prints "ready", then "state NAME sent N", with the number of bytes it
 queued.  On SIGUSR1 (after the restore) it finishes: reads everything up
@@ -28,7 +31,7 @@ import socket
 import sys
 import time
 
-STATES = {1: "ESTABLISHED", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 7: "CLOSE", 8: "CLOSE_WAIT",
+STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 7: "CLOSE", 8: "CLOSE_WAIT",
           9: "LAST_ACK", 11: "CLOSING"}
 
 
@@ -96,7 +99,16 @@ def wait_state(sk: socket.socket, name: str) -> None:
 
 def main() -> int:
     want, fam, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if fam == "4":
+    if want == "SYN_SENT":
+        sk = socket.socket(socket.AF_INET if fam == "4" else socket.AF_INET6,
+                           socket.SOCK_STREAM)
+        sk.setblocking(False)
+        dst = {"4": "127.0.0.1", "6": "::1", "46": "::ffff:127.0.0.1"}[fam]
+        err = sk.connect_ex((dst, port))
+        if err != 115:   # EINPROGRESS
+            say(f"FAIL: connect: {os.strerror(err)}")
+            return 1
+    elif fam == "4":
         sk = socket.create_connection(("127.0.0.1", port))
     elif fam == "6":
         sk = socket.create_connection(("::1", port))
@@ -147,6 +159,14 @@ def main() -> int:
     say(f"state {state_of(sk)} sent {sent}")
     while not go:
         time.sleep(0.02)
+    if want == "SYN_SENT":
+        say(f"after {state_of(sk)}")
+        _, w, _ = select.select([], [sk], [], 30)
+        err = sk.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if not w or err:
+            say(f"FAIL: connect after restore: {os.strerror(err) if err else 'timeout'}")
+            return 1
+        sk.setblocking(True)
     got, err = read_all(sk, got)
     if err:
         say(f"FAIL: {err}")

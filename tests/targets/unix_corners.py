@@ -25,10 +25,18 @@ file at DIR/l, DIR/sub still gone, the queued datagrams.
 creds: messages queued with the credentials of a child (which stays)
 and of the parent on sockets with SO_PASSCRED: they come with the same
 pid, uid and gid.  credsout: the same with the child gone (its pid
-outside the tree): refused.  epoll: an epoll fd in flight: refused.  stream:
+outside the tree): refused.  epoll: an epoll fd in flight (sent twice,
+closed here) watching a dgram socket of this process and a pipe's read end
+with data; on SIGTERM both messages give the same epoll, it names the
+same numbers and events (its fdinfo), reports the pipe ready, and the
+socket once a datagram comes.  epollout: an epoll in flight watching a
+pipe's read end that is itself in flight only: refused.  stream:
 "abc" then "def" with a file on a stream (where "def" began cannot be
-found by peeking): refused.  relmoved: a socket bound to a relative
-name, then the cwd changed: refused.
+found by peeking): refused.  relmoved: dgram sockets bound to the relative
+names "moved.sock" and "gone.sock" in DIR, the second then replaced by a
+FIFO (zdtm fifo_upon_unix_socket01), then the cwd changed to /: on SIGTERM
+both still report their relative names, DIR/moved.sock reaches the first,
+DIR/gone.sock is still the FIFO.
 PASS or FAIL on SIGTERM; output through os.write.
 """
 import array
@@ -232,22 +240,88 @@ def creds(d: str, stay: bool = True):
     return check, [a1, a2, s1, s2]
 
 
+def _tfds(fd: int) -> list[tuple[int, int]]:
+    """(fd number, events) of each registration, from our own fdinfo."""
+    out = []
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("tfd:"):
+                w = line.split()
+                out.append((int(w[1]), int(w[3], 16)))
+    return sorted(out)
+
+
 def epoll(d: str):
     import select
     a1, a2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r, w = os.pipe()
+    os.write(w, b"x")
     ep = select.epoll()
     ep.register(a2.fileno(), select.EPOLLIN)
+    ep.register(r, select.EPOLLIN | select.EPOLLET)
+    want = _tfds(ep.fileno())
+    send_fds(a1, b"ep", [ep.fileno()])
     send_fds(a1, b"ep", [ep.fileno()])
     ep.close()
-    return (lambda: None), [a1, a2]
+
+    def check() -> str | None:
+        _d1, fds1 = recv_fds(a2, 16)
+        _d2, fds2 = recv_fds(a2, 16)
+        if len(fds1) != 1 or len(fds2) != 1:
+            return f"epoll messages carry {fds1} {fds2}"
+        if os.fstat(fds1[0]).st_ino != os.fstat(fds2[0]).st_ino:
+            return "the two messages carry two epolls"
+        got = _tfds(fds1[0])
+        if got != want:
+            return f"registrations {got}, want {want}"
+        e = select.epoll.fromfd(fds1[0])
+        ready = sorted(fd for fd, _ev in e.poll(0))
+        if ready != [r]:
+            return f"ready {ready}, want the pipe {r}"
+        a1.send(b"more")
+        ready = sorted(fd for fd, _ev in e.poll(1))
+        if ready != sorted([r, a2.fileno()]) and ready != [a2.fileno()]:
+            return f"ready {ready} after a datagram, want the socket {a2.fileno()}"
+        return None
+    return check, [a1, a2, r, w]
+
+
+def epollout(d: str):
+    import select
+    a1, a2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    r, w = os.pipe()
+    ep = select.epoll()
+    ep.register(r, select.EPOLLIN)
+    send_fds(a1, b"ep", [ep.fileno()])
+    send_fds(a1, b"rd", [r])
+    ep.close()
+    os.close(r)
+    return (lambda: None), [a1, a2, w]
 
 
 def relmoved(d: str):
+    import stat
     os.chdir(d)
     rel = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     rel.bind("moved.sock")
+    gone = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    gone.bind("gone.sock")
+    os.unlink("gone.sock")
+    os.mkfifo("gone.sock")
     os.chdir("/")
-    return (lambda: None), [rel]
+
+    def check() -> str | None:
+        if (rel.getsockname(), gone.getsockname()) != ("moved.sock", "gone.sock"):
+            return f"names {rel.getsockname()!r} {gone.getsockname()!r}"
+        if not stat.S_ISFIFO(os.stat(f"{d}/gone.sock").st_mode):
+            return "the FIFO on gone.sock is gone"
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.sendto(b"hi", f"{d}/moved.sock")
+        rel.settimeout(2)
+        if rel.recv(16) != b"hi":
+            return "moved.sock does not reach its socket"
+        return None
+    return check, [rel, gone]
 
 
 def stream(d: str):
@@ -260,6 +334,7 @@ def stream(d: str):
 def main() -> int:
     mode, d = sys.argv[1], sys.argv[2]
     check, keep = {"scm": scm, "ghost": ghost, "creds": creds, "epoll": epoll,
+                   "epollout": epollout,
                     "credsout": lambda d: creds(d, stay=False),
                     "stream": stream, "relmoved": relmoved}[mode](d)
     stop = []

@@ -172,3 +172,12 @@ def test_dump_external_kinds() -> None:
         criu._external("veth[eth0]:br0", "external")
     with pytest.raises(O.UsageError, match="mnt"):
         criu._inherit("fd[3]:mnt[/x]:y")   # not a resource an fd stands for
+
+
+def test_ext_unix_sk_is_a_flag_both_ways() -> None:
+    """criu's -x/--ext-unix-sk (zdtm socket-ext passes it to dump and
+    restore): taken, not refused."""
+    for cmd in ("dump", "restore"):
+        p = parse(cmd, "-x", "-D", "d")
+        assert O.refused(p) is None and p.flag("ext-unix-sk")
+        assert parse(cmd, "--ext-unix-sk", "-D", "d").flag("ext-unix-sk")

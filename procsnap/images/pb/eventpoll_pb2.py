@@ -17,7 +17,7 @@ _sym_db = _symbol_database.Default()
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x65ventpoll.proto\x12\x04\x63riu\x1a\nfown.proto\"\x88\x01\n\x13\x65ventpoll_tfd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0b\n\x03tfd\x18\x02 \x02(\r\x12\x0e\n\x06\x65vents\x18\x03 \x02(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x02(\x04\x12\x0b\n\x03\x64\x65v\x18\x05 \x01(\r\x12\r\n\x05inode\x18\x06 \x01(\x04\x12\x0b\n\x03pos\x18\x07 \x01(\x04\x12\x11\n\tholder_fd\x18\x64 \x01(\r\"y\n\x14\x65ventpoll_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x1e\n\x04\x66own\x18\x03 \x02(\x0b\x32\x10.criu.fown_entry\x12&\n\x03tfd\x18\x04 \x03(\x0b\x32\x19.criu.eventpoll_tfd_entry')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0f\x65ventpoll.proto\x12\x04\x63riu\x1a\nfown.proto\"\x9b\x01\n\x13\x65ventpoll_tfd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0b\n\x03tfd\x18\x02 \x02(\r\x12\x0e\n\x06\x65vents\x18\x03 \x02(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x02(\x04\x12\x0b\n\x03\x64\x65v\x18\x05 \x01(\r\x12\r\n\x05inode\x18\x06 \x01(\x04\x12\x0b\n\x03pos\x18\x07 \x01(\x04\x12\x11\n\tholder_fd\x18\x64 \x01(\r\x12\x11\n\ttarget_id\x18\x65 \x01(\r\"y\n\x14\x65ventpoll_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x1e\n\x04\x66own\x18\x03 \x02(\x0b\x32\x10.criu.fown_entry\x12&\n\x03tfd\x18\x04 \x03(\x0b\x32\x19.criu.eventpoll_tfd_entry')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -25,7 +25,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eventpoll_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENTPOLL_TFD_ENTRY']._serialized_start=38
-  _globals['_EVENTPOLL_TFD_ENTRY']._serialized_end=174
-  _globals['_EVENTPOLL_FILE_ENTRY']._serialized_start=176
-  _globals['_EVENTPOLL_FILE_ENTRY']._serialized_end=297
+  _globals['_EVENTPOLL_TFD_ENTRY']._serialized_end=193
+  _globals['_EVENTPOLL_FILE_ENTRY']._serialized_start=195
+  _globals['_EVENTPOLL_FILE_ENTRY']._serialized_end=316
 # @@protoc_insertion_point(module_scope)

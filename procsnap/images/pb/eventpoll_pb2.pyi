@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class eventpoll_tfd_entry(_message.Message):
-    __slots__ = ("id", "tfd", "events", "data", "dev", "inode", "pos", "holder_fd")
+    __slots__ = ("id", "tfd", "events", "data", "dev", "inode", "pos", "holder_fd", "target_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     TFD_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class eventpoll_tfd_entry(_message.Message):
     INODE_FIELD_NUMBER: _ClassVar[int]
     POS_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     tfd: int
     events: int
@@ -26,7 +27,8 @@ class eventpoll_tfd_entry(_message.Message):
     inode: int
     pos: int
     holder_fd: int
-    def __init__(self, id: _Optional[int] = ..., tfd: _Optional[int] = ..., events: _Optional[int] = ..., data: _Optional[int] = ..., dev: _Optional[int] = ..., inode: _Optional[int] = ..., pos: _Optional[int] = ..., holder_fd: _Optional[int] = ...) -> None: ...
+    target_id: int
+    def __init__(self, id: _Optional[int] = ..., tfd: _Optional[int] = ..., events: _Optional[int] = ..., data: _Optional[int] = ..., dev: _Optional[int] = ..., inode: _Optional[int] = ..., pos: _Optional[int] = ..., holder_fd: _Optional[int] = ..., target_id: _Optional[int] = ...) -> None: ...
 
 class eventpoll_file_entry(_message.Message):
     __slots__ = ("id", "flags", "fown", "tfd")

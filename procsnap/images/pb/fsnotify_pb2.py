@@ -19,7 +19,7 @@ from . import fh_pb2 as fh__pb2
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66snotify.proto\x12\x04\x63riu\x1a\nopts.proto\x1a\x08\x66h.proto\x1a\nfown.proto\"\xa3\x01\n\x10inotify_wd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05i_ino\x18\x02 \x02(\x04\x12\x13\n\x04mask\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1b\n\x0cignored_mask\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x14\n\x05s_dev\x18\x05 \x02(\rB\x05\xd2?\x02 \x01\x12\n\n\x02wd\x18\x06 \x02(\r\x12 \n\x08\x66_handle\x18\x07 \x02(\x0b\x32\x0e.criu.fh_entry\"z\n\x12inotify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\"\n\x02wd\x18\x05 \x03(\x0b\x32\x16.criu.inotify_wd_entry\"L\n\x19\x66\x61notify_inode_mark_entry\x12\r\n\x05i_ino\x18\x01 \x02(\x04\x12 \n\x08\x66_handle\x18\x02 \x02(\x0b\x32\x0e.criu.fh_entry\"9\n\x19\x66\x61notify_mount_mark_entry\x12\x0e\n\x06mnt_id\x18\x01 \x02(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xf9\x01\n\x13\x66\x61notify_mark_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x1d\n\x04type\x18\x02 \x02(\x0e\x32\x0f.criu.mark_type\x12\x15\n\x06mflags\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x13\n\x04mask\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1b\n\x0cignored_mask\x18\x05 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x14\n\x05s_dev\x18\x06 \x02(\rB\x05\xd2?\x02 \x01\x12+\n\x02ie\x18\x07 \x01(\x0b\x32\x1f.criu.fanotify_inode_mark_entry\x12+\n\x02me\x18\x08 \x01(\x0b\x32\x1f.criu.fanotify_mount_mark_entry\"\xb0\x01\n\x13\x66\x61notify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x03 \x02(\x0b\x32\x10.criu.fown_entry\x12\x16\n\x07\x66\x61\x66lags\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x16\n\x07\x65vflags\x18\x05 \x02(\rB\x05\xd2?\x02\x08\x01\x12\'\n\x04mark\x18\x06 \x03(\x0b\x32\x19.criu.fanotify_mark_entry*!\n\tmark_type\x12\t\n\x05INODE\x10\x01\x12\t\n\x05MOUNT\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66snotify.proto\x12\x04\x63riu\x1a\nopts.proto\x1a\x08\x66h.proto\x1a\nfown.proto\"\xb6\x01\n\x10inotify_wd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05i_ino\x18\x02 \x02(\x04\x12\x13\n\x04mask\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1b\n\x0cignored_mask\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x14\n\x05s_dev\x18\x05 \x02(\rB\x05\xd2?\x02 \x01\x12\n\n\x02wd\x18\x06 \x02(\r\x12 \n\x08\x66_handle\x18\x07 \x02(\x0b\x32\x0e.criu.fh_entry\x12\x11\n\ttarget_id\x18\x64 \x01(\r\"z\n\x12inotify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\"\n\x02wd\x18\x05 \x03(\x0b\x32\x16.criu.inotify_wd_entry\"L\n\x19\x66\x61notify_inode_mark_entry\x12\r\n\x05i_ino\x18\x01 \x02(\x04\x12 \n\x08\x66_handle\x18\x02 \x02(\x0b\x32\x0e.criu.fh_entry\"9\n\x19\x66\x61notify_mount_mark_entry\x12\x0e\n\x06mnt_id\x18\x01 \x02(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xf9\x01\n\x13\x66\x61notify_mark_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x1d\n\x04type\x18\x02 \x02(\x0e\x32\x0f.criu.mark_type\x12\x15\n\x06mflags\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x13\n\x04mask\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1b\n\x0cignored_mask\x18\x05 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x14\n\x05s_dev\x18\x06 \x02(\rB\x05\xd2?\x02 \x01\x12+\n\x02ie\x18\x07 \x01(\x0b\x32\x1f.criu.fanotify_inode_mark_entry\x12+\n\x02me\x18\x08 \x01(\x0b\x32\x1f.criu.fanotify_mount_mark_entry\"\xb0\x01\n\x13\x66\x61notify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x03 \x02(\x0b\x32\x10.criu.fown_entry\x12\x16\n\x07\x66\x61\x66lags\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x16\n\x07\x65vflags\x18\x05 \x02(\rB\x05\xd2?\x02\x08\x01\x12\'\n\x04mark\x18\x06 \x03(\x0b\x32\x19.criu.fanotify_mark_entry*!\n\tmark_type\x12\t\n\x05INODE\x10\x01\x12\t\n\x05MOUNT\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,18 +48,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['faflags']._serialized_options = b'\322?\002\010\001'
   _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['evflags']._loaded_options = None
   _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['evflags']._serialized_options = b'\322?\002\010\001'
-  _globals['_MARK_TYPE']._serialized_start=916
-  _globals['_MARK_TYPE']._serialized_end=949
+  _globals['_MARK_TYPE']._serialized_start=935
+  _globals['_MARK_TYPE']._serialized_end=968
   _globals['_INOTIFY_WD_ENTRY']._serialized_start=59
-  _globals['_INOTIFY_WD_ENTRY']._serialized_end=222
-  _globals['_INOTIFY_FILE_ENTRY']._serialized_start=224
-  _globals['_INOTIFY_FILE_ENTRY']._serialized_end=346
-  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_start=348
-  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_end=424
-  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_start=426
-  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_end=483
-  _globals['_FANOTIFY_MARK_ENTRY']._serialized_start=486
-  _globals['_FANOTIFY_MARK_ENTRY']._serialized_end=735
-  _globals['_FANOTIFY_FILE_ENTRY']._serialized_start=738
-  _globals['_FANOTIFY_FILE_ENTRY']._serialized_end=914
+  _globals['_INOTIFY_WD_ENTRY']._serialized_end=241
+  _globals['_INOTIFY_FILE_ENTRY']._serialized_start=243
+  _globals['_INOTIFY_FILE_ENTRY']._serialized_end=365
+  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_start=367
+  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_end=443
+  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_start=445
+  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_end=502
+  _globals['_FANOTIFY_MARK_ENTRY']._serialized_start=505
+  _globals['_FANOTIFY_MARK_ENTRY']._serialized_end=754
+  _globals['_FANOTIFY_FILE_ENTRY']._serialized_start=757
+  _globals['_FANOTIFY_FILE_ENTRY']._serialized_end=933
 # @@protoc_insertion_point(module_scope)

@@ -19,7 +19,7 @@ INODE: mark_type
 MOUNT: mark_type
 
 class inotify_wd_entry(_message.Message):
-    __slots__ = ("id", "i_ino", "mask", "ignored_mask", "s_dev", "wd", "f_handle")
+    __slots__ = ("id", "i_ino", "mask", "ignored_mask", "s_dev", "wd", "f_handle", "target_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     I_INO_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class inotify_wd_entry(_message.Message):
     S_DEV_FIELD_NUMBER: _ClassVar[int]
     WD_FIELD_NUMBER: _ClassVar[int]
     F_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
     id: int
     i_ino: int
     mask: int
@@ -34,7 +35,8 @@ class inotify_wd_entry(_message.Message):
     s_dev: int
     wd: int
     f_handle: _fh_pb2.fh_entry
-    def __init__(self, id: _Optional[int] = ..., i_ino: _Optional[int] = ..., mask: _Optional[int] = ..., ignored_mask: _Optional[int] = ..., s_dev: _Optional[int] = ..., wd: _Optional[int] = ..., f_handle: _Optional[_Union[_fh_pb2.fh_entry, _Mapping]] = ...) -> None: ...
+    target_id: int
+    def __init__(self, id: _Optional[int] = ..., i_ino: _Optional[int] = ..., mask: _Optional[int] = ..., ignored_mask: _Optional[int] = ..., s_dev: _Optional[int] = ..., wd: _Optional[int] = ..., f_handle: _Optional[_Union[_fh_pb2.fh_entry, _Mapping]] = ..., target_id: _Optional[int] = ...) -> None: ...
 
 class inotify_file_entry(_message.Message):
     __slots__ = ("id", "flags", "fown", "wd")
