@@ -23,7 +23,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), sync: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -42,7 +42,11 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     cgroup; any other mode records every task's cgroups and the controllers'
     properties (cgroup.img).  ``cgroup_root`` (criu's --cgroup-root
     "[CONTROLLER:]/PATH"): the directories saved are those from PATH down.
-    Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
+    ``sync``: wait until the images are on disk before the tree is killed
+    (by default, as criu, they are complete in the page cache when this
+    returns); with ``leave_running`` the tree runs again before the wait.
+    Returns stage timings in seconds (``"frozen"``: how long the tree was
+    held, freeze to release).  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
     from .dumper import dump as _dump
@@ -51,7 +55,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  tcp_established=tcp_established, file_locks=file_locks,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight,
                  action=action, ext_mount_auto=ext_mount_auto,
-                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root))
+                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root), sync=sync)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,

@@ -3,7 +3,7 @@
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
                   [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY]...
                   [--ext-mount-map MOUNTPOINT:KEY|auto]... [--tcp-established]
-                  [--tcp-close] [--skip-in-flight] [-v]
+                  [--tcp-close] [--skip-in-flight] [--sync] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [--root DIR]
                      [--external mnt[KEY]:PATH]... [--ext-mount-map KEY:PATH|auto]...
                      [--inherit-fd fd[N]:unix[INO]]... [--tcp-close]
@@ -77,7 +77,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="criu's modes: ignore saves no cgroup; any other saves every task's cgroups and the controllers' properties (the default: soft)")
     d.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
                     help="save the cgroup directories from PATH down (of CONTROLLER, or of every hierarchy not named)")
-    d.add_argument("-v", "--verbose", action="count", default=0)
+    d.add_argument("--sync", action="store_true",
+                   help="wait until the images are on disk before the tree is killed "
+                        "(procsnap's own: criu has no such option and, as procsnap by "
+                        "default, leaves them in the page cache); with --leave-running "
+                        "the tree runs again first")
+    d.add_argument("-v", "--verbose", action="count", default=0,
+                   help="print the stage times, the time the tree was frozen among them")
 
     r = sub.add_parser("restore", help="recreate a process tree from image files")
     r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
@@ -150,7 +156,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
                  file_locks=a.file_locks, tcp_close=a.tcp_close,
                  skip_in_flight=a.skip_in_flight,
                  ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
-                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root))
+                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root),
+                 sync=a.sync)
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)

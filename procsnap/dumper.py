@@ -11,9 +11,18 @@ Order of work, and why:
 3. Write the images.  Each image goes to a temporary name and is renamed
    into place when complete; on failure every image this dump created is
    removed.
-4. Only when all images are on disk: kill the tree, or (--leave-running)
+4. Only when all images are written: kill the tree, or (--leave-running)
    put back each task's registers and detach.  On any failure the tasks
-   are released exactly as they were.
+   are released exactly as they were.  As criu, the images are then
+   complete in the page cache, not necessarily on disk (a crash of the
+   machine can lose them, a crash of procsnap cannot); ``sync`` (--sync)
+   waits until they are on disk before the tree is killed -- write-back of
+   the pages starts while they are copied, so the wait overlaps the copy.
+   With --leave-running the tree is released first and synced after: the
+   tree is not kept frozen for a disk it does not need.
+
+``stats["frozen"]`` is the time the tree was held: from the end of the
+freeze to its release or kill (criu's frozen_time).
 """
 from __future__ import annotations
 
@@ -309,7 +318,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = ()) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), sync: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -317,6 +326,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     ``action`` is called at criu's action-script stages (pre-dump,
     network-lock, post-dump, network-unlock); a non-zero post-dump status
     leaves the tree running with its images kept (ActionScriptFailed).
+    ``sync``: the images are on disk (not only in the page cache) when
+    this returns, and before the tree is killed.
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
@@ -333,7 +344,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
-        cgroup_root=tuple(cgroup_root)))
+        cgroup_root=tuple(cgroup_root), sync=sync))
     tmpnames.report(images_dir)
     status = _action(ctx, "pre-dump")
     if status:
@@ -345,11 +356,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     # namespace (the host's is never locked as a whole)
     net_scripts = action is not None and _own_netns(pid)
     net_locked = False
+    t_frozen = 0.0
     try:
         if _is_zombie(pid):
             raise ZombieProcess(pid)
+        t = time.monotonic()
         _freeze(ctx, pid)
-        ctx.stats["freeze"] = time.monotonic() - t0
+        t_frozen = time.monotonic()
+        ctx.stats["freeze"] = t_frozen - t
         if net_scripts:
             net_locked = True
             status = _action(ctx, "network-lock")
@@ -386,7 +400,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         ctx.stats["namespaces"] = time.monotonic() - t
         t = time.monotonic()
         _write_images(ctx)
-        images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
+        if sync and not leave_running:
+            images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
         regfile.dump_done(ctx)  # link remaps now belong to the images
         ctx.stats["write"] = time.monotonic() - t
         ok = True
@@ -415,8 +430,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         # to a sibling's death before it dies too.
         for task in ctx.tasks:
             _release(task, kill=kill)
+        if t_frozen:
+            ctx.stats["frozen"] = time.monotonic() - t_frozen
         if kill:
             _wait_dead([th.tid for task in ctx.tasks for th in task.threads])
+    if sync and leave_running:
+        t = time.monotonic()
+        images.sync_dir(images_dir)  # the tree runs again already
+        ctx.stats["sync"] = time.monotonic() - t
     ctx.stats["total"] = time.monotonic() - t0
     if script_refused:
         raise ActionScriptFailed("post-dump", script_refused,

@@ -43,6 +43,10 @@ class DumpOptions:
     # mode saves membership and the controllers' properties
     manage_cgroups: str = "soft"
     cgroup_root: tuple[str, ...] = ()  # criu's --cgroup-root [CONTROLLER:]/PATH: dump from there
+    # procsnap's --sync (criu has none): the images are on disk, not only in
+    # the page cache, before the tree is killed; write-back of the pages
+    # starts while they are copied
+    sync: bool = False
 
 
 @dataclass

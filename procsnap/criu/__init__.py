@@ -296,7 +296,7 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
-                           ext_mount_auto=auto, **_cgroup_opts(p))
+                           ext_mount_auto=auto, sync=p.flag("sync"), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st)

@@ -75,6 +75,10 @@ TABLE: list[Opt] = [
     Opt("status-fd", arg=REQ, metavar="FD",
         help="write a zero byte to FD when the restore (or dump) is done"),
     Opt("display-stats", boolean=True, help="print the dump/restore statistics"),
+    Opt("sync", boolean=True,
+        help="dump: procsnap's own, criu has no such option: wait until the images are "
+             "on disk before the tree is killed (without it, as criu, they are complete "
+             "in the page cache); with --leave-running the tree runs again first"),
     Opt("help", "h", help="this text"),
     Opt("version", "V", help="print criu's version line"),
     # what happens to the tree

@@ -3,7 +3,8 @@ decodes and zdtm.py reads (it checks that pages_written + shpages_written
 is the number of pages in the pages-*.img files).
 
 Times are microseconds, as criu's: freezing_time is the freeze,
-frozen_time the whole time the tree was held (freeze to release),
+frozen_time the whole time the tree was held (end of the freeze to its
+release or kill, as criu times it),
 memdump_time the memory module's work, memwrite_time the image writing.
 Page counts come from the images themselves: every page procsnap reads it
 writes (it scans only present pages), so scanned == written.
@@ -46,7 +47,7 @@ def write_dump_stats(images_dir: str, stats: dict[str, float]) -> stats_pb2.stat
     freeze = stats.get("freeze", 0.0)
     d = stats_pb2.dump_stats_entry(
         freezing_time=_us(freeze),
-        frozen_time=_us(stats.get("total", 0.0) - freeze),
+        frozen_time=_us(stats.get("frozen", 0.0)),
         memdump_time=_us(stats.get("memory", 0.0)),
         memwrite_time=_us(stats.get("write", 0.0)),
         pages_scanned=private, pages_skipped_parent=0, pages_written=private,
