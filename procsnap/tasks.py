@@ -207,6 +207,10 @@ class RestoreTask:
     mm: Any = None
     pagemap: list[Any] = field(default_factory=list)
     pages_id: int = 0
+    # memory's page lookup (resources/memory._page_runs): the page files of
+    # the images and their parents', and the runs found there
+    page_files: list[str] = field(default_factory=list)
+    page_runs: Any = None
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
     threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader

@@ -40,6 +40,8 @@ NR = {
     "inotify_init1": 294, "open_by_handle_at": 304,
     # files by identity (resources/regfile.py)
     "newfstatat": 262, "linkat": 265, "name_to_handle_at": 303,
+    # dirty-page tracking for pre-dump (resources/memtrack.py)
+    "userfaultfd": 323,
 }
 
 # ptrace requests and options (include/uapi/linux/ptrace.h).
