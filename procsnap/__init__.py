@@ -23,7 +23,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = (), sync: bool = False) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), sync: bool = False,
+         prev_images_dir: str | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -45,6 +46,10 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     ``sync``: wait until the images are on disk before the tree is killed
     (by default, as criu, they are complete in the page cache when this
     returns); with ``leave_running`` the tree runs again before the wait.
+    ``prev_images_dir`` (criu's --prev-images-dir): the images of a
+    :func:`pre_dump` of this tree (relative: to ``images_dir``), linked as
+    ``parent``; pages not written since stay there, so the tree is frozen
+    only while the rest is copied.
     Returns stage timings in seconds (``"frozen"``: how long the tree was
     held, freeze to release).  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
@@ -55,7 +60,20 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  tcp_established=tcp_established, file_locks=file_locks,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight,
                  action=action, ext_mount_auto=ext_mount_auto,
-                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root), sync=sync)
+                 manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root), sync=sync,
+                 prev_images_dir=prev_images_dir)
+
+
+def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
+             ) -> dict[str, float]:
+    """criu's pre-dump: save the tree's private memory into ``images_dir``
+    while it is frozen, then let it run on with its writes tracked, so that
+    a later pre-dump or :func:`dump` given this directory as
+    ``prev_images_dir`` copies only the pages written since.  The tree
+    holds a userfaultfd (a high fd, close-on-exec) until that dump.
+    Returns stage timings in seconds."""
+    from .dumper import pre_dump as _pre_dump
+    return _pre_dump(pid, images_dir, prev_images_dir=prev_images_dir)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
@@ -113,6 +131,6 @@ def network_unlock(images_dir: str) -> bool:
 
 # The drivers live in procsnap.dumper and procsnap.restorer: a submodule
 # named procsnap.dump would, once imported, replace the function above.
-__all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
+__all__ = ["dump", "pre_dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
            "AccessDenied", "ParseError", "ImageError", "DumpError", "Unsupported",
            "RestoreError", "ActionScriptFailed", "__version__"]

@@ -47,6 +47,9 @@ class DumpOptions:
     # the page cache, before the tree is killed; write-back of the pages
     # starts while they are copied
     sync: bool = False
+    # criu's --prev-images-dir: the images of a pre-dump this dump builds
+    # on (linked as "parent"); pages unchanged since stay there
+    prev_images_dir: str | None = None
 
 
 @dataclass

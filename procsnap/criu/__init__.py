@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             _check_values(p)
     except O.UsageError as exc:
         refusal = str(exc)
-    if refusal is None and p.command == "dump":
+    if refusal is None and p.command in ("dump", "pre-dump"):
         try:
             os.makedirs(images_dir, exist_ok=True)
         except OSError as exc:
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _check(p)
             if p.command == "dump":
                 return _dump(p, images_dir)
+            if p.command == "pre-dump":
+                return _pre_dump(p, images_dir)
             return _restore(p, images_dir, work_dir)
         except O.UsageError as exc:
             return _err(str(exc), clog)
@@ -272,6 +274,35 @@ def _status_fd(p: O.Parsed) -> None:
         raise ProcsnapError(f"--status-fd {fd}: {exc}") from None
 
 
+def _tree(p: O.Parsed) -> int:
+    tree = p.last("tree")
+    if tree is None:
+        raise O.UsageError(f"{p.command}: the tree's root is required (-t PID)")
+    try:
+        pid = int(tree)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise O.UsageError(f"-t {tree}: not a pid")
+    return pid
+
+
+def _pre_dump(p: O.Parsed, images_dir: str) -> int:
+    import procsnap
+    from . import stats
+    pid = _tree(p)
+    log.info("Pre-dumping processes (pid: %d)", pid)
+    st = procsnap.pre_dump(pid, images_dir, prev_images_dir=p.last("prev-images-dir"))
+    for k, v in st.items():
+        log.debug("stage %s: %.1f ms", k, v * 1000)
+    entry = stats.write_dump_stats(images_dir, st)
+    log.info("Pre-dumping finished successfully")
+    if p.flag("display-stats"):
+        sys.stdout.write(stats.display(entry))
+    _status_fd(p)
+    return 0
+
+
 def _dump(p: O.Parsed, images_dir: str) -> int:
     import procsnap
     from . import stats
@@ -285,6 +316,9 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
         pid = 0
     if pid <= 0:
         raise O.UsageError(f"-t {tree}: not a pid")
+    if p.flag("track-mem") and p.has("leave-running"):
+        raise O.UsageError("option --track-mem with --leave-running is not supported by "
+                           "procsnap: every dump closes the tracker; pre-dump again instead")
     named, auto = _dump_mounts(p)
     external = tuple(_external(v, "external") for v in p.values("external")) + tuple(named)
     ghost_limit = _size(p.last("ghost-limit")) if p.last("ghost-limit") else 1 << 20
@@ -296,7 +330,8 @@ def _dump(p: O.Parsed, images_dir: str) -> int:
                            tcp_established=p.flag("tcp-established"),
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
-                           ext_mount_auto=auto, sync=p.flag("sync"), **_cgroup_opts(p))
+                           ext_mount_auto=auto, sync=p.flag("sync"),
+                           prev_images_dir=p.last("prev-images-dir"), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st)

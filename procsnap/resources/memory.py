@@ -440,7 +440,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 #   "parent": the parent images dir;
 #   "written": {pid: (address, n_pages) runs written since the parent's
 #              copy}, for the tasks whose tracking held (others: absent);
-#   "arm": {pid: [(start, end)...]} filled here: the VMAs to protect.
+#   "registered": {pid: [(start, end)...]}: the VMAs it protected.
+# pre_dump() notes in ctx.kind_state[TRACK + ".arm"] the VMAs to protect.
 TRACK = "memtrack"
 
 
@@ -452,7 +453,10 @@ def split_by_parent(ctx: "DumpContext", pid: int, runs: list[tuple[int, int]]
     track = ctx.kind_state.get(TRACK)
     if track is None or pid not in track["written"]:
         return runs, []
-    held = parent_runs(track["parent"], pid)
+    # Only where our userfaultfd protects the VMA now is "not written" known
+    # (PAGEMAP_SCAN skips some kinds of VMA: those are copied).
+    held = _intersect(parent_runs(track["parent"], pid),
+                      [(a, (b - a) // PAGE) for a, b in track["registered"].get(pid, ())])
     unwritten = _subtract(runs, track["written"][pid])
     in_parent = _intersect(unwritten, held)
     return _subtract(runs, in_parent), in_parent
