@@ -158,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Version: {CRIU_VERSION}")
         return 0
     if p.command is None:
-        return _err("command is required (dump, restore, check; criu --help)")
+        return _err("command is required (dump, pre-dump, restore, check; criu --help)")
     if p.command in O.LATER_COMMANDS:
         return _err(f"command {p.command} is not supported by procsnap "
-                    "(it has dump, restore and check)")
+                    "(it has dump, pre-dump, restore and check)")
     if p.command not in O.COMMANDS:
         return _err(f"unknown command: {p.command}")
     if p.extra:

@@ -435,6 +435,7 @@ def refused(p: Parsed) -> str | None:
 def help_text() -> str:
     out = ["Usage:",
            "  criu dump -t PID -D DIR [<options>]",
+           "  criu pre-dump -t PID -D DIR [--prev-images-dir DIR]",
            "  criu restore -D DIR [<options>]",
            "  criu check [--feature NAME | --all]",
            "  criu --version",

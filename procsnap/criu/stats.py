@@ -42,15 +42,28 @@ def page_counts(images_dir: str) -> tuple[int, int]:
     return sum(sizes.values()) - shared, shared
 
 
+def parent_pages(images_dir: str) -> int:
+    """Pages a dump over a pre-dump left in the parent images (PE_PARENT)."""
+    n = 0
+    for name in os.listdir(images_dir):
+        m = re.fullmatch(r"pagemap-(\d+)\.img", name)
+        if m:
+            n += sum(e.msg.nr_pages for e in images.read_entries(images_dir, "pagemap",
+                                                                 int(m.group(1)))[1:]
+                     if e.msg.HasField("flags") and e.msg.flags & images.PE_PARENT)
+    return n
+
+
 def write_dump_stats(images_dir: str, stats: dict[str, float]) -> stats_pb2.stats_entry:
     private, shared = page_counts(images_dir)
+    skipped = parent_pages(images_dir)
     freeze = stats.get("freeze", 0.0)
     d = stats_pb2.dump_stats_entry(
         freezing_time=_us(freeze),
         frozen_time=_us(stats.get("frozen", 0.0)),
         memdump_time=_us(stats.get("memory", 0.0)),
         memwrite_time=_us(stats.get("write", 0.0)),
-        pages_scanned=private, pages_skipped_parent=0, pages_written=private,
+        pages_scanned=private + skipped, pages_skipped_parent=skipped, pages_written=private,
         irmap_resolve=0, pages_lazy=0, page_pipes=0, page_pipe_bufs=0,
         shpages_scanned=shared, shpages_skipped_parent=0, shpages_written=shared)
     entry = stats_pb2.stats_entry(dump=d)

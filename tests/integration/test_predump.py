@@ -153,4 +153,7 @@ def test_criu_command_line_pre_dump(targets: TargetFactory, tmp_path: Path) -> N
                           "--prev-images-dir", "../p1", "-o", "dump.log"))
     pm = _pagemap_flags(d / f"pagemap-{t.pid}.img")
     assert any(f & PE_PARENT for _, _, f in pm)
+    st = crit_decode(d / "stats-dump")["entries"][0]["dump"]
+    assert st["pages_skipped_parent"] == sum(n for _, n, f in pm if f & PE_PARENT) > 0
+    assert st["frozen_time"] > 0
     _restore_and_check(targets, t, d)
