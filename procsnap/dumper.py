@@ -348,6 +348,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
         cgroup_root=tuple(cgroup_root), sync=sync, prev_images_dir=prev_images_dir))
+    regfile.forget_mounts()  # no mount table from an earlier dump
     tmpnames.report(images_dir)
     if prev_images_dir is not None:
         _link_parent(ctx, prev_images_dir)
