@@ -23,7 +23,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False, ext_unix_sk: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
+         prev_images_dir: str | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -46,7 +47,15 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     "[CONTROLLER:]/PATH"): the directories saved are those from PATH down.
     ``empty_ns`` (criu's --empty-ns net: ``CLONE_NEWNET``): the tree's network
     namespace is the caller's to make again; only its loopback is saved.
-    Returns stage timings in seconds.  Raises a :class:`ProcsnapError`; on
+    ``sync``: wait until the images are on disk before the tree is killed
+    (by default, as criu, they are complete in the page cache when this
+    returns); with ``leave_running`` the tree runs again before the wait.
+    ``prev_images_dir`` (criu's --prev-images-dir): the images of a
+    :func:`pre_dump` of this tree (relative: to ``images_dir``), linked as
+    ``parent``; pages not written since stay there, so the tree is frozen
+    only while the rest is copied.
+    Returns stage timings in seconds (``"frozen"``: how long the tree was
+    held, freeze to release).  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
     """
     from .dumper import dump as _dump
@@ -56,7 +65,19 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight, ext_unix_sk=ext_unix_sk,
                  action=action, ext_mount_auto=ext_mount_auto,
                  manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                 empty_ns=empty_ns)
+                 empty_ns=empty_ns, sync=sync, prev_images_dir=prev_images_dir)
+
+
+def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
+             ) -> dict[str, float]:
+    """criu's pre-dump: save the tree's private memory into ``images_dir``
+    while it is frozen, then let it run on with its writes tracked, so that
+    a later pre-dump or :func:`dump` given this directory as
+    ``prev_images_dir`` copies only the pages written since.  The tree
+    holds a userfaultfd (a high fd, close-on-exec) until that dump.
+    Returns stage timings in seconds."""
+    from .dumper import pre_dump as _pre_dump
+    return _pre_dump(pid, images_dir, prev_images_dir=prev_images_dir)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
@@ -126,6 +147,6 @@ def network_unlock(images_dir: str) -> bool:
 
 # The drivers live in procsnap.dumper and procsnap.restorer: a submodule
 # named procsnap.dump would, once imported, replace the function above.
-__all__ = ["dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
+__all__ = ["dump", "pre_dump", "restore", "network_unlock", "ProcsnapError", "NoSuchProcess", "ZombieProcess",
            "AccessDenied", "ParseError", "ImageError", "DumpError", "Unsupported",
            "RestoreError", "ActionScriptFailed", "__version__"]

@@ -3,7 +3,9 @@
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
                   [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY]...
                   [--ext-mount-map MOUNTPOINT:KEY|auto]... [--tcp-established]
-                  [--tcp-close] [--skip-in-flight] [-v]
+                  [--tcp-close] [--skip-in-flight] [--sync]
+                  [--prev-images-dir DIR] [--track-mem] [-v]
+    procsnap pre-dump -t PID -D DIR [--prev-images-dir DIR] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [--root DIR]
                      [--external mnt[KEY]:PATH]... [--ext-mount-map KEY:PATH|auto]...
                      [--inherit-fd fd[N]:unix[INO]]... [--tcp-close]
@@ -82,7 +84,20 @@ def _parser() -> argparse.ArgumentParser:
                     help="criu's modes: ignore saves no cgroup; any other saves every task's cgroups and the controllers' properties (the default: soft)")
     d.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
                     help="save the cgroup directories from PATH down (of CONTROLLER, or of every hierarchy not named)")
-    d.add_argument("-v", "--verbose", action="count", default=0)
+    d.add_argument("--prev-images-dir", metavar="DIR",
+                   help="the images of a pre-dump of this tree (relative: to the images "
+                        "directory, as criu), linked as 'parent': pages not written since "
+                        "stay there")
+    d.add_argument("--track-mem", action="store_true",
+                   help="as criu: accepted; the tree's writes are tracked from a pre-dump "
+                        "on, and this dump closes the tracker")
+    d.add_argument("--sync", action="store_true",
+                   help="wait until the images are on disk before the tree is killed "
+                        "(procsnap's own: criu has no such option and, as procsnap by "
+                        "default, leaves them in the page cache); with --leave-running "
+                        "the tree runs again first")
+    d.add_argument("-v", "--verbose", action="count", default=0,
+                   help="print the stage times, the time the tree was frozen among them")
 
     r = sub.add_parser("restore", help="recreate a process tree from image files")
     r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
@@ -132,6 +147,17 @@ def _parser() -> argparse.ArgumentParser:
                         "they are, its network lock goes once the tree runs")
     r.add_argument("-v", "--verbose", action="count", default=0)
 
+    pd = sub.add_parser("pre-dump", help="copy a tree's memory while it runs on, its writes "
+                                         "tracked for the next pre-dump or dump")
+    pd.add_argument("-t", "--tree", type=int, required=True, metavar="PID")
+    pd.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+    pd.add_argument("--prev-images-dir", metavar="DIR",
+                    help="the previous pre-dump's images (relative: to the images directory)")
+    pd.add_argument("--track-mem", action="store_true",
+                    help="as criu: accepted, a pre-dump always tracks")
+    pd.add_argument("-v", "--verbose", action="count", default=0,
+                    help="print the stage times, the time the tree was frozen among them")
+
     sub.add_parser("check", help="check that this kernel has what procsnap needs")
 
     s = sub.add_parser("show", help="decode images to JSON (like crit)")
@@ -163,9 +189,19 @@ def cmd_dump(a: argparse.Namespace) -> int:
                  file_locks=a.file_locks, tcp_close=a.tcp_close,
                  skip_in_flight=a.skip_in_flight, ext_unix_sk=a.ext_unix_sk,
                  ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
-                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root))
+                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root),
+                 sync=a.sync, prev_images_dir=a.prev_images_dir)
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_pre_dump(a: argparse.Namespace) -> int:
+    from . import pre_dump
+    stats = pre_dump(a.tree, a.images_dir, prev_images_dir=a.prev_images_dir)
+    if a.verbose:
+        print(f"procsnap: pre-dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
     return 0
 
@@ -303,7 +339,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo()
 
 
-COMMANDS = {"dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
+COMMANDS = {"dump": cmd_dump, "pre-dump": cmd_pre_dump, "restore": cmd_restore, "show": cmd_show,
             "check": cmd_check, "demo": cmd_demo, "cleanup": cmd_cleanup,
             "network-unlock": cmd_network_unlock}
 

@@ -11,9 +11,18 @@ Order of work, and why:
 3. Write the images.  Each image goes to a temporary name and is renamed
    into place when complete; on failure every image this dump created is
    removed.
-4. Only when all images are on disk: kill the tree, or (--leave-running)
+4. Only when all images are written: kill the tree, or (--leave-running)
    put back each task's registers and detach.  On any failure the tasks
-   are released exactly as they were.
+   are released exactly as they were.  As criu, the images are then
+   complete in the page cache, not necessarily on disk (a crash of the
+   machine can lose them, a crash of procsnap cannot); ``sync`` (--sync)
+   waits until they are on disk before the tree is killed -- write-back of
+   the pages starts while they are copied, so the wait overlaps the copy.
+   With --leave-running the tree is released first and synced after: the
+   tree is not kept frozen for a disk it does not need.
+
+``stats["frozen"]`` is the time the tree was held: from the end of the
+freeze to its release or kill (criu's frozen_time).
 """
 from __future__ import annotations
 
@@ -21,7 +30,7 @@ import logging
 import os
 import signal
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import audit, images
 from .resources import seccomp
@@ -312,7 +321,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          tcp_close: bool = False, skip_in_flight: bool = False, ext_unix_sk: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
-         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0) -> dict[str, float]:
+         cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
+         prev_images_dir: str | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -320,10 +330,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     ``action`` is called at criu's action-script stages (pre-dump,
     network-lock, query-ext-files, post-dump, network-unlock); a non-zero post-dump status
     leaves the tree running with its images kept (ActionScriptFailed).
+    ``sync``: the images are on disk (not only in the page cache) when
+    this returns, and before the tree is killed.  ``prev_images_dir``
+    (criu's --prev-images-dir): a pre-dump's images, linked as ``parent``;
+    pages not written since it stay there (see pre_dump).
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
-    from .resources import namespaces, regfile
+    from .resources import memtrack, namespaces, regfile
 
     t0 = time.monotonic()
     _check_target(pid)
@@ -337,8 +351,12 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
         ext_unix_sk=ext_unix_sk,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
-        cgroup_root=tuple(cgroup_root), empty_ns=empty_ns))
+        cgroup_root=tuple(cgroup_root), empty_ns=empty_ns, sync=sync,
+        prev_images_dir=prev_images_dir))
+    regfile.forget_mounts()  # no mount table from an earlier dump
     tmpnames.report(images_dir)
+    if prev_images_dir is not None:
+        _link_parent(ctx, prev_images_dir)
     status = _action(ctx, "pre-dump")
     if status:
         raise ActionScriptFailed("pre-dump", status,
@@ -349,11 +367,14 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     # namespace (the host's is never locked as a whole)
     net_scripts = action is not None and _own_netns(pid)
     net_locked = False
+    t_frozen = 0.0
     try:
         if _is_zombie(pid):
             raise ZombieProcess(pid)
+        t = time.monotonic()
         _freeze(ctx, pid)
-        ctx.stats["freeze"] = time.monotonic() - t0
+        t_frozen = time.monotonic()
+        ctx.stats["freeze"] = t_frozen - t
         if net_scripts:
             net_locked = True
             status = _action(ctx, "network-lock")
@@ -381,6 +402,16 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             for th in task.threads:
                 th.core = task.core if th.tid == task.pid else \
                     core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+        if prev_images_dir is not None:
+            t = time.monotonic()
+            record = memtrack.load(os.path.join(images_dir, "parent"))
+            _tracked(ctx, record)
+            # our userfaultfds leave the tree before its fds are saved
+            inodes = {ino for _, ino in record.values()}
+            for task in ctx.tasks:
+                if not task.zombie:
+                    memtrack.disarm(task, inodes)
+            ctx.stats["track"] = time.monotonic() - t
         t = time.monotonic()
         audit.check_all(ctx)  # state the images would lose refuses the dump here
         ctx.stats["audit"] = time.monotonic() - t
@@ -400,7 +431,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         ctx.stats["namespaces"] = time.monotonic() - t
         t = time.monotonic()
         _write_images(ctx)
-        images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
+        if sync and not leave_running:
+            images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
         regfile.dump_done(ctx)  # link remaps now belong to the images
         ctx.stats["write"] = time.monotonic() - t
         ok = True
@@ -429,13 +461,154 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         # to a sibling's death before it dies too.
         for task in ctx.tasks:
             _release(task, kill=kill)
+        if t_frozen:
+            ctx.stats["frozen"] = time.monotonic() - t_frozen
         if kill:
             _wait_dead([th.tid for task in ctx.tasks for th in task.threads])
+    if sync and leave_running:
+        t = time.monotonic()
+        images.sync_dir(images_dir)  # the tree runs again already
+        ctx.stats["sync"] = time.monotonic() - t
     ctx.stats["total"] = time.monotonic() - t0
     if script_refused:
         raise ActionScriptFailed("post-dump", script_refused,
                                  f"pid {pid}: the post-dump action script returned "
                                  f"{script_refused}; the tree runs on, images kept")
+    return ctx.stats
+
+
+def _link_parent(ctx: DumpContext, prev: str) -> None:
+    """The ``parent`` link of the images dir, as criu makes it: the path as
+    given (relative: to the images dir)."""
+    link = os.path.join(ctx.images_dir, "parent")
+    if not os.path.isdir(os.path.join(ctx.images_dir, prev)):
+        raise DumpError(f"{prev}: the previous images directory does not exist "
+                        "(relative paths are taken from the images directory, as criu)")
+    try:
+        os.unlink(link)
+    except FileNotFoundError:
+        pass
+    os.symlink(prev, link)
+    ctx.created.append(link)
+
+
+def _tracked(ctx: DumpContext, record: dict[int, tuple[int, int]]) -> None:
+    """Under the freeze: for each task whose pre-dump tracking still holds,
+    the pages written since (memory.split_by_parent leaves the others in
+    the parent) and the VMAs our userfaultfd protects -- whose VmFlags
+    'uw' is then ours, not the task's."""
+    import dataclasses
+
+    from .resources import memory, memtrack
+    track: dict[str, Any] = {"parent": os.path.join(ctx.images_dir, "parent"),
+                             "written": {}, "registered": {}}
+    for task in ctx.tasks:
+        if task.zombie or not memtrack.valid(task.pid, record.get(task.pid)):
+            continue
+        track["written"][task.pid] = memtrack.written(task.pid)
+        track["registered"][task.pid] = [(m.start, m.end) for m in task.maps
+                                         if "uw" in m.vmflags]
+        task.maps = [dataclasses.replace(m, vmflags=tuple(f for f in m.vmflags if f != "uw"))
+                     if "uw" in m.vmflags else m for m in task.maps]
+    ctx.kind_state[memory.TRACK] = track
+
+
+def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
+             ) -> dict[str, float]:
+    """criu's pre-dump: copy the tree's private memory while it is frozen,
+    then let it run on with its writes tracked (resources/memtrack.py), so
+    that a later ``dump(..., prev_images_dir=images_dir)`` (or another
+    pre-dump) copies under its freeze only the pages written since.  Only
+    memory is saved (pagemap-PID.img, pages-N.img, inventory.img, plus
+    procsnap's ``memtrack`` record); with ``prev_images_dir`` the images
+    link to it as ``parent`` and unchanged pages stay there.  The tree
+    keeps a userfaultfd (a high fd, O_CLOEXEC) until the dump, which
+    closes it.  Returns stage timings ("frozen" among them)."""
+    from . import tmpnames
+    from .resources import memory, memtrack
+
+    t0 = time.monotonic()
+    _check_target(pid)
+    try:
+        os.makedirs(images_dir, exist_ok=True)
+    except OSError as exc:
+        raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
+    ctx = DumpContext(images_dir, DumpOptions(leave_running=True,
+                                              prev_images_dir=prev_images_dir))
+    tmpnames.report(images_dir)
+    record: dict[int, tuple[int, int]] = {}
+    if prev_images_dir is not None:
+        _link_parent(ctx, prev_images_dir)
+        record = memtrack.load(os.path.join(images_dir, "parent"))
+    ok = False
+    armed: dict[int, tuple[int, int]] = {}
+    t_frozen = 0.0
+    try:
+        if _is_zombie(pid):
+            raise ZombieProcess(pid)
+        t = time.monotonic()
+        _freeze(ctx, pid)
+        t_frozen = time.monotonic()
+        ctx.stats["freeze"] = t_frozen - t
+        for task in ctx.tasks:
+            task.stat = task.proc.stat()
+            if task.zombie:
+                continue
+            task.status = task.proc.status()
+            task.maps = task.proc.smaps()
+            _prepare_injection(task)
+        if prev_images_dir is not None:
+            _tracked(ctx, record)
+        t = time.monotonic()
+        for task in ctx.tasks:
+            if not task.zombie:
+                memory.pre_dump(ctx, task)
+        ctx.stats["memory"] = time.monotonic() - t
+        t = time.monotonic()
+        arm = ctx.kind_state.get(memory.TRACK + ".arm", {})
+        for task in ctx.tasks:
+            if not task.zombie:
+                armed[task.pid] = memtrack.arm(task, record.get(task.pid), arm.get(task.pid, []))
+        ctx.stats["track"] = time.monotonic() - t
+        t = time.monotonic()
+        d = images_dir
+        inv = inventory_pb2.inventory_entry(img_version=2, fdinfo_per_id=True,
+                                            ns_per_id=True, lsmtype=inventory_pb2.NO_LSM)
+        ctx.created.append(images.image_path(d, "inventory", None))
+        images.write_one(d, "inventory", inv)
+        for task in ctx.tasks:
+            for kind, ident, msgs in task.extra_images:
+                ctx.created.append(images.image_path(d, kind, ident))
+                images.write_image(d, kind, msgs, ident)
+        ctx.created.append(memtrack.save(d, armed))
+        ctx.stats["write"] = time.monotonic() - t
+        ok = True
+    except InjectError as exc:
+        raise DumpError(str(exc)) from None
+    except ProcsnapError:
+        raise
+    except OSError as exc:
+        raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
+    finally:
+        if not ok:
+            for path in ctx.created:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            # the tree goes on as it was: without a tracker made now
+            made = {ino for p, (fd, ino) in armed.items() if record.get(p) != (fd, ino)}
+            for task in ctx.tasks:
+                if task.inj is not None and not task.zombie:
+                    try:
+                        memtrack.disarm(task, made)
+                    except OSError:
+                        pass
+        for task in ctx.tasks:
+            _release(task, kill=False)
+        if t_frozen:
+            ctx.stats["frozen"] = time.monotonic() - t_frozen
+    ctx.stats["total"] = time.monotonic() - t0
     return ctx.stats
 
 

@@ -30,7 +30,6 @@ from typing import Any, Callable
 
 from . import images
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
-from .images import parent as parent_pages
 from .images import pidview
 from .images.pb import core_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
@@ -40,7 +39,8 @@ from .kernel.libc import address_of, prctl, syscall_holding_gil
 from .kernel.structs import CloneArgs
 from .procfs.parse import parse_maps
 from .resources.core import TASK_DEAD, TASK_STOPPED
-from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED
+from .images.parent import flags_of
+from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED, check_pages
 from .tasks import (PUPPET_OPTIONS, TRAMP_SIZE, RestoreContext, RestoreOptions, RestoreTask,
                     RestoreThread)
 
@@ -134,20 +134,18 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
             raise ImageError(rt.image_name("pagemap"), "empty pagemap (no head)")
         rt.pages_id = pm[0].pages_id
         rt.pagemap = pm[1:]
-        if parent_pages.needs_parent(rt.pagemap):
-            # criu's pre-dump chain: some pages are in the parent image set
-            rt.pagemap, fd = parent_pages.flatten(d, ipid, rt.pagemap)
-            rctx.own_fds.append(fd)
-            rt.pages_path = f"/proc/{os.getpid()}/fd/{fd}"
-        pages = rt.pages_file()
+        pages = rt.image_name("pages")
         need = sum(e.nr_pages for e in rt.pagemap
-                   if not e.HasField("flags") or e.flags & PE_PRESENT) * C.PAGE_SIZE
+                   if flags_of(e) & PE_PRESENT) * C.PAGE_SIZE
         try:
             have = os.stat(pages).st_size
         except FileNotFoundError:
             raise ImageError(pages, "no such image") from None
         if have < need:
             raise ImageError(pages, f"truncated: {have} bytes, the pagemap needs {need}")
+        # every page found now, in these images or a pre-dump's (parent):
+        # a page none holds is a damaged image set, before anything is made
+        check_pages(rt)
         rt.fs = images.read_one(d, "fs", ipid)
         _shared_with_parent(rctx, rt)
         rt.fdinfos = images.read_image(d, "fdinfo", rt.ids.files_id)

@@ -47,6 +47,13 @@ class DumpOptions:
     # criu's --empty-ns net (CLONE_NEWNET): the network namespace belongs to
     # the caller (a container runtime); only its loopback's state is saved
     empty_ns: int = 0
+    # procsnap's --sync (criu has none): the images are on disk, not only in
+    # the page cache, before the tree is killed; write-back of the pages
+    # starts while they are copied
+    sync: bool = False
+    # criu's --prev-images-dir: the images of a pre-dump this dump builds
+    # on (linked as "parent"); pages unchanged since stay there
+    prev_images_dir: str | None = None
 
 
 @dataclass
@@ -215,9 +222,10 @@ class RestoreTask:
     mm: Any = None
     pagemap: list[Any] = field(default_factory=list)
     pages_id: int = 0
-    # A pages file of its own when some pages were in a parent image set
-    # (images.parent.flatten); "" for pages-<pages_id>.img.
-    pages_path: str = ""
+    # memory's page lookup (resources/memory._page_runs): the page files of
+    # the images and their parents', and the runs found there
+    page_files: list[str] = field(default_factory=list)
+    page_runs: Any = None
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
     threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
@@ -236,10 +244,6 @@ class RestoreTask:
     shares_files: bool = False
     shares_fs: bool = False
     _rctx: Any = None
-
-    def pages_file(self) -> str:
-        """The file holding this task's pages, in pagemap order."""
-        return self.pages_path or self.image_name("pages")
 
     def image_name(self, kind: str, ident: int | None = None) -> str:
         if ident is None:

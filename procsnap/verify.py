@@ -128,7 +128,7 @@ from .kernel import libc, ptrace
 from .kernel.structs import USER_REGS_FIELDS
 from .procfs import parse
 from .procfs.parse import LIMIT_RESOURCES, MapEntry, Stat, Status
-from .resources import cgroup, file_lock, memfd, nsfile, regfile, shmem, sockets, sysvipc, tty
+from .resources import cgroup, file_lock, memfd, nsfile, regfile, shmem, sysvipc, tty
 from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, VMA_AREA_AIORING,
                                VMA_AREA_SOCKET, VMA_AREA_GUARD,
                                VMA_AREA_HEAP, VMA_AREA_MEMFD, VMA_AREA_STACK,
@@ -1095,6 +1095,7 @@ def _show_opt(v: Any) -> str:
 
 def _check_filter(fd: int, sk: socket.socket, want: list[int]) -> list[str]:
     """The classic BPF program attached, instruction by instruction."""
+    from .resources import sockets  # only for a tree with sockets
     try:
         got = sockets.get_filter(sk, f"fd {fd}")
     except Unsupported:

@@ -2,8 +2,9 @@
  * rawio: the raw baselines of the 1 GiB case, timed inside (no process
  * start-up in the number), printed as seconds on stdout.
  *
- *   rawio write FILE MIB   fill a MIB MiB buffer (untimed), then time
- *                          write(2) of it to FILE in 64 MiB calls + fsync
+ *   rawio write FILE MIB [fsync]
+ *                          fill a MIB MiB buffer (untimed), then time
+ *                          write(2) of it to FILE in 64 MiB calls (+ fsync)
  *   rawio read FILE        time mmap of fresh anonymous memory and read(2)
  *                          of FILE into it in 64 MiB calls
  *   rawio warm MIB         touch MIB MiB and free it (see warm_memory in
@@ -28,7 +29,7 @@ static double now(void)
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && !strcmp(argv[1], "write")) {
+	if ((argc == 4 || argc == 5) && !strcmp(argv[1], "write")) {
 		size_t size = (size_t)strtoul(argv[3], NULL, 10) << 20;
 		uint64_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
 				   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -51,7 +52,7 @@ int main(int argc, char **argv)
 				die("write");
 			off += w;
 		}
-		if (fsync(fd))
+		if (argc == 5 && fsync(fd))
 			die("fsync");
 		close(fd);
 		printf("%.6f\n", now() - t);

@@ -204,13 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Version: {CRIU_VERSION}")
         return 0
     if p.command is None:
-        return _err("command is required (dump, restore, check; criu --help)")
+        return _err("command is required (dump, pre-dump, restore, check; criu --help)")
     if p.command in ("swrk", "service"):
         from . import rpc
         return rpc.main([p.command, *p.extra], p, execute)
     if p.command in O.LATER_COMMANDS:
         return _err(f"command {p.command} is not supported by procsnap "
-                    "(it has dump, restore, check, swrk and service)")
+                    "(it has dump, pre-dump, restore, check, swrk and service)")
     if p.command not in O.COMMANDS:
         return _err(f"unknown command: {p.command}")
     if p.extra:
@@ -247,7 +247,7 @@ def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
             _check_values(p)
     except O.UsageError as exc:
         refusal = str(exc)
-    if refusal is None and p.command == "dump":
+    if refusal is None and p.command in ("dump", "pre-dump"):
         try:
             os.makedirs(images_dir, exist_ok=True)
         except OSError as exc:
@@ -275,6 +275,8 @@ def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
                 out.status = _check(p)
             elif p.command == "dump":
                 out.status = _dump(p, images_dir, work_dir, notify)
+            elif p.command == "pre-dump":
+                out.status = _pre_dump(p, images_dir, work_dir)
             else:
                 out.status, out.pid = _restore(p, images_dir, work_dir, notify)
             return out
@@ -343,6 +345,35 @@ def _status_fd(p: O.Parsed) -> None:
         raise ProcsnapError(f"--status-fd {fd}: {exc}") from None
 
 
+def _tree(p: O.Parsed) -> int:
+    tree = p.last("tree")
+    if tree is None:
+        raise O.UsageError(f"{p.command}: the tree's root is required (-t PID)")
+    try:
+        pid = int(tree)
+    except ValueError:
+        pid = 0
+    if pid <= 0:
+        raise O.UsageError(f"-t {tree}: not a pid")
+    return pid
+
+
+def _pre_dump(p: O.Parsed, images_dir: str, work_dir: str) -> int:
+    import procsnap
+    from . import stats
+    pid = _tree(p)
+    log.info("Pre-dumping processes (pid: %d)", pid)
+    st = procsnap.pre_dump(pid, images_dir, prev_images_dir=p.last("prev-images-dir"))
+    for k, v in st.items():
+        log.debug("stage %s: %.1f ms", k, v * 1000)
+    entry = stats.write_dump_stats(images_dir, st, work_dir)
+    log.info("Pre-dumping finished successfully")
+    if p.flag("display-stats"):
+        sys.stdout.write(stats.display(entry))
+    _status_fd(p)
+    return 0
+
+
 def _dump(p: O.Parsed, images_dir: str, work_dir: str,
           notify: "Notify | None" = None) -> int:
     import procsnap
@@ -357,6 +388,9 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
         pid = 0
     if pid <= 0:
         raise O.UsageError(f"-t {tree}: not a pid")
+    if p.flag("track-mem") and p.has("leave-running"):
+        raise O.UsageError("option --track-mem with --leave-running is not supported by "
+                           "procsnap: every dump closes the tracker; pre-dump again instead")
     named, auto = _dump_mounts(p)
     external = tuple(_external(v, "external") for v in p.values("external")) + tuple(named)
     ghost_limit = _size(p.last("ghost-limit")) if p.last("ghost-limit") else 1 << 20
@@ -370,7 +404,8 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
                            ext_unix_sk=p.flag("ext-unix-sk"),
-                           ext_mount_auto=auto, empty_ns=empty_ns(p), **_cgroup_opts(p))
+                           ext_mount_auto=auto, empty_ns=empty_ns(p), sync=p.flag("sync"),
+                           prev_images_dir=p.last("prev-images-dir"), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st, work_dir)

@@ -32,8 +32,8 @@ NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xA
 GLOBAL_CONFIG = "/etc/criu/default.conf"
 USER_CONFIG = ".criu/default.conf"   # under $HOME
 
-COMMANDS = ("dump", "restore", "check")
-LATER_COMMANDS = ("pre-dump", "page-server", "lazy-pages", "dedup",
+COMMANDS = ("dump", "pre-dump", "restore", "check")
+LATER_COMMANDS = ("page-server", "lazy-pages", "dedup",
                   "cpuinfo", "exec", "show")
 
 
@@ -77,6 +77,10 @@ TABLE: list[Opt] = [
     Opt("status-fd", arg=REQ, metavar="FD",
         help="write a zero byte to FD when the restore (or dump) is done"),
     Opt("display-stats", boolean=True, help="print the dump/restore statistics"),
+    Opt("sync", boolean=True,
+        help="dump: procsnap's own, criu has no such option: wait until the images are "
+             "on disk before the tree is killed (without it, as criu, they are complete "
+             "in the page cache); with --leave-running the tree runs again first"),
     Opt("help", "h", help="this text"),
     Opt("version", "V", help="print criu's version line"),
     # what happens to the tree
@@ -204,11 +208,17 @@ TABLE: list[Opt] = [
     Opt("cpu-cap", arg=OPT, how=REFUSE, note=_NOT_YET),
     Opt("deprecated", boolean=True, how=REFUSE, note=_NOT_YET),
     # memory tracking, page server, streaming
-    Opt("prev-images-dir", arg=REQ, how=REFUSE, note="no pre-dump/incremental dumps yet"),
-    Opt("track-mem", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
+    Opt("prev-images-dir", arg=REQ, metavar="DIR",
+        help="pre-dump, dump: the images of the previous pre-dump (relative: to the images "
+             "directory), linked as 'parent'; pages not written since stay there"),
+    Opt("track-mem", boolean=True,
+        help="track the tree's writes for the next pass (userfaultfd write-protect and "
+             "PAGEMAP_SCAN: this kernel has no soft-dirty bits); pre-dump always does; "
+             "dump: accepted, except with --leave-running (refused: the tracker is "
+             "closed by every dump)"),
     Opt("pre-dump-mode", arg=REQ, how=ACCEPT, metavar="MODE",
-        note="criu's pre-dump only (zdtm.py passes it to every dump); procsnap has no "
-             "pre-dump and a dump copies memory the one way it has"),
+        note="procsnap's pre-dump copies memory the one way it has (the frozen task "
+             "writes its pages to the image itself), whatever the mode"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
     Opt("page-server", boolean=True, how=REFUSE, note="no page server yet"),
     Opt("address", arg=REQ, how=REFUSE,
@@ -446,6 +456,7 @@ def refused(p: Parsed) -> str | None:
 def help_text() -> str:
     out = ["Usage:",
            "  criu dump -t PID -D DIR [<options>]",
+           "  criu pre-dump -t PID -D DIR [--prev-images-dir DIR]",
            "  criu restore -D DIR [<options>]",
            "  criu check [--feature NAME | --all]",
            "  criu swrk FD                  (criu's RPC on an inherited socket: runc, Podman)",

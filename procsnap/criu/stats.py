@@ -3,7 +3,8 @@ decodes and zdtm.py reads (it checks that pages_written + shpages_written
 is the number of pages in the pages-*.img files).
 
 Times are microseconds, as criu's: freezing_time is the freeze,
-frozen_time the whole time the tree was held (freeze to release),
+frozen_time the whole time the tree was held (end of the freeze to its
+release or kill, as criu times it),
 memdump_time the memory module's work, memwrite_time the image writing.
 Page counts come from the images themselves: every page procsnap reads it
 writes (it scans only present pages), so scanned == written.
@@ -41,18 +42,31 @@ def page_counts(images_dir: str) -> tuple[int, int]:
     return sum(sizes.values()) - shared, shared
 
 
+def parent_pages(images_dir: str) -> int:
+    """Pages a dump over a pre-dump left in the parent images (PE_PARENT)."""
+    n = 0
+    for name in os.listdir(images_dir):
+        m = re.fullmatch(r"pagemap-(\d+)\.img", name)
+        if m:
+            n += sum(e.msg.nr_pages for e in images.read_entries(images_dir, "pagemap",
+                                                                 int(m.group(1)))[1:]
+                     if e.msg.HasField("flags") and e.msg.flags & images.PE_PARENT)
+    return n
+
+
 def write_dump_stats(images_dir: str, stats: dict[str, float],
                      work_dir: str | None = None) -> stats_pb2.stats_entry:
     """stats-dump, in the work directory as criu writes it (its cwd; Podman
     reads it there, beside the images directory it tars)."""
     private, shared = page_counts(images_dir)
+    skipped = parent_pages(images_dir)
     freeze = stats.get("freeze", 0.0)
     d = stats_pb2.dump_stats_entry(
         freezing_time=_us(freeze),
-        frozen_time=_us(stats.get("total", 0.0) - freeze),
+        frozen_time=_us(stats.get("frozen", 0.0)),
         memdump_time=_us(stats.get("memory", 0.0)),
         memwrite_time=_us(stats.get("write", 0.0)),
-        pages_scanned=private, pages_skipped_parent=0, pages_written=private,
+        pages_scanned=private + skipped, pages_skipped_parent=skipped, pages_written=private,
         irmap_resolve=0, pages_lazy=0, page_pipes=0, page_pipe_bufs=0,
         shpages_scanned=shared, shpages_skipped_parent=0, shpages_written=shared)
     entry = stats_pb2.stats_entry(dump=d)

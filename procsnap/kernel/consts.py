@@ -5,6 +5,12 @@ Kept in one place so every module spells a constant the same way.
 from __future__ import annotations
 
 PAGE_SIZE = 4096
+
+# sync_file_range(2) flags
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
+SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+
 TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user address space (no 5-level paging)
 
 # System call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -34,6 +40,8 @@ NR = {
     "inotify_init1": 294, "open_by_handle_at": 304,
     # files by identity (resources/regfile.py)
     "newfstatat": 262, "linkat": 265, "name_to_handle_at": 303,
+    # dirty-page tracking for pre-dump (resources/memtrack.py)
+    "userfaultfd": 323,
 }
 
 # ptrace requests and options (include/uapi/linux/ptrace.h).

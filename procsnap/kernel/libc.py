@@ -38,6 +38,8 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "prctl": (c_int, [c_int, c_ulong, c_ulong, c_ulong, c_ulong]),
     # int syncfs(int fd);
     "syncfs": (c_int, [c_int]),
+    # int sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned int flags);
+    "sync_file_range": (c_int, [c_int, ctypes.c_longlong, ctypes.c_longlong, c_uint]),
     # long syscall(long number, ...): variadic, arguments passed as c_long.
     "syscall": (c_long, []),
 }
@@ -67,6 +69,7 @@ ERROR_CHECKERS: dict[str, Callable[..., int]] = {
     "prctl": _check_minus_one,
     "syscall": _check_minus_one,
     "syncfs": _check_minus_one,
+    "sync_file_range": _check_minus_one,
 }
 
 

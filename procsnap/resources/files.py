@@ -23,9 +23,11 @@ from ..kernel import consts as C
 from ..procfs.parse import FdInfo
 from ..procfs.reader import ProcReader
 from ..tasks import DumpTask, FdCtx
-from . import eventfd, eventpoll, fanotify, fifo, inotify, memfd, nsfile, pidfd, pipe, regfile
-from . import signalfd, timerfd, tty
-from . import inetsk, netlinksk, packetsk, unixsk
+import importlib
+import sys
+from types import ModuleType
+
+from . import fifo, memfd, nsfile, pipe, regfile, tty
 from . import core, fdaudit, file_lock, fown
 
 if TYPE_CHECKING:
@@ -36,12 +38,68 @@ NAME = "files"
 KCMP_FILE = 0
 KCMP_FILES = 2
 
-# Order matters: the first kind whose matches() is true owns the fd.
-# nsfile before regfile: an nsfs inode is a regular file to stat
-FD_KINDS = [tty, memfd, nsfile, regfile, pipe, fifo, eventfd, signalfd, timerfd, eventpoll, inotify,
-            fanotify, pidfd]
-FD_KINDS += [unixsk, netlinksk, packetsk, inetsk]  # inetsk also refuses, by name, every other socket family
-BY_TYPE = {kind.TYPE: kind for kind in FD_KINDS}
+# Order matters: the first kind whose matches() is true owns the fd
+# (inetsk, last, also refuses by name every other socket family).
+# nsfile before regfile: an nsfs inode is a regular file to stat.
+_ORDER = ["tty", "memfd", "nsfile", "regfile", "pipe", "fifo", "eventfd", "signalfd", "timerfd",
+          "eventpoll", "inotify", "fanotify", "pidfd", "unixsk", "netlinksk", "packetsk",
+          "inetsk"]
+# Kinds imported only when a dump meets an fd that may be one (what the
+# link of every fd of theirs starts with) or a restore an entry of their
+# type: a small process pays nothing for sockets and event fds.  (tty is
+# always there: its finish settles controlling terminals, fd or not.)
+_LAZY_PREFIX = {"eventfd": "anon_inode:", "signalfd": "anon_inode:", "timerfd": "anon_inode:",
+                "eventpoll": "anon_inode:", "inotify": "anon_inode:", "fanotify": "anon_inode:",
+                "pidfd": "anon_inode:",
+                "unixsk": "socket:", "netlinksk": "socket:", "packetsk": "socket:",
+                "inetsk": "socket:"}
+_LAZY_TYPE: dict[int, str] = {fdinfo_pb2.EVENTFD: "eventfd", fdinfo_pb2.SIGNALFD: "signalfd",
+              fdinfo_pb2.TIMERFD: "timerfd", fdinfo_pb2.EVENTPOLL: "eventpoll",
+              fdinfo_pb2.INOTIFY: "inotify", fdinfo_pb2.FANOTIFY: "fanotify",
+              fdinfo_pb2.PIDFD: "pidfd",
+              fdinfo_pb2.UNIXSK: "unixsk", fdinfo_pb2.NETLINKSK: "netlinksk",
+              fdinfo_pb2.PACKETSK: "packetsk", fdinfo_pb2.INETSK: "inetsk"}
+
+
+def _kind_module(name: str) -> ModuleType:
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def _loaded(name: str) -> ModuleType | None:
+    return sys.modules.get(f"{__package__}.{name}")
+
+
+def kind_of(fdctx: FdCtx) -> Any:
+    """The first kind in _ORDER that claims the fd (None: no kind does)."""
+    for name in _ORDER:
+        prefix = _LAZY_PREFIX.get(name)
+        if prefix is not None and not fdctx.link.startswith(prefix):
+            continue
+        kind = _kind_module(name)
+        if kind.matches(fdctx):
+            return kind
+    return None
+
+
+def kind_by_type(t: int) -> Any:
+    """The kind of files.img entries of type ``t``, or None."""
+    name = _LAZY_TYPE.get(t)
+    if name is not None:
+        return _kind_module(name)
+    return _EAGER_BY_TYPE.get(t)
+
+
+_EAGER_BY_TYPE: dict[int, Any] = {k.TYPE: k for k in (tty, memfd, nsfile, regfile, pipe, fifo)}
+
+
+def __getattr__(name: str) -> Any:
+    """FD_KINDS and BY_TYPE, for who wants every kind (the audit tables,
+    tests): importing all of them."""
+    if name == "FD_KINDS":
+        return [_kind_module(n) for n in _ORDER]
+    if name == "BY_TYPE":
+        return {k.TYPE: k for k in (_kind_module(n) for n in _ORDER)}
+    raise AttributeError(name)
 
 # fdinfo lines every kind prints (fs/proc/fd.c seq_show); a kind's own
 # FDINFO may override one (see fdaudit for the rules).
@@ -112,8 +170,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
             known = seen.setdefault((st.st_dev, st.st_ino), [])
             at, shared_id = _find_shared(known, task.pid, fd)
         # O_PATH: a name, whatever it names (see regfile.is_opath)
-        kind = regfile if regfile.is_opath(fdctx) else \
-            next((k for k in FD_KINDS if k.matches(fdctx)), None)
+        kind = regfile if regfile.is_opath(fdctx) else kind_of(fdctx)
         if kind is None:
             raise Unsupported(f"pid {task.pid}: fd {fd} (flags {info.flags:o}) is {_describe(link)}: "
                               f"{link}: not supported yet")
@@ -156,7 +213,7 @@ def audit_fdinfo(kind: Any, pid: int, fd: int, link: str, info: FdInfo) -> None:
 # SCM_RIGHTS message): those whose dump does not read the holder's fd
 # table, or that have a dump_in_flight of their own (an epoll names its
 # targets by fd number of a table).
-IN_FLIGHT = (pipe, fifo, regfile, memfd, eventfd, unixsk, inetsk, eventpoll)
+IN_FLIGHT = ("pipe", "fifo", "regfile", "memfd", "eventfd", "unixsk", "inetsk", "eventpoll")
 
 
 def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
@@ -176,8 +233,8 @@ def dump_in_flight(ctx: "DumpContext", fd: int, what: str) -> int:
     if st is not None:
         known = ctx.open_files.setdefault((st.st_dev, st.st_ino), [])
         at, shared_id = _find_shared(known, me.pid, fd)
-    kind = next((k for k in FD_KINDS if k.matches(fdctx)), None)
-    if kind not in IN_FLIGHT:
+    kind = kind_of(fdctx)
+    if kind is None or kind.__name__.rsplit(".", 1)[1] not in IN_FLIGHT:
         raise Unsupported(f"{what} is {_describe(link)} ({link}); files of this kind in "
                           "flight are not supported")
     audit_fdinfo(kind, me.pid, fd, link, info)
@@ -207,10 +264,17 @@ def finish(ctx: "DumpContext") -> None:
     Kinds that find files in flight (FINISH_FIRST: unix sockets' queues)
     go first, so the files they add are settled with the rest."""
     ctx.kind_state["files.in_flight"] = lambda fd, what: dump_in_flight(ctx, fd, what)
-    for kind in sorted(FD_KINDS, key=lambda k: not getattr(k, "FINISH_FIRST", False)):
-        done = getattr(kind, "finish", None)
-        if done is not None:
-            done(ctx)
+    # Only the kinds this dump met (a kind not imported has no state):
+    # those that find files in flight first, then the others -- including
+    # kinds the files in flight brought in.
+    for first in (True, False):
+        for name in _ORDER:
+            kind = _loaded(name)
+            if kind is None or bool(getattr(kind, "FINISH_FIRST", False)) != first:
+                continue
+            done = getattr(kind, "finish", None)
+            if done is not None:
+                done(ctx)
     file_lock.finish(ctx)
 
 
@@ -218,7 +282,7 @@ def open_for(rctx: "RestoreContext", rt: "RestoreTask", fid: int) -> int:
     """Open file ``fid`` in task ``rt`` as its kind does (a temporary fd of
     the task's); for a file in flight, which unixsk sends along."""
     entry = rctx.file_entry(fid)
-    kind = BY_TYPE.get(entry.type)
+    kind = kind_by_type(entry.type)
     if kind is None:
         raise RestoreError(f"files.img: file {fid} in flight has type {entry.type}, "
                            "which procsnap cannot restore")
@@ -241,7 +305,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             tmp = ofd if owner == rt.pid else rt.grab_fd(owner, ofd)
             _place(inj, tmp, fe.fd, cloexec, keep_tmp=owner == rt.pid)
             continue
-        kind = BY_TYPE.get(entry.type)
+        kind = kind_by_type(entry.type)
         if kind is None:
             raise RestoreError(f"{rt.image_name('fdinfo')}: fd {fe.fd} has file type "
                                f"{fdinfo_pb2.fd_types.Name(entry.type) if entry.type in fdinfo_pb2.fd_types.values() else entry.type}, "
@@ -260,7 +324,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     for fid in dict.fromkeys(fe.id for fe in rt.fdinfos):
         owner, fd = placed[fid]
         entry = rctx.file_entry(fid)
-        after = getattr(BY_TYPE[entry.type], "after_all", None)
+        after = getattr(kind_by_type(entry.type), "after_all", None)
         if after is not None and owner == rt.pid:
             after(rctx, rt, entry, fd)
             inj.reset_scratch()

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import elf, images, progress
-from ..errors import RestoreError, Unsupported
+from ..errors import ImageError, RestoreError, Unsupported
+from ..images import parent as parent_pages
 from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
 from ..inject import InjectError
 from ..kernel import consts as C
+from ..kernel.libc import libc
 from ..kernel.structs import PrctlMmMap
 from ..procfs.pagemap import PM_FILE, PM_PRESENT, PagemapReader
 from ..procfs.parse import MapEntry, parse_maps
@@ -441,7 +443,118 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         mm.vmas.append(vma_pb2.vma_entry(start=addr, end=addr + n * PAGE, pgoff=0, shmid=0,
                                          prot=0, flags=0, status=VMA_AREA_GUARD, fd=-1))
     task.extra_images.append(("mm", pid, [mm]))
-    _dump_pages(ctx, task, to_copy)
+    to_copy, in_parent = split_by_parent(ctx, pid, to_copy)
+    _dump_pages(ctx, task, to_copy, in_parent)
+
+
+# What a dump with a parent (--prev-images-dir) knows, set by the driver
+# in ctx.kind_state[TRACK] (see resources/memtrack.py):
+#   "parent": the parent images dir;
+#   "written": {pid: (address, n_pages) runs written since the parent's
+#              copy}, for the tasks whose tracking held (others: absent);
+#   "registered": {pid: [(start, end)...]}: the VMAs it protected.
+# pre_dump() notes in ctx.kind_state[TRACK + ".arm"] the VMAs to protect.
+TRACK = "memtrack"
+
+
+def split_by_parent(ctx: "DumpContext", pid: int, runs: list[tuple[int, int]]
+                    ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(runs to copy, runs left in the parent): a page stays in the parent
+    when it was not written since the parent's copy and the parent chain
+    holds it at this address."""
+    track = ctx.kind_state.get(TRACK)
+    if track is None or pid not in track["written"]:
+        return runs, []
+    # Only where our userfaultfd protects the VMA now is "not written" known
+    # (PAGEMAP_SCAN skips some kinds of VMA: those are copied).
+    held = _intersect(parent_runs(track["parent"], pid),
+                      [(a, (b - a) // PAGE) for a, b in track["registered"].get(pid, ())])
+    unwritten = _subtract(runs, track["written"][pid])
+    in_parent = _intersect(unwritten, held)
+    return _subtract(runs, in_parent), in_parent
+
+
+def parent_runs(parent: str, pid: int) -> list[tuple[int, int]]:
+    """(address, n_pages) of the pages the images in ``parent`` (and its
+    own parents) hold for task ``pid``, sorted."""
+    try:
+        entries = images.read_image(parent, "pagemap", pid)[1:]
+    except (FileNotFoundError, ImageError):
+        return []
+    out: list[tuple[int, int]] = []
+    for e in sorted(entries, key=lambda e: e.vaddr):
+        if e.HasField("flags") and not e.flags & (PE_PRESENT | PE_PARENT):
+            continue  # lazy: not in the images
+        if out and out[-1][0] + out[-1][1] * PAGE == e.vaddr:
+            out[-1] = (out[-1][0], out[-1][1] + e.nr_pages)
+        else:
+            out.append((e.vaddr, e.nr_pages))
+    return out
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pages in both sorted run lists, as (address, n_pages) runs."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        a0, a1 = a[i][0], a[i][0] + a[i][1] * PAGE
+        b0, b1 = b[j][0], b[j][0] + b[j][1] * PAGE
+        lo, hi = max(a0, b0), min(a1, b1)
+        if lo < hi:
+            out.append((lo, (hi - lo) // PAGE))
+        if a1 <= b1:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def _subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pages of sorted runs ``a`` not in sorted runs ``b``."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for addr, n in a:
+        pos, end = addr, addr + n * PAGE
+        while j < len(b) and b[j][0] + b[j][1] * PAGE <= pos:
+            j += 1
+        k = j
+        while pos < end and k < len(b) and b[k][0] < end:
+            b0, b1 = b[k][0], b[k][0] + b[k][1] * PAGE
+            if b0 > pos:
+                out.append((pos, (b0 - pos) // PAGE))
+            pos = max(pos, b1)
+            k += 1
+        if pos < end:
+            out.append((pos, (end - pos) // PAGE))
+    return out
+
+
+def pre_dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    """A pre-dump's part: the task's private pages only (pagemap-PID.img,
+    pages-N.img; the rest of the state is for the final dump), copied
+    whole the first time and, with a parent, only those written since;
+    the private anonymous VMAs are noted for the driver to protect."""
+    pid = task.pid
+    to_copy: list[tuple[int, int]] = []
+    arm: list[tuple[int, int]] = []
+    pagemap = PagemapReader(pid)
+    try:
+        for m in task.maps:
+            status, _ = _vma_status(task, m)
+            more, _ = _vmflags(task, m)
+            if more & C.MAP_DROPPABLE or status & VMA_AREA_AIORING:
+                continue  # not kept / small: the final dump copies them
+            if status & (VMA_ANON_PRIVATE | VMA_FILE_PRIVATE) and \
+                    not status & (VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_VDSO):
+                to_copy += pagemap.runs(m.start, m.end,
+                                        anon_only=bool(status & VMA_FILE_PRIVATE))
+                if not status & (VMA_FILE_PRIVATE | VMA_AREA_MEMFD):
+                    arm.append((m.start, m.end))
+    finally:
+        pagemap.close()
+    ctx.kind_state.setdefault(TRACK + ".arm", {})[pid] = arm
+    to_copy, in_parent = split_by_parent(ctx, pid, to_copy)
+    _dump_pages(ctx, task, to_copy, in_parent)
 
 
 def _check_vdso_dump(task: "DumpTask") -> None:
@@ -462,7 +575,8 @@ def finish(ctx: "DumpContext") -> None:
     shmem.finish(ctx)
 
 
-def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]]) -> None:
+def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]],
+                in_parent: list[tuple[int, int]] | None = None) -> None:
     """Write the pages of ``runs`` to pages-N.img, in order, and their pagemap.
 
     The frozen target writes its own pages: it opens the image and we
@@ -477,8 +591,13 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
-    entries += [pagemap_pb2.pagemap_entry(vaddr=addr, nr_pages=n, flags=PE_PRESENT)
-                for addr, n in runs]
+    # Pages left in the parent (PE_PARENT, criu's in_parent) have no bytes
+    # here; the entries stay in address order, as criu's readers want.
+    marked = [(addr, n, PE_PRESENT) for addr, n in runs] + \
+        [(addr, n, PE_PARENT) for addr, n in in_parent or ()]
+    marked.sort()
+    entries += [pagemap_pb2.pagemap_entry(vaddr=addr, nr_pages=n, flags=flags)
+                for addr, n, flags in marked]
     path = images.image_path(ctx.images_dir, "pages", pages_id)
     ctx.created.append(path)
     out = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -492,7 +611,7 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-        copier = _PageCopier(task, path, out, total)
+        copier = _PageCopier(task, path, out, total, sync=ctx.opts.sync)
         try:
             copier.copy(runs)
         finally:
@@ -502,11 +621,23 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     task.extra_images.append(("pagemap", task.pid, entries))
 
 
+def start_writeback(fd: int, offset: int, size: int) -> None:
+    """sync_file_range(SYNC_FILE_RANGE_WRITE): queue the dirty pages of the
+    range for write-back and return.  Only a hint: a filesystem that
+    refuses it is synced at the end like the other images."""
+    try:
+        libc.sync_file_range(fd, offset, size, C.SYNC_FILE_RANGE_WRITE)
+    except OSError as exc:
+        log.debug("sync_file_range: %s", exc)
+
+
 class _PageCopier:
     """Moves runs of pages of a frozen task into the open pages image."""
 
-    def __init__(self, task: "DumpTask", path: str, out: int, total: int) -> None:
+    def __init__(self, task: "DumpTask", path: str, out: int, total: int,
+                 sync: bool = False) -> None:
         self.task = task
+        self.sync = sync          # --sync: start write-back of each batch at once
         self.inj = task.need_inj()
         self.out = out
         self.offset = 0           # file offset of the next byte to write
@@ -558,6 +689,7 @@ class _PageCopier:
             if self.tfd < 0 or self._is_unreadable(addr):
                 self._flush()
                 self._copy_ourselves(addr, size, self.offset)
+                self._writeback(self.offset, size)
                 self.offset += size
                 self.batch_off = self.offset
                 self.bar.update(self.offset)
@@ -595,10 +727,18 @@ class _PageCopier:
             # filling up): finish the batch ourselves, which reports why
             # if it fails too.
             self._copy_rest(done)
+        self._writeback(self.batch_off, self.batch_len)
         self.batch = []
         self.batch_off += self.batch_len
         self.batch_len = 0
         self.bar.update(self.batch_off)
+
+    def _writeback(self, offset: int, size: int) -> None:
+        """With --sync, start writing these bytes to disk now (without
+        waiting), so the disk works while the next batch is copied and the
+        final sync has little left to wait for."""
+        if self.sync:
+            start_writeback(self.out, offset, size)
 
     def _copy_rest(self, done: int) -> None:
         off = self.batch_off
@@ -697,7 +837,7 @@ class _Premapped:
     """What premap() left mapped in one task, for its children to reuse."""
     vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()
     runs: "_Runs"                                   # its pages: (addr, size, offset)
-    pages: str                                      # path of its pages image
+    pages: list[str]                                # its page files (see _page_runs)
 
 
 def _vma_key(v: Any, prot: int, ident: tuple[int, int] | None) -> tuple[Any, ...]:
@@ -705,17 +845,101 @@ def _vma_key(v: Any, prot: int, ident: tuple[int, int] | None) -> tuple[Any, ...
     return (v.pgoff, prot, v.flags, v.status, v.fdflags if v.HasField("fdflags") else 0, ident)
 
 
+# A page's place in a chain of images (a dump over pre-dumps): which page
+# file (an index into RestoreTask.page_files: 0 its own pages-N.img, then
+# its parents') and the offset there, in one int: index << _FILE_SHIFT | offset.
+_FILE_SHIFT = 48
+
+
 def _page_runs(rt: "RestoreTask") -> _Runs:
-    """(addr, size, offset in pages-N.img) of every page the image holds."""
-    runs = []
+    """(addr, size, place) of every page the images hold for the task,
+    ``place`` as above; pages left in a parent (PE_PARENT, criu's
+    in_parent) are looked up through the ``parent`` links."""
+    if rt.page_runs is None:
+        files: list[str] = []
+        ipid = rt._rctx.image_pid(rt.pid) if rt._rctx is not None else rt.pid
+        runs = _chain_runs(os.path.dirname(rt.image_name("pages")), ipid, files,
+                           rt.pages_id, rt.pagemap, 0)
+        rt.page_files = files
+        rt.page_runs = _Runs(runs)
+    return rt.page_runs  # type: ignore[no-any-return]
+
+
+def check_pages(rt: "RestoreTask") -> None:
+    """Find every page of the task in its images and their parents' now,
+    before anything is created: a page no image holds is one line naming
+    it (the restore's reading stage calls this)."""
+    _page_runs(rt)
+
+
+def _chain_runs(d: str, pid: int, files: list[str], pages_id: int, entries: Any,
+                depth: int) -> list[tuple[int, int, int]]:
+    idx = len(files)
+    files.append(images.image_path(d, "pages", pages_id))
+    runs: list[tuple[int, int, int]] = []
+    need: list[tuple[int, int]] = []
     off = 0
-    for e in rt.pagemap:
-        if e.HasField("flags") and not e.flags & PE_PRESENT:
-            continue  # lazy/parent pages have no bytes in this pages file
+    for e in entries:
         size = e.nr_pages * PAGE
-        runs.append((e.vaddr, size, off))
-        off += size
-    return _Runs(runs)
+        flags = parent_pages.flags_of(e)   # older criu: the in_parent field
+        if flags & PE_PRESENT:
+            runs.append((e.vaddr, size, idx << _FILE_SHIFT | off))
+            off += size
+        elif flags & PE_PARENT:
+            need.append((e.vaddr, size))
+        else:   # PE_LAZY alone: no bytes anywhere in the images
+            raise ImageError(os.path.join(d, f"pagemap-{pid}.img"),
+                             f"pages at {e.vaddr:#x}-{e.vaddr + size:#x} are lazy "
+                             f"(flags {flags:#x}: on a page server or left for lazy "
+                             "restore); procsnap restores only pages in image files")
+    if need:
+        pdir = os.path.join(d, "parent")
+        if depth >= 64:
+            raise ImageError(pdir, "more than 64 parent images: a loop of parent links?")
+        if not os.path.isdir(pdir):
+            raise ImageError(os.path.join(d, f"pagemap-{pid}.img"),
+                             "pages are in the parent images, but there is no parent link "
+                             f"({pdir})")
+        try:
+            pm = images.read_image(pdir, "pagemap", pid)
+        except FileNotFoundError:
+            raise ImageError(os.path.join(d, f"pagemap-{pid}.img"),
+                             "pages are in the parent images, but there is no "
+                             f"{pdir}/pagemap-{pid}.img") from None
+        if not pm:
+            raise ImageError(pdir, f"pagemap-{pid}.img: empty pagemap (no head)")
+        theirs = _Runs(_chain_runs(pdir, pid, files, pm[0].pages_id, pm[1:], depth + 1))
+        for addr, size in need:
+            got = _clip(theirs, addr, addr + size)
+            if sum(n for _, n, _ in got) != size:
+                raise ImageError(os.path.join(d, f"pagemap-{pid}.img"),
+                                 f"pages at {addr:#x}-{addr + size:#x} are in the parent "
+                                 f"images, which do not hold them all")
+            runs += got
+        runs.sort()
+    return runs
+
+
+class _PageFiles:
+    """Reads page bytes by place (see _page_runs), opening files on use."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        self.fds: dict[int, int] = {}
+
+    def pread(self, place: int, n: int) -> bytes:
+        idx, off = place >> _FILE_SHIFT, place & ((1 << _FILE_SHIFT) - 1)
+        if idx not in self.fds:
+            self.fds[idx] = os.open(self.files[idx], os.O_RDONLY | os.O_CLOEXEC)
+        data = os.pread(self.fds[idx], n, off)
+        if len(data) != n:
+            raise RestoreError(f"{self.files[idx]}: short read at offset {off}")
+        return data
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 class _Runs:
@@ -758,7 +982,6 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     done: dict[int, _Premapped] = rctx.kind_state.setdefault(NAME, {})
     parent = done.get(rt.pstree.ppid) if rt is not rctx.tasks[0] else None
     with_pages = _vmas_with_pages(rt)
-    pages_path = rt.pages_file()
 
     # Open each mapped file once (by its access mode), before anything is
     # unmapped: a child compares them with the files its parent mapped.
@@ -859,17 +1082,15 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             continue
         assert parent is not None
         theirs = _clip(parent.runs, v.start, v.end)
-        t, d = _diff_pages(pages_path, mine, parent.pages, theirs)
+        t, d = _diff_pages(rt.page_files, mine, parent.pages, theirs)
         todo += t
         drop += d
     if todo:
-        pages_fd = rt.open_in_puppet(pages_path, os.O_RDONLY)
-        _fill_pages(rt, pages_fd, todo)
-        inj.call("close", pages_fd)
+        _fill_pages(rt, rt.page_files, todo)
     for a, n in drop:
         inj.call("madvise", a, n, C.MADV_DONTNEED)
     done[rt.pid] = _Premapped({(mm.vmas[i].start, mm.vmas[i].end): keys[i] for i in idents},
-                              runs, pages_path)
+                              runs, rt.page_files)
 
 
 def _open_mapped(rctx: "RestoreContext", rt: "RestoreTask", v: Any,
@@ -889,8 +1110,8 @@ def _open_mapped(rctx: "RestoreContext", rt: "RestoreTask", v: Any,
     return fds[key]
 
 
-def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: str,
-                theirs: list[tuple[int, int, int]]
+def _diff_pages(mine_files: list[str], mine: list[tuple[int, int, int]],
+                theirs_files: list[str], theirs: list[tuple[int, int, int]]
                 ) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
     """Pages of one kept VMA: (runs to write, ranges to drop).
 
@@ -923,8 +1144,8 @@ def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: s
         else:
             drop.append((addr, n))
 
-    fm = os.open(mine_path, os.O_RDONLY | os.O_CLOEXEC)
-    ft = os.open(theirs_path, os.O_RDONLY | os.O_CLOEXEC) if theirs else -1
+    fm = _PageFiles(mine_files)
+    ft = _PageFiles(theirs_files)
     try:
         i = j = 0
         # Cursor: everything below ``pos`` is decided.
@@ -946,10 +1167,8 @@ def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: s
                 a_off, b_off = mo + pos - ma, to + pos - ta
                 for k in range(0, n, _CMP_CHUNK):
                     c = min(_CMP_CHUNK, n - k)
-                    a_bytes = os.pread(fm, c, a_off + k)
-                    b_bytes = os.pread(ft, c, b_off + k)
-                    if len(a_bytes) != c:
-                        raise RestoreError(f"{mine_path}: short read at offset {a_off + k}")
+                    a_bytes = fm.pread(a_off + k, c)
+                    b_bytes = ft.pread(b_off + k, c)
                     if a_bytes == b_bytes:
                         continue
                     for p in range(0, c, PAGE):
@@ -961,9 +1180,8 @@ def _diff_pages(mine_path: str, mine: list[tuple[int, int, int]], theirs_path: s
             if in_t and stop >= ta + ts:
                 j += 1
     finally:
-        os.close(fm)
-        if ft >= 0:
-            os.close(ft)
+        fm.close()
+        ft.close()
     return write, drop
 
 
@@ -1027,10 +1245,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         runs = _page_runs(rt)
         todo = [r for i in later for r in _clip(runs, mm.vmas[i].start, mm.vmas[i].end)]
         if todo:
-            pages_fd = rt.open_in_puppet(
-                rt.pages_file(), os.O_RDONLY)
-            _fill_pages(rt, pages_fd, todo)
-            inj.call("close", pages_fd)
+            _fill_pages(rt, rt.page_files, todo)
 
     # 5. Final protections of what was mapped writable for its pages.
     for i, v in enumerate(mm.vmas):
@@ -1089,13 +1304,13 @@ def _saved_bytes(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> bytes:
     """The saved bytes of VMA ``v`` (small: an aio ring), zeroes where no
     page was saved."""
     out = bytearray(v.end - v.start)
-    path = rt.pages_file()
-    with open(path, "rb") as f:
-        for addr, size, off in _clip(_page_runs(rt), v.start, v.end):
-            data = os.pread(f.fileno(), size, off)
-            if len(data) != size:
-                raise RestoreError(f"{path}: short read at offset {off}")
-            out[addr - v.start:addr - v.start + size] = data
+    runs = _clip(_page_runs(rt), v.start, v.end)
+    f = _PageFiles(rt.page_files)
+    try:
+        for addr, size, off in runs:
+            out[addr - v.start:addr - v.start + size] = f.pread(off, size)
+    finally:
+        f.close()
     return bytes(out)
 
 
@@ -1105,7 +1320,7 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
     starts = [v.start for v in rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     out: set[int] = set()
     for e in rt.pagemap:
-        if e.HasField("flags") and not e.flags & PE_PRESENT:
+        if e.HasField("flags") and not e.flags & (PE_PRESENT | PE_PARENT):
             continue
         end = e.vaddr + e.nr_pages * PAGE
         i = bisect.bisect_right(starts, e.vaddr) - 1
@@ -1146,7 +1361,20 @@ def _restore_vmflags(rt: "RestoreTask") -> None:
             inj.call("mlock", v.start, v.end - v.start)
 
 
-def _fill_pages(rt: "RestoreTask", pages_fd: int, runs: list[tuple[int, int, int]]) -> None:
+def _fill_pages(rt: "RestoreTask", files: list[str], runs: list[tuple[int, int, int]]) -> None:
+    """``runs`` (addr, size, place) from the page files ``files`` (see
+    _page_runs), one file after the other."""
+    by_file: dict[int, list[tuple[int, int, int]]] = {}
+    mask = (1 << _FILE_SHIFT) - 1
+    for addr, size, place in runs:
+        by_file.setdefault(place >> _FILE_SHIFT, []).append((addr, size, place & mask))
+    for idx in sorted(by_file):
+        fd = rt.open_in_puppet(files[idx], os.O_RDONLY)
+        _fill_from(rt, fd, by_file[idx])
+        rt.inj.call("close", fd)
+
+
+def _fill_from(rt: "RestoreTask", pages_fd: int, runs: list[tuple[int, int, int]]) -> None:
     """The puppet reads its pages itself, straight from the image into
     place: one preadv per batch of runs contiguous in the file (up to
     _IOV_MAX runs or _BATCH_BYTES), so the bytes never pass through Python

@@ -107,3 +107,24 @@ def test_fd_kinds_are_complete_and_distinct() -> None:
         for fn in ("matches", "dump", "open_fd"):
             assert callable(getattr(kind, fn, None)), f"{kind.NAME} has no {fn}()"
     assert files.BY_TYPE == {k.TYPE: k for k in files.FD_KINDS}
+    # the kinds imported on use: found by the type of their entries
+    for kind in files.FD_KINDS:
+        assert files.kind_by_type(kind.TYPE) is kind, kind.NAME
+    assert set(files._LAZY_TYPE.values()) == set(files._LAZY_PREFIX)
+
+
+def test_a_small_process_does_not_load_socket_kinds() -> None:
+    """Sockets and event fds cost their import only to a tree that has them."""
+    import subprocess
+    import sys
+    code = ("import sys, procsnap.cli, procsnap.dumper, procsnap.restorer, procsnap.verify, "
+            "procsnap.audit, procsnap.resources; "
+            "print(sorted(m for m in sys.modules if m.rsplit('.', 1)[-1] in "
+            "('unixsk', 'inetsk', 'netlinksk', 'packetsk', 'sockets', 'eventpoll', 'timerfd')))")
+    import os
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout.strip()
+    assert out == "[]", out

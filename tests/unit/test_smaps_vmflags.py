@@ -108,7 +108,7 @@ def test_diff_pages_matches_page_by_page(tmp_path) -> None:
         timg = b"".join(bytes([c]) * PAGE for c in tseed)
         (tmp_path / "m").write_bytes(mimg)
         (tmp_path / "t").write_bytes(timg)
-        write, drop = _diff_pages(str(tmp_path / "m"), mine, str(tmp_path / "t"), theirs)
+        write, drop = _diff_pages([str(tmp_path / "m")], mine, [str(tmp_path / "t")], theirs)
         got_w = sorted((a + k, o + k) for a, n, o in write for k in range(0, n, PAGE))
         got_d = sorted(a + k for a, n in drop for k in range(0, n, PAGE))
         assert (got_w, got_d) == _brute_diff(mimg, mine, timg, theirs), trial
@@ -124,3 +124,29 @@ def test_guard_pages_are_not_data_but_guard_runs() -> None:
     assert dump_runs(data, anon_only=False) == [(0, 1), (3, 1)]
     assert dump_runs(data, anon_only=True) == [(0, 1), (3, 1)]
     assert dump_runs(data, anon_only=False, guard=True) == [(1, 2)]
+
+
+def test_parent_split_run_arithmetic() -> None:
+    """A dump over a pre-dump keeps in the parent exactly the pages it
+    has, not written since, that the parent holds; the rest is copied."""
+    import random
+    from procsnap.resources.memory import PAGE, _intersect, _subtract
+    rnd = random.Random(5)
+
+    def runs() -> list[tuple[int, int]]:
+        out, addr = [], rnd.randrange(0, 4) * PAGE
+        for _ in range(rnd.randrange(0, 7)):
+            n = rnd.randrange(1, 9)
+            out.append((addr, n))
+            addr += (n + rnd.choice([0, 1, 3])) * PAGE
+        return out
+
+    def pages(rs: list[tuple[int, int]]) -> set[int]:
+        return {a + k * PAGE for a, n in rs for k in range(n)}
+
+    for trial in range(300):
+        a, b = runs(), runs()
+        assert sorted(pages(_intersect(a, b))) == sorted(pages(a) & pages(b)), trial
+        assert sorted(pages(_subtract(a, b))) == sorted(pages(a) - pages(b)), trial
+        got = _subtract(a, b)
+        assert got == sorted(got) and all(n > 0 for _, n in got)
