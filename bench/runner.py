@@ -7,6 +7,9 @@ Rules this runner keeps:
   even on error or ^C.  It is a child subreaper, so restored processes and
   orphaned tree members become its children and are reaped here.
 * Before restoring under the same PID it waits until /proc/PID is gone.
+* Containers (the container case) are stopped and removed through their
+  own runtimes, with their cgroups and lxcfs, by tests/containers.py's
+  context managers, which the integration tests use too.
 * procsnap and its baseline run in the same round on the same data, and
   only ratios are compared with targets: absolute times on these virtual
   machines drift by 2-4x from one minute to the next.

@@ -327,6 +327,14 @@ def _dump_loopback(ctx: "DumpContext", ns_id: int, pid: int) -> None:
         _write_raw(ctx, "ifaddr", ns_id, res.stdout)
 
 
+def prepare(ctx: "DumpContext", pid: int) -> None:
+    """Before the freeze: pyroute2, which _links needs, takes 0.1-0.15 s to
+    import; loaded here it is not part of the time the tree is held (an LXC
+    container's frozen time was 0.36 s, 0.13 s of it this import)."""
+    if not ctx.opts.empty_ns & CLONE_FLAG:
+        import pyroute2  # type: ignore[import-untyped]  # noqa: F401
+
+
 def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
     pid = task.pid
     if ctx.opts.empty_ns & CLONE_FLAG:
