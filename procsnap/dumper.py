@@ -371,7 +371,6 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     try:
         if _is_zombie(pid):
             raise ZombieProcess(pid)
-        namespaces.prepare(ctx, pid)  # slow imports before the tree is held
         t = time.monotonic()
         _freeze(ctx, pid)
         t_frozen = time.monotonic()

@@ -86,22 +86,6 @@ def own_ids(ids: Any) -> None:
             pass  # a kernel without that kind
 
 
-def prepare(ctx: "DumpContext", pid: int) -> None:
-    """The dumper's hook before the freeze: a saved kind with a
-    ``prepare(ctx, pid)`` loads there what its dump will need (a module
-    that is slow to import), so the tree is not held while it loads."""
-    for mod in NS_KINDS:
-        hook = getattr(mod, "prepare", None)
-        if hook is None:
-            continue
-        try:
-            if ns_inode(pid, mod.NAME) == ns_inode("self", mod.NAME):
-                continue
-        except OSError:
-            continue  # gone or a kernel without that kind: the dump says so
-        hook(ctx, pid)
-
-
 def dump(ctx: "DumpContext") -> None:
     """The dumper's hook, after the per-task modules: every task's namespace
     ids into its ids, then each saved kind's namespace once, with the root."""
@@ -212,6 +196,6 @@ def leave(rctx: "RestoreContext") -> None:
             hook(rctx)
 
 
-__all__ = ["NS_KINDS", "prepare", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
+__all__ = ["NS_KINDS", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
            "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]

@@ -64,7 +64,7 @@ from ... import images
 from ...errors import DumpError, RestoreError, Unsupported
 from ...images.pb import netdev_pb2, sysctl_pb2
 from ...kernel import consts as C
-from ...kernel import netns
+from ...kernel import netns, rtnl
 from ...kernel.libc import syscall
 
 if TYPE_CHECKING:
@@ -180,37 +180,28 @@ def _all_sysctls() -> list[tuple[str, str]]:
 
 
 def _links(pid: int, ns_id: int) -> list[Any]:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # ~150 ms: only here
-    with IPRoute() as ipr:
-        links = list(ipr.get_links())
     out = []
-    for link in links:
-        name = link.get_attr("IFLA_IFNAME")
-        kind = _link_kind(link)
-        flags = link["flags"]
+    for link in rtnl.links():   # RTM_GETLINK in this thread's namespace: no pyroute2
+        name, kind, flags = link.name, link.kind, link.flags
         nde = netdev_pb2.net_device_entry(
-            ifindex=link["index"], mtu=link.get_attr("IFLA_MTU") or 0, flags=flags, name=name)
+            ifindex=link.index, mtu=link.mtu, flags=flags, name=name)
         if flags & IFF_LOOPBACK and kind is None:
             nde.type = netdev_pb2.LOOPBACK
         elif kind == "veth":
             nde.type = netdev_pb2.VETH
-            peer = link.get_attr("IFLA_LINK")
-            if peer:
-                nde.peer_ifindex = peer
-            nsid = link.get_attr("IFLA_LINK_NETNSID")
-            if nsid is not None:
-                nde.peer_nsid = nsid  # the peer lives in another namespace
+            if link.link:
+                nde.peer_ifindex = link.link
+            if link.link_netnsid is not None:
+                nde.peer_nsid = link.link_netnsid  # the peer lives in another namespace
         else:
             raise Unsupported(f"{_where(pid, ns_id)}: device {name} ({kind or 'no kind'}"
-                              f", ifindex {link['index']}) cannot be restored; procsnap "
+                              f", ifindex {link.index}) cannot be restored; procsnap "
                               "restores only the loopback and veth devices")
-        addr = link.get_attr("IFLA_ADDRESS")
-        if addr:
-            nde.address = bytes.fromhex(addr.replace(":", ""))
-        master = link.get_attr("IFLA_MASTER")
-        if master:
+        if link.address:
+            nde.address = link.address
+        if link.master:
             raise Unsupported(f"{_where(pid, ns_id)}: device {name} is enslaved to ifindex "
-                              f"{master}; procsnap cannot restore that")
+                              f"{link.master}; procsnap cannot restore that")
         nde.conf4.extend(_conf_entries("ipv4", name, DEVCONFS4))
         nde.conf6.extend(_conf_entries("ipv6", name, DEVCONFS6))
         out.append(nde)
@@ -325,14 +316,6 @@ def _dump_loopback(ctx: "DumpContext", ns_id: int, pid: int) -> None:
             raise DumpError(f"{_where(pid, ns_id)}: ip addr save dev lo: "
                             f"{res.stderr.decode(errors='replace').strip()}")
         _write_raw(ctx, "ifaddr", ns_id, res.stdout)
-
-
-def prepare(ctx: "DumpContext", pid: int) -> None:
-    """Before the freeze: pyroute2, which _links needs, takes 0.1-0.15 s to
-    import; loaded here it is not part of the time the tree is held (an LXC
-    container's frozen time was 0.36 s, 0.13 s of it this import)."""
-    if not ctx.opts.empty_ns & CLONE_FLAG:
-        import pyroute2  # type: ignore[import-untyped]  # noqa: F401
 
 
 def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
