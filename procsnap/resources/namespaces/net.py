@@ -3,7 +3,8 @@ firewall (CRIU's netdev-ID.img, netns-ID.img, ifaddr/route/route6/rule-ID.img,
 nftables-ID.img / iptables-ID.img / ip6tables-ID.img).
 
 What is saved, and how:
-- links (netdev-ID.img, rtnetlink through pyroute2): the loopback and veth
+- links (netdev-ID.img; read with one RTM_GETLINK, kernel/rtnl.py; made with
+  pyroute2, a loopback alone with ioctls): the loopback and veth
   devices, each with its name, index, mtu, flags (up/down), hardware
   address and its per-device ipv4/ipv6 conf (CRIU's conf4/conf6).  Any
   other kind of device (macvlan, vxlan, tun, bridge, a physical one...)
