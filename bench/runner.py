@@ -7,6 +7,9 @@ Rules this runner keeps:
   even on error or ^C.  It is a child subreaper, so restored processes and
   orphaned tree members become its children and are reaped here.
 * Before restoring under the same PID it waits until /proc/PID is gone.
+* Containers (the container case) are stopped and removed through their
+  own runtimes, with their cgroups and lxcfs, by tests/containers.py's
+  context managers, which the integration tests use too.
 * procsnap and its baseline run in the same round on the same data, and
   only ratios are compared with targets: absolute times on these virtual
   machines drift by 2-4x from one minute to the next.
@@ -26,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = Path(__file__).resolve().parent / "targets"
@@ -504,7 +507,211 @@ def case_verify(work: Path, runs: int, mib: int) -> list[Row]:
     return rows
 
 
-CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify"]
+# ------------------------------------------------------------ containers ----
+#
+# The containers are tests/containers.py's, the ones test_lxc.py and
+# test_runc.py check: one copy of the set-up and clean-up.
+
+Tool = str            # "procsnap" or "criu"
+
+
+@dataclass
+class ContainerRound:
+    dump: float        # wall time of the runtime's checkpoint command
+    restore: float     # wall time of its restore command
+    frozen: float      # the tool's stats-dump frozen_time
+    start: float       # wall time of the runtime's start of that container
+
+
+def _containers() -> Any:
+    """tests/containers.py (it imports tests/helpers.py, no pytest)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import containers
+    return containers
+
+
+def _frozen(work_dir: Path) -> float:
+    """frozen_time of the stats-dump a dump left there (procsnap's or
+    criu's: the same image, read with procsnap's own reader)."""
+    from procsnap import images
+    return float(images.read_one(str(work_dir), "stats").dump.frozen_time) / 1e6
+
+
+def _criu_as_criu(work: Path) -> Path:
+    """A directory whose ``criu`` is the --criu binary (LXC runs the criu
+    first on PATH)."""
+    assert _CRIU is not None
+    d = work / "criu-4-bin"
+    d.mkdir(exist_ok=True)
+    if not (d / "criu").exists():
+        (d / "criu").symlink_to(_CRIU)
+    return d
+
+
+def _container_rows(what: str, runs: int, start_name: str,
+                    one_round: Callable[[Tool], ContainerRound],
+                    dump_name: str, restore_name: str) -> list[Row]:
+    """procsnap (and criu with --criu) through a runtime, one fresh
+    container per tool per round, alternating which tool goes first; round
+    0 warms caches (.pyc, page cache) and is not counted.  With --criu the
+    rows are procsnap/CRIU against 1.5x (issues 9 and 11); without, the
+    runtime's own start of the same container is shown for scale, with no
+    target."""
+    cmp = _CRIU is not None
+    base = "criu 4.2" if cmp else start_name
+    target = 1.5 if cmp else None
+    dump = Row(f"{what}: {dump_name}", "s", baseline_name=base, target=target)
+    rest = Row(f"{what}: {restore_name}", "s", baseline_name=base, target=target)
+    both = Row(f"{what}: both", "s", baseline_name=base, target=target)
+    frozen = Row(f"{what}: frozen in dump (stats-dump)", "s",
+                 baseline_name="criu 4.2" if cmp else "", target=target)
+    rows = [dump, rest, both, frozen]
+    failed = ""
+    for i in range(runs + 1):
+        tools: list[Tool] = ["procsnap", "criu"] if cmp and not failed else ["procsnap"]
+        if i % 2:
+            tools.reverse()
+        got: dict[Tool, ContainerRound] = {}
+        for tool in tools:
+            try:
+                got[tool] = one_round(tool)
+            except Exception as exc:
+                if tool == "criu":
+                    failed = " ".join(str(exc).split())[:200]
+                    continue
+                if is_unsupported(exc):
+                    for r in rows:
+                        r.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
+                    return rows
+                raise
+        if not i:
+            continue
+        p = got["procsnap"]
+        dump.procsnap.append(p.dump)
+        rest.procsnap.append(p.restore)
+        both.procsnap.append(p.dump + p.restore)
+        frozen.procsnap.append(p.frozen)
+        if not cmp:
+            for r in (dump, rest, both):
+                r.baseline.append(p.start)
+        elif "criu" in got:
+            c = got["criu"]
+            dump.baseline.append(c.dump)
+            rest.baseline.append(c.restore)
+            both.baseline.append(c.dump + c.restore)
+            frozen.baseline.append(c.frozen)
+    if failed:
+        for r in rows:
+            r.baseline.clear()
+            r.baseline_name = ""
+        rows.append(Row(f"{what}: criu 4.2", "s", note=f"failed: {failed}"))
+    return rows
+
+
+def case_container(work: Path, runs: int) -> list[Row]:
+    ct = _containers()
+    # the procsnap wrapper's interpreter runs with its .pyc (child_env's reason)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    rows: list[Row] = []
+    missing = ct.lxc_missing()
+    if missing:
+        rows.append(Row("LXC busybox+lxcfs", "s", note="not installed: " + ", ".join(missing)))
+    else:
+        rows += _container_rows("LXC busybox+lxcfs", runs, "lxc-start",
+                                lambda tool: _lxc_round(ct, work, tool),
+                                "lxc-checkpoint -s", "lxc-checkpoint -r")
+    missing = ct.runc_missing()
+    if missing:
+        rows.append(Row("runc busybox", "s", note="not installed: " + ", ".join(missing)))
+    else:
+        with ct.runc_bundle() as r:
+            rows += _container_rows("runc busybox", runs, "runc run -d",
+                                    lambda tool: _runc_round(ct, r, work, tool),
+                                    "runc checkpoint", "runc restore -d")
+    return rows
+
+
+def _lxc_round(ct: Any, work: Path, tool: Tool) -> ContainerRound:
+    """lxc-checkpoint -s then -r of a fresh container (test_lxc's, except
+    what CRIU 4.2 cannot restore: the template's binds of the /lib and
+    /lib64 symlinks, and lxcfs files held open by the init), with ``tool``
+    first on PATH as criu."""
+    with ct.lxc_container(ct.LXC_PLAIN_COUNTER, symlink_binds=False) as c:
+        c.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if tool == "criu":
+            c.env["PATH"] = f"{_criu_as_criu(work)}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+        d = c.base / "images"
+        old = c.pid()
+
+        def step(flag: str, log: str) -> float:
+            t = time.monotonic()
+            res = c.lxc("lxc-checkpoint", flag, "-D", d, check=False)
+            wall = time.monotonic() - t
+            if res.returncode:
+                tail = (d / log).read_text(errors="replace").strip().splitlines()[-3:] \
+                    if (d / log).exists() else []
+                raise ChildError(f"{tool}: lxc-checkpoint {flag}: exit {res.returncode}: "
+                                 + " | ".join(tail or [res.stderr.strip()[-300:]]))
+            return wall
+
+        t_d = step("-s", "dump.log")
+        if c.state() != "STOPPED":
+            raise ChildError(f"{tool}: the container is {c.state()} after lxc-checkpoint -s")
+        # the dumped init's zombie comes to us (subreaper): its pid is to be free
+        wait_gone(old)
+        last = c.numbers()[-1]
+        t_r = step("-r", "restore.log")
+        _going_on(lambda: c.state() == "RUNNING" and c.numbers()[-1] >= last + 3,
+                  f"{tool}: the restored LXC container's counter")
+        return ContainerRound(t_d, t_r, _frozen(d), c.start_time)
+
+
+def _runc_round(ct: Any, r: Any, work: Path, tool: Tool) -> ContainerRound:
+    """runc checkpoint then restore -d of a fresh container of test_runc's
+    bundle, with ``tool`` as runc's --criu; its own --work-path (where the
+    stats-dump is left: runc's default is inside the state it deletes)."""
+    cid = r.id(f"{tool}{len(r.ids)}")
+    r.criu = Path(_CRIU or "") if tool == "criu" else r.base / "criu-bin" / "criu"
+    images, wd = r.base / f"images-{cid}", r.base / f"work-{cid}"
+    wd.mkdir()
+    try:
+        r.start(cid)
+        pid = r.pid(cid)
+        t = time.monotonic()
+        try:
+            r.checkpoint(cid, images, "--work-path", wd)
+        except AssertionError as exc:
+            raise ChildError(f"{tool}: {exc}") from None
+        t_d = time.monotonic() - t
+        wait_gone(pid)
+        n = len(r.numbers())
+        t = time.monotonic()
+        try:
+            r.restore(cid, images, "--work-path", wd)
+        except AssertionError as exc:
+            raise ChildError(f"{tool}: {exc}") from None
+        t_r = time.monotonic() - t
+        _going_on(lambda: r.status(cid) == "running" and len(r.numbers()) >= n + 3,
+                  f"{tool}: the restored runc container's counter")
+        return ContainerRound(t_d, t_r, _frozen(wd), r.start_time)
+    finally:
+        r.runc("delete", "--force", cid, check=False, timeout=60)
+        ct.remove_cgroups(cid)
+        reap()
+        shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def _going_on(cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """A timed restore counts only if the container runs on after it."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise ChildError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify", "container"]
 
 
 def main(argv: list[str]) -> int:
@@ -515,8 +722,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mib", type=int, default=1024, help="size of the memory case")
     ap.add_argument("--json", metavar="FILE", help="also write the raw numbers here")
     ap.add_argument("--criu", metavar="PATH",
-                    help="a criu binary: the memory and counter cases also run criu "
-                         "dump/restore in the same rounds and print procsnap/CRIU ratios "
+                    help="a criu binary: the memory, counter and container cases also run "
+                         "criu in the same rounds and print procsnap/CRIU ratios "
                          "(the bench builds nothing itself)")
     a = ap.parse_args(argv)
     if a.criu:
@@ -554,6 +761,8 @@ def main(argv: list[str]) -> int:
                                    lambda n: [str(n)])
             elif case == "verify":
                 rows += case_verify(work, a.runs, a.mib)
+            elif case == "container":
+                rows += case_container(work, a.runs)
             elif case == "threads":
                 rows += case_scale(work, a.runs, "threads", "threads", 8, 64,
                                    lambda n: [str(n)])

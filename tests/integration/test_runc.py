@@ -17,110 +17,28 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from containers import (COUNTER, busybox, criu_dir, log_tail, make_rootfs, numbers,
-                        remove_cgroups, run)
+from containers import Runc, log_tail, runc_bundle, runc_missing
 from helpers import check_continuity, is_untouched, proc_exists, reap, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
 
-class Runc:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.state = base / "state"
-        self.bundle = base / "bundle"
-        self.out = base / "out"
-        self.criu = criu_dir(base) / "criu"
-        self.tag = f"ps{os.getpid()}-{os.urandom(3).hex()}"
-        self.ids: list[str] = []
-
-    def id(self, name: str) -> str:
-        cid = f"{self.tag}-{name}"
-        self.ids.append(cid)
-        return cid
-
-    def runc(self, *args: object, check: bool = True, detached: bool = False,
-             timeout: float = 120) -> object:
-        return run("runc", "--root", self.state, "--criu", self.criu,
-                   "--log", self.base / "runc.log", *args, check=check,
-                   detached=detached, timeout=timeout)
-
-    def pid(self, cid: str) -> int:
-        return int(json.loads(self.runc("state", cid).stdout)["pid"])  # type: ignore[attr-defined]
-
-    def status(self, cid: str) -> str:
-        res = self.runc("state", cid, check=False)
-        if res.returncode != 0:  # type: ignore[attr-defined]
-            return "absent"
-        return str(json.loads(res.stdout)["status"])  # type: ignore[attr-defined]
-
-    def start(self, cid: str) -> None:
-        res = self.runc("run", "-d", "--bundle", self.bundle, cid, detached=True, check=False)
-        assert res.returncode == 0, log_tail(self.base / "runc.log")  # type: ignore[attr-defined]
-        wait_for(lambda: len(self.numbers()) >= 5, 20, "the container's counter")
-
-    def numbers(self) -> list[int]:
-        return numbers(self.out / "counter.log")
-
-    def checkpoint(self, cid: str, images: Path, *extra: object) -> None:
-        shutil.rmtree(images, ignore_errors=True)
-        res = self.runc("checkpoint", "--image-path", images, *extra, cid, check=False)
-        assert res.returncode == 0, (  # type: ignore[attr-defined]
-            f"runc checkpoint: {res.stderr[-2000:]}\n"  # type: ignore[attr-defined]
-            + log_tail(images / "dump.log", self.base / "runc.log"))
-
-    def restore(self, cid: str, images: Path) -> None:
-        res = self.runc("restore", "-d", "--image-path", images, "--bundle", self.bundle,
-                        cid, detached=True, check=False)
-        assert res.returncode == 0, (  # type: ignore[attr-defined]
-            "runc restore failed\n" + log_tail(images / "restore.log", self.base / "runc.log"))
-
-    def exec(self, cid: str, script: str) -> str:
-        return str(self.runc("exec", cid, "/bin/sh", "-c", script,  # type: ignore[attr-defined]
-                             timeout=60).stdout)
-
-
 @pytest.fixture
-def rc(tmp_path: Path) -> Iterator[Runc]:
-    missing = [t for t in ("runc",) if shutil.which(t) is None]
-    if busybox() is None:
-        missing.append("busybox-static")
+def rc() -> Iterator[Runc]:
+    missing = runc_missing()
     if missing:
         pytest.skip("not installed: " + ", ".join(missing) +
                     " (Debian: apt-get install runc busybox-static)")
-    base = Path(f"/var/tmp/procsnap-runc-{os.getpid()}-{os.urandom(3).hex()}")
-    base.mkdir(parents=True)
-    r = Runc(base)
-    try:
-        r.state.mkdir()
-        r.out.mkdir()
-        r.bundle.mkdir()
-        make_rootfs(r.bundle / "rootfs")
-        run("runc", "spec", cwd=r.bundle)
-        cfg_path = r.bundle / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["process"]["terminal"] = False
-        cfg["process"]["args"] = ["/bin/sh", "-c", COUNTER]
-        cfg["mounts"].append({"destination": "/out", "type": "bind", "source": str(r.out),
-                              "options": ["rbind", "rw"]})
-        cfg_path.write_text(json.dumps(cfg, indent=1))
+    with runc_bundle() as r:
         yield r
-    finally:
-        for cid in r.ids:
-            r.runc("delete", "--force", cid, check=False, timeout=60)
-            remove_cgroups(cid)
-        reap()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _lo(r: Runc, cid: str) -> str:
