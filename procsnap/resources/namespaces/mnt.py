@@ -101,6 +101,7 @@ FSTYPES = {"proc": F.PROC, "sysfs": F.SYSFS, "devtmpfs": F.DEVTMPFS,
            "overlay": F.OVERLAYFS, "autofs": F.AUTOFS, "tracefs": F.TRACEFS,
            "cgroup2": F.CGROUP2}
 # File systems whose contents the kernel makes up: mounted anew at restore.
+CGROUP_FS = ("cgroup", "cgroup2")
 FRESH = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "binfmt_misc",
          "devtmpfs", "securityfs", "debugfs", "tracefs", "pstore", "fusectl", "configfs",
          "efivarfs"}
@@ -469,6 +470,9 @@ class _Yard:
         self.root = os.path.join(base, "root")   # the new root, pivoted into
         self.scratch = os.path.join(base, "tmp")  # fresh mounts of a sub-directory
         self.fds: dict[int, int] = {}             # mnt_id -> O_PATH fd in the puppet
+        # (its own, procsnap's) cgroup namespace fds in the puppet, when the
+        # two differ: cgroup mounts are made from procsnap's (see _make)
+        self.cgns: tuple[int, int] | None = None
 
     def path(self, e: Any) -> str:
         return self.root + ("" if e.mountpoint == "/" else e.mountpoint)
@@ -513,8 +517,21 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         hroot = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
         inj.call("close", low)
         rctx.puppet_host_root = hroot
+        if (any(fsname(s.entry) in CGROUP_FS for s in steps)
+                and os.stat(f"/proc/{pid}/ns/cgroup").st_ino
+                != os.stat("/proc/self/ns/cgroup").st_ino):
+            # /proc is still procsnap's here (the pivot comes below)
+            y.cgns = (y.call("openat", C.AT_FDCWD & (2**64 - 1), f"/proc/{pid}/ns/cgroup",
+                             os.O_RDONLY | os.O_CLOEXEC, 0, what="its cgroup namespace"),
+                      y.call("openat", C.AT_FDCWD & (2**64 - 1),
+                             f"/proc/{os.getpid()}/ns/cgroup",
+                             os.O_RDONLY | os.O_CLOEXEC, 0, what="procsnap's cgroup namespace"))
         for s in steps:
             _make(rctx, y, s)
+        if y.cgns is not None:
+            for fd in y.cgns:
+                inj.call("close", fd)
+            y.cgns = None
         for s in steps:
             _set_flags(y, s.entry)
         # pivot_root(".", ".") stacks the old root on the new one; the
@@ -529,6 +546,7 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         for fd in y.fds.values():
             inj.call("close", fd)
         y.fds.clear()
+        check_roots(pid, steps)
     finally:
         # Our directories in the host's file system (the mounts on them are
         # the puppet's own and leave with the pivot or with the puppet).
@@ -537,6 +555,29 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
                 tmpnames.remove(rctx.images_dir, path, is_dir=True)
             except OSError:
                 pass
+
+
+def check_roots(pid: int, steps: list[Step]) -> None:
+    """Every mount of the new tree has its image's root (mountinfo field
+    4, read from outside as at the dump: a cgroup mount's root is shown
+    relative to the reader's cgroup namespace): a root that differs would
+    change what the tree sees there, silently.  Mounts are matched by
+    mountpoint and file system, stacked ones in order."""
+    want: dict[tuple[str, str], list[Any]] = {}
+    for s in steps:
+        want.setdefault((s.entry.mountpoint, fsname(s.entry)), []).append(s.entry)
+    path = f"/proc/{pid}/mountinfo"
+    with open(path) as f:
+        got = parse_mountinfo(f.read(), path)
+    seen: dict[tuple[str, str], int] = {}
+    for m in got:
+        key = (m.mount_point, m.fstype)
+        i = seen.get(key, 0)
+        seen[key] = i + 1
+        entries = want.get(key, [])
+        if i < len(entries) and entries[i].root != m.root:
+            raise RestoreError(f"pid {pid}: {_describe(entries[i])}: restored with root "
+                               f"{m.root}, not its image's {entries[i].root}")
 
 
 def _make_dirs(rctx: "RestoreContext", paths: list[str]) -> list[str]:
@@ -596,14 +637,28 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         single = name in SINGLETON
         sb = 0 if single else e.sb_flags & ~(MS_RDONLY if s.how == "tmpfs" else 0)
         data = None if single else e.options
-        if e.root == "/":
-            y.mount(e.source or name, target, name, sb, data, what)
-        else:
-            # A sub-directory of a new instance (a cgroup seen from a
-            # container without its own cgroup namespace).
-            y.mount(e.source or name, y.scratch, name, sb, data, what)
-            y.mount(y.scratch + e.root, target, None, MS_BIND, None, what)
-            y.call("umount2", y.scratch, MNT_DETACH, what=what)
+        outer = name in CGROUP_FS and y.cgns is not None
+        if outer:
+            # A cgroup file system mounted in a cgroup namespace has the
+            # namespace's root as its root; the image's root is the dumper's
+            # view (procsnap's cgroup namespace, the restorer's too): mount
+            # from there, then bind the image's root, for the same root
+            # (the box's copy of the host's /sys/fs/cgroup/memory is "/",
+            # not the new namespace's root).
+            y.call("setns", y.cgns[1], C.CLONE_NEWCGROUP, what=what + ": enter our cgroup ns")
+        try:
+            if e.root == "/":
+                y.mount(e.source or name, target, name, sb, data, what)
+            else:
+                # A sub-directory of a new instance (a cgroup seen from a
+                # container, through its cgroup namespace or not).
+                y.mount(e.source or name, y.scratch, name, sb, data, what)
+                y.mount(y.scratch + e.root, target, None, MS_BIND, None, what)
+                y.call("umount2", y.scratch, MNT_DETACH, what=what)
+        finally:
+            if outer:
+                assert y.cgns is not None
+                y.call("setns", y.cgns[0], C.CLONE_NEWCGROUP, what=what + ": back to its cgroup ns")
         if s.how == "tmpfs":
             _untar(rctx, y, e, target)
             if e.sb_flags & MS_RDONLY:
