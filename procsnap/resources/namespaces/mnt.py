@@ -61,6 +61,7 @@ from ...inject import InjectError
 from ...kernel import consts as C
 from ...kernel.libc import syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
+from .. import cgroup
 
 log = logging.getLogger("procsnap")
 
@@ -546,7 +547,7 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         for fd in y.fds.values():
             inj.call("close", fd)
         y.fds.clear()
-        check_roots(pid, steps)
+        check_roots(rctx, pid, steps)
     finally:
         # Our directories in the host's file system (the mounts on them are
         # the puppet's own and leave with the pivot or with the puppet).
@@ -557,27 +558,51 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
                 pass
 
 
-def check_roots(pid: int, steps: list[Step]) -> None:
-    """Every mount of the new tree has its image's root (mountinfo field
-    4, read from outside as at the dump: a cgroup mount's root is shown
-    relative to the reader's cgroup namespace): a root that differs would
-    change what the tree sees there, silently.  Mounts are matched by
-    mountpoint and file system, stacked ones in order."""
-    want: dict[tuple[str, str], list[Any]] = {}
-    for s in steps:
-        want.setdefault((s.entry.mountpoint, fsname(s.entry)), []).append(s.entry)
+def mount_root(rctx: "RestoreContext", e: Any) -> str:
+    """The root a new instance of mount ``e`` gets: its image's, a cgroup
+    mount's moved with the tree by --cgroup-root."""
+    if fsname(e) in CGROUP_FS and rctx.opts.cgroup_root:
+        return cgroup.moved_mount_root(rctx, fsname(e), e.options or "", e.root)
+    return str(e.root)
+
+
+def check_roots(rctx: "RestoreContext", pid: int, steps: list[Step],
+                mountinfo: str | None = None) -> None:
+    """Every mount of the new tree has the root its image says (mountinfo
+    field 4, read from outside as at the dump: a cgroup mount's root is
+    shown relative to the reader's cgroup namespace): a root that differs
+    would change what the tree sees there, silently.  A new instance
+    (fresh, tmpfs) has its image's root; a bind, its source's root with its
+    path inside it; the root mount and external mounts are what the user
+    gave (--root, --external), so their own roots are not the image's to
+    say.  Mounts are matched by mountpoint and file system, stacked ones in
+    order."""
     path = f"/proc/{pid}/mountinfo"
-    with open(path) as f:
-        got = parse_mountinfo(f.read(), path)
-    seen: dict[tuple[str, str], int] = {}
+    if mountinfo is None:
+        with open(path) as f:
+            mountinfo = f.read()
+    got = parse_mountinfo(mountinfo, path)
+    lines: dict[tuple[str, str], list[MountInfo]] = {}
     for m in got:
-        key = (m.mount_point, m.fstype)
-        i = seen.get(key, 0)
-        seen[key] = i + 1
-        entries = want.get(key, [])
-        if i < len(entries) and entries[i].root != m.root:
-            raise RestoreError(f"pid {pid}: {_describe(entries[i])}: restored with root "
-                               f"{m.root}, not its image's {entries[i].root}")
+        lines.setdefault((m.mount_point, m.fstype), []).append(m)
+    made: dict[int, str] = {}  # mnt_id in the image -> its restored root
+    for s in steps:
+        e = s.entry
+        row = lines.get((e.mountpoint, fsname(e)), [])
+        if not row:
+            continue  # not found by this key (a file system named otherwise)
+        root = row.pop(0).root
+        made[e.mnt_id] = root
+        if s.how in ("fresh", "tmpfs"):
+            want: str | None = mount_root(rctx, e)
+        elif s.how == "bind" and s.src.mnt_id in made:
+            base = made[s.src.mnt_id]
+            want = base if not s.rel else base.rstrip("/") + "/" + s.rel
+        else:
+            want = None
+        if want is not None and root != want:
+            raise RestoreError(f"pid {pid}: {_describe(e)}: restored with root {root}, "
+                               f"not {want} (its image's)")
 
 
 def _make_dirs(rctx: "RestoreContext", paths: list[str]) -> list[str]:
@@ -637,28 +662,28 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         single = name in SINGLETON
         sb = 0 if single else e.sb_flags & ~(MS_RDONLY if s.how == "tmpfs" else 0)
         data = None if single else e.options
-        outer = name in CGROUP_FS and y.cgns is not None
-        if outer:
+        cgns = y.cgns if name in CGROUP_FS else None
+        if cgns is not None:
             # A cgroup file system mounted in a cgroup namespace has the
             # namespace's root as its root; the image's root is the dumper's
             # view (procsnap's cgroup namespace, the restorer's too): mount
             # from there, then bind the image's root, for the same root
             # (the box's copy of the host's /sys/fs/cgroup/memory is "/",
             # not the new namespace's root).
-            y.call("setns", y.cgns[1], C.CLONE_NEWCGROUP, what=what + ": enter our cgroup ns")
+            y.call("setns", cgns[1], C.CLONE_NEWCGROUP, what=what + ": enter our cgroup ns")
+        root = mount_root(rctx, e)
         try:
-            if e.root == "/":
+            if root == "/":
                 y.mount(e.source or name, target, name, sb, data, what)
             else:
                 # A sub-directory of a new instance (a cgroup seen from a
                 # container, through its cgroup namespace or not).
                 y.mount(e.source or name, y.scratch, name, sb, data, what)
-                y.mount(y.scratch + e.root, target, None, MS_BIND, None, what)
+                y.mount(y.scratch + root, target, None, MS_BIND, None, what)
                 y.call("umount2", y.scratch, MNT_DETACH, what=what)
         finally:
-            if outer:
-                assert y.cgns is not None
-                y.call("setns", y.cgns[0], C.CLONE_NEWCGROUP, what=what + ": back to its cgroup ns")
+            if cgns is not None:
+                y.call("setns", cgns[0], C.CLONE_NEWCGROUP, what=what + ": back to its cgroup ns")
         if s.how == "tmpfs":
             _untar(rctx, y, e, target)
             if e.sb_flags & MS_RDONLY:
