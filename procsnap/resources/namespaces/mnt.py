@@ -37,7 +37,15 @@ namespace (the host's) is refused unless the mount is external.
 Restore, in the root puppet just cloned with CLONE_NEWNS (a copy of the
 restorer's mounts): everything is made private first, so nothing done
 here can reach the host; the tree is built under a temporary directory,
-the puppet pivot_root()s into it and the old root is detached.  The
+the puppet pivot_root()s into it and the old root is detached.  A cgroup
+file system is mounted from procsnap's cgroup namespace (the puppet enters
+it for the mount): mounted in the tree's new one, it would be rooted at
+that namespace's root rather than at the root the image read (a box's copy
+of the host's /sys/fs/cgroup/memory is "/"); --cgroup-root moves a cgroup
+mount's root with the tree.  Once the tree is built, every mount's root
+(mountinfo field 4, read from outside as at the dump) is checked against
+its image (``check_roots``): a root that differs is a restore error naming
+the mount and both roots, never a silent change of what the tree sees.  The
 puppet keeps one O_PATH fd on the old root (``RestoreContext.
 puppet_host_root``) through which it still reaches procsnap's own files
 (pages images, restorer fds) until it runs.
