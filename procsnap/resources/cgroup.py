@@ -323,6 +323,8 @@ def _entries(rctx: "RestoreContext") -> list[Any]:
     if state is not None:
         return state  # type: ignore[no-any-return]
     state = []
+    moves: dict[str, list[tuple[str, str]]] = {}  # hierarchy -> (old top, new top)
+    rctx.kind_state[NAME + ".moves"] = moves
     if rctx.opts.manage_cgroups != "ignore" and \
             os.path.exists(images.image_path(rctx.images_dir, "cgroup", None)):
         state = list(images.read_image(rctx.images_dir, "cgroup"))
@@ -334,6 +336,7 @@ def _entries(rctx: "RestoreContext") -> list[Any]:
                 continue
             for top in ctl.dirs:
                 old = "/" + top.dir_name
+                moves.setdefault(name, []).append((old, new))
                 for s in entry.sets:
                     for m in s.ctls:
                         if m.name == name and (m.path + "/").startswith(old + "/"):
@@ -346,6 +349,24 @@ def _entries(rctx: "RestoreContext") -> list[Any]:
                 top.dir_name = new.strip("/")
     rctx.kind_state[NAME + ".img"] = state
     return state
+
+
+def moved_mount_root(rctx: "RestoreContext", fstype: str, options: str, root: str) -> str:
+    """The root of a cgroup mount (``fstype`` cgroup or cgroup2, its super
+    block ``options``) as --cgroup-root moves the tree: a mount of a moved
+    cgroup (a container's own, seen from outside) follows it, as the
+    tasks' cgroups do."""
+    _entries(rctx)
+    moves: dict[str, list[tuple[str, str]]] = rctx.kind_state.get(NAME + ".moves", {})
+    opts = set(options.split(","))
+    for name, pairs in moves.items():
+        mine = (not name) if fstype == "cgroup2" else bool(name) and set(name.split(",")) <= opts
+        if not mine:
+            continue
+        for old, new in pairs:
+            if (root + "/").startswith(old + "/"):
+                return (new.rstrip("/") + root[len(old):]) or "/"
+    return root
 
 
 def restore_sets(rctx: "RestoreContext") -> dict[int, Members]:

@@ -76,15 +76,10 @@ def _view(pid: int, mnt: Path) -> dict[str, object]:
             nspid[p] = next(ln.split()[1:] for ln in f if ln.startswith("NSpid:"))
     with open(f"/proc/{pid}/mountinfo") as f:
         # mount ids and device numbers are the kernel's; what is mounted
-        # where, how, and in which order is the tree's
-        # (KNOWN GAP, left to the mount work: a v1 cgroup mount the box
-        # copied from the host shows its root relative to the cgroup
-        # namespace's -- "/" before, the namespace root's path after, as
-        # mnt mounts it anew; so its root is not compared here)
-        mounts = [" ".join((["-"] if ln.split(" - ")[1].split()[0] == "cgroup"
-                            else ln.split()[3:4]) + ln.split()[4:5]
-                           + ln.split(" - ")[1].split()[:1])
-                  for ln in f]
+        # where, how, from which root (field 4: a cgroup mount's root is
+        # shown relative to the reader's cgroup namespace, ours both times),
+        # and in which order is the tree's
+        mounts = [" ".join(ln.split()[3:5] + ln.split(" - ")[1].split()[:1]) for ln in f]
     ipcs = sorted(ln.split()[1] for ln in _inside(pid, "-i", "ipcs").splitlines()
                   if ln.startswith("0x"))
     with open(f"/proc/{pid}/timens_offsets") as f:

@@ -69,3 +69,43 @@ def test_parents_first_and_single_root() -> None:
     assert [e.mnt_id for e in mnt.ordered(es)] == [10, 11]
     with pytest.raises(ValueError):
         mnt.root_entry(entries("10 9 0:4 / /x rw - tmpfs r rw\n"))
+
+
+class _Opts:
+    cgroup_root: tuple[str, ...] = ()
+
+
+class _Rctx:
+    def __init__(self, *cgroup_root: str) -> None:
+        self.opts = _Opts()
+        self.opts.cgroup_root = cgroup_root
+        self.kind_state: dict = {}
+
+
+def test_check_roots_refuses_a_mount_with_another_root() -> None:
+    """The restored tree's mountinfo (read from outside) against the image:
+    a cgroup mount made anew in a new cgroup namespace is rooted at the
+    namespace's root, not at its image's: refused, naming both roots."""
+    steps, _ = mnt.plan(entries(NS))
+    same = NS.replace("/srv/rootfs /", "/elsewhere /").replace("/srv/rootfs/data", "/elsewhere/data")
+    mnt.check_roots(_Rctx(), 7, steps, same)  # the root mount (--root) and its binds move together
+    moved = NS.replace("/lxc/c1 /sys/fs/cgroup/pids", "/lxc/c1/ns /sys/fs/cgroup/pids")
+    with pytest.raises(mnt.RestoreError, match=r"pid 7: mount 107 at /sys/fs/cgroup/pids "
+                       r".*restored with root /lxc/c1/ns, not /lxc/c1 \(its image's\)"):
+        mnt.check_roots(_Rctx(), 7, steps, moved)
+    bind = NS.replace("/sub /mnt/b", "/other /mnt/b")
+    with pytest.raises(mnt.RestoreError, match=r"mount 103 at /mnt/b .*root /other, not /sub"):
+        mnt.check_roots(_Rctx(), 7, steps, bind)
+
+
+def test_cgroup_root_moves_a_cgroup_mounts_root() -> None:
+    """--cgroup-root moves a cgroup mount of the moved tree as it moves the
+    tasks' cgroups (only in that hierarchy)."""
+    from procsnap.resources import cgroup
+    r = _Rctx("pids:/new")
+    r.kind_state["cgroup.img"] = []
+    r.kind_state["cgroup.moves"] = {"pids": [("/lxc", "/new")], "": [("/lxc", "/v2")]}
+    assert cgroup.moved_mount_root(r, "cgroup", "pids", "/lxc/c1") == "/new/c1"  # type: ignore[arg-type]
+    assert cgroup.moved_mount_root(r, "cgroup", "memory", "/lxc/c1") == "/lxc/c1"  # type: ignore[arg-type]
+    assert cgroup.moved_mount_root(r, "cgroup2", "", "/lxc") == "/v2"  # type: ignore[arg-type]
+    assert cgroup.moved_mount_root(r, "cgroup", "pids", "/lxcX") == "/lxcX"  # type: ignore[arg-type]

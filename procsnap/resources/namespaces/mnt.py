@@ -37,7 +37,15 @@ namespace (the host's) is refused unless the mount is external.
 Restore, in the root puppet just cloned with CLONE_NEWNS (a copy of the
 restorer's mounts): everything is made private first, so nothing done
 here can reach the host; the tree is built under a temporary directory,
-the puppet pivot_root()s into it and the old root is detached.  The
+the puppet pivot_root()s into it and the old root is detached.  A cgroup
+file system is mounted from procsnap's cgroup namespace (the puppet enters
+it for the mount): mounted in the tree's new one, it would be rooted at
+that namespace's root rather than at the root the image read (a box's copy
+of the host's /sys/fs/cgroup/memory is "/"); --cgroup-root moves a cgroup
+mount's root with the tree.  Once the tree is built, every mount's root
+(mountinfo field 4, read from outside as at the dump) is checked against
+its image (``check_roots``): a root that differs is a restore error naming
+the mount and both roots, never a silent change of what the tree sees.  The
 puppet keeps one O_PATH fd on the old root (``RestoreContext.
 puppet_host_root``) through which it still reaches procsnap's own files
 (pages images, restorer fds) until it runs.
@@ -61,6 +69,7 @@ from ...inject import InjectError
 from ...kernel import consts as C
 from ...kernel.libc import syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
+from .. import cgroup
 
 log = logging.getLogger("procsnap")
 
@@ -101,6 +110,7 @@ FSTYPES = {"proc": F.PROC, "sysfs": F.SYSFS, "devtmpfs": F.DEVTMPFS,
            "overlay": F.OVERLAYFS, "autofs": F.AUTOFS, "tracefs": F.TRACEFS,
            "cgroup2": F.CGROUP2}
 # File systems whose contents the kernel makes up: mounted anew at restore.
+CGROUP_FS = ("cgroup", "cgroup2")
 FRESH = {"proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "binfmt_misc",
          "devtmpfs", "securityfs", "debugfs", "tracefs", "pstore", "fusectl", "configfs",
          "efivarfs"}
@@ -469,6 +479,9 @@ class _Yard:
         self.root = os.path.join(base, "root")   # the new root, pivoted into
         self.scratch = os.path.join(base, "tmp")  # fresh mounts of a sub-directory
         self.fds: dict[int, int] = {}             # mnt_id -> O_PATH fd in the puppet
+        # (its own, procsnap's) cgroup namespace fds in the puppet, when the
+        # two differ: cgroup mounts are made from procsnap's (see _make)
+        self.cgns: tuple[int, int] | None = None
 
     def path(self, e: Any) -> str:
         return self.root + ("" if e.mountpoint == "/" else e.mountpoint)
@@ -513,8 +526,21 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         hroot = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
         inj.call("close", low)
         rctx.puppet_host_root = hroot
+        if (any(fsname(s.entry) in CGROUP_FS for s in steps)
+                and os.stat(f"/proc/{pid}/ns/cgroup").st_ino
+                != os.stat("/proc/self/ns/cgroup").st_ino):
+            # /proc is still procsnap's here (the pivot comes below)
+            y.cgns = (y.call("openat", C.AT_FDCWD & (2**64 - 1), f"/proc/{pid}/ns/cgroup",
+                             os.O_RDONLY | os.O_CLOEXEC, 0, what="its cgroup namespace"),
+                      y.call("openat", C.AT_FDCWD & (2**64 - 1),
+                             f"/proc/{os.getpid()}/ns/cgroup",
+                             os.O_RDONLY | os.O_CLOEXEC, 0, what="procsnap's cgroup namespace"))
         for s in steps:
             _make(rctx, y, s)
+        if y.cgns is not None:
+            for fd in y.cgns:
+                inj.call("close", fd)
+            y.cgns = None
         for s in steps:
             _set_flags(y, s.entry)
         # pivot_root(".", ".") stacks the old root on the new one; the
@@ -529,6 +555,7 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         for fd in y.fds.values():
             inj.call("close", fd)
         y.fds.clear()
+        check_roots(rctx, pid, steps)
     finally:
         # Our directories in the host's file system (the mounts on them are
         # the puppet's own and leave with the pivot or with the puppet).
@@ -537,6 +564,53 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
                 tmpnames.remove(rctx.images_dir, path, is_dir=True)
             except OSError:
                 pass
+
+
+def mount_root(rctx: "RestoreContext", e: Any) -> str:
+    """The root a new instance of mount ``e`` gets: its image's, a cgroup
+    mount's moved with the tree by --cgroup-root."""
+    if fsname(e) in CGROUP_FS and rctx.opts.cgroup_root:
+        return cgroup.moved_mount_root(rctx, fsname(e), e.options or "", e.root)
+    return str(e.root)
+
+
+def check_roots(rctx: "RestoreContext", pid: int, steps: list[Step],
+                mountinfo: str | None = None) -> None:
+    """Every mount of the new tree has the root its image says (mountinfo
+    field 4, read from outside as at the dump: a cgroup mount's root is
+    shown relative to the reader's cgroup namespace): a root that differs
+    would change what the tree sees there, silently.  A new instance
+    (fresh, tmpfs) has its image's root; a bind, its source's root with its
+    path inside it; the root mount and external mounts are what the user
+    gave (--root, --external), so their own roots are not the image's to
+    say.  Mounts are matched by mountpoint and file system, stacked ones in
+    order."""
+    path = f"/proc/{pid}/mountinfo"
+    if mountinfo is None:
+        with open(path) as f:
+            mountinfo = f.read()
+    got = parse_mountinfo(mountinfo, path)
+    lines: dict[tuple[str, str], list[MountInfo]] = {}
+    for m in got:
+        lines.setdefault((m.mount_point, m.fstype), []).append(m)
+    made: dict[int, str] = {}  # mnt_id in the image -> its restored root
+    for s in steps:
+        e = s.entry
+        row = lines.get((e.mountpoint, fsname(e)), [])
+        if not row:
+            continue  # not found by this key (a file system named otherwise)
+        root = row.pop(0).root
+        made[e.mnt_id] = root
+        if s.how in ("fresh", "tmpfs"):
+            want: str | None = mount_root(rctx, e)
+        elif s.how == "bind" and s.src.mnt_id in made:
+            base = made[s.src.mnt_id]
+            want = base if not s.rel else base.rstrip("/") + "/" + s.rel
+        else:
+            want = None
+        if want is not None and root != want:
+            raise RestoreError(f"pid {pid}: {_describe(e)}: restored with root {root}, "
+                               f"not {want} (its image's)")
 
 
 def _make_dirs(rctx: "RestoreContext", paths: list[str]) -> list[str]:
@@ -596,14 +670,28 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         single = name in SINGLETON
         sb = 0 if single else e.sb_flags & ~(MS_RDONLY if s.how == "tmpfs" else 0)
         data = None if single else e.options
-        if e.root == "/":
-            y.mount(e.source or name, target, name, sb, data, what)
-        else:
-            # A sub-directory of a new instance (a cgroup seen from a
-            # container without its own cgroup namespace).
-            y.mount(e.source or name, y.scratch, name, sb, data, what)
-            y.mount(y.scratch + e.root, target, None, MS_BIND, None, what)
-            y.call("umount2", y.scratch, MNT_DETACH, what=what)
+        cgns = y.cgns if name in CGROUP_FS else None
+        if cgns is not None:
+            # A cgroup file system mounted in a cgroup namespace has the
+            # namespace's root as its root; the image's root is the dumper's
+            # view (procsnap's cgroup namespace, the restorer's too): mount
+            # from there, then bind the image's root, for the same root
+            # (the box's copy of the host's /sys/fs/cgroup/memory is "/",
+            # not the new namespace's root).
+            y.call("setns", cgns[1], C.CLONE_NEWCGROUP, what=what + ": enter our cgroup ns")
+        root = mount_root(rctx, e)
+        try:
+            if root == "/":
+                y.mount(e.source or name, target, name, sb, data, what)
+            else:
+                # A sub-directory of a new instance (a cgroup seen from a
+                # container, through its cgroup namespace or not).
+                y.mount(e.source or name, y.scratch, name, sb, data, what)
+                y.mount(y.scratch + root, target, None, MS_BIND, None, what)
+                y.call("umount2", y.scratch, MNT_DETACH, what=what)
+        finally:
+            if cgns is not None:
+                y.call("setns", cgns[0], C.CLONE_NEWCGROUP, what=what + ": back to its cgroup ns")
         if s.how == "tmpfs":
             _untar(rctx, y, e, target)
             if e.sb_flags & MS_RDONLY:
