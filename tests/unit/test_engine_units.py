@@ -128,3 +128,21 @@ def test_a_small_process_does_not_load_socket_kinds() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env).stdout.strip()
     assert out == "[]", out
+
+
+def test_xsave_layout_from_the_instruction_equals_the_device() -> None:
+    """Where /dev/cpu/0/cpuid cannot be opened (no CONFIG_X86_CPUID, or a
+    devices cgroup: runc's restore), the XSAVE layout comes from the CPUID
+    instruction; both must give the same offsets."""
+    import os
+    try:
+        fd = os.open("/dev/cpu/0/cpuid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        pytest.skip(f"no cpuid device to compare with: {exc}")
+    try:
+        by_device = xsave._layout(lambda leaf, sub: xsave._cpuid(fd, leaf, sub))
+    finally:
+        os.close(fd)
+    by_insn = xsave._layout(xsave._cpuid_insn())
+    assert by_insn == by_device
+    assert by_insn.size > 512 and by_insn.xcr0 & 0x3 == 0x3   # x87 and SSE at least
