@@ -534,6 +534,38 @@ class TargetFactory:
 _KEEP_POPENS: list[subprocess.Popen] = []
 
 
+def start_under(targets: TargetFactory, wrapper: list[str], name: str, *args: str) -> Target:
+    """Target NAME (see target_argv) run by ``WRAPPER`` -- ``unshare -fp
+    ...``, which forks it as the init of a new pid namespace: returns the
+    target; the wrapper, its parent, stays outside and is killed at
+    teardown too."""
+    tgt = target_argv(name, *args)
+    argv = [*wrapper, *tgt]
+    stem = Path(name).stem
+    out = targets.workdir / f"{stem}.out"
+    err = targets.workdir / f"{stem}.err"
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
+                             close_fds=True, cwd=targets.workdir, start_new_session=True)
+    _KEEP_POPENS.append(p)
+    targets.targets.append(Target(wrapper[0], p.pid, argv, targets.workdir, out, err,
+                                  proc_cmdline(p.pid) or argv))
+
+    def child() -> int:
+        try:
+            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+                kids = f.read().split()
+        except FileNotFoundError:
+            return 0
+        return int(kids[0]) if kids else 0
+
+    wait_for(lambda: child() != 0, 10, f"{wrapper[0]} to fork its child")
+    t = Target(stem, child(), tgt, targets.workdir, out, err, tgt)
+    targets.targets.append(t)
+    t.wait_ready()
+    return t
+
+
 # --------------------------------------------------------------------------
 # running procsnap
 # --------------------------------------------------------------------------

@@ -15,20 +15,18 @@ from pathlib import Path
 import pytest
 
 from helpers import (
-    _KEEP_POPENS,
     Target,
     TargetFactory,
     assert_one_line_error,
     check_continuity,
     check_ok,
-    compile_target,
     crit_decode,
     finish,
     is_untouched,
-    proc_cmdline,
     read_numbers,
     reap,
     run_procsnap,
+    start_under,
     tree_pids,
     wait_for,
     wait_gone,
@@ -41,31 +39,7 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 def start_in_ns(targets: TargetFactory, flags: list[str], *args: str) -> Target:
     """nscounter under ``unshare FLAGS``: returns the nscounter (the init of
     the new pid namespace), whose parent -- unshare -- stays outside."""
-    binary = compile_target("nscounter")
-    argv = ["unshare", *flags, str(binary), *args]
-    out = targets.workdir / "nscounter.out"
-    err = targets.workdir / "nscounter.err"
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                             close_fds=True, cwd=targets.workdir, start_new_session=True)
-    _KEEP_POPENS.append(p)
-    targets.targets.append(Target("unshare", p.pid, argv, targets.workdir, out, err,
-                                  proc_cmdline(p.pid) or argv))
-
-    def child() -> int:
-        try:
-            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
-                kids = f.read().split()
-        except FileNotFoundError:
-            return 0
-        return int(kids[0]) if kids else 0
-
-    wait_for(lambda: child() != 0, 10, "unshare to fork its child")
-    t = Target("nscounter", child(), [str(binary), *args], targets.workdir, out, err,
-               [str(binary), *args])
-    targets.targets.append(t)
-    t.wait_ready()
-    return t
+    return start_under(targets, ["unshare", *flags], "nscounter", *args)
 
 
 def nspids(root: int) -> dict[int, list[int]]:

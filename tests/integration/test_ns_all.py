@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 
 from helpers import (
-    _KEEP_POPENS,
     Target,
     TargetFactory,
     check_continuity,
     check_ok,
-    proc_cmdline,
     read_numbers,
     run_procsnap,
-    target_argv,
+    start_under,
     tree_pids,
     wait_for,
     wait_gone,
@@ -36,31 +34,9 @@ KINDS = ("pid", "mnt", "uts", "ipc", "net", "cgroup", "time")
 
 
 def _start(targets: TargetFactory, *args: str) -> Target:
-    argv = ["unshare", "--fork", "--pid", "--mount-proc", "--mount", "--uts", "--ipc", "--net",
-            "--cgroup", "--time", "--monotonic", "1000", "--boottime", "2000",
-            *target_argv("nsall.py", *args)]
-    out = targets.workdir / "nsall.out"
-    err = targets.workdir / "nsall.err"
-    with open(out, "wb") as fo, open(err, "wb") as fe:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe,
-                             close_fds=True, cwd=targets.workdir, start_new_session=True)
-    _KEEP_POPENS.append(p)
-    targets.targets.append(Target("unshare", p.pid, argv, targets.workdir, out, err,
-                                  proc_cmdline(p.pid) or argv))
-
-    def child() -> int:
-        try:
-            with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
-                kids = f.read().split()
-        except FileNotFoundError:
-            return 0
-        return int(kids[0]) if kids else 0
-
-    wait_for(lambda: child() != 0, 10, "unshare to fork its child")
-    t = Target("nsall", child(), argv, targets.workdir, out, err, argv)
-    targets.targets.append(t)
-    t.wait_ready()
-    return t
+    return start_under(targets, ["unshare", "--fork", "--pid", "--mount-proc", "--mount", "--uts",
+                                 "--ipc", "--net", "--cgroup", "--time", "--monotonic", "1000",
+                                 "--boottime", "2000"], "nsall.py", *args)
 
 
 def _inside(pid: int, flag: str, *argv: str) -> str:
