@@ -37,7 +37,7 @@ from .resources import seccomp
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
                      ZombieProcess)
 from .images import pidview
-from .images.pb import core_pb2, inventory_pb2
+from .images.pb import core_pb2, inventory_pb2, pstree_pb2
 from .inject import (LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad,
                      restart_fixup)
 from .kernel import consts as C
@@ -447,11 +447,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
     finally:
         if not ok:
-            for path in ctx.created:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            _remove_created(ctx)
         kill = ok and not leave_running and not script_refused
         if net_locked and not kill:
             _action(ctx, "network-unlock")  # the tree goes on here: its network too
@@ -501,7 +497,7 @@ def _tracked(ctx: DumpContext, record: dict[int, tuple[int, int]]) -> None:
 
     from .resources import memory, memtrack
     track: dict[str, Any] = {"parent": os.path.join(ctx.images_dir, "parent"),
-                             "written": {}, "registered": {}}
+                             "written": {}, "registered": {}, "names": _image_names(ctx)}
     for task in ctx.tasks:
         if task.zombie or not memtrack.valid(task.pid, record.get(task.pid)):
             continue
@@ -511,6 +507,25 @@ def _tracked(ctx: DumpContext, record: dict[int, tuple[int, int]]) -> None:
         task.maps = [dataclasses.replace(m, vmflags=tuple(f for f in m.vmflags if f != "uw"))
                      if "uw" in m.vmflags else m for m in task.maps]
     ctx.kind_state[memory.TRACK] = track
+
+
+def _remove_created(ctx: DumpContext) -> None:
+    """A failed dump or pre-dump leaves no image behind."""
+    for path in ctx.created:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _image_names(ctx: DumpContext) -> dict[int, int]:
+    """outside pid -> the pid its per-task images are named by: for a tree
+    in a pid namespace of its own, its pid inside (as _write_images names
+    them, from the pstree; here from NSpid, which pre_dump has without a
+    pstree), so that a pre-dump's pagemaps are found by the dump and the
+    restore that follow it."""
+    return pidview.inside_names([pstree_pb2.pstree_entry(pid=t.pid, ns_pid=t.status.nspid)
+                                 for t in ctx.tasks if t.status is not None])
 
 
 def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
@@ -576,8 +591,11 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
                                             ns_per_id=True, lsmtype=inventory_pb2.NO_LSM)
         ctx.created.append(images.image_path(d, "inventory", None))
         images.write_one(d, "inventory", inv)
+        names = _image_names(ctx)
         for task in ctx.tasks:
             for kind, ident, msgs in task.extra_images:
+                if kind in pidview.PER_PID_KINDS and ident is not None:
+                    ident = names.get(ident, ident)
                 ctx.created.append(images.image_path(d, kind, ident))
                 images.write_image(d, kind, msgs, ident)
         ctx.created.append(memtrack.save(d, armed))
@@ -591,11 +609,7 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
         raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
     finally:
         if not ok:
-            for path in ctx.created:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            _remove_created(ctx)
             # the tree goes on as it was: without a tracker made now
             made = {ino for p, (fd, ino) in armed.items() if record.get(p) != (fd, ino)}
             for task in ctx.tasks:

@@ -452,7 +452,9 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 #   "parent": the parent images dir;
 #   "written": {pid: (address, n_pages) runs written since the parent's
 #              copy}, for the tasks whose tracking held (others: absent);
-#   "registered": {pid: [(start, end)...]}: the VMAs it protected.
+#   "registered": {pid: [(start, end)...]}: the VMAs it protected;
+#   "names": {pid: the pid its images are named by} (inside a tree's own
+#            pid namespace: dumper._image_names).
 # pre_dump() notes in ctx.kind_state[TRACK + ".arm"] the VMAs to protect.
 TRACK = "memtrack"
 
@@ -467,7 +469,7 @@ def split_by_parent(ctx: "DumpContext", pid: int, runs: list[tuple[int, int]]
         return runs, []
     # Only where our userfaultfd protects the VMA now is "not written" known
     # (PAGEMAP_SCAN skips some kinds of VMA: those are copied).
-    held = _intersect(parent_runs(track["parent"], pid),
+    held = _intersect(parent_runs(track["parent"], track["names"].get(pid, pid)),
                       [(a, (b - a) // PAGE) for a, b in track["registered"].get(pid, ())])
     unwritten = _subtract(runs, track["written"][pid])
     in_parent = _intersect(unwritten, held)

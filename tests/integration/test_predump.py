@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (Target, TargetFactory, check_ok, crit_decode, read_maps, run_procsnap,
-                     wait_gone)
+                     start_under, wait_gone)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -105,6 +105,25 @@ def test_two_pre_dumps_then_dump(targets: TargetFactory, tmp_path: Path) -> None
     # and its tree was frozen for far less time than the plain dump's
     assert final_ms < plain_ms / 3, (final_ms, plain_ms)
 
+    _restore_and_check(targets, t, d, before, asked)
+
+
+def test_pre_dump_of_a_tree_in_its_own_pid_namespace(targets: TargetFactory,
+                                                     tmp_path: Path) -> None:
+    """A pre-dump names its pagemaps as the dump after it does: by the pid
+    inside the tree's pid namespace (the dump found no parent pages, or the
+    restore no parent pagemap, when the pre-dump named them from outside)."""
+    t = start_under(targets, ["unshare", "-fp", "setsid"], "dirtier", "32")
+    p1, d = tmp_path / "p1", tmp_path / "d"
+    check_ok(run_procsnap("pre-dump", "-t", t.pid, "-D", p1))
+    assert (p1 / "pagemap-1.img").exists(), sorted(os.listdir(p1))
+    asked = time.monotonic()
+    t.signal(signal.SIGUSR1)
+    before = int(t.wait_line(r"^gen ").split()[1])
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", d, "--prev-images-dir", "../p1"))
+    pm = _pagemap_flags(d / "pagemap-1.img")
+    in_parent = sum(n for _, n, f in pm if f & PE_PARENT)
+    assert in_parent > sum(n for _, n, f in pm if f & PE_PRESENT), pm
     _restore_and_check(targets, t, d, before, asked)
 
 
