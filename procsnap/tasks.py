@@ -265,17 +265,30 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
-        dirfd = C.AT_FDCWD & (2**64 - 1)
-        host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None and (path.startswith(self.images_dir.rstrip("/") + "/")
-                                 or path.startswith(f"/proc/{os.getpid()}/")):
-            # procsnap's own files (images, our fds), from the puppet that
-            # now lives under another root: through the restorer's root.
-            dirfd, path = host, path.lstrip("/")
+        if (self._rctx is not None and self._rctx.puppet_pivoted
+                and (path.startswith(self.images_dir.rstrip("/") + "/")
+                     or path.startswith(f"/proc/{os.getpid()}/"))):
+            # procsnap's own files (images, our fds) once the puppet lives
+            # under another root: opened here, in procsnap's mount namespace,
+            # and handed over.  A path walk from the puppet through a fd on
+            # its old root would not cross the mounts on it (/proc, /tmp...):
+            # they were detached with that root after the pivot.
+            try:
+                mine = os.open(path, flags | os.O_CLOEXEC)
+            except OSError as exc:
+                raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                                   f"{exc.strerror}") from None
+            try:
+                fd = self.grab_fd(os.getpid(), mine)
+            finally:
+                os.close(mine)
+            if check is not None:
+                check(fd)
+            return fd
         try:
             if self.open_cloexec:
                 flags |= C.O_CLOEXEC
-            fd = inj.call("openat", dirfd, inj.put_str(path), flags, 0)
+            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
@@ -313,9 +326,6 @@ class RestoreTask:
         for fd in self.pidfds.values():
             self.inj.call("close", fd)
         self.pidfds.clear()
-        host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None:
-            self.inj.call("close", host)  # inherited by every puppet of the namespace
 
 
 @dataclass
@@ -362,9 +372,9 @@ class RestoreContext:
     # every image names pids as seen inside the tree's pid namespace
     # (CRIU's, and procsnap's own from 2026-11-30; images.pidview)
     all_inside: bool = False
-    # An O_PATH fd, in every puppet, on the restorer's root once a restored
-    # mount namespace has pivoted away from it (namespaces.mnt).
-    puppet_host_root: int | None = None
+    # The puppets live under another root: a restored mount namespace has
+    # pivoted away from procsnap's (namespaces.mnt).
+    puppet_pivoted: bool = False
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)

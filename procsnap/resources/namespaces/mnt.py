@@ -45,10 +45,9 @@ of the host's /sys/fs/cgroup/memory is "/"); --cgroup-root moves a cgroup
 mount's root with the tree.  Once the tree is built, every mount's root
 (mountinfo field 4, read from outside as at the dump) is checked against
 its image (``check_roots``): a root that differs is a restore error naming
-the mount and both roots, never a silent change of what the tree sees.  The
-puppet keeps one O_PATH fd on the old root (``RestoreContext.
-puppet_host_root``) through which it still reaches procsnap's own files
-(pages images, restorer fds) until it runs.
+the mount and both roots, never a silent change of what the tree sees.  After
+the pivot, procsnap's own files (pages images, restorer fds) are opened by
+procsnap and handed to the puppet (``RestoreTask.open_in_puppet``).
 """
 from __future__ import annotations
 
@@ -519,13 +518,7 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     y = _Yard(rt, base)
     made = _make_dirs(rctx, [base, y.root, y.scratch])
     try:
-        # The old root stays reachable by the puppet through this fd until
-        # it runs (RestoreTask.open_in_puppet): the images live there.
-        low = y.call("openat", C.AT_FDCWD & (2**64 - 1), "/",
-                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, what="/")
-        hroot = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
-        inj.call("close", low)
-        rctx.puppet_host_root = hroot
+        rctx.puppet_pivoted = True
         if (any(fsname(s.entry) in CGROUP_FS for s in steps)
                 and os.stat(f"/proc/{pid}/ns/cgroup").st_ino
                 != os.stat("/proc/self/ns/cgroup").st_ino):
