@@ -114,6 +114,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import signal
 import socket
 import struct
 import stat as st_mod
@@ -1248,6 +1249,12 @@ def check_signals(f: Found) -> list[str]:
     # signal, pending beyond the image, is the timer going on, not a loss.
     timer_sigs = 0
     if tc.HasField("timers"):
+        # so may an armed interval timer (setitimer): SIGALRM, SIGVTALRM, SIGPROF
+        for name, sig in (("real", signal.SIGALRM), ("virt", signal.SIGVTALRM),
+                          ("prof", signal.SIGPROF)):
+            it = getattr(tc.timers, name)
+            if tc.timers.HasField(name) and (it.vsec or it.vusec):
+                timer_sigs |= 1 << (sig - 1)
         for pt in tc.timers.posix:
             if pt.si_signo and (pt.vsec or pt.vnsec or pt.isec or pt.insec):
                 timer_sigs |= 1 << (pt.si_signo - 1)
