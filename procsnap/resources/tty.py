@@ -264,6 +264,7 @@ class _DumpState:
     ctty_holders: list[tuple[int, int]] = field(default_factory=list)
     writeback: list[Callable[[], None]] = field(default_factory=list)
     vts: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # rdev -> (pid, fd, fid)
+    ext: dict[int, Any] = field(default_factory=dict)   # rdev -> tty_info_entry (EXT_TTY)
 
 
 def _state(ctx: "DumpContext") -> _DumpState:
@@ -337,6 +338,8 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                 packet_mode=False, sid=0, pgrp=0, rdev=rdev))
         state.ctty_holders.append((task.pid, fd.fd))
         return _file_entry(fid, state.ctty_info, flags)
+    if f"tty[{rdev:x}:{fd.st.st_dev:x}]" in getattr(ctx.opts, "external", ()):
+        return _dump_external(fd, fid, flags)
     master = (major, minor) == PTMX
     if not master and major not in PTS_MAJORS:
         raise Unsupported(f"{where}: a terminal ({major}:{minor}) of a driver procsnap does "
@@ -372,6 +375,37 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         raise Unsupported(f"{where}: two pty masters with index {index} (another devpts "
                           "instance): not supported")
     return _file_entry(fid, side.info_id, flags)
+
+
+def _dump_external(fd: "FdCtx", fid: int, flags: int) -> Any:
+    """A terminal named with criu's ``--external tty[RDEV:DEV]`` (LXC's
+    console: a pts of the host whose master LXC's monitor holds): saved as
+    CRIU's EXT_TTY -- its termios, locked termios, window size, owner,
+    exclusive mode, and (_check_ctty) the session it is the controlling
+    terminal of with its foreground group; at restore the fd given with
+    ``--inherit-fd fd[N]:tty[RDEV:DEV]`` takes its place.  Its queued bytes
+    belong to the other end, outside the tree (criu does not read them
+    either: a tty read consumes)."""
+    assert fd.st is not None
+    state = _state(fd.ctx)
+    rdev = fd.st.st_rdev
+    info = state.ext.get(rdev)
+    if info is None:
+        copy = pidfd_getfd(fd.task.pid, fd.fd)
+        try:
+            info = tty_pb2.tty_info_entry(
+                id=fd.ctx.new_file_id(), type=tty_pb2.EXT_TTY, locked=False,
+                exclusive=bool(_ioctl_int(copy, C.TIOCGEXCL)), packet_mode=False,
+                sid=0, pgrp=0, rdev=rdev, dev=fd.st.st_dev, uid=fd.st.st_uid,
+                gid=fd.st.st_gid)
+            info.termios.CopyFrom(get_termios(copy))
+            info.termios_locked.CopyFrom(_get_locked(copy))
+            info.winsize.CopyFrom(get_winsize(copy))
+        finally:
+            os.close(copy)
+        state.ext[rdev] = info
+        fd.ctx.shared_image("tty-info").append(info)
+    return _file_entry(fid, info.id, flags)
 
 
 def _ptmx_nodes() -> set[tuple[int, int]]:
@@ -601,6 +635,8 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
                 by_sid[info.sid] = index
     pids = {t.pid for t in ctx.tasks}
     vt_infos: dict[int, Any] = {}
+    dstate = ctx.kind_state.get("tty")
+    ext_infos: dict[int, Any] = dstate.ext if dstate is not None else {}
     for task in ctx.tasks:
         if task.zombie or task.stat is None:
             continue
@@ -609,6 +645,21 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
         has = st.tty_nr != 0
         if has and major == 4 and 0 < minor < 64:
             _vt_ctty(ctx, task, st, os.makedev(major, minor), pids, vt_infos)
+            continue
+        ext = ext_infos.get(os.makedev(major, minor)) if has else None
+        if ext is not None:
+            # an --external terminal: the session leader takes it again
+            # from the fd handed in, and sets its foreground group (stat's
+            # tpgid: TIOCGPGRP answers only the terminal's own session)
+            name = f"terminal {major}:{minor} (--external tty[{ext.rdev:x}:{ext.dev:x}])"
+            if st.session not in pids:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, belongs "
+                                  f"to session {st.session}, whose leader is outside the dumped "
+                                  "tree")
+            if ext.sid and ext.sid != st.session:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, is "
+                                  f"session {ext.sid}'s too: not supported")
+            ext.sid, ext.pgrp = st.session, max(st.tpgid, 0)
             continue
         idx = _index_of(os.makedev(major, minor)) if has and major in PTS_MAJORS else None
         if has and idx is not None and idx in pairs and pairs[idx].master is not None:
@@ -650,6 +701,10 @@ class _RestoreState:
     fg: dict[int, int] = field(default_factory=dict)        # sid -> foreground pgrp
     shell: set[int] = field(default_factory=set)            # info ids of the shell's terminal
     vt_fd: dict[int, tuple[int, Any]] = field(default_factory=dict)  # sid -> (fd, VT info)
+    ext: dict[int, int] = field(default_factory=dict)       # EXT_TTY info id -> fd in every puppet
+    ext_ctty: dict[int, int] = field(default_factory=dict)  # sid -> fd of its --external terminal
+    ext_fg: dict[int, int] = field(default_factory=dict)    # sid -> foreground pgrp
+    ext_flags: dict[int, int] = field(default_factory=dict) # EXT_TTY info id -> its F_GETFL
 
 
 def _rstate(rctx: "RestoreContext") -> _RestoreState:
@@ -707,6 +762,9 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         finally:
             inj.reset_scratch()
 
+    for info in state.infos.values():
+        if info.type == tty_pb2.EXT_TTY:
+            _inherit_external(rctx, rt, info, files.get(info.id, []), high)
     try:
         for index in sorted(pairs):
             pair = pairs[index]
@@ -750,6 +808,60 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     finally:
         for fd in junk:
             inj.call("close", fd)
+
+
+def ext_key(info: Any) -> str:
+    """criu's name of an external terminal: tty[RDEV:DEV] in hex."""
+    return f"tty[{info.rdev:x}:{info.dev:x}]"
+
+
+def _inherit_external(rctx: "RestoreContext", rt: "RestoreTask", info: Any, files: list[Any],
+                      high: Callable[[int], int]) -> None:
+    """An EXT_TTY (criu's --external tty[RDEV:DEV] at dump): the terminal
+    handed in with --inherit-fd fd[N]:tty[RDEV:DEV] (LXC's new console)
+    takes its place, as criu's open_ext_tty: its termios, locked termios,
+    window size and owner are set as saved, every file of it is that one
+    open file description (its status flags set), and its session leader
+    takes it as controlling terminal (session_started)."""
+    key = ext_key(info)
+    ours = rctx.opts.inherit_fd.get(key)
+    if ours is None:
+        raise RestoreError(f"{key}: a terminal outside the dumped tree, named with --external "
+                           f"at dump: give the one that stands for it with --inherit-fd "
+                           f"fd[N]:{key}")
+    if not os.isatty(ours):
+        raise RestoreError(f"--inherit-fd fd[{ours}]:{key}: not a terminal")
+    if info.HasField("termios"):
+        set_termios(ours, info.termios)
+    if info.HasField("termios_locked"):
+        _set_locked(ours, info.termios_locked)
+    if info.HasField("winsize"):
+        w = info.winsize
+        fcntl.ioctl(ours, C.TIOCSWINSZ, _WS.pack(w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel))
+    if info.exclusive:
+        fcntl.ioctl(ours, C.TIOCEXCL)
+    if info.HasField("uid") and info.HasField("gid"):
+        os.fchown(ours, info.uid, info.gid)
+    if info.HasField("termios") and not _same_termios(get_termios(ours), info.termios):
+        raise RestoreError(f"--inherit-fd fd[{ours}]:{key}: termios not as in the image "
+                           "after setting")
+    if files:
+        fl = fcntl.fcntl(ours, fcntl.F_GETFL)
+        keep = os.O_ACCMODE | C.O_LARGEFILE
+        fcntl.fcntl(ours, fcntl.F_SETFL, (fl & keep) | (files[0].tty.flags & ~keep))
+    state = _rstate(rctx)
+    # what the restore check expects: the description handed in, whose
+    # f_flags keep an O_CLOEXEC its opener (LXC) gave open(2) -- fdinfo
+    # then shows it whatever the fd's own flag
+    state.ext_flags[info.id] = fcntl.fcntl(ours, fcntl.F_GETFL)
+    fd = high(rt.grab_fd(os.getpid(), ours))
+    state.ext[info.id] = fd
+    for f in files:
+        state.pool[f.id] = fd
+    if info.sid:
+        sid = rctx.outside_pid(info.sid)
+        state.ext_ctty[sid] = fd
+        state.ext_fg[sid] = rctx.outside_pid(info.pgrp) if info.pgrp else 0
 
 
 def _open_slave(rt: "RestoreTask", mfd: int, index: int, flags: int,
@@ -855,6 +967,9 @@ def session_started(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     index = state.ctty.get(rctx.dumped_pid(rt.pid))
     if index is not None:
         rt.inj.call("ioctl", state.base[index], C.TIOCSCTTY, 0)
+    ext = state.ext_ctty.get(rctx.dumped_pid(rt.pid))
+    if ext is not None:
+        rt.inj.call("ioctl", ext, C.TIOCSCTTY, 0)
     for info in state.infos.values():
         if info.type == tty_pb2.VT and rctx.outside_pid(info.sid) == rctx.dumped_pid(rt.pid):
             # a virtual console: opened by its path (the REG file of the
@@ -882,13 +997,14 @@ def set_foreground(rctx: "RestoreContext") -> None:
             pgrp = rctx.vpid(rctx.outside_pid(info.pgrp))
             inj.call("ioctl", fd, C.TIOCSPGRP, inj.put(_INT.pack(pgrp)))
             inj.reset_scratch()
-    for sid, pgrp in state.fg.items():
+    fgs = [(sid, pgrp, state.base[state.ctty[sid]]) for sid, pgrp in state.fg.items()]
+    fgs += [(sid, pgrp, state.ext_ctty[sid]) for sid, pgrp in state.ext_fg.items()]
+    for sid, pgrp, tty_fd in fgs:
         leader = rctx.by_pid.get(sid)   # by image pid too (rctx.relabel)
         if leader is None or leader.zombie or not pgrp or pgrp == sid:
             continue
         inj = leader.inj
-        inj.call("ioctl", state.base[state.ctty[sid]], C.TIOCSPGRP,
-                 inj.put(_INT.pack(rctx.vpid(pgrp, sid))))
+        inj.call("ioctl", tty_fd, C.TIOCSPGRP, inj.put(_INT.pack(rctx.vpid(pgrp, sid))))
         inj.reset_scratch()
 
 
@@ -898,7 +1014,7 @@ def close_pool(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = rctx.kind_state.get("tty")
     if state is None:
         return
-    for fd in list(state.pool.values()) + list(state.base.values()):
+    for fd in set(state.pool.values()) | set(state.base.values()) | set(state.ext.values()):
         rt.inj.call("close", fd)
     for fd, info in state.vt_fd.values():
         # the leader's and what the tasks it forked inherited (not others)
@@ -927,6 +1043,8 @@ def expected_flags(rctx: "RestoreContext", entry: Any) -> int | None:
     for the shell job's terminal (the restoring shell's, by design)."""
     state = _rstate(rctx)
     info = state.infos.get(entry.tty.tty_info_id)
+    if info is not None and info.type == tty_pb2.EXT_TTY:
+        return state.ext_flags.get(info.id)   # the description handed in (--inherit-fd)
     if info is None or info.type != tty_pb2.PTY or info.id in state.shell:
         return None
     return int(entry.tty.flags)

@@ -255,3 +255,83 @@ def test_canonical_eof_refused_and_kept(targets: TargetFactory, tmp_path: Path) 
     os.kill(p.pid, signal.SIGUSR1)
     text = _wait_text(out, "got")
     assert "got (b'ab', False, b'xy\\n')" in text, text
+
+
+def _criu(*args: object, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """procsnap as criu (python3 -m procsnap.criu), handing ``pass_fds`` on."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return subprocess.run([sys.executable, "-m", "procsnap.criu", *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, pass_fds=pass_fds, env=env)
+
+
+def _read_until(fd: int, want: bytes, timeout: float = 10.0) -> bytes:
+    import select
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{want!r} not read in {timeout} s: {got[-300:]!r}"
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            got += os.read(fd, 4096)
+    return got
+
+
+def _ticks(data: bytes) -> list[int]:
+    return [int(w.split()[1]) for w in data.decode(errors="replace").splitlines()
+            if w.startswith("tick ") and len(w.split()) == 2 and w.split()[1].isdigit()]
+
+
+def test_external_tty_inherited(targets: TargetFactory, tmp_path: Path) -> None:
+    """criu's --external tty[RDEV:DEV] / --inherit-fd fd[N]:tty[RDEV:DEV]
+    (LXC's console): a session whose controlling terminal is a pts whose
+    master the test holds.  Dumped with the pts named external; restored
+    with a new pty's slave handed in: the session leader's fds 0-2 are it,
+    it is their controlling terminal with the child's group in the
+    foreground, ECHO off and 33x77 as saved (checked from outside and
+    inside); its ticks go on on the new master, and a line written to the
+    new master is read by the foreground child and echoed."""
+    import pty
+    import termios
+    m1, s1 = pty.openpty()
+    m2 = s2 = -1
+    try:
+        t = targets.start("ext_tty.py", os.ttyname(s1))
+        os.close(s1)
+        child = int(t.lines()[0].split()[1])
+        _read_until(m1, b"tick 3\r\n")
+        st = os.stat(f"/proc/{t.pid}/fd/0")
+        key = f"tty[{st.st_rdev:x}:{st.st_dev:x}]"
+        check_ok(_criu("dump", "-t", t.pid, "-D", tmp_path / "img", "-o", "dump.log",
+                       "--external", key))
+        _wait_tree_gone([t.pid, child])
+        os.close(m1)
+        m1 = -1
+        m2, s2 = pty.openpty()
+        assert termios.tcgetattr(s2)[3] & termios.ECHO   # a new pty echoes
+        check_ok(_criu("restore", "-D", tmp_path / "img", "-o", "restore.log",
+                       "--restore-detached", "--inherit-fd", f"fd[{s2}]:{key}",
+                       pass_fds=(s2,)))
+        targets.adopt(t.pid, like=t)
+        targets.adopt(child)
+        rdev2 = os.fstat(s2).st_rdev
+        os.close(s2)
+        s2 = -1
+        with open(f"/proc/{t.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert (int(fields[4]), int(fields[5])) == (rdev2, child), fields[:6]
+        assert os.stat(f"/proc/{t.pid}/fd/0").st_rdev == rdev2
+        got = _read_until(m2, b"\r\n")
+        got += _read_until(m2, b"\r\n")    # a whole line at least
+        ticks = _ticks(got.replace(b"\r", b""))
+        assert ticks and ticks[-1] > 3, got
+        assert not termios.tcgetattr(m2)[3] & termios.ECHO   # as saved
+        os.write(m2, b"hello after restore\n")
+        _read_until(m2, b"echo: hello after restore\r\n")
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        for fd in (m1, m2, s2):
+            if fd >= 0:
+                os.close(fd)
