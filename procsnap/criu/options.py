@@ -142,11 +142,11 @@ TABLE: list[Opt] = [
         help="dump: a datagram unix socket connected to a named socket outside the tree is "
              "saved; restore: it is connected to that name again (criu's older form; "
              "--external unix[INO] with --inherit-fd hands in an fd instead)"),
-    Opt("orphan-pts-master", boolean=True, how=ACCEPT,
-        note="criu's RPC field (runc sends it for every container): a pty slave whose "
-             "master is outside the tree comes back with a new master sent to the "
-             "client; procsnap refuses the dump of such a pty, naming it, so a tree it "
-             "dumps has none and needs nothing more"),
+    Opt("orphan-pts-master", boolean=True,
+        help="dump: a pts whose master is outside the tree (runc's terminal) is saved; "
+             "restore: it gets a new pty pair in the tree's devpts, the master sent to "
+             "the RPC client with the orphan-pts-master notification (criu's RPC field, "
+             "which runc sends for every container)"),
     Opt("evasive-devices", boolean=True, how=ACCEPT,
         note="criu's permission to reopen a device file by another path when its own is "
              "gone; procsnap reopens a device only at its dumped path and never searches "

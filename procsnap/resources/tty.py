@@ -265,6 +265,7 @@ class _DumpState:
     writeback: list[Callable[[], None]] = field(default_factory=list)
     vts: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # rdev -> (pid, fd, fid)
     ext: dict[int, Any] = field(default_factory=dict)   # rdev -> tty_info_entry (EXT_TTY)
+    orphans: dict[int, Any] = field(default_factory=dict)  # index -> info (--orphan-pts-master)
 
 
 def _state(ctx: "DumpContext") -> _DumpState:
@@ -353,9 +354,11 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                               "/dev/ptmx and /dev/pts/ptmx of the dumper's /dev are supported")
     else:
         index = _index_of(rdev)
-        if fd.st.st_dev != _devpts_dev():
+        if fd.st.st_dev != _devpts_dev() and not _own_devpts(fd, index):
             raise Unsupported(f"{where}: a pts of another devpts instance; only the one "
-                              "mounted on /dev/pts is supported")
+                              "mounted on /dev/pts is supported"
+                              + ("" if ctx.opts.orphan_pts_master else
+                                 " (or, with --orphan-pts-master, the task's own /dev/pts)"))
     pair = state.pairs.setdefault(index, _Pair(index))
     side = pair.master if master else pair.slave
     if side is None:
@@ -374,7 +377,27 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     elif master and side.st.st_ino != fd.st.st_ino:
         raise Unsupported(f"{where}: two pty masters with index {index} (another devpts "
                           "instance): not supported")
+    elif side.st.st_dev != fd.st.st_dev:
+        raise Unsupported(f"{where}: two pts with index {index} of two devpts instances "
+                          f"(this one and pid {side.holder[0]}'s fd {side.holder[1]}): not "
+                          "supported")
     return _file_entry(fid, side.info_id, flags)
+
+
+def _own_devpts(fd: "FdCtx", index: int) -> bool:
+    """With --orphan-pts-master (runc's terminal): is this pts one of the
+    devpts instance the task has on its own /dev/pts (a container's, which
+    its mount namespace brings back as a new instance), named by that
+    path?  Its master is outside the tree; the restore makes a new pair
+    there, at its index (opening /dev/pts/ptmx in the restored tree)."""
+    if not fd.ctx.opts.orphan_pts_master or fd.link != f"/dev/pts/{index}":
+        return False
+    assert fd.st is not None
+    try:
+        own = os.stat(f"/proc/{fd.task.pid}/root/dev/pts/ptmx")
+    except OSError:
+        return False
+    return own.st_dev == fd.st.st_dev and os.major(own.st_rdev) == 5
 
 
 def _dump_external(fd: "FdCtx", fid: int, flags: int) -> Any:
@@ -489,13 +512,21 @@ def finish(ctx: "DumpContext") -> None:
             if s.hung:
                 infos.append(_info(s, index, sid=0, pgrp=0))   # no termios: hung up (as CRIU)
                 continue
-            if not ctx.opts.shell_job:
+            if not ctx.opts.shell_job and not ctx.opts.orphan_pts_master:
                 raise Unsupported(f"pid {pid}: fd {fd}: terminal {link}: its master is outside "
                                   "the dumped tree; use --shell-job to dump a process attached "
                                   "to a terminal")
-            # the shell job's terminal: restored as the restoring shell's
+            # the shell job's terminal (restored as the restoring shell's),
+            # or criu's orphan pts (restored with a new master for the
+            # caller): its state as criu saves it; _check_ctty sets the
+            # session it controls
             info = _info(s, index, sid=0, pgrp=0)
             info.termios.CopyFrom(get_termios(s.copy))
+            if ctx.opts.orphan_pts_master:
+                info.termios_locked.CopyFrom(_get_locked(s.copy))
+                info.winsize.CopyFrom(get_winsize(s.copy))
+                info.exclusive = bool(_ioctl_int(s.copy, C.TIOCGEXCL))
+                state.orphans[index] = info
             infos.append(info)
             continue
         mpid, mfd, mlink = m.holder
@@ -637,6 +668,7 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
     vt_infos: dict[int, Any] = {}
     dstate = ctx.kind_state.get("tty")
     ext_infos: dict[int, Any] = dstate.ext if dstate is not None else {}
+    orphans: dict[int, Any] = dstate.orphans if dstate is not None else {}
     for task in ctx.tasks:
         if task.zombie or task.stat is None:
             continue
@@ -662,6 +694,19 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
             ext.sid, ext.pgrp = st.session, max(st.tpgid, 0)
             continue
         idx = _index_of(os.makedev(major, minor)) if has and major in PTS_MAJORS else None
+        orphan = orphans.get(idx) if idx is not None else None
+        if orphan is not None:
+            # --orphan-pts-master: its session leader takes the new slave
+            name = f"/dev/pts/{idx} (its master outside the tree)"
+            if st.session not in pids:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal {name} belongs "
+                                  f"to session {st.session}, whose leader is outside the "
+                                  "dumped tree")
+            if orphan.sid and orphan.sid != st.session:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal {name} is "
+                                  f"session {orphan.sid}'s too: not supported")
+            orphan.sid, orphan.pgrp = st.session, max(st.tpgid, 0)
+            continue
         if has and idx is not None and idx in pairs and pairs[idx].master is not None:
             if by_sid.get(st.session) != idx:
                 raise Unsupported(f"pid {task.pid}: its controlling terminal /dev/pts/{idx} "
@@ -704,7 +749,8 @@ class _RestoreState:
     ext: dict[int, int] = field(default_factory=dict)       # EXT_TTY info id -> fd in every puppet
     ext_ctty: dict[int, int] = field(default_factory=dict)  # sid -> fd of its --external terminal
     ext_fg: dict[int, int] = field(default_factory=dict)    # sid -> foreground pgrp
-    ext_flags: dict[int, int] = field(default_factory=dict) # EXT_TTY info id -> its F_GETFL
+    ext_flags: dict[int, int] = field(default_factory=dict)  # EXT_TTY info id -> its F_GETFL
+    orphans: dict[int, tuple[Any, list[Any]]] = field(default_factory=dict)  # index -> (info, files)
 
 
 def _rstate(rctx: "RestoreContext") -> _RestoreState:
@@ -741,7 +787,12 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             pairs.setdefault(info.pty.index, {})[side] = info
     for index, pair in list(pairs.items()):
         if "master" not in pair and pair["slave"].HasField("termios"):
-            state.shell.add(pair["slave"].id)    # --shell-job: the restoring shell's terminal
+            if rctx.opts.orphan_pts_master:
+                # a new pair once the tree's mount namespace is in place
+                # (prepare_orphans): criu's --orphan-pts-master
+                state.orphans[index] = (pair["slave"], files.get(pair["slave"].id, []))
+            else:
+                state.shell.add(pair["slave"].id)  # --shell-job: the restoring shell's terminal
             del pairs[index]
     junk: list[int] = []
     inj = rt.inj
@@ -879,12 +930,12 @@ def _open_slave(rt: "RestoreTask", mfd: int, index: int, flags: int,
 
 
 def _open_index(rt: "RestoreTask", index: int, junk: list[int],
-                open_at: Callable[[str, int], int]) -> int:
+                open_at: Callable[[str, int], int], ptmx: str = "/dev/ptmx") -> int:
     """A new master with ``index``: the kernel gives the lowest free index,
     so /dev/ptmx is opened until it is reached (the lower ones are kept in
     ``junk`` meanwhile, as CRIU does)."""
     while True:
-        fd = open_at("/dev/ptmx", os.O_RDWR)
+        fd = open_at(ptmx, os.O_RDWR)
         copy = _puppet_copy(rt, fd)
         try:
             got = _ioctl_int(copy, C.TIOCGPTN)
@@ -944,6 +995,109 @@ def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
         diffs.append("exclusive mode")
     if diffs:
         raise RestoreError(f"pty {index}: {', '.join(diffs)} not as in the image after setting")
+
+
+def prepare_orphans(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """criu's --orphan-pts-master (runc's terminal), in the root puppet once
+    the tree's namespaces are made (its mount namespace: a container's
+    devpts is a new instance) and before it forks: a pts whose master was
+    outside the tree gets a new pair at its index in the tree's own
+    /dev/pts (its /dev/pts/ptmx), set as saved (termios, locked termios,
+    window size, exclusive mode, owner and mode of the node); the slave's
+    files are the tree's (every task inherits them, as prepare_root's),
+    its session leader takes it as controlling terminal; the master is
+    handed to the caller with the orphan-pts-master action (criu's RPC
+    sends it to the client with SCM_RIGHTS) and closed here, as criu's
+    pty_open_unpaired_slave."""
+    state = _rstate(rctx)
+    # masters of ptys the mount namespace made for a bind of their pts
+    # (namespaces/mnt.py: runc's /dev/console), fds of this puppet
+    premade: dict[int, int] = rctx.kind_state.pop("devpts-premade", {})
+    try:
+        _make_orphans(rctx, rt, state, premade)
+    finally:
+        for fd in premade.values():   # the ones no orphan took: closed before any fork
+            rt.inj.call("close", fd)
+
+
+def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreState,
+                  premade: dict[int, int]) -> None:
+    if not state.orphans:
+        return
+    action = rctx.opts.action
+    if action is None:
+        raise RestoreError("--orphan-pts-master: no caller to hand the new pty master to "
+                           "(criu's RPC only)")
+    inj = rt.inj
+    base = rctx.spare_fd_base
+
+    def high(fd: int) -> int:
+        new = inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, base)
+        inj.call("close", fd)
+        return new
+
+    def open_at(path: str, flags: int) -> int:
+        try:
+            return int(inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path),
+                                flags | os.O_NOCTTY | os.O_CLOEXEC, 0))
+        except InjectError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {rt.pid}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        finally:
+            inj.reset_scratch()
+
+    junk: list[int] = []
+    try:
+        for index in sorted(state.orphans):
+            s, sfiles = state.orphans[index]
+            mfd = premade.pop(index, None)
+            if mfd is None:
+                mfd = _open_index(rt, index, junk, open_at, "/dev/pts/ptmx")
+            mcopy = _puppet_copy(rt, mfd)
+            try:
+                _ioctl_int(mcopy, C.TIOCSPTLCK, 0)
+                set_termios(mcopy, s.termios)
+                if s.HasField("termios_locked"):
+                    _set_locked(mcopy, s.termios_locked)
+                if s.HasField("winsize"):
+                    w = s.winsize
+                    fcntl.ioctl(mcopy, C.TIOCSWINSZ,
+                                _WS.pack(w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel))
+                for f in sfiles:
+                    state.pool[f.id] = high(_open_slave(rt, mfd, index, f.tty.flags, open_at))
+                sfd = high(int(inj.call("ioctl", mfd, C.TIOCGPTPEER,
+                                        os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)))
+                scopy = _puppet_copy(rt, sfd)
+                try:
+                    if s.exclusive:
+                        fcntl.ioctl(scopy, C.TIOCEXCL)
+                    if s.HasField("uid"):
+                        os.fchown(scopy, s.uid, s.gid)
+                    if s.HasField("mode"):
+                        os.fchmod(scopy, s.mode)
+                    if not _same_termios(get_termios(scopy), s.termios):
+                        raise RestoreError(f"pty {index}: termios not as in the image after "
+                                           "setting")
+                finally:
+                    os.close(scopy)
+                state.base[index] = sfd
+                if s.sid:
+                    sid = rctx.outside_pid(s.sid)
+                    state.ctty[sid] = index
+                    state.fg[sid] = rctx.outside_pid(s.pgrp) if s.pgrp else 0
+                    if sid == rctx.dumped_pid(rt.pid):
+                        # the root: its setsid was before its namespaces
+                        inj.call("ioctl", sfd, C.TIOCSCTTY, 0)
+                status = action("orphan-pts-master", mcopy)
+                if status:
+                    raise RestoreError(f"pty {index}: the caller refused the new master "
+                                       f"(orphan-pts-master: {status})")
+            finally:
+                os.close(mcopy)
+            inj.call("close", mfd)
+    finally:
+        for fd in junk:
+            inj.call("close", fd)
 
 
 def _tty_data(rctx: "RestoreContext") -> dict[int, bytes]:
