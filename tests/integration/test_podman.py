@@ -49,6 +49,10 @@ class Podman:
         return run("podman", "--root", b / "root", "--runroot", b / "run",
                    "--tmpdir", b / "tmp", "--storage-driver", "vfs",
                    "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+                   # runc by name: with crun installed too Podman picks crun
+                   # (libpod.conf), which refuses this host's hybrid cgroups
+                   # and, as Debian builds it, has no checkpoint at all
+                   "--runtime", "runc",
                    *args, check=check, env=self.env, timeout=timeout)
 
     def inspect(self, name: str) -> dict:
