@@ -876,12 +876,15 @@ def _inherit_external(rctx: "RestoreContext", rt: "RestoreTask", info: Any, file
     takes it as controlling terminal (session_started)."""
     key = ext_key(info)
     ours = rctx.opts.inherit_fd.get(key)
+    ids = {f.id for f in files}
+    holder = next((f"pid {t.pid}: fd {fe.fd}: " for t in rctx.tasks for fe in t.fdinfos
+                   if fe.id in ids), "")
     if ours is None:
-        raise RestoreError(f"{key}: a terminal outside the dumped tree, named with --external "
-                           f"at dump: give the one that stands for it with --inherit-fd "
-                           f"fd[N]:{key}")
+        raise RestoreError(f"{holder}{key}: a terminal outside the dumped tree, named with "
+                           "--external at dump: give the one that stands for it with "
+                           f"--inherit-fd fd[N]:{key}")
     if not os.isatty(ours):
-        raise RestoreError(f"--inherit-fd fd[{ours}]:{key}: not a terminal")
+        raise RestoreError(f"{holder}--inherit-fd fd[{ours}]:{key}: not a terminal")
     if info.HasField("termios"):
         set_termios(ours, info.termios)
     if info.HasField("termios_locked"):

@@ -335,3 +335,44 @@ def test_external_tty_inherited(targets: TargetFactory, tmp_path: Path) -> None:
         for fd in (m1, m2, s2):
             if fd >= 0:
                 os.close(fd)
+
+
+def test_external_tty_restore_refusals(targets: TargetFactory, tmp_path: Path) -> None:
+    """A dump with --external tty[RDEV:DEV] restored without the terminal
+    that stands for it (no --inherit-fd), with a handed-in fd that is no
+    terminal, and criu's --orphan-pts-master on the command line (the new
+    master can only go to an RPC client): each one line naming what is
+    missing (pid, fd and the terminal), exit 1, nothing left running."""
+    import pty
+    m1, s1 = pty.openpty()
+    try:
+        t = targets.start("ext_tty.py", os.ttyname(s1))
+        os.close(s1)
+        s1 = -1
+        child = int(t.lines()[0].split()[1])
+        st = os.stat(f"/proc/{t.pid}/fd/0")
+        key = f"tty[{st.st_rdev:x}:{st.st_dev:x}]"
+        img = tmp_path / "img"
+        check_ok(_criu("dump", "-t", t.pid, "-D", img, "--external", key))
+        _wait_tree_gone([t.pid, child])
+        res = _criu("restore", "-D", img, "--restore-detached")
+        line = assert_one_line_error(res, f"pid {t.pid}: fd 0: {key}:", "--inherit-fd")
+        assert "outside the dumped tree" in line, line
+        assert not os.path.exists(f"/proc/{t.pid}") and not os.path.exists(f"/proc/{child}")
+        r, w = os.pipe()
+        try:
+            res = _criu("restore", "-D", img, "--restore-detached", "--inherit-fd",
+                        f"fd[{r}]:{key}", pass_fds=(r,))
+        finally:
+            os.close(r)
+            os.close(w)
+        assert_one_line_error(res, f"pid {t.pid}: fd 0: --inherit-fd fd[{r}]:{key}: "
+                                   "not a terminal")
+        assert not os.path.exists(f"/proc/{t.pid}")
+        res = _criu("restore", "-D", img, "--restore-detached", "--orphan-pts-master")
+        assert_one_line_error(res, "--orphan-pts-master", "RPC")
+        assert not os.path.exists(f"/proc/{t.pid}")
+    finally:
+        os.close(m1)
+        if s1 >= 0:
+            os.close(s1)
