@@ -265,6 +265,7 @@ class _DumpState:
     writeback: list[Callable[[], None]] = field(default_factory=list)
     vts: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # rdev -> (pid, fd, fid)
     ext: dict[int, Any] = field(default_factory=dict)   # rdev -> tty_info_entry (EXT_TTY)
+    ext_copy: dict[int, tuple[int, str]] = field(default_factory=dict)  # rdev -> (our copy, where)
     orphans: dict[int, Any] = field(default_factory=dict)  # index -> info (--orphan-pts-master)
 
 
@@ -415,17 +416,16 @@ def _dump_external(fd: "FdCtx", fid: int, flags: int) -> Any:
     info = state.ext.get(rdev)
     if info is None:
         copy = pidfd_getfd(fd.task.pid, fd.fd)
-        try:
-            info = tty_pb2.tty_info_entry(
-                id=fd.ctx.new_file_id(), type=tty_pb2.EXT_TTY, locked=False,
-                exclusive=bool(_ioctl_int(copy, C.TIOCGEXCL)), packet_mode=False,
-                sid=0, pgrp=0, rdev=rdev, dev=fd.st.st_dev, uid=fd.st.st_uid,
-                gid=fd.st.st_gid)
-            info.termios.CopyFrom(get_termios(copy))
-            info.termios_locked.CopyFrom(_get_locked(copy))
-            info.winsize.CopyFrom(get_winsize(copy))
-        finally:
-            os.close(copy)
+        state.copies.append(copy)
+        state.ext_copy[rdev] = (copy, f"pid {fd.task.pid}: fd {fd.fd}: {fd.link}")
+        info = tty_pb2.tty_info_entry(
+            id=fd.ctx.new_file_id(), type=tty_pb2.EXT_TTY, locked=False,
+            exclusive=bool(_ioctl_int(copy, C.TIOCGEXCL)), packet_mode=False,
+            sid=0, pgrp=0, rdev=rdev, dev=fd.st.st_dev, uid=fd.st.st_uid,
+            gid=fd.st.st_gid)
+        info.termios.CopyFrom(get_termios(copy))
+        info.termios_locked.CopyFrom(_get_locked(copy))
+        info.winsize.CopyFrom(get_winsize(copy))
         state.ext[rdev] = info
         fd.ctx.shared_image("tty-info").append(info)
     return _file_entry(fid, info.id, flags)
@@ -500,6 +500,11 @@ def finish(ctx: "DumpContext") -> None:
     state = ctx.kind_state.get("tty")
     pairs = state.pairs if state is not None else {}
     infos = ctx.shared_image("tty-info") if pairs else []
+    if state is not None:
+        for rdev, ext in state.ext.items():
+            # what the outside end typed and the tree has not read yet
+            copy, where = state.ext_copy[rdev]
+            _dump_input(ctx, state, ext.id, copy, ext.termios, where)
     inside = {i: p for i, p in pairs.items() if p.master is not None}
     outside = _outside_holders(ctx, inside) if inside else {}
     for index in sorted(pairs):
@@ -527,6 +532,11 @@ def finish(ctx: "DumpContext") -> None:
                 info.winsize.CopyFrom(get_winsize(s.copy))
                 info.exclusive = bool(_ioctl_int(s.copy, C.TIOCGEXCL))
                 state.orphans[index] = info
+                # what the outside end typed and the tree has not read yet
+                # (the tree's output is the outside end's to read, on the
+                # master it keeps)
+                _dump_input(ctx, state, s.info_id, s.copy, info.termios,
+                            f"pid {pid}: fd {fd}: terminal {link}")
             infos.append(info)
             continue
         mpid, mfd, mlink = m.holder
@@ -598,8 +608,15 @@ def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: An
         mcopy = m.copy
         state.writeback.append(lambda: inject_input(mcopy, out, None))
         ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=m.info_id, data=out))
-    # The slave's input: in canonical mode, complete lines and a partial
-    # one are all readable once ICANON is off.
+    _dump_input(ctx, state, s.info_id, slave_fd, termios, where)
+
+
+def _dump_input(ctx: "DumpContext", state: _DumpState, info_id: int, slave_fd: int,
+                termios: Any, where: str) -> None:
+    """The bytes queued for reading on a slave (our copy ``slave_fd``),
+    saved for tty ``info_id`` and put back if the tree runs on."""
+    # In canonical mode, complete lines and a partial one are all readable
+    # once ICANON is off.
     canon = bool(termios.c_lflag & ICANON)
     if canon:
         raw = tty_pb2.termios_entry()
@@ -622,7 +639,7 @@ def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: An
             raise Unsupported(f"{where}: input queued in canonical mode holds an editing "
                               "character and VLNEXT is disabled: it cannot be queued back as "
                               "the literal it is")
-        ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=s.info_id, data=inp))
+        ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=info_id, data=inp))
 
 
 def _vt_ctty(ctx: "DumpContext", task: Any, st: Any, rdev: int, pids: set[int],
@@ -897,8 +914,10 @@ def _inherit_external(rctx: "RestoreContext", rt: "RestoreTask", info: Any, file
     if info.HasField("uid") and info.HasField("gid"):
         os.fchown(ours, info.uid, info.gid)
     if info.HasField("termios") and not _same_termios(get_termios(ours), info.termios):
-        raise RestoreError(f"--inherit-fd fd[{ours}]:{key}: termios not as in the image "
-                           "after setting")
+        raise RestoreError(f"{holder}--inherit-fd fd[{ours}]:{key}: termios not as in the "
+                           "image after setting")
+    # the input the tree had not read yet, queued on the new terminal
+    inject_input(ours, _tty_data(rctx).get(info.id, b""), info.termios)
     if files:
         fl = fcntl.fcntl(ours, fcntl.F_GETFL)
         keep = os.O_ACCMODE | C.O_LARGEFILE
@@ -1081,6 +1100,8 @@ def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreStat
                     if not _same_termios(get_termios(scopy), s.termios):
                         raise RestoreError(f"pty {index}: termios not as in the image after "
                                            "setting")
+                    # the input the tree had not read yet
+                    inject_input(scopy, _tty_data(rctx).get(s.id, b""), s.termios)
                 finally:
                     os.close(scopy)
                 state.base[index] = sfd

@@ -291,17 +291,19 @@ def test_external_tty_inherited(targets: TargetFactory, tmp_path: Path) -> None:
     with a new pty's slave handed in: the session leader's fds 0-2 are it,
     it is their controlling terminal with the child's group in the
     foreground, ECHO off and 33x77 as saved (checked from outside and
-    inside); its ticks go on on the new master, and a line written to the
-    new master is read by the foreground child and echoed."""
+    inside); its ticks go on on the new master; a line typed before the
+    dump and not read yet is read after the restore, and a line written to
+    the new master is read by the foreground child and echoed."""
     import pty
     import termios
     m1, s1 = pty.openpty()
     m2 = s2 = -1
     try:
-        t = targets.start("ext_tty.py", os.ttyname(s1))
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"))
         os.close(s1)
         child = int(t.lines()[0].split()[1])
         _read_until(m1, b"tick 3\r\n")
+        os.write(m1, b"typed before the dump\n")   # queued: the child does not read yet
         st = os.stat(f"/proc/{t.pid}/fd/0")
         key = f"tty[{st.st_rdev:x}:{st.st_dev:x}]"
         check_ok(_criu("dump", "-t", t.pid, "-D", tmp_path / "img", "-o", "dump.log",
@@ -328,6 +330,8 @@ def test_external_tty_inherited(targets: TargetFactory, tmp_path: Path) -> None:
         ticks = _ticks(got.replace(b"\r", b""))
         assert ticks and ticks[-1] > 3, got
         assert not termios.tcgetattr(m2)[3] & termios.ECHO   # as saved
+        (tmp_path / "go").write_text("")
+        _read_until(m2, b"echo: typed before the dump\r\n")
         os.write(m2, b"hello after restore\n")
         _read_until(m2, b"echo: hello after restore\r\n")
         assert t.verdict() == "PASS", t.output()
@@ -346,7 +350,7 @@ def test_external_tty_restore_refusals(targets: TargetFactory, tmp_path: Path) -
     import pty
     m1, s1 = pty.openpty()
     try:
-        t = targets.start("ext_tty.py", os.ttyname(s1))
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"))
         os.close(s1)
         s1 = -1
         child = int(t.lines()[0].split()[1])

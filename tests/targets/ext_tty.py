@@ -1,14 +1,15 @@
 """A session whose controlling terminal is a pts whose master is outside
 the tree (the test's; LXC's console as the container's init has it).
 
-    ext_tty.py PTS
+    ext_tty.py PTS GO
 
 Opens PTS read-write without O_NOCTTY (this process, a session leader
 without a terminal, takes it as its controlling terminal) as fds 0, 1 and
 2 (its stdout at start, kept as fd 3, gets its own lines), turns ECHO off and sets the
 window size to 33x77.  A child in a process group of its own is made the
-terminal's foreground group; it echoes every line it reads from the
-terminal as "echo: LINE".  The leader writes "tick N" to the terminal every
+terminal's foreground group; once the file GO exists it echoes every
+line it reads from the terminal as "echo: LINE" (until then what is typed
+stays queued).  The leader writes "tick N" to the terminal every
 0.05 s.  Prints "ready CHILD" there.  On SIGTERM: fds 0-2 are one open
 file description of this session's controlling terminal (/proc/self/stat,
 TIOCGSID) with the child's group in the foreground, ECHO still off and the
@@ -26,7 +27,7 @@ TIOCGSID = 0x5429
 
 
 def main() -> int:
-    pts = sys.argv[1]
+    pts, go = sys.argv[1], sys.argv[2]
     o = os.dup(1)
 
     def say(text: str) -> None:
@@ -45,6 +46,8 @@ def main() -> int:
     if child == 0:
         os.setpgid(0, 0)
         os.close(o)
+        while not os.path.exists(go):
+            time.sleep(0.05)
         for line in sys.stdin:
             sys.stdout.write("echo: " + line)
             sys.stdout.flush()
