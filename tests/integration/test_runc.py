@@ -267,9 +267,11 @@ class _ConsoleSocket:
 
 
 # The process of a container with a terminal: the counter in the
-# background, and a loop echoing every line read from the terminal.
+# background, and, once /out/go exists, a loop echoing every line read
+# from the terminal (until then what is typed stays queued).
 TERMINAL_SCRIPT = ("(i=0; while :; do i=$((i+1)); echo $i >> /out/counter.log; sleep 0.05; "
-                   "done) </dev/null & while read -r l; do echo \"echo: $l\"; done")
+                   "done) </dev/null & until [ -e /out/go ]; do sleep 0.05; done; "
+                   "while read -r l; do echo \"echo: $l\"; done")
 
 
 def _terminal_bundle(r: Runc) -> None:
@@ -305,7 +307,9 @@ def test_runc_terminal_container(rc: Runc) -> None:
     RPC socket (SCM_RIGHTS with the orphan-pts-master notification); runc
     hands it to the new console socket.  Twice: the counter goes on, the
     init's fds 0-2 and controlling terminal are the new pts, and a line
-    typed on the new master is read by the container's shell and echoed."""
+    typed on the new master is read by the container's shell and echoed;
+    a line typed before the first checkpoint, not read yet, is read after
+    the restore."""
     r = rc
     _terminal_bundle(r)
     cons = _ConsoleSocket(r.base / "console.sock")
@@ -316,7 +320,7 @@ def test_runc_terminal_container(rc: Runc) -> None:
                      detached=True, check=False)
         assert res.returncode == 0, log_tail(r.base / "runc.log")  # type: ignore[attr-defined]
         wait_for(lambda: len(r.numbers()) >= 5, 20, "the container's counter")
-        assert "echo: before" in _echoes(cons.master(), "before")
+        os.write(cons.master(), b"typed before the checkpoint\n")  # queued: /out/go is absent
         images = r.base / "images"
         for rnd in range(2):
             pid = r.pid(cid)
@@ -336,6 +340,9 @@ def test_runc_terminal_container(rc: Runc) -> None:
                 tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
             assert len(pts) == 1 and tty_nr in pts, (pts, tty_nr)
             assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/pts/0"
+            if rnd == 0:
+                (r.out / "go").write_text("")
+                assert "echo: typed before the checkpoint" in _echoes(m, "first")
             assert f"echo: round {rnd}" in _echoes(m, f"round {rnd}")
             assert int(r.exec(cid, "tail -n 1 /out/counter.log").split()[0]) > last
     finally:
@@ -373,6 +380,7 @@ def test_runc_terminal_container_refused(rc: Runc) -> None:
         n = r.numbers()[-1]
         wait_for(lambda: r.numbers()[-1] >= n + 5, 10, "the counter to run on")
         assert int(r.exec(cid, "tail -n 1 /out/counter.log").split()[0]) > n
+        (r.out / "go").write_text("")
         assert "echo: still" in _echoes(cons.master(), "still")
     finally:
         cons.close()
