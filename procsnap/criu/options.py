@@ -121,14 +121,17 @@ TABLE: list[Opt] = [
              "through the handle; a watch it cannot reopen refuses the dump"),
     Opt("external", arg=REQ, multi=True, metavar="KEY",
         help="dump: unix[INO]: a unix socket of the tree whose peer is outside it; "
-             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV]: a terminal outside "
-             "the tree (a dump where a task holds it open is refused). restore: "
+             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV] (hex): a terminal "
+             "whose other end is outside the tree (LXC's console), saved as criu's "
+             "EXT_TTY, its place taken at restore by --inherit-fd fd[N]:tty[RDEV:DEV]. "
+             "restore: "
              "mnt[KEY]:PATH binds PATH for KEY; KEY:PATH as --ext-mount-map KEY:PATH "
              "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
         help="restore: our fd N stands for the external resource KEY (unix[INO]; "
-             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], which no restored "
-             "task holds: see --external)"),
+             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], a terminal dumped "
+             "with --external tty[RDEV:DEV]: the tree's fds and controlling terminal "
+             "become this one, with the saved termios, window size and queued input)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),

@@ -35,17 +35,39 @@ bytes queued for reading on it):
 - a pts whose master is gone (hung up, its node deleted): a pair is made
   with the index, the slave files are opened and the master closed again.
 
+A terminal whose other end is outside the tree, as criu saves it:
+
+- named with criu's ``--external tty[RDEV:DEV]`` (LXC's console: a pts of
+  the host whose master LXC's monitor holds): CRIU's EXT_TTY -- termios,
+  locked termios, window size, exclusive mode, the node's owner, the
+  session it controls and its foreground group, the input typed and not
+  read yet; at restore the fd given with ``--inherit-fd
+  fd[N]:tty[RDEV:DEV]`` takes its place (every file of it is that one
+  open file description, its session leader takes it with TIOCSCTTY);
+- with criu's ``--orphan-pts-master`` (runc's terminal: runc sends it in
+  every RPC request): a pts whose master is outside, of the host's
+  devpts or of the task's own /dev/pts (a container's instance, which its
+  mount namespace brings back new): saved as the slave with the same
+  state; at restore a new pair is made at its index in the tree's
+  /dev/pts (a bind of the pts, runc's /dev/console, made it already:
+  namespaces/mnt.py), the slave is the tree's, the master goes to the
+  caller with the orphan-pts-master action (criu's RPC: SCM_RIGHTS).
+  On criu's command line it is refused (nobody to take the master).
+The tree's output not yet read by the outside end stays in the old pty,
+whose master the outside holder keeps.
+
 /dev/console and the virtual consoles are the host's devices, their state
 shared with everything outside the tree (as a regular file's contents):
 the fd is reopened by its path (a REG entry, opened O_NOCTTY); a VT in
 VT_PROCESS mode (it signals its owning process on switches) is refused.
 
 Refused, one line naming pid and fd: other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
-instance; a pty one of whose ends is open outside the tree (found by a scan
-of /proc); a master whose slave was never opened (input queued for the
+instance (but an orphan pts, above); a pty one of whose ends is open outside
+the tree (found by a scan of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
 whose controlling terminal is outside the tree or which lost the
-controlling terminal its session has.  With --shell-job a pts whose master
+controlling terminal its session has; an --external terminal restored
+without the fd that stands for it.  With --shell-job a pts whose master
 is outside the tree (the user's terminal) is the job's terminal: at
 restore the fds get the restoring shell's terminal, as criu does.
 
