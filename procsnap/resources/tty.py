@@ -61,9 +61,10 @@ shared with everything outside the tree (as a regular file's contents):
 the fd is reopened by its path (a REG entry, opened O_NOCTTY); a VT in
 VT_PROCESS mode (it signals its owning process on switches) is refused.
 
-Refused, one line naming pid and fd: other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
-instance (but an orphan pts, above); a pty one of whose ends is open outside
-the tree (found by a scan of /proc); a master whose slave was never opened (input queued for the
+Refused, one line naming pid and fd: other terminal drivers (serial,
+legacy BSD ptys); a pts of another devpts instance (but an orphan pts,
+above); a pty one of whose ends is open outside the tree (found by a scan
+of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
 whose controlling terminal is outside the tree or which lost the
 controlling terminal its session has; an --external terminal restored
@@ -900,6 +901,13 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             inj.call("close", fd)
 
 
+def _holder(rctx: "RestoreContext", files: list[Any]) -> str:
+    """'pid P: fd F: ' of the first task holding one of ``files``, for messages."""
+    ids = {f.id for f in files}
+    return next((f"pid {t.pid}: fd {fe.fd}: " for t in rctx.tasks for fe in t.fdinfos
+                 if fe.id in ids), "")
+
+
 def ext_key(info: Any) -> str:
     """criu's name of an external terminal: tty[RDEV:DEV] in hex."""
     return f"tty[{info.rdev:x}:{info.dev:x}]"
@@ -915,9 +923,7 @@ def _inherit_external(rctx: "RestoreContext", rt: "RestoreTask", info: Any, file
     takes it as controlling terminal (session_started)."""
     key = ext_key(info)
     ours = rctx.opts.inherit_fd.get(key)
-    ids = {f.id for f in files}
-    holder = next((f"pid {t.pid}: fd {fe.fd}: " for t in rctx.tasks for fe in t.fdinfos
-                   if fe.id in ids), "")
+    holder = _holder(rctx, files)
     if ours is None:
         raise RestoreError(f"{holder}{key}: a terminal outside the dumped tree, named with "
                            "--external at dump: give the one that stands for it with "
@@ -1070,8 +1076,9 @@ def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreStat
         return
     action = rctx.opts.action
     if action is None:
-        raise RestoreError("--orphan-pts-master: no caller to hand the new pty master to "
-                           "(criu's RPC only)")
+        index, (_, sfiles) = min(state.orphans.items())
+        raise RestoreError(f"{_holder(rctx, sfiles)}/dev/pts/{index}: --orphan-pts-master: "
+                           "no caller to hand the new pty master to (criu's RPC only)")
     inj = rt.inj
     base = rctx.spare_fd_base
 
@@ -1136,8 +1143,8 @@ def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreStat
                         inj.call("ioctl", sfd, C.TIOCSCTTY, 0)
                 status = action("orphan-pts-master", mcopy)
                 if status:
-                    raise RestoreError(f"pty {index}: the caller refused the new master "
-                                       f"(orphan-pts-master: {status})")
+                    raise RestoreError(f"{_holder(rctx, sfiles)}/dev/pts/{index}: the caller "
+                                       f"refused its new master (orphan-pts-master: {status})")
             finally:
                 os.close(mcopy)
             inj.call("close", mfd)

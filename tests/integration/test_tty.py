@@ -380,3 +380,69 @@ def test_external_tty_restore_refusals(targets: TargetFactory, tmp_path: Path) -
         os.close(m1)
         if s1 >= 0:
             os.close(s1)
+
+
+def test_orphan_pts_master_through_the_api(targets: TargetFactory, tmp_path: Path) -> None:
+    """criu's --orphan-pts-master without a container: the session's
+    terminal is a pts of the host whose master the test holds.  Dumped
+    with --orphan-pts-master; restored through procsnap.restore() -- first
+    without an action to take the new master (refused, one line naming the
+    pid, the fd and the pts; nothing left), then with one: it is called as
+    action("orphan-pts-master", fd) with the new master, at the old index;
+    the tree's fds 0-2 and controlling terminal are its slave, with the
+    child's group in the foreground, ECHO off and 33x77 (checked inside); a
+    line typed before the dump is read after it, one typed on the new
+    master is echoed."""
+    import pty
+    import procsnap
+    from procsnap.errors import ProcsnapError
+    m1, s1 = pty.openpty()
+    index = int(os.ttyname(s1).rsplit("/", 1)[1])
+    got: list[int] = []
+    try:
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"))
+        os.close(s1)
+        s1 = -1
+        child = int(t.lines()[0].split()[1])
+        _read_until(m1, b"tick 3\r\n")
+        os.write(m1, b"typed before the dump\n")
+        img = tmp_path / "img"
+        check_ok(_criu("dump", "-t", t.pid, "-D", img, "--orphan-pts-master"))
+        _wait_tree_gone([t.pid, child])
+        with pytest.raises(ProcsnapError) as exc:
+            procsnap.restore(str(img), detached=True, orphan_pts_master=True)
+        msg = str(exc.value)
+        assert "\n" not in msg and f"pid {t.pid}: fd 0: /dev/pts/{index}:" in msg, msg
+        assert not os.path.exists(f"/proc/{t.pid}")
+        # The index is free again (on the host's devpts, where other
+        # processes may take it: right before the restore that needs it)
+        os.close(m1)
+        m1 = -1
+
+        def action(name: str, fd: int | None = None) -> int:
+            if name == "orphan-pts-master":
+                assert fd is not None
+                got.append(os.dup(fd))
+            return 0
+        pid = procsnap.restore(str(img), detached=True, orphan_pts_master=True,
+                               action=action)
+        assert pid == t.pid
+        targets.adopt(t.pid, like=t)
+        targets.adopt(child)
+        assert len(got) == 1
+        m2 = got[0]
+        slave = os.stat(f"/proc/{pid}/fd/0").st_rdev
+        assert slave == os.makedev(136 + index // 256, index % 256)
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert (int(fields[4]), int(fields[5])) == (slave, child), fields[:6]
+        _read_until(m2, b"tick")
+        (tmp_path / "go").write_text("")
+        _read_until(m2, b"echo: typed before the dump\r\n")
+        os.write(m2, b"hello after restore\n")
+        _read_until(m2, b"echo: hello after restore\r\n")
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        for fd in got + [m1, s1]:
+            if fd >= 0:
+                os.close(fd)
