@@ -24,7 +24,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
-         prev_images_dir: str | None = None) -> dict[str, float]:
+         prev_images_dir: str | None = None,
+         orphan_pts_master: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -54,6 +55,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     :func:`pre_dump` of this tree (relative: to ``images_dir``), linked as
     ``parent``; pages not written since stay there, so the tree is frozen
     only while the rest is copied.
+    ``orphan_pts_master`` (criu's --orphan-pts-master, runc's terminal): a
+    pts whose master is outside the tree is saved as such (restored with a
+    new master handed to the caller, see :func:`restore`).
     Returns stage timings in seconds (``"frozen"``: how long the tree was
     held, freeze to release).  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
@@ -65,7 +69,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight, ext_unix_sk=ext_unix_sk,
                  action=action, ext_mount_auto=ext_mount_auto,
                  manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                 empty_ns=empty_ns, sync=sync, prev_images_dir=prev_images_dir)
+                 empty_ns=empty_ns, sync=sync, prev_images_dir=prev_images_dir,
+                 orphan_pts_master=orphan_pts_master)
 
 
 def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
@@ -84,12 +89,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             ext_unix_sk: bool = False,
-            verify: bool = True, action: Callable[[str], int] | None = None,
+            verify: bool = True, action: Callable[..., int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None,
+            orphan_pts_master: bool = False) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -126,12 +132,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     path of a namespace file (or a pid) the tree joins instead of a new
     namespace of that kind; only "net" (its contents are left as they are,
     its network lock is removed once the tree runs).
+    ``orphan_pts_master`` (criu's --orphan-pts-master): a pts dumped with
+    its master outside the tree gets a new pty pair in the tree's devpts;
+    the slave is the tree's, the master goes to ``action`` as
+    ``action("orphan-pts-master", fd)`` (criu's RPC sends it to the client).
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
-                    ext_unix_sk=ext_unix_sk,
+                    ext_unix_sk=ext_unix_sk, orphan_pts_master=orphan_pts_master,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
                     manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),

@@ -1,14 +1,14 @@
 """The ``procsnap`` command, with criu's habits.
 
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
-                  [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY]...
+                  [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY|tty[RDEV:DEV]]...
                   [--ext-mount-map MOUNTPOINT:KEY|auto]... [--tcp-established]
                   [--tcp-close] [--skip-in-flight] [--sync]
                   [--prev-images-dir DIR] [--track-mem] [-v]
     procsnap pre-dump -t PID -D DIR [--prev-images-dir DIR] [-v]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [--root DIR]
                      [--external mnt[KEY]:PATH]... [--ext-mount-map KEY:PATH|auto]...
-                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close]
+                     [--inherit-fd fd[N]:unix[INO]|tty[RDEV:DEV]]... [--tcp-close]
                      [--tcp-established] [--no-verify] [-v]
     procsnap network-unlock DIR
     procsnap check
@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="a resource outside the tree: unix[INO] is our unix socket INO whose "
                         "peer is outside (restore it with --inherit-fd); mnt[MOUNTPOINT]:KEY "
                         "a mount from outside the tree, bound again at restore from the path "
-                        "given for KEY")
+                        "given for KEY; tty[RDEV:DEV] (hex) a terminal whose other end is "
+                        "outside (restore it with --inherit-fd fd[N]:tty[RDEV:DEV])")
     d.add_argument("--ext-mount-map", action="append", default=[], metavar="MOUNTPOINT:KEY",
                    type=_ext_mount_map,
                    help="as criu: the same as --external mnt[MOUNTPOINT]:KEY; 'auto': mounts "
@@ -259,14 +260,19 @@ def _size(text: str) -> int:
 
 
 def _external(text: str) -> str:
-    """criu's --external key; procsnap knows unix[INO] and mnt[MOUNTPOINT]:KEY."""
+    """criu's --external key; procsnap knows unix[INO], mnt[MOUNTPOINT]:KEY
+    and tty[RDEV:DEV] (hex, as criu prints it)."""
     m = re.fullmatch(r"mnt\[(/[^\]]*)\](?::(.+))?", text)
     if m is not None:
         return f"mnt[{m.group(1)}]:{m.group(2) or m.group(1)}"
+    m = re.fullmatch(r"tty\[([0-9a-fA-F]+):([0-9a-fA-F]+)\]", text)
+    if m is not None:
+        return f"tty[{int(m.group(1), 16):x}:{int(m.group(2), 16):x}]"
     m = re.fullmatch(r"unix\[(\d+)\]", text)
     if m is None:
         raise argparse.ArgumentTypeError(f"not a known external resource: {text!r} "
-                                         "(expected unix[INO] or mnt[MOUNTPOINT]:KEY)")
+                                         "(expected unix[INO], mnt[MOUNTPOINT]:KEY or "
+                                         "tty[RDEV:DEV])")
     return f"unix[{int(m.group(1))}]"
 
 

@@ -322,7 +322,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
-         prev_images_dir: str | None = None) -> dict[str, float]:
+         prev_images_dir: str | None = None,
+         orphan_pts_master: bool = False) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -349,7 +350,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
-        ext_unix_sk=ext_unix_sk,
+        ext_unix_sk=ext_unix_sk, orphan_pts_master=orphan_pts_master,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
         cgroup_root=tuple(cgroup_root), empty_ns=empty_ns, sync=sync,
         prev_images_dir=prev_images_dir))

@@ -719,12 +719,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             ext_unix_sk: bool = False,
-            verify: bool = True, action: Callable[[str], int] | None = None,
+            verify: bool = True, action: Callable[..., int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None,
+            orphan_pts_master: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -747,7 +748,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               detached=detached, shell_job=shell_job, pidfile=pidfile,
                               skip_file_check=skip_file_check, inherit_fd=dict(inherit_fd or {}),
                               tcp_close=tcp_close, verify=verify, action=action,
-                              ext_unix_sk=ext_unix_sk,
+                              ext_unix_sk=ext_unix_sk, orphan_pts_master=orphan_pts_master,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
@@ -798,6 +799,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _action(rctx, "setup-namespaces")
             namespaces.setup_done(rctx, root)
             _action(rctx, "post-setup-namespaces")
+        from .resources import tty
+        tty.prepare_orphans(rctx, root)  # in the tree's devpts, before any fork
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.  Each task's private memory is in place before

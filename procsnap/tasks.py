@@ -36,6 +36,7 @@ class DumpOptions:
     tcp_close: bool = False          # criu's dump --tcp-close: connections come back closed
     skip_in_flight: bool = False     # criu's --skip-in-flight: drop unaccepted connections
     ext_unix_sk: bool = False        # criu's --ext-unix-sk: dgram peers outside by name
+    orphan_pts_master: bool = False  # criu's --orphan-pts-master: a pts whose master is outside
     # criu's action scripts: called with a stage's name ("pre-dump",
     # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
     action: Callable[[str], int] | None = None
@@ -188,8 +189,13 @@ class RestoreOptions:
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
     ext_unix_sk: bool = False    # criu's --ext-unix-sk: connect to outside peers by name
+    # criu's --orphan-pts-master: such a pts gets a new pty pair, its master
+    # handed to the caller with the orphan-pts-master action (criu's RPC)
+    orphan_pts_master: bool = False
     verify: bool = True          # compare each task with its images before it runs
-    action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
+    # criu's action scripts (see DumpOptions); orphan-pts-master is called
+    # with the new master as a second argument
+    action: Callable[..., int] | None = None
     root: str | None = None      # criu's --root: the root file system of a mount namespace
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path

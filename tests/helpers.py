@@ -358,7 +358,8 @@ def compile_target(name: str) -> Path:
     """Compile tests/targets/NAME.c with gcc (-O1 -g), once per session.
 
     A first line holding ``procsnap-cflags: FLAGS`` adds FLAGS (criu_tiny.c
-    is static and without libc, so it does not take -lm)."""
+    is static and without libc, so it does not take -lm); one holding
+    ``procsnap-libs: LIBS`` links LIBS after the source (libcriu_client.c)."""
     if name in _COMPILED:
         return _COMPILED[name]
     src = TARGETS_DIR / f"{name}.c"
@@ -369,6 +370,8 @@ def compile_target(name: str) -> Path:
     first = src.read_text().split("\n", 1)[0]
     extra = first.split("procsnap-cflags:", 1)[1].split() if "procsnap-cflags:" in first else []
     libs = [] if "-nostdlib" in extra else ["-lm"]
+    if "procsnap-libs:" in first:
+        libs = first.split("procsnap-libs:", 1)[1].replace("*/", "").split() + libs
     cmd = ["gcc", "-O1", "-g", "-Wall", "-Werror", *extra, "-o", str(tmp), str(src), *libs]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

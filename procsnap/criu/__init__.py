@@ -404,6 +404,7 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
                            ext_unix_sk=p.flag("ext-unix-sk"),
+                           orphan_pts_master=p.flag("orphan-pts-master"),
                            ext_mount_auto=auto, empty_ns=empty_ns(p), sync=p.flag("sync"),
                            prev_images_dir=p.last("prev-images-dir"), **_cgroup_opts(p))
     for k, v in st.items():
@@ -441,6 +442,10 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
     maps, auto = _restore_mounts(p)
     sibling = p.flag("restore-sibling")
     detached = p.flag("restore-detached") or p.flag("daemon") or sibling
+    if p.flag("orphan-pts-master") and notify is None:
+        # criu's own fallback (the restoring shell's terminal) is --shell-job's
+        raise O.UsageError("--orphan-pts-master: the new pty master goes to the client of "
+                           "criu's RPC (swrk); on the command line use --shell-job")
     root = p.last("root")
     if root is not None and not os.path.isdir(root):
         raise O.UsageError(f"--root {root}: no such directory")
@@ -460,6 +465,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
                                ext_unix_sk=p.flag("ext-unix-sk"),
+                               orphan_pts_master=p.flag("orphan-pts-master"),
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, empty_ns=empty_ns(p),
                                join_ns=_join_ns(p),

@@ -121,14 +121,17 @@ TABLE: list[Opt] = [
              "through the handle; a watch it cannot reopen refuses the dump"),
     Opt("external", arg=REQ, multi=True, metavar="KEY",
         help="dump: unix[INO]: a unix socket of the tree whose peer is outside it; "
-             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV]: a terminal outside "
-             "the tree (a dump where a task holds it open is refused). restore: "
+             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV] (hex): a terminal "
+             "whose other end is outside the tree (LXC's console), saved as criu's "
+             "EXT_TTY, its place taken at restore by --inherit-fd fd[N]:tty[RDEV:DEV]. "
+             "restore: "
              "mnt[KEY]:PATH binds PATH for KEY; KEY:PATH as --ext-mount-map KEY:PATH "
              "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
         help="restore: our fd N stands for the external resource KEY (unix[INO]; "
-             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], which no restored "
-             "task holds: see --external)"),
+             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], a terminal dumped "
+             "with --external tty[RDEV:DEV]: the tree's fds and controlling terminal "
+             "become this one, with the saved termios, window size and queued input)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),
@@ -142,11 +145,11 @@ TABLE: list[Opt] = [
         help="dump: a datagram unix socket connected to a named socket outside the tree is "
              "saved; restore: it is connected to that name again (criu's older form; "
              "--external unix[INO] with --inherit-fd hands in an fd instead)"),
-    Opt("orphan-pts-master", boolean=True, how=ACCEPT,
-        note="criu's RPC field (runc sends it for every container): a pty slave whose "
-             "master is outside the tree comes back with a new master sent to the "
-             "client; procsnap refuses the dump of such a pty, naming it, so a tree it "
-             "dumps has none and needs nothing more"),
+    Opt("orphan-pts-master", boolean=True,
+        help="dump: a pts whose master is outside the tree (runc's terminal) is saved; "
+             "restore: it gets a new pty pair in the tree's devpts, the master sent to "
+             "the RPC client with the orphan-pts-master notification (criu's RPC field, "
+             "which runc sends for every container)"),
     Opt("evasive-devices", boolean=True, how=ACCEPT,
         note="criu's permission to reopen a device file by another path when its own is "
              "gone; procsnap reopens a device only at its dumped path and never searches "
