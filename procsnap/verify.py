@@ -493,7 +493,9 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = "[aio]"
     elif m.path.startswith("socket:["):
         kind = "socket"
-    elif memfd.is_memfd_mapping(m.path):
+    elif memfd.is_memfd_mapping(m.path) or (m.path == "/dev/zero (deleted)"
+                                            and (m.dev_major, m.dev_minor) == (0, 1)):
+        # (MAP_PRIVATE of shared anonymous memory: a memfd named /dev/zero)
         kind, pgoff = "memfd", m.pgoff
     elif m.path.startswith("/") and m.ino:
         kind, pgoff = "file", m.pgoff
