@@ -63,6 +63,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from .. import images
+from ..images import legacy as legacy_files
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
 from ..kernel import netns
@@ -337,7 +338,7 @@ def network_unlock_dir(images_dir: str) -> bool:
     tree = images.read_image(images_dir, "pstree")
     if not tree:
         return False
-    conns = [_conn(f.isk) for f in images.read_image(images_dir, "files")
+    conns = [_conn(f.isk) for f in legacy_files.file_entries(images_dir)
              if f.HasField("isk") and f.isk.proto == socket.IPPROTO_TCP
              and os.path.exists(images.image_path(images_dir, "tcp-stream", f.isk.ino))]
     return unlock_images(images_dir, tree[0].pid, conns)

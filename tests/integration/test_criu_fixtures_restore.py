@@ -46,6 +46,9 @@ CASES: dict[str, tuple[list[str], list[str], list[int]]] = {
     "ghost": (["ghost"], [], [1]),
     "tcp": (["tcp", "40713"], ["--tcp-established"], [1]),
     "ns": (["ns"], ["--root", "/"], [1]),
+    # the tree's set with files.img split into CRIU's older per-kind images
+    # (reg-files.img, pipes.img, unixsk.img: tests/unit/test_criu_old_file_images.py)
+    "tree-old-files": (["tree"], [], [1, 2, 3]),
 }
 
 
@@ -68,15 +71,20 @@ def _nspids(root: int) -> list[int]:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_criu_fixture_restores(targets: TargetFactory, tmp_path: Path, case: str) -> None:
     args, opts, inside = CASES[case]
+    fixture = case.removesuffix("-old-files")
     binary = criu_tiny_fixed()
-    assert (FIXTURES / case / "CMDLINE").read_text().startswith(f"{binary} "), \
+    assert (FIXTURES / fixture / "CMDLINE").read_text().startswith(f"{binary} "), \
         f"{case}: the fixture was made from another binary path; remake it"
-    out = CRIU_TINY_DIR / f"{case}.out"
+    out = CRIU_TINY_DIR / f"{fixture}.out"
     out.write_bytes(b"")  # the images name it (opened O_APPEND): it must exist
     if case == "ns":
         (CRIU_TINY_DIR / "mnt").mkdir(exist_ok=True)  # the tmpfs' mountpoint
     images = tmp_path / "images"
-    shutil.copytree(FIXTURES / case, images)
+    if case.endswith("-old-files"):
+        from unit.test_criu_old_file_images import to_old_layout
+        assert "pipes" in to_old_layout(FIXTURES / fixture, images)
+    else:
+        shutil.copytree(FIXTURES / case, images)
     pidfile = tmp_path / "restored.pid"
     res = run_procsnap("restore", "-D", images, "-d", "--pidfile", pidfile, *opts)
     assert res.returncode == 0, describe(res)
