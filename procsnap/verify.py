@@ -427,6 +427,10 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
         kind = "socket"   # a packet socket's rings (its inode is a new one)
     elif s & sysvipc.VMA_AREA_SYSVIPC:
         kind, name, pgoff = "sysv shm", f"id {v.shmid}", v.pgoff  # the same segment id
+    elif s & VMA_AREA_MEMFD and s & VMA_FILE_SHARED and memfd.names_zero(rctx, v.shmid):
+        # CRIU saves MAP_SHARED|MAP_ANONYMOUS memory as a memfd named
+        # /dev/zero: restored, it is shared anonymous memory again
+        kind = "shared anon"
     elif s & VMA_AREA_MEMFD:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):

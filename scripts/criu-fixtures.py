@@ -16,6 +16,8 @@ and lets CRIU dump it:
   tree      3 tasks, a pipe and a unix socketpair with queued data
   ghost     an open deleted file (ghost-file image)
   tcp       an established loopback TCP connection (--tcp-established)
+  shmem     shared anonymous memory also open through map_files and mapped
+            privately (CRIU saves all of it as a memfd named /dev/zero)
   ns        pid 1 of new pid, uts, ipc, net and mount namespaces, with a
             tmpfs mounted inside (its tarball image)
 
@@ -47,7 +49,7 @@ TCP_PORT = "40713"
 
 # The targets' whole environment, the same on every machine: its strings
 # are on the stack, so the stack's pages in the images do not depend on
-# who ran this.  The padding makes the counter's stack three pages, which
+# who ran this.  The padding makes the counter's stack at least three pages, which
 # tests/unit/test_criu_fixtures.py's parent-chain tests split up.
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CRIU_TINY_PAD": "x" * 6000}
 
@@ -82,6 +84,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "tree": (["tree"], []),
     "ghost": (["ghost"], []),
     "tcp": (["tcp", TCP_PORT], ["--tcp-established"]),
+    "shmem": (["shmem"], []),
     "ns": (["ns"], []),
 }
 HOW = {

@@ -161,8 +161,19 @@ def mapping_file_id(ctx: "DumpContext", task: "DumpTask", m: Any, shared: bool) 
     source = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
     ino = _note_inode(ctx, task.pid, m.path, source,
                       f"pid {task.pid}: mapping {m.start:#x}-{m.end:#x}")
+    return inode_file_id(ctx, ino, os.O_RDWR if shared and "w" in m.perms else os.O_RDONLY)
+
+
+def zero_inodes(ctx: "DumpContext") -> set[int]:
+    """The shared anonymous memory objects (inode numbers) saved as memfds
+    named /dev/zero: a task holds them as a file."""
+    return {ino for ino, e in _inodes(ctx).items() if e.name == ZERO}
+
+
+def inode_file_id(ctx: "DumpContext", ino: int, flags: int) -> int:
+    """files.img id of a memfd file entry on noted inode ``ino`` for
+    mappings (one per inode and access mode)."""
     cache = ctx.kind_state.setdefault("memfd-map-ids", {})
-    flags = os.O_RDWR if shared and "w" in m.perms else os.O_RDONLY
     key = (ino, flags)
     if key not in cache:
         fid = ctx.new_file_id()
@@ -219,6 +230,15 @@ def object_fd(rctx: "RestoreContext", shmid: int) -> int | None:
         if inode.name == ZERO and inode.shmid == shmid:
             return _inode_fd(rctx, inode.inode_id)
     return None
+
+
+def names_zero(rctx: "RestoreContext", file_id: int) -> bool:
+    """Whether memfd file ``file_id`` is shared anonymous memory (the inode
+    CRIU and procsnap name /dev/zero)."""
+    entry = rctx.file_entry(file_id)
+    _made(rctx)
+    inode = rctx.kind_state["memfd-inodes"].get(entry.memfd.inode_id)
+    return inode is not None and inode.name == ZERO
 
 
 def _zero_file(size: int) -> int:

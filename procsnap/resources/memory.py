@@ -574,7 +574,32 @@ def _check_vdso_dump(task: "DumpTask") -> None:
 
 def finish(ctx: "DumpContext") -> None:
     """Objects shared between tasks are saved once every task was seen."""
+    _shared_anon_held_as_memfd(ctx)
     shmem.finish(ctx)
+
+
+def _shared_anon_held_as_memfd(ctx: "DumpContext") -> None:
+    """MAP_SHARED mappings of shared anonymous memory that a task of the
+    tree also holds as a file (an fd opened through map_files, a private
+    mapping of it: a memfd named /dev/zero) are written as CRIU writes
+    every such mapping: shared mappings of that memfd
+    (VMA_AREA_MEMFD|VMA_FILE_SHARED).  Then one object is one memfd for
+    CRIU's restore too, which would otherwise make the shmem object and
+    the memfd two objects; procsnap's restore maps both forms from the
+    memfd (memfd.object_fd)."""
+    ids = memfd.zero_inodes(ctx)
+    if not ids:
+        return
+    for task in ctx.tasks:
+        for kind, _, msgs in task.extra_images:
+            if kind != "mm":
+                continue
+            for v in msgs[0].vmas:
+                if v.status & VMA_ANON_SHARED and v.shmid in ids and not v.flags & C.MAP_HUGETLB:
+                    v.status = (v.status & ~VMA_ANON_SHARED) | VMA_AREA_MEMFD | VMA_FILE_SHARED
+                    v.flags &= ~C.MAP_ANONYMOUS
+                    v.shmid = memfd.inode_file_id(ctx, v.shmid, os.O_RDWR)
+                    v.fdflags = os.O_RDWR  # the kernel's shmem file of MAP_SHARED|MAP_ANONYMOUS
 
 
 def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]],

@@ -45,6 +45,9 @@ CASES: dict[str, tuple[list[str], list[str], list[int]]] = {
     "tree": (["tree"], [], [1, 2, 3]),
     "ghost": (["ghost"], [], [1]),
     "tcp": (["tcp", "40713"], ["--tcp-established"], [1]),
+    # CRIU's memfd named /dev/zero for shared anonymous memory, mapped
+    # shared and privately (zdtm shmemfd-priv)
+    "shmem": (["shmem"], [], [1]),
     "ns": (["ns"], ["--root", "/"], [1]),
     # the tree's set with files.img split into CRIU's older per-kind images
     # (reg-files.img, pipes.img, unixsk.img: tests/unit/test_criu_old_file_images.py)

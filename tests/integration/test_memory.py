@@ -144,10 +144,20 @@ def test_private_mapping_of_shared_anon(targets: TargetFactory, images_dir: Path
     follow the object and its written page is still its own (the target
     checks; from outside: the same maps and map_files modes, and one
     object: every /dev/zero mapping and the fd on one inode)."""
+    import procsnap.images as images
+    from procsnap.resources import memory
     t = targets.start("shmem_private.py")
     before = _shmem_view(t.pid)
     assert sum("/dev/zero" in x for x in before) == 3, before
     _cycle(targets, t, images_dir)
+    # written as CRIU writes them (so CRIU's restore makes one object too):
+    # the two shared mappings and the private one all map the memfd
+    (mm,) = images.read_image(str(images_dir), "mm", t.pid)
+    kinds = sorted(v.status & (memory.VMA_AREA_MEMFD | memory.VMA_FILE_SHARED
+                               | memory.VMA_FILE_PRIVATE | memory.VMA_ANON_SHARED)
+                   for v in mm.vmas if v.status & (memory.VMA_AREA_MEMFD | memory.VMA_ANON_SHARED))
+    assert kinds == sorted([memory.VMA_AREA_MEMFD | memory.VMA_FILE_PRIVATE]
+                           + 2 * [memory.VMA_AREA_MEMFD | memory.VMA_FILE_SHARED]), kinds
     assert _shmem_view(t.pid) == before
     inodes = {m[5] for m in read_maps(t.pid) if m[6] == "/dev/zero (deleted)"}
     fds = {os.stat(f"/proc/{t.pid}/fd/{n}").st_ino for n in os.listdir(f"/proc/{t.pid}/fd")

@@ -33,7 +33,7 @@ IMAGES = [(c, f.name) for c in CASES for f in sorted((FIXTURES / c).iterdir())
 
 
 def test_every_case_is_there() -> None:
-    assert CASES == ["counter", "ghost", "ns", "tcp", "tree"]
+    assert CASES == ["counter", "ghost", "ns", "shmem", "tcp", "tree"]
 
 
 def _unknown(msg: Any) -> list[str]:
@@ -203,7 +203,7 @@ def _chain(tmp_path: Path, child_entries: list[tuple[int, int, int | None, bool]
     rt = rc.tasks[0]
     pid = rc.vpid(rt.pid)  # images are named by the pid inside its pid namespace
     first = rt.pagemap[-1]
-    assert first.nr_pages == 3
+    assert first.nr_pages >= 3  # the stack (3 or 4 pages: where ASLR puts its top)
     skip = sum(e.nr_pages for e in rt.pagemap[:-1]) * 4096
     parent_bytes = (parent / f"pages-{rt.pages_id}.img").read_bytes()[skip:]
     (child / "parent").symlink_to("../parent-set")
