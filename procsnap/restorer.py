@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from . import images
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
-from .images import pidview
+from .images import legacy as legacy_files, pidview
 from .images.pb import core_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
@@ -88,7 +88,7 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
                 if tid != e.pid and len(e.ns_threads) >= (i + 1) * n:
                     rctx.nspids[tid] = list(reversed(e.ns_threads[i * n:(i + 1) * n]))
     _relabel(rctx, tree)
-    for f in images.read_image(d, "files"):
+    for f in legacy_files.file_entries(d):  # files.img, or CRIU's older per-kind images
         rctx.files[f.id] = f
     if rctx.inside_pids:
         _files_outside_view(rctx)

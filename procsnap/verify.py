@@ -428,6 +428,10 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
         kind = "socket"   # a packet socket's rings (its inode is a new one)
     elif s & sysvipc.VMA_AREA_SYSVIPC:
         kind, name, pgoff = "sysv shm", f"id {v.shmid}", v.pgoff  # the same segment id
+    elif s & VMA_AREA_MEMFD and s & VMA_FILE_SHARED and memfd.names_zero(rctx, v.shmid):
+        # CRIU saves MAP_SHARED|MAP_ANONYMOUS memory as a memfd named
+        # /dev/zero: restored, it is shared anonymous memory again
+        kind = "shared anon"
     elif s & VMA_AREA_MEMFD:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
@@ -494,7 +498,9 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = "[aio]"
     elif m.path.startswith("socket:["):
         kind = "socket"
-    elif memfd.is_memfd_mapping(m.path):
+    elif memfd.is_memfd_mapping(m.path) or (m.path == "/dev/zero (deleted)"
+                                            and (m.dev_major, m.dev_minor) == (0, 1)):
+        # (MAP_PRIVATE of shared anonymous memory: a memfd named /dev/zero)
         kind, pgoff = "memfd", m.pgoff
     elif m.path.startswith("/") and m.ino:
         kind, pgoff = "file", m.pgoff
