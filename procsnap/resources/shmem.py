@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import images
+from .. import images, pagexfer
 from ..images import parent as parent_pages
 from ..errors import RestoreError, Unsupported
 from ..inject import InjectError
@@ -178,7 +178,19 @@ def _save_hugetlb(ctx: "DumpContext", obj: _Obj, src: int) -> None:
 
 def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -> None:
     """Write the populated pages of shmem file ``src`` as object ``shmid``:
-    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img."""
+    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img --
+    or, with --page-server, sent there (the server writes them)."""
+    client = ctx.kind_state.get(pagexfer.CLIENT_KEY)
+    if client is not None:
+        client.open("shmem-pagemap", shmid)
+        for off, length in _data_ranges(src, size):
+            if off + length <= size:
+                client.send_fd_range(off, src, off, length)
+            else:
+                # the file ends inside this page (a memfd of any size)
+                data = os.pread(src, size - off, off) if size > off else b""
+                client.add(off, data + page_tail(src, off + len(data), length - len(data)))
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
