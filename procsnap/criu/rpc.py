@@ -833,6 +833,11 @@ def _page_server(rq: Request, req: Any, name: str) -> bool:
         try:
             os.setsid()
             rq.sk.close()
+            # a daemon, as criu's: the client's pipes are not held open
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
             sk = pagexfer.accept_one(lsk)
             pagexfer.PageServer(images_dir, lazy=p.has("lazy-pages")).serve(sk)
             status = 0

@@ -435,3 +435,41 @@ def test_page_server_with_criu(targets: TargetFactory, tmp_path: Path, servers: 
     check_ok(run_procsnap("restore", "-D", srv, "-d"))
     targets.adopt(t.pid, like=t)
     assert t.verdict(timeout=60) == "PASS", t.output()
+
+
+# ------------------------------------------------------------------ RPC ----
+
+def test_rpc_page_server_then_dump_to_it(targets: TargetFactory, tmp_path: Path) -> None:
+    """criu's RPC as a client drives a migration: PAGE_SERVER starts a page
+    server on the images dir (port 0: any, answered with its pid), DUMP
+    with criu_opts.ps sends the pages there."""
+    from procsnap.images.pb import rpc_pb2 as R
+    from test_rpc import Swrk
+    t = targets.start("memcheck", "16")
+    srv, loc = tmp_path / "srv", tmp_path / "loc"
+    srv.mkdir()
+    loc.mkdir()
+    sfd, lfd = os.open(srv, os.O_RDONLY), os.open(loc, os.O_RDONLY)
+    try:
+        s = Swrk()
+        resp = s.call(R.criu_req(type=R.PAGE_SERVER, opts=R.criu_opts(
+            images_dir_fd=sfd, ps=R.criu_page_server_info(address="127.0.0.1", port=0))))
+        rc, err = s.close()
+        assert resp.success and resp.ps.port > 0 and resp.ps.pid > 0, (resp, err)
+        server = resp.ps.pid
+        s = Swrk()
+        resp = s.call(R.criu_req(type=R.DUMP, opts=R.criu_opts(
+            images_dir_fd=lfd, pid=t.pid, ps=R.criu_page_server_info(
+                address="127.0.0.1", port=resp.ps.port))))
+        rc, err = s.close()
+        assert resp.success, (resp, err)
+    finally:
+        os.close(sfd)
+        os.close(lfd)
+    assert wait_gone(t.pid) and wait_gone(server)
+    reap()
+    assert (srv / f"pagemap-{t.pid}.img").exists() and not list(loc.glob("pagemap-*"))
+    _merge(loc, srv)
+    check_ok(run_procsnap("restore", "-D", srv, "-d"))
+    targets.adopt(t.pid, like=t)
+    assert t.verdict(timeout=60) == "PASS", t.output()
