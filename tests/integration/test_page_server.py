@@ -156,6 +156,8 @@ def test_dump_to_a_page_server_in_another_netns_restores_there(
     pm = _pagemap(srv / f"pagemap-{t.pid}.img")
     assert sum(n for _, n, _ in pm) * PAGE == (srv / "pages-65537.img").stat().st_size
     assert sum(n for _, n, _ in pm) * PAGE > 64 << 20
+    # the dump's own dir alone cannot be restored: it says where the pages are
+    assert_one_line_error(run_procsnap("restore", "-D", loc, "-d"), "sent its pages to a page server")
     _merge(loc, srv)
     res = subprocess.run(netns.cmd(*procsnap_cmd("restore", "-D", str(srv), "-d")),
                          capture_output=True, text=True, env=_env(), timeout=60)
