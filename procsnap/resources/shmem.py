@@ -145,7 +145,20 @@ def finish(ctx: "DumpContext") -> None:
 
 def _save_hugetlb(ctx: "DumpContext", obj: _Obj, src: int) -> None:
     """Like save_object() for a hugetlbfs file: pread each huge page and
-    keep those that are not all zeroes (no SEEK_DATA, no sendfile there)."""
+    keep those that are not all zeroes (no SEEK_DATA, no sendfile there);
+    with --page-server they go there."""
+    client = ctx.kind_state.get(pagexfer.CLIENT_KEY)
+    if client is not None:
+        client.open("shmem-pagemap", obj.shmid)
+        zero_page = bytes(obj.page_size)
+        for off in range(0, obj.size, obj.page_size):
+            data = os.pread(src, obj.page_size, off)
+            if len(data) != obj.page_size:
+                raise Unsupported(f"pid {obj.pid}: short read of hugetlb shared memory "
+                                  f"object {obj.shmid} at offset {off}")
+            if data != zero_page:
+                client.add(off, data)
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import pytest
 
+from test_shmem import huge_pages  # noqa: F401 -- a fixture
 from helpers import (REPO_ROOT, Target, TargetFactory, assert_one_line_error, check_ok,
                      crit_decode, describe, is_untouched, procsnap_cmd, reap, run_procsnap,
                      wait_for, wait_gone)
@@ -475,3 +476,41 @@ def test_rpc_page_server_then_dump_to_it(targets: TargetFactory, tmp_path: Path)
     check_ok(run_procsnap("restore", "-D", srv, "-d"))
     targets.adopt(t.pid, like=t)
     assert t.verdict(timeout=60) == "PASS", t.output()
+
+
+# --------------------------------------------------------- shared memory ----
+
+@pytest.mark.parametrize("target", ["shmem_parts", "memfd_shared"])
+def test_shared_memory_through_the_page_server(targets: TargetFactory, tmp_path: Path,
+                                               servers: list[int], target: str,
+                                               request: pytest.FixtureRequest) -> None:
+    """Shared anonymous memory (hugetlb too) and memfd contents go to the
+    server as shmem pagemaps (dst_id type 2), as CRIU sends them."""
+    from helpers import finish, tree_pids
+    if target == "shmem_parts":
+        request.getfixturevalue("huge_pages")
+    t = targets.start(target)
+    if target == "shmem_parts":
+        t.wait_line(r"^ready ")
+    else:
+        t.wait_line(r"^count ", count=2)
+    pids = tree_pids(t.pid)
+    for pid in pids[1:]:
+        targets.adopt(pid)
+    srv, loc = tmp_path / "srv", tmp_path / "loc"
+    port = _free_port()
+    server = _start_server(servers, srv, port)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", loc, "--page-server",
+                          "--address", "127.0.0.1", "--port", port))
+    assert all(wait_gone(p) for p in pids) and wait_gone(server)
+    reap()
+    assert list(srv.glob("pagemap-shmem-*.img")), sorted(os.listdir(srv))
+    assert not list(loc.glob("pagemap*")) and not list(loc.glob("pages-*"))
+    _merge(loc, srv)
+    check_ok(run_procsnap("restore", "-D", srv, "-d"))
+    if target == "shmem_parts":
+        finish(t)
+    else:
+        n = len([ln for ln in t.lines() if ln.startswith("count ")])
+        t.wait_line(r"^count ", count=n + 3)
+        finish(t)
