@@ -514,3 +514,27 @@ def test_shared_memory_through_the_page_server(targets: TargetFactory, tmp_path:
         n = len([ln for ln in t.lines() if ln.startswith("count ")])
         t.wait_line(r"^count ", count=n + 3)
         finish(t)
+
+
+# ---------------------------------------------------- criu's command line ----
+
+def test_criu_command_line(targets: TargetFactory, tmp_path: Path, servers: list[int]) -> None:
+    """procsnap as criu: page-server -d --pidfile (relative: to -W/-D),
+    dump --page-server; --address without --page-server is an error."""
+    t = targets.start("memcheck", "16")
+    srv, loc = tmp_path / "srv", tmp_path / "loc"
+    res = run_procsnap("criu", "dump", "-t", t.pid, "-D", loc, "--address", "127.0.0.1")
+    assert_one_line_error(res, "--address/--port")
+    port = _free_port()
+    check_ok(run_procsnap("criu", "page-server", "-D", srv, "--address", "127.0.0.1",
+                          "--port", port, "-d", "--pidfile", "ps.pid"))
+    server = int((srv / "ps.pid").read_text())
+    servers.append(server)
+    check_ok(run_procsnap("criu", "dump", "-t", t.pid, "-D", loc, "-o", "dump.log", "-v4",
+                          "--page-server", "--address", "127.0.0.1", "--port", port))
+    assert wait_gone(t.pid) and wait_gone(server)
+    reap()
+    _merge(loc, srv)
+    check_ok(run_procsnap("criu", "restore", "-D", srv, "-d"))
+    targets.adopt(t.pid, like=t)
+    assert t.verdict(timeout=60) == "PASS", t.output()
