@@ -78,6 +78,8 @@ def test_session_writes_images_and_holes_need_the_parent(tmp_path: Path) -> None
     pagexfer.prepare_dir(str(d), "../p1")
 
     def second(c: pagexfer.PageClient) -> None:
+        assert c.has_parent("pagemap", 7) is True       # PS_IOV_PARENT
+        assert c.has_parent("shmem-pagemap", 7) is False
         assert c.open("pagemap", 7) is True  # the parent has it
         c.hole(0x10000, 2)
         c.add(0x12000, bytes(PAGE))
