@@ -26,7 +26,7 @@ import pytest
 
 from test_shmem import huge_pages  # noqa: F401 -- a fixture
 from helpers import (REPO_ROOT, Target, TargetFactory, assert_one_line_error, check_ok,
-                     crit_decode, describe, is_untouched, procsnap_cmd, reap, run_procsnap,
+                     describe, is_untouched, procsnap_cmd, reap, run_procsnap,
                      wait_for, wait_gone)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
@@ -126,9 +126,11 @@ def _merge(local: Path, server: Path) -> None:
 
 
 def _pagemap(path: Path) -> list[tuple[int, int, int]]:
-    entries = crit_decode(path)["entries"][1:]
-    return [(int(e["vaddr"], 0) if isinstance(e["vaddr"], str) else e["vaddr"],
-             e["nr_pages"], e.get("flags", PE_PRESENT)) for e in entries]
+    """(vaddr, nr_pages, flags) of a pagemap image, whoever wrote it."""
+    from procsnap.images import iter_entries
+    from procsnap.images.parent import flags_of
+    entries = [e.msg for e in iter_entries(str(path))][1:]
+    return [(e.vaddr, e.nr_pages, flags_of(e)) for e in entries]
 
 
 def _untouched_and_passes(t: Target) -> None:
@@ -538,3 +540,33 @@ def test_criu_command_line(targets: TargetFactory, tmp_path: Path, servers: list
     check_ok(run_procsnap("criu", "restore", "-D", srv, "-d"))
     targets.adopt(t.pid, like=t)
     assert t.verdict(timeout=60) == "PASS", t.output()
+
+
+@pytest.mark.criu_binary
+@pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
+                    "source) to test against CRIU's page server")
+def test_pre_dump_and_dump_to_crius_page_server(targets: TargetFactory, tmp_path: Path,
+                                                servers: list[int]) -> None:
+    """procsnap's pre-dump then dump, both to CRIU 4.2's page server (its
+    second run with --prev-images-dir): CRIU's server checks every hole
+    against its parent images, the restore reads them there."""
+    t = targets.start("dirtier", "64")
+    srv, loc = tmp_path / "srv", tmp_path / "loc"
+    port = _free_port()
+    s1 = _start_server(servers, srv / "p1", port, "--address", "127.0.0.1", criu=True)
+    check_ok(run_procsnap("pre-dump", "-t", t.pid, "-D", loc / "p1", "--page-server",
+                          "--address", "127.0.0.1", "--port", port))
+    assert wait_gone(s1)
+    port = _free_port()
+    s2 = _start_server(servers, srv / "d", port, "--address", "127.0.0.1",
+                       "--prev-images-dir", "../p1", criu=True)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", loc / "d", "--prev-images-dir", "../p1",
+                          "--page-server", "--address", "127.0.0.1", "--port", port))
+    assert wait_gone(t.pid) and wait_gone(s2)
+    reap()
+    pm = _pagemap(srv / "d" / f"pagemap-{t.pid}.img")
+    assert sum(n for _, n, f in pm if f & PE_PARENT) > sum(n for _, n, f in pm if f & PE_PRESENT)
+    _merge(loc / "d", srv / "d")
+    check_ok(run_procsnap("restore", "-D", srv / "d", "-d"))
+    targets.adopt(t.pid, like=t)
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()
