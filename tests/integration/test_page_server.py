@@ -266,20 +266,19 @@ def test_bad_peer_data_to_the_page_server(tmp_path: Path, case: str, expect: str
     """One line naming what was wrong, exit 1, and no image kept."""
     srv = tmp_path / "srv"
     port = _free_port()
+    r, w = os.pipe()
     p = subprocess.Popen(procsnap_cmd("page-server", "-D", str(srv), "--port", str(port),
-                                      "--address", "127.0.0.1"),
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                      "--address", "::1" if case == "overlap" else "127.0.0.1",
+                                      "--status-fd", str(w)),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, pass_fds=[w],
                          stderr=subprocess.PIPE, text=True, env=_env())
+    os.close(w)
     try:
-        sk = socket.socket()
-
-        def connected() -> bool:
-            try:
-                sk.connect(("127.0.0.1", port))
-                return True
-            except ConnectionRefusedError:
-                return False
-        wait_for(connected, 15, "the page server to listen")
+        # --status-fd: a zero byte once it listens (then the pipe closes)
+        with os.fdopen(r, "rb") as status:
+            assert status.read() == b"\0"
+        sk = socket.socket(socket.AF_INET6 if case == "overlap" else socket.AF_INET)
+        sk.connect(("::1" if case == "overlap" else "127.0.0.1", port))
         try:
             _bad_session(sk, case)
         finally:
