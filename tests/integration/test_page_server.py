@@ -569,3 +569,57 @@ def test_pre_dump_and_dump_to_crius_page_server(targets: TargetFactory, tmp_path
     check_ok(run_procsnap("restore", "-D", srv / "d", "-d"))
     targets.adopt(t.pid, like=t)
     assert t.verdict(timeout=60).startswith("PASS"), t.output()
+
+
+@pytest.mark.criu_binary
+@pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
+                    "source) to feed CRIU's lazy-pages daemon")
+def test_crius_lazy_restore_fed_by_our_page_server(targets: TargetFactory, tmp_path: Path,
+                                                   servers: list[int]) -> None:
+    """PS_IOV_GET with CRIU 4.2 as the client: procsnap dumps a counter; a
+    copy of the images marks its private anonymous pages lazy (PE_LAZY, no
+    bytes: CRIU's dump --lazy-pages writes them so); CRIU's lazy-pages
+    daemon fetches them from ``procsnap page-server --lazy-pages`` on the
+    full images while CRIU's restore --lazy-pages runs the counter."""
+    from procsnap import images
+    t = targets.start("criu_tiny", "counter")
+    full, lazy = tmp_path / "full", tmp_path / "lazy"
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", full))
+    assert wait_gone(t.pid)
+    reap()
+    shutil.copytree(full, lazy)
+    mm = images.read_one(str(lazy), "mm", t.pid)
+    anon = [(v.start, v.end) for v in mm.vmas
+            if v.status & (1 << 9) and v.status & 1 and not v.status & (1 << 3 | 1 << 12)]
+    pm = images.read_image(str(lazy), "pagemap", t.pid)
+    data = (full / f"pages-{pm[0].pages_id}.img").read_bytes()
+    kept, off, n_lazy = b"", 0, 0
+    for e in pm[1:]:
+        size = e.nr_pages * PAGE
+        if any(a <= e.vaddr < b for a, b in anon):
+            e.flags, n_lazy = 2, n_lazy + e.nr_pages      # PE_LAZY
+        else:
+            kept += data[off:off + size]
+        off += size
+    assert n_lazy >= 2, "no private anonymous page to serve lazily"
+    (lazy / f"pages-{pm[0].pages_id}.img").write_bytes(kept)
+    images.write_image(str(lazy), "pagemap", pm, t.pid)
+    port = _free_port()
+    server = _start_server(servers, full, port, "--lazy-pages", "--address", "127.0.0.1")
+    res = subprocess.run([CRIU, "lazy-pages", "--page-server", "--address", "127.0.0.1",
+                          "--port", str(port), "-D", str(lazy), "-d", "-o", "lp.log", "-v4",
+                          "--pidfile", str(tmp_path / "lp.pid")],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert res.returncode == 0, describe(res)
+    servers.append(int((tmp_path / "lp.pid").read_text()))
+    res = subprocess.run([CRIU, "restore", "--lazy-pages", "-D", str(lazy), "-d", "-o",
+                          "r.log", "-v4"], capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=60)
+    reap()
+    assert res.returncode == 0, describe(res) + (lazy / "r.log").read_text()[-3000:]
+    targets.adopt(t.pid, like=t)
+    n = sum(1 for ln in t.lines() if ln.startswith("tick "))
+    t.wait_line(r"^tick ", count=n + 3)
+    assert wait_gone(server, 20), (lazy / "lp.log").read_text()[-3000:]
+    assert "UFFD transferred pages: (%d/%d)" % (n_lazy, n_lazy) in (lazy / "lp.log").read_text()
+    assert t.verdict(timeout=30) == "PASS", t.output()
