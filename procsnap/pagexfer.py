@@ -169,6 +169,8 @@ class PageClient:
         self.sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         self.dst = 0
         self.sent: dict[str, dict[int, list[tuple[int, int]]]] = {}
+        # pages sent with their bytes, per kind, and left in the parent (holes)
+        self.counts: dict[str, int] = {"pagemap": 0, "shmem-pagemap": 0, "parent": 0}
         self.bytes = 0
         self._buf: bytearray | None = None
 
@@ -220,8 +222,9 @@ class PageClient:
             raise self._fail("cannot check its parent images")
         return ans > 0
 
-    def _note(self, addr: int, n: int) -> None:
+    def _note(self, addr: int, n: int, hole: bool = False) -> None:
         kind, ident = decode_dst(self.dst)
+        self.counts["parent" if hole else kind] += n
         runs = self.sent[kind][ident]
         if runs and runs[-1][0] + runs[-1][1] * PAGE == addr:
             runs[-1] = (runs[-1][0], runs[-1][1] + n)
@@ -231,7 +234,7 @@ class PageClient:
     def hole(self, addr: int, n: int) -> None:
         """Pages left in the parent image set (PE_PARENT, no bytes)."""
         self._send([PSI.pack(encode_cmd(PS_IOV_ADD_F, PE_PARENT), n, addr, self.dst)])
-        self._note(addr, n)
+        self._note(addr, n, hole=True)
 
     def add(self, addr: int, data: Any) -> None:
         """Pages at ``addr`` with their bytes (a multiple of the page size)."""
@@ -354,10 +357,26 @@ class PageClient:
 
 def save_sent(images_dir: str, client: PageClient) -> str:
     path = os.path.join(images_dir, SENT_RECORD)
-    rec = {kind: {str(i): runs for i, runs in per.items()} for kind, per in client.sent.items()}
+    rec: dict[str, Any] = {kind: {str(i): runs for i, runs in per.items()}
+                           for kind, per in client.sent.items()}
+    rec["counts"] = client.counts
     with open(path, "w") as f:
         json.dump(rec, f)
     return path
+
+
+def sent_counts(images_dir: str) -> dict[str, int] | None:
+    """Pages a dump sent to its page server ("pagemap", "shmem-pagemap":
+    with their bytes; "parent": left in the parent images), from its
+    record; None when that dump used no page server."""
+    try:
+        with open(os.path.join(images_dir, SENT_RECORD)) as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ImageError(os.path.join(images_dir, SENT_RECORD), str(exc)) from None
+    return {k: int(v) for k, v in rec.get("counts", {}).items()}
 
 
 def load_sent(images_dir: str, kind: str, ident: int) -> list[tuple[int, int]] | None:

@@ -535,6 +535,12 @@ def test_criu_command_line(targets: TargetFactory, tmp_path: Path, servers: list
                           "--page-server", "--address", "127.0.0.1", "--port", port))
     assert wait_gone(t.pid) and wait_gone(server)
     reap()
+    # stats-dump counts the pages sent (zdtm.py checks them against pages-*.img)
+    from procsnap import images
+    st = images.read_one(str(loc), "stats").dump
+    pm = _pagemap(srv / f"pagemap-{t.pid}.img")
+    assert st.pages_written == sum(n for _, n, f in pm if f & PE_PRESENT) > 0, st
+    assert st.pages_written * PAGE == (srv / "pages-65537.img").stat().st_size
     _merge(loc, srv)
     check_ok(run_procsnap("criu", "restore", "-D", srv, "-d"))
     targets.adopt(t.pid, like=t)
