@@ -25,7 +25,9 @@ The wire format is CRIU's, so either end may be CRIU 4.2:
   PS_IOV_PARENT dst_id asks only whether the parent has that image (int32).
 - lazy: PS_IOV_GET nr_pages vaddr dst_id=pid; the answer is PS_IOV_ADD_F
   (PE_PRESENT) with the number of pages actually sent (fewer when the run
-  ends) and the bytes; 0 pages when the server has none there.
+  ends) and the bytes; 0 pages when the server has none there (CRIU's own
+  server ends the session instead).  procsnap's server answers for every
+  page its images hold, lazy-marked or not (CRIU's: the PE_LAZY ones).
 
 There is no other handshake in CRIU 4.2 (TLS is a layer below it; procsnap
 refuses --tls by name).  The server writes pages images numbered from
