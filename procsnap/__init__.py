@@ -25,7 +25,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
          prev_images_dir: str | None = None,
-         orphan_pts_master: bool = False) -> dict[str, float]:
+         orphan_pts_master: bool = False,
+         page_server: tuple[str, int] | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -58,6 +59,10 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     ``orphan_pts_master`` (criu's --orphan-pts-master, runc's terminal): a
     pts whose master is outside the tree is saved as such (restored with a
     new master handed to the caller, see :func:`restore`).
+    ``page_server`` (criu's --page-server --address A --port P): ``(A, P)``;
+    the pagemaps and pages go to that page server (``procsnap page-server``
+    or criu's), which writes them into its images dir; the other images
+    are written to ``images_dir``.
     Returns stage timings in seconds (``"frozen"``: how long the tree was
     held, freeze to release).  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
@@ -70,19 +75,23 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  action=action, ext_mount_auto=ext_mount_auto,
                  manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
                  empty_ns=empty_ns, sync=sync, prev_images_dir=prev_images_dir,
-                 orphan_pts_master=orphan_pts_master)
+                 orphan_pts_master=orphan_pts_master,
+                 page_server=page_server)
 
 
-def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
-             ) -> dict[str, float]:
+def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None,
+             page_server: tuple[str, int] | None = None) -> dict[str, float]:
     """criu's pre-dump: save the tree's private memory into ``images_dir``
     while it is frozen, then let it run on with its writes tracked, so that
     a later pre-dump or :func:`dump` given this directory as
     ``prev_images_dir`` copies only the pages written since.  The tree
     holds a userfaultfd (a high fd, close-on-exec) until that dump.
+    ``page_server``: as for :func:`dump` (the server needs its own
+    ``--prev-images-dir`` for the pages left in its parent images).
     Returns stage timings in seconds."""
     from .dumper import pre_dump as _pre_dump
-    return _pre_dump(pid, images_dir, prev_images_dir=prev_images_dir)
+    return _pre_dump(pid, images_dir, prev_images_dir=prev_images_dir,
+                     page_server=page_server)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,

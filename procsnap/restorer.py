@@ -28,7 +28,7 @@ import signal
 import time
 from typing import Any, Callable
 
-from . import images
+from . import images, pagexfer
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
 from .images import legacy as legacy_files, pidview
 from .images.pb import core_pb2
@@ -129,6 +129,11 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
             rt.threads.append(RestoreThread(tid, core))
         rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", ipid)
         rt.mm = images.read_one(d, "mm", ipid)
+        if not os.path.exists(rt.image_name("pagemap")) and \
+                os.path.exists(os.path.join(d, pagexfer.SENT_RECORD)):
+            raise ImageError(rt.image_name("pagemap"), "no such image: this dump sent its "
+                             "pages to a page server; copy these images into the page "
+                             "server's images dir and restore from there")
         pm = images.read_image(d, "pagemap", ipid)
         if not pm:
             raise ImageError(rt.image_name("pagemap"), "empty pagemap (no head)")

@@ -55,6 +55,9 @@ class DumpOptions:
     # criu's --prev-images-dir: the images of a pre-dump this dump builds
     # on (linked as "parent"); pages unchanged since stay there
     prev_images_dir: str | None = None
+    # criu's --page-server --address A --port P: (A, P); pagemaps and pages
+    # go to that page server (procsnap.pagexfer), the rest stays local
+    page_server: tuple[str, int] | None = None
 
 
 @dataclass

@@ -32,8 +32,8 @@ NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xA
 GLOBAL_CONFIG = "/etc/criu/default.conf"
 USER_CONFIG = ".criu/default.conf"   # under $HOME
 
-COMMANDS = ("dump", "pre-dump", "restore", "check")
-LATER_COMMANDS = ("page-server", "lazy-pages", "dedup",
+COMMANDS = ("dump", "pre-dump", "restore", "check", "page-server")
+LATER_COMMANDS = ("lazy-pages", "dedup",
                   "cpuinfo", "exec", "show")
 
 
@@ -223,19 +223,28 @@ TABLE: list[Opt] = [
         note="procsnap's pre-dump copies memory the one way it has (the frozen task "
              "writes its pages to the image itself), whatever the mode"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
-    Opt("page-server", boolean=True, how=REFUSE, note="no page server yet"),
-    Opt("address", arg=REQ, how=REFUSE,
-        note="no page server yet (criu service --address PATH is served: procsnap.criu.rpc)"),
-    Opt("port", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("ps-socket", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("lazy-pages", how=REFUSE, note="no lazy restore yet"),
+    Opt("page-server", boolean=True,
+        help="dump, pre-dump: send the pagemaps and pages to the page server at "
+             "--address/--port (criu page-server, procsnap's or criu's); the other "
+             "images go to -D"),
+    Opt("address", arg=REQ, metavar="ADDR",
+        help="dump --page-server: the page server's IPv4/IPv6 address; page-server: "
+             "listen on it only (criu service --address PATH: its unix socket)"),
+    Opt("port", arg=REQ, metavar="PORT",
+        help="dump --page-server: the page server's TCP port; page-server: listen on it"),
+    Opt("ps-socket", arg=REQ, how=REFUSE,
+        note="an inherited connected page server socket is not supported; use "
+             "--address and --port"),
+    Opt("lazy-pages", how=REFUSE, note="no lazy restore yet (page-server --lazy-pages "
+                                       "serves the pages of an images dir)"),
     Opt("stream", boolean=True, how=REFUSE, note="no image streamer yet"),
-    Opt("tls", boolean=True, how=REFUSE, note="no page server yet"),
-    Opt("tls-cacert", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-cacrl", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-cert", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-key", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-no-cn-verify", how=REFUSE, note="no page server yet"),
+    Opt("tls", boolean=True, how=REFUSE,
+        note="the page server speaks CRIU's protocol without TLS only"),
+    Opt("tls-cacert", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-cacrl", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-cert", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-key", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-no-cn-verify", how=REFUSE, note="no TLS for the page server"),
     Opt("ms", how=REFUSE, note=_NOT_YET),
     Opt("libdir", "L", REQ, how=REFUSE, note="procsnap has no plugins"),
     Opt("exec-cmd", how=REFUSE, note=_NOT_YET),
@@ -450,6 +459,8 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> Parsed:
 def refused(p: Parsed) -> str | None:
     """The first refused option given, as criu's users will read it."""
     for o, v, neg in p.given:
+        if o.name == "lazy-pages" and p.command == "page-server":
+            continue   # page-server --lazy-pages: serving an images dir's pages is done
         if o.how == REFUSE and not neg:
             spelled = f"--{o.name}" + (f" {v}" if v else "")
             return f"option {spelled} is not supported by procsnap: {o.note}"
@@ -461,6 +472,8 @@ def help_text() -> str:
            "  criu dump -t PID -D DIR [<options>]",
            "  criu pre-dump -t PID -D DIR [--prev-images-dir DIR]",
            "  criu restore -D DIR [<options>]",
+           "  criu page-server -D DIR --port PORT [--address ADDR] [-d] [--status-fd FD]",
+           "                   [--prev-images-dir DIR] [--lazy-pages]",
            "  criu check [--feature NAME | --all]",
            "  criu swrk FD                  (criu's RPC on an inherited socket: runc, Podman)",
            "  criu service [--address PATH] [-d] [--pidfile FILE]   (criu's RPC server)",

@@ -26,7 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import elf, images, progress
+from .. import elf, images, pagexfer, progress
 from ..errors import ImageError, RestoreError, Unsupported
 from ..images import parent as parent_pages
 from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
@@ -482,7 +482,9 @@ def parent_runs(parent: str, pid: int) -> list[tuple[int, int]]:
     try:
         entries = images.read_image(parent, "pagemap", pid)[1:]
     except (FileNotFoundError, ImageError):
-        return []
+        # a parent dumped through a page server: its pagemaps are on the
+        # server; what it sent there is noted beside its local images
+        return pagexfer.load_sent(parent, "pagemap", pid) or []
     out: list[tuple[int, int]] = []
     for e in sorted(entries, key=lambda e: e.vaddr):
         if e.HasField("flags") and not e.flags & (PE_PRESENT | PE_PARENT):
@@ -615,6 +617,10 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     limit) are copied by us through /proc/PID/mem, which reads with
     FOLL_FORCE.
     """
+    client = ctx.kind_state.get(PAGE_CLIENT)
+    if client is not None:
+        _send_pages(ctx, task, client, runs, in_parent or [])
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
@@ -646,6 +652,59 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     finally:
         os.close(out)
     task.extra_images.append(("pagemap", task.pid, entries))
+
+
+# --page-server: the driver's pagexfer.PageClient, in ctx.kind_state[PAGE_CLIENT];
+# ctx.kind_state[PAGE_NAMES]: outside pid -> the pid its images are named by.
+PAGE_CLIENT = pagexfer.CLIENT_KEY
+PAGE_NAMES = pagexfer.NAMES_KEY
+
+
+def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClient",
+                runs: list[tuple[int, int]], in_parent: list[tuple[int, int]]) -> None:
+    """The pagemap of ``task`` goes to the page server, which writes
+    pagemap-PID.img and its pages-N.img (criu's open_page_server_xfer()):
+    runs in address order, the bytes streamed as they are read, holes
+    (PE_PARENT) only when the server's images have a parent image of it."""
+    name = ctx.kind_state.get(PAGE_NAMES, {}).get(task.pid, task.pid)
+    if not client.open("pagemap", name) and in_parent:
+        # the server has no parent pagemap for it: its images must hold
+        # every page, so the unwritten ones are copied too
+        log.info("pid %d: the page server has no parent image: sending every page", task.pid)
+        runs = _merge(sorted(runs + in_parent))
+        in_parent = []
+    total = sum(n for _, n in runs) * PAGE
+    bar = progress.Progress("dump", total)
+    sent = 0
+
+    def moved(n: int) -> None:
+        bar.update(sent + n)
+
+    present: list[tuple[int, int]] = []
+    marked = sorted([(a, n, PE_PRESENT) for a, n in runs] +
+                    [(a, n, PE_PARENT) for a, n in in_parent])
+    try:
+        for addr, n, flags in marked:
+            if flags == PE_PRESENT:
+                present.append((addr, n))
+                continue
+            client.send_task_pages(task.pid, present, moved)
+            sent += sum(k for _, k in present) * PAGE
+            present = []
+            client.hole(addr, n)
+        client.send_task_pages(task.pid, present, moved)
+    finally:
+        bar.close()
+
+
+def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, n in runs:
+        if out and out[-1][0] + out[-1][1] * PAGE == a:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((a, n))
+    return out
 
 
 def start_writeback(fd: int, offset: int, size: int) -> None:

@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import images
+from .. import images, pagexfer
 from ..images import parent as parent_pages
 from ..errors import RestoreError, Unsupported
 from ..inject import InjectError
@@ -135,13 +135,18 @@ def dump_vma(ctx: "DumpContext", task: "DumpTask", m: MapEntry) -> tuple[int, in
     return st.st_ino, page_size
 
 
+# Objects whose pages went to a page server (no local pagemap marks them saved).
+_SENT = "shmem-sent"
+
+
 def finish(ctx: "DumpContext") -> None:
     """Save each object's contents once, after every task was looked at."""
     # An object a process also holds as a file (opened through map_files:
     # memfd.py saved it as a memfd named /dev/zero, with its size) is that
     # memfd's at restore too (memory.py hands its fd to map_vma()).
+    sent = ctx.kind_state.get(_SENT, set())
     objs = [o for o in ctx.kind_state.get(NAME, {}).values()
-            if ("shmem-pagemap", o.shmid) not in ctx.shared_images]
+            if ("shmem-pagemap", o.shmid) not in ctx.shared_images and o.shmid not in sent]
     for obj in objs:
         # The restore makes the object as big as its mappings reach.
         if obj.extent < obj.size:
@@ -164,7 +169,20 @@ def save_hugetlb(ctx: "DumpContext", shmid: int, src: int, size: int, hp: int,
                  pid: int) -> None:
     """Like save_object() for a hugetlbfs file (huge page size ``hp``): pread
     each huge page and keep those that are not all zeroes (no SEEK_DATA, no
-    sendfile there)."""
+    sendfile there); with --page-server they go there."""
+    client = ctx.kind_state.get(pagexfer.CLIENT_KEY)
+    if client is not None:
+        client.open("shmem-pagemap", shmid)
+        ctx.kind_state.setdefault(_SENT, set()).add(shmid)
+        zero_page = bytes(hp)
+        for off in range(0, size, hp):
+            data = os.pread(src, hp, off)
+            if len(data) != hp:
+                raise Unsupported(f"pid {pid}: short read of hugetlb shared memory "
+                                  f"object {shmid} at offset {off}")
+            if data != zero_page:
+                client.add(off, data)
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
@@ -196,7 +214,20 @@ def save_hugetlb(ctx: "DumpContext", shmid: int, src: int, size: int, hp: int,
 
 def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -> None:
     """Write the populated pages of shmem file ``src`` as object ``shmid``:
-    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img."""
+    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img --
+    or, with --page-server, sent there (the server writes them)."""
+    client = ctx.kind_state.get(pagexfer.CLIENT_KEY)
+    if client is not None:
+        client.open("shmem-pagemap", shmid)
+        ctx.kind_state.setdefault(_SENT, set()).add(shmid)
+        for off, length in _data_ranges(src, size):
+            if off + length <= size:
+                client.send_fd_range(off, src, off, length)
+            else:
+                # the file ends inside this page (a memfd of any size)
+                data = os.pread(src, size - off, off) if size > off else b""
+                client.add(off, data + page_tail(src, off + len(data), length - len(data)))
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]

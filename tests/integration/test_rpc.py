@@ -323,8 +323,9 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
          .SerializeToString(), R.NOTIFY, "NOTIFY"),
         ("cpuinfo", R.criu_req(type=R.CPUINFO_DUMP, opts=dump.opts).SerializeToString(),
          R.CPUINFO_DUMP, "CPUINFO_DUMP is not supported"),
-        ("page server", R.criu_req(type=R.PAGE_SERVER, opts=dump.opts).SerializeToString(),
-         R.PAGE_SERVER, "PAGE_SERVER is not supported"),
+        ("page server on an inherited socket", R.criu_req(type=R.PAGE_SERVER, opts=R.criu_opts(
+            images_dir_fd=ifd, ps=R.criu_page_server_info(fd=3))).SerializeToString(),
+         R.PAGE_SERVER, "ps-socket"),
         ("no such pid", R.criu_req(type=R.DUMP, opts=R.criu_opts(
             images_dir_fd=ifd, pid=_no_pid())).SerializeToString(), R.DUMP,
          "no such process"),
