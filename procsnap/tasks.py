@@ -288,6 +288,9 @@ class RestoreTask:
         """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
         file description), in the puppet: pidfd_open + pidfd_getfd."""
         inj = self.inj
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if chan is not None and src_pid == os.getpid():
+            return self._recv_fd(src_fd)
         pidfd = self.pidfds.get(src_pid)
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
@@ -299,7 +302,8 @@ class RestoreTask:
                 # the pidfd and the puppet takes it through its pidfd of us
                 mine = os.pidfd_open(src_pid)
                 try:
-                    low = inj.call("pidfd_getfd", self.pidfds[os.getpid()], mine, 0)
+                    low = (self._recv_fd(mine) if chan is not None else
+                           inj.call("pidfd_getfd", self.pidfds[os.getpid()], mine, 0))
                 finally:
                     os.close(mine)
             else:
@@ -308,6 +312,33 @@ class RestoreTask:
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
         return inj.call("pidfd_getfd", pidfd, src_fd, 0)
+
+    def _recv_fd(self, fd: int) -> int:
+        """A copy of the restorer's ``fd`` in a puppet inside a new user
+        namespace, which may not pidfd_getfd from the restorer (ptrace
+        access to a task of the host's user namespace): sent over the
+        restorer's socket pair (RestoreContext.fd_channel), whose other
+        end the puppet holds where the pidfd of the restorer would be."""
+        import socket
+
+        assert self._rctx is not None
+        socket.send_fds(self._rctx.fd_channel, [b"f"], [fd])
+        inj = self.inj
+        buf = inj.put(b"\0" * 8, align=8)
+        iov = inj.put(buf.to_bytes(8, "little") + (1).to_bytes(8, "little"), align=8)
+        ctl = inj.put(bytes(24), align=8)       # CMSG_SPACE(sizeof(int))
+        hdr = inj.put(bytes(16) + iov.to_bytes(8, "little") + (1).to_bytes(8, "little")
+                      + ctl.to_bytes(8, "little") + (24).to_bytes(8, "little") + bytes(8),
+                      align=8)
+        try:
+            inj.call("recvmsg", self.pidfds[os.getpid()], hdr, C.MSG_CMSG_CLOEXEC)
+            raw = inj.read_mem(ctl, 24)
+        finally:
+            inj.reset_scratch()
+        level, kind = int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
+        if level != 1 or kind != 1:  # SOL_SOCKET, SCM_RIGHTS
+            raise RestoreError(f"pid {self.pid}: no fd came over the restorer's socket")
+        return int.from_bytes(raw[16:20], "little")
 
     def close_pidfds(self) -> None:
         for fd in self.pidfds.values():
@@ -362,6 +393,13 @@ class RestoreContext:
     # every image names pids as seen inside the tree's pid namespace
     # (CRIU's, and procsnap's own from 2026-11-30; images.pidview)
     all_inside: bool = False
+    # The root lives in a new user namespace (namespaces.user): a puppet's
+    # clone3 sets every pid level but the host's, which the restorer hints
+    # through ns_last_pid (the kernel may give another).
+    host_pid_unset: bool = False
+    # ... and its puppets take the restorer's fds over this socket
+    # (RestoreTask._recv_fd): the restorer's end, a SOCK_DGRAM socket
+    fd_channel: Any = None
     # An O_PATH fd, in every puppet, on the restorer's root once a restored
     # mount namespace has pivoted away from it (namespaces.mnt).
     puppet_host_root: int | None = None

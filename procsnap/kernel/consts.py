@@ -11,6 +11,8 @@ SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
 
+MSG_CMSG_CLOEXEC = 0x40000000
+
 TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user address space (no 5-level paging)
 
 # System call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -30,6 +32,9 @@ NR = {
     "rt_tgsigqueueinfo": 297, "prlimit64": 302, "process_vm_readv": 310,
     "process_vm_writev": 311, "kcmp": 312, "rseq": 334, "pidfd_open": 434,
     "clone3": 435, "close_range": 436, "pidfd_getfd": 438,
+    # a puppet in a new user namespace (resources/namespaces/user.py,
+    # creds.py; tasks.RestoreTask._recv_fd)
+    "getgroups": 115, "recvmsg": 47,
     # batched page copies (resources/memory.py)
     "preadv": 295, "pwritev": 296,
     # event fds (resources/eventfd.py, signalfd.py, timerfd.py, eventpoll.py,

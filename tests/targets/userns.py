@@ -1,0 +1,115 @@
+"""userns.py: a counter that is the init of a box in a user namespace of
+its own (run it under ``unshare -U --map-root-user -fp --mount-proc -m -u
+-i``, or with other maps written from outside).
+
+    python3 userns.py FILE HOST MNTDIR [UID GID]
+
+As pid 1 inside: a session of its own, hostname HOST; with UID and GID it
+takes them (setresgid/setresuid, keeping its capabilities: the state of a
+task inside that is not root); a file "data" in MNTDIR (on a tmpfs it mounts there when it has a mount
+namespace, MNTDIR not "-"; "-": its working directory);
+a child (pid 2 inside) that sleeps and checks itself.  It remembers its
+pid, uids, gids, groups, capability sets, /proc/self/{uid_map, gid_map,
+setgroups} and the owner of its file as seen inside.  Prints "ready",
+then every ~50 ms writes the next number to FILE.  On SIGTERM it checks
+every one of these (its child too, by its exit status) and prints PASS or
+"FAIL: ..." and exits.
+"""
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+
+libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_KEEPCAPS = 8
+
+
+def say(line: str) -> None:
+    os.write(1, (line + "\n").encode())
+
+
+def state() -> dict[str, object]:
+    def read(p: str) -> str:
+        with open(p) as f:
+            return f.read()
+    caps = {ln.split(":")[0]: ln.split()[1] for ln in read("/proc/self/status").splitlines()
+            if ln.startswith("Cap")}
+    return {"pid": os.getpid(), "ppid": os.getppid(), "uids": os.getresuid(),
+            "gids": os.getresgid(), "groups": sorted(os.getgroups()), "caps": caps,
+            "uid_map": read("/proc/self/uid_map"), "gid_map": read("/proc/self/gid_map"),
+            "setgroups": read("/proc/self/setgroups"), "host": socket.gethostname()}
+
+
+def child() -> None:
+    before = state()
+    while True:
+        time.sleep(0.05)
+        now = state()
+        if now != before:
+            say(f"FAIL: child: {before} -> {now}")
+            os._exit(1)
+
+
+stop = False
+
+
+def on_term(*_: object) -> None:
+    global stop
+    stop = True
+
+
+def main() -> int:
+    out, host, mnt = sys.argv[1], sys.argv[2], sys.argv[3]
+    if os.getpid() != 1:
+        say(f"FAIL: not pid 1 but {os.getpid()}")
+        return 1
+    os.setsid()
+    socket.sethostname(host)
+    if mnt != "-" and libc.mount(b"box", mnt.encode(), b"tmpfs", 0, b"size=1m"):
+        say(f"FAIL: mount tmpfs on {mnt}: {os.strerror(ctypes.get_errno())}")
+        return 1
+    if mnt == "-":
+        mnt = os.getcwd()
+    data = os.path.join(mnt, "data")
+    with open(data, "w") as f:
+        f.write("inside\n")
+    if len(sys.argv) > 5:
+        uid, gid = int(sys.argv[4]), int(sys.argv[5])
+        libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        with open(os.path.join(mnt, "mine"), "w") as f:  # created by the new ids
+            f.write("mine\n")
+    kid = os.fork()
+    if kid == 0:
+        child()
+    before = state()
+    owner = os.stat(data).st_uid, os.stat(data).st_gid
+    signal.signal(signal.SIGTERM, on_term)
+    say(f"ready {before}")
+    n = 0
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    while not stop:
+        n += 1
+        os.write(fd, f"{n}\n".encode())
+        time.sleep(0.05)
+        now = state()
+        if now != before:
+            say(f"FAIL: {before} -> {now}")
+            return 1
+    if (os.stat(data).st_uid, os.stat(data).st_gid) != owner:
+        say(f"FAIL: {data} owner {os.stat(data)} was {owner}")
+        return 1
+    os.kill(kid, signal.SIGKILL)
+    _, status = os.waitpid(kid, 0)
+    if not os.WIFSIGNALED(status):
+        say(f"FAIL: child ended with {status} before it was killed")
+        return 1
+    say("PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
