@@ -265,10 +265,16 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
+        ours = (path.startswith(self.images_dir.rstrip("/") + "/")
+                or path.startswith(f"/proc/{os.getpid()}/"))
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if ours and chan is not None:
+            # a puppet inside a new user namespace is not procsnap's root:
+            # procsnap's own files are opened by procsnap and sent over
+            return self._open_sent(path, flags, check)
         dirfd = C.AT_FDCWD & (2**64 - 1)
         host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None and (path.startswith(self.images_dir.rstrip("/") + "/")
-                                 or path.startswith(f"/proc/{os.getpid()}/")):
+        if host is not None and ours:
             # procsnap's own files (images, our fds), from the puppet that
             # now lives under another root: through the restorer's root.
             dirfd, path = host, path.lstrip("/")
@@ -277,6 +283,11 @@ class RestoreTask:
                 flags |= C.O_CLOEXEC
             fd = inj.call("openat", dirfd, inj.put_str(path), flags, 0)
         except InjectError as exc:
+            if chan is not None and exc.errno in (1, 13):
+                # EPERM/EACCES inside a new user namespace: a file the task
+                # held open from outside it (its stdout, opened by the
+                # host's root): the same file, opened by procsnap
+                return self._open_sent(path, flags, check)
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         if check is not None:
@@ -284,13 +295,43 @@ class RestoreTask:
         inj.reset_scratch()
         return fd
 
+    def _open_sent(self, path: str, flags: int,
+                   check: Callable[[int], None] | None = None) -> int:
+        """open_in_puppet by procsnap, the fd sent to the puppet (_recv_fd)."""
+        self.inj.reset_scratch()
+        try:
+            mine = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                               f"{exc.strerror}") from None
+        try:
+            fd = self._recv_fd(mine)
+        finally:
+            os.close(mine)
+        if not self.open_cloexec:
+            self.inj.call("fcntl", fd, C.F_SETFD, 0)  # as openat without O_CLOEXEC
+        if check is not None:
+            check(fd)
+        return fd
+
     def grab_fd(self, src_pid: int, src_fd: int) -> int:
         """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
         file description), in the puppet: pidfd_open + pidfd_getfd."""
         inj = self.inj
         chan = self._rctx.fd_channel if self._rctx is not None else None
-        if chan is not None and src_pid == os.getpid():
-            return self._recv_fd(src_fd)
+        if chan is not None:
+            # inside a new user namespace a puppet may not pidfd_getfd from
+            # us, nor from a puppet whose credentials are restored already
+            # (no longer dumpable, its mm of the host's user namespace):
+            # procsnap takes the fd and sends it
+            if src_pid == os.getpid():
+                return self._recv_fd(src_fd)
+            from .kernel.libc import pidfd_getfd
+            mine = pidfd_getfd(src_pid, src_fd)
+            try:
+                return self._recv_fd(mine)
+            finally:
+                os.close(mine)
         pidfd = self.pidfds.get(src_pid)
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing

@@ -3,10 +3,13 @@ its own (run it under ``unshare -U --map-root-user -fp --mount-proc -m -u
 -i``, or with other maps written from outside).
 
     python3 userns.py FILE HOST MNTDIR [UID GID]
+    python3 userns.py --own-ns CMD...    (see own_ns)
 
 As pid 1 inside: a session of its own, hostname HOST; with UID and GID it
-takes them (setresgid/setresuid, keeping its capabilities: the state of a
-task inside that is not root); a file "data" in MNTDIR (on a tmpfs it mounts there when it has a mount
+takes them
+(supplementary groups GID and 5 when setgroups allows, setresgid,
+setresuid keeping its permitted capabilities: a task inside that is not
+root); a file "data" in MNTDIR (on a tmpfs it mounts there when it has a mount
 namespace, MNTDIR not "-"; "-": its working directory);
 a child (pid 2 inside) that sleeps and checks itself.  It remembers its
 pid, uids, gids, groups, capability sets, /proc/self/{uid_map, gid_map,
@@ -77,10 +80,16 @@ def main() -> int:
         f.write("inside\n")
     if len(sys.argv) > 5:
         uid, gid = int(sys.argv[4]), int(sys.argv[5])
+        home = os.path.join(mnt, "home")
+        os.mkdir(home)
+        os.chown(home, uid, gid)
         libc.prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0)
+        with open("/proc/self/setgroups") as f:
+            if f.read().strip() == "allow":
+                os.setgroups([gid, 5])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)
-        with open(os.path.join(mnt, "mine"), "w") as f:  # created by the new ids
+        with open(os.path.join(home, "mine"), "w") as f:  # created by the new ids
             f.write("mine\n")
     kid = os.fork()
     if kid == 0:
@@ -111,5 +120,31 @@ def main() -> int:
     return 0
 
 
+def own_ns(argv: list[str]) -> int:
+    """``userns.py --own-ns CMD...``: a wrapper like ``unshare -U -p -u -i
+    --fork`` whose maps are written from outside (by the test, as
+    newuidmap would): it makes the namespaces, waits for its uid_map and
+    gid_map, becomes root inside (so CMD keeps its capabilities across
+    exec) and forks CMD as pid 1 of the new pid namespace; exits with it."""
+    flags = 0x10000000 | 0x20000000 | 0x04000000 | 0x08000000  # USER PID UTS IPC
+    if libc.unshare(flags):
+        say(f"FAIL: unshare: {os.strerror(ctypes.get_errno())}")
+        return 1
+    for _ in range(1000):
+        with open("/proc/self/uid_map") as f, open("/proc/self/gid_map") as g:
+            if f.read().strip() and g.read().strip():
+                break
+        time.sleep(0.01)
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+    kid = os.fork()
+    if kid == 0:
+        os.execvp(argv[0], argv)
+    _, status = os.waitpid(kid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--own-ns":
+        sys.exit(own_ns(sys.argv[2:]))
     sys.exit(main())

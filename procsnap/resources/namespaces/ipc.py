@@ -125,9 +125,15 @@ def _dump_mqueues(pid: int) -> list[tuple[Any, bytes]]:
 # --------------------------------------------------------------- restore ----
 
 def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
+    from . import user
+
     var = images.read_one(rctx.images_dir, "ipcns-var", ns_id)
+    # a namespace's sysctls are writable by root of the user namespace
+    # owning it only (procsnap's root is "other" to one of a new user ns)
+    owner = user.root_ids(rt.pid)
     with K.in_ipc_ns(rt.pid):
-        _write_var(var)
+        with K.acting_as(*owner):
+            _write_var(var)
         for e, _ in sysvipc.read_entries(rctx, "ipcns-shm", ns_id):
             sysvipc.restore_segment(rctx, e, host=False)
         for e, raw in sysvipc.read_entries(rctx, "ipcns-sem", ns_id):
@@ -137,10 +143,11 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         _restore_mqueues(rctx, ns_id)
         # restore_msg raises msgmax/msgmnb for its queues: the saved ones
         # again, then where the next ids stood
-        _write_var(var)
-        for field, name in _NEXT:
-            if var.HasField(field):
-                _sysctl(name, getattr(var, field))
+        with K.acting_as(*owner):
+            _write_var(var)
+            for field, name in _NEXT:
+                if var.HasField(field):
+                    _sysctl(name, getattr(var, field))
 
 
 def _write_var(var: Any) -> None:

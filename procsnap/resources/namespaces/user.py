@@ -103,6 +103,21 @@ def id_map(pid: int | str) -> IdMap | None:
     return IdMap(read_map(pid, "uid_map"), read_map(pid, "gid_map"))
 
 
+def root_ids(pid: int | str) -> tuple[int, int]:
+    """(uid, gid) as procsnap sees them of root inside ``pid``'s user
+    namespace: who owns its ipc and net sysctls (written as their owner,
+    for procsnap's root is "other" to them).  (0, 0) for procsnap's own."""
+    m = id_map(pid)
+    if m is None:
+        return 0, 0
+    uid = next((lo for first, lo, n in m.uid_map if first == 0), None)
+    gid = next((lo for first, lo, n in m.gid_map if first == 0), None)
+    if uid is None or gid is None:
+        raise RestoreError(f"pid {pid}: its user namespace maps no root (uid/gid 0); its "
+                           "sysctls cannot be written")
+    return uid, gid
+
+
 def inside_ids(pid: int, tid: int, host_ids: tuple[int, ...], kind: str,
                m: IdMap) -> tuple[int, ...]:
     """uids or gids read from /proc (procsnap's view) as the task sees them;
