@@ -266,7 +266,9 @@ CLOCK_BOOTTIME = 7
 # Mount namespaces (resources/namespaces/mnt.py): building a mount tree in
 # a puppet, saving a tmpfs from inside its namespace.
 NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
-           "open_tree": 428, "move_mount": 429, "mount_setattr": 442})
+           "open_tree": 428, "move_mount": 429, "mount_setattr": 442,
+           # mounts made by the restorer for a puppet in a new user namespace
+           "fsopen": 430, "fsconfig": 431, "fsmount": 432})
 # files2: O_TMPFILE files made again and filled inside the puppet
 # (regfile.py), fanotify groups (fanotify.py), a dead process's pidfd
 # (pidfd.py).

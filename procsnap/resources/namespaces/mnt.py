@@ -327,7 +327,7 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         if s.how == "tmpfs":
             path = images.image_path(ctx.images_dir, "tmpfs-dev", s.entry.root_dev)
             ctx.created.append(path)
-            _tar_tmpfs(pid, s.entry, path)
+            _tar_tmpfs(pid, s.entry, path, own)
     for e in entries:
         ctx.add_shared("mountpoints", e, ns_id)
 
@@ -352,14 +352,31 @@ def _check_propagation(pid: int, entries: list[Any], own: list[MountInfo]) -> No
                               "is not restored")
 
 
-def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
+def _tar_tmpfs(pid: int, e: Any, path: str, own: list[MountInfo] | None = None) -> None:
     """tmpfs-dev-DEV.tar.gz: the whole tmpfs, tarred by a child of ours
     that enters the target's mount namespace (another namespace's mount
     cannot be copied from outside: EINVAL), copies it into a namespace of
     its own, and tars a detached copy of the mount: no child mounts, so
-    what they hide is kept, as CRIU does."""
+    what they hide is kept, as CRIU does.
+
+    A mount namespace owned by another user namespace (namespaces.user)
+    holds the mounts it copied from procsnap's locked (a detached copy of
+    one with child mounts is refused, EINVAL): a tmpfs procsnap has
+    mounted too (``own``) is copied in procsnap's own namespace."""
+    from . import user
+
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    where = f"/proc/{pid}/ns/mnt"
+    if own and user.owner(pid, "mnt") != os.stat("/proc/self/ns/user").st_ino:
+        mine = next((m for m in own if kdev(m.major, m.minor) == e.root_dev and m.root == "/"),
+                    None)
+        if mine is not None:
+            where = "/proc/self/ns/mnt"
+            copy = mnt_pb2.mnt_entry()
+            copy.CopyFrom(e)
+            copy.mountpoint = mine.mount_point  # where procsnap sees it
+            e = copy
+    nsfd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
     try:
         child = os.fork()
@@ -655,12 +672,19 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
     what = _describe(e)
     target = y.path(e)
     name = fsname(e)
+    outside = rctx.fd_channel is not None  # the puppet is in a new user namespace
     if s.how == "root":
-        y.mount(rctx.opts.root, target, None, MS_BIND, None, what)
+        if outside:
+            _bind_outside(y, rctx.opts.root or "/", target, what)
+        else:
+            y.mount(rctx.opts.root, target, None, MS_BIND, None, what)
     elif s.how == "external":
         src = _ext_path(rctx, e)
         _ensure(y, target, os.path.isdir(src), what)
-        y.mount(src, target, None, MS_BIND, None, what)
+        if outside:
+            _bind_outside(y, src, target, what)
+        else:
+            y.mount(src, target, None, MS_BIND, None, what)
     elif s.how == "bind":
         src = y.path(s.src) + ("/" + s.rel if s.rel else "")
         _ensure(y, target, os.path.isdir(y.ours(src)), what)
@@ -671,7 +695,18 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         sb = 0 if single else e.sb_flags & ~(MS_RDONLY if s.how == "tmpfs" else 0)
         data = None if single else e.options
         cgns = y.cgns if name in CGROUP_FS else None
-        if cgns is not None:
+        if outside and s.how == "fresh" and (name in CGROUP_FS or not _puppet_mounts(
+                y, e.source or name, target, name, sb, data, mount_root(rctx, e))):
+            # a file system the puppet may not mount in its user namespace
+            # (cgroup from procsnap's cgroup namespace, as below; sysfs of
+            # a network namespace it does not own, devtmpfs): procsnap makes
+            # it and the puppet moves it in
+            _fresh_outside(y, name, e.source or name, sb, data, mount_root(rctx, e), target,
+                           what)
+            cgns = None
+        elif outside and s.how == "fresh":
+            cgns = None  # made by _puppet_mounts
+        elif cgns is not None:
             # A cgroup file system mounted in a cgroup namespace has the
             # namespace's root as its root; the image's root is the dumper's
             # view (procsnap's cgroup namespace, the restorer's too): mount
@@ -681,7 +716,9 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
             y.call("setns", cgns[1], C.CLONE_NEWCGROUP, what=what + ": enter our cgroup ns")
         root = mount_root(rctx, e)
         try:
-            if root == "/":
+            if outside and s.how == "fresh":
+                pass  # made above
+            elif root == "/":
                 y.mount(e.source or name, target, name, sb, data, what)
             else:
                 # A sub-directory of a new instance (a cgroup seen from a
@@ -702,6 +739,102 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
     # mounted): its own propagation comes once every mount exists.
     y.fds[e.mnt_id] = y.call("openat", C.AT_FDCWD & (2**64 - 1), target,
                              os.O_PATH | os.O_CLOEXEC, 0, what=what)
+
+
+def _bind_outside(y: _Yard, src: str, target: str, what: str) -> None:
+    """A bind mount of ``src`` (procsnap's path) on ``target`` for a puppet
+    in a new user namespace: there every mount copied from procsnap's
+    namespace is locked and a bind of one with child mounts is refused
+    (EINVAL), so procsnap clones it detached (open_tree, no children) in
+    its own namespace and the puppet moves the copy in (move_mount)."""
+    raw = ctypes.c_char_p(src.encode("utf-8", "surrogateescape"))
+    try:
+        tree = syscall(C.NR["open_tree"], C.AT_FDCWD, ctypes.cast(raw, ctypes.c_void_p).value or 0,
+                       OPEN_TREE_CLONE | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"mount namespace: {what}: cannot clone {src}: "
+                           f"{exc.strerror}") from None
+    _move_in(y, tree, target, what)
+
+
+def _move_in(y: _Yard, tree: int, target: str, what: str) -> None:
+    """Send procsnap's detached mount ``tree`` to the puppet (closing ours),
+    which moves it onto ``target``."""
+    try:
+        fd = y.rt._recv_fd(tree)
+    finally:
+        os.close(tree)
+    try:
+        y.call("move_mount", fd, "", C.AT_FDCWD & (2**64 - 1), target, MOVE_MOUNT_F_EMPTY_PATH,
+               what=what)
+    finally:
+        y.inj.call("close", fd)
+
+
+def _puppet_mounts(y: _Yard, src: str, target: str, name: str, sb: int, data: str | None,
+                   root: str) -> bool:
+    """Try the mount in the puppet; False when its user namespace may not
+    (EPERM: not its namespace's to mount, or not mountable there)."""
+    inj = y.inj
+    try:
+        if root == "/":
+            y.inj.call("mount", inj.put_str(src), inj.put_str(target), inj.put_str(name), sb,
+                       inj.put_str(data) if data else 0)
+        else:
+            y.inj.call("mount", inj.put_str(src), inj.put_str(y.scratch), inj.put_str(name),
+                       sb, inj.put_str(data) if data else 0)
+            inj.reset_scratch()
+            y.mount(y.scratch + root, target, None, MS_BIND, None, f"{name} at {target}")
+            y.call("umount2", y.scratch, MNT_DETACH, what=f"{name} at {target}")
+    except InjectError as exc:
+        if exc.errno in (1, 13):
+            return False
+        raise RestoreError(f"mount namespace: {name} at {target}: mount failed: "
+                           f"{os.strerror(exc.errno or 0)}") from None
+    finally:
+        inj.reset_scratch()
+    return True
+
+
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+
+
+def _fresh_outside(y: _Yard, name: str, src: str, sb: int, data: str | None, root: str,
+                   target: str, what: str) -> None:
+    """A new mount of file system ``name`` made by procsnap (fsopen,
+    fsconfig, fsmount: detached, in no namespace, nothing propagates), its
+    sub-directory ``root`` cloned if not "/", moved in by the puppet."""
+    def cstr(text: str) -> int:
+        buf = ctypes.create_string_buffer(text.encode("utf-8", "surrogateescape"))
+        keep.append(buf)
+        return ctypes.addressof(buf)
+    keep: list[Any] = []
+    try:
+        fs = syscall(C.NR["fsopen"], cstr(name), 1)  # FSOPEN_CLOEXEC
+        try:
+            syscall(C.NR["fsconfig"], fs, FSCONFIG_SET_STRING, cstr("source"), cstr(src), 0)
+            opts = [o for o in (data or "").split(",") if o] + (["ro"] if sb & MS_RDONLY else [])
+            for opt in opts:
+                key, eq, val = opt.partition("=")
+                if eq:
+                    syscall(C.NR["fsconfig"], fs, FSCONFIG_SET_STRING, cstr(key), cstr(val), 0)
+                else:
+                    syscall(C.NR["fsconfig"], fs, FSCONFIG_SET_FLAG, cstr(key), 0, 0)
+            syscall(C.NR["fsconfig"], fs, FSCONFIG_CMD_CREATE, 0, 0, 0)
+            tree = syscall(C.NR["fsmount"], fs, 1, 0)  # FSMOUNT_CLOEXEC
+        finally:
+            os.close(fs)
+        if root != "/":
+            try:
+                sub = syscall(C.NR["open_tree"], tree, cstr(root.lstrip("/")),
+                              OPEN_TREE_CLONE | os.O_CLOEXEC)
+            finally:
+                os.close(tree)
+            tree = sub
+    except OSError as exc:
+        raise RestoreError(f"mount namespace: {what}: procsnap cannot mount {name} for a "
+                           f"puppet in a new user namespace: {exc.strerror}") from None
+    _move_in(y, tree, target, what)
 
 
 def _tmpfs_image(images_dir: str, dev: int) -> str:

@@ -195,12 +195,6 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
                           "CAP_CHECKPOINT_RESTORE in the user namespace owning the pid "
                           "namespace, which tasks inside a new user namespace lack for the "
                           "host's); give it a pid namespace of its own (unshare -U -p)")
-    if os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino:
-        raise Unsupported(f"pid {pid}: its mount namespace is owned by its user namespace "
-                          f"({ns_id}); the mounts it copied from procsnap's are locked there "
-                          "and binds, sysfs and cgroup mounts cannot be made again from "
-                          "inside it; procsnap does not rebuild a mount namespace in a user "
-                          "namespace yet")
     with open(f"/proc/{pid}/setgroups") as f:
         deny = f.read().strip() == "deny"
 
