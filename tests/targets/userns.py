@@ -121,12 +121,12 @@ def main() -> int:
 
 
 def own_ns(argv: list[str]) -> int:
-    """``userns.py --own-ns CMD...``: a wrapper like ``unshare -U -p -u -i
-    --fork`` whose maps are written from outside (by the test, as
+    """``userns.py --own-ns CMD...``: a wrapper like ``unshare -U -p -u -i -m
+    --mount-proc --fork`` whose maps are written from outside (by the test, as
     newuidmap would): it makes the namespaces, waits for its uid_map and
     gid_map, becomes root inside (so CMD keeps its capabilities across
     exec) and forks CMD as pid 1 of the new pid namespace; exits with it."""
-    flags = 0x10000000 | 0x20000000 | 0x04000000 | 0x08000000  # USER PID UTS IPC
+    flags = 0x10000000 | 0x20000000 | 0x04000000 | 0x08000000 | 0x00020000  # USER PID UTS IPC NS
     if libc.unshare(flags):
         say(f"FAIL: unshare: {os.strerror(ctypes.get_errno())}")
         return 1
@@ -139,6 +139,13 @@ def own_ns(argv: list[str]) -> int:
     os.setresuid(0, 0, 0)
     kid = os.fork()
     if kid == 0:
+        # as unshare --mount-proc: nothing propagates back, a /proc of its
+        # own pid namespace
+        MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x4000, 0x40000, 2, 4, 8
+        if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) or \
+                libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None):
+            say(f"FAIL: mount: {os.strerror(ctypes.get_errno())}")
+            os._exit(1)
         os.execvp(argv[0], argv)
     _, status = os.waitpid(kid, 0)
     return os.waitstatus_to_exitcode(status)

@@ -310,6 +310,14 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         steps, lost = plan(entries)
     except ValueError as exc:
         raise Unsupported(f"pid {pid}: mount namespace: {exc}") from None
+    from . import user
+    if user.owner(pid, "mnt") != os.stat("/proc/self/ns/user").st_ino:
+        # A namespace of another user namespace holds the mounts it copied
+        # from procsnap's locked, as they are: procsnap's own tmpfs there
+        # (/dev/shm, ...) is the host's, not the tree's, and a copy made
+        # inside could not even hold its files (their owners are not
+        # mapped there): external, as a host bind is.
+        lost += [s.entry for s in steps if s.how == "tmpfs" and _auto_key(s.entry, own)]
     for e in list(lost):
         key = _auto_key(e, own) if auto else None
         if key is not None:
@@ -327,7 +335,7 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         if s.how == "tmpfs":
             path = images.image_path(ctx.images_dir, "tmpfs-dev", s.entry.root_dev)
             ctx.created.append(path)
-            _tar_tmpfs(pid, s.entry, path, own)
+            _tar_tmpfs(pid, s.entry, path)
     for e in entries:
         ctx.add_shared("mountpoints", e, ns_id)
 
@@ -352,31 +360,14 @@ def _check_propagation(pid: int, entries: list[Any], own: list[MountInfo]) -> No
                               "is not restored")
 
 
-def _tar_tmpfs(pid: int, e: Any, path: str, own: list[MountInfo] | None = None) -> None:
+def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
     """tmpfs-dev-DEV.tar.gz: the whole tmpfs, tarred by a child of ours
     that enters the target's mount namespace (another namespace's mount
     cannot be copied from outside: EINVAL), copies it into a namespace of
     its own, and tars a detached copy of the mount: no child mounts, so
-    what they hide is kept, as CRIU does.
-
-    A mount namespace owned by another user namespace (namespaces.user)
-    holds the mounts it copied from procsnap's locked (a detached copy of
-    one with child mounts is refused, EINVAL): a tmpfs procsnap has
-    mounted too (``own``) is copied in procsnap's own namespace."""
-    from . import user
-
+    what they hide is kept, as CRIU does."""
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    where = f"/proc/{pid}/ns/mnt"
-    if own and user.owner(pid, "mnt") != os.stat("/proc/self/ns/user").st_ino:
-        mine = next((m for m in own if kdev(m.major, m.minor) == e.root_dev and m.root == "/"),
-                    None)
-        if mine is not None:
-            where = "/proc/self/ns/mnt"
-            copy = mnt_pb2.mnt_entry()
-            copy.CopyFrom(e)
-            copy.mountpoint = mine.mount_point  # where procsnap sees it
-            e = copy
-    nsfd = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
+    nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
     try:
         child = os.fork()
@@ -535,6 +526,12 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     base = f"/tmp/.procsnap-mnt.{pid}.{os.urandom(4).hex()}"
     y = _Yard(rt, base)
     made = _make_dirs(rctx, [base, y.root, y.scratch])
+    if rctx.fd_channel is not None:
+        # the puppet is root of a new user namespace, maybe not the host's
+        # root: the yard is its to walk and mount on
+        from . import user
+        for path in made:
+            os.chown(path, *user.root_ids(pid))
     try:
         # The old root stays reachable by the puppet through this fd until
         # it runs (RestoreTask.open_in_puppet): the images live there.
@@ -694,6 +691,8 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         single = name in SINGLETON
         sb = 0 if single else e.sb_flags & ~(MS_RDONLY if s.how == "tmpfs" else 0)
         data = None if single else e.options
+        if outside and data and s.how == "tmpfs" or outside and name == "devpts":
+            data = _inside_opts(y, data)
         cgns = y.cgns if name in CGROUP_FS else None
         if outside and s.how == "fresh" and (name in CGROUP_FS or not _puppet_mounts(
                 y, e.source or name, target, name, sb, data, mount_root(rctx, e))):
@@ -739,6 +738,27 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
     # mounted): its own propagation comes once every mount exists.
     y.fds[e.mnt_id] = y.call("openat", C.AT_FDCWD & (2**64 - 1), target,
                              os.O_PATH | os.O_CLOEXEC, 0, what=what)
+
+
+def _inside_opts(y: _Yard, data: str | None) -> str | None:
+    """tmpfs and devpts show their uid=/gid= options as the initial user
+    namespace sees them; a puppet in a new one mounts with its own ids."""
+    from . import user
+
+    m = user.id_map(y.rt.pid)
+    if not data or m is None:
+        return data
+    out = []
+    for opt in data.split(","):
+        key, eq, val = opt.partition("=")
+        if eq and key in ("uid", "gid") and val.isdigit():
+            got = m.uid(int(val)) if key == "uid" else m.gid(int(val))
+            if got is None:
+                raise RestoreError(f"mount namespace: option {opt}: {key} {val} is not mapped "
+                                   "in the tree's user namespace")
+            opt = f"{key}={got}"
+        out.append(opt)
+    return ",".join(out)
 
 
 def _bind_outside(y: _Yard, src: str, target: str, what: str) -> None:
@@ -847,6 +867,9 @@ def _tmpfs_image(images_dir: str, dev: int) -> str:
 
 def _untar(rctx: "RestoreContext", y: _Yard, e: Any, target: str) -> None:
     tar = _tmpfs_image(rctx.images_dir, e.root_dev)
+    if rctx.fd_channel is not None:
+        _untar_inside(y, e, tar, target)
+        return
     try:
         with tarfile.open(tar, "r:gz") as t:
             # Our own archive, written inside the namespace at dump: its
@@ -854,6 +877,61 @@ def _untar(rctx: "RestoreContext", y: _Yard, e: Any, target: str) -> None:
             t.extractall(y.ours(target), numeric_owner=True, filter="fully_trusted")
     except (OSError, tarfile.TarError) as exc:
         raise ImageError(tar, f"cannot unpack into {e.mountpoint}: {exc}") from None
+
+
+def _untar_inside(y: _Yard, e: Any, tar: str, target: str) -> None:
+    """A tmpfs of a mount namespace in a new user namespace is unpacked by a
+    child of ours that enters the puppet's user and mount namespaces: a
+    file there can be owned only by an id mapped in it (procsnap's root
+    gets EOVERFLOW), and the archive's owners (procsnap's view) are
+    translated to the ids inside."""
+    from . import user
+
+    m = user.id_map(y.rt.pid)
+    assert m is not None
+    fds = [os.open(f"/proc/{y.rt.pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in ("user", "mnt")]
+    r, w = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.close(r)
+                archive = open(tar, "rb")  # procsnap's file: before we are root inside
+                syscall(C.NR["setns"], fds[0], C.CLONE_NEWUSER)
+                syscall(C.NR["setns"], fds[1], C.CLONE_NEWNS)
+                # root inside (our ids, not mapped there, can own nothing)
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+
+                def inside(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+                    uid, gid = m.uid(ti.uid), m.gid(ti.gid)
+                    if uid is None or gid is None:
+                        raise ValueError(f"{ti.name}: owner {ti.uid}:{ti.gid} is not mapped "
+                                         "in the tree's user namespace")
+                    ti.uid, ti.gid = uid, gid
+                    return ti
+                with tarfile.open(fileobj=archive, mode="r:gz") as t:
+                    t.extractall(target, numeric_owner=True,
+                                 filter=lambda ti, _: inside(ti))
+                code = 0
+            except BaseException as exc:  # reported to the parent, one line
+                os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            finally:
+                os._exit(code)
+        os.close(w)
+        w = -1
+        with os.fdopen(r, "rb") as f:
+            r = -1
+            why = f.read().decode(errors="replace")
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            raise ImageError(tar, f"cannot unpack into {e.mountpoint}: "
+                                  f"{why or f'helper status {status}'}")
+    finally:
+        for fd in fds + [r, w]:
+            if fd >= 0:
+                os.close(fd)
 
 
 def _propagation(y: _Yard, steps: list[Step]) -> None:
