@@ -54,7 +54,12 @@ def _view(root: int) -> dict[str, object]:
 
     def read(name: str) -> str:
         return Path(f"/proc/{root}/{name}").read_text()
+    # what is mounted where, from which root, of which type, in which order
+    # (mount ids and devices are the kernel's)
+    mounts = [" ".join(ln.split()[3:5] + ln.split(" - ")[1].split()[:1])
+              for ln in read("mountinfo").splitlines()]
     return {
+        "mounts": mounts if _ns(root, "mnt") != _ns("self", "mnt") else None,
         "inside pids": [_status(p, "NSpid")[1:] for p in tasks],
         "uids": [_status(p, "Uid") for p in tasks],     # host view: mapped ids
         "gids": [_status(p, "Gid") for p in tasks],
@@ -73,11 +78,16 @@ def _ns(pid: int | str, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
 
 
-def _round_trip(targets: TargetFactory, t: Target, images: Path, numbers: Path) -> None:
+def _round_trip(targets: TargetFactory, t: Target, images: Path, numbers: Path,
+                mntns: bool) -> None:
     wait_numbers(numbers, 3)
     before = _view(t.pid)
     assert _ns(t.pid, "user") != _ns("self", "user")
-    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert (_ns(t.pid, "mnt") != _ns("self", "mnt")) == mntns
+    # the mounts it copied from ours (/, /dev, /dev/shm...) are the host's:
+    # named external (auto), bound back at restore
+    mopts = ["--ext-mount-map", "auto"] if mntns else []
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images, *mopts))
     assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
     # CRIU's image: crit decodes the maps
     userns = [f for f in os.listdir(images) if f.startswith("userns-")]
@@ -85,7 +95,8 @@ def _round_trip(targets: TargetFactory, t: Target, images: Path, numbers: Path) 
     maps = crit_decode(images / userns[0])["entries"][0]
     assert [(e["first"], e["lower_first"], e["count"]) for e in maps["uid_map"]] == \
         [tuple(int(x) for x in ln.split()) for ln in str(before["uid_map"]).splitlines()]
-    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    check_ok(run_procsnap("restore", "-D", images, "-d", *(mopts + ["--root", "/"] if mntns
+                                                           else [])))
     targets.adopt(t.pid, like=t)
     assert t.alive(), f"pid {t.pid} did not come back"
     after = _view(t.pid)
@@ -93,22 +104,32 @@ def _round_trip(targets: TargetFactory, t: Target, images: Path, numbers: Path) 
         assert after[key] == before[key], f"{key}: {before[key]!r} -> {after[key]!r}"
     # (a new one: the old one's inode number may be reused once it is gone)
     assert _ns(t.pid, "user") != _ns("self", "user")
-    for kind in ("pid", "uts", "ipc"):  # owned by the new user namespace
-        assert _ns(t.pid, kind) != _ns("self", kind)
+    for kind in ("pid", "uts", "ipc") + (("mnt",) if mntns else ()):
+        assert _ns(t.pid, kind) != _ns("self", kind)  # owned by the new user namespace
     n = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, n + 5))
     finish(t)  # inside: pid, ids, groups, caps, maps, setgroups, hostname, its child
 
 
-def test_userns_map_root_user(targets: TargetFactory, images_dir: Path) -> None:
-    """unshare -U --map-root-user -fp -u -i: root inside is the host's root,
-    setgroups "deny" (unshare writes it)."""
+@pytest.mark.parametrize("mntns", [False, True], ids=["no-mntns", "mount-proc"])
+def test_userns_map_root_user(targets: TargetFactory, images_dir: Path, tmp_path: Path,
+                              mntns: bool) -> None:
+    """unshare -U --map-root-user -fp [--mount-proc -m] -u -i: root inside
+    is the host's root, setgroups "deny" (unshare writes it); with a mount
+    namespace, a tmpfs mounted inside with a file in it."""
     numbers = targets.workdir / "numbers"
-    t = start_under(targets, ["unshare", "-U", "--map-root-user", "-fp", "-u", "-i"],
-                    "userns.py", str(numbers), "userns-box", "-")
+    box = tmp_path / "box"
+    box.mkdir()
+    t = start_under(targets, ["unshare", "-U", "--map-root-user", "-fp", "-u", "-i",
+                              *(["--mount-proc", "-m"] if mntns else [])],
+                    "userns.py", str(numbers), "userns-box", str(box) if mntns else "-")
     assert Path(f"/proc/{t.pid}/setgroups").read_text().strip() == "deny"
     assert _status(t.pid, "NSpid")[-1] == "1"
-    _round_trip(targets, t, images_dir, numbers)
+    if mntns:
+        assert not (box / "data").exists()   # on the tmpfs inside only
+    _round_trip(targets, t, images_dir, numbers, mntns)
+    if mntns:
+        assert not (box / "data").exists()
 
 
 @pytest.fixture
@@ -126,20 +147,21 @@ def open_dir() -> Iterator[Path]:
 
 def test_userns_written_maps(targets: TargetFactory, images_dir: Path, open_dir: Path) -> None:
     """Maps written from outside (0 -> 100000, 65536 ids; setgroups
-    "allow"); the init takes uid/gid 1000 inside with groups 1000 and 5 and
-    its permitted capabilities kept: outside it is uid 101000."""
-    box = open_dir / "box"
-    numbers = box / "numbers"
+    "allow"), with a mount namespace and a /proc of its own, a tmpfs
+    mounted inside; the init takes uid/gid 1000 inside with groups 1000 and
+    5 and its permitted capabilities kept: outside it is uid 101000."""
+    box = open_dir / "box"   # a tmpfs covers it inside
+    numbers = open_dir / "numbers"
     numbers.touch()
     os.chmod(numbers, 0o666)
     me = str(TARGETS_DIR / "userns.py")
     # the system's python: root inside (host uid 100000) may not reach
     # an interpreter under /root (pyenv's, the venv's)
     py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    argv = [py, me, "--own-ns", py, me, str(numbers), "mapped-box", "-", "1000", "1000"]
+    argv = [py, me, "--own-ns", py, me, str(numbers), "mapped-box", str(box), "1000", "1000"]
     out, err = targets.workdir / "userns.out", targets.workdir / "userns.err"
     with open(out, "wb") as fo, open(err, "wb") as fe:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=box,
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=open_dir,
                              close_fds=True, start_new_session=True)
     targets.targets.append(Target("own-ns", p.pid, argv, targets.workdir, out, err, argv))
     wait_for(lambda: _ns(p.pid, "user") != _ns("self", "user"), 10, "the wrapper's unshare")
@@ -156,8 +178,9 @@ def test_userns_written_maps(targets: TargetFactory, images_dir: Path, open_dir:
     assert _status(t.pid, "Uid") == ["101000"] * 4, _status(t.pid, "Uid")
     assert sorted(_status(t.pid, "Groups")) == ["100005", "101000"]
     assert Path(f"/proc/{t.pid}/setgroups").read_text().strip() == "allow"
-    assert (box / "home" / "mine").stat().st_uid == 101000   # made by uid 1000 inside
-    _round_trip(targets, t, images_dir, numbers)
+    mine = Path(f"/proc/{t.pid}/root") / str(box).lstrip("/") / "home" / "mine"
+    assert mine.stat().st_uid == 101000   # made by uid 1000 inside, on its tmpfs
+    _round_trip(targets, t, images_dir, numbers, True)  # it checks the owner inside
 
 
 def _refused(targets: TargetFactory, t: Target, images: Path, numbers: Path, *names: str) -> None:
@@ -172,14 +195,15 @@ def _refused(targets: TargetFactory, t: Target, images: Path, numbers: Path, *na
     check_continuity(wait_numbers(numbers, n + 5))
 
 
-def test_userns_mount_namespace_refused(targets: TargetFactory, images_dir: Path) -> None:
-    """-m --mount-proc inside the user namespace: its copied mounts are
-    locked there; not rebuilt yet, refused by name."""
+def test_userns_host_tmpfs_not_named_refused(targets: TargetFactory, images_dir: Path) -> None:
+    """Without --ext-mount-map auto, the host's mounts a mount namespace of
+    a user namespace copied (locked: /dev/shm, ...) are named, not copied."""
     numbers = targets.workdir / "numbers"
     t = start_under(targets, ["unshare", "-U", "--map-root-user", "-fp", "--mount-proc",
                               "-m", "-u", "-i"], "userns.py", str(numbers), "userns-mnt", "-")
     _refused(targets, t, images_dir, numbers,
-             f"pid {t.pid}: its mount namespace is owned by its user namespace")
+             f"re:pid {t.pid}: mount \\d+ at .* lives outside the dumped tree .* "
+             "--ext-mount-map auto")
     finish(t)
 
 

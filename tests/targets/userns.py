@@ -13,7 +13,7 @@ root); a file "data" in MNTDIR (on a tmpfs it mounts there when it has a mount
 namespace, MNTDIR not "-"; "-": its working directory);
 a child (pid 2 inside) that sleeps and checks itself.  It remembers its
 pid, uids, gids, groups, capability sets, /proc/self/{uid_map, gid_map,
-setgroups} and the owner of its file as seen inside.  Prints "ready",
+setgroups} and the owners of its files as seen inside.  Prints "ready",
 then every ~50 ms writes the next number to FILE.  On SIGTERM it checks
 every one of these (its child too, by its exit status) and prints PASS or
 "FAIL: ..." and exits.
@@ -95,7 +95,8 @@ def main() -> int:
     if kid == 0:
         child()
     before = state()
-    owner = os.stat(data).st_uid, os.stat(data).st_gid
+    files = [data] + ([os.path.join(mnt, "home", "mine")] if len(sys.argv) > 5 else [])
+    owner = [(os.stat(p).st_uid, os.stat(p).st_gid) for p in files]
     signal.signal(signal.SIGTERM, on_term)
     say(f"ready {before}")
     n = 0
@@ -108,8 +109,9 @@ def main() -> int:
         if now != before:
             say(f"FAIL: {before} -> {now}")
             return 1
-    if (os.stat(data).st_uid, os.stat(data).st_gid) != owner:
-        say(f"FAIL: {data} owner {os.stat(data)} was {owner}")
+    now = [(os.stat(p).st_uid, os.stat(p).st_gid) for p in files]
+    if now != owner:
+        say(f"FAIL: owners of {files}: {now}, were {owner}")
         return 1
     os.kill(kid, signal.SIGKILL)
     _, status = os.waitpid(kid, 0)

@@ -12,10 +12,21 @@ of the tree owned by another user namespace than the tree's (it would come
 back owned by the tree's), and a tree of more than one task or thread
 that lives in procsnap's pid namespace: its pids at the host's level can
 be chosen only by a task with CAP_CHECKPOINT_RESTORE in the host's user
-namespace, and every puppet but the root lives in the new one; and a mount
-namespace of the tree (its mounts copied from procsnap's are locked in
-it: the restore would have to bind them from outside with detached
-mounts, not done yet).
+namespace, and every puppet but the root lives in the new one.
+
+A mount namespace of the tree is rebuilt by namespaces.mnt, which for a
+puppet in a new user namespace makes what the puppet may not (binds of
+procsnap's paths, sysfs, devtmpfs, cgroup) detached in procsnap's context
+and has the puppet move them in; procsnap's own tmpfs mounts copied into
+the namespace (locked there: /dev/shm...) are the host's, external.
+
+A puppet inside the new user namespace is not procsnap's root: it may not
+pidfd_getfd from procsnap (nor from a puppet whose credentials are
+restored), nor open procsnap's images, so procsnap sends it those fds
+over a socket pair (RestoreContext.fd_channel, RestoreTask._recv_fd); a
+file the task held open from outside the namespace that the puppet may
+not open (its stdout, opened by the host's root) is opened the same way.
+The namespace's ipc sysctls are written as root inside (ipc.py).
 
 Restore, as CRIU: the root is cloned with CLONE_NEWUSER together with the
 other CLONE_NEW* flags, so the new user namespace is made first and owns
