@@ -130,10 +130,16 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     var = images.read_one(rctx.images_dir, "ipcns-var", ns_id)
     # a namespace's sysctls are writable by root of the user namespace
     # owning it only (procsnap's root is "other" to one of a new user ns)
-    owner = user.root_ids(rt.pid)
+    sysvipc.sysctl_owner = user.root_ids(rt.pid)
+    try:
+        _restore_in(rctx, ns_id, rt, var)
+    finally:
+        sysvipc.sysctl_owner = (0, 0)
+
+
+def _restore_in(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask", var: Any) -> None:
     with K.in_ipc_ns(rt.pid):
-        with K.acting_as(*owner):
-            _write_var(var)
+        _write_var(var)
         for e, _ in sysvipc.read_entries(rctx, "ipcns-shm", ns_id):
             sysvipc.restore_segment(rctx, e, host=False)
         for e, raw in sysvipc.read_entries(rctx, "ipcns-sem", ns_id):
@@ -143,11 +149,10 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         _restore_mqueues(rctx, ns_id)
         # restore_msg raises msgmax/msgmnb for its queues: the saved ones
         # again, then where the next ids stood
-        with K.acting_as(*owner):
-            _write_var(var)
-            for field, name in _NEXT:
-                if var.HasField(field):
-                    _sysctl(name, getattr(var, field))
+        _write_var(var)
+        for field, name in _NEXT:
+            if var.HasField(field):
+                _sysctl(name, getattr(var, field))
 
 
 def _write_var(var: Any) -> None:
