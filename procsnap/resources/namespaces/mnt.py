@@ -785,8 +785,21 @@ def _move_in(y: _Yard, tree: int, target: str, what: str) -> None:
     finally:
         os.close(tree)
     try:
-        y.call("move_mount", fd, "", C.AT_FDCWD & (2**64 - 1), target, MOVE_MOUNT_F_EMPTY_PATH,
-               what=what)
+        # the mountpoint opened by procsnap through the puppet's root: a
+        # root inside that is not the host's may not walk every path of
+        # the host's file system it was bound from (/tmp/x 0700)
+        mine = os.open(y.ours(target), os.O_PATH | os.O_CLOEXEC)
+        try:
+            at = y.rt._recv_fd(mine)
+        finally:
+            os.close(mine)
+        try:
+            y.call("move_mount", fd, "", at, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                   what=what)
+        finally:
+            y.inj.call("close", at)
+    except OSError as exc:
+        raise RestoreError(f"mount namespace: {what}: {target}: {exc.strerror}") from None
     finally:
         y.inj.call("close", fd)
 
