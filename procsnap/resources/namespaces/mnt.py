@@ -736,6 +736,17 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         raise RestoreError(f"mount namespace: {what}: unknown step {s.how}")
     # It is private (the namespace was made so before anything was
     # mounted): its own propagation comes once every mount exists.
+    if outside:
+        # opened by procsnap through the puppet's root (see _move_in)
+        try:
+            mine = os.open(y.ours(target), os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RestoreError(f"mount namespace: {what}: {target}: {exc.strerror}") from None
+        try:
+            y.fds[e.mnt_id] = y.rt._recv_fd(mine)
+        finally:
+            os.close(mine)
+        return
     y.fds[e.mnt_id] = y.call("openat", C.AT_FDCWD & (2**64 - 1), target,
                              os.O_PATH | os.O_CLOEXEC, 0, what=what)
 
