@@ -286,8 +286,9 @@ class RestoreTask:
             if chan is not None and exc.errno in (1, 13):
                 # EPERM/EACCES inside a new user namespace: a file the task
                 # held open from outside it (its stdout, opened by the
-                # host's root): the same file, opened by procsnap
-                return self._open_sent(path, flags, check)
+                # host's root): the same file, opened by procsnap where
+                # the puppet sees it (through its root: its mount tree)
+                return self._open_sent(path, flags, check, through_root=True)
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         if check is not None:
@@ -295,12 +296,14 @@ class RestoreTask:
         inj.reset_scratch()
         return fd
 
-    def _open_sent(self, path: str, flags: int,
-                   check: Callable[[int], None] | None = None) -> int:
-        """open_in_puppet by procsnap, the fd sent to the puppet (_recv_fd)."""
+    def _open_sent(self, path: str, flags: int, check: Callable[[int], None] | None = None,
+                   through_root: bool = False) -> int:
+        """open_in_puppet by procsnap, the fd sent to the puppet (_recv_fd);
+        ``through_root``: ``path`` as the puppet sees it, not procsnap."""
         self.inj.reset_scratch()
+        where = f"/proc/{self.pid}/root{path}" if through_root and path.startswith("/") else path
         try:
-            mine = os.open(path, flags | os.O_CLOEXEC, 0o600)
+            mine = os.open(where, flags | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{exc.strerror}") from None
@@ -343,8 +346,7 @@ class RestoreTask:
                 # the pidfd and the puppet takes it through its pidfd of us
                 mine = os.pidfd_open(src_pid)
                 try:
-                    low = (self._recv_fd(mine) if chan is not None else
-                           inj.call("pidfd_getfd", self.pidfds[os.getpid()], mine, 0))
+                    low = inj.call("pidfd_getfd", self.pidfds[os.getpid()], mine, 0)
                 finally:
                     os.close(mine)
             else:
