@@ -10,6 +10,7 @@ still not restored is refused by name with the tree running on.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def _view(root: int, keep: str = "") -> dict[str, object]:
         "caps": [[_status(p, k) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")]
                  for p in tasks],
         "uid_map": read("uid_map"), "gid_map": read("gid_map"),
-        "setgroups": read("setgroups"),
+        "setgroups": read("setgroups"), "cgroup": read("cgroup"),
+        "namespaces of its own": [k for k in ("cgroup", "net", "time", "mnt")
+                                  if _ns(root, k) != _ns("self", k)],
         "hostname": subprocess.run(["nsenter", "-t", str(root), "-u", "hostname"],
                                    capture_output=True, text=True, check=True,
                                    timeout=10).stdout.strip(),
@@ -156,10 +159,13 @@ def open_dir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_userns_written_maps(targets: TargetFactory, images_dir: Path, open_dir: Path) -> None:
+@pytest.mark.parametrize("every", [False, True], ids=["pid-mnt-uts-ipc", "all-kinds"])
+def test_userns_written_maps(targets: TargetFactory, images_dir: Path, open_dir: Path,
+                             every: bool) -> None:
     """Maps written from outside (0 -> 100000, 65536 ids; setgroups
     "allow"), with a mount namespace and a /proc of its own, a tmpfs
-    mounted inside; the init takes uid/gid 1000 inside with groups 1000 and
+    mounted inside (and with ``every``: its own cgroup, network and time
+    namespaces too); the init takes uid/gid 1000 inside with groups 1000 and
     5 and its permitted capabilities kept: outside it is uid 101000."""
     box = open_dir / "box"   # a tmpfs covers it inside
     numbers = open_dir / "numbers"
@@ -172,8 +178,9 @@ def test_userns_written_maps(targets: TargetFactory, images_dir: Path, open_dir:
     argv = [py, me, "--own-ns", py, me, str(numbers), "mapped-box", str(box), "1000", "1000"]
     out, err = targets.workdir / "userns.out", targets.workdir / "userns.err"
     with open(out, "wb") as fo, open(err, "wb") as fe:
+        env = dict(os.environ, USERNS_ALL="1") if every else None
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=open_dir,
-                             close_fds=True, start_new_session=True)
+                             close_fds=True, start_new_session=True, env=env)
     targets.targets.append(Target("own-ns", p.pid, argv, targets.workdir, out, err, argv))
     wait_for(lambda: _ns(p.pid, "user") != _ns("self", "user"), 10, "the wrapper's unshare")
     for name in ("uid_map", "gid_map"):   # as newuidmap / newgidmap
@@ -189,6 +196,8 @@ def test_userns_written_maps(targets: TargetFactory, images_dir: Path, open_dir:
     assert _status(t.pid, "Uid") == ["101000"] * 4, _status(t.pid, "Uid")
     assert sorted(_status(t.pid, "Groups")) == ["100005", "101000"]
     assert Path(f"/proc/{t.pid}/setgroups").read_text().strip() == "allow"
+    kinds = ("cgroup", "net", "time")
+    assert all((_ns(t.pid, k) != _ns("self", k)) == every for k in kinds)
     mine = Path(f"/proc/{t.pid}/root") / str(box).lstrip("/") / "home" / "mine"
     assert mine.stat().st_uid == 101000   # made by uid 1000 inside, on its tmpfs
     _round_trip(targets, t, images_dir, numbers, True, box)  # it checks the owner inside
@@ -262,4 +271,21 @@ def test_nested_userns_refused(targets: TargetFactory, images_dir: Path) -> None
     wait_for(lambda: _ns(kid, "user") != _ns(t.pid, "user"), 10, "the nested unshare -U")
     _refused(targets, t, images_dir, numbers,
              f"pid {kid}: lives in another user namespace than the root's")
+    finish(t)
+
+
+def test_mount_of_deleted_file_refused(targets: TargetFactory, images_dir: Path) -> None:
+    """A bind mount whose source was deleted (mountinfo root ".../x//deleted",
+    as a leaked bind of a pts on /dev/console) cannot be mounted again: the
+    dump names it, the tree runs on."""
+    numbers = targets.workdir / "numbers"
+    src, dst = targets.workdir / "src", targets.workdir / "dst"
+    t = start_under(targets, ["unshare", "-U", "--map-root-user", "-fp", "--mount-proc", "-m",
+                              "-u", "-i", "sh", "-c",
+                              f'touch {src} {dst} && mount --bind {src} {dst} && rm {src} && '
+                              'exec "$0" "$@"'],
+                    "nscounter", str(numbers), "userns-deleted", "0")
+    _refused(targets, t, images_dir, numbers,
+             f"re:^procsnap: pid {t.pid}: mount \\d+ at {re.escape(str(dst))} \\(\\S+\\): its "
+             f"root {re.escape(str(src))} was deleted")
     finish(t)

@@ -124,11 +124,13 @@ def main() -> int:
 
 def own_ns(argv: list[str]) -> int:
     """``userns.py --own-ns CMD...``: a wrapper like ``unshare -U -p -u -i -m
-    --mount-proc --fork`` whose maps are written from outside (by the test, as
+    --mount-proc --fork`` (with $USERNS_ALL set: -C -n -T too) whose maps are written from outside (by the test, as
     newuidmap would): it makes the namespaces, waits for its uid_map and
     gid_map, becomes root inside (so CMD keeps its capabilities across
     exec) and forks CMD as pid 1 of the new pid namespace; exits with it."""
     flags = 0x10000000 | 0x20000000 | 0x04000000 | 0x08000000 | 0x00020000  # USER PID UTS IPC NS
+    if os.environ.get("USERNS_ALL"):
+        flags |= 0x02000000 | 0x40000000 | 0x80  # CGROUP NET TIME
     if libc.unshare(flags):
         say(f"FAIL: unshare: {os.strerror(ctypes.get_errno())}")
         return 1

@@ -295,6 +295,13 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         if m.mount_point.endswith("//deleted"):
             raise Unsupported(f"pid {pid}: mount {m.mnt_id} at {m.mount_point}: its mountpoint "
                               "was deleted; it cannot be mounted again")
+        if m.root.endswith("//deleted") and m.mount_point not in named:
+            # a bind of a file or directory since removed (a pts gone, as
+            # a leaked /dev/console bind): no name reaches it any more
+            raise Unsupported(f"pid {pid}: mount {m.mnt_id} at {m.mount_point} ({m.fstype}): "
+                              f"its root {m.root[:-len('//deleted')]} was deleted; it cannot "
+                              "be mounted again (name it with --external mnt[...] to bind "
+                              "something in its place)")
         e = entry_of(m)
         if m.mount_point in named:
             e.ext_mount, e.ext_key = True, named.pop(m.mount_point)
@@ -540,7 +547,8 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         hroot = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
         inj.call("close", low)
         rctx.puppet_host_root = hroot
-        if (any(fsname(s.entry) in CGROUP_FS for s in steps)
+        if (rctx.fd_channel is None  # else procsnap mounts cgroups itself (_fresh_outside)
+                and any(fsname(s.entry) in CGROUP_FS for s in steps)
                 and os.stat(f"/proc/{pid}/ns/cgroup").st_ino
                 != os.stat("/proc/self/ns/cgroup").st_ino):
             # /proc is still procsnap's here (the pivot comes below)
