@@ -534,17 +534,31 @@ def _set_session(rt: RestoreTask) -> None:
 
 
 def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_signal: int,
-              what: str) -> Any:
+              what: str) -> tuple[int, Any]:
     """clone3 with set_tid injected in a puppet: the new task (a child, or
     a thread with CLONE_THREAD) gets exactly ``tid`` (at every pid
     namespace level) and starts stopped, auto-attached
-    (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its registers."""
+    (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its host pid -- ``tid``, or
+    for a puppet inside a new user namespace the one the kernel gave at
+    the host's level (_repid) -- and its registers."""
+    from .resources.namespaces import user
+
     created = rctx.created
     levels = rctx.set_tid(tid)
+    hinted = rctx.host_pid_unset
+    if hinted:
+        # the host's level is owned by the host's user namespace: the
+        # puppet may not set it (namespaces.user)
+        if len(levels) < 2:
+            raise RestoreError(f"{what} {tid}: a puppet inside a new user namespace cannot "
+                               "choose a pid in the host's pid namespace")
+        levels = levels[:-1]
     tid_addr = inj.put(b"".join(x.to_bytes(4, "little") for x in levels), align=8)
     args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr,
                      set_tid_size=len(levels))
     try:
+        if hinted:
+            user.hint_host_pid(tid)
         got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
     except InjectError as exc:
         if exc.errno == 17:
@@ -556,10 +570,71 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
     # clone3 answers in the puppet's pid namespace (not the child's, for a
     # child made in a nested one: CLONE_NEWPID)
     want = rctx.vpid(tid, inj.pid)
-    created.append(tid if got == want else got)  # from now on, a failure kills it
+    host = tid if got == want else got
+    if hinted:
+        host = _host_pid(inj.pid, got, bool(flags & C.CLONE_THREAD)) or host
+    created.append(host)  # from now on, a failure kills it
     if got != want:
         raise RestoreError(f"{what} {tid}: clone3 gave {got}")
-    return _wait_new_stop(tid)
+    if host != tid:
+        _repid(rctx, tid, host, what)
+    return host, _wait_new_stop(host)
+
+
+def _host_pid(parent: int, got: int, thread: bool) -> int | None:
+    """The host pid of the child (or thread) ``parent`` just made, which it
+    knows as ``got`` (a pid in its own pid namespace)."""
+    from .resources.namespaces.pid import nspid
+
+    level = len(nspid(parent)) - 1
+    if thread:
+        cands = [int(t) for t in os.listdir(f"/proc/{parent}/task")]
+    else:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            cands = [int(x) for x in f.read().split()]
+    for c in cands:
+        try:
+            levels = nspid(parent, c) if thread else nspid(c)
+        except FileNotFoundError:
+            continue
+        if len(levels) > level and levels[level] == got:
+            return c
+    return None
+
+
+def _repid(rctx: RestoreContext, old: int, new: int, what: str) -> None:
+    """A task or thread planned as host pid ``old`` got ``new`` (another
+    process took ``old`` between the hint and the clone3): the tree's
+    bookkeeping follows, as _relabel does before anything is made.  A
+    ``new`` the images name for another task would make two tasks one."""
+    known = set(rctx.by_pid) | rctx.all_ids() | set(rctx.relabel) | set(rctx.image_pids)
+    if new in known:
+        raise RestoreError(f"{what} {old}: the host's pid {old} was taken meanwhile and the "
+                           f"kernel gave {new}, a pid the tree's images name for another "
+                           "task; try the restore again")
+    rctx.relabel[rctx.dumped_pid(old)] = new
+    levels = rctx.nspids.get(old)
+    if levels:
+        levels[-1] = new
+        rctx.nspids[new] = levels  # old key kept: image values name it
+
+    def m(p: int) -> int:
+        return new if p == old else p
+    for t in rctx.tasks:
+        e = t.pstree
+        e.pid, e.ppid, e.pgid, e.sid = m(e.pid), m(e.ppid), m(e.pgid), m(e.sid)
+        e.threads[:] = [m(x) for x in e.threads]
+        n = len(e.ns_pid)
+        if n:
+            e.ns_pid[0] = m(e.ns_pid[0])
+            for i in range(0, len(e.ns_threads), n):
+                e.ns_threads[i] = m(e.ns_threads[i])
+        for th in t.threads:
+            th.tid = m(th.tid)
+        if t.pid == old:
+            t.pid = new
+            rctx.by_pid[new] = t
+    log.info("%s %d restored as host pid %d (taken meanwhile)", what, old, new)
 
 
 def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
@@ -569,7 +644,7 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
         # the init of a pid namespace nested in the tree (namespaces.pid):
         # set_tid's first entry, 1, is its pid inside
         flags |= C.CLONE_NEWPID
-    regs = _clone_in(parent._rctx, parent.inj, rt.pid, flags, signal.SIGCHLD, "pid")
+    _, regs = _clone_in(parent._rctx, parent.inj, rt.pid, flags, signal.SIGCHLD, "pid")
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
@@ -582,7 +657,7 @@ def _spawn_helper(rctx: RestoreContext, rt: RestoreTask, pid: int,
     """A short-lived task with ``pid``, forked by ``rt`` with no exit
     signal (its end leaves no SIGCHLD pending in ``rt``), stopped; returns
     its injector and the function that ends it: it exits, ``rt`` reaps it."""
-    regs = _clone_in(rctx, rt.inj, pid, 0, 0, what)
+    pid, regs = _clone_in(rctx, rt.inj, pid, 0, 0, what)
     inj = Injector(pid, rt.inj.syscall_ip, regs)
     inj.trap_ip = rt.inj.trap_ip
     inj.use_scratch(rt.inj.scratch, rt.inj.scratch_size)
@@ -682,7 +757,7 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
     flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
              | C.CLONE_SYSVSEM)
     for th in rt.threads[1:]:
-        regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
+        _, regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
         th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)
@@ -780,7 +855,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         namespaces.join(rctx)  # this thread enters them: the root's clone inherits them
         flags = namespaces.clone_flags(rctx)
         nested = any(len(ids) > len(rctx.set_tid(root.pid)) for ids in rctx.nspids.values())
-        if flags & C.CLONE_NEWPID or nested:
+        if flags & C.CLONE_NEWUSER:
+            # puppets inside a new user namespace may not pidfd_getfd from
+            # us: they hold a socket instead, over which we send them fds
+            # (RestoreTask._recv_fd), where the pidfd of us would be
+            import socket
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            rctx.fd_channel = ours
+            self_pidfd = theirs.detach()
+            rctx.own_fds.append(self_pidfd)
+        elif flags & C.CLONE_NEWPID or nested:
             self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
             rctx.own_fds.append(self_pidfd)
         if restore_sibling:
@@ -880,6 +964,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         raise
     finally:
         namespaces.leave(rctx)  # procsnap's thread back in its own namespaces
+        if rctx.fd_channel is not None:
+            rctx.fd_channel.close()
         for fd in rctx.own_fds:
             os.close(fd)
     if action is not None:

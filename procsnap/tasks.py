@@ -274,9 +274,14 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
-        if (self._rctx is not None and self._rctx.puppet_pivoted
-                and (path.startswith(self.images_dir.rstrip("/") + "/")
-                     or path.startswith(f"/proc/{os.getpid()}/"))):
+        ours = (path.startswith(self.images_dir.rstrip("/") + "/")
+                or path.startswith(f"/proc/{os.getpid()}/"))
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if ours and chan is not None:
+            # a puppet inside a new user namespace is not procsnap's root:
+            # procsnap's own files are opened by procsnap and sent over
+            return self._open_sent(path, flags, check)
+        if ours and self._rctx is not None and self._rctx.puppet_pivoted:
             # procsnap's own files (images, our fds) once the puppet lives
             # under another root: opened here, in procsnap's mount namespace,
             # and handed over.  A path walk from the puppet through a fd on
@@ -299,6 +304,12 @@ class RestoreTask:
                 flags |= C.O_CLOEXEC
             fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
+            if chan is not None and exc.errno in (1, 13):
+                # EPERM/EACCES inside a new user namespace: a file the task
+                # held open from outside it (its stdout, opened by the
+                # host's root): the same file, opened by procsnap where
+                # the puppet sees it (through its root: its mount tree)
+                return self._open_sent(path, flags, check, through_root=True)
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         if check is not None:
@@ -306,10 +317,45 @@ class RestoreTask:
         inj.reset_scratch()
         return fd
 
+    def _open_sent(self, path: str, flags: int, check: Callable[[int], None] | None = None,
+                   through_root: bool = False) -> int:
+        """open_in_puppet by procsnap, the fd sent to the puppet (_recv_fd);
+        ``through_root``: ``path`` as the puppet sees it, not procsnap."""
+        self.inj.reset_scratch()
+        where = f"/proc/{self.pid}/root{path}" if through_root and path.startswith("/") else path
+        try:
+            mine = os.open(where, flags | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                               f"{exc.strerror}") from None
+        try:
+            fd = self._recv_fd(mine)
+        finally:
+            os.close(mine)
+        if not self.open_cloexec:
+            self.inj.call("fcntl", fd, C.F_SETFD, 0)  # as openat without O_CLOEXEC
+        if check is not None:
+            check(fd)
+        return fd
+
     def grab_fd(self, src_pid: int, src_fd: int) -> int:
         """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
         file description), in the puppet: pidfd_open + pidfd_getfd."""
         inj = self.inj
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if chan is not None:
+            # inside a new user namespace a puppet may not pidfd_getfd from
+            # us, nor from a puppet whose credentials are restored already
+            # (no longer dumpable, its mm of the host's user namespace):
+            # procsnap takes the fd and sends it
+            if src_pid == os.getpid():
+                return self._recv_fd(src_fd)
+            from .kernel.libc import pidfd_getfd
+            mine = pidfd_getfd(src_pid, src_fd)
+            try:
+                return self._recv_fd(mine)
+            finally:
+                os.close(mine)
         pidfd = self.pidfds.get(src_pid)
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
@@ -330,6 +376,33 @@ class RestoreTask:
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
         return inj.call("pidfd_getfd", pidfd, src_fd, 0)
+
+    def _recv_fd(self, fd: int) -> int:
+        """A copy of the restorer's ``fd`` in a puppet inside a new user
+        namespace, which may not pidfd_getfd from the restorer (ptrace
+        access to a task of the host's user namespace): sent over the
+        restorer's socket pair (RestoreContext.fd_channel), whose other
+        end the puppet holds where the pidfd of the restorer would be."""
+        import socket
+
+        assert self._rctx is not None
+        socket.send_fds(self._rctx.fd_channel, [b"f"], [fd])
+        inj = self.inj
+        buf = inj.put(b"\0" * 8, align=8)
+        iov = inj.put(buf.to_bytes(8, "little") + (1).to_bytes(8, "little"), align=8)
+        ctl = inj.put(bytes(24), align=8)       # CMSG_SPACE(sizeof(int))
+        hdr = inj.put(bytes(16) + iov.to_bytes(8, "little") + (1).to_bytes(8, "little")
+                      + ctl.to_bytes(8, "little") + (24).to_bytes(8, "little") + bytes(8),
+                      align=8)
+        try:
+            inj.call("recvmsg", self.pidfds[os.getpid()], hdr, C.MSG_CMSG_CLOEXEC)
+            raw = inj.read_mem(ctl, 24)
+        finally:
+            inj.reset_scratch()
+        level, kind = int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
+        if level != 1 or kind != 1:  # SOL_SOCKET, SCM_RIGHTS
+            raise RestoreError(f"pid {self.pid}: no fd came over the restorer's socket")
+        return int.from_bytes(raw[16:20], "little")
 
     def close_pidfds(self) -> None:
         for fd in self.pidfds.values():
@@ -384,6 +457,13 @@ class RestoreContext:
     # The puppets live under another root: a restored mount namespace has
     # pivoted away from procsnap's (namespaces.mnt).
     puppet_pivoted: bool = False
+    # The root lives in a new user namespace (namespaces.user): a puppet's
+    # clone3 sets every pid level but the host's, which the restorer hints
+    # through ns_last_pid (the kernel may give another).
+    host_pid_unset: bool = False
+    # ... and its puppets take the restorer's fds over this socket
+    # (RestoreTask._recv_fd): the restorer's end, a SOCK_DGRAM socket
+    fd_channel: Any = None
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)

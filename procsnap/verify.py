@@ -1136,7 +1136,10 @@ def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> l
 
 
 def check_creds(f: Found) -> list[str]:
+    from .resources.namespaces import user
+
     out: list[str] = []
+    idmap = user.id_map(f.pid)  # images hold ids as seen inside (namespaces.user)
     for th in f.rt.threads:
         tc = th.core.thread_core
         if not tc.HasField("creds"):
@@ -1149,9 +1152,14 @@ def check_creds(f: Found) -> list[str]:
             w = list(words) + [0, 0]
             return w[0] | (w[1] << 32)
 
-        out += _differ(f"{where}uids", (c.uid, c.euid, c.suid, c.fsuid), st.uids)
-        out += _differ(f"{where}gids", (c.gid, c.egid, c.sgid, c.fsgid), st.gids)
-        out += _differ(f"{where}groups", sorted(c.groups), sorted(st.groups))
+        uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
+        if idmap is not None:
+            uids = tuple(-1 if (v := idmap.uid(x)) is None else v for x in uids)
+            gids = tuple(-1 if (v := idmap.gid(x)) is None else v for x in gids)
+            groups = user.inside_groups(groups, idmap)
+        out += _differ(f"{where}uids", (c.uid, c.euid, c.suid, c.fsuid), uids)
+        out += _differ(f"{where}gids", (c.gid, c.egid, c.sgid, c.fsgid), gids)
+        out += _differ(f"{where}groups", sorted(c.groups), sorted(groups))
         for name, words, got in (("CapInh", c.cap_inh, st.cap_inh),
                                  ("CapPrm", c.cap_prm, st.cap_prm),
                                  ("CapEff", c.cap_eff, st.cap_eff),

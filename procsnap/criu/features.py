@@ -90,7 +90,7 @@ FEATURES: dict[str, Probe] = {
     "timerfd": _ok,                        # timerfds restored with their ticks
     "tun": _no("tun devices are not saved"),
     "tun_ns": _no("tun devices are not saved"),
-    "userns": _no("user namespaces are not saved"),
+    "userns": _ns_file("user"),            # saved and made anew (namespaces.user)
     "fdinfo_lock": _ok,                    # locks and leases saved (resources.file_lock)
     "seccomp_suspend": _ok,                # PTRACE_O_SUSPEND_SECCOMP is used
     "seccomp_filters": _ok,                # filter chains saved (PTRACE_SECCOMP_GET_FILTER)

@@ -788,6 +788,12 @@ def _fstype(rt: "RestoreTask", fd: int) -> str | None:
     if mounts is None or mnt_id not in mounts:
         with open(f"/proc/{rt.pid}/mountinfo") as f:
             mounts = rt._mounts = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
+    if mnt_id is not None and mnt_id not in mounts:
+        # opened by procsnap for a puppet in a new user namespace
+        # (RestoreTask.open_in_puppet): a mount of procsnap's namespace
+        with open("/proc/self/mountinfo") as f:
+            mine = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
+        return mine.get(mnt_id, "fuse")
     return None if mnt_id is None else mounts.get(mnt_id, "fuse")
 
 
