@@ -563,6 +563,8 @@ def hand_over(rctx: "RestoreContext", rt: "RestoreTask", sk: socket.socket, flag
     description, kept open by the restorer until the end (a peer may still
     connect to it), and taken by the puppet with pidfd_getfd."""
     fd = sk.detach()
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ACCMODE)
+    # O_ASYNC is set by the task itself (fown.restore_task): SIGIO's si_fd
+    # is the fd number of whoever set it
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ACCMODE & ~os.O_ASYNC)
     rctx.own_fds.append(fd)
     return rt.grab_fd(os.getpid(), fd)

@@ -710,7 +710,8 @@ def _finish_one(rctx: "RestoreContext", st: _Rst, ue: Any, sk: socket.socket) ->
     sockets.restore_opts(sk, ue.opts, _label(ue))
     fd = sk.detach()
     # status flags belong to the open file description the puppet takes
-    fcntl.fcntl(fd, fcntl.F_SETFL, ue.flags & ~os.O_ACCMODE)
+    # (O_ASYNC but: the task sets it itself, fown.restore_task)
+    fcntl.fcntl(fd, fcntl.F_SETFL, ue.flags & ~os.O_ACCMODE & ~os.O_ASYNC)
     rctx.own_fds.append(fd)
     st.made[ue.ino] = fd
 
