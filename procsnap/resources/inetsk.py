@@ -26,7 +26,11 @@ ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING (tcp.py,
 TCP_REPAIR and the FIN replay) and SYN_SENT (its SYN sent again from the
 same initial sequence number), a connection that ended (CLOSE with a
 peer: with --tcp-established its unread data are kept; without, it is
-refused if it has any, else it comes back shut down both ways); UDP bound
+refused if it has any, else it comes back shut down both ways), and one
+that was reset with its error still pending (with --tcp-established:
+its unread data and its error, which tcp.py reads at the dump's commit
+point and recreates with an injected RST; refused with --leave-running,
+where reading it would clear it in the running tree); UDP bound
 or connected, with the datagrams in its receive queue.  Any other state
 (SYN_RECV, TIME_WAIT: never held by an fd) is refused by name.  ``dump --tcp-close`` records every
 connection as closed (shut down both ways), as criu's.
@@ -170,8 +174,11 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     # first, before anything here touches the socket (repair mode, peeking)
     # (a closed socket that had a peer counts as connected: the kernel set
     # its MSS and the like from that connection, and they died with it)
-    sockopts.audit(fd.ctx, label, sk, connected=tcp_sk
-                   and state != TCP_LISTEN and peer is not None)
+    # a connection that was reset (CLOSE with a peer) keeps its pending
+    # error (tcp.py reads it at the dump's commit point)
+    reset = sockopts.audit(fd.ctx, label, sk, connected=tcp_sk
+                           and state != TCP_LISTEN and peer is not None,
+                           error_ok=tcp_sk and state == TCP_CLOSE and peer is not None)
     with netns.inside(fd.task.pid):  # its defaults are its namespace's sysctls
         ip_opts = _ip_opts(sk)
     ie = sk_inet_pb2.inet_sk_entry(
@@ -193,7 +200,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         ie.tcp_opts.CopyFrom(sockets.dump_tcp_opts(sk))
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
     if tcp_sk:
-        _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None)
+        _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None, reset)
     elif proto not in REFILLED or sk.type != socket.SOCK_DGRAM:
         # ping and raw sockets take no SO_PEEK_OFF: one peek tells whether
         # anything waits (0 bytes with the queue empty: read shut down)
@@ -217,7 +224,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
 
 
 def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state: int,
-              has_peer: bool) -> None:
+              has_peer: bool, reset: bool = False) -> None:
     opts = fd.ctx.opts
     name = TCP_STATES.get(state, str(state))
     if state == TCP_LISTEN:
@@ -243,6 +250,15 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
         ie.state = TCP_CLOSE
         ie.shutdown = sockets.shutdown_field(sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN)
         return
+    if reset and not opts.tcp_established:
+        raise Unsupported(f"{label}: a reset TCP connection (an error is pending"
+                          + (f", {inq} unread byte(s)" if inq else "") + "); dump with "
+                          "--tcp-established to keep it (or with --tcp-close to have it "
+                          "come back closed, without its error)")
+    if reset and opts.leave_running:
+        raise Unsupported(f"{label}: a reset TCP connection: its pending error can be read "
+                          "only by clearing it (SO_ERROR), so it cannot be saved while the "
+                          "tree runs on (--leave-running)")
     if state == TCP_CLOSE and not opts.tcp_established:
         # a connection that ended (FINs exchanged or reset) but is still
         # open: with nothing left to read it comes back as closed
@@ -263,7 +279,7 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
         raise Unsupported(f"{label} is a TCP connection in the tree's own network namespace, "
                           "which could not be locked (nft missing?); dump with --tcp-close "
                           "to have it come back closed")
-    tcp.dump_established(fd, sk, ie, label)
+    tcp.dump_established(fd, sk, ie, label, reset=reset)
 
 
 def _dgram_shutdown(sk: socket.socket) -> int:
