@@ -559,7 +559,7 @@ def closed_instead(rctx: "RestoreContext") -> None:
     _rst(rctx)
 
 
-def _send_all(sk: socket.socket, data: bytes, what: str) -> None:
+def _send_all(sk: socket.socket, data: bytes | memoryview, what: str) -> None:
     view = memoryview(data)
     chunk = len(view)
     while view:
@@ -607,7 +607,9 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     if state not in CONN_STATES:
         raise RestoreError(f"{what}: TCP state {TCP_STATES.get(state, state)} cannot be "
                            "restored")
-    inq, outq = payload[:tse.inq_len], payload[tse.inq_len:]
+    # views, not copies: megabytes of queue go to the kernel as they are
+    view = memoryview(payload)
+    inq, outq = view[:tse.inq_len], view[tse.inq_len:]
     tcp = socket.IPPROTO_TCP
     # the sequence numbers before the FINs (soccr's libsoccr_set_sk_data_noq)
     inq_seq = tse.inq_seq - (1 if state in RCVQ_FIN else 0)
