@@ -526,6 +526,7 @@ def case_tcpq(work: Path, runs: int, mib: int = 4) -> list[Row]:
         for i in range(runs + 1):     # round 0 warms imports and caches
             t_full = _tcpq_round(work, d, mib)
             t_idle = _tcpq_round(work, d, 0)
+            warm_memory(512)
             _, out = run_child([binary("rawio"), "sockpair", str(2 * mib)])
             base = float(out)
             if i:
@@ -570,12 +571,14 @@ def _tcpq_round(work: Path, d: Path, mib: int) -> float:
             if p.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"tcpq {mib}: {log.read_text()[-300:]}")
             time.sleep(0.005)
+        warm_memory(512)   # as the memory case: fresh pages cost a host fault here
         # (sock_diag's pyroute2 is imported before the clock too: start-up)
         _, _, out_d = run_child_rss(py_api(
             "import procsnap.resources.sockdiag\n"
             f"t = time.monotonic(); dump({pid}, {str(d)!r}, tcp_established=True); "
             "print(time.monotonic() - t)"))
         wait_gone(pid)
+        warm_memory(512)
         _, _, out_r = run_child_rss(py_api(
             f"t = time.monotonic(); restore({str(d)!r}); print(time.monotonic() - t)"))
         return float(out_d) + float(out_r)
