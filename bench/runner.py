@@ -582,6 +582,12 @@ def _tcpq_round(work: Path, d: Path, mib: int) -> float:
         _, _, out_r = run_child_rss(py_api(
             f"t = time.monotonic(); restore({str(d)!r}); print(time.monotonic() - t)"))
         return float(out_d) + float(out_r)
+    except BaseException:
+        # a failed restore keeps the network lock for a retry: not here
+        if (d / "inventory.img").exists():
+            subprocess.run([sys.executable, "-m", "procsnap", "network-unlock", str(d)],
+                           env=child_env(), capture_output=True, cwd=ROOT)
+        raise
     finally:
         if pid:
             kill_ours(pid)
