@@ -444,6 +444,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         if client is not None:
             _close_page_server(ctx, client)
         _write_images(ctx)
+        if not leave_running:
+            for commit in ctx.commits:
+                commit()
         if sync and not leave_running:
             images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
         regfile.dump_done(ctx)  # link remaps now belong to the images

@@ -128,6 +128,11 @@ class DumpContext:
     # complete and the tree is killed (TCP sockets stay in repair mode and
     # the network lock stays), False when the tree runs on.
     cleanups: list[Callable[[bool], None]] = field(default_factory=list)
+    # Run once every image is written, before the tree is killed (never
+    # with --leave-running): state that reading destroys (a socket's
+    # pending error) is read only here, where nothing of the dump itself
+    # is left to fail; each may write images of its own.
+    commits: list[Callable[[], None]] = field(default_factory=list)
     # the tree's own network namespace is locked as a whole (resources.tcp)
     netns_locked: bool = False
     _next_id: int = 1
