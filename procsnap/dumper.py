@@ -375,6 +375,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         _freeze(ctx, pid)
         t_frozen = time.monotonic()
         ctx.stats["freeze"] = t_frozen - t
+        ctx.set_fs_views()  # where each task's names are found from here
         if net_scripts:
             net_locked = True
             status = _action(ctx, "network-lock")
@@ -565,6 +566,7 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
         _freeze(ctx, pid)
         t_frozen = time.monotonic()
         ctx.stats["freeze"] = t_frozen - t
+        ctx.set_fs_views()  # where each task's names are found from here
         for task in ctx.tasks:
             task.stat = task.proc.stat()
             if task.zombie:

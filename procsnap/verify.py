@@ -1303,7 +1303,10 @@ def check_fs(f: Found) -> list[str]:
             try:
                 # The path as the task sees it: a tree restored in a mount
                 # namespace of its own (a container) names files in its root.
-                want = os.stat(_in_root(f.pid, path))
+                # Through the namespace's root, not the task's own (a
+                # chrooted task's names start at the namespace's root too).
+                want = os.stat(rctx.tree_path(path) if rctx.tree_root_fd is not None
+                               else _in_root(f.pid, path))
                 idents[fid] = (want.st_dev, want.st_ino)
             except OSError:
                 idents[fid] = None

@@ -47,7 +47,10 @@ mount's root with the tree.  Once the tree is built, every mount's root
 its image (``check_roots``): a root that differs is a restore error naming
 the mount and both roots, never a silent change of what the tree sees.  After
 the pivot, procsnap's own files (pages images, restorer fds) are opened by
-procsnap and handed to the puppet (``RestoreTask.open_in_puppet``).
+procsnap and handed to the puppet (``RestoreTask.open_in_puppet``), and
+the tree's own names that procsnap makes or opens (ghost files, FIFOs, unix
+socket files) are reached through an fd on the new root
+(``RestoreContext.tree_path``, ``in_tree_root``).
 """
 from __future__ import annotations
 
@@ -544,6 +547,10 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         y.call("pivot_root", ".", ".", what="pivot_root")
         y.call("umount2", ".", MNT_DETACH, what="detach the old root")
         y.call("chdir", "/", what="/")
+        # procsnap's handle on the tree's names (RestoreContext.tree_path):
+        # the puppet's root now, before any task chroots
+        rctx.tree_root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        rctx.own_fds.append(rctx.tree_root_fd)
         _propagation(y, steps)  # through the mounts' fds, valid after the pivot
         for fd in y.fds.values():
             inj.call("close", fd)
