@@ -568,7 +568,9 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
-    rt.pidfds = dict(parent.pidfds)  # inherited: only the restorer's, at this point
+    # inherited: only the restorer's, at this point; one table shared
+    # (CLONE_FILES) is one set of pidfds, closed once
+    rt.pidfds = parent.pidfds if rt.shares_files else dict(parent.pidfds)
     _set_session(rt)
 
 
