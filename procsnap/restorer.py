@@ -506,8 +506,14 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any,
             inj.call("close_range", low, fd - 1, 0)
         low = fd + 1
     inj.call("close_range", low, 0xFFFFFFFF, 0)
+
+
+def _root_terminals(rctx: RestoreContext, rt: RestoreTask) -> None:
+    """The root's pty pairs and session, once its namespaces are made (a
+    tree with a mount namespace of its own has its own devpts: the pairs
+    are made in it) and before any fork: every task inherits them."""
     from .resources import tty as ttys
-    ttys.prepare_root(rctx, rt)  # pty pairs, before any fork: every task inherits them
+    ttys.prepare_root(rctx, rt)
     _set_session(rt)
 
 
@@ -793,6 +799,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
+        _root_terminals(rctx, root)
         if namespaces.new_kinds(rctx):
             # criu's stages around a new root's namespaces: the caller (a
             # container runtime) configures them, e.g. the network of an

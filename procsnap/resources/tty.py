@@ -159,8 +159,11 @@ def _tty_nr_dev(tty_nr: int) -> tuple[int, int]:
     return (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
 
 
-def _devpts_dev() -> int:
-    return os.stat("/dev/pts/ptmx").st_dev
+def _devpts_dev(prefix: str = "") -> int:
+    """The devpts instance on /dev/pts as the tree sees it (``prefix``:
+    regfile.name_prefix: a tree in its own mount namespace has its own,
+    as zdtm.py's ns flavour and containers mount one)."""
+    return os.stat(prefix + "/dev/pts/ptmx").st_dev
 
 
 def _polled(fd: int) -> int:
@@ -345,14 +348,14 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     state.copies.append(copy)
     if master:
         index = _ioctl_int(copy, C.TIOCGPTN)
-        if (fd.st.st_dev, fd.st.st_ino) not in _ptmx_nodes():
+        if (fd.st.st_dev, fd.st.st_ino) not in _ptmx_nodes(regfile.name_prefix(task)):
             raise Unsupported(f"{where}: a pty master of another devpts instance; only "
-                              "/dev/ptmx and /dev/pts/ptmx of the dumper's /dev are supported")
+                              "/dev/ptmx and /dev/pts/ptmx of the task's /dev are supported")
     else:
         index = _index_of(rdev)
-        if fd.st.st_dev != _devpts_dev():
+        if fd.st.st_dev != _devpts_dev(regfile.name_prefix(task)):
             raise Unsupported(f"{where}: a pts of another devpts instance; only the one "
-                              "mounted on /dev/pts is supported")
+                              "mounted on the task's /dev/pts is supported")
     pair = state.pairs.setdefault(index, _Pair(index))
     side = pair.master if master else pair.slave
     if side is None:
@@ -374,12 +377,13 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     return _file_entry(fid, side.info_id, flags)
 
 
-def _ptmx_nodes() -> set[tuple[int, int]]:
-    """(dev, ino) of the ptmx nodes that open a pty of /dev/pts."""
+def _ptmx_nodes(prefix: str = "") -> set[tuple[int, int]]:
+    """(dev, ino) of the ptmx nodes that open a pty of /dev/pts (as the
+    tree sees them: ``prefix`` as for _devpts_dev)."""
     out = set()
     for path in ("/dev/ptmx", "/dev/pts/ptmx"):
         try:
-            st = os.stat(path)
+            st = os.stat(prefix + path)
         except OSError:
             continue
         out.add((st.st_dev, st.st_ino))
@@ -398,7 +402,7 @@ def _outside_holders(ctx: "DumpContext", pairs: dict[int, _Pair]) -> dict[int, t
     """index -> (pid, fd) of a process outside the tree holding either end
     of a pty of the tree: restored apart, it would lose its terminal."""
     ours = {t.pid for t in ctx.tasks} | {os.getpid()}
-    devpts = _devpts_dev()
+    devpts = _devpts_dev(regfile.name_prefix(ctx.tasks[0]))
     found: dict[int, tuple[int, int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in ours:
@@ -427,8 +431,10 @@ def _outside_holders(ctx: "DumpContext", pairs: dict[int, _Pair]) -> dict[int, t
                     continue
                 index = int(line.split()[1])
                 pair = pairs.get(index)
-                # the same master (a devpts index is unique per instance)
-                if pair is None or pair.master is None or pair.master.st.st_ino != st.st_ino:
+                # the same master (a devpts index is unique per instance;
+                # every instance's ptmx is its inode 2)
+                if pair is None or pair.master is None or \
+                        (pair.master.st.st_dev, pair.master.st.st_ino) != (st.st_dev, st.st_ino):
                     continue
             else:
                 continue

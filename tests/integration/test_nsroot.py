@@ -1,12 +1,13 @@
 """A tree under a root of its own (zdtm.py's ns flavour): pid 1 of new pid
 and mount namespaces, pivoted into a directory, so the names it holds --
 a deleted file, an O_TMPFILE file, a FIFO, unix sockets bound to a deleted
-and to a relative name, a removed cwd, a chrooted child -- are not
-procsnap's names.  Dumped, and restored with --root DIR: procsnap makes
-ghosts, opens FIFOs and binds sockets under the tree's root (never under
-its own /), and looks a chrooted task's names up from the namespace's
-root.  And a tree in a pid namespace of its own whose tasks share an fd
-table (CLONE_FILES): the table holds one pidfd of the restorer, closed once.
+and to a relative name, a removed cwd, a chrooted child, a pty of its own
+devpts -- are not procsnap's names.  Dumped, and restored with --root DIR:
+procsnap makes ghosts, opens FIFOs and binds sockets under the tree's root
+(never under its own /), makes the pty pair in the tree's devpts, and
+looks a chrooted task's names up from the namespace's root.  And a tree
+in a pid namespace of its own whose tasks share an fd table (CLONE_FILES):
+the table holds one pidfd of the restorer, closed once.
 """
 from __future__ import annotations
 

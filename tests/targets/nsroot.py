@@ -18,6 +18,8 @@ tree's own, under DIR on the host) it holds:
   was deleted; a datagram socket bound to the relative name "rel.sock" in
   /box/rel;
 - its cwd in /box/gone, removed while it sits there;
+- a pty pair of its own devpts instance (on its /dev/pts), with bytes
+  written to the master queued for the slave;
 - a child chrooted into /box/jail (chdir there, chroot ".").
 
 Every ~50 ms it writes the next number to /box/numbers.  Prints "ready"
@@ -33,10 +35,12 @@ import stat
 import subprocess
 import sys
 import time
+import tty
 
 GHOST = b"the contents of a deleted file\n" * 50
 TMPFILE = b"an O_TMPFILE file, never named\n" * 20
 QUEUED = b"bytes queued in the FIFO"
+PTY_INPUT = b"typed into the pty"
 O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 
 
@@ -46,7 +50,7 @@ def say(line: str) -> None:
 
 def setup(d: str) -> None:
     """pid 1 of the new namespaces: DIR becomes its root."""
-    for sub in ("usr", "proc", "box", "old"):
+    for sub in ("usr", "proc", "box", "old", "dev/pts"):
         os.makedirs(f"{d}/{sub}", exist_ok=True)
     for link in ("bin", "lib", "lib64", "sbin"):
         if not os.path.lexists(f"{d}/{link}"):
@@ -74,6 +78,12 @@ def setup(d: str) -> None:
     os.rmdir("/old")
     if libc.mount(b"proc", b"/proc", b"proc", 0, None) != 0:
         raise OSError(ctypes.get_errno(), "mount /proc")
+    # a devpts of its own, as a container's (and zdtm's ns root) has
+    if libc.mount(b"devpts", b"/dev/pts", b"devpts", 0,
+                  b"newinstance,ptmxmode=0666,mode=0620") != 0:
+        raise OSError(ctypes.get_errno(), "mount /dev/pts")
+    if not os.path.lexists("/dev/ptmx"):
+        os.symlink("pts/ptmx", "/dev/ptmx")
     os.environ["NSROOT_STAGE"] = "run"
     os.execv("/usr/bin/python3", ["/usr/bin/python3", "/box/nsroot.py"])
 
@@ -106,6 +116,10 @@ def run() -> int:
     rel.bind("rel.sock")
     os.chdir("/box/gone")
     os.rmdir("/box/gone")
+    master, slave = os.openpty()  # through its /dev/ptmx: its own devpts
+    tty.setraw(slave)
+    os.write(master, PTY_INPUT)
+    pty_name = os.ttyname(slave)
     kid = os.fork()
     if kid == 0:
         child_in_jail()
@@ -154,6 +168,16 @@ def run() -> int:
             fails.append("the relative socket received something else")
     except OSError as exc:
         fails.append(f"the relative socket cannot be reached by its file: {exc}")
+    if os.ttyname(slave) != pty_name or \
+            os.fstat(slave).st_dev != os.stat("/dev/pts/ptmx").st_dev:
+        fails.append(f"the pty is {os.ttyname(slave)} (was {pty_name}), not of its devpts")
+    os.set_blocking(slave, False)
+    try:
+        got = os.read(slave, 100)
+    except BlockingIOError:
+        got = b""
+    if got != PTY_INPUT:
+        fails.append(f"the pty's slave reads {got!r}")
     if os.readlink("/proc/self/cwd") != "/box/gone (deleted)":
         fails.append(f"cwd is {os.readlink('/proc/self/cwd')!r}")
     for what, want in (("root", "/box/jail"), ("cwd", "/box/jail")):
