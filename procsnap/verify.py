@@ -100,7 +100,8 @@ image's value, and nothing moves it while the task is stopped):
   the image is accepted when the task has a zombie child in the image:
   that child was let go to exit before its parent was built, and its
   SIGCHLD may land after the parent's queue was drained.  So is the signal
-  of an armed POSIX timer: it may fire between its arming and the check.
+  of an armed POSIX or interval timer: it may fire between its arming and
+  the check.
 - fs: cwd and root (same file as the image's path, by device and inode)
   and umask.
 
@@ -115,6 +116,7 @@ import fcntl
 import logging
 import os
 import socket
+import signal
 import struct
 import stat as st_mod
 import time
@@ -1246,11 +1248,17 @@ def check_signals(f: Found) -> list[str]:
     slack = (1 << (SIGCHLD - 1)) if zombie_child else 0
     # An armed POSIX timer may fire between its arming and this check: its
     # signal, pending beyond the image, is the timer going on, not a loss.
+    # So may an armed interval timer (setitimer: zdtm timers arms one to
+    # fire 100 us ahead): its SIGALRM, SIGVTALRM or SIGPROF.
     timer_sigs = 0
     if tc.HasField("timers"):
         for pt in tc.timers.posix:
             if pt.si_signo and (pt.vsec or pt.vnsec or pt.isec or pt.insec):
                 timer_sigs |= 1 << (pt.si_signo - 1)
+        for it, signo in ((tc.timers.real, signal.SIGALRM), (tc.timers.virt, signal.SIGVTALRM),
+                          (tc.timers.prof, signal.SIGPROF)):
+            if it.vsec or it.vusec:
+                timer_sigs |= 1 << (signo - 1)
 
     def queued(q: Any) -> int:
         m = 0
