@@ -730,7 +730,9 @@ def _write_images(ctx: DumpContext) -> None:
     images.write_one(d, "inventory", inv)
     # A tree in a pid namespace of its own is written as CRIU writes it:
     # the pids inside (pstree and the per-task image names; images.pidview)
-    entries, inside = pidview.to_inside([t.pstree for t in ctx.tasks])
+    from .resources import core as core_kind
+    entries, inside = pidview.to_inside([t.pstree for t in ctx.tasks],
+                                        ctx.kind_state.get(core_kind.GONE_GROUPS))
     track("pstree", None)
     images.write_image(d, "pstree", entries)
     for task in ctx.tasks:

@@ -597,7 +597,7 @@ def _spawn_helper(rctx: RestoreContext, rt: RestoreTask, pid: int,
         regs.rax, regs.rdi = C.NR["exit_group"], 0
         ptrace.set_regs(pid, regs)
         inj.detach()
-        rt.inj.call("wait4", pid, 0, C.WALL, 0)
+        rt.inj.call("wait4", rctx.vpid(pid, rt.pid), 0, C.WALL, 0)  # as its parent names it
 
     return inj, end
 
@@ -619,11 +619,38 @@ def _group_helpers(rctx: RestoreContext) -> None:
         if pgid == root.pstree.pgid:
             continue  # the shell's group (--shell-job), inherited
         if rctx.nspids:
-            raise ImageError(rt.image_name("core"), f"pid {rt.pid}: process group {pgid} has "
-                             "no leader in the tree, in a pid namespace of its own")
+            pgid = _inside_group(rctx, rt, pgid)
+            if pgid in rctx.group_helpers:
+                continue
         inj, end = _spawn_helper(rctx, rt, pgid, "process group leader (helper)")
         rctx.group_helpers[pgid] = (rt, end)
         inj.call("setpgid", 0, 0)
+
+
+def _inside_helper(rctx: RestoreContext, rt: RestoreTask, inner: int, what: str) -> int:
+    """A helper task forked by ``rt`` in the tree's own pid namespace with
+    pid ``inner`` there (the images name it so): it gets a free host pid,
+    returned; the restore works with host pids."""
+    levels = rctx.nspids.get(rt.pid) or []
+    if len(levels) != 2 or rctx.nspids.get(rctx.tasks[0].pid, [])[:1] != [1]:
+        raise ImageError(rt.image_name("core"), f"pid {rt.pid}: {what} {inner}, in a pid "
+                         "namespace nested in the tree's own")
+    host = _free_pids(1, rctx.all_ids() | set(rctx.nspids))[0]
+    rctx.nspids[host] = [inner, host]
+    return host
+
+
+def _inside_group(rctx: RestoreContext, rt: RestoreTask, inner: int) -> int:
+    """A group whose leader is gone, in the tree's own pid namespace: the
+    images name it by its pid inside (pidview; no task maps it out).  Its
+    helper gets that pid inside and a free host pid; the members' pgid
+    becomes the host pid, as every pid the restore works with."""
+    host = _inside_helper(rctx, rt, inner, "process group with no leader in the tree")
+    rctx.inside_pids[inner] = host
+    for t in rctx.tasks:
+        if t.pstree.pgid == inner:
+            t.pstree.pgid = host
+    return host
 
 
 def _end_helpers(rctx: RestoreContext) -> None:
@@ -769,7 +796,12 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     current.clear()
     _action(rctx, "pre-restore")
     _collect(rctx)
-    rctx.spawn_helper = lambda rt, pid: _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
+    def proc_helper(rt: RestoreTask, pid: int) -> Callable[[], None]:
+        if rctx.nspids:
+            # /proc/N of the tree's own /proc: N inside its pid namespace
+            pid = _inside_helper(rctx, rt, pid, "helper for /proc")
+        return _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
+    rctx.spawn_helper = proc_helper
     rctx.stats["collect"] = time.monotonic() - t0
     from .resources import cgroup
     cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one

@@ -1298,7 +1298,8 @@ def check_fs(f: Found) -> list[str]:
         if dead is not None:
             # /proc/N of a process gone: the name, unhashed again (helper reaped)
             want_link = entry.reg.name + " (deleted)"
-            if f.link(what) != want_link or os.path.exists(f"/proc/{dead}"):
+            # (N as the tree's /proc names it: through its root, when its own)
+            if f.link(what) != want_link or os.path.exists(rctx.tree_path(f"/proc/{dead}")):
                 out.append(f"{what}: {want_link!r} with pid {dead} gone expected, "
                            f"{f.link(what)!r} found")
             continue

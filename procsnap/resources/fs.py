@@ -56,9 +56,12 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     if dead is not None:
         # /proc/N of a process that was gone: a helper with pid N lives
         # for the chdir, then dies and is reaped (as CRIU's TASK_HELPER).
-        if rctx.nspids:
+        if rctx.nspids and not rctx.puppet_pivoted:
+            # the host's /proc: N is a host pid, and a helper cannot be
+            # given a host pid without one inside, which is not known
             raise ImageError(rt.image_name("fs"), f"pid {rt.pid}: cwd {cwd} of a dead "
-                             "process in a pid namespace of the tree's own")
+                             "process, in the host's /proc, for a tree in a pid namespace "
+                             "of its own")
         assert rctx.spawn_helper is not None
         end = rctx.spawn_helper(rt, dead)
         try:

@@ -295,10 +295,12 @@ def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
     return orig, False, found[orig]
 
 
-def _dead_pid_dir(name: str, mount_point: str) -> int | None:
-    """N if ``name`` is <proc mount>/N (N a pid no process has now), else None."""
+def _dead_pid_dir(name: str, mount_point: str, prefix: str = "") -> int | None:
+    """N if ``name`` is <proc mount>/N (N a pid no process has now), else
+    None.  ``prefix``: where the task's names are found from here
+    (name_prefix): its /proc may show another pid namespace than ours."""
     rel = os.path.relpath(name, mount_point)
-    if not rel.isdigit() or os.path.exists(os.path.join(mount_point, rel)):
+    if not rel.isdigit() or os.path.exists(prefix + os.path.join(mount_point, rel)):
         return None
     return int(rel)
 
@@ -346,7 +348,7 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
     if same:
         return entry(name)
     if fstype == "proc" and ctx is not None and what == "cwd" and mnt is not None:
-        dead = _dead_pid_dir(name, mnt.mount_point)
+        dead = _dead_pid_dir(name, mnt.mount_point, name_prefix(task))
         if dead is not None:
             # tree2: a cwd in the /proc directory of a process that is gone
             # (zdtm unhashed_proc): as CRIU's REMAP_TYPE_PROCFS, remap_id is

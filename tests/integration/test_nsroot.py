@@ -7,7 +7,9 @@ procsnap makes ghosts, opens FIFOs and binds sockets under the tree's root
 (never under its own /), makes the pty pair in the tree's devpts, and
 looks a chrooted task's names up from the namespace's root.  And a tree
 in a pid namespace of its own whose tasks share an fd table (CLONE_FILES):
-the table holds one pidfd of the restorer, closed once.
+the table holds one pidfd of the restorer, closed once.  And helper tasks
+(a process group whose leader is gone, a cwd in /proc/N of a dead
+process) made in the tree's own pid namespace with their pid there.
 """
 from __future__ import annotations
 
@@ -103,4 +105,36 @@ def test_fd_table_shared_in_a_pid_namespace(targets: TargetFactory, images_dir: 
     assert libc.syscall(312, t.pid, child, 2, 0, 0) == 0, "the fd table is no longer shared"
     last = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, last + 3))
+    assert t.verdict() == "PASS", t.output()
+
+
+def _cycle(targets: TargetFactory, t: Target, images: Path, *restore_opts: str) -> None:
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
+    reap()
+    check_ok(run_procsnap("restore", "-D", images, "-d", *restore_opts))
+    targets.adopt(t.pid, like=t)
+    assert read_status(t.pid)["NSpid"].split()[-1] == "1"
+
+
+def test_group_of_a_reaped_leader_in_a_pid_namespace(targets: TargetFactory,
+                                                     images_dir: Path) -> None:
+    """zdtm zombie01 under -f ns: the group's leader is gone; its helper is
+    made with the leader's pid inside the namespace (the member's NSpgid),
+    a free one outside.  It was refused at dump."""
+    t = start_under(targets, ["unshare", "-fp", "setsid"], "reaped_leader")
+    t.wait_line(r"^tree ")  # (its pids inside: the target checks them itself)
+    _cycle(targets, t, images_dir)
+    assert t.verdict() == "PASS", t.output()
+
+
+def test_cwd_in_the_proc_dir_of_a_dead_process_in_a_pid_namespace(
+        targets: TargetFactory, images_dir: Path) -> None:
+    """zdtm unhashed_proc under -f ns: the cwd is /proc/N of the tree's own
+    /proc, N a pid inside; the helper for the chdir gets N there."""
+    t = start_under(targets, ["unshare", "-fp", "--mount-proc", "-m", "--propagation",
+                              "private", "setsid"], "proc_cwd")
+    dead = int(t.wait_line(r"^dead ").split()[1])
+    _cycle(targets, t, images_dir, "--root", "/")
+    assert os.readlink(f"/proc/{t.pid}/cwd") == f"/proc/{dead} (deleted)"
     assert t.verdict() == "PASS", t.output()
