@@ -867,7 +867,9 @@ def _make_to_extern(rctx: "RestoreContext", st: _Rst, ue: Any, peer: Any) -> int
     _bind(st, sk, ue)
     sockets.prepare(sk)
     try:
-        sk.connect(bytes(peer.name))
+        # the name as the tree sees it: under its root, when it has its own
+        with rctx.in_tree_root():
+            sk.connect(bytes(peer.name))
     except OSError as exc:
         sk.close()
         raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)} outside the "
