@@ -678,6 +678,16 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     its index and state, each open file description of it at an fd number
     no task uses (every task inherits them; files.restore takes its own,
     close_pool drops the rest)."""
+    try:
+        _prepare_root(rctx, rt)
+    finally:
+        # a pty made with the mount tree that no image names: not inherited
+        from .namespaces.mnt import PREMADE_PTYS
+        for fd in rctx.kind_state.pop(PREMADE_PTYS, {}).values():
+            rt.inj.call("close", fd)
+
+
+def _prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = _rstate(rctx)
     if not state.infos:
         return
@@ -777,6 +787,10 @@ def _open_index(rt: "RestoreTask", index: int, junk: list[int],
     """A new master with ``index``: the kernel gives the lowest free index,
     so /dev/ptmx is opened until it is reached (the lower ones are kept in
     ``junk`` meanwhile, as CRIU does)."""
+    from .namespaces.mnt import PREMADE_PTYS
+    premade = rt._rctx.kind_state.get(PREMADE_PTYS, {}) if rt._rctx is not None else {}
+    if index in premade:
+        return int(premade.pop(index))  # made with the mount tree (a pts bound elsewhere)
     while True:
         fd = open_at("/dev/ptmx", os.O_RDWR)
         copy = _puppet_copy(rt, fd)

@@ -4,7 +4,8 @@ a deleted file, an O_TMPFILE file, a FIFO, unix sockets bound to a deleted
 and to a relative name, a removed cwd, a chrooted child, a pty of its own
 devpts -- are not procsnap's names.  Dumped, and restored with --root DIR:
 procsnap makes ghosts, opens FIFOs and binds sockets under the tree's root
-(never under its own /), makes the pty pair in the tree's devpts, and
+(never under its own /), makes the pty pair in the tree's devpts (with
+the mount tree, when its pts is bound elsewhere), and
 looks a chrooted task's names up from the namespace's root.  And a tree
 in a pid namespace of its own whose tasks share an fd table (CLONE_FILES):
 the table holds one pidfd of the restorer, closed once.  And helper tasks
@@ -75,8 +76,9 @@ def test_tree_under_its_own_root(targets: TargetFactory, tmp_path: Path,
     targets.adopt(t.pid, like=t)
     assert t.alive(), describe(res)
     assert not os.path.lexists("/box"), "procsnap made the tree's names in its own root"
-    assert sorted(os.listdir(d / "box")) == ["err", "fifo", "jail", "nsroot.py", "numbers",
-                                             "out", "rel", "sock.d"], "ghost names left"
+    assert sorted(os.listdir(d / "box")) == ["console", "err", "fifo", "jail", "nsroot.py",
+                                             "numbers", "out", "rel", "sock.d"], \
+        "ghost names left"
     assert os.listdir(d / "box" / "sock.d") == []
     assert _ours_left() == []
     last = read_numbers(numbers)[-1]

@@ -19,7 +19,8 @@ tree's own, under DIR on the host) it holds:
   /box/rel;
 - its cwd in /box/gone, removed while it sits there;
 - a pty pair of its own devpts instance (on its /dev/pts), with bytes
-  written to the master queued for the slave;
+  written to the master queued for the slave, its pts bound on
+  /box/console;
 - a child chrooted into /box/jail (chdir there, chroot ".").
 
 Every ~50 ms it writes the next number to /box/numbers.  Prints "ready"
@@ -120,6 +121,11 @@ def run() -> int:
     tty.setraw(slave)
     os.write(master, PTY_INPUT)
     pty_name = os.ttyname(slave)
+    # its pts bound on /box/console, as zdtm pty-console binds /dev/console
+    os.close(os.open("/box/console", os.O_CREAT | os.O_RDONLY, 0o600))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(pty_name.encode(), b"/box/console", None, 4096, None) != 0:  # MS_BIND
+        raise OSError(ctypes.get_errno(), "bind the pts on /box/console")
     kid = os.fork()
     if kid == 0:
         child_in_jail()
@@ -171,6 +177,9 @@ def run() -> int:
     if os.ttyname(slave) != pty_name or \
             os.fstat(slave).st_dev != os.stat("/dev/pts/ptmx").st_dev:
         fails.append(f"the pty is {os.ttyname(slave)} (was {pty_name}), not of its devpts")
+    a, b = os.stat("/box/console"), os.stat(pty_name)
+    if (a.st_dev, a.st_ino, a.st_rdev) != (b.st_dev, b.st_ino, b.st_rdev):
+        fails.append(f"/box/console is not {pty_name} bound")
     os.set_blocking(slave, False)
     try:
         got = os.read(slave, 100)

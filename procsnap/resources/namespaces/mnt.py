@@ -55,6 +55,7 @@ socket files) are reached through an fd on the new root
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 # tarfile imports gzip lazily; its tar helper (_tar_child) runs inside the
 # target's mount namespace, where Python's library may not be: import it now.
@@ -69,7 +70,7 @@ from ...errors import DumpError, ImageError, RestoreError, Unsupported
 from ...images.pb import mnt_pb2
 from ...inject import InjectError
 from ...kernel import consts as C
-from ...kernel.libc import syscall
+from ...kernel.libc import pidfd_getfd, syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
 from .. import cgroup
 
@@ -80,6 +81,9 @@ if TYPE_CHECKING:
 
 NAME = "mnt"
 CLONE_FLAG = C.CLONE_NEWNS
+# RestoreContext.kind_state key: pty index -> master fd in the root puppet,
+# made with the mount tree for a pts bound elsewhere (tty.prepare_root)
+PREMADE_PTYS = "premade-ptys"
 
 # mount(2) flags (include/uapi/linux/mount.h)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -650,6 +654,38 @@ def _ensure(y: _Yard, target: str, is_dir: bool, what: str) -> None:
                            f"{exc.strerror}") from None
 
 
+def _make_pty(rctx: "RestoreContext", y: _Yard, devpts: Any, index: int, what: str) -> None:
+    """A pts bound elsewhere (zdtm pty-console: /dev/pts/0 on /dev/console)
+    exists only while its pty does: the pair with that index is made now in
+    the new devpts, by the puppet, as criu's devpts_restore does; its
+    master is left for the terminals (tty.prepare_root takes it from
+    rctx.kind_state[PREMADE_PTYS]), so the bind and the tree's pty are one."""
+    made: dict[int, int] = rctx.kind_state.setdefault(PREMADE_PTYS, {})
+    if index in made:
+        return
+    ptmx = y.path(devpts) + "/ptmx"
+    junk: list[int] = []
+    try:
+        while True:
+            fd = y.call("openat", C.AT_FDCWD & (2**64 - 1), ptmx,
+                        os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, 0, what=what)
+            copy = pidfd_getfd(y.rt.pid, fd)
+            try:
+                got = int.from_bytes(fcntl.ioctl(copy, C.TIOCGPTN, bytes(4)), "little")
+            finally:
+                os.close(copy)
+            if got == index:
+                made[index] = fd
+                return
+            junk.append(fd)
+            if got > index:
+                raise RestoreError(f"mount namespace: {what}: pty index {index} is taken "
+                                   "in the new devpts")
+    finally:
+        for fd in junk:
+            y.inj.call("close", fd)
+
+
 def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
     e = s.entry
     what = _describe(e)
@@ -663,6 +699,8 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         y.mount(src, target, None, MS_BIND, None, what)
     elif s.how == "bind":
         src = y.path(s.src) + ("/" + s.rel if s.rel else "")
+        if fsname(s.src) == "devpts" and s.rel.isdigit() and not os.path.lexists(y.ours(src)):
+            _make_pty(rctx, y, s.src, int(s.rel), what)
         _ensure(y, target, os.path.isdir(y.ours(src)), what)
         y.mount(src, target, None, MS_BIND, None, what)
     elif s.how in ("fresh", "tmpfs"):
