@@ -5,9 +5,12 @@ a ghost directory, as CRIU does: at restore it is made again under its own
 name (regfile._ghost_path), the task chdirs/chroots into it, and the name
 is removed once the tree is restored, so /proc/PID/cwd reads "DIR
 (deleted)" as before.  A cwd in /proc/N of a process gone (unhashed) is
-entered while a helper task with pid N exists, which then exits.  A cwd outside the task's root (chroot without
-chdir) is kept too: names are the restorer's, the chdir comes before the
-chroot.
+entered while a helper task with pid N exists, which then exits (in the
+tree's own pid namespace, N is its pid there: the tree's own /proc shows
+that namespace).  A cwd outside the task's root (chroot without chdir) is
+kept too: names are the restorer's -- for a tree with a mount namespace
+of its own, that namespace's, from its root (regfile.name_prefix) -- and
+the chdir comes before the chroot.
 """
 from __future__ import annotations
 

@@ -40,8 +40,15 @@ shared with everything outside the tree (as a regular file's contents):
 the fd is reopened by its path (a REG entry, opened O_NOCTTY); a VT in
 VT_PROCESS mode (it signals its owning process on switches) is refused.
 
-Refused, one line naming pid and fd: other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
-instance; a pty one of whose ends is open outside the tree (found by a scan
+A tree with a mount namespace of its own (a container, zdtm.py's ns
+flavour) has its own devpts on its /dev/pts: its ptys are dumped from the
+devpts the tree sees, and made again in the new one once the mount tree is
+built (a pts bound elsewhere, as on /dev/console, is made with the mount
+tree: namespaces.mnt).
+
+Refused, one line naming pid and fd: other terminal drivers (serial,
+legacy BSD ptys); a pts of a devpts instance other than the one on the
+tree's /dev/pts; a pty one of whose ends is open outside the tree (found by a scan
 of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
 whose controlling terminal is outside the tree or which lost the
