@@ -111,10 +111,13 @@ def test_fd_table_shared_in_a_pid_namespace(targets: TargetFactory, images_dir: 
 
 
 def _cycle(targets: TargetFactory, t: Target, images: Path, *restore_opts: str) -> None:
-    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    # a copy of the host's mounts (unshare -m): any a parallel test mounts
+    # meanwhile (lxcfs, /run/netns) is external, found in ours
+    auto = ("--ext-mount-map", "auto") if "--root" in restore_opts else ()
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images, *auto))
     assert wait_gone(t.pid, 10), f"dump left pid {t.pid} alive"
     reap()
-    check_ok(run_procsnap("restore", "-D", images, "-d", *restore_opts))
+    check_ok(run_procsnap("restore", "-D", images, "-d", *restore_opts, *auto))
     targets.adopt(t.pid, like=t)
     assert read_status(t.pid)["NSpid"].split()[-1] == "1"
 
