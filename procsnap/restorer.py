@@ -511,8 +511,14 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any,
             inj.call("close_range", low, fd - 1, 0)
         low = fd + 1
     inj.call("close_range", low, 0xFFFFFFFF, 0)
+
+
+def _root_terminals(rctx: RestoreContext, rt: RestoreTask) -> None:
+    """The root's pty pairs and session, once its namespaces are made (a
+    tree with a mount namespace of its own has its own devpts: the pairs
+    are made in it) and before any fork: every task inherits them."""
     from .resources import tty as ttys
-    ttys.prepare_root(rctx, rt)  # pty pairs, before any fork: every task inherits them
+    ttys.prepare_root(rctx, rt)
     _set_session(rt)
 
 
@@ -648,7 +654,9 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
-    rt.pidfds = dict(parent.pidfds)  # inherited: only the restorer's, at this point
+    # inherited: only the restorer's, at this point; one table shared
+    # (CLONE_FILES) is one set of pidfds, closed once
+    rt.pidfds = parent.pidfds if rt.shares_files else dict(parent.pidfds)
     _set_session(rt)
 
 
@@ -669,7 +677,7 @@ def _spawn_helper(rctx: RestoreContext, rt: RestoreTask, pid: int,
         regs.rax, regs.rdi = C.NR["exit_group"], 0
         ptrace.set_regs(pid, regs)
         inj.detach()
-        rt.inj.call("wait4", pid, 0, C.WALL, 0)
+        rt.inj.call("wait4", rctx.vpid(pid, rt.pid), 0, C.WALL, 0)  # as its parent names it
 
     return inj, end
 
@@ -691,11 +699,38 @@ def _group_helpers(rctx: RestoreContext) -> None:
         if pgid == root.pstree.pgid:
             continue  # the shell's group (--shell-job), inherited
         if rctx.nspids:
-            raise ImageError(rt.image_name("core"), f"pid {rt.pid}: process group {pgid} has "
-                             "no leader in the tree, in a pid namespace of its own")
+            pgid = _inside_group(rctx, rt, pgid)
+            if pgid in rctx.group_helpers:
+                continue
         inj, end = _spawn_helper(rctx, rt, pgid, "process group leader (helper)")
         rctx.group_helpers[pgid] = (rt, end)
         inj.call("setpgid", 0, 0)
+
+
+def _inside_helper(rctx: RestoreContext, rt: RestoreTask, inner: int, what: str) -> int:
+    """A helper task forked by ``rt`` in the tree's own pid namespace with
+    pid ``inner`` there (the images name it so): it gets a free host pid,
+    returned; the restore works with host pids."""
+    levels = rctx.nspids.get(rt.pid) or []
+    if len(levels) != 2 or rctx.nspids.get(rctx.tasks[0].pid, [])[:1] != [1]:
+        raise ImageError(rt.image_name("core"), f"pid {rt.pid}: {what} {inner}, in a pid "
+                         "namespace nested in the tree's own")
+    host = _free_pids(1, rctx.all_ids() | set(rctx.nspids))[0]
+    rctx.nspids[host] = [inner, host]
+    return host
+
+
+def _inside_group(rctx: RestoreContext, rt: RestoreTask, inner: int) -> int:
+    """A group whose leader is gone, in the tree's own pid namespace: the
+    images name it by its pid inside (pidview; no task maps it out).  Its
+    helper gets that pid inside and a free host pid; the members' pgid
+    becomes the host pid, as every pid the restore works with."""
+    host = _inside_helper(rctx, rt, inner, "process group with no leader in the tree")
+    rctx.inside_pids[inner] = host
+    for t in rctx.tasks:
+        if t.pstree.pgid == inner:
+            t.pstree.pgid = host
+    return host
 
 
 def _end_helpers(rctx: RestoreContext) -> None:
@@ -842,7 +877,12 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     current.clear()
     _action(rctx, "pre-restore")
     _collect(rctx)
-    rctx.spawn_helper = lambda rt, pid: _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
+    def proc_helper(rt: RestoreTask, pid: int) -> Callable[[], None]:
+        if rctx.nspids:
+            # /proc/N of the tree's own /proc: N inside its pid namespace
+            pid = _inside_helper(rctx, rt, pid, "helper for /proc")
+        return _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
+    rctx.spawn_helper = proc_helper
     rctx.stats["collect"] = time.monotonic() - t0
     from .resources import cgroup
     cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
@@ -881,6 +921,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
+        _root_terminals(rctx, root)
         if namespaces.new_kinds(rctx):
             # criu's stages around a new root's namespaces: the caller (a
             # container runtime) configures them, e.g. the network of an

@@ -9,9 +9,10 @@ import tree with no circle.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import images
 from .errors import ImageError, RestoreError
@@ -91,6 +92,10 @@ class DumpTask:
     ids: Any = None                   # task_kobj_ids_entry
     pstree: Any = None
     extra_images: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
+    # Where the names readlink gives for this task (fds, cwd, root) are
+    # found from here: "" in our mount namespace, else the root of its
+    # mount namespace (DumpContext.set_fs_views); None: not decided yet.
+    fs_prefix: str | None = None
 
     @property
     def inj(self) -> Injector | None:
@@ -138,6 +143,37 @@ class DumpContext:
     _next_id: int = 1
     _numbers: dict[int, int] = field(default_factory=dict)
 
+    def set_fs_views(self) -> None:
+        """Decide every task's fs_prefix, once the tree is frozen.
+
+        readlink of /proc/PID/fd/N (cwd, root) prints a path from *our*
+        root; for a task in another mount namespace, from that
+        namespace's root -- also for a chrooted task, whose own root
+        (/proc/PID/root) is elsewhere.  So names of a foreign mount
+        namespace are looked up under /proc/P/root of a task P of that
+        namespace whose root is the namespace's root (its root reads "/"
+        from here), as criu does (mntns_get_root_fd).  Without such a
+        task, each task's own root is the best guess left (a name found
+        there is still checked by identity, never trusted)."""
+        ours = _ns_ino("self")
+        roots: dict[int, str] = {}
+        ns_of: dict[int, int | None] = {}
+        for t in self.tasks:
+            ino = ns_of[t.pid] = _ns_ino(str(t.pid))
+            if ino is None or ino == ours or ino in roots:
+                continue
+            try:
+                if os.readlink(f"/proc/{t.pid}/root") == "/":
+                    roots[ino] = f"/proc/{t.pid}/root"
+            except OSError:
+                pass
+        for t in self.tasks:
+            ino = ns_of[t.pid]
+            if ino is None or ino == ours:
+                t.fs_prefix = ""
+            else:
+                t.fs_prefix = roots.get(ino, f"/proc/{t.pid}/root")
+
     def task_number(self, task: "DumpTask") -> int:
         """1, 2, ... in tree order: the ids of ids-PID.img (vm, files, fs, sighand)."""
         if len(self._numbers) != len(self.tasks):
@@ -159,6 +195,13 @@ class DumpContext:
     def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
         """An entry followed by raw bytes (pipe data, queued packets)."""
         self.payload_images.setdefault(kind, []).append((msg, data))
+
+
+def _ns_ino(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 @dataclass
@@ -469,12 +512,55 @@ class RestoreContext:
     # ... and its puppets take the restorer's fds over this socket
     # (RestoreTask._recv_fd): the restorer's end, a SOCK_DGRAM socket
     fd_channel: Any = None
+    # procsnap's O_PATH fd on the root of that restored mount namespace,
+    # opened right after the pivot (the puppets chroot later, the fd stays):
+    # names as the tree sees them are reached through it (tree_path).
+    tree_root_fd: int | None = None
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     # (task, pid) -> a function that ends it: a short-lived helper task
     # with that pid, forked by the task (the restorer sets it)
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
+
+    def tree_path(self, path: str) -> str:
+        """An absolute ``path`` as the restored tree sees it (a ghost file,
+        a FIFO, a socket's directory) as a path procsnap can use: the path
+        itself while the tree shares our mount namespace, else the same
+        path under the restored namespace's root (which our own root does
+        not reach).  /proc/OUR PID rather than /proc/self: a journal line
+        with it (tmpnames) names nothing once we are gone."""
+        if self.tree_root_fd is None:
+            return path
+        if not path.startswith("/"):
+            path = "/" + path
+        return f"/proc/{os.getpid()}/fd/{self.tree_root_fd}{path}"
+
+    @contextlib.contextmanager
+    def in_tree_root(self) -> Iterator[None]:
+        """procsnap's root and cwd are the restored tree's root for a
+        moment: for what must be done under a name as the tree sees it, by
+        procsnap itself (a unix socket is bound to exactly the string
+        given to bind(), so the string must be the tree's own name).  No
+        /proc/self or images path works inside; both are put back, also
+        on error.  One thread: procsnap runs no other."""
+        if self.tree_root_fd is None:
+            yield
+            return
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fchdir(self.tree_root_fd)
+            os.chroot(".")
+            try:
+                yield
+            finally:
+                os.fchdir(root)
+                os.chroot(".")
+                os.fchdir(cwd)
+        finally:
+            os.close(root)
+            os.close(cwd)
 
     def host_pid(self, pid: int) -> int:
         """A dumped outside pid as the restored task's host pid."""

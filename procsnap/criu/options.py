@@ -182,7 +182,9 @@ TABLE: list[Opt] = [
              "mqueue, cgroup, tracefs, tmpfs with its files...); a mount of another kind "
              "(hugetlbfs...) that is not external refuses the dump, naming it"),
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
-    Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
+    Opt("mntns-compat-mode", boolean=True, how=ACCEPT,
+        note="criu's choice between its two mount engines, which build the same tree; "
+             "procsnap has one (namespaces.mnt), used with or without it"),
     Opt("join-ns", "J", REQ, multi=True, metavar="net:PID|NS_FILE",
         help="restore: the tree joins that network namespace instead of a new one (its "
              "contents stay as they are; the network lock the dump set in it goes once "

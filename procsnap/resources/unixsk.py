@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
 from ..kernel.libc import pidfd_getfd
-from . import anonfd, fdaudit, sockets, sockopts
+from . import anonfd, fdaudit, regfile, sockets, sockopts
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -219,9 +219,10 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
         bound_in = _bound_dir(fd, d, name)
         if bound_in is not None and bound_in != cwd:
             # the task changed directory since it bound the name: the
-            # socket's own file says where (CRIU's SIOCUNIXFILE)
+            # socket's own file says where (CRIU's SIOCUNIXFILE); the path
+            # read from here is found from here as names are (name_prefix)
             cwd = bound_in
-            where = f"/proc/{pid}/root{cwd.rstrip('/')}/{name}"
+            where = f"{regfile.name_prefix(fd.task)}{cwd.rstrip('/')}/{name}"
         else:
             where = f"/proc/{pid}/cwd/{name}"
         ue.name_dir = cwd
@@ -249,12 +250,14 @@ SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd of the socket's bound f
 def _bound_dir(fd: "FdCtx", d: sockets.UnixDiag, name: str) -> str | None:
     """The directory a relative name was bound in, from the socket's own
     file (SIOCUNIXFILE opens the dentry it was bound to, deleted or not):
-    its path less the name.  Only for a task with our root in our mount
-    namespace (the path is read from here); None when unknown."""
+    its path less the name.  The path is read from here: from our root in
+    our mount namespace, from its root in another (as every name of the
+    task, regfile.name_prefix); so not for a task chrooted in ours, whose
+    names are not ours.  None when unknown."""
     pid = fd.task.pid
     try:
-        if os.stat(f"/proc/{pid}/root") != os.stat("/") or \
-                os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt") and \
+                os.stat(f"/proc/{pid}/root") != os.stat("/"):
             return None
         sk = sockets.copy_of(fd)
         h = fcntl.ioctl(sk.fileno(), SIOCUNIXFILE)
@@ -506,6 +509,8 @@ class _Rst:
     made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
     filling: set[int] = field(default_factory=set)      # inos whose queue is being filled
     ghosts: dict[int, int] = field(default_factory=dict)  # ino -> O_PATH fd of its file
+    # ino -> O_PATH fd of its named file, for a tree under its own root
+    named: dict[int, int] = field(default_factory=dict)
     own: list[int] = field(default_factory=list)  # the restorer's fds, closed at its end
     rctx: Any = None
     cur_rt: Any = None      # the task whose fd is being opened: files in flight open there
@@ -590,7 +595,9 @@ def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
     if addr[:1] == b"\0":
         _bind_at(sk, ue, addr)
         return
-    with _in_name_dir(ue):
+    # bound by procsnap, under the tree's root: the socket's address is
+    # the very string given to bind(), the tree's own name
+    with st.rctx.in_tree_root(), _in_name_dir(ue):
         if ue.deleted:
             _bind_ghost(st, sk, ue, addr)
             return
@@ -662,7 +669,22 @@ def _target(st: _Rst, ue: Any) -> bytes:
     fd = st.ghosts.get(ue.ino)
     if fd is not None:
         return b"/proc/self/fd/%d" % fd
-    return _address(ue)
+    addr = _address(ue)
+    rctx = st.rctx
+    if rctx is None or rctx.tree_root_fd is None or not addr.startswith(b"/"):
+        return addr
+    # the tree's name, which our root does not reach: its file through an
+    # O_PATH fd (tree_path itself could pass sun_path's 108 bytes)
+    fd = st.named.get(ue.ino)
+    if fd is None:
+        try:
+            fd = os.open(rctx.tree_path(os.fsdecode(addr)), os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: cannot find its file to reach it: "
+                               f"{exc.strerror}") from None
+        st.named[ue.ino] = fd
+        st.own.append(fd)
+    return b"/proc/self/fd/%d" % fd
 
 
 def _alive(addr: bytes, typ: int) -> bool:
@@ -985,7 +1007,9 @@ def _make_to_extern(rctx: "RestoreContext", st: _Rst, ue: Any, peer: Any) -> int
     _bind(st, sk, ue)
     sockets.prepare(sk)
     try:
-        sk.connect(bytes(peer.name))
+        # the name as the tree sees it: under its root, when it has its own
+        with rctx.in_tree_root():
+            sk.connect(bytes(peer.name))
     except OSError as exc:
         sk.close()
         raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)} outside the "

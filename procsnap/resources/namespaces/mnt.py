@@ -47,7 +47,10 @@ mount's root with the tree.  Once the tree is built, every mount's root
 its image (``check_roots``): a root that differs is a restore error naming
 the mount and both roots, never a silent change of what the tree sees.  After
 the pivot, procsnap's own files (pages images, restorer fds) are opened by
-procsnap and handed to the puppet (``RestoreTask.open_in_puppet``).
+procsnap and handed to the puppet (``RestoreTask.open_in_puppet``), and
+the tree's own names that procsnap makes or opens (ghost files, FIFOs, unix
+socket files) are reached through an fd on the new root
+(``RestoreContext.tree_path``, ``in_tree_root``).
 """
 from __future__ import annotations
 
@@ -67,7 +70,7 @@ from ...errors import DumpError, ImageError, RestoreError, Unsupported
 from ...images.pb import mnt_pb2
 from ...inject import InjectError
 from ...kernel import consts as C
-from ...kernel.libc import syscall
+from ...kernel.libc import pidfd_getfd, syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
 from .. import cgroup
 
@@ -78,7 +81,6 @@ if TYPE_CHECKING:
 
 NAME = "mnt"
 CLONE_FLAG = C.CLONE_NEWNS
-
 # mount(2) flags (include/uapi/linux/mount.h)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_SYNCHRONOUS, MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC, MS_NOSYMFOLLOW = 16, 32, 64, 128, 256
@@ -567,6 +569,10 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         y.call("pivot_root", ".", ".", what="pivot_root")
         y.call("umount2", ".", MNT_DETACH, what="detach the old root")
         y.call("chdir", "/", what="/")
+        # procsnap's handle on the tree's names (RestoreContext.tree_path):
+        # the puppet's root now, before any task chroots
+        rctx.tree_root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        rctx.own_fds.append(rctx.tree_root_fd)
         _propagation(y, steps)  # through the mounts' fds, valid after the pivot
         for fd in y.fds.values():
             inj.call("close", fd)
@@ -666,7 +672,11 @@ def _ensure(y: _Yard, target: str, is_dir: bool, what: str) -> None:
                            f"{exc.strerror}") from None
 
 
-PREMADE = "devpts-premade"   # rctx.kind_state: pty index -> its master, an fd of the root puppet
+# RestoreContext.kind_state key: pty index -> its master, an fd of the root
+# puppet, made with the mount tree for a pts bound elsewhere; taken by the
+# terminals (tty.prepare_root for a pair of the tree, tty.prepare_orphans
+# for an orphan pts, which closes what nobody took)
+PREMADE = "devpts-premade"
 
 
 def _pts_for_bind(rctx: "RestoreContext", y: _Yard, devpts: str, index: int,
