@@ -89,7 +89,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None,
+            lazy_pages: bool = False, work_dir: str | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -125,7 +126,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     it was (criu leaves it down).  ``join_ns`` (criu's --join-ns): kind ->
     path of a namespace file (or a pid) the tree joins instead of a new
     namespace of that kind; only "net" (its contents are left as they are,
-    its network lock is removed once the tree runs).
+    its network lock is removed once the tree runs).  ``lazy_pages``
+    (criu's --lazy-pages): private anonymous memory is served on fault by
+    the lazy-pages daemon listening in ``work_dir`` (default: the images
+    directory; see procsnap.lazypages), and pushed by it in the background.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
@@ -135,7 +139,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
                     manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                    empty_ns=empty_ns, join_ns=join_ns)
+                    empty_ns=empty_ns, join_ns=join_ns, lazy_pages=lazy_pages, work_dir=work_dir)
 
 
 def network_unlock(images_dir: str) -> bool:
