@@ -187,7 +187,7 @@ def _children_map() -> dict[int, list[int]]:
 
 def _kill_tree(pidfds: list[int]) -> None:
     """SIGKILL to the restored tasks and every descendant they forked
-    since (their memory is lazy too)."""
+    since (their memory is lazy too); returns once the tasks are gone."""
     for _ in range(3):
         roots = [p for p in (_pidfd_pid(fd) for fd in pidfds) if p > 0]
         if not roots:
@@ -209,7 +209,13 @@ def _kill_tree(pidfds: list[int]) -> None:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
             except OSError:
                 pass
-        time.sleep(0.05)
+        # a pidfd polls readable once its task has exited
+        p = select.poll()
+        for fd in pidfds:
+            p.register(fd, select.POLLIN)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and len(p.poll(100)) < len(pidfds):
+            pass
 
 
 # ----------------------------------------------------------- daemon ----
@@ -228,7 +234,8 @@ class _Daemon:
             self.ps.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.buf = (ctypes.c_char * PUSH_CHUNK)()
         self.poll = select.poll()
-        self.stats = {"faults": 0, "fault_bytes": 0, "pushed_bytes": 0, "zero_pages": 0}
+        self.stats = {"faults": 0, "fault_bytes": 0, "pushed_bytes": 0, "zero_pages": 0,
+                      "lazy_bytes": 0}
         self.t0 = time.monotonic()
 
     # -- the books
@@ -237,6 +244,7 @@ class _Daemon:
             raise LazyError(f"the restorer sent pid {pid}, which the images do not have")
         img = self.images[pid]
         t = _Task(pid, fds[0], list(img.runs), pid, fds[1] if len(fds) > 1 else -1)
+        self.stats["lazy_bytes"] += sum(n for _, n, _ in img.runs)
         self._to_guard(b"P" if t.pidfd >= 0 else b"U",
                        [t.pidfd, t.fd] if t.pidfd >= 0 else [t.fd])
         self.tasks[t.fd] = t
@@ -316,7 +324,7 @@ class _Daemon:
             raise LazyError(f"pid {pid}: pages at {addr:#x}: page server: {exc}") from None
         return ctypes.addressof(self.buf), nr * PAGE
 
-    def copy(self, t: _Task, pieces: list[tuple[int, int, int]]) -> bool:
+    def copy(self, t: _Task, pieces: list[tuple[int, int, int]], kind: str) -> bool:
         """UFFDIO_COPY the pieces; False when the task is gone.  What
         cannot be copied yet (the mm changing: EAGAIN) goes back."""
         for k, (addr, size, place) in enumerate(pieces):
@@ -325,9 +333,13 @@ class _Daemon:
                 done, err = U.copy(t.fd, addr, src, n)
                 done -= done % PAGE
                 t.copied += done
+                self.stats[kind] += done
                 addr, size, place = addr + done, size - done, place + done
                 if err == 0 and done == n:
                     continue
+                if err:
+                    self.stats[errno.errorcode.get(err, str(err))] = \
+                        self.stats.get(errno.errorcode.get(err, str(err)), 0) + 1
                 if err == errno.EEXIST:       # there already (a racing fault)
                     addr, size, place = addr + PAGE, size - PAGE, place + PAGE
                 elif err == errno.ENOENT:     # no longer registered: unmapped
@@ -369,8 +381,7 @@ class _Daemon:
         a = max(a0, page & ~(FAULT_CHUNK - 1))
         b = min(a0 + n0, a + FAULT_CHUNK)
         pieces = self._cut(t, a, b)
-        self.stats["fault_bytes"] += sum(n for _, n, _ in pieces)
-        ok = self.copy(t, pieces)
+        ok = self.copy(t, pieces, "fault_bytes")
         self._wake(t, page)
         return ok
 
@@ -419,8 +430,7 @@ class _Daemon:
                 continue
             a, n, _ = t.todo[0]
             pieces = self._cut(t, a, a + min(n, PUSH_CHUNK))
-            self.stats["pushed_bytes"] += sum(x for _, x, _ in pieces)
-            if not self.copy(t, pieces):
+            if not self.copy(t, pieces, "pushed_bytes"):
                 self.drop(t)
             return
 

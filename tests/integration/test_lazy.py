@@ -1,0 +1,151 @@
+"""Lazy restore: ``restore --lazy-pages`` with the ``lazy-pages`` daemon
+(criu's spelling and meaning), serving the restored tree's page faults
+through userfaultfd and pushing the rest in the background.
+
+The target (lazymem.c) holds a large checksummed buffer it does not touch
+again until its final check, a sparse one, the kinds of memory that are
+restored eagerly (PROT_NONE, mlock, wipe-on-fork, private file pages, the
+stack), and on signals answers without touching its memory, forks a
+child that checks the lazy memory (userfaultfd's fork event), drops
+memory with MADV_DONTNEED and moves memory with mremap.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import (Target, TargetFactory, assert_one_line_error, check_ok, children_of,
+                     procsnap_cmd, run_procsnap, wait_for, wait_gone)
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+PAGE = 4096
+
+
+class Daemon:
+    """A ``procsnap lazy-pages`` daemon, killed at the end if still there."""
+
+    def __init__(self, images: Path, *extra: str) -> None:
+        self.err = images.parent / f"lazy-pages.{images.name}.err"
+        self.sock = images / "lazy-pages.socket"
+        self.p = subprocess.Popen(procsnap_cmd("lazy-pages", "-D", str(images), "-v", *extra),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=open(self.err, "wb"), close_fds=True)
+        wait_for(lambda: self.sock.exists() or self.p.poll() is not None, 30,
+                 "the lazy-pages socket")
+        assert self.p.poll() is None, self.stderr()
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def stats(self) -> dict[str, float]:
+        line = [ln for ln in self.stderr().splitlines() if ln.startswith("lazy-pages: ")][-1]
+        return {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", line)}
+
+    def kill(self) -> None:
+        """SIGKILL the daemon (by its pid); its guard, now our child (we are
+        a subreaper), must do its work and go."""
+        before = children_of(os.getpid())
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+        for pid in children_of(os.getpid()) - before - {self.p.pid}:
+            assert wait_gone(pid, 10), f"the daemon's guard {pid} did not end"
+
+
+@pytest.fixture
+def daemons() -> list[Daemon]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def _dumped(targets: TargetFactory, tmp_path: Path, mib: str) -> tuple[Target, Path, int, int]:
+    t = targets.start("lazymem", mib, wait_ready=False)
+    t.wait_ready(timeout=60)
+    big = t.wait_line(r"^big ").split()
+    images = tmp_path / "img"
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images, timeout=120))
+    assert wait_gone(t.pid, 10)
+    return t, images, int(big[1], 16), int(big[2])
+
+
+def _present(pid: int, addr: int, size: int) -> int:
+    """How many pages of [addr, addr+size) are in memory (pagemap bit 63)."""
+    n = 0
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(addr // PAGE * 8)
+        raw = f.read(size // PAGE * 8)
+    for i in range(0, len(raw), 8):
+        if int.from_bytes(raw[i:i + 8], "little") >> 63:
+            n += 1
+    return n
+
+
+def test_lazy_restore_answers_then_gets_every_page(targets: TargetFactory, tmp_path: Path,
+                                                   daemons: list[Daemon]) -> None:
+    t, images, big, size = _dumped(targets, tmp_path, "256")
+    d = Daemon(images)
+    daemons.append(d)
+    t0 = time.monotonic()
+    res = check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+    targets.adopt(t.pid, like=t)
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^alive 1")
+    answered = time.monotonic() - t0
+    # the tree runs while its memory is still arriving (pushed in address
+    # order: the big buffer first, then what lies above it): drop and move
+    # memory not pushed yet, fork
+    t.signal(signal.SIGHUP)
+    assert t.wait_line(r"^dropped ", timeout=30) == "dropped 1", t.output()
+    t.signal(signal.SIGUSR2)
+    assert t.wait_line(r"^child ", timeout=60) == "child PASS", t.output()
+    assert d.p.wait(timeout=120) == 0, d.stderr()
+    st = d.stats()
+    # every lazy page went through the daemon: the 256 MiB and the sparse
+    # pages (not the eager kinds: their pages were in place before it ran)
+    sparse = (16 << 20) // PAGE // 7 + 1
+    lazy = size + sparse * PAGE + (1 << 20) + (4 << 20)
+    assert lazy <= st["lazy_bytes"] < lazy + (256 << 10), (st, lazy)  # + libc, ld.so, TLS
+    assert st["pushed_bytes"] > 0 and st["fault_bytes"] > 0, st
+    # the daemon is done: every page of the untouched buffer is in memory
+    assert _present(t.pid, big, size) == size // PAGE
+    assert not [fd for fd in os.listdir(f"/proc/{t.pid}/fd")
+                if os.readlink(f"/proc/{t.pid}/fd/{fd}") == "anon_inode:[userfaultfd]"]
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()
+    print(f"lazy restore of 256 MiB: first answer {answered:.3f} s after the restore "
+          f"command; {res.stderr.strip()}")
+
+
+def test_lazy_daemon_killed_halfway_kills_the_tree(targets: TargetFactory, tmp_path: Path,
+                                                   daemons: list[Daemon]) -> None:
+    t, images, big, size = _dumped(targets, tmp_path, "512")
+    d = Daemon(images)
+    daemons.append(d)
+    check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+    targets.adopt(t.pid, like=t)
+    # halfway: the daemon is still pushing (512 MiB)
+    assert d.p.poll() is None, d.stderr()
+    assert _present(t.pid, big, size) < size // PAGE
+    d.kill()
+    # its guard kills the tree: nothing runs on with pages missing
+    assert wait_gone(t.pid, 10), "the restored process survived its lazy-pages daemon"
+    assert "PASS" not in t.output() and "FAIL" not in t.output(), t.output()
+
+
+def test_lazy_restore_without_daemon_is_refused(targets: TargetFactory, tmp_path: Path) -> None:
+    t, images, _big, _size = _dumped(targets, tmp_path, "8")
+    res = run_procsnap("restore", "-D", images, "-d", "--lazy-pages")
+    assert_one_line_error(res, "--lazy-pages", "lazy-pages.socket")
+    assert not os.path.exists(f"/proc/{t.pid}")    # nothing was created
+    # the same images restore eagerly
+    check_ok(run_procsnap("restore", "-D", images, "-d"))
+    targets.adopt(t.pid, like=t)
+    assert t.verdict(timeout=30).startswith("PASS"), t.output()
