@@ -56,6 +56,7 @@ log = logging.getLogger("procsnap.lazypages")
 PAGE = C.PAGE_SIZE
 FAULT_CHUNK = 64 << 10   # bytes copied around a fault
 PUSH_CHUNK = 4 << 20     # bytes pushed at a time in the background
+PS_TIMEOUT = 30.0        # seconds a page server may take to answer
 
 
 class LazyError(ProcsnapError):
@@ -107,9 +108,11 @@ def _lazy_data(images_dir: str, remote: bool) -> dict[int, _Images]:
             raise LazyError(f"pid {ipid}: pages at {a:#x}-{a + n:#x} are on a page server "
                             "(PE_LAZY): give --page-server --address --port")
         if remote:
-            # every lazy page comes from the server (criu's remote page_read)
+            # every lazy page comes from the server (criu's remote page_read);
+            # "place" is the address the server knows it by (a page moved by
+            # mremap since is still asked for at its dumped address)
             only = sorted(rt.lazy_only)
-            data = sorted([(a, n, 0) for a, n, _ in data] + [(a, n, 0) for a, n in only])
+            data = sorted([(a, n, a) for a, n, _ in data] + [(a, n, a) for a, n in only])
         out[ipid] = _Images(ipid, list(rt.page_files), sorted(data), remote)
     return out
 
@@ -230,11 +233,13 @@ class _Daemon:
         self.ps: socket.socket | None = None
         self.buf: Any = None
         if server is not None:
-            self.ps = socket.create_connection(server)
+            # a page server that stops answering is a fault not served:
+            # after PS_TIMEOUT the tree is killed, never left waiting
+            self.ps = socket.create_connection(server, timeout=PS_TIMEOUT)
             self.ps.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.buf = (ctypes.c_char * PUSH_CHUNK)()
         self.poll = select.poll()
-        self.stats = {"faults": 0, "fault_bytes": 0, "pushed_bytes": 0, "zero_pages": 0,
+        self.stats: dict[str, float] = {"faults": 0, "fault_bytes": 0, "pushed_bytes": 0, "zero_pages": 0,
                       "lazy_bytes": 0}
         self.t0 = time.monotonic()
 
@@ -305,18 +310,19 @@ class _Daemon:
             if off + size > img.maps[idx][0].size():
                 raise LazyError(f"{img.files[idx]}: short page file at offset {off}")
             return base + off, size
-        return self._fetch(t.source, addr, size)
+        return self._fetch(t.source, place, size)
 
     def _fetch(self, pid: int, addr: int, size: int) -> tuple[int, int]:
         assert self.ps is not None
         try:
-            self.ps.sendall(PX.pack(PX.PS_IOV_GET, size // PAGE, addr, PX.dst_id(pid)))
+            # (dst_id of a GET: the pid as is, see pagexfer)
+            self.ps.sendall(PX.pack(PX.PS_IOV_GET, size // PAGE, addr, pid))
             head = PX.recv_iov(self.ps)
             if head is None:
                 raise ConnectionError("the page server closed the connection")
             cmd, nr, vaddr, dst = head
             if PX.decode_cmd(cmd)[0] != PX.PS_IOV_ADD_F or vaddr != addr \
-                    or dst != PX.dst_id(pid) or nr == 0 or nr * PAGE > size:
+                    or dst != pid or nr == 0 or nr * PAGE > size:
                 raise ConnectionError(f"unexpected answer {head} to PS_IOV_GET of "
                                       f"{size // PAGE} pages at {addr:#x} of pid {pid}")
             PX.recv_exact(self.ps, nr * PAGE, memoryview(self.buf).cast("B"))
@@ -549,6 +555,78 @@ def run(images_dir: str, work_dir: str | None = None,
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
+
+
+# ------------------------------------------- page server, lazy side ----
+
+def serve_images(conn: socket.socket, images_dir: str) -> int:
+    """Answer one lazy-pages daemon's PS_IOV_GET requests from the page
+    files of ``images_dir`` (criu page-server --lazy-pages: its
+    page_server_get_pages() over images): each answer is PS_IOV_ADD_F with
+    PE_PRESENT and as many of the asked pages as lie contiguous in one
+    page file (never more than asked), then their bytes (sendfile).  A
+    page the images do not hold ends the connection, as criu's.  Returns
+    the pages sent."""
+    from .resources import memory
+    from .restorer import _collect
+    rctx = RestoreContext(os.path.abspath(images_dir), RestoreOptions(lazy_socket="-"))
+    _collect(rctx, check_pids=False)
+    runs: dict[int, Any] = {}
+    files: dict[int, list[str]] = {}
+    for rt in rctx.tasks:
+        if not rt.zombie:
+            ipid = rctx.image_pid(rt.pid)
+            runs[ipid] = memory._page_runs(rt)
+            files[ipid] = rt.page_files
+    fds: dict[str, int] = {}
+    shift = memory_shift()
+    sent = 0
+    try:
+        while True:
+            head = PX.recv_iov(conn)
+            if head is None:
+                return sent
+            word, nr, vaddr, dst = head
+            cmd, _flags = PX.decode_cmd(word)
+            if cmd in (PX.PS_IOV_CLOSE, PX.PS_IOV_FORCE_CLOSE):
+                conn.sendall(PX.STATUS.pack(0))
+                return sent
+            if cmd != PX.PS_IOV_GET:
+                raise LazyError(f"page server: command {cmd:#x} is not served "
+                                "(a lazy page server answers PS_IOV_GET only)")
+            pid = dst   # a GET names the pid as is (see pagexfer)
+            got = memory._clip(runs[pid], vaddr, vaddr + nr * PAGE) if pid in runs else []
+            if not got or got[0][0] != vaddr:
+                log.warning("page server: no page at %#x of pid %d: closing", vaddr, pid)
+                return sent
+            _a, size, place = got[0]
+            path = files[pid][place >> shift]
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            conn.sendall(PX.pack(PX.encode_cmd(PX.PS_IOV_ADD_F, PX.PE_PRESENT),
+                                 size // PAGE, vaddr, dst))
+            off, left = place & ((1 << shift) - 1), size
+            while left:
+                n = os.sendfile(conn.fileno(), fds[path], off, left)
+                if n == 0:
+                    raise LazyError(f"{path}: short page file at offset {off}")
+                off, left = off + n, left - n
+            sent += size // PAGE
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def serve_images_tcp(images_dir: str, address: str, port: int,
+                     ready: Any = None) -> int:
+    """Listen on (address, port), serve one connection (serve_images)."""
+    with socket.create_server((address, port)) as srv:
+        if ready is not None:
+            ready(srv.getsockname()[1])
+        conn, _ = srv.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return serve_images(conn, images_dir)
 
 
 def main(images_dir: str, work_dir: str | None, page_server: tuple[str, int] | None,

@@ -10,7 +10,10 @@ bits and pagemap flags (PE_*) above; ``dst_id`` is ``id << 8 | type``
 Lazy restore (criu lazy-pages --page-server): the daemon sends PS_IOV_GET
 (nr_pages, vaddr, dst_id) and the page server answers PS_IOV_ADD_F with
 PE_PRESENT, the same nr_pages (or fewer), vaddr and dst_id, then the
-bytes; a page it does not have ends the connection.  PS_IOV_CLOSE (or
+bytes; a page it does not have ends the connection.  Here dst_id is the
+task's pid alone, not encoded with a type (criu's request_remote_pages()
+sends the page_read's img_id, and page_server_get_pages() looks it up with
+pstree_item_by_virt() as is).  PS_IOV_CLOSE (or
 FORCE_CLOSE) is answered with an int32 status 0 and ends the session.
 """
 from __future__ import annotations

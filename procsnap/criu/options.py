@@ -33,7 +33,9 @@ GLOBAL_CONFIG = "/etc/criu/default.conf"
 USER_CONFIG = ".criu/default.conf"   # under $HOME
 
 COMMANDS = ("dump", "pre-dump", "restore", "check")
-LATER_COMMANDS = ("page-server", "lazy-pages", "dedup",
+# criu lazy-pages -D DIR [--page-server --address A --port P]: procsnap.lazypages
+DAEMONS = ("lazy-pages",)
+LATER_COMMANDS = ("page-server", "dedup",
                   "cpuinfo", "exec", "show")
 
 
@@ -220,12 +222,14 @@ TABLE: list[Opt] = [
         note="procsnap's pre-dump copies memory the one way it has (the frozen task "
              "writes its pages to the image itself), whatever the mode"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
-    Opt("page-server", boolean=True, how=REFUSE, note="no page server yet"),
-    Opt("address", arg=REQ, how=REFUSE,
-        note="no page server yet (criu service --address PATH is served: procsnap.criu.rpc)"),
-    Opt("port", arg=REQ, how=REFUSE, note="no page server yet"),
+    Opt("page-server", boolean=True, help="lazy-pages: fetch the pages from a page server "
+        "(--address, --port) with criu's protocol"),
+    Opt("address", arg=REQ, metavar="ADDR",
+        help="lazy-pages --page-server: the page server's address; service: the socket"),
+    Opt("port", arg=REQ, metavar="PORT", help="lazy-pages --page-server: the page server's port"),
     Opt("ps-socket", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("lazy-pages", how=REFUSE, note="no lazy restore yet"),
+    Opt("lazy-pages", help="restore: private anonymous memory comes on demand from the "
+        "lazy-pages daemon (criu lazy-pages -D DIR, started first), which pushes the rest"),
     Opt("stream", boolean=True, how=REFUSE, note="no image streamer yet"),
     Opt("tls", boolean=True, how=REFUSE, note="no page server yet"),
     Opt("tls-cacert", arg=REQ, how=REFUSE, note="no page server yet"),
@@ -444,12 +448,30 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> Parsed:
     return p
 
 
+# Options done for some commands only: name -> (those commands, why not
+# with the others).  criu's dump --lazy-pages leaves the tree frozen with a
+# page server serving its memory: procsnap does not do that one.
+ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
+    "lazy-pages": (("restore", "lazy-pages"),
+                   "only restore --lazy-pages (with the lazy-pages daemon) is done; a dump "
+                   "that leaves the tree frozen to serve its pages is not (dump, then "
+                   "restore --lazy-pages)"),
+    "page-server": (("lazy-pages",), "no page server yet (lazy-pages --page-server is done)"),
+    "address": (("lazy-pages", "service"),
+                "no page server yet (lazy-pages --page-server --address is done)"),
+    "port": (("lazy-pages",), "no page server yet (lazy-pages --page-server --port is done)"),
+}
+
+
 def refused(p: Parsed) -> str | None:
     """The first refused option given, as criu's users will read it."""
     for o, v, neg in p.given:
+        spelled = f"--{o.name}" + (f" {v}" if v else "")
         if o.how == REFUSE and not neg:
-            spelled = f"--{o.name}" + (f" {v}" if v else "")
             return f"option {spelled} is not supported by procsnap: {o.note}"
+        only = ONLY_FOR.get(o.name)
+        if only is not None and not neg and p.command not in only[0]:
+            return f"option {spelled} is not supported by procsnap with {p.command}: {only[1]}"
     return None
 
 
@@ -459,6 +481,7 @@ def help_text() -> str:
            "  criu pre-dump -t PID -D DIR [--prev-images-dir DIR]",
            "  criu restore -D DIR [<options>]",
            "  criu check [--feature NAME | --all]",
+           "  criu lazy-pages -D DIR [--page-server --address ADDR --port PORT]",
            "  criu swrk FD                  (criu's RPC on an inherited socket: runc, Podman)",
            "  criu service [--address PATH] [-d] [--pidfile FILE]   (criu's RPC server)",
            "  criu --version",

@@ -149,3 +149,71 @@ def test_lazy_restore_without_daemon_is_refused(targets: TargetFactory, tmp_path
     check_ok(run_procsnap("restore", "-D", images, "-d"))
     targets.adopt(t.pid, like=t)
     assert t.verdict(timeout=30).startswith("PASS"), t.output()
+
+
+class PageServer:
+    """A lazy page server over a copy of the images (criu page-server
+    --lazy-pages; procsnap.lazypages.serve_images), on a free port."""
+
+    def __init__(self, images: Path) -> None:
+        self.out = images.parent / f"page-server.{images.name}.out"
+        code = ("import sys; from procsnap.lazypages import serve_images_tcp as s; "
+                "n = s(sys.argv[1], '127.0.0.1', 0, lambda p: print('port', p, flush=True)); "
+                "print('sent', n, flush=True)")
+        self.p = subprocess.Popen(procsnap_cmd()[:-2] + ["-c", code, str(images)],
+                                  stdin=subprocess.DEVNULL, stdout=open(self.out, "wb"),
+                                  stderr=subprocess.STDOUT, close_fds=True)
+        wait_for(lambda: "port " in self.out.read_text() or self.p.poll() is not None, 30,
+                 "the page server")
+        self.port = int(self.out.read_text().split()[1])
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+
+
+def test_lazy_restore_from_a_page_server(targets: TargetFactory, tmp_path: Path,
+                                         daemons: list[Daemon]) -> None:
+    t, images, big, size = _dumped(targets, tmp_path, "64")
+    ps = PageServer(images)
+    try:
+        d = Daemon(images, "--page-server", "--address", "127.0.0.1", "--port", str(ps.port))
+        daemons.append(d)
+        check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+        targets.adopt(t.pid, like=t)
+        t.signal(signal.SIGUSR1)
+        t.wait_line(r"^alive 1")
+        t.signal(signal.SIGHUP)
+        assert t.wait_line(r"^dropped ", timeout=30) == "dropped 1", t.output()
+        assert d.p.wait(timeout=120) == 0, d.stderr()
+        assert ps.p.wait(timeout=10) == 0
+        st = d.stats()
+        # every lazy byte came over the wire (PS_IOV_GET), none from the files
+        sent = int(ps.out.read_text().split()[-1])
+        assert sent * PAGE == st["fault_bytes"] + st["pushed_bytes"] > size, (sent, st)
+        assert _present(t.pid, big, size) == size // PAGE
+        assert t.verdict(timeout=60).startswith("PASS"), t.output()
+    finally:
+        ps.kill()
+
+
+def test_lazy_page_server_gone_kills_the_tree(targets: TargetFactory, tmp_path: Path,
+                                             daemons: list[Daemon]) -> None:
+    """A fault the daemon cannot serve never leaves a zero page: the page
+    server dies while pages are still to come, the tree is killed."""
+    t, images, _big, _size = _dumped(targets, tmp_path, "512")
+    ps = PageServer(images)
+    try:
+        d = Daemon(images, "--page-server", "--address", "127.0.0.1", "--port", str(ps.port))
+        daemons.append(d)
+        check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+        targets.adopt(t.pid, like=t)
+        assert d.p.poll() is None, d.stderr()
+        ps.kill()
+        assert d.p.wait(timeout=60) == 1, d.stderr()
+        assert "page server" in d.stderr()
+        assert wait_gone(t.pid, 10), "the restored process survived the loss of its pages"
+        assert "PASS" not in t.output() and "FAIL" not in t.output(), t.output()
+    finally:
+        ps.kill()
