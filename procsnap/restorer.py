@@ -837,8 +837,6 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                 _finish(rctx, rt)
         for hook in rctx.before_detach:
             hook()
-        if lazy_sk is not None:
-            _lazy_finish(rctx, lazy_sk)
         if verify:
             # After the hooks (SIGIO owners set, TCP sockets out of repair
             # mode), so it sees the state the tree will run with; still
@@ -871,6 +869,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     th.inj.detach()
         for hook in rctx.after_detach:
             hook()
+        if lazy_sk is not None:
+            # after the tree runs, as criu: the daemon's background push
+            # does not compete with the restore's last steps
+            _lazy_finish(rctx, lazy_sk)
     except BaseException as exc:
         if created:
             _kill_all(rctx)
@@ -940,9 +942,9 @@ def _lazy_connect(rctx: RestoreContext) -> Any:
 
 
 def _lazy_finish(rctx: RestoreContext, sk: Any) -> None:
-    """criu's LAZY_PAGES_RESTORE_FINISHED, with every task still stopped:
-    the daemon starts pushing what was not faulted in.  A daemon gone by
-    now fails the restore (nothing has run)."""
+    """criu's LAZY_PAGES_RESTORE_FINISHED, once the tree runs: the daemon
+    starts pushing what was not faulted in.  A daemon gone by now fails
+    the restore (its guard kills the tree)."""
     import struct
     from .kernel import uffd
     try:

@@ -217,3 +217,30 @@ def test_lazy_page_server_gone_kills_the_tree(targets: TargetFactory, tmp_path: 
         assert "PASS" not in t.output() and "FAIL" not in t.output(), t.output()
     finally:
         ps.kill()
+
+
+def test_lazy_restore_with_criu_s_command_line(targets: TargetFactory, tmp_path: Path) -> None:
+    """criu lazy-pages -D DIR and criu restore --lazy-pages, as criu's users
+    type them; criu dump --lazy-pages is refused by name, the tree untouched."""
+    t = targets.start("lazymem", "32")
+    res = run_procsnap("criu", "dump", "-t", t.pid, "-D", tmp_path / "no", "--lazy-pages")
+    assert_one_line_error(res, "--lazy-pages")
+    assert t.alive()
+    images = tmp_path / "img"
+    check_ok(run_procsnap("criu", "dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10)
+    log = tmp_path / "lazy.err"
+    d = subprocess.Popen(procsnap_cmd("criu", "lazy-pages", "-D", str(images)),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=open(log, "wb"), close_fds=True)
+    try:
+        wait_for(lambda: (images / "lazy-pages.socket").exists() or d.poll() is not None, 30,
+                 "the lazy-pages socket")
+        check_ok(run_procsnap("criu", "restore", "-D", images, "-d", "--lazy-pages"))
+        targets.adopt(t.pid, like=t)
+        assert d.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()
