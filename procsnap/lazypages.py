@@ -5,7 +5,7 @@ How (as criu's uffd.c):
 - It listens on ``lazy-pages.socket`` in the work directory before the
   restore starts.  The restorer connects, and for each task sends its
   (image) pid and the task's userfaultfd, on which the task's lazy VMAs
-  (memory.lazy_vmas: private anonymous memory left empty) are registered
+  (memory.lazy_set: private anonymous memory left empty) are registered
   for missing-page faults with the fork/remap/remove/unmap events.
 - A fault is answered with UFFDIO_COPY of the page's bytes -- from the
   images' page files (mapped into the daemon, so the bytes are not
@@ -88,7 +88,7 @@ class _Images:
 def _lazy_data(images_dir: str, remote: bool) -> dict[int, _Images]:
     """image pid -> the pages the restorer leaves to us: every page the
     images hold (or, remote, list as on the page server) inside the VMAs
-    memory.lazy_vmas chooses -- the restorer registers exactly those."""
+    memory.lazy_set chooses -- the restorer registers exactly those."""
     from .resources import memory
     from .restorer import _collect
     rctx = RestoreContext(os.path.abspath(images_dir), RestoreOptions(lazy_socket="-"))
@@ -98,7 +98,8 @@ def _lazy_data(images_dir: str, remote: bool) -> dict[int, _Images]:
         if rt.zombie:
             continue
         ipid = rctx.image_pid(rt.pid)
-        lazy = [(rt.mm.vmas[i].start, rt.mm.vmas[i].end) for i in sorted(memory.lazy_vmas(rt))]
+        lazy = [(rt.mm.vmas[i].start, rt.mm.vmas[i].end)
+                for i in sorted(memory.lazy_set(rctx, rt))]
         runs = memory._page_runs(rt)
         data: list[tuple[int, int, int]] = []
         for a, b in lazy:

@@ -230,7 +230,7 @@ class RestoreTask:
     # the images and their parents', and the runs found there
     page_files: list[str] = field(default_factory=list)
     page_runs: Any = None
-    # lazy restore (memory.lazy_vmas): pages the images leave to a page
+    # lazy restore (memory.lazy_set): pages the images leave to a page
     # server (criu's PE_LAZY without PE_PRESENT), and the ranges this task
     # registered with its userfaultfd for the lazy-pages daemon
     lazy_only: list[tuple[int, int]] = field(default_factory=list)

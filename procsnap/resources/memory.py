@@ -868,6 +868,24 @@ def lazy_vmas(rt: "RestoreTask") -> set[int]:
     return out
 
 
+def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
+    """The VMAs of ``rt`` restore --lazy-pages leaves to the daemon:
+    lazy_vmas(), except a VMA its parent or a child has at the same place
+    with the same kind -- memory they may share copy-on-write: the parent
+    fills it before forking and the child keeps it (premap), so the pages
+    are shared again (zdtm cow00).  The restorer and the daemon both ask
+    this, from the images alone, so they agree on every range."""
+    def sig(v: Any) -> tuple[int, int, int, int]:
+        return (v.start, v.end, v.status, v.flags)
+    kin = [t for t in rctx.tasks
+           if t is not rt and not t.zombie and t.mm is not None
+           # by the pstree entries: a task's pid may change once it is made
+           and (t.pstree.ppid == rt.pstree.pid
+                or (rt is not rctx.tasks[0] and t.pstree.pid == rt.pstree.ppid))]
+    related = {sig(v) for t in kin for v in t.mm.vmas}
+    return {i for i in lazy_vmas(rt) if sig(rt.mm.vmas[i]) not in related}
+
+
 @dataclass
 class _Premapped:
     """What premap() left mapped in one task, for its children to reuse."""
@@ -1046,15 +1064,14 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     keys = {i: _vma_key(mm.vmas[i], prots[i], idents[i]) for i in idents}
     lazy: set[int] = set()
     if rctx.opts.lazy_socket:
-        lazy = lazy_vmas(rt)
+        lazy = lazy_set(rctx, rt)
         _check_lazy_only(rt, lazy)
     reuse: set[int] = set()
     if parent is not None:
         for i in idents:
             v = mm.vmas[i]
-            # a parent's lazy VMA is empty: never kept (the child maps its own)
-            if rctx.opts.lazy_socket and can_be_lazy(v):
-                continue
+            # (a VMA kept has the same place and kind as the parent's: never
+            # lazy in either, see lazy_set)
             if parent.vmas.get((v.start, v.end)) == keys[i]:
                 reuse.add(i)
 

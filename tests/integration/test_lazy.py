@@ -189,9 +189,10 @@ def test_lazy_restore_from_a_page_server(targets: TargetFactory, tmp_path: Path,
         assert d.p.wait(timeout=120) == 0, d.stderr()
         assert ps.p.wait(timeout=10) == 0
         st = d.stats()
-        # every lazy byte came over the wire (PS_IOV_GET), none from the files
+        # every lazy byte came over the wire (PS_IOV_GET; a chunk whose copy
+        # met a changing mm -- EAGAIN -- is asked for again)
         sent = int(ps.out.read_text().split()[-1])
-        assert sent * PAGE == st["fault_bytes"] + st["pushed_bytes"] > size, (sent, st)
+        assert sent * PAGE >= st["fault_bytes"] + st["pushed_bytes"] > size, (sent, st)
         assert _present(t.pid, big, size) == size // PAGE
         assert t.verdict(timeout=60).startswith("PASS"), t.output()
     finally:
