@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (Target, TargetFactory, assert_one_line_error, check_ok, children_of,
-                     procsnap_cmd, run_procsnap, wait_for, wait_gone)
+                     procsnap_cmd, run_procsnap, start_under, wait_for, wait_gone)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -244,4 +244,23 @@ def test_lazy_restore_with_criu_s_command_line(targets: TargetFactory, tmp_path:
         if d.poll() is None:
             d.kill()
             d.wait()
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()
+
+
+def test_lazy_restore_of_a_tree_in_its_own_pid_namespace(targets: TargetFactory,
+                                                         tmp_path: Path,
+                                                         daemons: list[Daemon]) -> None:
+    """The restorer names each task to the daemon by the pid its images
+    are named by (pid 1 inside), as criu does."""
+    t = start_under(targets, ["unshare", "-fp", "setsid"], "lazymem", "32")
+    images = tmp_path / "img"
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert (images / "pagemap-1.img").exists()
+    assert wait_gone(t.pid, 10)
+    d = Daemon(images)
+    daemons.append(d)
+    check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+    targets.adopt(t.pid, like=t)
+    assert d.p.wait(timeout=60) == 0, d.stderr()
+    assert d.stats()["lazy_bytes"] >= 32 << 20
     assert t.verdict(timeout=60).startswith("PASS"), t.output()
