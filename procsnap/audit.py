@@ -172,7 +172,8 @@ def _exit_signal(v: int, own: Any) -> str | None:
 
 STAT: list[Item] = [
     *_s("stat", "pid comm state ppid pgrp session num_threads", "core (pstree, comm, state)"),
-    *_s("stat", "tty_nr tpgid", "tty (controlling terminal; --shell-job)"),
+    *_s("stat", "tty_nr tpgid", "tty (controlling terminal; --shell-job; "
+        "--external tty[RDEV:DEV]; --orphan-pts-master)"),
     *_i("stat", "flags", "PF_* flags: kernel bookkeeping (PF_KTHREAD is refused, see "
         "Kthread)"),
     *_i("stat", "minflt cminflt majflt cmajflt utime stime cutime cstime guest_time cguest_time "
@@ -254,13 +255,9 @@ SAVED_NS = tuple(k for k in NS_KINDS if k.removesuffix("_for_children") in saved
 NESTED_NS = ("pid", "pid_for_children")
 
 
-# Why a kind is not saved, where there is more to say.
-_NS_USER = ("user namespaces are not saved yet: procsnap forks every task from its parent's "
-            "puppet with its pids at every level, and clone3's set_tid for a level needs "
-            "CAP_CHECKPOINT_RESTORE in the user namespace owning it, which a task inside a "
-            "new user namespace lacks for the host's (tasks would have to be made from "
-            "outside and their namespaces re-owned)")
-_NOT_SAVED = {"user": _NS_USER}
+# Why a kind is not saved, where there is more to say (none left: every
+# kind of /proc/PID/ns is saved for the tree's root).
+_NOT_SAVED: dict[str, str] = {}
 
 
 def _ns(kind: str) -> Refuse:

@@ -63,6 +63,53 @@ class LazyError(ProcsnapError):
     """The daemon cannot go on; the restored tasks were killed."""
 
 
+# -- the daemon's side of criu's page-server protocol (procsnap.pagexfer)
+
+_STATUS = struct.Struct("=i")
+
+
+def _pack(cmd: int, nr_pages: int = 0, vaddr: int = 0, dst: int = 0) -> bytes:
+    return PX.PSI.pack(cmd, nr_pages, vaddr, dst)
+
+
+def _decode_cmd(word: int) -> tuple[int, int]:
+    """(command, flags)"""
+    return word & PX.PS_CMD_MASK, word >> PX.PS_CMD_BITS
+
+
+def _recv_exact(sk: socket.socket, n: int, into: memoryview | None = None) -> bytes:
+    """n bytes from sk (into ``into`` when given); ConnectionError at EOF."""
+    if into is None:
+        buf = bytearray(n)
+        view = memoryview(buf)
+    else:
+        view = into[:n]
+    got = 0
+    while got < n:
+        k = sk.recv_into(view[got:], n - got)
+        if not k:
+            raise ConnectionError(f"the page server closed the connection ({got} of {n} bytes)")
+        got += k
+    return bytes(view) if into is None else b""
+
+
+def _recv_iov(sk: socket.socket) -> tuple[int, int, int, int] | None:
+    """One page_server_iov (cmd word, nr_pages, vaddr, dst_id); None at a
+    clean end of the stream."""
+    first = sk.recv(PX.PSI.size, socket.MSG_WAITALL)
+    if not first:
+        return None
+    if len(first) != PX.PSI.size:
+        first += _recv_exact(sk, PX.PSI.size - len(first))
+    return PX.PSI.unpack(first)  # type: ignore[return-value]
+
+
+def _close_session(sk: socket.socket) -> int:
+    """PS_IOV_CLOSE, and the server's int32 status."""
+    sk.sendall(_pack(PX.PS_IOV_CLOSE))
+    return int(_STATUS.unpack(_recv_exact(sk, _STATUS.size))[0])
+
+
 @dataclass
 class _Task:
     pid: int                 # as the images name it
@@ -317,16 +364,16 @@ class _Daemon:
         assert self.ps is not None
         try:
             # (dst_id of a GET: the pid as is, see pagexfer)
-            self.ps.sendall(PX.pack(PX.PS_IOV_GET, size // PAGE, addr, pid))
-            head = PX.recv_iov(self.ps)
+            self.ps.sendall(_pack(PX.PS_IOV_GET, size // PAGE, addr, pid))
+            head = _recv_iov(self.ps)
             if head is None:
                 raise ConnectionError("the page server closed the connection")
             cmd, nr, vaddr, dst = head
-            if PX.decode_cmd(cmd)[0] != PX.PS_IOV_ADD_F or vaddr != addr \
+            if _decode_cmd(cmd)[0] != PX.PS_IOV_ADD_F or vaddr != addr \
                     or dst != pid or nr == 0 or nr * PAGE > size:
                 raise ConnectionError(f"unexpected answer {head} to PS_IOV_GET of "
                                       f"{size // PAGE} pages at {addr:#x} of pid {pid}")
-            PX.recv_exact(self.ps, nr * PAGE, memoryview(self.buf).cast("B"))
+            _recv_exact(self.ps, nr * PAGE, memoryview(self.buf).cast("B"))
         except OSError as exc:
             raise LazyError(f"pid {pid}: pages at {addr:#x}: page server: {exc}") from None
         return ctypes.addressof(self.buf), nr * PAGE
@@ -533,7 +580,7 @@ def run(images_dir: str, work_dir: str | None = None,
         d._to_guard(b"D", [])
         if d.ps is not None:
             try:
-                PX.close_session(d.ps)
+                _close_session(d.ps)
             except OSError:
                 pass
         return d.stats
@@ -584,13 +631,13 @@ def serve_images(conn: socket.socket, images_dir: str) -> int:
     sent = 0
     try:
         while True:
-            head = PX.recv_iov(conn)
+            head = _recv_iov(conn)
             if head is None:
                 return sent
             word, nr, vaddr, dst = head
-            cmd, _flags = PX.decode_cmd(word)
+            cmd, _flags = _decode_cmd(word)
             if cmd in (PX.PS_IOV_CLOSE, PX.PS_IOV_FORCE_CLOSE):
-                conn.sendall(PX.STATUS.pack(0))
+                conn.sendall(_STATUS.pack(0))
                 return sent
             if cmd != PX.PS_IOV_GET:
                 raise LazyError(f"page server: command {cmd:#x} is not served "
@@ -604,7 +651,7 @@ def serve_images(conn: socket.socket, images_dir: str) -> int:
             path = files[pid][place >> shift]
             if path not in fds:
                 fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            conn.sendall(PX.pack(PX.encode_cmd(PX.PS_IOV_ADD_F, PX.PE_PRESENT),
+            conn.sendall(_pack(PX.encode_cmd(PX.PS_IOV_ADD_F, PX.PE_PRESENT),
                                  size // PAGE, vaddr, dst))
             off, left = place & ((1 << shift) - 1), size
             while left:

@@ -9,9 +9,10 @@ import tree with no circle.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import images
 from .errors import ImageError, RestoreError
@@ -36,6 +37,7 @@ class DumpOptions:
     tcp_close: bool = False          # criu's dump --tcp-close: connections come back closed
     skip_in_flight: bool = False     # criu's --skip-in-flight: drop unaccepted connections
     ext_unix_sk: bool = False        # criu's --ext-unix-sk: dgram peers outside by name
+    orphan_pts_master: bool = False  # criu's --orphan-pts-master: a pts whose master is outside
     # criu's action scripts: called with a stage's name ("pre-dump",
     # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
     action: Callable[[str], int] | None = None
@@ -54,6 +56,9 @@ class DumpOptions:
     # criu's --prev-images-dir: the images of a pre-dump this dump builds
     # on (linked as "parent"); pages unchanged since stay there
     prev_images_dir: str | None = None
+    # criu's --page-server --address A --port P: (A, P); pagemaps and pages
+    # go to that page server (procsnap.pagexfer), the rest stays local
+    page_server: tuple[str, int] | None = None
 
 
 @dataclass
@@ -87,6 +92,10 @@ class DumpTask:
     ids: Any = None                   # task_kobj_ids_entry
     pstree: Any = None
     extra_images: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
+    # Where the names readlink gives for this task (fds, cwd, root) are
+    # found from here: "" in our mount namespace, else the root of its
+    # mount namespace (DumpContext.set_fs_views); None: not decided yet.
+    fs_prefix: str | None = None
 
     @property
     def inj(self) -> Injector | None:
@@ -124,10 +133,46 @@ class DumpContext:
     # complete and the tree is killed (TCP sockets stay in repair mode and
     # the network lock stays), False when the tree runs on.
     cleanups: list[Callable[[bool], None]] = field(default_factory=list)
+    # Run once every image is written, before the tree is killed (never
+    # with --leave-running): state that reading destroys (a socket's
+    # pending error) is read only here, where nothing of the dump itself
+    # is left to fail; each may write images of its own.
+    commits: list[Callable[[], None]] = field(default_factory=list)
     # the tree's own network namespace is locked as a whole (resources.tcp)
     netns_locked: bool = False
     _next_id: int = 1
     _numbers: dict[int, int] = field(default_factory=dict)
+
+    def set_fs_views(self) -> None:
+        """Decide every task's fs_prefix, once the tree is frozen.
+
+        readlink of /proc/PID/fd/N (cwd, root) prints a path from *our*
+        root; for a task in another mount namespace, from that
+        namespace's root -- also for a chrooted task, whose own root
+        (/proc/PID/root) is elsewhere.  So names of a foreign mount
+        namespace are looked up under /proc/P/root of a task P of that
+        namespace whose root is the namespace's root (its root reads "/"
+        from here), as criu does (mntns_get_root_fd).  Without such a
+        task, each task's own root is the best guess left (a name found
+        there is still checked by identity, never trusted)."""
+        ours = _ns_ino("self")
+        roots: dict[int, str] = {}
+        ns_of: dict[int, int | None] = {}
+        for t in self.tasks:
+            ino = ns_of[t.pid] = _ns_ino(str(t.pid))
+            if ino is None or ino == ours or ino in roots:
+                continue
+            try:
+                if os.readlink(f"/proc/{t.pid}/root") == "/":
+                    roots[ino] = f"/proc/{t.pid}/root"
+            except OSError:
+                pass
+        for t in self.tasks:
+            ino = ns_of[t.pid]
+            if ino is None or ino == ours:
+                t.fs_prefix = ""
+            else:
+                t.fs_prefix = roots.get(ino, f"/proc/{t.pid}/root")
 
     def task_number(self, task: "DumpTask") -> int:
         """1, 2, ... in tree order: the ids of ids-PID.img (vm, files, fs, sighand)."""
@@ -150,6 +195,13 @@ class DumpContext:
     def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
         """An entry followed by raw bytes (pipe data, queued packets)."""
         self.payload_images.setdefault(kind, []).append((msg, data))
+
+
+def _ns_ino(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 @dataclass
@@ -188,8 +240,13 @@ class RestoreOptions:
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
     ext_unix_sk: bool = False    # criu's --ext-unix-sk: connect to outside peers by name
+    # criu's --orphan-pts-master: such a pts gets a new pty pair, its master
+    # handed to the caller with the orphan-pts-master action (criu's RPC)
+    orphan_pts_master: bool = False
     verify: bool = True          # compare each task with its images before it runs
-    action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
+    # criu's action scripts (see DumpOptions); orphan-pts-master is called
+    # with the new master as a second argument
+    action: Callable[..., int] | None = None
     root: str | None = None      # criu's --root: the root file system of a mount namespace
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
@@ -274,18 +331,42 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
-        dirfd = C.AT_FDCWD & (2**64 - 1)
-        host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None and (path.startswith(self.images_dir.rstrip("/") + "/")
-                                 or path.startswith(f"/proc/{os.getpid()}/")):
-            # procsnap's own files (images, our fds), from the puppet that
-            # now lives under another root: through the restorer's root.
-            dirfd, path = host, path.lstrip("/")
+        ours = (path.startswith(self.images_dir.rstrip("/") + "/")
+                or path.startswith(f"/proc/{os.getpid()}/"))
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if ours and chan is not None:
+            # a puppet inside a new user namespace is not procsnap's root:
+            # procsnap's own files are opened by procsnap and sent over
+            return self._open_sent(path, flags, check)
+        if ours and self._rctx is not None and self._rctx.puppet_pivoted:
+            # procsnap's own files (images, our fds) once the puppet lives
+            # under another root: opened here, in procsnap's mount namespace,
+            # and handed over.  A path walk from the puppet through a fd on
+            # its old root would not cross the mounts on it (/proc, /tmp...):
+            # they were detached with that root after the pivot.
+            try:
+                mine = os.open(path, flags | os.O_CLOEXEC)
+            except OSError as exc:
+                raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                                   f"{exc.strerror}") from None
+            try:
+                fd = self.grab_fd(os.getpid(), mine)
+            finally:
+                os.close(mine)
+            if check is not None:
+                check(fd)
+            return fd
         try:
             if self.open_cloexec:
                 flags |= C.O_CLOEXEC
-            fd = inj.call("openat", dirfd, inj.put_str(path), flags, 0)
+            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
+            if chan is not None and exc.errno in (1, 13):
+                # EPERM/EACCES inside a new user namespace: a file the task
+                # held open from outside it (its stdout, opened by the
+                # host's root): the same file, opened by procsnap where
+                # the puppet sees it (through its root: its mount tree)
+                return self._open_sent(path, flags, check, through_root=True)
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         if check is not None:
@@ -293,10 +374,45 @@ class RestoreTask:
         inj.reset_scratch()
         return fd
 
+    def _open_sent(self, path: str, flags: int, check: Callable[[int], None] | None = None,
+                   through_root: bool = False) -> int:
+        """open_in_puppet by procsnap, the fd sent to the puppet (_recv_fd);
+        ``through_root``: ``path`` as the puppet sees it, not procsnap."""
+        self.inj.reset_scratch()
+        where = f"/proc/{self.pid}/root{path}" if through_root and path.startswith("/") else path
+        try:
+            mine = os.open(where, flags | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                               f"{exc.strerror}") from None
+        try:
+            fd = self._recv_fd(mine)
+        finally:
+            os.close(mine)
+        if not self.open_cloexec:
+            self.inj.call("fcntl", fd, C.F_SETFD, 0)  # as openat without O_CLOEXEC
+        if check is not None:
+            check(fd)
+        return fd
+
     def grab_fd(self, src_pid: int, src_fd: int) -> int:
         """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
         file description), in the puppet: pidfd_open + pidfd_getfd."""
         inj = self.inj
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if chan is not None:
+            # inside a new user namespace a puppet may not pidfd_getfd from
+            # us, nor from a puppet whose credentials are restored already
+            # (no longer dumpable, its mm of the host's user namespace):
+            # procsnap takes the fd and sends it
+            if src_pid == os.getpid():
+                return self._recv_fd(src_fd)
+            from .kernel.libc import pidfd_getfd
+            mine = pidfd_getfd(src_pid, src_fd)
+            try:
+                return self._recv_fd(mine)
+            finally:
+                os.close(mine)
         pidfd = self.pidfds.get(src_pid)
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
@@ -318,13 +434,37 @@ class RestoreTask:
             self.pidfds[src_pid] = pidfd
         return inj.call("pidfd_getfd", pidfd, src_fd, 0)
 
+    def _recv_fd(self, fd: int) -> int:
+        """A copy of the restorer's ``fd`` in a puppet inside a new user
+        namespace, which may not pidfd_getfd from the restorer (ptrace
+        access to a task of the host's user namespace): sent over the
+        restorer's socket pair (RestoreContext.fd_channel), whose other
+        end the puppet holds where the pidfd of the restorer would be."""
+        import socket
+
+        assert self._rctx is not None
+        socket.send_fds(self._rctx.fd_channel, [b"f"], [fd])
+        inj = self.inj
+        buf = inj.put(b"\0" * 8, align=8)
+        iov = inj.put(buf.to_bytes(8, "little") + (1).to_bytes(8, "little"), align=8)
+        ctl = inj.put(bytes(24), align=8)       # CMSG_SPACE(sizeof(int))
+        hdr = inj.put(bytes(16) + iov.to_bytes(8, "little") + (1).to_bytes(8, "little")
+                      + ctl.to_bytes(8, "little") + (24).to_bytes(8, "little") + bytes(8),
+                      align=8)
+        try:
+            inj.call("recvmsg", self.pidfds[os.getpid()], hdr, C.MSG_CMSG_CLOEXEC)
+            raw = inj.read_mem(ctl, 24)
+        finally:
+            inj.reset_scratch()
+        level, kind = int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
+        if level != 1 or kind != 1:  # SOL_SOCKET, SCM_RIGHTS
+            raise RestoreError(f"pid {self.pid}: no fd came over the restorer's socket")
+        return int.from_bytes(raw[16:20], "little")
+
     def close_pidfds(self) -> None:
         for fd in self.pidfds.values():
             self.inj.call("close", fd)
         self.pidfds.clear()
-        host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None:
-            self.inj.call("close", host)  # inherited by every puppet of the namespace
 
 
 @dataclass
@@ -371,15 +511,65 @@ class RestoreContext:
     # every image names pids as seen inside the tree's pid namespace
     # (CRIU's, and procsnap's own from 2026-11-30; images.pidview)
     all_inside: bool = False
-    # An O_PATH fd, in every puppet, on the restorer's root once a restored
-    # mount namespace has pivoted away from it (namespaces.mnt).
-    puppet_host_root: int | None = None
+    # The puppets live under another root: a restored mount namespace has
+    # pivoted away from procsnap's (namespaces.mnt).
+    puppet_pivoted: bool = False
+    # The root lives in a new user namespace (namespaces.user): a puppet's
+    # clone3 sets every pid level but the host's, which the restorer hints
+    # through ns_last_pid (the kernel may give another).
+    host_pid_unset: bool = False
+    # ... and its puppets take the restorer's fds over this socket
+    # (RestoreTask._recv_fd): the restorer's end, a SOCK_DGRAM socket
+    fd_channel: Any = None
+    # procsnap's O_PATH fd on the root of that restored mount namespace,
+    # opened right after the pivot (the puppets chroot later, the fd stays):
+    # names as the tree sees them are reached through it (tree_path).
+    tree_root_fd: int | None = None
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     # (task, pid) -> a function that ends it: a short-lived helper task
     # with that pid, forked by the task (the restorer sets it)
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
+
+    def tree_path(self, path: str) -> str:
+        """An absolute ``path`` as the restored tree sees it (a ghost file,
+        a FIFO, a socket's directory) as a path procsnap can use: the path
+        itself while the tree shares our mount namespace, else the same
+        path under the restored namespace's root (which our own root does
+        not reach).  /proc/OUR PID rather than /proc/self: a journal line
+        with it (tmpnames) names nothing once we are gone."""
+        if self.tree_root_fd is None:
+            return path
+        if not path.startswith("/"):
+            path = "/" + path
+        return f"/proc/{os.getpid()}/fd/{self.tree_root_fd}{path}"
+
+    @contextlib.contextmanager
+    def in_tree_root(self) -> Iterator[None]:
+        """procsnap's root and cwd are the restored tree's root for a
+        moment: for what must be done under a name as the tree sees it, by
+        procsnap itself (a unix socket is bound to exactly the string
+        given to bind(), so the string must be the tree's own name).  No
+        /proc/self or images path works inside; both are put back, also
+        on error.  One thread: procsnap runs no other."""
+        if self.tree_root_fd is None:
+            yield
+            return
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fchdir(self.tree_root_fd)
+            os.chroot(".")
+            try:
+                yield
+            finally:
+                os.fchdir(root)
+                os.chroot(".")
+                os.fchdir(cwd)
+        finally:
+            os.close(root)
+            os.close(cwd)
 
     def host_pid(self, pid: int) -> int:
         """A dumped outside pid as the restored task's host pid."""

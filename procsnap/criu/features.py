@@ -45,6 +45,11 @@ def _uffd(features: int) -> None:
         raise OSError(0, "userfaultfd lacks the fork/remap/remove/unmap events")
 
 
+def _memfd_hugetlb() -> None:
+    """criu's kdat.has_memfd_hugetlb: memfd_create(MFD_HUGETLB) works."""
+    os.close(os.memfd_create("criu-check", os.MFD_CLOEXEC | 4))  # MFD_HUGETLB
+
+
 def _any_fd() -> int:
     for fd in (0, 1, 2):
         try:
@@ -100,7 +105,7 @@ FEATURES: dict[str, Probe] = {
     "timerfd": _ok,                        # timerfds restored with their ticks
     "tun": _no("tun devices are not saved"),
     "tun_ns": _no("tun devices are not saved"),
-    "userns": _no("user namespaces are not saved"),
+    "userns": _ns_file("user"),            # saved and made anew (namespaces.user)
     "fdinfo_lock": _ok,                    # locks and leases saved (resources.file_lock)
     "seccomp_suspend": _ok,                # PTRACE_O_SUSPEND_SECCOMP is used
     "seccomp_filters": _ok,                # filter chains saved (PTRACE_SECCOMP_GET_FILTER)
@@ -133,7 +138,7 @@ FEATURES: dict[str, Probe] = {
     "apparmor_stacking": _no("LSM profiles are not restored"),
     "network_lock_nftables": _nft,
     "sockopt_buf_lock": _ok,               # SO_BUF_LOCK saved among socket options
-    "memfd_hugetlb": _no("hugetlb memfds are not saved"),
+    "memfd_hugetlb": _memfd_hugetlb,       # MFD_HUGETLB memfds saved (resources/memfd.py)
     "move_mount_set_group": _no("mount sharing groups are not set with MOVE_MOUNT_SET_GROUP"),
     "openat2": _ok,
     "get_rseq_conf": _ok,                  # rseq areas saved (PTRACE_GET_RSEQ_CONFIGURATION)

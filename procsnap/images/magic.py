@@ -50,6 +50,7 @@ from procsnap.images.pb import (
     mnt_pb2,
     netdev_pb2,
     ns_pb2,
+    packet_sock_pb2,
     pagemap_pb2,
     pidns_pb2,
     pipe_data_pb2,
@@ -62,6 +63,7 @@ from procsnap.images.pb import (
     seccomp_pb2,
     siginfo_pb2,
     signalfd_pb2,
+    sk_netlink_pb2,
     sk_inet_pb2,
     sk_packet_pb2,
     sk_unix_pb2,
@@ -71,6 +73,8 @@ from procsnap.images.pb import (
     timer_pb2,
     timerfd_pb2,
     tty_pb2,
+    tun_pb2,
+    userns_pb2,
     utsns_pb2,
     vma_pb2,
 )
@@ -277,6 +281,7 @@ KINDS: tuple[ImageKind, ...] = (
     # procsnap's own (CRIU saves no POSIX message queues)
     _kind("ipcns-mq",      "ipcns-mq-%u.img",        "IPCNS_MQ",       0x50534D51, ipc_mqueue_pb2.ipc_mqueue_entry, tail=_mq_tail, pick=_mq_pick),
     _kind("pidns",         "pidns-%u.img",           "PIDNS",          0x61157326, pidns_pb2.pidns_entry),
+    _kind("userns",        "userns-%u.img",          "USERNS",         0x55474906, userns_pb2.userns_entry),
     _kind("timens",        "timens-%u.img",          "TIMENS",         0x43114433, timens_pb2.timens_entry),
     _kind("mountpoints",   "mountpoints-%u.img",     "MNTS",           0x55563928, mnt_pb2.mnt_entry),
     # CRIU appends ".img" to every FD_ENTRY name, this one too
@@ -309,6 +314,9 @@ KINDS: tuple[ImageKind, ...] = (
     _kind("fanotify",      "fanotify.img",           "FANOTIFY_FILE",  0x55096122, fsnotify_pb2.fanotify_file_entry),
     _kind("ns-files",      "ns-files.img",           "NS_FILES",       0x61394011, ns_pb2.ns_file_entry),
     _kind("ext-files",     "ext-files.img",          "EXT_FILES",      0x59255641, ext_file_pb2.ext_file_entry),
+    _kind("packetsk",      "packetsk.img",           "PACKETSK",       0x60454618, packet_sock_pb2.packet_sock_entry),
+    _kind("netlinksk",     "netlinksk.img",          "NETLINK_SK",     0x58005614, sk_netlink_pb2.netlink_sk_entry),
+    _kind("tunfile",       "tunfile.img",            "TUNFILE",        0x57143751, tun_pb2.tunfile_entry),
     _kind("vmas",          "vmas-%u.img",            "VMAS",           0x54123737, vma_pb2.vma_entry),
     _kind("creds",         "creds-%u.img",           "CREDS",          0x54023547, creds_pb2.creds_entry),
     _kind("sigacts",       "sigacts-%u.img",         "SIGACT",         0x55344201, sa_pb2.sa_entry),

@@ -244,9 +244,6 @@ def dump_done(ctx: "DumpContext") -> None:
 
 # ---------------------------------------------------------------- dump ----
 
-_VIEW: list[Any] = [None, ""]  # [task, prefix of its names]: one dump at a time
-
-
 def name_prefix(task: "DumpTask") -> str:
     """Where the names readlink gives for ``task`` are found from here.
 
@@ -255,15 +252,15 @@ def name_prefix(task: "DumpTask") -> str:
     own mount namespace a name is looked up as it is, also for a
     chrooted task (whose cwd may even lie outside its root).  A task in
     another mount namespace gets names from that namespace's root,
-    reached through /proc/PID/root."""
-    if _VIEW[0] is not task:
+    reached through /proc/P/root of a task of it that is not chrooted
+    (DumpContext.set_fs_views decides it for the whole tree)."""
+    if task.fs_prefix is None:
         try:
             same = os.stat(f"/proc/{task.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
         except OSError:
             same = False
-        _VIEW[:] = [task, "" if same else f"/proc/{task.pid}/root"]
-    prefix: str = _VIEW[1]
-    return prefix
+        task.fs_prefix = "" if same else f"/proc/{task.pid}/root"
+    return task.fs_prefix
 
 
 def _name_stat(task: "DumpTask", name: str, ask_target: bool,
@@ -298,10 +295,12 @@ def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
     return orig, False, found[orig]
 
 
-def _dead_pid_dir(name: str, mount_point: str) -> int | None:
-    """N if ``name`` is <proc mount>/N (N a pid no process has now), else None."""
+def _dead_pid_dir(name: str, mount_point: str, prefix: str = "") -> int | None:
+    """N if ``name`` is <proc mount>/N (N a pid no process has now), else
+    None.  ``prefix``: where the task's names are found from here
+    (name_prefix): its /proc may show another pid namespace than ours."""
     rel = os.path.relpath(name, mount_point)
-    if not rel.isdigit() or os.path.exists(os.path.join(mount_point, rel)):
+    if not rel.isdigit() or os.path.exists(prefix + os.path.join(mount_point, rel)):
         return None
     return int(rel)
 
@@ -349,7 +348,7 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
     if same:
         return entry(name)
     if fstype == "proc" and ctx is not None and what == "cwd" and mnt is not None:
-        dead = _dead_pid_dir(name, mnt.mount_point)
+        dead = _dead_pid_dir(name, mnt.mount_point, name_prefix(task))
         if dead is not None:
             # tree2: a cwd in the /proc directory of a process that is gone
             # (zdtm unhashed_proc): as CRIU's REMAP_TYPE_PROCFS, remap_id is
@@ -543,9 +542,11 @@ def dump(fd: "FdCtx", fid: int) -> Any:
 class RestoreState:
     """Per-restore bookkeeping, kept in RestoreContext.kind_state["reg"]."""
     remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry
-    ghosts: dict[int, tuple[str, bool]] = field(default_factory=dict)  # ghost id -> (path, is_dir)
-    parents: list[str] = field(default_factory=list)  # deleted directories made for ghosts
-    links: set[str] = field(default_factory=set)
+    # ghost id -> (path as the tree sees it, the same as procsnap reaches
+    # it (RestoreContext.tree_path), is_dir)
+    ghosts: dict[int, tuple[str, str, bool]] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)  # deleted directories made for ghosts (ours)
+    links: set[str] = field(default_factory=set)  # link remaps used (as procsnap reaches them)
     handles: set[int] | None = None  # file ids with a reg-fh image (listed once)
 
 
@@ -592,18 +593,22 @@ def _ghost_path(rctx: "RestoreContext", name: str, gid: int) -> str:
         # A directory comes back under its own name when that is free, as
         # CRIU does: a deleted cwd then reads "DIR (deleted)" exactly as
         # before.  Anything else gets CRIU's NAME.cr.ID.ghost.
-        if st_mod.S_ISDIR(ghost.entry(rctx.images_dir, gid).mode) and not os.path.lexists(name):
+        # Names are the tree's: made through tree_path, opened by the
+        # puppet as they are.
+        if st_mod.S_ISDIR(ghost.entry(rctx.images_dir, gid).mode) \
+                and not os.path.lexists(rctx.tree_path(name)):
             path = name
         else:
             path = ghost.path_for(name, gid)
         _make_parents(rctx, state, os.path.dirname(path))
-        _journal(rctx, "+", path)
+        ours = rctx.tree_path(path)
+        _journal(rctx, "+", ours)
         try:
-            is_dir = ghost.create(rctx.images_dir, gid, path)
+            is_dir = ghost.create(rctx.images_dir, gid, ours, shown=path)
         except BaseException:
-            tmpnames.remove(None, path)
+            tmpnames.remove(None, ours)
             raise
-        made = state.ghosts[gid] = (path, is_dir)
+        made = state.ghosts[gid] = (path, ours, is_dir)
     return made[0]
 
 
@@ -619,18 +624,19 @@ def _make_parents(rctx: "RestoreContext", state: "RestoreState", parent: str) ->
     directory open under a removed directory), as temporary names that
     restore_done() removes after the ghost, deepest first."""
     missing = []
-    while parent not in ("", "/") and not os.path.lexists(parent):
+    while parent not in ("", "/") and not os.path.lexists(rctx.tree_path(parent)):
         missing.append(parent)
         parent = os.path.dirname(parent)
     for d in reversed(missing):
-        _journal(rctx, "+", d)
+        ours = rctx.tree_path(d)
+        _journal(rctx, "+", ours)
         try:
-            os.mkdir(d, 0o700)
+            os.mkdir(ours, 0o700)
         except OSError as exc:
-            tmpnames.remove(None, d, is_dir=True)
+            tmpnames.remove(None, ours, is_dir=True)
             raise RestoreError(f"{d}: cannot make the deleted directory a ghost needs again: "
                                f"{exc.strerror}") from None
-        state.parents.append(d)
+        state.parents.append(ours)
 
 
 def dead_pid(rctx: "RestoreContext", fid: int) -> int | None:
@@ -667,7 +673,7 @@ def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int
     if remap.remap_type == LINKED:
         link = restore_path(rctx, rctx.file_entry(remap.remap_id))
         fd = rt.open_in_puppet(link, flags, check=after)
-        state.links.add(link)
+        state.links.add(rctx.tree_path(link))
         return fd
     if remap.remap_type == GHOST:
         gpath = _ghost_path(rctx, name, remap.remap_id)
@@ -764,8 +770,8 @@ def restore_done(rctx: "RestoreContext", ok: bool) -> None:
     st = rctx.kind_state.get(NAME)
     if not isinstance(st, RestoreState):
         return
-    for path, is_dir in st.ghosts.values():
-        tmpnames.remove(rctx.images_dir, path, is_dir=is_dir)
+    for _, ours, is_dir in st.ghosts.values():
+        tmpnames.remove(rctx.images_dir, ours, is_dir=is_dir)
     st.ghosts.clear()
     for path in reversed(st.parents):
         try:
@@ -779,8 +785,8 @@ def restore_done(rctx: "RestoreContext", ok: bool) -> None:
         st.links.clear()
 
 
-def _on_fuse(rt: "RestoreTask", fd: int) -> bool:
-    """Is the puppet's fd on a FUSE mount?  fdinfo's mnt_id and the
+def _fstype(rt: "RestoreTask", fd: int) -> str | None:
+    """The file system type of the puppet's fd: fdinfo's mnt_id and the
     puppet's mountinfo say so without asking the filesystem itself."""
     with open(f"/proc/{rt.pid}/fdinfo/{fd}") as f:
         mnt_id = next((int(line.split()[1]) for line in f if line.startswith("mnt_id:")), None)
@@ -788,7 +794,25 @@ def _on_fuse(rt: "RestoreTask", fd: int) -> bool:
     if mounts is None or mnt_id not in mounts:
         with open(f"/proc/{rt.pid}/mountinfo") as f:
             mounts = rt._mounts = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
-    return mnt_id is None or per_caller(mounts.get(mnt_id, "fuse"))
+    if mnt_id is not None and mnt_id not in mounts:
+        # opened by procsnap for a puppet in a new user namespace
+        # (RestoreTask.open_in_puppet): a mount of procsnap's namespace
+        with open("/proc/self/mountinfo") as f:
+            mine = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
+        return mine.get(mnt_id, "fuse")
+    return None if mnt_id is None else mounts.get(mnt_id, "fuse")
+
+
+def _on_fuse(rt: "RestoreTask", fd: int) -> bool:
+    """Is the puppet's fd on a FUSE mount (or one we cannot tell)?"""
+    fstype = _fstype(rt, fd)
+    return fstype is None or per_caller(fstype)
+
+
+# File systems whose files are views generated at each open (lxcfs's /proc
+# and /sys): a size is the length of the text of the moment (lxcfs's
+# /proc/stat grows a digit with the host's load), not the file's identity.
+GENERATED_FS = ("fuse.lxcfs",)
 
 
 def check_opened(rctx: "RestoreContext", rt: "RestoreTask", fd: int, entry: Any) -> None:
@@ -797,7 +821,8 @@ def check_opened(rctx: "RestoreContext", rt: "RestoreTask", fd: int, entry: Any)
     reg = entry.reg
     if not reg.HasField("mode") or rctx.opts.skip_file_check:
         return
-    if not _on_fuse(rt, fd):
+    fstype = _fstype(rt, fd)
+    if fstype is not None and not per_caller(fstype):
         # From outside through the puppet's fd: a plain stat, no injected
         # call (a tenth of the cost, and it adds up over 10,000 fds).
         now = os.stat(f"/proc/{rt.pid}/fd/{fd}")
@@ -812,6 +837,6 @@ def check_opened(rctx: "RestoreContext", rt: "RestoreTask", fd: int, entry: Any)
                            f"{now.st_mode:o}); use --skip-file-check to restore anyway")
     writable = reg.flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
     if st_mod.S_ISREG(now.st_mode) and reg.HasField("size") and not writable \
-            and now.st_size != reg.size:
+            and now.st_size != reg.size and fstype not in GENERATED_FS:
         raise RestoreError(f"{name}: size changed since the dump ({reg.size} -> "
                            f"{now.st_size} bytes); use --skip-file-check to restore anyway")
