@@ -264,3 +264,30 @@ def test_lazy_restore_of_a_tree_in_its_own_pid_namespace(targets: TargetFactory,
     assert d.p.wait(timeout=60) == 0, d.stderr()
     assert d.stats()["lazy_bytes"] >= 32 << 20
     assert t.verdict(timeout=60).startswith("PASS"), t.output()
+
+
+def test_lazy_pages_from_procsnap_page_server(targets: TargetFactory, tmp_path: Path,
+                                              daemons: list[Daemon]) -> None:
+    """The daemon against ``page-server --lazy-pages`` (procsnap.pagexfer's
+    server side of PS_IOV_GET)."""
+    t, images, big, size = _dumped(targets, tmp_path, "64")
+    port = 27000 + os.getpid() % 2000
+    srv = subprocess.Popen(procsnap_cmd("page-server", "-D", str(images), "--address",
+                                        "127.0.0.1", "--port", str(port), "--lazy-pages"),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, close_fds=True)
+    try:
+        time.sleep(1.5)   # the server serves one connection: no probe
+        assert srv.poll() is None
+        d = Daemon(images, "--page-server", "--address", "127.0.0.1", "--port", str(port))
+        daemons.append(d)
+        check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+        targets.adopt(t.pid, like=t)
+        assert d.p.wait(timeout=120) == 0, d.stderr()
+        assert d.stats()["pushed_bytes"] + d.stats()["fault_bytes"] > size
+        assert _present(t.pid, big, size) == size // PAGE
+        assert t.verdict(timeout=60).startswith("PASS"), t.output()
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        srv.wait()
