@@ -10,7 +10,8 @@ How (as criu's uffd.c):
 - A fault is answered with UFFDIO_COPY of the page's bytes -- from the
   images' page files (mapped into the daemon, so the bytes are not
   copied through Python) or, with ``--page-server``, fetched from a page
-  server with criu's PS_IOV_GET (procsnap.pagexfer) -- 64 KiB around the
+  server with criu's PS_IOV_GET (procsnap.pagexfer; ``page-server
+  --lazy-pages`` is its other end, procsnap's or criu's) -- 64 KiB around the
   fault at once; an address the images hold no bytes for (absent at the
   dump, or dropped by the program since with MADV_DONTNEED) gets the zero
   page.  Events keep the books exact: a fork gives the child's
@@ -603,78 +604,6 @@ def run(images_dir: str, work_dir: str | None = None,
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-
-
-# ------------------------------------------- page server, lazy side ----
-
-def serve_images(conn: socket.socket, images_dir: str) -> int:
-    """Answer one lazy-pages daemon's PS_IOV_GET requests from the page
-    files of ``images_dir`` (criu page-server --lazy-pages: its
-    page_server_get_pages() over images): each answer is PS_IOV_ADD_F with
-    PE_PRESENT and as many of the asked pages as lie contiguous in one
-    page file (never more than asked), then their bytes (sendfile).  A
-    page the images do not hold ends the connection, as criu's.  Returns
-    the pages sent."""
-    from .resources import memory
-    from .restorer import _collect
-    rctx = RestoreContext(os.path.abspath(images_dir), RestoreOptions(lazy_socket="-"))
-    _collect(rctx, check_pids=False)
-    runs: dict[int, Any] = {}
-    files: dict[int, list[str]] = {}
-    for rt in rctx.tasks:
-        if not rt.zombie:
-            ipid = rctx.image_pid(rt.pid)
-            runs[ipid] = memory._page_runs(rt)
-            files[ipid] = rt.page_files
-    fds: dict[str, int] = {}
-    shift = memory_shift()
-    sent = 0
-    try:
-        while True:
-            head = _recv_iov(conn)
-            if head is None:
-                return sent
-            word, nr, vaddr, dst = head
-            cmd, _flags = _decode_cmd(word)
-            if cmd in (PX.PS_IOV_CLOSE, PX.PS_IOV_FORCE_CLOSE):
-                conn.sendall(_STATUS.pack(0))
-                return sent
-            if cmd != PX.PS_IOV_GET:
-                raise LazyError(f"page server: command {cmd:#x} is not served "
-                                "(a lazy page server answers PS_IOV_GET only)")
-            pid = dst   # a GET names the pid as is (see pagexfer)
-            got = memory._clip(runs[pid], vaddr, vaddr + nr * PAGE) if pid in runs else []
-            if not got or got[0][0] != vaddr:
-                log.warning("page server: no page at %#x of pid %d: closing", vaddr, pid)
-                return sent
-            _a, size, place = got[0]
-            path = files[pid][place >> shift]
-            if path not in fds:
-                fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            conn.sendall(_pack(PX.encode_cmd(PX.PS_IOV_ADD_F, PX.PE_PRESENT),
-                                 size // PAGE, vaddr, dst))
-            off, left = place & ((1 << shift) - 1), size
-            while left:
-                n = os.sendfile(conn.fileno(), fds[path], off, left)
-                if n == 0:
-                    raise LazyError(f"{path}: short page file at offset {off}")
-                off, left = off + n, left - n
-            sent += size // PAGE
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def serve_images_tcp(images_dir: str, address: str, port: int,
-                     ready: Any = None) -> int:
-    """Listen on (address, port), serve one connection (serve_images)."""
-    with socket.create_server((address, port)) as srv:
-        if ready is not None:
-            ready(srv.getsockname()[1])
-        conn, _ = srv.accept()
-        with conn:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return serve_images(conn, images_dir)
 
 
 def main(images_dir: str, work_dir: str | None, page_server: tuple[str, int] | None,
