@@ -271,3 +271,64 @@ def test_lazy_restore_of_a_tree_in_its_own_pid_namespace(targets: TargetFactory,
     assert d.stats()["lazy_bytes"] >= 32 << 20
     assert t.verdict(timeout=60).startswith("PASS"), t.output()
 
+
+
+def test_lazy_migration_between_two_network_namespaces(targets: TargetFactory, tmp_path: Path,
+                                                       daemons: list[Daemon]) -> None:
+    """Live migration's shape on one machine: the images' pages stay with a
+    page server in another network namespace ("the source host", reached
+    over a veth pair); the restore side has the rest of the images and its
+    lazy-pages daemon fetches every lazy page from there."""
+    import shutil
+    t, images, big, size = _dumped(targets, tmp_path, "64")
+    src = tmp_path / "source"
+    shutil.copytree(images, src)
+    tag = f"lz{os.getpid() % 100000}"
+    sub = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    here, there = f"{sub}.1", f"{sub}.2"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+    ip("netns", "add", tag)
+    srv: subprocess.Popen | None = None
+    try:
+        ip("link", "add", f"{tag}a", "type", "veth", "peer", "name", f"{tag}b")
+        ip("link", "set", f"{tag}b", "netns", tag)
+        ip("addr", "add", f"{here}/24", "dev", f"{tag}a")
+        ip("link", "set", f"{tag}a", "up")
+        ip("netns", "exec", tag, "ip", "addr", "add", f"{there}/24", "dev", f"{tag}b")
+        ip("netns", "exec", tag, "ip", "link", "set", f"{tag}b", "up")
+        ip("netns", "exec", tag, "ip", "link", "set", "lo", "up")
+        r, w = os.pipe()
+        srv = subprocess.Popen(["ip", "netns", "exec", tag]
+                               + procsnap_cmd("page-server", "-D", str(src), "--address",
+                                              there, "--port", "27027", "--lazy-pages",
+                                              "--status-fd", str(w)),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, pass_fds=(w,))
+        os.close(w)
+        try:
+            assert os.read(r, 1) == b"\0", "the page server did not start"
+        finally:
+            os.close(r)
+        d = Daemon(images, "--page-server", "--address", there, "--port", "27027")
+        daemons.append(d)
+        t0 = time.monotonic()
+        check_ok(run_procsnap("restore", "-D", images, "-d", "--lazy-pages"))
+        targets.adopt(t.pid, like=t)
+        t.signal(signal.SIGUSR1)
+        t.wait_line(r"^alive 1")
+        answered = time.monotonic() - t0
+        assert d.p.wait(timeout=120) == 0, d.stderr()
+        assert srv.wait(timeout=10) == 0
+        st = d.stats()
+        assert st["fault_bytes"] + st["pushed_bytes"] >= st["lazy_bytes"] > size, st
+        assert _present(t.pid, big, size) == size // PAGE
+        assert t.verdict(timeout=60).startswith("PASS"), t.output()
+        print(f"lazy migration of 64 MiB over a veth: first answer {answered:.3f} s")
+    finally:
+        if srv is not None and srv.poll() is None:
+            srv.kill()
+            srv.wait()
+        subprocess.run(["ip", "netns", "del", tag], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{tag}a"], capture_output=True)
