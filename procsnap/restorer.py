@@ -840,8 +840,14 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
             empty_ns: int = 0, join_ns: dict[str, str] | None = None,
-            orphan_pts_master: bool = False) -> int:
+            orphan_pts_master: bool = False,
+            lazy_pages: bool = False, work_dir: str | None = None) -> int:
     """Recreate the process tree saved in ``images_dir``.
+
+    ``lazy_pages`` (criu's restore --lazy-pages): private anonymous memory
+    is not read now; the ``lazy-pages`` daemon, which must be listening on
+    ``lazy-pages.socket`` in ``work_dir`` (default: the images directory),
+    serves it on fault and pushes the rest in the background.
 
     ``action`` is called at criu's action-script stages: pre-restore,
     post-restore and pre-resume (all tasks built, still stopped: a non-zero
@@ -870,7 +876,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_veth=dict(ext_veth or {}),
                               restore_sibling=restore_sibling,
                               manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                              empty_ns=empty_ns, join_ns=dict(join_ns or {})))
+                              empty_ns=empty_ns, join_ns=dict(join_ns or {}),
+                              lazy_socket=(lazy_socket_path(work_dir or images_dir)
+                                           if lazy_pages else None)))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
@@ -884,6 +892,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         return _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
     rctx.spawn_helper = proc_helper
     rctx.stats["collect"] = time.monotonic() - t0
+    lazy_sk = _lazy_connect(rctx) if rctx.opts.lazy_socket else None
     from .resources import cgroup
     cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
     root = rctx.tasks[0]
@@ -993,6 +1002,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     th.inj.detach()
         for hook in rctx.after_detach:
             hook()
+        if lazy_sk is not None:
+            # after the tree runs, as criu: the daemon's background push
+            # does not compete with the restore's last steps
+            _lazy_finish(rctx, lazy_sk)
     except BaseException as exc:
         if created:
             _kill_all(rctx)
@@ -1005,6 +1018,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         raise
     finally:
         namespaces.leave(rctx)  # procsnap's thread back in its own namespaces
+        if lazy_sk is not None:
+            lazy_sk.close()  # without restore-finished: the daemon gives up (and kills)
         if rctx.fd_channel is not None:
             rctx.fd_channel.close()
         for fd in rctx.own_fds:
@@ -1017,6 +1032,61 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     if detached:
         return root.pid
     return wait_exit(root.pid)
+
+
+def lazy_socket_path(work_dir: str) -> str:
+    from .kernel.uffd import LAZY_PAGES_SOCK_NAME
+    return os.path.join(os.path.abspath(work_dir), LAZY_PAGES_SOCK_NAME)
+
+
+def _unix_address(path: str) -> tuple[str, int | None]:
+    """A path short enough for sockaddr_un: long ones through /proc/self/fd."""
+    if len(os.fsencode(path)) < 108:
+        return path, None
+    dfd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dfd}/{os.path.basename(path)}", dfd
+
+
+def _lazy_connect(rctx: RestoreContext) -> Any:
+    """restore --lazy-pages: connect to the daemon before anything is made,
+    and give memory.restore the way to hand it each task's userfaultfd."""
+    import socket
+    from .kernel import uffd
+    path = rctx.opts.lazy_socket
+    assert path is not None
+    sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    addr, dfd = _unix_address(path)
+    try:
+        sk.connect(addr)
+    except OSError as exc:
+        sk.close()
+        raise RestoreError(f"restore --lazy-pages: no lazy-pages daemon at {path} "
+                           f"({exc.strerror}): start `lazy-pages -D DIR` first") from None
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+
+    def send(rt: RestoreTask, fds: list[int]) -> None:
+        try:
+            uffd.send_uffd(sk, rctx.image_pid(rt.pid), fds)
+        except OSError as exc:
+            raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: the lazy-pages daemon "
+                               f"is gone ({exc.strerror or exc})") from None
+    rctx.kind_state["lazy_send"] = send
+    return sk
+
+
+def _lazy_finish(rctx: RestoreContext, sk: Any) -> None:
+    """criu's LAZY_PAGES_RESTORE_FINISHED, once the tree runs: the daemon
+    starts pushing what was not faulted in.  A daemon gone by now fails
+    the restore (its guard kills the tree)."""
+    import struct
+    from .kernel import uffd
+    try:
+        sk.sendall(struct.pack("I", uffd.LAZY_PAGES_RESTORE_FINISHED))
+    except OSError as exc:
+        raise RestoreError("restore --lazy-pages: the lazy-pages daemon is gone "
+                           f"({exc.strerror or exc})") from None
 
 
 def _action(rctx: RestoreContext, name: str) -> None:

@@ -260,6 +260,10 @@ class RestoreOptions:
     empty_ns: int = 0
     # criu's --join-ns KIND:PATH|PID: the tree joins that namespace instead of a new one
     join_ns: dict[str, str] = field(default_factory=dict)
+    # criu's restore --lazy-pages: private anonymous memory is left empty
+    # and served on fault by the lazy-pages daemon listening at this path
+    # (<work dir>/lazy-pages.socket); None: every page is restored at once
+    lazy_socket: str | None = None
 
 
 @dataclass
@@ -283,6 +287,11 @@ class RestoreTask:
     # the images and their parents', and the runs found there
     page_files: list[str] = field(default_factory=list)
     page_runs: Any = None
+    # lazy restore (memory.lazy_set): pages the images leave to a page
+    # server (criu's PE_LAZY without PE_PRESENT), and the ranges this task
+    # registered with its userfaultfd for the lazy-pages daemon
+    lazy_only: list[tuple[int, int]] = field(default_factory=list)
+    lazy: list[tuple[int, int]] = field(default_factory=list)
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
     threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
