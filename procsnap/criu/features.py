@@ -100,7 +100,10 @@ def _cgroupns() -> None:
 
 FEATURES: dict[str, Probe] = {
     "mnt_id": _fdinfo_has("mnt_id"),
-    "mem_dirty_track": _no("no pre-dump / memory tracking"),
+    # criu's soft-dirty tracking; procsnap's pre-dump tracks with userfaultfd
+    # write-protect instead, which criu's --track-mem callers do not ask for
+    "mem_dirty_track": _no("no soft-dirty memory tracking (procsnap's pre-dump uses "
+                           "userfaultfd write-protect)"),
     "aio_remap": _ok,                      # AIO rings remade and moved (memory.aio)
     "timerfd": _ok,                        # timerfds restored with their ticks
     "tun": _no("tun devices are not saved"),

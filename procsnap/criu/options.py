@@ -469,7 +469,9 @@ ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
                    "only restore --lazy-pages (with the lazy-pages daemon) and page-server "
                    "--lazy-pages are done; a dump that leaves the tree frozen to serve its "
                    "pages is not (dump, then restore --lazy-pages)"),
-    "page-server": (("lazy-pages", "dump", "pre-dump"),
+    # (page-server itself: criu's RPC PAGE_SERVER hands its address and
+    # port in the same criu_opts.ps field that makes a dump use one)
+    "page-server": (("lazy-pages", "dump", "pre-dump", "page-server"),
                     "a page server is used by dump, pre-dump and lazy-pages"),
 }
 

@@ -74,7 +74,7 @@ def test_version_and_check(criu_path: Path) -> None:
     assert res.returncode == 0 and "Looks good." in res.stdout, describe(res)
     res = criu(criu_path, "check", "--no-default-config", "-verbosity=0", "--feature", "mnt_id")
     assert res.returncode == 0 and res.stdout.strip() == "mnt_id is supported", describe(res)
-    one_line(criu(criu_path, "check", "--feature", "userns"), "userns", "not supported")
+    one_line(criu(criu_path, "check", "--feature", "tun"), "tun", "not supported")
     one_line(criu(criu_path, "check", "--feature", "nosuchthing"), "Unknown feature nosuchthing")
     one_line(criu(criu_path, "page-server"), "page-server")
     # the same command line through procsnap's own command
