@@ -26,6 +26,7 @@ from .procfs.reader import ProcReader
 
 @dataclass
 class DumpOptions:
+    """What the caller of dump() asked for."""
     leave_running: bool = False
     shell_job: bool = False
     ghost_limit: int = 1 << 20   # largest deleted file saved as a ghost (CRIU's default)
@@ -105,6 +106,7 @@ class DumpTask:
 
 @dataclass
 class DumpContext:
+    """The state of one dump, shared by the resource modules."""
     images_dir: str
     opts: DumpOptions
     tasks: list[DumpTask] = field(default_factory=list)
@@ -181,6 +183,7 @@ PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRA
 
 @dataclass
 class RestoreOptions:
+    """What the caller of restore() asked for."""
     detached: bool = True
     shell_job: bool = False
     pidfile: str | None = None
@@ -207,6 +210,7 @@ class RestoreOptions:
 
 @dataclass
 class RestoreThread:
+    """One thread of a task being restored."""
     tid: int
     core: Any
     inj: Injector = None  # type: ignore[assignment]
@@ -214,6 +218,7 @@ class RestoreThread:
 
 @dataclass
 class RestoreTask:
+    """One task being restored: its images and its puppet."""
     pid: int
     images_dir: str
     pstree: Any
@@ -320,6 +325,7 @@ class RestoreTask:
 
 @dataclass
 class RestoreContext:
+    """The state of one restore, shared by the resource modules."""
     images_dir: str
     opts: RestoreOptions
     files: dict[int, Any] = field(default_factory=dict)

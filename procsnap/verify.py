@@ -380,6 +380,7 @@ def _escape(path: str) -> str:
 
 @dataclass
 class _Vma:
+    """A mapping as the restored task has it."""
     start: int
     end: int
     prot: int

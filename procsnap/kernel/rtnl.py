@@ -30,6 +30,7 @@ _RTATTR = struct.Struct("=HH")          # len, type
 
 @dataclass
 class Link:
+    """A network link as RTM_GETLINK reports it."""
     index: int
     flags: int                  # ifi_flags (32 bits: IFF_LOWER_UP included)
     name: str

@@ -60,6 +60,7 @@ _FLOCK = struct.Struct("<hh4xqqi4x")
 
 @dataclass
 class _State:
+    """The locks met during one dump."""
     entries: list[Any] = field(default_factory=list)
     seen: set[tuple[Any, ...]] = field(default_factory=set)
     # POSIX locks seen under another process's fd: (owner pid, start, end, type) -> where

@@ -66,6 +66,7 @@ SPLICE_F_NONBLOCK = 2
 
 @dataclass
 class _Pipe:
+    """One pipe of the tree and the fds holding each end."""
     ino: int
     readers: list[tuple[int, int]] = field(default_factory=list)   # (pid, fd)
     writers: list[tuple[int, int]] = field(default_factory=list)

@@ -63,6 +63,7 @@ HUGE_MASK = C.MAP_HUGETLB | (0x3F << MAP_HUGE_SHIFT)
 
 @dataclass
 class _Obj:
+    """One System V shm segment attached in the tree."""
     shmid: int
     pid: int
     start: int

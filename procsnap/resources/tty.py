@@ -242,6 +242,7 @@ def _canon_edit(t: Any) -> set[int]:
 
 @dataclass
 class _Side:
+    """One end of a pty pair as first seen in the tree."""
     info_id: int
     holder: tuple[int, int, str]      # (pid, fd, link) first seen, for messages
     copy: int                         # our pidfd_getfd copy (the same description)
@@ -251,6 +252,7 @@ class _Side:
 
 @dataclass
 class _Pair:
+    """A pty pair of the tree, by index."""
     index: int
     master: _Side | None = None
     slave: _Side | None = None
@@ -258,6 +260,7 @@ class _Pair:
 
 @dataclass
 class _DumpState:
+    """The terminals met during one dump."""
     pairs: dict[int, _Pair] = field(default_factory=dict)
     copies: list[int] = field(default_factory=list)
     ctty_info: int | None = None
@@ -643,6 +646,7 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
 
 @dataclass
 class _RestoreState:
+    """The terminals made during one restore."""
     infos: dict[int, Any]
     pool: dict[int, int] = field(default_factory=dict)      # file id -> fd in every puppet
     base: dict[int, int] = field(default_factory=dict)      # index -> a slave fd (ours)
