@@ -1,0 +1,63 @@
+"""What procsnap's start-up loads: every CLI dump and restore of a small
+process pays for it (issue 16: within 2x of criu, start-up included), so
+what is left out on purpose must stay out."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running ``code``."""
+    r = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                        "print(json.dumps(sorted(sys.modules)))"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    return set(json.loads(r.stdout.splitlines()[-1]))
+
+
+def test_pb_modules_skip_protobufs_python_machinery_on_upb() -> None:
+    """On upb our *_pb2 modules are built by images/pb/_runtime.py: neither
+    protobuf's builder nor descriptor_pool (which pull the pure-Python
+    message implementation and text_format) is loaded."""
+    from google.protobuf.internal import api_implementation
+    if api_implementation.Type() != "upb":
+        pytest.skip("protobuf here is not upb: _runtime uses protobuf's own builder")
+    loaded = _modules_after("import procsnap.images.magic, procsnap.images.pb.core_pb2")
+    heavy = {"google.protobuf.internal.python_message", "google.protobuf.text_format",
+             "google.protobuf.descriptor_pool", "google.protobuf.internal.builder",
+             "google.protobuf.descriptor_pb2"}
+    assert not heavy & loaded, sorted(heavy & loaded)
+
+
+def test_pb_classes_are_protobufs_own() -> None:
+    """The classes _runtime makes are the ones protobuf's builder makes for
+    the same descriptors (one class per message, whoever loads it first),
+    with the same module-level names."""
+    from google.protobuf.internal import builder
+
+    from procsnap.images.pb import core_pb2, fdinfo_pb2
+    for mod in (core_pb2, fdinfo_pb2):
+        theirs: dict[str, object] = {}
+        builder.BuildMessageAndEnumDescriptors(mod.DESCRIPTOR, theirs)
+        builder.BuildTopDescriptorsAndMessages(mod.DESCRIPTOR, mod.__name__, theirs)
+        for name, value in theirs.items():
+            ours = getattr(mod, name)
+            if isinstance(value, type):
+                assert ours is value, name
+            elif isinstance(value, int):
+                assert ours == value, name
+            else:  # descriptors and enum wrappers
+                assert getattr(ours, "DESCRIPTOR", ours) is getattr(value, "DESCRIPTOR", value), name
+    m = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+    m.tc.comm = "x"
+    assert core_pb2.core_entry.FromString(m.SerializePartialToString()).tc.comm == "x"
+    assert fdinfo_pb2.fd_types.Name(fdinfo_pb2.EVENTFD) == "EVENTFD"
