@@ -23,7 +23,6 @@ a traceback only with -v, and only for a bug (an error we did not expect).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -228,6 +227,7 @@ def cmd_restore(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
+    import json
     from .images import show
     if a.image:
         path = a.image if os.sep in a.image else os.path.join(a.dir, a.image)

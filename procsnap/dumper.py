@@ -337,7 +337,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
-    from .resources import memtrack, namespaces, regfile
+    from .resources import namespaces, regfile
 
     t0 = time.monotonic()
     _check_target(pid)
@@ -403,6 +403,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                 th.core = task.core if th.tid == task.pid else \
                     core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
         if prev_images_dir is not None:
+            from .resources import memtrack
             t = time.monotonic()
             record = memtrack.load(os.path.join(images_dir, "parent"))
             _tracked(ctx, record)
@@ -722,8 +723,9 @@ def _write_images(ctx: DumpContext) -> None:
                                                        sighand_id=0))
     from .resources import namespaces
     namespaces.own_ids(inv.root_ids)
-    from .resources import tcp
-    tcp.inventory(ctx, inv)
+    if "tcp" in ctx.kind_state:  # resources.tcp's NAME: it locked the network
+        from .resources import tcp  # (else not imported: socket, subprocess, shutil...)
+        tcp.inventory(ctx, inv)
     track("inventory", None)
     images.write_one(d, "inventory", inv)
     # A tree in a pid namespace of its own is written as CRIU writes it:
