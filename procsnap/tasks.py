@@ -24,6 +24,12 @@ from .procfs.reader import ProcReader
 
 # ------------------------------------------------------------------ dump ----
 
+# The tasks, threads and contexts are compared by identity (eq=False; two
+# of them never hold the same fields) and have no generated repr (one would
+# print every image of a tree): dataclass() compiles each generated method
+# at import, and these two for the seven classes below were ~5 % of the
+# instructions of procsnap's start-up.
+
 @dataclass
 class DumpOptions:
     """What the caller of dump() asked for."""
@@ -57,7 +63,7 @@ class DumpOptions:
     prev_images_dir: str | None = None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DumpThread:
     """One thread of a process: its own registers, injector and core."""
     tid: int
@@ -72,7 +78,7 @@ class DumpThread:
         return self.inj
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DumpTask:
     """Everything the resource modules learn about one process."""
     pid: int
@@ -104,7 +110,7 @@ class DumpTask:
         return self.inj
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DumpContext:
     """The state of one dump, shared by the resource modules."""
     images_dir: str
@@ -154,7 +160,7 @@ class DumpContext:
         self.payload_images.setdefault(kind, []).append((msg, data))
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class FdCtx:
     """One fd of a task as the fd kind modules see it at dump."""
     ctx: DumpContext
@@ -208,7 +214,7 @@ class RestoreOptions:
     join_ns: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreThread:
     """One thread of a task being restored."""
     tid: int
@@ -216,7 +222,7 @@ class RestoreThread:
     inj: Injector = None  # type: ignore[assignment]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreTask:
     """One task being restored: its images and its puppet."""
     pid: int
@@ -323,7 +329,7 @@ class RestoreTask:
             self.inj.call("close", host)  # inherited by every puppet of the namespace
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreContext:
     """The state of one restore, shared by the resource modules."""
     images_dir: str
