@@ -3,7 +3,7 @@ process pays for it (issue 16: within 2x of criu, start-up included), so
 what is left out on purpose must stay out."""
 from __future__ import annotations
 
-import json
+import ast
 import os
 import subprocess
 import sys
@@ -16,12 +16,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _modules_after(code: str) -> set[str]:
     """The modules a fresh interpreter has loaded after running ``code``."""
-    r = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
-                        "print(json.dumps(sorted(sys.modules)))"],
+    r = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
+                        "print(sorted(sys.modules))"],
                        capture_output=True, text=True, timeout=60,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 0, r.stderr
-    return set(json.loads(r.stdout.splitlines()[-1]))
+    return set(ast.literal_eval(r.stdout.splitlines()[-1]))
 
 
 def test_pb_modules_skip_protobufs_python_machinery_on_upb() -> None:
@@ -61,3 +61,23 @@ def test_pb_classes_are_protobufs_own() -> None:
     m.tc.comm = "x"
     assert core_pb2.core_entry.FromString(m.SerializePartialToString()).tc.comm == "x"
     assert fdinfo_pb2.fd_types.Name(fdinfo_pb2.EVENTFD) == "EVENTFD"
+
+
+def test_cli_dump_and_restore_import_only_what_a_small_process_needs() -> None:
+    """The modules of a dump and a restore of a tree without namespaces,
+    sockets, tmpfs or pre-dump: none of the stdlib modules that only those
+    need (each was imported at every start before), and only the parser of
+    the command run is built."""
+    loaded = _modules_after(
+        "import procsnap.cli as c\n"
+        "c._parser('dump'); c._parser('restore')\n"
+        "import procsnap.dumper, procsnap.restorer, procsnap.verify")
+    lazy = {"tarfile", "gzip", "tempfile", "subprocess", "json", "shutil", "socket",
+            "procsnap.resources.tcp", "procsnap.resources.memtrack"}
+    assert not lazy & loaded, sorted(lazy & loaded)
+
+
+def test_cli_builds_the_parser_of_its_command_only() -> None:
+    from procsnap import cli
+    assert set(cli._parser("dump")._subparsers._group_actions[0].choices) == {"dump"}  # type: ignore[union-attr]
+    assert set(cli._parser()._subparsers._group_actions[0].choices) == set(cli.COMMANDS)  # type: ignore[union-attr]

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import struct
 from typing import TYPE_CHECKING, Any
@@ -114,6 +113,7 @@ def _where(pid: int, ns_id: int) -> str:
 
 
 def _tool(name: str) -> str | None:
+    import shutil  # here: bz2, lzma... are not imported for a tree without a netns
     return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}")
                                        if os.path.exists(p)), None)
 
