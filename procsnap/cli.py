@@ -23,7 +23,6 @@ a traceback only with -v, and only for a bug (an error we did not expect).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -396,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     verbose = getattr(a, "verbose", 0)
     from . import progress
     progress.enabled = True  # a bar for long page copies, on a terminal only
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
-                        format="procsnap: %(message)s")
+    from . import logs  # logging itself is imported at the first message
+    logs.configure(level=logs.DEBUG if verbose > 1 else logs.WARNING,
+                   format="procsnap: %(message)s")
     try:
         return COMMANDS[a.cmd](a)
     except ProcsnapError as exc:

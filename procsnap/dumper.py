@@ -26,12 +26,12 @@ freeze to its release or kill (criu's frozen_time).
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
 from typing import Any, Callable
 
+from . import logs
 from . import audit, images
 from .resources import seccomp
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
@@ -45,7 +45,7 @@ from .kernel import ptrace
 from .procfs.reader import ProcReader, is_kernel_thread
 from .tasks import DumpContext, DumpOptions, DumpTask, DumpThread
 
-log = logging.getLogger("procsnap.dumper")
+log = logs.Logger("procsnap.dumper")
 
 SCRATCH_SIZE = 64 * 1024
 

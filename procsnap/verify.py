@@ -112,7 +112,6 @@ import bisect
 import ipaddress
 import ctypes
 import fcntl
-import logging
 import os
 import struct
 import stat as st_mod
@@ -120,6 +119,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import logs
 from .errors import RestoreError, Unsupported
 from .images.pb import fdinfo_pb2
 from .kernel import consts as C
@@ -140,7 +140,7 @@ if TYPE_CHECKING:
 
     from .tasks import RestoreContext, RestoreTask
 
-log = logging.getLogger("procsnap.verify")
+log = logs.Logger("procsnap.verify")
 
 PREFIX = "restore check"
 

@@ -72,7 +72,7 @@ def test_cli_dump_and_restore_import_only_what_a_small_process_needs() -> None:
         "import procsnap.cli as c\n"
         "c._parser('dump'); c._parser('restore')\n"
         "import procsnap.dumper, procsnap.restorer, procsnap.verify")
-    lazy = {"tarfile", "gzip", "tempfile", "subprocess", "json", "shutil", "socket",
+    lazy = {"tarfile", "gzip", "tempfile", "subprocess", "json", "shutil", "socket", "logging",
             "procsnap.resources.tcp", "procsnap.resources.memtrack"}
     assert not lazy & loaded, sorted(lazy & loaded)
 
@@ -81,3 +81,21 @@ def test_cli_builds_the_parser_of_its_command_only() -> None:
     from procsnap import cli
     assert set(cli._parser("dump")._subparsers._group_actions[0].choices) == {"dump"}  # type: ignore[union-attr]
     assert set(cli._parser()._subparsers._group_actions[0].choices) == set(cli.COMMANDS)  # type: ignore[union-attr]
+
+
+def test_log_messages_come_out_as_configured_once_logging_loads() -> None:
+    """procsnap.logs keeps the command line's configuration until the first
+    message: that message and the next are formatted and filtered by it,
+    and a library logging through logging itself meets it too."""
+    r = subprocess.run([sys.executable, "-c",
+                        "import sys\n"
+                        "from procsnap import logs\n"
+                        "logs.configure(level=logs.WARNING, format='procsnap: %(message)s')\n"
+                        "assert 'logging' not in sys.modules\n"
+                        "from procsnap.tmpnames import log\n"
+                        "log.info('not shown'); log.warning('shown %d', 1)\n"
+                        "import logging; logging.getLogger('lib').warning('lib too')\n"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["procsnap: shown 1", "procsnap: lib too"]

@@ -53,11 +53,11 @@ puppet_host_root``) through which it still reaches procsnap's own files
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ... import logs
 from ... import images, tmpnames
 from ...errors import DumpError, ImageError, RestoreError, Unsupported
 from ...images.pb import mnt_pb2
@@ -67,7 +67,7 @@ from ...kernel.libc import syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
 from .. import cgroup
 
-log = logging.getLogger("procsnap")
+log = logs.Logger("procsnap")
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, DumpTask, RestoreContext, RestoreTask
