@@ -99,3 +99,16 @@ def test_log_messages_come_out_as_configured_once_logging_loads() -> None:
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines() == ["procsnap: shown 1", "procsnap: lib too"]
+
+
+def test_criu_version_answers_before_the_command_line_is_loaded() -> None:
+    """LXC runs `criu --version` before each checkpoint and restore: the
+    answer comes without the option tables, logging or dataclasses (with
+    no config file around), and is criu's line."""
+    loaded = _modules_after("import sys\nsys.argv = ['criu', '--version']\n"
+                            "import procsnap.criu\nassert procsnap.criu.main() == 0")
+    heavy = {"procsnap.criu.command", "procsnap.criu.options", "logging", "dataclasses"}
+    assert not heavy & loaded, sorted(heavy & loaded)
+    r = subprocess.run([sys.executable, "-m", "procsnap.criu", "--version"], capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert (r.returncode, r.stdout) == (0, "Version: 4.2\n"), r.stderr
