@@ -834,7 +834,9 @@ def _is_premapped(v: Any) -> bool:
             and not v.flags & C.MAP_HUGETLB)
 
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _Premapped:
     """What premap() left mapped in one task, for its children to reuse."""
     vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()

@@ -240,7 +240,9 @@ def _canon_edit(t: Any) -> set[int]:
 
 # ---------------------------------------------------------------- dump ----
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _Side:
     """One end of a pty pair as first seen in the tree."""
     info_id: int
@@ -250,7 +252,7 @@ class _Side:
     hung: bool = False
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _Pair:
     """A pty pair of the tree, by index."""
     index: int
@@ -258,7 +260,7 @@ class _Pair:
     slave: _Side | None = None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _DumpState:
     """The terminals met during one dump."""
     pairs: dict[int, _Pair] = field(default_factory=dict)
@@ -644,7 +646,7 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
 
 # ------------------------------------------------------------- restore ----
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _RestoreState:
     """The terminals made during one restore."""
     infos: dict[int, Any]
