@@ -24,7 +24,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
-         prev_images_dir: str | None = None) -> dict[str, float]:
+         prev_images_dir: str | None = None,
+         orphan_pts_master: bool = False,
+         page_server: tuple[str, int] | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     The process is killed after a complete dump unless ``leave_running``.
@@ -54,6 +56,13 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     :func:`pre_dump` of this tree (relative: to ``images_dir``), linked as
     ``parent``; pages not written since stay there, so the tree is frozen
     only while the rest is copied.
+    ``orphan_pts_master`` (criu's --orphan-pts-master, runc's terminal): a
+    pts whose master is outside the tree is saved as such (restored with a
+    new master handed to the caller, see :func:`restore`).
+    ``page_server`` (criu's --page-server --address A --port P): ``(A, P)``;
+    the pagemaps and pages go to that page server (``procsnap page-server``
+    or criu's), which writes them into its images dir; the other images
+    are written to ``images_dir``.
     Returns stage timings in seconds (``"frozen"``: how long the tree was
     held, freeze to release).  Raises a :class:`ProcsnapError`; on
     failure the process runs on untouched and no image is left behind.
@@ -65,31 +74,37 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                  tcp_close=tcp_close, skip_in_flight=skip_in_flight, ext_unix_sk=ext_unix_sk,
                  action=action, ext_mount_auto=ext_mount_auto,
                  manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                 empty_ns=empty_ns, sync=sync, prev_images_dir=prev_images_dir)
+                 empty_ns=empty_ns, sync=sync, prev_images_dir=prev_images_dir,
+                 orphan_pts_master=orphan_pts_master,
+                 page_server=page_server)
 
 
-def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
-             ) -> dict[str, float]:
+def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None,
+             page_server: tuple[str, int] | None = None) -> dict[str, float]:
     """criu's pre-dump: save the tree's private memory into ``images_dir``
     while it is frozen, then let it run on with its writes tracked, so that
     a later pre-dump or :func:`dump` given this directory as
     ``prev_images_dir`` copies only the pages written since.  The tree
     holds a userfaultfd (a high fd, close-on-exec) until that dump.
+    ``page_server``: as for :func:`dump` (the server needs its own
+    ``--prev-images-dir`` for the pages left in its parent images).
     Returns stage timings in seconds."""
     from .dumper import pre_dump as _pre_dump
-    return _pre_dump(pid, images_dir, prev_images_dir=prev_images_dir)
+    return _pre_dump(pid, images_dir, prev_images_dir=prev_images_dir,
+                     page_server=page_server)
 
 
 def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             ext_unix_sk: bool = False,
-            verify: bool = True, action: Callable[[str], int] | None = None,
+            verify: bool = True, action: Callable[..., int] | None = None,
             root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None,
+            orphan_pts_master: bool = False) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -126,12 +141,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     path of a namespace file (or a pid) the tree joins instead of a new
     namespace of that kind; only "net" (its contents are left as they are,
     its network lock is removed once the tree runs).
+    ``orphan_pts_master`` (criu's --orphan-pts-master): a pts dumped with
+    its master outside the tree gets a new pty pair in the tree's devpts;
+    the slave is the tree's, the master goes to ``action`` as
+    ``action("orphan-pts-master", fd)`` (criu's RPC sends it to the client).
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
                     skip_file_check=skip_file_check, inherit_fd=inherit_fd,
                     tcp_close=tcp_close, verify=verify, action=action, fs_root=root,
-                    ext_unix_sk=ext_unix_sk,
+                    ext_unix_sk=ext_unix_sk, orphan_pts_master=orphan_pts_master,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
                     manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),

@@ -173,7 +173,8 @@ def _exit_signal(v: int, own: Any) -> str | None:
 
 STAT: list[Item] = [
     *_s("stat", "pid comm state ppid pgrp session num_threads", "core (pstree, comm, state)"),
-    *_s("stat", "tty_nr tpgid", "tty (controlling terminal; --shell-job)"),
+    *_s("stat", "tty_nr tpgid", "tty (controlling terminal; --shell-job; "
+        "--external tty[RDEV:DEV]; --orphan-pts-master)"),
     *_i("stat", "flags", "PF_* flags: kernel bookkeeping (PF_KTHREAD is refused, see "
         "Kthread)"),
     *_i("stat", "minflt cminflt majflt cmajflt utime stime cutime cstime guest_time cguest_time "

@@ -1,14 +1,18 @@
 """The ``procsnap`` command, with criu's habits.
 
     procsnap dump -t PID -D DIR [--leave-running] [--shell-job] [--ghost-limit SIZE]
-                  [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY]...
+                  [--link-remap] [--external unix[INO]|mnt[MOUNTPOINT]:KEY|tty[RDEV:DEV]]...
                   [--ext-mount-map MOUNTPOINT:KEY|auto]... [--tcp-established]
                   [--tcp-close] [--skip-in-flight] [--sync]
-                  [--prev-images-dir DIR] [--track-mem] [-v]
-    procsnap pre-dump -t PID -D DIR [--prev-images-dir DIR] [-v]
+                  [--prev-images-dir DIR] [--track-mem]
+                  [--page-server --address A --port P] [-v]
+    procsnap pre-dump -t PID -D DIR [--prev-images-dir DIR]
+                      [--page-server --address A --port P] [-v]
+    procsnap page-server -D DIR --port P [--address A] [-d] [--status-fd FD]
+                         [--pidfile FILE] [--prev-images-dir DIR] [--lazy-pages]
     procsnap restore -D DIR [-d] [--pidfile FILE] [--shell-job] [--root DIR]
                      [--external mnt[KEY]:PATH]... [--ext-mount-map KEY:PATH|auto]...
-                     [--inherit-fd fd[N]:unix[INO]]... [--tcp-close]
+                     [--inherit-fd fd[N]:unix[INO]|tty[RDEV:DEV]]... [--tcp-close]
                      [--tcp-established] [--no-verify] [-v]
     procsnap network-unlock DIR
     procsnap check
@@ -30,6 +34,24 @@ import sys
 from .errors import ProcsnapError
 
 EXIT_ERROR = 1
+
+
+def _page_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--page-server", action="store_true",
+                   help="send the pagemaps and pages to a page server (procsnap page-server, "
+                        "criu page-server) at --address/--port; the other images go to -D")
+    p.add_argument("--address", metavar="ADDR", help="the page server's IPv4/IPv6 address")
+    p.add_argument("--port", type=int, metavar="PORT", help="the page server's TCP port")
+
+
+def _page_server(a: argparse.Namespace) -> tuple[str, int] | None:
+    if not a.page_server:
+        if a.address is not None or a.port is not None:
+            raise ProcsnapError("--address/--port are for --page-server")
+        return None
+    if a.address is None or a.port is None:
+        raise ProcsnapError("--page-server needs --address and --port")
+    return (a.address, a.port)
 
 
 def _columns() -> int:
@@ -59,7 +81,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; ``only``: with the parser of that command alone.
     main asks for the command it runs only (argparse looks up gettext
-    catalogs for every parser made: the eight of them were ~5 % of the
+    catalogs for every parser made: all of them were ~5 % of the
     start-up), and for all of them where the top level may print its help
     or an error listing the commands."""
     p = _Parser(prog="procsnap",
@@ -85,7 +107,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="a resource outside the tree: unix[INO] is our unix socket INO whose "
                             "peer is outside (restore it with --inherit-fd); mnt[MOUNTPOINT]:KEY "
                             "a mount from outside the tree, bound again at restore from the path "
-                            "given for KEY")
+                            "given for KEY; tty[RDEV:DEV] (hex) a terminal whose other end is "
+                            "outside (restore it with --inherit-fd fd[N]:tty[RDEV:DEV])")
         d.add_argument("--ext-mount-map", action="append", default=[], metavar="MOUNTPOINT:KEY",
                        type=_ext_mount_map,
                        help="as criu: the same as --external mnt[MOUNTPOINT]:KEY; 'auto': mounts "
@@ -122,6 +145,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                             "(procsnap's own: criu has no such option and, as procsnap by "
                             "default, leaves them in the page cache); with --leave-running "
                             "the tree runs again first")
+        _page_server_args(d)
         d.add_argument("-v", "--verbose", action="count", default=0,
                        help="print the stage times, the time the tree was frozen among them")
 
@@ -184,8 +208,28 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                         help="the previous pre-dump's images (relative: to the images directory)")
         pd.add_argument("--track-mem", action="store_true",
                         help="as criu: accepted, a pre-dump always tracks")
+        _page_server_args(pd)
         pd.add_argument("-v", "--verbose", action="count", default=0,
                         help="print the stage times, the time the tree was frozen among them")
+
+    if only in (None, "page-server"):
+        ps = sub.add_parser("page-server", help="receive a dump's pages over TCP (criu's "
+                                                "page-server: one dump, then exit)")
+        ps.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        ps.add_argument("--port", type=int, required=True, metavar="PORT")
+        ps.add_argument("--address", metavar="ADDR", help="listen on this address only")
+        ps.add_argument("-d", "--daemon", action="store_true",
+                        help="return once listening, serve in the background")
+        ps.add_argument("--status-fd", type=int, metavar="FD",
+                        help="write a zero byte to FD once listening")
+        ps.add_argument("--pidfile", metavar="FILE", help="write the server's pid here")
+        ps.add_argument("--prev-images-dir", metavar="DIR",
+                        help="the server's images of the previous pre-dump (relative: to -D), "
+                             "linked as 'parent': pages the dump leaves there")
+        ps.add_argument("--lazy-pages", action="store_true",
+                        help="serve the pages of the images in -D on demand (PS_IOV_GET), "
+                             "for a lazy-pages daemon")
+        ps.add_argument("-v", "--verbose", action="count", default=0)
 
     if only in (None, "check"):
         sub.add_parser("check", help="check that this kernel has what procsnap needs")
@@ -225,7 +269,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
                  skip_in_flight=a.skip_in_flight, ext_unix_sk=a.ext_unix_sk,
                  ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
                  manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root),
-                 sync=a.sync, prev_images_dir=a.prev_images_dir)
+                 sync=a.sync, prev_images_dir=a.prev_images_dir,
+                 page_server=_page_server(a))
     if a.verbose:
         print(f"procsnap: dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
@@ -234,11 +279,22 @@ def cmd_dump(a: argparse.Namespace) -> int:
 
 def cmd_pre_dump(a: argparse.Namespace) -> int:
     from . import pre_dump
-    stats = pre_dump(a.tree, a.images_dir, prev_images_dir=a.prev_images_dir)
+    stats = pre_dump(a.tree, a.images_dir, prev_images_dir=a.prev_images_dir,
+                     page_server=_page_server(a))
     if a.verbose:
         print(f"procsnap: pre-dumped pid {a.tree} to {a.images_dir}: {_stats_line(stats)}",
               file=sys.stderr)
     return 0
+
+
+def cmd_page_server(a: argparse.Namespace) -> int:
+    from . import pagexfer
+    try:
+        return pagexfer.run_server(a.images_dir, a.address, a.port, daemon=a.daemon,
+                                   status_fd=a.status_fd, pidfile=a.pidfile,
+                                   lazy=a.lazy_pages, prev_images_dir=a.prev_images_dir)
+    except ValueError as exc:   # a bad --address
+        raise ProcsnapError(f"page-server: {exc}") from None
 
 
 def cmd_restore(a: argparse.Namespace) -> int:
@@ -295,14 +351,19 @@ def _size(text: str) -> int:
 
 
 def _external(text: str) -> str:
-    """criu's --external key; procsnap knows unix[INO] and mnt[MOUNTPOINT]:KEY."""
+    """criu's --external key; procsnap knows unix[INO], mnt[MOUNTPOINT]:KEY
+    and tty[RDEV:DEV] (hex, as criu prints it)."""
     m = re.fullmatch(r"mnt\[(/[^\]]*)\](?::(.+))?", text)
     if m is not None:
         return f"mnt[{m.group(1)}]:{m.group(2) or m.group(1)}"
+    m = re.fullmatch(r"tty\[([0-9a-fA-F]+):([0-9a-fA-F]+)\]", text)
+    if m is not None:
+        return f"tty[{int(m.group(1), 16):x}:{int(m.group(2), 16):x}]"
     m = re.fullmatch(r"unix\[(\d+)\]", text)
     if m is None:
         raise argparse.ArgumentTypeError(f"not a known external resource: {text!r} "
-                                         "(expected unix[INO] or mnt[MOUNTPOINT]:KEY)")
+                                         "(expected unix[INO], mnt[MOUNTPOINT]:KEY or "
+                                         "tty[RDEV:DEV])")
     return f"unix[{int(m.group(1))}]"
 
 
@@ -377,7 +438,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS = {"dump": cmd_dump, "pre-dump": cmd_pre_dump, "restore": cmd_restore, "show": cmd_show,
             "check": cmd_check, "demo": cmd_demo, "cleanup": cmd_cleanup,
-            "network-unlock": cmd_network_unlock}
+            "network-unlock": cmd_network_unlock, "page-server": cmd_page_server}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable
 
 from . import logs
-from . import audit, images
+from . import audit, images, pagexfer
 from .resources import seccomp
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
                      ZombieProcess)
@@ -322,7 +322,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
          action: Callable[[str], int] | None = None,
          ext_mount_auto: bool = False, manage_cgroups: str = "soft",
          cgroup_root: tuple[str, ...] = (), empty_ns: int = 0, sync: bool = False,
-         prev_images_dir: str | None = None) -> dict[str, float]:
+         prev_images_dir: str | None = None,
+         orphan_pts_master: bool = False,
+         page_server: tuple[str, int] | None = None) -> dict[str, float]:
     """Checkpoint the process tree rooted at ``pid`` into ``images_dir``.
 
     Returns stage timings.  Raises a ProcsnapError subclass on failure, in
@@ -333,7 +335,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     ``sync``: the images are on disk (not only in the page cache) when
     this returns, and before the tree is killed.  ``prev_images_dir``
     (criu's --prev-images-dir): a pre-dump's images, linked as ``parent``;
-    pages not written since it stay there (see pre_dump).
+    pages not written since it stay there (see pre_dump).  ``page_server``
+    (criu's --page-server --address --port): the pagemaps and pages go to
+    that page server (procsnap.pagexfer), every other image to images_dir.
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
@@ -349,10 +353,10 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
-        ext_unix_sk=ext_unix_sk,
+        ext_unix_sk=ext_unix_sk, orphan_pts_master=orphan_pts_master,
         action=action, ext_mount_auto=ext_mount_auto, manage_cgroups=manage_cgroups,
         cgroup_root=tuple(cgroup_root), empty_ns=empty_ns, sync=sync,
-        prev_images_dir=prev_images_dir))
+        prev_images_dir=prev_images_dir, page_server=page_server))
     regfile.forget_mounts()  # no mount table from an earlier dump
     tmpnames.report(images_dir)
     if prev_images_dir is not None:
@@ -361,6 +365,11 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     if status:
         raise ActionScriptFailed("pre-dump", status,
                                  f"pid {pid}: the pre-dump action script failed ({status})")
+    try:
+        client = _connect_page_server(ctx)   # before the freeze: a bad address freezes nothing
+    except ProcsnapError:
+        _remove_created(ctx)
+        raise
     ok = False
     script_refused = 0     # a post-dump script's status: the tree runs on
     # criu runs the network scripts only for a tree in its own network
@@ -402,6 +411,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
             for th in task.threads:
                 th.core = task.core if th.tid == task.pid else \
                     core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+        if client is not None:
+            ctx.kind_state[pagexfer.NAMES_KEY] = _image_names(ctx)
         if prev_images_dir is not None:
             from .resources import memtrack
             t = time.monotonic()
@@ -431,6 +442,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         namespaces.dump(ctx)  # every task's ids, then the tree's own namespaces
         ctx.stats["namespaces"] = time.monotonic() - t
         t = time.monotonic()
+        if client is not None:
+            _close_page_server(ctx, client)
         _write_images(ctx)
         if sync and not leave_running:
             images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
@@ -448,6 +461,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
     finally:
         if not ok:
+            if client is not None:
+                client.abort()   # the server keeps no image of a failed dump
             _remove_created(ctx)
         kill = ok and not leave_running and not script_refused
         if net_locked and not kill:
@@ -472,6 +487,24 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                                  f"pid {pid}: the post-dump action script returned "
                                  f"{script_refused}; the tree runs on, images kept")
     return ctx.stats
+
+
+def _connect_page_server(ctx: DumpContext) -> "pagexfer.PageClient | None":
+    if ctx.opts.page_server is None:
+        return None
+    address, port = ctx.opts.page_server
+    client = pagexfer.PageClient(address, port)
+    ctx.kind_state[pagexfer.CLIENT_KEY] = client
+    return client
+
+
+def _close_page_server(ctx: DumpContext, client: "pagexfer.PageClient") -> None:
+    """PS_IOV_CLOSE: the server has written every pagemap when it answers;
+    what it holds is noted locally for a later --prev-images-dir."""
+    t = time.monotonic()
+    client.close()
+    ctx.created.append(pagexfer.save_sent(ctx.images_dir, client))
+    ctx.stats["page-server"] = time.monotonic() - t
 
 
 def _link_parent(ctx: DumpContext, prev: str) -> None:
@@ -529,8 +562,8 @@ def _image_names(ctx: DumpContext) -> dict[int, int]:
                                  for t in ctx.tasks if t.status is not None])
 
 
-def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
-             ) -> dict[str, float]:
+def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None,
+             page_server: tuple[str, int] | None = None) -> dict[str, float]:
     """criu's pre-dump: copy the tree's private memory while it is frozen,
     then let it run on with its writes tracked (resources/memtrack.py), so
     that a later ``dump(..., prev_images_dir=images_dir)`` (or another
@@ -550,12 +583,18 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
     except OSError as exc:
         raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
     ctx = DumpContext(images_dir, DumpOptions(leave_running=True,
-                                              prev_images_dir=prev_images_dir))
+                                              prev_images_dir=prev_images_dir,
+                                              page_server=page_server))
     tmpnames.report(images_dir)
     record: dict[int, tuple[int, int]] = {}
     if prev_images_dir is not None:
         _link_parent(ctx, prev_images_dir)
         record = memtrack.load(os.path.join(images_dir, "parent"))
+    try:
+        client = _connect_page_server(ctx)
+    except ProcsnapError:
+        _remove_created(ctx)
+        raise
     ok = False
     armed: dict[int, tuple[int, int]] = {}
     t_frozen = 0.0
@@ -573,6 +612,8 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
             task.status = task.proc.status()
             task.maps = task.proc.smaps()
             _prepare_injection(task)
+        if client is not None:
+            ctx.kind_state[pagexfer.NAMES_KEY] = _image_names(ctx)
         if prev_images_dir is not None:
             _tracked(ctx, record)
         t = time.monotonic()
@@ -580,6 +621,8 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
             if not task.zombie:
                 memory.pre_dump(ctx, task)
         ctx.stats["memory"] = time.monotonic() - t
+        if client is not None:
+            _close_page_server(ctx, client)
         t = time.monotonic()
         arm = ctx.kind_state.get(memory.TRACK + ".arm", {})
         for task in ctx.tasks:
@@ -610,6 +653,8 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None
         raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
     finally:
         if not ok:
+            if client is not None:
+                client.abort()
             _remove_created(ctx)
             # the tree goes on as it was: without a tracker made now
             made = {ino for p, (fd, ino) in armed.items() if record.get(p) != (fd, ino)}

@@ -28,9 +28,9 @@ import time
 from typing import Any, Callable
 
 from . import logs
-from . import images
+from . import images, pagexfer
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
-from .images import pidview
+from .images import legacy as legacy_files, pidview
 from .images.pb import core_pb2
 from .inject import SYSCALL_INSN, TRAMPOLINE, InjectError, Injector
 from .kernel import consts as C
@@ -88,7 +88,7 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
                 if tid != e.pid and len(e.ns_threads) >= (i + 1) * n:
                     rctx.nspids[tid] = list(reversed(e.ns_threads[i * n:(i + 1) * n]))
     _relabel(rctx, tree)
-    for f in images.read_image(d, "files"):
+    for f in legacy_files.file_entries(d):  # files.img, or CRIU's older per-kind images
         rctx.files[f.id] = f
     if rctx.inside_pids:
         _files_outside_view(rctx)
@@ -129,6 +129,11 @@ def _collect(rctx: RestoreContext, check_pids: bool = True) -> None:
             rt.threads.append(RestoreThread(tid, core))
         rt.ids = rt.core.ids if rt.core.HasField("ids") else images.read_one(d, "ids", ipid)
         rt.mm = images.read_one(d, "mm", ipid)
+        if not os.path.exists(rt.image_name("pagemap")) and \
+                os.path.exists(os.path.join(d, pagexfer.SENT_RECORD)):
+            raise ImageError(rt.image_name("pagemap"), "no such image: this dump sent its "
+                             "pages to a page server; copy these images into the page "
+                             "server's images dir and restore from there")
         pm = images.read_image(d, "pagemap", ipid)
         if not pm:
             raise ImageError(rt.image_name("pagemap"), "empty pagemap (no head)")
@@ -719,12 +724,13 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             pidfile: str | None = None, skip_file_check: bool = False,
             inherit_fd: dict[str, int] | None = None, tcp_close: bool = False,
             ext_unix_sk: bool = False,
-            verify: bool = True, action: Callable[[str], int] | None = None,
+            verify: bool = True, action: Callable[..., int] | None = None,
             fs_root: str | None = None, ext_mount_map: dict[str, str] | None = None,
             ext_mount_auto: bool = False, ext_veth: dict[str, str] | None = None,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
-            empty_ns: int = 0, join_ns: dict[str, str] | None = None) -> int:
+            empty_ns: int = 0, join_ns: dict[str, str] | None = None,
+            orphan_pts_master: bool = False) -> int:
     """Recreate the process tree saved in ``images_dir``.
 
     ``action`` is called at criu's action-script stages: pre-restore,
@@ -747,7 +753,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               detached=detached, shell_job=shell_job, pidfile=pidfile,
                               skip_file_check=skip_file_check, inherit_fd=dict(inherit_fd or {}),
                               tcp_close=tcp_close, verify=verify, action=action,
-                              ext_unix_sk=ext_unix_sk,
+                              ext_unix_sk=ext_unix_sk, orphan_pts_master=orphan_pts_master,
                               root=os.path.abspath(fs_root) if fs_root else None,
                               ext_mount_map=dict(ext_mount_map or {}),
                               ext_mount_auto=ext_mount_auto,
@@ -798,6 +804,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _action(rctx, "setup-namespaces")
             namespaces.setup_done(rctx, root)
             _action(rctx, "post-setup-namespaces")
+        from .resources import tty
+        tty.prepare_orphans(rctx, root)  # in the tree's devpts, before any fork
         # Create every task first (parents fork their children, in tree
         # order), so sessions, groups and zombies are in place before any
         # task is rebuilt.  Each task's private memory is in place before

@@ -43,6 +43,7 @@ class DumpOptions:
     tcp_close: bool = False          # criu's dump --tcp-close: connections come back closed
     skip_in_flight: bool = False     # criu's --skip-in-flight: drop unaccepted connections
     ext_unix_sk: bool = False        # criu's --ext-unix-sk: dgram peers outside by name
+    orphan_pts_master: bool = False  # criu's --orphan-pts-master: a pts whose master is outside
     # criu's action scripts: called with a stage's name ("pre-dump",
     # "post-dump", "network-lock"...), returns the scripts' status (0 = go on)
     action: Callable[[str], int] | None = None
@@ -61,6 +62,9 @@ class DumpOptions:
     # criu's --prev-images-dir: the images of a pre-dump this dump builds
     # on (linked as "parent"); pages unchanged since stay there
     prev_images_dir: str | None = None
+    # criu's --page-server --address A --port P: (A, P); pagemaps and pages
+    # go to that page server (procsnap.pagexfer), the rest stays local
+    page_server: tuple[str, int] | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -197,8 +201,13 @@ class RestoreOptions:
     inherit_fd: dict[str, int] = field(default_factory=dict)  # "unix[INO]" -> our fd
     tcp_close: bool = False      # criu's --tcp-close: established TCP comes back closed
     ext_unix_sk: bool = False    # criu's --ext-unix-sk: connect to outside peers by name
+    # criu's --orphan-pts-master: such a pts gets a new pty pair, its master
+    # handed to the caller with the orphan-pts-master action (criu's RPC)
+    orphan_pts_master: bool = False
     verify: bool = True          # compare each task with its images before it runs
-    action: Callable[[str], int] | None = None  # criu's action scripts (see DumpOptions)
+    # criu's action scripts (see DumpOptions); orphan-pts-master is called
+    # with the new master as a second argument
+    action: Callable[..., int] | None = None
     root: str | None = None      # criu's --root: the root file system of a mount namespace
     ext_mount_map: dict[str, str] = field(default_factory=dict)  # external mount key -> path
     ext_mount_auto: bool = False  # criu's --ext-mount-map auto: a key that is a path is the path
@@ -276,17 +285,30 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
-        dirfd = C.AT_FDCWD & (2**64 - 1)
-        host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None and (path.startswith(self.images_dir.rstrip("/") + "/")
-                                 or path.startswith(f"/proc/{os.getpid()}/")):
-            # procsnap's own files (images, our fds), from the puppet that
-            # now lives under another root: through the restorer's root.
-            dirfd, path = host, path.lstrip("/")
+        if (self._rctx is not None and self._rctx.puppet_pivoted
+                and (path.startswith(self.images_dir.rstrip("/") + "/")
+                     or path.startswith(f"/proc/{os.getpid()}/"))):
+            # procsnap's own files (images, our fds) once the puppet lives
+            # under another root: opened here, in procsnap's mount namespace,
+            # and handed over.  A path walk from the puppet through a fd on
+            # its old root would not cross the mounts on it (/proc, /tmp...):
+            # they were detached with that root after the pivot.
+            try:
+                mine = os.open(path, flags | os.O_CLOEXEC)
+            except OSError as exc:
+                raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                                   f"{exc.strerror}") from None
+            try:
+                fd = self.grab_fd(os.getpid(), mine)
+            finally:
+                os.close(mine)
+            if check is not None:
+                check(fd)
+            return fd
         try:
             if self.open_cloexec:
                 flags |= C.O_CLOEXEC
-            fd = inj.call("openat", dirfd, inj.put_str(path), flags, 0)
+            fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
@@ -324,9 +346,6 @@ class RestoreTask:
         for fd in self.pidfds.values():
             self.inj.call("close", fd)
         self.pidfds.clear()
-        host = self._rctx.puppet_host_root if self._rctx is not None else None
-        if host is not None:
-            self.inj.call("close", host)  # inherited by every puppet of the namespace
 
 
 @dataclass(eq=False, repr=False)
@@ -374,9 +393,9 @@ class RestoreContext:
     # every image names pids as seen inside the tree's pid namespace
     # (CRIU's, and procsnap's own from 2026-11-30; images.pidview)
     all_inside: bool = False
-    # An O_PATH fd, in every puppet, on the restorer's root once a restored
-    # mount namespace has pivoted away from it (namespaces.mnt).
-    puppet_host_root: int | None = None
+    # The puppets live under another root: a restored mount namespace has
+    # pivoted away from procsnap's (namespaces.mnt).
+    puppet_pivoted: bool = False
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)

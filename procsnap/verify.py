@@ -113,6 +113,7 @@ import ipaddress
 import ctypes
 import fcntl
 import os
+import signal
 import struct
 import stat as st_mod
 import time
@@ -429,6 +430,10 @@ def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
         kind = "socket"   # a packet socket's rings (its inode is a new one)
     elif s & sysvipc.VMA_AREA_SYSVIPC:
         kind, name, pgoff = "sysv shm", f"id {v.shmid}", v.pgoff  # the same segment id
+    elif s & VMA_AREA_MEMFD and s & VMA_FILE_SHARED and memfd.names_zero(rctx, v.shmid):
+        # CRIU saves MAP_SHARED|MAP_ANONYMOUS memory as a memfd named
+        # /dev/zero: restored, it is shared anonymous memory again
+        kind = "shared anon"
     elif s & VMA_AREA_MEMFD:
         kind, pgoff = "memfd", v.pgoff
     elif s & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
@@ -495,7 +500,9 @@ def _found_vma(m: MapEntry) -> _Vma:
         kind = "[aio]"
     elif m.path.startswith("socket:["):
         kind = "socket"
-    elif memfd.is_memfd_mapping(m.path):
+    elif memfd.is_memfd_mapping(m.path) or (m.path == "/dev/zero (deleted)"
+                                            and (m.dev_major, m.dev_minor) == (0, 1)):
+        # (MAP_PRIVATE of shared anonymous memory: a memfd named /dev/zero)
         kind, pgoff = "memfd", m.pgoff
     elif m.path.startswith("/") and m.ino:
         kind, pgoff = "file", m.pgoff
@@ -1257,6 +1264,12 @@ def check_signals(f: Found) -> list[str]:
     # signal, pending beyond the image, is the timer going on, not a loss.
     timer_sigs = 0
     if tc.HasField("timers"):
+        # so may an armed interval timer (setitimer): SIGALRM, SIGVTALRM, SIGPROF
+        for name, sig in (("real", signal.SIGALRM), ("virt", signal.SIGVTALRM),
+                          ("prof", signal.SIGPROF)):
+            it = getattr(tc.timers, name)
+            if tc.timers.HasField(name) and (it.vsec or it.vusec):
+                timer_sigs |= 1 << (sig - 1)
         for pt in tc.timers.posix:
             if pt.si_signo and (pt.vsec or pt.vnsec or pt.isec or pt.insec):
                 timer_sigs |= 1 << (pt.si_signo - 1)

@@ -1,22 +1,31 @@
 #!/usr/bin/env python3
 """Write tests/fixtures/criu-4.2/: image sets dumped by a real CRIU (issue 15).
 
-    scripts/criu-fixtures.py --criu /path/to/criu-4.2 [--out DIR]
+    scripts/criu-fixtures.py --criu /path/to/criu-4.2 [--out DIR] [CASE...]
 
-CI has no CRIU, so the images CRIU writes are checked in and
-tests/unit/test_criu_fixtures.py reads them with procsnap (no CRIU
-needed).  Each case runs tests/targets/criu_tiny.c (a static binary of raw
-syscalls: its images are a few KiB) in one mode and lets CRIU dump it:
+CI has no CRIU, so the images CRIU writes are checked in:
+tests/unit/test_criu_fixtures.py reads them with procsnap, and
+tests/integration/test_criu_fixtures_restore.py restores them with procsnap
+(no CRIU needed).  Each case runs tests/targets/criu_tiny.c (a static
+binary of raw syscalls: its images are a few KiB) in one mode as pid 1 of a
+pid namespace of its own (so its pids are free wherever it is restored;
+the tcp case in a network namespace of its own too, so its addresses are),
+and lets CRIU dump it:
 
   counter   a single task
   tree      3 tasks, a pipe and a unix socketpair with queued data
   ghost     an open deleted file (ghost-file image)
   tcp       an established loopback TCP connection (--tcp-established)
+  shmem     shared anonymous memory also open through map_files and mapped
+            privately (CRIU saves all of it as a memfd named /dev/zero)
   ns        pid 1 of new pid, uts, ipc, net and mount namespaces, with a
             tmpfs mounted inside (its tarball image)
 
+The binary is built by tests/helpers.criu_tiny_fixed() in
+/tmp/procsnap-criu-tiny (the same path and build-id when a test builds it
+again), which is also every target's cwd and where its output goes.
 CRIU's log is left out; CMDLINE in each directory says how it was made.
-Run as root, on a quiet machine (the tcp case takes the network lock).
+Run as root, on a quiet machine.
 """
 from __future__ import annotations
 
@@ -31,21 +40,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 from bench.runner import OURS, kill_ours as kill, reap, subreaper, wait_gone  # noqa: E402
+from helpers import criu_tiny_fixed  # noqa: E402
 
-SRC = ROOT / "tests" / "targets" / "criu_tiny.c"
 TCP_PORT = "40713"
 
 
-def cflags(src: Path) -> list[str]:
-    first = src.read_text().splitlines()[0]
-    return first.split("procsnap-cflags:", 1)[1].split() if "procsnap-cflags:" in first else []
+# The targets' whole environment, the same on every machine: its strings
+# are on the stack, so the stack's pages in the images do not depend on
+# who ran this.  The padding makes the counter's stack at least three pages, which
+# tests/unit/test_criu_fixtures.py's parent-chain tests split up.
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CRIU_TINY_PAD": "x" * 6000}
 
 
 def start(argv: list[str], work: Path, out: Path) -> subprocess.Popen:
-    with open(out, "w") as f:
+    with open(out, "a") as f:  # O_APPEND: a restore may start it empty
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                             close_fds=True, start_new_session=True, cwd=work)
+                             close_fds=True, start_new_session=True, cwd=work, env=ENV)
     OURS.add(p.pid)
     end = time.monotonic() + 10
     while "ready" not in out.read_text():
@@ -72,8 +84,22 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "tree": (["tree"], []),
     "ghost": (["ghost"], []),
     "tcp": (["tcp", TCP_PORT], ["--tcp-established"]),
+    "shmem": (["shmem"], []),
     "ns": (["ns"], []),
 }
+HOW = {
+    "ns": "pid 1 of unshare --fork --pid --uts --ipc --net --mount --mount-proc",
+    "tcp": "pid 1 of unshare --fork --pid --net, lo up",
+}
+
+
+def in_pidns(binary: Path, name: str, args: list[str]) -> list[str]:
+    """argv running the target as pid 1 of a new pid namespace (and for tcp
+    a new network namespace with lo up), in a session of its own."""
+    if name == "tcp":
+        return ["unshare", "--fork", "--pid", "--net", "sh", "-c",
+                f"ip link set lo up && exec setsid {binary} {' '.join(args)}"]
+    return ["unshare", "--fork", "--pid", "setsid", str(binary), *args]
 
 
 def main() -> int:
@@ -85,16 +111,15 @@ def main() -> int:
     a = ap.parse_args()
     criu = os.path.abspath(a.criu)
     subreaper()
-    work = Path(tempfile.mkdtemp(prefix="procsnap-fixtures."))
-    binary = work / "criu_tiny"
-    subprocess.run(["gcc", "-O1", "-g", "-Wall", "-Werror", *cflags(SRC), "-o", str(binary),
-                    str(SRC)], check=True)
+    binary = criu_tiny_fixed()
+    work = binary.parent  # every target's cwd, output and ghost file are here
+    dumps = Path(tempfile.mkdtemp(prefix="procsnap-fixtures."))
     out_root = Path(a.out)
     failed = 0
     try:
         for name in a.cases:
             args, opts = CASES[name]
-            argv = [str(binary), *args]
+            argv = in_pidns(binary, name, args)
             if name == "ns":
                 # A tmpfs of the namespace's own, so the dump carries a
                 # tarball of it; /proc of the new pid namespace on top.  Its
@@ -108,10 +133,12 @@ def main() -> int:
                 (work / "mnt").mkdir(exist_ok=True)
                 argv = ["unshare", "--fork", "--pid", "--uts", "--ipc", "--net", "--mount",
                         "--mount-proc", "--propagation", "private", "sh", "-c", inner]
-            p = start(argv, work, work / f"{name}.out")
-            pid = ns_child(p.pid) if name == "ns" else p.pid
+            out = work / f"{name}.out"
+            out.unlink(missing_ok=True)
+            p = start(argv, work, out)
+            pid = ns_child(p.pid)
             OURS.add(pid)
-            d = work / name
+            d = dumps / name
             d.mkdir()
             cmd = [criu, "dump", "-t", str(pid), "-D", str(d), "-v4", "-o", "dump.log", *opts]
             res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -127,8 +154,9 @@ def main() -> int:
             kill(p.pid)
             (d / "dump.log").unlink()
             (d / "CMDLINE").write_text(
-                "criu_tiny " + " ".join(args) + (" (pid 1 of unshare --fork --pid --uts --ipc "
-                                                 "--net --mount --mount-proc)" if name == "ns" else "")
+                f"{binary} " + " ".join(args)
+                + f" ({HOW.get(name, 'pid 1 of unshare --fork --pid')}; cwd and stdout in "
+                f"{work})"
                 + "\ncriu dump -t PID -D DIR -v4 " + " ".join(opts) + "\nby CRIU "
                 + subprocess.run([criu, "--version"], capture_output=True, text=True)
                 .stdout.split()[1] + "\n")
@@ -141,7 +169,7 @@ def main() -> int:
         for pid in list(OURS):
             kill(pid)
         reap()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(dumps, ignore_errors=True)
     return failed
 
 

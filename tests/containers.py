@@ -343,7 +343,8 @@ def lxcfs_mounted(mnt: Path) -> bool:
 
 
 @contextmanager
-def lxc_container(init: str = LXC_COUNTER, symlink_binds: bool = True) -> Iterator[LxcContainer]:
+def lxc_container(init: str = LXC_COUNTER, symlink_binds: bool = True,
+                  extra_conf: tuple[str, ...] = ()) -> Iterator[LxcContainer]:
     """A running LXC busybox container (a name and lxcpath of its own, no
     network, ``lxc.tty.max = 0``) with lxcfs, its counter going: an lxcfs
     of its own on a mountpoint of its own, mounted into the container by a
@@ -351,7 +352,8 @@ def lxc_container(init: str = LXC_COUNTER, symlink_binds: bool = True) -> Iterat
     script it runs as init; ``criu`` first on its PATH (c.env) is
     procsnap's wrapper.  ``symlink_binds=False`` drops the template's binds
     of /lib and /lib64 (symlinks on Debian 12, on which CRIU 4.2's restore
-    fails), keeping those of /usr/lib and /usr/lib64.  At the end it is
+    fails), keeping those of /usr/lib and /usr/lib64; ``extra_conf``: more
+    lines of its config (``{base}`` is the test's directory).  At the end it is
     stopped and destroyed, lxcfs stopped and unmounted, the directory and
     LXC's new lxc.pivot cgroups removed."""
     # LXC's monitor leaves an empty lxc.pivot cgroup in every hierarchy: ours
@@ -387,6 +389,7 @@ def lxc_container(init: str = LXC_COUNTER, symlink_binds: bool = True) -> Iterat
                 continue
             lines.append(line)
         lines += [f"lxc.hook.mount = {hook}", "lxc.init.cmd = /bin/sh /counter.sh"]
+        lines += [line.format(base=base) for line in extra_conf]
         conf.write_text("\n".join(lines) + "\n")
         (c.rootfs / "counter.sh").write_text(init)
         bindir = criu_dir(base)

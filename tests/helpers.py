@@ -19,6 +19,7 @@ import ctypes
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -358,7 +359,8 @@ def compile_target(name: str) -> Path:
     """Compile tests/targets/NAME.c with gcc (-O1 -g), once per session.
 
     A first line holding ``procsnap-cflags: FLAGS`` adds FLAGS (criu_tiny.c
-    is static and without libc, so it does not take -lm)."""
+    is static and without libc, so it does not take -lm); one holding
+    ``procsnap-libs: LIBS`` links LIBS after the source (libcriu_client.c)."""
     if name in _COMPILED:
         return _COMPILED[name]
     src = TARGETS_DIR / f"{name}.c"
@@ -369,6 +371,8 @@ def compile_target(name: str) -> Path:
     first = src.read_text().split("\n", 1)[0]
     extra = first.split("procsnap-cflags:", 1)[1].split() if "procsnap-cflags:" in first else []
     libs = [] if "-nostdlib" in extra else ["-lm"]
+    if "procsnap-libs:" in first:
+        libs = first.split("procsnap-libs:", 1)[1].replace("*/", "").split() + libs
     cmd = ["gcc", "-O1", "-g", "-Wall", "-Werror", *extra, "-o", str(tmp), str(src), *libs]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -379,6 +383,43 @@ def compile_target(name: str) -> Path:
     os.replace(tmp, out)
     _COMPILED[name] = out
     return out
+
+
+# The CRIU-written fixtures that are restored (tests/fixtures/criu-4.2,
+# scripts/criu-fixtures.py) name their executable, cwd, output files and
+# ghost file by absolute path, and the executable's build-id: the same
+# binary must be at the same place when a test restores them.  It is built
+# here from tests/targets/criu_tiny.c, copied in and compiled from inside
+# this directory without -g, so nothing of the checkout's path goes into
+# it: the same source and gcc give the same bytes and build-id.
+CRIU_TINY_DIR = Path("/tmp/procsnap-criu-tiny")
+
+
+def criu_tiny_fixed() -> Path:
+    """CRIU_TINY_DIR/criu_tiny, built (once per session) as the fixtures'
+    binary was; the directory and binary modes are fixed too (a restore
+    compares them with the images)."""
+    if "criu_tiny@fixed" in _COMPILED:
+        return _COMPILED["criu_tiny@fixed"]
+    d = CRIU_TINY_DIR
+    d.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(d, 0o755)
+    src = TARGETS_DIR / "criu_tiny.c"
+    first = src.read_text().split("\n", 1)[0]
+    extra = first.split("procsnap-cflags:", 1)[1].split()
+    tmp = f".criu_tiny.{os.getpid()}"
+    shutil.copyfile(src, d / f"{tmp}.c")
+    # the source is compiled under its final name (the file name is in the
+    # binary's symbol table)
+    os.replace(d / f"{tmp}.c", d / "criu_tiny.c")
+    res = subprocess.run(["gcc", "-O1", "-Wall", "-Werror", *extra, "-o", tmp, "criu_tiny.c"],
+                         capture_output=True, text=True, timeout=120, cwd=d)
+    if res.returncode != 0:
+        raise RuntimeError(f"compiling {src} in {d} failed:\n{res.stderr}")
+    os.chmod(d / tmp, 0o755)
+    os.replace(d / tmp, d / "criu_tiny")
+    _COMPILED["criu_tiny@fixed"] = d / "criu_tiny"
+    return d / "criu_tiny"
 
 
 def target_argv(name: str, *args: str) -> list[str]:

@@ -260,6 +260,8 @@ def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
                 out.status = _dump(p, images_dir, work_dir, notify)
             elif p.command == "pre-dump":
                 out.status = _pre_dump(p, images_dir, work_dir)
+            elif p.command == "page-server":
+                out.status = _page_server_cmd(p, images_dir, work_dir)
             else:
                 out.status, out.pid = _restore(p, images_dir, work_dir, notify)
             return out
@@ -341,12 +343,60 @@ def _tree(p: O.Parsed) -> int:
     return pid
 
 
+def _port(p: O.Parsed) -> int | None:
+    port = p.last("port")
+    if port is None:
+        return None
+    try:
+        n = int(port)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise O.UsageError(f"--port {port}: not a TCP port")
+    return n
+
+
+def _page_server(p: O.Parsed) -> tuple[str, int] | None:
+    """dump/pre-dump --page-server --address A --port P, or None."""
+    port = _port(p)
+    if not p.flag("page-server"):
+        if p.has("address") or port is not None:
+            raise O.UsageError("option --address/--port: only with --page-server (or the "
+                               "page-server command)")
+        return None
+    if not p.last("address") or not port:
+        raise O.UsageError("option --page-server needs --address and --port")
+    return (p.last("address"), port)
+
+
+def _page_server_cmd(p: O.Parsed, images_dir: str, work_dir: str) -> int:
+    """criu page-server: one dump's pages received (or, with --lazy-pages,
+    an images dir's pages served), then exit (procsnap.pagexfer)."""
+    from .. import pagexfer
+    port = _port(p)
+    if port is None:
+        raise O.UsageError("page-server: --port is required")
+    pidfile = p.last("pidfile")
+    if pidfile:
+        pidfile = os.path.join(work_dir, pidfile)
+    status_fd = p.last("status-fd")
+    try:
+        return pagexfer.run_server(
+            images_dir, p.last("address"), port,
+            daemon=p.flag("restore-detached") or p.flag("daemon"),
+            status_fd=int(status_fd) if status_fd is not None else None, pidfile=pidfile,
+            lazy=p.has("lazy-pages"), prev_images_dir=p.last("prev-images-dir"))
+    except ValueError as exc:
+        raise O.UsageError(f"page-server: {exc}") from None
+
+
 def _pre_dump(p: O.Parsed, images_dir: str, work_dir: str) -> int:
     import procsnap
     from . import stats
     pid = _tree(p)
     log.info("Pre-dumping processes (pid: %d)", pid)
-    st = procsnap.pre_dump(pid, images_dir, prev_images_dir=p.last("prev-images-dir"))
+    st = procsnap.pre_dump(pid, images_dir, prev_images_dir=p.last("prev-images-dir"),
+                           page_server=_page_server(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st, work_dir)
@@ -387,8 +437,10 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
                            file_locks=p.flag("file-locks"), tcp_close=p.flag("tcp-close"),
                            skip_in_flight=p.flag("skip-in-flight"), action=scripts,
                            ext_unix_sk=p.flag("ext-unix-sk"),
+                           orphan_pts_master=p.flag("orphan-pts-master"),
                            ext_mount_auto=auto, empty_ns=empty_ns(p), sync=p.flag("sync"),
-                           prev_images_dir=p.last("prev-images-dir"), **_cgroup_opts(p))
+                           prev_images_dir=p.last("prev-images-dir"),
+                           page_server=_page_server(p), **_cgroup_opts(p))
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st, work_dir)
@@ -424,6 +476,10 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
     maps, auto = _restore_mounts(p)
     sibling = p.flag("restore-sibling")
     detached = p.flag("restore-detached") or p.flag("daemon") or sibling
+    if p.flag("orphan-pts-master") and notify is None:
+        # criu's own fallback (the restoring shell's terminal) is --shell-job's
+        raise O.UsageError("--orphan-pts-master: the new pty master goes to the client of "
+                           "criu's RPC (swrk); on the command line use --shell-job")
     root = p.last("root")
     if root is not None and not os.path.isdir(root):
         raise O.UsageError(f"--root {root}: no such directory")
@@ -443,6 +499,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
                                pidfile=pidfile, inherit_fd=inherit,
                                tcp_close=p.flag("tcp-close"), action=action,
                                ext_unix_sk=p.flag("ext-unix-sk"),
+                               orphan_pts_master=p.flag("orphan-pts-master"),
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, empty_ns=empty_ns(p),
                                join_ns=_join_ns(p),

@@ -30,6 +30,11 @@ def _fdinfo_has(word: str) -> Probe:
     return probe
 
 
+def _memfd_hugetlb() -> None:
+    """criu's kdat.has_memfd_hugetlb: memfd_create(MFD_HUGETLB) works."""
+    os.close(os.memfd_create("criu-check", os.MFD_CLOEXEC | 4))  # MFD_HUGETLB
+
+
 def _any_fd() -> int:
     for fd in (0, 1, 2):
         try:
@@ -118,7 +123,7 @@ FEATURES: dict[str, Probe] = {
     "apparmor_stacking": _no("LSM profiles are not restored"),
     "network_lock_nftables": _nft,
     "sockopt_buf_lock": _ok,               # SO_BUF_LOCK saved among socket options
-    "memfd_hugetlb": _no("hugetlb memfds are not saved"),
+    "memfd_hugetlb": _memfd_hugetlb,       # MFD_HUGETLB memfds saved (resources/memfd.py)
     "move_mount_set_group": _no("mount sharing groups are not set with MOVE_MOUNT_SET_GROUP"),
     "openat2": _ok,
     "get_rseq_conf": _ok,                  # rseq areas saved (PTRACE_GET_RSEQ_CONFIGURATION)

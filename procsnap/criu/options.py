@@ -29,8 +29,8 @@ from .basics import CRIU_VERSION, GLOBAL_CONFIG, USER_CONFIG  # noqa: F401 (re-e
 MAP, ACCEPT, REFUSE = "map", "accept", "refuse"
 NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xARG / --x=ARG)
 
-COMMANDS = ("dump", "pre-dump", "restore", "check")
-LATER_COMMANDS = ("page-server", "lazy-pages", "dedup",
+COMMANDS = ("dump", "pre-dump", "restore", "check", "page-server")
+LATER_COMMANDS = ("lazy-pages", "dedup",
                   "cpuinfo", "exec", "show")
 
 
@@ -118,14 +118,17 @@ TABLE: list[Opt] = [
              "through the handle; a watch it cannot reopen refuses the dump"),
     Opt("external", arg=REQ, multi=True, metavar="KEY",
         help="dump: unix[INO]: a unix socket of the tree whose peer is outside it; "
-             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV]: a terminal outside "
-             "the tree (a dump where a task holds it open is refused). restore: "
+             "mnt[MOUNTPOINT]:KEY: an external mount; tty[RDEV:DEV] (hex): a terminal "
+             "whose other end is outside the tree (LXC's console), saved as criu's "
+             "EXT_TTY, its place taken at restore by --inherit-fd fd[N]:tty[RDEV:DEV]. "
+             "restore: "
              "mnt[KEY]:PATH binds PATH for KEY; KEY:PATH as --ext-mount-map KEY:PATH "
              "(LXC's habit); other kinds of KEY are refused"),
     Opt("inherit-fd", arg=REQ, multi=True, metavar="fd[N]:KEY",
         help="restore: our fd N stands for the external resource KEY (unix[INO]; "
-             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], which no restored "
-             "task holds: see --external)"),
+             "pipe:[INO], a container's stdio pipe; tty[RDEV:DEV], a terminal dumped "
+             "with --external tty[RDEV:DEV]: the tree's fds and controlling terminal "
+             "become this one, with the saved termios, window size and queued input)"),
     Opt("network-lock", arg=REQ, metavar="METHOD",
         help="nftables (procsnap's, the default) or iptables (the same lock: procsnap's "
              "nftables table, on the hooks iptables uses); skip is refused"),
@@ -139,11 +142,11 @@ TABLE: list[Opt] = [
         help="dump: a datagram unix socket connected to a named socket outside the tree is "
              "saved; restore: it is connected to that name again (criu's older form; "
              "--external unix[INO] with --inherit-fd hands in an fd instead)"),
-    Opt("orphan-pts-master", boolean=True, how=ACCEPT,
-        note="criu's RPC field (runc sends it for every container): a pty slave whose "
-             "master is outside the tree comes back with a new master sent to the "
-             "client; procsnap refuses the dump of such a pty, naming it, so a tree it "
-             "dumps has none and needs nothing more"),
+    Opt("orphan-pts-master", boolean=True,
+        help="dump: a pts whose master is outside the tree (runc's terminal) is saved; "
+             "restore: it gets a new pty pair in the tree's devpts, the master sent to "
+             "the RPC client with the orphan-pts-master notification (criu's RPC field, "
+             "which runc sends for every container)"),
     Opt("evasive-devices", boolean=True, how=ACCEPT,
         note="criu's permission to reopen a device file by another path when its own is "
              "gone; procsnap reopens a device only at its dumped path and never searches "
@@ -217,19 +220,28 @@ TABLE: list[Opt] = [
         note="procsnap's pre-dump copies memory the one way it has (the frozen task "
              "writes its pages to the image itself), whatever the mode"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
-    Opt("page-server", boolean=True, how=REFUSE, note="no page server yet"),
-    Opt("address", arg=REQ, how=REFUSE,
-        note="no page server yet (criu service --address PATH is served: procsnap.criu.rpc)"),
-    Opt("port", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("ps-socket", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("lazy-pages", how=REFUSE, note="no lazy restore yet"),
+    Opt("page-server", boolean=True,
+        help="dump, pre-dump: send the pagemaps and pages to the page server at "
+             "--address/--port (criu page-server, procsnap's or criu's); the other "
+             "images go to -D"),
+    Opt("address", arg=REQ, metavar="ADDR",
+        help="dump --page-server: the page server's IPv4/IPv6 address; page-server: "
+             "listen on it only (criu service --address PATH: its unix socket)"),
+    Opt("port", arg=REQ, metavar="PORT",
+        help="dump --page-server: the page server's TCP port; page-server: listen on it"),
+    Opt("ps-socket", arg=REQ, how=REFUSE,
+        note="an inherited connected page server socket is not supported; use "
+             "--address and --port"),
+    Opt("lazy-pages", how=REFUSE, note="no lazy restore yet (page-server --lazy-pages "
+                                       "serves the pages of an images dir)"),
     Opt("stream", boolean=True, how=REFUSE, note="no image streamer yet"),
-    Opt("tls", boolean=True, how=REFUSE, note="no page server yet"),
-    Opt("tls-cacert", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-cacrl", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-cert", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-key", arg=REQ, how=REFUSE, note="no page server yet"),
-    Opt("tls-no-cn-verify", how=REFUSE, note="no page server yet"),
+    Opt("tls", boolean=True, how=REFUSE,
+        note="the page server speaks CRIU's protocol without TLS only"),
+    Opt("tls-cacert", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-cacrl", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-cert", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-key", arg=REQ, how=REFUSE, note="no TLS for the page server"),
+    Opt("tls-no-cn-verify", how=REFUSE, note="no TLS for the page server"),
     Opt("ms", how=REFUSE, note=_NOT_YET),
     Opt("libdir", "L", REQ, how=REFUSE, note="procsnap has no plugins"),
     Opt("exec-cmd", how=REFUSE, note=_NOT_YET),
@@ -444,6 +456,8 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> Parsed:
 def refused(p: Parsed) -> str | None:
     """The first refused option given, as criu's users will read it."""
     for o, v, neg in p.given:
+        if o.name == "lazy-pages" and p.command == "page-server":
+            continue   # page-server --lazy-pages: serving an images dir's pages is done
         if o.how == REFUSE and not neg:
             spelled = f"--{o.name}" + (f" {v}" if v else "")
             return f"option {spelled} is not supported by procsnap: {o.note}"
@@ -455,6 +469,8 @@ def help_text() -> str:
            "  criu dump -t PID -D DIR [<options>]",
            "  criu pre-dump -t PID -D DIR [--prev-images-dir DIR]",
            "  criu restore -D DIR [<options>]",
+           "  criu page-server -D DIR --port PORT [--address ADDR] [-d] [--status-fd FD]",
+           "                   [--prev-images-dir DIR] [--lazy-pages]",
            "  criu check [--feature NAME | --all]",
            "  criu swrk FD                  (criu's RPC on an inherited socket: runc, Podman)",
            "  criu service [--address PATH] [-d] [--pidfile FILE]   (criu's RPC server)",

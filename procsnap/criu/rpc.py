@@ -177,7 +177,16 @@ def _pid(v: int, rq: "Request") -> list[tuple[str, str]]:
 
 
 def _ps(v: Any, rq: "Request") -> list[tuple[str, str]]:
-    return [("page-server", "")]
+    # criu's setup_opts_from_req: ps asks for the page server at address:port
+    # (DUMP, PRE_DUMP) or gives the PAGE_SERVER request its address and port
+    out = [("page-server", "")]
+    if v.HasField("address"):
+        out.append(("address", v.address))
+    if v.HasField("port"):
+        out.append(("port", str(v.port)))
+    if v.HasField("fd"):
+        out.append(("ps-socket", str(v.fd)))   # refused, by name
+    return out
 
 
 FIELDS: list[Field] = [
@@ -526,8 +535,6 @@ def _fail(rq: Request, typ: Any, msg: str, err: int = 0, **extra: Any) -> None:
 UNSUPPORTED = {
     "PRE_DUMP": "procsnap has no pre-dump (memory tracking)",
     "SINGLE_PRE_DUMP": "procsnap has no pre-dump (memory tracking)",
-    "PAGE_SERVER": "procsnap has no page server",
-    "PAGE_SERVER_CHLD": "procsnap has no page server",
     "CPUINFO_DUMP": "procsnap does not save cpuinfo images",
     "CPUINFO_CHECK": "procsnap does not save cpuinfo images",
 }
@@ -593,6 +600,8 @@ def serve(rq: Request, req: Any, name: str, run: Execute) -> bool:
         return _dump_restore(rq, req, name, run)
     if name in ("PRE_DUMP", "SINGLE_PRE_DUMP") and "pre-dump" in O.COMMANDS:
         return _pre_dump_loop(rq, req, name, run)
+    if name in ("PAGE_SERVER", "PAGE_SERVER_CHLD"):
+        return _page_server(rq, req, name)
     if name == "WAIT_PID":
         return _wait_pid(rq, req)
     if name == "NOTIFY":
@@ -752,7 +761,8 @@ def build(rq: Request, req: Any, command: str) -> tuple[O.Parsed, str, str, str 
 
 
 COMMAND = {"DUMP": "dump", "RESTORE": "restore", "PRE_DUMP": "pre-dump",
-           "SINGLE_PRE_DUMP": "pre-dump"}
+           "SINGLE_PRE_DUMP": "pre-dump", "PAGE_SERVER": "page-server",
+           "PAGE_SERVER_CHLD": "page-server"}
 
 
 def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
@@ -796,6 +806,48 @@ def _dump_restore(rq: Request, req: Any, name: str, run: Execute) -> bool:
         assert out.pid is not None
         rq.send(R.criu_resp(type=req.type, success=True,
                             restore=R.criu_restore_resp(pid=out.pid)))
+    return True
+
+
+def _page_server(rq: Request, req: Any, name: str) -> bool:
+    """criu's start_page_server_req(): a page server on criu_opts.ps's
+    address and port (0: any, answered) for the images dir, in a process
+    of its own that serves one connection; the answer carries its pid and
+    port."""
+    from .. import pagexfer
+    try:
+        p, images_dir, work_dir, log_path = build(rq, req, "page-server")
+        refusal = O.refused(p)
+        if refusal is not None:
+            raise BadRequest(refusal, errno.EBADRQC)
+        port = p.last("port")
+        pagexfer.prepare_dir(images_dir, p.last("prev-images-dir"))
+        lsk = pagexfer.listen(p.last("address"), int(port) if port else 0)
+    except (BadRequest, pagexfer.PageServerError, ValueError) as exc:
+        _fail(rq, req.type, str(exc), getattr(exc, "errno", 0) or 0)
+        return False
+    port_n = lsk.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:   # the page server: serves, exits
+        status = 1
+        try:
+            os.setsid()
+            rq.sk.close()
+            # a daemon, as criu's: the client's pipes are not held open
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            sk = pagexfer.accept_one(lsk)
+            pagexfer.PageServer(images_dir, lazy=p.has("lazy-pages")).serve(sk)
+            status = 0
+        except BaseException as exc:   # its own process: one line in the log, an exit status
+            log.error("%s", exc)
+        finally:
+            os._exit(status)
+    lsk.close()
+    rq.send(R.criu_resp(type=req.type, success=True,
+                        ps=R.criu_page_server_info(pid=pid, port=port_n)))
     return True
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 
-from .. import images
+from .. import images, pagexfer
 from ..images.pb import stats_pb2
 
 PAGE = 4096
@@ -58,8 +58,13 @@ def write_dump_stats(images_dir: str, stats: dict[str, float],
                      work_dir: str | None = None) -> stats_pb2.stats_entry:
     """stats-dump, in the work directory as criu writes it (its cwd; Podman
     reads it there, beside the images directory it tars)."""
-    private, shared = page_counts(images_dir)
-    skipped = parent_pages(images_dir)
+    sent = pagexfer.sent_counts(images_dir)
+    if sent is not None:
+        # the pages went to a page server (maybe into another dir): what was sent
+        private, shared, skipped = sent["pagemap"], sent["shmem-pagemap"], sent["parent"]
+    else:
+        private, shared = page_counts(images_dir)
+        skipped = parent_pages(images_dir)
     freeze = stats.get("freeze", 0.0)
     d = stats_pb2.dump_stats_entry(
         freezing_time=_us(freeze),

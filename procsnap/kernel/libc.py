@@ -42,6 +42,8 @@ SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "sync_file_range": (c_int, [c_int, ctypes.c_longlong, ctypes.c_longlong, c_uint]),
     # long syscall(long number, ...): variadic, arguments passed as c_long.
     "syscall": (c_long, []),
+    # int statfs(const char *path, struct statfs *buf);
+    "statfs": (c_int, [ctypes.c_char_p, c_void_p]),
 }
 
 
@@ -70,6 +72,7 @@ ERROR_CHECKERS: dict[str, Callable[..., int]] = {
     "syscall": _check_minus_one,
     "syncfs": _check_minus_one,
     "sync_file_range": _check_minus_one,
+    "statfs": _check_minus_one,
 }
 
 
@@ -119,6 +122,16 @@ def pidfd_getfd(pid: int, fd: int) -> int:
         return syscall(438, pidfd, fd, 0)  # __NR_pidfd_getfd
     finally:
         os.close(pidfd)
+
+
+def fs_magic(path: str) -> int:
+    """statfs(path).f_type: the magic number of the filesystem the file is
+    on (e.g. HUGETLBFS_MAGIC for a MFD_HUGETLB memfd behind /proc/PID/fd/N,
+    which stat() alone cannot tell from another internal mount)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on x86_64
+    ctypes.set_errno(0)
+    libc.statfs(os.fsencode(path), buf)
+    return int.from_bytes(buf.raw[:8], "little")  # __fsword_t f_type, first
 
 
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:

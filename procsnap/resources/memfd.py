@@ -15,6 +15,21 @@ file description per entry to the puppets (reopening /proc/self/fd/N makes
 one); mappings map the same inode, so processes share its pages again.
 Seals are applied last, once every mapping exists: F_SEAL_WRITE would
 forbid the writable shared mappings that F_SEAL_FUTURE_WRITE still allows.
+
+A MFD_HUGETLB memfd lives on the kernel's internal hugetlbfs mount, not the
+shmem one: its memfd_inode_entry carries hugetlb_flag (MFD_HUGETLB and the
+page size, as CRIU writes it), its huge pages are read with pread and put
+back through a mapping (hugetlbfs has no write(2)).  Its contents exist
+nowhere else, so --ghost-limit (meant for deleted files on disk) does not
+apply, as in CRIU.
+
+Shared anonymous memory held as a file (opened through map_files) is a
+memfd named /dev/zero, and so is a MAP_PRIVATE mapping of it (zdtm
+shmemfd-priv, as CRIU dumps it): mapped privately from the same object,
+its untouched pages keep following the object, and the pages it wrote
+itself are its own (saved in its pagemap, as for any private file
+mapping).  The object's MAP_SHARED mappings are VMA_ANON_SHARED
+(shmem.py), mapped at restore from this same memfd (object_fd()).
 """
 from __future__ import annotations
 
@@ -28,7 +43,7 @@ from .. import images
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, memfd_pb2
 from ..kernel import consts as C
-from ..kernel.libc import syscall
+from ..kernel.libc import fs_magic, syscall
 from . import shmem
 from . import fdaudit
 
@@ -57,9 +72,23 @@ MFD_ALLOW_SEALING = 2
 
 def matches(fd: "FdCtx") -> bool:
     st = fd.st
-    return ((fd.link.startswith(PREFIX) or fd.link == ZERO + DELETED)
-            and st is not None and st_mod.S_ISREG(st.st_mode)
-            and (os.major(st.st_dev), os.minor(st.st_dev)) == (0, 1))
+    if not ((fd.link.startswith(PREFIX) or fd.link == ZERO + DELETED)
+            and st is not None and st_mod.S_ISREG(st.st_mode)):
+        return False
+    if (os.major(st.st_dev), os.minor(st.st_dev)) == (0, 1):
+        return True
+    # MFD_HUGETLB: the internal hugetlbfs mount (its device number varies)
+    return fd.link.startswith(PREFIX) and _hugetlb_page(f"/proc/{fd.task.pid}/fd/{fd.fd}") > 0
+
+
+def _hugetlb_page(path: str) -> int:
+    """The huge page size of a file on hugetlbfs, 0 for any other file."""
+    try:
+        if fs_magic(path) != C.HUGETLBFS_MAGIC:
+            return 0
+    except OSError:
+        return 0
+    return os.stat(path).st_blksize  # hugetlbfs reports its page size there
 
 
 def _name(where: str, link: str) -> str:
@@ -84,18 +113,27 @@ def _note_inode(ctx: "DumpContext", pid: int, link: str, source: str, where: str
     inodes = _inodes(ctx)
     if st.st_ino in inodes:
         return st.st_ino
+    shmem.claim_id(ctx, st.st_ino, st.st_dev, where)
+    huge = _hugetlb_page(source)
     fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
             seals = fcntl.fcntl(fd, F_GET_SEALS)
         except OSError:
             seals = 0  # not created with MFD_ALLOW_SEALING: F_SEAL_SEAL is implied
-        shmem.save_object(ctx, st.st_ino, fd, st.st_size, pid)
+        if huge:
+            shmem.save_hugetlb(ctx, st.st_ino, fd, st.st_size, huge, pid)
+        else:
+            shmem.save_object(ctx, st.st_ino, fd, st.st_size, pid)
     finally:
         os.close(fd)
     inodes[st.st_ino] = memfd_pb2.memfd_inode_entry(
         name=_name(where, link), uid=st.st_uid, gid=st.st_gid, size=st.st_size, shmid=st.st_ino,
         seals=seals, inode_id=st.st_ino, mode=st.st_mode)
+    if huge:
+        # MFD_HUGETLB with the page size bits of mmap (MFD_HUGE_SHIFT is 26 too)
+        inodes[st.st_ino].hugetlb_flag = C.MFD_HUGETLB | (shmem.hugetlb_flags(huge) \
+            & ~C.MAP_HUGETLB)
     ctx.add_shared("memfd", inodes[st.st_ino])
     return st.st_ino
 
@@ -123,8 +161,19 @@ def mapping_file_id(ctx: "DumpContext", task: "DumpTask", m: Any, shared: bool) 
     source = f"/proc/{task.pid}/map_files/{m.start:x}-{m.end:x}"
     ino = _note_inode(ctx, task.pid, m.path, source,
                       f"pid {task.pid}: mapping {m.start:#x}-{m.end:#x}")
+    return inode_file_id(ctx, ino, os.O_RDWR if shared and "w" in m.perms else os.O_RDONLY)
+
+
+def zero_inodes(ctx: "DumpContext") -> set[int]:
+    """The shared anonymous memory objects (inode numbers) saved as memfds
+    named /dev/zero: a task holds them as a file."""
+    return {ino for ino, e in _inodes(ctx).items() if e.name == ZERO}
+
+
+def inode_file_id(ctx: "DumpContext", ino: int, flags: int) -> int:
+    """files.img id of a memfd file entry on noted inode ``ino`` for
+    mappings (one per inode and access mode)."""
     cache = ctx.kind_state.setdefault("memfd-map-ids", {})
-    flags = os.O_RDWR if shared and "w" in m.perms else os.O_RDONLY
     key = (ino, flags)
     if key not in cache:
         fid = ctx.new_file_id()
@@ -157,17 +206,39 @@ def _inode_fd(rctx: "RestoreContext", inode_id: int) -> int:
     if inode is None:
         raise RestoreError(f"{images.image_path(rctx.images_dir, 'memfd', None)}: "
                            f"no memfd inode {inode_id}")
+    huge = inode.hugetlb_flag if inode.HasField("hugetlb_flag") else 0
     fd = _zero_file(inode.size) if inode.name == ZERO else os.memfd_create(
-        inode.name, MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        inode.name, MFD_CLOEXEC | MFD_ALLOW_SEALING | huge)
     rctx.own_fds.append(fd)
     os.ftruncate(fd, inode.size)
-    shmem.load_object(rctx, inode.shmid, fd)
+    shmem.load_object(rctx, inode.shmid, fd, mapped=bool(huge & C.MFD_HUGETLB))
     _cut_to_size(fd, inode.size)
     os.fchown(fd, inode.uid, inode.gid)
     if inode.HasField("mode"):
         os.fchmod(fd, st_mod.S_IMODE(inode.mode))
     made[inode_id] = fd
     return fd
+
+
+def object_fd(rctx: "RestoreContext", shmid: int) -> int | None:
+    """The restorer's fd of shared anonymous memory object ``shmid`` when the
+    images hold it as a memfd named /dev/zero too (a process had it open
+    through map_files, or mapped it privately): its MAP_SHARED mappings
+    must map this same file.  None when they do not."""
+    _made(rctx)
+    for inode in rctx.kind_state["memfd-inodes"].values():
+        if inode.name == ZERO and inode.shmid == shmid:
+            return _inode_fd(rctx, inode.inode_id)
+    return None
+
+
+def names_zero(rctx: "RestoreContext", file_id: int) -> bool:
+    """Whether memfd file ``file_id`` is shared anonymous memory (the inode
+    CRIU and procsnap name /dev/zero)."""
+    entry = rctx.file_entry(file_id)
+    _made(rctx)
+    inode = rctx.kind_state["memfd-inodes"].get(entry.memfd.inode_id)
+    return inode is not None and inode.name == ZERO
 
 
 def _zero_file(size: int) -> int:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import logs
-from .. import elf, images, progress
+from .. import elf, images, pagexfer, progress
 from ..errors import ImageError, RestoreError, Unsupported
 from ..images import parent as parent_pages
 from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
@@ -131,9 +131,9 @@ VMFLAGS: dict[str, tuple[str, str]] = {
                     "set it on every mapping: mapped again from the restored socket)"),
     "de": (REFUSED, "VM_DONTEXPAND: a driver or kernel object mapping (aio, perf, io_uring, ...)"),
     "ar": (REFUSED, "VM_ARCH_1 (VM_PAT on x86): a driver mapping with page attributes"),
-    "ht": (SAVED, "VM_HUGETLB of anonymous memory (MAP_HUGETLB, private or shared): "
-                  "MAP_HUGETLB and the page size in vma_entry.flags; a hugetlbfs file "
-                  "mapping or a hugetlb System V segment is refused"),
+    "ht": (SAVED, "VM_HUGETLB of anonymous memory (MAP_HUGETLB, private or shared) and of "
+                  "a MFD_HUGETLB memfd: MAP_HUGETLB and the page size in vma_entry.flags; "
+                  "a hugetlbfs file mapping or a hugetlb System V segment is refused"),
     "sf": (REFUSED, "MAP_SYNC (DAX) mappings are not supported"),
     "lf": (REFUSED, "lock-on-fault (mlock2 MLOCK_ONFAULT / mlockall MCL_ONFAULT) has no "
                     "field in the image"),
@@ -173,7 +173,7 @@ def _vmflags(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     """(mmap flags, madvise bitmap) the VmFlags of ``m`` ask for, refusing
     what cannot be restored exactly (see VMFLAGS)."""
     special = m.path in SPECIAL
-    hugetlb = shmem.is_anon_hugetlb(m)
+    hugetlb = shmem.is_anon_hugetlb(m) or ("ht" in m.vmflags and memfd.is_memfd_mapping(m.path))
     if "ht" in m.vmflags and not hugetlb:
         raise Unsupported(f"{_where(task, m)}: VmFlags 'ht': hugetlb pages of a file (a hugetlbfs mount "
                           "or a System V segment) are not supported")
@@ -247,13 +247,11 @@ def _vma_status(task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     if shmem.is_anon_shared(m):
         return VMA_AREA_REGULAR | VMA_ANON_SHARED, C.MAP_SHARED | C.MAP_ANONYMOUS
     if not m.shared and m.path == "/dev/zero (deleted)" and (m.dev_major, m.dev_minor) == (0, 1):
-        # MAP_PRIVATE of shared anonymous memory opened through map_files:
-        # the pages it has not written yet must keep following the object,
-        # and the restore would give it a copy instead (zdtm shmemfd-priv)
-        raise Unsupported(f"pid {task.pid}: mapping at {m.start:#x}-{m.end:#x} maps shared "
-                          "anonymous memory privately (through /proc/PID/map_files); its "
-                          "unwritten pages would stop following the shared object: "
-                          "not supported yet")
+        # MAP_PRIVATE of shared anonymous memory opened through map_files
+        # (zdtm shmemfd-priv): a private mapping of the memfd named
+        # /dev/zero that stands for the object (as CRIU dumps it), so the
+        # pages it has not written keep following the object
+        return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_PRIVATE, C.MAP_PRIVATE
     if memfd.is_memfd_mapping(m.path):
         if m.shared:
             return VMA_AREA_REGULAR | VMA_AREA_MEMFD | VMA_FILE_SHARED, C.MAP_SHARED
@@ -425,6 +423,8 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         if status & VMA_AREA_MEMFD:
             vma.shmid = memfd.mapping_file_id(ctx, task, m, bool(status & VMA_FILE_SHARED))
             vma.fdflags = _map_files_mode(task, m)
+            if "ht" in m.vmflags:  # a MFD_HUGETLB memfd (as CRIU writes it)
+                vma.flags |= shmem.hugetlb_flags(shmem.mapping_stat(task, m).st_blksize)
         elif status & (VMA_FILE_PRIVATE | VMA_FILE_SHARED):
             vma.shmid = _mapped_file_id(ctx, task, m, cache)
             vma.fdflags = _map_files_mode(task, m)
@@ -482,7 +482,9 @@ def parent_runs(parent: str, pid: int) -> list[tuple[int, int]]:
     try:
         entries = images.read_image(parent, "pagemap", pid)[1:]
     except (FileNotFoundError, ImageError):
-        return []
+        # a parent dumped through a page server: its pagemaps are on the
+        # server; what it sent there is noted beside its local images
+        return pagexfer.load_sent(parent, "pagemap", pid) or []
     out: list[tuple[int, int]] = []
     for e in sorted(entries, key=lambda e: e.vaddr):
         if e.HasField("flags") and not e.flags & (PE_PRESENT | PE_PARENT):
@@ -574,7 +576,32 @@ def _check_vdso_dump(task: "DumpTask") -> None:
 
 def finish(ctx: "DumpContext") -> None:
     """Objects shared between tasks are saved once every task was seen."""
+    _shared_anon_held_as_memfd(ctx)
     shmem.finish(ctx)
+
+
+def _shared_anon_held_as_memfd(ctx: "DumpContext") -> None:
+    """MAP_SHARED mappings of shared anonymous memory that a task of the
+    tree also holds as a file (an fd opened through map_files, a private
+    mapping of it: a memfd named /dev/zero) are written as CRIU writes
+    every such mapping: shared mappings of that memfd
+    (VMA_AREA_MEMFD|VMA_FILE_SHARED).  Then one object is one memfd for
+    CRIU's restore too, which would otherwise make the shmem object and
+    the memfd two objects; procsnap's restore maps both forms from the
+    memfd (memfd.object_fd)."""
+    ids = memfd.zero_inodes(ctx)
+    if not ids:
+        return
+    for task in ctx.tasks:
+        for kind, _, msgs in task.extra_images:
+            if kind != "mm":
+                continue
+            for v in msgs[0].vmas:
+                if v.status & VMA_ANON_SHARED and v.shmid in ids and not v.flags & C.MAP_HUGETLB:
+                    v.status = (v.status & ~VMA_ANON_SHARED) | VMA_AREA_MEMFD | VMA_FILE_SHARED
+                    v.flags &= ~C.MAP_ANONYMOUS
+                    v.shmid = memfd.inode_file_id(ctx, v.shmid, os.O_RDWR)
+                    v.fdflags = os.O_RDWR  # the kernel's shmem file of MAP_SHARED|MAP_ANONYMOUS
 
 
 def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]],
@@ -590,6 +617,10 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     limit) are copied by us through /proc/PID/mem, which reads with
     FOLL_FORCE.
     """
+    client = ctx.kind_state.get(PAGE_CLIENT)
+    if client is not None:
+        _send_pages(ctx, task, client, runs, in_parent or [])
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
@@ -621,6 +652,59 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     finally:
         os.close(out)
     task.extra_images.append(("pagemap", task.pid, entries))
+
+
+# --page-server: the driver's pagexfer.PageClient, in ctx.kind_state[PAGE_CLIENT];
+# ctx.kind_state[PAGE_NAMES]: outside pid -> the pid its images are named by.
+PAGE_CLIENT = pagexfer.CLIENT_KEY
+PAGE_NAMES = pagexfer.NAMES_KEY
+
+
+def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClient",
+                runs: list[tuple[int, int]], in_parent: list[tuple[int, int]]) -> None:
+    """The pagemap of ``task`` goes to the page server, which writes
+    pagemap-PID.img and its pages-N.img (criu's open_page_server_xfer()):
+    runs in address order, the bytes streamed as they are read, holes
+    (PE_PARENT) only when the server's images have a parent image of it."""
+    name = ctx.kind_state.get(PAGE_NAMES, {}).get(task.pid, task.pid)
+    if not client.open("pagemap", name) and in_parent:
+        # the server has no parent pagemap for it: its images must hold
+        # every page, so the unwritten ones are copied too
+        log.info("pid %d: the page server has no parent image: sending every page", task.pid)
+        runs = _merge(sorted(runs + in_parent))
+        in_parent = []
+    total = sum(n for _, n in runs) * PAGE
+    bar = progress.Progress("dump", total)
+    sent = 0
+
+    def moved(n: int) -> None:
+        bar.update(sent + n)
+
+    present: list[tuple[int, int]] = []
+    marked = sorted([(a, n, PE_PRESENT) for a, n in runs] +
+                    [(a, n, PE_PARENT) for a, n in in_parent])
+    try:
+        for addr, n, flags in marked:
+            if flags == PE_PRESENT:
+                present.append((addr, n))
+                continue
+            client.send_task_pages(task.pid, present, moved)
+            sent += sum(k for _, k in present) * PAGE
+            present = []
+            client.hole(addr, n)
+        client.send_task_pages(task.pid, present, moved)
+    finally:
+        bar.close()
+
+
+def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, n in runs:
+        if out and out[-1][0] + out[-1][1] * PAGE == a:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((a, n))
+    return out
 
 
 def start_writeback(fd: int, offset: int, size: int) -> None:
@@ -1219,7 +1303,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             if i in with_pages:
                 later.append(i)
         elif v.status & VMA_ANON_SHARED:
-            shmem.map_vma(rctx, rt, v, prot)
+            shmem.map_vma(rctx, rt, v, prot, memfd.object_fd(rctx, v.shmid))
         elif v.status & sysvipc.VMA_AREA_SYSVIPC:
             sysvipc.map_vma(rctx, rt, v)
         elif v.status & VMA_AREA_AIORING:

@@ -36,7 +36,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .. import images
+from .. import images, pagexfer
 from ..images import parent as parent_pages
 from ..errors import RestoreError, Unsupported
 from ..inject import InjectError
@@ -113,10 +113,23 @@ def mapping_stat(task: "DumpTask", m: MapEntry) -> os.stat_result:
                           f"cannot look at it: {exc.strerror}") from None
 
 
+def claim_id(ctx: "DumpContext", shmid: int, dev: int, where: str) -> None:
+    """Objects are named by inode number (as CRIU names them), and the shmem
+    and the hugetlbfs mounts number their inodes each on their own: two
+    objects with one number would be restored as one."""
+    ids: dict[int, int] = ctx.kind_state.setdefault("shmem-ids", {})
+    if ids.setdefault(shmid, dev) != dev:
+        raise Unsupported(f"{where}: shared memory object {shmid} has the inode number of "
+                          "another one on another internal mount; the images name both "
+                          "the same")
+
+
 def dump_vma(ctx: "DumpContext", task: "DumpTask", m: MapEntry) -> tuple[int, int]:
     """Note one mapping of a shared anonymous object, whole or part of it;
     returns (shmid, huge page size or 0)."""
     st = mapping_stat(task, m)
+    claim_id(ctx, st.st_ino, st.st_dev, f"pid {task.pid}: shared memory at "
+             f"{m.start:#x}-{m.end:#x}")
     page_size = st.st_blksize if is_anon_hugetlb(m) else 0
     objs: dict[int, _Obj] = ctx.kind_state.setdefault(NAME, {})
     obj = objs.setdefault(st.st_ino, _Obj(st.st_ino, task.pid, m.start, m.end, st.st_size,
@@ -125,9 +138,18 @@ def dump_vma(ctx: "DumpContext", task: "DumpTask", m: MapEntry) -> tuple[int, in
     return st.st_ino, page_size
 
 
+# Objects whose pages went to a page server (no local pagemap marks them saved).
+_SENT = "shmem-sent"
+
+
 def finish(ctx: "DumpContext") -> None:
     """Save each object's contents once, after every task was looked at."""
-    objs = ctx.kind_state.get(NAME, {}).values()
+    # An object a process also holds as a file (opened through map_files:
+    # memfd.py saved it as a memfd named /dev/zero, with its size) is that
+    # memfd's at restore too (memory.py hands its fd to map_vma()).
+    sent = ctx.kind_state.get(_SENT, set())
+    objs = [o for o in ctx.kind_state.get(NAME, {}).values()
+            if ("shmem-pagemap", o.shmid) not in ctx.shared_images and o.shmid not in sent]
     for obj in objs:
         # The restore makes the object as big as its mappings reach.
         if obj.extent < obj.size:
@@ -139,30 +161,44 @@ def finish(ctx: "DumpContext") -> None:
                       os.O_RDONLY | os.O_CLOEXEC)
         try:
             if obj.page_size:
-                _save_hugetlb(ctx, obj, src)
+                save_hugetlb(ctx, obj.shmid, src, obj.size, obj.page_size, obj.pid)
             else:
                 save_object(ctx, obj.shmid, src, obj.size, obj.pid)
         finally:
             os.close(src)
 
 
-def _save_hugetlb(ctx: "DumpContext", obj: _Obj, src: int) -> None:
-    """Like save_object() for a hugetlbfs file: pread each huge page and
-    keep those that are not all zeroes (no SEEK_DATA, no sendfile there)."""
+def save_hugetlb(ctx: "DumpContext", shmid: int, src: int, size: int, hp: int,
+                 pid: int) -> None:
+    """Like save_object() for a hugetlbfs file (huge page size ``hp``): pread
+    each huge page and keep those that are not all zeroes (no SEEK_DATA, no
+    sendfile there); with --page-server they go there."""
+    client = ctx.kind_state.get(pagexfer.CLIENT_KEY)
+    if client is not None:
+        client.open("shmem-pagemap", shmid)
+        ctx.kind_state.setdefault(_SENT, set()).add(shmid)
+        zero_page = bytes(hp)
+        for off in range(0, size, hp):
+            data = os.pread(src, hp, off)
+            if len(data) != hp:
+                raise Unsupported(f"pid {pid}: short read of hugetlb shared memory "
+                                  f"object {shmid} at offset {off}")
+            if data != zero_page:
+                client.add(off, data)
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
     out_path = images.image_path(ctx.images_dir, "pages", pages_id)
     ctx.created.append(out_path)
-    hp = obj.page_size
     zero = bytes(hp)
     out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        for off in range(0, obj.size, hp):
+        for off in range(0, size, hp):
             data = os.pread(src, hp, off)
             if len(data) != hp:
-                raise Unsupported(f"pid {obj.pid}: short read of hugetlb shared memory object "
-                                  f"{obj.shmid} at offset {off}")
+                raise Unsupported(f"pid {pid}: short read of hugetlb shared memory object "
+                                  f"{shmid} at offset {off}")
             if data == zero:
                 continue
             last = entries[-1]
@@ -176,12 +212,25 @@ def _save_hugetlb(ctx: "DumpContext", obj: _Obj, src: int) -> None:
                 view = view[os.write(out, view):]
     finally:
         os.close(out)
-    ctx.shared_images[("shmem-pagemap", obj.shmid)] = entries
+    ctx.shared_images[("shmem-pagemap", shmid)] = entries
 
 
 def save_object(ctx: "DumpContext", shmid: int, src: int, size: int, pid: int) -> None:
     """Write the populated pages of shmem file ``src`` as object ``shmid``:
-    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img."""
+    pagemap-shmem-SHMID.img (offsets in vaddr) plus a pages-N.img --
+    or, with --page-server, sent there (the server writes them)."""
+    client = ctx.kind_state.get(pagexfer.CLIENT_KEY)
+    if client is not None:
+        client.open("shmem-pagemap", shmid)
+        ctx.kind_state.setdefault(_SENT, set()).add(shmid)
+        for off, length in _data_ranges(src, size):
+            if off + length <= size:
+                client.send_fd_range(off, src, off, length)
+            else:
+                # the file ends inside this page (a memfd of any size)
+                data = os.pread(src, size - off, off) if size > off else b""
+                client.add(off, data + page_tail(src, off + len(data), length - len(data)))
+        return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
     entries: list[Any] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
@@ -220,8 +269,10 @@ def page_tail(fd: int, pos: int, n: int) -> bytes:
         syscall(C.NR["munmap"], addr, PAGE)
 
 
-def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:
-    """Fill shmem file ``dst`` (a memfd of the restorer) with object ``shmid``."""
+def load_object(rctx: "RestoreContext", shmid: int, dst: int, mapped: bool = False) -> None:
+    """Fill shmem file ``dst`` (a memfd of the restorer) with object ``shmid``.
+    ``mapped``: through a shared mapping of it, for a hugetlbfs file (no
+    write(2) there; its size must already cover every page)."""
     path = images.image_path(rctx.images_dir, "shmem-pagemap", shmid)
     if not os.path.exists(path):
         return
@@ -232,6 +283,9 @@ def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:
     pages = images.image_path(rctx.images_dir, "pages", pm[0].pages_id)
     src = os.open(pages, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        if mapped:
+            _load_mapped(path, pages, pm[1:], src, dst)
+            return
         offset = 0
         for e in pm[1:]:
             size = e.nr_pages * PAGE
@@ -245,6 +299,25 @@ def load_object(rctx: "RestoreContext", shmid: int, dst: int) -> None:
             offset += size
     finally:
         os.close(src)
+
+
+def _load_mapped(path: str, pages: str, entries: list[Any], src: int, dst: int) -> None:
+    size = os.fstat(dst).st_size
+    if not entries:
+        return
+    if entries[-1].vaddr + entries[-1].nr_pages * PAGE > size:
+        raise RestoreError(f"{path}: entries run past the object's {size} bytes")
+    addr = syscall(C.NR["mmap"], 0, size, C.PROT_READ | C.PROT_WRITE, C.MAP_SHARED, dst, 0)
+    try:
+        offset = 0
+        for e in entries:
+            n = e.nr_pages * PAGE
+            got = os.preadv(src, [(ctypes.c_char * n).from_address(addr + e.vaddr)], offset)
+            if got != n:
+                raise RestoreError(f"{pages}: short read at offset {offset} ({got} of {n} bytes)")
+            offset += n
+    finally:
+        syscall(C.NR["munmap"], addr, size)
 
 
 def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
@@ -281,12 +354,17 @@ def _object_size(rctx: "RestoreContext", shmid: int) -> int:
     return size
 
 
-def map_vma(rctx: "RestoreContext", rt: "RestoreTask", v: Any, prot: int) -> None:
+def map_vma(rctx: "RestoreContext", rt: "RestoreTask", v: Any, prot: int,
+            obj_fd: int | None = None) -> None:
     """Map one shared anonymous VMA, whole object or part of it: create the
-    object the first time, then map the same file at the VMA's offset."""
+    object the first time, then map the same file at the VMA's offset.
+    ``obj_fd``: the restorer's fd of the object when it exists already (a
+    process also held it as a file: memfd.py made it)."""
     inj = rt.inj
     made: dict[int, int] = rctx.kind_state.setdefault(NAME, {})
-    if v.shmid not in made:
+    if obj_fd is not None:
+        made[v.shmid] = obj_fd
+    elif v.shmid not in made:
         made[v.shmid] = _create(rctx, rt, v)
     fd = rt.open_in_puppet(f"/proc/{os.getpid()}/fd/{made[v.shmid]}", os.O_RDWR)
     # (a hugetlbfs file is mapped with its own page size: no MAP_HUGETLB)

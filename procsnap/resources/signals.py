@@ -122,11 +122,18 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         th = thread.core.thread_core
         if th.HasField("sas"):
             st = StackT(ss_sp=th.sas.ss_sp, ss_flags=th.sas.ss_flags, ss_size=th.sas.ss_size)
-            if not st.ss_flags & 2:  # SS_DISABLE is the default: nothing to install
+            if st.ss_flags & 2:
+                # SS_DISABLE, but a forked puppet inherits its parent's
+                # alternate stack (the restorer's: Python's faulthandler
+                # installs one, as under pytest), which is not mapped in
+                # the restored task: a handler with SA_ONSTACK (every
+                # handler CPython installs) would then die of SIGSEGV.
+                st = StackT(ss_sp=0, ss_flags=2, ss_size=0)
+            else:
                 # SS_ONSTACK is a state, not a request: the kernel refuses it.
                 st.ss_flags &= ~1
-                tinj.call("sigaltstack", tinj.put(bytes(st), align=8), 0)
-                tinj.reset_scratch()
+            tinj.call("sigaltstack", tinj.put(bytes(st), align=8), 0)
+            tinj.reset_scratch()
         queues = [(False, th.signals_p if th.HasField("signals_p") else None)]
         if thread.tid == rt.pid:
             queues.append((True, core.tc.signals_s if core.tc.HasField("signals_s") else None))

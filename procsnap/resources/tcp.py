@@ -63,6 +63,7 @@ import subprocess
 from typing import TYPE_CHECKING, Any
 
 from .. import images
+from ..images import legacy as legacy_files
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
 from ..kernel import netns
@@ -298,12 +299,46 @@ def unlock_netns(pid: int, table: str) -> bool:
         return False
 
 
+# CRIU's own lock of a tree in its own network namespace, with its default
+# method (iptables, criu/net.c iptables_network_lock_internal): a chain
+# CRIU that INPUT and OUTPUT jump to, dropping all but marked packets.  CRIU
+# saves the namespace's rules after locking, so its images carry the lock;
+# CRIU's restore removes it once the tree runs
+# (iptables_network_unlock_internal).  A restore of CRIU's images does the same.
+CRIU_CHAIN = "CRIU"
+_IPTABLES = ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy")
+
+
+def unlock_criu_iptables_in(pid: int) -> bool:
+    """Remove CRIU's iptables lock from ``pid``'s network namespace, as
+    CRIU's restore does; False if there was none."""
+    found = False
+    try:
+        with netns.inside(pid):
+            for tool in _IPTABLES:
+                exe = shutil.which(tool)
+                if exe is None or subprocess.run(
+                        [exe, "-w", "-S", CRIU_CHAIN], capture_output=True,
+                        timeout=30).returncode != 0:
+                    continue
+                found = True
+                for chain in ("INPUT", "OUTPUT"):
+                    while subprocess.run([exe, "-w", "-D", chain, "-j", CRIU_CHAIN],
+                                         capture_output=True, timeout=30).returncode == 0:
+                        pass
+                for op in ("-F", "-X"):
+                    subprocess.run([exe, "-w", op, CRIU_CHAIN], capture_output=True, timeout=30)
+    except OSError:
+        return found
+    return found
+
+
 def network_unlock_dir(images_dir: str) -> bool:
     """The lock of the dump in ``images_dir`` (found by its root pid)."""
     tree = images.read_image(images_dir, "pstree")
     if not tree:
         return False
-    conns = [_conn(f.isk) for f in images.read_image(images_dir, "files")
+    conns = [_conn(f.isk) for f in legacy_files.file_entries(images_dir)
              if f.HasField("isk") and f.isk.proto == socket.IPPROTO_TCP
              and os.path.exists(images.image_path(images_dir, "tcp-stream", f.isk.ino))]
     return unlock_images(images_dir, tree[0].pid, conns)

@@ -35,17 +35,40 @@ bytes queued for reading on it):
 - a pts whose master is gone (hung up, its node deleted): a pair is made
   with the index, the slave files are opened and the master closed again.
 
+A terminal whose other end is outside the tree, as criu saves it:
+
+- named with criu's ``--external tty[RDEV:DEV]`` (LXC's console: a pts of
+  the host whose master LXC's monitor holds): CRIU's EXT_TTY -- termios,
+  locked termios, window size, exclusive mode, the node's owner, the
+  session it controls and its foreground group, the input typed and not
+  read yet; at restore the fd given with ``--inherit-fd
+  fd[N]:tty[RDEV:DEV]`` takes its place (every file of it is that one
+  open file description, its session leader takes it with TIOCSCTTY);
+- with criu's ``--orphan-pts-master`` (runc's terminal: runc sends it in
+  every RPC request): a pts whose master is outside, of the host's
+  devpts or of the task's own /dev/pts (a container's instance, which its
+  mount namespace brings back new): saved as the slave with the same
+  state; at restore a new pair is made at its index in the tree's
+  /dev/pts (a bind of the pts, runc's /dev/console, made it already:
+  namespaces/mnt.py), the slave is the tree's, the master goes to the
+  caller with the orphan-pts-master action (criu's RPC: SCM_RIGHTS).
+  On criu's command line it is refused (nobody to take the master).
+The tree's output not yet read by the outside end stays in the old pty,
+whose master the outside holder keeps.
+
 /dev/console and the virtual consoles are the host's devices, their state
 shared with everything outside the tree (as a regular file's contents):
 the fd is reopened by its path (a REG entry, opened O_NOCTTY); a VT in
 VT_PROCESS mode (it signals its owning process on switches) is refused.
 
-Refused, one line naming pid and fd: other terminal drivers (serial, legacy BSD ptys); a pts of another devpts
-instance; a pty one of whose ends is open outside the tree (found by a scan
+Refused, one line naming pid and fd: other terminal drivers (serial,
+legacy BSD ptys); a pts of another devpts instance (but an orphan pts,
+above); a pty one of whose ends is open outside the tree (found by a scan
 of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
 whose controlling terminal is outside the tree or which lost the
-controlling terminal its session has.  With --shell-job a pts whose master
+controlling terminal its session has; an --external terminal restored
+without the fd that stands for it.  With --shell-job a pts whose master
 is outside the tree (the user's terminal) is the job's terminal: at
 restore the fds get the restoring shell's terminal, as criu does.
 
@@ -269,6 +292,9 @@ class _DumpState:
     ctty_holders: list[tuple[int, int]] = field(default_factory=list)
     writeback: list[Callable[[], None]] = field(default_factory=list)
     vts: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # rdev -> (pid, fd, fid)
+    ext: dict[int, Any] = field(default_factory=dict)   # rdev -> tty_info_entry (EXT_TTY)
+    ext_copy: dict[int, tuple[int, str]] = field(default_factory=dict)  # rdev -> (our copy, where)
+    orphans: dict[int, Any] = field(default_factory=dict)  # index -> info (--orphan-pts-master)
 
 
 def _state(ctx: "DumpContext") -> _DumpState:
@@ -342,6 +368,8 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                 packet_mode=False, sid=0, pgrp=0, rdev=rdev))
         state.ctty_holders.append((task.pid, fd.fd))
         return _file_entry(fid, state.ctty_info, flags)
+    if f"tty[{rdev:x}:{fd.st.st_dev:x}]" in getattr(ctx.opts, "external", ()):
+        return _dump_external(fd, fid, flags)
     master = (major, minor) == PTMX
     if not master and major not in PTS_MAJORS:
         raise Unsupported(f"{where}: a terminal ({major}:{minor}) of a driver procsnap does "
@@ -355,9 +383,11 @@ def dump(fd: "FdCtx", fid: int) -> Any:
                               "/dev/ptmx and /dev/pts/ptmx of the dumper's /dev are supported")
     else:
         index = _index_of(rdev)
-        if fd.st.st_dev != _devpts_dev():
+        if fd.st.st_dev != _devpts_dev() and not _own_devpts(fd, index):
             raise Unsupported(f"{where}: a pts of another devpts instance; only the one "
-                              "mounted on /dev/pts is supported")
+                              "mounted on /dev/pts is supported"
+                              + ("" if ctx.opts.orphan_pts_master else
+                                 " (or, with --orphan-pts-master, the task's own /dev/pts)"))
     pair = state.pairs.setdefault(index, _Pair(index))
     side = pair.master if master else pair.slave
     if side is None:
@@ -376,7 +406,57 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     elif master and side.st.st_ino != fd.st.st_ino:
         raise Unsupported(f"{where}: two pty masters with index {index} (another devpts "
                           "instance): not supported")
+    elif side.st.st_dev != fd.st.st_dev:
+        raise Unsupported(f"{where}: two pts with index {index} of two devpts instances "
+                          f"(this one and pid {side.holder[0]}'s fd {side.holder[1]}): not "
+                          "supported")
     return _file_entry(fid, side.info_id, flags)
+
+
+def _own_devpts(fd: "FdCtx", index: int) -> bool:
+    """With --orphan-pts-master (runc's terminal): is this pts one of the
+    devpts instance the task has on its own /dev/pts (a container's, which
+    its mount namespace brings back as a new instance), named by that
+    path?  Its master is outside the tree; the restore makes a new pair
+    there, at its index (opening /dev/pts/ptmx in the restored tree)."""
+    if not fd.ctx.opts.orphan_pts_master or fd.link != f"/dev/pts/{index}":
+        return False
+    assert fd.st is not None
+    try:
+        own = os.stat(f"/proc/{fd.task.pid}/root/dev/pts/ptmx")
+    except OSError:
+        return False
+    return own.st_dev == fd.st.st_dev and os.major(own.st_rdev) == 5
+
+
+def _dump_external(fd: "FdCtx", fid: int, flags: int) -> Any:
+    """A terminal named with criu's ``--external tty[RDEV:DEV]`` (LXC's
+    console: a pts of the host whose master LXC's monitor holds): saved as
+    CRIU's EXT_TTY -- its termios, locked termios, window size, owner,
+    exclusive mode, and (_check_ctty) the session it is the controlling
+    terminal of with its foreground group; at restore the fd given with
+    ``--inherit-fd fd[N]:tty[RDEV:DEV]`` takes its place.  Its queued bytes
+    belong to the other end, outside the tree (criu does not read them
+    either: a tty read consumes)."""
+    assert fd.st is not None
+    state = _state(fd.ctx)
+    rdev = fd.st.st_rdev
+    info = state.ext.get(rdev)
+    if info is None:
+        copy = pidfd_getfd(fd.task.pid, fd.fd)
+        state.copies.append(copy)
+        state.ext_copy[rdev] = (copy, f"pid {fd.task.pid}: fd {fd.fd}: {fd.link}")
+        info = tty_pb2.tty_info_entry(
+            id=fd.ctx.new_file_id(), type=tty_pb2.EXT_TTY, locked=False,
+            exclusive=bool(_ioctl_int(copy, C.TIOCGEXCL)), packet_mode=False,
+            sid=0, pgrp=0, rdev=rdev, dev=fd.st.st_dev, uid=fd.st.st_uid,
+            gid=fd.st.st_gid)
+        info.termios.CopyFrom(get_termios(copy))
+        info.termios_locked.CopyFrom(_get_locked(copy))
+        info.winsize.CopyFrom(get_winsize(copy))
+        state.ext[rdev] = info
+        fd.ctx.shared_image("tty-info").append(info)
+    return _file_entry(fid, info.id, flags)
 
 
 def _ptmx_nodes() -> set[tuple[int, int]]:
@@ -448,6 +528,11 @@ def finish(ctx: "DumpContext") -> None:
     state = ctx.kind_state.get("tty")
     pairs = state.pairs if state is not None else {}
     infos = ctx.shared_image("tty-info") if pairs else []
+    if state is not None:
+        for rdev, ext in state.ext.items():
+            # what the outside end typed and the tree has not read yet
+            copy, where = state.ext_copy[rdev]
+            _dump_input(ctx, state, ext.id, copy, ext.termios, where)
     inside = {i: p for i, p in pairs.items() if p.master is not None}
     outside = _outside_holders(ctx, inside) if inside else {}
     for index in sorted(pairs):
@@ -460,13 +545,26 @@ def finish(ctx: "DumpContext") -> None:
             if s.hung:
                 infos.append(_info(s, index, sid=0, pgrp=0))   # no termios: hung up (as CRIU)
                 continue
-            if not ctx.opts.shell_job:
+            if not ctx.opts.shell_job and not ctx.opts.orphan_pts_master:
                 raise Unsupported(f"pid {pid}: fd {fd}: terminal {link}: its master is outside "
                                   "the dumped tree; use --shell-job to dump a process attached "
                                   "to a terminal")
-            # the shell job's terminal: restored as the restoring shell's
+            # the shell job's terminal (restored as the restoring shell's),
+            # or criu's orphan pts (restored with a new master for the
+            # caller): its state as criu saves it; _check_ctty sets the
+            # session it controls
             info = _info(s, index, sid=0, pgrp=0)
             info.termios.CopyFrom(get_termios(s.copy))
+            if ctx.opts.orphan_pts_master:
+                info.termios_locked.CopyFrom(_get_locked(s.copy))
+                info.winsize.CopyFrom(get_winsize(s.copy))
+                info.exclusive = bool(_ioctl_int(s.copy, C.TIOCGEXCL))
+                state.orphans[index] = info
+                # what the outside end typed and the tree has not read yet
+                # (the tree's output is the outside end's to read, on the
+                # master it keeps)
+                _dump_input(ctx, state, s.info_id, s.copy, info.termios,
+                            f"pid {pid}: fd {fd}: terminal {link}")
             infos.append(info)
             continue
         mpid, mfd, mlink = m.holder
@@ -538,8 +636,15 @@ def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: An
         mcopy = m.copy
         state.writeback.append(lambda: inject_input(mcopy, out, None))
         ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=m.info_id, data=out))
-    # The slave's input: in canonical mode, complete lines and a partial
-    # one are all readable once ICANON is off.
+    _dump_input(ctx, state, s.info_id, slave_fd, termios, where)
+
+
+def _dump_input(ctx: "DumpContext", state: _DumpState, info_id: int, slave_fd: int,
+                termios: Any, where: str) -> None:
+    """The bytes queued for reading on a slave (our copy ``slave_fd``),
+    saved for tty ``info_id`` and put back if the tree runs on."""
+    # In canonical mode, complete lines and a partial one are all readable
+    # once ICANON is off.
     canon = bool(termios.c_lflag & ICANON)
     if canon:
         raw = tty_pb2.termios_entry()
@@ -562,7 +667,7 @@ def _dump_queues(ctx: "DumpContext", state: _DumpState, pair: _Pair, termios: An
             raise Unsupported(f"{where}: input queued in canonical mode holds an editing "
                               "character and VLNEXT is disabled: it cannot be queued back as "
                               "the literal it is")
-        ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=s.info_id, data=inp))
+        ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=info_id, data=inp))
 
 
 def _vt_ctty(ctx: "DumpContext", task: Any, st: Any, rdev: int, pids: set[int],
@@ -606,6 +711,9 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
                 by_sid[info.sid] = index
     pids = {t.pid for t in ctx.tasks}
     vt_infos: dict[int, Any] = {}
+    dstate = ctx.kind_state.get("tty")
+    ext_infos: dict[int, Any] = dstate.ext if dstate is not None else {}
+    orphans: dict[int, Any] = dstate.orphans if dstate is not None else {}
     for task in ctx.tasks:
         if task.zombie or task.stat is None:
             continue
@@ -615,7 +723,35 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
         if has and major == 4 and 0 < minor < 64:
             _vt_ctty(ctx, task, st, os.makedev(major, minor), pids, vt_infos)
             continue
+        ext = ext_infos.get(os.makedev(major, minor)) if has else None
+        if ext is not None:
+            # an --external terminal: the session leader takes it again
+            # from the fd handed in, and sets its foreground group (stat's
+            # tpgid: TIOCGPGRP answers only the terminal's own session)
+            name = f"terminal {major}:{minor} (--external tty[{ext.rdev:x}:{ext.dev:x}])"
+            if st.session not in pids:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, belongs "
+                                  f"to session {st.session}, whose leader is outside the dumped "
+                                  "tree")
+            if ext.sid and ext.sid != st.session:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, is "
+                                  f"session {ext.sid}'s too: not supported")
+            ext.sid, ext.pgrp = st.session, max(st.tpgid, 0)
+            continue
         idx = _index_of(os.makedev(major, minor)) if has and major in PTS_MAJORS else None
+        orphan = orphans.get(idx) if idx is not None else None
+        if orphan is not None:
+            # --orphan-pts-master: its session leader takes the new slave
+            name = f"/dev/pts/{idx} (its master outside the tree)"
+            if st.session not in pids:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal {name} belongs "
+                                  f"to session {st.session}, whose leader is outside the "
+                                  "dumped tree")
+            if orphan.sid and orphan.sid != st.session:
+                raise Unsupported(f"pid {task.pid}: its controlling terminal {name} is "
+                                  f"session {orphan.sid}'s too: not supported")
+            orphan.sid, orphan.pgrp = st.session, max(st.tpgid, 0)
+            continue
         if has and idx is not None and idx in pairs and pairs[idx].master is not None:
             if by_sid.get(st.session) != idx:
                 raise Unsupported(f"pid {task.pid}: its controlling terminal /dev/pts/{idx} "
@@ -656,6 +792,11 @@ class _RestoreState:
     fg: dict[int, int] = field(default_factory=dict)        # sid -> foreground pgrp
     shell: set[int] = field(default_factory=set)            # info ids of the shell's terminal
     vt_fd: dict[int, tuple[int, Any]] = field(default_factory=dict)  # sid -> (fd, VT info)
+    ext: dict[int, int] = field(default_factory=dict)       # EXT_TTY info id -> fd in every puppet
+    ext_ctty: dict[int, int] = field(default_factory=dict)  # sid -> fd of its --external terminal
+    ext_fg: dict[int, int] = field(default_factory=dict)    # sid -> foreground pgrp
+    ext_flags: dict[int, int] = field(default_factory=dict)  # EXT_TTY info id -> its F_GETFL
+    orphans: dict[int, tuple[Any, list[Any]]] = field(default_factory=dict)  # index -> (info, files)
 
 
 def _rstate(rctx: "RestoreContext") -> _RestoreState:
@@ -692,7 +833,12 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             pairs.setdefault(info.pty.index, {})[side] = info
     for index, pair in list(pairs.items()):
         if "master" not in pair and pair["slave"].HasField("termios"):
-            state.shell.add(pair["slave"].id)    # --shell-job: the restoring shell's terminal
+            if rctx.opts.orphan_pts_master:
+                # a new pair once the tree's mount namespace is in place
+                # (prepare_orphans): criu's --orphan-pts-master
+                state.orphans[index] = (pair["slave"], files.get(pair["slave"].id, []))
+            else:
+                state.shell.add(pair["slave"].id)  # --shell-job: the restoring shell's terminal
             del pairs[index]
     junk: list[int] = []
     inj = rt.inj
@@ -713,6 +859,9 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         finally:
             inj.reset_scratch()
 
+    for info in state.infos.values():
+        if info.type == tty_pb2.EXT_TTY:
+            _inherit_external(rctx, rt, info, files.get(info.id, []), high)
     try:
         for index in sorted(pairs):
             pair = pairs[index]
@@ -758,6 +907,70 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             inj.call("close", fd)
 
 
+def _holder(rctx: "RestoreContext", files: list[Any]) -> str:
+    """'pid P: fd F: ' of the first task holding one of ``files``, for messages."""
+    ids = {f.id for f in files}
+    return next((f"pid {t.pid}: fd {fe.fd}: " for t in rctx.tasks for fe in t.fdinfos
+                 if fe.id in ids), "")
+
+
+def ext_key(info: Any) -> str:
+    """criu's name of an external terminal: tty[RDEV:DEV] in hex."""
+    return f"tty[{info.rdev:x}:{info.dev:x}]"
+
+
+def _inherit_external(rctx: "RestoreContext", rt: "RestoreTask", info: Any, files: list[Any],
+                      high: Callable[[int], int]) -> None:
+    """An EXT_TTY (criu's --external tty[RDEV:DEV] at dump): the terminal
+    handed in with --inherit-fd fd[N]:tty[RDEV:DEV] (LXC's new console)
+    takes its place, as criu's open_ext_tty: its termios, locked termios,
+    window size and owner are set as saved, every file of it is that one
+    open file description (its status flags set), and its session leader
+    takes it as controlling terminal (session_started)."""
+    key = ext_key(info)
+    ours = rctx.opts.inherit_fd.get(key)
+    holder = _holder(rctx, files)
+    if ours is None:
+        raise RestoreError(f"{holder}{key}: a terminal outside the dumped tree, named with "
+                           "--external at dump: give the one that stands for it with "
+                           f"--inherit-fd fd[N]:{key}")
+    if not os.isatty(ours):
+        raise RestoreError(f"{holder}--inherit-fd fd[{ours}]:{key}: not a terminal")
+    if info.HasField("termios"):
+        set_termios(ours, info.termios)
+    if info.HasField("termios_locked"):
+        _set_locked(ours, info.termios_locked)
+    if info.HasField("winsize"):
+        w = info.winsize
+        fcntl.ioctl(ours, C.TIOCSWINSZ, _WS.pack(w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel))
+    if info.exclusive:
+        fcntl.ioctl(ours, C.TIOCEXCL)
+    if info.HasField("uid") and info.HasField("gid"):
+        os.fchown(ours, info.uid, info.gid)
+    if info.HasField("termios") and not _same_termios(get_termios(ours), info.termios):
+        raise RestoreError(f"{holder}--inherit-fd fd[{ours}]:{key}: termios not as in the "
+                           "image after setting")
+    # the input the tree had not read yet, queued on the new terminal
+    inject_input(ours, _tty_data(rctx).get(info.id, b""), info.termios)
+    if files:
+        fl = fcntl.fcntl(ours, fcntl.F_GETFL)
+        keep = os.O_ACCMODE | C.O_LARGEFILE
+        fcntl.fcntl(ours, fcntl.F_SETFL, (fl & keep) | (files[0].tty.flags & ~keep))
+    state = _rstate(rctx)
+    # what the restore check expects: the description handed in, whose
+    # f_flags keep an O_CLOEXEC its opener (LXC) gave open(2) -- fdinfo
+    # then shows it whatever the fd's own flag
+    state.ext_flags[info.id] = fcntl.fcntl(ours, fcntl.F_GETFL)
+    fd = high(rt.grab_fd(os.getpid(), ours))
+    state.ext[info.id] = fd
+    for f in files:
+        state.pool[f.id] = fd
+    if info.sid:
+        sid = rctx.outside_pid(info.sid)
+        state.ext_ctty[sid] = fd
+        state.ext_fg[sid] = rctx.outside_pid(info.pgrp) if info.pgrp else 0
+
+
 def _open_slave(rt: "RestoreTask", mfd: int, index: int, flags: int,
                 open_at: Callable[[str, int], int]) -> int:
     """A slave file with exactly ``flags``: open(2) adds O_LARGEFILE,
@@ -773,12 +986,12 @@ def _open_slave(rt: "RestoreTask", mfd: int, index: int, flags: int,
 
 
 def _open_index(rt: "RestoreTask", index: int, junk: list[int],
-                open_at: Callable[[str, int], int]) -> int:
+                open_at: Callable[[str, int], int], ptmx: str = "/dev/ptmx") -> int:
     """A new master with ``index``: the kernel gives the lowest free index,
     so /dev/ptmx is opened until it is reached (the lower ones are kept in
     ``junk`` meanwhile, as CRIU does)."""
     while True:
-        fd = open_at("/dev/ptmx", os.O_RDWR)
+        fd = open_at(ptmx, os.O_RDWR)
         copy = _puppet_copy(rt, fd)
         try:
             got = _ioctl_int(copy, C.TIOCGPTN)
@@ -840,6 +1053,112 @@ def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
         raise RestoreError(f"pty {index}: {', '.join(diffs)} not as in the image after setting")
 
 
+def prepare_orphans(rctx: "RestoreContext", rt: "RestoreTask") -> None:
+    """criu's --orphan-pts-master (runc's terminal), in the root puppet once
+    the tree's namespaces are made (its mount namespace: a container's
+    devpts is a new instance) and before it forks: a pts whose master was
+    outside the tree gets a new pair at its index in the tree's own
+    /dev/pts (its /dev/pts/ptmx), set as saved (termios, locked termios,
+    window size, exclusive mode, owner and mode of the node); the slave's
+    files are the tree's (every task inherits them, as prepare_root's),
+    its session leader takes it as controlling terminal; the master is
+    handed to the caller with the orphan-pts-master action (criu's RPC
+    sends it to the client with SCM_RIGHTS) and closed here, as criu's
+    pty_open_unpaired_slave."""
+    state = _rstate(rctx)
+    # masters of ptys the mount namespace made for a bind of their pts
+    # (namespaces/mnt.py: runc's /dev/console), fds of this puppet
+    premade: dict[int, int] = rctx.kind_state.pop("devpts-premade", {})
+    try:
+        _make_orphans(rctx, rt, state, premade)
+    finally:
+        for fd in premade.values():   # the ones no orphan took: closed before any fork
+            rt.inj.call("close", fd)
+
+
+def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreState,
+                  premade: dict[int, int]) -> None:
+    if not state.orphans:
+        return
+    action = rctx.opts.action
+    if action is None:
+        index, (_, sfiles) = min(state.orphans.items())
+        raise RestoreError(f"{_holder(rctx, sfiles)}/dev/pts/{index}: --orphan-pts-master: "
+                           "no caller to hand the new pty master to (criu's RPC only)")
+    inj = rt.inj
+    base = rctx.spare_fd_base
+
+    def high(fd: int) -> int:
+        new = inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, base)
+        inj.call("close", fd)
+        return new
+
+    def open_at(path: str, flags: int) -> int:
+        try:
+            return int(inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path),
+                                flags | os.O_NOCTTY | os.O_CLOEXEC, 0))
+        except InjectError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {rt.pid}: "
+                               f"{os.strerror(exc.errno or 0)}") from None
+        finally:
+            inj.reset_scratch()
+
+    junk: list[int] = []
+    try:
+        for index in sorted(state.orphans):
+            s, sfiles = state.orphans[index]
+            mfd = premade.pop(index, None)
+            if mfd is None:
+                mfd = _open_index(rt, index, junk, open_at, "/dev/pts/ptmx")
+            mcopy = _puppet_copy(rt, mfd)
+            try:
+                _ioctl_int(mcopy, C.TIOCSPTLCK, 0)
+                set_termios(mcopy, s.termios)
+                if s.HasField("termios_locked"):
+                    _set_locked(mcopy, s.termios_locked)
+                if s.HasField("winsize"):
+                    w = s.winsize
+                    fcntl.ioctl(mcopy, C.TIOCSWINSZ,
+                                _WS.pack(w.ws_row, w.ws_col, w.ws_xpixel, w.ws_ypixel))
+                for f in sfiles:
+                    state.pool[f.id] = high(_open_slave(rt, mfd, index, f.tty.flags, open_at))
+                sfd = high(int(inj.call("ioctl", mfd, C.TIOCGPTPEER,
+                                        os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)))
+                scopy = _puppet_copy(rt, sfd)
+                try:
+                    if s.exclusive:
+                        fcntl.ioctl(scopy, C.TIOCEXCL)
+                    if s.HasField("uid"):
+                        os.fchown(scopy, s.uid, s.gid)
+                    if s.HasField("mode"):
+                        os.fchmod(scopy, s.mode)
+                    if not _same_termios(get_termios(scopy), s.termios):
+                        raise RestoreError(f"pty {index}: termios not as in the image after "
+                                           "setting")
+                    # the input the tree had not read yet
+                    inject_input(scopy, _tty_data(rctx).get(s.id, b""), s.termios)
+                finally:
+                    os.close(scopy)
+                state.base[index] = sfd
+                if s.sid:
+                    sid = rctx.outside_pid(s.sid)
+                    state.ctty[sid] = index
+                    state.fg[sid] = rctx.outside_pid(s.pgrp) if s.pgrp else 0
+                    if sid == rctx.dumped_pid(rt.pid):
+                        # the root: its setsid was before its namespaces
+                        inj.call("ioctl", sfd, C.TIOCSCTTY, 0)
+                status = action("orphan-pts-master", mcopy)
+                if status:
+                    raise RestoreError(f"{_holder(rctx, sfiles)}/dev/pts/{index}: the caller "
+                                       f"refused its new master (orphan-pts-master: {status})")
+            finally:
+                os.close(mcopy)
+            inj.call("close", mfd)
+    finally:
+        for fd in junk:
+            inj.call("close", fd)
+
+
 def _tty_data(rctx: "RestoreContext") -> dict[int, bytes]:
     cache = rctx.kind_state.get("tty-data")
     if cache is None:
@@ -861,6 +1180,9 @@ def session_started(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     index = state.ctty.get(rctx.dumped_pid(rt.pid))
     if index is not None:
         rt.inj.call("ioctl", state.base[index], C.TIOCSCTTY, 0)
+    ext = state.ext_ctty.get(rctx.dumped_pid(rt.pid))
+    if ext is not None:
+        rt.inj.call("ioctl", ext, C.TIOCSCTTY, 0)
     for info in state.infos.values():
         if info.type == tty_pb2.VT and rctx.outside_pid(info.sid) == rctx.dumped_pid(rt.pid):
             # a virtual console: opened by its path (the REG file of the
@@ -888,13 +1210,14 @@ def set_foreground(rctx: "RestoreContext") -> None:
             pgrp = rctx.vpid(rctx.outside_pid(info.pgrp))
             inj.call("ioctl", fd, C.TIOCSPGRP, inj.put(_INT.pack(pgrp)))
             inj.reset_scratch()
-    for sid, pgrp in state.fg.items():
+    fgs = [(sid, pgrp, state.base[state.ctty[sid]]) for sid, pgrp in state.fg.items()]
+    fgs += [(sid, pgrp, state.ext_ctty[sid]) for sid, pgrp in state.ext_fg.items()]
+    for sid, pgrp, tty_fd in fgs:
         leader = rctx.by_pid.get(sid)   # by image pid too (rctx.relabel)
         if leader is None or leader.zombie or not pgrp or pgrp == sid:
             continue
         inj = leader.inj
-        inj.call("ioctl", state.base[state.ctty[sid]], C.TIOCSPGRP,
-                 inj.put(_INT.pack(rctx.vpid(pgrp, sid))))
+        inj.call("ioctl", tty_fd, C.TIOCSPGRP, inj.put(_INT.pack(rctx.vpid(pgrp, sid))))
         inj.reset_scratch()
 
 
@@ -904,7 +1227,7 @@ def close_pool(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = rctx.kind_state.get("tty")
     if state is None:
         return
-    for fd in list(state.pool.values()) + list(state.base.values()):
+    for fd in set(state.pool.values()) | set(state.base.values()) | set(state.ext.values()):
         rt.inj.call("close", fd)
     for fd, info in state.vt_fd.values():
         # the leader's and what the tasks it forked inherited (not others)
@@ -933,6 +1256,8 @@ def expected_flags(rctx: "RestoreContext", entry: Any) -> int | None:
     for the shell job's terminal (the restoring shell's, by design)."""
     state = _rstate(rctx)
     info = state.infos.get(entry.tty.tty_info_id)
+    if info is not None and info.type == tty_pb2.EXT_TTY:
+        return state.ext_flags.get(info.id)   # the description handed in (--inherit-fd)
     if info is None or info.type != tty_pb2.PTY or info.id in state.shell:
         return None
     return int(entry.tty.flags)

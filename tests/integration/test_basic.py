@@ -437,3 +437,24 @@ def test_stopped_process_comes_back_stopped(targets: TargetFactory, tmp_path: Pa
     t.signal(signal.SIGCONT)
     assert_counts_on(numbers, at[-1])
     finish(t)
+
+
+def test_python_api_python_target(targets: TargetFactory, tmp_path: Path) -> None:
+    """procsnap.restore() called in this (pytest's) process, whose
+    faulthandler has an alternate signal stack, for a Python target without
+    one: the restored task must not keep the restorer's (a forked puppet
+    inherits it).  CPython installs its handlers with SA_ONSTACK, so with
+    the inherited stack -- not mapped in the target -- the SIGTERM of the
+    verdict killed it with SIGSEGV instead of running its handler."""
+    import procsnap
+
+    numbers = tmp_path / "numbers"
+    t = targets.start("counter.py", str(numbers))
+    images = tmp_path / "images"
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))
+    assert wait_gone(t.pid, 10)
+    targets.adopt(t.pid, like=t)
+    assert procsnap.restore(str(images), detached=True) == t.pid
+    with open(f"/proc/{t.pid}/status") as f:
+        assert "SigCgt:" in f.read()
+    assert t.verdict().startswith("PASS"), t.output()

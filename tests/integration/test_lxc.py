@@ -171,3 +171,120 @@ def test_lxc_checkpoint_restore_ten_times(container: Container,
     c.lxc("lxc-stop", timeout=60)
     assert c.state() == "STOPPED"
     check_continuity(c.numbers())
+
+
+# The init of test_lxc_console_round_trips: its stdio on the container's
+# /dev/console (LXC's console, a pts of the host whose master LXC's monitor
+# holds), which it takes as controlling terminal (a session leader opening
+# it without O_NOCTTY); a line on the console every ten counts, and a line
+# read from the console (and answered) when the test creates /trigger.
+LXC_CONSOLE_COUNTER = """\
+exec 0<>/dev/console 1>&0 2>&0
+trap 'exit 0' USR1 PWR TERM
+i=0
+while :; do
+  i=$((i+1))
+  echo $i >> /counter.log
+  case $i in *0) echo "tick $i";; esac
+  if [ -e /trigger ]; then rm /trigger; read -r line; echo "got: $line"; fi
+  sleep 0.05
+done
+"""
+
+
+def _console(c: Container, line: bytes) -> bytes:
+    """``lxc-console`` on a pty of ours for about 3 s: what the container's
+    console printed meanwhile, ``line`` typed once /trigger made init read."""
+    import pty
+    import select
+    import subprocess
+    m, s = pty.openpty()
+    p = subprocess.Popen(["lxc-console", "-n", c.name, "-P", str(c.lxcpath), "-t", "0"],
+                         stdin=s, stdout=s, stderr=s, env=c.env, start_new_session=True)
+    os.close(s)
+    got = b""
+    try:
+        start = time.monotonic()
+        sent = False
+        while time.monotonic() - start < 3 or (sent and b"got: " not in got
+                                                and time.monotonic() - start < 10):
+            r, _, _ = select.select([m], [], [], 0.1)
+            if r:
+                try:
+                    got += os.read(m, 4096)
+                except OSError:
+                    break
+            if not sent and b"tick" in got:
+                (c.rootfs / "trigger").write_text("")
+                time.sleep(0.2)
+                os.write(m, line + b"\r")
+                sent = True
+        os.write(m, b"\x01q")   # lxc-console's escape: Ctrl-a q
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    finally:
+        os.close(m)
+    return got
+
+
+def test_lxc_console_round_trips() -> None:
+    """An LXC container with its default console, whose init holds it as
+    stdio and controlling terminal: lxc-checkpoint passes the console as
+    ``--external tty[RDEV:DEV]`` and, at restore, the new console LXC made as
+    ``--inherit-fd fd[8]:tty[RDEV:DEV]``.  Three round trips: each time the
+    counter goes on with no gap or repeat, init's fds 0-2 and its
+    controlling terminal (stat tty_nr) are the new console pts, lxc-attach
+    works, and lxc-console on a pty of ours shows init's lines going on
+    and carries a typed line to init, which answers it."""
+    missing = lxc_missing()
+    if missing:
+        pytest.skip("not installed: " + ", ".join(missing) +
+                    " (Debian: apt-get install lxc lxcfs busybox-static)")
+    with lxc_container(LXC_CONSOLE_COUNTER) as c:
+        got = _console(c, b"before")
+        assert b"got: before" in got and b"tick " in got, got[-500:]
+        images = c.base / "images"
+        for rnd in range(3):
+            shutil.rmtree(images, ignore_errors=True)
+            old = c.pid()
+            console = os.stat(f"/proc/{old}/fd/0")
+            with open(f"/proc/{old}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[4]) == console.st_rdev
+            res = run("lxc-checkpoint", "-n", c.name, "-P", c.lxcpath, "-s", "-D", images,
+                      env=c.env, check=False)
+            log = images / "dump.log"
+            assert res.returncode == 0, (f"round {rnd}: dump: {res.stderr[-2000:]}\n"
+                                         + (log.read_text()[-2000:] if log.exists() else ""))
+            assert c.state() == "STOPPED"
+            last = c.numbers()[-1]
+            wait_for(lambda: (reap(), not proc_exists(old))[1], 10,
+                     f"the dumped init {old} to be reaped")
+            res = run("lxc-checkpoint", "-n", c.name, "-P", c.lxcpath, "-r", "-D", images,
+                      env=c.env, check=False)
+            log = images / "restore.log"
+            assert res.returncode == 0, (f"round {rnd}: restore: {res.stderr[-2000:]}\n"
+                                         + (log.read_text()[-2000:] if log.exists() else ""))
+            assert c.state() == "RUNNING"
+            wait_for(lambda: c.numbers()[-1] >= last + 5, 10, "the counter to go on")
+            check_continuity(c.numbers())
+            pid = c.pid()
+            mon = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+            new = {os.stat(f"/proc/{mon}/fd/{f}").st_rdev for f in os.listdir(f"/proc/{mon}/fd")
+                   if os.readlink(f"/proc/{mon}/fd/{f}").startswith("/dev/pts/")}
+            fds = {os.stat(f"/proc/{pid}/fd/{n}").st_rdev for n in (0, 1, 2)}
+            assert len(fds) == 1 and fds <= new, (fds, new)   # the monitor's new console
+            with open(f"/proc/{pid}/stat") as f:
+                assert int(f.read().rsplit(")", 1)[1].split()[4]) in fds
+            out = c.lxc("lxc-attach", "--", "/bin/sh", "-c", "tail -n 1 /counter.log").stdout
+            assert int(out.split()[-1]) > last, out
+            got = _console(c, f"round {rnd}".encode())
+            ticks = [int(w.split()[1]) for w in got.decode(errors="replace").split("\n")
+                     if w.startswith("tick ") and w.split()[1].strip().isdigit()]
+            assert ticks and ticks[-1] > last, got[-500:]
+            assert f"got: round {rnd}".encode() in got, got[-500:]
+        c.lxc("lxc-stop", timeout=60)
+        assert c.state() == "STOPPED"
+        check_continuity(c.numbers())

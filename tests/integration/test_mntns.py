@@ -10,6 +10,7 @@ mount table must be what it was.
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -136,6 +137,30 @@ def test_mount_tree_with_pid_namespace(targets: TargetFactory, tmp_path: Path,
     before = _mountinfo_inside(inner)
     _dump(t, images_dir)
     _restore_and_check(targets, t, d, numbers, images_dir, before)
+
+
+def test_images_on_another_mount_and_shared_memory(targets: TargetFactory, tmp_path: Path) -> None:
+    """After the puppet pivots into the rebuilt tree, what it still reads
+    from procsnap's side -- pages images on a mount of their own (a tmpfs
+    here, as CRIU's zdtm keeps them) and a shared anonymous object procsnap
+    made -- is reached although the old root and its mounts are gone from
+    the puppet's namespace."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "procsnap-test-imgs", str(imgs)],
+                   check=True)
+    try:
+        t, d, numbers = _start(targets, tmp_path, "pidns", "shmem")
+        (inner,) = children_of(t.pid)
+        t2 = Target(name=TARGET, pid=inner, argv=t.argv, workdir=t.workdir, out=t.out,
+                    err=t.err, cmdline=proc_cmdline(inner) or [])
+        targets.targets.append(t2)
+        before = _mountinfo_inside(inner)
+        _dump(t2, imgs)
+        assert any(n.startswith("pagemap-shmem-") for n in os.listdir(imgs)), os.listdir(imgs)
+        _restore_and_check(targets, t2, d, numbers, imgs, before)
+    finally:
+        subprocess.run(["umount", "-l", str(imgs)], check=False)
 
 
 def test_external_mount_not_named_refused(targets: TargetFactory, tmp_path: Path,

@@ -49,6 +49,10 @@ class Podman:
         return run("podman", "--root", b / "root", "--runroot", b / "run",
                    "--tmpdir", b / "tmp", "--storage-driver", "vfs",
                    "--cgroup-manager", "cgroupfs", "--events-backend", "file",
+                   # runc by name: with crun installed too Podman picks crun
+                   # (libpod.conf), which refuses this host's hybrid cgroups
+                   # and, as Debian builds it, has no checkpoint at all
+                   "--runtime", "runc",
                    *args, check=check, env=self.env, timeout=timeout)
 
     def inspect(self, name: str) -> dict:
@@ -211,3 +215,38 @@ def test_podman_import_as_second_container(pm: Podman) -> None:
     n = len(p.numbers())
     # both counters write the one file now
     wait_for(lambda: len(p.numbers()) >= n + 20, 10, "two counters")
+
+
+def test_podman_terminal_export_import(pm: Podman) -> None:
+    """A container with a terminal (podman run -t: conmon holds the pty
+    master, the pts is in the container's devpts): checkpoint --export,
+    rm, restore --import.  runc asks for orphan_pts_master, procsnap makes
+    a new pty in the container's new devpts and sends the master to runc,
+    which hands it to the new conmon: the counter goes on, the init's fds
+    0-2 and controlling terminal are the new pts, and what the init
+    prints on its terminal after the restore reaches podman logs."""
+    p = pm
+    script = ("i=0; while :; do i=$((i+1)); echo $i >> /out/counter.log; "
+              "case $i in *0) echo tick $i;; esac; sleep 0.05; done")
+    p.podman("run", "-d", "-t", "--name", "c1", "--network", "none",
+             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
+             "-v", f"{p.out}:/out", IMAGE, "/bin/sh", "-c", script)
+    wait_for(lambda: len(p.numbers()) >= 5, 20, "the container's counter")
+    export = p.base / "c1.tar.gz"
+    pid = _checkpoint(p, "c1", export)
+    last = p.numbers()[-1]
+    p.podman("rm", "c1")
+    _import(p, export)
+    assert p.state("c1") == "running" and p.pid("c1") == pid
+    wait_for(lambda: p.numbers()[-1] >= last + 5, 10, "the counter to go on")
+    check_continuity(p.numbers())
+    pts = {os.stat(f"/proc/{pid}/fd/{n}").st_rdev for n in (0, 1, 2)}
+    with open(f"/proc/{pid}/stat") as f:
+        tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+    assert len(pts) == 1 and tty_nr in pts, (pts, tty_nr)
+    after = (last // 10 + 2) * 10
+
+    def logged() -> bool:
+        out = str(p.podman("logs", "c1").stdout)  # type: ignore[attr-defined]
+        return any(w.strip() == f"tick {after}" for w in out.replace("\r", "\n").split("\n"))
+    wait_for(logged, 15, f"podman logs to show 'tick {after}', printed after the restore")

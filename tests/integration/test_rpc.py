@@ -323,8 +323,9 @@ def _bad_requests(t: Target, images: Path, ifd: int) -> list[tuple[str, bytes, i
          .SerializeToString(), R.NOTIFY, "NOTIFY"),
         ("cpuinfo", R.criu_req(type=R.CPUINFO_DUMP, opts=dump.opts).SerializeToString(),
          R.CPUINFO_DUMP, "CPUINFO_DUMP is not supported"),
-        ("page server", R.criu_req(type=R.PAGE_SERVER, opts=dump.opts).SerializeToString(),
-         R.PAGE_SERVER, "PAGE_SERVER is not supported"),
+        ("page server on an inherited socket", R.criu_req(type=R.PAGE_SERVER, opts=R.criu_opts(
+            images_dir_fd=ifd, ps=R.criu_page_server_info(fd=3))).SerializeToString(),
+         R.PAGE_SERVER, "ps-socket"),
         ("no such pid", R.criu_req(type=R.DUMP, opts=R.criu_opts(
             images_dir_fd=ifd, pid=_no_pid())).SerializeToString(), R.DUMP,
          "no such process"),
@@ -535,6 +536,48 @@ def test_crius_own_pycriu_client(targets: TargetFactory, tmp_path: Path, which: 
         srv.send_signal(signal.SIGTERM)
         srv.wait(10)
         reap()
+
+
+def test_libcriu_client(targets: TargetFactory, tmp_path: Path) -> None:
+    """libcriu (libcriu.so.2 of Debian's criu package: the C client library
+    crun dlopens for its checkpoint and restore) drives procsnap's swrk as
+    crun does: criu_set_service_binary, the images directory as an fd of
+    the client, the notify callback, criu_dump; then criu_restore_child
+    (rst_sibling: the tree comes back as the client's child).  The counter
+    goes on with no gap or repeat and checks itself; every action-script
+    stage reached the client's callback."""
+    from helpers import compile_target
+    if not Path("/usr/include/criu/criu.h").exists():
+        pytest.skip("no libcriu headers (Debian: the criu package's /usr/include/criu)")
+    client = compile_target("libcriu_client")
+    wrapper = tmp_path / "criu"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} -m procsnap.criu \"$@\"\n")
+    wrapper.chmod(0o755)
+
+    def libcriu(*args: object) -> list[str]:
+        res = subprocess.run([str(client), str(wrapper), *map(str, args)], env=_env(),
+                             capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)
+        reap()
+        assert res.returncode == 0, f"libcriu {args}:\n{res.stdout}\n{res.stderr}"
+        return res.stdout.split("\n")[:-1]
+
+    t, numbers = start_counter(targets)
+    images = tmp_path / "images"
+    images.mkdir()
+    out = libcriu("dump", t.pid, images)
+    assert out[-1] == "dumped 0" and "notify post-dump" in out, out
+    assert wait_gone(t.pid, 10)
+    assert "Dumping finished successfully" in (images / "dump.log").read_text()
+    at_dump = read_numbers(numbers)
+    targets.adopt(t.pid, like=t)
+    out = libcriu("restore", images)
+    assert out[-1] == f"restored {t.pid}", out
+    assert {"notify pre-restore", "notify post-restore", "notify pre-resume",
+            "notify post-resume"} <= set(out), out
+    wait_for(t.alive, 5, "the restored counter")
+    check_continuity(wait_numbers(numbers, at_dump[-1] + 5))
+    assert t.verdict().startswith("PASS")
 
 
 def test_config_file_as_criu_reads_it(swrk: Callable[[], Swrk], targets: TargetFactory,

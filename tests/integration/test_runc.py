@@ -21,12 +21,12 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from containers import Runc, log_tail, runc_bundle, runc_missing
-from helpers import check_continuity, is_untouched, proc_exists, reap, wait_for
+from helpers import check_continuity, is_untouched, proc_exists, reap, wait_for, wait_gone
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(300)]
 
@@ -230,55 +230,157 @@ def test_runc_stdio_pipe_handed_back(rc: Runc) -> None:
         os.close(rd)
 
 
-def test_runc_terminal_container_refused(rc: Runc) -> None:
-    """A container whose process has a terminal (terminal: true; runc sends
-    the pty master to the console socket the test holds): its pts lives in
-    the container's own devpts instance, which procsnap does not restore
-    yet.  The checkpoint is refused naming the pid, the fd and the pts, and
-    the container runs on untouched (counter, runc exec)."""
-    r = rc
-    cfg_path = r.bundle / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["process"]["terminal"] = True
-    cfg_path.write_text(json.dumps(cfg, indent=1))
-    sock_path = r.base / "console.sock"
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    srv.bind(str(sock_path))
-    srv.listen(1)
-    masters: list[int] = []
+class _ConsoleSocket:
+    """A console socket (runc's --console-socket): runc sends the pty master
+    of a container with a terminal to it (SCM_RIGHTS); ``master()`` waits
+    for it.  Closed (with the master) at the end."""
 
-    def serve() -> None:
-        conn, _ = srv.accept()
+    def __init__(self, path: Any) -> None:
+        self.path = path
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(str(path))
+        self.srv.listen(1)
+        self.masters: list[int] = []
+        self.th = threading.Thread(target=self._serve, daemon=True)
+        self.th.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.srv.accept()
+        except OSError:
+            return
         with conn:
             _, anc, _, _ = conn.recvmsg(4096, socket.CMSG_LEN(4))
             for level, typ, data in anc:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                    masters.append(int.from_bytes(data[:4], "little"))
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
+                    self.masters.append(int.from_bytes(data[:4], "little"))
+
+    def master(self) -> int:
+        self.th.join(20)
+        assert self.masters, "runc sent no pty master"
+        return self.masters[0]
+
+    def close(self) -> None:
+        self.srv.close()
+        for fd in self.masters:
+            os.close(fd)
+
+
+# The process of a container with a terminal: the counter in the
+# background, and, once /out/go exists, a loop echoing every line read
+# from the terminal (until then what is typed stays queued).
+TERMINAL_SCRIPT = ("(i=0; while :; do i=$((i+1)); echo $i >> /out/counter.log; sleep 0.05; "
+                   "done) </dev/null & until [ -e /out/go ]; do sleep 0.05; done; "
+                   "while read -r l; do echo \"echo: $l\"; done")
+
+
+def _terminal_bundle(r: Runc) -> None:
+    cfg_path = r.bundle / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["process"]["terminal"] = True
+    cfg["process"]["args"] = ["/bin/sh", "-c", TERMINAL_SCRIPT]
+    cfg_path.write_text(json.dumps(cfg, indent=1))
+
+
+def _echoes(master: int, line: str, timeout: float = 10) -> str:
+    """Type ``line`` on the container's terminal; what it answered."""
+    import select
+    os.write(master, line.encode() + b"\n")
+    got = b""
+    want = f"echo: {line}".encode()
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {want!r} from the container's terminal: {got[-300:]!r}"
+        ready, _, _ = select.select([master], [], [], left)
+        if ready:
+            got += os.read(master, 4096)
+    return got.decode(errors="replace")
+
+
+def test_runc_terminal_container(rc: Runc) -> None:
+    """A container whose process has a terminal (terminal: true: runc sends
+    the pty master to the console socket the test holds; the pts is in the
+    container's own devpts, the init's controlling terminal).  runc asks
+    criu for orphan_pts_master: checkpoint saves the pts, restore makes a
+    new pair in the container's new devpts and sends the master over the
+    RPC socket (SCM_RIGHTS with the orphan-pts-master notification); runc
+    hands it to the new console socket.  Twice: the counter goes on, the
+    init's fds 0-2 and controlling terminal are the new pts, and a line
+    typed on the new master is read by the container's shell and echoed;
+    a line typed before the first checkpoint, not read yet, is read after
+    the restore."""
+    r = rc
+    _terminal_bundle(r)
+    cons = _ConsoleSocket(r.base / "console.sock")
+    socks = [cons]
     cid = r.id("t1")
     try:
-        res = r.runc("run", "-d", "--console-socket", sock_path, "--bundle", r.bundle, cid,
+        res = r.runc("run", "-d", "--console-socket", cons.path, "--bundle", r.bundle, cid,
                      detached=True, check=False)
         assert res.returncode == 0, log_tail(r.base / "runc.log")  # type: ignore[attr-defined]
-        th.join(10)
-        assert masters, "runc sent no pty master"
+        wait_for(lambda: len(r.numbers()) >= 5, 20, "the container's counter")
+        os.write(cons.master(), b"typed before the checkpoint\n")  # queued: /out/go is absent
+        images = r.base / "images"
+        for rnd in range(2):
+            pid = r.pid(cid)
+            r.checkpoint(cid, images)
+            assert r.status(cid) == "absent"
+            assert wait_gone(pid, 10)
+            last = r.numbers()[-1]
+            cons = _ConsoleSocket(r.base / f"console{rnd}.sock")
+            socks.append(cons)
+            r.restore(cid, images, "--console-socket", cons.path)
+            assert r.status(cid) == "running" and r.pid(cid) == pid
+            wait_for(lambda: r.numbers()[-1] >= last + 5, 10, "the counter to go on")
+            check_continuity(r.numbers())
+            m = cons.master()
+            pts = {os.stat(f"/proc/{pid}/fd/{n}").st_rdev for n in (0, 1, 2)}
+            with open(f"/proc/{pid}/stat") as f:
+                tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+            assert len(pts) == 1 and tty_nr in pts, (pts, tty_nr)
+            assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/pts/0"
+            if rnd == 0:
+                (r.out / "go").write_text("")
+                assert "echo: typed before the checkpoint" in _echoes(m, "first")
+            assert f"echo: round {rnd}" in _echoes(m, f"round {rnd}")
+            assert int(r.exec(cid, "tail -n 1 /out/counter.log").split()[0]) > last
+    finally:
+        for c in socks:
+            c.close()
+
+
+def test_runc_terminal_container_refused(rc: Runc) -> None:
+    """The same container dumped by criu's command line without
+    --orphan-pts-master (its pts lives in the container's devpts, its
+    master is runc's): refused naming the pid, the fd and the pts, and the
+    container runs on untouched (counter, runc exec, its terminal)."""
+    import subprocess
+    r = rc
+    _terminal_bundle(r)
+    cons = _ConsoleSocket(r.base / "console.sock")
+    cid = r.id("t1")
+    try:
+        res = r.runc("run", "-d", "--console-socket", cons.path, "--bundle", r.bundle, cid,
+                     detached=True, check=False)
+        assert res.returncode == 0, log_tail(r.base / "runc.log")  # type: ignore[attr-defined]
         wait_for(lambda: len(r.numbers()) >= 5, 20, "the container's counter")
         pid = r.pid(cid)
         images = r.base / "images"
-        res = r.runc("checkpoint", "--image-path", images, cid, check=False)
-        assert res.returncode != 0  # type: ignore[attr-defined]
-        log = (images / "dump.log").read_text()
-        errors = [ln for ln in log.splitlines() if "Error" in ln]
+        res = subprocess.run([str(r.criu), "dump", "-t", str(pid), "-D", str(images),
+                              "--root", str(r.bundle / "rootfs"), "--ext-mount-map", "auto"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode != 0, res.stderr
+        errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(errors) == 1 and f"pid {pid}: fd 0: /dev/pts/0: a pts of another " \
-            "devpts instance" in errors[0], log[-2000:]
+            "devpts instance" in errors[0] and "--orphan-pts-master" in errors[0], res.stderr
         assert r.status(cid) == "running" and r.pid(cid) == pid
         ok, why = is_untouched(pid)
         assert ok, why
         n = r.numbers()[-1]
         wait_for(lambda: r.numbers()[-1] >= n + 5, 10, "the counter to run on")
         assert int(r.exec(cid, "tail -n 1 /out/counter.log").split()[0]) > n
+        (r.out / "go").write_text("")
+        assert "echo: still" in _echoes(cons.master(), "still")
     finally:
-        srv.close()
-        for fd in masters:
-            os.close(fd)
+        cons.close()

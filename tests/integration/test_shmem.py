@@ -154,3 +154,63 @@ def test_shmem_tail_unmapped_is_refused(targets: TargetFactory, tmp_path: Path) 
     ok, why = is_untouched(t.pid)
     assert ok, why
     assert proc_exists(t.pid)
+
+
+def _huge_view(pid: int) -> dict[str, object]:
+    """The memfd's maps lines (its inode is new after a restore; its device,
+    hugetlbfs's internal mount, is not), KernelPageSize and VmFlags, and
+    the fd's link, size, flags and mode."""
+    vmas = []
+    cur: list[str] = []
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if "-" in key and " " in line and not key.isalpha():
+                f_ = line.split()
+                cur = f_[:4] + f_[5:] if "/memfd:" in line else []
+                if cur:
+                    vmas.append(cur)
+            elif cur and key in ("KernelPageSize", "VmFlags"):
+                cur.append(value.strip())
+    fds = {}
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        link = os.readlink(f"/proc/{pid}/fd/{n}")
+        if link.startswith("/memfd:"):
+            st = os.stat(f"/proc/{pid}/fd/{n}")
+            with open(f"/proc/{pid}/fdinfo/{n}") as f:
+                flags = next(x for x in f if x.startswith("flags:"))
+            fds[n] = (link, st.st_size, st.st_mode, st.st_dev, st.st_blksize, flags)
+    return {"vmas": vmas, "fds": fds}
+
+
+def test_hugetlb_memfd_over_ghost_limit(targets: TargetFactory, tmp_path: Path,
+                                        huge_pages: None) -> None:
+    """A MFD_HUGETLB memfd bigger than --ghost-limit (zdtm memfd02-hugetlb):
+    saved whatever its size (its contents exist nowhere else; CRIU holds no
+    limit against memfds), only its written huge page, and restored on
+    hugetlbfs with the same page size, mappings, fd and bytes (the target
+    checks the bytes, that the shared mapping is the fd's file and that the
+    private mapping kept its own page and follows the file elsewhere)."""
+    t = targets.start("memfd_huge.py")
+    before = _huge_view(t.pid)
+    # (Python's mmap keeps a dup of the fd per mapping: three fds)
+    assert len(before["vmas"]) == 2 and len(before["fds"]) == 3, before  # type: ignore[arg-type]
+    images = tmp_path / "images"
+    res = run_procsnap("dump", "-t", t.pid, "-D", images, "--ghost-limit", "1M")
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: not proc_exists(t.pid), 10, "the dumped target to go")
+    # One huge page of the file (the hole is not saved), and the private
+    # mapping's own copy of its first huge page (its second is the file's)
+    import procsnap.images as imgs
+    shm = [imgs.read_image(str(images), "shmem-pagemap", int(p.name.split("-")[-1][:-4]))
+           for p in images.glob("pagemap-shmem-*.img")]
+    assert [[(e.vaddr, e.nr_pages) for e in pm[1:]] for pm in shm] == [[(0, 512)]], shm
+    priv = next(int(v[0].split("-")[0], 16) for v in before["vmas"] if v[1] == "rw-p")  # type: ignore[attr-defined]
+    own = [(e.vaddr - priv, e.nr_pages) for e in imgs.read_image(str(images), "pagemap", t.pid)[1:]
+           if priv <= e.vaddr < priv + (4 << 20)]
+    assert own == [(0, 512)], own
+    targets.adopt(t.pid, like=t)
+    res = run_procsnap("restore", "-D", images, "-d")
+    assert res.returncode == 0, res.stderr
+    assert _huge_view(t.pid) == before
+    finish(t)

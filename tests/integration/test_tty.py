@@ -255,3 +255,194 @@ def test_canonical_eof_refused_and_kept(targets: TargetFactory, tmp_path: Path) 
     os.kill(p.pid, signal.SIGUSR1)
     text = _wait_text(out, "got")
     assert "got (b'ab', False, b'xy\\n')" in text, text
+
+
+def _criu(*args: object, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess:
+    """procsnap as criu (python3 -m procsnap.criu), handing ``pass_fds`` on."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    return subprocess.run([sys.executable, "-m", "procsnap.criu", *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, pass_fds=pass_fds, env=env)
+
+
+def _read_until(fd: int, want: bytes, timeout: float = 10.0) -> bytes:
+    import select
+    got = b""
+    deadline = time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{want!r} not read in {timeout} s: {got[-300:]!r}"
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            got += os.read(fd, 4096)
+    return got
+
+
+def _ticks(data: bytes) -> list[int]:
+    return [int(w.split()[1]) for w in data.decode(errors="replace").splitlines()
+            if w.startswith("tick ") and len(w.split()) == 2 and w.split()[1].isdigit()]
+
+
+def test_external_tty_inherited(targets: TargetFactory, tmp_path: Path) -> None:
+    """criu's --external tty[RDEV:DEV] / --inherit-fd fd[N]:tty[RDEV:DEV]
+    (LXC's console): a session whose controlling terminal is a pts whose
+    master the test holds.  Dumped with the pts named external; restored
+    with a new pty's slave handed in: the session leader's fds 0-2 are it,
+    it is their controlling terminal with the child's group in the
+    foreground, ECHO off and 33x77 as saved (checked from outside and
+    inside); its ticks go on on the new master; a line typed before the
+    dump and not read yet is read after the restore, and a line written to
+    the new master is read by the foreground child and echoed."""
+    import pty
+    import termios
+    m1, s1 = pty.openpty()
+    m2 = s2 = -1
+    try:
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"))
+        os.close(s1)
+        child = int(t.lines()[0].split()[1])
+        _read_until(m1, b"tick 3\r\n")
+        os.write(m1, b"typed before the dump\n")   # queued: the child does not read yet
+        st = os.stat(f"/proc/{t.pid}/fd/0")
+        key = f"tty[{st.st_rdev:x}:{st.st_dev:x}]"
+        check_ok(_criu("dump", "-t", t.pid, "-D", tmp_path / "img", "-o", "dump.log",
+                       "--external", key))
+        _wait_tree_gone([t.pid, child])
+        os.close(m1)
+        m1 = -1
+        m2, s2 = pty.openpty()
+        assert termios.tcgetattr(s2)[3] & termios.ECHO   # a new pty echoes
+        check_ok(_criu("restore", "-D", tmp_path / "img", "-o", "restore.log",
+                       "--restore-detached", "--inherit-fd", f"fd[{s2}]:{key}",
+                       pass_fds=(s2,)))
+        targets.adopt(t.pid, like=t)
+        targets.adopt(child)
+        rdev2 = os.fstat(s2).st_rdev
+        os.close(s2)
+        s2 = -1
+        with open(f"/proc/{t.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert (int(fields[4]), int(fields[5])) == (rdev2, child), fields[:6]
+        assert os.stat(f"/proc/{t.pid}/fd/0").st_rdev == rdev2
+        got = _read_until(m2, b"\r\n")
+        got += _read_until(m2, b"\r\n")    # a whole line at least
+        ticks = _ticks(got.replace(b"\r", b""))
+        assert ticks and ticks[-1] > 3, got
+        assert not termios.tcgetattr(m2)[3] & termios.ECHO   # as saved
+        (tmp_path / "go").write_text("")
+        _read_until(m2, b"echo: typed before the dump\r\n")
+        os.write(m2, b"hello after restore\n")
+        _read_until(m2, b"echo: hello after restore\r\n")
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        for fd in (m1, m2, s2):
+            if fd >= 0:
+                os.close(fd)
+
+
+def test_external_tty_restore_refusals(targets: TargetFactory, tmp_path: Path) -> None:
+    """A dump with --external tty[RDEV:DEV] restored without the terminal
+    that stands for it (no --inherit-fd), with a handed-in fd that is no
+    terminal, and criu's --orphan-pts-master on the command line (the new
+    master can only go to an RPC client): each one line naming what is
+    missing (pid, fd and the terminal), exit 1, nothing left running."""
+    import pty
+    m1, s1 = pty.openpty()
+    try:
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"))
+        os.close(s1)
+        s1 = -1
+        child = int(t.lines()[0].split()[1])
+        st = os.stat(f"/proc/{t.pid}/fd/0")
+        key = f"tty[{st.st_rdev:x}:{st.st_dev:x}]"
+        img = tmp_path / "img"
+        check_ok(_criu("dump", "-t", t.pid, "-D", img, "--external", key))
+        _wait_tree_gone([t.pid, child])
+        res = _criu("restore", "-D", img, "--restore-detached")
+        line = assert_one_line_error(res, f"pid {t.pid}: fd 0: {key}:", "--inherit-fd")
+        assert "outside the dumped tree" in line, line
+        assert not os.path.exists(f"/proc/{t.pid}") and not os.path.exists(f"/proc/{child}")
+        r, w = os.pipe()
+        try:
+            res = _criu("restore", "-D", img, "--restore-detached", "--inherit-fd",
+                        f"fd[{r}]:{key}", pass_fds=(r,))
+        finally:
+            os.close(r)
+            os.close(w)
+        assert_one_line_error(res, f"pid {t.pid}: fd 0: --inherit-fd fd[{r}]:{key}: "
+                                   "not a terminal")
+        assert not os.path.exists(f"/proc/{t.pid}")
+        res = _criu("restore", "-D", img, "--restore-detached", "--orphan-pts-master")
+        assert_one_line_error(res, "--orphan-pts-master", "RPC")
+        assert not os.path.exists(f"/proc/{t.pid}")
+    finally:
+        os.close(m1)
+        if s1 >= 0:
+            os.close(s1)
+
+
+def test_orphan_pts_master_through_the_api(targets: TargetFactory, tmp_path: Path) -> None:
+    """criu's --orphan-pts-master without a container: the session's
+    terminal is a pts of the host whose master the test holds.  Dumped
+    with --orphan-pts-master; restored through procsnap.restore() -- first
+    without an action to take the new master (refused, one line naming the
+    pid, the fd and the pts; nothing left), then with one: it is called as
+    action("orphan-pts-master", fd) with the new master, at the old index;
+    the tree's fds 0-2 and controlling terminal are its slave, with the
+    child's group in the foreground, ECHO off and 33x77 (checked inside); a
+    line typed before the dump is read after it, one typed on the new
+    master is echoed."""
+    import pty
+    import procsnap
+    from procsnap.errors import ProcsnapError
+    m1, s1 = pty.openpty()
+    index = int(os.ttyname(s1).rsplit("/", 1)[1])
+    got: list[int] = []
+    try:
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"))
+        os.close(s1)
+        s1 = -1
+        child = int(t.lines()[0].split()[1])
+        _read_until(m1, b"tick 3\r\n")
+        os.write(m1, b"typed before the dump\n")
+        img = tmp_path / "img"
+        check_ok(_criu("dump", "-t", t.pid, "-D", img, "--orphan-pts-master"))
+        _wait_tree_gone([t.pid, child])
+        with pytest.raises(ProcsnapError) as exc:
+            procsnap.restore(str(img), detached=True, orphan_pts_master=True)
+        msg = str(exc.value)
+        assert "\n" not in msg and f"pid {t.pid}: fd 0: /dev/pts/{index}:" in msg, msg
+        assert not os.path.exists(f"/proc/{t.pid}")
+        # The index is free again (on the host's devpts, where other
+        # processes may take it: right before the restore that needs it)
+        os.close(m1)
+        m1 = -1
+
+        def action(name: str, fd: int | None = None) -> int:
+            if name == "orphan-pts-master":
+                assert fd is not None
+                got.append(os.dup(fd))
+            return 0
+        pid = procsnap.restore(str(img), detached=True, orphan_pts_master=True,
+                               action=action)
+        assert pid == t.pid
+        targets.adopt(t.pid, like=t)
+        targets.adopt(child)
+        assert len(got) == 1
+        m2 = got[0]
+        slave = os.stat(f"/proc/{pid}/fd/0").st_rdev
+        assert slave == os.makedev(136 + index // 256, index % 256)
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        assert (int(fields[4]), int(fields[5])) == (slave, child), fields[:6]
+        _read_until(m2, b"tick")
+        (tmp_path / "go").write_text("")
+        _read_until(m2, b"echo: typed before the dump\r\n")
+        os.write(m2, b"hello after restore\n")
+        _read_until(m2, b"echo: hello after restore\r\n")
+        assert t.verdict() == "PASS", t.output()
+    finally:
+        for fd in got + [m1, s1]:
+            if fd >= 0:
+                os.close(fd)

@@ -16,6 +16,10 @@
  *   ghost     an open file, unlinked, holding "ghost-content" at offset 3
  *   tcp       a listener on 127.0.0.1:PORT (argv[2]), a client connected to
  *             it and the accepted end, "c2s" and "s2c" queued unread
+ *   shmem     shared anonymous memory (3 pages) opened through
+ *             /proc/self/map_files and mapped again privately, the private
+ *             mapping's second page written (its own copy); the untouched
+ *             pages must keep following the object (zdtm shmemfd-priv)
  *   ns        the ticks, run as pid 1 of new namespaces (the caller does
  *             that) with hostname "tiny-ns", and a pipe whose SIGIO owner
  *             (F_SETOWN) is itself: pid 1 inside
@@ -27,6 +31,8 @@
 #define SYS_lseek 8
 #define SYS_rt_sigaction 13
 #define SYS_pread64 17
+#define SYS_pwrite64 18
+#define SYS_mmap 9
 #define SYS_pipe 22
 #define SYS_nanosleep 35
 #define SYS_socket 41
@@ -266,13 +272,64 @@ static void tcp(const char *port_s)
 	expect(s, "more", "tcp after restore");
 }
 
+static char *hex(char *p, unsigned long v)
+{
+	char buf[16];
+	int n = 0;
+
+	do {
+		buf[n++] = "0123456789abcdef"[v & 15];
+		v >>= 4;
+	} while (v);
+	while (n)
+		*p++ = buf[--n];
+	return p;
+}
+
+static void shmem(void)
+{
+	const long pg = 4096, len = 3 * 4096;
+	char path[64] = "/proc/self/map_files/", *e = path + 21;
+	char *a, *p;
+	int fd;
+
+	a = (char *)sc(SYS_mmap, 0, len, 3 /* RW */, 0x21 /* MAP_SHARED|MAP_ANONYMOUS */, -1, 0);
+	if ((long)a < 0 && (long)a > -4096)
+		die("mmap shared");
+	for (int i = 0; i < 5; i++) {
+		a[i] = "first"[i];
+		a[pg + i] = "other"[i];
+	}
+	e = hex(e, (unsigned long)a);
+	*e++ = '-';
+	*hex(e, (unsigned long)a + len) = 0;
+	fd = sc3(SYS_open, path, 2 /* O_RDWR */, 0);
+	if (fd < 0)
+		die("open map_files");
+	p = (char *)sc(SYS_mmap, 0, len, 3, 0x02 /* MAP_PRIVATE */, fd, 0);
+	if ((long)p < 0 && (long)p > -4096)
+		die("mmap private");
+	p[pg] = 'O';	/* its own copy of the second page */
+	say("ready\n");
+	run(1);
+	if (!same(p, "first", 5) || !same(p + pg, "Other", 5) || !same(a + pg, "other", 5))
+		die("shmem contents");
+	for (int i = 0; i < 5; i++)
+		a[2 * pg + i] = "later"[i];
+	if (!same(p + 2 * pg, "later", 5))
+		die("the private mapping no longer follows the object");
+	if (sc(SYS_pwrite64, fd, (long)"viafd", 5, 2 * pg + 100, 0, 0) != 5 ||
+	    !same(a + 2 * pg + 100, "viafd", 5) || !same(p + 2 * pg + 100, "viafd", 5))
+		die("the fd is not the object any more");
+}
+
 void cmain(long *sp)
 {
 	int argc = (int)sp[0];
 	char **argv = (char **)(sp + 1);
 
 	if (argc < 2)
-		die("usage: criu_tiny counter|tree|ghost|tcp PORT|ns");
+		die("usage: criu_tiny counter|tree|ghost|tcp PORT|shmem|ns");
 	catch_term();
 	if (mode_is(argv[1], "counter")) {
 		say("ready\n");
@@ -283,6 +340,8 @@ void cmain(long *sp)
 		ghost();
 	} else if (mode_is(argv[1], "tcp") && argc > 2) {
 		tcp(argv[2]);
+	} else if (mode_is(argv[1], "shmem")) {
+		shmem();
 	} else if (mode_is(argv[1], "ns")) {
 		int p[2];
 

@@ -1,6 +1,6 @@
 """mntns.py: a counter in a mount namespace of its own, as a container has.
 
-    python3 mntns.py DIR FILE [overlay] [pidns]
+    python3 mntns.py DIR FILE [overlay] [pidns] [shmem]
 
 Re-executes itself under ``unshare -m --propagation private`` (same pid;
 with "pidns", ``unshare -fp --mount-proc -m --propagation private setsid``:
@@ -10,7 +10,8 @@ and, under DIR/t/under, a file hidden by a second tmpfs mounted there; the
 tmpfs made shared and bound again on DIR/b (one peer group); DIR/src (a
 directory of the root file system) bound read-only on DIR/rb; a /proc of
 its own; with "overlay", an overlayfs on DIR/ov (lower DIR/lower, a mount
-from outside the tree).  It keeps an fd open on DIR/t/file.
+from outside the tree); with "shmem", 64 KiB of shared anonymous memory
+holding a pattern.  It keeps an fd open on DIR/t/file.
 
 Every ~50 ms it writes the next number to FILE and checks that the fd
 still reads what it wrote.  Prints "ready" once set up.  On SIGTERM it
@@ -18,6 +19,7 @@ compares its mountinfo (normalized: ids, devices and peer group numbers
 renumbered in order) and the tmpfs files with what they were at start, and
 prints PASS or "FAIL: ..." and exits.
 """
+import mmap
 import os
 import signal
 import subprocess
@@ -85,6 +87,11 @@ def main() -> int:
         sh("mount", "-t", "overlay", "overlay", "-o",
            f"lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work", f"{d}/ov")
     fd = os.open(f"{d}/t/file", os.O_RDONLY)
+    pattern = bytes(range(256)) * 256
+    shared = None
+    if "shmem" in extra:
+        shared = mmap.mmap(-1, len(pattern))  # MAP_SHARED | MAP_ANONYMOUS
+        shared[:] = pattern
     with open("/proc/self/mountinfo") as f:
         before = normalized(f.read())
     stop = []
@@ -97,6 +104,9 @@ def main() -> int:
         os.write(cfd, f"{n}\n".encode())
         if os.pread(fd, 100, 0) != TEXT:
             say("FAIL: the fd on the tmpfs reads something else")
+            return 1
+        if shared is not None and shared[:] != pattern:
+            say("FAIL: the shared anonymous memory changed")
             return 1
         time.sleep(0.05)
     with open("/proc/self/mountinfo") as f:

@@ -23,6 +23,7 @@ LAYERS = {
     "procsnap.progress": 3,
     "procsnap.inject": 4,
     "procsnap.tmpnames": 4,
+    "procsnap.pagexfer": 4,  # CRIU's page server protocol, both ends
     "procsnap.tasks": 5,
     "procsnap.resources": 6,
     "procsnap.audit": 6,

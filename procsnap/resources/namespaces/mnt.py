@@ -45,14 +45,14 @@ of the host's /sys/fs/cgroup/memory is "/"); --cgroup-root moves a cgroup
 mount's root with the tree.  Once the tree is built, every mount's root
 (mountinfo field 4, read from outside as at the dump) is checked against
 its image (``check_roots``): a root that differs is a restore error naming
-the mount and both roots, never a silent change of what the tree sees.  The
-puppet keeps one O_PATH fd on the old root (``RestoreContext.
-puppet_host_root``) through which it still reaches procsnap's own files
-(pages images, restorer fds) until it runs.
+the mount and both roots, never a silent change of what the tree sees.  After
+the pivot, procsnap's own files (pages images, restorer fds) are opened by
+procsnap and handed to the puppet (``RestoreTask.open_in_puppet``).
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -521,13 +521,7 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     y = _Yard(rt, base)
     made = _make_dirs(rctx, [base, y.root, y.scratch])
     try:
-        # The old root stays reachable by the puppet through this fd until
-        # it runs (RestoreTask.open_in_puppet): the images live there.
-        low = y.call("openat", C.AT_FDCWD & (2**64 - 1), "/",
-                     os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, 0, what="/")
-        hroot = inj.call("fcntl", low, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base)
-        inj.call("close", low)
-        rctx.puppet_host_root = hroot
+        rctx.puppet_pivoted = True
         if (any(fsname(s.entry) in CGROUP_FS for s in steps)
                 and os.stat(f"/proc/{pid}/ns/cgroup").st_ino
                 != os.stat("/proc/self/ns/cgroup").st_ino):
@@ -652,6 +646,44 @@ def _ensure(y: _Yard, target: str, is_dir: bool, what: str) -> None:
                            f"{exc.strerror}") from None
 
 
+PREMADE = "devpts-premade"   # rctx.kind_state: pty index -> its master, an fd of the root puppet
+
+
+def _pts_for_bind(rctx: "RestoreContext", y: _Yard, devpts: str, index: int,
+                  what: str) -> None:
+    """A bind of a pts (runc's /dev/console is its terminal's pts): in the
+    new devpts instance it exists once a pty with its index does, as
+    criu's devpts_restore makes it -- /dev/pts/ptmx of the instance opened
+    until the kernel hands out ``index`` (the lower ones closed again).
+    The master is kept in the root puppet (kind_state PREMADE) for the
+    terminals (tty.prepare_orphans: criu's orphan pts master), which close
+    what they do not use before any task is forked."""
+    from ...kernel.libc import pidfd_getfd
+    junk: list[int] = []
+    try:
+        while True:
+            fd = y.call("openat", C.AT_FDCWD & (2**64 - 1), devpts + "/ptmx",
+                        os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, 0,
+                        what=f"{what}: a pty of index {index}")
+            copy = pidfd_getfd(y.rt.pid, fd)
+            try:
+                got = int.from_bytes(fcntl.ioctl(copy, C.TIOCGPTN, bytes(4)), "little")
+            finally:
+                os.close(copy)
+            if got == index:
+                break
+            junk.append(fd)
+            if got > index:
+                raise RestoreError(f"mount namespace: {what}: pty index {index} is taken in "
+                                   "its new devpts instance")
+        high = y.call("fcntl", fd, C.F_DUPFD_CLOEXEC, rctx.spare_fd_base, what=what)
+        y.call("close", fd, what=what)
+        rctx.kind_state.setdefault(PREMADE, {})[index] = high
+    finally:
+        for fd in junk:
+            y.call("close", fd, what=what)
+
+
 def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
     e = s.entry
     what = _describe(e)
@@ -665,6 +697,8 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         y.mount(src, target, None, MS_BIND, None, what)
     elif s.how == "bind":
         src = y.path(s.src) + ("/" + s.rel if s.rel else "")
+        if fsname(s.src) == "devpts" and s.rel.isdigit() and not os.path.lexists(y.ours(src)):
+            _pts_for_bind(rctx, y, y.path(s.src), int(s.rel), what)
         _ensure(y, target, os.path.isdir(y.ours(src)), what)
         y.mount(src, target, None, MS_BIND, None, what)
     elif s.how in ("fresh", "tmpfs"):

@@ -637,6 +637,7 @@ def _lock(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
 
 def _unlock(pid: int, ns_id: int, table: str) -> None:
     from .. import tcp
+    tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, restored with its rules
     if not tcp.unlock_netns(pid, table):
         raise RestoreError(f"{_where(pid, ns_id)}: the network lock (nft table inet "
                            f"{table}) could not be removed; the tree runs with its "
