@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -507,6 +508,94 @@ def case_verify(work: Path, runs: int, mib: int) -> list[Row]:
     return rows
 
 
+def case_tcpq(work: Path, runs: int, mib: int = 4) -> list[Row]:
+    """A live TCP connection (--tcp-established) with ``mib`` MiB queued
+    each way, the bench holding the other end: dump and restore through
+    the API in a fresh interpreter (no start-up in the number), against
+    copying 2 * ``mib`` MiB through a unix socketpair.  The second row
+    subtracts the same dump and restore of an idle connection (the fixed
+    costs: the freeze, the network lock's nft runs) to show what the
+    queues themselves cost."""
+    whole = Row(f"TCP {mib} MiB queued each way: dump+restore", "ms",
+                baseline_name=f"{2 * mib} MiB through a socketpair", target=3.0)
+    queues = Row(f"TCP {mib} MiB queued each way: the queues' part", "ms",
+                 baseline_name=f"{2 * mib} MiB through a socketpair", target=3.0)
+    idle_row = Row("TCP idle connection: dump+restore", "ms")
+    d = work / "tcpq-images"
+    try:
+        for i in range(runs + 1):     # round 0 warms imports and caches
+            t_full = _tcpq_round(work, d, mib)
+            t_idle = _tcpq_round(work, d, 0)
+            warm_memory(512)
+            _, out = run_child([binary("rawio"), "sockpair", str(2 * mib)])
+            base = float(out)
+            if i:
+                whole.procsnap.append(t_full)
+                whole.baseline.append(base)
+                queues.procsnap.append(max(t_full - t_idle, 0.0))
+                queues.baseline.append(base)
+                idle_row.procsnap.append(t_idle)
+    except Exception as exc:
+        if not is_unsupported(exc):
+            raise
+        whole.note = queues.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    return [whole, queues, idle_row]
+
+
+def _tcpq_round(work: Path, d: Path, mib: int) -> float:
+    """One dump + restore of a tcpq target; the sum of the two API times."""
+    shutil.rmtree(d, ignore_errors=True)
+    lis = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # a small receive buffer we never read: the target's sends stay in
+    # its own send queue once it is full
+    lis.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    lis.bind(("127.0.0.1", 0))
+    lis.listen(1)
+    pid = 0
+    conn = None
+    try:
+        log = work / f"tcpq.{time.monotonic_ns()}.out"
+        with open(log, "w") as out:
+            p = subprocess.Popen([binary("tcpq"), str(lis.getsockname()[1]), str(mib)],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 close_fds=True, start_new_session=True, cwd=work)
+        pid = p.pid
+        OURS.add(pid)
+        lis.settimeout(30)
+        conn, _ = lis.accept()
+        conn.sendall(bytes(mib << 20))     # into the target's receive queue
+        deadline = time.monotonic() + 60
+        while "ready" not in log.read_text():
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tcpq {mib}: {log.read_text()[-300:]}")
+            time.sleep(0.005)
+        warm_memory(512)   # as the memory case: fresh pages cost a host fault here
+        # (sock_diag's pyroute2 is imported before the clock too: start-up)
+        _, _, out_d = run_child_rss(py_api(
+            "import procsnap.resources.sockdiag\n"
+            f"t = time.monotonic(); dump({pid}, {str(d)!r}, tcp_established=True); "
+            "print(time.monotonic() - t)"))
+        wait_gone(pid)
+        warm_memory(512)
+        _, _, out_r = run_child_rss(py_api(
+            f"t = time.monotonic(); restore({str(d)!r}); print(time.monotonic() - t)"))
+        return float(out_d) + float(out_r)
+    except BaseException:
+        # a failed restore keeps the network lock for a retry: not here
+        if (d / "inventory.img").exists():
+            subprocess.run([sys.executable, "-m", "procsnap", "network-unlock", str(d)],
+                           env=child_env(), capture_output=True, cwd=ROOT)
+        raise
+    finally:
+        if pid:
+            kill_ours(pid)
+        if conn is not None:
+            conn.close()
+        lis.close()
+
+
 # ------------------------------------------------------------ containers ----
 #
 # The containers are tests/containers.py's, the ones test_lxc.py and
@@ -711,7 +800,7 @@ def _going_on(cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify", "container"]
+CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify", "tcpq", "container"]
 
 
 def main(argv: list[str]) -> int:
@@ -761,6 +850,8 @@ def main(argv: list[str]) -> int:
                                    lambda n: [str(n)])
             elif case == "verify":
                 rows += case_verify(work, a.runs, a.mib)
+            elif case == "tcpq":
+                rows += case_tcpq(work, a.runs)
             elif case == "container":
                 rows += case_container(work, a.runs)
             elif case == "threads":

@@ -104,7 +104,8 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
             empty_ns: int = 0, join_ns: dict[str, str] | None = None,
-            orphan_pts_master: bool = False) -> int:
+            orphan_pts_master: bool = False,
+            lazy_pages: bool = False, work_dir: str | None = None) -> int:
     """Recreate the process saved in ``images_dir`` under its old PID.
 
     Returns its PID (``detached``, the default) or waits for it and returns
@@ -144,7 +145,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     ``orphan_pts_master`` (criu's --orphan-pts-master): a pts dumped with
     its master outside the tree gets a new pty pair in the tree's devpts;
     the slave is the tree's, the master goes to ``action`` as
-    ``action("orphan-pts-master", fd)`` (criu's RPC sends it to the client).
+    ``action("orphan-pts-master", fd)`` (criu's RPC sends it to the client).  ``lazy_pages``
+    (criu's --lazy-pages): private anonymous memory is served on fault by
+    the lazy-pages daemon listening in ``work_dir`` (default: the images
+    directory; see procsnap.lazypages), and pushed by it in the background.
     """
     from .restorer import restore as _restore
     return _restore(images_dir, detached=detached, shell_job=shell_job, pidfile=pidfile,
@@ -154,7 +158,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     ext_mount_map=ext_mount_map, ext_mount_auto=ext_mount_auto,
                     ext_veth=ext_veth, restore_sibling=restore_sibling,
                     manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                    empty_ns=empty_ns, join_ns=join_ns)
+                    empty_ns=empty_ns, join_ns=join_ns, lazy_pages=lazy_pages, work_dir=work_dir)
 
 
 def network_unlock(images_dir: str) -> bool:

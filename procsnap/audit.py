@@ -256,13 +256,9 @@ SAVED_NS = tuple(k for k in NS_KINDS if k.removesuffix("_for_children") in saved
 NESTED_NS = ("pid", "pid_for_children")
 
 
-# Why a kind is not saved, where there is more to say.
-_NS_USER = ("user namespaces are not saved yet: procsnap forks every task from its parent's "
-            "puppet with its pids at every level, and clone3's set_tid for a level needs "
-            "CAP_CHECKPOINT_RESTORE in the user namespace owning it, which a task inside a "
-            "new user namespace lacks for the host's (tasks would have to be made from "
-            "outside and their namespaces re-owned)")
-_NOT_SAVED = {"user": _NS_USER}
+# Why a kind is not saved, where there is more to say (none left: every
+# kind of /proc/PID/ns is saved for the tree's root).
+_NOT_SAVED: dict[str, str] = {}
 
 
 def _ns(kind: str) -> Refuse:

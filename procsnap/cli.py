@@ -197,7 +197,26 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="as criu: the tree joins the network namespace of the file PATH "
                             "(or of process PID) instead of a new one; its contents stay as "
                             "they are, its network lock goes once the tree runs")
+        r.add_argument("--lazy-pages", action="store_true",
+                       help="as criu: private anonymous memory comes on demand from the "
+                            "lazy-pages daemon (start it first: lazy-pages -D DIR), which also "
+                            "pushes the rest; the tree runs before its memory has arrived")
+        r.add_argument("-W", "--work-dir", metavar="DIR",
+                       help="where the lazy-pages socket is (default: the images directory)")
         r.add_argument("-v", "--verbose", action="count", default=0)
+
+    if only in (None, "lazy-pages"):
+        lp = sub.add_parser("lazy-pages", help="serve the memory of a restore --lazy-pages "
+                                               "(criu's lazy-pages daemon)")
+        lp.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        lp.add_argument("-W", "--work-dir", metavar="DIR",
+                        help="where to listen (lazy-pages.socket; default: the images directory)")
+        lp.add_argument("--page-server", action="store_true",
+                        help="fetch the pages from a page server (--address, --port) with criu's "
+                             "protocol, not from the images")
+        lp.add_argument("--address", metavar="ADDR", help="the page server's address")
+        lp.add_argument("--port", type=int, metavar="PORT", help="the page server's port")
+        lp.add_argument("-v", "--verbose", action="count", default=0)
 
     if only in (None, "pre-dump"):
         pd = sub.add_parser("pre-dump", help="copy a tree's memory while it runs on, its writes "
@@ -304,7 +323,8 @@ def cmd_restore(a: argparse.Namespace) -> int:
     more = dict(root=a.root, ext_mount_map=mounts, ext_veth=veths,
                 ext_mount_auto=any(not k for k, _ in a.ext_mount_map),
                 manage_cgroups=a.manage_cgroups, cgroup_root=tuple(a.cgroup_root),
-                join_ns=dict(a.join_ns), ext_unix_sk=a.ext_unix_sk)
+                join_ns=dict(a.join_ns), ext_unix_sk=a.ext_unix_sk,
+                lazy_pages=a.lazy_pages, work_dir=a.work_dir)
     if a.restore_detached:
         pid = restore(a.images_dir, detached=True, shell_job=a.shell_job, pidfile=a.pidfile,
                       skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
@@ -316,6 +336,21 @@ def cmd_restore(a: argparse.Namespace) -> int:
     return restore(a.images_dir, detached=False, shell_job=a.shell_job, pidfile=a.pidfile,
                    skip_file_check=a.skip_file_check, inherit_fd=dict(a.inherit_fd),
                    tcp_close=a.tcp_close, verify=a.verify, **more)
+
+
+def cmd_lazy_pages(a: argparse.Namespace) -> int:
+    from .lazypages import main as lazy_main
+    server = None
+    if a.page_server:
+        if not a.address or not a.port:
+            print("procsnap: lazy-pages --page-server needs --address and --port",
+                  file=sys.stderr)
+            return EXIT_ERROR
+        server = (a.address, a.port)
+    elif a.address or a.port:
+        print("procsnap: lazy-pages: --address/--port need --page-server", file=sys.stderr)
+        return EXIT_ERROR
+    return lazy_main(a.images_dir, a.work_dir, server, bool(a.verbose))
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -438,7 +473,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS = {"dump": cmd_dump, "pre-dump": cmd_pre_dump, "restore": cmd_restore, "show": cmd_show,
             "check": cmd_check, "demo": cmd_demo, "cleanup": cmd_cleanup,
-            "network-unlock": cmd_network_unlock, "page-server": cmd_page_server}
+            "network-unlock": cmd_network_unlock, "page-server": cmd_page_server,
+            "lazy-pages": cmd_lazy_pages}
 
 
 def main(argv: list[str] | None = None) -> int:

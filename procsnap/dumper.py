@@ -384,6 +384,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         _freeze(ctx, pid)
         t_frozen = time.monotonic()
         ctx.stats["freeze"] = t_frozen - t
+        ctx.set_fs_views()  # where each task's names are found from here
         if net_scripts:
             net_locked = True
             status = _action(ctx, "network-lock")
@@ -445,6 +446,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         if client is not None:
             _close_page_server(ctx, client)
         _write_images(ctx)
+        if not leave_running:
+            for commit in ctx.commits:
+                commit()
         if sync and not leave_running:
             images.sync_dir(images_dir)  # the whole set is on disk before we kill anything
         regfile.dump_done(ctx)  # link remaps now belong to the images
@@ -605,6 +609,7 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None,
         _freeze(ctx, pid)
         t_frozen = time.monotonic()
         ctx.stats["freeze"] = t_frozen - t
+        ctx.set_fs_views()  # where each task's names are found from here
         for task in ctx.tasks:
             task.stat = task.proc.stat()
             if task.zombie:
@@ -775,7 +780,9 @@ def _write_images(ctx: DumpContext) -> None:
     images.write_one(d, "inventory", inv)
     # A tree in a pid namespace of its own is written as CRIU writes it:
     # the pids inside (pstree and the per-task image names; images.pidview)
-    entries, inside = pidview.to_inside([t.pstree for t in ctx.tasks])
+    from .resources import core as core_kind
+    entries, inside = pidview.to_inside([t.pstree for t in ctx.tasks],
+                                        ctx.kind_state.get(core_kind.GONE_GROUPS))
     track("pstree", None)
     images.write_image(d, "pstree", entries)
     for task in ctx.tasks:

@@ -511,8 +511,14 @@ def _prepare_root(rctx: RestoreContext, rt: RestoreTask, regs: Any,
             inj.call("close_range", low, fd - 1, 0)
         low = fd + 1
     inj.call("close_range", low, 0xFFFFFFFF, 0)
+
+
+def _root_terminals(rctx: RestoreContext, rt: RestoreTask) -> None:
+    """The root's pty pairs and session, once its namespaces are made (a
+    tree with a mount namespace of its own has its own devpts: the pairs
+    are made in it) and before any fork: every task inherits them."""
     from .resources import tty as ttys
-    ttys.prepare_root(rctx, rt)  # pty pairs, before any fork: every task inherits them
+    ttys.prepare_root(rctx, rt)
     _set_session(rt)
 
 
@@ -534,17 +540,31 @@ def _set_session(rt: RestoreTask) -> None:
 
 
 def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_signal: int,
-              what: str) -> Any:
+              what: str) -> tuple[int, Any]:
     """clone3 with set_tid injected in a puppet: the new task (a child, or
     a thread with CLONE_THREAD) gets exactly ``tid`` (at every pid
     namespace level) and starts stopped, auto-attached
-    (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its registers."""
+    (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its host pid -- ``tid``, or
+    for a puppet inside a new user namespace the one the kernel gave at
+    the host's level (_repid) -- and its registers."""
+    from .resources.namespaces import user
+
     created = rctx.created
     levels = rctx.set_tid(tid)
+    hinted = rctx.host_pid_unset
+    if hinted:
+        # the host's level is owned by the host's user namespace: the
+        # puppet may not set it (namespaces.user)
+        if len(levels) < 2:
+            raise RestoreError(f"{what} {tid}: a puppet inside a new user namespace cannot "
+                               "choose a pid in the host's pid namespace")
+        levels = levels[:-1]
     tid_addr = inj.put(b"".join(x.to_bytes(4, "little") for x in levels), align=8)
     args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr,
                      set_tid_size=len(levels))
     try:
+        if hinted:
+            user.hint_host_pid(tid)
         got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
     except InjectError as exc:
         if exc.errno == 17:
@@ -556,10 +576,71 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
     # clone3 answers in the puppet's pid namespace (not the child's, for a
     # child made in a nested one: CLONE_NEWPID)
     want = rctx.vpid(tid, inj.pid)
-    created.append(tid if got == want else got)  # from now on, a failure kills it
+    host = tid if got == want else got
+    if hinted:
+        host = _host_pid(inj.pid, got, bool(flags & C.CLONE_THREAD)) or host
+    created.append(host)  # from now on, a failure kills it
     if got != want:
         raise RestoreError(f"{what} {tid}: clone3 gave {got}")
-    return _wait_new_stop(tid)
+    if host != tid:
+        _repid(rctx, tid, host, what)
+    return host, _wait_new_stop(host)
+
+
+def _host_pid(parent: int, got: int, thread: bool) -> int | None:
+    """The host pid of the child (or thread) ``parent`` just made, which it
+    knows as ``got`` (a pid in its own pid namespace)."""
+    from .resources.namespaces.pid import nspid
+
+    level = len(nspid(parent)) - 1
+    if thread:
+        cands = [int(t) for t in os.listdir(f"/proc/{parent}/task")]
+    else:
+        with open(f"/proc/{parent}/task/{parent}/children") as f:
+            cands = [int(x) for x in f.read().split()]
+    for c in cands:
+        try:
+            levels = nspid(parent, c) if thread else nspid(c)
+        except FileNotFoundError:
+            continue
+        if len(levels) > level and levels[level] == got:
+            return c
+    return None
+
+
+def _repid(rctx: RestoreContext, old: int, new: int, what: str) -> None:
+    """A task or thread planned as host pid ``old`` got ``new`` (another
+    process took ``old`` between the hint and the clone3): the tree's
+    bookkeeping follows, as _relabel does before anything is made.  A
+    ``new`` the images name for another task would make two tasks one."""
+    known = set(rctx.by_pid) | rctx.all_ids() | set(rctx.relabel) | set(rctx.image_pids)
+    if new in known:
+        raise RestoreError(f"{what} {old}: the host's pid {old} was taken meanwhile and the "
+                           f"kernel gave {new}, a pid the tree's images name for another "
+                           "task; try the restore again")
+    rctx.relabel[rctx.dumped_pid(old)] = new
+    levels = rctx.nspids.get(old)
+    if levels:
+        levels[-1] = new
+        rctx.nspids[new] = levels  # old key kept: image values name it
+
+    def m(p: int) -> int:
+        return new if p == old else p
+    for t in rctx.tasks:
+        e = t.pstree
+        e.pid, e.ppid, e.pgid, e.sid = m(e.pid), m(e.ppid), m(e.pgid), m(e.sid)
+        e.threads[:] = [m(x) for x in e.threads]
+        n = len(e.ns_pid)
+        if n:
+            e.ns_pid[0] = m(e.ns_pid[0])
+            for i in range(0, len(e.ns_threads), n):
+                e.ns_threads[i] = m(e.ns_threads[i])
+        for th in t.threads:
+            th.tid = m(th.tid)
+        if t.pid == old:
+            t.pid = new
+            rctx.by_pid[new] = t
+    log.info("%s %d restored as host pid %d (taken meanwhile)", what, old, new)
 
 
 def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
@@ -569,11 +650,13 @@ def _fork_child(parent: RestoreTask, rt: RestoreTask) -> None:
         # the init of a pid namespace nested in the tree (namespaces.pid):
         # set_tid's first entry, 1, is its pid inside
         flags |= C.CLONE_NEWPID
-    regs = _clone_in(parent._rctx, parent.inj, rt.pid, flags, signal.SIGCHLD, "pid")
+    _, regs = _clone_in(parent._rctx, parent.inj, rt.pid, flags, signal.SIGCHLD, "pid")
     rt.inj = Injector(rt.pid, parent.inj.syscall_ip, regs)
     _use_trampoline(rt, rt.inj, parent.tramp)
     rt.tty_fd = parent.tty_fd
-    rt.pidfds = dict(parent.pidfds)  # inherited: only the restorer's, at this point
+    # inherited: only the restorer's, at this point; one table shared
+    # (CLONE_FILES) is one set of pidfds, closed once
+    rt.pidfds = parent.pidfds if rt.shares_files else dict(parent.pidfds)
     _set_session(rt)
 
 
@@ -582,7 +665,7 @@ def _spawn_helper(rctx: RestoreContext, rt: RestoreTask, pid: int,
     """A short-lived task with ``pid``, forked by ``rt`` with no exit
     signal (its end leaves no SIGCHLD pending in ``rt``), stopped; returns
     its injector and the function that ends it: it exits, ``rt`` reaps it."""
-    regs = _clone_in(rctx, rt.inj, pid, 0, 0, what)
+    pid, regs = _clone_in(rctx, rt.inj, pid, 0, 0, what)
     inj = Injector(pid, rt.inj.syscall_ip, regs)
     inj.trap_ip = rt.inj.trap_ip
     inj.use_scratch(rt.inj.scratch, rt.inj.scratch_size)
@@ -594,7 +677,7 @@ def _spawn_helper(rctx: RestoreContext, rt: RestoreTask, pid: int,
         regs.rax, regs.rdi = C.NR["exit_group"], 0
         ptrace.set_regs(pid, regs)
         inj.detach()
-        rt.inj.call("wait4", pid, 0, C.WALL, 0)
+        rt.inj.call("wait4", rctx.vpid(pid, rt.pid), 0, C.WALL, 0)  # as its parent names it
 
     return inj, end
 
@@ -616,11 +699,38 @@ def _group_helpers(rctx: RestoreContext) -> None:
         if pgid == root.pstree.pgid:
             continue  # the shell's group (--shell-job), inherited
         if rctx.nspids:
-            raise ImageError(rt.image_name("core"), f"pid {rt.pid}: process group {pgid} has "
-                             "no leader in the tree, in a pid namespace of its own")
+            pgid = _inside_group(rctx, rt, pgid)
+            if pgid in rctx.group_helpers:
+                continue
         inj, end = _spawn_helper(rctx, rt, pgid, "process group leader (helper)")
         rctx.group_helpers[pgid] = (rt, end)
         inj.call("setpgid", 0, 0)
+
+
+def _inside_helper(rctx: RestoreContext, rt: RestoreTask, inner: int, what: str) -> int:
+    """A helper task forked by ``rt`` in the tree's own pid namespace with
+    pid ``inner`` there (the images name it so): it gets a free host pid,
+    returned; the restore works with host pids."""
+    levels = rctx.nspids.get(rt.pid) or []
+    if len(levels) != 2 or rctx.nspids.get(rctx.tasks[0].pid, [])[:1] != [1]:
+        raise ImageError(rt.image_name("core"), f"pid {rt.pid}: {what} {inner}, in a pid "
+                         "namespace nested in the tree's own")
+    host = _free_pids(1, rctx.all_ids() | set(rctx.nspids))[0]
+    rctx.nspids[host] = [inner, host]
+    return host
+
+
+def _inside_group(rctx: RestoreContext, rt: RestoreTask, inner: int) -> int:
+    """A group whose leader is gone, in the tree's own pid namespace: the
+    images name it by its pid inside (pidview; no task maps it out).  Its
+    helper gets that pid inside and a free host pid; the members' pgid
+    becomes the host pid, as every pid the restore works with."""
+    host = _inside_helper(rctx, rt, inner, "process group with no leader in the tree")
+    rctx.inside_pids[inner] = host
+    for t in rctx.tasks:
+        if t.pstree.pgid == inner:
+            t.pstree.pgid = host
+    return host
 
 
 def _end_helpers(rctx: RestoreContext) -> None:
@@ -682,7 +792,7 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
     flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
              | C.CLONE_SYSVSEM)
     for th in rt.threads[1:]:
-        regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
+        _, regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
         th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)
@@ -730,8 +840,14 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             restore_sibling: bool = False,
             manage_cgroups: str = "soft", cgroup_root: tuple[str, ...] = (),
             empty_ns: int = 0, join_ns: dict[str, str] | None = None,
-            orphan_pts_master: bool = False) -> int:
+            orphan_pts_master: bool = False,
+            lazy_pages: bool = False, work_dir: str | None = None) -> int:
     """Recreate the process tree saved in ``images_dir``.
+
+    ``lazy_pages`` (criu's restore --lazy-pages): private anonymous memory
+    is not read now; the ``lazy-pages`` daemon, which must be listening on
+    ``lazy-pages.socket`` in ``work_dir`` (default: the images directory),
+    serves it on fault and pushes the rest in the background.
 
     ``action`` is called at criu's action-script stages: pre-restore,
     post-restore and pre-resume (all tasks built, still stopped: a non-zero
@@ -760,15 +876,23 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                               ext_veth=dict(ext_veth or {}),
                               restore_sibling=restore_sibling,
                               manage_cgroups=manage_cgroups, cgroup_root=tuple(cgroup_root),
-                              empty_ns=empty_ns, join_ns=dict(join_ns or {})))
+                              empty_ns=empty_ns, join_ns=dict(join_ns or {}),
+                              lazy_socket=(lazy_socket_path(work_dir or images_dir)
+                                           if lazy_pages else None)))
     if restore_sibling:
         detached = True  # the root is not our child: its parent waits for it
     tmpnames.report(rctx.images_dir)
     current.clear()
     _action(rctx, "pre-restore")
     _collect(rctx)
-    rctx.spawn_helper = lambda rt, pid: _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
+    def proc_helper(rt: RestoreTask, pid: int) -> Callable[[], None]:
+        if rctx.nspids:
+            # /proc/N of the tree's own /proc: N inside its pid namespace
+            pid = _inside_helper(rctx, rt, pid, "helper for /proc")
+        return _spawn_helper(rctx, rt, pid, "helper for /proc")[1]
+    rctx.spawn_helper = proc_helper
     rctx.stats["collect"] = time.monotonic() - t0
+    lazy_sk = _lazy_connect(rctx) if rctx.opts.lazy_socket else None
     from .resources import cgroup
     cgroup.prepare(rctx)  # the cgroups, before any task: a task's fd may open one
     root = rctx.tasks[0]
@@ -780,7 +904,16 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         namespaces.join(rctx)  # this thread enters them: the root's clone inherits them
         flags = namespaces.clone_flags(rctx)
         nested = any(len(ids) > len(rctx.set_tid(root.pid)) for ids in rctx.nspids.values())
-        if flags & C.CLONE_NEWPID or nested:
+        if flags & C.CLONE_NEWUSER:
+            # puppets inside a new user namespace may not pidfd_getfd from
+            # us: they hold a socket instead, over which we send them fds
+            # (RestoreTask._recv_fd), where the pidfd of us would be
+            import socket
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            rctx.fd_channel = ours
+            self_pidfd = theirs.detach()
+            rctx.own_fds.append(self_pidfd)
+        elif flags & C.CLONE_NEWPID or nested:
             self_pidfd = syscall_holding_gil(C.NR["pidfd_open"], os.getpid(), 0)
             rctx.own_fds.append(self_pidfd)
         if restore_sibling:
@@ -797,6 +930,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             os.close(wake)  # EOF wakes (and ends) a child we failed to seize
         _prepare_root(rctx, root, regs, self_pidfd)
         namespaces.restore(rctx, root)  # before any child: they inherit them
+        _root_terminals(rctx, root)
         if namespaces.new_kinds(rctx):
             # criu's stages around a new root's namespaces: the caller (a
             # container runtime) configures them, e.g. the network of an
@@ -868,6 +1002,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                     th.inj.detach()
         for hook in rctx.after_detach:
             hook()
+        if lazy_sk is not None:
+            # after the tree runs, as criu: the daemon's background push
+            # does not compete with the restore's last steps
+            _lazy_finish(rctx, lazy_sk)
     except BaseException as exc:
         if created:
             _kill_all(rctx)
@@ -880,6 +1018,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         raise
     finally:
         namespaces.leave(rctx)  # procsnap's thread back in its own namespaces
+        if lazy_sk is not None:
+            lazy_sk.close()  # without restore-finished: the daemon gives up (and kills)
+        if rctx.fd_channel is not None:
+            rctx.fd_channel.close()
         for fd in rctx.own_fds:
             os.close(fd)
     if action is not None:
@@ -890,6 +1032,61 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
     if detached:
         return root.pid
     return wait_exit(root.pid)
+
+
+def lazy_socket_path(work_dir: str) -> str:
+    from .kernel.uffd import LAZY_PAGES_SOCK_NAME
+    return os.path.join(os.path.abspath(work_dir), LAZY_PAGES_SOCK_NAME)
+
+
+def _unix_address(path: str) -> tuple[str, int | None]:
+    """A path short enough for sockaddr_un: long ones through /proc/self/fd."""
+    if len(os.fsencode(path)) < 108:
+        return path, None
+    dfd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{dfd}/{os.path.basename(path)}", dfd
+
+
+def _lazy_connect(rctx: RestoreContext) -> Any:
+    """restore --lazy-pages: connect to the daemon before anything is made,
+    and give memory.restore the way to hand it each task's userfaultfd."""
+    import socket
+    from .kernel import uffd
+    path = rctx.opts.lazy_socket
+    assert path is not None
+    sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    addr, dfd = _unix_address(path)
+    try:
+        sk.connect(addr)
+    except OSError as exc:
+        sk.close()
+        raise RestoreError(f"restore --lazy-pages: no lazy-pages daemon at {path} "
+                           f"({exc.strerror}): start `lazy-pages -D DIR` first") from None
+    finally:
+        if dfd is not None:
+            os.close(dfd)
+
+    def send(rt: RestoreTask, fds: list[int]) -> None:
+        try:
+            uffd.send_uffd(sk, rctx.image_pid(rt.pid), fds)
+        except OSError as exc:
+            raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: the lazy-pages daemon "
+                               f"is gone ({exc.strerror or exc})") from None
+    rctx.kind_state["lazy_send"] = send
+    return sk
+
+
+def _lazy_finish(rctx: RestoreContext, sk: Any) -> None:
+    """criu's LAZY_PAGES_RESTORE_FINISHED, once the tree runs: the daemon
+    starts pushing what was not faulted in.  A daemon gone by now fails
+    the restore (its guard kills the tree)."""
+    import struct
+    from .kernel import uffd
+    try:
+        sk.sendall(struct.pack("I", uffd.LAZY_PAGES_RESTORE_FINISHED))
+    except OSError as exc:
+        raise RestoreError("restore --lazy-pages: the lazy-pages daemon is gone "
+                           f"({exc.strerror or exc})") from None
 
 
 def _action(rctx: RestoreContext, name: str) -> None:

@@ -9,9 +9,10 @@ import tree with no circle.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import images
 from .errors import ImageError, RestoreError
@@ -98,6 +99,10 @@ class DumpTask:
     ids: Any = None                   # task_kobj_ids_entry
     pstree: Any = None
     extra_images: list[tuple[str, int | None, list[Any]]] = field(default_factory=list)
+    # Where the names readlink gives for this task (fds, cwd, root) are
+    # found from here: "" in our mount namespace, else the root of its
+    # mount namespace (DumpContext.set_fs_views); None: not decided yet.
+    fs_prefix: str | None = None
 
     @property
     def inj(self) -> Injector | None:
@@ -136,10 +141,46 @@ class DumpContext:
     # complete and the tree is killed (TCP sockets stay in repair mode and
     # the network lock stays), False when the tree runs on.
     cleanups: list[Callable[[bool], None]] = field(default_factory=list)
+    # Run once every image is written, before the tree is killed (never
+    # with --leave-running): state that reading destroys (a socket's
+    # pending error) is read only here, where nothing of the dump itself
+    # is left to fail; each may write images of its own.
+    commits: list[Callable[[], None]] = field(default_factory=list)
     # the tree's own network namespace is locked as a whole (resources.tcp)
     netns_locked: bool = False
     _next_id: int = 1
     _numbers: dict[int, int] = field(default_factory=dict)
+
+    def set_fs_views(self) -> None:
+        """Decide every task's fs_prefix, once the tree is frozen.
+
+        readlink of /proc/PID/fd/N (cwd, root) prints a path from *our*
+        root; for a task in another mount namespace, from that
+        namespace's root -- also for a chrooted task, whose own root
+        (/proc/PID/root) is elsewhere.  So names of a foreign mount
+        namespace are looked up under /proc/P/root of a task P of that
+        namespace whose root is the namespace's root (its root reads "/"
+        from here), as criu does (mntns_get_root_fd).  Without such a
+        task, each task's own root is the best guess left (a name found
+        there is still checked by identity, never trusted)."""
+        ours = _ns_ino("self")
+        roots: dict[int, str] = {}
+        ns_of: dict[int, int | None] = {}
+        for t in self.tasks:
+            ino = ns_of[t.pid] = _ns_ino(str(t.pid))
+            if ino is None or ino == ours or ino in roots:
+                continue
+            try:
+                if os.readlink(f"/proc/{t.pid}/root") == "/":
+                    roots[ino] = f"/proc/{t.pid}/root"
+            except OSError:
+                pass
+        for t in self.tasks:
+            ino = ns_of[t.pid]
+            if ino is None or ino == ours:
+                t.fs_prefix = ""
+            else:
+                t.fs_prefix = roots.get(ino, f"/proc/{t.pid}/root")
 
     def task_number(self, task: "DumpTask") -> int:
         """1, 2, ... in tree order: the ids of ids-PID.img (vm, files, fs, sighand)."""
@@ -162,6 +203,13 @@ class DumpContext:
     def add_payload(self, kind: str, msg: Any, data: bytes) -> None:
         """An entry followed by raw bytes (pipe data, queued packets)."""
         self.payload_images.setdefault(kind, []).append((msg, data))
+
+
+def _ns_ino(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
 
 
 @dataclass(eq=False, repr=False)
@@ -221,6 +269,10 @@ class RestoreOptions:
     empty_ns: int = 0
     # criu's --join-ns KIND:PATH|PID: the tree joins that namespace instead of a new one
     join_ns: dict[str, str] = field(default_factory=dict)
+    # criu's restore --lazy-pages: private anonymous memory is left empty
+    # and served on fault by the lazy-pages daemon listening at this path
+    # (<work dir>/lazy-pages.socket); None: every page is restored at once
+    lazy_socket: str | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -246,6 +298,11 @@ class RestoreTask:
     # the images and their parents', and the runs found there
     page_files: list[str] = field(default_factory=list)
     page_runs: Any = None
+    # lazy restore (memory.lazy_set): pages the images leave to a page
+    # server (criu's PE_LAZY without PE_PRESENT), and the ranges this task
+    # registered with its userfaultfd for the lazy-pages daemon
+    lazy_only: list[tuple[int, int]] = field(default_factory=list)
+    lazy: list[tuple[int, int]] = field(default_factory=list)
     fs: Any = None
     fdinfos: list[Any] = field(default_factory=list)
     threads: list[RestoreThread] = field(default_factory=list)  # [0] is the leader
@@ -285,9 +342,14 @@ class RestoreTask:
         ``check`` is called with the new fd (regfile: has the file changed
         since the dump?)."""
         inj = self.inj
-        if (self._rctx is not None and self._rctx.puppet_pivoted
-                and (path.startswith(self.images_dir.rstrip("/") + "/")
-                     or path.startswith(f"/proc/{os.getpid()}/"))):
+        ours = (path.startswith(self.images_dir.rstrip("/") + "/")
+                or path.startswith(f"/proc/{os.getpid()}/"))
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if ours and chan is not None:
+            # a puppet inside a new user namespace is not procsnap's root:
+            # procsnap's own files are opened by procsnap and sent over
+            return self._open_sent(path, flags, check)
+        if ours and self._rctx is not None and self._rctx.puppet_pivoted:
             # procsnap's own files (images, our fds) once the puppet lives
             # under another root: opened here, in procsnap's mount namespace,
             # and handed over.  A path walk from the puppet through a fd on
@@ -310,6 +372,12 @@ class RestoreTask:
                 flags |= C.O_CLOEXEC
             fd = inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path), flags, 0)
         except InjectError as exc:
+            if chan is not None and exc.errno in (1, 13):
+                # EPERM/EACCES inside a new user namespace: a file the task
+                # held open from outside it (its stdout, opened by the
+                # host's root): the same file, opened by procsnap where
+                # the puppet sees it (through its root: its mount tree)
+                return self._open_sent(path, flags, check, through_root=True)
             raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         if check is not None:
@@ -317,10 +385,45 @@ class RestoreTask:
         inj.reset_scratch()
         return fd
 
+    def _open_sent(self, path: str, flags: int, check: Callable[[int], None] | None = None,
+                   through_root: bool = False) -> int:
+        """open_in_puppet by procsnap, the fd sent to the puppet (_recv_fd);
+        ``through_root``: ``path`` as the puppet sees it, not procsnap."""
+        self.inj.reset_scratch()
+        where = f"/proc/{self.pid}/root{path}" if through_root and path.startswith("/") else path
+        try:
+            mine = os.open(where, flags | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"{path}: cannot open for pid {self.pid}: "
+                               f"{exc.strerror}") from None
+        try:
+            fd = self._recv_fd(mine)
+        finally:
+            os.close(mine)
+        if not self.open_cloexec:
+            self.inj.call("fcntl", fd, C.F_SETFD, 0)  # as openat without O_CLOEXEC
+        if check is not None:
+            check(fd)
+        return fd
+
     def grab_fd(self, src_pid: int, src_fd: int) -> int:
         """A copy of fd ``src_fd`` of process ``src_pid`` (the same open
         file description), in the puppet: pidfd_open + pidfd_getfd."""
         inj = self.inj
+        chan = self._rctx.fd_channel if self._rctx is not None else None
+        if chan is not None:
+            # inside a new user namespace a puppet may not pidfd_getfd from
+            # us, nor from a puppet whose credentials are restored already
+            # (no longer dumpable, its mm of the host's user namespace):
+            # procsnap takes the fd and sends it
+            if src_pid == os.getpid():
+                return self._recv_fd(src_fd)
+            from .kernel.libc import pidfd_getfd
+            mine = pidfd_getfd(src_pid, src_fd)
+            try:
+                return self._recv_fd(mine)
+            finally:
+                os.close(mine)
         pidfd = self.pidfds.get(src_pid)
         if pidfd is None:
             # Keep it above every fd number the task will own, or placing
@@ -341,6 +444,33 @@ class RestoreTask:
             inj.call("close", low)
             self.pidfds[src_pid] = pidfd
         return inj.call("pidfd_getfd", pidfd, src_fd, 0)
+
+    def _recv_fd(self, fd: int) -> int:
+        """A copy of the restorer's ``fd`` in a puppet inside a new user
+        namespace, which may not pidfd_getfd from the restorer (ptrace
+        access to a task of the host's user namespace): sent over the
+        restorer's socket pair (RestoreContext.fd_channel), whose other
+        end the puppet holds where the pidfd of the restorer would be."""
+        import socket
+
+        assert self._rctx is not None
+        socket.send_fds(self._rctx.fd_channel, [b"f"], [fd])
+        inj = self.inj
+        buf = inj.put(b"\0" * 8, align=8)
+        iov = inj.put(buf.to_bytes(8, "little") + (1).to_bytes(8, "little"), align=8)
+        ctl = inj.put(bytes(24), align=8)       # CMSG_SPACE(sizeof(int))
+        hdr = inj.put(bytes(16) + iov.to_bytes(8, "little") + (1).to_bytes(8, "little")
+                      + ctl.to_bytes(8, "little") + (24).to_bytes(8, "little") + bytes(8),
+                      align=8)
+        try:
+            inj.call("recvmsg", self.pidfds[os.getpid()], hdr, C.MSG_CMSG_CLOEXEC)
+            raw = inj.read_mem(ctl, 24)
+        finally:
+            inj.reset_scratch()
+        level, kind = int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
+        if level != 1 or kind != 1:  # SOL_SOCKET, SCM_RIGHTS
+            raise RestoreError(f"pid {self.pid}: no fd came over the restorer's socket")
+        return int.from_bytes(raw[16:20], "little")
 
     def close_pidfds(self) -> None:
         for fd in self.pidfds.values():
@@ -396,12 +526,62 @@ class RestoreContext:
     # The puppets live under another root: a restored mount namespace has
     # pivoted away from procsnap's (namespaces.mnt).
     puppet_pivoted: bool = False
+    # The root lives in a new user namespace (namespaces.user): a puppet's
+    # clone3 sets every pid level but the host's, which the restorer hints
+    # through ns_last_pid (the kernel may give another).
+    host_pid_unset: bool = False
+    # ... and its puppets take the restorer's fds over this socket
+    # (RestoreTask._recv_fd): the restorer's end, a SOCK_DGRAM socket
+    fd_channel: Any = None
+    # procsnap's O_PATH fd on the root of that restored mount namespace,
+    # opened right after the pivot (the puppets chroot later, the fd stays):
+    # names as the tree sees them are reached through it (tree_path).
+    tree_root_fd: int | None = None
     # process group id -> (the member that forked it, its injector): the
     # short-lived leaders of groups whose leader was gone (restorer)
     group_helpers: dict[int, tuple[Any, Any]] = field(default_factory=dict)
     # (task, pid) -> a function that ends it: a short-lived helper task
     # with that pid, forked by the task (the restorer sets it)
     spawn_helper: Callable[[Any, int], Callable[[], None]] | None = None
+
+    def tree_path(self, path: str) -> str:
+        """An absolute ``path`` as the restored tree sees it (a ghost file,
+        a FIFO, a socket's directory) as a path procsnap can use: the path
+        itself while the tree shares our mount namespace, else the same
+        path under the restored namespace's root (which our own root does
+        not reach).  /proc/OUR PID rather than /proc/self: a journal line
+        with it (tmpnames) names nothing once we are gone."""
+        if self.tree_root_fd is None:
+            return path
+        if not path.startswith("/"):
+            path = "/" + path
+        return f"/proc/{os.getpid()}/fd/{self.tree_root_fd}{path}"
+
+    @contextlib.contextmanager
+    def in_tree_root(self) -> Iterator[None]:
+        """procsnap's root and cwd are the restored tree's root for a
+        moment: for what must be done under a name as the tree sees it, by
+        procsnap itself (a unix socket is bound to exactly the string
+        given to bind(), so the string must be the tree's own name).  No
+        /proc/self or images path works inside; both are put back, also
+        on error.  One thread: procsnap runs no other."""
+        if self.tree_root_fd is None:
+            yield
+            return
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fchdir(self.tree_root_fd)
+            os.chroot(".")
+            try:
+                yield
+            finally:
+                os.fchdir(root)
+                os.chroot(".")
+                os.fchdir(cwd)
+        finally:
+            os.close(root)
+            os.close(cwd)
 
     def host_pid(self, pid: int) -> int:
         """A dumped outside pid as the restored task's host pid."""

@@ -100,7 +100,8 @@ image's value, and nothing moves it while the task is stopped):
   the image is accepted when the task has a zombie child in the image:
   that child was let go to exit before its parent was built, and its
   SIGCHLD may land after the parent's queue was drained.  So is the signal
-  of an armed POSIX timer: it may fire between its arming and the check.
+  of an armed POSIX or interval timer: it may fire between its arming and
+  the check.
 - fs: cwd and root (same file as the image's path, by device and inode)
   and umask.
 
@@ -1145,7 +1146,10 @@ def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> l
 
 
 def check_creds(f: Found) -> list[str]:
+    from .resources.namespaces import user
+
     out: list[str] = []
+    idmap = user.id_map(f.pid)  # images hold ids as seen inside (namespaces.user)
     for th in f.rt.threads:
         tc = th.core.thread_core
         if not tc.HasField("creds"):
@@ -1158,9 +1162,14 @@ def check_creds(f: Found) -> list[str]:
             w = list(words) + [0, 0]
             return w[0] | (w[1] << 32)
 
-        out += _differ(f"{where}uids", (c.uid, c.euid, c.suid, c.fsuid), st.uids)
-        out += _differ(f"{where}gids", (c.gid, c.egid, c.sgid, c.fsgid), st.gids)
-        out += _differ(f"{where}groups", sorted(c.groups), sorted(st.groups))
+        uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
+        if idmap is not None:
+            uids = tuple(-1 if (v := idmap.uid(x)) is None else v for x in uids)
+            gids = tuple(-1 if (v := idmap.gid(x)) is None else v for x in gids)
+            groups = user.inside_groups(groups, idmap)
+        out += _differ(f"{where}uids", (c.uid, c.euid, c.suid, c.fsuid), uids)
+        out += _differ(f"{where}gids", (c.gid, c.egid, c.sgid, c.fsgid), gids)
+        out += _differ(f"{where}groups", sorted(c.groups), sorted(groups))
         for name, words, got in (("CapInh", c.cap_inh, st.cap_inh),
                                  ("CapPrm", c.cap_prm, st.cap_prm),
                                  ("CapEff", c.cap_eff, st.cap_eff),
@@ -1262,17 +1271,17 @@ def check_signals(f: Found) -> list[str]:
     slack = (1 << (SIGCHLD - 1)) if zombie_child else 0
     # An armed POSIX timer may fire between its arming and this check: its
     # signal, pending beyond the image, is the timer going on, not a loss.
+    # So may an armed interval timer (setitimer: zdtm timers arms one to
+    # fire 100 us ahead): its SIGALRM, SIGVTALRM or SIGPROF.
     timer_sigs = 0
     if tc.HasField("timers"):
-        # so may an armed interval timer (setitimer): SIGALRM, SIGVTALRM, SIGPROF
-        for name, sig in (("real", signal.SIGALRM), ("virt", signal.SIGVTALRM),
-                          ("prof", signal.SIGPROF)):
-            it = getattr(tc.timers, name)
-            if tc.timers.HasField(name) and (it.vsec or it.vusec):
-                timer_sigs |= 1 << (sig - 1)
         for pt in tc.timers.posix:
             if pt.si_signo and (pt.vsec or pt.vnsec or pt.isec or pt.insec):
                 timer_sigs |= 1 << (pt.si_signo - 1)
+        for it, signo in ((tc.timers.real, signal.SIGALRM), (tc.timers.virt, signal.SIGVTALRM),
+                          (tc.timers.prof, signal.SIGPROF)):
+            if it.vsec or it.vusec:
+                timer_sigs |= 1 << (signo - 1)
 
     def queued(q: Any) -> int:
         m = 0
@@ -1312,7 +1321,8 @@ def check_fs(f: Found) -> list[str]:
         if dead is not None:
             # /proc/N of a process gone: the name, unhashed again (helper reaped)
             want_link = entry.reg.name + " (deleted)"
-            if f.link(what) != want_link or os.path.exists(f"/proc/{dead}"):
+            # (N as the tree's /proc names it: through its root, when its own)
+            if f.link(what) != want_link or os.path.exists(rctx.tree_path(f"/proc/{dead}")):
                 out.append(f"{what}: {want_link!r} with pid {dead} gone expected, "
                            f"{f.link(what)!r} found")
             continue
@@ -1325,7 +1335,10 @@ def check_fs(f: Found) -> list[str]:
             try:
                 # The path as the task sees it: a tree restored in a mount
                 # namespace of its own (a container) names files in its root.
-                want = os.stat(_in_root(f.pid, path))
+                # Through the namespace's root, not the task's own (a
+                # chrooted task's names start at the namespace's root too).
+                want = os.stat(rctx.tree_path(path) if rctx.tree_root_fd is not None
+                               else _in_root(f.pid, path))
                 idents[fid] = (want.st_dev, want.st_ino)
             except OSError:
                 idents[fid] = None

@@ -9,12 +9,16 @@
  *                          of FILE into it in 64 MiB calls
  *   rawio warm MIB         touch MIB MiB and free it (see warm_memory in
  *                          bench/runner.py)
+ *   rawio sockpair MIB     time MIB MiB through a unix stream socketpair
+ *                          (a child writes, we read)
  */
 #include "common.h"
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #define STEP (64UL << 20)
@@ -89,6 +93,44 @@ int main(int argc, char **argv)
 			die("mmap");
 		return 0;
 	}
-	fprintf(stderr, "usage: rawio write FILE MIB | read FILE | warm MIB\n");
+	if (argc == 3 && !strcmp(argv[1], "sockpair")) {
+		/* MIB MiB through a unix stream socket pair, written by a child
+		 * and read here: the baseline of the TCP queues case */
+		size_t size = (size_t)strtoul(argv[2], NULL, 10) << 20;
+		static char buf[1 << 16];
+		int sv[2];
+		double t = now();
+		pid_t child;
+
+		if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+			die("socketpair");
+		child = fork();
+		if (child < 0)
+			die("fork");
+		if (child == 0) {
+			close(sv[0]);
+			for (size_t off = 0; off < size;) {
+				size_t n = size - off < sizeof(buf) ? size - off : sizeof(buf);
+				ssize_t w = write(sv[1], buf, n);
+
+				if (w <= 0)
+					_exit(1);
+				off += w;
+			}
+			_exit(0);
+		}
+		close(sv[1]);
+		for (size_t got = 0; got < size;) {
+			ssize_t r = read(sv[0], buf, sizeof(buf));
+
+			if (r <= 0)
+				die("read");
+			got += r;
+		}
+		waitpid(child, NULL, 0);
+		printf("%.6f\n", now() - t);
+		return 0;
+	}
+	fprintf(stderr, "usage: rawio write FILE MIB | read FILE | warm MIB | sockpair MIB\n");
 	return 2;
 }

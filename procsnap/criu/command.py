@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     if p.command in ("swrk", "service"):
         from . import rpc
         return rpc.main([p.command, *p.extra], p, execute)
+    if p.command in O.DAEMONS:
+        return _lazy_pages(p)
     if p.command in O.LATER_COMMANDS:
         return _err(f"command {p.command} is not supported by procsnap "
                     "(it has dump, pre-dump, restore, check, swrk and service)")
@@ -280,6 +282,29 @@ def execute(p: O.Parsed, images_dir: str, work_dir: str, log_path: str | None,
             return fail(f"internal error: {type(exc).__name__}: {exc}", clog)
     finally:
         clog.close()
+
+
+def _lazy_pages(p: O.Parsed) -> int:
+    """criu lazy-pages -D DIR [-W DIR] [--page-server --address A --port P]:
+    the daemon of restore --lazy-pages (procsnap.lazypages), until every
+    page is delivered."""
+    from ..lazypages import main as lazy_main
+    refusal = O.refused(p)
+    if refusal is not None:
+        return _err(refusal)
+    if p.extra:
+        return _err(f"unexpected argument: {p.extra[0]}")
+    images_dir = os.path.abspath(p.last("images-dir") or ".")
+    work_dir = os.path.abspath(p.last("work-dir") or images_dir)
+    server = None
+    if p.flag("page-server"):
+        addr, port = p.last("address"), p.last("port")
+        if not addr or not port or not port.isdigit():
+            return _err("lazy-pages --page-server needs --address ADDR and --port PORT")
+        server = (addr, int(port))
+    elif p.has("address") or p.has("port"):
+        return _err("lazy-pages: --address and --port go with --page-server")
+    return lazy_main(images_dir, work_dir, server, p.log_level >= 3)
 
 
 def _version() -> str:
@@ -503,6 +528,7 @@ def _restore(p: O.Parsed, images_dir: str, work_dir: str,
                                root=root, ext_mount_map=maps, ext_mount_auto=auto,
                                restore_sibling=sibling, empty_ns=empty_ns(p),
                                join_ns=_join_ns(p),
+                               lazy_pages=p.flag("lazy-pages"), work_dir=work_dir,
                                **_cgroup_opts(p))
     entry = stats.write_restore_stats(images_dir, dict(last_stats), work_dir)
     log.info("Restore finished successfully. Tasks resumed.")

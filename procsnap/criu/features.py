@@ -30,6 +30,21 @@ def _fdinfo_has(word: str) -> Probe:
     return probe
 
 
+def _uffd(features: int) -> None:
+    """userfaultfd works here (features 0), or grants what lazy restore
+    needs (-1: kernel.uffd.LAZY_FEATURES) -- criu's kdat.has_uffd and
+    uffd_noncooperative()."""
+    from ..kernel import uffd
+    want = uffd.LAZY_FEATURES if features < 0 else features
+    fd = uffd.userfaultfd()
+    try:
+        got = uffd.api(fd, want)
+    finally:
+        os.close(fd)
+    if got & want != want:
+        raise OSError(0, "userfaultfd lacks the fork/remap/remove/unmap events")
+
+
 def _memfd_hugetlb() -> None:
     """criu's kdat.has_memfd_hugetlb: memfd_create(MFD_HUGETLB) works."""
     os.close(os.memfd_create("criu-check", os.MFD_CLOEXEC | 4))  # MFD_HUGETLB
@@ -90,7 +105,7 @@ FEATURES: dict[str, Probe] = {
     "timerfd": _ok,                        # timerfds restored with their ticks
     "tun": _no("tun devices are not saved"),
     "tun_ns": _no("tun devices are not saved"),
-    "userns": _no("user namespaces are not saved"),
+    "userns": _ns_file("user"),            # saved and made anew (namespaces.user)
     "fdinfo_lock": _ok,                    # locks and leases saved (resources.file_lock)
     "seccomp_suspend": _ok,                # PTRACE_O_SUSPEND_SECCOMP is used
     "seccomp_filters": _ok,                # filter chains saved (PTRACE_SECCOMP_GET_FILTER)
@@ -99,8 +114,8 @@ FEATURES: dict[str, Probe] = {
     "autofs": _no("autofs mounts are not saved"),
     "tcp_half_closed": _ok,                 # every TCP state restored (sockets.tcp)
     "compat_cr": _no("32-bit tasks are not supported"),
-    "uffd": _no("no lazy restore"),
-    "uffd-noncoop": _no("no lazy restore"),
+    "uffd": lambda: _uffd(0),             # restore --lazy-pages (procsnap.lazypages)
+    "uffd-noncoop": lambda: _uffd(-1),    # ... with fork/remap/remove/unmap events
     "can_map_vdso": _ok,
     "sk_ns": _ns_file("net"),   # SIOCGSKNS: procsnap finds a socket's namespace with it
     "sk_unix_file": _no("unix sockets bound in other mount namespaces are not saved"),

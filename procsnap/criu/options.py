@@ -30,7 +30,9 @@ MAP, ACCEPT, REFUSE = "map", "accept", "refuse"
 NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xARG / --x=ARG)
 
 COMMANDS = ("dump", "pre-dump", "restore", "check", "page-server")
-LATER_COMMANDS = ("lazy-pages", "dedup",
+# criu lazy-pages -D DIR [--page-server --address A --port P]: procsnap.lazypages
+DAEMONS = ("lazy-pages",)
+LATER_COMMANDS = ("dedup",
                   "cpuinfo", "exec", "show")
 
 
@@ -179,7 +181,9 @@ TABLE: list[Opt] = [
              "mqueue, cgroup, tracefs, tmpfs with its files...); a mount of another kind "
              "(hugetlbfs...) that is not external refuses the dump, naming it"),
     Opt("skip-mnt", arg=REQ, how=REFUSE, note=_MNT),
-    Opt("mntns-compat-mode", boolean=True, how=REFUSE, note=_MNT),
+    Opt("mntns-compat-mode", boolean=True, how=ACCEPT,
+        note="criu's choice between its two mount engines, which build the same tree; "
+             "procsnap has one (namespaces.mnt), used with or without it"),
     Opt("join-ns", "J", REQ, multi=True, metavar="net:PID|NS_FILE",
         help="restore: the tree joins that network namespace instead of a new one (its "
              "contents stay as they are; the network lock the dump set in it goes once "
@@ -221,7 +225,7 @@ TABLE: list[Opt] = [
              "writes its pages to the image itself), whatever the mode"),
     Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
     Opt("page-server", boolean=True,
-        help="dump, pre-dump: send the pagemaps and pages to the page server at "
+        help="lazy-pages: fetch the pages from that page server; dump, pre-dump: send the pagemaps and pages to the page server at "
              "--address/--port (criu page-server, procsnap's or criu's); the other "
              "images go to -D"),
     Opt("address", arg=REQ, metavar="ADDR",
@@ -232,8 +236,9 @@ TABLE: list[Opt] = [
     Opt("ps-socket", arg=REQ, how=REFUSE,
         note="an inherited connected page server socket is not supported; use "
              "--address and --port"),
-    Opt("lazy-pages", how=REFUSE, note="no lazy restore yet (page-server --lazy-pages "
-                                       "serves the pages of an images dir)"),
+    Opt("lazy-pages", help="restore: private anonymous memory comes on demand from the "
+        "lazy-pages daemon (criu lazy-pages -D DIR, started first), which pushes the rest; "
+        "page-server: serve the pages of an images dir on demand"),
     Opt("stream", boolean=True, how=REFUSE, note="no image streamer yet"),
     Opt("tls", boolean=True, how=REFUSE,
         note="the page server speaks CRIU's protocol without TLS only"),
@@ -453,14 +458,30 @@ def parse(argv: list[str], env: dict[str, str] | None = None) -> Parsed:
     return p
 
 
+# Options done for some commands only: name -> (those commands, why not
+# with the others).  criu's dump --lazy-pages leaves the tree frozen with a
+# page server serving its memory: procsnap does not do that one.
+ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
+    "lazy-pages": (("restore", "lazy-pages", "page-server"),
+                   "only restore --lazy-pages (with the lazy-pages daemon) and page-server "
+                   "--lazy-pages are done; a dump that leaves the tree frozen to serve its "
+                   "pages is not (dump, then restore --lazy-pages)"),
+    "page-server": (("lazy-pages", "dump", "pre-dump"),
+                    "a page server is used by dump, pre-dump and lazy-pages"),
+}
+
+
 def refused(p: Parsed) -> str | None:
     """The first refused option given, as criu's users will read it."""
     for o, v, neg in p.given:
         if o.name == "lazy-pages" and p.command == "page-server":
             continue   # page-server --lazy-pages: serving an images dir's pages is done
+        spelled = f"--{o.name}" + (f" {v}" if v else "")
         if o.how == REFUSE and not neg:
-            spelled = f"--{o.name}" + (f" {v}" if v else "")
             return f"option {spelled} is not supported by procsnap: {o.note}"
+        only = ONLY_FOR.get(o.name)
+        if only is not None and not neg and p.command not in only[0]:
+            return f"option {spelled} is not supported by procsnap with {p.command}: {only[1]}"
     return None
 
 
@@ -472,6 +493,7 @@ def help_text() -> str:
            "  criu page-server -D DIR --port PORT [--address ADDR] [-d] [--status-fd FD]",
            "                   [--prev-images-dir DIR] [--lazy-pages]",
            "  criu check [--feature NAME | --all]",
+           "  criu lazy-pages -D DIR [--page-server --address ADDR --port PORT]",
            "  criu swrk FD                  (criu's RPC on an inherited socket: runc, Podman)",
            "  criu service [--address PATH] [-d] [--pidfile FILE]   (criu's RPC server)",
            "  criu --version",

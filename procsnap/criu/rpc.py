@@ -619,13 +619,16 @@ def serve(rq: Request, req: Any, name: str, run: Execute) -> bool:
 def _features(req: Any) -> Any:
     """criu's FEATURE_CHECK: each feature asked for is answered (criu sets
     all three, false unless asked and there): mem_track as ``criu check
-    --feature mem_dirty_track`` answers for procsnap; lazy pages and the
-    pidfd store procsnap has not."""
+    --feature mem_dirty_track`` answers for procsnap, lazy_pages as
+    ``--feature uffd-noncoop`` (restore with lazy_pages and a lazy-pages
+    daemon); the pidfd store procsnap has not."""
     from .features import check_feature
     asked = req.features if req.HasField("features") else R.criu_features()
     feat = R.criu_features(mem_track=False, lazy_pages=False, pidfd_store=False)
     if asked.mem_track and "pre-dump" in O.COMMANDS:
         feat.mem_track = check_feature("mem_dirty_track")[0]
+    if asked.lazy_pages:
+        feat.lazy_pages = check_feature("uffd-noncoop")[0]
     return feat
 
 

@@ -74,6 +74,7 @@ from procsnap.images.pb import (
     timerfd_pb2,
     tty_pb2,
     tun_pb2,
+    userns_pb2,
     utsns_pb2,
     vma_pb2,
 )
@@ -280,6 +281,7 @@ KINDS: tuple[ImageKind, ...] = (
     # procsnap's own (CRIU saves no POSIX message queues)
     _kind("ipcns-mq",      "ipcns-mq-%u.img",        "IPCNS_MQ",       0x50534D51, ipc_mqueue_pb2.ipc_mqueue_entry, tail=_mq_tail, pick=_mq_pick),
     _kind("pidns",         "pidns-%u.img",           "PIDNS",          0x61157326, pidns_pb2.pidns_entry),
+    _kind("userns",        "userns-%u.img",          "USERNS",         0x55474906, userns_pb2.userns_entry),
     _kind("timens",        "timens-%u.img",          "TIMENS",         0x43114433, timens_pb2.timens_entry),
     _kind("mountpoints",   "mountpoints-%u.img",     "MNTS",           0x55563928, mnt_pb2.mnt_entry),
     # CRIU appends ".img" to every FD_ENTRY name, this one too

@@ -53,9 +53,12 @@ def inside_names(entries: list[Any]) -> dict[int, int]:
     return names
 
 
-def to_inside(entries: list[Any]) -> tuple[list[Any], dict[int, int]]:
+def to_inside(entries: list[Any], groups: dict[int, int] | None = None
+              ) -> tuple[list[Any], dict[int, int]]:
     """(copies of the entries in CRIU's inside view, outside -> inside) --
-    the entries unchanged and {} when the tree has no pid namespace."""
+    the entries unchanged and {} when the tree has no pid namespace.
+    ``groups``: outside -> inside pgid of groups whose leader is gone (no
+    entry says its inside pid)."""
     names = inside_names(entries)
     if not names:
         return entries, {}
@@ -67,7 +70,7 @@ def to_inside(entries: list[Any]) -> tuple[list[Any], dict[int, int]]:
         # the root's parent, group or session outside the namespace: CRIU
         # writes 0 for a parent it does not dump
         c.ppid = names.get(e.ppid, 0)
-        c.pgid = names.get(e.pgid, e.pgid)
+        c.pgid = names.get(e.pgid, (groups or {}).get(e.pgid, e.pgid))
         c.sid = names.get(e.sid, e.sid)
         c.threads[:] = [names.get(t, t) for t in e.threads]
         out.append(c)

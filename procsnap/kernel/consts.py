@@ -11,6 +11,8 @@ SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
 SYNC_FILE_RANGE_WAIT_AFTER = 4
 
+MSG_CMSG_CLOEXEC = 0x40000000
+
 TASK_SIZE = 0x7FFFFFFFF000  # 47-bit user address space (no 5-level paging)
 
 # System call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
@@ -30,6 +32,9 @@ NR = {
     "rt_tgsigqueueinfo": 297, "prlimit64": 302, "process_vm_readv": 310,
     "process_vm_writev": 311, "kcmp": 312, "rseq": 334, "pidfd_open": 434,
     "clone3": 435, "close_range": 436, "pidfd_getfd": 438,
+    # a puppet in a new user namespace (resources/namespaces/user.py,
+    # creds.py; tasks.RestoreTask._recv_fd)
+    "getgroups": 115, "recvmsg": 47,
     # batched page copies (resources/memory.py)
     "preadv": 295, "pwritev": 296,
     # event fds (resources/eventfd.py, signalfd.py, timerfd.py, eventpoll.py,
@@ -263,7 +268,9 @@ CLOCK_BOOTTIME = 7
 # Mount namespaces (resources/namespaces/mnt.py): building a mount tree in
 # a puppet, saving a tmpfs from inside its namespace.
 NR.update({"mount": 165, "umount2": 166, "pivot_root": 155, "mkdirat": 258,
-           "open_tree": 428, "move_mount": 429, "mount_setattr": 442})
+           "open_tree": 428, "move_mount": 429, "mount_setattr": 442,
+           # mounts made by the restorer for a puppet in a new user namespace
+           "fsopen": 430, "fsconfig": 431, "fsmount": 432})
 # files2: O_TMPFILE files made again and filled inside the puppet
 # (regfile.py), fanotify groups (fanotify.py), a dead process's pidfd
 # (pidfd.py).

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
     from ..tasks import FdCtx
 
 # Status flags these kinds can carry and we can give back (O_NONBLOCK via
-# the create call or F_SETFL).  O_ASYNC would need the fown owner and
-# signal, which no kind records yet.
-_KEPT = C.O_ACCMODE | C.O_NONBLOCK | C.O_LARGEFILE | os.O_CLOEXEC
+# the create call or F_SETFL; O_ASYNC by fown.restore_task, in the task
+# itself once the fd is in place, with the owner and signal files.py
+# attaches to every kind's entry).
+_KEPT = C.O_ACCMODE | C.O_NONBLOCK | C.O_LARGEFILE | os.O_CLOEXEC | os.O_ASYNC
 
 
 def is_anon(fd: "FdCtx", name: str, key: str) -> bool:

@@ -198,13 +198,37 @@ def _check_reaped_leader(ctx: "DumpContext", pid: int, pgrp: int, pids: dict) ->
     except OSError:
         own_ns = False
     if own_ns:
-        # the helper would need the leader's pid inside the namespace: unknown
-        raise Unsupported(f"pid {pid}: its process group {pgrp} was led by a process that is "
-                          "gone, in a pid namespace of the tree's own; not supported")
+        # the helper is made with the leader's pid inside the namespace too:
+        # the member's NSpgid says it (pstree names the group by it)
+        inner = _inside_pgid(pid)
+        if inner is None:
+            raise Unsupported(f"pid {pid}: its process group {pgrp} was led by a process "
+                              "that is gone, in a pid namespace of the tree's own, and its "
+                              f"pid there is unknown (no NSpgid in /proc/{pid}/status)")
+        ctx.kind_state.setdefault(GONE_GROUPS, {})[pgrp] = inner
     for other in _group_members(pgrp):
         if other not in pids:
             raise Unsupported(f"pid {pid}: its process group {pgrp} (its leader is gone) also "
                               f"holds pid {other}, outside the dumped tree")
+
+
+# DumpContext.kind_state key: outside pgid -> inside pgid of a group whose
+# leader is gone, in the tree's own pid namespace (images.pidview.to_inside)
+GONE_GROUPS = "gone-groups"
+
+
+def _inside_pgid(pid: int) -> int | None:
+    """The group of ``pid`` as its own pid namespace names it (the last of
+    NSpgid; a zombie's status has it too)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpgid:"):
+                    ids = line.split()[1:]
+                    return int(ids[-1]) if len(ids) == 2 else None
+    except OSError:
+        pass
+    return None
 
 
 def _group_members(pgrp: int) -> list[int]:

@@ -40,20 +40,30 @@ def _mask(words) -> int:
 
 
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
+    from .namespaces import user
+
+    # In a user namespace of its own, ids are saved as the task sees them
+    # (as CRIU's parasite reads them); /proc shows procsnap's view.
+    idmap = user.id_map(task.pid)
     for thread in task.threads:
         st = task.status if thread.tid == task.pid else task.proc.thread_status(thread.tid)
         assert st is not None
-        _dump_one(task, thread.need_inj(), st, thread.core)
+        uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
+        if idmap is not None:
+            uids = user.inside_ids(task.pid, thread.tid, uids, "uid", idmap)
+            gids = user.inside_ids(task.pid, thread.tid, gids, "gid", idmap)
+            groups = user.inside_groups(groups, idmap)
+        _dump_one(thread.need_inj(), st, thread.core, uids, gids, groups)
 
 
-def _dump_one(task: "DumpTask", inj, st, core) -> None:
+def _dump_one(inj, st, core, uids: tuple, gids: tuple, groups: list) -> None:
     secbits = inj.call("prctl", C.PR_GET_SECUREBITS, 0, 0, 0, 0)
-    uid, euid, suid, fsuid = st.uids
-    gid, egid, sgid, fsgid = st.gids
+    uid, euid, suid, fsuid = uids
+    gid, egid, sgid, fsgid = gids
     creds = creds_pb2.creds_entry(
         uid=uid, gid=gid, euid=euid, egid=egid, suid=suid, sgid=sgid, fsuid=fsuid, fsgid=fsgid,
         cap_inh=_words(st.cap_inh), cap_prm=_words(st.cap_prm), cap_eff=_words(st.cap_eff),
-        cap_bnd=_words(st.cap_bnd), secbits=secbits, groups=st.groups)
+        cap_bnd=_words(st.cap_bnd), secbits=secbits, groups=groups)
     if st.cap_amb:
         creds.cap_amb.extend(_words(st.cap_amb))
     if st.no_new_privs:
@@ -65,7 +75,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # Credentials are per thread in Linux (the libc wrappers broadcast;
     # the raw syscalls we inject do not): set each thread's own.
     for thread in rt.threads:
-        _restore_one(thread.inj, thread.core)
+        _restore_one(thread.inj, thread.core, rctx.host_pid_unset)
     if rt.mm.HasField("dumpable"):
         rt.inj.call("prctl", C.PR_SET_DUMPABLE, rt.mm.dumpable, 0, 0, 0)
 
@@ -98,9 +108,9 @@ def _key(c) -> tuple:
             _mask(c.cap_bnd), c.secbits)
 
 
-def _restore_one(inj, core) -> None:
+def _restore_one(inj, core, inside: bool = False) -> None:
     th = core.thread_core
-    _restore_ids_caps(inj, core)
+    _restore_ids_caps(inj, core, inside)
     if not th.HasField("creds"):
         return
     c = th.creds
@@ -125,12 +135,29 @@ def _restore_one(inj, core) -> None:
         inj.call("prctl", C.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 
 
-def _restore_ids_caps(inj, core) -> None:
+def _current_groups(inj) -> list[int]:
+    """The puppet's supplementary groups as it sees them (getgroups)."""
+    n = inj.call("getgroups", 0, 0)
+    if not n:
+        return []
+    addr = inj.put(bytes(4 * n), align=4)
+    n = inj.call("getgroups", n, addr)
+    raw = inj.read_mem(addr, 4 * n)
+    return [int.from_bytes(raw[i:i + 4], "little") for i in range(0, 4 * n, 4)]
+
+
+def _restore_ids_caps(inj, core, inside: bool = False) -> None:
+    """``inside``: the puppet lives in the tree's new user namespace
+    (namespaces.user), whose ids and capability sets are not procsnap's."""
     th = core.thread_core
-    if th.HasField("creds") and _key(th.creds) != _own_creds():
+    if th.HasField("creds") and (inside or _key(th.creds) != _own_creds()):
         c = th.creds
         bnd = _mask(c.cap_bnd)
-        have = _own_creds()[6]
+        if inside:
+            from ..procfs.reader import ProcReader
+            have = ProcReader(inj.pid).status().cap_bnd  # a new namespace's: every cap
+        else:
+            have = _own_creds()[6]
         for cap in range(64):
             if have & (1 << cap) and not bnd & (1 << cap):
                 try:
@@ -143,8 +170,15 @@ def _restore_ids_caps(inj, core) -> None:
         if cur_secbits != want:
             inj.call("prctl", C.PR_SET_SECUREBITS, want, 0, 0, 0)
         groups = list(c.groups)
-        addr = inj.put(b"".join(g.to_bytes(4, "little") for g in groups) or b"\0\0\0\0", align=4)
-        inj.call("setgroups", len(groups), addr)
+        if inside and sorted(_current_groups(inj)) == sorted(groups):
+            # as it is already; with setgroups "deny" it may not be set at
+            # all, and a group unmapped inside (the overflow gid) can only
+            # be inherited, never set
+            pass
+        else:
+            addr = inj.put(b"".join(g.to_bytes(4, "little") for g in groups) or b"\0\0\0\0",
+                           align=4)
+            inj.call("setgroups", len(groups), addr)
         inj.call("setresgid", c.gid, c.egid, c.sgid)
         inj.call("setfsgid", c.fsgid, check=False)
         inj.call("setresuid", c.uid, c.euid, c.suid)

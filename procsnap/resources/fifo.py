@@ -84,7 +84,7 @@ def _keeper(rctx: "RestoreContext", entry: Any, path: str) -> int:
     if pipe_id in keepers:
         return keepers[pipe_id]
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(rctx.tree_path(path), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise RestoreError(f"{path}: cannot open the FIFO: {exc.strerror}") from None
     if not st_mod.S_ISFIFO(os.fstat(fd).st_mode):
@@ -106,7 +106,8 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
     try:
         # Non-blocking to open (a writer would wait for a reader otherwise);
         # the real flags are set on the description right after.
-        fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+        # (the tree's name, reached from here: RestoreContext.tree_path)
+        fd = os.open(rctx.tree_path(path), flags | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise RestoreError(f"{path}: cannot open the FIFO: {exc.strerror}") from None
     rctx.own_fds.append(fd)

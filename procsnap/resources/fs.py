@@ -5,9 +5,12 @@ a ghost directory, as CRIU does: at restore it is made again under its own
 name (regfile._ghost_path), the task chdirs/chroots into it, and the name
 is removed once the tree is restored, so /proc/PID/cwd reads "DIR
 (deleted)" as before.  A cwd in /proc/N of a process gone (unhashed) is
-entered while a helper task with pid N exists, which then exits.  A cwd outside the task's root (chroot without
-chdir) is kept too: names are the restorer's, the chdir comes before the
-chroot.
+entered while a helper task with pid N exists, which then exits (in the
+tree's own pid namespace, N is its pid there: the tree's own /proc shows
+that namespace).  A cwd outside the task's root (chroot without chdir) is
+kept too: names are the restorer's -- for a tree with a mount namespace
+of its own, that namespace's, from its root (regfile.name_prefix) -- and
+the chdir comes before the chroot.
 """
 from __future__ import annotations
 
@@ -56,9 +59,12 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     if dead is not None:
         # /proc/N of a process that was gone: a helper with pid N lives
         # for the chdir, then dies and is reaped (as CRIU's TASK_HELPER).
-        if rctx.nspids:
+        if rctx.nspids and not rctx.puppet_pivoted:
+            # the host's /proc: N is a host pid, and a helper cannot be
+            # given a host pid without one inside, which is not known
             raise ImageError(rt.image_name("fs"), f"pid {rt.pid}: cwd {cwd} of a dead "
-                             "process in a pid namespace of the tree's own")
+                             "process, in the host's /proc, for a tree in a pid namespace "
+                             "of its own")
         assert rctx.spawn_helper is not None
         end = rctx.spawn_helper(rt, dead)
         try:

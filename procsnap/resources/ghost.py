@@ -162,9 +162,10 @@ def entry(images_dir: str, gid: int) -> Any:
     raise ImageError(path, "empty ghost image")
 
 
-def create(images_dir: str, gid: int, path: str) -> bool:
+def create(images_dir: str, gid: int, path: str, shown: str | None = None) -> bool:
     """Recreate ghost GID at ``path`` (which must not exist); True if it is
-    a directory.  On failure nothing is left at ``path``."""
+    a directory.  On failure nothing is left at ``path``.  ``shown``: the
+    name errors give (the tree's, when ``path`` reaches it from here)."""
     img = images.image_path(images_dir, "ghost-file", gid)
     entries = iter(images.iter_entries(img, "ghost-file"))
     head = next(entries, None)
@@ -203,7 +204,8 @@ def create(images_dir: str, gid: int, path: str) -> bool:
             raise RestoreError(f"{img}: ghost of mode {mode:o} is not supported")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise RestoreError(f"{path}: cannot create the ghost file: {exc.strerror}") from None
+        raise RestoreError(f"{shown or path}: cannot create the ghost file: "
+                           f"{exc.strerror}") from None
     try:
         try:
             if gfe.chunks:
@@ -220,7 +222,8 @@ def create(images_dir: str, gid: int, path: str) -> bool:
     except BaseException as exc:
         os.unlink(path)
         if isinstance(exc, OSError):
-            raise RestoreError(f"{path}: cannot fill the ghost file: {exc.strerror}") from None
+            raise RestoreError(f"{shown or path}: cannot fill the ghost file: "
+                               f"{exc.strerror}") from None
         raise
     return False
 

@@ -26,7 +26,11 @@ ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING (tcp.py,
 TCP_REPAIR and the FIN replay) and SYN_SENT (its SYN sent again from the
 same initial sequence number), a connection that ended (CLOSE with a
 peer: with --tcp-established its unread data are kept; without, it is
-refused if it has any, else it comes back shut down both ways); UDP bound
+refused if it has any, else it comes back shut down both ways), and one
+that was reset with its error still pending (with --tcp-established:
+its unread data and its error, which tcp.py reads at the dump's commit
+point and recreates with an injected RST; refused with --leave-running,
+where reading it would clear it in the running tree); UDP bound
 or connected, with the datagrams in its receive queue.  Any other state
 (SYN_RECV, TIME_WAIT: never held by an fd) is refused by name.  ``dump --tcp-close`` records every
 connection as closed (shut down both ways), as criu's.
@@ -69,6 +73,7 @@ TYPE = fdinfo_pb2.INETSK
 # tcp_states.h
 TCP_ESTABLISHED = 1
 TCP_CLOSE = 7
+LOOPBACK_IFINDEX = 1   # lo, in every network namespace (include/net/flow.h)
 TCP_LISTEN = 10
 IP_FREEBIND = 15
 IPV6_FREEBIND = 78
@@ -170,8 +175,11 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     # first, before anything here touches the socket (repair mode, peeking)
     # (a closed socket that had a peer counts as connected: the kernel set
     # its MSS and the like from that connection, and they died with it)
-    sockopts.audit(fd.ctx, label, sk, connected=tcp_sk
-                   and state != TCP_LISTEN and peer is not None)
+    # a connection that was reset (CLOSE with a peer) keeps its pending
+    # error (tcp.py reads it at the dump's commit point)
+    reset = sockopts.audit(fd.ctx, label, sk, connected=tcp_sk
+                           and state != TCP_LISTEN and peer is not None,
+                           error_ok=tcp_sk and state == TCP_CLOSE and peer is not None)
     with netns.inside(fd.task.pid):  # its defaults are its namespace's sysctls
         ip_opts = _ip_opts(sk)
     ie = sk_inet_pb2.inet_sk_entry(
@@ -193,7 +201,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
         ie.tcp_opts.CopyFrom(sockets.dump_tcp_opts(sk))
     fe = fdinfo_pb2.file_entry(type=TYPE, id=fid, isk=ie)
     if tcp_sk:
-        _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None)
+        _dump_tcp(fd, sk, fe.isk, d, label, state, peer is not None, reset)
     elif proto not in REFILLED or sk.type != socket.SOCK_DGRAM:
         # ping and raw sockets take no SO_PEEK_OFF: one peek tells whether
         # anything waits (0 bytes with the queue empty: read shut down)
@@ -207,8 +215,28 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     else:
         for pk in sockets.peek_queue(sk, label, stream=False):
             data = pk.data
-            fd.ctx.add_payload("sk-queues", sk_packet_pb2.sk_packet_entry(
-                id_for=fid, length=len(data)), data)
+            entry = sk_packet_pb2.sk_packet_entry(id_for=fid, length=len(data))
+            if pk.addr:
+                # sent again from that address (an injected datagram), as
+                # recvfrom() reported it
+                if fam == socket.AF_INET6 and (pk.addr[2] or pk.addr[3]):
+                    # the flow label and the scope (the interface of a
+                    # link-local sender) come from how it arrived
+                    raise Unsupported(
+                        f"{label}: a queued datagram from {_sender(pk.addr)} carries a "
+                        f"flow label or scope ({pk.addr[2]}, {pk.addr[3]}) that putting it "
+                        "back would lose")
+                entry.addr = sockets.sockaddr_bytes(fam, pk.addr)
+            if pk.pktinfo is not None:
+                # the task reads where each datagram went (IP_PKTINFO)
+                ifindex, to_addr = pk.pktinfo
+                if ifindex != LOOPBACK_IFINDEX:
+                    raise Unsupported(
+                        f"{label}: a queued datagram from {_sender(pk.addr)} came in on "
+                        f"interface {ifindex}, which IP_PKTINFO reports; put back, it would "
+                        "come in on lo")
+                entry.dst = to_addr
+            fd.ctx.add_payload("sk-queues", entry, data)
     if not fe.isk.shutdown:
         # criu writes the field only when set: its restore of a TCP socket
         # calls shutdown() for any value present, NONE included (EINVAL)
@@ -217,7 +245,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
 
 
 def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state: int,
-              has_peer: bool) -> None:
+              has_peer: bool, reset: bool = False) -> None:
     opts = fd.ctx.opts
     name = TCP_STATES.get(state, str(state))
     if state == TCP_LISTEN:
@@ -243,6 +271,15 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
         ie.state = TCP_CLOSE
         ie.shutdown = sockets.shutdown_field(sockets.RCV_SHUTDOWN | sockets.SEND_SHUTDOWN)
         return
+    if reset and not opts.tcp_established:
+        raise Unsupported(f"{label}: a reset TCP connection (an error is pending"
+                          + (f", {inq} unread byte(s)" if inq else "") + "); dump with "
+                          "--tcp-established to keep it (or with --tcp-close to have it "
+                          "come back closed, without its error)")
+    if reset and opts.leave_running:
+        raise Unsupported(f"{label}: a reset TCP connection: its pending error can be read "
+                          "only by clearing it (SO_ERROR), so it cannot be saved while the "
+                          "tree runs on (--leave-running)")
     if state == TCP_CLOSE and not opts.tcp_established:
         # a connection that ended (FINs exchanged or reset) but is still
         # open: with nothing left to read it comes back as closed
@@ -263,7 +300,13 @@ def _dump_tcp(fd: "FdCtx", sk: socket.socket, ie: Any, d: Any, label: str, state
         raise Unsupported(f"{label} is a TCP connection in the tree's own network namespace, "
                           "which could not be locked (nft missing?); dump with --tcp-close "
                           "to have it come back closed")
-    tcp.dump_established(fd, sk, ie, label)
+    tcp.dump_established(fd, sk, ie, label, reset=reset)
+
+
+def _sender(addr: Any) -> str:
+    if not addr:
+        return "an unknown sender"
+    return endpoint(socket.AF_INET6 if ":" in addr[0] else socket.AF_INET, addr[0], addr[1])
 
 
 def _dgram_shutdown(sk: socket.socket) -> int:
@@ -402,14 +445,15 @@ def finish(ctx: "DumpContext") -> None:
 
 # ------------------------------------------------------------- restore ----
 
-def _queues(rctx: "RestoreContext") -> dict[int, list[bytes]]:
+def _queues(rctx: "RestoreContext") -> dict[int, list[Any]]:
+    """Per socket id, its queued datagrams: sk_packet_entry and payload."""
     st = rctx.kind_state.get(NAME)
     if st is None:
         ids = {f.id for f in rctx.files.values() if f.type == TYPE}
         st = {}
         for e in rctx.payload_entries("sk-queues"):
             if e.msg.id_for in ids:
-                st.setdefault(e.msg.id_for, []).append(e.payload)
+                st.setdefault(e.msg.id_for, []).append(e)
         rctx.kind_state[NAME] = st
     return st  # type: ignore[no-any-return]
 
@@ -423,27 +467,89 @@ def label(ie: Any) -> str:
     return text
 
 
-def _fill_udp(sk: socket.socket, ie: Any, msgs: list[bytes]) -> None:
-    """Queue datagrams on our bound UDP socket from a scratch socket."""
+def _fill_udp(sk: socket.socket, ie: Any, msgs: list[Any]) -> None:
+    """Queue the datagrams on our bound UDP socket: each from its sender's
+    address (injected through a raw socket, as if it came from there), or,
+    in images without the address, from a scratch socket."""
     fam = ie.family
     addr = unpack_addr(fam, ie.src_addr)
     if ipaddress.ip_address(addr).is_unspecified:
         addr = "127.0.0.1" if fam == socket.AF_INET else "::1"
-    scratch = socket.socket(fam, socket.SOCK_DGRAM, ie.proto)
+    scratch = None
     try:
-        sockets.prepare(scratch)
-        # marked as the restore's own traffic: a tree's network namespace
-        # is locked until it runs (tcp.lock_netns) and drops all else
-        scratch.setsockopt(socket.SOL_SOCKET, tcp.SO_MARK, tcp.SOCCR_MARK)
-        for data in msgs:
-            scratch.sendto(data, (addr, ie.src_port))
+        for e in msgs:
+            if e.msg.HasField("addr"):
+                _inject_udp(ie, e.msg.addr, e.msg.dst if e.msg.HasField("dst") else None,
+                            e.payload)
+                continue
+            if scratch is None:
+                scratch = socket.socket(fam, socket.SOCK_DGRAM, ie.proto)
+                sockets.prepare(scratch)
+                # marked as the restore's own traffic: a tree's network namespace
+                # is locked until it runs (tcp.lock_netns) and drops all else
+                scratch.setsockopt(socket.SOL_SOCKET, tcp.SO_MARK, tcp.SOCCR_MARK)
+            scratch.sendto(e.payload, (addr, ie.src_port))
     finally:
-        scratch.close()
+        if scratch is not None:
+            scratch.close()
     # Loopback delivery is synchronous, but check: a short queue would
     # lose data silently.
     got = sockets.peek_queue(sk, label(ie), stream=False)
     if len(got) != len(msgs):
         raise RestoreError(f"{label(ie)}: {len(msgs)} datagrams sent back, {len(got)} queued")
+    for pk, e in zip(got, msgs):
+        if e.msg.HasField("addr") and sockets.sockaddr_bytes(fam, pk.addr) != e.msg.addr:
+            raise RestoreError(f"{label(ie)}: a datagram put back arrived from {pk.addr}, "
+                               "not from its sender")
+
+
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _inject_udp(ie: Any, sender: bytes, dst: bytes | None, data: bytes) -> None:
+    """One datagram to our socket from ``sender`` (a struct sockaddr),
+    crafted whole (IP and UDP headers) and sent through a raw socket to
+    ``dst`` (the address it was sent to, else the socket's own)."""
+    sfam, (src, sport) = sockets.sockaddr_parse(sender)
+    if dst is None:
+        ours = unpack_addr(ie.family, ie.src_addr)
+        if ipaddress.ip_address(ours).is_unspecified:
+            v4 = ie.family == socket.AF_INET or src[:12] == _MAPPED
+            ours = "127.0.0.1" if v4 else "::1"
+            dst = socket.inet_pton(socket.AF_INET, ours) if v4 else \
+                socket.inet_pton(socket.AF_INET6, ours)
+        else:
+            dst = socket.inet_pton(ie.family, ours)
+    if len(src) == 16 and src[:12] == _MAPPED:
+        src = src[12:]          # an IPv4 sender of an IPv6 socket: IPv4 on the wire
+    if len(dst) == 16 and dst[:12] == _MAPPED:
+        dst = dst[12:]
+    fam = socket.AF_INET if len(src) == 4 else socket.AF_INET6
+    if len(dst) != len(src):
+        raise RestoreError(f"{label(ie)}: a queued datagram from "
+                           f"{socket.inet_ntop(fam, src)} cannot be sent to "
+                           f"{socket.inet_ntop(socket.AF_INET if len(dst) == 4 else socket.AF_INET6, dst)}")
+    length = 8 + len(data)
+    # UDP-Lite: the coverage (0: all) where UDP has its length
+    udph = struct.pack("!HHHH", sport, ie.src_port, 0 if ie.proto == IPPROTO_UDPLITE else length, 0)
+    if fam == socket.AF_INET:
+        pseudo = src + dst + struct.pack("!BBH", 0, ie.proto, length)
+        iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + length, 0, 0, 64, ie.proto, 0,
+                          src, dst)
+    else:
+        pseudo = src + dst + struct.pack("!IxxxB", length, ie.proto)
+        iph = struct.pack("!IHBB16s16s", 6 << 28, length, ie.proto, 64, src, dst)
+    csum = tcp._csum(pseudo + udph + data) or 0xFFFF
+    udph = udph[:6] + struct.pack("!H", csum)
+    raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW)   # IPPROTO_RAW: header ours
+    try:
+        raw.setsockopt(socket.SOL_SOCKET, tcp.SO_MARK, tcp.SOCCR_MARK)
+        raw.sendto(iph + udph + data, (socket.inet_ntop(fam, dst), 0))
+    except OSError as exc:
+        raise RestoreError(f"{label(ie)}: cannot put back a datagram from "
+                           f"{socket.inet_ntop(fam, src)}:{sport}: {exc.strerror or exc}") from None
+    finally:
+        raw.close()
 
 
 def _is_connection(ie: Any) -> bool:

@@ -918,6 +918,58 @@ def _is_premapped(v: Any) -> bool:
             and not v.flags & C.MAP_HUGETLB)
 
 
+def can_be_lazy(v: Any) -> bool:
+    """May this VMA's pages be left to the lazy-pages daemon?  criu's
+    vma_entry_can_be_lazy() (private anonymous, not locked, not hugetlb,
+    not the vDSO), and what else would not come back exact through
+    missing-page faults: a stack (the kernel grows it, and the task runs
+    on it at once), droppable memory, wipe-on-fork memory (a child's copy
+    must read zeroes, not the image), PROT_NONE.  The rest is restored
+    eagerly, never dropped."""
+    return (_is_premapped(v) and bool(v.status & VMA_ANON_PRIVATE)
+            and not v.status & VMA_AREA_STACK
+            and not v.flags & (C.MAP_LOCKED | C.MAP_GROWSDOWN | C.MAP_DROPPABLE | C.MAP_HUGETLB)
+            and not (v.HasField("madv") and v.madv & (1 << C.MADV_WIPEONFORK))
+            and v.prot != 0)  # PROT_NONE
+
+
+def lazy_vmas(rt: "RestoreTask") -> set[int]:
+    """Indexes in rt.mm.vmas of the VMAs restore --lazy-pages leaves empty
+    and registers with the task's userfaultfd: can_be_lazy(), no thread's
+    stack pointer inside, no guard region inside."""
+    vmas = list(rt.mm.vmas)
+    sps = [th.core.thread_info.gpregs.sp for th in rt.threads if th.core is not None]
+    guards = [(v.start, v.end) for v in vmas if v.status & VMA_AREA_GUARD]
+    out: set[int] = set()
+    for i, v in enumerate(vmas):
+        if v.status & VMA_AREA_GUARD or not can_be_lazy(v):
+            continue
+        if any(v.start - PAGE <= sp <= v.end for sp in sps):
+            continue
+        if any(a < v.end and b > v.start for a, b in guards):
+            continue
+        out.add(i)
+    return out
+
+
+def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
+    """The VMAs of ``rt`` restore --lazy-pages leaves to the daemon:
+    lazy_vmas(), except a VMA its parent or a child has at the same place
+    with the same kind -- memory they may share copy-on-write: the parent
+    fills it before forking and the child keeps it (premap), so the pages
+    are shared again (zdtm cow00).  The restorer and the daemon both ask
+    this, from the images alone, so they agree on every range."""
+    def sig(v: Any) -> tuple[int, int, int, int]:
+        return (v.start, v.end, v.status, v.flags)
+    kin = [t for t in rctx.tasks
+           if t is not rt and not t.zombie and t.mm is not None
+           # by the pstree entries: a task's pid may change once it is made
+           and (t.pstree.ppid == rt.pstree.pid
+                or (rt is not rctx.tasks[0] and t.pstree.pid == rt.pstree.ppid))]
+    related = {sig(v) for t in kin for v in t.mm.vmas}
+    return {i for i in lazy_vmas(rt) if sig(rt.mm.vmas[i]) not in related}
+
+
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
 @dataclass(eq=False, repr=False)
@@ -946,8 +998,11 @@ def _page_runs(rt: "RestoreTask") -> _Runs:
     if rt.page_runs is None:
         files: list[str] = []
         ipid = rt._rctx.image_pid(rt.pid) if rt._rctx is not None else rt.pid
+        lazy = rt.lazy_only if rt._rctx is not None and rt._rctx.opts.lazy_socket else None
+        if lazy is not None:
+            lazy.clear()
         runs = _chain_runs(os.path.dirname(rt.image_name("pages")), ipid, files,
-                           rt.pages_id, rt.pagemap, 0)
+                           rt.pages_id, rt.pagemap, 0, lazy)
         rt.page_files = files
         rt.page_runs = _Runs(runs)
     return rt.page_runs  # type: ignore[no-any-return]
@@ -961,7 +1016,10 @@ def check_pages(rt: "RestoreTask") -> None:
 
 
 def _chain_runs(d: str, pid: int, files: list[str], pages_id: int, entries: Any,
-                depth: int) -> list[tuple[int, int, int]]:
+                depth: int, lazy: list[tuple[int, int]] | None = None
+                ) -> list[tuple[int, int, int]]:
+    """``lazy``: under restore --lazy-pages, where pages no image file
+    holds (PE_LAZY alone: on a page server) are listed, for the daemon."""
     idx = len(files)
     files.append(images.image_path(d, "pages", pages_id))
     runs: list[tuple[int, int, int]] = []
@@ -975,6 +1033,8 @@ def _chain_runs(d: str, pid: int, files: list[str], pages_id: int, entries: Any,
             off += size
         elif flags & PE_PARENT:
             need.append((e.vaddr, size))
+        elif lazy is not None and flags & PE_LAZY:
+            lazy.append((e.vaddr, size))
         else:   # PE_LAZY alone: no bytes anywhere in the images
             raise ImageError(os.path.join(d, f"pagemap-{pid}.img"),
                              f"pages at {e.vaddr:#x}-{e.vaddr + size:#x} are lazy "
@@ -997,6 +1057,7 @@ def _chain_runs(d: str, pid: int, files: list[str], pages_id: int, entries: Any,
         if not pm:
             raise ImageError(pdir, f"pagemap-{pid}.img: empty pagemap (no head)")
         theirs = _Runs(_chain_runs(pdir, pid, files, pm[0].pages_id, pm[1:], depth + 1))
+        # (a parent's lazy pages are not looked for: "do not hold them all")
         for addr, size in need:
             got = _clip(theirs, addr, addr + size)
             if sum(n for _, n, _ in got) != size:
@@ -1087,10 +1148,16 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     prots = {i: (v.prot | C.PROT_READ | C.PROT_WRITE if i in with_pages else v.prot)
              for i, v in enumerate(mm.vmas) if i in idents}
     keys = {i: _vma_key(mm.vmas[i], prots[i], idents[i]) for i in idents}
+    lazy: set[int] = set()
+    if rctx.opts.lazy_socket:
+        lazy = lazy_set(rctx, rt)
+        _check_lazy_only(rt, lazy)
     reuse: set[int] = set()
     if parent is not None:
         for i in idents:
             v = mm.vmas[i]
+            # (a VMA kept has the same place and kind as the parent's: never
+            # lazy in either, see lazy_set)
             if parent.vmas.get((v.start, v.end)) == keys[i]:
                 reuse.add(i)
 
@@ -1164,6 +1231,8 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     drop: list[tuple[int, int]] = []
     for i in sorted(idents):
         v = mm.vmas[i]
+        if i in lazy:
+            continue  # served by the lazy-pages daemon (memory.restore registers it)
         mine = _clip(runs, v.start, v.end)
         if i not in reuse:
             todo += mine
@@ -1177,8 +1246,71 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         _fill_pages(rt, rt.page_files, todo)
     for a, n in drop:
         inj.call("madvise", a, n, C.MADV_DONTNEED)
+    rt.lazy = _merge_ranges([(mm.vmas[i].start, mm.vmas[i].end) for i in sorted(lazy)])
     done[rt.pid] = _Premapped({(mm.vmas[i].start, mm.vmas[i].end): keys[i] for i in idents},
                               runs, rt.page_files)
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def _check_lazy_only(rt: "RestoreTask", lazy: set[int]) -> None:
+    """Pages the images do not hold (on a page server) can only come
+    through the daemon: each must lie in a VMA left to it."""
+    ranges = _Runs([(rt.mm.vmas[i].start, rt.mm.vmas[i].end - rt.mm.vmas[i].start, 0)
+                    for i in sorted(lazy)])
+    for addr, size in rt.lazy_only:
+        if sum(n for _, n, _ in _clip(ranges, addr, addr + size)) != size:
+            raise RestoreError(f"{rt.image_name('pagemap')}: pages at {addr:#x}-"
+                               f"{addr + size:#x} are only on the page server (PE_LAZY), but "
+                               "their mapping is not one restore --lazy-pages serves lazily "
+                               "(a stack, locked, hugetlb, shared or file memory)")
+
+
+def register_lazy(rt: "RestoreTask", send: Any) -> None:
+    """restore --lazy-pages: make the task's userfaultfd (in the task: a
+    userfaultfd belongs to its creator's mm), register the task's lazy
+    VMAs for missing-page faults, and hand it to the daemon with
+    ``send(fds)``; the task keeps no fd of it.  Called last in restore(),
+    once nothing more is mapped or advised, with the task stopped."""
+    from ..kernel import uffd
+    from ..kernel.libc import pidfd_getfd
+    if not rt.lazy:
+        return
+    inj = rt.inj
+    fd = inj.call("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
+    ours = -1
+    pidfd = -1
+    try:
+        ours = pidfd_getfd(rt.pid, fd)
+        try:
+            got = uffd.api(ours, uffd.LAZY_FEATURES)
+        except OSError as exc:
+            raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: userfaultfd API with "
+                               f"fork/remap/remove/unmap events refused: {exc.strerror}") from None
+        if got & uffd.LAZY_FEATURES != uffd.LAZY_FEATURES:
+            raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: this kernel's "
+                               "userfaultfd lacks fork/remap/remove/unmap events")
+        for a, b in rt.lazy:
+            try:
+                uffd.register(ours, a, b - a, uffd.UFFDIO_REGISTER_MODE_MISSING)
+            except OSError as exc:
+                raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: cannot register "
+                                   f"{a:#x}-{b:#x} with userfaultfd: {exc.strerror}") from None
+        pidfd = os.pidfd_open(rt.pid)
+        send([ours, pidfd])
+    finally:
+        inj.call("close", fd, check=False)
+        for x in (ours, pidfd):
+            if x >= 0:
+                os.close(x)
 
 
 def _open_mapped(rctx: "RestoreContext", rt: "RestoreTask", v: Any,
@@ -1352,6 +1484,13 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # 6. vDSO and vvar go back together (the vDSO finds vvar at a fixed offset).
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
+
+    # 7. restore --lazy-pages: the empty lazy VMAs go to the daemon.
+    if rt.lazy:
+        send = rctx.kind_state.get("lazy_send")
+        if send is None:
+            raise RestoreError(f"pid {rt.pid}: lazy memory but no lazy-pages daemon")
+        register_lazy(rt, lambda fds: send(rt, fds))
 
 
 def _socket_mapping(ctx: "DumpContext", task: "DumpTask", m: MapEntry,

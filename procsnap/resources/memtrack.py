@@ -39,7 +39,6 @@ import fcntl
 import json
 import os
 import resource
-import struct
 from typing import TYPE_CHECKING
 
 from ..errors import DumpError
@@ -54,22 +53,10 @@ if TYPE_CHECKING:
 RECORD = "memtrack"   # in the images dir: {"PID": [fd, inode], ...}
 UFFD_LINK = "anon_inode:[userfaultfd]"
 
-UFFD_API = 0xAA
-UFFD_FEATURE_WP_ASYNC = 1 << 15
-UFFDIO_REGISTER_MODE_WP = 1 << 1
-UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
-_API = struct.Struct("<3Q")        # struct uffdio_api
-_REGISTER = struct.Struct("<4Q")   # struct uffdio_register
-_WP = struct.Struct("<3Q")         # struct uffdio_writeprotect
-
-
-def _iowr(nr: int, size: int) -> int:
-    return (3 << 30) | (size << 16) | (UFFD_API << 8) | nr
-
-
-UFFDIO_API = _iowr(0x3F, _API.size)
-UFFDIO_REGISTER = _iowr(0x00, _REGISTER.size)
-UFFDIO_WRITEPROTECT = _iowr(0x06, _WP.size)
+from ..kernel.uffd import (UFFD_API, UFFD_FEATURE_WP_ASYNC, UFFDIO_API,  # noqa: E402
+                           UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT,
+                           UFFDIO_WRITEPROTECT_MODE_WP)
+from ..kernel.uffd import API as _API, REGISTER as _REGISTER, WRITEPROTECT as _WP  # noqa: E402
 
 
 def load(images_dir: str) -> dict[int, tuple[int, int]]:

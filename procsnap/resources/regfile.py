@@ -246,9 +246,6 @@ def dump_done(ctx: "DumpContext") -> None:
 
 # ---------------------------------------------------------------- dump ----
 
-_VIEW: list[Any] = [None, ""]  # [task, prefix of its names]: one dump at a time
-
-
 def name_prefix(task: "DumpTask") -> str:
     """Where the names readlink gives for ``task`` are found from here.
 
@@ -257,15 +254,15 @@ def name_prefix(task: "DumpTask") -> str:
     own mount namespace a name is looked up as it is, also for a
     chrooted task (whose cwd may even lie outside its root).  A task in
     another mount namespace gets names from that namespace's root,
-    reached through /proc/PID/root."""
-    if _VIEW[0] is not task:
+    reached through /proc/P/root of a task of it that is not chrooted
+    (DumpContext.set_fs_views decides it for the whole tree)."""
+    if task.fs_prefix is None:
         try:
             same = os.stat(f"/proc/{task.pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
         except OSError:
             same = False
-        _VIEW[:] = [task, "" if same else f"/proc/{task.pid}/root"]
-    prefix: str = _VIEW[1]
-    return prefix
+        task.fs_prefix = "" if same else f"/proc/{task.pid}/root"
+    return task.fs_prefix
 
 
 def _name_stat(task: "DumpTask", name: str, ask_target: bool,
@@ -300,10 +297,12 @@ def resolve_name(task: "DumpTask", link: str, real: os.stat_result,
     return orig, False, found[orig]
 
 
-def _dead_pid_dir(name: str, mount_point: str) -> int | None:
-    """N if ``name`` is <proc mount>/N (N a pid no process has now), else None."""
+def _dead_pid_dir(name: str, mount_point: str, prefix: str = "") -> int | None:
+    """N if ``name`` is <proc mount>/N (N a pid no process has now), else
+    None.  ``prefix``: where the task's names are found from here
+    (name_prefix): its /proc may show another pid namespace than ours."""
     rel = os.path.relpath(name, mount_point)
-    if not rel.isdigit() or os.path.exists(os.path.join(mount_point, rel)):
+    if not rel.isdigit() or os.path.exists(prefix + os.path.join(mount_point, rel)):
         return None
     return int(rel)
 
@@ -351,7 +350,7 @@ def describe_path(task: "DumpTask", link: str, real: os.stat_result, fid: int, f
     if same:
         return entry(name)
     if fstype == "proc" and ctx is not None and what == "cwd" and mnt is not None:
-        dead = _dead_pid_dir(name, mnt.mount_point)
+        dead = _dead_pid_dir(name, mnt.mount_point, name_prefix(task))
         if dead is not None:
             # tree2: a cwd in the /proc directory of a process that is gone
             # (zdtm unhashed_proc): as CRIU's REMAP_TYPE_PROCFS, remap_id is
@@ -545,9 +544,11 @@ def dump(fd: "FdCtx", fid: int) -> Any:
 class RestoreState:
     """Per-restore bookkeeping, kept in RestoreContext.kind_state["reg"]."""
     remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry
-    ghosts: dict[int, tuple[str, bool]] = field(default_factory=dict)  # ghost id -> (path, is_dir)
-    parents: list[str] = field(default_factory=list)  # deleted directories made for ghosts
-    links: set[str] = field(default_factory=set)
+    # ghost id -> (path as the tree sees it, the same as procsnap reaches
+    # it (RestoreContext.tree_path), is_dir)
+    ghosts: dict[int, tuple[str, str, bool]] = field(default_factory=dict)
+    parents: list[str] = field(default_factory=list)  # deleted directories made for ghosts (ours)
+    links: set[str] = field(default_factory=set)  # link remaps used (as procsnap reaches them)
     handles: set[int] | None = None  # file ids with a reg-fh image (listed once)
 
 
@@ -594,18 +595,22 @@ def _ghost_path(rctx: "RestoreContext", name: str, gid: int) -> str:
         # A directory comes back under its own name when that is free, as
         # CRIU does: a deleted cwd then reads "DIR (deleted)" exactly as
         # before.  Anything else gets CRIU's NAME.cr.ID.ghost.
-        if st_mod.S_ISDIR(ghost.entry(rctx.images_dir, gid).mode) and not os.path.lexists(name):
+        # Names are the tree's: made through tree_path, opened by the
+        # puppet as they are.
+        if st_mod.S_ISDIR(ghost.entry(rctx.images_dir, gid).mode) \
+                and not os.path.lexists(rctx.tree_path(name)):
             path = name
         else:
             path = ghost.path_for(name, gid)
         _make_parents(rctx, state, os.path.dirname(path))
-        _journal(rctx, "+", path)
+        ours = rctx.tree_path(path)
+        _journal(rctx, "+", ours)
         try:
-            is_dir = ghost.create(rctx.images_dir, gid, path)
+            is_dir = ghost.create(rctx.images_dir, gid, ours, shown=path)
         except BaseException:
-            tmpnames.remove(None, path)
+            tmpnames.remove(None, ours)
             raise
-        made = state.ghosts[gid] = (path, is_dir)
+        made = state.ghosts[gid] = (path, ours, is_dir)
     return made[0]
 
 
@@ -621,18 +626,19 @@ def _make_parents(rctx: "RestoreContext", state: "RestoreState", parent: str) ->
     directory open under a removed directory), as temporary names that
     restore_done() removes after the ghost, deepest first."""
     missing = []
-    while parent not in ("", "/") and not os.path.lexists(parent):
+    while parent not in ("", "/") and not os.path.lexists(rctx.tree_path(parent)):
         missing.append(parent)
         parent = os.path.dirname(parent)
     for d in reversed(missing):
-        _journal(rctx, "+", d)
+        ours = rctx.tree_path(d)
+        _journal(rctx, "+", ours)
         try:
-            os.mkdir(d, 0o700)
+            os.mkdir(ours, 0o700)
         except OSError as exc:
-            tmpnames.remove(None, d, is_dir=True)
+            tmpnames.remove(None, ours, is_dir=True)
             raise RestoreError(f"{d}: cannot make the deleted directory a ghost needs again: "
                                f"{exc.strerror}") from None
-        state.parents.append(d)
+        state.parents.append(ours)
 
 
 def dead_pid(rctx: "RestoreContext", fid: int) -> int | None:
@@ -669,7 +675,7 @@ def open_entry(rctx: "RestoreContext", rt: "RestoreTask", entry: Any, flags: int
     if remap.remap_type == LINKED:
         link = restore_path(rctx, rctx.file_entry(remap.remap_id))
         fd = rt.open_in_puppet(link, flags, check=after)
-        state.links.add(link)
+        state.links.add(rctx.tree_path(link))
         return fd
     if remap.remap_type == GHOST:
         gpath = _ghost_path(rctx, name, remap.remap_id)
@@ -766,8 +772,8 @@ def restore_done(rctx: "RestoreContext", ok: bool) -> None:
     st = rctx.kind_state.get(NAME)
     if not isinstance(st, RestoreState):
         return
-    for path, is_dir in st.ghosts.values():
-        tmpnames.remove(rctx.images_dir, path, is_dir=is_dir)
+    for _, ours, is_dir in st.ghosts.values():
+        tmpnames.remove(rctx.images_dir, ours, is_dir=is_dir)
     st.ghosts.clear()
     for path in reversed(st.parents):
         try:
@@ -790,6 +796,12 @@ def _fstype(rt: "RestoreTask", fd: int) -> str | None:
     if mounts is None or mnt_id not in mounts:
         with open(f"/proc/{rt.pid}/mountinfo") as f:
             mounts = rt._mounts = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
+    if mnt_id is not None and mnt_id not in mounts:
+        # opened by procsnap for a puppet in a new user namespace
+        # (RestoreTask.open_in_puppet): a mount of procsnap's namespace
+        with open("/proc/self/mountinfo") as f:
+            mine = {m.mnt_id: m.fstype for m in parse_mountinfo(f.read())}
+        return mine.get(mnt_id, "fuse")
     return None if mnt_id is None else mounts.get(mnt_id, "fuse")
 
 

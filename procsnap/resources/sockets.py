@@ -444,6 +444,38 @@ class Packet:
     cred_pid: int = 0           # SCM_CREDENTIALS recorded with it (0: none)
     cred_uid: int = 0
     cred_gid: int = 0
+    addr: Any = None            # its sender, as recvmsg gives it (datagrams)
+    # IP_PKTINFO / IPV6_PKTINFO, when the socket asks for it: (ifindex,
+    # destination address as 4 or 16 bytes)
+    pktinfo: tuple[int, bytes] | None = None
+
+
+def sockaddr_bytes(family: int, addr: Any) -> bytes:
+    """A sender's address (as Python's recvmsg gives it) as the struct
+    sockaddr the kernel gave: sk_packet_entry.addr."""
+    fam = struct.pack("<H", family)
+    if family == socket.AF_UNIX:
+        if not addr:
+            return fam                     # unnamed: the family alone
+        return fam + (addr if isinstance(addr, bytes) else os.fsencode(addr))
+    if family == socket.AF_INET:
+        return (fam + struct.pack("!H", addr[1]) + socket.inet_pton(socket.AF_INET, addr[0])
+                + bytes(8))
+    host = addr[0].partition("%")[0]
+    return (fam + struct.pack("!HI", addr[1], addr[2]) + socket.inet_pton(socket.AF_INET6, host)
+            + struct.pack("<I", addr[3]))
+
+
+def sockaddr_parse(raw: bytes) -> tuple[int, Any]:
+    """The family and address of sk_packet_entry.addr: a unix name as
+    bytes (b"" unnamed, abstract with its leading NUL), or (ip, port) as
+    4 or 16 raw bytes and a port."""
+    family = struct.unpack("<H", raw[:2])[0]
+    if family == socket.AF_UNIX:
+        return family, raw[2:]
+    if family == socket.AF_INET:
+        return family, (raw[4:8], struct.unpack("!H", raw[2:4])[0])
+    return family, (raw[8:24], struct.unpack("!H", raw[2:4])[0])
 
 
 def _fds_of(anc: list[tuple[int, int, bytes]]) -> tuple[list[int], tuple[int, int, int]]:
@@ -457,6 +489,16 @@ def _fds_of(anc: list[tuple[int, int, bytes]]) -> tuple[list[int], tuple[int, in
         elif level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
             cred = struct.unpack("iII", payload[:12])
     return fds, cred
+
+
+def _pktinfo_of(anc: list[tuple[int, int, bytes]]) -> tuple[int, bytes] | None:
+    """(ifindex, destination) of an IP_PKTINFO or IPV6_PKTINFO message."""
+    for level, typ, payload in anc:
+        if level == socket.IPPROTO_IP and typ == 8 and len(payload) >= 12:   # in_pktinfo
+            return struct.unpack("i", payload[:4])[0], payload[8:12]
+        if level == socket.IPPROTO_IPV6 and typ == 50 and len(payload) >= 20:  # in6_pktinfo
+            return struct.unpack("i", payload[16:20])[0], payload[:16]
+    return None
 
 
 def close_all(fds: list[int]) -> None:
@@ -483,14 +525,16 @@ def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) ->
         sk.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     out: list[Packet] = []
     flags = socket.MSG_PEEK | socket.MSG_DONTWAIT
-    cspace = socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12)
+    cspace = (socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12)
+              + socket.CMSG_SPACE(20))   # (IP_PKTINFO, IPV6_PKTINFO)
     offset = 0
 
-    def peek(size: int) -> tuple[bytes, list[int], tuple[int, int, int], int]:
+    def peek(size: int) -> tuple[bytes, list[int], tuple[int, int, int], int, Any,
+                                 tuple[int, bytes] | None]:
         sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, offset)
-        data, anc, mflags, _addr = sk.recvmsg(max(size, 1), cspace, flags)
+        data, anc, mflags, addr = sk.recvmsg(max(size, 1), cspace, flags)
         fds, cred = _fds_of(anc)
-        return data, fds, cred, mflags
+        return data, fds, cred, mflags, addr, _pktinfo_of(anc)
 
     try:
         for _ in range(MAX_PACKETS):
@@ -503,7 +547,7 @@ def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) ->
                 except BlockingIOError:
                     break
             try:
-                data, fds, cred, mflags = peek(size)
+                data, fds, cred, mflags, addr, pktinfo = peek(size)
             except BlockingIOError:
                 break
             if mflags & socket.MSG_TRUNC:
@@ -523,7 +567,8 @@ def peek_queue(sk: socket.socket, what: str, stream: bool, eof: bool = False) ->
                 if stream or eof:
                     break
                 raise Unsupported(f"{what}: a zero-length datagram is queued; not supported")
-            out.append(Packet(data, fds, *cred))
+            out.append(Packet(data, fds, *cred, addr=None if stream else addr,
+                              pktinfo=pktinfo))
             offset += len(data)
         else:
             raise Unsupported(f"{what}: more than {MAX_PACKETS} queued messages")
@@ -563,6 +608,8 @@ def hand_over(rctx: "RestoreContext", rt: "RestoreTask", sk: socket.socket, flag
     description, kept open by the restorer until the end (a peer may still
     connect to it), and taken by the puppet with pidfd_getfd."""
     fd = sk.detach()
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ACCMODE)
+    # O_ASYNC is set by the task itself (fown.restore_task): SIGIO's si_fd
+    # is the fd number of whoever set it
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_ACCMODE & ~os.O_ASYNC)
     rctx.own_fds.append(fd)
     return rt.grab_fd(os.getpid(), fd)

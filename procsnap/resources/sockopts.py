@@ -141,7 +141,9 @@ TABLE: tuple[SockOpt, ...] = (
     _o(SOL_SOCKET, 2, "SO_REUSEADDR", SAVED, "sk_opts.reuseaddr", INET | UNIX),
     _o(SOL_SOCKET, 3, "SO_TYPE", IRRELEVANT, "the socket's identity: inet_sk/unix_sk.type"),
     _o(SOL_SOCKET, 4, "SO_ERROR", REFUSED,
-       "a pending error; reading would clear it: seen with poll (POLLERR) instead",
+       "a pending error; reading would clear it: seen with poll (POLLERR) instead; "
+       "kept on a reset TCP connection (tcp.py: read at the dump's commit point, "
+       "recreated by an injected RST; refused with --leave-running)",
        read=False),
     _o(SOL_SOCKET, 5, "SO_DONTROUTE", SAVED, "sk_opts.so_dontroute"),
     _o(SOL_SOCKET, 6, "SO_BROADCAST", SAVED, "sk_opts.so_broadcast", INET),
@@ -531,14 +533,19 @@ def reference(ctx: "DumpContext", sk: socket.socket) -> socket.socket:
     return ref  # type: ignore[no-any-return]
 
 
-def audit(ctx: "DumpContext", what: str, sk: socket.socket, connected: bool) -> None:
+def audit(ctx: "DumpContext", what: str, sk: socket.socket, connected: bool,
+          error_ok: bool = False) -> bool:
     """Refuse ``sk`` if an option procsnap does not restore differs from
     its default, or it has an error pending, or an unknown option differs.
     ``connected``: a TCP connection (options the kernel computes for a
-    connection are then not compared)."""
+    connection are then not compared).  ``error_ok``: the caller keeps a
+    pending error itself (a reset TCP connection, tcp.py); then True
+    tells that one is pending.  (Every option that queues errors --
+    IP_RECVERR, SO_TIMESTAMPING, SO_ZEROCOPY -- is refused above when set,
+    so POLLERR then means the socket's own error, sk_err, alone.)"""
     kind = kind_of(sk)
     if kind is None:
-        return
+        return False
     ref = reference(ctx, sk)
     for (level, num), o in entries(kind).items():
         if o.how != REFUSED or not o.read or (connected and not o.connected):
@@ -554,8 +561,17 @@ def audit(ctx: "DumpContext", what: str, sk: socket.socket, connected: bool) -> 
                               f"unknown to procsnap, is {_show(got)}, not the default "
                               f"{_show(want)}")
     # SO_ERROR would clear what it reports: poll sees it without a trace
+    if not error_pending(sk):
+        return False
+    if error_ok:
+        return True
+    raise Unsupported(f"{what}: an error is pending on the socket (SO_ERROR or its "
+                      "error queue); procsnap cannot restore it")
+
+
+def error_pending(sk: socket.socket) -> bool:
+    """POLLERR: an error (sk_err) or its error queue, seen without a trace
+    (SO_ERROR would clear what it reports)."""
     p = select.poll()
     p.register(sk.fileno(), select.POLLERR)
-    if any(ev & select.POLLERR for _fd, ev in p.poll(0)):
-        raise Unsupported(f"{what}: an error is pending on the socket (SO_ERROR or its "
-                              "error queue); procsnap cannot restore it")
+    return any(ev & select.POLLERR for _fd, ev in p.poll(0))

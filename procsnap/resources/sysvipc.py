@@ -68,6 +68,13 @@ def _key_of(m: MapEntry) -> int:
     return int(m.path[5:13], 16)
 
 
+# (uid, gid) the ipc sysctls are written as: (0, 0), procsnap itself, but
+# for an ipc namespace of a new user namespace its root's (namespaces.ipc
+# sets it while it restores one: procsnap's root is "other" to its sysctls,
+# which are writable by their namespace's root only)
+sysctl_owner: tuple[int, int] = (0, 0)
+
+
 def _sysctl(name: str, value: int | str | None = None) -> str:
     """Read or write /proc/sys/kernel/NAME (or fs/mqueue/...) of the calling
     thread's ipc namespace: the ipc sysctls are looked up by the opener's
@@ -76,7 +83,10 @@ def _sysctl(name: str, value: int | str | None = None) -> str:
     if value is None:
         with open(path) as f:
             return f.read().strip()
-    with open(path, "w") as f:
+    # the *_next_id ones are writable with CAP_CHECKPOINT_RESTORE over the
+    # namespace instead: as procsnap (acting as another uid drops it)
+    owner = (0, 0) if name.endswith("_next_id") else sysctl_owner
+    with K.acting_as(*owner), open(path, "w") as f:
         f.write(f"{value}\n")
     return str(value)
 

@@ -41,6 +41,18 @@ raw socket as segments from the peer, marked 0xC114 (CRIU's SOCCR_MARK)
 so that the network lock lets them in.  The state reached is checked
 against the image.
 
+A connection that was reset, its error still pending (sk_err:
+ECONNRESET, EPIPE, ECONNREFUSED), is dumped as CLOSE with its unread
+data, but SO_ERROR -- the one way to read the error -- clears it.  So it
+is read at the dump's commit point (DumpContext.commits: every other
+image written, the tree about to be killed) and its tcp-stream image is
+written then, with procsnap's own field so_error.  With --leave-running
+it is refused (the running socket would lose it); an error no RST makes
+(ETIMEDOUT...) shows only once read: the dump then fails naming it, and
+says the socket lost it.  The restore builds the connection in the state
+tcp_reset() turns into that error (ESTABLISHED, CLOSE_WAIT, SYN_SENT)
+and injects an RST at the exact next sequence number.
+
 SYN_SENT (a non-blocking connect() whose SYN is not answered yet): as
 soccr, dumped in repair mode like the others (both queues empty, write_seq
 one past the SYN); restored by setting the sequence numbers in repair
@@ -55,6 +67,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
+import logging
 import os
 import shutil
 import socket
@@ -74,6 +88,7 @@ if TYPE_CHECKING:
     from ..tasks import FdCtx
 
 NAME = "tcp"
+log = logging.getLogger("procsnap.tcp")
 
 # <linux/tcp.h>
 TCP_INFO = 11
@@ -112,7 +127,12 @@ SNDQ_SECOND_FIN = frozenset({LAST_ACK, CLOSE})
 SNDQ_FIN_ACKED = frozenset({FIN_WAIT2, CLOSE})
 RCVQ_FIN = frozenset({CLOSE_WAIT, LAST_ACK, CLOSE, CLOSING})
 RCVQ_FIN_ACKED = frozenset({CLOSE})
-TH_FIN, TH_ACK = 0x01, 0x10
+TH_FIN, TH_RST, TH_ACK = 0x01, 0x04, 0x10
+# A reset connection's pending error (sk_err) and the state tcp_reset()
+# must find the socket in to set it: an RST injected there recreates it.
+RESET_FROM = {errno.ECONNRESET: ESTABLISHED, errno.EPIPE: CLOSE_WAIT,
+              errno.ECONNREFUSED: SYN_SENT}
+RESET_ERRORS = tuple(RESET_FROM)
 
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
               6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
@@ -218,6 +238,13 @@ def lock_connection(table: str, fam: int, local: tuple[str, int],
                     remote: tuple[str, int], create: bool) -> None:
     """Drop both directions of one connection (creating the table first)."""
     ip = "ip" if fam == socket.AF_INET else "ip6"
+    if fam == socket.AF_INET6 and all(_v4_mapped(a) for a in (local[0], remote[0])):
+        # an IPv6 socket talking to an IPv4 peer: IPv4 on the wire, where
+        # ip6 rules never match (the lock held nothing: the window probe
+        # and the peer's segments went through, and the peer got an RST)
+        ip = "ip"
+        local = (local[0][7:], local[1])
+        remote = (remote[0][7:], remote[1])
     lines = []
     if create:
         lines += [f"add table inet {table}",
@@ -237,6 +264,10 @@ def lock_connection(table: str, fam: int, local: tuple[str, int],
     if res.returncode != 0:
         msg = (res.stderr.strip().splitlines() or ["failed"])[0]
         raise DumpError(f"network lock (nft, table inet {table}): {msg}")
+
+
+def _v4_mapped(addr: str) -> bool:
+    return addr.lower().startswith("::ffff:") and "." in addr
 
 
 def unlock(table: str) -> bool:
@@ -355,7 +386,7 @@ def _state(ctx: "DumpContext") -> dict[str, Any]:
     st = ctx.kind_state.get(NAME)
     if st is None:
         st = {"table": table_name(ctx.tasks[0].pid), "locked": False, "repaired": [],
-              "streams": []}
+              "streams": [], "reset": [], "cleared": []}
         ctx.kind_state[NAME] = st
 
         def cleanup(keep: bool) -> None:
@@ -363,6 +394,12 @@ def _state(ctx: "DumpContext") -> dict[str, Any]:
             # silent and the lock holds the peers until the restore.
             if keep:
                 return
+            for label, err in st["cleared"]:
+                # read at the commit point, then the dump did not end in the
+                # kill (--sync failed, a post-dump script said no): not silent
+                log.warning("%s: its pending error %s was read for the dump, which then "
+                            "did not complete; the running socket no longer reports it",
+                            label, errno.errorcode.get(err, err))
             for sk, reuseaddr in st["repaired"]:
                 try:
                     sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP)
@@ -397,8 +434,10 @@ def peer_of(sk: socket.socket) -> tuple[str, int] | None:
     return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
 
 
-def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> None:
-    """A connection in any of CONN_STATES (ie.state), in repair mode."""
+def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str,
+                     reset: bool = False) -> None:
+    """A connection in any of CONN_STATES (ie.state), in repair mode.
+    ``reset``: CLOSE with an error pending (inetsk)."""
     st = _state(fd.ctx)
     local = sk.getsockname()[:2]
     remote = peer_of(sk)
@@ -420,7 +459,42 @@ def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str) -> Non
     except OSError as exc:
         raise DumpError(f"{label}: reading the connection in repair mode: "
                         f"{exc.strerror or exc}") from None
-    st["streams"].append((ie.ino, tse, inq, outq))
+    if not reset:
+        st["streams"].append((ie.ino, tse, inq, outq))
+        return
+    # its image is written at the commit point, with the error
+    if not st["reset"]:
+        fd.ctx.commits.append(functools.partial(_commit_resets, fd.ctx, st))
+    st["reset"].append((sk, label, ie.ino, tse, inq, outq))
+
+
+def _commit_resets(ctx: "DumpContext", st: dict[str, Any]) -> None:
+    """The pending error of each reset connection, read now that every
+    other image is written and the tree is about to be killed: SO_ERROR
+    clears it, so before this point a failing dump would leave the tree
+    running without it."""
+    errors = []
+    for sk, label, _ino, _tse, _inq, _outq in st["reset"]:
+        err = sk.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        errors.append(err)
+        if err:
+            st["cleared"].append((label, err))
+    for (sk, label, ino, tse, inq, outq), err in zip(st["reset"], errors):
+        if err and err not in RESET_ERRORS:
+            st["cleared"].remove((label, err))   # said here, not warned again
+            raise Unsupported(
+                f"{label}: its pending error is {errno.errorcode.get(err, err)} "
+                f"({os.strerror(err)}); procsnap recreates only "
+                f"{', '.join(errno.errorcode[e] for e in RESET_ERRORS)} (with an injected "
+                "RST), and reading the error cleared it: the socket no longer reports it")
+    for (sk, label, ino, tse, inq, outq), err in zip(st["reset"], errors):
+        if err:
+            tse.so_error = err
+        ctx.created.append(images.image_path(ctx.images_dir, "tcp-stream", ino))
+        with images.ImageWriter(ctx.images_dir, "tcp-stream", ino) as w:
+            w.write(tse)
+            w.write_raw(inq)
+            w.write_raw(outq)
 
 
 def _save(sk: socket.socket, label: str, state0: int) -> tuple[Any, bytes, bytes]:
@@ -520,7 +594,7 @@ def closed_instead(rctx: "RestoreContext") -> None:
     _rst(rctx)
 
 
-def _send_all(sk: socket.socket, data: bytes, what: str) -> None:
+def _send_all(sk: socket.socket, data: bytes | memoryview, what: str) -> None:
     view = memoryview(data)
     chunk = len(view)
     while view:
@@ -556,10 +630,21 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
         raise RestoreError(f"{path}: expected one entry, found {len(entries)}")
     tse, payload = entries[0].msg, entries[0].payload
     state = ie.state
+    err = tse.so_error if tse.HasField("so_error") else 0
+    if err:
+        # a reset connection: built in the state the RST found it in, then
+        # reset by an injected RST, which sets the same error (tcp_reset)
+        if ie.state != CLOSE or err not in RESET_FROM:
+            raise RestoreError(f"{what}: pending error {errno.errorcode.get(err, err)} on a "
+                               f"socket in state {TCP_STATES.get(ie.state, ie.state)} "
+                               "cannot be recreated")
+        state = RESET_FROM[err]
     if state not in CONN_STATES:
         raise RestoreError(f"{what}: TCP state {TCP_STATES.get(state, state)} cannot be "
                            "restored")
-    inq, outq = payload[:tse.inq_len], payload[tse.inq_len:]
+    # views, not copies: megabytes of queue go to the kernel as they are
+    view = memoryview(payload)
+    inq, outq = view[:tse.inq_len], view[tse.inq_len:]
     tcp = socket.IPPROTO_TCP
     # the sequence numbers before the FINs (soccr's libsoccr_set_sk_data_noq)
     inq_seq = tse.inq_seq - (1 if state in RCVQ_FIN else 0)
@@ -624,6 +709,11 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
     if state not in (ESTABLISHED, SYN_SENT):
         _replay_fins(sk, ie, tse, state, inq_seq, outq_seq, what)
+    if err:
+        # at the sequence number the socket expects next (RFC 5961: only
+        # an exact one resets), acknowledging all it sent
+        inject(ie, tse.inq_seq, tse.outq_seq, TH_RST | TH_ACK, 0)
+        _wait_state(sk, CLOSE, what, "the injected RST")
     if not ie.HasField("tcp_opts"):
         # an image without tcp_opts (inetsk sets those)
         if tse.nodelay:
@@ -675,6 +765,10 @@ def _replay_fins(sk: socket.socket, ie: Any, tse: Any, state: int, inq_seq: int,
     if state in SNDQ_FIN_ACKED:
         seq = inq_seq + (1 if state in RCVQ_FIN_ACKED else 0)
         inject(ie, seq, snd_una + 1, TH_ACK, win)
+    _wait_state(sk, state, what, "replaying the FINs")
+
+
+def _wait_state(sk: socket.socket, state: int, what: str, how: str) -> None:
     got = tcp_state(sk)
     for _ in range(200):
         if got == state:
@@ -684,7 +778,7 @@ def _replay_fins(sk: socket.socket, ie: Any, tse: Any, state: int, inq_seq: int,
         time.sleep(0.005)
         got = tcp_state(sk)
     if got != state:
-        raise RestoreError(f"{what}: replaying the FINs gave TCP state "
+        raise RestoreError(f"{what}: {how} gave TCP state "
                            f"{TCP_STATES.get(got, got)}, not {TCP_STATES.get(state, state)}")
 
 

@@ -61,9 +61,15 @@ shared with everything outside the tree (as a regular file's contents):
 the fd is reopened by its path (a REG entry, opened O_NOCTTY); a VT in
 VT_PROCESS mode (it signals its owning process on switches) is refused.
 
+A tree with a mount namespace of its own (a container, zdtm.py's ns
+flavour) has its own devpts on its /dev/pts: its ptys are dumped from the
+devpts the tree sees, and made again in the new one once the mount tree is
+built (a pts bound elsewhere, as on /dev/console, is made with the mount
+tree: namespaces.mnt).
+
 Refused, one line naming pid and fd: other terminal drivers (serial,
-legacy BSD ptys); a pts of another devpts instance (but an orphan pts,
-above); a pty one of whose ends is open outside the tree (found by a scan
+legacy BSD ptys); a pts of a devpts instance other than the one on the
+tree's /dev/pts (but an orphan pts, above); a pty one of whose ends is open outside the tree (found by a scan
 of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
 whose controlling terminal is outside the tree or which lost the
@@ -182,8 +188,11 @@ def _tty_nr_dev(tty_nr: int) -> tuple[int, int]:
     return (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
 
 
-def _devpts_dev() -> int:
-    return os.stat("/dev/pts/ptmx").st_dev
+def _devpts_dev(prefix: str = "") -> int:
+    """The devpts instance on /dev/pts as the tree sees it (``prefix``:
+    regfile.name_prefix: a tree in its own mount namespace has its own,
+    as zdtm.py's ns flavour and containers mount one)."""
+    return os.stat(prefix + "/dev/pts/ptmx").st_dev
 
 
 def _polled(fd: int) -> int:
@@ -378,14 +387,15 @@ def dump(fd: "FdCtx", fid: int) -> Any:
     state.copies.append(copy)
     if master:
         index = _ioctl_int(copy, C.TIOCGPTN)
-        if (fd.st.st_dev, fd.st.st_ino) not in _ptmx_nodes():
+        if (fd.st.st_dev, fd.st.st_ino) not in _ptmx_nodes(regfile.name_prefix(task)):
             raise Unsupported(f"{where}: a pty master of another devpts instance; only "
-                              "/dev/ptmx and /dev/pts/ptmx of the dumper's /dev are supported")
+                              "/dev/ptmx and /dev/pts/ptmx of the task's /dev are supported")
     else:
         index = _index_of(rdev)
-        if fd.st.st_dev != _devpts_dev() and not _own_devpts(fd, index):
+        if (fd.st.st_dev != _devpts_dev(regfile.name_prefix(task))
+                and not _own_devpts(fd, index)):
             raise Unsupported(f"{where}: a pts of another devpts instance; only the one "
-                              "mounted on /dev/pts is supported"
+                              "mounted on the task's /dev/pts is supported"
                               + ("" if ctx.opts.orphan_pts_master else
                                  " (or, with --orphan-pts-master, the task's own /dev/pts)"))
     pair = state.pairs.setdefault(index, _Pair(index))
@@ -459,12 +469,13 @@ def _dump_external(fd: "FdCtx", fid: int, flags: int) -> Any:
     return _file_entry(fid, info.id, flags)
 
 
-def _ptmx_nodes() -> set[tuple[int, int]]:
-    """(dev, ino) of the ptmx nodes that open a pty of /dev/pts."""
+def _ptmx_nodes(prefix: str = "") -> set[tuple[int, int]]:
+    """(dev, ino) of the ptmx nodes that open a pty of /dev/pts (as the
+    tree sees them: ``prefix`` as for _devpts_dev)."""
     out = set()
     for path in ("/dev/ptmx", "/dev/pts/ptmx"):
         try:
-            st = os.stat(path)
+            st = os.stat(prefix + path)
         except OSError:
             continue
         out.add((st.st_dev, st.st_ino))
@@ -483,7 +494,7 @@ def _outside_holders(ctx: "DumpContext", pairs: dict[int, _Pair]) -> dict[int, t
     """index -> (pid, fd) of a process outside the tree holding either end
     of a pty of the tree: restored apart, it would lose its terminal."""
     ours = {t.pid for t in ctx.tasks} | {os.getpid()}
-    devpts = _devpts_dev()
+    devpts = _devpts_dev(regfile.name_prefix(ctx.tasks[0]))
     found: dict[int, tuple[int, int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in ours:
@@ -512,8 +523,10 @@ def _outside_holders(ctx: "DumpContext", pairs: dict[int, _Pair]) -> dict[int, t
                     continue
                 index = int(line.split()[1])
                 pair = pairs.get(index)
-                # the same master (a devpts index is unique per instance)
-                if pair is None or pair.master is None or pair.master.st.st_ino != st.st_ino:
+                # the same master (a devpts index is unique per instance;
+                # every instance's ptmx is its inode 2)
+                if pair is None or pair.master is None or \
+                        (pair.master.st.st_dev, pair.master.st.st_ino) != (st.st_dev, st.st_ino):
                     continue
             else:
                 continue
@@ -546,6 +559,14 @@ def finish(ctx: "DumpContext") -> None:
                 infos.append(_info(s, index, sid=0, pgrp=0))   # no termios: hung up (as CRIU)
                 continue
             if not ctx.opts.shell_job and not ctx.opts.orphan_pts_master:
+                if s.st.st_dev != _devpts_dev():
+                    # a container's terminal (its own devpts; the master is
+                    # the runtime's): the shell's terminal cannot stand in
+                    raise Unsupported(f"pid {pid}: fd {fd}: terminal {link}: a pts of the "
+                                      "tree's own devpts whose master is outside the dumped "
+                                      "tree (a container's terminal): criu's "
+                                      "--orphan-pts-master, as runc asks over criu's RPC, "
+                                      "hands a new master to the caller")
                 raise Unsupported(f"pid {pid}: fd {fd}: terminal {link}: its master is outside "
                                   "the dumped tree; use --shell-job to dump a process attached "
                                   "to a terminal")
@@ -819,6 +840,12 @@ def prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     its index and state, each open file description of it at an fd number
     no task uses (every task inherits them; files.restore takes its own,
     close_pool drops the rest)."""
+    # (a pty the mount tree made that no pair of the tree takes is an
+    # orphan's, or closed by prepare_orphans, which always comes next)
+    _prepare_root(rctx, rt)
+
+
+def _prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = _rstate(rctx)
     if not state.infos:
         return
@@ -990,6 +1017,10 @@ def _open_index(rt: "RestoreTask", index: int, junk: list[int],
     """A new master with ``index``: the kernel gives the lowest free index,
     so /dev/ptmx is opened until it is reached (the lower ones are kept in
     ``junk`` meanwhile, as CRIU does)."""
+    from .namespaces.mnt import PREMADE
+    premade = rt._rctx.kind_state.get(PREMADE, {}) if rt._rctx is not None else {}
+    if index in premade:
+        return int(premade.pop(index))  # made with the mount tree (a pts bound elsewhere)
     while True:
         fd = open_at(ptmx, os.O_RDWR)
         copy = _puppet_copy(rt, fd)
@@ -1068,7 +1099,8 @@ def prepare_orphans(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = _rstate(rctx)
     # masters of ptys the mount namespace made for a bind of their pts
     # (namespaces/mnt.py: runc's /dev/console), fds of this puppet
-    premade: dict[int, int] = rctx.kind_state.pop("devpts-premade", {})
+    from .namespaces.mnt import PREMADE
+    premade: dict[int, int] = rctx.kind_state.pop(PREMADE, {})
     try:
         _make_orphans(rctx, rt, state, premade)
     finally:

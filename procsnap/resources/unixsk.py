@@ -53,9 +53,16 @@ in the restored tree would need a peek of every socket in every task
 while it is stopped, for what the restore just wrote itself from the
 images; the integration tests check them from inside the targets.
 
-Limits (said in the README): the sender address of a datagram queued on
-an unconnected socket is not kept (it arrives from an unbound socket);
-files in flight on a stream socket in a read with other bytes are
+Senders: each queued datagram's sender name is recorded
+(sk_packet_entry.addr, CRIU's reserved number 3) and it is sent again
+from a socket of that name: the restored socket of the tree that has it,
+else a scratch socket bound to it for the send (an abstract name, or a
+path removed again afterwards), or an unnamed one.  Refused at dump: a
+sender name a socket outside the tree holds, an absolute name that is a
+file now, a relative name nobody holds, and a connected receiver's
+datagram from another socket than its peer (queued before the connect).
+
+Limits (said in the README): files in flight on a stream socket in a read with other bytes are
 refused (where their message began cannot be told by peeking); an epoll
 in flight is saved when every file it watches is held by a task of the
 tree (eventpoll.dump_in_flight), else refused.
@@ -75,7 +82,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2
 from ..kernel.libc import pidfd_getfd
-from . import anonfd, fdaudit, sockets, sockopts
+from . import anonfd, fdaudit, regfile, sockets, sockopts
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -212,9 +219,10 @@ def _resolve_name(fd: "FdCtx", d: sockets.UnixDiag, ue: Any) -> None:
         bound_in = _bound_dir(fd, d, name)
         if bound_in is not None and bound_in != cwd:
             # the task changed directory since it bound the name: the
-            # socket's own file says where (CRIU's SIOCUNIXFILE)
+            # socket's own file says where (CRIU's SIOCUNIXFILE); the path
+            # read from here is found from here as names are (name_prefix)
             cwd = bound_in
-            where = f"/proc/{pid}/root{cwd.rstrip('/')}/{name}"
+            where = f"{regfile.name_prefix(fd.task)}{cwd.rstrip('/')}/{name}"
         else:
             where = f"/proc/{pid}/cwd/{name}"
         ue.name_dir = cwd
@@ -242,12 +250,14 @@ SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd of the socket's bound f
 def _bound_dir(fd: "FdCtx", d: sockets.UnixDiag, name: str) -> str | None:
     """The directory a relative name was bound in, from the socket's own
     file (SIOCUNIXFILE opens the dentry it was bound to, deleted or not):
-    its path less the name.  Only for a task with our root in our mount
-    namespace (the path is read from here); None when unknown."""
+    its path less the name.  The path is read from here: from our root in
+    our mount namespace, from its root in another (as every name of the
+    task, regfile.name_prefix); so not for a task chrooted in ours, whose
+    names are not ours.  None when unknown."""
     pid = fd.task.pid
     try:
-        if os.stat(f"/proc/{pid}/root") != os.stat("/") or \
-                os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+        if os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt") and \
+                os.stat(f"/proc/{pid}/root") != os.stat("/"):
             return None
         sk = sockets.copy_of(fd)
         h = fcntl.ioctl(sk.fileno(), SIOCUNIXFILE)
@@ -411,6 +421,8 @@ def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int])
     tree = {t.pid for t in ctx.tasks}
     for pk in packets:
         entry = sk_packet_pb2.sk_packet_entry(id_for=sk.fid, length=len(pk.data))
+        if d.type != socket.SOCK_STREAM:
+            entry.addr = _sender_addr(ctx, sk, pk.addr)
         if pk.cred_pid:
             # sent again with them (root may name any pid, uid and gid),
             # which needs the pid alive then: a task of the tree
@@ -428,6 +440,47 @@ def _dump_queue(ctx: "DumpContext", sk: _Sk, dump_fd: Callable[[int, str], int])
 
 
 SCM_RIGHTS = 1
+
+
+def _sender_addr(ctx: "DumpContext", sk: _Sk, addr: Any) -> bytes:
+    """The sender of a queued datagram (sk_packet_entry.addr), refused
+    where the restore could not send it from that name again: a name a
+    socket outside the tree holds, an absolute name that is a file now
+    (its socket gone), a relative one (its directory is not known), or a
+    sender other than the peer of a connected receiver (which takes
+    nothing from anyone else)."""
+    raw = sockets.sockaddr_bytes(socket.AF_UNIX, addr)
+    name = raw[2:]
+    d = sk.diag
+    if d.peer:
+        peer = sockets.unix_table(ctx).get(d.peer)
+        if peer is not None and name != peer.name:
+            raise Unsupported(f"{_what(sk)}: a datagram from {_name_text(name) or 'an unnamed socket'} "
+                              "was queued before it connected to "
+                              f"{_name_text(peer.name) or 'its unnamed peer'}; a connected "
+                              "socket takes datagrams from its peer only, so its sender "
+                              "address would change")
+        return raw
+    if not name:
+        return raw
+    holders = [u for u in sockets.unix_table(ctx).values() if u.name == name]
+    if holders:
+        mine = _state(ctx)
+        if any(u.ino not in mine for u in holders):
+            raise Unsupported(f"{_what(sk)}: a queued datagram came from "
+                              f"{_name_text(name)}, a socket outside the dumped tree; put "
+                              "back, it would come from another address")
+        return raw   # sent again from that socket, restored too
+    if name[:1] != b"\0":
+        if not name.startswith(b"/"):
+            raise Unsupported(f"{_what(sk)}: a queued datagram came from {_name_text(name)}, "
+                              "a relative name nobody holds now; put back, it would come "
+                              "from another address")
+        if os.path.lexists(name):
+            raise Unsupported(f"{_what(sk)}: a queued datagram came from {_name_text(name)}, "
+                              "now a file no socket holds; put back, it would come from "
+                              "another address")
+    return raw
 
 
 def _outside_icons(table: dict[int, sockets.UnixDiag], socks: dict[int, _Sk]) -> set[int]:
@@ -449,10 +502,15 @@ USK_INHERIT = 0x8
 @dataclass
 class _Rst:
     by_ino: dict[int, Any]
-    # file id -> (message, file ids in flight, (pid, uid, gid) or None)
-    queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None]]]
+    # file id -> (message, file ids in flight, (pid, uid, gid) or None,
+    # the sender's name or None where the image does not say)
+    queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None,
+                                 bytes | None]]]
     made: dict[int, int] = field(default_factory=dict)  # ino -> restorer fd
+    filling: set[int] = field(default_factory=set)      # inos whose queue is being filled
     ghosts: dict[int, int] = field(default_factory=dict)  # ino -> O_PATH fd of its file
+    # ino -> O_PATH fd of its named file, for a tree under its own root
+    named: dict[int, int] = field(default_factory=dict)
     own: list[int] = field(default_factory=list)  # the restorer's fds, closed at its end
     rctx: Any = None
     cur_rt: Any = None      # the task whose fd is being opened: files in flight open there
@@ -463,7 +521,8 @@ def _rst(rctx: "RestoreContext") -> _Rst:
     if st is None:
         by_ino = {f.usk.ino: f.usk for f in rctx.files.values() if f.type == TYPE}
         ids = {ue.id for ue in by_ino.values()}
-        queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None]]] = {}
+        queues: dict[int, list[tuple[bytes, list[int], tuple[int, int, int] | None,
+                                     bytes | None]]] = {}
         for e in rctx.payload_entries("sk-queues"):
             if e.msg.id_for in ids:
                 rights = [i for scm in e.msg.scm if scm.type == SCM_RIGHTS for i in scm.rights]
@@ -472,7 +531,9 @@ def _rst(rctx: "RestoreContext") -> _Rst:
                                        "carries a control message procsnap cannot send")
                 u = e.msg.ucred
                 cred = (u.pid, u.uid, u.gid) if e.msg.HasField("ucred") else None
-                queues.setdefault(e.msg.id_for, []).append((e.payload, rights, cred))
+                sender = (sockets.sockaddr_parse(e.msg.addr)[1] if e.msg.HasField("addr")
+                          else None)
+                queues.setdefault(e.msg.id_for, []).append((e.payload, rights, cred, sender))
         st = _Rst(by_ino, queues, own=rctx.own_fds, rctx=rctx)
         rctx.kind_state[NAME] = st
     return st  # type: ignore[no-any-return]
@@ -534,7 +595,9 @@ def _bind(st: _Rst, sk: socket.socket, ue: Any) -> None:
     if addr[:1] == b"\0":
         _bind_at(sk, ue, addr)
         return
-    with _in_name_dir(ue):
+    # bound by procsnap, under the tree's root: the socket's address is
+    # the very string given to bind(), the tree's own name
+    with st.rctx.in_tree_root(), _in_name_dir(ue):
         if ue.deleted:
             _bind_ghost(st, sk, ue, addr)
             return
@@ -606,7 +669,22 @@ def _target(st: _Rst, ue: Any) -> bytes:
     fd = st.ghosts.get(ue.ino)
     if fd is not None:
         return b"/proc/self/fd/%d" % fd
-    return _address(ue)
+    addr = _address(ue)
+    rctx = st.rctx
+    if rctx is None or rctx.tree_root_fd is None or not addr.startswith(b"/"):
+        return addr
+    # the tree's name, which our root does not reach: its file through an
+    # O_PATH fd (tree_path itself could pass sun_path's 108 bytes)
+    fd = st.named.get(ue.ino)
+    if fd is None:
+        try:
+            fd = os.open(rctx.tree_path(os.fsdecode(addr)), os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RestoreError(f"{_label(ue)}: cannot find its file to reach it: "
+                               f"{exc.strerror}") from None
+        st.named[ue.ino] = fd
+        st.own.append(fd)
+    return b"/proc/self/fd/%d" % fd
 
 
 def _alive(addr: bytes, typ: int) -> bool:
@@ -628,9 +706,20 @@ def _alive(addr: bytes, typ: int) -> bool:
 def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | None,
           connect: bool = False) -> None:
     """Queue the dumped messages on ``receiver``: from its peer ``sender``,
-    or from a scratch socket to its name.  ``connect``: the scratch socket
+    or from a scratch socket to its name; a datagram whose sender the
+    image names and that way would not give comes from a socket of that
+    name (_send_from).  ``connect``: the scratch socket
     connects first (even with nothing to send), which marks a datagram
     receiver ESTABLISHED as the dumped one was."""
+    st.filling.add(ue.ino)
+    try:
+        _fill_queue(st, ue, receiver, sender, connect)
+    finally:
+        st.filling.discard(ue.ino)
+
+
+def _fill_queue(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | None,
+                connect: bool) -> None:
     msgs = st.queues.get(ue.id, [])
     if not msgs and not connect:
         return
@@ -648,8 +737,13 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
                 scratch.close()
                 raise RestoreError(f"{_label(ue)}: cannot connect to it to queue its "
                                    f"messages: {exc.strerror}") from None
+    natural = b"" if sender is None else _name_of(sender)
     try:
-        for data, rights, cred in msgs:
+        for data, rights, cred, want in msgs:
+            if ue.type != socket.SOCK_STREAM and want is not None and want != natural:
+                # from a sender the usual way would not give: its own name
+                _send_from(st, ue, want, data, rights, cred, len(msgs))
+                continue
             view = memoryview(data)
             # the files in flight go with the message's first byte, as sent
             anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS,
@@ -684,6 +778,59 @@ def _fill(st: _Rst, ue: Any, receiver: socket.socket, sender: socket.socket | No
             scratch.close()
 
 
+def _name_of(sk: socket.socket) -> bytes:
+    return sockets.sockaddr_bytes(socket.AF_UNIX, sk.getsockname())[2:]
+
+
+def _send_from(st: _Rst, ue: Any, want: bytes, data: bytes, rights: list[int],
+               cred: tuple[int, int, int] | None, count: int) -> None:
+    """One datagram to ``ue`` from a socket named ``want``: the restored
+    socket of the tree that has that name, else a scratch socket bound to
+    it for this send (b"": an unnamed one)."""
+    if not ue.name and ue.ino not in st.ghosts:
+        raise RestoreError(f"{_label(ue)}: a datagram from {_name_text(want) or 'an unnamed socket'}"
+                           " cannot be put back: the socket has no name to send it to")
+    anc = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+             array.array("i", [_in_flight(st, fid) for fid in rights]).tobytes())]
+           if rights else [])
+    if cred is not None:
+        anc.append((socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("iII", *cred)))
+    holder = next((o for o in st.by_ino.values()
+                   if want and o.name == want and o.type == ue.type), None)
+    unlink = False
+    if holder is not None:
+        if holder.ino in st.filling:
+            raise RestoreError(f"{_label(ue)}: datagrams queued both ways with "
+                               f"{_label(holder)} cannot be put back in order")
+        fd = st.made.get(holder.ino)
+        if fd is None:
+            fd = _make(st.rctx, st, holder.ino)
+        out = socket.socket(fileno=os.dup(fd))
+    else:
+        out = socket.socket(socket.AF_UNIX, ue.type)
+        if want:
+            try:
+                out.bind(want)
+            except OSError as exc:
+                out.close()
+                raise RestoreError(f"{_label(ue)}: a queued datagram came from "
+                                   f"{_name_text(want)}, which cannot be bound again to send "
+                                   f"it: {exc.strerror}") from None
+            unlink = want[:1] != b"\0"
+    try:
+        out.sendmsg([data], anc, socket.MSG_DONTWAIT, _target(st, ue))
+    except BlockingIOError:
+        raise RestoreError(f"{_label(ue)}: its {count} queued messages do not fit its queue "
+                           "(net.unix.max_dgram_qlen?)") from None
+    except OSError as exc:
+        raise RestoreError(f"{_label(ue)}: cannot put back a datagram from "
+                           f"{_name_text(want) or 'an unnamed socket'}: {exc.strerror}") from None
+    finally:
+        out.close()
+        if unlink:
+            os.unlink(want)
+
+
 def _in_flight(st: _Rst, fid: int) -> int:
     """File ``fid`` (one in flight in a queued message) as an fd of ours,
     to send: taken from whoever has it already (the same open file
@@ -710,7 +857,8 @@ def _finish_one(rctx: "RestoreContext", st: _Rst, ue: Any, sk: socket.socket) ->
     sockets.restore_opts(sk, ue.opts, _label(ue))
     fd = sk.detach()
     # status flags belong to the open file description the puppet takes
-    fcntl.fcntl(fd, fcntl.F_SETFL, ue.flags & ~os.O_ACCMODE)
+    # (O_ASYNC but: the task sets it itself, fown.restore_task)
+    fcntl.fcntl(fd, fcntl.F_SETFL, ue.flags & ~os.O_ACCMODE & ~os.O_ASYNC)
     rctx.own_fds.append(fd)
     st.made[ue.ino] = fd
 
@@ -805,13 +953,27 @@ def _make(rctx: "RestoreContext", st: _Rst, ino: int) -> int:
         _finish_one(rctx, st, ue, sk)
         return st.made[ino]
     if ue.state == ST_ESTABLISHED and not ue.peer:
-        # the peer closed: make a pair, queue, and close the other end
+        # the peer closed: make a pair, queue, and close the other end --
+        # under the closed peer's name, which its messages came from
         a, b = socket.socketpair(socket.AF_UNIX, ue.type)
         _bind(st, a, ue)
         sockets.prepare(a)
         sockets.prepare(b)
-        _fill(st, ue, a, b)
-        b.close()
+        names = {m[3] for m in st.queues.get(ue.id, []) if m[3]}
+        gone = names.pop() if len(names) == 1 else b""
+        if gone:
+            try:
+                b.bind(gone)
+            except OSError as exc:
+                raise RestoreError(f"{_label(ue)}: its queued messages came from "
+                                   f"{_name_text(gone)}, its closed peer, which cannot be "
+                                   f"bound again to send them: {exc.strerror}") from None
+        try:
+            _fill(st, ue, a, b)
+        finally:
+            b.close()
+            if gone and gone[:1] != b"\0":
+                os.unlink(gone)
         sockets.apply_shutdown(a, ue.shutdown)
         _finish_one(rctx, st, ue, a)
         return st.made[ino]
@@ -845,7 +1007,9 @@ def _make_to_extern(rctx: "RestoreContext", st: _Rst, ue: Any, peer: Any) -> int
     _bind(st, sk, ue)
     sockets.prepare(sk)
     try:
-        sk.connect(bytes(peer.name))
+        # the name as the tree sees it: under its root, when it has its own
+        with rctx.in_tree_root():
+            sk.connect(bytes(peer.name))
     except OSError as exc:
         sk.close()
         raise RestoreError(f"{_label(ue)}: cannot connect to {_label(peer)} outside the "

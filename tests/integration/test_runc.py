@@ -372,8 +372,8 @@ def test_runc_terminal_container_refused(rc: Runc) -> None:
                              capture_output=True, text=True, timeout=60)
         assert res.returncode != 0, res.stderr
         errors = [ln for ln in res.stderr.splitlines() if ln.strip()]
-        assert len(errors) == 1 and f"pid {pid}: fd 0: /dev/pts/0: a pts of another " \
-            "devpts instance" in errors[0] and "--orphan-pts-master" in errors[0], res.stderr
+        assert len(errors) == 1 and f"pid {pid}: fd 0: " in errors[0] \
+            and "/dev/pts/0" in errors[0] and "--orphan-pts-master" in errors[0], res.stderr
         assert r.status(cid) == "running" and r.pid(cid) == pid
         ok, why = is_untouched(pid)
         assert ok, why

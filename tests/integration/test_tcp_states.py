@@ -287,3 +287,32 @@ def test_dump_tcp_close(targets: TargetFactory, images_dir: Path,
         assert line.startswith("FAIL: send tail") and "BrokenPipe" in line, line
     finally:
         peer.close()
+
+
+@pytest.mark.parametrize("listener", ["4", "6", "46"], indirect=True)
+def test_peer_sends_while_dumped(targets: TargetFactory, images_dir: Path,
+                                 listener: socket.socket, nft_tables: list[str],
+                                 request: pytest.FixtureRequest) -> None:
+    """The network lock holds what the peer sends between dump and restore
+    (the kernel retransmits it afterwards): no RST for a socket that is
+    gone.  v4-mapped ("46"): an IPv6 socket with IPv4 on the wire, which
+    ip6 rules never matched."""
+    if shutil.which("nft") is None:
+        pytest.fail("nft not found: install nftables (apt-get install -y nftables)")
+    fam = request.node.callspec.params["listener"]
+    t, peer, _, target_sent = setup_state(targets, listener, "FIN_WAIT2", fam)
+    try:
+        nft_tables.append(f"procsnap_{t.pid}")
+        res = check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir, "--tcp-established"))
+        assert wait_gone(t.pid, 10), describe(res)
+        # nobody holds the target's end now: the lock must keep this back
+        peer.sendall(pattern(0, 1000))
+        peer.shutdown(socket.SHUT_WR)
+        time.sleep(0.5)   # past the first transmission (loopback: at once)
+        targets.adopt(t.pid, like=t)
+        check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--tcp-established"))
+        t.signal(signal.SIGUSR1)
+        assert read_all(peer) == pattern(0, target_sent)   # ECONNRESET fails here
+        assert t.wait_line("^(got|FAIL)", 30) == "got 1000 eof"
+    finally:
+        peer.close()

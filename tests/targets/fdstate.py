@@ -10,15 +10,23 @@ Holds, in DIR:
   fd 9           the same read end opened again through /proc/self/fd/7
                  with O_NONBLOCK (its own open file description: 7 stays
                  blocking)
+  fd 10/11       a unix socketpair; 10 has SIGIO owner = this process,
+                 F_SETSIG SIGUSR2 and O_ASYNC (as nginx's master--worker
+                 channels)
+  fd 12          an inotify instance with O_ASYNC (an anon-inode kind
+                 with a fasync: eventfd, epoll, timerfd have none, and
+                 the kernel keeps O_ASYNC only where ->fasync sets it)
 With "foreign-owner" the SIGIO owner of fd 7 is our parent (outside any
 tree dumped from us) instead.  Prints "ready".  On SIGTERM checks every one of them -- other descriptions
 and a child process try the locks and must fail -- and prints PASS or
 "FAIL: ..." (one line per failure), then exits.
 """
+import ctypes
 import errno
 import fcntl
 import os
 import signal
+import socket
 import struct
 import sys
 import time
@@ -81,6 +89,14 @@ def setup(d: str) -> None:
     if OWNER == os.getpid():  # (no SIGIO for a foreign owner, not even at exit)
         fcntl.fcntl(7, fcntl.F_SETFL, fcntl.fcntl(7, fcntl.F_GETFL) | os.O_ASYNC)
     place(os.open("/proc/self/fd/7", os.O_RDONLY | os.O_NONBLOCK), 9)
+    a, b = socket.socketpair()
+    place(a.detach(), 10)
+    place(b.detach(), 11)
+    fcntl.fcntl(10, F_SETOWN_EX, struct.pack("<ii", F_OWNER_PID, os.getpid()))
+    fcntl.fcntl(10, F_SETSIG, signal.SIGUSR2)
+    fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC | os.O_NONBLOCK)
+    place(ctypes.CDLL(None, use_errno=True).inotify_init1(0), 12)
+    fcntl.fcntl(12, fcntl.F_SETFL, fcntl.fcntl(12, fcntl.F_GETFL) | os.O_ASYNC)
 
 
 def refused(what: str, call) -> str | None:
@@ -165,6 +181,24 @@ def check(d: str) -> list[str]:
         if sigio == before:
             bad.append("no SIGUSR2 when data arrived on the O_ASYNC pipe")
         os.read(9, 1)
+    typ, owner = struct.unpack("<ii", fcntl.fcntl(10, F_GETOWN_EX, bytes(8)))
+    if (typ, owner) != (F_OWNER_PID, os.getpid()):
+        bad.append(f"socket fd 10: SIGIO owner ({typ}, {owner}), expected ({F_OWNER_PID}, "
+                   f"{os.getpid()})")
+    if fcntl.fcntl(10, F_GETSIG) != signal.SIGUSR2:
+        bad.append(f"socket fd 10: F_GETSIG {fcntl.fcntl(10, F_GETSIG)}, expected SIGUSR2")
+    if fcntl.fcntl(10, fcntl.F_GETFL) & (os.O_ASYNC | os.O_NONBLOCK) != os.O_ASYNC | os.O_NONBLOCK:
+        bad.append(f"socket fd 10: flags {fcntl.fcntl(10, fcntl.F_GETFL):o} lost O_ASYNC or O_NONBLOCK")
+    before = sigio
+    os.write(11, b"y")
+    deadline = time.monotonic() + 2
+    while sigio == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if sigio == before:
+        bad.append("no SIGUSR2 when data arrived on the O_ASYNC socket")
+    os.read(10, 1)
+    if not fcntl.fcntl(12, fcntl.F_GETFL) & os.O_ASYNC:
+        bad.append("inotify fd 12 lost O_ASYNC")
     return [b for b in bad if b]
 
 

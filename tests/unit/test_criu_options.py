@@ -181,3 +181,17 @@ def test_ext_unix_sk_is_a_flag_both_ways() -> None:
         p = parse(cmd, "-x", "-D", "d")
         assert O.refused(p) is None and p.flag("ext-unix-sk")
         assert parse(cmd, "--ext-unix-sk", "-D", "d").flag("ext-unix-sk")
+
+
+def test_lazy_pages_only_where_done() -> None:
+    """restore --lazy-pages and the lazy-pages daemon's options are done;
+    criu's dump --lazy-pages (the tree left frozen serving its pages) and
+    --page-server with restore are refused by name."""
+    assert O.refused(O.parse(["restore", "-D", "d", "--lazy-pages"])) is None
+    assert O.refused(O.parse(["lazy-pages", "-D", "d", "--page-server", "--address",
+                              "10.0.0.1", "--port", "27"])) is None
+    msg = O.refused(O.parse(["dump", "-t", "1", "--lazy-pages"]))
+    assert msg is not None and msg.startswith("option --lazy-pages is not supported by "
+                                              "procsnap with dump: only restore --lazy-pages")
+    msg = O.refused(O.parse(["restore", "-D", "d", "--page-server"]))
+    assert msg is not None and "--page-server" in msg

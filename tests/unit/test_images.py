@@ -87,6 +87,7 @@ from procsnap.images.pb import (
     timerfd_pb2,
     tty_pb2,
     tun_pb2,
+    userns_pb2,
     utsns_pb2,
     netdev_pb2,
     vma_pb2,
@@ -350,6 +351,11 @@ SAMPLES: dict[str, Sample] = {
             msgsize=64, curmsgs=1), b""),
          (M(ipc_mqueue_pb2.ipc_mqueue_msg, prio=3, msize=2), b"hi")],
         ((0, "name"), "q"),
+    ),
+    "userns": (
+        [(M(userns_pb2.userns_entry, uid_map=[{"first": 0, "lower_first": 100000, "count": 65536}],
+            gid_map=[{"first": 0, "lower_first": 100000, "count": 65536}]), b"")],
+        ((0, "uid_map", 0, "lower_first"), 100000),
     ),
     "utsns": ([(M(utsns_pb2.utsns_entry, nodename="box", domainname="(none)"), b"")], ((0, "nodename"), "box")),
     "mountpoints": (

@@ -30,6 +30,7 @@ LAYERS = {
     "procsnap.dumper": 7,
     "procsnap.restorer": 7,
     "procsnap.verify": 7,
+    "procsnap.lazypages": 7,
     "procsnap.check": 8,
     "procsnap.auditdoc": 8,
     "procsnap.demo": 9,

@@ -11,7 +11,7 @@ from ._runtime import _builder, _descriptor, _descriptor_pool
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fsk-packet.proto\x12\x04\x63riu\")\n\tscm_entry\x12\x0c\n\x04type\x18\x01 \x02(\r\x12\x0e\n\x06rights\x18\x02 \x03(\r\"7\n\x0esk_ucred_entry\x12\x0b\n\x03uid\x18\x01 \x02(\r\x12\x0b\n\x03gid\x18\x02 \x02(\r\x12\x0b\n\x03pid\x18\x03 \x02(\r\"u\n\x0fsk_packet_entry\x12\x0e\n\x06id_for\x18\x01 \x02(\r\x12\x0e\n\x06length\x18\x02 \x02(\r\x12\x1c\n\x03scm\x18\x04 \x03(\x0b\x32\x0f.criu.scm_entry\x12$\n\x05ucred\x18\x80\x01 \x01(\x0b\x32\x14.criu.sk_ucred_entry')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fsk-packet.proto\x12\x04\x63riu\")\n\tscm_entry\x12\x0c\n\x04type\x18\x01 \x02(\r\x12\x0e\n\x06rights\x18\x02 \x03(\r\"7\n\x0esk_ucred_entry\x12\x0b\n\x03uid\x18\x01 \x02(\r\x12\x0b\n\x03gid\x18\x02 \x02(\r\x12\x0b\n\x03pid\x18\x03 \x02(\r\"\x91\x01\n\x0fsk_packet_entry\x12\x0e\n\x06id_for\x18\x01 \x02(\r\x12\x0e\n\x06length\x18\x02 \x02(\r\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\x0c\x12\x1c\n\x03scm\x18\x04 \x03(\x0b\x32\x0f.criu.scm_entry\x12$\n\x05ucred\x18\x80\x01 \x01(\x0b\x32\x14.criu.sk_ucred_entry\x12\x0c\n\x03\x64st\x18\xe9\x07 \x01(\x0c')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -22,6 +22,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCM_ENTRY']._serialized_end=66
   _globals['_SK_UCRED_ENTRY']._serialized_start=68
   _globals['_SK_UCRED_ENTRY']._serialized_end=123
-  _globals['_SK_PACKET_ENTRY']._serialized_start=125
-  _globals['_SK_PACKET_ENTRY']._serialized_end=242
+  _globals['_SK_PACKET_ENTRY']._serialized_start=126
+  _globals['_SK_PACKET_ENTRY']._serialized_end=271
 # @@protoc_insertion_point(module_scope)

@@ -26,13 +26,17 @@ class sk_ucred_entry(_message.Message):
     def __init__(self, uid: _Optional[int] = ..., gid: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class sk_packet_entry(_message.Message):
-    __slots__ = ("id_for", "length", "scm", "ucred")
+    __slots__ = ("id_for", "length", "addr", "scm", "ucred", "dst")
     ID_FOR_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
     SCM_FIELD_NUMBER: _ClassVar[int]
     UCRED_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
     id_for: int
     length: int
+    addr: bytes
     scm: _containers.RepeatedCompositeFieldContainer[scm_entry]
     ucred: sk_ucred_entry
-    def __init__(self, id_for: _Optional[int] = ..., length: _Optional[int] = ..., scm: _Optional[_Iterable[_Union[scm_entry, _Mapping]]] = ..., ucred: _Optional[_Union[sk_ucred_entry, _Mapping]] = ...) -> None: ...
+    dst: bytes
+    def __init__(self, id_for: _Optional[int] = ..., length: _Optional[int] = ..., addr: _Optional[bytes] = ..., scm: _Optional[_Iterable[_Union[scm_entry, _Mapping]]] = ..., ucred: _Optional[_Union[sk_ucred_entry, _Mapping]] = ..., dst: _Optional[bytes] = ...) -> None: ...

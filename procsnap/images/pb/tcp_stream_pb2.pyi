@@ -20,7 +20,7 @@ class tcp_opts_entry(_message.Message):
     def __init__(self, cork: _Optional[bool] = ..., nodelay: _Optional[bool] = ..., keepcnt: _Optional[int] = ..., keepidle: _Optional[int] = ..., keepintvl: _Optional[int] = ...) -> None: ...
 
 class tcp_stream_entry(_message.Message):
-    __slots__ = ("inq_len", "inq_seq", "outq_len", "outq_seq", "opt_mask", "snd_wscale", "mss_clamp", "rcv_wscale", "timestamp", "cork", "nodelay", "unsq_len", "snd_wl1", "snd_wnd", "max_window", "rcv_wnd", "rcv_wup")
+    __slots__ = ("inq_len", "inq_seq", "outq_len", "outq_seq", "opt_mask", "snd_wscale", "mss_clamp", "rcv_wscale", "timestamp", "cork", "nodelay", "unsq_len", "snd_wl1", "snd_wnd", "max_window", "rcv_wnd", "rcv_wup", "so_error")
     INQ_LEN_FIELD_NUMBER: _ClassVar[int]
     INQ_SEQ_FIELD_NUMBER: _ClassVar[int]
     OUTQ_LEN_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class tcp_stream_entry(_message.Message):
     MAX_WINDOW_FIELD_NUMBER: _ClassVar[int]
     RCV_WND_FIELD_NUMBER: _ClassVar[int]
     RCV_WUP_FIELD_NUMBER: _ClassVar[int]
+    SO_ERROR_FIELD_NUMBER: _ClassVar[int]
     inq_len: int
     inq_seq: int
     outq_len: int
@@ -55,4 +56,5 @@ class tcp_stream_entry(_message.Message):
     max_window: int
     rcv_wnd: int
     rcv_wup: int
-    def __init__(self, inq_len: _Optional[int] = ..., inq_seq: _Optional[int] = ..., outq_len: _Optional[int] = ..., outq_seq: _Optional[int] = ..., opt_mask: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., mss_clamp: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., cork: _Optional[bool] = ..., nodelay: _Optional[bool] = ..., unsq_len: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., rcv_wup: _Optional[int] = ...) -> None: ...
+    so_error: int
+    def __init__(self, inq_len: _Optional[int] = ..., inq_seq: _Optional[int] = ..., outq_len: _Optional[int] = ..., outq_seq: _Optional[int] = ..., opt_mask: _Optional[int] = ..., snd_wscale: _Optional[int] = ..., mss_clamp: _Optional[int] = ..., rcv_wscale: _Optional[int] = ..., timestamp: _Optional[int] = ..., cork: _Optional[bool] = ..., nodelay: _Optional[bool] = ..., unsq_len: _Optional[int] = ..., snd_wl1: _Optional[int] = ..., snd_wnd: _Optional[int] = ..., max_window: _Optional[int] = ..., rcv_wnd: _Optional[int] = ..., rcv_wup: _Optional[int] = ..., so_error: _Optional[int] = ...) -> None: ...

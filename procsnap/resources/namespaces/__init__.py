@@ -39,12 +39,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ImageError
-from . import cgroup, ipc, mnt, net, pid, time, uts
+from . import cgroup, ipc, mnt, net, pid, time, user, uts
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, RestoreContext, RestoreTask
 
 # Restore order of the kinds made for the root, and why:
+#  user - first: the root's clone3 made it with the others (it owns them);
+#         its maps are written from outside and the root takes ids inside
+#         it before anything else is made in it;
 #  pid  - nothing to rebuild: the clone3 of the root made it, pid 1 inside;
 #  uts  - hostname and domainname, set in the root before its children fork;
 #  ipc  - sysctls, System V objects and POSIX queues, made from the restorer
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
 #         thread entered into it (it stays there until the tasks are built:
 #         their sockets are born there; see net.leave);
 #  (mnt goes last: after it the puppet sees the restored tree's root.)
-NS_KINDS: list[ModuleType] = [pid, uts, ipc, time, cgroup, net, mnt]
+NS_KINDS: list[ModuleType] = [user, pid, uts, ipc, time, cgroup, net, mnt]
 
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
@@ -99,10 +102,11 @@ def dump(ctx: "DumpContext") -> None:
             except FileNotFoundError:
                 pass
         task.core.ids.CopyFrom(task.ids)
-    for mod in NS_KINDS:
-        rid = ns_inode(root.pid, mod.NAME)
-        if rid != ns_inode("self", mod.NAME):
-            mod.dump(ctx, rid, root)
+    own = [m for m in NS_KINDS if ns_inode(root.pid, m.NAME) != ns_inode("self", m.NAME)]
+    # each is made again from the tree's user namespace: it must own them
+    user.check_owners(ctx, [m.NAME for m in own])
+    for mod in own:
+        mod.dump(ctx, ns_inode(root.pid, mod.NAME), root)
     if ns_inode(root.pid, "pid") == ns_inode("self", "pid"):
         pid.record_nested(ctx)  # pid namespaces nested in a tree of procsnap's
 

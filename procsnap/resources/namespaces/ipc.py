@@ -125,7 +125,19 @@ def _dump_mqueues(pid: int) -> list[tuple[Any, bytes]]:
 # --------------------------------------------------------------- restore ----
 
 def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
+    from . import user
+
     var = images.read_one(rctx.images_dir, "ipcns-var", ns_id)
+    # a namespace's sysctls are writable by root of the user namespace
+    # owning it only (procsnap's root is "other" to one of a new user ns)
+    sysvipc.sysctl_owner = user.root_ids(rt.pid)
+    try:
+        _restore_in(rctx, ns_id, rt, var)
+    finally:
+        sysvipc.sysctl_owner = (0, 0)
+
+
+def _restore_in(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask", var: Any) -> None:
     with K.in_ipc_ns(rt.pid):
         _write_var(var)
         for e, _ in sysvipc.read_entries(rctx, "ipcns-shm", ns_id):

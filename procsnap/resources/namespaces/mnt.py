@@ -47,7 +47,10 @@ mount's root with the tree.  Once the tree is built, every mount's root
 its image (``check_roots``): a root that differs is a restore error naming
 the mount and both roots, never a silent change of what the tree sees.  After
 the pivot, procsnap's own files (pages images, restorer fds) are opened by
-procsnap and handed to the puppet (``RestoreTask.open_in_puppet``).
+procsnap and handed to the puppet (``RestoreTask.open_in_puppet``), and
+the tree's own names that procsnap makes or opens (ghost files, FIFOs, unix
+socket files) are reached through an fd on the new root
+(``RestoreContext.tree_path``, ``in_tree_root``).
 """
 from __future__ import annotations
 
@@ -63,7 +66,7 @@ from ...errors import DumpError, ImageError, RestoreError, Unsupported
 from ...images.pb import mnt_pb2
 from ...inject import InjectError
 from ...kernel import consts as C
-from ...kernel.libc import syscall
+from ...kernel.libc import pidfd_getfd, syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
 from .. import cgroup
 
@@ -74,7 +77,6 @@ if TYPE_CHECKING:
 
 NAME = "mnt"
 CLONE_FLAG = C.CLONE_NEWNS
-
 # mount(2) flags (include/uapi/linux/mount.h)
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_SYNCHRONOUS, MS_REMOUNT, MS_MANDLOCK, MS_DIRSYNC, MS_NOSYMFOLLOW = 16, 32, 64, 128, 256
@@ -291,6 +293,13 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         if m.mount_point.endswith("//deleted"):
             raise Unsupported(f"pid {pid}: mount {m.mnt_id} at {m.mount_point}: its mountpoint "
                               "was deleted; it cannot be mounted again")
+        if m.root.endswith("//deleted") and m.mount_point not in named:
+            # a bind of a file or directory since removed (a pts gone, as
+            # a leaked /dev/console bind): no name reaches it any more
+            raise Unsupported(f"pid {pid}: mount {m.mnt_id} at {m.mount_point} ({m.fstype}): "
+                              f"its root {m.root[:-len('//deleted')]} was deleted; it cannot "
+                              "be mounted again (name it with --external mnt[...] to bind "
+                              "something in its place)")
         e = entry_of(m)
         if m.mount_point in named:
             e.ext_mount, e.ext_key = True, named.pop(m.mount_point)
@@ -306,6 +315,14 @@ def dump(ctx: "DumpContext", ns_id: int, task: "DumpTask") -> None:
         steps, lost = plan(entries)
     except ValueError as exc:
         raise Unsupported(f"pid {pid}: mount namespace: {exc}") from None
+    from . import user
+    if user.owner(pid, "mnt") != os.stat("/proc/self/ns/user").st_ino:
+        # A namespace of another user namespace holds the mounts it copied
+        # from procsnap's locked, as they are: procsnap's own tmpfs there
+        # (/dev/shm, ...) is the host's, not the tree's, and a copy made
+        # inside could not even hold its files (their owners are not
+        # mapped there): external, as a host bind is.
+        lost += [s.entry for s in steps if s.how == "tmpfs" and _auto_key(s.entry, own)]
     for e in list(lost):
         key = _auto_key(e, own) if auto else None
         if key is not None:
@@ -520,9 +537,16 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     base = f"/tmp/.procsnap-mnt.{pid}.{os.urandom(4).hex()}"
     y = _Yard(rt, base)
     made = _make_dirs(rctx, [base, y.root, y.scratch])
+    if rctx.fd_channel is not None:
+        # the puppet is root of a new user namespace, maybe not the host's
+        # root: the yard is its to walk and mount on
+        from . import user
+        for path in made:
+            os.chown(path, *user.root_ids(pid))
     try:
         rctx.puppet_pivoted = True
-        if (any(fsname(s.entry) in CGROUP_FS for s in steps)
+        if (rctx.fd_channel is None  # else procsnap mounts cgroups itself (_fresh_outside)
+                and any(fsname(s.entry) in CGROUP_FS for s in steps)
                 and os.stat(f"/proc/{pid}/ns/cgroup").st_ino
                 != os.stat("/proc/self/ns/cgroup").st_ino):
             # /proc is still procsnap's here (the pivot comes below)
@@ -547,6 +571,10 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         y.call("pivot_root", ".", ".", what="pivot_root")
         y.call("umount2", ".", MNT_DETACH, what="detach the old root")
         y.call("chdir", "/", what="/")
+        # procsnap's handle on the tree's names (RestoreContext.tree_path):
+        # the puppet's root now, before any task chroots
+        rctx.tree_root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        rctx.own_fds.append(rctx.tree_root_fd)
         _propagation(y, steps)  # through the mounts' fds, valid after the pivot
         for fd in y.fds.values():
             inj.call("close", fd)
@@ -646,7 +674,11 @@ def _ensure(y: _Yard, target: str, is_dir: bool, what: str) -> None:
                            f"{exc.strerror}") from None
 
 
-PREMADE = "devpts-premade"   # rctx.kind_state: pty index -> its master, an fd of the root puppet
+# RestoreContext.kind_state key: pty index -> its master, an fd of the root
+# puppet, made with the mount tree for a pts bound elsewhere; taken by the
+# terminals (tty.prepare_root for a pair of the tree, tty.prepare_orphans
+# for an orphan pts, which closes what nobody took)
+PREMADE = "devpts-premade"
 
 
 def _pts_for_bind(rctx: "RestoreContext", y: _Yard, devpts: str, index: int,
@@ -689,12 +721,19 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
     what = _describe(e)
     target = y.path(e)
     name = fsname(e)
+    outside = rctx.fd_channel is not None  # the puppet is in a new user namespace
     if s.how == "root":
-        y.mount(rctx.opts.root, target, None, MS_BIND, None, what)
+        if outside:
+            _bind_outside(y, rctx.opts.root or "/", target, what)
+        else:
+            y.mount(rctx.opts.root, target, None, MS_BIND, None, what)
     elif s.how == "external":
         src = _ext_path(rctx, e)
         _ensure(y, target, os.path.isdir(src), what)
-        y.mount(src, target, None, MS_BIND, None, what)
+        if outside:
+            _bind_outside(y, src, target, what)
+        else:
+            y.mount(src, target, None, MS_BIND, None, what)
     elif s.how == "bind":
         src = y.path(s.src) + ("/" + s.rel if s.rel else "")
         if fsname(s.src) == "devpts" and s.rel.isdigit() and not os.path.lexists(y.ours(src)):
@@ -706,8 +745,21 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         single = name in SINGLETON
         sb = 0 if single else e.sb_flags & ~(MS_RDONLY if s.how == "tmpfs" else 0)
         data = None if single else e.options
+        if outside and data and s.how == "tmpfs" or outside and name == "devpts":
+            data = _inside_opts(y, data)
         cgns = y.cgns if name in CGROUP_FS else None
-        if cgns is not None:
+        if outside and s.how == "fresh" and (name in CGROUP_FS or not _puppet_mounts(
+                y, e.source or name, target, name, sb, data, mount_root(rctx, e))):
+            # a file system the puppet may not mount in its user namespace
+            # (cgroup from procsnap's cgroup namespace, as below; sysfs of
+            # a network namespace it does not own, devtmpfs): procsnap makes
+            # it and the puppet moves it in
+            _fresh_outside(y, name, e.source or name, sb, data, mount_root(rctx, e), target,
+                           what)
+            cgns = None
+        elif outside and s.how == "fresh":
+            cgns = None  # made by _puppet_mounts
+        elif cgns is not None:
             # A cgroup file system mounted in a cgroup namespace has the
             # namespace's root as its root; the image's root is the dumper's
             # view (procsnap's cgroup namespace, the restorer's too): mount
@@ -717,7 +769,9 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
             y.call("setns", cgns[1], C.CLONE_NEWCGROUP, what=what + ": enter our cgroup ns")
         root = mount_root(rctx, e)
         try:
-            if root == "/":
+            if outside and s.how == "fresh":
+                pass  # made above
+            elif root == "/":
                 y.mount(e.source or name, target, name, sb, data, what)
             else:
                 # A sub-directory of a new instance (a cgroup seen from a
@@ -736,8 +790,149 @@ def _make(rctx: "RestoreContext", y: _Yard, s: Step) -> None:
         raise RestoreError(f"mount namespace: {what}: unknown step {s.how}")
     # It is private (the namespace was made so before anything was
     # mounted): its own propagation comes once every mount exists.
+    if outside:
+        # opened by procsnap through the puppet's root (see _move_in)
+        try:
+            mine = os.open(y.ours(target), os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise RestoreError(f"mount namespace: {what}: {target}: {exc.strerror}") from None
+        try:
+            y.fds[e.mnt_id] = y.rt._recv_fd(mine)
+        finally:
+            os.close(mine)
+        return
     y.fds[e.mnt_id] = y.call("openat", C.AT_FDCWD & (2**64 - 1), target,
                              os.O_PATH | os.O_CLOEXEC, 0, what=what)
+
+
+def _inside_opts(y: _Yard, data: str | None) -> str | None:
+    """tmpfs and devpts show their uid=/gid= options as the initial user
+    namespace sees them; a puppet in a new one mounts with its own ids."""
+    from . import user
+
+    m = user.id_map(y.rt.pid)
+    if not data or m is None:
+        return data
+    out = []
+    for opt in data.split(","):
+        key, eq, val = opt.partition("=")
+        if eq and key in ("uid", "gid") and val.isdigit():
+            got = m.uid(int(val)) if key == "uid" else m.gid(int(val))
+            if got is None:
+                raise RestoreError(f"mount namespace: option {opt}: {key} {val} is not mapped "
+                                   "in the tree's user namespace")
+            opt = f"{key}={got}"
+        out.append(opt)
+    return ",".join(out)
+
+
+def _bind_outside(y: _Yard, src: str, target: str, what: str) -> None:
+    """A bind mount of ``src`` (procsnap's path) on ``target`` for a puppet
+    in a new user namespace: there every mount copied from procsnap's
+    namespace is locked and a bind of one with child mounts is refused
+    (EINVAL), so procsnap clones it detached (open_tree, no children) in
+    its own namespace and the puppet moves the copy in (move_mount)."""
+    raw = ctypes.c_char_p(src.encode("utf-8", "surrogateescape"))
+    try:
+        tree = syscall(C.NR["open_tree"], C.AT_FDCWD, ctypes.cast(raw, ctypes.c_void_p).value or 0,
+                       OPEN_TREE_CLONE | os.O_CLOEXEC)
+    except OSError as exc:
+        raise RestoreError(f"mount namespace: {what}: cannot clone {src}: "
+                           f"{exc.strerror}") from None
+    _move_in(y, tree, target, what)
+
+
+def _move_in(y: _Yard, tree: int, target: str, what: str) -> None:
+    """Send procsnap's detached mount ``tree`` to the puppet (closing ours),
+    which moves it onto ``target``."""
+    try:
+        fd = y.rt._recv_fd(tree)
+    finally:
+        os.close(tree)
+    try:
+        # the mountpoint opened by procsnap through the puppet's root: a
+        # root inside that is not the host's may not walk every path of
+        # the host's file system it was bound from (/tmp/x 0700)
+        mine = os.open(y.ours(target), os.O_PATH | os.O_CLOEXEC)
+        try:
+            at = y.rt._recv_fd(mine)
+        finally:
+            os.close(mine)
+        try:
+            y.call("move_mount", fd, "", at, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+                   what=what)
+        finally:
+            y.inj.call("close", at)
+    except OSError as exc:
+        raise RestoreError(f"mount namespace: {what}: {target}: {exc.strerror}") from None
+    finally:
+        y.inj.call("close", fd)
+
+
+def _puppet_mounts(y: _Yard, src: str, target: str, name: str, sb: int, data: str | None,
+                   root: str) -> bool:
+    """Try the mount in the puppet; False when its user namespace may not
+    (EPERM: not its namespace's to mount, or not mountable there)."""
+    inj = y.inj
+    try:
+        if root == "/":
+            y.inj.call("mount", inj.put_str(src), inj.put_str(target), inj.put_str(name), sb,
+                       inj.put_str(data) if data else 0)
+        else:
+            y.inj.call("mount", inj.put_str(src), inj.put_str(y.scratch), inj.put_str(name),
+                       sb, inj.put_str(data) if data else 0)
+            inj.reset_scratch()
+            y.mount(y.scratch + root, target, None, MS_BIND, None, f"{name} at {target}")
+            y.call("umount2", y.scratch, MNT_DETACH, what=f"{name} at {target}")
+    except InjectError as exc:
+        if exc.errno in (1, 13):
+            return False
+        raise RestoreError(f"mount namespace: {name} at {target}: mount failed: "
+                           f"{os.strerror(exc.errno or 0)}") from None
+    finally:
+        inj.reset_scratch()
+    return True
+
+
+FSCONFIG_SET_FLAG, FSCONFIG_SET_STRING, FSCONFIG_CMD_CREATE = 0, 1, 6
+
+
+def _fresh_outside(y: _Yard, name: str, src: str, sb: int, data: str | None, root: str,
+                   target: str, what: str) -> None:
+    """A new mount of file system ``name`` made by procsnap (fsopen,
+    fsconfig, fsmount: detached, in no namespace, nothing propagates), its
+    sub-directory ``root`` cloned if not "/", moved in by the puppet."""
+    def cstr(text: str) -> int:
+        buf = ctypes.create_string_buffer(text.encode("utf-8", "surrogateescape"))
+        keep.append(buf)
+        return ctypes.addressof(buf)
+    keep: list[Any] = []
+    try:
+        fs = syscall(C.NR["fsopen"], cstr(name), 1)  # FSOPEN_CLOEXEC
+        try:
+            syscall(C.NR["fsconfig"], fs, FSCONFIG_SET_STRING, cstr("source"), cstr(src), 0)
+            opts = [o for o in (data or "").split(",") if o] + (["ro"] if sb & MS_RDONLY else [])
+            for opt in opts:
+                key, eq, val = opt.partition("=")
+                if eq:
+                    syscall(C.NR["fsconfig"], fs, FSCONFIG_SET_STRING, cstr(key), cstr(val), 0)
+                else:
+                    syscall(C.NR["fsconfig"], fs, FSCONFIG_SET_FLAG, cstr(key), 0, 0)
+            syscall(C.NR["fsconfig"], fs, FSCONFIG_CMD_CREATE, 0, 0, 0)
+            tree = syscall(C.NR["fsmount"], fs, 1, 0)  # FSMOUNT_CLOEXEC
+        finally:
+            os.close(fs)
+        if root != "/":
+            try:
+                sub = syscall(C.NR["open_tree"], tree, cstr(root.lstrip("/")),
+                              OPEN_TREE_CLONE | os.O_CLOEXEC)
+            finally:
+                os.close(tree)
+            tree = sub
+    except OSError as exc:
+        raise RestoreError(f"mount namespace: {what}: procsnap cannot mount {name} for a "
+                           f"puppet in a new user namespace: {exc.strerror}") from None
+    _move_in(y, tree, target, what)
 
 
 def _tmpfs_image(images_dir: str, dev: int) -> str:
@@ -751,6 +946,9 @@ def _tmpfs_image(images_dir: str, dev: int) -> str:
 def _untar(rctx: "RestoreContext", y: _Yard, e: Any, target: str) -> None:
     import tarfile
     tar = _tmpfs_image(rctx.images_dir, e.root_dev)
+    if rctx.fd_channel is not None:
+        _untar_inside(y, e, tar, target)
+        return
     try:
         with tarfile.open(tar, "r:gz") as t:
             # Our own archive, written inside the namespace at dump: its
@@ -758,6 +956,66 @@ def _untar(rctx: "RestoreContext", y: _Yard, e: Any, target: str) -> None:
             t.extractall(y.ours(target), numeric_owner=True, filter="fully_trusted")
     except (OSError, tarfile.TarError) as exc:
         raise ImageError(tar, f"cannot unpack into {e.mountpoint}: {exc}") from None
+
+
+def _untar_inside(y: _Yard, e: Any, tar: str, target: str) -> None:
+    """A tmpfs of a mount namespace in a new user namespace is unpacked by a
+    child of ours that enters the puppet's user and mount namespaces: a
+    file there can be owned only by an id mapped in it (procsnap's root
+    gets EOVERFLOW), and the archive's owners (procsnap's view) are
+    translated to the ids inside."""
+    # before the fork: the child unpacks inside the tree's mount namespace,
+    # where Python's library may not be (tarfile opens gzip lazily)
+    import gzip  # noqa: F401
+    import tarfile
+
+    from . import user
+
+    m = user.id_map(y.rt.pid)
+    assert m is not None
+    fds = [os.open(f"/proc/{y.rt.pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in ("user", "mnt")]
+    r, w = os.pipe()
+    try:
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                os.close(r)
+                archive = open(tar, "rb")  # procsnap's file: before we are root inside
+                syscall(C.NR["setns"], fds[0], C.CLONE_NEWUSER)
+                syscall(C.NR["setns"], fds[1], C.CLONE_NEWNS)
+                # root inside (our ids, not mapped there, can own nothing)
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+
+                def inside(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+                    uid, gid = m.uid(ti.uid), m.gid(ti.gid)
+                    if uid is None or gid is None:
+                        raise ValueError(f"{ti.name}: owner {ti.uid}:{ti.gid} is not mapped "
+                                         "in the tree's user namespace")
+                    ti.uid, ti.gid = uid, gid
+                    return ti
+                with tarfile.open(fileobj=archive, mode="r:gz") as t:
+                    t.extractall(target, numeric_owner=True,
+                                 filter=lambda ti, _: inside(ti))
+                code = 0
+            except BaseException as exc:  # reported to the parent, one line
+                os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            finally:
+                os._exit(code)
+        os.close(w)
+        w = -1
+        with os.fdopen(r, "rb") as f:
+            r = -1
+            why = f.read().decode(errors="replace")
+        _, status = os.waitpid(child, 0)
+        if status != 0:
+            raise ImageError(tar, f"cannot unpack into {e.mountpoint}: "
+                                  f"{why or f'helper status {status}'}")
+    finally:
+        for fd in fds + [r, w]:
+            if fd >= 0:
+                os.close(fd)
 
 
 def _propagation(y: _Yard, steps: list[Step]) -> None:
