@@ -53,6 +53,7 @@ Refuse = Callable[[Any, Any], "str | None"]
 
 @dataclass(frozen=True)
 class Item:
+    """One row of the audit: a piece of state and its verdict."""
     source: str
     name: str
     kind: str
@@ -323,6 +324,7 @@ NS: list[Item] = [
 
 @dataclass(frozen=True)
 class Prctl:
+    """A prctl value read by injection in the task."""
     option: int
     arg: int = 0
     per_thread: bool = True

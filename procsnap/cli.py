@@ -27,8 +27,6 @@ a traceback only with -v, and only for a bug (an error we did not expect).
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import re
 import sys
@@ -56,184 +54,223 @@ def _page_server(a: argparse.Namespace) -> tuple[str, int] | None:
     return (a.address, a.port)
 
 
-def _parser() -> argparse.ArgumentParser:
-    # here, not at the top: `criu swrk` (cli.main through a symlink) must
-    # start without importing the resources
-    from .resources.cgroup import CG_MODES
-    p = argparse.ArgumentParser(prog="procsnap",
-                                description="Checkpoint/restore Linux processes (CRIU image format).")
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() finds it ($COLUMNS,
+    else stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose help formatter (made at every add_argument)
+    is given the width argparse would find with shutil, without importing
+    shutil (bz2, lzma, fnmatch...: ~1.5 % of procsnap's start-up)."""
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        return self.formatter_class(prog=self.prog, width=_columns() - 2)  # type: ignore[call-arg]
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; ``only``: with the parser of that command alone.
+    main asks for the command it runs only (argparse looks up gettext
+    catalogs for every parser made: all of them were ~5 % of the
+    start-up), and for all of them where the top level may print its help
+    or an error listing the commands."""
+    p = _Parser(prog="procsnap",
+                description="Checkpoint/restore Linux processes (CRIU image format).")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("dump", help="checkpoint a process tree into image files")
-    d.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
-                   help="root of the process tree to dump")
-    d.add_argument("-D", "--images-dir", required=True, metavar="DIR")
-    d.add_argument("-R", "--leave-running", action="store_true",
-                   help="let the process run on after the dump")
-    d.add_argument("-j", "--shell-job", action="store_true",
-                   help="the process is a job of a shell: save its terminal as such")
-    d.add_argument("--ghost-limit", type=_size, default=1 << 20, metavar="SIZE",
-                   help="largest deleted file whose contents are saved (default 1M; K/M/G)")
-    d.add_argument("--link-remap", action="store_true",
-                   help="allow hard links next to unlinked files the fs has no handles for")
-    d.add_argument("--external", action="append", default=[], metavar="unix[INO]",
-                   type=_external,
-                   help="a resource outside the tree: unix[INO] is our unix socket INO whose "
-                        "peer is outside (restore it with --inherit-fd); mnt[MOUNTPOINT]:KEY "
-                        "a mount from outside the tree, bound again at restore from the path "
-                        "given for KEY; tty[RDEV:DEV] (hex) a terminal whose other end is "
-                        "outside (restore it with --inherit-fd fd[N]:tty[RDEV:DEV])")
-    d.add_argument("--ext-mount-map", action="append", default=[], metavar="MOUNTPOINT:KEY",
-                   type=_ext_mount_map,
-                   help="as criu: the same as --external mnt[MOUNTPOINT]:KEY; 'auto': mounts "
-                        "from outside the tree found in procsnap's own mounts are external, "
-                        "keyed by their path there")
-    d.add_argument("--tcp-established", action="store_true",
-                   help="dump live TCP connections (TCP_REPAIR); their traffic is held back "
-                        "by a network lock until the restore")
-    d.add_argument("--tcp-close", action="store_true",
-                   help="do not dump TCP connections: they come back closed (as criu)")
-    d.add_argument("--skip-in-flight", action="store_true",
-                   help="drop connections waiting in a listener's accept queue instead of "
-                        "refusing the dump (as criu)")
-    d.add_argument("-x", "--ext-unix-sk", action="store_true",
-                   help="a dgram unix socket connected to a named socket outside the tree "
-                        "is saved and connected to that name again at restore (as criu)")
-    d.add_argument("-l", "--file-locks", action="store_true",
-                   help="dump file locks and leases (as criu's --file-locks); without it a "
-                        "tree holding one is refused")
-    d.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
-                    choices=CG_MODES, metavar="MODE",
-                    help="criu's modes: ignore saves no cgroup; any other saves every task's cgroups and the controllers' properties (the default: soft)")
-    d.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
-                    help="save the cgroup directories from PATH down (of CONTROLLER, or of every hierarchy not named)")
-    d.add_argument("--prev-images-dir", metavar="DIR",
-                   help="the images of a pre-dump of this tree (relative: to the images "
-                        "directory, as criu), linked as 'parent': pages not written since "
-                        "stay there")
-    d.add_argument("--track-mem", action="store_true",
-                   help="as criu: accepted; the tree's writes are tracked from a pre-dump "
-                        "on, and this dump closes the tracker")
-    d.add_argument("--sync", action="store_true",
-                   help="wait until the images are on disk before the tree is killed "
-                        "(procsnap's own: criu has no such option and, as procsnap by "
-                        "default, leaves them in the page cache); with --leave-running "
-                        "the tree runs again first")
-    _page_server_args(d)
-    d.add_argument("-v", "--verbose", action="count", default=0,
-                   help="print the stage times, the time the tree was frozen among them")
+    if only in (None, "dump"):
+        from .resources.cgroup import CG_MODES
+        d = sub.add_parser("dump", help="checkpoint a process tree into image files")
+        d.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
+                       help="root of the process tree to dump")
+        d.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        d.add_argument("-R", "--leave-running", action="store_true",
+                       help="let the process run on after the dump")
+        d.add_argument("-j", "--shell-job", action="store_true",
+                       help="the process is a job of a shell: save its terminal as such")
+        d.add_argument("--ghost-limit", type=_size, default=1 << 20, metavar="SIZE",
+                       help="largest deleted file whose contents are saved (default 1M; K/M/G)")
+        d.add_argument("--link-remap", action="store_true",
+                       help="allow hard links next to unlinked files the fs has no handles for")
+        d.add_argument("--external", action="append", default=[], metavar="unix[INO]",
+                       type=_external,
+                       help="a resource outside the tree: unix[INO] is our unix socket INO whose "
+                            "peer is outside (restore it with --inherit-fd); mnt[MOUNTPOINT]:KEY "
+                            "a mount from outside the tree, bound again at restore from the path "
+                            "given for KEY; tty[RDEV:DEV] (hex) a terminal whose other end is "
+                            "outside (restore it with --inherit-fd fd[N]:tty[RDEV:DEV])")
+        d.add_argument("--ext-mount-map", action="append", default=[], metavar="MOUNTPOINT:KEY",
+                       type=_ext_mount_map,
+                       help="as criu: the same as --external mnt[MOUNTPOINT]:KEY; 'auto': mounts "
+                            "from outside the tree found in procsnap's own mounts are external, "
+                            "keyed by their path there")
+        d.add_argument("--tcp-established", action="store_true",
+                       help="dump live TCP connections (TCP_REPAIR); their traffic is held back "
+                            "by a network lock until the restore")
+        d.add_argument("--tcp-close", action="store_true",
+                       help="do not dump TCP connections: they come back closed (as criu)")
+        d.add_argument("--skip-in-flight", action="store_true",
+                       help="drop connections waiting in a listener's accept queue instead of "
+                            "refusing the dump (as criu)")
+        d.add_argument("-x", "--ext-unix-sk", action="store_true",
+                       help="a dgram unix socket connected to a named socket outside the tree "
+                            "is saved and connected to that name again at restore (as criu)")
+        d.add_argument("-l", "--file-locks", action="store_true",
+                       help="dump file locks and leases (as criu's --file-locks); without it a "
+                            "tree holding one is refused")
+        d.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
+                        choices=CG_MODES, metavar="MODE",
+                        help="criu's modes: ignore saves no cgroup; any other saves every task's cgroups and the controllers' properties (the default: soft)")
+        d.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
+                        help="save the cgroup directories from PATH down (of CONTROLLER, or of every hierarchy not named)")
+        d.add_argument("--prev-images-dir", metavar="DIR",
+                       help="the images of a pre-dump of this tree (relative: to the images "
+                            "directory, as criu), linked as 'parent': pages not written since "
+                            "stay there")
+        d.add_argument("--track-mem", action="store_true",
+                       help="as criu: accepted; the tree's writes are tracked from a pre-dump "
+                            "on, and this dump closes the tracker")
+        d.add_argument("--sync", action="store_true",
+                       help="wait until the images are on disk before the tree is killed "
+                            "(procsnap's own: criu has no such option and, as procsnap by "
+                            "default, leaves them in the page cache); with --leave-running "
+                            "the tree runs again first")
+        _page_server_args(d)
+        d.add_argument("-v", "--verbose", action="count", default=0,
+                       help="print the stage times, the time the tree was frozen among them")
 
-    r = sub.add_parser("restore", help="recreate a process tree from image files")
-    r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
-    r.add_argument("-d", "--restore-detached", action="store_true",
-                   help="return once the process runs (default: wait for it to exit)")
-    r.add_argument("--pidfile", metavar="FILE", help="write the root's PID here")
-    r.add_argument("-j", "--shell-job", action="store_true",
-                   help="attach the process to this terminal")
-    r.add_argument("--skip-file-check", action="store_true",
-                   help="restore files even if their size or mode changed since the dump")
-    r.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:unix[INO]",
-                   type=_inherit_fd,
-                   help="use our fd N for the external resource KEY (as criu)")
-    r.add_argument("-r", "--root", metavar="DIR",
-                   help="the root file system of a tree dumped in a mount namespace of its "
-                        "own: its mount tree is built on DIR (as criu's --root)")
-    r.add_argument("--external", action="append", default=[], metavar="mnt[KEY]:PATH",
-                   type=_restore_external, dest="ext_mount",
-                   help="bind PATH where the external mount KEY was; veth[IN]:OUT: the "
-                        "veth IN of the tree's network namespace gets its peer OUT here")
-    r.add_argument("--veth-pair", action="append", default=[], metavar="IN=OUT",
-                   type=_veth_pair, dest="ext_mount",
-                   help="as criu: the same as --external veth[IN]:OUT")
-    r.add_argument("--ext-mount-map", action="append", default=[], metavar="KEY:PATH",
-                   type=_ext_mount_map, dest="ext_mount_map",
-                   help="as criu: the same as --external mnt[KEY]:PATH; 'auto': a key that "
-                        "is a path (dumped with --ext-mount-map auto) is bound from that path")
-    r.add_argument("--tcp-close", action="store_true",
-                   help="restore established TCP connections closed (as criu)")
-    r.add_argument("-x", "--ext-unix-sk", action="store_true",
-                   help="connect sockets dumped with --ext-unix-sk to their outside peer's "
-                        "name again (as criu)")
-    r.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="do not compare the restored tasks with the images before they run")
-    r.add_argument("--tcp-established", action="store_true",
-                   help="accepted for criu's habits: the images say which connections "
-                        "are live")
-    r.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
-                    choices=CG_MODES, metavar="MODE",
-                    help="criu's modes: soft (default): a missing cgroup is made with its saved properties; full: existing ones get them too; strict: an existing one is an error; props: properties, cgroups must exist; none: they must exist, no properties; ignore: tasks stay in the restorer's cgroups")
-    r.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
-                    help="restore the tree's root cgroup (of CONTROLLER, or of every hierarchy not named) at PATH")
-    r.add_argument("-J", "--join-ns", action="append", default=[], metavar="net:PATH|PID",
-                   type=_join_ns,
-                   help="as criu: the tree joins the network namespace of the file PATH "
-                        "(or of process PID) instead of a new one; its contents stay as "
-                        "they are, its network lock goes once the tree runs")
-    r.add_argument("--lazy-pages", action="store_true",
-                   help="as criu: private anonymous memory comes on demand from the "
-                        "lazy-pages daemon (start it first: lazy-pages -D DIR), which also "
-                        "pushes the rest; the tree runs before its memory has arrived")
-    r.add_argument("-W", "--work-dir", metavar="DIR",
-                   help="where the lazy-pages socket is (default: the images directory)")
-    r.add_argument("-v", "--verbose", action="count", default=0)
+    if only in (None, "restore"):
+        from .resources.cgroup import CG_MODES
+        r = sub.add_parser("restore", help="recreate a process tree from image files")
+        r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        r.add_argument("-d", "--restore-detached", action="store_true",
+                       help="return once the process runs (default: wait for it to exit)")
+        r.add_argument("--pidfile", metavar="FILE", help="write the root's PID here")
+        r.add_argument("-j", "--shell-job", action="store_true",
+                       help="attach the process to this terminal")
+        r.add_argument("--skip-file-check", action="store_true",
+                       help="restore files even if their size or mode changed since the dump")
+        r.add_argument("--inherit-fd", action="append", default=[], metavar="fd[N]:unix[INO]",
+                       type=_inherit_fd,
+                       help="use our fd N for the external resource KEY (as criu)")
+        r.add_argument("-r", "--root", metavar="DIR",
+                       help="the root file system of a tree dumped in a mount namespace of its "
+                            "own: its mount tree is built on DIR (as criu's --root)")
+        r.add_argument("--external", action="append", default=[], metavar="mnt[KEY]:PATH",
+                       type=_restore_external, dest="ext_mount",
+                       help="bind PATH where the external mount KEY was; veth[IN]:OUT: the "
+                            "veth IN of the tree's network namespace gets its peer OUT here")
+        r.add_argument("--veth-pair", action="append", default=[], metavar="IN=OUT",
+                       type=_veth_pair, dest="ext_mount",
+                       help="as criu: the same as --external veth[IN]:OUT")
+        r.add_argument("--ext-mount-map", action="append", default=[], metavar="KEY:PATH",
+                       type=_ext_mount_map, dest="ext_mount_map",
+                       help="as criu: the same as --external mnt[KEY]:PATH; 'auto': a key that "
+                            "is a path (dumped with --ext-mount-map auto) is bound from that path")
+        r.add_argument("--tcp-close", action="store_true",
+                       help="restore established TCP connections closed (as criu)")
+        r.add_argument("-x", "--ext-unix-sk", action="store_true",
+                       help="connect sockets dumped with --ext-unix-sk to their outside peer's "
+                            "name again (as criu)")
+        r.add_argument("--no-verify", dest="verify", action="store_false",
+                       help="do not compare the restored tasks with the images before they run")
+        r.add_argument("--tcp-established", action="store_true",
+                       help="accepted for criu's habits: the images say which connections "
+                            "are live")
+        r.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
+                        choices=CG_MODES, metavar="MODE",
+                        help="criu's modes: soft (default): a missing cgroup is made with its saved properties; full: existing ones get them too; strict: an existing one is an error; props: properties, cgroups must exist; none: they must exist, no properties; ignore: tasks stay in the restorer's cgroups")
+        r.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
+                        help="restore the tree's root cgroup (of CONTROLLER, or of every hierarchy not named) at PATH")
+        r.add_argument("-J", "--join-ns", action="append", default=[], metavar="net:PATH|PID",
+                       type=_join_ns,
+                       help="as criu: the tree joins the network namespace of the file PATH "
+                            "(or of process PID) instead of a new one; its contents stay as "
+                            "they are, its network lock goes once the tree runs")
+        r.add_argument("--lazy-pages", action="store_true",
+                       help="as criu: private anonymous memory comes on demand from the "
+                            "lazy-pages daemon (start it first: lazy-pages -D DIR), which also "
+                            "pushes the rest; the tree runs before its memory has arrived")
+        r.add_argument("-W", "--work-dir", metavar="DIR",
+                       help="where the lazy-pages socket is (default: the images directory)")
+        r.add_argument("-v", "--verbose", action="count", default=0)
 
-    lp = sub.add_parser("lazy-pages", help="serve the memory of a restore --lazy-pages "
-                                           "(criu's lazy-pages daemon)")
-    lp.add_argument("-D", "--images-dir", required=True, metavar="DIR")
-    lp.add_argument("-W", "--work-dir", metavar="DIR",
-                    help="where to listen (lazy-pages.socket; default: the images directory)")
-    lp.add_argument("--page-server", action="store_true",
-                    help="fetch the pages from a page server (--address, --port) with criu's "
-                         "protocol, not from the images")
-    lp.add_argument("--address", metavar="ADDR", help="the page server's address")
-    lp.add_argument("--port", type=int, metavar="PORT", help="the page server's port")
-    lp.add_argument("-v", "--verbose", action="count", default=0)
+    if only in (None, "lazy-pages"):
+        lp = sub.add_parser("lazy-pages", help="serve the memory of a restore --lazy-pages "
+                                               "(criu's lazy-pages daemon)")
+        lp.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        lp.add_argument("-W", "--work-dir", metavar="DIR",
+                        help="where to listen (lazy-pages.socket; default: the images directory)")
+        lp.add_argument("--page-server", action="store_true",
+                        help="fetch the pages from a page server (--address, --port) with criu's "
+                             "protocol, not from the images")
+        lp.add_argument("--address", metavar="ADDR", help="the page server's address")
+        lp.add_argument("--port", type=int, metavar="PORT", help="the page server's port")
+        lp.add_argument("-v", "--verbose", action="count", default=0)
 
-    pd = sub.add_parser("pre-dump", help="copy a tree's memory while it runs on, its writes "
-                                         "tracked for the next pre-dump or dump")
-    pd.add_argument("-t", "--tree", type=int, required=True, metavar="PID")
-    pd.add_argument("-D", "--images-dir", required=True, metavar="DIR")
-    pd.add_argument("--prev-images-dir", metavar="DIR",
-                    help="the previous pre-dump's images (relative: to the images directory)")
-    pd.add_argument("--track-mem", action="store_true",
-                    help="as criu: accepted, a pre-dump always tracks")
-    _page_server_args(pd)
-    pd.add_argument("-v", "--verbose", action="count", default=0,
-                    help="print the stage times, the time the tree was frozen among them")
+    if only in (None, "pre-dump"):
+        pd = sub.add_parser("pre-dump", help="copy a tree's memory while it runs on, its writes "
+                                             "tracked for the next pre-dump or dump")
+        pd.add_argument("-t", "--tree", type=int, required=True, metavar="PID")
+        pd.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        pd.add_argument("--prev-images-dir", metavar="DIR",
+                        help="the previous pre-dump's images (relative: to the images directory)")
+        pd.add_argument("--track-mem", action="store_true",
+                        help="as criu: accepted, a pre-dump always tracks")
+        _page_server_args(pd)
+        pd.add_argument("-v", "--verbose", action="count", default=0,
+                        help="print the stage times, the time the tree was frozen among them")
 
-    ps = sub.add_parser("page-server", help="receive a dump's pages over TCP (criu's "
-                                            "page-server: one dump, then exit)")
-    ps.add_argument("-D", "--images-dir", required=True, metavar="DIR")
-    ps.add_argument("--port", type=int, required=True, metavar="PORT")
-    ps.add_argument("--address", metavar="ADDR", help="listen on this address only")
-    ps.add_argument("-d", "--daemon", action="store_true",
-                    help="return once listening, serve in the background")
-    ps.add_argument("--status-fd", type=int, metavar="FD",
-                    help="write a zero byte to FD once listening")
-    ps.add_argument("--pidfile", metavar="FILE", help="write the server's pid here")
-    ps.add_argument("--prev-images-dir", metavar="DIR",
-                    help="the server's images of the previous pre-dump (relative: to -D), "
-                         "linked as 'parent': pages the dump leaves there")
-    ps.add_argument("--lazy-pages", action="store_true",
-                    help="serve the pages of the images in -D on demand (PS_IOV_GET), "
-                         "for a lazy-pages daemon")
-    ps.add_argument("-v", "--verbose", action="count", default=0)
+    if only in (None, "page-server"):
+        ps = sub.add_parser("page-server", help="receive a dump's pages over TCP (criu's "
+                                                "page-server: one dump, then exit)")
+        ps.add_argument("-D", "--images-dir", required=True, metavar="DIR")
+        ps.add_argument("--port", type=int, required=True, metavar="PORT")
+        ps.add_argument("--address", metavar="ADDR", help="listen on this address only")
+        ps.add_argument("-d", "--daemon", action="store_true",
+                        help="return once listening, serve in the background")
+        ps.add_argument("--status-fd", type=int, metavar="FD",
+                        help="write a zero byte to FD once listening")
+        ps.add_argument("--pidfile", metavar="FILE", help="write the server's pid here")
+        ps.add_argument("--prev-images-dir", metavar="DIR",
+                        help="the server's images of the previous pre-dump (relative: to -D), "
+                             "linked as 'parent': pages the dump leaves there")
+        ps.add_argument("--lazy-pages", action="store_true",
+                        help="serve the pages of the images in -D on demand (PS_IOV_GET), "
+                             "for a lazy-pages daemon")
+        ps.add_argument("-v", "--verbose", action="count", default=0)
 
-    sub.add_parser("check", help="check that this kernel has what procsnap needs")
+    if only in (None, "check"):
+        sub.add_parser("check", help="check that this kernel has what procsnap needs")
 
-    s = sub.add_parser("show", help="decode images to JSON (like crit)")
-    s.add_argument("dir", metavar="DIR")
-    s.add_argument("image", nargs="?", metavar="IMAGE", help="one image file (name in DIR or path)")
+    if only in (None, "show"):
+        s = sub.add_parser("show", help="decode images to JSON (like crit)")
+        s.add_argument("dir", metavar="DIR")
+        s.add_argument("image", nargs="?", metavar="IMAGE", help="one image file (name in DIR or path)")
 
-    sub.add_parser("demo", help="checkpoint and restore a small counter, showing each step")
+    if only in (None, "demo"):
+        sub.add_parser("demo", help="checkpoint and restore a small counter, showing each step")
 
-    n = sub.add_parser("network-unlock",
-                       help="drop the network lock a --tcp-established dump left "
-                            "(when its restore is abandoned)")
-    n.add_argument("dir", metavar="DIR", help="the images directory of that dump")
+    if only in (None, "network-unlock"):
+        n = sub.add_parser("network-unlock",
+                           help="drop the network lock a --tcp-established dump left "
+                                "(when its restore is abandoned)")
+        n.add_argument("dir", metavar="DIR", help="the images directory of that dump")
 
-    c = sub.add_parser("cleanup", help="remove temporary names an interrupted run left behind")
-    c.add_argument("dir", metavar="DIR", help="the images directory of that run")
+    if only in (None, "cleanup"):
+        c = sub.add_parser("cleanup", help="remove temporary names an interrupted run left behind")
+        c.add_argument("dir", metavar="DIR", help="the images directory of that run")
+
     return p
 
 
@@ -317,6 +354,7 @@ def cmd_lazy_pages(a: argparse.Namespace) -> int:
 
 
 def cmd_show(a: argparse.Namespace) -> int:
+    import json
     from .images import show
     if a.image:
         path = a.image if os.sep in a.image else os.path.join(a.dir, a.image)
@@ -449,12 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     if args[:1] == ["criu"]:
         from .criu import main as criu_main
         return criu_main(args[1:])
-    a = _parser().parse_args(argv)
+    only = args[0] if args and args[0] in COMMANDS else None
+    a = _parser(only).parse_args(args)
     verbose = getattr(a, "verbose", 0)
     from . import progress
     progress.enabled = True  # a bar for long page copies, on a terminal only
-    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
-                        format="procsnap: %(message)s")
+    from . import logs  # logging itself is imported at the first message
+    logs.configure(level=logs.DEBUG if verbose > 1 else logs.WARNING,
+                   format="procsnap: %(message)s")
     try:
         return COMMANDS[a.cmd](a)
     except ProcsnapError as exc:

@@ -26,12 +26,12 @@ freeze to its release or kill (criu's frozen_time).
 """
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import time
 from typing import Any, Callable
 
+from . import logs
 from . import audit, images, pagexfer
 from .resources import seccomp
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess, ProcsnapError,
@@ -45,7 +45,7 @@ from .kernel import ptrace
 from .procfs.reader import ProcReader, is_kernel_thread
 from .tasks import DumpContext, DumpOptions, DumpTask, DumpThread
 
-log = logging.getLogger("procsnap.dumper")
+log = logs.Logger("procsnap.dumper")
 
 SCRATCH_SIZE = 64 * 1024
 
@@ -341,7 +341,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     """
     from . import resources  # late: resources import this module's types
     from . import tmpnames
-    from .resources import memtrack, namespaces, regfile
+    from .resources import namespaces, regfile
 
     t0 = time.monotonic()
     _check_target(pid)
@@ -415,6 +415,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         if client is not None:
             ctx.kind_state[pagexfer.NAMES_KEY] = _image_names(ctx)
         if prev_images_dir is not None:
+            from .resources import memtrack
             t = time.monotonic()
             record = memtrack.load(os.path.join(images_dir, "parent"))
             _tracked(ctx, record)
@@ -772,8 +773,9 @@ def _write_images(ctx: DumpContext) -> None:
                                                        sighand_id=0))
     from .resources import namespaces
     namespaces.own_ids(inv.root_ids)
-    from .resources import tcp
-    tcp.inventory(ctx, inv)
+    if "tcp" in ctx.kind_state:  # resources.tcp's NAME: it locked the network
+        from .resources import tcp  # (else not imported: socket, subprocess, shutil...)
+        tcp.inventory(ctx, inv)
     track("inventory", None)
     images.write_one(d, "inventory", inv)
     # A tree in a pid namespace of its own is written as CRIU writes it:

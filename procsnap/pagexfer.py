@@ -39,15 +39,12 @@ from __future__ import annotations
 import bisect
 import ctypes
 import fcntl
-import json
-import logging
 import os
-import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from . import images
+from . import images, logs
 from .errors import DumpError, ImageError, ProcsnapError
 from .images.magic import PE_LAZY, PE_PARENT, PE_PRESENT
 from .images.parent import flags_of
@@ -56,7 +53,13 @@ from .kernel import consts as C
 from .kernel.libc import libc
 from .kernel.structs import Iovec
 
-log = logging.getLogger("procsnap.pagexfer")
+if TYPE_CHECKING:
+    import socket
+
+# socket and json are imported by the functions that use them, and logging
+# at the first message (procsnap.logs): dumper, restorer and memory import
+# this module, and a dump without --page-server must not pay for them.
+log = logs.Logger("procsnap.pagexfer")
 
 PAGE = C.PAGE_SIZE
 PSI = struct.Struct("=I4xQQQ")     # struct page_server_iov, x86_64 layout
@@ -131,6 +134,7 @@ def decode_dst(dst_id: int) -> tuple[str, int]:
 
 def _addr_family(address: str) -> socket.AddressFamily:
     """CRIU's get_sockaddr_in(): an IPv4 or an IPv6 address, no names."""
+    import socket
     for fam in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(fam, address)
@@ -152,6 +156,7 @@ class PageClient:
     connect_to_page_server_to_send()), opened before the tree is frozen."""
 
     def __init__(self, address: str, port: int, timeout: float = 60.0) -> None:
+        import socket
         self.where = f"page server {_where(address, port)}"
         try:
             fam = _addr_family(address)
@@ -184,6 +189,7 @@ class PageClient:
 
     def _send(self, bufs: list[Any]) -> None:
         """sendmsg() of a list of buffers, all of it (partial sends resumed)."""
+        import socket
         views = [memoryview(b).cast("B") for b in bufs]
         try:
             while views:
@@ -198,6 +204,7 @@ class PageClient:
             raise self._fail("lost while sending (is it still running?)", exc) from None
 
     def _recv(self, n: int) -> bytes:
+        import socket
         self.sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             data = self.sk.recv(n, socket.MSG_WAITALL)
@@ -247,6 +254,7 @@ class PageClient:
     def send_fd_range(self, addr: int, fd: int, offset: int, length: int) -> None:
         """Pages whose bytes are in file ``fd`` at ``offset`` (a shared
         memory object): sendfile(), no copy through us."""
+        import socket
         n = length // PAGE
         self._send([PSI.pack(encode_cmd(PS_IOV_ADD_F, PE_PRESENT), n, addr, self.dst)])
         done = 0
@@ -358,6 +366,7 @@ class PageClient:
 
 
 def save_sent(images_dir: str, client: PageClient) -> str:
+    import json
     path = os.path.join(images_dir, SENT_RECORD)
     rec: dict[str, Any] = {kind: {str(i): runs for i, runs in per.items()}
                            for kind, per in client.sent.items()}
@@ -371,6 +380,7 @@ def sent_counts(images_dir: str) -> dict[str, int] | None:
     """Pages a dump sent to its page server ("pagemap", "shmem-pagemap":
     with their bytes; "parent": left in the parent images), from its
     record; None when that dump used no page server."""
+    import json
     try:
         with open(os.path.join(images_dir, SENT_RECORD)) as f:
             rec = json.load(f)
@@ -384,6 +394,7 @@ def sent_counts(images_dir: str) -> dict[str, int] | None:
 def load_sent(images_dir: str, kind: str, ident: int) -> list[tuple[int, int]] | None:
     """What the page server holds of (kind, ident) for the dump whose local
     images are in ``images_dir``; None when that dump used no page server."""
+    import json
     try:
         with open(os.path.join(images_dir, SENT_RECORD)) as f:
             rec = json.load(f)
@@ -581,6 +592,7 @@ class PageServer:
         return m
 
     def _get(self, sk: socket.socket, pi: tuple[int, int, int, int]) -> None:
+        import socket
         _, n, addr, pid = pi
         places = self._lazy_map(pid)
         i = bisect.bisect_right(places, (addr, 1 << 63)) - 1
@@ -635,6 +647,7 @@ class PageServer:
                         pass
 
     def _serve(self, sk: socket.socket) -> None:
+        import socket
         if self.lazy:
             sk.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         else:
@@ -728,6 +741,7 @@ def _page_places(images_dir: str, kind: str, ident: int, depth: int = 0
 def listen(address: str | None, port: int) -> socket.socket:
     """CRIU's setup_tcp_server(): any address when none is given; port 0
     picks one (read it with getsockname())."""
+    import socket
     fam = _addr_family(address) if address else socket.AF_INET
     sk = socket.socket(fam, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

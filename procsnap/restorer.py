@@ -22,12 +22,12 @@ A failure at any point kills what was created and reports one line.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
 import time
 from typing import Any, Callable
 
+from . import logs
 from . import images, pagexfer
 from .errors import ActionScriptFailed, ImageError, ProcsnapError, RestoreError
 from .images import legacy as legacy_files, pidview
@@ -44,7 +44,7 @@ from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED, che
 from .tasks import (PUPPET_OPTIONS, TRAMP_SIZE, RestoreContext, RestoreOptions, RestoreTask,
                     RestoreThread)
 
-log = logging.getLogger("procsnap.restorer")
+log = logs.Logger("procsnap.restorer")
 
 # Stage timings of the last restore in this process (the API returns a pid).
 last_stats: dict[str, float] = {}

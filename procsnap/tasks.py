@@ -25,8 +25,15 @@ from .procfs.reader import ProcReader
 
 # ------------------------------------------------------------------ dump ----
 
+# The tasks, threads and contexts are compared by identity (eq=False; two
+# of them never hold the same fields) and have no generated repr (one would
+# print every image of a tree): dataclass() compiles each generated method
+# at import, and these two for the seven classes below were ~5 % of the
+# instructions of procsnap's start-up.
+
 @dataclass
 class DumpOptions:
+    """What the caller of dump() asked for."""
     leave_running: bool = False
     shell_job: bool = False
     ghost_limit: int = 1 << 20   # largest deleted file saved as a ghost (CRIU's default)
@@ -61,7 +68,7 @@ class DumpOptions:
     page_server: tuple[str, int] | None = None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DumpThread:
     """One thread of a process: its own registers, injector and core."""
     tid: int
@@ -76,7 +83,7 @@ class DumpThread:
         return self.inj
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DumpTask:
     """Everything the resource modules learn about one process."""
     pid: int
@@ -112,8 +119,9 @@ class DumpTask:
         return self.inj
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class DumpContext:
+    """The state of one dump, shared by the resource modules."""
     images_dir: str
     opts: DumpOptions
     tasks: list[DumpTask] = field(default_factory=list)
@@ -204,7 +212,7 @@ def _ns_ino(pid: str) -> int | None:
         return None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class FdCtx:
     """One fd of a task as the fd kind modules see it at dump."""
     ctx: DumpContext
@@ -233,6 +241,7 @@ PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRA
 
 @dataclass
 class RestoreOptions:
+    """What the caller of restore() asked for."""
     detached: bool = True
     shell_job: bool = False
     pidfile: str | None = None
@@ -266,15 +275,17 @@ class RestoreOptions:
     lazy_socket: str | None = None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreThread:
+    """One thread of a task being restored."""
     tid: int
     core: Any
     inj: Injector = None  # type: ignore[assignment]
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreTask:
+    """One task being restored: its images and its puppet."""
     pid: int
     images_dir: str
     pstree: Any
@@ -467,8 +478,9 @@ class RestoreTask:
         self.pidfds.clear()
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreContext:
+    """The state of one restore, shared by the resource modules."""
     images_dir: str
     opts: RestoreOptions
     files: dict[int, Any] = field(default_factory=dict)

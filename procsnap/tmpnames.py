@@ -26,13 +26,13 @@ last.
 """
 from __future__ import annotations
 
-import logging
 import os
 
+from . import logs
 from .errors import ProcsnapError
 
 JOURNAL = "procsnap-tmpnames.txt"
-log = logging.getLogger("procsnap.tmpnames")
+log = logs.Logger("procsnap.tmpnames")
 
 
 def _journal(images_dir: str) -> str:

@@ -113,10 +113,7 @@ import bisect
 import ipaddress
 import ctypes
 import fcntl
-import logging
 import os
-import signal
-import socket
 import signal
 import struct
 import stat as st_mod
@@ -124,6 +121,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import logs
 from .errors import RestoreError, Unsupported
 from .images.pb import fdinfo_pb2
 from .kernel import consts as C
@@ -140,9 +138,11 @@ from .resources.memory import (MADV_BY_VMFLAG, MAP_BY_VMFLAG, VMA_ANON_SHARED, V
 from .resources.signals import SIGCHLD, SIGNALS
 
 if TYPE_CHECKING:
+    import socket
+
     from .tasks import RestoreContext, RestoreTask
 
-log = logging.getLogger("procsnap.verify")
+log = logs.Logger("procsnap.verify")
 
 PREFIX = "restore check"
 
@@ -383,6 +383,7 @@ def _escape(path: str) -> str:
 
 @dataclass
 class _Vma:
+    """A mapping as the restored task has it."""
     start: int
     end: int
     prot: int
@@ -901,8 +902,9 @@ def check_locks(rctx: "RestoreContext") -> list[tuple[int, str]]:
 SO_NO_CHECK, SO_PASSSEC, SO_BUF_LOCK = 11, 34, 72
 IP_PKTINFO, IP_FREEBIND = 8, 15
 SOCK_SNDBUF_LOCK, SOCK_RCVBUF_LOCK = 1, 2
-_SOL, _IP, _IP6, _TCP = socket.SOL_SOCKET, socket.IPPROTO_IP, socket.IPPROTO_IPV6, \
-    socket.IPPROTO_TCP
+# SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP (socket is imported by the
+# functions that check sockets: its enums cost every restore ~1 % of start-up)
+_SOL, _IP, _IP6, _TCP = 1, 0, 41, 6
 
 
 def _get(sk: socket.socket, level: int, num: int, size: int = 0) -> Any:
@@ -918,6 +920,7 @@ def _sockopt_expect(rctx: "RestoreContext", entry: Any,
     """(option, level, number, read size (0: an int), value) the image
     gives a socket: each option sockopts.TABLE marks SAVED, as the
     restore sets it (unset fields: what a fresh socket has)."""
+    import socket
     inet = entry.type == fdinfo_pb2.INETSK
     o = (entry.isk if inet else entry.nlsk if entry.type == fdinfo_pb2.NETLINKSK
          else entry.psk if entry.type == fdinfo_pb2.PACKETSK else entry.usk).opts
@@ -996,6 +999,7 @@ def _bound_v6_only(ie: Any) -> bool:
     makes the kernel set IPV6_V6ONLY (inet6_bind), and it cannot be cleared
     once bound.  On a connected socket the flag changes nothing: it only
     decides which addresses a socket may still bind or accept."""
+    import socket
     from .resources.tcp import unpack_addr
     if not ie.dst_port:
         return False
@@ -1005,6 +1009,7 @@ def _bound_v6_only(ie: Any) -> bool:
 
 def _check_netlink(fd: int, copy: int, ne: Any) -> list[str]:
     """A netlink socket's port id, every group it is in, and its peer."""
+    import socket
     from .resources import netlinksk
     sk = socket.socket(fileno=copy)
     try:
@@ -1059,6 +1064,7 @@ def _check_packet(f: Found, fd: int, copy: int, pe: Any) -> list[str]:
 def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, int, Any]]:
     """A raw socket's ip_opts.raw: header-include, no-defrag and the ICMP
     type filter (read as bytes, compared as the image's words)."""
+    import socket
     if family == socket.AF_INET6:
         out: list[tuple[str, int, int, int, Any]] = [
             ("IPV6_HDRINCL", _IP6, 36, 0, int(r.hdrincl))]
@@ -1074,6 +1080,7 @@ def _raw_expect(family: int, proto: int, r: Any) -> list[tuple[str, int, int, in
 
 def _default(rctx: "RestoreContext", sk: socket.socket, level: int, num: int) -> Any:
     """What a fresh socket like ``sk`` reports (a default that follows a sysctl)."""
+    import socket
     from .kernel import netns
     defaults = rctx.kind_state.setdefault("verify-sockdefaults", {})
     nsfd = netns.of_socket(sk.fileno())
@@ -1117,6 +1124,7 @@ def _check_filter(fd: int, sk: socket.socket, want: list[int]) -> list[str]:
 
 
 def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> list[str]:
+    import socket
     sk = socket.socket(fileno=copy)
     try:
         out: list[str] = []

@@ -24,13 +24,10 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-CRIU_VERSION = "4.2"  # the criu whose command line this follows (LXC wants >= 2.0)
+from .basics import CRIU_VERSION, GLOBAL_CONFIG, USER_CONFIG  # noqa: F401 (re-exported)
 
 MAP, ACCEPT, REFUSE = "map", "accept", "refuse"
 NONE, REQ, OPT = 0, 1, 2          # no argument, required, optional (only as -xARG / --x=ARG)
-
-GLOBAL_CONFIG = "/etc/criu/default.conf"
-USER_CONFIG = ".criu/default.conf"   # under $HOME
 
 COMMANDS = ("dump", "pre-dump", "restore", "check", "page-server")
 # criu lazy-pages -D DIR [--page-server --address A --port P]: procsnap.lazypages

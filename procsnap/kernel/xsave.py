@@ -31,6 +31,7 @@ LEGACY_FEATURES = 0b11  # x87 and SSE live in the legacy area
 
 @dataclass(frozen=True)
 class Layout:
+    """The XSAVE standard-format layout of this CPU and kernel."""
     size: int                     # total standard-format size for XCR0
     xcr0: int                     # features the OS enabled
     offsets: dict[int, tuple[int, int]]  # component -> (offset, size)

@@ -41,7 +41,6 @@ checked as they are written (a write the kernel takes is the value).
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from .. import images
@@ -603,6 +602,7 @@ class _hierarchy:
                 best = m
         if best is not None:
             return best.mount_point, best.root
+        import tempfile  # only where no hierarchy is mounted: 4 ms of start-up otherwise
         self.tmp = tempfile.mkdtemp(prefix="procsnap-cgroup-")
         # a hierarchy of no controller (name=X only) is mounted with "none"
         named_only = want is not None and all(c.startswith("name=") for c in want)

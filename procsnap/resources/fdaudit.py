@@ -25,6 +25,7 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class Rule:
+    """How one fdinfo/flag value is treated: saved, irrelevant or refused."""
     verdict: str                                   # "saved", "irrelevant", "refused"
     why: str                                       # what/where saved, why irrelevant
     when: Callable[[str], bool] | None = None      # refused: value -> refuse?

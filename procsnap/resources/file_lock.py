@@ -58,8 +58,11 @@ _NAMES = {FL_POSIX: "POSIX lock", FL_FLOCK: "flock", FL_OFD: "OFD lock", FL_LEAS
 _FLOCK = struct.Struct("<hh4xqqi4x")
 
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _State:
+    """The locks met during one dump."""
     entries: list[Any] = field(default_factory=list)
     seen: set[tuple[Any, ...]] = field(default_factory=set)
     # POSIX locks seen under another process's fd: (owner pid, start, end, type) -> where

@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import errno
 import functools
-import logging
 import os
 import resource
 import stat as st_mod
@@ -26,6 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from .. import elf, images, pagexfer, progress
 from ..errors import ImageError, RestoreError, Unsupported
 from ..images import parent as parent_pages
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..tasks import DumpContext, DumpTask
     from ..tasks import RestoreContext, RestoreTask
 
-log = logging.getLogger("procsnap.memory")
+log = logs.Logger("procsnap.memory")
 
 NAME = "memory"
 PAGE = C.PAGE_SIZE
@@ -970,7 +970,9 @@ def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
     return {i for i in lazy_vmas(rt) if sig(rt.mm.vmas[i]) not in related}
 
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _Premapped:
     """What premap() left mapped in one task, for its children to reuse."""
     vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()

@@ -64,8 +64,11 @@ NR_TEE = 276
 SPLICE_F_NONBLOCK = 2
 
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _Pipe:
+    """One pipe of the tree and the fds holding each end."""
     ino: int
     readers: list[tuple[int, int]] = field(default_factory=list)   # (pid, fd)
     writers: list[tuple[int, int]] = field(default_factory=list)

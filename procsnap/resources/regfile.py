@@ -215,7 +215,9 @@ def mapping_stat(task: "DumpTask", link: str) -> os.stat_result:
 
 # ------------------------------------------------------------ dump state --
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class DumpState:
     """Per-dump bookkeeping, kept in DumpContext.kind_state["reg"]."""
     ghost_limit: int = GHOST_LIMIT
@@ -538,7 +540,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
 
 # ------------------------------------------------------------- restore ----
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class RestoreState:
     """Per-restore bookkeeping, kept in RestoreContext.kind_state["reg"]."""
     remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry

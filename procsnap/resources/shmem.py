@@ -61,8 +61,11 @@ MAP_HUGE_SHIFT = 26
 HUGE_MASK = C.MAP_HUGETLB | (0x3F << MAP_HUGE_SHIFT)
 
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _Obj:
+    """One System V shm segment attached in the tree."""
     shmid: int
     pid: int
     start: int

@@ -8,7 +8,6 @@ both are taken as raw bytes here.
 """
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Any
 
@@ -25,6 +24,7 @@ from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
     unix_diag_msg,
 )
 
+from .. import logs
 from ..errors import DumpError
 from ..kernel import netns
 
@@ -32,7 +32,8 @@ __all__ = ["SS_ALL", "UDIAG_SHOW_ICONS", "UDIAG_SHOW_NAME", "UDIAG_SHOW_PEER",
            "UDIAG_SHOW_RQLEN", "UDIAG_SHOW_VFS", "query"]
 
 # pyroute2 logs every netlink message at DEBUG; procsnap -vv is about us.
-logging.getLogger("pyroute2").setLevel(logging.WARNING)
+# (pyroute2 imports logging: the command line's configuration is applied now)
+logs.real().getLogger("pyroute2").setLevel(logs.WARNING)
 
 
 class _unix_diag_msg(unix_diag_msg):  # type: ignore[misc]

@@ -99,8 +99,10 @@ KIND_LEVELS = {"unix": (SOL_SOCKET,),
                "raw6": (SOL_SOCKET, SOL_IPV6, SOL_ICMPV6, SOL_RAW)}
 PROBE_RANGE = range(0, 256)
 # never read, whatever the kind: SO_ERROR clears the error it reports,
-# SO_PEERPIDFD installs a pidfd in the reader
-NEVER_READ = {(SOL_SOCKET, 4), (SOL_SOCKET, 77)}
+# SO_PEERPIDFD installs a pidfd in the reader, TCP_ZEROCOPY_RECEIVE is a
+# receive whose arguments are the read buffer (which getsockopt() leaves
+# uninitialised: it answered or not depending on the reader's heap)
+NEVER_READ = {(SOL_SOCKET, 4), (SOL_SOCKET, 77), (SOL_TCP, 35)}
 READ_SIZE = 256
 
 

@@ -272,8 +272,11 @@ def _canon_edit(t: Any) -> set[int]:
 
 # ---------------------------------------------------------------- dump ----
 
-@dataclass
+# Bookkeeping compared by identity, without a generated repr: dataclass()
+# compiles __eq__ and __repr__ at import, at every start of procsnap.
+@dataclass(eq=False, repr=False)
 class _Side:
+    """One end of a pty pair as first seen in the tree."""
     info_id: int
     holder: tuple[int, int, str]      # (pid, fd, link) first seen, for messages
     copy: int                         # our pidfd_getfd copy (the same description)
@@ -281,15 +284,17 @@ class _Side:
     hung: bool = False
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _Pair:
+    """A pty pair of the tree, by index."""
     index: int
     master: _Side | None = None
     slave: _Side | None = None
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _DumpState:
+    """The terminals met during one dump."""
     pairs: dict[int, _Pair] = field(default_factory=dict)
     copies: list[int] = field(default_factory=list)
     ctty_info: int | None = None
@@ -798,8 +803,9 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
 
 # ------------------------------------------------------------- restore ----
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class _RestoreState:
+    """The terminals made during one restore."""
     infos: dict[int, Any]
     pool: dict[int, int] = field(default_factory=dict)      # file id -> fd in every puppet
     base: dict[int, int] = field(default_factory=dict)      # index -> a slave fd (ours)

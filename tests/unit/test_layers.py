@@ -15,6 +15,7 @@ PKG = Path(__file__).resolve().parents[2] / "procsnap"
 # layer of each module (by dotted name prefix; the longest prefix wins)
 LAYERS = {
     "procsnap.errors": 0,
+    "procsnap.logs": 0,
     "procsnap.kernel": 1,
     "procsnap.procfs": 2,
     "procsnap.elf": 2,

@@ -5,13 +5,8 @@
 # source: core.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import symbol_database as _symbol_database
-from google.protobuf.internal import builder as _builder
+from ._runtime import _builder, _descriptor, _descriptor_pool
 # @@protoc_insertion_point(imports)
-
-_sym_db = _symbol_database.Default()
 
 
 from . import core_x86_pb2 as core__x86__pb2
@@ -21,38 +16,29 @@ from . import creds_pb2 as creds__pb2
 from . import sa_pb2 as sa__pb2
 from . import siginfo_pb2 as siginfo__pb2
 from . import rseq_pb2 as rseq__pb2
-from . import opts_pb2 as opts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ncore.proto\x12\x04\x63riu\x1a\x0e\x63ore-x86.proto\x1a\x0crlimit.proto\x1a\x0btimer.proto\x1a\x0b\x63reds.proto\x1a\x08sa.proto\x1a\rsiginfo.proto\x1a\nrseq.proto\x1a\nopts.proto\"\xb5\x04\n\x0ftask_core_entry\x12\x1c\n\ntask_state\x18\x01 \x02(\rB\x08\xd2?\x05\x32\x03gen\x12\x11\n\texit_code\x18\x02 \x02(\r\x12\x13\n\x0bpersonality\x18\x03 \x02(\r\x12\r\n\x05\x66lags\x18\x04 \x02(\r\x12\x19\n\nblk_sigset\x18\x05 \x02(\x04\x42\x05\xd2?\x02\x08\x01\x12\x0c\n\x04\x63omm\x18\x06 \x02(\t\x12\'\n\x06timers\x18\x07 \x01(\x0b\x32\x17.criu.task_timers_entry\x12)\n\x07rlimits\x18\x08 \x01(\x0b\x32\x18.criu.task_rlimits_entry\x12\x0e\n\x06\x63g_set\x18\t \x01(\r\x12+\n\tsignals_s\x18\n \x01(\x0b\x32\x18.criu.signal_queue_entry\x12,\n\x10old_seccomp_mode\x18\x0b \x01(\x0e\x32\x12.criu.seccomp_mode\x12\x1a\n\x12old_seccomp_filter\x18\x0c \x01(\r\x12\x10\n\x08loginuid\x18\r \x01(\r\x12\x15\n\room_score_adj\x18\x0e \x01(\x05\x12\"\n\nsigactions\x18\x0f \x03(\x0b\x32\x0e.criu.sa_entry\x12\x17\n\x0f\x63hild_subreaper\x18\x12 \x01(\x08\x12\"\n\x13\x62lk_sigset_extended\x18\x14 \x01(\x04\x42\x05\xd2?\x02\x08\x01\x12\x12\n\nstop_signo\x18\x15 \x01(\r\x12+\n\x1cmembarrier_registration_mask\x18\x16 \x01(\rB\x05\xd2?\x02\x08\x01\"\xf6\x01\n\x13task_kobj_ids_entry\x12\r\n\x05vm_id\x18\x01 \x02(\r\x12\x10\n\x08\x66iles_id\x18\x02 \x02(\r\x12\r\n\x05\x66s_id\x18\x03 \x02(\r\x12\x12\n\nsighand_id\x18\x04 \x02(\r\x12\x11\n\tpid_ns_id\x18\x05 \x01(\r\x12\x11\n\tnet_ns_id\x18\x06 \x01(\r\x12\x11\n\tipc_ns_id\x18\x07 \x01(\r\x12\x11\n\tuts_ns_id\x18\x08 \x01(\r\x12\x11\n\tmnt_ns_id\x18\t \x01(\r\x12\x12\n\nuser_ns_id\x18\n \x01(\r\x12\x14\n\x0c\x63group_ns_id\x18\x0b \x01(\r\x12\x12\n\ntime_ns_id\x18\x0c \x01(\r\"D\n\x10thread_sas_entry\x12\r\n\x05ss_sp\x18\x01 \x02(\x04\x12\x0f\n\x07ss_size\x18\x02 \x02(\x04\x12\x10\n\x08ss_flags\x18\x03 \x02(\r\"\x9d\x04\n\x11thread_core_entry\x12\x11\n\tfutex_rla\x18\x01 \x02(\x04\x12\x15\n\rfutex_rla_len\x18\x02 \x02(\r\x12\x12\n\nsched_nice\x18\x03 \x01(\x11\x12\x14\n\x0csched_policy\x18\x04 \x01(\r\x12\x12\n\nsched_prio\x18\x05 \x01(\r\x12\x12\n\nblk_sigset\x18\x06 \x01(\x04\x12#\n\x03sas\x18\x07 \x01(\x0b\x32\x16.criu.thread_sas_entry\x12\x12\n\npdeath_sig\x18\x08 \x01(\r\x12+\n\tsignals_p\x18\t \x01(\x0b\x32\x18.criu.signal_queue_entry\x12 \n\x05\x63reds\x18\n \x01(\x0b\x32\x11.criu.creds_entry\x12(\n\x0cseccomp_mode\x18\x0b \x01(\x0e\x32\x12.criu.seccomp_mode\x12\x16\n\x0eseccomp_filter\x18\x0c \x01(\r\x12\x0c\n\x04\x63omm\x18\r \x01(\t\x12\x1b\n\x13\x62lk_sigset_extended\x18\x0e \x01(\x04\x12$\n\nrseq_entry\x18\x0f \x01(\x0b\x32\x10.criu.rseq_entry\x12\x0e\n\x06\x63g_set\x18\x10 \x01(\r\x12\x15\n\x0c\x63pu_affinity\x18\xe9\x07 \x01(\x0c\x12\x17\n\x0etimer_slack_ns\x18\xea\x07 \x01(\x04\x12\x17\n\x0emempolicy_mode\x18\xeb\x07 \x01(\r\x12\x18\n\x0fmempolicy_nodes\x18\xec\x07 \x01(\x0c\"9\n\x12task_rlimits_entry\x12#\n\x07rlimits\x18\x01 \x03(\x0b\x32\x12.criu.rlimit_entry\"\xcd\x02\n\ncore_entry\x12%\n\x05mtype\x18\x01 \x02(\x0e\x32\x16.criu.core_entry.march\x12*\n\x0bthread_info\x18\x02 \x01(\x0b\x32\x15.criu.thread_info_x86\x12!\n\x02tc\x18\x03 \x01(\x0b\x32\x15.criu.task_core_entry\x12&\n\x03ids\x18\x04 \x01(\x0b\x32\x19.criu.task_kobj_ids_entry\x12,\n\x0bthread_core\x18\x05 \x01(\x0b\x32\x17.criu.thread_core_entry\"s\n\x05march\x12\x0b\n\x07UNKNOWN\x10\x00\x12\n\n\x06X86_64\x10\x01\x12\x07\n\x03\x41RM\x10\x02\x12\x0b\n\x07\x41\x41RCH64\x10\x03\x12\t\n\x05PPC64\x10\x04\x12\x08\n\x04S390\x10\x05\x12\x08\n\x04MIPS\x10\x06\x12\x0f\n\x0bLOONGARCH64\x10\x07\x12\x0b\n\x07RISCV64\x10\x08*4\n\x0cseccomp_mode\x12\x0c\n\x08\x64isabled\x10\x00\x12\n\n\x06strict\x10\x01\x12\n\n\x06\x66ilter\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ncore.proto\x12\x04\x63riu\x1a\x0e\x63ore-x86.proto\x1a\x0crlimit.proto\x1a\x0btimer.proto\x1a\x0b\x63reds.proto\x1a\x08sa.proto\x1a\rsiginfo.proto\x1a\nrseq.proto\"\x96\x04\n\x0ftask_core_entry\x12\x12\n\ntask_state\x18\x01 \x02(\r\x12\x11\n\texit_code\x18\x02 \x02(\r\x12\x13\n\x0bpersonality\x18\x03 \x02(\r\x12\r\n\x05\x66lags\x18\x04 \x02(\r\x12\x12\n\nblk_sigset\x18\x05 \x02(\x04\x12\x0c\n\x04\x63omm\x18\x06 \x02(\t\x12\'\n\x06timers\x18\x07 \x01(\x0b\x32\x17.criu.task_timers_entry\x12)\n\x07rlimits\x18\x08 \x01(\x0b\x32\x18.criu.task_rlimits_entry\x12\x0e\n\x06\x63g_set\x18\t \x01(\r\x12+\n\tsignals_s\x18\n \x01(\x0b\x32\x18.criu.signal_queue_entry\x12,\n\x10old_seccomp_mode\x18\x0b \x01(\x0e\x32\x12.criu.seccomp_mode\x12\x1a\n\x12old_seccomp_filter\x18\x0c \x01(\r\x12\x10\n\x08loginuid\x18\r \x01(\r\x12\x15\n\room_score_adj\x18\x0e \x01(\x05\x12\"\n\nsigactions\x18\x0f \x03(\x0b\x32\x0e.criu.sa_entry\x12\x17\n\x0f\x63hild_subreaper\x18\x12 \x01(\x08\x12\x1b\n\x13\x62lk_sigset_extended\x18\x14 \x01(\x04\x12\x12\n\nstop_signo\x18\x15 \x01(\r\x12$\n\x1cmembarrier_registration_mask\x18\x16 \x01(\r\"\xf6\x01\n\x13task_kobj_ids_entry\x12\r\n\x05vm_id\x18\x01 \x02(\r\x12\x10\n\x08\x66iles_id\x18\x02 \x02(\r\x12\r\n\x05\x66s_id\x18\x03 \x02(\r\x12\x12\n\nsighand_id\x18\x04 \x02(\r\x12\x11\n\tpid_ns_id\x18\x05 \x01(\r\x12\x11\n\tnet_ns_id\x18\x06 \x01(\r\x12\x11\n\tipc_ns_id\x18\x07 \x01(\r\x12\x11\n\tuts_ns_id\x18\x08 \x01(\r\x12\x11\n\tmnt_ns_id\x18\t \x01(\r\x12\x12\n\nuser_ns_id\x18\n \x01(\r\x12\x14\n\x0c\x63group_ns_id\x18\x0b \x01(\r\x12\x12\n\ntime_ns_id\x18\x0c \x01(\r\"D\n\x10thread_sas_entry\x12\r\n\x05ss_sp\x18\x01 \x02(\x04\x12\x0f\n\x07ss_size\x18\x02 \x02(\x04\x12\x10\n\x08ss_flags\x18\x03 \x02(\r\"\x9d\x04\n\x11thread_core_entry\x12\x11\n\tfutex_rla\x18\x01 \x02(\x04\x12\x15\n\rfutex_rla_len\x18\x02 \x02(\r\x12\x12\n\nsched_nice\x18\x03 \x01(\x11\x12\x14\n\x0csched_policy\x18\x04 \x01(\r\x12\x12\n\nsched_prio\x18\x05 \x01(\r\x12\x12\n\nblk_sigset\x18\x06 \x01(\x04\x12#\n\x03sas\x18\x07 \x01(\x0b\x32\x16.criu.thread_sas_entry\x12\x12\n\npdeath_sig\x18\x08 \x01(\r\x12+\n\tsignals_p\x18\t \x01(\x0b\x32\x18.criu.signal_queue_entry\x12 \n\x05\x63reds\x18\n \x01(\x0b\x32\x11.criu.creds_entry\x12(\n\x0cseccomp_mode\x18\x0b \x01(\x0e\x32\x12.criu.seccomp_mode\x12\x16\n\x0eseccomp_filter\x18\x0c \x01(\r\x12\x0c\n\x04\x63omm\x18\r \x01(\t\x12\x1b\n\x13\x62lk_sigset_extended\x18\x0e \x01(\x04\x12$\n\nrseq_entry\x18\x0f \x01(\x0b\x32\x10.criu.rseq_entry\x12\x0e\n\x06\x63g_set\x18\x10 \x01(\r\x12\x15\n\x0c\x63pu_affinity\x18\xe9\x07 \x01(\x0c\x12\x17\n\x0etimer_slack_ns\x18\xea\x07 \x01(\x04\x12\x17\n\x0emempolicy_mode\x18\xeb\x07 \x01(\r\x12\x18\n\x0fmempolicy_nodes\x18\xec\x07 \x01(\x0c\"9\n\x12task_rlimits_entry\x12#\n\x07rlimits\x18\x01 \x03(\x0b\x32\x12.criu.rlimit_entry\"\xcd\x02\n\ncore_entry\x12%\n\x05mtype\x18\x01 \x02(\x0e\x32\x16.criu.core_entry.march\x12*\n\x0bthread_info\x18\x02 \x01(\x0b\x32\x15.criu.thread_info_x86\x12!\n\x02tc\x18\x03 \x01(\x0b\x32\x15.criu.task_core_entry\x12&\n\x03ids\x18\x04 \x01(\x0b\x32\x19.criu.task_kobj_ids_entry\x12,\n\x0bthread_core\x18\x05 \x01(\x0b\x32\x17.criu.thread_core_entry\"s\n\x05march\x12\x0b\n\x07UNKNOWN\x10\x00\x12\n\n\x06X86_64\x10\x01\x12\x07\n\x03\x41RM\x10\x02\x12\x0b\n\x07\x41\x41RCH64\x10\x03\x12\t\n\x05PPC64\x10\x04\x12\x08\n\x04S390\x10\x05\x12\x08\n\x04MIPS\x10\x06\x12\x0f\n\x0bLOONGARCH64\x10\x07\x12\x0b\n\x07RISCV64\x10\x08*4\n\x0cseccomp_mode\x12\x0c\n\x08\x64isabled\x10\x00\x12\n\n\x06strict\x10\x01\x12\n\n\x06\x66ilter\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'core_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['task_state']._loaded_options = None
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['task_state']._serialized_options = b'\322?\0052\003gen'
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['blk_sigset']._loaded_options = None
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['blk_sigset']._serialized_options = b'\322?\002\010\001'
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['blk_sigset_extended']._loaded_options = None
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['blk_sigset_extended']._serialized_options = b'\322?\002\010\001'
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['membarrier_registration_mask']._loaded_options = None
-  _globals['_TASK_CORE_ENTRY'].fields_by_name['membarrier_registration_mask']._serialized_options = b'\322?\002\010\001'
-  _globals['_SECCOMP_MODE']._serialized_start=1951
-  _globals['_SECCOMP_MODE']._serialized_end=2003
-  _globals['_TASK_CORE_ENTRY']._serialized_start=126
-  _globals['_TASK_CORE_ENTRY']._serialized_end=691
-  _globals['_TASK_KOBJ_IDS_ENTRY']._serialized_start=694
-  _globals['_TASK_KOBJ_IDS_ENTRY']._serialized_end=940
-  _globals['_THREAD_SAS_ENTRY']._serialized_start=942
-  _globals['_THREAD_SAS_ENTRY']._serialized_end=1010
-  _globals['_THREAD_CORE_ENTRY']._serialized_start=1013
-  _globals['_THREAD_CORE_ENTRY']._serialized_end=1554
-  _globals['_TASK_RLIMITS_ENTRY']._serialized_start=1556
-  _globals['_TASK_RLIMITS_ENTRY']._serialized_end=1613
-  _globals['_CORE_ENTRY']._serialized_start=1616
-  _globals['_CORE_ENTRY']._serialized_end=1949
-  _globals['_CORE_ENTRY_MARCH']._serialized_start=1834
-  _globals['_CORE_ENTRY_MARCH']._serialized_end=1949
+  _globals['_SECCOMP_MODE']._serialized_start=1908
+  _globals['_SECCOMP_MODE']._serialized_end=1960
+  _globals['_TASK_CORE_ENTRY']._serialized_start=114
+  _globals['_TASK_CORE_ENTRY']._serialized_end=648
+  _globals['_TASK_KOBJ_IDS_ENTRY']._serialized_start=651
+  _globals['_TASK_KOBJ_IDS_ENTRY']._serialized_end=897
+  _globals['_THREAD_SAS_ENTRY']._serialized_start=899
+  _globals['_THREAD_SAS_ENTRY']._serialized_end=967
+  _globals['_THREAD_CORE_ENTRY']._serialized_start=970
+  _globals['_THREAD_CORE_ENTRY']._serialized_end=1511
+  _globals['_TASK_RLIMITS_ENTRY']._serialized_start=1513
+  _globals['_TASK_RLIMITS_ENTRY']._serialized_end=1570
+  _globals['_CORE_ENTRY']._serialized_start=1573
+  _globals['_CORE_ENTRY']._serialized_end=1906
+  _globals['_CORE_ENTRY_MARCH']._serialized_start=1791
+  _globals['_CORE_ENTRY_MARCH']._serialized_end=1906
 # @@protoc_insertion_point(module_scope)

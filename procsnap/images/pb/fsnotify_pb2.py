@@ -5,61 +5,33 @@
 # source: fsnotify.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import symbol_database as _symbol_database
-from google.protobuf.internal import builder as _builder
+from ._runtime import _builder, _descriptor, _descriptor_pool
 # @@protoc_insertion_point(imports)
 
-_sym_db = _symbol_database.Default()
 
-
-from . import opts_pb2 as opts__pb2
 from . import fh_pb2 as fh__pb2
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66snotify.proto\x12\x04\x63riu\x1a\nopts.proto\x1a\x08\x66h.proto\x1a\nfown.proto\"\xb6\x01\n\x10inotify_wd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05i_ino\x18\x02 \x02(\x04\x12\x13\n\x04mask\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1b\n\x0cignored_mask\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x14\n\x05s_dev\x18\x05 \x02(\rB\x05\xd2?\x02 \x01\x12\n\n\x02wd\x18\x06 \x02(\r\x12 \n\x08\x66_handle\x18\x07 \x02(\x0b\x32\x0e.criu.fh_entry\x12\x11\n\ttarget_id\x18\x64 \x01(\r\"z\n\x12inotify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\"\n\x02wd\x18\x05 \x03(\x0b\x32\x16.criu.inotify_wd_entry\"L\n\x19\x66\x61notify_inode_mark_entry\x12\r\n\x05i_ino\x18\x01 \x02(\x04\x12 \n\x08\x66_handle\x18\x02 \x02(\x0b\x32\x0e.criu.fh_entry\"9\n\x19\x66\x61notify_mount_mark_entry\x12\x0e\n\x06mnt_id\x18\x01 \x02(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xf9\x01\n\x13\x66\x61notify_mark_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x1d\n\x04type\x18\x02 \x02(\x0e\x32\x0f.criu.mark_type\x12\x15\n\x06mflags\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x13\n\x04mask\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1b\n\x0cignored_mask\x18\x05 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x14\n\x05s_dev\x18\x06 \x02(\rB\x05\xd2?\x02 \x01\x12+\n\x02ie\x18\x07 \x01(\x0b\x32\x1f.criu.fanotify_inode_mark_entry\x12+\n\x02me\x18\x08 \x01(\x0b\x32\x1f.criu.fanotify_mount_mark_entry\"\xb0\x01\n\x13\x66\x61notify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x14\n\x05\x66lags\x18\x02 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x03 \x02(\x0b\x32\x10.criu.fown_entry\x12\x16\n\x07\x66\x61\x66lags\x18\x04 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x16\n\x07\x65vflags\x18\x05 \x02(\rB\x05\xd2?\x02\x08\x01\x12\'\n\x04mark\x18\x06 \x03(\x0b\x32\x19.criu.fanotify_mark_entry*!\n\tmark_type\x12\t\n\x05INODE\x10\x01\x12\t\n\x05MOUNT\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0e\x66snotify.proto\x12\x04\x63riu\x1a\x08\x66h.proto\x1a\nfown.proto\"\xa1\x01\n\x10inotify_wd_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05i_ino\x18\x02 \x02(\x04\x12\x0c\n\x04mask\x18\x03 \x02(\r\x12\x14\n\x0cignored_mask\x18\x04 \x02(\r\x12\r\n\x05s_dev\x18\x05 \x02(\r\x12\n\n\x02wd\x18\x06 \x02(\r\x12 \n\x08\x66_handle\x18\x07 \x02(\x0b\x32\x0e.criu.fh_entry\x12\x11\n\ttarget_id\x18\x64 \x01(\r\"s\n\x12inotify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\"\n\x02wd\x18\x05 \x03(\x0b\x32\x16.criu.inotify_wd_entry\"L\n\x19\x66\x61notify_inode_mark_entry\x12\r\n\x05i_ino\x18\x01 \x02(\x04\x12 \n\x08\x66_handle\x18\x02 \x02(\x0b\x32\x0e.criu.fh_entry\"9\n\x19\x66\x61notify_mount_mark_entry\x12\x0e\n\x06mnt_id\x18\x01 \x02(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xdd\x01\n\x13\x66\x61notify_mark_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x1d\n\x04type\x18\x02 \x02(\x0e\x32\x0f.criu.mark_type\x12\x0e\n\x06mflags\x18\x03 \x02(\r\x12\x0c\n\x04mask\x18\x04 \x02(\r\x12\x14\n\x0cignored_mask\x18\x05 \x02(\r\x12\r\n\x05s_dev\x18\x06 \x02(\r\x12+\n\x02ie\x18\x07 \x01(\x0b\x32\x1f.criu.fanotify_inode_mark_entry\x12+\n\x02me\x18\x08 \x01(\x0b\x32\x1f.criu.fanotify_mount_mark_entry\"\x9b\x01\n\x13\x66\x61notify_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\r\n\x05\x66lags\x18\x02 \x02(\r\x12\x1e\n\x04\x66own\x18\x03 \x02(\x0b\x32\x10.criu.fown_entry\x12\x0f\n\x07\x66\x61\x66lags\x18\x04 \x02(\r\x12\x0f\n\x07\x65vflags\x18\x05 \x02(\r\x12\'\n\x04mark\x18\x06 \x03(\x0b\x32\x19.criu.fanotify_mark_entry*!\n\tmark_type\x12\t\n\x05INODE\x10\x01\x12\t\n\x05MOUNT\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fsnotify_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INOTIFY_WD_ENTRY'].fields_by_name['mask']._loaded_options = None
-  _globals['_INOTIFY_WD_ENTRY'].fields_by_name['mask']._serialized_options = b'\322?\002\010\001'
-  _globals['_INOTIFY_WD_ENTRY'].fields_by_name['ignored_mask']._loaded_options = None
-  _globals['_INOTIFY_WD_ENTRY'].fields_by_name['ignored_mask']._serialized_options = b'\322?\002\010\001'
-  _globals['_INOTIFY_WD_ENTRY'].fields_by_name['s_dev']._loaded_options = None
-  _globals['_INOTIFY_WD_ENTRY'].fields_by_name['s_dev']._serialized_options = b'\322?\002 \001'
-  _globals['_INOTIFY_FILE_ENTRY'].fields_by_name['flags']._loaded_options = None
-  _globals['_INOTIFY_FILE_ENTRY'].fields_by_name['flags']._serialized_options = b'\322?\002\010\001'
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['mflags']._loaded_options = None
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['mflags']._serialized_options = b'\322?\002\010\001'
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['mask']._loaded_options = None
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['mask']._serialized_options = b'\322?\002\010\001'
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['ignored_mask']._loaded_options = None
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['ignored_mask']._serialized_options = b'\322?\002\010\001'
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['s_dev']._loaded_options = None
-  _globals['_FANOTIFY_MARK_ENTRY'].fields_by_name['s_dev']._serialized_options = b'\322?\002 \001'
-  _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['flags']._loaded_options = None
-  _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['flags']._serialized_options = b'\322?\002\010\001'
-  _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['faflags']._loaded_options = None
-  _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['faflags']._serialized_options = b'\322?\002\010\001'
-  _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['evflags']._loaded_options = None
-  _globals['_FANOTIFY_FILE_ENTRY'].fields_by_name['evflags']._serialized_options = b'\322?\002\010\001'
-  _globals['_MARK_TYPE']._serialized_start=935
-  _globals['_MARK_TYPE']._serialized_end=968
-  _globals['_INOTIFY_WD_ENTRY']._serialized_start=59
-  _globals['_INOTIFY_WD_ENTRY']._serialized_end=241
-  _globals['_INOTIFY_FILE_ENTRY']._serialized_start=243
-  _globals['_INOTIFY_FILE_ENTRY']._serialized_end=365
-  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_start=367
-  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_end=443
-  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_start=445
-  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_end=502
-  _globals['_FANOTIFY_MARK_ENTRY']._serialized_start=505
-  _globals['_FANOTIFY_MARK_ENTRY']._serialized_end=754
-  _globals['_FANOTIFY_FILE_ENTRY']._serialized_start=757
-  _globals['_FANOTIFY_FILE_ENTRY']._serialized_end=933
+  _globals['_MARK_TYPE']._serialized_start=846
+  _globals['_MARK_TYPE']._serialized_end=879
+  _globals['_INOTIFY_WD_ENTRY']._serialized_start=47
+  _globals['_INOTIFY_WD_ENTRY']._serialized_end=208
+  _globals['_INOTIFY_FILE_ENTRY']._serialized_start=210
+  _globals['_INOTIFY_FILE_ENTRY']._serialized_end=325
+  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_start=327
+  _globals['_FANOTIFY_INODE_MARK_ENTRY']._serialized_end=403
+  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_start=405
+  _globals['_FANOTIFY_MOUNT_MARK_ENTRY']._serialized_end=462
+  _globals['_FANOTIFY_MARK_ENTRY']._serialized_start=465
+  _globals['_FANOTIFY_MARK_ENTRY']._serialized_end=686
+  _globals['_FANOTIFY_FILE_ENTRY']._serialized_start=689
+  _globals['_FANOTIFY_FILE_ENTRY']._serialized_end=844
 # @@protoc_insertion_point(module_scope)

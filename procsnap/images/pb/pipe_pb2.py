@@ -5,28 +5,20 @@
 # source: pipe.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import symbol_database as _symbol_database
-from google.protobuf.internal import builder as _builder
+from ._runtime import _builder, _descriptor, _descriptor_pool
 # @@protoc_insertion_point(imports)
 
-_sym_db = _symbol_database.Default()
 
-
-from . import opts_pb2 as opts__pb2
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npipe.proto\x12\x04\x63riu\x1a\nopts.proto\x1a\nfown.proto\"r\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\x14\n\x05\x66lags\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\x11\n\x08\x65xternal\x18\xe9\x07 \x01(\x08')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npipe.proto\x12\x04\x63riu\x1a\nfown.proto\"k\n\npipe_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x0f\n\x07pipe_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\x11\n\x08\x65xternal\x18\xe9\x07 \x01(\x08')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'pipe_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIPE_ENTRY'].fields_by_name['flags']._loaded_options = None
-  _globals['_PIPE_ENTRY'].fields_by_name['flags']._serialized_options = b'\322?\002\010\001'
-  _globals['_PIPE_ENTRY']._serialized_start=44
-  _globals['_PIPE_ENTRY']._serialized_end=158
+  _globals['_PIPE_ENTRY']._serialized_start=32
+  _globals['_PIPE_ENTRY']._serialized_end=139
 # @@protoc_insertion_point(module_scope)

@@ -5,13 +5,8 @@
 # source: sk-packet.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import symbol_database as _symbol_database
-from google.protobuf.internal import builder as _builder
+from ._runtime import _builder, _descriptor, _descriptor_pool
 # @@protoc_insertion_point(imports)
-
-_sym_db = _symbol_database.Default()
 
 
 

@@ -5,40 +5,32 @@
 # source: tty.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import descriptor_pool as _descriptor_pool
-from google.protobuf import symbol_database as _symbol_database
-from google.protobuf.internal import builder as _builder
+from ._runtime import _builder, _descriptor, _descriptor_pool
 # @@protoc_insertion_point(imports)
 
-_sym_db = _symbol_database.Default()
 
-
-from . import opts_pb2 as opts__pb2
 from . import fown_pb2 as fown__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ttty.proto\x12\x04\x63riu\x1a\nopts.proto\x1a\nfown.proto\"U\n\rwinsize_entry\x12\x0e\n\x06ws_row\x18\x01 \x02(\r\x12\x0e\n\x06ws_col\x18\x02 \x02(\r\x12\x11\n\tws_xpixel\x18\x03 \x02(\r\x12\x11\n\tws_ypixel\x18\x04 \x02(\r\"\x95\x01\n\rtermios_entry\x12\x0f\n\x07\x63_iflag\x18\x01 \x02(\r\x12\x0f\n\x07\x63_oflag\x18\x02 \x02(\r\x12\x0f\n\x07\x63_cflag\x18\x03 \x02(\r\x12\x0f\n\x07\x63_lflag\x18\x04 \x02(\r\x12\x0e\n\x06\x63_line\x18\x05 \x02(\r\x12\x10\n\x08\x63_ispeed\x18\x06 \x02(\r\x12\x10\n\x08\x63_ospeed\x18\x07 \x02(\r\x12\x0c\n\x04\x63_cc\x18\x08 \x03(\r\"\x1e\n\rtty_pty_entry\x12\r\n\x05index\x18\x01 \x02(\r\".\n\x0etty_data_entry\x12\x0e\n\x06tty_id\x18\x01 \x02(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x02(\x0c\"\xfc\x02\n\x0etty_info_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x1b\n\x04type\x18\x02 \x02(\x0e\x32\r.criu.TtyType\x12\x0e\n\x06locked\x18\x03 \x02(\x08\x12\x11\n\texclusive\x18\x04 \x02(\x08\x12\x13\n\x0bpacket_mode\x18\x05 \x02(\x08\x12\x0b\n\x03sid\x18\x06 \x02(\r\x12\x0c\n\x04pgrp\x18\x07 \x02(\r\x12\x0c\n\x04rdev\x18\x08 \x02(\r\x12$\n\x07termios\x18\t \x01(\x0b\x32\x13.criu.termios_entry\x12+\n\x0etermios_locked\x18\n \x01(\x0b\x32\x13.criu.termios_entry\x12$\n\x07winsize\x18\x0b \x01(\x0b\x32\x13.criu.winsize_entry\x12 \n\x03pty\x18\x0c \x01(\x0b\x32\x13.criu.tty_pty_entry\x12\x0b\n\x03\x64\x65v\x18\r \x01(\r\x12\x0b\n\x03uid\x18\x0e \x01(\r\x12\x0b\n\x03gid\x18\x0f \x01(\r\x12\r\n\x04mode\x18\xe9\x07 \x01(\r\x12\x0f\n\x06reg_id\x18\xea\x07 \x01(\r\"x\n\x0etty_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x13\n\x0btty_info_id\x18\x02 \x02(\r\x12\x14\n\x05\x66lags\x18\x03 \x02(\rB\x05\xd2?\x02\x08\x01\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\x0f\n\x07regf_id\x18\x06 \x01(\r*W\n\x07TtyType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x07\n\x03PTY\x10\x01\x12\x0b\n\x07\x43ONSOLE\x10\x02\x12\x06\n\x02VT\x10\x03\x12\x08\n\x04\x43TTY\x10\x04\x12\x0b\n\x07\x45XT_TTY\x10\x05\x12\n\n\x06SERIAL\x10\x06')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\ttty.proto\x12\x04\x63riu\x1a\nfown.proto\"U\n\rwinsize_entry\x12\x0e\n\x06ws_row\x18\x01 \x02(\r\x12\x0e\n\x06ws_col\x18\x02 \x02(\r\x12\x11\n\tws_xpixel\x18\x03 \x02(\r\x12\x11\n\tws_ypixel\x18\x04 \x02(\r\"\x95\x01\n\rtermios_entry\x12\x0f\n\x07\x63_iflag\x18\x01 \x02(\r\x12\x0f\n\x07\x63_oflag\x18\x02 \x02(\r\x12\x0f\n\x07\x63_cflag\x18\x03 \x02(\r\x12\x0f\n\x07\x63_lflag\x18\x04 \x02(\r\x12\x0e\n\x06\x63_line\x18\x05 \x02(\r\x12\x10\n\x08\x63_ispeed\x18\x06 \x02(\r\x12\x10\n\x08\x63_ospeed\x18\x07 \x02(\r\x12\x0c\n\x04\x63_cc\x18\x08 \x03(\r\"\x1e\n\rtty_pty_entry\x12\r\n\x05index\x18\x01 \x02(\r\".\n\x0etty_data_entry\x12\x0e\n\x06tty_id\x18\x01 \x02(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x02(\x0c\"\xfc\x02\n\x0etty_info_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x1b\n\x04type\x18\x02 \x02(\x0e\x32\r.criu.TtyType\x12\x0e\n\x06locked\x18\x03 \x02(\x08\x12\x11\n\texclusive\x18\x04 \x02(\x08\x12\x13\n\x0bpacket_mode\x18\x05 \x02(\x08\x12\x0b\n\x03sid\x18\x06 \x02(\r\x12\x0c\n\x04pgrp\x18\x07 \x02(\r\x12\x0c\n\x04rdev\x18\x08 \x02(\r\x12$\n\x07termios\x18\t \x01(\x0b\x32\x13.criu.termios_entry\x12+\n\x0etermios_locked\x18\n \x01(\x0b\x32\x13.criu.termios_entry\x12$\n\x07winsize\x18\x0b \x01(\x0b\x32\x13.criu.winsize_entry\x12 \n\x03pty\x18\x0c \x01(\x0b\x32\x13.criu.tty_pty_entry\x12\x0b\n\x03\x64\x65v\x18\r \x01(\r\x12\x0b\n\x03uid\x18\x0e \x01(\r\x12\x0b\n\x03gid\x18\x0f \x01(\r\x12\r\n\x04mode\x18\xe9\x07 \x01(\r\x12\x0f\n\x06reg_id\x18\xea\x07 \x01(\r\"q\n\x0etty_file_entry\x12\n\n\x02id\x18\x01 \x02(\r\x12\x13\n\x0btty_info_id\x18\x02 \x02(\r\x12\r\n\x05\x66lags\x18\x03 \x02(\r\x12\x1e\n\x04\x66own\x18\x04 \x02(\x0b\x32\x10.criu.fown_entry\x12\x0f\n\x07regf_id\x18\x06 \x01(\r*W\n\x07TtyType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\x07\n\x03PTY\x10\x01\x12\x0b\n\x07\x43ONSOLE\x10\x02\x12\x06\n\x02VT\x10\x03\x12\x08\n\x04\x43TTY\x10\x04\x12\x0b\n\x07\x45XT_TTY\x10\x05\x12\n\n\x06SERIAL\x10\x06')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tty_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TTY_FILE_ENTRY'].fields_by_name['flags']._loaded_options = None
-  _globals['_TTY_FILE_ENTRY'].fields_by_name['flags']._serialized_options = b'\322?\002\010\001'
-  _globals['_TTYTYPE']._serialized_start=867
-  _globals['_TTYTYPE']._serialized_end=954
-  _globals['_WINSIZE_ENTRY']._serialized_start=43
-  _globals['_WINSIZE_ENTRY']._serialized_end=128
-  _globals['_TERMIOS_ENTRY']._serialized_start=131
-  _globals['_TERMIOS_ENTRY']._serialized_end=280
-  _globals['_TTY_PTY_ENTRY']._serialized_start=282
-  _globals['_TTY_PTY_ENTRY']._serialized_end=312
-  _globals['_TTY_DATA_ENTRY']._serialized_start=314
-  _globals['_TTY_DATA_ENTRY']._serialized_end=360
-  _globals['_TTY_INFO_ENTRY']._serialized_start=363
-  _globals['_TTY_INFO_ENTRY']._serialized_end=743
-  _globals['_TTY_FILE_ENTRY']._serialized_start=745
-  _globals['_TTY_FILE_ENTRY']._serialized_end=865
+  _globals['_TTYTYPE']._serialized_start=848
+  _globals['_TTYTYPE']._serialized_end=935
+  _globals['_WINSIZE_ENTRY']._serialized_start=31
+  _globals['_WINSIZE_ENTRY']._serialized_end=116
+  _globals['_TERMIOS_ENTRY']._serialized_start=119
+  _globals['_TERMIOS_ENTRY']._serialized_end=268
+  _globals['_TTY_PTY_ENTRY']._serialized_start=270
+  _globals['_TTY_PTY_ENTRY']._serialized_end=300
+  _globals['_TTY_DATA_ENTRY']._serialized_start=302
+  _globals['_TTY_DATA_ENTRY']._serialized_end=348
+  _globals['_TTY_INFO_ENTRY']._serialized_start=351
+  _globals['_TTY_INFO_ENTRY']._serialized_end=731
+  _globals['_TTY_FILE_ENTRY']._serialized_start=733
+  _globals['_TTY_FILE_ENTRY']._serialized_end=846
 # @@protoc_insertion_point(module_scope)

@@ -56,15 +56,11 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
-import logging
-# tarfile imports gzip lazily; its tar helper (_tar_child) runs inside the
-# target's mount namespace, where Python's library may not be: import it now.
-import gzip  # noqa: F401
 import os
-import tarfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ... import logs
 from ... import images, tmpnames
 from ...errors import DumpError, ImageError, RestoreError, Unsupported
 from ...images.pb import mnt_pb2
@@ -74,7 +70,7 @@ from ...kernel.libc import pidfd_getfd, syscall
 from ...procfs.parse import MountInfo, parse_mountinfo
 from .. import cgroup
 
-log = logging.getLogger("procsnap")
+log = logs.Logger("procsnap")
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, DumpTask, RestoreContext, RestoreTask
@@ -375,6 +371,11 @@ def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
     cannot be copied from outside: EINVAL), copies it into a namespace of
     its own, and tars a detached copy of the mount: no child mounts, so
     what they hide is kept, as CRIU does."""
+    # tarfile (5 ms of import: not paid by trees without a tmpfs) imports
+    # gzip lazily; the child tars inside the target's mount namespace, where
+    # Python's library may not be: both are imported here, before the fork.
+    import gzip  # noqa: F401
+    import tarfile  # noqa: F401
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
@@ -405,6 +406,7 @@ def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
 
 
 def _tar_child(nsfd: int, out: int, e: Any) -> int:
+    import tarfile  # loaded by _tar_tmpfs before the fork
     syscall(C.NR["setns"], nsfd, C.CLONE_NEWNS)
     # A copy of the namespace of our own, private, so that mounts covering
     # this one (stacked on its mountpoint) can be taken off in the copy only.
@@ -942,6 +944,7 @@ def _tmpfs_image(images_dir: str, dev: int) -> str:
 
 
 def _untar(rctx: "RestoreContext", y: _Yard, e: Any, target: str) -> None:
+    import tarfile
     tar = _tmpfs_image(rctx.images_dir, e.root_dev)
     if rctx.fd_channel is not None:
         _untar_inside(y, e, tar, target)
@@ -961,6 +964,11 @@ def _untar_inside(y: _Yard, e: Any, tar: str, target: str) -> None:
     file there can be owned only by an id mapped in it (procsnap's root
     gets EOVERFLOW), and the archive's owners (procsnap's view) are
     translated to the ids inside."""
+    # before the fork: the child unpacks inside the tree's mount namespace,
+    # where Python's library may not be (tarfile opens gzip lazily)
+    import gzip  # noqa: F401
+    import tarfile
+
     from . import user
 
     m = user.id_map(y.rt.pid)

@@ -55,10 +55,8 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import struct
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 from ... import images
@@ -69,6 +67,7 @@ from ...kernel import netns, rtnl
 from ...kernel.libc import syscall
 
 if TYPE_CHECKING:
+    import subprocess
     from ...tasks import DumpContext, DumpTask, RestoreContext, RestoreTask
 
 NAME = "net"
@@ -114,6 +113,7 @@ def _where(pid: int, ns_id: int) -> str:
 
 
 def _tool(name: str) -> str | None:
+    import shutil  # here: bz2, lzma... are not imported for a tree without a netns
     return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}")
                                        if os.path.exists(p)), None)
 
@@ -121,6 +121,7 @@ def _tool(name: str) -> str | None:
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a tool; ``stdin``: a file to read (ip's restore seeks in it).
     Forked by this thread, it starts in the namespace the thread is in."""
+    import subprocess  # here: a tree without a network namespace of its own never runs one
     if stdin is None:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
     with open(stdin, "rb") as f:
@@ -565,6 +566,7 @@ def setup_done(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     if index != lo.ifindex:
         raise RestoreError(f"{_where(pid, ns_id)}: the loopback is ifindex {index}, "
                            f"it was {lo.ifindex}")
+    import subprocess
     import tempfile
     with tempfile.TemporaryFile() as f:   # ip's restore seeks in its input
         f.write(data)
