@@ -291,8 +291,15 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     if tc.HasField("timers"):
         for which, it in enumerate((tc.timers.real, tc.timers.virt, tc.timers.prof)):
             if it.vsec or it.vusec or it.isec or it.iusec:
+                vsec, vusec = it.vsec, it.vusec
+                if not (vsec or vusec):
+                    # Expired, its signal not taken yet: ITIMER_REAL is
+                    # reloaded only when SIGALRM is dequeued, so it reads
+                    # 0 left with its interval; a zero value would disarm
+                    # it (and drop the interval).  As criu: one interval.
+                    vsec, vusec = it.isec, it.iusec
                 val = Itimerval(interval_sec=it.isec, interval_usec=it.iusec,
-                                value_sec=it.vsec, value_usec=it.vusec)
+                                value_sec=vsec, value_usec=vusec)
                 inj.call("setitimer", which, inj.put(bytes(val), align=8), 0)
         inj.reset_scratch()
     if tc.HasField("timers"):
