@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from . import images, logs
 from .errors import DumpError, ImageError, ProcsnapError
 from .images.magic import PE_LAZY, PE_PARENT, PE_PRESENT
-from .images.parent import flags_of
+from .images.parent import flags_of, intersect
 from .images.pb import pagemap_pb2
 from .kernel import consts as C
 from .kernel.libc import libc
@@ -426,7 +426,7 @@ def _held(images_dir: str, kind: str, ident: int, depth: int = 0) -> list[tuple[
                 continue   # lazy: not in the images
             if parent is None:
                 parent = _held(os.path.join(images_dir, "parent"), kind, ident, depth + 1)
-            runs = _intersect(runs, parent)
+            runs = intersect(runs, parent)
         for a, n in runs:
             if out and out[-1][0] + out[-1][1] * PAGE == a:
                 out[-1] = (out[-1][0], out[-1][1] + n)
@@ -435,24 +435,8 @@ def _held(images_dir: str, kind: str, ident: int, depth: int = 0) -> list[tuple[
     return out
 
 
-def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        a0, a1 = a[i][0], a[i][0] + a[i][1] * PAGE
-        b0, b1 = b[j][0], b[j][0] + b[j][1] * PAGE
-        lo, hi = max(a0, b0), min(a1, b1)
-        if lo < hi:
-            out.append((lo, (hi - lo) // PAGE))
-        if a1 <= b1:
-            i += 1
-        else:
-            j += 1
-    return out
-
-
 def _covered(held: list[tuple[int, int]], addr: int, n: int) -> bool:
-    return _intersect([(addr, n)], held) == [(addr, n)]
+    return intersect([(addr, n)], held) == [(addr, n)]
 
 
 @dataclass

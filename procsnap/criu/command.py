@@ -417,35 +417,18 @@ def _page_server_cmd(p: O.Parsed, images_dir: str, work_dir: str) -> int:
 
 def _pre_dump(p: O.Parsed, images_dir: str, work_dir: str) -> int:
     import procsnap
-    from . import stats
     pid = _tree(p)
     log.info("Pre-dumping processes (pid: %d)", pid)
     st = procsnap.pre_dump(pid, images_dir, prev_images_dir=p.last("prev-images-dir"),
                            page_server=_page_server(p))
-    for k, v in st.items():
-        log.debug("stage %s: %.1f ms", k, v * 1000)
-    entry = stats.write_dump_stats(images_dir, st, work_dir)
-    log.info("Pre-dumping finished successfully")
-    if p.flag("display-stats"):
-        sys.stdout.write(stats.display(entry))
-    _status_fd(p)
-    return 0
+    return _dumped(p, images_dir, work_dir, st, "Pre-dumping")
 
 
 def _dump(p: O.Parsed, images_dir: str, work_dir: str,
           notify: "Notify | None" = None) -> int:
     import procsnap
-    from . import stats
     from .scripts import ActionScripts
-    tree = p.last("tree")
-    if tree is None:
-        raise O.UsageError("dump: the tree's root is required (-t PID)")
-    try:
-        pid = int(tree)
-    except ValueError:
-        pid = 0
-    if pid <= 0:
-        raise O.UsageError(f"-t {tree}: not a pid")
+    pid = _tree(p)
     if p.flag("track-mem") and p.has("leave-running"):
         raise O.UsageError("option --track-mem with --leave-running is not supported by "
                            "procsnap: every dump closes the tracker; pre-dump again instead")
@@ -466,10 +449,18 @@ def _dump(p: O.Parsed, images_dir: str, work_dir: str,
                            ext_mount_auto=auto, empty_ns=empty_ns(p), sync=p.flag("sync"),
                            prev_images_dir=p.last("prev-images-dir"),
                            page_server=_page_server(p), **_cgroup_opts(p))
+    return _dumped(p, images_dir, work_dir, st, "Dumping")
+
+
+def _dumped(p: O.Parsed, images_dir: str, work_dir: str, st: dict[str, float],
+            what: str) -> int:
+    """criu's end of a dump or pre-dump: stage times in the log,
+    stats-dump, --display-stats, the status fd."""
+    from . import stats
     for k, v in st.items():
         log.debug("stage %s: %.1f ms", k, v * 1000)
     entry = stats.write_dump_stats(images_dir, st, work_dir)
-    log.info("Dumping finished successfully")
+    log.info("%s finished successfully", what)
     if p.flag("display-stats"):
         sys.stdout.write(stats.display(entry))
     _status_fd(p)

@@ -46,3 +46,25 @@ def all_present(path: str, entries: list[Any]) -> None:
 
 
 __all__ = ["all_present", "flags_of", "needs_parent", "PE_LAZY"]
+
+
+_PAGE = 4096
+
+
+def intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Pages in both sorted run lists, as (address, n_pages) runs (what a
+    parent holds of what is asked: the dump's in_parent marks, a page
+    server's parent holes)."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        a0, a1 = a[i][0], a[i][0] + a[i][1] * _PAGE
+        b0, b1 = b[j][0], b[j][0] + b[j][1] * _PAGE
+        lo, hi = max(a0, b0), min(a1, b1)
+        if lo < hi:
+            out.append((lo, (hi - lo) // _PAGE))
+        if a1 <= b1:
+            i += 1
+        else:
+            j += 1
+    return out

@@ -469,10 +469,10 @@ def split_by_parent(ctx: "DumpContext", pid: int, runs: list[tuple[int, int]]
         return runs, []
     # Only where our userfaultfd protects the VMA now is "not written" known
     # (PAGEMAP_SCAN skips some kinds of VMA: those are copied).
-    held = _intersect(parent_runs(track["parent"], track["names"].get(pid, pid)),
+    held = parent_pages.intersect(parent_runs(track["parent"], track["names"].get(pid, pid)),
                       [(a, (b - a) // PAGE) for a, b in track["registered"].get(pid, ())])
     unwritten = _subtract(runs, track["written"][pid])
-    in_parent = _intersect(unwritten, held)
+    in_parent = parent_pages.intersect(unwritten, held)
     return _subtract(runs, in_parent), in_parent
 
 
@@ -493,23 +493,6 @@ def parent_runs(parent: str, pid: int) -> list[tuple[int, int]]:
             out[-1] = (out[-1][0], out[-1][1] + e.nr_pages)
         else:
             out.append((e.vaddr, e.nr_pages))
-    return out
-
-
-def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Pages in both sorted run lists, as (address, n_pages) runs."""
-    out: list[tuple[int, int]] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        a0, a1 = a[i][0], a[i][0] + a[i][1] * PAGE
-        b0, b1 = b[j][0], b[j][0] + b[j][1] * PAGE
-        lo, hi = max(a0, b0), min(a1, b1)
-        if lo < hi:
-            out.append((lo, (hi - lo) // PAGE))
-        if a1 <= b1:
-            i += 1
-        else:
-            j += 1
     return out
 
 

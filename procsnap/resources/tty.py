@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import select
 import stat as st_mod
@@ -831,6 +832,27 @@ def _rstate(rctx: "RestoreContext") -> _RestoreState:
     return st
 
 
+def _move_high(rt: "RestoreTask", base: int, fd: int) -> int:
+    """The puppet's ``fd`` moved to a number at or above ``base`` (no
+    task's fd table reaches there)."""
+    new = int(rt.inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, base))
+    rt.inj.call("close", fd)
+    return new
+
+
+def _open_noctty(rt: "RestoreTask", path: str, flags: int) -> int:
+    """``path`` opened by the puppet, never becoming its controlling terminal."""
+    inj = rt.inj
+    try:
+        return int(inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path),
+                            flags | os.O_NOCTTY | os.O_CLOEXEC, 0))
+    except InjectError as exc:
+        raise RestoreError(f"{path}: cannot open for pid {rt.pid}: "
+                           f"{os.strerror(exc.errno or 0)}") from None
+    finally:
+        inj.reset_scratch()
+
+
 def _puppet_copy(rt: "RestoreTask", fd: int) -> int:
     return pidfd_getfd(rt.pid, fd)
 
@@ -871,20 +893,8 @@ def _prepare_root(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     inj = rt.inj
     base = rctx.spare_fd_base
 
-    def high(fd: int) -> int:
-        new = inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, base)
-        inj.call("close", fd)
-        return new
-
-    def open_at(path: str, flags: int) -> int:
-        try:
-            return int(inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path),
-                                flags | os.O_NOCTTY | os.O_CLOEXEC, 0))
-        except InjectError as exc:
-            raise RestoreError(f"{path}: cannot open for pid {rt.pid}: "
-                               f"{os.strerror(exc.errno or 0)}") from None
-        finally:
-            inj.reset_scratch()
+    high = functools.partial(_move_high, rt, base)
+    open_at = functools.partial(_open_noctty, rt)
 
     for info in state.infos.values():
         if info.type == tty_pb2.EXT_TTY:
@@ -1120,20 +1130,8 @@ def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreStat
     inj = rt.inj
     base = rctx.spare_fd_base
 
-    def high(fd: int) -> int:
-        new = inj.call("fcntl", fd, C.F_DUPFD_CLOEXEC, base)
-        inj.call("close", fd)
-        return new
-
-    def open_at(path: str, flags: int) -> int:
-        try:
-            return int(inj.call("openat", C.AT_FDCWD & (2**64 - 1), inj.put_str(path),
-                                flags | os.O_NOCTTY | os.O_CLOEXEC, 0))
-        except InjectError as exc:
-            raise RestoreError(f"{path}: cannot open for pid {rt.pid}: "
-                               f"{os.strerror(exc.errno or 0)}") from None
-        finally:
-            inj.reset_scratch()
+    high = functools.partial(_move_high, rt, base)
+    open_at = functools.partial(_open_noctty, rt)
 
     junk: list[int] = []
     try:

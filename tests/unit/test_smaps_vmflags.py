@@ -130,7 +130,8 @@ def test_parent_split_run_arithmetic() -> None:
     """A dump over a pre-dump keeps in the parent exactly the pages it
     has, not written since, that the parent holds; the rest is copied."""
     import random
-    from procsnap.resources.memory import PAGE, _intersect, _subtract
+    from procsnap.images.parent import intersect as _intersect
+    from procsnap.resources.memory import PAGE, _subtract
     rnd = random.Random(5)
 
     def runs() -> list[tuple[int, int]]:

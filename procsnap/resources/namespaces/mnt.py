@@ -58,7 +58,7 @@ import ctypes
 import fcntl
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ... import logs
 from ... import images, tmpnames
@@ -378,6 +378,19 @@ def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
     import tarfile  # noqa: F401
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        why = _in_child(lambda: _tar_child(nsfd, out, e))
+    finally:
+        os.close(out)
+        os.close(nsfd)
+    if why is not None:
+        raise DumpError(f"pid {pid}: {_describe(e)}: cannot save the tmpfs contents: {why}")
+
+
+def _in_child(body: Callable[[], int]) -> str | None:
+    """Run ``body`` in a forked child of ours (it enters namespaces procsnap
+    must not); None if it returned 0, else why not, one line: its exception
+    as it reported it through a pipe, or its exit status."""
     r, w = os.pipe()
     try:
         child = os.fork()
@@ -385,7 +398,7 @@ def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
             code = 1
             try:
                 os.close(r)
-                code = _tar_child(nsfd, out, e)
+                code = body()
             except BaseException as exc:  # reported to the parent, one line
                 os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
             finally:
@@ -396,13 +409,11 @@ def _tar_tmpfs(pid: int, e: Any, path: str) -> None:
             r = -1
             why = f.read().decode(errors="replace")
         _, status = os.waitpid(child, 0)
-        if status != 0:
-            raise DumpError(f"pid {pid}: {_describe(e)}: cannot save the tmpfs contents: "
-                            f"{why or f'helper status {status}'}")
     finally:
-        for fd in (out, nsfd, r, w):
+        for fd in (r, w):
             if fd >= 0:
                 os.close(fd)
+    return None if status == 0 else (why or f"helper status {status}")
 
 
 def _tar_child(nsfd: int, out: int, e: Any) -> int:
@@ -974,48 +985,33 @@ def _untar_inside(y: _Yard, e: Any, tar: str, target: str) -> None:
     m = user.id_map(y.rt.pid)
     assert m is not None
     fds = [os.open(f"/proc/{y.rt.pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in ("user", "mnt")]
-    r, w = os.pipe()
-    try:
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                os.close(r)
-                archive = open(tar, "rb")  # procsnap's file: before we are root inside
-                syscall(C.NR["setns"], fds[0], C.CLONE_NEWUSER)
-                syscall(C.NR["setns"], fds[1], C.CLONE_NEWNS)
-                # root inside (our ids, not mapped there, can own nothing)
-                os.setresgid(0, 0, 0)
-                os.setresuid(0, 0, 0)
 
-                def inside(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-                    uid, gid = m.uid(ti.uid), m.gid(ti.gid)
-                    if uid is None or gid is None:
-                        raise ValueError(f"{ti.name}: owner {ti.uid}:{ti.gid} is not mapped "
-                                         "in the tree's user namespace")
-                    ti.uid, ti.gid = uid, gid
-                    return ti
-                with tarfile.open(fileobj=archive, mode="r:gz") as t:
-                    t.extractall(target, numeric_owner=True,
-                                 filter=lambda ti, _: inside(ti))
-                code = 0
-            except BaseException as exc:  # reported to the parent, one line
-                os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
-            finally:
-                os._exit(code)
-        os.close(w)
-        w = -1
-        with os.fdopen(r, "rb") as f:
-            r = -1
-            why = f.read().decode(errors="replace")
-        _, status = os.waitpid(child, 0)
-        if status != 0:
-            raise ImageError(tar, f"cannot unpack into {e.mountpoint}: "
-                                  f"{why or f'helper status {status}'}")
+    def unpack() -> int:
+        archive = open(tar, "rb")  # procsnap's file: before we are root inside
+        syscall(C.NR["setns"], fds[0], C.CLONE_NEWUSER)
+        syscall(C.NR["setns"], fds[1], C.CLONE_NEWNS)
+        # root inside (our ids, not mapped there, can own nothing)
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+
+        def inside(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+            uid, gid = m.uid(ti.uid), m.gid(ti.gid)
+            if uid is None or gid is None:
+                raise ValueError(f"{ti.name}: owner {ti.uid}:{ti.gid} is not mapped "
+                                 "in the tree's user namespace")
+            ti.uid, ti.gid = uid, gid
+            return ti
+        with tarfile.open(fileobj=archive, mode="r:gz") as t:
+            t.extractall(target, numeric_owner=True, filter=lambda ti, _: inside(ti))
+        return 0
+
+    try:
+        why = _in_child(unpack)
     finally:
-        for fd in fds + [r, w]:
-            if fd >= 0:
-                os.close(fd)
+        for fd in fds:
+            os.close(fd)
+    if why is not None:
+        raise ImageError(tar, f"cannot unpack into {e.mountpoint}: {why}")
 
 
 def _propagation(y: _Yard, steps: list[Step]) -> None:
