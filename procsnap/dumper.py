@@ -340,16 +340,10 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     that page server (procsnap.pagexfer), every other image to images_dir.
     """
     from . import resources  # late: resources import this module's types
-    from . import tmpnames
     from .resources import namespaces, regfile
 
     t0 = time.monotonic()
-    _check_target(pid)
-    try:
-        os.makedirs(images_dir, exist_ok=True)
-    except OSError as exc:
-        raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
-    ctx = DumpContext(images_dir, DumpOptions(
+    ctx = _begin(pid, images_dir, DumpOptions(
         leave_running=leave_running, shell_job=shell_job, ghost_limit=ghost_limit,
         link_remap=link_remap, external=tuple(external), tcp_established=tcp_established,
         file_locks=file_locks, tcp_close=tcp_close, skip_in_flight=skip_in_flight,
@@ -358,18 +352,12 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         cgroup_root=tuple(cgroup_root), empty_ns=empty_ns, sync=sync,
         prev_images_dir=prev_images_dir, page_server=page_server))
     regfile.forget_mounts()  # no mount table from an earlier dump
-    tmpnames.report(images_dir)
-    if prev_images_dir is not None:
-        _link_parent(ctx, prev_images_dir)
     status = _action(ctx, "pre-dump")
     if status:
+        _remove_created(ctx)  # the parent link
         raise ActionScriptFailed("pre-dump", status,
                                  f"pid {pid}: the pre-dump action script failed ({status})")
-    try:
-        client = _connect_page_server(ctx)   # before the freeze: a bad address freezes nothing
-    except ProcsnapError:
-        _remove_created(ctx)
-        raise
+    client = _connect_page_server(ctx)   # before the freeze: a bad address freezes nothing
     ok = False
     script_refused = 0     # a post-dump script's status: the tree runs on
     # criu runs the network scripts only for a tree in its own network
@@ -378,13 +366,7 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     net_locked = False
     t_frozen = 0.0
     try:
-        if _is_zombie(pid):
-            raise ZombieProcess(pid)
-        t = time.monotonic()
-        _freeze(ctx, pid)
-        t_frozen = time.monotonic()
-        ctx.stats["freeze"] = t_frozen - t
-        ctx.set_fs_views()  # where each task's names are found from here
+        t_frozen = _freeze_tree(ctx, pid)
         if net_scripts:
             net_locked = True
             status = _action(ctx, "network-lock")
@@ -401,17 +383,13 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         if status:
             raise ActionScriptFailed("query-ext-files", status, f"pid {pid}: the "
                                      f"query-ext-files notification failed ({status})")
+        _look(ctx)
         for task in ctx.tasks:
-            task.stat = task.proc.stat()
             task.core = core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
-            if task.zombie:
-                continue
-            task.status = task.proc.status()
-            task.maps = task.proc.smaps()  # once (costly), before our scratch page exists
-            _prepare_injection(task)
-            for th in task.threads:
-                th.core = task.core if th.tid == task.pid else \
-                    core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
+            if not task.zombie:
+                for th in task.threads:
+                    th.core = task.core if th.tid == task.pid else \
+                        core_pb2.core_entry(mtype=core_pb2.core_entry.X86_64)
         if client is not None:
             ctx.kind_state[pagexfer.NAMES_KEY] = _image_names(ctx)
         if prev_images_dir is not None:
@@ -457,12 +435,8 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
         # criu's migration hook: a script that says no keeps the tree
         # running here (the images stay, for the caller to decide)
         script_refused = _action(ctx, "post-dump")
-    except InjectError as exc:
-        raise DumpError(str(exc)) from None
-    except ProcsnapError:
-        raise
-    except OSError as exc:
-        raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
+    except OSError as exc:  # InjectError among them
+        raise _dump_error(pid, exc) from None
     finally:
         if not ok:
             if client is not None:
@@ -493,11 +467,67 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
     return ctx.stats
 
 
+def _begin(pid: int, images_dir: str, opts: DumpOptions) -> DumpContext:
+    """What dump and pre-dump do before anything is frozen: the target
+    checked, the images directory made, temporary names an earlier killed
+    run left reported, the parent linked."""
+    from . import tmpnames
+
+    _check_target(pid)
+    try:
+        os.makedirs(images_dir, exist_ok=True)
+    except OSError as exc:
+        raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
+    ctx = DumpContext(images_dir, opts)
+    tmpnames.report(images_dir)
+    if opts.prev_images_dir is not None:
+        _link_parent(ctx, opts.prev_images_dir)
+    return ctx
+
+
+def _freeze_tree(ctx: DumpContext, pid: int) -> float:
+    """Freeze the tree; returns when it was frozen (the start of criu's
+    frozen_time)."""
+    if _is_zombie(pid):
+        raise ZombieProcess(pid)
+    t = time.monotonic()
+    _freeze(ctx, pid)
+    t_frozen = time.monotonic()
+    ctx.stats["freeze"] = t_frozen - t
+    ctx.set_fs_views()  # where each task's names are found from here
+    return t_frozen
+
+
+def _look(ctx: DumpContext) -> None:
+    """Under the freeze, each task read once: stat, status and its mappings
+    (costly; before our scratch page exists), then the scratch page."""
+    for task in ctx.tasks:
+        task.stat = task.proc.stat()
+        if task.zombie:
+            continue
+        task.status = task.proc.status()
+        task.maps = task.proc.smaps()
+        _prepare_injection(task)
+
+
+def _dump_error(pid: int, exc: OSError) -> DumpError:
+    """An injection or system call failing under the freeze, as the one
+    line a failed dump says."""
+    if isinstance(exc, InjectError):  # says which task and call itself
+        return DumpError(str(exc))
+    return DumpError(f"pid {pid}: {exc.strerror or exc}")
+
+
 def _connect_page_server(ctx: DumpContext) -> "pagexfer.PageClient | None":
+    """A failure to connect leaves no image (the parent link) behind."""
     if ctx.opts.page_server is None:
         return None
     address, port = ctx.opts.page_server
-    client = pagexfer.PageClient(address, port)
+    try:
+        client = pagexfer.PageClient(address, port)
+    except ProcsnapError:
+        _remove_created(ctx)
+        raise
     ctx.kind_state[pagexfer.CLIENT_KEY] = client
     return client
 
@@ -577,46 +607,22 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None,
     link to it as ``parent`` and unchanged pages stay there.  The tree
     keeps a userfaultfd (a high fd, O_CLOEXEC) until the dump, which
     closes it.  Returns stage timings ("frozen" among them)."""
-    from . import tmpnames
     from .resources import memory, memtrack
 
     t0 = time.monotonic()
-    _check_target(pid)
-    try:
-        os.makedirs(images_dir, exist_ok=True)
-    except OSError as exc:
-        raise DumpError(f"{images_dir}: cannot create images directory: {exc.strerror}") from None
-    ctx = DumpContext(images_dir, DumpOptions(leave_running=True,
+    ctx = _begin(pid, images_dir, DumpOptions(leave_running=True,
                                               prev_images_dir=prev_images_dir,
                                               page_server=page_server))
-    tmpnames.report(images_dir)
     record: dict[int, tuple[int, int]] = {}
     if prev_images_dir is not None:
-        _link_parent(ctx, prev_images_dir)
         record = memtrack.load(os.path.join(images_dir, "parent"))
-    try:
-        client = _connect_page_server(ctx)
-    except ProcsnapError:
-        _remove_created(ctx)
-        raise
+    client = _connect_page_server(ctx)
     ok = False
     armed: dict[int, tuple[int, int]] = {}
     t_frozen = 0.0
     try:
-        if _is_zombie(pid):
-            raise ZombieProcess(pid)
-        t = time.monotonic()
-        _freeze(ctx, pid)
-        t_frozen = time.monotonic()
-        ctx.stats["freeze"] = t_frozen - t
-        ctx.set_fs_views()  # where each task's names are found from here
-        for task in ctx.tasks:
-            task.stat = task.proc.stat()
-            if task.zombie:
-                continue
-            task.status = task.proc.status()
-            task.maps = task.proc.smaps()
-            _prepare_injection(task)
+        t_frozen = _freeze_tree(ctx, pid)
+        _look(ctx)
         if client is not None:
             ctx.kind_state[pagexfer.NAMES_KEY] = _image_names(ctx)
         if prev_images_dir is not None:
@@ -650,12 +656,8 @@ def pre_dump(pid: int, images_dir: str, *, prev_images_dir: str | None = None,
         ctx.created.append(memtrack.save(d, armed))
         ctx.stats["write"] = time.monotonic() - t
         ok = True
-    except InjectError as exc:
-        raise DumpError(str(exc)) from None
-    except ProcsnapError:
-        raise
-    except OSError as exc:
-        raise DumpError(f"pid {pid}: {exc.strerror or exc}") from None
+    except OSError as exc:  # InjectError among them
+        raise _dump_error(pid, exc) from None
     finally:
         if not ok:
             if client is not None:
