@@ -176,3 +176,26 @@ def test_criu_command_line_pre_dump(targets: TargetFactory, tmp_path: Path) -> N
     assert st["pages_skipped_parent"] == sum(n for _, n, f in pm if f & PE_PARENT) > 0
     assert st["frozen_time"] > 0
     _restore_and_check(targets, t, d)
+
+
+def test_refused_dump_leaves_no_parent_link(targets: TargetFactory, tmp_path: Path) -> None:
+    """A dump that a pre-dump action script refuses removes the ``parent``
+    link it made (a failed dump leaves no name behind); the tree runs on
+    with its tracker."""
+    t = targets.start("dirtier", "32")
+    p1, d = tmp_path / "p1", tmp_path / "d"
+    check_ok(run_procsnap("pre-dump", "-t", t.pid, "-D", p1))
+    script = tmp_path / "no.sh"
+    script.write_text('#!/bin/sh\n[ "$CRTOOLS_SCRIPT_ACTION" = pre-dump ] && exit 5\nexit 0\n')
+    script.chmod(0o755)
+    res = run_procsnap("criu", "dump", "-t", t.pid, "-D", d, "--track-mem",
+                       "--prev-images-dir", "../p1", "--action-script", script)
+    assert res.returncode != 0, res.stderr
+    assert not os.path.lexists(d / "parent"), sorted(os.listdir(d))
+    assert t.alive() and len(_uffds(t.pid)) == 1
+    # and the next dump still finds its parent
+    asked = time.monotonic()
+    t.signal(signal.SIGUSR1)
+    before = int(t.wait_line(r"^gen ").split()[1])
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", d, "--prev-images-dir", "../p1"))
+    _restore_and_check(targets, t, d, before, asked)
