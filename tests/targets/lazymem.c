@@ -18,13 +18,13 @@
  * mappings and exits; prints "child PASS" or "child FAIL".
  */
 #include "tgt.h"
+#include "pattern.h"
 
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 
-#define PAGE 4096UL
 #define SPARSE_BYTES (16UL << 20)
 #define DROP_BYTES (1UL << 20)
 #define MOVE_BYTES (4UL << 20)
@@ -42,64 +42,18 @@ static void on_sig(int sig)
 		want_drop = 1;
 }
 
-static uint64_t pat(uint64_t i, uint64_t seed)
-{
-	return (i + 1) * 0x9e3779b97f4a7c15ULL ^ seed;
-}
-
-static void fill(void *p, size_t bytes, uint64_t seed)
-{
-	uint64_t *w = p;
-
-	for (size_t i = 0; i < bytes / 8; i++)
-		w[i] = pat(i, seed);
-}
-
-static int check(const void *p, size_t bytes, uint64_t seed, const char *what)
-{
-	const uint64_t *w = p;
-
-	for (size_t i = 0; i < bytes / 8; i++)
-		if (w[i] != pat(i, seed)) {
-			fail("%s: word %zu is %#lx, expected %#lx", what, i,
-			     (unsigned long)w[i], (unsigned long)pat(i, seed));
-			return 0;
-		}
-	return 1;
-}
-
-static int zero(const char *p, size_t bytes, const char *what)
-{
-	for (size_t i = 0; i < bytes; i++)
-		if (p[i]) {
-			fail("%s: byte %zu is not zero", what, i);
-			return 0;
-		}
-	return 1;
-}
-
-static void *map(size_t bytes)
-{
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		die("mmap");
-	return p;
-}
-
 static char *big, *sparse;
 static size_t big_bytes;
 
 static int check_big(void)
 {
-	int ok = check(big, big_bytes, 1, "big mapping");
+	int ok = check_fill(big, big_bytes, 1, "big mapping");
 
 	for (size_t i = 0; i < SPARSE_BYTES / PAGE; i++) {
 		if (i % 7 == 0)
-			ok &= check(sparse + i * PAGE, PAGE, 100 + i, "sparse page");
+			ok &= check_fill(sparse + i * PAGE, PAGE, 100 + i, "sparse page");
 		else
-			ok &= zero(sparse + i * PAGE, PAGE, "untouched sparse page");
+			ok &= check_zero(sparse + i * PAGE, PAGE, "untouched sparse page");
 	}
 	return ok;
 }
@@ -116,29 +70,29 @@ int main(int argc, char **argv)
 	big_bytes = (size_t)strtoul(argc > 1 ? argv[1] : "256", NULL, 10) << 20;
 	/* first: mappings go top-down, the daemon pushes bottom-up, so these
 	 * are pushed last, after the big one (dropped and moved before that) */
-	drop = map(DROP_BYTES);
+	drop = map_anon(DROP_BYTES);
 	fill(drop, DROP_BYTES, 8);
-	move = map(MOVE_BYTES);
+	move = map_anon(MOVE_BYTES);
 	fill(move, MOVE_BYTES, 9);
 	/* a place to move it to, kept free until then */
 	target = mmap(NULL, MOVE_BYTES, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (target == MAP_FAILED)
 		die("mmap target");
-	big = map(big_bytes);
+	big = map_anon(big_bytes);
 	fill(big, big_bytes, 1);
-	sparse = map(SPARSE_BYTES);
+	sparse = map_anon(SPARSE_BYTES);
 	for (size_t i = 0; i < SPARSE_BYTES / PAGE; i += 7)
 		fill(sparse + i * PAGE, PAGE, 100 + i);
 
-	none = map(SMALL);
+	none = map_anon(SMALL);
 	fill(none, SMALL, 4);
 	if (mprotect(none, SMALL, PROT_NONE))
 		die("mprotect none");
-	locked = map(SMALL);
+	locked = map_anon(SMALL);
 	fill(locked, SMALL, 5);
 	if (mlock(locked, SMALL))
 		die("mlock");
-	wipe = map(SMALL);
+	wipe = map_anon(SMALL);
 	fill(wipe, SMALL, 6);
 	if (madvise(wipe, SMALL, MADV_WIPEONFORK))
 		die("madvise wipeonfork");
@@ -178,7 +132,7 @@ int main(int argc, char **argv)
 			if (pid < 0)
 				die("fork");
 			if (pid == 0)
-				_exit(check_big() && zero(wipe, SMALL, "wipe-on-fork in child") ? 0 : 1);
+				_exit(check_big() && check_zero(wipe, SMALL, "wipe-on-fork in child") ? 0 : 1);
 			if (waitpid(pid, &st, 0) != pid)
 				die("waitpid");
 			say("child %s", WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "PASS" : "FAIL");
@@ -192,26 +146,26 @@ int main(int argc, char **argv)
 				   target) != target)
 				die("mremap");
 			move = target;
-			say("dropped %d", zero(drop, DROP_BYTES, "dropped memory"));
+			say("dropped %d", check_zero(drop, DROP_BYTES, "dropped memory"));
 		}
 	}
 
 	check_big();
 	if (mprotect(none, SMALL, PROT_READ))
 		die("mprotect");
-	check(none, SMALL, 4, "PROT_NONE mapping");
-	check(locked, SMALL, 5, "locked mapping");
-	check(wipe, SMALL, 6, "wipe-on-fork mapping");
-	check(fmap, SMALL, 7, "file mapping");
+	check_fill(none, SMALL, 4, "PROT_NONE mapping");
+	check_fill(locked, SMALL, 5, "locked mapping");
+	check_fill(wipe, SMALL, 6, "wipe-on-fork mapping");
+	check_fill(fmap, SMALL, 7, "file mapping");
 	for (size_t i = 0; i < sizeof(stack_data); i++)
 		if (stack_data[i] != (char)(i * 7 + 1)) {
 			fail("stack byte %zu", i);
 			break;
 		}
 	if (dropped)
-		zero(drop, DROP_BYTES, "dropped memory");
+		check_zero(drop, DROP_BYTES, "dropped memory");
 	else
-		check(drop, DROP_BYTES, 8, "drop mapping");
-	check(move, MOVE_BYTES, 9, "moved mapping");
+		check_fill(drop, DROP_BYTES, 8, "drop mapping");
+	check_fill(move, MOVE_BYTES, 9, "moved mapping");
 	return verdict();
 }

@@ -15,50 +15,15 @@
  * root-owned image itself, so the dump copies its pages the slow way.
  */
 #include "tgt.h"
+#include "pattern.h"
 
 #include <fcntl.h>
 #include <stdint.h>
 #include <sys/mman.h>
 
-#define PAGE 4096UL
 #define SPARSE_PAGES (64UL << 20) / PAGE
 #define HOLE_PAGES 64
 #define FILE_PAGES 16
-
-static uint64_t pat(uint64_t i, uint64_t seed)
-{
-	return (i + 1) * 0x9e3779b97f4a7c15ULL ^ seed;
-}
-
-static void fill(void *p, size_t bytes, uint64_t seed)
-{
-	uint64_t *w = p;
-
-	for (size_t i = 0; i < bytes / 8; i++)
-		w[i] = pat(i, seed);
-}
-
-static void check_fill(const void *p, size_t bytes, uint64_t seed, const char *what)
-{
-	const uint64_t *w = p;
-
-	for (size_t i = 0; i < bytes / 8; i++)
-		if (w[i] != pat(i, seed)) {
-			fail("%s: word %zu is %#lx, expected %#lx", what, i,
-			     (unsigned long)w[i], (unsigned long)pat(i, seed));
-			return;
-		}
-}
-
-static void *map(size_t bytes)
-{
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		die("mmap");
-	return p;
-}
 
 int main(int argc, char **argv)
 {
@@ -67,25 +32,25 @@ int main(int argc, char **argv)
 	char path[] = "memcheck.data";
 	int fd;
 
-	big = map(big_bytes);
+	big = map_anon(big_bytes);
 	fill(big, big_bytes, 1);
 
-	sparse = map(SPARSE_PAGES * PAGE);
+	sparse = map_anon(SPARSE_PAGES * PAGE);
 	for (size_t i = 0; i < SPARSE_PAGES; i += 7)
 		fill(sparse + i * PAGE, PAGE, 100 + i);
 
-	holed = map(3 * HOLE_PAGES * PAGE);
+	holed = map_anon(3 * HOLE_PAGES * PAGE);
 	fill(holed, HOLE_PAGES * PAGE, 3);
 	fill(holed + 2 * HOLE_PAGES * PAGE, HOLE_PAGES * PAGE, 6);
 	if (munmap(holed + HOLE_PAGES * PAGE, HOLE_PAGES * PAGE))
 		die("munmap");
 
-	none = map(8 * PAGE);
+	none = map_anon(8 * PAGE);
 	fill(none, 8 * PAGE, 4);
 	if (mprotect(none, 8 * PAGE, PROT_NONE))
 		die("mprotect none");
 
-	ro = map(8 * PAGE);
+	ro = map_anon(8 * PAGE);
 	fill(ro, 8 * PAGE, 5);
 	if (mprotect(ro, 8 * PAGE, PROT_READ))
 		die("mprotect ro");
@@ -123,11 +88,7 @@ int main(int argc, char **argv)
 		if (i % 7 == 0) {
 			check_fill(sparse + i * PAGE, PAGE, 100 + i, "sparse page");
 		} else {
-			for (size_t j = 0; j < PAGE; j++)
-				if (sparse[i * PAGE + j]) {
-					fail("untouched sparse page %zu is not zero", i);
-					break;
-				}
+			check_zero(sparse + i * PAGE, PAGE, "untouched sparse page");
 		}
 	}
 	check_fill(holed, HOLE_PAGES * PAGE, 3, "before the hole");
