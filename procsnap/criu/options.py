@@ -223,7 +223,8 @@ TABLE: list[Opt] = [
     Opt("pre-dump-mode", arg=REQ, how=ACCEPT, metavar="MODE",
         note="procsnap's pre-dump copies memory the one way it has (the frozen task "
              "writes its pages to the image itself), whatever the mode"),
-    Opt("auto-dedup", boolean=True, how=REFUSE, note="no pre-dump/incremental dumps yet"),
+    Opt("auto-dedup", boolean=True, how=REFUSE,
+        note="the parent images' pages are not punched out (deduplicated) after a dump"),
     Opt("page-server", boolean=True,
         help="lazy-pages: fetch the pages from that page server; dump, pre-dump: send the pagemaps and pages to the page server at "
              "--address/--port (criu page-server, procsnap's or criu's); the other "

@@ -26,6 +26,12 @@ from .libc import syscall
 
 UFFD_API = 0xAA
 
+# userfaultfd(2) flag: the context handles faults taken in user mode only.
+# Any task may make one (no CAP_SYS_PTRACE, whatever
+# vm.unprivileged_userfaultfd says); write-protect tracking in async mode
+# never hands a fault to the context, so it loses nothing by it.
+UFFD_USER_MODE_ONLY = 1
+
 # uffdio_api.features
 UFFD_FEATURE_EVENT_FORK = 1 << 1
 UFFD_FEATURE_EVENT_REMAP = 1 << 2

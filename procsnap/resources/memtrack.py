@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 RECORD = "memtrack"   # in the images dir: {"PID": [fd, inode], ...}
 UFFD_LINK = "anon_inode:[userfaultfd]"
 
-from ..kernel.uffd import (UFFD_API, UFFD_FEATURE_WP_ASYNC, UFFDIO_API,  # noqa: E402
+from ..kernel.uffd import (UFFD_API, UFFD_FEATURE_WP_ASYNC, UFFD_USER_MODE_ONLY, UFFDIO_API,  # noqa: E402
                            UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT,
                            UFFDIO_WRITEPROTECT_MODE_WP)
 from ..kernel.uffd import API as _API, REGISTER as _REGISTER, WRITEPROTECT as _WP  # noqa: E402
@@ -108,7 +108,9 @@ def arm(task: "DumpTask", rec: tuple[int, int] | None,
     are copied, before the task runs again."""
     inj = task.need_inj()
     if not valid(task.pid, rec):
-        fd = inj.call("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
+        # user mode only: a container's task has no CAP_SYS_PTRACE, and
+        # vm.unprivileged_userfaultfd is 0 by default (runc --pre-dump)
+        fd = inj.call("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK | UFFD_USER_MODE_ONLY)
         try:
             soft = resource.prlimit(task.pid, resource.RLIMIT_NOFILE)[0]
             low = max(3, min(soft, 1 << 20) - 64)

@@ -199,3 +199,26 @@ def test_refused_dump_leaves_no_parent_link(targets: TargetFactory, tmp_path: Pa
     before = int(t.wait_line(r"^gen ").split()[1])
     check_ok(run_procsnap("dump", "-t", t.pid, "-D", d, "--prev-images-dir", "../p1"))
     _restore_and_check(targets, t, d, before, asked)
+
+
+def test_pages_the_kernel_wrote_since_the_pre_dump(targets: TargetFactory,
+                                                   tmp_path: Path) -> None:
+    """Pages written by a system call (readv into the buffer), not by the
+    program, after a pre-dump: the tracker (user-mode-only userfaultfd,
+    write-protect in async mode) counts them as written, the dump copies
+    them and the restored buffer holds what was read."""
+    t = targets.start("kwrites.py")
+    p1, d = tmp_path / "p1", tmp_path / "d"
+    check_ok(run_procsnap("pre-dump", "-t", t.pid, "-D", p1))
+    t.signal(signal.SIGUSR1)
+    t.wait_line(r"^written")
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", d, "--prev-images-dir", "../p1"))
+    pm = _pagemap_flags(d / f"pagemap-{t.pid}.img")
+    # the 16 MiB read in are copied again, the untouched half stays in the parent
+    copied = sum(n for _, n, f in pm if f & PE_PRESENT)
+    assert any(f & PE_PARENT for _, _, f in pm)
+    assert copied >= 16 * 256, copied
+    assert wait_gone(t.pid, 10)
+    check_ok(run_procsnap("restore", "-D", d, "-d"))
+    targets.adopt(t.pid, like=t)
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()

@@ -145,7 +145,8 @@ def test_version_feature_check_and_check(swrk: Callable[[], Swrk]) -> None:
     assert resp.type == R.FEATURE_CHECK and resp.success
     f = resp.features
     assert all(f.HasField(n) for n in ("mem_track", "lazy_pages", "pidfd_store"))
-    assert not (f.mem_track or f.pidfd_store)   # procsnap has none of them
+    assert not f.pidfd_store   # procsnap has no pidfd store
+    assert f.mem_track         # pre-dump tracks writes (uffd-wp + PAGEMAP_SCAN: test_predump.py)
     assert f.lazy_pages      # restore with lazy_pages and a lazy-pages daemon (test_lazy.py)
 
     # keep_open: several requests in one session (criu: VERSION, FEATURE_CHECK)

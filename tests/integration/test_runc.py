@@ -384,3 +384,29 @@ def test_runc_terminal_container_refused(rc: Runc) -> None:
         assert "echo: still" in _echoes(cons.master(), "still")
     finally:
         cons.close()
+
+
+def test_runc_pre_dump_then_checkpoint(rc: Runc) -> None:
+    """``runc checkpoint --pre-dump`` (runc asks FEATURE_CHECK mem_track
+    first: procsnap tracks writes with userfaultfd write-protect), then the
+    final checkpoint with ``--parent-path``: the images link the pre-dump
+    as their parent, the restored counter goes on without a gap."""
+    r = rc
+    cid = r.id("c1")
+    r.start(cid)
+    pre, images = r.base / "pre", r.base / "images"
+    r.checkpoint(cid, pre, "--pre-dump")
+    assert r.status(cid) == "running", r.status(cid)
+    assert (pre / "inventory.img").exists() and list(pre.glob("pages-*.img"))
+    before = r.numbers()[-1]
+    wait_for(lambda: r.numbers()[-1] >= before + 3, 10, "the counter to run on after the pre-dump")
+    pid = r.pid(cid)
+    r.checkpoint(cid, images, "--parent-path", "../pre")
+    assert os.readlink(images / "parent") == "../pre"
+    assert r.status(cid) == "absent"
+    wait_for(lambda: (reap(), not proc_exists(pid))[1], 10, f"the dumped init {pid} to go")
+    last = r.numbers()[-1]
+    r.restore(cid, images)
+    assert r.status(cid) == "running" and r.pid(cid) == pid
+    wait_for(lambda: r.numbers()[-1] >= last + 5, 10, "the counter to go on")
+    check_continuity(r.numbers())
