@@ -250,3 +250,30 @@ def test_podman_terminal_export_import(pm: Podman) -> None:
         out = str(p.podman("logs", "c1").stdout)  # type: ignore[attr-defined]
         return any(w.strip() == f"tick {after}" for w in out.replace("\r", "\n").split("\n"))
     wait_for(logged, 15, f"podman logs to show 'tick {after}', printed after the restore")
+
+
+def test_podman_pre_checkpoint_then_with_previous(pm: Podman) -> None:
+    """checkpoint --pre-checkpoint (Podman asks criu's FEATURE_CHECK
+    mem_track, runc runs a PRE_DUMP), then checkpoint --with-previous (the
+    dump links the pre-dump as its parent) and restore: the counter goes
+    on without a gap."""
+    p = pm
+    _run_counter(p, "c1")
+    pid = p.pid("c1")
+    res = p.podman("container", "checkpoint", "--pre-checkpoint", "c1", check=False)
+    assert res.returncode == 0, (res.stdout, res.stderr)  # type: ignore[attr-defined]
+    assert p.state("c1") == "running", p.state("c1")
+    before = p.numbers()[-1]
+    wait_for(lambda: p.numbers()[-1] >= before + 3, 10, "the counter after the pre-checkpoint")
+    res = p.podman("container", "checkpoint", "--with-previous", "c1", check=False)
+    assert res.returncode == 0, (res.stdout, res.stderr)  # type: ignore[attr-defined]
+    assert p.state("c1") == "exited", p.state("c1")
+    wait_for(lambda: (reap(), not proc_exists(pid))[1], 10, f"the dumped init {pid} to go")
+    parents = [d for d in (p.base / "root").rglob("checkpoint/parent")]
+    assert parents and os.readlink(parents[0]) == "../pre-checkpoint", parents
+    last = p.numbers()[-1]
+    res = p.podman("container", "restore", "c1", check=False)
+    assert res.returncode == 0, (res.stdout, res.stderr)  # type: ignore[attr-defined]
+    assert p.state("c1") == "running" and p.pid("c1") == pid
+    wait_for(lambda: p.numbers()[-1] >= last + 5, 10, "the counter to go on")
+    check_continuity(p.numbers())
