@@ -537,6 +537,7 @@ class TargetFactory:
         # queues a waitpid() on a pid that a restore may reuse; our reaper
         # collects the status instead.
         _KEEP_POPENS.append(p)
+        OUR_PIDS.add(p.pid)
         t = Target(name=name, pid=p.pid, argv=argv, workdir=self.workdir,
                    out=out, err=err, cmdline=list(argv))
         self.targets.append(t)
@@ -548,6 +549,7 @@ class TargetFactory:
     def adopt(self, pid: int, like: Target | None = None) -> None:
         """Record a pid procsnap restored for us, so teardown kills it."""
         REAPED.pop(pid, None)
+        OUR_PIDS.add(pid)
         if like is not None and like.pid == pid:
             return  # already tracked under the same pid
         t = Target(name=like.name if like else "restored", pid=pid,
@@ -573,6 +575,9 @@ class TargetFactory:
 
 
 _KEEP_POPENS: list[subprocess.Popen] = []
+# every pid this run started or adopted: what it may find named after them
+# on the host (a network lock table) is its own
+OUR_PIDS: set[int] = set()
 
 
 def start_under(targets: TargetFactory, wrapper: list[str], name: str, *args: str) -> Target:
@@ -746,3 +751,153 @@ def crit_decode_all(images: Path) -> dict[str, dict]:
     """Every image of a directory but pages-*.img (raw by design), by name."""
     return {p.name: crit_decode(p) for p in sorted(images.glob("*.img"))
             if not p.name.startswith("pages-")}
+
+
+# --------------------------------------------------------------------------
+# host state the tests make: named cgroup v1 hierarchies, cgroup2 controllers
+# --------------------------------------------------------------------------
+
+def named_hierarchies() -> set[str]:
+    """The v1 hierarchies with a name (``name=X``) alive on the host: every
+    task is in every hierarchy, so /proc/self/cgroup lists them all, mounted
+    or not."""
+    with open("/proc/self/cgroup") as f:
+        return {line.split(":")[1][5:] for line in f
+                if line.split(":")[1].startswith("name=")}
+
+
+def mounted_named_hierarchies() -> set[str]:
+    """Names of the v1 named hierarchies mounted somewhere in our mount namespace."""
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            post = line.split(" - ", 1)[1].split()
+            if post[0] == "cgroup":
+                out |= {o[5:] for o in post[2].split(",") if o.startswith("name=")}
+    return out
+
+
+def mount_named_cgroup(mnt: Path, name: str) -> None:
+    """Mount (making it if need be) the v1 hierarchy of no controller named NAME."""
+    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", f"none,name={name}"],
+                   check=True, timeout=30)
+
+
+def remove_named_cgroup(mnt: Path, name: str, timeout: float = 10.0) -> None:
+    """Remove the v1 hierarchy NAME mounted (only) at MNT: every cgroup below
+    its root (tasks of ours still in one go to the root first), the mount,
+    and the hierarchy itself.
+
+    The kernel destroys a v1 hierarchy at the unmount of its last mount only
+    if its root has no child cgroup then (cgroup_kill_sb); a cgroup removed
+    with rmdir a moment before is still a child until its release, which
+    runs later (RCU, a workqueue).  So an unmount right after the rmdir
+    leaves the hierarchy alive, unmounted and empty, for good: every new
+    task joins it (its name in /proc/self/cgroup), and criu's dump of a
+    container then meets it.  Mounting it again and unmounting, once the
+    children are released, destroys it: done until it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for sub in sorted(mnt.glob("*/**/"), key=lambda p: -len(p.parts)):
+            for pid in (sub / "cgroup.procs").read_text().split():
+                try:
+                    (mnt / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # gone meanwhile
+            sub.rmdir()
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+        for _ in range(5):
+            if name not in named_hierarchies():
+                return
+            time.sleep(0.01)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cgroup hierarchy name={name} outlives its unmount")
+        mount_named_cgroup(mnt, name)
+
+
+# --------------------------------------------------------------------------
+# what a test run may leave on the host
+# --------------------------------------------------------------------------
+
+OUR_PREFIXES = ("procsnap", "zdtm")
+
+
+def stale_hierarchies(mine: bool = False) -> set[str]:
+    """Named v1 hierarchies of ours (procsnap*, zdtm*; with MINE, only
+    those named with this run's pid) alive but mounted nowhere in our mount
+    namespace: left by a test (see remove_named_cgroup)."""
+    return {n for n in named_hierarchies() - mounted_named_hierarchies()
+            if n.startswith(OUR_PREFIXES) and (not mine or str(os.getpid()) in n)}
+
+
+def remove_stale_hierarchy(name: str) -> None:
+    """Destroy an unmounted named hierarchy: mounted on a temporary dir,
+    emptied and unmounted by remove_named_cgroup."""
+    mnt = Path(tempfile.mkdtemp(prefix="procsnap-stale-cg-"))
+    try:
+        mount_named_cgroup(mnt, name)
+        remove_named_cgroup(mnt, name)
+    finally:
+        mnt.rmdir()
+
+
+def mounts_under(base: Path) -> set[str]:
+    """Mount points at or below BASE (a test's temporary dirs)."""
+    out = set()
+    prefix = str(base).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if (mp + "/").startswith(prefix):
+                out.add(mp)
+    return out
+
+
+def _lines(argv: list[str]) -> list[str]:
+    if shutil.which(argv[0]) is None:
+        return []
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return res.stdout.splitlines() if res.returncode == 0 else []
+
+
+def host_leftovers(base: Path) -> set[str]:
+    """State of ours on the host, one line each: named cgroup hierarchies
+    (unmounted), mounts below BASE, nft tables, network namespaces (ip
+    netns), iptables rules of a network lock (criu's mark 0xc114, its CRIU
+    chain), and cgroups named procsnap*.  Names are procsnap*, CRIU*, zdtm*."""
+    out = {f"cgroup hierarchy name={n}, unmounted" for n in stale_hierarchies()}
+    out |= {f"mount {m}" for m in mounts_under(base)}
+    out |= {f"nft {t}" for t in _lines(["nft", "list", "tables"])
+            if "procsnap" in t or "CRIU" in t or "zdtm" in t}
+    out |= {f"netns {n.split()[0]}" for n in _lines(["ip", "netns", "list"])
+            if n.startswith(OUR_PREFIXES)}
+    for cmd in ("iptables", "ip6tables"):
+        out |= {f"{cmd} {r}" for r in _lines([cmd, "-w", "-S"])
+                if "0xc114" in r or " CRIU" in r}
+    out |= {f"cgroup {d}" for d in Path("/sys/fs/cgroup").glob("*/*")
+            if d.name.startswith(OUR_PREFIXES) and d.is_dir()}
+    return out
+
+
+def _this_run(item: str) -> bool:
+    """Whether a host_leftovers line is this run's: below its temporary
+    dirs, named with its pid (test names carry os.getpid()), or a network
+    lock table of a tree it started (CRIU-procsnap_PID, CRIU-PID); rules of
+    criu's iptables lock carry no pid and count as ours when they stay."""
+    if item.startswith(("mount ", "iptables ", "ip6tables ")):
+        return True
+    if re.search(rf"\D{os.getpid()}(\D|$)", item):
+        return True
+    m = re.search(r"CRIU-(?:procsnap_)?(\d+)", item)
+    return m is not None and int(m.group(1)) in OUR_PIDS
+
+
+def new_host_leftovers(before: set[str], base: Path, settle: float = 10.0) -> set[str]:
+    """host_leftovers of this run, not in BEFORE, that stay for SETTLE
+    seconds (a test of a run at the same time may hold a lock that long)."""
+    deadline = time.monotonic() + settle
+    while True:
+        left = {x for x in host_leftovers(base) - before if _this_run(x)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)

@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from helpers import (TargetFactory, assert_one_line_error, check_ok, crit_decode, finish,
-                     run_procsnap, wait_gone)
+                     mount_named_cgroup, remove_named_cgroup, run_procsnap, wait_gone)
 
 V1 = Path("/sys/fs/cgroup")
 V2 = Path("/sys/fs/cgroup/unified")
@@ -222,30 +222,24 @@ def test_missing_cgroup_with_props_mode_is_an_error(targets: TargetFactory, tmp_
     assert_one_line_error(res, f"/{TAG} does not exist", "--manage-cgroups=props")
 
 
+# this run's own named hierarchy: a concurrent run uses its own
+CGNAME = f"procsnapns{os.getpid()}"
+
+
 @pytest.fixture
 def cgns_groups(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A cgroup2 group and a named v1 hierarchy (mounted on a temporary
     dir), both removed afterwards."""
-    import subprocess
     mnt = tmp_path / "cg"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", "none,name=procsnapns"],
-                   check=True)
+    mount_named_cgroup(mnt, CGNAME)
     v2 = V2 / TAG
     try:
         yield v2, mnt
     finally:
         _rmtree(v2)
         _rmtree(V2 / (TAG + "-moved"))
-        for top in (mnt / TAG, mnt / (TAG + "-moved")):
-            if top.is_dir():
-                for pid in (top / "cgroup.procs").read_text().split():
-                    (mnt / "cgroup.procs").write_text(pid)
-                for sub in sorted(top.glob("**/"), key=lambda p: -len(p.parts)):
-                    for pid in (sub / "cgroup.procs").read_text().split():
-                        (mnt / "cgroup.procs").write_text(pid)
-                    sub.rmdir()
-        subprocess.run(["umount", str(mnt)], check=True)
+        remove_named_cgroup(mnt, CGNAME)
 
 
 def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -> None:
@@ -259,17 +253,17 @@ def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -
         v2.mkdir()
         t = targets.start("cgns.py", str(v2), str(mnt), f"/{TAG}")
         outer = _cg(t.pid)
-        assert outer[""] == f"/{TAG}/inner" and outer["name=procsnapns"] == f"/{TAG}/inner"
+        assert outer[""] == f"/{TAG}/inner" and outer[f"name={CGNAME}"] == f"/{TAG}/inner"
         images = tmp_path / f"images{int(moved)}"
         _dump(targets, t, images)
         _rmtree(v2)
         (mnt / TAG / "inner").rmdir()
         (mnt / TAG).rmdir()
         more = ["--cgroup-root", f"cgroup2:/{TAG}-moved",
-                "--cgroup-root", f"name=procsnapns:/{TAG}-moved"] if moved else []
+                "--cgroup-root", f"name={CGNAME}:/{TAG}-moved"] if moved else []
         check_ok(run_procsnap("restore", "-D", images, "-d", *more))
         top = f"/{TAG}-moved" if moved else f"/{TAG}"
-        assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)["name=procsnapns"] == f"{top}/inner"
+        assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)[f"name={CGNAME}"] == f"{top}/inner"
         assert os.stat(f"/proc/{t.pid}/ns/cgroup").st_ino != os.stat("/proc/self/ns/cgroup").st_ino
         finish(t)
         _rmtree(V2 / top.lstrip("/"))
