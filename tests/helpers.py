@@ -815,6 +815,69 @@ def remove_named_cgroup(mnt: Path, name: str, timeout: float = 10.0) -> None:
         mount_named_cgroup(mnt, name)
 
 
+CGROUP2_STATE = Path(tempfile.gettempdir()) / "procsnap-tests-cgroup2-subtree.json"
+
+
+def _cgroup2_users(root: Path, update: Callable[[dict], None]) -> None:
+    """Run UPDATE on the shared record of the test runs that use
+    controllers of ROOT's cgroup.subtree_control, under a file lock: runs
+    at the same time (or a run killed before its teardown) share it."""
+    import fcntl
+    import json
+    with open(f"{CGROUP2_STATE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = json.loads(CGROUP2_STATE.read_text())
+        except (FileNotFoundError, ValueError):
+            state = {}
+        state = state if state.get("root") == str(root) else {"root": str(root)}
+        state["users"] = [p for p in state.get("users", []) if proc_exists(p)]
+        update(state)
+        tmp = CGROUP2_STATE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(CGROUP2_STATE)
+
+
+def cgroup2_enable(root: Path, wanted: Iterable[str]) -> None:
+    """Enable controllers WANTED in ROOT's cgroup.subtree_control for this
+    run; ``cgroup2_release`` takes them back once no run uses them.
+
+    The first user (no live run recorded) notes the controllers enabled
+    before it, and the last one to leave restores exactly that: a run that
+    finds a controller enabled by a concurrent run neither disables it
+    under that run's feet nor leaves it enabled after both."""
+    ctl = root / "cgroup.subtree_control"
+
+    def enter(state: dict) -> None:
+        # a run killed before its teardown left "before" with no live user:
+        # it still holds, the controllers enabled now are that run's
+        state.setdefault("before", ctl.read_text().split())
+        have = ctl.read_text().split()
+        add = [c for c in wanted if c not in have]
+        if add:
+            ctl.write_text(" ".join("+" + c for c in add))
+        if os.getpid() not in state["users"]:
+            state["users"].append(os.getpid())
+    _cgroup2_users(root, enter)
+
+
+def cgroup2_release(root: Path) -> None:
+    """This run no longer uses the controllers it enabled (see cgroup2_enable)."""
+    ctl = root / "cgroup.subtree_control"
+
+    def leave(state: dict) -> None:
+        state["users"] = [p for p in state["users"] if p != os.getpid()]
+        if not state["users"] and "before" in state:
+            _cgroup2_restore(ctl, state.pop("before"))
+    _cgroup2_users(root, leave)
+
+
+def _cgroup2_restore(ctl: Path, before: list[str]) -> None:
+    extra = [c for c in ctl.read_text().split() if c not in before]
+    if extra:
+        ctl.write_text(" ".join("-" + c for c in extra))
+
+
 # --------------------------------------------------------------------------
 # what a test run may leave on the host
 # --------------------------------------------------------------------------
@@ -864,7 +927,8 @@ def host_leftovers(base: Path) -> set[str]:
     """State of ours on the host, one line each: named cgroup hierarchies
     (unmounted), mounts below BASE, nft tables, network namespaces (ip
     netns), iptables rules of a network lock (criu's mark 0xc114, its CRIU
-    chain), and cgroups named procsnap*.  Names are procsnap*, CRIU*, zdtm*."""
+    chain), cgroups named procsnap*, and this run's hold on cgroup2
+    controllers.  Names are procsnap*, CRIU*, zdtm*."""
     out = {f"cgroup hierarchy name={n}, unmounted" for n in stale_hierarchies()}
     out |= {f"mount {m}" for m in mounts_under(base)}
     out |= {f"nft {t}" for t in _lines(["nft", "list", "tables"])
@@ -876,6 +940,12 @@ def host_leftovers(base: Path) -> set[str]:
                 if "0xc114" in r or " CRIU" in r}
     out |= {f"cgroup {d}" for d in Path("/sys/fs/cgroup").glob("*/*")
             if d.name.startswith(OUR_PREFIXES) and d.is_dir()}
+    try:
+        import json
+        if os.getpid() in json.loads(CGROUP2_STATE.read_text()).get("users", []):
+            out.add(f"cgroup2 controllers still held by {os.getpid()} in {CGROUP2_STATE}")
+    except (FileNotFoundError, ValueError):
+        pass
     return out
 
 

@@ -16,8 +16,9 @@ from typing import Iterator
 
 import pytest
 
-from helpers import (TargetFactory, assert_one_line_error, check_ok, crit_decode, finish,
-                     mount_named_cgroup, remove_named_cgroup, run_procsnap, wait_gone)
+from helpers import (TargetFactory, assert_one_line_error, cgroup2_enable, cgroup2_release,
+                     check_ok, crit_decode, finish, mount_named_cgroup, remove_named_cgroup,
+                     run_procsnap, wait_gone)
 
 V1 = Path("/sys/fs/cgroup")
 V2 = Path("/sys/fs/cgroup/unified")
@@ -160,10 +161,7 @@ def v2group() -> Iterator[tuple[Path, list[tuple[str, str]]]]:
     wanted = [c for c in ("memory", "cpu") if c in have] or [c for c in have if c == "hugetlb"]
     if not wanted:
         pytest.skip("the cgroup2 hierarchy has no memory, cpu or hugetlb controller")
-    root_ctl = (V2 / "cgroup.subtree_control").read_text().split()
-    added = [c for c in wanted if c not in root_ctl]
-    if added:
-        (V2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in added))
+    cgroup2_enable(V2, wanted)  # taken back by the last run at the same time that uses it
     limits = []
     if "memory" in wanted:
         limits.append(("memory.max", str(128 << 20)))
@@ -177,8 +175,73 @@ def v2group() -> Iterator[tuple[Path, list[tuple[str, str]]]]:
     finally:
         _rmtree(parent)
         _rmtree(V2 / (TAG + "-moved"))
-        if added:
-            (V2 / "cgroup.subtree_control").write_text(" ".join("-" + c for c in added))
+        cgroup2_release(V2)
+
+
+_RUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+import helpers
+helpers.cgroup2_enable(Path(sys.argv[1]), [sys.argv[2]])
+print("in", flush=True)
+sys.stdin.readline()
+helpers.cgroup2_release(Path(sys.argv[1]))
+print("out", flush=True)
+"""
+
+
+def test_cgroup2_controllers_shared_by_runs_at_the_same_time() -> None:
+    """Two test runs enable the same controller in cgroup2's root: the first
+    to finish leaves it enabled for the other, the last one restores what
+    was there before both; a run killed before its teardown is undone by
+    the next run.  (Concurrent runs left +hugetlb behind, or took it away
+    from a run still using it.)"""
+    import signal
+    import subprocess
+    import sys
+    ctl = V2 / "cgroup.subtree_control"
+    before = ctl.read_text().split()
+    free = [c for c in (V2 / "cgroup.controllers").read_text().split() if c not in before]
+    if not free:
+        pytest.skip("every controller of the cgroup2 root is enabled already")
+    c = free[-1]
+    tests_dir = str(Path(__file__).resolve().parent.parent)
+    runs: list[subprocess.Popen] = []
+
+    def run() -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", _RUN, str(V2), c, tests_dir], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        runs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == "in\n"
+        return p
+
+    def leave(p: subprocess.Popen) -> None:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == "out\n"
+        assert p.wait(10) == 0
+
+    try:
+        a, b = run(), run()
+        assert c in ctl.read_text().split()
+        leave(a)
+        assert c in ctl.read_text().split(), "taken away from a run still using it"
+        leave(b)
+        assert ctl.read_text().split() == before, "not restored by the last run"
+        killed = run()
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        assert c in ctl.read_text().split()
+        d = run()
+        leave(d)
+        assert ctl.read_text().split() == before, "a killed run's controller stays"
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
 
 
 def test_cgroup2_limits_and_root(targets: TargetFactory, tmp_path: Path, v2group) -> None:
