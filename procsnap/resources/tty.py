@@ -1281,6 +1281,37 @@ def needs_shell_terminal(rctx: "RestoreContext") -> bool:
                for f in rctx.files.values())
 
 
+def restored_pts(rctx: "RestoreContext", entry: Any) -> tuple[int, int, bool] | None:
+    """For the restore check: (st_rdev, st_dev, master) of the pts a
+    restored pty fd must be on -- its index on the devpts instance of the
+    tree's /dev/pts, where the restore makes every pair (the fd's own node;
+    a master's peer) -- or None for a terminal the restore does not make
+    (the shell job's, /dev/tty, an --external one).  The index alone would
+    pass a pts of another devpts instance: each instance numbers from 0."""
+    state = _rstate(rctx)
+    info = state.infos.get(entry.tty.tty_info_id)
+    if info is None or info.type != tty_pb2.PTY or info.id in state.shell:
+        return None
+    dev = rctx.kind_state.get("tty-devpts")
+    if dev is None:
+        dev = rctx.kind_state["tty-devpts"] = os.stat(rctx.tree_path("/dev/pts/ptmx")).st_dev
+    master = (os.major(info.rdev), os.minor(info.rdev)) == PTMX
+    return _pts_dev(info.pty.index), dev, master
+
+
+def pts_node(copy: int, master: bool) -> os.stat_result:
+    """The pts node of a pty fd (``copy``, ours): the fd's own, or for a
+    master its peer's, opened O_PATH with TIOCGPTPEER (O_PATH does not open
+    the slave: the pair's state stays as it is)."""
+    if not master:
+        return os.fstat(copy)
+    peer = fcntl.ioctl(copy, C.TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)  # returns the new fd
+    try:
+        return os.fstat(peer)
+    finally:
+        os.close(peer)
+
+
 def expected_flags(rctx: "RestoreContext", entry: Any) -> int | None:
     """The open flags a restored tty fd has (for the restore check); None
     for the shell job's terminal (the restoring shell's, by design)."""
