@@ -23,13 +23,25 @@ and escaped, ``\\`` for a backslash and ``\n`` for a newline, so each
 line is one whole name.  Ghosts may need parent directories made again
 (their directory was deleted too): those are journaled first, removed
 last.
+
+A name procsnap reaches through a process -- ``/proc/PID/root/...`` of a
+target in another mount namespace, ``/proc/OUR PID/fd/N/...`` of a
+restored tree's root -- names nothing once that process is gone, and a
+SIGKILLed procsnap is gone.  Such a name is journaled as the same file's
+path from our own root where one exists (``lasting``): found through a
+file handle of its directory, opened on a mount of ours of the same file
+system.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 
 from . import logs
 from .errors import ProcsnapError
+from .kernel import consts as C
+from .kernel.libc import syscall
+from .procfs.parse import unescape_octal
 
 JOURNAL = "procsnap-tmpnames.txt"
 log = logs.Logger("procsnap.tmpnames")
@@ -41,13 +53,74 @@ def _journal(images_dir: str) -> str:
 
 def note(images_dir: str, state: str, path: str) -> None:
     """Append one line and make it durable before the name is touched."""
-    line = f"{state} {escape(path)}\n".encode("utf-8", "surrogateescape")
+    line = f"{state} {escape(lasting(path))}\n".encode("utf-8", "surrogateescape")
     fd = os.open(_journal(images_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+MAX_HANDLE_SZ = 128
+AT_SYMLINK_FOLLOW = 0x400  # the parent may be /proc/PID/fd/N itself
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * MAX_HANDLE_SZ)]
+
+
+def lasting(path: str) -> str:
+    """``path`` as a name that outlives the process it goes through.
+
+    Only /proc/... names go through a process.  The directory's file
+    handle is opened on each of our mounts of its device: one that reaches
+    it gives its path from our root (checked by device and inode).  None
+    does (the tree's own tmpfs, a file system without handles): the name
+    as given, which dies with the tree's namespace anyway or is reported."""
+    if not path.startswith("/proc/"):
+        return path
+    parent, base = os.path.split(path)
+    try:
+        st = os.stat(parent)
+        fh = _FileHandle(handle_bytes=MAX_HANDLE_SZ)
+        mount_id = ctypes.c_int(0)
+        name = ctypes.create_string_buffer(os.fsencode(parent))
+        syscall(C.NR["name_to_handle_at"], C.AT_FDCWD, ctypes.addressof(name),
+                ctypes.addressof(fh), ctypes.addressof(mount_id), AT_SYMLINK_FOLLOW)
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return path
+    want = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 5 or fields[2] != want:
+            continue
+        mount_point = unescape_octal(fields[4])
+        try:
+            # not O_PATH: open_by_handle_at() refuses an O_PATH mount fd
+            mfd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fd = syscall(C.NR["open_by_handle_at"], mfd, ctypes.addressof(fh),
+                         C.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue  # ESTALE: not below this mount's root
+        finally:
+            os.close(mfd)
+        try:
+            found = os.readlink(f"/proc/self/fd/{fd}")
+            there = os.stat(found)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+            return os.path.join(found, base)
+    return path
 
 
 def escape(path: str) -> str:

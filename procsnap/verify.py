@@ -53,8 +53,11 @@ image's value, and nothing moves it while the task is stopped):
   (deleted)" and no process has pid N (its helper was reaped).
 - fds: the set of fd numbers, each fd's kind (readlink: pipe:, socket:,
   anon_inode:[...], path), its open flags (fdinfo flags) including
-  O_CLOEXEC, the position of regular files and memfds, and the path of a
-  regular file reopened by its name.  Not compared: a terminal's flags
+  O_CLOEXEC, the position of regular files and memfds, the path of a
+  regular file reopened by its name, and the pts a pty fd is on (the
+  slave's node, a master's peer opened O_PATH): its index (st_rdev) and
+  its devpts instance (st_dev), the one on the tree's /dev/pts -- the
+  index alone matches a pts of any instance.  Not compared: a terminal's flags
   under --shell-job (the fd is the restoring shell's terminal, by design),
   positions of character devices (the restore never seeks them), and the
   path of a file reopened through a ghost, a link remap or a file handle
@@ -765,6 +768,8 @@ def _check_fds(f: Found, have: list[int], want: dict[int, Any], fd_dir: int,
             out += _differ(f"fd {fd}: position", pos, got_pos)
         if name is not None:
             out += _differ(f"fd {fd}: file", name, link, repr)
+        if kind == fdinfo_pb2.TTY:
+            out += _check_pts(f, fd, entry)
         if kind == fdinfo_pb2.NS:
             # the namespace the restored tree lives in, not merely one of the kind
             out += _differ(f"fd {fd}: namespace", os.readlink(
@@ -779,6 +784,28 @@ def _check_fds(f: Found, have: list[int], want: dict[int, Any], fd_dir: int,
         if out:
             return out
     return []
+
+
+def _check_pts(f: Found, fd: int, entry: Any) -> list[str]:
+    """A pty fd is on its pts: the index (st_rdev) and the devpts instance
+    (st_dev) the restore made it in, read from the fd's own node or, for a
+    master, from its peer's."""
+    want = tty.restored_pts(f.rctx, entry)
+    if want is None:
+        return []
+    rdev, dev, master = want
+    copy = f.copy(fd)
+    try:
+        st = tty.pts_node(copy, master)
+    finally:
+        os.close(copy)
+    what = f"fd {fd}: pty {'master' if master else 'slave'}"
+    return _differ(f"{what}: pts device", _devno(rdev), _devno(st.st_rdev)) or \
+        _differ(f"{what}: devpts instance (st_dev)", _devno(dev), _devno(st.st_dev))
+
+
+def _devno(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
 
 
 # ----------------------------------------------- open file descriptions ----

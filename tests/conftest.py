@@ -5,11 +5,16 @@
 * ``targets`` starts target programs and kills/reaps them at teardown, even
   when the test failed.
 * Tests marked ``root`` are skipped, with the reason, only when not root.
+* Nothing of ours is left on the host: a test leaving a mount or a named
+  cgroup hierarchy fails (each test), and the run fails if it left an nft
+  table, a network namespace, a network-lock iptables rule or a cgroup
+  (once, at the end).
 """
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -73,6 +78,46 @@ def no_stray_children() -> Iterator[None]:
             pass
         helpers.wait_gone(pid, 10)
     assert not stray, f"processes left behind: {stray}"
+
+
+@pytest.fixture(autouse=True)
+def no_stray_mounts_or_hierarchies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After each test, no mount below the run's temporary dirs and no named
+    cgroup hierarchy of this run (named with its pid) alive unmounted: both
+    cheap reads of /proc.  What is found is removed, and the test fails."""
+    if os.geteuid() != 0:
+        yield
+        return
+    base = tmp_path_factory.getbasetemp()
+    before = helpers.mounts_under(base), helpers.stale_hierarchies(mine=True)
+    yield
+    mounts = helpers.mounts_under(base) - before[0]
+    for m in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], timeout=30)
+    stale = helpers.stale_hierarchies(mine=True) - before[1]
+    for name in stale:
+        helpers.remove_stale_hierarchy(name)
+    assert not mounts and not stale, (
+        f"left on the host: mounts {sorted(mounts)}, cgroup hierarchies (unmounted) "
+        f"{sorted('name=' + n for n in stale)}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_host_leftovers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the run, nothing of ours it made is left on the host: nft
+    tables, network namespaces, network-lock iptables rules, cgroups,
+    named hierarchies, mounts (helpers.host_leftovers) that are this run's
+    (helpers._this_run: by its pid or its targets' pids), so neither what an
+    earlier run left nor what a run at the same time holds fails this one."""
+    if os.geteuid() != 0:
+        yield
+        return
+    base = tmp_path_factory.getbasetemp()
+    before = helpers.host_leftovers(base)
+    yield
+    left = helpers.new_host_leftovers(before, base)
+    assert not left, "left on the host by this run: " + \
+        "; ".join(sorted(left))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -537,6 +537,7 @@ class TargetFactory:
         # queues a waitpid() on a pid that a restore may reuse; our reaper
         # collects the status instead.
         _KEEP_POPENS.append(p)
+        OUR_PIDS.add(p.pid)
         t = Target(name=name, pid=p.pid, argv=argv, workdir=self.workdir,
                    out=out, err=err, cmdline=list(argv))
         self.targets.append(t)
@@ -548,6 +549,7 @@ class TargetFactory:
     def adopt(self, pid: int, like: Target | None = None) -> None:
         """Record a pid procsnap restored for us, so teardown kills it."""
         REAPED.pop(pid, None)
+        OUR_PIDS.add(pid)
         if like is not None and like.pid == pid:
             return  # already tracked under the same pid
         t = Target(name=like.name if like else "restored", pid=pid,
@@ -573,6 +575,9 @@ class TargetFactory:
 
 
 _KEEP_POPENS: list[subprocess.Popen] = []
+# every pid this run started or adopted: what it may find named after them
+# on the host (a network lock table) is its own
+OUR_PIDS: set[int] = set()
 
 
 def start_under(targets: TargetFactory, wrapper: list[str], name: str, *args: str) -> Target:
@@ -746,3 +751,223 @@ def crit_decode_all(images: Path) -> dict[str, dict]:
     """Every image of a directory but pages-*.img (raw by design), by name."""
     return {p.name: crit_decode(p) for p in sorted(images.glob("*.img"))
             if not p.name.startswith("pages-")}
+
+
+# --------------------------------------------------------------------------
+# host state the tests make: named cgroup v1 hierarchies, cgroup2 controllers
+# --------------------------------------------------------------------------
+
+def named_hierarchies() -> set[str]:
+    """The v1 hierarchies with a name (``name=X``) alive on the host: every
+    task is in every hierarchy, so /proc/self/cgroup lists them all, mounted
+    or not."""
+    with open("/proc/self/cgroup") as f:
+        return {line.split(":")[1][5:] for line in f
+                if line.split(":")[1].startswith("name=")}
+
+
+def mounted_named_hierarchies() -> set[str]:
+    """Names of the v1 named hierarchies mounted somewhere in our mount namespace."""
+    out = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            post = line.split(" - ", 1)[1].split()
+            if post[0] == "cgroup":
+                out |= {o[5:] for o in post[2].split(",") if o.startswith("name=")}
+    return out
+
+
+def mount_named_cgroup(mnt: Path, name: str) -> None:
+    """Mount (making it if need be) the v1 hierarchy of no controller named NAME."""
+    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", f"none,name={name}"],
+                   check=True, timeout=30)
+
+
+def remove_named_cgroup(mnt: Path, name: str, timeout: float = 10.0) -> None:
+    """Remove the v1 hierarchy NAME mounted (only) at MNT: every cgroup below
+    its root (tasks of ours still in one go to the root first), the mount,
+    and the hierarchy itself.
+
+    The kernel destroys a v1 hierarchy at the unmount of its last mount only
+    if its root has no child cgroup then (cgroup_kill_sb); a cgroup removed
+    with rmdir a moment before is still a child until its release, which
+    runs later (RCU, a workqueue).  So an unmount right after the rmdir
+    leaves the hierarchy alive, unmounted and empty, for good: every new
+    task joins it (its name in /proc/self/cgroup), and criu's dump of a
+    container then meets it.  Mounting it again and unmounting, once the
+    children are released, destroys it: done until it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for sub in sorted(mnt.glob("*/**/"), key=lambda p: -len(p.parts)):
+            for pid in (sub / "cgroup.procs").read_text().split():
+                try:
+                    (mnt / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # gone meanwhile
+            sub.rmdir()
+        subprocess.run(["umount", str(mnt)], check=True, timeout=30)
+        for _ in range(5):
+            if name not in named_hierarchies():
+                return
+            time.sleep(0.01)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"cgroup hierarchy name={name} outlives its unmount")
+        mount_named_cgroup(mnt, name)
+
+
+CGROUP2_STATE = Path(tempfile.gettempdir()) / "procsnap-tests-cgroup2-subtree.json"
+
+
+def _cgroup2_users(root: Path, update: Callable[[dict], None]) -> None:
+    """Run UPDATE on the shared record of the test runs that use
+    controllers of ROOT's cgroup.subtree_control, under a file lock: runs
+    at the same time (or a run killed before its teardown) share it."""
+    import fcntl
+    import json
+    with open(f"{CGROUP2_STATE}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = json.loads(CGROUP2_STATE.read_text())
+        except (FileNotFoundError, ValueError):
+            state = {}
+        state = state if state.get("root") == str(root) else {"root": str(root)}
+        state["users"] = [p for p in state.get("users", []) if proc_exists(p)]
+        update(state)
+        tmp = CGROUP2_STATE.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(CGROUP2_STATE)
+
+
+def cgroup2_enable(root: Path, wanted: Iterable[str]) -> None:
+    """Enable controllers WANTED in ROOT's cgroup.subtree_control for this
+    run; ``cgroup2_release`` takes them back once no run uses them.
+
+    The first user (no live run recorded) notes the controllers enabled
+    before it, and the last one to leave restores exactly that: a run that
+    finds a controller enabled by a concurrent run neither disables it
+    under that run's feet nor leaves it enabled after both."""
+    ctl = root / "cgroup.subtree_control"
+
+    def enter(state: dict) -> None:
+        # a run killed before its teardown left "before" with no live user:
+        # it still holds, the controllers enabled now are that run's
+        state.setdefault("before", ctl.read_text().split())
+        have = ctl.read_text().split()
+        add = [c for c in wanted if c not in have]
+        if add:
+            ctl.write_text(" ".join("+" + c for c in add))
+        if os.getpid() not in state["users"]:
+            state["users"].append(os.getpid())
+    _cgroup2_users(root, enter)
+
+
+def cgroup2_release(root: Path) -> None:
+    """This run no longer uses the controllers it enabled (see cgroup2_enable)."""
+    ctl = root / "cgroup.subtree_control"
+
+    def leave(state: dict) -> None:
+        state["users"] = [p for p in state["users"] if p != os.getpid()]
+        if not state["users"] and "before" in state:
+            _cgroup2_restore(ctl, state.pop("before"))
+    _cgroup2_users(root, leave)
+
+
+def _cgroup2_restore(ctl: Path, before: list[str]) -> None:
+    extra = [c for c in ctl.read_text().split() if c not in before]
+    if extra:
+        ctl.write_text(" ".join("-" + c for c in extra))
+
+
+# --------------------------------------------------------------------------
+# what a test run may leave on the host
+# --------------------------------------------------------------------------
+
+OUR_PREFIXES = ("procsnap", "zdtm")
+
+
+def stale_hierarchies(mine: bool = False) -> set[str]:
+    """Named v1 hierarchies of ours (procsnap*, zdtm*; with MINE, only
+    those named with this run's pid) alive but mounted nowhere in our mount
+    namespace: left by a test (see remove_named_cgroup)."""
+    return {n for n in named_hierarchies() - mounted_named_hierarchies()
+            if n.startswith(OUR_PREFIXES) and (not mine or str(os.getpid()) in n)}
+
+
+def remove_stale_hierarchy(name: str) -> None:
+    """Destroy an unmounted named hierarchy: mounted on a temporary dir,
+    emptied and unmounted by remove_named_cgroup."""
+    mnt = Path(tempfile.mkdtemp(prefix="procsnap-stale-cg-"))
+    try:
+        mount_named_cgroup(mnt, name)
+        remove_named_cgroup(mnt, name)
+    finally:
+        mnt.rmdir()
+
+
+def mounts_under(base: Path) -> set[str]:
+    """Mount points at or below BASE (a test's temporary dirs)."""
+    out = set()
+    prefix = str(base).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if (mp + "/").startswith(prefix):
+                out.add(mp)
+    return out
+
+
+def _lines(argv: list[str]) -> list[str]:
+    if shutil.which(argv[0]) is None:
+        return []
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return res.stdout.splitlines() if res.returncode == 0 else []
+
+
+def host_leftovers(base: Path) -> set[str]:
+    """State of ours on the host, one line each: named cgroup hierarchies
+    (unmounted), mounts below BASE, nft tables, network namespaces (ip
+    netns), iptables rules of a network lock (criu's mark 0xc114, its CRIU
+    chain), cgroups named procsnap*, and this run's hold on cgroup2
+    controllers.  Names are procsnap*, CRIU*, zdtm*."""
+    out = {f"cgroup hierarchy name={n}, unmounted" for n in stale_hierarchies()}
+    out |= {f"mount {m}" for m in mounts_under(base)}
+    out |= {f"nft {t}" for t in _lines(["nft", "list", "tables"])
+            if "procsnap" in t or "CRIU" in t or "zdtm" in t}
+    out |= {f"netns {n.split()[0]}" for n in _lines(["ip", "netns", "list"])
+            if n.startswith(OUR_PREFIXES)}
+    for cmd in ("iptables", "ip6tables"):
+        out |= {f"{cmd} {r}" for r in _lines([cmd, "-w", "-S"])
+                if "0xc114" in r or " CRIU" in r}
+    out |= {f"cgroup {d}" for d in Path("/sys/fs/cgroup").glob("*/*")
+            if d.name.startswith(OUR_PREFIXES) and d.is_dir()}
+    try:
+        import json
+        if os.getpid() in json.loads(CGROUP2_STATE.read_text()).get("users", []):
+            out.add(f"cgroup2 controllers still held by {os.getpid()} in {CGROUP2_STATE}")
+    except (FileNotFoundError, ValueError):
+        pass
+    return out
+
+
+def _this_run(item: str) -> bool:
+    """Whether a host_leftovers line is this run's: below its temporary
+    dirs, named with its pid (test names carry os.getpid()), or a network
+    lock table of a tree it started (CRIU-procsnap_PID, CRIU-PID); rules of
+    criu's iptables lock carry no pid and count as ours when they stay."""
+    if item.startswith(("mount ", "iptables ", "ip6tables ")):
+        return True
+    if re.search(rf"\D{os.getpid()}(\D|$)", item):
+        return True
+    m = re.search(r"CRIU-(?:procsnap_)?(\d+)", item)
+    return m is not None and int(m.group(1)) in OUR_PIDS
+
+
+def new_host_leftovers(before: set[str], base: Path, settle: float = 10.0) -> set[str]:
+    """host_leftovers of this run, not in BEFORE, that stay for SETTLE
+    seconds (a test of a run at the same time may hold a lock that long)."""
+    deadline = time.monotonic() + settle
+    while True:
+        left = {x for x in host_leftovers(base) - before if _this_run(x)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)

@@ -73,7 +73,10 @@ tree's /dev/pts (but an orphan pts, above); a pty one of whose ends is open outs
 of /proc); a master whose slave was never opened (input queued for the
 slave cannot be read without opening it, which changes the pair); a task
 whose controlling terminal is outside the tree or which lost the
-controlling terminal its session has; an --external terminal restored
+controlling terminal its session has; with --orphan-pts-master, a task
+whose controlling terminal is a pts at the orphan's index of another devpts
+instance, or cannot be told from it (stat's tty_nr is the index only; the
+task's own TIOCGSID on its fd of the orphan tells); an --external terminal restored
 without the fd that stands for it.  With --shell-job a pts whose master
 is outside the tree (the user's terminal) is the job's terminal: at
 restore the fds get the restoring shell's terminal, as criu does.
@@ -692,6 +695,46 @@ def _dump_input(ctx: "DumpContext", state: _DumpState, info_id: int, slave_fd: i
         ctx.add_shared("tty-data", tty_pb2.tty_data_entry(tty_id=info_id, data=inp))
 
 
+def _ctty_is(task: Any, info: Any) -> bool:
+    """Whether ``task``'s controlling terminal is the pts of ``info`` (an
+    orphan pts the tree holds) and not the pts at the same index of another
+    devpts instance: /proc/PID/stat's tty_nr is the index only.  The
+    kernel answers TIOCGSID on a slave only to a task whose controlling
+    terminal it is: asked in the task on its own fd of the pts.  A task
+    holding none (it closed them) can be told only when no other instance
+    we see (ours, the task's /dev/pts) has a pts at that index."""
+    pid = task.pid
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        fds = []
+    for name in fds:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if (st.st_rdev, st.st_dev) != (info.rdev, info.dev):
+            continue
+        inj = task.need_inj()
+        try:
+            inj.call("ioctl", int(name), C.TIOCGSID, inj.put(bytes(4), align=4))
+        except InjectError as exc:
+            if exc.errno == errno.ENOTTY:
+                return False  # a pts of its that is not its terminal
+            raise
+        finally:
+            inj.reset_scratch()
+        return True
+    for d in ("/dev/pts", f"/proc/{pid}/root/dev/pts"):
+        try:
+            st = os.stat(f"{d}/{info.pty.index}")
+        except OSError:
+            continue
+        if st.st_rdev == info.rdev and st.st_dev != info.dev:
+            return False
+    return True
+
+
 def _vt_ctty(ctx: "DumpContext", task: Any, st: Any, rdev: int, pids: set[int],
              infos: dict[int, Any]) -> None:
     """A virtual console as controlling terminal (zdtm vt: a session leader
@@ -765,6 +808,10 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
         if orphan is not None:
             # --orphan-pts-master: its session leader takes the new slave
             name = f"/dev/pts/{idx} (its master outside the tree)"
+            if not _ctty_is(task, orphan):
+                raise Unsupported(f"pid {task.pid}: its controlling terminal is pts {idx} of "
+                                  f"another devpts instance than the tree's {name}, or cannot "
+                                  "be told from it (the same index): not supported")
             if st.session not in pids:
                 raise Unsupported(f"pid {task.pid}: its controlling terminal {name} belongs "
                                   f"to session {st.session}, whose leader is outside the "
@@ -1279,6 +1326,37 @@ def needs_shell_terminal(rctx: "RestoreContext") -> bool:
              and i.HasField("termios") and i.pty.index not in masters}
     return any(f.type == fdinfo_pb2.TTY and f.tty.tty_info_id in shell
                for f in rctx.files.values())
+
+
+def restored_pts(rctx: "RestoreContext", entry: Any) -> tuple[int, int, bool] | None:
+    """For the restore check: (st_rdev, st_dev, master) of the pts a
+    restored pty fd must be on -- its index on the devpts instance of the
+    tree's /dev/pts, where the restore makes every pair (the fd's own node;
+    a master's peer) -- or None for a terminal the restore does not make
+    (the shell job's, /dev/tty, an --external one).  The index alone would
+    pass a pts of another devpts instance: each instance numbers from 0."""
+    state = _rstate(rctx)
+    info = state.infos.get(entry.tty.tty_info_id)
+    if info is None or info.type != tty_pb2.PTY or info.id in state.shell:
+        return None
+    dev = rctx.kind_state.get("tty-devpts")
+    if dev is None:
+        dev = rctx.kind_state["tty-devpts"] = os.stat(rctx.tree_path("/dev/pts/ptmx")).st_dev
+    master = (os.major(info.rdev), os.minor(info.rdev)) == PTMX
+    return _pts_dev(info.pty.index), dev, master
+
+
+def pts_node(copy: int, master: bool) -> os.stat_result:
+    """The pts node of a pty fd (``copy``, ours): the fd's own, or for a
+    master its peer's, opened O_PATH with TIOCGPTPEER (O_PATH does not open
+    the slave: the pair's state stays as it is)."""
+    if not master:
+        return os.fstat(copy)
+    peer = fcntl.ioctl(copy, C.TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)  # returns the new fd
+    try:
+        return os.fstat(peer)
+    finally:
+        os.close(peer)
 
 
 def expected_flags(rctx: "RestoreContext", entry: Any) -> int | None:

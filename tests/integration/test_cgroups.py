@@ -16,7 +16,8 @@ from typing import Iterator
 
 import pytest
 
-from helpers import (TargetFactory, assert_one_line_error, check_ok, crit_decode, finish,
+from helpers import (TargetFactory, assert_one_line_error, cgroup2_enable, cgroup2_release,
+                     check_ok, crit_decode, finish, mount_named_cgroup, remove_named_cgroup,
                      run_procsnap, wait_gone)
 
 V1 = Path("/sys/fs/cgroup")
@@ -160,10 +161,7 @@ def v2group() -> Iterator[tuple[Path, list[tuple[str, str]]]]:
     wanted = [c for c in ("memory", "cpu") if c in have] or [c for c in have if c == "hugetlb"]
     if not wanted:
         pytest.skip("the cgroup2 hierarchy has no memory, cpu or hugetlb controller")
-    root_ctl = (V2 / "cgroup.subtree_control").read_text().split()
-    added = [c for c in wanted if c not in root_ctl]
-    if added:
-        (V2 / "cgroup.subtree_control").write_text(" ".join("+" + c for c in added))
+    cgroup2_enable(V2, wanted)  # taken back by the last run at the same time that uses it
     limits = []
     if "memory" in wanted:
         limits.append(("memory.max", str(128 << 20)))
@@ -177,8 +175,73 @@ def v2group() -> Iterator[tuple[Path, list[tuple[str, str]]]]:
     finally:
         _rmtree(parent)
         _rmtree(V2 / (TAG + "-moved"))
-        if added:
-            (V2 / "cgroup.subtree_control").write_text(" ".join("-" + c for c in added))
+        cgroup2_release(V2)
+
+
+_RUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+import helpers
+helpers.cgroup2_enable(Path(sys.argv[1]), [sys.argv[2]])
+print("in", flush=True)
+sys.stdin.readline()
+helpers.cgroup2_release(Path(sys.argv[1]))
+print("out", flush=True)
+"""
+
+
+def test_cgroup2_controllers_shared_by_runs_at_the_same_time() -> None:
+    """Two test runs enable the same controller in cgroup2's root: the first
+    to finish leaves it enabled for the other, the last one restores what
+    was there before both; a run killed before its teardown is undone by
+    the next run.  (Concurrent runs left +hugetlb behind, or took it away
+    from a run still using it.)"""
+    import signal
+    import subprocess
+    import sys
+    ctl = V2 / "cgroup.subtree_control"
+    before = ctl.read_text().split()
+    free = [c for c in (V2 / "cgroup.controllers").read_text().split() if c not in before]
+    if not free:
+        pytest.skip("every controller of the cgroup2 root is enabled already")
+    c = free[-1]
+    tests_dir = str(Path(__file__).resolve().parent.parent)
+    runs: list[subprocess.Popen] = []
+
+    def run() -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", _RUN, str(V2), c, tests_dir], text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        runs.append(p)
+        assert p.stdout is not None and p.stdout.readline() == "in\n"
+        return p
+
+    def leave(p: subprocess.Popen) -> None:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == "out\n"
+        assert p.wait(10) == 0
+
+    try:
+        a, b = run(), run()
+        assert c in ctl.read_text().split()
+        leave(a)
+        assert c in ctl.read_text().split(), "taken away from a run still using it"
+        leave(b)
+        assert ctl.read_text().split() == before, "not restored by the last run"
+        killed = run()
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(10)
+        assert c in ctl.read_text().split()
+        d = run()
+        leave(d)
+        assert ctl.read_text().split() == before, "a killed run's controller stays"
+    finally:
+        for p in runs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
 
 
 def test_cgroup2_limits_and_root(targets: TargetFactory, tmp_path: Path, v2group) -> None:
@@ -222,30 +285,24 @@ def test_missing_cgroup_with_props_mode_is_an_error(targets: TargetFactory, tmp_
     assert_one_line_error(res, f"/{TAG} does not exist", "--manage-cgroups=props")
 
 
+# this run's own named hierarchy: a concurrent run uses its own
+CGNAME = f"procsnapns{os.getpid()}"
+
+
 @pytest.fixture
 def cgns_groups(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A cgroup2 group and a named v1 hierarchy (mounted on a temporary
     dir), both removed afterwards."""
-    import subprocess
     mnt = tmp_path / "cg"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", "none,name=procsnapns"],
-                   check=True)
+    mount_named_cgroup(mnt, CGNAME)
     v2 = V2 / TAG
     try:
         yield v2, mnt
     finally:
         _rmtree(v2)
         _rmtree(V2 / (TAG + "-moved"))
-        for top in (mnt / TAG, mnt / (TAG + "-moved")):
-            if top.is_dir():
-                for pid in (top / "cgroup.procs").read_text().split():
-                    (mnt / "cgroup.procs").write_text(pid)
-                for sub in sorted(top.glob("**/"), key=lambda p: -len(p.parts)):
-                    for pid in (sub / "cgroup.procs").read_text().split():
-                        (mnt / "cgroup.procs").write_text(pid)
-                    sub.rmdir()
-        subprocess.run(["umount", str(mnt)], check=True)
+        remove_named_cgroup(mnt, CGNAME)
 
 
 def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -> None:
@@ -259,17 +316,17 @@ def test_cgroup_namespace(targets: TargetFactory, tmp_path: Path, cgns_groups) -
         v2.mkdir()
         t = targets.start("cgns.py", str(v2), str(mnt), f"/{TAG}")
         outer = _cg(t.pid)
-        assert outer[""] == f"/{TAG}/inner" and outer["name=procsnapns"] == f"/{TAG}/inner"
+        assert outer[""] == f"/{TAG}/inner" and outer[f"name={CGNAME}"] == f"/{TAG}/inner"
         images = tmp_path / f"images{int(moved)}"
         _dump(targets, t, images)
         _rmtree(v2)
         (mnt / TAG / "inner").rmdir()
         (mnt / TAG).rmdir()
         more = ["--cgroup-root", f"cgroup2:/{TAG}-moved",
-                "--cgroup-root", f"name=procsnapns:/{TAG}-moved"] if moved else []
+                "--cgroup-root", f"name={CGNAME}:/{TAG}-moved"] if moved else []
         check_ok(run_procsnap("restore", "-D", images, "-d", *more))
         top = f"/{TAG}-moved" if moved else f"/{TAG}"
-        assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)["name=procsnapns"] == f"{top}/inner"
+        assert _cg(t.pid)[""] == f"{top}/inner" and _cg(t.pid)[f"name={CGNAME}"] == f"{top}/inner"
         assert os.stat(f"/proc/{t.pid}/ns/cgroup").st_ino != os.stat("/proc/self/ns/cgroup").st_ino
         finish(t)
         _rmtree(V2 / top.lstrip("/"))

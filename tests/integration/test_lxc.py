@@ -63,12 +63,17 @@ def _fd3_on_lxcfs(pid: int) -> str:
 
 
 def _cgroup_dirs() -> list[Path]:
-    """This process's cgroup directory in every mounted hierarchy."""
+    """This process's cgroup directory in every hierarchy the host mounts
+    under /sys/fs/cgroup (not those another test run mounts for a while
+    elsewhere: a child made there kept that run from removing its
+    hierarchy)."""
     mounts: dict[str, Path] = {}
     with open("/proc/self/mountinfo") as f:
         for line in f:
             pre, post = line.split(" - ")
             fstype, _src, opts = post.split()[:3]
+            if not (pre.split()[4] + "/").startswith("/sys/fs/cgroup/"):
+                continue
             if fstype == "cgroup2":
                 mounts[""] = Path(pre.split()[4])
             elif fstype == "cgroup":

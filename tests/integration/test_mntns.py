@@ -119,6 +119,28 @@ def test_mount_tree_restored_under_root(targets: TargetFactory, tmp_path: Path,
     _restore_and_check(targets, t, d, numbers, images_dir, before)
 
 
+def test_mounts_of_another_run_are_not_the_trees(targets: TargetFactory, tmp_path: Path,
+                                                images_dir: Path) -> None:
+    """An overlayfs another test run has mounted on the host at the moment
+    the target makes its namespace (a container's root, say) is copied
+    with the host's table; the target detaches such mounts first
+    (foreign_mounts.drop), else the dump refuses the overlay by name and
+    the test fails for what the other run did."""
+    other = tmp_path / "other-run"
+    for sub in ("lower", "upper", "work", "ov"):
+        (other / sub).mkdir(parents=True)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={other}/lower,upperdir={other}/upper,workdir={other}/work",
+                    str(other / "ov")], check=True)
+    try:
+        t, d, numbers = _start(targets, tmp_path)
+    finally:
+        subprocess.run(["umount", str(other / "ov")], check=True)
+    before = _mountinfo_inside(t.pid)
+    _dump(t, images_dir)
+    _restore_and_check(targets, t, d, numbers, images_dir, before)
+
+
 def test_mount_tree_with_pid_namespace(targets: TargetFactory, tmp_path: Path,
                                        images_dir: Path) -> None:
     """unshare -fp --mount-proc -m: pid 1 of its own pid namespace, its /proc

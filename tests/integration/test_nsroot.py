@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from helpers import (
     children_of,
     describe,
     proc_cmdline,
+    procsnap_cmd,
     read_numbers,
     read_status,
     reap,
@@ -50,8 +52,8 @@ def _ours_left() -> list[str]:
         [n for n in os.listdir("/tmp") if n.startswith(".procsnap-mnt.")]
 
 
-def test_tree_under_its_own_root(targets: TargetFactory, tmp_path: Path,
-                                 images_dir: Path) -> None:
+def _dumped(targets: TargetFactory, tmp_path: Path, images_dir: Path) -> tuple[Target, Path]:
+    """nsroot.py under DIR, dumped: (its target, DIR)."""
     assert not os.path.lexists("/box"), "the test's names must not exist in our root"
     d = tmp_path / "root"
     d.mkdir()
@@ -71,6 +73,12 @@ def test_tree_under_its_own_root(targets: TargetFactory, tmp_path: Path,
     assert wait_gone(inner, 10), f"dump left pid {inner} alive"
     reap()
     assert any(n.startswith("ghost-file-") for n in os.listdir(images_dir))
+    return t, d
+
+
+def test_tree_under_its_own_root(targets: TargetFactory, tmp_path: Path,
+                                 images_dir: Path) -> None:
+    t, d = _dumped(targets, tmp_path, images_dir)
     res = check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--root", d,
                                 "--ext-mount-map", "usr:/usr"))
     targets.adopt(t.pid, like=t)
@@ -81,9 +89,45 @@ def test_tree_under_its_own_root(targets: TargetFactory, tmp_path: Path,
         "ghost names left"
     assert os.listdir(d / "box" / "sock.d") == []
     assert _ours_left() == []
+    numbers = d / "box" / "numbers"
     last = read_numbers(numbers)[-1]
     check_continuity(wait_numbers(numbers, last + 3))
     assert t.verdict() == "PASS", t.output()
+
+
+def test_restore_killed_while_ghosts_exist(targets: TargetFactory, tmp_path: Path,
+                                          images_dir: Path) -> None:
+    """SIGKILL to a restore under --root while the ghosts it made exist in
+    the tree's root: ``procsnap cleanup`` removes them.  procsnap reaches
+    the tree's names through /proc/ITS PID/fd/N, which names nothing once
+    it is dead: the journal holds the names from our root instead."""
+    t, d = _dumped(targets, tmp_path, images_dir)
+    box = d / "box"
+    before = sorted(os.listdir(box))
+
+    def ghosts() -> list[str]:
+        return [n for n in os.listdir(box) if n.endswith(".ghost") or n == "gone"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    restorer = subprocess.Popen(procsnap_cmd("restore", "-D", str(images_dir), "-d", "--root",
+                                             str(d), "--ext-mount-map", "usr:/usr"),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, close_fds=True, env=env)
+    try:
+        wait_for(lambda: bool(ghosts()) or restorer.poll() is not None, 30,
+                 "the restore to make the ghosts", interval=0.001)
+        assert restorer.poll() is None, "the restore ended before it could be killed"
+        restorer.kill()
+    finally:
+        if restorer.poll() is None:
+            restorer.kill()
+        restorer.wait(10)
+    wait_for(lambda: not [p for p in children_of(os.getpid()) if p != restorer.pid], 10,
+             "the puppets to die with the restorer")
+    reap()
+    assert ghosts(), "no ghost was left to clean up"
+    res = check_ok(run_procsnap("cleanup", images_dir))
+    assert ".ghost" in res.stdout, describe(res)
+    assert sorted(os.listdir(box)) == before, "ghosts left after cleanup"
 
 
 def test_fd_table_shared_in_a_pid_namespace(targets: TargetFactory, images_dir: Path) -> None:

@@ -22,8 +22,10 @@ from helpers import (
     describe,
     finish,
     is_untouched,
+    mount_named_cgroup,
     proc_cmdline,
     read_numbers,
+    remove_named_cgroup,
     run_procsnap,
     wait_gone,
     wait_numbers,
@@ -148,23 +150,29 @@ def test_task_state_refused(targets: TargetFactory, tmp_path: Path, what: str,
     finish(t)
 
 
+# this run's own hierarchy: a concurrent run has its own cgroups /a and /b
+CGNAME = f"procsnaptst{os.getpid()}"
+
+
 @pytest.fixture
 def cgroups(tmp_path: Path):
     """A v1 named hierarchy mounted on a temporary dir, and a cgroup2 group;
     removed afterwards."""
-    import subprocess
     mnt = tmp_path / "cg"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "cgroup", "none", str(mnt), "-o", "none,name=procsnaptst"],
-                   check=True)
+    mount_named_cgroup(mnt, CGNAME)
     v2 = Path("/sys/fs/cgroup/unified") / f"procsnap-test-{os.getpid()}"
-    yield mnt, v2
-    for d in sorted(mnt.glob("**/"), key=lambda p: -len(p.parts)):
-        if d != mnt:
-            d.rmdir()
-    subprocess.run(["umount", str(mnt)], check=True)
-    if v2.exists():
-        v2.rmdir()
+    try:
+        yield mnt, v2
+    finally:
+        remove_named_cgroup(mnt, CGNAME)
+        if v2.exists():  # a failed test's target, not yet killed, leaves it first
+            for pid in (v2 / "cgroup.procs").read_text().split():
+                try:
+                    (v2.parent / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass  # gone meanwhile
+            v2.rmdir()
 
 
 def _cg(pid: int, tid: int | None = None) -> dict[str, str]:
@@ -188,7 +196,7 @@ def test_cgroups_restored(targets: TargetFactory, tmp_path: Path, cgroups) -> No
     (mnt / "b" / "tasks").write_text(str(tid))
     (v2 / "cgroup.procs").write_text(str(t.pid))
     want = (_cg(t.pid), _cg(t.pid, tid))
-    assert want[0]["name=procsnaptst"] == "/a" and want[1]["name=procsnaptst"] == "/b"
+    assert want[0][f"name={CGNAME}"] == "/a" and want[1][f"name={CGNAME}"] == "/b"
     images = tmp_path / "images"
     images.mkdir()
     check_ok(run_procsnap("dump", "-t", t.pid, "-D", images))

@@ -3,11 +3,14 @@ hung-up slaves (ptys.c checks itself), tmux with two panes, and the
 refusals (a pty whose other end is outside the tree, the console)."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
+import struct
 import sys
+import termios
 import time
 from pathlib import Path
 from typing import Any
@@ -446,3 +449,44 @@ def test_orphan_pts_master_through_the_api(targets: TargetFactory, tmp_path: Pat
         for fd in got + [m1, s1]:
             if fd >= 0:
                 os.close(fd)
+
+
+def test_orphan_pts_with_a_terminal_of_another_devpts_instance_refused(
+        targets: TargetFactory, tmp_path: Path) -> None:
+    """--orphan-pts-master: fds 0-2 are a pts of the host (the orphan,
+    its master the test's), the controlling terminal a pts at the same
+    index of another devpts instance (stat's tty_nr is the same number):
+    refused by name, not restored with the orphan as its terminal; the
+    tree runs on untraced."""
+    import pty
+    other = tmp_path / "pts"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666", "procsnap-test",
+                    str(other)], check=True)
+    fds: list[int] = []
+    try:
+        m1, s1 = pty.openpty()
+        fds += [m1, s1]
+        index = int(os.ttyname(s1).rsplit("/", 1)[1])
+        while True:  # the same index in the other instance
+            m2 = os.open(other / "ptmx", os.O_RDWR | os.O_NOCTTY)
+            fds.append(m2)
+            got = struct.unpack("I", fcntl.ioctl(m2, 0x80045430, bytes(4)))[0]  # TIOCGPTN
+            if got == index:
+                break
+            assert got < index
+        fcntl.ioctl(m2, 0x40045431, struct.pack("i", 0))  # TIOCSPTLCK: unlocked
+        t = targets.start("ext_tty.py", os.ttyname(s1), str(tmp_path / "go"),
+                          str(other / str(index)))
+        with open(f"/proc/{t.pid}/stat") as f:
+            tty_nr = int(f.read().rsplit(")", 1)[1].split()[4])
+        assert tty_nr == os.stat(f"/proc/{t.pid}/fd/0").st_rdev
+        res = _criu("dump", "-t", t.pid, "-D", tmp_path / "img", "--orphan-pts-master")
+        assert_one_line_error(res, f"pid {t.pid}: its controlling terminal is pts {index} "
+                              "of another devpts instance")
+        assert is_untouched(t.pid)[0]   # (killed by the fixture: it prints no verdict)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if subprocess.run(["umount", str(other)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(other)])

@@ -36,6 +36,7 @@ from helpers import (
     reap,
     run_procsnap,
     REPO_ROOT,
+    tree_pids,
     wait_gone,
     wait_numbers,
 )
@@ -437,3 +438,33 @@ def test_fuzzed_images_fail_cleanly(targets: TargetFactory, dumped: tuple[Target
         shutil.rmtree(images)
     assert outcomes["check"] > 0, outcomes  # the check is what caught some of them
     print(outcomes)
+
+
+def test_broken_pty_of_another_devpts_instance(targets: TargetFactory, tmp_path: Path) -> None:
+    """A restore that makes the pty pairs in another devpts instance, at
+    the same indices: the index (st_rdev) is the same in every instance,
+    only the instance (st_dev) tells them apart."""
+    t = targets.start("ptys")
+    others = tuple(p for p in tree_pids(t.pid) if p != t.pid)
+    _dump(t, tmp_path / "images")
+    other = tmp_path / "pts"
+    other.mkdir()
+    subprocess.run(["mount", "-t", "devpts", "-o", "newinstance,ptmxmode=0666", "procsnap-test",
+                    str(other)], check=True)
+    try:
+        patch = ("import procsnap.resources.tty as m\n"
+                 "orig = m._open_noctty\n"
+                 "def other(rt, path, flags):\n"
+                 "    if path == '/dev/ptmx' or path.startswith('/dev/pts/'):\n"
+                 f"        path = {str(other)!r} + '/' + ('ptmx' if path == '/dev/ptmx' "
+                 "else path[len('/dev/pts/'):])\n"
+                 "    return orig(rt, path, flags)\n"
+                 "m._open_noctty = other")
+        _broken_restore_caught(targets, t, tmp_path / "images", patch,
+                               r"restore check: pid \d+: fd \d+: pty (master|slave): devpts "
+                               r"instance \(st_dev\) \d+:\d+ expected, \d+:\d+ found",
+                               pids=others)
+    finally:
+        if subprocess.run(["umount", str(other)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(other)])
+    finish(t)

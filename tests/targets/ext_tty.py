@@ -1,7 +1,7 @@
 """A session whose controlling terminal is a pts whose master is outside
 the tree (the test's; LXC's console as the container's init has it).
 
-    ext_tty.py PTS GO
+    ext_tty.py PTS GO [CTTY]
 
 Opens PTS read-write without O_NOCTTY (this process, a session leader
 without a terminal, takes it as its controlling terminal) as fds 0, 1 and
@@ -32,6 +32,17 @@ def main() -> int:
 
     def say(text: str) -> None:
         os.write(o, (text + "\n").encode())
+    if len(sys.argv) > 3:
+        # CTTY: taken as the controlling terminal and closed again; PTS is
+        # then only fds 0-2 (a pts at the same index of another devpts
+        # instance, for the dump to tell apart); only "ready" is printed
+        os.close(os.open(sys.argv[3], os.O_RDWR))
+        fd = os.open(pts, os.O_RDWR | os.O_NOCTTY)
+        for n in (0, 1, 2):
+            os.dup2(fd, n)
+        say("ready 0")
+        while True:
+            time.sleep(1)
     fd = os.open(pts, os.O_RDWR)
     for n in (0, 1, 2):
         os.dup2(fd, n)

@@ -5,7 +5,8 @@
 Re-executes itself under ``unshare -m --propagation private`` (same pid;
 with "pidns", ``unshare -fp --mount-proc -m --propagation private setsid``:
 it then runs as pid 1 of its own pid namespace, a child of unshare),
-then builds in its namespace: a tmpfs on DIR/t (mode 750) holding "file"
+then detaches what other test runs had mounted on the host at that
+moment (foreign_mounts.drop), then builds in its namespace: a tmpfs on DIR/t (mode 750) holding "file"
 and, under DIR/t/under, a file hidden by a second tmpfs mounted there; the
 tmpfs made shared and bound again on DIR/b (one peer group); DIR/src (a
 directory of the root file system) bound read-only on DIR/rb; a /proc of
@@ -65,6 +66,8 @@ def main() -> int:
         pidns = ["-fp", "--mount-proc"] if "pidns" in extra else []
         os.execvp("unshare", ["unshare", *pidns, "-m", "--propagation", "private",
                               *(["setsid"] if pidns else []), sys.executable, *sys.argv])
+    import foreign_mounts
+    foreign_mounts.drop()  # other test runs' mounts, copied with the host's table
     for sub in ("t", "b", "src", "rb", "ov", "lower", "upper", "work"):
         os.makedirs(f"{d}/{sub}", exist_ok=True)
     with open(f"{d}/src/plain", "w") as f:
