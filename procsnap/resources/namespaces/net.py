@@ -15,7 +15,11 @@ What is saved, and how:
   restore is refused by name.  A veth pair with both ends inside is made
   again as a pair.
 - addresses, routes (v4 and v6, every table) and rules: iproute2's own
-  ``ip ... save`` stream, exactly CRIU's images, and ``ip ... restore``.
+  ``ip ... save`` stream, exactly CRIU's images, and ``ip ... restore``;
+  the v6 rules in rule6-ID.img, procsnap's (criu saves none: its restore
+  keeps a new namespace's defaults, as procsnap's does of criu's images).
+  ip is not run for a stream that would change nothing (no address or
+  route saved; the rules a new namespace starts with).
   (The kernel adds lo's 127.0.0.1/::1 and the local routes by itself once
   lo is up; restoring them again fails with EEXIST, which ip ignores.)
 - sysctls (netns-ID.img): every readable, writable file under
@@ -103,9 +107,16 @@ DEVCONFS6 = (
 STR_CONFS = {"stable_secret"}
 
 # (image kind, ip's arguments) of iproute2's save streams, in restore order
+# (rule6 is procsnap's: criu saves the v4 rules alone, and its restore
+# leaves a new namespace's default v6 rules as they are)
 IP_IMAGES = (("ifaddr", ["addr"]), ("route", ["route"]), ("route6", ["-6", "route"]),
-             ("rule", ["rule"]))
-_SAVE_TAIL = {"ifaddr": [], "route": ["table", "all"], "route6": ["table", "all"], "rule": []}
+             ("rule", ["rule"]), ("rule6", ["-6", "rule"]))
+_SAVE_TAIL = {"ifaddr": [], "route": ["table", "all"], "route6": ["table", "all"], "rule": [],
+              "rule6": []}
+# the first 4 bytes of each stream (iproute2's ifa_dump_magic,
+# route_dump_magic, rule_dump_magic)
+IP_MAGIC = {"ifaddr": 0x47361222, "route": 0x45311224, "route6": 0x45311224,
+            "rule": 0x71706986, "rule6": 0x71706986}
 
 
 def _where(pid: int, ns_id: int) -> str:
@@ -472,18 +483,43 @@ def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
                            + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
 
 
+def _messages(data: bytes) -> list[bytes]:
+    """The rtnetlink messages of an ``ip ... save`` stream (after ip's
+    4-byte magic), each without its nlmsghdr."""
+    out, pos = [], 4
+    while pos + 16 <= len(data):
+        length = struct.unpack_from("=I", data, pos)[0]
+        if length < 16:
+            break
+        out.append(data[pos + 16:pos + length])
+        pos += (length + 3) & ~3
+    return out
+
+
 def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int, ip: str) -> None:
+    """Each ``ip ... save`` stream given back to ``ip ... restore``; the
+    tool is not run where it would change nothing: a stream of ip's magic
+    alone (no address or route saved), rules equal, in order, to those the
+    new namespace holds already (its default ones)."""
     for kind, args in IP_IMAGES:
         path = images.image_path(rctx.images_dir, kind, ns_id)
-        if not os.path.exists(path):
-            continue
-        if kind == "rule":
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue  # rule6: images of criu's, or older ones (v6 rules not saved)
+        magic = data[:4] == struct.pack("=I", IP_MAGIC[kind])
+        if kind in ("rule", "rule6"):
+            family = 10 if kind == "rule6" else 2   # AF_INET6, AF_INET
+            if magic and _messages(data) == rtnl.rules(family):
+                continue
             # the new namespace has the default rules already: ip rule
-            # restore would add them twice (as criu, flushed first)
-            _run([ip, "rule", "flush"])
-            _run([ip, "-6", "rule", "flush"])
-            _run([ip, "rule", "delete", "table", "local"])
-            _run([ip, "-6", "rule", "delete", "table", "local"])
+            # restore would add them twice (as criu, flushed first; the
+            # family's own only: v6 rules stay when only v4 ones were saved)
+            _run([ip, *args, "flush"])
+            _run([ip, *args, "delete", "table", "local"])
+        elif magic and len(data) == 4:
+            continue
         res = _run([ip, *args, "restore"], stdin=path)
         if res.returncode != 0:
             raise RestoreError(f"{_where(pid, ns_id)}: ip {' '.join(args)} restore: "
