@@ -526,7 +526,10 @@ def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int, ip: str) -> None:
                                f"{res.stderr.decode(errors='replace').strip()}")
 
 
-def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> bytes:
+    """The saved rulesets, each by its tool; returns their text (what the
+    namespace's firewall now holds, for _lock and _unlock)."""
+    texts = []
     for kind, tool in (("nftables", "nft"), ("iptables", "iptables-legacy-restore"),
                        ("ip6tables", "ip6tables-legacy-restore")):
         path = images.image_path(rctx.images_dir, kind, ns_id)
@@ -539,6 +542,9 @@ def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
         if res.returncode != 0:
             raise RestoreError(f"{_where(pid, ns_id)}: {tool}: "
                                f"{res.stderr.decode(errors='replace').strip()}")
+        with open(path, "rb") as f:
+            texts.append(f.read())
+    return b"\n".join(texts)
 
 
 def _enter(rctx: "RestoreContext", ns_id: int, pid: int) -> None:
@@ -651,29 +657,42 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         os.close(host_ns)
     _restore_sysctls(pid, ns_id, ne)
     _restore_ip(rctx, pid, ns_id, ip)
-    _restore_firewall(rctx, pid, ns_id)
-    _lock(rctx, pid, ns_id)
+    rules = _restore_firewall(rctx, pid, ns_id)
+    _lock(rctx, pid, ns_id, rules)
 
 
-def _lock(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+def _lock(rctx: "RestoreContext", pid: int, ns_id: int, rules: bytes) -> None:
     """The namespace stays locked (resources.tcp: the dump's lock came back
     with its ruleset; made here if it did not) until the tree runs: the
-    connections restored in it meet no packet before their tasks do."""
+    connections restored in it meet no packet before their tasks do.
+    ``rules``: the text of the rulesets restored (nft -f takes a file
+    whole or not at all): the dump's lock table in it is there already,
+    and no ``nft list`` is run to find it; criu's iptables chain is looked
+    for (four tools run) only where a ruleset names it."""
     from .. import tcp
     table = tcp.table_name(rctx.tasks[0].pid)
+    has_lock = f"table inet {table} {{".encode() in \
+        (line.strip() for line in rules.splitlines())
+    # the chain declared: ":CRIU - [0:0]" in iptables-save text, "chain
+    # CRIU {" in nft's (iptables-nft's tables); criu's own nft lock table
+    # "CRIU-<run id>" (procsnap's too) is not it
+    import re
+    criu_chain = re.search(rb"(?m)^:CRIU\s|\bchain CRIU\s*\{", rules) is not None
     try:
-        tcp.lock_netns_here(table)
+        if not has_lock:
+            tcp.lock_netns_here(table)
     except DumpError as exc:
         streams = [n for n in os.listdir(rctx.images_dir) if n.startswith("tcp-stream-")]
         if _tool("nft") is None and not streams:
             return  # no nft and no connection: nothing hangs on a lock
         raise RestoreError(f"{_where(pid, ns_id)}: {exc}") from None
-    rctx.after_detach.append(lambda: _unlock(pid, ns_id, table))
+    rctx.after_detach.append(lambda: _unlock(pid, ns_id, table, criu_chain))
 
 
-def _unlock(pid: int, ns_id: int, table: str) -> None:
+def _unlock(pid: int, ns_id: int, table: str, criu_chain: bool) -> None:
     from .. import tcp
-    tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, restored with its rules
+    if criu_chain:
+        tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, restored with its rules
     if not tcp.unlock_netns(pid, table):
         raise RestoreError(f"{_where(pid, ns_id)}: the network lock (nft table inet "
                            f"{table}) could not be removed; the tree runs with its "
