@@ -460,11 +460,13 @@ def _sysctl_order(path: str) -> int:
 def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
     wanted = sorted(((v.path, v.value) for v in ne.procsnap_sysctls),
                     key=lambda pv: _sysctl_order(pv[0]))
+    written = False
     for path, value in wanted:
         full = os.path.join(SYSCTL_ROOT, path)
         now = _read_sysctl(full)
         if now == value:
             continue
+        written = True
         if now is None and not os.path.exists(full):
             raise RestoreError(f"{_where(pid, ns_id)}: sysctl net.{path.replace('/', '.')} "
                                "does not exist in the new namespace")
@@ -474,6 +476,8 @@ def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
             if exc.errno not in (errno.EINVAL, errno.EPERM, errno.EBUSY):
                 raise
             # checked below: a value that reads back as saved is fine
+    if not written:
+        return  # every value read as saved, and nothing written since that could reset one
     wrong = [(p, v, _read_sysctl(os.path.join(SYSCTL_ROOT, p))) for p, v in wanted]
     wrong = [w for w in wrong if w[2] != w[1]]
     if wrong:
@@ -496,11 +500,21 @@ def _messages(data: bytes) -> list[bytes]:
     return out
 
 
-def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int, ip: str) -> None:
+def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
     """Each ``ip ... save`` stream given back to ``ip ... restore``; the
-    tool is not run where it would change nothing: a stream of ip's magic
-    alone (no address or route saved), rules equal, in order, to those the
-    new namespace holds already (its default ones)."""
+    tool is not run (nor looked for) where it would change nothing: a
+    stream of ip's magic alone (no address or route saved), rules equal,
+    in order, to those the new namespace holds already (its default ones)."""
+    found: list[str] = []
+
+    def ip() -> str:
+        if not found:
+            exe = _tool("ip")
+            if exe is None:
+                raise RestoreError(f"{_where(pid, ns_id)}: restoring it needs iproute2's ip")
+            found.append(exe)
+        return found[0]
+
     for kind, args in IP_IMAGES:
         path = images.image_path(rctx.images_dir, kind, ns_id)
         try:
@@ -516,11 +530,11 @@ def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int, ip: str) -> None:
             # the new namespace has the default rules already: ip rule
             # restore would add them twice (as criu, flushed first; the
             # family's own only: v6 rules stay when only v4 ones were saved)
-            _run([ip, *args, "flush"])
-            _run([ip, *args, "delete", "table", "local"])
+            _run([ip(), *args, "flush"])
+            _run([ip(), *args, "delete", "table", "local"])
         elif magic and len(data) == 4:
             continue
-        res = _run([ip, *args, "restore"], stdin=path)
+        res = _run([ip(), *args, "restore"], stdin=path)
         if res.returncode != 0:
             raise RestoreError(f"{_where(pid, ns_id)}: ip {' '.join(args)} restore: "
                                f"{res.stderr.decode(errors='replace').strip()}")
@@ -632,9 +646,6 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
                            f"(netns-{ns_id}.img is absent): restore it with --empty-ns net")
     ndes = images.read_image(rctx.images_dir, "netdev", ns_id)
     ne = images.read_one(rctx.images_dir, "netns", ns_id)
-    ip = _tool("ip")
-    if ip is None:
-        raise RestoreError(f"{_where(pid, ns_id)}: restoring it needs iproute2's ip")
     host_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         own = netns.enter(pid)
@@ -656,7 +667,7 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     finally:
         os.close(host_ns)
     _restore_sysctls(pid, ns_id, ne)
-    _restore_ip(rctx, pid, ns_id, ip)
+    _restore_ip(rctx, pid, ns_id)
     rules = _restore_firewall(rctx, pid, ns_id)
     _lock(rctx, pid, ns_id, rules)
 
