@@ -540,14 +540,28 @@ def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
                                f"{res.stderr.decode(errors='replace').strip()}")
 
 
-def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> bytes:
+def _only_table(text: bytes, table: str) -> bool:
+    """An ``nft list ruleset`` text that is the one table ``inet TABLE``."""
+    top = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln[:1].isspace()]
+    return top == [f"table inet {table} {{".encode(), b"}"]
+
+
+def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int,
+                      lock_alone: str | None) -> bytes:
     """The saved rulesets, each by its tool; returns their text (what the
-    namespace's firewall now holds, for _lock and _unlock)."""
+    namespace's firewall now holds, for _lock and _unlock).  An nftables
+    ruleset that is the table ``lock_alone`` and nothing else is not
+    restored."""
     texts = []
     for kind, tool in (("nftables", "nft"), ("iptables", "iptables-legacy-restore"),
                        ("ip6tables", "ip6tables-legacy-restore")):
         path = images.image_path(rctx.images_dir, kind, ns_id)
-        if not os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        if kind == "nftables" and lock_alone is not None and _only_table(text, lock_alone):
             continue
         exe = _tool(tool)
         if exe is None:
@@ -556,8 +570,7 @@ def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> bytes:
         if res.returncode != 0:
             raise RestoreError(f"{_where(pid, ns_id)}: {tool}: "
                                f"{res.stderr.decode(errors='replace').strip()}")
-        with open(path, "rb") as f:
-            texts.append(f.read())
+        texts.append(text)
     return b"\n".join(texts)
 
 
@@ -668,20 +681,31 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         os.close(host_ns)
     _restore_sysctls(pid, ns_id, ne)
     _restore_ip(rctx, pid, ns_id)
-    rules = _restore_firewall(rctx, pid, ns_id)
-    _lock(rctx, pid, ns_id, rules)
+    from .. import tcp
+    table = tcp.table_name(rctx.tasks[0].pid)
+    # Nothing for the network lock to hold: no link but loopbacks (nothing
+    # outside reaches the namespace; inside, nothing runs before the tree)
+    # and no TCP connection to restore (the two ends of one over lo must not
+    # talk while one is still in repair).  The dump's lock table, if it is
+    # all of the saved ruleset, is then neither restored nor deleted again:
+    # the namespace ends as it would, with an empty ruleset.
+    idle = all(n.type == netdev_pb2.LOOPBACK for n in ndes) and not any(
+        n.startswith("tcp-stream-") for n in os.listdir(rctx.images_dir))
+    rules = _restore_firewall(rctx, pid, ns_id, table if idle else None)
+    _lock(rctx, pid, ns_id, table, rules, idle)
 
 
-def _lock(rctx: "RestoreContext", pid: int, ns_id: int, rules: bytes) -> None:
+def _lock(rctx: "RestoreContext", pid: int, ns_id: int, table: str, rules: bytes,
+          idle: bool) -> None:
     """The namespace stays locked (resources.tcp: the dump's lock came back
     with its ruleset; made here if it did not) until the tree runs: the
     connections restored in it meet no packet before their tasks do.
     ``rules``: the text of the rulesets restored (nft -f takes a file
     whole or not at all): the dump's lock table in it is there already,
     and no ``nft list`` is run to find it; criu's iptables chain is looked
-    for (four tools run) only where a ruleset names it."""
+    for (four tools run) only where a ruleset names it.  ``idle``: nothing
+    for a lock to hold (restore): none is made."""
     from .. import tcp
-    table = tcp.table_name(rctx.tasks[0].pid)
     has_lock = f"table inet {table} {{".encode() in \
         (line.strip() for line in rules.splitlines())
     # the chain declared: ":CRIU - [0:0]" in iptables-save text, "chain
@@ -689,6 +713,10 @@ def _lock(rctx: "RestoreContext", pid: int, ns_id: int, rules: bytes) -> None:
     # "CRIU-<run id>" (procsnap's too) is not it
     import re
     criu_chain = re.search(rb"(?m)^:CRIU\s|\bchain CRIU\s*\{", rules) is not None
+    if idle and not has_lock:
+        if criu_chain:
+            rctx.after_detach.append(lambda: tcp.unlock_criu_iptables_in(pid))
+        return
     try:
         if not has_lock:
             tcp.lock_netns_here(table)
