@@ -123,3 +123,24 @@ def rules(family: int) -> list[bytes]:
     ``ip rule save`` writes after the header), in the kernel's order."""
     body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)  # struct fib_rule_hdr
     return [msg for typ, msg in _dump(RTM_GETRULE, body, "RTM_GETRULE") if typ == RTM_NEWRULE]
+
+
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+_IFADDRMSG = struct.Struct("=BBBBI")    # family, prefixlen, flags, scope, index
+
+
+def addr_key(msg: bytes) -> tuple[int, int, int, bytes | None, bytes | None]:
+    """What names an address to the kernel (a second RTM_NEWADDR of it is
+    EEXIST): family, prefix length, ifindex, IFA_ADDRESS, IFA_LOCAL of an
+    ifaddrmsg message (after its nlmsghdr)."""
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(msg, 0)
+    a = _attrs(msg, _IFADDRMSG.size, len(msg))
+    return family, prefixlen, index, a.get(IFA_ADDRESS), a.get(IFA_LOCAL)
+
+
+def addrs() -> list[bytes]:
+    """Every address of the calling thread's network namespace, by
+    RTM_GETADDR: each message after its nlmsghdr."""
+    body = _IFADDRMSG.pack(0, 0, 0, 0, 0)   # AF_UNSPEC
+    return [msg for typ, msg in _dump(RTM_GETADDR, body, "RTM_GETADDR") if typ == RTM_NEWADDR]

@@ -52,3 +52,20 @@ def test_ruleset_of_the_lock_table_alone() -> None:
     assert not _only_table(lock, "CRIU-procsnap_8")
     assert not _only_table(lock + b"table ip filter {\n}\n", "CRIU-procsnap_7")
     assert not _only_table(b"", "CRIU-procsnap_7")
+
+
+def test_saved_addresses_found_there() -> None:
+    """net._addrs_there: ip addr save's addresses are all in the namespace
+    that saved them; one changed (its IFA_ADDRESS and IFA_LOCAL) is not."""
+    import shutil
+    import subprocess
+    from procsnap.resources.namespaces.net import _addrs_there, _messages
+    ip = shutil.which("ip") or "/usr/sbin/ip"
+    data = subprocess.run([ip, "addr", "save"], capture_output=True, check=True).stdout
+    assert _messages(data), "no address saved here?"
+    assert _addrs_there(data)
+    assert rtnl.addr_key(_messages(data)[0]) in {rtnl.addr_key(m) for m in rtnl.addrs()}
+    # 127.0.0.1 -> 127.0.0.2 wherever it is (lo's IFA_ADDRESS and IFA_LOCAL)
+    other = data.replace(bytes([127, 0, 0, 1]), bytes([127, 0, 0, 2]))
+    if other != data:
+        assert not _addrs_there(other)

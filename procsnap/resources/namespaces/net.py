@@ -500,6 +500,14 @@ def _messages(data: bytes) -> list[bytes]:
     return out
 
 
+def _addrs_there(data: bytes) -> bool:
+    """Every address of an ``ip addr save`` stream is in the namespace
+    already (lo's 127.0.0.1 and ::1, which the kernel adds when lo goes
+    up): ip addr restore would meet EEXIST for each, which it ignores."""
+    have = {rtnl.addr_key(m) for m in rtnl.addrs()}
+    return all(rtnl.addr_key(m) in have for m in _messages(data))
+
+
 def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
     """Each ``ip ... save`` stream given back to ``ip ... restore``; the
     tool is not run (nor looked for) where it would change nothing: a
@@ -533,6 +541,8 @@ def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
             _run([ip(), *args, "flush"])
             _run([ip(), *args, "delete", "table", "local"])
         elif magic and len(data) == 4:
+            continue
+        elif kind == "ifaddr" and magic and _addrs_there(data):
             continue
         res = _run([ip(), *args, "restore"], stdin=path)
         if res.returncode != 0:
@@ -628,13 +638,15 @@ def setup_done(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         data = _only_ifindex(f.read(), lo.ifindex)
     if len(data) <= 4:
         return
+    if index != lo.ifindex:
+        raise RestoreError(f"{_where(pid, ns_id)}: the loopback is ifindex {index}, "
+                           f"it was {lo.ifindex}")
+    if data[:4] == struct.pack("=I", IP_MAGIC["ifaddr"]) and _addrs_there(data):
+        return  # 127.0.0.1 and ::1 came with lo up: ip would add nothing
     ip = _tool("ip")
     if ip is None:
         raise RestoreError(f"{_where(pid, ns_id)}: restoring its loopback's addresses needs "
                            "iproute2's ip")
-    if index != lo.ifindex:
-        raise RestoreError(f"{_where(pid, ns_id)}: the loopback is ifindex {index}, "
-                           f"it was {lo.ifindex}")
     import subprocess
     import tempfile
     with tempfile.TemporaryFile() as f:   # ip's restore seeks in its input
@@ -715,7 +727,9 @@ def _lock(rctx: "RestoreContext", pid: int, ns_id: int, table: str, rules: bytes
     criu_chain = re.search(rb"(?m)^:CRIU\s|\bchain CRIU\s*\{", rules) is not None
     if idle and not has_lock:
         if criu_chain:
-            rctx.after_detach.append(lambda: tcp.unlock_criu_iptables_in(pid))
+            def unlock_criu() -> None:
+                tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, with its rules
+            rctx.after_detach.append(unlock_criu)
         return
     try:
         if not has_lock:
