@@ -51,13 +51,18 @@ def _journal(images_dir: str) -> str:
     return os.path.join(images_dir, JOURNAL)
 
 
-def note(images_dir: str, state: str, path: str) -> None:
-    """Append one line and make it durable before the name is touched."""
-    line = f"{state} {escape(lasting(path))}\n".encode("utf-8", "surrogateescape")
+def note(images_dir: str, state: str, *paths: str) -> None:
+    """Append one line per path, in one write, and make them durable
+    before the names are touched.  A removal ("-") is not synced: a name
+    whose "-" line a crash lost is gone all the same, and leftovers()
+    reports only names that still exist."""
+    data = "".join(f"{state} {escape(lasting(p))}\n"
+                   for p in paths).encode("utf-8", "surrogateescape")
     fd = os.open(_journal(images_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
+        os.write(fd, data)
+        if state != "-":
+            os.fsync(fd)
     finally:
         os.close(fd)
 

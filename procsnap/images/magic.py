@@ -293,6 +293,8 @@ KINDS: tuple[ImageKind, ...] = (
     _kind("route",         "route-%u.img",           "ROUTE",          RAW_IMAGE_MAGIC, None, header="raw"),
     _kind("route6",        "route6-%u.img",          "ROUTE6",         RAW_IMAGE_MAGIC, None, header="raw"),
     _kind("rule",          "rule-%u.img",            "RULE",           RAW_IMAGE_MAGIC, None, header="raw"),
+    # procsnap's: the v6 rules (criu's rule image holds "ip rule save", v4 only)
+    _kind("rule6",         "rule6-%u.img",           "RULE6",          RAW_IMAGE_MAGIC, None, header="raw"),
     # iptables-save / ip6tables-save text, and nft's "list ruleset" text
     _kind("iptables",      "iptables-%u.img",        "IPTABLES",       RAW_IMAGE_MAGIC, None, header="raw"),
     _kind("ip6tables",     "ip6tables-%u.img",       "IP6TABLES",      RAW_IMAGE_MAGIC, None, header="raw"),

@@ -1,5 +1,6 @@
 """The links of the calling thread's network namespace, from one RTM_GETLINK
-dump over a raw NETLINK_ROUTE socket.
+dump over a raw NETLINK_ROUTE socket; its policy routing rules (RTM_GETRULE),
+raw, for a restore to tell whether the saved ones are there already.
 
 Only what resources/namespaces/net.py saves of a link is decoded.  pyroute2
 would do it too, but it takes 0.1-0.15 s to import, which was most of the
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_GETLINK = 16, 18
+RTM_NEWRULE, RTM_GETRULE = 32, 34
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_TYPE_MASK = 0x3FFF          # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
@@ -77,31 +79,68 @@ def _link(data: bytes, off: int, end: int) -> Link:
                 else None)
 
 
-def links() -> list[Link]:
-    """Every link of the calling thread's network namespace, by RTM_GETLINK."""
+def _dump(msg_type: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
+    """One NLM_F_DUMP request on a new NETLINK_ROUTE socket: every answer
+    as (nlmsg_type, the message after its nlmsghdr)."""
     import socket  # here: its enums are ~3 % of procsnap's start-up, for netns trees only
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        NETLINK_ROUTE) as s:
         s.bind((0, 0))
-        body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), RTM_GETLINK,
+        s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type,
                               NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        out: list[Link] = []
+        out: list[tuple[int, bytes]] = []
         while True:
             data = s.recv(1 << 16)
             if not data:
-                raise OSError("RTM_GETLINK: the netlink socket closed before NLMSG_DONE")
+                raise OSError(f"{what}: the netlink socket closed before NLMSG_DONE")
             off = 0
             while off + _NLMSGHDR.size <= len(data):
                 ln, typ, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
                 if ln < _NLMSGHDR.size:
-                    raise OSError(f"RTM_GETLINK: a message of length {ln}")
+                    raise OSError(f"{what}: a message of length {ln}")
                 if typ == NLMSG_DONE:
                     return out
                 if typ == NLMSG_ERROR:
                     err = struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
                     if err:
-                        raise OSError(-err, f"RTM_GETLINK: {os.strerror(-err)}")
-                elif typ == RTM_NEWLINK:
-                    out.append(_link(data, off + _NLMSGHDR.size, off + ln))
+                        raise OSError(-err, f"{what}: {os.strerror(-err)}")
+                else:
+                    out.append((typ, data[off + _NLMSGHDR.size:off + ln]))
                 off += (ln + 3) & ~3
+
+
+def links() -> list[Link]:
+    """Every link of the calling thread's network namespace, by RTM_GETLINK."""
+    body = _IFINFOMSG.pack(0, 0, 0, 0, 0)   # AF_UNSPEC
+    return [_link(msg, 0, len(msg)) for typ, msg in _dump(RTM_GETLINK, body, "RTM_GETLINK")
+            if typ == RTM_NEWLINK]
+
+
+def rules(family: int) -> list[bytes]:
+    """The policy routing rules of one address family of the calling
+    thread's network namespace, by RTM_GETRULE: each message as the kernel
+    sends it after its nlmsghdr (struct fib_rule_hdr and attributes, what
+    ``ip rule save`` writes after the header), in the kernel's order."""
+    body = struct.pack("=BBBBBBBBI", family, 0, 0, 0, 0, 0, 0, 0, 0)  # struct fib_rule_hdr
+    return [msg for typ, msg in _dump(RTM_GETRULE, body, "RTM_GETRULE") if typ == RTM_NEWRULE]
+
+
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+_IFADDRMSG = struct.Struct("=BBBBI")    # family, prefixlen, flags, scope, index
+
+
+def addr_key(msg: bytes) -> tuple[int, int, int, bytes | None, bytes | None]:
+    """What names an address to the kernel (a second RTM_NEWADDR of it is
+    EEXIST): family, prefix length, ifindex, IFA_ADDRESS, IFA_LOCAL of an
+    ifaddrmsg message (after its nlmsghdr)."""
+    family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(msg, 0)
+    a = _attrs(msg, _IFADDRMSG.size, len(msg))
+    return family, prefixlen, index, a.get(IFA_ADDRESS), a.get(IFA_LOCAL)
+
+
+def addrs() -> list[bytes]:
+    """Every address of the calling thread's network namespace, by
+    RTM_GETADDR: each message after its nlmsghdr."""
+    body = _IFADDRMSG.pack(0, 0, 0, 0, 0)   # AF_UNSPEC
+    return [msg for typ, msg in _dump(RTM_GETADDR, body, "RTM_GETADDR") if typ == RTM_NEWADDR]

@@ -577,6 +577,10 @@ def _controllers(rctx: "RestoreContext", name: str) -> list[Any]:
     return out
 
 
+# procsnap's /proc/self/mountinfo as last read, and its parse
+_MOUNTS: list[Any] = [None, []]
+
+
 class _hierarchy:
     """The restorer's mount of a hierarchy, or a temporary one: (dir, root)."""
 
@@ -587,7 +591,10 @@ class _hierarchy:
     def __enter__(self) -> tuple[str, str]:
         want = set(self.name.split(",")) if self.name else None
         with open("/proc/self/mountinfo") as f:
-            mounts = parse_mountinfo(f.read(), "/proc/self/mountinfo")
+            text = f.read()
+        if _MOUNTS[0] != text:   # parsed again only when it changed (20 looks a restore)
+            _MOUNTS[:] = [text, parse_mountinfo(text, "/proc/self/mountinfo")]
+        mounts = _MOUNTS[1]
         best = None
         for m in mounts:
             if want is None and m.fstype == "cgroup2":

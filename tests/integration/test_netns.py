@@ -110,6 +110,10 @@ def test_loopback_namespace_with_sockets(targets: TargetFactory, tmp_path: Path,
     _dump_restore(targets, t, images_dir)
     res = _connect_inside(t.pid, port)
     assert res.stdout.strip() == "connected", res.stderr
+    # the dump's network lock (all of the saved ruleset) is not left in it
+    rules = subprocess.run(["nsenter", "-t", str(t.pid), "-n", "nft", "list", "ruleset"],
+                           capture_output=True, text=True, check=True).stdout
+    assert rules.strip() == "", rules
     with open(f"/proc/{t.pid}/root/proc/sys/net/ipv4/ip_default_ttl") as f:
         assert f.read().strip() == "64", "sysctl read through /proc/PID/root follows us"
     ttl = subprocess.run(["nsenter", "-t", str(t.pid), "-n", "cat",

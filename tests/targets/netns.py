@@ -5,7 +5,8 @@
 Re-executes itself under ``unshare -n`` (same pid), then sets up in its
 namespace: lo up with mtu 16384 and extra addresses 10.77.0.1/32 and
 fd77::1/128, a route 10.78.0.0/16 via lo in table 100 and a rule sending
-10.77.0.1 there, a v6 route fd78::/64 via lo; sysctls ip_default_ttl=77,
+10.77.0.1 there, a v6 route fd78::/64 via lo and a v6 rule sending
+fd77::1 to table 100 (beside the new namespace's default v6 rules); sysctls ip_default_ttl=77,
 ping_group_range "0 1000", lo's ipv4 conf accept_local=1; a TCP socket
 listening on 127.0.0.1:PORT, a UDP socket bound to 127.0.0.1:PORT, an
 abstract unix socket listening on "@netns-PORT".  With "dummy" an ifb
@@ -46,6 +47,7 @@ def state(extra: list[str]) -> dict[str, object]:
         "route": sorted(sh("ip", "route", "show", "table", "all").splitlines()),
         "route6": sorted(sh("ip", "-6", "route", "show", "table", "all").splitlines()),
         "rule": sh("ip", "rule", "show").splitlines(),
+        "rule6": sh("ip", "-6", "rule", "show").splitlines(),
         "sysctl": {k: open(f"/proc/sys/net/{k}").read().strip() for k in SYSCTLS},
     }
     if "nft" in extra:
@@ -76,6 +78,7 @@ def main() -> int:
     sh("ip", "route", "add", "10.78.0.0/16", "dev", "lo", "table", "100")
     sh("ip", "rule", "add", "from", "10.77.0.1", "table", "100")
     sh("ip", "-6", "route", "add", "fd78::/64", "dev", "lo")
+    sh("ip", "-6", "rule", "add", "from", "fd77::1", "table", "100")
     for k, v in SYSCTLS.items():
         with open(f"/proc/sys/net/{k}", "w") as f:
             f.write(v)

@@ -496,8 +496,8 @@ def test_prefix_rule() -> None:
     for k in KINDS:
         if k.name == "inventory":
             assert (k.header, k.prefix) == ("bare", None)
-        elif k.name in ("pages", "tmpfs-dev", "ifaddr", "route", "route6", "rule", "iptables",
-                        "ip6tables", "nftables"):  # raw page data, a tmpfs's tar.gz, tools' output
+        elif k.name in ("pages", "tmpfs-dev", "ifaddr", "route", "route6", "rule", "rule6",
+                        "iptables", "ip6tables", "nftables"):  # raw page data, a tmpfs's tar.gz, tools' output
             assert (k.header, k.magic, k.message) == ("raw", 0, None)
         elif k.name in ("stats", "stats-restore", "irmap-cache"):
             assert k.prefix == IMG_SERVICE_MAGIC

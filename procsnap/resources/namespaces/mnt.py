@@ -651,11 +651,10 @@ def check_roots(rctx: "RestoreContext", pid: int, steps: list[Step],
 def _make_dirs(rctx: "RestoreContext", paths: list[str]) -> list[str]:
     """Create our temporary directories, each journaled first (innermost
     first, so ``procsnap cleanup`` can remove them in the journal's order)."""
-    for path in reversed(paths):
-        try:
-            tmpnames.note(rctx.images_dir, "+", path)
-        except OSError:
-            pass  # a read-only images dir: no journal, still removed at the end
+    try:
+        tmpnames.note(rctx.images_dir, "+", *reversed(paths))
+    except OSError:
+        pass  # a read-only images dir: no journal, still removed at the end
     made: list[str] = []
     try:
         for path in paths:

@@ -15,7 +15,11 @@ What is saved, and how:
   restore is refused by name.  A veth pair with both ends inside is made
   again as a pair.
 - addresses, routes (v4 and v6, every table) and rules: iproute2's own
-  ``ip ... save`` stream, exactly CRIU's images, and ``ip ... restore``.
+  ``ip ... save`` stream, exactly CRIU's images, and ``ip ... restore``;
+  the v6 rules in rule6-ID.img, procsnap's (criu saves none: its restore
+  keeps a new namespace's defaults, as procsnap's does of criu's images).
+  ip is not run for a stream that would change nothing (no address or
+  route saved; the rules a new namespace starts with).
   (The kernel adds lo's 127.0.0.1/::1 and the local routes by itself once
   lo is up; restoring them again fails with EEXIST, which ip ignores.)
 - sysctls (netns-ID.img): every readable, writable file under
@@ -103,9 +107,16 @@ DEVCONFS6 = (
 STR_CONFS = {"stable_secret"}
 
 # (image kind, ip's arguments) of iproute2's save streams, in restore order
+# (rule6 is procsnap's: criu saves the v4 rules alone, and its restore
+# leaves a new namespace's default v6 rules as they are)
 IP_IMAGES = (("ifaddr", ["addr"]), ("route", ["route"]), ("route6", ["-6", "route"]),
-             ("rule", ["rule"]))
-_SAVE_TAIL = {"ifaddr": [], "route": ["table", "all"], "route6": ["table", "all"], "rule": []}
+             ("rule", ["rule"]), ("rule6", ["-6", "rule"]))
+_SAVE_TAIL = {"ifaddr": [], "route": ["table", "all"], "route6": ["table", "all"], "rule": [],
+              "rule6": []}
+# the first 4 bytes of each stream (iproute2's ifa_dump_magic,
+# route_dump_magic, rule_dump_magic)
+IP_MAGIC = {"ifaddr": 0x47361222, "route": 0x45311224, "route6": 0x45311224,
+            "rule": 0x71706986, "rule6": 0x71706986}
 
 
 def _where(pid: int, ns_id: int) -> str:
@@ -449,11 +460,13 @@ def _sysctl_order(path: str) -> int:
 def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
     wanted = sorted(((v.path, v.value) for v in ne.procsnap_sysctls),
                     key=lambda pv: _sysctl_order(pv[0]))
+    written = False
     for path, value in wanted:
         full = os.path.join(SYSCTL_ROOT, path)
         now = _read_sysctl(full)
         if now == value:
             continue
+        written = True
         if now is None and not os.path.exists(full):
             raise RestoreError(f"{_where(pid, ns_id)}: sysctl net.{path.replace('/', '.')} "
                                "does not exist in the new namespace")
@@ -463,6 +476,8 @@ def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
             if exc.errno not in (errno.EINVAL, errno.EPERM, errno.EBUSY):
                 raise
             # checked below: a value that reads back as saved is fine
+    if not written:
+        return  # every value read as saved, and nothing written since that could reset one
     wrong = [(p, v, _read_sysctl(os.path.join(SYSCTL_ROOT, p))) for p, v in wanted]
     wrong = [w for w in wrong if w[2] != w[1]]
     if wrong:
@@ -472,29 +487,91 @@ def _restore_sysctls(pid: int, ns_id: int, ne: Any) -> None:
                            + (f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""))
 
 
-def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int, ip: str) -> None:
+def _messages(data: bytes) -> list[bytes]:
+    """The rtnetlink messages of an ``ip ... save`` stream (after ip's
+    4-byte magic), each without its nlmsghdr."""
+    out, pos = [], 4
+    while pos + 16 <= len(data):
+        length = struct.unpack_from("=I", data, pos)[0]
+        if length < 16:
+            break
+        out.append(data[pos + 16:pos + length])
+        pos += (length + 3) & ~3
+    return out
+
+
+def _addrs_there(data: bytes) -> bool:
+    """Every address of an ``ip addr save`` stream is in the namespace
+    already (lo's 127.0.0.1 and ::1, which the kernel adds when lo goes
+    up): ip addr restore would meet EEXIST for each, which it ignores."""
+    have = {rtnl.addr_key(m) for m in rtnl.addrs()}
+    return all(rtnl.addr_key(m) in have for m in _messages(data))
+
+
+def _restore_ip(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+    """Each ``ip ... save`` stream given back to ``ip ... restore``; the
+    tool is not run (nor looked for) where it would change nothing: a
+    stream of ip's magic alone (no address or route saved), rules equal,
+    in order, to those the new namespace holds already (its default ones)."""
+    found: list[str] = []
+
+    def ip() -> str:
+        if not found:
+            exe = _tool("ip")
+            if exe is None:
+                raise RestoreError(f"{_where(pid, ns_id)}: restoring it needs iproute2's ip")
+            found.append(exe)
+        return found[0]
+
     for kind, args in IP_IMAGES:
         path = images.image_path(rctx.images_dir, kind, ns_id)
-        if not os.path.exists(path):
-            continue
-        if kind == "rule":
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            continue  # rule6: images of criu's, or older ones (v6 rules not saved)
+        magic = data[:4] == struct.pack("=I", IP_MAGIC[kind])
+        if kind in ("rule", "rule6"):
+            family = 10 if kind == "rule6" else 2   # AF_INET6, AF_INET
+            if magic and _messages(data) == rtnl.rules(family):
+                continue
             # the new namespace has the default rules already: ip rule
-            # restore would add them twice (as criu, flushed first)
-            _run([ip, "rule", "flush"])
-            _run([ip, "-6", "rule", "flush"])
-            _run([ip, "rule", "delete", "table", "local"])
-            _run([ip, "-6", "rule", "delete", "table", "local"])
-        res = _run([ip, *args, "restore"], stdin=path)
+            # restore would add them twice (as criu, flushed first; the
+            # family's own only: v6 rules stay when only v4 ones were saved)
+            _run([ip(), *args, "flush"])
+            _run([ip(), *args, "delete", "table", "local"])
+        elif magic and len(data) == 4:
+            continue
+        elif kind == "ifaddr" and magic and _addrs_there(data):
+            continue
+        res = _run([ip(), *args, "restore"], stdin=path)
         if res.returncode != 0:
             raise RestoreError(f"{_where(pid, ns_id)}: ip {' '.join(args)} restore: "
                                f"{res.stderr.decode(errors='replace').strip()}")
 
 
-def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
+def _only_table(text: bytes, table: str) -> bool:
+    """An ``nft list ruleset`` text that is the one table ``inet TABLE``."""
+    top = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln[:1].isspace()]
+    return top == [f"table inet {table} {{".encode(), b"}"]
+
+
+def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int,
+                      lock_alone: str | None) -> bytes:
+    """The saved rulesets, each by its tool; returns their text (what the
+    namespace's firewall now holds, for _lock and _unlock).  An nftables
+    ruleset that is the table ``lock_alone`` and nothing else is not
+    restored."""
+    texts = []
     for kind, tool in (("nftables", "nft"), ("iptables", "iptables-legacy-restore"),
                        ("ip6tables", "ip6tables-legacy-restore")):
         path = images.image_path(rctx.images_dir, kind, ns_id)
-        if not os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                text = f.read()
+        except FileNotFoundError:
+            continue
+        if kind == "nftables" and lock_alone is not None and _only_table(text, lock_alone):
             continue
         exe = _tool(tool)
         if exe is None:
@@ -503,6 +580,8 @@ def _restore_firewall(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
         if res.returncode != 0:
             raise RestoreError(f"{_where(pid, ns_id)}: {tool}: "
                                f"{res.stderr.decode(errors='replace').strip()}")
+        texts.append(text)
+    return b"\n".join(texts)
 
 
 def _enter(rctx: "RestoreContext", ns_id: int, pid: int) -> None:
@@ -559,13 +638,15 @@ def setup_done(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
         data = _only_ifindex(f.read(), lo.ifindex)
     if len(data) <= 4:
         return
+    if index != lo.ifindex:
+        raise RestoreError(f"{_where(pid, ns_id)}: the loopback is ifindex {index}, "
+                           f"it was {lo.ifindex}")
+    if data[:4] == struct.pack("=I", IP_MAGIC["ifaddr"]) and _addrs_there(data):
+        return  # 127.0.0.1 and ::1 came with lo up: ip would add nothing
     ip = _tool("ip")
     if ip is None:
         raise RestoreError(f"{_where(pid, ns_id)}: restoring its loopback's addresses needs "
                            "iproute2's ip")
-    if index != lo.ifindex:
-        raise RestoreError(f"{_where(pid, ns_id)}: the loopback is ifindex {index}, "
-                           f"it was {lo.ifindex}")
     import subprocess
     import tempfile
     with tempfile.TemporaryFile() as f:   # ip's restore seeks in its input
@@ -590,9 +671,6 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
                            f"(netns-{ns_id}.img is absent): restore it with --empty-ns net")
     ndes = images.read_image(rctx.images_dir, "netdev", ns_id)
     ne = images.read_one(rctx.images_dir, "netns", ns_id)
-    ip = _tool("ip")
-    if ip is None:
-        raise RestoreError(f"{_where(pid, ns_id)}: restoring it needs iproute2's ip")
     host_ns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         own = netns.enter(pid)
@@ -614,30 +692,60 @@ def restore(rctx: "RestoreContext", ns_id: int, rt: "RestoreTask") -> None:
     finally:
         os.close(host_ns)
     _restore_sysctls(pid, ns_id, ne)
-    _restore_ip(rctx, pid, ns_id, ip)
-    _restore_firewall(rctx, pid, ns_id)
-    _lock(rctx, pid, ns_id)
-
-
-def _lock(rctx: "RestoreContext", pid: int, ns_id: int) -> None:
-    """The namespace stays locked (resources.tcp: the dump's lock came back
-    with its ruleset; made here if it did not) until the tree runs: the
-    connections restored in it meet no packet before their tasks do."""
+    _restore_ip(rctx, pid, ns_id)
     from .. import tcp
     table = tcp.table_name(rctx.tasks[0].pid)
+    # Nothing for the network lock to hold: no link but loopbacks (nothing
+    # outside reaches the namespace; inside, nothing runs before the tree)
+    # and no TCP connection to restore (the two ends of one over lo must not
+    # talk while one is still in repair).  The dump's lock table, if it is
+    # all of the saved ruleset, is then neither restored nor deleted again:
+    # the namespace ends as it would, with an empty ruleset.
+    idle = all(n.type == netdev_pb2.LOOPBACK for n in ndes) and not any(
+        n.startswith("tcp-stream-") for n in os.listdir(rctx.images_dir))
+    rules = _restore_firewall(rctx, pid, ns_id, table if idle else None)
+    _lock(rctx, pid, ns_id, table, rules, idle)
+
+
+def _lock(rctx: "RestoreContext", pid: int, ns_id: int, table: str, rules: bytes,
+          idle: bool) -> None:
+    """The namespace stays locked (resources.tcp: the dump's lock came back
+    with its ruleset; made here if it did not) until the tree runs: the
+    connections restored in it meet no packet before their tasks do.
+    ``rules``: the text of the rulesets restored (nft -f takes a file
+    whole or not at all): the dump's lock table in it is there already,
+    and no ``nft list`` is run to find it; criu's iptables chain is looked
+    for (four tools run) only where a ruleset names it.  ``idle``: nothing
+    for a lock to hold (restore): none is made."""
+    from .. import tcp
+    has_lock = f"table inet {table} {{".encode() in \
+        (line.strip() for line in rules.splitlines())
+    # the chain declared: ":CRIU - [0:0]" in iptables-save text, "chain
+    # CRIU {" in nft's (iptables-nft's tables); criu's own nft lock table
+    # "CRIU-<run id>" (procsnap's too) is not it
+    import re
+    criu_chain = re.search(rb"(?m)^:CRIU\s|\bchain CRIU\s*\{", rules) is not None
+    if idle and not has_lock:
+        if criu_chain:
+            def unlock_criu() -> None:
+                tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, with its rules
+            rctx.after_detach.append(unlock_criu)
+        return
     try:
-        tcp.lock_netns_here(table)
+        if not has_lock:
+            tcp.lock_netns_here(table)
     except DumpError as exc:
         streams = [n for n in os.listdir(rctx.images_dir) if n.startswith("tcp-stream-")]
         if _tool("nft") is None and not streams:
             return  # no nft and no connection: nothing hangs on a lock
         raise RestoreError(f"{_where(pid, ns_id)}: {exc}") from None
-    rctx.after_detach.append(lambda: _unlock(pid, ns_id, table))
+    rctx.after_detach.append(lambda: _unlock(pid, ns_id, table, criu_chain))
 
 
-def _unlock(pid: int, ns_id: int, table: str) -> None:
+def _unlock(pid: int, ns_id: int, table: str, criu_chain: bool) -> None:
     from .. import tcp
-    tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, restored with its rules
+    if criu_chain:
+        tcp.unlock_criu_iptables_in(pid)  # a CRIU dump's own lock, restored with its rules
     if not tcp.unlock_netns(pid, table):
         raise RestoreError(f"{_where(pid, ns_id)}: the network lock (nft table inet "
                            f"{table}) could not be removed; the tree runs with its "
