@@ -500,12 +500,19 @@ def main(argv: list[str] | None = None) -> int:
     # those objects are frozen out of every later collection.
     gc.disable()
     try:
+        if only in _DRIVERS:
+            # Before its parser (which loads message classes already): no
+            # dump or restore makes a well-known protobuf type (see there).
+            from .images.pb import _runtime
+            _runtime.skip_well_known_types()
         a = _parser(only).parse_args(args)
         for name in _DRIVERS.get(a.cmd, ()):
             __import__(name)  # not importlib's: -X importtime sees this one
         gc.freeze()
     finally:
         gc.enable()
+        if only in _DRIVERS:
+            _runtime.end_skip_well_known_types()
     verbose = getattr(a, "verbose", 0)
     from . import progress
     progress.enabled = True  # a bar for long page copies, on a terminal only
