@@ -85,6 +85,11 @@ def __getattr__(name: str) -> Any:
         return kind_module(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+# RestoreContext.kind_state key of the pty masters mnt makes with the mount
+# tree for a bind of their pts (see mnt._pts_for_bind); here, so that tty,
+# which takes them, does not load mnt for a tree without a mount namespace.
+PREMADE = "devpts-premade"
+
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 
@@ -223,6 +228,6 @@ def leave(rctx: "RestoreContext") -> None:
             hook(rctx)
 
 
-__all__ = ["NS_KINDS", "NS_NAMES", "kind_module", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
+__all__ = ["NS_KINDS", "NS_NAMES", "PREMADE", "kind_module", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
            "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]
