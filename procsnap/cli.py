@@ -27,6 +27,7 @@ a traceback only with -v, and only for a bug (an error we did not expect).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
@@ -477,6 +478,11 @@ COMMANDS = {"dump": cmd_dump, "pre-dump": cmd_pre_dump, "restore": cmd_restore, 
             "lazy-pages": cmd_lazy_pages}
 
 
+# The modules each command loads first, imported by main with the GC off.
+_DRIVERS = {"dump": ("procsnap.dumper",), "pre-dump": ("procsnap.dumper",),
+            "restore": ("procsnap.restorer",)}
+
+
 def main(argv: list[str] | None = None) -> int:
     # Called as "criu" (a symlink to this entry point) or "procsnap criu
     # ...": criu's command line, served by procsnap.criu.
@@ -488,7 +494,25 @@ def main(argv: list[str] | None = None) -> int:
         from .criu import main as criu_main
         return criu_main(args[1:])
     only = args[0] if args and args[0] in COMMANDS else None
-    a = _parser(only).parse_args(args)
+    # The cyclic GC off while the command's modules load: imports make
+    # tens of thousands of objects, none of them garbage, and the
+    # collections they set off were ~5 ms of a small dump.  Once loaded,
+    # those objects are frozen out of every later collection.
+    gc.disable()
+    try:
+        if only in _DRIVERS:
+            # Before its parser (which loads message classes already): no
+            # dump or restore makes a well-known protobuf type (see there).
+            from .images.pb import _runtime
+            _runtime.skip_well_known_types()
+        a = _parser(only).parse_args(args)
+        for name in _DRIVERS.get(a.cmd, ()):
+            __import__(name)  # not importlib's: -X importtime sees this one
+        gc.freeze()
+    finally:
+        gc.enable()
+        if only in _DRIVERS:
+            _runtime.end_skip_well_known_types()
     verbose = getattr(a, "verbose", 0)
     from . import progress
     progress.enabled = True  # a bar for long page copies, on a terminal only

@@ -19,6 +19,7 @@ criu's habits kept:
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any
@@ -41,8 +42,31 @@ def main(argv: list[str] | None = None) -> int:
         from .basics import CRIU_VERSION
         print(f"Version: {CRIU_VERSION}")
         return 0
-    from .command import main as run
+    # As procsnap's own command line (cli.main): the modules a dump or a
+    # restore loads are loaded with the cyclic GC off, then frozen, and
+    # without protobuf's well-known types (no criu command makes one; the
+    # RPC server, which serves for long, is left as it is).
+    serving = argv[:1] in (["swrk"], ["service"])
+    gc.disable()
+    try:
+        if not serving:
+            from ..images.pb import _runtime
+            _runtime.skip_well_known_types()
+        from .command import main as run
+        for name in {_DRIVERS[a] for a in argv if a in _DRIVERS}:
+            __import__(name)
+        gc.freeze()
+    finally:
+        gc.enable()
+        if not serving:
+            _runtime.end_skip_well_known_types()
     return run(argv)
+
+
+# What a command's run imports first (an option's value that happens to read
+# "dump" only imports it early).
+_DRIVERS = {"dump": "procsnap.dumper", "pre-dump": "procsnap.dumper",
+            "restore": "procsnap.restorer"}
 
 
 _SUBMODULES = {"basics", "command", "features", "log", "options", "rpc", "scripts", "stats",

@@ -1074,7 +1074,7 @@ def _open_index(rt: "RestoreTask", index: int, junk: list[int],
     """A new master with ``index``: the kernel gives the lowest free index,
     so /dev/ptmx is opened until it is reached (the lower ones are kept in
     ``junk`` meanwhile, as CRIU does)."""
-    from .namespaces.mnt import PREMADE
+    from .namespaces import PREMADE
     premade = rt._rctx.kind_state.get(PREMADE, {}) if rt._rctx is not None else {}
     if index in premade:
         return int(premade.pop(index))  # made with the mount tree (a pts bound elsewhere)
@@ -1156,7 +1156,7 @@ def prepare_orphans(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     state = _rstate(rctx)
     # masters of ptys the mount namespace made for a bind of their pts
     # (namespaces/mnt.py: runc's /dev/console), fds of this puppet
-    from .namespaces.mnt import PREMADE
+    from .namespaces import PREMADE
     premade: dict[int, int] = rctx.kind_state.pop(PREMADE, {})
     try:
         _make_orphans(rctx, rt, state, premade)

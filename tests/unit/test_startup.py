@@ -112,3 +112,91 @@ def test_criu_version_answers_before_the_command_line_is_loaded() -> None:
     r = subprocess.run([sys.executable, "-m", "procsnap.criu", "--version"], capture_output=True,
                        text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert (r.returncode, r.stdout) == (0, "Version: 4.2\n"), r.stderr
+
+
+def _imported_by(cmd: list[str]) -> list[str]:
+    """The modules ``python3 -X importtime -m procsnap CMD...`` imported
+    (importtime sees every import statement's load, in order)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "procsnap", *cmd],
+                       capture_output=True, text=True, timeout=120, cwd="/",
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [line.split("|")[2].strip() for line in r.stderr.splitlines()
+            if line.startswith("import time:") and "self [us]" not in line]
+
+
+# What a dump or restore of a small tree (no namespaces of its own, no
+# sockets) must not load: the namespace kinds, the image kinds it does not
+# write, protobuf's well-known types (upb imports them at its first class
+# for mixins no criu message uses).  Each was loaded at every start before.
+_NOT_FOR_A_SMALL_TREE = {
+    "procsnap.resources.namespaces.net", "procsnap.resources.namespaces.mnt",
+    "procsnap.resources.namespaces.ipc", "procsnap.resources.namespaces.uts",
+    "procsnap.resources.namespaces.time", "procsnap.resources.namespaces.cgroup",
+    "procsnap.kernel.rtnl", "procsnap.kernel.netns",
+    "procsnap.images.pb.netdev_pb2", "procsnap.images.pb.mnt_pb2",
+    "procsnap.images.pb.stats_pb2", "procsnap.images.pb.sk_packet_pb2",
+    "procsnap.images.pb.timens_pb2", "procsnap.images.pb.utsns_pb2",
+    "procsnap.images.pb.ipc_var_pb2", "procsnap.images.pb.tun_pb2",
+    "google.protobuf.internal.well_known_types", "datetime", "calendar",
+}
+
+
+def test_cli_dump_and_restore_of_a_small_tree_load_only_its_kinds(tmp_path: Path) -> None:
+    """A real CLI dump and restore -d of a small process: none of the
+    modules above, and a bound on procsnap's own modules (127 for a dump
+    before the image and namespace kinds were loaded on first use, 106 after)."""
+    target = subprocess.Popen(["setsid", "sleep", "60"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              close_fds=True)
+    images = tmp_path / "img"
+    restored = 0
+    try:
+        dumped = _imported_by(["dump", "-t", str(target.pid), "-D", str(images)])
+        target.wait(timeout=30)
+        back = _imported_by(["restore", "-D", str(images), "-d",
+                             "--pidfile", str(tmp_path / "pid")])
+        restored = int((tmp_path / "pid").read_text())
+    finally:
+        if target.poll() is None:
+            target.kill()
+            target.wait()
+        if restored:  # our child: the test runner is the subreaper
+            os.kill(restored, 9)
+            try:
+                os.waitpid(restored, 0)
+            except ChildProcessError:
+                pass
+    for name, loaded in (("dump", dumped), ("restore", back)):
+        assert "procsnap.dumper" in dumped and "procsnap.restorer" in back  # what ran
+        assert not _NOT_FOR_A_SMALL_TREE & set(loaded), (name, sorted(_NOT_FOR_A_SMALL_TREE & set(loaded)))
+        own = {m for m in loaded if m.startswith("procsnap")}
+        assert len(own) <= 115, (name, len(own))
+
+
+def test_well_known_types_are_left_alone_for_a_library_user() -> None:
+    """Only the command line skips protobuf's well-known types: a program
+    that imports procsnap and loads our classes gets Timestamp's mixins."""
+    loaded = _modules_after(
+        "import procsnap, procsnap.images\n"
+        "from procsnap.images.pb import core_pb2\n"
+        "core_pb2.core_entry()\n"
+        "from google.protobuf import timestamp_pb2\n"
+        "assert hasattr(timestamp_pb2.Timestamp(), 'ToDatetime')")
+    assert "google.protobuf.internal.well_known_types" in loaded
+
+
+def test_namespace_kinds_are_named_as_their_modules() -> None:
+    """NS_NAMES names each kind's module; the module's NAME is that name
+    (the registry imports a kind by it, on first use)."""
+    from procsnap.resources import namespaces
+    assert [m.NAME for m in namespaces.NS_KINDS] == namespaces.NS_NAMES
+    assert namespaces.mnt.NAME == "mnt"
+
+
+def test_image_kinds_name_classes_that_exist() -> None:
+    """Every framed kind's entry (and head) class name resolves."""
+    from procsnap.images.magic import KINDS
+    for k in KINDS:
+        for cls in (k.message, k.head):
+            assert cls is None or cls.DESCRIPTOR.name in k._message + str(k._head), k

@@ -65,12 +65,51 @@ if api_implementation.Type() == "upb":
         for name, msg_des in file_des.message_types_by_name.items():
             module[name] = _message_class(module_name, msg_des, "")
 
+    _WKT = "google.protobuf.internal.well_known_types"
+
+    def skip_well_known_types() -> bool:
+        """For a process that will make no message class of protobuf's
+        well-known types (Any, Timestamp, Duration, Struct, FieldMask...):
+        the command line's dump and restore, never a library user.
+
+        upb makes every message class with ``MessageMeta``, which at its
+        first call imports well_known_types for the mixins of those types
+        (with datetime, calendar, descriptor.py, field_mask: ~5 % of the
+        instructions of a small CLI dump) and keeps its WKTBASES dict for
+        the life of the process.  Here that first call meets an empty dict
+        instead: our classes are the same (none is well-known), and a
+        well-known class made later in this process would lack its mixin
+        methods (ToDatetime...).  Call before any message class is made;
+        True when it took effect.  ``end_skip_well_known_types`` takes the
+        stand-in out of sys.modules (a later import gets the real module)."""
+        import sys
+        import types
+        if _WKT in sys.modules:
+            return False
+        stub = types.ModuleType(_WKT, "procsnap's stand-in: no well-known type is made here")
+        stub.WKTBASES = {}  # type: ignore[attr-defined]
+        sys.modules[_WKT] = stub
+        return True
+
+    def end_skip_well_known_types() -> None:
+        import sys
+        mod = sys.modules.get(_WKT)
+        if mod is not None and not hasattr(mod, "__file__"):
+            del sys.modules[_WKT]
+
     _descriptor: Any = SimpleNamespace(_USE_C_DESCRIPTORS=True)
     _descriptor_pool: Any = SimpleNamespace(Default=lambda: _message.default_pool)
     _builder: Any = SimpleNamespace(
         BuildMessageAndEnumDescriptors=_message_and_enum_descriptors,
         BuildTopDescriptorsAndMessages=_top_descriptors_and_messages)
 else:
+    def skip_well_known_types() -> bool:
+        """Protobuf's own implementation makes its classes its own way."""
+        return False
+
+    def end_skip_well_known_types() -> None:
+        pass
+
     from google.protobuf import descriptor as _descriptor  # noqa: F401
     from google.protobuf import descriptor_pool as _descriptor_pool  # noqa: F401
     from google.protobuf.internal import builder as _builder  # noqa: F401

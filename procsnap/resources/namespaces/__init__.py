@@ -35,11 +35,11 @@ kinds whose ids differ between the root task and the inventory.
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from ...errors import ImageError
-from . import cgroup, ipc, mnt, net, pid, time, user, uts
 
 if TYPE_CHECKING:
     from ...tasks import DumpContext, RestoreContext, RestoreTask
@@ -61,7 +61,34 @@ if TYPE_CHECKING:
 #         thread entered into it (it stays there until the tasks are built:
 #         their sockets are born there; see net.leave);
 #  (mnt goes last: after it the puppet sees the restored tree's root.)
-NS_KINDS: list[ModuleType] = [user, pid, uts, ipc, time, cgroup, net, mnt]
+# By name: each module's NAME is its module name here.  A kind's module is
+# imported only when a tree has (or an image asks for) a namespace of that
+# kind: a tree without namespaces of its own, the common small case, loads
+# none of them (they were ~10 ms of every start of the command line).
+# NS_KINDS, the modules, imports them all.
+NS_NAMES: list[str] = ["user", "pid", "uts", "ipc", "time", "cgroup", "net", "mnt"]
+
+
+def kind_module(name: str) -> ModuleType:
+    """The module of the namespace kind NAME, imported on first use."""
+    full = f"{__name__}.{name}"
+    __import__(full)  # not importlib's: -X importtime sees this one
+    return sys.modules[full]
+
+
+def __getattr__(name: str) -> Any:
+    """NS_KINDS (every kind's module, for who wants all: tests, docs) and
+    each kind's module as an attribute, as when they were imported here."""
+    if name == "NS_KINDS":
+        return [kind_module(n) for n in NS_NAMES]
+    if name in NS_NAMES:
+        return kind_module(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+# RestoreContext.kind_state key of the pty masters mnt makes with the mount
+# tree for a bind of their pts (see mnt._pts_for_bind); here, so that tty,
+# which takes them, does not load mnt for a tree without a mount namespace.
+PREMADE = "devpts-premade"
 
 # every namespace field of task_kobj_ids_entry, saved or not
 ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
@@ -69,7 +96,7 @@ ID_KINDS = ("pid", "net", "ipc", "uts", "mnt", "user", "cgroup", "time")
 
 def saved_names() -> set[str]:
     """The /proc/PID/ns names of the kinds procsnap saves."""
-    return {m.NAME for m in NS_KINDS}
+    return set(NS_NAMES)
 
 
 def ns_inode(pid: int | str, name: str) -> int:
@@ -102,13 +129,14 @@ def dump(ctx: "DumpContext") -> None:
             except FileNotFoundError:
                 pass
         task.core.ids.CopyFrom(task.ids)
-    own = [m for m in NS_KINDS if ns_inode(root.pid, m.NAME) != ns_inode("self", m.NAME)]
-    # each is made again from the tree's user namespace: it must own them
-    user.check_owners(ctx, [m.NAME for m in own])
-    for mod in own:
-        mod.dump(ctx, ns_inode(root.pid, mod.NAME), root)
+    own = [n for n in NS_NAMES if ns_inode(root.pid, n) != ns_inode("self", n)]
+    if own:
+        # each is made again from the tree's user namespace: it must own them
+        kind_module("user").check_owners(ctx, own)
+    for name in own:
+        kind_module(name).dump(ctx, ns_inode(root.pid, name), root)
     if ns_inode(root.pid, "pid") == ns_inode("self", "pid"):
-        pid.record_nested(ctx)  # pid namespaces nested in a tree of procsnap's
+        kind_module("pid").record_nested(ctx)  # pid namespaces nested in a tree of procsnap's
 
 
 # --------------------------------------------------------------- restore ----
@@ -135,8 +163,7 @@ def join(rctx: "RestoreContext") -> None:
     --join-ns (the clone inherits it, and the sockets the restorer makes
     for the tasks are born in it), instead of the root making a new one."""
     for kind, path in rctx.opts.join_ns.items():
-        mod = {m.NAME: m for m in NS_KINDS}[kind]
-        mod.join(rctx, path)
+        kind_module(kind).join(rctx, path)
 
 
 def new_kinds(rctx: "RestoreContext") -> list[tuple[ModuleType, int]]:
@@ -147,7 +174,6 @@ def new_kinds(rctx: "RestoreContext") -> list[tuple[ModuleType, int]]:
     base = rctx.root_ids
     if base is None or root.ids is None:
         return []
-    by_name = {m.NAME: m for m in NS_KINDS}
     out = []
     for kind in ID_KINDS:
         field = f"{kind}_ns_id"
@@ -157,11 +183,11 @@ def new_kinds(rctx: "RestoreContext") -> list[tuple[ModuleType, int]]:
             continue
         if kind in rctx.opts.join_ns:
             continue  # joined (join), not made
-        if kind not in by_name:
+        if kind not in NS_NAMES:
             raise ImageError(root.image_name("ids"), f"pid {root.pid} lives in its own {kind} "
                              "namespace; procsnap cannot restore that kind of namespace")
-        out.append((by_name[kind], getattr(root.ids, field)))
-    order = {m.NAME: n for n, m in enumerate(NS_KINDS)}
+        out.append((kind_module(kind), getattr(root.ids, field)))
+    order = {n: i for i, n in enumerate(NS_NAMES)}
     return sorted(out, key=lambda p: order[p[0].NAME])
 
 
@@ -194,12 +220,14 @@ def setup_done(rctx: "RestoreContext", root: "RestoreTask") -> None:
 def leave(rctx: "RestoreContext") -> None:
     """The restorer's hook once the restore ended, well or not: a kind that
     moved procsnap's own thread into the tree's namespace takes it back."""
-    for mod in NS_KINDS:
+    for name in NS_NAMES:
+        # a kind never imported in this process moved nothing
+        mod = sys.modules.get(f"{__name__}.{name}")
         hook = getattr(mod, "leave", None)
         if hook is not None:
             hook(rctx)
 
 
-__all__ = ["NS_KINDS", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
+__all__ = ["NS_KINDS", "NS_NAMES", "PREMADE", "kind_module", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
            "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]

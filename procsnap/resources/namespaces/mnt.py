@@ -688,7 +688,7 @@ def _ensure(y: _Yard, target: str, is_dir: bool, what: str) -> None:
 # puppet, made with the mount tree for a pts bound elsewhere; taken by the
 # terminals (tty.prepare_root for a pair of the tree, tty.prepare_orphans
 # for an orphan pts, which closes what nobody took)
-PREMADE = "devpts-premade"
+from . import PREMADE  # noqa: E402  (the registry's: tty reads it without loading this module)
 
 
 def _pts_for_bind(rctx: "RestoreContext", y: _Yard, devpts: str, index: int,
