@@ -417,6 +417,20 @@ class _Daemon:
             pass
 
     def fault(self, t: _Task, addr: int) -> bool:
+        t0 = time.monotonic()
+        try:
+            return self._fault(t, addr)
+        finally:
+            # how long a faulting task waited on us (from its event read),
+            # for -v: the first answer of a lazily restored tree is made of these
+            took = time.monotonic() - t0
+            self.stats["fault_time"] = self.stats.get("fault_time", 0.0) + took
+            self.stats["fault_max"] = max(self.stats.get("fault_max", 0.0), took)
+            if not self.finished:
+                self.stats["faults_before_finished"] = \
+                    self.stats.get("faults_before_finished", 0) + 1
+
+    def _fault(self, t: _Task, addr: int) -> bool:
         page = addr & ~(PAGE - 1)
         self.stats["faults"] += 1
         i = self._find(t, page)

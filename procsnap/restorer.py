@@ -1000,6 +1000,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                             else signal.SIGSTOP)
                 for th in reversed(rt.threads):
                     th.inj.detach()
+        rctx.stats["running"] = time.monotonic() - t0  # the tree runs from here
         for hook in rctx.after_detach:
             hook()
         if lazy_sk is not None:
