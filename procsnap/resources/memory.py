@@ -444,7 +444,68 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                                          prot=0, flags=0, status=VMA_AREA_GUARD, fd=-1))
     task.extra_images.append(("mm", pid, [mm]))
     to_copy, in_parent = split_by_parent(ctx, pid, to_copy)
-    _dump_pages(ctx, task, to_copy, in_parent)
+    _dump_pages(ctx, task, to_copy, in_parent, lazy=lazy_ranges(mm, task))
+
+
+def lazy_ranges(mm: Any, task: "DumpTask") -> list[tuple[int, int]]:
+    """Where the dump marks pages PE_LAZY (with PE_PRESENT: the bytes are
+    in the images all the same), as criu's dump does on every dump: the
+    pages of a VMA vma_entry_can_be_lazy() accepts (private anonymous,
+    not locked, not hugetlb, not the vDSO/vvar/vsyscall) but the page a
+    thread's stack pointer is in.  criu's lazy-pages daemon serves only
+    pages so marked, and criu's restore --lazy-pages leaves only those to
+    it; procsnap's own lazy restore decides from the VMAs (lazy_set) and
+    reads a marked page like any present one.  Sorted (start, end)."""
+    sps = set()
+    for th in task.threads:
+        if th.regs is not None:
+            sps.add(th.regs.rsp & ~(PAGE - 1))
+        elif th.core is not None:
+            sps.add(th.core.thread_info.gpregs.sp & ~(PAGE - 1))
+    out: list[tuple[int, int]] = []
+    for v in mm.vmas:
+        if not (v.flags & C.MAP_ANONYMOUS and v.flags & C.MAP_PRIVATE) \
+                or v.flags & (C.MAP_LOCKED | C.MAP_HUGETLB) \
+                or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_GUARD):
+            continue
+        a = v.start
+        for sp in sorted(x for x in sps if v.start <= x < v.end):
+            if sp > a:
+                out.append((a, sp))
+            a = sp + PAGE
+        if a < v.end:
+            out.append((a, v.end))
+    out.sort()
+    return out
+
+
+def _mark_lazy(marked: list[tuple[int, int, int]],
+               lazy: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(addr, n_pages, flags) entries, sorted, with PE_LAZY added to the
+    PE_PRESENT pages inside ``lazy`` (sorted, disjoint (start, end)):
+    an entry is split where a lazy range begins or ends, as criu's page
+    pipe keeps lazy and other pages in separate entries."""
+    if not lazy:
+        return marked
+    starts = [a for a, _ in lazy]
+    out: list[tuple[int, int, int]] = []
+    for addr, n, flags in marked:
+        if not flags & PE_PRESENT:
+            out.append((addr, n, flags))
+            continue
+        end = addr + n * PAGE
+        i = max(bisect.bisect_right(starts, addr) - 1, 0)
+        pos = addr
+        while pos < end:
+            while i < len(lazy) and lazy[i][1] <= pos:
+                i += 1
+            if i < len(lazy) and lazy[i][0] <= pos:
+                stop, f = min(end, lazy[i][1]), flags | PE_LAZY
+            else:
+                stop, f = min(end, lazy[i][0]) if i < len(lazy) else end, flags
+            out.append((pos, (stop - pos) // PAGE, f))
+            pos = stop
+    return out
 
 
 # What a dump with a parent (--prev-images-dir) knows, set by the driver
@@ -588,7 +649,8 @@ def _shared_anon_held_as_memfd(ctx: "DumpContext") -> None:
 
 
 def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]],
-                in_parent: list[tuple[int, int]] | None = None) -> None:
+                in_parent: list[tuple[int, int]] | None = None,
+                lazy: list[tuple[int, int]] | None = None) -> None:
     """Write the pages of ``runs`` to pages-N.img, in order, and their pagemap.
 
     The frozen target writes its own pages: it opens the image and we
@@ -599,10 +661,12 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     that cannot open the image (other credentials, fd limit, a file size
     limit) are copied by us through /proc/PID/mem, which reads with
     FOLL_FORCE.
+
+    ``lazy`` (lazy_ranges()): where present pages are marked PE_LAZY too.
     """
     client = ctx.kind_state.get(PAGE_CLIENT)
     if client is not None:
-        _send_pages(ctx, task, client, runs, in_parent or [])
+        _send_pages(ctx, task, client, runs, in_parent or [], lazy or [])
         return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
@@ -613,7 +677,7 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
         [(addr, n, PE_PARENT) for addr, n in in_parent or ()]
     marked.sort()
     entries += [pagemap_pb2.pagemap_entry(vaddr=addr, nr_pages=n, flags=flags)
-                for addr, n, flags in marked]
+                for addr, n, flags in _mark_lazy(marked, lazy or [])]
     path = images.image_path(ctx.images_dir, "pages", pages_id)
     ctx.created.append(path)
     out = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -644,7 +708,8 @@ PAGE_NAMES = pagexfer.NAMES_KEY
 
 
 def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClient",
-                runs: list[tuple[int, int]], in_parent: list[tuple[int, int]]) -> None:
+                runs: list[tuple[int, int]], in_parent: list[tuple[int, int]],
+                lazy: list[tuple[int, int]]) -> None:
     """The pagemap of ``task`` goes to the page server, which writes
     pagemap-PID.img and its pages-N.img (criu's open_page_server_xfer()):
     runs in address order, the bytes streamed as they are read, holes
@@ -664,18 +729,24 @@ def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClie
         bar.update(sent + n)
 
     present: list[tuple[int, int]] = []
-    marked = sorted([(a, n, PE_PRESENT) for a, n in runs] +
-                    [(a, n, PE_PARENT) for a, n in in_parent])
+    kind = PE_PRESENT   # of the pages in ``present``: PE_LAZY or not
+    marked = _mark_lazy(sorted([(a, n, PE_PRESENT) for a, n in runs] +
+                               [(a, n, PE_PARENT) for a, n in in_parent]), lazy)
     try:
         for addr, n, flags in marked:
-            if flags == PE_PRESENT:
+            if flags & PE_PRESENT and (flags == kind or not present):
                 present.append((addr, n))
+                kind = flags
                 continue
-            client.send_task_pages(task.pid, present, moved)
+            client.send_task_pages(task.pid, present, moved, flags=kind)
             sent += sum(k for _, k in present) * PAGE
             present = []
-            client.hole(addr, n)
-        client.send_task_pages(task.pid, present, moved)
+            if flags & PE_PRESENT:
+                present.append((addr, n))
+                kind = flags
+            else:
+                client.hole(addr, n)
+        client.send_task_pages(task.pid, present, moved, flags=kind)
     finally:
         bar.close()
 
@@ -1287,8 +1358,10 @@ def register_lazy(rt: "RestoreTask", send: Any) -> None:
             except OSError as exc:
                 raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: cannot register "
                                    f"{a:#x}-{b:#x} with userfaultfd: {exc.strerror}") from None
-        pidfd = os.pidfd_open(rt.pid)
-        send([ours, pidfd])
+        # the userfaultfd alone, as criu's restorer sends it: criu's
+        # lazy-pages daemon takes exactly one fd (procsnap's finds the
+        # task's pidfd itself, lazypages._Daemon.pidfd_of)
+        send([ours])
     finally:
         inj.call("close", fd, check=False)
         for x in (ours, pidfd):
