@@ -449,34 +449,23 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
 
 def lazy_ranges(mm: Any, task: "DumpTask") -> list[tuple[int, int]]:
     """Where the dump marks pages PE_LAZY (with PE_PRESENT: the bytes are
-    in the images all the same), as criu's dump does on every dump: the
-    pages of a VMA vma_entry_can_be_lazy() accepts (private anonymous,
-    not locked, not hugetlb, not the vDSO/vvar/vsyscall) but the page a
-    thread's stack pointer is in.  criu's lazy-pages daemon serves only
-    pages so marked, and criu's restore --lazy-pages leaves only those to
-    it; procsnap's own lazy restore decides from the VMAs (lazy_set) and
-    reads a marked page like any present one.  Sorted (start, end)."""
-    sps = set()
+    in the images all the same), as criu's dump does on every dump.  criu
+    marks the pages of every VMA its vma_entry_can_be_lazy() accepts;
+    procsnap marks those of the VMAs its own restore --lazy-pages leaves
+    to the daemon (lazy_vmas(): a subset -- no stack, wipe-on-fork,
+    PROT_NONE...), because criu's lazy-pages daemon pushes every marked
+    page and loops on one the restorer filled or did not register: so the
+    marks are what both restorers leave empty.  (criu's restore reads the
+    unmarked pages of a lazy VMA before it registers it.)  mark_shared()
+    takes the marks off memory a parent and child share.  Sorted (start, end)."""
+    sps = []
     for th in task.threads:
         if th.regs is not None:
-            sps.add(th.regs.rsp & ~(PAGE - 1))
+            sps.append(int(th.regs.rsp))
         elif th.core is not None:
-            sps.add(th.core.thread_info.gpregs.sp & ~(PAGE - 1))
-    out: list[tuple[int, int]] = []
-    for v in mm.vmas:
-        if not (v.flags & C.MAP_ANONYMOUS and v.flags & C.MAP_PRIVATE) \
-                or v.flags & (C.MAP_LOCKED | C.MAP_HUGETLB) \
-                or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL | VMA_AREA_GUARD):
-            continue
-        a = v.start
-        for sp in sorted(x for x in sps if v.start <= x < v.end):
-            if sp > a:
-                out.append((a, sp))
-            a = sp + PAGE
-        if a < v.end:
-            out.append((a, v.end))
-    out.sort()
-    return out
+            sps.append(int(th.core.thread_info.gpregs.sp))
+    vmas = list(mm.vmas)
+    return [(vmas[i].start, vmas[i].end) for i in sorted(_lazy_indexes(vmas, sps))]
 
 
 def _mark_lazy(marked: list[tuple[int, int, int]],
@@ -991,8 +980,14 @@ def lazy_vmas(rt: "RestoreTask") -> set[int]:
     """Indexes in rt.mm.vmas of the VMAs restore --lazy-pages leaves empty
     and registers with the task's userfaultfd: can_be_lazy(), no thread's
     stack pointer inside, no guard region inside."""
-    vmas = list(rt.mm.vmas)
-    sps = [th.core.thread_info.gpregs.sp for th in rt.threads if th.core is not None]
+    return _lazy_indexes(list(rt.mm.vmas),
+                         [th.core.thread_info.gpregs.sp for th in rt.threads
+                          if th.core is not None])
+
+
+def _lazy_indexes(vmas: list[Any], sps: list[int]) -> set[int]:
+    """lazy_vmas() from the VMAs and the threads' stack pointers (the
+    dump asks it too: lazy_ranges)."""
     guards = [(v.start, v.end) for v in vmas if v.status & VMA_AREA_GUARD]
     out: set[int] = set()
     for i, v in enumerate(vmas):
@@ -1006,6 +1001,42 @@ def lazy_vmas(rt: "RestoreTask") -> set[int]:
     return out
 
 
+def _kin_sig(v: Any) -> tuple[int, int, int, int]:
+    return (v.start, v.end, v.status, v.flags)
+
+
+def mark_shared(ctx: "DumpContext") -> None:
+    """The dump's last word on PE_LAZY marks (lazy_ranges): none on a VMA
+    a parent or child has at the same place with the same kind -- memory
+    they may share copy-on-write, which the restore fills before the fork
+    and never leaves to the daemon (lazy_set).  Called before the images
+    are written (pages sent to a page server keep their marks)."""
+    mms: dict[int, Any] = {}
+    for t in ctx.tasks:
+        for kind, _, msgs in t.extra_images:
+            if kind == "mm":
+                mms[t.pstree.pid] = msgs[0]
+    root = ctx.tasks[0] if ctx.tasks else None
+    for t in ctx.tasks:
+        mm = mms.get(t.pstree.pid)
+        if mm is None:
+            continue
+        related = {_kin_sig(v) for o in ctx.tasks if o is not t and o.pstree.pid in mms
+                   and (o.pstree.ppid == t.pstree.pid
+                        or (t is not root and o.pstree.pid == t.pstree.ppid))
+                   for v in mms[o.pstree.pid].vmas}
+        shared = [(v.start, v.end) for v in mm.vmas if _kin_sig(v) in related]
+        if not shared:
+            continue
+        for kind, _, msgs in t.extra_images:
+            if kind != "pagemap":
+                continue
+            for e in msgs[1:]:
+                end = e.vaddr + e.nr_pages * PAGE
+                if e.flags & PE_LAZY and any(a < end and e.vaddr < b for a, b in shared):
+                    e.flags &= ~PE_LAZY
+
+
 def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
     """The VMAs of ``rt`` restore --lazy-pages leaves to the daemon:
     lazy_vmas(), except a VMA its parent or a child has at the same place
@@ -1013,8 +1044,7 @@ def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
     fills it before forking and the child keeps it (premap), so the pages
     are shared again (zdtm cow00).  The restorer and the daemon both ask
     this, from the images alone, so they agree on every range."""
-    def sig(v: Any) -> tuple[int, int, int, int]:
-        return (v.start, v.end, v.status, v.flags)
+    sig = _kin_sig
     kin = [t for t in rctx.tasks
            if t is not rt and not t.zombie and t.mm is not None
            # by the pstree entries: a task's pid may change once it is made
@@ -1332,12 +1362,11 @@ def register_lazy(rt: "RestoreTask", send: Any) -> None:
     """restore --lazy-pages: make the task's userfaultfd (in the task: a
     userfaultfd belongs to its creator's mm), register the task's lazy
     VMAs for missing-page faults, and hand it to the daemon with
-    ``send(fds)``; the task keeps no fd of it.  Called last in restore(),
+    ``send(fds)``; the task keeps no fd of it (a task without lazy memory
+    sends one all the same, as criu's restorer).  Called last in restore(),
     once nothing more is mapped or advised, with the task stopped."""
     from ..kernel import uffd
     from ..kernel.libc import pidfd_getfd
-    if not rt.lazy:
-        return
     inj = rt.inj
     fd = inj.call("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
     ours = -1
@@ -1541,8 +1570,10 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
 
-    # 7. restore --lazy-pages: the empty lazy VMAs go to the daemon.
-    if rt.lazy:
+    # 7. restore --lazy-pages: the empty lazy VMAs go to the daemon (every
+    # task's userfaultfd, registered or not: criu's daemon waits for one
+    # per task of the images).
+    if rctx.opts.lazy_socket:
         send = rctx.kind_state.get("lazy_send")
         if send is None:
             raise RestoreError(f"pid {rt.pid}: lazy memory but no lazy-pages daemon")
