@@ -384,15 +384,29 @@ def test_lazy_migration_between_two_network_namespaces(targets: TargetFactory, t
 
 
 # Issue 16's bound is 100 ms from the restore command to the first
-# answer.  Measured on this machine (2 CPUs shared with other work, quiet
-# to loaded): the CLI's start-up (interpreter and imports, not the lazy
-# path's business) 0.25-0.4 s, restore() until the tree runs 50-105 ms,
-# then the answer (three faults served from the page server) 3-10 ms.
-# ANSWER_BOUND is what the whole holds to here even when loaded;
-# RESTORE_BOUND what the restore itself may take (its 100 ms, with room
-# for the load); the test prints the split so a regression shows.
-ANSWER_BOUND = float(os.environ.get("PROCSNAP_LAZY_ANSWER_BOUND", "2.0"))
-RESTORE_BOUND = float(os.environ.get("PROCSNAP_LAZY_RESTORE_BOUND", "0.25"))
+# answer.  Measured on this machine (2 CPUs shared with other work): the
+# CLI's start-up (interpreter and imports, not the lazy path's business)
+# 0.25-0.4 s quiet, restore() until the tree runs 50-60 ms quiet, then
+# the answer (three faults served from the page server) 3-10 ms; under a
+# load of 12 the restore takes 5 times as long, the start-up 5 (0.3 ->
+# 1.6 s) while `python3 -c pass` takes only 3-4.  So the bounds are in
+# units of an interpreter's start (`python3 -c pass`, ~37 ms quiet), timed
+# just before: the restore itself within 4 of them (150 ms quiet; 2-2.5
+# seen loaded), the whole first answer within 25 (0.9 s quiet; the CLI's
+# imports are most of it: 13-16 seen).
+RESTORE_BOUND = 4.0
+ANSWER_BOUND = 25.0
+
+
+def _interpreter_start() -> float:
+    """Median wall time of `python3 -c pass`, now: the machine's pace."""
+    import sys
+    times = []
+    for _ in range(5):
+        t = time.monotonic()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        times.append(time.monotonic() - t)
+    return sorted(times)[2]
 
 
 def test_lazy_migration_of_1_gib_answers_at_once(targets: TargetFactory, tmp_path: Path,
@@ -407,6 +421,7 @@ def test_lazy_migration_of_1_gib_answers_at_once(targets: TargetFactory, tmp_pat
     try:
         d = Daemon(images, *src.daemon_args())
         daemons.append(d)
+        pace = _interpreter_start()
         t0 = time.monotonic()
         cmd = subprocess.Popen(procsnap_cmd("restore", "-D", str(images), "-d", "--lazy-pages",
                                             "-v"),
@@ -437,11 +452,11 @@ def test_lazy_migration_of_1_gib_answers_at_once(targets: TargetFactory, tmp_pat
               f"the restore command started: start-up (interpreter, imports, arguments) "
               f"{(seen - t0 - runs) * 1000:.0f} ms, restore() until the tree runs "
               f"{runs * 1000:.0f} ms, then the answer {(t2 - seen) * 1000:.0f} ms; "
-              f"the command exited after {(t1 - t0) * 1000:.0f} ms"
+              f"the command exited after {(t1 - t0) * 1000:.0f} ms; `python3 -c pass` "
+              f"{pace * 1000:.0f} ms"
               + "\n  restore: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in phases.items())
               + "\n  daemon: " + ", ".join(f"{k} {v:g}" for k, v in st.items()))
-        assert answer < ANSWER_BOUND, (answer, phases)
-        # what procsnap itself adds, start-up apart (see ANSWER_BOUND)
-        assert runs < RESTORE_BOUND, phases
+        assert runs < RESTORE_BOUND * pace, (runs, pace, phases)
+        assert answer < ANSWER_BOUND * pace, (answer, pace, phases)
     finally:
         src.close()
