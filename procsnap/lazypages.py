@@ -223,6 +223,27 @@ def _pidfd_pid(pidfd: int) -> int:
     return -1
 
 
+def _descendants(pid: int) -> list[str]:
+    """The pids below ``pid`` (through /proc/N/task/T/children)."""
+    out: list[str] = []
+    todo = [str(pid)]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = f.read().split()
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
 def _children_map() -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
@@ -315,12 +336,13 @@ class _Daemon:
         of its pid namespaces.  The guard needs it to kill the tree."""
         if restorer <= 0:
             raise LazyError(f"pid {pid}: cannot tell who the restorer is (SO_PEERCRED)")
-        for rescan in (False, True):
-            if rescan or self._traced is None:
+        for scan in ("descendants", "all"):
+            if scan == "all" or self._traced is None or pid not in self._traced:
+                # the restorer's descendants first (a few reads; the whole
+                # of /proc is hundreds, on the CPUs the restore runs on)
                 self._traced = {}
-                for name in os.listdir("/proc"):
-                    if not name.isdigit():
-                        continue
+                for name in (_descendants(restorer) if scan == "descendants"
+                             else [n for n in os.listdir("/proc") if n.isdigit()]):
                     try:
                         with open(f"/proc/{name}/status") as f:
                             st = dict(ln.split(":", 1) for ln in f if ":" in ln)
