@@ -800,7 +800,7 @@ def _going_on(cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify", "tcpq", "container"]
+CASES = ["memory", "small", "maps", "fds", "tree", "threads", "verify", "tcpq", "container", "lazy"]
 
 
 def main(argv: list[str]) -> int:
@@ -854,6 +854,8 @@ def main(argv: list[str]) -> int:
                 rows += case_tcpq(work, a.runs)
             elif case == "container":
                 rows += case_container(work, a.runs)
+            elif case == "lazy":  # bench/lazy.py
+                rows += __import__("bench.lazy", fromlist=["case_lazy"]).case_lazy(work, a.runs, a.mib)
             elif case == "threads":
                 rows += case_scale(work, a.runs, "threads", "threads", 8, 64,
                                    lambda n: [str(n)])

@@ -763,6 +763,8 @@ def _reap_traced(pid: int) -> None:
 
 def _write_images(ctx: DumpContext) -> None:
     d = ctx.images_dir
+    from .resources import memory
+    memory.mark_shared(ctx)  # no PE_LAZY on memory a parent and child share
 
     def track(kind: str, ident: int | None) -> None:
         ctx.created.append(images.image_path(d, kind, ident))

@@ -223,6 +223,27 @@ def _pidfd_pid(pidfd: int) -> int:
     return -1
 
 
+def _descendants(pid: int) -> list[str]:
+    """The pids below ``pid`` (through /proc/N/task/T/children)."""
+    out: list[str] = []
+    todo = [str(pid)]
+    while todo:
+        p = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = f.read().split()
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
 def _children_map() -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
@@ -288,22 +309,56 @@ class _Daemon:
             self.ps.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.buf = (ctypes.c_char * PUSH_CHUNK)()
         self.poll = select.poll()
+        self._traced: dict[int, int] | None = None   # pid (any namespace) -> ours
         self.stats: dict[str, float] = {"faults": 0, "fault_bytes": 0, "pushed_bytes": 0, "zero_pages": 0,
                       "lazy_bytes": 0}
         self.t0 = time.monotonic()
 
     # -- the books
-    def add(self, pid: int, fds: list[int]) -> None:
+    def add(self, pid: int, fds: list[int], restorer: int = -1) -> None:
         if pid not in self.images:
             raise LazyError(f"the restorer sent pid {pid}, which the images do not have")
         img = self.images[pid]
-        t = _Task(pid, fds[0], list(img.runs), pid, fds[1] if len(fds) > 1 else -1)
+        pidfd = fds[1] if len(fds) > 1 else self.pidfd_of(pid, restorer)
+        t = _Task(pid, fds[0], list(img.runs), pid, pidfd)
         self.stats["lazy_bytes"] += sum(n for _, n, _ in img.runs)
         self._to_guard(b"P" if t.pidfd >= 0 else b"U",
                        [t.pidfd, t.fd] if t.pidfd >= 0 else [t.fd])
         self.tasks[t.fd] = t
         os.set_blocking(t.fd, False)
         self.poll.register(t.fd, select.POLLIN)
+
+    def pidfd_of(self, pid: int, restorer: int) -> int:
+        """A pidfd of the restored task the images call ``pid``: the
+        restorer (criu's wire format) sends its userfaultfd alone, so the
+        task is looked for among the ones the restorer traces (all of
+        them, stopped, until the restore is finished), by its pid in any
+        of its pid namespaces.  The guard needs it to kill the tree."""
+        if restorer <= 0:
+            raise LazyError(f"pid {pid}: cannot tell who the restorer is (SO_PEERCRED)")
+        for scan in ("descendants", "all"):
+            if scan == "all" or self._traced is None or pid not in self._traced:
+                # the restorer's descendants first (a few reads; the whole
+                # of /proc is hundreds, on the CPUs the restore runs on)
+                self._traced = {}
+                for name in (_descendants(restorer) if scan == "descendants"
+                             else [n for n in os.listdir("/proc") if n.isdigit()]):
+                    try:
+                        with open(f"/proc/{name}/status") as f:
+                            st = dict(ln.split(":", 1) for ln in f if ":" in ln)
+                        if int(st["TracerPid"]) != restorer:
+                            continue
+                        for ns_pid in st["NSpid"].split():
+                            self._traced.setdefault(int(ns_pid), int(name))
+                    except (OSError, KeyError, ValueError):
+                        continue
+            real = self._traced.get(pid)
+            if real is not None:
+                try:
+                    return os.pidfd_open(real)
+                except OSError as exc:
+                    raise LazyError(f"pid {pid}: pidfd_open({real}): {exc.strerror}") from None
+        raise LazyError(f"pid {pid}: no task the restorer (pid {restorer}) traces has this pid")
 
     def _to_guard(self, what: bytes, fds: list[int]) -> None:
         try:
@@ -417,6 +472,20 @@ class _Daemon:
             pass
 
     def fault(self, t: _Task, addr: int) -> bool:
+        t0 = time.monotonic()
+        try:
+            return self._fault(t, addr)
+        finally:
+            # how long a faulting task waited on us (from its event read),
+            # for -v: the first answer of a lazily restored tree is made of these
+            took = time.monotonic() - t0
+            self.stats["fault_time"] = self.stats.get("fault_time", 0.0) + took
+            self.stats["fault_max"] = max(self.stats.get("fault_max", 0.0), took)
+            if not self.finished:
+                self.stats["faults_before_finished"] = \
+                    self.stats.get("faults_before_finished", 0) + 1
+
+    def _fault(self, t: _Task, addr: int) -> bool:
         page = addr & ~(PAGE - 1)
         self.stats["faults"] += 1
         i = self._find(t, page)
@@ -542,6 +611,7 @@ def run(images_dir: str, work_dir: str | None = None,
     g_theirs.close()
     d: _Daemon | None = None
     client: socket.socket | None = None
+    restorer = -1
     try:
         d = _Daemon(images, g_ours, page_server)
         d.poll.register(listen.fileno(), select.POLLIN)
@@ -553,6 +623,8 @@ def run(images_dir: str, work_dir: str | None = None,
             for fd, ev in ready:
                 if fd == listen.fileno():
                     client, _ = listen.accept()
+                    restorer = struct.unpack("3i", client.getsockopt(
+                        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[0]
                     d.poll.unregister(listen.fileno())
                     d.poll.register(client.fileno(), select.POLLIN)
                 elif client is not None and fd == client.fileno():
@@ -568,7 +640,7 @@ def run(images_dir: str, work_dir: str | None = None,
                         d.finished = True
                         d.stats["restore_finished"] = time.monotonic() - d.t0
                     elif got[0] > 0:
-                        d.add(got[0], got[1])
+                        d.add(got[0], got[1], restorer)
                 elif fd in d.tasks:
                     t = d.tasks[fd]
                     if not d.read_events(t):

@@ -271,7 +271,8 @@ class PageClient:
         self._note(addr, n)
 
     def send_task_pages(self, pid: int, runs: list[tuple[int, int]],
-                        on_progress: Callable[[int], None] | None = None) -> None:
+                        on_progress: Callable[[int], None] | None = None,
+                        flags: int = PE_PRESENT) -> None:
         """The pages of ``runs`` (address, n_pages; sorted) of frozen task
         ``pid``: read into one buffer with process_vm_readv (many runs a
         call), sent with one sendmsg of headers and bytes per buffer-full.
@@ -294,7 +295,7 @@ class PageClient:
             out: list[Any] = []
             off = 0
             for addr, size in pieces:
-                out.append(PSI.pack(encode_cmd(PS_IOV_ADD_F, PE_PRESENT), size // PAGE,
+                out.append(PSI.pack(encode_cmd(PS_IOV_ADD_F, flags), size // PAGE,
                                     addr, self.dst))
                 out.append(view[off:off + size])
                 off += size

@@ -958,6 +958,10 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
         for rt in rctx.tasks:
             if rt.zombie:
                 _make_zombie(rt)
+                if lazy_sk is not None:
+                    # a zombie has no memory: its negative pid (criu's
+                    # lazy_pages_setup_zombie; criu's daemon counts the tasks)
+                    rctx.kind_state["lazy_send"](rt, [], zombie=True)
         t = time.monotonic()
         rctx.stats["create"] = t - t0
         for rt in rctx.tasks:
@@ -1000,6 +1004,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
                             else signal.SIGSTOP)
                 for th in reversed(rt.threads):
                     th.inj.detach()
+        rctx.stats["running"] = time.monotonic() - t0  # the tree runs from here
         for hook in rctx.after_detach:
             hook()
         if lazy_sk is not None:
@@ -1066,9 +1071,10 @@ def _lazy_connect(rctx: RestoreContext) -> Any:
         if dfd is not None:
             os.close(dfd)
 
-    def send(rt: RestoreTask, fds: list[int]) -> None:
+    def send(rt: RestoreTask, fds: list[int], zombie: bool = False) -> None:
         try:
-            uffd.send_uffd(sk, rctx.image_pid(rt.pid), fds)
+            uffd.send_uffd(sk, -rctx.image_pid(rt.pid) if zombie else rctx.image_pid(rt.pid),
+                           fds)
         except OSError as exc:
             raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: the lazy-pages daemon "
                                f"is gone ({exc.strerror or exc})") from None

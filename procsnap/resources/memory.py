@@ -444,7 +444,57 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
                                          prot=0, flags=0, status=VMA_AREA_GUARD, fd=-1))
     task.extra_images.append(("mm", pid, [mm]))
     to_copy, in_parent = split_by_parent(ctx, pid, to_copy)
-    _dump_pages(ctx, task, to_copy, in_parent)
+    _dump_pages(ctx, task, to_copy, in_parent, lazy=lazy_ranges(mm, task))
+
+
+def lazy_ranges(mm: Any, task: "DumpTask") -> list[tuple[int, int]]:
+    """Where the dump marks pages PE_LAZY (with PE_PRESENT: the bytes are
+    in the images all the same), as criu's dump does on every dump.  criu
+    marks the pages of every VMA its vma_entry_can_be_lazy() accepts;
+    procsnap marks those of the VMAs its own restore --lazy-pages leaves
+    to the daemon (lazy_vmas(): a subset -- no stack, wipe-on-fork,
+    PROT_NONE...), because criu's lazy-pages daemon pushes every marked
+    page and loops on one the restorer filled or did not register: so the
+    marks are what both restorers leave empty.  (criu's restore reads the
+    unmarked pages of a lazy VMA before it registers it.)  mark_shared()
+    takes the marks off memory a parent and child share.  Sorted (start, end)."""
+    sps = []
+    for th in task.threads:
+        if th.regs is not None:
+            sps.append(int(th.regs.rsp))
+        elif th.core is not None:
+            sps.append(int(th.core.thread_info.gpregs.sp))
+    vmas = list(mm.vmas)
+    return [(vmas[i].start, vmas[i].end) for i in sorted(_lazy_indexes(vmas, sps))]
+
+
+def _mark_lazy(marked: list[tuple[int, int, int]],
+               lazy: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(addr, n_pages, flags) entries, sorted, with PE_LAZY added to the
+    PE_PRESENT pages inside ``lazy`` (sorted, disjoint (start, end)):
+    an entry is split where a lazy range begins or ends, as criu's page
+    pipe keeps lazy and other pages in separate entries."""
+    if not lazy:
+        return marked
+    starts = [a for a, _ in lazy]
+    out: list[tuple[int, int, int]] = []
+    for addr, n, flags in marked:
+        if not flags & PE_PRESENT:
+            out.append((addr, n, flags))
+            continue
+        end = addr + n * PAGE
+        i = max(bisect.bisect_right(starts, addr) - 1, 0)
+        pos = addr
+        while pos < end:
+            while i < len(lazy) and lazy[i][1] <= pos:
+                i += 1
+            if i < len(lazy) and lazy[i][0] <= pos:
+                stop, f = min(end, lazy[i][1]), flags | PE_LAZY
+            else:
+                stop, f = min(end, lazy[i][0]) if i < len(lazy) else end, flags
+            out.append((pos, (stop - pos) // PAGE, f))
+            pos = stop
+    return out
 
 
 # What a dump with a parent (--prev-images-dir) knows, set by the driver
@@ -588,7 +638,8 @@ def _shared_anon_held_as_memfd(ctx: "DumpContext") -> None:
 
 
 def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]],
-                in_parent: list[tuple[int, int]] | None = None) -> None:
+                in_parent: list[tuple[int, int]] | None = None,
+                lazy: list[tuple[int, int]] | None = None) -> None:
     """Write the pages of ``runs`` to pages-N.img, in order, and their pagemap.
 
     The frozen target writes its own pages: it opens the image and we
@@ -599,10 +650,12 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
     that cannot open the image (other credentials, fd limit, a file size
     limit) are copied by us through /proc/PID/mem, which reads with
     FOLL_FORCE.
+
+    ``lazy`` (lazy_ranges()): where present pages are marked PE_LAZY too.
     """
     client = ctx.kind_state.get(PAGE_CLIENT)
     if client is not None:
-        _send_pages(ctx, task, client, runs, in_parent or [])
+        _send_pages(ctx, task, client, runs, in_parent or [], lazy or [])
         return
     ctx.pages_ids += 1
     pages_id = ctx.pages_ids
@@ -613,7 +666,7 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
         [(addr, n, PE_PARENT) for addr, n in in_parent or ()]
     marked.sort()
     entries += [pagemap_pb2.pagemap_entry(vaddr=addr, nr_pages=n, flags=flags)
-                for addr, n, flags in marked]
+                for addr, n, flags in _mark_lazy(marked, lazy or [])]
     path = images.image_path(ctx.images_dir, "pages", pages_id)
     ctx.created.append(path)
     out = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -644,7 +697,8 @@ PAGE_NAMES = pagexfer.NAMES_KEY
 
 
 def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClient",
-                runs: list[tuple[int, int]], in_parent: list[tuple[int, int]]) -> None:
+                runs: list[tuple[int, int]], in_parent: list[tuple[int, int]],
+                lazy: list[tuple[int, int]]) -> None:
     """The pagemap of ``task`` goes to the page server, which writes
     pagemap-PID.img and its pages-N.img (criu's open_page_server_xfer()):
     runs in address order, the bytes streamed as they are read, holes
@@ -664,18 +718,24 @@ def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClie
         bar.update(sent + n)
 
     present: list[tuple[int, int]] = []
-    marked = sorted([(a, n, PE_PRESENT) for a, n in runs] +
-                    [(a, n, PE_PARENT) for a, n in in_parent])
+    kind = PE_PRESENT   # of the pages in ``present``: PE_LAZY or not
+    marked = _mark_lazy(sorted([(a, n, PE_PRESENT) for a, n in runs] +
+                               [(a, n, PE_PARENT) for a, n in in_parent]), lazy)
     try:
         for addr, n, flags in marked:
-            if flags == PE_PRESENT:
+            if flags & PE_PRESENT and (flags == kind or not present):
                 present.append((addr, n))
+                kind = flags
                 continue
-            client.send_task_pages(task.pid, present, moved)
+            client.send_task_pages(task.pid, present, moved, flags=kind)
             sent += sum(k for _, k in present) * PAGE
             present = []
-            client.hole(addr, n)
-        client.send_task_pages(task.pid, present, moved)
+            if flags & PE_PRESENT:
+                present.append((addr, n))
+                kind = flags
+            else:
+                client.hole(addr, n)
+        client.send_task_pages(task.pid, present, moved, flags=kind)
     finally:
         bar.close()
 
@@ -920,8 +980,14 @@ def lazy_vmas(rt: "RestoreTask") -> set[int]:
     """Indexes in rt.mm.vmas of the VMAs restore --lazy-pages leaves empty
     and registers with the task's userfaultfd: can_be_lazy(), no thread's
     stack pointer inside, no guard region inside."""
-    vmas = list(rt.mm.vmas)
-    sps = [th.core.thread_info.gpregs.sp for th in rt.threads if th.core is not None]
+    return _lazy_indexes(list(rt.mm.vmas),
+                         [th.core.thread_info.gpregs.sp for th in rt.threads
+                          if th.core is not None])
+
+
+def _lazy_indexes(vmas: list[Any], sps: list[int]) -> set[int]:
+    """lazy_vmas() from the VMAs and the threads' stack pointers (the
+    dump asks it too: lazy_ranges)."""
     guards = [(v.start, v.end) for v in vmas if v.status & VMA_AREA_GUARD]
     out: set[int] = set()
     for i, v in enumerate(vmas):
@@ -935,6 +1001,42 @@ def lazy_vmas(rt: "RestoreTask") -> set[int]:
     return out
 
 
+def _kin_sig(v: Any) -> tuple[int, int, int, int]:
+    return (v.start, v.end, v.status, v.flags)
+
+
+def mark_shared(ctx: "DumpContext") -> None:
+    """The dump's last word on PE_LAZY marks (lazy_ranges): none on a VMA
+    a parent or child has at the same place with the same kind -- memory
+    they may share copy-on-write, which the restore fills before the fork
+    and never leaves to the daemon (lazy_set).  Called before the images
+    are written (pages sent to a page server keep their marks)."""
+    mms: dict[int, Any] = {}
+    for t in ctx.tasks:
+        for kind, _, msgs in t.extra_images:
+            if kind == "mm":
+                mms[t.pstree.pid] = msgs[0]
+    root = ctx.tasks[0] if ctx.tasks else None
+    for t in ctx.tasks:
+        mm = mms.get(t.pstree.pid)
+        if mm is None:
+            continue
+        related = {_kin_sig(v) for o in ctx.tasks if o is not t and o.pstree.pid in mms
+                   and (o.pstree.ppid == t.pstree.pid
+                        or (t is not root and o.pstree.pid == t.pstree.ppid))
+                   for v in mms[o.pstree.pid].vmas}
+        shared = [(v.start, v.end) for v in mm.vmas if _kin_sig(v) in related]
+        if not shared:
+            continue
+        for kind, _, msgs in t.extra_images:
+            if kind != "pagemap":
+                continue
+            for e in msgs[1:]:
+                end = e.vaddr + e.nr_pages * PAGE
+                if e.flags & PE_LAZY and any(a < end and e.vaddr < b for a, b in shared):
+                    e.flags &= ~PE_LAZY
+
+
 def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
     """The VMAs of ``rt`` restore --lazy-pages leaves to the daemon:
     lazy_vmas(), except a VMA its parent or a child has at the same place
@@ -942,8 +1044,7 @@ def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
     fills it before forking and the child keeps it (premap), so the pages
     are shared again (zdtm cow00).  The restorer and the daemon both ask
     this, from the images alone, so they agree on every range."""
-    def sig(v: Any) -> tuple[int, int, int, int]:
-        return (v.start, v.end, v.status, v.flags)
+    sig = _kin_sig
     kin = [t for t in rctx.tasks
            if t is not rt and not t.zombie and t.mm is not None
            # by the pstree entries: a task's pid may change once it is made
@@ -1261,12 +1362,11 @@ def register_lazy(rt: "RestoreTask", send: Any) -> None:
     """restore --lazy-pages: make the task's userfaultfd (in the task: a
     userfaultfd belongs to its creator's mm), register the task's lazy
     VMAs for missing-page faults, and hand it to the daemon with
-    ``send(fds)``; the task keeps no fd of it.  Called last in restore(),
+    ``send(fds)``; the task keeps no fd of it (a task without lazy memory
+    sends one all the same, as criu's restorer).  Called last in restore(),
     once nothing more is mapped or advised, with the task stopped."""
     from ..kernel import uffd
     from ..kernel.libc import pidfd_getfd
-    if not rt.lazy:
-        return
     inj = rt.inj
     fd = inj.call("userfaultfd", os.O_CLOEXEC | os.O_NONBLOCK)
     ours = -1
@@ -1287,8 +1387,10 @@ def register_lazy(rt: "RestoreTask", send: Any) -> None:
             except OSError as exc:
                 raise RestoreError(f"pid {rt.pid}: restore --lazy-pages: cannot register "
                                    f"{a:#x}-{b:#x} with userfaultfd: {exc.strerror}") from None
-        pidfd = os.pidfd_open(rt.pid)
-        send([ours, pidfd])
+        # the userfaultfd alone, as criu's restorer sends it: criu's
+        # lazy-pages daemon takes exactly one fd (procsnap's finds the
+        # task's pidfd itself, lazypages._Daemon.pidfd_of)
+        send([ours])
     finally:
         inj.call("close", fd, check=False)
         for x in (ours, pidfd):
@@ -1468,8 +1570,10 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     if vvar_start is not None:
         inj.call("arch_prctl", C.ARCH_MAP_VDSO_64, vvar_start)
 
-    # 7. restore --lazy-pages: the empty lazy VMAs go to the daemon.
-    if rt.lazy:
+    # 7. restore --lazy-pages: the empty lazy VMAs go to the daemon (every
+    # task's userfaultfd, registered or not: criu's daemon waits for one
+    # per task of the images).
+    if rctx.opts.lazy_socket:
         send = rctx.kind_state.get("lazy_send")
         if send is None:
             raise RestoreError(f"pid {rt.pid}: lazy memory but no lazy-pages daemon")

@@ -32,6 +32,7 @@ from helpers import (
     compile_target,
     describe,
     finish,
+    procsnap_cmd,
     reap,
     run_procsnap,
     tree_pids,
@@ -255,3 +256,141 @@ def test_older_procsnap_pidns_images_restore(targets: TargetFactory, images_dir:
     targets.adopt(t.pid, like=restored)
     _runs_on(restored)
     finish(restored)
+
+
+def _lazymem(targets: TargetFactory, mib: str) -> tuple[Target, int, int]:
+    t = targets.start("lazymem", mib, wait_ready=False)
+    t.wait_ready(timeout=60)
+    big = t.wait_line(r"^big ").split()
+    return t, int(big[1], 16), int(big[2])
+
+
+def _lazy_marked(images: Path, pid: int) -> tuple[int, int]:
+    """(pages marked PE_LAZY|PE_PRESENT, pages PE_PRESENT alone) in pagemap-PID.img."""
+    from procsnap import images as img
+    lazy = plain = 0
+    for e in img.read_image(str(images), "pagemap", pid)[1:]:
+        if e.flags == img.PE_LAZY | img.PE_PRESENT:
+            lazy += e.nr_pages
+        elif e.flags == img.PE_PRESENT:
+            plain += e.nr_pages
+    return lazy, plain
+
+
+@pytest.mark.criu_binary
+@pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
+                    "source) to serve procsnap's images with CRIU's lazy-pages daemon")
+@pytest.mark.parametrize("restorer", ["procsnap", "criu"])
+def test_criu_lazy_pages_serves_a_procsnap_dump(targets: TargetFactory, images_dir: Path,
+                                                restorer: str) -> None:
+    """A procsnap dump marks its lazy-able pages PE_LAZY|PE_PRESENT as
+    criu's dump does, so CRIU's own lazy-pages daemon serves them: to
+    procsnap's restore --lazy-pages and to CRIU's.  The target (lazymem)
+    checks every page of its 32 MiB and of its sparse, dropped and moved
+    mappings at the end."""
+    t, big, size = _lazymem(targets, "32")
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    assert wait_gone(t.pid, 10)
+    lazy, plain = _lazy_marked(images_dir, t.pid)
+    assert lazy >= size // 4096 and plain > 0, (lazy, plain)   # the stack, mlocked, files: not lazy
+    log = images_dir / "lazy-pages.log"
+    d = subprocess.Popen([CRIU, "lazy-pages", "-D", str(images_dir), "-v4", "-o", str(log)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True, cwd=images_dir)
+    try:
+        wait_for(lambda: (images_dir / "lazy-pages.socket").exists() or d.poll() is not None,
+                 30, "criu's lazy-pages socket")
+        assert d.poll() is None, _criu_log(images_dir, "lazy-pages.log")
+        if restorer == "procsnap":
+            check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--lazy-pages"))
+        else:
+            res = _criu("restore", "-D", images_dir, "-d", "--lazy-pages", "-v4",
+                        "-o", "restore.log", cwd=images_dir)
+            assert res.returncode == 0, _criu_log(images_dir, "restore.log")
+        targets.adopt(t.pid, like=t)
+        t.signal(10)   # SIGUSR1: it answers before its memory has arrived
+        t.wait_line(r"^alive 1")
+        t.signal(1)    # SIGHUP: drops and moves memory still lazy
+        assert t.wait_line(r"^dropped ", timeout=30) == "dropped 1", t.output()
+        assert d.wait(timeout=120) == 0, _criu_log(images_dir, "lazy-pages.log")
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    # criu's daemon copied the pages itself
+    assert log.read_text(errors="replace").count("uffd_copy") > 0, _criu_log(images_dir,
+                                                                         "lazy-pages.log")
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()
+
+
+@pytest.mark.criu_binary
+@pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
+                    "source) to restore CRIU's lazily marked images")
+@pytest.mark.parametrize("lazily", [False, True])
+def test_procsnap_restores_criu_s_lazily_marked_pages(targets: TargetFactory, images_dir: Path,
+                                                     lazily: bool) -> None:
+    """CRIU's dump marks private anonymous pages PE_LAZY|PE_PRESENT; procsnap
+    restores them eagerly, and lazily with its own lazy-pages daemon."""
+    t, big, size = _lazymem(targets, "32")
+    res = _criu("dump", "-t", t.pid, "-D", images_dir, "-v4", "-o", "dump.log", cwd=images_dir)
+    assert res.returncode == 0, _criu_log(images_dir, "dump.log")
+    assert wait_gone(t.pid, 10)
+    lazy, plain = _lazy_marked(images_dir, t.pid)
+    assert lazy >= size // 4096, (lazy, plain)
+    d = None
+    try:
+        if lazily:
+            d = subprocess.Popen(procsnap_cmd("lazy-pages", "-D", str(images_dir)),
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, close_fds=True)
+            wait_for(lambda: (images_dir / "lazy-pages.socket").exists() or d.poll() is not None,
+                     30, "the lazy-pages socket")
+        check_ok(run_procsnap("restore", "-D", images_dir, "-d",
+                              *(["--lazy-pages"] if lazily else [])))
+        targets.adopt(t.pid, like=t)
+        t.signal(10)
+        t.wait_line(r"^alive 1")
+        if d is not None:
+            assert d.wait(timeout=120) == 0
+    finally:
+        if d is not None and d.poll() is None:
+            d.kill()
+            d.wait()
+    assert t.verdict(timeout=60).startswith("PASS"), t.output()
+
+
+@pytest.mark.criu_binary
+@pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
+                    "source) to serve procsnap's images with CRIU's lazy-pages daemon")
+def test_criu_lazy_pages_serves_a_procsnap_tree(targets: TargetFactory,
+                                                images_dir: Path) -> None:
+    """A 3-process tree (criu_tiny tree: forked, so parent and children
+    have memory at the same places): the dump leaves PE_LAZY off what they
+    may share copy-on-write, which procsnap's restore fills before the
+    fork; criu's daemon (which pushes every marked page until it is in)
+    serves the rest to procsnap's restore --lazy-pages, and ends."""
+    t, _ = _start(targets, "tree")
+    pids = tree_pids(t.pid)
+    _runs_on(t)
+    check_ok(run_procsnap("dump", "-t", t.pid, "-D", images_dir))
+    for p in pids:
+        assert wait_gone(p), f"pid {p} is still there after the dump"
+    reap()
+    log = images_dir / "lazy-pages.log"
+    d = subprocess.Popen([CRIU, "lazy-pages", "-D", str(images_dir), "-v4", "-o", str(log)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True, cwd=images_dir)
+    try:
+        wait_for(lambda: (images_dir / "lazy-pages.socket").exists() or d.poll() is not None,
+                 30, "criu's lazy-pages socket")
+        check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--lazy-pages"))
+        targets.adopt(t.pid, like=t)
+        for p in set(tree_pids(t.pid)) - {t.pid}:
+            targets.adopt(p)   # killed at teardown if the test fails
+        _runs_on(t)
+        assert d.wait(timeout=60) == 0, _criu_log(images_dir, "lazy-pages.log")
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    finish(t)
