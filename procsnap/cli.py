@@ -31,6 +31,7 @@ import gc
 import os
 import re
 import sys
+from typing import NoReturn
 
 from .errors import ProcsnapError
 
@@ -481,6 +482,13 @@ COMMANDS = {"dump": cmd_dump, "pre-dump": cmd_pre_dump, "restore": cmd_restore, 
 # The modules each command loads first, imported by main with the GC off.
 _DRIVERS = {"dump": ("procsnap.dumper",), "pre-dump": ("procsnap.dumper",),
             "restore": ("procsnap.restorer",)}
+
+
+def run() -> NoReturn:
+    """The ``procsnap`` (and ``criu``) console script and ``python3 -m
+    procsnap``: main(), then a quick exit (logs.leave)."""
+    from .logs import leave
+    leave(main())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 _pending: dict[str, Any] | None = None
 
@@ -65,3 +65,23 @@ class Logger:
 
     def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
         self._logger().error(msg, *args, **kwargs)
+
+
+def leave(rc: object) -> NoReturn:
+    """End a command-line process with status ``rc`` (main()'s return)
+    without Python's finalization: freeing every module and object of a
+    restore cost 40-110 ms, which a caller waiting for ``restore -d`` (a
+    test, runc, LXC) waits for.  procsnap's commands start no threads and
+    register nothing at exit; stdio and logging's handlers (criu's log
+    file) are flushed first.  If flushing fails, the normal exit reports
+    it."""
+    import os
+    code = rc if isinstance(rc, int) else (0 if rc is None else 1)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if "logging" in sys.modules:
+            sys.modules["logging"].shutdown()
+    except BaseException:
+        raise SystemExit(rc)
+    os._exit(code)

@@ -1,3 +1,4 @@
+from ..logs import leave
 from . import main
 
-raise SystemExit(main())
+leave(main())
