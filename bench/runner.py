@@ -1152,7 +1152,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--mib", type=int, default=1024, help="size of the memory case")
     ap.add_argument("--json", metavar="FILE", help="also write the raw numbers here")
     ap.add_argument("--criu", metavar="PATH",
-                    help="a criu binary: the memory, counter and container cases also run "
+                    help="a criu binary: the memory, counter, container, sync and memcached cases also run "
                          "criu in the same rounds and print procsnap/CRIU ratios "
                          "(the bench builds nothing itself)")
     a = ap.parse_args(argv)
