@@ -609,7 +609,7 @@ def _tcpq_round(work: Path, d: Path, mib: int) -> float:
                 raise RuntimeError(f"tcpq {mib}: {log.read_text()[-300:]}")
             time.sleep(0.005)
         warm_memory(512)   # as the memory case: fresh pages cost a host fault here
-        # (sock_diag's pyroute2 is imported before the clock too: start-up)
+        # (sock_diag's module is imported before the clock too: start-up)
         _, _, out_d = run_child_rss(py_api(
             "import procsnap.resources.sockdiag\n"
             f"t = time.monotonic(); dump({pid}, {str(d)!r}, tcp_established=True); "
