@@ -903,8 +903,8 @@ def _unlock(d: Path, pid: int, port: int) -> None:
                                text=True).stdout
         for rule in rules.splitlines():
             words = rule.split()
-            if words[:2] == ["-A", chain] and (f"--sport {port}" in rule
-                                               or f"--dport {port}" in rule):
+            ports = {words[i + 1] for i, w in enumerate(words[:-1]) if w in ("--sport", "--dport")}
+            if words[:2] == ["-A", chain] and str(port) in ports:
                 print(f"bench: removing network lock rule {rule}", file=sys.stderr)
                 subprocess.run(["iptables", "-w", "-D", *words[1:]], capture_output=True)
 
