@@ -1039,8 +1039,6 @@ def _lxc_round(ct: Any, work: Path, tool: Tool) -> ContainerRound:
         c.env.pop("PYTHONDONTWRITEBYTECODE", None)
         if tool == "criu":
             c.env["PATH"] = f"{_criu_as_criu(work)}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-        else:
-            _rss_wrapper(c.base / "criu-bin" / "criu")
         d = c.base / "images"
         old = c.pid()
 
@@ -1064,8 +1062,6 @@ def _lxc_round(ct: Any, work: Path, tool: Tool) -> ContainerRound:
         t_r = step("-r", "restore.log")
         _going_on(lambda: c.state() == "RUNNING" and c.numbers()[-1] >= last + 3,
                   f"{tool}: the restored LXC container's counter")
-        if tool == "procsnap":
-            _wrapper_rss(c.base / "criu-bin" / "criu", "LXC: procsnap's criu (every call)")
         return ContainerRound(t_d, t_r, _frozen(d), c.start_time)
 
 
@@ -1075,8 +1071,6 @@ def _runc_round(ct: Any, r: Any, work: Path, tool: Tool) -> ContainerRound:
     stats-dump is left: runc's default is inside the state it deletes)."""
     cid = r.id(f"{tool}{len(r.ids)}")
     r.criu = Path(_CRIU or "") if tool == "criu" else r.base / "criu-bin" / "criu"
-    if tool == "procsnap":
-        _rss_wrapper(r.criu)
     images, wd = r.base / f"images-{cid}", r.base / f"work-{cid}"
     wd.mkdir()
     try:
@@ -1098,8 +1092,6 @@ def _runc_round(ct: Any, r: Any, work: Path, tool: Tool) -> ContainerRound:
         t_r = time.monotonic() - t
         _going_on(lambda: r.status(cid) == "running" and len(r.numbers()) >= n + 3,
                   f"{tool}: the restored runc container's counter")
-        if tool == "procsnap":
-            _wrapper_rss(r.criu, "runc: procsnap's criu (every call)")
         return ContainerRound(t_d, t_r, _frozen(wd), r.start_time)
     finally:
         r.runc("delete", "--force", cid, check=False, timeout=60)
@@ -1107,28 +1099,6 @@ def _runc_round(ct: Any, r: Any, work: Path, tool: Tool) -> ContainerRound:
         reap()
         shutil.rmtree(images, ignore_errors=True)
         shutil.rmtree(wd, ignore_errors=True)
-
-
-def _rss_wrapper(wrapper: Path) -> None:
-    """Make tests/containers.py's ``criu`` wrapper run procsnap.criu
-    through bench/targets/maxrss.c, each call leaving its peak RSS in a
-    file of its own beside the wrapper (read by _wrapper_rss)."""
-    text = wrapper.read_text()
-    if "maxrss" in text:
-        return
-    rss = wrapper.parent / "rss"
-    rss.mkdir(exist_ok=True)
-    wrapper.write_text(text.replace(" exec ", f" exec {binary('maxrss')} {rss}/$$ ", 1))
-
-
-def _wrapper_rss(wrapper: Path, what: str) -> None:
-    rss = wrapper.parent / "rss"
-    files = list(rss.iterdir())
-    if not files:
-        raise ChildError(f"{wrapper}: no peak RSS recorded (the wrapper was not run?)")
-    for f in files:
-        note_rss(what, int(f.read_text()) / 1024)
-        f.unlink()
 
 
 def _going_on(cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
