@@ -1,70 +1,150 @@
-"""Everything of procsnap that touches pyroute2's sock_diag, in one place,
-imported only when a dump meets a socket (pyroute2 takes ~150 ms to load,
-most of a small dump's time).
+"""sock_diag for unix and inet sockets: one SOCK_DIAG_BY_FAMILY dump per
+family (and protocol) over a raw NETLINK_SOCK_DIAG socket, decoded here
+from the kernel's structs (<linux/unix_diag.h>, <linux/inet_diag.h>), as
+packetsk.py does for packet sockets and kernel/rtnl.py for links.
 
-pyroute2 0.9's unix_diag_msg decodes UNIX_DIAG_NAME as a string, losing
-the leading NUL of an abstract name, and UNIX_DIAG_ICONS as a hex string;
-both are taken as raw bytes here.
+pyroute2's DiagSocket did this before: it took ~150 ms to import (more on
+a loaded machine), paid inside the frozen time of every dump that meets a
+socket, and ran each request through an asyncio loop (~25 ms for the five
+tables of a small process).  Attributes come as raw bytes: a unix name
+keeps the leading NUL of an abstract name and any NUL inside, the icons
+(inodes waiting in a listener's accept queue) are the kernel's u32 array.
 """
 from __future__ import annotations
 
+import os
 import socket
-from typing import Any
+import struct
+from typing import NamedTuple
 
-from pyroute2.netlink.diag import (  # type: ignore[import-untyped]
-    SS_ALL,
-    UDIAG_SHOW_ICONS,
-    UDIAG_SHOW_NAME,
-    UDIAG_SHOW_PEER,
-    UDIAG_SHOW_RQLEN,
-    UDIAG_SHOW_VFS,
-    DiagSocket,
-    MarshalDiag,
-    inet_diag_msg,
-    unix_diag_msg,
-)
-
-from .. import logs
 from ..errors import DumpError
 from ..kernel import netns
 
 __all__ = ["SS_ALL", "UDIAG_SHOW_ICONS", "UDIAG_SHOW_NAME", "UDIAG_SHOW_PEER",
-           "UDIAG_SHOW_RQLEN", "UDIAG_SHOW_VFS", "query"]
+           "UDIAG_SHOW_RQLEN", "UDIAG_SHOW_VFS", "UnixMsg", "InetMsg", "unix", "inet"]
 
-# pyroute2 logs every netlink message at DEBUG; procsnap -vv is about us.
-# (pyroute2 imports logging: the command line's configuration is applied now)
-logs.real().getLogger("pyroute2").setLevel(logs.WARNING)
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLA_TYPE_MASK = 0x3FFF
+
+SS_ALL = (1 << 12) - 1          # every TCP_* state (TCP_MAX_STATES = 12)
+
+# unix_diag_req.udiag_show and the attributes they ask for
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER = 0x01, 0x02, 0x04
+UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 0x08, 0x10
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS = 0, 1, 2, 3
+UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 4, 6
+INET_DIAG_SHUTDOWN = 8          # always sent (inet_diag_msg_attrs_fill)
+
+_NLMSGHDR = struct.Struct("=IHHII")        # len, type, flags, seq, pid
+_UNIX_REQ = struct.Struct("=BBxxIIIQ")     # family, protocol, states, ino, show, cookie
+_UNIX_MSG = struct.Struct("=BBBxIQ")       # family, type, state, ino, cookie
+_INET_REQ = struct.Struct("=BBBxI48x")     # family, protocol, ext, states, sockid (any)
+_INET_MSG = struct.Struct("=BBBB")         # family, state, timer, retrans, then:
+_INET_PORTS = struct.Struct(">HH")         # sockid: sport, dport (network order),
+_INET_TAIL = struct.Struct("=IIIII")       # src[16], dst[16], if, cookie; expires,
+_INET_MSG_LEN = 72                         # rqueue, wqueue, uid, inode at 52
+_NLA = struct.Struct("=HH")
 
 
-class _unix_diag_msg(unix_diag_msg):  # type: ignore[misc]
-    """pyroute2's unix_diag_msg with the name and icons kept as bytes."""
-
-    nla_map = (
-        ('UNIX_DIAG_NAME', 'cdata'),
-        ('UNIX_DIAG_VFS', 'unix_diag_vfs'),
-        ('UNIX_DIAG_PEER', 'uint32'),
-        ('UNIX_DIAG_ICONS', 'cdata'),
-        ('UNIX_DIAG_RQLEN', 'unix_diag_rqlen'),
-        ('UNIX_DIAG_MEMINFO', 'hex'),
-        ('UNIX_DIAG_SHUTDOWN', 'uint8'),
-    )
+class UnixMsg(NamedTuple):
+    ino: int
+    type: int
+    state: int
+    attrs: dict[int, bytes]     # UNIX_DIAG_* -> payload
 
 
-class _Marshal(MarshalDiag):  # type: ignore[misc]
-    msg_map = {socket.AF_UNIX: _unix_diag_msg, socket.AF_INET: inet_diag_msg,
-               socket.AF_INET6: inet_diag_msg}
+class InetMsg(NamedTuple):
+    ino: int
+    state: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    rqueue: int
+    wqueue: int
+    shutdown: int
 
 
-def query(fn: Any, pid: int | None = None) -> Any:
-    """Run fn(DiagSocket) on a bound sock_diag socket; errors as DumpError.
-    sock_diag answers for the network namespace the socket was made in:
-    with ``pid``, the one of that task (made from inside it)."""
+def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    out = {}
+    while off + _NLA.size <= end:
+        ln, typ = _NLA.unpack_from(data, off)
+        if ln < _NLA.size:
+            break
+        out[typ & NLA_TYPE_MASK] = data[off + _NLA.size:off + ln]
+        off += (ln + 3) & ~3
+    return out
+
+
+def _dump(sk: socket.socket, req: bytes) -> list[tuple[bytes, int, int]]:
+    """One SOCK_DIAG_BY_FAMILY dump: (buffer, start, end) of each message's
+    body."""
+    sk.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(req), SOCK_DIAG_BY_FAMILY,
+                           NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
+    out: list[tuple[bytes, int, int]] = []
+    while True:
+        data = sk.recv(1 << 16)
+        if not data:
+            raise OSError("sock_diag: the netlink socket closed before NLMSG_DONE")
+        off = 0
+        while off + _NLMSGHDR.size <= len(data):
+            ln, typ, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            if ln < _NLMSGHDR.size:
+                raise OSError(f"sock_diag: a message of length {ln}")
+            if typ == NLMSG_DONE:
+                return out
+            if typ == NLMSG_ERROR:
+                err = struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
+                if err:
+                    raise OSError(-err, os.strerror(-err))
+            else:
+                out.append((data, off + _NLMSGHDR.size, off + ln))
+            off += (ln + 3) & ~3
+
+
+def _socket(pid: int | None) -> socket.socket:
+    """A sock_diag socket; it answers for the network namespace it was made
+    in: with ``pid``, that task's (made from inside it)."""
+    with netns.inside(pid if pid is not None else "thread-self"):
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_SOCK_DIAG)
+
+
+def unix(show: int, pid: int | None = None) -> list[UnixMsg]:
+    """Every unix socket of the namespace, with the attributes ``show`` asks."""
     try:
-        with netns.inside(pid if pid is not None else "thread-self"):
-            ds = DiagSocket()
-        with ds:
-            ds.set_marshal(_Marshal())
-            ds.bind()
-            return fn(ds)
+        with _socket(pid) as sk:
+            msgs = _dump(sk, _UNIX_REQ.pack(socket.AF_UNIX, 0, SS_ALL, 0, show, 0))
     except OSError as exc:
         raise DumpError(f"sock_diag: {exc.strerror or exc}") from None
+    out: list[UnixMsg] = []
+    for data, off, end in msgs:
+        _fam, typ, state, ino, _cookie = _UNIX_MSG.unpack_from(data, off)
+        out.append(UnixMsg(ino, typ, state, _attrs(data, off + _UNIX_MSG.size, end)))
+    return out
+
+
+def inet(pid: int | None = None) -> list[tuple[int, int, InetMsg]]:
+    """Every TCP and UDP socket, v4 and v6, of the namespace: (family,
+    protocol, message)."""
+    out: list[tuple[int, int, InetMsg]] = []
+    try:
+        with _socket(pid) as sk:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                alen = 4 if fam == socket.AF_INET else 16
+                for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
+                    for data, off, end in _dump(sk, _INET_REQ.pack(fam, proto, 0, SS_ALL)):
+                        _f, state, _timer, _retrans = _INET_MSG.unpack_from(data, off)
+                        sport, dport = _INET_PORTS.unpack_from(data, off + 4)
+                        src = socket.inet_ntop(fam, data[off + 8:off + 8 + alen])
+                        dst = socket.inet_ntop(fam, data[off + 24:off + 24 + alen])
+                        _exp, rq, wq, _uid, ino = _INET_TAIL.unpack_from(data, off + 52)
+                        sh = _attrs(data, off + _INET_MSG_LEN, end).get(INET_DIAG_SHUTDOWN)
+                        out.append((fam, proto, InetMsg(ino, state, src, sport, dst, dport,
+                                                        rq, wq, sh[0] if sh else 0)))
+    except OSError as exc:
+        raise DumpError(f"sock_diag: {exc.strerror or exc}") from None
+    return out

@@ -2,16 +2,11 @@
 of a target's socket to look at, SOL_SOCKET options (sk_opts_entry), the
 shutdown encoding, and reading a receive queue without consuming it.
 
-sock_diag goes through pyroute2's ``DiagSocket`` (its message classes are
-declared as field lists, the kernel structs quoted, the model we follow).
-Two things of pyroute2 0.9 do not fit and are overridden here, nothing
-else: UNIX_DIAG_NAME is decoded as a C string there, which drops the
-leading NUL of an abstract name (so "\\0x" and "x" look alike) and would
-cut a name with NULs inside; UNIX_DIAG_ICONS (the inodes of connections
-waiting to be accepted) comes as a hex string.  Both are taken as raw
-bytes instead.  TCP_INFO is read with getsockopt on our copy of the
-socket (tcp.py), not from pyroute2's tcp_info, whose split of the
-wscale byte gives snd and rcv the same nibble.
+sock_diag is asked by sockdiag.py (raw netlink, the kernel's structs):
+UNIX_DIAG_NAME is taken as raw bytes, so an abstract name keeps its
+leading NUL ("\\0x" and "x" differ) and a name with NULs inside is not
+cut.  TCP_INFO is read with getsockopt on our copy of the socket (tcp.py),
+not from sock_diag.
 
 A socket of a frozen task is examined through a copy of its fd taken
 with pidfd_getfd: the same socket, so options, names and queues are the
@@ -97,44 +92,43 @@ class InetDiag:
     shutdown: int
 
 
-def _query(ctx: "DumpContext", fn: Any) -> Any:
-    # pyroute2 costs ~150 ms to import: only a dump that meets a socket
-    # pays it (sockdiag.py holds everything that touches it).  Asked in the
-    # root's network namespace: every task of the tree shares it (the audit
-    # refuses others), be it procsnap's or the tree's own.
-    from . import sockdiag
-    return sockdiag.query(fn, ctx.tasks[0].pid)
+def _pid(ctx: "DumpContext") -> int:
+    # Asked in the root's network namespace: every task of the tree shares
+    # it (the audit refuses others), be it procsnap's or the tree's own.
+    return ctx.tasks[0].pid
 
 
 def unix_table(ctx: "DumpContext") -> dict[int, UnixDiag]:
     """Every unix socket of our network namespace, by inode (once a dump)."""
     state = ctx.kind_state.setdefault(NAME, {})
     if "unix" not in state:
-        from .sockdiag import (SS_ALL, UDIAG_SHOW_ICONS, UDIAG_SHOW_NAME, UDIAG_SHOW_PEER,
-                               UDIAG_SHOW_RQLEN, UDIAG_SHOW_VFS)
-        show = (UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS
-                | UDIAG_SHOW_RQLEN)
-        msgs = _query(ctx, lambda ds: ds.get_sock_stats(family=socket.AF_UNIX, states=SS_ALL,
-                                                   show=show))
+        # imported here: only a dump that meets a socket needs it
+        from . import sockdiag as sd
+        show = (sd.UDIAG_SHOW_NAME | sd.UDIAG_SHOW_VFS | sd.UDIAG_SHOW_PEER
+                | sd.UDIAG_SHOW_ICONS | sd.UDIAG_SHOW_RQLEN)
         table: dict[int, UnixDiag] = {}
-        for m in msgs:
-            d = UnixDiag(m["udiag_ino"], m["udiag_type"], m["udiag_state"])
-            name = m.get_attr("UNIX_DIAG_NAME")
+        for m in sd.unix(show, _pid(ctx)):
+            d = UnixDiag(m.ino, m.type, m.state)
+            a = m.attrs
+            name = a.get(sd.UNIX_DIAG_NAME)
             if name:
                 # a path comes with its terminating NUL; an abstract name is
                 # exactly its bytes
-                d.name = bytes(name) if name[:1] == b"\0" else bytes(name).split(b"\0", 1)[0]
-            vfs = m.get_attr("UNIX_DIAG_VFS")
+                d.name = name if name[:1] == b"\0" else name.split(b"\0", 1)[0]
+            vfs = a.get(sd.UNIX_DIAG_VFS)
             if vfs is not None:
-                d.vfs = (vfs["udiag_vfs_dev"], vfs["udiag_vfs_ino"])
-            d.peer = m.get_attr("UNIX_DIAG_PEER") or 0
-            icons = m.get_attr("UNIX_DIAG_ICONS")
+                vino, vdev = struct.unpack_from("=II", vfs)   # struct unix_diag_vfs
+                d.vfs = (vdev, vino)
+            peer = a.get(sd.UNIX_DIAG_PEER)
+            d.peer = struct.unpack_from("=I", peer)[0] if peer else 0
+            icons = a.get(sd.UNIX_DIAG_ICONS)
             if icons:
-                d.icons = list(struct.unpack(f"<{len(icons) // 4}I", icons))
-            rq = m.get_attr("UNIX_DIAG_RQLEN")
+                d.icons = list(struct.unpack(f"={len(icons) // 4}I", icons[:len(icons) // 4 * 4]))
+            rq = a.get(sd.UNIX_DIAG_RQLEN)
             if rq is not None:
-                d.rqueue, d.wqueue = rq["udiag_rqueue"], rq["udiag_wqueue"]
-            d.shutdown = m.get_attr("UNIX_DIAG_SHUTDOWN") or 0
+                d.rqueue, d.wqueue = struct.unpack_from("=II", rq)
+            sh = a.get(sd.UNIX_DIAG_SHUTDOWN)
+            d.shutdown = sh[0] if sh else 0
             table[d.ino] = d
         state["unix"] = table
     table = state["unix"]
@@ -145,19 +139,11 @@ def inet_table(ctx: "DumpContext") -> dict[int, InetDiag]:
     """Every TCP and UDP socket (v4 and v6) of our network namespace."""
     state = ctx.kind_state.setdefault(NAME, {})
     if "inet" not in state:
+        from . import sockdiag as sd
         table: dict[int, InetDiag] = {}
-
-        def collect(ds: Any) -> None:
-            from .sockdiag import SS_ALL
-            for fam in (socket.AF_INET, socket.AF_INET6):
-                for proto in (socket.IPPROTO_TCP, socket.IPPROTO_UDP):
-                    for m in ds.get_sock_stats(family=fam, states=SS_ALL, protocol=proto):
-                        table[m["idiag_inode"]] = InetDiag(
-                            m["idiag_inode"], fam, proto, m["idiag_state"],
-                            m["idiag_src"], m["idiag_sport"], m["idiag_dst"], m["idiag_dport"],
-                            m["idiag_rqueue"], m["idiag_wqueue"],
-                            m.get_attr("INET_DIAG_SHUTDOWN") or 0)
-        _query(ctx, collect)
+        for fam, proto, m in sd.inet(_pid(ctx)):
+            table[m.ino] = InetDiag(m.ino, fam, proto, m.state, m.src, m.sport, m.dst,
+                                    m.dport, m.rqueue, m.wqueue, m.shutdown)
         state["inet"] = table
     return state["inet"]  # type: ignore[no-any-return]
 

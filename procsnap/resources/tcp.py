@@ -81,6 +81,7 @@ from ..images import legacy as legacy_files
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
 from ..kernel import netns
+from ..kernel import nftables
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
@@ -157,12 +158,10 @@ def _ioctl_int(sk: socket.socket, req: int) -> int:
 
 # --------------------------------------------------------- network lock ----
 
-def _nft() -> str:
-    path = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
-    if path is None:
+def _nft() -> None:
+    if not nftables.available():
         raise DumpError("--tcp-established needs nftables for its network lock: "
                         "install it (apt-get install nftables)")
-    return path
 
 
 # inventory_entry.network_lock_method (criu's enum NETWORK_LOCK_METHOD)
@@ -230,8 +229,9 @@ def unlock_images(images_dir: str, root_pid: int, conns: list[tuple[int, str, in
 
 
 def _run_nft(script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([_nft(), "-f", "-"], input=script, capture_output=True, text=True,
-                          timeout=30, stdin=None)
+    # in process (libnftables): the lock is taken inside the frozen time
+    _nft()
+    return nftables.run(script)
 
 
 def lock_connection(table: str, fam: int, local: tuple[str, int],
@@ -272,13 +272,9 @@ def _v4_mapped(addr: str) -> bool:
 
 def unlock(table: str) -> bool:
     """Remove our table; False if there was none."""
-    try:
-        nft = _nft()
-    except DumpError:
+    if not nftables.available():
         return False
-    res = subprocess.run([nft, "delete", "table", "inet", table], capture_output=True,
-                         text=True, timeout=30)
-    return res.returncode == 0
+    return nftables.run(f"delete table inet {table}\n").returncode == 0
 
 
 # A tree in its own network namespace is locked as a whole, from inside
@@ -303,9 +299,8 @@ def _netns_lock_script(table: str) -> str:
 def lock_netns_here(table: str) -> None:
     """Lock the network namespace of the calling thread (whole), unless it
     is locked already (the restored ruleset brings the dump's lock)."""
-    nft = _nft()
-    if subprocess.run([nft, "list", "table", "inet", table], capture_output=True,
-                      timeout=30).returncode == 0:
+    _nft()
+    if nftables.run(f"list table inet {table}\n").returncode == 0:
         return
     res = _run_nft(_netns_lock_script(table))
     if res.returncode != 0:
