@@ -28,6 +28,7 @@ from helpers import (
     read_numbers,
     reap,
     run_procsnap,
+    wait_for,
     wait_gone,
     wait_numbers,
 )
