@@ -713,9 +713,18 @@ class _ImageQueues:
         self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
 
     def _view(self, start: int, length: int) -> memoryview:
+        at = self.offset + start
         if self._map is None:
-            self._map = mmap.mmap(self.fd, 0, prot=mmap.PROT_READ)
-        v = memoryview(self._map)[self.offset + start:self.offset + start + length]
+            try:
+                self._map = mmap.mmap(self.fd, 0, prot=mmap.PROT_READ)
+            except OSError:
+                # a filesystem that maps no files: read it
+                data = os.pread(self.fd, length, at)
+                if len(data) != length:
+                    raise RestoreError(f"{self.path}: {length} bytes of queue at offset {at}, "
+                                       f"{len(data)} read") from None
+                return memoryview(data)
+        v = memoryview(self._map)[at:at + length]
         self._views.append(v)
         return v
 

@@ -82,14 +82,18 @@ def _restore_queues(d: Path, sk: socket.socket) -> None:
     sk.setsockopt(socket.IPPROTO_TCP, tcp.TCP_REPAIR_QUEUE, tcp.TCP_NO_QUEUE)
 
 
-@pytest.mark.parametrize("how", ["sendfile", "send", "sendfile-refused-halfway"])
+@pytest.mark.parametrize("how", ["sendfile", "send-mmap", "sendfile-refused-halfway", "send-no-mmap"])
 def test_queues_restored_from_the_image(tmp_path: Path, repair_socket: socket.socket,
                                         monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     payload = os.urandom(INQ + OUTQ)
     _write_image(tmp_path, payload)
     calls = []
-    if how == "send":
+    if how.startswith("send-"):
         monkeypatch.setattr(tcp, "_SENDFILE_INTO_REPAIR", False)
+    if how == "send-no-mmap":
+        def no_mmap(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(errno.ENODEV, "no mmap here")
+        monkeypatch.setattr(tcp.mmap, "mmap", no_mmap)
     elif how == "sendfile-refused-halfway":
         real = os.sendfile
 
@@ -99,7 +103,7 @@ def test_queues_restored_from_the_image(tmp_path: Path, repair_socket: socket.so
                 raise OSError(errno.EINVAL, "refused")
             return real(out, in_, offset, min(count, 100001))
         monkeypatch.setattr(os, "sendfile", twice_then_refuse)
-    if how != "send" and not tcp._SENDFILE_INTO_REPAIR:
+    if not how.startswith("send-") and not tcp._SENDFILE_INTO_REPAIR:
         pytest.skip("this kernel takes no sendfile into a repair queue (before 6.5)")
     _restore_queues(tmp_path, repair_socket)
     if how == "sendfile-refused-halfway":
