@@ -869,7 +869,14 @@ def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse
         _send_all(sk, src.outq(sent, unsent), what)
         sk.setsockopt(tcp, TCP_REPAIR, TCP_REPAIR_ON)
     if src.outq_len:
-        _check_queue(sk, SIOCOUTQ, src.outq_len, what, "send")
+        # the end of the send queue, not its length (SIOCOUTQ): an
+        # acknowledgement may shorten the queue by now, never move its end
+        sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        end = sk.getsockopt(tcp, TCP_QUEUE_SEQ) & 0xFFFFFFFF
+        if end != outq_seq & 0xFFFFFFFF:
+            raise RestoreError(f"{what}: the send queue ends at sequence number {end} after the "
+                               f"restore put back {src.outq_len} bytes, not at "
+                               f"{outq_seq & 0xFFFFFFFF}")
     if tse.HasField("snd_wl1"):
         rcv_wnd, rcv_wup = tse.rcv_wnd, tse.rcv_wup
         if state in RCVQ_FIN:
