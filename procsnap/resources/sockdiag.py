@@ -1,6 +1,7 @@
 """Everything of procsnap that touches pyroute2's sock_diag, in one place,
-imported only when a dump meets a socket (pyroute2 takes ~150 ms to load,
-most of a small dump's time).
+imported only when a dump meets a unix socket (pyroute2 takes ~150 ms to
+load, most of a small dump's time; internet sockets are listed by
+kernel/inetdiag.py without it).
 
 pyroute2 0.9's unix_diag_msg decodes UNIX_DIAG_NAME as a string, losing
 the leading NUL of an abstract name, and UNIX_DIAG_ICONS as a hex string;

@@ -98,8 +98,9 @@ class InetDiag:
 
 
 def _query(ctx: "DumpContext", fn: Any) -> Any:
-    # pyroute2 costs ~150 ms to import: only a dump that meets a socket
-    # pays it (sockdiag.py holds everything that touches it).  Asked in the
+    # pyroute2 costs ~150 ms to import: only a dump that meets a unix
+    # socket pays it (sockdiag.py holds everything that touches it; the
+    # internet sockets' table is kernel/inetdiag.py's).  Asked in the
     # root's network namespace: every task of the tree shares it (the audit
     # refuses others), be it procsnap's or the tree's own.
     from . import sockdiag
