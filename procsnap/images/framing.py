@@ -51,6 +51,10 @@ class Entry:
     msg: Message
     payload: bytes = b""
     offset: int = 0  # where the entry's size word starts in the file
+    # where the raw tail starts in the file and its length (also when the
+    # reader was asked to leave it there: iter_entries(tails=False))
+    tail_offset: int = 0
+    tail_len: int = 0
 
 
 # --------------------------------------------------------------------------
@@ -142,7 +146,7 @@ class ImageWriter:
             raise ImageError(self.path, f"write failed: {e.strerror or e}") from None
         self.entries += 1
 
-    def write_raw(self, data: bytes) -> None:
+    def write_raw(self, data: bytes | memoryview) -> None:
         """Append unframed bytes (an entry's tail, or page data)."""
         self._check_open()
         try:
@@ -282,7 +286,8 @@ def _parse(path: str, cls: type[Message], data: bytes, index: int, offset: int) 
     return msg
 
 
-def _iter_open(path: str, f: BinaryIO, kind: ImageKind, size: int) -> Iterator[Entry]:
+def _iter_open(path: str, f: BinaryIO, kind: ImageKind, size: int,
+               tails: bool = True) -> Iterator[Entry]:
     pos = f.tell()
     index = 0
     while pos < size:
@@ -312,9 +317,15 @@ def _iter_open(path: str, f: BinaryIO, kind: ImageKind, size: int) -> Iterator[E
                     f"truncated at offset {pos}: {msg.DESCRIPTOR.name} announces "
                     f"{want} raw bytes, {size - pos} left",
                 )
-            payload = _read_exact(f, want)
+            if tails:
+                payload = _read_exact(f, want)
+            else:
+                f.seek(want, os.SEEK_CUR)
+            tail_at = pos
             pos += want
-        yield Entry(msg, payload, start)
+        else:
+            tail_at, want = pos, 0
+        yield Entry(msg, payload, start, tail_at, want)
         index += 1
 
 
@@ -335,11 +346,13 @@ def _open(path: str) -> tuple[BinaryIO, int]:
     return f, size
 
 
-def iter_entries(path: str, kind: str | None = None) -> Iterator[Entry]:
+def iter_entries(path: str, kind: str | None = None, tails: bool = True) -> Iterator[Entry]:
     """Yield the entries of the framed image at path.
 
     The kind is told by the magic; when ``kind`` is given the magic must be
-    that kind's.  Raw tails are returned in ``Entry.payload``.
+    that kind's.  Raw tails are returned in ``Entry.payload``; with
+    ``tails=False`` they are left in the file (payload b""), for a caller
+    that moves megabytes from the file itself (``tail_offset``, ``tail_len``).
     """
     expect = _kind(kind) if kind is not None else None
     if expect is not None and expect.header == "raw":
@@ -350,7 +363,7 @@ def iter_entries(path: str, kind: str | None = None) -> Iterator[Entry]:
             found = read_header(path, f, size, expect)
             if found.header == "raw":  # pragma: no cover - raw kinds have no magic
                 raise ImageError(path, "raw image has no entries")
-            yield from _iter_open(path, f, found, size)
+            yield from _iter_open(path, f, found, size, tails)
         except OSError as e:
             raise ImageError(path, f"read failed: {e.strerror or e}") from None
 
@@ -361,9 +374,11 @@ def read_image(images_dir: str, kind: str, ident: int | None = None) -> list[Mes
     return [e.msg for e in iter_entries(path, kind)]
 
 
-def read_entries(images_dir: str, kind: str, ident: int | None = None) -> list[Entry]:
-    """Like read_image, keeping the raw tail of each entry."""
-    return list(iter_entries(image_path(images_dir, kind, ident), kind))
+def read_entries(images_dir: str, kind: str, ident: int | None = None,
+                 tails: bool = True) -> list[Entry]:
+    """Like read_image, keeping the raw tail of each entry (or, with
+    ``tails=False``, only where it is: see iter_entries)."""
+    return list(iter_entries(image_path(images_dir, kind, ident), kind, tails))
 
 
 def read_one(images_dir: str, kind: str, ident: int | None = None) -> Message:
