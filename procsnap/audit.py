@@ -27,7 +27,7 @@ import ctypes
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from .record import record
 from typing import TYPE_CHECKING, Any
 
 from .errors import Unsupported
@@ -51,7 +51,7 @@ IRRELEVANT = "irrelevant"
 Refuse = Callable[[Any, Any], "str | None"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Item:
     """One row of the audit: a piece of state and its verdict."""
     source: str
@@ -322,7 +322,7 @@ NS: list[Item] = [
 
 # -- prctl values (injected in the task: they answer for the caller) ----------
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Prctl:
     """A prctl value read by injection in the task."""
     option: int

@@ -561,8 +561,7 @@ def _tracked(ctx: DumpContext, record: dict[int, tuple[int, int]]) -> None:
     the pages written since (memory.split_by_parent leaves the others in
     the parent) and the VMAs our userfaultfd protects -- whose VmFlags
     'uw' is then ours, not the task's."""
-    import dataclasses
-
+    from .record import replace
     from .resources import memory, memtrack
     track: dict[str, Any] = {"parent": os.path.join(ctx.images_dir, "parent"),
                              "written": {}, "registered": {}, "names": _image_names(ctx)}
@@ -572,7 +571,7 @@ def _tracked(ctx: DumpContext, record: dict[int, tuple[int, int]]) -> None:
         track["written"][task.pid] = memtrack.written(task.pid)
         track["registered"][task.pid] = [(m.start, m.end) for m in task.maps
                                          if "uw" in m.vmflags]
-        task.maps = [dataclasses.replace(m, vmflags=tuple(f for f in m.vmflags if f != "uw"))
+        task.maps = [replace(m, vmflags=tuple(f for f in m.vmflags if f != "uw"))
                      if "uw" in m.vmflags else m for m in task.maps]
     ctx.kind_state[memory.TRACK] = track
 

@@ -43,7 +43,7 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import Any
 
 from . import pagexfer as PX
@@ -111,7 +111,7 @@ def _close_session(sk: socket.socket) -> int:
     return int(_STATUS.unpack(_recv_exact(sk, _STATUS.size))[0])
 
 
-@dataclass
+@record
 class _Task:
     pid: int                 # as the images name it
     fd: int                  # our userfaultfd
@@ -123,7 +123,7 @@ class _Task:
     copied: int = 0          # bytes
 
 
-@dataclass
+@record
 class _Images:
     """One task of the images: its page files mapped, its lazy pages."""
     pid: int

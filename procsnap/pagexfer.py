@@ -41,7 +41,7 @@ import ctypes
 import fcntl
 import os
 import struct
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import images, logs
@@ -440,7 +440,7 @@ def _covered(held: list[tuple[int, int]], addr: int, n: int) -> bool:
     return intersect([(addr, n)], held) == [(addr, n)]
 
 
-@dataclass
+@record
 class _Open:
     """One pagemap being received."""
     kind: str

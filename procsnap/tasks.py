@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import Any, Callable, Iterator
 
 from . import images
@@ -31,7 +31,7 @@ from .procfs.reader import ProcReader
 # at import, and these two for the seven classes below were ~5 % of the
 # instructions of procsnap's start-up.
 
-@dataclass
+@record
 class DumpOptions:
     """What the caller of dump() asked for."""
     leave_running: bool = False
@@ -68,7 +68,7 @@ class DumpOptions:
     page_server: tuple[str, int] | None = None
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class DumpThread:
     """One thread of a process: its own registers, injector and core."""
     tid: int
@@ -83,7 +83,7 @@ class DumpThread:
         return self.inj
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class DumpTask:
     """Everything the resource modules learn about one process."""
     pid: int
@@ -119,7 +119,7 @@ class DumpTask:
         return self.inj
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class DumpContext:
     """The state of one dump, shared by the resource modules."""
     images_dir: str
@@ -212,7 +212,7 @@ def _ns_ino(pid: str) -> int | None:
         return None
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class FdCtx:
     """One fd of a task as the fd kind modules see it at dump."""
     ctx: DumpContext
@@ -239,7 +239,7 @@ PUPPET_OPTIONS = (C.PTRACE_O_TRACESYSGOOD | C.PTRACE_O_EXITKILL | C.PTRACE_O_TRA
                   | C.PTRACE_O_TRACECLONE)
 
 
-@dataclass
+@record
 class RestoreOptions:
     """What the caller of restore() asked for."""
     detached: bool = True
@@ -275,7 +275,7 @@ class RestoreOptions:
     lazy_socket: str | None = None
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class RestoreThread:
     """One thread of a task being restored."""
     tid: int
@@ -283,7 +283,7 @@ class RestoreThread:
     inj: Injector = None  # type: ignore[assignment]
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class RestoreTask:
     """One task being restored: its images and its puppet."""
     pid: int
@@ -478,7 +478,7 @@ class RestoreTask:
         self.pidfds.clear()
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class RestoreContext:
     """The state of one restore, shared by the resource modules."""
     images_dir: str

@@ -121,7 +121,7 @@ import signal
 import struct
 import stat as st_mod
 import time
-from dataclasses import dataclass, field
+from .record import field, record
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import logs
@@ -152,7 +152,7 @@ PREFIX = "restore check"
 
 # ------------------------------------------------------------- sources ----
 
-@dataclass
+@record
 class Found:
     """What one task shows from outside, each /proc file read at most once."""
     rctx: "RestoreContext"
@@ -384,7 +384,7 @@ def _escape(path: str) -> str:
     return path.replace("\n", "\\012")
 
 
-@dataclass
+@record
 class _Vma:
     """A mapping as the restored task has it."""
     start: int

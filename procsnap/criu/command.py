@@ -8,7 +8,7 @@ import os
 import re
 import sys
 
-from dataclasses import dataclass
+from ..record import record
 from errno import EBADRQC, ESRCH
 
 from .. import ActionScriptFailed, ProcsnapError
@@ -157,7 +157,7 @@ def _check_values(p: O.Parsed) -> None:
         raise O.UsageError("--inherit-fd is restore-only option")
 
 
-@dataclass
+@record
 class Outcome:
     """What one dump/restore/check run came to (for criu's RPC answer)."""
     status: int = 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import Any
 
 from .basics import CRIU_VERSION, GLOBAL_CONFIG, USER_CONFIG  # noqa: F401 (re-exported)
@@ -40,7 +40,7 @@ class UsageError(Exception):
     """A bad command line: one line, exit 1, nothing done."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Opt:
     name: str                # long name, without dashes
     short: str = ""          # one letter, or ""
@@ -266,7 +266,7 @@ BY_SHORT = {o.short: o for o in TABLE if o.short}
 _LONG_NAMES = sorted(list(BY_NAME) + [f"no-{o.name}" for o in TABLE if o.boolean])
 
 
-@dataclass
+@record
 class Parsed:
     command: str | None = None
     # (option, value, negated) in the order seen; value is "" for no argument

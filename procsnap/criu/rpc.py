@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from ..record import record
 from typing import Any, Callable
 
 from google.protobuf.message import DecodeError
@@ -80,7 +80,7 @@ class BadRequest(Exception):
 FLAG, VALUE, CALL, SETUP = "flag", "value", "call", "setup"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Field:
     name: str                 # criu_opts field
     kind: str

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from ..record import record
 from types import TracebackType
 from typing import BinaryIO, Iterable, Iterator
 
@@ -44,7 +44,7 @@ def image_path(images_dir: str, kind: str, ident: int | None = None) -> str:
     return os.path.join(images_dir, _kind(kind).file_name(ident))
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     """One entry of an image: the message and the raw bytes that follow it."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from ..record import record
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_GETLINK = 16, 18
@@ -29,7 +29,7 @@ _IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
 _RTATTR = struct.Struct("=HH")          # len, type
 
 
-@dataclass
+@record
 class Link:
     """A network link as RTM_GETLINK reports it."""
     index: int

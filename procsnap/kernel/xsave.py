@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from ..record import record
 from functools import lru_cache
 from typing import Any
 
@@ -29,7 +29,7 @@ COMPONENTS: dict[int, tuple[str, int]] = {
 LEGACY_FEATURES = 0b11  # x87 and SSE live in the legacy area
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Layout:
     """The XSAVE standard-format layout of this CPU and kernel."""
     size: int                     # total standard-format size for XCR0

@@ -1,7 +1,7 @@
 """Pure parsers for the text (and bytes) the kernel prints under /proc/PID.
 
 Nothing here touches the file system: every function takes what was read
-and returns frozen dataclasses, so the parsers can be tested on recorded
+and returns frozen records (procsnap.record), so the parsers can be tested on recorded
 files and the reader stays a thin layer of I/O and errno handling.
 
 Every parser takes a ``path`` argument that is used only in the
@@ -18,7 +18,7 @@ and surrogate escapes let them round-trip back to ``os`` calls unchanged.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from ..record import record
 
 from procsnap.errors import ParseError
 
@@ -94,7 +94,7 @@ def unescape_octal(s: str) -> str:
 # /proc/PID/maps
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class MapEntry:
     """One line of /proc/PID/maps (show_map_vma() in fs/proc/task_mmu.c).
 
@@ -166,7 +166,7 @@ def parse_maps(text: str, path: str = "/proc/PID/maps") -> list[MapEntry]:
 # /proc/PID/stat
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Stat:
     """/proc/PID/stat, fields 1..52 of proc(5), with proc(5)'s names.
 
@@ -279,7 +279,7 @@ def parse_stat(text: str, path: str = "/proc/PID/stat") -> Stat:
 # /proc/PID/status
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Status:
     """/proc/PID/status (proc_pid_status() in fs/proc/array.c).
 
@@ -413,7 +413,7 @@ def parse_status(text: str, path: str = "/proc/PID/status") -> Status:
 # /proc/PID/fdinfo/FD
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class FdInfo:
     """/proc/PID/fdinfo/FD.
 
@@ -482,7 +482,7 @@ def fdinfo_records(info: FdInfo, key: str) -> list[dict[str, str]]:
 # /proc/PID/mountinfo
 # --------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class MountInfo:
     """One line of /proc/PID/mountinfo (show_mountinfo(), proc(5)).
 
@@ -605,7 +605,7 @@ SIGEV_THREAD_ID = 4
 _NOTIFY_NAMES = {"signal": SIGEV_SIGNAL, "none": SIGEV_NONE, "thread": SIGEV_THREAD}
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PosixTimer:
     """One POSIX timer from /proc/PID/timers (show_timer() in fs/proc/base.c).
 
@@ -656,7 +656,7 @@ def parse_timers(text: str, path: str = "/proc/PID/timers") -> list[PosixTimer]:
     return timers
 
 
-@dataclass
+@record
 class LockLine:
     """One lock as /proc/locks or an fdinfo ``lock:`` line shows it
     (fs/locks.c lock_get_status): ``kind`` POSIX, OFDLCK, FLOCK, LEASE,

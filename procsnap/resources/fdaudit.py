@@ -19,11 +19,11 @@ This module is a leaf: kind modules import it, files.py checks with it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..record import record
 from typing import Callable
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rule:
     """How one fdinfo/flag value is treated: saved, irrelevant or refused."""
     verdict: str                                   # "saved", "irrelevant", "refused"

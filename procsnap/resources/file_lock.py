@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ImageError, ParseError, RestoreError, Unsupported
@@ -60,7 +60,7 @@ _FLOCK = struct.Struct("<hh4xqqi4x")
 
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _State:
     """The locks met during one dump."""
     entries: list[Any] = field(default_factory=list)

@@ -22,7 +22,7 @@ import os
 import resource
 import stat as st_mod
 import struct
-from dataclasses import dataclass
+from ..record import record
 from typing import TYPE_CHECKING, Any
 
 from .. import logs
@@ -1056,7 +1056,7 @@ def lazy_set(rctx: "RestoreContext", rt: "RestoreTask") -> set[int]:
 
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _Premapped:
     """What premap() left mapped in one task, for its children to reuse."""
     vmas: dict[tuple[int, int], tuple[Any, ...]]   # (start, end) -> _vma_key()

@@ -40,7 +40,7 @@ import mmap
 import os
 import socket
 import struct
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DumpError, RestoreError, Unsupported
@@ -87,7 +87,7 @@ MCLIST = struct.Struct("IIHH32s")   # struct packet_diag_mclist
 RING = struct.Struct("7I")          # struct packet_diag_ring
 
 
-@dataclass
+@record
 class PacketDiag:
     type: int
     protocol: int                   # network order, as socket(2) takes it

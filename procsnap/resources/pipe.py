@@ -40,7 +40,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, Unsupported
@@ -66,7 +66,7 @@ SPLICE_F_NONBLOCK = 2
 
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _Pipe:
     """One pipe of the tree and the fds holding each end."""
     ino: int

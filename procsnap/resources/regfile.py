@@ -39,7 +39,7 @@ import ctypes
 import os
 import stat as st_mod
 import struct
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any
 
 from .. import images
@@ -217,7 +217,7 @@ def mapping_stat(task: "DumpTask", link: str) -> os.stat_result:
 
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class DumpState:
     """Per-dump bookkeeping, kept in DumpContext.kind_state["reg"]."""
     ghost_limit: int = GHOST_LIMIT
@@ -540,7 +540,7 @@ def dump(fd: "FdCtx", fid: int) -> Any:
 
 # ------------------------------------------------------------- restore ----
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class RestoreState:
     """Per-restore bookkeeping, kept in RestoreContext.kind_state["reg"]."""
     remaps: dict[int, Any] = field(default_factory=dict)   # orig file id -> remap entry

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from ..record import record
 from typing import TYPE_CHECKING, Any
 
 from .. import images, pagexfer
@@ -63,7 +63,7 @@ HUGE_MASK = C.MAP_HUGETLB | (0x3F << MAP_HUGE_SHIFT)
 
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _Obj:
     """One System V shm segment attached in the tree."""
     shmid: int

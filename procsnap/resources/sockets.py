@@ -29,7 +29,7 @@ import os
 import socket
 import struct
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 
@@ -63,7 +63,7 @@ SEND_SHUTDOWN = 2
 
 
 
-@dataclass
+@record
 class UnixDiag:
     ino: int
     type: int
@@ -77,7 +77,7 @@ class UnixDiag:
     shutdown: int = 0
 
 
-@dataclass
+@record
 class InetDiag:
     ino: int
     family: int
@@ -422,7 +422,7 @@ def apply_shutdown(sk: socket.socket, mask: int) -> None:
 MAX_PACKETS = 1 << 16
 
 
-@dataclass
+@record
 class Packet:
     """One queued message (or a chunk of a byte stream) as peeked."""
     data: bytes

@@ -36,7 +36,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from dataclasses import dataclass
+from ..record import record
 from typing import TYPE_CHECKING
 
 from ..errors import Unsupported
@@ -106,7 +106,7 @@ NEVER_READ = {(SOL_SOCKET, 4), (SOL_SOCKET, 77), (SOL_TCP, 35)}
 READ_SIZE = 256
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SockOpt:
     level: int
     num: int

@@ -100,7 +100,7 @@ import os
 import select
 import stat as st_mod
 import struct
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ImageError, RestoreError, Unsupported
@@ -278,7 +278,7 @@ def _canon_edit(t: Any) -> set[int]:
 
 # Bookkeeping compared by identity, without a generated repr: dataclass()
 # compiles __eq__ and __repr__ at import, at every start of procsnap.
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _Side:
     """One end of a pty pair as first seen in the tree."""
     info_id: int
@@ -288,7 +288,7 @@ class _Side:
     hung: bool = False
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _Pair:
     """A pty pair of the tree, by index."""
     index: int
@@ -296,7 +296,7 @@ class _Pair:
     slave: _Side | None = None
 
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _DumpState:
     """The terminals met during one dump."""
     pairs: dict[int, _Pair] = field(default_factory=dict)
@@ -851,7 +851,7 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
 
 # ------------------------------------------------------------- restore ----
 
-@dataclass(eq=False, repr=False)
+@record(eq=False, repr=False)
 class _RestoreState:
     """The terminals made during one restore."""
     infos: dict[int, Any]

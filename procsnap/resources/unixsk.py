@@ -76,7 +76,7 @@ import os
 import socket
 import stat
 import struct
-from dataclasses import dataclass, field
+from ..record import field, record
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import RestoreError, Unsupported
@@ -105,7 +105,7 @@ TYPES: dict[int, str] = {int(socket.SOCK_STREAM): "stream", int(socket.SOCK_DGRA
                          int(socket.SOCK_SEQPACKET): "seqpacket"}
 
 
-@dataclass
+@record
 class _Sk:
     fid: int
     diag: sockets.UnixDiag
@@ -499,7 +499,7 @@ USK_INHERIT = 0x8
 
 # ------------------------------------------------------------- restore ----
 
-@dataclass
+@record
 class _Rst:
     by_ino: dict[int, Any]
     # file id -> (message, file ids in flight, (pid, uid, gid) or None,

@@ -16,6 +16,7 @@ PKG = Path(__file__).resolve().parents[2] / "procsnap"
 LAYERS = {
     "procsnap.errors": 0,
     "procsnap.logs": 0,
+    "procsnap.record": 0,
     "procsnap.kernel": 1,
     "procsnap.procfs": 2,
     "procsnap.elf": 2,

@@ -57,7 +57,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-from dataclasses import dataclass
+from ...record import record
 from typing import TYPE_CHECKING, Any, Callable
 
 from ... import logs
@@ -183,7 +183,7 @@ def _under(root: str, outer: str) -> str | None:
     return None
 
 
-@dataclass
+@record
 class Step:
     """How one mount comes back: ``how`` is root, external, bind, fresh or
     tmpfs; a bind names its source mount and the path inside it."""

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass
+from ...record import record
 from typing import TYPE_CHECKING
 
 from ... import images
@@ -81,7 +81,7 @@ def _overflow(kind: str) -> int:
         return int(f.read())
 
 
-@dataclass
+@record
 class IdMap:
     """A user namespace's maps: ids as procsnap sees them -> as seen inside."""
     uid_map: list[Extent]
