@@ -244,6 +244,12 @@ PTRACE_SECCOMP_GET_FILTER = 0x420C
 PTRACE_SECCOMP_GET_METADATA = 0x420D
 SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
 MADV_GUARD_INSTALL = 102  # Linux 6.13: guard pages (SIGSEGV on touch)
+# Reading pages in at restore (memory._fill_from): fault a batch in with one
+# call, from the puppet (process_madvise on itself: any advice since 6.13).
+MADV_POPULATE_WRITE = 23   # Linux 5.14
+MAP_POPULATE = 0x8000
+PIDFD_SELF_THREAD_GROUP = -10001   # Linux 6.15: "this process" as a pidfd
+NR.update({"process_madvise": 440})
 
 # Linux AIO (resources/aio.py).
 NR.update({"io_setup": 206, "io_destroy": 207, "io_getevents": 208, "io_submit": 209})

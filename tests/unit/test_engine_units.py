@@ -146,3 +146,31 @@ def test_xsave_layout_from_the_instruction_equals_the_device() -> None:
     by_insn = xsave._layout(xsave._cpuid_insn())
     assert by_insn == by_device
     assert by_insn.size > 512 and by_insn.xcr0 & 0x3 == 0x3   # x87 and SSE at least
+
+
+def test_page_batches_cover_every_run_once_within_limits() -> None:
+    """The restore's read batches (memory._batches), shared by the puppet
+    and our fill thread: every byte of every run exactly once, at its own
+    file offset, each batch contiguous in the file, within the byte limit
+    and the kernel's 1024 iovecs."""
+    from procsnap.resources import memory
+    page = C.PAGE_SIZE
+    runs = [(0x10000000, 40 << 20, 0),                  # one big run, split
+            (0x20000000, page, 40 << 20),               # contiguous in the file
+            (0x30000000, 3 * page, (40 << 20) + 2 * page)]   # a gap in the file
+    runs += [(0x40000000 + 2 * i * page, page, (50 << 20) + i * page) for i in range(3000)]
+    limit = 16 << 20
+    got: list[tuple[int, int, int]] = []
+    for off, size, iov in memory._batches(runs, limit):
+        assert size <= limit and len(iov) // 2 <= 1024
+        assert sum(iov[1::2]) == size
+        pos = off
+        for addr, n in zip(iov[0::2], iov[1::2]):
+            got.append((addr, n, pos))
+            pos += n
+    want = []
+    for addr, size, off in runs:
+        want += [(addr + k * page, page, off + k * page) for k in range(size // page)]
+    split = [(addr + k * page, page, off + k * page)
+             for addr, n, off in got for k in range(n // page)]
+    assert split == want
