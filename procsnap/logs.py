@@ -71,8 +71,8 @@ def leave(rc: object) -> NoReturn:
     """End a command-line process with status ``rc`` (main()'s return)
     without Python's finalization: freeing every module and object of a
     restore cost 40-110 ms, which a caller waiting for ``restore -d`` (a
-    test, runc, LXC) waits for.  procsnap's commands start no threads and
-    register nothing at exit; stdio and logging's handlers (criu's log
+    test, runc, LXC) waits for.  procsnap's commands register nothing at
+    exit and join the threads they start (the memory fill's); stdio and logging's handlers (criu's log
     file) are flushed first.  If flushing fails, the normal exit reports
     it."""
     import os
