@@ -30,7 +30,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = Path(__file__).resolve().parent / "targets"
@@ -706,44 +706,11 @@ MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 MEMCACHED_KEYS = {f"key{i}": f"value-{i}-{'x' * (i % 50)}".encode() for i in range(10000)}
 
 
-class _Memcache:
-    """memcached's text protocol over one connection (test_servers.py's)."""
-
-    def __init__(self, port: int) -> None:
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.f = self.s.makefile("rb")
-
-    def set_many(self, items: dict[str, bytes]) -> None:
-        self.s.sendall(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (k.encode(), len(v), v)
-                                for k, v in items.items()))
-        for k in items:
-            line = self.f.readline()
-            if line != b"STORED\r\n":
-                raise ChildError(f"memcached: set {k}: {line!r}")
-
-    def get_many(self, keys: list[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        for i in range(0, len(keys), 500):   # a request line under memcached's 2048 bytes
-            self.s.sendall(b"get " + " ".join(keys[i:i + 500]).encode() + b"\r\n")
-            while (line := self.f.readline()) != b"END\r\n":
-                word, key, _, n = line.split()
-                if word != b"VALUE":
-                    raise ChildError(f"memcached: get: {line!r}")
-                out[key.decode()] = self.f.read(int(n) + 2)[:-2]
-        return out
-
-    def stat(self, name: str) -> str:
-        self.s.sendall(b"stats\r\n")
-        value = ""
-        while (line := self.f.readline()) != b"END\r\n":
-            parts = line.decode().split()
-            if parts[1] == name:
-                value = parts[2]
-        return value
-
-    def close(self) -> None:
-        self.f.close()
-        self.s.close()
+def _memcache(port: int) -> Any:
+    """tests/servers.py's memcached client (the one test_servers.py uses)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from servers import Memcache
+    return Memcache(port)
 
 
 def _free_port() -> int:
@@ -758,6 +725,34 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _rounds(runs: int, cmp: bool, one_round: Callable[[Tool], Any], failed: list[str],
+            rows: list[Row]) -> Iterator[dict[Tool, Any]]:
+    """The rounds of a case that runs procsnap and, with --criu, criu in
+    the same rounds: each round's results by tool, alternating which goes
+    first, round 0 (warming caches) not yielded.  criu failing once is not
+    asked again (its error appended to ``failed``); procsnap meeting state
+    it does not support ends the case with the rows so noted."""
+    for i in range(runs + 1):
+        tools: list[Tool] = ["procsnap", "criu"] if cmp and not failed else ["procsnap"]
+        if i % 2:
+            tools.reverse()
+        got: dict[Tool, Any] = {}
+        for tool in tools:
+            try:
+                got[tool] = one_round(tool)
+            except Exception as exc:
+                if tool == "criu":
+                    failed.append(" ".join(str(exc).split())[:200])
+                    continue
+                if is_unsupported(exc):
+                    for r in rows:
+                        r.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
+                    return
+                raise
+        if i:
+            yield got
 
 
 def case_memcached(work: Path, runs: int) -> list[Row]:
@@ -775,26 +770,8 @@ def case_memcached(work: Path, runs: int) -> list[Row]:
     rest = Row(f"{what}: CLI restore", "s", baseline_name=base, target=target)
     both = Row(f"{what}: both", "s", baseline_name=base, target=target)
     rows = [dump, rest, both]
-    failed = ""
-    for i in range(runs + 1):
-        tools: list[Tool] = ["procsnap", "criu"] if cmp and not failed else ["procsnap"]
-        if i % 2:
-            tools.reverse()
-        got: dict[Tool, tuple[float, float]] = {}
-        for tool in tools:
-            try:
-                got[tool] = _memcached_round(work, tool)
-            except Exception as exc:
-                if tool == "criu":
-                    failed = " ".join(str(exc).split())[:200]
-                    continue
-                if is_unsupported(exc):
-                    for r in rows:
-                        r.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
-                    return rows
-                raise
-        if not i:
-            continue
+    failed: list[str] = []
+    for got in _rounds(runs, cmp, lambda tool: _memcached_round(work, tool), failed, rows):
         t_d, t_r = got["procsnap"]
         dump.procsnap.append(t_d)
         rest.procsnap.append(t_r)
@@ -813,7 +790,7 @@ def case_memcached(work: Path, runs: int) -> list[Row]:
             r.baseline.clear()
             r.baseline_name = ""
             r.target = None
-        rows.append(Row(f"{what}: criu 4.2", "s", note=f"failed: {failed[:100]}"))
+        rows.append(Row(f"{what}: criu 4.2", "s", note=f"failed: {failed[0][:100]}"))
     return rows
 
 
@@ -838,7 +815,7 @@ def _memcached_round(work: Path, tool: Tool) -> tuple[float, float]:
     try:
         _going_on(lambda: _listening(port), f"{tool}: memcached to listen", 30)
         threads = len(os.listdir(f"/proc/{pid}/task"))
-        client = _Memcache(port)
+        client = _memcache(port)
         client.set_many(MEMCACHED_KEYS)
         if client.stat("curr_items") != "10000":
             raise ChildError(f"{tool}: memcached holds {client.stat('curr_items')} items")
@@ -965,26 +942,8 @@ def _container_rows(what: str, runs: int, start_name: str,
     frozen = Row(f"{what}: frozen in dump (stats-dump)", "s",
                  baseline_name="criu 4.2" if cmp else "", target=target)
     rows = [dump, rest, both, frozen]
-    failed = ""
-    for i in range(runs + 1):
-        tools: list[Tool] = ["procsnap", "criu"] if cmp and not failed else ["procsnap"]
-        if i % 2:
-            tools.reverse()
-        got: dict[Tool, ContainerRound] = {}
-        for tool in tools:
-            try:
-                got[tool] = one_round(tool)
-            except Exception as exc:
-                if tool == "criu":
-                    failed = " ".join(str(exc).split())[:200]
-                    continue
-                if is_unsupported(exc):
-                    for r in rows:
-                        r.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
-                    return rows
-                raise
-        if not i:
-            continue
+    failed: list[str] = []
+    for got in _rounds(runs, cmp, one_round, failed, rows):
         p = got["procsnap"]
         dump.procsnap.append(p.dump)
         rest.procsnap.append(p.restore)
@@ -1003,7 +962,7 @@ def _container_rows(what: str, runs: int, start_name: str,
         for r in rows:
             r.baseline.clear()
             r.baseline_name = ""
-        rows.append(Row(f"{what}: criu 4.2", "s", note=f"failed: {failed}"))
+        rows.append(Row(f"{what}: criu 4.2", "s", note=f"failed: {failed[0]}"))
     return rows
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Any
 from ..record import record
 
 NETLINK_ROUTE = 0
@@ -43,7 +44,8 @@ class Link:
     link_netnsid: int | None    # IFLA_LINK_NETNSID: the peer is in another namespace
 
 
-def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+def attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    """The netlink attributes in data[off:end], by type (flags masked)."""
     out = {}
     while off + _RTATTR.size <= end:
         ln, typ = _RTATTR.unpack_from(data, off)
@@ -65,11 +67,11 @@ def _str(v: bytes) -> str:
 
 def _link(data: bytes, off: int, end: int) -> Link:
     _family, _type, index, flags, _change = _IFINFOMSG.unpack_from(data, off)
-    a = _attrs(data, off + _IFINFOMSG.size, end)
+    a = attrs(data, off + _IFINFOMSG.size, end)
     kind = None
     if IFLA_LINKINFO in a:
         info = a[IFLA_LINKINFO]
-        k = _attrs(info, 0, len(info)).get(IFLA_INFO_KIND)
+        k = attrs(info, 0, len(info)).get(IFLA_INFO_KIND)
         kind = _str(k) if k is not None else None
     nsid = a.get(IFLA_LINK_NETNSID)
     return Link(index=index, flags=flags, name=_str(a.get(IFLA_IFNAME, b"")),
@@ -79,34 +81,40 @@ def _link(data: bytes, off: int, end: int) -> Link:
                 else None)
 
 
+def dump_on(s: Any, msg_type: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
+    """One NLM_F_DUMP request on the netlink socket ``s`` (route, sock_diag:
+    any family): every answer as (nlmsg_type, the message after its
+    nlmsghdr); an NLMSG_ERROR is an OSError naming ``what``."""
+    s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type,
+                          NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+    out: list[tuple[int, bytes]] = []
+    while True:
+        data = s.recv(1 << 16)
+        if not data:
+            raise OSError(f"{what}: the netlink socket closed before NLMSG_DONE")
+        off = 0
+        while off + _NLMSGHDR.size <= len(data):
+            ln, typ, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
+            if ln < _NLMSGHDR.size:
+                raise OSError(f"{what}: a message of length {ln}")
+            if typ == NLMSG_DONE:
+                return out
+            if typ == NLMSG_ERROR:
+                err = struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
+                if err:
+                    raise OSError(-err, f"{what}: {os.strerror(-err)}")
+            else:
+                out.append((typ, data[off + _NLMSGHDR.size:off + ln]))
+            off += (ln + 3) & ~3
+
+
 def _dump(msg_type: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
-    """One NLM_F_DUMP request on a new NETLINK_ROUTE socket: every answer
-    as (nlmsg_type, the message after its nlmsghdr)."""
+    """dump_on a new NETLINK_ROUTE socket."""
     import socket  # here: its enums are ~3 % of procsnap's start-up, for netns trees only
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                        NETLINK_ROUTE) as s:
         s.bind((0, 0))
-        s.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type,
-                              NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
-        out: list[tuple[int, bytes]] = []
-        while True:
-            data = s.recv(1 << 16)
-            if not data:
-                raise OSError(f"{what}: the netlink socket closed before NLMSG_DONE")
-            off = 0
-            while off + _NLMSGHDR.size <= len(data):
-                ln, typ, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
-                if ln < _NLMSGHDR.size:
-                    raise OSError(f"{what}: a message of length {ln}")
-                if typ == NLMSG_DONE:
-                    return out
-                if typ == NLMSG_ERROR:
-                    err = struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
-                    if err:
-                        raise OSError(-err, f"{what}: {os.strerror(-err)}")
-                else:
-                    out.append((typ, data[off + _NLMSGHDR.size:off + ln]))
-                off += (ln + 3) & ~3
+        return dump_on(s, msg_type, body, what)
 
 
 def links() -> list[Link]:
@@ -135,7 +143,7 @@ def addr_key(msg: bytes) -> tuple[int, int, int, bytes | None, bytes | None]:
     EEXIST): family, prefix length, ifindex, IFA_ADDRESS, IFA_LOCAL of an
     ifaddrmsg message (after its nlmsghdr)."""
     family, prefixlen, _flags, _scope, index = _IFADDRMSG.unpack_from(msg, 0)
-    a = _attrs(msg, _IFADDRMSG.size, len(msg))
+    a = attrs(msg, _IFADDRMSG.size, len(msg))
     return family, prefixlen, index, a.get(IFA_ADDRESS), a.get(IFA_LOCAL)
 
 

@@ -12,22 +12,18 @@ keeps the leading NUL of an abstract name and any NUL inside, the icons
 """
 from __future__ import annotations
 
-import os
 import socket
 import struct
 from typing import NamedTuple
 
 from ..errors import DumpError
-from ..kernel import netns
+from ..kernel import netns, rtnl
 
 __all__ = ["SS_ALL", "UDIAG_SHOW_ICONS", "UDIAG_SHOW_NAME", "UDIAG_SHOW_PEER",
            "UDIAG_SHOW_RQLEN", "UDIAG_SHOW_VFS", "UnixMsg", "InetMsg", "unix", "inet"]
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLA_TYPE_MASK = 0x3FFF
 
 SS_ALL = (1 << 12) - 1          # every TCP_* state (TCP_MAX_STATES = 12)
 
@@ -38,7 +34,6 @@ UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS = 0, 1, 2, 3
 UNIX_DIAG_RQLEN, UNIX_DIAG_SHUTDOWN = 4, 6
 INET_DIAG_SHUTDOWN = 8          # always sent (inet_diag_msg_attrs_fill)
 
-_NLMSGHDR = struct.Struct("=IHHII")        # len, type, flags, seq, pid
 _UNIX_REQ = struct.Struct("=BBxxIIIQ")     # family, protocol, states, ino, show, cookie
 _UNIX_MSG = struct.Struct("=BBBxIQ")       # family, type, state, ino, cookie
 _INET_REQ = struct.Struct("=BBBxI48x")     # family, protocol, ext, states, sockid (any)
@@ -46,7 +41,6 @@ _INET_MSG = struct.Struct("=BBBB")         # family, state, timer, retrans, then
 _INET_PORTS = struct.Struct(">HH")         # sockid: sport, dport (network order),
 _INET_TAIL = struct.Struct("=IIIII")       # src[16], dst[16], if, cookie; expires,
 _INET_MSG_LEN = 72                         # rqueue, wqueue, uid, inode at 52
-_NLA = struct.Struct("=HH")
 
 
 class UnixMsg(NamedTuple):
@@ -68,41 +62,11 @@ class InetMsg(NamedTuple):
     shutdown: int
 
 
-def _attrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
-    out = {}
-    while off + _NLA.size <= end:
-        ln, typ = _NLA.unpack_from(data, off)
-        if ln < _NLA.size:
-            break
-        out[typ & NLA_TYPE_MASK] = data[off + _NLA.size:off + ln]
-        off += (ln + 3) & ~3
-    return out
-
-
 def _dump(sk: socket.socket, req: bytes) -> list[tuple[bytes, int, int]]:
     """One SOCK_DIAG_BY_FAMILY dump: (buffer, start, end) of each message's
     body."""
-    sk.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(req), SOCK_DIAG_BY_FAMILY,
-                           NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
-    out: list[tuple[bytes, int, int]] = []
-    while True:
-        data = sk.recv(1 << 16)
-        if not data:
-            raise OSError("sock_diag: the netlink socket closed before NLMSG_DONE")
-        off = 0
-        while off + _NLMSGHDR.size <= len(data):
-            ln, typ, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, off)
-            if ln < _NLMSGHDR.size:
-                raise OSError(f"sock_diag: a message of length {ln}")
-            if typ == NLMSG_DONE:
-                return out
-            if typ == NLMSG_ERROR:
-                err = struct.unpack_from("=i", data, off + _NLMSGHDR.size)[0]
-                if err:
-                    raise OSError(-err, os.strerror(-err))
-            else:
-                out.append((data, off + _NLMSGHDR.size, off + ln))
-            off += (ln + 3) & ~3
+    return [(msg, 0, len(msg)) for _, msg in rtnl.dump_on(sk, SOCK_DIAG_BY_FAMILY, req,
+                                                           "sock_diag")]
 
 
 def _socket(pid: int | None) -> socket.socket:
@@ -123,7 +87,7 @@ def unix(show: int, pid: int | None = None) -> list[UnixMsg]:
     out: list[UnixMsg] = []
     for data, off, end in msgs:
         _fam, typ, state, ino, _cookie = _UNIX_MSG.unpack_from(data, off)
-        out.append(UnixMsg(ino, typ, state, _attrs(data, off + _UNIX_MSG.size, end)))
+        out.append(UnixMsg(ino, typ, state, rtnl.attrs(data, off + _UNIX_MSG.size, end)))
     return out
 
 
@@ -142,7 +106,7 @@ def inet(pid: int | None = None) -> list[tuple[int, int, InetMsg]]:
                         src = socket.inet_ntop(fam, data[off + 8:off + 8 + alen])
                         dst = socket.inet_ntop(fam, data[off + 24:off + 24 + alen])
                         _exp, rq, wq, _uid, ino = _INET_TAIL.unpack_from(data, off + 52)
-                        sh = _attrs(data, off + _INET_MSG_LEN, end).get(INET_DIAG_SHUTDOWN)
+                        sh = rtnl.attrs(data, off + _INET_MSG_LEN, end).get(INET_DIAG_SHUTDOWN)
                         out.append((fam, proto, InetMsg(ino, state, src, sport, dst, dport,
                                                         rq, wq, sh[0] if sh else 0)))
     except OSError as exc:

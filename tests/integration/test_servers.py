@@ -22,13 +22,13 @@ import socket
 import struct
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from helpers import check_ok, reap, run_procsnap, tree_pids, wait_for, wait_gone
+from servers import Memcache
 from procsnap.kernel.libc import pidfd_getfd
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
@@ -229,48 +229,6 @@ def test_nginx_keepalive_client(nginx_top: Path, images_dir: Path) -> None:
 
 
 # -------------------------------------------------------------- memcached ----
-
-class Memcache:
-    """memcached's text protocol over one connection."""
-
-    def __init__(self, port: int) -> None:
-        self.s = socket.create_connection(("127.0.0.1", port), timeout=30)
-        self.f = self.s.makefile("rb")
-
-    def set_many(self, items: dict[str, bytes]) -> None:
-        self.s.sendall(b"".join(b"set %s 0 0 %d\r\n%s\r\n" % (k.encode(), len(v), v)
-                                for k, v in items.items()))
-        for k in items:
-            line = self.f.readline()
-            assert line == b"STORED\r\n", (k, line)
-
-    def get_many(self, keys: list[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
-        for i in range(0, len(keys), 500):   # a request line under memcached's 2048-byte limit
-            self.s.sendall(b"get " + " ".join(keys[i:i + 500]).encode() + b"\r\n")
-            while True:
-                line = self.f.readline()
-                if line == b"END\r\n":
-                    break
-                word, key, _, n = line.split()
-                assert word == b"VALUE", line
-                data = self.f.read(int(n) + 2)
-                out[key.decode()] = data[:-2]
-        return out
-
-    def stat(self, name: str) -> str:
-        self.s.sendall(b"stats\r\n")
-        value = ""
-        while (line := self.f.readline()) != b"END\r\n":
-            parts = line.decode().split()
-            if parts[1] == name:
-                value = parts[2]
-        return value
-
-    def close(self) -> None:
-        self.f.close()
-        self.s.close()
-
 
 def test_memcached_4_threads_10000_keys(images_dir: Path) -> None:
     if not os.path.exists(MEMCACHED):
