@@ -75,6 +75,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import images
@@ -91,6 +92,17 @@ if TYPE_CHECKING:
 
 NAME = "tcp"
 log = logging.getLogger("procsnap.tcp")
+
+# The stats key (dump's and restore's) of the time spent on the queues'
+# bytes alone, inside the stage of the module that calls us: at dump the
+# buffer, the two peeks with their length checks and the write of the
+# bytes into the image; at restore putting both queues back and the checks
+# that the kernel holds them.  The bench's TCP row is this.
+STAGE = "tcp-queues"
+
+
+def _timed(stats: dict[str, float], t0: float) -> None:
+    stats[STAGE] = stats.get(STAGE, 0.0) + time.monotonic() - t0
 
 # <linux/tcp.h>
 TCP_INFO = 11
@@ -451,7 +463,7 @@ def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str,
         raise DumpError(f"{label}: cannot enter TCP repair mode: {exc.strerror}") from None
     st["repaired"].append((sk, reuseaddr))
     try:
-        tse, queues = _save(sk, label, ie.state)
+        tse, queues = _save(sk, label, ie.state, fd.ctx.stats)
     except OSError as exc:
         raise DumpError(f"{label}: reading the connection in repair mode: "
                         f"{exc.strerror or exc}") from None
@@ -489,7 +501,8 @@ def _commit_resets(ctx: "DumpContext", st: dict[str, Any]) -> None:
         _write_stream(ctx, ino, tse, queues)
 
 
-def _save(sk: socket.socket, label: str, state0: int) -> tuple[Any, "_Queues"]:
+def _save(sk: socket.socket, label: str, state0: int,
+          stats: dict[str, float]) -> tuple[Any, "_Queues"]:
     info = sk.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
     state, options, wscale = info[0], info[5], info[6]
     if state != state0:
@@ -520,9 +533,11 @@ def _save(sk: socket.socket, label: str, state0: int) -> tuple[Any, "_Queues"]:
         tse.timestamp = sk.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
     win = _WINDOW.unpack(sk.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, _WINDOW.size))
     tse.snd_wl1, tse.snd_wnd, tse.max_window, tse.rcv_wnd, tse.rcv_wup = win
+    t0 = time.monotonic()
     queues = _Queues(inq_len + outq_len)
     tse.inq_seq = _queue(sk, TCP_RECV_QUEUE, queues, 0, inq_len, label)
     tse.outq_seq = _queue(sk, TCP_SEND_QUEUE, queues, inq_len, outq_len, label)
+    _timed(stats, t0)
     sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
     return tse, queues
 
@@ -605,13 +620,17 @@ def _write_stream(ctx: "DumpContext", ino: int, tse: Any, queues: _Queues) -> No
     try:
         with images.ImageWriter(ctx.images_dir, "tcp-stream", ino) as w:
             w.write(tse)
+            t0 = time.monotonic()
             data = queues.data()
             try:
                 w.write_raw(data)
             finally:
                 data.release()
+                _timed(ctx.stats, t0)
     finally:
+        t0 = time.monotonic()
         queues.close()
+        _timed(ctx.stats, t0)
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -786,11 +805,15 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     if len(entries) != 1:
         raise RestoreError(f"{path}: expected one entry, found {len(entries)}")
     tse, entry = entries[0].msg, entries[0]
+    t0 = time.monotonic()
     src = _ImageQueues(path, entry.tail_offset, tse.inq_len, entry.tail_len - tse.inq_len)
+    _timed(rctx.stats, t0)
     try:
         _restore_established(rctx, sk, ie, tse, src, what)
     finally:
+        t0 = time.monotonic()
         src.close()
+        _timed(rctx.stats, t0)
 
 
 def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse: Any,
@@ -848,6 +871,7 @@ def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse
                       b"".join(struct.pack("II", c, v) for c, v in opts))
     if tse.opt_mask & TCPI_OPT_TIMESTAMPS:
         sk.setsockopt(tcp, TCP_TIMESTAMP, struct.pack("I", tse.timestamp))
+    t0 = time.monotonic()
     if src.inq_len:
         sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
         src.to_receive_queue(sk, what)
@@ -872,6 +896,7 @@ def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse
             raise RestoreError(f"{what}: the send queue ends at sequence number {end} after the "
                                f"restore put back {src.outq_len} bytes, not at "
                                f"{outq_seq & 0xFFFFFFFF}")
+    _timed(rctx.stats, t0)
     if tse.HasField("snd_wl1"):
         rcv_wnd, rcv_wup = tse.rcv_wnd, tse.rcv_wup
         if state in RCVQ_FIN:
