@@ -154,6 +154,10 @@ class ImageWriter:
         except OSError as e:
             raise ImageError(self.path, f"write failed: {e.strerror or e}") from None
 
+    def tell(self) -> int:
+        """Where the next byte goes in the file."""
+        return self._f.tell()
+
     def close(self) -> None:
         """Finish the image and move it to its real name."""
         if self._closed:
