@@ -638,8 +638,8 @@ def _copy_queues(sk: socket.socket, w: Any, inq_len: int, outq_len: int, label: 
     asks one byte more than the queue's expected length, which proves it
     holds exactly that."""
     tcp = socket.IPPROTO_TCP
-    # one buffer: the receive queue's window, then the whole send queue
-    bufs = [_Buffer(max(min(inq_len + 1, _WINDOW_BYTES), outq_len + 1))]
+    # the receive queue's window, also the filler of the send queue's place
+    bufs = [_Buffer(_WINDOW_BYTES)]
     try:
         if inq_len:
             sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
@@ -648,11 +648,60 @@ def _copy_queues(sk: socket.socket, w: Any, inq_len: int, outq_len: int, label: 
                 _whole_queue(sk, w, bufs[-1], inq_len, label, "receive")
         if outq_len:
             sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
-            _whole_queue(sk, w, bufs[0], outq_len, label, "send")
+            if outq_len < _IN_PLACE or not _send_queue_in_place(sk, w, bufs[0], outq_len,
+                                                                 label):
+                bufs.append(_Buffer(outq_len + 1))
+                _whole_queue(sk, w, bufs[-1], outq_len, label, "send")
     finally:
         sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
         for buf in bufs:
             buf.close()
+
+
+# A send queue this big is peeked into the image file's own pages (a
+# shared mapping of its place in the file, written first with a filler the
+# peek overwrites): no buffer of ours to fault in and free, no second copy.
+# 4 MiB: ~4.7 ms CPU this way, ~6 ms through 4 KiB pages of our own.
+_IN_PLACE = 1 << 20
+
+
+def _send_queue_in_place(sk: socket.socket, w: Any, buf: _Buffer, length: int,
+                         label: str) -> bool:
+    """The send queue peeked into its place in the image through a shared
+    mapping; False if the file cannot be mapped (nothing written then)."""
+    fd = w.fileno()
+    at = w.tell()
+    filler = buf.view(_WINDOW_BYTES, at)
+    done = 0
+    try:
+        # one byte more, for the peek's spare byte; cut off below
+        while done < length + 1:
+            done += os.write(fd, filler[:min(len(filler), length + 1 - done)])
+    except OSError as exc:
+        raise DumpError(f"{w.path}: write failed: {exc.strerror or exc}") from None
+    start = at - at % mmap.ALLOCATIONGRANULARITY
+    try:
+        m = mmap.mmap(fd, at + length + 1 - start, offset=start)
+    except OSError:
+        # a filesystem that maps no files: the filler goes again
+        os.ftruncate(fd, at)
+        w.resync(at)
+        return False
+    view = memoryview(m)[at - start:]
+    try:
+        try:
+            m.madvise(MADV_POPULATE_WRITE)
+        except (OSError, AttributeError):   # faulted in by the copy instead
+            pass
+        got = _peek(sk, view)
+    finally:
+        view.release()
+        m.close()
+    if got != length:
+        raise _short(label, "send", got, length)
+    os.ftruncate(fd, at + length)
+    w.resync(at + length)
+    return True
 
 
 def _whole_queue(sk: socket.socket, w: Any, buf: _Buffer, length: int, label: str,

@@ -117,7 +117,8 @@ def test_queues_restored_from_the_image(tmp_path: Path, repair_socket: socket.so
         tcp._check_queue(repair_socket, tcp.SIOCINQ, INQ + 1, "test", "receive")
 
 
-@pytest.mark.parametrize("how", ["windows", "window-of-the-queue-size", "no-peek-off"])
+@pytest.mark.parametrize("how", ["windows", "window-of-the-queue-size", "no-peek-off",
+                                 "no-file-mmap"])
 def test_queues_dumped_into_the_image(tmp_path: Path, repair_socket: socket.socket,
                                       monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """The dump side on the queues the restore side made: the image holds
@@ -133,6 +134,17 @@ def test_queues_dumped_into_the_image(tmp_path: Path, repair_socket: socket.sock
     _restore_queues(src, repair_socket)
     if how == "window-of-the-queue-size":
         monkeypatch.setattr(tcp, "_WINDOW_BYTES", INQ)
+    mapped = []
+    real_mmap = tcp.mmap.mmap
+
+    def file_mmap(fileno: int, *args: Any, **kwargs: Any) -> Any:
+        if fileno != -1:
+            # the send queue's place in the image (else a buffer of ours)
+            mapped.append(fileno)
+            if how == "no-file-mmap":
+                raise OSError(errno.ENODEV, "no mmap here")
+        return real_mmap(fileno, *args, **kwargs)
+    monkeypatch.setattr(tcp.mmap, "mmap", file_mmap)
     refused = []
     if how == "no-peek-off":
         real_setsockopt = socket.socket.setsockopt
@@ -156,6 +168,7 @@ def test_queues_dumped_into_the_image(tmp_path: Path, repair_socket: socket.sock
     assert entry.msg.inq_len == INQ and entry.payload == payload
     assert ctx.created == [images.image_path(str(tmp_path), "tcp-stream", 6)]
     assert ctx.stats[tcp.STAGE] > 0
+    assert len(mapped) == 1
     if how == "no-peek-off":
         assert refused
         sk.close()       # our dup; the fixture closes its own
