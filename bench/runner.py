@@ -563,43 +563,51 @@ def case_tcpq(work: Path, runs: int, mib: int = 4) -> list[Row]:
                  baseline_name=base_name, target=3.0)
     q_dump = Row(f"TCP {mib} MiB queued each way: the queues in the dump", "ms")
     q_restore = Row(f"TCP {mib} MiB queued each way: the queues in the restore", "ms")
+    # the same steps' CPU time against the copy's (both processes'): what
+    # other load on the machine moves least
+    q_cpu = Row(f"TCP {mib} MiB queued each way: the queues' CPU (dump+restore)", "ms",
+                baseline_name=f"{base_name}, CPU")
     whole = Row(f"TCP {mib} MiB queued each way: whole dump+restore", "ms",
                 baseline_name=base_name)
     d = work / "tcpq-images"
     try:
         for i in range(runs + 1):     # round 0 warms imports and caches
-            base = 0.0
+            base, base_cpu = 0.0, 0.0
             if i % 2:
-                base = _sockpair(mib)
+                base, base_cpu = _sockpair(mib)
             t_dump, t_restore, s_dump, s_restore = _tcpq_round(work, d, mib)
             if not i % 2:
-                base = _sockpair(mib)
+                base, base_cpu = _sockpair(mib)
             if i:
                 whole.procsnap.append(t_dump + t_restore)
                 whole.baseline.append(base)
-                queues.procsnap.append(s_dump + s_restore)
+                queues.procsnap.append(s_dump[0] + s_restore[0])
                 queues.baseline.append(base)
-                q_dump.procsnap.append(s_dump)
-                q_restore.procsnap.append(s_restore)
+                q_dump.procsnap.append(s_dump[0])
+                q_restore.procsnap.append(s_restore[0])
+                q_cpu.procsnap.append(s_dump[1] + s_restore[1])
+                q_cpu.baseline.append(base_cpu)
     except Exception as exc:
         if not is_unsupported(exc):
             raise
         whole.note = queues.note = f"{NOT_SUPPORTED} ({str(exc)[:60]}...)"
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    return [queues, q_dump, q_restore, whole]
+    return [queues, q_dump, q_restore, q_cpu, whole]
 
 
-def _sockpair(mib: int) -> float:
-    """The baseline: 2 * ``mib`` MiB through a unix socketpair."""
+def _sockpair(mib: int) -> tuple[float, float]:
+    """The baseline: 2 * ``mib`` MiB through a unix socketpair (wall, CPU)."""
     warm_memory(512)
     _, out = run_child([binary("rawio"), "sockpair", str(2 * mib)])
-    return float(out)
+    wall, cpu = out.split()
+    return float(wall), float(cpu)
 
 
-def _tcpq_round(work: Path, d: Path, mib: int) -> tuple[float, float, float, float]:
+def _tcpq_round(work: Path, d: Path, mib: int) -> tuple[float, float, tuple[float, float],
+                                                        tuple[float, float]]:
     """One dump + restore of a tcpq target: the two API times, then the
-    ``tcp-queues`` stage of each (seconds)."""
+    ``tcp-queues`` stage of each, wall and CPU (seconds)."""
     shutil.rmtree(d, ignore_errors=True)
     lis = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # a small receive buffer we never read: the target's sends stay in
@@ -640,7 +648,8 @@ def _tcpq_round(work: Path, d: Path, mib: int) -> tuple[float, float, float, flo
         t_d, s_d = json.loads(out_d.strip().splitlines()[-1])
         t_r, s_r = json.loads(out_r.strip().splitlines()[-1])
         # (a dump that saved no queue has no such stage: a defect here)
-        return t_d, t_r, s_d["tcp-queues"], s_r["tcp-queues"]
+        return (t_d, t_r, (s_d["tcp-queues"], s_d["tcp-queues-cpu"]),
+                (s_r["tcp-queues"], s_r["tcp-queues-cpu"]))
     except BaseException:
         # a failed restore keeps the network lock for a retry: not here
         if (d / "inventory.img").exists():
