@@ -154,6 +154,20 @@ class ImageWriter:
         except OSError as e:
             raise ImageError(self.path, f"write failed: {e.strerror or e}") from None
 
+    def tell(self) -> int:
+        """Where the next byte goes in the file."""
+        return self._f.tell()
+
+    def fileno(self) -> int:
+        """The file's descriptor, all written so far flushed to it, for
+        writing in place; resync() before the next write."""
+        self._f.flush()
+        return self._f.fileno()
+
+    def resync(self, end: int) -> None:
+        """Go on writing at ``end`` after the file was written in place."""
+        self._f.seek(end)
+
     def close(self) -> None:
         """Finish the image and move it to its real name."""
         if self._closed:

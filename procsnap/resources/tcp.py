@@ -75,6 +75,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import images
@@ -91,6 +92,23 @@ if TYPE_CHECKING:
 
 NAME = "tcp"
 log = logging.getLogger("procsnap.tcp")
+
+# The stats key (dump's and restore's) of the time spent on the queues'
+# bytes alone, inside the stage of the module that calls us: at dump the
+# peek buffer, the peeks with their length checks and the bytes' writes
+# into the image; at restore putting both queues back and the checks that
+# the kernel holds them.  The bench's TCP row is this; STAGE + "-cpu" is
+# the CPU time of the same steps (the thread's own, kernel included).
+STAGE = "tcp-queues"
+
+
+def _clock() -> tuple[float, float]:
+    return time.monotonic(), time.thread_time()
+
+
+def _timed(stats: dict[str, float], t0: tuple[float, float]) -> None:
+    stats[STAGE] = stats.get(STAGE, 0.0) + time.monotonic() - t0[0]
+    stats[STAGE + "-cpu"] = stats.get(STAGE + "-cpu", 0.0) + time.thread_time() - t0[1]
 
 # <linux/tcp.h>
 TCP_INFO = 11
@@ -451,17 +469,17 @@ def dump_established(fd: "FdCtx", sk: socket.socket, ie: Any, label: str,
         raise DumpError(f"{label}: cannot enter TCP repair mode: {exc.strerror}") from None
     st["repaired"].append((sk, reuseaddr))
     try:
-        tse, queues = _save(sk, label, ie.state)
+        tse = _save(sk, label, ie.state)
     except OSError as exc:
         raise DumpError(f"{label}: reading the connection in repair mode: "
                         f"{exc.strerror or exc}") from None
     if not reset:
-        st["streams"].append((ie.ino, tse, queues))
+        st["streams"].append((ie.ino, tse, sk, label))
         return
     # its image is written at the commit point, with the error
     if not st["reset"]:
         fd.ctx.commits.append(functools.partial(_commit_resets, fd.ctx, st))
-    st["reset"].append((sk, label, ie.ino, tse, queues))
+    st["reset"].append((sk, label, ie.ino, tse))
 
 
 def _commit_resets(ctx: "DumpContext", st: dict[str, Any]) -> None:
@@ -470,12 +488,12 @@ def _commit_resets(ctx: "DumpContext", st: dict[str, Any]) -> None:
     clears it, so before this point a failing dump would leave the tree
     running without it."""
     errors = []
-    for sk, label, _ino, _tse, _queues in st["reset"]:
+    for sk, label, _ino, _tse in st["reset"]:
         err = sk.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         errors.append(err)
         if err:
             st["cleared"].append((label, err))
-    for (sk, label, ino, tse, queues), err in zip(st["reset"], errors):
+    for (sk, label, ino, tse), err in zip(st["reset"], errors):
         if err and err not in RESET_ERRORS:
             st["cleared"].remove((label, err))   # said here, not warned again
             raise Unsupported(
@@ -483,13 +501,13 @@ def _commit_resets(ctx: "DumpContext", st: dict[str, Any]) -> None:
                 f"({os.strerror(err)}); procsnap recreates only "
                 f"{', '.join(errno.errorcode[e] for e in RESET_ERRORS)} (with an injected "
                 "RST), and reading the error cleared it: the socket no longer reports it")
-    for (sk, label, ino, tse, queues), err in zip(st["reset"], errors):
+    for (sk, label, ino, tse), err in zip(st["reset"], errors):
         if err:
             tse.so_error = err
-        _write_stream(ctx, ino, tse, queues)
+        _write_stream(ctx, ino, tse, sk, label)
 
 
-def _save(sk: socket.socket, label: str, state0: int) -> tuple[Any, "_Queues"]:
+def _save(sk: socket.socket, label: str, state0: int) -> Any:
     info = sk.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 8)
     state, options, wscale = info[0], info[5], info[6]
     if state != state0:
@@ -520,98 +538,205 @@ def _save(sk: socket.socket, label: str, state0: int) -> tuple[Any, "_Queues"]:
         tse.timestamp = sk.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP) & 0xFFFFFFFF
     win = _WINDOW.unpack(sk.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR_WINDOW, _WINDOW.size))
     tse.snd_wl1, tse.snd_wnd, tse.max_window, tse.rcv_wnd, tse.rcv_wup = win
-    queues = _Queues(inq_len + outq_len)
-    tse.inq_seq = _queue(sk, TCP_RECV_QUEUE, queues, 0, inq_len, label)
-    tse.outq_seq = _queue(sk, TCP_SEND_QUEUE, queues, inq_len, outq_len, label)
+    # the queues' bytes are peeked when the image is written (_write_stream)
+    tse.inq_seq = _queue_seq(sk, TCP_RECV_QUEUE)
+    tse.outq_seq = _queue_seq(sk, TCP_SEND_QUEUE)
     sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
-    return tse, queues
+    return tse
 
 
-_HUGE = 2 << 20
+def _queue_seq(sk: socket.socket, queue: int) -> int:
+    sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)
+    return int(sk.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF)
 
 
-class _Queues:
-    """Both queues of one connection, as they follow the entry in its
-    image (receive queue, then send queue), peeked into one buffer and
-    written to the image from there: no bytes object per queue, no copy
-    in between.
+# The receive queue is peeked a window at a time (SO_PEEK_OFF moves on by
+# what each peek returned) through one small buffer that stays in the
+# cache; the send queue takes no SO_PEEK_OFF (tcp_peek_sndq copies it whole
+# from its start), so it needs a buffer of its full size.
+_WINDOW_BYTES = 256 << 10
+_PAGE = 4096
+MADV_POPULATE_WRITE = 23
 
-    The buffer is anonymous memory advised for huge pages: megabytes of
-    fresh 4 KiB pages cost a fault each while the kernel copies into them
-    (~12 ms for 8 MiB here, against ~2 ms with huge pages).  The data
-    starts at _SKEW in it: the image's tail starts a few dozen bytes into
-    a page, and a copy whose destination is a few bytes ahead of its source
-    modulo 4 KiB runs at a third of the speed (4K aliasing: write(2) of
-    8 MiB took 7 ms from a page-aligned buffer to such a file offset, 2 ms
-    from offset 2048)."""
 
-    _SKEW = 2048
+class _Buffer:
+    """Anonymous memory for the peeks, in 4 KiB pages faulted in by one
+    MADV_POPULATE_WRITE (Linux 5.14; else by the copy itself), never huge
+    pages: this VM's balloon reports free blocks of 2 MiB and more to the
+    host (page_reporting_order 9), so a huge page is often one the host
+    must fault in again: 2 MiB took 0.3 ms or 5-10 ms, 8 MiB of huge pages
+    1.7 to 50 ms CPU in fresh processes, 4 KiB pages a steady ~0.6 ms a MiB.
+
+    view(n, file_pos) gives n bytes placed 2 KiB off the file position
+    modulo 4 KiB: a copy whose destination is a few bytes ahead of its
+    source modulo 4 KiB runs at a third of the speed (4K aliasing: write(2)
+    of 8 MiB took 7 ms from a page-aligned buffer to an image offset a few
+    dozen bytes into a page, 2 ms with the 2 KiB skew)."""
 
     def __init__(self, size: int) -> None:
-        self.size = size
-        self._buf: mmap.mmap | bytearray | None = None
-        # one byte more: each peek asks for one more than expected
-        need = self._SKEW + size + 1
-        if not size:
-            pass
-        elif need < _HUGE:
-            # small queues (the usual case): no huge page for a few bytes
-            self._buf = bytearray(need)
-        else:
-            total = -(-need // _HUGE) * _HUGE
-            buf = mmap.mmap(-1, total, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._map = mmap.mmap(-1, size + 2 * _PAGE,
+                              flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        for advice in (mmap.MADV_NOHUGEPAGE, MADV_POPULATE_WRITE):
             try:
-                buf.madvise(mmap.MADV_HUGEPAGE)
-            except (OSError, AttributeError):   # no THP in this kernel: 4 KiB pages
+                self._map.madvise(advice)
+            except (OSError, AttributeError):   # an older kernel: faulted by the copy
                 pass
-            self._buf = buf
+        self._views: list[memoryview] = []
 
-    def window(self, start: int, length: int) -> memoryview:
-        """``length`` bytes from ``start`` of the queues' data."""
-        assert self._buf is not None
-        return memoryview(self._buf)[self._SKEW + start:self._SKEW + start + length]
-
-    def data(self) -> memoryview:
-        return self.window(0, self.size) if self.size else memoryview(b"")
+    def view(self, n: int, file_pos: int) -> memoryview:
+        skew = (file_pos + _PAGE // 2) % _PAGE
+        v = memoryview(self._map)[skew:skew + n]
+        self._views.append(v)
+        return v
 
     def close(self) -> None:
-        if isinstance(self._buf, mmap.mmap):
-            self._buf.close()
-        self._buf = None
+        for v in self._views:
+            v.release()
+        self._map.close()
 
 
-def _queue(sk: socket.socket, queue: int, queues: _Queues, start: int, length: int,
-           label: str) -> int:
-    """Peek one queue into ``queues`` at ``start``; its sequence number."""
-    sk.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, queue)
-    seq = sk.getsockopt(socket.IPPROTO_TCP, TCP_QUEUE_SEQ) & 0xFFFFFFFF
-    if not length:
-        return seq
-    # one byte more than expected: proves the queue holds exactly length
-    # (the byte lands where the next queue goes, or in the spare one)
-    view = queues.window(start, length + 1)
+def _peek(sk: socket.socket, view: memoryview) -> int:
+    """Peek up to len(view) bytes; how many came."""
+    return int(sk.recv_into(view, len(view), socket.MSG_PEEK | socket.MSG_DONTWAIT))
+
+
+def _short(label: str, which: str, got: int, length: int) -> DumpError:
+    return DumpError(f"{label}: {which} queue gave {got} bytes, expected {length}")
+
+
+def _receive_queue(sk: socket.socket, w: Any, buf: _Buffer, length: int, label: str) -> bool:
+    """The receive queue into the image, a window at a time with
+    SO_PEEK_OFF; False if this kernel's TCP takes no SO_PEEK_OFF (before
+    6.10), nothing written then.  The task's own SO_PEEK_OFF is put back."""
+    from .sockets import SO_PEEK_OFF
     try:
-        got = sk.recv_into(view, length + 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        old = sk.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+        sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    except OSError:
+        return False
+    try:
+        win = buf.view(min(length + 1, _WINDOW_BYTES), w.tell())
+        done = 0
+        while True:
+            # the last peek asks one byte more than expected: proves the
+            # queue holds exactly length (a queue of a whole number of
+            # windows ends with a peek of one byte that must find none)
+            ask = min(_WINDOW_BYTES, length - done + 1)
+            try:
+                got = _peek(sk, win[:ask])
+            except BlockingIOError:
+                got = 0
+            if got != min(ask, length - done):
+                raise _short(label, "receive", done + got, length)
+            if got:
+                w.write_raw(win[:got])
+            done += got
+            if got < ask:
+                break
+    finally:
+        sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, old)
+    return True
+
+
+def _copy_queues(sk: socket.socket, w: Any, inq_len: int, outq_len: int, label: str) -> None:
+    """Both queues of a connection in repair mode, as they follow the
+    entry in its image: the receive queue, then the send queue.  Each peek
+    asks one byte more than the queue's expected length, which proves it
+    holds exactly that."""
+    tcp = socket.IPPROTO_TCP
+    # the receive queue's window, also the filler of the send queue's place
+    bufs = [_Buffer(_WINDOW_BYTES)]
+    try:
+        if inq_len:
+            sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+            if not _receive_queue(sk, w, bufs[0], inq_len, label):
+                bufs.append(_Buffer(inq_len + 1))
+                _whole_queue(sk, w, bufs[-1], inq_len, label, "receive")
+        if outq_len:
+            sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+            if outq_len < _IN_PLACE or not _send_queue_in_place(sk, w, bufs[0], outq_len,
+                                                                 label):
+                bufs.append(_Buffer(outq_len + 1))
+                _whole_queue(sk, w, bufs[-1], outq_len, label, "send")
+    finally:
+        sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+        for buf in bufs:
+            buf.close()
+
+
+# A send queue this big is peeked into the image file's own pages (a
+# shared mapping of its place in the file, written first with a filler the
+# peek overwrites): no buffer of ours to fault in and free, no second copy.
+# 4 MiB: ~4.7 ms CPU this way, ~6 ms through 4 KiB pages of our own.
+_IN_PLACE = 1 << 20
+
+
+def _send_queue_in_place(sk: socket.socket, w: Any, buf: _Buffer, length: int,
+                         label: str) -> bool:
+    """The send queue peeked into its place in the image through a shared
+    mapping; False if the file cannot be mapped (nothing written then)."""
+    fd = w.fileno()
+    at = w.tell()
+    filler = buf.view(_WINDOW_BYTES, at)
+    done = 0
+    try:
+        # one byte more, for the peek's spare byte; cut off below
+        while done < length + 1:
+            done += os.write(fd, filler[:min(len(filler), length + 1 - done)])
+    except OSError as exc:
+        raise DumpError(f"{w.path}: write failed: {exc.strerror or exc}") from None
+    start = at - at % mmap.ALLOCATIONGRANULARITY
+    try:
+        m = mmap.mmap(fd, at + length + 1 - start, offset=start)
+    except OSError:
+        # a filesystem that maps no files: the filler goes again
+        os.ftruncate(fd, at)
+        w.resync(at)
+        return False
+    view = memoryview(m)[at - start:]
+    try:
+        try:
+            m.madvise(MADV_POPULATE_WRITE)
+        except (OSError, AttributeError):   # faulted in by the copy instead
+            pass
+        got = _peek(sk, view)
     finally:
         view.release()
+        m.close()
     if got != length:
-        which = "receive" if queue == TCP_RECV_QUEUE else "send"
-        raise DumpError(f"{label}: {which} queue gave {got} bytes, expected {length}")
-    return seq
+        raise _short(label, "send", got, length)
+    os.ftruncate(fd, at + length)
+    w.resync(at + length)
+    return True
 
 
-def _write_stream(ctx: "DumpContext", ino: int, tse: Any, queues: _Queues) -> None:
+def _whole_queue(sk: socket.socket, w: Any, buf: _Buffer, length: int, label: str,
+                 which: str) -> None:
+    """A queue in one peek, then into the image."""
+    view = buf.view(length + 1, w.tell())
+    got = _peek(sk, view)
+    if got != length:
+        raise _short(label, which, got, length)
+    w.write_raw(view[:got])
+
+
+def _write_stream(ctx: "DumpContext", ino: int, tse: Any, sk: socket.socket,
+                  label: str) -> None:
+    """The connection's image: its entry, then its queues' bytes peeked
+    straight into the image (the socket is still in repair mode, behind
+    the lock: they are what _save counted)."""
     ctx.created.append(images.image_path(ctx.images_dir, "tcp-stream", ino))
-    try:
-        with images.ImageWriter(ctx.images_dir, "tcp-stream", ino) as w:
-            w.write(tse)
-            data = queues.data()
-            try:
-                w.write_raw(data)
-            finally:
-                data.release()
-    finally:
-        queues.close()
+    with images.ImageWriter(ctx.images_dir, "tcp-stream", ino) as w:
+        w.write(tse)
+        t0 = _clock()
+        try:
+            if tse.inq_len or tse.outq_len:
+                _copy_queues(sk, w, tse.inq_len, tse.outq_len, label)
+        except OSError as exc:
+            raise DumpError(f"{label}: reading the queues in repair mode: "
+                            f"{exc.strerror or exc}") from None
+        finally:
+            _timed(ctx.stats, t0)
 
 
 def finish(ctx: "DumpContext") -> None:
@@ -619,8 +744,8 @@ def finish(ctx: "DumpContext") -> None:
     if not st:
         return
     streams, st["streams"] = st["streams"], []
-    for ino, tse, queues in streams:
-        _write_stream(ctx, ino, tse, queues)
+    for ino, tse, sk, label in streams:
+        _write_stream(ctx, ino, tse, sk, label)
 
 
 # -------------------------------------------------------------- restore ----
@@ -786,11 +911,15 @@ def restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, what
     if len(entries) != 1:
         raise RestoreError(f"{path}: expected one entry, found {len(entries)}")
     tse, entry = entries[0].msg, entries[0]
+    t0 = _clock()
     src = _ImageQueues(path, entry.tail_offset, tse.inq_len, entry.tail_len - tse.inq_len)
+    _timed(rctx.stats, t0)
     try:
         _restore_established(rctx, sk, ie, tse, src, what)
     finally:
+        t0 = _clock()
         src.close()
+        _timed(rctx.stats, t0)
 
 
 def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse: Any,
@@ -848,6 +977,7 @@ def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse
                       b"".join(struct.pack("II", c, v) for c, v in opts))
     if tse.opt_mask & TCPI_OPT_TIMESTAMPS:
         sk.setsockopt(tcp, TCP_TIMESTAMP, struct.pack("I", tse.timestamp))
+    t0 = _clock()
     if src.inq_len:
         sk.setsockopt(tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
         src.to_receive_queue(sk, what)
@@ -872,6 +1002,7 @@ def _restore_established(rctx: "RestoreContext", sk: socket.socket, ie: Any, tse
             raise RestoreError(f"{what}: the send queue ends at sequence number {end} after the "
                                f"restore put back {src.outq_len} bytes, not at "
                                f"{outq_seq & 0xFFFFFFFF}")
+    _timed(rctx.stats, t0)
     if tse.HasField("snd_wl1"):
         rcv_wnd, rcv_wup = tse.rcv_wnd, tse.rcv_wup
         if state in RCVQ_FIN:

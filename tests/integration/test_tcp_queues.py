@@ -1,7 +1,8 @@
 """Megabytes of TCP queue through procsnap's own queue code, in this
 process, on a socket in repair mode (no peer: nothing is transmitted in
-repair mode): the dump side peeks both queues into one buffer and writes
-the tcp-stream image from it (tcp._save, tcp._write_stream); the restore
+repair mode): the dump side peeks the queues straight into the
+tcp-stream image (tcp._save, tcp._write_stream: the receive queue a
+window at a time with SO_PEEK_OFF, the send queue whole); the restore
 side puts them back from the image file itself (sendfile(2) into the
 receive queue, a read-only mapping for the send queue), and falls back to
 send() where sendfile is refused, also halfway.  Every byte is compared.
@@ -21,9 +22,10 @@ from typing import Any, Iterator
 import pytest
 
 from procsnap import images
-from procsnap.errors import RestoreError
+from procsnap.errors import DumpError, RestoreError
 from procsnap.images.pb import tcp_stream_pb2
 from procsnap.resources import tcp
+from procsnap.resources.sockets import SO_PEEK_OFF
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -115,19 +117,81 @@ def test_queues_restored_from_the_image(tmp_path: Path, repair_socket: socket.so
         tcp._check_queue(repair_socket, tcp.SIOCINQ, INQ + 1, "test", "receive")
 
 
-def test_queues_dumped_into_the_image(tmp_path: Path, repair_socket: socket.socket) -> None:
+@pytest.mark.parametrize("how", ["windows", "window-of-the-queue-size", "no-peek-off",
+                                 "no-file-mmap"])
+def test_queues_dumped_into_the_image(tmp_path: Path, repair_socket: socket.socket,
+                                      monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     """The dump side on the queues the restore side made: the image holds
-    the entry, then the receive queue, then the send queue, byte for byte."""
+    the entry, then the receive queue, then the send queue, byte for byte;
+    the receive queue peeked a window at a time with SO_PEEK_OFF (also a
+    queue of exactly one window, which ends with a peek that must find
+    nothing), or in one peek where the kernel's TCP takes no SO_PEEK_OFF;
+    the socket's own SO_PEEK_OFF is put back."""
     payload = os.urandom(INQ + OUTQ)
     src = tmp_path / "src"
     src.mkdir()
     _write_image(src, payload)
     _restore_queues(src, repair_socket)
-    tse, queues = tcp._save(repair_socket, "test", tcp.ESTABLISHED)
+    if how == "window-of-the-queue-size":
+        monkeypatch.setattr(tcp, "_WINDOW_BYTES", INQ)
+    mapped = []
+    real_mmap = tcp.mmap.mmap
+
+    def file_mmap(fileno: int, *args: Any, **kwargs: Any) -> Any:
+        if fileno != -1:
+            # the send queue's place in the image (else a buffer of ours)
+            mapped.append(fileno)
+            if how == "no-file-mmap":
+                raise OSError(errno.ENODEV, "no mmap here")
+        return real_mmap(fileno, *args, **kwargs)
+    monkeypatch.setattr(tcp.mmap, "mmap", file_mmap)
+    refused = []
+    if how == "no-peek-off":
+        real_setsockopt = socket.socket.setsockopt
+
+        class NoPeekOff(socket.socket):
+            def setsockopt(self, level: int, opt: int, *args: Any) -> None:
+                if level == socket.SOL_SOCKET and opt == SO_PEEK_OFF:
+                    refused.append(args)
+                    raise OSError(errno.EOPNOTSUPP, "no SO_PEEK_OFF on TCP")
+                real_setsockopt(self, level, opt, *args)
+        sk: socket.socket = NoPeekOff(fileno=os.dup(repair_socket.fileno()))
+    else:
+        sk = repair_socket
+        sk.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 7)   # the task's own
+    tse = tcp._save(sk, "test", tcp.ESTABLISHED)
     assert (tse.inq_len, tse.outq_len) == (INQ, OUTQ)
     assert (tse.inq_seq, tse.outq_seq) == (1000 + INQ, 50000 + OUTQ)
-    ctx = types.SimpleNamespace(images_dir=str(tmp_path), created=[])
-    tcp._write_stream(ctx, 6, tse, queues)   # type: ignore[arg-type]
+    ctx = types.SimpleNamespace(images_dir=str(tmp_path), created=[], stats={})
+    tcp._write_stream(ctx, 6, tse, sk, "test")   # type: ignore[arg-type]
     (entry,) = images.read_entries(str(tmp_path), "tcp-stream", 6)
     assert entry.msg.inq_len == INQ and entry.payload == payload
     assert ctx.created == [images.image_path(str(tmp_path), "tcp-stream", 6)]
+    assert ctx.stats[tcp.STAGE] > 0
+    assert len(mapped) == 1
+    if how == "no-peek-off":
+        assert refused
+        sk.close()       # our dup; the fixture closes its own
+    else:
+        assert sk.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) == 7
+
+
+@pytest.mark.parametrize("inq_len", [INQ - 1, INQ + 1])
+@pytest.mark.parametrize("window", [256 << 10, INQ])
+def test_dump_refuses_a_queue_of_another_length(tmp_path: Path, repair_socket: socket.socket,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                inq_len: int, window: int) -> None:
+    """A queue longer or shorter than counted fails the dump by name."""
+    payload = os.urandom(INQ + OUTQ)
+    src = tmp_path / "src"
+    src.mkdir()
+    _write_image(src, payload)
+    _restore_queues(src, repair_socket)
+    monkeypatch.setattr(tcp, "_WINDOW_BYTES", window)
+    tse = tcp._save(repair_socket, "test", tcp.ESTABLISHED)
+    tse.inq_len = inq_len
+    ctx = types.SimpleNamespace(images_dir=str(tmp_path), created=[], stats={})
+    with pytest.raises(DumpError, match=f"test: receive queue gave {INQ if inq_len < INQ else INQ} "
+                                        f"bytes, expected {inq_len}"):
+        tcp._write_stream(ctx, 6, tse, repair_socket, "test")   # type: ignore[arg-type]
+    assert not os.path.exists(images.image_path(str(tmp_path), "tcp-stream", 6))
