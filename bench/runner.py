@@ -69,6 +69,10 @@ def wait_gone(pid: int, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"pid {pid} still exists after {timeout}s")
         time.sleep(0.002)
+    # The members of a killed tree are our children too (subreaper): a
+    # zombie left unreaped holds its pid, which a restore of the next
+    # round may need ("pid N is already taken ... state Z").
+    reap()
 
 
 def kill_ours(pid: int) -> None:

@@ -401,20 +401,32 @@ class _Vma:
         return (self.prot, self.shared, self.kind, self.name, self.madv, self.mflags)
 
 
-def _img_vma(rctx: "RestoreContext", v: Any) -> _Vma:
+# The check works on plain tuples in _merge's layout (a record per VMA,
+# made several times over per task, cost more than the rest of the check
+# for a tree of 200 small processes); _Vma only names a difference.
+_S, _E, _OFF, _PROT_I, _SHARED, _KIND, _NAME, _MADV, _MFLAGS = range(9)
+
+
+def _vma_of(t: tuple[Any, ...]) -> _Vma:
+    """The _Vma of a tuple in _merge's layout."""
+    return _Vma(t[_S], t[_E], t[_PROT_I], t[_SHARED], t[_KIND], t[_NAME], t[_OFF], t[_MADV],
+                t[_MFLAGS])
+
+
+def _tuple_of(v: _Vma) -> tuple[Any, ...]:
+    return (v.start, v.end, v.pgoff, v.prot, v.shared, v.kind, v.name, v.madv, v.mflags)
+
+
+def _img_tuple(cache: dict[tuple[Any, ...], tuple[Any, ...]], rctx: "RestoreContext",
+               v: Any) -> tuple[Any, ...]:
     # A tree of forked processes holds the same VMAs again and again:
     # each distinct one is worked out once.
-    cache: dict[tuple[Any, ...], tuple[Any, ...]] = rctx.kind_state.setdefault("verify-vmas", {})
     madv = v.madv if v.HasField("madv") else None
     key = (v.start, v.end, v.status, v.prot, v.flags, v.pgoff, v.shmid, madv)
     t = cache.get(key)
     if t is None:
-        t = cache[key] = astuple_vma(_img_vma1(rctx, v, madv))
-    return _Vma(*t)
-
-
-def astuple_vma(v: _Vma) -> tuple[Any, ...]:
-    return (v.start, v.end, v.prot, v.shared, v.kind, v.name, v.pgoff, v.madv, v.mflags)
+        t = cache[key] = _tuple_of(_img_vma1(rctx, v, madv))
+    return t
 
 
 def _img_vma1(rctx: "RestoreContext", v: Any, madv: int | None) -> _Vma:
@@ -459,21 +471,26 @@ _PROT = {"r": 1, "w": 2, "x": 4}
 
 
 def _found_vmas(text: str, cache: dict[str, tuple[Any, ...]] | None = None) -> list[_Vma]:
-    """/proc/PID/maps, split by hand: parse_maps' regex and MapEntry cost
-    more than the rest of the check for a tree of 200 small processes;
-    ``cache``: line -> fields, shared by the tasks of a tree (forked
-    processes print the same lines)."""
-    if cache is None:
-        cache = {}
+    """/proc/PID/maps as _Vma records (see _found_tuples)."""
+    return [_vma_of(t) for t in _found_tuples(text, {} if cache is None else cache)]
+
+
+def _found_tuples(text: str, cache: dict[str, tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """/proc/PID/maps, split by hand, as tuples in _merge's layout:
+    parse_maps' regex and MapEntry cost more than the rest of the check
+    for a tree of 200 small processes; ``cache``: line -> tuple, shared by
+    the tasks of a tree (forked processes print the same lines)."""
     out = []
+    get = cache.get
     for line in text.splitlines():
-        t = cache.get(line)
+        t = get(line)
         if t is not None:
-            out.append(_Vma(*t))
+            out.append(t)
             continue
         parts = line.split(None, 5)
         if len(parts) < 5 or len(parts[1]) != 4:
-            return [_found_vma(m) for m in parse.parse_maps(text)]  # says what is wrong
+            # says what is wrong
+            return [_tuple_of(_found_vma(m)) for m in parse.parse_maps(text)]
         rng, perms, off, dev, ino = parts[:5]
         path = parts[5] if len(parts) > 5 else ""
         start, _, end = rng.partition("-")
@@ -481,9 +498,8 @@ def _found_vmas(text: str, cache: dict[str, tuple[Any, ...]] | None = None) -> l
                      sum(_PROT.get(c, 0) for c in perms[:3]), perms[3] == "s", int(off, 16),
                      int(dev.partition(":")[0], 16), int(dev.partition(":")[2], 16), int(ino),
                      path)
-        v = _found_vma(m)
-        cache[line] = astuple_vma(v)
-        out.append(v)
+        t = cache[line] = _tuple_of(_found_vma(m))
+        out.append(t)
     return out
 
 
@@ -557,52 +573,52 @@ def _vmflags_of(smaps: str) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _wants_vmflags(img: list[_Vma]) -> bool:
+def _wants_vmflags(img: list[tuple[Any, ...]]) -> bool:
     """smaps walks every page table: read only when the image holds a
     VmFlag beyond a stack's growsdown (a lost one is caught; one the
     restore added unasked to an image without any is not)."""
-    return any(v.madv or (v.mflags or 0) & ~C.MAP_GROWSDOWN or
-               (v.mflags and v.kind != "[stack]") for v in img)
+    return any(t[_MADV] or (t[_MFLAGS] or 0) & ~C.MAP_GROWSDOWN or
+               (t[_MFLAGS] and t[_KIND] != "[stack]") for t in img)
 
 
 def check_maps(f: Found) -> list[str]:
     rctx = f.rctx
+    cache = rctx.kind_state.setdefault("verify-vmas", {})
     # guard regions live inside other VMAs (MADV_GUARD_INSTALL makes none)
-    img = [_img_vma(rctx, v) for v in f.rt.mm.vmas if not v.status & VMA_AREA_GUARD]
+    img = [_img_tuple(cache, rctx, v) for v in f.rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     # criu does not set VMA_AREA_STACK; the kernel labels [stack] the VMA
     # holding mm->start_stack (vma_is_initial_stack), whoever wrote the image.
     sp = f.rt.mm.mm_start_stack
-    for v in img:
-        if v.kind == "anon" and v.start <= sp <= v.end:
-            v.kind = "[stack]"
-    found = _found_vmas(f.text("maps"), rctx.kind_state.setdefault("verify-maps-lines", {}))
+    for i, t in enumerate(img):
+        if t[_KIND] == "anon" and t[_S] <= sp <= t[_E]:
+            img[i] = t[:_KIND] + ("[stack]",) + t[_KIND + 1:]
+    found = _found_tuples(f.text("maps"), rctx.kind_state.setdefault("verify-maps-lines", {}))
     # A file's name is compared only where the restore reopened it by that
     # name (the image VMA covering the found one has a name).
-    starts = [v.start for v in img]
-    for v in found:
-        if v.kind == "file":
-            i = bisect.bisect_right(starts, v.start) - 1
-            if i < 0 or not img[i].name or img[i].end <= v.start:
-                v.name = ""
+    starts = [t[_S] for t in img]
+    for j, t in enumerate(found):
+        if t[_KIND] == "file":
+            i = bisect.bisect_right(starts, t[_S]) - 1
+            if i < 0 or not img[i][_NAME] or img[i][_E] <= t[_S]:
+                found[j] = t[:_NAME] + ("",) + t[_NAME + 1:]
     if _wants_vmflags(img):
         vmflags = _vmflags_of(f.text("smaps"))
-        for v in found:
-            # the kernel's own mappings are remade by the kernel, flags and all
-            v.madv, v.mflags = (0, 0) if v.kind in _SPECIAL else vmflags.get(v.start, (0, 0))
-        for v in img:
-            v.madv = v.madv or 0
-            if v.kind in _SPECIAL:
-                v.madv = v.mflags = 0
+        # the kernel's own mappings are remade by the kernel, flags and all
+        found = [t[:_MADV] + ((0, 0) if t[_KIND] in _SPECIAL else vmflags.get(t[_S], (0, 0)))
+                 for t in found]
+        img = [t[:_MADV] + ((0, 0) if t[_KIND] in _SPECIAL else (t[_MADV] or 0, t[_MFLAGS]))
+               for t in img]
     else:
-        for v in img:
-            v.madv = v.mflags = None
-    def tup(vs: list[_Vma]) -> list[tuple[Any, ...]]:
-        return [(v.start, v.end, v.pgoff) + v.key() for v in vs]
-    ta, tb = tup(img), tup(found)
-    if ta == tb:
+        # found tuples carry None for both (maps shows no VmFlags)
+        img = [t if t[_MADV] is None and t[_MFLAGS] is None else t[:_MADV] + (None, None)
+               for t in img]
+    if img == found:
         return []   # the same VMAs, no merging to decide
-    a = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7], x[8]) for x in _merge(ta)]
-    b = [_Vma(x[0], x[1], x[3], x[4], x[5], x[6], x[2], x[7], x[8]) for x in _merge(tb)]
+    ma, mb = _merge(img), _merge(found)
+    if ma == mb:
+        return []   # the same once merged where the kernel may merge
+    a = [_vma_of(x) for x in ma]
+    b = [_vma_of(x) for x in mb]
     for e, g in zip(a, b):
         where = f"mapping {e.start:#x}-{e.end:#x}"
         if e.start != g.start:
@@ -1172,11 +1188,34 @@ def _check_sockopts(rctx: "RestoreContext", fd: int, copy: int, entry: Any) -> l
         sk.detach()   # the copy is closed by the caller
 
 
+def _own_ns_ino(rctx: "RestoreContext", kind: str) -> int:
+    """The inode of procsnap's own namespace of ``kind``, stat'ed once."""
+    key = "verify-own-ns-" + kind
+    ino = rctx.kind_state.get(key)
+    if ino is None:
+        ino = rctx.kind_state[key] = os.stat(f"/proc/self/ns/{kind}").st_ino
+    return ino  # type: ignore[no-any-return]
+
+
+def _id_map(f: Found) -> Any:
+    """user.id_map of the task: its user namespace's maps (None when it is
+    procsnap's), read once per namespace -- the maps belong to it."""
+    from .resources.namespaces import user
+
+    ino = os.stat(f"/proc/{f.pid}/ns/user").st_ino
+    if ino == _own_ns_ino(f.rctx, "user"):
+        return None
+    maps = f.rctx.kind_state.setdefault("verify-idmaps", {})
+    if ino not in maps:
+        maps[ino] = user.IdMap(user.read_map(f.pid, "uid_map"), user.read_map(f.pid, "gid_map"))
+    return maps[ino]
+
+
 def check_creds(f: Found) -> list[str]:
     from .resources.namespaces import user
 
     out: list[str] = []
-    idmap = user.id_map(f.pid)  # images hold ids as seen inside (namespaces.user)
+    idmap = _id_map(f)  # images hold ids as seen inside (namespaces.user)
     for th in f.rt.threads:
         tc = th.core.thread_core
         if not tc.HasField("creds"):
@@ -1237,8 +1276,14 @@ def check_task(f: Found) -> list[str]:
     tc = rt.core.tc
     out: list[str] = []
     out += _differ("personality", tc.personality, int(f.text("personality"), 16), hex)
-    limits = parse.parse_limits(f.text("limits"))
-    by_number = {LIMIT_RESOURCES[n]: v for n, v in limits.items() if n in LIMIT_RESOURCES}
+    # Parsed once per distinct text: a tree's tasks mostly print the same.
+    parsed = f.rctx.kind_state.setdefault("verify-limits", {})
+    text = f.text("limits")
+    by_number = parsed.get(text)
+    if by_number is None:
+        limits = parse.parse_limits(text)
+        by_number = parsed[text] = {LIMIT_RESOURCES[n]: v for n, v in limits.items()
+                                    if n in LIMIT_RESOURCES}
     from .resources.taskattrs import RLIM_NAMES
     for res, lim in enumerate(tc.rlimits.rlimits):
         if res in by_number:
@@ -1332,9 +1377,9 @@ def check_signals(f: Found) -> list[str]:
     return out
 
 
-def _in_root(pid: int, path: str) -> str:
+def _in_root(rctx: "RestoreContext", pid: int, path: str) -> str:
     """``path`` seen from task ``pid``'s root when its mount namespace is not ours."""
-    if os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+    if os.stat(f"/proc/{pid}/ns/mnt").st_ino == _own_ns_ino(rctx, "mnt"):
         return path
     return f"/proc/{pid}/root{path}"
 
@@ -1358,18 +1403,19 @@ def check_fs(f: Found) -> list[str]:
         path = regfile.restore_path(rctx, entry)
         got = os.stat(f"/proc/{f.pid}/{what}")
         idents = rctx.kind_state.setdefault("verify-fs", {})
-        if fid not in idents:   # a tree of 200 shares one cwd: one stat
+        # The path as the task sees it: a tree restored in a mount
+        # namespace of its own (a container) names files in its root.
+        # Through the namespace's root, not the task's own (a chrooted
+        # task's names start at the namespace's root too).
+        seen = rctx.tree_path(path) if rctx.tree_root_fd is not None \
+            else _in_root(rctx, f.pid, path)
+        if seen not in idents:   # a tree of 200 shares one cwd (under 200 file ids): one stat
             try:
-                # The path as the task sees it: a tree restored in a mount
-                # namespace of its own (a container) names files in its root.
-                # Through the namespace's root, not the task's own (a
-                # chrooted task's names start at the namespace's root too).
-                want = os.stat(rctx.tree_path(path) if rctx.tree_root_fd is not None
-                               else _in_root(f.pid, path))
-                idents[fid] = (want.st_dev, want.st_ino)
+                want = os.stat(seen)
+                idents[seen] = (want.st_dev, want.st_ino)
             except OSError:
-                idents[fid] = None
-        same = idents[fid] == (got.st_dev, got.st_ino)
+                idents[seen] = None
+        same = idents[seen] == (got.st_dev, got.st_ino)
         if not same:
             out.append(f"{what}: {path!r} expected, {f.link(what)!r} "
                        f"(inode {got.st_dev:#x}:{got.st_ino}) found")

@@ -271,8 +271,9 @@ def parse_stat(text: str, path: str = "/proc/PID/stat") -> Stat:
     if len(state) != 1:
         raise ParseError(path, f"bad state {state!r}")
     # Shorter on old kernels: the missing trailing fields keep their 0.
-    return Stat(pid, text[lpar + 2:rpar], state,
-                **dict(zip(_STAT_NUMERIC, numbers, strict=False)))
+    # (Positional: a record's keyword arguments cost twice as much, and
+    # the dump and the restore check parse one stat a thread.)
+    return Stat(pid, text[lpar + 2:rpar], state, *numbers)
 
 
 # --------------------------------------------------------------------------
@@ -690,6 +691,9 @@ def parse_lock_line(line: str, path: str = "/proc/PID/fdinfo/FD") -> LockLine:
 # /proc/PID/smaps
 # --------------------------------------------------------------------------
 
+_HEX1 = frozenset("0123456789abcdef")
+
+
 def parse_smaps(text: str, path: str = "/proc/PID/smaps") -> list[MapEntry]:
     """Parse /proc/PID/smaps: the maps line of each VMA with its ``VmFlags``
     and ``ProtectionKey`` (every other key is a statistic and is skipped).
@@ -702,8 +706,11 @@ def parse_smaps(text: str, path: str = "/proc/PID/smaps") -> list[MapEntry]:
     head: list[str] = []
     flags: dict[int, tuple[str, ...]] = {}
     pkeys: dict[int, int] = {}
+    match = _MAPS_HEAD.match
     for lineno, line in enumerate(_lines(text), 1):
-        if _MAPS_HEAD.match(line):
+        # (a key line starts with a capital: only a hex digit can begin a
+        # header, so the regex is not tried on the ~20 key lines of a VMA)
+        if line[:1] in _HEX1 and match(line):
             head.append(line)
             continue
         key, sep, value = line.partition(":")

@@ -1018,20 +1018,30 @@ def mark_shared(ctx: "DumpContext") -> None:
             if kind == "mm":
                 mms[t.pstree.pid] = msgs[0]
     root = ctx.tasks[0] if ctx.tasks else None
+    # Each task's kin by a lookup, not a walk of the tree per task (200
+    # tasks: 40,000 comparisons).
+    children: dict[int, list[Any]] = {}
+    with_mm: dict[int, Any] = {}
+    for o in ctx.tasks:
+        if o.pstree.pid in mms:
+            children.setdefault(o.pstree.ppid, []).append(o)
+            with_mm[o.pstree.pid] = o
     for t in ctx.tasks:
         mm = mms.get(t.pstree.pid)
         if mm is None:
             continue
-        related = {_kin_sig(v) for o in ctx.tasks if o is not t and o.pstree.pid in mms
-                   and (o.pstree.ppid == t.pstree.pid
-                        or (t is not root and o.pstree.pid == t.pstree.ppid))
-                   for v in mms[o.pstree.pid].vmas}
+        pagemaps = [msgs for kind, _, msgs in t.extra_images if kind == "pagemap"]
+        if not any(e.flags & PE_LAZY for msgs in pagemaps for e in msgs[1:]):
+            continue   # no mark to take back
+        kin = [o for o in children.get(t.pstree.pid, ()) if o is not t]
+        parent = with_mm.get(t.pstree.ppid) if t is not root else None
+        if parent is not None and parent is not t:
+            kin.append(parent)
+        related = {_kin_sig(v) for o in kin for v in mms[o.pstree.pid].vmas}
         shared = [(v.start, v.end) for v in mm.vmas if _kin_sig(v) in related]
         if not shared:
             continue
-        for kind, _, msgs in t.extra_images:
-            if kind != "pagemap":
-                continue
+        for msgs in pagemaps:
             for e in msgs[1:]:
                 end = e.vaddr + e.nr_pages * PAGE
                 if e.flags & PE_LAZY and any(a < end and e.vaddr < b for a, b in shared):
