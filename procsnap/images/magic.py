@@ -126,7 +126,11 @@ class ImageKind:
             raise ValueError(f"image kind {self.name!r} ({self.pattern}) needs an id")
         if ident < 0:
             raise ValueError(f"image kind {self.name!r}: negative id {ident}")
-        return re.sub(r"%l?[ud]", str(ident), self.pattern).replace("%x", format(ident, "x"))
+        # re.sub(r"%l?[ud]", ...) without compiling a regex at every start
+        # ("%lu" and "%ld" first: "%u" and "%d" are their tails)
+        text = str(ident)
+        return (self.pattern.replace("%lu", text).replace("%ld", text).replace("%u", text)
+                .replace("%d", text).replace("%x", format(ident, "x")))
 
     def match_name(self, filename: str) -> int | None | Literal[False]:
         """The id encoded in filename (None if the pattern has none), or False."""
