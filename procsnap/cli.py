@@ -31,7 +31,9 @@ import gc
 import os
 import re
 import sys
-from typing import NoReturn
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 from .errors import ProcsnapError
 

@@ -10,7 +10,9 @@ first time a method is called; a hot loop takes ``.compiled`` once.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 
 class LazyPattern:

@@ -121,7 +121,9 @@ import struct
 import stat as st_mod
 import time
 from .record import field, record
-from typing import TYPE_CHECKING, Any, Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from . import logs
 from .errors import RestoreError, Unsupported

@@ -26,7 +26,10 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from typing import Callable, Literal
+from collections.abc import Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Literal
 
 from google.protobuf.message import Message
 
@@ -43,7 +46,8 @@ PE_PARENT = 1 << 0  # pages live in the parent (pre-dump) image set
 PE_LAZY = 1 << 1  # pages may be fetched lazily on restore
 PE_PRESENT = 1 << 2  # pages are stored in this set's pages-N.img
 
-Header = Literal["common", "service", "bare", "raw"]
+if TYPE_CHECKING:
+    Header = Literal["common", "service", "bare", "raw"]
 MessageClass = type[Message]
 
 # Given a decoded entry, how many raw bytes follow it in the file.  None

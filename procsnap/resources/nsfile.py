@@ -17,7 +17,9 @@ choosing.  (CRIU fails such a dump too: "No NS ID with kid".)
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
 from ..lazyre import LazyPattern

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError
 from ..lazyre import LazyPattern
