@@ -8,7 +8,9 @@ Images are CRIU's (same file names, magics and protobuf fields).
 """
 from __future__ import annotations
 
-from typing import Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Callable
 
 from .errors import (AccessDenied, ActionScriptFailed, DumpError, ImageError, NoSuchProcess, ParseError,
                      ProcsnapError, RestoreError, Unsupported, ZombieProcess)

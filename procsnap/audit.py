@@ -28,7 +28,9 @@ import functools
 import os
 from collections.abc import Callable
 from .record import record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .errors import Unsupported
 from .kernel import consts as C
@@ -48,7 +50,8 @@ IRRELEVANT = "irrelevant"
 # item, or None) -> a description of the state when it cannot be restored,
 # None when it can.  "procsnap's own" is the default a restored task gets:
 # a puppet is a fork of the restorer and inherits it.
-Refuse = Callable[[Any, Any], "str | None"]
+if TYPE_CHECKING:
+    Refuse = Callable[[Any, Any], "str | None"]
 
 
 @record(frozen=True)

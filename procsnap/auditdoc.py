@@ -13,7 +13,9 @@ obeys.  A unit test keeps AUDIT.md equal to what this prints.
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 HEADER = """\
 # What procsnap does with each item of state it can see

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-from typing import Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Callable
 
 from .kernel import consts as C
 from .kernel.libc import pidfd_getfd, prctl, syscall

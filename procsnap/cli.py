@@ -31,7 +31,9 @@ import gc
 import os
 import re
 import sys
-from typing import NoReturn
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 from .errors import ProcsnapError
 
@@ -78,6 +80,34 @@ class _Parser(argparse.ArgumentParser):
 
     def _get_formatter(self) -> argparse.HelpFormatter:
         return self.formatter_class(prog=self.prog, width=_columns() - 2)  # type: ignore[call-arg]
+
+
+def _translate_once() -> None:
+    """argparse translates its messages with gettext.gettext, which looks
+    for the message catalog again at every call (locale.normalize, a stat
+    per language): six look-ups of a parse were ~4 % of a small restore's
+    start-up.  The same catalog (the current text domain's, found as
+    gettext.dgettext finds it) is looked up once here and argparse calls
+    its gettext and ngettext; where the look-up fails, argparse keeps
+    gettext's own (which would fail each time and leave messages as they are)."""
+    import gettext
+    domain = gettext.textdomain()
+    localedir = gettext.bindtextdomain(domain)
+    # the languages gettext.find tries: the first of these that is set
+    langs = next((v for v in map(os.environ.get, ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"))
+                  if v), "")
+    if not os.path.isdir(localedir) and os.sep not in langs:
+        # No catalog can be found (each is LOCALEDIR/LANG/LC_MESSAGES/DOMAIN.mo):
+        # what translation(fallback=True) returns then, without loading
+        # locale for the language names' normalization.
+        t: gettext.NullTranslations = gettext.NullTranslations()
+    else:
+        try:
+            t = gettext.translation(domain, localedir, fallback=True)
+        except OSError:
+            return
+    argparse._ = t.gettext  # type: ignore[attr-defined]
+    argparse.ngettext = t.ngettext  # type: ignore[attr-defined]
 
 
 def _parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -513,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             # dump or restore makes a well-known protobuf type (see there).
             from .images.pb import _runtime
             _runtime.skip_well_known_types()
+        _translate_once()
         a = _parser(only).parse_args(args)
         for name in _DRIVERS.get(a.cmd, ()):
             __import__(name)  # not importlib's: -X importtime sees this one

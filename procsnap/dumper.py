@@ -29,7 +29,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any, Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from . import logs
 from . import audit, images, pagexfer

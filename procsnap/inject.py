@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Iterable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Iterable
 
 from .kernel import consts as C
 from .kernel import ptrace

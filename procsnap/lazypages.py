@@ -44,7 +44,9 @@ import struct
 import sys
 import time
 from .record import field, record
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from . import pagexfer as PX
 from .errors import ProcsnapError

@@ -42,7 +42,9 @@ import fcntl
 import os
 import struct
 from .record import field, record
-from typing import TYPE_CHECKING, Any, Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from . import images, logs
 from .errors import DumpError, ImageError, ProcsnapError

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import TextIO
 
 __all__ = ["Progress", "enabled", "DELAY"]
 

@@ -24,9 +24,27 @@ options it does not know.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar, dataclass_transform, overload
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar, dataclass_transform, overload
 
-T = TypeVar("T")
+    T = TypeVar("T")
+else:
+    def overload(func: Any) -> Any:
+        return func  # the last definition is the one that runs, as with typing's
+
+    def dataclass_transform(**kwargs: Any) -> Any:
+        """typing.dataclass_transform's marking, for checkers that look at it
+        at run time."""
+        def mark(func: Any) -> Any:
+            func.__dataclass_transform__ = {
+                "eq_default": kwargs.pop("eq_default", True),
+                "order_default": kwargs.pop("order_default", False),
+                "kw_only_default": kwargs.pop("kw_only_default", False),
+                "field_specifiers": kwargs.pop("field_specifiers", ()),
+                "kwargs": kwargs}
+            return func
+        return mark
 _MISSING: Any = object()
 
 

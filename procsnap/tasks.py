@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 from .record import field, record
-from typing import Any, Callable, Iterator
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 from . import images
 from .errors import ImageError, RestoreError

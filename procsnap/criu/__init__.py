@@ -22,7 +22,9 @@ from __future__ import annotations
 import gc
 import os
 import sys
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _no_config() -> bool:

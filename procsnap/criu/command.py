@@ -3,7 +3,9 @@ answers ``criu --version`` alone before importing this)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 import os
 import re
 import sys

@@ -15,7 +15,9 @@ import logging
 import os
 import sys
 import time
-from typing import TextIO
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import TextIO
 
 _LEVELS = {0: logging.CRITICAL + 10, 1: logging.ERROR, 2: logging.WARNING,
            3: logging.INFO}

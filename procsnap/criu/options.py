@@ -22,7 +22,9 @@ from __future__ import annotations
 import os
 import shlex
 from ..record import field, record
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .basics import CRIU_VERSION, GLOBAL_CONFIG, USER_CONFIG  # noqa: F401 (re-exported)
 

@@ -23,7 +23,9 @@ import os
 import struct
 from ..record import record
 from types import TracebackType
-from typing import BinaryIO, Iterable, Iterator
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import BinaryIO, Iterable, Iterator
 
 from google.protobuf.message import Message
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 import functools
 import re
 import sys
-from typing import Callable, Literal
+from collections.abc import Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Literal
 
 from google.protobuf.message import Message
 
@@ -43,7 +46,8 @@ PE_PARENT = 1 << 0  # pages live in the parent (pre-dump) image set
 PE_LAZY = 1 << 1  # pages may be fetched lazily on restore
 PE_PRESENT = 1 << 2  # pages are stored in this set's pages-N.img
 
-Header = Literal["common", "service", "bare", "raw"]
+if TYPE_CHECKING:
+    Header = Literal["common", "service", "bare", "raw"]
 MessageClass = type[Message]
 
 # Given a decoded entry, how many raw bytes follow it in the file.  None
@@ -126,7 +130,11 @@ class ImageKind:
             raise ValueError(f"image kind {self.name!r} ({self.pattern}) needs an id")
         if ident < 0:
             raise ValueError(f"image kind {self.name!r}: negative id {ident}")
-        return re.sub(r"%l?[ud]", str(ident), self.pattern).replace("%x", format(ident, "x"))
+        # re.sub(r"%l?[ud]", ...) without compiling a regex at every start
+        # ("%lu" and "%ld" first: "%u" and "%d" are their tails)
+        text = str(ident)
+        return (self.pattern.replace("%lu", text).replace("%ld", text).replace("%u", text)
+                .replace("%d", text).replace("%x", format(ident, "x")))
 
     def match_name(self, filename: str) -> int | None | Literal[False]:
         """The id encoded in filename (None if the pattern has none), or False."""

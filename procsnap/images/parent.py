@@ -11,7 +11,9 @@ shared-memory readers share.
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from procsnap.errors import ImageError
 from procsnap.images.magic import PE_LAZY, PE_PARENT, PE_PRESENT

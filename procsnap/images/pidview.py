@@ -23,7 +23,9 @@ RestoreContext.outside_pid.
 """
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from procsnap.images.pb import pstree_pb2
 

@@ -15,7 +15,9 @@ import base64
 import mmap
 import os
 import tarfile
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 

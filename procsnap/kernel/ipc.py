@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import os
 from contextlib import contextmanager
-from typing import Iterator
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Iterator
 
 from . import consts as C
 from .libc import syscall

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Any, Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from . import structs as S
 

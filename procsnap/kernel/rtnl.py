@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 from ..record import record
 
 NETLINK_ROUTE = 0

@@ -14,7 +14,9 @@ import os
 import struct
 from ..record import record
 from functools import lru_cache
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 # component number -> (CRIU field name in user_x86_xsave_entry, element size)
 COMPONENTS: dict[int, tuple[str, int]] = {

@@ -23,12 +23,12 @@ import ctypes
 import fcntl
 import mmap
 import os
-import re
 import struct
 import sys
 from collections.abc import Callable
 
 from procsnap.errors import ParseError
+from procsnap.lazyre import LazyPattern
 from procsnap.procfs.reader import proc_errors
 
 __all__ = [
@@ -74,7 +74,7 @@ _DUMP_ANON = _table(
 # Guard pages (no data: touching one raises SIGSEGV).
 _GUARD = _table(lambda top: bool(top & _TOP_GUARD))
 
-_RUN = re.compile(rb"1+")
+_RUN = LazyPattern(rb"1+")
 
 
 def dump_runs(pagemap: bytes | bytearray | memoryview, *,

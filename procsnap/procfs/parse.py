@@ -17,7 +17,7 @@ and surrogate escapes let them round-trip back to ``os`` calls unchanged.
 """
 from __future__ import annotations
 
-import re
+from ..lazyre import LazyPattern
 from ..record import record
 
 from procsnap.errors import ParseError
@@ -76,7 +76,7 @@ def _lines(text: str) -> list[str]:
     return lines
 
 
-_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+_OCTAL_ESCAPE = LazyPattern(r"\\([0-7]{3})")
 
 
 def unescape_octal(s: str) -> str:
@@ -128,7 +128,7 @@ class MapEntry:
 
 
 # The fixed part of a maps line: "start-end perms pgoff major:minor ino ".
-_MAPS_HEAD = re.compile(
+_MAPS_HEAD = LazyPattern(
     r"([0-9a-f]+)-([0-9a-f]+) ([r-][w-][x-][ps]) ([0-9a-f]+) "
     r"([0-9a-f]+):([0-9a-f]+) ([0-9]+)(?: |$)"
 )
@@ -137,8 +137,9 @@ _MAPS_HEAD = re.compile(
 def parse_maps(text: str, path: str = "/proc/PID/maps") -> list[MapEntry]:
     """Parse /proc/PID/maps into one ``MapEntry`` per VMA, in address order."""
     entries: list[MapEntry] = []
+    head = _MAPS_HEAD.compiled.match
     for lineno, line in enumerate(_lines(text), 1):
-        m = _MAPS_HEAD.match(line)
+        m = head(line)
         if m is None:
             raise ParseError(path, f"line {lineno}: not a maps line: {line!r}")
         start, end = int(m.group(1), 16), int(m.group(2), 16)
@@ -320,12 +321,14 @@ class Status:
     raw: dict[str, str]
 
 
-_NAME_ESCAPE = re.compile(r"\\(.)")
+_NAME_ESCAPE = LazyPattern(r"\\(.)")
 
 
 def _unescape_name(s: str) -> str:
     # Name is printed with '\n' as "\n" and '\' as "\\" (proc_task_name()
     # escapes only those two); nothing else is escaped.
+    if "\\" not in s:
+        return s
     return _NAME_ESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), s)
 
 
@@ -459,7 +462,7 @@ def parse_fdinfo(text: str, path: str = "/proc/PID/fdinfo/FD") -> FdInfo:
     return FdInfo(pos, flags, mnt_id, ino, extra, lines)
 
 
-_RECORD_PAIR = re.compile(r"([\w-]+):\s*(\S+)")
+_RECORD_PAIR = LazyPattern(r"([\w-]+):\s*(\S+)")
 
 
 def fdinfo_records(info: FdInfo, key: str) -> list[dict[str, str]]:
@@ -543,7 +546,7 @@ def parse_mountinfo(text: str, path: str = "/proc/PID/mountinfo") -> list[MountI
 # /proc/PID/limits
 # --------------------------------------------------------------------------
 
-_LIMIT_ROW = re.compile(r"(\S.*?)\s+(unlimited|[0-9]+)\s+(unlimited|[0-9]+)(?:\s+\S+)?\s*")
+_LIMIT_ROW = LazyPattern(r"(\S.*?)\s+(unlimited|[0-9]+)\s+(unlimited|[0-9]+)(?:\s+\S+)?\s*")
 
 
 def parse_limits(text: str, path: str = "/proc/PID/limits") -> dict[str, tuple[int, int]]:
@@ -628,7 +631,7 @@ class PosixTimer:
         return _NOTIFY_NAMES[self.notify] | (SIGEV_THREAD_ID if self.notify_tid else 0)
 
 
-_TIMER_BLOCK = re.compile(
+_TIMER_BLOCK = LazyPattern(
     r"ID: (-?[0-9]+)\n"
     r"signal: ([0-9]+)/([0-9a-fA-Fx]+)\n"
     r"notify: (signal|none|thread)/(pid|tid)\.([0-9]+)\n"
@@ -674,7 +677,7 @@ class LockLine:
     end: int | None
 
 
-_LOCK_LINE = re.compile(
+_LOCK_LINE = LazyPattern(
     r"^(?:lock:\s*)?\d+:\s+(?:->\s+)?(\S+)\s+(\S+)\s+(READ|WRITE|UNLCK)\s+(-?\d+)\s+"
     r"(\S+):(\d+)\s+(\d+)\s+(\d+|EOF)\s*$")
 
@@ -706,7 +709,7 @@ def parse_smaps(text: str, path: str = "/proc/PID/smaps") -> list[MapEntry]:
     head: list[str] = []
     flags: dict[int, tuple[str, ...]] = {}
     pkeys: dict[int, int] = {}
-    match = _MAPS_HEAD.match
+    match = _MAPS_HEAD.compiled.match
     for lineno, line in enumerate(_lines(text), 1):
         # (a key line starts with a capital: only a hex digit can begin a
         # header, so the regex is not tried on the ~20 key lines of a VMA)

@@ -26,7 +26,9 @@ import errno
 import functools
 import os
 from collections.abc import Callable, Iterator
-from typing import Concatenate, ParamSpec, TypeVar
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Concatenate, ParamSpec, TypeVar
 
 from procsnap.errors import AccessDenied, NoSuchProcess, ParseError, ZombieProcess
 from procsnap.procfs import parse
@@ -38,8 +40,9 @@ __all__ = ["ProcReader", "proc_errors", "wrap_exceptions", "is_kernel_thread",
 # include/linux/sched.h
 PF_KTHREAD = 0x00200000
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
+if TYPE_CHECKING:
+    _P = ParamSpec("_P")
+    _R = TypeVar("_R")
 
 
 def _is_zombie(pid: int, proc_root: str) -> bool:

@@ -41,7 +41,9 @@ checked as they are written (a write the kernel takes is the value).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import images
 from ..errors import ImageError, RestoreError, Unsupported

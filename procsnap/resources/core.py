@@ -10,7 +10,9 @@ trampoline page is gone, right before it is let go.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import core_pb2, core_x86_pb2

@@ -12,7 +12,7 @@ no_new_privs, and finally the dumpable flag, which a uid change resets.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ..images.pb import creds_pb2
 import functools

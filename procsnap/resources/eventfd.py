@@ -15,7 +15,9 @@ written into it, as a write(2) by the owner would.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError
 from ..images.pb import eventfd_pb2, fdinfo_pb2

@@ -40,7 +40,9 @@ import errno
 import fcntl
 import os
 import struct
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import eventpoll_pb2, fdinfo_pb2

@@ -28,7 +28,9 @@ deleted file or on a mount the task cannot name.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2

@@ -20,7 +20,9 @@ This module is a leaf: kind modules import it, files.py checks with it.
 from __future__ import annotations
 
 from ..record import record
-from typing import Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 @record(frozen=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import fcntl
 import os
 import stat as st_mod
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fifo_pb2, pipe_data_pb2

@@ -27,7 +27,9 @@ from __future__ import annotations
 import os
 import struct
 from ..record import field, record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import ImageError, ParseError, RestoreError, Unsupported
 from ..images.pb import file_lock_pb2

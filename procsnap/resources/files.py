@@ -14,7 +14,9 @@ shared.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2

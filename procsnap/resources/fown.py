@@ -22,7 +22,9 @@ import fcntl
 import functools
 import os
 import struct
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fown_pb2

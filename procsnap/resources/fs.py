@@ -15,7 +15,7 @@ the chdir comes before the chroot.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ..errors import ImageError, Unsupported
 from ..images.pb import fs_pb2

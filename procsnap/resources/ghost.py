@@ -25,7 +25,9 @@ from __future__ import annotations
 import errno
 import os
 import stat as st_mod
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import images
 from ..errors import DumpError, ImageError, RestoreError

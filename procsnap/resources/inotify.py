@@ -34,7 +34,9 @@ import ctypes
 import fcntl
 import os
 import struct
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fh_pb2, fsnotify_pb2

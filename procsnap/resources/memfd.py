@@ -37,7 +37,9 @@ import ctypes
 import fcntl
 import os
 import stat as st_mod
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import images
 from ..errors import RestoreError, Unsupported

@@ -24,7 +24,9 @@ import resource
 import stat as st_mod
 import struct
 from ..record import record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import logs
 from .. import elf, images, pagexfer, progress

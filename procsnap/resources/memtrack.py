@@ -39,7 +39,7 @@ import fcntl
 import json
 import os
 import resource
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ..errors import DumpError
 from ..inject import InjectError

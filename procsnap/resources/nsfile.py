@@ -17,10 +17,12 @@ choosing.  (CRIU fails such a dump too: "No NS ID with kid".)
 from __future__ import annotations
 
 import os
-import re
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
+from ..lazyre import LazyPattern
 from ..images.pb import fdinfo_pb2, ns_pb2
 from ..kernel import consts as C
 
@@ -38,7 +40,7 @@ KINDS = {"net": ("net", C.CLONE_NEWNET), "uts": ("uts", C.CLONE_NEWUTS),
          "mnt": ("mnt", C.CLONE_NEWNS), "user": ("user", C.CLONE_NEWUSER),
          "cgroup": ("cgroup", C.CLONE_NEWCGROUP), "time": ("time", C.CLONE_NEWTIME)}
 BY_FLAG = {flag: name for name, flag in KINDS.values()}
-_LINK = re.compile(r"^([a-z]+):\[(\d+)\]$")
+_LINK = LazyPattern(r"^([a-z]+):\[(\d+)\]$")
 
 
 def _parse(link: str) -> tuple[str, int] | None:

@@ -41,7 +41,9 @@ import os
 import socket
 import struct
 from ..record import field, record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, packet_sock_pb2

@@ -41,7 +41,9 @@ import fcntl
 import os
 import select
 from ..record import field, record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, pipe_data_pb2, pipe_pb2

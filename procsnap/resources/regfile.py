@@ -40,7 +40,9 @@ import os
 import stat as st_mod
 import struct
 from ..record import field, record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import images
 from ..errors import DumpError, ImageError, RestoreError, Unsupported

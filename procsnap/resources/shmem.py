@@ -34,7 +34,9 @@ from __future__ import annotations
 import ctypes
 import os
 from ..record import record
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import images, pagexfer
 from ..images import parent as parent_pages

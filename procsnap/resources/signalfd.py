@@ -8,7 +8,9 @@ signal N -- the same u64 signalfd4() takes.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError
 from ..images.pb import fdinfo_pb2, signalfd_pb2

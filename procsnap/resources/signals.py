@@ -12,7 +12,7 @@ none is delivered before the final mask is in place.
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ..images.pb import core_pb2, sa_pb2, siginfo_pb2
 from ..kernel import consts as C

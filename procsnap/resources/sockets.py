@@ -30,7 +30,9 @@ import socket
 import struct
 from contextlib import contextmanager
 from ..record import field, record
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Sequence
 
 
 from ..errors import DumpError, RestoreError, Unsupported

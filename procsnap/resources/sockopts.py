@@ -37,7 +37,7 @@ import errno
 import select
 import socket
 from ..record import record
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ..errors import Unsupported
 from ..kernel import netns

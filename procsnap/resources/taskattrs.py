@@ -17,7 +17,9 @@ import functools
 import os
 import resource
 import struct
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import rlimit_pb2, rseq_pb2, timer_pb2

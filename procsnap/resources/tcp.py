@@ -76,7 +76,9 @@ import socket
 import struct
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from .. import images
 from ..images import legacy as legacy_files

@@ -18,12 +18,14 @@ Restore, in the order CRIU's restorer uses:
 """
 from __future__ import annotations
 
-import re
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..errors import DumpError, RestoreError
+from ..lazyre import LazyPattern
 from ..images.pb import fdinfo_pb2, timerfd_pb2
 from ..kernel import consts as C
 from . import anonfd
@@ -47,7 +49,7 @@ NSEC = 1_000_000_000
 CLOCKS = {0: time.CLOCK_REALTIME, 1: time.CLOCK_MONOTONIC, 7: time.CLOCK_BOOTTIME,
           8: time.CLOCK_REALTIME, 9: time.CLOCK_BOOTTIME}
 SETTIME_FLAGS = 0x3  # TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET
-_PAIR = re.compile(r"^\((\d+),\s*(\d+)\)$")
+_PAIR = LazyPattern(r"^\((\d+),\s*(\d+)\)$")
 
 
 def matches(fd: "FdCtx") -> bool:

@@ -101,7 +101,9 @@ import select
 import stat as st_mod
 import struct
 from ..record import field, record
-from typing import TYPE_CHECKING, Any, Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from ..errors import ImageError, RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, fown_pb2, tty_pb2

@@ -77,7 +77,9 @@ import socket
 import stat
 import struct
 from ..record import field, record
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import fdinfo_pb2, sk_opts_pb2, sk_packet_pb2, sk_unix_pb2

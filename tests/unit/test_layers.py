@@ -17,6 +17,7 @@ LAYERS = {
     "procsnap.errors": 0,
     "procsnap.logs": 0,
     "procsnap.record": 0,
+    "procsnap.lazyre": 0,
     "procsnap.kernel": 1,
     "procsnap.procfs": 2,
     "procsnap.elf": 2,

@@ -139,6 +139,9 @@ _NOT_FOR_A_SMALL_TREE = {
     "procsnap.images.pb.timens_pb2", "procsnap.images.pb.utsns_pb2",
     "procsnap.images.pb.ipc_var_pb2", "procsnap.images.pb.tun_pb2",
     "google.protobuf.internal.well_known_types", "datetime", "calendar",
+    # annotations only (TYPE_CHECKING = False in each module): importing
+    # typing was ~6 % of a small restore's start-up instructions
+    "typing",
 }
 
 
@@ -172,6 +175,10 @@ def test_cli_dump_and_restore_of_a_small_tree_load_only_its_kinds(tmp_path: Path
         assert not _NOT_FOR_A_SMALL_TREE & set(loaded), (name, sorted(_NOT_FOR_A_SMALL_TREE & set(loaded)))
         own = {m for m in loaded if m.startswith("procsnap")}
         assert len(own) <= 115, (name, len(own))
+    # the restore's check of a tree without internet sockets does not load
+    # ipaddress (~3 % of its instructions), nor the CLI locale (argparse's
+    # messages: see test_argparse_translates_without_a_lookup_per_message)
+    assert not {"ipaddress", "locale"} & set(back), sorted({"ipaddress", "locale"} & set(back))
 
 
 def test_well_known_types_are_left_alone_for_a_library_user() -> None:
@@ -200,3 +207,128 @@ def test_image_kinds_name_classes_that_exist() -> None:
     for k in KINDS:
         for cls in (k.message, k.head):
             assert cls is None or cls.DESCRIPTOR.name in k._message + str(k._head), k
+
+
+def _compiled_at_import(modules: str) -> list[str]:
+    """The regular expressions a fresh interpreter compiles while importing
+    ``modules`` (re's compiler, called for every pattern not in re's cache),
+    named by the file that asked."""
+    r = subprocess.run([sys.executable, "-c",
+                        "import sys, re._compiler as rc\n"
+                        "seen = []\n"
+                        "orig = rc.compile\n"
+                        "def compile(p, flags=0):\n"
+                        "    f = sys._getframe(1)\n"
+                        "    while f.f_code.co_filename.endswith('re/__init__.py'):\n"
+                        "        f = f.f_back\n"
+                        "    seen.append(f.f_code.co_filename)\n"
+                        "    return orig(p, flags)\n"
+                        "rc.compile = compile\n"
+                        f"import {modules}\n"
+                        "print(seen)"],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr
+    return list(ast.literal_eval(r.stdout.splitlines()[-1]))
+
+
+def test_procsnap_compiles_no_regex_at_import() -> None:
+    """Every pattern of procsnap's own is compiled at its first use
+    (procsnap.lazyre): ~1M instructions each, most for files a small
+    process does not have (timers, locks...).  Fails if a module-level
+    re.compile (or a re.sub/match at import) comes back."""
+    ours = [f for f in _compiled_at_import(
+        "procsnap.cli, procsnap.dumper, procsnap.restorer, procsnap.verify, "
+        "procsnap.resources, procsnap.procfs.parse, procsnap.procfs.pagemap")
+        if "/procsnap/" in f]
+    assert ours == [], ours
+
+
+def test_lazy_patterns_match_as_compiled() -> None:
+    import re
+
+    from procsnap.lazyre import LazyPattern
+    lazy = LazyPattern(r"(\d+)-(\d+)")
+    assert lazy._re is None  # nothing compiled yet
+    assert lazy.match("1-2").groups() == ("1", "2")  # type: ignore[union-attr]
+    assert lazy.compiled is lazy.compiled  # once
+    assert lazy.compiled.pattern == r"(\d+)-(\d+)"
+    assert lazy.fullmatch("1-2x") is None and lazy.search("x3-4").group(2) == "4"  # type: ignore[union-attr]
+    assert lazy.sub("x", "a1-2b") == "axb" and lazy.findall("1-2 3-4") == [("1", "2"), ("3", "4")]
+    assert [m.start() for m in LazyPattern(rb"1+").finditer(b"0110111")] == [1, 4]
+    assert LazyPattern("a.b", re.DOTALL).match("a\nb") is not None
+
+
+def test_image_file_names_as_criu_prints_them() -> None:
+    """magic.file_name replaces %u, %d, %lu, %ld and %x as the re.sub it
+    replaced did (and as criu's printf)."""
+    from procsnap.images.magic import KINDS, kind
+    for k in KINDS:
+        if k.has_ident:
+            for ident in (0, 9, 12345, 0xabcdef):
+                want = k.pattern
+                for spec in ("%lu", "%ld", "%u", "%d"):
+                    want = want.replace(spec, str(ident))
+                assert k.file_name(ident) == want.replace("%x", format(ident, "x")), k.name
+    assert kind("pagemap").file_name(7) == "pagemap-7.img"
+    assert kind("ghost-file").file_name(255) == "ghost-file-ff.img"
+
+
+def test_argparse_translates_without_a_lookup_per_message(tmp_path: Path) -> None:
+    """The CLI looks the message catalog up once (cli._translate_once), not
+    at each of argparse's messages (gettext.find: locale.normalize and a
+    stat per language each time), and without loading locale when no
+    catalog directory exists; and a catalog that exists is still used."""
+    code = ("import sys, gettext\n"
+            "calls = []\n"
+            "orig = gettext.find\n"
+            "gettext.find = lambda *a, **k: calls.append(a) or orig(*a, **k)\n"
+            "import procsnap.cli as c\n"
+            "try:\n"
+            "    c.main(['restore'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(len(calls), 'locale' in sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO), LANGUAGE="", LC_ALL="", LC_MESSAGES="",
+               LANG="C.UTF-8")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    import gettext
+    if not os.path.isdir(gettext.bindtextdomain(gettext.textdomain())):
+        assert r.stdout.split() == ["0", "False"], r.stdout
+    else:
+        assert int(r.stdout.split()[0]) <= 1, r.stdout
+    assert "the following arguments are required: -D/--images-dir" in r.stderr
+    # a catalog of the current domain (messages) in a language's directory
+    # named by path is found and used, as gettext.gettext would
+    mo = tmp_path / "xx" / "LC_MESSAGES"
+    mo.mkdir(parents=True)
+    _write_mo(mo / "messages.mo", {"the following arguments are required: %s":
+                                   "ARGS MISSING: %s"})
+    env["LANGUAGE"] = str(tmp_path / "xx")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "ARGS MISSING: -D/--images-dir" in r.stderr, r.stderr
+
+
+def _write_mo(path: Path, table: dict[str, str]) -> None:
+    """A GNU .mo catalog with ``table`` (and an empty header entry)."""
+    import struct
+    entries = sorted({"": "Content-Type: text/plain; charset=UTF-8\n", **table}.items())
+    ids = b"".join(k.encode() + b"\0" for k, _ in entries)
+    strs = b"".join(v.encode() + b"\0" for _, v in entries)
+    n = len(entries)
+    start = 7 * 4 + 16 * n
+    oids, ostrs, off = [], [], 0
+    for k, _ in entries:
+        oids += [len(k.encode()), start + off]
+        off += len(k.encode()) + 1
+    off = 0
+    for _, v in entries:
+        ostrs += [len(v.encode()), start + len(ids) + off]
+        off += len(v.encode()) + 1
+    path.write_bytes(struct.pack("Iiiiiii", 0x950412de, 0, n, 28, 28 + 8 * n, 0, 0)
+                     + struct.pack(f"{2 * n}i", *oids) + struct.pack(f"{2 * n}i", *ostrs)
+                     + ids + strs)

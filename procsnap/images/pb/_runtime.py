@@ -19,7 +19,9 @@ protobuf's own modules unchanged.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from google.protobuf.internal import api_implementation
 

@@ -27,7 +27,7 @@ cgroups from inside it.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ...errors import RestoreError, Unsupported
 from ...kernel import consts as C

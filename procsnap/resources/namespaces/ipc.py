@@ -24,7 +24,9 @@ the queue files' times.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ... import images
 from ...errors import RestoreError, Unsupported

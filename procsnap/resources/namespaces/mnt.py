@@ -58,7 +58,9 @@ import ctypes
 import fcntl
 import os
 from ...record import record
-from typing import TYPE_CHECKING, Any, Callable
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 from ... import logs
 from ... import images, tmpnames

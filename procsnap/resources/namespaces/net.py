@@ -61,7 +61,9 @@ import errno
 import os
 import stat
 import struct
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from typing import Any
 
 from ... import images
 from ...errors import DumpError, RestoreError, Unsupported

@@ -16,7 +16,7 @@ written: CRIU writes one only for an external pid namespace.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ...errors import DumpError, Unsupported
 from ...kernel import consts as C

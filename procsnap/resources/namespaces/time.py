@@ -17,7 +17,7 @@ child.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ... import images
 from ...errors import RestoreError

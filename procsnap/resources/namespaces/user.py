@@ -50,7 +50,7 @@ from __future__ import annotations
 import fcntl
 import os
 from ...record import record
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ... import images
 from ...errors import RestoreError, Unsupported

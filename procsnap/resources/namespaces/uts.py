@@ -1,7 +1,7 @@
 """The uts namespace: hostname and domainname (CRIU's utsns-ID.img)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 
 from ... import images
 from ...images.pb import utsns_pb2
