@@ -277,6 +277,23 @@ def _lazy_marked(images: Path, pid: int) -> tuple[int, int]:
     return lazy, plain
 
 
+def _criu_lazy_pages(images_dir: Path) -> subprocess.Popen[bytes]:
+    """CRIU's lazy-pages daemon on images_dir (its log: lazy-pages.log
+    there), once its socket is up."""
+    log = images_dir / "lazy-pages.log"
+    d = subprocess.Popen([CRIU, "lazy-pages", "-D", str(images_dir), "-v4", "-o", str(log)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, close_fds=True, cwd=images_dir)
+    try:
+        wait_for(lambda: (images_dir / "lazy-pages.socket").exists() or d.poll() is not None,
+                 30, "criu's lazy-pages socket")
+    except BaseException:
+        d.kill()
+        d.wait()
+        raise
+    return d
+
+
 @pytest.mark.criu_binary
 @pytest.mark.skipif(not CRIU, reason="set PROCSNAP_CRIU=/path/to/criu (CRIU 4.x built from "
                     "source) to serve procsnap's images with CRIU's lazy-pages daemon")
@@ -293,13 +310,8 @@ def test_criu_lazy_pages_serves_a_procsnap_dump(targets: TargetFactory, images_d
     assert wait_gone(t.pid, 10)
     lazy, plain = _lazy_marked(images_dir, t.pid)
     assert lazy >= size // 4096 and plain > 0, (lazy, plain)   # the stack, mlocked, files: not lazy
-    log = images_dir / "lazy-pages.log"
-    d = subprocess.Popen([CRIU, "lazy-pages", "-D", str(images_dir), "-v4", "-o", str(log)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, close_fds=True, cwd=images_dir)
+    d = _criu_lazy_pages(images_dir)
     try:
-        wait_for(lambda: (images_dir / "lazy-pages.socket").exists() or d.poll() is not None,
-                 30, "criu's lazy-pages socket")
         assert d.poll() is None, _criu_log(images_dir, "lazy-pages.log")
         if restorer == "procsnap":
             check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--lazy-pages"))
@@ -318,8 +330,8 @@ def test_criu_lazy_pages_serves_a_procsnap_dump(targets: TargetFactory, images_d
             d.kill()
             d.wait()
     # criu's daemon copied the pages itself
-    assert log.read_text(errors="replace").count("uffd_copy") > 0, _criu_log(images_dir,
-                                                                         "lazy-pages.log")
+    log = (images_dir / "lazy-pages.log").read_text(errors="replace")
+    assert log.count("uffd_copy") > 0, _criu_log(images_dir, "lazy-pages.log")
     assert t.verdict(timeout=60).startswith("PASS"), t.output()
 
 
@@ -376,13 +388,8 @@ def test_criu_lazy_pages_serves_a_procsnap_tree(targets: TargetFactory,
     for p in pids:
         assert wait_gone(p), f"pid {p} is still there after the dump"
     reap()
-    log = images_dir / "lazy-pages.log"
-    d = subprocess.Popen([CRIU, "lazy-pages", "-D", str(images_dir), "-v4", "-o", str(log)],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, close_fds=True, cwd=images_dir)
+    d = _criu_lazy_pages(images_dir)
     try:
-        wait_for(lambda: (images_dir / "lazy-pages.socket").exists() or d.poll() is not None,
-                 30, "criu's lazy-pages socket")
         check_ok(run_procsnap("restore", "-D", images_dir, "-d", "--lazy-pages"))
         targets.adopt(t.pid, like=t)
         for p in set(tree_pids(t.pid)) - {t.pid}:

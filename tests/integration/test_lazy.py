@@ -28,6 +28,28 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 PAGE = 4096
 
 
+def _page_server(prefix: list[str], images: Path, address: str,
+                 port: int) -> subprocess.Popen[bytes]:
+    """``procsnap page-server --lazy-pages`` on images (run under
+    ``prefix``, e.g. ``ip netns exec NS``), once it says it listens
+    (criu's --status-fd)."""
+    r, w = os.pipe()
+    p = subprocess.Popen(prefix + procsnap_cmd("page-server", "-D", str(images), "--address",
+                                               address, "--port", str(port), "--lazy-pages",
+                                               "--status-fd", str(w)),
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, pass_fds=(w,))
+    os.close(w)
+    try:
+        if os.read(r, 1) != b"\0":
+            p.kill()
+            p.wait()
+            raise AssertionError("the page server did not start")
+    finally:
+        os.close(r)
+    return p
+
+
 class Daemon:
     """A ``procsnap lazy-pages`` daemon, killed at the end if still there."""
 
@@ -161,17 +183,7 @@ class PageServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        r, w = os.pipe()
-        self.p = subprocess.Popen(procsnap_cmd("page-server", "-D", str(images), "--address",
-                                               "127.0.0.1", "--port", str(self.port),
-                                               "--lazy-pages", "--status-fd", str(w)),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, pass_fds=(w,))
-        os.close(w)
-        try:
-            assert os.read(r, 1) == b"\0", "the page server did not start"
-        finally:
-            os.close(r)
+        self.p = _page_server([], images, "127.0.0.1", self.port)
 
     def kill(self) -> None:
         if self.p.poll() is None:
@@ -296,19 +308,8 @@ class SourceHost:
             self._ip("netns", "exec", self.tag, "ip", "addr", "add", f"{self.there}/24", "dev", b)
             self._ip("netns", "exec", self.tag, "ip", "link", "set", b, "up")
             self._ip("netns", "exec", self.tag, "ip", "link", "set", "lo", "up")
-            r, w = os.pipe()
-            self.srv = subprocess.Popen(["ip", "netns", "exec", self.tag]
-                                        + procsnap_cmd("page-server", "-D", str(copy_to),
-                                                       "--address", self.there,
-                                                       "--port", str(self.port), "--lazy-pages",
-                                                       "--status-fd", str(w)),
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, pass_fds=(w,))
-            os.close(w)
-            try:
-                assert os.read(r, 1) == b"\0", "the page server did not start"
-            finally:
-                os.close(r)
+            self.srv = _page_server(["ip", "netns", "exec", self.tag], copy_to, self.there,
+                                    self.port)
         except BaseException:
             self.close()
             raise
