@@ -74,10 +74,23 @@ PE_PRESENT = 1 << 2
 SPECIAL = {"[vdso]": VMA_AREA_VDSO, "[vvar]": VMA_AREA_VVAR,
            "[vvar_vclock]": VMA_AREA_VVAR, "[vsyscall]": VMA_AREA_VSYSCALL}
 
-_COPY_CHUNK = 8 << 20
-# One injected preadv/pwritev moves at most this much: big enough that the
-# ~25 us per call is noise (0.4 ms per GiB), small enough that the progress
-# bar moves and a short write is retried in small pieces.
+# One write into a pages image (the target's injected pwritev, or ours)
+# moves at most this much, for the page cache's sake: ext4 gives a buffered
+# write of 2 MiB or more PMD-size (2 MiB) folios, and on a guest whose free
+# memory is reported to the host (virtio-balloon free page reporting, here
+# of every free block of order >= 9) a fresh 2 MiB block is cold: each of
+# its pages costs a host fault on first touch.  Measured here, 1 GiB into a
+# new file after the same warm-up: 1 MiB writes 0.27-0.86 s, 64 MiB writes
+# 2.9-7.4 s (FileHugePages +1028 MiB vs +8 MiB).  Smaller folios come from
+# the free lists' small blocks, which are never reported.  criu writes
+# through a pipe of at most 1 MiB (fs.pipe-max-size without
+# CAP_SYS_RESOURCE): the same size.  It costs one injected call per MiB
+# (~30 us: 3% of the time a GiB takes to write).
+_WRITE_BYTES = 1 << 20
+_COPY_CHUNK = _WRITE_BYTES
+# One injected preadv moves at most this much: big enough that the ~25 us
+# per call is noise (0.4 ms per GiB), small enough that the progress bar
+# moves.  (Reads fill the task's anonymous memory, not the page cache.)
 _BATCH_BYTES = 64 << 20
 # iovecs per call: the kernel's UIO_MAXIOV; 16 KiB of the scratch area.
 _IOV_MAX = 1024
@@ -645,7 +658,7 @@ def _dump_pages(ctx: "DumpContext", task: "DumpTask", runs: list[tuple[int, int]
 
     The frozen target writes its own pages: it opens the image and we
     inject one pwritev per batch of runs (up to _IOV_MAX runs or
-    _BATCH_BYTES), so the bytes go from its memory to the page cache in
+    _WRITE_BYTES), so the bytes go from its memory to the page cache in
     the kernel and never pass through Python (no copy, no buffer in our
     RSS).  Pages it cannot read itself (PROT_NONE, write-only) and targets
     that cannot open the image (other credentials, fd limit, a file size
@@ -825,13 +838,13 @@ class _PageCopier:
                 self.bar.update(self.offset)
                 continue
             while size:
-                n = min(size, _BATCH_BYTES - self.batch_len)
+                n = min(size, _WRITE_BYTES - self.batch_len)
                 self.batch += (addr, n)
                 self.batch_len += n
                 self.offset += n
                 addr += n
                 size -= n
-                if self.batch_len >= _BATCH_BYTES or len(self.batch) >= 2 * _IOV_MAX:
+                if self.batch_len >= _WRITE_BYTES or len(self.batch) >= 2 * _IOV_MAX:
                     self._flush()
         self._flush()
         self.bar.close()
