@@ -4,11 +4,7 @@
  *
  *   rawio write FILE MIB [fsync]
  *                          fill a MIB MiB buffer (untimed), then time
- *                          write(2) of it to FILE in 1 MiB calls (+ fsync):
- *                          a write of 2 MiB or more gets ext4's 2 MiB
- *                          folios, cold on this VM (see _WRITE_BYTES in
- *                          procsnap/resources/memory.py); 1 MiB is the
- *                          fast size here, and what procsnap and criu use
+ *                          write(2) of it to FILE in 64 MiB calls (+ fsync)
  *   rawio read FILE        time mmap of fresh anonymous memory and read(2)
  *                          of FILE into it in 64 MiB calls
  *   rawio warm MIB         touch MIB MiB and free it (see warm_memory in
@@ -26,7 +22,6 @@
 #include <time.h>
 
 #define STEP (64UL << 20)
-#define WSTEP (1UL << 20)	/* write: see the head comment */
 
 static double now(void)
 {
@@ -54,7 +49,7 @@ int main(int argc, char **argv)
 		if (fd < 0)
 			die("open");
 		for (size_t off = 0; off < size;) {
-			size_t n = size - off < WSTEP ? size - off : WSTEP;
+			size_t n = size - off < STEP ? size - off : STEP;
 			ssize_t w = write(fd, (char *)p + off, n);
 
 			if (w <= 0)
