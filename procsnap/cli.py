@@ -40,6 +40,15 @@ from .errors import ProcsnapError
 EXIT_ERROR = 1
 
 
+def _cgroup_args(p: argparse.ArgumentParser, manage_help: str, root_help: str) -> None:
+    """criu's --manage-cgroups [MODE] and --cgroup-root [CONTROLLER:]/PATH."""
+    from .resources.cgroup import CG_MODES
+    p.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
+                   choices=CG_MODES, metavar="MODE", help=manage_help)
+    p.add_argument("--cgroup-root", action="append", default=[],
+                   metavar="[CONTROLLER:]/PATH", help=root_help)
+
+
 def _page_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--page-server", action="store_true",
                    help="send the pagemaps and pages to a page server (procsnap page-server, "
@@ -121,7 +130,6 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     if only in (None, "dump"):
-        from .resources.cgroup import CG_MODES
         d = sub.add_parser("dump", help="checkpoint a process tree into image files")
         d.add_argument("-t", "--tree", type=int, required=True, metavar="PID",
                        help="root of the process tree to dump")
@@ -160,11 +168,11 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         d.add_argument("-l", "--file-locks", action="store_true",
                        help="dump file locks and leases (as criu's --file-locks); without it a "
                             "tree holding one is refused")
-        d.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
-                        choices=CG_MODES, metavar="MODE",
-                        help="criu's modes: ignore saves no cgroup; any other saves every task's cgroups and the controllers' properties (the default: soft)")
-        d.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
-                        help="save the cgroup directories from PATH down (of CONTROLLER, or of every hierarchy not named)")
+        _cgroup_args(d,
+                     "criu's modes: ignore saves no cgroup; any other saves every task's "
+                     "cgroups and the controllers' properties (the default: soft)",
+                     "save the cgroup directories from PATH down (of CONTROLLER, or of every"
+                     " hierarchy not named)")
         d.add_argument("--prev-images-dir", metavar="DIR",
                        help="the images of a pre-dump of this tree (relative: to the images "
                             "directory, as criu), linked as 'parent': pages not written since "
@@ -182,7 +190,6 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
                        help="print the stage times, the time the tree was frozen among them")
 
     if only in (None, "restore"):
-        from .resources.cgroup import CG_MODES
         r = sub.add_parser("restore", help="recreate a process tree from image files")
         r.add_argument("-D", "--images-dir", required=True, metavar="DIR")
         r.add_argument("-d", "--restore-detached", action="store_true",
@@ -219,11 +226,13 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         r.add_argument("--tcp-established", action="store_true",
                        help="accepted for criu's habits: the images say which connections "
                             "are live")
-        r.add_argument("--manage-cgroups", nargs="?", const="soft", default="soft",
-                        choices=CG_MODES, metavar="MODE",
-                        help="criu's modes: soft (default): a missing cgroup is made with its saved properties; full: existing ones get them too; strict: an existing one is an error; props: properties, cgroups must exist; none: they must exist, no properties; ignore: tasks stay in the restorer's cgroups")
-        r.add_argument("--cgroup-root", action="append", default=[], metavar="[CONTROLLER:]/PATH",
-                        help="restore the tree's root cgroup (of CONTROLLER, or of every hierarchy not named) at PATH")
+        _cgroup_args(r,
+                     "criu's modes: soft (default): a missing cgroup is made with its saved "
+                     "properties; full: existing ones get them too; strict: an existing one "
+                     "is an error; props: properties, cgroups must exist; none: they must "
+                     "exist, no properties; ignore: tasks stay in the restorer's cgroups",
+                     "restore the tree's root cgroup (of CONTROLLER, or of every hierarchy "
+                     "not named) at PATH")
         r.add_argument("-J", "--join-ns", action="append", default=[], metavar="net:PATH|PID",
                        type=_join_ns,
                        help="as criu: the tree joins the network namespace of the file PATH "

@@ -737,6 +737,21 @@ def _ctty_is(task: Any, info: Any) -> bool:
     return True
 
 
+def _claim(task: Any, st: Any, pids: set[int], info: Any, name: str) -> None:
+    """A terminal whose other end is outside the tree (an --external one,
+    an orphan pts) is the controlling terminal of ``task``'s session: its
+    leader takes it again at restore and sets the foreground group (stat's
+    tpgid: TIOCGPGRP answers only the terminal's own session).  One
+    session per terminal, led from inside the tree."""
+    if st.session not in pids:
+        raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, belongs "
+                          f"to session {st.session}, whose leader is outside the dumped tree")
+    if info.sid and info.sid != st.session:
+        raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, is "
+                          f"session {info.sid}'s too: not supported")
+    info.sid, info.pgrp = st.session, max(st.tpgid, 0)
+
+
 def _vt_ctty(ctx: "DumpContext", task: Any, st: Any, rdev: int, pids: set[int],
              infos: dict[int, Any]) -> None:
     """A virtual console as controlling terminal (zdtm vt: a session leader
@@ -792,18 +807,9 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
             continue
         ext = ext_infos.get(os.makedev(major, minor)) if has else None
         if ext is not None:
-            # an --external terminal: the session leader takes it again
-            # from the fd handed in, and sets its foreground group (stat's
-            # tpgid: TIOCGPGRP answers only the terminal's own session)
-            name = f"terminal {major}:{minor} (--external tty[{ext.rdev:x}:{ext.dev:x}])"
-            if st.session not in pids:
-                raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, belongs "
-                                  f"to session {st.session}, whose leader is outside the dumped "
-                                  "tree")
-            if ext.sid and ext.sid != st.session:
-                raise Unsupported(f"pid {task.pid}: its controlling terminal, {name}, is "
-                                  f"session {ext.sid}'s too: not supported")
-            ext.sid, ext.pgrp = st.session, max(st.tpgid, 0)
+            # an --external terminal: taken again from the fd handed in
+            _claim(task, st, pids, ext,
+                   f"terminal {major}:{minor} (--external tty[{ext.rdev:x}:{ext.dev:x}])")
             continue
         idx = _index_of(os.makedev(major, minor)) if has and major in PTS_MAJORS else None
         orphan = orphans.get(idx) if idx is not None else None
@@ -814,14 +820,7 @@ def _check_ctty(ctx: "DumpContext", pairs: dict[int, _Pair]) -> None:
                 raise Unsupported(f"pid {task.pid}: its controlling terminal is pts {idx} of "
                                   f"another devpts instance than the tree's {name}, or cannot "
                                   "be told from it (the same index): not supported")
-            if st.session not in pids:
-                raise Unsupported(f"pid {task.pid}: its controlling terminal {name} belongs "
-                                  f"to session {st.session}, whose leader is outside the "
-                                  "dumped tree")
-            if orphan.sid and orphan.sid != st.session:
-                raise Unsupported(f"pid {task.pid}: its controlling terminal {name} is "
-                                  f"session {orphan.sid}'s too: not supported")
-            orphan.sid, orphan.pgrp = st.session, max(st.tpgid, 0)
+            _claim(task, st, pids, orphan, name)
             continue
         if has and idx is not None and idx in pairs and pairs[idx].master is not None:
             if by_sid.get(st.session) != idx:
