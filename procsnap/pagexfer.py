@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 from . import images, logs
 from .errors import DumpError, ImageError, ProcsnapError
 from .images.magic import PE_LAZY, PE_PARENT, PE_PRESENT
-from .images.parent import flags_of, intersect
+from .images.parent import flags_of, intersect, merge
 from .images.pb import pagemap_pb2
 from .kernel import consts as C
 from .kernel.libc import libc
@@ -368,6 +368,21 @@ class PageClient:
             pass
 
 
+def _sent_record(images_dir: str) -> "dict[str, Any] | None":
+    """The record save_sent wrote for a dump through a page server (None:
+    that dump used none); a damaged one is an ImageError naming it."""
+    import json
+    path = os.path.join(images_dir, SENT_RECORD)
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ImageError(path, str(exc)) from None
+    return rec if isinstance(rec, dict) else {}
+
+
 def save_sent(images_dir: str, client: PageClient) -> str:
     import json
     path = os.path.join(images_dir, SENT_RECORD)
@@ -383,28 +398,18 @@ def sent_counts(images_dir: str) -> dict[str, int] | None:
     """Pages a dump sent to its page server ("pagemap", "shmem-pagemap":
     with their bytes; "parent": left in the parent images), from its
     record; None when that dump used no page server."""
-    import json
-    try:
-        with open(os.path.join(images_dir, SENT_RECORD)) as f:
-            rec = json.load(f)
-    except FileNotFoundError:
+    rec = _sent_record(images_dir)
+    if rec is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise ImageError(os.path.join(images_dir, SENT_RECORD), str(exc)) from None
     return {k: int(v) for k, v in rec.get("counts", {}).items()}
 
 
 def load_sent(images_dir: str, kind: str, ident: int) -> list[tuple[int, int]] | None:
     """What the page server holds of (kind, ident) for the dump whose local
     images are in ``images_dir``; None when that dump used no page server."""
-    import json
-    try:
-        with open(os.path.join(images_dir, SENT_RECORD)) as f:
-            rec = json.load(f)
-    except FileNotFoundError:
+    rec = _sent_record(images_dir)
+    if rec is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise ImageError(os.path.join(images_dir, SENT_RECORD), str(exc)) from None
     return [(int(a), int(n)) for a, n in rec.get(kind, {}).get(str(ident), [])]
 
 
@@ -419,7 +424,7 @@ def _held(images_dir: str, kind: str, ident: int, depth: int = 0) -> list[tuple[
         entries = images.read_image(images_dir, kind, ident)[1:]
     except FileNotFoundError:
         return []
-    out: list[tuple[int, int]] = []
+    held: list[tuple[int, int]] = []
     parent: list[tuple[int, int]] | None = None
     for e in sorted(entries, key=lambda e: e.vaddr):
         f = flags_of(e)
@@ -430,12 +435,8 @@ def _held(images_dir: str, kind: str, ident: int, depth: int = 0) -> list[tuple[
             if parent is None:
                 parent = _held(os.path.join(images_dir, "parent"), kind, ident, depth + 1)
             runs = intersect(runs, parent)
-        for a, n in runs:
-            if out and out[-1][0] + out[-1][1] * PAGE == a:
-                out[-1] = (out[-1][0], out[-1][1] + n)
-            else:
-                out.append((a, n))
-    return out
+        held += runs
+    return merge(held)
 
 
 def _covered(held: list[tuple[int, int]], addr: int, n: int) -> bool:

@@ -70,3 +70,14 @@ def intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[
         else:
             j += 1
     return out
+
+
+def merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted (address, n_pages) runs with touching neighbours joined."""
+    out: list[tuple[int, int]] = []
+    for a, n in runs:
+        if out and out[-1][0] + out[-1][1] * _PAGE == a:
+            out[-1] = (out[-1][0], out[-1][1] + n)
+        else:
+            out.append((a, n))
+    return out

@@ -725,7 +725,7 @@ def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClie
         # the server has no parent pagemap for it: its images must hold
         # every page, so the unwritten ones are copied too
         log.info("pid %d: the page server has no parent image: sending every page", task.pid)
-        runs = _merge(sorted(runs + in_parent))
+        runs = parent_pages.merge(sorted(runs + in_parent))
         in_parent = []
     total = sum(n for _, n in runs) * PAGE
     bar = progress.Progress("dump", total)
@@ -755,16 +755,6 @@ def _send_pages(ctx: "DumpContext", task: "DumpTask", client: "pagexfer.PageClie
         client.send_task_pages(task.pid, present, moved, flags=kind)
     finally:
         bar.close()
-
-
-def _merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, n in runs:
-        if out and out[-1][0] + out[-1][1] * PAGE == a:
-            out[-1] = (out[-1][0], out[-1][1] + n)
-        else:
-            out.append((a, n))
-    return out
 
 
 def start_writeback(fd: int, offset: int, size: int) -> None:
