@@ -25,10 +25,14 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 PE_PARENT, PE_LAZY, PE_PRESENT = 1, 2, 4
 
 
-def _frozen_ms(stderr: str) -> float:
-    m = re.search(r"frozen (\d+\.\d) ms", stderr)
+def _stage_ms(stderr: str, stage: str) -> float:
+    m = re.search(rf"[:,] {stage} (\d+\.\d) ms", stderr)
     assert m, stderr
     return float(m.group(1))
+
+
+def _frozen_ms(stderr: str) -> float:
+    return _stage_ms(stderr, "frozen")
 
 
 def _uffds(pid: int) -> list[int]:
@@ -76,6 +80,7 @@ def test_two_pre_dumps_then_dump(targets: TargetFactory, tmp_path: Path) -> None
     # the reference: a plain dump of the same process (left running)
     plain = check_ok(run_procsnap("dump", "-t", t.pid, "-D", tmp_path / "plain", "-R", "-v"))
     plain_ms = _frozen_ms(plain.stderr)
+    plain_mem = _stage_ms(plain.stderr, "memory")
     assert t.alive()
 
     p1, p2, d = tmp_path / "p1", tmp_path / "p2", tmp_path / "d"
@@ -91,6 +96,7 @@ def test_two_pre_dumps_then_dump(targets: TargetFactory, tmp_path: Path) -> None
     res = check_ok(run_procsnap("dump", "-t", t.pid, "-D", d, "--prev-images-dir", "../p2",
                                 "-v"))
     final_ms = _frozen_ms(res.stderr)
+    final_mem = _stage_ms(res.stderr, "memory")
     assert os.readlink(d / "parent") == "../p2"
 
     # the final dump copied only what changed: most pages are in the parents
@@ -103,8 +109,13 @@ def test_two_pre_dumps_then_dump(targets: TargetFactory, tmp_path: Path) -> None
         sorted({_flag_names(f) for _, _, f in pm})
     plain_pages = os.path.getsize(tmp_path / "plain" / "pages-1.img")
     assert os.path.getsize(d / "pages-1.img") < plain_pages / 10
-    # and its tree was frozen for far less time than the plain dump's
-    assert final_ms < plain_ms / 3, (final_ms, plain_ms)
+    # and its tree was frozen for less time than the plain dump's, the
+    # memory copied under the freeze far less (the rest of the frozen
+    # time is the fixed cost of any dump: on a fast disk a plain dump of
+    # 256 MiB is not much more)
+    assert final_ms < plain_ms, (final_ms, plain_ms)
+    assert final_mem < plain_mem / 3, (final_mem, plain_mem)
+    print(f"frozen {final_ms} of {plain_ms} ms; memory {final_mem} of {plain_mem} ms")
 
     _restore_and_check(targets, t, d, before, asked)
 
