@@ -737,6 +737,17 @@ def _ctty_is(task: Any, info: Any) -> bool:
     return True
 
 
+def _slave_attrs(fd: int, s: Any) -> None:
+    """The slave side's exclusive mode and its pts node's owner and mode,
+    as the image has them."""
+    if s.exclusive:
+        fcntl.ioctl(fd, C.TIOCEXCL)
+    if s.HasField("uid"):
+        os.fchown(fd, s.uid, s.gid)
+    if s.HasField("mode"):
+        os.fchmod(fd, s.mode)
+
+
 def _claim(task: Any, st: Any, pids: set[int], info: Any, name: str) -> None:
     """A terminal whose other end is outside the tree (an --external one,
     an orphan pts) is the controlling terminal of ``task``'s session: its
@@ -1118,12 +1129,7 @@ def _set_pair(rctx: "RestoreContext", index: int, m: Any, s: Any, mcopy: int,
         rctx.before_detach.append(lock)
     if m.exclusive:
         fcntl.ioctl(mcopy, C.TIOCEXCL)
-    if s.exclusive:
-        fcntl.ioctl(scopy, C.TIOCEXCL)
-    if s.HasField("uid"):
-        os.fchown(scopy, s.uid, s.gid)
-    if s.HasField("mode"):
-        os.fchmod(scopy, s.mode)
+    _slave_attrs(scopy, s)
     # Read back: what the kernel took is what the image says.
     got = get_termios(mcopy)
     diffs = []
@@ -1204,12 +1210,7 @@ def _make_orphans(rctx: "RestoreContext", rt: "RestoreTask", state: _RestoreStat
                                         os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)))
                 scopy = _puppet_copy(rt, sfd)
                 try:
-                    if s.exclusive:
-                        fcntl.ioctl(scopy, C.TIOCEXCL)
-                    if s.HasField("uid"):
-                        os.fchown(scopy, s.uid, s.gid)
-                    if s.HasField("mode"):
-                        os.fchmod(scopy, s.mode)
+                    _slave_attrs(scopy, s)
                     if not _same_termios(get_termios(scopy), s.termios):
                         raise RestoreError(f"pty {index}: termios not as in the image after "
                                            "setting")
