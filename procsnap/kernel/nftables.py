@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
+TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
+if TYPE_CHECKING:
+    from subprocess import CompletedProcess
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -44,8 +45,20 @@ def _load() -> ctypes.CDLL | None:
     return lib
 
 
+class Result:
+    """What ``nft -f -`` would have given: its exit status (0 or 1), its
+    output and its error messages (the fields of subprocess's
+    CompletedProcess that callers read; subprocess itself is imported
+    only for the fallback, its import sat in the dump's frozen time)."""
+    __slots__ = ("returncode", "stdout", "stderr")
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
 def command() -> str | None:
     """The nft command, for the fallback (and to say it is missing)."""
+    import shutil
     return shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
 
 
@@ -53,7 +66,7 @@ def available() -> bool:
     return _load() is not None or command() is not None
 
 
-def run(script: str) -> subprocess.CompletedProcess[str]:
+def run(script: str) -> "Result | CompletedProcess[str]":
     """Run an nft script (one command a line); the result as ``nft -f -``'s
     would be: returncode 0 or 1, its output and its error messages."""
     lib = _load()
@@ -61,6 +74,7 @@ def run(script: str) -> subprocess.CompletedProcess[str]:
         nft = command()
         if nft is None:
             raise FileNotFoundError(2, "nft: neither libnftables.so.1 nor the nft command")
+        import subprocess
         return subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True,
                               timeout=30)
     ctx = lib.nft_ctx_new(0)    # NFT_CTX_DEFAULT
@@ -74,4 +88,4 @@ def run(script: str) -> subprocess.CompletedProcess[str]:
         err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
     finally:
         lib.nft_ctx_free(ctx)
-    return subprocess.CompletedProcess(["nft", "-f", "-"], 0 if rc == 0 else 1, out, err)
+    return Result(0 if rc == 0 else 1, out, err)

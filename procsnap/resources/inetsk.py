@@ -47,7 +47,6 @@ applies the options, and the puppet takes it with pidfd_getfd.
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import select
 import socket
@@ -469,13 +468,20 @@ def label(ie: Any) -> str:
     return text
 
 
+def _unspecified(words: Any) -> bool:
+    """An image's address (its 32-bit words) is 0.0.0.0 or ::, as
+    ipaddress's is_unspecified says of it (::ffff:0.0.0.0 is not), without
+    importing ipaddress into every restore of a socket."""
+    return not any(words)
+
+
 def _fill_udp(sk: socket.socket, ie: Any, msgs: list[Any]) -> None:
     """Queue the datagrams on our bound UDP socket: each from its sender's
     address (injected through a raw socket, as if it came from there), or,
     in images without the address, from a scratch socket."""
     fam = ie.family
     addr = unpack_addr(fam, ie.src_addr)
-    if ipaddress.ip_address(addr).is_unspecified:
+    if _unspecified(ie.src_addr):
         addr = "127.0.0.1" if fam == socket.AF_INET else "::1"
     scratch = None
     try:
@@ -515,7 +521,7 @@ def _inject_udp(ie: Any, sender: bytes, dst: bytes | None, data: bytes) -> None:
     sfam, (src, sport) = sockets.sockaddr_parse(sender)
     if dst is None:
         ours = unpack_addr(ie.family, ie.src_addr)
-        if ipaddress.ip_address(ours).is_unspecified:
+        if _unspecified(ie.src_addr):
             v4 = ie.family == socket.AF_INET or src[:12] == _MAPPED
             ours = "127.0.0.1" if v4 else "::1"
             dst = socket.inet_pton(socket.AF_INET, ours) if v4 else \
@@ -628,7 +634,7 @@ def open_fd(rctx: "RestoreContext", rt: "RestoreTask", entry: Any) -> int:
             src = unpack_addr(ie.family, ie.src_addr)
             # a raw socket's "port" is its protocol: bound by address only
             port = 0 if raw else ie.src_port
-            if port or not ipaddress.ip_address(src).is_unspecified:
+            if port or not _unspecified(ie.src_addr):
                 # as criu: every socket binds with SO_REUSEADDR and
                 # SO_REUSEPORT on, so that sockets sharing a port (two
                 # listeners with SO_REUSEPORT, a listener and a closed

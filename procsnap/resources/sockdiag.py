@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import NamedTuple
 
 from ..errors import DumpError
 from ..kernel import netns, rtnl
@@ -43,23 +42,30 @@ _INET_TAIL = struct.Struct("=IIIII")       # src[16], dst[16], if, cookie; expir
 _INET_MSG_LEN = 72                         # rqueue, wqueue, uid, inode at 52
 
 
-class UnixMsg(NamedTuple):
-    ino: int
-    type: int
-    state: int
-    attrs: dict[int, bytes]     # UNIX_DIAG_* -> payload
+TYPE_CHECKING = False  # typing is for mypy only: its import was ~3 ms of a dump
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
+    class UnixMsg(NamedTuple):
+        ino: int
+        type: int
+        state: int
+        attrs: dict[int, bytes]     # UNIX_DIAG_* -> payload
 
-class InetMsg(NamedTuple):
-    ino: int
-    state: int
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    rqueue: int
-    wqueue: int
-    shutdown: int
+    class InetMsg(NamedTuple):
+        ino: int
+        state: int
+        src: str
+        sport: int
+        dst: str
+        dport: int
+        rqueue: int
+        wqueue: int
+        shutdown: int
+else:
+    from collections import namedtuple
+    UnixMsg = namedtuple("UnixMsg", "ino type state attrs")
+    InetMsg = namedtuple("InetMsg", "ino state src sport dst dport rqueue wqueue shutdown")
 
 
 def _dump(sk: socket.socket, req: bytes) -> list[tuple[bytes, int, int]]:

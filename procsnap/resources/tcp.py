@@ -68,19 +68,17 @@ from __future__ import annotations
 import errno
 import fcntl
 import functools
-import logging
 import mmap
 import os
-import shutil
 import socket
 import struct
-import subprocess
 import time
 TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 if TYPE_CHECKING:
+    from subprocess import CompletedProcess
     from typing import Any
 
-from .. import images
+from .. import images, logs
 from ..images import legacy as legacy_files
 from ..errors import DumpError, RestoreError, Unsupported
 from ..images.pb import tcp_stream_pb2
@@ -93,7 +91,7 @@ if TYPE_CHECKING:
     from ..tasks import FdCtx
 
 NAME = "tcp"
-log = logging.getLogger("procsnap.tcp")
+log = logs.Logger("procsnap.tcp")
 
 # The stats key (dump's and restore's) of the time spent on the queues'
 # bytes alone, inside the stage of the module that calls us: at dump the
@@ -221,6 +219,7 @@ def _criu_iptables_unlock(fam: int, src: str, sport: int, dst: str, dport: int) 
     socket sees them); a rule already gone is no error, as in criu."""
     if fam == socket.AF_INET6 and src.startswith("::ffff:") and dst.startswith("::ffff:"):
         fam, src, dst = socket.AF_INET, src[7:], dst[7:]
+    import subprocess
     cmd = "iptables" if fam == socket.AF_INET else "ip6tables"
     for chain, (a, ap, b, bp) in (("INPUT", (src, sport, dst, dport)),
                                   ("OUTPUT", (dst, dport, src, sport))):
@@ -249,7 +248,7 @@ def unlock_images(images_dir: str, root_pid: int, conns: list[tuple[int, str, in
     return False
 
 
-def _run_nft(script: str) -> subprocess.CompletedProcess[str]:
+def _run_nft(script: str) -> "nftables.Result | CompletedProcess[str]":
     # in process (libnftables): the lock is taken inside the frozen time
     _nft()
     return nftables.run(script)
@@ -359,6 +358,8 @@ _IPTABLES = ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy")
 def unlock_criu_iptables_in(pid: int) -> bool:
     """Remove CRIU's iptables lock from ``pid``'s network namespace, as
     CRIU's restore does; False if there was none."""
+    import shutil
+    import subprocess
     found = False
     try:
         with netns.inside(pid):

@@ -132,7 +132,8 @@ def test_network_lock_named_for_criu(monkeypatch) -> None:
     assert inv.network_lock_method == tcp.LOCK_NFTABLES
     assert f"CRIU-{inv.dump_criu_run_id}" == tcp.table_name(4242)
     ran: list[list[str]] = []
-    monkeypatch.setattr(tcp.subprocess, "run", lambda argv, **kw: ran.append(argv))
+    import subprocess  # tcp imports it where it runs a command
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: ran.append(argv))
     tcp._criu_iptables_unlock(socket.AF_INET6, "::ffff:127.0.0.1", 40000, "::ffff:127.0.0.2", 80)
     assert [" ".join(a) for a in ran] == [
         "iptables -w -t filter -D INPUT --protocol tcp -m mark ! --mark 49428 "

@@ -332,3 +332,21 @@ def _write_mo(path: Path, table: dict[str, str]) -> None:
     path.write_bytes(struct.pack("Iiiiiii", 0x950412de, 0, n, 28, 28 + 8 * n, 0, 0)
                      + struct.pack(f"{2 * n}i", *oids) + struct.pack(f"{2 * n}i", *ostrs)
                      + ids + strs)
+
+
+def test_socket_kinds_import_no_command_running_or_logging_modules() -> None:
+    """A dump or restore of a server (memcached: TCP, epoll, eventfd, pipes)
+    loads the socket kinds during the frozen time; they must not bring
+    subprocess, shutil, logging, ipaddress or typing with them (together
+    ~20 ms of a memcached dump inside the freeze): those are imported
+    where a command is run, a message logged or a lock taken without
+    libnftables."""
+    loaded = _modules_after(
+        "from procsnap.images.pb import _runtime\n"
+        "_runtime.skip_well_known_types()\n"
+        "import procsnap.dumper, procsnap.restorer, procsnap.verify\n"
+        "from procsnap.resources import (eventfd, eventpoll, inetsk, netlinksk, packetsk,\n"
+        "    pipe, sockdiag, sockets, tcp, unixsk)\n"
+        "from procsnap.kernel import nftables")
+    heavy = {"subprocess", "shutil", "logging", "ipaddress", "typing"}
+    assert not heavy & loaded, sorted(heavy & loaded)
