@@ -33,7 +33,7 @@ from .. import elf, images, pagexfer, progress
 from ..errors import ImageError, RestoreError, Unsupported
 from ..images import parent as parent_pages
 from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
-from ..inject import InjectError
+from ..inject import InjectError, Read
 from ..kernel import consts as C
 from ..kernel.libc import libc, syscall
 from ..kernel.structs import Iovec, PrctlMmMap
@@ -379,14 +379,22 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     return fid
 
 
+# Asked of the leader by the driver, in its one batch (dumper._ask_threads)
+BRK = Read("brk", 0, leader_only=True)
+DUMPABLE = Read("prctl", C.PR_GET_DUMPABLE, 0, 0, 0, 0, leader_only=True)
+THP_DISABLED = Read("prctl", C.PR_GET_THP_DISABLE, 0, 0, 0, 0, leader_only=True)
+THREAD_READS = [BRK, DUMPABLE, THP_DISABLED]
+
+
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     inj = task.need_inj()
     stat = task.stat
     assert stat is not None
     pid = task.pid
-    brk = inj.call("brk", 0)
-    dumpable = inj.call("prctl", C.PR_GET_DUMPABLE, 0, 0, 0, 0)
-    thp_disabled = inj.call("prctl", C.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+    leader = task.threads[0]
+    brk = leader.read(BRK).result
+    dumpable = leader.read(DUMPABLE).result
+    thp_disabled = leader.read(THP_DISABLED).result
 
     cache: dict[tuple[int, int], int] = {}
     exe = task.proc.exe()
