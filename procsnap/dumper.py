@@ -294,7 +294,13 @@ def _batch_signal(task: DumpTask, th: DumpThread, pad: int) -> None:
     if st.seccomp:
         return
     inj = th.need_inj()
-    inj.batch_sig = batch_signal(st.sig_blk, st.sig_cgt, st.sig_pnd | st.shd_pnd)
+    # PTRACE_GETSIGMASK, not status's SigBlk: frozen in a call that sleeps
+    # with a mask of its own (sigsuspend, ppoll, epoll_pwait...), the
+    # thread gets its own mask back when it resumes -- the mask our batch
+    # runs with, in which our signal may be blocked (and then the batch
+    # would never stop); ptrace gives that one, status the call's.
+    inj.batch_sig = batch_signal(ptrace.get_sigmask(th.tid), st.sig_cgt,
+                                 st.sig_pnd | st.shd_pnd)
     inj.batch_home = pad + HOME_OFFSET
 
 
