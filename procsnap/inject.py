@@ -162,13 +162,13 @@ class Read:
 
 
 class Answer:
-    """What a thread answered to a :class:`Read`: the call's result and
-    its output buffer."""
+    """What a thread answered to a :class:`Read`: the call's result, its
+    output buffer and the arguments it was called with."""
 
-    __slots__ = ("result", "data")
+    __slots__ = ("result", "data", "args")
 
-    def __init__(self, result: int, data: bytes = b"") -> None:
-        self.result, self.data = result, data
+    def __init__(self, result: int, data: bytes = b"", args: Sequence[int] = ()) -> None:
+        self.result, self.data, self.args = result, data, args
 
     def u32(self, off: int = 0) -> int:
         return int.from_bytes(self.data[off:off + 4], "little")
@@ -316,8 +316,8 @@ class Injector:
         finally:
             self._scratch_used = used
         out, off = [], 0
-        for r, res in zip(reads, results):
-            out.append(Answer(res, data[off:off + r.out]))
+        for r, res, (_, args) in zip(reads, results, calls):
+            out.append(Answer(res, data[off:off + r.out], args))
             off += (r.out + 7) // 8 * 8
         return out
 
@@ -327,7 +327,7 @@ class Injector:
         if got is None:
             got = self.ask([read])[0]
         if read.check:
-            self.check(read.name, read.args, got.result)
+            self.check(read.name, got.args, got.result)
         return got
 
     def _run_to_trap(self) -> UserRegs:
