@@ -92,13 +92,15 @@ def _movabs(reg: str, value: int) -> bytes:
 
 
 def batch_code(addr: int, calls: Sequence[tuple[int, Sequence[int]]], results: int,
-               sig: int, home: int) -> tuple[bytes, int]:
+               sig: int = 0, home: int = 0) -> tuple[bytes, int]:
     """Straight-line code, to run at ``addr``, for a batch of system calls
     (number, arguments): each call's rax goes to the 8-byte slot
     ``results + 8 * i``.  Returns the code and the offset in it of the
-    end stop (right after the last syscall).
+    end stop (where rip is at the stop).
 
-    The end: getpid (stored after the results, for the check of the
+    A puppet's batch (``sig`` 0) ends with int3, as its trampoline does (a
+    puppet dies with procsnap: nobody is left to mind the SIGTRAP).  A
+    dumped thread's end: getpid (stored after the results, for the check of the
     siginfo), gettid, tgkill(pid, tid, sig), then a jump to ``home`` (the
     thread's landing pad's way home: its saved registers reloaded).  ``sig``
     is ignored by default, not blocked by the thread nor caught by the
@@ -115,6 +117,9 @@ def batch_code(addr: int, calls: Sequence[tuple[int, Sequence[int]]], results: i
             code += _movabs(reg, val)
         code += _movabs("rax", nr) + SYSCALL_INSN + _STORE_RAX
         code += (results + 8 * i).to_bytes(8, "little")
+    if not sig:
+        code += b"\xcc"  # int3
+        return bytes(code), len(code)
     code += _movabs("rax", C.NR["getpid"]) + SYSCALL_INSN + _STORE_RAX
     code += (results + 8 * len(calls)).to_bytes(8, "little") + _MOV_RDI_RAX
     code += _movabs("rax", C.NR["gettid"]) + SYSCALL_INSN + _MOV_RSI_RAX
@@ -230,7 +235,7 @@ class Injector:
             setattr(regs, reg, val & _MASK64)
         ptrace.set_regs(self.pid, regs)
         if fast:
-            out = self._run_to_trap()
+            out = self._run_to_trap(self.trap_ip + len(TRAMPOLINE))
         else:
             self._step_to_syscall_stop()  # entry
             self._step_to_syscall_stop()  # exit
@@ -251,10 +256,15 @@ class Injector:
                                        f"{os.strerror(-result)}")
 
     def batch(self, calls: Sequence[tuple[str, Sequence[int]]]) -> list[int]:
-        """Run independent calls (name, arguments) in the task in one stop:
-        their results, unchecked.  One at a time (two stops each) when the
-        thread has no batch signal (see batch_code; the driver decides)."""
-        if not self.batch_sig:
+        """Run calls (name, arguments) in the task in one stop, in order:
+        their results, unchecked.  Each call's arguments are fixed before
+        any runs: no call may need an earlier one's result.  A puppet runs
+        them from its trampoline's memory; a dumped thread only with a
+        batch signal (see batch_code; the driver decides), else they are
+        made one at a time."""
+        if not calls:
+            return []
+        if not self.batch_sig and not (self.trap_ip and self.scratch):
             return [self.call(name, *args, check=False) for name, args in calls]
         nums = [(C.NR[name], args) for name, args in calls]
         probe, _ = batch_code(0, nums, 0, self.batch_sig, 0)
@@ -268,18 +278,31 @@ class Injector:
         regs.rip = at
         regs.orig_rax = _MASK64  # -1: no syscall restart on resume
         ptrace.set_regs(self.pid, regs)
-        info = self._run_to_end(at + end)
+        if self.batch_sig:
+            info = self._run_to_end(at + end)
+        else:
+            self._run_to_trap(at + end)
         self.calls += len(calls)
         raw = self.read_mem(results, 8 * (len(calls) + 1))
         if self.resume_regs is not None:
             ptrace.set_regs(self.pid, self.resume_regs)
         out = [to_signed(int.from_bytes(raw[i:i + 8], "little")) for i in range(0, len(raw), 8)]
         pid = out.pop()  # the getpid of the end, as the task sees its pid
-        si_code = int.from_bytes(info[8:12], "little", signed=True)
-        if si_code != _SI_TKILL or int.from_bytes(info[16:20], "little", signed=True) != pid:
-            # Someone else's signal coalesced with ours: it is theirs, kept.
-            self.held_signals.append(self.batch_sig)
+        if self.batch_sig:
+            si_code = int.from_bytes(info[8:12], "little", signed=True)
+            if si_code != _SI_TKILL or int.from_bytes(info[16:20], "little", signed=True) != pid:
+                # Someone else's signal coalesced with ours: it is theirs, kept.
+                self.held_signals.append(self.batch_sig)
         return out
+
+    def run(self, calls: Sequence[tuple[str, Sequence[int]]]) -> list[int]:
+        """:meth:`batch`, each result checked as :meth:`call` checks it: the
+        first error is raised (in a batch the calls after it ran too -- a
+        failed restore kills the puppet anyway)."""
+        results = self.batch(calls)
+        for (name, args), result in zip(calls, results):
+            self.check(name, args, result)
+        return results
 
     def _run_to_end(self, end: int) -> bytes:
         """Resume a batch until its end stop: the signal-delivery-stop of our
@@ -330,14 +353,14 @@ class Injector:
             self.check(read.name, got.args, got.result)
         return got
 
-    def _run_to_trap(self) -> UserRegs:
+    def _run_to_trap(self, after: int) -> UserRegs:
         """Resume until the int3 after the trampoline's syscall: one stop a
         call instead of two (entry and exit) -- half the context switches.
         Only for puppets: were procsnap to die while the call runs, the
         task would return into the int3 with nobody to catch the SIGTRAP
         (a dumped task uses a landing pad instead, see landing_pad); a
-        puppet dies with us anyway (PTRACE_O_EXITKILL)."""
-        after = self.trap_ip + len(TRAMPOLINE)
+        puppet dies with us anyway (PTRACE_O_EXITKILL).  ``after``: the
+        address right after the int3."""
         while True:
             ptrace.cont(self.pid)
             status = ptrace.wait_stop(self.pid)

@@ -1331,24 +1331,25 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # written, so it was writable once and VM_ACCOUNT is right.  One
     # without pages gets its final protection at once, so a never-writable
     # mapping does not gain VM_ACCOUNT and merge with a neighbour that has
-    # it (read-only data next to RELRO).
+    # it (read-only data next to RELRO).  The files are opened first, then
+    # every mmap and close runs in one batch (one stop).
+    calls: list[tuple[str, tuple[int, ...]]] = []
     for i in idents:
         if i in reuse:
             continue
         v = mm.vmas[i]
         extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
         if v.status & VMA_FILE_PRIVATE:
-            inj.call("mmap", v.start, v.end - v.start, prots[i],
-                     C.MAP_PRIVATE | C.MAP_FIXED | extra, _open_mapped(rctx, rt, v, file_fds),
-                     v.pgoff)
+            calls.append(("mmap", (v.start, v.end - v.start, prots[i],
+                                   C.MAP_PRIVATE | C.MAP_FIXED | extra,
+                                   _open_mapped(rctx, rt, v, file_fds), v.pgoff)))
         else:
             kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
             flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
             if v.status & VMA_AREA_STACK:
                 flags |= C.MAP_GROWSDOWN
-            inj.call("mmap", v.start, v.end - v.start, prots[i], flags, -1, 0)
-    for fd in file_fds.values():
-        inj.call("close", fd)
+            calls.append(("mmap", (v.start, v.end - v.start, prots[i], flags, -1, 0)))
+    inj.run(calls + [("close", (fd,)) for fd in file_fds.values()])
 
     # 4. Pages.  In a kept VMA, only what differs from the parent's.
     runs = _page_runs(rt)

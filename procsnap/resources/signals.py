@@ -92,14 +92,15 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # The puppet starts with the restorer's dispositions: set those, and
     # every one the image says is not the default.
     inherited = _own_nondefault()
+    calls = []  # in one batch (one stop)
     for sig, sa in zip(SIGNALS, core.tc.sigactions):
         if not (sa.sigaction or sa.flags or sa.mask or _worth_asking(sig, inherited)):
             continue
         act = KSigaction(sa_handler=sa.sigaction, sa_flags=sa.flags,
                          sa_restorer=sa.restorer, sa_mask=sa.mask)
-        addr = inj.put(bytes(act), align=8)
-        inj.call("rt_sigaction", sig, addr, 0, 8)
-        inj.reset_scratch()
+        calls.append(("rt_sigaction", (sig, inj.put(bytes(act), align=8), 0, 8)))
+    inj.run(calls)
+    inj.reset_scratch()
     # Queue pending signals with everything blocked; the final mask is set
     # with the registers, just before the puppet is let go.  First drop
     # whatever the puppet collected while it was built (a SIGCHLD from a

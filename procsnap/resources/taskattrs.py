@@ -360,17 +360,20 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
     core = thread.core
     th = core.thread_core
     comm = (th.comm if th.HasField("comm") else rt.core.tc.comm).encode()[:15]
-    tinj.call("prctl", C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0)
-    tinj.reset_scratch()
+    # in one batch (one stop)
+    calls: list[tuple[str, tuple[int, ...]]] = [
+        ("prctl", (C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0))]
     if th.futex_rla:
-        tinj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
-    tinj.call("set_tid_address", core.thread_info.clear_tid_addr)
+        calls.append(("set_robust_list", (th.futex_rla, th.futex_rla_len)))
+    calls.append(("set_tid_address", (core.thread_info.clear_tid_addr,)))
     # Always: the puppet was created with SIGKILL here, to die with us.
-    tinj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig if th.HasField("pdeath_sig") else 0,
-              0, 0, 0)
+    calls.append(("prctl", (C.PR_SET_PDEATHSIG,
+                            th.pdeath_sig if th.HasField("pdeath_sig") else 0, 0, 0, 0)))
     if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
         r = th.rseq_entry
-        tinj.call("rseq", r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)
+        calls.append(("rseq", (r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)))
+    tinj.run(calls)
+    tinj.reset_scratch()
     # Scheduling is set from outside: no injection needed.
     if th.HasField("sched_policy") and th.sched_policy not in (0, 3, 5):  # OTHER/BATCH/IDLE
         os.sched_setscheduler(tid, th.sched_policy, os.sched_param(th.sched_prio))

@@ -109,3 +109,14 @@ def test_read_and_answer() -> None:
     assert r.check and not r.leader_only and isinstance(r.args[1], Out)
     a = Answer(0, (10).to_bytes(4, "little") + b"\xff\xff\xff\xff")
     assert a.u32() == 10 and a.u64() == 0xFFFFFFFF0000000A
+
+
+def test_puppet_batch_ends_with_int3() -> None:
+    """A puppet's batch (no signal) stops at an int3 right after its last
+    call's result is stored: no getpid, tgkill or jump home."""
+    calls = [(C.NR["munmap"], (0x1000, 0x2000))]
+    code, end = batch_code(AT, calls, RESULTS)
+    le = lambda v: v.to_bytes(8, "little")  # noqa: E731
+    assert code == (b"\x48\xbf" + le(0x1000) + b"\x48\xbe" + le(0x2000) + b"\x48\xb8" + le(11)
+                    + b"\x0f\x05" + b"\x48\xa3" + le(RESULTS) + b"\xcc")
+    assert end == len(code), "the stop is reported with rip right after the int3"
