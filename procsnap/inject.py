@@ -85,6 +85,11 @@ HOME_OFFSET = len(SYSCALL_INSN)    # a landing pad's way home: right after its s
 # the end of a batch sends one of them to the thread itself.
 BATCH_SIGNALS = (23, 28, 17)       # SIGURG, SIGWINCH, SIGCHLD
 _SI_TKILL = -6
+# Room a batch needs in the scratch area: at most, for each call, six
+# arguments, the number, the syscall, the store and its result slot; for
+# its end, the getpid..jmp, its result slot and the alignments.
+_BATCH_CALL = 7 * 10 + 2 + 10 + 8
+_BATCH_END = 128
 
 
 def _movabs(reg: str, value: int) -> bytes:
@@ -266,6 +271,15 @@ class Injector:
             return []
         if not self.batch_sig and not (self.trap_ip and self.scratch):
             return [self.call(name, *args, check=False) for name, args in calls]
+        # As many calls a batch as the scratch area holds the code of
+        fit = (self.scratch_size - self._scratch_used - _BATCH_END) // _BATCH_CALL
+        if fit < 1:
+            return [self.call(name, *args, check=False) for name, args in calls]
+        if len(calls) > fit:
+            out: list[int] = []
+            for i in range(0, len(calls), fit):
+                out += self.batch(calls[i:i + fit])
+            return out
         nums = [(C.NR[name], args) for name, args in calls]
         probe, _ = batch_code(0, nums, 0, self.batch_sig, 0)
         used = self._scratch_used  # the code and results are ours only meanwhile

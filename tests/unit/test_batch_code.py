@@ -120,3 +120,14 @@ def test_puppet_batch_ends_with_int3() -> None:
     assert code == (b"\x48\xbf" + le(0x1000) + b"\x48\xbe" + le(0x2000) + b"\x48\xb8" + le(11)
                     + b"\x0f\x05" + b"\x48\xa3" + le(RESULTS) + b"\xcc")
     assert end == len(code), "the stop is reported with rip right after the int3"
+
+
+def test_room_reserved_for_a_batch_covers_the_code() -> None:
+    """inject._BATCH_CALL/_BATCH_END bound the scratch a batch takes (a
+    longer batch is split): the largest call and the longest end."""
+    from procsnap import inject
+    one = [(1, (1, 2, 3, 4, 5, 6))]
+    code, _ = batch_code(AT, one * 50, RESULTS, SIGWINCH, HOME)
+    assert len(code) + 8 * 51 + 16 <= 50 * inject._BATCH_CALL + inject._BATCH_END
+    code, _ = batch_code(AT, [], RESULTS, SIGWINCH, HOME)
+    assert len(code) + 8 + 16 <= inject._BATCH_END
