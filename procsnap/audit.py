@@ -552,7 +552,7 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
         tid = th.tid
         where = "" if tid == pid else f"thread {tid}: "
         base = f"/proc/{pid}/task/{tid}"
-        raw = status.raw if tid == pid else task.proc.thread_status(tid).raw
+        raw = task.thread_status(tid).raw
         _check_ns(pid, where, base, root_ns)  # first: the most telling reason
         check_status(pid, where, raw, f"{base}/status", _root_status(ctx))
         _check_sched(pid, where, tid)

@@ -289,8 +289,7 @@ def _batch_signal(task: DumpTask, th: DumpThread, pad: int) -> None:
     pending, and no seccomp filter -- one could fail the batch's end
     tgkill (or kill the task for a call), and the thread would run on
     untraced; strict mode forbids the calls themselves once we are gone."""
-    st = task.status if th.tid == task.pid else task.proc.thread_status(th.tid)
-    assert st is not None
+    st = task.thread_status(th.tid)
     if st.seccomp:
         return
     inj = th.need_inj()

@@ -113,6 +113,18 @@ class DumpTask:
     # found from here: "" in our mount namespace, else the root of its
     # mount namespace (DumpContext.set_fs_views); None: not decided yet.
     fs_prefix: str | None = None
+    _thread_status: dict[int, Status] = field(default_factory=dict)
+
+    def thread_status(self, tid: int) -> Status:
+        """/proc status of one of its threads, read once under the freeze
+        (the leader's is ``status``): the driver, the audit, creds and
+        seccomp all look at it."""
+        if tid == self.pid and self.status is not None:
+            return self.status
+        st = self._thread_status.get(tid)
+        if st is None:
+            st = self._thread_status[tid] = self.proc.thread_status(tid)
+        return st
 
     @property
     def inj(self) -> Injector | None:

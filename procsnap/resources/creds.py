@@ -47,8 +47,7 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     # (as CRIU's parasite reads them); /proc shows procsnap's view.
     idmap = user.id_map(task.pid)
     for thread in task.threads:
-        st = task.status if thread.tid == task.pid else task.proc.thread_status(thread.tid)
-        assert st is not None
+        st = task.thread_status(thread.tid)
         uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
         if idmap is not None:
             uids = user.inside_ids(task.pid, thread.tid, uids, "uid", idmap)
