@@ -5,7 +5,9 @@ Order of work, and why:
 1. Find the tasks and *seize every one* (PTRACE_SEIZE + PTRACE_INTERRUPT)
    before reading anything: state read before the freeze is not trusted.
 2. Under the freeze, inject a scratch page into each task (for syscalls
-   that return data through a pointer) and run the resource modules in
+   that return data through a pointer), ask each thread in one batch of
+   injected calls every read the modules declare (THREAD_READS,
+   _ask_threads), and run the resource modules in
    ``resources.DUMP_ORDER``.  Cheap checks that may refuse the dump (fds,
    mappings) run before memory, so a refusal costs no page copying.
 3. Write the images.  Each image goes to a temporary name and is renamed

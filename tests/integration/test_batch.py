@@ -132,7 +132,7 @@ def test_batch_answers_are_each_threads_own(targets: TargetFactory, tmp_path: Pa
 
 def test_killed_during_a_batch(targets: TargetFactory, tmp_path: Path) -> None:
     """SIGKILL to procsnap while a batch runs (every batch made to take
-    300 ms by a poll() put first): the target runs on untraced where it was,
+    300 ms by a poll() put first, the kill sent while the leader is in it): the target runs on untraced where it was,
     its count without gap or repeat, its SIGURG handler never run, every
     thread's state as it was (its self-check passes)."""
     numbers = targets.workdir / "numbers"
@@ -144,11 +144,10 @@ def test_killed_during_a_batch(targets: TargetFactory, tmp_path: Path) -> None:
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, close_fds=True, env=_env())
     try:
-        wait_for(lambda: log.exists() and log.read_text().strip(), 30, "a batch to start")
-        time.sleep(0.1)
-        # the leader is inside the poll of its batch
-        syscall = Path(f"/proc/{t.pid}/syscall").read_text().split()
-        assert syscall[0] == "7", f"pid {t.pid} is not in the batch's poll: {syscall}"
+        # the leader is inside the poll of its batch (syscall 7)
+        wait_for(lambda: log.exists() and log.read_text().strip()
+                 and Path(f"/proc/{t.pid}/syscall").read_text().split()[0] == "7", 30,
+                 f"pid {t.pid} to be in its batch's poll", interval=0.005)
     finally:
         p.kill()
         p.wait(10)
