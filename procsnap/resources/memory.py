@@ -1594,12 +1594,11 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         if todo:
             _fill_pages(rt, rt.page_files, todo)
 
-    # 5. Final protections of what was mapped writable for its pages.
-    for i, v in enumerate(mm.vmas):
-        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_FILE_SHARED):
-            continue
-        if i in with_pages and v.prot != C.PROT_READ | C.PROT_WRITE:
-            inj.call("mprotect", v.start, v.end - v.start, v.prot)
+    # 5. Final protections of what was mapped writable for its pages (one batch).
+    inj.run([("mprotect", (v.start, v.end - v.start, v.prot)) for i, v in enumerate(mm.vmas)
+             if not v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR
+                                | VMA_FILE_SHARED)
+             and i in with_pages and v.prot != C.PROT_READ | C.PROT_WRITE])
 
     # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
     # After the children were forked: MADV_DONTFORK/WIPEONFORK would
@@ -1690,31 +1689,31 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
 def _restore_vmflags(rt: "RestoreTask") -> None:
     """madvise() each saved advice over its VMA exactly (so the kernel
     splits and merges as it did), then mlock() what was locked, and
-    last install the guard regions (they follow the VMAs in the image)."""
+    last install the guard regions (they follow the VMAs in the image).
+    All in one batch, in that order; the first failure is reported."""
     inj = rt.inj
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    whats: list[str | None] = []  # how a failure is told (None: as the call's own error)
     for v in rt.mm.vmas:
         if v.status & VMA_AREA_GUARD:
             # Last: installing a guard zaps what is there (nothing was).
-            try:
-                inj.call("madvise", v.start, v.end - v.start, C.MADV_GUARD_INSTALL)
-            except InjectError as exc:
-                raise RestoreError(f"{rt.image_name('mm')}: madvise(MADV_GUARD_INSTALL) of "
-                                   f"{v.start:#x}-{v.end:#x} failed: "
-                                   f"{os.strerror(exc.errno or 0)}") from None
+            calls.append(("madvise", (v.start, v.end - v.start, C.MADV_GUARD_INSTALL)))
+            whats.append(f"madvise(MADV_GUARD_INSTALL) of {v.start:#x}-{v.end:#x}")
             continue
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
             continue
         if v.HasField("madv") and v.madv:
             for advice in _MADV_ORDER:
                 if v.madv & (1 << advice):
-                    try:
-                        inj.call("madvise", v.start, v.end - v.start, advice)
-                    except InjectError as exc:
-                        raise RestoreError(f"{rt.image_name('mm')}: madvise({advice}) of "
-                                           f"{v.start:#x}-{v.end:#x} failed: "
-                                           f"{os.strerror(exc.errno or 0)}") from None
+                    calls.append(("madvise", (v.start, v.end - v.start, advice)))
+                    whats.append(f"madvise({advice}) of {v.start:#x}-{v.end:#x}")
         if v.flags & C.MAP_LOCKED:
-            inj.call("mlock", v.start, v.end - v.start)
+            calls.append(("mlock", (v.start, v.end - v.start)))
+            whats.append(None)
+    for (name, args), what, got in zip(calls, whats, inj.batch(calls)):
+        if what is not None and -4096 < got < 0:
+            raise RestoreError(f"{rt.image_name('mm')}: {what} failed: {os.strerror(-got)}")
+        inj.check(name, args, got)
 
 
 def _fill_pages(rt: "RestoreTask", files: list[str], runs: list[tuple[int, int, int]]) -> None:

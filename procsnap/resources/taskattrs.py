@@ -359,21 +359,6 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
     tid = thread.tid
     core = thread.core
     th = core.thread_core
-    comm = (th.comm if th.HasField("comm") else rt.core.tc.comm).encode()[:15]
-    # in one batch (one stop)
-    calls: list[tuple[str, tuple[int, ...]]] = [
-        ("prctl", (C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0))]
-    if th.futex_rla:
-        calls.append(("set_robust_list", (th.futex_rla, th.futex_rla_len)))
-    calls.append(("set_tid_address", (core.thread_info.clear_tid_addr,)))
-    # Always: the puppet was created with SIGKILL here, to die with us.
-    calls.append(("prctl", (C.PR_SET_PDEATHSIG,
-                            th.pdeath_sig if th.HasField("pdeath_sig") else 0, 0, 0, 0)))
-    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
-        r = th.rseq_entry
-        calls.append(("rseq", (r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)))
-    tinj.run(calls)
-    tinj.reset_scratch()
     # Scheduling is set from outside: no injection needed.
     if th.HasField("sched_policy") and th.sched_policy not in (0, 3, 5):  # OTHER/BATCH/IDLE
         os.sched_setscheduler(tid, th.sched_policy, os.sched_param(th.sched_prio))
@@ -389,11 +374,28 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
             except OSError as exc:
                 raise RestoreError(f"{rt.image_name('core', tid)}: CPU affinity "
                                    f"{sorted(cpus)}: {exc.strerror}") from None
-    # After the policy: an RT policy sets the slack to 0 itself (6.7+), and
-    # PR_SET_TIMERSLACK 0 would mean "the default" instead.
-    if th.HasField("timer_slack_ns") and th.timer_slack_ns and \
-            th.timer_slack_ns != tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0):
-        tinj.call("prctl", C.PR_SET_TIMERSLACK, th.timer_slack_ns, 0, 0, 0)
+    comm = (th.comm if th.HasField("comm") else rt.core.tc.comm).encode()[:15]
+    # in one batch (one stop)
+    calls: list[tuple[str, tuple[int, ...]]] = [
+        ("prctl", (C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0))]
+    if th.futex_rla:
+        calls.append(("set_robust_list", (th.futex_rla, th.futex_rla_len)))
+    calls.append(("set_tid_address", (core.thread_info.clear_tid_addr,)))
+    # Always: the puppet was created with SIGKILL here, to die with us.
+    calls.append(("prctl", (C.PR_SET_PDEATHSIG,
+                            th.pdeath_sig if th.HasField("pdeath_sig") else 0, 0, 0, 0)))
+    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
+        r = th.rseq_entry
+        calls.append(("rseq", (r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)))
+    # The slack, after the policy: an RT policy sets it to 0 itself (6.7+),
+    # and PR_SET_TIMERSLACK 0 would mean "the default" instead.
+    slack = th.timer_slack_ns if th.HasField("timer_slack_ns") else 0
+    if slack:
+        calls.append(("prctl", (C.PR_GET_TIMERSLACK, 0, 0, 0, 0)))
+    got = tinj.run(calls)
+    tinj.reset_scratch()
+    if slack and slack != got[-1]:
+        tinj.call("prctl", C.PR_SET_TIMERSLACK, slack, 0, 0, 0)
     if th.HasField("mempolicy_mode"):
         nodes = bytes(th.mempolicy_nodes)
         addr = tinj.put(nodes.ljust(_MAXNODE // 8, b"\0"), align=8)
