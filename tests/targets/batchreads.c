@@ -8,7 +8,8 @@
  *
  * Every thread: PR_SET_PDEATHSIG, a sigaltstack, a timer slack and (the
  * second one) securebits of its own.  The process catches SIGURG (a
- * batch's preferred end signal): its handler must never run.  Thread 2
+ * batch's preferred end signal): its handler must never run; it sets
+ * SIGWINCH to SIG_IGN (traced, a thread still stops for it).  Thread 2
  * blocks SIGWINCH (its batch ends with SIGCHLD); thread 3 blocks SIGWINCH
  * and SIGCHLD (no batch: one call at a time).  Thread 4 blocks SIGWINCH
  * but sleeps in sigsuspend() with nothing blocked, as a shell's wait does:
@@ -126,6 +127,9 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_urg;
 	if (sigaction(SIGURG, &sa, NULL))
 		die("sigaction(SIGURG)");
+	sa.sa_handler = SIG_IGN;
+	if (sigaction(SIGWINCH, &sa, NULL))
+		die("sigaction(SIGWINCH)");
 	sa.sa_handler = on_pdeath;
 	for (i = 0; i < NTHREADS; i++)
 		if (sigaction(pdeath_of(i), &sa, NULL))
