@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from .errors import Unsupported
+from .inject import Out, Read
 from .kernel import consts as C
 from .kernel.libc import prctl as own_prctl
 from .kernel.libc import syscall
@@ -345,6 +346,15 @@ PRCTL_READ: dict[str, Prctl] = {
     "PR_GET_MDWE": Prctl(C.PR_GET_MDWE, per_thread=False),
 }
 
+# ... asked of each thread (the leader only for a per-process value) in
+# the driver's one batch a thread (dumper._ask_threads); errors are values
+_PRCTL_ASKED = {
+    name: Read("prctl", how.option, Out(0), 0, 0, 0, out=8, check=False,
+               leader_only=not how.per_thread) if how.by_pointer
+    else Read("prctl", how.option, how.arg, 0, 0, 0, check=False, leader_only=not how.per_thread)
+    for name, how in PRCTL_READ.items()}
+THREAD_READS = list(_PRCTL_ASKED.values())
+
 
 PRCTL: list[Item] = [
     *_s("prctl", "PR_GET_DUMPABLE", "memory (mm_entry.dumpable), set by creds"),
@@ -542,7 +552,7 @@ def check(ctx: "DumpContext", task: "DumpTask") -> None:
         tid = th.tid
         where = "" if tid == pid else f"thread {tid}: "
         base = f"/proc/{pid}/task/{tid}"
-        raw = status.raw if tid == pid else task.proc.thread_status(tid).raw
+        raw = task.thread_status(tid).raw
         _check_ns(pid, where, base, root_ns)  # first: the most telling reason
         check_status(pid, where, raw, f"{base}/status", _root_status(ctx))
         _check_sched(pid, where, tid)
@@ -638,25 +648,19 @@ def _check_attr(pid: int, where: str, base: str) -> None:
 
 
 def _check_prctl(pid: int, where: str, th: "DumpThread", leader: bool, strict: bool) -> None:
-    inj = th.need_inj()
     for name, how in PRCTL_READ.items():
         if not how.per_thread and not leader:
             continue
         if name == "PR_GET_TSC" and strict:
             continue  # strict mode sets it, and its restore does again
-        if how.by_pointer:
-            addr = inj.put(bytes(8), align=8)
-            got = inj.call("prctl", how.option, addr, 0, 0, 0, check=False)
-            value = got if got < 0 else int.from_bytes(inj.read_mem(addr, 4), "little")
-        else:
-            value = inj.call("prctl", how.option, how.arg, 0, 0, 0, check=False)
+        got = th.read(_PRCTL_ASKED[name])
+        value = got.u32() if how.by_pointer and got.result >= 0 else got.result
         own = _own_prctl(name)
         for it in items("prctl", name):
             if it.refuse is not None and (state := it.refuse(value, own)):
                 raise Unsupported(f"pid {pid}: {where}{state}; {it.note}")
         if name == "PR_GET_THP_DISABLE":
             _judge(pid, where, "prctl", "PR_GET_THP_DISABLE: EXCEPT_ADVISED", value, own, name)
-    inj.reset_scratch()
 
 
 def table_rows() -> list[str]:

@@ -5,7 +5,9 @@ Order of work, and why:
 1. Find the tasks and *seize every one* (PTRACE_SEIZE + PTRACE_INTERRUPT)
    before reading anything: state read before the freeze is not trusted.
 2. Under the freeze, inject a scratch page into each task (for syscalls
-   that return data through a pointer) and run the resource modules in
+   that return data through a pointer), ask each thread in one batch of
+   injected calls every read the modules declare (THREAD_READS,
+   _ask_threads), and run the resource modules in
    ``resources.DUMP_ORDER``.  Cheap checks that may refuse the dump (fds,
    mappings) run before memory, so a refusal costs no page copying.
 3. Write the images.  Each image goes to a temporary name and is renamed
@@ -40,8 +42,8 @@ from .errors import (AccessDenied, ActionScriptFailed, DumpError, NoSuchProcess,
                      ZombieProcess)
 from .images import pidview
 from .images.pb import core_pb2, inventory_pb2, pstree_pb2
-from .inject import (LANDING_SIZE, Injector, InjectError, find_syscall_insn, landing_pad,
-                     restart_fixup)
+from .inject import (HOME_OFFSET, LANDING_SIZE, Injector, InjectError, Read, batch_signal,
+                     find_syscall_insn, landing_pad, restart_fixup)
 from .kernel import consts as C
 from .kernel import ptrace
 from .procfs.reader import ProcReader, is_kernel_thread
@@ -280,6 +282,45 @@ def _prepare_injection(task: DumpTask) -> None:
             assert tinj.resume_regs is not None
             tinj.write_mem(pad, landing_pad(pad, tinj.resume_regs))
             tinj.syscall_ip = pad
+            _batch_signal(task, th, pad)
+
+
+def _batch_signal(task: DumpTask, th: DumpThread, pad: int) -> None:
+    """Let the thread run batches of calls (inject.batch_code) when it can:
+    a signal ignored by default that it neither blocks nor catches nor has
+    pending, and no seccomp filter -- one could fail the batch's end
+    tgkill (or kill the task for a call), and the thread would run on
+    untraced; strict mode forbids the calls themselves once we are gone."""
+    st = task.thread_status(th.tid)
+    if st.seccomp:
+        return
+    inj = th.need_inj()
+    # PTRACE_GETSIGMASK, not status's SigBlk: frozen in a call that sleeps
+    # with a mask of its own (sigsuspend, ppoll, epoll_pwait...), the
+    # thread gets its own mask back when it resumes -- the mask our batch
+    # runs with, in which our signal may be blocked (and then the batch
+    # would never stop); ptrace gives that one, status the call's.
+    inj.batch_sig = batch_signal(ptrace.get_sigmask(th.tid), st.sig_cgt,
+                                 st.sig_pnd | st.shd_pnd)
+    inj.batch_home = pad + HOME_OFFSET
+
+
+def _ask_threads(ctx: DumpContext, modules: list[Any]) -> None:
+    """The per-thread reads the audit and the modules declare (THREAD_READS)
+    asked of each thread in one batch -- one stop a thread instead of two
+    a read; each module finds its answers with DumpThread.read.  A thread
+    that cannot run batches is asked one read at a time when read, as
+    before."""
+    reads: list[Read] = [r for mod in modules for r in getattr(mod, "THREAD_READS", ())]
+    for task in ctx.tasks:
+        if task.zombie:
+            continue
+        for th in task.threads:
+            inj = th.need_inj()
+            if not inj.batch_sig:
+                continue
+            mine = [r for r in reads if not r.leader_only or th.tid == task.pid]
+            th.answers.update(zip(mine, inj.ask(mine)))
 
 
 def _release(task: DumpTask, *, kill: bool) -> None:
@@ -405,6 +446,9 @@ def dump(pid: int, images_dir: str, *, leave_running: bool = False,
                 if not task.zombie:
                     memtrack.disarm(task, inodes)
             ctx.stats["track"] = time.monotonic() - t
+        t = time.monotonic()
+        _ask_threads(ctx, [audit, *resources.DUMP_ORDER])
+        ctx.stats["ask"] = time.monotonic() - t
         t = time.monotonic()
         audit.check_all(ctx)  # state the images would lose refuses the dump here
         ctx.stats["audit"] = time.monotonic() - t

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 from . import images
 from .errors import ImageError, RestoreError
 from .images.pb import pstree_pb2
-from .inject import InjectError, Injector
+from .inject import Answer, InjectError, Injector, Read
 from .kernel import consts as C
 from .kernel.structs import UserRegs
 from .procfs.parse import FdInfo, MapEntry, Stat, Status
@@ -79,10 +79,18 @@ class DumpThread:
     core: Any = None                  # core_entry of this thread (leader: the task's)
     held: bool = False                # seized by us
     stop_signo: int = 0               # job-control stop signal it was stopped by
+    # What the thread answered to the modules' THREAD_READS, asked by the
+    # driver in one batch (dumper._ask_threads); a read not here is asked
+    # when read.
+    answers: dict[Read, Answer] = field(default_factory=dict)
 
     def need_inj(self) -> Injector:
         assert self.inj is not None
         return self.inj
+
+    def read(self, r: Read) -> Answer:
+        """The thread's answer to ``r`` (an error of a checked read raised)."""
+        return self.need_inj().answer(r, self.answers.get(r))
 
 
 @record(eq=False, repr=False)
@@ -105,6 +113,18 @@ class DumpTask:
     # found from here: "" in our mount namespace, else the root of its
     # mount namespace (DumpContext.set_fs_views); None: not decided yet.
     fs_prefix: str | None = None
+    _thread_status: dict[int, Status] = field(default_factory=dict)
+
+    def thread_status(self, tid: int) -> Status:
+        """/proc status of one of its threads, read once under the freeze
+        (the leader's is ``status``): the driver, the audit, creds and
+        seccomp all look at it."""
+        if tid == self.pid and self.status is not None:
+            return self.status
+        st = self._thread_status.get(tid)
+        if st is None:
+            st = self._thread_status[tid] = self.proc.thread_status(tid)
+        return st
 
     @property
     def inj(self) -> Injector | None:

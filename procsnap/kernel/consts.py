@@ -47,6 +47,8 @@ NR = {
     "newfstatat": 262, "linkat": 265, "name_to_handle_at": 303,
     # dirty-page tracking for pre-dump (resources/memtrack.py)
     "userfaultfd": 323,
+    # the end of a batch of injected calls (inject.batch_code)
+    "tgkill": 234,
 }
 
 # ptrace requests and options (include/uapi/linux/ptrace.h).

@@ -79,6 +79,13 @@ def set_sigmask(pid: int, mask: int) -> None:
     ptrace(C.PTRACE_SETSIGMASK, pid, 8, ctypes.addressof(val))
 
 
+def get_siginfo(pid: int) -> bytes:
+    """The siginfo of the signal a tracee is stopped for (PTRACE_GETSIGINFO)."""
+    buf = ctypes.create_string_buffer(S.SIGINFO_SIZE)
+    ptrace(C.PTRACE_GETSIGINFO, pid, 0, ctypes.addressof(buf))
+    return buf.raw
+
+
 def peek_siginfo(pid: int, shared: bool) -> list[bytes]:
     """Every queued siginfo of the thread (or the process-wide queue)."""
     out: list[bytes] = []

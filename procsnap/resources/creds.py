@@ -19,6 +19,7 @@ import functools
 import os
 
 from ..errors import RestoreError
+from ..inject import Read
 from ..kernel import consts as C
 from ..kernel.structs import CapData, CapHeader
 
@@ -46,18 +47,21 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     # (as CRIU's parasite reads them); /proc shows procsnap's view.
     idmap = user.id_map(task.pid)
     for thread in task.threads:
-        st = task.status if thread.tid == task.pid else task.proc.thread_status(thread.tid)
-        assert st is not None
+        st = task.thread_status(thread.tid)
         uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
         if idmap is not None:
             uids = user.inside_ids(task.pid, thread.tid, uids, "uid", idmap)
             gids = user.inside_ids(task.pid, thread.tid, gids, "gid", idmap)
             groups = user.inside_groups(groups, idmap)
-        _dump_one(thread.need_inj(), st, thread.core, uids, gids, groups)
+        _dump_one(thread.read(SECUREBITS).result, st, thread.core, uids, gids, groups)
 
 
-def _dump_one(inj, st, core, uids: tuple, gids: tuple, groups: list) -> None:
-    secbits = inj.call("prctl", C.PR_GET_SECUREBITS, 0, 0, 0, 0)
+# asked of each thread by the driver, in one batch a thread (dumper._ask_threads)
+SECUREBITS = Read("prctl", C.PR_GET_SECUREBITS, 0, 0, 0, 0)
+THREAD_READS = [SECUREBITS]
+
+
+def _dump_one(secbits: int, st, core, uids: tuple, gids: tuple, groups: list) -> None:
     uid, euid, suid, fsuid = uids
     gid, egid, sgid, fsgid = gids
     creds = creds_pb2.creds_entry(

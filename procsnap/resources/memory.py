@@ -33,7 +33,7 @@ from .. import elf, images, pagexfer, progress
 from ..errors import ImageError, RestoreError, Unsupported
 from ..images import parent as parent_pages
 from ..images.pb import mm_pb2, pagemap_pb2, vma_pb2
-from ..inject import InjectError
+from ..inject import InjectError, Read
 from ..kernel import consts as C
 from ..kernel.libc import libc, syscall
 from ..kernel.structs import Iovec, PrctlMmMap
@@ -379,14 +379,22 @@ def _mapped_file_id(ctx: "DumpContext", task: "DumpTask", m: MapEntry,
     return fid
 
 
+# Asked of the leader by the driver, in its one batch (dumper._ask_threads)
+BRK = Read("brk", 0, leader_only=True)
+DUMPABLE = Read("prctl", C.PR_GET_DUMPABLE, 0, 0, 0, 0, leader_only=True)
+THP_DISABLED = Read("prctl", C.PR_GET_THP_DISABLE, 0, 0, 0, 0, leader_only=True)
+THREAD_READS = [BRK, DUMPABLE, THP_DISABLED]
+
+
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     inj = task.need_inj()
     stat = task.stat
     assert stat is not None
     pid = task.pid
-    brk = inj.call("brk", 0)
-    dumpable = inj.call("prctl", C.PR_GET_DUMPABLE, 0, 0, 0, 0)
-    thp_disabled = inj.call("prctl", C.PR_GET_THP_DISABLE, 0, 0, 0, 0)
+    leader = task.threads[0]
+    brk = leader.read(BRK).result
+    dumpable = leader.read(DUMPABLE).result
+    thp_disabled = leader.read(THP_DISABLED).result
 
     cache: dict[tuple[int, int], int] = {}
     exe = task.proc.exe()
@@ -1323,24 +1331,25 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # written, so it was writable once and VM_ACCOUNT is right.  One
     # without pages gets its final protection at once, so a never-writable
     # mapping does not gain VM_ACCOUNT and merge with a neighbour that has
-    # it (read-only data next to RELRO).
+    # it (read-only data next to RELRO).  The files are opened first, then
+    # every mmap and close runs in one batch (one stop).
+    calls: list[tuple[str, tuple[int, ...]]] = []
     for i in idents:
         if i in reuse:
             continue
         v = mm.vmas[i]
         extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
         if v.status & VMA_FILE_PRIVATE:
-            inj.call("mmap", v.start, v.end - v.start, prots[i],
-                     C.MAP_PRIVATE | C.MAP_FIXED | extra, _open_mapped(rctx, rt, v, file_fds),
-                     v.pgoff)
+            calls.append(("mmap", (v.start, v.end - v.start, prots[i],
+                                   C.MAP_PRIVATE | C.MAP_FIXED | extra,
+                                   _open_mapped(rctx, rt, v, file_fds), v.pgoff)))
         else:
             kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
             flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
             if v.status & VMA_AREA_STACK:
                 flags |= C.MAP_GROWSDOWN
-            inj.call("mmap", v.start, v.end - v.start, prots[i], flags, -1, 0)
-    for fd in file_fds.values():
-        inj.call("close", fd)
+            calls.append(("mmap", (v.start, v.end - v.start, prots[i], flags, -1, 0)))
+    inj.run(calls + [("close", (fd,)) for fd in file_fds.values()])
 
     # 4. Pages.  In a kept VMA, only what differs from the parent's.
     runs = _page_runs(rt)
@@ -1585,12 +1594,11 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         if todo:
             _fill_pages(rt, rt.page_files, todo)
 
-    # 5. Final protections of what was mapped writable for its pages.
-    for i, v in enumerate(mm.vmas):
-        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_FILE_SHARED):
-            continue
-        if i in with_pages and v.prot != C.PROT_READ | C.PROT_WRITE:
-            inj.call("mprotect", v.start, v.end - v.start, v.prot)
+    # 5. Final protections of what was mapped writable for its pages (one batch).
+    inj.run([("mprotect", (v.start, v.end - v.start, v.prot)) for i, v in enumerate(mm.vmas)
+             if not v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR
+                                | VMA_FILE_SHARED)
+             and i in with_pages and v.prot != C.PROT_READ | C.PROT_WRITE])
 
     # 5b. What smaps VmFlags showed (see VMFLAGS): advice, then locks.
     # After the children were forked: MADV_DONTFORK/WIPEONFORK would
@@ -1681,31 +1689,31 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
 def _restore_vmflags(rt: "RestoreTask") -> None:
     """madvise() each saved advice over its VMA exactly (so the kernel
     splits and merges as it did), then mlock() what was locked, and
-    last install the guard regions (they follow the VMAs in the image)."""
+    last install the guard regions (they follow the VMAs in the image).
+    All in one batch, in that order; the first failure is reported."""
     inj = rt.inj
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    whats: list[str | None] = []  # how a failure is told (None: as the call's own error)
     for v in rt.mm.vmas:
         if v.status & VMA_AREA_GUARD:
             # Last: installing a guard zaps what is there (nothing was).
-            try:
-                inj.call("madvise", v.start, v.end - v.start, C.MADV_GUARD_INSTALL)
-            except InjectError as exc:
-                raise RestoreError(f"{rt.image_name('mm')}: madvise(MADV_GUARD_INSTALL) of "
-                                   f"{v.start:#x}-{v.end:#x} failed: "
-                                   f"{os.strerror(exc.errno or 0)}") from None
+            calls.append(("madvise", (v.start, v.end - v.start, C.MADV_GUARD_INSTALL)))
+            whats.append(f"madvise(MADV_GUARD_INSTALL) of {v.start:#x}-{v.end:#x}")
             continue
         if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
             continue
         if v.HasField("madv") and v.madv:
             for advice in _MADV_ORDER:
                 if v.madv & (1 << advice):
-                    try:
-                        inj.call("madvise", v.start, v.end - v.start, advice)
-                    except InjectError as exc:
-                        raise RestoreError(f"{rt.image_name('mm')}: madvise({advice}) of "
-                                           f"{v.start:#x}-{v.end:#x} failed: "
-                                           f"{os.strerror(exc.errno or 0)}") from None
+                    calls.append(("madvise", (v.start, v.end - v.start, advice)))
+                    whats.append(f"madvise({advice}) of {v.start:#x}-{v.end:#x}")
         if v.flags & C.MAP_LOCKED:
-            inj.call("mlock", v.start, v.end - v.start)
+            calls.append(("mlock", (v.start, v.end - v.start)))
+            whats.append(None)
+    for (name, args), what, got in zip(calls, whats, inj.batch(calls)):
+        if what is not None and -4096 < got < 0:
+            raise RestoreError(f"{rt.image_name('mm')}: {what} failed: {os.strerror(-got)}")
+        inj.check(name, args, got)
 
 
 def _fill_pages(rt: "RestoreTask", files: list[str], runs: list[tuple[int, int, int]]) -> None:

@@ -96,8 +96,7 @@ def _state(ctx: "DumpContext") -> tuple[Any, dict[tuple[int, bytes, int], int]]:
 def dump(ctx: "DumpContext", task: "DumpTask") -> None:
     for th in task.threads:
         tid = th.tid
-        st = task.status if tid == task.pid else task.proc.thread_status(tid)
-        assert st is not None
+        st = task.thread_status(tid)
         mode = int(st.raw.get("Seccomp", "0"))
         tcore = th.core.thread_core
         if mode == 0:

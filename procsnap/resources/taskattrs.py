@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from ..errors import RestoreError, Unsupported
 from ..images.pb import rlimit_pb2, rseq_pb2, timer_pb2
+from ..inject import Out, Read
 from ..kernel import consts as C
 from ..kernel import ptrace
 from ..kernel.libc import syscall
@@ -41,10 +42,26 @@ RLIM_NAMES = ["CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE",
               "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO", "RTTIME"]
 
 
-def _get_int(inj, option: int) -> int:
-    addr = inj.put(bytes(8), align=8)
-    inj.call("prctl", option, addr, 0, 0, 0)
-    return int.from_bytes(inj.read_mem(addr, 8), "little")
+def _prctl_out(option: int, leader_only: bool = False) -> Read:
+    """A prctl that writes its answer through a pointer."""
+    return Read("prctl", option, Out(0), 0, 0, 0, out=8, leader_only=leader_only)
+
+
+_MAXNODE = 1024  # bits of nodemask passed to get/set_mempolicy (>= nr_node_ids)
+_MPOL_DEFAULT = 0
+# What only the task can say, asked of it by the driver in one batch a
+# thread (dumper._ask_threads): per thread, then of the leader only
+TID_ADDRESS = _prctl_out(C.PR_GET_TID_ADDRESS)
+PDEATHSIG = _prctl_out(C.PR_GET_PDEATHSIG)
+TIMERSLACK = Read("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+MEMPOLICY = Read("get_mempolicy", Out(0), Out(8), _MAXNODE, 0, 0, out=8 + _MAXNODE // 8)
+ITIMERS = [Read("getitimer", which, Out(0), out=32, leader_only=True)
+           for which in range(3)]  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
+CHILD_SUBREAPER = _prctl_out(C.PR_GET_CHILD_SUBREAPER, leader_only=True)
+MEMBARRIER = Read("membarrier", C.MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, check=False,
+                  leader_only=True)
+THREAD_READS = [TID_ADDRESS, PDEATHSIG, TIMERSLACK, MEMPOLICY, *ITIMERS, CHILD_SUBREAPER,
+                MEMBARRIER]
 
 
 def read_loginuid(tid: int) -> int:
@@ -59,13 +76,14 @@ _MEMBARRIER_REGISTER = (C.MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
                         C.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ)
 
 
-def membarrier_registrations(inj) -> int:
+def membarrier_registrations(leader: "DumpThread") -> int:
     """The REGISTER_* commands the task's mm has issued (CRIU's
     membarrier_registration_mask).  Linux 6.3+ reports them
     (MEMBARRIER_CMD_GET_REGISTRATIONS); before that, as CRIU does, an
     expedited barrier succeeds only when registered -- which cannot see
     GLOBAL_EXPEDITED, hence the new call first."""
-    got = inj.call("membarrier", C.MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, check=False)
+    inj = leader.need_inj()
+    got = leader.read(MEMBARRIER).result
     if got >= 0:
         return got
     mask = 0
@@ -102,22 +120,20 @@ def dump(ctx: "DumpContext", task: "DumpTask") -> None:
         cur, mx = by_number[res]
         tc.rlimits.rlimits.append(rlimit_pb2.rlimit_entry(cur=cur, max=mx))
     timers = []
-    for which in range(3):  # ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF
-        addr = inj.put(bytes(32), align=8)
-        inj.call("getitimer", which, addr)
-        it = Itimerval.from_buffer_copy(inj.read_mem(addr, 32))
+    leader = task.threads[0]
+    for read in ITIMERS:
+        it = Itimerval.from_buffer_copy(leader.read(read).data)
         timers.append(timer_pb2.itimer_entry(isec=it.interval_sec, iusec=it.interval_usec,
                                              vsec=it.value_sec, vusec=it.value_usec))
     tc.timers.real.CopyFrom(timers[0])
     tc.timers.virt.CopyFrom(timers[1])
     tc.timers.prof.CopyFrom(timers[2])
     _dump_posix_timers(task, inj)
-    tc.child_subreaper = bool(_get_int(inj, C.PR_GET_CHILD_SUBREAPER))
-    inj.reset_scratch()
+    tc.child_subreaper = bool(leader.read(CHILD_SUBREAPER).u64())
     with open(f"/proc/{pid}/oom_score_adj") as f:
         tc.oom_score_adj = int(f.read())
     tc.loginuid = read_loginuid(pid)
-    mask = membarrier_registrations(inj)
+    mask = membarrier_registrations(leader)
     if mask:
         tc.membarrier_registration_mask = mask
     for thread in task.threads:
@@ -231,12 +247,10 @@ def _signed32(v: int) -> int:
 def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
     """What each thread has of its own (the kernel keeps these per task_struct)."""
     tid = thread.tid
-    tinj = thread.need_inj()
     core = thread.core
     th = core.thread_core
-    core.thread_info.clear_tid_addr = _get_int(tinj, C.PR_GET_TID_ADDRESS)
-    th.pdeath_sig = _get_int(tinj, C.PR_GET_PDEATHSIG)
-    tinj.reset_scratch()
+    core.thread_info.clear_tid_addr = thread.read(TID_ADDRESS).u64()
+    th.pdeath_sig = thread.read(PDEATHSIG).u64()
     head, length = ctypes.c_uint64(), ctypes.c_size_t()
     syscall(C.NR["get_robust_list"], tid, ctypes.addressof(head), ctypes.addressof(length))
     th.futex_rla, th.futex_rla_len = head.value, length.value
@@ -250,15 +264,12 @@ def _dump_thread(task: "DumpTask", thread: "DumpThread") -> None:
     # CPU affinity from outside; timer slack and NUMA policy answer for the
     # calling thread only: asked in it (procsnap's own thread_core fields).
     th.cpu_affinity = _cpus_to_mask(os.sched_getaffinity(tid))
-    th.timer_slack_ns = tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0)
-    mode_addr = tinj.put(bytes(8), align=8)
-    nodes_addr = tinj.put(bytes(_MAXNODE // 8), align=8)
-    tinj.call("get_mempolicy", mode_addr, nodes_addr, _MAXNODE, 0, 0)
-    mode = int.from_bytes(tinj.read_mem(mode_addr, 4), "little")
+    th.timer_slack_ns = thread.read(TIMERSLACK).result
+    policy = thread.read(MEMPOLICY)
+    mode = policy.u32()
     if mode != _MPOL_DEFAULT:
         th.mempolicy_mode = mode
-        th.mempolicy_nodes = tinj.read_mem(nodes_addr, _MAXNODE // 8).rstrip(b"\0")
-    tinj.reset_scratch()
+        th.mempolicy_nodes = policy.data[8:].rstrip(b"\0")
     rseq = ptrace.get_rseq(tid)
     if rseq.rseq_abi_pointer:
         th.rseq_entry.CopyFrom(rseq_pb2.rseq_entry(rseq_abi_pointer=rseq.rseq_abi_pointer,
@@ -348,18 +359,6 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
     tid = thread.tid
     core = thread.core
     th = core.thread_core
-    comm = (th.comm if th.HasField("comm") else rt.core.tc.comm).encode()[:15]
-    tinj.call("prctl", C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0)
-    tinj.reset_scratch()
-    if th.futex_rla:
-        tinj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
-    tinj.call("set_tid_address", core.thread_info.clear_tid_addr)
-    # Always: the puppet was created with SIGKILL here, to die with us.
-    tinj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig if th.HasField("pdeath_sig") else 0,
-              0, 0, 0)
-    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
-        r = th.rseq_entry
-        tinj.call("rseq", r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)
     # Scheduling is set from outside: no injection needed.
     if th.HasField("sched_policy") and th.sched_policy not in (0, 3, 5):  # OTHER/BATCH/IDLE
         os.sched_setscheduler(tid, th.sched_policy, os.sched_param(th.sched_prio))
@@ -375,11 +374,28 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
             except OSError as exc:
                 raise RestoreError(f"{rt.image_name('core', tid)}: CPU affinity "
                                    f"{sorted(cpus)}: {exc.strerror}") from None
-    # After the policy: an RT policy sets the slack to 0 itself (6.7+), and
-    # PR_SET_TIMERSLACK 0 would mean "the default" instead.
-    if th.HasField("timer_slack_ns") and th.timer_slack_ns and \
-            th.timer_slack_ns != tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0):
-        tinj.call("prctl", C.PR_SET_TIMERSLACK, th.timer_slack_ns, 0, 0, 0)
+    comm = (th.comm if th.HasField("comm") else rt.core.tc.comm).encode()[:15]
+    # in one batch (one stop)
+    calls: list[tuple[str, tuple[int, ...]]] = [
+        ("prctl", (C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0))]
+    if th.futex_rla:
+        calls.append(("set_robust_list", (th.futex_rla, th.futex_rla_len)))
+    calls.append(("set_tid_address", (core.thread_info.clear_tid_addr,)))
+    # Always: the puppet was created with SIGKILL here, to die with us.
+    calls.append(("prctl", (C.PR_SET_PDEATHSIG,
+                            th.pdeath_sig if th.HasField("pdeath_sig") else 0, 0, 0, 0)))
+    if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
+        r = th.rseq_entry
+        calls.append(("rseq", (r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)))
+    # The slack, after the policy: an RT policy sets it to 0 itself (6.7+),
+    # and PR_SET_TIMERSLACK 0 would mean "the default" instead.
+    slack = th.timer_slack_ns if th.HasField("timer_slack_ns") else 0
+    if slack:
+        calls.append(("prctl", (C.PR_GET_TIMERSLACK, 0, 0, 0, 0)))
+    got = tinj.run(calls)
+    tinj.reset_scratch()
+    if slack and slack != got[-1]:
+        tinj.call("prctl", C.PR_SET_TIMERSLACK, slack, 0, 0, 0)
     if th.HasField("mempolicy_mode"):
         nodes = bytes(th.mempolicy_nodes)
         addr = tinj.put(nodes.ljust(_MAXNODE // 8, b"\0"), align=8)
@@ -390,10 +406,6 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
                                f"{th.mempolicy_mode:#x} nodes {nodes.hex()}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         tinj.reset_scratch()
-
-
-_MAXNODE = 1024  # bits of nodemask passed to get/set_mempolicy (>= nr_node_ids)
-_MPOL_DEFAULT = 0
 
 
 def _cpus_to_mask(cpus: set[int]) -> bytes:
