@@ -39,7 +39,7 @@ from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.libc import address_of, prctl, syscall_holding_gil
 from .kernel.structs import CloneArgs
-from .procfs.parse import parse_maps
+from .procfs.parse import maps_ranges
 from .resources.core import TASK_DEAD, TASK_STOPPED
 from .images.parent import flags_of
 from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED, check_pages
@@ -452,7 +452,8 @@ def _own_syscall_insn() -> int:
 def _pick_trampoline(rctx: RestoreContext, pid: int) -> int:
     """A free range, with a free page either side, in every layout involved:
     the puppet's now, and every task's to be (children inherit the page)."""
-    used = [(m.start, m.end) for m in parse_maps(open(f"/proc/{pid}/maps").read())]
+    with open(f"/proc/{pid}/maps") as f:
+        used = maps_ranges(f.read(), f"/proc/{pid}/maps")
     for rt in rctx.tasks:
         if rt.mm is not None:
             used += [(v.start, v.end) for v in rt.mm.vmas]

@@ -163,6 +163,33 @@ def parse_maps(text: str, path: str = "/proc/PID/maps") -> list[MapEntry]:
     return entries
 
 
+def maps_ranges(text: str, path: str = "/proc/PID/maps") -> list[tuple[int, int]]:
+    """Only the (start, end) of each VMA of /proc/PID/maps, in address
+    order: what a caller looking for a free range needs, for a tenth of
+    parse_maps' cost (a puppet, a copy of the restorer's interpreter, has
+    some 160 VMAs: 3 ms of every restore through parse_maps)."""
+    out: list[tuple[int, int]] = []
+    for lineno, line in enumerate(_lines(text), 1):
+        a, dash, rest = line.partition("-")
+        b = rest.partition(" ")[0]
+        try:
+            start, end = int(a, 16), int(b, 16)
+        except ValueError:
+            start = end = -1
+        if not dash or end < start or start < 0:
+            raise ParseError(path, f"line {lineno}: not a maps line: {line!r}")
+        out.append((start, end))
+    return out
+
+
+def parse_maps_named(text: str, names: tuple[str, ...],
+                     path: str = "/proc/PID/maps") -> list[MapEntry]:
+    """parse_maps of the lines whose name is one of ``names`` (the kernel's
+    special mappings, say): the others are not parsed at all."""
+    return parse_maps("\n".join(line for line in _lines(text) if line.endswith(names)),
+                      path)
+
+
 # --------------------------------------------------------------------------
 # /proc/PID/stat
 # --------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from ..kernel import consts as C
 from ..kernel.libc import libc, syscall
 from ..kernel.structs import Iovec, PrctlMmMap
 from ..procfs.pagemap import PM_FILE, PM_PRESENT, PagemapReader
-from ..procfs.parse import MapEntry, parse_maps
+from ..procfs.parse import MapEntry, parse_maps_named
 from . import aio, memfd, regfile, shmem, sysvipc
 
 if TYPE_CHECKING:
@@ -942,7 +942,8 @@ _VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
 @functools.lru_cache(maxsize=1)
 def _own_vdso() -> tuple[MapEntry, ...]:
     with open("/proc/self/maps") as f:
-        return tuple(m for m in parse_maps(f.read()) if m.path in _VDSO_NAMES)
+        # three lines of ~160 (this interpreter's libraries): only they are parsed
+        return tuple(m for m in parse_maps_named(f.read(), _VDSO_NAMES) if m.path in _VDSO_NAMES)
 
 
 def _vdso_layout(parts: list[tuple[int, int, int]]) -> list[int]:
