@@ -353,10 +353,17 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
     tinj.reset_scratch()
     if th.futex_rla:
         tinj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
-    tinj.call("set_tid_address", core.thread_info.clear_tid_addr)
-    # Always: the puppet was created with SIGKILL here, to die with us.
-    tinj.call("prctl", C.PR_SET_PDEATHSIG, th.pdeath_sig if th.HasField("pdeath_sig") else 0,
-              0, 0, 0)
+    # A thread other than the leader was cloned by the leader puppet
+    # (restorer._create_threads): the kernel gave it no clear-tid address
+    # and no parent-death signal (copy_process), so a zero needs no call.
+    # The leader is a fork of the restorer: its own are set always (its
+    # parent-death signal is SIGKILL, to die with us).
+    fresh = tid != rt.pid
+    if core.thread_info.clear_tid_addr or not fresh:
+        tinj.call("set_tid_address", core.thread_info.clear_tid_addr)
+    pdeath = th.pdeath_sig if th.HasField("pdeath_sig") else 0
+    if pdeath or not fresh:
+        tinj.call("prctl", C.PR_SET_PDEATHSIG, pdeath, 0, 0, 0)
     if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
         r = th.rseq_entry
         tinj.call("rseq", r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)
@@ -378,7 +385,7 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
     # After the policy: an RT policy sets the slack to 0 itself (6.7+), and
     # PR_SET_TIMERSLACK 0 would mean "the default" instead.
     if th.HasField("timer_slack_ns") and th.timer_slack_ns and \
-            th.timer_slack_ns != tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0):
+            th.timer_slack_ns != _timer_slack(tinj, tid):
         tinj.call("prctl", C.PR_SET_TIMERSLACK, th.timer_slack_ns, 0, 0, 0)
     if th.HasField("mempolicy_mode"):
         nodes = bytes(th.mempolicy_nodes)
@@ -390,6 +397,17 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
                                f"{th.mempolicy_mode:#x} nodes {nodes.hex()}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         tinj.reset_scratch()
+
+
+def _timer_slack(tinj: Any, tid: int) -> int:
+    """The thread's timer slack now, read from outside (/proc/TID, the
+    thread's own directory: one read instead of an injected call per
+    thread); asked in the thread where /proc does not say."""
+    try:
+        with open(f"/proc/{tid}/timerslack_ns", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0)
 
 
 _MAXNODE = 1024  # bits of nodemask passed to get/set_mempolicy (>= nr_node_ids)
