@@ -53,9 +53,15 @@ def available() -> bool:
     return _load() is not None or command() is not None
 
 
-def run(script: str) -> subprocess.CompletedProcess[str]:
+def run(script: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
     """Run an nft script (one command a line); the result as ``nft -f -``'s
-    would be: returncode 0 or 1, its output and its error messages."""
+    would be: returncode 0 or 1, its output and its error messages.
+
+    ``wait=False``: the script's effect is in place when this returns, but
+    the library's context is freed in a thread of its own.  Closing its
+    netlink socket after a command that deleted something waits for the
+    kernel to free what was deleted (nf_tables flushes its destroy work,
+    an RCU grace period: 10-15 ms here); the caller goes on meanwhile."""
     lib = _load()
     if lib is None:
         nft = command()
@@ -72,6 +78,15 @@ def run(script: str) -> subprocess.CompletedProcess[str]:
         rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
         out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
         err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-    finally:
+    except BaseException:
         lib.nft_ctx_free(ctx)
+        raise
+    if wait:
+        lib.nft_ctx_free(ctx)
+    else:
+        import threading
+        # (ctypes lets go of the GIL for the call; a process that exits
+        # meanwhile waits for the close in the kernel, as it would have)
+        threading.Thread(target=lib.nft_ctx_free, args=(ctx,), daemon=True,
+                         name="nft_ctx_free").start()
     return subprocess.CompletedProcess(["nft", "-f", "-"], 0 if rc == 0 else 1, out, err)
