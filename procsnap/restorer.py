@@ -1058,11 +1058,11 @@ def _unix_address(path: str) -> tuple[str, int | None]:
 def _lazy_connect(rctx: RestoreContext) -> Any:
     """restore --lazy-pages: connect to the daemon before anything is made,
     and give memory.restore the way to hand it each task's userfaultfd."""
-    import socket
+    import _socket   # not socket.py, whose enum tables cost ~3 ms here
     from .kernel import uffd
     path = rctx.opts.lazy_socket
     assert path is not None
-    sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sk = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     addr, dfd = _unix_address(path)
     try:
         sk.connect(addr)
