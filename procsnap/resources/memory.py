@@ -943,7 +943,7 @@ _VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
 def _own_vdso() -> tuple[MapEntry, ...]:
     with open("/proc/self/maps") as f:
         # three lines of ~160 (this interpreter's libraries): only they are parsed
-        return tuple(m for m in parse_maps_named(f.read(), _VDSO_NAMES) if m.path in _VDSO_NAMES)
+        return tuple(parse_maps_named(f.read(), _VDSO_NAMES))
 
 
 def _vdso_layout(parts: list[tuple[int, int, int]]) -> list[int]:

@@ -135,6 +135,11 @@ class TestMaps:
         full = parse.parse_maps(text("self_maps.txt"))
         assert parse.parse_maps_named(text("self_maps.txt"), names) == \
             [m for m in full if m.path in names]
+        # a file whose name ends like one is not one; a broken line says so
+        odd = "7f0000000000-7f0000001000 r--p 00000000 fe:00 1234   /tmp/x [vdso]\n"
+        assert parse.parse_maps_named(odd, names) == []
+        with pytest.raises(ParseError):
+            parse.parse_maps_named("7f00-7e00 r--p 00000000 00:00 0   [vdso]\n", names)
 
 
 # ==========================================================================
