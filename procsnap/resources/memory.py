@@ -26,7 +26,7 @@ import struct
 from ..record import record
 TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Iterable
 
 from .. import logs
 from .. import elf, images, pagexfer, progress
@@ -1352,8 +1352,7 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
             maps.append([v.start, v.end, prots[i], flags, fd, off])
     for start, end, prot, flags, fd, off in maps:
         inj.call("mmap", start, end - start, prot, flags, fd, off)
-    for fd in file_fds.values():
-        inj.call("close", fd)
+    close_fds(inj, file_fds.values())
 
     # 4. Pages.  In a kept VMA, only what differs from the parent's.
     runs = _page_runs(rt)
@@ -1379,6 +1378,24 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     rt.lazy = _merge_ranges([(mm.vmas[i].start, mm.vmas[i].end) for i in sorted(lazy)])
     done[rt.pid] = _Premapped({(mm.vmas[i].start, mm.vmas[i].end): keys[i] for i in idents},
                               runs, rt.page_files)
+
+
+def close_fds(inj: Any, fds: Iterable[int]) -> None:
+    """Close these fds of the puppet: one close_range per run of
+    consecutive numbers (every number in a run is one of ``fds``), not one
+    close each -- the files a task maps are opened one after another, at
+    the lowest free numbers."""
+    run: list[int] = []
+    for fd in sorted(set(fds)) + [-2]:
+        if run and fd == run[1] + 1:
+            run[1] = fd
+            continue
+        if run:
+            if run[0] == run[1]:
+                inj.call("close", run[0])
+            else:
+                inj.call("close_range", run[0], run[1], 0)
+        run = [fd, fd]
 
 
 def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -1588,8 +1605,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         else:
             raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} has "
                                f"status {v.status:#x}, which procsnap does not restore")
-    for fd in file_fds.values():
-        inj.call("close", fd)
+    close_fds(inj, file_fds.values())
 
     # 4. Pages of private memfd and hugetlb mappings (the rest went in at premap).
     if later:
