@@ -543,13 +543,14 @@ def _set_session(rt: RestoreTask) -> None:
 
 
 def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_signal: int,
-              what: str) -> tuple[int, Any]:
+              what: str, clear_tid: int = 0) -> tuple[int, Any]:
     """clone3 with set_tid injected in a puppet: the new task (a child, or
     a thread with CLONE_THREAD) gets exactly ``tid`` (at every pid
     namespace level) and starts stopped, auto-attached
     (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its host pid -- ``tid``, or
     for a puppet inside a new user namespace the one the kernel gave at
-    the host's level (_repid) -- and its registers."""
+    the host's level (_repid) -- and its registers.  ``clear_tid``: its
+    clear-tid address (CLONE_CHILD_CLEARTID), as set_tid_address sets it."""
     from .resources.namespaces import user
 
     created = rctx.created
@@ -563,8 +564,10 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
                                "choose a pid in the host's pid namespace")
         levels = levels[:-1]
     tid_addr = inj.put(b"".join(x.to_bytes(4, "little") for x in levels), align=8)
+    if clear_tid:
+        flags |= C.CLONE_CHILD_CLEARTID
     args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr,
-                     set_tid_size=len(levels))
+                     set_tid_size=len(levels), child_tid=clear_tid)
     try:
         if hinted:
             user.hint_host_pid(tid)
@@ -795,7 +798,10 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
     flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
              | C.CLONE_SYSVSEM)
     for th in rt.threads[1:]:
-        _, regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
+        # its clear-tid address given at its birth: no set_tid_address
+        # call in it later (taskattrs)
+        _, regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread",
+                            clear_tid=th.core.thread_info.clear_tid_addr)
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
         th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)

@@ -354,12 +354,13 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
     if th.futex_rla:
         tinj.call("set_robust_list", th.futex_rla, th.futex_rla_len)
     # A thread other than the leader was cloned by the leader puppet
-    # (restorer._create_threads): the kernel gave it no clear-tid address
-    # and no parent-death signal (copy_process), so a zero needs no call.
-    # The leader is a fork of the restorer: its own are set always (its
-    # parent-death signal is SIGKILL, to die with us).
+    # (restorer._create_threads) with its clear-tid address
+    # (CLONE_CHILD_CLEARTID), and the kernel gave it no parent-death
+    # signal (copy_process), so a zero needs no call.  The leader is a
+    # fork of the restorer: its own are set always (its parent-death
+    # signal is SIGKILL, to die with us).
     fresh = tid != rt.pid
-    if core.thread_info.clear_tid_addr or not fresh:
+    if not fresh:
         tinj.call("set_tid_address", core.thread_info.clear_tid_addr)
     pdeath = th.pdeath_sig if th.HasField("pdeath_sig") else 0
     if pdeath or not fresh:
