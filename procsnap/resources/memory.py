@@ -1691,7 +1691,10 @@ def _saved_bytes(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> bytes:
 
 
 def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
-    """Indexes in rt.mm.vmas of the VMAs that have pages in the image."""
+    """Indexes in rt.mm.vmas of the VMAs that have pages in the image
+    (found once a task: neither changes during the restore)."""
+    if rt.vmas_with_pages is not None:
+        return rt.vmas_with_pages
     # (guard entries come after the VMAs, out of address order)
     starts = [v.start for v in rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     out: set[int] = set()
@@ -1704,6 +1707,7 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
             if rt.mm.vmas[i].end > e.vaddr:
                 out.add(i)
             i += 1
+    rt.vmas_with_pages = out
     return out
 
 
