@@ -277,7 +277,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     core = rt.core
     tc = core.tc
     pid = rt.pid
-    inj.call("personality", tc.personality)
+    if tc.personality != _personality_now(pid):
+        inj.call("personality", tc.personality)
     for res, lim in enumerate(tc.rlimits.rlimits):
         if res >= C.RLIM_NLIMITS:
             break
@@ -398,6 +399,16 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
                                f"{th.mempolicy_mode:#x} nodes {nodes.hex()}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         tinj.reset_scratch()
+
+
+def _personality_now(pid: int) -> int | None:
+    """The puppet's personality (the restorer's, inherited), read from
+    /proc: no injected call when it is the image's already."""
+    try:
+        with open(f"/proc/{pid}/personality", "rb") as f:
+            return int(f.read(), 16)
+    except (OSError, ValueError):
+        return None
 
 
 def _timer_slack(tinj: Any, tid: int) -> int:
