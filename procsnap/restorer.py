@@ -551,8 +551,6 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
     for a puppet inside a new user namespace the one the kernel gave at
     the host's level (_repid) -- and its registers.  ``clear_tid``: its
     clear-tid address (CLONE_CHILD_CLEARTID), as set_tid_address sets it."""
-    from .resources.namespaces import user
-
     created = rctx.created
     levels = rctx.set_tid(tid)
     hinted = rctx.host_pid_unset
@@ -570,6 +568,7 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
                      set_tid_size=len(levels), child_tid=clear_tid)
     try:
         if hinted:
+            from .resources.namespaces import user   # (a tree in a user namespace only)
             user.hint_host_pid(tid)
         got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
     except InjectError as exc:
@@ -958,7 +957,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
             if not rt.zombie:
                 memory.premap(rctx, rt)
-        namespaces.pid.enter_children_ns(rctx)  # every task exists: nested pid namespaces too
+        if any(rt.pstree.HasField("pid_for_children") for rt in rctx.tasks):
+            # (namespaces.pid is loaded only for a tree that needs it)
+            namespaces.pid.enter_children_ns(rctx)  # every task exists: nested pid ns too
         _group_helpers(rctx)
         _set_groups(rctx)
         from .resources import tty

@@ -1202,11 +1202,10 @@ def _own_ns_ino(rctx: "RestoreContext", kind: str) -> int:
 def _id_map(f: Found) -> Any:
     """user.id_map of the task: its user namespace's maps (None when it is
     procsnap's), read once per namespace -- the maps belong to it."""
-    from .resources.namespaces import user
-
     ino = os.stat(f"/proc/{f.pid}/ns/user").st_ino
     if ino == _own_ns_ino(f.rctx, "user"):
         return None
+    from .resources.namespaces import user   # (loaded only for a tree that has one)
     maps = f.rctx.kind_state.setdefault("verify-idmaps", {})
     if ino not in maps:
         maps[ino] = user.IdMap(user.read_map(f.pid, "uid_map"), user.read_map(f.pid, "gid_map"))
@@ -1214,8 +1213,6 @@ def _id_map(f: Found) -> Any:
 
 
 def check_creds(f: Found) -> list[str]:
-    from .resources.namespaces import user
-
     out: list[str] = []
     idmap = _id_map(f)  # images hold ids as seen inside (namespaces.user)
     for th in f.rt.threads:
@@ -1232,6 +1229,7 @@ def check_creds(f: Found) -> list[str]:
 
         uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
         if idmap is not None:
+            from .resources.namespaces import user
             uids = tuple(-1 if (v := idmap.uid(x)) is None else v for x in uids)
             gids = tuple(-1 if (v := idmap.gid(x)) is None else v for x in gids)
             groups = user.inside_groups(groups, idmap)
