@@ -561,7 +561,44 @@ _VM_MAP_FLAGS = C.MAP_GROWSDOWN | C.MAP_LOCKED | C.MAP_NORESERVE | C.MAP_DROPPAB
 
 
 def _vmflags_of(smaps: str) -> dict[int, tuple[int, int]]:
-    """VMA start -> (madvise bits, mmap flags), from the VmFlags lines."""
+    """VMA start -> (madvise bits, mmap flags), from the VmFlags lines.
+
+    The kernel prints each VMA as its maps line, its counters, and its
+    VmFlags line last (show_smap): found by searching for the VmFlags
+    lines, not by looking at each of the ~25 lines of a VMA."""
+    out: dict[int, tuple[int, int]] = {}
+    block = 0
+    while block < len(smaps):
+        at = smaps.find("\nVmFlags:", block)
+        if at < 0:
+            break
+        head = smaps[block:smaps.find(" ", block)]
+        lo, dash, _ = head.partition("-")
+        end = smaps.find("\n", at + 1)
+        end = len(smaps) if end < 0 else end
+        try:
+            start = int(lo, 16)
+        except ValueError:
+            dash = ""
+        if not dash:
+            return _vmflags_by_line(smaps)   # not the layout above: line by line
+        madv = mflags = 0
+        for word in smaps[at + 9:end].split():
+            bits = _VM_BITS.get(word)
+            if bits is not None:
+                madv |= bits[0]
+                mflags |= bits[1]
+        out[start] = (madv, mflags)
+        block = end + 1
+    return out
+
+
+# VmFlags word -> (its madvise bit, its mmap flag)
+_VM_BITS = {k: ((1 << _VM_MADV[k]) if k in _VM_MADV else 0, _VM_MAP.get(k, 0))
+            for k in list(_VM_MADV) + list(_VM_MAP)}
+
+
+def _vmflags_by_line(smaps: str) -> dict[int, tuple[int, int]]:
     out: dict[int, tuple[int, int]] = {}
     start = 0
     for line in smaps.splitlines():
