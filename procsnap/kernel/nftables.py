@@ -69,6 +69,12 @@ def run(script: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
             raise FileNotFoundError(2, "nft: neither libnftables.so.1 nor the nft command")
         return subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True,
                               timeout=30)
+    # The thread freeing the context of the last run(wait=False), if any
+    # (module global "_freeing"): this run waits for it, the library not
+    # being known to be thread-safe.
+    freeing = globals().pop("_freeing", None)
+    if freeing is not None:
+        freeing.join()
     ctx = lib.nft_ctx_new(0)    # NFT_CTX_DEFAULT
     if not ctx:
         raise OSError(ctypes.get_errno() or 12, "nft_ctx_new failed")
@@ -87,6 +93,8 @@ def run(script: str, wait: bool = True) -> subprocess.CompletedProcess[str]:
         import threading
         # (ctypes lets go of the GIL for the call; a process that exits
         # meanwhile waits for the close in the kernel, as it would have)
-        threading.Thread(target=lib.nft_ctx_free, args=(ctx,), daemon=True,
-                         name="nft_ctx_free").start()
+        freeing = threading.Thread(target=lib.nft_ctx_free, args=(ctx,), daemon=True,
+                                   name="nft_ctx_free")
+        freeing.start()
+        globals()["_freeing"] = freeing
     return subprocess.CompletedProcess(["nft", "-f", "-"], 0 if rc == 0 else 1, out, err)
