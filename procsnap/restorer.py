@@ -39,7 +39,7 @@ from .kernel import consts as C
 from .kernel import ptrace
 from .kernel.libc import address_of, prctl, syscall_holding_gil
 from .kernel.structs import CloneArgs
-from .procfs.parse import parse_maps
+from .procfs.parse import maps_ranges
 from .resources.core import TASK_DEAD, TASK_STOPPED
 from .images.parent import flags_of
 from .resources.memory import PE_PRESENT, VMA_FILE_PRIVATE, VMA_FILE_SHARED, check_pages
@@ -452,7 +452,8 @@ def _own_syscall_insn() -> int:
 def _pick_trampoline(rctx: RestoreContext, pid: int) -> int:
     """A free range, with a free page either side, in every layout involved:
     the puppet's now, and every task's to be (children inherit the page)."""
-    used = [(m.start, m.end) for m in parse_maps(open(f"/proc/{pid}/maps").read())]
+    with open(f"/proc/{pid}/maps") as f:
+        used = maps_ranges(f.read(), f"/proc/{pid}/maps")
     for rt in rctx.tasks:
         if rt.mm is not None:
             used += [(v.start, v.end) for v in rt.mm.vmas]
@@ -542,15 +543,14 @@ def _set_session(rt: RestoreTask) -> None:
 
 
 def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_signal: int,
-              what: str) -> tuple[int, Any]:
+              what: str, clear_tid: int = 0) -> tuple[int, Any]:
     """clone3 with set_tid injected in a puppet: the new task (a child, or
     a thread with CLONE_THREAD) gets exactly ``tid`` (at every pid
     namespace level) and starts stopped, auto-attached
     (PTRACE_O_TRACEFORK/TRACECLONE).  Returns its host pid -- ``tid``, or
     for a puppet inside a new user namespace the one the kernel gave at
-    the host's level (_repid) -- and its registers."""
-    from .resources.namespaces import user
-
+    the host's level (_repid) -- and its registers.  ``clear_tid``: its
+    clear-tid address (CLONE_CHILD_CLEARTID), as set_tid_address sets it."""
     created = rctx.created
     levels = rctx.set_tid(tid)
     hinted = rctx.host_pid_unset
@@ -562,10 +562,13 @@ def _clone_in(rctx: RestoreContext, inj: Injector, tid: int, flags: int, exit_si
                                "choose a pid in the host's pid namespace")
         levels = levels[:-1]
     tid_addr = inj.put(b"".join(x.to_bytes(4, "little") for x in levels), align=8)
+    if clear_tid:
+        flags |= C.CLONE_CHILD_CLEARTID
     args = CloneArgs(flags=flags, exit_signal=exit_signal, set_tid=tid_addr,
-                     set_tid_size=len(levels))
+                     set_tid_size=len(levels), child_tid=clear_tid)
     try:
         if hinted:
+            from .resources.namespaces import user   # (a tree in a user namespace only)
             user.hint_host_pid(tid)
         got = inj.call("clone3", inj.put(bytes(args), align=8), ctypes.sizeof(args))
     except InjectError as exc:
@@ -794,7 +797,10 @@ def _create_threads(rctx: RestoreContext, rt: RestoreTask) -> None:
     flags = (C.CLONE_VM | C.CLONE_FS | C.CLONE_FILES | C.CLONE_SIGHAND | C.CLONE_THREAD
              | C.CLONE_SYSVSEM)
     for th in rt.threads[1:]:
-        _, regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread")
+        # its clear-tid address given at its birth: no set_tid_address
+        # call in it later (taskattrs)
+        _, regs = _clone_in(rctx, inj, th.tid, flags, 0, f"pid {rt.pid}: thread",
+                            clear_tid=th.core.thread_info.clear_tid_addr)
         th.inj = Injector(th.tid, inj.syscall_ip, regs)
         th.inj.trap_ip = inj.trap_ip
         th.inj.use_scratch(inj.scratch, inj.scratch_size)
@@ -951,7 +957,9 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
             if not rt.zombie:
                 memory.premap(rctx, rt)
-        namespaces.pid.enter_children_ns(rctx)  # every task exists: nested pid namespaces too
+        if any(rt.pstree.HasField("pid_for_children") for rt in rctx.tasks):
+            # (namespaces.pid is loaded only for a tree that needs it)
+            namespaces.pid.enter_children_ns(rctx)  # every task exists: nested pid ns too
         _group_helpers(rctx)
         _set_groups(rctx)
         from .resources import tty
@@ -1057,11 +1065,11 @@ def _unix_address(path: str) -> tuple[str, int | None]:
 def _lazy_connect(rctx: RestoreContext) -> Any:
     """restore --lazy-pages: connect to the daemon before anything is made,
     and give memory.restore the way to hand it each task's userfaultfd."""
-    import socket
+    import _socket   # not socket.py, whose enum tables cost ~3 ms here
     from .kernel import uffd
     path = rctx.opts.lazy_socket
     assert path is not None
-    sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sk = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     addr, dfd = _unix_address(path)
     try:
         sk.connect(addr)

@@ -320,6 +320,9 @@ class RestoreTask:
     # the images and their parents', and the runs found there
     page_files: list[str] = field(default_factory=list)
     page_runs: Any = None
+    # indexes in mm.vmas of the VMAs with pages (memory._vmas_with_pages:
+    # premap and restore both ask; a pagemap of 600 runs costs 2 ms a walk)
+    vmas_with_pages: set[int] | None = None
     # lazy restore (memory.lazy_set): pages the images leave to a page
     # server (criu's PE_LAZY without PE_PRESENT), and the ranges this task
     # registered with its userfaultfd for the lazy-pages daemon

@@ -561,7 +561,44 @@ _VM_MAP_FLAGS = C.MAP_GROWSDOWN | C.MAP_LOCKED | C.MAP_NORESERVE | C.MAP_DROPPAB
 
 
 def _vmflags_of(smaps: str) -> dict[int, tuple[int, int]]:
-    """VMA start -> (madvise bits, mmap flags), from the VmFlags lines."""
+    """VMA start -> (madvise bits, mmap flags), from the VmFlags lines.
+
+    The kernel prints each VMA as its maps line, its counters, and its
+    VmFlags line last (show_smap): found by searching for the VmFlags
+    lines, not by looking at each of the ~25 lines of a VMA."""
+    out: dict[int, tuple[int, int]] = {}
+    block = 0
+    while block < len(smaps):
+        at = smaps.find("\nVmFlags:", block)
+        if at < 0:
+            break
+        head = smaps[block:smaps.find(" ", block)]
+        lo, dash, _ = head.partition("-")
+        end = smaps.find("\n", at + 1)
+        end = len(smaps) if end < 0 else end
+        try:
+            start = int(lo, 16)
+        except ValueError:
+            dash = ""
+        if not dash:
+            return _vmflags_by_line(smaps)   # not the layout above: line by line
+        madv = mflags = 0
+        for word in smaps[at + 9:end].split():
+            bits = _VM_BITS.get(word)
+            if bits is not None:
+                madv |= bits[0]
+                mflags |= bits[1]
+        out[start] = (madv, mflags)
+        block = end + 1
+    return out
+
+
+# VmFlags word -> (its madvise bit, its mmap flag)
+_VM_BITS = {k: ((1 << _VM_MADV[k]) if k in _VM_MADV else 0, _VM_MAP.get(k, 0))
+            for k in list(_VM_MADV) + list(_VM_MAP)}
+
+
+def _vmflags_by_line(smaps: str) -> dict[int, tuple[int, int]]:
     out: dict[int, tuple[int, int]] = {}
     start = 0
     for line in smaps.splitlines():
@@ -1202,11 +1239,10 @@ def _own_ns_ino(rctx: "RestoreContext", kind: str) -> int:
 def _id_map(f: Found) -> Any:
     """user.id_map of the task: its user namespace's maps (None when it is
     procsnap's), read once per namespace -- the maps belong to it."""
-    from .resources.namespaces import user
-
     ino = os.stat(f"/proc/{f.pid}/ns/user").st_ino
     if ino == _own_ns_ino(f.rctx, "user"):
         return None
+    from .resources.namespaces import user   # (loaded only for a tree that has one)
     maps = f.rctx.kind_state.setdefault("verify-idmaps", {})
     if ino not in maps:
         maps[ino] = user.IdMap(user.read_map(f.pid, "uid_map"), user.read_map(f.pid, "gid_map"))
@@ -1214,8 +1250,6 @@ def _id_map(f: Found) -> Any:
 
 
 def check_creds(f: Found) -> list[str]:
-    from .resources.namespaces import user
-
     out: list[str] = []
     idmap = _id_map(f)  # images hold ids as seen inside (namespaces.user)
     for th in f.rt.threads:
@@ -1232,6 +1266,7 @@ def check_creds(f: Found) -> list[str]:
 
         uids, gids, groups = tuple(st.uids), tuple(st.gids), list(st.groups)
         if idmap is not None:
+            from .resources.namespaces import user
             uids = tuple(-1 if (v := idmap.uid(x)) is None else v for x in uids)
             gids = tuple(-1 if (v := idmap.gid(x)) is None else v for x in gids)
             groups = user.inside_groups(groups, idmap)

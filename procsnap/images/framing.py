@@ -278,6 +278,9 @@ def read_header(path: str, f: BinaryIO, size: int, expect: ImageKind | None) -> 
     return found
 
 
+_IS_PAGEMAP: dict[type[Message], bool] = {}
+
+
 def _parse(path: str, cls: type[Message], data: bytes, index: int, offset: int) -> Message:
     msg = cls()
     try:
@@ -288,14 +291,16 @@ def _parse(path: str, cls: type[Message], data: bytes, index: int, offset: int) 
             f"entry {index} at offset {offset}: cannot decode {cls.DESCRIPTOR.name}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
         ) from None
-    missing = msg.FindInitializationErrors()
-    if missing:
+    if not msg.IsInitialized():
         raise ImageError(
             path,
             f"entry {index} at offset {offset}: {cls.DESCRIPTOR.name} lacks required "
-            f"field(s): {', '.join(missing)}",
+            f"field(s): {', '.join(msg.FindInitializationErrors())}",
         )
-    if cls.DESCRIPTOR.full_name == _PAGEMAP_ENTRY and not msg.HasField("nr_pages"):
+    pagemap = _IS_PAGEMAP.get(cls)
+    if pagemap is None:
+        pagemap = _IS_PAGEMAP[cls] = cls.DESCRIPTOR.full_name == _PAGEMAP_ENTRY
+    if pagemap and not msg.HasField("nr_pages"):
         # an image from CRIU before 4.0 or from an older procsnap: the
         # count is in field 2 only (criu/pagemap.c reads it the same way)
         msg.nr_pages = msg.compat_nr_pages  # type: ignore[attr-defined]
@@ -345,6 +350,33 @@ def _iter_open(path: str, f: BinaryIO, kind: ImageKind, size: int,
         index += 1
 
 
+def _iter_messages(path: str, f: BinaryIO, kind: ImageKind, size: int) -> Iterator[Message]:
+    """_iter_open's messages alone, for a kind without raw tails: the rest
+    of the file read in one call and cut in memory (a pagemap of 600
+    entries is 1200 reads less), with the same checks."""
+    pos = f.tell()
+    data = _read_exact(f, size - pos)
+    if len(data) != size - pos:
+        raise ImageError(path, f"truncated at offset {pos + len(data)}: the file shrank "
+                               "while read")
+    off, index, end = 0, 0, len(data)
+    pick = kind.pick
+    while off < end:
+        if end - off < 4:
+            raise ImageError(path, f"truncated at offset {pos + off}: entry size needs 4 "
+                                   f"bytes, {end - off} left")
+        (length,) = _U32.unpack_from(data, off)
+        if length > end - off - 4:
+            raise ImageError(path, f"truncated at offset {pos + off}: entry of {length} bytes, "
+                                   f"{end - off - 4} left")
+        raw = data[off + 4:off + 4 + length]
+        cls = pick(raw) if pick is not None else kind.entry_class(index)
+        assert cls is not None  # raw kinds never reach here
+        yield _parse(path, cls, raw, index, pos + off)
+        off += 4 + length
+        index += 1
+
+
 def _open(path: str) -> tuple[BinaryIO, int]:
     try:
         f = open(path, "rb")
@@ -384,10 +416,23 @@ def iter_entries(path: str, kind: str | None = None, tails: bool = True) -> Iter
             raise ImageError(path, f"read failed: {e.strerror or e}") from None
 
 
+def _read_messages(path: str, kind: str) -> list[Message]:
+    """Every entry's message; the tails (if the kind has them) skipped."""
+    expect = _kind(kind)
+    if expect.header == "raw" or expect.tail is not None:
+        return [e.msg for e in iter_entries(path, kind)]
+    f, size = _open(path)
+    with f:
+        try:
+            read_header(path, f, size, expect)
+            return list(_iter_messages(path, f, expect, size))
+        except OSError as e:
+            raise ImageError(path, f"read failed: {e.strerror or e}") from None
+
+
 def read_image(images_dir: str, kind: str, ident: int | None = None) -> list[Message]:
     """All entries of an image (for pagemap the pagemap_head comes first)."""
-    path = image_path(images_dir, kind, ident)
-    return [e.msg for e in iter_entries(path, kind)]
+    return _read_messages(image_path(images_dir, kind, ident), kind)
 
 
 def read_entries(images_dir: str, kind: str, ident: int | None = None,
@@ -400,7 +445,7 @@ def read_entries(images_dir: str, kind: str, ident: int | None = None,
 def read_one(images_dir: str, kind: str, ident: int | None = None) -> Message:
     """The single entry of an image that must hold exactly one."""
     path = image_path(images_dir, kind, ident)
-    entries = [e.msg for e in iter_entries(path, kind)]
+    entries = _read_messages(path, kind)
     if len(entries) != 1:
         raise ImageError(path, f"expected exactly one entry, found {len(entries)}")
     return entries[0]

@@ -16,9 +16,11 @@ import os
 TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 if TYPE_CHECKING:
     from subprocess import CompletedProcess
+    from threading import Thread
 
 _lib: ctypes.CDLL | None = None
 _tried = False
+_freeing: "Thread | None" = None  # see run(wait=False)
 
 
 def _load() -> ctypes.CDLL | None:
@@ -66,9 +68,15 @@ def available() -> bool:
     return _load() is not None or command() is not None
 
 
-def run(script: str) -> "Result | CompletedProcess[str]":
+def run(script: str, wait: bool = True) -> "Result | CompletedProcess[str]":
     """Run an nft script (one command a line); the result as ``nft -f -``'s
-    would be: returncode 0 or 1, its output and its error messages."""
+    would be: returncode 0 or 1, its output and its error messages.
+
+    ``wait=False``: the script's effect is in place when this returns, but
+    the library's context is freed in a thread of its own.  Closing its
+    netlink socket after a command that deleted something waits for the
+    kernel to free what was deleted (nf_tables flushes its destroy work,
+    an RCU grace period: 10-15 ms here); the caller goes on meanwhile."""
     lib = _load()
     if lib is None:
         nft = command()
@@ -77,6 +85,12 @@ def run(script: str) -> "Result | CompletedProcess[str]":
         import subprocess
         return subprocess.run([nft, "-f", "-"], input=script, capture_output=True, text=True,
                               timeout=30)
+    # The thread freeing the context of the last run(wait=False), if any:
+    # this run waits for it, the library not being known to be thread-safe.
+    global _freeing
+    if _freeing is not None:
+        _freeing.join()
+        _freeing = None
     ctx = lib.nft_ctx_new(0)    # NFT_CTX_DEFAULT
     if not ctx:
         raise OSError(ctypes.get_errno() or 12, "nft_ctx_new failed")
@@ -86,6 +100,17 @@ def run(script: str) -> "Result | CompletedProcess[str]":
         rc = lib.nft_run_cmd_from_buffer(ctx, script.encode())
         out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
         err = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace")
-    finally:
+    except BaseException:
         lib.nft_ctx_free(ctx)
+        raise
+    if wait:
+        lib.nft_ctx_free(ctx)
+    else:
+        import threading
+        # (ctypes lets go of the GIL for the call; a process that exits
+        # meanwhile waits for the close in the kernel, as it would have)
+        freeing = threading.Thread(target=lib.nft_ctx_free, args=(ctx,), daemon=True,
+                                   name="nft_ctx_free")
+        freeing.start()
+        _freeing = freeing
     return Result(0 if rc == 0 else 1, out, err)

@@ -15,11 +15,11 @@ reads the first fd only).
 """
 from __future__ import annotations
 
+import _socket   # not socket.py: its enum tables cost ~3 ms of a lazy restore
 import array
 import ctypes
 import errno
 import os
-import socket
 import struct
 
 from .libc import syscall
@@ -146,15 +146,15 @@ LAZY_PAGES_SOCK_NAME = "lazy-pages.socket"
 LAZY_PAGES_RESTORE_FINISHED = 0x52535446  # "ReSTore Finished"
 
 
-def send_uffd(sk: socket.socket, pid: int, fds: list[int]) -> None:
+def send_uffd(sk: _socket.socket, pid: int, fds: list[int]) -> None:
     """Hand one task's userfaultfd to the daemon (criu's send_uffd())."""
     sk.sendall(struct.pack("i", pid))
     if pid < 0:
         return  # a zombie: no memory
-    sk.sendmsg([b"\0"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    sk.sendmsg([b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
 
 
-def recv_uffd(sk: socket.socket) -> tuple[int, list[int]] | None:
+def recv_uffd(sk: _socket.socket) -> tuple[int, list[int]] | None:
     """The daemon's side: (pid, fds), or None for restore-finished.
     Raises ConnectionError at EOF."""
     head = _recv_exact(sk, 4)
@@ -164,16 +164,16 @@ def recv_uffd(sk: socket.socket) -> tuple[int, list[int]] | None:
     if pid < 0:
         return pid, []
     fds = array.array("i")
-    msg, anc, _flags, _ = sk.recvmsg(1, socket.CMSG_SPACE(4 * 4))
+    msg, anc, _flags, _ = sk.recvmsg(1, _socket.CMSG_SPACE(4 * 4))
     if not msg:
         raise ConnectionError("the restorer closed the lazy-pages socket")
     for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % 4])
     return pid, list(fds)
 
 
-def _recv_exact(sk: socket.socket, n: int) -> bytes:
+def _recv_exact(sk: _socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
         got = sk.recv(n - len(buf))

@@ -75,5 +75,19 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         inj.call("chdir", inj.put_str(cwd))
     if root != "/":
         inj.call("chroot", inj.put_str(root))
-    inj.call("umask", fs.umask)
+    if fs.umask != _umask_now(rt.pid):
+        inj.call("umask", fs.umask)
     inj.reset_scratch()
+
+
+def _umask_now(pid: int) -> int | None:
+    """The puppet's umask (the restorer's, inherited), from its status:
+    no injected call when it is the image's already."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

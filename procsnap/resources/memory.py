@@ -26,7 +26,7 @@ import struct
 from ..record import record
 TYPE_CHECKING = False  # typing is for mypy only: not imported at run time
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Iterable
 
 from .. import logs
 from .. import elf, images, pagexfer, progress
@@ -38,7 +38,7 @@ from ..kernel import consts as C
 from ..kernel.libc import libc, syscall
 from ..kernel.structs import Iovec, PrctlMmMap
 from ..procfs.pagemap import PM_FILE, PM_PRESENT, PagemapReader
-from ..procfs.parse import MapEntry, parse_maps
+from ..procfs.parse import MapEntry, parse_maps_named
 from . import aio, memfd, regfile, shmem, sysvipc
 
 if TYPE_CHECKING:
@@ -950,7 +950,8 @@ _VDSO_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]")
 @functools.lru_cache(maxsize=1)
 def _own_vdso() -> tuple[MapEntry, ...]:
     with open("/proc/self/maps") as f:
-        return tuple(m for m in parse_maps(f.read()) if m.path in _VDSO_NAMES)
+        # three lines of ~160 (this interpreter's libraries): only they are parsed
+        return tuple(parse_maps_named(f.read(), _VDSO_NAMES))
 
 
 def _vdso_layout(parts: list[tuple[int, int, int]]) -> list[int]:
@@ -1331,25 +1332,38 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     # written, so it was writable once and VM_ACCOUNT is right.  One
     # without pages gets its final protection at once, so a never-writable
     # mapping does not gain VM_ACCOUNT and merge with a neighbour that has
-    # it (read-only data next to RELRO).  The files are opened first, then
-    # every mmap and close runs in one batch (one stop).
-    calls: list[tuple[str, tuple[int, ...]]] = []
+    # it (read-only data next to RELRO).  Neighbours mapped alike (the
+    # same protection and flags, and for a file the same fd at contiguous
+    # offsets) take one mmap: the kernel would merge them anyway, and
+    # restore()'s mprotect and madvise split them where they differ.  The
+    # files are opened first, then every mmap and close runs in one batch
+    # (one stop).
+    maps: list[list[int]] = []   # [start, end, prot, flags, fd, pgoff]
     for i in idents:
         if i in reuse:
             continue
         v = mm.vmas[i]
         extra = v.flags & (C.MAP_GROWSDOWN | C.MAP_NORESERVE)
         if v.status & VMA_FILE_PRIVATE:
-            calls.append(("mmap", (v.start, v.end - v.start, prots[i],
-                                   C.MAP_PRIVATE | C.MAP_FIXED | extra,
-                                   _open_mapped(rctx, rt, v, file_fds), v.pgoff)))
+            flags = C.MAP_PRIVATE | C.MAP_FIXED | extra
+            fd, off = _open_mapped(rctx, rt, v, file_fds), v.pgoff
         else:
             kind = C.MAP_DROPPABLE if v.flags & C.MAP_DROPPABLE else C.MAP_PRIVATE
             flags = kind | C.MAP_ANONYMOUS | C.MAP_FIXED | extra
             if v.status & VMA_AREA_STACK:
                 flags |= C.MAP_GROWSDOWN
-            calls.append(("mmap", (v.start, v.end - v.start, prots[i], flags, -1, 0)))
-    inj.run(calls + [("close", (fd,)) for fd in file_fds.values()])
+            fd, off = -1, 0
+        last = maps[-1] if maps else None
+        if last is not None and last[1] == v.start and last[2:5] == [prots[i], flags, fd] \
+                and not flags & C.MAP_GROWSDOWN \
+                and (fd < 0 or last[5] + last[1] - last[0] == off):
+            last[1] = v.end
+        else:
+            maps.append([v.start, v.end, prots[i], flags, fd, off])
+    calls: list[tuple[str, tuple[int, ...]]] = [
+        ("mmap", (start, end - start, prot, flags, fd, off))
+        for start, end, prot, flags, fd, off in maps]
+    inj.run(calls + close_calls(file_fds.values()))
 
     # 4. Pages.  In a kept VMA, only what differs from the parent's.
     runs = _page_runs(rt)
@@ -1375,6 +1389,24 @@ def premap(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     rt.lazy = _merge_ranges([(mm.vmas[i].start, mm.vmas[i].end) for i in sorted(lazy)])
     done[rt.pid] = _Premapped({(mm.vmas[i].start, mm.vmas[i].end): keys[i] for i in idents},
                               runs, rt.page_files)
+
+
+def close_calls(fds: Iterable[int]) -> list[tuple[str, tuple[int, ...]]]:
+    """The calls that close these fds of the puppet: one close_range per
+    run of consecutive numbers (every number in a run is one of ``fds``),
+    not one close each -- the files a task maps are opened one after
+    another, at the lowest free numbers."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    run: list[int] = []
+    for fd in sorted(set(fds)) + [-2]:
+        if run and fd == run[1] + 1:
+            run[1] = fd
+            continue
+        if run:
+            out.append(("close", (run[0],)) if run[0] == run[1] else
+                       ("close_range", (run[0], run[1], 0)))
+        run = [fd, fd]
+    return out
 
 
 def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -1584,8 +1616,7 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
         else:
             raise RestoreError(f"{rt.image_name('mm')}: VMA {v.start:#x}-{v.end:#x} has "
                                f"status {v.status:#x}, which procsnap does not restore")
-    for fd in file_fds.values():
-        inj.call("close", fd)
+    inj.run(close_calls(file_fds.values()))
 
     # 4. Pages of private memfd and hugetlb mappings (the rest went in at premap).
     if later:
@@ -1670,7 +1701,10 @@ def _saved_bytes(rctx: "RestoreContext", rt: "RestoreTask", v: Any) -> bytes:
 
 
 def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
-    """Indexes in rt.mm.vmas of the VMAs that have pages in the image."""
+    """Indexes in rt.mm.vmas of the VMAs that have pages in the image
+    (found once a task: neither changes during the restore)."""
+    if rt.vmas_with_pages is not None:
+        return rt.vmas_with_pages
     # (guard entries come after the VMAs, out of address order)
     starts = [v.start for v in rt.mm.vmas if not v.status & VMA_AREA_GUARD]
     out: set[int] = set()
@@ -1683,33 +1717,46 @@ def _vmas_with_pages(rt: "RestoreTask") -> set[int]:
             if rt.mm.vmas[i].end > e.vaddr:
                 out.add(i)
             i += 1
+    rt.vmas_with_pages = out
     return out
 
 
 def _restore_vmflags(rt: "RestoreTask") -> None:
-    """madvise() each saved advice over its VMA exactly (so the kernel
-    splits and merges as it did), then mlock() what was locked, and
-    last install the guard regions (they follow the VMAs in the image).
+    """madvise() each saved advice over exactly the VMAs that had it (so
+    the kernel splits and merges as it did), then mlock() what was locked,
+    and last install the guard regions (they follow the VMAs in the image).
     All in one batch, in that order; the first failure is reported."""
     inj = rt.inj
+    # Adjacent VMAs with the same advice take one madvise over them all:
+    # the kernel applies it VMA by VMA and merges as it would have after
+    # one call each (memcached's thread stacks: 18 calls become 3).
+    advised: list[tuple[int, int, int]] = []   # (start, end, advice bits)
+    for v in rt.mm.vmas:
+        if v.status & (VMA_AREA_GUARD | VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
+            continue
+        if v.HasField("madv") and v.madv:
+            if advised and advised[-1][1] == v.start and advised[-1][2] == v.madv:
+                advised[-1] = (advised[-1][0], v.end, v.madv)
+            else:
+                advised.append((v.start, v.end, v.madv))
     calls: list[tuple[str, tuple[int, ...]]] = []
     whats: list[str | None] = []  # how a failure is told (None: as the call's own error)
+    for start, end, madv in advised:
+        for advice in _MADV_ORDER:
+            if madv & (1 << advice):
+                calls.append(("madvise", (start, end - start, advice)))
+                whats.append(f"madvise({advice}) of {start:#x}-{end:#x}")
+    # Locks after the advice of every VMA (each VMA's own before its lock).
+    for v in rt.mm.vmas:
+        if not v.status & (VMA_AREA_GUARD | VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR) \
+                and v.flags & C.MAP_LOCKED:
+            calls.append(("mlock", (v.start, v.end - v.start)))
+            whats.append(None)
     for v in rt.mm.vmas:
         if v.status & VMA_AREA_GUARD:
             # Last: installing a guard zaps what is there (nothing was).
             calls.append(("madvise", (v.start, v.end - v.start, C.MADV_GUARD_INSTALL)))
             whats.append(f"madvise(MADV_GUARD_INSTALL) of {v.start:#x}-{v.end:#x}")
-            continue
-        if v.status & (VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR):
-            continue
-        if v.HasField("madv") and v.madv:
-            for advice in _MADV_ORDER:
-                if v.madv & (1 << advice):
-                    calls.append(("madvise", (v.start, v.end - v.start, advice)))
-                    whats.append(f"madvise({advice}) of {v.start:#x}-{v.end:#x}")
-        if v.flags & C.MAP_LOCKED:
-            calls.append(("mlock", (v.start, v.end - v.start)))
-            whats.append(None)
     for (name, args), what, got in zip(calls, whats, inj.batch(calls)):
         if what is not None and -4096 < got < 0:
             raise RestoreError(f"{rt.image_name('mm')}: {what} failed: {os.strerror(-got)}")

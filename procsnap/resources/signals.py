@@ -113,7 +113,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     for thread in rt.threads:
         ptrace.set_sigmask(thread.tid, ((1 << 64) - 1) & ~(1 << (C.SIGTRAP - 1)))
     for thread in rt.threads:
-        _drain(thread.inj)
+        if _has_pending(rt.pid, thread.tid):
+            _drain(thread.inj)
         # Signals the puppet stopped with while it was built (the SIGCHLD
         # of a zombie child we recreated) were taken off its queue by the
         # stop; re-sent at detach they would arrive as SI_KERNEL and push
@@ -122,7 +123,11 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     for thread in rt.threads:
         tinj = thread.inj
         th = thread.core.thread_core
-        if th.HasField("sas"):
+        # A thread other than the leader was cloned with CLONE_VM by the
+        # leader puppet (restorer._create_threads): the kernel gave it no
+        # alternate stack (copy_process), so SS_DISABLE needs no call.
+        fresh = thread.tid != rt.pid
+        if th.HasField("sas") and not (th.sas.ss_flags & 2 and fresh):
             st = StackT(ss_sp=th.sas.ss_sp, ss_flags=th.sas.ss_flags, ss_size=th.sas.ss_size)
             if st.ss_flags & 2:
                 # SS_DISABLE, but a forked puppet inherits its parent's
@@ -180,6 +185,24 @@ def pending_timers(rt: "RestoreTask") -> set[int]:
         if th.HasField("signals_p"):
             raws += [e.siginfo for e in th.signals_p.signals]
     return {t for t in map(timer_of, raws) if t is not None}
+
+
+def _has_pending(pid: int, tid: int) -> bool:
+    """Has the thread any signal pending, its own or its process's
+    (SigPnd, ShdPnd)?  Read from outside: most puppets have none, and an
+    injected rt_sigtimedwait that finds nothing costs a round trip."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return True   # ask the thread itself
+    for key in (b"\nSigPnd:", b"\nShdPnd:"):
+        at = text.find(key)
+        if at < 0:
+            return True
+        if int(text[at + len(key):text.index(b"\n", at + 1)], 16):
+            return True
+    return False
 
 
 def _drain(inj) -> None:

@@ -288,7 +288,8 @@ def restore(rctx: "RestoreContext", rt: "RestoreTask") -> None:
     core = rt.core
     tc = core.tc
     pid = rt.pid
-    inj.call("personality", tc.personality)
+    if tc.personality != _personality_now(pid):
+        inj.call("personality", tc.personality)
     for res, lim in enumerate(tc.rlimits.rlimits):
         if res >= C.RLIM_NLIMITS:
             break
@@ -380,22 +381,28 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
         ("prctl", (C.PR_SET_NAME, tinj.put(comm + b"\0"), 0, 0, 0))]
     if th.futex_rla:
         calls.append(("set_robust_list", (th.futex_rla, th.futex_rla_len)))
-    calls.append(("set_tid_address", (core.thread_info.clear_tid_addr,)))
-    # Always: the puppet was created with SIGKILL here, to die with us.
-    calls.append(("prctl", (C.PR_SET_PDEATHSIG,
-                            th.pdeath_sig if th.HasField("pdeath_sig") else 0, 0, 0, 0)))
+    # A thread other than the leader was cloned by the leader puppet
+    # (restorer._create_threads) with its clear-tid address
+    # (CLONE_CHILD_CLEARTID), and the kernel gave it no parent-death
+    # signal (copy_process), so a zero needs no call.  The leader is a
+    # fork of the restorer: its own are set always (its parent-death
+    # signal is SIGKILL, to die with us).
+    fresh = tid != rt.pid
+    if not fresh:
+        calls.append(("set_tid_address", (core.thread_info.clear_tid_addr,)))
+    pdeath = th.pdeath_sig if th.HasField("pdeath_sig") else 0
+    if pdeath or not fresh:
+        calls.append(("prctl", (C.PR_SET_PDEATHSIG, pdeath, 0, 0, 0)))
     if th.HasField("rseq_entry") and th.rseq_entry.rseq_abi_pointer:
         r = th.rseq_entry
         calls.append(("rseq", (r.rseq_abi_pointer, r.rseq_abi_size, 0, r.signature)))
-    # The slack, after the policy: an RT policy sets it to 0 itself (6.7+),
-    # and PR_SET_TIMERSLACK 0 would mean "the default" instead.
+    # The slack, after the policy (set above): an RT policy sets it to 0
+    # itself (6.7+), and PR_SET_TIMERSLACK 0 would mean "the default" instead.
     slack = th.timer_slack_ns if th.HasField("timer_slack_ns") else 0
-    if slack:
-        calls.append(("prctl", (C.PR_GET_TIMERSLACK, 0, 0, 0, 0)))
-    got = tinj.run(calls)
+    if slack and slack != _timer_slack(tinj, tid):
+        calls.append(("prctl", (C.PR_SET_TIMERSLACK, slack, 0, 0, 0)))
+    tinj.run(calls)
     tinj.reset_scratch()
-    if slack and slack != got[-1]:
-        tinj.call("prctl", C.PR_SET_TIMERSLACK, slack, 0, 0, 0)
     if th.HasField("mempolicy_mode"):
         nodes = bytes(th.mempolicy_nodes)
         addr = tinj.put(nodes.ljust(_MAXNODE // 8, b"\0"), align=8)
@@ -406,6 +413,27 @@ def _restore_thread(rt: "RestoreTask", thread: Any) -> None:
                                f"{th.mempolicy_mode:#x} nodes {nodes.hex()}: "
                                f"{os.strerror(exc.errno or 0)}") from None
         tinj.reset_scratch()
+
+
+def _personality_now(pid: int) -> int | None:
+    """The puppet's personality (the restorer's, inherited), read from
+    /proc: no injected call when it is the image's already."""
+    try:
+        with open(f"/proc/{pid}/personality", "rb") as f:
+            return int(f.read(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def _timer_slack(tinj: Any, tid: int) -> int:
+    """The thread's timer slack now, read from outside (/proc/TID, the
+    thread's own directory: one read instead of an injected call per
+    thread); asked in the thread where /proc does not say."""
+    try:
+        with open(f"/proc/{tid}/timerslack_ns", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return tinj.call("prctl", C.PR_GET_TIMERSLACK, 0, 0, 0, 0)
 
 
 def _cpus_to_mask(cpus: set[int]) -> bytes:

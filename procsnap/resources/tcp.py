@@ -294,7 +294,9 @@ def unlock(table: str) -> bool:
     """Remove our table; False if there was none."""
     if not nftables.available():
         return False
-    return nftables.run(f"delete table inet {table}\n").returncode == 0
+    # the table is gone when run returns; its netlink socket's close
+    # (which waits for the kernel to free the table) does not hold us up
+    return nftables.run(f"delete table inet {table}\n", wait=False).returncode == 0
 
 
 # A tree in its own network namespace is locked as a whole, from inside

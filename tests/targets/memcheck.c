@@ -9,7 +9,10 @@
  *  - a PROT_NONE mapping holding data (the target cannot read it itself);
  *  - a read-only mapping holding data;
  *  - a MAP_PRIVATE file mapping with some pages written (private copies
- *    saved, the rest still the file's).
+ *    saved, the rest still the file's);
+ *  - two read-only views of that file side by side, the file's second
+ *    quarter before its first (alike but for their offsets: the restore
+ *    may map neighbours in one call only where the offsets follow on).
  *
  * With UID, it drops to that uid/gid once set up: it can then not open a
  * root-owned image itself, so the dump copies its pages the slow way.
@@ -28,7 +31,7 @@
 int main(int argc, char **argv)
 {
 	size_t big_bytes = (size_t)strtoul(argc > 1 ? argv[1] : "256", NULL, 10) << 20;
-	char *big, *sparse, *holed, *none, *ro, *fmap;
+	char *big, *sparse, *holed, *none, *ro, *fmap, *views;
 	char path[] = "memcheck.data";
 	int fd;
 
@@ -68,6 +71,12 @@ int main(int argc, char **argv)
 	fmap = mmap(NULL, FILE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 	if (fmap == MAP_FAILED)
 		die("mmap file");
+	views = map_anon(FILE_PAGES / 2 * PAGE);
+	if (mmap(views, FILE_PAGES / 4 * PAGE, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd,
+		 FILE_PAGES / 4 * PAGE) != views ||
+	    mmap(views + FILE_PAGES / 4 * PAGE, FILE_PAGES / 4 * PAGE, PROT_READ,
+		 MAP_PRIVATE | MAP_FIXED, fd, 0) != views + FILE_PAGES / 4 * PAGE)
+		die("mmap file views");
 	close(fd);
 	for (int i = 0; i < FILE_PAGES; i += 2)   /* private copies of even pages */
 		fill(fmap + i * PAGE, PAGE, 300 + i);
@@ -103,5 +112,8 @@ int main(int argc, char **argv)
 	check_fill(ro, 8 * PAGE, 5, "read-only mapping");
 	for (int i = 0; i < FILE_PAGES; i++)
 		check_fill(fmap + i * PAGE, PAGE, (i % 2 ? 200 : 300) + i, "file mapping page");
+	for (int i = 0; i < FILE_PAGES / 2; i++)
+		check_fill(views + i * PAGE, PAGE, 200 + (i + FILE_PAGES / 4) % (FILE_PAGES / 2),
+			   "file view page");
 	return verdict();
 }

@@ -15,7 +15,8 @@
  *     (CPU 0 if there is one CPU);
  *   - timer slack 2 ms in the thread (the RT leader's is 0);
  *   - NUMA policy: MPOL_PREFERRED node 0 in the leader, MPOL_BIND with
- *     MPOL_F_STATIC_NODES node 0 in the thread.
+ *     MPOL_F_STATIC_NODES node 0 in the thread;
+ *   - personality ADDR_NO_RANDOMIZE added to what it had.
  * Prints "ready"; on SIGTERM checks every item from inside; PASS/FAIL.
  */
 #include "tgt.h"
@@ -24,6 +25,7 @@
 #include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -144,7 +146,7 @@ int main(void)
 	struct timespec zero = { 0, 0 };
 	sigset_t block;
 	pthread_t th;
-	int fd, i;
+	int fd, i, pers;
 
 	/* blocked in every thread: the queued signals stay pending */
 	sigemptyset(&block);
@@ -158,6 +160,9 @@ int main(void)
 		if (syscall(SYS_set_mempolicy, MPOL_PREFERRED, &node0, 64))
 			die("set_mempolicy");
 	}
+	pers = personality(0xffffffff) | ADDR_NO_RANDOMIZE;
+	if (personality(pers) < 0)
+		die("personality");
 	pin(0);
 	if (sched_setscheduler(0, SCHED_RR | SCHED_RESET_ON_FORK, &p))
 		die("sched_setscheduler");
@@ -233,6 +238,8 @@ int main(void)
 	}
 	if (sigtimedwait(&block, &got, &zero) > 0)
 		fail("an extra pending signal %d (code %d)", got.si_signo, got.si_code);
+	if (personality(0xffffffff) != pers)
+		fail("personality %#x, want %#x", personality(0xffffffff), pers);
 	if (!pinned_to(0))
 		fail("leader affinity lost");
 	if (!policy_is(MPOL_PREFERRED, 1))

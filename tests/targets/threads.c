@@ -2,16 +2,32 @@
  * 8 pthreads, each incrementing its own counter under one shared mutex,
  * plus a shared total (issue 4).  Every 100 ms the main thread prints
  * "total N" with a consistency check.  SIGTERM: stop and join every
- * thread, check sum(counters) == total, print PASS/FAIL.
+ * thread, check sum(counters) == total, print PASS/FAIL.  Each thread
+ * (and main) also checks that it has no parent-death signal and no
+ * alternate signal stack, as it never set one (the restore skips those
+ * calls for threads the kernel creates without them).
  */
 #include "tgt.h"
 #include <pthread.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #define N 8
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static long counters[N], total;
 static volatile int stop;
+
+static void check_unset(const char *who)
+{
+	int sig = -1;
+	stack_t ss;
+
+	if (prctl(PR_GET_PDEATHSIG, &sig, 0, 0, 0) || sig != 0)
+		fail("%s: parent-death signal %d, expected none", who, sig);
+	if (sigaltstack(NULL, &ss) || !(ss.ss_flags & SS_DISABLE))
+		fail("%s: alternate signal stack sp=%p size=%zu flags=%#x, expected none",
+		     who, ss.ss_sp, ss.ss_size, ss.ss_flags);
+}
 
 static void *worker(void *arg)
 {
@@ -27,6 +43,7 @@ static void *worker(void *arg)
 		struct timespec ts = { 0, 5000000 };
 		nanosleep(&ts, NULL);
 	}
+	check_unset(name);
 	return (void *)counters[i];
 }
 
@@ -56,6 +73,7 @@ int main(void)
 		nanosleep(&ts, NULL);
 	}
 	stop = 1;
+	check_unset("main");
 	long joined = 0;
 	for (int i = 0; i < N; i++) {
 		void *ret;

@@ -8,6 +8,9 @@
  *   mprotect-able to PROT_WRITE) and MAP_PRIVATE|PROT_READ twice side by
  *   side, one half written then made read-only (VM_ACCOUNT), one never
  *   written (so the two stay two VMAs);
+ *   a striped region: DONTDUMP on pages 0 (read-write) and 1 (read-only),
+ *   none on page 2, DONTDUMP again on page 3 (neighbours alike in their
+ *   advice are advised together at restore, and only they);
  *   16 pages written before fork() to a child that then rewrites only
  *   page 0: pages 1-15 stay shared copy-on-write.
  * Prints "ready PARENT CHILD".  SIGTERM: checks the bytes, the sharing
@@ -33,7 +36,7 @@ static const int advice[] = { MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MAD
 #define NADV (int)(sizeof(advice) / sizeof(advice[0]))
 
 static char *adv[NADV], *locked, *noreserve, *growsdown, *droppable, *cow;
-static char *fshared, *fpriv;
+static char *fshared, *fpriv, *striped;
 static pid_t child;
 
 static char *map(size_t len, int prot, int flags)
@@ -106,6 +109,11 @@ int main(int argc, char **argv)
 		die("fpriv");
 	cow = map(NCOW * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE);
 	memset(cow, 'C', NCOW * PG);
+	striped = map(5 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE);
+	memset(striped, 'S', 5 * PG);
+	if (madvise(striped, 2 * PG, MADV_DONTDUMP) || mprotect(striped + PG, PG, PROT_READ) ||
+	    madvise(striped + 3 * PG, PG, MADV_DONTDUMP))
+		die("striped");
 
 	tgt_catch_term();
 	child = fork();
@@ -130,6 +138,8 @@ int main(int argc, char **argv)
 		fail("data changed");
 	if (!filled(droppable, 2 * PG, 'D') && !filled(droppable, 2 * PG, 0))
 		fail("droppable memory neither kept nor dropped");
+	if (!filled(striped, 5 * PG, 'S'))
+		fail("striped data changed");
 	if (cow[0] != 'C' || !filled(cow, NCOW * PG, 'C'))
 		fail("cow data changed");
 	for (i = 1; i < NCOW; i++)

@@ -174,3 +174,31 @@ def test_page_batches_cover_every_run_once_within_limits() -> None:
     split = [(addr + k * page, page, off + k * page)
              for addr, n, off in got for k in range(n // page)]
     assert split == want
+
+
+def test_pending_signals_are_seen_from_outside() -> None:
+    """signals._has_pending decides whether a puppet thread's queue needs
+    draining (an injected rt_sigtimedwait): it must see a signal pending
+    for the thread (SigPnd) and for the process (ShdPnd)."""
+    import os
+    import signal
+    import threading
+
+    from procsnap.resources import signals
+
+    pid, tid = os.getpid(), threading.get_native_id()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        assert not signals._has_pending(pid, tid)
+        os.kill(pid, signal.SIGUSR2)                          # process-wide: ShdPnd
+        assert signals._has_pending(pid, tid)
+        assert signal.sigtimedwait({signal.SIGUSR2}, 0) is not None
+        assert not signals._has_pending(pid, tid)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)   # this thread: SigPnd
+        assert signals._has_pending(pid, tid)
+        assert signal.sigtimedwait({signal.SIGUSR2}, 0) is not None
+        assert not signals._has_pending(pid, tid)
+    finally:
+        while signal.sigtimedwait({signal.SIGUSR2}, 0) is not None:
+            pass   # nothing left to end the test run once unblocked
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

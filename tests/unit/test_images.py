@@ -724,6 +724,18 @@ def test_error_truncated_entry(tmp_path: Path) -> None:
     assert str(e) == f"{path}: truncated at offset 8: entry of {size} bytes, {size - 10} left"
 
 
+@pytest.mark.parametrize("cut", [1, 3])
+def test_error_truncated_by_a_few_bytes(tmp_path: Path, cut: int) -> None:
+    # fewer bytes missing than a size word: still the entry's own check
+    path = write_one(str(tmp_path), "core", CORE, ident=1)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:-cut])
+    size = len(data) - 8 - 4
+    for read in (read_image, read_one):
+        e = _err(read, str(tmp_path), "core", 1)
+        assert str(e) == f"{path}: truncated at offset 8: entry of {size} bytes, {size - cut} left"
+
+
 def test_error_truncated_size_word(tmp_path: Path) -> None:
     path = write_one(str(tmp_path), "core", CORE, ident=1)
     with open(path, "ab") as f:

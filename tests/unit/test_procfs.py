@@ -114,6 +114,34 @@ class TestMaps:
         assert "/proc/77/maps" in str(exc.value)
 
 
+    @pytest.mark.parametrize("name", ["self_maps.txt", "maps_edge.txt"])
+    def test_ranges_as_parse_maps(self, name: str) -> None:
+        # the restorer's quick read of a puppet's layout (free range for
+        # its trampoline) sees exactly the VMAs parse_maps sees
+        full = parse.parse_maps(text(name))
+        assert parse.maps_ranges(text(name)) == [(m.start, m.end) for m in full]
+        assert parse.maps_ranges("") == []
+
+    @pytest.mark.parametrize("bad", ["garbage\n", "00400000 r-xp 00000000 08:01 1 /x\n",
+                                     "00401000-00400000 r-xp 00000000 08:01 1 /x\n",
+                                     "0040zz00-00401000 r-xp 00000000 08:01 1 /x\n"])
+    def test_ranges_malformed(self, bad: str) -> None:
+        with pytest.raises(ParseError) as exc:
+            parse.maps_ranges(bad, "/proc/77/maps")
+        assert exc.value.path == "/proc/77/maps"
+
+    def test_named(self) -> None:
+        names = ("[vvar]", "[vvar_vclock]", "[vdso]")
+        full = parse.parse_maps(text("self_maps.txt"))
+        assert parse.parse_maps_named(text("self_maps.txt"), names) == \
+            [m for m in full if m.path in names]
+        # a file whose name ends like one is not one; a broken line says so
+        odd = "7f0000000000-7f0000001000 r--p 00000000 fe:00 1234   /tmp/x [vdso]\n"
+        assert parse.parse_maps_named(odd, names) == []
+        with pytest.raises(ParseError):
+            parse.parse_maps_named("7f00-7e00 r--p 00000000 00:00 0   [vdso]\n", names)
+
+
 # ==========================================================================
 # stat
 # ==========================================================================

@@ -151,3 +151,28 @@ def test_parent_split_run_arithmetic() -> None:
         assert sorted(pages(_subtract(a, b))) == sorted(pages(a) - pages(b)), trial
         got = _subtract(a, b)
         assert got == sorted(got) and all(n > 0 for _, n in got)
+
+
+def test_verify_reads_the_flags_it_compares() -> None:
+    """verify._vmflags_of (VmFlags found block by block) says what the
+    line-by-line reading says: the madvise bits and mmap flags of each VMA,
+    and a VMA with none of them is there with zeros."""
+    from procsnap import verify
+    from procsnap.kernel import consts as C
+
+    text = SMAPS + """\
+7f0000010000-7f0000020000 rw-p 00000000 00:00 0 
+Size:                 64 kB
+VmFlags: rd wr mr mw me gd lo nr nh dd wf sr
+"""
+    got = verify._vmflags_of(text)
+    assert got == verify._vmflags_by_line(text)
+    assert got[0x7F0000000000] == ((1 << C.MADV_HUGEPAGE) | (1 << C.MADV_DONTFORK), 0)
+    assert got[0x7F0000004000] == (0, 0)
+    madv, mflags = got[0x7F0000010000]
+    assert madv == sum(1 << a for a in (C.MADV_NOHUGEPAGE, C.MADV_DONTDUMP, C.MADV_WIPEONFORK,
+                                        C.MADV_SEQUENTIAL))
+    assert mflags == C.MAP_GROWSDOWN | C.MAP_LOCKED | C.MAP_NORESERVE
+    # not the kernel's layout (no maps line before a VmFlags line): line by line
+    odd = "Size: 4 kB\nVmFlags: rd hg\n" + text
+    assert verify._vmflags_of(odd) == verify._vmflags_by_line(odd)
