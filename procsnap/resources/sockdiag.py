@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
     class InetMsg(NamedTuple):
         ino: int
+        family: int
+        proto: int
         state: int
         src: str
         sport: int
@@ -65,7 +67,8 @@ if TYPE_CHECKING:
 else:
     from collections import namedtuple
     UnixMsg = namedtuple("UnixMsg", "ino type state attrs")
-    InetMsg = namedtuple("InetMsg", "ino state src sport dst dport rqueue wqueue shutdown")
+    InetMsg = namedtuple("InetMsg",
+                         "ino family proto state src sport dst dport rqueue wqueue shutdown")
 
 
 def _dump(sk: socket.socket, req: bytes) -> list[tuple[bytes, int, int]]:
@@ -97,10 +100,10 @@ def unix(show: int, pid: int | None = None) -> list[UnixMsg]:
     return out
 
 
-def inet(pid: int | None = None) -> list[tuple[int, int, InetMsg]]:
-    """Every TCP and UDP socket, v4 and v6, of the namespace: (family,
-    protocol, message)."""
-    out: list[tuple[int, int, InetMsg]] = []
+def inet(pid: int | None = None) -> list[InetMsg]:
+    """Every TCP and UDP socket, v4 and v6, of the namespace (pid's, else
+    ours)."""
+    out: list[InetMsg] = []
     try:
         with _socket(pid) as sk:
             for fam in (socket.AF_INET, socket.AF_INET6):
@@ -113,8 +116,8 @@ def inet(pid: int | None = None) -> list[tuple[int, int, InetMsg]]:
                         dst = socket.inet_ntop(fam, data[off + 24:off + 24 + alen])
                         _exp, rq, wq, _uid, ino = _INET_TAIL.unpack_from(data, off + 52)
                         sh = rtnl.attrs(data, off + _INET_MSG_LEN, end).get(INET_DIAG_SHUTDOWN)
-                        out.append((fam, proto, InetMsg(ino, state, src, sport, dst, dport,
-                                                        rq, wq, sh[0] if sh else 0)))
+                        out.append(InetMsg(ino, fam, proto, state, src, sport, dst, dport,
+                                           rq, wq, sh[0] if sh else 0))
     except OSError as exc:
         raise DumpError(f"sock_diag: {exc.strerror or exc}") from None
     return out

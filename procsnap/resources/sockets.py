@@ -41,6 +41,7 @@ from ..kernel.libc import pidfd_getfd
 
 if TYPE_CHECKING:
     from ..tasks import DumpContext
+    from .sockdiag import InetMsg
     from ..tasks import FdCtx, RestoreContext, RestoreTask
 
 NAME = "sockets"
@@ -77,21 +78,6 @@ class UnixDiag:
     rqueue: int = 0
     wqueue: int = 0
     shutdown: int = 0
-
-
-@record
-class InetDiag:
-    ino: int
-    family: int
-    proto: int
-    state: int
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    rqueue: int
-    wqueue: int
-    shutdown: int
 
 
 def _pid(ctx: "DumpContext") -> int:
@@ -137,16 +123,12 @@ def unix_table(ctx: "DumpContext") -> dict[int, UnixDiag]:
     return table  # type: ignore[no-any-return]
 
 
-def inet_table(ctx: "DumpContext") -> dict[int, InetDiag]:
-    """Every TCP and UDP socket (v4 and v6) of our network namespace."""
+def inet_table(ctx: "DumpContext") -> dict[int, InetMsg]:
+    """Every TCP and UDP socket (v4 and v6) of our network namespace, by inode."""
     state = ctx.kind_state.setdefault(NAME, {})
     if "inet" not in state:
         from . import sockdiag as sd
-        table: dict[int, InetDiag] = {}
-        for fam, proto, m in sd.inet(_pid(ctx)):
-            table[m.ino] = InetDiag(m.ino, fam, proto, m.state, m.src, m.sport, m.dst,
-                                    m.dport, m.rqueue, m.wqueue, m.shutdown)
-        state["inet"] = table
+        state["inet"] = {m.ino: m for m in sd.inet(_pid(ctx))}
     return state["inet"]  # type: ignore[no-any-return]
 
 

@@ -68,7 +68,7 @@ def test_inet_addresses_ports_states_queues_shutdown() -> None:
         srv.send(b"y" * 3000)
         port = lis.getsockname()[1]
         for _ in range(100):     # the FIN and the data arrive
-            got = {m.ino: (fam, proto, m) for fam, proto, m in sockdiag.inet()}
+            got = {m.ino: (m.family, m.proto, m) for m in sockdiag.inet()}
             if got[_ino(srv)][2].state == 8 and got[_ino(cli)][2].rqueue == 3000:
                 break
             time.sleep(0.01)

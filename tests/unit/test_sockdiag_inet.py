@@ -22,7 +22,7 @@ class _Sock(NamedTuple):
 
 
 def _table() -> dict[int, _Sock]:
-    return {m.ino: _Sock(fam, proto, m) for fam, proto, m in sockdiag.inet()}
+    return {m.ino: _Sock(m.family, m.proto, m) for m in sockdiag.inet()}
 
 
 def _ino(sk: socket.socket) -> int:
