@@ -33,6 +33,9 @@ from typing import Any
 
 from . import runner as R
 
+sys.path.insert(0, str(R.ROOT / "tests"))
+from helpers import runs_untraced  # noqa: E402  (pytest-free, as servers.py)
+
 TGT = R.ROOT / "tests" / "targets"
 
 
@@ -87,15 +90,6 @@ class _Source:
         subprocess.run(["ip", "link", "del", f"{self.tag}a"], capture_output=True)
 
 
-def _runs_untraced(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            st = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
-    except OSError:
-        return False
-    return int(st["TracerPid"]) == 0 and int(st["SigCgt"], 16) & (1 << (signal.SIGUSR1 - 1)) != 0
-
-
 def _answered(out: Path, n: int) -> bool:
     return f"alive {n}" in out.read_text()
 
@@ -132,7 +126,7 @@ def _one_restore(images: Path, src: _Source, port: int, pid: int, out: Path,
                                    stderr=subprocess.PIPE, env=R.child_env(), cwd=R.ROOT,
                                    close_fds=True, text=True)
         R.OURS.add(pid)
-        while not _runs_untraced(pid):
+        while not runs_untraced(pid):
             if cmd.poll() not in (None, 0) or time.monotonic() - t0 > 60:
                 raise RuntimeError(f"restore failed: {cmd.communicate()[1][-500:]}")
             time.sleep(0.0005)

@@ -733,6 +733,19 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def runs_untraced(pid: int, sig: int = signal.SIGUSR1) -> bool:
+    """A restored target runs on its own: its handler of ``sig`` is in
+    place (the restore sets it while the task is still traced) and no one
+    traces it any more (the restore detached).  (The lazy tests and the
+    bench's lazy case ask it by that signal as soon as this is true.)"""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            st = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+    except OSError:
+        return False
+    return int(st["TracerPid"]) == 0 and int(st["SigCgt"], 16) & (1 << (sig - 1)) != 0
+
+
 def crit_decode(path: Path) -> dict:
     """Debian's crit (CRIU's own decoder, the test oracle) on one image."""
     import json

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from helpers import (Target, TargetFactory, assert_one_line_error, check_ok, children_of,
-                     procsnap_cmd, run_procsnap, start_under, wait_for, wait_gone)
+                     procsnap_cmd, run_procsnap, runs_untraced, start_under, wait_for,
+                     wait_gone)
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -329,18 +330,6 @@ class SourceHost:
         subprocess.run(["ip", "link", "del", f"{self.tag}a"], capture_output=True)
 
 
-def _runs_untraced(pid: int) -> bool:
-    """The restored target runs on its own: its handler of SIGUSR1 is in
-    place (the restore sets it while the task is still traced) and no one
-    traces it any more (the restore detached)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            st = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
-    except OSError:
-        return False
-    return int(st["TracerPid"]) == 0 and int(st["SigCgt"], 16) & (1 << (signal.SIGUSR1 - 1)) != 0
-
-
 def _answer_time(t: Target, timeout: float = 30) -> float:
     """Ask (SIGUSR1) and return monotonic() when "alive 1" is in the
     target's output (polled every millisecond: the test's 20 ms polling
@@ -357,6 +346,21 @@ def _answer_time(t: Target, timeout: float = 30) -> float:
             asked = time.monotonic()
         time.sleep(0.001)
     raise AssertionError(f"no answer in {timeout} s: {t.output()}")
+
+
+def _migrated_whole(d: "Daemon", src: "SourceHost", t: Target, big: int, size: int,
+                    timeout: float) -> dict[str, float]:
+    """A lazy migration ended well: the daemon and the page server are
+    done, every lazy page came (faulted or pushed), all of the big area is
+    present in the target and the target's own check of it passes.  The
+    daemon's stats."""
+    assert d.p.wait(timeout=timeout) == 0, d.stderr()
+    assert src.srv is not None and src.srv.wait(timeout=10) == 0
+    st = d.stats()
+    assert st["fault_bytes"] + st["pushed_bytes"] >= st["lazy_bytes"] > size, st
+    assert _present(t.pid, big, size) == size // PAGE
+    assert t.verdict(timeout=timeout - 60).startswith("PASS"), t.output()
+    return st
 
 
 def _stats_ms(line: str) -> dict[str, float]:
@@ -380,12 +384,7 @@ def test_lazy_migration_between_two_network_namespaces(targets: TargetFactory, t
         t.signal(signal.SIGUSR1)
         t.wait_line(r"^alive 1")
         answered = time.monotonic() - t0
-        assert d.p.wait(timeout=120) == 0, d.stderr()
-        assert src.srv is not None and src.srv.wait(timeout=10) == 0
-        st = d.stats()
-        assert st["fault_bytes"] + st["pushed_bytes"] >= st["lazy_bytes"] > size, st
-        assert _present(t.pid, big, size) == size // PAGE
-        assert t.verdict(timeout=60).startswith("PASS"), t.output()
+        _migrated_whole(d, src, t, big, size, timeout=120)
         print(f"lazy migration of 64 MiB over a veth: first answer {answered:.3f} s")
     finally:
         src.close()
@@ -437,7 +436,7 @@ def test_lazy_migration_of_1_gib_answers_at_once(targets: TargetFactory, tmp_pat
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, close_fds=True)
         # ask as soon as it runs: the tree runs before the command has exited
-        while not _runs_untraced(t.pid):
+        while not runs_untraced(t.pid):
             assert cmd.poll() is None or cmd.returncode == 0, cmd.communicate()[1]
             assert time.monotonic() - t0 < 60, "the restored target never ran"
             time.sleep(0.001)
@@ -447,12 +446,7 @@ def test_lazy_migration_of_1_gib_answers_at_once(targets: TargetFactory, tmp_pat
         err = cmd.communicate(timeout=60)[1]
         t1 = time.monotonic()
         assert cmd.returncode == 0, err
-        assert d.p.wait(timeout=180) == 0, d.stderr()
-        assert src.srv is not None and src.srv.wait(timeout=10) == 0
-        st = d.stats()
-        assert st["fault_bytes"] + st["pushed_bytes"] >= st["lazy_bytes"] > size, st
-        assert _present(t.pid, big, size) == size // PAGE
-        assert t.verdict(timeout=120).startswith("PASS"), t.output()
+        st = _migrated_whole(d, src, t, big, size, timeout=180)
         phases = _stats_ms(err)
         runs = phases["running"]
         answer = t2 - t0
