@@ -733,6 +733,21 @@ def tree_pids(root: int) -> list[int]:
     return out
 
 
+def kill_when(proc: subprocess.Popen, seen: Callable[[], bool], what: str,
+              timeout: float = 30, interval: float = 0.002) -> None:
+    """SIGKILL ``proc`` (a procsnap command) as soon as ``seen()`` is true --
+    in the middle of its work -- and reap it; it is killed and reaped on
+    any failure too.  Fails if the command ended before it could be killed."""
+    try:
+        wait_for(lambda: seen() or proc.poll() is not None, timeout, what, interval=interval)
+        assert proc.poll() is None, f"the command ended before it could be killed ({what})"
+        proc.kill()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
 def runs_untraced(pid: int, sig: int = signal.SIGUSR1) -> bool:
     """A restored target runs on its own: its handler of ``sig`` is in
     place (the restore sets it while the task is still traced) and no one

@@ -35,6 +35,7 @@ from helpers import (
     describe,
     finish,
     is_untouched,
+    kill_when,
     outside_view,
     procsnap_cmd,
     run_procsnap,
@@ -467,16 +468,8 @@ def test_dump_killed_halfway(targets: TargetFactory, images_dir: Path, fsdir: Pa
                                            "--ghost-limit", "1G"),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, close_fds=True, env=env)
-    try:
-        wait_for(lambda: any(n.startswith(".ghost-file") for n in os.listdir(images_dir))
-                 or dumper.poll() is not None, 30, "the dump to start copying the ghost",
-                 interval=0.002)
-        assert dumper.poll() is None, "the dump ended before it could be killed"
-        dumper.kill()
-    finally:
-        if dumper.poll() is None:
-            dumper.kill()
-        dumper.wait(10)
+    kill_when(dumper, lambda: any(n.startswith(".ghost-file") for n in os.listdir(images_dir)),
+              "the dump to start copying the ghost")
     wait_for(lambda: is_untouched(t.pid)[0], 10, f"pid {t.pid} to run on untraced")
     assert any(n.startswith("link_remap.") for n in listing(fsdir)), listing(fsdir)
     # the next run says what is left ...

@@ -28,6 +28,7 @@ from helpers import (
     check_ok,
     children_of,
     describe,
+    kill_when,
     proc_cmdline,
     procsnap_cmd,
     read_numbers,
@@ -35,8 +36,8 @@ from helpers import (
     reap,
     run_procsnap,
     start_under,
-    wait_gone,
     wait_for,
+    wait_gone,
     wait_numbers,
 )
 
@@ -112,15 +113,8 @@ def test_restore_killed_while_ghosts_exist(targets: TargetFactory, tmp_path: Pat
                                              str(d), "--ext-mount-map", "usr:/usr"),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, close_fds=True, env=env)
-    try:
-        wait_for(lambda: bool(ghosts()) or restorer.poll() is not None, 30,
-                 "the restore to make the ghosts", interval=0.001)
-        assert restorer.poll() is None, "the restore ended before it could be killed"
-        restorer.kill()
-    finally:
-        if restorer.poll() is None:
-            restorer.kill()
-        restorer.wait(10)
+    kill_when(restorer, lambda: bool(ghosts()), "the restore to make the ghosts",
+              interval=0.001)
     wait_for(lambda: not [p for p in children_of(os.getpid()) if p != restorer.pid], 10,
              "the puppets to die with the restorer")
     reap()
