@@ -957,9 +957,7 @@ def restore(images_dir: str, *, detached: bool = True, shell_job: bool = False,
             _fork_child(rctx.by_pid[rt.pstree.ppid], rt)
             if not rt.zombie:
                 memory.premap(rctx, rt)
-        if any(rt.pstree.HasField("pid_for_children") for rt in rctx.tasks):
-            # (namespaces.pid is loaded only for a tree that needs it)
-            namespaces.pid.enter_children_ns(rctx)  # every task exists: nested pid ns too
+        namespaces.enter_children_ns(rctx)  # every task exists: nested pid ns too
         _group_helpers(rctx)
         _set_groups(rctx)
         from .resources import tty

@@ -219,6 +219,14 @@ def setup_done(rctx: "RestoreContext", root: "RestoreTask") -> None:
             hook(rctx, ns_id, root)
 
 
+def enter_children_ns(rctx: "RestoreContext") -> None:
+    """The restorer's hook once every task exists: tasks whose children
+    live in another pid namespace enter it (pid.enter_children_ns).  The
+    pid kind is loaded only for a tree that has such a task."""
+    if any(rt.pstree.HasField("pid_for_children") for rt in rctx.tasks):
+        kind_module("pid").enter_children_ns(rctx)
+
+
 def leave(rctx: "RestoreContext") -> None:
     """The restorer's hook once the restore ended, well or not: a kind that
     moved procsnap's own thread into the tree's namespace takes it back."""
@@ -230,6 +238,6 @@ def leave(rctx: "RestoreContext") -> None:
             hook(rctx)
 
 
-__all__ = ["NS_KINDS", "NS_NAMES", "PREMADE", "kind_module", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
+__all__ = ["NS_KINDS", "NS_NAMES", "PREMADE", "kind_module", "enter_children_ns", "leave", "setup_done", "parse_join", "join", "ID_KINDS", "saved_names",
            "ns_inode", "own_ids", "dump",
            "new_kinds", "clone_flags", "restore"]
